@@ -1,0 +1,164 @@
+/*
+ * futex.c - process-shared futex waits with absolute deadlines, and the
+ * shared-memory segments that queues and pipes live in (POSIX shm_open under
+ * /dev/shm, named "/qpipe.<name>", or anonymous MAP_SHARED memory for
+ * queues and pipes shared across fork()). No locking of its own.
+ */
+#include "futex.h"
+#include "qpi.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int
+qpi_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline_ns)
+{
+	struct timespec ts, *tsp = NULL;
+	long rv;
+
+	if (deadline_ns != INT64_MAX) {
+		if (qpi_remaining_ns(deadline_ns) == 0) {
+			return QP_ETIMEDOUT;
+		}
+		ts = qpi_ts_from_ns(deadline_ns);
+		tsp = &ts;
+	}
+	/* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline. */
+	rv = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, tsp, NULL,
+	    FUTEX_BITSET_MATCH_ANY);
+	if (rv == -1 && errno == ETIMEDOUT) {
+		return QP_ETIMEDOUT;
+	}
+	return 0;
+}
+
+void
+qpi_futex_wake(uint32_t *word, int n)
+{
+	syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+static void
+shm_path(const char *name, char *buf, size_t len)
+{
+	snprintf(buf, len, "/qpipe.%s", name);
+}
+
+int
+qpi_shm_create(const char *name, size_t size, qpi_shm *shm)
+{
+	char path[QP_NAME_MAX + 16];
+	int fd;
+
+	shm_path(name, path, sizeof(path));
+	fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+	if (fd < 0) {
+		if (errno == EEXIST) {
+			return qpi_err(QP_EEXIST, "shm://%s exists", name);
+		}
+		return qpi_err(
+		    QP_ESYSTEM, "shm_open %s: %s", path, strerror(errno));
+	}
+	if (ftruncate(fd, (off_t) size) != 0) {
+		int e = errno;
+		close(fd);
+		shm_unlink(path);
+		return qpi_err(
+		    e == ENOSPC || e == EFBIG ? QP_ENOSPC : QP_ESYSTEM,
+		    "cannot size shm://%s to %zu bytes: %s", name, size,
+		    strerror(e));
+	}
+	void *base
+	    = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (base == MAP_FAILED) {
+		int e = errno;
+		shm_unlink(path);
+		return qpi_err(
+		    QP_ENOMEM, "cannot map shm://%s: %s", name, strerror(e));
+	}
+	shm->base = base;
+	shm->size = size;
+	return QP_OK;
+}
+
+int
+qpi_shm_open(const char *name, qpi_shm *shm)
+{
+	char path[QP_NAME_MAX + 16];
+	struct stat st;
+	int fd;
+
+	shm_path(name, path, sizeof(path));
+	fd = shm_open(path, O_RDWR, 0);
+	if (fd < 0) {
+		if (errno == ENOENT) {
+			return qpi_err(QP_ENOENT, "no queue shm://%s", name);
+		}
+		return qpi_err(
+		    QP_ESYSTEM, "shm_open %s: %s", path, strerror(errno));
+	}
+	if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+		close(fd);
+		return qpi_err(
+		    QP_ECORRUPT, "shm://%s is empty or unreadable", name);
+	}
+	void *base = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE,
+	    MAP_SHARED, fd, 0);
+	close(fd);
+	if (base == MAP_FAILED) {
+		return qpi_err(QP_ENOMEM, "cannot map shm://%s: %s", name,
+		    strerror(errno));
+	}
+	shm->base = base;
+	shm->size = (size_t) st.st_size;
+	return QP_OK;
+}
+
+int
+qpi_shm_unlink(const char *name)
+{
+	char path[QP_NAME_MAX + 16];
+
+	shm_path(name, path, sizeof(path));
+	if (shm_unlink(path) != 0) {
+		if (errno == ENOENT) {
+			return qpi_err(QP_ENOENT, "no queue shm://%s", name);
+		}
+		return qpi_err(
+		    QP_ESYSTEM, "shm_unlink %s: %s", path, strerror(errno));
+	}
+	return QP_OK;
+}
+
+int
+qpi_shm_anon(size_t size, qpi_shm *shm)
+{
+	void *base = mmap(NULL, size, PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (base == MAP_FAILED) {
+		return qpi_err(QP_ENOMEM, "cannot map %zu shared bytes: %s",
+		    size, strerror(errno));
+	}
+	shm->base = base;
+	shm->size = size;
+	return QP_OK;
+}
+
+void
+qpi_shm_unmap(qpi_shm *shm)
+{
+	if (shm->base != NULL) {
+		munmap(shm->base, shm->size);
+		shm->base = NULL;
+		shm->size = 0;
+	}
+}

@@ -1,0 +1,44 @@
+/*
+ * futex.h - process-shared waiting on a 32-bit word in shared memory, and
+ * named or anonymous shared-memory segments. Used by the queue and pipe.
+ */
+#ifndef QPI_FUTEX_H
+#define QPI_FUTEX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Sleeps while *word == expected, until woken or deadline_ns (absolute
+ * CLOCK_MONOTONIC ns; INT64_MAX = forever). Returns 0 when woken or when the
+ * word differs, QP_ETIMEDOUT at the deadline. Spurious wake-ups happen:
+ * callers re-check their condition. Works across processes. */
+int qpi_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline_ns);
+
+/* Wakes up to n waiters on word (INT32_MAX: all). */
+void qpi_futex_wake(uint32_t *word, int n);
+
+/* A mapped shared-memory segment. */
+typedef struct qpi_shm {
+	void *base;
+	size_t size;
+} qpi_shm;
+
+/* Creates the named segment "/qpipe.<name>" of size bytes, zero-filled.
+ * QP_EEXIST if it exists. The new segment is mapped in *shm. */
+int qpi_shm_create(const char *name, size_t size, qpi_shm *shm);
+
+/* Opens and maps the existing named segment (its whole size).
+ * QP_ENOENT if it does not exist. */
+int qpi_shm_open(const char *name, qpi_shm *shm);
+
+/* Removes the named segment's name; mappings stay valid. QP_ENOENT if none. */
+int qpi_shm_unlink(const char *name);
+
+/* Maps an anonymous shared segment, inherited across fork(). */
+int qpi_shm_anon(size_t size, qpi_shm *shm);
+
+/* Unmaps a segment. */
+void qpi_shm_unmap(qpi_shm *shm);
+
+#endif /* QPI_FUTEX_H */

@@ -1,0 +1,283 @@
+/*
+ * qpipe.h - Python's multiprocessing Queue and Pipe, in C, for processes on
+ * one machine and across machines.
+ *
+ * One string, the address, picks the path the bytes take:
+ *
+ *   "jobs", "shm://jobs"             this host's shared memory, no server
+ *   "tcp://HOST:PORT/jobs"           the qpiped listening there (port 7450)
+ *   "tls+tcp://HOST:PORT/jobs"       the same over TLS
+ *   "ipc:///path/to/socket/jobs"     the same over a Unix socket
+ *
+ * Conventions, the same for every call:
+ *
+ * - Every call returns an int from the qp_err enum: QP_OK (0) on success.
+ *   qp_strerror() names a code; qp_errmsg() gives the calling thread's
+ *   detailed message for the last failure ("name 'a b' has a space").
+ * - Durations are qp_duration milliseconds with Python's meaning:
+ *   QP_FOREVER (-1) blocks (block=True, timeout=None), QP_NOWAIT (0) does not
+ *   block, > 0 is a timeout. Any other negative value is QP_EINVAL.
+ * - Handles are opaque. close() is idempotent and leaves the handle valid,
+ *   answering QP_ECLOSED from then on; free() closes and releases it.
+ * - Ownership moves on success only. Buffers that the library returns are
+ *   allocated with malloc() and belong to the caller: release them with
+ *   qp_free().
+ * - Items are msgpack values. The bytes calls store a msgpack bin; the _obj
+ *   calls take and return the msgpack encoding of any one value. A bytes get
+ *   of an item that is not a bin returns its msgpack encoding, as Python's
+ *   recv_bytes returns the pickle of an object sent with send().
+ */
+#ifndef QPIPE_H
+#define QPIPE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define QP_API __attribute__((visibility("default")))
+#else
+#define QP_API
+#endif
+
+#define QP_VERSION_MAJOR  0
+#define QP_VERSION_MINOR  1
+#define QP_VERSION_PATCH  0
+#define QP_VERSION_STRING "0.1.0"
+
+/* The default port of qpiped, and the default largest message (32 MiB). */
+#define QP_DEFAULT_PORT        7450
+#define QP_DEFAULT_MAX_MESSAGE (32u * 1024u * 1024u)
+/* Queue and pipe names: 1 to QP_NAME_MAX bytes of [A-Za-z0-9._-]. */
+#define QP_NAME_MAX 128
+
+/* Error codes: the list lives in proto/errors.def, shared with the wire. */
+typedef enum qp_err {
+#define QP_ERR(name, num, text) QP_##name = num,
+#include "qpipe_errors.def"
+#undef QP_ERR
+} qp_err;
+
+/* The text for an error code ("queue is empty"); never NULL. */
+QP_API const char *qp_strerror(int err);
+
+/* The calling thread's message for its last failed call, naming the cause
+ * ("cannot connect to tcp://h:7450: connection refused"); "" if none. */
+QP_API const char *qp_errmsg(void);
+
+/* Releases a buffer that the library returned. NULL is fine. */
+QP_API void qp_free(void *buf);
+
+/* Milliseconds, Python's timeout: -1 forever, 0 no wait, > 0 a timeout. */
+typedef int64_t qp_duration;
+#define QP_FOREVER ((qp_duration) -1)
+#define QP_NOWAIT  ((qp_duration) 0)
+
+/* The library's version string, "0.1.0". */
+QP_API const char *qp_version(void);
+
+/* ------------------------------------------------------------------------
+ * Addresses
+ * ------------------------------------------------------------------------ */
+
+/* Checks an address without opening anything: QP_OK, or QP_EINVAL with
+ * qp_errmsg() saying what is wrong. */
+QP_API int qp_addr_check(const char *addr);
+
+/* ------------------------------------------------------------------------
+ * Queue (multiprocessing.Queue and JoinableQueue)
+ * ------------------------------------------------------------------------ */
+
+typedef struct qp_queue qp_queue;
+
+/* Open flags. */
+#define QP_OPEN_CREATE 0x1u /* create the queue if it does not exist */
+#define QP_OPEN_EXCL   0x2u /* with CREATE: fail with QP_EEXIST if it does */
+
+/* Options for qp_queue_open and qp_queue_anon; zero means the default. */
+typedef struct qp_queue_opts {
+	uint32_t flags; /* QP_OPEN_* */
+	uint64_t maxsize; /* items; 0 = unbounded (up to capacity) */
+	uint64_t capacity; /* bytes of item storage; 0 = 64 MiB */
+	uint64_t max_message; /* largest item in bytes; 0 = 32 MiB */
+} qp_queue_opts;
+
+/* Opens the queue at addr (opts may be NULL: open an existing queue).
+ * Errors: QP_EINVAL (bad address or options), QP_ENOENT (no such queue and
+ * no QP_OPEN_CREATE), QP_EEXIST, QP_EVERSION (a segment of another layout),
+ * QP_ECORRUPT, QP_ENOMEM, QP_ESYSTEM. */
+QP_API int qp_queue_open(
+    qp_queue **qp, const char *addr, const qp_queue_opts *opts);
+
+/* Creates an anonymous shared-memory queue, to be created before fork() and
+ * used by the parent and its children. */
+QP_API int qp_queue_anon(qp_queue **qp, const qp_queue_opts *opts);
+
+/* Closes the handle: later calls on it return QP_ECLOSED. Items already in
+ * the queue stay there for others. Idempotent. */
+QP_API int qp_queue_close(qp_queue *q);
+
+/* Closes (if open) and releases the handle. NULL is fine. */
+QP_API void qp_queue_free(qp_queue *q);
+
+/* Deletes the queue at addr (its items are lost): QP_OK or QP_ENOENT. */
+QP_API int qp_queue_unlink(const char *addr);
+
+/* Puts len bytes (stored as a msgpack bin). Blocks while the queue is full,
+ * for up to timeout; returns only once the item is in the queue.
+ * Errors: QP_EFULL (timeout or QP_NOWAIT on a full queue), QP_ETOOBIG (item
+ * larger than the queue can ever hold, at once), QP_ECLOSED. */
+QP_API int qp_queue_put(
+    qp_queue *q, const void *buf, size_t len, qp_duration timeout);
+
+/* qp_queue_put(q, buf, len, QP_NOWAIT). */
+QP_API int qp_queue_put_nowait(qp_queue *q, const void *buf, size_t len);
+
+/* Puts one msgpack value, given as its encoding (exactly one well-formed
+ * value, else QP_EINVAL). Otherwise as qp_queue_put. */
+QP_API int qp_queue_put_obj(
+    qp_queue *q, const void *msgpack, size_t len, qp_duration timeout);
+
+/* Gets the oldest item: *bufp gets a malloc'd copy (free with qp_free) and
+ * *lenp its length. Blocks while the queue is empty, for up to timeout.
+ * Errors: QP_EEMPTY (timeout or QP_NOWAIT on an empty queue), QP_ECLOSED. */
+QP_API int qp_queue_get(
+    qp_queue *q, void **bufp, size_t *lenp, qp_duration timeout);
+
+/* qp_queue_get(q, bufp, lenp, QP_NOWAIT). */
+QP_API int qp_queue_get_nowait(qp_queue *q, void **bufp, size_t *lenp);
+
+/* Gets the oldest item into buf (size cap). If the item is larger,
+ * returns QP_ETOOBIG with *lenp set to the size needed, and the item stays
+ * at the head of the queue. */
+QP_API int qp_queue_get_into(
+    qp_queue *q, void *buf, size_t cap, size_t *lenp, qp_duration timeout);
+
+/* Gets the oldest item as the msgpack encoding of its value. */
+QP_API int qp_queue_get_obj(
+    qp_queue *q, void **msgpackp, size_t *lenp, qp_duration timeout);
+
+/* The exact number of items in the queue. */
+QP_API int qp_queue_qsize(qp_queue *q, size_t *np);
+
+/* *emptyp is true when the queue holds no item. */
+QP_API int qp_queue_empty(qp_queue *q, bool *emptyp);
+
+/* *fullp is true when a put would block. */
+QP_API int qp_queue_full(qp_queue *q, bool *fullp);
+
+/* JoinableQueue: marks one item got earlier as done. Calling it more times
+ * than items were put returns QP_EVALUE and changes nothing. */
+QP_API int qp_queue_task_done(qp_queue *q);
+
+/* JoinableQueue: blocks until every item put has been marked done, for up to
+ * timeout. Errors: QP_ETIMEDOUT, QP_ECLOSED. */
+QP_API int qp_queue_join(qp_queue *q, qp_duration timeout);
+
+/* A queue's figures, for qp_queue_stat. */
+typedef struct qp_queue_stats {
+	uint64_t items; /* items ready */
+	uint64_t bytes; /* bytes of items ready */
+	uint64_t maxsize; /* 0 = unbounded */
+	uint64_t capacity; /* bytes of storage */
+	uint64_t leased; /* items handed out and not yet confirmed */
+	uint64_t unfinished; /* items put and not yet task_done */
+	uint64_t getters; /* getters waiting now */
+	uint64_t putters; /* putters waiting now */
+	uint64_t puts; /* items put since creation */
+	uint64_t gets; /* items got since creation */
+	int64_t oldest_age_ms; /* age of the oldest ready item; -1 if none */
+} qp_queue_stats;
+
+/* Fills *st with the queue's figures. */
+QP_API int qp_queue_stat(qp_queue *q, qp_queue_stats *st);
+
+/* ------------------------------------------------------------------------
+ * Pipe and Connection (multiprocessing.Pipe, connection.Listener/Client)
+ * ------------------------------------------------------------------------ */
+
+typedef struct qp_conn qp_conn;
+typedef struct qp_listener qp_listener;
+
+/* Creates two connected ends in shared memory, to be created before fork().
+ * duplex true: both ends send and receive. duplex false: *ap only receives
+ * and *bp only sends (Python's order). */
+QP_API int qp_pipe(qp_conn **ap, qp_conn **bp, bool duplex);
+
+/* Sends one msgpack value, given as its encoding (exactly one well-formed
+ * value, else QP_EINVAL). Errors: QP_ETOOBIG (over the connection's
+ * maximum; nothing sent), QP_EPERM (a receive-only end), QP_ECLOSED. */
+QP_API int qp_conn_send(qp_conn *c, const void *msgpack, size_t len);
+
+/* Receives one message as the msgpack encoding of its value; blocks until
+ * one arrives. QP_ECLOSED once the peer closed or died and nothing is left
+ * (Python's EOFError), never a hang. */
+QP_API int qp_conn_recv(qp_conn *c, void **msgpackp, size_t *lenp);
+
+/* Sends size bytes of buf starting at offset, as one message (a bin). */
+QP_API int qp_conn_send_bytes(
+    qp_conn *c, const void *buf, size_t offset, size_t size);
+
+/* Receives one message's bytes. If it is longer than maxlength (SIZE_MAX:
+ * no limit), returns QP_ETOOBIG with *lenp set to its length, and the
+ * message stays to be read. */
+QP_API int qp_conn_recv_bytes(
+    qp_conn *c, void **bufp, size_t *lenp, size_t maxlength);
+
+/* Receives one message's bytes into buf at offset (buf holds bufsize bytes
+ * in all). If it does not fit, returns QP_ETOOBIG with *lenp set to its
+ * length, and the message stays to be read. */
+QP_API int qp_conn_recv_bytes_into(
+    qp_conn *c, void *buf, size_t bufsize, size_t offset, size_t *lenp);
+
+/* *readyp is true when a recv would not block: a message waits, or the peer
+ * is gone (end of file). Waits up to timeout for that. */
+QP_API int qp_conn_poll(qp_conn *c, qp_duration timeout, bool *readyp);
+
+/* A file descriptor that polls readable whenever qp_conn_poll(c, 0) would
+ * say ready; owned by the connection. */
+QP_API int qp_conn_fd(qp_conn *c, int *fdp);
+
+/* Sets the largest message this end sends or accepts (default 32 MiB). */
+QP_API int qp_conn_set_max_message(qp_conn *c, size_t max);
+
+/* Closes this end: the peer's recv sees end of file once it has drained
+ * what was sent. Idempotent. */
+QP_API int qp_conn_close(qp_conn *c);
+
+/* Closes (if open) and releases the handle. NULL is fine. */
+QP_API void qp_conn_free(qp_conn *c);
+
+/* multiprocessing.connection.wait: waits up to timeout until at least one of
+ * the n connections is ready (as qp_conn_poll), then sets ready[i] for each.
+ * *nreadyp gets the count (0 after a timeout). */
+QP_API int qp_wait(qp_conn *const *conns, size_t n, qp_duration timeout,
+    bool *ready, size_t *nreadyp);
+
+/* Listens on addr (tcp://HOST:PORT, ipc:///PATH, tls+tcp://HOST:PORT).
+ * Port 0 picks a free port: qp_listener_url tells the real address. */
+QP_API int qp_listen(qp_listener **lp, const char *addr);
+
+/* The address actually bound, e.g. "tcp://127.0.0.1:40123". */
+QP_API const char *qp_listener_url(qp_listener *l);
+
+/* Waits up to timeout for the next connection: QP_ETIMEDOUT if none. */
+QP_API int qp_listener_accept(
+    qp_listener *l, qp_conn **cp, qp_duration timeout);
+
+/* Stops listening and releases the listener; accepted connections go on. */
+QP_API void qp_listener_free(qp_listener *l);
+
+/* Dials a listener. With timeout 0 a refused dial fails at once with
+ * QP_ECONNREFUSED; otherwise it retries until the timeout. */
+QP_API int qp_dial(qp_conn **cp, const char *addr, qp_duration timeout);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QPIPE_H */

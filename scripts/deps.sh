@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that qpipe needs, and only those missing.
+# Usage: scripts/deps.sh build|test|demo|bench
+# As root it runs apt-get directly, otherwise through sudo. When everything
+# is present it does nothing and takes well under a second.
+set -euo pipefail
+
+build_pkgs=(cmake make gcc pkg-config libnng-dev libmsgpack-dev libcmocka-dev)
+test_pkgs=(clang clang-format libclang-rt-14-dev nng-utils python3
+	python3-msgpack iproute2 docker-compose openssl procps)
+bench_pkgs=(python3 redis-server redis-tools nng-utils)
+
+want=("${build_pkgs[@]}")
+case "${1:-build}" in
+build) ;;
+test) want+=("${test_pkgs[@]}") ;;
+demo) want+=(iproute2 procps) ;;
+bench) want+=("${bench_pkgs[@]}") ;;
+*)
+	echo "usage: $0 build|test|demo|bench" >&2
+	exit 1
+	;;
+esac
+
+missing=()
+for p in "${want[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
+		grep -q 'install ok installed'; then
+		missing+=("$p")
+	fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "qpipe: installing ${missing[*]}" >&2
+if [ "$(id -u)" -eq 0 ]; then
+	sudo=()
+elif command -v sudo >/dev/null 2>&1; then
+	sudo=(sudo)
+else
+	echo "qpipe: need root or sudo to install: ${missing[*]}" >&2
+	exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

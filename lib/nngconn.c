@@ -17,8 +17,8 @@
  * connection is final: end of file.
  *
  * Receiving. Each connection has a reader run by nng's callbacks: it reads
- * into a 64 KiB buffer, cuts frames out of it (a frame larger than the
- * buffer is read straight into its own allocation, after its length is
+ * into a 64 KiB buffer, cuts frames out of it (the rest of a frame over
+ * 16 KiB is read straight into its own allocation, after its length is
  * checked against the connection's maximum, which stands in for
  * NNG_OPT_RECVMAXSZ: nothing is allocated from an unchecked length), checks
  * each message is one msgpack value, and queues it. The reader stops while
@@ -54,6 +54,7 @@
 #define SP_PAIR1     0x11u /* the SP protocol number of pair1 */
 #define HOPS_MAX     0xffu
 #define RXBUF        ((size_t) 64 * 1024)
+#define RXDIRECT     ((size_t) 16 * 1024)
 #define RXQ_MAX      ((size_t) 4 << 20)
 #define NEGO_MS      10000
 #define PENDING_MAX  256
@@ -355,9 +356,11 @@ nc_parse(struct nngconn *c)
 			nc_deliver(c, m, frame);
 			continue;
 		}
-		if (fh + frame <= RXBUF) {
+		if (frame <= RXDIRECT) {
 			break; /* the rest comes into the buffer */
 		}
+		/* A larger frame: its rest is read straight into its own
+		 * allocation, saving a copy. */
 		if ((m = malloc(sizeof(*m) + frame)) == NULL) {
 			nc_fail(c, QP_ENOMEM,
 			    "out of memory receiving %llu bytes",
@@ -1046,6 +1049,7 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout)
 		nng_stream_dialer_free(d);
 		return qpi_err(QP_ENOMEM, "out of memory dialing %s", a->url);
 	}
+	int refused = 0; /* the last refusal, reported if time runs out */
 	for (;;) {
 		/* One attempt: bounded by the timeout, and by DIAL_TRY_MS
 		 * when there is none (0: a single attempt; -1: forever). */
@@ -1053,7 +1057,7 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout)
 		if (timeout == 0 || ms < 0 || ms > DIAL_TRY_MS) {
 			ms = DIAL_TRY_MS;
 		}
-		nng_aio_set_timeout(aio, (nng_duration) ms);
+		nng_aio_set_timeout(aio, (nng_duration) (ms > 0 ? ms : 1));
 		nng_stream_dialer_dial(d, aio);
 		nng_aio_wait(aio);
 		nrv = nng_aio_result(aio);
@@ -1061,9 +1065,16 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout)
 			break;
 		}
 		rv = nc_err(nrv);
+		if (rv == QP_ECONNREFUSED) {
+			refused = nrv;
+		}
 		int64_t left = nc_deadline_ms(deadline);
 		if (timeout == 0 || left == 0
 		    || (rv != QP_ECONNREFUSED && rv != QP_ETIMEDOUT)) {
+			if (rv == QP_ETIMEDOUT && refused != 0) {
+				rv = QP_ECONNREFUSED;
+				nrv = refused;
+			}
 			nng_aio_free(aio);
 			nng_stream_dialer_free(d);
 			return qpi_err(rv, "cannot connect to %s: %s", a->url,

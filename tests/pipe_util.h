@@ -63,12 +63,16 @@ pu_init(pu_stream *s, uint8_t *block, uint64_t seed)
 	s->sum = 0xcbf29ce484222325ull;
 }
 
-/* The next message: a slice of the block, 0 to PU_MAXSIZE bytes. */
+/* The next message: a slice of the block, 0 to PU_MAXSIZE bytes. The
+ * sizes are spread evenly over the powers of two (0-1, 0-2, ... 0-64 KiB
+ * are equally likely ranges), so that small messages, which cut and
+ * straddle frames and ring ends differently, are as common as large. */
 static inline const uint8_t *
 pu_msg(pu_stream *s, size_t *lenp)
 {
 	uint64_t r = pu_next(&s->state);
-	size_t len = (size_t) (r % (PU_MAXSIZE + 1));
+	size_t range = (size_t) 1 << (r % 17); /* 1 .. PU_MAXSIZE */
+	size_t len = (size_t) ((r >> 8) % (range + 1));
 	size_t start = (size_t) ((r >> 32) % (PU_BLOCK - PU_MAXSIZE));
 
 	*lenp = len;

@@ -845,5 +845,9 @@ main(void)
 	    cmocka_unit_test(test_pipe_bad_arguments),
 	};
 
+	/* QP_TEST_FILTER=pattern runs only the matching tests. */
+	if (getenv("QP_TEST_FILTER") != NULL) {
+		cmocka_set_test_filter(getenv("QP_TEST_FILTER"));
+	}
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

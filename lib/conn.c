@@ -146,16 +146,19 @@ conn_bytes_len(const qpi_msginfo *mi, size_t *skipp)
 	return mi->len - *skipp;
 }
 
-/* Waits for the next message; QP_ECLOSED at end of file. */
+/* Waits for the next message; QP_ECLOSED at end of file. *heldp tells
+ * whether *mi describes a message that stays to be read (QP_OK, or
+ * QP_ETOOBIG when it is over the connection's maximum); a carrier's own
+ * error (such as a remote peer's oversized frame) describes none. */
 static int
-conn_next(qp_conn *c, qpi_msginfo *mi)
+conn_next(qp_conn *c, qpi_msginfo *mi, bool *heldp)
 {
 	int rv = c->ops->peek(c, INT64_MAX, mi);
 
+	*heldp = rv == QP_OK;
 	if (rv == QP_OK && mi->len > c->max_message) {
 		return qpi_err(QP_ETOOBIG,
-		    "next message is %zu bytes, over this connection's "
-		    "maximum "
+		    "next message is %zu bytes, over the connection's maximum "
 		    "of %zu; it stays to be read",
 		    mi->len, c->max_message);
 	}
@@ -168,6 +171,7 @@ qp_conn_recv(qp_conn *c, void **msgpackp, size_t *lenp)
 	qpi_msginfo mi;
 	uint8_t hdr[5];
 	size_t hl, n;
+	bool held;
 	int rv;
 
 	if ((rv = conn_can_recv(c)) != QP_OK) {
@@ -176,8 +180,8 @@ qp_conn_recv(qp_conn *c, void **msgpackp, size_t *lenp)
 	if (msgpackp == NULL || lenp == NULL) {
 		return qpi_err(QP_EINVAL, "output pointer is NULL");
 	}
-	if ((rv = conn_next(c, &mi)) != QP_OK) {
-		if (rv == QP_ETOOBIG) {
+	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
+		if (held) {
 			*lenp = conn_enc_len(&mi, hdr, &hl);
 		}
 		return rv;
@@ -202,6 +206,7 @@ qp_conn_recv_bytes(qp_conn *c, void **bufp, size_t *lenp, size_t maxlength)
 {
 	qpi_msginfo mi;
 	size_t skip, n;
+	bool held;
 	int rv;
 
 	if ((rv = conn_can_recv(c)) != QP_OK) {
@@ -210,8 +215,8 @@ qp_conn_recv_bytes(qp_conn *c, void **bufp, size_t *lenp, size_t maxlength)
 	if (bufp == NULL || lenp == NULL) {
 		return qpi_err(QP_EINVAL, "output pointer is NULL");
 	}
-	if ((rv = conn_next(c, &mi)) != QP_OK) {
-		if (rv == QP_ETOOBIG) {
+	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
+		if (held) {
 			*lenp = conn_bytes_len(&mi, &skip);
 		}
 		return rv;
@@ -243,6 +248,7 @@ qp_conn_recv_bytes_into(
 {
 	qpi_msginfo mi;
 	size_t skip, n;
+	bool held;
 	int rv;
 
 	if ((rv = conn_can_recv(c)) != QP_OK) {
@@ -258,8 +264,8 @@ qp_conn_recv_bytes_into(
 		return qpi_err(QP_EINVAL,
 		    "offset %zu is past the %zu-byte buffer", offset, bufsize);
 	}
-	if ((rv = conn_next(c, &mi)) != QP_OK) {
-		if (rv == QP_ETOOBIG) {
+	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
+		if (held) {
 			*lenp = conn_bytes_len(&mi, &skip);
 		}
 		return rv;

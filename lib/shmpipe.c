@@ -47,7 +47,10 @@
  * inherited across fork. qp_conn_fd arms the receiving direction: from then
  * on the producer writes the eventfd when it publishes and the fd_signaled
  * flag is clear, and the receiver drains it (clear the flag, read, look
- * again) when it finds the ring empty. The fd handed out is an epoll set,
+ * again) when it finds the ring empty. The fd may poll readable once with
+ * nothing ready (a claim's wake-up, or a write that raced a drain); the
+ * next qp_conn_poll(c, 0) or recv drains it, so a loop that polls the fd
+ * and then asks qp_conn_poll never spins. The fd handed out is an epoll set,
  * per process, holding that eventfd and a pidfd of the peer's owner, so it
  * polls readable on data, on the peer's close and on the peer's death.
  */
@@ -501,14 +504,17 @@ shm_avail(struct shmconn *c, uint64_t pos)
 }
 
 /* With the fd armed and the ring found empty: takes back a stale signal
- * from the eventfd, and signals again if data or a close came meanwhile. */
+ * from the eventfd, and signals again if data or a close came meanwhile.
+ * It reads the eventfd even when fd_signaled is clear: a producer's write
+ * may land after an earlier drain cleared the flag, and must not leave the
+ * fd readable for good (an event loop would spin). */
 static void
 shm_fd_quiesce(struct shmconn *c, uint64_t tail)
 {
 	struct ring *r = c->in;
 	uint64_t v;
 
-	if (!atomic_load(&r->fd_armed) || !atomic_load(&r->fd_signaled)) {
+	if (!atomic_load(&r->fd_armed)) {
 		return;
 	}
 	atomic_store(&r->fd_signaled, 0);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #include <cmocka.h>
 #include <poll.h>
@@ -790,6 +791,35 @@ test_pipe_sender_unblocks_when_receiver_dies(void **state)
 	qp_conn_free(b);
 }
 
+/* A receiver waiting with nothing to read sleeps: its short spin before
+ * sleeping costs microseconds, not a core. */
+static void
+test_pipe_idle_wait_sleeps(void **state)
+{
+	qp_conn *a, *b;
+	struct rusage ru;
+	int st;
+
+	assert_int_equal(qp_pipe(&a, &b, true), QP_OK);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		_exit(recv_str(b, "wake up"));
+	}
+	pu_sleep_ms(400);
+	assert_int_equal(send_str(a, "wake up"), QP_OK);
+	assert_int_equal(wait4(pid, &st, 0, &ru), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	int64_t cpu_us
+	    = (int64_t) (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000
+	    + ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
+	/* 400 ms of waiting; a spinning waiter would use about all of it */
+	assert_true(cpu_us < 60000);
+	qp_conn_free(a);
+	qp_conn_free(b);
+}
+
 static void
 test_pipe_bad_arguments(void **state)
 {
@@ -843,6 +873,7 @@ main(void)
 	    cmocka_unit_test(test_pipe_large_messages_stream),
 	    cmocka_unit_test(test_pipe_fork_100k_random),
 	    cmocka_unit_test(test_pipe_sender_unblocks_when_receiver_dies),
+	    cmocka_unit_test(test_pipe_idle_wait_sleeps),
 	    cmocka_unit_test(test_pipe_bad_arguments),
 	};
 

@@ -15,37 +15,48 @@
  * at once), and within that process by one sending and one receiving
  * thread at a time.
  *
- * Blocking. A waiter first spins for up to SPIN_NS (a woken process costs
- * 55-70 us here, a hot hand-off well under 2 us): it pauses for
- * SPIN_PAUSE_NS, then yields the CPU in a loop, so that a peer that shares
- * its core (a busy or small machine) runs and answers meanwhile; only then
- * does it set its waiting flag and
- * sleeps on a futex word of the ring (data_seq for the consumer, space_seq
- * for the producer), with its deadline passed down. The other side bumps the
- * word and calls FUTEX_WAKE only when it takes the flag (an exchange, so one
- * wake-up per sleep however many messages follow), and a busy pipe makes
- * no system calls; the flag store and the position store are each followed
+ * Blocking. A waiter first spins for up to SPIN_NS, because waking a
+ * sleeping process costs tens of microseconds (55-70 us measured on the
+ * development machine) while a hand-off to a running peer takes well under
+ * one: it pauses for SPIN_PAUSE_NS, then yields the CPU in a loop, so that
+ * a peer sharing its core (a small or busy machine) runs and answers
+ * meanwhile. Only then does it set its waiting flag and sleep on a futex
+ * word of the ring (data_seq for the consumer, space_seq for the
+ * producer), with its deadline passed down. The other side bumps the word
+ * and calls FUTEX_WAKE only when it takes the flag (an exchange: one
+ * wake-up per sleep however many messages follow), so a busy pipe makes no
+ * system calls; the flag store and the position store are each followed
  * by a full fence, so one side always sees the other (no lost wake-up).
  *
  * End of file. Each end records in the segment the pid of the process that
- * uses it, and whether it was closed. A process claims an end on its first
- * send, recv, poll or fd after a fork (the creator holds both until then);
- * a claim wakes the peer so that it looks again. A waiter that finds no
- * data checks its peer before each sleep and sleeps in slices of SLICE_NS:
- * the peer is gone once it closed its end, or once its owner process has
- * exited, which a pidfd (pidfd_open, Linux >= 5.3) tells even while the
- * exited child is an unreaped zombie (kill(pid, 0) would not); without
- * pidfds, kill() and /proc/PID/stat stand in. So a recv returns QP_ECLOSED
- * within SLICE_NS of the peer's death, once the data already sent is
- * drained, even when the parent still holds the child's end: holding an end
- * is not using it. qp_conn_close makes the peer see end of file only when
- * called by the process that uses the end and that has not forked since it
- * last used it; otherwise (the parent closing the child's end after fork,
- * or a child closing the parent's end) it only drops this process's
- * handle, as closing an inherited descriptor does. The known limit: an end
- * that no process used after the fork counts as its creator's, so if a
- * child dies before its first use of its end, the parent sees end of file
- * only when it closes that end itself (Python would hang as well).
+ * uses it (its owner), whether it was closed, whether its owner let go of
+ * it without closing it (released), and an heir. A process claims an end
+ * on its first send, recv, poll or fd after a fork (the creator holds both
+ * until then); a claim clears released and heir, and wakes the peer so
+ * that it looks again. A child forked while its parent owns an end and
+ * holds it open becomes that end's heir (pthread_atfork handlers over the
+ * process's open ends: the parent marks the heir pending before the fork,
+ * the child puts in its pid). The peer is gone once the end is closed, or once
+ * its owner has exited or released it and its heir, if any, has exited.
+ * A waiter that finds no data checks this before each sleep and sleeps in
+ * slices of SLICE_NS; an exit is seen through a pidfd (pidfd_open, Linux
+ * >= 5.3), which tells it even while the dead child is an unreaped zombie
+ * (kill(pid, 0) would not); without pidfds, kill() and /proc/PID/stat
+ * stand in. So a recv returns QP_ECLOSED within SLICE_NS of the peer's
+ * death, once the data already sent is drained, even when the parent still
+ * holds the child's end: holding an end is not using it, and a child
+ * forked after another process claimed the end is no heir of it.
+ * qp_conn_close ends the stream for the peer when called by the owner that
+ * has not forked since it last used the end; the owner closing it after a
+ * fork only releases it (Python's idiom: the parent closes the child's end
+ * after fork, and the child's use or death decides); any other process's
+ * close only drops its handle, as closing an inherited descriptor does (an
+ * heir closing its copy gives up being heir). The limits: if the parent
+ * keeps the child's end open and the child dies before its first use of
+ * it, the parent sees end of file only when it closes that end (Python
+ * would hang as well); and a pidfd is opened when a new owner or heir is
+ * first seen, so one that died and whose pid was reused in between would
+ * be taken for alive.
  *
  * Descriptors. Each direction has an eventfd, created with the pipe and
  * inherited across fork. qp_conn_fd arms the receiving direction: from then
@@ -109,6 +120,8 @@ struct ring {
 struct end_state {
 	_Atomic int32_t owner; /* pid of the process using the end */
 	_Atomic uint32_t closed; /* closed by that process */
+	_Atomic uint32_t released; /* the owner let go of it without closing */
+	_Atomic int32_t heir; /* a child forked while the owner held it */
 };
 
 /* The start of the segment. ring[i] carries data into end i (end 0 is the
@@ -162,12 +175,17 @@ struct shmconn {
 	pthread_mutex_t mu;
 	unsigned fd_gen; /* process generation these belong to */
 	pid_t mypid;
-	pid_t peer_pid; /* pid that pidfd refers to; 0 if none */
+	pid_t watch_pid; /* pid that pidfd refers to; 0 if none */
 	int pidfd;
 	int epfd; /* the fd handed out; -1 until asked for */
 	bool ep_has_pidfd;
-	bool peer_dead; /* peer_pid is known to have exited */
+	bool watch_dead; /* watch_pid is known to have exited */
 	bool broken; /* end of file came in the middle of a message */
+	bool eof_seen; /* the peer was found gone (under mu) */
+	/* the process's list of open ends, for the fork handler */
+	struct shmconn *reg_prev;
+	struct shmconn *reg_next;
+	bool registered;
 };
 
 /* Process-wide: how many forks happened, seen from the child (proc_gen)
@@ -176,17 +194,84 @@ static _Atomic unsigned shm_proc_gen;
 static _Atomic unsigned long shm_fork_count;
 static pthread_once_t shm_once = PTHREAD_ONCE_INIT;
 static bool shm_spin_ok;
+/* The ends open in this process (not closed here), for the fork handler;
+ * shm_reg_mu is held across fork() so the child finds the list whole. */
+static pthread_mutex_t shm_reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct shmconn *shm_reg;
+static pid_t shm_forker;
+
+/* Before fork, in the parent: every end it owns and holds open gets a
+ * pending heir, -pid of the parent, which the child replaces with its own
+ * pid; so the parent may let go of the end as soon as fork() returns. */
+static void
+shm_atfork_prepare(void)
+{
+	pthread_mutex_lock(&shm_reg_mu);
+	shm_forker = getpid();
+	for (struct shmconn *h = shm_reg; h != NULL; h = h->reg_next) {
+		struct end_state *e = &h->seg->end[h->end];
+		if (atomic_load(&e->owner) == (int32_t) shm_forker
+		    && !atomic_load(&e->released)) {
+			atomic_store(&e->heir, -(int32_t) shm_forker);
+		}
+	}
+}
 
 static void
 shm_atfork_parent(void)
 {
 	atomic_fetch_add(&shm_fork_count, 1);
+	pthread_mutex_unlock(&shm_reg_mu);
 }
 
+/* In the new child: it becomes the heir of every end that its parent owns
+ * and held open at the fork, so that if the parent lets go of such an end
+ * (the Python idiom of closing the child's end after fork) the end lives
+ * as long as this child, even if it dies before its first use of it. */
 static void
 shm_atfork_child(void)
 {
+	int32_t me = (int32_t) getpid();
+
 	atomic_fetch_add(&shm_proc_gen, 1);
+	for (struct shmconn *h = shm_reg; h != NULL; h = h->reg_next) {
+		struct end_state *e = &h->seg->end[h->end];
+		int32_t pending = -(int32_t) shm_forker;
+		atomic_compare_exchange_strong(&e->heir, &pending, me);
+	}
+	pthread_mutex_unlock(&shm_reg_mu);
+}
+
+static void
+shm_register(struct shmconn *c)
+{
+	pthread_mutex_lock(&shm_reg_mu);
+	c->reg_prev = NULL;
+	c->reg_next = shm_reg;
+	if (shm_reg != NULL) {
+		shm_reg->reg_prev = c;
+	}
+	shm_reg = c;
+	c->registered = true;
+	pthread_mutex_unlock(&shm_reg_mu);
+}
+
+static void
+shm_unregister(struct shmconn *c)
+{
+	pthread_mutex_lock(&shm_reg_mu);
+	if (c->registered) {
+		if (c->reg_prev != NULL) {
+			c->reg_prev->reg_next = c->reg_next;
+		} else {
+			shm_reg = c->reg_next;
+		}
+		if (c->reg_next != NULL) {
+			c->reg_next->reg_prev = c->reg_prev;
+		}
+		c->registered = false;
+	}
+	pthread_mutex_unlock(&shm_reg_mu);
 }
 
 static void
@@ -196,7 +281,8 @@ shm_init_once(void)
 
 	/* Spinning only helps when the peer can run at the same time. */
 	shm_spin_ok = ncpu > 1;
-	pthread_atfork(NULL, shm_atfork_parent, shm_atfork_child);
+	pthread_atfork(
+	    shm_atfork_prepare, shm_atfork_parent, shm_atfork_child);
 }
 
 static inline void
@@ -337,7 +423,10 @@ shm_claim_slow(struct shmconn *c, unsigned gen, unsigned long forks)
 	pid_t me = getpid();
 	int32_t old;
 
-	old = atomic_exchange(&c->seg->end[c->end].owner, (int32_t) me);
+	struct end_state *e = &c->seg->end[c->end];
+	old = atomic_exchange(&e->owner, (int32_t) me);
+	atomic_store(&e->released, 0);
+	atomic_store(&e->heir, 0);
 	atomic_store(&c->proc_gen, gen);
 	atomic_store(&c->fork_count, forks);
 	if (old != (int32_t) me) {
@@ -375,8 +464,8 @@ shm_drop_pidfd(struct shmconn *c)
 	}
 	c->pidfd = -1;
 	c->ep_has_pidfd = false;
-	c->peer_pid = 0;
-	c->peer_dead = false;
+	c->watch_pid = 0;
+	c->watch_dead = false;
 }
 
 /* Forgets descriptors inherited from the parent: they belong to it (an
@@ -398,8 +487,8 @@ shm_fresh_fds(struct shmconn *c)
 	c->epfd = -1;
 	c->pidfd = -1;
 	c->ep_has_pidfd = false;
-	c->peer_pid = 0;
-	c->peer_dead = false;
+	c->watch_pid = 0;
+	c->watch_dead = false;
 	c->mypid = getpid();
 	c->fd_gen = gen;
 }
@@ -430,28 +519,28 @@ shm_pid_dead_fallback(pid_t pid)
 	return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
 }
 
-/* Is the owner of the peer end gone? Keeps a pidfd of it (and keeps it in
- * the epoll set, if there is one). Called with c->mu held. */
+/* Has process pid exited? Keeps a pidfd of the one process watched (and
+ * keeps it in the epoll set, if there is one). Called with c->mu held. */
 static bool
-shm_owner_dead_locked(struct shmconn *c, pid_t pid)
+shm_pid_gone_locked(struct shmconn *c, pid_t pid)
 {
 	struct pollfd pfd;
 
-	if (pid == c->mypid || pid <= 0) {
-		if (c->pidfd >= 0 || c->peer_pid != 0) {
+	if (pid == c->mypid) {
+		if (c->pidfd >= 0 || c->watch_pid != 0) {
 			shm_drop_pidfd(c);
 		}
 		return false;
 	}
-	if (pid != c->peer_pid) {
+	if (pid != c->watch_pid) {
 		shm_drop_pidfd(c);
-		c->peer_pid = pid;
+		c->watch_pid = pid;
 #ifdef SYS_pidfd_open
 		c->pidfd = (int) syscall(SYS_pidfd_open, pid, 0);
 		if (c->pidfd < 0) {
 			c->pidfd = -1;
 			if (errno == ESRCH) {
-				c->peer_dead = true;
+				c->watch_dead = true;
 			}
 		}
 #endif
@@ -467,7 +556,7 @@ shm_owner_dead_locked(struct shmconn *c, pid_t pid)
 			}
 		}
 	}
-	if (c->peer_dead) {
+	if (c->watch_dead) {
 		return true;
 	}
 	if (c->pidfd >= 0) {
@@ -475,30 +564,45 @@ shm_owner_dead_locked(struct shmconn *c, pid_t pid)
 		pfd.events = POLLIN;
 		pfd.revents = 0;
 		if (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLIN)) {
-			c->peer_dead = true;
+			c->watch_dead = true;
 		}
 	} else if (shm_pid_dead_fallback(pid)) {
-		c->peer_dead = true;
+		c->watch_dead = true;
 	}
-	return c->peer_dead;
+	return c->watch_dead;
 }
 
-/* Has the peer closed its end or died? */
+/* Has the peer closed its end or gone away? It has once its owner has
+ * exited or let go of it, unless an heir that may still use it lives.
+ * The answer sticks, and keeps the eventfd readable when it is armed. */
 static bool
 shm_peer_gone(struct shmconn *c)
 {
 	struct end_state *pe = &c->seg->end[1 - c->end];
-	bool dead;
+	bool closed = atomic_load(&pe->closed) != 0;
+	pid_t owner = (pid_t) atomic_load(&pe->owner);
+	bool released = atomic_load(&pe->released) != 0;
+	pid_t heir = (pid_t) atomic_load(&pe->heir);
+	bool gone;
 
-	if (atomic_load(&pe->closed)) {
-		return true;
-	}
-	pid_t pid = (pid_t) atomic_load(&pe->owner);
 	pthread_mutex_lock(&c->mu);
 	shm_fresh_fds(c);
-	dead = shm_owner_dead_locked(c, pid);
+	if (c->eof_seen || closed) {
+		gone = true;
+	} else if (!released && owner > 0 && !shm_pid_gone_locked(c, owner)) {
+		gone = false;
+	} else if (heir != 0) {
+		/* a pending heir (-pid) is a child being forked by pid */
+		gone = shm_pid_gone_locked(c, heir > 0 ? heir : -heir);
+	} else {
+		gone = true;
+	}
+	c->eof_seen = gone;
 	pthread_mutex_unlock(&c->mu);
-	return dead;
+	if (gone && c->in != NULL && atomic_load(&c->in->fd_armed)) {
+		shm_signal_fd(c->in, c->in_efd);
+	}
+	return gone;
 }
 
 static bool
@@ -537,6 +641,12 @@ shm_fd_quiesce(struct shmconn *c, uint64_t tail)
 
 	if (!atomic_load(&r->fd_armed)) {
 		return;
+	}
+	pthread_mutex_lock(&c->mu);
+	bool eof = c->eof_seen;
+	pthread_mutex_unlock(&c->mu);
+	if (eof) {
+		return; /* end of file stays readable */
 	}
 	atomic_store(&r->fd_signaled, 0);
 	atomic_thread_fence(memory_order_seq_cst);
@@ -885,10 +995,20 @@ shm_close(qp_conn *base)
 	/* Close for the peer only from the process that uses this end and
 	 * has not forked since it last did; otherwise this process merely
 	 * lets go of its handle. */
-	if (atomic_load(&c->proc_gen) == atomic_load(&shm_proc_gen)
-	    && atomic_load(&c->fork_count) == atomic_load(&shm_fork_count)
-	    && atomic_load(&e->owner) == (int32_t) me) {
-		atomic_store(&e->closed, 1);
+	shm_unregister(c);
+	if (atomic_load(&e->owner) == (int32_t) me) {
+		if (atomic_load(&c->proc_gen) == atomic_load(&shm_proc_gen)
+		    && atomic_load(&c->fork_count)
+		        == atomic_load(&shm_fork_count)) {
+			atomic_store(&e->closed, 1);
+		} else {
+			/* a child may use it: it lives on in the heir */
+			atomic_store(&e->released, 1);
+		}
+	} else {
+		/* an heir that lets go of the end will not use it */
+		int32_t mine = (int32_t) me;
+		atomic_compare_exchange_strong(&e->heir, &mine, 0);
 	}
 	shm_kick(c);
 }
@@ -1039,6 +1159,8 @@ qpi_shmpipe_create(qp_conn **ap, qp_conn **bp, bool duplex, size_t ring_size)
 		return qpi_err(QP_ENOMEM, "out of memory creating a pipe");
 	}
 	sh->refs = 2;
+	shm_register(a);
+	shm_register(b);
 	*ap = &a->base;
 	*bp = &b->base;
 	return QP_OK;

@@ -460,9 +460,12 @@ test_pipe_eof_after_kill9(void **state)
 	pid_t killer = fork();
 	assert_true(killer >= 0);
 	if (killer == 0) {
+		/* forked after the peer claimed b: no heir of b, so its
+		 * lingering must not delay the end of file */
 		pu_sleep_ms(150);
 		t[0] = pu_now_us();
 		kill(peer, SIGKILL);
+		pu_sleep_ms(1000);
 		_exit(0);
 	}
 	assert_int_equal(
@@ -496,6 +499,82 @@ test_pipe_eof_after_kill9(void **state)
 	qp_conn_free(a);
 	qp_conn_free(b);
 	munmap(t, 4096);
+}
+
+/* Python's idiom, then a child that dies before it ever uses its end:
+ * the parent closed its copy, so the child's death is the end of file
+ * (Python sees it too, through the kernel's count of the descriptor). */
+static void
+test_pipe_child_dies_before_first_use(void **state)
+{
+	qp_conn *a, *b;
+	void *buf;
+	size_t len;
+	int64_t t0;
+
+	/* killed while the parent waits */
+	assert_int_equal(qp_pipe(&a, &b, true), QP_OK);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		pause();
+		_exit(3);
+	}
+	assert_int_equal(qp_conn_close(b), QP_OK); /* the parent's copy */
+	assert_false(ready(a, 100)); /* the child may still use it */
+	kill(pid, SIGKILL);
+	t0 = pu_now_us();
+	assert_int_equal(
+	    qp_conn_recv_bytes(a, &buf, &len, SIZE_MAX), QP_ECLOSED);
+	assert_true(pu_now_us() - t0 < 100000);
+	assert_int_equal(pu_wait_child(pid), 128 + SIGKILL);
+	qp_conn_free(a);
+	qp_conn_free(b);
+
+	/* exited at once, before the parent closed its copy */
+	assert_int_equal(qp_pipe(&a, &b, true), QP_OK);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		_exit(0);
+	}
+	pu_sleep_ms(50);
+	assert_int_equal(qp_conn_close(b), QP_OK);
+	t0 = pu_now_us();
+	assert_int_equal(
+	    qp_conn_recv_bytes(a, &buf, &len, SIZE_MAX), QP_ECLOSED);
+	assert_true(pu_now_us() - t0 < 100000);
+	assert_int_equal(pu_wait_child(pid), 0);
+	qp_conn_free(a);
+	qp_conn_free(b);
+
+	/* a pool: one pipe per worker, each made before its fork; worker
+	 * 1 dies at once, the others answer; the parent hears from all */
+	qp_conn *pa[3], *pb[3];
+	pid_t w[3];
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(qp_pipe(&pa[i], &pb[i], true), QP_OK);
+		w[i] = fork();
+		assert_true(w[i] >= 0);
+		if (w[i] == 0) {
+			if (i == 1) {
+				_exit(0);
+			}
+			pu_sleep_ms(50);
+			_exit(send_str(pb[i], "done") == QP_OK ? 0 : 1);
+		}
+		assert_int_equal(qp_conn_close(pb[i]), QP_OK);
+	}
+	assert_recv_str(pa[0], "done");
+	assert_int_equal(qp_conn_recv_bytes(pa[1], &buf, &len, 9), QP_ECLOSED);
+	assert_recv_str(pa[2], "done");
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(pu_wait_child(w[i]), 0);
+		assert_int_equal(
+		    qp_conn_recv_bytes(pa[i], &buf, &len, 9), QP_ECLOSED);
+		qp_conn_free(pa[i]);
+		qp_conn_free(pb[i]);
+	}
 }
 
 /* The pollable fd wakes on data, and on the peer's death. */
@@ -867,6 +946,7 @@ main(void)
 	    cmocka_unit_test(test_pipe_eof_after_close),
 	    cmocka_unit_test(test_pipe_parent_close_after_fork_is_local),
 	    cmocka_unit_test(test_pipe_eof_after_kill9),
+	    cmocka_unit_test(test_pipe_child_dies_before_first_use),
 	    cmocka_unit_test(test_pipe_fd_readable),
 	    cmocka_unit_test(test_pipe_wait_ten_three_ready),
 	    cmocka_unit_test(test_pipe_max_message),

@@ -32,9 +32,11 @@
  * payload in two iovs, no copy) and waits for nng to take it all.
  *
  * Locking: per connection, mu guards the reader's state and the queue;
- * txmu serialises senders. Per listener, mu guards the handshakes in
- * progress and the connections ready to be accepted. Nothing is submitted
- * to nng while a lock is held that its callbacks take.
+ * txmu serialises senders. One thread receives at a time (a receive looks
+ * at the head message, then takes it; a second receiver in between gets
+ * QP_EBUSY rather than someone else's message). Per listener, mu guards the
+ * handshakes in progress and the connections ready to be accepted. Nothing is
+ * submitted to nng while a lock is held that its callbacks take.
  */
 #include "nngconn.h"
 #include "wire.h"
@@ -552,9 +554,15 @@ nc_take(qp_conn *base, const qpi_msginfo *mi, size_t skip, void *dst)
 	struct nmsg *m;
 	bool more;
 
-	(void) mi;
 	pthread_mutex_lock(&c->mu);
 	m = c->qhead;
+	if (m == NULL || m->len != mi->len) {
+		/* another thread received meanwhile: one receiver at a time */
+		pthread_mutex_unlock(&c->mu);
+		return qpi_err(QP_EBUSY,
+		    "the message changed under this receive: another thread "
+		    "received on the connection at the same time");
+	}
 	c->qhead = m->next;
 	if (c->qhead == NULL) {
 		c->qtail = NULL;

@@ -547,6 +547,12 @@ test_conn_remote_max_message(void **state)
 	assert_int_equal(qp_conn_recv_bytes(a, &buf, &len, SIZE_MAX), QP_OK);
 	assert_int_equal(len, 1000);
 	qp_free(buf);
+	/* a receiver with the same maximum takes a message of that size */
+	assert_int_equal(qp_conn_set_max_message(a, 1000), QP_OK);
+	assert_int_equal(qp_conn_send_bytes(d, big, 0, 1000), QP_OK);
+	assert_int_equal(qp_conn_recv(a, &buf, &len), QP_OK);
+	assert_int_equal(len, 1003);
+	qp_free(buf);
 
 	/* a receiver whose maximum is smaller ends the connection: the
 	 * stream cannot skip a frame it will not take */
@@ -562,6 +568,44 @@ test_conn_remote_max_message(void **state)
 	qp_conn_free(d);
 	qp_conn_free(a);
 	qp_listener_free(l);
+}
+
+/* A 20 MiB message, and a too-small buffer first: told the size, then
+ * read whole. */
+static void
+test_conn_remote_large_message(void **state)
+{
+	const size_t big = 20u << 20;
+	char url[128];
+	qp_listener *l;
+	qp_conn *d, *a;
+	uint8_t *src = malloc(big), *dst = malloc(big), small[16];
+	uint64_t st = 5;
+	size_t len = 0;
+
+	assert_non_null(src);
+	assert_non_null(dst);
+	for (size_t i = 0; i < big; i += 8) {
+		uint64_t v = pu_next(&st);
+		memcpy(src + i, &v, 8);
+	}
+	ipc_url(url, sizeof(url), "large.sock");
+	connect_pair(url, &l, &d, &a);
+	assert_int_equal(qp_conn_send_bytes(d, src, 0, big), QP_OK);
+	assert_int_equal(send_str(d, "after"), QP_OK);
+	assert_int_equal(
+	    qp_conn_recv_bytes_into(a, small, sizeof(small), 0, &len),
+	    QP_ETOOBIG);
+	assert_int_equal(len, big);
+	assert_int_equal(qp_conn_recv_bytes_into(a, dst, big, 0, &len), QP_OK);
+	assert_int_equal(len, big);
+	assert_memory_equal(dst, src, big);
+	assert_recv_str(a, "after");
+	qp_conn_free(d);
+	qp_conn_free(a);
+	qp_listener_free(l);
+	free(src);
+	free(dst);
 }
 
 /* The wire is SP pair1: a plain nng pair1 socket talks to both ends. */
@@ -682,6 +726,7 @@ main(void)
 	    cmocka_unit_test(test_conn_remote_eof_after_kill9),
 	    cmocka_unit_test(test_conn_remote_fd_and_wait),
 	    cmocka_unit_test(test_conn_remote_max_message),
+	    cmocka_unit_test(test_conn_remote_large_message),
 	    cmocka_unit_test(test_conn_remote_nng_pair1_interop),
 	    cmocka_unit_test(test_conn_remote_tls_not_supported),
 	    cmocka_unit_test(test_conn_remote_listener_free_drops_pending),

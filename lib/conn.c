@@ -156,10 +156,13 @@ conn_next(qp_conn *c, qpi_msginfo *mi, bool *heldp)
 	int rv = c->ops->peek(c, INT64_MAX, mi);
 
 	*heldp = rv == QP_OK;
+	if (rv != QP_OK) {
+		return rv;
+	}
 	/* The limit counts what the sender's check counted: the payload
 	 * of a bin, the encoding of any other value. */
 	size_t body = mi->raw ? mi->len : mi->len - mi->binoff;
-	if (rv == QP_OK && body > c->max_message) {
+	if (body > c->max_message) {
 		return qpi_err(QP_ETOOBIG,
 		    "next message is %zu bytes, over the connection's maximum "
 		    "of %zu; it stays to be read",

@@ -864,37 +864,56 @@ jw_float(jw *w, const qpi_wire_tok *t)
 
 static int jw_value(jw *w);
 
-/* A map key: strings (and bins of UTF-8) as they are, anything else as the
- * string of its JSON text. */
+/* A map key: a str (or a bin that reads as text) as it is; nil, bool and
+ * numbers as the string of their JSON text ("1", "null"); anything else
+ * (array, map, ext, other bins) as "$msgpack:" and the base64 of its
+ * encoding. Keys are never rendered recursively, so nested keys cannot
+ * multiply the output. */
 static int
 jw_key(jw *w)
 {
-	size_t at = w->pos, mark = w->out.len;
+	size_t at = w->pos, start = w->pos, mark = w->out.len;
 	qpi_wire_tok t;
 	int rv;
 
 	if ((rv = qpi_wire_next(w->s, w->len, &at, &t)) != QP_OK) {
 		return QP_EINVAL;
 	}
-	if (t.type == QPI_WIRE_STR
-	    || (t.type == QPI_WIRE_BIN && bin_is_text(t.ptr, t.len))) {
+	switch (t.type) {
+	case QPI_WIRE_STR:
 		w->pos = at;
 		return jw_str(&w->out, t.ptr, t.len);
+	case QPI_WIRE_BIN:
+		if (bin_is_text(t.ptr, t.len)) {
+			w->pos = at;
+			return jw_str(&w->out, t.ptr, t.len);
+		}
+		break;
+	case QPI_WIRE_NIL:
+	case QPI_WIRE_BOOL:
+	case QPI_WIRE_UINT:
+	case QPI_WIRE_INT:
+	case QPI_WIRE_FLOAT:
+		/* the text has no quote or backslash to escape */
+		if ((rv = qpi_wire_put_raw(&w->out, "\"", 1)) != QP_OK
+		    || (rv = jw_value(w)) != QP_OK) {
+			return rv;
+		}
+		return qpi_wire_put_raw(&w->out, "\"", 1);
+	default:
+		break;
 	}
-	if ((rv = jw_value(w)) != QP_OK) {
+	if (qpi_wire_skip(w->s, w->len, &w->pos, QPI_WIRE_MAX_DEPTH)
+	    != QP_OK) {
+		w->out.len = mark;
+		return QP_EINVAL;
+	}
+	if ((rv = qpi_wire_put_raw(&w->out, "\"$msgpack:", 10)) != QP_OK
+	    || (rv = b64_encode(&w->out, w->s + start, w->pos - start))
+	        != QP_OK) {
 		return rv;
 	}
-	/* move the text out, then write it back as a string */
-	size_t n = w->out.len - mark;
-	uint8_t *txt = malloc(n + 1);
-	if (txt == NULL) {
-		return qpi_err(QP_ENOMEM, "out of memory writing JSON");
-	}
-	memcpy(txt, w->out.data + mark, n);
-	w->out.len = mark;
-	rv = jw_str(&w->out, txt, n);
-	free(txt);
-	return rv;
+	return qpi_wire_put_raw(&w->out, "\"", 1);
 }
 
 static int

@@ -796,10 +796,18 @@ rd_limits(rd *r, const qpi_wire_limits *lim)
 static const char *
 kind_name(qpi_wire_type t)
 {
-	static const char *const names[] = {"nil", "bool", "uint",
-	    "negative "
-	    "int",
-	    "float", "str", "bin", "array", "map", "ext"};
+	static const char *const names[] = {
+	    [QPI_WIRE_NIL] = "nil",
+	    [QPI_WIRE_BOOL] = "bool",
+	    [QPI_WIRE_UINT] = "uint",
+	    [QPI_WIRE_INT] = "negative int",
+	    [QPI_WIRE_FLOAT] = "float",
+	    [QPI_WIRE_STR] = "str",
+	    [QPI_WIRE_BIN] = "bin",
+	    [QPI_WIRE_ARRAY] = "array",
+	    [QPI_WIRE_MAP] = "map",
+	    [QPI_WIRE_EXT] = "ext",
+	};
 
 	return (unsigned) t < sizeof(names) / sizeof(names[0]) ? names[t]
 	                                                       : "?";
@@ -1302,6 +1310,9 @@ rd_end(rd *r)
 static int
 rd_frame_size(rd *r, size_t len)
 {
+	if (r->max_message > UINT64_MAX - QPI_WIRE_SLACK) {
+		return QP_OK; /* no limit */
+	}
 	if ((uint64_t) len > r->max_message + QPI_WIRE_SLACK) {
 		return qpi_err(QP_ETOOBIG,
 		    "%s: frame of %zu bytes is over the limit of %llu", r->op,

@@ -185,6 +185,33 @@ test_wire_bin_unwrap(void **state)
 	assert_false(qpi_wire_bin_unwrap("\xc6\x00\x00", 3, &off, &len));
 }
 
+static void
+test_wire_name_rule_matches_lib(void **state)
+{
+	static const char *const names[]
+	    = {"jobs", "a.b-c_D9", "...", ".", "..", "", "a/b", "a b", "-",
+	        "_", ".hidden", "x..y", "UPPER", "tab\t", "caf\xc3\xa9"};
+	char one[2] = {0, 0}, big[QP_NAME_MAX + 2];
+
+	/* proto cannot include lib's qpi.h: the two copies must agree */
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		size_t n = strlen(names[i]);
+		assert_int_equal(qpi_wire_name_valid(names[i], n),
+		    qpi_name_valid(names[i], n));
+	}
+	for (int c = 0; c < 256; c++) {
+		one[0] = (char) c;
+		assert_int_equal(
+		    qpi_wire_name_valid(one, 1), qpi_name_valid(one, 1));
+	}
+	memset(big, 'a', sizeof(big));
+	assert_true(qpi_wire_name_valid(big, QP_NAME_MAX));
+	assert_false(qpi_wire_name_valid(big, QP_NAME_MAX + 1));
+	assert_int_equal(qpi_wire_name_valid(big, QP_NAME_MAX + 1),
+	    qpi_name_valid(big, QP_NAME_MAX + 1));
+	assert_false(qpi_wire_name_valid(NULL, 0));
+}
+
 /* ---- frames: round trips ---- */
 
 static const uint8_t client16[QPI_WIRE_ID_LEN] = {0x00, 0x11, 0x22, 0x33, 0x44,
@@ -972,6 +999,9 @@ test_wire_limits(void **state)
 	lim.max_message = big - 1;
 	assert_int_equal(
 	    qpi_wire_decode_req(b.data, b.len, &lim, &d), QP_ETOOBIG);
+	/* a limit near 2^64 does not wrap around into a tiny one */
+	lim.max_message = UINT64_MAX;
+	assert_int_equal(qpi_wire_decode_req(b.data, b.len, &lim, &d), QP_OK);
 	free(item);
 	qpi_wire_buf_free(&b);
 }
@@ -1437,7 +1467,9 @@ test_wire_json_from_msgpack_types(void **state)
 	    {"\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00", 9, "null"},
 	    {"\xd6\xff\x00\x00\x00\x01", 6, "{\"$ext\":[-1,\"AAAAAQ==\"]}"},
 	    {"\x82\x01\x02\xc0\x03", 5, "{\"1\":2,\"null\":3}"},
-	    {"\x81\x92\x01\x02\xa1x", 6, "{\"[1,2]\":\"x\"}"},
+	    {"\x81\x92\x01\x02\xa1x", 6, "{\"$msgpack:kgEC\":\"x\"}"},
+	    {"\x81\xc4\x01\x00\x01", 5, "{\"$msgpack:xAEA\":1}"},
+	    {"\x81\xcb\x3f\xf8\0\0\0\0\0\0\x01", 11, "{\"1.5\":1}"},
 	    {"\x81\xc4\x01k\x01", 5, "{\"k\":1}"},
 	    {"\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 9,
 	        "18446744073709551615"},
@@ -1596,6 +1628,125 @@ test_wire_json_large(void **state)
 	free(txt);
 }
 
+/* `test_wire --write-corpus DIR`: writes the fuzzer's seed corpus (see
+ * tests/fuzz.cmake): a valid request and reply of every op, an error reply,
+ * the doc's examples, every malformed frame above, msgpack values and JSON
+ * texts. */
+static void
+corpus_put(const char *dir, const char *name, const void *p, size_t n)
+{
+	char path[4096], slug[96];
+	size_t k = 0;
+	FILE *f;
+
+	for (const char *c = name; *c != '\0' && k + 1 < sizeof(slug); c++) {
+		char ch = *c;
+		if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')) {
+			slug[k++] = ch;
+		} else if (ch >= 'A' && ch <= 'Z') {
+			slug[k++] = (char) (ch - 'A' + 'a');
+		} else if (k > 0 && slug[k - 1] != '-') {
+			slug[k++] = '-';
+		}
+	}
+	while (k > 0 && slug[k - 1] == '-') {
+		k--;
+	}
+	slug[k] = '\0';
+	snprintf(path, sizeof(path), "%s/%s", dir, slug);
+	if ((f = fopen(path, "wb")) == NULL || fwrite(p, 1, n, f) != n) {
+		fprintf(stderr, "cannot write %s\n", path);
+		exit(1);
+	}
+	fclose(f);
+}
+
+static int
+write_corpus(const char *dir)
+{
+	static const char *const json[]
+	    = {"{\"n\": 5}", "[1, -2, 3.5, true, false, null, \"x\"]",
+	        "\"q\\\"\\u00e9\\ud83d\\ude00\\n\"", "-9223372036854775808",
+	        "18446744073709551616", "1e400", "-1.5E-3",
+	        "{\"$bin\": \"AAEC/w==\"}", "{\"$ext\": [-1, \"AAAAAQ==\"]}",
+	        "{\"a\":{\"b\":[1,{\"c\":null}]}}", "[1,", "\"\\ud800\"", "01",
+	        "{\"$bin\": \"QQ\"}",
+	        ("[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]"
+	         "]]]]]]]]]]]]]]]]]]]]]]"),
+	        "\"\xc3\"", "{\"a\" 1}"};
+	static const struct {
+		const char *name;
+		const char *mp;
+		size_t len;
+	} values[] = {
+	    {"value-bin-text", "\xc4\x05hello", 7},
+	    {"value-bin-binary", "\xc4\x03\xff\x00\x01", 5},
+	    {"value-str-bad-utf8", "\xa2\xff\x41", 3},
+	    {"value-float32", "\xca\x3d\xcc\xcc\xcd", 5},
+	    {"value-nan", "\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00", 9},
+	    {"value-timestamp", "\xd6\xff\x00\x00\x00\x01", 6},
+	    {"value-map-int-keys", "\x82\x01\x02\xc0\x03", 5},
+	    {"value-map-array-key", "\x81\x92\x01\x02\xa1x", 6},
+	    {"value-map-bin-dollar", "\x81\xa4$bin\xa4QQ==", 11},
+	    {"value-array32-lie", "\xdd\xff\x00\x00\x00", 5},
+	};
+	qpi_wire_item its[3];
+	uint64_t ids[2];
+	qpi_wire_qentry qs[2];
+	qpi_wire_req q;
+	qpi_wire_rep p;
+	qpi_wire_buf b = {0};
+	qpi_wire_buf f[7] = {{0}};
+	char name[128];
+
+	for (uint32_t op = 1; op <= QPI_OP_MAX; op++) {
+		fill_req(&q, op, its, ids);
+		qpi_wire_buf_reset(&b);
+		if (qpi_wire_encode_req(&q, &b) != QP_OK) {
+			return 1;
+		}
+		snprintf(name, sizeof(name), "req-%s", qpi_wire_op_name(op));
+		corpus_put(dir, name, b.data, b.len);
+		fill_rep(&p, op, its, ids, qs);
+		qpi_wire_buf_reset(&b);
+		if (qpi_wire_encode_rep(&p, &b) != QP_OK) {
+			return 1;
+		}
+		snprintf(name, sizeof(name), "rep-%s", qpi_wire_op_name(op));
+		corpus_put(dir, name, b.data, b.len);
+		p.status = QP_ENOENT;
+		strcpy(p.errmsg, "no such queue 'jobs'");
+		qpi_wire_buf_reset(&b);
+		if (qpi_wire_encode_rep(&p, &b) != QP_OK) {
+			return 1;
+		}
+		snprintf(
+		    name, sizeof(name), "rep-%s-error", qpi_wire_op_name(op));
+		corpus_put(dir, name, b.data, b.len);
+	}
+	example_frames(&f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6]);
+	for (int i = 0; i < 7; i++) {
+		snprintf(name, sizeof(name), "doc-example-%d", i);
+		corpus_put(dir, name, f[i].data, f[i].len);
+		qpi_wire_buf_free(&f[i]);
+	}
+	for (size_t i = 0; i < sizeof(bad_frames) / sizeof(bad_frames[0]);
+	     i++) {
+		snprintf(
+		    name, sizeof(name), "bad-%02zu-%s", i, bad_frames[i].what);
+		corpus_put(dir, name, bad_frames[i].bytes, bad_frames[i].len);
+	}
+	for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+		corpus_put(dir, values[i].name, values[i].mp, values[i].len);
+	}
+	for (size_t i = 0; i < sizeof(json) / sizeof(json[0]); i++) {
+		snprintf(name, sizeof(name), "json-%02zu", i);
+		corpus_put(dir, name, json[i], strlen(json[i]));
+	}
+	qpi_wire_buf_free(&b);
+	return 0;
+}
+
 /* `test_wire --decode-req|--decode-rep FILE`: prints what the codec reads
  * in a frame, for tests/it_protocol_doc.sh. Exit 0 if it decodes. */
 static int
@@ -1666,6 +1817,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_wire_bin_header),
 	    cmocka_unit_test(test_wire_bin_unwrap),
 	    cmocka_unit_test(test_wire_writers),
+	    cmocka_unit_test(test_wire_name_rule_matches_lib),
 	    cmocka_unit_test(test_wire_request_roundtrip),
 	    cmocka_unit_test(test_wire_request_variants),
 	    cmocka_unit_test(test_wire_reply_roundtrip),
@@ -1687,6 +1839,9 @@ main(int argc, char **argv)
 
 	if (argc > 1 && strcmp(argv[1], "--examples") == 0) {
 		return print_examples();
+	}
+	if (argc > 2 && strcmp(argv[1], "--write-corpus") == 0) {
+		return write_corpus(argv[2]);
 	}
 	if (argc > 2
 	    && (strcmp(argv[1], "--decode-req") == 0

@@ -170,8 +170,7 @@ cloc_get(cloc *l, locale_t *lp)
 		l->c = newlocale(LC_NUMERIC_MASK, "C", (locale_t) 0);
 		if (l->c == (locale_t) 0) {
 			return qpi_err(QP_ENOMEM,
-			    "JSON: cannot make the C "
-			    "locale for numbers");
+			    "JSON: cannot make the C locale for numbers");
 		}
 	}
 	*lp = l->c;
@@ -366,8 +365,7 @@ jp_string(jp *p)
 		}
 		if (c < 0x20) {
 			return jp_err(p,
-			    "control character in a string (use "
-			    "an escape)");
+			    "control character in a string (use an escape)");
 		}
 		if (c >= 0x80) {
 			if ((k = utf8_seq(p->s + p->pos, p->len - p->pos))
@@ -420,8 +418,8 @@ jp_string(jp *p)
 			    || hex4(p->s + p->pos + 8, &lo) != 0 || lo < 0xdc00
 			    || lo > 0xdfff) {
 				return jp_err(p,
-				    "high surrogate in \\u escape "
-				    "without its low half");
+				    "high surrogate in \\u escape without its "
+				    "low half");
 			}
 			cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
 			p->pos += 6;

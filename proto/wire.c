@@ -503,9 +503,7 @@ static int
 put_too_long(const char *what, size_t len)
 {
 	return qpi_err(QP_ETOOBIG,
-	    "a msgpack %s holds at most 4 GiB, not %zu "
-	    "bytes",
-	    what, len);
+	    "a msgpack %s holds at most 4 GiB, not %zu bytes", what, len);
 }
 
 int
@@ -886,9 +884,8 @@ rd_int(rd *r, int f, int64_t lo, int64_t hi, int64_t *vp)
 	}
 	if (v < lo || v > hi) {
 		return qpi_err(QP_EPROTO,
-		    "%s: field %s is %lld, outside "
-		    "%lld..%lld",
-		    r->op, field_names[f], (long long) v, (long long) lo,
+		    "%s: field %s is %lld, outside %lld..%lld", r->op,
+		    field_names[f], (long long) v, (long long) lo,
 		    (long long) hi);
 	}
 	*vp = v;
@@ -930,10 +927,8 @@ rd_fixbin(rd *r, int f, uint8_t *out, size_t n, bool zero_ok, bool *gotp)
 	}
 	if (t.len != n) {
 		return qpi_err(QP_EPROTO,
-		    "%s: field %s must be %zu bytes%s, not "
-		    "%u",
-		    r->op, field_names[f], n, zero_ok ? " or empty" : "",
-		    t.len);
+		    "%s: field %s must be %zu bytes%s, not %u", r->op,
+		    field_names[f], n, zero_ok ? " or empty" : "", t.len);
 	}
 	memcpy(out, t.ptr, n);
 	if (gotp != NULL) {
@@ -1241,8 +1236,7 @@ rd_head(rd *r, bool reply, uint32_t *opp, uint64_t *idp, int *statusp,
 	}
 	if (tv.type != QPI_WIRE_UINT) {
 		return qpi_err(QP_EPROTO,
-		    "frame version must be an unsigned "
-		    "integer, not %s",
+		    "frame version must be an unsigned integer, not %s",
 		    kind_name(tv.type));
 	}
 	if (tv.u != QPI_WIRE_VERSION) {
@@ -1252,8 +1246,7 @@ rd_head(rd *r, bool reply, uint32_t *opp, uint64_t *idp, int *statusp,
 	}
 	if (to.type != QPI_WIRE_UINT) {
 		return qpi_err(QP_EPROTO,
-		    "frame op must be an unsigned "
-		    "integer, not %s",
+		    "frame op must be an unsigned integer, not %s",
 		    kind_name(to.type));
 	}
 	if (reply && to.u == 0) {

@@ -6,15 +6,19 @@
  * that speaks the SP pair1 protocol on the wire, exactly as an nng pair1
  * socket does: the 8-byte SP header {0, 'S', 'P', 0, 0x00, 0x11, 0, 0}
  * each way, then frames of a 64-bit big-endian length (ipc: a 0x01 byte
- * first) holding pair1's 32-bit hop count (1) and the message, which is
- * one msgpack value (send_bytes sends a bin). So any pair1 socket (nngcat
- * --pair1) can dial a qpipe listener or be dialed. The sockets' own
- * layer is not used because a pair1 socket has one peer and redials after
- * a drop: a listener could not hand out one Connection per client on one
- * port (polyamorous mode drops messages when a peer is slow), and a
- * redialed connection would hide the end of file. With streams the
- * listener accepts any number of clients on one address, and a dropped
- * connection is final: end of file.
+ * first) holding pair1's 32-bit hop count (1) and one msgpack value.
+ * Before any message the dialer sends PROTOCOL.md's hello request and the
+ * listener answers it (its version, its max_message, a nonce, whether a
+ * token is required: never yet), within 10 s or the connection is closed;
+ * after that each frame is one message of the Connection (send_bytes
+ * sends a bin). So any pair1 socket (nngcat --pair1) that sends a hello
+ * first can dial a qpipe listener, and a pair1 listener that answers it can
+ * be dialed. The sockets' own layer is not used because a pair1 socket has
+ * one peer and redials after a drop: a listener could not hand out one
+ * Connection per client on one port (polyamorous mode drops messages when
+ * a peer is slow), and a redialed connection would hide the end of file.
+ * With streams the listener accepts any number of clients on one address,
+ * and a dropped connection is final: end of file.
  *
  * Receiving. Each connection has a reader run by nng's callbacks: it reads
  * into a 64 KiB buffer, cuts frames out of it (the rest of a frame over
@@ -29,7 +33,9 @@
  * broke the protocol) is recorded and reported once the queue is drained.
  *
  * Sending is synchronous: the caller's thread writes the frame (header and
- * payload in two iovs, no copy) and waits for nng to take it all.
+ * payload in two iovs, no copy) and waits for nng to take it all. A dialer
+ * refuses a message over the max_message of the listener's hello
+ * (QP_ETOOBIG, nothing sent) rather than have it end the connection.
  *
  * Locking: per connection, mu guards the reader's state and the queue;
  * txmu serialises senders. One thread receives at a time (a receive looks
@@ -48,6 +54,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <nng/nng.h>
@@ -65,6 +72,7 @@
 #define BACKOFF_MIN  10
 #define BACKOFF_MAX  250
 #define RX_ERRMSG_SZ 200
+#define HELLO_MAX    4096 /* the largest hello frame either side takes */
 
 /* A received message: the frame (pair1 header, then the msgpack value). */
 struct nmsg {
@@ -97,6 +105,7 @@ struct nngconn {
 	int rx_err; /* what recv says once the queue is drained */
 	char rx_errmsg[RX_ERRMSG_SZ];
 	size_t frame_max;
+	uint64_t peer_max; /* the listener's max_message, from its hello */
 	struct nmsg *qhead;
 	struct nmsg *qtail;
 	size_t qbytes;
@@ -108,17 +117,27 @@ struct nngconn {
 	nng_aio *txaio;
 };
 
-/* A stream accepted by a listener, in its SP handshake. */
+/* A stream accepted by a listener, in its handshake: the SP headers, then
+ * the dialer's hello and the listener's answer. */
 struct pending {
 	struct pending *next;
 	qp_listener *l;
 	nng_stream *st;
 	nng_aio *aio;
+	int64_t deadline;
+	int phase; /* PH_* */
+	uint8_t *buf; /* what the phase sends or receives */
+	size_t want;
+	size_t got;
 	uint8_t tx[8];
 	uint8_t rx[8];
-	size_t got;
-	int phase; /* 0 sending our header, 1 receiving the peer's */
+	uint8_t fhdr[9]; /* the hello frame's header */
+	uint8_t *body; /* the hello frame */
+	size_t body_len;
+	qpi_wire_buf out; /* the answer's frame */
 };
+
+enum { PH_SEND_SP, PH_RECV_SP, PH_RECV_HDR, PH_RECV_HELLO, PH_SEND_REPLY };
 
 struct qp_listener {
 	nng_stream_listener *sl;
@@ -463,12 +482,20 @@ nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 	size_t k = 0, hl = 0;
 	int rv = QP_OK;
 
-	(void) binoff;
 	pthread_mutex_lock(&c->mu);
 	bool gone = c->eof;
 	pthread_mutex_unlock(&c->mu);
 	if (gone) {
 		return qpi_err(QP_ECLOSED, "broken pipe: %s is gone", c->peer);
+	}
+	/* The listener told its limit in its hello: over it, the message
+	 * would end the connection; refuse it here, nothing sent. */
+	size_t body = raw ? len : len - binoff;
+	if (c->peer_max != 0 && body > c->peer_max) {
+		return qpi_err(QP_ETOOBIG,
+		    "message of %zu bytes is over the maximum of %llu that %s "
+		    "accepts; nothing sent",
+		    body, (unsigned long long) c->peer_max, c->peer);
 	}
 	if (c->ipc) {
 		hdr[k++] = 1;
@@ -709,6 +736,114 @@ nc_check_header(const uint8_t rx[8], const char *peer)
 	return QP_OK;
 }
 
+/* ---- the hello exchange (PROTOCOL.md, direct connections) ---- */
+
+static void
+nc_random(void *buf, size_t len)
+{
+	uint8_t *p = buf;
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = getrandom(p + got, len - got, 0);
+		if (n <= 0) {
+			break;
+		}
+		got += (size_t) n;
+	}
+	if (got < len) {
+		/* no entropy source: still distinct enough for ids */
+		uint64_t x
+		    = (uint64_t) qpi_now_ns() ^ ((uint64_t) getpid() << 32);
+		for (; got < len; got++) {
+			x = x * 6364136223846793005ull
+			    + 1442695040888963407ull;
+			p[got] = (uint8_t) (x >> 56);
+		}
+	}
+}
+
+/* Appends to out the frame that carries body: the stream's framing, then
+ * pair1's hop count, then the encoded message. */
+static int
+nc_frame(const qpi_wire_buf *body, bool ipc, qpi_wire_buf *out)
+{
+	uint8_t hdr[13];
+	size_t k = 0;
+	int rv;
+
+	if (ipc) {
+		hdr[k++] = 1;
+	}
+	nc_put64(hdr + k, 4 + (uint64_t) body->len);
+	k += 8;
+	memcpy(hdr + k, "\0\0\0\1", 4);
+	k += 4;
+	if ((rv = qpi_wire_put_raw(out, hdr, k)) != QP_OK) {
+		return rv;
+	}
+	return qpi_wire_put_raw(out, body->data, body->len);
+}
+
+/* Checks the frame header of a handshake message; *lenp gets the frame's
+ * length (pair1 header included). */
+static int
+nc_hello_header(const uint8_t *h, bool ipc, size_t *lenp, const char *peer)
+{
+	if (ipc && h[0] != 1) {
+		return qpi_err(
+		    QP_EPROTO, "%s sent an ipc frame of type %u", peer, h[0]);
+	}
+	uint64_t len = nc_get64(h + (ipc ? 1 : 0));
+	if (len < 5 || len > HELLO_MAX) {
+		return qpi_err(QP_EPROTO,
+		    "%s sent a %llu-byte frame where a hello belongs", peer,
+		    (unsigned long long) len);
+	}
+	*lenp = (size_t) len;
+	return QP_OK;
+}
+
+/* Reads a hello request frame (pair1 header included) and appends the
+ * listener's answer, a whole frame, to out. */
+static int
+nc_hello_answer(const uint8_t *frame, size_t len, bool ipc, qpi_wire_buf *out,
+    const char *peer)
+{
+	qpi_wire_req req;
+	qpi_wire_rep rep;
+	qpi_wire_buf body = {0};
+	int rv;
+
+	memset(&req, 0, sizeof(req));
+	if (frame[0] != 0 || frame[1] != 0 || frame[2] != 0) {
+		return qpi_err(QP_EPROTO, "%s: bad pair1 header", peer);
+	}
+	if ((rv = qpi_wire_decode_req(frame + 4, len - 4, NULL, &req))
+	    != QP_OK) {
+		return rv;
+	}
+	if (req.op != QPI_OP_HELLO) {
+		return qpi_err(QP_EPROTO, "%s sent op %u before hello", peer,
+		    (unsigned) req.op);
+	}
+	memset(&rep, 0, sizeof(rep));
+	rep.op = QPI_OP_HELLO;
+	rep.req_id = req.req_id;
+	rep.status = QP_OK;
+	snprintf(rep.server_version, sizeof(rep.server_version), "%s",
+	    QP_VERSION_STRING);
+	rep.limits.max_message = QP_DEFAULT_MAX_MESSAGE;
+	rep.limits.max_batch = QPI_WIRE_DEFAULT_BATCH;
+	nc_random(rep.nonce, sizeof(rep.nonce));
+	rep.auth_required = false;
+	if ((rv = qpi_wire_encode_rep(&rep, &body)) == QP_OK) {
+		rv = nc_frame(&body, ipc, out);
+	}
+	qpi_wire_buf_free(&body);
+	return rv;
+}
+
 /* ---- listening ---- */
 
 static void nc_acc_cb(void *arg);
@@ -748,7 +883,35 @@ nc_pending_done(struct pending *p, struct nngconn *c)
 		c->base.ops->destroy(&c->base);
 	}
 	nng_aio_reap(p->aio);
+	free(p->body);
+	qpi_wire_buf_free(&p->out);
 	free(p);
+}
+
+/* Starts the pending stream's next transfer for its phase. */
+static void
+nc_pending_io(struct pending *p)
+{
+	nng_iov iov
+	    = {.iov_buf = p->buf + p->got, .iov_len = p->want - p->got};
+	int64_t ms = nc_deadline_ms(p->deadline);
+
+	nng_aio_set_iov(p->aio, 1, &iov);
+	nng_aio_set_timeout(p->aio, (nng_duration) (ms > 0 ? ms : 1));
+	if (p->phase == PH_SEND_SP || p->phase == PH_SEND_REPLY) {
+		nng_stream_send(p->st, p->aio);
+	} else {
+		nng_stream_recv(p->st, p->aio);
+	}
+}
+
+static void
+nc_pending_phase(struct pending *p, int phase, uint8_t *buf, size_t want)
+{
+	p->phase = phase;
+	p->buf = buf;
+	p->want = want;
+	p->got = 0;
 }
 
 static void
@@ -756,39 +919,58 @@ nc_pending_cb(void *arg)
 {
 	struct pending *p = arg;
 	int rv = nng_aio_result(p->aio);
-	nng_iov iov;
+	char peer[QPI_URL_MAX + 32];
+	size_t fh = p->l->ipc ? 9 : 8;
 
 	if (rv != 0) {
 		nc_pending_done(p, NULL);
 		return;
 	}
 	p->got += nng_aio_count(p->aio);
-	if (p->phase == 0 && p->got == sizeof(p->tx)) {
-		p->phase = 1;
-		p->got = 0;
-	}
-	if (p->phase == 0) {
-		iov.iov_buf = p->tx + p->got;
-		iov.iov_len = sizeof(p->tx) - p->got;
-		nng_aio_set_iov(p->aio, 1, &iov);
-		nng_stream_send(p->st, p->aio);
+	if (p->got < p->want) {
+		nc_pending_io(p);
 		return;
 	}
-	if (p->got < sizeof(p->rx)) {
-		iov.iov_buf = p->rx + p->got;
-		iov.iov_len = sizeof(p->rx) - p->got;
-		nng_aio_set_iov(p->aio, 1, &iov);
-		nng_stream_recv(p->st, p->aio);
-		return;
-	}
-	struct nngconn *c = NULL;
-	char peer[QPI_URL_MAX + 32];
 	snprintf(peer, sizeof(peer), "the peer of %s", p->l->url);
-	if (nc_check_header(p->rx, peer) != QP_OK
-	    || nc_new(&c, p->st, p->l->ipc, peer) != QP_OK) {
-		c = NULL;
+	switch (p->phase) {
+	case PH_SEND_SP:
+		nc_pending_phase(p, PH_RECV_SP, p->rx, sizeof(p->rx));
+		break;
+	case PH_RECV_SP:
+		if (nc_check_header(p->rx, peer) != QP_OK) {
+			nc_pending_done(p, NULL);
+			return;
+		}
+		nc_pending_phase(p, PH_RECV_HDR, p->fhdr, fh);
+		break;
+	case PH_RECV_HDR:
+		if (nc_hello_header(p->fhdr, p->l->ipc, &p->body_len, peer)
+		        != QP_OK
+		    || (p->body = malloc(p->body_len)) == NULL) {
+			nc_pending_done(p, NULL);
+			return;
+		}
+		nc_pending_phase(p, PH_RECV_HELLO, p->body, p->body_len);
+		break;
+	case PH_RECV_HELLO:
+		if (nc_hello_answer(
+		        p->body, p->body_len, p->l->ipc, &p->out, peer)
+		    != QP_OK) {
+			nc_pending_done(p, NULL);
+			return;
+		}
+		nc_pending_phase(p, PH_SEND_REPLY, p->out.data, p->out.len);
+		break;
+	default: {
+		struct nngconn *c = NULL;
+		if (nc_new(&c, p->st, p->l->ipc, peer) != QP_OK) {
+			c = NULL;
+		}
+		nc_pending_done(p, c);
+		return;
 	}
-	nc_pending_done(p, c);
+	}
+	nc_pending_io(p);
 }
 
 static void
@@ -820,7 +1002,10 @@ nc_acc_cb(void *arg)
 		} else {
 			p->l = l;
 			p->st = st;
+			p->deadline
+			    = qpi_now_ns() + (int64_t) NEGO_MS * 1000000;
 			memcpy(p->tx, sp_header, sizeof(p->tx));
+			nc_pending_phase(p, PH_SEND_SP, p->tx, sizeof(p->tx));
 			p->next = l->pend;
 			l->pend = p;
 			l->npend++;
@@ -835,10 +1020,7 @@ nc_acc_cb(void *arg)
 	pthread_mutex_unlock(&l->mu);
 
 	if (p != NULL) {
-		nng_iov iov = {.iov_buf = p->tx, .iov_len = sizeof(p->tx)};
-		nng_aio_set_timeout(p->aio, NEGO_MS);
-		nng_aio_set_iov(p->aio, 1, &iov);
-		nng_stream_send(p->st, p->aio);
+		nc_pending_io(p);
 	}
 	if (!again) {
 		return;
@@ -995,45 +1177,115 @@ qpi_nng_listener_free(qp_listener *l)
 
 /* ---- dialing ---- */
 
-/* Sends our SP header and checks the peer's, within deadline. */
+/* Sends or receives len bytes, within deadline (and NEGO_MS). */
 static int
-nc_handshake(nng_stream *st, nng_aio *aio, int64_t deadline, const char *url)
+nc_sync_io(nng_stream *st, nng_aio *aio, void *buf, size_t len, bool send,
+    int64_t deadline, const char *url)
 {
-	uint8_t tx[8], rx[8];
 	size_t got = 0;
 	nng_iov iov;
 	int nrv;
 
-	memcpy(tx, sp_header, sizeof(tx));
-	for (int phase = 0; phase < 2; phase++) {
-		uint8_t *buf = phase == 0 ? tx : rx;
-		got = 0;
-		while (got < 8) {
-			int64_t ms = nc_deadline_ms(deadline);
-			if (ms < 0 || ms > NEGO_MS) {
-				ms = NEGO_MS;
-			}
-			iov.iov_buf = buf + got;
-			iov.iov_len = 8 - got;
-			nng_aio_set_iov(aio, 1, &iov);
-			nng_aio_set_timeout(aio, (nng_duration) ms);
-			if (phase == 0) {
-				nng_stream_send(st, aio);
-			} else {
-				nng_stream_recv(st, aio);
-			}
-			nng_aio_wait(aio);
-			if ((nrv = nng_aio_result(aio)) != 0) {
-				int rv = nc_err(nrv);
-				return qpi_err(
-				    rv == QP_ECLOSED ? QP_EPROTO : rv,
-				    "handshake with %s failed: %s", url,
-				    nng_strerror(nrv));
-			}
-			got += nng_aio_count(aio);
+	while (got < len) {
+		int64_t ms = nc_deadline_ms(deadline);
+		if (ms < 0 || ms > NEGO_MS) {
+			ms = NEGO_MS;
+		}
+		iov.iov_buf = (uint8_t *) buf + got;
+		iov.iov_len = len - got;
+		nng_aio_set_iov(aio, 1, &iov);
+		nng_aio_set_timeout(aio, (nng_duration) (ms > 0 ? ms : 1));
+		if (send) {
+			nng_stream_send(st, aio);
+		} else {
+			nng_stream_recv(st, aio);
+		}
+		nng_aio_wait(aio);
+		if ((nrv = nng_aio_result(aio)) != 0) {
+			int rv = nc_err(nrv);
+			return qpi_err(rv == QP_ECLOSED ? QP_EPROTO : rv,
+			    "handshake with %s failed: %s", url,
+			    nng_strerror(nrv));
+		}
+		got += nng_aio_count(aio);
+	}
+	return QP_OK;
+}
+
+/* The dialer's side of the handshake: the SP headers, then our hello and
+ * the listener's answer, within deadline. *peer_maxp gets the listener's
+ * largest message. */
+static int
+nc_handshake(nng_stream *st, nng_aio *aio, bool ipc, int64_t deadline,
+    const char *url, uint64_t *peer_maxp)
+{
+	uint8_t sp[8], rx[8], fhdr[9];
+	qpi_wire_req req;
+	qpi_wire_rep rep;
+	qpi_wire_buf body = {0}, frame = {0};
+	uint8_t *in = NULL;
+	size_t len = 0;
+	char host[64] = "";
+	int rv;
+
+	memcpy(sp, sp_header, sizeof(sp));
+	if ((rv = nc_sync_io(st, aio, sp, 8, true, deadline, url)) != QP_OK
+	    || (rv = nc_sync_io(st, aio, rx, 8, false, deadline, url)) != QP_OK
+	    || (rv = nc_check_header(rx, url)) != QP_OK) {
+		return rv;
+	}
+	memset(&req, 0, sizeof(req));
+	req.op = QPI_OP_HELLO;
+	req.req_id = 1;
+	nc_random(req.client_id, sizeof(req.client_id));
+	gethostname(host, sizeof(host) - 1);
+	for (char *h = host; *h != '\0'; h++) {
+		if (*h < 0x21 || *h > 0x7e) {
+			*h = '_';
 		}
 	}
-	return nc_check_header(rx, url);
+	snprintf(req.client_name, sizeof(req.client_name), "qp_dial@%.40s:%d",
+	    host, (int) getpid());
+	if ((rv = qpi_wire_encode_req(&req, &body)) != QP_OK
+	    || (rv = nc_frame(&body, ipc, &frame)) != QP_OK
+	    || (rv = nc_sync_io(
+	            st, aio, frame.data, frame.len, true, deadline, url))
+	        != QP_OK
+	    || (rv = nc_sync_io(
+	            st, aio, fhdr, ipc ? 9 : 8, false, deadline, url))
+	        != QP_OK
+	    || (rv = nc_hello_header(fhdr, ipc, &len, url)) != QP_OK) {
+		goto out;
+	}
+	if ((in = malloc(len)) == NULL) {
+		rv = qpi_err(QP_ENOMEM, "out of memory");
+		goto out;
+	}
+	if ((rv = nc_sync_io(st, aio, in, len, false, deadline, url))
+	    != QP_OK) {
+		goto out;
+	}
+	memset(&rep, 0, sizeof(rep));
+	if (in[0] != 0 || in[1] != 0 || in[2] != 0
+	    || qpi_wire_decode_rep(in + 4, len - 4, NULL, &rep) != QP_OK
+	    || rep.op != QPI_OP_HELLO || rep.req_id != 1) {
+		rv = qpi_err(QP_EPROTO, "%s did not answer hello", url);
+	} else if (rep.status != QP_OK) {
+		rv = qpi_err(rep.status, "%s refused the connection: %s", url,
+		    rep.errmsg);
+	} else if (rep.auth_required) {
+		rv = qpi_err(QP_EAUTH,
+		    "%s requires a token, which direct connections cannot "
+		    "present yet",
+		    url);
+	} else {
+		*peer_maxp = rep.limits.max_message;
+	}
+out:
+	free(in);
+	qpi_wire_buf_free(&body);
+	qpi_wire_buf_free(&frame);
+	return rv;
 }
 
 int
@@ -1096,8 +1348,9 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout)
 		    = backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : backoff * 2;
 	}
 	nng_stream *st = nng_aio_get_output(aio, 0);
-	rv = nc_handshake(
-	    st, aio, timeout == 0 ? INT64_MAX : deadline, a->url);
+	uint64_t peer_max = 0;
+	rv = nc_handshake(st, aio, a->kind == QPI_ADDR_IPC,
+	    timeout == 0 ? INT64_MAX : deadline, a->url, &peer_max);
 	nng_aio_free(aio);
 	nng_stream_dialer_free(d);
 	if (rv != QP_OK) {
@@ -1109,6 +1362,7 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout)
 		nng_stream_free(st);
 		return rv;
 	}
+	c->peer_max = peer_max;
 	*cp = &c->base;
 	return QP_OK;
 }

@@ -27,6 +27,7 @@
 
 #include "pipe_util.h"
 #include "qpi.h"
+#include "wire.h"
 
 static char tmpdir[64];
 
@@ -608,7 +609,81 @@ test_conn_remote_large_message(void **state)
 	free(dst);
 }
 
-/* The wire is SP pair1: a plain nng pair1 socket talks to both ends. */
+/* A plain nng pair1 client's side of the hello (PROTOCOL.md, direct
+ * connections): sends it and checks the listener's answer. */
+static void
+nng_client_hello(nng_socket s)
+{
+	qpi_wire_req req;
+	qpi_wire_rep rep;
+	qpi_wire_buf b = {0};
+	char *r;
+	size_t rl;
+
+	memset(&req, 0, sizeof(req));
+	req.op = QPI_OP_HELLO;
+	req.req_id = 7;
+	memset(req.client_id, 0xab, sizeof(req.client_id));
+	snprintf(req.client_name, sizeof(req.client_name), "nng-test");
+	assert_int_equal(qpi_wire_encode_req(&req, &b), QP_OK);
+	assert_int_equal(nng_send(s, b.data, b.len, 0), 0);
+	qpi_wire_buf_free(&b);
+	assert_int_equal(nng_recv(s, &r, &rl, NNG_FLAG_ALLOC), 0);
+	memset(&rep, 0, sizeof(rep));
+	assert_int_equal(qpi_wire_decode_rep(r, rl, NULL, &rep), QP_OK);
+	assert_int_equal(rep.op, QPI_OP_HELLO);
+	assert_int_equal(rep.req_id, 7);
+	assert_int_equal(rep.status, QP_OK);
+	assert_false(rep.auth_required);
+	assert_int_equal(rep.limits.max_message, QP_DEFAULT_MAX_MESSAGE);
+	assert_string_equal(rep.server_version, QP_VERSION_STRING);
+	nng_free(r, rl);
+}
+
+/* A plain nng pair1 listener's side of the hello, answering with the
+ * given limit; run on a thread while qp_dial waits for it. */
+struct nng_server {
+	nng_socket s;
+	uint64_t max;
+	int rv;
+};
+
+static void *
+nng_server_hello(void *arg)
+{
+	struct nng_server *ns = arg;
+	qpi_wire_req req;
+	qpi_wire_rep rep;
+	qpi_wire_buf b = {0};
+	char *r;
+	size_t rl;
+
+	ns->rv = -1;
+	if (nng_recv(ns->s, &r, &rl, NNG_FLAG_ALLOC) != 0) {
+		return NULL;
+	}
+	memset(&req, 0, sizeof(req));
+	int drv = qpi_wire_decode_req(r, rl, NULL, &req);
+	nng_free(r, rl);
+	if (drv != QP_OK || req.op != QPI_OP_HELLO) {
+		return NULL;
+	}
+	memset(&rep, 0, sizeof(rep));
+	rep.op = QPI_OP_HELLO;
+	rep.req_id = req.req_id;
+	snprintf(rep.server_version, sizeof(rep.server_version), "nng");
+	rep.limits.max_message = ns->max;
+	rep.limits.max_batch = 1;
+	if (qpi_wire_encode_rep(&rep, &b) == QP_OK
+	    && nng_send(ns->s, b.data, b.len, 0) == 0) {
+		ns->rv = 0;
+	}
+	qpi_wire_buf_free(&b);
+	return NULL;
+}
+
+/* The wire is SP pair1 with a hello first: a plain nng pair1 socket talks
+ * to both ends. */
 static void
 test_conn_remote_nng_pair1_interop(void **state)
 {
@@ -617,13 +692,17 @@ test_conn_remote_nng_pair1_interop(void **state)
 	qp_conn *c;
 	char *rbuf;
 	size_t rlen;
-	int port;
+	void *buf;
+	size_t len;
 
 	/* nng dials our listener */
 	assert_int_equal(qp_listen(&l, "tcp://127.0.0.1:0"), QP_OK);
 	assert_int_equal(nng_pair1_open(&s), 0);
 	assert_int_equal(nng_setopt_ms(s, NNG_OPT_RECVTIMEO, 2000), 0);
 	assert_int_equal(nng_dial(s, qp_listener_url(l), NULL, 0), 0);
+	/* no connection before the hello */
+	assert_int_equal(qp_listener_accept(l, &c, 100), QP_ETIMEDOUT);
+	nng_client_hello(s);
 	assert_int_equal(qp_listener_accept(l, &c, 2000), QP_OK);
 	assert_int_equal(nng_send(s, "\xc4\x02hi", 4, 0), 0);
 	assert_recv_str(c, "hi");
@@ -634,26 +713,36 @@ test_conn_remote_nng_pair1_interop(void **state)
 	nng_free(rbuf, rlen);
 	/* a frame that is not msgpack breaks the connection */
 	assert_int_equal(nng_send(s, "\xc1", 1, 0), 0);
-	void *buf;
-	size_t len;
 	assert_int_equal(
 	    qp_conn_recv_bytes(c, &buf, &len, SIZE_MAX), QP_EPROTO);
 	nng_close(s);
 	qp_conn_free(c);
 	qp_listener_free(l);
 
-	/* we dial an nng pair1 listener, over ipc */
+	/* we dial an nng pair1 listener, over ipc; its hello says it takes
+	 * at most 100 bytes, which our sends then respect */
 	char url[128];
 	nng_listener nl;
+	pthread_t th;
 	ipc_url(url, sizeof(url), "nng.sock");
 	assert_int_equal(nng_pair1_open(&s), 0);
 	assert_int_equal(nng_setopt_ms(s, NNG_OPT_RECVTIMEO, 2000), 0);
 	assert_int_equal(nng_listen(s, url, &nl, 0), 0);
+	struct nng_server ns = {.s = s, .max = 100};
+	assert_int_equal(pthread_create(&th, NULL, nng_server_hello, &ns), 0);
 	assert_int_equal(qp_dial(&c, url, 2000), QP_OK);
+	pthread_join(th, NULL);
+	assert_int_equal(ns.rv, 0);
 	assert_int_equal(qp_conn_send(c, "\x93\x01\x02\x03", 4), QP_OK);
 	assert_int_equal(nng_recv(s, &rbuf, &rlen, NNG_FLAG_ALLOC), 0);
 	assert_int_equal(rlen, 4);
 	assert_memory_equal(rbuf, "\x93\x01\x02\x03", 4);
+	nng_free(rbuf, rlen);
+	uint8_t big[101] = {0};
+	assert_int_equal(qp_conn_send_bytes(c, big, 0, 101), QP_ETOOBIG);
+	assert_int_equal(qp_conn_send_bytes(c, big, 0, 100), QP_OK);
+	assert_int_equal(nng_recv(s, &rbuf, &rlen, NNG_FLAG_ALLOC), 0);
+	assert_int_equal(rlen, 102); /* the bin header and 100 bytes */
 	nng_free(rbuf, rlen);
 	assert_int_equal(nng_send(s,
 	                     "\xa3"
@@ -678,7 +767,6 @@ test_conn_remote_nng_pair1_interop(void **state)
 	assert_int_equal(qp_listener_accept(l, &c, 300), QP_ETIMEDOUT);
 	nng_close(s);
 	qp_listener_free(l);
-	(void) port;
 }
 
 static void

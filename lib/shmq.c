@@ -6,8 +6,8 @@
  *
  * Locking: two robust process-shared mutexes in the segment. The producer
  * lock guards the tail and the free space beyond it; the consumer lock
- * guards the head, the read cursor, the records between them and the lease
- * table. Lock order: producer, then consumer (only make-room and the check
+ * guards the head (the next record to read), the lease table and the lease
+ * area. Lock order: producer, then consumer (only make-room and the check
  * take both). A put commits by stamping its record; consumers find records
  * by their stamps, so they never read the producer's counters on the fast
  * path. Consumer-side changes go through a journal (tx_*). Wake-ups use
@@ -52,10 +52,12 @@ void (*qpi_shmq_test_hook)(int point);
 #define SQ_SCAN_MS 100
 
 /* Record kinds (sq_rec.kind). */
-#define K_BIN   1u
-#define K_OBJ   2u
-#define K_PAD   3u
-#define K_MOVED 0x10u /* flag: a leased record copied to the tail */
+#define K_BIN 1u
+#define K_OBJ 2u
+#define K_PAD 3u
+
+/* The lease area is cut in blocks of this many bytes. */
+#define SQ_BLOCK 512u
 
 /* Lease slot states. */
 #define L_FREE     0u
@@ -82,19 +84,23 @@ typedef struct sq_rec {
 	    seq; /* items put once this record is in (an item's ordinal) */
 	uint64_t bytes; /* bytes put once this record is in */
 	uint32_t ts; /* put time, ms since the queue was made (mod 2^32) */
-	uint32_t link; /* lease slot + 1, set by the consumer side */
+	uint32_t pad;
 } sq_rec;
 
-/* A lease slot. */
+/* A lease slot: the item itself lives in a chain of lease-area blocks. */
 typedef struct sq_slot {
 	uint64_t state;
-	uint64_t pos; /* the record's ring position */
 	uint64_t owner;
 	int64_t expiry_ms;
 	uint64_t seq; /* the item's ordinal: released items go in order */
 	uint64_t gen; /* bumped on each lease: ids are never reused */
 	uint64_t deliveries;
 	uint64_t next; /* free or released list: slot + 1, 0 ends */
+	uint64_t kindlen; /* kind << 32 | length */
+	uint64_t first; /* first block + 1 (0: an empty item, no block) */
+	uint64_t nblocks;
+	uint64_t ts; /* put time, as sq_rec.ts */
+	uint64_t spare;
 } sq_slot;
 
 typedef struct sq_jent {
@@ -146,6 +152,9 @@ typedef struct sq_hdr {
 	uint32_t hdr_size;
 	uint64_t seg_size;
 	uint64_t slots_off;
+	uint64_t links_off; /* lease area: one uint32_t link per block */
+	uint64_t blocks_off;
+	uint64_t nblocks;
 	uint64_t ring_off;
 	uint64_t cap;
 	uint64_t max_msg;
@@ -163,12 +172,14 @@ typedef struct sq_hdr {
 	} pp;
 	_Alignas(128) sq_side gs; /* consumer side */
 	_Alignas(128) struct {
-		uint64_t rd; /* next record to read */
-		uint64_t rel_first;
-		uint64_t free_first;
+		uint64_t rel_first; /* released slots, oldest item first */
+		uint64_t free_first; /* free slots */
+		uint64_t bfree; /* freed blocks: first + 1 */
+		uint64_t nbfree;
+		uint64_t bwater; /* blocks never used start here */
 	} gv;
 	_Alignas(128) struct {
-		uint64_t head; /* oldest byte still in use */
+		uint64_t head; /* the next record to read */
 		uint64_t nget; /* items taken from the ring, ever */
 		uint64_t relgets; /* deliveries of released items, ever */
 		uint64_t nreleased;
@@ -185,6 +196,9 @@ struct qpi_shmq {
 	uint8_t *base;
 	uint8_t *ring;
 	sq_slot *slots;
+	uint32_t *links; /* next block + 1, 0 ends */
+	uint8_t *blocks;
+	uint64_t nblocks;
 	uint64_t cap;
 	uint64_t cmask; /* cap - 1 when cap is a power of two, else 0 */
 	uint64_t max_msg;
@@ -350,8 +364,8 @@ sq_peek(
 		*rp = NULL;
 		return QP_OK;
 	}
-	uint32_t k = r->kind & ~K_MOVED;
-	if ((k != K_BIN && k != K_OBJ && r->kind != K_PAD)
+	uint32_t k = r->kind;
+	if ((k != K_BIN && k != K_OBJ && k != K_PAD)
 	    || QPI_SHMQ_REC_SIZE(r->len) > q->cap - off
 	    || (r->kind == K_PAD
 	        && (r->len % 8 != 0 || r->len + SQ_REC_HDR != q->cap - off))) {
@@ -386,18 +400,6 @@ sq_is_item(const sq_rec *r)
 	return r->kind == K_BIN || r->kind == K_OBJ;
 }
 
-/* A record below the read cursor is live while its lease slot points to
- * it. */
-static bool
-sq_live(const qpi_shmq *q, const sq_rec *r, uint64_t pos)
-{
-	if (r->kind == K_PAD || r->link == 0 || r->link > q->nslots) {
-		return false;
-	}
-	const sq_slot *s = &q->slots[r->link - 1];
-	return LD(&s->state) != L_FREE && LD(&s->pos) == pos;
-}
-
 /* Space needed at tail for a record of size bytes, pad included. */
 static inline uint64_t
 sq_need(const qpi_shmq *q, uint64_t tail, uint64_t size)
@@ -417,7 +419,7 @@ sq_ts(const qpi_shmq *q)
  * Returns the record; *posp gets its position. */
 static sq_rec *
 sq_rec_begin(qpi_shmq *q, uint64_t tail, uint32_t kind, uint64_t len,
-    uint64_t seq, uint64_t bytes, uint32_t ts, uint32_t link, uint64_t *posp)
+    uint64_t seq, uint64_t bytes, uint32_t ts, uint64_t *posp)
 {
 	uint64_t off = sq_off(q, tail), rem = q->cap - off;
 	uint64_t pos = tail;
@@ -430,7 +432,7 @@ sq_rec_begin(qpi_shmq *q, uint64_t tail, uint32_t kind, uint64_t len,
 			p->seq = LD(&q->h->pp.nput);
 			p->bytes = LD(&q->h->pp.bytes_in);
 			p->ts = 0;
-			p->link = 0;
+			p->pad = 0;
 			STR(&p->stamp, sq_stamp(q, tail));
 		}
 		pos = tail + rem;
@@ -442,7 +444,7 @@ sq_rec_begin(qpi_shmq *q, uint64_t tail, uint32_t kind, uint64_t len,
 	r->seq = seq;
 	r->bytes = bytes;
 	r->ts = ts;
-	r->link = link;
+	r->pad = 0;
 	*posp = pos;
 	return r;
 }
@@ -450,6 +452,9 @@ sq_rec_begin(qpi_shmq *q, uint64_t tail, uint32_t kind, uint64_t len,
 static void
 sq_copy(void *dst, const void *src, size_t len, int hook)
 {
+	if (len == 0) {
+		return;
+	}
 	if (__builtin_expect(qpi_shmq_test_hook != NULL, 0) && len > 1) {
 		memcpy(dst, src, len / 2);
 		qpi_shmq_test_hook(hook);
@@ -775,8 +780,14 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 {
 	sq_ev *ev = &q->h->ev[e];
 	int i = sq_claim(ev);
-	uint64_t bit = i >= 0 ? 1ull << i : 0;
 	uint32_t s = 0;
+
+	if (i < 0) {
+		/* Every slot taken: maybe by dead processes. */
+		sq_scan(ev);
+		i = sq_claim(ev);
+	}
+	uint64_t bit = i >= 0 ? 1ull << i : 0;
 	int rc = 0;
 
 	if (i >= 0) {
@@ -790,14 +801,22 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 		rc = i >= 0 ? qpi_futex_wait(&ev->who[i].word, 0, deadline)
 		            : qpi_futex_wait(&ev->seq, s, deadline);
 	}
+	bool woken = false;
 	if (i >= 0) {
 		/* Clear the bit unless a waker did. */
-		__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST);
+		woken
+		    = !(__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST)
+		        & bit);
 		sq_unclaim(ev, i);
 	} else {
 		__atomic_fetch_sub(&ev->extra, 1, __ATOMIC_SEQ_CST);
 	}
 	if (sq_closed(q)) {
+		/* A wake-up meant for a getter that now leaves goes on to
+		 * another one. */
+		if (woken && pred(q, arg)) {
+			sq_wake(q, e, false);
+		}
 		return sq_eclosed(q);
 	}
 	return rc;
@@ -821,78 +840,154 @@ sq_wait(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline,
 	return sq_sleep(q, e, pred, arg, deadline);
 }
 
-/* ---- consumer-side maintenance (consumer lock held) ---- */
+/* ---- consumer side helpers (consumer lock held) ---- */
 
-/* Moves the head over records nobody needs any more. */
+/* Walks from the head over committed pads to the first committed item
+ * (*rp NULL if none yet); *posp moves over the pads, *startp and *endp
+ * bound the item. */
 static int
-sq_gc(qpi_shmq *q)
+sq_walk(
+    qpi_shmq *q, uint64_t *posp, sq_rec **rp, uint64_t *startp, uint64_t *endp)
 {
-	sq_hdr *h = q->h;
-	uint64_t head = h->gp.head, rd = h->gv.rd, h0 = head, start, end;
-	sq_rec *r;
+	uint64_t pos = *posp, lim = *posp + q->cap;
 	int rc;
 
-	while (head < rd) {
-		if ((rc = sq_rec_read(q, head, rd, &r, &start, &end))
-		    != QP_OK) {
+	for (;;) {
+		if ((rc = sq_peek(q, pos, rp, startp, endp)) != QP_OK) {
 			return rc;
 		}
-		if (sq_live(q, r, start)) {
-			head = start;
-			break;
+		if (*rp == NULL || (*rp)->kind != K_PAD) {
+			return QP_OK;
 		}
-		head = end;
+		if (*endp > lim) {
+			return sq_fault(q, "pads past the ring", pos);
+		}
+		pos = *posp = *endp;
 	}
-	if (head != h0) {
-		sq_tx t;
+}
+
+/* Commits a head moved over pads. */
+static void
+sq_skip_commit(qpi_shmq *q, uint64_t head0, uint64_t head)
+{
+	sq_tx t;
+
+	if (head != head0) {
 		tx_begin(&t, q);
-		tx_set(&t, &h->gp.head, head);
+		tx_set(&t, &q->h->gp.head, head);
 		tx_commit(&t);
+	}
+}
+
+/* Blocks taken for a lease, not yet committed: k freed blocks linked
+ * from first, then never used ones from water + 1 on. */
+typedef struct sq_take {
+	uint64_t first; /* first block + 1; 0: no block */
+	uint64_t k;
+	uint64_t water;
+} sq_take;
+
+/* Takes n blocks for a lease: the freed ones first, then never used
+ * ones; the journal gets the words that change (links of never used
+ * blocks are written at once: nobody reads them before the commit).
+ * QP_ELIMIT if the lease area lacks them. */
+static int
+sq_blocks_take(qpi_shmq *q, sq_tx *t, uint64_t n, sq_take *tk)
+{
+	sq_hdr *h = q->h;
+	uint64_t b = h->gv.bfree, last = 0, k = 0, w = h->gv.bwater;
+
+	memset(tk, 0, sizeof(*tk));
+	if (n == 0) {
+		return QP_OK;
+	}
+	if (n > h->gv.nbfree + (q->nblocks - w)) {
+		return qpi_err(QP_ELIMIT,
+		    "%s: the lease area has no room for %" PRIu64
+		    " more bytes",
+		    q->label, n * SQ_BLOCK);
+	}
+	for (; k < n && k < h->gv.nbfree; k++) {
+		if (b == 0 || b > q->nblocks) {
+			return sq_fault(q, "bad lease-area free list", b);
+		}
+		last = b;
+		b = q->links[b - 1];
+	}
+	tk->first = k > 0 ? h->gv.bfree : w + 1;
+	tk->k = k;
+	tk->water = w;
+	if (k == n) {
+		tx_set(t, &h->gv.bfree, b);
+		tx_set(t, &h->gv.nbfree, h->gv.nbfree - n);
+		tx_set32(t, &q->links[last - 1], 0);
+		return QP_OK;
+	}
+	for (uint64_t i = w; i < w + (n - k); i++) {
+		ST(&q->links[i], i + 1 < w + (n - k) ? (uint32_t) (i + 2) : 0);
+	}
+	if (k > 0) {
+		tx_set32(t, &q->links[last - 1], (uint32_t) (w + 1));
+		tx_set(t, &h->gv.bfree, 0);
+		tx_set(t, &h->gv.nbfree, 0);
+	}
+	tx_set(t, &h->gv.bwater, w + (n - k));
+	return QP_OK;
+}
+
+/* Copies len bytes into the blocks of tk (before the commit). */
+static void
+sq_blocks_fill(
+    qpi_shmq *q, const sq_take *tk, const uint8_t *src, uint64_t len)
+{
+	uint64_t b = tk->first;
+
+	for (uint64_t i = 0; len > 0; i++) {
+		uint64_t n = len < SQ_BLOCK ? len : SQ_BLOCK;
+		memcpy(q->blocks + (b - 1) * SQ_BLOCK, src, n);
+		src += n;
+		len -= n;
+		b = i + 1 < tk->k    ? q->links[b - 1]
+		    : i + 1 == tk->k ? tk->water + 1
+		                     : b + 1;
+	}
+}
+
+/* Gives a slot's blocks back to the free list (through the journal). */
+static int
+sq_blocks_put(qpi_shmq *q, sq_tx *t, const sq_slot *s)
+{
+	sq_hdr *h = q->h;
+	uint64_t b = s->first, last = 0;
+
+	for (uint64_t i = 0; i < s->nblocks; i++) {
+		if (b == 0 || b > q->nblocks) {
+			return sq_fault(q, "bad lease block chain", s->first);
+		}
+		last = b;
+		b = q->links[b - 1];
+	}
+	if (last != 0) {
+		tx_set32(t, &q->links[last - 1], (uint32_t) h->gv.bfree);
+		tx_set(t, &h->gv.bfree, s->first);
+		tx_set(t, &h->gv.nbfree, h->gv.nbfree + s->nblocks);
 	}
 	return QP_OK;
 }
 
-/* Walks from the read cursor over committed pads and moved records to the
- * first committed item (*rp NULL if none yet); *startp and *endp bound it. */
-static int
-sq_walk(
-    qpi_shmq *q, uint64_t *rdp, sq_rec **rp, uint64_t *startp, uint64_t *endp)
-{
-	uint64_t rd = *rdp, lim = LD(&q->h->gp.head) + q->cap;
-	int rc;
-
-	for (;;) {
-		if ((rc = sq_peek(q, rd, rp, startp, endp)) != QP_OK) {
-			return rc;
-		}
-		if (*rp == NULL || sq_is_item(*rp)) {
-			return QP_OK;
-		}
-		if (*endp > lim) {
-			return sq_fault(q, "records past the ring", rd);
-		}
-		rd = *rdp = *endp;
-	}
-}
-
-/* Commits a read cursor moved over pads and moved records; the head
- * follows if it was at the cursor. */
+/* Copies len bytes out of a committed block chain. */
 static void
-sq_skip_commit(qpi_shmq *q, uint64_t rd0, uint64_t rd)
+sq_blocks_read(qpi_shmq *q, uint64_t first, uint8_t *dst, uint64_t len)
 {
-	sq_hdr *h = q->h;
-	sq_tx t;
-
-	if (rd == rd0) {
-		return;
+	for (uint64_t b = first; len > 0 && b != 0 && b <= q->nblocks;
+	     b = q->links[b - 1]) {
+		uint64_t n = len < SQ_BLOCK ? len : SQ_BLOCK;
+		memcpy(dst, q->blocks + (b - 1) * SQ_BLOCK, n);
+		dst += n;
+		len -= n;
 	}
-	tx_begin(&t, q);
-	tx_set(&t, &h->gv.rd, rd);
-	if (h->gp.head == rd0) {
-		tx_set(&t, &h->gp.head, rd);
-	}
-	tx_commit(&t);
 }
+
 /* ---- creation and attach ---- */
 
 static uint64_t
@@ -901,14 +996,26 @@ sq_round(uint64_t v, uint64_t a)
 	return (v + a - 1) / a * a;
 }
 
+/* Where everything goes in a segment. */
+typedef struct sq_geom {
+	uint64_t cap;
+	uint32_t nslots;
+	uint64_t nblocks;
+	uint64_t slots_off;
+	uint64_t links_off;
+	uint64_t blocks_off;
+	uint64_t ring_off;
+	uint64_t seg;
+} sq_geom;
+
 static int
-sq_layout(const qpi_shmq_cfg *cfg, uint64_t *capp, uint32_t *nslotsp,
-    uint64_t *slots_offp, uint64_t *ring_offp, uint64_t *segp)
+sq_layout(const qpi_shmq_cfg *cfg, sq_geom *g)
 {
 	uint64_t cap
 	    = cfg && cfg->capacity ? cfg->capacity : QPI_SHMQ_DEF_CAPACITY;
 	uint32_t ns
 	    = cfg && cfg->lease_slots ? cfg->lease_slots : QPI_SHMQ_DEF_LEASES;
+	uint64_t lb = cfg && cfg->lease_bytes ? cfg->lease_bytes : cap;
 
 	if (cap < QPI_SHMQ_MIN_CAPACITY || cap > QPI_SHMQ_MAX_CAPACITY) {
 		return qpi_err(QP_EINVAL,
@@ -922,18 +1029,25 @@ sq_layout(const qpi_shmq_cfg *cfg, uint64_t *capp, uint32_t *nslotsp,
 		    "%u lease slots is over the limit of %u", ns,
 		    QPI_SHMQ_MAX_LEASES);
 	}
-	*capp = sq_round(cap, 4096);
-	*nslotsp = ns;
-	*slots_offp = sq_round(sizeof(sq_hdr), 128);
-	*ring_offp
-	    = sq_round(*slots_offp + (uint64_t) ns * sizeof(sq_slot), 4096);
-	*segp = *ring_offp + *capp;
+	if (lb > QPI_SHMQ_MAX_CAPACITY) {
+		return qpi_err(QP_EINVAL,
+		    "lease area of %" PRIu64 " bytes is over the limit", lb);
+	}
+	g->cap = sq_round(cap, 4096);
+	g->nslots = ns;
+	g->nblocks = sq_round(lb, SQ_BLOCK) / SQ_BLOCK;
+	g->slots_off = sq_round(sizeof(sq_hdr), 128);
+	g->links_off
+	    = sq_round(g->slots_off + (uint64_t) ns * sizeof(sq_slot), 128);
+	g->blocks_off = sq_round(g->links_off + g->nblocks * 4, 4096);
+	g->ring_off = g->blocks_off + g->nblocks * SQ_BLOCK;
+	g->ring_off = sq_round(g->ring_off, 4096);
+	g->seg = g->ring_off + g->cap;
 	return QP_OK;
 }
 
 static int
-sq_init(void *base, uint64_t cap, uint32_t nslots, uint64_t slots_off,
-    uint64_t ring_off, uint64_t seg, const qpi_shmq_cfg *cfg)
+sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg)
 {
 	sq_hdr *h = base;
 	pthread_mutexattr_t ma;
@@ -947,21 +1061,26 @@ sq_init(void *base, uint64_t cap, uint32_t nslots, uint64_t slots_off,
 	salt |= 1ull << 63;
 	memset(h, 0, sizeof(*h));
 	h->hdr_size = sizeof(sq_hdr);
-	h->seg_size = seg;
-	h->slots_off = slots_off;
-	h->ring_off = ring_off;
-	h->cap = cap;
+	h->seg_size = g->seg;
+	h->slots_off = g->slots_off;
+	h->links_off = g->links_off;
+	h->blocks_off = g->blocks_off;
+	h->nblocks = g->nblocks;
+	h->ring_off = g->ring_off;
+	h->cap = g->cap;
 	h->max_msg = cfg && cfg->max_message ? cfg->max_message
 	                                     : QP_DEFAULT_MAX_MESSAGE;
 	if (h->max_msg > QPI_SHMQ_MAX_ITEM) {
 		h->max_msg = QPI_SHMQ_MAX_ITEM;
 	}
 	h->maxsize = cfg ? cfg->maxsize : 0;
-	h->nslots = nslots;
+	h->nslots = g->nslots;
 	h->salt = salt;
 	h->created_ms = sq_coarse_ms();
-	if (pthread_mutexattr_init(&ma) != 0
-	    || pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED) != 0
+	if (pthread_mutexattr_init(&ma) != 0) {
+		return qpi_err(QP_ESYSTEM, "cannot make mutex attributes");
+	}
+	if (pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED) != 0
 	    || pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST) != 0
 	    || pthread_mutex_init(&h->ps.lock, &ma) != 0
 	    || pthread_mutex_init(&h->gs.lock, &ma) != 0) {
@@ -970,9 +1089,10 @@ sq_init(void *base, uint64_t cap, uint32_t nslots, uint64_t slots_off,
 		    QP_ESYSTEM, "cannot make robust process-shared mutexes");
 	}
 	pthread_mutexattr_destroy(&ma);
-	sq_slot *slots = (sq_slot *) (void *) ((uint8_t *) base + slots_off);
-	for (uint32_t i = 0; i < nslots; i++) {
-		slots[i].next = i + 1 < nslots ? i + 2 : 0;
+	sq_slot *slots
+	    = (sq_slot *) (void *) ((uint8_t *) base + g->slots_off);
+	for (uint32_t i = 0; i < g->nslots; i++) {
+		slots[i].next = i + 1 < g->nslots ? i + 2 : 0;
 	}
 	h->gv.free_first = 1;
 	h->version = SQ_VERSION;
@@ -1006,7 +1126,10 @@ sq_attach(qpi_shmq **qp, qpi_shm *shm, const char *name)
 	    || h->cap % 4096 != 0 || h->nslots == 0
 	    || h->nslots > QPI_SHMQ_MAX_LEASES || h->slots_off < sizeof(sq_hdr)
 	    || h->slots_off + (uint64_t) h->nslots * sizeof(sq_slot)
-	        > h->ring_off
+	        > h->links_off
+	    || h->nblocks > UINT32_MAX - 1
+	    || h->links_off + h->nblocks * 4 > h->blocks_off
+	    || h->blocks_off + h->nblocks * SQ_BLOCK > h->ring_off
 	    || h->ring_off + h->cap != h->seg_size || h->max_msg == 0
 	    || h->max_msg > QPI_SHMQ_MAX_ITEM) {
 		return qpi_err(QP_ECORRUPT, "%s has a corrupt header", label);
@@ -1019,6 +1142,9 @@ sq_attach(qpi_shmq **qp, qpi_shm *shm, const char *name)
 	q->base = shm->base;
 	q->ring = q->base + h->ring_off;
 	q->slots = (sq_slot *) (void *) (q->base + h->slots_off);
+	q->links = (uint32_t *) (void *) (q->base + h->links_off);
+	q->blocks = q->base + h->blocks_off;
+	q->nblocks = h->nblocks;
 	q->cap = h->cap;
 	q->cmask = (h->cap & (h->cap - 1)) == 0 ? h->cap - 1 : 0;
 	q->max_msg = h->max_msg;
@@ -1052,23 +1178,21 @@ static int
 sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 {
 	static uint32_t counter;
-	uint64_t cap = 0, slots_off = 0, ring_off = 0, seg = 0;
-	uint32_t ns = 0;
+	sq_geom g;
 	char tmp[64];
 	qpi_shm shm;
 	int rc;
 
-	if ((rc = sq_layout(cfg, &cap, &ns, &slots_off, &ring_off, &seg))
-	    != QP_OK) {
+	if ((rc = sq_layout(cfg, &g)) != QP_OK) {
 		return rc;
 	}
 	/* '#' is not allowed in queue names: no clash with a real queue. */
 	snprintf(tmp, sizeof(tmp), "#new.%d.%u", (int) getpid(),
 	    __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED));
-	if ((rc = qpi_shm_create(tmp, seg, &shm)) != QP_OK) {
+	if ((rc = qpi_shm_create(tmp, g.seg, &shm)) != QP_OK) {
 		return rc;
 	}
-	rc = sq_init(shm.base, cap, ns, slots_off, ring_off, seg, cfg);
+	rc = sq_init(shm.base, &g, cfg);
 	if (rc == QP_OK) {
 		rc = qpi_shm_link(tmp, name);
 	}
@@ -1113,19 +1237,17 @@ qpi_shmq_open(
 int
 qpi_shmq_anon(qpi_shmq **qp, const qpi_shmq_cfg *cfg)
 {
-	uint64_t cap = 0, slots_off = 0, ring_off = 0, seg = 0;
-	uint32_t ns = 0;
+	sq_geom g;
 	qpi_shm shm;
 	int rc;
 
-	if ((rc = sq_layout(cfg, &cap, &ns, &slots_off, &ring_off, &seg))
-	    != QP_OK) {
+	if ((rc = sq_layout(cfg, &g)) != QP_OK) {
 		return rc;
 	}
-	if ((rc = qpi_shm_anon(seg, &shm)) != QP_OK) {
+	if ((rc = qpi_shm_anon(g.seg, &shm)) != QP_OK) {
 		return rc;
 	}
-	rc = sq_init(shm.base, cap, ns, slots_off, ring_off, seg, cfg);
+	rc = sq_init(shm.base, &g, cfg);
 	if (rc == QP_OK) {
 		rc = sq_attach(qp, &shm, NULL);
 	}
@@ -1204,103 +1326,50 @@ sq_pred_progress(qpi_shmq *q, const void *arg)
 	    || LD(&q->h->gp.nreleased) != s->nrel;
 }
 
-/* Copies the live record at the head to the tail (both locks held), so
- * that the dead space behind it can be reused. *movedp false if it is not
- * live or does not fit. */
-static int
-sq_move_head(qpi_shmq *q, bool *movedp)
-{
-	sq_hdr *h = q->h;
-	uint64_t head = h->gp.head, tail = h->pp.tail, start, end, pos;
-	sq_rec *r;
-	sq_tx t;
-	int rc;
-
-	*movedp = false;
-	if ((rc = sq_rec_read(q, head, tail, &r, &start, &end)) != QP_OK) {
-		return rc;
-	}
-	uint64_t size = end - start;
-	if (!sq_live(q, r, start)
-	    || sq_need(q, tail, size) > q->cap - (tail - head)) {
-		return QP_OK;
-	}
-	uint32_t link = r->link;
-	sq_rec *n = sq_rec_begin(q, tail, (r->kind & ~K_MOVED) | K_MOVED,
-	    r->len, r->seq, r->bytes, r->ts, link, &pos);
-	memcpy(n + 1, r + 1, r->len);
-	SQ_HOOK(QPI_HOOK_MOVE);
-	STR(&n->stamp, sq_stamp(q, pos));
-	STR(&h->pp.tail, pos + size);
-	/* Until this commit the copy is dead (its slot points elsewhere). */
-	tx_begin(&t, q);
-	tx_set(&t, &q->slots[link - 1].pos, pos);
-	tx_commit(&t);
-	*movedp = true;
-	return sq_gc(q);
-}
-
-/* Producer lock held, no room for a record of size bytes: clears what the
- * consumer side can clear (pads, dead records, leased records in the
- * way). */
+/* Producer lock held, the ring looks empty, yet no room for a record of
+ * size bytes: it does not fit before the ring's end. Moves the tail (over
+ * a pad) and the head to the start of the next lap; the pad lets
+ * consumers step over the gap should we die between the two. */
 static int
 sq_make_room(qpi_shmq *q, uint64_t size)
 {
 	sq_hdr *h = q->h;
+	uint64_t tail = h->pp.tail, rem = q->cap - sq_off(q, tail);
+	uint64_t head, s, e;
 	sq_rec *r;
-	sq_tx t;
 	int rc;
 
 	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
-	for (uint32_t i = 0; i <= q->nslots + 2; i++) {
-		uint64_t tail = h->pp.tail, rd = h->gv.rd, rd0 = rd, s, e;
-		if ((rc = sq_walk(q, &rd, &r, &s, &e)) != QP_OK) {
-			break;
-		}
-		sq_skip_commit(q, rd0, rd);
-		if ((rc = sq_gc(q)) != QP_OK) {
-			break;
-		}
-		uint64_t head = h->gp.head;
-		if (sq_need(q, tail, size) <= q->cap - (tail - head)) {
-			break;
-		}
-		rd = h->gv.rd;
-		if (head == rd && rd != tail && tail - rd < SQ_REC_HDR) {
-			/* The cursor sits on the short gap at the ring's
-			 * end, right before the tail: step over it. */
-			tx_begin(&t, q);
-			tx_set(&t, &h->gv.rd, tail);
-			tx_set(&t, &h->gp.head, tail);
-			tx_commit(&t);
-			continue;
-		}
-		if (head == tail) {
-			/* Empty ring, item longer than what is left before
-			 * the ring's end: pad to the start of the next lap,
-			 * then the loop steps over the pad. */
-			uint64_t rem = q->cap - sq_off(q, tail);
-			if (rem >= SQ_REC_HDR) {
-				sq_rec *p = sq_at(q, sq_off(q, tail));
-				p->kind = K_PAD;
-				p->len = (uint32_t) (rem - SQ_REC_HDR);
-				p->seq = h->pp.nput;
-				p->bytes = h->pp.bytes_in;
-				p->ts = 0;
-				p->link = 0;
-				STR(&p->stamp, sq_stamp(q, tail));
-			}
-			STR(&h->pp.tail, tail + rem);
-			continue;
-		}
-		bool moved;
-		if (head == rd || (rc = sq_move_head(q, &moved)) != QP_OK
-		    || !moved) {
-			break;
-		}
+	head = h->gp.head;
+	if ((rc = sq_walk(q, &head, &r, &s, &e)) != QP_OK) {
+		goto out;
 	}
+	sq_skip_commit(q, h->gp.head, head);
+	if (head == tail && rem < size) {
+		if (rem >= SQ_REC_HDR) {
+			sq_rec *p = sq_at(q, sq_off(q, tail));
+			p->kind = K_PAD;
+			p->len = (uint32_t) (rem - SQ_REC_HDR);
+			p->seq = h->pp.nput;
+			p->bytes = h->pp.bytes_in;
+			p->ts = 0;
+			p->pad = 0;
+			STR(&p->stamp, sq_stamp(q, tail));
+		}
+		tail += rem;
+		STR(&h->pp.tail, tail);
+	}
+	/* An empty ring, or only the short gap at the ring's end left. */
+	if (head != tail
+	    && (tail - head < SQ_REC_HDR && sq_off(q, tail) == 0)) {
+		head = tail;
+	}
+	if (head == tail) {
+		sq_skip_commit(q, h->gp.head, tail);
+	}
+out:
 	ST(&h->ps.hint, h->gp.head);
 	sq_unlock(&h->gs);
 	return rc;
@@ -1338,7 +1407,9 @@ sq_try_put(
 		if (sq_need(q, tail, size) <= q->cap - (tail - snap->head)) {
 			break;
 		}
-		if (round == 0) {
+		if (round == 0 && tail - snap->head < SQ_REC_HDR + size) {
+			/* Empty but for pads? Maybe too little room before
+			 * the ring's end. */
 			if ((rc = sq_make_room(q, size)) != QP_OK) {
 				sq_unlock(&h->ps);
 				return rc;
@@ -1352,10 +1423,10 @@ sq_try_put(
 	}
 	uint64_t bytes = h->pp.bytes_in + len;
 	sq_rec *r = sq_rec_begin(
-	    q, tail, kind, len, nput + 1, bytes, sq_ts(q), 0, &pos);
+	    q, tail, kind, len, nput + 1, bytes, sq_ts(q), &pos);
 	sq_copy(r + 1, buf, len, QPI_HOOK_PUT_COPY);
 	STR(&r->stamp, sq_stamp(q, pos)); /* the commit */
-	SQ_HOOK(QPI_HOOK_COMMIT);
+	SQ_HOOK(QPI_HOOK_PUT_COMMIT);
 	ST(&h->pp.bytes_in, bytes);
 	ST(&h->pp.nput, nput + 1);
 	STR(&h->pp.tail, pos + size);
@@ -1424,29 +1495,29 @@ static bool
 sq_pred_items(qpi_shmq *q, const void *arg)
 {
 	sq_hdr *h = q->h;
-	uint64_t rd = LDA(&h->gv.rd), off = sq_off(q, rd);
+	uint64_t pos = LDA(&h->gp.head), off = sq_off(q, pos);
 	(void) arg;
 
 	if (LD(&h->gp.nreleased) != 0) {
 		return true;
 	}
 	if (q->cap - off < SQ_REC_HDR) {
-		rd += q->cap - off;
+		pos += q->cap - off;
 		off = 0;
 	}
-	return LDA(&sq_at(q, off)->stamp) == sq_stamp(q, rd);
+	return LDA(&sq_at(q, off)->stamp) == sq_stamp(q, pos);
 }
 
-/* Copies record r out as the request asks (consumer lock held). */
+/* Copies an item out as the request asks (consumer lock held): from the
+ * ring (src != NULL) or from a lease's blocks (first). */
 static int
-sq_copy_out(qpi_shmq *q, const sq_rec *r, sq_getreq *g)
+sq_copy_out(qpi_shmq *q, uint32_t kind, uint64_t len, const void *src,
+    uint64_t first, sq_getreq *g)
 {
-	uint32_t kind = r->kind & ~K_MOVED;
 	uint8_t hdr[5];
-	size_t hl = 0, len = r->len;
+	size_t hl = 0;
 	uint8_t *dst;
 
-	(void) q;
 	if ((g->flags & QPI_GET_OBJ) && kind == K_BIN) {
 		hl = qpi_wire_bin_header(len, hdr);
 	}
@@ -1456,7 +1527,7 @@ sq_copy_out(qpi_shmq *q, const sq_rec *r, sq_getreq *g)
 			return qpi_err(QP_ETOOBIG,
 			    "item of %zu bytes does not fit in %zu bytes; it "
 			    "stays in the queue",
-			    hl + len, g->cap);
+			    (size_t) (hl + len), g->cap);
 		}
 		dst = g->into;
 	} else {
@@ -1465,19 +1536,26 @@ sq_copy_out(qpi_shmq *q, const sq_rec *r, sq_getreq *g)
 			return qpi_err(QP_ENOMEM,
 			    "cannot allocate %zu bytes for an item; it stays "
 			    "in the queue",
-			    hl + len);
+			    (size_t) (hl + len));
 		}
-		*g->bufp = dst;
 	}
 	memcpy(dst, hdr, hl);
-	sq_copy(dst + hl, r + 1, len, QPI_HOOK_GET_COPY);
+	if (src != NULL) {
+		sq_copy(dst + hl, src, len, QPI_HOOK_GET_COPY);
+	} else {
+		sq_blocks_read(q, first, dst + hl, len);
+	}
+	if (g->into == NULL) {
+		*g->bufp = dst;
+	}
 	*g->lenp = hl + len;
 	return QP_OK;
 }
 
+/* Fills a lease slot's lease terms (through the journal). */
 static void
-sq_lease_fill(qpi_shmq *q, sq_tx *t, uint32_t i, sq_getreq *g,
-    uint64_t deliveries, const sq_rec *r)
+sq_lease_terms(qpi_shmq *q, sq_tx *t, uint32_t i, sq_getreq *g,
+    uint64_t deliveries, uint32_t kind)
 {
 	sq_slot *s = &q->slots[i];
 	int64_t exp = g->lease_ms < 0 ? INT64_MAX : qpi_now_ms() + g->lease_ms;
@@ -1487,12 +1565,13 @@ sq_lease_fill(qpi_shmq *q, sq_tx *t, uint32_t i, sq_getreq *g,
 	tx_set(t, (uint64_t *) &s->expiry_ms, (uint64_t) exp);
 	tx_set(t, &s->deliveries, deliveries);
 	tx_set(t, &s->next, 0);
+	/* A new id: an old holder's ack must not hit this lease. */
 	tx_set(t, &s->gen, s->gen + 1);
 	tx_set(t, &q->h->gp.nleased, q->h->gp.nleased + 1);
 	if (g->info != NULL) {
 		g->info->id = ((s->gen + 1) << L_IDX_BITS) | i;
 		g->info->deliveries = (uint32_t) deliveries;
-		g->info->kind = r->kind & ~K_MOVED;
+		g->info->kind = kind;
 		g->info->expiry_ms = exp;
 	}
 }
@@ -1502,8 +1581,7 @@ static int
 sq_get_released(qpi_shmq *q, sq_getreq *g)
 {
 	sq_hdr *h = q->h;
-	uint64_t first = h->gv.rel_first, start, end;
-	sq_rec *r;
+	uint64_t first = h->gv.rel_first;
 	sq_tx t;
 	int rc;
 
@@ -1512,44 +1590,44 @@ sq_get_released(qpi_shmq *q, sq_getreq *g)
 	}
 	uint32_t i = (uint32_t) (first - 1);
 	sq_slot *s = &q->slots[i];
-	if ((rc = sq_rec_read(q, s->pos, LDA(&h->pp.tail), &r, &start, &end))
-	    != QP_OK) {
-		return rc;
-	}
-	if (r->kind == K_PAD || r->link != first || start != s->pos) {
-		return sq_fault(q, "released slot points nowhere", s->pos);
-	}
+	uint32_t kind = (uint32_t) (s->kindlen >> 32);
+	uint64_t len = (uint32_t) s->kindlen;
 	SQ_HOOK(QPI_HOOK_GET_LOCKED);
-	if ((rc = sq_copy_out(q, r, g)) != QP_OK) {
+	if ((rc = sq_copy_out(q, kind, len, NULL, s->first, g)) != QP_OK) {
 		return rc;
 	}
 	tx_begin(&t, q);
 	tx_set(&t, &h->gv.rel_first, s->next);
 	tx_set(&t, &h->gp.nreleased, h->gp.nreleased - 1);
-	tx_set(&t, &h->gp.bytes_rel, h->gp.bytes_rel - r->len);
+	tx_set(&t, &h->gp.bytes_rel, h->gp.bytes_rel - len);
 	tx_set(&t, &h->gp.relgets, h->gp.relgets + 1);
 	if (g->lease) {
-		/* A new id: the old holder's ack must not hit this lease. */
-		sq_lease_fill(q, &t, i, g, s->deliveries + 1, r);
+		sq_lease_terms(q, &t, i, g, s->deliveries + 1, kind);
 	} else {
+		if ((rc = sq_blocks_put(q, &t, s)) != QP_OK) {
+			return rc;
+		}
 		tx_set(&t, &s->state, L_FREE);
 		tx_set(&t, &s->next, h->gv.free_first);
 		tx_set(&t, &h->gv.free_first, first);
 	}
 	tx_commit(&t);
-	return g->lease ? QP_OK : sq_gc(q);
+	return QP_OK;
 }
 
+/* Takes the head item. final: the caller is about to report an empty
+ * queue, so look under the lock, and make sure the producers' count
+ * agrees (an item counted but not found is damage, not emptiness). */
 static int
-sq_try_get(qpi_shmq *q, sq_getreq *g)
+sq_try_get(qpi_shmq *q, sq_getreq *g, bool final)
 {
 	sq_hdr *h = q->h;
-	uint64_t rd0, rd, start, end;
+	uint64_t head0, head, start, end;
 	sq_rec *r;
 	sq_tx t;
 	int rc;
 
-	if (!sq_pred_items(q, NULL)) {
+	if (!final && !sq_pred_items(q, NULL)) {
 		return QP_EEMPTY;
 	}
 	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
@@ -1559,47 +1637,49 @@ sq_try_get(qpi_shmq *q, sq_getreq *g)
 		rc = sq_get_released(q, g);
 		goto out;
 	}
-	rd = rd0 = h->gv.rd;
-	if ((rc = sq_walk(q, &rd, &r, &start, &end)) != QP_OK) {
+	head = head0 = h->gp.head;
+	if ((rc = sq_walk(q, &head, &r, &start, &end)) != QP_OK) {
 		goto out;
 	}
 	if (r == NULL) {
-		sq_skip_commit(q, rd0, rd);
-		rc = QP_EEMPTY;
+		sq_skip_commit(q, head0, head);
+		/* A put stamps its record before it counts it. */
+		rc = final && LDA(&h->pp.nput) > h->gp.nget
+		    ? sq_fault(q, "counted item without its record", head)
+		    : QP_EEMPTY;
 		goto out;
 	}
 	SQ_HOOK(QPI_HOOK_GET_LOCKED);
-	uint32_t slot = 0;
+	tx_begin(&t, q);
 	if (g->lease) {
-		if (h->gv.free_first == 0 || h->gv.free_first > q->nslots) {
+		sq_take tk;
+		uint64_t f = h->gv.free_first;
+		if (f == 0 || f > q->nslots) {
 			rc = qpi_err(QP_ELIMIT,
 			    "%s: all %u lease slots are in use", q->label,
 			    q->nslots);
 			goto out;
 		}
-		slot = (uint32_t) (h->gv.free_first - 1);
+		uint64_t nb = (r->len + SQ_BLOCK - 1) / SQ_BLOCK;
+		if ((rc = sq_blocks_take(q, &t, nb, &tk)) != QP_OK) {
+			goto out;
+		}
+		sq_blocks_fill(q, &tk, (const uint8_t *) (r + 1), r->len);
+		sq_slot *s = &q->slots[f - 1];
+		tx_set(&t, &h->gv.free_first, s->next);
+		tx_set(&t, &s->seq, r->seq);
+		tx_set(&t, &s->kindlen, (uint64_t) r->kind << 32 | r->len);
+		tx_set(&t, &s->first, tk.first);
+		tx_set(&t, &s->nblocks, nb);
+		tx_set(&t, &s->ts, r->ts);
+		sq_lease_terms(q, &t, (uint32_t) (f - 1), g, 1, r->kind);
 	}
-	if ((rc = sq_copy_out(q, r, g)) != QP_OK) {
+	if ((rc = sq_copy_out(q, r->kind, r->len, r + 1, 0, g)) != QP_OK) {
 		goto out;
 	}
-	uint64_t head = h->gp.head;
-	tx_begin(&t, q);
-	if (g->lease) {
-		sq_slot *s = &q->slots[slot];
-		tx_set(&t, &h->gv.free_first, s->next);
-		tx_set(&t, &s->pos, start);
-		tx_set(&t, &s->seq, r->seq);
-		tx_set32(&t, &r->link, slot + 1);
-		sq_lease_fill(q, &t, slot, g, 1, r);
-		if (head == rd0) {
-			tx_set(&t, &h->gp.head, start);
-		}
-	} else if (head == rd0) {
-		tx_set(&t, &h->gp.head, end);
-	}
-	tx_set(&t, &h->gv.rd, end);
 	tx_set(&t, &h->gp.bytes_out, r->bytes);
 	tx_set(&t, &h->gp.nget, r->seq);
+	tx_set(&t, &h->gp.head, end);
 	tx_commit(&t);
 out:
 	sq_unlock(&h->gs);
@@ -1621,7 +1701,7 @@ sq_get(qpi_shmq *q, sq_getreq *g, int64_t deadline)
 		return sq_eclosed(q);
 	}
 	for (;;) {
-		rc = sq_try_get(q, g);
+		rc = sq_try_get(q, g, false);
 		if (rc != QP_EEMPTY) {
 			return rc;
 		}
@@ -1630,7 +1710,7 @@ sq_get(qpi_shmq *q, sq_getreq *g, int64_t deadline)
 			return rc;
 		}
 		if (rc == QP_ETIMEDOUT) {
-			rc = sq_try_get(q, g);
+			rc = sq_try_get(q, g, true);
 			if (rc == QP_EEMPTY) {
 				return qpi_err(
 				    QP_EEMPTY, "%s is empty", q->label);
@@ -1787,13 +1867,11 @@ qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st)
 	st->puts = nput;
 	st->gets = h->gp.nget + h->gp.relgets;
 	if (h->gv.rel_first != 0 && h->gv.rel_first <= q->nslots) {
-		const sq_slot *s = &q->slots[h->gv.rel_first - 1];
-		r = sq_at(q, sq_off(q, s->pos));
-		age = now - r->ts;
+		age = now - (uint32_t) q->slots[h->gv.rel_first - 1].ts;
 		any = true;
 	}
-	uint64_t rd = h->gv.rd;
-	if (sq_walk(q, &rd, &r, &start, &end) == QP_OK && r != NULL) {
+	uint64_t pos = h->gp.head;
+	if (sq_walk(q, &pos, &r, &start, &end) == QP_OK && r != NULL) {
 		uint32_t a = now - r->ts;
 		age = !any || a > age ? a : age;
 		any = true;
@@ -1819,48 +1897,39 @@ sq_bad(qpi_shmq *q, const char *what, uint64_t v)
 }
 
 static int
-sq_check_ring(qpi_shmq *q, uint64_t *linkedp)
+sq_check_ring(qpi_shmq *q)
 {
 	sq_hdr *h = q->h;
-	uint64_t head = h->gp.head, rd = h->gv.rd, tail = h->pp.tail;
-	uint64_t seq = h->gp.nget, bytes = h->gp.bytes_out, linked = 0;
+	uint64_t head = h->gp.head, tail = h->pp.tail;
+	uint64_t seq = h->gp.nget, bytes = h->gp.bytes_out;
 	uint64_t start, end, pos;
-	bool rd_seen = rd == tail;
 	sq_rec *r;
 	int rc;
 
 	if (h->gs.j.seq != 0) {
 		return sq_bad(q, "journal left open", h->gs.j.seq);
 	}
-	if (!(head <= rd && rd <= tail && tail - head <= q->cap)) {
-		return sq_bad(q, "head <= read cursor <= tail", head);
+	if (!(head <= tail && tail - head <= q->cap)) {
+		return sq_bad(q, "head <= tail <= head + capacity", head);
 	}
-	if (head % 8 || rd % 8 || tail % 8) {
+	if (head % 8 || tail % 8) {
 		return sq_bad(q, "aligned positions", tail);
 	}
 	for (pos = head; pos < tail; pos = end) {
-		rd_seen = rd_seen || pos == rd;
 		if ((rc = sq_rec_read(q, pos, tail, &r, &start, &end))
 		    != QP_OK) {
 			return rc;
 		}
-		bool live = sq_live(q, r, start);
-		if (pos == head && head < rd && !live) {
-			return sq_bad(q, "dead record at the head", pos);
-		}
-		linked += live;
-		if (start >= rd && sq_is_item(r)) {
-			if (r->link != 0 || r->seq != seq + 1
-			    || r->bytes != bytes + r->len) {
-				return sq_bad(q, "unread item header", start);
+		if (r->kind != K_PAD) {
+			if (r->seq != seq + 1 || r->bytes != bytes + r->len) {
+				return sq_bad(q, "item header", start);
 			}
 			seq = r->seq;
 			bytes = r->bytes;
 		}
 	}
-	if (pos != tail || !rd_seen) {
-		return sq_bad(
-		    q, "records end at the tail, cursor on one", pos);
+	if (pos != tail) {
+		return sq_bad(q, "records end at the tail", pos);
 	}
 	if (seq != h->pp.nput || bytes != h->pp.bytes_in) {
 		return sq_bad(q, "items and bytes put match the ring", seq);
@@ -1868,38 +1937,71 @@ sq_check_ring(qpi_shmq *q, uint64_t *linkedp)
 	if ((rc = sq_peek(q, tail, &r, &start, &end)) != QP_OK || r != NULL) {
 		return sq_bad(q, "committed record beyond the tail", tail);
 	}
-	*linkedp = linked;
+	return QP_OK;
+}
+
+/* Counts a block chain: QP_OK if it has n blocks, all in use once. */
+static int
+sq_check_chain(qpi_shmq *q, uint64_t b, uint64_t n, uint8_t *seen)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		if (b == 0 || b > q->h->gv.bwater || seen[b - 1]) {
+			return sq_bad(q, "lease block chain", b);
+		}
+		seen[b - 1] = 1;
+		b = q->links[b - 1];
+	}
 	return QP_OK;
 }
 
 static int
-sq_check_slots(qpi_shmq *q, uint64_t linked)
+sq_check_leases(qpi_shmq *q)
 {
 	sq_hdr *h = q->h;
-	uint64_t head = h->gp.head, tail = h->pp.tail;
 	uint64_t nfree = 0, nleased = 0, nrel = 0, relbytes = 0, n, prev;
+	uint8_t *seen = NULL;
+	int rc = QP_OK;
 
-	for (uint32_t i = 0; i < q->nslots; i++) {
+	if (h->gv.bwater > q->nblocks || h->gv.nbfree > h->gv.bwater) {
+		return sq_bad(q, "lease area counters", h->gv.bwater);
+	}
+	seen = calloc(1, h->gv.bwater + 1);
+	if (seen == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	rc = sq_check_chain(q, h->gv.bfree, h->gv.nbfree, seen);
+	for (uint32_t i = 0; i < q->nslots && rc == QP_OK; i++) {
 		const sq_slot *s = &q->slots[i];
+		uint64_t len = (uint32_t) s->kindlen;
 		if (s->state == L_FREE) {
 			nfree++;
 			continue;
 		}
 		if (s->state != L_LEASED && s->state != L_RELEASED) {
-			return sq_bad(q, "lease slot state", i);
+			rc = sq_bad(q, "lease slot state", i);
+			break;
 		}
-		if (s->pos < head || s->pos >= tail) {
-			return sq_bad(q, "lease outside the ring", i);
+		if (s->nblocks != (len + SQ_BLOCK - 1) / SQ_BLOCK
+		    || (s->first == 0) != (s->nblocks == 0)) {
+			rc = sq_bad(q, "lease slot size", i);
+			break;
 		}
+		rc = sq_check_chain(q, s->first, s->nblocks, seen);
 		if (s->state == L_LEASED) {
 			nleased++;
 		} else {
 			nrel++;
-			relbytes += sq_at(q, sq_off(q, s->pos))->len;
+			relbytes += len;
 		}
 	}
-	if (linked != nleased + nrel) {
-		return sq_bad(q, "every lease points at its record", linked);
+	for (uint64_t b = 0; b < h->gv.bwater && rc == QP_OK; b++) {
+		if (!seen[b]) {
+			rc = sq_bad(q, "lease block lost", b + 1);
+		}
+	}
+	free(seen);
+	if (rc != QP_OK) {
+		return rc;
 	}
 	if (nleased != h->gp.nleased || nrel != h->gp.nreleased
 	    || relbytes != h->gp.bytes_rel) {
@@ -1924,12 +2026,12 @@ sq_check_slots(qpi_shmq *q, uint64_t linked)
 	for (uint64_t l = h->gv.free_first; l != 0; n++) {
 		if (l > q->nslots || n > q->nslots
 		    || q->slots[l - 1].state != L_FREE) {
-			return sq_bad(q, "free list", l);
+			return sq_bad(q, "free slot list", l);
 		}
 		l = q->slots[l - 1].next;
 	}
 	if (n != nfree) {
-		return sq_bad(q, "free list length", n);
+		return sq_bad(q, "free slot list length", n);
 	}
 	if (LD(&h->dones) > h->pp.nput) {
 		return sq_bad(q, "task_done count", h->dones);
@@ -1940,7 +2042,6 @@ sq_check_slots(qpi_shmq *q, uint64_t linked)
 int
 qpi_shmq_check(qpi_shmq *q)
 {
-	uint64_t linked = 0;
 	int rc;
 
 	if ((rc = sq_lock(q, &q->h->ps)) != QP_OK) {
@@ -1950,9 +2051,9 @@ qpi_shmq_check(qpi_shmq *q)
 		sq_unlock(&q->h->ps);
 		return rc;
 	}
-	rc = sq_check_ring(q, &linked);
+	rc = sq_check_ring(q);
 	if (rc == QP_OK) {
-		rc = sq_check_slots(q, linked);
+		rc = sq_check_leases(q);
 	}
 	sq_unlock(&q->h->gs);
 	sq_unlock(&q->h->ps);
@@ -2025,8 +2126,7 @@ sq_release_slot(qpi_shmq *q, uint32_t i)
 		tx_set(&t, &h->gv.rel_first, i + 1);
 	}
 	tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
-	tx_set(&t, &h->gp.bytes_rel,
-	    h->gp.bytes_rel + sq_at(q, sq_off(q, s->pos))->len);
+	tx_set(&t, &h->gp.bytes_rel, h->gp.bytes_rel + (uint32_t) s->kindlen);
 	tx_set(&t, &h->gp.nreleased, h->gp.nreleased + 1);
 	tx_commit(&t);
 	return QP_OK;
@@ -2058,17 +2158,17 @@ qpi_shmq_ack(qpi_shmq *q, uint64_t id)
 	}
 	if ((rc = sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
 		tx_begin(&t, q);
-		tx_set(&t, &q->slots[i].state, L_FREE);
-		tx_set(&t, &q->slots[i].next, h->gv.free_first);
-		tx_set(&t, &h->gv.free_first, i + 1);
-		tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
-		tx_commit(&t);
-		rc = sq_gc(q);
+		if ((rc = sq_blocks_put(q, &t, &q->slots[i])) == QP_OK) {
+			tx_set(&t, &q->slots[i].state, L_FREE);
+			tx_set(&t, &q->slots[i].next, h->gv.free_first);
+			tx_set(&t, &h->gv.free_first, i + 1);
+			tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
+			tx_commit(&t);
+		}
 	}
 	sq_unlock(&h->gs);
 	if (rc == QP_OK) {
 		sq_fence_after_unlock();
-		sq_wake(q, EV_NF, true);
 		sq_watch_bump(q);
 	}
 	return rc;

@@ -13,10 +13,11 @@
  * last: a record is committed exactly when its stamp is right.
  *
  * Locking. Two robust process-shared mutexes: the producer side (tail,
- * items put) and the consumer side (head, read cursor, leases). A put and a
- * get never wait for each other; only a producer that finds the ring full
- * of leased records takes both (producer first, then consumer) to move them.
- * Items are copied while the side's lock is held: producers copy in
+ * items put) and the consumer side (head, leases). A put and a get never
+ * wait for each other; only a producer facing an empty ring with too
+ * little room before its end takes both (producer first, then consumer)
+ * to start the next lap. Items are copied while the side's lock is held:
+ * producers copy in
  * parallel with consumers, never with each other. Each lock is acquired
  * after a short spin, and blocking waits (empty, full, join) sleep on
  * futex words with the caller's absolute deadline; waiters are counted so
@@ -38,14 +39,17 @@
  * kill stays in the queue).
  *
  * Leases (for qpiped; the server keeps no lease state of its own). A lease
- * get hands out the head item but keeps its record in the ring, linked to a
- * lease slot (owner token, expiry, delivery count). An ack frees it; a
- * release, an expiry, a release of its owner or qpi_shmq_release_all()
- * puts it back at the head of the queue: released items are delivered
- * before any other, in their original order, and count in qsize again. A
- * leased record never blocks the ring for good: when a producer lacks room
- * and the oldest record is leased, it copies that record to the tail and
- * repoints the slot, so the space behind it can be reused.
+ * get takes the head item out of the ring like a get, and in the same
+ * commit copies it into the segment's lease area (512-byte blocks on a
+ * journaled free list) under a lease slot (owner token, expiry, delivery
+ * count). So a leased item never holds back ring space, and the ring stays
+ * a plain FIFO. An ack frees the slot and its blocks; a release, an
+ * expiry, a release of its owner or qpi_shmq_release_all() puts the item
+ * back at the head of the queue: released items are delivered before any
+ * other, in their original order, and count in qsize again. The lease
+ * area's size is set at creation (default: the ring's capacity); a lease
+ * get that finds no room there, or no free slot, fails with QP_ELIMIT and
+ * leaves the item in the queue.
  *
  * Items. Each record carries a kind: QPI_ITEM_BIN (raw bytes, the payload
  * of a msgpack bin) or QPI_ITEM_OBJ (the msgpack encoding of one value).
@@ -81,6 +85,7 @@ typedef struct qpi_shmq_cfg {
 	uint64_t capacity; /* ring bytes; 0 = 64 MiB, rounded up to 4 KiB */
 	uint64_t max_message; /* largest item in bytes; 0 = 32 MiB */
 	uint32_t lease_slots; /* leases held at once; 0 = 4096 */
+	uint64_t lease_bytes; /* lease area; 0 = the capacity */
 } qpi_shmq_cfg;
 
 /* Item kinds, for put. */
@@ -246,13 +251,12 @@ void qpi_shmq_watch_disarm(qpi_shmq *q);
 enum qpi_shmq_hook_point {
 	QPI_HOOK_PUT_LOCKED = 1, /* producer lock held, nothing written */
 	QPI_HOOK_PUT_COPY, /* half of the item copied into the ring */
+	QPI_HOOK_PUT_COMMIT, /* record stamped, tail and counts not moved */
 	QPI_HOOK_GET_LOCKED, /* consumer lock held, item found */
 	QPI_HOOK_GET_COPY, /* half of the item copied out */
-	QPI_HOOK_JOURNAL, /* journal written, not committed */
-	QPI_HOOK_COMMIT, /* committed, not applied */
+	QPI_HOOK_JOURNAL, /* consumer journal written, not committed */
+	QPI_HOOK_COMMIT, /* consumer journal committed, not applied */
 	QPI_HOOK_APPLY, /* partly applied */
-	QPI_HOOK_MOVE, /* moving a leased record, producer and consumer
-	                  locks held */
 };
 extern void (*qpi_shmq_test_hook)(int point);
 

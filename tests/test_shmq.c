@@ -1,0 +1,636 @@
+/*
+ * test_shmq.c - the shared-memory queue's internal API (lib/shmq.h):
+ * leases (ack, release to the head, order, expiry, owners, delivery
+ * counts, across fork), leased records that must not block the ring, the
+ * watch sequence qpiped waits on, the invariant check, and segments that
+ * are not (or no longer) what this library expects.
+ */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/stat.h>
+
+#include "qpi.h"
+#include "queue_util.h"
+#include "shmq.h"
+
+#define FOREVER INT64_MAX
+
+static qpi_shmq *
+mk(uint64_t capacity, uint32_t leases)
+{
+	qpi_shmq_cfg c = {.capacity = capacity, .lease_slots = leases};
+	qpi_shmq *q = NULL;
+
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	return q;
+}
+
+static void
+put(qpi_shmq *q, const char *s)
+{
+	assert_int_equal(
+	    qpi_shmq_put(q, s, strlen(s), QPI_ITEM_BIN, 0), QP_OK);
+}
+
+static void
+get(qpi_shmq *q, const char *s)
+{
+	void *buf = NULL;
+	size_t len = 0;
+
+	assert_int_equal(qpi_shmq_get(q, 0, NULL, 0, &buf, &len, 0), QP_OK);
+	assert_int_equal(len, strlen(s));
+	assert_memory_equal(buf, s, len);
+	free(buf);
+}
+
+static uint64_t
+lease(qpi_shmq *q, uint64_t owner, int64_t ms, const char *s,
+    uint32_t deliveries)
+{
+	qpi_shmq_lease l;
+	void *buf = NULL;
+	size_t len = 0;
+
+	assert_int_equal(
+	    qpi_shmq_get_lease(q, owner, ms, 0, &buf, &len, &l, 0), QP_OK);
+	assert_int_equal(len, strlen(s));
+	assert_memory_equal(buf, s, len);
+	assert_int_equal(l.deliveries, deliveries);
+	assert_int_equal(l.kind, QPI_ITEM_BIN);
+	assert_true(l.id != 0);
+	free(buf);
+	return l.id;
+}
+
+static uint64_t
+qsize(qpi_shmq *q)
+{
+	uint64_t n = 99;
+
+	assert_int_equal(qpi_shmq_qsize(q, &n), QP_OK);
+	return n;
+}
+
+static void
+check(qpi_shmq *q)
+{
+	int rc = qpi_shmq_check(q);
+	if (rc != QP_OK) {
+		fail_msg("check: %s", qp_errmsg());
+	}
+}
+
+static void
+test_shmq_lease_ack_removes(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+	qp_queue_stats st;
+
+	put(q, "a");
+	put(q, "b");
+	uint64_t id = lease(q, 1, -1, "a", 1);
+	assert_int_equal(qsize(q), 1);
+	assert_int_equal(qpi_shmq_stat(q, &st), QP_OK);
+	assert_int_equal(st.leased, 1);
+	assert_int_equal(st.items, 1);
+	check(q);
+	assert_int_equal(qpi_shmq_ack(q, id), QP_OK);
+	assert_int_equal(qpi_shmq_ack(q, id), QP_ENOENT);
+	assert_non_null(strstr(qp_errmsg(), "no lease"));
+	assert_int_equal(qpi_shmq_release(q, id), QP_ENOENT);
+	assert_int_equal(qpi_shmq_ack(q, 0), QP_ENOENT);
+	assert_int_equal(qpi_shmq_ack(q, 12345), QP_ENOENT);
+	assert_int_equal(qpi_shmq_stat(q, &st), QP_OK);
+	assert_int_equal(st.leased, 0);
+	check(q);
+	get(q, "b");
+	assert_int_equal(qsize(q), 0);
+	check(q);
+	qpi_shmq_free(q);
+}
+
+static void
+test_shmq_release_goes_to_the_head_in_order(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+
+	put(q, "a");
+	put(q, "b");
+	put(q, "c");
+	put(q, "d");
+	uint64_t a = lease(q, 1, -1, "a", 1);
+	uint64_t b = lease(q, 1, -1, "b", 1);
+	uint64_t c = lease(q, 1, -1, "c", 1);
+	assert_int_equal(qsize(q), 1);
+	/* Released out of order, they come back before d, in order. */
+	assert_int_equal(qpi_shmq_release(q, c), QP_OK);
+	assert_int_equal(qpi_shmq_release(q, a), QP_OK);
+	assert_int_equal(qsize(q), 3);
+	check(q);
+	uint64_t a2 = lease(q, 2, -1, "a", 2);
+	assert_true(a2 != a);
+	/* The old holder's id no longer touches the new lease. */
+	assert_int_equal(qpi_shmq_ack(q, a), QP_ENOENT);
+	assert_int_equal(qpi_shmq_release(q, b), QP_OK);
+	uint64_t b2 = lease(q, 2, -1, "b", 2);
+	get(q, "c");
+	get(q, "d");
+	assert_int_equal(qpi_shmq_release(q, a2), QP_OK);
+	assert_int_equal(qpi_shmq_release(q, b2), QP_OK);
+	uint64_t a3 = lease(q, 3, -1, "a", 3);
+	get(q, "b");
+	check(q);
+	assert_int_equal(qpi_shmq_ack(q, a3), QP_OK);
+	assert_int_equal(qsize(q), 0);
+	check(q);
+	qpi_shmq_free(q);
+}
+
+static void
+test_shmq_lease_expiry(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+	size_t n = 9;
+	int64_t next = 0;
+
+	put(q, "a");
+	put(q, "b");
+	uint64_t a = lease(q, 1, 100, "a", 1);
+	uint64_t b = lease(q, 1, 5000, "b", 1);
+	int64_t now = qpi_now_ms();
+	assert_int_equal(qpi_shmq_expire(q, now, &n, &next), QP_OK);
+	assert_int_equal(n, 0);
+	assert_true(next > now && next <= now + 100);
+	assert_int_equal(qpi_shmq_expire(q, now + 150, &n, &next), QP_OK);
+	assert_int_equal(n, 1);
+	assert_true(next > now + 4000 && next <= now + 5000);
+	assert_int_equal(qpi_shmq_ack(q, a), QP_ENOENT);
+	assert_int_equal(qsize(q), 1);
+	/* Renewed, b outlives its first expiry. */
+	assert_int_equal(qpi_shmq_renew(q, b, 60000), QP_OK);
+	assert_int_equal(qpi_shmq_expire(q, now + 6000, &n, &next), QP_OK);
+	assert_int_equal(n, 0);
+	assert_int_equal(qpi_shmq_renew(q, b, -1), QP_OK);
+	assert_int_equal(qpi_shmq_expire(q, now + 600000, &n, &next), QP_OK);
+	assert_int_equal(n, 0);
+	assert_int_equal(next, INT64_MAX);
+	assert_int_equal(qpi_shmq_renew(q, a, 10), QP_ENOENT);
+	assert_int_equal(qpi_shmq_renew(q, b, -5), QP_EINVAL);
+	lease(q, 1, -1, "a", 2);
+	assert_int_equal(qpi_shmq_ack(q, b), QP_OK);
+	check(q);
+	qpi_shmq_free(q);
+}
+
+static void
+test_shmq_release_owner_and_all(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+	size_t n = 0;
+
+	put(q, "a");
+	put(q, "b");
+	put(q, "c");
+	lease(q, 7, -1, "a", 1);
+	uint64_t b = lease(q, 8, -1, "b", 1);
+	lease(q, 7, -1, "c", 1);
+	assert_int_equal(qpi_shmq_release_owner(q, 7, &n), QP_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(qsize(q), 2);
+	assert_int_equal(qpi_shmq_release_owner(q, 7, &n), QP_OK);
+	assert_int_equal(n, 0);
+	check(q);
+	lease(q, 9, -1, "a", 2);
+	lease(q, 9, -1, "c", 2);
+	/* A restarted server: every lease returns. */
+	assert_int_equal(qpi_shmq_release_all(q, &n), QP_OK);
+	assert_int_equal(n, 3);
+	assert_int_equal(qpi_shmq_ack(q, b), QP_ENOENT);
+	get(q, "a");
+	get(q, "b");
+	get(q, "c");
+	check(q);
+	qpi_shmq_free(q);
+}
+
+static void
+test_shmq_lease_slots_run_out(void **state)
+{
+	qpi_shmq *q = mk(0, 2);
+	qpi_shmq_lease l;
+	void *buf;
+	size_t len;
+
+	put(q, "a");
+	put(q, "b");
+	put(q, "c");
+	lease(q, 1, -1, "a", 1);
+	uint64_t b = lease(q, 1, -1, "b", 1);
+	assert_int_equal(
+	    qpi_shmq_get_lease(q, 1, -1, 0, &buf, &len, &l, 0), QP_ELIMIT);
+	assert_non_null(strstr(qp_errmsg(), "lease slots"));
+	/* The item stays ready; a plain get still takes it. */
+	assert_int_equal(qsize(q), 1);
+	assert_int_equal(qpi_shmq_ack(q, b), QP_OK);
+	lease(q, 1, -1, "c", 1);
+	check(q);
+	qpi_shmq_free(q);
+}
+
+static void
+test_shmq_leases_across_fork(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+	uint64_t *ids = qu_shared(4096);
+
+	put(q, "one");
+	put(q, "two");
+	/* A worker leases both, acks one, and dies holding the other. */
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		qpi_shmq_lease l;
+		void *buf;
+		size_t len;
+		for (int i = 0; i < 2; i++) {
+			if (qpi_shmq_get_lease(
+			        q, 42, -1, 0, &buf, &len, &l, FOREVER)
+			    != QP_OK) {
+				_exit(1);
+			}
+			ids[i] = l.id;
+			free(buf);
+		}
+		if (qpi_shmq_ack(q, ids[0]) != QP_OK) {
+			_exit(2);
+		}
+		raise(SIGKILL);
+	}
+	assert_int_equal(qu_wait(pid), 128 + SIGKILL);
+	assert_int_equal(qsize(q), 0);
+	check(q);
+	/* Whoever notices the death returns its leases. */
+	size_t n = 0;
+	assert_int_equal(qpi_shmq_release_owner(q, 42, &n), QP_OK);
+	assert_int_equal(n, 1);
+	assert_int_equal(qpi_shmq_ack(q, ids[1]), QP_ENOENT);
+	/* A plain get in another process receives the redelivery. */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		void *buf;
+		size_t len;
+		int rc = qpi_shmq_get(q, 0, NULL, 0, &buf, &len, FOREVER);
+		_exit(
+		    rc == QP_OK && len == 3 && !memcmp(buf, "two", 3) ? 0 : 1);
+	}
+	assert_int_equal(qu_wait(pid), 0);
+	assert_int_equal(qsize(q), 0);
+	check(q);
+	munmap(ids, 4096);
+	qpi_shmq_free(q);
+}
+
+static void
+test_shmq_leased_items_do_not_block_the_ring(void **state)
+{
+	/* An 8 KiB ring, its oldest item leased all along: thousands of
+	 * items still go through (leased items live in the lease area). */
+	qpi_shmq *q = mk(8192, 0);
+	static uint8_t item[700], out[700];
+	size_t len;
+
+	qu_init();
+	qu_fill(item, 1000000, sizeof(item));
+	assert_int_equal(
+	    qpi_shmq_put(q, item, sizeof(item), QPI_ITEM_BIN, 0), QP_OK);
+	qpi_shmq_lease l;
+	void *buf;
+	assert_int_equal(
+	    qpi_shmq_get_lease(q, 5, -1, 0, &buf, &len, &l, 0), QP_OK);
+	free(buf);
+	for (uint64_t i = 0; i < 3000; i++) {
+		qu_fill(item, i, sizeof(item));
+		int rc = qpi_shmq_put(q, item, sizeof(item), QPI_ITEM_BIN, 0);
+		if (rc != QP_OK) {
+			fail_msg("put %d: %s", (int) i, qp_errmsg());
+		}
+		assert_int_equal(
+		    qpi_shmq_get(q, 0, out, sizeof(out), NULL, &len, 0),
+		    QP_OK);
+		uint64_t id;
+		assert_true(qu_check(out, len, &id));
+		assert_int_equal(id, i);
+		if (i % 500 == 0 || i < 20) {
+			check(q);
+		}
+	}
+	/* The leased item is intact: released, it comes back whole. */
+	assert_int_equal(qpi_shmq_release(q, l.id), QP_OK);
+	assert_int_equal(
+	    qpi_shmq_get(q, 0, out, sizeof(out), NULL, &len, 0), QP_OK);
+	uint64_t id;
+	assert_true(qu_check(out, len, &id));
+	assert_int_equal(id, 1000000);
+	check(q);
+	qpi_shmq_free(q);
+}
+
+static void
+test_shmq_lease_area_runs_out(void **state)
+{
+	/* A lease area of 4 blocks (2 KiB): two 1000-byte items. */
+	qpi_shmq_cfg c = {.capacity = 65536, .lease_bytes = 2048};
+	qpi_shmq *q;
+	static uint8_t item[1000];
+	uint64_t ids[2];
+	size_t len;
+	void *buf;
+	qpi_shmq_lease l;
+
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	qu_init();
+	for (uint64_t i = 0; i < 4; i++) {
+		qu_fill(item, i, sizeof(item));
+		assert_int_equal(
+		    qpi_shmq_put(q, item, sizeof(item), QPI_ITEM_BIN, 0),
+		    QP_OK);
+	}
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(
+		    qpi_shmq_get_lease(q, 1, -1, 0, &buf, &len, &l, 0), QP_OK);
+		ids[i] = l.id;
+		free(buf);
+	}
+	assert_int_equal(
+	    qpi_shmq_get_lease(q, 1, -1, 0, &buf, &len, &l, 0), QP_ELIMIT);
+	assert_non_null(strstr(qp_errmsg(), "lease area"));
+	assert_int_equal(qsize(q), 2);
+	check(q);
+	/* An ack gives its blocks back; a release keeps them. */
+	assert_int_equal(qpi_shmq_release(q, ids[0]), QP_OK);
+	assert_int_equal(
+	    qpi_shmq_get_lease(q, 1, -1, 0, &buf, &len, &l, 0), QP_OK);
+	uint64_t id;
+	assert_true(qu_check(buf, len, &id));
+	assert_int_equal(id, 0);
+	assert_int_equal(l.deliveries, 2);
+	free(buf);
+	assert_int_equal(qpi_shmq_ack(q, ids[1]), QP_OK);
+	assert_int_equal(qpi_shmq_ack(q, l.id), QP_OK);
+	check(q);
+	for (uint64_t i = 2; i < 4; i++) {
+		assert_int_equal(
+		    qpi_shmq_get_lease(q, 1, -1, 0, &buf, &len, &l, 0), QP_OK);
+		assert_true(qu_check(buf, len, &id));
+		assert_int_equal(id, i);
+		free(buf);
+		assert_int_equal(qpi_shmq_ack(q, l.id), QP_OK);
+	}
+	check(q);
+	qpi_shmq_free(q);
+}
+
+static void
+test_shmq_big_leases_span_blocks(void **state)
+{
+	/* Items of many sizes, leased, released, got: bytes intact, the
+	 * lease area's blocks all come back. */
+	qpi_shmq *q = mk(1 << 20, 0);
+	static uint8_t item[70000], out[70000];
+	uint64_t ids[16];
+	size_t len;
+	void *buf;
+	qpi_shmq_lease l;
+
+	qu_init();
+	for (int round = 0; round < 3; round++) {
+		for (uint64_t i = 0; i < 16; i++) {
+			size_t n = (size_t) (qu_mix(i + 100 * round) % 70000);
+			qu_fill(item, i, n < 8 ? 8 : n);
+			assert_int_equal(qpi_shmq_put(q, item, n < 8 ? 8 : n,
+			                     QPI_ITEM_BIN, 0),
+			    QP_OK);
+		}
+		for (int i = 0; i < 16; i++) {
+			assert_int_equal(
+			    qpi_shmq_get_lease(q, 1, -1, 0, &buf, &len, &l, 0),
+			    QP_OK);
+			ids[i] = l.id;
+			free(buf);
+		}
+		check(q);
+		for (int i = 15; i >= 0; i--) {
+			if (i % 2) {
+				assert_int_equal(
+				    qpi_shmq_ack(q, ids[i]), QP_OK);
+			} else {
+				assert_int_equal(
+				    qpi_shmq_release(q, ids[i]), QP_OK);
+			}
+		}
+		check(q);
+		for (uint64_t i = 0; i < 16; i += 2) {
+			uint64_t id;
+			assert_int_equal(qpi_shmq_get(q, 0, out, sizeof(out),
+			                     NULL, &len, 0),
+			    QP_OK);
+			assert_true(qu_check(out, len, &id));
+			assert_int_equal(id, i);
+		}
+		assert_int_equal(qsize(q), 0);
+		check(q);
+	}
+	qpi_shmq_free(q);
+}
+
+/* ---- watching ---- */
+
+static void
+test_shmq_watch_sees_local_puts(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+
+	assert_int_equal(qpi_shmq_watch_wait(q, 0, 0), QP_EINVAL);
+	assert_int_equal(qpi_shmq_watch(q, true), QP_OK);
+	uint32_t seen = qpi_shmq_watch_seq(q);
+	/* Nothing happens: the wait times out. */
+	int64_t t0 = qu_now_ms();
+	assert_int_equal(
+	    qpi_shmq_watch_wait(q, seen, qpi_deadline_ns(100)), QP_ETIMEDOUT);
+	assert_true(qu_now_ms() - t0 >= 90);
+	/* Another process puts: the watcher wakes at once. */
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		qu_sleep_ms(100);
+		_exit(
+		    qpi_shmq_put(q, "x", 1, QPI_ITEM_BIN, 0) == QP_OK ? 0 : 1);
+	}
+	t0 = qu_now_ms();
+	while (qpi_shmq_watch_seq(q) == seen) {
+		assert_int_equal(
+		    qpi_shmq_watch_wait(q, seen, qpi_deadline_ns(5000)),
+		    QP_OK);
+		assert_true(qu_now_ms() - t0 < 4000);
+	}
+	assert_int_equal(qu_wait(pid), 0);
+	assert_int_equal(qsize(q), 1);
+	/* A change made before the wait is not missed. */
+	seen = qpi_shmq_watch_seq(q);
+	get(q, "x");
+	t0 = qu_now_ms();
+	assert_int_equal(
+	    qpi_shmq_watch_wait(q, seen, qpi_deadline_ns(5000)), QP_OK);
+	assert_true(qu_now_ms() - t0 < 1000);
+	/* Arm and the word, as for futex_waitv. */
+	assert_int_equal(qpi_shmq_watch_arm(q), QP_OK);
+	assert_true(*qpi_shmq_watch_word(q) == qpi_shmq_watch_seq(q));
+	qpi_shmq_watch_disarm(q);
+	assert_int_equal(qpi_shmq_watch(q, false), QP_OK);
+	qpi_shmq_free(q);
+}
+
+/* ---- check and bad segments ---- */
+
+/* Maps the named segment's file to poke at it. */
+static uint8_t *
+map_file(const char *name, size_t *sizep)
+{
+	char path[256];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "/dev/shm/qpipe.%s", name);
+	int fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	uint8_t *p = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE,
+	    MAP_SHARED, fd, 0);
+	close(fd);
+	assert_true(p != MAP_FAILED);
+	*sizep = (size_t) st.st_size;
+	return p;
+}
+
+static void
+test_shmq_check_finds_a_damaged_record(void **state)
+{
+	char name[96];
+	qpi_shmq_cfg c = {.capacity = 65536};
+	qpi_shmq *q;
+	size_t size;
+	void *buf;
+	size_t len;
+
+	snprintf(name, sizeof(name), "%s", qu_name("damage"));
+	assert_int_equal(qpi_shmq_open(&q, name, QP_OPEN_CREATE, &c), QP_OK);
+	put(q, "first");
+	put(q, "MARKER-0123456789");
+	check(q);
+	uint8_t *p = map_file(name, &size);
+	uint8_t *m = memmem(p, size, "MARKER-0123456789", 17);
+	assert_non_null(m);
+	m[-40] ^= 0x5a; /* the record's stamp */
+	/* A get that reaches the damage: an error, never a crash, and the
+	 * queue says so from then on. */
+	get(q, "first");
+	assert_int_equal(
+	    qpi_shmq_get(q, 0, NULL, 0, &buf, &len, 0), QP_ECORRUPT);
+	assert_non_null(strstr(qp_errmsg(), "corrupt"));
+	assert_int_equal(
+	    qpi_shmq_put(q, "x", 1, QPI_ITEM_BIN, 0), QP_ECORRUPT);
+	assert_int_equal(qpi_shmq_check(q), QP_ECORRUPT);
+	qpi_shmq_free(q);
+	assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+	munmap(p, size);
+
+	/* The check finds damage that no get has reached yet. */
+	assert_int_equal(qpi_shmq_open(&q, name, QP_OPEN_CREATE, &c), QP_OK);
+	put(q, "MARKER-0123456789");
+	put(q, "after");
+	p = map_file(name, &size);
+	m = memmem(p, size, "after", 5);
+	assert_non_null(m);
+	m[-40 + 9] ^= 0x01; /* the kind */
+	assert_int_equal(qpi_shmq_check(q), QP_ECORRUPT);
+	assert_non_null(strstr(qp_errmsg(), "corrupt"));
+	munmap(p, size);
+	qpi_shmq_free(q);
+	assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+}
+
+static void
+test_shmq_open_refuses_foreign_segments(void **state)
+{
+	char name[96];
+	qpi_shmq *q;
+	size_t size;
+
+	snprintf(name, sizeof(name), "%s", qu_name("foreign"));
+	assert_int_equal(qpi_shmq_open(&q, name, QP_OPEN_CREATE, NULL), QP_OK);
+	qpi_shmq_free(q);
+	uint8_t *p = map_file(name, &size);
+	/* Another layout version. */
+	uint32_t v;
+	memcpy(&v, p + 8, 4);
+	uint32_t v2 = v + 1;
+	memcpy(p + 8, &v2, 4);
+	assert_int_equal(qpi_shmq_open(&q, name, 0, NULL), QP_EVERSION);
+	assert_non_null(strstr(qp_errmsg(), "version"));
+	memcpy(p + 8, &v, 4);
+	assert_int_equal(qpi_shmq_open(&q, name, 0, NULL), QP_OK);
+	qpi_shmq_free(q);
+	/* A damaged header. */
+	uint64_t cap; /* at offset 64: see sq_hdr */
+	memcpy(&cap, p + 64, 8);
+	uint64_t cap2 = cap + 7;
+	memcpy(p + 64, &cap2, 8);
+	assert_int_equal(qpi_shmq_open(&q, name, 0, NULL), QP_ECORRUPT);
+	assert_non_null(strstr(qp_errmsg(), "corrupt header"));
+	memcpy(p + 64, &cap, 8);
+	/* Not a queue at all. */
+	p[0] ^= 0xff;
+	assert_int_equal(
+	    qpi_shmq_open(&q, name, QP_OPEN_CREATE, NULL), QP_ECORRUPT);
+	assert_non_null(strstr(qp_errmsg(), "not a qpipe queue"));
+	munmap(p, size);
+	/* Too short to hold a header. */
+	char path[256];
+	snprintf(path, sizeof(path), "/dev/shm/qpipe.%s", name);
+	assert_int_equal(truncate(path, 4), 0);
+	assert_int_equal(qpi_shmq_open(&q, name, 0, NULL), QP_ECORRUPT);
+	assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+	assert_int_equal(qpi_shmq_unlink(name), QP_ENOENT);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_shmq_lease_ack_removes),
+	    cmocka_unit_test(test_shmq_release_goes_to_the_head_in_order),
+	    cmocka_unit_test(test_shmq_lease_expiry),
+	    cmocka_unit_test(test_shmq_release_owner_and_all),
+	    cmocka_unit_test(test_shmq_lease_slots_run_out),
+	    cmocka_unit_test(test_shmq_leases_across_fork),
+	    cmocka_unit_test(test_shmq_leased_items_do_not_block_the_ring),
+	    cmocka_unit_test(test_shmq_lease_area_runs_out),
+	    cmocka_unit_test(test_shmq_big_leases_span_blocks),
+	    cmocka_unit_test(test_shmq_watch_sees_local_puts),
+	    cmocka_unit_test(test_shmq_check_finds_a_damaged_record),
+	    cmocka_unit_test(test_shmq_open_refuses_foreign_segments),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

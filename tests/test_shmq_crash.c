@@ -1,0 +1,381 @@
+/*
+ * test_shmq_crash.c - kill -9 at random points inside put and get.
+ *
+ * One queue lives through many runs. In each run a victim process puts,
+ * gets, leases and acks or releases items at random, with the test hook
+ * stretching every critical section by a few microseconds, and is killed
+ * with SIGKILL at a random moment. A survivor process puts and gets all
+ * along; after each kill it must go on within 100 ms, and the queue must
+ * pass qpi_shmq_check(). Every item carries its id and checkable bytes;
+ * shared memory records which were put, committed (stamped: the hook
+ * marks it) and got, so that at the end every committed item is found
+ * exactly once, none twice, and nothing that was never put. The one
+ * exception: the item a killed get held (the victim gets into shared
+ * memory, so the test knows which) may be gone, taken just before the
+ * kill. QP_CRASH_RUNS sets the number of runs (default 200; the stress
+ * target runs 1,000).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <sys/prctl.h>
+
+#include "qpi.h"
+#include "queue_util.h"
+#include "shmq.h"
+
+#define MAXID        (1u << 20)
+#define MAXITEM      (48u * 1024u)
+#define NPOINTS      16
+#define DEADLINE(ms) qpi_deadline_ns(ms)
+
+enum { ST_NONE = 0, ST_PUTTING, ST_COMMITTED, ST_PUT };
+
+typedef struct crash {
+	uint64_t next_id;
+	int32_t victim_point;
+	int32_t victim_getting; /* 1 while a get's result is not recorded */
+	int32_t stop;
+	int32_t bad; /* a got item failed its check */
+	int64_t survivor_ok_us; /* when the survivor's last op completed */
+	uint64_t survivor_ops;
+	uint64_t vput; /* the id the victim is putting */
+	uint64_t vlease; /* the id the victim holds by lease */
+	uint8_t state[MAXID];
+	uint8_t got[MAXID];
+	uint8_t spare[MAXID]; /* a killed get may have taken it */
+	uint8_t vbuf[MAXITEM]; /* the victim's plain gets land here */
+} crash;
+
+static crash *cr;
+static uint64_t rng;
+static pid_t survivor_pid, victim_pid;
+
+/* Stops the children should an assertion end the test early. */
+static int
+crash_teardown(void **state)
+{
+	if (victim_pid > 0) {
+		kill(victim_pid, SIGKILL);
+		waitpid(victim_pid, NULL, 0);
+	}
+	if (survivor_pid > 0) {
+		kill(survivor_pid, SIGKILL);
+		waitpid(survivor_pid, NULL, 0);
+	}
+	return 0;
+}
+
+static uint64_t
+rnd(void)
+{
+	rng = qu_mix(rng + 0x9e3779b97f4a7c15ull);
+	return rng;
+}
+
+/* Stretches a critical section: mostly a short spin, sometimes a sleep. */
+static void
+crash_hook(int point)
+{
+	__atomic_store_n(&cr->victim_point, point, __ATOMIC_RELAXED);
+	if (point == QPI_HOOK_PUT_COMMIT && cr->vput < MAXID) {
+		/* Stamped: whatever happens now, it must be delivered. */
+		cr->state[cr->vput] = ST_COMMITTED;
+	}
+	uint64_t r = rnd();
+	if (r % 8 == 0) {
+		struct timespec ts = {0, (long) (r % 200) * 1000};
+		nanosleep(&ts, NULL);
+	} else {
+		int64_t until = qu_now_us() + (int64_t) (r % 40);
+		while (qu_now_us() < until) {
+		}
+	}
+}
+
+static size_t
+item_len(uint64_t id)
+{
+	uint64_t r = qu_mix(id * 31 + 7);
+	return r % 16 == 0 ? 8 + (size_t) (r >> 8) % (MAXITEM - 8)
+	                   : 8 + (size_t) (r >> 8) % 2000;
+}
+
+/* Records a got item: checks its bytes, counts it. */
+static void
+record_got(const uint8_t *buf, size_t len)
+{
+	uint64_t id;
+
+	if (!qu_check(buf, len, &id) || id >= MAXID || len != item_len(id)) {
+		__atomic_store_n(&cr->bad, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	__atomic_fetch_add(&cr->got[id], 1, __ATOMIC_RELAXED);
+}
+
+static int
+do_put(qpi_shmq *q, uint8_t *buf, int64_t deadline)
+{
+	uint64_t id = __atomic_fetch_add(&cr->next_id, 1, __ATOMIC_RELAXED);
+	size_t len = item_len(id);
+
+	if (id >= MAXID) {
+		return QP_ELIMIT;
+	}
+	qu_fill(buf, id, len);
+	cr->state[id] = ST_PUTTING;
+	if (qpi_shmq_test_hook != NULL) {
+		cr->vput = id;
+	}
+	int rc = qpi_shmq_put(q, buf, len, QPI_ITEM_BIN, deadline);
+	cr->state[id] = rc == QP_OK ? ST_PUT : ST_NONE;
+	cr->vput = UINT64_MAX;
+	return rc;
+}
+
+static void
+victim(qpi_shmq *q, uint64_t seed)
+{
+	uint8_t *buf = malloc(MAXITEM);
+	size_t len;
+
+	rng = seed;
+	qpi_shmq_test_hook = crash_hook;
+	for (;;) {
+		uint64_t op = rnd() % 10;
+		if (op < 5) {
+			do_put(q, buf, DEADLINE(5));
+			continue;
+		}
+		__atomic_store_n(&cr->victim_getting, 1, __ATOMIC_SEQ_CST);
+		if (op < 8) {
+			memset(cr->vbuf, 0xff, 8);
+			if (qpi_shmq_get(
+			        q, 0, cr->vbuf, MAXITEM, NULL, &len, 0)
+			    == QP_OK) {
+				record_got(cr->vbuf, len);
+			}
+		} else {
+			qpi_shmq_lease l;
+			void *p;
+			if (qpi_shmq_get_lease(q, (uint64_t) getpid(), 60000,
+			        0, &p, &len, &l, 0)
+			    == QP_OK) {
+				memcpy(&cr->vlease, p, 8);
+				/* Acked: delivered here. Released: it
+				 * comes back for someone else. */
+				if (op == 8
+				    && qpi_shmq_ack(q, l.id) == QP_OK) {
+					record_got(p, len);
+				} else if (op == 9) {
+					qpi_shmq_release(q, l.id);
+				}
+				free(p);
+				cr->vlease = UINT64_MAX;
+			}
+		}
+		__atomic_store_n(&cr->victim_getting, 0, __ATOMIC_SEQ_CST);
+	}
+}
+
+static void
+survivor(qpi_shmq *q)
+{
+	uint8_t *buf = malloc(MAXITEM);
+	size_t len;
+
+	/* Dies with the test, should an assertion end it. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	while (!__atomic_load_n(&cr->stop, __ATOMIC_RELAXED)) {
+		/* Neither call waits for the queue (an empty or full queue
+		 * is no stall), only for its locks. */
+		int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, 0);
+		if (rc == QP_OK) {
+			record_got(buf, len);
+		} else if (rc != QP_EEMPTY) {
+			_exit(10 + rc);
+		}
+		rc = do_put(q, buf, 0);
+		if (rc != QP_OK && rc != QP_EFULL && rc != QP_ELIMIT) {
+			_exit(40 + rc);
+		}
+		__atomic_store_n(
+		    &cr->survivor_ok_us, qu_now_us(), __ATOMIC_RELEASE);
+		__atomic_add_fetch(&cr->survivor_ops, 1, __ATOMIC_RELEASE);
+		struct timespec ts = {0, 200000};
+		nanosleep(&ts, NULL);
+	}
+	_exit(0);
+}
+
+/* Takes every item left (leases first returned) and counts it. */
+static void
+drain(qpi_shmq *q)
+{
+	uint8_t *buf = malloc(MAXITEM);
+	size_t len;
+
+	assert_int_equal(qpi_shmq_release_all(q, NULL), QP_OK);
+	while (qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, 0) == QP_OK) {
+		record_got(buf, len);
+	}
+	free(buf);
+}
+
+static void
+test_shmq_crash_kill9_anywhere(void **state)
+{
+	const char *env = getenv("QP_CRASH_RUNS");
+	int runs = env != NULL ? atoi(env) : 200;
+	qpi_shmq_cfg c = {.capacity = 256 * 1024,
+	    .lease_slots = 64,
+	    .lease_bytes = 128 * 1024};
+	uint64_t hits[NPOINTS] = {0};
+	int64_t worst = 0;
+	qpi_shmq *q;
+
+	cr = qu_shared(sizeof(*cr));
+	assert_non_null(cr);
+	cr->vput = cr->vlease = UINT64_MAX;
+	qu_init();
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	pid_t surv = survivor_pid = fork();
+	assert_true(surv >= 0);
+	if (surv == 0) {
+		survivor(q);
+	}
+	rng = (uint64_t) getpid() * 7919;
+	for (int run = 0; run < runs; run++) {
+		cr->victim_point = 0;
+		pid_t v = victim_pid = fork();
+		assert_true(v >= 0);
+		if (v == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			victim(q, rnd());
+		}
+		struct timespec ts = {0, (long) (500 + rnd() % 6000) * 1000};
+		nanosleep(&ts, NULL);
+		kill(v, SIGKILL);
+		int64_t tk = qu_now_us();
+		assert_int_equal(qu_wait(v), 128 + SIGKILL);
+		victim_pid = 0;
+		int point
+		    = __atomic_load_n(&cr->victim_point, __ATOMIC_RELAXED);
+		hits[point >= 0 && point < NPOINTS ? point : 0]++;
+		if (__atomic_load_n(&cr->victim_getting, __ATOMIC_SEQ_CST)) {
+			/* The item the killed get held, if it got that far,
+			 * may be gone: exactly that one. */
+			uint64_t id;
+			memcpy(&id, cr->vbuf, 8);
+			if (id < MAXID) {
+				cr->spare[id] = 1;
+			}
+			if (cr->vlease < MAXID) {
+				cr->spare[cr->vlease] = 1;
+			}
+		}
+		cr->victim_getting = 0;
+		cr->vlease = UINT64_MAX;
+		cr->vput = UINT64_MAX;
+		/* Whoever notices a dead worker returns its leases. */
+		assert_int_equal(
+		    qpi_shmq_release_owner(q, (uint64_t) v, NULL), QP_OK);
+		/* The survivor goes on within 100 ms of the kill. */
+		while (__atomic_load_n(&cr->survivor_ok_us, __ATOMIC_ACQUIRE)
+		        <= tk
+		    && qu_now_us() - tk < 2000000) {
+			qu_sleep_ms(1);
+		}
+		int64_t gap
+		    = __atomic_load_n(&cr->survivor_ok_us, __ATOMIC_ACQUIRE)
+		    - tk;
+		worst = gap > worst ? gap : worst;
+		if (gap >= 100000) {
+			fail_msg(
+			    "run %d: survivor stalled %lld us after a kill "
+			    "at point %d",
+			    run, (long long) gap, point);
+		}
+		int rc = qpi_shmq_check(q);
+		if (rc != QP_OK) {
+			fail_msg("run %d, killed at point %d: %s", run, point,
+			    qp_errmsg());
+		}
+		assert_int_equal(cr->bad, 0);
+	}
+	cr->stop = 1;
+	assert_int_equal(qu_wait(surv), 0);
+	survivor_pid = 0;
+	drain(q);
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qp_queue_stats st;
+	assert_int_equal(qpi_shmq_stat(q, &st), QP_OK);
+	assert_int_equal(st.items, 0);
+	assert_int_equal(st.leased, 0);
+
+	uint64_t put = 0, missing = 0, dup = 0, ghost = 0, spared = 0;
+	uint64_t n = cr->next_id < MAXID ? cr->next_id : MAXID;
+	for (uint64_t id = 0; id < n; id++) {
+		bool committed
+		    = cr->state[id] == ST_PUT || cr->state[id] == ST_COMMITTED;
+		put += committed;
+		dup += cr->got[id] > 1;
+		if (committed && cr->got[id] == 0) {
+			if (cr->spare[id]) {
+				spared++;
+			} else {
+				missing++;
+				print_message("item %llu (state %d) lost\n",
+				    (unsigned long long) id, cr->state[id]);
+			}
+		}
+		ghost += cr->state[id] == ST_NONE && cr->got[id] != 0;
+	}
+	print_message("crash: %d runs, %llu items committed, %llu taken by "
+	              "killed gets, worst stall %lld us, kills by point:",
+	    runs, (unsigned long long) put, (unsigned long long) spared,
+	    (long long) worst);
+	for (int i = 0; i < NPOINTS; i++) {
+		if (hits[i]) {
+			print_message(
+			    " %d:%llu", i, (unsigned long long) hits[i]);
+		}
+	}
+	print_message("\n");
+	assert_int_equal(cr->bad, 0);
+	assert_int_equal(dup, 0);
+	assert_int_equal(ghost, 0);
+	assert_int_equal(missing, 0);
+	/* The kills landed inside the critical sections of puts and gets. */
+	if (runs >= 200) {
+		assert_true(hits[QPI_HOOK_PUT_LOCKED] > 0);
+		assert_true(hits[QPI_HOOK_PUT_COPY] > 0);
+		assert_true(hits[QPI_HOOK_PUT_COMMIT] > 0);
+		assert_true(hits[QPI_HOOK_GET_LOCKED] > 0);
+		assert_true(hits[QPI_HOOK_GET_COPY] > 0);
+		assert_true(hits[QPI_HOOK_JOURNAL] > 0);
+		assert_true(hits[QPI_HOOK_COMMIT] > 0);
+		assert_true(hits[QPI_HOOK_APPLY] > 0);
+	}
+	qpi_shmq_free(q);
+	munmap(cr, sizeof(*cr));
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_kill9_anywhere, crash_teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

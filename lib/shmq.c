@@ -348,20 +348,21 @@ tx_commit(sq_tx *t)
  * committed there; else *startp is where the record starts (pos, or the
  * start of the next lap) and *endp where it ends. A stamped record with a
  * bad header is a fault. */
-static int
+static inline int
 sq_peek(
     qpi_shmq *q, uint64_t pos, sq_rec **rp, uint64_t *startp, uint64_t *endp)
 {
 	uint64_t off = sq_off(q, pos), rem = q->cap - off;
 	sq_rec *r;
 
+	*rp = NULL;
+	*startp = *endp = pos;
 	if (rem < SQ_REC_HDR) {
 		pos += rem;
 		off = 0;
 	}
 	r = sq_at(q, off);
 	if (LDA(&r->stamp) != sq_stamp(q, pos)) {
-		*rp = NULL;
 		return QP_OK;
 	}
 	uint32_t k = r->kind;
@@ -492,12 +493,18 @@ sq_repair_producer(qpi_shmq *q)
 	}
 }
 
-/* Consumer repair: re-apply a committed journal. */
+static int sq_walk(qpi_shmq *q, uint64_t *posp, sq_rec **rp, uint64_t *startp,
+    uint64_t *endp);
+
+/* Consumer repair: re-apply a committed journal; un-count an item the
+ * dead owner counted but did not take (its take's commit is the head's
+ * store, after the counts'). */
 static void
 sq_repair_consumer(qpi_shmq *q)
 {
 	sq_jrnl *j = &q->h->gs.j;
-	uint64_t n = j->n;
+	uint64_t n = j->n, pos = q->h->gp.head, start, end;
+	sq_rec *r;
 
 	if (j->seq != 0 && j->seq == q->h->gs.cseq && n <= SQ_JMAX) {
 		for (uint64_t i = 0; i < n; i++) {
@@ -511,6 +518,11 @@ sq_repair_consumer(qpi_shmq *q)
 		sq_apply(q, j, n, false);
 	}
 	STR(&j->seq, 0);
+	if (sq_walk(q, &pos, &r, &start, &end) == QP_OK && r != NULL
+	    && r->seq == q->h->gp.nget) {
+		ST(&q->h->gp.nget, r->seq - 1);
+		ST(&q->h->gp.bytes_out, r->bytes - r->len);
+	}
 }
 
 static bool
@@ -690,18 +702,14 @@ sq_wake_slot(sq_ev *ev, int i)
 	return qpi_futex_wake(&ev->who[i].word, 1) > 0;
 }
 
-/* Wakes one sleeper of event e (all if all), if any sleeps (after a
- * fence). */
-static void
-sq_wake(qpi_shmq *q, int e, bool all)
+/* Wakes one sleeper of event e (all if all); see sq_wake. */
+static void __attribute__((noinline))
+sq_wake_slow(qpi_shmq *q, int e, bool all)
 {
 	sq_ev *ev = &q->h->ev[e];
 	uint64_t m = LD(&ev->sleep);
 	bool missed = false;
 
-	if ((m | LD(&ev->extra)) == 0) {
-		return;
-	}
 	if (all) {
 		m = __atomic_exchange_n(&ev->sleep, 0, __ATOMIC_SEQ_CST);
 		for (; m != 0; m &= m - 1) {
@@ -732,15 +740,22 @@ sq_wake(qpi_shmq *q, int e, bool all)
 	}
 }
 
+/* Wakes one sleeper of event e (all if all), if any sleeps (after a
+ * fence). */
+static inline void
+sq_wake(qpi_shmq *q, int e, bool all)
+{
+	sq_ev *ev = &q->h->ev[e];
+
+	if ((LD(&ev->sleep) | LD(&ev->extra)) != 0) {
+		sq_wake_slow(q, e, all);
+	}
+}
+
 /* Tells watchers (qpiped) that something changed (after a fence). */
-static void
-sq_watch_bump(qpi_shmq *q)
+static void __attribute__((noinline)) sq_watch_bump_slow(qpi_shmq *q)
 {
 	sq_ev *ev = &q->h->ev[EV_W];
-
-	if (LD(&ev->mask) == 0) {
-		return;
-	}
 	uint32_t s = __atomic_add_fetch(&ev->seq, 1, __ATOMIC_SEQ_CST);
 	if (LD(&ev->sleep) != 0) {
 		if (qpi_futex_wake(&ev->seq, INT32_MAX) == 0) {
@@ -748,6 +763,14 @@ sq_watch_bump(qpi_shmq *q)
 		}
 	} else if ((s & 1023) == 0) {
 		sq_scan(ev);
+	}
+}
+
+static inline void
+sq_watch_bump(qpi_shmq *q)
+{
+	if (LD(&q->h->ev[EV_W].mask) != 0) {
+		sq_watch_bump_slow(q);
 	}
 }
 
@@ -822,6 +845,13 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 	return rc;
 }
 
+/* Spinning pays only while the other side runs on another CPU. This
+ * thread's record of its recent spins: each success raises it, each
+ * failure lowers it more; at 0 the thread sleeps at once, trying a spin
+ * again every 16th wait. */
+static _Thread_local int sq_spin_score = 8;
+static _Thread_local unsigned sq_spin_skips;
+
 /* Waits for pred: a short spin the first time (*spun false), then a
  * sleep. QP_OK (re-check), QP_ETIMEDOUT, QP_ECLOSED. */
 static int
@@ -833,8 +863,13 @@ sq_wait(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline,
 	}
 	if (!*spun) {
 		*spun = true;
-		if (sq_spin(q, pred, arg, deadline)) {
-			return sq_closed(q) ? sq_eclosed(q) : QP_OK;
+		if (sq_spin_score > 0 || (++sq_spin_skips & 15) == 0) {
+			if (sq_spin(q, pred, arg, deadline)) {
+				sq_spin_score += sq_spin_score < 16;
+				return sq_closed(q) ? sq_eclosed(q) : QP_OK;
+			}
+			sq_spin_score
+			    = sq_spin_score > 4 ? sq_spin_score - 4 : 0;
 		}
 	}
 	return sq_sleep(q, e, pred, arg, deadline);
@@ -1627,9 +1662,6 @@ sq_try_get(qpi_shmq *q, sq_getreq *g, bool final)
 	sq_tx t;
 	int rc;
 
-	if (!final && !sq_pred_items(q, NULL)) {
-		return QP_EEMPTY;
-	}
 	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
@@ -1677,10 +1709,20 @@ sq_try_get(qpi_shmq *q, sq_getreq *g, bool final)
 	if ((rc = sq_copy_out(q, r->kind, r->len, r + 1, 0, g)) != QP_OK) {
 		goto out;
 	}
-	tx_set(&t, &h->gp.bytes_out, r->bytes);
-	tx_set(&t, &h->gp.nget, r->seq);
-	tx_set(&t, &h->gp.head, end);
-	tx_commit(&t);
+	if (g->lease) {
+		tx_set(&t, &h->gp.bytes_out, r->bytes);
+		tx_set(&t, &h->gp.nget, r->seq);
+		tx_set(&t, &h->gp.head, end);
+		tx_commit(&t);
+	} else {
+		/* A plain take commits with one store, the head's: the
+		 * counts go first, copied from the record (a repair
+		 * un-counts an item still at the head). */
+		ST(&h->gp.bytes_out, r->bytes);
+		STR(&h->gp.nget, r->seq);
+		SQ_HOOK(QPI_HOOK_GET_COMMIT);
+		STR(&h->gp.head, end);
+	}
 out:
 	sq_unlock(&h->gs);
 	if (rc == QP_OK) {

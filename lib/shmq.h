@@ -26,14 +26,17 @@
  * Crash safety. A put writes the record (header, bytes) into free space
  * beyond the tail, then its stamp (the commit: consumers may take it from
  * then on), then the tail and counters, which the record itself also
- * carries (items and bytes put once it is in). Every consumer-side change
- * goes through a small redo journal: new values are written to the
+ * carries (items and bytes put once it is in). A plain get copies the
+ * item out, sets the consumer's counters from the record, then moves the
+ * head (its commit). Every other consumer-side change (leases, releases,
+ * acks) goes through a small redo journal: new values are written to the
  * journal, one store of the side's commit sequence commits them, then
  * they are applied. When pthread_mutex_lock() reports EOWNERDEAD the new
  * owner repairs before pthread_mutex_consistent(): on the producer side it
- * rolls the tail forward over stamped records it finds there, on the
- * consumer side it re-applies a committed journal. Items are read out
- * before the commit that frees them. So a process killed at any instant
+ * rolls the tail forward over stamped records it finds there; on the
+ * consumer side it re-applies a committed journal and un-counts an item
+ * still at the head. Items are read out before the commit that frees
+ * them. So a process killed at any instant
  * leaves the queue whole, the others go on at once, and every committed
  * item is delivered exactly once (an item whose get was cut short by a
  * kill stays in the queue).
@@ -254,6 +257,7 @@ enum qpi_shmq_hook_point {
 	QPI_HOOK_PUT_COMMIT, /* record stamped, tail and counts not moved */
 	QPI_HOOK_GET_LOCKED, /* consumer lock held, item found */
 	QPI_HOOK_GET_COPY, /* half of the item copied out */
+	QPI_HOOK_GET_COMMIT, /* get: item counted, head not moved */
 	QPI_HOOK_JOURNAL, /* consumer journal written, not committed */
 	QPI_HOOK_COMMIT, /* consumer journal committed, not applied */
 	QPI_HOOK_APPLY, /* partly applied */

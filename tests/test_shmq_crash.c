@@ -361,6 +361,7 @@ test_shmq_crash_kill9_anywhere(void **state)
 		assert_true(hits[QPI_HOOK_PUT_COMMIT] > 0);
 		assert_true(hits[QPI_HOOK_GET_LOCKED] > 0);
 		assert_true(hits[QPI_HOOK_GET_COPY] > 0);
+		assert_true(hits[QPI_HOOK_GET_COMMIT] > 0);
 		assert_true(hits[QPI_HOOK_JOURNAL] > 0);
 		assert_true(hits[QPI_HOOK_COMMIT] > 0);
 		assert_true(hits[QPI_HOOK_APPLY] > 0);

@@ -2341,6 +2341,37 @@ qpi_shmq_release_all(qpi_shmq *q, size_t *np)
 {
 	return sq_release_matching(q, sq_match_all, NULL, np, NULL);
 }
+
+/* Process owner tokens: bit 63 set, the pid namespace's inode (low 31
+ * bits) above the pid. */
+#define OWNER_PROC (1ull << 63)
+
+uint64_t
+qpi_shmq_owner_self(void)
+{
+	sq_me();
+	return OWNER_PROC | (LD(&sq_nsid) & 0x7fffffffull) << 32
+	    | (uint32_t) LD(&sq_pid);
+}
+
+static bool
+sq_match_dead(const sq_slot *s, const void *arg)
+{
+	(void) arg;
+	if (!(s->owner & OWNER_PROC)
+	    || ((s->owner >> 32) & 0x7fffffffull)
+	        != (LD(&sq_nsid) & 0x7fffffffull)) {
+		return false;
+	}
+	return sq_dead((int32_t) (uint32_t) s->owner, LD(&sq_nsid));
+}
+
+int
+qpi_shmq_release_dead(qpi_shmq *q, size_t *np)
+{
+	sq_me();
+	return sq_release_matching(q, sq_match_dead, NULL, np, NULL);
+}
 /* ---- watching ---- */
 
 int

@@ -4,24 +4,27 @@
  * queues through this API too, leases included.
  *
  * Layout. One segment (/dev/shm/qpipe.NAME, or anonymous memory shared
- * across fork()) holds a header, a table of lease slots, and a byte ring of
- * variable-size records (40-byte header + payload, 8-byte aligned; a
- * record never wraps: the space left at the end of the ring becomes a pad).
- * The header carries a magic, the layout version and the sizes, checked on
- * every attach (QP_EVERSION, QP_ECORRUPT). Each record header holds a
- * stamp, its ring position mixed with a random per-queue salt, written
- * last: a record is committed exactly when its stamp is right.
+ * across fork()) holds a header, a table of lease slots, a lease area and
+ * a byte ring of variable-size records (40-byte header + payload, 8-byte
+ * aligned; a record never wraps: the space left at the end of the ring
+ * becomes a pad). The header carries a magic, the layout version and the
+ * sizes, checked on every attach (QP_EVERSION, QP_ECORRUPT). Each record
+ * header holds a stamp, its ring position mixed with a random per-queue
+ * salt, written last: a record is committed exactly when its stamp is
+ * right. Positions only grow (64-bit byte counts).
  *
  * Locking. Two robust process-shared mutexes: the producer side (tail,
  * items put) and the consumer side (head, leases). A put and a get never
  * wait for each other; only a producer facing an empty ring with too
  * little room before its end takes both (producer first, then consumer)
  * to start the next lap. Items are copied while the side's lock is held:
- * producers copy in
- * parallel with consumers, never with each other. Each lock is acquired
- * after a short spin, and blocking waits (empty, full, join) sleep on
- * futex words with the caller's absolute deadline; waiters are counted so
- * that a put or get skips the wake-up system call when nobody sleeps.
+ * producers copy in parallel with consumers, never with each other. A
+ * lock is retried for a moment before the caller sleeps in the kernel.
+ * Blocking waits (empty, full, join) spin a few microseconds while that
+ * pays, then sleep on futex words with the caller's absolute deadline:
+ * each sleeper has its own word and a bit in the event's sleeper mask, so
+ * a put or get that finds no bit set makes no system call, and a waker
+ * clears the bit of the one it wakes (never the same sleeper twice).
  *
  * Crash safety. A put writes the record (header, bytes) into free space
  * beyond the tail, then its stamp (the commit: consumers may take it from
@@ -36,10 +39,13 @@
  * rolls the tail forward over stamped records it finds there; on the
  * consumer side it re-applies a committed journal and un-counts an item
  * still at the head. Items are read out before the commit that frees
- * them. So a process killed at any instant
- * leaves the queue whole, the others go on at once, and every committed
- * item is delivered exactly once (an item whose get was cut short by a
- * kill stays in the queue).
+ * them. So a process killed at any instant leaves the queue whole, the
+ * others go on at once, and every committed item is delivered exactly
+ * once: a put killed before its stamp stored nothing, one killed after
+ * it stored the item; a get killed before its commit leaves the item in
+ * the queue, one killed after it took the item, as if it had returned.
+ * Sleeper slots of dead processes are found and cleared (kill(pid, 0),
+ * within their pid namespace, at most every 100 ms).
  *
  * Leases (for qpiped; the server keeps no lease state of its own). A lease
  * get takes the head item out of the ring like a get, and in the same
@@ -173,13 +179,15 @@ typedef struct qpi_shmq_lease {
 	int64_t expiry_ms; /* INT64_MAX: no expiry */
 } qpi_shmq_lease;
 
-/* As qpi_shmq_get (into = NULL: *bufp gets a malloc'd copy), but the item
- * stays in the segment, leased by owner (any token the caller picks, e.g.
- * a connection id) for lease_ms milliseconds (-1: until acked or
- * released). Released items come first, then the ring's head. Errors as
- * qpi_shmq_get, plus QP_ELIMIT when every lease slot is taken (the item
- * stays ready). Waiters: see qpi_shmq_watch below for a server that must
- * not block. */
+/* As qpi_shmq_get (into = NULL: *bufp gets a malloc'd copy, with
+ * QPI_GET_OBJ as a msgpack value), but the item stays in the segment's
+ * lease area, leased by owner (any token the caller picks, e.g. a
+ * connection id) for lease_ms milliseconds (-1: until acked or
+ * released); *lease describes it. Released items come first, then the
+ * ring's head. Errors as qpi_shmq_get, plus QP_ELIMIT when every lease
+ * slot is taken or the lease area has no room for the item (it stays
+ * ready). A server that must not block passes deadline 0 and waits with
+ * qpi_shmq_watch below. */
 int qpi_shmq_get_lease(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
     unsigned flags, void **bufp, size_t *lenp, qpi_shmq_lease *lease,
     int64_t deadline_ns);
@@ -206,6 +214,15 @@ int qpi_shmq_expire(qpi_shmq *q, int64_t now_ms, size_t *np, int64_t *next_ms);
 
 /* Releases every lease (a restarted server: nobody holds one any more). */
 int qpi_shmq_release_all(qpi_shmq *q, size_t *np);
+
+/* Local workers: an owner token naming the calling process (its pid and
+ * pid namespace; bit 63 set, so it never equals a small token qpiped
+ * picks). A worker leases with it, acks once its task is done, and
+ * whoever notices calls qpi_shmq_release_dead(): the leases of processes
+ * that are gone (exited, killed, zombies) return to the head of the
+ * queue. It costs one kill(pid, 0) per lease held by a process token. */
+uint64_t qpi_shmq_owner_self(void);
+int qpi_shmq_release_dead(qpi_shmq *q, size_t *np);
 
 /* ------------------------------------------------------------------------
  * Watching (qpiped learns of local activity without polling).

@@ -225,6 +225,45 @@ test_shmq_release_owner_and_all(void **state)
 }
 
 static void
+test_shmq_dead_workers_leases_return(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+	size_t n = 9;
+
+	put(q, "task1");
+	put(q, "task2");
+	/* A live process's lease stays. */
+	lease(q, qpi_shmq_owner_self(), -1, "task1", 1);
+	assert_true(qpi_shmq_owner_self() >> 63);
+	/* A worker takes task2 and dies before it is done. */
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		qpi_shmq_lease l;
+		void *buf;
+		size_t len;
+		if (qpi_shmq_get_lease(
+		        q, qpi_shmq_owner_self(), -1, 0, &buf, &len, &l, 0)
+		    != QP_OK) {
+			_exit(1);
+		}
+		raise(SIGKILL);
+	}
+	/* Not reaped yet: a zombie counts as gone too. */
+	int64_t t0 = qu_now_ms();
+	do {
+		assert_int_equal(qpi_shmq_release_dead(q, &n), QP_OK);
+	} while (n == 0 && qu_now_ms() - t0 < 5000 && (qu_sleep_ms(5), 1));
+	assert_int_equal(n, 1);
+	assert_int_equal(qu_wait(pid), 128 + SIGKILL);
+	lease(q, 77, -1, "task2", 2);
+	assert_int_equal(qpi_shmq_release_dead(q, &n), QP_OK);
+	assert_int_equal(n, 0);
+	check(q);
+	qpi_shmq_free(q);
+}
+
+static void
 test_shmq_lease_slots_run_out(void **state)
 {
 	qpi_shmq *q = mk(0, 2);
@@ -622,6 +661,7 @@ main(void)
 	    cmocka_unit_test(test_shmq_release_goes_to_the_head_in_order),
 	    cmocka_unit_test(test_shmq_lease_expiry),
 	    cmocka_unit_test(test_shmq_release_owner_and_all),
+	    cmocka_unit_test(test_shmq_dead_workers_leases_return),
 	    cmocka_unit_test(test_shmq_lease_slots_run_out),
 	    cmocka_unit_test(test_shmq_leases_across_fork),
 	    cmocka_unit_test(test_shmq_leased_items_do_not_block_the_ring),

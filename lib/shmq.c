@@ -503,7 +503,7 @@ static void
 sq_repair_consumer(qpi_shmq *q)
 {
 	sq_jrnl *j = &q->h->gs.j;
-	uint64_t n = j->n, pos = q->h->gp.head, start, end;
+	uint64_t n = j->n, pos, start, end;
 	sq_rec *r;
 
 	if (j->seq != 0 && j->seq == q->h->gs.cseq && n <= SQ_JMAX) {
@@ -518,6 +518,7 @@ sq_repair_consumer(qpi_shmq *q)
 		sq_apply(q, j, n, false);
 	}
 	STR(&j->seq, 0);
+	pos = q->h->gp.head; /* as the journal left it */
 	if (sq_walk(q, &pos, &r, &start, &end) == QP_OK && r != NULL
 	    && r->seq == q->h->gp.nget) {
 		ST(&q->h->gp.nget, r->seq - 1);

@@ -12,7 +12,7 @@
  * exactly once, none twice, and nothing that was never put. The one
  * exception: the item a killed get held (the victim gets into shared
  * memory, so the test knows which) may be gone, taken just before the
- * kill. QP_CRASH_RUNS sets the number of runs (default 200; the stress
+ * kill. QP_CRASH_RUNS sets the number of runs (default 500; the stress
  * target runs 1,000).
  */
 #include <setjmp.h>
@@ -234,7 +234,7 @@ static void
 test_shmq_crash_kill9_anywhere(void **state)
 {
 	const char *env = getenv("QP_CRASH_RUNS");
-	int runs = env != NULL ? atoi(env) : 200;
+	int runs = env != NULL ? atoi(env) : 500;
 	qpi_shmq_cfg c = {.capacity = 256 * 1024,
 	    .lease_slots = 64,
 	    .lease_bytes = 128 * 1024};

@@ -63,7 +63,12 @@ note_op(cr_shared *sh)
 	uint64_t k = atomic_load(&sh->kill_ns);
 
 	if (k != 0 && now > k) {
-		bench_atomic_max(&sh->max_gap_ns, now - (prev > k ? prev : k));
+		uint64_t from = prev > k ? prev : k;
+
+		/* Another worker may have stamped a later time first. */
+		if (now > from) {
+			bench_atomic_max(&sh->max_gap_ns, now - from);
+		}
 		atomic_fetch_add(&sh->ops_after_kill, 1);
 	}
 }
@@ -171,6 +176,29 @@ consumer(qp_queue *q, cr_shared *sh)
 	return 0;
 }
 
+/* The workers of the current run, for the watchdog. */
+static pid_t cr_pids[WORKERS];
+
+/* The driver's own watchdog: a queue that hangs the driver (a put of a
+ * stop item that never returns) ends the whole run with a clear line. */
+static char cr_wd_msg[256];
+static size_t cr_wd_len;
+
+static void
+cr_watchdog(int sig)
+{
+	(void) sig;
+	for (int i = 0; i < WORKERS; i++) {
+		if (cr_pids[i] > 0) {
+			kill(cr_pids[i], SIGKILL);
+		}
+	}
+	if (write(STDOUT_FILENO, cr_wd_msg, cr_wd_len) < 0) {
+		_exit(1);
+	}
+	_exit(1);
+}
+
 typedef struct cr_totals {
 	uint64_t runs, killed_producers, killed_consumers, idle_at_kill;
 	uint64_t violations, lost_in_window, unacked_delivered;
@@ -222,12 +250,12 @@ wait_one(pid_t pid)
 }
 
 static int
-one_run(cr_shared *sh, uint64_t run, uint64_t *rng, uint32_t items,
-    double timeout, cr_totals *t)
+one_run(cr_shared *sh, uint64_t run, uint64_t seed, uint64_t *rng,
+    uint32_t items, double timeout, cr_totals *t)
 {
 	qp_queue_opts qo;
 	qp_queue *q;
-	pid_t pids[WORKERS];
+	pid_t *pids = cr_pids;
 	int victim, rc, st;
 	uint64_t gap;
 	bench_gate gate;
@@ -235,6 +263,13 @@ one_run(cr_shared *sh, uint64_t run, uint64_t *rng, uint32_t items,
 	size_t len, left = 0;
 
 	memset(sh, 0, sizeof(*sh));
+	memset(cr_pids, 0, sizeof(cr_pids));
+	cr_wd_len = (size_t) snprintf(cr_wd_msg, sizeof(cr_wd_msg),
+	    "{\"impl\": \"qpipe\", \"seed\": %" PRIu64
+	    ", \"error\": \"run %" PRIu64 ": the driver hung in a queue "
+	    "call after the kill (watchdog)\"}\n",
+	    seed, run);
+	alarm((unsigned) (2 * timeout) + 5);
 	memset(&qo, 0, sizeof(qo));
 	qo.maxsize = 64;
 	qo.capacity = 256 * 1024;
@@ -254,6 +289,7 @@ one_run(cr_shared *sh, uint64_t run, uint64_t *rng, uint32_t items,
 			    "qpipe", "fork: %s", strerror(errno));
 		}
 		if (pids[i] == 0) {
+			signal(SIGALRM, SIG_DFL);
 			alarm((unsigned) timeout + 1);
 			bench_gate_wait(&gate);
 			_exit(i < PRODUCERS
@@ -375,6 +411,7 @@ one_run(cr_shared *sh, uint64_t run, uint64_t *rng, uint32_t items,
 		}
 		t->lost_in_window += lost;
 	}
+	alarm(0);
 	qp_queue_free(q);
 	t->runs++;
 	return 0;
@@ -446,13 +483,15 @@ main(int argc, char **argv)
 		seed = bench_now_ns() | 1;
 	}
 	rng = seed;
+	signal(SIGALRM, cr_watchdog);
 	memset(&t, 0, sizeof(t));
 	sh = bench_shared_alloc(sizeof(*sh));
 	if (sh == NULL) {
 		return bench_fail("qpipe", "mmap: %s", strerror(errno));
 	}
 	for (uint64_t r = 0; r < runs; r++) {
-		if (one_run(sh, r, &rng, (uint32_t) items, timeout, &t) != 0) {
+		if (one_run(sh, r, seed, &rng, (uint32_t) items, timeout, &t)
+		    != 0) {
 			return 1;
 		}
 	}

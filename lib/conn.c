@@ -1,0 +1,551 @@
+/*
+ * conn.c - the Connection calls (multiprocessing.Pipe's Connection,
+ * connection.wait, Listener and Client): checks every argument, then
+ * dispatches through the connection's ops table to its carrier, shared
+ * memory (shmpipe.c) or an nng stream (nngconn.c). Messages are msgpack
+ * values: the bytes calls carry a bin, stored raw with a flag so that it
+ * is never re-encoded; a bytes receive of a message that is one bin gives
+ * its payload, of any other value its msgpack encoding. No locking here:
+ * the carriers lock what they share.
+ */
+#include "conn.h"
+#include "nngconn.h"
+#include "shmpipe.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+void
+qpi_conn_init(
+    qp_conn *c, const qpi_conn_ops *ops, bool readable, bool writable)
+{
+	c->ops = ops;
+	c->max_message = QP_DEFAULT_MAX_MESSAGE;
+	atomic_init(&c->closed, false);
+	c->readable = readable;
+	c->writable = writable;
+}
+
+/* ---- checks ---- */
+
+static int
+conn_open(qp_conn *c)
+{
+	if (c == NULL) {
+		return qpi_err(QP_EINVAL, "connection is NULL");
+	}
+	if (atomic_load(&c->closed)) {
+		return qpi_err(QP_ECLOSED, "connection is closed");
+	}
+	return QP_OK;
+}
+
+static int
+conn_can_send(qp_conn *c)
+{
+	int rv = conn_open(c);
+
+	if (rv == QP_OK && !c->writable) {
+		rv = qpi_err(QP_EPERM, "connection is read-only");
+	}
+	return rv;
+}
+
+static int
+conn_can_recv(qp_conn *c)
+{
+	int rv = conn_open(c);
+
+	if (rv == QP_OK && !c->readable) {
+		rv = qpi_err(QP_EPERM, "connection is write-only");
+	}
+	return rv;
+}
+
+/* ---- sending ---- */
+
+QP_API int
+qp_conn_send(qp_conn *c, const void *msgpack, size_t len)
+{
+	size_t off, plen;
+	uint8_t binoff = 0;
+	int rv;
+
+	if ((rv = conn_can_send(c)) != QP_OK) {
+		return rv;
+	}
+	if (msgpack == NULL) {
+		return qpi_err(QP_EINVAL, "message is NULL");
+	}
+	if (len > c->max_message) {
+		return qpi_err(QP_ETOOBIG,
+		    "message of %zu bytes is over this connection's maximum "
+		    "of %zu; nothing sent",
+		    len, c->max_message);
+	}
+	if ((rv = qpi_wire_check_value(msgpack, len)) != QP_OK) {
+		return rv;
+	}
+	if (qpi_wire_bin_unwrap(msgpack, len, &off, &plen)) {
+		binoff = (uint8_t) off;
+	}
+	return c->ops->send(c, false, msgpack, len, binoff);
+}
+
+QP_API int
+qp_conn_send_bytes(qp_conn *c, const void *buf, size_t offset, size_t size)
+{
+	int rv;
+
+	if ((rv = conn_can_send(c)) != QP_OK) {
+		return rv;
+	}
+	if (buf == NULL && size > 0) {
+		return qpi_err(QP_EINVAL, "buffer is NULL");
+	}
+	if (offset > SIZE_MAX - size) {
+		return qpi_err(QP_EINVAL, "offset + size overflows");
+	}
+	if (size > c->max_message) {
+		return qpi_err(QP_ETOOBIG,
+		    "message of %zu bytes is over this connection's maximum "
+		    "of %zu; nothing sent",
+		    size, c->max_message);
+	}
+	return c->ops->send(c, true,
+	    buf == NULL ? (const void *) "" : (const uint8_t *) buf + offset,
+	    size, 0);
+}
+
+/* ---- receiving ---- */
+
+/* The length of the message's msgpack encoding, and of its bin header if
+ * it is stored raw. */
+static size_t
+conn_enc_len(const qpi_msginfo *mi, uint8_t hdr[5], size_t *hlp)
+{
+	size_t hl = 0;
+
+	if (mi->raw) {
+		hl = qpi_wire_bin_header(mi->len, hdr);
+	}
+	*hlp = hl;
+	return hl + mi->len;
+}
+
+/* The length of what a bytes receive returns, and how many stored bytes
+ * to skip first (the bin header of an encoded bin). */
+static size_t
+conn_bytes_len(const qpi_msginfo *mi, size_t *skipp)
+{
+	*skipp = mi->raw ? 0 : mi->binoff;
+	return mi->len - *skipp;
+}
+
+/* Waits for the next message; QP_ECLOSED at end of file. *heldp tells
+ * whether *mi describes a message that stays to be read (QP_OK, or
+ * QP_ETOOBIG when it is over the connection's maximum); a carrier's own
+ * error (such as a remote peer's oversized frame) describes none. */
+static int
+conn_next(qp_conn *c, qpi_msginfo *mi, bool *heldp)
+{
+	int rv = c->ops->peek(c, INT64_MAX, mi);
+
+	*heldp = rv == QP_OK;
+	if (rv != QP_OK) {
+		return rv;
+	}
+	/* The limit counts what the sender's check counted: the payload
+	 * of a bin, the encoding of any other value. */
+	size_t body = mi->raw ? mi->len : mi->len - mi->binoff;
+	if (body > c->max_message) {
+		return qpi_err(QP_ETOOBIG,
+		    "next message is %zu bytes, over the connection's maximum "
+		    "of %zu; it stays to be read",
+		    body, c->max_message);
+	}
+	return rv;
+}
+
+QP_API int
+qp_conn_recv(qp_conn *c, void **msgpackp, size_t *lenp)
+{
+	qpi_msginfo mi;
+	uint8_t hdr[5];
+	size_t hl, n;
+	bool held;
+	int rv;
+
+	if ((rv = conn_can_recv(c)) != QP_OK) {
+		return rv;
+	}
+	if (msgpackp == NULL || lenp == NULL) {
+		return qpi_err(QP_EINVAL, "output pointer is NULL");
+	}
+	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
+		if (held) {
+			*lenp = conn_enc_len(&mi, hdr, &hl);
+		}
+		return rv;
+	}
+	n = conn_enc_len(&mi, hdr, &hl);
+	uint8_t *p = malloc(n > 0 ? n : 1);
+	if (p == NULL) {
+		return qpi_err(QP_ENOMEM, "cannot allocate %zu bytes", n);
+	}
+	memcpy(p, hdr, hl);
+	if ((rv = c->ops->take(c, &mi, 0, p + hl)) != QP_OK) {
+		free(p);
+		return rv;
+	}
+	*msgpackp = p;
+	*lenp = n;
+	return QP_OK;
+}
+
+QP_API int
+qp_conn_recv_bytes(qp_conn *c, void **bufp, size_t *lenp, size_t maxlength)
+{
+	qpi_msginfo mi;
+	size_t skip, n;
+	bool held;
+	int rv;
+
+	if ((rv = conn_can_recv(c)) != QP_OK) {
+		return rv;
+	}
+	if (bufp == NULL || lenp == NULL) {
+		return qpi_err(QP_EINVAL, "output pointer is NULL");
+	}
+	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
+		if (held) {
+			*lenp = conn_bytes_len(&mi, &skip);
+		}
+		return rv;
+	}
+	n = conn_bytes_len(&mi, &skip);
+	if (n > maxlength) {
+		*lenp = n;
+		return qpi_err(QP_ETOOBIG,
+		    "message of %zu bytes is longer than maxlength %zu; it "
+		    "stays to be read",
+		    n, maxlength);
+	}
+	uint8_t *p = malloc(n > 0 ? n : 1);
+	if (p == NULL) {
+		return qpi_err(QP_ENOMEM, "cannot allocate %zu bytes", n);
+	}
+	if ((rv = c->ops->take(c, &mi, skip, p)) != QP_OK) {
+		free(p);
+		return rv;
+	}
+	*bufp = p;
+	*lenp = n;
+	return QP_OK;
+}
+
+QP_API int
+qp_conn_recv_bytes_into(
+    qp_conn *c, void *buf, size_t bufsize, size_t offset, size_t *lenp)
+{
+	qpi_msginfo mi;
+	size_t skip, n;
+	bool held;
+	int rv;
+
+	if ((rv = conn_can_recv(c)) != QP_OK) {
+		return rv;
+	}
+	if (lenp == NULL) {
+		return qpi_err(QP_EINVAL, "output pointer is NULL");
+	}
+	if (buf == NULL && bufsize > 0) {
+		return qpi_err(QP_EINVAL, "buffer is NULL");
+	}
+	if (offset > bufsize) {
+		return qpi_err(QP_EINVAL,
+		    "offset %zu is past the %zu-byte buffer", offset, bufsize);
+	}
+	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
+		if (held) {
+			*lenp = conn_bytes_len(&mi, &skip);
+		}
+		return rv;
+	}
+	n = conn_bytes_len(&mi, &skip);
+	if (n > bufsize - offset) {
+		*lenp = n;
+		return qpi_err(QP_ETOOBIG,
+		    "message of %zu bytes does not fit in the %zu bytes after "
+		    "offset %zu; it stays to be read",
+		    n, bufsize - offset, offset);
+	}
+	if ((rv = c->ops->take(c, &mi, skip, (uint8_t *) buf + offset))
+	    != QP_OK) {
+		return rv;
+	}
+	*lenp = n;
+	return QP_OK;
+}
+
+QP_API int
+qp_conn_poll(qp_conn *c, qp_duration timeout, bool *readyp)
+{
+	qpi_msginfo mi;
+	int rv;
+
+	if ((rv = conn_can_recv(c)) != QP_OK) {
+		return rv;
+	}
+	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+		return rv;
+	}
+	if (readyp == NULL) {
+		return qpi_err(QP_EINVAL, "output pointer is NULL");
+	}
+	rv = c->ops->peek(c, timeout == 0 ? 0 : qpi_deadline_ns(timeout), &mi);
+	/* Anything but a timeout means a recv returns at once: a message,
+	 * or end of file (readable, as in Python). */
+	*readyp = rv != QP_ETIMEDOUT;
+	if (rv == QP_ETIMEDOUT || rv == QP_ECLOSED) {
+		qpi_err_clear();
+	}
+	return QP_OK;
+}
+
+QP_API int
+qp_conn_fd(qp_conn *c, int *fdp)
+{
+	int rv;
+
+	if ((rv = conn_can_recv(c)) != QP_OK) {
+		return rv;
+	}
+	if (fdp == NULL) {
+		return qpi_err(QP_EINVAL, "output pointer is NULL");
+	}
+	return c->ops->fd(c, fdp);
+}
+
+QP_API int
+qp_conn_set_max_message(qp_conn *c, size_t max)
+{
+	int rv;
+
+	if ((rv = conn_open(c)) != QP_OK) {
+		return rv;
+	}
+	if (max == 0 || max > QPI_CONN_MAX_MESSAGE) {
+		return qpi_err(QP_EINVAL,
+		    "maximum message must be 1 to %zu bytes, not %zu",
+		    QPI_CONN_MAX_MESSAGE, max);
+	}
+	c->max_message = max;
+	if (c->ops->set_max != NULL) {
+		c->ops->set_max(c);
+	}
+	return QP_OK;
+}
+
+QP_API int
+qp_conn_close(qp_conn *c)
+{
+	if (c == NULL) {
+		return qpi_err(QP_EINVAL, "connection is NULL");
+	}
+	if (!atomic_exchange(&c->closed, true)) {
+		c->ops->close(c);
+	}
+	return QP_OK;
+}
+
+QP_API void
+qp_conn_free(qp_conn *c)
+{
+	if (c == NULL) {
+		return;
+	}
+	qp_conn_close(c);
+	c->ops->destroy(c);
+}
+
+/* ---- wait ---- */
+
+/* Milliseconds for poll(2) until deadline, rounded up; -1 for forever. */
+static int
+conn_poll_ms(int64_t deadline)
+{
+	int64_t ns = qpi_remaining_ns(deadline);
+
+	if (ns == INT64_MAX) {
+		return -1;
+	}
+	int64_t ms = (ns + 999999) / 1000000;
+	return ms > INT_MAX ? INT_MAX : (int) ms;
+}
+
+QP_API int
+qp_wait(qp_conn *const *conns, size_t n, qp_duration timeout, bool *ready,
+    size_t *nreadyp)
+{
+	struct pollfd *fds = NULL;
+	int64_t deadline;
+	size_t i, count;
+	int rv;
+
+	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+		return rv;
+	}
+	if (nreadyp == NULL || (n > 0 && (conns == NULL || ready == NULL))) {
+		return qpi_err(QP_EINVAL, "NULL argument");
+	}
+	*nreadyp = 0;
+	for (i = 0; i < n; i++) {
+		if ((rv = conn_can_recv(conns[i])) != QP_OK) {
+			return rv;
+		}
+	}
+	deadline = timeout == 0 ? 0 : qpi_deadline_ns(timeout);
+	if (n == 0) {
+		if (timeout < 0) {
+			return qpi_err(
+			    QP_EINVAL, "waiting forever on no connections");
+		}
+		poll(NULL, 0, conn_poll_ms(deadline));
+		return QP_OK;
+	}
+	for (;;) {
+		count = 0;
+		for (i = 0; i < n; i++) {
+			qpi_msginfo mi;
+			rv = conns[i]->ops->peek(conns[i], 0, &mi);
+			ready[i] = rv != QP_ETIMEDOUT;
+			count += ready[i] ? 1 : 0;
+		}
+		if (count > 0 || qpi_remaining_ns(deadline) == 0) {
+			break;
+		}
+		if (fds == NULL) {
+			/* Arm every fd, then look once more before sleeping:
+			 * what came before the arming did not signal. */
+			if ((fds = calloc(n, sizeof(*fds))) == NULL) {
+				return qpi_err(QP_ENOMEM, "out of memory");
+			}
+			for (i = 0; i < n; i++) {
+				rv = conns[i]->ops->fd(conns[i], &fds[i].fd);
+				if (rv != QP_OK) {
+					free(fds);
+					return rv;
+				}
+				fds[i].events = POLLIN;
+			}
+			continue;
+		}
+		if (poll(fds, (nfds_t) n, conn_poll_ms(deadline)) < 0
+		    && errno != EINTR) {
+			rv = qpi_err(QP_ESYSTEM, "poll: %s", strerror(errno));
+			free(fds);
+			return rv;
+		}
+	}
+	free(fds);
+	qpi_err_clear();
+	*nreadyp = count;
+	return QP_OK;
+}
+
+/* ---- pipes, listeners, dialing ---- */
+
+QP_API int
+qp_pipe(qp_conn **ap, qp_conn **bp, bool duplex)
+{
+	if (ap == NULL || bp == NULL) {
+		return qpi_err(QP_EINVAL, "output pointer is NULL");
+	}
+	return qpi_shmpipe_create(ap, bp, duplex, 0);
+}
+
+/* Parses a listener or dialer address; tls+tcp waits for its
+ * configuration. */
+static int
+conn_addr(const char *addr, unsigned mode, qpi_addr *a)
+{
+	int rv;
+
+	if ((rv = qpi_addr_parse(addr, QPI_ADDR_SERVER | mode, a)) != QP_OK) {
+		return rv;
+	}
+	if (a->kind == QPI_ADDR_TLS) {
+		return qpi_err(QP_ENOTSUP,
+		    "'%s': tls+tcp:// connections are not supported yet (no "
+		    "TLS configuration); use tcp:// or ipc://",
+		    addr);
+	}
+	return QP_OK;
+}
+
+QP_API int
+qp_listen(qp_listener **lp, const char *addr)
+{
+	qpi_addr a;
+	int rv;
+
+	if (lp == NULL) {
+		return qpi_err(QP_EINVAL, "output pointer is NULL");
+	}
+	if ((rv = conn_addr(addr, QPI_ADDR_PORT0, &a)) != QP_OK) {
+		return rv;
+	}
+	return qpi_nng_listen(lp, &a);
+}
+
+QP_API const char *
+qp_listener_url(qp_listener *l)
+{
+	return l == NULL ? "" : qpi_nng_listener_url(l);
+}
+
+QP_API int
+qp_listener_accept(qp_listener *l, qp_conn **cp, qp_duration timeout)
+{
+	int rv;
+
+	if (l == NULL || cp == NULL) {
+		return qpi_err(QP_EINVAL, "NULL argument");
+	}
+	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+		return rv;
+	}
+	return qpi_nng_accept(
+	    l, cp, timeout == 0 ? 0 : qpi_deadline_ns(timeout));
+}
+
+QP_API void
+qp_listener_free(qp_listener *l)
+{
+	if (l != NULL) {
+		qpi_nng_listener_free(l);
+	}
+}
+
+QP_API int
+qp_dial(qp_conn **cp, const char *addr, qp_duration timeout)
+{
+	qpi_addr a;
+	int rv;
+
+	if (cp == NULL) {
+		return qpi_err(QP_EINVAL, "output pointer is NULL");
+	}
+	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+		return rv;
+	}
+	if ((rv = conn_addr(addr, 0, &a)) != QP_OK) {
+		return rv;
+	}
+	return qpi_nng_dial(cp, &a, timeout);
+}

@@ -122,6 +122,49 @@ bench_gate_open(bench_gate *g)
 	close(g->fd[1]);
 }
 
+/*
+ * Marks a message of len (>= 8) bytes with stamp at its start, and copies
+ * of it at its middle and end, so that a receiver notices a copy that is
+ * truncated, torn or stale (left over from the previous message).
+ */
+static inline void
+bench_stamp(uint8_t *buf, size_t len, uint64_t stamp)
+{
+	uint64_t mid = stamp ^ UINT64_C(0x5a5a5a5a5a5a5a5a), tail = ~stamp;
+
+	memcpy(buf, &stamp, 8);
+	if (len >= 24) {
+		memcpy(buf + (len / 2 & ~(size_t) 7), &mid, 8);
+	}
+	if (len >= 16) {
+		memcpy(buf + len - 8, &tail, 8);
+	}
+}
+
+/* Reads a message's stamp into *stamp; returns 0 if its three copies
+ * agree, -1 if not. */
+static inline int
+bench_stamp_check(const uint8_t *buf, size_t len, uint64_t *stamp)
+{
+	uint64_t head, mid, tail;
+
+	memcpy(&head, buf, 8);
+	*stamp = head;
+	if (len >= 24) {
+		memcpy(&mid, buf + (len / 2 & ~(size_t) 7), 8);
+		if (mid != (head ^ UINT64_C(0x5a5a5a5a5a5a5a5a))) {
+			return -1;
+		}
+	}
+	if (len >= 16) {
+		memcpy(&tail, buf + len - 8, 8);
+		if (tail != ~head) {
+			return -1;
+		}
+	}
+	return 0;
+}
+
 /* Parses a non-negative integer with an optional K/M/G (binary) suffix. */
 static inline int
 bench_parse_size(const char *s, uint64_t *out)

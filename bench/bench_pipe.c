@@ -20,9 +20,10 @@
  *   qpipe-tcp  qp_listen on tcp://127.0.0.1:0 in the child, qp_dial from
  *              the parent (both after fork(), so nng starts in each).
  *
- * Every message carries its sequence number in its first 8 bytes, checked
- * by the receiver (and, for pingpong, in the echo). Prints one JSON line.
- * Locking: none; the two processes share only the result block (atomics).
+ * Every message carries its sequence number at its start, middle and end
+ * (bench_stamp), checked by the receiver (and, for pingpong, in the echo).
+ * Prints one JSON line. Locking: none; the two processes share only the result
+ * block (atomics).
  */
 #include "bench.h"
 
@@ -264,8 +265,8 @@ run_child(bp_end *e, bp_ctl *ctl, const bp_opts *o, bool echo)
 		if (echo && len == 0) {
 			break;
 		}
-		memcpy(&stamp, buf, 8);
-		if (len != o->size || (!echo && stamp != n)) {
+		if (len != o->size || bench_stamp_check(buf, len, &stamp) != 0
+		    || (!echo && stamp != n)) {
 			bp_seterr("message %" PRIu64 " (%zu bytes) out of "
 			          "order or damaged",
 			    n, len);
@@ -295,7 +296,7 @@ run_oneway(bp_end *e, const bp_opts *o, uint64_t *t0)
 	}
 	*t0 = bench_now_ns();
 	for (uint64_t i = 0; i < o->count; i++) {
-		memcpy(buf, &i, 8);
+		bench_stamp(buf, o->size, i);
 		if (end_send(e, buf, o->size) != 0) {
 			free(buf);
 			return -1;
@@ -325,15 +326,15 @@ run_pingpong(bp_end *e, const bp_opts *o, uint64_t *rtt, uint64_t *t0)
 			*t0 = bench_now_ns();
 			deadline = *t0 + (uint64_t) (o->seconds * 1e9);
 		}
-		memcpy(buf, &i, 8);
+		bench_stamp(buf, o->size, i);
 		t_send = bench_now_ns();
 		if (end_send(e, buf, o->size) != 0
 		    || end_recv(e, back, o->size, &len) != 0) {
 			goto fail;
 		}
 		t1 = bench_now_ns();
-		memcpy(&stamp, back, 8);
-		if (len != o->size || stamp != i) {
+		if (len != o->size || bench_stamp_check(back, len, &stamp) != 0
+		    || stamp != i) {
 			bp_seterr("echo %" PRIu64 " damaged", i);
 			goto fail;
 		}

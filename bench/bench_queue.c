@@ -15,10 +15,11 @@
  *          caches the other's index, spins briefly, then sleeps on a futex
  *          (a flag plus a fence, so that the fast path makes no syscall).
  *
- * Every item carries its producer and sequence number in its first 8
- * bytes; consumers check that each producer's items arrive in order and the
- * parent checks that every item arrived once. The last producer to finish
- * puts one empty item per consumer to stop it. Prints one JSON line.
+ * Every item carries its producer and sequence number at its start,
+ * middle and end (bench_stamp); consumers check that no copy is torn, that
+ * each producer's items arrive in order and the parent checks that every item
+ * arrived once. The last producer to finish puts one empty item per consumer
+ * to stop it. Prints one JSON line.
  *
  * Locking: the mutex ring's mutex guards its indices and bytes; the SPSC
  * ring and the driver's shared block use C11 atomics only.
@@ -479,7 +480,7 @@ run_producer(const bq_impl *im, void *q, bq_ctl *ctl, const bq_opts *o, int id)
 	for (uint64_t i = 0; i < o->count; i++) {
 		uint64_t stamp = ((uint64_t) id << STAMP_SHIFT) | i;
 
-		memcpy(buf, &stamp, 8);
+		bench_stamp(buf, o->size, stamp);
 		if (im->put(q, buf, o->size) != 0) {
 			report_failure(ctl, "producer");
 			return 1;
@@ -523,14 +524,19 @@ run_consumer(const bq_impl *im, void *q, bq_ctl *ctl, const bq_opts *o)
 		if (len == 0) {
 			break;
 		}
-		memcpy(&stamp, buf, 8);
+		if (len != o->size
+		    || bench_stamp_check(buf, len, &stamp) != 0) {
+			bq_seterr("an item of %zu bytes is damaged", len);
+			report_failure(ctl, "consumer");
+			return 1;
+		}
 		p = stamp >> STAMP_SHIFT;
 		seq = stamp & STAMP_SEQ;
-		if (len != o->size || p >= (uint64_t) o->producers
+		if (p >= (uint64_t) o->producers
 		    || (last[p] != UINT64_MAX && seq <= last[p])) {
 			bq_seterr("item %" PRIu64 " of producer %" PRIu64
-			          " (%zu bytes) out of order or damaged",
-			    seq, p, len);
+			          " out of order",
+			    seq, p);
 			report_failure(ctl, "consumer");
 			return 1;
 		}

@@ -34,22 +34,6 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-/*
- * The shared-memory pipe and the connections may be missing from this
- * build of libqpipe (they are developed on their own branch): their entry
- * points are weak references, and when one is missing the qpipe side says
- * so instead of failing to link. The benchmarks link the shared libqpipe.
- */
-#pragma weak qp_pipe
-#pragma weak qp_conn_send_bytes
-#pragma weak qp_conn_recv_bytes_into
-#pragma weak qp_conn_free
-#pragma weak qp_listen
-#pragma weak qp_listener_url
-#pragma weak qp_listener_accept
-#pragma weak qp_listener_free
-#pragma weak qp_dial
-
 #define RBUF_SIZE (256 * 1024)
 #define WARMUP    200
 
@@ -359,22 +343,6 @@ fail:
 
 /* ---- set-up per carrier ---- */
 
-static bool
-qpipe_shm_available(void)
-{
-	return qp_pipe != NULL && qp_conn_send_bytes != NULL
-	    && qp_conn_recv_bytes_into != NULL && qp_conn_free != NULL;
-}
-
-static bool
-qpipe_tcp_available(void)
-{
-	return qp_listen != NULL && qp_listener_url != NULL
-	    && qp_listener_accept != NULL && qp_listener_free != NULL
-	    && qp_dial != NULL && qp_conn_send_bytes != NULL
-	    && qp_conn_recv_bytes_into != NULL && qp_conn_free != NULL;
-}
-
 /* In the child of qpipe-tcp: listens, tells the parent the URL through
  * fd, accepts one connection. */
 static int
@@ -591,10 +559,6 @@ main(int argc, char **argv)
 			    qp_strerror(rc), qp_errmsg());
 		}
 	} else if (tcp) {
-		if (!qpipe_tcp_available()) {
-			return bench_unavailable(o.impl,
-			    "this libqpipe has no connections (qp_listen)");
-		}
 		if (pipe(urlfd) != 0) {
 			return bench_fail(o.impl, "pipe: %s", strerror(errno));
 		}

@@ -27,13 +27,6 @@
 #include <qpipe.h>
 #include <stdbool.h>
 
-/* As in bench_queue.c: the queue may be missing from this libqpipe. */
-#pragma weak qp_queue_anon
-#pragma weak qp_queue_put
-#pragma weak qp_queue_get_into
-#pragma weak qp_queue_qsize
-#pragma weak qp_queue_free
-
 #define PRODUCERS    2
 #define CONSUMERS    2
 #define WORKERS      (PRODUCERS + CONSUMERS)
@@ -471,13 +464,6 @@ main(int argc, char **argv)
 		fprintf(stderr, "bench_crash: runs 1-1000000, items 1-%d\n",
 		    MAX_ITEMS);
 		return 2;
-	}
-	if (qp_queue_anon == NULL || qp_queue_put == NULL
-	    || qp_queue_get_into == NULL || qp_queue_qsize == NULL
-	    || qp_queue_free == NULL) {
-		return bench_unavailable("qpipe",
-		    "this libqpipe has no shared-memory queue "
-		    "(qp_queue_anon)");
 	}
 	if (seed == 0) {
 		seed = bench_now_ns() | 1;

@@ -32,17 +32,6 @@
 #include <qpipe.h>
 #include <stdbool.h>
 
-/*
- * The shared-memory queue may be missing from this build of libqpipe (it
- * is developed on its own branch): its entry points are weak references,
- * and when one is missing the qpipe side says so instead of failing to
- * link. The benchmarks link the shared libqpipe, which resolves them.
- */
-#pragma weak qp_queue_anon
-#pragma weak qp_queue_put
-#pragma weak qp_queue_get_into
-#pragma weak qp_queue_free
-
 #define MAX_WORKERS 64
 #define STAMP_SHIFT 40
 #define STAMP_SEQ   ((UINT64_C(1) << STAMP_SHIFT) - 1)
@@ -668,13 +657,6 @@ main(int argc, char **argv)
 	if (im->single && (o.producers != 1 || o.consumers != 1)) {
 		return bench_fail(
 		    o.impl, "one producer and one consumer only");
-	}
-	if (im->create == qpipe_create
-	    && (qp_queue_anon == NULL || qp_queue_put == NULL
-	        || qp_queue_get_into == NULL || qp_queue_free == NULL)) {
-		return bench_unavailable(o.impl,
-		    "this libqpipe has no shared-memory queue "
-		    "(qp_queue_anon)");
 	}
 	ctl = bench_shared_alloc(sizeof(*ctl));
 	if (ctl == NULL) {

@@ -17,8 +17,9 @@
  *   bench_crash [--runs N] [--items N] [--seed S] [--timeout SEC]
  *
  * Prints one JSON line (runs, kills, recovery times, violations) and exits
- * 1 on any violation. Locking: the queue's own; the bookkeeping block is
- * written with atomics only.
+ * 1 on any violation; each violation is also told on stderr as it happens.
+ * Locking: the queue's own; the bookkeeping block is written with atomics
+ * only.
  */
 #include "bench.h"
 
@@ -34,6 +35,10 @@
 #define MAX_PAYLOAD  8192
 #define HDR          16
 #define RECOVERY_MAX 100000000ull /* ns: the survivors go on within this */
+/* The workers' calls time out (and then go on) after these: a stall of
+ * about 5 s means that a putter slept through its wake-up, 7 s a getter. */
+#define PUT_TIMEOUT_MS 5000
+#define GET_TIMEOUT_MS 7000
 
 typedef struct cr_shared {
 	_Atomic uint8_t put_ok[PRODUCERS][MAX_ITEMS];
@@ -118,7 +123,7 @@ producer(qp_queue *q, cr_shared *sh, uint32_t p, uint32_t items)
 	}
 	for (uint32_t i = 0; i < items; i++) {
 		size_t len = make_item(buf, p, i);
-		int rc = qp_queue_put(q, buf, len, 5000);
+		int rc = qp_queue_put(q, buf, len, PUT_TIMEOUT_MS);
 
 		if (rc != QP_OK) {
 			snprintf(sh->msg, sizeof(sh->msg), "put: %s: %s",
@@ -143,7 +148,8 @@ consumer(qp_queue *q, cr_shared *sh)
 	}
 	for (;;) {
 		uint32_t p, seq, hlen, sum;
-		int rc = qp_queue_get_into(q, buf, MAX_PAYLOAD, &len, 5000);
+		int rc = qp_queue_get_into(
+		    q, buf, MAX_PAYLOAD, &len, GET_TIMEOUT_MS);
 
 		if (rc != QP_OK) {
 			snprintf(sh->msg, sizeof(sh->msg), "get: %s: %s",
@@ -205,16 +211,17 @@ static void violation(cr_totals *t, uint64_t run, const char *fmt, ...)
 static void
 violation(cr_totals *t, uint64_t run, const char *fmt, ...)
 {
+	char msg[360];
 	va_list ap;
-	int n;
 
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	/* Each one on stderr as it happens; the first also in the result. */
+	fprintf(stderr, "bench_crash: run %" PRIu64 ": %s\n", run, msg);
 	if (t->violations++ == 0) {
-		n = snprintf(
-		    t->first, sizeof(t->first), "run %" PRIu64 ": ", run);
-		va_start(ap, fmt);
-		vsnprintf(
-		    t->first + n, sizeof(t->first) - (size_t) n, fmt, ap);
-		va_end(ap);
+		snprintf(t->first, sizeof(t->first), "run %" PRIu64 ": %s",
+		    run, msg);
 	}
 }
 
@@ -314,7 +321,7 @@ one_run(cr_shared *sh, uint64_t run, uint64_t seed, uint64_t *rng,
 	}
 	for (int i = PRODUCERS; i < WORKERS; i++) {
 		if (i != victim) {
-			rc = qp_queue_put(q, buf, 0, 5000);
+			rc = qp_queue_put(q, buf, 0, PUT_TIMEOUT_MS);
 			if (rc != QP_OK) {
 				violation(
 				    t, run, "stop put: %s", qp_strerror(rc));

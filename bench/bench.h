@@ -1,0 +1,346 @@
+/*
+ * bench.h - small helpers shared by the benchmark programs: the monotonic
+ * clock, process-shared futexes, shared anonymous memory, the start gate
+ * that releases fork()ed workers together, number parsing, percentiles and
+ * the one-line JSON results that bench/run reads. Header-only (static
+ * inline), no state, no locking.
+ */
+#ifndef QP_BENCH_H
+#define QP_BENCH_H
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Exit status of a benchmark whose qpipe side is not in this build. */
+#define BENCH_UNAVAILABLE 3
+
+static inline uint64_t
+bench_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+}
+
+static inline void
+bench_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
+/* Sleeps while *word == expected (process-shared: no FUTEX_PRIVATE). */
+static inline void
+bench_futex_wait(_Atomic uint32_t *word, uint32_t expected)
+{
+	syscall(
+	    SYS_futex, (uint32_t *) word, FUTEX_WAIT, expected, NULL, NULL, 0);
+}
+
+static inline void
+bench_futex_wake(_Atomic uint32_t *word, int n)
+{
+	syscall(SYS_futex, (uint32_t *) word, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+/* Zeroed memory shared with the children fork()ed after this call. */
+static inline void *
+bench_shared_alloc(size_t size)
+{
+	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static inline void
+bench_atomic_min(_Atomic uint64_t *v, uint64_t x)
+{
+	uint64_t cur = atomic_load(v);
+
+	while (x < cur && !atomic_compare_exchange_weak(v, &cur, x)) {
+	}
+}
+
+static inline void
+bench_atomic_max(_Atomic uint64_t *v, uint64_t x)
+{
+	uint64_t cur = atomic_load(v);
+
+	while (x > cur && !atomic_compare_exchange_weak(v, &cur, x)) {
+	}
+}
+
+/*
+ * The start gate: workers block in bench_gate_wait() until the parent calls
+ * bench_gate_open(), so that all of them start at once. A pipe: every
+ * worker's read() returns 0 when the last write end closes.
+ */
+typedef struct bench_gate {
+	int fd[2];
+} bench_gate;
+
+static inline int
+bench_gate_init(bench_gate *g)
+{
+	return pipe(g->fd);
+}
+
+/* In a worker: drops the write end and waits for the parent to open. */
+static inline void
+bench_gate_wait(bench_gate *g)
+{
+	char c;
+
+	close(g->fd[1]);
+	while (read(g->fd[0], &c, 1) < 0 && errno == EINTR) {
+	}
+	close(g->fd[0]);
+}
+
+static inline void
+bench_gate_open(bench_gate *g)
+{
+	close(g->fd[0]);
+	close(g->fd[1]);
+}
+
+/*
+ * Marks a message of len (>= 8) bytes with stamp at its start, and copies
+ * of it at its middle and end, so that a receiver notices a copy that is
+ * truncated, torn or stale (left over from the previous message).
+ */
+static inline void
+bench_stamp(uint8_t *buf, size_t len, uint64_t stamp)
+{
+	uint64_t mid = stamp ^ UINT64_C(0x5a5a5a5a5a5a5a5a), tail = ~stamp;
+
+	memcpy(buf, &stamp, 8);
+	if (len >= 24) {
+		memcpy(buf + (len / 2 & ~(size_t) 7), &mid, 8);
+	}
+	if (len >= 16) {
+		memcpy(buf + len - 8, &tail, 8);
+	}
+}
+
+/* Reads a message's stamp into *stamp; returns 0 if its three copies
+ * agree, -1 if not. */
+static inline int
+bench_stamp_check(const uint8_t *buf, size_t len, uint64_t *stamp)
+{
+	uint64_t head, mid, tail;
+
+	memcpy(&head, buf, 8);
+	*stamp = head;
+	if (len >= 24) {
+		memcpy(&mid, buf + (len / 2 & ~(size_t) 7), 8);
+		if (mid != (head ^ UINT64_C(0x5a5a5a5a5a5a5a5a))) {
+			return -1;
+		}
+	}
+	if (len >= 16) {
+		memcpy(&tail, buf + len - 8, 8);
+		if (tail != ~head) {
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Parses a non-negative integer with an optional K/M/G (binary) suffix. */
+static inline int
+bench_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0 || end == s || s[0] == '-') {
+		return -1;
+	}
+	switch (*end) {
+	case 'K':
+	case 'k':
+		v <<= 10;
+		end++;
+		break;
+	case 'M':
+	case 'm':
+		v <<= 20;
+		end++;
+		break;
+	case 'G':
+	case 'g':
+		v <<= 30;
+		end++;
+		break;
+	default:
+		break;
+	}
+	if (*end != '\0') {
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+static inline int
+bench_parse_seconds(const char *s, double *out)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno != 0 || end == s || *end != '\0' || !(v > 0) || v > 3600) {
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+static inline int
+bench_cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* The p-th percentile (0..100) of n sorted samples, nearest rank. */
+static inline uint64_t
+bench_percentile(const uint64_t *sorted, size_t n, double p)
+{
+	size_t rank;
+
+	if (n == 0) {
+		return 0;
+	}
+	rank = (size_t) (p / 100.0 * (double) n + 0.999999);
+	if (rank < 1) {
+		rank = 1;
+	}
+	if (rank > n) {
+		rank = n;
+	}
+	return sorted[rank - 1];
+}
+
+static inline void
+bench_sort_u64(uint64_t *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), bench_cmp_u64);
+}
+
+/* Prints {"impl": impl, "error": msg} as the result line; returns 1. */
+static inline int bench_fail(const char *impl, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static inline int
+bench_fail(const char *impl, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	for (char *p = msg; *p != '\0'; p++) {
+		if (*p == '"' || *p == '\\' || (unsigned char) *p < 0x20) {
+			*p = '\'';
+		}
+	}
+	printf("{\"impl\": \"%s\", \"error\": \"%s\"}\n", impl, msg);
+	fflush(stdout);
+	return 1;
+}
+
+/* Prints {"impl": impl, "unavailable": msg}; returns BENCH_UNAVAILABLE. */
+static inline int
+bench_unavailable(const char *impl, const char *msg)
+{
+	printf("{\"impl\": \"%s\", \"unavailable\": \"%s\"}\n", impl, msg);
+	fflush(stdout);
+	return BENCH_UNAVAILABLE;
+}
+
+/*
+ * Waits for the n children in pids, in any order. Returns 0 when all
+ * exited 0. On the first failure it describes it in msg and kills the
+ * children still running (by PID), so that a failed run ends at once
+ * instead of at the workers' time limit. A child killed by SIGALRM ran past
+ * its limit (each worker arms alarm() before it starts).
+ */
+static inline int
+bench_reap(const pid_t *pids, int n, char *msg, size_t len)
+{
+	int bad = 0, left = n;
+	int done[256] = {0};
+
+	if (n > 256) {
+		return -1;
+	}
+	while (left > 0) {
+		int st, i;
+		pid_t pid = waitpid(-1, &st, 0);
+
+		if (pid < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			if (!bad) {
+				snprintf(
+				    msg, len, "waitpid: %s", strerror(errno));
+			}
+			return 1;
+		}
+		for (i = 0; i < n && pids[i] != pid; i++) {
+		}
+		if (i == n) {
+			continue;
+		}
+		done[i] = 1;
+		left--;
+		if (st == 0 || bad) {
+			continue;
+		}
+		bad = 1;
+		if (WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM) {
+			snprintf(
+			    msg, len, "worker %d ran past its time limit", i);
+		} else if (WIFSIGNALED(st)) {
+			snprintf(msg, len, "worker %d killed by signal %d", i,
+			    WTERMSIG(st));
+		} else {
+			snprintf(msg, len, "worker %d exited with status %d",
+			    i, WEXITSTATUS(st));
+		}
+		for (int j = 0; j < n; j++) {
+			if (!done[j]) {
+				kill(pids[j], SIGKILL);
+			}
+		}
+	}
+	return bad;
+}
+
+#endif /* QP_BENCH_H */

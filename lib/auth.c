@@ -158,8 +158,8 @@ qpi_token_resolve(qpi_token *t, const char *token, const char *token_file,
 	}
 	if (token != NULL && token_file != NULL) {
 		qpi_token_clear(t);
-		return qpi_err(QP_EINVAL,
-		    "give a token or a token file, not both");
+		return qpi_err(
+		    QP_EINVAL, "give a token or a token file, not both");
 	}
 	if (token != NULL) {
 		return qpi_token_set(t, token);
@@ -197,8 +197,8 @@ qpi_random(void *buf, size_t len)
 }
 
 int
-qpi_hmac_sha256(const void *key, size_t keylen, const void *msg,
-    size_t msglen, uint8_t out[QPI_AUTH_MAC_LEN])
+qpi_hmac_sha256(const void *key, size_t keylen, const void *msg, size_t msglen,
+    uint8_t out[QPI_AUTH_MAC_LEN])
 {
 	const mbedtls_md_info_t *md
 	    = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
@@ -270,7 +270,8 @@ qpi_auth_server_check(qpi_auth_server *s, const qpi_token *t,
 	}
 	if (!qpi_auth_equal(want, mac, sizeof(want))) {
 		mbedtls_platform_zeroize(want, sizeof(want));
-		return qpi_err(QP_EAUTH, "wrong token: the mac does not match");
+		return qpi_err(
+		    QP_EAUTH, "wrong token: the mac does not match");
 	}
 	mbedtls_platform_zeroize(want, sizeof(want));
 	if (cnonce != NULL) {

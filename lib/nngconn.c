@@ -17,12 +17,13 @@
  * Connection (send_bytes sends a bin). So any pair1 socket (nngcat --pair1)
  * that sends a hello first can dial a qpipe listener without a token, and a
  * pair1 listener that answers it can be dialed. tls+tcp:// streams are
- * nng's TLS streams, configured by tls.c; their framing is tcp's. The sockets' own layer is not used because a pair1 socket has
- * one peer and redials after a drop: a listener could not hand out one
- * Connection per client on one port (polyamorous mode drops messages when
- * a peer is slow), and a redialed connection would hide the end of file.
- * With streams the listener accepts any number of clients on one address,
- * and a dropped connection is final: end of file.
+ * nng's TLS streams, configured by tls.c; their framing is tcp's. The sockets'
+ * own layer is not used because a pair1 socket has one peer and redials after
+ * a drop: a listener could not hand out one Connection per client on one port
+ * (polyamorous mode drops messages when a peer is slow), and a redialed
+ * connection would hide the end of file. With streams the listener accepts any
+ * number of clients on one address, and a dropped connection is final: end of
+ * file.
  *
  * Receiving. Each connection has a reader run by nng's callbacks: it reads
  * into a 64 KiB buffer, cuts frames out of it (the rest of a frame over
@@ -832,7 +833,8 @@ nc_hello_answer(struct pending *p, const char *peer)
 	if (p->body[0] != 0 || p->body[1] != 0 || p->body[2] != 0) {
 		return qpi_err(QP_EPROTO, "%s: bad pair1 header", peer);
 	}
-	if ((rv = qpi_wire_decode_req(p->body + 4, p->body_len - 4, NULL, &req))
+	if ((rv = qpi_wire_decode_req(
+	         p->body + 4, p->body_len - 4, NULL, &req))
 	    != QP_OK) {
 		return rv;
 	}
@@ -1054,8 +1056,8 @@ nc_pending_cb(void *arg)
 	case PH_RECV_AUTH:
 		if (nc_auth_answer(p, peer) == QP_OK) {
 			p->auth_wait = false;
-			nc_pending_phase(p, PH_SEND_AUTH_REPLY, p->out.data,
-			    p->out.len);
+			nc_pending_phase(
+			    p, PH_SEND_AUTH_REPLY, p->out.data, p->out.len);
 		} else if (p->out.len > 0) {
 			/* Say why, then close. */
 			nc_pending_phase(
@@ -1189,8 +1191,8 @@ qpi_nng_listen(qp_listener **lp, const qpi_addr *a, const qp_conn_opts *o)
 	         o != NULL ? o->token_file : NULL, o != NULL && o->no_token,
 	         NULL))
 	        != QP_OK
-	    || (l->tls && (rv = qpi_tls_config_opts(&tls, true, o, NULL))
-	            != QP_OK)) {
+	    || (l->tls
+	        && (rv = qpi_tls_config_opts(&tls, true, o, NULL)) != QP_OK)) {
 		qpi_token_clear(&l->token);
 		free(l);
 		return rv;
@@ -1383,8 +1385,8 @@ nc_exchange(nng_stream *st, nng_aio *aio, bool ipc, int64_t deadline,
 
 	if ((rv = qpi_wire_encode_req(req, &body)) != QP_OK
 	    || (rv = nc_frame(&body, ipc, &frame)) != QP_OK
-	    || (rv = nc_sync_io(st, aio, frame.data, frame.len, true,
-	            deadline, url, false))
+	    || (rv = nc_sync_io(st, aio, frame.data, frame.len, true, deadline,
+	            url, false))
 	        != QP_OK
 	    || (rv = nc_sync_io(
 	            st, aio, fhdr, ipc ? 9 : 8, false, deadline, url, false))
@@ -1419,7 +1421,8 @@ out:
  * deadline. *peer_maxp gets the listener's largest message. */
 static int
 nc_handshake(nng_stream *st, nng_aio *aio, const qpi_addr *a,
-    int64_t deadline, const qpi_token *token, uint64_t *peer_maxp)
+    const qp_conn_opts *o, int64_t deadline, const qpi_token *token,
+    uint64_t *peer_maxp)
 {
 	bool ipc = a->kind == QPI_ADDR_IPC, tls = a->kind == QPI_ADDR_TLS;
 	const char *url = a->url;
@@ -1437,6 +1440,12 @@ nc_handshake(nng_stream *st, nng_aio *aio, const qpi_addr *a,
 	    || (rv = nc_sync_io(st, aio, rx, 8, false, deadline, url, tls))
 	        != QP_OK
 	    || (rv = nc_check_header(rx, url)) != QP_OK) {
+		char why[400];
+		if (rv == QP_EAUTH && tls
+		    && qpi_tls_diagnose(a, o, deadline, why, sizeof(why))) {
+			rv = qpi_err(QP_EAUTH,
+			    "TLS handshake with %s failed: %s", url, why);
+		}
 		return rv;
 	}
 	memset(&req, 0, sizeof(req));
@@ -1458,8 +1467,8 @@ nc_handshake(nng_stream *st, nng_aio *aio, const qpi_addr *a,
 		return rv;
 	}
 	if (rep.status != QP_OK) {
-		return qpi_err(rep.status, "%s refused the connection: %s", url,
-		    rep.errmsg);
+		return qpi_err(rep.status, "%s refused the connection: %s",
+		    url, rep.errmsg);
 	}
 	if ((rv = qpi_auth_client_policy(
 	         token, rep.auth_required, url, &do_auth))
@@ -1593,7 +1602,7 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
 	}
 	nng_stream *st = nng_aio_get_output(aio, 0);
 	uint64_t peer_max = 0;
-	rv = nc_handshake(st, aio, a, timeout == 0 ? INT64_MAX : deadline,
+	rv = nc_handshake(st, aio, a, o, timeout == 0 ? INT64_MAX : deadline,
 	    &token, &peer_max);
 	qpi_token_clear(&token);
 	nng_aio_free(aio);

@@ -4,23 +4,35 @@
  * certificate parses, a key parses and matches its certificate), so that a
  * bad file fails with a message that names it and the cause, rather than
  * with nng's generic error at the first handshake; then the same PEM text
- * goes to nng. The handshake itself is nng's (mbedTLS). No state and no
- * locking: each call builds a new config that the caller owns.
+ * goes to nng. The handshake itself is nng's (mbedTLS). nng reports a
+ * failed handshake with one generic error, so after a client's handshake
+ * fails, qpi_tls_diagnose makes a second connection with mbedTLS directly,
+ * verification optional, to learn the cause (not signed by the CA, wrong
+ * name, expired, a client certificate required) for the message. No state
+ * and no locking: each call builds a new config that the caller owns.
  */
 #include "tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <mbedtls/error.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/platform_util.h>
+#include <mbedtls/ssl.h>
 #include <mbedtls/x509_crt.h>
+
+#include "auth.h"
 
 #define PEM_MAX ((size_t) 4 << 20) /* the largest PEM file read */
 
@@ -61,8 +73,8 @@ tls_read(const char *path, const char *what, char **bufp, size_t *lenp)
 	}
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
 		close(fd);
-		return qpi_err(QP_EINVAL, "the %s file '%s' is not a file",
-		    what, path);
+		return qpi_err(
+		    QP_EINVAL, "the %s file '%s' is not a file", what, path);
 	}
 	if ((size_t) st.st_size > PEM_MAX) {
 		close(fd);
@@ -217,6 +229,20 @@ tls_ca(nng_tls_config *cfg, const char *ca)
 	return rv;
 }
 
+/* The CA file a client verifies with: ca, else $QPIPE_TLS_CA, else the
+ * system's bundle. */
+static const char *
+tls_client_ca(const char *ca)
+{
+	if (ca == NULL || ca[0] == '\0') {
+		ca = getenv(QPI_TLS_CA_ENV);
+	}
+	if (ca == NULL || ca[0] == '\0') {
+		ca = QPI_TLS_SYSTEM_CA;
+	}
+	return ca;
+}
+
 static int
 tls_alloc(nng_tls_config **cfgp, nng_tls_mode mode)
 {
@@ -224,16 +250,15 @@ tls_alloc(nng_tls_config **cfgp, nng_tls_mode mode)
 
 	if (nrv != 0) {
 		return qpi_err(nrv == NNG_ENOMEM ? QP_ENOMEM : QP_ENOTSUP,
-		    "cannot make a TLS configuration: %s%s",
-		    nng_strerror(nrv),
+		    "cannot make a TLS configuration: %s%s", nng_strerror(nrv),
 		    nrv == NNG_ENOTSUP ? " (this nng has no TLS engine)" : "");
 	}
 	return QP_OK;
 }
 
 int
-qpi_tls_server_config(nng_tls_config **cfgp, const char *cert,
-    const char *key, const char *ca)
+qpi_tls_server_config(
+    nng_tls_config **cfgp, const char *cert, const char *key, const char *ca)
 {
 	nng_tls_config *cfg;
 	int rv;
@@ -266,8 +291,7 @@ qpi_tls_server_config(nng_tls_config **cfgp, const char *cert,
 
 int
 qpi_tls_client_config(nng_tls_config **cfgp, const char *ca,
-    const char *server_name, const char *cert, const char *key,
-    bool insecure)
+    const char *server_name, const char *cert, const char *key, bool insecure)
 {
 	nng_tls_config *cfg;
 	int rv = QP_OK, nrv;
@@ -288,13 +312,7 @@ qpi_tls_client_config(nng_tls_config **cfgp, const char *ca,
 	if (insecure) {
 		nrv = nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_NONE);
 	} else {
-		if (ca == NULL) {
-			ca = getenv(QPI_TLS_CA_ENV);
-		}
-		if (ca == NULL || ca[0] == '\0') {
-			ca = QPI_TLS_SYSTEM_CA;
-		}
-		rv = tls_ca(cfg, ca);
+		rv = tls_ca(cfg, tls_client_ca(ca));
 		nrv = nng_tls_config_auth_mode(
 		    cfg, NNG_TLS_AUTH_MODE_REQUIRED);
 	}
@@ -320,8 +338,8 @@ qpi_tls_client_config(nng_tls_config **cfgp, const char *ca,
 }
 
 int
-qpi_tls_config_opts(nng_tls_config **cfgp, bool server,
-    const qp_conn_opts *o, const char *host)
+qpi_tls_config_opts(nng_tls_config **cfgp, bool server, const qp_conn_opts *o,
+    const char *host)
 {
 	static const qp_conn_opts none;
 
@@ -367,4 +385,184 @@ qpi_tls_why(int nrv, bool server)
 	default:
 		return nng_strerror(nrv);
 	}
+}
+
+/* ---- diagnosis of a client's failed handshake ---- */
+
+#define DIAG_MS_MAX 3000 /* the longest the second connection may take */
+
+static int
+diag_rng(void *arg, unsigned char *buf, size_t len)
+{
+	(void) arg;
+	return qpi_random(buf, len) == QP_OK ? 0
+	                                     : MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+}
+
+static int
+diag_send(void *arg, const unsigned char *buf, size_t len)
+{
+	ssize_t n = send(*(int *) arg, buf, len, MSG_NOSIGNAL);
+
+	if (n < 0) {
+		return errno == EINTR ? MBEDTLS_ERR_SSL_WANT_WRITE
+		                      : MBEDTLS_ERR_SSL_CONN_EOF;
+	}
+	return (int) n;
+}
+
+static int
+diag_recv(void *arg, unsigned char *buf, size_t len)
+{
+	ssize_t n = recv(*(int *) arg, buf, len, 0);
+
+	if (n < 0) {
+		return errno == EINTR ? MBEDTLS_ERR_SSL_WANT_READ
+		                      : MBEDTLS_ERR_SSL_CONN_EOF;
+	}
+	return n == 0 ? MBEDTLS_ERR_SSL_CONN_EOF : (int) n;
+}
+
+/* A TCP connection to host:port within ms, with send and receive timeouts
+ * of ms; -1 on failure. */
+static int
+diag_connect(const char *host, uint16_t port, int ms)
+{
+	struct addrinfo hints, *res = NULL;
+	struct timeval tv
+	    = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+	char svc[8];
+	int fd = -1;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	snprintf(svc, sizeof(svc), "%u", (unsigned) port);
+	if (getaddrinfo(host, svc, &hints, &res) != 0) {
+		return -1;
+	}
+	for (struct addrinfo *ai = res; ai != NULL && fd < 0;
+	     ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+		    ai->ai_protocol);
+		if (fd < 0) {
+			continue;
+		}
+		/* SO_SNDTIMEO bounds connect() too. */
+		if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv))
+		        != 0
+		    || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv))
+		        != 0
+		    || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+			close(fd);
+			fd = -1;
+		}
+	}
+	freeaddrinfo(res);
+	return fd;
+}
+
+bool
+qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o, int64_t deadline_ns,
+    char *why, size_t len)
+{
+	static const qp_conn_opts none;
+	mbedtls_ssl_config conf;
+	mbedtls_ssl_context ssl;
+	mbedtls_x509_crt ca;
+	const char *cafile, *name;
+	char *pem = NULL;
+	size_t pemlen = 0;
+	int64_t left = qpi_remaining_ns(deadline_ns);
+	int ms = DIAG_MS_MAX, fd, mrv;
+	bool found = false;
+
+	if (o == NULL) {
+		o = &none;
+	}
+	if (o->tls_insecure_skip_verify) {
+		return false;
+	}
+	if (left != INT64_MAX && left / 1000000 < ms) {
+		ms = (int) (left / 1000000);
+	}
+	if (ms < 100) {
+		ms = 100;
+	}
+	cafile = tls_client_ca(o->tls_ca);
+	name = o->tls_server_name != NULL ? o->tls_server_name : a->host;
+	mbedtls_x509_crt_init(&ca);
+	mbedtls_ssl_config_init(&conf);
+	mbedtls_ssl_init(&ssl);
+	if (tls_read(cafile, "CA", &pem, &pemlen) != QP_OK
+	    || mbedtls_x509_crt_parse(&ca, (const unsigned char *) pem, pemlen)
+	        < 0
+	    || mbedtls_ssl_config_defaults(&conf, MBEDTLS_SSL_IS_CLIENT,
+	           MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT)
+	        != 0) {
+		goto out;
+	}
+	mbedtls_ssl_conf_authmode(&conf, MBEDTLS_SSL_VERIFY_OPTIONAL);
+	mbedtls_ssl_conf_ca_chain(&conf, &ca, NULL);
+	mbedtls_ssl_conf_rng(&conf, diag_rng, NULL);
+	mbedtls_ssl_conf_min_version(
+	    &conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+	if (mbedtls_ssl_setup(&ssl, &conf) != 0
+	    || mbedtls_ssl_set_hostname(&ssl, name) != 0
+	    || (fd = diag_connect(a->host, a->port, ms)) < 0) {
+		goto out;
+	}
+	mbedtls_ssl_set_bio(&ssl, &fd, diag_send, diag_recv, NULL);
+	do {
+		mrv = mbedtls_ssl_handshake(&ssl);
+	} while (mrv == MBEDTLS_ERR_SSL_WANT_READ
+	    || mrv == MBEDTLS_ERR_SSL_WANT_WRITE);
+	uint32_t flags = mbedtls_ssl_get_verify_result(&ssl);
+	if (flags != 0 && flags != (uint32_t) -1) {
+		char info[512];
+		int n = mbedtls_x509_crt_verify_info(
+		    info, sizeof(info), "", flags);
+		/* one line: the reasons, joined */
+		for (int i = 0; i < n; i++) {
+			if (info[i] == '\n') {
+				info[i] = i + 1 < n ? ';' : '\0';
+			}
+		}
+		uint8_t ip[16];
+		bool literal = inet_pton(AF_INET, name, ip) == 1
+		    || inet_pton(AF_INET6, name, ip) == 1;
+		snprintf(why, len,
+		    "the server's certificate did not verify as '%s' against "
+		    "the CA file '%s': %s%s",
+		    name, cafile, info,
+		    literal && (flags & MBEDTLS_X509_BADCERT_CN_MISMATCH) != 0
+		        ? " (this mbedTLS matches names against the "
+		          "certificate's DNS names only: list the address as "
+		          "a "
+		          "DNS name too, or set tls_server_name)"
+		        : "");
+		found = true;
+	} else if (mrv == 0) {
+		snprintf(why, len,
+		    "the server's certificate verified; the server ended the "
+		    "handshake (%s)",
+		    o->tls_cert != NULL
+		        ? "it may not trust this end's client certificate"
+		        : "it may require a client certificate: none is set");
+		found = true;
+	} else if (ssl.client_auth) {
+		snprintf(why, len,
+		    "the server requires a client certificate%s",
+		    o->tls_cert != NULL ? " and refused this end's"
+		                        : ", and this end has none");
+		found = true;
+	}
+	mbedtls_ssl_close_notify(&ssl);
+	close(fd);
+out:
+	mbedtls_ssl_free(&ssl);
+	mbedtls_ssl_config_free(&conf);
+	mbedtls_x509_crt_free(&ca);
+	free(pem);
+	return found;
 }

@@ -34,8 +34,8 @@ int qpi_tls_available(void);
  * to the caller (nng_tls_config_free). Errors: QP_EINVAL (a file missing,
  * unreadable or not what it should be, the key not the certificate's:
  * qp_errmsg() names the file and the cause), QP_ENOTSUP, QP_ENOMEM. */
-int qpi_tls_server_config(nng_tls_config **cfgp, const char *cert,
-    const char *key, const char *ca);
+int qpi_tls_server_config(
+    nng_tls_config **cfgp, const char *cert, const char *key, const char *ca);
 
 /* A client's config. Unless insecure, the server's certificate must chain
  * to ca (NULL: $QPIPE_TLS_CA, else the system's bundle) and carry
@@ -44,8 +44,7 @@ int qpi_tls_server_config(nng_tls_config **cfgp, const char *cert,
  * and key (both or neither) give a client certificate, for servers that
  * ask for one. Errors as qpi_tls_server_config. */
 int qpi_tls_client_config(nng_tls_config **cfgp, const char *ca,
-    const char *server_name, const char *cert, const char *key,
-    bool insecure);
+    const char *server_name, const char *cert, const char *key, bool insecure);
 
 /* The config that connection options name: for a listener (server true)
  * tls_cert, tls_key and tls_ca; for a dialer tls_ca, tls_server_name (NULL:
@@ -58,5 +57,15 @@ int qpi_tls_config_opts(nng_tls_config **cfgp, bool server,
  * stream in the handshake) most likely means, for a message: "the
  * server's certificate did not verify", etc. server: this end serves. */
 const char *qpi_tls_why(int nrv, bool server);
+
+/* After a client's TLS handshake failed (nng reports most failures
+ * alike), finds out why with a second connection made with mbedTLS
+ * directly, verification optional and no client certificate, bounded by
+ * deadline_ns (and 3 s): the CA or name check that failed, or that the
+ * server requires a client certificate. Writes one line to why (len
+ * bytes) and returns true if it learnt the cause; false (why untouched)
+ * if not, or if o skips verification. */
+bool qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o,
+    int64_t deadline_ns, char *why, size_t len);
 
 #endif /* QPI_TLS_H */

@@ -42,12 +42,23 @@
  * refuses a message over the max_message of the listener's hello
  * (QP_ETOOBIG, nothing sent) rather than have it end the connection.
  *
+ * nng 1.5's TLS streams. Two faults of nng 1.5.2 shape the code: a
+ * transfer given to a TLS stream after it failed or was closed waits for
+ * ever (the stream drops it), and cancelling or timing out a send there
+ * does nothing. Closing the stream always ends the transfers it holds. So
+ * handshakes are bounded by a timer that closes the stream (not by the
+ * transfer's timeout), the listener never gives a transfer to a stream
+ * after it started closing, a TLS connection's reader closes the stream
+ * when it ends, and a sender that finds the end after giving its send
+ * closes it again.
+ *
  * Locking: per connection, mu guards the reader's state and the queue;
  * txmu serialises senders. One thread receives at a time (a receive looks
  * at the head message, then takes it; a second receiver in between gets
  * QP_EBUSY rather than someone else's message). Per listener, mu guards the
  * handshakes in progress and the connections ready to be accepted. Nothing is
- * submitted to nng while a lock is held that its callbacks take.
+ * submitted to nng while a lock is held that its callbacks take, but for a
+ * handshake's transfers, given under the listener's mu (see nc_pending_io).
  */
 #include "nngconn.h"
 #include "auth.h"
@@ -92,6 +103,7 @@ struct nngconn {
 	qp_conn base;
 	nng_stream *st;
 	bool ipc;
+	bool tls; /* nng's TLS stream: see "nng 1.5's TLS streams" above */
 	struct nngconn *next_ready; /* the listener's queue */
 	char peer[QPI_URL_MAX + 1]; /* for messages */
 
@@ -143,6 +155,7 @@ struct pending {
 	qpi_wire_buf out; /* the answer's frame */
 	qpi_auth_server as; /* the nonce of the hello reply */
 	bool auth_wait; /* told the dialer to authenticate; not yet done */
+	nng_aio *timer; /* closes the stream at the handshake's deadline */
 };
 
 enum {
@@ -298,8 +311,10 @@ nc_fail(struct nngconn *c, int err, const char *fmt, ...)
 	va_end(ap);
 	free(c->big);
 	c->big = NULL;
-	if (err != QP_ECLOSED) {
-		/* Tell the peer: the stream is no longer in step. */
+	if (err != QP_ECLOSED || c->tls) {
+		/* Tell the peer: the stream is no longer in step. A TLS
+		 * stream is closed at its end in any case, which fails a
+		 * send waiting on it. */
 		nng_stream_close(c->st);
 	}
 	nc_efd_set(c);
@@ -543,6 +558,17 @@ nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 	while (niov > 0) {
 		nng_aio_set_iov(c->txaio, niov, iov);
 		nng_stream_send(c->st, c->txaio);
+		if (c->tls) {
+			/* A send given to a TLS stream after it failed would
+			 * wait for ever: if the reader saw the end, close
+			 * the stream again, which fails the send. */
+			pthread_mutex_lock(&c->mu);
+			bool dead = c->eof;
+			pthread_mutex_unlock(&c->mu);
+			if (dead) {
+				nng_stream_close(c->st);
+			}
+		}
 		nng_aio_wait(c->txaio);
 		int nrv = nng_aio_result(c->txaio);
 		if (nrv != 0) {
@@ -693,8 +719,8 @@ static const qpi_conn_ops nc_ops = {
  * max_message as the connection's limit. On failure the caller still owns
  * the stream. */
 static int
-nc_new(struct nngconn **cp, nng_stream *st, bool ipc, const char *peer,
-    size_t max_message)
+nc_new(struct nngconn **cp, nng_stream *st, bool ipc, bool tls,
+    const char *peer, size_t max_message)
 {
 	struct nngconn *c = calloc(1, sizeof(*c));
 	pthread_condattr_t ca;
@@ -721,6 +747,7 @@ nc_new(struct nngconn **cp, nng_stream *st, bool ipc, const char *peer,
 	}
 	c->st = st;
 	c->ipc = ipc;
+	c->tls = tls;
 	snprintf(c->peer, sizeof(c->peer), "%s", peer);
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->txmu, NULL);
@@ -914,6 +941,9 @@ nc_pending_done(struct pending *p, struct nngconn *c)
 	qp_listener *l = p->l;
 	bool keep;
 
+	/* The watchdog goes first: it must not close a stream handed on. */
+	nng_aio_free(p->timer);
+
 	pthread_mutex_lock(&l->mu);
 	keep = c != NULL && !l->closing;
 	if (c == NULL && p->auth_wait && !l->closing) {
@@ -961,11 +991,36 @@ nc_pending_io(struct pending *p)
 
 	nng_aio_set_iov(p->aio, 1, &iov);
 	nng_aio_set_timeout(p->aio, (nng_duration) (ms > 0 ? ms : 1));
+	/* Under the listener's lock, so that its closing cannot come
+	 * between the check and the transfer: a transfer given to a TLS
+	 * stream after it was closed would wait for ever. (nng completes
+	 * stream transfers on its own threads, never inside this call, so
+	 * the callback waits for the lock rather than deadlocking.) */
+	pthread_mutex_lock(&p->l->mu);
+	if (p->l->closing) {
+		pthread_mutex_unlock(&p->l->mu);
+		nc_pending_done(p, NULL);
+		return;
+	}
 	if (p->phase == PH_SEND_SP || p->phase == PH_SEND_REPLY
 	    || p->phase == PH_SEND_AUTH_REPLY || p->phase == PH_SEND_REFUSAL) {
 		nng_stream_send(p->st, p->aio);
 	} else {
 		nng_stream_recv(p->st, p->aio);
+	}
+	pthread_mutex_unlock(&p->l->mu);
+}
+
+/* The handshake's deadline passed: close the stream, which ends the
+ * transfer in progress (its own timeout cannot be relied on: see "nng
+ * 1.5's TLS streams" above). */
+static void
+nc_pending_timer_cb(void *arg)
+{
+	struct pending *p = arg;
+
+	if (nng_aio_result(p->timer) == 0) {
+		nng_stream_close(p->st);
 	}
 }
 
@@ -984,7 +1039,8 @@ nc_pending_accept(struct pending *p, const char *peer)
 {
 	struct nngconn *c = NULL;
 
-	if (nc_new(&c, p->st, p->l->ipc, peer, p->l->max_message) != QP_OK) {
+	if (nc_new(&c, p->st, p->l->ipc, p->l->tls, peer, p->l->max_message)
+	    != QP_OK) {
 		c = NULL;
 	}
 	nc_pending_done(p, c);
@@ -1098,7 +1154,11 @@ nc_acc_cb(void *arg)
 			nng_stream_free(st);
 			st = NULL;
 		} else if ((p = calloc(1, sizeof(*p))) == NULL
-		    || nng_aio_alloc(&p->aio, nc_pending_cb, p) != 0) {
+		    || nng_aio_alloc(&p->aio, nc_pending_cb, p) != 0
+		    || nng_aio_alloc(&p->timer, nc_pending_timer_cb, p) != 0) {
+			if (p != NULL) {
+				nng_aio_free(p->aio);
+			}
 			free(p);
 			p = NULL;
 			nng_stream_free(st);
@@ -1124,6 +1184,7 @@ nc_acc_cb(void *arg)
 	pthread_mutex_unlock(&l->mu);
 
 	if (p != NULL) {
+		nng_sleep_aio(NEGO_MS, p->timer);
 		nc_pending_io(p);
 	}
 	if (!again) {
@@ -1418,11 +1479,11 @@ out:
 
 /* The dialer's side of the handshake: the SP headers, then our hello and
  * the listener's answer, then (with a token) auth and its answer, within
- * deadline. *peer_maxp gets the listener's largest message. */
+ * deadline. *peer_maxp gets the listener's largest message; *tls_failp
+ * tells that the TLS handshake failed (QP_EAUTH). */
 static int
-nc_handshake(nng_stream *st, nng_aio *aio, const qpi_addr *a,
-    const qp_conn_opts *o, int64_t deadline, const qpi_token *token,
-    uint64_t *peer_maxp)
+nc_handshake(nng_stream *st, nng_aio *aio, const qpi_addr *a, int64_t deadline,
+    const qpi_token *token, uint64_t *peer_maxp, bool *tls_failp)
 {
 	bool ipc = a->kind == QPI_ADDR_IPC, tls = a->kind == QPI_ADDR_TLS;
 	const char *url = a->url;
@@ -1440,12 +1501,7 @@ nc_handshake(nng_stream *st, nng_aio *aio, const qpi_addr *a,
 	    || (rv = nc_sync_io(st, aio, rx, 8, false, deadline, url, tls))
 	        != QP_OK
 	    || (rv = nc_check_header(rx, url)) != QP_OK) {
-		char why[400];
-		if (rv == QP_EAUTH && tls
-		    && qpi_tls_diagnose(a, o, deadline, why, sizeof(why))) {
-			rv = qpi_err(QP_EAUTH,
-			    "TLS handshake with %s failed: %s", url, why);
-		}
+		*tls_failp = rv == QP_EAUTH && tls;
 		return rv;
 	}
 	memset(&req, 0, sizeof(req));
@@ -1495,6 +1551,24 @@ nc_handshake(nng_stream *st, nng_aio *aio, const qpi_addr *a,
 		    "%s refused the token: %s", url, rep.errmsg);
 	}
 	return qpi_auth_client_verify(&ac, token, rep.mac, rep.has_mac, url);
+}
+
+/* Closes a dialed stream whose handshake outlived its deadline. */
+struct nc_watch {
+	nng_aio *aio;
+	nng_stream *st;
+	bool fired; /* read after the aio is stopped */
+};
+
+static void
+nc_watch_cb(void *arg)
+{
+	struct nc_watch *w = arg;
+
+	if (nng_aio_result(w->aio) == 0) {
+		w->fired = true;
+		nng_stream_close(w->st);
+	}
 }
 
 /* A stream dialer for a, with TLS configured for tls+tcp://. */
@@ -1602,8 +1676,32 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
 	}
 	nng_stream *st = nng_aio_get_output(aio, 0);
 	uint64_t peer_max = 0;
-	rv = nc_handshake(st, aio, a, o, timeout == 0 ? INT64_MAX : deadline,
-	    &token, &peer_max);
+	struct nc_watch w = {.st = st};
+	int64_t hs_deadline = timeout == 0 ? INT64_MAX : deadline;
+	int64_t hs_ms = nc_deadline_ms(hs_deadline);
+	if (hs_ms < 0 || hs_ms > NEGO_MS) {
+		hs_ms = NEGO_MS;
+	}
+	if (nng_aio_alloc(&w.aio, nc_watch_cb, &w) != 0) {
+		rv = qpi_err(QP_ENOMEM, "out of memory dialing %s", a->url);
+	} else {
+		bool tls_fail = false;
+		char why[400];
+		nng_sleep_aio((nng_duration) (hs_ms > 0 ? hs_ms : 1), w.aio);
+		rv = nc_handshake(
+		    st, aio, a, hs_deadline, &token, &peer_max, &tls_fail);
+		nng_aio_free(w.aio); /* stops the timer first */
+		if (w.fired && rv != QP_OK) {
+			rv = qpi_err(QP_ETIMEDOUT,
+			    "handshake with %s did not finish within %lld ms",
+			    a->url, (long long) hs_ms);
+		} else if (tls_fail
+		    && qpi_tls_diagnose(a, o, hs_deadline, why, sizeof(why))) {
+			/* nng says little: find out what failed */
+			rv = qpi_err(QP_EAUTH,
+			    "TLS handshake with %s failed: %s", a->url, why);
+		}
+	}
 	qpi_token_clear(&token);
 	nng_aio_free(aio);
 	nng_stream_dialer_free(d);
@@ -1614,7 +1712,8 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
 	struct nngconn *c;
 	size_t max = o != NULL && o->max_message != 0 ? o->max_message
 	                                              : QP_DEFAULT_MAX_MESSAGE;
-	if ((rv = nc_new(&c, st, a->kind == QPI_ADDR_IPC, a->url, max))
+	if ((rv = nc_new(&c, st, a->kind == QPI_ADDR_IPC,
+	         a->kind == QPI_ADDR_TLS, a->url, max))
 	    != QP_OK) {
 		nng_stream_free(st);
 		return rv;

@@ -16,7 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
 #include <cmocka.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "nngconn.h"
@@ -317,6 +320,50 @@ test_tls_plain_mismatch(void **state)
 	qp_listener_free(l);
 }
 
+/* A raw TCP socket that accepts and never answers: a TLS dial to it ends
+ * at its timeout; and a TLS listener with a silent client is freed at
+ * once. */
+static void
+test_tls_silent_peers(void **state)
+{
+	struct sockaddr_in sa = {
+	    .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof(sa);
+	qp_conn_opts lo = server_opts(), dopt = client_opts();
+	qp_listener *l;
+	qp_conn *d = NULL;
+	char url[64];
+	int lfd = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(lfd >= 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+	assert_int_equal(listen(lfd, 4), 0);
+	assert_int_equal(getsockname(lfd, (struct sockaddr *) &sa, &sl), 0);
+	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%u",
+	    (unsigned) ntohs(sa.sin_port));
+	int64_t t0 = qpi_now_ms();
+	assert_int_equal(qp_dial_opts(&d, url, 500, &dopt), QP_ETIMEDOUT);
+	int64_t took = qpi_now_ms() - t0;
+	assert_true(took >= 400 && took < 3000);
+	assert_null(d);
+	close(lfd);
+
+	assert_int_equal(
+	    qp_listen_opts(&l, "tls+tcp://127.0.0.1:0", &lo), QP_OK);
+	const char *u = qp_listener_url(l);
+	struct sockaddr_in to = {.sin_family = AF_INET,
+	    .sin_port = htons((uint16_t) atoi(strrchr(u, ':') + 1)),
+	    .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	int cfd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_int_equal(connect(cfd, (struct sockaddr *) &to, sizeof(to)), 0);
+	assert_int_equal(write(cfd, "\x16\x03\x01", 3), 3); /* half a hello */
+	usleep(100000);
+	t0 = qpi_now_ms();
+	qp_listener_free(l);
+	assert_true(qpi_now_ms() - t0 < 2000);
+	close(cfd);
+}
+
 static void
 test_tls_bad_files(void **state)
 {
@@ -384,6 +431,7 @@ main(void)
 	    cmocka_unit_test(test_tls_client_certificate),
 	    cmocka_unit_test(test_tls_with_token),
 	    cmocka_unit_test(test_tls_plain_mismatch),
+	    cmocka_unit_test(test_tls_silent_peers),
 	    cmocka_unit_test(test_tls_bad_files),
 	};
 

@@ -2,10 +2,11 @@
  * conn.c - the Connection calls (multiprocessing.Pipe's Connection,
  * connection.wait, Listener and Client): checks every argument, then
  * dispatches through the connection's ops table to its carrier, shared
- * memory (shmpipe.c) or an nng stream (nngconn.c). Messages are msgpack
- * values: the bytes calls carry a bin, stored raw with a flag so that it
- * is never re-encoded; a bytes receive of a message that is one bin gives
- * its payload, of any other value its msgpack encoding. No locking here:
+ * memory (shmpipe.c) or an nng stream (nngconn.c, which also takes the
+ * listener's and dialer's options: token, TLS files, max_message). Messages
+ * are msgpack values: the bytes calls carry a bin, stored raw with a flag so
+ * that it is never re-encoded; a bytes receive of a message that is one bin
+ * gives its payload, of any other value its msgpack encoding. No locking here:
  * the carriers lock what they share.
  */
 #include "conn.h"

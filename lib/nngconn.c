@@ -1145,6 +1145,10 @@ nc_acc_cb(void *arg)
 	pthread_mutex_lock(&l->mu);
 	if (l->closing) {
 		again = false;
+		if (rv == 0 && !l->acc_sleeping) {
+			/* accepted as the listener closed: dropped below */
+			st = nng_aio_get_output(l->acc, 0);
+		}
 	} else if (l->acc_sleeping) {
 		l->acc_sleeping = false;
 	} else if (rv == 0) {
@@ -1188,6 +1192,9 @@ nc_acc_cb(void *arg)
 		nc_pending_io(p);
 	}
 	if (!again) {
+		if (st != NULL) {
+			nng_stream_free(st);
+		}
 		return;
 	}
 	if (sleeping) {

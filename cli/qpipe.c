@@ -1,35 +1,460 @@
 /*
- * qpipe.c - the command-line client: argument parsing and dispatch.
+ * qpipe.c - the command-line client: parses the command line, dispatches to
+ * a command, and holds the pieces the commands share (exit codes, error
+ * lines, reading stdin, progress). Single-threaded.
  */
+#include "cli.h"
 #include "qpi.h"
 
-#include <stdio.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* Which options a command takes. */
+#define OPT_TIMEOUT 0x01u
+#define OPT_JSON    0x02u
+#define OPT_LINES   0x04u
+#define OPT_COUNT   0x08u
+#define OPT_CREATE  0x10u
+#define OPT_WORKER  0x20u
+
+typedef struct cli_cmd {
+	const char *name;
+	int (*run)(cli_opts *);
+	unsigned opts;
+	int min_args, max_args; /* positional arguments; -1 = any */
+	const char *synopsis;
+	const char *help;
+} cli_cmd;
+
+static const cli_cmd commands[] = {
+    {"put", cmd_put, OPT_TIMEOUT | OPT_JSON | OPT_LINES, 1, -1,
+        "put [--timeout SEC | --nowait] [--json] [--lines] ADDR [DATA...]",
+        "Puts items. Each DATA is one item; with no DATA, all of stdin is "
+        "one\nitem (--lines: one item per line, without its newline). "
+        "Blocks while\nthe queue is full, like Python's put(); --timeout "
+        "SEC gives up after SEC\nseconds (exit 4), --nowait at once. "
+        "--json: each item is JSON text,\nstored as a msgpack value. A "
+        "local queue is created if missing."},
+    {"get", cmd_get, OPT_TIMEOUT | OPT_JSON | OPT_COUNT, 1, 1,
+        "get [--timeout SEC | --nowait] [-n N] [--json] ADDR",
+        "Gets one item and writes its bytes to stdout exactly, nothing "
+        "added.\nBlocks while the queue is empty, like Python's get(); "
+        "--timeout SEC\ngives up after SEC seconds (exit 3), --nowait at "
+        "once. -n N: up to N\nitems, one per line: waits for the first as "
+        "above, then takes more\nwhile they come (within SEC with "
+        "--timeout, else only those ready).\n--json: writes each item as "
+        "JSON."},
+    {"size", cmd_size, 0, 1, 1, "size ADDR",
+        "Prints the exact number of items in the queue (0 if it does not "
+        "exist)."},
+    {"stat", cmd_stat, 0, 1, 1, "stat ADDR",
+        "Prints the queue's figures as one JSON object: items, bytes, "
+        "maxsize,\ncapacity, leased, unfinished, getters, putters, puts, "
+        "gets,\noldest_age_ms."},
+    {"create", cmd_create, OPT_CREATE, 1, 1,
+        "create [--maxsize N] [--capacity BYTES] ADDR",
+        "Creates a queue: at most N items (0, the default: unbounded), "
+        "BYTES of\nstorage (default 64 MiB). Fails (exit 2) if it "
+        "exists."},
+    {"rm", cmd_rm, 0, 1, 1, "rm ADDR",
+        "Deletes a queue and its items. Fails (exit 2) if there is none."},
+};
+
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
 static void
-usage(FILE *f)
+usage_all(FILE *f)
 {
 	fprintf(f,
 	    "usage: qpipe COMMAND [OPTIONS] ADDR [DATA...]\n"
-	    "  --help, --version\n");
+	    "\n"
+	    "Python's multiprocessing Queue from the shell, on this host or "
+	    "across hosts.\n"
+	    "\n"
+	    "Commands:\n");
+	for (size_t i = 0; i < NCOMMANDS; i++) {
+		fprintf(f, "  qpipe %s\n", commands[i].synopsis);
+	}
+	fprintf(f,
+	    "\n"
+	    "ADDR names a queue:\n"
+	    "  jobs, shm://jobs             this host's shared memory (no "
+	    "server)\n"
+	    "  tcp://HOST[:PORT]/jobs       the qpiped there (port 7450)\n"
+	    "  tls+tcp://HOST[:PORT]/jobs   the same over TLS\n"
+	    "  ipc:///PATH/TO/SOCKET/jobs   the same over a Unix socket\n"
+	    "Names are 1-128 bytes of A-Z a-z 0-9 . _ -\n"
+	    "\n"
+	    "SEC is seconds, fractions allowed. Items are bytes, passed "
+	    "untouched.\n"
+	    "\n"
+	    "Exit codes: 0 ok, 1 usage, 2 connection/server/protocol/auth "
+	    "error,\n"
+	    "3 empty, 4 full, 5 over a size limit, 6 closed or end of file.\n"
+	    "\n"
+	    "qpipe COMMAND --help tells more; qpipe --version.\n");
+}
+
+static void
+usage_cmd(FILE *f, const cli_cmd *c)
+{
+	fprintf(f, "usage: qpipe %s\n\n%s\n", c->synopsis, c->help);
+}
+
+int
+cli_exit_code(int err)
+{
+	switch (err) {
+	case QP_OK:
+		return CLI_OK;
+	case QP_EINVAL:
+		return CLI_USAGE;
+	case QP_EEMPTY:
+		return CLI_EMPTY;
+	case QP_EFULL:
+		return CLI_FULL;
+	case QP_ETOOBIG:
+		return CLI_TOOBIG;
+	case QP_ECLOSED:
+		return CLI_CLOSED;
+	default:
+		return CLI_ERROR;
+	}
+}
+
+int
+cli_fail(const cli_opts *o, const char *addr, int err)
+{
+	const char *msg = qp_errmsg();
+
+	if (err == QP_EEMPTY && o->timeout > 0) {
+		fprintf(stderr, "qpipe: %s %s: empty after %g s\n", o->cmd,
+		    addr, o->timeout_sec);
+	} else if (err == QP_EFULL && o->timeout > 0) {
+		fprintf(stderr, "qpipe: %s %s: full after %g s\n", o->cmd,
+		    addr, o->timeout_sec);
+	} else if (msg[0] != '\0') {
+		fprintf(stderr, "qpipe: %s %s: %s\n", o->cmd, addr, msg);
+	} else {
+		fprintf(stderr, "qpipe: %s %s: %s\n", o->cmd, addr,
+		    qp_strerror(err));
+	}
+	return cli_exit_code(err);
+}
+
+int
+cli_usage_error(const cli_opts *o, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "qpipe: %s: ", o->cmd != NULL ? o->cmd : "usage");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(
+	    stderr, " (try qpipe %s --help)\n", o->cmd != NULL ? o->cmd : "");
+	return CLI_USAGE;
+}
+
+int
+cli_read_all(FILE *f, size_t max, char **bufp, size_t *lenp)
+{
+	size_t cap = 65536, len = 0;
+	char *buf = malloc(cap);
+
+	if (buf == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	for (;;) {
+		if (len == cap) {
+			if (cap > max) {
+				free(buf);
+				return qpi_err(QP_ETOOBIG,
+				    "input is over the %zu-byte message limit",
+				    max);
+			}
+			char *nb = realloc(buf, cap * 2);
+			if (nb == NULL) {
+				free(buf);
+				return qpi_err(QP_ENOMEM, "out of memory");
+			}
+			buf = nb;
+			cap *= 2;
+		}
+		size_t n = fread(buf + len, 1, cap - len, f);
+		len += n;
+		if (n == 0) {
+			if (ferror(f)) {
+				int e = errno;
+				free(buf);
+				return qpi_err(QP_ESYSTEM, "reading input: %s",
+				    strerror(e));
+			}
+			break;
+		}
+	}
+	if (len > max) {
+		free(buf);
+		return qpi_err(QP_ETOOBIG,
+		    "input is %zu bytes, over the %zu-byte message limit", len,
+		    max);
+	}
+	*bufp = buf;
+	*lenp = len;
+	return QP_OK;
+}
+
+bool
+cli_write(const void *buf, size_t len)
+{
+	return len == 0 || fwrite(buf, 1, len, stdout) == len;
+}
+
+void
+cli_progress_start(cli_progress *p, const char *what)
+{
+	p->tty = isatty(STDERR_FILENO) == 1;
+	p->start_ms = p->last_ms = qpi_now_ms();
+	p->n = 0;
+	p->what = what;
+}
+
+void
+cli_progress_tick(cli_progress *p)
+{
+	p->n++;
+	if (!p->tty) {
+		return;
+	}
+	int64_t now = qpi_now_ms();
+	if (now - p->last_ms >= 250) {
+		double secs = (double) (now - p->start_ms) / 1000.0;
+		fprintf(stderr, "\r%s %llu items, %.0f items/s   ", p->what,
+		    (unsigned long long) p->n, secs > 0 ? p->n / secs : 0.0);
+		p->last_ms = now;
+	}
+}
+
+void
+cli_progress_end(cli_progress *p)
+{
+	if (p->tty && p->last_ms != p->start_ms) {
+		fprintf(stderr, "\r%s %llu items\n", p->what,
+		    (unsigned long long) p->n);
+	}
+}
+
+int
+cli_open_queue(const cli_opts *o, const char *addr, bool create, qp_queue **qp)
+{
+	qp_queue_opts opts = {0};
+
+	opts.flags = create ? QP_OPEN_CREATE : 0;
+	return qp_queue_open(qp, addr, &opts);
+}
+
+static bool
+parse_u64(const char *s, uint64_t *v)
+{
+	char *end;
+
+	if (s == NULL || *s < '0' || *s > '9') {
+		return false;
+	}
+	errno = 0;
+	unsigned long long n = strtoull(s, &end, 10);
+	if (errno != 0 || *end != '\0') {
+		return false;
+	}
+	*v = n;
+	return true;
+}
+
+static bool
+parse_seconds(const char *s, double *sec, qp_duration *ms)
+{
+	char *end;
+
+	if (s == NULL || *s == '\0') {
+		return false;
+	}
+	errno = 0;
+	double d = strtod(s, &end);
+	if (errno != 0 || *end != '\0' || !isfinite(d) || d < 0 || d > 1e9) {
+		return false;
+	}
+	*sec = d;
+	*ms = (qp_duration) ceil(d * 1000.0);
+	return true;
+}
+
+/* The value of an option: "--opt=V" or the next argument. */
+static const char *
+opt_value(int argc, char **argv, int *i, const char *arg, size_t namelen)
+{
+	if (arg[namelen] == '=') {
+		return arg + namelen + 1;
+	}
+	if (*i + 1 < argc) {
+		return argv[++*i];
+	}
+	return NULL;
+}
+
+static bool
+opt_is(const char *arg, const char *name)
+{
+	size_t n = strlen(name);
+	return strncmp(arg, name, n) == 0 && (arg[n] == '\0' || arg[n] == '=');
+}
+
+static int
+parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
+{
+	static char *empty[] = {NULL};
+	bool nowait = false;
+
+	o->args = calloc((size_t) argc + 1, sizeof(char *));
+	if (o->args == NULL) {
+		fprintf(stderr, "qpipe: out of memory\n");
+		return CLI_ERROR;
+	}
+	o->cmdv = empty;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v;
+
+		if (strcmp(a, "--") == 0) {
+			if (c->opts & OPT_WORKER) {
+				o->cmdv = argv + i + 1;
+			} else {
+				for (i++; i < argc; i++) {
+					o->args[o->nargs++] = argv[i];
+				}
+			}
+			break;
+		}
+		if (a[0] != '-' || a[1] == '\0') {
+			o->args[o->nargs++] = argv[i];
+			continue;
+		}
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage_cmd(stdout, c);
+			exit(0);
+		}
+		if ((c->opts & OPT_TIMEOUT) && opt_is(a, "--timeout")) {
+			v = opt_value(argc, argv, &i, a, 9);
+			if (!parse_seconds(v, &o->timeout_sec, &o->timeout)) {
+				return cli_usage_error(o,
+				    "--timeout wants seconds >= 0, not '%s'",
+				    v != NULL ? v : "");
+			}
+			o->timeout_set = true;
+		} else if ((c->opts & OPT_TIMEOUT)
+		    && strcmp(a, "--nowait") == 0) {
+			nowait = true;
+		} else if ((c->opts & OPT_JSON) && strcmp(a, "--json") == 0) {
+			o->json = true;
+		} else if ((c->opts & OPT_LINES)
+		    && strcmp(a, "--lines") == 0) {
+			o->lines = true;
+		} else if ((c->opts & OPT_COUNT)
+		    && (strcmp(a, "-n") == 0 || opt_is(a, "--count"))) {
+			v = a[1] == 'n' ? (i + 1 < argc ? argv[++i] : NULL)
+			                : opt_value(argc, argv, &i, a, 7);
+			if (!parse_u64(v, &o->count) || o->count == 0) {
+				return cli_usage_error(o,
+				    "-n wants a count >= 1, not '%s'",
+				    v != NULL ? v : "");
+			}
+		} else if ((c->opts & OPT_CREATE) && opt_is(a, "--maxsize")) {
+			v = opt_value(argc, argv, &i, a, 9);
+			if (!parse_u64(v, &o->maxsize)) {
+				return cli_usage_error(o,
+				    "--maxsize wants a count, not '%s'",
+				    v != NULL ? v : "");
+			}
+		} else if ((c->opts & OPT_CREATE) && opt_is(a, "--capacity")) {
+			v = opt_value(argc, argv, &i, a, 10);
+			if (!parse_u64(v, &o->capacity)) {
+				return cli_usage_error(o,
+				    "--capacity wants bytes, not '%s'",
+				    v != NULL ? v : "");
+			}
+		} else {
+			return cli_usage_error(o, "unknown option '%s'", a);
+		}
+	}
+	if (nowait && o->timeout_set) {
+		return cli_usage_error(o,
+		    "--timeout and --nowait exclude each "
+		    "other");
+	}
+	if (nowait) {
+		o->timeout = QP_NOWAIT;
+		o->timeout_set = true;
+		o->timeout_sec = 0;
+	}
+	if (o->nargs < c->min_args) {
+		return cli_usage_error(o, "missing ADDR");
+	}
+	if (c->max_args >= 0 && o->nargs > c->max_args) {
+		return cli_usage_error(
+		    o, "unexpected argument '%s'", o->args[c->max_args]);
+	}
+	return CLI_OK;
 }
 
 int
 main(int argc, char **argv)
 {
+	cli_opts o = {0};
+
 	if (argc < 2) {
-		usage(stderr);
-		return 1;
+		usage_all(stderr);
+		return CLI_USAGE;
 	}
-	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-		usage(stdout);
-		return 0;
+	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0
+	    || strcmp(argv[1], "help") == 0) {
+		if (argc > 2) {
+			for (size_t i = 0; i < NCOMMANDS; i++) {
+				if (strcmp(argv[2], commands[i].name) == 0) {
+					usage_cmd(stdout, &commands[i]);
+					return CLI_OK;
+				}
+			}
+		}
+		usage_all(stdout);
+		return CLI_OK;
 	}
 	if (strcmp(argv[1], "--version") == 0) {
 		printf("qpipe %s\n", qp_version());
-		return 0;
+		return CLI_OK;
+	}
+	for (size_t i = 0; i < NCOMMANDS; i++) {
+		const cli_cmd *c = &commands[i];
+		if (strcmp(argv[1], c->name) != 0) {
+			continue;
+		}
+		o.cmd = c->name;
+		o.timeout = QP_FOREVER;
+		int rv = parse_args(c, argc - 2, argv + 2, &o);
+		if (rv == CLI_OK) {
+			rv = c->run(&o);
+		}
+		free(o.args);
+		if (fflush(stdout) != 0 && rv == CLI_OK) {
+			fprintf(stderr, "qpipe: %s: writing output: %s\n",
+			    o.cmd, strerror(errno));
+			rv = CLI_ERROR;
+		}
+		return rv;
 	}
 	fprintf(stderr, "qpipe: unknown command '%s' (try qpipe --help)\n",
 	    argv[1]);
-	return 1;
+	return CLI_USAGE;
 }

@@ -3,6 +3,7 @@
  * durations and clocks. No locking: the message is thread-local.
  */
 #include "qpi.h"
+#include "wire.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,21 +120,5 @@ qpi_ts_from_ns(int64_t ns)
 bool
 qpi_name_valid(const char *name, size_t len)
 {
-	if (len == 0 || len > QP_NAME_MAX) {
-		return false;
-	}
-	/* "." and ".." would name directories where names become paths. */
-	if ((len == 1 && name[0] == '.')
-	    || (len == 2 && name[0] == '.' && name[1] == '.')) {
-		return false;
-	}
-	for (size_t i = 0; i < len; i++) {
-		char c = name[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
-		        || (c >= '0' && c <= '9') || c == '.' || c == '_'
-		        || c == '-')) {
-			return false;
-		}
-	}
-	return true;
+	return qpi_wire_name_valid(name, len);
 }

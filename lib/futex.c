@@ -40,10 +40,11 @@ qpi_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline_ns)
 	return 0;
 }
 
-void
+int
 qpi_futex_wake(uint32_t *word, int n)
 {
-	syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
+	long rv = syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
+	return rv > 0 ? (int) rv : 0;
 }
 
 static void
@@ -120,6 +121,24 @@ qpi_shm_open(const char *name, qpi_shm *shm)
 	}
 	shm->base = base;
 	shm->size = (size_t) st.st_size;
+	return QP_OK;
+}
+
+int
+qpi_shm_link(const char *from, const char *to)
+{
+	/* shm_open() keeps its segments in /dev/shm on Linux. */
+	char a[QP_NAME_MAX + 32], b[QP_NAME_MAX + 32];
+
+	snprintf(a, sizeof(a), "/dev/shm/qpipe.%s", from);
+	snprintf(b, sizeof(b), "/dev/shm/qpipe.%s", to);
+	if (link(a, b) != 0) {
+		if (errno == EEXIST) {
+			return qpi_err(QP_EEXIST, "shm://%s exists", to);
+		}
+		return qpi_err(QP_ESYSTEM, "cannot link %s to %s: %s", a, b,
+		    strerror(errno));
+	}
 	return QP_OK;
 }
 

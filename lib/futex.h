@@ -15,8 +15,8 @@
  * callers re-check their condition. Works across processes. */
 int qpi_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline_ns);
 
-/* Wakes up to n waiters on word (INT32_MAX: all). */
-void qpi_futex_wake(uint32_t *word, int n);
+/* Wakes up to n waiters on word (INT32_MAX: all); returns how many woke. */
+int qpi_futex_wake(uint32_t *word, int n);
 
 /* A mapped shared-memory segment. */
 typedef struct qpi_shm {
@@ -31,6 +31,11 @@ int qpi_shm_create(const char *name, size_t size, qpi_shm *shm);
 /* Opens and maps the existing named segment (its whole size).
  * QP_ENOENT if it does not exist. */
 int qpi_shm_open(const char *name, qpi_shm *shm);
+
+/* Gives the named segment `from` the name `to` as well, atomically, failing
+ * with QP_EEXIST if `to` exists (link(2)): a segment built under a
+ * temporary name appears under its real name only once complete. */
+int qpi_shm_link(const char *from, const char *to);
 
 /* Removes the named segment's name; mappings stay valid. QP_ENOENT if none. */
 int qpi_shm_unlink(const char *name);

@@ -1,0 +1,87 @@
+/*
+ * cli.h - shared pieces of the qpipe command-line client: option parsing,
+ * exit codes, error lines, stdin reading and progress on a terminal.
+ */
+#ifndef QP_CLI_H
+#define QP_CLI_H
+
+#include "qpipe.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Exit codes: the design's table. */
+enum {
+	CLI_OK = 0,
+	CLI_USAGE = 1,
+	CLI_ERROR = 2, /* connection, server, protocol, auth */
+	CLI_EMPTY = 3,
+	CLI_FULL = 4,
+	CLI_TOOBIG = 5,
+	CLI_CLOSED = 6,
+};
+
+/* Options common to the commands; each command uses what it needs. */
+typedef struct cli_opts {
+	const char *cmd;
+	qp_duration timeout; /* QP_FOREVER unless --timeout / --nowait */
+	double timeout_sec;
+	bool timeout_set;
+	bool json;
+	bool lines;
+	uint64_t count; /* -n */
+	uint64_t maxsize;
+	uint64_t capacity;
+	const char *results;
+	uint64_t concurrency;
+	uint64_t max_attempts;
+	char **args; /* positional arguments */
+	int nargs;
+	char **cmdv; /* worker: the command after "--" */
+} cli_opts;
+
+/* The exit code for a qpipe error code. */
+int cli_exit_code(int err);
+
+/* Prints "qpipe: CMD ADDR: cause" to stderr and returns the exit code. */
+int cli_fail(const cli_opts *o, const char *addr, int err);
+
+/* Prints a usage error ("qpipe: put: ...") and returns CLI_USAGE. */
+int cli_usage_error(const cli_opts *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Reads all of f into a malloc'd buffer, at most max bytes: QP_OK,
+ * QP_ETOOBIG (more than max), QP_ENOMEM or QP_ESYSTEM. */
+int cli_read_all(FILE *f, size_t max, char **bufp, size_t *lenp);
+
+/* Writes len bytes to stdout exactly; false on a write error. */
+bool cli_write(const void *buf, size_t len);
+
+/* Progress on stderr, only when stderr is a terminal. */
+typedef struct cli_progress {
+	bool tty;
+	int64_t start_ms;
+	int64_t last_ms;
+	uint64_t n;
+	const char *what;
+} cli_progress;
+
+void cli_progress_start(cli_progress *p, const char *what);
+void cli_progress_tick(cli_progress *p);
+void cli_progress_end(cli_progress *p);
+
+/* Opens the queue for a command, creating it when create is set. */
+int cli_open_queue(
+    const cli_opts *o, const char *addr, bool create, qp_queue **qp);
+
+/* The commands. */
+int cmd_put(cli_opts *o);
+int cmd_get(cli_opts *o);
+int cmd_size(cli_opts *o);
+int cmd_stat(cli_opts *o);
+int cmd_create(cli_opts *o);
+int cmd_rm(cli_opts *o);
+
+#endif /* QP_CLI_H */

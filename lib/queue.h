@@ -1,0 +1,50 @@
+/*
+ * queue.h - the seam between the public qp_queue_* calls (queue.c) and the
+ * backends that carry them: the shared-memory queue (shmq.c) and, for
+ * tcp/ipc/tls addresses, the remote client. queue.c checks every argument
+ * and the handle's closed state, converts the timeout to an absolute
+ * deadline, then calls the handle's ops; a backend sees only valid input.
+ */
+#ifndef QPI_QUEUE_H
+#define QPI_QUEUE_H
+
+#include "qpi.h"
+
+/* Deadlines handed to the ops: absolute CLOCK_MONOTONIC ns; 0 = do not
+ * wait; INT64_MAX = forever. */
+int64_t qpi_queue_deadline(qp_duration timeout);
+
+/* A backend. Item kinds and get flags are those of shmq.h (QPI_ITEM_BIN,
+ * QPI_ITEM_OBJ, QPI_GET_OBJ). Each op returns a qp_err code and sets
+ * qp_errmsg() on failure. */
+typedef struct qpi_queue_ops {
+	/* Stores one item; returns once it is in the queue. */
+	int (*put)(void *impl, const void *buf, size_t len, unsigned kind,
+	    int64_t deadline_ns);
+	/* Takes the head item: into (cap bytes) when not NULL, else a
+	 * malloc'd *bufp. An item larger than cap stays, QP_ETOOBIG with
+	 * *lenp = its size. */
+	int (*get)(void *impl, unsigned flags, void *into, size_t cap,
+	    void **bufp, size_t *lenp, int64_t deadline_ns);
+	int (*qsize)(void *impl, uint64_t *np);
+	int (*full)(void *impl, bool *fullp);
+	int (*task_done)(void *impl);
+	int (*join)(void *impl, int64_t deadline_ns);
+	int (*stat)(void *impl, qp_queue_stats *st);
+	/* Makes calls blocked in this handle return QP_ECLOSED, at once. */
+	void (*close)(void *impl);
+	/* Releases impl; no call is in progress any more. */
+	void (*free)(void *impl);
+} qpi_queue_ops;
+
+/* Wraps a backend into a public handle (the handle owns impl on success;
+ * on failure the caller still does). */
+int qpi_queue_wrap(qp_queue **qp, const qpi_queue_ops *ops, void *impl);
+
+/* The backend of a handle, for internal callers (CLI stat, server). */
+void *qpi_queue_impl(qp_queue *q, const qpi_queue_ops **opsp);
+
+/* The shared-memory backend's ops (impl is a qpi_shmq *). */
+extern const qpi_queue_ops qpi_shmq_ops;
+
+#endif /* QPI_QUEUE_H */

@@ -1,0 +1,2280 @@
+/*
+ * shmq.c - the shared-memory queue: a byte ring of variable-size records in
+ * one segment, shared by any number of producer and consumer processes,
+ * robust to any of them being killed at any instant (see shmq.h for the
+ * design, the crash-safety argument and the lease model).
+ *
+ * Locking: two robust process-shared mutexes in the segment. The producer
+ * lock guards the tail and the free space beyond it; the consumer lock
+ * guards the head, the read cursor, the records between them and the lease
+ * table. Lock order: producer, then consumer (only make-room and the check
+ * take both). A put commits by stamping its record; consumers find records
+ * by their stamps, so they never read the producer's counters on the fast
+ * path. Consumer-side changes go through a journal (tx_*). Wake-ups use
+ * futex words with per-slot sleeper bits.
+ */
+#include "shmq.h"
+#include "futex.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+void (*qpi_shmq_test_hook)(int point);
+
+#define SQ_HOOK(p)                                                     \
+	do {                                                           \
+		if (__builtin_expect(qpi_shmq_test_hook != NULL, 0)) { \
+			qpi_shmq_test_hook(p);                         \
+		}                                                      \
+	} while (0)
+
+#define SQ_MAGIC    0x0a512d4550495051ull /* "QPIPE-Q\n" */
+#define SQ_VERSION  1u
+#define SQ_REC_HDR  40u
+#define SQ_JMAX     32
+#define SQ_EV_SLOTS 64
+/* A contended lock is retried for about this many pauses (~1-2 us) before
+ * the caller sleeps in the kernel; a blocking call polls its condition for
+ * this long before it sleeps. */
+#define SQ_LOCK_SPIN 100
+#define SQ_SPIN_NS   4000
+/* Liveness scans of sleeper slots happen at most this often. */
+#define SQ_SCAN_MS 100
+
+/* Record kinds (sq_rec.kind). */
+#define K_BIN   1u
+#define K_OBJ   2u
+#define K_PAD   3u
+#define K_MOVED 0x10u /* flag: a leased record copied to the tail */
+
+/* Lease slot states. */
+#define L_FREE     0u
+#define L_LEASED   1u
+#define L_RELEASED 2u
+#define L_IDX_BITS 20
+
+/* Journal entries that write 32 bits carry this flag in their offset. */
+#define J_W32 (1ull << 63)
+
+enum { EV_NE, EV_NF, EV_JN, EV_W, SQ_EV_N };
+
+#define LD(p)     __atomic_load_n((p), __ATOMIC_RELAXED)
+#define LDA(p)    __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define ST(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define STR(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+/* A record header in the ring. */
+typedef struct sq_rec {
+	uint64_t stamp; /* position ^ salt, stored last: the commit */
+	uint32_t kind;
+	uint32_t len; /* payload bytes */
+	uint64_t
+	    seq; /* items put once this record is in (an item's ordinal) */
+	uint64_t bytes; /* bytes put once this record is in */
+	uint32_t ts; /* put time, ms since the queue was made (mod 2^32) */
+	uint32_t link; /* lease slot + 1, set by the consumer side */
+} sq_rec;
+
+/* A lease slot. */
+typedef struct sq_slot {
+	uint64_t state;
+	uint64_t pos; /* the record's ring position */
+	uint64_t owner;
+	int64_t expiry_ms;
+	uint64_t seq; /* the item's ordinal: released items go in order */
+	uint64_t gen; /* bumped on each lease: ids are never reused */
+	uint64_t deliveries;
+	uint64_t next; /* free or released list: slot + 1, 0 ends */
+} sq_slot;
+
+typedef struct sq_jent {
+	uint64_t off; /* from the segment's base; J_W32: a 32-bit word */
+	uint64_t val;
+} sq_jent;
+
+/* Redo journal: seq != 0 and seq == the side's cseq means "committed,
+ * maybe not applied". */
+typedef struct sq_jrnl {
+	uint64_t seq;
+	uint64_t n;
+	sq_jent e[SQ_JMAX];
+} sq_jrnl;
+
+typedef struct sq_side {
+	pthread_mutex_t lock;
+	uint64_t cseq; /* consumer: commit sequence */
+	uint64_t hint; /* producer: a head seen (head only grows) */
+	sq_jrnl j; /* consumer only */
+} sq_side;
+
+/* A sleeper slot: its owner and its own futex word. */
+typedef struct sq_who {
+	int32_t pid;
+	uint32_t word; /* 0: asleep, 1: woken */
+	uint64_t nsid; /* pid namespace: liveness is judged only within it */
+} sq_who;
+
+/* A wake-up event. A sleeper claims a slot, sets its bit in `sleep`, then
+ * sleeps on its own word; a waker clears the bit and wakes that slot, so
+ * it never wakes the same sleeper twice (a woken process that waits for a
+ * CPU costs the others nothing). More than 64 sleepers at once sleep on
+ * `seq`, counted in `extra`. The watch event keeps its watchers in `mask`
+ * and wakes them through `seq`. */
+typedef struct sq_ev {
+	uint32_t seq;
+	uint32_t pad;
+	uint64_t sleep;
+	uint64_t extra;
+	uint64_t mask;
+	int64_t scan_ms;
+	_Alignas(64) sq_who who[SQ_EV_SLOTS];
+} sq_ev;
+
+typedef struct sq_hdr {
+	uint64_t magic;
+	uint32_t version;
+	uint32_t hdr_size;
+	uint64_t seg_size;
+	uint64_t slots_off;
+	uint64_t ring_off;
+	uint64_t cap;
+	uint64_t max_msg;
+	uint64_t maxsize;
+	uint32_t nslots;
+	uint32_t corrupt; /* a fault was found: every call fails */
+	uint64_t salt;
+	int64_t created_ms; /* CLOCK_MONOTONIC_COARSE ms */
+
+	_Alignas(128) sq_side ps; /* producer side */
+	_Alignas(128) struct {
+		uint64_t tail;
+		uint64_t nput; /* items put (committed), ever */
+		uint64_t bytes_in;
+	} pp;
+	_Alignas(128) sq_side gs; /* consumer side */
+	_Alignas(128) struct {
+		uint64_t rd; /* next record to read */
+		uint64_t rel_first;
+		uint64_t free_first;
+	} gv;
+	_Alignas(128) struct {
+		uint64_t head; /* oldest byte still in use */
+		uint64_t nget; /* items taken from the ring, ever */
+		uint64_t relgets; /* deliveries of released items, ever */
+		uint64_t nreleased;
+		uint64_t nleased;
+		uint64_t bytes_out;
+		uint64_t bytes_rel;
+	} gp;
+	_Alignas(128) uint64_t dones; /* task_done calls */
+	_Alignas(128) sq_ev ev[SQ_EV_N];
+} sq_hdr;
+
+struct qpi_shmq {
+	sq_hdr *h;
+	uint8_t *base;
+	uint8_t *ring;
+	sq_slot *slots;
+	uint64_t cap;
+	uint64_t cmask; /* cap - 1 when cap is a power of two, else 0 */
+	uint64_t max_msg;
+	uint64_t maxsize;
+	uint64_t salt;
+	int64_t created_ms;
+	uint32_t nslots;
+	int closed;
+	int watch_slot; /* -1: not watching */
+	qpi_shm shm;
+	char label[QP_NAME_MAX + 16];
+};
+
+/* ---- small helpers ---- */
+
+static inline void
+sq_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ volatile("yield" ::: "memory");
+#else
+	__asm__ volatile("" ::: "memory");
+#endif
+}
+
+static inline uint64_t
+sq_off(const qpi_shmq *q, uint64_t pos)
+{
+	return q->cmask ? (pos & q->cmask) : (pos % q->cap);
+}
+
+static inline sq_rec *
+sq_at(const qpi_shmq *q, uint64_t off)
+{
+	return (sq_rec *) (void *) (q->ring + off);
+}
+
+static inline uint64_t
+sq_stamp(const qpi_shmq *q, uint64_t pos)
+{
+	return pos ^ q->salt;
+}
+
+static int64_t
+sq_coarse_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static bool
+sq_closed(const qpi_shmq *q)
+{
+	return LD(&q->closed) != 0;
+}
+
+static int
+sq_eclosed(const qpi_shmq *q)
+{
+	return qpi_err(QP_ECLOSED, "%s: handle closed", q->label);
+}
+
+static int
+sq_fault(qpi_shmq *q, const char *what, uint64_t pos)
+{
+	ST(&q->h->corrupt, 1u);
+	return qpi_err(QP_ECORRUPT,
+	    "%s is corrupt: %s at ring position %" PRIu64, q->label, what,
+	    pos);
+}
+
+/* ---- journal (consumer side) ---- */
+
+typedef struct sq_tx {
+	qpi_shmq *q;
+	sq_side *s;
+	uint32_t n;
+} sq_tx;
+
+static inline void
+tx_begin(sq_tx *t, qpi_shmq *q)
+{
+	t->q = q;
+	t->s = &q->h->gs;
+	t->n = 0;
+}
+
+static inline void
+tx_set(sq_tx *t, uint64_t *p, uint64_t v)
+{
+	sq_jent *e = &t->s->j.e[t->n++];
+
+	e->off = (uint64_t) ((uint8_t *) p - t->q->base);
+	e->val = v;
+}
+
+static inline void
+tx_set32(sq_tx *t, uint32_t *p, uint32_t v)
+{
+	sq_jent *e = &t->s->j.e[t->n++];
+
+	e->off = (uint64_t) ((uint8_t *) p - t->q->base) | J_W32;
+	e->val = v;
+}
+
+static void
+sq_apply(qpi_shmq *q, const sq_jrnl *j, uint64_t n, bool hook)
+{
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t off = j->e[i].off;
+		if (off & J_W32) {
+			STR((uint32_t *) (void *) (q->base + (off & ~J_W32)),
+			    (uint32_t) j->e[i].val);
+		} else {
+			STR((uint64_t *) (void *) (q->base + off),
+			    j->e[i].val);
+		}
+		if (hook && i == 0) {
+			SQ_HOOK(QPI_HOOK_APPLY);
+		}
+	}
+}
+
+static void
+tx_commit(sq_tx *t)
+{
+	sq_jrnl *j = &t->s->j;
+	uint64_t s = t->s->cseq + 1;
+
+	j->n = t->n;
+	SQ_HOOK(QPI_HOOK_JOURNAL);
+	STR(&j->seq, s);
+	STR(&t->s->cseq, s); /* the commit */
+	SQ_HOOK(QPI_HOOK_COMMIT);
+	sq_apply(t->q, j, t->n, true);
+	STR(&j->seq, 0);
+}
+
+/* ---- records ---- */
+
+/* Looks for a committed record at pos, or after the implicit pad at pos
+ * (the end of the ring, too short for a header). *rp is NULL if nothing is
+ * committed there; else *startp is where the record starts (pos, or the
+ * start of the next lap) and *endp where it ends. A stamped record with a
+ * bad header is a fault. */
+static int
+sq_peek(
+    qpi_shmq *q, uint64_t pos, sq_rec **rp, uint64_t *startp, uint64_t *endp)
+{
+	uint64_t off = sq_off(q, pos), rem = q->cap - off;
+	sq_rec *r;
+
+	if (rem < SQ_REC_HDR) {
+		pos += rem;
+		off = 0;
+	}
+	r = sq_at(q, off);
+	if (LDA(&r->stamp) != sq_stamp(q, pos)) {
+		*rp = NULL;
+		return QP_OK;
+	}
+	uint32_t k = r->kind & ~K_MOVED;
+	if ((k != K_BIN && k != K_OBJ && r->kind != K_PAD)
+	    || QPI_SHMQ_REC_SIZE(r->len) > q->cap - off
+	    || (r->kind == K_PAD
+	        && (r->len % 8 != 0 || r->len + SQ_REC_HDR != q->cap - off))) {
+		return sq_fault(q, "bad record header", pos);
+	}
+	*rp = r;
+	*startp = pos;
+	*endp = pos + QPI_SHMQ_REC_SIZE(r->len);
+	return QP_OK;
+}
+
+/* As sq_peek for a position that must hold a committed record (below the
+ * tail); a missing stamp is a fault. */
+static int
+sq_rec_read(qpi_shmq *q, uint64_t pos, uint64_t limit, sq_rec **rp,
+    uint64_t *startp, uint64_t *endp)
+{
+	int rc = sq_peek(q, pos, rp, startp, endp);
+
+	if (rc == QP_OK && (*rp == NULL || *endp > limit)) {
+		return sq_fault(q,
+		    *rp == NULL ? "record without its stamp"
+		                : "record past the tail",
+		    pos);
+	}
+	return rc;
+}
+
+static inline bool
+sq_is_item(const sq_rec *r)
+{
+	return r->kind == K_BIN || r->kind == K_OBJ;
+}
+
+/* A record below the read cursor is live while its lease slot points to
+ * it. */
+static bool
+sq_live(const qpi_shmq *q, const sq_rec *r, uint64_t pos)
+{
+	if (r->kind == K_PAD || r->link == 0 || r->link > q->nslots) {
+		return false;
+	}
+	const sq_slot *s = &q->slots[r->link - 1];
+	return LD(&s->state) != L_FREE && LD(&s->pos) == pos;
+}
+
+/* Space needed at tail for a record of size bytes, pad included. */
+static inline uint64_t
+sq_need(const qpi_shmq *q, uint64_t tail, uint64_t size)
+{
+	uint64_t rem = q->cap - sq_off(q, tail);
+	return rem < size ? rem + size : size;
+}
+
+static uint32_t
+sq_ts(const qpi_shmq *q)
+{
+	return (uint32_t) (sq_coarse_ms() - q->created_ms);
+}
+
+/* Producer side: writes at tail a pad (if the record does not fit before
+ * the ring's end) and the header of a record of len bytes, unstamped.
+ * Returns the record; *posp gets its position. */
+static sq_rec *
+sq_rec_begin(qpi_shmq *q, uint64_t tail, uint32_t kind, uint64_t len,
+    uint64_t seq, uint64_t bytes, uint32_t ts, uint32_t link, uint64_t *posp)
+{
+	uint64_t off = sq_off(q, tail), rem = q->cap - off;
+	uint64_t pos = tail;
+
+	if (rem < QPI_SHMQ_REC_SIZE(len)) {
+		if (rem >= SQ_REC_HDR) {
+			sq_rec *p = sq_at(q, off);
+			p->kind = K_PAD;
+			p->len = (uint32_t) (rem - SQ_REC_HDR);
+			p->seq = LD(&q->h->pp.nput);
+			p->bytes = LD(&q->h->pp.bytes_in);
+			p->ts = 0;
+			p->link = 0;
+			STR(&p->stamp, sq_stamp(q, tail));
+		}
+		pos = tail + rem;
+		off = 0;
+	}
+	sq_rec *r = sq_at(q, off);
+	r->kind = kind;
+	r->len = (uint32_t) len;
+	r->seq = seq;
+	r->bytes = bytes;
+	r->ts = ts;
+	r->link = link;
+	*posp = pos;
+	return r;
+}
+
+static void
+sq_copy(void *dst, const void *src, size_t len, int hook)
+{
+	if (__builtin_expect(qpi_shmq_test_hook != NULL, 0) && len > 1) {
+		memcpy(dst, src, len / 2);
+		qpi_shmq_test_hook(hook);
+		memcpy((uint8_t *) dst + len / 2,
+		    (const uint8_t *) src + len / 2, len - len / 2);
+		return;
+	}
+	memcpy(dst, src, len);
+}
+
+/* ---- locks and repair ---- */
+
+/* Producer repair: a stamped record at the tail was committed by the dead
+ * owner; its header carries the counters. At most a pad and a record. */
+static void
+sq_repair_producer(qpi_shmq *q)
+{
+	sq_hdr *h = q->h;
+	sq_rec *r;
+	uint64_t start, end;
+
+	for (int i = 0; i < 4; i++) {
+		uint64_t tail = h->pp.tail;
+		if (sq_peek(q, tail, &r, &start, &end) != QP_OK || r == NULL
+		    || end - LD(&h->gp.head) > q->cap) {
+			return;
+		}
+		if (r->seq > h->pp.nput) {
+			ST(&h->pp.nput, r->seq);
+		}
+		if (r->bytes > h->pp.bytes_in) {
+			ST(&h->pp.bytes_in, r->bytes);
+		}
+		STR(&h->pp.tail, end);
+	}
+}
+
+/* Consumer repair: re-apply a committed journal. */
+static void
+sq_repair_consumer(qpi_shmq *q)
+{
+	sq_jrnl *j = &q->h->gs.j;
+	uint64_t n = j->n;
+
+	if (j->seq != 0 && j->seq == q->h->gs.cseq && n <= SQ_JMAX) {
+		for (uint64_t i = 0; i < n; i++) {
+			uint64_t off = j->e[i].off & ~J_W32;
+			if (off % 4 != 0 || off + 8 > q->h->seg_size) {
+				ST(&q->h->corrupt, 1u);
+				n = i;
+				break;
+			}
+		}
+		sq_apply(q, j, n, false);
+	}
+	STR(&j->seq, 0);
+}
+
+static bool
+sq_lock_free(pthread_mutex_t *m)
+{
+#ifdef __GLIBC__
+	return LD(&m->__data.__lock) == 0;
+#else
+	(void) m;
+	return true;
+#endif
+}
+
+static int
+sq_lock(qpi_shmq *q, sq_side *s)
+{
+	int rc = pthread_mutex_trylock(&s->lock);
+
+	if (rc == EBUSY) {
+		for (int i = 0; i < SQ_LOCK_SPIN && rc == EBUSY; i++) {
+			sq_pause();
+			if (sq_lock_free(&s->lock)) {
+				rc = pthread_mutex_trylock(&s->lock);
+			}
+		}
+		if (rc == EBUSY) {
+			rc = pthread_mutex_lock(&s->lock);
+		}
+	}
+	if (rc == EOWNERDEAD) {
+		if (s == &q->h->ps) {
+			sq_repair_producer(q);
+		} else {
+			sq_repair_consumer(q);
+		}
+		pthread_mutex_consistent(&s->lock);
+		rc = 0;
+	}
+	if (rc != 0) {
+		return qpi_err(QP_ECORRUPT, "%s: lock unusable: %s", q->label,
+		    strerror(rc));
+	}
+	if (LD(&q->h->corrupt)) {
+		pthread_mutex_unlock(&s->lock);
+		return qpi_err(QP_ECORRUPT,
+		    "%s is marked corrupt (a damaged record was found)",
+		    q->label);
+	}
+	return QP_OK;
+}
+
+static inline void
+sq_unlock(sq_side *s)
+{
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- who am I, is that process alive ---- */
+
+static int32_t sq_pid;
+static uint64_t sq_nsid;
+
+static void
+sq_me(void)
+{
+	int32_t p = (int32_t) getpid();
+
+	if (p != LD(&sq_pid)) {
+		struct stat st;
+		uint64_t ns = 0;
+		if (stat("/proc/self/ns/pid", &st) == 0) {
+			ns = (uint64_t) st.st_ino;
+		}
+		ST(&sq_nsid, ns);
+		ST(&sq_pid, p);
+	}
+}
+
+/* True only when pid surely no longer runs (gone, or a zombie) and lives
+ * in our pid namespace. */
+static bool
+sq_dead(int32_t pid, uint64_t nsid)
+{
+	char path[64], buf[256];
+	FILE *f;
+
+	sq_me();
+	if (pid <= 0 || nsid != LD(&sq_nsid)) {
+		return false;
+	}
+	if (kill(pid, 0) == 0 || errno == EPERM) {
+		snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+		f = fopen(path, "r");
+		if (f == NULL) {
+			return false;
+		}
+		size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[n] = '\0';
+		const char *rp = strrchr(buf, ')');
+		return rp != NULL && rp[1] == ' '
+		    && (rp[2] == 'Z' || rp[2] == 'X');
+	}
+	return errno == ESRCH;
+}
+
+/* ---- sleep and wake ---- */
+
+static int
+sq_claim(sq_ev *ev)
+{
+	sq_me();
+	for (int i = 0; i < SQ_EV_SLOTS; i++) {
+		int32_t zero = 0;
+		if (LD(&ev->who[i].pid) == 0
+		    && __atomic_compare_exchange_n(&ev->who[i].pid, &zero,
+		        LD(&sq_pid), false, __ATOMIC_ACQ_REL,
+		        __ATOMIC_RELAXED)) {
+			ST(&ev->who[i].nsid, LD(&sq_nsid));
+			return i;
+		}
+	}
+	return -1;
+}
+
+static void
+sq_unclaim(sq_ev *ev, int i)
+{
+	STR(&ev->who[i].pid, 0);
+}
+
+/* Forgets sleepers and watchers whose process died. Rate-limited. */
+static void
+sq_scan(sq_ev *ev)
+{
+	int64_t now = sq_coarse_ms(), last = LD(&ev->scan_ms);
+
+	if (now - last < SQ_SCAN_MS
+	    || !__atomic_compare_exchange_n(&ev->scan_ms, &last, now, false,
+	        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+		return;
+	}
+	for (int i = 0; i < SQ_EV_SLOTS; i++) {
+		int32_t pid = LD(&ev->who[i].pid);
+		if (pid != 0 && sq_dead(pid, LD(&ev->who[i].nsid))) {
+			uint64_t bit = 1ull << i;
+			__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST);
+			__atomic_fetch_and(&ev->mask, ~bit, __ATOMIC_SEQ_CST);
+			__atomic_compare_exchange_n(&ev->who[i].pid, &pid, 0,
+			    false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+		}
+	}
+}
+
+/* Orders the caller's state changes before its reads of sleeper bits (a
+ * sleeper sets its bit with a full barrier, then re-reads the state).
+ * Called right after an unlock: glibc unlocks a robust mutex with an
+ * atomic exchange, a full barrier on x86, so only the compiler needs
+ * fencing there. */
+static inline void
+sq_fence_after_unlock(void)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GLIBC__)
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+#else
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
+/* Wakes the sleeper in slot i, whose bit the caller cleared: false if
+ * nobody slept on its word (about to sleep, which it then will not, or
+ * dead). */
+static bool
+sq_wake_slot(sq_ev *ev, int i)
+{
+	STR(&ev->who[i].word, 1u);
+	return qpi_futex_wake(&ev->who[i].word, 1) > 0;
+}
+
+/* Wakes one sleeper of event e (all if all), if any sleeps (after a
+ * fence). */
+static void
+sq_wake(qpi_shmq *q, int e, bool all)
+{
+	sq_ev *ev = &q->h->ev[e];
+	uint64_t m = LD(&ev->sleep);
+	bool missed = false;
+
+	if ((m | LD(&ev->extra)) == 0) {
+		return;
+	}
+	if (all) {
+		m = __atomic_exchange_n(&ev->sleep, 0, __ATOMIC_SEQ_CST);
+		for (; m != 0; m &= m - 1) {
+			missed |= !sq_wake_slot(ev, __builtin_ctzll(m));
+		}
+	} else {
+		/* One: if the chosen one was not asleep (or is dead), the
+		 * next one, so that a wake-up is never lost. */
+		while (m != 0) {
+			uint64_t bit = m & -m;
+			if (__atomic_compare_exchange_n(&ev->sleep, &m,
+			        m & ~bit, false, __ATOMIC_SEQ_CST,
+			        __ATOMIC_RELAXED)) {
+				if (sq_wake_slot(ev, __builtin_ctzll(bit))) {
+					break;
+				}
+				missed = true;
+				m = LD(&ev->sleep);
+			}
+		}
+	}
+	if (LD(&ev->extra) != 0) {
+		__atomic_fetch_add(&ev->seq, 1, __ATOMIC_SEQ_CST);
+		qpi_futex_wake(&ev->seq, INT32_MAX);
+	}
+	if (missed) {
+		sq_scan(ev);
+	}
+}
+
+/* Tells watchers (qpiped) that something changed (after a fence). */
+static void
+sq_watch_bump(qpi_shmq *q)
+{
+	sq_ev *ev = &q->h->ev[EV_W];
+
+	if (LD(&ev->mask) == 0) {
+		return;
+	}
+	uint32_t s = __atomic_add_fetch(&ev->seq, 1, __ATOMIC_SEQ_CST);
+	if (LD(&ev->sleep) != 0) {
+		if (qpi_futex_wake(&ev->seq, INT32_MAX) == 0) {
+			sq_scan(ev);
+		}
+	} else if ((s & 1023) == 0) {
+		sq_scan(ev);
+	}
+}
+
+typedef bool (*sq_pred)(qpi_shmq *q, const void *arg);
+
+/* Polls pred for a few microseconds: true if it held (or q closed). */
+static bool
+sq_spin(qpi_shmq *q, sq_pred pred, const void *arg, int64_t deadline)
+{
+	int64_t start = qpi_now_ns();
+
+	for (uint32_t i = 1;; i++) {
+		if (pred(q, arg) || sq_closed(q)) {
+			return true;
+		}
+		sq_pause();
+		if ((i & 15) == 0) {
+			int64_t now = qpi_now_ns();
+			if (now - start > SQ_SPIN_NS || now >= deadline) {
+				return false;
+			}
+		}
+	}
+}
+
+/* Sleeps on event e until pred holds, a wake-up, or the deadline.
+ * Returns 0, QP_ETIMEDOUT or QP_ECLOSED; the caller re-checks. */
+static int
+sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
+{
+	sq_ev *ev = &q->h->ev[e];
+	int i = sq_claim(ev);
+	uint64_t bit = i >= 0 ? 1ull << i : 0;
+	uint32_t s = 0;
+	int rc = 0;
+
+	if (i >= 0) {
+		STR(&ev->who[i].word, 0u);
+		__atomic_fetch_or(&ev->sleep, bit, __ATOMIC_SEQ_CST);
+	} else {
+		__atomic_fetch_add(&ev->extra, 1, __ATOMIC_SEQ_CST);
+		s = LDA(&ev->seq);
+	}
+	if (!sq_closed(q) && !pred(q, arg)) {
+		rc = i >= 0 ? qpi_futex_wait(&ev->who[i].word, 0, deadline)
+		            : qpi_futex_wait(&ev->seq, s, deadline);
+	}
+	if (i >= 0) {
+		/* Clear the bit unless a waker did. */
+		__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST);
+		sq_unclaim(ev, i);
+	} else {
+		__atomic_fetch_sub(&ev->extra, 1, __ATOMIC_SEQ_CST);
+	}
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	return rc;
+}
+
+/* Waits for pred: a short spin the first time (*spun false), then a
+ * sleep. QP_OK (re-check), QP_ETIMEDOUT, QP_ECLOSED. */
+static int
+sq_wait(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline,
+    bool *spun)
+{
+	if (deadline <= 0 || qpi_remaining_ns(deadline) == 0) {
+		return QP_ETIMEDOUT;
+	}
+	if (!*spun) {
+		*spun = true;
+		if (sq_spin(q, pred, arg, deadline)) {
+			return sq_closed(q) ? sq_eclosed(q) : QP_OK;
+		}
+	}
+	return sq_sleep(q, e, pred, arg, deadline);
+}
+
+/* ---- consumer-side maintenance (consumer lock held) ---- */
+
+/* Moves the head over records nobody needs any more. */
+static int
+sq_gc(qpi_shmq *q)
+{
+	sq_hdr *h = q->h;
+	uint64_t head = h->gp.head, rd = h->gv.rd, h0 = head, start, end;
+	sq_rec *r;
+	int rc;
+
+	while (head < rd) {
+		if ((rc = sq_rec_read(q, head, rd, &r, &start, &end))
+		    != QP_OK) {
+			return rc;
+		}
+		if (sq_live(q, r, start)) {
+			head = start;
+			break;
+		}
+		head = end;
+	}
+	if (head != h0) {
+		sq_tx t;
+		tx_begin(&t, q);
+		tx_set(&t, &h->gp.head, head);
+		tx_commit(&t);
+	}
+	return QP_OK;
+}
+
+/* Walks from the read cursor over committed pads and moved records to the
+ * first committed item (*rp NULL if none yet); *startp and *endp bound it. */
+static int
+sq_walk(
+    qpi_shmq *q, uint64_t *rdp, sq_rec **rp, uint64_t *startp, uint64_t *endp)
+{
+	uint64_t rd = *rdp, lim = LD(&q->h->gp.head) + q->cap;
+	int rc;
+
+	for (;;) {
+		if ((rc = sq_peek(q, rd, rp, startp, endp)) != QP_OK) {
+			return rc;
+		}
+		if (*rp == NULL || sq_is_item(*rp)) {
+			return QP_OK;
+		}
+		if (*endp > lim) {
+			return sq_fault(q, "records past the ring", rd);
+		}
+		rd = *rdp = *endp;
+	}
+}
+
+/* Commits a read cursor moved over pads and moved records; the head
+ * follows if it was at the cursor. */
+static void
+sq_skip_commit(qpi_shmq *q, uint64_t rd0, uint64_t rd)
+{
+	sq_hdr *h = q->h;
+	sq_tx t;
+
+	if (rd == rd0) {
+		return;
+	}
+	tx_begin(&t, q);
+	tx_set(&t, &h->gv.rd, rd);
+	if (h->gp.head == rd0) {
+		tx_set(&t, &h->gp.head, rd);
+	}
+	tx_commit(&t);
+}
+/* ---- creation and attach ---- */
+
+static uint64_t
+sq_round(uint64_t v, uint64_t a)
+{
+	return (v + a - 1) / a * a;
+}
+
+static int
+sq_layout(const qpi_shmq_cfg *cfg, uint64_t *capp, uint32_t *nslotsp,
+    uint64_t *slots_offp, uint64_t *ring_offp, uint64_t *segp)
+{
+	uint64_t cap
+	    = cfg && cfg->capacity ? cfg->capacity : QPI_SHMQ_DEF_CAPACITY;
+	uint32_t ns
+	    = cfg && cfg->lease_slots ? cfg->lease_slots : QPI_SHMQ_DEF_LEASES;
+
+	if (cap < QPI_SHMQ_MIN_CAPACITY || cap > QPI_SHMQ_MAX_CAPACITY) {
+		return qpi_err(QP_EINVAL,
+		    "capacity %" PRIu64
+		    " is out of range (%llu to %llu bytes)",
+		    cap, (unsigned long long) QPI_SHMQ_MIN_CAPACITY,
+		    (unsigned long long) QPI_SHMQ_MAX_CAPACITY);
+	}
+	if (ns > QPI_SHMQ_MAX_LEASES) {
+		return qpi_err(QP_EINVAL,
+		    "%u lease slots is over the limit of %u", ns,
+		    QPI_SHMQ_MAX_LEASES);
+	}
+	*capp = sq_round(cap, 4096);
+	*nslotsp = ns;
+	*slots_offp = sq_round(sizeof(sq_hdr), 128);
+	*ring_offp
+	    = sq_round(*slots_offp + (uint64_t) ns * sizeof(sq_slot), 4096);
+	*segp = *ring_offp + *capp;
+	return QP_OK;
+}
+
+static int
+sq_init(void *base, uint64_t cap, uint32_t nslots, uint64_t slots_off,
+    uint64_t ring_off, uint64_t seg, const qpi_shmq_cfg *cfg)
+{
+	sq_hdr *h = base;
+	pthread_mutexattr_t ma;
+	uint64_t salt = 0;
+
+	if (getrandom(&salt, sizeof(salt), GRND_NONBLOCK) != sizeof(salt)) {
+		salt = (uint64_t) qpi_now_ns() ^ ((uint64_t) getpid() << 32);
+	}
+	/* Top bit set: no stamp is ever 0, so zeroed memory is never a
+	 * committed record. */
+	salt |= 1ull << 63;
+	memset(h, 0, sizeof(*h));
+	h->hdr_size = sizeof(sq_hdr);
+	h->seg_size = seg;
+	h->slots_off = slots_off;
+	h->ring_off = ring_off;
+	h->cap = cap;
+	h->max_msg = cfg && cfg->max_message ? cfg->max_message
+	                                     : QP_DEFAULT_MAX_MESSAGE;
+	if (h->max_msg > QPI_SHMQ_MAX_ITEM) {
+		h->max_msg = QPI_SHMQ_MAX_ITEM;
+	}
+	h->maxsize = cfg ? cfg->maxsize : 0;
+	h->nslots = nslots;
+	h->salt = salt;
+	h->created_ms = sq_coarse_ms();
+	if (pthread_mutexattr_init(&ma) != 0
+	    || pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED) != 0
+	    || pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST) != 0
+	    || pthread_mutex_init(&h->ps.lock, &ma) != 0
+	    || pthread_mutex_init(&h->gs.lock, &ma) != 0) {
+		pthread_mutexattr_destroy(&ma);
+		return qpi_err(
+		    QP_ESYSTEM, "cannot make robust process-shared mutexes");
+	}
+	pthread_mutexattr_destroy(&ma);
+	sq_slot *slots = (sq_slot *) (void *) ((uint8_t *) base + slots_off);
+	for (uint32_t i = 0; i < nslots; i++) {
+		slots[i].next = i + 1 < nslots ? i + 2 : 0;
+	}
+	h->gv.free_first = 1;
+	h->version = SQ_VERSION;
+	/* The magic goes last: a segment with it is complete. */
+	STR(&h->magic, SQ_MAGIC);
+	return QP_OK;
+}
+
+static int
+sq_attach(qpi_shmq **qp, qpi_shm *shm, const char *name)
+{
+	sq_hdr *h = shm->base;
+	char label[QP_NAME_MAX + 16];
+	qpi_shmq *q;
+
+	if (name != NULL) {
+		snprintf(label, sizeof(label), "shm://%s", name);
+	} else {
+		snprintf(label, sizeof(label), "anonymous queue");
+	}
+	if (shm->size < sizeof(uint64_t) * 2 || LDA(&h->magic) != SQ_MAGIC) {
+		return qpi_err(QP_ECORRUPT, "%s is not a qpipe queue", label);
+	}
+	if (h->version != SQ_VERSION) {
+		return qpi_err(QP_EVERSION,
+		    "%s has layout version %u; this library reads version %u",
+		    label, h->version, SQ_VERSION);
+	}
+	if (shm->size < sizeof(sq_hdr) || h->hdr_size != sizeof(sq_hdr)
+	    || h->seg_size != shm->size || h->cap < QPI_SHMQ_MIN_CAPACITY
+	    || h->cap % 4096 != 0 || h->nslots == 0
+	    || h->nslots > QPI_SHMQ_MAX_LEASES || h->slots_off < sizeof(sq_hdr)
+	    || h->slots_off + (uint64_t) h->nslots * sizeof(sq_slot)
+	        > h->ring_off
+	    || h->ring_off + h->cap != h->seg_size || h->max_msg == 0
+	    || h->max_msg > QPI_SHMQ_MAX_ITEM) {
+		return qpi_err(QP_ECORRUPT, "%s has a corrupt header", label);
+	}
+	q = calloc(1, sizeof(*q));
+	if (q == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	q->h = h;
+	q->base = shm->base;
+	q->ring = q->base + h->ring_off;
+	q->slots = (sq_slot *) (void *) (q->base + h->slots_off);
+	q->cap = h->cap;
+	q->cmask = (h->cap & (h->cap - 1)) == 0 ? h->cap - 1 : 0;
+	q->max_msg = h->max_msg;
+	q->maxsize = h->maxsize;
+	q->salt = h->salt;
+	q->created_ms = h->created_ms;
+	q->nslots = h->nslots;
+	q->watch_slot = -1;
+	q->shm = *shm;
+	memcpy(q->label, label, sizeof(label));
+	*qp = q;
+	return QP_OK;
+}
+
+static int
+sq_open_existing(qpi_shmq **qp, const char *name)
+{
+	qpi_shm shm;
+	int rc = qpi_shm_open(name, &shm);
+
+	if (rc != QP_OK) {
+		return rc;
+	}
+	if ((rc = sq_attach(qp, &shm, name)) != QP_OK) {
+		qpi_shm_unmap(&shm);
+	}
+	return rc;
+}
+
+static int
+sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
+{
+	static uint32_t counter;
+	uint64_t cap = 0, slots_off = 0, ring_off = 0, seg = 0;
+	uint32_t ns = 0;
+	char tmp[64];
+	qpi_shm shm;
+	int rc;
+
+	if ((rc = sq_layout(cfg, &cap, &ns, &slots_off, &ring_off, &seg))
+	    != QP_OK) {
+		return rc;
+	}
+	/* '#' is not allowed in queue names: no clash with a real queue. */
+	snprintf(tmp, sizeof(tmp), "#new.%d.%u", (int) getpid(),
+	    __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED));
+	if ((rc = qpi_shm_create(tmp, seg, &shm)) != QP_OK) {
+		return rc;
+	}
+	rc = sq_init(shm.base, cap, ns, slots_off, ring_off, seg, cfg);
+	if (rc == QP_OK) {
+		rc = qpi_shm_link(tmp, name);
+	}
+	qpi_shm_unlink(tmp);
+	if (rc == QP_OK) {
+		rc = sq_attach(qp, &shm, name);
+	}
+	if (rc != QP_OK) {
+		qpi_shm_unmap(&shm);
+	}
+	return rc;
+}
+
+int
+qpi_shmq_open(
+    qpi_shmq **qp, const char *name, unsigned flags, const qpi_shmq_cfg *cfg)
+{
+	int rc;
+
+	if (!(flags & QP_OPEN_CREATE)) {
+		return sq_open_existing(qp, name);
+	}
+	if (flags & QP_OPEN_EXCL) {
+		return sq_create(qp, name, cfg);
+	}
+	/* Open, else create; a racing creator wins the link and we open
+	 * what it made. Bounded: each round sees the name appear or vanish. */
+	for (int i = 0; i < 16; i++) {
+		rc = sq_open_existing(qp, name);
+		if (rc != QP_ENOENT) {
+			return rc;
+		}
+		rc = sq_create(qp, name, cfg);
+		if (rc != QP_EEXIST) {
+			return rc;
+		}
+	}
+	return qpi_err(
+	    QP_EBUSY, "shm://%s keeps appearing and vanishing", name);
+}
+
+int
+qpi_shmq_anon(qpi_shmq **qp, const qpi_shmq_cfg *cfg)
+{
+	uint64_t cap = 0, slots_off = 0, ring_off = 0, seg = 0;
+	uint32_t ns = 0;
+	qpi_shm shm;
+	int rc;
+
+	if ((rc = sq_layout(cfg, &cap, &ns, &slots_off, &ring_off, &seg))
+	    != QP_OK) {
+		return rc;
+	}
+	if ((rc = qpi_shm_anon(seg, &shm)) != QP_OK) {
+		return rc;
+	}
+	rc = sq_init(shm.base, cap, ns, slots_off, ring_off, seg, cfg);
+	if (rc == QP_OK) {
+		rc = sq_attach(qp, &shm, NULL);
+	}
+	if (rc != QP_OK) {
+		qpi_shm_unmap(&shm);
+	}
+	return rc;
+}
+
+void
+qpi_shmq_interrupt(qpi_shmq *q)
+{
+	if (q == NULL) {
+		return;
+	}
+	STR(&q->closed, 1);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	/* Wake this process's sleepers (they see the flag and leave); other
+	 * processes' sleepers on seq wake up, re-check and sleep again. */
+	sq_me();
+	for (int e = 0; e < SQ_EV_N; e++) {
+		sq_ev *ev = &q->h->ev[e];
+		for (int i = 0; i < SQ_EV_SLOTS; i++) {
+			if (LD(&ev->who[i].pid) == LD(&sq_pid)) {
+				STR(&ev->who[i].word, 1u);
+				qpi_futex_wake(&ev->who[i].word, INT32_MAX);
+			}
+		}
+		__atomic_fetch_add(&ev->seq, 1, __ATOMIC_SEQ_CST);
+		qpi_futex_wake(&ev->seq, INT32_MAX);
+	}
+}
+
+void
+qpi_shmq_free(qpi_shmq *q)
+{
+	if (q == NULL) {
+		return;
+	}
+	if (q->watch_slot >= 0) {
+		qpi_shmq_watch(q, false);
+	}
+	qpi_shm_unmap(&q->shm);
+	free(q);
+}
+
+int
+qpi_shmq_unlink(const char *name)
+{
+	return qpi_shm_unlink(name);
+}
+
+/* ---- put ---- */
+
+/* What a blocked producer saw: any change means "try again". */
+typedef struct sq_snap {
+	uint64_t head;
+	uint64_t nget;
+	uint64_t nrel;
+} sq_snap;
+
+static void
+sq_snap_take(qpi_shmq *q, sq_snap *s)
+{
+	s->head = LDA(&q->h->gp.head);
+	s->nget = LDA(&q->h->gp.nget);
+	s->nrel = LDA(&q->h->gp.nreleased);
+}
+
+static bool
+sq_pred_progress(qpi_shmq *q, const void *arg)
+{
+	const sq_snap *s = arg;
+
+	return LD(&q->h->gp.head) != s->head || LD(&q->h->gp.nget) != s->nget
+	    || LD(&q->h->gp.nreleased) != s->nrel;
+}
+
+/* Copies the live record at the head to the tail (both locks held), so
+ * that the dead space behind it can be reused. *movedp false if it is not
+ * live or does not fit. */
+static int
+sq_move_head(qpi_shmq *q, bool *movedp)
+{
+	sq_hdr *h = q->h;
+	uint64_t head = h->gp.head, tail = h->pp.tail, start, end, pos;
+	sq_rec *r;
+	sq_tx t;
+	int rc;
+
+	*movedp = false;
+	if ((rc = sq_rec_read(q, head, tail, &r, &start, &end)) != QP_OK) {
+		return rc;
+	}
+	uint64_t size = end - start;
+	if (!sq_live(q, r, start)
+	    || sq_need(q, tail, size) > q->cap - (tail - head)) {
+		return QP_OK;
+	}
+	uint32_t link = r->link;
+	sq_rec *n = sq_rec_begin(q, tail, (r->kind & ~K_MOVED) | K_MOVED,
+	    r->len, r->seq, r->bytes, r->ts, link, &pos);
+	memcpy(n + 1, r + 1, r->len);
+	SQ_HOOK(QPI_HOOK_MOVE);
+	STR(&n->stamp, sq_stamp(q, pos));
+	STR(&h->pp.tail, pos + size);
+	/* Until this commit the copy is dead (its slot points elsewhere). */
+	tx_begin(&t, q);
+	tx_set(&t, &q->slots[link - 1].pos, pos);
+	tx_commit(&t);
+	*movedp = true;
+	return sq_gc(q);
+}
+
+/* Producer lock held, no room for a record of size bytes: clears what the
+ * consumer side can clear (pads, dead records, leased records in the
+ * way). */
+static int
+sq_make_room(qpi_shmq *q, uint64_t size)
+{
+	sq_hdr *h = q->h;
+	sq_rec *r;
+	sq_tx t;
+	int rc;
+
+	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
+		return rc;
+	}
+	for (uint32_t i = 0; i <= q->nslots + 2; i++) {
+		uint64_t tail = h->pp.tail, rd = h->gv.rd, rd0 = rd, s, e;
+		if ((rc = sq_walk(q, &rd, &r, &s, &e)) != QP_OK) {
+			break;
+		}
+		sq_skip_commit(q, rd0, rd);
+		if ((rc = sq_gc(q)) != QP_OK) {
+			break;
+		}
+		uint64_t head = h->gp.head;
+		if (sq_need(q, tail, size) <= q->cap - (tail - head)) {
+			break;
+		}
+		rd = h->gv.rd;
+		if (head == rd && rd != tail && tail - rd < SQ_REC_HDR) {
+			/* The cursor sits on the short gap at the ring's
+			 * end, right before the tail: step over it. */
+			tx_begin(&t, q);
+			tx_set(&t, &h->gv.rd, tail);
+			tx_set(&t, &h->gp.head, tail);
+			tx_commit(&t);
+			continue;
+		}
+		if (head == tail) {
+			/* Empty ring, item longer than what is left before
+			 * the ring's end: pad to the start of the next lap,
+			 * then the loop steps over the pad. */
+			uint64_t rem = q->cap - sq_off(q, tail);
+			if (rem >= SQ_REC_HDR) {
+				sq_rec *p = sq_at(q, sq_off(q, tail));
+				p->kind = K_PAD;
+				p->len = (uint32_t) (rem - SQ_REC_HDR);
+				p->seq = h->pp.nput;
+				p->bytes = h->pp.bytes_in;
+				p->ts = 0;
+				p->link = 0;
+				STR(&p->stamp, sq_stamp(q, tail));
+			}
+			STR(&h->pp.tail, tail + rem);
+			continue;
+		}
+		bool moved;
+		if (head == rd || (rc = sq_move_head(q, &moved)) != QP_OK
+		    || !moved) {
+			break;
+		}
+	}
+	ST(&h->ps.hint, h->gp.head);
+	sq_unlock(&h->gs);
+	return rc;
+}
+
+static int
+sq_try_put(
+    qpi_shmq *q, const void *buf, size_t len, unsigned kind, sq_snap *snap)
+{
+	sq_hdr *h = q->h;
+	uint64_t size = QPI_SHMQ_REC_SIZE(len), tail, pos;
+	int rc;
+
+	if ((rc = sq_lock(q, &h->ps)) != QP_OK) {
+		return rc;
+	}
+	SQ_HOOK(QPI_HOOK_PUT_LOCKED);
+	uint64_t nput = h->pp.nput;
+	if (q->maxsize != 0) {
+		sq_snap_take(q, snap);
+		if (nput - snap->nget + snap->nrel >= q->maxsize) {
+			sq_unlock(&h->ps);
+			return qpi_err(QP_EFULL,
+			    "%s is full (maxsize %" PRIu64 " items)", q->label,
+			    q->maxsize);
+		}
+	}
+	for (int round = 0;; round++) {
+		tail = h->pp.tail;
+		if (sq_need(q, tail, size) <= q->cap - (tail - h->ps.hint)) {
+			break;
+		}
+		sq_snap_take(q, snap);
+		ST(&h->ps.hint, snap->head);
+		if (sq_need(q, tail, size) <= q->cap - (tail - snap->head)) {
+			break;
+		}
+		if (round == 0) {
+			if ((rc = sq_make_room(q, size)) != QP_OK) {
+				sq_unlock(&h->ps);
+				return rc;
+			}
+			continue;
+		}
+		sq_unlock(&h->ps);
+		return qpi_err(QP_EFULL,
+		    "%s is full (no room for an item of %zu bytes)", q->label,
+		    len);
+	}
+	uint64_t bytes = h->pp.bytes_in + len;
+	sq_rec *r = sq_rec_begin(
+	    q, tail, kind, len, nput + 1, bytes, sq_ts(q), 0, &pos);
+	sq_copy(r + 1, buf, len, QPI_HOOK_PUT_COPY);
+	STR(&r->stamp, sq_stamp(q, pos)); /* the commit */
+	SQ_HOOK(QPI_HOOK_COMMIT);
+	ST(&h->pp.bytes_in, bytes);
+	ST(&h->pp.nput, nput + 1);
+	STR(&h->pp.tail, pos + size);
+	sq_unlock(&h->ps);
+	sq_fence_after_unlock();
+	sq_wake(q, EV_NE, false);
+	sq_watch_bump(q);
+	return QP_OK;
+}
+
+int
+qpi_shmq_put(
+    qpi_shmq *q, const void *buf, size_t len, unsigned kind, int64_t deadline)
+{
+	bool spun = false;
+	sq_snap snap;
+	int rc;
+
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	if (len > q->max_msg) {
+		return qpi_err(QP_ETOOBIG,
+		    "item of %zu bytes is over %s's limit of %" PRIu64
+		    " bytes",
+		    len, q->label, q->max_msg);
+	}
+	if (QPI_SHMQ_REC_SIZE(len) > q->cap) {
+		return qpi_err(QP_ETOOBIG,
+		    "item of %zu bytes can never fit in %s's %" PRIu64
+		    "-byte ring",
+		    len, q->label, q->cap);
+	}
+	for (;;) {
+		rc = sq_try_put(q, buf, len, kind, &snap);
+		if (rc != QP_EFULL) {
+			return rc;
+		}
+		rc = sq_wait(
+		    q, EV_NF, sq_pred_progress, &snap, deadline, &spun);
+		if (rc == QP_ECLOSED) {
+			return rc;
+		}
+		if (rc == QP_ETIMEDOUT) {
+			return sq_try_put(q, buf, len, kind, &snap);
+		}
+	}
+}
+
+/* ---- get ---- */
+
+typedef struct sq_getreq {
+	unsigned flags;
+	void *into;
+	size_t cap;
+	void **bufp;
+	size_t *lenp;
+	bool lease;
+	uint64_t owner;
+	int64_t lease_ms;
+	qpi_shmq_lease *info;
+} sq_getreq;
+
+/* True when a get may find something (a hint, taken without the lock). */
+static bool
+sq_pred_items(qpi_shmq *q, const void *arg)
+{
+	sq_hdr *h = q->h;
+	uint64_t rd = LDA(&h->gv.rd), off = sq_off(q, rd);
+	(void) arg;
+
+	if (LD(&h->gp.nreleased) != 0) {
+		return true;
+	}
+	if (q->cap - off < SQ_REC_HDR) {
+		rd += q->cap - off;
+		off = 0;
+	}
+	return LDA(&sq_at(q, off)->stamp) == sq_stamp(q, rd);
+}
+
+/* Copies record r out as the request asks (consumer lock held). */
+static int
+sq_copy_out(qpi_shmq *q, const sq_rec *r, sq_getreq *g)
+{
+	uint32_t kind = r->kind & ~K_MOVED;
+	uint8_t hdr[5];
+	size_t hl = 0, len = r->len;
+	uint8_t *dst;
+
+	(void) q;
+	if ((g->flags & QPI_GET_OBJ) && kind == K_BIN) {
+		hl = qpi_wire_bin_header(len, hdr);
+	}
+	if (g->into != NULL) {
+		if (hl + len > g->cap) {
+			*g->lenp = hl + len;
+			return qpi_err(QP_ETOOBIG,
+			    "item of %zu bytes does not fit in %zu bytes; it "
+			    "stays in the queue",
+			    hl + len, g->cap);
+		}
+		dst = g->into;
+	} else {
+		dst = malloc(hl + len > 0 ? hl + len : 1);
+		if (dst == NULL) {
+			return qpi_err(QP_ENOMEM,
+			    "cannot allocate %zu bytes for an item; it stays "
+			    "in the queue",
+			    hl + len);
+		}
+		*g->bufp = dst;
+	}
+	memcpy(dst, hdr, hl);
+	sq_copy(dst + hl, r + 1, len, QPI_HOOK_GET_COPY);
+	*g->lenp = hl + len;
+	return QP_OK;
+}
+
+static void
+sq_lease_fill(qpi_shmq *q, sq_tx *t, uint32_t i, sq_getreq *g,
+    uint64_t deliveries, const sq_rec *r)
+{
+	sq_slot *s = &q->slots[i];
+	int64_t exp = g->lease_ms < 0 ? INT64_MAX : qpi_now_ms() + g->lease_ms;
+
+	tx_set(t, &s->state, L_LEASED);
+	tx_set(t, &s->owner, g->owner);
+	tx_set(t, (uint64_t *) &s->expiry_ms, (uint64_t) exp);
+	tx_set(t, &s->deliveries, deliveries);
+	tx_set(t, &s->next, 0);
+	tx_set(t, &s->gen, s->gen + 1);
+	tx_set(t, &q->h->gp.nleased, q->h->gp.nleased + 1);
+	if (g->info != NULL) {
+		g->info->id = ((s->gen + 1) << L_IDX_BITS) | i;
+		g->info->deliveries = (uint32_t) deliveries;
+		g->info->kind = r->kind & ~K_MOVED;
+		g->info->expiry_ms = exp;
+	}
+}
+
+/* Takes the first released item (consumer lock held). */
+static int
+sq_get_released(qpi_shmq *q, sq_getreq *g)
+{
+	sq_hdr *h = q->h;
+	uint64_t first = h->gv.rel_first, start, end;
+	sq_rec *r;
+	sq_tx t;
+	int rc;
+
+	if (first == 0 || first > q->nslots) {
+		return sq_fault(q, "bad released list", first);
+	}
+	uint32_t i = (uint32_t) (first - 1);
+	sq_slot *s = &q->slots[i];
+	if ((rc = sq_rec_read(q, s->pos, LDA(&h->pp.tail), &r, &start, &end))
+	    != QP_OK) {
+		return rc;
+	}
+	if (r->kind == K_PAD || r->link != first || start != s->pos) {
+		return sq_fault(q, "released slot points nowhere", s->pos);
+	}
+	SQ_HOOK(QPI_HOOK_GET_LOCKED);
+	if ((rc = sq_copy_out(q, r, g)) != QP_OK) {
+		return rc;
+	}
+	tx_begin(&t, q);
+	tx_set(&t, &h->gv.rel_first, s->next);
+	tx_set(&t, &h->gp.nreleased, h->gp.nreleased - 1);
+	tx_set(&t, &h->gp.bytes_rel, h->gp.bytes_rel - r->len);
+	tx_set(&t, &h->gp.relgets, h->gp.relgets + 1);
+	if (g->lease) {
+		/* A new id: the old holder's ack must not hit this lease. */
+		sq_lease_fill(q, &t, i, g, s->deliveries + 1, r);
+	} else {
+		tx_set(&t, &s->state, L_FREE);
+		tx_set(&t, &s->next, h->gv.free_first);
+		tx_set(&t, &h->gv.free_first, first);
+	}
+	tx_commit(&t);
+	return g->lease ? QP_OK : sq_gc(q);
+}
+
+static int
+sq_try_get(qpi_shmq *q, sq_getreq *g)
+{
+	sq_hdr *h = q->h;
+	uint64_t rd0, rd, start, end;
+	sq_rec *r;
+	sq_tx t;
+	int rc;
+
+	if (!sq_pred_items(q, NULL)) {
+		return QP_EEMPTY;
+	}
+	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
+		return rc;
+	}
+	if (h->gp.nreleased != 0) {
+		rc = sq_get_released(q, g);
+		goto out;
+	}
+	rd = rd0 = h->gv.rd;
+	if ((rc = sq_walk(q, &rd, &r, &start, &end)) != QP_OK) {
+		goto out;
+	}
+	if (r == NULL) {
+		sq_skip_commit(q, rd0, rd);
+		rc = QP_EEMPTY;
+		goto out;
+	}
+	SQ_HOOK(QPI_HOOK_GET_LOCKED);
+	uint32_t slot = 0;
+	if (g->lease) {
+		if (h->gv.free_first == 0 || h->gv.free_first > q->nslots) {
+			rc = qpi_err(QP_ELIMIT,
+			    "%s: all %u lease slots are in use", q->label,
+			    q->nslots);
+			goto out;
+		}
+		slot = (uint32_t) (h->gv.free_first - 1);
+	}
+	if ((rc = sq_copy_out(q, r, g)) != QP_OK) {
+		goto out;
+	}
+	uint64_t head = h->gp.head;
+	tx_begin(&t, q);
+	if (g->lease) {
+		sq_slot *s = &q->slots[slot];
+		tx_set(&t, &h->gv.free_first, s->next);
+		tx_set(&t, &s->pos, start);
+		tx_set(&t, &s->seq, r->seq);
+		tx_set32(&t, &r->link, slot + 1);
+		sq_lease_fill(q, &t, slot, g, 1, r);
+		if (head == rd0) {
+			tx_set(&t, &h->gp.head, start);
+		}
+	} else if (head == rd0) {
+		tx_set(&t, &h->gp.head, end);
+	}
+	tx_set(&t, &h->gv.rd, end);
+	tx_set(&t, &h->gp.bytes_out, r->bytes);
+	tx_set(&t, &h->gp.nget, r->seq);
+	tx_commit(&t);
+out:
+	sq_unlock(&h->gs);
+	if (rc == QP_OK) {
+		sq_fence_after_unlock();
+		sq_wake(q, EV_NF, true);
+		sq_watch_bump(q);
+	}
+	return rc;
+}
+
+static int
+sq_get(qpi_shmq *q, sq_getreq *g, int64_t deadline)
+{
+	bool spun = false;
+	int rc;
+
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	for (;;) {
+		rc = sq_try_get(q, g);
+		if (rc != QP_EEMPTY) {
+			return rc;
+		}
+		rc = sq_wait(q, EV_NE, sq_pred_items, NULL, deadline, &spun);
+		if (rc == QP_ECLOSED) {
+			return rc;
+		}
+		if (rc == QP_ETIMEDOUT) {
+			rc = sq_try_get(q, g);
+			if (rc == QP_EEMPTY) {
+				return qpi_err(
+				    QP_EEMPTY, "%s is empty", q->label);
+			}
+			return rc;
+		}
+	}
+}
+
+int
+qpi_shmq_get(qpi_shmq *q, unsigned flags, void *into, size_t cap, void **bufp,
+    size_t *lenp, int64_t deadline)
+{
+	sq_getreq g = {.flags = flags,
+	    .into = into,
+	    .cap = cap,
+	    .bufp = bufp,
+	    .lenp = lenp};
+
+	return sq_get(q, &g, deadline);
+}
+
+/* ---- sizes, task_done, join, stat ---- */
+
+int
+qpi_shmq_qsize(qpi_shmq *q, uint64_t *np)
+{
+	sq_hdr *h = q->h;
+	uint64_t ng = LDA(&h->gp.nget), nr = LDA(&h->gp.nreleased);
+	uint64_t n = LDA(&h->pp.nput);
+
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	*np = (n > ng ? n - ng : 0) + nr;
+	return QP_OK;
+}
+
+int
+qpi_shmq_full(qpi_shmq *q, bool *fullp)
+{
+	sq_hdr *h = q->h;
+	uint64_t n;
+	int rc;
+
+	if ((rc = qpi_shmq_qsize(q, &n)) != QP_OK) {
+		return rc;
+	}
+	if (q->maxsize != 0 && n >= q->maxsize) {
+		*fullp = true;
+		return QP_OK;
+	}
+	uint64_t head = LDA(&h->gp.head), tail = LDA(&h->pp.tail);
+	uint64_t used = tail > head ? tail - head : 0;
+	*fullp = used + sq_need(q, tail, SQ_REC_HDR) > q->cap;
+	return QP_OK;
+}
+
+int
+qpi_shmq_task_done(qpi_shmq *q)
+{
+	sq_hdr *h = q->h;
+	uint64_t d = LD(&h->dones);
+
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	for (;;) {
+		uint64_t n = LDA(&h->pp.nput);
+		if (d >= n) {
+			return qpi_err(QP_EVALUE,
+			    "task_done() called more times than items were "
+			    "put on %s",
+			    q->label);
+		}
+		if (__atomic_compare_exchange_n(&h->dones, &d, d + 1, false,
+		        __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+			if (d + 1 == LDA(&h->pp.nput)) {
+				sq_wake(q, EV_JN, true);
+				sq_watch_bump(q);
+			}
+			return QP_OK;
+		}
+	}
+}
+
+static bool
+sq_pred_joined(qpi_shmq *q, const void *arg)
+{
+	(void) arg;
+	return LDA(&q->h->dones) >= LDA(&q->h->pp.nput);
+}
+
+int
+qpi_shmq_join(qpi_shmq *q, int64_t deadline)
+{
+	bool spun = true; /* joins are long: sleep at once */
+	int rc;
+
+	for (;;) {
+		if (sq_closed(q)) {
+			return sq_eclosed(q);
+		}
+		if (sq_pred_joined(q, NULL)) {
+			return QP_OK;
+		}
+		rc = sq_wait(q, EV_JN, sq_pred_joined, NULL, deadline, &spun);
+		if (rc == QP_ECLOSED) {
+			return rc;
+		}
+		if (rc == QP_ETIMEDOUT) {
+			if (sq_pred_joined(q, NULL)) {
+				return QP_OK;
+			}
+			return qpi_err(QP_ETIMEDOUT,
+			    "%s: %" PRIu64 " tasks still unfinished", q->label,
+			    LDA(&q->h->pp.nput) - LDA(&q->h->dones));
+		}
+	}
+}
+
+static uint64_t
+sq_popcount(uint64_t v)
+{
+	return (uint64_t) __builtin_popcountll(v);
+}
+
+int
+qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st)
+{
+	sq_hdr *h = q->h;
+	uint32_t now = sq_ts(q), age = 0;
+	bool any = false;
+	uint64_t start, end;
+	sq_rec *r;
+	int rc;
+
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
+		return rc;
+	}
+	uint64_t nput = LDA(&h->pp.nput), bytes_in = LDA(&h->pp.bytes_in);
+	memset(st, 0, sizeof(*st));
+	st->items
+	    = (nput > h->gp.nget ? nput - h->gp.nget : 0) + h->gp.nreleased;
+	st->bytes
+	    = (bytes_in > h->gp.bytes_out ? bytes_in - h->gp.bytes_out : 0)
+	    + h->gp.bytes_rel;
+	st->maxsize = q->maxsize;
+	st->capacity = q->cap;
+	st->leased = h->gp.nleased;
+	st->puts = nput;
+	st->gets = h->gp.nget + h->gp.relgets;
+	if (h->gv.rel_first != 0 && h->gv.rel_first <= q->nslots) {
+		const sq_slot *s = &q->slots[h->gv.rel_first - 1];
+		r = sq_at(q, sq_off(q, s->pos));
+		age = now - r->ts;
+		any = true;
+	}
+	uint64_t rd = h->gv.rd;
+	if (sq_walk(q, &rd, &r, &start, &end) == QP_OK && r != NULL) {
+		uint32_t a = now - r->ts;
+		age = !any || a > age ? a : age;
+		any = true;
+	}
+	sq_unlock(&h->gs);
+	uint64_t dones = LDA(&h->dones);
+	st->unfinished = nput > dones ? nput - dones : 0;
+	st->getters
+	    = sq_popcount(LD(&h->ev[EV_NE].sleep)) + LD(&h->ev[EV_NE].extra);
+	st->putters
+	    = sq_popcount(LD(&h->ev[EV_NF].sleep)) + LD(&h->ev[EV_NF].extra);
+	st->oldest_age_ms = any ? (int64_t) age : -1;
+	return QP_OK;
+}
+
+/* ---- check ---- */
+
+static int
+sq_bad(qpi_shmq *q, const char *what, uint64_t v)
+{
+	return qpi_err(QP_ECORRUPT, "%s fails its check: %s (%" PRIu64 ")",
+	    q->label, what, v);
+}
+
+static int
+sq_check_ring(qpi_shmq *q, uint64_t *linkedp)
+{
+	sq_hdr *h = q->h;
+	uint64_t head = h->gp.head, rd = h->gv.rd, tail = h->pp.tail;
+	uint64_t seq = h->gp.nget, bytes = h->gp.bytes_out, linked = 0;
+	uint64_t start, end, pos;
+	bool rd_seen = rd == tail;
+	sq_rec *r;
+	int rc;
+
+	if (h->gs.j.seq != 0) {
+		return sq_bad(q, "journal left open", h->gs.j.seq);
+	}
+	if (!(head <= rd && rd <= tail && tail - head <= q->cap)) {
+		return sq_bad(q, "head <= read cursor <= tail", head);
+	}
+	if (head % 8 || rd % 8 || tail % 8) {
+		return sq_bad(q, "aligned positions", tail);
+	}
+	for (pos = head; pos < tail; pos = end) {
+		rd_seen = rd_seen || pos == rd;
+		if ((rc = sq_rec_read(q, pos, tail, &r, &start, &end))
+		    != QP_OK) {
+			return rc;
+		}
+		bool live = sq_live(q, r, start);
+		if (pos == head && head < rd && !live) {
+			return sq_bad(q, "dead record at the head", pos);
+		}
+		linked += live;
+		if (start >= rd && sq_is_item(r)) {
+			if (r->link != 0 || r->seq != seq + 1
+			    || r->bytes != bytes + r->len) {
+				return sq_bad(q, "unread item header", start);
+			}
+			seq = r->seq;
+			bytes = r->bytes;
+		}
+	}
+	if (pos != tail || !rd_seen) {
+		return sq_bad(
+		    q, "records end at the tail, cursor on one", pos);
+	}
+	if (seq != h->pp.nput || bytes != h->pp.bytes_in) {
+		return sq_bad(q, "items and bytes put match the ring", seq);
+	}
+	if ((rc = sq_peek(q, tail, &r, &start, &end)) != QP_OK || r != NULL) {
+		return sq_bad(q, "committed record beyond the tail", tail);
+	}
+	*linkedp = linked;
+	return QP_OK;
+}
+
+static int
+sq_check_slots(qpi_shmq *q, uint64_t linked)
+{
+	sq_hdr *h = q->h;
+	uint64_t head = h->gp.head, tail = h->pp.tail;
+	uint64_t nfree = 0, nleased = 0, nrel = 0, relbytes = 0, n, prev;
+
+	for (uint32_t i = 0; i < q->nslots; i++) {
+		const sq_slot *s = &q->slots[i];
+		if (s->state == L_FREE) {
+			nfree++;
+			continue;
+		}
+		if (s->state != L_LEASED && s->state != L_RELEASED) {
+			return sq_bad(q, "lease slot state", i);
+		}
+		if (s->pos < head || s->pos >= tail) {
+			return sq_bad(q, "lease outside the ring", i);
+		}
+		if (s->state == L_LEASED) {
+			nleased++;
+		} else {
+			nrel++;
+			relbytes += sq_at(q, sq_off(q, s->pos))->len;
+		}
+	}
+	if (linked != nleased + nrel) {
+		return sq_bad(q, "every lease points at its record", linked);
+	}
+	if (nleased != h->gp.nleased || nrel != h->gp.nreleased
+	    || relbytes != h->gp.bytes_rel) {
+		return sq_bad(q, "lease counters", nleased);
+	}
+	n = prev = 0;
+	for (uint64_t l = h->gv.rel_first; l != 0; n++) {
+		if (l > q->nslots || n > q->nslots) {
+			return sq_bad(q, "released list", l);
+		}
+		const sq_slot *s = &q->slots[l - 1];
+		if (s->state != L_RELEASED || (n > 0 && s->seq < prev)) {
+			return sq_bad(q, "released list order", l);
+		}
+		prev = s->seq;
+		l = s->next;
+	}
+	if (n != nrel) {
+		return sq_bad(q, "released list length", n);
+	}
+	n = 0;
+	for (uint64_t l = h->gv.free_first; l != 0; n++) {
+		if (l > q->nslots || n > q->nslots
+		    || q->slots[l - 1].state != L_FREE) {
+			return sq_bad(q, "free list", l);
+		}
+		l = q->slots[l - 1].next;
+	}
+	if (n != nfree) {
+		return sq_bad(q, "free list length", n);
+	}
+	if (LD(&h->dones) > h->pp.nput) {
+		return sq_bad(q, "task_done count", h->dones);
+	}
+	return QP_OK;
+}
+
+int
+qpi_shmq_check(qpi_shmq *q)
+{
+	uint64_t linked = 0;
+	int rc;
+
+	if ((rc = sq_lock(q, &q->h->ps)) != QP_OK) {
+		return rc;
+	}
+	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
+		sq_unlock(&q->h->ps);
+		return rc;
+	}
+	rc = sq_check_ring(q, &linked);
+	if (rc == QP_OK) {
+		rc = sq_check_slots(q, linked);
+	}
+	sq_unlock(&q->h->gs);
+	sq_unlock(&q->h->ps);
+	return rc;
+}
+
+/* ---- leases ---- */
+
+int
+qpi_shmq_get_lease(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
+    unsigned flags, void **bufp, size_t *lenp, qpi_shmq_lease *lease,
+    int64_t deadline)
+{
+	sq_getreq g = {.flags = flags,
+	    .bufp = bufp,
+	    .lenp = lenp,
+	    .lease = true,
+	    .owner = owner,
+	    .lease_ms = lease_ms,
+	    .info = lease};
+
+	if (lease_ms < -1) {
+		return qpi_err(
+		    QP_EINVAL, "lease time %" PRId64 " ms", lease_ms);
+	}
+	return sq_get(q, &g, deadline);
+}
+
+/* Finds the slot of a lease id in the given state (consumer lock held). */
+static int
+sq_slot_of(qpi_shmq *q, uint64_t id, uint64_t state, uint32_t *ip)
+{
+	uint64_t i = id & ((1u << L_IDX_BITS) - 1);
+
+	if (id == 0 || i >= q->nslots || q->slots[i].gen != id >> L_IDX_BITS
+	    || q->slots[i].state != state) {
+		return qpi_err(QP_ENOENT,
+		    "%s: no lease %" PRIu64 " (acked, released or expired)",
+		    q->label, id);
+	}
+	*ip = (uint32_t) i;
+	return QP_OK;
+}
+
+/* Returns lease slot i to the head of the queue (consumer lock held). */
+static int
+sq_release_slot(qpi_shmq *q, uint32_t i)
+{
+	sq_hdr *h = q->h;
+	sq_slot *s = &q->slots[i];
+	uint64_t prev = 0, cur = h->gv.rel_first;
+	sq_tx t;
+
+	for (uint32_t n = 0; cur != 0; n++) {
+		if (cur > q->nslots || n > q->nslots) {
+			return sq_fault(q, "bad released list", cur);
+		}
+		if (q->slots[cur - 1].seq > s->seq) {
+			break;
+		}
+		prev = cur;
+		cur = q->slots[cur - 1].next;
+	}
+	tx_begin(&t, q);
+	tx_set(&t, &s->state, L_RELEASED);
+	tx_set(&t, &s->next, cur);
+	if (prev != 0) {
+		tx_set(&t, &q->slots[prev - 1].next, i + 1);
+	} else {
+		tx_set(&t, &h->gv.rel_first, i + 1);
+	}
+	tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
+	tx_set(&t, &h->gp.bytes_rel,
+	    h->gp.bytes_rel + sq_at(q, sq_off(q, s->pos))->len);
+	tx_set(&t, &h->gp.nreleased, h->gp.nreleased + 1);
+	tx_commit(&t);
+	return QP_OK;
+}
+
+static void
+sq_after_release(qpi_shmq *q, size_t n)
+{
+	if (n > 0) {
+		sq_fence_after_unlock();
+		sq_wake(q, EV_NE, n > 1);
+		sq_watch_bump(q);
+	}
+}
+
+int
+qpi_shmq_ack(qpi_shmq *q, uint64_t id)
+{
+	sq_hdr *h = q->h;
+	uint32_t i;
+	sq_tx t;
+	int rc;
+
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
+		return rc;
+	}
+	if ((rc = sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
+		tx_begin(&t, q);
+		tx_set(&t, &q->slots[i].state, L_FREE);
+		tx_set(&t, &q->slots[i].next, h->gv.free_first);
+		tx_set(&t, &h->gv.free_first, i + 1);
+		tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
+		tx_commit(&t);
+		rc = sq_gc(q);
+	}
+	sq_unlock(&h->gs);
+	if (rc == QP_OK) {
+		sq_fence_after_unlock();
+		sq_wake(q, EV_NF, true);
+		sq_watch_bump(q);
+	}
+	return rc;
+}
+
+int
+qpi_shmq_release(qpi_shmq *q, uint64_t id)
+{
+	uint32_t i;
+	int rc;
+
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
+		return rc;
+	}
+	if ((rc = sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
+		rc = sq_release_slot(q, i);
+	}
+	sq_unlock(&q->h->gs);
+	sq_after_release(q, rc == QP_OK ? 1 : 0);
+	return rc;
+}
+
+int
+qpi_shmq_renew(qpi_shmq *q, uint64_t id, int64_t lease_ms)
+{
+	uint32_t i;
+	sq_tx t;
+	int rc;
+
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	if (lease_ms < -1) {
+		return qpi_err(
+		    QP_EINVAL, "lease time %" PRId64 " ms", lease_ms);
+	}
+	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
+		return rc;
+	}
+	if ((rc = sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
+		int64_t exp
+		    = lease_ms < 0 ? INT64_MAX : qpi_now_ms() + lease_ms;
+		tx_begin(&t, q);
+		tx_set(
+		    &t, (uint64_t *) &q->slots[i].expiry_ms, (uint64_t) exp);
+		tx_commit(&t);
+	}
+	sq_unlock(&q->h->gs);
+	return rc;
+}
+
+/* Releases every leased slot that match() accepts. */
+static int
+sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
+    const void *arg, size_t *np, int64_t *nextp)
+{
+	size_t n = 0;
+	int64_t next = INT64_MAX;
+	int rc;
+
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
+		return rc;
+	}
+	for (uint32_t i = 0; i < q->nslots && rc == QP_OK; i++) {
+		const sq_slot *s = &q->slots[i];
+		if (s->state != L_LEASED) {
+			continue;
+		}
+		if (match(s, arg)) {
+			if ((rc = sq_release_slot(q, i)) == QP_OK) {
+				n++;
+			}
+		} else if (s->expiry_ms < next) {
+			next = s->expiry_ms;
+		}
+	}
+	sq_unlock(&q->h->gs);
+	sq_after_release(q, n);
+	if (np != NULL) {
+		*np = n;
+	}
+	if (nextp != NULL) {
+		*nextp = next;
+	}
+	return rc;
+}
+
+static bool
+sq_match_owner(const sq_slot *s, const void *arg)
+{
+	return s->owner == *(const uint64_t *) arg;
+}
+
+static bool
+sq_match_expired(const sq_slot *s, const void *arg)
+{
+	return s->expiry_ms <= *(const int64_t *) arg;
+}
+
+static bool
+sq_match_all(const sq_slot *s, const void *arg)
+{
+	(void) s;
+	(void) arg;
+	return true;
+}
+
+int
+qpi_shmq_release_owner(qpi_shmq *q, uint64_t owner, size_t *np)
+{
+	return sq_release_matching(q, sq_match_owner, &owner, np, NULL);
+}
+
+int
+qpi_shmq_expire(qpi_shmq *q, int64_t now_ms, size_t *np, int64_t *next_ms)
+{
+	return sq_release_matching(q, sq_match_expired, &now_ms, np, next_ms);
+}
+
+int
+qpi_shmq_release_all(qpi_shmq *q, size_t *np)
+{
+	return sq_release_matching(q, sq_match_all, NULL, np, NULL);
+}
+/* ---- watching ---- */
+
+int
+qpi_shmq_watch(qpi_shmq *q, bool on)
+{
+	sq_ev *ev = &q->h->ev[EV_W];
+
+	if (on) {
+		if (q->watch_slot >= 0) {
+			return QP_OK;
+		}
+		int i = sq_claim(ev);
+		if (i < 0) {
+			return qpi_err(QP_ELIMIT, "%s: %d watchers already",
+			    q->label, SQ_EV_SLOTS);
+		}
+		__atomic_fetch_or(&ev->mask, 1ull << i, __ATOMIC_SEQ_CST);
+		q->watch_slot = i;
+		return QP_OK;
+	}
+	if (q->watch_slot >= 0) {
+		uint64_t bit = 1ull << q->watch_slot;
+		__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST);
+		__atomic_fetch_and(&ev->mask, ~bit, __ATOMIC_SEQ_CST);
+		sq_unclaim(ev, q->watch_slot);
+		q->watch_slot = -1;
+	}
+	return QP_OK;
+}
+
+uint32_t
+qpi_shmq_watch_seq(qpi_shmq *q)
+{
+	return LDA(&q->h->ev[EV_W].seq);
+}
+
+uint32_t *
+qpi_shmq_watch_word(qpi_shmq *q)
+{
+	return &q->h->ev[EV_W].seq;
+}
+
+int
+qpi_shmq_watch_arm(qpi_shmq *q)
+{
+	if (q->watch_slot < 0) {
+		return qpi_err(QP_EINVAL, "%s: not watching", q->label);
+	}
+	__atomic_fetch_or(
+	    &q->h->ev[EV_W].sleep, 1ull << q->watch_slot, __ATOMIC_SEQ_CST);
+	return QP_OK;
+}
+
+void
+qpi_shmq_watch_disarm(qpi_shmq *q)
+{
+	if (q->watch_slot >= 0) {
+		__atomic_fetch_and(&q->h->ev[EV_W].sleep,
+		    ~(1ull << q->watch_slot), __ATOMIC_SEQ_CST);
+	}
+}
+
+int
+qpi_shmq_watch_wait(qpi_shmq *q, uint32_t seen, int64_t deadline)
+{
+	int rc;
+
+	if ((rc = qpi_shmq_watch_arm(q)) != QP_OK) {
+		return rc;
+	}
+	if (LDA(&q->h->ev[EV_W].seq) == seen && !sq_closed(q)) {
+		rc = qpi_futex_wait(&q->h->ev[EV_W].seq, seen, deadline);
+	}
+	qpi_shmq_watch_disarm(q);
+	if (sq_closed(q)) {
+		return qpi_err(QP_ECLOSED, "%s: handle closed", q->label);
+	}
+	return rc;
+}

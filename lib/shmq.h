@@ -1,0 +1,259 @@
+/*
+ * shmq.h - the shared-memory queue behind "shm://NAME" addresses and
+ * qp_queue_anon(), internal to libqpipe (qpi_shmq_ names). qpiped hosts its
+ * queues through this API too, leases included.
+ *
+ * Layout. One segment (/dev/shm/qpipe.NAME, or anonymous memory shared
+ * across fork()) holds a header, a table of lease slots, and a byte ring of
+ * variable-size records (40-byte header + payload, 8-byte aligned; a
+ * record never wraps: the space left at the end of the ring becomes a pad).
+ * The header carries a magic, the layout version and the sizes, checked on
+ * every attach (QP_EVERSION, QP_ECORRUPT). Each record header holds a
+ * stamp, its ring position mixed with a random per-queue salt, written
+ * last: a record is committed exactly when its stamp is right.
+ *
+ * Locking. Two robust process-shared mutexes: the producer side (tail,
+ * items put) and the consumer side (head, read cursor, leases). A put and a
+ * get never wait for each other; only a producer that finds the ring full
+ * of leased records takes both (producer first, then consumer) to move them.
+ * Items are copied while the side's lock is held: producers copy in
+ * parallel with consumers, never with each other. Each lock is acquired
+ * after a short spin, and blocking waits (empty, full, join) sleep on
+ * futex words with the caller's absolute deadline; waiters are counted so
+ * that a put or get skips the wake-up system call when nobody sleeps.
+ *
+ * Crash safety. A put writes the record (header, bytes) into free space
+ * beyond the tail, then its stamp (the commit: consumers may take it from
+ * then on), then the tail and counters, which the record itself also
+ * carries (items and bytes put once it is in). Every consumer-side change
+ * goes through a small redo journal: new values are written to the
+ * journal, one store of the side's commit sequence commits them, then
+ * they are applied. When pthread_mutex_lock() reports EOWNERDEAD the new
+ * owner repairs before pthread_mutex_consistent(): on the producer side it
+ * rolls the tail forward over stamped records it finds there, on the
+ * consumer side it re-applies a committed journal. Items are read out
+ * before the commit that frees them. So a process killed at any instant
+ * leaves the queue whole, the others go on at once, and every committed
+ * item is delivered exactly once (an item whose get was cut short by a
+ * kill stays in the queue).
+ *
+ * Leases (for qpiped; the server keeps no lease state of its own). A lease
+ * get hands out the head item but keeps its record in the ring, linked to a
+ * lease slot (owner token, expiry, delivery count). An ack frees it; a
+ * release, an expiry, a release of its owner or qpi_shmq_release_all()
+ * puts it back at the head of the queue: released items are delivered
+ * before any other, in their original order, and count in qsize again. A
+ * leased record never blocks the ring for good: when a producer lacks room
+ * and the oldest record is leased, it copies that record to the tail and
+ * repoints the slot, so the space behind it can be reused.
+ *
+ * Items. Each record carries a kind: QPI_ITEM_BIN (raw bytes, the payload
+ * of a msgpack bin) or QPI_ITEM_OBJ (the msgpack encoding of one value).
+ * A get returns the bytes as they are stored, except that with QPI_GET_OBJ
+ * a BIN item comes back as a whole msgpack bin (header + bytes).
+ */
+#ifndef QPI_SHMQ_H
+#define QPI_SHMQ_H
+
+#include "qpi.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct qpi_shmq qpi_shmq;
+
+/* Defaults and limits. */
+#define QPI_SHMQ_DEF_CAPACITY (64ull * 1024 * 1024)
+#define QPI_SHMQ_MIN_CAPACITY 4096ull
+#define QPI_SHMQ_MAX_CAPACITY (1ull << 40)
+#define QPI_SHMQ_DEF_LEASES   4096u
+#define QPI_SHMQ_MAX_LEASES   (1u << 20)
+/* Bytes of ring that one item of len bytes takes (header, alignment). */
+#define QPI_SHMQ_REC_SIZE(len) ((40u + (uint64_t) (len) + 7u) & ~7ull)
+/* Largest item the layout can describe (a record's length is 32 bits). */
+#define QPI_SHMQ_MAX_ITEM 0xffffffffull
+
+/* Creation parameters; zero means the default. Ignored when the queue
+ * exists already: its own parameters stay. */
+typedef struct qpi_shmq_cfg {
+	uint64_t maxsize; /* items; 0 = unbounded (up to the capacity) */
+	uint64_t capacity; /* ring bytes; 0 = 64 MiB, rounded up to 4 KiB */
+	uint64_t max_message; /* largest item in bytes; 0 = 32 MiB */
+	uint32_t lease_slots; /* leases held at once; 0 = 4096 */
+} qpi_shmq_cfg;
+
+/* Item kinds, for put. */
+#define QPI_ITEM_BIN 1u /* raw bytes: a msgpack bin's payload */
+#define QPI_ITEM_OBJ 2u /* the msgpack encoding of one value */
+
+/* Get flags. */
+#define QPI_GET_OBJ 0x1u /* return the item as one msgpack value */
+
+/* Opens the named queue (name already validated by the caller). flags:
+ * QP_OPEN_CREATE creates it if missing, race-free against other processes
+ * doing the same (built under a temporary name, then linked into place);
+ * with QP_OPEN_EXCL an existing queue is QP_EEXIST. Errors: QP_ENOENT,
+ * QP_EEXIST, QP_EINVAL (cfg), QP_EVERSION, QP_ECORRUPT, QP_ENOMEM,
+ * QP_ENOSPC, QP_ESYSTEM. */
+int qpi_shmq_open(
+    qpi_shmq **qp, const char *name, unsigned flags, const qpi_shmq_cfg *cfg);
+
+/* Creates an anonymous queue shared with the children forked after. */
+int qpi_shmq_anon(qpi_shmq **qp, const qpi_shmq_cfg *cfg);
+
+/* Marks this attachment closed and wakes its blocked calls, which return
+ * QP_ECLOSED, as do all later calls. The queue itself is untouched. */
+void qpi_shmq_interrupt(qpi_shmq *q);
+
+/* Unmaps and frees the attachment (interrupt it first if other threads may
+ * still be inside a call). NULL is fine. */
+void qpi_shmq_free(qpi_shmq *q);
+
+/* Removes the named queue's segment: QP_OK or QP_ENOENT. Attached
+ * processes keep working on it until they free their attachment. */
+int qpi_shmq_unlink(const char *name);
+
+/* Puts len bytes of the given kind. Waits until deadline_ns (absolute
+ * CLOCK_MONOTONIC, INT64_MAX = forever, 0 = do not wait) while the queue
+ * is full. Returns once the item is committed in the segment. Errors:
+ * QP_EFULL, QP_ETOOBIG (at once: over max_message, or larger than the ring
+ * can ever hold), QP_ECLOSED, QP_ECORRUPT. */
+int qpi_shmq_put(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
+    int64_t deadline_ns);
+
+/* Gets the head item. With into != NULL copies it there (cap bytes): if it
+ * is larger, QP_ETOOBIG with *lenp = its size, and it stays in the queue.
+ * Otherwise *bufp gets a malloc'd copy. flags: QPI_GET_OBJ. Errors:
+ * QP_EEMPTY (deadline), QP_ENOMEM (item stays), QP_ECLOSED, QP_ECORRUPT. */
+int qpi_shmq_get(qpi_shmq *q, unsigned flags, void *into, size_t cap,
+    void **bufp, size_t *lenp, int64_t deadline_ns);
+
+/* Exact number of items ready (leased items excluded, released included). */
+int qpi_shmq_qsize(qpi_shmq *q, uint64_t *np);
+
+/* True when a put of an empty item would block. */
+int qpi_shmq_full(qpi_shmq *q, bool *fullp);
+
+/* JoinableQueue accounting: unfinished = items put - task_done calls.
+ * task_done with nothing unfinished is QP_EVALUE and changes nothing. */
+int qpi_shmq_task_done(qpi_shmq *q);
+
+/* Waits until nothing is unfinished: QP_OK, QP_ETIMEDOUT, QP_ECLOSED. */
+int qpi_shmq_join(qpi_shmq *q, int64_t deadline_ns);
+
+/* Fills *st (see qp_queue_stats). */
+int qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st);
+
+/* Walks the whole segment under both locks and checks every invariant
+ * (positions, record headers, counters, lease table and lists): QP_OK, or
+ * QP_ECORRUPT with qp_errmsg() naming the first fault. For tests and
+ * `qpipe stat`; it stops the queue while it runs. */
+int qpi_shmq_check(qpi_shmq *q);
+
+/* ------------------------------------------------------------------------
+ * Leases (qpiped). Lease ids are nonzero 64-bit values, never reused while
+ * the segment lives (a slot index plus a generation); a stale id is
+ * QP_ENOENT. Expiries are CLOCK_MONOTONIC milliseconds (qpi_now_ms()).
+ * ------------------------------------------------------------------------ */
+
+/* Information about a lease handed out by qpi_shmq_get_lease. */
+typedef struct qpi_shmq_lease {
+	uint64_t id; /* for ack, release, renew */
+	uint32_t deliveries; /* 1 on first delivery, +1 per redelivery */
+	uint32_t kind; /* QPI_ITEM_BIN or QPI_ITEM_OBJ, as stored */
+	int64_t expiry_ms; /* INT64_MAX: no expiry */
+} qpi_shmq_lease;
+
+/* As qpi_shmq_get (into = NULL: *bufp gets a malloc'd copy), but the item
+ * stays in the segment, leased by owner (any token the caller picks, e.g.
+ * a connection id) for lease_ms milliseconds (-1: until acked or
+ * released). Released items come first, then the ring's head. Errors as
+ * qpi_shmq_get, plus QP_ELIMIT when every lease slot is taken (the item
+ * stays ready). Waiters: see qpi_shmq_watch below for a server that must
+ * not block. */
+int qpi_shmq_get_lease(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
+    unsigned flags, void **bufp, size_t *lenp, qpi_shmq_lease *lease,
+    int64_t deadline_ns);
+
+/* Confirms a lease: the item is removed for good. QP_ENOENT if the id is
+ * unknown, already acked, or was released (expired) meanwhile. */
+int qpi_shmq_ack(qpi_shmq *q, uint64_t lease_id);
+
+/* Returns a leased item to the head of the queue (delivered next, its
+ * delivery count raised on that delivery). QP_ENOENT as for ack. */
+int qpi_shmq_release(qpi_shmq *q, uint64_t lease_id);
+
+/* Moves a lease's expiry to now + lease_ms (-1: never). QP_ENOENT as for
+ * ack. */
+int qpi_shmq_renew(qpi_shmq *q, uint64_t lease_id, int64_t lease_ms);
+
+/* Releases every lease held by owner; *np (may be NULL) gets the count. */
+int qpi_shmq_release_owner(qpi_shmq *q, uint64_t owner, size_t *np);
+
+/* Releases every lease whose expiry is <= now_ms. *np (may be NULL) gets
+ * the count, *next_ms (may be NULL) the earliest expiry still pending, or
+ * INT64_MAX if none. Call it at *next_ms. */
+int qpi_shmq_expire(qpi_shmq *q, int64_t now_ms, size_t *np, int64_t *next_ms);
+
+/* Releases every lease (a restarted server: nobody holds one any more). */
+int qpi_shmq_release_all(qpi_shmq *q, size_t *np);
+
+/* ------------------------------------------------------------------------
+ * Watching (qpiped learns of local activity without polling).
+ *
+ * While at least one attachment watches a queue, every change that may
+ * unblock someone (a put, a get or ack that frees room, a release or
+ * expiry that returns items, a task_done that finishes the last task)
+ * increments the queue's watch sequence, a 32-bit futex word in the
+ * segment. A watcher thread loops:
+ *
+ *     uint32_t seen = qpi_shmq_watch_seq(q);
+ *     ... serve parked requests (nowait gets, puts, joins) ...
+ *     qpi_shmq_watch_wait(q, seen, deadline_ns);   // sleeps until it moves
+ *
+ * Changes made between watch_seq and watch_wait make watch_wait return at
+ * once: nothing is missed. To wait on many queues with one futex_waitv(),
+ * call qpi_shmq_watch_arm() on each, re-read each sequence, wait on the
+ * words from qpi_shmq_watch_word(), then qpi_shmq_watch_disarm() each: the
+ * wake-up system call is made only for armed watchers. A watcher that dies
+ * is forgotten by the others (its pid is checked, at most every 100 ms).
+ * ------------------------------------------------------------------------ */
+
+/* Starts (on = true) or stops watching q through this attachment.
+ * QP_ELIMIT if 64 attachments watch already. */
+int qpi_shmq_watch(qpi_shmq *q, bool on);
+
+/* The current watch sequence. */
+uint32_t qpi_shmq_watch_seq(qpi_shmq *q);
+
+/* Sleeps while the watch sequence equals seen, until deadline_ns:
+ * QP_OK (it moved, or a spurious wake-up), QP_ETIMEDOUT, QP_ECLOSED,
+ * QP_EINVAL (not watching). */
+int qpi_shmq_watch_wait(qpi_shmq *q, uint32_t seen, int64_t deadline_ns);
+
+/* For a hand-made wait on several queues: the futex word, and arming
+ * (the next change wakes futex waiters on the word) and disarming. */
+uint32_t *qpi_shmq_watch_word(qpi_shmq *q);
+int qpi_shmq_watch_arm(qpi_shmq *q);
+void qpi_shmq_watch_disarm(qpi_shmq *q);
+
+/* ------------------------------------------------------------------------
+ * Test hooks (tests only; NULL in production, one predictable branch).
+ * When set, the hook is called at these points inside critical sections,
+ * so that a test can widen them (sleep, spin) and kill -9 a process there.
+ * ------------------------------------------------------------------------ */
+enum qpi_shmq_hook_point {
+	QPI_HOOK_PUT_LOCKED = 1, /* producer lock held, nothing written */
+	QPI_HOOK_PUT_COPY, /* half of the item copied into the ring */
+	QPI_HOOK_GET_LOCKED, /* consumer lock held, item found */
+	QPI_HOOK_GET_COPY, /* half of the item copied out */
+	QPI_HOOK_JOURNAL, /* journal written, not committed */
+	QPI_HOOK_COMMIT, /* committed, not applied */
+	QPI_HOOK_APPLY, /* partly applied */
+	QPI_HOOK_MOVE, /* moving a leased record, producer and consumer
+	                  locks held */
+};
+extern void (*qpi_shmq_test_hook)(int point);
+
+#endif /* QPI_SHMQ_H */

@@ -2,10 +2,11 @@
  * conn.c - the Connection calls (multiprocessing.Pipe's Connection,
  * connection.wait, Listener and Client): checks every argument, then
  * dispatches through the connection's ops table to its carrier, shared
- * memory (shmpipe.c) or an nng stream (nngconn.c). Messages are msgpack
- * values: the bytes calls carry a bin, stored raw with a flag so that it
- * is never re-encoded; a bytes receive of a message that is one bin gives
- * its payload, of any other value its msgpack encoding. No locking here:
+ * memory (shmpipe.c) or an nng stream (nngconn.c, which also takes the
+ * listener's and dialer's options: token, TLS files, max_message). Messages
+ * are msgpack values: the bytes calls carry a bin, stored raw with a flag so
+ * that it is never re-encoded; a bytes receive of a message that is one bin
+ * gives its payload, of any other value its msgpack encoding. No locking here:
  * the carriers lock what they share.
  */
 #include "conn.h"
@@ -469,27 +470,27 @@ qp_pipe(qp_conn **ap, qp_conn **bp, bool duplex)
 	return qpi_shmpipe_create(ap, bp, duplex, 0);
 }
 
-/* Parses a listener or dialer address; tls+tcp waits for its
- * configuration. */
+/* Checks the options of a listener or dialer. */
 static int
-conn_addr(const char *addr, unsigned mode, qpi_addr *a)
+conn_opts_check(const qp_conn_opts *o)
 {
-	int rv;
-
-	if ((rv = qpi_addr_parse(addr, QPI_ADDR_SERVER | mode, a)) != QP_OK) {
-		return rv;
+	if (o == NULL) {
+		return QP_OK;
 	}
-	if (a->kind == QPI_ADDR_TLS) {
-		return qpi_err(QP_ENOTSUP,
-		    "'%s': tls+tcp:// connections are not supported yet (no "
-		    "TLS configuration); use tcp:// or ipc://",
-		    addr);
+	if (o->max_message > QPI_CONN_MAX_MESSAGE) {
+		return qpi_err(QP_EINVAL,
+		    "maximum message must be 1 to %zu bytes, not %zu",
+		    QPI_CONN_MAX_MESSAGE, o->max_message);
+	}
+	if (o->no_token && (o->token != NULL || o->token_file != NULL)) {
+		return qpi_err(QP_EINVAL,
+		    "no_token is set together with a token or token file");
 	}
 	return QP_OK;
 }
 
 QP_API int
-qp_listen(qp_listener **lp, const char *addr)
+qp_listen_opts(qp_listener **lp, const char *addr, const qp_conn_opts *opts)
 {
 	qpi_addr a;
 	int rv;
@@ -497,10 +498,19 @@ qp_listen(qp_listener **lp, const char *addr)
 	if (lp == NULL) {
 		return qpi_err(QP_EINVAL, "output pointer is NULL");
 	}
-	if ((rv = conn_addr(addr, QPI_ADDR_PORT0, &a)) != QP_OK) {
+	if ((rv = conn_opts_check(opts)) != QP_OK
+	    || (rv = qpi_addr_parse(
+	            addr, QPI_ADDR_SERVER | QPI_ADDR_PORT0, &a))
+	        != QP_OK) {
 		return rv;
 	}
-	return qpi_nng_listen(lp, &a);
+	return qpi_nng_listen(lp, &a, opts);
+}
+
+QP_API int
+qp_listen(qp_listener **lp, const char *addr)
+{
+	return qp_listen_opts(lp, addr, NULL);
 }
 
 QP_API const char *
@@ -533,7 +543,8 @@ qp_listener_free(qp_listener *l)
 }
 
 QP_API int
-qp_dial(qp_conn **cp, const char *addr, qp_duration timeout)
+qp_dial_opts(qp_conn **cp, const char *addr, qp_duration timeout,
+    const qp_conn_opts *opts)
 {
 	qpi_addr a;
 	int rv;
@@ -541,11 +552,16 @@ qp_dial(qp_conn **cp, const char *addr, qp_duration timeout)
 	if (cp == NULL) {
 		return qpi_err(QP_EINVAL, "output pointer is NULL");
 	}
-	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+	if ((rv = qpi_duration_check(timeout)) != QP_OK
+	    || (rv = conn_opts_check(opts)) != QP_OK
+	    || (rv = qpi_addr_parse(addr, QPI_ADDR_SERVER, &a)) != QP_OK) {
 		return rv;
 	}
-	if ((rv = conn_addr(addr, 0, &a)) != QP_OK) {
-		return rv;
-	}
-	return qpi_nng_dial(cp, &a, timeout);
+	return qpi_nng_dial(cp, &a, timeout, opts);
+}
+
+QP_API int
+qp_dial(qp_conn **cp, const char *addr, qp_duration timeout)
+{
+	return qp_dial_opts(cp, addr, timeout, NULL);
 }

@@ -2,23 +2,28 @@
  * nngconn.c - Connections across hosts: qp_listen / qp_listener_accept /
  * qp_dial (Python's connection.Listener and Client).
  *
- * Design. A Connection is one nng byte stream (nng_stream: tcp://, ipc://)
- * that speaks the SP pair1 protocol on the wire, exactly as an nng pair1
- * socket does: the 8-byte SP header {0, 'S', 'P', 0, 0x00, 0x11, 0, 0}
- * each way, then frames of a 64-bit big-endian length (ipc: a 0x01 byte
- * first) holding pair1's 32-bit hop count (1) and one msgpack value.
+ * Design. A Connection is one nng byte stream (nng_stream: tcp://, ipc://,
+ * tls+tcp://) that speaks the SP pair1 protocol on the wire, exactly as an
+ * nng pair1 socket does: the 8-byte SP header {0, 'S', 'P', 0, 0x00, 0x11,
+ * 0, 0} each way, then frames of a 64-bit big-endian length (ipc: a 0x01
+ * byte first) holding pair1's 32-bit hop count (1) and one msgpack value.
  * Before any message the dialer sends PROTOCOL.md's hello request and the
- * listener answers it (its version, its max_message, a nonce, whether a
- * token is required: never yet), within 10 s or the connection is closed;
- * after that each frame is one message of the Connection (send_bytes
- * sends a bin). So any pair1 socket (nngcat --pair1) that sends a hello
- * first can dial a qpipe listener, and a pair1 listener that answers it can
- * be dialed. The sockets' own layer is not used because a pair1 socket has
- * one peer and redials after a drop: a listener could not hand out one
- * Connection per client on one port (polyamorous mode drops messages when
- * a peer is slow), and a redialed connection would hide the end of file.
- * With streams the listener accepts any number of clients on one address,
- * and a dropped connection is final: end of file.
+ * listener answers it (its version, its max_message, a fresh nonce, whether
+ * a token is required); with a token, the dialer then sends auth (the HMAC
+ * of the nonce, and a nonce of its own) and the listener answers with its
+ * own proof or refuses (auth.c), all within 10 s or the connection is
+ * closed. A refused dialer gets QP_EAUTH and is never accepted; the
+ * listener counts it. After that each frame is one message of the
+ * Connection (send_bytes sends a bin). So any pair1 socket (nngcat --pair1)
+ * that sends a hello first can dial a qpipe listener without a token, and a
+ * pair1 listener that answers it can be dialed. tls+tcp:// streams are
+ * nng's TLS streams, configured by tls.c; their framing is tcp's. The sockets'
+ * own layer is not used because a pair1 socket has one peer and redials after
+ * a drop: a listener could not hand out one Connection per client on one port
+ * (polyamorous mode drops messages when a peer is slow), and a redialed
+ * connection would hide the end of file. With streams the listener accepts any
+ * number of clients on one address, and a dropped connection is final: end of
+ * file.
  *
  * Receiving. Each connection has a reader run by nng's callbacks: it reads
  * into a 64 KiB buffer, cuts frames out of it (the rest of a frame over
@@ -37,14 +42,27 @@
  * refuses a message over the max_message of the listener's hello
  * (QP_ETOOBIG, nothing sent) rather than have it end the connection.
  *
+ * nng 1.5's TLS streams. Two faults of nng 1.5.2 shape the code: a
+ * transfer given to a TLS stream after it failed or was closed waits for
+ * ever (the stream drops it), and cancelling or timing out a send there
+ * does nothing. Closing the stream always ends the transfers it holds. So
+ * handshakes are bounded by a timer that closes the stream (not by the
+ * transfer's timeout), the listener never gives a transfer to a stream
+ * after it started closing, a TLS connection's reader closes the stream
+ * when it ends, and a sender that finds the end after giving its send
+ * closes it again.
+ *
  * Locking: per connection, mu guards the reader's state and the queue;
  * txmu serialises senders. One thread receives at a time (a receive looks
  * at the head message, then takes it; a second receiver in between gets
  * QP_EBUSY rather than someone else's message). Per listener, mu guards the
  * handshakes in progress and the connections ready to be accepted. Nothing is
- * submitted to nng while a lock is held that its callbacks take.
+ * submitted to nng while a lock is held that its callbacks take, but for a
+ * handshake's transfers, given under the listener's mu (see nc_pending_io).
  */
 #include "nngconn.h"
+#include "auth.h"
+#include "tls.h"
 #include "wire.h"
 
 #include <arpa/inet.h>
@@ -54,7 +72,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #include <nng/nng.h>
@@ -86,6 +103,7 @@ struct nngconn {
 	qp_conn base;
 	nng_stream *st;
 	bool ipc;
+	bool tls; /* nng's TLS stream: see "nng 1.5's TLS streams" above */
 	struct nngconn *next_ready; /* the listener's queue */
 	char peer[QPI_URL_MAX + 1]; /* for messages */
 
@@ -132,16 +150,32 @@ struct pending {
 	uint8_t tx[8];
 	uint8_t rx[8];
 	uint8_t fhdr[9]; /* the hello frame's header */
-	uint8_t *body; /* the hello frame */
+	uint8_t *body; /* the hello (then auth) frame */
 	size_t body_len;
 	qpi_wire_buf out; /* the answer's frame */
+	qpi_auth_server as; /* the nonce of the hello reply */
+	bool auth_wait; /* told the dialer to authenticate; not yet done */
+	nng_aio *timer; /* closes the stream at the handshake's deadline */
 };
 
-enum { PH_SEND_SP, PH_RECV_SP, PH_RECV_HDR, PH_RECV_HELLO, PH_SEND_REPLY };
+enum {
+	PH_SEND_SP,
+	PH_RECV_SP,
+	PH_RECV_HDR,
+	PH_RECV_HELLO,
+	PH_SEND_REPLY,
+	PH_RECV_AUTH_HDR,
+	PH_RECV_AUTH,
+	PH_SEND_AUTH_REPLY,
+	PH_SEND_REFUSAL,
+};
 
 struct qp_listener {
 	nng_stream_listener *sl;
 	bool ipc;
+	bool tls;
+	size_t max_message; /* of each connection, told in the hello */
+	qpi_token token; /* len 0: none required */
 	char url[QPI_URL_MAX + 16];
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
@@ -153,6 +187,7 @@ struct qp_listener {
 	struct nngconn *ready_head;
 	struct nngconn *ready_tail;
 	size_t nready;
+	uint64_t refused; /* dialers that did not authenticate */
 };
 
 static const uint8_t sp_header[8] = {0, 'S', 'P', 0, 0, SP_PAIR1, 0, 0};
@@ -276,8 +311,10 @@ nc_fail(struct nngconn *c, int err, const char *fmt, ...)
 	va_end(ap);
 	free(c->big);
 	c->big = NULL;
-	if (err != QP_ECLOSED) {
-		/* Tell the peer: the stream is no longer in step. */
+	if (err != QP_ECLOSED || c->tls) {
+		/* Tell the peer: the stream is no longer in step. A TLS
+		 * stream is closed at its end in any case, which fails a
+		 * send waiting on it. */
 		nng_stream_close(c->st);
 	}
 	nc_efd_set(c);
@@ -521,6 +558,17 @@ nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 	while (niov > 0) {
 		nng_aio_set_iov(c->txaio, niov, iov);
 		nng_stream_send(c->st, c->txaio);
+		if (c->tls) {
+			/* A send given to a TLS stream after it failed would
+			 * wait for ever: if the reader saw the end, close
+			 * the stream again, which fails the send. */
+			pthread_mutex_lock(&c->mu);
+			bool dead = c->eof;
+			pthread_mutex_unlock(&c->mu);
+			if (dead) {
+				nng_stream_close(c->st);
+			}
+		}
 		nng_aio_wait(c->txaio);
 		int nrv = nng_aio_result(c->txaio);
 		if (nrv != 0) {
@@ -667,10 +715,12 @@ static const qpi_conn_ops nc_ops = {
     .destroy = nc_destroy,
 };
 
-/* Wraps a stream that passed the handshake and starts its reader. On
- * failure the caller still owns the stream. */
+/* Wraps a stream that passed the handshake and starts its reader, with
+ * max_message as the connection's limit. On failure the caller still owns
+ * the stream. */
 static int
-nc_new(struct nngconn **cp, nng_stream *st, bool ipc, const char *peer)
+nc_new(struct nngconn **cp, nng_stream *st, bool ipc, bool tls,
+    const char *peer, size_t max_message)
 {
 	struct nngconn *c = calloc(1, sizeof(*c));
 	pthread_condattr_t ca;
@@ -697,6 +747,7 @@ nc_new(struct nngconn **cp, nng_stream *st, bool ipc, const char *peer)
 	}
 	c->st = st;
 	c->ipc = ipc;
+	c->tls = tls;
 	snprintf(c->peer, sizeof(c->peer), "%s", peer);
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->txmu, NULL);
@@ -705,6 +756,7 @@ nc_new(struct nngconn **cp, nng_stream *st, bool ipc, const char *peer)
 	pthread_cond_init(&c->cv, &ca);
 	pthread_condattr_destroy(&ca);
 	qpi_conn_init(&c->base, &nc_ops, true, true);
+	c->base.max_message = max_message;
 	c->frame_max = c->base.max_message + FRAME_EXTRA;
 	nng_aio_set_timeout(c->rxaio, NNG_DURATION_INFINITE);
 	nng_aio_set_timeout(c->txaio, NNG_DURATION_INFINITE);
@@ -737,31 +789,6 @@ nc_check_header(const uint8_t rx[8], const char *peer)
 }
 
 /* ---- the hello exchange (PROTOCOL.md, direct connections) ---- */
-
-static void
-nc_random(void *buf, size_t len)
-{
-	uint8_t *p = buf;
-	size_t got = 0;
-
-	while (got < len) {
-		ssize_t n = getrandom(p + got, len - got, 0);
-		if (n <= 0) {
-			break;
-		}
-		got += (size_t) n;
-	}
-	if (got < len) {
-		/* no entropy source: still distinct enough for ids */
-		uint64_t x
-		    = (uint64_t) qpi_now_ns() ^ ((uint64_t) getpid() << 32);
-		for (; got < len; got++) {
-			x = x * 6364136223846793005ull
-			    + 1442695040888963407ull;
-			p[got] = (uint8_t) (x >> 56);
-		}
-	}
-}
 
 /* Appends to out the frame that carries body: the stream's framing, then
  * pair1's hop count, then the encoded message. */
@@ -804,22 +831,37 @@ nc_hello_header(const uint8_t *h, bool ipc, size_t *lenp, const char *peer)
 	return QP_OK;
 }
 
-/* Reads a hello request frame (pair1 header included) and appends the
- * listener's answer, a whole frame, to out. */
+/* Appends to out the whole frame of the reply rep. */
 static int
-nc_hello_answer(const uint8_t *frame, size_t len, bool ipc, qpi_wire_buf *out,
-    const char *peer)
+nc_reply(const qpi_wire_rep *rep, bool ipc, qpi_wire_buf *out)
 {
-	qpi_wire_req req;
-	qpi_wire_rep rep;
 	qpi_wire_buf body = {0};
 	int rv;
 
+	if ((rv = qpi_wire_encode_rep(rep, &body)) == QP_OK) {
+		rv = nc_frame(&body, ipc, out);
+	}
+	qpi_wire_buf_free(&body);
+	return rv;
+}
+
+/* Reads the pending stream's hello request frame (pair1 header included)
+ * and puts the listener's answer, a whole frame, in p->out. With a token,
+ * the answer carries the nonce that auth must answer. */
+static int
+nc_hello_answer(struct pending *p, const char *peer)
+{
+	qp_listener *l = p->l;
+	qpi_wire_req req;
+	qpi_wire_rep rep;
+	int rv;
+
 	memset(&req, 0, sizeof(req));
-	if (frame[0] != 0 || frame[1] != 0 || frame[2] != 0) {
+	if (p->body[0] != 0 || p->body[1] != 0 || p->body[2] != 0) {
 		return qpi_err(QP_EPROTO, "%s: bad pair1 header", peer);
 	}
-	if ((rv = qpi_wire_decode_req(frame + 4, len - 4, NULL, &req))
+	if ((rv = qpi_wire_decode_req(
+	         p->body + 4, p->body_len - 4, NULL, &req))
 	    != QP_OK) {
 		return rv;
 	}
@@ -833,15 +875,60 @@ nc_hello_answer(const uint8_t *frame, size_t len, bool ipc, qpi_wire_buf *out,
 	rep.status = QP_OK;
 	snprintf(rep.server_version, sizeof(rep.server_version), "%s",
 	    QP_VERSION_STRING);
-	rep.limits.max_message = QP_DEFAULT_MAX_MESSAGE;
+	rep.limits.max_message = l->max_message;
 	rep.limits.max_batch = QPI_WIRE_DEFAULT_BATCH;
-	nc_random(rep.nonce, sizeof(rep.nonce));
-	rep.auth_required = false;
-	if ((rv = qpi_wire_encode_rep(&rep, &body)) == QP_OK) {
-		rv = nc_frame(&body, ipc, out);
+	if (l->token.len > 0) {
+		rv = qpi_auth_server_hello(&p->as, rep.nonce);
+		rep.auth_required = true;
+	} else {
+		rv = qpi_random(rep.nonce, sizeof(rep.nonce));
 	}
-	qpi_wire_buf_free(&body);
+	if (rv == QP_OK && (rv = nc_reply(&rep, l->ipc, &p->out)) == QP_OK) {
+		p->auth_wait = rep.auth_required;
+	}
 	return rv;
+}
+
+/* Reads the pending stream's auth request frame and puts the answer in
+ * p->out: QP_OK (the dialer proved the token; the answer proves it back),
+ * QP_EAUTH or QP_EPROTO (refused; the answer says why, if it could be
+ * made), or another error (nothing to answer). */
+static int
+nc_auth_answer(struct pending *p, const char *peer)
+{
+	qp_listener *l = p->l;
+	qpi_wire_req req;
+	qpi_wire_rep rep;
+	int st, rv;
+
+	memset(&req, 0, sizeof(req));
+	memset(&rep, 0, sizeof(rep));
+	if (p->body[0] != 0 || p->body[1] != 0 || p->body[2] != 0) {
+		st = qpi_err(QP_EPROTO, "%s: bad pair1 header", peer);
+	} else if ((st = qpi_wire_decode_req(
+	                p->body + 4, p->body_len - 4, NULL, &req))
+	    != QP_OK) {
+		/* st and the message say what is wrong */
+	} else if (req.op != QPI_OP_AUTH) {
+		const char *name = qpi_wire_op_name(req.op);
+		st = qpi_err(QP_EAUTH,
+		    "authentication required: %s sent %s instead of auth",
+		    peer, name != NULL ? name : "an unknown op");
+	} else {
+		st = qpi_auth_server_check(&p->as, &l->token, req.mac,
+		    req.has_nonce ? req.nonce : NULL, rep.mac, &rep.has_mac);
+	}
+	rep.op = req.op;
+	rep.req_id = req.req_id;
+	rep.status = st;
+	if (st != QP_OK) {
+		snprintf(rep.errmsg, sizeof(rep.errmsg), "%s", qp_errmsg());
+	}
+	if ((rv = nc_reply(&rep, l->ipc, &p->out)) != QP_OK) {
+		qpi_wire_buf_reset(&p->out);
+		return rv;
+	}
+	return st;
 }
 
 /* ---- listening ---- */
@@ -854,8 +941,14 @@ nc_pending_done(struct pending *p, struct nngconn *c)
 	qp_listener *l = p->l;
 	bool keep;
 
+	/* The watchdog goes first: it must not close a stream handed on. */
+	nng_aio_free(p->timer);
+
 	pthread_mutex_lock(&l->mu);
 	keep = c != NULL && !l->closing;
+	if (c == NULL && p->auth_wait && !l->closing) {
+		l->refused++;
+	}
 	for (struct pending **pp = &l->pend; *pp != NULL; pp = &(*pp)->next) {
 		if (*pp == p) {
 			*pp = p->next;
@@ -898,10 +991,36 @@ nc_pending_io(struct pending *p)
 
 	nng_aio_set_iov(p->aio, 1, &iov);
 	nng_aio_set_timeout(p->aio, (nng_duration) (ms > 0 ? ms : 1));
-	if (p->phase == PH_SEND_SP || p->phase == PH_SEND_REPLY) {
+	/* Under the listener's lock, so that its closing cannot come
+	 * between the check and the transfer: a transfer given to a TLS
+	 * stream after it was closed would wait for ever. (nng completes
+	 * stream transfers on its own threads, never inside this call, so
+	 * the callback waits for the lock rather than deadlocking.) */
+	pthread_mutex_lock(&p->l->mu);
+	if (p->l->closing) {
+		pthread_mutex_unlock(&p->l->mu);
+		nc_pending_done(p, NULL);
+		return;
+	}
+	if (p->phase == PH_SEND_SP || p->phase == PH_SEND_REPLY
+	    || p->phase == PH_SEND_AUTH_REPLY || p->phase == PH_SEND_REFUSAL) {
 		nng_stream_send(p->st, p->aio);
 	} else {
 		nng_stream_recv(p->st, p->aio);
+	}
+	pthread_mutex_unlock(&p->l->mu);
+}
+
+/* The handshake's deadline passed: close the stream, which ends the
+ * transfer in progress (its own timeout cannot be relied on: see "nng
+ * 1.5's TLS streams" above). */
+static void
+nc_pending_timer_cb(void *arg)
+{
+	struct pending *p = arg;
+
+	if (nng_aio_result(p->timer) == 0) {
+		nng_stream_close(p->st);
 	}
 }
 
@@ -912,6 +1031,19 @@ nc_pending_phase(struct pending *p, int phase, uint8_t *buf, size_t want)
 	p->buf = buf;
 	p->want = want;
 	p->got = 0;
+}
+
+/* The handshake is complete: the stream becomes a connection. */
+static void
+nc_pending_accept(struct pending *p, const char *peer)
+{
+	struct nngconn *c = NULL;
+
+	if (nc_new(&c, p->st, p->l->ipc, p->l->tls, peer, p->l->max_message)
+	    != QP_OK) {
+		c = NULL;
+	}
+	nc_pending_done(p, c);
 }
 
 static void
@@ -953,22 +1085,50 @@ nc_pending_cb(void *arg)
 		nc_pending_phase(p, PH_RECV_HELLO, p->body, p->body_len);
 		break;
 	case PH_RECV_HELLO:
-		if (nc_hello_answer(
-		        p->body, p->body_len, p->l->ipc, &p->out, peer)
-		    != QP_OK) {
+		if (nc_hello_answer(p, peer) != QP_OK) {
 			nc_pending_done(p, NULL);
 			return;
 		}
 		nc_pending_phase(p, PH_SEND_REPLY, p->out.data, p->out.len);
 		break;
-	default: {
-		struct nngconn *c = NULL;
-		if (nc_new(&c, p->st, p->l->ipc, peer) != QP_OK) {
-			c = NULL;
+	case PH_SEND_REPLY:
+		if (!p->auth_wait) {
+			nc_pending_accept(p, peer);
+			return;
 		}
-		nc_pending_done(p, c);
+		qpi_wire_buf_reset(&p->out);
+		nc_pending_phase(p, PH_RECV_AUTH_HDR, p->fhdr, fh);
+		break;
+	case PH_RECV_AUTH_HDR:
+		free(p->body);
+		if (nc_hello_header(p->fhdr, p->l->ipc, &p->body_len, peer)
+		        != QP_OK
+		    || (p->body = malloc(p->body_len)) == NULL) {
+			nc_pending_done(p, NULL);
+			return;
+		}
+		nc_pending_phase(p, PH_RECV_AUTH, p->body, p->body_len);
+		break;
+	case PH_RECV_AUTH:
+		if (nc_auth_answer(p, peer) == QP_OK) {
+			p->auth_wait = false;
+			nc_pending_phase(
+			    p, PH_SEND_AUTH_REPLY, p->out.data, p->out.len);
+		} else if (p->out.len > 0) {
+			/* Say why, then close. */
+			nc_pending_phase(
+			    p, PH_SEND_REFUSAL, p->out.data, p->out.len);
+		} else {
+			nc_pending_done(p, NULL);
+			return;
+		}
+		break;
+	case PH_SEND_AUTH_REPLY:
+		nc_pending_accept(p, peer);
 		return;
-	}
+	default: /* PH_SEND_REFUSAL */
+		nc_pending_done(p, NULL);
+		return;
 	}
 	nc_pending_io(p);
 }
@@ -985,6 +1145,10 @@ nc_acc_cb(void *arg)
 	pthread_mutex_lock(&l->mu);
 	if (l->closing) {
 		again = false;
+		if (rv == 0 && !l->acc_sleeping) {
+			/* accepted as the listener closed: dropped below */
+			st = nng_aio_get_output(l->acc, 0);
+		}
 	} else if (l->acc_sleeping) {
 		l->acc_sleeping = false;
 	} else if (rv == 0) {
@@ -994,7 +1158,11 @@ nc_acc_cb(void *arg)
 			nng_stream_free(st);
 			st = NULL;
 		} else if ((p = calloc(1, sizeof(*p))) == NULL
-		    || nng_aio_alloc(&p->aio, nc_pending_cb, p) != 0) {
+		    || nng_aio_alloc(&p->aio, nc_pending_cb, p) != 0
+		    || nng_aio_alloc(&p->timer, nc_pending_timer_cb, p) != 0) {
+			if (p != NULL) {
+				nng_aio_free(p->aio);
+			}
 			free(p);
 			p = NULL;
 			nng_stream_free(st);
@@ -1020,9 +1188,13 @@ nc_acc_cb(void *arg)
 	pthread_mutex_unlock(&l->mu);
 
 	if (p != NULL) {
+		nng_sleep_aio(NEGO_MS, p->timer);
 		nc_pending_io(p);
 	}
 	if (!again) {
+		if (st != NULL) {
+			nng_stream_free(st);
+		}
 		return;
 	}
 	if (sleeping) {
@@ -1061,26 +1233,60 @@ nc_bound_url(qp_listener *l, const qpi_addr *a)
 	                                                             : host,
 	          ':')
 	    != NULL;
-	snprintf(l->url, sizeof(l->url), "tcp://%s%s%s:%u", v6 ? "[" : "",
+	snprintf(l->url, sizeof(l->url), "%s://%s%s%s:%u",
+	    l->tls ? "tls+tcp" : "tcp", v6 ? "[" : "",
 	    a->host[0] != '\0' && strcmp(a->host, "*") != 0 ? a->host : host,
 	    v6 ? "]" : "", port);
 }
 
 int
-qpi_nng_listen(qp_listener **lp, const qpi_addr *a)
+qpi_nng_listen(qp_listener **lp, const qpi_addr *a, const qp_conn_opts *o)
 {
 	qp_listener *l = calloc(1, sizeof(*l));
+	nng_tls_config *tls = NULL;
 	pthread_condattr_t ca;
-	int nrv;
+	int nrv, rv;
 
 	if (l == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory for a listener");
 	}
 	l->ipc = a->kind == QPI_ADDR_IPC;
+	l->tls = a->kind == QPI_ADDR_TLS;
+	l->max_message = o != NULL && o->max_message != 0
+	    ? o->max_message
+	    : QP_DEFAULT_MAX_MESSAGE;
+	if ((rv = qpi_token_resolve(&l->token, o != NULL ? o->token : NULL,
+	         o != NULL ? o->token_file : NULL, o != NULL && o->no_token,
+	         NULL))
+	        != QP_OK
+	    || (l->tls
+	        && (rv = qpi_tls_config_opts(&tls, true, o, NULL)) != QP_OK)) {
+		qpi_token_clear(&l->token);
+		free(l);
+		return rv;
+	}
 	if ((nrv = nng_stream_listener_alloc(&l->sl, a->url)) != 0) {
+		if (tls != NULL) {
+			nng_tls_config_free(tls);
+		}
+		qpi_token_clear(&l->token);
 		free(l);
 		return qpi_err(nc_err(nrv), "cannot listen on %s: %s", a->url,
 		    nng_strerror(nrv));
+	}
+	if (tls != NULL) {
+		/* The listener takes its own hold on the config. */
+		nrv = nng_stream_listener_set_ptr(
+		    l->sl, NNG_OPT_TLS_CONFIG, tls);
+		nng_tls_config_free(tls);
+		if (nrv != 0) {
+			nng_stream_listener_free(l->sl);
+			qpi_token_clear(&l->token);
+			free(l);
+			return qpi_err(nc_err(nrv),
+			    "cannot set up TLS on %s: %s", a->url,
+			    nng_strerror(nrv));
+		}
 	}
 	if (!l->ipc) {
 		nng_stream_listener_set_bool(l->sl, NNG_OPT_TCP_NODELAY, true);
@@ -1090,6 +1296,7 @@ qpi_nng_listen(qp_listener **lp, const qpi_addr *a)
 	if ((nrv = nng_stream_listener_listen(l->sl)) != 0
 	    || (nrv = nng_aio_alloc(&l->acc, nc_acc_cb, l)) != 0) {
 		nng_stream_listener_free(l->sl);
+		qpi_token_clear(&l->token);
 		free(l);
 		return qpi_err(nc_err(nrv), "cannot listen on %s: %s", a->url,
 		    nng_strerror(nrv));
@@ -1103,6 +1310,17 @@ qpi_nng_listen(qp_listener **lp, const qpi_addr *a)
 	nng_stream_listener_accept(l->sl, l->acc);
 	*lp = l;
 	return QP_OK;
+}
+
+uint64_t
+qpi_nng_listener_refused(qp_listener *l)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&l->mu);
+	n = l->refused;
+	pthread_mutex_unlock(&l->mu);
+	return n;
 }
 
 const char *
@@ -1170,6 +1388,7 @@ qpi_nng_listener_free(qp_listener *l)
 	}
 	nng_aio_free(l->acc);
 	nng_stream_listener_free(l->sl);
+	qpi_token_clear(&l->token);
 	pthread_mutex_destroy(&l->mu);
 	pthread_cond_destroy(&l->cv);
 	free(l);
@@ -1177,10 +1396,12 @@ qpi_nng_listener_free(qp_listener *l)
 
 /* ---- dialing ---- */
 
-/* Sends or receives len bytes, within deadline (and NEGO_MS). */
+/* Sends or receives len bytes, within deadline (and NEGO_MS). tls_hs: the
+ * first transfer on a TLS stream, which carries its handshake: a failure
+ * there is the TLS handshake's (QP_EAUTH, the likely cause named). */
 static int
 nc_sync_io(nng_stream *st, nng_aio *aio, void *buf, size_t len, bool send,
-    int64_t deadline, const char *url)
+    int64_t deadline, const char *url, bool tls_hs)
 {
 	size_t got = 0;
 	nng_iov iov;
@@ -1203,6 +1424,11 @@ nc_sync_io(nng_stream *st, nng_aio *aio, void *buf, size_t len, bool send,
 		nng_aio_wait(aio);
 		if ((nrv = nng_aio_result(aio)) != 0) {
 			int rv = nc_err(nrv);
+			if (tls_hs && rv != QP_ETIMEDOUT && rv != QP_ENOMEM) {
+				return qpi_err(QP_EAUTH,
+				    "TLS handshake with %s failed: %s", url,
+				    qpi_tls_why(nrv, false));
+			}
 			return qpi_err(rv == QP_ECLOSED ? QP_EPROTO : rv,
 			    "handshake with %s failed: %s", url,
 			    nng_strerror(nrv));
@@ -1212,47 +1438,26 @@ nc_sync_io(nng_stream *st, nng_aio *aio, void *buf, size_t len, bool send,
 	return QP_OK;
 }
 
-/* The dialer's side of the handshake: the SP headers, then our hello and
- * the listener's answer, within deadline. *peer_maxp gets the listener's
- * largest message. */
+/* Sends the request req as one frame and reads the answer into *rep,
+ * within deadline. The answer must be the reply to req (same op and
+ * req_id); its status is the caller's to look at. */
 static int
-nc_handshake(nng_stream *st, nng_aio *aio, bool ipc, int64_t deadline,
-    const char *url, uint64_t *peer_maxp)
+nc_exchange(nng_stream *st, nng_aio *aio, bool ipc, int64_t deadline,
+    const char *url, const qpi_wire_req *req, qpi_wire_rep *rep)
 {
-	uint8_t sp[8], rx[8], fhdr[9];
-	qpi_wire_req req;
-	qpi_wire_rep rep;
 	qpi_wire_buf body = {0}, frame = {0};
+	uint8_t fhdr[9];
 	uint8_t *in = NULL;
 	size_t len = 0;
-	char host[64] = "";
 	int rv;
 
-	memcpy(sp, sp_header, sizeof(sp));
-	if ((rv = nc_sync_io(st, aio, sp, 8, true, deadline, url)) != QP_OK
-	    || (rv = nc_sync_io(st, aio, rx, 8, false, deadline, url)) != QP_OK
-	    || (rv = nc_check_header(rx, url)) != QP_OK) {
-		return rv;
-	}
-	memset(&req, 0, sizeof(req));
-	req.op = QPI_OP_HELLO;
-	req.req_id = 1;
-	nc_random(req.client_id, sizeof(req.client_id));
-	gethostname(host, sizeof(host) - 1);
-	for (char *h = host; *h != '\0'; h++) {
-		if (*h < 0x21 || *h > 0x7e) {
-			*h = '_';
-		}
-	}
-	snprintf(req.client_name, sizeof(req.client_name), "qp_dial@%.40s:%d",
-	    host, (int) getpid());
-	if ((rv = qpi_wire_encode_req(&req, &body)) != QP_OK
+	if ((rv = qpi_wire_encode_req(req, &body)) != QP_OK
 	    || (rv = nc_frame(&body, ipc, &frame)) != QP_OK
-	    || (rv = nc_sync_io(
-	            st, aio, frame.data, frame.len, true, deadline, url))
+	    || (rv = nc_sync_io(st, aio, frame.data, frame.len, true, deadline,
+	            url, false))
 	        != QP_OK
 	    || (rv = nc_sync_io(
-	            st, aio, fhdr, ipc ? 9 : 8, false, deadline, url))
+	            st, aio, fhdr, ipc ? 9 : 8, false, deadline, url, false))
 	        != QP_OK
 	    || (rv = nc_hello_header(fhdr, ipc, &len, url)) != QP_OK) {
 		goto out;
@@ -1261,25 +1466,16 @@ nc_handshake(nng_stream *st, nng_aio *aio, bool ipc, int64_t deadline,
 		rv = qpi_err(QP_ENOMEM, "out of memory");
 		goto out;
 	}
-	if ((rv = nc_sync_io(st, aio, in, len, false, deadline, url))
+	if ((rv = nc_sync_io(st, aio, in, len, false, deadline, url, false))
 	    != QP_OK) {
 		goto out;
 	}
-	memset(&rep, 0, sizeof(rep));
+	memset(rep, 0, sizeof(*rep));
 	if (in[0] != 0 || in[1] != 0 || in[2] != 0
-	    || qpi_wire_decode_rep(in + 4, len - 4, NULL, &rep) != QP_OK
-	    || rep.op != QPI_OP_HELLO || rep.req_id != 1) {
-		rv = qpi_err(QP_EPROTO, "%s did not answer hello", url);
-	} else if (rep.status != QP_OK) {
-		rv = qpi_err(rep.status, "%s refused the connection: %s", url,
-		    rep.errmsg);
-	} else if (rep.auth_required) {
-		rv = qpi_err(QP_EAUTH,
-		    "%s requires a token, which direct connections cannot "
-		    "present yet",
-		    url);
-	} else {
-		*peer_maxp = rep.limits.max_message;
+	    || qpi_wire_decode_rep(in + 4, len - 4, NULL, rep) != QP_OK
+	    || rep->op != req->op || rep->req_id != req->req_id) {
+		rv = qpi_err(QP_EPROTO, "%s did not answer %s", url,
+		    qpi_wire_op_name(req->op));
 	}
 out:
 	free(in);
@@ -1288,25 +1484,162 @@ out:
 	return rv;
 }
 
-int
-qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout)
+/* The dialer's side of the handshake: the SP headers, then our hello and
+ * the listener's answer, then (with a token) auth and its answer, within
+ * deadline. *peer_maxp gets the listener's largest message; *tls_failp
+ * tells that the TLS handshake failed (QP_EAUTH). */
+static int
+nc_handshake(nng_stream *st, nng_aio *aio, const qpi_addr *a, int64_t deadline,
+    const qpi_token *token, uint64_t *peer_maxp, bool *tls_failp)
+{
+	bool ipc = a->kind == QPI_ADDR_IPC, tls = a->kind == QPI_ADDR_TLS;
+	const char *url = a->url;
+	uint8_t sp[8], rx[8];
+	qpi_wire_req req;
+	qpi_wire_rep rep;
+	qpi_auth_client ac;
+	char host[64] = "";
+	bool do_auth = false;
+	int rv;
+
+	memcpy(sp, sp_header, sizeof(sp));
+	if ((rv = nc_sync_io(st, aio, sp, 8, true, deadline, url, tls))
+	        != QP_OK
+	    || (rv = nc_sync_io(st, aio, rx, 8, false, deadline, url, tls))
+	        != QP_OK
+	    || (rv = nc_check_header(rx, url)) != QP_OK) {
+		*tls_failp = rv == QP_EAUTH && tls;
+		return rv;
+	}
+	memset(&req, 0, sizeof(req));
+	req.op = QPI_OP_HELLO;
+	req.req_id = 1;
+	if ((rv = qpi_random(req.client_id, sizeof(req.client_id))) != QP_OK) {
+		return rv;
+	}
+	gethostname(host, sizeof(host) - 1);
+	for (char *h = host; *h != '\0'; h++) {
+		if (*h < 0x21 || *h > 0x7e) {
+			*h = '_';
+		}
+	}
+	snprintf(req.client_name, sizeof(req.client_name), "qp_dial@%.40s:%d",
+	    host, (int) getpid());
+	if ((rv = nc_exchange(st, aio, ipc, deadline, url, &req, &rep))
+	    != QP_OK) {
+		return rv;
+	}
+	if (rep.status != QP_OK) {
+		return qpi_err(rep.status, "%s refused the connection: %s",
+		    url, rep.errmsg);
+	}
+	if ((rv = qpi_auth_client_policy(
+	         token, rep.auth_required, url, &do_auth))
+	    != QP_OK) {
+		return rv;
+	}
+	*peer_maxp = rep.limits.max_message;
+	if (!do_auth) {
+		return QP_OK;
+	}
+	memset(&req, 0, sizeof(req));
+	req.op = QPI_OP_AUTH;
+	req.req_id = 2;
+	req.has_nonce = true;
+	if ((rv = qpi_auth_client_answer(
+	         &ac, token, rep.nonce, req.mac, req.nonce))
+	        != QP_OK
+	    || (rv = nc_exchange(st, aio, ipc, deadline, url, &req, &rep))
+	        != QP_OK) {
+		return rv;
+	}
+	if (rep.status != QP_OK) {
+		return qpi_err(rep.status == QP_EAUTH ? QP_EAUTH : rep.status,
+		    "%s refused the token: %s", url, rep.errmsg);
+	}
+	return qpi_auth_client_verify(&ac, token, rep.mac, rep.has_mac, url);
+}
+
+/* Closes a dialed stream whose handshake outlived its deadline. */
+struct nc_watch {
+	nng_aio *aio;
+	nng_stream *st;
+	bool fired; /* read after the aio is stopped */
+};
+
+static void
+nc_watch_cb(void *arg)
+{
+	struct nc_watch *w = arg;
+
+	if (nng_aio_result(w->aio) == 0) {
+		w->fired = true;
+		nng_stream_close(w->st);
+	}
+}
+
+/* A stream dialer for a, with TLS configured for tls+tcp://. */
+static int
+nc_dialer(nng_stream_dialer **dp, const qpi_addr *a, const qp_conn_opts *o)
 {
 	nng_stream_dialer *d;
-	nng_aio *aio;
-	int64_t deadline = qpi_deadline_ns(timeout);
-	int backoff = BACKOFF_MIN;
+	nng_tls_config *tls = NULL;
 	int nrv, rv;
 
+	if (a->kind == QPI_ADDR_TLS
+	    && (rv = qpi_tls_config_opts(&tls, false, o, a->host)) != QP_OK) {
+		return rv;
+	}
 	if ((nrv = nng_stream_dialer_alloc(&d, a->url)) != 0) {
+		if (tls != NULL) {
+			nng_tls_config_free(tls);
+		}
 		return qpi_err(nc_err(nrv), "cannot dial %s: %s", a->url,
 		    nng_strerror(nrv));
+	}
+	if (tls != NULL) {
+		/* The dialer takes its own hold on the config. */
+		nrv = nng_stream_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, tls);
+		nng_tls_config_free(tls);
+		if (nrv != 0) {
+			nng_stream_dialer_free(d);
+			return qpi_err(nc_err(nrv),
+			    "cannot set up TLS to %s: %s", a->url,
+			    nng_strerror(nrv));
+		}
 	}
 	if (a->kind != QPI_ADDR_IPC) {
 		nng_stream_dialer_set_bool(d, NNG_OPT_TCP_NODELAY, true);
 		nng_stream_dialer_set_bool(d, NNG_OPT_TCP_KEEPALIVE, true);
 	}
+	*dp = d;
+	return QP_OK;
+}
+
+int
+qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
+    const qp_conn_opts *o)
+{
+	nng_stream_dialer *d = NULL;
+	nng_aio *aio;
+	qpi_token token;
+	int64_t deadline = qpi_deadline_ns(timeout);
+	int backoff = BACKOFF_MIN;
+	int nrv, rv;
+
+	if ((rv = qpi_token_resolve(&token, o != NULL ? o->token : NULL,
+	         o != NULL ? o->token_file : NULL, o != NULL && o->no_token,
+	         NULL))
+	    != QP_OK) {
+		return rv;
+	}
+	if ((rv = nc_dialer(&d, a, o)) != QP_OK) {
+		qpi_token_clear(&token);
+		return rv;
+	}
 	if ((nrv = nng_aio_alloc(&aio, NULL, NULL)) != 0) {
 		nng_stream_dialer_free(d);
+		qpi_token_clear(&token);
 		return qpi_err(QP_ENOMEM, "out of memory dialing %s", a->url);
 	}
 	int refused = 0; /* the last refusal, reported if time runs out */
@@ -1337,6 +1670,7 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout)
 			}
 			nng_aio_free(aio);
 			nng_stream_dialer_free(d);
+			qpi_token_clear(&token);
 			return qpi_err(rv, "cannot connect to %s: %s", a->url,
 			    nng_strerror(nrv));
 		}
@@ -1349,8 +1683,33 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout)
 	}
 	nng_stream *st = nng_aio_get_output(aio, 0);
 	uint64_t peer_max = 0;
-	rv = nc_handshake(st, aio, a->kind == QPI_ADDR_IPC,
-	    timeout == 0 ? INT64_MAX : deadline, a->url, &peer_max);
+	struct nc_watch w = {.st = st};
+	int64_t hs_deadline = timeout == 0 ? INT64_MAX : deadline;
+	int64_t hs_ms = nc_deadline_ms(hs_deadline);
+	if (hs_ms < 0 || hs_ms > NEGO_MS) {
+		hs_ms = NEGO_MS;
+	}
+	if (nng_aio_alloc(&w.aio, nc_watch_cb, &w) != 0) {
+		rv = qpi_err(QP_ENOMEM, "out of memory dialing %s", a->url);
+	} else {
+		bool tls_fail = false;
+		char why[400];
+		nng_sleep_aio((nng_duration) (hs_ms > 0 ? hs_ms : 1), w.aio);
+		rv = nc_handshake(
+		    st, aio, a, hs_deadline, &token, &peer_max, &tls_fail);
+		nng_aio_free(w.aio); /* stops the timer first */
+		if (w.fired && rv != QP_OK) {
+			rv = qpi_err(QP_ETIMEDOUT,
+			    "handshake with %s did not finish within %lld ms",
+			    a->url, (long long) hs_ms);
+		} else if (tls_fail
+		    && qpi_tls_diagnose(a, o, hs_deadline, why, sizeof(why))) {
+			/* nng says little: find out what failed */
+			rv = qpi_err(QP_EAUTH,
+			    "TLS handshake with %s failed: %s", a->url, why);
+		}
+	}
+	qpi_token_clear(&token);
 	nng_aio_free(aio);
 	nng_stream_dialer_free(d);
 	if (rv != QP_OK) {
@@ -1358,7 +1717,11 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout)
 		return rv;
 	}
 	struct nngconn *c;
-	if ((rv = nc_new(&c, st, a->kind == QPI_ADDR_IPC, a->url)) != QP_OK) {
+	size_t max = o != NULL && o->max_message != 0 ? o->max_message
+	                                              : QP_DEFAULT_MAX_MESSAGE;
+	if ((rv = nc_new(&c, st, a->kind == QPI_ADDR_IPC,
+	         a->kind == QPI_ADDR_TLS, a->url, max))
+	    != QP_OK) {
 		nng_stream_free(st);
 		return rv;
 	}

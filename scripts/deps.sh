@@ -5,7 +5,8 @@
 # is present it does nothing and takes well under a second.
 set -euo pipefail
 
-build_pkgs=(cmake make gcc pkg-config libnng-dev libmsgpack-dev libcmocka-dev)
+build_pkgs=(cmake make gcc pkg-config libnng-dev libmsgpack-dev libcmocka-dev
+	libmbedtls-dev)
 test_pkgs=(clang clang-format libclang-rt-14-dev nng-utils python3
 	python3-msgpack iproute2 docker-compose openssl procps)
 bench_pkgs=(python3 redis-server redis-tools nng-utils)

@@ -258,8 +258,9 @@ QP_API void qp_conn_free(qp_conn *c);
 QP_API int qp_wait(qp_conn *const *conns, size_t n, qp_duration timeout,
     bool *ready, size_t *nreadyp);
 
-/* Listens on addr (tcp://HOST:PORT, ipc:///PATH, tls+tcp://HOST:PORT).
- * Port 0 picks a free port: qp_listener_url tells the real address. */
+/* Listens on addr (tcp://HOST:PORT, ipc:///PATH; tls+tcp://HOST:PORT
+ * needs qp_listen_opts). Port 0 picks a free port: qp_listener_url tells
+ * the real address. A token comes from $QPIPE_TOKEN if it is set. */
 QP_API int qp_listen(qp_listener **lp, const char *addr);
 
 /* The address actually bound, e.g. "tcp://127.0.0.1:40123". */
@@ -273,8 +274,50 @@ QP_API int qp_listener_accept(
 QP_API void qp_listener_free(qp_listener *l);
 
 /* Dials a listener. With timeout 0 a refused dial fails at once with
- * QP_ECONNREFUSED; otherwise it retries until the timeout. */
+ * QP_ECONNREFUSED; otherwise it retries until the timeout. A token comes
+ * from $QPIPE_TOKEN if it is set; tls+tcp:// verifies the listener. */
 QP_API int qp_dial(qp_conn **cp, const char *addr, qp_duration timeout);
+
+/* Options of qp_listen_opts and qp_dial_opts; all zero (or a NULL pointer)
+ * gives qp_listen's and qp_dial's defaults. The strings are read during
+ * the call only. The tls_ fields apply to tls+tcp:// addresses only. */
+typedef struct qp_conn_opts {
+	/* The shared secret (1..1024 bytes) that both ends must hold: the
+	 * listener then admits only dialers that prove they hold it, and
+	 * the dialer checks that the listener holds it too; it never
+	 * crosses the wire. NULL: the first line of token_file, else
+	 * $QPIPE_TOKEN if set and not empty, else none. */
+	const char *token;
+	const char *token_file;
+	bool no_token; /* true: no token, whatever $QPIPE_TOKEN says */
+	/* PEM files. Listener: tls_cert and tls_key are its certificate
+	 * (required); with tls_ca, every dialer must present a certificate
+	 * that chains to it. Dialer: the listener's certificate must chain
+	 * to tls_ca (NULL: $QPIPE_TLS_CA, else the system's CA bundle) and
+	 * name tls_server_name (NULL: the address's host); tls_cert and
+	 * tls_key, if given, are its client certificate. */
+	const char *tls_cert;
+	const char *tls_key;
+	const char *tls_ca;
+	const char *tls_server_name;
+	bool tls_insecure_skip_verify; /* dialer: accept any certificate.
+	                                  For tests only. */
+	size_t max_message; /* largest message per connection; 0 = 32 MiB */
+} qp_conn_opts;
+
+/* qp_listen with options (opts may be NULL). A listener with a token
+ * accepts only dialers that prove it; the others get QP_EAUTH from their
+ * dial and are never returned by accept. Errors as qp_listen, and
+ * QP_EINVAL for bad options or files (qp_errmsg() names the cause). */
+QP_API int qp_listen_opts(
+    qp_listener **lp, const char *addr, const qp_conn_opts *opts);
+
+/* qp_dial with options (opts may be NULL). Errors as qp_dial, and
+ * QP_EAUTH: the tokens differ, only one end has one, or the TLS
+ * handshake failed (the certificate did not verify, a client certificate
+ * was required); qp_errmsg() says which. */
+QP_API int qp_dial_opts(qp_conn **cp, const char *addr, qp_duration timeout,
+    const qp_conn_opts *opts);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,568 @@
+/*
+ * tls.c - builds the nng_tls_config of a tls+tcp:// server or client from
+ * PEM files. Each file is read here and checked with mbedTLS first (a
+ * certificate parses, a key parses and matches its certificate), so that a
+ * bad file fails with a message that names it and the cause, rather than
+ * with nng's generic error at the first handshake; then the same PEM text
+ * goes to nng. The handshake itself is nng's (mbedTLS). nng reports a
+ * failed handshake with one generic error, so after a client's handshake
+ * fails, qpi_tls_diagnose makes a second connection with mbedTLS directly,
+ * verification optional, to learn the cause (not signed by the CA, wrong
+ * name, expired, a client certificate required) for the message. No state
+ * and no locking: each call builds a new config that the caller owns.
+ */
+#include "tls.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <mbedtls/error.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/platform_util.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/x509_crt.h>
+
+#include "auth.h"
+
+#define PEM_MAX ((size_t) 4 << 20) /* the largest PEM file read */
+
+int
+qpi_tls_available(void)
+{
+	nng_tls_config *cfg;
+	int nrv = nng_tls_config_alloc(&cfg, NNG_TLS_MODE_CLIENT);
+
+	if (nrv != 0) {
+		return qpi_err(nrv == NNG_ENOMEM ? QP_ENOMEM : QP_ENOTSUP,
+		    "tls+tcp:// is not available: this nng has no TLS engine "
+		    "(%s)",
+		    nng_strerror(nrv));
+	}
+	nng_tls_config_free(cfg);
+	return QP_OK;
+}
+
+/* Reads a whole PEM file, NUL-terminated: *bufp is malloc'd, *lenp counts
+ * the NUL (what mbedTLS's parsers want for PEM). what names the file's
+ * role in messages. */
+static int
+tls_read(const char *path, const char *what, char **bufp, size_t *lenp)
+{
+	struct stat st;
+	char *buf;
+	size_t got = 0;
+	int fd, e;
+
+	if (path == NULL || path[0] == '\0') {
+		return qpi_err(QP_EINVAL, "no %s file given", what);
+	}
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+		e = errno;
+		return qpi_err(QP_EINVAL, "cannot open the %s file '%s': %s",
+		    what, path, strerror(e));
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return qpi_err(
+		    QP_EINVAL, "the %s file '%s' is not a file", what, path);
+	}
+	if ((size_t) st.st_size > PEM_MAX) {
+		close(fd);
+		return qpi_err(QP_EINVAL,
+		    "the %s file '%s' is %lld bytes, over the %zu a PEM file "
+		    "may have",
+		    what, path, (long long) st.st_size, PEM_MAX);
+	}
+	if ((buf = malloc((size_t) st.st_size + 1)) == NULL) {
+		close(fd);
+		return qpi_err(QP_ENOMEM, "out of memory reading '%s'", path);
+	}
+	while (got < (size_t) st.st_size) {
+		ssize_t n = read(fd, buf + got, (size_t) st.st_size - got);
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		if (n <= 0) {
+			e = n < 0 ? errno : EIO;
+			close(fd);
+			free(buf);
+			return qpi_err(QP_EINVAL,
+			    "cannot read the %s file '%s': %s", what, path,
+			    strerror(e));
+		}
+		got += (size_t) n;
+	}
+	close(fd);
+	buf[got] = '\0';
+	*bufp = buf;
+	*lenp = got + 1;
+	return QP_OK;
+}
+
+/* Frees a file's text, wiping it first (it may hold a key). */
+static void
+tls_drop(char *buf, size_t len)
+{
+	if (buf != NULL) {
+		mbedtls_platform_zeroize(buf, len);
+		free(buf);
+	}
+}
+
+/* Checks that the text holds certificates only, all of them parsed. */
+static int
+tls_check_certs(const char *pem, size_t len, const char *what,
+    const char *path, mbedtls_x509_crt *crt)
+{
+	char why[128];
+	int mrv;
+
+	if (strstr(pem, "-----BEGIN CERTIFICATE-----") == NULL) {
+		return qpi_err(QP_EINVAL,
+		    "the %s file '%s' holds no PEM certificate", what, path);
+	}
+	mrv = mbedtls_x509_crt_parse(crt, (const unsigned char *) pem, len);
+	if (mrv < 0) {
+		mbedtls_strerror(mrv, why, sizeof(why));
+		return qpi_err(QP_EINVAL,
+		    "the %s file '%s' holds a certificate that cannot be "
+		    "read: %s",
+		    what, path, why);
+	}
+	if (mrv > 0) {
+		return qpi_err(QP_EINVAL,
+		    "%d of the certificates in the %s file '%s' cannot be "
+		    "read",
+		    mrv, what, path);
+	}
+	return QP_OK;
+}
+
+/* Loads a certificate and its key into cfg, checking they match. */
+static int
+tls_own_cert(nng_tls_config *cfg, const char *cert, const char *key)
+{
+	char *cpem = NULL, *kpem = NULL;
+	size_t clen = 0, klen = 0;
+	mbedtls_x509_crt crt;
+	mbedtls_pk_context pk;
+	char why[128];
+	int rv, mrv, nrv;
+
+	if (cert == NULL || key == NULL) {
+		return qpi_err(QP_EINVAL,
+		    "a TLS certificate needs both its certificate file and "
+		    "its key file");
+	}
+	mbedtls_x509_crt_init(&crt);
+	mbedtls_pk_init(&pk);
+	if ((rv = tls_read(cert, "certificate", &cpem, &clen)) != QP_OK
+	    || (rv = tls_read(key, "key", &kpem, &klen)) != QP_OK
+	    || (rv = tls_check_certs(cpem, clen, "certificate", cert, &crt))
+	        != QP_OK) {
+		goto out;
+	}
+	mrv = mbedtls_pk_parse_key(
+	    &pk, (const unsigned char *) kpem, klen, NULL, 0);
+	if (mrv == MBEDTLS_ERR_PK_PASSWORD_REQUIRED) {
+		rv = qpi_err(QP_EINVAL,
+		    "the key file '%s' is encrypted: give an unencrypted key",
+		    key);
+		goto out;
+	}
+	if (mrv != 0) {
+		mbedtls_strerror(mrv, why, sizeof(why));
+		rv = qpi_err(QP_EINVAL,
+		    "the key file '%s' holds no private key that can be "
+		    "read: %s",
+		    key, why);
+		goto out;
+	}
+	if (mbedtls_pk_check_pair(&crt.pk, &pk) != 0) {
+		rv = qpi_err(QP_EINVAL,
+		    "the key file '%s' is not the key of the certificate in "
+		    "'%s'",
+		    key, cert);
+		goto out;
+	}
+	if ((nrv = nng_tls_config_own_cert(cfg, cpem, kpem, NULL)) != 0) {
+		rv = qpi_err(nrv == NNG_ENOMEM ? QP_ENOMEM : QP_EINVAL,
+		    "cannot use the certificate '%s' with the key '%s': %s",
+		    cert, key, nng_strerror(nrv));
+	}
+out:
+	mbedtls_pk_free(&pk);
+	mbedtls_x509_crt_free(&crt);
+	tls_drop(cpem, clen);
+	tls_drop(kpem, klen);
+	return rv;
+}
+
+/* Loads the CA certificates that the peer's certificate must chain to. */
+static int
+tls_ca(nng_tls_config *cfg, const char *ca)
+{
+	char *pem = NULL;
+	size_t len = 0;
+	mbedtls_x509_crt crt;
+	int rv, nrv;
+
+	mbedtls_x509_crt_init(&crt);
+	if ((rv = tls_read(ca, "CA", &pem, &len)) == QP_OK
+	    && (rv = tls_check_certs(pem, len, "CA", ca, &crt)) == QP_OK
+	    && (nrv = nng_tls_config_ca_chain(cfg, pem, NULL)) != 0) {
+		rv = qpi_err(nrv == NNG_ENOMEM ? QP_ENOMEM : QP_EINVAL,
+		    "cannot use the CA file '%s': %s", ca, nng_strerror(nrv));
+	}
+	mbedtls_x509_crt_free(&crt);
+	tls_drop(pem, len);
+	return rv;
+}
+
+/* The CA file a client verifies with: ca, else $QPIPE_TLS_CA, else the
+ * system's bundle. */
+static const char *
+tls_client_ca(const char *ca)
+{
+	if (ca == NULL || ca[0] == '\0') {
+		ca = getenv(QPI_TLS_CA_ENV);
+	}
+	if (ca == NULL || ca[0] == '\0') {
+		ca = QPI_TLS_SYSTEM_CA;
+	}
+	return ca;
+}
+
+static int
+tls_alloc(nng_tls_config **cfgp, nng_tls_mode mode)
+{
+	int nrv = nng_tls_config_alloc(cfgp, mode);
+
+	if (nrv != 0) {
+		return qpi_err(nrv == NNG_ENOMEM ? QP_ENOMEM : QP_ENOTSUP,
+		    "cannot make a TLS configuration: %s%s", nng_strerror(nrv),
+		    nrv == NNG_ENOTSUP ? " (this nng has no TLS engine)" : "");
+	}
+	return QP_OK;
+}
+
+int
+qpi_tls_server_config(
+    nng_tls_config **cfgp, const char *cert, const char *key, const char *ca)
+{
+	nng_tls_config *cfg;
+	int rv;
+
+	if (cert == NULL || key == NULL) {
+		return qpi_err(QP_EINVAL,
+		    "a tls+tcp:// listener needs a certificate and its key "
+		    "(tls_cert and tls_key)");
+	}
+	if ((rv = tls_alloc(&cfg, NNG_TLS_MODE_SERVER)) != QP_OK) {
+		return rv;
+	}
+	if ((rv = tls_own_cert(cfg, cert, key)) == QP_OK && ca != NULL
+	    && (rv = tls_ca(cfg, ca)) == QP_OK
+	    && nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_REQUIRED)
+	        != 0) {
+		rv = qpi_err(QP_ESYSTEM, "cannot require client certificates");
+	}
+	if (rv == QP_OK && ca == NULL
+	    && nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_NONE) != 0) {
+		rv = qpi_err(QP_ESYSTEM, "cannot set the TLS verification");
+	}
+	if (rv != QP_OK) {
+		nng_tls_config_free(cfg);
+		return rv;
+	}
+	*cfgp = cfg;
+	return QP_OK;
+}
+
+int
+qpi_tls_client_config(nng_tls_config **cfgp, const char *ca,
+    const char *server_name, const char *cert, const char *key, bool insecure)
+{
+	nng_tls_config *cfg;
+	int rv = QP_OK, nrv;
+
+	if (!insecure && (server_name == NULL || server_name[0] == '\0')) {
+		return qpi_err(QP_EINVAL,
+		    "a TLS client needs the server's name to verify its "
+		    "certificate");
+	}
+	if ((cert == NULL) != (key == NULL)) {
+		return qpi_err(QP_EINVAL,
+		    "a client certificate needs both its certificate file and "
+		    "its key file");
+	}
+	if ((rv = tls_alloc(&cfg, NNG_TLS_MODE_CLIENT)) != QP_OK) {
+		return rv;
+	}
+	if (insecure) {
+		nrv = nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_NONE);
+	} else {
+		rv = tls_ca(cfg, tls_client_ca(ca));
+		nrv = nng_tls_config_auth_mode(
+		    cfg, NNG_TLS_AUTH_MODE_REQUIRED);
+	}
+	if (rv == QP_OK && nrv != 0) {
+		rv = qpi_err(QP_ESYSTEM, "cannot set the TLS verification: %s",
+		    nng_strerror(nrv));
+	}
+	if (rv == QP_OK && server_name != NULL && server_name[0] != '\0'
+	    && (nrv = nng_tls_config_server_name(cfg, server_name)) != 0) {
+		rv = qpi_err(nrv == NNG_ENOMEM ? QP_ENOMEM : QP_EINVAL,
+		    "cannot set the TLS server name '%s': %s", server_name,
+		    nng_strerror(nrv));
+	}
+	if (rv == QP_OK && cert != NULL) {
+		rv = tls_own_cert(cfg, cert, key);
+	}
+	if (rv != QP_OK) {
+		nng_tls_config_free(cfg);
+		return rv;
+	}
+	*cfgp = cfg;
+	return QP_OK;
+}
+
+int
+qpi_tls_config_opts(nng_tls_config **cfgp, bool server, const qp_conn_opts *o,
+    const char *host)
+{
+	static const qp_conn_opts none;
+
+	if (o == NULL) {
+		o = &none;
+	}
+	if (server) {
+		return qpi_tls_server_config(
+		    cfgp, o->tls_cert, o->tls_key, o->tls_ca);
+	}
+	return qpi_tls_client_config(cfgp, o->tls_ca,
+	    o->tls_server_name != NULL ? o->tls_server_name : host,
+	    o->tls_cert, o->tls_key, o->tls_insecure_skip_verify);
+}
+
+const char *
+qpi_tls_why(int nrv, bool server)
+{
+	switch (nrv) {
+	case NNG_EPEERAUTH:
+		return server ? "the client's certificate did not verify "
+		                "against this end's CA, or it sent none"
+		              : "the server's certificate did not verify: "
+		                "not signed by the CA this end trusts, "
+		                "expired, or not issued for the host dialed";
+	case NNG_ECRYPTO:
+		return server ? "the TLS handshake failed (the client may "
+		                "not trust this end's certificate)"
+		              : "the TLS handshake failed (the server may "
+		                "require a client certificate that this end "
+		                "does not have or it does not trust)";
+	case NNG_ECLOSED:
+	case NNG_ECONNSHUT:
+	case NNG_ECONNRESET:
+	case NNG_ECONNABORTED:
+		return server ? "the client closed the connection in the TLS "
+		                "handshake (it may not trust this end's "
+		                "certificate)"
+		              : "the server closed the connection in the TLS "
+		                "handshake (it may require a client "
+		                "certificate that this end does not have or "
+		                "it does not trust, or not speak TLS)";
+	default:
+		return nng_strerror(nrv);
+	}
+}
+
+/* ---- diagnosis of a client's failed handshake ---- */
+
+#define DIAG_MS_MAX 3000 /* the longest the second connection may take */
+
+static int
+diag_rng(void *arg, unsigned char *buf, size_t len)
+{
+	(void) arg;
+	return qpi_random(buf, len) == QP_OK ? 0
+	                                     : MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+}
+
+static int
+diag_send(void *arg, const unsigned char *buf, size_t len)
+{
+	ssize_t n = send(*(int *) arg, buf, len, MSG_NOSIGNAL);
+
+	if (n < 0) {
+		return errno == EINTR ? MBEDTLS_ERR_SSL_WANT_WRITE
+		                      : MBEDTLS_ERR_SSL_CONN_EOF;
+	}
+	return (int) n;
+}
+
+static int
+diag_recv(void *arg, unsigned char *buf, size_t len)
+{
+	ssize_t n = recv(*(int *) arg, buf, len, 0);
+
+	if (n < 0) {
+		return errno == EINTR ? MBEDTLS_ERR_SSL_WANT_READ
+		                      : MBEDTLS_ERR_SSL_CONN_EOF;
+	}
+	return n == 0 ? MBEDTLS_ERR_SSL_CONN_EOF : (int) n;
+}
+
+/* A TCP connection to host:port within ms, with send and receive timeouts
+ * of ms; -1 on failure. */
+static int
+diag_connect(const char *host, uint16_t port, int ms)
+{
+	struct addrinfo hints, *res = NULL;
+	struct timeval tv
+	    = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+	char svc[8];
+	int fd = -1;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	snprintf(svc, sizeof(svc), "%u", (unsigned) port);
+	if (getaddrinfo(host, svc, &hints, &res) != 0) {
+		return -1;
+	}
+	for (struct addrinfo *ai = res; ai != NULL && fd < 0;
+	     ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+		    ai->ai_protocol);
+		if (fd < 0) {
+			continue;
+		}
+		/* SO_SNDTIMEO bounds connect() too. */
+		if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv))
+		        != 0
+		    || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv))
+		        != 0
+		    || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+			close(fd);
+			fd = -1;
+		}
+	}
+	freeaddrinfo(res);
+	return fd;
+}
+
+bool
+qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o, int64_t deadline_ns,
+    char *why, size_t len)
+{
+	static const qp_conn_opts none;
+	mbedtls_ssl_config conf;
+	mbedtls_ssl_context ssl;
+	mbedtls_x509_crt ca;
+	const char *cafile, *name;
+	char *pem = NULL;
+	size_t pemlen = 0;
+	int64_t left = qpi_remaining_ns(deadline_ns);
+	int ms = DIAG_MS_MAX, fd, mrv;
+	bool found = false;
+
+	if (o == NULL) {
+		o = &none;
+	}
+	if (o->tls_insecure_skip_verify) {
+		return false;
+	}
+	if (left != INT64_MAX && left / 1000000 < ms) {
+		ms = (int) (left / 1000000);
+	}
+	if (ms < 100) {
+		ms = 100;
+	}
+	cafile = tls_client_ca(o->tls_ca);
+	name = o->tls_server_name != NULL ? o->tls_server_name : a->host;
+	mbedtls_x509_crt_init(&ca);
+	mbedtls_ssl_config_init(&conf);
+	mbedtls_ssl_init(&ssl);
+	if (tls_read(cafile, "CA", &pem, &pemlen) != QP_OK
+	    || mbedtls_x509_crt_parse(&ca, (const unsigned char *) pem, pemlen)
+	        < 0
+	    || mbedtls_ssl_config_defaults(&conf, MBEDTLS_SSL_IS_CLIENT,
+	           MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT)
+	        != 0) {
+		goto out;
+	}
+	mbedtls_ssl_conf_authmode(&conf, MBEDTLS_SSL_VERIFY_OPTIONAL);
+	mbedtls_ssl_conf_ca_chain(&conf, &ca, NULL);
+	mbedtls_ssl_conf_rng(&conf, diag_rng, NULL);
+	mbedtls_ssl_conf_min_version(
+	    &conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+	if (mbedtls_ssl_setup(&ssl, &conf) != 0
+	    || mbedtls_ssl_set_hostname(&ssl, name) != 0
+	    || (fd = diag_connect(a->host, a->port, ms)) < 0) {
+		goto out;
+	}
+	mbedtls_ssl_set_bio(&ssl, &fd, diag_send, diag_recv, NULL);
+	do {
+		mrv = mbedtls_ssl_handshake(&ssl);
+	} while (mrv == MBEDTLS_ERR_SSL_WANT_READ
+	    || mrv == MBEDTLS_ERR_SSL_WANT_WRITE);
+	uint32_t flags = mbedtls_ssl_get_verify_result(&ssl);
+	if (flags != 0 && flags != (uint32_t) -1) {
+		char info[512];
+		int n = mbedtls_x509_crt_verify_info(
+		    info, sizeof(info), "", flags);
+		/* one line: the reasons, joined */
+		for (int i = 0; i < n; i++) {
+			if (info[i] == '\n') {
+				info[i] = i + 1 < n ? ';' : '\0';
+			}
+		}
+		uint8_t ip[16];
+		bool literal = inet_pton(AF_INET, name, ip) == 1
+		    || inet_pton(AF_INET6, name, ip) == 1;
+		snprintf(why, len,
+		    "the server's certificate did not verify as '%s' against "
+		    "the CA file '%s': %s%s",
+		    name, cafile, info,
+		    literal && (flags & MBEDTLS_X509_BADCERT_CN_MISMATCH) != 0
+		        ? " (this mbedTLS matches names against the "
+		          "certificate's DNS names only: list the address as "
+		          "a "
+		          "DNS name too, or set tls_server_name)"
+		        : "");
+		found = true;
+	} else if (mrv == 0) {
+		snprintf(why, len,
+		    "the server's certificate verified; the server ended the "
+		    "handshake (%s)",
+		    o->tls_cert != NULL
+		        ? "it may not trust this end's client certificate"
+		        : "it may require a client certificate: none is set");
+		found = true;
+	} else if (ssl.client_auth) {
+		snprintf(why, len,
+		    "the server requires a client certificate%s",
+		    o->tls_cert != NULL ? " and refused this end's"
+		                        : ", and this end has none");
+		found = true;
+	}
+	mbedtls_ssl_close_notify(&ssl);
+	close(fd);
+out:
+	mbedtls_ssl_free(&ssl);
+	mbedtls_ssl_config_free(&conf);
+	mbedtls_x509_crt_free(&ca);
+	free(pem);
+	return found;
+}

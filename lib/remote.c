@@ -25,6 +25,7 @@
  * state; it is never held while waiting for the network.
  */
 #include "remote.h"
+#include "conn.h"
 #include "queue.h"
 #include "shmq.h"
 #include "wire.h"
@@ -36,7 +37,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 /* A get or put that blocks forever is sent again after this long. */
 #define QPI_RQ_SLICE_MS 30000
@@ -1370,4 +1373,466 @@ qp_server_list(const char *addr, qp_queue_info **listp, size_t *np)
 		    "tls+tcp:// is not supported by this version yet");
 	}
 	return qpi_rq_list(&a, listp, np);
+}
+
+/* ---- pipes through the server ----
+ *
+ * A Connection whose messages travel through qpiped (PROTOCOL.md, pipes):
+ * an nng req0 connection of its own holds one side of a named pipe. A
+ * receiving end keeps one pipe_recv parked on the server at all times
+ * (the prefetcher, an aio state machine on its own context): a message
+ * that arrives is queued here, an eventfd is readable while one waits, and
+ * peek/take read the local queue. The prefetcher stops while RP_RXQ_MAX
+ * bytes are queued, so a slow receiver leaves the messages in the server,
+ * whose buffer then holds back the sender. Sending is a synchronous
+ * pipe_send. End of file: the server answers QP_ECLOSED once the other
+ * side closed (or its connection dropped) and nothing is left. A dropped
+ * connection of our own loses the side: end of file too.
+ *
+ * Locking: rp->mu guards the local queue, the end-of-file state and the
+ * prefetcher's state; nothing waits on the network with it held. */
+
+#define RP_RXQ_MAX ((size_t) 4 << 20)
+
+enum { RP_IDLE, RP_SENDING, RP_RECEIVING, RP_STOPPED };
+
+typedef struct rp_msg {
+	struct rp_msg *next;
+	size_t len;
+	uint8_t data[]; /* the message's msgpack encoding */
+} rp_msg;
+
+typedef struct rpipe {
+	qp_conn base; /* first: conn.c sees this */
+	qpi_rq *r; /* the connection, client id and seqs */
+	int side;
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* a message came, or the end of file */
+	rp_msg *head, *tail;
+	size_t qbytes;
+	bool eof;
+	int eof_err;
+	char eof_msg[256];
+	int efd; /* readable while a message waits or at end of file */
+	rq_ctx pf; /* the prefetcher's context and aio */
+	int pf_state;
+	bool pf_started;
+} rpipe;
+
+static rpipe *
+rp_of(qp_conn *c)
+{
+	return (rpipe *) c;
+}
+
+static void
+rp_efd_sync(rpipe *p)
+{
+	uint64_t v;
+
+	if (p->head != NULL || p->eof) {
+		v = 1;
+		if (write(p->efd, &v, sizeof(v)) < 0) {
+			/* at its maximum already: it stays readable */
+		}
+	} else if (read(p->efd, &v, sizeof(v)) < 0) {
+		/* was not readable: nothing to clear */
+	}
+}
+
+/* Ends the stream: later receives get err once the queue is drained. */
+static void
+rp_set_eof(rpipe *p, int err, const char *msg)
+{
+	if (!p->eof) {
+		p->eof = true;
+		p->eof_err = err;
+		snprintf(p->eof_msg, sizeof(p->eof_msg), "%s", msg);
+	}
+	p->pf_state = RP_STOPPED;
+	rp_efd_sync(p);
+	pthread_cond_broadcast(&p->cv);
+}
+
+/* Sends the next pipe_recv (timeout: a slice) if the queue has room. With
+ * p->mu held. */
+static void
+rp_pf_next(rpipe *p)
+{
+	qpi_rq *r = p->r;
+	qpi_wire_req req;
+	nng_msg *m;
+
+	if (p->pf_state != RP_IDLE || p->eof || p->qbytes >= RP_RXQ_MAX) {
+		return;
+	}
+	memset(&req, 0, sizeof(req));
+	req.op = QPI_OP_PIPE_RECV;
+	snprintf(req.name, sizeof(req.name), "%s", r->name);
+	pthread_mutex_lock(&r->mu);
+	memcpy(req.client_id, r->id, sizeof(r->id));
+	req.seq = ++r->seq;
+	req.req_id = ++r->req_id;
+	pthread_mutex_unlock(&r->mu);
+	req.side = p->side;
+	req.timeout = QPI_RQ_SLICE_MS;
+	if (rq_encode(r, &req, &m) != QP_OK) {
+		rp_set_eof(p, QP_ENOMEM, "out of memory for a receive");
+		return;
+	}
+	p->pf_state = RP_SENDING;
+	nng_aio_set_msg(p->pf.aio, m);
+	nng_aio_set_timeout(p->pf.aio, (nng_duration) r->reconnect_ms);
+	nng_ctx_send(p->pf.ctx, p->pf.aio);
+}
+
+static void
+rp_pf_cb(void *arg)
+{
+	rpipe *p = arg;
+	nng_aio *aio = p->pf.aio;
+	int rv = nng_aio_result(aio);
+	nng_msg *m = nng_aio_get_msg(aio);
+
+	pthread_mutex_lock(&p->mu);
+	if (p->pf_state == RP_SENDING) {
+		if (rv == 0) {
+			p->pf_state = RP_RECEIVING;
+			nng_aio_set_timeout(
+			    aio, QPI_RQ_SLICE_MS + QPI_RQ_SLACK_MS);
+			nng_ctx_recv(p->pf.ctx, aio);
+			pthread_mutex_unlock(&p->mu);
+			return;
+		}
+		if (m != NULL) {
+			nng_msg_free(m);
+			nng_aio_set_msg(aio, NULL);
+		}
+		p->pf_state = RP_IDLE;
+		rp_set_eof(p, rv == NNG_ECLOSED ? QP_ECLOSED : QP_ECONNRESET,
+		    rv == NNG_ECLOSED ? "connection closed"
+		                      : "lost the connection to the server");
+		pthread_mutex_unlock(&p->mu);
+		return;
+	}
+	if (p->pf_state != RP_RECEIVING) {
+		if (rv == 0 && m != NULL) {
+			nng_msg_free(m);
+			nng_aio_set_msg(aio, NULL);
+		}
+		pthread_mutex_unlock(&p->mu);
+		return;
+	}
+	p->pf_state = RP_IDLE;
+	if (rv != 0) {
+		/* Our connection dropped (the side with it) or was closed. */
+		rp_set_eof(p, rv == NNG_ECLOSED ? QP_ECLOSED : QP_ECONNRESET,
+		    rv == NNG_ECLOSED ? "connection closed"
+		                      : "lost the connection to the server");
+		pthread_mutex_unlock(&p->mu);
+		return;
+	}
+	nng_aio_set_msg(aio, NULL);
+	qpi_wire_rep rep;
+	memset(&rep, 0, sizeof(rep));
+	int drv = qpi_wire_decode_rep(
+	    nng_msg_body(m), nng_msg_len(m), &p->r->lim, &rep);
+	if (drv != QP_OK) {
+		rp_set_eof(p, QP_EPROTO, "bad reply from the server");
+	} else if (rep.status == QP_OK) {
+		rp_msg *e = malloc(sizeof(*e) + rep.item.len);
+		if (e == NULL) {
+			rp_set_eof(p, QP_ENOMEM,
+			    "out of memory for a received message");
+		} else {
+			e->next = NULL;
+			e->len = rep.item.len;
+			memcpy(e->data, rep.item.data, rep.item.len);
+			if (p->tail != NULL) {
+				p->tail->next = e;
+			} else {
+				p->head = e;
+			}
+			p->tail = e;
+			p->qbytes += e->len;
+			rp_efd_sync(p);
+			pthread_cond_broadcast(&p->cv);
+		}
+	} else if (rep.status != QP_ETIMEDOUT) {
+		/* QP_ECLOSED: the end of file; anything else ends it too. */
+		char msg[300];
+		snprintf(msg, sizeof(msg), "%s", rep.errmsg);
+		rp_set_eof(p,
+		    rep.status == QP_ECONNRESET ? QP_ECLOSED : rep.status,
+		    msg);
+	}
+	nng_msg_free(m);
+	rp_pf_next(p);
+	pthread_mutex_unlock(&p->mu);
+}
+
+static int
+rp_send(qp_conn *c, bool raw, const void *buf, size_t len, uint8_t binoff)
+{
+	rpipe *p = rp_of(c);
+	qpi_rq *r = p->r;
+	uint8_t *tmp = NULL;
+	rq_call call;
+	int rv;
+
+	(void) binoff;
+	if ((uint64_t) len > r->lim.max_message) {
+		return qpi_err(QP_ETOOBIG,
+		    "message of %zu bytes is over the %llu-byte limit of %s",
+		    len, (unsigned long long) r->lim.max_message, r->url);
+	}
+	rq_call_init(&call, r, QPI_OP_PIPE_SEND);
+	call.req.side = p->side;
+	if (raw) {
+		uint8_t hdr[5];
+		size_t h = qpi_wire_bin_header(len, hdr);
+		if (h == 0 || (tmp = malloc(h + len)) == NULL) {
+			return qpi_err(QP_ENOMEM,
+			    "out of memory for a message of %zu bytes", len);
+		}
+		memcpy(tmp, hdr, h);
+		if (len > 0) {
+			memcpy(tmp + h, buf, len);
+		}
+		call.req.item.data = tmp;
+		call.req.item.len = h + len;
+	} else {
+		call.req.item.data = buf;
+		call.req.item.len = len;
+	}
+	call.blocking = true;
+	call.deadline_ns = INT64_MAX;
+	for (;;) {
+		if ((rv = rq_do(r, &call)) == QP_OK) {
+			rv = rq_status(r, &call);
+		}
+		rq_call_done(&call);
+		/* The server's buffer stayed full for a whole slice. */
+		if (rv != QP_ETIMEDOUT) {
+			break;
+		}
+	}
+	free(tmp);
+	return rv;
+}
+
+static int
+rp_peek(qp_conn *c, int64_t deadline, qpi_msginfo *mi)
+{
+	rpipe *p = rp_of(c);
+	int rv = QP_OK;
+
+	pthread_mutex_lock(&p->mu);
+	while (p->head == NULL && !p->eof) {
+		if (deadline == INT64_MAX) {
+			pthread_cond_wait(&p->cv, &p->mu);
+		} else if (qpi_remaining_ns(deadline) == 0) {
+			rv = QP_ETIMEDOUT;
+			break;
+		} else {
+			struct timespec ts = qpi_ts_from_ns(deadline);
+			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+		}
+	}
+	if (p->head != NULL) {
+		size_t off = 0, plen = 0;
+		mi->len = p->head->len;
+		mi->raw = false;
+		mi->binoff = qpi_wire_bin_unwrap(
+		                 p->head->data, p->head->len, &off, &plen)
+		    ? (uint8_t) off
+		    : 0;
+	} else if (rv == QP_OK) {
+		rv = qpi_err(p->eof_err, "pipe %s/%s: %s", p->r->url,
+		    p->r->name, p->eof_msg);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return rv;
+}
+
+static int
+rp_take(qp_conn *c, const qpi_msginfo *mi, size_t skip, void *dst)
+{
+	rpipe *p = rp_of(c);
+	rp_msg *m;
+
+	pthread_mutex_lock(&p->mu);
+	m = p->head;
+	if (m == NULL || m->len != mi->len) {
+		pthread_mutex_unlock(&p->mu);
+		return qpi_err(QP_EBUSY,
+		    "the message changed under this receive: another thread "
+		    "received on the connection at the same time");
+	}
+	p->head = m->next;
+	if (p->head == NULL) {
+		p->tail = NULL;
+	}
+	p->qbytes -= m->len;
+	rp_efd_sync(p);
+	rp_pf_next(p); /* room again */
+	pthread_mutex_unlock(&p->mu);
+	if (m->len > skip) {
+		memcpy(dst, m->data + skip, m->len - skip);
+	}
+	free(m);
+	return QP_OK;
+}
+
+static int
+rp_fd(qp_conn *c, int *fdp)
+{
+	*fdp = rp_of(c)->efd;
+	return QP_OK;
+}
+
+static void
+rp_set_max(qp_conn *c)
+{
+	(void) c; /* the server's limit applies; conn.c checks this one */
+}
+
+static void
+rp_close(qp_conn *c)
+{
+	rpipe *p = rp_of(c);
+	rq_call call;
+
+	/* The other side sees the end of file once it has read what was
+	 * sent (our sends were all taken by the server). */
+	rq_call_init(&call, p->r, QPI_OP_PIPE_CLOSE);
+	call.req.side = p->side;
+	rq_do(p->r, &call);
+	rq_call_done(&call);
+	pthread_mutex_lock(&p->mu);
+	rp_set_eof(p, QP_ECLOSED, "connection closed");
+	pthread_mutex_unlock(&p->mu);
+	qpi_rq_close(p->r);
+}
+
+static void
+rp_destroy(qp_conn *c)
+{
+	rpipe *p = rp_of(c);
+	rp_msg *m;
+
+	qpi_rq_close(p->r);
+	if (p->pf.aio != NULL) {
+		nng_aio_stop(p->pf.aio);
+		if (nng_aio_get_msg(p->pf.aio) != NULL) {
+			nng_msg_free(nng_aio_get_msg(p->pf.aio));
+		}
+		nng_aio_free(p->pf.aio);
+	}
+	qpi_rq_free(p->r);
+	while ((m = p->head) != NULL) {
+		p->head = m->next;
+		free(m);
+	}
+	if (p->efd >= 0) {
+		close(p->efd);
+	}
+	pthread_cond_destroy(&p->cv);
+	pthread_mutex_destroy(&p->mu);
+	free(p);
+}
+
+static const qpi_conn_ops rp_ops = {
+    .send = rp_send,
+    .peek = rp_peek,
+    .take = rp_take,
+    .fd = rp_fd,
+    .set_max = rp_set_max,
+    .close = rp_close,
+    .destroy = rp_destroy,
+};
+
+QP_API int
+qp_pipe_open(qp_conn **cp, const char *addr, int side, bool duplex)
+{
+	pthread_condattr_t ca;
+	rpipe *p;
+	qpi_addr a;
+	rq_call call;
+	int rv;
+
+	if (cp == NULL || addr == NULL) {
+		return qpi_err(QP_EINVAL, "qp_pipe_open: NULL argument");
+	}
+	*cp = NULL;
+	if (side < -1 || side > 1) {
+		return qpi_err(QP_EINVAL,
+		    "qp_pipe_open: side must be 0, 1 or -1 (either), not %d",
+		    side);
+	}
+	if ((rv = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
+		return rv;
+	}
+	if (a.kind == QPI_ADDR_SHM) {
+		return qpi_err(QP_EINVAL,
+		    "qp_pipe_open: %s is not a server address (a named pipe "
+		    "lives in qpiped: tcp://HOST:PORT/NAME or "
+		    "ipc:///PATH/NAME; qp_pipe makes a local one)",
+		    addr);
+	}
+	if (a.kind == QPI_ADDR_TLS) {
+		return qpi_err(QP_ENOTSUP,
+		    "tls+tcp:// is not supported by this version yet");
+	}
+	if ((p = calloc(1, sizeof(*p))) == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	p->efd = -1;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&p->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if ((rv = rq_new(&p->r, &a)) != QP_OK) {
+		char msg[512];
+		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
+		pthread_cond_destroy(&p->cv);
+		pthread_mutex_destroy(&p->mu);
+		free(p);
+		return qpi_err(rv, "%s", msg);
+	}
+	rq_call_init(&call, p->r, QPI_OP_PIPE_OPEN);
+	call.req.side = side;
+	call.req.flags = duplex ? 0 : QPI_PIPE_ONEWAY;
+	if ((rv = rq_do(p->r, &call)) == QP_OK) {
+		rv = rq_status(p->r, &call);
+	}
+	p->side = call.rep.side;
+	rq_call_done(&call);
+	if (rv == QP_OK
+	    && ((p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0
+	        || nng_aio_alloc(&p->pf.aio, rp_pf_cb, p) != 0
+	        || nng_ctx_open(&p->pf.ctx, p->r->sock) != 0)) {
+		rv = qpi_err(QP_ENOMEM, "out of memory for a pipe end");
+	}
+	if (rv != QP_OK) {
+		char msg[512];
+		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
+		rp_destroy(&p->base);
+		return qpi_err(rv, "%s", msg);
+	}
+	/* Which way it goes is the pipe's (made by whoever opened it
+	 * first): a one-way pipe answers EPERM the wrong way round, so the
+	 * directions are known from the side only for the pipes this call
+	 * made; both are allowed otherwise and the server says no. */
+	bool readable = duplex || p->side == 0;
+	bool writable = duplex || p->side == 1;
+	qpi_conn_init(&p->base, &rp_ops, readable, writable);
+	if (readable) {
+		pthread_mutex_lock(&p->mu);
+		rp_pf_next(p);
+		pthread_mutex_unlock(&p->mu);
+	}
+	*cp = &p->base;
+	return QP_OK;
 }

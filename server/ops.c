@@ -99,12 +99,8 @@ msg_from_bytes(const void *p, size_t len)
 	return m;
 }
 
-/* An error reply; NULL only if even that cannot be allocated. */
-static nng_msg *rep_error(uint32_t op, uint64_t req_id, int status,
-    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-
-static nng_msg *
-rep_error(uint32_t op, uint64_t req_id, int status, const char *fmt, ...)
+nng_msg *
+qps_rep_error(uint32_t op, uint64_t req_id, int status, const char *fmt, ...)
 {
 	qpi_wire_rep rp;
 	qpi_wire_buf b = {0};
@@ -126,9 +122,8 @@ rep_error(uint32_t op, uint64_t req_id, int status, const char *fmt, ...)
 	return m;
 }
 
-/* Encodes rp; if that fails (out of memory), an error reply instead. */
-static nng_msg *
-rep_encode(const qpi_wire_rep *rp)
+nng_msg *
+qps_rep_encode(const qpi_wire_rep *rp)
 {
 	qpi_wire_buf b = {0};
 	nng_msg *m = NULL;
@@ -144,28 +139,26 @@ rep_encode(const qpi_wire_rep *rp)
 	if (m == NULL) {
 		qps_log(QPS_LOG_WARN, "%s: cannot build the reply: %s",
 		    qpi_wire_op_name(rp->op), qp_strerror(rv));
-		return rep_error(rp->op, rp->req_id, rv,
+		return qps_rep_error(rp->op, rp->req_id, rv,
 		    "the server could not build the reply: %s",
 		    qp_strerror(rv));
 	}
 	return m;
 }
 
-/* The success reply of an op whose reply has no fields (or empty ones). */
-static nng_msg *
-rep_ok(const qpi_wire_req *r)
+nng_msg *
+qps_rep_ok(const qpi_wire_req *r)
 {
 	qpi_wire_rep rp;
 
 	memset(&rp, 0, sizeof(rp));
 	rp.op = r->op;
 	rp.req_id = r->req_id;
-	return rep_encode(&rp);
+	return qps_rep_encode(&rp);
 }
 
-/* The status of an encoded reply ([version, op, req_id, status, ...]). */
-static int
-rep_status_of(nng_msg *m)
+int
+qps_rep_status(nng_msg *m)
 {
 	const uint8_t *p = nng_msg_body(m);
 	size_t len = nng_msg_len(m), pos = 0;
@@ -313,10 +306,12 @@ qps_ops_conn_remove(uint32_t pipe_id)
 		pthread_mutex_unlock(&ops.mu);
 		return;
 	}
-	/* Its parked requests go unanswered: nobody is there. */
+	/* Its parked requests go unanswered: nobody is there. Its pipe
+	 * sides close: their peers see end of file. */
 	while (c->waits != NULL) {
 		wait_finish(c->waits, NULL);
 	}
+	qps_pipes_conn_gone(pipe_id);
 	for (qps_q *q = qps_q_first(); q != NULL; q = qps_q_next(q)) {
 		uint64_t k = qps_q_release_owner(q, c->owner);
 		if (k > 0) {
@@ -383,7 +378,7 @@ wait_finish(qps_wait *wt, nng_msg *rep)
 	if (wt->cl != NULL) {
 		bool keep = rep != NULL && wt->kind != QPS_WAIT_GET;
 		qps_dedup_end(wt->cl, wt->seq,
-		    rep != NULL ? rep_status_of(rep) : QP_OK, NULL, 0, keep);
+		    rep != NULL ? qps_rep_status(rep) : QP_OK, NULL, 0, keep);
 	}
 	if (rep != NULL) {
 		qps_worker_reply(wt->w, rep);
@@ -404,17 +399,17 @@ wait_timeout(qps_timer *t)
 
 	switch (wt->kind) {
 	case QPS_WAIT_GET:
-		rep = rep_error(r->op, r->req_id, QP_EEMPTY,
+		rep = qps_rep_error(r->op, r->req_id, QP_EEMPTY,
 		    "queue '%s' is empty after %lld ms", wt->q->name,
 		    (long long) r->timeout);
 		break;
 	case QPS_WAIT_PUT:
-		rep = rep_error(r->op, r->req_id, QP_EFULL,
+		rep = qps_rep_error(r->op, r->req_id, QP_EFULL,
 		    "queue '%s' is full after %lld ms", wt->q->name,
 		    (long long) r->timeout);
 		break;
 	default:
-		rep = rep_error(r->op, r->req_id, QP_ETIMEDOUT,
+		rep = qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
 		    "queue '%s' still has unfinished tasks after %lld ms",
 		    wt->q->name, (long long) r->timeout);
 		break;
@@ -536,9 +531,9 @@ op_try_get(ops_conn *c, qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 		rp.items = items;
 		rp.nitems = n;
 		rp.items_cap = n;
-		*repp = rep_encode(&rp);
+		*repp = qps_rep_encode(&rp);
 		rv = QP_OK;
-		if (*repp == NULL || rep_status_of(*repp) != QP_OK) {
+		if (*repp == NULL || qps_rep_status(*repp) != QP_OK) {
 			/* The items cannot be said: give them back rather
 			 * than hold them for a reply never sent. */
 			for (uint32_t i = 0; i < n; i++) {
@@ -575,10 +570,10 @@ static nng_msg *
 put_error(const qpi_wire_req *r, qps_q *q, int rv)
 {
 	if (rv == QP_EFULL) {
-		return rep_error(
+		return qps_rep_error(
 		    r->op, r->req_id, rv, "queue '%s' is full", q->name);
 	}
-	return rep_error(r->op, r->req_id, rv, "put to '%s': %s", q->name,
+	return qps_rep_error(r->op, r->req_id, rv, "put to '%s': %s", q->name,
 	    qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
 }
 
@@ -614,7 +609,7 @@ ops_dispatch(qps_q *q)
 				break;
 			}
 			if (rv != QP_OK) {
-				rep = rep_error(wt->r.op, wt->r.req_id, rv,
+				rep = qps_rep_error(wt->r.op, wt->r.req_id, rv,
 				    "get from '%s': %s", q->name,
 				    qp_strerror(rv));
 			}
@@ -628,14 +623,14 @@ ops_dispatch(qps_q *q)
 				break;
 			}
 			wait_finish(wt,
-			    rv == QP_OK ? rep_ok(&wt->r)
+			    rv == QP_OK ? qps_rep_ok(&wt->r)
 			                : put_error(&wt->r, q, rv));
 			progress = true;
 		}
 		if (q->whead[QPS_WAIT_JOIN] != NULL && qps_q_joined(q)) {
 			while (q->whead[QPS_WAIT_JOIN] != NULL) {
 				qps_wait *wt = q->whead[QPS_WAIT_JOIN];
-				wait_finish(wt, rep_ok(&wt->r));
+				wait_finish(wt, qps_rep_ok(&wt->r));
 			}
 		}
 	}
@@ -655,7 +650,7 @@ ops_fail_waits(qps_q *q, int status, const char *why)
 		while (q->whead[k] != NULL) {
 			qps_wait *wt = q->whead[k];
 			wait_finish(wt,
-			    rep_error(wt->r.op, wt->r.req_id, status,
+			    qps_rep_error(wt->r.op, wt->r.req_id, status,
 			        "queue '%s' %s", q->name, why));
 		}
 	}
@@ -739,10 +734,10 @@ open_for(const qpi_wire_req *r, bool create, qps_q **qp, nng_msg **repp)
 	}
 	rv = qps_q_open(r->name, create, qp);
 	if (rv == QP_ENOENT) {
-		*repp = rep_error(r->op, r->req_id, rv,
+		*repp = qps_rep_error(r->op, r->req_id, rv,
 		    "no queue '%s' on this server (create it first)", r->name);
 	} else if (rv != QP_OK) {
-		*repp = rep_error(r->op, r->req_id, rv, "queue '%s': %s",
+		*repp = qps_rep_error(r->op, r->req_id, rv, "queue '%s': %s",
 		    r->name,
 		    qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
 	}
@@ -758,7 +753,7 @@ park_or_refuse(qps_worker *w, ops_conn *c, qps_q *q, int kind, nng_msg *req,
 		ops_dispatch(q);
 		return QPS_PARKED;
 	}
-	*repp = rep_error(r->op, r->req_id, QP_ELIMIT,
+	*repp = qps_rep_error(r->op, r->req_id, QP_ELIMIT,
 	    "the server holds too many waiting requests");
 	return QPS_REPLY;
 }
@@ -791,16 +786,16 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 			qps_log(QPS_LOG_DEBUG, "connection %u: hello from %s",
 			    (unsigned) c->node.key, r->client_name);
 		}
-		*repp = rep_encode(&rp);
+		*repp = qps_rep_encode(&rp);
 		return QPS_REPLY;
 
 	case QPI_OP_AUTH:
-		*repp = rep_error(r->op, r->req_id, QP_ENOTSUP,
+		*repp = qps_rep_error(r->op, r->req_id, QP_ENOTSUP,
 		    "this server has no authentication token to check");
 		return QPS_REPLY;
 
 	case QPI_OP_PING:
-		*repp = rep_encode(&rp);
+		*repp = qps_rep_encode(&rp);
 		return QPS_REPLY;
 
 	case QPI_OP_PUT:
@@ -817,7 +812,7 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 			return park_or_refuse(
 			    w, c, q, QPS_WAIT_PUT, req, r, cl, repp);
 		}
-		*repp = rv == QP_OK ? rep_ok(r) : put_error(r, q, rv);
+		*repp = rv == QP_OK ? qps_rep_ok(r) : put_error(r, q, rv);
 		if (rv == QP_OK) {
 			ops_dispatch(q);
 		}
@@ -839,10 +834,10 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 			    w, c, q, QPS_WAIT_GET, req, r, cl, repp);
 		}
 		if (rv == QP_EEMPTY) {
-			*repp = rep_error(r->op, r->req_id, QP_EEMPTY,
+			*repp = qps_rep_error(r->op, r->req_id, QP_EEMPTY,
 			    "queue '%s' is empty", q->name);
 		} else if (rv != QP_OK) {
-			*repp = rep_error(r->op, r->req_id, rv,
+			*repp = qps_rep_error(r->op, r->req_id, rv,
 			    "get from '%s': %s", q->name, qp_strerror(rv));
 		}
 		/* Acks and leases free room: putters may go on. */
@@ -857,7 +852,7 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		if (r->nids > OPS_STACK_ITEMS
 		    && (missing = malloc(r->nids * sizeof(*missing)))
 		        == NULL) {
-			*repp = rep_error(
+			*repp = qps_rep_error(
 			    r->op, r->req_id, QP_ENOMEM, "out of memory");
 			return QPS_REPLY;
 		}
@@ -868,7 +863,7 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		}
 		rp.ids = missing;
 		rp.ids_cap = r->nids;
-		*repp = rep_encode(&rp);
+		*repp = qps_rep_encode(&rp);
 		if (missing != stackm) {
 			free(missing);
 		}
@@ -883,8 +878,8 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		work_take(c, q, r->lease_id);
 		rv = qps_q_release(q, c->owner, r->lease_id, r->delay_ms);
 		*repp = rv == QP_OK
-		    ? rep_ok(r)
-		    : rep_error(r->op, r->req_id, rv,
+		    ? qps_rep_ok(r)
+		    : qps_rep_error(r->op, r->req_id, rv,
 		        "lease %llu on '%s' is not held (expired, released "
 		        "or acked)",
 		        (unsigned long long) r->lease_id, q->name);
@@ -896,8 +891,8 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 			return QPS_REPLY;
 		}
 		rv = qps_q_task_done(q, r->count);
-		*repp = rv == QP_OK ? rep_ok(r)
-		                    : rep_error(r->op, r->req_id, rv,
+		*repp = rv == QP_OK ? qps_rep_ok(r)
+		                    : qps_rep_error(r->op, r->req_id, rv,
 		                        "task_done() on '%s' called more "
 		                        "times than items were put",
 		                        q->name);
@@ -909,11 +904,11 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 			return QPS_REPLY;
 		}
 		if (qps_q_joined(q)) {
-			*repp = rep_ok(r);
+			*repp = qps_rep_ok(r);
 			return QPS_REPLY;
 		}
 		if (r->timeout == 0) {
-			*repp = rep_error(r->op, r->req_id, QP_ETIMEDOUT,
+			*repp = qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
 			    "queue '%s' has unfinished tasks", q->name);
 			return QPS_REPLY;
 		}
@@ -926,8 +921,8 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		}
 		rv = qps_q_qsize(q, &rp.count);
 		*repp = rv == QP_OK
-		    ? rep_encode(&rp)
-		    : rep_error(r->op, r->req_id, rv, "qsize of '%s': %s",
+		    ? qps_rep_encode(&rp)
+		    : qps_rep_error(r->op, r->req_id, rv, "qsize of '%s': %s",
 		        q->name, qp_strerror(rv));
 		return QPS_REPLY;
 
@@ -937,8 +932,8 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		}
 		rv = qps_q_stat(q, &rp.stat);
 		*repp = rv == QP_OK
-		    ? rep_encode(&rp)
-		    : rep_error(r->op, r->req_id, rv, "stat of '%s': %s",
+		    ? qps_rep_encode(&rp)
+		    : qps_rep_error(r->op, r->req_id, rv, "stat of '%s': %s",
 		        q->name, qp_strerror(rv));
 		return QPS_REPLY;
 
@@ -947,13 +942,13 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		rv = qps_q_list(list_one, &lc);
 		if (rv != QP_OK || lc.nomem) {
 			rv = rv != QP_OK ? rv : QP_ENOMEM;
-			*repp = rep_error(r->op, r->req_id, rv,
+			*repp = qps_rep_error(r->op, r->req_id, rv,
 			    "cannot list the queues: %s", qp_strerror(rv));
 		} else {
 			rp.queues = lc.v;
 			rp.nqueues = lc.n;
 			rp.queues_cap = lc.cap;
-			*repp = rep_encode(&rp);
+			*repp = qps_rep_encode(&rp);
 		}
 		free(lc.v);
 		return QPS_REPLY;
@@ -969,16 +964,16 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		};
 		if (r->flags & QPI_CREATE_DURABLE) {
 			*repp = ops.cfg->data_dir == NULL
-			    ? rep_error(r->op, r->req_id, QP_EINVAL,
+			    ? qps_rep_error(r->op, r->req_id, QP_EINVAL,
 			        "a durable queue needs the server started "
 			        "with --data-dir")
-			    : rep_error(r->op, r->req_id, QP_ENOTSUP,
+			    : qps_rep_error(r->op, r->req_id, QP_ENOTSUP,
 			        "durable queues are not served by this "
 			        "version");
 			return QPS_REPLY;
 		}
 		if (r->max_message > ops.lim.max_message) {
-			*repp = rep_error(r->op, r->req_id, QP_EINVAL,
+			*repp = qps_rep_error(r->op, r->req_id, QP_EINVAL,
 			    "max_message %llu is over the server's %llu",
 			    (unsigned long long) r->max_message,
 			    (unsigned long long) ops.lim.max_message);
@@ -991,8 +986,8 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		}
 		rv = qps_q_create(r->name, &o, &q);
 		*repp = rv == QP_OK
-		    ? rep_ok(r)
-		    : rep_error(r->op, r->req_id, rv, "create '%s': %s",
+		    ? qps_rep_ok(r)
+		    : qps_rep_error(r->op, r->req_id, rv, "create '%s': %s",
 		        r->name,
 		        qp_errmsg()[0] != '\0' ? qp_errmsg()
 		                               : qp_strerror(rv));
@@ -1006,8 +1001,8 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		}
 		rv = qps_q_delete(r->name, q);
 		*repp = rv == QP_OK
-		    ? rep_ok(r)
-		    : rep_error(r->op, r->req_id, rv, "delete '%s': %s",
+		    ? qps_rep_ok(r)
+		    : qps_rep_error(r->op, r->req_id, rv, "delete '%s': %s",
 		        r->name,
 		        rv == QP_ENOENT ? "no such queue" : qp_strerror(rv));
 		if (rv == QP_OK) {
@@ -1015,8 +1010,16 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		}
 		return QPS_REPLY;
 
+	case QPI_OP_PIPE_OPEN:
+	case QPI_OP_PIPE_SEND:
+	case QPI_OP_PIPE_RECV:
+	case QPI_OP_PIPE_POLL:
+	case QPI_OP_PIPE_CLOSE:
+		return qps_pipe_apply(
+		    w, (uint32_t) c->node.key, req, r, cl, repp);
+
 	default:
-		*repp = rep_error(r->op, r->req_id, QP_ENOTSUP,
+		*repp = qps_rep_error(r->op, r->req_id, QP_ENOTSUP,
 		    "%s is not served by this version of qpiped",
 		    qpi_wire_op_name(r->op));
 		return QPS_REPLY;
@@ -1048,7 +1051,7 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 		return QPS_REPLY;
 	}
 	if (c->over_limit) {
-		*repp = rep_error(r->op, r->req_id, QP_ELIMIT,
+		*repp = qps_rep_error(r->op, r->req_id, QP_ELIMIT,
 		    "the server is serving its maximum of %u connections",
 		    ops.cfg->max_connections);
 		qps_worker_close_after(w, pipe_id);
@@ -1062,7 +1065,7 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 				op_ack(c, q, r->ids[i]);
 			}
 		}
-		*repp = rep_error(r->op, r->req_id, QP_ECONNRESET,
+		*repp = qps_rep_error(r->op, r->req_id, QP_ECONNRESET,
 		    "the server is shutting down: reconnect and retry");
 		return QPS_REPLY;
 	}
@@ -1078,17 +1081,17 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 			if (prev.rep != NULL) {
 				*repp = msg_from_bytes(prev.rep, prev.replen);
 			} else if (prev.status == QP_OK) {
-				*repp = rep_ok(r);
+				*repp = qps_rep_ok(r);
 			} else {
-				*repp
-				    = rep_error(r->op, r->req_id, prev.status,
-				        "%s (the answer to this request when "
-				        "it first came)",
-				        qp_strerror(prev.status));
+				*repp = qps_rep_error(r->op, r->req_id,
+				    prev.status,
+				    "%s (the answer to this request when "
+				    "it first came)",
+				    qp_strerror(prev.status));
 			}
 			return QPS_REPLY;
 		case QPS_DEDUP_TOO_OLD:
-			*repp = rep_error(r->op, r->req_id, QP_EPROTO,
+			*repp = qps_rep_error(r->op, r->req_id, QP_EPROTO,
 			    "seq %llu is older than this client's last %d "
 			    "requests",
 			    (unsigned long long) r->seq, QPS_DEDUP_WINDOW);
@@ -1105,10 +1108,13 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 	}
 	h = ops_apply(w, c, req, r, cl, repp);
 	if (h == QPS_REPLY && cl != NULL) {
-		/* ack's reply carries fields (missing ids): kept whole. */
-		bool body = r->op == QPI_OP_ACK && *repp != NULL;
+		/* Replies that carry fields (ack's missing ids, a pipe's
+		 * message or side) are kept whole. */
+		bool body = *repp != NULL
+		    && (r->op == QPI_OP_ACK || r->op == QPI_OP_PIPE_RECV
+		        || r->op == QPI_OP_PIPE_OPEN);
 		qps_dedup_end(cl, r->seq,
-		    *repp != NULL ? rep_status_of(*repp) : QP_ENOMEM,
+		    *repp != NULL ? qps_rep_status(*repp) : QP_ENOMEM,
 		    body ? nng_msg_body(*repp) : NULL,
 		    body ? nng_msg_len(*repp) : 0,
 		    r->op != QPI_OP_GET && *repp != NULL);
@@ -1161,7 +1167,7 @@ qps_ops_handle(qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp)
 		qps_log(QPS_LOG_DEBUG,
 		    "connection %u: refused a request of %zu bytes: %s",
 		    pipe_id, nng_msg_len(req), qp_errmsg());
-		*repp = rep_error(r.op, r.req_id, rv, "%s", qp_errmsg());
+		*repp = qps_rep_error(r.op, r.req_id, rv, "%s", qp_errmsg());
 	} else {
 		pthread_mutex_lock(&ops.mu);
 		h = ops_handle_locked(w, pipe_id, req, &r, repp);
@@ -1223,6 +1229,7 @@ qps_ops_drain(void)
 		ops_fail_waits(q, QP_ECONNRESET,
 		    "is no longer served: the server is shutting down");
 	}
+	qps_pipes_drain();
 	pthread_mutex_unlock(&ops.mu);
 	if (n > 0) {
 		qps_log(QPS_LOG_INFO, "answered %u waiting requests", n);
@@ -1292,6 +1299,7 @@ qps_ops_fini(void)
 	pthread_mutex_lock(&ops.mu);
 	qps_htab_each(&ops.conns, conn_free_cb, NULL);
 	qps_htab_fini(&ops.conns);
+	qps_pipes_fini();
 	qps_dedup_fini();
 	pthread_mutex_unlock(&ops.mu);
 	qps_hosted_fini();

@@ -98,6 +98,20 @@ void qps_net_stats_get(qps_net_stats *st);
 
 /* ---- request handling (ops.c) ---- */
 
+struct qpi_wire_req;
+struct qpi_wire_rep;
+
+/* Replies (PROTOCOL.md framing). Each returns NULL only when not even an
+ * error reply can be allocated. An error reply to an op that could not be
+ * read goes out as op 0. */
+nng_msg *qps_rep_error(uint32_t op, uint64_t req_id, int status,
+    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+nng_msg *qps_rep_encode(const struct qpi_wire_rep *rp);
+nng_msg *qps_rep_ok(const struct qpi_wire_req *r);
+
+/* The status of an encoded reply. */
+int qps_rep_status(nng_msg *m);
+
 typedef enum qps_handled {
 	QPS_REPLY, /* *repp holds the reply to send */
 	QPS_PARKED, /* the worker was parked (qps_worker_park) */
@@ -373,5 +387,24 @@ void qps_dedup_end(qps_client *cl, uint64_t seq, int status, const void *rep,
 
 /* Forgets every client. */
 void qps_dedup_fini(void);
+
+/* ---- pipes through the server (pipes.c) ---- */
+
+/* Applies a pipe op (pipe_open, _send, _recv, _poll, _close) of
+ * connection conn, as ops.c applies the others: QPS_PARKED (req now
+ * belongs to the parked request) or QPS_REPLY with *repp. cl: the dedup
+ * client of the request, or NULL. The ops lock is held. */
+qps_handled qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
+    const struct qpi_wire_req *r, qps_client *cl, nng_msg **repp);
+
+/* A connection left: the sides it held close (their peers see end of
+ * file), its parked pipe requests end unanswered. */
+void qps_pipes_conn_gone(uint32_t conn);
+
+/* Shutting down: parked pipe requests are answered QP_ECONNRESET. */
+void qps_pipes_drain(void);
+
+/* Frees every pipe. */
+void qps_pipes_fini(void);
 
 #endif /* QPS_H */

@@ -1278,6 +1278,159 @@ test_remote_many_getters(void **state)
 	scenario(getters_body, &n);
 }
 
+/* ---- pipes through the server ---- */
+
+typedef struct pipe_ctx {
+	char addr[400];
+	int ready[2]; /* the peer says it has opened its end */
+} pipe_ctx;
+
+static void
+pipe_peer(void *arg)
+{
+	pipe_ctx *pc = arg;
+	qp_conn *c = NULL;
+	void *buf;
+	size_t len;
+
+	CHECK_EQ(qp_pipe_open(&c, pc->addr, -1, true), QP_OK);
+	CHECK(write(pc->ready[1], "o", 1) == 1);
+	/* echo until end of file, then say how many */
+	int n = 0;
+	for (;;) {
+		/* as values: a bin stays a bin, an object an object */
+		int rv = qp_conn_recv(c, &buf, &len);
+		if (rv == QP_ECLOSED) {
+			break;
+		}
+		CHECK_EQ(rv, QP_OK);
+		CHECK_EQ(qp_conn_send(c, buf, len), QP_OK);
+		qp_free(buf);
+		n++;
+	}
+	char msg[32];
+	snprintf(msg, sizeof(msg), "%d", n);
+	qp_conn_free(c);
+	/* the count goes back through a second pipe */
+	char a2[420];
+	snprintf(a2, sizeof(a2), "%s-count", pc->addr);
+	CHECK_EQ(qp_pipe_open(&c, a2, 1, false), QP_OK);
+	CHECK_EQ(qp_conn_send_bytes(c, msg, 0, strlen(msg)), QP_OK);
+	qp_conn_free(c);
+}
+
+static void
+pipe_killed_peer(void *arg)
+{
+	pipe_ctx *pc = arg;
+	qp_conn *c = NULL;
+
+	CHECK_EQ(qp_pipe_open(&c, pc->addr, 1, true), QP_OK);
+	CHECK_EQ(qp_conn_send_bytes(c, "last words", 0, 10), QP_OK);
+	CHECK(write(pc->ready[1], "o", 1) == 1);
+	pause(); /* killed with its end open */
+}
+
+static void
+pipes_body(void *arg)
+{
+	tsrv s = {0};
+	pipe_ctx pc;
+	qp_conn *c = NULL, *cnt = NULL, *x = NULL;
+	char name[64], a2[420], ch, rx[64];
+	void *buf;
+	size_t len;
+	bool ready;
+	int gate, gate2;
+
+	CHECK(tsrv_start(&s, "tcp") == 0);
+	qname(name, sizeof(name), "pipe");
+	qaddr(pc.addr, sizeof(pc.addr), &s, name);
+	CHECK(pipe(pc.ready) == 0);
+	pid_t peer = spawn_gated(pipe_peer, &pc, &gate);
+	pid_t killed = spawn_gated(pipe_killed_peer, &pc, &gate2);
+
+	/* the count pipe: one way, we receive on side 0 */
+	snprintf(a2, sizeof(a2), "%s-count", pc.addr);
+	CHECK_EQ(qp_pipe_open(&cnt, a2, 0, false), QP_OK);
+	CHECK_EQ(qp_conn_send_bytes(cnt, "x", 0, 1), QP_EPERM);
+
+	CHECK_EQ(qp_pipe_open(&c, pc.addr, -1, true), QP_OK);
+	/* both sides busy once the peer is in */
+	gate_open(&gate);
+	CHECK_EQ(read(pc.ready[0], &ch, 1), 1);
+	CHECK_EQ(qp_pipe_open(&x, pc.addr, -1, true), QP_EBUSY);
+
+	/* poll: nothing yet, after about the time asked */
+	long long t0 = tsrv_now_ms();
+	CHECK_EQ(qp_conn_poll(c, 200, &ready), QP_OK);
+	CHECK(!ready);
+	long long el = tsrv_now_ms() - t0;
+	CHECK(el >= 180 && el < 1500);
+	CHECK_EQ(qp_conn_poll(c, 0, &ready), QP_OK);
+	CHECK(!ready);
+
+	/* 200 messages of growing size come back in order */
+	for (int i = 0; i < 200; i++) {
+		char msg[64];
+		int n = snprintf(msg, sizeof(msg), "message %d", i);
+		CHECK_EQ(qp_conn_send_bytes(c, msg, 0, (size_t) n), QP_OK);
+		CHECK_EQ(qp_conn_recv_bytes(c, &buf, &len, SIZE_MAX), QP_OK);
+		CHECK_EQ(len, n);
+		CHECK(memcmp(buf, msg, len) == 0);
+		qp_free(buf);
+	}
+	/* an object, and qp_wait on the connection's fd */
+	uint8_t obj[] = {0x92, 0x01, 0xa1, 0x78}; /* [1, "x"] */
+	CHECK_EQ(qp_conn_send(c, obj, sizeof(obj)), QP_OK);
+	qp_conn *set[1] = {c};
+	bool rdy[1];
+	size_t nr = 0;
+	CHECK_EQ(qp_wait(set, 1, 5000, rdy, &nr), QP_OK);
+	CHECK_EQ(nr, 1);
+	CHECK_EQ(qp_conn_recv(c, &buf, &len), QP_OK);
+	CHECK_EQ(len, sizeof(obj));
+	CHECK(memcmp(buf, obj, len) == 0);
+	qp_free(buf);
+
+	/* close: the peer sees end of file and reports 201 messages */
+	CHECK_EQ(qp_conn_close(c), QP_OK);
+	CHECK_EQ(qp_conn_recv_bytes(cnt, &buf, &len, SIZE_MAX), QP_OK);
+	CHECK(len < sizeof(rx));
+	memcpy(rx, buf, len);
+	rx[len] = '\0';
+	qp_free(buf);
+	CHECK(strcmp(rx, "201") == 0);
+	CHECK_EQ(qp_conn_recv_bytes(cnt, &buf, &len, SIZE_MAX), QP_ECLOSED);
+	CHECK_EQ(reap(peer), 0);
+	qp_conn_free(c);
+	qp_conn_free(cnt);
+
+	/* a peer killed with its end open: what it sent, then end of file
+	 * (the pipe name is free again: both sides closed) */
+	CHECK_EQ(qp_pipe_open(&c, pc.addr, 0, true), QP_OK);
+	gate_open(&gate2);
+	CHECK_EQ(read(pc.ready[0], &ch, 1), 1);
+	kill(killed, SIGKILL);
+	CHECK_EQ(reap(killed), 128 + SIGKILL);
+	CHECK_EQ(qp_conn_recv_bytes(c, &buf, &len, SIZE_MAX), QP_OK);
+	CHECK_EQ(len, 10);
+	qp_free(buf);
+	t0 = tsrv_now_ms();
+	CHECK_EQ(qp_conn_recv_bytes(c, &buf, &len, SIZE_MAX), QP_ECLOSED);
+	CHECK(tsrv_now_ms() - t0 < 1000);
+	CHECK_EQ(qp_conn_poll(c, 0, &ready), QP_OK);
+	CHECK(ready); /* end of file reads as ready, as in Python */
+	qp_conn_free(c);
+	CHECK(tsrv_stop(&s));
+}
+
+static void
+test_remote_pipes(void **state)
+{
+	scenario(pipes_body, NULL);
+}
+
 int
 main(void)
 {
@@ -1294,6 +1447,7 @@ main(void)
 	    cmocka_unit_test(test_remote_duplicate_applied_once),
 	    cmocka_unit_test(test_remote_malformed_frames),
 	    cmocka_unit_test(test_remote_many_getters),
+	    cmocka_unit_test(test_remote_pipes),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

@@ -300,6 +300,15 @@ QP_API int qp_listener_accept(
 /* Stops listening and releases the listener; accepted connections go on. */
 QP_API void qp_listener_free(qp_listener *l);
 
+/* Opens one end of the pipe named in addr (tcp://HOST:PORT/NAME or
+ * ipc:///PATH/NAME) through the qpiped there: two processes that open the
+ * same name get a connected pair, as qp_pipe's (send, recv, poll, end of
+ * file when the other end closes or dies). side: 0 or 1, or -1 for the
+ * free one (0 first). duplex false, for the pipe this call creates: side
+ * 0 only receives, side 1 only sends. Errors: QP_EBUSY (side taken),
+ * QP_ECONNREFUSED, QP_EINVAL. */
+QP_API int qp_pipe_open(qp_conn **cp, const char *addr, int side, bool duplex);
+
 /* Dials a listener. With timeout 0 a refused dial fails at once with
  * QP_ECONNREFUSED; otherwise it retries until the timeout. */
 QP_API int qp_dial(qp_conn **cp, const char *addr, qp_duration timeout);

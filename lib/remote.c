@@ -866,58 +866,89 @@ rq_release(qpi_rq *r, uint64_t lease_id)
 	rq_call_done(&c);
 }
 
-int
-qpi_rq_get(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufp,
-    size_t *lenp, int64_t deadline_ns)
+/* Sends a get for up to max items (1..max_batch), the pending
+ * confirmations riding along; on QP_OK c->rep holds nitems >= 1 items,
+ * pointing into c->msg (rq_call_done frees them). */
+static int
+rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
+    int64_t deadline_ns)
 {
-	qpi_wire_item item;
 	uint64_t *acks = NULL;
-	size_t nacks = 0;
-	rq_call c;
+	uint32_t nacks;
 	int rv;
 
 	if ((rv = rq_check(r)) != QP_OK) {
 		return rv;
 	}
 	for (;;) {
-		rq_call_init(&c, r, QPI_OP_GET);
-		c.req.max_items = 1;
-		c.req.lease_mode
+		rq_call_init(c, r, QPI_OP_GET);
+		c->req.max_items = max;
+		c->req.lease_mode
 		    = r->lease_mode ? QPI_LEASE_WORK : QPI_LEASE_CONFIRM;
-		c.req.lease_ms = r->lease_ms;
-		c.blocking = deadline_ns != 0;
-		c.deadline_ns = deadline_ns;
-		c.rep.items = &item;
-		c.rep.items_cap = 1;
+		c->req.lease_ms = r->lease_ms;
+		c->blocking = deadline_ns != 0;
+		c->deadline_ns = deadline_ns;
+		c->rep.items = items;
+		c->rep.items_cap = max;
 		/* Confirmations not yet sent ride along. */
 		pthread_mutex_lock(&r->mu);
 		nacks = rq_take_acks(r, &acks);
 		pthread_mutex_unlock(&r->mu);
-		c.req.ids = acks;
-		c.req.nids = (uint32_t) nacks;
-		c.req.ids_cap = (uint32_t) nacks;
-
-		rv = rq_do(r, &c);
+		c->req.ids = acks;
+		c->req.nids = nacks;
+		c->req.ids_cap = nacks;
+		rv = rq_do(r, c);
 		free(acks);
 		acks = NULL;
-		nacks = 0;
 		if (rv == QP_OK) {
-			rv = rq_status(r, &c);
+			rv = rq_status(r, c);
 		}
 		if (rv == QP_EEMPTY && deadline_ns == INT64_MAX) {
-			rq_call_done(&c);
+			rq_call_done(c);
 			continue;
 		}
 		break;
 	}
-	if (rv != QP_OK) {
-		rq_call_done(&c);
-		return rv;
+	if (rv == QP_OK && (c->rep.nitems == 0 || c->rep.nitems > max)) {
+		rv = qpi_err(QP_EPROTO,
+		    "%s answered a get of %u with %u items", r->url, max,
+		    c->rep.nitems);
 	}
-	if (c.rep.nitems != 1) {
-		rq_call_done(&c);
-		return qpi_err(QP_EPROTO, "%s answered a get with %u items",
-		    r->url, c.rep.nitems);
+	if (rv != QP_OK) {
+		rq_call_done(c);
+	}
+	return rv;
+}
+
+/* Notes the leases of items got: held (worker mode) or to confirm. */
+static void
+rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n)
+{
+	pthread_mutex_lock(&r->mu);
+	for (uint32_t i = 0; i < n; i++) {
+		r->last_deliveries = items[i].deliveries;
+		r->have_last = true;
+		/* Out of memory: the lease runs out by itself and the item
+		 * comes again; the caller has it either way. */
+		ids_push(r->lease_mode ? &r->held : &r->unacked,
+		    items[i].lease_id, items[i].deliveries);
+	}
+	if (!r->lease_mode) {
+		rq_ack_kick_locked(r, false);
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+int
+qpi_rq_get(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufp,
+    size_t *lenp, int64_t deadline_ns)
+{
+	qpi_wire_item item;
+	rq_call c;
+	int rv;
+
+	if ((rv = rq_get_call(r, &c, &item, 1, deadline_ns)) != QP_OK) {
+		return rv;
 	}
 	/* The bytes asked for: the value's encoding (QPI_GET_OBJ), else a
 	 * bin's payload (or the encoding of any other value). */
@@ -954,20 +985,134 @@ qpi_rq_get(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufp,
 		*bufp = out;
 		*lenp = len;
 	}
-	pthread_mutex_lock(&r->mu);
-	r->last_deliveries = item.deliveries;
-	r->have_last = true;
-	if (r->lease_mode) {
-		rv = ids_push(&r->held, item.lease_id, item.deliveries);
-	} else {
-		rv = ids_push(&r->unacked, item.lease_id, item.deliveries);
-		rq_ack_kick_locked(r, false);
-	}
-	pthread_mutex_unlock(&r->mu);
+	rq_got(r, &item, 1);
 	rq_call_done(&c);
-	/* If the lease could not be noted (out of memory), it runs out by
-	 * itself; the caller has the item either way. */
 	return QP_OK;
+}
+
+int
+qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max, size_t *np,
+    int64_t deadline_ns)
+{
+	qpi_wire_item stack[16], *items = stack;
+	uint32_t want
+	    = (uint32_t) (max > r->lim.max_batch ? r->lim.max_batch : max);
+	rq_call c;
+	uint32_t i;
+	int rv;
+
+	*np = 0;
+	if (want > 16 && (items = calloc(want, sizeof(*items))) == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory for %u items", want);
+	}
+	if ((rv = rq_get_call(r, &c, items, want, deadline_ns)) != QP_OK) {
+		if (items != stack) {
+			free(items);
+		}
+		return rv;
+	}
+	for (i = 0; i < c.rep.nitems; i++) {
+		size_t off = 0, len = items[i].len;
+		qpi_wire_bin_unwrap(items[i].data, items[i].len, &off, &len);
+		if ((bufs[i] = malloc(len > 0 ? len : 1)) == NULL) {
+			break;
+		}
+		if (len > 0) {
+			memcpy(bufs[i], items[i].data + off, len);
+		}
+		lens[i] = len;
+	}
+	if (i < c.rep.nitems) {
+		/* Out of memory: what cannot be handed over goes back. */
+		for (uint32_t k = i; k < c.rep.nitems; k++) {
+			rq_release(r, items[k].lease_id);
+		}
+		if (i == 0) {
+			rv = qpi_err(QP_ENOMEM, "out of memory for the items");
+		}
+	}
+	rq_got(r, items, i);
+	*np = i;
+	rq_call_done(&c);
+	if (items != stack) {
+		free(items);
+	}
+	return rv;
+}
+
+int
+qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
+    size_t n, int64_t deadline_ns)
+{
+	qpi_wire_item *items;
+	uint8_t *enc;
+	size_t total = 0, pos = 0, first = 0;
+	int rv = QP_OK;
+
+	if ((rv = rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if ((uint64_t) lens[i] > r->lim.max_message) {
+			return qpi_err(QP_ETOOBIG,
+			    "item %zu of %zu bytes is over the %llu-byte "
+			    "limit "
+			    "of %s",
+			    i, lens[i],
+			    (unsigned long long) r->lim.max_message, r->url);
+		}
+		total += lens[i] + 5;
+	}
+	items = calloc(n > 0 ? n : 1, sizeof(*items));
+	enc = malloc(total > 0 ? total : 1);
+	if (items == NULL || enc == NULL) {
+		free(items);
+		free(enc);
+		return qpi_err(QP_ENOMEM, "out of memory for %zu items", n);
+	}
+	/* Each item as a bin, one after the other. */
+	for (size_t i = 0; i < n; i++) {
+		size_t h = qpi_wire_bin_header(lens[i], enc + pos);
+		if (lens[i] > 0) {
+			memcpy(enc + pos + h, bufs[i], lens[i]);
+		}
+		items[i].data = enc + pos;
+		items[i].len = h + lens[i];
+		pos += h + lens[i];
+	}
+	/* Frames of at most max_batch items and max_message bytes: each
+	 * one is all or nothing. */
+	while (first < n && rv == QP_OK) {
+		size_t cnt = 0, bytes = 0;
+		while (first + cnt < n && cnt < r->lim.max_batch
+		    && (cnt == 0
+		        || bytes + items[first + cnt].len
+		            <= r->lim.max_message)) {
+			bytes += items[first + cnt].len;
+			cnt++;
+		}
+		rq_call c;
+		rq_call_init(&c, r, QPI_OP_PUT_MANY);
+		c.req.items = items + first;
+		c.req.nitems = (uint32_t) cnt;
+		c.req.items_cap = (uint32_t) cnt;
+		c.blocking = deadline_ns != 0;
+		c.deadline_ns = deadline_ns;
+		for (;;) {
+			if ((rv = rq_do(r, &c)) == QP_OK) {
+				rv = rq_status(r, &c);
+			}
+			rq_call_done(&c);
+			if (rv == QP_EFULL && deadline_ns == INT64_MAX) {
+				continue;
+			}
+			break;
+		}
+		first += cnt;
+	}
+	free(items);
+	free(enc);
+	return rv;
 }
 
 static int
@@ -1354,6 +1499,71 @@ qp_queue_deliveries(qp_queue *q, uint32_t *np)
 		return q == NULL ? QP_EINVAL : QP_ENOTSUP;
 	}
 	return qpi_rq_deliveries(r, np);
+}
+
+QP_API int
+qp_queue_put_many(qp_queue *q, const void *const *bufs, const size_t *lens,
+    size_t n, qp_duration timeout)
+{
+	const qpi_queue_ops *ops;
+	void *impl;
+	int rv;
+
+	if (q == NULL || (n > 0 && (bufs == NULL || lens == NULL))) {
+		return qpi_err(QP_EINVAL, "qp_queue_put_many: NULL argument");
+	}
+	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+		return rv;
+	}
+	impl = qpi_queue_impl(q, &ops);
+	if (ops == &qpi_remote_ops) {
+		return qpi_rq_put_many(
+		    impl, bufs, lens, n, qpi_queue_deadline(timeout));
+	}
+	/* Shared memory: one put after the other, the timeout for each. */
+	for (size_t i = 0; i < n; i++) {
+		if ((rv = qp_queue_put(q, bufs[i], lens[i], timeout))
+		    != QP_OK) {
+			return rv;
+		}
+	}
+	return QP_OK;
+}
+
+QP_API int
+qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens, size_t max,
+    size_t *np, qp_duration timeout)
+{
+	const qpi_queue_ops *ops;
+	void *impl;
+	int rv;
+
+	if (q == NULL || bufs == NULL || lens == NULL || np == NULL
+	    || max == 0) {
+		return qpi_err(
+		    QP_EINVAL, "qp_queue_get_many: NULL argument or max 0");
+	}
+	*np = 0;
+	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+		return rv;
+	}
+	impl = qpi_queue_impl(q, &ops);
+	if (ops == &qpi_remote_ops) {
+		return qpi_rq_get_many(
+		    impl, bufs, lens, max, np, qpi_queue_deadline(timeout));
+	}
+	/* Shared memory: the first get waits, the others do not. */
+	if ((rv = qp_queue_get(q, &bufs[0], &lens[0], timeout)) != QP_OK) {
+		return rv;
+	}
+	for (*np = 1; *np < max; (*np)++) {
+		if (qp_queue_get(q, &bufs[*np], &lens[*np], QP_NOWAIT)
+		    != QP_OK) {
+			break;
+		}
+	}
+	qpi_err_clear();
+	return QP_OK;
 }
 
 QP_API int

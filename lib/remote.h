@@ -44,6 +44,15 @@ int qpi_rq_put(
 int qpi_rq_get(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufp,
     size_t *lenp, int64_t deadline_ns);
 
+/* Batches (qp_queue_put_many, qp_queue_get_many): puts n raw items in
+ * frames of at most max_batch items and max_message bytes, each all or
+ * nothing; gets up to max items (bin payloads, malloc'd), waiting until
+ * deadline_ns for the first only. */
+int qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
+    size_t n, int64_t deadline_ns);
+int qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max,
+    size_t *np, int64_t deadline_ns);
+
 int qpi_rq_qsize(qpi_rq *r, size_t *np);
 int qpi_rq_empty(qpi_rq *r, bool *emptyp);
 int qpi_rq_full(qpi_rq *r, bool *fullp);

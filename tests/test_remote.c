@@ -1431,6 +1431,81 @@ test_remote_pipes(void **state)
 	scenario(pipes_body, NULL);
 }
 
+/* ---- batches ---- */
+
+static void
+batch_run(const char *addr, double *rate)
+{
+	enum { N = 20000, B = 500 };
+	qp_queue *q = open_q(addr, QP_OPEN_CREATE, 0, 0);
+	static char data[B][64];
+	const void *bufs[B];
+	size_t lens[B];
+	void *got[B];
+	size_t glens[B], n, total = 0;
+	uint32_t next = 0;
+
+	for (int i = 0; i < B; i++) {
+		bufs[i] = data[i];
+		lens[i] = 64;
+	}
+	long long t0 = tsrv_now_ms();
+	/* A batch in, then what is there out (the queue holds 1 MiB). */
+	for (uint32_t k = 0; k < N; k += B) {
+		for (int i = 0; i < B; i++) {
+			uint32_t id = k + (uint32_t) i;
+			memcpy(data[i], &id, sizeof(id));
+		}
+		CHECK_EQ(qp_queue_put_many(q, bufs, lens, B, 5000), QP_OK);
+		while (total < k + B) {
+			CHECK_EQ(qp_queue_get_many(q, got, glens, B, &n, 1000),
+			    QP_OK);
+			CHECK(n >= 1 && n <= B);
+			for (size_t i = 0; i < n; i++) {
+				uint32_t id;
+				CHECK_EQ(glens[i], 64);
+				memcpy(&id, got[i], sizeof(id));
+				CHECK_EQ(id, next); /* in order, each once */
+				next++;
+				qp_free(got[i]);
+			}
+			total += n;
+		}
+	}
+	long long el = tsrv_now_ms() - t0;
+	*rate = el > 0 ? 2.0 * N * 1000.0 / (double) el : 0;
+	CHECK_EQ(qp_queue_get_many(q, got, glens, B, &n, 0), QP_EEMPTY);
+	CHECK_EQ(n, 0);
+	qp_queue_free(q);
+	qp_queue_unlink(addr);
+}
+
+static void
+batch_body(void *arg)
+{
+	tsrv s = {0};
+	char name[64], addr[400];
+	double local, remote;
+
+	CHECK(tsrv_start(&s, "tcp") == 0);
+	qname(name, sizeof(name), "batch");
+	qaddr(addr, sizeof(addr), NULL, name);
+	batch_run(addr, &local);
+	qaddr(addr, sizeof(addr), &s, name);
+	batch_run(addr, &remote);
+	fprintf(stderr,
+	    "batches of 500 x 64 B, put then get: %.0f items/s over tcp "
+	    "(%.0f in shared memory)\n",
+	    remote, local);
+	CHECK(tsrv_stop(&s));
+}
+
+static void
+test_remote_batches(void **state)
+{
+	scenario(batch_body, NULL);
+}
+
 int
 main(void)
 {
@@ -1448,6 +1523,7 @@ main(void)
 	    cmocka_unit_test(test_remote_malformed_frames),
 	    cmocka_unit_test(test_remote_many_getters),
 	    cmocka_unit_test(test_remote_pipes),
+	    cmocka_unit_test(test_remote_batches),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

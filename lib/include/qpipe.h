@@ -148,6 +148,21 @@ QP_API int qp_queue_put_nowait(qp_queue *q, const void *buf, size_t len);
 QP_API int qp_queue_put_obj(
     qp_queue *q, const void *msgpack, size_t len, qp_duration timeout);
 
+/* Puts n items (bufs[i], lens[i] bytes each, stored as bins) in order.
+ * Over a server they travel in as few requests as the limits allow
+ * (4096 items, 32 MiB), each request all or nothing, waiting up to
+ * timeout while the queue cannot take it; in shared memory they are put
+ * one after the other, each as qp_queue_put. Errors as qp_queue_put. */
+QP_API int qp_queue_put_many(qp_queue *q, const void *const *bufs,
+    const size_t *lens, size_t n, qp_duration timeout);
+
+/* Gets up to max items: waits up to timeout for the first, then takes
+ * those ready without waiting. bufs[i] gets a malloc'd copy of item i's
+ * bytes (free each with qp_free), lens[i] its length, *np how many
+ * (at least 1 on QP_OK). Errors as qp_queue_get. */
+QP_API int qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens,
+    size_t max, size_t *np, qp_duration timeout);
+
 /* Gets the oldest item: *bufp gets a malloc'd copy (free with qp_free) and
  * *lenp its length. Blocks while the queue is empty, for up to timeout.
  * Errors: QP_EEMPTY (timeout or QP_NOWAIT on an empty queue), QP_ECLOSED. */

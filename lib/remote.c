@@ -1175,8 +1175,10 @@ qpi_rq_full(qpi_rq *r, bool *fullp)
 	int rv = qpi_rq_stat(r, &st);
 
 	if (rv == QP_OK) {
-		/* Leased items still hold their place until confirmed. */
-		*fullp = st.maxsize != 0 && st.items + st.leased >= st.maxsize;
+		/* maxsize counts the ready items, as in shared memory; a
+		 * queue whose storage is full but not its maxsize reads as
+		 * not full here (stat does not say how much room is left). */
+		*fullp = st.maxsize != 0 && st.items >= st.maxsize;
 	}
 	return rv;
 }

@@ -218,16 +218,50 @@ worker_recv_done(qps_worker *w, int rv)
 	worker_send(w, rep);
 }
 
+/* Closing a connection a little after its last reply: nng completes a
+ * send once the message is queued on the connection, and closing at once
+ * could drop it. */
+typedef struct net_closer {
+	nng_aio *aio;
+	uint32_t pipe;
+} net_closer;
+
+static void
+net_closer_cb(void *arg)
+{
+	net_closer *c = arg;
+	nng_pipe p;
+
+	p.id = c->pipe;
+	nng_pipe_close(p);
+	nng_aio_reap(c->aio);
+	free(c);
+}
+
+static void
+net_close_later(uint32_t pipe_id)
+{
+	net_closer *c = calloc(1, sizeof(*c));
+	nng_pipe p;
+
+	if (c != NULL && nng_aio_alloc(&c->aio, net_closer_cb, c) == 0) {
+		c->pipe = pipe_id;
+		nng_sleep_aio(200, c->aio);
+		return;
+	}
+	free(c);
+	p.id = pipe_id;
+	nng_pipe_close(p);
+}
+
 static void
 worker_send_done(qps_worker *w, int rv)
 {
 	bool again;
 
 	if (w->close_pipe != 0) {
-		nng_pipe p;
-		p.id = w->close_pipe;
+		net_close_later(w->close_pipe);
 		w->close_pipe = 0;
-		nng_pipe_close(p);
 	}
 
 	if (rv != 0) {

@@ -30,6 +30,8 @@ usage(FILE *f)
 	    "here on\n"
 	    "shm://jobs and one elsewhere on tcp://HOST:PORT/jobs share one "
 	    "queue.\n"
+	    "Two clients that open the same pipe name here get a connected "
+	    "pair.\n"
 	    "With no --listen it serves " QPS_DEFAULT_LISTEN ".\n"
 	    "\n"
 	    "  --listen URL            serve URL: tcp://HOST:PORT or "

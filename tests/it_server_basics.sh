@@ -16,6 +16,8 @@ cleanup() {
 		kill "$p" 2>/dev/null
 		wait "$p" 2>/dev/null
 	done
+	rm -f "/dev/shm/qpipe.q$$" "/dev/shm/qpipe.park$$" \
+		"/dev/shm/qpipe.hold$$"
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -207,5 +209,4 @@ r = msgpack.unpackb(open(sys.argv[1], "rb").read())
 assert r[3] == 21 and "shutting down" in r[4], r' "$tmp/park.out" ||
 	fail "the parked get was not answered 'shutting down'"
 grep -q "stopped" "$tmp/main.log" || fail "no 'stopped' log line"
-rm -f "/dev/shm/qpipe.q$$" "/dev/shm/qpipe.park$$" "/dev/shm/qpipe.hold$$"
 echo "ok: flags, refusals, port 0, tcp+ipc, bad input, limits, signals"

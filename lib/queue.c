@@ -2,11 +2,12 @@
  * queue.c - the public qp_queue_* calls. Each one checks its arguments and
  * the handle's closed flag, turns the timeout into an absolute deadline,
  * and dispatches through the handle's ops table (queue.h): shmq.c for
- * "NAME" and "shm://NAME"; tcp://, ipc:// and tls+tcp:// addresses answer
- * QP_ENOTSUP until the remote client lands. Locking: none here; the closed
- * flag is atomic and each backend guards its own state.
+ * "NAME" and "shm://NAME", remote.c (the qpiped client) for tcp:// and
+ * ipc:// addresses. Locking: none here; the closed flag is atomic and each
+ * backend guards its own state.
  */
 #include "queue.h"
+#include "remote.h"
 #include "shmq.h"
 #include "wire.h"
 
@@ -144,9 +145,10 @@ q_opts(const qp_queue_opts *o, qpi_shmq_cfg *cfg, unsigned *flagsp)
 	if (o == NULL) {
 		return QP_OK;
 	}
-	if (o->flags & ~(QP_OPEN_CREATE | QP_OPEN_EXCL)) {
+	if (o->flags & ~(QP_OPEN_CREATE | QP_OPEN_EXCL | QP_OPEN_LEASE)) {
 		return qpi_err(QP_EINVAL, "unknown open flags 0x%x",
-		    (unsigned) (o->flags & ~(QP_OPEN_CREATE | QP_OPEN_EXCL)));
+		    (unsigned) (o->flags
+		        & ~(QP_OPEN_CREATE | QP_OPEN_EXCL | QP_OPEN_LEASE)));
 	}
 	if ((o->flags & QP_OPEN_EXCL) && !(o->flags & QP_OPEN_CREATE)) {
 		return qpi_err(
@@ -166,15 +168,6 @@ q_opts(const qp_queue_opts *o, qpi_shmq_cfg *cfg, unsigned *flagsp)
 	cfg->max_message = o->max_message;
 	*flagsp = o->flags;
 	return QP_OK;
-}
-
-static int
-q_remote_unsupported(const qpi_addr *a)
-{
-	return qpi_err(QP_ENOTSUP,
-	    "remote queues (%s/%s) are not supported by this build yet; use "
-	    "a shared-memory address such as shm://%s",
-	    a->url, a->name, a->name);
 }
 
 /* ---- open, close ---- */
@@ -198,7 +191,21 @@ qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts)
 		return rc;
 	}
 	if (a.kind != QPI_ADDR_SHM) {
-		return q_remote_unsupported(&a);
+		/* tcp://, ipc://: a queue served by qpiped (remote.c). */
+		qpi_rq *rq;
+		if ((rc = qpi_rq_open(&rq, &a, opts)) != QP_OK) {
+			return rc;
+		}
+		if ((rc = qpi_queue_wrap(qp, &qpi_remote_ops, rq)) != QP_OK) {
+			qpi_rq_free(rq);
+		}
+		return rc;
+	}
+	if (flags & QP_OPEN_LEASE) {
+		return qpi_err(QP_EINVAL,
+		    "QP_OPEN_LEASE (worker mode) needs a queue served by "
+		    "qpiped, not %s",
+		    addr);
 	}
 	if ((rc = qpi_shmq_open(&sq, a.name, flags, &cfg)) != QP_OK) {
 		return rc;
@@ -223,6 +230,11 @@ qp_queue_anon(qp_queue **qp, const qp_queue_opts *opts)
 	*qp = NULL;
 	if ((rc = q_opts(opts, &cfg, &flags)) != QP_OK) {
 		return rc;
+	}
+	if (flags & QP_OPEN_LEASE) {
+		return qpi_err(QP_EINVAL,
+		    "QP_OPEN_LEASE (worker mode) needs a queue served by "
+		    "qpiped");
 	}
 	if ((rc = qpi_shmq_anon(&sq, &cfg)) != QP_OK) {
 		return rc;
@@ -269,7 +281,7 @@ qp_queue_unlink(const char *addr)
 		return rc;
 	}
 	if (a.kind != QPI_ADDR_SHM) {
-		return q_remote_unsupported(&a);
+		return qpi_rq_unlink(&a);
 	}
 	return qpi_shmq_unlink(a.name);
 }

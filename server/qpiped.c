@@ -1,51 +1,363 @@
 /*
- * qpiped.c - the qpipe server: start-up, flags and signals.
+ * qpiped.c - the qpipe server: flags, start-up, signals and shutdown.
+ *
+ * SIGTERM and SIGINT are blocked in every thread (nng's included, as they
+ * start after the mask is set) and taken by the main thread with
+ * sigwaitinfo(): on the first one the server refuses new connections,
+ * answers its parked requests ("shutting down"), lets the replies in
+ * flight finish, returns its leases and exits 0.
  */
-#include "qpi.h"
+#include "qps.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#define QPS_DEFAULT_LISTEN "tcp://127.0.0.1:7450"
 
 static void
 usage(FILE *f)
 {
 	fprintf(f,
-	    "usage: qpiped [--listen URL]... [--max-message BYTES] "
-	    "[--data-dir DIR]\n"
+	    "usage: qpiped [OPTION]...\n"
 	    "\n"
-	    "Hosts named queues and pipes and bridges this host's "
-	    "shared-memory\n"
-	    "queues onto nng listeners. With no --listen it serves "
-	    "tcp://127.0.0.1:%d.\n"
+	    "Hosts this machine's shared-memory queues over nng: a process "
+	    "here on\n"
+	    "shm://jobs and one elsewhere on tcp://HOST:PORT/jobs share one "
+	    "queue.\n"
+	    "Two clients that open the same pipe name here get a connected "
+	    "pair.\n"
+	    "With no --listen it serves " QPS_DEFAULT_LISTEN ".\n"
 	    "\n"
-	    "  --listen URL         tcp://HOST:PORT, tls+tcp://HOST:PORT or "
-	    "ipc:///PATH\n"
-	    "  --max-message BYTES  largest message accepted (default 32 "
-	    "MiB)\n"
-	    "  --data-dir DIR       where durable queues live\n"
-	    "  --help, --version\n",
-	    QP_DEFAULT_PORT);
+	    "  --listen URL            serve URL: tcp://HOST:PORT or "
+	    "ipc:///PATH;\n"
+	    "                          repeat for more; port 0 picks a free "
+	    "port\n"
+	    "  --port-file FILE        once listening, write the bound URLs "
+	    "to FILE,\n"
+	    "                          one a line (written whole, then "
+	    "renamed)\n"
+	    "  --max-message BYTES     largest item accepted (default 32M)\n"
+	    "  --max-queue-bytes BYTES item storage of each queue the server "
+	    "creates\n"
+	    "                          (default 64M)\n"
+	    "  --max-connections N     connections served at once (default "
+	    "4096);\n"
+	    "                          past it requests get a 'server limit' "
+	    "error\n"
+	    "  --lease-ms MS           how long a got item stays leased "
+	    "before it\n"
+	    "                          returns to the queue (default 30000)\n"
+	    "  --log-level LEVEL       error, warn, info (default) or debug\n"
+	    "  --insecure              allow non-loopback tcp:// addresses "
+	    "without\n"
+	    "                          authentication (loud warning in the "
+	    "log)\n"
+	    "  --data-dir DIR          where durable queues will live\n"
+	    "  --help, --version\n"
+	    "\n"
+	    "BYTES take a K, M or G suffix (powers of 1024). SIGTERM or "
+	    "SIGINT "
+	    "stops\n"
+	    "accepting, finishes the replies in flight and exits 0.\n");
+}
+
+/* Parses a byte count with an optional K/M/G suffix. */
+static bool
+parse_bytes(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	uint64_t mul = 1;
+
+	if (*s < '0' || *s > '9') {
+		return false;
+	}
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0) {
+		return false;
+	}
+	if (*end != '\0') {
+		switch (*end) {
+		case 'k':
+		case 'K':
+			mul = 1024;
+			break;
+		case 'm':
+		case 'M':
+			mul = 1024 * 1024;
+			break;
+		case 'g':
+		case 'G':
+			mul = 1024ull * 1024 * 1024;
+			break;
+		default:
+			return false;
+		}
+		end++;
+		if (*end == 'i' || *end == 'B') {
+			end += *end == 'i' ? 1 : 0;
+			end += *end == 'B' ? 1 : 0;
+		}
+		if (*end != '\0') {
+			return false;
+		}
+	}
+	if (v > max / mul || v * mul < min) {
+		return false;
+	}
+	*out = v * mul;
+	return true;
+}
+
+/* Returns 0 to run, 1 on a usage error (message printed), 2 when --help or
+ * --version answered. */
+static int
+parse_args(qps_config *cfg, int argc, char **argv)
+{
+	uint64_t v;
+
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->max_message = QP_DEFAULT_MAX_MESSAGE;
+	cfg->max_queue_bytes = 64u * 1024 * 1024;
+	cfg->max_connections = 4096;
+	cfg->lease_ms = 30000;
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *val = NULL;
+		char flag[64];
+		const char *eq = strchr(a, '=');
+
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage(stdout);
+			return 2;
+		}
+		if (strcmp(a, "--version") == 0) {
+			printf("qpiped %s\n", qp_version());
+			return 2;
+		}
+		if (strcmp(a, "--insecure") == 0) {
+			cfg->insecure = true;
+			continue;
+		}
+		/* --flag VALUE or --flag=VALUE */
+		if (strncmp(a, "--", 2) == 0 && eq != NULL
+		    && (size_t) (eq - a) < sizeof(flag)) {
+			memcpy(flag, a, (size_t) (eq - a));
+			flag[eq - a] = '\0';
+			a = flag;
+			val = eq + 1;
+		}
+		bool known = strcmp(a, "--listen") == 0
+		    || strcmp(a, "--max-message") == 0
+		    || strcmp(a, "--max-queue-bytes") == 0
+		    || strcmp(a, "--max-connections") == 0
+		    || strcmp(a, "--lease-ms") == 0
+		    || strcmp(a, "--log-level") == 0
+		    || strcmp(a, "--data-dir") == 0
+		    || strcmp(a, "--port-file") == 0;
+		if (!known) {
+			fprintf(stderr,
+			    "qpiped: unknown option '%s' (try --help)\n",
+			    argv[i]);
+			return 1;
+		}
+		if (val == NULL) {
+			if (i + 1 >= argc) {
+				fprintf(stderr,
+				    "qpiped: %s needs a value (try --help)\n",
+				    a);
+				return 1;
+			}
+			val = argv[++i];
+		}
+		if (strcmp(a, "--listen") == 0) {
+			if (cfg->nlisten == QPS_MAX_LISTEN) {
+				fprintf(stderr,
+				    "qpiped: at most %d --listen addresses\n",
+				    QPS_MAX_LISTEN);
+				return 1;
+			}
+			cfg->listen[cfg->nlisten++] = val;
+		} else if (strcmp(a, "--max-message") == 0) {
+			if (!parse_bytes(val, 1, (uint64_t) 1 << 31, &v)) {
+				fprintf(stderr,
+				    "qpiped: --max-message '%s': expected "
+				    "bytes from 1 to 2G (K, M, G suffixes)\n",
+				    val);
+				return 1;
+			}
+			cfg->max_message = (size_t) v;
+		} else if (strcmp(a, "--max-queue-bytes") == 0) {
+			if (!parse_bytes(val, 4096, (uint64_t) 1 << 40, &v)) {
+				fprintf(stderr,
+				    "qpiped: --max-queue-bytes '%s': expected "
+				    "bytes from 4K to 1T (K, M, G suffixes)\n",
+				    val);
+				return 1;
+			}
+			cfg->max_queue_bytes = v;
+		} else if (strcmp(a, "--max-connections") == 0) {
+			if (!parse_bytes(val, 1, 1000000, &v)) {
+				fprintf(stderr,
+				    "qpiped: --max-connections '%s': expected "
+				    "a number from 1 to 1000000\n",
+				    val);
+				return 1;
+			}
+			cfg->max_connections = (uint32_t) v;
+		} else if (strcmp(a, "--lease-ms") == 0) {
+			if (!parse_bytes(
+			        val, 1, 7ull * 24 * 3600 * 1000, &v)) {
+				fprintf(stderr,
+				    "qpiped: --lease-ms '%s': expected "
+				    "milliseconds from 1 to 7 days\n",
+				    val);
+				return 1;
+			}
+			cfg->lease_ms = (int64_t) v;
+		} else if (strcmp(a, "--log-level") == 0) {
+			int lvl = qps_log_level_parse(val);
+			if (lvl < 0) {
+				fprintf(stderr,
+				    "qpiped: --log-level '%s': expected "
+				    "error, "
+				    "warn, info or debug\n",
+				    val);
+				return 1;
+			}
+			qps_log_level = lvl;
+		} else if (strcmp(a, "--data-dir") == 0) {
+			cfg->data_dir = val;
+		} else {
+			cfg->port_file = val;
+		}
+	}
+	if (cfg->nlisten == 0) {
+		cfg->listen[cfg->nlisten++] = QPS_DEFAULT_LISTEN;
+	}
+	return 0;
+}
+
+/* Writes the bound URLs to path: whole to a temporary file, then renamed,
+ * so a reader never sees half of it. */
+static int
+write_port_file(const char *path, char urls[][QPI_URL_MAX + 1], size_t n)
+{
+	char tmp[PATH_MAX];
+	FILE *f;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long) getpid())
+	    >= (int) sizeof(tmp)) {
+		qps_log(QPS_LOG_ERROR, "--port-file path is too long");
+		return -1;
+	}
+	if ((f = fopen(tmp, "w")) == NULL) {
+		qps_log(QPS_LOG_ERROR, "cannot write --port-file %s: %s", tmp,
+		    strerror(errno));
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		fprintf(f, "%s\n", urls[i]);
+	}
+	if (fclose(f) != 0 || rename(tmp, path) != 0) {
+		qps_log(QPS_LOG_ERROR, "cannot write --port-file %s: %s", path,
+		    strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+/* Room for the connections asked for: raise the soft descriptor limit. */
+static void
+raise_nofile(uint32_t conns)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t) conns * 2 + 64;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want) {
+		return;
+	}
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want
+	    ? want
+	    : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want) {
+		qps_log(QPS_LOG_WARN,
+		    "open-file limit is %llu: fewer than the %u connections "
+		    "of --max-connections can be served",
+		    (unsigned long long) rl.rlim_cur, conns);
+	}
 }
 
 int
 main(int argc, char **argv)
 {
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--help") == 0
-		    || strcmp(argv[i], "-h") == 0) {
-			usage(stdout);
-			return 0;
-		}
-		if (strcmp(argv[i], "--version") == 0) {
-			printf("qpiped %s\n", qp_version());
-			return 0;
-		}
-		fprintf(stderr, "qpiped: unknown option '%s' (try --help)\n",
-		    argv[i]);
-		return 1;
+	char urls[QPS_MAX_LISTEN][QPI_URL_MAX + 1];
+	qps_config cfg;
+	sigset_t sigs;
+	siginfo_t si;
+	int rv, sig;
+
+	if ((rv = parse_args(&cfg, argc, argv)) != 0) {
+		return rv == 2 ? 0 : 1;
 	}
-	fprintf(stderr,
-	    "qpiped: serving queues over the network is not built "
-	    "yet in this version\n");
-	return 2;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	raise_nofile(cfg.max_connections);
+
+	qps_log(QPS_LOG_INFO, "qpiped %s starting (pid %ld)", qp_version(),
+	    (long) getpid());
+	if (cfg.data_dir != NULL) {
+		qps_log(QPS_LOG_INFO,
+		    "data directory %s noted: durable queues are not served "
+		    "by this version, every queue lives in shared memory",
+		    cfg.data_dir);
+	}
+	if (qps_ops_start(&cfg) != QP_OK) {
+		return 2;
+	}
+	if (qps_net_start(&cfg, urls) != QP_OK) {
+		qps_net_close();
+		qps_ops_fini();
+		return 2;
+	}
+	if (cfg.port_file != NULL
+	    && write_port_file(cfg.port_file, urls, cfg.nlisten) != 0) {
+		qps_net_close();
+		qps_ops_fini();
+		return 2;
+	}
+	qps_log(QPS_LOG_INFO,
+	    "ready: max message %zu bytes, queue bytes %llu, max "
+	    "connections %u, lease %lld ms",
+	    cfg.max_message, (unsigned long long) cfg.max_queue_bytes,
+	    cfg.max_connections, (long long) cfg.lease_ms);
+
+	do {
+		sig = sigwaitinfo(&sigs, &si);
+	} while (sig < 0 && errno == EINTR);
+	qps_log(QPS_LOG_INFO, "%s: no longer accepting connections, draining",
+	    sig == SIGINT ? "SIGINT" : "SIGTERM");
+
+	qps_ops_drain();
+	if (!qps_net_drain(5000)) {
+		qps_log(QPS_LOG_WARN,
+		    "replies still in flight after 5 s; closing anyway");
+	}
+	qps_ops_linger(250);
+	qps_ops_shutdown();
+	qps_net_close();
+	qps_ops_fini();
+	qps_log(QPS_LOG_INFO, "stopped");
+	return 0;
 }

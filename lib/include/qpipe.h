@@ -97,6 +97,10 @@ typedef struct qp_queue qp_queue;
 /* Open flags. */
 #define QP_OPEN_CREATE 0x1u /* create the queue if it does not exist */
 #define QP_OPEN_EXCL   0x2u /* with CREATE: fail with QP_EEXIST if it does */
+/* Worker mode (remote queues): a get leases its item until task_done
+ * confirms it or qp_queue_nack gives it back; if the process dies or its
+ * lease runs out first, the item returns to the head of the queue. */
+#define QP_OPEN_LEASE 0x4u
 
 /* Options for qp_queue_open and qp_queue_anon; zero means the default. */
 typedef struct qp_queue_opts {
@@ -104,6 +108,8 @@ typedef struct qp_queue_opts {
 	uint64_t maxsize; /* items; 0 = unbounded (up to capacity) */
 	uint64_t capacity; /* bytes of item storage; 0 = 64 MiB */
 	uint64_t max_message; /* largest item in bytes; 0 = 32 MiB */
+	uint64_t lease_ms; /* remote: how long a got item stays leased
+	                      unconfirmed; 0 = the server's (30 s) */
 } qp_queue_opts;
 
 /* Opens the queue at addr (opts may be NULL: open an existing queue).
@@ -141,6 +147,21 @@ QP_API int qp_queue_put_nowait(qp_queue *q, const void *buf, size_t len);
  * value, else QP_EINVAL). Otherwise as qp_queue_put. */
 QP_API int qp_queue_put_obj(
     qp_queue *q, const void *msgpack, size_t len, qp_duration timeout);
+
+/* Puts n items (bufs[i], lens[i] bytes each, stored as bins) in order.
+ * Over a server they travel in as few requests as the limits allow
+ * (4096 items, 32 MiB), each request all or nothing, waiting up to
+ * timeout while the queue cannot take it; in shared memory they are put
+ * one after the other, each as qp_queue_put. Errors as qp_queue_put. */
+QP_API int qp_queue_put_many(qp_queue *q, const void *const *bufs,
+    const size_t *lens, size_t n, qp_duration timeout);
+
+/* Gets up to max items: waits up to timeout for the first, then takes
+ * those ready without waiting. bufs[i] gets a malloc'd copy of item i's
+ * bytes (free each with qp_free), lens[i] its length, *np how many
+ * (at least 1 on QP_OK). Errors as qp_queue_get. */
+QP_API int qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens,
+    size_t max, size_t *np, qp_duration timeout);
 
 /* Gets the oldest item: *bufp gets a malloc'd copy (free with qp_free) and
  * *lenp its length. Blocks while the queue is empty, for up to timeout.
@@ -195,6 +216,28 @@ typedef struct qp_queue_stats {
 
 /* Fills *st with the queue's figures. */
 QP_API int qp_queue_stat(qp_queue *q, qp_queue_stats *st);
+
+/* Worker mode (QP_OPEN_LEASE): gives the oldest item this handle holds
+ * back to the head of the queue, after delay ms, for another attempt; its
+ * delivery count goes up. QP_ENOENT if it holds none, QP_EINVAL without
+ * QP_OPEN_LEASE. */
+QP_API int qp_queue_nack(qp_queue *q, qp_duration delay);
+
+/* How many times the item at hand has been delivered (1 the first time):
+ * worker mode, the oldest item held; otherwise the last item got.
+ * QP_ENOENT if there is none, QP_ENOTSUP where not tracked (shm). */
+QP_API int qp_queue_deliveries(qp_queue *q, uint32_t *np);
+
+/* One queue of a server, for qp_server_list. */
+typedef struct qp_queue_info {
+	char name[QP_NAME_MAX + 1];
+	qp_queue_stats stat;
+} qp_queue_info;
+
+/* Lists every queue the server at addr (tcp://HOST:PORT, ipc:///PATH)
+ * hosts: *listp is a malloc'd array of *np entries (free with qp_free).
+ * Errors: QP_EINVAL, QP_ECONNREFUSED, QP_ECONNRESET. */
+QP_API int qp_server_list(const char *addr, qp_queue_info **listp, size_t *np);
 
 /* ------------------------------------------------------------------------
  * Pipe and Connection (multiprocessing.Pipe, connection.Listener/Client)
@@ -272,6 +315,15 @@ QP_API int qp_listener_accept(
 
 /* Stops listening and releases the listener; accepted connections go on. */
 QP_API void qp_listener_free(qp_listener *l);
+
+/* Opens one end of the pipe named in addr (tcp://HOST:PORT/NAME or
+ * ipc:///PATH/NAME) through the qpiped there: two processes that open the
+ * same name get a connected pair, as qp_pipe's (send, recv, poll, end of
+ * file when the other end closes or dies). side: 0 or 1, or -1 for the
+ * free one (0 first). duplex false, for the pipe this call creates: side
+ * 0 only receives, side 1 only sends. Errors: QP_EBUSY (side taken),
+ * QP_ECONNREFUSED, QP_EINVAL. */
+QP_API int qp_pipe_open(qp_conn **cp, const char *addr, int side, bool duplex);
 
 /* Dials a listener. With timeout 0 a refused dial fails at once with
  * QP_ECONNREFUSED; otherwise it retries until the timeout. A token comes

@@ -1,0 +1,2050 @@
+/*
+ * remote.c - the remote queue client. One handle is one nng req0 socket
+ * dialled to the server (one connection: the server releases the
+ * handle's leases when it drops), a client id of 16 random bytes, and a
+ * sequence number for the requests that change a queue, so that a request
+ * sent again after a reconnect is applied once.
+ *
+ * Each call takes an nng context (from a small pool: the handle may be used
+ * by several threads at once), sends its request and waits for the reply.
+ * nng's own resending is off: when the connection drops, the call sends the
+ * same request (same id and seq; a blocking get or put with the time it
+ * has left) once the dialer has reconnected, for up to the reconnect
+ * window. A blocking get waits on the server, which parks it; the client
+ * waits a little longer than the get's timeout, and a get that blocks
+ * forever is sent again every QPI_RQ_SLICE_MS (the server answers "empty"
+ * at the end of each slice).
+ *
+ * Confirmations: a plain get leases its item; the client confirms it as
+ * soon as the reply is in (the confirmation rides on the next get, or goes
+ * out by itself at once on a context of its own, and close waits for it).
+ * A QP_OPEN_LEASE handle keeps its items leased until task_done (confirm)
+ * or nack (give back).
+ *
+ * Locking: r->mu guards the context pool, the lease lists and the acker
+ * state; it is never held while waiting for the network.
+ */
+#include "remote.h"
+#include "conn.h"
+#include "queue.h"
+#include "shmq.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+/* A get or put that blocks forever is sent again after this long. */
+#define QPI_RQ_SLICE_MS 30000
+/* Beyond a blocking request's own timeout, how long the client waits for
+ * the server's answer before it counts the connection as lost. */
+#define QPI_RQ_SLACK_MS 5000
+/* A request that does not block on the server: its answer is due within. */
+#define QPI_RQ_CALL_MS 10000
+/* Contexts kept for reuse. */
+#define QPI_RQ_POOL 8
+/* A plain get's confirmation waits this long for the next get to carry
+ * it before it goes out on its own. */
+#define QPI_RQ_ACK_DELAY_MS 10
+
+typedef struct rq_ctx {
+	nng_ctx ctx;
+	nng_aio *aio;
+	struct rq_ctx *next;
+} rq_ctx;
+
+enum { RQ_ACK_IDLE, RQ_ACK_WAITING, RQ_ACK_SENDING, RQ_ACK_RECEIVING };
+
+/* A growable list of lease ids. */
+typedef struct rq_ids {
+	uint64_t *v;
+	uint32_t *deliv;
+	size_t n, cap;
+} rq_ids;
+
+struct qpi_rq {
+	nng_socket sock;
+	bool sock_open;
+	bool closed;
+	bool lease_mode; /* QP_OPEN_LEASE */
+	char url[QPI_URL_MAX + 1];
+	char name[QP_NAME_MAX + 1];
+	uint8_t id[QPI_WIRE_ID_LEN];
+	uint64_t seq; /* last seq used (under mu) */
+	uint64_t req_id;
+	uint64_t lease_ms;
+	qpi_wire_limits lim; /* the server's, from hello */
+	int64_t reconnect_ms;
+
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* the acker went idle */
+	rq_ctx *pool;
+	size_t npool;
+	rq_ids held; /* QP_OPEN_LEASE: leased items, oldest first */
+	rq_ids unacked; /* plain: confirmations not yet sent */
+	uint32_t last_deliveries;
+	bool have_last;
+	/* The acker: sends confirmations on its own context. */
+	rq_ctx *ack_ctx;
+	int ack_state; /* RQ_ACK_* */
+	bool stopping; /* close: the acker starts nothing new */
+};
+
+/* ---- small helpers ---- */
+
+static int
+rq_nng_err(const qpi_rq *r, int rv, const char *what)
+{
+	switch (rv) {
+	case NNG_ENOMEM:
+		return qpi_err(
+		    QP_ENOMEM, "%s %s: out of memory", what, r->url);
+	case NNG_ECONNREFUSED:
+		return qpi_err(QP_ECONNREFUSED,
+		    "cannot connect to %s: connection refused", r->url);
+	case NNG_ECLOSED:
+		return qpi_err(
+		    QP_ECLOSED, "%s %s: handle closed", what, r->url);
+	case NNG_EADDRINVAL:
+	case NNG_EINVAL:
+		return qpi_err(QP_EINVAL, "cannot connect to %s: %s", r->url,
+		    nng_strerror(rv));
+	case NNG_ECONNRESET:
+	case NNG_ECONNSHUT:
+	case NNG_ETIMEDOUT:
+	case NNG_ECONNABORTED:
+		return qpi_err(QP_ECONNRESET, "%s %s: %s", what, r->url,
+		    nng_strerror(rv));
+	default:
+		return qpi_err(
+		    QP_ESYSTEM, "%s %s: %s", what, r->url, nng_strerror(rv));
+	}
+}
+
+static int
+ids_push(rq_ids *l, uint64_t id, uint32_t deliv)
+{
+	if (l->n == l->cap) {
+		size_t cap = l->cap == 0 ? 16 : l->cap * 2;
+		uint64_t *v = realloc(l->v, cap * sizeof(*v));
+		if (v == NULL) {
+			return QP_ENOMEM;
+		}
+		l->v = v;
+		uint32_t *d = realloc(l->deliv, cap * sizeof(*d));
+		if (d == NULL) {
+			return QP_ENOMEM;
+		}
+		l->deliv = d;
+		l->cap = cap;
+	}
+	l->v[l->n] = id;
+	l->deliv[l->n] = deliv;
+	l->n++;
+	return QP_OK;
+}
+
+static void
+ids_pop_front(rq_ids *l)
+{
+	if (l->n > 0) {
+		memmove(l->v, l->v + 1, (l->n - 1) * sizeof(*l->v));
+		memmove(
+		    l->deliv, l->deliv + 1, (l->n - 1) * sizeof(*l->deliv));
+		l->n--;
+	}
+}
+
+static void
+ids_free(rq_ids *l)
+{
+	free(l->v);
+	free(l->deliv);
+	memset(l, 0, sizeof(*l));
+}
+
+static int64_t
+rq_env_ms(const char *name, int64_t dflt)
+{
+	const char *s = getenv(name);
+	char *end;
+	long long v;
+
+	if (s == NULL || *s == '\0') {
+		return dflt;
+	}
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < 0) {
+		return dflt;
+	}
+	return (int64_t) v;
+}
+
+/* ---- contexts ---- */
+
+static rq_ctx *
+rq_ctx_take(qpi_rq *r)
+{
+	rq_ctx *c;
+
+	pthread_mutex_lock(&r->mu);
+	if ((c = r->pool) != NULL) {
+		r->pool = c->next;
+		r->npool--;
+	}
+	pthread_mutex_unlock(&r->mu);
+	if (c != NULL) {
+		return c;
+	}
+	if ((c = calloc(1, sizeof(*c))) == NULL) {
+		return NULL;
+	}
+	if (nng_aio_alloc(&c->aio, NULL, NULL) != 0) {
+		free(c);
+		return NULL;
+	}
+	if (nng_ctx_open(&c->ctx, r->sock) != 0) {
+		nng_aio_free(c->aio);
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+static void
+rq_ctx_free(rq_ctx *c)
+{
+	nng_aio_free(c->aio);
+	nng_ctx_close(c->ctx);
+	free(c);
+}
+
+static void
+rq_ctx_give(qpi_rq *r, rq_ctx *c)
+{
+	pthread_mutex_lock(&r->mu);
+	if (r->npool < QPI_RQ_POOL) {
+		c->next = r->pool;
+		r->pool = c;
+		r->npool++;
+		c = NULL;
+	}
+	pthread_mutex_unlock(&r->mu);
+	if (c != NULL) {
+		rq_ctx_free(c);
+	}
+}
+
+/* ---- one request, one reply ---- */
+
+/* A call: the request (its op fields set by the caller), and after
+ * rq_call the decoded reply, whose items point into msg. */
+typedef struct rq_call {
+	qpi_wire_req req;
+	qpi_wire_rep rep;
+	nng_msg *msg; /* the reply's bytes */
+	int64_t deadline_ns; /* blocking ops: the op's own deadline */
+	bool blocking; /* req.timeout is recomputed on every send */
+} rq_call;
+
+static void
+rq_call_done(rq_call *c)
+{
+	if (c->msg != NULL) {
+		nng_msg_free(c->msg);
+		c->msg = NULL;
+	}
+}
+
+static int
+rq_encode(qpi_rq *r, const qpi_wire_req *req, nng_msg **mp)
+{
+	qpi_wire_buf b = {0};
+	nng_msg *m;
+	int rv;
+
+	if ((rv = qpi_wire_encode_req(req, &b)) != QP_OK) {
+		qpi_wire_buf_free(&b);
+		return rv;
+	}
+	if (nng_msg_alloc(&m, b.len) != 0) {
+		qpi_wire_buf_free(&b);
+		return qpi_err(
+		    QP_ENOMEM, "out of memory for a request to %s", r->url);
+	}
+	memcpy(nng_msg_body(m), b.data, b.len);
+	qpi_wire_buf_free(&b);
+	*mp = m;
+	return QP_OK;
+}
+
+/* Sends c->req and waits for its reply, through reconnects. Returns QP_OK
+ * with c->rep decoded (look at c->rep.status), or a transport error. */
+static int
+rq_do(qpi_rq *r, rq_call *c)
+{
+	int64_t lost_since = 0;
+	rq_ctx *x;
+	int rv;
+
+	if ((x = rq_ctx_take(r)) == NULL) {
+		return qpi_err(
+		    QP_ENOMEM, "out of memory for a request to %s", r->url);
+	}
+	pthread_mutex_lock(&r->mu);
+	c->req.req_id = ++r->req_id;
+	if (qpi_wire_op_dedup(c->req.op)) {
+		memcpy(c->req.client_id, r->id, sizeof(r->id));
+		c->req.seq = ++r->seq;
+	}
+	pthread_mutex_unlock(&r->mu);
+
+	for (;;) {
+		nng_msg *m;
+		int64_t now_ms = qpi_now_ms(), wait_ms;
+
+		if (c->blocking) {
+			int64_t left = qpi_remaining_ns(c->deadline_ns);
+			if (left == INT64_MAX) {
+				c->req.timeout = QPI_RQ_SLICE_MS;
+			} else {
+				/* Round up: a timeout never shrinks to 0 by
+				 * rounding while time is left. */
+				c->req.timeout = (left + 999999) / 1000000;
+			}
+			wait_ms = c->req.timeout + QPI_RQ_SLACK_MS;
+		} else {
+			wait_ms = QPI_RQ_CALL_MS;
+		}
+		if ((rv = rq_encode(r, &c->req, &m)) != QP_OK) {
+			break;
+		}
+		/* Sending waits for a connection: at most what is left of the
+		 * reconnect window. */
+		int64_t window = r->reconnect_ms
+		    - (lost_since != 0 ? now_ms - lost_since : 0);
+		nng_aio_set_msg(x->aio, m);
+		nng_aio_set_timeout(
+		    x->aio, (nng_duration) (window > 0 ? window : 1));
+		nng_ctx_send(x->ctx, x->aio);
+		nng_aio_wait(x->aio);
+		if ((rv = nng_aio_result(x->aio)) != 0) {
+			nng_msg_free(m);
+			if (rv == NNG_ETIMEDOUT) {
+				rv = qpi_err(QP_ECONNRESET,
+				    "lost connection to %s: no connection for "
+				    "%lld ms",
+				    r->url, (long long) r->reconnect_ms);
+			} else {
+				rv = rq_nng_err(r, rv, "send to");
+			}
+			break;
+		}
+		nng_aio_set_timeout(x->aio, (nng_duration) wait_ms);
+		nng_ctx_recv(x->ctx, x->aio);
+		nng_aio_wait(x->aio);
+		rv = nng_aio_result(x->aio);
+		if (rv == 0) {
+			c->msg = nng_aio_get_msg(x->aio);
+			nng_aio_set_msg(x->aio, NULL);
+			rv = qpi_wire_decode_rep(nng_msg_body(c->msg),
+			    nng_msg_len(c->msg), &r->lim, &c->rep);
+			if (rv == QP_OK && c->rep.req_id != c->req.req_id) {
+				rv = qpi_err(QP_EPROTO,
+				    "%s answered request %llu to request %llu",
+				    r->url, (unsigned long long) c->rep.req_id,
+				    (unsigned long long) c->req.req_id);
+			} else if (rv != QP_OK) {
+				rv = qpi_err(QP_EPROTO,
+				    "bad reply from %s: %s", r->url,
+				    qp_errmsg());
+			} else if (c->rep.status == QP_ECONNRESET) {
+				/* The server is shutting down: drop this
+				 * connection and send the request again to
+				 * the next one, within the window. */
+				nng_pipe_close(nng_msg_get_pipe(c->msg));
+				rq_call_done(c);
+				rv = NNG_ECONNRESET;
+				goto lost;
+			}
+			break;
+		}
+		if (rv != NNG_ECONNRESET && rv != NNG_ETIMEDOUT
+		    && rv != NNG_ECONNSHUT) {
+			rv = rq_nng_err(r, rv, "reply from");
+			break;
+		}
+	lost:
+		/* The connection dropped (or went silent): send the same
+		 * request again once it is back, within the window. */
+		if (lost_since == 0) {
+			lost_since = qpi_now_ms();
+		} else if (qpi_now_ms() - lost_since > r->reconnect_ms) {
+			rv = qpi_err(QP_ECONNRESET,
+			    "lost connection to %s: %s for %lld ms", r->url,
+			    nng_strerror(rv), (long long) r->reconnect_ms);
+			break;
+		}
+		if (c->blocking && c->deadline_ns != INT64_MAX
+		    && qpi_remaining_ns(c->deadline_ns) == 0
+		    && rv == NNG_ETIMEDOUT) {
+			/* Our own deadline passed with the server silent. */
+			rv = qpi_err(QP_ECONNRESET,
+			    "no answer from %s within %lld ms", r->url,
+			    (long long) wait_ms);
+			break;
+		}
+	}
+	rq_ctx_give(r, x);
+	return rv;
+}
+
+/* Turns an error reply into the call's result, with its message. */
+static int
+rq_status(const qpi_rq *r, const rq_call *c)
+{
+	if (c->rep.status == QP_OK) {
+		return QP_OK;
+	}
+	return qpi_err(c->rep.status, "%s/%s: %s", r->url, r->name,
+	    c->rep.errmsg[0] != '\0' ? c->rep.errmsg
+	                             : qp_strerror(c->rep.status));
+}
+
+static void
+rq_call_init(rq_call *c, qpi_rq *r, uint32_t op)
+{
+	memset(c, 0, sizeof(*c));
+	c->req.op = op;
+	snprintf(c->req.name, sizeof(c->req.name), "%s", r->name);
+}
+
+/* ---- confirmations ---- */
+
+/* Takes up to a batch of the confirmations not yet sent: a malloc'd array
+ * in *idsp (NULL if none or out of memory). Called with r->mu held. */
+static uint32_t
+rq_take_acks(qpi_rq *r, uint64_t **idsp)
+{
+	uint32_t n
+	    = (uint32_t) (r->unacked.n > r->lim.max_batch ? r->lim.max_batch
+	                                                  : r->unacked.n);
+
+	*idsp = NULL;
+	if (n == 0 || (*idsp = malloc(n * sizeof(uint64_t))) == NULL) {
+		return 0;
+	}
+	memcpy(*idsp, r->unacked.v, n * sizeof(uint64_t));
+	memmove(r->unacked.v, r->unacked.v + n,
+	    (r->unacked.n - n) * sizeof(uint64_t));
+	memmove(r->unacked.deliv, r->unacked.deliv + n,
+	    (r->unacked.n - n) * sizeof(uint32_t));
+	r->unacked.n -= n;
+	return n;
+}
+
+/* Sends the pending confirmations on the acker's context. Called with
+ * r->mu held and the acker idle or done waiting. */
+static void
+rq_ack_send_locked(qpi_rq *r)
+{
+	qpi_wire_req req;
+	uint64_t *ids;
+	nng_msg *m = NULL;
+	uint32_t n = rq_take_acks(r, &ids);
+
+	r->ack_state = RQ_ACK_IDLE;
+	if (n == 0) {
+		return;
+	}
+	memset(&req, 0, sizeof(req));
+	req.op = QPI_OP_ACK;
+	snprintf(req.name, sizeof(req.name), "%s", r->name);
+	memcpy(req.client_id, r->id, sizeof(r->id));
+	req.seq = ++r->seq;
+	req.req_id = ++r->req_id;
+	req.ids = ids;
+	req.nids = n;
+	req.ids_cap = n;
+	if (rq_encode(r, &req, &m) != QP_OK) {
+		/* Out of memory: the leases run out and the items come again
+		 * (at least once). */
+		free(ids);
+		return;
+	}
+	free(ids);
+	r->ack_state = RQ_ACK_SENDING;
+	nng_aio_set_msg(r->ack_ctx->aio, m);
+	nng_aio_set_timeout(r->ack_ctx->aio, (nng_duration) r->reconnect_ms);
+	nng_ctx_send(r->ack_ctx->ctx, r->ack_ctx->aio);
+}
+
+/* Confirmations pending: they ride on the next get, or the acker sends
+ * them after QPI_RQ_ACK_DELAY_MS (now: at once). r->mu held. */
+static void
+rq_ack_kick_locked(qpi_rq *r, bool now)
+{
+	if (r->ack_ctx == NULL || r->unacked.n == 0 || r->stopping) {
+		return;
+	}
+	if (r->ack_state == RQ_ACK_IDLE) {
+		if (now) {
+			rq_ack_send_locked(r);
+		} else {
+			r->ack_state = RQ_ACK_WAITING;
+			nng_sleep_aio(QPI_RQ_ACK_DELAY_MS, r->ack_ctx->aio);
+		}
+	} else if (r->ack_state == RQ_ACK_WAITING && now) {
+		nng_aio_cancel(r->ack_ctx->aio); /* its callback sends */
+	}
+}
+
+/* The acker: wait -> send -> receive the reply -> idle. */
+static void
+rq_ack_cb(void *arg)
+{
+	qpi_rq *r = arg;
+	nng_aio *aio = r->ack_ctx->aio;
+	int rv = nng_aio_result(aio);
+
+	pthread_mutex_lock(&r->mu);
+	switch (r->ack_state) {
+	case RQ_ACK_WAITING:
+		/* The delay passed (or close cut it short): send what the
+		 * gets meanwhile did not carry. */
+		rq_ack_send_locked(r);
+		break;
+	case RQ_ACK_SENDING:
+		if (rv == 0) {
+			r->ack_state = RQ_ACK_RECEIVING;
+			nng_aio_set_timeout(aio, QPI_RQ_CALL_MS);
+			nng_ctx_recv(r->ack_ctx->ctx, aio);
+			break;
+		}
+		/* Not sent: the message is still ours. */
+		nng_msg_free(nng_aio_get_msg(aio));
+		nng_aio_set_msg(aio, NULL);
+		r->ack_state = RQ_ACK_IDLE;
+		break;
+	default:
+		/* The reply (its missing ids need nothing), or no reply: an
+		 * item not confirmed comes again when its connection drops
+		 * or its lease ends (at least once). */
+		if (rv == 0) {
+			nng_msg_free(nng_aio_get_msg(aio));
+			nng_aio_set_msg(aio, NULL);
+		}
+		r->ack_state = RQ_ACK_IDLE;
+		break;
+	}
+	if (r->ack_state == RQ_ACK_IDLE) {
+		rq_ack_kick_locked(r, false);
+	}
+	if (r->ack_state == RQ_ACK_IDLE) {
+		pthread_cond_broadcast(&r->cv);
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- open and close ---- */
+
+static int
+rq_dial(qpi_rq *r)
+{
+	nng_dialer d;
+	int rv;
+
+	if ((rv = nng_req0_open(&r->sock)) != 0) {
+		return rq_nng_err(r, rv, "cannot open a socket for");
+	}
+	r->sock_open = true;
+	nng_socket_set_ms(
+	    r->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+	nng_socket_set_ms(r->sock, NNG_OPT_RECONNMINT, 20);
+	nng_socket_set_ms(r->sock, NNG_OPT_RECONNMAXT, 500);
+	nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ,
+	    (size_t) QP_DEFAULT_MAX_MESSAGE + QPI_WIRE_SLACK);
+	if ((rv = nng_dialer_create(&d, r->sock, r->url)) != 0) {
+		return rq_nng_err(r, rv, "cannot connect to");
+	}
+	nng_dialer_set_bool(d, NNG_OPT_TCP_KEEPALIVE, true);
+	nng_dialer_set_bool(d, NNG_OPT_TCP_NODELAY, true);
+	/* Synchronous first dial: nobody there is an error at once. */
+	if ((rv = nng_dialer_start(d, 0)) != 0) {
+		return rq_nng_err(r, rv, "cannot connect to");
+	}
+	return QP_OK;
+}
+
+static int
+rq_hello(qpi_rq *r)
+{
+	rq_call c;
+	int rv;
+
+	rq_call_init(&c, r, QPI_OP_HELLO);
+	memcpy(c.req.client_id, r->id, sizeof(r->id));
+	snprintf(c.req.client_name, sizeof(c.req.client_name), "libqpipe %s",
+	    qp_version());
+	if ((rv = rq_do(r, &c)) == QP_OK && (rv = rq_status(r, &c)) == QP_OK) {
+		if (c.rep.auth_required) {
+			rv = qpi_err(QP_EAUTH,
+			    "%s asks for an authentication token, which this "
+			    "client does not have",
+			    r->url);
+		} else {
+			r->lim = c.rep.limits;
+			if (r->lim.max_batch == 0) {
+				r->lim.max_batch = QPI_WIRE_DEFAULT_BATCH;
+			}
+			if (r->lim.max_message == 0) {
+				r->lim.max_message = QP_DEFAULT_MAX_MESSAGE;
+			}
+			nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ,
+			    (size_t) r->lim.max_message + QPI_WIRE_SLACK);
+		}
+	}
+	rq_call_done(&c);
+	return rv;
+}
+
+static int
+rq_new(qpi_rq **rp, const qpi_addr *a)
+{
+	qpi_rq *r = calloc(1, sizeof(*r));
+	pthread_condattr_t ca;
+	int rv;
+
+	if (r == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	snprintf(r->url, sizeof(r->url), "%s", a->url);
+	snprintf(r->name, sizeof(r->name), "%s", a->name);
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	r->reconnect_ms = rq_env_ms("QPIPE_RECONNECT_MS", QPI_RQ_RECONNECT_MS);
+	r->lim.max_message = QP_DEFAULT_MAX_MESSAGE;
+	r->lim.max_batch = QPI_WIRE_DEFAULT_BATCH;
+	if (getrandom(r->id, sizeof(r->id), 0) != (ssize_t) sizeof(r->id)) {
+		qpi_rq_free(r);
+		return qpi_err(QP_ESYSTEM, "no random bytes for a client id");
+	}
+	if ((rv = rq_dial(r)) != QP_OK || (rv = rq_hello(r)) != QP_OK) {
+		char msg[512];
+		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
+		qpi_rq_free(r);
+		return qpi_err(rv, "%s", msg);
+	}
+	*rp = r;
+	return QP_OK;
+}
+
+int
+qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
+{
+	qpi_rq *r;
+	rq_call c;
+	int rv;
+
+	if (a->kind == QPI_ADDR_TLS) {
+		return qpi_err(QP_ENOTSUP,
+		    "tls+tcp:// is not supported by this version yet");
+	}
+	if ((rv = rq_new(&r, a)) != QP_OK) {
+		return rv;
+	}
+	r->lease_mode = opts != NULL && (opts->flags & QP_OPEN_LEASE) != 0;
+	r->lease_ms = opts != NULL ? opts->lease_ms : 0;
+
+	if (opts != NULL && (opts->flags & QP_OPEN_CREATE)) {
+		rq_call_init(&c, r, QPI_OP_CREATE);
+		c.req.maxsize = opts->maxsize;
+		c.req.capacity = opts->capacity;
+		c.req.max_message = opts->max_message;
+		c.req.lease_ms = opts->lease_ms;
+		c.req.flags
+		    = (opts->flags & QP_OPEN_EXCL) ? QPI_CREATE_EXCL : 0;
+	} else {
+		rq_call_init(&c, r, QPI_OP_STAT);
+	}
+	if ((rv = rq_do(r, &c)) == QP_OK) {
+		rv = rq_status(r, &c);
+	}
+	rq_call_done(&c);
+	if (rv != QP_OK) {
+		char msg[512];
+		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
+		qpi_rq_free(r);
+		return qpi_err(rv, "%s", msg);
+	}
+	/* The acker's context. */
+	if ((r->ack_ctx = calloc(1, sizeof(*r->ack_ctx))) == NULL
+	    || nng_aio_alloc(&r->ack_ctx->aio, rq_ack_cb, r) != 0
+	    || nng_ctx_open(&r->ack_ctx->ctx, r->sock) != 0) {
+		qpi_rq_free(r);
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	*rp = r;
+	return QP_OK;
+}
+
+/* Waits until the acker is idle with nothing pending (or the window
+ * passes). */
+static void
+rq_ack_drain(qpi_rq *r)
+{
+	struct timespec ts = qpi_ts_from_ns(
+	    qpi_now_ns() + (r->reconnect_ms + QPI_RQ_CALL_MS) * 1000000);
+
+	pthread_mutex_lock(&r->mu);
+	rq_ack_kick_locked(r, true);
+	while (r->ack_state != RQ_ACK_IDLE || r->unacked.n > 0) {
+		if (r->ack_state == RQ_ACK_IDLE) {
+			rq_ack_kick_locked(r, true);
+			if (r->ack_state == RQ_ACK_IDLE) {
+				break; /* cannot send (out of memory) */
+			}
+		} else if (r->ack_state == RQ_ACK_WAITING) {
+			rq_ack_kick_locked(r, true);
+		}
+		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT) {
+			break;
+		}
+	}
+	r->stopping = true;
+	pthread_mutex_unlock(&r->mu);
+}
+
+int
+qpi_rq_close(qpi_rq *r)
+{
+	if (r->closed) {
+		return QP_OK;
+	}
+	r->closed = true;
+	if (r->ack_ctx != NULL) {
+		rq_ack_drain(r);
+	}
+	/* Items held in worker mode go back: their tasks were not done. */
+	while (r->held.n > 0) {
+		rq_call c;
+		rq_call_init(&c, r, QPI_OP_RELEASE);
+		c.req.lease_id = r->held.v[0];
+		if (rq_do(r, &c) != QP_OK) {
+			rq_call_done(&c);
+			break; /* the dropped connection gives them back */
+		}
+		rq_call_done(&c);
+		ids_pop_front(&r->held);
+	}
+	if (r->ack_ctx != NULL && r->ack_ctx->aio != NULL) {
+		nng_aio_stop(r->ack_ctx->aio);
+	}
+	if (r->sock_open) {
+		nng_close(r->sock);
+		r->sock_open = false;
+	}
+	return QP_OK;
+}
+
+void
+qpi_rq_free(qpi_rq *r)
+{
+	if (r == NULL) {
+		return;
+	}
+	qpi_rq_close(r);
+	while (r->pool != NULL) {
+		rq_ctx *c = r->pool;
+		r->pool = c->next;
+		nng_aio_free(c->aio);
+		free(c);
+	}
+	if (r->ack_ctx != NULL) {
+		if (r->ack_ctx->aio != NULL) {
+			nng_msg *m = nng_aio_get_msg(r->ack_ctx->aio);
+			if (m != NULL) {
+				nng_msg_free(m);
+			}
+			nng_aio_free(r->ack_ctx->aio);
+		}
+		free(r->ack_ctx);
+	}
+	ids_free(&r->held);
+	ids_free(&r->unacked);
+	pthread_cond_destroy(&r->cv);
+	pthread_mutex_destroy(&r->mu);
+	free(r);
+}
+
+/* ---- queue calls ---- */
+
+static int
+rq_check(qpi_rq *r)
+{
+	if (r->closed) {
+		return qpi_err(
+		    QP_ECLOSED, "queue %s/%s is closed", r->url, r->name);
+	}
+	return QP_OK;
+}
+
+int
+qpi_rq_put(
+    qpi_rq *r, bool raw, const void *buf, size_t len, int64_t deadline_ns)
+{
+	uint8_t *tmp = NULL;
+	rq_call c;
+	int rv;
+
+	if ((rv = rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	if ((uint64_t) len > r->lim.max_message) {
+		return qpi_err(QP_ETOOBIG,
+		    "item of %zu bytes is over the %llu-byte limit of %s", len,
+		    (unsigned long long) r->lim.max_message, r->url);
+	}
+	rq_call_init(&c, r, QPI_OP_PUT);
+	if (raw) {
+		uint8_t hdr[5];
+		size_t h = qpi_wire_bin_header(len, hdr);
+		if (h == 0 || (tmp = malloc(h + len)) == NULL) {
+			return qpi_err(QP_ENOMEM,
+			    "out of memory for an item of "
+			    "%zu bytes",
+			    len);
+		}
+		memcpy(tmp, hdr, h);
+		if (len > 0) {
+			memcpy(tmp + h, buf, len);
+		}
+		c.req.item.data = tmp;
+		c.req.item.len = h + len;
+	} else {
+		c.req.item.data = buf;
+		c.req.item.len = len;
+	}
+	c.blocking = deadline_ns != 0;
+	c.deadline_ns = deadline_ns;
+	for (;;) {
+		if ((rv = rq_do(r, &c)) == QP_OK) {
+			rv = rq_status(r, &c);
+		}
+		rq_call_done(&c);
+		/* Forever: the server answered "full" at the end of a slice.
+		 */
+		if (rv == QP_EFULL && deadline_ns == INT64_MAX) {
+			continue;
+		}
+		break;
+	}
+	free(tmp);
+	return rv;
+}
+
+/* Gives a lease back to the head of the queue at once. */
+static void
+rq_release(qpi_rq *r, uint64_t lease_id)
+{
+	rq_call c;
+
+	rq_call_init(&c, r, QPI_OP_RELEASE);
+	c.req.lease_id = lease_id;
+	rq_do(r, &c);
+	rq_call_done(&c);
+}
+
+/* Sends a get for up to max items (1..max_batch), the pending
+ * confirmations riding along; on QP_OK c->rep holds nitems >= 1 items,
+ * pointing into c->msg (rq_call_done frees them). */
+static int
+rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
+    int64_t deadline_ns)
+{
+	uint64_t *acks = NULL;
+	uint32_t nacks;
+	int rv;
+
+	if ((rv = rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	for (;;) {
+		rq_call_init(c, r, QPI_OP_GET);
+		c->req.max_items = max;
+		c->req.lease_mode
+		    = r->lease_mode ? QPI_LEASE_WORK : QPI_LEASE_CONFIRM;
+		c->req.lease_ms = r->lease_ms;
+		c->blocking = deadline_ns != 0;
+		c->deadline_ns = deadline_ns;
+		c->rep.items = items;
+		c->rep.items_cap = max;
+		/* Confirmations not yet sent ride along. */
+		pthread_mutex_lock(&r->mu);
+		nacks = rq_take_acks(r, &acks);
+		pthread_mutex_unlock(&r->mu);
+		c->req.ids = acks;
+		c->req.nids = nacks;
+		c->req.ids_cap = nacks;
+		rv = rq_do(r, c);
+		free(acks);
+		acks = NULL;
+		if (rv == QP_OK) {
+			rv = rq_status(r, c);
+		}
+		if (rv == QP_EEMPTY && deadline_ns == INT64_MAX) {
+			rq_call_done(c);
+			continue;
+		}
+		break;
+	}
+	if (rv == QP_OK && (c->rep.nitems == 0 || c->rep.nitems > max)) {
+		rv = qpi_err(QP_EPROTO,
+		    "%s answered a get of %u with %u items", r->url, max,
+		    c->rep.nitems);
+	}
+	if (rv != QP_OK) {
+		rq_call_done(c);
+	}
+	return rv;
+}
+
+/* Notes the leases of items got: held (worker mode) or to confirm. */
+static void
+rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n)
+{
+	pthread_mutex_lock(&r->mu);
+	for (uint32_t i = 0; i < n; i++) {
+		r->last_deliveries = items[i].deliveries;
+		r->have_last = true;
+		/* Out of memory: the lease runs out by itself and the item
+		 * comes again; the caller has it either way. */
+		ids_push(r->lease_mode ? &r->held : &r->unacked,
+		    items[i].lease_id, items[i].deliveries);
+	}
+	if (!r->lease_mode) {
+		rq_ack_kick_locked(r, false);
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+int
+qpi_rq_get(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufp,
+    size_t *lenp, int64_t deadline_ns)
+{
+	qpi_wire_item item;
+	rq_call c;
+	int rv;
+
+	if ((rv = rq_get_call(r, &c, &item, 1, deadline_ns)) != QP_OK) {
+		return rv;
+	}
+	/* The bytes asked for: the value's encoding (QPI_GET_OBJ), else a
+	 * bin's payload (or the encoding of any other value). */
+	size_t off = 0, len = item.len;
+	if (!(flags & QPI_GET_OBJ)) {
+		qpi_wire_bin_unwrap(item.data, item.len, &off, &len);
+	}
+	if (into != NULL) {
+		*lenp = len;
+		if (len > cap) {
+			/* Too large for the buffer: it stays at the head. */
+			rq_release(r, item.lease_id);
+			rq_call_done(&c);
+			return qpi_err(QP_ETOOBIG,
+			    "item of %zu bytes does not fit in %zu; it stays "
+			    "at the head of %s/%s",
+			    len, cap, r->url, r->name);
+		}
+		if (len > 0) {
+			memcpy(into, item.data + off, len);
+		}
+	} else {
+		void *out = malloc(len > 0 ? len : 1);
+		if (out == NULL) {
+			/* Keep nothing we cannot hand over: give it back. */
+			rq_release(r, item.lease_id);
+			rq_call_done(&c);
+			return qpi_err(QP_ENOMEM,
+			    "out of memory for an item of %zu bytes", len);
+		}
+		if (len > 0) {
+			memcpy(out, item.data + off, len);
+		}
+		*bufp = out;
+		*lenp = len;
+	}
+	rq_got(r, &item, 1);
+	rq_call_done(&c);
+	return QP_OK;
+}
+
+int
+qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max, size_t *np,
+    int64_t deadline_ns)
+{
+	qpi_wire_item stack[16], *items = stack;
+	uint32_t want
+	    = (uint32_t) (max > r->lim.max_batch ? r->lim.max_batch : max);
+	rq_call c;
+	uint32_t i;
+	int rv;
+
+	*np = 0;
+	if (want > 16 && (items = calloc(want, sizeof(*items))) == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory for %u items", want);
+	}
+	if ((rv = rq_get_call(r, &c, items, want, deadline_ns)) != QP_OK) {
+		if (items != stack) {
+			free(items);
+		}
+		return rv;
+	}
+	for (i = 0; i < c.rep.nitems; i++) {
+		size_t off = 0, len = items[i].len;
+		qpi_wire_bin_unwrap(items[i].data, items[i].len, &off, &len);
+		if ((bufs[i] = malloc(len > 0 ? len : 1)) == NULL) {
+			break;
+		}
+		if (len > 0) {
+			memcpy(bufs[i], items[i].data + off, len);
+		}
+		lens[i] = len;
+	}
+	if (i < c.rep.nitems) {
+		/* Out of memory: what cannot be handed over goes back. */
+		for (uint32_t k = i; k < c.rep.nitems; k++) {
+			rq_release(r, items[k].lease_id);
+		}
+		if (i == 0) {
+			rv = qpi_err(QP_ENOMEM, "out of memory for the items");
+		}
+	}
+	rq_got(r, items, i);
+	*np = i;
+	rq_call_done(&c);
+	if (items != stack) {
+		free(items);
+	}
+	return rv;
+}
+
+int
+qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
+    size_t n, int64_t deadline_ns)
+{
+	qpi_wire_item *items;
+	uint8_t *enc;
+	size_t total = 0, pos = 0, first = 0;
+	int rv = QP_OK;
+
+	if ((rv = rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if ((uint64_t) lens[i] > r->lim.max_message) {
+			return qpi_err(QP_ETOOBIG,
+			    "item %zu of %zu bytes is over the %llu-byte "
+			    "limit "
+			    "of %s",
+			    i, lens[i],
+			    (unsigned long long) r->lim.max_message, r->url);
+		}
+		total += lens[i] + 5;
+	}
+	items = calloc(n > 0 ? n : 1, sizeof(*items));
+	enc = malloc(total > 0 ? total : 1);
+	if (items == NULL || enc == NULL) {
+		free(items);
+		free(enc);
+		return qpi_err(QP_ENOMEM, "out of memory for %zu items", n);
+	}
+	/* Each item as a bin, one after the other. */
+	for (size_t i = 0; i < n; i++) {
+		size_t h = qpi_wire_bin_header(lens[i], enc + pos);
+		if (lens[i] > 0) {
+			memcpy(enc + pos + h, bufs[i], lens[i]);
+		}
+		items[i].data = enc + pos;
+		items[i].len = h + lens[i];
+		pos += h + lens[i];
+	}
+	/* Frames of at most max_batch items and max_message bytes: each
+	 * one is all or nothing. */
+	while (first < n && rv == QP_OK) {
+		size_t cnt = 0, bytes = 0;
+		while (first + cnt < n && cnt < r->lim.max_batch
+		    && (cnt == 0
+		        || bytes + items[first + cnt].len
+		            <= r->lim.max_message)) {
+			bytes += items[first + cnt].len;
+			cnt++;
+		}
+		rq_call c;
+		rq_call_init(&c, r, QPI_OP_PUT_MANY);
+		c.req.items = items + first;
+		c.req.nitems = (uint32_t) cnt;
+		c.req.items_cap = (uint32_t) cnt;
+		c.blocking = deadline_ns != 0;
+		c.deadline_ns = deadline_ns;
+		for (;;) {
+			if ((rv = rq_do(r, &c)) == QP_OK) {
+				rv = rq_status(r, &c);
+			}
+			rq_call_done(&c);
+			if (rv == QP_EFULL && deadline_ns == INT64_MAX) {
+				continue;
+			}
+			break;
+		}
+		first += cnt;
+	}
+	free(items);
+	free(enc);
+	return rv;
+}
+
+static int
+rq_simple(qpi_rq *r, uint32_t op, rq_call *c)
+{
+	int rv;
+
+	if ((rv = rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	rq_call_init(c, r, op);
+	if ((rv = rq_do(r, c)) == QP_OK) {
+		rv = rq_status(r, c);
+	}
+	return rv;
+}
+
+int
+qpi_rq_qsize(qpi_rq *r, size_t *np)
+{
+	rq_call c;
+	int rv = rq_simple(r, QPI_OP_QSIZE, &c);
+
+	if (rv == QP_OK) {
+		*np = (size_t) c.rep.count;
+	}
+	rq_call_done(&c);
+	return rv;
+}
+
+int
+qpi_rq_empty(qpi_rq *r, bool *emptyp)
+{
+	size_t n;
+	int rv = qpi_rq_qsize(r, &n);
+
+	if (rv == QP_OK) {
+		*emptyp = n == 0;
+	}
+	return rv;
+}
+
+int
+qpi_rq_stat(qpi_rq *r, qp_queue_stats *st)
+{
+	rq_call c;
+	int rv = rq_simple(r, QPI_OP_STAT, &c);
+
+	if (rv == QP_OK) {
+		*st = c.rep.stat;
+	}
+	rq_call_done(&c);
+	return rv;
+}
+
+int
+qpi_rq_full(qpi_rq *r, bool *fullp)
+{
+	qp_queue_stats st;
+	int rv = qpi_rq_stat(r, &st);
+
+	if (rv == QP_OK) {
+		/* maxsize counts the ready items, as in shared memory; a
+		 * queue whose storage is full but not its maxsize reads as
+		 * not full here (stat does not say how much room is left). */
+		*fullp = st.maxsize != 0 && st.items >= st.maxsize;
+	}
+	return rv;
+}
+
+int
+qpi_rq_task_done(qpi_rq *r)
+{
+	rq_call c;
+	int rv;
+
+	if ((rv = rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	if (r->lease_mode) {
+		uint64_t id;
+		pthread_mutex_lock(&r->mu);
+		if (r->held.n == 0) {
+			pthread_mutex_unlock(&r->mu);
+			return qpi_err(QP_EVALUE,
+			    "task_done() on %s/%s: this handle holds no task",
+			    r->url, r->name);
+		}
+		id = r->held.v[0];
+		pthread_mutex_unlock(&r->mu);
+		rq_call_init(&c, r, QPI_OP_ACK);
+		c.req.ids = &id;
+		c.req.nids = 1;
+		c.req.ids_cap = 1;
+		uint64_t missing[1];
+		c.rep.ids = missing;
+		c.rep.ids_cap = 1;
+		if ((rv = rq_do(r, &c)) == QP_OK) {
+			rv = rq_status(r, &c);
+		}
+		if (rv == QP_OK && c.rep.nids > 0) {
+			rv = qpi_err(QP_ENOENT,
+			    "task_done() on %s/%s: the lease of the task ran "
+			    "out first; the item went back to the queue",
+			    r->url, r->name);
+		}
+		rq_call_done(&c);
+		if (rv == QP_OK || rv == QP_ENOENT) {
+			pthread_mutex_lock(&r->mu);
+			ids_pop_front(&r->held);
+			pthread_mutex_unlock(&r->mu);
+		}
+		return rv;
+	}
+	rq_call_init(&c, r, QPI_OP_TASK_DONE);
+	c.req.count = 1;
+	if ((rv = rq_do(r, &c)) == QP_OK) {
+		rv = rq_status(r, &c);
+	}
+	rq_call_done(&c);
+	return rv;
+}
+
+int
+qpi_rq_join(qpi_rq *r, int64_t deadline_ns)
+{
+	rq_call c;
+	int rv;
+
+	if ((rv = rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	for (;;) {
+		rq_call_init(&c, r, QPI_OP_JOIN);
+		c.blocking = deadline_ns != 0;
+		c.deadline_ns = deadline_ns;
+		if ((rv = rq_do(r, &c)) == QP_OK) {
+			rv = rq_status(r, &c);
+		}
+		rq_call_done(&c);
+		if (rv == QP_ETIMEDOUT && deadline_ns == INT64_MAX) {
+			continue;
+		}
+		return rv;
+	}
+}
+
+int
+qpi_rq_nack(qpi_rq *r, qp_duration delay)
+{
+	uint64_t id;
+	rq_call c;
+	int rv;
+
+	if ((rv = rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	if (!r->lease_mode) {
+		return qpi_err(QP_EINVAL,
+		    "nack on %s/%s: only a handle opened with QP_OPEN_LEASE "
+		    "holds its items",
+		    r->url, r->name);
+	}
+	if (delay < 0) {
+		return qpi_err(QP_EINVAL, "nack delay must be 0 or more ms");
+	}
+	pthread_mutex_lock(&r->mu);
+	if (r->held.n == 0) {
+		pthread_mutex_unlock(&r->mu);
+		return qpi_err(QP_ENOENT, "nack on %s/%s: no item is held",
+		    r->url, r->name);
+	}
+	id = r->held.v[0];
+	pthread_mutex_unlock(&r->mu);
+	rq_call_init(&c, r, QPI_OP_RELEASE);
+	c.req.lease_id = id;
+	c.req.delay_ms = (uint64_t) delay;
+	if ((rv = rq_do(r, &c)) == QP_OK) {
+		rv = rq_status(r, &c);
+	}
+	rq_call_done(&c);
+	if (rv == QP_OK || rv == QP_ENOENT) {
+		pthread_mutex_lock(&r->mu);
+		ids_pop_front(&r->held);
+		pthread_mutex_unlock(&r->mu);
+	}
+	return rv == QP_ENOENT ? QP_OK : rv; /* gone back already */
+}
+
+int
+qpi_rq_deliveries(qpi_rq *r, uint32_t *np)
+{
+	int rv = QP_OK;
+
+	pthread_mutex_lock(&r->mu);
+	if (r->lease_mode && r->held.n > 0) {
+		*np = r->held.deliv[0];
+	} else if (!r->lease_mode && r->have_last) {
+		*np = r->last_deliveries;
+	} else {
+		rv = qpi_err(QP_ENOENT, "no item got yet");
+	}
+	pthread_mutex_unlock(&r->mu);
+	return rv;
+}
+
+int
+qpi_rq_unlink(const qpi_addr *a)
+{
+	qpi_rq *r;
+	rq_call c;
+	int rv;
+
+	if ((rv = rq_new(&r, a)) != QP_OK) {
+		return rv;
+	}
+	rq_call_init(&c, r, QPI_OP_DELETE);
+	if ((rv = rq_do(r, &c)) == QP_OK) {
+		rv = rq_status(r, &c);
+	}
+	rq_call_done(&c);
+	qpi_rq_free(r);
+	return rv;
+}
+
+int
+qpi_rq_list(const qpi_addr *a, qp_queue_info **listp, size_t *np)
+{
+	qpi_wire_qentry *ents;
+	qp_queue_info *out;
+	qpi_rq *r;
+	rq_call c;
+	int rv;
+
+	if ((rv = rq_new(&r, a)) != QP_OK) {
+		return rv;
+	}
+	if ((ents = calloc(QPI_WIRE_DEFAULT_BATCH, sizeof(*ents))) == NULL) {
+		qpi_rq_free(r);
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	rq_call_init(&c, r, QPI_OP_LIST);
+	c.rep.queues = ents;
+	c.rep.queues_cap = QPI_WIRE_DEFAULT_BATCH;
+	if ((rv = rq_do(r, &c)) == QP_OK) {
+		rv = rq_status(r, &c);
+	}
+	if (rv == QP_OK) {
+		size_t n = c.rep.nqueues;
+		if ((out = calloc(n > 0 ? n : 1, sizeof(*out))) == NULL) {
+			rv = qpi_err(QP_ENOMEM, "out of memory");
+		} else {
+			for (size_t i = 0; i < n; i++) {
+				snprintf(out[i].name, sizeof(out[i].name),
+				    "%s", ents[i].name);
+				out[i].stat = ents[i].stat;
+			}
+			*listp = out;
+			*np = n;
+		}
+	}
+	rq_call_done(&c);
+	free(ents);
+	qpi_rq_free(r);
+	return rv;
+}
+
+/* ---- the backend of qp_queue_* (queue.h) ---- */
+
+static int
+rqo_put(void *impl, const void *buf, size_t len, unsigned kind,
+    int64_t deadline_ns)
+{
+	return qpi_rq_put(impl, kind == QPI_ITEM_BIN, buf, len, deadline_ns);
+}
+
+static int
+rqo_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
+    size_t *lenp, int64_t deadline_ns)
+{
+	return qpi_rq_get(impl, flags, into, cap, bufp, lenp, deadline_ns);
+}
+
+static int
+rqo_qsize(void *impl, uint64_t *np)
+{
+	size_t n = 0;
+	int rv = qpi_rq_qsize(impl, &n);
+
+	*np = n;
+	return rv;
+}
+
+static int
+rqo_full(void *impl, bool *fullp)
+{
+	return qpi_rq_full(impl, fullp);
+}
+
+static int
+rqo_task_done(void *impl)
+{
+	return qpi_rq_task_done(impl);
+}
+
+static int
+rqo_join(void *impl, int64_t deadline_ns)
+{
+	return qpi_rq_join(impl, deadline_ns);
+}
+
+static int
+rqo_stat(void *impl, qp_queue_stats *st)
+{
+	return qpi_rq_stat(impl, st);
+}
+
+static void
+rqo_close(void *impl)
+{
+	qpi_rq_close(impl);
+}
+
+static void
+rqo_free(void *impl)
+{
+	qpi_rq_free(impl);
+}
+
+const qpi_queue_ops qpi_remote_ops = {
+    .put = rqo_put,
+    .get = rqo_get,
+    .qsize = rqo_qsize,
+    .full = rqo_full,
+    .task_done = rqo_task_done,
+    .join = rqo_join,
+    .stat = rqo_stat,
+    .close = rqo_close,
+    .free = rqo_free,
+};
+
+/* The remote handle behind q, or NULL (with the error set) if q is NULL
+ * or a shared-memory queue. */
+static qpi_rq *
+rq_of(qp_queue *q, const char *call)
+{
+	const qpi_queue_ops *ops;
+	void *impl;
+
+	if (q == NULL) {
+		qpi_err(QP_EINVAL, "%s: queue handle is NULL", call);
+		return NULL;
+	}
+	impl = qpi_queue_impl(q, &ops);
+	if (ops != &qpi_remote_ops) {
+		qpi_err(QP_ENOTSUP,
+		    "%s: only a queue served by qpiped (tcp://, ipc://) keeps "
+		    "leases",
+		    call);
+		return NULL;
+	}
+	return impl;
+}
+
+QP_API int
+qp_queue_nack(qp_queue *q, qp_duration delay)
+{
+	qpi_rq *r = rq_of(q, "qp_queue_nack");
+
+	if (r == NULL) {
+		/* A shared-memory get holds nothing to give back. */
+		return QP_EINVAL;
+	}
+	return qpi_rq_nack(r, delay);
+}
+
+QP_API int
+qp_queue_deliveries(qp_queue *q, uint32_t *np)
+{
+	qpi_rq *r = rq_of(q, "qp_queue_deliveries");
+
+	if (np == NULL) {
+		return qpi_err(QP_EINVAL, "qp_queue_deliveries: np is NULL");
+	}
+	if (r == NULL) {
+		return q == NULL ? QP_EINVAL : QP_ENOTSUP;
+	}
+	return qpi_rq_deliveries(r, np);
+}
+
+QP_API int
+qp_queue_put_many(qp_queue *q, const void *const *bufs, const size_t *lens,
+    size_t n, qp_duration timeout)
+{
+	const qpi_queue_ops *ops;
+	void *impl;
+	int rv;
+
+	if (q == NULL || (n > 0 && (bufs == NULL || lens == NULL))) {
+		return qpi_err(QP_EINVAL, "qp_queue_put_many: NULL argument");
+	}
+	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+		return rv;
+	}
+	impl = qpi_queue_impl(q, &ops);
+	if (ops == &qpi_remote_ops) {
+		return qpi_rq_put_many(
+		    impl, bufs, lens, n, qpi_queue_deadline(timeout));
+	}
+	/* Shared memory: one put after the other, the timeout for each. */
+	for (size_t i = 0; i < n; i++) {
+		if ((rv = qp_queue_put(q, bufs[i], lens[i], timeout))
+		    != QP_OK) {
+			return rv;
+		}
+	}
+	return QP_OK;
+}
+
+QP_API int
+qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens, size_t max,
+    size_t *np, qp_duration timeout)
+{
+	const qpi_queue_ops *ops;
+	void *impl;
+	int rv;
+
+	if (q == NULL || bufs == NULL || lens == NULL || np == NULL
+	    || max == 0) {
+		return qpi_err(
+		    QP_EINVAL, "qp_queue_get_many: NULL argument or max 0");
+	}
+	*np = 0;
+	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+		return rv;
+	}
+	impl = qpi_queue_impl(q, &ops);
+	if (ops == &qpi_remote_ops) {
+		return qpi_rq_get_many(
+		    impl, bufs, lens, max, np, qpi_queue_deadline(timeout));
+	}
+	/* Shared memory: the first get waits, the others do not. */
+	if ((rv = qp_queue_get(q, &bufs[0], &lens[0], timeout)) != QP_OK) {
+		return rv;
+	}
+	for (*np = 1; *np < max; (*np)++) {
+		if (qp_queue_get(q, &bufs[*np], &lens[*np], QP_NOWAIT)
+		    != QP_OK) {
+			break;
+		}
+	}
+	qpi_err_clear();
+	return QP_OK;
+}
+
+QP_API int
+qp_server_list(const char *addr, qp_queue_info **listp, size_t *np)
+{
+	qpi_addr a;
+	int rv;
+
+	if (addr == NULL || listp == NULL || np == NULL) {
+		return qpi_err(QP_EINVAL, "qp_server_list: NULL argument");
+	}
+	if ((rv = qpi_addr_parse(addr, QPI_ADDR_SERVER, &a)) != QP_OK) {
+		return rv;
+	}
+	if (a.kind == QPI_ADDR_TLS) {
+		return qpi_err(QP_ENOTSUP,
+		    "tls+tcp:// is not supported by this version yet");
+	}
+	return qpi_rq_list(&a, listp, np);
+}
+
+/* ---- pipes through the server ----
+ *
+ * A Connection whose messages travel through qpiped (PROTOCOL.md, pipes):
+ * an nng req0 connection of its own holds one side of a named pipe. A
+ * receiving end keeps one pipe_recv parked on the server at all times
+ * (the prefetcher, an aio state machine on its own context): a message
+ * that arrives is queued here, an eventfd is readable while one waits, and
+ * peek/take read the local queue. The prefetcher stops while RP_RXQ_MAX
+ * bytes are queued, so a slow receiver leaves the messages in the server,
+ * whose buffer then holds back the sender. Sending is a synchronous
+ * pipe_send. End of file: the server answers QP_ECLOSED once the other
+ * side closed (or its connection dropped) and nothing is left. A dropped
+ * connection of our own loses the side: end of file too.
+ *
+ * Locking: rp->mu guards the local queue, the end-of-file state and the
+ * prefetcher's state; nothing waits on the network with it held. */
+
+#define RP_RXQ_MAX ((size_t) 4 << 20)
+
+enum { RP_IDLE, RP_SENDING, RP_RECEIVING, RP_STOPPED };
+
+typedef struct rp_msg {
+	struct rp_msg *next;
+	size_t len;
+	uint8_t data[]; /* the message's msgpack encoding */
+} rp_msg;
+
+typedef struct rpipe {
+	qp_conn base; /* first: conn.c sees this */
+	qpi_rq *r; /* the connection, client id and seqs */
+	int side;
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* a message came, or the end of file */
+	rp_msg *head, *tail;
+	size_t qbytes;
+	bool eof;
+	int eof_err;
+	char eof_msg[256];
+	int efd; /* readable while a message waits or at end of file */
+	rq_ctx pf; /* the prefetcher's context and aio */
+	int pf_state;
+	bool pf_started;
+} rpipe;
+
+static rpipe *
+rp_of(qp_conn *c)
+{
+	return (rpipe *) c;
+}
+
+static void
+rp_efd_sync(rpipe *p)
+{
+	uint64_t v;
+
+	if (p->head != NULL || p->eof) {
+		v = 1;
+		if (write(p->efd, &v, sizeof(v)) < 0) {
+			/* at its maximum already: it stays readable */
+		}
+	} else if (read(p->efd, &v, sizeof(v)) < 0) {
+		/* was not readable: nothing to clear */
+	}
+}
+
+/* Ends the stream: later receives get err once the queue is drained. */
+static void
+rp_set_eof(rpipe *p, int err, const char *msg)
+{
+	if (!p->eof) {
+		p->eof = true;
+		p->eof_err = err;
+		snprintf(p->eof_msg, sizeof(p->eof_msg), "%s", msg);
+	}
+	p->pf_state = RP_STOPPED;
+	rp_efd_sync(p);
+	pthread_cond_broadcast(&p->cv);
+}
+
+/* Sends the next pipe_recv (timeout: a slice) if the queue has room. With
+ * p->mu held. */
+static void
+rp_pf_next(rpipe *p)
+{
+	qpi_rq *r = p->r;
+	qpi_wire_req req;
+	nng_msg *m;
+
+	if (p->pf_state != RP_IDLE || p->eof || p->qbytes >= RP_RXQ_MAX) {
+		return;
+	}
+	memset(&req, 0, sizeof(req));
+	req.op = QPI_OP_PIPE_RECV;
+	snprintf(req.name, sizeof(req.name), "%s", r->name);
+	pthread_mutex_lock(&r->mu);
+	memcpy(req.client_id, r->id, sizeof(r->id));
+	req.seq = ++r->seq;
+	req.req_id = ++r->req_id;
+	pthread_mutex_unlock(&r->mu);
+	req.side = p->side;
+	req.timeout = QPI_RQ_SLICE_MS;
+	if (rq_encode(r, &req, &m) != QP_OK) {
+		rp_set_eof(p, QP_ENOMEM, "out of memory for a receive");
+		return;
+	}
+	p->pf_state = RP_SENDING;
+	nng_aio_set_msg(p->pf.aio, m);
+	nng_aio_set_timeout(p->pf.aio, (nng_duration) r->reconnect_ms);
+	nng_ctx_send(p->pf.ctx, p->pf.aio);
+}
+
+static void
+rp_pf_cb(void *arg)
+{
+	rpipe *p = arg;
+	nng_aio *aio = p->pf.aio;
+	int rv = nng_aio_result(aio);
+	nng_msg *m = nng_aio_get_msg(aio);
+
+	pthread_mutex_lock(&p->mu);
+	if (p->pf_state == RP_SENDING) {
+		if (rv == 0) {
+			p->pf_state = RP_RECEIVING;
+			nng_aio_set_timeout(
+			    aio, QPI_RQ_SLICE_MS + QPI_RQ_SLACK_MS);
+			nng_ctx_recv(p->pf.ctx, aio);
+			pthread_mutex_unlock(&p->mu);
+			return;
+		}
+		if (m != NULL) {
+			nng_msg_free(m);
+			nng_aio_set_msg(aio, NULL);
+		}
+		p->pf_state = RP_IDLE;
+		rp_set_eof(p, rv == NNG_ECLOSED ? QP_ECLOSED : QP_ECONNRESET,
+		    rv == NNG_ECLOSED ? "connection closed"
+		                      : "lost the connection to the server");
+		pthread_mutex_unlock(&p->mu);
+		return;
+	}
+	if (p->pf_state != RP_RECEIVING) {
+		if (rv == 0 && m != NULL) {
+			nng_msg_free(m);
+			nng_aio_set_msg(aio, NULL);
+		}
+		pthread_mutex_unlock(&p->mu);
+		return;
+	}
+	p->pf_state = RP_IDLE;
+	if (rv != 0) {
+		/* Our connection dropped (the side with it) or was closed. */
+		rp_set_eof(p, rv == NNG_ECLOSED ? QP_ECLOSED : QP_ECONNRESET,
+		    rv == NNG_ECLOSED ? "connection closed"
+		                      : "lost the connection to the server");
+		pthread_mutex_unlock(&p->mu);
+		return;
+	}
+	nng_aio_set_msg(aio, NULL);
+	qpi_wire_rep rep;
+	memset(&rep, 0, sizeof(rep));
+	int drv = qpi_wire_decode_rep(
+	    nng_msg_body(m), nng_msg_len(m), &p->r->lim, &rep);
+	if (drv != QP_OK) {
+		rp_set_eof(p, QP_EPROTO, "bad reply from the server");
+	} else if (rep.status == QP_OK) {
+		rp_msg *e = malloc(sizeof(*e) + rep.item.len);
+		if (e == NULL) {
+			rp_set_eof(p, QP_ENOMEM,
+			    "out of memory for a received message");
+		} else {
+			e->next = NULL;
+			e->len = rep.item.len;
+			memcpy(e->data, rep.item.data, rep.item.len);
+			if (p->tail != NULL) {
+				p->tail->next = e;
+			} else {
+				p->head = e;
+			}
+			p->tail = e;
+			p->qbytes += e->len;
+			rp_efd_sync(p);
+			pthread_cond_broadcast(&p->cv);
+		}
+	} else if (rep.status != QP_ETIMEDOUT) {
+		/* QP_ECLOSED: the end of file; anything else ends it too. */
+		char msg[300];
+		snprintf(msg, sizeof(msg), "%s", rep.errmsg);
+		rp_set_eof(p,
+		    rep.status == QP_ECONNRESET ? QP_ECLOSED : rep.status,
+		    msg);
+	}
+	nng_msg_free(m);
+	rp_pf_next(p);
+	pthread_mutex_unlock(&p->mu);
+}
+
+static int
+rp_send(qp_conn *c, bool raw, const void *buf, size_t len, uint8_t binoff)
+{
+	rpipe *p = rp_of(c);
+	qpi_rq *r = p->r;
+	uint8_t *tmp = NULL;
+	rq_call call;
+	int rv;
+
+	(void) binoff;
+	if ((uint64_t) len > r->lim.max_message) {
+		return qpi_err(QP_ETOOBIG,
+		    "message of %zu bytes is over the %llu-byte limit of %s",
+		    len, (unsigned long long) r->lim.max_message, r->url);
+	}
+	rq_call_init(&call, r, QPI_OP_PIPE_SEND);
+	call.req.side = p->side;
+	if (raw) {
+		uint8_t hdr[5];
+		size_t h = qpi_wire_bin_header(len, hdr);
+		if (h == 0 || (tmp = malloc(h + len)) == NULL) {
+			return qpi_err(QP_ENOMEM,
+			    "out of memory for a message of %zu bytes", len);
+		}
+		memcpy(tmp, hdr, h);
+		if (len > 0) {
+			memcpy(tmp + h, buf, len);
+		}
+		call.req.item.data = tmp;
+		call.req.item.len = h + len;
+	} else {
+		call.req.item.data = buf;
+		call.req.item.len = len;
+	}
+	call.blocking = true;
+	call.deadline_ns = INT64_MAX;
+	for (;;) {
+		if ((rv = rq_do(r, &call)) == QP_OK) {
+			rv = rq_status(r, &call);
+		}
+		rq_call_done(&call);
+		/* The server's buffer stayed full for a whole slice. */
+		if (rv != QP_ETIMEDOUT) {
+			break;
+		}
+	}
+	free(tmp);
+	return rv;
+}
+
+static int
+rp_peek(qp_conn *c, int64_t deadline, qpi_msginfo *mi)
+{
+	rpipe *p = rp_of(c);
+	int rv = QP_OK;
+
+	pthread_mutex_lock(&p->mu);
+	while (p->head == NULL && !p->eof) {
+		if (deadline == INT64_MAX) {
+			pthread_cond_wait(&p->cv, &p->mu);
+		} else if (qpi_remaining_ns(deadline) == 0) {
+			rv = QP_ETIMEDOUT;
+			break;
+		} else {
+			struct timespec ts = qpi_ts_from_ns(deadline);
+			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+		}
+	}
+	if (p->head != NULL) {
+		size_t off = 0, plen = 0;
+		mi->len = p->head->len;
+		mi->raw = false;
+		mi->binoff = qpi_wire_bin_unwrap(
+		                 p->head->data, p->head->len, &off, &plen)
+		    ? (uint8_t) off
+		    : 0;
+	} else if (rv == QP_OK) {
+		rv = qpi_err(p->eof_err, "pipe %s/%s: %s", p->r->url,
+		    p->r->name, p->eof_msg);
+	}
+	pthread_mutex_unlock(&p->mu);
+	return rv;
+}
+
+static int
+rp_take(qp_conn *c, const qpi_msginfo *mi, size_t skip, void *dst)
+{
+	rpipe *p = rp_of(c);
+	rp_msg *m;
+
+	pthread_mutex_lock(&p->mu);
+	m = p->head;
+	if (m == NULL || m->len != mi->len) {
+		pthread_mutex_unlock(&p->mu);
+		return qpi_err(QP_EBUSY,
+		    "the message changed under this receive: another thread "
+		    "received on the connection at the same time");
+	}
+	p->head = m->next;
+	if (p->head == NULL) {
+		p->tail = NULL;
+	}
+	p->qbytes -= m->len;
+	rp_efd_sync(p);
+	rp_pf_next(p); /* room again */
+	pthread_mutex_unlock(&p->mu);
+	if (m->len > skip) {
+		memcpy(dst, m->data + skip, m->len - skip);
+	}
+	free(m);
+	return QP_OK;
+}
+
+static int
+rp_fd(qp_conn *c, int *fdp)
+{
+	*fdp = rp_of(c)->efd;
+	return QP_OK;
+}
+
+static void
+rp_set_max(qp_conn *c)
+{
+	(void) c; /* the server's limit applies; conn.c checks this one */
+}
+
+static void
+rp_close(qp_conn *c)
+{
+	rpipe *p = rp_of(c);
+	rq_call call;
+
+	/* The other side sees the end of file once it has read what was
+	 * sent (our sends were all taken by the server). */
+	rq_call_init(&call, p->r, QPI_OP_PIPE_CLOSE);
+	call.req.side = p->side;
+	rq_do(p->r, &call);
+	rq_call_done(&call);
+	pthread_mutex_lock(&p->mu);
+	rp_set_eof(p, QP_ECLOSED, "connection closed");
+	pthread_mutex_unlock(&p->mu);
+	qpi_rq_close(p->r);
+}
+
+static void
+rp_destroy(qp_conn *c)
+{
+	rpipe *p = rp_of(c);
+	rp_msg *m;
+
+	qpi_rq_close(p->r);
+	if (p->pf.aio != NULL) {
+		nng_aio_stop(p->pf.aio);
+		if (nng_aio_get_msg(p->pf.aio) != NULL) {
+			nng_msg_free(nng_aio_get_msg(p->pf.aio));
+		}
+		nng_aio_free(p->pf.aio);
+	}
+	qpi_rq_free(p->r);
+	while ((m = p->head) != NULL) {
+		p->head = m->next;
+		free(m);
+	}
+	if (p->efd >= 0) {
+		close(p->efd);
+	}
+	pthread_cond_destroy(&p->cv);
+	pthread_mutex_destroy(&p->mu);
+	free(p);
+}
+
+static const qpi_conn_ops rp_ops = {
+    .send = rp_send,
+    .peek = rp_peek,
+    .take = rp_take,
+    .fd = rp_fd,
+    .set_max = rp_set_max,
+    .close = rp_close,
+    .destroy = rp_destroy,
+};
+
+QP_API int
+qp_pipe_open(qp_conn **cp, const char *addr, int side, bool duplex)
+{
+	pthread_condattr_t ca;
+	rpipe *p;
+	qpi_addr a;
+	rq_call call;
+	int rv;
+
+	if (cp == NULL || addr == NULL) {
+		return qpi_err(QP_EINVAL, "qp_pipe_open: NULL argument");
+	}
+	*cp = NULL;
+	if (side < -1 || side > 1) {
+		return qpi_err(QP_EINVAL,
+		    "qp_pipe_open: side must be 0, 1 or -1 (either), not %d",
+		    side);
+	}
+	if ((rv = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
+		return rv;
+	}
+	if (a.kind == QPI_ADDR_SHM) {
+		return qpi_err(QP_EINVAL,
+		    "qp_pipe_open: %s is not a server address (a named pipe "
+		    "lives in qpiped: tcp://HOST:PORT/NAME or "
+		    "ipc:///PATH/NAME; qp_pipe makes a local one)",
+		    addr);
+	}
+	if (a.kind == QPI_ADDR_TLS) {
+		return qpi_err(QP_ENOTSUP,
+		    "tls+tcp:// is not supported by this version yet");
+	}
+	if ((p = calloc(1, sizeof(*p))) == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	p->efd = -1;
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&p->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if ((rv = rq_new(&p->r, &a)) != QP_OK) {
+		char msg[512];
+		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
+		pthread_cond_destroy(&p->cv);
+		pthread_mutex_destroy(&p->mu);
+		free(p);
+		return qpi_err(rv, "%s", msg);
+	}
+	rq_call_init(&call, p->r, QPI_OP_PIPE_OPEN);
+	call.req.side = side;
+	call.req.flags = duplex ? 0 : QPI_PIPE_ONEWAY;
+	if ((rv = rq_do(p->r, &call)) == QP_OK) {
+		rv = rq_status(p->r, &call);
+	}
+	p->side = call.rep.side;
+	rq_call_done(&call);
+	if (rv == QP_OK
+	    && ((p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0
+	        || nng_aio_alloc(&p->pf.aio, rp_pf_cb, p) != 0
+	        || nng_ctx_open(&p->pf.ctx, p->r->sock) != 0)) {
+		rv = qpi_err(QP_ENOMEM, "out of memory for a pipe end");
+	}
+	if (rv != QP_OK) {
+		char msg[512];
+		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
+		rp_destroy(&p->base);
+		return qpi_err(rv, "%s", msg);
+	}
+	/* Which way it goes is the pipe's (made by whoever opened it
+	 * first): a one-way pipe answers EPERM the wrong way round, so the
+	 * directions are known from the side only for the pipes this call
+	 * made; both are allowed otherwise and the server says no. */
+	bool readable = duplex || p->side == 0;
+	bool writable = duplex || p->side == 1;
+	qpi_conn_init(&p->base, &rp_ops, readable, writable);
+	if (readable) {
+		pthread_mutex_lock(&p->mu);
+		rp_pf_next(p);
+		pthread_mutex_unlock(&p->mu);
+	}
+	*cp = &p->base;
+	return QP_OK;
+}

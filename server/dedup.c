@@ -1,0 +1,254 @@
+/*
+ * dedup.c - applying each (client id, seq) once (PROTOCOL.md,
+ * idempotency). Per client id, a window of the last QPS_DEDUP_WINDOW seqs:
+ * for each, whether it is in progress (and its parked request, if
+ * parked) or done, with its status, and the reply's bytes for the ops
+ * whose replies carry fields (ack's missing ids). A repeat of a done seq
+ * gets the first reply again; a seq older than the window is refused. The
+ * window starts small and grows with the client's seqs. Clients are
+ * forgotten least recently used first when there are too many, never
+ * while a request of theirs is in progress.
+ *
+ * Locking: none of its own; the ops lock guards it.
+ */
+#include "qps.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define DEDUP_MIN_SLOTS 64
+/* Clients remembered at most (about 32 KiB each at full window). */
+#define DEDUP_MAX_CLIENTS 16384
+
+enum { SLOT_EMPTY = 0, SLOT_PENDING, SLOT_DONE };
+
+typedef struct dslot {
+	uint64_t seq;
+	uint8_t state;
+	uint8_t op;
+	int16_t status;
+	uint32_t replen;
+	uint8_t *rep; /* SLOT_DONE, ops with reply fields: the reply */
+	qps_wait *wait; /* SLOT_PENDING: the parked request, if parked */
+} dslot;
+
+struct qps_client {
+	qps_hnode node; /* key: qps_hash(id) */
+	uint8_t id[QPS_CLIENT_ID_LEN];
+	struct qps_client *prev, *next; /* LRU, most recent first */
+	uint64_t max_seq;
+	uint32_t npending;
+	uint32_t cap; /* slots: a power of two, up to QPS_DEDUP_WINDOW */
+	dslot *slot;
+};
+
+static struct {
+	qps_htab tab;
+	qps_client *head, *tail;
+	uint32_t n;
+} dd;
+
+static void
+lru_unlink(qps_client *cl)
+{
+	if (cl->prev != NULL) {
+		cl->prev->next = cl->next;
+	} else {
+		dd.head = cl->next;
+	}
+	if (cl->next != NULL) {
+		cl->next->prev = cl->prev;
+	} else {
+		dd.tail = cl->prev;
+	}
+	cl->prev = cl->next = NULL;
+}
+
+static void
+lru_front(qps_client *cl)
+{
+	cl->next = dd.head;
+	if (dd.head != NULL) {
+		dd.head->prev = cl;
+	}
+	dd.head = cl;
+	if (dd.tail == NULL) {
+		dd.tail = cl;
+	}
+}
+
+static void
+client_free(qps_client *cl)
+{
+	for (uint32_t i = 0; i < cl->cap; i++) {
+		free(cl->slot[i].rep);
+	}
+	free(cl->slot);
+	free(cl);
+}
+
+qps_client *
+qps_dedup_client(const uint8_t *id)
+{
+	uint64_t key = qps_hash(id, QPS_CLIENT_ID_LEN);
+	qps_client *cl;
+
+	for (qps_hnode *n = qps_htab_find(&dd.tab, key); n != NULL;
+	     n = qps_htab_next(n)) {
+		cl = (qps_client *) n;
+		if (memcmp(cl->id, id, QPS_CLIENT_ID_LEN) == 0) {
+			lru_unlink(cl);
+			lru_front(cl);
+			return cl;
+		}
+	}
+	if (dd.n >= DEDUP_MAX_CLIENTS) {
+		for (cl = dd.tail; cl != NULL; cl = cl->prev) {
+			if (cl->npending == 0) {
+				lru_unlink(cl);
+				qps_htab_remove(&dd.tab, &cl->node);
+				dd.n--;
+				client_free(cl);
+				break;
+			}
+		}
+	}
+	if ((cl = calloc(1, sizeof(*cl))) == NULL) {
+		return NULL;
+	}
+	if ((cl->slot = calloc(DEDUP_MIN_SLOTS, sizeof(dslot))) == NULL) {
+		free(cl);
+		return NULL;
+	}
+	cl->cap = DEDUP_MIN_SLOTS;
+	memcpy(cl->id, id, QPS_CLIENT_ID_LEN);
+	cl->node.key = key;
+	qps_htab_insert(&dd.tab, &cl->node);
+	dd.n++;
+	lru_front(cl);
+	return cl;
+}
+
+/* Grows the window so that it holds the last min(max_seq, WINDOW) seqs. */
+static void
+client_grow(qps_client *cl)
+{
+	uint32_t cap = cl->cap;
+	dslot *s;
+
+	while (cap < QPS_DEDUP_WINDOW && cl->max_seq >= cap) {
+		cap *= 4;
+	}
+	if (cap > QPS_DEDUP_WINDOW) {
+		cap = QPS_DEDUP_WINDOW;
+	}
+	if (cap == cl->cap || (s = calloc(cap, sizeof(*s))) == NULL) {
+		return; /* a smaller window: older repeats are applied again */
+	}
+	for (uint32_t i = 0; i < cl->cap; i++) {
+		if (cl->slot[i].state != SLOT_EMPTY) {
+			s[cl->slot[i].seq % cap] = cl->slot[i];
+		}
+	}
+	free(cl->slot);
+	cl->slot = s;
+	cl->cap = cap;
+}
+
+static dslot *
+slot_of(qps_client *cl, uint64_t seq)
+{
+	return &cl->slot[seq % cl->cap];
+}
+
+qps_dedup_res
+qps_dedup_begin(
+    qps_client *cl, uint64_t seq, uint32_t op, qps_dedup_prev *prev)
+{
+	dslot *s;
+
+	memset(prev, 0, sizeof(*prev));
+	if (cl->max_seq >= QPS_DEDUP_WINDOW
+	    && seq <= cl->max_seq - QPS_DEDUP_WINDOW) {
+		return QPS_DEDUP_TOO_OLD;
+	}
+	if (seq > cl->max_seq) {
+		cl->max_seq = seq;
+		client_grow(cl);
+	}
+	s = slot_of(cl, seq);
+	if (s->seq == seq && s->state == SLOT_DONE) {
+		prev->status = s->status;
+		prev->rep = s->rep;
+		prev->replen = s->replen;
+		return QPS_DEDUP_REPLAY;
+	}
+	if (s->seq == seq && s->state == SLOT_PENDING) {
+		/* The same request again while the first is parked (its
+		 * connection dropped and the client sent it anew): the new one
+		 * takes over; the caller ends the old one unanswered. */
+		prev->wait = s->wait;
+		s->wait = NULL;
+		return QPS_DEDUP_TAKEOVER;
+	}
+	/* An older seq sharing the slot is forgotten. */
+	if (s->state == SLOT_PENDING) {
+		cl->npending--;
+	}
+	free(s->rep);
+	memset(s, 0, sizeof(*s));
+	s->seq = seq;
+	s->op = (uint8_t) op;
+	s->state = SLOT_PENDING;
+	cl->npending++;
+	return QPS_DEDUP_NEW;
+}
+
+void
+qps_dedup_park(qps_client *cl, uint64_t seq, qps_wait *w)
+{
+	dslot *s = slot_of(cl, seq);
+
+	if (s->seq == seq && s->state == SLOT_PENDING) {
+		s->wait = w;
+	}
+}
+
+void
+qps_dedup_end(qps_client *cl, uint64_t seq, int status, const void *rep,
+    size_t replen, bool keep)
+{
+	dslot *s = slot_of(cl, seq);
+
+	if (s->seq != seq || s->state != SLOT_PENDING) {
+		return; /* overwritten by a later seq meanwhile */
+	}
+	cl->npending--;
+	s->wait = NULL;
+	if (!keep) {
+		memset(s, 0, sizeof(*s));
+		return;
+	}
+	s->state = SLOT_DONE;
+	s->status = (int16_t) status;
+	if (rep != NULL && replen > 0 && (s->rep = malloc(replen)) != NULL) {
+		memcpy(s->rep, rep, replen);
+		s->replen = (uint32_t) replen;
+	}
+}
+
+static void
+client_free_cb(qps_hnode *n, void *arg)
+{
+	(void) arg;
+	client_free((qps_client *) n);
+}
+
+void
+qps_dedup_fini(void)
+{
+	qps_htab_each(&dd.tab, client_free_cb, NULL);
+	qps_htab_fini(&dd.tab);
+	dd.head = dd.tail = NULL;
+	dd.n = 0;
+}

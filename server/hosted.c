@@ -1,0 +1,758 @@
+/*
+ * hosted.c - the queues qpiped hosts: this host's shared-memory queues
+ * (lib/shmq.h), opened on first use and kept open, with their leases in
+ * the segment (owner tokens, expiries, delivery counts), so that a killed
+ * server loses none: the next one, on the first request for each queue,
+ * returns every lease left behind (qpi_shmq_release_all). One server per
+ * host serves a given queue.
+ *
+ * Local processes put into and get from the same segments without the
+ * server. To serve parked remote requests at once when that happens, the
+ * watcher threads sleep on the watch words of the queues that have parked
+ * requests, up to 127 queues per thread in one futex_waitv() (a thread per
+ * queue where the kernel lacks it), plus a word of their own that is
+ * bumped when their set changes. Lease expiries fire from the timer
+ * thread at the nearest expiry the segment reports.
+ *
+ * Locking: everything here runs under the ops lock (hs.mu), the watcher
+ * threads included except while they sleep in the kernel.
+ */
+#include "futex.h"
+#include "qps.h"
+#include "shmq.h"
+#include "wire.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+#ifndef FUTEX_32
+#define FUTEX_32 2
+#endif
+
+/* The kernel's struct futex_waitv (Linux 5.16). */
+struct wv_entry {
+	uint64_t val;
+	uint64_t uaddr;
+	uint32_t flags;
+	uint32_t reserved;
+};
+
+#define WG_MAX 127
+
+struct qps_wgroup {
+	pthread_t thr;
+	bool started;
+	uint32_t ctl; /* futex word: bumped when the set changes or at stop */
+	qps_q *qs[WG_MAX];
+	int n;
+	struct qps_wgroup *next;
+};
+
+static struct {
+	pthread_mutex_t *mu;
+	const qps_config *cfg;
+	qps_htab qs;
+	qps_q *head;
+	qps_wgroup *groups;
+	bool stop;
+	int waitv; /* 1: futex_waitv works, 0: it does not, -1: unknown */
+} hs = {.waitv = -1};
+
+static const char *const shm_dir = "/dev/shm";
+static const char *const shm_prefix = "qpipe.";
+
+/* ---- segment identity ---- */
+
+static uint64_t
+q_inode(const char *name)
+{
+	char path[QP_NAME_MAX + 32];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s%s", shm_dir, shm_prefix, name);
+	if (stat(path, &st) != 0) {
+		return 0;
+	}
+	return (uint64_t) st.st_ino;
+}
+
+bool
+qps_q_stale(qps_q *q)
+{
+	return q_inode(q->name) != q->ino;
+}
+
+/* ---- lease expiries ---- */
+
+static void
+q_lease_fire(qps_timer *t)
+{
+	qps_q *q = (qps_q *) ((char *) t - offsetof(qps_q, lease_timer));
+	int64_t next = INT64_MAX;
+	size_t n = 0;
+
+	if (qpi_shmq_expire(q->shm, qpi_now_ms(), &n, &next) != QP_OK) {
+		next = INT64_MAX;
+	}
+	if (n > 0) {
+		qps_log(QPS_LOG_INFO,
+		    "queue '%s': %zu leases ran out; their items are back at "
+		    "the head",
+		    q->name, n);
+	}
+	if (next != INT64_MAX) {
+		qps_timer_arm(&q->lease_timer,
+		    next >= INT64_MAX / 1000000 ? INT64_MAX : next * 1000000);
+	}
+	if (n > 0) {
+		qps_ops_kick(q);
+	}
+}
+
+/* Makes sure the timer fires by expiry_ms (monotonic ms). */
+static void
+q_lease_due(qps_q *q, int64_t expiry_ms)
+{
+	int64_t ns;
+
+	if (expiry_ms == INT64_MAX || expiry_ms >= INT64_MAX / 1000000) {
+		return;
+	}
+	ns = expiry_ms * 1000000;
+	if (q->lease_timer.idx == SIZE_MAX
+	    || ns < q->lease_timer.deadline_ns) {
+		qps_timer_arm(&q->lease_timer, ns);
+	}
+}
+
+/* ---- open, create, forget ---- */
+
+qps_q *
+qps_q_find(const char *name)
+{
+	size_t len = strlen(name);
+
+	for (qps_hnode *n = qps_htab_find(&hs.qs, qps_hash(name, len));
+	     n != NULL; n = qps_htab_next(n)) {
+		qps_q *q = (qps_q *) n;
+		if (strcmp(q->name, name) == 0) {
+			return q;
+		}
+	}
+	return NULL;
+}
+
+/* Returns every lease in q: its first request through this server. Any
+ * lease in it was handed out by an earlier server (killed: its
+ * connections are all gone), as this one has handed out none yet. */
+static void
+q_reclaim(qps_q *q)
+{
+	size_t n = 0;
+
+	q->reclaimed = true;
+	if (qpi_shmq_release_all(q->shm, &n) == QP_OK && n > 0) {
+		qps_log(QPS_LOG_INFO,
+		    "queue '%s': %zu items leased by an earlier server are "
+		    "back at the head",
+		    q->name, n);
+	}
+}
+
+static int
+q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
+    uint64_t lease_ms, qps_q **qp)
+{
+	qps_q *q = calloc(1, sizeof(*q));
+	int rv;
+
+	if (q == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	if ((rv = qpi_shmq_open(&q->shm, name, flags, cfg)) != QP_OK) {
+		free(q);
+		return rv;
+	}
+	snprintf(q->name, sizeof(q->name), "%s", name);
+	q->ino = q_inode(name);
+	q->lease_ms = lease_ms != 0 ? lease_ms : (uint64_t) hs.cfg->lease_ms;
+	q->node.key = qps_hash(name, strlen(name));
+	qps_timer_init(&q->lease_timer, q_lease_fire);
+	qps_htab_insert(&hs.qs, &q->node);
+	q->next = hs.head;
+	if (hs.head != NULL) {
+		hs.head->prev = q;
+	}
+	hs.head = q;
+	*qp = q;
+	return QP_OK;
+}
+
+static qpi_shmq_cfg
+q_default_cfg(void)
+{
+	qpi_shmq_cfg c;
+
+	memset(&c, 0, sizeof(c));
+	c.capacity = hs.cfg->max_queue_bytes;
+	c.max_message = hs.cfg->max_message;
+	return c;
+}
+
+int
+qps_q_open(const char *name, bool create, qps_q **qp)
+{
+	qps_q *q = qps_q_find(name);
+	qpi_shmq_cfg cfg = q_default_cfg();
+	int rv;
+
+	if (q == NULL) {
+		rv = q_attach(name, create ? QP_OPEN_CREATE : 0, &cfg, 0, &q);
+		if (rv != QP_OK) {
+			return rv;
+		}
+	}
+	if (!q->reclaimed) {
+		q_reclaim(q);
+	}
+	*qp = q;
+	return QP_OK;
+}
+
+int
+qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
+{
+	qps_q *q = qps_q_find(name);
+	qpi_shmq_cfg cfg = q_default_cfg();
+	int rv;
+
+	if (q != NULL) {
+		if (o->excl) {
+			return qpi_err(
+			    QP_EEXIST, "queue '%s' exists already", name);
+		}
+		if (o->lease_ms != 0) {
+			q->lease_ms = o->lease_ms;
+		}
+		if (!q->reclaimed) {
+			q_reclaim(q);
+		}
+		*qp = q;
+		return QP_OK;
+	}
+	if (o->maxsize != 0) {
+		cfg.maxsize = o->maxsize;
+	}
+	if (o->capacity != 0) {
+		cfg.capacity = o->capacity;
+	}
+	if (o->max_message != 0) {
+		cfg.max_message = o->max_message;
+	}
+	rv = q_attach(name, QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0),
+	    &cfg, o->lease_ms, &q);
+	if (rv == QP_OK) {
+		q_reclaim(q);
+		*qp = q;
+	}
+	return rv;
+}
+
+static void wg_remove(qps_q *q);
+
+void
+qps_q_forget(qps_q *q)
+{
+	if (q->wg != NULL) {
+		wg_remove(q);
+	}
+	qps_timer_cancel(&q->lease_timer);
+	qps_htab_remove(&hs.qs, &q->node);
+	if (q->prev != NULL) {
+		q->prev->next = q->next;
+	} else {
+		hs.head = q->next;
+	}
+	if (q->next != NULL) {
+		q->next->prev = q->prev;
+	}
+	qpi_shmq_free(q->shm);
+	free(q);
+}
+
+int
+qps_q_delete(const char *name, qps_q *q)
+{
+	int rv = qpi_shmq_unlink(name);
+
+	if (q != NULL) {
+		qps_q_forget(q);
+	}
+	return rv;
+}
+
+qps_q *
+qps_q_first(void)
+{
+	return hs.head;
+}
+
+qps_q *
+qps_q_next(qps_q *q)
+{
+	return q->next;
+}
+
+/* ---- items and leases ---- */
+
+/* The kind and bytes to store for an item's encoding: a bin is stored as
+ * its payload (raw bytes, as a local qp_queue_put stores them). */
+static unsigned
+q_item(const uint8_t *item, size_t len, const uint8_t **pp, size_t *lenp)
+{
+	size_t off, plen;
+
+	if (qpi_wire_bin_unwrap(item, len, &off, &plen)) {
+		*pp = item + off;
+		*lenp = plen;
+		return QPI_ITEM_BIN;
+	}
+	*pp = item;
+	*lenp = len;
+	return QPI_ITEM_OBJ;
+}
+
+int
+qps_q_put(qps_q *q, const uint8_t *item, size_t len)
+{
+	const uint8_t *p;
+	size_t plen;
+	unsigned kind = q_item(item, len, &p, &plen);
+
+	return qpi_shmq_put(q->shm, p, plen, kind, 0);
+}
+
+int
+qps_q_put_many(qps_q *q, const qpi_wire_item *items, uint32_t n)
+{
+	qp_queue_stats st;
+	uint64_t need = 0;
+	uint32_t i;
+	int rv;
+
+	/* The segment has no batch put: check that the batch fits before
+	 * the first item goes in, then put them one by one. Only a local
+	 * producer racing for the last room can make the batch go in part
+	 * (reported as EFULL with the count, and logged). */
+	if ((rv = qpi_shmq_stat(q->shm, &st)) != QP_OK) {
+		return rv;
+	}
+	for (i = 0; i < n; i++) {
+		const uint8_t *p;
+		size_t plen;
+		q_item(items[i].data, items[i].len, &p, &plen);
+		need += QPI_SHMQ_REC_SIZE(plen);
+	}
+	if ((st.maxsize != 0 && n > st.maxsize) || need > st.capacity) {
+		return qpi_err(QP_ETOOBIG,
+		    "a batch of %u items (%llu bytes stored) can never fit in "
+		    "'%s' (maxsize %llu, %llu bytes)",
+		    n, (unsigned long long) need, q->name,
+		    (unsigned long long) st.maxsize,
+		    (unsigned long long) st.capacity);
+	}
+	if (st.maxsize != 0 && st.items + n > st.maxsize) {
+		return qpi_err(QP_EFULL, "queue '%s' is full", q->name);
+	}
+	for (i = 0; i < n; i++) {
+		if ((rv = qps_q_put(q, items[i].data, items[i].len))
+		    != QP_OK) {
+			break;
+		}
+	}
+	if (i == n) {
+		return QP_OK;
+	}
+	if (i > 0) {
+		qps_log(QPS_LOG_WARN,
+		    "queue '%s' filled up during a batch: %u of %u items "
+		    "stored",
+		    q->name, i, n);
+		return qpi_err(rv,
+		    "queue '%s' filled up during the batch: %u of %u items "
+		    "stored",
+		    q->name, i, n);
+	}
+	return rv;
+}
+
+int
+qps_q_get(
+    qps_q *q, uint64_t owner, uint32_t mode, uint64_t lease_ms, qps_got *g)
+{
+	qpi_shmq_lease l;
+	int rv;
+
+	(void) mode;
+	if (lease_ms == 0) {
+		lease_ms = q->lease_ms;
+	}
+	rv = qpi_shmq_get_lease(q->shm, owner, (int64_t) lease_ms, QPI_GET_OBJ,
+	    &g->data, &g->len, &l, 0);
+	if (rv != QP_OK) {
+		return rv;
+	}
+	g->lease_id = l.id;
+	g->deliveries = l.deliveries;
+	q_lease_due(q, l.expiry_ms);
+	return QP_OK;
+}
+
+int
+qps_q_ack(qps_q *q, uint64_t lease_id)
+{
+	return qpi_shmq_ack(q->shm, lease_id);
+}
+
+int
+qps_q_release(qps_q *q, uint64_t owner, uint64_t lease_id, uint64_t delay_ms)
+{
+	int rv;
+
+	(void) owner;
+	if (delay_ms == 0) {
+		return qpi_shmq_release(q->shm, lease_id);
+	}
+	/* Held a while longer, then its expiry gives it back. */
+	rv = qpi_shmq_renew(q->shm, lease_id, (int64_t) delay_ms);
+	if (rv == QP_OK) {
+		q_lease_due(q, qpi_now_ms() + (int64_t) delay_ms);
+	}
+	return rv;
+}
+
+uint64_t
+qps_q_release_owner(qps_q *q, uint64_t owner)
+{
+	size_t n = 0;
+
+	if (qpi_shmq_release_owner(q->shm, owner, &n) != QP_OK) {
+		return 0;
+	}
+	return n;
+}
+
+int
+qps_q_task_done(qps_q *q, uint64_t n)
+{
+	int rv = QP_OK;
+
+	for (uint64_t i = 0; i < n && rv == QP_OK; i++) {
+		rv = qpi_shmq_task_done(q->shm);
+	}
+	return rv;
+}
+
+bool
+qps_q_joined(qps_q *q)
+{
+	qp_queue_stats st;
+
+	return qpi_shmq_stat(q->shm, &st) == QP_OK && st.unfinished == 0;
+}
+
+int
+qps_q_qsize(qps_q *q, uint64_t *np)
+{
+	return qpi_shmq_qsize(q->shm, np);
+}
+
+int
+qps_q_stat(qps_q *q, qp_queue_stats *st)
+{
+	int rv = qpi_shmq_stat(q->shm, st);
+
+	if (rv == QP_OK) {
+		/* Remote requests parked here wait too. */
+		st->getters += q->nwait[QPS_WAIT_GET];
+		st->putters += q->nwait[QPS_WAIT_PUT];
+	}
+	return rv;
+}
+
+int
+qps_q_list(bool (*fn)(const char *name, const qp_queue_stats *st, void *arg),
+    void *arg)
+{
+	DIR *d = opendir(shm_dir);
+	struct dirent *e;
+	size_t plen = strlen(shm_prefix);
+
+	if (d == NULL) {
+		return qpi_err(QP_ESYSTEM, "cannot read %s: %s", shm_dir,
+		    strerror(errno));
+	}
+	while ((e = readdir(d)) != NULL) {
+		const char *name = e->d_name + plen;
+		qp_queue_stats st;
+		qps_q *q;
+
+		if (strncmp(e->d_name, shm_prefix, plen) != 0
+		    || !qpi_name_valid(name, strlen(name))) {
+			continue;
+		}
+		/* Listing does not reclaim leases: another server on this
+		 * host may be serving the queue. */
+		qpi_shmq_cfg cfg = q_default_cfg();
+		if ((q = qps_q_find(name)) == NULL
+		    && q_attach(name, 0, &cfg, 0, &q) != QP_OK) {
+			continue; /* not a queue (a pipe, another layout) */
+		}
+		if (qps_q_stat(q, &st) != QP_OK) {
+			continue;
+		}
+		if (!fn(name, &st, arg)) {
+			break;
+		}
+	}
+	closedir(d);
+	return QP_OK;
+}
+
+/* ---- watching for local changes ---- */
+
+static long
+wv_wait(struct wv_entry *wv, unsigned n)
+{
+	return syscall(SYS_futex_waitv, wv, n, 0, NULL, CLOCK_MONOTONIC);
+}
+
+static void
+wg_poke(qps_wgroup *g)
+{
+	__atomic_add_fetch(&g->ctl, 1, __ATOMIC_SEQ_CST);
+	qpi_futex_wake(&g->ctl, INT32_MAX);
+}
+
+static void *
+wg_main(void *arg)
+{
+	qps_wgroup *g = arg;
+	struct wv_entry wv[WG_MAX + 1];
+	qps_q *snap[WG_MAX];
+
+	pthread_mutex_lock(hs.mu);
+	while (!hs.stop) {
+		uint32_t ctl = __atomic_load_n(&g->ctl, __ATOMIC_SEQ_CST);
+		int n = g->n;
+
+		/* Arm and read each sequence first, then serve: a change
+		 * after the read wakes the wait below. */
+		for (int i = 0; i < n; i++) {
+			qps_q *q = g->qs[i];
+			if (!q->armed && qpi_shmq_watch_arm(q->shm) == QP_OK) {
+				q->armed = true;
+			}
+			q->seen = qpi_shmq_watch_seq(q->shm);
+			snap[i] = q;
+		}
+		for (int i = 0; i < n; i++) {
+			if (snap[i]->wg == g) {
+				qps_ops_kick(snap[i]);
+			}
+		}
+		unsigned k = 0;
+		for (int i = 0; i < g->n; i++) {
+			qps_q *q = g->qs[i];
+			if (!q->armed) {
+				continue;
+			}
+			wv[k].val = q->seen;
+			wv[k].uaddr
+			    = (uint64_t) (uintptr_t) qpi_shmq_watch_word(
+			        q->shm);
+			wv[k].flags = FUTEX_32;
+			wv[k].reserved = 0;
+			k++;
+		}
+		wv[k].val = ctl;
+		wv[k].uaddr = (uint64_t) (uintptr_t) &g->ctl;
+		wv[k].flags = FUTEX_32; /* shared: qpi_futex_wake wakes it */
+		wv[k].reserved = 0;
+		pthread_mutex_unlock(hs.mu);
+		if (hs.waitv != 0) {
+			wv_wait(wv, k + 1);
+		} else if (k == 1) {
+			/* One queue: its word, woken by wg_poke's wake of
+			 * that word too. */
+			qpi_futex_wait((uint32_t *) (uintptr_t) wv[0].uaddr,
+			    (uint32_t) wv[0].val, INT64_MAX);
+		} else {
+			qpi_futex_wait(&g->ctl, ctl, INT64_MAX);
+		}
+		pthread_mutex_lock(hs.mu);
+		for (int i = 0; i < g->n; i++) {
+			if (g->qs[i]->armed) {
+				qpi_shmq_watch_disarm(g->qs[i]->shm);
+				g->qs[i]->armed = false;
+			}
+		}
+	}
+	pthread_mutex_unlock(hs.mu);
+	return NULL;
+}
+
+static bool
+wg_probe_waitv(void)
+{
+	uint32_t word = 1;
+	struct wv_entry wv = {.val = 0,
+	    .uaddr = (uint64_t) (uintptr_t) &word,
+	    .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
+
+	/* The value differs: a kernel with futex_waitv says EAGAIN. */
+	return wv_wait(&wv, 1) == -1 && errno == EAGAIN;
+}
+
+static void
+wg_add(qps_q *q)
+{
+	int cap;
+	qps_wgroup *g;
+
+	if (hs.waitv < 0) {
+		hs.waitv = wg_probe_waitv() ? 1 : 0;
+		if (!hs.waitv) {
+			qps_log(QPS_LOG_WARN,
+			    "the kernel has no futex_waitv: one watcher "
+			    "thread per queue with parked requests");
+		}
+	}
+	cap = hs.waitv ? WG_MAX : 1;
+	for (g = hs.groups; g != NULL; g = g->next) {
+		if (g->n < cap) {
+			break;
+		}
+	}
+	if (g == NULL) {
+		if ((g = calloc(1, sizeof(*g))) == NULL) {
+			qps_log(QPS_LOG_ERROR,
+			    "out of memory for a watcher: local puts on '%s' "
+			    "reach parked gets only with the next request",
+			    q->name);
+			return;
+		}
+		if (pthread_create(&g->thr, NULL, wg_main, g) != 0) {
+			free(g);
+			qps_log(QPS_LOG_ERROR,
+			    "cannot start a watcher thread for '%s'", q->name);
+			return;
+		}
+		g->started = true;
+		g->next = hs.groups;
+		hs.groups = g;
+	}
+	g->qs[g->n++] = q;
+	q->wg = g;
+	wg_poke(g);
+}
+
+static void
+wg_remove(qps_q *q)
+{
+	qps_wgroup *g = q->wg;
+
+	for (int i = 0; i < g->n; i++) {
+		if (g->qs[i] == q) {
+			g->qs[i] = g->qs[--g->n];
+			break;
+		}
+	}
+	if (q->armed) {
+		qpi_shmq_watch_disarm(q->shm);
+		q->armed = false;
+	}
+	q->wg = NULL;
+	wg_poke(g);
+	if (!hs.waitv) {
+		/* The thread may sleep on q's own word. */
+		qpi_futex_wake(qpi_shmq_watch_word(q->shm), INT32_MAX);
+	}
+}
+
+void
+qps_q_watch(qps_q *q, bool on)
+{
+	if (on && q->wg == NULL) {
+		int rv = qpi_shmq_watch(q->shm, true);
+		if (rv != QP_OK) {
+			qps_log(QPS_LOG_WARN,
+			    "cannot watch queue '%s' (%s): local puts reach "
+			    "its parked gets only with the next request",
+			    q->name, qp_strerror(rv));
+			return;
+		}
+		wg_add(q);
+		if (q->wg == NULL) {
+			qpi_shmq_watch(q->shm, false);
+		}
+	} else if (!on && q->wg != NULL) {
+		wg_remove(q);
+		qpi_shmq_watch(q->shm, false);
+	}
+}
+
+/* ---- start and stop ---- */
+
+int
+qps_hosted_start(const qps_config *cfg, pthread_mutex_t *mu)
+{
+	hs.mu = mu;
+	hs.cfg = cfg;
+	return QP_OK;
+}
+
+void
+qps_hosted_fini(void)
+{
+	qps_wgroup *g, *next;
+
+	pthread_mutex_lock(hs.mu);
+	hs.stop = true;
+	for (g = hs.groups; g != NULL; g = g->next) {
+		wg_poke(g);
+		for (int i = 0; i < g->n; i++) {
+			qpi_futex_wake(
+			    qpi_shmq_watch_word(g->qs[i]->shm), INT32_MAX);
+		}
+	}
+	pthread_mutex_unlock(hs.mu);
+	for (g = hs.groups; g != NULL; g = next) {
+		next = g->next;
+		if (g->started) {
+			pthread_join(g->thr, NULL);
+		}
+		free(g);
+	}
+	pthread_mutex_lock(hs.mu);
+	hs.groups = NULL;
+	while (hs.head != NULL) {
+		qps_q *q = hs.head;
+		q->wg = NULL;
+		q->armed = false;
+		qpi_shmq_watch(q->shm, false);
+		qps_q_forget(q);
+	}
+	qps_htab_fini(&hs.qs);
+	pthread_mutex_unlock(hs.mu);
+}

@@ -1,0 +1,648 @@
+/*
+ * pipes.c - pipes through the server (PROTOCOL.md, pipes): two clients
+ * that open the same pipe name get a Connection pair. A pipe has two
+ * sides; each side, once opened, belongs to the connection that opened it
+ * and holds the messages sent to it by the other side, in order, up to
+ * PS_BUF_MAX bytes (one message always fits), beyond which the sender's
+ * pipe_send waits. Closing a side, or the drop of its connection, is the
+ * end of file for the other: its receives get what is left, then
+ * QP_ECLOSED. A pipe goes away when both sides are closed.
+ *
+ * Waiting requests (a receive on an empty side, a send to a full one, a
+ * poll) park their worker as queue requests do, with a timer for their
+ * timeout, in the lists of the side they wait on.
+ *
+ * Messages live in the server's memory only: a pipe does not outlive the
+ * server (its connections, and so its sides, end with it).
+ *
+ * Locking: none of its own; everything runs under the ops lock.
+ */
+#include "qps.h"
+#include "wire.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Bytes buffered for one side before a sender waits. */
+#define PS_BUF_MAX ((size_t) 4 << 20)
+/* Pipes at most (ELIMIT beyond). */
+#define PS_MAX_PIPES 65536
+
+enum { SIDE_NEVER = 0, SIDE_OPEN, SIDE_CLOSED };
+enum { PW_RECV = 0, PW_SEND, PW_POLL, PW_KINDS };
+
+typedef struct ps_msg {
+	struct ps_msg *next;
+	size_t len;
+	uint8_t data[]; /* the msgpack encoding of the message */
+} ps_msg;
+
+typedef struct ps_wait ps_wait;
+typedef struct ps_pipe ps_pipe;
+
+typedef struct ps_side {
+	int state;
+	uint32_t conn; /* the connection holding it (SIDE_OPEN) */
+	ps_msg *qhead, *qtail; /* messages sent to this side */
+	size_t qbytes;
+	ps_wait *whead[PW_KINDS], *wtail[PW_KINDS]; /* waiting on it */
+} ps_side;
+
+struct ps_pipe {
+	qps_hnode node; /* key: qps_hash(name) */
+	char name[QP_NAME_MAX + 1];
+	bool oneway; /* side 0 only receives, side 1 only sends */
+	ps_side side[2];
+	ps_pipe *prev, *next;
+};
+
+struct ps_wait {
+	qps_timer timer; /* first: the timer callback casts back */
+	int kind; /* PW_* */
+	qps_worker *w;
+	uint32_t conn;
+	ps_pipe *p;
+	int on; /* the side whose lists hold it */
+	nng_msg *req; /* owns the bytes r points into */
+	qpi_wire_req r;
+	qps_client *cl; /* dedup: client and seq, or NULL */
+	uint64_t seq;
+	ps_wait *prev, *next;
+};
+
+static struct {
+	qps_htab tab;
+	ps_pipe *head;
+	uint32_t n;
+} ps;
+
+static ps_pipe *
+ps_find(const char *name)
+{
+	for (qps_hnode *n
+	     = qps_htab_find(&ps.tab, qps_hash(name, strlen(name)));
+	     n != NULL; n = qps_htab_next(n)) {
+		ps_pipe *p = (ps_pipe *) n;
+		if (strcmp(p->name, name) == 0) {
+			return p;
+		}
+	}
+	return NULL;
+}
+
+static void
+ps_free_msgs(ps_side *s)
+{
+	ps_msg *m;
+
+	while ((m = s->qhead) != NULL) {
+		s->qhead = m->next;
+		free(m);
+	}
+	s->qtail = NULL;
+	s->qbytes = 0;
+}
+
+static void
+ps_remove(ps_pipe *p)
+{
+	qps_htab_remove(&ps.tab, &p->node);
+	if (p->prev != NULL) {
+		p->prev->next = p->next;
+	} else {
+		ps.head = p->next;
+	}
+	if (p->next != NULL) {
+		p->next->prev = p->prev;
+	}
+	ps.n--;
+	ps_free_msgs(&p->side[0]);
+	ps_free_msgs(&p->side[1]);
+	free(p);
+}
+
+/* ---- parked requests ---- */
+
+static void
+pw_finish(ps_wait *wt, nng_msg *rep)
+{
+	ps_side *s = &wt->p->side[wt->on];
+	int k = wt->kind;
+
+	if (wt->prev != NULL) {
+		wt->prev->next = wt->next;
+	} else {
+		s->whead[k] = wt->next;
+	}
+	if (wt->next != NULL) {
+		wt->next->prev = wt->prev;
+	} else {
+		s->wtail[k] = wt->prev;
+	}
+	qps_timer_cancel(&wt->timer);
+	if (wt->cl != NULL) {
+		/* pipe_recv's reply carries the message: kept whole */
+		bool body = rep != NULL && wt->kind == PW_RECV;
+		qps_dedup_end(wt->cl, wt->seq,
+		    rep != NULL ? qps_rep_status(rep) : QP_OK,
+		    body ? nng_msg_body(rep) : NULL,
+		    body ? nng_msg_len(rep) : 0, rep != NULL);
+	}
+	if (rep != NULL) {
+		qps_worker_reply(wt->w, rep);
+	} else {
+		qps_worker_drop(wt->w);
+	}
+	nng_msg_free(wt->req);
+	free(wt);
+}
+
+static void
+pw_timeout(qps_timer *t)
+{
+	ps_wait *wt = (ps_wait *) t;
+	const qpi_wire_req *r = &wt->r;
+	qpi_wire_rep rp;
+
+	if (wt->kind == PW_POLL) {
+		memset(&rp, 0, sizeof(rp));
+		rp.op = r->op;
+		rp.req_id = r->req_id;
+		rp.ready = false;
+		pw_finish(wt, qps_rep_encode(&rp));
+		return;
+	}
+	pw_finish(wt,
+	    qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
+	        "%s on pipe '%s': "
+	        "nothing after %lld "
+	        "ms",
+	        wt->kind == PW_RECV ? "receive" : "send (its buffer is full)",
+	        wt->p->name, (long long) r->timeout));
+}
+
+static bool
+pw_park(qps_worker *w, uint32_t conn, ps_pipe *p, int on, int kind,
+    nng_msg *req, const qpi_wire_req *r, qps_client *cl)
+{
+	ps_wait *wt = calloc(1, sizeof(*wt));
+	ps_side *s = &p->side[on];
+
+	if (wt == NULL) {
+		return false;
+	}
+	qps_timer_init(&wt->timer, pw_timeout);
+	if ((r->timeout > 0
+	        && !qps_timer_arm(&wt->timer, qpi_deadline_ns(r->timeout)))
+	    || !qps_worker_park(w)) {
+		qps_timer_cancel(&wt->timer);
+		free(wt);
+		return false;
+	}
+	wt->kind = kind;
+	wt->w = w;
+	wt->conn = conn;
+	wt->p = p;
+	wt->on = on;
+	wt->req = req;
+	wt->r = *r;
+	wt->r.items = NULL;
+	wt->r.ids = NULL;
+	wt->cl = cl;
+	wt->seq = r->seq;
+	wt->prev = s->wtail[kind];
+	if (s->wtail[kind] != NULL) {
+		s->wtail[kind]->next = wt;
+	} else {
+		s->whead[kind] = wt;
+	}
+	s->wtail[kind] = wt;
+	return true;
+}
+
+/* ---- messages ---- */
+
+static nng_msg *
+ps_rep_item(const qpi_wire_req *r, const ps_msg *m)
+{
+	qpi_wire_rep rp;
+
+	memset(&rp, 0, sizeof(rp));
+	rp.op = r->op;
+	rp.req_id = r->req_id;
+	rp.item.data = m->data;
+	rp.item.len = m->len;
+	return qps_rep_encode(&rp);
+}
+
+static nng_msg *
+ps_rep_ready(const qpi_wire_req *r, bool ready)
+{
+	qpi_wire_rep rp;
+
+	memset(&rp, 0, sizeof(rp));
+	rp.op = r->op;
+	rp.req_id = r->req_id;
+	rp.ready = ready;
+	return qps_rep_encode(&rp);
+}
+
+/* Whether side s of p has something for a receive: a message, or the
+ * end of file (its peer closed). */
+static bool
+ps_readable(ps_pipe *p, int s)
+{
+	return p->side[s].qhead != NULL || p->side[1 - s].state == SIDE_CLOSED;
+}
+
+/* Appends a message for side sd; false if out of memory. */
+static bool
+ps_enqueue(ps_side *sd, const qpi_wire_item *it)
+{
+	ps_msg *m = malloc(sizeof(*m) + it->len);
+
+	if (m == NULL) {
+		return false;
+	}
+	m->next = NULL;
+	m->len = it->len;
+	memcpy(m->data, it->data, it->len);
+	if (sd->qtail != NULL) {
+		sd->qtail->next = m;
+	} else {
+		sd->qhead = m;
+	}
+	sd->qtail = m;
+	sd->qbytes += m->len;
+	return true;
+}
+
+/* Serves what waits on side s: receives and polls while it has
+ * something, and the sends from its peer while there is room. */
+static void
+ps_dispatch(ps_pipe *p, int s)
+{
+	ps_side *sd = &p->side[s];
+	bool progress = true;
+
+	while (progress) {
+		bool eof = p->side[1 - s].state == SIDE_CLOSED;
+		progress = false;
+		while (sd->whead[PW_RECV] != NULL) {
+			ps_wait *wt = sd->whead[PW_RECV];
+			ps_msg *m = sd->qhead;
+			if (m != NULL) {
+				sd->qhead = m->next;
+				if (sd->qhead == NULL) {
+					sd->qtail = NULL;
+				}
+				sd->qbytes -= m->len;
+				pw_finish(wt, ps_rep_item(&wt->r, m));
+				free(m);
+			} else if (eof || sd->state == SIDE_CLOSED) {
+				pw_finish(wt,
+				    qps_rep_error(wt->r.op, wt->r.req_id,
+				        QP_ECLOSED,
+				        "pipe '%s': end of file (the other "
+				        "side closed)",
+				        p->name));
+			} else {
+				break;
+			}
+		}
+		if (ps_readable(p, s) || sd->state == SIDE_CLOSED) {
+			while (sd->whead[PW_POLL] != NULL) {
+				ps_wait *wt = sd->whead[PW_POLL];
+				pw_finish(wt, ps_rep_ready(&wt->r, true));
+			}
+		}
+		/* Sends waiting for room in this side's buffer. */
+		while (sd->whead[PW_SEND] != NULL) {
+			ps_wait *wt = sd->whead[PW_SEND];
+			const qpi_wire_item *it = &wt->r.item;
+			if (sd->state == SIDE_CLOSED || eof) {
+				pw_finish(wt,
+				    qps_rep_error(wt->r.op, wt->r.req_id,
+				        QP_ECLOSED, "pipe '%s': %s closed",
+				        p->name,
+				        eof ? "this side was"
+				            : "the other side"));
+				continue;
+			}
+			if (sd->qhead != NULL
+			    && sd->qbytes + it->len > PS_BUF_MAX) {
+				break;
+			}
+			if (!ps_enqueue(sd, it)) {
+				pw_finish(wt,
+				    qps_rep_error(wt->r.op, wt->r.req_id,
+				        QP_ENOMEM,
+				        "out of memory for a message of %zu "
+				        "bytes",
+				        it->len));
+				continue;
+			}
+			pw_finish(wt, qps_rep_ok(&wt->r));
+			progress = true; /* a receive may take it at once */
+			break;
+		}
+	}
+}
+
+/* Closes side s: its peer's receives see end of file, sends to it fail. */
+static void
+ps_close_side(ps_pipe *p, int s)
+{
+	ps_side *sd = &p->side[s];
+
+	sd->state = SIDE_CLOSED;
+	sd->conn = 0;
+	/* Nobody will read what was sent to this side. */
+	ps_free_msgs(sd);
+	/* Its own waiters, and the peer's. */
+	ps_dispatch(p, s);
+	ps_dispatch(p, 1 - s);
+	if (p->side[0].state == SIDE_CLOSED
+	    && p->side[1].state == SIDE_CLOSED) {
+		ps_remove(p);
+	}
+}
+
+/* ---- ops ---- */
+
+static int
+ps_held(
+    ps_pipe *p, int s, uint32_t conn, const qpi_wire_req *r, nng_msg **repp)
+{
+	if (p == NULL) {
+		*repp = qps_rep_error(r->op, r->req_id, QP_ECLOSED,
+		    "no pipe '%s' (closed, or never opened)", r->name);
+		return QP_ECLOSED;
+	}
+	if (p->side[s].state != SIDE_OPEN || p->side[s].conn != conn) {
+		*repp = qps_rep_error(r->op, r->req_id, QP_ECLOSED,
+		    "pipe '%s': this connection does not hold side %d",
+		    r->name, s);
+		return QP_ECLOSED;
+	}
+	return QP_OK;
+}
+
+static qps_handled
+ps_park_or_refuse(qps_worker *w, uint32_t conn, ps_pipe *p, int on, int kind,
+    nng_msg *req, const qpi_wire_req *r, qps_client *cl, nng_msg **repp)
+{
+	if (pw_park(w, conn, p, on, kind, req, r, cl)) {
+		return QPS_PARKED;
+	}
+	*repp = qps_rep_error(r->op, r->req_id, QP_ELIMIT,
+	    "the server holds too many waiting requests");
+	return QPS_REPLY;
+}
+
+qps_handled
+qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
+    const qpi_wire_req *r, qps_client *cl, nng_msg **repp)
+{
+	ps_pipe *p = ps_find(r->name);
+	qpi_wire_rep rp;
+	int s = r->side;
+
+	memset(&rp, 0, sizeof(rp));
+	rp.op = r->op;
+	rp.req_id = r->req_id;
+
+	switch (r->op) {
+	case QPI_OP_PIPE_OPEN:
+		if (p == NULL) {
+			if (ps.n >= PS_MAX_PIPES) {
+				*repp = qps_rep_error(r->op, r->req_id,
+				    QP_ELIMIT, "the server holds %u pipes",
+				    ps.n);
+				return QPS_REPLY;
+			}
+			if ((p = calloc(1, sizeof(*p))) == NULL) {
+				*repp = qps_rep_error(r->op, r->req_id,
+				    QP_ENOMEM, "out of memory");
+				return QPS_REPLY;
+			}
+			snprintf(p->name, sizeof(p->name), "%s", r->name);
+			p->oneway = (r->flags & QPI_PIPE_ONEWAY) != 0;
+			p->node.key = qps_hash(p->name, strlen(p->name));
+			qps_htab_insert(&ps.tab, &p->node);
+			p->next = ps.head;
+			if (ps.head != NULL) {
+				ps.head->prev = p;
+			}
+			ps.head = p;
+			ps.n++;
+		}
+		if (s < 0) {
+			s = p->side[0].state == SIDE_NEVER   ? 0
+			    : p->side[1].state == SIDE_NEVER ? 1
+			                                     : -1;
+		}
+		if (s < 0 || p->side[s].state != SIDE_NEVER) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_EBUSY,
+			    s < 0 ? "pipe '%s': both sides are taken"
+			          : "pipe '%s': side %d is taken",
+			    r->name, s);
+			return QPS_REPLY;
+		}
+		p->side[s].state = SIDE_OPEN;
+		p->side[s].conn = conn;
+		rp.side = s;
+		rp.peer_open = p->side[1 - s].state == SIDE_OPEN;
+		*repp = qps_rep_encode(&rp);
+		qps_log(QPS_LOG_DEBUG, "pipe '%s': side %d opened by %u",
+		    r->name, s, conn);
+		return QPS_REPLY;
+
+	case QPI_OP_PIPE_SEND: {
+		ps_side *to;
+		if (ps_held(p, s, conn, r, repp) != QP_OK) {
+			return QPS_REPLY;
+		}
+		if (p->oneway && s == 0) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_EPERM,
+			    "pipe '%s': side 0 of a one-way pipe only "
+			    "receives",
+			    r->name);
+			return QPS_REPLY;
+		}
+		to = &p->side[1 - s];
+		if (to->state == SIDE_CLOSED) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_ECLOSED,
+			    "pipe '%s': the other side closed", r->name);
+			return QPS_REPLY;
+		}
+		if (to->whead[PW_SEND] != NULL
+		    || (to->qhead != NULL
+		        && to->qbytes + r->item.len > PS_BUF_MAX)) {
+			if (r->timeout == 0) {
+				*repp = qps_rep_error(r->op, r->req_id,
+				    QP_ETIMEDOUT,
+				    "pipe '%s': its buffer is "
+				    "full",
+				    r->name);
+				return QPS_REPLY;
+			}
+			return ps_park_or_refuse(
+			    w, conn, p, 1 - s, PW_SEND, req, r, cl, repp);
+		}
+		if (!ps_enqueue(to, &r->item)) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_ENOMEM,
+			    "out of memory for a message of %zu bytes",
+			    r->item.len);
+			return QPS_REPLY;
+		}
+		*repp = qps_rep_ok(r);
+		ps_dispatch(p, 1 - s);
+		return QPS_REPLY;
+	}
+
+	case QPI_OP_PIPE_RECV: {
+		ps_side *sd;
+		if (ps_held(p, s, conn, r, repp) != QP_OK) {
+			return QPS_REPLY;
+		}
+		if (p->oneway && s == 1) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_EPERM,
+			    "pipe '%s': side 1 of a one-way pipe only sends",
+			    r->name);
+			return QPS_REPLY;
+		}
+		sd = &p->side[s];
+		if (sd->qhead != NULL && sd->whead[PW_RECV] == NULL) {
+			ps_msg *m = sd->qhead;
+			sd->qhead = m->next;
+			if (sd->qhead == NULL) {
+				sd->qtail = NULL;
+			}
+			sd->qbytes -= m->len;
+			*repp = ps_rep_item(r, m);
+			free(m);
+			ps_dispatch(p, s); /* room for waiting sends */
+			return QPS_REPLY;
+		}
+		if (sd->qhead == NULL && p->side[1 - s].state == SIDE_CLOSED) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_ECLOSED,
+			    "pipe '%s': end of file (the other side closed)",
+			    r->name);
+			return QPS_REPLY;
+		}
+		if (r->timeout == 0) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
+			    "pipe '%s': no message", r->name);
+			return QPS_REPLY;
+		}
+		return ps_park_or_refuse(
+		    w, conn, p, s, PW_RECV, req, r, cl, repp);
+	}
+
+	case QPI_OP_PIPE_POLL:
+		if (ps_held(p, s, conn, r, repp) != QP_OK) {
+			return QPS_REPLY;
+		}
+		if (ps_readable(p, s) || r->timeout == 0) {
+			*repp = ps_rep_ready(r, ps_readable(p, s));
+			return QPS_REPLY;
+		}
+		return ps_park_or_refuse(
+		    w, conn, p, s, PW_POLL, req, r, cl, repp);
+
+	case QPI_OP_PIPE_CLOSE:
+		if (ps_held(p, s, conn, r, repp) != QP_OK) {
+			return QPS_REPLY;
+		}
+		qps_log(
+		    QPS_LOG_DEBUG, "pipe '%s': side %d closed", r->name, s);
+		*repp = qps_rep_ok(r);
+		ps_close_side(p, s);
+		return QPS_REPLY;
+
+	default:
+		*repp = qps_rep_error(
+		    r->op, r->req_id, QP_ENOTSUP, "not a pipe op");
+		return QPS_REPLY;
+	}
+}
+
+/* Ends the parked requests of conn on side s of p unanswered. */
+static void
+ps_drop_waits(ps_pipe *p, int s, uint32_t conn)
+{
+	for (int k = 0; k < PW_KINDS; k++) {
+		ps_wait *wt = p->side[s].whead[k], *next;
+		for (; wt != NULL; wt = next) {
+			next = wt->next;
+			if (wt->conn == conn) {
+				pw_finish(wt, NULL);
+			}
+		}
+	}
+}
+
+void
+qps_pipes_conn_gone(uint32_t conn)
+{
+	ps_pipe *p = ps.head, *next;
+
+	for (; p != NULL; p = next) {
+		next = p->next;
+		ps_drop_waits(p, 0, conn);
+		ps_drop_waits(p, 1, conn);
+		bool own0
+		    = p->side[0].state == SIDE_OPEN && p->side[0].conn == conn;
+		bool own1
+		    = p->side[1].state == SIDE_OPEN && p->side[1].conn == conn;
+		if (own0 || own1) {
+			qps_log(QPS_LOG_DEBUG,
+			    "pipe '%s': closed with its connection", p->name);
+		}
+		/* Closing the second side frees p: nothing after it. */
+		if (own0) {
+			ps_close_side(p, 0);
+		}
+		if (own1) {
+			ps_close_side(p, 1);
+		}
+	}
+}
+
+void
+qps_pipes_drain(void)
+{
+	for (ps_pipe *p = ps.head; p != NULL; p = p->next) {
+		for (int s = 0; s < 2; s++) {
+			for (int k = 0; k < PW_KINDS; k++) {
+				while (p->side[s].whead[k] != NULL) {
+					ps_wait *wt = p->side[s].whead[k];
+					pw_finish(wt,
+					    qps_rep_error(wt->r.op,
+					        wt->r.req_id, QP_ECONNRESET,
+					        "the server is shutting "
+					        "down"));
+				}
+			}
+		}
+	}
+}
+
+void
+qps_pipes_fini(void)
+{
+	while (ps.head != NULL) {
+		ps_pipe *p = ps.head;
+		for (int s = 0; s < 2; s++) {
+			for (int k = 0; k < PW_KINDS; k++) {
+				while (p->side[s].whead[k] != NULL) {
+					pw_finish(p->side[s].whead[k], NULL);
+				}
+			}
+		}
+		ps_remove(p);
+	}
+	qps_htab_fini(&ps.tab);
+}

@@ -1,0 +1,93 @@
+/*
+ * qps_tool.c - a small C client of remote queues for the it_server_*
+ * scripts (the qpipe command is another part's): each run is one process
+ * calling libqpipe, the way a user's program would.
+ *
+ *   qps_tool put ADDR DATA [TIMEOUT_MS]    put DATA's bytes (create ADDR)
+ *   qps_tool get ADDR [TIMEOUT_MS]         write one item's bytes to stdout
+ *   qps_tool qsize ADDR                    print the number of items
+ *   qps_tool ls SERVER                     print "name items" per queue
+ *
+ * Exit status: 0, or the qp_err code of the failure (its message on
+ * stderr).
+ */
+#include "qpipe.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int
+fail(const char *what, int rv)
+{
+	fprintf(stderr, "qps_tool: %s: %s: %s\n", what, qp_strerror(rv),
+	    qp_errmsg());
+	return rv;
+}
+
+int
+main(int argc, char **argv)
+{
+	qp_queue_opts o = {.flags = QP_OPEN_CREATE};
+	qp_queue *q = NULL;
+	int rv;
+
+	if (argc < 3) {
+		fprintf(stderr,
+		    "usage: qps_tool put|get|qsize ADDR [...] | ls SERVER\n");
+		return 1;
+	}
+	const char *cmd = argv[1], *addr = argv[2];
+	qp_duration t = QP_FOREVER;
+
+	if (strcmp(cmd, "ls") == 0) {
+		qp_queue_info *l;
+		size_t n;
+		if ((rv = qp_server_list(addr, &l, &n)) != QP_OK) {
+			return fail("ls", rv);
+		}
+		for (size_t i = 0; i < n; i++) {
+			printf("%s %llu\n", l[i].name,
+			    (unsigned long long) l[i].stat.items);
+		}
+		qp_free(l);
+		return 0;
+	}
+	if ((rv = qp_queue_open(&q, addr, strcmp(cmd, "put") == 0 ? &o : NULL))
+	    != QP_OK) {
+		return fail("open", rv);
+	}
+	if (strcmp(cmd, "put") == 0 && argc >= 4) {
+		if (argc >= 5) {
+			t = atoll(argv[4]);
+		}
+		rv = qp_queue_put(q, argv[3], strlen(argv[3]), t);
+		if (rv != QP_OK) {
+			rv = fail("put", rv);
+		}
+	} else if (strcmp(cmd, "get") == 0) {
+		void *buf;
+		size_t len;
+		if (argc >= 4) {
+			t = atoll(argv[3]);
+		}
+		if ((rv = qp_queue_get(q, &buf, &len, t)) == QP_OK) {
+			fwrite(buf, 1, len, stdout);
+			qp_free(buf);
+		} else {
+			rv = fail("get", rv);
+		}
+	} else if (strcmp(cmd, "qsize") == 0) {
+		size_t n;
+		if ((rv = qp_queue_qsize(q, &n)) == QP_OK) {
+			printf("%zu\n", n);
+		} else {
+			rv = fail("qsize", rv);
+		}
+	} else {
+		fprintf(stderr, "qps_tool: unknown command '%s'\n", cmd);
+		rv = 1;
+	}
+	qp_queue_free(q);
+	return rv;
+}

@@ -1,0 +1,22 @@
+# qpiped's tests: test_remote (cmocka, starts the real server), the
+# it_server_* scripts, their helper program qps_tool (a small C client of
+# remote queues, built into build/bin, never installed), and the stress
+# run of 1,000 blocked getters. it_server_netns exits 77 where it cannot
+# create network namespaces, which ctest reports as skipped.
+add_executable(qps_tool ${CMAKE_CURRENT_SOURCE_DIR}/qps_tool.c)
+target_link_libraries(qps_tool PRIVATE qpipe_static)
+qp_target(qps_tool)
+add_dependencies(test_remote qpiped qps_tool)
+
+set_tests_properties(test_remote PROPERTIES LABELS server TIMEOUT 600)
+set_tests_properties(it_server_basics it_server_nngcat
+  PROPERTIES LABELS server)
+set_tests_properties(it_server_netns PROPERTIES LABELS "server;netns"
+  SKIP_RETURN_CODE 77)
+
+# 1,000 clients each blocked in a get with its own timeout (the default
+# run holds 300, 100 under the sanitizers).
+add_test(NAME test_remote_getters_1000 COMMAND test_remote)
+set_tests_properties(test_remote_getters_1000 PROPERTIES LABELS stress
+  TIMEOUT 600
+  ENVIRONMENT "QP_GETTERS=1000;QP_TEST_FILTER=test_remote_many_getters;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR}")

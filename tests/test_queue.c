@@ -437,18 +437,6 @@ test_queue_named_create_race(void **state)
 	assert_int_equal(qp_queue_unlink(addr), QP_OK);
 }
 
-static void
-test_queue_remote_not_supported_yet(void **state)
-{
-	qp_queue *q = (qp_queue *) 1;
-
-	assert_int_equal(
-	    qp_queue_open(&q, "tcp://127.0.0.1:7450/jobs", NULL), QP_ENOTSUP);
-	assert_null(q);
-	assert_non_null(strstr(qp_errmsg(), "remote"));
-	assert_int_equal(qp_queue_unlink("ipc:///tmp/x/jobs"), QP_ENOTSUP);
-}
-
 /* ---- bad input ---- */
 
 static void
@@ -886,7 +874,6 @@ main(void)
 	    cmocka_unit_test(test_queue_close_wakes_a_blocked_get),
 	    cmocka_unit_test(test_queue_named_open_create_unlink),
 	    cmocka_unit_test(test_queue_named_create_race),
-	    cmocka_unit_test(test_queue_remote_not_supported_yet),
 	    cmocka_unit_test(test_queue_bad_input_is_a_clear_error),
 	    cmocka_unit_test(test_queue_get_into_too_small_keeps_the_item),
 	    cmocka_unit_test(test_queue_objects_and_bytes),

@@ -102,6 +102,8 @@ typedef struct qp_queue qp_queue;
  * lease runs out first, the item returns to the head of the queue. */
 #define QP_OPEN_LEASE 0x4u
 
+struct qp_conn_opts;
+
 /* Options for qp_queue_open and qp_queue_anon; zero means the default. */
 typedef struct qp_queue_opts {
 	uint32_t flags; /* QP_OPEN_* */
@@ -110,6 +112,9 @@ typedef struct qp_queue_opts {
 	uint64_t max_message; /* largest item in bytes; 0 = 32 MiB */
 	uint64_t lease_ms; /* remote: how long a got item stays leased
 	                      unconfirmed; 0 = the server's (30 s) */
+	/* Remote queues: token and TLS settings, as for qp_dial_opts (NULL:
+	 * $QPIPE_TOKEN and $QPIPE_TLS_CA if set). Unused for shm:// queues. */
+	const struct qp_conn_opts *conn;
 } qp_queue_opts;
 
 /* Opens the queue at addr (opts may be NULL: open an existing queue).

@@ -36,7 +36,7 @@
 #include <stdbool.h>
 
 #define WARMUP    200
-#define MAX_PROCS 64
+#define MAX_PROCS 128
 #define MAX_BATCH 4096
 
 typedef struct br_opts {
@@ -437,8 +437,10 @@ mp_consumer(const br_opts *o, br_shared *sh)
 		fprintf(stderr, "bench_remote: consumer: %s\n", qp_errmsg());
 		return 1;
 	}
-	/* Prefilled (no producers): take until the queue is empty. */
-	qp_duration wait = o->producers == 0 ? QP_NOWAIT : QP_FOREVER;
+	/* Prefilled (no producers): take until the queue is empty. Not
+	 * QP_NOWAIT: with many consumers each holding a batch until its
+	 * next get confirms it, a get may have to wait for lease slots. */
+	qp_duration wait = o->producers == 0 ? 500 : QP_FOREVER;
 	if (o->producers == 0) {
 		bench_atomic_min(&sh->t_first, bench_now_ns());
 	}

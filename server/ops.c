@@ -483,7 +483,9 @@ wait_park(qps_worker *w, ops_conn *c, qps_q *q, int kind, nng_msg *req,
 /* ---- queue operations (the lock held) ---- */
 
 /* Tries a get for r on q as connection c: QP_OK with *repp set (items
- * leased), QP_EEMPTY (nothing taken), or another error. */
+ * leased), QP_EEMPTY (nothing taken), QP_ELIMIT (items are ready but
+ * every lease slot, or the lease area, is taken: a blocking get waits
+ * for an ack or release to free one), or another error. */
 static int
 op_try_get(ops_conn *c, qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 {
@@ -605,7 +607,7 @@ ops_dispatch(qps_q *q)
 			qps_wait *wt = q->whead[QPS_WAIT_GET];
 			nng_msg *rep = NULL;
 			int rv = op_try_get(wt->conn, q, &wt->r, &rep);
-			if (rv == QP_EEMPTY) {
+			if (rv == QP_EEMPTY || rv == QP_ELIMIT) {
 				break;
 			}
 			if (rv != QP_OK) {
@@ -829,7 +831,7 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		rv = q->whead[QPS_WAIT_GET] != NULL
 		    ? QP_EEMPTY
 		    : op_try_get(c, q, r, repp);
-		if (rv == QP_EEMPTY && r->timeout != 0) {
+		if ((rv == QP_EEMPTY || rv == QP_ELIMIT) && r->timeout != 0) {
 			return park_or_refuse(
 			    w, c, q, QPS_WAIT_GET, req, r, cl, repp);
 		}

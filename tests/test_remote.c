@@ -702,6 +702,83 @@ test_remote_lease_expiry(void **state)
 	scenario(expiry_body, NULL);
 }
 
+/* ---- a get while every lease is taken ---- */
+
+static void
+slots_getter(void *arg)
+{
+	const char *addr = arg;
+	qp_queue *q = open_q(addr, 0, 0, 0);
+	void *buf;
+	size_t len;
+
+	/* Items are ready but cannot be leased: no wait is an error that
+	 * says why, a blocking get waits for a lease to end. */
+	CHECK_EQ(qp_queue_get_nowait(q, &buf, &len), QP_ELIMIT);
+	long long t0 = tsrv_now_ms();
+	CHECK_EQ(qp_queue_get(q, &buf, &len, 5000), QP_OK);
+	long long el = tsrv_now_ms() - t0;
+	CHECK_EQ(len, 8);
+	qp_free(buf);
+	CHECK(el >= 150 && el < 3000);
+	qp_queue_free(q);
+}
+
+static void
+slots_body(void *arg)
+{
+	enum { N = 5000 };
+	static char items[N][8];
+	static const void *bufs[N];
+	static size_t lens[N];
+	static void *got[N];
+	static size_t glens[N];
+	tsrv s = {0};
+	char name[64], addr[400];
+	qp_queue *q, *w;
+	size_t n = 0, left = 0;
+	int gate;
+
+	(void) arg;
+	CHECK(tsrv_start(&s, "tcp") == 0);
+	qname(name, sizeof(name), "slots");
+	qaddr(addr, sizeof(addr), &s, name);
+	pid_t pid = spawn_gated(slots_getter, addr, &gate);
+	q = open_q(addr, QP_OPEN_CREATE, 0, 0);
+	for (int i = 0; i < N; i++) {
+		snprintf(items[i], sizeof(items[i]), "%07d", i);
+		bufs[i] = items[i];
+		lens[i] = 8;
+	}
+	CHECK_EQ(qp_queue_put_many(q, bufs, lens, N, 0), QP_OK);
+	/* A worker takes as many as the lease slots and area allow. */
+	w = open_q(addr, QP_OPEN_LEASE, 0, 0);
+	CHECK_EQ(qp_queue_get_many(w, got, glens, 4096, &n, 0), QP_OK);
+	CHECK(n > 0 && n < N);
+	for (size_t i = 0; i < n; i++) {
+		qp_free(got[i]);
+	}
+	CHECK_EQ(qp_queue_qsize(q, &left), QP_OK);
+	CHECK_EQ(left, N - n);
+	gate_open(&gate);
+	tsrv_sleep_ms(300);
+	/* One task done: its lease ends, the waiting get goes on. */
+	CHECK_EQ(qp_queue_task_done(w), QP_OK);
+	CHECK_EQ(reap(pid), 0);
+	fprintf(stderr,
+	    "a worker held %zu leases; a get waited for one to end\n", n);
+	qp_queue_free(w);
+	qp_queue_free(q);
+	qp_queue_unlink(addr);
+	CHECK(tsrv_stop(&s));
+}
+
+static void
+test_remote_get_waits_for_lease_room(void **state)
+{
+	scenario(slots_body, NULL);
+}
+
 /* ---- a server killed under load and restarted ---- */
 
 #define SK_PROD 2
@@ -1518,6 +1595,7 @@ main(void)
 	    cmocka_unit_test(test_remote_4x4_exactly_once),
 	    cmocka_unit_test(test_remote_client_killed_lease),
 	    cmocka_unit_test(test_remote_lease_expiry),
+	    cmocka_unit_test(test_remote_get_waits_for_lease_room),
 	    cmocka_unit_test(test_remote_server_killed),
 	    cmocka_unit_test(test_remote_duplicate_applied_once),
 	    cmocka_unit_test(test_remote_malformed_frames),

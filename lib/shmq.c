@@ -2373,6 +2373,25 @@ qpi_shmq_release_dead(qpi_shmq *q, size_t *np)
 	sq_me();
 	return sq_release_matching(q, sq_match_dead, NULL, np, NULL);
 }
+
+static bool
+sq_match_stale(const sq_slot *s, const void *arg)
+{
+	int32_t pid = (int32_t) ((s->owner >> 32) & 0x7fffffffull);
+
+	(void) arg;
+	if (s->owner & OWNER_PROC) {
+		return sq_match_dead(s, NULL);
+	}
+	return pid == 0 || sq_dead(pid, LD(&sq_nsid));
+}
+
+int
+qpi_shmq_release_stale(qpi_shmq *q, size_t *np)
+{
+	sq_me();
+	return sq_release_matching(q, sq_match_stale, NULL, np, NULL);
+}
 /* ---- watching ---- */
 
 int

@@ -215,6 +215,14 @@ int qpi_shmq_expire(qpi_shmq *q, int64_t now_ms, size_t *np, int64_t *next_ms);
 /* Releases every lease (a restarted server: nobody holds one any more). */
 int qpi_shmq_release_all(qpi_shmq *q, size_t *np);
 
+/* A restarted server: releases the leases whose holder is gone, and only
+ * those. A process token (qpi_shmq_owner_self) is gone when its process
+ * is (as qpi_shmq_release_dead); any other token is read as a server's,
+ * (pid << 32) | connection, and is gone when bits 32-62 are 0 or name no
+ * running process of this pid namespace. *np (may be NULL) gets the
+ * count. A reused pid keeps its leases until they expire. */
+int qpi_shmq_release_stale(qpi_shmq *q, size_t *np);
+
 /* Local workers: an owner token naming the calling process (its pid and
  * pid namespace; bit 63 set, so it never equals a small token qpiped
  * picks). A worker leases with it, acks once its task is done, and

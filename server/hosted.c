@@ -3,7 +3,8 @@
  * (lib/shmq.h), opened on first use and kept open, with their leases in
  * the segment (owner tokens, expiries, delivery counts), so that a killed
  * server loses none: the next one, on the first request for each queue,
- * returns every lease left behind (qpi_shmq_release_all). One server per
+ * returns the leases whose holders are gone (qpi_shmq_release_stale): those
+ * of the killed server and of dead local workers. One server per
  * host serves a given queue.
  *
  * Local processes put into and get from the same segments without the
@@ -152,19 +153,20 @@ qps_q_find(const char *name)
 	return NULL;
 }
 
-/* Returns every lease in q: its first request through this server. Any
- * lease in it was handed out by an earlier server (killed: its
- * connections are all gone), as this one has handed out none yet. */
+/* Returns the leases in q whose holders are gone: its first request
+ * through this server. A lease handed out by an earlier server (killed:
+ * its connections are all gone) goes back, as does one of a local worker
+ * that died; a live local worker keeps its own. */
 static void
 q_reclaim(qps_q *q)
 {
 	size_t n = 0;
 
 	q->reclaimed = true;
-	if (qpi_shmq_release_all(q->shm, &n) == QP_OK && n > 0) {
+	if (qpi_shmq_release_stale(q->shm, &n) == QP_OK && n > 0) {
 		qps_log(QPS_LOG_INFO,
-		    "queue '%s': %zu items leased by an earlier server are "
-		    "back at the head",
+		    "queue '%s': %zu items leased by an earlier server or a "
+		    "dead worker are back at the head",
 		    q->name, n);
 	}
 }

@@ -263,6 +263,43 @@ test_shmq_dead_workers_leases_return(void **state)
 	qpi_shmq_free(q);
 }
 
+/* A restarted server returns the leases of gone holders only. */
+static void
+test_shmq_release_stale_keeps_live_holders(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+	uint64_t me = (uint64_t) getpid() << 32;
+	size_t n = 9;
+
+	/* A pid that is no longer running: a child, exited and reaped. */
+	pid_t gone = fork();
+	assert_true(gone >= 0);
+	if (gone == 0) {
+		_exit(0);
+	}
+	assert_int_equal(qu_wait(gone), 0);
+	put(q, "old-server");
+	put(q, "no-pid");
+	put(q, "live-server");
+	put(q, "live-worker");
+	lease(q, ((uint64_t) gone << 32) | 3, -1, "old-server", 1);
+	lease(q, 5, -1, "no-pid", 1);
+	uint64_t live = lease(q, me | 4, -1, "live-server", 1);
+	uint64_t worker
+	    = lease(q, qpi_shmq_owner_self(), -1, "live-worker", 1);
+	assert_int_equal(qpi_shmq_release_stale(q, &n), QP_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(qsize(q), 2);
+	get(q, "old-server");
+	get(q, "no-pid");
+	/* The live holders still hold theirs. */
+	assert_int_equal(qpi_shmq_ack(q, live), QP_OK);
+	assert_int_equal(qpi_shmq_ack(q, worker), QP_OK);
+	assert_int_equal(qsize(q), 0);
+	check(q);
+	qpi_shmq_free(q);
+}
+
 static void
 test_shmq_lease_slots_run_out(void **state)
 {
@@ -662,6 +699,7 @@ main(void)
 	    cmocka_unit_test(test_shmq_lease_expiry),
 	    cmocka_unit_test(test_shmq_release_owner_and_all),
 	    cmocka_unit_test(test_shmq_dead_workers_leases_return),
+	    cmocka_unit_test(test_shmq_release_stale_keeps_live_holders),
 	    cmocka_unit_test(test_shmq_lease_slots_run_out),
 	    cmocka_unit_test(test_shmq_leases_across_fork),
 	    cmocka_unit_test(test_shmq_leased_items_do_not_block_the_ring),

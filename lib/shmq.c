@@ -1512,6 +1512,136 @@ qpi_shmq_put(
 	}
 }
 
+/* Ring bytes that the batch takes from tail on: its records, and the
+ * pad before any of them that would not fit before the ring's end. */
+static uint64_t
+sq_batch_need(
+    const qpi_shmq *q, uint64_t tail, const qpi_shmq_item *items, size_t n)
+{
+	uint64_t pos = tail;
+
+	for (size_t i = 0; i < n; i++) {
+		pos += sq_need(q, pos, QPI_SHMQ_REC_SIZE(items[i].len));
+	}
+	return pos - tail;
+}
+
+static int
+sq_try_put_many(
+    qpi_shmq *q, const qpi_shmq_item *items, size_t n, sq_snap *snap)
+{
+	sq_hdr *h = q->h;
+	uint64_t tail, need;
+	int rc;
+
+	if ((rc = sq_lock(q, &h->ps)) != QP_OK) {
+		return rc;
+	}
+	SQ_HOOK(QPI_HOOK_PUT_LOCKED);
+	if (q->maxsize != 0) {
+		sq_snap_take(q, snap);
+		if (h->pp.nput - snap->nget + snap->nrel + n > q->maxsize) {
+			sq_unlock(&h->ps);
+			return qpi_err(QP_EFULL,
+			    "%s is full (maxsize %" PRIu64
+			    " items; a batch of %zu)",
+			    q->label, q->maxsize, n);
+		}
+	}
+	for (int round = 0;; round++) {
+		tail = h->pp.tail;
+		need = sq_batch_need(q, tail, items, n);
+		if (need <= q->cap - (tail - h->ps.hint)) {
+			break;
+		}
+		sq_snap_take(q, snap);
+		ST(&h->ps.hint, snap->head);
+		if (need <= q->cap - (tail - snap->head)) {
+			break;
+		}
+		if (round == 0 && tail - snap->head < SQ_REC_HDR + need) {
+			/* Empty but for pads? Start the batch at the ring's
+			 * start if it would wrap. */
+			if ((rc = sq_make_room(q, need)) != QP_OK) {
+				sq_unlock(&h->ps);
+				return rc;
+			}
+			continue;
+		}
+		sq_unlock(&h->ps);
+		return qpi_err(QP_EFULL,
+		    "%s is full (no room for a batch of %zu items)", q->label,
+		    n);
+	}
+	/* Each record exactly as qpi_shmq_put commits one. */
+	for (size_t i = 0; i < n; i++) {
+		uint64_t nput = h->pp.nput, pos;
+		uint64_t size = QPI_SHMQ_REC_SIZE(items[i].len);
+		uint64_t bytes = h->pp.bytes_in + items[i].len;
+		tail = h->pp.tail;
+		sq_rec *r = sq_rec_begin(q, tail, items[i].kind, items[i].len,
+		    nput + 1, bytes, sq_ts(q), &pos);
+		sq_copy(r + 1, items[i].buf, items[i].len, QPI_HOOK_PUT_COPY);
+		STR(&r->stamp, sq_stamp(q, pos)); /* the commit */
+		SQ_HOOK(QPI_HOOK_PUT_COMMIT);
+		ST(&h->pp.bytes_in, bytes);
+		ST(&h->pp.nput, nput + 1);
+		STR(&h->pp.tail, pos + size);
+	}
+	sq_unlock(&h->ps);
+	sq_fence_after_unlock();
+	sq_wake(q, EV_NE, n > 1);
+	sq_watch_bump(q);
+	return QP_OK;
+}
+
+int
+qpi_shmq_put_many(
+    qpi_shmq *q, const qpi_shmq_item *items, size_t n, int64_t deadline)
+{
+	uint64_t total = 0;
+	bool spun = false;
+	sq_snap snap;
+	int rc;
+
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	if (n == 0) {
+		return QP_OK;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (items[i].len > q->max_msg) {
+			return qpi_err(QP_ETOOBIG,
+			    "item %zu of %zu bytes is over %s's limit of "
+			    "%" PRIu64 " bytes",
+			    i, items[i].len, q->label, q->max_msg);
+		}
+		total += QPI_SHMQ_REC_SIZE(items[i].len);
+	}
+	if (total > q->cap || (q->maxsize != 0 && n > q->maxsize)) {
+		return qpi_err(QP_ETOOBIG,
+		    "a batch of %zu items (%" PRIu64
+		    " bytes stored) can never fit in %s (maxsize %" PRIu64
+		    ", %" PRIu64 "-byte ring)",
+		    n, total, q->label, q->maxsize, q->cap);
+	}
+	for (;;) {
+		rc = sq_try_put_many(q, items, n, &snap);
+		if (rc != QP_EFULL) {
+			return rc;
+		}
+		rc = sq_wait(
+		    q, EV_NF, sq_pred_progress, &snap, deadline, &spun);
+		if (rc == QP_ECLOSED) {
+			return rc;
+		}
+		if (rc == QP_ETIMEDOUT) {
+			return sq_try_put_many(q, items, n, &snap);
+		}
+	}
+}
+
 /* ---- get ---- */
 
 typedef struct sq_getreq {

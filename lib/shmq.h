@@ -136,6 +136,23 @@ int qpi_shmq_unlink(const char *name);
 int qpi_shmq_put(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
     int64_t deadline_ns);
 
+/* One item of a batch put. */
+typedef struct qpi_shmq_item {
+	const void *buf;
+	size_t len;
+	unsigned kind; /* QPI_ITEM_BIN or QPI_ITEM_OBJ */
+} qpi_shmq_item;
+
+/* Puts n items in order, all or nothing: waits (as qpi_shmq_put) until
+ * the queue has room for the whole batch, then commits them one after
+ * the other under one hold of the producer lock, so that no other item
+ * comes between them. Errors as qpi_shmq_put; QP_ETOOBIG (at once) also
+ * when the batch could never fit (more items than maxsize, more bytes
+ * than the ring). A crash in the middle leaves a prefix of the batch
+ * committed, as n single puts would. */
+int qpi_shmq_put_many(
+    qpi_shmq *q, const qpi_shmq_item *items, size_t n, int64_t deadline_ns);
+
 /* Gets the head item. With into != NULL copies it there (cap bytes): if it
  * is larger, QP_ETOOBIG with *lenp = its size, and it stays in the queue.
  * Otherwise *bufp gets a malloc'd copy. flags: QPI_GET_OBJ. Errors:

@@ -347,53 +347,23 @@ qps_q_put(qps_q *q, const uint8_t *item, size_t len)
 int
 qps_q_put_many(qps_q *q, const qpi_wire_item *items, uint32_t n)
 {
-	qp_queue_stats st;
-	uint64_t need = 0;
-	uint32_t i;
+	qpi_shmq_item stack[64] = {{0}}, *it = stack;
 	int rv;
 
-	/* The segment has no batch put: check that the batch fits before
-	 * the first item goes in, then put them one by one. Only a local
-	 * producer racing for the last room can make the batch go in part
-	 * (reported as EFULL with the count, and logged). */
-	if ((rv = qpi_shmq_stat(q->shm, &st)) != QP_OK) {
-		return rv;
+	/* All or nothing, and no other item between them. */
+	if (n > 64 && (it = malloc(n * sizeof(*it))) == NULL) {
+		return qpi_err(
+		    QP_ENOMEM, "out of memory for a batch of %u", n);
 	}
-	for (i = 0; i < n; i++) {
+	for (uint32_t i = 0; i < n; i++) {
 		const uint8_t *p;
-		size_t plen;
-		q_item(items[i].data, items[i].len, &p, &plen);
-		need += QPI_SHMQ_REC_SIZE(plen);
+		it[i].kind
+		    = q_item(items[i].data, items[i].len, &p, &it[i].len);
+		it[i].buf = p;
 	}
-	if ((st.maxsize != 0 && n > st.maxsize) || need > st.capacity) {
-		return qpi_err(QP_ETOOBIG,
-		    "a batch of %u items (%llu bytes stored) can never fit in "
-		    "'%s' (maxsize %llu, %llu bytes)",
-		    n, (unsigned long long) need, q->name,
-		    (unsigned long long) st.maxsize,
-		    (unsigned long long) st.capacity);
-	}
-	if (st.maxsize != 0 && st.items + n > st.maxsize) {
-		return qpi_err(QP_EFULL, "queue '%s' is full", q->name);
-	}
-	for (i = 0; i < n; i++) {
-		if ((rv = qps_q_put(q, items[i].data, items[i].len))
-		    != QP_OK) {
-			break;
-		}
-	}
-	if (i == n) {
-		return QP_OK;
-	}
-	if (i > 0) {
-		qps_log(QPS_LOG_WARN,
-		    "queue '%s' filled up during a batch: %u of %u items "
-		    "stored",
-		    q->name, i, n);
-		return qpi_err(rv,
-		    "queue '%s' filled up during the batch: %u of %u items "
-		    "stored",
-		    q->name, i, n);
+	rv = qpi_shmq_put_many(q->shm, it, n, 0);
+	if (it != stack) {
+		free(it);
 	}
 	return rv;
 }

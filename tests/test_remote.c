@@ -702,6 +702,46 @@ test_remote_lease_expiry(void **state)
 	scenario(expiry_body, NULL);
 }
 
+/* ---- put_many: all or nothing ---- */
+
+static void
+batch_all_body(void *arg)
+{
+	const void *bufs[3] = {"x", "y", "z"};
+	size_t lens[3] = {1, 1, 1}, n = 0;
+	tsrv s = {0};
+	char name[64], addr[400];
+	qp_queue *q;
+
+	(void) arg;
+	CHECK(tsrv_start(&s, "tcp") == 0);
+	qname(name, sizeof(name), "batchall");
+	qaddr(addr, sizeof(addr), &s, name);
+	q = open_q(addr, QP_OPEN_CREATE, 3, 0);
+	put_str(q, "w");
+	CHECK_EQ(qp_queue_put_many(q, bufs, lens, 3, 0), QP_EFULL);
+	CHECK_EQ(qp_queue_qsize(q, &n), QP_OK);
+	CHECK_EQ(n, 1);
+	long long t0 = tsrv_now_ms();
+	CHECK_EQ(qp_queue_put_many(q, bufs, lens, 3, 300), QP_EFULL);
+	CHECK(tsrv_now_ms() - t0 >= 250);
+	CHECK_EQ(qp_queue_qsize(q, &n), QP_OK);
+	CHECK_EQ(n, 1);
+	CHECK_EQ(qp_queue_put_many(q, bufs, lens, 2, 0), QP_OK);
+	get_str(q, "w", 0);
+	get_str(q, "x", 0);
+	get_str(q, "y", 0);
+	qp_queue_free(q);
+	qp_queue_unlink(addr);
+	CHECK(tsrv_stop(&s));
+}
+
+static void
+test_remote_put_many_all_or_nothing(void **state)
+{
+	scenario(batch_all_body, NULL);
+}
+
 /* ---- a get while every lease is taken ---- */
 
 static void
@@ -1596,6 +1636,7 @@ main(void)
 	    cmocka_unit_test(test_remote_client_killed_lease),
 	    cmocka_unit_test(test_remote_lease_expiry),
 	    cmocka_unit_test(test_remote_get_waits_for_lease_room),
+	    cmocka_unit_test(test_remote_put_many_all_or_nothing),
 	    cmocka_unit_test(test_remote_server_killed),
 	    cmocka_unit_test(test_remote_duplicate_applied_once),
 	    cmocka_unit_test(test_remote_malformed_frames),

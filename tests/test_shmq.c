@@ -263,6 +263,75 @@ test_shmq_dead_workers_leases_return(void **state)
 	qpi_shmq_free(q);
 }
 
+static void
+put_many_strs(qpi_shmq *q, const char *const *strs, size_t n, int want)
+{
+	qpi_shmq_item it[16];
+
+	assert_true(n <= 16);
+	for (size_t i = 0; i < n; i++) {
+		it[i].buf = strs[i];
+		it[i].len = strlen(strs[i]);
+		it[i].kind = QPI_ITEM_BIN;
+	}
+	assert_int_equal(qpi_shmq_put_many(q, it, n, 0), want);
+}
+
+/* A batch goes in whole or not at all, by count and by bytes, also
+ * across the ring's end. */
+static void
+test_shmq_put_many_all_or_nothing(void **state)
+{
+	static const char *const letters[]
+	    = {"c", "d", "e", "f", "g", "h", "i"};
+	qpi_shmq_cfg c = {.capacity = 4096, .maxsize = 6};
+	qpi_shmq *q = NULL;
+	static char big[3][1000];
+	const char *bigs[3] = {big[0], big[1], big[2]};
+
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	put(q, "a");
+	put(q, "b");
+	put_many_strs(q, letters, 5, QP_EFULL); /* 7 > maxsize 6 */
+	assert_int_equal(qsize(q), 2);
+	put_many_strs(q, letters, 7, QP_ETOOBIG); /* never fits */
+	put_many_strs(q, letters, 4, QP_OK);
+	assert_int_equal(qsize(q), 6);
+	get(q, "a");
+	get(q, "b");
+	for (int i = 0; i < 4; i++) {
+		get(q, letters[i]);
+	}
+	check(q);
+	qpi_shmq_free(q);
+
+	/* Bytes: 1000-byte items in a 4 KiB ring take 1040 bytes each. */
+	for (int i = 0; i < 3; i++) {
+		memset(big[i], 'x', sizeof(big[i]) - 1);
+		big[i][0] = (char) ('0' + i);
+	}
+	q = mk(4096, 0);
+	put(q, bigs[0]);
+	put(q, bigs[1]);
+	put_many_strs(q, bigs, 2, QP_EFULL);
+	assert_int_equal(qsize(q), 2);
+	get(q, bigs[0]);
+	get(q, bigs[1]);
+	/* Empty, the tail halfway: the batch wraps past the ring's end. */
+	put_many_strs(q, bigs, 3, QP_OK);
+	assert_int_equal(qsize(q), 3);
+	put_many_strs(q, bigs, 1, QP_EFULL);
+	for (int i = 0; i < 3; i++) {
+		get(q, bigs[i]);
+	}
+	put_many_strs(q, bigs, 3, QP_OK);
+	for (int i = 0; i < 3; i++) {
+		get(q, bigs[i]);
+	}
+	check(q);
+	qpi_shmq_free(q);
+}
+
 /* A restarted server returns the leases of gone holders only. */
 static void
 test_shmq_release_stale_keeps_live_holders(void **state)
@@ -699,6 +768,7 @@ main(void)
 	    cmocka_unit_test(test_shmq_lease_expiry),
 	    cmocka_unit_test(test_shmq_release_owner_and_all),
 	    cmocka_unit_test(test_shmq_dead_workers_leases_return),
+	    cmocka_unit_test(test_shmq_put_many_all_or_nothing),
 	    cmocka_unit_test(test_shmq_release_stale_keeps_live_holders),
 	    cmocka_unit_test(test_shmq_lease_slots_run_out),
 	    cmocka_unit_test(test_shmq_leases_across_fork),

@@ -1654,6 +1654,8 @@ typedef struct sq_getreq {
 	uint64_t owner;
 	int64_t lease_ms;
 	qpi_shmq_lease *info;
+	size_t
+	    max_len; /* into == NULL: the largest copy to hand out; 0 = any */
 } sq_getreq;
 
 /* True when a get may find something (a hint, taken without the lock). */
@@ -1697,6 +1699,13 @@ sq_copy_out(qpi_shmq *q, uint32_t kind, uint64_t len, const void *src,
 		}
 		dst = g->into;
 	} else {
+		if (g->max_len != 0 && hl + len > g->max_len) {
+			*g->lenp = hl + len;
+			return qpi_err(QP_ETOOBIG,
+			    "item of %zu bytes is over the %zu asked for; it "
+			    "stays in the queue",
+			    (size_t) (hl + len), g->max_len);
+		}
 		dst = malloc(hl + len > 0 ? hl + len : 1);
 		if (dst == NULL) {
 			return qpi_err(QP_ENOMEM,
@@ -2240,13 +2249,23 @@ qpi_shmq_get_lease(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
     unsigned flags, void **bufp, size_t *lenp, qpi_shmq_lease *lease,
     int64_t deadline)
 {
+	return qpi_shmq_get_lease_max(
+	    q, owner, lease_ms, flags, 0, bufp, lenp, lease, deadline);
+}
+
+int
+qpi_shmq_get_lease_max(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
+    unsigned flags, size_t max_len, void **bufp, size_t *lenp,
+    qpi_shmq_lease *lease, int64_t deadline)
+{
 	sq_getreq g = {.flags = flags,
 	    .bufp = bufp,
 	    .lenp = lenp,
 	    .lease = true,
 	    .owner = owner,
 	    .lease_ms = lease_ms,
-	    .info = lease};
+	    .info = lease,
+	    .max_len = max_len};
 
 	if (lease_ms < -1) {
 		return qpi_err(

@@ -209,6 +209,14 @@ int qpi_shmq_get_lease(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
     unsigned flags, void **bufp, size_t *lenp, qpi_shmq_lease *lease,
     int64_t deadline_ns);
 
+/* As qpi_shmq_get_lease, but an item whose copy (with QPI_GET_OBJ, its
+ * msgpack encoding) would be over max_len bytes (0: no limit) is not
+ * taken: QP_ETOOBIG with *lenp = its size, and it stays at the head, its
+ * delivery count unchanged. A batch reply fills up to its size this way. */
+int qpi_shmq_get_lease_max(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
+    unsigned flags, size_t max_len, void **bufp, size_t *lenp,
+    qpi_shmq_lease *lease, int64_t deadline_ns);
+
 /* Confirms a lease: the item is removed for good. QP_ENOENT if the id is
  * unknown, already acked, or was released (expired) meanwhile. */
 int qpi_shmq_ack(qpi_shmq *q, uint64_t lease_id);

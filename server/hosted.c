@@ -369,8 +369,8 @@ qps_q_put_many(qps_q *q, const qpi_wire_item *items, uint32_t n)
 }
 
 int
-qps_q_get(
-    qps_q *q, uint64_t owner, uint32_t mode, uint64_t lease_ms, qps_got *g)
+qps_q_get(qps_q *q, uint64_t owner, uint32_t mode, uint64_t lease_ms,
+    size_t max_len, qps_got *g)
 {
 	qpi_shmq_lease l;
 	int rv;
@@ -379,8 +379,8 @@ qps_q_get(
 	if (lease_ms == 0) {
 		lease_ms = q->lease_ms;
 	}
-	rv = qpi_shmq_get_lease(q->shm, owner, (int64_t) lease_ms, QPI_GET_OBJ,
-	    &g->data, &g->len, &l, 0);
+	rv = qpi_shmq_get_lease_max(q->shm, owner, (int64_t) lease_ms,
+	    QPI_GET_OBJ, max_len, &g->data, &g->len, &l, 0);
 	if (rv != QP_OK) {
 		return rv;
 	}

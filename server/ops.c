@@ -505,15 +505,19 @@ op_try_get(ops_conn *c, qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 		}
 	}
 	while (n < want) {
-		rv = qps_q_get(q, c->owner, r->lease_mode, r->lease_ms, &g[n]);
-		if (rv != QP_OK) {
-			break;
-		}
 		/* Beyond the first item, the reply stays within max_message
-		 * bytes: one that would pass it goes back at once. */
-		if (n > 0 && bytes + g[n].len > ops.lim.max_message) {
-			qps_q_release(q, c->owner, g[n].lease_id, 0);
-			free(g[n].data);
+		 * bytes: an item that would pass it is not taken (it stays at
+		 * the head for the next get). */
+		size_t room = 0;
+		if (n > 0) {
+			if (bytes >= ops.lim.max_message) {
+				break;
+			}
+			room = (size_t) (ops.lim.max_message - bytes);
+		}
+		rv = qps_q_get(
+		    q, c->owner, r->lease_mode, r->lease_ms, room, &g[n]);
+		if (rv != QP_OK) {
 			break;
 		}
 		bytes += g[n].len;

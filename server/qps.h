@@ -303,9 +303,10 @@ int qps_q_put_many(qps_q *q, const struct qpi_wire_item *items, uint32_t n);
 
 /* Takes the oldest item under a lease held by owner for lease_ms (0: the
  * queue's default) without waiting: QP_OK with *g filled, or QP_EEMPTY.
- * mode is QPI_LEASE_CONFIRM or QPI_LEASE_WORK. */
-int qps_q_get(
-    qps_q *q, uint64_t owner, uint32_t mode, uint64_t lease_ms, qps_got *g);
+ * mode is QPI_LEASE_CONFIRM or QPI_LEASE_WORK. max_len > 0: an item whose
+ * encoding is larger is not taken (QP_ETOOBIG, it stays at the head). */
+int qps_q_get(qps_q *q, uint64_t owner, uint32_t mode, uint64_t lease_ms,
+    size_t max_len, qps_got *g);
 
 /* Confirms a lease: the item is gone for good. QP_OK, or QP_ENOENT if
  * the lease is not held (expired, released, acked before). */

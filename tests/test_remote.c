@@ -742,6 +742,49 @@ test_remote_put_many_all_or_nothing(void **state)
 	scenario(batch_all_body, NULL);
 }
 
+/* ---- a batch get stays within max_message ---- */
+
+static void
+batch_cap_body(void *arg)
+{
+	static char item[600];
+	const void *bufs[3] = {item, item, item};
+	size_t lens[3] = {600, 600, 600}, n = 0, blens[3];
+	void *got[3];
+	uint32_t deliv = 0;
+	tsrv s = {0};
+	char name[64], addr[400];
+	qp_queue *q;
+
+	(void) arg;
+	snprintf(s.extra[0], sizeof(s.extra[0]), "--max-message=1000");
+	s.nextra = 1;
+	CHECK(tsrv_start(&s, "tcp") == 0);
+	qname(name, sizeof(name), "batchcap");
+	qaddr(addr, sizeof(addr), &s, name);
+	q = open_q(addr, QP_OPEN_CREATE, 0, 0);
+	CHECK_EQ(qp_queue_put_many(q, bufs, lens, 3, 0), QP_OK);
+	/* Two would pass 1000 bytes: one per reply, and the others are
+	 * not handed out meanwhile (delivered once each). */
+	for (int i = 0; i < 3; i++) {
+		CHECK_EQ(qp_queue_get_many(q, got, blens, 3, &n, 0), QP_OK);
+		CHECK_EQ(n, 1);
+		CHECK_EQ(blens[0], 600);
+		qp_free(got[0]);
+		CHECK_EQ(qp_queue_deliveries(q, &deliv), QP_OK);
+		CHECK_EQ(deliv, 1);
+	}
+	qp_queue_free(q);
+	qp_queue_unlink(addr);
+	CHECK(tsrv_stop(&s));
+}
+
+static void
+test_remote_batch_get_within_max_message(void **state)
+{
+	scenario(batch_cap_body, NULL);
+}
+
 /* ---- a get while every lease is taken ---- */
 
 static void
@@ -1637,6 +1680,7 @@ main(void)
 	    cmocka_unit_test(test_remote_lease_expiry),
 	    cmocka_unit_test(test_remote_get_waits_for_lease_room),
 	    cmocka_unit_test(test_remote_put_many_all_or_nothing),
+	    cmocka_unit_test(test_remote_batch_get_within_max_message),
 	    cmocka_unit_test(test_remote_server_killed),
 	    cmocka_unit_test(test_remote_duplicate_applied_once),
 	    cmocka_unit_test(test_remote_malformed_frames),

@@ -332,6 +332,42 @@ test_shmq_put_many_all_or_nothing(void **state)
 	qpi_shmq_free(q);
 }
 
+/* A capped lease leaves a larger item where it is, untouched. */
+static void
+test_shmq_get_lease_max_leaves_large_items(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+	qpi_shmq_lease l;
+	void *buf = NULL;
+	size_t len = 0;
+
+	put(q, "0123456789");
+	assert_int_equal(
+	    qpi_shmq_get_lease_max(q, 7, -1, 0, 9, &buf, &len, &l, 0),
+	    QP_ETOOBIG);
+	assert_int_equal(len, 10);
+	assert_int_equal(qsize(q), 1);
+	/* With the bin header (QPI_GET_OBJ) it takes 12 bytes. */
+	assert_int_equal(qpi_shmq_get_lease_max(
+	                     q, 7, -1, QPI_GET_OBJ, 11, &buf, &len, &l, 0),
+	    QP_ETOOBIG);
+	assert_int_equal(len, 12);
+	assert_int_equal(qpi_shmq_get_lease_max(
+	                     q, 7, -1, QPI_GET_OBJ, 12, &buf, &len, &l, 0),
+	    QP_OK);
+	assert_int_equal(len, 12);
+	assert_int_equal(l.deliveries, 1);
+	free(buf);
+	/* A released item too. */
+	assert_int_equal(qpi_shmq_release(q, l.id), QP_OK);
+	assert_int_equal(
+	    qpi_shmq_get_lease_max(q, 7, -1, 0, 5, &buf, &len, &l, 0),
+	    QP_ETOOBIG);
+	lease(q, 7, -1, "0123456789", 2);
+	check(q);
+	qpi_shmq_free(q);
+}
+
 /* A restarted server returns the leases of gone holders only. */
 static void
 test_shmq_release_stale_keeps_live_holders(void **state)
@@ -769,6 +805,7 @@ main(void)
 	    cmocka_unit_test(test_shmq_release_owner_and_all),
 	    cmocka_unit_test(test_shmq_dead_workers_leases_return),
 	    cmocka_unit_test(test_shmq_put_many_all_or_nothing),
+	    cmocka_unit_test(test_shmq_get_lease_max_leaves_large_items),
 	    cmocka_unit_test(test_shmq_release_stale_keeps_live_holders),
 	    cmocka_unit_test(test_shmq_lease_slots_run_out),
 	    cmocka_unit_test(test_shmq_leases_across_fork),

@@ -137,6 +137,12 @@ q_ready(qp_queue *q)
 	return QP_OK;
 }
 
+int
+qpi_queue_ready(qp_queue *q)
+{
+	return q_ready(q);
+}
+
 static int
 q_opts(const qp_queue_opts *o, qpi_shmq_cfg *cfg, unsigned *flagsp)
 {

@@ -14,6 +14,9 @@
  * wait; INT64_MAX = forever. */
 int64_t qpi_queue_deadline(qp_duration timeout);
 
+/* The common checks of every call: a handle, not closed. */
+int qpi_queue_ready(qp_queue *q);
+
 /* A backend. Item kinds and get flags are those of shmq.h (QPI_ITEM_BIN,
  * QPI_ITEM_OBJ, QPI_GET_OBJ). Each op returns a qp_err code and sets
  * qp_errmsg() on failure. */

@@ -1503,6 +1503,41 @@ qp_queue_deliveries(qp_queue *q, uint32_t *np)
 	return qpi_rq_deliveries(r, np);
 }
 
+/* Shared memory: batches as a server takes them (at most
+ * QPI_WIRE_DEFAULT_BATCH items and QP_DEFAULT_MAX_MESSAGE bytes), each
+ * one batch put, all or nothing. */
+static int
+shm_put_many(qpi_shmq *sq, const void *const *bufs, const size_t *lens,
+    size_t n, int64_t deadline_ns)
+{
+	qpi_shmq_item *it = malloc((n > 0 ? n : 1) * sizeof(*it));
+	size_t first = 0;
+	int rv = QP_OK;
+
+	if (it == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory for %zu items", n);
+	}
+	for (size_t i = 0; i < n; i++) {
+		it[i].buf = bufs[i];
+		it[i].len = lens[i];
+		it[i].kind = QPI_ITEM_BIN;
+	}
+	while (first < n && rv == QP_OK) {
+		size_t cnt = 0, bytes = 0;
+		while (first + cnt < n && cnt < QPI_WIRE_DEFAULT_BATCH
+		    && (cnt == 0
+		        || bytes + lens[first + cnt]
+		            <= QP_DEFAULT_MAX_MESSAGE)) {
+			bytes += lens[first + cnt];
+			cnt++;
+		}
+		rv = qpi_shmq_put_many(sq, it + first, cnt, deadline_ns);
+		first += cnt;
+	}
+	free(it);
+	return rv;
+}
+
 QP_API int
 qp_queue_put_many(qp_queue *q, const void *const *bufs, const size_t *lens,
     size_t n, qp_duration timeout)
@@ -1514,7 +1549,8 @@ qp_queue_put_many(qp_queue *q, const void *const *bufs, const size_t *lens,
 	if (q == NULL || (n > 0 && (bufs == NULL || lens == NULL))) {
 		return qpi_err(QP_EINVAL, "qp_queue_put_many: NULL argument");
 	}
-	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+	if ((rv = qpi_queue_ready(q)) != QP_OK
+	    || (rv = qpi_duration_check(timeout)) != QP_OK) {
 		return rv;
 	}
 	impl = qpi_queue_impl(q, &ops);
@@ -1522,14 +1558,7 @@ qp_queue_put_many(qp_queue *q, const void *const *bufs, const size_t *lens,
 		return qpi_rq_put_many(
 		    impl, bufs, lens, n, qpi_queue_deadline(timeout));
 	}
-	/* Shared memory: one put after the other, the timeout for each. */
-	for (size_t i = 0; i < n; i++) {
-		if ((rv = qp_queue_put(q, bufs[i], lens[i], timeout))
-		    != QP_OK) {
-			return rv;
-		}
-	}
-	return QP_OK;
+	return shm_put_many(impl, bufs, lens, n, qpi_queue_deadline(timeout));
 }
 
 QP_API int

@@ -77,6 +77,28 @@ test_queue_fifo_order(void **state)
 	qp_queue_free(q);
 }
 
+/* put_many: each batch whole or not at all, as over a server. */
+static void
+test_queue_put_many_all_or_nothing(void **state)
+{
+	qp_queue *q = anon(3, 0);
+	const void *bufs[4] = {"x", "y", "z", "w"};
+	size_t lens[4] = {1, 1, 1, 1};
+
+	put_str(q, "a");
+	assert_int_equal(
+	    qp_queue_put_many(q, bufs, lens, 3, QP_NOWAIT), QP_EFULL);
+	assert_int_equal(qsize(q), 1);
+	assert_int_equal(qp_queue_put_many(q, bufs, lens, 4, 100), QP_ETOOBIG);
+	assert_int_equal(qp_queue_put_many(q, bufs, lens, 2, 0), QP_OK);
+	get_str(q, "a", QP_NOWAIT);
+	get_str(q, "x", QP_NOWAIT);
+	get_str(q, "y", QP_NOWAIT);
+	qp_queue_close(q);
+	assert_int_equal(qp_queue_put_many(q, bufs, lens, 1, 0), QP_ECLOSED);
+	qp_queue_free(q);
+}
+
 static void
 test_queue_get_timeout_on_empty(void **state)
 {
@@ -864,6 +886,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_queue_fifo_order),
+	    cmocka_unit_test(test_queue_put_many_all_or_nothing),
 	    cmocka_unit_test(test_queue_get_timeout_on_empty),
 	    cmocka_unit_test(test_queue_get_blocks_until_put),
 	    cmocka_unit_test(test_queue_put_full_blocks_until_get),

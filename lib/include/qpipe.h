@@ -153,11 +153,11 @@ QP_API int qp_queue_put_nowait(qp_queue *q, const void *buf, size_t len);
 QP_API int qp_queue_put_obj(
     qp_queue *q, const void *msgpack, size_t len, qp_duration timeout);
 
-/* Puts n items (bufs[i], lens[i] bytes each, stored as bins) in order.
- * Over a server they travel in as few requests as the limits allow
- * (4096 items, 32 MiB), each request all or nothing, waiting up to
- * timeout while the queue cannot take it; in shared memory they are put
- * one after the other, each as qp_queue_put. Errors as qp_queue_put. */
+/* Puts n items (bufs[i], lens[i] bytes each, stored as bins) in order,
+ * in as few batches as the limits allow (4096 items, 32 MiB), each batch
+ * all or nothing with no other item between its items, waiting up to
+ * timeout while the queue cannot take it. Errors as qp_queue_put;
+ * QP_ETOOBIG also for a batch that can never fit (maxsize, capacity). */
 QP_API int qp_queue_put_many(qp_queue *q, const void *const *bufs,
     const size_t *lens, size_t n, qp_duration timeout);
 

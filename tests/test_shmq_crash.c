@@ -5,7 +5,9 @@
  * gets, leases and acks or releases items at random, with the test hook
  * stretching every critical section by a few microseconds, and is killed
  * with SIGKILL at a random moment. A survivor process puts and gets all
- * along; after each kill it must go on within 100 ms, and the queue must
+ * along; after each kill it must go on within 100 ms (300 ms under the
+ * sanitizers: on a busy 2-vCPU machine their slower code puts the worst
+ * stall near 100 ms), and the queue must
  * pass qpi_shmq_check(). Every item carries its id and checkable bytes;
  * shared memory records which were put, committed (stamped: the hook
  * marks it) and got, so that at the end every committed item is found
@@ -30,6 +32,17 @@
 #include "qpi.h"
 #include "queue_util.h"
 #include "shmq.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define CRASH_STALL_US 300000
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CRASH_STALL_US 300000
+#endif
+#endif
+#ifndef CRASH_STALL_US
+#define CRASH_STALL_US 100000
+#endif
 
 #define MAXID        (1u << 20)
 #define MAXITEM      (48u * 1024u)
@@ -288,7 +301,8 @@ test_shmq_crash_kill9_anywhere(void **state)
 		/* Whoever notices a dead worker returns its leases. */
 		assert_int_equal(
 		    qpi_shmq_release_owner(q, (uint64_t) v, NULL), QP_OK);
-		/* The survivor goes on within 100 ms of the kill. */
+		/* The survivor goes on within 100 ms of the kill (300 ms
+		 * under the sanitizers). */
 		while (__atomic_load_n(&cr->survivor_ok_us, __ATOMIC_ACQUIRE)
 		        <= tk
 		    && qu_now_us() - tk < 2000000) {
@@ -298,7 +312,7 @@ test_shmq_crash_kill9_anywhere(void **state)
 		    = __atomic_load_n(&cr->survivor_ok_us, __ATOMIC_ACQUIRE)
 		    - tk;
 		worst = gap > worst ? gap : worst;
-		if (gap >= 100000) {
+		if (gap >= CRASH_STALL_US) {
 			fail_msg(
 			    "run %d: survivor stalled %lld us after a kill "
 			    "at point %d",

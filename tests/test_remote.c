@@ -278,6 +278,24 @@ parity_run(const char *addr, int *trace, int *n)
 	 * fit was one (its item went back) */
 	T(st.gets >= 5);
 	T(st.unfinished);
+	/* Batches: all or nothing, in order (maxsize 3). */
+	const void *bufs[4] = {"p", "q", "r", "s"};
+	size_t lens[4] = {1, 1, 1, 1}, ngot = 0, glens[4];
+	void *gbufs[4];
+	T(qp_queue_put_many(q, bufs, lens, 4, 0)); /* can never fit */
+	T(qp_queue_put(q, "o", 1, 0));
+	T(qp_queue_put_many(q, bufs, lens, 3, 0)); /* full */
+	T(qp_queue_qsize(q, &sz));
+	T(sz);
+	T(qp_queue_put_many(q, bufs, lens, 2, 0));
+	T(qp_queue_get_many(q, gbufs, glens, 4, &ngot, 0));
+	T(ngot);
+	for (size_t i = 0; i < ngot && i < 4; i++) {
+		T(glens[i]);
+		T(((char *) gbufs[i])[0]);
+		qp_free(gbufs[i]);
+	}
+	T(qp_queue_get_many(q, gbufs, glens, 4, &ngot, 0));
 	T(qp_queue_close(q));
 	T(qp_queue_close(q));
 	T(qp_queue_put(q, "z", 1, 0));

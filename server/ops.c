@@ -961,15 +961,18 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		    .max_message = r->max_message,
 		    .lease_ms = r->lease_ms,
 		    .excl = (r->flags & QPI_CREATE_EXCL) != 0,
+		    .durable = (r->flags & QPI_CREATE_DURABLE) != 0,
+		    .fsync = r->fsync,
 		};
-		if (r->flags & QPI_CREATE_DURABLE) {
-			*repp = ops.cfg->data_dir == NULL
-			    ? qps_rep_error(r->op, r->req_id, QP_EINVAL,
-			        "a durable queue needs the server started "
-			        "with --data-dir")
-			    : qps_rep_error(r->op, r->req_id, QP_ENOTSUP,
-			        "durable queues are not served by this "
-			        "version");
+		if (o.durable && ops.cfg->data_dir == NULL) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_EINVAL,
+			    "a durable queue needs the server started with "
+			    "--data-dir");
+			return QPS_REPLY;
+		}
+		if (!o.durable && r->fsync[0] != '\0') {
+			*repp = qps_rep_error(r->op, r->req_id, QP_EINVAL,
+			    "an fsync policy is for durable queues only");
 			return QPS_REPLY;
 		}
 		if (r->max_message > ops.lim.max_message) {

@@ -46,7 +46,8 @@ typedef struct qps_config {
 	uint32_t max_connections; /* connections served at once */
 	int64_t lease_ms; /* default lease (visibility timeout) */
 	bool insecure; /* allow non-loopback addresses without a token */
-	const char *data_dir; /* durable queues (accepted, stored) */
+	const char *data_dir; /* durable queues: DIR/NAME.qlog; NULL: none */
+	const char *fsync; /* default fsync policy of durable queues */
 	const char *port_file; /* where to write the bound URLs */
 } qps_config;
 
@@ -232,6 +233,7 @@ typedef struct qps_q {
 	qps_hnode node; /* key: qps_hash(name) */
 	char name[QP_NAME_MAX + 1];
 	struct qpi_shmq *shm; /* the shared-memory queue */
+	struct qpi_durq *dur; /* durable: its log (shm is the log's queue) */
 	uint64_t ino; /* its segment's inode: a queue made anew is another */
 	uint64_t lease_ms; /* default lease of gets on this queue */
 	qps_wait *whead[QPS_NWAIT], *wtail[QPS_NWAIT]; /* parked, FIFO */
@@ -260,6 +262,8 @@ typedef struct qps_q_opts {
 	uint64_t max_message;
 	uint64_t lease_ms;
 	bool excl;
+	bool durable; /* kept in the data directory */
+	const char *fsync; /* durable: policy, "" or NULL = --fsync */
 } qps_q_opts;
 
 /* Starts the hosted-queue layer (watcher thread); mu is the ops lock. */

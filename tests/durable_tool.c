@@ -8,6 +8,9 @@
  *   qp_durable_tool drain ADDR                 print every item, one a line
  *   qp_durable_tool rate ADDR SECS SIZE        put SIZE-byte items for SECS,
  *                                              print "puts/s"
+ *   qp_durable_tool hold ADDR                  get one item in worker mode,
+ *                                              print it, keep the lease
+ *                                              until killed
  *
  * produce writes to LOG, per item n, "T n" before the put and "A n" once
  * it returned OK (the put is acknowledged), or "U n" when the connection
@@ -204,6 +207,25 @@ main(int argc, char **argv)
 		return produce(addr, argv[3],
 		    (unsigned) strtoul(argv[4], NULL, 10),
 		    argc > 5 ? strtod(argv[5], NULL) : 30.0);
+	}
+	if (strcmp(cmd, "hold") == 0) {
+		qp_queue_opts o = {.flags = QP_OPEN_LEASE};
+		qp_queue *q;
+		void *buf;
+		size_t len;
+		int rv = qp_queue_open(&q, addr, &o);
+		if (rv != QP_OK) {
+			return fail("open", rv);
+		}
+		if ((rv = qp_queue_get(q, &buf, &len, 5000)) != QP_OK) {
+			return fail("get", rv);
+		}
+		fwrite(buf, 1, len, stdout);
+		putchar('\n');
+		fflush(stdout);
+		qp_free(buf);
+		pause();
+		return 0;
 	}
 	if (strcmp(cmd, "drain") == 0) {
 		return drain(addr);

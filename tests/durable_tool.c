@@ -8,6 +8,9 @@
  *   qp_durable_tool drain ADDR                 print every item, one a line
  *   qp_durable_tool rate ADDR SECS SIZE        put SIZE-byte items for SECS,
  *                                              print "puts/s"
+ *   qp_durable_tool fill ADDR SIZE             put SIZE-byte items until a put
+ *                                              fails: prints the count, exits
+ *                                              with the failure's code
  *   qp_durable_tool hold ADDR                  get one item in worker mode,
  *                                              print it, keep the lease
  *                                              until killed
@@ -207,6 +210,32 @@ main(int argc, char **argv)
 		return produce(addr, argv[3],
 		    (unsigned) strtoul(argv[4], NULL, 10),
 		    argc > 5 ? strtod(argv[5], NULL) : 30.0);
+	}
+	if (strcmp(cmd, "fill") == 0 && argc >= 4) {
+		size_t size = (size_t) strtoul(argv[3], NULL, 10);
+		char *item = calloc(1, size + 1);
+		unsigned long n = 0;
+		qp_queue *q;
+		int rv;
+		if (item == NULL) {
+			return 1;
+		}
+		memset(item, 'f', size);
+		if ((rv = qp_queue_open(&q, addr, NULL)) != QP_OK) {
+			free(item);
+			return fail("open", rv);
+		}
+		while (n < 1000000
+		    && (rv = qp_queue_put(q, item, size, QP_NOWAIT))
+		        == QP_OK) {
+			n++;
+		}
+		printf("%lu\n", n);
+		fflush(stdout);
+		fail("fill", rv);
+		qp_queue_free(q);
+		free(item);
+		return rv;
 	}
 	if (strcmp(cmd, "hold") == 0) {
 		qp_queue_opts o = {.flags = QP_OPEN_LEASE};

@@ -384,11 +384,11 @@ test_durq_corrupt_middle(void **state)
 	assert_int_equal(
 	    qpi_durq_open(&d, bad, 0, NULL, NULL, NULL), QP_ECORRUPT);
 	/* Not a queue file at all. */
-	spit(bad,
-	    (const uint8_t *) "hello, this is not a durable queue at "
-	                      "all, no magic here, just text, text, "
-	                      "text, text",
-	    90);
+	{
+		const char *txt = "hello, this is not a durable queue at all, "
+		                  "no magic here, just text, text, text, text";
+		spit(bad, (const uint8_t *) txt, strlen(txt));
+	}
 	assert_int_equal(
 	    qpi_durq_open(&d, bad, 0, NULL, NULL, NULL), QP_ECORRUPT);
 	assert_non_null(strstr(qp_errmsg(), "magic"));

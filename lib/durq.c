@@ -321,6 +321,9 @@ struct qpi_durq {
 	pthread_t flusher;
 	int64_t dirty_since_ms;
 	uint64_t compactions, syncs;
+	uint64_t wseq; /* bytes ever appended (survives compaction) */
+	uint64_t synced; /* wseq known to be on disk */
+	int refs; /* qpi_durq_hold */
 };
 
 static char *
@@ -519,14 +522,17 @@ dq_append(qpi_durq *d, const uint8_t *b1, size_t n1, const void *b2, size_t n2,
 		*offp = d->end;
 	}
 	d->end += DQ_REC_HDR + len;
+	d->wseq += DQ_REC_HDR + len;
 	return QP_OK;
 }
 
-/* Makes what was appended since the last sync durable per the policy. */
+/* Makes what was appended since the last sync durable per the policy
+ * (always, unless defer: the caller syncs with qpi_durq_sync_to). */
 static int
-dq_commit(qpi_durq *d, uint64_t undo_end)
+dq_commit(qpi_durq *d, uint64_t undo_end, bool defer)
 {
-	if (d->fsync.mode == QPI_FSYNC_ALWAYS) {
+	if (d->fsync.mode == QPI_FSYNC_ALWAYS && !defer) {
+		uint64_t w = d->wseq;
 		if (fdatasync(d->fd) != 0) {
 			int e = errno;
 			/* Never acknowledge what may not be on disk. */
@@ -536,6 +542,10 @@ dq_commit(qpi_durq *d, uint64_t undo_end)
 			return dq_errno(e, "cannot sync", d->path);
 		}
 		d->syncs++;
+		d->synced = w;
+		return QP_OK;
+	}
+	if (d->fsync.mode == QPI_FSYNC_ALWAYS) {
 		return QP_OK;
 	}
 	if (!d->dirty) {
@@ -590,7 +600,7 @@ dq_done(qpi_durq *d, uint64_t id)
 			d->live_bytes -= e->b;
 			map_del(&d->live, e);
 		}
-		(void) dq_commit(d, d->end);
+		(void) dq_commit(d, d->end, false);
 		dq_maybe_compact(d);
 		return;
 	}
@@ -702,6 +712,7 @@ dq_compact(qpi_durq *d)
 	}
 	d->end = toff;
 	d->dirty = false;
+	d->synced = d->wseq; /* every live record is in the synced copy */
 	d->compactions++;
 	goto out;
 fail:
@@ -756,13 +767,17 @@ dq_flusher(void *arg)
 			continue;
 		}
 		int fd = d->fd;
+		uint64_t w = d->wseq;
 		d->dirty = false;
 		d->syncing = true;
 		pthread_mutex_unlock(&d->mu);
-		(void) fdatasync(fd);
+		int rc = fdatasync(fd);
 		pthread_mutex_lock(&d->mu);
 		d->syncing = false;
 		d->syncs++;
+		if (rc == 0 && w > d->synced) {
+			d->synced = w;
+		}
 		pthread_cond_broadcast(&d->cv);
 	}
 	pthread_mutex_unlock(&d->mu);
@@ -994,6 +1009,7 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
 	pthread_mutex_init(&d->mu, NULL);
+	d->refs = 1;
 	{
 		pthread_condattr_t ca;
 		pthread_condattr_init(&ca);
@@ -1055,12 +1071,24 @@ fail:
 }
 
 void
+qpi_durq_hold(qpi_durq *d)
+{
+	pthread_mutex_lock(&d->mu);
+	d->refs++;
+	pthread_mutex_unlock(&d->mu);
+}
+
+void
 qpi_durq_free(qpi_durq *d)
 {
 	if (d == NULL) {
 		return;
 	}
 	pthread_mutex_lock(&d->mu);
+	if (--d->refs > 0) {
+		pthread_mutex_unlock(&d->mu);
+		return;
+	}
 	d->stop = true;
 	pthread_cond_broadcast(&d->cv);
 	pthread_mutex_unlock(&d->mu);
@@ -1113,9 +1141,9 @@ qpi_durq_settings(qpi_durq *d, qpi_durq_cfg *cfg)
 
 /* ---- items ---- */
 
-int
-qpi_durq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
-    int64_t deadline_ns)
+static int
+dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
+    int64_t deadline_ns, uint64_t *ticket)
 {
 	uint8_t fix[DQ_PUT_FIX];
 	uint64_t id, off;
@@ -1148,7 +1176,7 @@ qpi_durq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 	le64_put(fix + 1, id);
 	fix[9] = (uint8_t) kind;
 	if ((rv = dq_append(d, fix, sizeof(fix), buf, len, &off)) != QP_OK
-	    || (rv = dq_commit(d, off)) != QP_OK) {
+	    || (rv = dq_commit(d, off, ticket != NULL)) != QP_OK) {
 		pthread_mutex_unlock(&d->mu);
 		return rv;
 	}
@@ -1160,6 +1188,9 @@ qpi_durq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
 	d->live_bytes += d->end - off;
+	if (ticket != NULL) {
+		*ticket = d->fsync.mode == QPI_FSYNC_ALWAYS ? d->wseq : 0;
+	}
 	pthread_mutex_unlock(&d->mu);
 
 	/* The shm copy: id and kind, then the bytes. */
@@ -1190,6 +1221,56 @@ qpi_durq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		return qpi_err(keep, "%s", msg);
 	}
 	return QP_OK;
+}
+
+int
+qpi_durq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
+    int64_t deadline_ns)
+{
+	return dq_put(d, buf, len, kind, deadline_ns, NULL);
+}
+
+int
+qpi_durq_put_async(
+    qpi_durq *d, const void *buf, size_t len, unsigned kind, uint64_t *ticket)
+{
+	*ticket = 0;
+	return dq_put(d, buf, len, kind, 0, ticket);
+}
+
+int
+qpi_durq_sync_to(qpi_durq *d, uint64_t ticket)
+{
+	int rv = QP_OK;
+
+	pthread_mutex_lock(&d->mu);
+	while (d->synced < ticket) {
+		if (d->syncing) {
+			/* Another caller's fdatasync may cover this one. */
+			pthread_cond_wait(&d->cv, &d->mu);
+			continue;
+		}
+		/* Lead a group: one fdatasync for every record so far. */
+		uint64_t w = d->wseq;
+		int fd = d->fd;
+		d->syncing = true;
+		pthread_mutex_unlock(&d->mu);
+		int rc = fdatasync(fd);
+		int e = errno;
+		pthread_mutex_lock(&d->mu);
+		d->syncing = false;
+		d->syncs++;
+		pthread_cond_broadcast(&d->cv);
+		if (rc != 0) {
+			rv = dq_errno(e, "cannot sync", d->path);
+			break;
+		}
+		if (w > d->synced) {
+			d->synced = w;
+		}
+	}
+	pthread_mutex_unlock(&d->mu);
+	return rv;
 }
 
 /* Unwraps a stored item (id, kind, bytes) in place into what the caller
@@ -1345,6 +1426,7 @@ qpi_durq_sync(qpi_durq *d)
 		} else {
 			d->dirty = false;
 			d->syncs++;
+			d->synced = d->wseq;
 		}
 	}
 	pthread_mutex_unlock(&d->mu);

@@ -104,7 +104,8 @@ typedef struct qpi_durq_info {
 int qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
     const qpi_durq_cfg *cfg, const qpi_fsync *def, qpi_durq_info *info);
 
-/* Syncs the file if needed, stops the flusher, closes and frees. NULL ok. */
+/* Drops a reference (one from open, one per qpi_durq_hold); the last
+ * syncs the file if needed, stops the flusher, closes and frees. NULL ok. */
 void qpi_durq_free(qpi_durq *d);
 
 /* Removes a durable queue's file (not open anywhere): QP_OK or
@@ -126,6 +127,23 @@ void qpi_durq_settings(qpi_durq *d, qpi_durq_cfg *cfg);
  * QP_ESYSTEM (write or sync failed: not stored), QP_ECLOSED. */
 int qpi_durq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
     int64_t deadline_ns);
+
+/* As qpi_durq_put without waiting, and, for an "always" queue, without
+ * the sync: *ticket (0 for other policies) must be passed to
+ * qpi_durq_sync_to before the put is acknowledged. Lets a server sync
+ * many puts with one fdatasync (group commit) without holding its lock. */
+int qpi_durq_put_async(
+    qpi_durq *d, const void *buf, size_t len, unsigned kind, uint64_t *ticket);
+
+/* Waits until everything up to ticket is on disk, leading an fdatasync
+ * if none is under way (callers arriving meanwhile share it). Errors:
+ * QP_ENOSPC, QP_ESYSTEM: the sync failed (the item may or may not be
+ * durable: do not acknowledge it). */
+int qpi_durq_sync_to(qpi_durq *d, uint64_t ticket);
+
+/* Keeps d alive for one more qpi_durq_free (a caller that waits in
+ * qpi_durq_sync_to without the lock that guards d's owner). */
+void qpi_durq_hold(qpi_durq *d);
 
 /* As qpi_shmq_get; the item is confirmed (DONE logged) once it is out. */
 int qpi_durq_get(qpi_durq *d, unsigned flags, void *into, size_t cap,

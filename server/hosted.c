@@ -564,6 +564,64 @@ q_item(const uint8_t *item, size_t len, const uint8_t **pp, size_t *lenp)
 	return QPI_ITEM_OBJ;
 }
 
+/* Group commit of "always" durable queues: the put of the request this
+ * thread handles leaves its fdatasync to qps_q_sync_deferred, called
+ * once the ops lock is released, so that puts of many connections share
+ * one sync. Every other put (a parked one, served by whoever frees room)
+ * syncs before it returns. */
+static __thread struct {
+	bool allowed;
+	qpi_durq *d; /* held (qpi_durq_hold) until the sync */
+	uint64_t ticket;
+} defer;
+
+void
+qps_q_defer_sync(bool on)
+{
+	defer.allowed = on;
+}
+
+int
+qps_q_sync_deferred(void)
+{
+	qpi_durq *d = defer.d;
+	int rv;
+
+	if (d == NULL) {
+		return QP_OK;
+	}
+	defer.d = NULL;
+	rv = qpi_durq_sync_to(d, defer.ticket);
+	if (rv != QP_OK) {
+		qps_log(QPS_LOG_ERROR,
+		    "a durable queue's log could not be synced: %s; the puts "
+		    "waiting for it are answered with the error",
+		    qp_errmsg());
+	}
+	qpi_durq_free(d);
+	return rv;
+}
+
+static int
+q_put_durable(qps_q *q, const uint8_t *p, size_t plen, unsigned kind)
+{
+	uint64_t ticket = 0;
+	int rv;
+
+	if (!defer.allowed || (defer.d != NULL && defer.d != q->dur)) {
+		return qpi_durq_put(q->dur, p, plen, kind, 0);
+	}
+	rv = qpi_durq_put_async(q->dur, p, plen, kind, &ticket);
+	if (rv == QP_OK && ticket != 0) {
+		if (defer.d == NULL) {
+			qpi_durq_hold(q->dur);
+			defer.d = q->dur;
+		}
+		defer.ticket = ticket;
+	}
+	return rv;
+}
+
 int
 qps_q_put(qps_q *q, const uint8_t *item, size_t len)
 {
@@ -572,7 +630,7 @@ qps_q_put(qps_q *q, const uint8_t *item, size_t len)
 	unsigned kind = q_item(item, len, &p, &plen);
 
 	if (q->dur != NULL) {
-		return qpi_durq_put(q->dur, p, plen, kind, 0);
+		return q_put_durable(q, p, plen, kind);
 	}
 	return qpi_shmq_put(q->shm, p, plen, kind, 0);
 }

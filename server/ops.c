@@ -806,8 +806,10 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		}
 		/* Parked putters go first (FIFO). */
 		ops_dispatch(q);
+		qps_q_defer_sync(true); /* group commit: see qps_ops_handle */
 		rv = q->whead[QPS_WAIT_PUT] != NULL ? QP_EFULL
 		                                    : op_try_put(q, r);
+		qps_q_defer_sync(false);
 		if (rv == QP_EFULL && r->timeout != 0) {
 			return park_or_refuse(
 			    w, c, q, QPS_WAIT_PUT, req, r, cl, repp);
@@ -1175,6 +1177,15 @@ qps_ops_handle(qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp)
 		pthread_mutex_lock(&ops.mu);
 		h = ops_handle_locked(w, pipe_id, req, &r, repp);
 		pthread_mutex_unlock(&ops.mu);
+		/* A durable put's sync, shared with the puts of other
+		 * connections, before its reply leaves. */
+		int srv = qps_q_sync_deferred();
+		if (srv != QP_OK && h == QPS_REPLY) {
+			nng_msg_free(*repp);
+			*repp = qps_rep_error(r.op, r.req_id, srv,
+			    "put to '%s': the log could not be synced: %s",
+			    r.name, qp_errmsg());
+		}
 	}
 	if (items != stacki) {
 		free(items);

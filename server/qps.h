@@ -299,6 +299,14 @@ int qps_q_delete(const char *name, qps_q *q);
  * QP_ETOOBIG. */
 int qps_q_put(qps_q *q, const uint8_t *item, size_t len);
 
+/* Durable "always" queues: between qps_q_defer_sync(true) and (false),
+ * this thread's qps_q_put leaves its fdatasync to qps_q_sync_deferred,
+ * which the caller must call (without the ops lock) before it sends the
+ * put's reply: QP_OK, or the sync's error (the put must not be
+ * acknowledged). Puts made outside that window sync before they return. */
+void qps_q_defer_sync(bool on);
+int qps_q_sync_deferred(void);
+
 /* Puts a batch without waiting, all or nothing as far as the segment lets
  * it be told (see hosted.c): QP_OK, QP_EFULL (none put), QP_ETOOBIG (can
  * never fit). */

@@ -4,7 +4,8 @@
  * qp_durable_tool, never installed).
  *
  *   qp_durable_tool create ADDR [FSYNC]        create ADDR durable
- *   qp_durable_tool produce ADDR LOG N [SECS]  put items 1..N, one by one
+ *   qp_durable_tool produce ADDR LOG N [SECS [PREFIX]]
+ *                                              put items 1..N, one by one
  *   qp_durable_tool drain ADDR                 print every item, one a line
  *   qp_durable_tool rate ADDR SECS SIZE        put SIZE-byte items for SECS,
  *                                              print "puts/s"
@@ -20,7 +21,8 @@
  * dropped before an answer (the outcome is unknown): it then reopens the
  * queue (for up to SECS, default 30 s in all) and goes on with n + 1, so
  * no put is ever sent twice by the client. Each line is one write(2), so a
- * killed producer leaves whole lines. Items are "item-%08u".
+ * killed producer leaves whole lines. Items are "PREFIX-%08u" (PREFIX:
+ * "item").
  *
  * Exit status: 0, or the qp_err code of the failure (its message on
  * stderr).
@@ -81,7 +83,8 @@ open_retry(qp_queue **q, const char *addr, double until)
 }
 
 static int
-produce(const char *addr, const char *logpath, unsigned n, double secs)
+produce(const char *addr, const char *logpath, unsigned n, double secs,
+    const char *prefix)
 {
 	double until = now_s() + secs;
 	qp_queue *q = NULL;
@@ -100,8 +103,9 @@ produce(const char *addr, const char *logpath, unsigned n, double secs)
 		return fail("open", rv);
 	}
 	for (unsigned i = 1; i <= n; i++) {
-		char item[32];
-		int len = snprintf(item, sizeof(item), "item-%08u", i);
+		char item[96];
+		int len
+		    = snprintf(item, sizeof(item), "%.80s-%08u", prefix, i);
 		log_line(fd, 'T', i);
 		rv = qp_queue_put(q, item, (size_t) len, 5000);
 		if (rv == QP_OK) {
@@ -209,7 +213,8 @@ main(int argc, char **argv)
 	if (strcmp(cmd, "produce") == 0 && argc >= 5) {
 		return produce(addr, argv[3],
 		    (unsigned) strtoul(argv[4], NULL, 10),
-		    argc > 5 ? strtod(argv[5], NULL) : 30.0);
+		    argc > 5 ? strtod(argv[5], NULL) : 30.0,
+		    argc > 6 ? argv[6] : "item");
 	}
 	if (strcmp(cmd, "fill") == 0 && argc >= 4) {
 		size_t size = (size_t) strtoul(argv[3], NULL, 10);

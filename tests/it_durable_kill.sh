@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # kill -9 of qpiped under load loses no acknowledged put of a durable
-# queue (fsync=always). A producer (qp_durable_tool produce) puts items
-# one by one and logs each outcome: acknowledged (A), or unknown (U: the
-# connection dropped first; it never resends). The server is killed
-# QP_KILLS times (3; 20 in the stress variant) at random moments and
-# restarted on the same --data-dir and ipc path. At the end the queue is
+# queue (fsync=always, its puts group-committed). Two producers
+# (qp_durable_tool produce) put items one by one and log each outcome:
+# acknowledged (A), or unknown (U: the connection dropped first; it never
+# resends). The server is killed QP_KILLS times (3; 20 in the stress
+# variant) at random moments and restarted on the same --data-dir and ipc
+# path. At the end the queue is
 # drained: every acknowledged put must be delivered at least once, nothing
 # that was never put may appear, and an item delivered twice is counted,
 # allowed only for a put whose outcome the producer never learned.
@@ -16,10 +17,12 @@ tmp=$(mktemp -d)
 url="ipc://$tmp/sock"
 data="$tmp/data"
 pid=
-prod=
+prods=()
 
 cleanup() {
-	[ -n "$prod" ] && kill -9 "$prod" 2>/dev/null && wait "$prod" 2>/dev/null
+	for p in "${prods[@]}"; do
+		kill -9 "$p" 2>/dev/null && wait "$p" 2>/dev/null
+	done
 	[ -n "$pid" ] && kill -9 "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
 	rm -rf "$tmp"
 }
@@ -46,22 +49,29 @@ start() {
 
 start 0
 "$tool" create "$url/kq" always || fail "create"
-"$tool" produce "$url/kq" "$tmp/plog" 100000000 $((kills * 4 + 30)) \
-	2>"$tmp/producer.err" &
-prod=$!
+for p in p1 p2; do
+	"$tool" produce "$url/kq" "$tmp/$p.log" 100000000 $((kills * 4 + 30)) \
+		"$p" 2>"$tmp/$p.err" &
+	prods+=($!)
+done
 
 for round in $(seq "$kills"); do
 	# A random moment: 150 to 900 ms of load.
 	sleep "0.$((150 + RANDOM % 750))"
-	kill -0 "$prod" 2>/dev/null || fail "the producer stopped: $(cat "$tmp/producer.err")"
+	for p in "${prods[@]}"; do
+		kill -0 "$p" 2>/dev/null ||
+			fail "a producer stopped: $(cat "$tmp"/p?.err)"
+	done
 	kill -9 "$pid"
 	wait "$pid" 2>/dev/null
 	start "$round"
 done
 sleep 0.5
-kill -TERM "$prod" 2>/dev/null
-wait "$prod" 2>/dev/null
-prod=
+for p in "${prods[@]}"; do
+	kill -TERM "$p" 2>/dev/null
+	wait "$p" 2>/dev/null
+done
+prods=()
 
 "$tool" drain "$url/kq" >"$tmp/drained" 2>"$tmp/drain.err" ||
 	fail "drain: $(cat "$tmp/drain.err")"
@@ -69,21 +79,23 @@ kill -TERM "$pid"
 wait "$pid" 2>/dev/null
 pid=
 
-python3 - "$tmp/plog" "$tmp/drained" <<'EOF' || fail "accounting"
+python3 - "$tmp/drained" "$tmp/p1.log" "$tmp/p2.log" <<'EOF' || fail "accounting"
 import collections, sys
 tried, acked, unknown = set(), set(), set()
-for line in open(sys.argv[1]):
-    tag, n = line.split()
-    n = int(n)
-    {"T": tried, "A": acked, "U": unknown}[tag].add(n)
+for path in sys.argv[2:]:
+    prefix = path.rsplit("/", 1)[1].split(".")[0]
+    for line in open(path):
+        tag, n = line.split()
+        item = "%s-%08d" % (prefix, int(n))
+        {"T": tried, "A": acked, "U": unknown}[tag].add(item)
 # A put tried without an answer logged (the producer was stopped in it)
 # is unknown too.
 unknown |= tried - acked
 got = collections.Counter()
-for line in open(sys.argv[2]):
+for line in open(sys.argv[1]):
     line = line.strip()
     if line:
-        got[int(line.split("-")[1])] += 1
+        got[line] += 1
 lost = sorted(acked - set(got))
 ghosts = sorted(set(got) - tried)
 dups = {n: c for n, c in got.items() if c > 1}

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -446,6 +447,86 @@ test_durq_compaction(void **state)
 	qpi_durq_free(d);
 }
 
+typedef struct gc_arg {
+	qpi_durq *d;
+	int id;
+	int fails;
+} gc_arg;
+
+static void *
+gc_putter(void *p)
+{
+	gc_arg *a = p;
+	for (int i = 0; i < 50; i++) {
+		char item[32];
+		uint64_t t;
+		int len = snprintf(item, sizeof(item), "t%d-%d", a->id, i);
+		if (qpi_durq_put_async(
+		        a->d, item, (size_t) len, QPI_ITEM_BIN, &t)
+		        != QP_OK
+		    || t == 0 || qpi_durq_sync_to(a->d, t) != QP_OK) {
+			a->fails++;
+		}
+	}
+	return NULL;
+}
+
+/* Group commit: puts of "always" queues from 8 threads, each waiting for
+ * its own ticket, all on disk with fewer syncs than puts; an "interval"
+ * queue is synced by its flusher within the interval. */
+static void
+test_durq_group_commit(void **state)
+{
+	char path[128], items[512][64];
+	qpi_durq_cfg c = small_cfg(QPI_FSYNC_ALWAYS);
+	qpi_durq_stats st;
+	qpi_durq_info info;
+	pthread_t th[8];
+	gc_arg a[8];
+	qpi_durq *d;
+	uint64_t t;
+	(void) state;
+
+	path_of(path, sizeof(path), "group.qlog");
+	assert_int_equal(
+	    qpi_durq_open(&d, path, QP_OPEN_CREATE, &c, NULL, NULL), QP_OK);
+	for (int i = 0; i < 8; i++) {
+		a[i] = (gc_arg) {d, i, 0};
+		assert_int_equal(
+		    pthread_create(&th[i], NULL, gc_putter, &a[i]), 0);
+	}
+	for (int i = 0; i < 8; i++) {
+		pthread_join(th[i], NULL);
+		assert_int_equal(a[i].fails, 0);
+	}
+	qpi_durq_stats_get(d, &st);
+	assert_true(st.syncs >= 1 && st.syncs <= 400);
+	qpi_durq_free(d);
+	assert_int_equal(qpi_durq_open(&d, path, 0, NULL, NULL, &info), QP_OK);
+	assert_int_equal(info.items, 400);
+	assert_int_equal(drain(d, items, 512), 400);
+	qpi_durq_free(d);
+
+	/* interval:20: no ticket; the flusher syncs soon after a put. */
+	c = small_cfg(QPI_FSYNC_INTERVAL);
+	c.fsync.ms = 20;
+	path_of(path, sizeof(path), "interval.qlog");
+	assert_int_equal(
+	    qpi_durq_open(&d, path, QP_OPEN_CREATE, &c, NULL, NULL), QP_OK);
+	assert_int_equal(
+	    qpi_durq_put_async(d, "x", 1, QPI_ITEM_BIN, &t), QP_OK);
+	assert_int_equal(t, 0);
+	for (int i = 0; i < 200; i++) {
+		qpi_durq_stats_get(d, &st);
+		if (st.syncs > 0) {
+			break;
+		}
+		usleep(5000);
+	}
+	assert_true(st.syncs > 0);
+	qpi_durq_free(d);
+}
+
 /* The public API: shm:// with QP_OPEN_DURABLE and a path. */
 static void
 test_durq_local_queue(void **state)
@@ -525,6 +606,7 @@ main(void)
 	    cmocka_unit_test(test_durq_torn_tail_every_byte),
 	    cmocka_unit_test(test_durq_corrupt_middle),
 	    cmocka_unit_test(test_durq_compaction),
+	    cmocka_unit_test(test_durq_group_commit),
 	    cmocka_unit_test(test_durq_local_queue),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -545,9 +545,6 @@ dq_commit(qpi_durq *d, uint64_t undo_end, bool defer)
 		d->synced = w;
 		return QP_OK;
 	}
-	if (d->fsync.mode == QPI_FSYNC_ALWAYS) {
-		return QP_OK;
-	}
 	if (!d->dirty) {
 		d->dirty = true;
 		d->dirty_since_ms = qpi_now_ms();
@@ -600,7 +597,9 @@ dq_done(qpi_durq *d, uint64_t id)
 			d->live_bytes -= e->b;
 			map_del(&d->live, e);
 		}
-		(void) dq_commit(d, d->end, false);
+		/* Not synced even with "always": a DONE lost to a power cut
+		 * only delivers its item again (at least once). */
+		(void) dq_commit(d, d->end, true);
 		dq_maybe_compact(d);
 		return;
 	}
@@ -1214,9 +1213,6 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
 		pthread_mutex_lock(&d->mu);
 		dq_done(d, id); /* cancel the record */
-		if (d->fsync.mode == QPI_FSYNC_ALWAYS) {
-			(void) fdatasync(d->fd);
-		}
 		pthread_mutex_unlock(&d->mu);
 		return qpi_err(keep, "%s", msg);
 	}

@@ -14,9 +14,10 @@
  * PUT (type 1, u64 id, u8 kind, the item's bytes) or DONE (type 2, u64 id).
  * Ids grow by one with every put and are never reused. The live items are
  * the PUTs without a DONE, in id order: a get that is confirmed (a plain
- * get, or an ack of a lease) appends DONE; a leased item has none yet, so
- * after a restart it is ready again. A put is appended (and, with fsync
- * "always", fdatasync'd) before it enters the queue and is acknowledged:
+ * get, or an ack of a lease) appends DONE, never synced on its own (a DONE
+ * lost to a power cut only delivers its item again); a leased item has
+ * none yet, so after a restart it is ready again. A put is appended (and, with
+ * fsync "always", fdatasync'd) before it enters the queue and is acknowledged:
  * a kill -9 never loses an acknowledged put (the bytes are in the page
  * cache), and with "always" neither does a power cut. When dead records
  * outweigh the live ones (4 MiB and twice the live bytes) the log is

@@ -73,8 +73,19 @@ for p in "${prods[@]}"; do
 done
 prods=()
 
-"$tool" drain "$url/kq" >"$tmp/drained" 2>"$tmp/drain.err" ||
+# A loaded machine's disk may stall a restart's first replies a while.
+if ! QPIPE_RECONNECT_MS=30000 "$tool" drain "$url/kq" >"$tmp/drained" \
+	2>"$tmp/drain.err"; then
+	if kill -0 "$pid" 2>/dev/null && command -v gdb >/dev/null; then
+		echo "qpiped $pid is alive but did not answer; now:" \
+			"$(QPIPE_RECONNECT_MS=3000 "$bin/qps_tool" qsize \
+			"$url/kq" 2>&1)" >&2
+		echo "its threads:" >&2
+		timeout 30 gdb -p "$pid" -batch -ex "thread apply all bt" \
+			2>/dev/null | grep -E "^#|^Thread" >&2
+	fi
 	fail "drain: $(cat "$tmp/drain.err")"
+fi
 kill -TERM "$pid"
 wait "$pid" 2>/dev/null
 pid=

@@ -324,6 +324,7 @@ struct qpi_durq {
 	uint64_t wseq; /* bytes ever appended (survives compaction) */
 	uint64_t synced; /* wseq known to be on disk */
 	int refs; /* qpi_durq_hold */
+	pid_t pid; /* the process that opened it */
 };
 
 static char *
@@ -1009,6 +1010,7 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 	}
 	pthread_mutex_init(&d->mu, NULL);
 	d->refs = 1;
+	d->pid = getpid();
 	{
 		pthread_condattr_t ca;
 		pthread_condattr_init(&ca);
@@ -1120,6 +1122,18 @@ qpi_durq_unlink(const char *path)
 		    : dq_errno(errno, "cannot remove", path);
 	}
 	dq_sync_dir(path);
+	return QP_OK;
+}
+
+int
+qpi_durq_check_owner(qpi_durq *d)
+{
+	if (getpid() != d->pid) {
+		return qpi_err(QP_EINVAL,
+		    "the durable queue %s belongs to process %ld: a forked "
+		    "child must open it itself (after the parent closed it)",
+		    d->path, (long) d->pid);
+	}
 	return QP_OK;
 }
 

@@ -113,6 +113,10 @@ void qpi_durq_free(qpi_durq *d);
  * QP_ENOENT. */
 int qpi_durq_unlink(const char *path);
 
+/* QP_OK in the process that opened d; QP_EINVAL (with a message) in a
+ * child forked after: its copy of the log's state would go astray. */
+int qpi_durq_check_owner(qpi_durq *d);
+
 /* The shared-memory queue that serves the items (owned by d): qsize,
  * stat, task_done, join, release, expire and watching go to it directly.
  * Its items are stored wrapped (id and kind first): take them with the

@@ -188,14 +188,20 @@ static int
 dur_put(
     void *impl, const void *buf, size_t len, unsigned kind, int64_t deadline)
 {
-	return qpi_durq_put(impl, buf, len, kind, deadline);
+	int rc = qpi_durq_check_owner(impl);
+
+	return rc != QP_OK ? rc : qpi_durq_put(impl, buf, len, kind, deadline);
 }
 
 static int
 dur_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
     size_t *lenp, int64_t deadline)
 {
-	return qpi_durq_get(impl, flags, into, cap, bufp, lenp, deadline);
+	int rc = qpi_durq_check_owner(impl);
+
+	return rc != QP_OK
+	    ? rc
+	    : qpi_durq_get(impl, flags, into, cap, bufp, lenp, deadline);
 }
 
 static int

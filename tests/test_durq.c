@@ -565,6 +565,16 @@ test_durq_local_queue(void **state)
 	}
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	assert_int_equal(WEXITSTATUS(status), 0);
+	/* A forked child cannot use the parent's handle. */
+	pid = fork();
+	if (pid == 0) {
+		_exit(qp_queue_put(q, "c", 1, QP_NOWAIT) == QP_EINVAL
+		            && strstr(qp_errmsg(), "forked child") != NULL
+		        ? 0
+		        : 1);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_int_equal(WEXITSTATUS(status), 0);
 	/* Too small a buffer: the item stays. */
 	assert_int_equal(
 	    qp_queue_get_into(q, buf, 2, &len, QP_NOWAIT), QP_ETOOBIG);

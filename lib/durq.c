@@ -1425,6 +1425,26 @@ qpi_durq_leases_gc(qpi_durq *d)
 }
 
 int
+qpi_durq_stat(qpi_durq *d, qp_queue_stats *st)
+{
+	int rv = qpi_shmq_stat(d->shm, st);
+
+	if (rv == QP_OK) {
+		/* The id and kind stored before each item are not its. */
+		st->bytes -= st->items * DQ_WRAP <= st->bytes
+		    ? st->items * DQ_WRAP
+		    : st->bytes;
+	}
+	return rv;
+}
+
+uint64_t
+qpi_durq_rec_size(size_t len)
+{
+	return QPI_SHMQ_REC_SIZE((uint64_t) len + DQ_WRAP);
+}
+
+int
 qpi_durq_sync(qpi_durq *d)
 {
 	int rv = QP_OK;

@@ -166,6 +166,12 @@ int qpi_durq_ack(qpi_durq *d, uint64_t lease_id);
  * expiries; cheap when nothing is leased). */
 void qpi_durq_leases_gc(qpi_durq *d);
 
+/* qpi_shmq_stat of the queue, its bytes those of the items themselves. */
+int qpi_durq_stat(qpi_durq *d, qp_queue_stats *st);
+
+/* Bytes of the queue's storage that an item of len bytes takes. */
+uint64_t qpi_durq_rec_size(size_t len);
+
 /* fdatasyncs the file now (and writes DONE records still waiting). */
 int qpi_durq_sync(qpi_durq *d);
 

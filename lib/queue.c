@@ -231,7 +231,7 @@ dur_join(void *impl, int64_t deadline)
 static int
 dur_stat(void *impl, qp_queue_stats *st)
 {
-	return qpi_shmq_stat(qpi_durq_shm(impl), st);
+	return qpi_durq_stat(impl, st);
 }
 
 static void

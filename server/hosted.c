@@ -647,14 +647,15 @@ qps_q_put_many(qps_q *q, const qpi_wire_item *items, uint32_t n)
 	 * the first item goes in, then put them one by one. Only a local
 	 * producer racing for the last room can make the batch go in part
 	 * (reported as EFULL with the count, and logged). */
-	if ((rv = qpi_shmq_stat(q->shm, &st)) != QP_OK) {
+	if ((rv = qps_q_stat(q, &st)) != QP_OK) {
 		return rv;
 	}
 	for (i = 0; i < n; i++) {
 		const uint8_t *p;
 		size_t plen;
 		q_item(items[i].data, items[i].len, &p, &plen);
-		need += QPI_SHMQ_REC_SIZE(plen);
+		need += q->dur != NULL ? qpi_durq_rec_size(plen)
+		                       : QPI_SHMQ_REC_SIZE(plen);
 	}
 	if ((st.maxsize != 0 && n > st.maxsize) || need > st.capacity) {
 		return qpi_err(QP_ETOOBIG,
@@ -786,7 +787,8 @@ qps_q_qsize(qps_q *q, uint64_t *np)
 int
 qps_q_stat(qps_q *q, qp_queue_stats *st)
 {
-	int rv = qpi_shmq_stat(q->shm, st);
+	int rv = q->dur != NULL ? qpi_durq_stat(q->dur, st)
+	                        : qpi_shmq_stat(q->shm, st);
 
 	if (rv == QP_OK) {
 		/* Remote requests parked here wait too. */

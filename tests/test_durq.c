@@ -556,6 +556,10 @@ test_durq_local_queue(void **state)
 	assert_int_equal(qp_queue_put(q, "three", 5, QP_NOWAIT), QP_OK);
 	assert_int_equal(qp_queue_qsize(q, &n), QP_OK);
 	assert_int_equal(n, 3);
+	qp_queue_stats st;
+	assert_int_equal(qp_queue_stat(q, &st), QP_OK);
+	assert_int_equal(st.items, 3);
+	assert_int_equal(st.bytes, 3 + 4 + 5);
 	/* Another process cannot open the same file meanwhile. */
 	pid = fork();
 	if (pid == 0) {

@@ -565,9 +565,13 @@ q_item(const uint8_t *item, size_t len, const uint8_t **pp, size_t *lenp)
 }
 
 /* Group commit of "always" durable queues: the put of the request this
- * thread handles leaves its fdatasync to qps_q_sync_deferred, called
- * once the ops lock is released, so that puts of many connections share
- * one sync. Every other put (a parked one, served by whoever frees room)
+ * thread handles leaves its fdatasync for after the ops lock is
+ * released. qps_q_sync_park then parks the request's worker and hands
+ * its reply to the syncer thread, which makes one fdatasync for every
+ * put that came while the previous one ran and sends their replies: nng's
+ * threads never wait for the disk. Where a worker cannot be parked,
+ * qps_q_sync_deferred syncs in the calling thread (sharing a sync under
+ * way). Every other put (a parked one, served by whoever frees room)
  * syncs before it returns. */
 static __thread struct {
 	bool allowed;
@@ -579,6 +583,118 @@ void
 qps_q_defer_sync(bool on)
 {
 	defer.allowed = on;
+}
+
+typedef struct sync_ent {
+	struct sync_ent *next;
+	qps_worker *w;
+	nng_msg *rep;
+	qpi_durq *d; /* held */
+	uint64_t ticket;
+	uint32_t op;
+	uint64_t req_id;
+	char name[QP_NAME_MAX + 1];
+} sync_ent;
+
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* work came, or a round ended */
+	sync_ent *head, *tail;
+	bool busy, stop, started;
+	pthread_t thr;
+} sy = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void *
+sy_main(void *arg)
+{
+	(void) arg;
+	pthread_mutex_lock(&sy.mu);
+	while (!sy.stop || sy.head != NULL) {
+		if (sy.head == NULL) {
+			pthread_cond_wait(&sy.cv, &sy.mu);
+			continue;
+		}
+		sync_ent *e = sy.head;
+		sy.head = sy.tail = NULL;
+		sy.busy = true;
+		pthread_mutex_unlock(&sy.mu);
+		while (e != NULL) {
+			sync_ent *next = e->next;
+			/* The first of a queue syncs for all: the others
+			 * find their ticket covered. */
+			int rv = qpi_durq_sync_to(e->d, e->ticket);
+			if (rv != QP_OK) {
+				qps_log(QPS_LOG_ERROR,
+				    "durable queue '%s': the log could not be "
+				    "synced: %s; its puts are answered with "
+				    "the "
+				    "error",
+				    e->name, qp_errmsg());
+				nng_msg_free(e->rep);
+				e->rep = qps_rep_error(e->op, e->req_id, rv,
+				    "put to '%s': the log could not be "
+				    "synced: "
+				    "%s",
+				    e->name, qp_errmsg());
+			}
+			if (e->rep != NULL) {
+				qps_worker_reply(e->w, e->rep);
+			} else {
+				qps_worker_drop(e->w);
+			}
+			qpi_durq_free(e->d);
+			free(e);
+			e = next;
+		}
+		pthread_mutex_lock(&sy.mu);
+		sy.busy = false;
+		pthread_cond_broadcast(&sy.cv);
+	}
+	pthread_mutex_unlock(&sy.mu);
+	return NULL;
+}
+
+bool
+qps_q_sync_park(qps_worker *w, nng_msg *rep, uint32_t op, uint64_t req_id,
+    const char *name)
+{
+	sync_ent *e;
+
+	if (defer.d == NULL || !sy.started) {
+		return false;
+	}
+	if ((e = calloc(1, sizeof(*e))) == NULL || !qps_worker_park(w)) {
+		free(e);
+		return false;
+	}
+	e->w = w;
+	e->rep = rep;
+	e->d = defer.d; /* its hold moves here */
+	e->ticket = defer.ticket;
+	e->op = op;
+	e->req_id = req_id;
+	snprintf(e->name, sizeof(e->name), "%s", name);
+	defer.d = NULL;
+	pthread_mutex_lock(&sy.mu);
+	if (sy.tail != NULL) {
+		sy.tail->next = e;
+	} else {
+		sy.head = e;
+	}
+	sy.tail = e;
+	pthread_cond_broadcast(&sy.cv);
+	pthread_mutex_unlock(&sy.mu);
+	return true;
+}
+
+void
+qps_q_sync_drain(void)
+{
+	pthread_mutex_lock(&sy.mu);
+	while (sy.head != NULL || sy.busy) {
+		pthread_cond_wait(&sy.cv, &sy.mu);
+	}
+	pthread_mutex_unlock(&sy.mu);
 }
 
 int
@@ -1091,6 +1207,13 @@ dur_start(void)
 	qps_log(QPS_LOG_INFO,
 	    "data directory %s: %d durable queues served, default fsync %s",
 	    hs.cfg->data_dir, n, pol);
+	if (pthread_create(&sy.thr, NULL, sy_main, NULL) == 0) {
+		sy.started = true;
+	} else {
+		qps_log(QPS_LOG_WARN,
+		    "cannot start the sync thread: puts of fsync=always "
+		    "queues sync in the request's thread");
+	}
 	return QP_OK;
 }
 
@@ -1111,6 +1234,15 @@ void
 qps_hosted_fini(void)
 {
 	qps_wgroup *g, *next;
+
+	if (sy.started) {
+		pthread_mutex_lock(&sy.mu);
+		sy.stop = true;
+		pthread_cond_broadcast(&sy.cv);
+		pthread_mutex_unlock(&sy.mu);
+		pthread_join(sy.thr, NULL);
+		sy.started = false;
+	}
 
 	pthread_mutex_lock(hs.mu);
 	hs.stop = true;

@@ -1178,8 +1178,17 @@ qps_ops_handle(qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp)
 		h = ops_handle_locked(w, pipe_id, req, &r, repp);
 		pthread_mutex_unlock(&ops.mu);
 		/* A durable put's sync, shared with the puts of other
-		 * connections, before its reply leaves. */
-		int srv = qps_q_sync_deferred();
+		 * connections, before its reply leaves: by the sync thread
+		 * (the worker parks), else here. */
+		int srv = QP_OK;
+		if (h == QPS_REPLY && *repp != NULL
+		    && qps_q_sync_park(w, *repp, r.op, r.req_id, r.name)) {
+			*repp = NULL;
+			nng_msg_free(req);
+			h = QPS_PARKED;
+		} else {
+			srv = qps_q_sync_deferred();
+		}
 		if (srv != QP_OK && h == QPS_REPLY) {
 			nng_msg_free(*repp);
 			*repp = qps_rep_error(r.op, r.req_id, srv,
@@ -1245,6 +1254,7 @@ qps_ops_drain(void)
 	}
 	qps_pipes_drain();
 	pthread_mutex_unlock(&ops.mu);
+	qps_q_sync_drain(); /* durable puts: their replies go out now */
 	if (n > 0) {
 		qps_log(QPS_LOG_INFO, "answered %u waiting requests", n);
 	}
@@ -1284,6 +1294,7 @@ qps_ops_shutdown(void)
 {
 	uint64_t total = 0;
 
+	qps_q_sync_drain(); /* durable puts' replies waiting for the disk */
 	pthread_mutex_lock(&ops.mu);
 	ops.shutdown = true;
 	qps_htab_each(&ops.conns, conn_drop_cb, &total);

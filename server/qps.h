@@ -307,6 +307,17 @@ int qps_q_put(qps_q *q, const uint8_t *item, size_t len);
 void qps_q_defer_sync(bool on);
 int qps_q_sync_deferred(void);
 
+/* Instead of qps_q_sync_deferred: parks w and hands rep (the put's reply,
+ * owned by the syncer from now on) to the sync thread, which sends it
+ * once the log is on disk (or an error reply naming op, req_id and name
+ * if the sync fails). False when there is nothing to sync or w cannot be
+ * parked: the caller then uses qps_q_sync_deferred. */
+bool qps_q_sync_park(qps_worker *w, nng_msg *rep, uint32_t op, uint64_t req_id,
+    const char *name);
+
+/* Waits until the sync thread has sent every reply handed to it. */
+void qps_q_sync_drain(void);
+
 /* Puts a batch without waiting, all or nothing as far as the segment lets
  * it be told (see hosted.c): QP_OK, QP_EFULL (none put), QP_ETOOBIG (can
  * never fit). */

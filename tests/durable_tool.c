@@ -12,6 +12,8 @@
  *   qp_durable_tool fill ADDR SIZE             put SIZE-byte items until a put
  *                                              fails: prints the count, exits
  *                                              with the failure's code
+ *   qp_durable_tool batch ADDR N               put items "b-1".."b-N" with one
+ *                                              qp_queue_put_many
  *   qp_durable_tool hold ADDR                  get one item in worker mode,
  *                                              print it, keep the lease
  *                                              until killed
@@ -241,6 +243,30 @@ main(int argc, char **argv)
 		qp_queue_free(q);
 		free(item);
 		return rv;
+	}
+	if (strcmp(cmd, "batch") == 0 && argc >= 4) {
+		size_t n = (size_t) strtoul(argv[3], NULL, 10);
+		const void **bufs = calloc(n + 1, sizeof(*bufs));
+		size_t *lens = calloc(n + 1, sizeof(*lens));
+		char *text = calloc(n + 1, 24);
+		qp_queue *q;
+		int rv;
+		if (bufs == NULL || lens == NULL || text == NULL) {
+			return 1;
+		}
+		for (size_t i = 0; i < n; i++) {
+			lens[i] = (size_t) snprintf(
+			    text + 24 * i, 24, "b-%zu", i + 1);
+			bufs[i] = text + 24 * i;
+		}
+		if ((rv = qp_queue_open(&q, addr, NULL)) == QP_OK) {
+			rv = qp_queue_put_many(q, bufs, lens, n, 5000);
+			qp_queue_free(q);
+		}
+		free(bufs);
+		free(lens);
+		free(text);
+		return rv == QP_OK ? 0 : fail("batch", rv);
 	}
 	if (strcmp(cmd, "hold") == 0) {
 		qp_queue_opts o = {.flags = QP_OPEN_LEASE};

@@ -92,14 +92,23 @@ pids+=("$hp")
 for _ in $(seq 100); do [ -s "$tmp/held" ] && break; sleep 0.02; done
 expect "leased" item2 "$(cat "$tmp/held")"
 expect "qsize while leased" 3 "$("$qt" qsize "$url/d1")"
+# A batch (put_many) to another always queue, group-committed.
+"$tool" create "$url/d4" always
+"$tool" batch "$url/d4" 300
+expect "batch put" 0 $?
 killnow
-kill -9 "$hp" 2>/dev/null
-wait "$hp" 2>/dev/null
+{
+	kill -9 "$hp"
+	wait "$hp"
+} 2>/dev/null
 
 start two --data-dir "$data"
 expect "after kill -9: leased item ready again" 4 "$("$qt" qsize "$url/d1")"
 expect "after kill -9: order" "item2 item3 item4 item5" \
 	"$(for i in 1 2 3 4; do "$qt" get "$url/d1"; echo; done | xargs)"
+expect "after kill -9: the batch" 300 "$("$qt" qsize "$url/d4")"
+"$tool" drain "$url/d4" >"$tmp/batch.out"
+expect "the batch in order" "$(seq -f 'b-%g' 1 300)" "$(cat "$tmp/batch.out")"
 expect "other queue kept" 5 "$("$qt" qsize "$url/d2")"
 "$qt" ls "$url" | grep -q "^d2 5$" && ok "listed" || bad "listed" "$("$qt" ls "$url")"
 killnow

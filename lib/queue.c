@@ -7,6 +7,7 @@
  * backend guards its own state.
  */
 #include "queue.h"
+#include "durq.h"
 #include "remote.h"
 #include "shmq.h"
 #include "wire.h"
@@ -151,10 +152,21 @@ q_opts(const qp_queue_opts *o, qpi_shmq_cfg *cfg, unsigned *flagsp)
 	if (o == NULL) {
 		return QP_OK;
 	}
-	if (o->flags & ~(QP_OPEN_CREATE | QP_OPEN_EXCL | QP_OPEN_LEASE)) {
+	const unsigned known
+	    = QP_OPEN_CREATE | QP_OPEN_EXCL | QP_OPEN_LEASE | QP_OPEN_DURABLE;
+	if (o->flags & ~known) {
 		return qpi_err(QP_EINVAL, "unknown open flags 0x%x",
-		    (unsigned) (o->flags
-		        & ~(QP_OPEN_CREATE | QP_OPEN_EXCL | QP_OPEN_LEASE)));
+		    (unsigned) (o->flags & ~known));
+	}
+	if (o->flags & QP_OPEN_DURABLE) {
+		qpi_fsync f;
+		int rc = qpi_fsync_parse(o->fsync, &f);
+		if (rc != QP_OK) {
+			return rc;
+		}
+	} else if (o->path != NULL || o->fsync != NULL) {
+		return qpi_err(
+		    QP_EINVAL, "a path or fsync policy needs QP_OPEN_DURABLE");
 	}
 	if ((o->flags & QP_OPEN_EXCL) && !(o->flags & QP_OPEN_CREATE)) {
 		return qpi_err(
@@ -174,6 +186,115 @@ q_opts(const qp_queue_opts *o, qpi_shmq_cfg *cfg, unsigned *flagsp)
 	cfg->max_message = o->max_message;
 	*flagsp = o->flags;
 	return QP_OK;
+}
+
+/* ---- the durable backend (durq.c): a file, served from memory ---- */
+
+static int
+dur_put(
+    void *impl, const void *buf, size_t len, unsigned kind, int64_t deadline)
+{
+	int rc = qpi_durq_check_owner(impl);
+
+	return rc != QP_OK ? rc : qpi_durq_put(impl, buf, len, kind, deadline);
+}
+
+static int
+dur_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
+    size_t *lenp, int64_t deadline)
+{
+	int rc = qpi_durq_check_owner(impl);
+
+	return rc != QP_OK
+	    ? rc
+	    : qpi_durq_get(impl, flags, into, cap, bufp, lenp, deadline);
+}
+
+static int
+dur_qsize(void *impl, uint64_t *np)
+{
+	return qpi_shmq_qsize(qpi_durq_shm(impl), np);
+}
+
+static int
+dur_full(void *impl, bool *fullp)
+{
+	return qpi_shmq_full(qpi_durq_shm(impl), fullp);
+}
+
+static int
+dur_task_done(void *impl)
+{
+	return qpi_shmq_task_done(qpi_durq_shm(impl));
+}
+
+static int
+dur_join(void *impl, int64_t deadline)
+{
+	return qpi_shmq_join(qpi_durq_shm(impl), deadline);
+}
+
+static int
+dur_stat(void *impl, qp_queue_stats *st)
+{
+	return qpi_durq_stat(impl, st);
+}
+
+static void
+dur_close(void *impl)
+{
+	qpi_shmq_interrupt(qpi_durq_shm(impl));
+}
+
+static void
+dur_free(void *impl)
+{
+	qpi_durq_free(impl);
+}
+
+static const qpi_queue_ops dur_ops = {
+    .put = dur_put,
+    .get = dur_get,
+    .qsize = dur_qsize,
+    .full = dur_full,
+    .task_done = dur_task_done,
+    .join = dur_join,
+    .stat = dur_stat,
+    .close = dur_close,
+    .free = dur_free,
+};
+
+static int
+q_open_durable(qp_queue **qp, const qp_queue_opts *o, unsigned flags)
+{
+	qpi_durq_cfg c;
+	qpi_durq *d;
+	int rc;
+
+	if (o->path == NULL || o->path[0] == '\0') {
+		return qpi_err(QP_EINVAL,
+		    "QP_OPEN_DURABLE on a shm:// queue needs opts.path, the "
+		    "file that holds it");
+	}
+	if (flags & QP_OPEN_LEASE) {
+		return qpi_err(QP_EINVAL,
+		    "QP_OPEN_LEASE (worker mode) needs a queue served by "
+		    "qpiped");
+	}
+	memset(&c, 0, sizeof(c));
+	c.maxsize = o->maxsize;
+	c.capacity = o->capacity;
+	c.max_message = o->max_message;
+	c.lease_ms = o->lease_ms;
+	if ((rc = qpi_fsync_parse(o->fsync, &c.fsync)) != QP_OK
+	    || (rc = qpi_durq_open(&d, o->path, flags, &c, NULL, NULL))
+	        != QP_OK) {
+		return rc;
+	}
+	if ((rc = qpi_queue_wrap(qp, &dur_ops, d)) != QP_OK) {
+		qpi_durq_free(d);
+	}
+	return rc;
 }
 
 /* ---- open, close ---- */
@@ -213,6 +334,9 @@ qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts)
 		    "qpiped, not %s",
 		    addr);
 	}
+	if (flags & QP_OPEN_DURABLE) {
+		return q_open_durable(qp, opts, flags);
+	}
 	if ((rc = qpi_shmq_open(&sq, a.name, flags, &cfg)) != QP_OK) {
 		return rc;
 	}
@@ -237,10 +361,10 @@ qp_queue_anon(qp_queue **qp, const qp_queue_opts *opts)
 	if ((rc = q_opts(opts, &cfg, &flags)) != QP_OK) {
 		return rc;
 	}
-	if (flags & QP_OPEN_LEASE) {
-		return qpi_err(QP_EINVAL,
-		    "QP_OPEN_LEASE (worker mode) needs a queue served by "
-		    "qpiped");
+	if (flags & (QP_OPEN_LEASE | QP_OPEN_DURABLE)) {
+		return qpi_err(QP_EINVAL, "%s needs a named queue",
+		    (flags & QP_OPEN_LEASE) ? "QP_OPEN_LEASE (worker mode)"
+		                            : "QP_OPEN_DURABLE");
 	}
 	if ((rc = qpi_shmq_anon(&sq, &cfg)) != QP_OK) {
 		return rc;

@@ -675,6 +675,11 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 		c.req.lease_ms = opts->lease_ms;
 		c.req.flags
 		    = (opts->flags & QP_OPEN_EXCL) ? QPI_CREATE_EXCL : 0;
+		if (opts->flags & QP_OPEN_DURABLE) {
+			c.req.flags |= QPI_CREATE_DURABLE;
+			snprintf(c.req.fsync, sizeof(c.req.fsync), "%s",
+			    opts->fsync != NULL ? opts->fsync : "");
+		}
 	} else {
 		rq_call_init(&c, r, QPI_OP_STAT);
 	}

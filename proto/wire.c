@@ -600,6 +600,7 @@ enum {
 	F_CNAME, /* str 0..64 printable ASCII */
 	F_MAC, /* bin 32 */
 	F_CNONCE, /* bin 0 or 32 */
+	F_FSYNC, /* str 0..32 printable ASCII */
 	R_SVERSION, /* str 1..32 printable ASCII */
 	R_LIMITS, /* map str -> uint */
 	R_NONCE, /* bin 32 */
@@ -644,6 +645,7 @@ static const char *const field_names[F_KINDS] = {
     [F_CNAME] = "client_name",
     [F_MAC] = "mac",
     [F_CNONCE] = "client_nonce",
+    [F_FSYNC] = "fsync",
     [R_SVERSION] = "server_version",
     [R_LIMITS] = "limits",
     [R_NONCE] = "nonce",
@@ -697,7 +699,7 @@ static const opdef ops[QPI_OP_MAX + 1] = {
     [QPI_OP_LIST] = {"list", false, 0, {F_END}, {R_LIST}},
     [QPI_OP_CREATE] = {"create", true, QPI_CREATE_DURABLE | QPI_CREATE_EXCL,
         {F_NAME, F_CLIENT, F_SEQ, F_MAXSIZE, F_CAPACITY, F_MAXMSG, F_LMS,
-            F_FLAGS},
+            F_FLAGS, F_FSYNC},
         {F_END}},
     [QPI_OP_DELETE] = {"delete", true, 0, {F_NAME, F_CLIENT, F_SEQ}, {F_END}},
     [QPI_OP_PIPE_OPEN] = {"pipe_open", true, QPI_PIPE_ONEWAY,
@@ -1391,6 +1393,8 @@ rd_req_field(rd *r, int f, const opdef *d, qpi_wire_req *q)
 	case F_CNAME:
 		return rd_text(
 		    r, f, 0, QPI_WIRE_CLIENT_NAME_MAX, q->client_name);
+	case F_FSYNC:
+		return rd_text(r, f, 0, QPI_WIRE_FSYNC_MAX, q->fsync);
 	case F_MAC:
 		return rd_fixbin(r, f, q->mac, QPI_WIRE_MAC_LEN, false, NULL);
 	case F_CNONCE:
@@ -1749,6 +1753,8 @@ enc_req_field(qpi_wire_buf *b, int f, const opdef *d, const qpi_wire_req *q)
 	case F_CNAME:
 		return enc_text(
 		    b, op, f, q->client_name, 0, QPI_WIRE_CLIENT_NAME_MAX);
+	case F_FSYNC:
+		return enc_text(b, op, f, q->fsync, 0, QPI_WIRE_FSYNC_MAX);
 	case F_MAC:
 		return qpi_wire_put_bin(b, q->mac, QPI_WIRE_MAC_LEN);
 	case F_CNONCE:

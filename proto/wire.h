@@ -159,6 +159,7 @@ typedef enum qpi_wire_op {
 #define QPI_WIRE_NONCE_LEN       32 /* server and client nonces */
 #define QPI_WIRE_MAC_LEN         32 /* HMAC-SHA-256 */
 #define QPI_WIRE_CLIENT_NAME_MAX 64 /* hello: printable ASCII */
+#define QPI_WIRE_FSYNC_MAX       32 /* create: printable ASCII */
 #define QPI_WIRE_VERSION_STR_MAX 32 /* hello reply: server version */
 #define QPI_WIRE_ERRMSG_MAX      255 /* error replies: message text */
 #define QPI_WIRE_MS_MAX          INT32_MAX /* lease and delay, in ms */
@@ -228,6 +229,7 @@ typedef struct qpi_wire_req {
 	uint64_t max_message; /* create: largest item, 0 = default */
 	int32_t side; /* pipe ops: 0 or 1; pipe_open also -1 (any free) */
 	char client_name[QPI_WIRE_CLIENT_NAME_MAX + 1]; /* hello */
+	char fsync[QPI_WIRE_FSYNC_MAX + 1]; /* create: "" = the default */
 	uint8_t mac[QPI_WIRE_MAC_LEN]; /* auth: HMAC(token, server nonce) */
 	bool has_nonce; /* auth: the client sent a nonce of its own */
 	uint8_t nonce[QPI_WIRE_NONCE_LEN]; /* auth: the client's nonce */

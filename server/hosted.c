@@ -15,9 +15,20 @@
  * bumped when their set changes. Lease expiries fire from the timer
  * thread at the nearest expiry the segment reports.
  *
+ * Durable queues (--data-dir DIR) live in DIR/NAME.qlog, a log of puts
+ * and confirmations (lib/durq.h) replayed at start into a queue private to
+ * the server: they are served through the server only (no /dev/shm
+ * segment), their puts are in the log before they are acknowledged, and
+ * a lease is confirmed in the log only by its ack, so leased items are
+ * ready again after a restart. Every file is validated at start: a torn
+ * tail is cut (logged), a file with a bad record before its end is
+ * quarantined: logged, kept as it is, every request naming the queue
+ * answered QP_ECORRUPT until it is deleted.
+ *
  * Locking: everything here runs under the ops lock (hs.mu), the watcher
  * threads included except while they sleep in the kernel.
  */
+#include "durq.h"
 #include "futex.h"
 #include "qps.h"
 #include "shmq.h"
@@ -25,6 +36,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <linux/futex.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,7 +79,18 @@ static struct {
 	qps_wgroup *groups;
 	bool stop;
 	int waitv; /* 1: futex_waitv works, 0: it does not, -1: unknown */
+	qpi_fsync fsync; /* durable queues' default policy */
+	struct quar *quar; /* quarantined durable queues */
 } hs = {.waitv = -1};
+
+/* A durable queue whose file failed its checks: not served. */
+struct quar {
+	struct quar *next;
+	char name[QP_NAME_MAX + 1];
+	char why[400];
+};
+
+static const char *const dur_ext = ".qlog";
 
 static const char *const shm_dir = "/dev/shm";
 static const char *const shm_prefix = "qpipe.";
@@ -90,7 +113,61 @@ q_inode(const char *name)
 bool
 qps_q_stale(qps_q *q)
 {
-	return q_inode(q->name) != q->ino;
+	return q->dur == NULL && q_inode(q->name) != q->ino;
+}
+
+/* ---- durable queues' files ---- */
+
+static bool
+dur_path(const char *name, char *path, size_t cap)
+{
+	return hs.cfg->data_dir != NULL
+	    && (size_t) snprintf(
+	           path, cap, "%s/%s%s", hs.cfg->data_dir, name, dur_ext)
+	    < cap;
+}
+
+static struct quar *
+quar_find(const char *name)
+{
+	for (struct quar *z = hs.quar; z != NULL; z = z->next) {
+		if (strcmp(z->name, name) == 0) {
+			return z;
+		}
+	}
+	return NULL;
+}
+
+static void
+quar_add(const char *name, const char *why)
+{
+	struct quar *z = quar_find(name);
+
+	if (z == NULL && (z = calloc(1, sizeof(*z))) != NULL) {
+		snprintf(z->name, sizeof(z->name), "%s", name);
+		z->next = hs.quar;
+		hs.quar = z;
+	}
+	if (z != NULL) {
+		snprintf(z->why, sizeof(z->why), "%s", why);
+	}
+	qps_log(QPS_LOG_ERROR,
+	    "durable queue '%s' QUARANTINED, not served: %s (requests on it "
+	    "get ECORRUPT; repair or move the file, or delete the queue)",
+	    name, why);
+}
+
+static void
+quar_drop(const char *name)
+{
+	for (struct quar **zp = &hs.quar; *zp != NULL; zp = &(*zp)->next) {
+		if (strcmp((*zp)->name, name) == 0) {
+			struct quar *z = *zp;
+			*zp = z->next;
+			free(z);
+			return;
+		}
+	}
 }
 
 /* ---- lease expiries ---- */
@@ -104,6 +181,9 @@ q_lease_fire(qps_timer *t)
 
 	if (qpi_shmq_expire(q->shm, qpi_now_ms(), &n, &next) != QP_OK) {
 		next = INT64_MAX;
+	}
+	if (q->dur != NULL && n > 0) {
+		qpi_durq_leases_gc(q->dur);
 	}
 	if (n > 0) {
 		qps_log(QPS_LOG_INFO,
@@ -171,22 +251,92 @@ q_reclaim(qps_q *q)
 	}
 }
 
+/* Opens (flags: QP_OPEN_CREATE, EXCL) the durable queue name: its file
+ * is validated and replayed; a torn tail is cut and logged. A corrupt
+ * file is quarantined. d gets the log, *lease_msp its stored lease. */
+static int
+dur_open(const char *name, unsigned flags, const qps_q_opts *o, qpi_durq **dp,
+    uint64_t *lease_msp)
+{
+	char path[PATH_MAX];
+	qpi_durq_cfg c;
+	qpi_durq_info info;
+	char pol[QPI_FSYNC_STR_MAX];
+	int rv;
+
+	if (!dur_path(name, path, sizeof(path))) {
+		return qpi_err(
+		    QP_EINVAL, "the data directory path is too long");
+	}
+	memset(&c, 0, sizeof(c));
+	c.capacity = hs.cfg->max_queue_bytes;
+	c.max_message = hs.cfg->max_message;
+	if (o != NULL) {
+		if (o->maxsize != 0) {
+			c.maxsize = o->maxsize;
+		}
+		if (o->capacity != 0) {
+			c.capacity = o->capacity;
+		}
+		if (o->max_message != 0) {
+			c.max_message = o->max_message;
+		}
+		c.lease_ms = o->lease_ms;
+		if ((rv = qpi_fsync_parse(o->fsync, &c.fsync)) != QP_OK) {
+			return rv;
+		}
+	}
+	rv = qpi_durq_open(dp, path, flags, &c, &hs.fsync, &info);
+	if (rv == QP_ECORRUPT || rv == QP_EVERSION) {
+		char why[400];
+		snprintf(why, sizeof(why), "%s", qp_errmsg());
+		quar_add(name, why);
+		return qpi_err(QP_ECORRUPT, "quarantined: %s", why);
+	}
+	if (rv != QP_OK) {
+		return rv;
+	}
+	qpi_durq_settings(*dp, &c);
+	qpi_fsync_format(&c.fsync, pol, sizeof(pol));
+	if (info.cut_bytes > 0) {
+		qps_log(QPS_LOG_WARN,
+		    "durable queue '%s': torn tail in %s: cut %llu bytes at "
+		    "offset %llu (a record cut short); the %llu complete "
+		    "records before it are kept",
+		    name, path, (unsigned long long) info.cut_bytes,
+		    (unsigned long long) info.cut_at,
+		    (unsigned long long) info.records);
+	}
+	qps_log(QPS_LOG_INFO,
+	    "durable queue '%s': %llu items from %s (%llu records, fsync %s)",
+	    name, (unsigned long long) info.items, path,
+	    (unsigned long long) info.records, pol);
+	*lease_msp = c.lease_ms;
+	return QP_OK;
+}
+
+/* Hosts the queue name: the shared-memory segment (flags, cfg), or with
+ * dur != NULL the durable queue dur (owned by q from now on). */
 static int
 q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
-    uint64_t lease_ms, qps_q **qp)
+    uint64_t lease_ms, qpi_durq *dur, qps_q **qp)
 {
 	qps_q *q = calloc(1, sizeof(*q));
 	int rv;
 
 	if (q == NULL) {
+		qpi_durq_free(dur);
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	if ((rv = qpi_shmq_open(&q->shm, name, flags, cfg)) != QP_OK) {
+	if (dur != NULL) {
+		q->dur = dur;
+		q->shm = qpi_durq_shm(dur);
+	} else if ((rv = qpi_shmq_open(&q->shm, name, flags, cfg)) != QP_OK) {
 		free(q);
 		return rv;
 	}
 	snprintf(q->name, sizeof(q->name), "%s", name);
-	q->ino = q_inode(name);
+	q->ino = q->dur != NULL ? 0 : q_inode(name);
 	q->lease_ms = lease_ms != 0 ? lease_ms : (uint64_t) hs.cfg->lease_ms;
 	q->node.key = qps_hash(name, strlen(name));
 	qps_timer_init(&q->lease_timer, q_lease_fire);
@@ -211,6 +361,29 @@ q_default_cfg(void)
 	return c;
 }
 
+/* A durable queue that is not hosted yet: quarantined, or a file that
+ * appeared in the data directory since the start. */
+static int
+dur_lookup(const char *name, qps_q **qp)
+{
+	char path[PATH_MAX];
+	struct quar *z = quar_find(name);
+	qpi_durq *d;
+	uint64_t lease_ms = 0;
+	int rv;
+
+	if (z != NULL) {
+		return qpi_err(QP_ECORRUPT, "quarantined: %s", z->why);
+	}
+	if (!dur_path(name, path, sizeof(path)) || access(path, F_OK) != 0) {
+		return QP_ENOENT;
+	}
+	if ((rv = dur_open(name, 0, NULL, &d, &lease_ms)) != QP_OK) {
+		return rv;
+	}
+	return q_attach(name, 0, NULL, lease_ms, d, qp);
+}
+
 int
 qps_q_open(const char *name, bool create, qps_q **qp)
 {
@@ -218,8 +391,13 @@ qps_q_open(const char *name, bool create, qps_q **qp)
 	qpi_shmq_cfg cfg = q_default_cfg();
 	int rv;
 
+	if (q == NULL && (rv = dur_lookup(name, &q)) != QP_ENOENT
+	    && rv != QP_OK) {
+		return rv;
+	}
 	if (q == NULL) {
-		rv = q_attach(name, create ? QP_OPEN_CREATE : 0, &cfg, 0, &q);
+		rv = q_attach(
+		    name, create ? QP_OPEN_CREATE : 0, &cfg, 0, NULL, &q);
 		if (rv != QP_OK) {
 			return rv;
 		}
@@ -238,6 +416,42 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 	qpi_shmq_cfg cfg = q_default_cfg();
 	int rv;
 
+	if (q == NULL && (rv = dur_lookup(name, &q)) != QP_ENOENT
+	    && rv != QP_OK) {
+		return rv;
+	}
+	if (o->durable && q == NULL && q_inode(name) != 0) {
+		return qpi_err(QP_EEXIST,
+		    "queue '%s' exists in shared memory, not durable: delete "
+		    "it first",
+		    name);
+	}
+	if (o->durable && q != NULL && q->dur == NULL) {
+		return qpi_err(QP_EEXIST,
+		    "queue '%s' exists and is not durable: delete it first",
+		    name);
+	}
+	if (o->durable && q == NULL) {
+		qpi_durq *d;
+		uint64_t lease_ms = 0;
+		if (hs.cfg->data_dir == NULL) {
+			return qpi_err(QP_EINVAL,
+			    "a durable queue needs the server started with "
+			    "--data-dir");
+		}
+		rv = dur_open(name,
+		    QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0), o, &d,
+		    &lease_ms);
+		if (rv == QP_OK
+		    && (rv = q_attach(name, 0, NULL, lease_ms, d, &q))
+		        == QP_OK) {
+			q->reclaimed = true;
+			qps_log(
+			    QPS_LOG_INFO, "durable queue '%s' created", name);
+			*qp = q;
+		}
+		return rv;
+	}
 	if (q != NULL) {
 		if (o->excl) {
 			return qpi_err(
@@ -262,7 +476,7 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 		cfg.max_message = o->max_message;
 	}
 	rv = q_attach(name, QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0),
-	    &cfg, o->lease_ms, &q);
+	    &cfg, o->lease_ms, NULL, &q);
 	if (rv == QP_OK) {
 		q_reclaim(q);
 		*qp = q;
@@ -288,15 +502,33 @@ qps_q_forget(qps_q *q)
 	if (q->next != NULL) {
 		q->next->prev = q->prev;
 	}
-	qpi_shmq_free(q->shm);
+	if (q->dur != NULL) {
+		qpi_durq_free(q->dur);
+	} else {
+		qpi_shmq_free(q->shm);
+	}
 	free(q);
 }
 
 int
 qps_q_delete(const char *name, qps_q *q)
 {
-	int rv = qpi_shmq_unlink(name);
+	char path[PATH_MAX];
+	int rv;
 
+	if ((q != NULL && q->dur != NULL) || quar_find(name) != NULL
+	    || (q == NULL && dur_path(name, path, sizeof(path))
+	        && access(path, F_OK) == 0)) {
+		if (q != NULL) {
+			qps_q_forget(q); /* closes (and unlocks) the file */
+		}
+		quar_drop(name);
+		if (!dur_path(name, path, sizeof(path))) {
+			return qpi_err(QP_EINVAL, "path too long");
+		}
+		return qpi_durq_unlink(path);
+	}
+	rv = qpi_shmq_unlink(name);
 	if (q != NULL) {
 		qps_q_forget(q);
 	}
@@ -334,6 +566,180 @@ q_item(const uint8_t *item, size_t len, const uint8_t **pp, size_t *lenp)
 	return QPI_ITEM_OBJ;
 }
 
+/* Group commit of "always" durable queues: the put of the request this
+ * thread handles leaves its fdatasync for after the ops lock is
+ * released. qps_q_sync_park then parks the request's worker and hands
+ * its reply to the syncer thread, which makes one fdatasync for every
+ * put that came while the previous one ran and sends their replies: nng's
+ * threads never wait for the disk. Where a worker cannot be parked,
+ * qps_q_sync_deferred syncs in the calling thread (sharing a sync under
+ * way). Every other put (a parked one, served by whoever frees room)
+ * syncs before it returns. */
+static __thread struct {
+	bool allowed;
+	qpi_durq *d; /* held (qpi_durq_hold) until the sync */
+	uint64_t ticket;
+} defer;
+
+void
+qps_q_defer_sync(bool on)
+{
+	defer.allowed = on;
+}
+
+typedef struct sync_ent {
+	struct sync_ent *next;
+	qps_worker *w;
+	nng_msg *rep;
+	qpi_durq *d; /* held */
+	uint64_t ticket;
+	uint32_t op;
+	uint64_t req_id;
+	char name[QP_NAME_MAX + 1];
+} sync_ent;
+
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* work came, or a round ended */
+	sync_ent *head, *tail;
+	bool busy, stop, started;
+	pthread_t thr;
+} sy = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void *
+sy_main(void *arg)
+{
+	(void) arg;
+	pthread_mutex_lock(&sy.mu);
+	while (!sy.stop || sy.head != NULL) {
+		if (sy.head == NULL) {
+			pthread_cond_wait(&sy.cv, &sy.mu);
+			continue;
+		}
+		sync_ent *e = sy.head;
+		sy.head = sy.tail = NULL;
+		sy.busy = true;
+		pthread_mutex_unlock(&sy.mu);
+		while (e != NULL) {
+			sync_ent *next = e->next;
+			/* The first of a queue syncs for all: the others
+			 * find their ticket covered. */
+			int rv = qpi_durq_sync_to(e->d, e->ticket);
+			if (rv != QP_OK) {
+				qps_log(QPS_LOG_ERROR,
+				    "durable queue '%s': the log could not be "
+				    "synced: %s; its puts are answered with "
+				    "the "
+				    "error",
+				    e->name, qp_errmsg());
+				nng_msg_free(e->rep);
+				e->rep = qps_rep_error(e->op, e->req_id, rv,
+				    "put to '%s': the log could not be "
+				    "synced: "
+				    "%s",
+				    e->name, qp_errmsg());
+			}
+			if (e->rep != NULL) {
+				qps_worker_reply(e->w, e->rep);
+			} else {
+				qps_worker_drop(e->w);
+			}
+			qpi_durq_free(e->d);
+			free(e);
+			e = next;
+		}
+		pthread_mutex_lock(&sy.mu);
+		sy.busy = false;
+		pthread_cond_broadcast(&sy.cv);
+	}
+	pthread_mutex_unlock(&sy.mu);
+	return NULL;
+}
+
+bool
+qps_q_sync_park(qps_worker *w, nng_msg *rep, uint32_t op, uint64_t req_id,
+    const char *name)
+{
+	sync_ent *e;
+
+	if (defer.d == NULL || !sy.started) {
+		return false;
+	}
+	if ((e = calloc(1, sizeof(*e))) == NULL || !qps_worker_park(w)) {
+		free(e);
+		return false;
+	}
+	e->w = w;
+	e->rep = rep;
+	e->d = defer.d; /* its hold moves here */
+	e->ticket = defer.ticket;
+	e->op = op;
+	e->req_id = req_id;
+	snprintf(e->name, sizeof(e->name), "%s", name);
+	defer.d = NULL;
+	pthread_mutex_lock(&sy.mu);
+	if (sy.tail != NULL) {
+		sy.tail->next = e;
+	} else {
+		sy.head = e;
+	}
+	sy.tail = e;
+	pthread_cond_broadcast(&sy.cv);
+	pthread_mutex_unlock(&sy.mu);
+	return true;
+}
+
+void
+qps_q_sync_drain(void)
+{
+	pthread_mutex_lock(&sy.mu);
+	while (sy.head != NULL || sy.busy) {
+		pthread_cond_wait(&sy.cv, &sy.mu);
+	}
+	pthread_mutex_unlock(&sy.mu);
+}
+
+int
+qps_q_sync_deferred(void)
+{
+	qpi_durq *d = defer.d;
+	int rv;
+
+	if (d == NULL) {
+		return QP_OK;
+	}
+	defer.d = NULL;
+	rv = qpi_durq_sync_to(d, defer.ticket);
+	if (rv != QP_OK) {
+		qps_log(QPS_LOG_ERROR,
+		    "a durable queue's log could not be synced: %s; the puts "
+		    "waiting for it are answered with the error",
+		    qp_errmsg());
+	}
+	qpi_durq_free(d);
+	return rv;
+}
+
+static int
+q_put_durable(qps_q *q, const uint8_t *p, size_t plen, unsigned kind)
+{
+	uint64_t ticket = 0;
+	int rv;
+
+	if (!defer.allowed || (defer.d != NULL && defer.d != q->dur)) {
+		return qpi_durq_put(q->dur, p, plen, kind, 0);
+	}
+	rv = qpi_durq_put_async(q->dur, p, plen, kind, &ticket);
+	if (rv == QP_OK && ticket != 0) {
+		if (defer.d == NULL) {
+			qpi_durq_hold(q->dur);
+			defer.d = q->dur;
+		}
+		defer.ticket = ticket;
+	}
+	return rv;
+}
+
 int
 qps_q_put(qps_q *q, const uint8_t *item, size_t len)
 {
@@ -341,7 +747,62 @@ qps_q_put(qps_q *q, const uint8_t *item, size_t len)
 	size_t plen;
 	unsigned kind = q_item(item, len, &p, &plen);
 
+	if (q->dur != NULL) {
+		return q_put_durable(q, p, plen, kind);
+	}
 	return qpi_shmq_put(q->shm, p, plen, kind, 0);
+}
+
+/* A durable queue is the server's alone (its file is locked), and the ops
+ * lock is held: checking room first makes the batch all or nothing. */
+static int
+q_put_many_durable(qps_q *q, const qpi_wire_item *items, uint32_t n)
+{
+	qp_queue_stats st;
+	uint64_t need = 0;
+	uint32_t i;
+	int rv;
+
+	if ((rv = qps_q_stat(q, &st)) != QP_OK) {
+		return rv;
+	}
+	for (i = 0; i < n; i++) {
+		const uint8_t *p;
+		size_t plen;
+		q_item(items[i].data, items[i].len, &p, &plen);
+		need += qpi_durq_rec_size(plen);
+	}
+	if ((st.maxsize != 0 && n > st.maxsize) || need > st.capacity) {
+		return qpi_err(QP_ETOOBIG,
+		    "a batch of %u items (%llu bytes stored) can never fit in "
+		    "'%s' (maxsize %llu, %llu bytes)",
+		    n, (unsigned long long) need, q->name,
+		    (unsigned long long) st.maxsize,
+		    (unsigned long long) st.capacity);
+	}
+	if (st.maxsize != 0 && st.items + n > st.maxsize) {
+		return qpi_err(QP_EFULL, "queue '%s' is full", q->name);
+	}
+	for (i = 0; i < n; i++) {
+		if ((rv = qps_q_put(q, items[i].data, items[i].len))
+		    != QP_OK) {
+			break;
+		}
+	}
+	if (i == n) {
+		return QP_OK;
+	}
+	if (i > 0) {
+		qps_log(QPS_LOG_WARN,
+		    "queue '%s' filled up during a batch: %u of %u items "
+		    "stored",
+		    q->name, i, n);
+		return qpi_err(rv,
+		    "queue '%s' filled up during the batch: %u of %u items "
+		    "stored",
+		    q->name, i, n);
+	}
+	return rv;
 }
 
 int
@@ -350,6 +811,9 @@ qps_q_put_many(qps_q *q, const qpi_wire_item *items, uint32_t n)
 	qpi_shmq_item stack[64] = {{0}}, *it = stack;
 	int rv;
 
+	if (q->dur != NULL) {
+		return q_put_many_durable(q, items, n);
+	}
 	/* All or nothing, and no other item between them. */
 	if (n > 64 && (it = malloc(n * sizeof(*it))) == NULL) {
 		return qpi_err(
@@ -379,8 +843,11 @@ qps_q_get(qps_q *q, uint64_t owner, uint32_t mode, uint64_t lease_ms,
 	if (lease_ms == 0) {
 		lease_ms = q->lease_ms;
 	}
-	rv = qpi_shmq_get_lease_max(q->shm, owner, (int64_t) lease_ms,
-	    QPI_GET_OBJ, max_len, &g->data, &g->len, &l, 0);
+	rv = q->dur != NULL
+	    ? qpi_durq_get_lease(q->dur, owner, (int64_t) lease_ms,
+	        QPI_GET_OBJ, max_len, &g->data, &g->len, &l)
+	    : qpi_shmq_get_lease_max(q->shm, owner, (int64_t) lease_ms,
+	        QPI_GET_OBJ, max_len, &g->data, &g->len, &l, 0);
 	if (rv != QP_OK) {
 		return rv;
 	}
@@ -393,6 +860,9 @@ qps_q_get(qps_q *q, uint64_t owner, uint32_t mode, uint64_t lease_ms,
 int
 qps_q_ack(qps_q *q, uint64_t lease_id)
 {
+	if (q->dur != NULL) {
+		return qpi_durq_ack(q->dur, lease_id);
+	}
 	return qpi_shmq_ack(q->shm, lease_id);
 }
 
@@ -403,7 +873,11 @@ qps_q_release(qps_q *q, uint64_t owner, uint64_t lease_id, uint64_t delay_ms)
 
 	(void) owner;
 	if (delay_ms == 0) {
-		return qpi_shmq_release(q->shm, lease_id);
+		rv = qpi_shmq_release(q->shm, lease_id);
+		if (q->dur != NULL) {
+			qpi_durq_leases_gc(q->dur);
+		}
+		return rv;
 	}
 	/* Held a while longer, then its expiry gives it back. */
 	rv = qpi_shmq_renew(q->shm, lease_id, (int64_t) delay_ms);
@@ -420,6 +894,9 @@ qps_q_release_owner(qps_q *q, uint64_t owner)
 
 	if (qpi_shmq_release_owner(q->shm, owner, &n) != QP_OK) {
 		return 0;
+	}
+	if (q->dur != NULL) {
+		qpi_durq_leases_gc(q->dur);
 	}
 	return n;
 }
@@ -452,7 +929,8 @@ qps_q_qsize(qps_q *q, uint64_t *np)
 int
 qps_q_stat(qps_q *q, qp_queue_stats *st)
 {
-	int rv = qpi_shmq_stat(q->shm, st);
+	int rv = q->dur != NULL ? qpi_durq_stat(q->dur, st)
+	                        : qpi_shmq_stat(q->shm, st);
 
 	if (rv == QP_OK) {
 		/* Remote requests parked here wait too. */
@@ -474,6 +952,17 @@ qps_q_list(bool (*fn)(const char *name, const qp_queue_stats *st, void *arg),
 		return qpi_err(QP_ESYSTEM, "cannot read %s: %s", shm_dir,
 		    strerror(errno));
 	}
+	/* Durable queues: all hosted since the start (or quarantined). */
+	for (qps_q *q = hs.head; q != NULL; q = q->next) {
+		qp_queue_stats st;
+		if (q->dur == NULL || qps_q_stat(q, &st) != QP_OK) {
+			continue;
+		}
+		if (!fn(q->name, &st, arg)) {
+			closedir(d);
+			return QP_OK;
+		}
+	}
 	while ((e = readdir(d)) != NULL) {
 		const char *name = e->d_name + plen;
 		qp_queue_stats st;
@@ -486,8 +975,11 @@ qps_q_list(bool (*fn)(const char *name, const qp_queue_stats *st, void *arg),
 		/* Listing does not reclaim leases: another server on this
 		 * host may be serving the queue. */
 		qpi_shmq_cfg cfg = q_default_cfg();
-		if ((q = qps_q_find(name)) == NULL
-		    && q_attach(name, 0, &cfg, 0, &q) != QP_OK) {
+		if ((q = qps_q_find(name)) != NULL && q->dur != NULL) {
+			continue; /* listed above */
+		}
+		if (q == NULL
+		    && q_attach(name, 0, &cfg, 0, NULL, &q) != QP_OK) {
 			continue; /* not a queue (a pipe, another layout) */
 		}
 		if (qps_q_stat(q, &st) != QP_OK) {
@@ -686,18 +1178,97 @@ qps_q_watch(qps_q *q, bool on)
 
 /* ---- start and stop ---- */
 
+/* Opens every durable queue of the data directory: each file is
+ * validated (torn tails cut, corrupt files quarantined) before the
+ * server answers anything. */
+static int
+dur_start(void)
+{
+	DIR *dir;
+	struct dirent *e;
+	size_t elen = strlen(dur_ext);
+	int n = 0;
+
+	if (hs.cfg->data_dir == NULL) {
+		return QP_OK;
+	}
+	if (mkdir(hs.cfg->data_dir, 0700) != 0 && errno != EEXIST) {
+		qps_log(QPS_LOG_ERROR, "cannot create --data-dir %s: %s",
+		    hs.cfg->data_dir, strerror(errno));
+		return QP_ESYSTEM;
+	}
+	if ((dir = opendir(hs.cfg->data_dir)) == NULL) {
+		qps_log(QPS_LOG_ERROR, "cannot read --data-dir %s: %s",
+		    hs.cfg->data_dir, strerror(errno));
+		return QP_ESYSTEM;
+	}
+	pthread_mutex_lock(hs.mu);
+	while ((e = readdir(dir)) != NULL) {
+		char name[QP_NAME_MAX + 1];
+		size_t len = strlen(e->d_name);
+		qps_q *q = NULL;
+		if (len <= elen || len - elen > QP_NAME_MAX
+		    || strcmp(e->d_name + len - elen, dur_ext) != 0) {
+			continue;
+		}
+		memcpy(name, e->d_name, len - elen);
+		name[len - elen] = '\0';
+		if (!qpi_name_valid(name, len - elen)) {
+			continue;
+		}
+		int rv = dur_lookup(name, &q);
+		if (rv == QP_OK) {
+			q->reclaimed = true;
+			n++;
+		} else if (rv != QP_ECORRUPT) {
+			qps_log(QPS_LOG_ERROR,
+			    "durable queue '%s' cannot be opened: %s", name,
+			    qp_errmsg());
+		}
+	}
+	pthread_mutex_unlock(hs.mu);
+	closedir(dir);
+	char pol[QPI_FSYNC_STR_MAX];
+	qpi_fsync_format(&hs.fsync, pol, sizeof(pol));
+	qps_log(QPS_LOG_INFO,
+	    "data directory %s: %d durable queues served, default fsync %s",
+	    hs.cfg->data_dir, n, pol);
+	if (pthread_create(&sy.thr, NULL, sy_main, NULL) == 0) {
+		sy.started = true;
+	} else {
+		qps_log(QPS_LOG_WARN,
+		    "cannot start the sync thread: puts of fsync=always "
+		    "queues sync in the request's thread");
+	}
+	return QP_OK;
+}
+
 int
 qps_hosted_start(const qps_config *cfg, pthread_mutex_t *mu)
 {
 	hs.mu = mu;
 	hs.cfg = cfg;
-	return QP_OK;
+	if (qpi_fsync_parse(cfg->fsync, &hs.fsync) != QP_OK
+	    || hs.fsync.mode == QPI_FSYNC_DEFAULT) {
+		hs.fsync.mode = QPI_FSYNC_INTERVAL;
+		hs.fsync.ms = QPI_FSYNC_DEF_MS;
+	}
+	return dur_start();
 }
 
 void
 qps_hosted_fini(void)
 {
 	qps_wgroup *g, *next;
+
+	if (sy.started) {
+		pthread_mutex_lock(&sy.mu);
+		sy.stop = true;
+		pthread_cond_broadcast(&sy.cv);
+		pthread_mutex_unlock(&sy.mu);
+		pthread_join(sy.thr, NULL);
+		sy.started = false;
+	}
 
 	pthread_mutex_lock(hs.mu);
 	hs.stop = true;
@@ -726,5 +1297,10 @@ qps_hosted_fini(void)
 		qps_q_forget(q);
 	}
 	qps_htab_fini(&hs.qs);
+	while (hs.quar != NULL) {
+		struct quar *z = hs.quar;
+		hs.quar = z->next;
+		free(z);
+	}
 	pthread_mutex_unlock(hs.mu);
 }

@@ -812,8 +812,10 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		}
 		/* Parked putters go first (FIFO). */
 		ops_dispatch(q);
+		qps_q_defer_sync(true); /* group commit: see qps_ops_handle */
 		rv = q->whead[QPS_WAIT_PUT] != NULL ? QP_EFULL
 		                                    : op_try_put(q, r);
+		qps_q_defer_sync(false);
 		if (rv == QP_EFULL && r->timeout != 0) {
 			return park_or_refuse(
 			    w, c, q, QPS_WAIT_PUT, req, r, cl, repp);
@@ -967,15 +969,18 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		    .max_message = r->max_message,
 		    .lease_ms = r->lease_ms,
 		    .excl = (r->flags & QPI_CREATE_EXCL) != 0,
+		    .durable = (r->flags & QPI_CREATE_DURABLE) != 0,
+		    .fsync = r->fsync,
 		};
-		if (r->flags & QPI_CREATE_DURABLE) {
-			*repp = ops.cfg->data_dir == NULL
-			    ? qps_rep_error(r->op, r->req_id, QP_EINVAL,
-			        "a durable queue needs the server started "
-			        "with --data-dir")
-			    : qps_rep_error(r->op, r->req_id, QP_ENOTSUP,
-			        "durable queues are not served by this "
-			        "version");
+		if (o.durable && ops.cfg->data_dir == NULL) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_EINVAL,
+			    "a durable queue needs the server started with "
+			    "--data-dir");
+			return QPS_REPLY;
+		}
+		if (!o.durable && r->fsync[0] != '\0') {
+			*repp = qps_rep_error(r->op, r->req_id, QP_EINVAL,
+			    "an fsync policy is for durable queues only");
 			return QPS_REPLY;
 		}
 		if (r->max_message > ops.lim.max_message) {
@@ -1178,6 +1183,24 @@ qps_ops_handle(qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp)
 		pthread_mutex_lock(&ops.mu);
 		h = ops_handle_locked(w, pipe_id, req, &r, repp);
 		pthread_mutex_unlock(&ops.mu);
+		/* A durable put's sync, shared with the puts of other
+		 * connections, before its reply leaves: by the sync thread
+		 * (the worker parks), else here. */
+		int srv = QP_OK;
+		if (h == QPS_REPLY && *repp != NULL
+		    && qps_q_sync_park(w, *repp, r.op, r.req_id, r.name)) {
+			*repp = NULL;
+			nng_msg_free(req);
+			h = QPS_PARKED;
+		} else {
+			srv = qps_q_sync_deferred();
+		}
+		if (srv != QP_OK && h == QPS_REPLY) {
+			nng_msg_free(*repp);
+			*repp = qps_rep_error(r.op, r.req_id, srv,
+			    "put to '%s': the log could not be synced: %s",
+			    r.name, qp_errmsg());
+		}
 	}
 	if (items != stacki) {
 		free(items);
@@ -1237,6 +1260,7 @@ qps_ops_drain(void)
 	}
 	qps_pipes_drain();
 	pthread_mutex_unlock(&ops.mu);
+	qps_q_sync_drain(); /* durable puts: their replies go out now */
 	if (n > 0) {
 		qps_log(QPS_LOG_INFO, "answered %u waiting requests", n);
 	}
@@ -1276,6 +1300,7 @@ qps_ops_shutdown(void)
 {
 	uint64_t total = 0;
 
+	qps_q_sync_drain(); /* durable puts' replies waiting for the disk */
 	pthread_mutex_lock(&ops.mu);
 	ops.shutdown = true;
 	qps_htab_each(&ops.conns, conn_drop_cb, &total);

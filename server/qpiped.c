@@ -7,6 +7,7 @@
  * answers its parked requests ("shutting down"), lets the replies in
  * flight finish, returns its leases and exits 0.
  */
+#include "durq.h"
 #include "qps.h"
 
 #include <errno.h>
@@ -58,7 +59,12 @@ usage(FILE *f)
 	    "without\n"
 	    "                          authentication (loud warning in the "
 	    "log)\n"
-	    "  --data-dir DIR          where durable queues will live\n"
+	    "  --data-dir DIR          durable queues live here, one file "
+	    "each\n"
+	    "                          (DIR/NAME.qlog; made if missing)\n"
+	    "  --fsync POLICY          durable queues' default: always, "
+	    "never or\n"
+	    "                          interval:MS (default interval:100)\n"
 	    "  --help, --version\n"
 	    "\n"
 	    "BYTES take a K, M or G suffix (powers of 1024). SIGTERM or "
@@ -161,6 +167,7 @@ parse_args(qps_config *cfg, int argc, char **argv)
 		    || strcmp(a, "--lease-ms") == 0
 		    || strcmp(a, "--log-level") == 0
 		    || strcmp(a, "--data-dir") == 0
+		    || strcmp(a, "--fsync") == 0
 		    || strcmp(a, "--port-file") == 0;
 		if (!known) {
 			fprintf(stderr,
@@ -235,6 +242,17 @@ parse_args(qps_config *cfg, int argc, char **argv)
 			qps_log_level = lvl;
 		} else if (strcmp(a, "--data-dir") == 0) {
 			cfg->data_dir = val;
+		} else if (strcmp(a, "--fsync") == 0) {
+			qpi_fsync f;
+			if (qpi_fsync_parse(val, &f) != QP_OK
+			    || val[0] == '\0') {
+				fprintf(stderr,
+				    "qpiped: --fsync '%s': expected always, "
+				    "never or interval:MS (1 to 60000)\n",
+				    val);
+				return 1;
+			}
+			cfg->fsync = val;
 		} else {
 			cfg->port_file = val;
 		}
@@ -317,12 +335,6 @@ main(int argc, char **argv)
 
 	qps_log(QPS_LOG_INFO, "qpiped %s starting (pid %ld)", qp_version(),
 	    (long) getpid());
-	if (cfg.data_dir != NULL) {
-		qps_log(QPS_LOG_INFO,
-		    "data directory %s noted: durable queues are not served "
-		    "by this version, every queue lives in shared memory",
-		    cfg.data_dir);
-	}
 	if (qps_ops_start(&cfg) != QP_OK) {
 		return 2;
 	}

@@ -46,7 +46,8 @@ typedef struct qps_config {
 	uint32_t max_connections; /* connections served at once */
 	int64_t lease_ms; /* default lease (visibility timeout) */
 	bool insecure; /* allow non-loopback addresses without a token */
-	const char *data_dir; /* durable queues (accepted, stored) */
+	const char *data_dir; /* durable queues: DIR/NAME.qlog; NULL: none */
+	const char *fsync; /* default fsync policy of durable queues */
 	const char *port_file; /* where to write the bound URLs */
 } qps_config;
 
@@ -232,6 +233,7 @@ typedef struct qps_q {
 	qps_hnode node; /* key: qps_hash(name) */
 	char name[QP_NAME_MAX + 1];
 	struct qpi_shmq *shm; /* the shared-memory queue */
+	struct qpi_durq *dur; /* durable: its log (shm is the log's queue) */
 	uint64_t ino; /* its segment's inode: a queue made anew is another */
 	uint64_t lease_ms; /* default lease of gets on this queue */
 	qps_wait *whead[QPS_NWAIT], *wtail[QPS_NWAIT]; /* parked, FIFO */
@@ -260,6 +262,8 @@ typedef struct qps_q_opts {
 	uint64_t max_message;
 	uint64_t lease_ms;
 	bool excl;
+	bool durable; /* kept in the data directory */
+	const char *fsync; /* durable: policy, "" or NULL = --fsync */
 } qps_q_opts;
 
 /* Starts the hosted-queue layer (watcher thread); mu is the ops lock. */
@@ -294,6 +298,25 @@ int qps_q_delete(const char *name, qps_q *q);
 /* Puts one item (its msgpack encoding) without waiting: QP_OK, QP_EFULL,
  * QP_ETOOBIG. */
 int qps_q_put(qps_q *q, const uint8_t *item, size_t len);
+
+/* Durable "always" queues: between qps_q_defer_sync(true) and (false),
+ * this thread's qps_q_put leaves its fdatasync to qps_q_sync_deferred,
+ * which the caller must call (without the ops lock) before it sends the
+ * put's reply: QP_OK, or the sync's error (the put must not be
+ * acknowledged). Puts made outside that window sync before they return. */
+void qps_q_defer_sync(bool on);
+int qps_q_sync_deferred(void);
+
+/* Instead of qps_q_sync_deferred: parks w and hands rep (the put's reply,
+ * owned by the syncer from now on) to the sync thread, which sends it
+ * once the log is on disk (or an error reply naming op, req_id and name
+ * if the sync fails). False when there is nothing to sync or w cannot be
+ * parked: the caller then uses qps_q_sync_deferred. */
+bool qps_q_sync_park(qps_worker *w, nng_msg *rep, uint32_t op, uint64_t req_id,
+    const char *name);
+
+/* Waits until the sync thread has sent every reply handed to it. */
+void qps_q_sync_drain(void);
 
 /* Puts a batch without waiting, all or nothing as far as the segment lets
  * it be told (see hosted.c): QP_OK, QP_EFULL (none put), QP_ETOOBIG (can

@@ -173,7 +173,7 @@ case "$out" in
 esac
 # one connection held open by a parked get; the next one is refused
 frame "[1, 6, 1, 'hold$$', bytes(16), 0, 1000, 1, 0, 0, []]" >"$tmp/hold.bin"
-call "$smallurl" "[1, 14, 1, 'hold$$', bytes(16), 0, 0, 0, 0, 0, 0]" \
+call "$smallurl" "[1, 14, 1, 'hold$$', bytes(16), 0, 0, 0, 0, 0, 0, '']" \
 	>/dev/null
 nngcat --req0 --dial "$smallurl" --file "$tmp/hold.bin" --raw \
 	>/dev/null 2>&1 &
@@ -193,7 +193,7 @@ stop "$smallpid" INT
 grep -q "SIGINT" "$tmp/small.log" || fail "no log line for SIGINT"
 
 # --- SIGTERM: a parked get is answered ("shutting down"), exit 0
-call "$tcpurl" "[1, 14, 1, 'park$$', bytes(16), 0, 0, 0, 0, 0, 0]" >/dev/null
+call "$tcpurl" "[1, 14, 1, 'park$$', bytes(16), 0, 0, 0, 0, 0, 0, '']" >/dev/null
 frame "[1, 6, 5, 'park$$', bytes(16), 0, 60000, 1, 0, 0, []]" >"$tmp/park.bin"
 nngcat --req0 --dial "$tcpurl" --file "$tmp/park.bin" --raw \
 	--recv-timeout 10 >"$tmp/park.out" 2>/dev/null &

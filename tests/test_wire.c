@@ -257,6 +257,7 @@ fill_req(qpi_wire_req *q, uint32_t op, qpi_wire_item *its, uint64_t *ids)
 	q->max_message = 4096;
 	q->side = op == QPI_OP_PIPE_OPEN ? -1 : 1;
 	strcpy(q->client_name, "worker 7 (test)");
+	strcpy(q->fsync, op == QPI_OP_CREATE ? "interval:250" : "");
 	memset(q->mac, 0xab, sizeof(q->mac));
 	memset(q->nonce, 0xcd, sizeof(q->nonce));
 	q->has_nonce = true;
@@ -390,6 +391,7 @@ test_wire_request_roundtrip(void **state)
 			assert_int_equal(d.lease_ms, 30000);
 			assert_int_equal(
 			    d.flags, QPI_CREATE_DURABLE | QPI_CREATE_EXCL);
+			assert_string_equal(d.fsync, "interval:250");
 			break;
 		case QPI_OP_PIPE_OPEN:
 			assert_int_equal(d.side, -1);
@@ -835,6 +837,20 @@ static const struct bad_frame {
           "01234567\xc2"),
         true, QP_EPROTO, 0, 0},
     {"reply: version 9", B("\x94\x09\x03\x07\x00"), true, QP_EVERSION, 0, 0},
+    {"create: no fsync (11 elements)",
+        B("\x9b\x01\x0e\x07\xa4jobs" CID16 "\x01\x00\x00\x00\x00\x01"), false,
+        QP_EPROTO, 0, 0},
+    {"create: fsync of 33 bytes",
+        B("\x9c\x01\x0e\x07\xa4jobs" CID16 "\x01\x00\x00\x00\x00\x01\xd9\x21"
+          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+        false, QP_EPROTO, 0, 0},
+    {"create: fsync with a control byte",
+        B("\x9c\x01\x0e\x07\xa4jobs" CID16 "\x01\x00\x00\x00\x00\x01\xa2"
+          "a\x01"),
+        false, QP_EPROTO, 0, 0},
+    {"create: fsync is a uint",
+        B("\x9c\x01\x0e\x07\xa4jobs" CID16 "\x01\x00\x00\x00\x00\x01\x05"),
+        false, QP_EPROTO, 0, 0},
 };
 
 static void

@@ -101,6 +101,10 @@ typedef struct qp_queue qp_queue;
  * confirms it or qp_queue_nack gives it back; if the process dies or its
  * lease runs out first, the item returns to the head of the queue. */
 #define QP_OPEN_LEASE 0x4u
+/* Durable: the queue lives in a file and survives restarts. shm:// needs
+ * qp_queue_opts.path (the file; one process opens it at a time); a
+ * server's queue is kept under its --data-dir. See fsync below. */
+#define QP_OPEN_DURABLE 0x8u
 
 struct qp_conn_opts;
 
@@ -115,6 +119,12 @@ typedef struct qp_queue_opts {
 	/* Remote queues: token and TLS settings, as for qp_dial_opts (NULL:
 	 * $QPIPE_TOKEN and $QPIPE_TLS_CA if set). Unused for shm:// queues. */
 	const struct qp_conn_opts *conn;
+	/* QP_OPEN_DURABLE: path is the queue's file (shm:// only), fsync
+	 * the policy of a queue this call creates: "always" (a put returns
+	 * once on disk), "interval:MS" (synced within MS), "never" (the
+	 * kernel's choice); NULL: interval:100, or the server's default. */
+	const char *path;
+	const char *fsync;
 } qp_queue_opts;
 
 /* Opens the queue at addr (opts may be NULL: open an existing queue).

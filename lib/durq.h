@@ -1,0 +1,192 @@
+/*
+ * durq.h - durable queues, internal to libqpipe (qpi_durq_ names): a queue
+ * whose truth is an append-only log file, served from a private
+ * shared-memory queue (shmq.h) rebuilt from the log when it is opened.
+ * qpiped keeps its durable queues this way under --data-dir, and
+ * qp_queue_open serves "shm://NAME" with QP_OPEN_DURABLE from a file.
+ *
+ * The file. A 64-byte header (magic "QPDURQ1", layout version, the queue's
+ * settings, fsync policy, CRC-32C), then records, each
+ *
+ *     u32 len | u32 crc | body (len bytes)        little-endian
+ *
+ * where crc is the CRC-32C of the len field and the body, and the body is
+ * PUT (type 1, u64 id, u8 kind, the item's bytes) or DONE (type 2, u64 id).
+ * Ids grow by one with every put and are never reused. The live items are
+ * the PUTs without a DONE, in id order: a get that is confirmed (a plain
+ * get, or an ack of a lease) appends DONE, never synced on its own (a DONE
+ * lost to a power cut only delivers its item again); a leased item has
+ * none yet, so after a restart it is ready again. A put is appended (and, with
+ * fsync "always", fdatasync'd) before it enters the queue and is acknowledged:
+ * a kill -9 never loses an acknowledged put (the bytes are in the page
+ * cache), and with "always" neither does a power cut. When dead records
+ * outweigh the live ones (4 MiB and twice the live bytes) the log is
+ * compacted: the live PUTs are copied to NAME.tmp, synced, renamed over
+ * the log.
+ *
+ * Opening validates every record. A record cut short at the end (or one
+ * whose CRC fails and that ends the file, or a zero-filled end) is a torn
+ * tail: it is cut off, and every complete record before it is kept. A bad
+ * record followed by more data is corruption: the open fails with
+ * QP_ECORRUPT naming the file and offset, and the file is left untouched
+ * (quarantined: nothing is served from it).
+ *
+ * A full disk: a put whose record cannot be written fails with QP_ENOSPC
+ * (the partial record is cut off, nothing is stored or acknowledged);
+ * gets go on, their DONE records wait in memory until the disk takes
+ * them again (until then a restart would deliver those items again).
+ *
+ * Locking: one mutex per queue guards the file, the id counter and the
+ * maps; the shared-memory queue has its own locks, and blocking waits on
+ * it are made without the mutex. An "interval" queue has a flusher thread
+ * that fdatasyncs the file at most every MS after a write, without the
+ * mutex held during the sync. One process opens a file at a time (flock).
+ */
+#ifndef QPI_DURQ_H
+#define QPI_DURQ_H
+
+#include "shmq.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct qpi_durq qpi_durq;
+
+/* fsync policies. DEFAULT: whatever the opener's default is (qpiped's
+ * --fsync, or interval:100). */
+enum {
+	QPI_FSYNC_DEFAULT = 0,
+	QPI_FSYNC_ALWAYS = 1, /* each put is on disk before it is acked */
+	QPI_FSYNC_INTERVAL = 2, /* fdatasync at most ms after a write */
+	QPI_FSYNC_NEVER = 3, /* the kernel writes back when it likes */
+};
+#define QPI_FSYNC_DEF_MS  100u
+#define QPI_FSYNC_MAX_MS  60000u
+#define QPI_FSYNC_STR_MAX 32
+
+typedef struct qpi_fsync {
+	uint32_t mode; /* QPI_FSYNC_* */
+	uint32_t ms; /* INTERVAL: 1..QPI_FSYNC_MAX_MS */
+} qpi_fsync;
+
+/* Parses "always", "never", "interval" (100 ms) or "interval:MS"; NULL or
+ * "" is DEFAULT. QP_EINVAL with a message otherwise. */
+int qpi_fsync_parse(const char *s, qpi_fsync *f);
+
+/* Writes the policy as qpi_fsync_parse reads it ("default" for DEFAULT). */
+void qpi_fsync_format(const qpi_fsync *f, char *buf, size_t cap);
+
+/* Settings of a durable queue, stored in its file at creation. */
+typedef struct qpi_durq_cfg {
+	uint64_t maxsize; /* items; 0 = unbounded */
+	uint64_t capacity; /* bytes of storage; 0 = 64 MiB */
+	uint64_t max_message; /* largest item; 0 = 32 MiB */
+	uint64_t lease_ms; /* default lease (qpiped); 0 = the server's */
+	qpi_fsync fsync; /* DEFAULT: the opener's default */
+} qpi_durq_cfg;
+
+/* What opening found in the file. */
+typedef struct qpi_durq_info {
+	uint64_t records; /* complete records read */
+	uint64_t items; /* live items now in the queue */
+	uint64_t cut_at; /* torn tail: the file now ends here ... */
+	uint64_t cut_bytes; /* ... after cutting this many bytes (0: none) */
+} qpi_durq_info;
+
+/* Opens (QP_OPEN_CREATE: creates if missing; with QP_OPEN_EXCL, an
+ * existing file is QP_EEXIST) the durable queue in the file at path.
+ * cfg: the settings of a queue this call creates (may be NULL);
+ * def: the policy a DEFAULT queue follows (NULL: interval:100). info (may
+ * be NULL) says what was found. Errors: QP_ENOENT, QP_EEXIST, QP_EBUSY
+ * (another process has the file open), QP_ECORRUPT (quarantine: bad
+ * header or a bad record before the end; the file is not changed),
+ * QP_ENOSPC, QP_ENOMEM, QP_ESYSTEM. */
+int qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
+    const qpi_durq_cfg *cfg, const qpi_fsync *def, qpi_durq_info *info);
+
+/* Drops a reference (one from open, one per qpi_durq_hold); the last
+ * syncs the file if needed, stops the flusher, closes and frees. NULL ok. */
+void qpi_durq_free(qpi_durq *d);
+
+/* Removes a durable queue's file (not open anywhere): QP_OK or
+ * QP_ENOENT. */
+int qpi_durq_unlink(const char *path);
+
+/* QP_OK in the process that opened d; QP_EINVAL (with a message) in a
+ * child forked after: its copy of the log's state would go astray. */
+int qpi_durq_check_owner(qpi_durq *d);
+
+/* The shared-memory queue that serves the items (owned by d): qsize,
+ * stat, task_done, join, release, expire and watching go to it directly.
+ * Its items are stored wrapped (id and kind first): take them with the
+ * get calls below only. */
+qpi_shmq *qpi_durq_shm(qpi_durq *d);
+
+/* The settings stored in the file, and the policy in force. */
+void qpi_durq_settings(qpi_durq *d, qpi_durq_cfg *cfg);
+
+/* Appends the item to the log (synced per policy), then puts it in the
+ * queue, waiting until deadline_ns while it is full (see qpi_shmq_put).
+ * Errors: QP_EFULL, QP_ETOOBIG, QP_ENOSPC (disk full: not stored),
+ * QP_ESYSTEM (write or sync failed: not stored), QP_ECLOSED. */
+int qpi_durq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
+    int64_t deadline_ns);
+
+/* As qpi_durq_put without waiting, and, for an "always" queue, without
+ * the sync: *ticket (0 for other policies) must be passed to
+ * qpi_durq_sync_to before the put is acknowledged. Lets a server sync
+ * many puts with one fdatasync (group commit) without holding its lock. */
+int qpi_durq_put_async(
+    qpi_durq *d, const void *buf, size_t len, unsigned kind, uint64_t *ticket);
+
+/* Waits until everything up to ticket is on disk, leading an fdatasync
+ * if none is under way (callers arriving meanwhile share it). Errors:
+ * QP_ENOSPC, QP_ESYSTEM: the sync failed (the item may or may not be
+ * durable: do not acknowledge it). */
+int qpi_durq_sync_to(qpi_durq *d, uint64_t ticket);
+
+/* Keeps d alive for one more qpi_durq_free (a caller that waits in
+ * qpi_durq_sync_to without the lock that guards d's owner). */
+void qpi_durq_hold(qpi_durq *d);
+
+/* As qpi_shmq_get; the item is confirmed (DONE logged) once it is out. */
+int qpi_durq_get(qpi_durq *d, unsigned flags, void *into, size_t cap,
+    void **bufp, size_t *lenp, int64_t deadline_ns);
+
+/* As qpi_shmq_get_lease_max without waiting; the item stays live in the
+ * log until qpi_durq_ack confirms the lease. */
+int qpi_durq_get_lease(qpi_durq *d, uint64_t owner, int64_t lease_ms,
+    unsigned flags, size_t max_len, void **bufp, size_t *lenp,
+    qpi_shmq_lease *lease);
+
+/* Confirms a lease (qpi_shmq_ack) and logs its item DONE. */
+int qpi_durq_ack(qpi_durq *d, uint64_t lease_id);
+
+/* Forgets lease ids that can no longer be acked (call after releases and
+ * expiries; cheap when nothing is leased). */
+void qpi_durq_leases_gc(qpi_durq *d);
+
+/* qpi_shmq_stat of the queue, its bytes those of the items themselves. */
+int qpi_durq_stat(qpi_durq *d, qp_queue_stats *st);
+
+/* Bytes of the queue's storage that an item of len bytes takes. */
+uint64_t qpi_durq_rec_size(size_t len);
+
+/* fdatasyncs the file now (and writes DONE records still waiting). */
+int qpi_durq_sync(qpi_durq *d);
+
+/* Figures for tests and logs. */
+typedef struct qpi_durq_stats {
+	uint64_t file_bytes; /* the log's size */
+	uint64_t live_bytes; /* bytes of live PUT records */
+	uint64_t pending_done; /* DONE records waiting for disk space */
+	uint64_t compactions;
+	uint64_t syncs;
+} qpi_durq_stats;
+void qpi_durq_stats_get(qpi_durq *d, qpi_durq_stats *st);
+
+/* CRC-32C (Castagnoli) of len bytes, continuing from crc (0 to start). */
+uint32_t qpi_crc32c(uint32_t crc, const void *buf, size_t len);
+
+#endif /* QPI_DURQ_H */

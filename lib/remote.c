@@ -411,6 +411,21 @@ rq_do(qpi_rq *r, rq_call *c)
 				rq_call_done(c);
 				rv = NNG_ECONNRESET;
 				goto lost;
+			} else if (r->token.len > 0
+			    && c->req.op != QPI_OP_HELLO
+			    && c->req.op != QPI_OP_AUTH
+			    && (uint32_t) nng_pipe_id(nng_msg_get_pipe(c->msg))
+			        != __atomic_load_n(
+			            &r->auth_pipe, __ATOMIC_ACQUIRE)) {
+				/* An answer from a connection this handle did
+				 * not authenticate: if its server does not
+				 * ask for the token, it cannot prove it holds
+				 * it, and the answer is not trusted. */
+				uint32_t pid = (uint32_t) nng_pipe_id(
+				    nng_msg_get_pipe(c->msg));
+				if ((rv = rq_reauth(r, pid)) != QP_OK) {
+					rq_call_done(c);
+				}
 			}
 			break;
 		}
@@ -689,7 +704,8 @@ rq_handshake(qpi_rq *r, bool first)
 		hpipe = (uint32_t) nng_pipe_id(nng_msg_get_pipe(c.msg));
 		if (!do_auth) {
 			rq_call_done(&c);
-			r->auth_pipe = hpipe;
+			__atomic_store_n(
+			    &r->auth_pipe, hpipe, __ATOMIC_RELEASE);
 			return QP_OK;
 		}
 		uint8_t nonce[QPI_AUTH_NONCE_LEN];
@@ -728,7 +744,13 @@ rq_handshake(qpi_rq *r, bool first)
 		}
 		rq_call_done(&c);
 		if (rv == QP_OK) {
-			r->auth_pipe = apipe;
+			__atomic_store_n(
+			    &r->auth_pipe, apipe, __ATOMIC_RELEASE);
+		} else {
+			/* Not the server the token is for: drop it. */
+			nng_pipe p;
+			p.id = apipe;
+			nng_pipe_close(p);
 		}
 		return rv;
 	}
@@ -746,6 +768,12 @@ rq_reauth(qpi_rq *r, uint32_t pipe_id)
 		rv = rq_handshake(r, false);
 	}
 	pthread_mutex_unlock(&r->auth_mu);
+	if (rv != QP_OK && !r->closed) {
+		/* Whatever answered is not the server the token is for. */
+		nng_pipe p;
+		p.id = pipe_id;
+		nng_pipe_close(p);
+	}
 	return rv;
 }
 
@@ -1916,7 +1944,11 @@ rp_pf_cb(void *arg)
 		char msg[300];
 		snprintf(msg, sizeof(msg), "%s", rep.errmsg);
 		rp_set_eof(p,
-		    rep.status == QP_ECONNRESET ? QP_ECLOSED : rep.status,
+		    /* EAUTH: a new connection, not authenticated; the
+		     * side died with the old one. */
+		    rep.status == QP_ECONNRESET || rep.status == QP_EAUTH
+		        ? QP_ECLOSED
+		        : rep.status,
 		    msg);
 	}
 	nng_msg_free(m);

@@ -4,7 +4,8 @@
  * $QPIPE_TOKEN), a wrong or missing token is QP_EAUTH with a message that
  * names the cause, a recorded handshake replayed on another connection
  * fails, each refusal is logged once, a client authenticates again after
- * the server restarts, and queues over tls+tcp:// with the server's
+ * the server restarts (and stops trusting one that comes back without the
+ * token), and queues over tls+tcp:// with the server's
  * certificate verified (a wrong CA fails clearly; --tls-ca asks for client
  * certificates). Certificates are made by openssl (tests/tls_certs.sh) in
  * a fresh temporary directory. Each scenario runs in a child process (nng
@@ -503,9 +504,17 @@ restart_body(void)
 	CHECK_EQ(qp_queue_get(q, &buf, &len, 5000), QP_OK);
 	CHECK(len == 3 && memcmp(buf, "two", 3) == 0);
 	qp_free(buf);
-	qp_queue_free(q);
 	CHECK_EQ(log_count(&s, "authentication refused"), 0);
-	CHECK_EQ(qp_queue_unlink_opts(qaddr(&s, "rs"), &right), QP_OK);
+
+	/* The server comes back without a token: it cannot prove it holds
+	 * ours, so the client does not trust its answers. */
+	tsrv_kill(&s, SIGKILL);
+	s.nextra = 0;
+	CHECK_EQ(tsrv_restart(&s), 0);
+	CHECK_EQ(qp_queue_put(q, "three", 5, QP_FOREVER), QP_EAUTH);
+	CHECK_MSG("does not ask for a token");
+	qp_queue_free(q);
+	CHECK_EQ(qp_queue_unlink(qaddr(&s, "rs")), QP_OK);
 	CHECK(tsrv_stop(&s));
 }
 

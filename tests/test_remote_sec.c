@@ -567,6 +567,13 @@ tls_body(void)
 	CHECK_EQ(qp_queue_open(&q, qaddr(&s, "tls"), &o), QP_EAUTH);
 	CHECK_MSG("TLS handshake with");
 	CHECK_MSG("certificate");
+	/* The right CA, but the certificate is not for that name. */
+	qp_conn_opts badname = {.tls_ca = path("ca.crt"),
+	    .tls_server_name = "not-this-server.example",
+	    .no_token = true};
+	o.conn = &badname;
+	CHECK_EQ(qp_queue_open(&q, qaddr(&s, "tls"), &o), QP_EAUTH);
+	CHECK_MSG("not-this-server.example");
 	/* Without options: the system's bundle does not know our CA... */
 	if (access("/etc/ssl/certs/ca-certificates.crt", R_OK) == 0) {
 		o.conn = NULL;

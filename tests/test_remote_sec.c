@@ -496,6 +496,7 @@ restart_body(void)
 	/* The new connection is not authenticated: the put is refused,
 	 * the client authenticates and sends it again, applied once. */
 	CHECK_EQ(qp_queue_put(q, "two", 3, QP_FOREVER), QP_OK);
+	CHECK_EQ(log_count(&s, "put refused: not authenticated"), 1);
 	CHECK_EQ(qp_queue_qsize(q, &n), QP_OK);
 	CHECK_EQ(n, 2);
 	CHECK_EQ(qp_queue_get(q, &buf, &len, 5000), QP_OK);

@@ -399,7 +399,7 @@ qp_queue_free(qp_queue *q)
 }
 
 QP_API int
-qp_queue_unlink(const char *addr)
+qp_queue_unlink_opts(const char *addr, const qp_conn_opts *conn)
 {
 	qpi_addr a;
 	int rc;
@@ -411,9 +411,15 @@ qp_queue_unlink(const char *addr)
 		return rc;
 	}
 	if (a.kind != QPI_ADDR_SHM) {
-		return qpi_rq_unlink(&a);
+		return qpi_rq_unlink(&a, conn);
 	}
 	return qpi_shmq_unlink(a.name);
+}
+
+QP_API int
+qp_queue_unlink(const char *addr)
+{
+	return qp_queue_unlink_opts(addr, NULL);
 }
 
 /* ---- put ---- */

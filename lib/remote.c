@@ -21,13 +21,25 @@
  * A QP_OPEN_LEASE handle keeps its items leased until task_done (confirm)
  * or nack (give back).
  *
+ * Authentication (PROTOCOL.md, sessions): with a token (qp_conn_opts, else
+ * $QPIPE_TOKEN) the handle answers the server's hello with auth, and
+ * checks the server's proof in return. Authentication belongs to the
+ * connection: after nng redials, the first request on the new connection
+ * is answered EAUTH and not applied; the call then does hello and auth
+ * again and sends the same request (same seq) once more. tls+tcp://
+ * handles verify the server's certificate (tls.c) unless told not to.
+ *
  * Locking: r->mu guards the context pool, the lease lists and the acker
- * state; it is never held while waiting for the network.
+ * state; it is never held while waiting for the network. r->auth_mu
+ * serialises the handshakes (a hello's nonce serves one auth, so two at
+ * once on one connection would spoil each other) and guards auth_pipe.
  */
 #include "remote.h"
+#include "auth.h"
 #include "conn.h"
 #include "queue.h"
 #include "shmq.h"
+#include "tls.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -82,6 +94,9 @@ struct qpi_rq {
 	uint64_t lease_ms;
 	qpi_wire_limits lim; /* the server's, from hello */
 	int64_t reconnect_ms;
+	qpi_token token; /* len 0: none */
+	pthread_mutex_t auth_mu;
+	uint32_t auth_pipe; /* the connection last authenticated (0: none) */
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv; /* the acker went idle */
@@ -286,12 +301,20 @@ rq_encode(qpi_rq *r, const qpi_wire_req *req, nng_msg **mp)
 	return QP_OK;
 }
 
-/* Sends c->req and waits for its reply, through reconnects. Returns QP_OK
- * with c->rep decoded (look at c->rep.status), or a transport error. */
+static int rq_reauth(qpi_rq *r, uint32_t pipe_id);
+
+/* Handshakes one call may redo before it gives up: each follows a
+ * connection that came back unauthenticated. */
+#define QPI_RQ_REAUTH_MAX 8
+
+/* Sends c->req and waits for its reply, through reconnects (and the
+ * handshakes they need). Returns QP_OK with c->rep decoded (look at
+ * c->rep.status), or a transport error. */
 static int
 rq_do(qpi_rq *r, rq_call *c)
 {
 	int64_t lost_since = 0;
+	int reauths = 0;
 	rq_ctx *x;
 	int rv;
 
@@ -366,6 +389,20 @@ rq_do(qpi_rq *r, rq_call *c)
 				rv = qpi_err(QP_EPROTO,
 				    "bad reply from %s: %s", r->url,
 				    qp_errmsg());
+			} else if (c->rep.status == QP_EAUTH
+			    && r->token.len > 0 && c->req.op != QPI_OP_HELLO
+			    && c->req.op != QPI_OP_AUTH
+			    && reauths++ < QPI_RQ_REAUTH_MAX) {
+				/* A connection nng made anew, not yet
+				 * authenticated: the request was not
+				 * applied. Authenticate, send it again. */
+				uint32_t pid = (uint32_t) nng_pipe_id(
+				    nng_msg_get_pipe(c->msg));
+				rq_call_done(c);
+				if ((rv = rq_reauth(r, pid)) != QP_OK) {
+					break;
+				}
+				continue;
 			} else if (c->rep.status == QP_ECONNRESET) {
 				/* The server is shutting down: drop this
 				 * connection and send the request again to
@@ -374,6 +411,21 @@ rq_do(qpi_rq *r, rq_call *c)
 				rq_call_done(c);
 				rv = NNG_ECONNRESET;
 				goto lost;
+			} else if (r->token.len > 0
+			    && c->req.op != QPI_OP_HELLO
+			    && c->req.op != QPI_OP_AUTH
+			    && (uint32_t) nng_pipe_id(nng_msg_get_pipe(c->msg))
+			        != __atomic_load_n(
+			            &r->auth_pipe, __ATOMIC_ACQUIRE)) {
+				/* An answer from a connection this handle did
+				 * not authenticate: if its server does not
+				 * ask for the token, it cannot prove it holds
+				 * it, and the answer is not trusted. */
+				uint32_t pid = (uint32_t) nng_pipe_id(
+				    nng_msg_get_pipe(c->msg));
+				if ((rv = rq_reauth(r, pid)) != QP_OK) {
+					rq_call_done(c);
+				}
 			}
 			break;
 		}
@@ -557,8 +609,9 @@ rq_ack_cb(void *arg)
 /* ---- open and close ---- */
 
 static int
-rq_dial(qpi_rq *r)
+rq_dial(qpi_rq *r, const qpi_addr *a, const qp_conn_opts *o)
 {
+	nng_tls_config *tls = NULL;
 	nng_dialer d;
 	int rv;
 
@@ -577,30 +630,67 @@ rq_dial(qpi_rq *r)
 	}
 	nng_dialer_set_bool(d, NNG_OPT_TCP_KEEPALIVE, true);
 	nng_dialer_set_bool(d, NNG_OPT_TCP_NODELAY, true);
+	if (a->kind == QPI_ADDR_TLS) {
+		/* Verifies the server unless o says not to (tls.c). */
+		if ((rv = qpi_tls_config_opts(&tls, false, o, a->host))
+		    != QP_OK) {
+			return rv;
+		}
+		rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, tls);
+		nng_tls_config_free(tls); /* the dialer holds it */
+		if (rv != 0) {
+			return qpi_err(QP_ESYSTEM,
+			    "cannot set up TLS to %s: %s", r->url,
+			    nng_strerror(rv));
+		}
+	}
 	/* Synchronous first dial: nobody there is an error at once. */
 	if ((rv = nng_dialer_start(d, 0)) != 0) {
-		return rq_nng_err(r, rv, "cannot connect to");
+		char why[400];
+		if (a->kind != QPI_ADDR_TLS || rv == NNG_ECONNREFUSED
+		    || rv == NNG_ENOMEM || rv == NNG_EADDRINVAL) {
+			return rq_nng_err(r, rv, "cannot connect to");
+		}
+		/* nng says little about a failed TLS handshake: ask. */
+		if (qpi_tls_diagnose(a, o, qpi_deadline_ns(QPI_RQ_CALL_MS),
+		        why, sizeof(why))) {
+			return qpi_err(QP_EAUTH,
+			    "TLS handshake with %s failed: %s", r->url, why);
+		}
+		return qpi_err(QP_EAUTH, "TLS handshake with %s failed: %s",
+		    r->url, qpi_tls_why(rv, false));
 	}
 	return QP_OK;
 }
 
+/* hello, then (with a token) auth and the check of the server's proof, on
+ * one connection. first: the handshake of open, which also takes the
+ * server's limits; later ones (after a reconnect) leave them. Sets
+ * r->auth_pipe. Called with r->auth_mu held, or before the handle is
+ * shared. */
 static int
-rq_hello(qpi_rq *r)
+rq_handshake(qpi_rq *r, bool first)
 {
-	rq_call c;
-	int rv;
+	for (int tries = 0;; tries++) {
+		qpi_auth_client ac;
+		uint32_t hpipe, apipe;
+		bool do_auth = false;
+		rq_call c;
+		int rv;
 
-	rq_call_init(&c, r, QPI_OP_HELLO);
-	memcpy(c.req.client_id, r->id, sizeof(r->id));
-	snprintf(c.req.client_name, sizeof(c.req.client_name), "libqpipe %s",
-	    qp_version());
-	if ((rv = rq_do(r, &c)) == QP_OK && (rv = rq_status(r, &c)) == QP_OK) {
-		if (c.rep.auth_required) {
-			rv = qpi_err(QP_EAUTH,
-			    "%s asks for an authentication token, which this "
-			    "client does not have",
-			    r->url);
-		} else {
+		rq_call_init(&c, r, QPI_OP_HELLO);
+		memcpy(c.req.client_id, r->id, sizeof(r->id));
+		snprintf(c.req.client_name, sizeof(c.req.client_name),
+		    "libqpipe %s", qp_version());
+		if ((rv = rq_do(r, &c)) != QP_OK
+		    || (rv = rq_status(r, &c)) != QP_OK
+		    || (rv = qpi_auth_client_policy(
+		            &r->token, c.rep.auth_required, r->url, &do_auth))
+		        != QP_OK) {
+			rq_call_done(&c);
+			return rv;
+		}
+		if (first) {
 			r->lim = c.rep.limits;
 			if (r->lim.max_batch == 0) {
 				r->lim.max_batch = QPI_WIRE_DEFAULT_BATCH;
@@ -611,13 +701,84 @@ rq_hello(qpi_rq *r)
 			nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ,
 			    (size_t) r->lim.max_message + QPI_WIRE_SLACK);
 		}
+		hpipe = (uint32_t) nng_pipe_id(nng_msg_get_pipe(c.msg));
+		if (!do_auth) {
+			rq_call_done(&c);
+			__atomic_store_n(
+			    &r->auth_pipe, hpipe, __ATOMIC_RELEASE);
+			return QP_OK;
+		}
+		uint8_t nonce[QPI_AUTH_NONCE_LEN];
+		memcpy(nonce, c.rep.nonce, sizeof(nonce));
+		rq_call_done(&c);
+
+		rq_call_init(&c, r, QPI_OP_AUTH);
+		c.req.has_nonce = true;
+		if ((rv = qpi_auth_client_answer(
+		         &ac, &r->token, nonce, c.req.mac, c.req.nonce))
+		    != QP_OK) {
+			return rv;
+		}
+		if ((rv = rq_do(r, &c)) != QP_OK) {
+			rq_call_done(&c);
+			return rv;
+		}
+		apipe = (uint32_t) nng_pipe_id(nng_msg_get_pipe(c.msg));
+		if (apipe != hpipe && tries < 3) {
+			/* The connection changed in between: the nonce
+			 * belonged to the old one. Start again. */
+			rq_call_done(&c);
+			continue;
+		}
+		if (c.rep.status != QP_OK) {
+			rv = qpi_err(
+			    c.rep.status == QP_EAUTH ? QP_EAUTH : c.rep.status,
+			    "%s refused our token (%s): %s", r->url,
+			    c.rep.status == QP_EAUTH
+			        ? "not the token the server holds"
+			        : qp_strerror(c.rep.status),
+			    c.rep.errmsg);
+		} else {
+			rv = qpi_auth_client_verify(
+			    &ac, &r->token, c.rep.mac, c.rep.has_mac, r->url);
+		}
+		rq_call_done(&c);
+		if (rv == QP_OK) {
+			__atomic_store_n(
+			    &r->auth_pipe, apipe, __ATOMIC_RELEASE);
+		} else {
+			/* Not the server the token is for: drop it. */
+			nng_pipe p;
+			p.id = apipe;
+			nng_pipe_close(p);
+		}
+		return rv;
 	}
-	rq_call_done(&c);
+}
+
+/* A request came back EAUTH on connection pipe_id: unless another call
+ * has authenticated that connection meanwhile, authenticate again. */
+static int
+rq_reauth(qpi_rq *r, uint32_t pipe_id)
+{
+	int rv = QP_OK;
+
+	pthread_mutex_lock(&r->auth_mu);
+	if (r->auth_pipe != pipe_id) {
+		rv = rq_handshake(r, false);
+	}
+	pthread_mutex_unlock(&r->auth_mu);
+	if (rv != QP_OK && !r->closed) {
+		/* Whatever answered is not the server the token is for. */
+		nng_pipe p;
+		p.id = pipe_id;
+		nng_pipe_close(p);
+	}
 	return rv;
 }
 
 static int
-rq_new(qpi_rq **rp, const qpi_addr *a)
+rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o)
 {
 	qpi_rq *r = calloc(1, sizeof(*r));
 	pthread_condattr_t ca;
@@ -629,6 +790,7 @@ rq_new(qpi_rq **rp, const qpi_addr *a)
 	snprintf(r->url, sizeof(r->url), "%s", a->url);
 	snprintf(r->name, sizeof(r->name), "%s", a->name);
 	pthread_mutex_init(&r->mu, NULL);
+	pthread_mutex_init(&r->auth_mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&r->cv, &ca);
@@ -640,7 +802,12 @@ rq_new(qpi_rq **rp, const qpi_addr *a)
 		qpi_rq_free(r);
 		return qpi_err(QP_ESYSTEM, "no random bytes for a client id");
 	}
-	if ((rv = rq_dial(r)) != QP_OK || (rv = rq_hello(r)) != QP_OK) {
+	if ((rv = qpi_token_resolve(&r->token, o != NULL ? o->token : NULL,
+	         o != NULL ? o->token_file : NULL, o != NULL && o->no_token,
+	         NULL))
+	        != QP_OK
+	    || (rv = rq_dial(r, a, o)) != QP_OK
+	    || (rv = rq_handshake(r, true)) != QP_OK) {
 		char msg[512];
 		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
 		qpi_rq_free(r);
@@ -657,11 +824,7 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 	rq_call c;
 	int rv;
 
-	if (a->kind == QPI_ADDR_TLS) {
-		return qpi_err(QP_ENOTSUP,
-		    "tls+tcp:// is not supported by this version yet");
-	}
-	if ((rv = rq_new(&r, a)) != QP_OK) {
+	if ((rv = rq_new(&r, a, opts != NULL ? opts->conn : NULL)) != QP_OK) {
 		return rv;
 	}
 	r->lease_mode = opts != NULL && (opts->flags & QP_OPEN_LEASE) != 0;
@@ -788,7 +951,9 @@ qpi_rq_free(qpi_rq *r)
 	}
 	ids_free(&r->held);
 	ids_free(&r->unacked);
+	qpi_token_clear(&r->token);
 	pthread_cond_destroy(&r->cv);
+	pthread_mutex_destroy(&r->auth_mu);
 	pthread_mutex_destroy(&r->mu);
 	free(r);
 }
@@ -1325,13 +1490,13 @@ qpi_rq_deliveries(qpi_rq *r, uint32_t *np)
 }
 
 int
-qpi_rq_unlink(const qpi_addr *a)
+qpi_rq_unlink(const qpi_addr *a, const qp_conn_opts *o)
 {
 	qpi_rq *r;
 	rq_call c;
 	int rv;
 
-	if ((rv = rq_new(&r, a)) != QP_OK) {
+	if ((rv = rq_new(&r, a, o)) != QP_OK) {
 		return rv;
 	}
 	rq_call_init(&c, r, QPI_OP_DELETE);
@@ -1344,7 +1509,8 @@ qpi_rq_unlink(const qpi_addr *a)
 }
 
 int
-qpi_rq_list(const qpi_addr *a, qp_queue_info **listp, size_t *np)
+qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o, qp_queue_info **listp,
+    size_t *np)
 {
 	qpi_wire_qentry *ents;
 	qp_queue_info *out;
@@ -1352,7 +1518,7 @@ qpi_rq_list(const qpi_addr *a, qp_queue_info **listp, size_t *np)
 	rq_call c;
 	int rv;
 
-	if ((rv = rq_new(&r, a)) != QP_OK) {
+	if ((rv = rq_new(&r, a, o)) != QP_OK) {
 		return rv;
 	}
 	if ((ents = calloc(QPI_WIRE_DEFAULT_BATCH, sizeof(*ents))) == NULL) {
@@ -1603,7 +1769,8 @@ qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens, size_t max,
 }
 
 QP_API int
-qp_server_list(const char *addr, qp_queue_info **listp, size_t *np)
+qp_server_list_opts(const char *addr, const qp_conn_opts *conn,
+    qp_queue_info **listp, size_t *np)
 {
 	qpi_addr a;
 	int rv;
@@ -1614,11 +1781,13 @@ qp_server_list(const char *addr, qp_queue_info **listp, size_t *np)
 	if ((rv = qpi_addr_parse(addr, QPI_ADDR_SERVER, &a)) != QP_OK) {
 		return rv;
 	}
-	if (a.kind == QPI_ADDR_TLS) {
-		return qpi_err(QP_ENOTSUP,
-		    "tls+tcp:// is not supported by this version yet");
-	}
-	return qpi_rq_list(&a, listp, np);
+	return qpi_rq_list(&a, conn, listp, np);
+}
+
+QP_API int
+qp_server_list(const char *addr, qp_queue_info **listp, size_t *np)
+{
+	return qp_server_list_opts(addr, NULL, listp, np);
 }
 
 /* ---- pipes through the server ----
@@ -1809,7 +1978,11 @@ rp_pf_cb(void *arg)
 		char msg[300];
 		snprintf(msg, sizeof(msg), "%s", rep.errmsg);
 		rp_set_eof(p,
-		    rep.status == QP_ECONNRESET ? QP_ECLOSED : rep.status,
+		    /* EAUTH: a new connection, not authenticated; the
+		     * side died with the old one. */
+		    rep.status == QP_ECONNRESET || rep.status == QP_EAUTH
+		        ? QP_ECLOSED
+		        : rep.status,
 		    msg);
 	}
 	nng_msg_free(m);
@@ -2001,6 +2174,13 @@ static const qpi_conn_ops rp_ops = {
 QP_API int
 qp_pipe_open(qp_conn **cp, const char *addr, int side, bool duplex)
 {
+	return qp_pipe_open_opts(cp, addr, side, duplex, NULL);
+}
+
+QP_API int
+qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
+    const qp_conn_opts *conn)
+{
 	pthread_condattr_t ca;
 	rpipe *p;
 	qpi_addr a;
@@ -2026,10 +2206,6 @@ qp_pipe_open(qp_conn **cp, const char *addr, int side, bool duplex)
 		    "ipc:///PATH/NAME; qp_pipe makes a local one)",
 		    addr);
 	}
-	if (a.kind == QPI_ADDR_TLS) {
-		return qpi_err(QP_ENOTSUP,
-		    "tls+tcp:// is not supported by this version yet");
-	}
 	if ((p = calloc(1, sizeof(*p))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
@@ -2039,7 +2215,7 @@ qp_pipe_open(qp_conn **cp, const char *addr, int side, bool duplex)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&p->cv, &ca);
 	pthread_condattr_destroy(&ca);
-	if ((rv = rq_new(&p->r, &a)) != QP_OK) {
+	if ((rv = rq_new(&p->r, &a, conn)) != QP_OK) {
 		char msg[512];
 		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
 		pthread_cond_destroy(&p->cv);

@@ -1,6 +1,7 @@
 /*
  * remote.h - the remote queue client: a queue hosted by qpiped, reached
- * over nng req0 (tcp://, ipc://). queue.c dispatches the qp_queue calls of
+ * over nng req0 (tcp://, ipc://, tls+tcp://), authenticated with a token
+ * when the server asks for one. queue.c dispatches the qp_queue calls of
  * a tcp:// or ipc:// handle here; each has the meaning of its
  * shared-memory twin.
  */
@@ -20,7 +21,10 @@ typedef struct qpi_rq qpi_rq;
  * environment overrides it. */
 #define QPI_RQ_RECONNECT_MS 10000
 
-/* Opens the queue a->name on the server at a->url. The first dial fails
+/* Opens the queue a->name on the server at a->url, with the token and TLS
+ * settings of opts->conn (NULL: $QPIPE_TOKEN, $QPIPE_TLS_CA): QP_EAUTH
+ * when the tokens differ, one end has none, or the server's certificate
+ * does not verify (qp_errmsg() says which). The first dial fails
  * fast: QP_ECONNREFUSED ("cannot connect to tcp://h:7450: connection
  * refused") when nobody listens; later drops are redialled by themselves.
  * With QP_OPEN_CREATE the queue is created (as opts says) if missing;
@@ -79,11 +83,14 @@ int qpi_rq_close(qpi_rq *r);
 /* Closes (if open) and frees. NULL is fine. */
 void qpi_rq_free(qpi_rq *r);
 
-/* Deletes the queue a->name on its server: QP_OK or QP_ENOENT. */
-int qpi_rq_unlink(const qpi_addr *a);
+/* Deletes the queue a->name on its server: QP_OK or QP_ENOENT. o: token
+ * and TLS settings (NULL: $QPIPE_TOKEN, $QPIPE_TLS_CA). */
+int qpi_rq_unlink(const qpi_addr *a, const qp_conn_opts *o);
 
-/* Lists every queue of the server at a->url (a server address). */
-int qpi_rq_list(const qpi_addr *a, qp_queue_info **listp, size_t *np);
+/* Lists every queue of the server at a->url (a server address); o as for
+ * qpi_rq_unlink. */
+int qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o,
+    qp_queue_info **listp, size_t *np);
 
 /* The remote backend's ops for queue.c (impl is a qpi_rq *). */
 struct qpi_queue_ops;

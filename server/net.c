@@ -375,6 +375,21 @@ net_format_addr(const nng_sockaddr *sa, char *buf, size_t len)
 	}
 }
 
+void
+qps_net_peer(uint32_t pipe_id, char *buf, size_t len)
+{
+	nng_sockaddr sa;
+	nng_pipe p;
+
+	p.id = pipe_id;
+	if (nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa) == 0
+	    && sa.s_family != NNG_AF_IPC) {
+		net_format_addr(&sa, buf, len);
+	} else {
+		snprintf(buf, len, "a local socket");
+	}
+}
+
 static void
 net_pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
@@ -457,29 +472,10 @@ net_listen_one(const qps_config *cfg, const char *url, char *bound)
 		    qp_errmsg());
 		return QP_EINVAL;
 	}
-	if (a.kind == QPI_ADDR_TLS) {
-		qps_log(QPS_LOG_ERROR,
-		    "cannot listen on %s: tls+tcp:// listeners (with "
-		    "certificates) are not supported by this version yet; "
-		    "use tcp:// on loopback or ipc://",
-		    url);
-		return QP_ENOTSUP;
-	}
-	if (a.kind == QPI_ADDR_TCP && !net_host_loopback(a.host)) {
-		if (!cfg->insecure) {
-			qps_log(QPS_LOG_ERROR,
-			    "refusing to serve %s: it is not a loopback "
-			    "address, and this version has no authentication "
-			    "tokens or TLS yet (they come with the security "
-			    "work); pass --insecure to serve it unprotected",
-			    url);
-			return QP_EPERM;
-		}
-		qps_log(QPS_LOG_WARN,
-		    "INSECURE: serving %s without authentication or "
-		    "encryption: anyone who can reach it can read and change "
-		    "every queue",
-		    url);
+	if ((rv = qps_sec_check_listener(cfg, &a, url,
+	         a.kind != QPI_ADDR_IPC && net_host_loopback(a.host)))
+	    != QP_OK) {
+		return rv;
 	}
 	if ((rv = nng_listener_create(&l, net.sock, a.url)) != 0) {
 		qps_log(QPS_LOG_ERROR, "cannot listen on %s: %s", url,
@@ -488,6 +484,10 @@ net_listen_one(const qps_config *cfg, const char *url, char *bound)
 	}
 	nng_listener_set_size(
 	    l, NNG_OPT_RECVMAXSZ, cfg->max_message + QPS_FRAME_SLACK);
+	if ((rv = qps_sec_listener_setup(l, &a, url)) != QP_OK) {
+		nng_listener_close(l);
+		return rv;
+	}
 	if ((rv = nng_listener_start(l, 0)) != 0) {
 		qps_log(QPS_LOG_ERROR, "cannot listen on %s: %s", url,
 		    nng_strerror(rv));
@@ -495,14 +495,15 @@ net_listen_one(const qps_config *cfg, const char *url, char *bound)
 		return rv == NNG_EADDRINUSE ? QP_EBUSY : QP_ESYSTEM;
 	}
 	net.lst[net.nlst++] = l;
-	if (a.kind == QPI_ADDR_TCP
+	if (a.kind != QPI_ADDR_IPC
 	    && nng_listener_get_addr(l, NNG_OPT_LOCADDR, &sa) == 0) {
 		unsigned port = (unsigned) ntohs(sa.s_family == NNG_AF_INET6
 		        ? sa.s_in6.sa_port
 		        : sa.s_in.sa_port);
 		bool v6 = strchr(a.host, ':') != NULL;
-		snprintf(bound, QPI_URL_MAX + 1, "tcp://%s%s%s:%u",
-		    v6 ? "[" : "", a.host, v6 ? "]" : "", port);
+		snprintf(bound, QPI_URL_MAX + 1, "%s://%s%s%s:%u",
+		    a.kind == QPI_ADDR_TLS ? "tls+tcp" : "tcp", v6 ? "[" : "",
+		    a.host, v6 ? "]" : "", port);
 	} else {
 		snprintf(bound, QPI_URL_MAX + 1, "%s", a.url);
 	}

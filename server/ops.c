@@ -21,6 +21,7 @@
  * nng_ctx_send only queues the send, its callback runs later on another
  * thread.
  */
+#include "auth.h"
 #include "qps.h"
 #include "wire.h"
 
@@ -49,6 +50,8 @@ typedef struct ops_conn {
 	qps_hnode node; /* key: pipe id */
 	uint64_t owner; /* lease owner token */
 	bool over_limit;
+	qpi_auth_server auth; /* hello/auth state; auth.ok: authenticated */
+	bool told_unauth; /* a request before auth was refused and logged */
 	qps_wait *waits; /* its parked requests */
 	qps_htab work; /* its WORK leases (ops_work) */
 } ops_conn;
@@ -783,11 +786,19 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		snprintf(rp.server_version, sizeof(rp.server_version), "%s",
 		    qp_version());
 		rp.limits = ops.lim;
-		if (getrandom(rp.nonce, sizeof(rp.nonce), 0)
+		rp.auth_required = qps_sec_auth_required();
+		if (rp.auth_required) {
+			/* A fresh nonce: the one auth attempt it allows. */
+			if ((rv = qpi_auth_server_hello(&c->auth, rp.nonce))
+			    != QP_OK) {
+				*repp = qps_rep_error(r->op, r->req_id, rv,
+				    "no random nonce: %s", qp_errmsg());
+				return QPS_REPLY;
+			}
+		} else if (getrandom(rp.nonce, sizeof(rp.nonce), 0)
 		    != (ssize_t) sizeof(rp.nonce)) {
 			memset(rp.nonce, 0, sizeof(rp.nonce));
 		}
-		rp.auth_required = false;
 		if (r->client_name[0] != '\0') {
 			qps_log(QPS_LOG_DEBUG, "connection %u: hello from %s",
 			    (unsigned) c->node.key, r->client_name);
@@ -796,8 +807,29 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		return QPS_REPLY;
 
 	case QPI_OP_AUTH:
-		*repp = qps_rep_error(r->op, r->req_id, QP_ENOTSUP,
-		    "this server has no authentication token to check");
+		if (!qps_sec_auth_required()) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_ENOTSUP,
+			    "this server has no authentication token to "
+			    "check");
+			return QPS_REPLY;
+		}
+		rv = qpi_auth_server_check(&c->auth, qps_sec_token(), r->mac,
+		    r->has_nonce ? r->nonce : NULL, rp.mac, &rp.has_mac);
+		if (rv != QP_OK) {
+			char peer[160];
+			qps_net_peer(
+			    (uint32_t) c->node.key, peer, sizeof(peer));
+			qps_log(QPS_LOG_WARN,
+			    "connection %u from %s: authentication refused: "
+			    "%s",
+			    (unsigned) c->node.key, peer, qp_errmsg());
+			*repp = qps_rep_error(r->op, r->req_id, rv,
+			    "authentication refused: %s", qp_errmsg());
+			return QPS_REPLY;
+		}
+		qps_log(QPS_LOG_DEBUG, "connection %u authenticated",
+		    (unsigned) c->node.key);
+		*repp = qps_rep_encode(&rp);
 		return QPS_REPLY;
 
 	case QPI_OP_PING:
@@ -1066,6 +1098,25 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 		    "the server is serving its maximum of %u connections",
 		    ops.cfg->max_connections);
 		qps_worker_close_after(w, pipe_id);
+		return QPS_REPLY;
+	}
+	if (qps_sec_auth_required() && !c->auth.ok && r->op != QPI_OP_HELLO
+	    && r->op != QPI_OP_AUTH && r->op != QPI_OP_PING) {
+		/* Not applied, not remembered by dedup: the client sends it
+		 * again, same seq, once it has authenticated. */
+		if (!c->told_unauth) {
+			char peer[160];
+			c->told_unauth = true;
+			qps_net_peer(pipe_id, peer, sizeof(peer));
+			qps_log(QPS_LOG_WARN,
+			    "connection %u from %s: %s refused: not "
+			    "authenticated (later refusals on this connection "
+			    "are not logged)",
+			    (unsigned) pipe_id, peer, qpi_wire_op_name(r->op));
+		}
+		*repp = qps_rep_error(r->op, r->req_id, QP_EAUTH,
+		    "authentication required: send hello, then auth with "
+		    "the token's HMAC of the nonce");
 		return QPS_REPLY;
 	}
 	if (ops.draining && !op_finishes(r->op)) {

@@ -35,8 +35,9 @@ usage(FILE *f)
 	    "pair.\n"
 	    "With no --listen it serves " QPS_DEFAULT_LISTEN ".\n"
 	    "\n"
-	    "  --listen URL            serve URL: tcp://HOST:PORT or "
-	    "ipc:///PATH;\n"
+	    "  --listen URL            serve URL: tcp://HOST:PORT, "
+	    "tls+tcp://HOST:PORT\n"
+	    "                          or ipc:///PATH;\n"
 	    "                          repeat for more; port 0 picks a free "
 	    "port\n"
 	    "  --port-file FILE        once listening, write the bound URLs "
@@ -55,10 +56,22 @@ usage(FILE *f)
 	    "before it\n"
 	    "                          returns to the queue (default 30000)\n"
 	    "  --log-level LEVEL       error, warn, info (default) or debug\n"
-	    "  --insecure              allow non-loopback tcp:// addresses "
-	    "without\n"
+	    "  --auth-token-file FILE  clients must prove they hold the token "
+	    "on the\n"
+	    "                          first line of FILE (default: "
+	    "$QPIPE_TOKEN if set)\n"
+	    "  --tls-cert FILE         the server's certificate (PEM) for "
+	    "tls+tcp://\n"
+	    "  --tls-key FILE          its private key (PEM, unencrypted)\n"
+	    "  --tls-ca FILE           TLS clients must present a "
+	    "certificate signed\n"
+	    "                          by this CA (PEM)\n"
+	    "  --insecure              serve non-loopback addresses without "
+	    "client\n"
 	    "                          authentication (loud warning in the "
-	    "log)\n"
+	    "log);\n"
+	    "                          without it they need a token or "
+	    "--tls-ca\n"
 	    "  --data-dir DIR          durable queues live here, one file "
 	    "each\n"
 	    "                          (DIR/NAME.qlog; made if missing)\n"
@@ -168,7 +181,11 @@ parse_args(qps_config *cfg, int argc, char **argv)
 		    || strcmp(a, "--log-level") == 0
 		    || strcmp(a, "--data-dir") == 0
 		    || strcmp(a, "--fsync") == 0
-		    || strcmp(a, "--port-file") == 0;
+		    || strcmp(a, "--port-file") == 0
+		    || strcmp(a, "--auth-token-file") == 0
+		    || strcmp(a, "--tls-cert") == 0
+		    || strcmp(a, "--tls-key") == 0
+		    || strcmp(a, "--tls-ca") == 0;
 		if (!known) {
 			fprintf(stderr,
 			    "qpiped: unknown option '%s' (try --help)\n",
@@ -253,6 +270,14 @@ parse_args(qps_config *cfg, int argc, char **argv)
 				return 1;
 			}
 			cfg->fsync = val;
+		} else if (strcmp(a, "--auth-token-file") == 0) {
+			cfg->token_file = val;
+		} else if (strcmp(a, "--tls-cert") == 0) {
+			cfg->tls_cert = val;
+		} else if (strcmp(a, "--tls-key") == 0) {
+			cfg->tls_key = val;
+		} else if (strcmp(a, "--tls-ca") == 0) {
+			cfg->tls_ca = val;
 		} else {
 			cfg->port_file = val;
 		}
@@ -335,18 +360,25 @@ main(int argc, char **argv)
 
 	qps_log(QPS_LOG_INFO, "qpiped %s starting (pid %ld)", qp_version(),
 	    (long) getpid());
+	if (qps_sec_start(&cfg) != QP_OK) {
+		qps_sec_fini();
+		return 2;
+	}
 	if (qps_ops_start(&cfg) != QP_OK) {
+		qps_sec_fini();
 		return 2;
 	}
 	if (qps_net_start(&cfg, urls) != QP_OK) {
 		qps_net_close();
 		qps_ops_fini();
+		qps_sec_fini();
 		return 2;
 	}
 	if (cfg.port_file != NULL
 	    && write_port_file(cfg.port_file, urls, cfg.nlisten) != 0) {
 		qps_net_close();
 		qps_ops_fini();
+		qps_sec_fini();
 		return 2;
 	}
 	qps_log(QPS_LOG_INFO,
@@ -370,6 +402,7 @@ main(int argc, char **argv)
 	qps_ops_shutdown();
 	qps_net_close();
 	qps_ops_fini();
+	qps_sec_fini();
 	qps_log(QPS_LOG_INFO, "stopped");
 	return 0;
 }

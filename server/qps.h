@@ -49,7 +49,40 @@ typedef struct qps_config {
 	const char *data_dir; /* durable queues: DIR/NAME.qlog; NULL: none */
 	const char *fsync; /* default fsync policy of durable queues */
 	const char *port_file; /* where to write the bound URLs */
+	const char *token_file; /* --auth-token-file (else $QPIPE_TOKEN) */
+	const char *tls_cert; /* --tls-cert, --tls-key: tls+tcp:// listeners */
+	const char *tls_key;
+	const char
+	    *tls_ca; /* --tls-ca: client certificates must chain to it */
 } qps_config;
+
+/* ---- authentication and TLS (sec.c) ---- */
+
+/* Loads the token (--auth-token-file, else $QPIPE_TOKEN) and, when a
+ * tls+tcp:// listener is configured, the TLS files; logs what protects the
+ * server. On failure logs the cause and returns an error. */
+int qps_sec_start(const qps_config *cfg);
+
+/* Frees the token and the TLS configuration. */
+void qps_sec_fini(void);
+
+/* True when connections must authenticate (a token is loaded). */
+bool qps_sec_auth_required(void);
+
+/* The server's token (len 0: none). */
+const struct qpi_token *qps_sec_token(void);
+
+/* The start-up policy for one listener a (its text url): QP_OK to serve
+ * it (said loudly in the log when --insecure lets an unprotected
+ * non-loopback address through), else logs why and returns QP_EPERM
+ * (not loopback, no client authentication) or QP_EINVAL (tls+tcp://
+ * without --tls-cert/--tls-key). loopback: a's host is a loopback one. */
+int qps_sec_check_listener(
+    const qps_config *cfg, const qpi_addr *a, const char *url, bool loopback);
+
+/* Gives a tls+tcp:// listener its TLS configuration (others: nothing to
+ * do). QP_OK, or logs and returns an error. */
+int qps_sec_listener_setup(nng_listener l, const qpi_addr *a, const char *url);
 
 /* ---- the nng worker pool (net.c) ---- */
 
@@ -96,6 +129,10 @@ typedef struct qps_net_stats {
 } qps_net_stats;
 
 void qps_net_stats_get(qps_net_stats *st);
+
+/* The peer address of connection pipe_id, for logs ("tcp://1.2.3.4:5",
+ * "a local socket"). */
+void qps_net_peer(uint32_t pipe_id, char *buf, size_t len);
 
 /* ---- request handling (ops.c) ---- */
 

@@ -101,15 +101,15 @@ grep -q -- "--max-message 'lots'" "$tmp/bad.err" || fail "bad value text"
 "$bin/qpiped" --listen 2>"$tmp/bad.err"
 [ $? -eq 1 ] || fail "--listen without a value must exit 1"
 
-# --- a non-loopback address needs --insecure (no tokens in this version)
+# --- a non-loopback address needs client authentication or --insecure
 "$bin/qpiped" --listen tcp://0.0.0.0:0 2>"$tmp/refuse.err"
 [ $? -eq 2 ] || fail "serving 0.0.0.0 without --insecure must exit 2"
 grep -q "not a loopback address" "$tmp/refuse.err" || fail "refusal text"
 grep -q "authentication" "$tmp/refuse.err" || fail "refusal names no auth"
 grep -q -- "--insecure" "$tmp/refuse.err" || fail "refusal names no flag"
 "$bin/qpiped" --listen tls+tcp://127.0.0.1:0 2>"$tmp/tls.err"
-[ $? -eq 2 ] || fail "tls+tcp must be refused with 2 for now"
-grep -q "not supported" "$tmp/tls.err" || fail "tls refusal text"
+[ $? -eq 2 ] || fail "tls+tcp without a certificate must exit 2"
+grep -q -- "--tls-cert" "$tmp/tls.err" || fail "tls refusal text"
 start insecure --listen tcp://0.0.0.0:0 --insecure
 grep -q "INSECURE" "$tmp/insecure.log" || fail "--insecure is not said loudly"
 stop "$pid" TERM

@@ -130,7 +130,9 @@ typedef struct qp_queue_opts {
 /* Opens the queue at addr (opts may be NULL: open an existing queue).
  * Errors: QP_EINVAL (bad address or options), QP_ENOENT (no such queue and
  * no QP_OPEN_CREATE), QP_EEXIST, QP_EVERSION (a segment of another layout),
- * QP_ECORRUPT, QP_ENOMEM, QP_ESYSTEM. */
+ * QP_ECORRUPT, QP_ENOMEM, QP_ESYSTEM; remote: QP_ECONNREFUSED, QP_EAUTH
+ * (the tokens differ, one end has none, or the server's certificate did
+ * not verify: qp_errmsg() says which). */
 QP_API int qp_queue_open(
     qp_queue **qp, const char *addr, const qp_queue_opts *opts);
 
@@ -147,6 +149,11 @@ QP_API void qp_queue_free(qp_queue *q);
 
 /* Deletes the queue at addr (its items are lost): QP_OK or QP_ENOENT. */
 QP_API int qp_queue_unlink(const char *addr);
+
+/* qp_queue_unlink with a remote server's token and TLS settings (conn may
+ * be NULL: $QPIPE_TOKEN, $QPIPE_TLS_CA). Errors as qp_queue_open. */
+QP_API int qp_queue_unlink_opts(
+    const char *addr, const struct qp_conn_opts *conn);
 
 /* Puts len bytes (stored as a msgpack bin). Blocks while the queue is full,
  * for up to timeout; returns only once the item is in the queue.
@@ -251,8 +258,15 @@ typedef struct qp_queue_info {
 
 /* Lists every queue the server at addr (tcp://HOST:PORT, ipc:///PATH)
  * hosts: *listp is a malloc'd array of *np entries (free with qp_free).
- * Errors: QP_EINVAL, QP_ECONNREFUSED, QP_ECONNRESET. */
+ * A token comes from $QPIPE_TOKEN if it is set; tls+tcp:// verifies the
+ * server against $QPIPE_TLS_CA or the system's bundle.
+ * Errors: QP_EINVAL, QP_ECONNREFUSED, QP_ECONNRESET, QP_EAUTH. */
 QP_API int qp_server_list(const char *addr, qp_queue_info **listp, size_t *np);
+
+/* qp_server_list with token and TLS settings (conn may be NULL:
+ * $QPIPE_TOKEN, $QPIPE_TLS_CA). Errors as qp_server_list, and QP_EAUTH. */
+QP_API int qp_server_list_opts(const char *addr,
+    const struct qp_conn_opts *conn, qp_queue_info **listp, size_t *np);
 
 /* ------------------------------------------------------------------------
  * Pipe and Connection (multiprocessing.Pipe, connection.Listener/Client)
@@ -385,6 +399,12 @@ QP_API int qp_listen_opts(
  * was required); qp_errmsg() says which. */
 QP_API int qp_dial_opts(qp_conn **cp, const char *addr, qp_duration timeout,
     const qp_conn_opts *opts);
+
+/* qp_pipe_open with the server's token and TLS settings, as for
+ * qp_dial_opts (conn may be NULL: $QPIPE_TOKEN, $QPIPE_TLS_CA). Errors as
+ * qp_pipe_open, and QP_EAUTH. */
+QP_API int qp_pipe_open_opts(qp_conn **cp, const char *addr, int side,
+    bool duplex, const qp_conn_opts *conn);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,185 @@
+/*
+ * sec.c - what protects qpiped: the token that clients must prove they hold
+ * (--auth-token-file, else $QPIPE_TOKEN; the hello/auth exchange itself is
+ * answered in ops.c with lib/auth.c), the TLS configuration of tls+tcp://
+ * listeners (--tls-cert, --tls-key, --tls-ca; built by lib/tls.c), and the
+ * start-up policy: an address other hosts can reach is served only when
+ * its clients must authenticate (a token, or TLS client certificates), or
+ * with --insecure, said loudly in the log.
+ *
+ * Locking: none. Everything here is set up by qps_sec_start before the
+ * listeners start and only read afterwards, until qps_sec_fini after the
+ * socket is closed.
+ */
+#include "auth.h"
+#include "qps.h"
+#include "tls.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static struct {
+	qpi_token token; /* len 0: no authentication */
+	nng_tls_config *tls; /* tls+tcp:// listeners, or NULL */
+} sec;
+
+static bool
+sec_any_tls(const qps_config *cfg)
+{
+	for (size_t i = 0; i < cfg->nlisten; i++) {
+		if (strncmp(cfg->listen[i], "tls+tcp://", 10) == 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
+int
+qps_sec_start(const qps_config *cfg)
+{
+	bool exposed = false;
+	int rv;
+
+	if (cfg->token_file != NULL) {
+		rv = qpi_token_load_file(
+		    &sec.token, cfg->token_file, &exposed);
+		if (rv != QP_OK) {
+			qps_log(QPS_LOG_ERROR, "--auth-token-file: %s",
+			    qp_errmsg());
+			return rv;
+		}
+		if (exposed) {
+			qps_log(QPS_LOG_WARN,
+			    "the token file %s can be read by its group or by "
+			    "others: chmod 600 it",
+			    cfg->token_file);
+		}
+		qps_log(QPS_LOG_INFO,
+		    "clients must authenticate with the token of %s",
+		    cfg->token_file);
+	} else if ((rv = qpi_token_from_env(&sec.token)) != QP_OK) {
+		qps_log(QPS_LOG_ERROR, "%s: %s", QPI_TOKEN_ENV, qp_errmsg());
+		return rv;
+	} else if (sec.token.len > 0) {
+		qps_log(QPS_LOG_INFO,
+		    "clients must authenticate with the token of $%s",
+		    QPI_TOKEN_ENV);
+	}
+
+	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
+		qps_log(QPS_LOG_ERROR,
+		    "--tls-cert and --tls-key go together: give both");
+		return QP_EINVAL;
+	}
+	if (cfg->tls_ca != NULL && cfg->tls_cert == NULL) {
+		qps_log(QPS_LOG_ERROR,
+		    "--tls-ca needs --tls-cert and --tls-key (the server's "
+		    "own certificate)");
+		return QP_EINVAL;
+	}
+	if (cfg->tls_cert == NULL) {
+		return QP_OK; /* a tls+tcp:// listener is refused later */
+	}
+	if (!sec_any_tls(cfg)) {
+		qps_log(QPS_LOG_WARN,
+		    "--tls-cert is given but no --listen is tls+tcp://: the "
+		    "certificate is not used");
+		return QP_OK;
+	}
+	if ((rv = qpi_tls_server_config(
+	         &sec.tls, cfg->tls_cert, cfg->tls_key, cfg->tls_ca))
+	    != QP_OK) {
+		qps_log(QPS_LOG_ERROR, "TLS: %s", qp_errmsg());
+		return rv;
+	}
+	if (cfg->tls_ca != NULL) {
+		qps_log(QPS_LOG_INFO,
+		    "TLS clients must present a certificate signed by %s",
+		    cfg->tls_ca);
+	}
+	return QP_OK;
+}
+
+void
+qps_sec_fini(void)
+{
+	qpi_token_clear(&sec.token);
+	if (sec.tls != NULL) {
+		nng_tls_config_free(sec.tls);
+		sec.tls = NULL;
+	}
+}
+
+bool
+qps_sec_auth_required(void)
+{
+	return sec.token.len > 0;
+}
+
+const qpi_token *
+qps_sec_token(void)
+{
+	return &sec.token;
+}
+
+int
+qps_sec_check_listener(
+    const qps_config *cfg, const qpi_addr *a, const char *url, bool loopback)
+{
+	bool tls = a->kind == QPI_ADDR_TLS;
+	bool client_certs = tls && cfg->tls_ca != NULL;
+
+	if (tls && sec.tls == NULL) {
+		qps_log(QPS_LOG_ERROR,
+		    "cannot listen on %s: tls+tcp:// needs the server's "
+		    "certificate: give --tls-cert FILE and --tls-key FILE",
+		    url);
+		return QP_EINVAL;
+	}
+	if (a->kind == QPI_ADDR_IPC || loopback) {
+		return QP_OK;
+	}
+	if (sec.token.len > 0 || client_certs) {
+		if (!tls) {
+			qps_log(QPS_LOG_INFO,
+			    "%s: clients authenticate with the token, but the "
+			    "traffic is not encrypted: use tls+tcp:// on an "
+			    "untrusted network",
+			    url);
+		}
+		return QP_OK;
+	}
+	if (!cfg->insecure) {
+		qps_log(QPS_LOG_ERROR,
+		    "refusing to serve %s: it is not a loopback address and "
+		    "nothing requires client authentication; give "
+		    "--auth-token-file FILE (or $%s), or serve tls+tcp:// "
+		    "with --tls-ca for client certificates, or pass "
+		    "--insecure to serve it unprotected",
+		    url, QPI_TOKEN_ENV);
+		return QP_EPERM;
+	}
+	qps_log(QPS_LOG_WARN,
+	    "INSECURE: serving %s without client authentication%s: anyone "
+	    "who can reach it can read and change every queue",
+	    url, tls ? "" : " or encryption");
+	return QP_OK;
+}
+
+int
+qps_sec_listener_setup(nng_listener l, const qpi_addr *a, const char *url)
+{
+	int nrv;
+
+	if (a->kind != QPI_ADDR_TLS) {
+		return QP_OK;
+	}
+	/* The listener takes its own hold on the config. */
+	if ((nrv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, sec.tls))
+	    != 0) {
+		qps_log(QPS_LOG_ERROR, "cannot set up TLS on %s: %s", url,
+		    nng_strerror(nrv));
+		return QP_ESYSTEM;
+	}
+	return QP_OK;
+}

@@ -123,19 +123,30 @@ typedef struct sq_side {
 	sq_jrnl j; /* consumer only */
 } sq_side;
 
+/* Sleeper word states (the low 2 bits; the rest is a generation, new for
+ * each sleep, so that a stale waker's compare-and-swap fails). */
+#define W_ASLEEP  0u /* asleep, or about to be: nobody woke it yet */
+#define W_CLAIMED 1u /* a waker took the job of waking it, not yet done */
+#define W_WOKEN   2u /* woken (or told not to sleep) */
+#define W_LEFT    3u /* it left on its own (deadline, closed) */
+#define W_STATE   3u
+
 /* A sleeper slot: its owner and its own futex word. */
 typedef struct sq_who {
 	int32_t pid;
-	uint32_t word; /* 0: asleep, 1: woken */
+	uint32_t word; /* generation << 2 | W_ state */
 	uint64_t nsid; /* pid namespace: liveness is judged only within it */
 } sq_who;
 
 /* A wake-up event. A sleeper claims a slot, sets its bit in `sleep`, then
- * sleeps on its own word; a waker clears the bit and wakes that slot, so
- * it never wakes the same sleeper twice (a woken process that waits for a
- * CPU costs the others nothing). More than 64 sleepers at once sleep on
- * `seq`, counted in `extra`. The watch event keeps its watchers in `mask`
- * and wakes them through `seq`. */
+ * sleeps on its own word; a waker claims the word (W_ASLEEP -> W_CLAIMED),
+ * wakes it, marks it W_WOKEN, so it never wakes the same sleeper twice (a
+ * woken process that waits for a CPU costs the others nothing). The bit
+ * stays set until the sleeper itself clears it: a waker killed between
+ * its claim and its wake-up leaves a W_CLAIMED sleeper in plain sight, and
+ * the next waker delivers that wake-up. More than 64 sleepers at once
+ * sleep on `seq`, counted in `extra`. The watch event keeps its watchers
+ * in `mask` and wakes them through `seq`. */
 typedef struct sq_ev {
 	uint32_t seq;
 	uint32_t pad;
@@ -693,14 +704,39 @@ sq_fence_after_unlock(void)
 #endif
 }
 
-/* Wakes the sleeper in slot i, whose bit the caller cleared: false if
- * nobody slept on its word (about to sleep, which it then will not, or
- * dead). */
-static bool
+/* Wake-up of the sleeper in slot i (its bit was seen set): 1 if this
+ * call woke it from the kernel, 0 if it needs none from this waker (woken
+ * already, or it left), -1 if this call claimed it but nobody slept on
+ * the word (about to sleep, which it then will not; or dead). A sleeper
+ * that another waker claimed but did not wake yet (that waker may have
+ * been killed in between) is woken here too, returning 0: it counts as
+ * that waker's wake-up, not this one's. */
+static int
 sq_wake_slot(sq_ev *ev, int i)
 {
-	STR(&ev->who[i].word, 1u);
-	return qpi_futex_wake(&ev->who[i].word, 1) > 0;
+	uint32_t *wp = &ev->who[i].word;
+	uint32_t w = LDA(wp);
+
+	for (;;) {
+		switch (w & W_STATE) {
+		case W_ASLEEP:
+			if (!__atomic_compare_exchange_n(wp, &w, w | W_CLAIMED,
+			        false, __ATOMIC_SEQ_CST, __ATOMIC_ACQUIRE)) {
+				continue; /* w reloaded */
+			}
+			SQ_HOOK(QPI_HOOK_WAKE);
+			int n = qpi_futex_wake(wp, 1);
+			uint32_t c = w | W_CLAIMED;
+			__atomic_compare_exchange_n(wp, &c, w | W_WOKEN, false,
+			    __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+			return n > 0 ? 1 : -1;
+		case W_CLAIMED:
+			qpi_futex_wake(wp, 1);
+			return 0;
+		default:
+			return 0;
+		}
+	}
 }
 
 /* Wakes one sleeper of event e (all if all); see sq_wake. */
@@ -711,26 +747,14 @@ sq_wake_slow(qpi_shmq *q, int e, bool all)
 	uint64_t m = LD(&ev->sleep);
 	bool missed = false;
 
-	if (all) {
-		m = __atomic_exchange_n(&ev->sleep, 0, __ATOMIC_SEQ_CST);
-		for (; m != 0; m &= m - 1) {
-			missed |= !sq_wake_slot(ev, __builtin_ctzll(m));
+	/* One: if the chosen one was not asleep (or is dead), the next one,
+	 * so that a wake-up is never lost. */
+	for (; m != 0; m &= m - 1) {
+		int r = sq_wake_slot(ev, __builtin_ctzll(m));
+		if (r > 0 && !all) {
+			break;
 		}
-	} else {
-		/* One: if the chosen one was not asleep (or is dead), the
-		 * next one, so that a wake-up is never lost. */
-		while (m != 0) {
-			uint64_t bit = m & -m;
-			if (__atomic_compare_exchange_n(&ev->sleep, &m,
-			        m & ~bit, false, __ATOMIC_SEQ_CST,
-			        __ATOMIC_RELAXED)) {
-				if (sq_wake_slot(ev, __builtin_ctzll(bit))) {
-					break;
-				}
-				missed = true;
-				m = LD(&ev->sleep);
-			}
-		}
+		missed |= r < 0;
 	}
 	if (LD(&ev->extra) != 0) {
 		__atomic_fetch_add(&ev->seq, 1, __ATOMIC_SEQ_CST);
@@ -815,22 +839,27 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 	int rc = 0;
 
 	if (i >= 0) {
-		STR(&ev->who[i].word, 0u);
+		/* A new generation, W_ASLEEP. */
+		s = (LD(&ev->who[i].word) & ~W_STATE) + 4u;
+		STR(&ev->who[i].word, s);
 		__atomic_fetch_or(&ev->sleep, bit, __ATOMIC_SEQ_CST);
 	} else {
 		__atomic_fetch_add(&ev->extra, 1, __ATOMIC_SEQ_CST);
 		s = LDA(&ev->seq);
 	}
 	if (!sq_closed(q) && !pred(q, arg)) {
-		rc = i >= 0 ? qpi_futex_wait(&ev->who[i].word, 0, deadline)
-		            : qpi_futex_wait(&ev->seq, s, deadline);
+		rc = qpi_futex_wait(
+		    i >= 0 ? &ev->who[i].word : &ev->seq, s, deadline);
 	}
 	bool woken = false;
 	if (i >= 0) {
-		/* Clear the bit unless a waker did. */
-		woken
-		    = !(__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST)
-		        & bit);
+		/* Leave: no waker may claim this sleep any more; one that
+		 * did first woke it. Then the bit goes (only its owner
+		 * clears it), then the slot. */
+		uint32_t w = s;
+		woken = !__atomic_compare_exchange_n(&ev->who[i].word, &w,
+		    s | W_LEFT, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+		__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST);
 		sq_unclaim(ev, i);
 	} else {
 		__atomic_fetch_sub(&ev->extra, 1, __ATOMIC_SEQ_CST);
@@ -1308,7 +1337,13 @@ qpi_shmq_interrupt(qpi_shmq *q)
 		sq_ev *ev = &q->h->ev[e];
 		for (int i = 0; i < SQ_EV_SLOTS; i++) {
 			if (LD(&ev->who[i].pid) == LD(&sq_pid)) {
-				STR(&ev->who[i].word, 1u);
+				uint32_t w = LD(&ev->who[i].word);
+				if ((w & W_STATE) == W_ASLEEP) {
+					__atomic_compare_exchange_n(
+					    &ev->who[i].word, &w, w | W_WOKEN,
+					    false, __ATOMIC_SEQ_CST,
+					    __ATOMIC_RELAXED);
+				}
 				qpi_futex_wake(&ev->who[i].word, INT32_MAX);
 			}
 		}

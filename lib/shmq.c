@@ -124,12 +124,12 @@ typedef struct sq_side {
 } sq_side;
 
 /* Sleeper word states (the low 2 bits; the rest is a generation, new for
- * each sleep, so that a stale waker's compare-and-swap fails). */
-#define W_ASLEEP  0u /* asleep, or about to be: nobody woke it yet */
-#define W_CLAIMED 1u /* a waker took the job of waking it, not yet done */
-#define W_WOKEN   2u /* woken (or told not to sleep) */
-#define W_LEFT    3u /* it left on its own (deadline, closed) */
-#define W_STATE   3u
+ * each sleep). A waker ORs W_WOKEN in and wakes the word in one system
+ * call; W_LEFT | W_WOKEN is still W_LEFT. */
+#define W_ASLEEP 0u /* asleep, or about to be: nobody woke it yet */
+#define W_WOKEN  2u /* woken (or told not to sleep) */
+#define W_LEFT   3u /* it left on its own (deadline, closed) */
+#define W_STATE  3u
 
 /* A sleeper slot: its owner and its own futex word. */
 typedef struct sq_who {
@@ -139,14 +139,15 @@ typedef struct sq_who {
 } sq_who;
 
 /* A wake-up event. A sleeper claims a slot, sets its bit in `sleep`, then
- * sleeps on its own word; a waker claims the word (W_ASLEEP -> W_CLAIMED),
- * wakes it, marks it W_WOKEN, so it never wakes the same sleeper twice (a
- * woken process that waits for a CPU costs the others nothing). The bit
- * stays set until the sleeper itself clears it: a waker killed between
- * its claim and its wake-up leaves a W_CLAIMED sleeper in plain sight, and
- * the next waker delivers that wake-up. More than 64 sleepers at once
- * sleep on `seq`, counted in `extra`. The watch event keeps its watchers
- * in `mask` and wakes them through `seq`. */
+ * sleeps on its own word. A waker skips words already W_WOKEN (a woken
+ * process that waits for a CPU costs the others nothing) and wakes a
+ * W_ASLEEP one with FUTEX_WAKE_OP, which marks it W_WOKEN and wakes it in
+ * one system call: a waker killed at any instant either woke it or left
+ * it W_ASLEEP. The bit stays set until the sleeper itself clears it, so
+ * a sleeper whose waker was killed stays in plain sight and the next
+ * waker wakes it. More than 64 sleepers at once sleep on `seq`, counted
+ * in `extra`. The watch event keeps its watchers in `mask` and wakes them
+ * through `seq`. */
 typedef struct sq_ev {
 	uint32_t seq;
 	uint32_t pad;
@@ -705,38 +706,19 @@ sq_fence_after_unlock(void)
 }
 
 /* Wake-up of the sleeper in slot i (its bit was seen set): 1 if this
- * call woke it from the kernel, 0 if it needs none from this waker (woken
- * already, or it left), -1 if this call claimed it but nobody slept on
- * the word (about to sleep, which it then will not; or dead). A sleeper
- * that another waker claimed but did not wake yet (that waker may have
- * been killed in between) is woken here too, returning 0: it counts as
- * that waker's wake-up, not this one's. */
+ * call woke it from the kernel, 0 if it needs none (woken already, or it
+ * left), -1 if nobody slept on the word (about to sleep, which it then
+ * will not; woken by another waker just now; or dead). */
 static int
 sq_wake_slot(sq_ev *ev, int i)
 {
 	uint32_t *wp = &ev->who[i].word;
-	uint32_t w = LDA(wp);
 
-	for (;;) {
-		switch (w & W_STATE) {
-		case W_ASLEEP:
-			if (!__atomic_compare_exchange_n(wp, &w, w | W_CLAIMED,
-			        false, __ATOMIC_SEQ_CST, __ATOMIC_ACQUIRE)) {
-				continue; /* w reloaded */
-			}
-			SQ_HOOK(QPI_HOOK_WAKE);
-			int n = qpi_futex_wake(wp, 1);
-			uint32_t c = w | W_CLAIMED;
-			__atomic_compare_exchange_n(wp, &c, w | W_WOKEN, false,
-			    __ATOMIC_RELEASE, __ATOMIC_RELAXED);
-			return n > 0 ? 1 : -1;
-		case W_CLAIMED:
-			qpi_futex_wake(wp, 1);
-			return 0;
-		default:
-			return 0;
-		}
+	if ((LDA(wp) & W_STATE) != W_ASLEEP) {
+		return 0;
 	}
+	SQ_HOOK(QPI_HOOK_WAKE);
+	return qpi_futex_wake_or(wp, W_WOKEN, 1) > 0 ? 1 : -1;
 }
 
 /* Wakes one sleeper of event e (all if all); see sq_wake. */
@@ -853,9 +835,9 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 	}
 	bool woken = false;
 	if (i >= 0) {
-		/* Leave: no waker may claim this sleep any more; one that
-		 * did first woke it. Then the bit goes (only its owner
-		 * clears it), then the slot. */
+		/* Leave: a waker that comes later finds W_LEFT; one that
+		 * came first left W_WOKEN. Then the bit goes (only its
+		 * owner clears it), then the slot. */
 		uint32_t w = s;
 		woken = !__atomic_compare_exchange_n(&ev->who[i].word, &w,
 		    s | W_LEFT, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
@@ -1337,14 +1319,8 @@ qpi_shmq_interrupt(qpi_shmq *q)
 		sq_ev *ev = &q->h->ev[e];
 		for (int i = 0; i < SQ_EV_SLOTS; i++) {
 			if (LD(&ev->who[i].pid) == LD(&sq_pid)) {
-				uint32_t w = LD(&ev->who[i].word);
-				if ((w & W_STATE) == W_ASLEEP) {
-					__atomic_compare_exchange_n(
-					    &ev->who[i].word, &w, w | W_WOKEN,
-					    false, __ATOMIC_SEQ_CST,
-					    __ATOMIC_RELAXED);
-				}
-				qpi_futex_wake(&ev->who[i].word, INT32_MAX);
+				qpi_futex_wake_or(
+				    &ev->who[i].word, W_WOKEN, INT32_MAX);
 			}
 		}
 		__atomic_fetch_add(&ev->seq, 1, __ATOMIC_SEQ_CST);

@@ -23,9 +23,10 @@
  * Blocking waits (empty, full, join) spin a few microseconds while that
  * pays, then sleep on futex words with the caller's absolute deadline:
  * each sleeper has its own word and a bit in the event's sleeper mask, so
- * a put or get that finds no bit set makes no system call. A waker claims
- * the word of the one it wakes (never the same sleeper twice), wakes it,
- * then marks it woken; only the sleeper clears its own bit.
+ * a put or get that finds no bit set makes no system call. A waker marks
+ * the word of the one it wakes as woken and wakes it in one system call
+ * (FUTEX_WAKE_OP), and skips words marked woken already (never the same
+ * sleeper twice); only the sleeper clears its own bit.
  *
  * Crash safety. A put writes the record (header, bytes) into free space
  * beyond the tail, then its stamp (the commit: consumers may take it from
@@ -49,9 +50,9 @@
  * within their pid namespace, at most every 100 ms).
  *
  * Wake-ups and kills. A sleeper stays visible (its bit set) until it
- * runs again, so a waker killed after it chose a sleeper but before the
- * wake-up reached it leaves that sleeper claimed and in plain sight: the
- * next put or get (any process) delivers the wake-up. What no design of
+ * runs again, and a waker either marked and woke it or did neither, so a
+ * waker killed after it chose a sleeper leaves that sleeper in plain
+ * sight: the next put or get (any process) wakes it. What no design of
  * this kind can cover without a timer: a process killed after its commit
  * but before its wake-up call, or a sleeper killed after it was woken but
  * before it acted, while every survivor sleeps and nothing else happens.

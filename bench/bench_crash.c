@@ -202,8 +202,28 @@ typedef struct cr_totals {
 	uint64_t runs, killed_producers, killed_consumers, idle_at_kill;
 	uint64_t violations, lost_in_window, unacked_delivered;
 	uint64_t recovery_max_ns, recovery_sum_ns, recoveries;
+	uint64_t *gaps; /* each run's longest gap after the kill, ns */
 	char first[400];
 } cr_totals;
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* The p-th percentile of the runs' longest gaps (sorted), nearest rank. */
+static uint64_t
+pct(const cr_totals *t, unsigned p)
+{
+	if (t->recoveries == 0) {
+		return 0;
+	}
+	uint64_t k = (t->recoveries * p + 99) / 100;
+	return t->gaps[k > 0 ? k - 1 : 0];
+}
 
 static void violation(cr_totals *t, uint64_t run, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -359,7 +379,7 @@ one_run(cr_shared *sh, uint64_t run, uint64_t seed, uint64_t *rng,
 	if (atomic_load(&sh->ops_after_kill) == 0) {
 		t->idle_at_kill++;
 	} else {
-		t->recoveries++;
+		t->gaps[t->recoveries++] = gap;
 		t->recovery_sum_ns += gap;
 		if (gap > t->recovery_max_ns) {
 			t->recovery_max_ns = gap;
@@ -478,7 +498,11 @@ main(int argc, char **argv)
 	rng = seed;
 	signal(SIGALRM, cr_watchdog);
 	memset(&t, 0, sizeof(t));
+	t.gaps = calloc(runs, sizeof(*t.gaps));
 	sh = bench_shared_alloc(sizeof(*sh));
+	if (t.gaps == NULL) {
+		return bench_fail("qpipe", "out of memory");
+	}
 	if (sh == NULL) {
 		return bench_fail("qpipe", "mmap: %s", strerror(errno));
 	}
@@ -487,6 +511,12 @@ main(int argc, char **argv)
 		    != 0) {
 			return 1;
 		}
+	}
+	qsort(t.gaps, t.recoveries, sizeof(*t.gaps), cmp_u64);
+	uint64_t over_100ms = 0, over_1s = 0;
+	for (uint64_t i = 0; i < t.recoveries; i++) {
+		over_100ms += t.gaps[i] > RECOVERY_MAX;
+		over_1s += t.gaps[i] > 1000000000u;
 	}
 	for (char *p = t.first; *p != '\0'; p++) {
 		if (*p == '"' || *p == '\\') {
@@ -498,15 +528,19 @@ main(int argc, char **argv)
 	       ", \"killed_consumers\": %" PRIu64
 	       ", \"idle_at_kill\": %" PRIu64
 	       ", \"max_gap_after_kill_ms\": %.3f, "
-	       "\"mean_max_gap_ms\": %.3f, "
+	       "\"p50_max_gap_ms\": %.3f, \"p99_max_gap_ms\": %.3f, "
+	       "\"mean_max_gap_ms\": %.3f, \"runs_over_100ms\": %" PRIu64
+	       ", \"runs_over_1s\": %" PRIu64 ", "
 	       "\"lost_in_kill_window\": %" PRIu64
 	       ", \"unacknowledged_delivered\": %" PRIu64
 	       ", \"violations\": %" PRIu64 ", \"first_violation\": \"%s\"}\n",
 	    seed, t.runs, t.killed_producers, t.killed_consumers,
 	    t.idle_at_kill, (double) t.recovery_max_ns / 1e6,
+	    (double) pct(&t, 50) / 1e6, (double) pct(&t, 99) / 1e6,
 	    t.recoveries
 	        ? (double) t.recovery_sum_ns / 1e6 / (double) t.recoveries
 	        : 0.0,
-	    t.lost_in_window, t.unacked_delivered, t.violations, t.first);
+	    over_100ms, over_1s, t.lost_in_window, t.unacked_delivered,
+	    t.violations, t.first);
 	return t.violations != 0;
 }

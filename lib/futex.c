@@ -47,6 +47,16 @@ qpi_futex_wake(uint32_t *word, int n)
 	return rv > 0 ? (int) rv : 0;
 }
 
+int
+qpi_futex_wake_or(uint32_t *word, uint32_t bits, int n)
+{
+	/* FUTEX_WAKE_OP on one word: *word |= bits, wake n on it; the
+	 * second wake-up it offers (the same word) is for 0 waiters. */
+	long rv = syscall(SYS_futex, word, FUTEX_WAKE_OP, n, (void *) 0L, word,
+	    FUTEX_OP(FUTEX_OP_OR, bits & 0xfffu, FUTEX_OP_CMP_EQ, 0));
+	return rv > 0 ? (int) rv : 0;
+}
+
 static void
 shm_path(const char *name, char *buf, size_t len)
 {

@@ -18,6 +18,11 @@ int qpi_futex_wait(uint32_t *word, uint32_t expected, int64_t deadline_ns);
 /* Wakes up to n waiters on word (INT32_MAX: all); returns how many woke. */
 int qpi_futex_wake(uint32_t *word, int n);
 
+/* In one system call, ORs bits (below 4096) into *word, then wakes up to
+ * n waiters on it; returns how many woke. A caller killed at any instant
+ * did both or neither. */
+int qpi_futex_wake_or(uint32_t *word, uint32_t bits, int n);
+
 /* A mapped shared-memory segment. */
 typedef struct qpi_shm {
 	void *base;

@@ -123,19 +123,31 @@ typedef struct sq_side {
 	sq_jrnl j; /* consumer only */
 } sq_side;
 
+/* Sleeper word states (the low 2 bits; the rest is a generation, new for
+ * each sleep). A waker ORs W_WOKEN in and wakes the word in one system
+ * call; W_LEFT | W_WOKEN is still W_LEFT. */
+#define W_ASLEEP 0u /* asleep, or about to be: nobody woke it yet */
+#define W_WOKEN  2u /* woken (or told not to sleep) */
+#define W_LEFT   3u /* it left on its own (deadline, closed) */
+#define W_STATE  3u
+
 /* A sleeper slot: its owner and its own futex word. */
 typedef struct sq_who {
 	int32_t pid;
-	uint32_t word; /* 0: asleep, 1: woken */
+	uint32_t word; /* generation << 2 | W_ state */
 	uint64_t nsid; /* pid namespace: liveness is judged only within it */
 } sq_who;
 
 /* A wake-up event. A sleeper claims a slot, sets its bit in `sleep`, then
- * sleeps on its own word; a waker clears the bit and wakes that slot, so
- * it never wakes the same sleeper twice (a woken process that waits for a
- * CPU costs the others nothing). More than 64 sleepers at once sleep on
- * `seq`, counted in `extra`. The watch event keeps its watchers in `mask`
- * and wakes them through `seq`. */
+ * sleeps on its own word. A waker skips words already W_WOKEN (a woken
+ * process that waits for a CPU costs the others nothing) and wakes a
+ * W_ASLEEP one with FUTEX_WAKE_OP, which marks it W_WOKEN and wakes it in
+ * one system call: a waker killed at any instant either woke it or left
+ * it W_ASLEEP. The bit stays set until the sleeper itself clears it, so
+ * a sleeper whose waker was killed stays in plain sight and the next
+ * waker wakes it. More than 64 sleepers at once sleep on `seq`, counted
+ * in `extra`. The watch event keeps its watchers in `mask` and wakes them
+ * through `seq`. */
 typedef struct sq_ev {
 	uint32_t seq;
 	uint32_t pad;
@@ -693,14 +705,20 @@ sq_fence_after_unlock(void)
 #endif
 }
 
-/* Wakes the sleeper in slot i, whose bit the caller cleared: false if
- * nobody slept on its word (about to sleep, which it then will not, or
- * dead). */
-static bool
+/* Wake-up of the sleeper in slot i (its bit was seen set): 1 if this
+ * call woke it from the kernel, 0 if it needs none (woken already, or it
+ * left), -1 if nobody slept on the word (about to sleep, which it then
+ * will not; woken by another waker just now; or dead). */
+static int
 sq_wake_slot(sq_ev *ev, int i)
 {
-	STR(&ev->who[i].word, 1u);
-	return qpi_futex_wake(&ev->who[i].word, 1) > 0;
+	uint32_t *wp = &ev->who[i].word;
+
+	if ((LDA(wp) & W_STATE) != W_ASLEEP) {
+		return 0;
+	}
+	SQ_HOOK(QPI_HOOK_WAKE);
+	return qpi_futex_wake_or(wp, W_WOKEN, 1) > 0 ? 1 : -1;
 }
 
 /* Wakes one sleeper of event e (all if all); see sq_wake. */
@@ -711,26 +729,14 @@ sq_wake_slow(qpi_shmq *q, int e, bool all)
 	uint64_t m = LD(&ev->sleep);
 	bool missed = false;
 
-	if (all) {
-		m = __atomic_exchange_n(&ev->sleep, 0, __ATOMIC_SEQ_CST);
-		for (; m != 0; m &= m - 1) {
-			missed |= !sq_wake_slot(ev, __builtin_ctzll(m));
+	/* One: if the chosen one was not asleep (or is dead), the next one,
+	 * so that a wake-up is never lost. */
+	for (; m != 0; m &= m - 1) {
+		int r = sq_wake_slot(ev, __builtin_ctzll(m));
+		if (r > 0 && !all) {
+			break;
 		}
-	} else {
-		/* One: if the chosen one was not asleep (or is dead), the
-		 * next one, so that a wake-up is never lost. */
-		while (m != 0) {
-			uint64_t bit = m & -m;
-			if (__atomic_compare_exchange_n(&ev->sleep, &m,
-			        m & ~bit, false, __ATOMIC_SEQ_CST,
-			        __ATOMIC_RELAXED)) {
-				if (sq_wake_slot(ev, __builtin_ctzll(bit))) {
-					break;
-				}
-				missed = true;
-				m = LD(&ev->sleep);
-			}
-		}
+		missed |= r < 0;
 	}
 	if (LD(&ev->extra) != 0) {
 		__atomic_fetch_add(&ev->seq, 1, __ATOMIC_SEQ_CST);
@@ -815,22 +821,27 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 	int rc = 0;
 
 	if (i >= 0) {
-		STR(&ev->who[i].word, 0u);
+		/* A new generation, W_ASLEEP. */
+		s = (LD(&ev->who[i].word) & ~W_STATE) + 4u;
+		STR(&ev->who[i].word, s);
 		__atomic_fetch_or(&ev->sleep, bit, __ATOMIC_SEQ_CST);
 	} else {
 		__atomic_fetch_add(&ev->extra, 1, __ATOMIC_SEQ_CST);
 		s = LDA(&ev->seq);
 	}
 	if (!sq_closed(q) && !pred(q, arg)) {
-		rc = i >= 0 ? qpi_futex_wait(&ev->who[i].word, 0, deadline)
-		            : qpi_futex_wait(&ev->seq, s, deadline);
+		rc = qpi_futex_wait(
+		    i >= 0 ? &ev->who[i].word : &ev->seq, s, deadline);
 	}
 	bool woken = false;
 	if (i >= 0) {
-		/* Clear the bit unless a waker did. */
-		woken
-		    = !(__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST)
-		        & bit);
+		/* Leave: a waker that comes later finds W_LEFT; one that
+		 * came first left W_WOKEN. Then the bit goes (only its
+		 * owner clears it), then the slot. */
+		uint32_t w = s;
+		woken = !__atomic_compare_exchange_n(&ev->who[i].word, &w,
+		    s | W_LEFT, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+		__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST);
 		sq_unclaim(ev, i);
 	} else {
 		__atomic_fetch_sub(&ev->extra, 1, __ATOMIC_SEQ_CST);
@@ -1308,8 +1319,8 @@ qpi_shmq_interrupt(qpi_shmq *q)
 		sq_ev *ev = &q->h->ev[e];
 		for (int i = 0; i < SQ_EV_SLOTS; i++) {
 			if (LD(&ev->who[i].pid) == LD(&sq_pid)) {
-				STR(&ev->who[i].word, 1u);
-				qpi_futex_wake(&ev->who[i].word, INT32_MAX);
+				qpi_futex_wake_or(
+				    &ev->who[i].word, W_WOKEN, INT32_MAX);
 			}
 		}
 		__atomic_fetch_add(&ev->seq, 1, __ATOMIC_SEQ_CST);

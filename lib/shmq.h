@@ -23,8 +23,10 @@
  * Blocking waits (empty, full, join) spin a few microseconds while that
  * pays, then sleep on futex words with the caller's absolute deadline:
  * each sleeper has its own word and a bit in the event's sleeper mask, so
- * a put or get that finds no bit set makes no system call, and a waker
- * clears the bit of the one it wakes (never the same sleeper twice).
+ * a put or get that finds no bit set makes no system call. A waker marks
+ * the word of the one it wakes as woken and wakes it in one system call
+ * (FUTEX_WAKE_OP), and skips words marked woken already (never the same
+ * sleeper twice); only the sleeper clears its own bit.
  *
  * Crash safety. A put writes the record (header, bytes) into free space
  * beyond the tail, then its stamp (the commit: consumers may take it from
@@ -46,6 +48,17 @@
  * the queue, one killed after it took the item, as if it had returned.
  * Sleeper slots of dead processes are found and cleared (kill(pid, 0),
  * within their pid namespace, at most every 100 ms).
+ *
+ * Wake-ups and kills. A sleeper stays visible (its bit set) until it
+ * runs again, and a waker either marked and woke it or did neither, so a
+ * waker killed after it chose a sleeper leaves that sleeper in plain
+ * sight: the next put or get (any process) wakes it. What no design of
+ * this kind can cover without a timer: a process killed after its commit
+ * but before its wake-up call, or a sleeper killed after it was woken but
+ * before it acted, while every survivor sleeps and nothing else happens.
+ * The next put or get on that side wakes the sleepers then (they stay
+ * visible); with any other producer or consumer at work they go on at
+ * once.
  *
  * Leases (for qpiped; the server keeps no lease state of its own). A lease
  * get takes the head item out of the ring like a get, and in the same
@@ -311,6 +324,7 @@ enum qpi_shmq_hook_point {
 	QPI_HOOK_JOURNAL, /* consumer journal written, not committed */
 	QPI_HOOK_COMMIT, /* consumer journal committed, not applied */
 	QPI_HOOK_APPLY, /* partly applied */
+	QPI_HOOK_WAKE, /* a waker chose a sleeper, wake-up not yet delivered */
 };
 extern void (*qpi_shmq_test_hook)(int point);
 

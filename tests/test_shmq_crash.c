@@ -384,12 +384,215 @@ test_shmq_crash_kill9_anywhere(void **state)
 	munmap(cr, sizeof(*cr));
 }
 
+/* ---- a waker killed before its wake-up is delivered ----
+ *
+ * A put wakes one sleeping getter, a get wakes the sleeping putters. A
+ * waker killed after it chose whom to wake but before the wake-up reached
+ * them must not leave them asleep: the next waker (here the parent) wakes
+ * them. Each test puts sleepers to sleep, lets another process die at
+ * that very point (the hook kills it there), then acts once and requires
+ * the sleepers to go on within 100 ms of that act. */
+
+#define WK_SLEEPERS 2
+#define WK_LIMIT_US 100000
+
+typedef struct wake_box {
+	int64_t done_us[WK_SLEEPERS]; /* when each sleeper's call returned */
+	uint64_t got[WK_SLEEPERS]; /* the item a sleeping getter got */
+} wake_box;
+
+static pid_t wk_pids[WK_SLEEPERS + 1];
+
+static int
+wake_teardown(void **state)
+{
+	(void) state;
+	for (int i = 0; i < WK_SLEEPERS + 1; i++) {
+		if (wk_pids[i] > 0) {
+			kill(wk_pids[i], SIGKILL);
+			waitpid(wk_pids[i], NULL, 0);
+			wk_pids[i] = 0;
+		}
+	}
+	return 0;
+}
+
+/* Kills the calling process right where a waker has chosen a sleeper. */
+static void
+die_at_wake(int point)
+{
+	if (point == QPI_HOOK_WAKE) {
+		raise(SIGKILL);
+	}
+}
+
+/* Waits (up to 2 s) until n getters (or putters) sleep in the queue, and
+ * a moment more for them to be inside the kernel. */
+static void
+wait_sleepers(qpi_shmq *q, bool getters, uint64_t n)
+{
+	qp_queue_stats st;
+	int64_t t0 = qu_now_us();
+
+	do {
+		assert_int_equal(qpi_shmq_stat(q, &st), QP_OK);
+		if ((getters ? st.getters : st.putters) >= n) {
+			break;
+		}
+		qu_sleep_ms(1);
+	} while (qu_now_us() - t0 < 2000000);
+	assert_true((getters ? st.getters : st.putters) >= n);
+	qu_sleep_ms(20);
+}
+
+/* Forks a process that takes (get) or adds (put) one item and is killed
+ * by the hook inside the wake-up that follows; checks it died there. */
+static void
+kill_in_wake(qpi_shmq *q, bool get, uint8_t *buf)
+{
+	pid_t w = wk_pids[WK_SLEEPERS] = fork();
+	size_t len;
+
+	assert_true(w >= 0);
+	if (w == 0) {
+		qpi_shmq_test_hook = die_at_wake;
+		int rc = get ? qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, 0)
+		             : qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0);
+		_exit(rc == QP_OK ? 0 : 1);
+	}
+	/* Killed by the hook: it had a sleeper to wake. */
+	assert_int_equal(qu_wait(w), 128 + SIGKILL);
+	wk_pids[WK_SLEEPERS] = 0;
+}
+
+/* A get that is killed while it wakes the blocked putters. */
+static void
+test_shmq_crash_getter_killed_waking_putters(void **state)
+{
+	qpi_shmq_cfg c = {.maxsize = 2, .capacity = 64 * 1024};
+	wake_box *box = qu_shared(sizeof(*box));
+	uint8_t *buf = malloc(MAXITEM);
+	uint8_t seen[2 + WK_SLEEPERS] = {0};
+	qpi_shmq *q;
+	size_t len;
+	uint64_t id = UINT64_MAX;
+
+	(void) state;
+	assert_non_null(box);
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	for (uint64_t i = 0; i < 2; i++) {
+		qu_fill(buf, i, 100);
+		assert_int_equal(
+		    qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0), QP_OK);
+	}
+	for (int k = 0; k < WK_SLEEPERS; k++) {
+		pid_t p = wk_pids[k] = fork();
+		assert_true(p >= 0);
+		if (p == 0) {
+			qu_fill(buf, 2 + (uint64_t) k, 100);
+			int rc = qpi_shmq_put(
+			    q, buf, 100, QPI_ITEM_BIN, qpi_deadline_ns(2000));
+			box->done_us[k] = qu_now_us();
+			_exit(rc == QP_OK ? 0 : 1);
+		}
+	}
+	wait_sleepers(q, false, WK_SLEEPERS);
+	kill_in_wake(q, true, buf); /* took item 0, then died */
+
+	/* The parent's get frees room and must wake both putters. */
+	int64_t t0 = qu_now_us();
+	for (int n = 0; n < 1 + WK_SLEEPERS; n++) {
+		assert_int_equal(qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len,
+		                     qpi_deadline_ns(3000)),
+		    QP_OK);
+		assert_true(qu_check(buf, len, &id));
+		assert_true(id >= 1 && id < 2 + WK_SLEEPERS && !seen[id]);
+		seen[id] = 1;
+	}
+	for (int k = 0; k < WK_SLEEPERS; k++) {
+		assert_int_equal(qu_wait(wk_pids[k]), 0);
+		wk_pids[k] = 0;
+		int64_t late = box->done_us[k] - t0;
+		if (late >= WK_LIMIT_US) {
+			fail_msg(
+			    "putter %d returned %lld us after the next get", k,
+			    (long long) late);
+		}
+	}
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
+	munmap(box, sizeof(*box));
+}
+
+/* A put that is killed while it wakes the one blocked getter: the next
+ * put must wake it, and it gets both items. */
+static void
+test_shmq_crash_putter_killed_waking_getter(void **state)
+{
+	qpi_shmq_cfg c = {.capacity = 64 * 1024};
+	wake_box *box = qu_shared(sizeof(*box));
+	uint8_t *buf = malloc(MAXITEM);
+	qpi_shmq *q;
+	size_t len;
+
+	(void) state;
+	assert_non_null(box);
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	pid_t p = wk_pids[0] = fork();
+	assert_true(p >= 0);
+	if (p == 0) {
+		int64_t deadline = qpi_deadline_ns(2000);
+		for (int k = 0; k < 2; k++) {
+			uint64_t id = UINT64_MAX;
+			int rc = qpi_shmq_get(
+			    q, 0, buf, MAXITEM, NULL, &len, deadline);
+			box->done_us[k] = qu_now_us();
+			if (rc != QP_OK || !qu_check(buf, len, &id)) {
+				_exit(1);
+			}
+			box->got[k] = id;
+		}
+		_exit(0);
+	}
+	wait_sleepers(q, true, 1);
+	qu_fill(buf, 7, 100);
+	kill_in_wake(q, false, buf); /* item 7 committed, then died */
+
+	/* The parent's put must get the getter going. */
+	int64_t t0 = qu_now_us();
+	qu_fill(buf, 8, 100);
+	assert_int_equal(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0), QP_OK);
+	assert_int_equal(qu_wait(wk_pids[0]), 0);
+	wk_pids[0] = 0;
+	for (int k = 0; k < 2; k++) {
+		int64_t late = box->done_us[k] - t0;
+		if (late >= WK_LIMIT_US) {
+			fail_msg("item %d was got %lld us after the next put",
+			    k + 1, (long long) late);
+		}
+	}
+	/* Items 7 and 8, in order. */
+	assert_int_equal(box->got[0], 7);
+	assert_int_equal(box->got[1], 8);
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
+	munmap(box, sizeof(*box));
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_teardown(
 	        test_shmq_crash_kill9_anywhere, crash_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_getter_killed_waking_putters, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_putter_killed_waking_getter, wake_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,61 +1,251 @@
 #!/usr/bin/env bash
-# demo.sh - qpipe's main job, end to end, on this machine: the seed Queue and
-# Pipe programs, then a pool of worker processes pulling tasks from one
-# queue and pushing results to another, every result checked. Run it with
-# `make demo` (which builds first). Everything it starts, it stops.
+# demo.sh - qpipe's main job, end to end, on this machine (`make demo`).
+#
+#  0. installs what is missing (scripts/deps.sh demo) and builds, unless
+#     --no-build (then the binaries come from $QP_BIN, default build/bin);
+#  1. starts qpiped on a free loopback port;
+#  2. runs the seed programs: Python's Queue example (anonymous queue, then
+#     the same program through qpiped) and the Pipe example;
+#  3. a worker pool: a producer puts generated files, one task each, through
+#     qpiped; local workers take them straight from shared memory
+#     (shm://NAME), remote workers through qpiped (tcp://127.0.0.1:PORT/NAME):
+#     one queue, two paths. Each worker hashes its task (SHA-256) and puts the
+#     result on a results queue. One remote worker is made to hang on a task
+#     and is killed with kill -9 while it holds it: the server puts the task
+#     back and another worker does it. Every result is checked against
+#     sha256sum run here, and each task must have exactly one result.
+#
+# Exits 0 only when every check passes. Everything it starts it stops by
+# PID, and it removes its queues and files, also on failure or Ctrl-C.
+# Knobs: QP_DEMO_TASKS (default 1000), QP_DEMO_LOCAL (2 shm workers),
+# QP_DEMO_REMOTE (3 tcp workers), QP_DEMO_TIMEOUT (seconds, default 45).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export LC_ALL=C
+
+build=1
+for a in "$@"; do
+	case "$a" in
+	--no-build) build=0 ;;
+	-h | --help)
+		sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+		exit 0
+		;;
+	*)
+		echo "usage: $0 [--no-build]" >&2
+		exit 1
+		;;
+	esac
+done
+if [ "$build" -eq 1 ]; then
+	echo "== 0. Dependencies (scripts/deps.sh demo) and build (make build)"
+	scripts/deps.sh demo
+	log=$(mktemp /tmp/qpipe-build.XXXXXX)
+	if ! make --no-print-directory build >"$log" 2>&1; then
+		tail -n 40 "$log" >&2
+		rm -f "$log"
+		echo "demo: FAILED: the build failed" >&2
+		exit 1
+	fi
+	rm -f "$log"
+	echo "   built build/bin/qpiped, qpipe, pool_worker and the examples"
+	echo
+fi
+
 BIN=${QP_BIN:-build/bin}
 QPIPE=$BIN/qpipe
-N=${QP_DEMO_TASKS:-2000}
-WORKERS=${QP_DEMO_WORKERS:-4}
+N=${QP_DEMO_TASKS:-1000}
+NL=${QP_DEMO_LOCAL:-2}
+NR=${QP_DEMO_REMOTE:-3}
+LIMIT=${QP_DEMO_TIMEOUT:-45}
+STALL_AT=${QP_DEMO_STALL_AT:-10}
+for b in qpiped qpipe queue_hello pipe_hello pool_worker; do
+	[ -x "$BIN/$b" ] || {
+		echo "demo: $BIN/$b is missing: build first (make build)" >&2
+		exit 1
+	}
+done
+[ "$NR" -ge 2 ] || NR=2 # one remote worker is killed on purpose
+
 run="demo$$"
-TASKS="shm://$run.tasks"
-RESULTS="shm://$run.results"
-pids=()
+tmp=$(mktemp -d "/tmp/qpipe-demo.XXXXXX")
+server_pid=""
+producer_pid=""
+declare -A wpid=()
 cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-	"$QPIPE" rm "$TASKS" 2>/dev/null || true
-	"$QPIPE" rm "$RESULTS" 2>/dev/null || true
+	local p
+	trap - EXIT INT TERM
+	for p in "${wpid[@]}" $producer_pid; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "${wpid[@]}" $producer_pid; do wait "$p" 2>/dev/null || true; done
+	for q in tasks results hello; do
+		"$QPIPE" rm "shm://$run.$q" 2>/dev/null || true
+	done
+	if [ -n "$server_pid" ]; then
+		kill -TERM "$server_pid" 2>/dev/null || true
+		wait "$server_pid" 2>/dev/null || true
+	fi
+	rm -rf "$tmp"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-echo "== 1. Queue: one child puts, another gets (Python's classic example)"
-"$BIN/queue_hello"
-echo
-echo "== 2. Pipe: a duplex pipe between parent and child, then end of file"
-"$BIN/pipe_hello"
-echo
-echo "== 3. A worker pool on this host: $N tasks, $WORKERS workers"
-"$QPIPE" create "$TASKS"
-"$QPIPE" create "$RESULTS"
-t0=$(date +%s%N)
-seq 1 "$N" | "$QPIPE" put --lines "$TASKS"
-for w in $(seq 1 "$WORKERS"); do
-	(
-		done_n=0
-		while n=$("$QPIPE" get --timeout 1 "$TASKS" 2>/dev/null); do
-			"$QPIPE" put "$RESULTS" "$n $((n * n)) w$w"
-			done_n=$((done_n + 1))
-		done
-		echo "   worker $w: $done_n tasks"
-	) &
-	pids+=($!)
-done
-for p in "${pids[@]}"; do wait "$p"; done
-pids=()
-t1=$(date +%s%N)
-"$QPIPE" get -n "$N" --nowait "$RESULTS" >"/tmp/$run.out"
-got=$(wc -l <"/tmp/$run.out")
-bad=$(awk '$2 != $1 * $1' "/tmp/$run.out" | wc -l)
-uniq=$(cut -d' ' -f1 "/tmp/$run.out" | sort -u | wc -l)
-rm -f "/tmp/$run.out"
-ms=$(((t1 - t0) / 1000000))
-echo "   results: $got of $N, $uniq distinct, $bad wrong, ${ms} ms"
-if [ "$got" -ne "$N" ] || [ "$uniq" -ne "$N" ] || [ "$bad" -ne 0 ]; then
-	echo "demo: FAILED: results do not check out" >&2
+fail() {
+	echo "demo: FAILED: $*" >&2
 	exit 1
-fi
+}
+now_ms() { date +%s%3N; }
+
+echo "== 1. qpiped on loopback"
+"$BIN/qpiped" --listen tcp://127.0.0.1:0 --port-file "$tmp/port" \
+	2>"$tmp/qpiped.log" &
+server_pid=$!
+for _ in $(seq 200); do
+	[ -s "$tmp/port" ] && break
+	kill -0 "$server_pid" 2>/dev/null || break
+	sleep 0.025
+done
+[ -s "$tmp/port" ] || fail "qpiped did not start: $(cat "$tmp/qpiped.log")"
+URL=$(head -n 1 "$tmp/port")
+echo "   qpiped (pid $server_pid) serves $URL"
+
 echo
-echo "demo: ok: every result checked"
+echo "== 2. The seed examples"
+echo "   Queue: one child puts, another gets (Python's classic example)"
+out=$(timeout 20 "$BIN/queue_hello")
+echo "     anonymous shared-memory queue: $out"
+[ "$out" = "got: hello from a child process" ] || fail "queue_hello printed '$out'"
+echo "   The bridge: put through qpiped, get from this host's shared memory"
+"$QPIPE" put "$URL/$run.hello" "hello through qpiped"
+out=$("$QPIPE" get --timeout 5 "shm://$run.hello")
+echo "     qpipe put $URL/$run.hello; qpipe get shm://$run.hello: $out"
+[ "$out" = "hello through qpiped" ] || fail "qpipe get printed '$out'"
+echo "   Pipe: parent and child talk over a duplex pipe, then end of file"
+timeout 20 "$BIN/pipe_hello" >"$tmp/pipe.out" || fail "pipe_hello failed"
+sed 's/^/     /' "$tmp/pipe.out"
+grep -q "end of file" "$tmp/pipe.out" || fail "pipe_hello saw no end of file"
+
+echo
+echo "== 3. A worker pool: $N tasks, $NL local (shm://) + $NR remote (tcp://) workers"
+TASKS_SHM="shm://$run.tasks"
+TASKS_TCP="$URL/$run.tasks"
+RESULTS_TCP="$URL/$run.results"
+"$QPIPE" create "$TASKS_SHM"
+"$QPIPE" create "$RESULTS_TCP"
+# The workload: files of 1 to 64 KiB of random bytes; the expected results
+# come from sha256sum, here, before anything is queued.
+mkdir "$tmp/files"
+for i in $(seq 1 "$N"); do
+	head -c $((1024 + (RANDOM * 64 + RANDOM) % 64512)) /dev/urandom \
+		>"$tmp/files/$i"
+done
+(cd "$tmp/files" && sha256sum -- *) |
+	awk '{ print $2, $1 }' | sort -k1,1 >"$tmp/expected"
+bytes=$(cat "$tmp/files"/* | wc -c)
+echo "   generated $N files, $((bytes / 1024)) KiB in all; expected hashes from sha256sum"
+
+start_worker() { # NAME TASKS [OPTION...]
+	local name=$1 addr=$2
+	shift 2
+	"$BIN/pool_worker" --name "$name" "$@" "$addr" "$RESULTS_TCP" \
+		2>"$tmp/$name.log" &
+	wpid[$name]=$!
+}
+for i in $(seq 1 "$NL"); do
+	start_worker "local$i" "$TASKS_SHM"
+done
+start_worker remote1 "$TASKS_TCP" --stall-at "$STALL_AT"
+for i in $(seq 2 "$NR"); do
+	start_worker "remote$i" "$TASKS_TCP"
+done
+for n in $(printf '%s\n' "${!wpid[@]}" | sort); do
+	case $n in
+	local*) echo "   worker $n (pid ${wpid[$n]}): $TASKS_SHM" ;;
+	*) echo "   worker $n (pid ${wpid[$n]}): $TASKS_TCP" ;;
+	esac
+done
+
+t0=$(now_ms)
+(
+	for i in $(seq 1 "$N"); do
+		{
+			printf '%s\n' "$i"
+			cat "$tmp/files/$i"
+		} | "$QPIPE" put "$TASKS_TCP" || exit 1
+	done
+) 2>"$tmp/producer.log" &
+producer_pid=$!
+echo "   producer (pid $producer_pid): $N tasks into $TASKS_TCP"
+
+: >"$tmp/results"
+killed="" held=""
+deadline=$((t0 + LIMIT * 1000))
+last=0
+while :; do
+	"$QPIPE" get -n 100000 --nowait "$RESULTS_TCP" >>"$tmp/results" \
+		2>"$tmp/get.err" || [ $? -eq 3 ] || fail "get results: $(cat "$tmp/get.err")"
+	got=$(wc -l <"$tmp/results")
+	if [ -z "$killed" ] && grep -q "holding task" "$tmp/remote1.log"; then
+		held=$(sed -n 's/.*holding task //p' "$tmp/remote1.log" | head -n 1)
+		echo "   killing worker remote1 (pid ${wpid[remote1]}) with kill -9, on purpose, while it holds task $held"
+		kill -9 "${wpid[remote1]}"
+		wait "${wpid[remote1]}" 2>/dev/null || true
+		unset 'wpid[remote1]'
+		killed=1
+	fi
+	t=$(now_ms)
+	if [ $((t - last)) -ge 1000 ] || [ "$got" -ge "$N" ]; then
+		echo "   progress: $got/$N results after $(((t - t0) / 1000)).$(((t - t0) % 1000 / 100)) s"
+		last=$t
+	fi
+	[ "$got" -ge "$N" ] && break
+	[ "$t" -lt "$deadline" ] || fail "only $got of $N results after ${LIMIT} s"
+	sleep 0.2
+done
+t1=$(now_ms)
+wait "$producer_pid" || fail "the producer failed: $(cat "$tmp/producer.log")"
+producer_pid=""
+[ -n "$killed" ] || fail "worker remote1 never held a task to be killed with"
+
+# Stop the workers (SIGTERM: each finishes its task at hand), then take
+# whatever they still put: a task done twice would show up here.
+for n in "${!wpid[@]}"; do kill -TERM "${wpid[$n]}"; done
+for n in "${!wpid[@]}"; do
+	wait "${wpid[$n]}" || fail "worker $n exited with an error: $(cat "$tmp/$n.log")"
+done
+wpid=()
+"$QPIPE" get -n 100000 --nowait "$RESULTS_TCP" >>"$tmp/results" 2>/dev/null || true
+
+echo
+echo "== 4. Checks"
+left=$("$QPIPE" size "$TASKS_SHM")
+echo "   tasks left in the queue: $left"
+[ "$left" -eq 0 ] || fail "$left tasks were never taken"
+awk '{ print $1, $2 }' "$tmp/results" | sort -k1,1 >"$tmp/got"
+total=$(wc -l <"$tmp/got")
+distinct=$(cut -d' ' -f1 "$tmp/got" | sort -u | wc -l)
+dups=$((total - distinct))
+wrong=$(join -j1 "$tmp/expected" "$tmp/got" | awk '$2 != $3' | wc -l)
+matched=$(join -j1 "$tmp/expected" "$tmp/got" | awk '$2 == $3' | wc -l)
+missing=$((N - distinct))
+echo "   results: $total for $N tasks; $matched match sha256sum, $wrong differ, $dups duplicates, $missing missing"
+[ "$total" -eq "$N" ] && [ "$distinct" -eq "$N" ] && [ "$matched" -eq "$N" ] &&
+	[ "$wrong" -eq 0 ] || fail "the results do not check out"
+redo=$(awk -v id="$held" '$1 == id { print $3 }' "$tmp/results")
+echo "   task $held, held by remote1 when it was killed: done once, by $redo"
+[ -n "$redo" ] && [ "$redo" != remote1 ] || fail "task $held was not redone by another worker"
+grep -o "connection [0-9]* closed holding.*" "$tmp/qpiped.log" | head -n 1 |
+	sed 's/^/   qpiped log: /'
+
+ms=$((t1 - t0))
+[ "$ms" -gt 0 ] || ms=1
+echo
+echo "== Summary"
+echo "   items:      $N tasks, $((bytes / 1024)) KiB hashed, every result checked against sha256sum"
+echo "   workers:    $((NL + NR)) ($NL local on shm://, $NR remote on tcp://; remote1 killed with kill -9)"
+echo "   per worker:"
+awk '{ n[$3]++ } END { for (w in n) printf "     %-8s %5d\n", w, n[w] }' \
+	"$tmp/results" | sort
+echo "   time:       $((ms / 1000)).$((ms % 1000 / 100)) s from the first put to the last result"
+echo "   throughput: $((N * 1000 / ms)) tasks/s, $((bytes * 1000 / ms / 1024)) KiB/s (producer: one qpipe put process per task)"
+echo
+echo "demo: ok: $N tasks, $N results, each checked, none lost, none twice"

@@ -55,7 +55,7 @@ pw_usage(FILE *f)
 	    "is\n"
 	    "in: a worker killed mid-task loses nothing.\n"
 	    "\n"
-	    "  --name NAME     NAME in each result (default w<pid>)\n"
+	    "  --name NAME     NAME in each result (default HOSTNAME-PID)\n"
 	    "  --idle-exit MS  exit 0 once no task came for MS ms (default: "
 	    "wait)\n"
 	    "  --work-ms MS    sleep MS ms per task, standing for real work\n"
@@ -123,7 +123,7 @@ main(int argc, char **argv)
 	const char *name = NULL, *taddr, *raddr;
 	long idle_ms = -1, work_ms = 0, stall_at = 0;
 	bool trace = false;
-	char namebuf[32];
+	char namebuf[64];
 	int i;
 
 	for (i = 1; i < argc && argv[i][0] == '-'; i++) {
@@ -159,7 +159,11 @@ main(int argc, char **argv)
 	taddr = argv[i];
 	raddr = argv[i + 1];
 	if (name == NULL) {
-		snprintf(namebuf, sizeof(namebuf), "w%ld", (long) getpid());
+		char host[64] = "w";
+		gethostname(host, sizeof(host) - 1);
+		host[sizeof(host) - 1] = '\0';
+		snprintf(namebuf, sizeof(namebuf), "%.40s-%ld", host,
+		    (long) getpid());
 		name = namebuf;
 	}
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# qpipe-producer - the worker-pool demo's producer (docker/compose.yaml,
+# docker/demo.sh). Generates QPIPE_TASKS files of 1 to 64 KiB of random
+# bytes, sends the collector the expected results ("ID SHA256" a line, from
+# sha256sum, as one item on PREFIX.expected), puts one task per file on
+# PREFIX.tasks ("ID", a newline, the file's bytes), then waits for the
+# collector's verdict on PREFIX.done and exits 0 if it is "ok".
+# Environment: QPIPE_SERVER (tcp://qpiped:7450), QPIPE_PREFIX (demo),
+# QPIPE_TASKS (200), QPIPE_WAIT (seconds, 300), QPIPE_TOKEN (the server's).
+set -euo pipefail
+export LC_ALL=C
+S=${QPIPE_SERVER:-tcp://qpiped:7450}
+P=${QPIPE_PREFIX:-demo}
+N=${QPIPE_TASKS:-200}
+WAIT=${QPIPE_WAIT:-300}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+say() { echo "producer: $*"; }
+
+# qpiped may still be starting: try for up to 30 s.
+for i in $(seq 60); do
+	qpipe size "$S/$P.tasks" >/dev/null 2>"$tmp/err" && break
+	[ "$i" -lt 60 ] || {
+		say "cannot reach $S: $(cat "$tmp/err")" >&2
+		exit 2
+	}
+	sleep 0.5
+done
+
+mkdir "$tmp/files"
+for i in $(seq 1 "$N"); do
+	head -c $((1024 + (RANDOM * 64 + RANDOM) % 64512)) /dev/urandom \
+		>"$tmp/files/$i"
+done
+(cd "$tmp/files" && sha256sum -- *) | awk '{ print $2, $1 }' >"$tmp/expected"
+bytes=$(cat "$tmp/files"/* | wc -c)
+qpipe put "$S/$P.expected" <"$tmp/expected"
+say "$N tasks, $((bytes / 1024)) KiB, expected results sent to $S/$P.expected"
+t0=$(date +%s%3N)
+for i in $(seq 1 "$N"); do
+	{
+		printf '%s\n' "$i"
+		cat "$tmp/files/$i"
+	} | qpipe put "$S/$P.tasks"
+	[ $((i % 50)) -ne 0 ] || say "put $i/$N"
+done
+t1=$(date +%s%3N)
+say "all $N tasks put on $S/$P.tasks in $((t1 - t0)) ms; waiting for the collector"
+verdict=$(qpipe get --timeout "$WAIT" "$S/$P.done") || {
+	say "no word from the collector in $WAIT s" >&2
+	exit 1
+}
+say "the collector says: $verdict"
+[ "$verdict" = ok ]

@@ -3,7 +3,8 @@
 # docker/demo.sh). Generates QPIPE_TASKS files of 1 to 64 KiB of random
 # bytes, sends the collector the expected results ("ID SHA256" a line, from
 # sha256sum, as one item on PREFIX.expected), puts one task per file on
-# PREFIX.tasks ("ID", a newline, the file's bytes), then waits for the
+# PREFIX.tasks ("ID", a newline, the file's bytes; pool_producer), then
+# waits for the
 # collector's verdict on PREFIX.done and exits 0 if it is "ok".
 # Environment: QPIPE_SERVER (tcp://qpiped:7450), QPIPE_PREFIX (demo),
 # QPIPE_TASKS (200), QPIPE_WAIT (seconds, 300), QPIPE_TOKEN (the server's).
@@ -37,13 +38,9 @@ bytes=$(cat "$tmp/files"/* | wc -c)
 qpipe put "$S/$P.expected" <"$tmp/expected"
 say "$N tasks, $((bytes / 1024)) KiB, expected results sent to $S/$P.expected"
 t0=$(date +%s%3N)
-for i in $(seq 1 "$N"); do
-	{
-		printf '%s\n' "$i"
-		cat "$tmp/files/$i"
-	} | qpipe put "$S/$P.tasks"
-	[ $((i % 50)) -ne 0 ] || say "put $i/$N"
-done
+# pool_producer (examples/pool_producer.c): one task per file, "ID\n" and
+# the file's bytes, 32 tasks per request.
+(cd "$tmp/files" && pool_producer --batch 32 "$S/$P.tasks" $(seq 1 "$N"))
 t1=$(date +%s%3N)
 say "all $N tasks put on $S/$P.tasks in $((t1 - t0)) ms; waiting for the collector"
 verdict=$(qpipe get --timeout "$WAIT" "$S/$P.done") || {

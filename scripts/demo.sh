@@ -17,7 +17,7 @@
 #
 # Exits 0 only when every check passes. Everything it starts it stops by
 # PID, and it removes its queues and files, also on failure or Ctrl-C.
-# Knobs: QP_DEMO_TASKS (default 1000), QP_DEMO_LOCAL (2 shm workers),
+# Knobs: QP_DEMO_TASKS (default 2000), QP_DEMO_LOCAL (2 shm workers),
 # QP_DEMO_REMOTE (3 tcp workers), QP_DEMO_TIMEOUT (seconds, default 45).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,14 +52,17 @@ if [ "$build" -eq 1 ]; then
 	echo
 fi
 
-BIN=${QP_BIN:-build/bin}
+BIN=$(cd "${QP_BIN:-build/bin}" 2>/dev/null && pwd) || {
+	echo "demo: no ${QP_BIN:-build/bin}: build first (make build)" >&2
+	exit 1
+}
 QPIPE=$BIN/qpipe
-N=${QP_DEMO_TASKS:-1000}
+N=${QP_DEMO_TASKS:-2000}
 NL=${QP_DEMO_LOCAL:-2}
 NR=${QP_DEMO_REMOTE:-3}
 LIMIT=${QP_DEMO_TIMEOUT:-45}
 STALL_AT=${QP_DEMO_STALL_AT:-10}
-for b in qpiped qpipe queue_hello pipe_hello pool_worker; do
+for b in qpiped qpipe queue_hello pipe_hello pool_worker pool_producer; do
 	[ -x "$BIN/$b" ] || {
 		echo "demo: $BIN/$b is missing: build first (make build)" >&2
 		exit 1
@@ -165,16 +168,10 @@ for n in $(printf '%s\n' "${!wpid[@]}" | sort); do
 done
 
 t0=$(now_ms)
-(
-	for i in $(seq 1 "$N"); do
-		{
-			printf '%s\n' "$i"
-			cat "$tmp/files/$i"
-		} | "$QPIPE" put "$TASKS_TCP" || exit 1
-	done
-) 2>"$tmp/producer.log" &
+(cd "$tmp/files" && exec "$BIN/pool_producer" --batch 32 "$TASKS_TCP" \
+	$(seq 1 "$N")) 2>"$tmp/producer.log" &
 producer_pid=$!
-echo "   producer (pid $producer_pid): $N tasks into $TASKS_TCP"
+echo "   producer (pid $producer_pid): $N tasks into $TASKS_TCP, 32 per request"
 
 : >"$tmp/results"
 killed="" held=""
@@ -193,7 +190,7 @@ while :; do
 		killed=1
 	fi
 	t=$(now_ms)
-	if [ $((t - last)) -ge 1000 ] || [ "$got" -ge "$N" ]; then
+	if [ $((t - last)) -ge 500 ] || [ "$got" -ge "$N" ]; then
 		echo "   progress: $got/$N results after $(((t - t0) / 1000)).$(((t - t0) % 1000 / 100)) s"
 		last=$t
 	fi
@@ -246,6 +243,6 @@ echo "   per worker:"
 awk '{ n[$3]++ } END { for (w in n) printf "     %-8s %5d\n", w, n[w] }' \
 	"$tmp/results" | sort
 echo "   time:       $((ms / 1000)).$((ms % 1000 / 100)) s from the first put to the last result"
-echo "   throughput: $((N * 1000 / ms)) tasks/s, $((bytes * 1000 / ms / 1024)) KiB/s (producer: one qpipe put process per task)"
+echo "   throughput: $((N * 1000 / ms)) tasks/s, $((bytes * 1000 / ms / 1024)) KiB/s"
 echo
 echo "demo: ok: $N tasks, $N results, each checked, none lost, none twice"

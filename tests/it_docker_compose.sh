@@ -52,7 +52,7 @@ grep -q '^HEALTHCHECK .*' "$df" && grep -q 'CMD \["qpipe", "ping"' "$df" &&
 # come from a package in the runtime stage's apt-get install.
 runtime=$(awk '/^FROM debian:12-slim/ { r = 1 } r' "$df" |
 	sed -n '/apt-get install/,/rm -rf/p')
-for b in qpiped qpipe pool_worker; do
+for b in qpiped qpipe pool_worker pool_producer; do
 	ldd "$QP_BIN/$b" | awk '/=> \// { print $3 }'
 done | sort -u >"$T/libs"
 missing=""

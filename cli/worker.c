@@ -486,8 +486,9 @@ slot_failed(wk_slot *s, const void *item, size_t len, const char *why)
 		return;
 	}
 	(void) slot_done(s);
-	wk_log(w, "task failed (%s) %u times; moved to %s", why,
-	    (unsigned) s->deliveries, w->dead_addr);
+	wk_log(w, "task failed (%s), attempt %u of %u; moved to %s", why,
+	    (unsigned) s->deliveries, (unsigned) w->max_attempts,
+	    w->dead_addr);
 	pthread_mutex_lock(&w->mu);
 	w->n_dead++;
 	pthread_mutex_unlock(&w->mu);
@@ -872,6 +873,12 @@ cmd_worker(cli_opts *o)
 	w.last_ms = qpi_now_ms();
 	pthread_mutex_init(&w.mu, NULL);
 
+	/* Blocked before any thread starts (nng's included): the signals
+	 * reach the signalfd only. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	wk_std_fds();
 	signal(SIGPIPE, SIG_IGN);
 	if ((w.slots = calloc(w.nslots, sizeof(wk_slot))) == NULL) {
@@ -888,10 +895,6 @@ cmd_worker(cli_opts *o)
 		wk_free(&w);
 		return rc;
 	}
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
 	w.efd = eventfd(0, EFD_CLOEXEC);
 	if (sfd < 0 || w.efd < 0) {

@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ---- send, recv ---- */
 
@@ -141,7 +142,9 @@ cmd_recv(cli_opts *o)
 	if (o->count == 0) {
 		rv = recv_one(o, c, o->timeout, o->json);
 	} else {
-		qp_duration more = o->timeout_set ? o->timeout : QP_NOWAIT;
+		/* The messages after the first wait as long as it did: a
+		 * pipe's messages come one by one. */
+		qp_duration more = o->timeout;
 		rv = recv_one(o, c, o->timeout, true);
 		for (uint64_t i = 1; rv == QP_OK && i < o->count; i++) {
 			rv = recv_one(o, c, more, true);
@@ -167,8 +170,19 @@ server_url(const char *addr, char *url, size_t n)
 {
 	qpi_addr a;
 
-	if (qpi_addr_parse(addr, QPI_ADDR_SERVER, &a) != QP_OK
-	    && qpi_addr_parse(addr, QPI_ADDR_NAMED, &a) != QP_OK) {
+	struct stat st;
+	bool server = qpi_addr_parse(addr, QPI_ADDR_SERVER, &a) == QP_OK;
+
+	/* ipc:///PATH/NAME reads as a server at PATH/NAME too: the one
+	 * whose path is a socket wins. */
+	if (server && a.kind == QPI_ADDR_IPC
+	    && (stat(a.path, &st) != 0 || !S_ISSOCK(st.st_mode))) {
+		qpi_addr b;
+		if (qpi_addr_parse(addr, QPI_ADDR_NAMED, &b) == QP_OK) {
+			a = b;
+		}
+	}
+	if (!server && qpi_addr_parse(addr, QPI_ADDR_NAMED, &a) != QP_OK) {
 		return QP_EINVAL;
 	}
 	if (a.kind == QPI_ADDR_SHM) {

@@ -89,10 +89,15 @@ static const cli_cmd commands[] = {
         "recv [--timeout SEC | --nowait] [-n N] [--json] [--side 0|1] "
         "ADDR",
         "Receives one message from the pipe named by ADDR and writes its "
-        "bytes\nto stdout exactly (-n N: up to N, one per line). Waits "
-        "for it; --timeout\nSEC gives up after SEC seconds (exit 3). Exit "
-        "6 at end of file: the\nother end closed (or died) and nothing is "
-        "left."},
+        "bytes\nto stdout exactly. Waits for it; --timeout SEC gives up "
+        "after SEC\nseconds (exit 3), --nowait at once. -n N: N messages, "
+        "one per line,\nfewer if the end of file or (with --timeout) a "
+        "pause of SEC comes\nfirst. Exit 6 at end of file: the other end "
+        "closed (or died) and\nnothing is left.\n"
+        "\n"
+        "A pipe joins the first two ends that open its name; once one "
+        "has\nclosed, the other reads what is left, then end of file. The "
+        "name is free\nagain when both have closed."},
     {"worker", cmd_worker, OPT_WORKER | OPT_JSON, 1, 1,
         "worker ADDR --results ADDR [--concurrency N] [--max-attempts N]\n"
         "        [--timeout SEC] [--lease SEC] [--max-tasks N] "
@@ -228,6 +233,13 @@ int
 cli_fail(const cli_opts *o, const char *addr, int err)
 {
 	const char *msg = qp_errmsg();
+	size_t alen = strlen(addr);
+
+	/* The library's message may start with the address: said once. */
+	if (strncmp(msg, addr, alen) == 0 && msg[alen] == ':'
+	    && msg[alen + 1] == ' ') {
+		msg += alen + 2;
+	}
 
 	if (err == QP_EEMPTY && o->timeout > 0) {
 		fprintf(stderr, "qpipe: %s %s: empty after %g s\n", o->cmd,

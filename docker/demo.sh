@@ -141,6 +141,15 @@ URL=$(head -n 1 "$tmp/port")
 case "$URL" in "tcp://$NET.10:"[1-9]*) ;; *) fail "qpiped bound '$URL'" ;; esac
 echo "qpiped: $URL"
 
+# compose's "depends_on: condition: service_healthy": the image's
+# healthcheck command (qpipe ping), from a client's namespace.
+for i in $(seq 100); do
+	ip netns exec "${tag}-collector" "$BIN/qpipe" ping "$URL" >/dev/null 2>"$tmp/ping.err" && break
+	[ "$i" -lt 100 ] || fail "qpipe ping $URL: $(cat "$tmp/ping.err")"
+	sleep 0.05
+done
+echo "qpipe ping $URL from the collector's namespace: ok"
+
 run_in collector "$here/collector.sh"
 collector_pid=${pids[-1]}
 run_in worker1 "$BIN/pool_worker" --name worker1 --stall-at 5 \

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Prints bench/results/latest.json (or the file named) as the README's
-Markdown table: one line per case and peer, with the run's date, machine
-and commit above it. Usage: scripts/bench-table.py [RESULTS.json]"""
+Markdown table: one line per case and peer that qpipe has a figure for,
+with the run's date, machine and commit above it, and one line naming the
+cases left out. Usage: scripts/bench-table.py [RESULTS.json]"""
 import json
 import os
 import sys
@@ -43,7 +44,12 @@ def main():
     print(". Ratio above 1: qpipe better.\n")
     print("| case | qpipe | peer | peer's | unit | ratio | target |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
+    skipped = []
     for r in data.get("records", []):
+        if r.get("qpipe") is None:
+            if r.get("name") not in skipped:
+                skipped.append(r.get("name"))
+            continue
         unit = r.get("unit", "")
         q = si(r.get("qpipe"), unit)
         if r.get("qpipe") is None and r.get("qpipe_note"):
@@ -53,9 +59,14 @@ def main():
         target = r.get("target")
         met = r.get("target_met")
         tgt = "" if target is None else (
-            f">= {target} ({'met' if met else 'not met'})")
+            f">= {target:.2f} ({'met' if met else 'not met'})")
         print(f"| {r.get('name', '?')} | {q} | {r.get('peer', '')} | "
               f"{si(r.get('peer_value'), unit)} | {unit} | {ratio} | {tgt} |")
+    if skipped:
+        notes = sorted({r.get("qpipe_note") or "no figure" for r in
+                        data.get("records", []) if r.get("qpipe") is None})
+        print(f"\nNo qpipe figure ({'; '.join(notes)}): "
+              f"{', '.join(skipped)}.")
     return 0
 
 

@@ -61,14 +61,14 @@ N=${QP_DEMO_TASKS:-2000}
 NL=${QP_DEMO_LOCAL:-2}
 NR=${QP_DEMO_REMOTE:-3}
 LIMIT=${QP_DEMO_TIMEOUT:-45}
-STALL_AT=${QP_DEMO_STALL_AT:-10}
 for b in qpiped qpipe queue_hello pipe_hello pool_worker pool_producer; do
 	[ -x "$BIN/$b" ] || {
 		echo "demo: $BIN/$b is missing: build first (make build)" >&2
 		exit 1
 	}
 done
-[ "$NR" -ge 2 ] || NR=2 # one remote worker is killed on purpose
+[ "$NL" -ge 2 ] || NL=2 # local2 is killed on purpose
+[ "$NR" -ge 1 ] || NR=1
 
 run="demo$$"
 tmp=$(mktemp -d "/tmp/qpipe-demo.XXXXXX")
@@ -134,42 +134,59 @@ TASKS_TCP="$URL/$run.tasks"
 RESULTS_TCP="$URL/$run.results"
 "$QPIPE" create "$TASKS_SHM"
 "$QPIPE" create "$RESULTS_TCP"
-# The workload: files of 1 to 64 KiB of random bytes; the expected results
+# The workload: files of random bytes; the expected results
 # come from sha256sum, here, before anything is queued.
 mkdir "$tmp/files"
-for i in $(seq 1 "$N"); do
-	head -c $((1024 + (RANDOM * 64 + RANDOM) % 64512)) /dev/urandom \
-		>"$tmp/files/$i"
-done
+# One blob of random bytes cut after every 128th newline byte: files of
+# about 32 KiB (22 to 44 KiB), named f000000, f000001, ...; the first N.
+head -c $((N * 40 * 1024)) /dev/urandom | split -a 6 -d -l 128 - "$tmp/files/f"
+(cd "$tmp/files" && ls | tail -n +$((N + 1)) | xargs -r rm --)
+[ "$(ls "$tmp/files" | wc -l)" -eq "$N" ] || { echo "cannot make $N files" >&2; exit 1; }
 (cd "$tmp/files" && sha256sum -- *) |
 	awk '{ print $2, $1 }' | sort -k1,1 >"$tmp/expected"
 bytes=$(cat "$tmp/files"/* | wc -c)
 echo "   generated $N files, $((bytes / 1024)) KiB in all; expected hashes from sha256sum"
 
-start_worker() { # NAME TASKS [OPTION...]
-	local name=$1 addr=$2
-	shift 2
-	"$BIN/pool_worker" --name "$name" "$@" "$addr" "$RESULTS_TCP" \
-		2>"$tmp/$name.log" &
-	wpid[$name]=$!
+# The workers. Most are `qpipe worker`, running a shell command per task
+# (the task on its stdin: "ID", a newline, the bytes; its output, the
+# result: "ID SHA256 WORKER"); one is examples/pool_worker.c, the same job
+# written against the library. local2's command hangs on its 5th task, as
+# a stuck job would, so that it can be killed while it holds a task.
+hash_cmd='read -r id; printf "%s %s %s" "$id" "$(sha256sum | cut -c1-64)" "$WORKER"'
+stall_cmd='read -r id; n=$(($(cat "$COUNT" 2>/dev/null || echo 0) + 1)); echo "$n" >"$COUNT"; if [ "$n" -eq 5 ]; then echo "holding task $id" >&2; exec sleep 60; fi; printf "%s %s %s" "$id" "$(sha256sum | cut -c1-64)" "$WORKER"'
+VICTIM=local2
+declare -A wdesc=()
+start_cli_worker() { # NAME TASKS COMMAND
+	WORKER=$1 COUNT="$tmp/$1.count" "$QPIPE" worker "$2" --results "$RESULTS_TCP" \
+		-- sh -c "$3" 2>"$tmp/$1.log" &
+	wpid[$1]=$!
+	wdesc[$1]="qpipe worker $2"
+}
+start_c_worker() { # NAME TASKS
+	"$BIN/pool_worker" --name "$1" "$2" "$RESULTS_TCP" 2>"$tmp/$1.log" &
+	wpid[$1]=$!
+	wdesc[$1]="pool_worker $2"
 }
 for i in $(seq 1 "$NL"); do
-	start_worker "local$i" "$TASKS_SHM"
+	if [ "local$i" = "$VICTIM" ]; then
+		start_cli_worker "local$i" "$TASKS_SHM" "$stall_cmd"
+	else
+		start_cli_worker "local$i" "$TASKS_SHM" "$hash_cmd"
+	fi
 done
-start_worker remote1 "$TASKS_TCP" --stall-at "$STALL_AT"
-for i in $(seq 2 "$NR"); do
-	start_worker "remote$i" "$TASKS_TCP"
+for i in $(seq 1 "$((NR - 1))"); do
+	start_cli_worker "remote$i" "$TASKS_TCP" "$hash_cmd"
 done
+start_c_worker "remote$NR" "$TASKS_TCP"
 for n in $(printf '%s\n' "${!wpid[@]}" | sort); do
-	case $n in
-	local*) echo "   worker $n (pid ${wpid[$n]}): $TASKS_SHM" ;;
-	*) echo "   worker $n (pid ${wpid[$n]}): $TASKS_TCP" ;;
-	esac
+	echo "   worker $n (pid ${wpid[$n]}): ${wdesc[$n]}"
 done
+echo "   (qpipe worker's command: sh -c '$hash_cmd')"
+echo
 
 t0=$(now_ms)
 (cd "$tmp/files" && exec "$BIN/pool_producer" --batch 32 "$TASKS_TCP" \
-	$(seq 1 "$N")) 2>"$tmp/producer.log" &
+	f*) 2>"$tmp/producer.log" &
 producer_pid=$!
 echo "   producer (pid $producer_pid): $N tasks into $TASKS_TCP, 32 per request"
 
@@ -181,12 +198,15 @@ while :; do
 	"$QPIPE" get -n 100000 --nowait "$RESULTS_TCP" >>"$tmp/results" \
 		2>"$tmp/get.err" || [ $? -eq 3 ] || fail "get results: $(cat "$tmp/get.err")"
 	got=$(wc -l <"$tmp/results")
-	if [ -z "$killed" ] && grep -q "holding task" "$tmp/remote1.log"; then
-		held=$(sed -n 's/.*holding task //p' "$tmp/remote1.log" | head -n 1)
-		echo "   killing worker remote1 (pid ${wpid[remote1]}) with kill -9, on purpose, while it holds task $held"
-		kill -9 "${wpid[remote1]}"
-		wait "${wpid[remote1]}" 2>/dev/null || true
-		unset 'wpid[remote1]'
+	if [ -z "$killed" ] && grep -q "holding task" "$tmp/$VICTIM.log"; then
+		held=$(sed -n 's/.*holding task //p' "$tmp/$VICTIM.log" | head -n 1)
+		# its command, in a process group of its own, is killed too
+		kids=$(ps -o pid= --ppid "${wpid[$VICTIM]}" || true)
+		echo "   killing worker $VICTIM (pid ${wpid[$VICTIM]}) with kill -9, on purpose, while it holds task $held"
+		kill -9 "${wpid[$VICTIM]}"
+		wait "${wpid[$VICTIM]}" 2>/dev/null || true
+		for k in $kids; do kill -9 "$k" 2>/dev/null || true; done
+		unset "wpid[$VICTIM]"
 		killed=1
 	fi
 	t=$(now_ms)
@@ -201,7 +221,7 @@ done
 t1=$(now_ms)
 wait "$producer_pid" || fail "the producer failed: $(cat "$tmp/producer.log")"
 producer_pid=""
-[ -n "$killed" ] || fail "worker remote1 never held a task to be killed with"
+[ -n "$killed" ] || fail "worker $VICTIM never held a task to be killed with"
 
 # Stop the workers (SIGTERM: each finishes its task at hand), then take
 # whatever they still put: a task done twice would show up here.
@@ -228,17 +248,15 @@ echo "   results: $total for $N tasks; $matched match sha256sum, $wrong differ, 
 [ "$total" -eq "$N" ] && [ "$distinct" -eq "$N" ] && [ "$matched" -eq "$N" ] &&
 	[ "$wrong" -eq 0 ] || fail "the results do not check out"
 redo=$(awk -v id="$held" '$1 == id { print $3 }' "$tmp/results")
-echo "   task $held, held by remote1 when it was killed: done once, by $redo"
-[ -n "$redo" ] && [ "$redo" != remote1 ] || fail "task $held was not redone by another worker"
-grep -o "connection [0-9]* closed holding.*" "$tmp/qpiped.log" | head -n 1 |
-	sed 's/^/   qpiped log: /'
+echo "   task $held, held by $VICTIM when it was killed: done once, by $redo"
+[ -n "$redo" ] && [ "$redo" != "$VICTIM" ] || fail "task $held was not redone by another worker"
 
 ms=$((t1 - t0))
 [ "$ms" -gt 0 ] || ms=1
 echo
 echo "== Summary"
 echo "   items:      $N tasks, $((bytes / 1024)) KiB hashed, every result checked against sha256sum"
-echo "   workers:    $((NL + NR)) ($NL local on shm://, $NR remote on tcp://; remote1 killed with kill -9)"
+echo "   workers:    $((NL + NR)) ($NL local on shm://, $NR remote on tcp://; $VICTIM killed with kill -9)"
 echo "   per worker:"
 awk '{ n[$3]++ } END { for (w in n) printf "     %-8s %5d\n", w, n[w] }' \
 	"$tmp/results" | sort

@@ -75,18 +75,37 @@ tmp=$(mktemp -d "/tmp/qpipe-demo.XXXXXX")
 server_pid=""
 producer_pid=""
 declare -A wpid=()
+# alive PID: the process runs (a zombie, exited and not yet reaped, does not).
+alive() {
+	local st
+	st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+	[ -n "$st" ] && [ "${st#Z}" = "$st" ]
+}
+# stop PID...: SIGTERM, up to 5 s to exit, then SIGKILL for it and the
+# commands it runs; reaps each.
+stop() {
+	local p kids
+	for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "$@"; do
+		for _ in $(seq 50); do
+			alive "$p" || break
+			sleep 0.1
+		done
+		if alive "$p"; then
+			kids=$(ps -o pid= --ppid "$p" 2>/dev/null || true)
+			kill -KILL "$p" $kids 2>/dev/null || true
+		fi
+		wait "$p" 2>/dev/null || true
+	done
+}
 cleanup() {
-	local p
 	trap - EXIT INT TERM
-	for p in "${wpid[@]}" $producer_pid; do kill -TERM "$p" 2>/dev/null || true; done
-	for p in "${wpid[@]}" $producer_pid; do wait "$p" 2>/dev/null || true; done
-	for q in tasks results hello; do
+	# the clients first, then the server
+	stop "${wpid[@]}" $producer_pid
+	for q in tasks tasks.dead results hello; do
 		"$QPIPE" rm "shm://$run.$q" 2>/dev/null || true
 	done
-	if [ -n "$server_pid" ]; then
-		kill -TERM "$server_pid" 2>/dev/null || true
-		wait "$server_pid" 2>/dev/null || true
-	fi
+	[ -z "$server_pid" ] || stop "$server_pid"
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -150,14 +169,14 @@ echo "   generated $N files, $((bytes / 1024)) KiB in all; expected hashes from 
 # The workers. Most are `qpipe worker`, running a shell command per task
 # (the task on its stdin: "ID", a newline, the bytes; its output, the
 # result: "ID SHA256 WORKER"); one is examples/pool_worker.c, the same job
-# written against the library. local2's command hangs on its 5th task, as
-# a stuck job would, so that it can be killed while it holds a task.
+# written against the library. local2's command hangs, as a stuck job
+# would, so that local2 can be killed while it holds a task.
 hash_cmd='read -r id; printf "%s %s %s" "$id" "$(sha256sum | cut -c1-64)" "$WORKER"'
-stall_cmd='read -r id; n=$(($(cat "$COUNT" 2>/dev/null || echo 0) + 1)); echo "$n" >"$COUNT"; if [ "$n" -eq 5 ]; then echo "holding task $id" >&2; exec sleep 60; fi; printf "%s %s %s" "$id" "$(sha256sum | cut -c1-64)" "$WORKER"'
+stall_cmd='read -r id; echo "holding task $id" >&2; exec sleep 60'
 VICTIM=local2
 declare -A wdesc=()
 start_cli_worker() { # NAME TASKS COMMAND
-	WORKER=$1 COUNT="$tmp/$1.count" "$QPIPE" worker "$2" --results "$RESULTS_TCP" \
+	WORKER=$1 "$QPIPE" worker "$2" --results "$RESULTS_TCP" \
 		-- sh -c "$3" 2>"$tmp/$1.log" &
 	wpid[$1]=$!
 	wdesc[$1]="qpipe worker $2"

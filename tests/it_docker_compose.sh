@@ -48,6 +48,28 @@ grep -q '^CMD \["qpiped"' "$df" && ok "qpiped in exec form" || bad "cmd" "qpiped
 grep -q '^HEALTHCHECK .*' "$df" && grep -q 'CMD \["qpipe", "ping"' "$df" &&
 	ok "healthcheck with qpipe ping" || bad "healthcheck" "none with qpipe ping"
 
+# What the services run is in the image: the programs the Dockerfile
+# copies, the scripts exist and parse.
+for f in producer.sh collector.sh; do
+	if [ -x "$dc/$f" ] && bash -n "$dc/$f"; then
+		ok "docker/$f is there and parses"
+	else
+		bad "docker/$f" "missing, not executable or not bash"
+	fi
+done
+for cmd in qpipe-producer qpipe-collector pool_worker; do
+	if grep -q "command: \[\"$cmd\"" "$dc/compose.yaml" ||
+		grep -q "command: \[\"$cmd\"," "$dc/compose.yaml"; then
+		if grep -Eq "(/$cmd( |$)|COPY .* /usr/local/bin/$cmd$|build/bin/$cmd )" "$df"; then
+			ok "the image provides $cmd"
+		else
+			bad "$cmd" "compose runs it, the Dockerfile does not install it"
+		fi
+	else
+		bad "$cmd" "compose.yaml does not run it"
+	fi
+done
+
 # Runtime packages: each library the binaries need, outside libc, must
 # come from a package in the runtime stage's apt-get install.
 runtime=$(awk '/^FROM debian:12-slim/ { r = 1 } r' "$df" |

@@ -14,7 +14,7 @@
 #
 # qpiped requires a token (QPIPE_TOKEN, random per run) when it knows
 # --auth-token-file; a qpiped without token support runs with --insecure,
-# and the script says so. worker1 is made to hang on its 5th task and is
+# and the script says so. worker1 is made to hang on its first task and is
 # killed with kill -9 while it holds it: the task must still be done once.
 # Exits 0 when the collector and the producer report every result checked,
 # 77 (skipped) where namespaces cannot be made (not root, no ip(8)), 1
@@ -152,7 +152,7 @@ echo "qpipe ping $URL from the collector's namespace: ok"
 
 run_in collector "$here/collector.sh"
 collector_pid=${pids[-1]}
-run_in worker1 "$BIN/pool_worker" --name worker1 --stall-at 5 \
+run_in worker1 "$BIN/pool_worker" --name worker1 --stall-at 1 \
 	"$URL/$P.tasks" "$URL/$P.results"
 victim=${pids[-1]}
 for i in $(seq 2 "$NW"); do
@@ -163,7 +163,7 @@ run_in producer "$here/producer.sh"
 producer_pid=${pids[-1]}
 echo "started: collector, $NW workers, producer ($N tasks)"
 
-# worker1 hangs on its 5th task: kill it -9 while it holds the task.
+# worker1 hangs on its first task: kill it -9 while it holds the task.
 held=""
 for _ in $(seq 300); do
 	held=$(sed -n 's/.*holding task //p' "$tmp/worker1.log" | head -n 1)

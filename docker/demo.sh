@@ -7,14 +7,14 @@
 # the machine, nothing touches the host's interfaces.
 #
 #   bridge namespace: bridge qb0, one veth per container, no address
-#   qpiped            10.213.77.10   qpiped --listen tcp://10.213.77.10:0
+#   qpiped            10.213.77.10   qpiped --listen tcp://0.0.0.0:7450
 #   producer          10.213.77.20   docker/producer.sh
 #   worker1..N        10.213.77.31.. examples/pool_worker (tcp://)
 #   collector         10.213.77.40   docker/collector.sh
 #
-# qpiped requires a token (QPIPE_TOKEN, random per run) when it knows
-# --auth-token-file; a qpiped without token support runs with --insecure,
-# and the script says so. worker1 is made to hang on its first task and is
+# qpiped runs the image's command and requires a token (QPIPE_TOKEN,
+# random per run) when it has token support; a qpiped without it runs with
+# --insecure, and the script says so. worker1 is made to hang on its first task and is
 # killed with kill -9 while it holds it: the task must still be done once.
 # Exits 0 when the collector and the producer report every result checked,
 # 77 (skipped) where namespaces cannot be made (not root, no ip(8)), 1
@@ -118,37 +118,46 @@ run_in() {
 	pids+=($!)
 }
 
-# qpiped, with a token if it has token support.
-head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp/token"
-URL=""
+# qpiped runs the image's CMD, qpiped --listen tcp://0.0.0.0:7450 (a fixed
+# port is fine: the namespace is this run's own), the token from
+# QPIPE_TOKEN as compose gives it; a qpiped without token support gets
+# --insecure.
+URL="tcp://$NET.10:7450"
 if "$BIN/qpiped" --help 2>&1 | grep -q -- --auth-token-file; then
 	export QPIPE_TOKEN
-	QPIPE_TOKEN=$(cat "$tmp/token")
-	auth=(--auth-token-file "$tmp/token")
-	echo "qpiped: token required (random per run, given to every container as QPIPE_TOKEN)"
+	QPIPE_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+	auth=()
+	echo "qpiped: token required (QPIPE_TOKEN, random per run, given to every container)"
 else
 	unset QPIPE_TOKEN
 	auth=(--insecure)
-	echo "qpiped: this build has no --auth-token-file yet: serving with --insecure"
+	echo "qpiped: this build has no token support yet: serving with --insecure"
 fi
-run_in qpiped "$BIN/qpiped" --listen "tcp://$NET.10:0" --port-file "$tmp/port" "${auth[@]}"
-for _ in $(seq 200); do
-	[ -s "$tmp/port" ] && break
-	sleep 0.025
-done
-[ -s "$tmp/port" ] || fail "qpiped wrote no port file"
-URL=$(head -n 1 "$tmp/port")
-case "$URL" in "tcp://$NET.10:"[1-9]*) ;; *) fail "qpiped bound '$URL'" ;; esac
-echo "qpiped: $URL"
+run_in qpiped "$BIN/qpiped" --listen tcp://0.0.0.0:7450 ${auth[@]+"${auth[@]}"}
 
-# compose's "depends_on: condition: service_healthy": the image's
-# healthcheck command (qpipe ping), from a client's namespace.
+# The image's HEALTHCHECK, qpipe ping tcp://127.0.0.1:7450, in qpiped's
+# namespace; then, as compose's "depends_on: condition: service_healthy",
+# the clients start once it passes.
 for i in $(seq 100); do
-	ip netns exec "${tag}-collector" "$BIN/qpipe" ping "$URL" >/dev/null 2>"$tmp/ping.err" && break
-	[ "$i" -lt 100 ] || fail "qpipe ping $URL: $(cat "$tmp/ping.err")"
+	ip netns exec "${tag}-qpiped" "$BIN/qpipe" ping tcp://127.0.0.1:7450 \
+		>/dev/null 2>"$tmp/ping.err" && break
+	[ "$i" -lt 100 ] || fail "healthcheck: qpipe ping: $(cat "$tmp/ping.err")"
 	sleep 0.05
 done
+echo "healthcheck (qpipe ping tcp://127.0.0.1:7450 in qpiped's namespace): ok"
+ip netns exec "${tag}-collector" "$BIN/qpipe" ping "$URL" >/dev/null 2>"$tmp/ping.err" ||
+	fail "qpipe ping $URL from the collector: $(cat "$tmp/ping.err")"
 echo "qpipe ping $URL from the collector's namespace: ok"
+if [ -n "${QPIPE_TOKEN:-}" ]; then
+	# a client without the token, or with another, gets nothing
+	for t in "" "not-the-token"; do
+		rc=0
+		ip netns exec "${tag}-producer" env QPIPE_TOKEN="$t" \
+			"$BIN/qpipe" size "$URL/$P.tasks" >/dev/null 2>"$tmp/noauth.err" || rc=$?
+		[ "$rc" -eq 2 ] || fail "a client with token '$t' got exit $rc, not 2"
+	done
+	echo "a client without the token or with a wrong one: refused (exit 2: $(head -c 120 "$tmp/noauth.err"))"
+fi
 
 run_in collector "$here/collector.sh"
 collector_pid=${pids[-1]}

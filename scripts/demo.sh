@@ -214,7 +214,7 @@ killed="" held=""
 deadline=$((t0 + LIMIT * 1000))
 last=0
 while :; do
-	"$QPIPE" get -n 100000 --nowait "$RESULTS_TCP" >>"$tmp/results" \
+	"$QPIPE" get -n 250 --nowait "$RESULTS_TCP" >>"$tmp/results" \
 		2>"$tmp/get.err" || [ $? -eq 3 ] || fail "get results: $(cat "$tmp/get.err")"
 	got=$(wc -l <"$tmp/results")
 	if [ -z "$killed" ] && grep -q "holding task" "$tmp/$VICTIM.log"; then

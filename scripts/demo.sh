@@ -4,16 +4,19 @@
 #  0. installs what is missing (scripts/deps.sh demo) and builds, unless
 #     --no-build (then the binaries come from $QP_BIN, default build/bin);
 #  1. starts qpiped on a free loopback port;
-#  2. runs the seed programs: Python's Queue example (anonymous queue, then
-#     the same program through qpiped) and the Pipe example;
-#  3. a worker pool: a producer puts generated files, one task each, through
-#     qpiped; local workers take them straight from shared memory
-#     (shm://NAME), remote workers through qpiped (tcp://127.0.0.1:PORT/NAME):
-#     one queue, two paths. Each worker hashes its task (SHA-256) and puts the
-#     result on a results queue. One remote worker is made to hang on a task
-#     and is killed with kill -9 while it holds it: the server puts the task
-#     back and another worker does it. Every result is checked against
-#     sha256sum run here, and each task must have exactly one result.
+#  2. runs the seed programs (Python's Queue example on an anonymous
+#     queue, the Pipe example) and shows the bridge: a put through qpiped,
+#     a get from this host's shared memory;
+#  3. a worker pool: a producer (pool_producer) puts generated files, one
+#     task each, through qpiped; local workers take them straight from
+#     shared memory (shm://NAME), remote workers through qpiped
+#     (tcp://127.0.0.1:PORT/NAME): one queue, two paths. The workers are
+#     `qpipe worker` running sh -c '... sha256sum ...' per task, and one
+#     pool_worker (the same job in C); each puts "ID SHA256 WORKER" on a
+#     results queue. local2's command hangs, as a stuck job would, and the
+#     demo kills local2 with kill -9 while it holds its task: the task goes
+#     back to the queue and another worker does it. Every result is checked
+#     against sha256sum run here, and each task must have exactly one.
 #
 # Exits 0 only when every check passes. Everything it starts it stops by
 # PID, and it removes its queues and files, also on failure or Ctrl-C.

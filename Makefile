@@ -40,8 +40,8 @@ format-check:
 format:
 	@scripts/format.sh
 
-demo: build
-	@scripts/deps.sh demo
+# The demo installs what is missing and builds by itself (scripts/demo.sh).
+demo:
 	@scripts/demo.sh
 
 bench: build

@@ -35,8 +35,19 @@ typedef struct cli_opts {
 	uint64_t maxsize;
 	uint64_t capacity;
 	const char *results;
-	uint64_t concurrency;
-	uint64_t max_attempts;
+	uint64_t concurrency; /* worker: tasks at once; 0 = 1 */
+	uint64_t max_attempts; /* worker: 0 = 3 */
+	uint64_t max_tasks; /* worker: 0 = no limit */
+	qp_duration idle_exit; /* worker: QP_FOREVER unless --idle-exit */
+	double idle_exit_sec;
+	uint64_t lease_ms; /* worker: 0 = the server's */
+	int side; /* send, recv: the pipe's side, -1 = the free one */
+	/* Token and TLS settings for remote addresses. */
+	const char *token_file;
+	const char *tls_ca;
+	bool insecure;
+	bool conn_set; /* one of them was given: conn is filled */
+	qp_conn_opts conn;
 	char **args; /* positional arguments */
 	int nargs;
 	char **cmdv; /* worker: the command after "--" */
@@ -76,6 +87,13 @@ void cli_progress_end(cli_progress *p);
 int cli_open_queue(
     const cli_opts *o, const char *addr, bool create, qp_queue **qp);
 
+/* The qp_conn_opts to pass for o (NULL: the library's defaults). */
+const qp_conn_opts *cli_conn(const cli_opts *o);
+
+/* Prints one queue's figures as a JSON object (with "name" first when
+ * name is not NULL), no newline. */
+void cli_print_stats(FILE *f, const char *name, const qp_queue_stats *st);
+
 /* The commands. */
 int cmd_put(cli_opts *o);
 int cmd_get(cli_opts *o);
@@ -83,5 +101,10 @@ int cmd_size(cli_opts *o);
 int cmd_stat(cli_opts *o);
 int cmd_create(cli_opts *o);
 int cmd_rm(cli_opts *o);
+int cmd_ls(cli_opts *o);
+int cmd_ping(cli_opts *o);
+int cmd_send(cli_opts *o);
+int cmd_recv(cli_opts *o);
+int cmd_worker(cli_opts *o);
 
 #endif /* QP_CLI_H */

@@ -182,16 +182,8 @@ cmd_stat(cli_opts *o)
 	if (rv != QP_OK) {
 		return cli_fail(o, addr, rv);
 	}
-	printf("{\"items\": %llu, \"bytes\": %llu, \"maxsize\": %llu, "
-	       "\"capacity\": %llu, \"leased\": %llu, \"unfinished\": %llu, "
-	       "\"getters\": %llu, \"putters\": %llu, \"puts\": %llu, "
-	       "\"gets\": %llu, \"oldest_age_ms\": %lld}\n",
-	    (unsigned long long) st.items, (unsigned long long) st.bytes,
-	    (unsigned long long) st.maxsize, (unsigned long long) st.capacity,
-	    (unsigned long long) st.leased, (unsigned long long) st.unfinished,
-	    (unsigned long long) st.getters, (unsigned long long) st.putters,
-	    (unsigned long long) st.puts, (unsigned long long) st.gets,
-	    (long long) st.oldest_age_ms);
+	cli_print_stats(stdout, NULL, &st);
+	putchar('\n');
 	return CLI_OK;
 }
 
@@ -206,6 +198,7 @@ cmd_create(cli_opts *o)
 	opts.flags = QP_OPEN_CREATE | QP_OPEN_EXCL;
 	opts.maxsize = o->maxsize;
 	opts.capacity = o->capacity;
+	opts.conn = cli_conn(o);
 	if ((rv = qp_queue_open(&q, addr, &opts)) != QP_OK) {
 		return cli_fail(o, addr, rv);
 	}

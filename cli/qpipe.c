@@ -20,6 +20,7 @@
 #define OPT_COUNT   0x08u
 #define OPT_CREATE  0x10u
 #define OPT_WORKER  0x20u
+#define OPT_SIDE    0x40u
 
 typedef struct cli_cmd {
 	const char *name;
@@ -37,8 +38,8 @@ static const cli_cmd commands[] = {
         "one\nitem (--lines: one item per line, without its newline). "
         "Blocks while\nthe queue is full, like Python's put(); --timeout "
         "SEC gives up after SEC\nseconds (exit 4), --nowait at once. "
-        "--json: each item is JSON text,\nstored as a msgpack value. A "
-        "local queue is created if missing."},
+        "--json: each item is JSON text,\nstored as a msgpack value. The "
+        "queue is created if missing."},
     {"get", cmd_get, OPT_TIMEOUT | OPT_JSON | OPT_COUNT, 1, 1,
         "get [--timeout SEC | --nowait] [-n N] [--json] ADDR",
         "Gets one item and writes its bytes to stdout exactly, nothing "
@@ -47,14 +48,28 @@ static const cli_cmd commands[] = {
         "once. -n N: up to N\nitems, one per line: waits for the first as "
         "above, then takes more\nwhile they come (within SEC with "
         "--timeout, else only those ready).\n--json: writes each item as "
-        "JSON."},
+        "JSON, one per line."},
     {"size", cmd_size, 0, 1, 1, "size ADDR",
         "Prints the exact number of items in the queue (0 if it does not "
         "exist)."},
     {"stat", cmd_stat, 0, 1, 1, "stat ADDR",
-        "Prints the queue's figures as one JSON object: items, bytes, "
-        "maxsize,\ncapacity, leased, unfinished, getters, putters, puts, "
-        "gets,\noldest_age_ms."},
+        "Prints the queue's figures as one JSON object:\n"
+        "  items          items ready\n"
+        "  bytes          bytes of the items ready\n"
+        "  maxsize        most items it holds (0: bounded by capacity "
+        "only)\n"
+        "  capacity       bytes of storage\n"
+        "  leased         items handed out and not yet confirmed\n"
+        "  unfinished     items put and not yet task_done\n"
+        "  getters        gets waiting now\n"
+        "  putters        puts waiting now\n"
+        "  puts, gets     items put and got since the queue was made\n"
+        "  oldest_age_ms  age of the oldest ready item (-1: none)"},
+    {"ls", cmd_ls, 0, 1, 1, "ls SERVER",
+        "Lists every queue that SERVER hosts (tcp://HOST[:PORT], "
+        "ipc:///PATH)\nas a JSON array, one queue per line, each with its "
+        "\"name\" and the\nfigures of qpipe stat. ls shm:// lists this "
+        "host's shared-memory queues."},
     {"create", cmd_create, OPT_CREATE, 1, 1,
         "create [--maxsize N] [--capacity BYTES] ADDR",
         "Creates a queue: at most N items (0, the default: unbounded), "
@@ -62,6 +77,72 @@ static const cli_cmd commands[] = {
         "exists."},
     {"rm", cmd_rm, 0, 1, 1, "rm ADDR",
         "Deletes a queue and its items. Fails (exit 2) if there is none."},
+    {"send", cmd_send, OPT_JSON | OPT_SIDE, 1, -1,
+        "send [--json] [--side 0|1] ADDR [DATA...]",
+        "Sends messages over the pipe named by ADDR (tcp://HOST[:PORT]/"
+        "NAME or\nipc:///PATH/NAME, through the qpiped there): each DATA "
+        "is one message;\nwith no DATA, all of stdin is one. The pipe "
+        "holds what was sent until\nthe other end reads it; closing this "
+        "end is its end of file. --side:\nwhich end to hold (default: the "
+        "free one). Exit 6 if the other end\nhas closed."},
+    {"recv", cmd_recv, OPT_TIMEOUT | OPT_JSON | OPT_COUNT | OPT_SIDE, 1, 1,
+        "recv [--timeout SEC | --nowait] [-n N] [--json] [--side 0|1] "
+        "ADDR",
+        "Receives one message from the pipe named by ADDR and writes its "
+        "bytes\nto stdout exactly. Waits for it; --timeout SEC gives up "
+        "after SEC\nseconds (exit 3), --nowait at once. -n N: N messages, "
+        "one per line,\nfewer if the end of file or (with --timeout) a "
+        "pause of SEC comes\nfirst. Exit 6 at end of file: the other end "
+        "closed (or died) and\nnothing is left.\n"
+        "\n"
+        "A pipe joins the first two ends that open its name; once one "
+        "has\nclosed, the other reads what is left, then end of file. The "
+        "name is free\nagain when both have closed."},
+    {"worker", cmd_worker, OPT_WORKER | OPT_JSON, 1, 1,
+        "worker ADDR --results ADDR [--concurrency N] [--max-attempts N]\n"
+        "        [--timeout SEC] [--lease SEC] [--max-tasks N] "
+        "[--idle-exit SEC]\n"
+        "        [--json] -- CMD [ARG...]",
+        "Runs CMD once per task of the queue ADDR, the task on its stdin "
+        "(no\nshell: say sh -c '...' for one). When CMD exits 0, its "
+        "stdout is put to\nthe --results queue and the task is confirmed "
+        "(task_done). When it\nexits non-zero, is killed or times out, "
+        "the task goes back to the queue\nfor another attempt; after "
+        "--max-attempts deliveries (default 3) it is\nmoved to the "
+        "dead-letter queue ADDR.dead, with one line on stderr. A\n"
+        "worker killed at any point loses nothing: its tasks go to "
+        "another\nworker (remote: when its connection drops or its lease "
+        "ends; local:\nat once, the other workers return a dead process's "
+        "tasks).\n"
+        "\n"
+        "  --results ADDR     where the outputs go (any address form)\n"
+        "  --concurrency N    run up to N tasks at once (default 1)\n"
+        "  --max-attempts N   deliveries before the dead-letter queue "
+        "(default 3)\n"
+        "  --timeout SEC      kill a task that runs longer (its process "
+        "group)\n"
+        "  --lease SEC        how long the queue holds a task for this "
+        "worker\n"
+        "                     before giving it to another (remote: "
+        "default the\n"
+        "                     server's, 30 s; keep it above the task "
+        "time;\n"
+        "                     local: default until done or the worker "
+        "dies)\n"
+        "  --max-tasks N      exit 0 after N tasks\n"
+        "  --idle-exit SEC    exit 0 once no task came for SEC seconds\n"
+        "  --json             task to CMD as JSON text, its output parsed "
+        "as JSON\n"
+        "\n"
+        "CMD sees QPIPE_ATTEMPT (1 on a first delivery) in its "
+        "environment.\nSIGTERM or SIGINT: take no new task, let the "
+        "running ones finish,\nexit 0 (a second signal exits at once; "
+        "unfinished tasks go back).\nExit 6 if the queue is removed, 2 "
+        "if it cannot be reached."},
+    {"ping", cmd_ping, 0, 1, 1, "ping ADDR",
+        "Exit 0 if the server of ADDR (a server or a queue address) "
+        "answers,\n2 otherwise, with one line on stderr saying why. For a "
+        "health check."},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -72,8 +153,9 @@ usage_all(FILE *f)
 	fprintf(f,
 	    "usage: qpipe COMMAND [OPTIONS] ADDR [DATA...]\n"
 	    "\n"
-	    "Python's multiprocessing Queue from the shell, on this host or "
-	    "across hosts.\n"
+	    "Python's multiprocessing Queue and Pipe from the shell, on this "
+	    "host or\n"
+	    "across hosts through qpiped.\n"
 	    "\n"
 	    "Commands:\n");
 	for (size_t i = 0; i < NCOMMANDS; i++) {
@@ -92,9 +174,30 @@ usage_all(FILE *f)
 	    "SEC is seconds, fractions allowed. Items are bytes, passed "
 	    "untouched.\n"
 	    "\n"
+	    "Remote addresses take, before or after the command:\n"
+	    "  --token-file FILE        the server's token (first line of "
+	    "FILE;\n"
+	    "                           default: $QPIPE_TOKEN)\n"
+	    "  --tls-ca FILE            CA certificates (PEM) that tls+tcp:// "
+	    "servers\n"
+	    "                           must chain to (default: "
+	    "$QPIPE_TLS_CA, else\n"
+	    "                           the system's)\n"
+	    "  --insecure-skip-verify   accept any TLS certificate (tests "
+	    "only)\n"
+	    "\n"
 	    "Exit codes: 0 ok, 1 usage, 2 connection/server/protocol/auth "
 	    "error,\n"
-	    "3 empty, 4 full, 5 over a size limit, 6 closed or end of file.\n"
+	    "3 empty (or timed out), 4 full, 5 over a size limit, 6 closed or "
+	    "end of\n"
+	    "file.\n"
+	    "\n"
+	    "Examples:\n"
+	    "  seq 1 100 | qpipe put --lines tcp://q1:7450/tasks\n"
+	    "  qpipe worker tcp://q1:7450/tasks --results "
+	    "tcp://q1:7450/results \\\n"
+	    "      -- sh -c 'read n; echo $((n*n))'\n"
+	    "  qpipe get -n 100 --timeout 5 tcp://q1:7450/results\n"
 	    "\n"
 	    "qpipe COMMAND --help tells more; qpipe --version.\n");
 }
@@ -130,6 +233,13 @@ int
 cli_fail(const cli_opts *o, const char *addr, int err)
 {
 	const char *msg = qp_errmsg();
+	size_t alen = strlen(addr);
+
+	/* The library's message may start with the address: said once. */
+	if (strncmp(msg, addr, alen) == 0 && msg[alen] == ':'
+	    && msg[alen + 1] == ' ') {
+		msg += alen + 2;
+	}
 
 	if (err == QP_EEMPTY && o->timeout > 0) {
 		fprintf(stderr, "qpipe: %s %s: empty after %g s\n", o->cmd,
@@ -254,6 +364,7 @@ cli_open_queue(const cli_opts *o, const char *addr, bool create, qp_queue **qp)
 	qp_queue_opts opts = {0};
 
 	opts.flags = create ? QP_OPEN_CREATE : 0;
+	opts.conn = cli_conn(o);
 	return qp_queue_open(qp, addr, &opts);
 }
 
@@ -310,6 +421,74 @@ opt_is(const char *arg, const char *name)
 {
 	size_t n = strlen(name);
 	return strncmp(arg, name, n) == 0 && (arg[n] == '\0' || arg[n] == '=');
+}
+
+/* Fills o->conn from the token and TLS options. The token file is also
+ * exported as $QPIPE_TOKEN (and the CA as $QPIPE_TLS_CA) for the library
+ * calls that take no options (qp_server_list, qp_pipe_open). */
+static int
+conn_setup(cli_opts *o)
+{
+	memset(&o->conn, 0, sizeof(o->conn));
+	o->conn.token_file = o->token_file;
+	o->conn.tls_ca = o->tls_ca;
+	o->conn.tls_insecure_skip_verify = o->insecure;
+	o->conn_set = true;
+	if (o->token_file != NULL) {
+		FILE *f = fopen(o->token_file, "r");
+		char line[1100];
+		if (f == NULL) {
+			fprintf(stderr, "qpipe: %s: --token-file %s: %s\n",
+			    o->cmd, o->token_file, strerror(errno));
+			return CLI_USAGE;
+		}
+		if (fgets(line, sizeof(line), f) == NULL) {
+			line[0] = '\0';
+		}
+		fclose(f);
+		line[strcspn(line, "\r\n")] = '\0';
+		if (line[0] == '\0') {
+			fprintf(stderr,
+			    "qpipe: %s: --token-file %s: no token on its "
+			    "first "
+			    "line\n",
+			    o->cmd, o->token_file);
+			return CLI_USAGE;
+		}
+		setenv("QPIPE_TOKEN", line, 1);
+	}
+	if (o->tls_ca != NULL) {
+		setenv("QPIPE_TLS_CA", o->tls_ca, 1);
+	}
+	return CLI_OK;
+}
+
+const qp_conn_opts *
+cli_conn(const cli_opts *o)
+{
+	return o->conn_set ? &o->conn : NULL;
+}
+
+void
+cli_print_stats(FILE *f, const char *name, const qp_queue_stats *st)
+{
+	fputc('{', f);
+	if (name != NULL) {
+		/* Names are [A-Za-z0-9._-]: nothing to escape. */
+		fprintf(f, "\"name\": \"%s\", ", name);
+	}
+	fprintf(f,
+	    "\"items\": %llu, \"bytes\": %llu, \"maxsize\": %llu, "
+	    "\"capacity\": %llu, \"leased\": %llu, \"unfinished\": %llu, "
+	    "\"getters\": %llu, \"putters\": %llu, \"puts\": %llu, "
+	    "\"gets\": %llu, \"oldest_age_ms\": %lld}",
+	    (unsigned long long) st->items, (unsigned long long) st->bytes,
+	    (unsigned long long) st->maxsize,
+	    (unsigned long long) st->capacity, (unsigned long long) st->leased,
+	    (unsigned long long) st->unfinished,
+	    (unsigned long long) st->getters, (unsigned long long) st->putters,
+	    (unsigned long long) st->puts, (unsigned long long) st->gets,
+	    (long long) st->oldest_age_ms);
 }
 
 static int
@@ -385,8 +564,100 @@ parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 				    "--capacity wants bytes, not '%s'",
 				    v != NULL ? v : "");
 			}
+		} else if ((c->opts & OPT_WORKER) && opt_is(a, "--results")) {
+			if ((o->results = opt_value(argc, argv, &i, a, 9))
+			    == NULL) {
+				return cli_usage_error(
+				    o, "--results wants an address");
+			}
+		} else if ((c->opts & OPT_WORKER)
+		    && (opt_is(a, "--concurrency") || opt_is(a, "-j"))) {
+			v = a[1] == 'j' ? (i + 1 < argc ? argv[++i] : NULL)
+			                : opt_value(argc, argv, &i, a, 13);
+			if (!parse_u64(v, &o->concurrency)
+			    || o->concurrency == 0 || o->concurrency > 1024) {
+				return cli_usage_error(o,
+				    "--concurrency wants 1 to 1024, not '%s'",
+				    v != NULL ? v : "");
+			}
+		} else if ((c->opts & OPT_WORKER)
+		    && opt_is(a, "--max-attempts")) {
+			v = opt_value(argc, argv, &i, a, 14);
+			if (!parse_u64(v, &o->max_attempts)
+			    || o->max_attempts == 0) {
+				return cli_usage_error(o,
+				    "--max-attempts wants a count >= 1, not "
+				    "'%s'",
+				    v != NULL ? v : "");
+			}
+		} else if ((c->opts & OPT_WORKER)
+		    && opt_is(a, "--max-tasks")) {
+			v = opt_value(argc, argv, &i, a, 11);
+			if (!parse_u64(v, &o->max_tasks)
+			    || o->max_tasks == 0) {
+				return cli_usage_error(o,
+				    "--max-tasks wants a count >= 1, not '%s'",
+				    v != NULL ? v : "");
+			}
+		} else if ((c->opts & OPT_WORKER)
+		    && opt_is(a, "--idle-exit")) {
+			v = opt_value(argc, argv, &i, a, 11);
+			if (!parse_seconds(
+			        v, &o->idle_exit_sec, &o->idle_exit)) {
+				return cli_usage_error(o,
+				    "--idle-exit wants seconds >= 0, not '%s'",
+				    v != NULL ? v : "");
+			}
+		} else if ((c->opts & OPT_WORKER) && opt_is(a, "--timeout")) {
+			v = opt_value(argc, argv, &i, a, 9);
+			if (!parse_seconds(v, &o->timeout_sec, &o->timeout)
+			    || o->timeout == 0) {
+				return cli_usage_error(o,
+				    "--timeout wants seconds > 0, not '%s'",
+				    v != NULL ? v : "");
+			}
+			o->timeout_set = true;
+		} else if ((c->opts & OPT_WORKER) && opt_is(a, "--lease")) {
+			double sec;
+			qp_duration ms;
+			v = opt_value(argc, argv, &i, a, 7);
+			if (!parse_seconds(v, &sec, &ms) || ms == 0) {
+				return cli_usage_error(o,
+				    "--lease wants seconds > 0, not '%s'",
+				    v != NULL ? v : "");
+			}
+			o->lease_ms = (uint64_t) ms;
+		} else if ((c->opts & OPT_SIDE) && opt_is(a, "--side")) {
+			v = opt_value(argc, argv, &i, a, 6);
+			if (v == NULL
+			    || (strcmp(v, "0") != 0 && strcmp(v, "1") != 0)) {
+				return cli_usage_error(o,
+				    "--side wants 0 or 1, not '%s'",
+				    v != NULL ? v : "");
+			}
+			o->side = v[0] - '0';
+		} else if (opt_is(a, "--token-file")) {
+			if ((o->token_file = opt_value(argc, argv, &i, a, 12))
+			    == NULL) {
+				return cli_usage_error(
+				    o, "--token-file wants a file");
+			}
+		} else if (opt_is(a, "--tls-ca")) {
+			if ((o->tls_ca = opt_value(argc, argv, &i, a, 8))
+			    == NULL) {
+				return cli_usage_error(
+				    o, "--tls-ca wants a file");
+			}
+		} else if (strcmp(a, "--insecure-skip-verify") == 0) {
+			o->insecure = true;
 		} else {
 			return cli_usage_error(o, "unknown option '%s'", a);
+		}
+	}
+	if (o->token_file != NULL || o->tls_ca != NULL || o->insecure) {
+		int rv = conn_setup(o);
+		if (rv != CLI_OK) {
+			return rv;
 		}
 	}
 	if (nowait && o->timeout_set) {
@@ -442,6 +713,8 @@ main(int argc, char **argv)
 		}
 		o.cmd = c->name;
 		o.timeout = QP_FOREVER;
+		o.idle_exit = QP_FOREVER;
+		o.side = -1;
 		int rv = parse_args(c, argc - 2, argv + 2, &o);
 		if (rv == CLI_OK) {
 			rv = c->run(&o);

@@ -1,0 +1,940 @@
+/*
+ * worker.c - `qpipe worker`: takes tasks from a queue and runs a command
+ * once per task, the task on its stdin. When the command exits 0 its
+ * stdout is put to the results queue and the task is confirmed
+ * (task_done); when it fails, is killed or times out the task goes back to
+ * the queue for another attempt, and after --max-attempts deliveries it is
+ * moved to the dead-letter queue NAME.dead (same server, or same host for
+ * shm://) with one line on stderr. Nothing is confirmed before its result
+ * is stored, so a worker killed at any point loses no task (a task may run
+ * twice: at least once).
+ *
+ * Leases. A remote task queue is opened with QP_OPEN_LEASE: the server
+ * holds each task for this handle until task_done or nack, and gives it
+ * back when the connection drops or the lease runs out (--lease SEC, else
+ * the server's). A shm:// queue takes the library's shared-memory leases
+ * (qpi_shmq_get_lease with this process as owner): the public API accepts
+ * QP_OPEN_LEASE for remote queues only. A local worker's leases outlive it
+ * when it is killed; every local worker returns the leases of dead
+ * processes (qpi_shmq_release_dead) before each get, and so at least once
+ * per WK_SLICE_MS while it waits.
+ *
+ * Threads. One thread per --concurrency slot; each has its own handles
+ * (task, results, dead-letter), so that task_done and nack of one slot's
+ * handle always name that slot's task. A slot waits for a task in gets of
+ * at most WK_SLICE_MS, then looks at the stop flag, the idle time and the
+ * task budget. The command runs under posix_spawn() in its own process
+ * group (a terminal's ^C reaches the worker, not the tasks); the slot
+ * feeds its stdin and reads its stdout with poll(), with the task's
+ * deadline, and learns of its exit through a pidfd. The main thread waits
+ * on a signalfd (SIGTERM, SIGINT: stop taking tasks, let those running
+ * finish; a second signal exits at once) and an eventfd the last slot
+ * writes when it ends.
+ *
+ * Locking: w->mu guards the fields shared by the slots (stop flag, task
+ * budget, running count, last activity, exit code, slots alive).
+ */
+#define _GNU_SOURCE /* pipe2 */
+#include "cli.h"
+#include "qpi.h"
+#include "queue.h"
+#include "shmq.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* Longest single wait for a task before the slot looks around again. */
+#define WK_SLICE_MS 250
+/* The environment variable that tells the command its attempt number. */
+#define WK_ATTEMPT_ENV "QPIPE_ATTEMPT="
+
+typedef struct wk wk;
+
+typedef struct wk_slot {
+	wk *w;
+	int idx;
+	pthread_t th;
+	bool started;
+	qp_queue *q; /* tasks */
+	qp_queue *res; /* results */
+	qp_queue *dead; /* NAME.dead, opened on first use */
+	qpi_shmq *shm; /* local task queue: its shared memory */
+	uint64_t lease; /* local: the lease held, 0 if none */
+	uint32_t deliveries; /* of the task at hand */
+	char **envp; /* environ + QPIPE_ATTEMPT */
+	char attempt[32];
+} wk_slot;
+
+struct wk {
+	cli_opts *o;
+	const char *addr;
+	const char *raddr;
+	char dead_addr[QPI_URL_MAX + QP_NAME_MAX + 16];
+	char shm_path[QP_NAME_MAX + 32]; /* local: the segment's file */
+	ino_t shm_ino;
+	uint64_t owner; /* local: this process as a lease owner */
+	int64_t shm_lease_ms; /* local: -1 = until confirmed */
+	uint32_t max_attempts;
+	size_t nslots;
+	wk_slot *slots;
+	int efd; /* written when the last slot ends */
+
+	pthread_mutex_t mu;
+	bool stop;
+	uint64_t tasks_left; /* UINT64_MAX: no limit */
+	size_t running; /* tasks being run */
+	int64_t last_ms; /* last task got or finished */
+	size_t alive; /* slot threads not yet ended */
+	int rc; /* exit code */
+	uint64_t n_ok, n_retry, n_dead;
+};
+
+/* One line on stderr, prefixed with the worker's address. */
+static void wk_log(const wk *w, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+wk_log(const wk *w, const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "qpipe: worker %s: %s\n", w->addr, line);
+}
+
+/* Stops every slot with exit code rc (the first one set wins). */
+static void
+wk_fail(wk *w, int rc)
+{
+	pthread_mutex_lock(&w->mu);
+	if (w->rc == CLI_OK) {
+		w->rc = rc;
+	}
+	w->stop = true;
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- the task queue: remote leases or local ones ---- */
+
+/* Local: true while the queue's segment is still the one opened. */
+static bool
+wk_shm_present(const wk *w)
+{
+	struct stat st;
+
+	return stat(w->shm_path, &st) == 0 && st.st_ino == w->shm_ino;
+}
+
+/* Gets a task as the msgpack encoding of its value, waiting up to wait. */
+static int
+slot_get(wk_slot *s, qp_duration wait, void **bufp, size_t *lenp)
+{
+	int rv;
+
+	s->deliveries = 1;
+	if (s->shm == NULL) {
+		if ((rv = qp_queue_get_obj(s->q, bufp, lenp, wait)) != QP_OK) {
+			return rv;
+		}
+		if (qp_queue_deliveries(s->q, &s->deliveries) != QP_OK) {
+			s->deliveries = 1;
+		}
+		return QP_OK;
+	}
+	if (!wk_shm_present(s->w)) {
+		return qpi_err(QP_ECLOSED, "the queue was removed");
+	}
+	/* Tasks of dead local workers (and expired leases) go back first. */
+	qpi_shmq_release_dead(s->shm, NULL);
+	if (s->w->shm_lease_ms >= 0) {
+		qpi_shmq_expire(s->shm, qpi_now_ms(), NULL, NULL);
+	}
+	qpi_shmq_lease l;
+	rv = qpi_shmq_get_lease(s->shm, s->w->owner, s->w->shm_lease_ms,
+	    QPI_GET_OBJ, bufp, lenp, &l, qpi_queue_deadline(wait));
+	if (rv == QP_OK) {
+		s->lease = l.id;
+		s->deliveries = l.deliveries;
+	}
+	return rv;
+}
+
+/* Confirms the task at hand. */
+static int
+slot_done(wk_slot *s)
+{
+	if (s->shm == NULL) {
+		return qp_queue_task_done(s->q);
+	}
+	int rv = qpi_shmq_ack(s->shm, s->lease);
+	s->lease = 0;
+	if (rv == QP_OK) {
+		/* As a remote worker's confirmation: join() sees it. */
+		(void) qpi_shmq_task_done(s->shm);
+	}
+	return rv;
+}
+
+/* Gives the task at hand back for another attempt. */
+static int
+slot_nack(wk_slot *s)
+{
+	if (s->shm == NULL) {
+		return qp_queue_nack(s->q, 0);
+	}
+	int rv = qpi_shmq_release(s->shm, s->lease);
+	s->lease = 0;
+	return rv == QP_ENOENT ? QP_OK : rv; /* gone back already */
+}
+
+/* ---- running the command ---- */
+
+typedef struct wk_run {
+	int status; /* waitpid's, when exited */
+	bool exited;
+	bool timed_out;
+	bool toobig; /* stdout over the message limit */
+	int spawn_err; /* errno of posix_spawnp, 0 if it ran */
+	char *out;
+	size_t len, cap;
+} wk_run;
+
+static int
+wk_pidfd_open(pid_t pid)
+{
+#ifdef SYS_pidfd_open
+	return (int) syscall(SYS_pidfd_open, pid, 0);
+#else
+	(void) pid;
+	errno = ENOSYS;
+	return -1;
+#endif
+}
+
+/* Reads what the command wrote; false at end of file or on an error. */
+static bool
+wk_read_out(wk_run *r, int fd)
+{
+	for (;;) {
+		if (r->cap - r->len < 65536 && !r->toobig) {
+			size_t ncap = r->cap == 0 ? 65536 : r->cap * 2;
+			char *nb = realloc(r->out, ncap);
+			if (nb == NULL) {
+				r->toobig = true;
+			} else {
+				r->out = nb;
+				r->cap = ncap;
+			}
+		}
+		char sink[4096];
+		char *dst = r->toobig ? sink : r->out + r->len;
+		size_t room = r->toobig ? sizeof(sink) : r->cap - r->len;
+		ssize_t n = read(fd, dst, room);
+		if (n > 0) {
+			if (!r->toobig) {
+				r->len += (size_t) n;
+				if (r->len > QP_DEFAULT_MAX_MESSAGE) {
+					r->toobig = true;
+				}
+			}
+			continue;
+		}
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		return n < 0 && errno == EAGAIN;
+	}
+}
+
+/* Runs the command with in on its stdin; fills *r. */
+static void
+wk_exec(wk_slot *s, const void *in, size_t inlen, wk_run *r)
+{
+	const cli_opts *o = s->w->o;
+	int pin[2] = {-1, -1}, pout[2] = {-1, -1};
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t at;
+	sigset_t none, dfl;
+	pid_t pid;
+
+	memset(r, 0, sizeof(*r));
+	if (pipe2(pin, O_CLOEXEC) != 0 || pipe2(pout, O_CLOEXEC) != 0) {
+		r->spawn_err = errno;
+		for (int i = 0; i < 2; i++) {
+			if (pin[i] >= 0) {
+				close(pin[i]);
+			}
+		}
+		return;
+	}
+	snprintf(s->attempt, sizeof(s->attempt), WK_ATTEMPT_ENV "%u",
+	    (unsigned) s->deliveries);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, pin[0], STDIN_FILENO);
+	posix_spawn_file_actions_adddup2(&fa, pout[1], STDOUT_FILENO);
+	posix_spawnattr_init(&at);
+	sigemptyset(&none);
+	sigfillset(&dfl);
+	sigdelset(&dfl, SIGKILL);
+	sigdelset(&dfl, SIGSTOP);
+	posix_spawnattr_setsigmask(&at, &none);
+	posix_spawnattr_setsigdefault(&at, &dfl);
+	posix_spawnattr_setpgroup(&at, 0);
+	posix_spawnattr_setflags(&at,
+	    POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK
+	        | POSIX_SPAWN_SETSIGDEF);
+	r->spawn_err
+	    = posix_spawnp(&pid, o->cmdv[0], &fa, &at, o->cmdv, s->envp);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&at);
+	close(pin[0]);
+	close(pout[1]);
+	if (r->spawn_err != 0) {
+		close(pin[1]);
+		close(pout[0]);
+		return;
+	}
+
+	int infd = pin[1], outfd = pout[0];
+	int pidfd = wk_pidfd_open(pid);
+	size_t off = 0;
+	int64_t deadline
+	    = o->timeout_set ? qpi_deadline_ns(o->timeout) : INT64_MAX;
+
+	fcntl(infd, F_SETFL, O_NONBLOCK);
+	fcntl(outfd, F_SETFL, O_NONBLOCK);
+	if (inlen == 0) {
+		close(infd);
+		infd = -1;
+	}
+	while (!r->exited && (outfd >= 0 || pidfd >= 0)) {
+		struct pollfd p[3];
+		int n = 0, iin = -1, iout = -1, ipid = -1;
+		if (infd >= 0) {
+			iin = n;
+			p[n++]
+			    = (struct pollfd) {.fd = infd, .events = POLLOUT};
+		}
+		if (outfd >= 0) {
+			iout = n;
+			p[n++]
+			    = (struct pollfd) {.fd = outfd, .events = POLLIN};
+		}
+		if (pidfd >= 0) {
+			ipid = n;
+			p[n++]
+			    = (struct pollfd) {.fd = pidfd, .events = POLLIN};
+		}
+		int64_t left = qpi_remaining_ns(deadline);
+		int ms = left == INT64_MAX ? -1
+		                           : (int) ((left + 999999) / 1000000);
+		int k = poll(p, (nfds_t) n, ms);
+		if (k < 0 && errno != EINTR) {
+			break;
+		}
+		if (k == 0 && deadline != INT64_MAX
+		    && qpi_remaining_ns(deadline) == 0) {
+			kill(-pid, SIGKILL);
+			kill(pid, SIGKILL);
+			r->timed_out = true;
+			deadline = INT64_MAX;
+			continue;
+		}
+		if (k <= 0) {
+			continue;
+		}
+		if (iin >= 0 && p[iin].revents != 0) {
+			ssize_t w = write(infd, (const char *) in + off,
+			    inlen - off > 65536 ? 65536 : inlen - off);
+			if (w > 0) {
+				off += (size_t) w;
+			}
+			if (off == inlen
+			    || (w < 0 && errno != EAGAIN && errno != EINTR)) {
+				close(
+				    infd); /* EPIPE: it read what it wanted */
+				infd = -1;
+			}
+		}
+		if (iout >= 0 && p[iout].revents != 0
+		    && !wk_read_out(r, outfd)) {
+			close(outfd);
+			outfd = -1;
+		}
+		if (ipid >= 0 && p[ipid].revents != 0) {
+			break; /* it exited: collect below */
+		}
+	}
+	if (infd >= 0) {
+		close(infd);
+	}
+	/* It exited (or we cannot watch it): what it wrote is in the pipe;
+	 * a background child keeping stdout open is not waited for. */
+	while (waitpid(pid, &r->status, 0) < 0 && errno == EINTR) {
+	}
+	r->exited = true;
+	if (outfd >= 0) {
+		wk_read_out(r, outfd);
+		close(outfd);
+	}
+	if (pidfd >= 0) {
+		close(pidfd);
+	}
+}
+
+/* How the command ended, for the log. */
+static void
+wk_describe(const wk_slot *s, const wk_run *r, char *buf, size_t n)
+{
+	if (r->spawn_err != 0) {
+		snprintf(buf, n, "cannot run %s: %s", s->w->o->cmdv[0],
+		    strerror(r->spawn_err));
+	} else if (r->timed_out) {
+		snprintf(buf, n, "timed out after %g s, killed",
+		    s->w->o->timeout_sec);
+	} else if (WIFSIGNALED(r->status)) {
+		snprintf(buf, n, "killed by signal %d", WTERMSIG(r->status));
+	} else if (r->toobig) {
+		snprintf(buf, n, "its output is over the %u-byte limit",
+		    (unsigned) QP_DEFAULT_MAX_MESSAGE);
+	} else {
+		snprintf(buf, n, "exit %d", WEXITSTATUS(r->status));
+	}
+}
+
+/* ---- one task ---- */
+
+/* Opens NAME.dead for this slot if not yet. */
+static int
+slot_dead_queue(wk_slot *s)
+{
+	if (s->dead != NULL) {
+		return QP_OK;
+	}
+	qp_queue_opts opts = {.flags = QP_OPEN_CREATE};
+	opts.conn = cli_conn(s->w->o);
+	return qp_queue_open(&s->dead, s->w->dead_addr, &opts);
+}
+
+/* Puts the command's output to the results queue. */
+static int
+slot_put_result(wk_slot *s, const wk_run *r)
+{
+	if (!s->w->o->json) {
+		return qp_queue_put(s->res, r->out, r->len, QP_FOREVER);
+	}
+	void *mp;
+	size_t mplen;
+	int rv = qpi_json_to_msgpack(r->out, r->len, &mp, &mplen);
+	if (rv == QP_OK) {
+		rv = qp_queue_put_obj(s->res, mp, mplen, QP_FOREVER);
+		free(mp);
+	}
+	return rv;
+}
+
+/* A failed attempt: back to the queue, or to NAME.dead after the last. */
+static void
+slot_failed(wk_slot *s, const void *item, size_t len, const char *why)
+{
+	wk *w = s->w;
+	int rv;
+
+	if (s->deliveries < w->max_attempts) {
+		rv = slot_nack(s);
+		wk_log(w,
+		    "task failed (%s), attempt %u of %u; back to the queue",
+		    why, (unsigned) s->deliveries, (unsigned) w->max_attempts);
+		if (rv != QP_OK) {
+			wk_log(w,
+			    "cannot give the task back: %s (it returns "
+			    "when its lease ends)",
+			    qp_errmsg()[0] ? qp_errmsg() : qp_strerror(rv));
+		}
+		pthread_mutex_lock(&w->mu);
+		w->n_retry++;
+		pthread_mutex_unlock(&w->mu);
+		return;
+	}
+	if ((rv = slot_dead_queue(s)) == QP_OK) {
+		rv = qp_queue_put_obj(s->dead, item, len, QP_FOREVER);
+	}
+	if (rv != QP_OK) {
+		wk_log(w,
+		    "task failed (%s) %u times; cannot move it to %s: %s", why,
+		    (unsigned) s->deliveries, w->dead_addr,
+		    qp_errmsg()[0] ? qp_errmsg() : qp_strerror(rv));
+		(void) slot_nack(s);
+		return;
+	}
+	(void) slot_done(s);
+	wk_log(w, "task failed (%s), attempt %u of %u; moved to %s", why,
+	    (unsigned) s->deliveries, (unsigned) w->max_attempts,
+	    w->dead_addr);
+	pthread_mutex_lock(&w->mu);
+	w->n_dead++;
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* Runs one task got as item (a msgpack encoding) and settles it. */
+static void
+slot_task(wk_slot *s, const void *item, size_t len)
+{
+	wk *w = s->w;
+	const void *in = item;
+	size_t inlen = len, off, blen;
+	char *json = NULL;
+	char why[256];
+	wk_run r;
+	int rv;
+
+	/* The command's stdin: a bin's bytes, JSON text with --json, else
+	 * the value's msgpack encoding (as qp_queue_get gives it). */
+	if (w->o->json) {
+		if (qpi_msgpack_to_json(item, len, &json, &inlen) == QP_OK) {
+			in = json;
+		}
+	} else if (qpi_wire_bin_unwrap(item, len, &off, &blen)) {
+		in = (const uint8_t *) item + off;
+		inlen = blen;
+	}
+	wk_exec(s, in, inlen, &r);
+	free(json);
+	if (r.spawn_err != 0) {
+		/* Not the task's fault: give it back and stop. */
+		wk_describe(s, &r, why, sizeof(why));
+		(void) slot_nack(s);
+		wk_log(w, "%s; task given back, stopping", why);
+		wk_fail(w, CLI_ERROR);
+		return;
+	}
+	bool ok = !r.timed_out && WIFEXITED(r.status)
+	    && WEXITSTATUS(r.status) == 0 && !r.toobig;
+	if (!ok) {
+		wk_describe(s, &r, why, sizeof(why));
+		slot_failed(s, item, len, why);
+		free(r.out);
+		return;
+	}
+	if ((rv = slot_put_result(s, &r)) != QP_OK) {
+		snprintf(why, sizeof(why), "cannot put its output to %s: %s",
+		    w->raddr, qp_errmsg()[0] ? qp_errmsg() : qp_strerror(rv));
+		free(r.out);
+		if (rv != QP_EINVAL && rv != QP_ETOOBIG) {
+			/* The results queue is unreachable: this is no
+			 * fault of the task. */
+			(void) slot_nack(s);
+			wk_log(w, "%s; task given back, stopping", why);
+			wk_fail(w, cli_exit_code(rv));
+			return;
+		}
+		slot_failed(s, item, len, why);
+		return;
+	}
+	free(r.out);
+	if ((rv = slot_done(s)) != QP_OK) {
+		wk_log(w,
+		    "result stored, but the task could not be confirmed: %s "
+		    "(it may run again)",
+		    qp_errmsg()[0] ? qp_errmsg() : qp_strerror(rv));
+	}
+	pthread_mutex_lock(&w->mu);
+	w->n_ok++;
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- the slots ---- */
+
+static void *
+slot_main(void *arg)
+{
+	wk_slot *s = arg;
+	wk *w = s->w;
+	const cli_opts *o = w->o;
+
+	for (;;) {
+		qp_duration wait = WK_SLICE_MS;
+
+		pthread_mutex_lock(&w->mu);
+		if (w->stop || w->tasks_left == 0) {
+			pthread_mutex_unlock(&w->mu);
+			break;
+		}
+		if (o->idle_exit != QP_FOREVER) {
+			int64_t left
+			    = w->last_ms + o->idle_exit - qpi_now_ms();
+			if (left <= 0 && w->running == 0) {
+				w->stop = true; /* idle: every slot ends */
+				pthread_mutex_unlock(&w->mu);
+				break;
+			}
+			if (left > 0 && left < wait) {
+				wait = left;
+			}
+		}
+		if (w->tasks_left != UINT64_MAX) {
+			w->tasks_left--;
+		}
+		pthread_mutex_unlock(&w->mu);
+
+		void *item = NULL;
+		size_t len = 0;
+		int rv = slot_get(s, wait, &item, &len);
+
+		pthread_mutex_lock(&w->mu);
+		if (rv != QP_OK && w->tasks_left != UINT64_MAX) {
+			w->tasks_left++;
+		}
+		if (rv == QP_OK) {
+			w->running++;
+			w->last_ms = qpi_now_ms();
+		}
+		pthread_mutex_unlock(&w->mu);
+		if (rv == QP_EEMPTY) {
+			continue;
+		}
+		if (rv != QP_OK) {
+			if (rv == QP_ECLOSED || rv == QP_ENOENT) {
+				wk_log(w, "the queue is gone (%s); exiting",
+				    qp_errmsg()[0] ? qp_errmsg()
+				                   : qp_strerror(rv));
+				wk_fail(w, CLI_CLOSED);
+			} else {
+				wk_log(w, "%s",
+				    qp_errmsg()[0] ? qp_errmsg()
+				                   : qp_strerror(rv));
+				wk_fail(w,
+				    cli_exit_code(rv) == CLI_USAGE
+				        ? CLI_ERROR
+				        : cli_exit_code(rv));
+			}
+			break;
+		}
+		slot_task(s, item, len);
+		qp_free(item);
+		pthread_mutex_lock(&w->mu);
+		w->running--;
+		w->last_ms = qpi_now_ms();
+		pthread_mutex_unlock(&w->mu);
+	}
+	pthread_mutex_lock(&w->mu);
+	if (--w->alive == 0) {
+		uint64_t one = 1;
+		if (write(w->efd, &one, sizeof(one)) < 0) {
+			w->rc = CLI_ERROR;
+		}
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+/* The environment of the command: ours, QPIPE_ATTEMPT replaced. */
+static char **
+wk_env(wk_slot *s)
+{
+	size_t n = 0, k = 0;
+
+	while (environ[n] != NULL) {
+		n++;
+	}
+	char **e = calloc(n + 2, sizeof(char *));
+	if (e == NULL) {
+		return NULL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (strncmp(environ[i], WK_ATTEMPT_ENV, strlen(WK_ATTEMPT_ENV))
+		    != 0) {
+			e[k++] = environ[i];
+		}
+	}
+	e[k++] = s->attempt;
+	e[k] = NULL;
+	snprintf(s->attempt, sizeof(s->attempt), WK_ATTEMPT_ENV "1");
+	return e;
+}
+
+/* True when cmd names a program that can be run (PATH searched). */
+static bool
+wk_runnable(const char *cmd)
+{
+	if (strchr(cmd, '/') != NULL) {
+		return access(cmd, X_OK) == 0;
+	}
+	const char *path = getenv("PATH");
+	if (path == NULL) {
+		path = "/usr/local/bin:/usr/bin:/bin";
+	}
+	while (*path != '\0') {
+		const char *end = strchr(path, ':');
+		size_t dl = end != NULL ? (size_t) (end - path) : strlen(path);
+		char full[4096];
+		int m = snprintf(full, sizeof(full), "%.*s%s%s", (int) dl,
+		    path, dl > 0 ? "/" : "", cmd);
+		if (m > 0 && (size_t) m < sizeof(full)
+		    && access(full, X_OK) == 0) {
+			return true;
+		}
+		if (end == NULL) {
+			break;
+		}
+		path = end + 1;
+	}
+	return false;
+}
+
+/* Opens a slot's task and results queues. */
+static int
+slot_open(wk *w, wk_slot *s)
+{
+	qp_queue_opts opts = {.flags = QP_OPEN_CREATE};
+	qpi_addr a;
+	int rv;
+
+	opts.conn = cli_conn(w->o);
+	if ((rv = qpi_addr_parse(w->addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
+		return cli_fail(w->o, w->addr, rv);
+	}
+	if (a.kind != QPI_ADDR_SHM) {
+		opts.flags |= QP_OPEN_LEASE;
+		opts.lease_ms = w->o->lease_ms;
+	}
+	if ((rv = qp_queue_open(&s->q, w->addr, &opts)) != QP_OK) {
+		return cli_fail(w->o, w->addr, rv);
+	}
+	if (a.kind == QPI_ADDR_SHM) {
+		const qpi_queue_ops *ops;
+		void *impl = qpi_queue_impl(s->q, &ops);
+		if (ops != &qpi_shmq_ops) {
+			fprintf(stderr,
+			    "qpipe: worker %s: not a local queue\n", w->addr);
+			return CLI_ERROR;
+		}
+		s->shm = impl;
+		if (w->shm_path[0] == '\0') {
+			struct stat st;
+			snprintf(w->shm_path, sizeof(w->shm_path),
+			    "/dev/shm/qpipe.%s", a.name);
+			if (stat(w->shm_path, &st) != 0) {
+				fprintf(stderr,
+				    "qpipe: worker %s: cannot find %s: %s\n",
+				    w->addr, w->shm_path, strerror(errno));
+				return CLI_ERROR;
+			}
+			w->shm_ino = st.st_ino;
+		}
+	}
+	opts = (qp_queue_opts) {.flags = QP_OPEN_CREATE};
+	opts.conn = cli_conn(w->o);
+	if ((rv = qp_queue_open(&s->res, w->raddr, &opts)) != QP_OK) {
+		return cli_fail(w->o, w->raddr, rv);
+	}
+	if ((s->envp = wk_env(s)) == NULL) {
+		fprintf(stderr, "qpipe: worker: out of memory\n");
+		return CLI_ERROR;
+	}
+	return CLI_OK;
+}
+
+static void
+wk_free(wk *w)
+{
+	for (size_t i = 0; i < w->nslots; i++) {
+		wk_slot *s = &w->slots[i];
+		if (s->lease != 0 && s->shm != NULL) {
+			(void) qpi_shmq_release(s->shm, s->lease);
+		}
+		qp_queue_free(s->q);
+		qp_queue_free(s->res);
+		qp_queue_free(s->dead);
+		free(s->envp);
+	}
+	free(w->slots);
+	if (w->efd >= 0) {
+		close(w->efd);
+	}
+	pthread_mutex_destroy(&w->mu);
+}
+
+/* Makes sure fds 0-2 are open, so that no pipe of ours lands there. */
+static void
+wk_std_fds(void)
+{
+	for (int fd = 0; fd <= 2; fd++) {
+		if (fcntl(fd, F_GETFD) < 0) {
+			int nfd = open("/dev/null", O_RDWR);
+			if (nfd >= 0 && nfd != fd) {
+				close(nfd);
+			}
+		}
+	}
+}
+
+/* Waits for a signal or the end of every slot; returns the exit code. */
+static int
+wk_wait(wk *w, int sfd)
+{
+	for (;;) {
+		struct pollfd p[2] = {{.fd = sfd, .events = POLLIN},
+		    {.fd = w->efd, .events = POLLIN}};
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			return CLI_ERROR;
+		}
+		if (p[1].revents != 0) {
+			return CLI_OK;
+		}
+		struct signalfd_siginfo si;
+		if (read(sfd, &si, sizeof(si)) != (ssize_t) sizeof(si)) {
+			continue;
+		}
+		pthread_mutex_lock(&w->mu);
+		bool again = w->stop;
+		size_t running = w->running;
+		w->stop = true;
+		pthread_mutex_unlock(&w->mu);
+		if (again) {
+			wk_log(w,
+			    "%s again: exiting now, %zu task(s) "
+			    "unfinished go back to the queue",
+			    strsignal((int) si.ssi_signo), running);
+			fflush(stdout);
+			_exit(128 + (int) si.ssi_signo);
+		}
+		wk_log(w, "%s: taking no new task; waiting for %zu running",
+		    strsignal((int) si.ssi_signo), running);
+	}
+}
+
+int
+cmd_worker(cli_opts *o)
+{
+	wk w = {0};
+	sigset_t sigs;
+	int sfd = -1, rc = CLI_OK;
+
+	w.o = o;
+	w.addr = o->args[0];
+	w.raddr = o->results;
+	w.efd = -1;
+	if (w.raddr == NULL) {
+		return cli_usage_error(o, "--results ADDR is required");
+	}
+	if (o->cmdv[0] == NULL) {
+		return cli_usage_error(o,
+		    "no command: -- CMD [ARG...] ends "
+		    "the line");
+	}
+	if (!wk_runnable(o->cmdv[0])) {
+		return cli_usage_error(o,
+		    "cannot run '%s': not found or not executable",
+		    o->cmdv[0]);
+	}
+	qpi_addr a;
+	int rv = qpi_addr_parse(w.addr, QPI_ADDR_NAMED, &a);
+	if (rv != QP_OK
+	    || (rv = qpi_addr_parse(w.raddr, QPI_ADDR_NAMED, &a)) != QP_OK) {
+		return cli_fail(o, rv == QP_OK ? w.raddr : w.addr, rv);
+	}
+	if (qpi_addr_parse(w.addr, QPI_ADDR_NAMED, &a) == QP_OK
+	    && strlen(a.name) + 5 > QP_NAME_MAX) {
+		return cli_usage_error(o,
+		    "the queue's name is too long for its dead-letter "
+		    "queue NAME.dead (%d bytes at most)",
+		    QP_NAME_MAX - 5);
+	}
+	snprintf(w.dead_addr, sizeof(w.dead_addr), "%s.dead", w.addr);
+	w.max_attempts = o->max_attempts == 0 ? 3
+	    : o->max_attempts > UINT32_MAX    ? UINT32_MAX
+	                                      : (uint32_t) o->max_attempts;
+	w.nslots = o->concurrency == 0 ? 1 : (size_t) o->concurrency;
+	w.tasks_left = o->max_tasks == 0 ? UINT64_MAX : o->max_tasks;
+	w.owner = qpi_shmq_owner_self();
+	w.shm_lease_ms = o->lease_ms == 0 ? -1 : (int64_t) o->lease_ms;
+	w.last_ms = qpi_now_ms();
+	pthread_mutex_init(&w.mu, NULL);
+
+	/* Blocked before any thread starts (nng's included): the signals
+	 * reach the signalfd only. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	wk_std_fds();
+	signal(SIGPIPE, SIG_IGN);
+	if ((w.slots = calloc(w.nslots, sizeof(wk_slot))) == NULL) {
+		fprintf(stderr, "qpipe: worker: out of memory\n");
+		wk_free(&w);
+		return CLI_ERROR;
+	}
+	for (size_t i = 0; i < w.nslots && rc == CLI_OK; i++) {
+		w.slots[i].w = &w;
+		w.slots[i].idx = (int) i;
+		rc = slot_open(&w, &w.slots[i]);
+	}
+	if (rc != CLI_OK) {
+		wk_free(&w);
+		return rc;
+	}
+	sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+	w.efd = eventfd(0, EFD_CLOEXEC);
+	if (sfd < 0 || w.efd < 0) {
+		fprintf(stderr, "qpipe: worker: %s\n", strerror(errno));
+		if (sfd >= 0) {
+			close(sfd);
+		}
+		wk_free(&w);
+		return CLI_ERROR;
+	}
+	w.alive = w.nslots;
+	for (size_t i = 0; i < w.nslots; i++) {
+		if (pthread_create(
+		        &w.slots[i].th, NULL, slot_main, &w.slots[i])
+		    != 0) {
+			fprintf(
+			    stderr, "qpipe: worker: cannot start a thread\n");
+			wk_fail(&w, CLI_ERROR);
+			pthread_mutex_lock(&w.mu);
+			w.alive -= w.nslots - i;
+			bool none = w.alive == 0;
+			pthread_mutex_unlock(&w.mu);
+			if (none) {
+				uint64_t one = 1;
+				(void) !write(w.efd, &one, sizeof(one));
+			}
+			break;
+		}
+		w.slots[i].started = true;
+	}
+	rc = wk_wait(&w, sfd);
+	for (size_t i = 0; i < w.nslots; i++) {
+		if (w.slots[i].started) {
+			pthread_join(w.slots[i].th, NULL);
+		}
+	}
+	close(sfd);
+	if (rc == CLI_OK) {
+		rc = w.rc;
+	}
+	wk_free(&w);
+	return rc;
+}

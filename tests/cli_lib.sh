@@ -1,0 +1,30 @@
+# tests/cli_lib.sh - helpers of the it_cli_*.sh scripts (sourced after
+# lib.sh): a real qpiped on a free tcp port and a fresh ipc path.
+
+# qp_start_server [QPIPED ARGS...]: starts qpiped listening on
+# tcp://127.0.0.1:0 and ipc://$T/qpiped.sock; sets QP_URL (tcp), QP_IPC
+# (ipc) and QP_SERVER_PID. Its log is $T/qpiped.log.
+qp_start_server() {
+	local i
+	rm -f "$T/qpiped.port"
+	"$QPIPED" --listen tcp://127.0.0.1:0 --listen "ipc://$T/qpiped.sock" \
+		--port-file "$T/qpiped.port" "$@" 2>"$T/qpiped.log" &
+	QP_SERVER_PID=$!
+	QP_PIDS+=("$QP_SERVER_PID")
+	for i in $(seq 1 100); do
+		[ -s "$T/qpiped.port" ] && break
+		sleep 0.05
+	done
+	if [ ! -s "$T/qpiped.port" ]; then
+		echo "qpiped did not start: $(cat "$T/qpiped.log")" >&2
+		exit 1
+	fi
+	QP_URL=$(grep '^tcp://' "$T/qpiped.port" | head -1)
+	QP_IPC=$(grep '^ipc://' "$T/qpiped.port" | head -1)
+}
+
+# qp_stop_server: stops the server started last (SIGTERM, by PID).
+qp_stop_server() {
+	kill -TERM "$QP_SERVER_PID" 2>/dev/null || true
+	wait "$QP_SERVER_PID" 2>/dev/null || true
+}

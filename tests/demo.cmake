@@ -1,0 +1,8 @@
+# The demo's tests: scripts/demo.sh (the README's main command) on the
+# built binaries, docker-compose config of docker/compose.yaml, and the
+# compose topology across network namespaces (docker/demo.sh), which exits
+# 77 where namespaces cannot be made.
+set_tests_properties(it_demo it_docker_compose PROPERTIES LABELS demo)
+set_tests_properties(it_docker_compose PROPERTIES SKIP_RETURN_CODE 77)
+set_tests_properties(it_docker_netns PROPERTIES LABELS "demo;netns"
+  SKIP_RETURN_CODE 77)

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# it_cli_worker.sh - qpipe worker against the real qpiped (tcp://) and
+# against local shared-memory queues (shm://): a command that succeeds, one
+# that fails twice then succeeds, one that always fails (dead-lettered),
+# a per-task timeout, concurrency, a worker killed with -9 mid-task (its
+# task goes to another worker, exactly one result), a stopped worker whose
+# lease runs out, SIGTERM letting the running task finish, and a worker
+# that exits when its queue is removed.
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/cli_lib.sh"
+
+qp_start_server --lease-ms 30000
+S=$QP_URL
+
+# wait_file FILE: waits (at most 10 s) until FILE exists.
+wait_file() {
+	local i
+	for i in $(seq 1 200); do
+		[ -e "$1" ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+# results ADDR: every item of ADDR, one per line, sorted.
+results() { "$QPIPE" get -n 100000 --nowait "$1" 2>/dev/null | grep -v '^$' | sort || true; }
+
+# scenarios BASE LABEL: every scenario against queues BASE<name>.
+scenarios() {
+	local B=$1 L=$2 rc pa pb
+
+	# A command that succeeds: outputs to results, nothing left.
+	seq 1 20 | "$QPIPE" put --lines "${B}sq"
+	expect_rc "$L worker squares 20 tasks" 0 "$QPIPE" worker "${B}sq" \
+		--results "${B}sqr" --idle-exit 0.5 --concurrency 2 \
+		-- sh -c 'read n; echo $((n*n))'
+	expect_eq "$L results are the squares" \
+		"$(results "${B}sqr" | tr '\n' ,)" \
+		"$(for i in $(seq 1 20); do echo $((i * i)); done | sort | tr '\n' ,)"
+	expect_eq "$L no task left" "$("$QPIPE" size "${B}sq")" 0
+	"$QPIPE" stat "${B}sq" >"$T/stat"
+	python3 - "$T/stat" <<'PY' && ok "$L nothing leased, all done" || bad "$L stat after work" "$(cat "$T/stat")"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["leased"] == 0 and s["unfinished"] == 0 and s["items"] == 0, s
+PY
+
+	# Fails twice, then succeeds (a state file per task).
+	mkdir -p "$T/st$L"
+	"$QPIPE" put "${B}ft" a b
+	expect_rc "$L worker with a flaky command" 0 "$QPIPE" worker "${B}ft" \
+		--results "${B}ftr" --idle-exit 0.5 --max-attempts 3 \
+		-- sh -c 'read id; f='"$T/st$L"'/$id; n=$(cat $f 2>/dev/null || echo 0)
+			n=$((n+1)); echo $n >$f; [ $n -ge 3 ] && echo "$id attempt $QPIPE_ATTEMPT"'
+	expect_eq "$L flaky tasks done on the third attempt" \
+		"$(results "${B}ftr" | tr '\n' ,)" "a attempt 3,b attempt 3,"
+	expect_eq "$L flaky: two retries logged per task" \
+		"$(grep -c 'back to the queue' "$T/err")" 4
+	expect_eq "$L flaky: nothing dead" "$("$QPIPE" size "${B}ft.dead")" 0
+
+	# Always fails: dead-lettered after --max-attempts, one log line.
+	printf 'bad\0task' | "$QPIPE" put "${B}af"
+	expect_rc "$L worker with a failing command" 0 "$QPIPE" worker \
+		"${B}af" --results "${B}afr" --idle-exit 0.5 --max-attempts 2 \
+		-- sh -c 'cat >/dev/null; exit 7'
+	"$QPIPE" get --nowait "${B}af.dead" >"$T/dead.out"
+	printf 'bad\0task' | cmp -s - "$T/dead.out" \
+		&& ok "$L NAME.dead holds the task, bytes intact" \
+		|| bad "$L NAME.dead" "$(od -c "$T/dead.out" | head -3)"
+	expect_eq "$L dead-lettering logged once" \
+		"$(grep -c "moved to ${B}af.dead" "$T/err")" 1
+	expect_eq "$L failing: no result" "$("$QPIPE" size "${B}afr")" 0
+	expect_eq "$L failing: no task left" "$("$QPIPE" size "${B}af")" 0
+
+	# --timeout kills a task that runs too long.
+	"$QPIPE" put "${B}to" slow
+	t0=$(now_ms)
+	expect_rc "$L worker --timeout" 0 "$QPIPE" worker "${B}to" \
+		--results "${B}tor" --idle-exit 0.3 --max-attempts 1 \
+		--timeout 0.3 -- sleep 20
+	dt=$(($(now_ms) - t0))
+	if [ "$dt" -lt 5000 ]; then ok "$L timed-out task killed (${dt} ms)"; else bad "$L --timeout" "took ${dt} ms"; fi
+	grep -q "timed out after 0.3 s" "$T/err" && ok "$L timeout logged" || bad "$L timeout log" "$(cat "$T/err")"
+	expect_eq "$L timed-out task dead-lettered" "$("$QPIPE" size "${B}to.dead")" 1
+
+	# --concurrency: four tasks that each wait for all four to start.
+	mkdir -p "$T/cc$L"
+	"$QPIPE" put "${B}cc" 1 2 3 4
+	expect_rc "$L worker --concurrency 4" 0 "$QPIPE" worker "${B}cc" \
+		--results "${B}ccr" --idle-exit 0.5 --concurrency 4 \
+		--max-attempts 1 -- sh -c 'read x; touch '"$T/cc$L"'/$x
+			for i in $(seq 1 100); do
+				[ $(ls '"$T/cc$L"' | wc -l) -ge 4 ] && { echo $x; exit 0; }
+				sleep 0.05
+			done; exit 1'
+	expect_eq "$L four tasks ran at once" "$(results "${B}ccr" | tr '\n' ,)" "1,2,3,4,"
+
+	# --max-tasks: exits after N tasks, the others stay.
+	"$QPIPE" put "${B}mt" 1 2 3 4 5
+	expect_rc "$L worker --max-tasks 2" 0 "$QPIPE" worker "${B}mt" \
+		--results "${B}mtr" --max-tasks 2 -- cat
+	expect_eq "$L two results" "$("$QPIPE" size "${B}mtr")" 2
+	expect_eq "$L three tasks left" "$("$QPIPE" size "${B}mt")" 3
+
+	# kill -9 mid-task: the task goes to another worker; one result.
+	"$QPIPE" put "${B}k9" job
+	"$QPIPE" worker "${B}k9" --results "${B}k9r" -- sh -c \
+		'read x; touch '"$T/k9$L"'; sleep 3; echo "first $x"' \
+		>"$T/wa.out" 2>"$T/wa.err" &
+	pa=$!
+	QP_PIDS+=("$pa")
+	if wait_file "$T/k9$L"; then ok "$L first worker started the task"; else bad "$L kill -9" "task never started"; fi
+	kill -9 "$pa"
+	wait "$pa" 2>/dev/null || true
+	expect_rc "$L second worker takes the task over" 0 "$QPIPE" worker \
+		"${B}k9" --results "${B}k9r" --idle-exit 0.5 \
+		-- sh -c 'read x; echo "second $x attempt $QPIPE_ATTEMPT"'
+	expect_eq "$L exactly one result after kill -9" \
+		"$(results "${B}k9r" | tr '\n' ,)" "second job attempt 2,"
+	expect_eq "$L kill -9: no task left" "$("$QPIPE" size "${B}k9")" 0
+
+	# A stopped worker: its lease (--lease 1) runs out, another takes it.
+	"$QPIPE" put "${B}ls" job
+	"$QPIPE" worker "${B}ls" --results "${B}lsr" --lease 1 -- sh -c \
+		'read x; touch '"$T/ls$L"'; sleep 0.5; echo "first $x"' \
+		>"$T/wb.out" 2>"$T/wb.err" &
+	pb=$!
+	QP_PIDS+=("$pb")
+	wait_file "$T/ls$L" || true
+	kill -STOP "$pb"
+	expect_rc "$L another worker gets the task once the lease ends" 0 \
+		"$QPIPE" worker "${B}ls" --results "${B}lsr" --lease 1 \
+		--idle-exit 2 --max-tasks 1 -- sh -c 'read x; echo "second $x"'
+	kill -9 "$pb"
+	kill -CONT "$pb" 2>/dev/null || true
+	wait "$pb" 2>/dev/null || true
+	expect_eq "$L expired lease: one result" "$(results "${B}lsr" | tr '\n' ,)" "second job,"
+
+	# SIGTERM: the running task finishes, its result is stored, exit 0.
+	"$QPIPE" put "${B}st" job
+	"$QPIPE" worker "${B}st" --results "${B}str" -- sh -c \
+		'read x; touch '"$T/st$L.on"'; sleep 0.5; echo "done $x"' \
+		>"$T/wc.out" 2>"$T/wc.err" &
+	pb=$!
+	QP_PIDS+=("$pb")
+	wait_file "$T/st$L.on" || true
+	kill -TERM "$pb"
+	rc=0
+	wait "$pb" || rc=$?
+	expect_eq "$L SIGTERM: exit 0 after the task" "$rc" 0
+	expect_eq "$L SIGTERM: the running task's result" "$(results "${B}str")" "done job"
+	expect_eq "$L SIGTERM: task confirmed" "$("$QPIPE" size "${B}st")" 0
+
+	# The queue is removed under an idle worker: it exits 6.
+	"$QPIPE" create "${B}rm"
+	"$QPIPE" worker "${B}rm" --results "${B}rmr" -- cat >/dev/null 2>"$T/wd.err" &
+	pb=$!
+	QP_PIDS+=("$pb")
+	sleep 0.3
+	"$QPIPE" rm "${B}rm"
+	rc=0
+	wait "$pb" || rc=$?
+	expect_eq "$L removed queue: worker exits 6" "$rc" 6
+
+	for q in sq sqr ft ftr ft.dead af afr af.dead to tor to.dead cc ccr mt \
+		mtr k9 k9r ls lsr st str rmr; do
+		"$QPIPE" rm "${B}$q" 2>/dev/null || true
+	done
+}
+
+scenarios "$S/${QN}" tcp
+scenarios "shm://${QN}" shm
+
+# Usage errors.
+expect_rc "worker without --results exits 1" 1 "$QPIPE" worker "$S/${QN}u" -- cat
+expect_rc "worker without a command exits 1" 1 "$QPIPE" worker "$S/${QN}u" --results "$S/${QN}v"
+expect_rc "worker with a missing command exits 1" 1 "$QPIPE" worker "$S/${QN}u" \
+	--results "$S/${QN}v" -- /nonexistent/cmd
+expect_rc "worker --concurrency 0 exits 1" 1 "$QPIPE" worker "$S/${QN}u" \
+	--results "$S/${QN}v" --concurrency 0 -- cat
+expect_rc "worker --help exits 0" 0 "$QPIPE" worker --help
+expect_rc "worker on a refused server exits 2" 2 "$QPIPE" worker \
+	"tcp://127.0.0.1:1/${QN}u" --results "$S/${QN}v" -- cat
+finish

@@ -3,6 +3,8 @@
 # (run it with `make stress` or `ctest -L stress`).
 set_tests_properties(test_queue test_shmq test_shmq_crash
   PROPERTIES LABELS queue)
+# Its bound is on time after a kill: run it alone, not beside the others.
+set_tests_properties(test_shmq_crash PROPERTIES RUN_SERIAL TRUE)
 add_test(NAME test_shmq_crash_1000 COMMAND test_shmq_crash)
 set_tests_properties(test_shmq_crash_1000 PROPERTIES
   LABELS "queue;stress" TIMEOUT 1200

@@ -8,12 +8,17 @@
  * along; after each kill it must go on within 100 ms (300 ms under the
  * sanitizers: on a busy 2-vCPU machine their slower code puts the worst
  * stall near 100 ms), and the queue must
- * pass qpi_shmq_check(). Every item carries its id and checkable bytes;
- * shared memory records which were put, committed (stamped: the hook
- * marks it) and got, so that at the end every committed item is found
- * exactly once, none twice, and nothing that was never put. The one
- * exception: the item a killed get held (the victim gets into shared
- * memory, so the test knows which) may be gone, taken just before the
+ * pass qpi_shmq_check(). The time measured includes the scheduler's: on a
+ * shared machine a survivor that is runnable but not running for 100 ms
+ * happens now and then. So a run over the bound is counted, and the test
+ * fails when more than 1 % of the runs are, or when any run stalls 1 s: a
+ * lock left held, a lost wake-up or a repair that waits for a timer stalls
+ * every affected run for seconds, not a few of them by tens of ms. Every item
+ * carries its id and checkable bytes; shared memory records which were put,
+ * committed (stamped: the hook marks it) and got, so that at the end every
+ * committed item is found exactly once, none twice, and nothing that was never
+ * put. The one exception: the item a killed get held (the victim gets into
+ * shared memory, so the test knows which) may be gone, taken just before the
  * kill. QP_CRASH_RUNS sets the number of runs (default 500; the stress
  * target runs 1,000).
  */
@@ -43,6 +48,8 @@
 #ifndef CRASH_STALL_US
 #define CRASH_STALL_US 100000
 #endif
+/* Any run stalled this long fails the test at once. */
+#define CRASH_HARD_US 1000000
 
 #define MAXID        (1u << 20)
 #define MAXITEM      (48u * 1024u)
@@ -253,6 +260,7 @@ test_shmq_crash_kill9_anywhere(void **state)
 	    .lease_bytes = 128 * 1024};
 	uint64_t hits[NPOINTS] = {0};
 	int64_t worst = 0;
+	int slow = 0;
 	qpi_shmq *q;
 
 	cr = qu_shared(sizeof(*cr));
@@ -313,10 +321,17 @@ test_shmq_crash_kill9_anywhere(void **state)
 		    - tk;
 		worst = gap > worst ? gap : worst;
 		if (gap >= CRASH_STALL_US) {
+			slow++;
+			print_message("run %d: survivor stalled %lld us after "
+			              "a kill at point %d\n",
+			    run, (long long) gap, point);
+		}
+		if (gap >= CRASH_HARD_US || slow > runs / 100) {
 			fail_msg(
 			    "run %d: survivor stalled %lld us after a kill "
-			    "at point %d",
-			    run, (long long) gap, point);
+			    "at point %d (%d runs of %d over %d us)",
+			    run, (long long) gap, point, slow, runs,
+			    CRASH_STALL_US);
 		}
 		int rc = qpi_shmq_check(q);
 		if (rc != QP_OK) {
@@ -354,9 +369,10 @@ test_shmq_crash_kill9_anywhere(void **state)
 		ghost += cr->state[id] == ST_NONE && cr->got[id] != 0;
 	}
 	print_message("crash: %d runs, %llu items committed, %llu taken by "
-	              "killed gets, worst stall %lld us, kills by point:",
+	              "killed gets, worst stall %lld us (%d runs over %d "
+	              "us), kills by point:",
 	    runs, (unsigned long long) put, (unsigned long long) spared,
-	    (long long) worst);
+	    (long long) worst, slow, CRASH_STALL_US);
 	for (int i = 0; i < NPOINTS; i++) {
 		if (hits[i]) {
 			print_message(

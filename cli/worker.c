@@ -572,6 +572,7 @@ slot_main(void *arg)
 
 	for (;;) {
 		qp_duration wait = WK_SLICE_MS;
+		bool last_try = false;
 
 		pthread_mutex_lock(&w->mu);
 		if (w->stop || w->tasks_left == 0) {
@@ -582,11 +583,11 @@ slot_main(void *arg)
 			int64_t left
 			    = w->last_ms + o->idle_exit - qpi_now_ms();
 			if (left <= 0 && w->running == 0) {
-				w->stop = true; /* idle: every slot ends */
-				pthread_mutex_unlock(&w->mu);
-				break;
-			}
-			if (left > 0 && left < wait) {
+				/* Idle: one last look, then every slot ends.
+				 */
+				last_try = true;
+				wait = QP_NOWAIT;
+			} else if (left > 0 && left < wait) {
 				wait = left;
 			}
 		}
@@ -608,6 +609,12 @@ slot_main(void *arg)
 			w->last_ms = qpi_now_ms();
 		}
 		pthread_mutex_unlock(&w->mu);
+		if (rv == QP_EEMPTY && last_try) {
+			pthread_mutex_lock(&w->mu);
+			w->stop = true;
+			pthread_mutex_unlock(&w->mu);
+			break;
+		}
 		if (rv == QP_EEMPTY) {
 			continue;
 		}

@@ -113,7 +113,7 @@ PY
 	kill -9 "$pa"
 	wait "$pa" 2>/dev/null || true
 	expect_rc "$L second worker takes the task over" 0 "$QPIPE" worker \
-		"${B}k9" --results "${B}k9r" --idle-exit 0.5 \
+		"${B}k9" --results "${B}k9r" --idle-exit 3 --max-tasks 1 \
 		-- sh -c 'read x; echo "second $x attempt $QPIPE_ATTEMPT"'
 	expect_eq "$L exactly one result after kill -9" \
 		"$(results "${B}k9r" | tr '\n' ,)" "second job attempt 2,"

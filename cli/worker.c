@@ -722,6 +722,10 @@ slot_open(wk *w, wk_slot *s)
 	if (a.kind != QPI_ADDR_SHM) {
 		opts.flags |= QP_OPEN_LEASE;
 		opts.lease_ms = w->o->lease_ms;
+		if (opts.lease_ms == 0 && w->o->timeout_set) {
+			/* A task may run that long: hold it a while longer. */
+			opts.lease_ms = (uint64_t) w->o->timeout + 10000;
+		}
 	}
 	if ((rv = qp_queue_open(&s->q, w->addr, &opts)) != QP_OK) {
 		return cli_fail(w->o, w->addr, rv);

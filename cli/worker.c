@@ -290,6 +290,11 @@ wk_exec(wk_slot *s, const void *in, size_t inlen, wk_run *r)
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, pin[0], STDIN_FILENO);
 	posix_spawn_file_actions_adddup2(&fa, pout[1], STDOUT_FILENO);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 34)
+	/* Nothing of ours leaks into the task: above all no connection,
+	 * which would outlive a killed worker and keep its leases. */
+	posix_spawn_file_actions_addclosefrom_np(&fa, STDERR_FILENO + 1);
+#endif
 	posix_spawnattr_init(&at);
 	sigemptyset(&none);
 	sigfillset(&dfl);

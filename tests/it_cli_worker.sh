@@ -171,6 +171,16 @@ PY
 scenarios "$S/${QN}" tcp
 scenarios "shm://${QN}" shm
 
+# --json: the task reaches the command as JSON text, its output is
+# parsed as JSON and stored as a value.
+"$QPIPE" put --json "$S/${QN}js" '{"n": 3}'
+expect_rc "worker --json" 0 "$QPIPE" worker --json "$S/${QN}js" \
+	--results "$S/${QN}jsr" --max-tasks 1 -- sed 's/3/9/'
+expect_eq "worker --json result" \
+	"$("$QPIPE" get --json --nowait "$S/${QN}jsr" | tr -d ' \n')" '{"n":9}'
+"$QPIPE" rm "$S/${QN}js" 2>/dev/null || true
+"$QPIPE" rm "$S/${QN}jsr" 2>/dev/null || true
+
 # Usage errors.
 expect_rc "worker without --results exits 1" 1 "$QPIPE" worker "$S/${QN}u" -- cat
 expect_rc "worker without a command exits 1" 1 "$QPIPE" worker "$S/${QN}u" --results "$S/${QN}v"

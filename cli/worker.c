@@ -102,6 +102,7 @@ struct wk {
 	size_t alive; /* slot threads not yet ended */
 	int rc; /* exit code */
 	uint64_t n_ok, n_retry, n_dead;
+	cli_progress prog; /* on a terminal: tasks settled, and the rate */
 };
 
 /* One line on stderr, prefixed with the worker's address. */
@@ -476,6 +477,7 @@ slot_failed(wk_slot *s, const void *item, size_t len, const char *why)
 		}
 		pthread_mutex_lock(&w->mu);
 		w->n_retry++;
+		cli_progress_tick(&w->prog);
 		pthread_mutex_unlock(&w->mu);
 		return;
 	}
@@ -496,6 +498,7 @@ slot_failed(wk_slot *s, const void *item, size_t len, const char *why)
 	    w->dead_addr);
 	pthread_mutex_lock(&w->mu);
 	w->n_dead++;
+	cli_progress_tick(&w->prog);
 	pthread_mutex_unlock(&w->mu);
 }
 
@@ -563,6 +566,7 @@ slot_task(wk_slot *s, const void *item, size_t len)
 	}
 	pthread_mutex_lock(&w->mu);
 	w->n_ok++;
+	cli_progress_tick(&w->prog);
 	pthread_mutex_unlock(&w->mu);
 }
 
@@ -921,6 +925,7 @@ cmd_worker(cli_opts *o)
 		wk_free(&w);
 		return CLI_ERROR;
 	}
+	cli_progress_start(&w.prog, "worker: tasks");
 	w.alive = w.nslots;
 	for (size_t i = 0; i < w.nslots; i++) {
 		if (pthread_create(
@@ -946,6 +951,13 @@ cmd_worker(cli_opts *o)
 		if (w.slots[i].started) {
 			pthread_join(w.slots[i].th, NULL);
 		}
+	}
+	cli_progress_end(&w.prog);
+	if (w.prog.tty) {
+		wk_log(&w, "%llu done, %llu retried, %llu dead-lettered",
+		    (unsigned long long) w.n_ok,
+		    (unsigned long long) w.n_retry,
+		    (unsigned long long) w.n_dead);
 	}
 	close(sfd);
 	if (rc == CLI_OK) {

@@ -41,7 +41,12 @@ static const cli_cmd commands[] = {
         "Blocks while\nthe queue is full, like Python's put(); --timeout "
         "SEC gives up after SEC\nseconds (exit 4), --nowait at once. "
         "--json: each item is JSON text,\nstored as a msgpack value. The "
-        "queue is created if missing."},
+        "queue is created if missing.\n"
+        "\n"
+        "--lines travel in batches of up to 1024 lines, each stored all "
+        "at once\n(sent as soon as stdin has nothing more ready): when "
+        "a put gives up\n(exit 4), the lines of its batch are not "
+        "stored."},
     {"get", "get items, their bytes to stdout untouched", cmd_get,
         OPT_TIMEOUT | OPT_JSON | OPT_COUNT, 1, 1,
         "get [--timeout SEC | --nowait] [-n N] [--json] ADDR",

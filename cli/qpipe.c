@@ -43,10 +43,10 @@ static const cli_cmd commands[] = {
         "--json: each item is JSON text,\nstored as a msgpack value. The "
         "queue is created if missing.\n"
         "\n"
-        "--lines travel in batches of up to 1024 lines, each stored all "
-        "at once\n(sent as soon as stdin has nothing more ready): when "
-        "a put gives up\n(exit 4), the lines of its batch are not "
-        "stored."},
+        "--lines travel in batches of up to 1024 lines, sent as soon as "
+        "stdin\nhas nothing more ready. A server stores each batch all at "
+        "once: when\na put gives up (exit 4), the lines of its batch are "
+        "not stored."},
     {"get", "get items, their bytes to stdout untouched", cmd_get,
         OPT_TIMEOUT | OPT_JSON | OPT_COUNT, 1, 1,
         "get [--timeout SEC | --nowait] [-n N] [--json] ADDR",

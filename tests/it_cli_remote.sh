@@ -62,10 +62,10 @@ for S in "$QP_URL" "$QP_IPC"; do
 
 	# Closed: a get waiting on a queue that is removed exits 6.
 	"$QPIPE" create "$S/${QN}g"
-	"$QPIPE" get "$S/${QN}g" >/dev/null 2>"$T/gone.err" &
+	"$QPIPE" get --timeout 20 "$S/${QN}g" >/dev/null 2>"$T/gone.err" &
 	gp=$!
 	QP_PIDS+=("$gp")
-	sleep 0.3
+	wait_getters "$S/${QN}g" || bad "$L removed queue" "the get never waited"
 	"$QPIPE" rm "$S/${QN}g"
 	rc=0
 	wait "$gp" || rc=$?
@@ -132,11 +132,16 @@ done
 # --lines goes in batches: a slow producer's lines go out as they come,
 # a last line without its newline counts, and a bounded queue takes
 # them all while a consumer makes room.
-(echo first; sleep 1; printf 'second\nlast') | "$QPIPE" put --lines "$QP_URL/${QN}sl" &
+(echo first; wait_file "$T/go"; printf 'second\nlast') |
+	"$QPIPE" put --lines "$QP_URL/${QN}sl" &
 sp=$!
 QP_PIDS+=("$sp")
-sleep 0.5
+for _ in $(seq 1 100); do
+	[ "$("$QPIPE" size "$QP_URL/${QN}sl")" = 1 ] && break
+	sleep 0.05
+done
 expect_eq "a slow producer's first line is in at once" "$("$QPIPE" size "$QP_URL/${QN}sl")" 1
+touch "$T/go"
 wait "$sp"
 expect_eq "and the rest, the unterminated last line too" \
 	"$("$QPIPE" get -n 5 "$QP_URL/${QN}sl" | tr '\n' ,)" "first,second,last,"

@@ -12,16 +12,6 @@
 qp_start_server --lease-ms 30000
 S=$QP_URL
 
-# wait_file FILE: waits (at most 10 s) until FILE exists.
-wait_file() {
-	local i
-	for i in $(seq 1 200); do
-		[ -e "$1" ] && return 0
-		sleep 0.05
-	done
-	return 1
-}
-
 # results ADDR: every item of ADDR, one per line, sorted.
 results() { "$QPIPE" get -n 100000 --nowait "$1" 2>/dev/null | grep -v '^$' | sort || true; }
 
@@ -153,10 +143,11 @@ PY
 
 	# The queue is removed under an idle worker: it exits 6.
 	"$QPIPE" create "${B}rm"
-	"$QPIPE" worker "${B}rm" --results "${B}rmr" -- cat >/dev/null 2>"$T/wd.err" &
+	"$QPIPE" worker "${B}rm" --results "${B}rmr" --idle-exit 20 -- cat \
+		>/dev/null 2>"$T/wd.err" &
 	pb=$!
 	QP_PIDS+=("$pb")
-	sleep 0.3
+	wait_getters "${B}rm" || bad "$L removed queue" "the worker never waited"
 	"$QPIPE" rm "${B}rm"
 	rc=0
 	wait "$pb" || rc=$?

@@ -325,6 +325,10 @@ wk_exec(wk_slot *s, const void *in, size_t inlen, wk_run *r)
 	int64_t deadline
 	    = o->timeout_set ? qpi_deadline_ns(o->timeout) : INT64_MAX;
 
+	int64_t renew_ns = s->shm != NULL && s->w->shm_lease_ms > 0
+	    ? qpi_deadline_ns(s->w->shm_lease_ms / 2 + 1)
+	    : INT64_MAX;
+
 	fcntl(infd, F_SETFL, O_NONBLOCK);
 	fcntl(outfd, F_SETFL, O_NONBLOCK);
 	if (inlen == 0) {
@@ -350,6 +354,19 @@ wk_exec(wk_slot *s, const void *in, size_t inlen, wk_run *r)
 			    = (struct pollfd) {.fd = pidfd, .events = POLLIN};
 		}
 		int64_t left = qpi_remaining_ns(deadline);
+		if (renew_ns != INT64_MAX) {
+			/* A local lease with an expiry: renewed at half time
+			 * while the task runs. */
+			int64_t to_renew = qpi_remaining_ns(renew_ns);
+			if (to_renew == 0) {
+				(void) qpi_shmq_renew(
+				    s->shm, s->lease, s->w->shm_lease_ms);
+				renew_ns = qpi_deadline_ns(
+				    s->w->shm_lease_ms / 2 + 1);
+				to_renew = qpi_remaining_ns(renew_ns);
+			}
+			left = to_renew < left ? to_renew : left;
+		}
 		int ms = left == INT64_MAX ? -1
 		                           : (int) ((left + 999999) / 1000000);
 		int k = poll(p, (nfds_t) n, ms);

@@ -126,6 +126,27 @@ PY
 	wait "$pb" 2>/dev/null || true
 	expect_eq "$L expired lease: one result" "$(results "${B}lsr" | tr '\n' ,)" "second job,"
 
+	# Local leases are renewed while the task runs: a task longer than
+	# --lease is not handed to another worker meanwhile.
+	if [ "$L" = shm ]; then
+		"$QPIPE" put "${B}rn" job
+		"$QPIPE" worker "${B}rn" --results "${B}rnr" --lease 0.5 \
+			--max-tasks 1 -- sh -c 'read x; touch '"$T/rn"'; sleep 2; echo "long $x"' \
+			>/dev/null 2>"$T/we.err" &
+		pb=$!
+		QP_PIDS+=("$pb")
+		wait_file "$T/rn" || true
+		expect_rc "$L renewed lease: no second delivery" 0 "$QPIPE" worker \
+			"${B}rn" --results "${B}rnr" --lease 0.5 --idle-exit 1 -- \
+			sh -c 'read x; echo "second $x"'
+		rc=0
+		wait "$pb" || rc=$?
+		expect_eq "$L renewed lease: the long task's worker exits 0" "$rc" 0
+		expect_eq "$L renewed lease: one result" "$(results "${B}rnr" | tr '\n' ,)" "long job,"
+		"$QPIPE" rm "${B}rn" 2>/dev/null || true
+		"$QPIPE" rm "${B}rnr" 2>/dev/null || true
+	fi
+
 	# SIGTERM: the running task finishes, its result is stored, exit 0.
 	"$QPIPE" put "${B}st" job
 	"$QPIPE" worker "${B}st" --results "${B}str" -- sh -c \

@@ -531,6 +531,16 @@ slot_task(wk_slot *s, const void *item, size_t len)
 	wk_run r;
 	int rv;
 
+	/* Delivered more often than allowed: its earlier workers died or
+	 * lost it (a task that kills its worker would come back forever). */
+	if (s->deliveries > w->max_attempts) {
+		snprintf(why, sizeof(why),
+		    "delivered %u times; its workers died or lost it",
+		    (unsigned) s->deliveries);
+		slot_failed(s, item, len, why);
+		return;
+	}
+
 	/* The command's stdin: a bin's bytes, JSON text with --json, else
 	 * the value's msgpack encoding (as qp_queue_get gives it). */
 	if (w->o->json) {

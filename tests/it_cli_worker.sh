@@ -109,6 +109,25 @@ PY
 		"$(results "${B}k9r" | tr '\n' ,)" "second job attempt 2,"
 	expect_eq "$L kill -9: no task left" "$("$QPIPE" size "${B}k9")" 0
 
+	# A task whose workers die: after --max-attempts deliveries it is
+	# dead-lettered without running again.
+	"$QPIPE" put "${B}pz" poison
+	"$QPIPE" worker "${B}pz" --results "${B}pzr" -- sh -c \
+		'read x; touch '"$T/pz$L"'; sleep 3' >/dev/null 2>&1 &
+	pa=$!
+	QP_PIDS+=("$pa")
+	wait_file "$T/pz$L" || true
+	kill -9 "$pa"
+	wait "$pa" 2>/dev/null || true
+	expect_rc "$L a task redelivered past --max-attempts" 0 "$QPIPE" worker \
+		"${B}pz" --results "${B}pzr" --max-attempts 1 --max-tasks 1 \
+		--idle-exit 3 -- sh -c 'touch '"$T/pz$L.ran"
+	[ -e "$T/pz$L.ran" ] && bad "$L past --max-attempts" "the task ran again" \
+		|| ok "$L past --max-attempts: not run again"
+	expect_eq "$L past --max-attempts: dead-lettered" "$("$QPIPE" get --nowait "${B}pz.dead")" poison
+	grep -q "delivered 2 times" "$T/err" && ok "$L past --max-attempts: logged" \
+		|| bad "$L past --max-attempts: log" "$(cat "$T/err")"
+
 	# A stopped worker: its lease (--lease 1) runs out, another takes it.
 	"$QPIPE" put "${B}ls" job
 	"$QPIPE" worker "${B}ls" --results "${B}lsr" --lease 1 -- sh -c \
@@ -175,7 +194,7 @@ PY
 	expect_eq "$L removed queue: worker exits 6" "$rc" 6
 
 	for q in sq sqr ft ftr ft.dead af afr af.dead to tor to.dead cc ccr mt \
-		mtr k9 k9r ls lsr st str rmr; do
+		mtr k9 k9r pz pzr pz.dead ls lsr st str rmr; do
 		"$QPIPE" rm "${B}$q" 2>/dev/null || true
 	done
 }

@@ -5,9 +5,10 @@
  * (task_done); when it fails, is killed or times out the task goes back to
  * the queue for another attempt, and after --max-attempts deliveries it is
  * moved to the dead-letter queue NAME.dead (same server, or same host for
- * shm://) with one line on stderr. Nothing is confirmed before its result
- * is stored, so a worker killed at any point loses no task (a task may run
- * twice: at least once).
+ * shm://) with one line on stderr; a task delivered more often than that
+ * (its workers died) goes there without running. Nothing is confirmed
+ * before its result is stored, so a worker killed at any point loses no
+ * task (a task may run twice: at least once).
  *
  * Leases. A remote task queue is opened with QP_OPEN_LEASE: the server
  * holds each task for this handle until task_done or nack, and gives it
@@ -17,7 +18,9 @@
  * QP_OPEN_LEASE for remote queues only. A local worker's leases outlive it
  * when it is killed; every local worker returns the leases of dead
  * processes (qpi_shmq_release_dead) before each get, and so at least once
- * per WK_SLICE_MS while it waits.
+ * per WK_SLICE_MS while it waits. Local leases never expire unless --lease
+ * is given; then every local worker expires the leases that ran out, and
+ * a running task's lease is renewed at half time.
  *
  * Threads. One thread per --concurrency slot; each has its own handles
  * (task, results, dead-letter), so that task_done and nack of one slot's

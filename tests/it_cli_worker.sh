@@ -181,6 +181,25 @@ PY
 	expect_eq "$L SIGTERM: the running task's result" "$(results "${B}str")" "done job"
 	expect_eq "$L SIGTERM: task confirmed" "$("$QPIPE" size "${B}st")" 0
 
+	# A second SIGINT exits at once (130); the task goes to the next worker.
+	"$QPIPE" put "${B}si" job
+	"$QPIPE" worker "${B}si" --results "${B}sir" -- sh -c \
+		'read x; touch '"$T/si$L"'; sleep 3; echo "late $x"' \
+		>/dev/null 2>"$T/wf.err" &
+	pb=$!
+	QP_PIDS+=("$pb")
+	wait_file "$T/si$L" || true
+	kill -INT "$pb"
+	sleep 0.2
+	kill -INT "$pb"
+	rc=0
+	wait "$pb" || rc=$?
+	expect_eq "$L a second SIGINT exits 130" "$rc" 130
+	expect_rc "$L the interrupted task goes to the next worker" 0 "$QPIPE" \
+		worker "${B}si" --results "${B}sir" --max-tasks 1 --idle-exit 3 \
+		-- sh -c 'read x; echo "again $x"'
+	expect_eq "$L interrupted task: one result" "$(results "${B}sir")" "again job"
+
 	# The queue is removed under an idle worker: it exits 6.
 	"$QPIPE" create "${B}rm"
 	"$QPIPE" worker "${B}rm" --results "${B}rmr" --idle-exit 20 -- cat \
@@ -194,7 +213,7 @@ PY
 	expect_eq "$L removed queue: worker exits 6" "$rc" 6
 
 	for q in sq sqr ft ftr ft.dead af afr af.dead to tor to.dead cc ccr mt \
-		mtr k9 k9r pz pzr pz.dead ls lsr st str rmr; do
+		mtr k9 k9r pz pzr pz.dead ls lsr st str si sir rmr; do
 		"$QPIPE" rm "${B}$q" 2>/dev/null || true
 	done
 }

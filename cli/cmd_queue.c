@@ -7,8 +7,11 @@
 #include "qpi.h"
 #include "wire.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Puts one item, bytes or (with --json) JSON text converted to msgpack. */
 static int
@@ -25,6 +28,164 @@ put_one(cli_opts *o, qp_queue *q, const char *buf, size_t len)
 	}
 	rv = qp_queue_put_obj(q, mp, mplen, o->timeout);
 	free(mp);
+	return rv;
+}
+
+/* --lines over put_many: the lines read so far, copied, sent in batches
+ * of at most PB_ITEMS items and PB_BYTES bytes, and whenever stdin has
+ * nothing more ready (a slow producer's lines go out at once). */
+#define PB_ITEMS 1024
+#define PB_BYTES ((size_t) 4 << 20)
+
+typedef struct put_batch {
+	char *data; /* the lines, one after the other */
+	size_t len, cap;
+	size_t *offs, *lens;
+	const void **ptrs;
+	size_t n, max;
+} put_batch;
+
+static int
+pb_flush(cli_opts *o, qp_queue *q, put_batch *b, cli_progress *prog)
+{
+	int rv;
+
+	if (b->n == 0) {
+		return QP_OK;
+	}
+	for (size_t i = 0; i < b->n; i++) {
+		b->ptrs[i] = b->data + b->offs[i];
+	}
+	rv = qp_queue_put_many(q, b->ptrs, b->lens, b->n, o->timeout);
+	if (rv == QP_OK) {
+		for (size_t i = 0; i < b->n; i++) {
+			cli_progress_tick(prog);
+		}
+	}
+	b->n = 0;
+	b->len = 0;
+	return rv;
+}
+
+static int
+pb_add(put_batch *b, const char *line, size_t len)
+{
+	if (b->len + len > b->cap) {
+		size_t ncap = b->cap == 0 ? 65536 : b->cap;
+		while (ncap < b->len + len) {
+			ncap *= 2;
+		}
+		char *nd = realloc(b->data, ncap);
+		if (nd == NULL) {
+			return qpi_err(QP_ENOMEM, "out of memory");
+		}
+		b->data = nd;
+		b->cap = ncap;
+	}
+	memcpy(b->data + b->len, line, len);
+	b->offs[b->n] = b->len;
+	b->lens[b->n] = len;
+	b->len += len;
+	b->n++;
+	return QP_OK;
+}
+
+/* True when a read of fd would not block. */
+static bool
+fd_ready(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+
+	return poll(&p, 1, 0) > 0;
+}
+
+/* put --lines of bytes: stdin read with read(2), so that it is known when
+ * nothing more is ready; batch size bounded by the queue's maxsize. */
+static int
+put_lines_batched(cli_opts *o, qp_queue *q, size_t max, cli_progress *prog)
+{
+	put_batch b = {.max = max};
+	size_t cap = 1 << 20, start = 0, end = 0;
+	char *buf = malloc(cap);
+	bool eof = false;
+	int rv = QP_OK;
+
+	b.offs = calloc(max, sizeof(size_t));
+	b.lens = calloc(max, sizeof(size_t));
+	b.ptrs = calloc(max, sizeof(void *));
+	if (buf == NULL || b.offs == NULL || b.lens == NULL
+	    || b.ptrs == NULL) {
+		rv = qpi_err(QP_ENOMEM, "out of memory");
+	}
+	while (rv == QP_OK) {
+		char *nl = memchr(buf + start, '\n', end - start);
+		if (nl != NULL || (eof && start < end)) {
+			size_t len = nl != NULL ? (size_t) (nl - (buf + start))
+			                        : end - start;
+			if (len > QP_DEFAULT_MAX_MESSAGE) {
+				rv = qpi_err(QP_ETOOBIG,
+				    "a line of %zu bytes is over the %u-byte "
+				    "message limit",
+				    len, (unsigned) QP_DEFAULT_MAX_MESSAGE);
+				break;
+			}
+			if (b.n == b.max || b.len + len > PB_BYTES) {
+				rv = pb_flush(o, q, &b, prog);
+			}
+			if (rv == QP_OK) {
+				rv = pb_add(&b, buf + start, len);
+			}
+			start += len + (nl != NULL ? 1 : 0);
+			continue;
+		}
+		if (eof) {
+			break;
+		}
+		/* No whole line left: make room, send what waits if stdin
+		 * has nothing ready, then read. */
+		if (start > 0) {
+			memmove(buf, buf + start, end - start);
+			end -= start;
+			start = 0;
+		}
+		if (end == cap) {
+			if (cap > QP_DEFAULT_MAX_MESSAGE) {
+				rv = qpi_err(QP_ETOOBIG,
+				    "a line is over the %u-byte message limit",
+				    (unsigned) QP_DEFAULT_MAX_MESSAGE);
+				break;
+			}
+			char *nb = realloc(buf, cap * 2);
+			if (nb == NULL) {
+				rv = qpi_err(QP_ENOMEM, "out of memory");
+				break;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+		if (b.n > 0 && !fd_ready(STDIN_FILENO)) {
+			if ((rv = pb_flush(o, q, &b, prog)) != QP_OK) {
+				break;
+			}
+		}
+		ssize_t n = read(STDIN_FILENO, buf + end, cap - end);
+		if (n > 0) {
+			end += (size_t) n;
+		} else if (n == 0) {
+			eof = true;
+		} else if (errno != EINTR) {
+			rv = qpi_err(
+			    QP_ESYSTEM, "reading input: %s", strerror(errno));
+		}
+	}
+	if (rv == QP_OK) {
+		rv = pb_flush(o, q, &b, prog);
+	}
+	free(buf);
+	free(b.data);
+	free(b.offs);
+	free(b.lens);
+	free(b.ptrs);
 	return rv;
 }
 
@@ -45,6 +206,17 @@ cmd_put(cli_opts *o)
 			rv = put_one(o, q, o->args[i], strlen(o->args[i]));
 			cli_progress_tick(&prog);
 		}
+	} else if (o->lines && !o->json) {
+		/* Batches, unless the queue holds too few items for them
+		 * (a batch goes in all at once). */
+		qp_queue_stats st;
+		size_t max = PB_ITEMS;
+		if (qp_queue_stat(q, &st) == QP_OK && st.maxsize != 0) {
+			max = st.maxsize / 4 < PB_ITEMS
+			    ? (size_t) st.maxsize / 4
+			    : PB_ITEMS;
+		}
+		rv = put_lines_batched(o, q, max > 0 ? max : 1, &prog);
 	} else if (o->lines) {
 		char *line = NULL;
 		size_t cap = 0;
@@ -106,6 +278,49 @@ get_one(cli_opts *o, qp_queue *q, qp_duration timeout, bool newline)
 	return ok ? QP_OK : qpi_err(QP_ESYSTEM, "cannot write output");
 }
 
+/* get -n N of bytes over get_many: the first batch waits as asked, the
+ * others take what comes within SEC (--timeout) or what is ready. */
+static int
+get_batched(cli_opts *o, qp_queue *q, cli_progress *prog)
+{
+	qp_duration wait = o->timeout;
+	qp_duration more = o->timeout_set ? o->timeout : QP_NOWAIT;
+	void *bufs[PB_ITEMS];
+	size_t lens[PB_ITEMS];
+	uint64_t left = o->count;
+	bool first = true;
+	int rv = QP_OK;
+
+	while (left > 0) {
+		size_t n = 0, max = left < PB_ITEMS ? (size_t) left : PB_ITEMS;
+		rv = qp_queue_get_many(q, bufs, lens, max, &n, wait);
+		if (rv == QP_EEMPTY && !first) {
+			rv = QP_OK;
+			break;
+		}
+		if (rv != QP_OK) {
+			break;
+		}
+		for (size_t i = 0; i < n; i++) {
+			if (rv == QP_OK
+			    && !(cli_write(bufs[i], lens[i])
+			        && cli_write("\n", 1))) {
+				rv = qpi_err(
+				    QP_ESYSTEM, "cannot write output");
+			}
+			qp_free(bufs[i]);
+			cli_progress_tick(prog);
+		}
+		if (rv != QP_OK) {
+			break;
+		}
+		left -= n;
+		first = false;
+		wait = more;
+	}
+	return rv;
+}
+
 int
 cmd_get(cli_opts *o)
 {
@@ -119,6 +334,10 @@ cmd_get(cli_opts *o)
 	}
 	if (o->count == 0) {
 		rv = get_one(o, q, o->timeout, o->json);
+	} else if (!o->json) {
+		cli_progress_start(&prog, "get");
+		rv = get_batched(o, q, &prog);
+		cli_progress_end(&prog);
 	} else {
 		/* The first item waits as asked; the rest while they come. */
 		qp_duration more = o->timeout_set ? o->timeout : QP_NOWAIT;

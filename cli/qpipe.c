@@ -24,6 +24,7 @@
 
 typedef struct cli_cmd {
 	const char *name;
+	const char *summary; /* one line for qpipe --help */
 	int (*run)(cli_opts *);
 	unsigned opts;
 	int min_args, max_args; /* positional arguments; -1 = any */
@@ -32,15 +33,22 @@ typedef struct cli_cmd {
 } cli_cmd;
 
 static const cli_cmd commands[] = {
-    {"put", cmd_put, OPT_TIMEOUT | OPT_JSON | OPT_LINES, 1, -1,
+    {"put", "put items: each DATA, all of stdin, or one per line", cmd_put,
+        OPT_TIMEOUT | OPT_JSON | OPT_LINES, 1, -1,
         "put [--timeout SEC | --nowait] [--json] [--lines] ADDR [DATA...]",
         "Puts items. Each DATA is one item; with no DATA, all of stdin is "
         "one\nitem (--lines: one item per line, without its newline). "
         "Blocks while\nthe queue is full, like Python's put(); --timeout "
         "SEC gives up after SEC\nseconds (exit 4), --nowait at once. "
         "--json: each item is JSON text,\nstored as a msgpack value. The "
-        "queue is created if missing."},
-    {"get", cmd_get, OPT_TIMEOUT | OPT_JSON | OPT_COUNT, 1, 1,
+        "queue is created if missing.\n"
+        "\n"
+        "--lines travel in batches of up to 1024 lines, sent as soon as "
+        "stdin\nhas nothing more ready. A server stores each batch all at "
+        "once: when\na put gives up (exit 4), the lines of its batch are "
+        "not stored."},
+    {"get", "get items, their bytes to stdout untouched", cmd_get,
+        OPT_TIMEOUT | OPT_JSON | OPT_COUNT, 1, 1,
         "get [--timeout SEC | --nowait] [-n N] [--json] ADDR",
         "Gets one item and writes its bytes to stdout exactly, nothing "
         "added.\nBlocks while the queue is empty, like Python's get(); "
@@ -49,10 +57,10 @@ static const cli_cmd commands[] = {
         "above, then takes more\nwhile they come (within SEC with "
         "--timeout, else only those ready).\n--json: writes each item as "
         "JSON, one per line."},
-    {"size", cmd_size, 0, 1, 1, "size ADDR",
+    {"size", "how many items a queue holds", cmd_size, 0, 1, 1, "size ADDR",
         "Prints the exact number of items in the queue (0 if it does not "
         "exist)."},
-    {"stat", cmd_stat, 0, 1, 1, "stat ADDR",
+    {"stat", "a queue's figures, as JSON", cmd_stat, 0, 1, 1, "stat ADDR",
         "Prints the queue's figures as one JSON object:\n"
         "  items          items ready\n"
         "  bytes          bytes of the items ready\n"
@@ -65,19 +73,21 @@ static const cli_cmd commands[] = {
         "  putters        puts waiting now\n"
         "  puts, gets     items put and got since the queue was made\n"
         "  oldest_age_ms  age of the oldest ready item (-1: none)"},
-    {"ls", cmd_ls, 0, 1, 1, "ls SERVER",
+    {"ls", "every queue of a server (or of this host), as JSON", cmd_ls, 0, 1,
+        1, "ls SERVER",
         "Lists every queue that SERVER hosts (tcp://HOST[:PORT], "
         "ipc:///PATH)\nas a JSON array, one queue per line, each with its "
         "\"name\" and the\nfigures of qpipe stat. ls shm:// lists this "
         "host's shared-memory queues."},
-    {"create", cmd_create, OPT_CREATE, 1, 1,
-        "create [--maxsize N] [--capacity BYTES] ADDR",
+    {"create", "make a queue (--maxsize N bounds it)", cmd_create, OPT_CREATE,
+        1, 1, "create [--maxsize N] [--capacity BYTES] ADDR",
         "Creates a queue: at most N items (0, the default: unbounded), "
         "BYTES of\nstorage (default 64 MiB). Fails (exit 2) if it "
         "exists."},
-    {"rm", cmd_rm, 0, 1, 1, "rm ADDR",
+    {"rm", "delete a queue and its items", cmd_rm, 0, 1, 1, "rm ADDR",
         "Deletes a queue and its items. Fails (exit 2) if there is none."},
-    {"send", cmd_send, OPT_JSON | OPT_SIDE, 1, -1,
+    {"send", "send messages over a pipe through a qpiped", cmd_send,
+        OPT_JSON | OPT_SIDE, 1, -1,
         "send [--json] [--side 0|1] ADDR [DATA...]",
         "Sends messages over the pipe named by ADDR (tcp://HOST[:PORT]/"
         "NAME or\nipc:///PATH/NAME, through the qpiped there): each DATA "
@@ -85,7 +95,8 @@ static const cli_cmd commands[] = {
         "holds what was sent until\nthe other end reads it; closing this "
         "end is its end of file. --side:\nwhich end to hold (default: the "
         "free one). Exit 6 if the other end\nhas closed."},
-    {"recv", cmd_recv, OPT_TIMEOUT | OPT_JSON | OPT_COUNT | OPT_SIDE, 1, 1,
+    {"recv", "receive messages from a pipe", cmd_recv,
+        OPT_TIMEOUT | OPT_JSON | OPT_COUNT | OPT_SIDE, 1, 1,
         "recv [--timeout SEC | --nowait] [-n N] [--json] [--side 0|1] "
         "ADDR",
         "Receives one message from the pipe named by ADDR and writes its "
@@ -98,7 +109,8 @@ static const cli_cmd commands[] = {
         "A pipe joins the first two ends that open its name; once one "
         "has\nclosed, the other reads what is left, then end of file. The "
         "name is free\nagain when both have closed."},
-    {"worker", cmd_worker, OPT_WORKER | OPT_JSON, 1, 1,
+    {"worker", "run a command once per task; outputs to a results queue",
+        cmd_worker, OPT_WORKER | OPT_JSON, 1, 1,
         "worker ADDR --results ADDR [--concurrency N] [--max-attempts N]\n"
         "        [--timeout SEC] [--lease SEC] [--max-tasks N] "
         "[--idle-exit SEC]\n"
@@ -109,11 +121,12 @@ static const cli_cmd commands[] = {
         "(task_done). When it\nexits non-zero, is killed or times out, "
         "the task goes back to the queue\nfor another attempt; after "
         "--max-attempts deliveries (default 3) it is\nmoved to the "
-        "dead-letter queue ADDR.dead, with one line on stderr. A\n"
-        "worker killed at any point loses nothing: its tasks go to "
-        "another\nworker (remote: when its connection drops or its lease "
-        "ends; local:\nat once, the other workers return a dead process's "
-        "tasks).\n"
+        "dead-letter queue ADDR.dead, with one line on stderr (a\ntask "
+        "delivered more often, its workers having died, goes there "
+        "without\nrunning). A worker killed at any point loses nothing: "
+        "its tasks go to\nanother worker (remote: when its connection "
+        "drops or its lease ends;\nlocal: at the next get of any local "
+        "worker, or when the lease ends).\n"
         "\n"
         "  --results ADDR     where the outputs go (any address form)\n"
         "  --concurrency N    run up to N tasks at once (default 1)\n"
@@ -121,14 +134,17 @@ static const cli_cmd commands[] = {
         "(default 3)\n"
         "  --timeout SEC      kill a task that runs longer (its process "
         "group)\n"
-        "  --lease SEC        how long the queue holds a task for this "
-        "worker\n"
-        "                     before giving it to another (remote: "
-        "default the\n"
-        "                     server's, 30 s; keep it above the task "
-        "time;\n"
-        "                     local: default until done or the worker "
-        "dies)\n"
+        "  --lease SEC        how long a task stays held for this worker "
+        "before it\n"
+        "                     goes to another. Remote: keep it above the "
+        "task's\n"
+        "                     run time (default: --timeout + 10 s, else "
+        "the\n"
+        "                     server's 30 s). Local: renewed while the "
+        "task runs\n"
+        "                     (default: held until done, or until the "
+        "worker is\n"
+        "                     seen dead)\n"
         "  --max-tasks N      exit 0 after N tasks\n"
         "  --idle-exit SEC    exit 0 once no task came for SEC seconds\n"
         "  --json             task to CMD as JSON text, its output parsed "
@@ -139,7 +155,8 @@ static const cli_cmd commands[] = {
         "running ones finish,\nexit 0 (a second signal exits at once; "
         "unfinished tasks go back).\nExit 6 if the queue is removed, 2 "
         "if it cannot be reached."},
-    {"ping", cmd_ping, 0, 1, 1, "ping ADDR",
+    {"ping", "is the server there? (exit 0 or 2)", cmd_ping, 0, 1, 1,
+        "ping ADDR",
         "Exit 0 if the server of ADDR (a server or a queue address) "
         "answers,\n2 otherwise, with one line on stderr saying why. For a "
         "health check."},
@@ -158,6 +175,11 @@ usage_all(FILE *f)
 	    "across hosts through qpiped.\n"
 	    "\n"
 	    "Commands:\n");
+	for (size_t i = 0; i < NCOMMANDS; i++) {
+		fprintf(
+		    f, "  %-7s %s\n", commands[i].name, commands[i].summary);
+	}
+	fprintf(f, "\nUsage:\n");
 	for (size_t i = 0; i < NCOMMANDS; i++) {
 		fprintf(f, "  qpipe %s\n", commands[i].synopsis);
 	}

@@ -5,9 +5,10 @@
  * (task_done); when it fails, is killed or times out the task goes back to
  * the queue for another attempt, and after --max-attempts deliveries it is
  * moved to the dead-letter queue NAME.dead (same server, or same host for
- * shm://) with one line on stderr. Nothing is confirmed before its result
- * is stored, so a worker killed at any point loses no task (a task may run
- * twice: at least once).
+ * shm://) with one line on stderr; a task delivered more often than that
+ * (its workers died) goes there without running. Nothing is confirmed
+ * before its result is stored, so a worker killed at any point loses no
+ * task (a task may run twice: at least once).
  *
  * Leases. A remote task queue is opened with QP_OPEN_LEASE: the server
  * holds each task for this handle until task_done or nack, and gives it
@@ -17,7 +18,9 @@
  * QP_OPEN_LEASE for remote queues only. A local worker's leases outlive it
  * when it is killed; every local worker returns the leases of dead
  * processes (qpi_shmq_release_dead) before each get, and so at least once
- * per WK_SLICE_MS while it waits.
+ * per WK_SLICE_MS while it waits. Local leases never expire unless --lease
+ * is given; then every local worker expires the leases that ran out, and
+ * a running task's lease is renewed at half time.
  *
  * Threads. One thread per --concurrency slot; each has its own handles
  * (task, results, dead-letter), so that task_done and nack of one slot's
@@ -102,6 +105,7 @@ struct wk {
 	size_t alive; /* slot threads not yet ended */
 	int rc; /* exit code */
 	uint64_t n_ok, n_retry, n_dead;
+	cli_progress prog; /* on a terminal: tasks settled, and the rate */
 };
 
 /* One line on stderr, prefixed with the worker's address. */
@@ -290,6 +294,11 @@ wk_exec(wk_slot *s, const void *in, size_t inlen, wk_run *r)
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, pin[0], STDIN_FILENO);
 	posix_spawn_file_actions_adddup2(&fa, pout[1], STDOUT_FILENO);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 34)
+	/* Nothing of ours leaks into the task: above all no connection,
+	 * which would outlive a killed worker and keep its leases. */
+	posix_spawn_file_actions_addclosefrom_np(&fa, STDERR_FILENO + 1);
+#endif
 	posix_spawnattr_init(&at);
 	sigemptyset(&none);
 	sigfillset(&dfl);
@@ -319,6 +328,10 @@ wk_exec(wk_slot *s, const void *in, size_t inlen, wk_run *r)
 	int64_t deadline
 	    = o->timeout_set ? qpi_deadline_ns(o->timeout) : INT64_MAX;
 
+	int64_t renew_ns = s->shm != NULL && s->w->shm_lease_ms > 0
+	    ? qpi_deadline_ns(s->w->shm_lease_ms / 2 + 1)
+	    : INT64_MAX;
+
 	fcntl(infd, F_SETFL, O_NONBLOCK);
 	fcntl(outfd, F_SETFL, O_NONBLOCK);
 	if (inlen == 0) {
@@ -344,6 +357,19 @@ wk_exec(wk_slot *s, const void *in, size_t inlen, wk_run *r)
 			    = (struct pollfd) {.fd = pidfd, .events = POLLIN};
 		}
 		int64_t left = qpi_remaining_ns(deadline);
+		if (renew_ns != INT64_MAX) {
+			/* A local lease with an expiry: renewed at half time
+			 * while the task runs. */
+			int64_t to_renew = qpi_remaining_ns(renew_ns);
+			if (to_renew == 0) {
+				(void) qpi_shmq_renew(
+				    s->shm, s->lease, s->w->shm_lease_ms);
+				renew_ns = qpi_deadline_ns(
+				    s->w->shm_lease_ms / 2 + 1);
+				to_renew = qpi_remaining_ns(renew_ns);
+			}
+			left = to_renew < left ? to_renew : left;
+		}
 		int ms = left == INT64_MAX ? -1
 		                           : (int) ((left + 999999) / 1000000);
 		int k = poll(p, (nfds_t) n, ms);
@@ -471,6 +497,7 @@ slot_failed(wk_slot *s, const void *item, size_t len, const char *why)
 		}
 		pthread_mutex_lock(&w->mu);
 		w->n_retry++;
+		cli_progress_tick(&w->prog);
 		pthread_mutex_unlock(&w->mu);
 		return;
 	}
@@ -491,6 +518,7 @@ slot_failed(wk_slot *s, const void *item, size_t len, const char *why)
 	    w->dead_addr);
 	pthread_mutex_lock(&w->mu);
 	w->n_dead++;
+	cli_progress_tick(&w->prog);
 	pthread_mutex_unlock(&w->mu);
 }
 
@@ -505,6 +533,16 @@ slot_task(wk_slot *s, const void *item, size_t len)
 	char why[256];
 	wk_run r;
 	int rv;
+
+	/* Delivered more often than allowed: its earlier workers died or
+	 * lost it (a task that kills its worker would come back forever). */
+	if (s->deliveries > w->max_attempts) {
+		snprintf(why, sizeof(why),
+		    "delivered %u times; its workers died or lost it",
+		    (unsigned) s->deliveries);
+		slot_failed(s, item, len, why);
+		return;
+	}
 
 	/* The command's stdin: a bin's bytes, JSON text with --json, else
 	 * the value's msgpack encoding (as qp_queue_get gives it). */
@@ -558,6 +596,7 @@ slot_task(wk_slot *s, const void *item, size_t len)
 	}
 	pthread_mutex_lock(&w->mu);
 	w->n_ok++;
+	cli_progress_tick(&w->prog);
 	pthread_mutex_unlock(&w->mu);
 }
 
@@ -572,6 +611,7 @@ slot_main(void *arg)
 
 	for (;;) {
 		qp_duration wait = WK_SLICE_MS;
+		bool last_try = false;
 
 		pthread_mutex_lock(&w->mu);
 		if (w->stop || w->tasks_left == 0) {
@@ -582,11 +622,11 @@ slot_main(void *arg)
 			int64_t left
 			    = w->last_ms + o->idle_exit - qpi_now_ms();
 			if (left <= 0 && w->running == 0) {
-				w->stop = true; /* idle: every slot ends */
-				pthread_mutex_unlock(&w->mu);
-				break;
-			}
-			if (left > 0 && left < wait) {
+				/* Idle: one last look, then every slot ends.
+				 */
+				last_try = true;
+				wait = QP_NOWAIT;
+			} else if (left > 0 && left < wait) {
 				wait = left;
 			}
 		}
@@ -608,6 +648,12 @@ slot_main(void *arg)
 			w->last_ms = qpi_now_ms();
 		}
 		pthread_mutex_unlock(&w->mu);
+		if (rv == QP_EEMPTY && last_try) {
+			pthread_mutex_lock(&w->mu);
+			w->stop = true;
+			pthread_mutex_unlock(&w->mu);
+			break;
+		}
 		if (rv == QP_EEMPTY) {
 			continue;
 		}
@@ -715,6 +761,10 @@ slot_open(wk *w, wk_slot *s)
 	if (a.kind != QPI_ADDR_SHM) {
 		opts.flags |= QP_OPEN_LEASE;
 		opts.lease_ms = w->o->lease_ms;
+		if (opts.lease_ms == 0 && w->o->timeout_set) {
+			/* A task may run that long: hold it a while longer. */
+			opts.lease_ms = (uint64_t) w->o->timeout + 10000;
+		}
 	}
 	if ((rv = qp_queue_open(&s->q, w->addr, &opts)) != QP_OK) {
 		return cli_fail(w->o, w->addr, rv);
@@ -905,6 +955,7 @@ cmd_worker(cli_opts *o)
 		wk_free(&w);
 		return CLI_ERROR;
 	}
+	cli_progress_start(&w.prog, "worker: tasks");
 	w.alive = w.nslots;
 	for (size_t i = 0; i < w.nslots; i++) {
 		if (pthread_create(
@@ -930,6 +981,13 @@ cmd_worker(cli_opts *o)
 		if (w.slots[i].started) {
 			pthread_join(w.slots[i].th, NULL);
 		}
+	}
+	cli_progress_end(&w.prog);
+	if (w.prog.tty) {
+		wk_log(&w, "%llu done, %llu retried, %llu dead-lettered",
+		    (unsigned long long) w.n_ok,
+		    (unsigned long long) w.n_retry,
+		    (unsigned long long) w.n_dead);
 	}
 	close(sfd);
 	if (rc == CLI_OK) {

@@ -28,3 +28,25 @@ qp_stop_server() {
 	kill -TERM "$QP_SERVER_PID" 2>/dev/null || true
 	wait "$QP_SERVER_PID" 2>/dev/null || true
 }
+
+# wait_getters ADDR [N]: waits (at most 10 s) until N gets (default 1)
+# wait on the queue ADDR, as its stat says; false if they never do.
+wait_getters() {
+	local i g
+	for i in $(seq 1 200); do
+		g=$("$QPIPE" stat "$1" 2>/dev/null | sed -n 's/.*"getters": \([0-9]*\).*/\1/p')
+		[ -n "$g" ] && [ "$g" -ge "${2:-1}" ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+# wait_file FILE: waits (at most 10 s) until FILE exists.
+wait_file() {
+	local i
+	for i in $(seq 1 200); do
+		[ -e "$1" ] && return 0
+		sleep 0.05
+	done
+	return 1
+}

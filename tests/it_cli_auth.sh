@@ -56,6 +56,10 @@ expect_eq "worker results" \
 	"$("$QPIPE" get -n 2 --nowait --token-file "$T/token" "$S/${QN}wr" | grep -v '^$' | sort | tr '\n' ,)" "16,9,"
 expect_rc "worker with a wrong token exits 2" 2 "$QPIPE" worker \
 	--token-file "$T/wrong" "$S/${QN}w" --results "$S/${QN}wr" -- cat
+expect_rc "create --token-file" 0 "$QPIPE" create --maxsize 3 --token-file "$T/token" "$S/${QN}c"
+expect_rc "stat --token-file" 0 "$QPIPE" stat --token-file "$T/token" "$S/${QN}c"
+expect_rc "rm without a token exits 2" 2 "$QPIPE" rm "$S/${QN}c"
+expect_rc "rm --token-file" 0 "$QPIPE" rm --token-file "$T/token" "$S/${QN}c"
 for x in q w wr; do "$QPIPE" rm --token-file "$T/token" "$S/${QN}$x" 2>/dev/null || true; done
 qp_stop_server
 

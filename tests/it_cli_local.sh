@@ -101,5 +101,23 @@ expect_rc "--help exits 0" 0 "$QPIPE" --help
 expect_rc "put --help exits 0" 0 "$QPIPE" put --help
 expect_rc "--version exits 0" 0 "$QPIPE" --version
 
+# ls shm:// lists this host's queues with their figures.
+"$QPIPE" ls shm:// >"$T/ls"
+python3 - "$T/ls" "${QN}j" <<'PY' && ok "ls shm:// JSON" || bad "ls shm:// JSON" "$(head -c 300 "$T/ls")"
+import json, sys
+by = {q["name"]: q for q in json.load(open(sys.argv[1]))}
+assert by[sys.argv[2]]["items"] == 2, by.get(sys.argv[2])
+PY
+
+# The manual: every command in qpipe --help, and its own --help.
+"$QPIPE" --help >"$T/help"
+for c in put get size stat ls create rm send recv worker ping; do
+	grep -q "^  qpipe $c " "$T/help" || grep -q "^  qpipe $c\$" "$T/help" \
+		&& ok "--help shows $c" || bad "--help shows $c" "missing"
+	expect_rc "$c --help exits 0" 0 "$QPIPE" "$c" --help
+	grep -q "^usage: qpipe $c" "$T/out" && ok "$c --help is its usage" || bad "$c --help" "$(head -2 "$T/out")"
+done
+"$QPIPE" --version | grep -Eq '^qpipe [0-9]+\.[0-9]+\.[0-9]+$' && ok "--version" || bad "--version" "$("$QPIPE" --version)"
+
 for x in a j l; do "$QPIPE" rm "shm://${QN}$x" 2>/dev/null || true; done
 finish

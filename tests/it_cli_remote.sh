@@ -62,10 +62,10 @@ for S in "$QP_URL" "$QP_IPC"; do
 
 	# Closed: a get waiting on a queue that is removed exits 6.
 	"$QPIPE" create "$S/${QN}g"
-	"$QPIPE" get "$S/${QN}g" >/dev/null 2>"$T/gone.err" &
+	"$QPIPE" get --timeout 20 "$S/${QN}g" >/dev/null 2>"$T/gone.err" &
 	gp=$!
 	QP_PIDS+=("$gp")
-	sleep 0.3
+	wait_getters "$S/${QN}g" || bad "$L removed queue" "the get never waited"
 	"$QPIPE" rm "$S/${QN}g"
 	rc=0
 	wait "$gp" || rc=$?
@@ -128,6 +128,33 @@ PY
 
 	for x in a f j p; do "$QPIPE" rm "$S/${QN}$x" 2>/dev/null || true; done
 done
+
+# --lines goes in batches: a slow producer's lines go out as they come,
+# a last line without its newline counts, and a bounded queue takes
+# them all while a consumer makes room.
+(echo first; wait_file "$T/go"; printf 'second\nlast') |
+	"$QPIPE" put --lines "$QP_URL/${QN}sl" &
+sp=$!
+QP_PIDS+=("$sp")
+for _ in $(seq 1 100); do
+	[ "$("$QPIPE" size "$QP_URL/${QN}sl")" = 1 ] && break
+	sleep 0.05
+done
+expect_eq "a slow producer's first line is in at once" "$("$QPIPE" size "$QP_URL/${QN}sl")" 1
+touch "$T/go"
+wait "$sp"
+expect_eq "and the rest, the unterminated last line too" \
+	"$("$QPIPE" get -n 5 "$QP_URL/${QN}sl" | tr '\n' ,)" "first,second,last,"
+"$QPIPE" create --maxsize 8 "$QP_URL/${QN}bd"
+"$QPIPE" get -n 100 --timeout 5 "$QP_URL/${QN}bd" >"$T/bd.out" &
+gp=$!
+QP_PIDS+=("$gp")
+expect_rc "put --lines of 100 into a queue of 8" 0 \
+	sh -c "seq 1 100 | '$QPIPE' put --lines --timeout 5 '$QP_URL/${QN}bd'"
+wait "$gp" || true
+expect_eq "all 100 through the bounded queue, in order" \
+	"$(md5sum <"$T/bd.out")" "$(seq 1 100 | md5sum)"
+for x in sl bd; do "$QPIPE" rm "$QP_URL/${QN}$x" 2>/dev/null || true; done
 
 # Usage errors exit 1; remote connection errors exit 2, one line each.
 expect_rc "bad port exits 1" 1 "$QPIPE" get --nowait "tcp://127.0.0.1:99999/q"

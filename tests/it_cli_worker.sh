@@ -12,16 +12,6 @@
 qp_start_server --lease-ms 30000
 S=$QP_URL
 
-# wait_file FILE: waits (at most 10 s) until FILE exists.
-wait_file() {
-	local i
-	for i in $(seq 1 200); do
-		[ -e "$1" ] && return 0
-		sleep 0.05
-	done
-	return 1
-}
-
 # results ADDR: every item of ADDR, one per line, sorted.
 results() { "$QPIPE" get -n 100000 --nowait "$1" 2>/dev/null | grep -v '^$' | sort || true; }
 
@@ -113,11 +103,30 @@ PY
 	kill -9 "$pa"
 	wait "$pa" 2>/dev/null || true
 	expect_rc "$L second worker takes the task over" 0 "$QPIPE" worker \
-		"${B}k9" --results "${B}k9r" --idle-exit 0.5 \
+		"${B}k9" --results "${B}k9r" --idle-exit 3 --max-tasks 1 \
 		-- sh -c 'read x; echo "second $x attempt $QPIPE_ATTEMPT"'
 	expect_eq "$L exactly one result after kill -9" \
 		"$(results "${B}k9r" | tr '\n' ,)" "second job attempt 2,"
 	expect_eq "$L kill -9: no task left" "$("$QPIPE" size "${B}k9")" 0
+
+	# A task whose workers die: after --max-attempts deliveries it is
+	# dead-lettered without running again.
+	"$QPIPE" put "${B}pz" poison
+	"$QPIPE" worker "${B}pz" --results "${B}pzr" -- sh -c \
+		'read x; touch '"$T/pz$L"'; sleep 3' >/dev/null 2>&1 &
+	pa=$!
+	QP_PIDS+=("$pa")
+	wait_file "$T/pz$L" || true
+	kill -9 "$pa"
+	wait "$pa" 2>/dev/null || true
+	expect_rc "$L a task redelivered past --max-attempts" 0 "$QPIPE" worker \
+		"${B}pz" --results "${B}pzr" --max-attempts 1 --max-tasks 1 \
+		--idle-exit 3 -- sh -c 'touch '"$T/pz$L.ran"
+	[ -e "$T/pz$L.ran" ] && bad "$L past --max-attempts" "the task ran again" \
+		|| ok "$L past --max-attempts: not run again"
+	expect_eq "$L past --max-attempts: dead-lettered" "$("$QPIPE" get --nowait "${B}pz.dead")" poison
+	grep -q "delivered 2 times" "$T/err" && ok "$L past --max-attempts: logged" \
+		|| bad "$L past --max-attempts: log" "$(cat "$T/err")"
 
 	# A stopped worker: its lease (--lease 1) runs out, another takes it.
 	"$QPIPE" put "${B}ls" job
@@ -136,6 +145,27 @@ PY
 	wait "$pb" 2>/dev/null || true
 	expect_eq "$L expired lease: one result" "$(results "${B}lsr" | tr '\n' ,)" "second job,"
 
+	# Local leases are renewed while the task runs: a task longer than
+	# --lease is not handed to another worker meanwhile.
+	if [ "$L" = shm ]; then
+		"$QPIPE" put "${B}rn" job
+		"$QPIPE" worker "${B}rn" --results "${B}rnr" --lease 0.5 \
+			--max-tasks 1 -- sh -c 'read x; touch '"$T/rn"'; sleep 2; echo "long $x"' \
+			>/dev/null 2>"$T/we.err" &
+		pb=$!
+		QP_PIDS+=("$pb")
+		wait_file "$T/rn" || true
+		expect_rc "$L renewed lease: no second delivery" 0 "$QPIPE" worker \
+			"${B}rn" --results "${B}rnr" --lease 0.5 --idle-exit 1 -- \
+			sh -c 'read x; echo "second $x"'
+		rc=0
+		wait "$pb" || rc=$?
+		expect_eq "$L renewed lease: the long task's worker exits 0" "$rc" 0
+		expect_eq "$L renewed lease: one result" "$(results "${B}rnr" | tr '\n' ,)" "long job,"
+		"$QPIPE" rm "${B}rn" 2>/dev/null || true
+		"$QPIPE" rm "${B}rnr" 2>/dev/null || true
+	fi
+
 	# SIGTERM: the running task finishes, its result is stored, exit 0.
 	"$QPIPE" put "${B}st" job
 	"$QPIPE" worker "${B}st" --results "${B}str" -- sh -c \
@@ -151,25 +181,55 @@ PY
 	expect_eq "$L SIGTERM: the running task's result" "$(results "${B}str")" "done job"
 	expect_eq "$L SIGTERM: task confirmed" "$("$QPIPE" size "${B}st")" 0
 
-	# The queue is removed under an idle worker: it exits 6.
-	"$QPIPE" create "${B}rm"
-	"$QPIPE" worker "${B}rm" --results "${B}rmr" -- cat >/dev/null 2>"$T/wd.err" &
+	# A second SIGINT exits at once (130); the task goes to the next worker.
+	"$QPIPE" put "${B}si" job
+	"$QPIPE" worker "${B}si" --results "${B}sir" -- sh -c \
+		'read x; touch '"$T/si$L"'; sleep 3; echo "late $x"' \
+		>/dev/null 2>"$T/wf.err" &
 	pb=$!
 	QP_PIDS+=("$pb")
-	sleep 0.3
+	wait_file "$T/si$L" || true
+	kill -INT "$pb"
+	sleep 0.2
+	kill -INT "$pb"
+	rc=0
+	wait "$pb" || rc=$?
+	expect_eq "$L a second SIGINT exits 130" "$rc" 130
+	expect_rc "$L the interrupted task goes to the next worker" 0 "$QPIPE" \
+		worker "${B}si" --results "${B}sir" --max-tasks 1 --idle-exit 3 \
+		-- sh -c 'read x; echo "again $x"'
+	expect_eq "$L interrupted task: one result" "$(results "${B}sir")" "again job"
+
+	# The queue is removed under an idle worker: it exits 6.
+	"$QPIPE" create "${B}rm"
+	"$QPIPE" worker "${B}rm" --results "${B}rmr" --idle-exit 20 -- cat \
+		>/dev/null 2>"$T/wd.err" &
+	pb=$!
+	QP_PIDS+=("$pb")
+	wait_getters "${B}rm" || bad "$L removed queue" "the worker never waited"
 	"$QPIPE" rm "${B}rm"
 	rc=0
 	wait "$pb" || rc=$?
 	expect_eq "$L removed queue: worker exits 6" "$rc" 6
 
 	for q in sq sqr ft ftr ft.dead af afr af.dead to tor to.dead cc ccr mt \
-		mtr k9 k9r ls lsr st str rmr; do
+		mtr k9 k9r pz pzr pz.dead ls lsr st str si sir rmr; do
 		"$QPIPE" rm "${B}$q" 2>/dev/null || true
 	done
 }
 
 scenarios "$S/${QN}" tcp
 scenarios "shm://${QN}" shm
+
+# --json: the task reaches the command as JSON text, its output is
+# parsed as JSON and stored as a value.
+"$QPIPE" put --json "$S/${QN}js" '{"n": 3}'
+expect_rc "worker --json" 0 "$QPIPE" worker --json "$S/${QN}js" \
+	--results "$S/${QN}jsr" --max-tasks 1 -- sed 's/3/9/'
+expect_eq "worker --json result" \
+	"$("$QPIPE" get --json --nowait "$S/${QN}jsr" | tr -d ' \n')" '{"n":9}'
+"$QPIPE" rm "$S/${QN}js" 2>/dev/null || true
+"$QPIPE" rm "$S/${QN}jsr" 2>/dev/null || true
 
 # Usage errors.
 expect_rc "worker without --results exits 1" 1 "$QPIPE" worker "$S/${QN}u" -- cat

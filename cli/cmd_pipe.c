@@ -47,7 +47,8 @@ cmd_send(cli_opts *o)
 	        != QP_OK) {
 		return cli_fail(o, addr, rv);
 	}
-	if ((rv = qp_pipe_open(&c, addr, o->side, true)) != QP_OK) {
+	if ((rv = qp_pipe_open_opts(&c, addr, o->side, true, cli_conn(o)))
+	    != QP_OK) {
 		free(buf);
 		return cli_fail(o, addr, rv);
 	}
@@ -136,7 +137,8 @@ cmd_recv(cli_opts *o)
 	qp_conn *c;
 	int rv;
 
-	if ((rv = qp_pipe_open(&c, addr, o->side, true)) != QP_OK) {
+	if ((rv = qp_pipe_open_opts(&c, addr, o->side, true, cli_conn(o)))
+	    != QP_OK) {
 		return cli_fail(o, addr, rv);
 	}
 	if (o->count == 0) {
@@ -272,7 +274,7 @@ cmd_ls(cli_opts *o)
 	if (strcmp(addr, "shm://") == 0 || strcmp(addr, "shm:") == 0) {
 		rv = ls_local(&v, &n);
 	} else if ((rv = server_url(addr, url, sizeof(url))) == QP_OK) {
-		rv = qp_server_list(url, &v, &n);
+		rv = qp_server_list_opts(url, cli_conn(o), &v, &n);
 	}
 	if (rv != QP_OK) {
 		return cli_fail(o, addr, rv);
@@ -301,7 +303,7 @@ cmd_ping(cli_opts *o)
 		return cli_fail(o, addr, rv);
 	}
 	int64_t t0 = qpi_now_ns();
-	if ((rv = qp_server_list(url, &v, &n)) != QP_OK) {
+	if ((rv = qp_server_list_opts(url, cli_conn(o), &v, &n)) != QP_OK) {
 		cli_fail(o, addr, rv);
 		return CLI_ERROR; /* any failure: the server is not there */
 	}

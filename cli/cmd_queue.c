@@ -431,7 +431,7 @@ cmd_rm(cli_opts *o)
 	const char *addr = o->args[0];
 	int rv;
 
-	if ((rv = qp_queue_unlink(addr)) != QP_OK) {
+	if ((rv = qp_queue_unlink_opts(addr, cli_conn(o))) != QP_OK) {
 		return cli_fail(o, addr, rv);
 	}
 	return CLI_OK;

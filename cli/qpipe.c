@@ -445,9 +445,8 @@ opt_is(const char *arg, const char *name)
 	return strncmp(arg, name, n) == 0 && (arg[n] == '\0' || arg[n] == '=');
 }
 
-/* Fills o->conn from the token and TLS options. The token file is also
- * exported as $QPIPE_TOKEN (and the CA as $QPIPE_TLS_CA) for the library
- * calls that take no options (qp_server_list, qp_pipe_open). */
+/* Fills o->conn from the token and TLS options; the token file must
+ * hold a token on its first line. */
 static int
 conn_setup(cli_opts *o)
 {
@@ -477,10 +476,6 @@ conn_setup(cli_opts *o)
 			    o->cmd, o->token_file);
 			return CLI_USAGE;
 		}
-		setenv("QPIPE_TOKEN", line, 1);
-	}
-	if (o->tls_ca != NULL) {
-		setenv("QPIPE_TLS_CA", o->tls_ca, 1);
 	}
 	return CLI_OK;
 }

@@ -103,6 +103,13 @@ expect_eq "untrusted CA: one stderr line" "$(wc -l <"$T/err")" 1
 expect_rc "TLS --insecure-skip-verify" 0 "$QPIPE" put --insecure-skip-verify \
 	--token-file "$T/token" "$TQ" y
 expect_rc "TLS ping" 0 "$QPIPE" ping --tls-ca "$T/ca.crt" --token-file "$T/token" "$U"
+expect_rc "TLS ping --insecure-skip-verify" 0 "$QPIPE" ping \
+	--insecure-skip-verify --token-file "$T/token" "$U"
+expect_rc "TLS ping with an untrusted CA exits 2" 2 "$QPIPE" ping \
+	--tls-ca "$T/other.crt" --token-file "$T/token" "$U"
+"$QPIPE" send --tls-ca "$T/ca.crt" --token-file "$T/token" "$U/${QN}tp" over-tls
+expect_eq "TLS pipe" "$("$QPIPE" recv --insecure-skip-verify --token-file \
+	"$T/token" --timeout 5 "$U/${QN}tp")" over-tls
 expect_rc "TLS ls" 0 "$QPIPE" ls --tls-ca "$T/ca.crt" --token-file "$T/token" "$U"
 "$QPIPE" put --tls-ca "$T/ca.crt" --token-file "$T/token" "$U/${QN}tw" 5
 expect_rc "TLS worker" 0 "$QPIPE" worker --tls-ca "$T/ca.crt" \

@@ -200,6 +200,48 @@ q_lease_fire(qps_timer *t)
 	}
 }
 
+/* Local workers (qpipe worker on shm://) lease with their own process
+ * token and no expiry. A dead one's leases return when another local
+ * worker gets, or here: once a second while queues are hosted, the leases
+ * of processes that are gone go back to the head (a kill(pid, 0) per
+ * local lease; a dead pid raises no event to wait on). */
+#define SWEEP_NS (1000 * 1000000LL)
+
+static qps_timer sweep_timer;
+static bool sweep_ready;
+
+static void
+sweep_fire(qps_timer *t)
+{
+	for (qps_q *q = hs.head; q != NULL; q = q->next) {
+		size_t n = 0;
+		if (q->dur != NULL
+		    || qpi_shmq_release_dead(q->shm, &n) != QP_OK || n == 0) {
+			continue;
+		}
+		qps_log(QPS_LOG_INFO,
+		    "queue '%s': %zu leases of local processes that are gone "
+		    "are back at the head",
+		    q->name, n);
+		qps_ops_kick(q);
+	}
+	if (hs.head != NULL) {
+		qps_timer_arm(t, qpi_now_ns() + SWEEP_NS);
+	}
+}
+
+static void
+sweep_due(void)
+{
+	if (!sweep_ready) {
+		qps_timer_init(&sweep_timer, sweep_fire);
+		sweep_ready = true;
+	}
+	if (sweep_timer.idx == SIZE_MAX) {
+		qps_timer_arm(&sweep_timer, qpi_now_ns() + SWEEP_NS);
+	}
+}
+
 /* Makes sure the timer fires by expiry_ms (monotonic ms). */
 static void
 q_lease_due(qps_q *q, int64_t expiry_ms)
@@ -346,6 +388,7 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 		hs.head->prev = q;
 	}
 	hs.head = q;
+	sweep_due();
 	*qp = q;
 	return QP_OK;
 }

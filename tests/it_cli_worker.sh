@@ -221,6 +221,31 @@ PY
 scenarios "$S/${QN}" tcp
 scenarios "shm://${QN}" shm
 
+# A local (shm://) worker killed mid-task while only a remote worker is
+# left: qpiped returns the dead process's lease (its sweep, about once a
+# second), and the remote worker runs the task; exactly one result.
+"$QPIPE" create "$S/${QN}mx"
+"$QPIPE" put "shm://${QN}mx" job
+"$QPIPE" worker "shm://${QN}mx" --results "$S/${QN}mxr" -- sh -c \
+	'read x; touch '"$T/mx"'; sleep 30' >/dev/null 2>&1 &
+pa=$!
+QP_PIDS+=("$pa")
+wait_file "$T/mx" && ok "local worker started the task" || bad "local worker" "never started"
+kill -9 "$pa"
+wait "$pa" 2>/dev/null || true
+t0=$(date +%s%N)
+expect_rc "a remote worker takes over the killed local worker's task" 0 \
+	"$QPIPE" worker "$S/${QN}mx" --results "$S/${QN}mxr" --idle-exit 5 \
+	--max-tasks 1 -- sh -c 'read x; echo "remote $x"'
+ms=$((($(date +%s%N) - t0) / 1000000))
+[ "$ms" -lt 4000 ] && ok "taken over in $ms ms" || bad "take-over time" "$ms ms"
+expect_eq "exactly one result after the local kill -9" \
+	"$(results "$S/${QN}mxr" | tr '\n' ,)" "remote job,"
+grep -q "leases of local processes that are gone" "$T/qpiped.log" \
+	&& ok "qpiped logged the returned lease" || bad "qpiped log" "$(tail -3 "$T/qpiped.log")"
+"$QPIPE" rm "$S/${QN}mx" 2>/dev/null || true
+"$QPIPE" rm "$S/${QN}mxr" 2>/dev/null || true
+
 # --json: the task reaches the command as JSON text, its output is
 # parsed as JSON and stored as a value.
 "$QPIPE" put --json "$S/${QN}js" '{"n": 3}'

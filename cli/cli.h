@@ -34,6 +34,8 @@ typedef struct cli_opts {
 	uint64_t count; /* -n */
 	uint64_t maxsize;
 	uint64_t capacity;
+	bool durable; /* create: a durable queue (through qpiped) */
+	const char *fsync; /* create: its fsync policy, NULL = the server's */
 	const char *results;
 	uint64_t concurrency; /* worker: tasks at once; 0 = 1 */
 	uint64_t max_attempts; /* worker: 0 = 3 */

@@ -418,6 +418,20 @@ cmd_create(cli_opts *o)
 	opts.maxsize = o->maxsize;
 	opts.capacity = o->capacity;
 	opts.conn = cli_conn(o);
+	if (o->fsync != NULL && !o->durable) {
+		return cli_usage_error(o, "--fsync goes with --durable");
+	}
+	if (o->durable) {
+		if (strstr(addr, "://") == NULL
+		    || strncmp(addr, "shm://", 6) == 0) {
+			return cli_usage_error(o,
+			    "--durable: a local durable queue belongs to one "
+			    "process; create it through qpiped (tcp://, "
+			    "ipc://)");
+		}
+		opts.flags |= QP_OPEN_DURABLE;
+		opts.fsync = o->fsync;
+	}
 	if ((rv = qp_queue_open(&q, addr, &opts)) != QP_OK) {
 		return cli_fail(o, addr, rv);
 	}

@@ -80,10 +80,15 @@ static const cli_cmd commands[] = {
         "\"name\" and the\nfigures of qpipe stat. ls shm:// lists this "
         "host's shared-memory queues."},
     {"create", "make a queue (--maxsize N bounds it)", cmd_create, OPT_CREATE,
-        1, 1, "create [--maxsize N] [--capacity BYTES] ADDR",
+        1, 1,
+        "create [--maxsize N] [--capacity BYTES] [--durable [--fsync "
+        "POLICY]] ADDR",
         "Creates a queue: at most N items (0, the default: unbounded), "
         "BYTES of\nstorage (default 64 MiB). Fails (exit 2) if it "
-        "exists."},
+        "exists. --durable keeps it\nin a file under the server's "
+        "--data-dir (tcp://, ipc://, tls+tcp:// only);\nPOLICY is "
+        "always (a put returns once on disk), interval:MS (synced\n"
+        "within MS ms) or never; default: the server's --fsync."},
     {"rm", "delete a queue and its items", cmd_rm, 0, 1, 1, "rm ADDR",
         "Deletes a queue and its items. Fails (exit 2) if there is none."},
     {"send", "send messages over a pipe through a qpiped", cmd_send,
@@ -573,6 +578,16 @@ parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 				return cli_usage_error(o,
 				    "--maxsize wants a count, not '%s'",
 				    v != NULL ? v : "");
+			}
+		} else if ((c->opts & OPT_CREATE)
+		    && strcmp(a, "--durable") == 0) {
+			o->durable = true;
+		} else if ((c->opts & OPT_CREATE) && opt_is(a, "--fsync")) {
+			if ((o->fsync = opt_value(argc, argv, &i, a, 7))
+			    == NULL) {
+				return cli_usage_error(o,
+				    "--fsync wants always, never or "
+				    "interval:MS");
 			}
 		} else if ((c->opts & OPT_CREATE) && opt_is(a, "--capacity")) {
 			v = opt_value(argc, argv, &i, a, 10);

@@ -158,6 +158,23 @@ grep -q "QUARANTINED" "$tmp/five.log" && ok "still quarantined" ||
 "$bin/qpipe" rm "$url/d2" >/dev/null 2>&1
 [ ! -f "$data/d2.qlog" ] && ok "quarantined queue deleted" ||
 	bad "quarantined queue deleted" "file still there"
+
+# The CLI: qpipe create --durable --fsync POLICY, kept across a kill -9.
+"$bin/qpipe" create --durable --fsync always "$url/c1"
+expect "qpipe create --durable" 0 $?
+[ -f "$data/c1.qlog" ] && ok "qpipe create --durable: its file" ||
+	bad "qpipe create --durable: its file" "no $data/c1.qlog"
+"$bin/qpipe" put "$url/c1" kept
+killnow
+start six --data-dir "$data"
+expect "qpipe create --durable: item kept across kill -9" kept \
+	"$("$bin/qpipe" get --nowait "$url/c1")"
+"$bin/qpipe" create --durable --fsync sometimes "$url/c2" 2>"$tmp/err"
+expect "qpipe create --fsync with a bad policy: usage" 1 $?
+grep -q "sometimes" "$tmp/err" && ok "bad policy named" ||
+	bad "bad policy named" "$(cat "$tmp/err")"
+"$bin/qpipe" create --durable "shm://c3" 2>/dev/null
+expect "qpipe create --durable shm://: usage" 1 $?
 killnow
 
 [ "$fails" -eq 0 ] && echo "all passed"

@@ -490,6 +490,14 @@ spc_read_some(qpi_spc *s, spc_conn *c, int64_t deadline_ns)
 	}
 	(void) s;
 	for (;;) {
+		/* The reply is rarely there yet: wait first, then read. */
+		int pr = spc_poll(c->fd, POLLIN, deadline_ns);
+		if (pr == 0) {
+			return QP_ETIMEDOUT;
+		}
+		if (pr < 0) {
+			return QP_ECONNRESET;
+		}
 		n = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
 		if (n > 0) {
 			c->rlen += (size_t) n;
@@ -502,13 +510,6 @@ spc_read_some(qpi_spc *s, spc_conn *c, int64_t deadline_ns)
 			continue;
 		}
 		if (errno != EAGAIN && errno != EWOULDBLOCK) {
-			return QP_ECONNRESET;
-		}
-		int pr = spc_poll(c->fd, POLLIN, deadline_ns);
-		if (pr == 0) {
-			return QP_ETIMEDOUT;
-		}
-		if (pr < 0) {
 			return QP_ECONNRESET;
 		}
 	}

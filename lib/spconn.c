@@ -1,6 +1,6 @@
 /*
  * spconn.c - the remote client's raw req0 connection (spconn.h): frames
- * written with one writev, replies read by whichever waiting call holds
+ * written with one sendmsg, replies read by whichever waiting call holds
  * the reader role (leader/follower): it polls the socket with its own
  * deadline, and hands each reply it reads to the call whose request id it
  * carries; when it leaves (its reply came, or its time ran out) another
@@ -134,7 +134,10 @@ static int
 spc_writev_all(int fd, struct iovec *iov, int niov, int64_t deadline_ns)
 {
 	while (niov > 0) {
-		ssize_t n = writev(fd, iov, niov);
+		/* sendmsg, not writev: no SIGPIPE when the peer is gone. */
+		struct msghdr mh
+		    = {.msg_iov = iov, .msg_iovlen = (size_t) niov};
+		ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
 		if (n < 0) {
 			if (errno == EINTR) {
 				continue;

@@ -157,7 +157,9 @@ spc_write_locked(qps_spconn *c, struct iovec *iov, int niov)
 	}
 	if (c->outlen == c->outoff && total > 0) {
 		do {
-			n = writev(c->fd, iov, niov);
+			struct msghdr mh
+			    = {.msg_iov = iov, .msg_iovlen = (size_t) niov};
+			n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
 		} while (n < 0 && errno == EINTR);
 		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
 			return false;
@@ -428,8 +430,8 @@ spc_writable(qps_spconn *c)
 
 	pthread_mutex_lock(&c->mu);
 	while (!c->dead && c->outoff < c->outlen) {
-		ssize_t n
-		    = write(c->fd, c->out + c->outoff, c->outlen - c->outoff);
+		ssize_t n = send(c->fd, c->out + c->outoff,
+		    c->outlen - c->outoff, MSG_NOSIGNAL);
 		if (n < 0 && errno == EINTR) {
 			continue;
 		}
@@ -536,7 +538,8 @@ sp_accept(sp_listener *l)
 		qpi_sp_hs_make(hs, QPI_SP_REP0);
 		struct epoll_event ev = {.events = EPOLLIN};
 		ev.data.ptr = c;
-		if (write(fd, hs, sizeof(hs)) != (ssize_t) sizeof(hs)
+		if (send(fd, hs, sizeof(hs), MSG_NOSIGNAL)
+		        != (ssize_t) sizeof(hs)
 		    || epoll_ctl(sp.ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
 			c->dead = true;
 			close(fd);

@@ -1,15 +1,17 @@
 /*
  * spnet.c - qpiped's raw listeners: tcp:// and ipc:// served with nng's SP
  * req/rep wire format (lib/sp.h) on plain non-blocking sockets, without
- * nng's thread hand-offs. One event-loop thread (epoll) accepts, does the
- * SP handshake, reads frames (a length over --max-message plus slack
- * closes the connection) and hands each request to the ops layer as nng's
- * workers do; the reply route is a worker holding the connection and the
- * request's backtrace (net.c), so a parked request is answered later from
- * whatever thread wakes it. Replies are written at once when the
- * connection's out queue is empty, the rest queued and flushed by the
- * loop on EPOLLOUT. Connection ids carry QPS_SP_CONN_BIT, so the ops
- * layer's per-connection state (auth, leases, pipes) works unchanged.
+ * nng's thread hand-offs. A few event-loop threads (epoll; one per core,
+ * 2 to 4) serve the connections, each connection one loop for its life;
+ * loop 0 also accepts. A loop does the SP handshake, reads frames (a
+ * length over --max-message plus slack closes the connection) and hands
+ * each request to the ops layer as nng's workers do; the reply route is a
+ * worker holding the connection and the request's backtrace (net.c), so
+ * a parked request is answered later from whatever thread wakes it.
+ * Replies are written at once when the connection's out queue is empty,
+ * the rest queued and flushed by its loop on EPOLLOUT. Connection ids
+ * carry QPS_SP_CONN_BIT, so the ops layer's per-connection state (auth,
+ * leases, pipes) works unchanged.
  *
  * Locking: sp.mu guards the connection list and the counters. Each
  * connection's mu guards its fd (closed under it), its out queue and its
@@ -47,6 +49,7 @@ enum { SPC_HS, SPC_HDR, SPC_BODY };
 struct qps_spconn {
 	pthread_mutex_t mu;
 	int fd;
+	int ep; /* the epoll set of the loop that serves it */
 	uint32_t id;
 	bool ipc;
 	int refs; /* the loop's, and one per request in flight */
@@ -71,23 +74,33 @@ typedef struct sp_listener {
 	char path[QPI_PATH_MAX + 1]; /* ipc: unlinked at close */
 } sp_listener;
 
+/* One event loop: its thread, epoll set, stop eventfd and read buffer. */
+typedef struct sp_loop {
+	pthread_t thr;
+	bool running;
+	int ep;
+	int wake;
+	uint8_t *rbuf;
+} sp_loop;
+
+/* Event loops: connections are dealt to them in turn (loop 0 also
+ * accepts), so that a busy server gets more than one thread's share of
+ * the CPU when clients outnumber cores. */
+#define SP_MAX_LOOPS 4
+
 static struct {
 	pthread_mutex_t mu;
-	bool running;
-	pthread_t thr;
-	int ep;
-	int wake; /* eventfd: stop */
+	sp_loop loops[SP_MAX_LOOPS];
+	size_t nloops;
+	size_t next_loop;
 	sp_listener lst[SP_MAX_LISTEN];
 	size_t nlst;
 	qps_spconn *conns;
 	uint64_t nconns;
 	uint32_t next_id;
 	size_t cap; /* largest frame body accepted */
-	uint8_t *rbuf;
 } sp = {
     .mu = PTHREAD_MUTEX_INITIALIZER,
-    .ep = -1,
-    .wake = -1,
 };
 
 /* epoll data: listeners are tagged by index with the low bit set. */
@@ -122,7 +135,7 @@ spc_close(qps_spconn *c, const char *why)
 		return;
 	}
 	c->dead = true;
-	epoll_ctl(sp.ep, EPOLL_CTL_DEL, c->fd, NULL);
+	epoll_ctl(c->ep, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	c->fd = -1;
 	pthread_mutex_unlock(&c->mu);
@@ -205,7 +218,7 @@ spc_write_locked(qps_spconn *c, struct iovec *iov, int niov)
 		struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT};
 		ev.data.ptr = c;
 		c->want_out = true;
-		epoll_ctl(sp.ep, EPOLL_CTL_MOD, c->fd, &ev);
+		epoll_ctl(c->ep, EPOLL_CTL_MOD, c->fd, &ev);
 	}
 	return true;
 }
@@ -395,12 +408,12 @@ spc_input(qps_spconn *c, const uint8_t *p, size_t n, const char **why)
 }
 
 static void
-spc_readable(qps_spconn *c)
+spc_readable(qps_spconn *c, uint8_t *rbuf)
 {
 	const char *why = NULL;
 
 	for (int rounds = 0; rounds < 4; rounds++) {
-		ssize_t n = read(c->fd, sp.rbuf, SP_RBUF);
+		ssize_t n = read(c->fd, rbuf, SP_RBUF);
 		if (n < 0 && errno == EINTR) {
 			continue;
 		}
@@ -412,7 +425,7 @@ spc_readable(qps_spconn *c)
 			    c, n == 0 ? "end of stream" : strerror(errno));
 			return;
 		}
-		if (!spc_input(c, sp.rbuf, (size_t) n, &why)) {
+		if (!spc_input(c, rbuf, (size_t) n, &why)) {
 			spc_close(c, why);
 			return;
 		}
@@ -446,7 +459,7 @@ spc_writable(qps_spconn *c)
 		ev.data.ptr = c;
 		c->outoff = c->outlen = 0;
 		c->want_out = false;
-		epoll_ctl(sp.ep, EPOLL_CTL_MOD, c->fd, &ev);
+		epoll_ctl(c->ep, EPOLL_CTL_MOD, c->fd, &ev);
 		spc_maybe_shut_locked(c);
 	}
 	pthread_mutex_unlock(&c->mu);
@@ -526,6 +539,7 @@ sp_accept(sp_listener *l)
 			sp.next_id = 1;
 		}
 		c->id = QPS_SP_CONN_BIT | sp.next_id;
+		c->ep = sp.loops[sp.next_loop++ % sp.nloops].ep;
 		c->next = sp.conns;
 		if (sp.conns != NULL) {
 			sp.conns->prev = c;
@@ -540,7 +554,7 @@ sp_accept(sp_listener *l)
 		ev.data.ptr = c;
 		if (send(fd, hs, sizeof(hs), MSG_NOSIGNAL)
 		        != (ssize_t) sizeof(hs)
-		    || epoll_ctl(sp.ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+		    || epoll_ctl(c->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
 			c->dead = true;
 			close(fd);
 			c->fd = -1;
@@ -564,13 +578,13 @@ sp_accept(sp_listener *l)
 }
 
 static void *
-sp_loop(void *arg)
+sp_loop_main(void *arg)
 {
+	sp_loop *lp = arg;
 	struct epoll_event evs[64];
 
-	(void) arg;
 	for (;;) {
-		int n = epoll_wait(sp.ep, evs, 64, -1);
+		int n = epoll_wait(lp->ep, evs, 64, -1);
 		if (n < 0) {
 			if (errno == EINTR) {
 				continue;
@@ -593,7 +607,7 @@ sp_loop(void *arg)
 				continue; /* closed (and perhaps freed) */
 			}
 			if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-				spc_readable(c);
+				spc_readable(c, lp->rbuf);
 			}
 		}
 	}
@@ -604,23 +618,35 @@ sp_loop(void *arg)
 static int
 sp_start(const qps_config *cfg)
 {
-	struct epoll_event ev = {.events = EPOLLIN};
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 
-	if (sp.ep >= 0) {
+	if (sp.nloops > 0) {
 		return QP_OK;
 	}
 	sp.cap = cfg->max_message + SP_FRAME_SLACK;
-	if ((sp.rbuf = malloc(SP_RBUF)) == NULL) {
-		return QP_ENOMEM;
+	sp.nloops = ncpu < 2      ? 2
+	    : ncpu > SP_MAX_LOOPS ? SP_MAX_LOOPS
+	                          : (size_t) ncpu;
+	for (size_t i = 0; i < sp.nloops; i++) {
+		sp.loops[i].ep = sp.loops[i].wake = -1;
 	}
-	if ((sp.ep = epoll_create1(EPOLL_CLOEXEC)) < 0
-	    || (sp.wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
-		qps_log(QPS_LOG_ERROR, "cannot start the event loop: %s",
-		    strerror(errno));
-		return QP_ESYSTEM;
+	for (size_t i = 0; i < sp.nloops; i++) {
+		sp_loop *lp = &sp.loops[i];
+		struct epoll_event ev = {.events = EPOLLIN};
+		if ((lp->rbuf = malloc(SP_RBUF)) == NULL) {
+			return QP_ENOMEM;
+		}
+		if ((lp->ep = epoll_create1(EPOLL_CLOEXEC)) < 0
+		    || (lp->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK))
+		        < 0) {
+			qps_log(QPS_LOG_ERROR,
+			    "cannot start the event loop: %s",
+			    strerror(errno));
+			return QP_ESYSTEM;
+		}
+		ev.data.u64 = 0;
+		epoll_ctl(lp->ep, EPOLL_CTL_ADD, lp->wake, &ev);
 	}
-	ev.data.u64 = 0;
-	epoll_ctl(sp.ep, EPOLL_CTL_ADD, sp.wake, &ev);
 	return QP_OK;
 }
 
@@ -754,17 +780,21 @@ qps_spnet_listen(const qps_config *cfg, const qpi_addr *a, char *bound)
 	l->ipc = a->kind == QPI_ADDR_IPC;
 	snprintf(l->path, sizeof(l->path), "%s", l->ipc ? a->path : "");
 	ev.data.u64 = SP_TAG_LISTENER(sp.nlst);
-	if (epoll_ctl(sp.ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+	if (epoll_ctl(sp.loops[0].ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
 		close(fd);
 		return QP_ESYSTEM;
 	}
 	sp.nlst++;
-	if (!sp.running) {
-		if (pthread_create(&sp.thr, NULL, sp_loop, NULL) != 0) {
+	for (size_t i = 0; i < sp.nloops; i++) {
+		sp_loop *lp = &sp.loops[i];
+		if (lp->running) {
+			continue;
+		}
+		if (pthread_create(&lp->thr, NULL, sp_loop_main, lp) != 0) {
 			qps_log(QPS_LOG_ERROR, "cannot start the event loop");
 			return QP_ESYSTEM;
 		}
-		sp.running = true;
+		lp->running = true;
 	}
 	if (l->ipc) {
 		snprintf(bound, QPI_URL_MAX + 1, "%s", a->url);
@@ -782,12 +812,16 @@ qps_spnet_close(void)
 {
 	uint64_t one = 1;
 
-	if (sp.running) {
-		if (write(sp.wake, &one, sizeof(one)) < 0) {
-			qps_log(QPS_LOG_WARN, "cannot wake the event loop");
+	for (size_t i = 0; i < sp.nloops; i++) {
+		sp_loop *lp = &sp.loops[i];
+		if (lp->running) {
+			if (write(lp->wake, &one, sizeof(one)) < 0) {
+				qps_log(QPS_LOG_WARN,
+				    "cannot wake the event loop");
+			}
+			pthread_join(lp->thr, NULL);
+			lp->running = false;
 		}
-		pthread_join(sp.thr, NULL);
-		sp.running = false;
 	}
 	for (size_t i = 0; i < sp.nlst; i++) {
 		close(sp.lst[i].fd);
@@ -806,14 +840,16 @@ qps_spnet_close(void)
 		}
 		spc_close(c, NULL);
 	}
-	if (sp.ep >= 0) {
-		close(sp.ep);
-		sp.ep = -1;
+	for (size_t i = 0; i < sp.nloops; i++) {
+		sp_loop *lp = &sp.loops[i];
+		if (lp->ep >= 0) {
+			close(lp->ep);
+		}
+		if (lp->wake >= 0) {
+			close(lp->wake);
+		}
+		free(lp->rbuf);
+		memset(lp, 0, sizeof(*lp));
 	}
-	if (sp.wake >= 0) {
-		close(sp.wake);
-		sp.wake = -1;
-	}
-	free(sp.rbuf);
-	sp.rbuf = NULL;
+	sp.nloops = 0;
 }

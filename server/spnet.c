@@ -529,7 +529,7 @@ sp_accept(sp_listener *l)
 		pthread_mutex_init(&c->mu, NULL);
 		c->fd = fd;
 		c->ipc = l->ipc;
-		c->refs = 1;
+		c->refs = 2; /* its loop's, and this function's until set up */
 		c->state = SPC_HS;
 		c->hneed = QPI_SP_HS_LEN;
 		sp_format_peer(&ss, c->peer, sizeof(c->peer));
@@ -548,32 +548,30 @@ sp_accept(sp_listener *l)
 		sp.nconns++;
 		pthread_mutex_unlock(&sp.mu);
 
-		/* Our half of the handshake: a fresh socket takes 8 bytes. */
+		/* Our half of the handshake: a fresh socket takes 8 bytes.
+		 * The connection is known to the ops layer before its loop
+		 * can read a request from it. */
 		qpi_sp_hs_make(hs, QPI_SP_REP0);
-		struct epoll_event ev = {.events = EPOLLIN};
-		ev.data.ptr = c;
 		if (send(fd, hs, sizeof(hs), MSG_NOSIGNAL)
-		        != (ssize_t) sizeof(hs)
-		    || epoll_ctl(c->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
-			c->dead = true;
-			close(fd);
-			c->fd = -1;
-			pthread_mutex_lock(&sp.mu);
-			if (c->next != NULL) {
-				c->next->prev = NULL;
-			}
-			sp.conns = c->next;
-			sp.nconns--;
-			pthread_mutex_unlock(&sp.mu);
+		    != (ssize_t) sizeof(hs)) {
+			spc_close(c, "handshake not sent");
 			spc_unref(c);
 			continue;
 		}
 		if (!qps_ops_conn_add(c->id)) {
 			spc_close(c, "over the connection limit");
+			spc_unref(c);
 			continue;
 		}
 		qps_log(QPS_LOG_DEBUG, "connection %u from %s", c->id,
 		    c->peer[0] != '\0' ? c->peer : "a local socket");
+		struct epoll_event ev = {.events = EPOLLIN};
+		ev.data.ptr = c;
+		if (epoll_ctl(c->ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+			spc_close(c, "cannot watch it");
+		}
+		/* From here its loop may close (and free) it at any time. */
+		spc_unref(c);
 	}
 }
 

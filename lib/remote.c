@@ -1,30 +1,34 @@
 /*
- * remote.c - the remote queue client. One handle is one nng req0 socket
- * dialled to the server (one connection: the server releases the
- * handle's leases when it drops), a client id of 16 random bytes, and a
- * sequence number for the requests that change a queue, so that a request
- * sent again after a reconnect is applied once.
+ * remote.c - the remote queue client. One handle is one connection to
+ * the server (the server releases the handle's leases when it drops):
+ * for tcp:// and ipc:// queues a raw req0 connection on a plain socket
+ * (spconn.c), else (tls+tcp://, pipes through the server, or
+ * QPIPE_TRANSPORT=nng) an nng req0 socket. With it go a client id of 16
+ * random bytes and a sequence number for the requests that change a
+ * queue, so that a request sent again after a reconnect is applied once.
  *
- * Each call takes an nng context (from a small pool: the handle may be used
- * by several threads at once), sends its request and waits for the reply.
- * nng's own resending is off: when the connection drops, the call sends the
- * same request (same id and seq; a blocking get or put with the time it
- * has left) once the dialer has reconnected, for up to the reconnect
- * window. A blocking get waits on the server, which parks it; the client
- * waits a little longer than the get's timeout, and a get that blocks
- * forever is sent again every QPI_RQ_SLICE_MS (the server answers "empty"
- * at the end of each slice).
+ * Each call sends its request and waits for the reply: on the raw
+ * connection directly (several threads may share it), on nng through a
+ * context from a small pool. nng's own resending is off: when the
+ * connection drops, the call sends the same request (same id and seq; a
+ * blocking get or put with the time it has left) once a connection is
+ * back, for up to the reconnect window. A blocking get waits on the
+ * server, which parks it; the client waits a little longer than the get's
+ * timeout, and a get that blocks forever is sent again every
+ * QPI_RQ_SLICE_MS (the server answers "empty" at the end of each slice).
  *
  * Confirmations: a plain get leases its item; the client confirms it as
  * soon as the reply is in (the confirmation rides on the next get, or goes
- * out by itself at once on a context of its own, and close waits for it).
+ * out by itself after QPI_RQ_ACK_DELAY_MS from the acker: on nng a
+ * context of its own, on the raw path a call made from the acker's timer
+ * callback; close waits for it).
  * A QP_OPEN_LEASE handle keeps its items leased until task_done (confirm)
  * or nack (give back).
  *
  * Authentication (PROTOCOL.md, sessions): with a token (qp_conn_opts, else
  * $QPIPE_TOKEN) the handle answers the server's hello with auth, and
  * checks the server's proof in return. Authentication belongs to the
- * connection: after nng redials, the first request on the new connection
+ * connection: after a redial, the first request on the new connection
  * is answered EAUTH and not applied; the call then does hello and auth
  * again and sends the same request (same seq) once more. tls+tcp://
  * handles verify the server's certificate (tls.c) unless told not to.

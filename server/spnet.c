@@ -56,6 +56,7 @@ struct qps_spconn {
 	bool dead; /* fd closed */
 	bool shut_after; /* shut down once the out queue is empty */
 	bool want_out; /* EPOLLOUT armed */
+	bool paused; /* EPOLLIN off: too many replies not yet read */
 	uint8_t *out; /* bytes not yet written: out[outoff..outlen) */
 	size_t outoff, outlen, outcap;
 	char peer[80];
@@ -214,10 +215,15 @@ spc_write_locked(qps_spconn *c, struct iovec *iov, int niov)
 			c->outlen += iov[i].iov_len;
 		}
 	}
-	if (!c->want_out) {
-		struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT};
+	/* A peer that sends requests but does not read the replies: past
+	 * one largest frame waiting, its requests wait until it reads. */
+	bool pause = c->outlen - c->outoff > sp.cap;
+	if (!c->want_out || pause != c->paused) {
+		struct epoll_event ev
+		    = {.events = (pause ? 0u : (uint32_t) EPOLLIN) | EPOLLOUT};
 		ev.data.ptr = c;
 		c->want_out = true;
+		c->paused = pause;
 		epoll_ctl(c->ep, EPOLL_CTL_MOD, c->fd, &ev);
 	}
 	return true;
@@ -459,6 +465,7 @@ spc_writable(qps_spconn *c)
 		ev.data.ptr = c;
 		c->outoff = c->outlen = 0;
 		c->want_out = false;
+		c->paused = false;
 		epoll_ctl(c->ep, EPOLL_CTL_MOD, c->fd, &ev);
 		spc_maybe_shut_locked(c);
 	}

@@ -21,6 +21,7 @@
 #include "qps_testsrv.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
@@ -477,6 +478,157 @@ test_spnet_drop_resend_applied_once(void **state)
 	scenario(drop_body);
 }
 
+/* ---- one handle shared by threads; a peer that does not read ---- */
+
+typedef struct getter {
+	qp_queue *q;
+	int rv;
+	long long ms;
+	char buf[64];
+	size_t n;
+} getter;
+
+static void *
+getter_main(void *arg)
+{
+	getter *g = arg;
+	long long t0 = tsrv_now_ms();
+
+	g->rv = qp_queue_get_into(g->q, g->buf, sizeof(g->buf), &g->n, 10000);
+	g->ms = tsrv_now_ms() - t0;
+	return NULL;
+}
+
+static void
+shared_body(void)
+{
+	tsrv t = {0};
+	char name[64], addr[400];
+	pthread_t thr;
+	getter g = {0};
+	qp_queue *q;
+	size_t n;
+
+	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	snprintf(name, sizeof(name), "spshare%ld", (long) getpid());
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, name);
+	CHECK_EQ(qp_queue_open(
+	             &q, addr, &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),
+	    QP_OK);
+	/* One thread blocks in a get on the handle's connection; others'
+	 * calls on the same handle go on meanwhile, and the put wakes the
+	 * get at once. */
+	g.q = q;
+	CHECK(pthread_create(&thr, NULL, getter_main, &g) == 0);
+	tsrv_sleep_ms(200);
+	for (int i = 0; i < 20; i++) {
+		long long t0 = tsrv_now_ms();
+		CHECK_EQ(qp_queue_qsize(q, &n), QP_OK);
+		CHECK_EQ(n, 0);
+		CHECK(tsrv_now_ms() - t0 < 2000);
+	}
+	CHECK_EQ(qp_queue_put(q, "wake", 4, 0), QP_OK);
+	pthread_join(thr, NULL);
+	CHECK_EQ(g.rv, QP_OK);
+	CHECK(g.n == 4 && memcmp(g.buf, "wake", 4) == 0);
+	CHECK(g.ms < 5000);
+	qp_queue_free(q);
+	CHECK_EQ(qp_queue_unlink(addr), QP_OK);
+	CHECK(tsrv_stop(&t));
+}
+
+static void
+test_spnet_shared_handle(void **state)
+{
+	(void) state;
+	scenario(shared_body);
+}
+
+static void
+no_reader_body(void)
+{
+	/* A ping: 8-byte length 8, request id, [1, ping, 5]; its reply is
+	 * 8 + 4 + 5 bytes. */
+	static const uint8_t ping[]
+	    = {0, 0, 0, 0, 0, 0, 0, 8, 0x80, 0, 0, 1, 0x93, 0x01, 0x03, 0x05};
+	static const uint8_t hs_req0[] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
+	uint8_t buf[65536];
+	tsrv t = {0};
+	char name[64];
+	long long sent = 0, got = 0, end;
+	int fd;
+
+	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "--max-message");
+	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "1024");
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	fd = raw_connect(t.url);
+	send_all(fd, hs_req0, sizeof(hs_req0));
+	CHECK(fcntl(fd, F_SETFL, O_NONBLOCK) == 0);
+	/* Requests, never reading a reply, until the socket takes no more
+	 * (the server stopped reading us) or 200k of them. */
+	end = tsrv_now_ms() + 3000;
+	while (sent < 200000 && tsrv_now_ms() < end) {
+		uint8_t many[sizeof(ping) * 64];
+		for (int i = 0; i < 64; i++) {
+			memcpy(many + i * sizeof(ping), ping, sizeof(ping));
+		}
+		ssize_t n = write(fd, many, sizeof(many));
+		if (n < 0) {
+			struct pollfd p = {.fd = fd, .events = POLLOUT};
+			if (poll(&p, 1, 200) == 0) {
+				break;
+			}
+			continue;
+		}
+		CHECK(n % (ssize_t) sizeof(ping) == 0 || n > 0);
+		sent += n;
+		if (n % (ssize_t) sizeof(ping) != 0) {
+			/* Finish the frame cut short. */
+			size_t rest = sizeof(ping) - (size_t) n % sizeof(ping);
+			CHECK(fcntl(fd, F_SETFL, 0) == 0);
+			send_all(fd, many, rest);
+			CHECK(fcntl(fd, F_SETFL, O_NONBLOCK) == 0);
+			sent += (long long) rest;
+		}
+	}
+	CHECK(sent % (long long) sizeof(ping) == 0);
+	sent /= (long long) sizeof(ping);
+	/* The server stopped taking its requests (else all went in). */
+	CHECK(sent > 0 && sent < 200000);
+	/* Others are served meanwhile. */
+	snprintf(name, sizeof(name), "spnoread%ld", (long) getpid());
+	put_get_roundtrip(t.url, name);
+	/* Every reply comes once we read. */
+	end = tsrv_now_ms() + 20000;
+	while (got < sent * 17 && tsrv_now_ms() < end) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 200) <= 0) {
+			continue;
+		}
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n <= 0) {
+			break;
+		}
+		got += n;
+	}
+	fprintf(stderr, "a peer that did not read: %lld pings, %lld replies\n",
+	    sent, got / 17);
+	CHECK_EQ(got, (sent * 17) + 8); /* + the server's handshake */
+	close(fd);
+	CHECK(tsrv_stop(&t));
+}
+
+static void
+test_spnet_peer_not_reading(void **state)
+{
+	(void) state;
+	scenario(no_reader_body);
+}
+
 int
 main(void)
 {
@@ -485,6 +637,8 @@ main(void)
 	    cmocka_unit_test(test_spnet_client_on_nng_server),
 	    cmocka_unit_test(test_spnet_bad_peers_closed),
 	    cmocka_unit_test(test_spnet_drop_resend_applied_once),
+	    cmocka_unit_test(test_spnet_shared_handle),
+	    cmocka_unit_test(test_spnet_peer_not_reading),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

@@ -1,30 +1,34 @@
 /*
- * remote.c - the remote queue client. One handle is one nng req0 socket
- * dialled to the server (one connection: the server releases the
- * handle's leases when it drops), a client id of 16 random bytes, and a
- * sequence number for the requests that change a queue, so that a request
- * sent again after a reconnect is applied once.
+ * remote.c - the remote queue client. One handle is one connection to
+ * the server (the server releases the handle's leases when it drops):
+ * for tcp:// and ipc:// queues a raw req0 connection on a plain socket
+ * (spconn.c), else (tls+tcp://, pipes through the server, or
+ * QPIPE_TRANSPORT=nng) an nng req0 socket. With it go a client id of 16
+ * random bytes and a sequence number for the requests that change a
+ * queue, so that a request sent again after a reconnect is applied once.
  *
- * Each call takes an nng context (from a small pool: the handle may be used
- * by several threads at once), sends its request and waits for the reply.
- * nng's own resending is off: when the connection drops, the call sends the
- * same request (same id and seq; a blocking get or put with the time it
- * has left) once the dialer has reconnected, for up to the reconnect
- * window. A blocking get waits on the server, which parks it; the client
- * waits a little longer than the get's timeout, and a get that blocks
- * forever is sent again every QPI_RQ_SLICE_MS (the server answers "empty"
- * at the end of each slice).
+ * Each call sends its request and waits for the reply: on the raw
+ * connection directly (several threads may share it), on nng through a
+ * context from a small pool. nng's own resending is off: when the
+ * connection drops, the call sends the same request (same id and seq; a
+ * blocking get or put with the time it has left) once a connection is
+ * back, for up to the reconnect window. A blocking get waits on the
+ * server, which parks it; the client waits a little longer than the get's
+ * timeout, and a get that blocks forever is sent again every
+ * QPI_RQ_SLICE_MS (the server answers "empty" at the end of each slice).
  *
  * Confirmations: a plain get leases its item; the client confirms it as
  * soon as the reply is in (the confirmation rides on the next get, or goes
- * out by itself at once on a context of its own, and close waits for it).
+ * out by itself after QPI_RQ_ACK_DELAY_MS from the acker: on nng a
+ * context of its own, on the raw path a call made from the acker's timer
+ * callback; close waits for it).
  * A QP_OPEN_LEASE handle keeps its items leased until task_done (confirm)
  * or nack (give back).
  *
  * Authentication (PROTOCOL.md, sessions): with a token (qp_conn_opts, else
  * $QPIPE_TOKEN) the handle answers the server's hello with auth, and
  * checks the server's proof in return. Authentication belongs to the
- * connection: after nng redials, the first request on the new connection
+ * connection: after a redial, the first request on the new connection
  * is answered EAUTH and not applied; the call then does hello and auth
  * again and sends the same request (same seq) once more. tls+tcp://
  * handles verify the server's certificate (tls.c) unless told not to.
@@ -39,6 +43,8 @@
 #include "conn.h"
 #include "queue.h"
 #include "shmq.h"
+#include "sp.h"
+#include "spconn.h"
 #include "tls.h"
 #include "wire.h"
 
@@ -84,6 +90,7 @@ typedef struct rq_ids {
 struct qpi_rq {
 	nng_socket sock;
 	bool sock_open;
+	qpi_spc *spc; /* tcp:// and ipc:// on the raw SP path, else NULL */
 	bool closed;
 	bool lease_mode; /* QP_OPEN_LEASE */
 	char url[QPI_URL_MAX + 1];
@@ -266,6 +273,7 @@ typedef struct rq_call {
 	qpi_wire_req req;
 	qpi_wire_rep rep;
 	nng_msg *msg; /* the reply's bytes */
+	uint32_t conn; /* the connection it came on (nng pipe id) */
 	int64_t deadline_ns; /* blocking ops: the op's own deadline */
 	bool blocking; /* req.timeout is recomputed on every send */
 } rq_call;
@@ -303,6 +311,49 @@ rq_encode(qpi_rq *r, const qpi_wire_req *req, nng_msg **mp)
 
 static int rq_reauth(qpi_rq *r, uint32_t pipe_id);
 
+/* Closes connection conn (the next request goes out on a new one). */
+static void
+rq_drop(qpi_rq *r, uint32_t conn)
+{
+	if (r->spc != NULL) {
+		qpi_spc_drop(r->spc, conn);
+	} else {
+		nng_pipe p;
+		p.id = conn;
+		nng_pipe_close(p);
+	}
+}
+
+/* The raw path's send and receive: 0 with c->msg set, NNG_ETIMEDOUT or
+ * NNG_ECONNRESET when the request must go again, else -1 with the error
+ * in *errp. */
+static int
+rq_sp_exchange(qpi_rq *r, rq_call *c, nng_msg *m, int64_t window_ms,
+    int64_t wait_ms, int *errp)
+{
+	int64_t now = qpi_now_ns();
+	int rv = qpi_spc_call(r->spc, nng_msg_body(m), nng_msg_len(m),
+	    now + (window_ms > 0 ? window_ms : 1) * 1000000,
+	    now + wait_ms * 1000000, &c->msg, &c->conn);
+
+	switch (rv) {
+	case QP_OK:
+		return 0;
+	case QP_ETIMEDOUT:
+		return NNG_ETIMEDOUT;
+	case QP_ECONNRESET:
+		return NNG_ECONNRESET;
+	case QP_ECONNREFUSED:
+		*errp = qpi_err(QP_ECONNRESET,
+		    "lost connection to %s: no connection for %lld ms (%s)",
+		    r->url, (long long) r->reconnect_ms, qp_errmsg());
+		return -1;
+	default:
+		*errp = rv;
+		return -1;
+	}
+}
+
 /* Handshakes one call may redo before it gives up: each follows a
  * connection that came back unauthenticated. */
 #define QPI_RQ_REAUTH_MAX 8
@@ -315,10 +366,10 @@ rq_do(qpi_rq *r, rq_call *c)
 {
 	int64_t lost_since = 0;
 	int reauths = 0;
-	rq_ctx *x;
+	rq_ctx *x = NULL;
 	int rv;
 
-	if ((x = rq_ctx_take(r)) == NULL) {
+	if (r->spc == NULL && (x = rq_ctx_take(r)) == NULL) {
 		return qpi_err(
 		    QP_ENOMEM, "out of memory for a request to %s", r->url);
 	}
@@ -354,6 +405,16 @@ rq_do(qpi_rq *r, rq_call *c)
 		 * reconnect window. */
 		int64_t window = r->reconnect_ms
 		    - (lost_since != 0 ? now_ms - lost_since : 0);
+		if (r->spc != NULL) {
+			int err = QP_OK;
+			rv = rq_sp_exchange(r, c, m, window, wait_ms, &err);
+			nng_msg_free(m);
+			if (rv < 0) {
+				rv = err;
+				break;
+			}
+			goto got;
+		}
 		nng_aio_set_msg(x->aio, m);
 		nng_aio_set_timeout(
 		    x->aio, (nng_duration) (window > 0 ? window : 1));
@@ -378,6 +439,11 @@ rq_do(qpi_rq *r, rq_call *c)
 		if (rv == 0) {
 			c->msg = nng_aio_get_msg(x->aio);
 			nng_aio_set_msg(x->aio, NULL);
+			c->conn
+			    = (uint32_t) nng_pipe_id(nng_msg_get_pipe(c->msg));
+		}
+	got:
+		if (rv == 0) {
 			rv = qpi_wire_decode_rep(nng_msg_body(c->msg),
 			    nng_msg_len(c->msg), &r->lim, &c->rep);
 			if (rv == QP_OK && c->rep.req_id != c->req.req_id) {
@@ -396,8 +462,7 @@ rq_do(qpi_rq *r, rq_call *c)
 				/* A connection nng made anew, not yet
 				 * authenticated: the request was not
 				 * applied. Authenticate, send it again. */
-				uint32_t pid = (uint32_t) nng_pipe_id(
-				    nng_msg_get_pipe(c->msg));
+				uint32_t pid = c->conn;
 				rq_call_done(c);
 				if ((rv = rq_reauth(r, pid)) != QP_OK) {
 					break;
@@ -407,22 +472,21 @@ rq_do(qpi_rq *r, rq_call *c)
 				/* The server is shutting down: drop this
 				 * connection and send the request again to
 				 * the next one, within the window. */
-				nng_pipe_close(nng_msg_get_pipe(c->msg));
+				rq_drop(r, c->conn);
 				rq_call_done(c);
 				rv = NNG_ECONNRESET;
 				goto lost;
 			} else if (r->token.len > 0
 			    && c->req.op != QPI_OP_HELLO
 			    && c->req.op != QPI_OP_AUTH
-			    && (uint32_t) nng_pipe_id(nng_msg_get_pipe(c->msg))
+			    && c->conn
 			        != __atomic_load_n(
 			            &r->auth_pipe, __ATOMIC_ACQUIRE)) {
 				/* An answer from a connection this handle did
 				 * not authenticate: if its server does not
 				 * ask for the token, it cannot prove it holds
 				 * it, and the answer is not trusted. */
-				uint32_t pid = (uint32_t) nng_pipe_id(
-				    nng_msg_get_pipe(c->msg));
+				uint32_t pid = c->conn;
 				if ((rv = rq_reauth(r, pid)) != QP_OK) {
 					rq_call_done(c);
 				}
@@ -455,7 +519,9 @@ rq_do(qpi_rq *r, rq_call *c)
 			break;
 		}
 	}
-	rq_ctx_give(r, x);
+	if (x != NULL) {
+		rq_ctx_give(r, x);
+	}
 	return rv;
 }
 
@@ -535,8 +601,43 @@ rq_ack_send_locked(qpi_rq *r)
 	free(ids);
 	r->ack_state = RQ_ACK_SENDING;
 	nng_aio_set_msg(r->ack_ctx->aio, m);
+	if (r->spc != NULL) {
+		/* The raw path has no asynchronous send: the callback does
+		 * the exchange (rq_ack_sp). */
+		nng_sleep_aio(0, r->ack_ctx->aio);
+		return;
+	}
 	nng_aio_set_timeout(r->ack_ctx->aio, (nng_duration) r->reconnect_ms);
 	nng_ctx_send(r->ack_ctx->ctx, r->ack_ctx->aio);
+}
+
+/* The raw path's acker: sends the confirmation waiting in the aio and
+ * waits for its answer (whatever it says: an item not confirmed comes
+ * again, at least once). Called from the acker's callback with r->mu
+ * held; releases it meanwhile. */
+static void
+rq_ack_sp(qpi_rq *r, int rv)
+{
+	nng_aio *aio = r->ack_ctx->aio;
+	nng_msg *m = nng_aio_get_msg(aio), *rep = NULL;
+	uint32_t conn;
+
+	nng_aio_set_msg(aio, NULL);
+	pthread_mutex_unlock(&r->mu);
+	if (m != NULL && (rv == 0 || rv == NNG_ETIMEDOUT)) {
+		int64_t now = qpi_now_ns();
+		if (qpi_spc_call(r->spc, nng_msg_body(m), nng_msg_len(m),
+		        now + r->reconnect_ms * 1000000,
+		        now + (int64_t) QPI_RQ_CALL_MS * 1000000, &rep, &conn)
+		    == QP_OK) {
+			nng_msg_free(rep);
+		}
+	}
+	if (m != NULL) {
+		nng_msg_free(m);
+	}
+	pthread_mutex_lock(&r->mu);
+	r->ack_state = RQ_ACK_IDLE;
 }
 
 /* Confirmations pending: they ride on the next get, or the acker sends
@@ -568,7 +669,12 @@ rq_ack_cb(void *arg)
 	int rv = nng_aio_result(aio);
 
 	pthread_mutex_lock(&r->mu);
-	switch (r->ack_state) {
+	switch (r->spc != NULL && r->ack_state == RQ_ACK_SENDING
+	        ? -1
+	        : r->ack_state) {
+	case -1:
+		rq_ack_sp(r, rv);
+		break;
 	case RQ_ACK_WAITING:
 		/* The delay passed (or close cut it short): send what the
 		 * gets meanwhile did not carry. */
@@ -609,11 +715,20 @@ rq_ack_cb(void *arg)
 /* ---- open and close ---- */
 
 static int
-rq_dial(qpi_rq *r, const qpi_addr *a, const qp_conn_opts *o)
+rq_dial(qpi_rq *r, const qpi_addr *a, const qp_conn_opts *o, bool raw_ok)
 {
 	nng_tls_config *tls = NULL;
 	nng_dialer d;
 	int rv;
+
+	if (raw_ok && a->kind != QPI_ADDR_TLS
+	    && qpi_sp_env_raw("QPIPE_TRANSPORT")) {
+		/* Synchronous first dial, as below: nobody there is an
+		 * error at once. */
+		return qpi_spc_open(&r->spc, a,
+		    (size_t) QP_DEFAULT_MAX_MESSAGE + QPI_WIRE_SLACK,
+		    qpi_deadline_ns(QPI_RQ_CALL_MS));
+	}
 
 	if ((rv = nng_req0_open(&r->sock)) != 0) {
 		return rq_nng_err(r, rv, "cannot open a socket for");
@@ -698,10 +813,17 @@ rq_handshake(qpi_rq *r, bool first)
 			if (r->lim.max_message == 0) {
 				r->lim.max_message = QP_DEFAULT_MAX_MESSAGE;
 			}
-			nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ,
-			    (size_t) r->lim.max_message + QPI_WIRE_SLACK);
+			if (r->spc != NULL) {
+				qpi_spc_set_max(r->spc,
+				    (size_t) r->lim.max_message
+				        + QPI_WIRE_SLACK);
+			} else {
+				nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ,
+				    (size_t) r->lim.max_message
+				        + QPI_WIRE_SLACK);
+			}
 		}
-		hpipe = (uint32_t) nng_pipe_id(nng_msg_get_pipe(c.msg));
+		hpipe = c.conn;
 		if (!do_auth) {
 			rq_call_done(&c);
 			__atomic_store_n(
@@ -723,7 +845,7 @@ rq_handshake(qpi_rq *r, bool first)
 			rq_call_done(&c);
 			return rv;
 		}
-		apipe = (uint32_t) nng_pipe_id(nng_msg_get_pipe(c.msg));
+		apipe = c.conn;
 		if (apipe != hpipe && tries < 3) {
 			/* The connection changed in between: the nonce
 			 * belonged to the old one. Start again. */
@@ -748,9 +870,7 @@ rq_handshake(qpi_rq *r, bool first)
 			    &r->auth_pipe, apipe, __ATOMIC_RELEASE);
 		} else {
 			/* Not the server the token is for: drop it. */
-			nng_pipe p;
-			p.id = apipe;
-			nng_pipe_close(p);
+			rq_drop(r, apipe);
 		}
 		return rv;
 	}
@@ -770,15 +890,16 @@ rq_reauth(qpi_rq *r, uint32_t pipe_id)
 	pthread_mutex_unlock(&r->auth_mu);
 	if (rv != QP_OK && !r->closed) {
 		/* Whatever answered is not the server the token is for. */
-		nng_pipe p;
-		p.id = pipe_id;
-		nng_pipe_close(p);
+		rq_drop(r, pipe_id);
 	}
 	return rv;
 }
 
+/* A new handle dialled to a. raw_ok: tcp:// and ipc:// may take the raw
+ * SP path (spconn.c) unless QPIPE_TRANSPORT=nng; pipes through the server
+ * stay on nng, whose asynchronous contexts their prefetch needs. */
 static int
-rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o)
+rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o, bool raw_ok)
 {
 	qpi_rq *r = calloc(1, sizeof(*r));
 	pthread_condattr_t ca;
@@ -806,7 +927,7 @@ rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o)
 	         o != NULL ? o->token_file : NULL, o != NULL && o->no_token,
 	         NULL))
 	        != QP_OK
-	    || (rv = rq_dial(r, a, o)) != QP_OK
+	    || (rv = rq_dial(r, a, o, raw_ok)) != QP_OK
 	    || (rv = rq_handshake(r, true)) != QP_OK) {
 		char msg[512];
 		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
@@ -824,7 +945,8 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 	rq_call c;
 	int rv;
 
-	if ((rv = rq_new(&r, a, opts != NULL ? opts->conn : NULL)) != QP_OK) {
+	if ((rv = rq_new(&r, a, opts != NULL ? opts->conn : NULL, true))
+	    != QP_OK) {
 		return rv;
 	}
 	r->lease_mode = opts != NULL && (opts->flags & QP_OPEN_LEASE) != 0;
@@ -859,7 +981,8 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 	/* The acker's context. */
 	if ((r->ack_ctx = calloc(1, sizeof(*r->ack_ctx))) == NULL
 	    || nng_aio_alloc(&r->ack_ctx->aio, rq_ack_cb, r) != 0
-	    || nng_ctx_open(&r->ack_ctx->ctx, r->sock) != 0) {
+	    || (r->spc == NULL
+	        && nng_ctx_open(&r->ack_ctx->ctx, r->sock) != 0)) {
 		qpi_rq_free(r);
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
@@ -923,6 +1046,9 @@ qpi_rq_close(qpi_rq *r)
 		nng_close(r->sock);
 		r->sock_open = false;
 	}
+	if (r->spc != NULL) {
+		qpi_spc_close(r->spc);
+	}
 	return QP_OK;
 }
 
@@ -949,6 +1075,7 @@ qpi_rq_free(qpi_rq *r)
 		}
 		free(r->ack_ctx);
 	}
+	qpi_spc_free(r->spc);
 	ids_free(&r->held);
 	ids_free(&r->unacked);
 	qpi_token_clear(&r->token);
@@ -1496,7 +1623,7 @@ qpi_rq_unlink(const qpi_addr *a, const qp_conn_opts *o)
 	rq_call c;
 	int rv;
 
-	if ((rv = rq_new(&r, a, o)) != QP_OK) {
+	if ((rv = rq_new(&r, a, o, true)) != QP_OK) {
 		return rv;
 	}
 	rq_call_init(&c, r, QPI_OP_DELETE);
@@ -1518,7 +1645,7 @@ qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o, qp_queue_info **listp,
 	rq_call c;
 	int rv;
 
-	if ((rv = rq_new(&r, a, o)) != QP_OK) {
+	if ((rv = rq_new(&r, a, o, true)) != QP_OK) {
 		return rv;
 	}
 	if ((ents = calloc(QPI_WIRE_DEFAULT_BATCH, sizeof(*ents))) == NULL) {
@@ -2215,7 +2342,7 @@ qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&p->cv, &ca);
 	pthread_condattr_destroy(&ca);
-	if ((rv = rq_new(&p->r, &a, conn)) != QP_OK) {
+	if ((rv = rq_new(&p->r, &a, conn, false)) != QP_OK) {
 		char msg[512];
 		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
 		pthread_cond_destroy(&p->cv);

@@ -1,6 +1,7 @@
 /*
  * remote.h - the remote queue client: a queue hosted by qpiped, reached
- * over nng req0 (tcp://, ipc://, tls+tcp://), authenticated with a token
+ * with the req0 protocol (tcp://, ipc://: on plain sockets, spconn.c;
+ * tls+tcp://: through nng), authenticated with a token
  * when the server asks for one. queue.c dispatches the qp_queue calls of
  * a tcp:// or ipc:// handle here; each has the meaning of its
  * shared-memory twin.

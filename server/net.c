@@ -14,6 +14,7 @@
  * sends, the ops layer while it is parked.
  */
 #include "qps.h"
+#include "sp.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -44,6 +45,10 @@ struct qps_worker {
 	uint32_t close_pipe; /* close this pipe once the reply is sent */
 	qps_worker *next; /* idle list */
 	qps_worker *all_next; /* every worker */
+	/* A request of a raw SP connection (spnet.c): no ctx, no aio. */
+	qps_spconn *spc;
+	uint8_t bt[4 * QPI_SP_MAX_HOPS]; /* its backtrace, echoed back */
+	uint8_t btlen;
 };
 
 static struct {
@@ -306,13 +311,60 @@ qps_worker_park(qps_worker *w)
 	net.nparked++;
 	w->state = W_PARKED;
 	pthread_mutex_unlock(&net.mu);
-	net_top_up();
+	if (w->spc == NULL) {
+		net_top_up();
+	}
 	return true;
+}
+
+qps_worker *
+qps_worker_sp_new(qps_spconn *c, const uint8_t *bt, size_t btlen)
+{
+	qps_worker *w;
+
+	if (btlen > sizeof(w->bt) || (w = calloc(1, sizeof(*w))) == NULL) {
+		return NULL;
+	}
+	w->spc = c;
+	memcpy(w->bt, bt, btlen);
+	w->btlen = (uint8_t) btlen;
+	w->state = W_BUSY;
+	pthread_mutex_lock(&net.mu);
+	net.nbusy++;
+	pthread_mutex_unlock(&net.mu);
+	return w;
+}
+
+/* Ends a raw request: its reply (NULL: none) goes to its connection, and
+ * the worker is freed. */
+static void
+worker_sp_end(qps_worker *w, nng_msg *rep)
+{
+	pthread_mutex_lock(&net.mu);
+	if (w->state == W_PARKED) {
+		net.nparked--;
+	} else {
+		net.nbusy--;
+	}
+	pthread_cond_broadcast(&net.cv);
+	pthread_mutex_unlock(&net.mu);
+	qps_spnet_reply(w->spc, w->bt, w->btlen, rep, w->close_pipe != 0);
+	free(w);
+}
+
+void
+qps_worker_sp_done(qps_worker *w, nng_msg *rep)
+{
+	worker_sp_end(w, rep);
 }
 
 void
 qps_worker_reply(qps_worker *w, nng_msg *rep)
 {
+	if (w->spc != NULL) {
+		worker_sp_end(w, rep);
+		return;
+	}
 	worker_send(w, rep);
 }
 
@@ -326,6 +378,11 @@ void
 qps_worker_drop(qps_worker *w)
 {
 	bool again;
+
+	if (w->spc != NULL) {
+		worker_sp_end(w, NULL);
+		return;
+	}
 
 	pthread_mutex_lock(&net.mu);
 	net.nparked--;
@@ -344,7 +401,7 @@ qps_net_stats_get(qps_net_stats *st)
 	st->receiving = net.nrecv;
 	st->parked = net.nparked;
 	pthread_mutex_unlock(&net.mu);
-	st->connections = 0;
+	st->connections = qps_spnet_count();
 }
 
 /* ---- connections ---- */
@@ -381,6 +438,10 @@ qps_net_peer(uint32_t pipe_id, char *buf, size_t len)
 	nng_sockaddr sa;
 	nng_pipe p;
 
+	if (pipe_id & QPS_SP_CONN_BIT) {
+		qps_spnet_peer(pipe_id, buf, len);
+		return;
+	}
 	p.id = pipe_id;
 	if (nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa) == 0
 	    && sa.s_family != NNG_AF_IPC) {
@@ -477,6 +538,9 @@ net_listen_one(const qps_config *cfg, const char *url, char *bound)
 	    != QP_OK) {
 		return rv;
 	}
+	if (cfg->raw_sp && a.kind != QPI_ADDR_TLS) {
+		return qps_spnet_listen(cfg, &a, bound);
+	}
 	if ((rv = nng_listener_create(&l, net.sock, a.url)) != 0) {
 		qps_log(QPS_LOG_ERROR, "cannot listen on %s: %s", url,
 		    nng_strerror(rv));
@@ -568,6 +632,7 @@ qps_net_close(void)
 {
 	qps_worker *w, *next;
 
+	qps_spnet_close();
 	if (!net.open) {
 		return;
 	}

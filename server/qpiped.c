@@ -56,6 +56,10 @@ usage(FILE *f)
 	    "before it\n"
 	    "                          returns to the queue (default 30000)\n"
 	    "  --log-level LEVEL       error, warn, info (default) or debug\n"
+	    "  --transport sp|nng      how tcp:// and ipc:// are served: sp "
+	    "(default),\n"
+	    "                          the SP wire format on plain sockets, "
+	    "or nng\n"
 	    "  --auth-token-file FILE  clients must prove they hold the token "
 	    "on the\n"
 	    "                          first line of FILE (default: "
@@ -147,6 +151,7 @@ parse_args(qps_config *cfg, int argc, char **argv)
 	cfg->max_queue_bytes = 64u * 1024 * 1024;
 	cfg->max_connections = 4096;
 	cfg->lease_ms = 30000;
+	cfg->raw_sp = true;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *val = NULL;
@@ -185,7 +190,8 @@ parse_args(qps_config *cfg, int argc, char **argv)
 		    || strcmp(a, "--auth-token-file") == 0
 		    || strcmp(a, "--tls-cert") == 0
 		    || strcmp(a, "--tls-key") == 0
-		    || strcmp(a, "--tls-ca") == 0;
+		    || strcmp(a, "--tls-ca") == 0
+		    || strcmp(a, "--transport") == 0;
 		if (!known) {
 			fprintf(stderr,
 			    "qpiped: unknown option '%s' (try --help)\n",
@@ -209,6 +215,16 @@ parse_args(qps_config *cfg, int argc, char **argv)
 				return 1;
 			}
 			cfg->listen[cfg->nlisten++] = val;
+		} else if (strcmp(a, "--transport") == 0) {
+			if (strcmp(val, "sp") != 0
+			    && strcmp(val, "nng") != 0) {
+				fprintf(stderr,
+				    "qpiped: --transport '%s': expected sp or "
+				    "nng\n",
+				    val);
+				return 1;
+			}
+			cfg->raw_sp = strcmp(val, "sp") == 0;
 		} else if (strcmp(a, "--max-message") == 0) {
 			if (!parse_bytes(val, 1, (uint64_t) 1 << 31, &v)) {
 				fprintf(stderr,

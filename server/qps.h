@@ -54,6 +54,7 @@ typedef struct qps_config {
 	const char *tls_key;
 	const char
 	    *tls_ca; /* --tls-ca: client certificates must chain to it */
+	bool raw_sp; /* tcp:// and ipc:// on spnet.c (--transport sp) */
 } qps_config;
 
 /* ---- authentication and TLS (sec.c) ---- */
@@ -133,6 +134,44 @@ void qps_net_stats_get(qps_net_stats *st);
 /* The peer address of connection pipe_id, for logs ("tcp://1.2.3.4:5",
  * "a local socket"). */
 void qps_net_peer(uint32_t pipe_id, char *buf, size_t len);
+
+/* ---- raw SP listeners (spnet.c) ---- */
+
+/* Connection ids of raw connections have this bit set; nng's pipe ids
+ * never do, so both share the id space the ops layer keys by. */
+#define QPS_SP_CONN_BIT 0x80000000u
+
+/* One raw connection (spnet.c). */
+typedef struct qps_spconn qps_spconn;
+
+/* Listens on a (tcp:// or ipc://) with the SP req/rep wire format on
+ * plain sockets, served by spnet's event loop; writes the bound URL into
+ * bound. On failure logs and returns an error. */
+int qps_spnet_listen(const qps_config *cfg, const qpi_addr *a, char *bound);
+
+/* A raw request's worker: the reply route is connection c and the
+ * request's backtrace. Counted busy until replied or dropped. NULL when
+ * out of memory. */
+qps_worker *qps_worker_sp_new(qps_spconn *c, const uint8_t *bt, size_t btlen);
+
+/* Ends a raw worker that was not parked: sends rep (NULL: nothing). */
+void qps_worker_sp_done(qps_worker *w, nng_msg *rep);
+
+/* Sends rep (owned from now on; NULL: no reply) as the answer with
+ * backtrace bt on c, then lets go of the request's hold on c. close: shut
+ * the connection once the reply is out. Any thread. */
+void qps_spnet_reply(
+    qps_spconn *c, const uint8_t *bt, size_t btlen, nng_msg *rep, bool close);
+
+/* Raw connections open now. */
+uint64_t qps_spnet_count(void);
+
+/* The peer of raw connection id, for logs. */
+void qps_spnet_peer(uint32_t id, char *buf, size_t len);
+
+/* Stops the loop, closes the listeners and every raw connection (their
+ * ops state goes with qps_ops_conn_remove). Idempotent. */
+void qps_spnet_close(void);
 
 /* ---- request handling (ops.c) ---- */
 

@@ -96,6 +96,12 @@ tsrv_spawn(tsrv *s)
 	for (int i = 0; i < s->nextra; i++) {
 		argv[argc++] = s->extra[i];
 	}
+	/* QP_SERVER_TRANSPORT=nng|sp: how the server serves tcp:// and
+	 * ipc:// (its --transport), so both paths run the same tests. */
+	if (getenv("QP_SERVER_TRANSPORT") != NULL) {
+		argv[argc++] = "--transport";
+		argv[argc++] = getenv("QP_SERVER_TRANSPORT");
+	}
 	argv[argc] = NULL;
 	s->pid = fork();
 	if (s->pid < 0) {

@@ -1,0 +1,80 @@
+/*
+ * sp.c - the small pieces of the SP wire format (sp.h) that the server's
+ * raw listeners and the client's raw connections share. No state, no
+ * locking.
+ */
+#include "sp.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void
+qpi_sp_hs_make(uint8_t hs[QPI_SP_HS_LEN], uint16_t proto)
+{
+	hs[0] = 0;
+	hs[1] = 'S';
+	hs[2] = 'P';
+	hs[3] = 0;
+	hs[4] = (uint8_t) (proto >> 8);
+	hs[5] = (uint8_t) proto;
+	hs[6] = 0;
+	hs[7] = 0;
+}
+
+bool
+qpi_sp_hs_check(const uint8_t hs[QPI_SP_HS_LEN], uint16_t proto)
+{
+	uint8_t want[QPI_SP_HS_LEN];
+
+	qpi_sp_hs_make(want, proto);
+	return memcmp(hs, want, sizeof(want)) == 0;
+}
+
+size_t
+qpi_sp_frame_hdr(uint8_t *hdr, bool ipc, uint64_t len)
+{
+	size_t n = 0;
+
+	if (ipc) {
+		hdr[n++] = 0x01;
+	}
+	for (int i = 7; i >= 0; i--) {
+		hdr[n++] = (uint8_t) (len >> (8 * i));
+	}
+	return n;
+}
+
+uint32_t
+qpi_sp_get32(const uint8_t *p)
+{
+	return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16)
+	    | ((uint32_t) p[2] << 8) | (uint32_t) p[3];
+}
+
+void
+qpi_sp_put32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t) (v >> 24);
+	p[1] = (uint8_t) (v >> 16);
+	p[2] = (uint8_t) (v >> 8);
+	p[3] = (uint8_t) v;
+}
+
+uint64_t
+qpi_sp_get64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < 8; i++) {
+		v = (v << 8) | p[i];
+	}
+	return v;
+}
+
+bool
+qpi_sp_env_raw(const char *name)
+{
+	const char *s = getenv(name);
+
+	return s == NULL || strcmp(s, "nng") != 0;
+}

@@ -1,0 +1,663 @@
+/*
+ * test_spnet.c - the raw SP paths (server/spnet.c, lib/spconn.c) against
+ * real nng peers and bad ones: an nng req0 socket talks to qpiped's raw
+ * listeners over tcp:// and ipc://; the raw client works against a server
+ * serving through nng (--transport nng); a bad handshake, a bad ipc
+ * message type, a length over the limit and plain garbage each close
+ * their connection while the server goes on answering others; and a
+ * connection dropped after the server applied a put but before its reply
+ * made it back gets the put sent again and applied once. Each scenario
+ * runs in a child (nng is not fork-safe); CHECK exits non-zero.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "qpi.h"
+#include "qps_testsrv.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#define CHECK(c)                                                  \
+	do {                                                      \
+		if (!(c)) {                                       \
+			fprintf(stderr,                           \
+			    "%s:%d: check failed: %s (last "      \
+			    "error: %s)\n",                       \
+			    __FILE__, __LINE__, #c, qp_errmsg()); \
+			tsrv_kill_all();                          \
+			_exit(90);                                \
+		}                                                 \
+	} while (0)
+#define CHECK_EQ(a, b)                                                    \
+	do {                                                              \
+		long long a_ = (long long) (a), b_ = (long long) (b);     \
+		if (a_ != b_) {                                           \
+			fprintf(stderr,                                   \
+			    "%s:%d: %s is %lld, not %lld (last "          \
+			    "error: %s)\n",                               \
+			    __FILE__, __LINE__, #a, a_, b_, qp_errmsg()); \
+			tsrv_kill_all();                                  \
+			_exit(91);                                        \
+		}                                                         \
+	} while (0)
+
+/* The helpers of qps_testsrv.h this program has no use for. */
+static void __attribute__((unused)) spnet_unused(void)
+{
+	(void) tsrv_restart;
+	(void) tsrv_mem;
+}
+
+static void
+scenario(void (*fn)(void))
+{
+	int st;
+	pid_t pid = fork();
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		fn();
+		exit(0);
+	}
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* A put, a qsize and a get through handle-less calls at url/name. */
+static void
+put_get_roundtrip(const char *url, const char *name)
+{
+	char addr[400], buf[64];
+	qp_queue *q;
+	size_t n;
+
+	snprintf(addr, sizeof(addr), "%s/%s", url, name);
+	CHECK_EQ(qp_queue_open(
+	             &q, addr, &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),
+	    QP_OK);
+	CHECK_EQ(qp_queue_put(q, "hello", 5, 0), QP_OK);
+	CHECK_EQ(qp_queue_put(q, "world", 5, 0), QP_OK);
+	CHECK_EQ(qp_queue_qsize(q, &n), QP_OK);
+	CHECK_EQ(n, 2);
+	CHECK_EQ(qp_queue_get_into(q, buf, sizeof(buf), &n, 1000), QP_OK);
+	CHECK(n == 5 && memcmp(buf, "hello", 5) == 0);
+	CHECK_EQ(qp_queue_get_into(q, buf, sizeof(buf), &n, 1000), QP_OK);
+	CHECK(n == 5 && memcmp(buf, "world", 5) == 0);
+	/* A blocking get is woken by the server's "empty" in time. */
+	long long t0 = tsrv_now_ms();
+	CHECK_EQ(qp_queue_get_into(q, buf, sizeof(buf), &n, 200), QP_EEMPTY);
+	CHECK(tsrv_now_ms() - t0 >= 190 && tsrv_now_ms() - t0 < 3000);
+	qp_queue_free(q);
+	CHECK_EQ(qp_queue_unlink(addr), QP_OK);
+}
+
+/* ---- an nng req0 socket against the raw listeners ---- */
+
+static void
+nng_ping(const char *url)
+{
+	/* [1, ping, req_id 5] -> [1, ping, 5, 0] (PROTOCOL.md). */
+	static const uint8_t req[] = {0x93, 0x01, 0x03, 0x05};
+	static const uint8_t want[] = {0x94, 0x01, 0x03, 0x05, 0x00};
+	nng_socket sk;
+	nng_msg *m;
+
+	CHECK_EQ(nng_req0_open(&sk), 0);
+	nng_socket_set_ms(sk, NNG_OPT_RECVTIMEO, 5000);
+	CHECK_EQ(nng_dial(sk, url, NULL, 0), 0);
+	for (int i = 0; i < 50; i++) {
+		CHECK_EQ(nng_msg_alloc(&m, 0), 0);
+		CHECK_EQ(nng_msg_append(m, req, sizeof(req)), 0);
+		CHECK_EQ(nng_sendmsg(sk, m, 0), 0);
+		CHECK_EQ(nng_recvmsg(sk, &m, 0), 0);
+		CHECK_EQ(nng_msg_len(m), sizeof(want));
+		CHECK(memcmp(nng_msg_body(m), want, sizeof(want)) == 0);
+		nng_msg_free(m);
+	}
+	nng_close(sk);
+}
+
+static void
+nng_peer_body(void)
+{
+	tsrv t = {0}, i = {0};
+
+	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	CHECK(tsrv_start(&i, "ipc") == 0);
+	nng_ping(t.url);
+	nng_ping(i.url);
+	CHECK(tsrv_stop(&t));
+	CHECK(tsrv_stop(&i));
+}
+
+static void
+test_spnet_nng_req0_peer(void **state)
+{
+	(void) state;
+	scenario(nng_peer_body);
+}
+
+/* ---- the raw client against nng's rep0 ---- */
+
+static void
+nng_server_body(void)
+{
+	tsrv t = {0}, i = {0};
+	char name[64];
+
+	setenv("QP_SERVER_TRANSPORT", "nng", 1);
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	CHECK(tsrv_start(&i, "ipc") == 0);
+	snprintf(name, sizeof(name), "spn%ld", (long) getpid());
+	put_get_roundtrip(t.url, name);
+	put_get_roundtrip(i.url, name);
+	/* And the raw client against the raw server. */
+	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	CHECK(tsrv_stop(&t));
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	put_get_roundtrip(t.url, name);
+	CHECK(tsrv_stop(&t));
+	CHECK(tsrv_stop(&i));
+}
+
+static void
+test_spnet_client_on_nng_server(void **state)
+{
+	(void) state;
+	scenario(nng_server_body);
+}
+
+/* ---- bad peers ---- */
+
+/* A socket connected to url (tcp://127.0.0.1:P or ipc://PATH). */
+static int
+raw_connect(const char *url)
+{
+	int fd;
+
+	if (strncmp(url, "ipc://", 6) == 0) {
+		struct sockaddr_un sun = {.sun_family = AF_UNIX};
+		snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", url + 6);
+		fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		CHECK(fd >= 0);
+		CHECK(connect(fd, (struct sockaddr *) &sun, sizeof(sun)) == 0);
+	} else {
+		struct sockaddr_in sa = {.sin_family = AF_INET};
+		const char *p = strrchr(url, ':');
+		CHECK(p != NULL);
+		sa.sin_port = htons((uint16_t) atoi(p + 1));
+		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		fd = socket(AF_INET, SOCK_STREAM, 0);
+		CHECK(fd >= 0);
+		CHECK(connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
+	}
+	return fd;
+}
+
+/* True when the server closes fd within 5 s (whatever it sent first). */
+static bool
+closed_by_server(int fd)
+{
+	uint8_t buf[256];
+	long long end = tsrv_now_ms() + 5000;
+
+	while (tsrv_now_ms() < end) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 100) <= 0) {
+			continue;
+		}
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n <= 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
+static void
+send_all(int fd, const void *p, size_t n)
+{
+	CHECK(write(fd, p, n) == (ssize_t) n);
+}
+
+static void
+bad_peers_on(const char *url, bool ipc)
+{
+	static const uint8_t hs_req0[] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
+	static const uint8_t hs_pair1[] = {0, 'S', 'P', 0, 0, 0x11, 0, 0};
+	int fd;
+
+	/* Not SP at all. */
+	fd = raw_connect(url);
+	send_all(fd, "GET / HTTP/1.1\r\n\r\n", 18);
+	CHECK(closed_by_server(fd));
+	close(fd);
+
+	/* SP, but not req0. */
+	fd = raw_connect(url);
+	send_all(fd, hs_pair1, sizeof(hs_pair1));
+	CHECK(closed_by_server(fd));
+	close(fd);
+
+	/* A length over the limit (2^40 bytes): closed, nothing allocated. */
+	fd = raw_connect(url);
+	send_all(fd, hs_req0, sizeof(hs_req0));
+	{
+		uint8_t f[9] = {0x01, 0, 0, 0x01, 0, 0, 0, 0, 0};
+		send_all(fd, ipc ? f : f + 1, ipc ? 9 : 8);
+	}
+	CHECK(closed_by_server(fd));
+	close(fd);
+
+	/* Garbage after a good handshake. */
+	fd = raw_connect(url);
+	send_all(fd, hs_req0, sizeof(hs_req0));
+	send_all(fd, "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 10);
+	CHECK(closed_by_server(fd));
+	close(fd);
+
+	if (ipc) {
+		/* A message type other than 1. */
+		static const uint8_t f[]
+		    = {0x02, 0, 0, 0, 0, 0, 0, 0, 4, 0x80, 0, 0, 1};
+		fd = raw_connect(url);
+		send_all(fd, hs_req0, sizeof(hs_req0));
+		send_all(fd, f, sizeof(f));
+		CHECK(closed_by_server(fd));
+		close(fd);
+	}
+
+	/* A frame cut short, then the peer goes: nothing breaks. */
+	fd = raw_connect(url);
+	send_all(fd, hs_req0, sizeof(hs_req0));
+	send_all(fd, "\0\0\0\0\0\0\0\x10\x80\0", 10);
+	close(fd);
+}
+
+static void
+bad_peers_body(void)
+{
+	tsrv t = {0}, i = {0};
+	char name[64];
+
+	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	CHECK(tsrv_start(&i, "ipc") == 0);
+	snprintf(name, sizeof(name), "spbad%ld", (long) getpid());
+	bad_peers_on(t.url, false);
+	bad_peers_on(i.url, true);
+	/* The servers still answer. */
+	put_get_roundtrip(t.url, name);
+	put_get_roundtrip(i.url, name);
+	nng_ping(t.url);
+	CHECK(tsrv_stop(&t));
+	CHECK(tsrv_stop(&i));
+}
+
+static void
+test_spnet_bad_peers_closed(void **state)
+{
+	(void) state;
+	scenario(bad_peers_body);
+}
+
+/* ---- a connection dropped after the server applied a put ---- */
+
+/* A TCP proxy in front of the server: on its first connection it passes
+ * everything until the client's bytes contain the marker, then lets the
+ * server apply them, and drops both sides before the reply gets back.
+ * Later connections pass everything. */
+typedef struct proxy {
+	int lfd;
+	uint16_t port, srv_port;
+	const char *marker;
+	int seen; /* connections whose client bytes held the marker */
+	int conns;
+	volatile bool stop;
+} proxy;
+
+static bool
+has_marker(const uint8_t *p, size_t n, const char *m)
+{
+	size_t ml = strlen(m);
+
+	for (size_t i = 0; i + ml <= n; i++) {
+		if (memcmp(p + i, m, ml) == 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
+static void *
+proxy_main(void *arg)
+{
+	proxy *px = arg;
+
+	while (!px->stop) {
+		struct pollfd lp = {.fd = px->lfd, .events = POLLIN};
+		if (poll(&lp, 1, 100) <= 0) {
+			continue;
+		}
+		int c = accept(px->lfd, NULL, NULL);
+		if (c < 0) {
+			continue;
+		}
+		struct sockaddr_in sa = {.sin_family = AF_INET};
+		sa.sin_port = htons(px->srv_port);
+		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		int s = socket(AF_INET, SOCK_STREAM, 0);
+		if (s < 0
+		    || connect(s, (struct sockaddr *) &sa, sizeof(sa)) != 0) {
+			close(c);
+			if (s >= 0) {
+				close(s);
+			}
+			continue;
+		}
+		bool first = px->conns++ == 0;
+		bool dropping = false;
+		/* One connection at a time: the client has one. */
+		while (!px->stop) {
+			struct pollfd p[2] = {{.fd = c, .events = POLLIN},
+			    {.fd = s, .events = POLLIN}};
+			uint8_t buf[65536];
+			if (poll(p, 2, 100) <= 0) {
+				continue;
+			}
+			if (p[0].revents) {
+				ssize_t n = read(c, buf, sizeof(buf));
+				if (n <= 0) {
+					break;
+				}
+				if (has_marker(buf, (size_t) n, px->marker)) {
+					px->seen++;
+					dropping = first;
+				}
+				if (write(s, buf, (size_t) n) != n) {
+					break;
+				}
+				if (dropping) {
+					/* The server applies it; its reply
+					 * never reaches the client. */
+					tsrv_sleep_ms(200);
+					break;
+				}
+			}
+			if (p[1].revents) {
+				ssize_t n = read(s, buf, sizeof(buf));
+				if (n <= 0 || write(c, buf, (size_t) n) != n) {
+					break;
+				}
+			}
+		}
+		close(c);
+		close(s);
+	}
+	return NULL;
+}
+
+static void
+drop_body(void)
+{
+	tsrv t = {0};
+	proxy px = {.marker = "resend-me-once"};
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t sl = sizeof(sa);
+	pthread_t thr;
+	char name[64], addr[400], direct[400], buf[64];
+	qp_queue *q, *d;
+	size_t n;
+
+	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	px.srv_port = (uint16_t) atoi(strrchr(t.url, ':') + 1);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	px.lfd = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK(px.lfd >= 0);
+	CHECK(bind(px.lfd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
+	CHECK(listen(px.lfd, 8) == 0);
+	CHECK(getsockname(px.lfd, (struct sockaddr *) &sa, &sl) == 0);
+	px.port = ntohs(sa.sin_port);
+	CHECK(pthread_create(&thr, NULL, proxy_main, &px) == 0);
+
+	snprintf(name, sizeof(name), "spdrop%ld", (long) getpid());
+	snprintf(addr, sizeof(addr), "tcp://127.0.0.1:%u/%s",
+	    (unsigned) px.port, name);
+	snprintf(direct, sizeof(direct), "%s/%s", t.url, name);
+	CHECK_EQ(qp_queue_open(
+	             &q, addr, &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),
+	    QP_OK);
+	CHECK_EQ(qp_queue_put(q, "before", 6, 0), QP_OK);
+	/* The put's reply is lost with its connection: the client sends it
+	 * again on a new one, and the server applies it once. */
+	CHECK_EQ(qp_queue_put(q, "resend-me-once", 14, 5000), QP_OK);
+	CHECK_EQ(px.seen, 2);
+	CHECK(px.conns >= 2);
+	CHECK_EQ(qp_queue_put(q, "after", 5, 0), QP_OK);
+	CHECK_EQ(qp_queue_open(&d, direct, NULL), QP_OK);
+	CHECK_EQ(qp_queue_qsize(d, &n), QP_OK);
+	CHECK_EQ(n, 3);
+	CHECK_EQ(qp_queue_get_into(d, buf, sizeof(buf), &n, 1000), QP_OK);
+	CHECK(n == 6 && memcmp(buf, "before", 6) == 0);
+	CHECK_EQ(qp_queue_get_into(d, buf, sizeof(buf), &n, 1000), QP_OK);
+	CHECK(n == 14 && memcmp(buf, "resend-me-once", 14) == 0);
+	CHECK_EQ(qp_queue_get_into(d, buf, sizeof(buf), &n, 1000), QP_OK);
+	CHECK(n == 5 && memcmp(buf, "after", 5) == 0);
+	qp_queue_free(q);
+	qp_queue_free(d);
+	px.stop = true;
+	pthread_join(thr, NULL);
+	close(px.lfd);
+	CHECK_EQ(qp_queue_unlink(direct), QP_OK);
+	CHECK(tsrv_stop(&t));
+}
+
+static void
+test_spnet_drop_resend_applied_once(void **state)
+{
+	(void) state;
+	scenario(drop_body);
+}
+
+/* ---- one handle shared by threads; a peer that does not read ---- */
+
+typedef struct getter {
+	qp_queue *q;
+	int rv;
+	long long ms;
+	char buf[64];
+	size_t n;
+} getter;
+
+static void *
+getter_main(void *arg)
+{
+	getter *g = arg;
+	long long t0 = tsrv_now_ms();
+
+	g->rv = qp_queue_get_into(g->q, g->buf, sizeof(g->buf), &g->n, 10000);
+	g->ms = tsrv_now_ms() - t0;
+	return NULL;
+}
+
+static void
+shared_body(void)
+{
+	tsrv t = {0};
+	char name[64], addr[400];
+	pthread_t thr;
+	getter g = {0};
+	qp_queue *q;
+	size_t n;
+
+	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	snprintf(name, sizeof(name), "spshare%ld", (long) getpid());
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, name);
+	CHECK_EQ(qp_queue_open(
+	             &q, addr, &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),
+	    QP_OK);
+	/* One thread blocks in a get on the handle's connection; others'
+	 * calls on the same handle go on meanwhile, and the put wakes the
+	 * get at once. */
+	g.q = q;
+	CHECK(pthread_create(&thr, NULL, getter_main, &g) == 0);
+	tsrv_sleep_ms(200);
+	for (int i = 0; i < 20; i++) {
+		long long t0 = tsrv_now_ms();
+		CHECK_EQ(qp_queue_qsize(q, &n), QP_OK);
+		CHECK_EQ(n, 0);
+		CHECK(tsrv_now_ms() - t0 < 2000);
+	}
+	CHECK_EQ(qp_queue_put(q, "wake", 4, 0), QP_OK);
+	pthread_join(thr, NULL);
+	CHECK_EQ(g.rv, QP_OK);
+	CHECK(g.n == 4 && memcmp(g.buf, "wake", 4) == 0);
+	CHECK(g.ms < 5000);
+	qp_queue_free(q);
+	CHECK_EQ(qp_queue_unlink(addr), QP_OK);
+	CHECK(tsrv_stop(&t));
+}
+
+static void
+test_spnet_shared_handle(void **state)
+{
+	(void) state;
+	scenario(shared_body);
+}
+
+static void
+no_reader_body(void)
+{
+	/* A ping: 8-byte length 8, request id, [1, ping, 5]; its reply is
+	 * 8 + 4 + 5 bytes. */
+	static const uint8_t ping[]
+	    = {0, 0, 0, 0, 0, 0, 0, 8, 0x80, 0, 0, 1, 0x93, 0x01, 0x03, 0x05};
+	static const uint8_t hs_req0[] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
+	uint8_t buf[65536];
+	tsrv t = {0};
+	char name[64];
+	long long sent = 0, got = 0, end;
+	int fd;
+
+	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "--max-message");
+	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "1024");
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	{
+		/* A small receive buffer: the replies back up in the server
+		 * soon. */
+		struct sockaddr_in sa = {.sin_family = AF_INET};
+		int small = 4096;
+		sa.sin_port = htons((uint16_t) atoi(strrchr(t.url, ':') + 1));
+		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		fd = socket(AF_INET, SOCK_STREAM, 0);
+		CHECK(fd >= 0);
+		CHECK(setsockopt(
+		          fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small))
+		    == 0);
+		CHECK(connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
+	}
+	send_all(fd, hs_req0, sizeof(hs_req0));
+	CHECK(fcntl(fd, F_SETFL, O_NONBLOCK) == 0);
+	/* Requests, never reading a reply, until the socket takes no more
+	 * for 200 ms (the server stopped reading us) or a million of them
+	 * (16 MB) went in. */
+	{
+		uint8_t many[sizeof(ping) * 64];
+		size_t off = sizeof(many);
+		for (int i = 0; i < 64; i++) {
+			memcpy(many + i * sizeof(ping), ping, sizeof(ping));
+		}
+		end = tsrv_now_ms() + 5000;
+		while (sent < 1000000LL * (long long) sizeof(ping)
+		    && tsrv_now_ms() < end) {
+			if (off == sizeof(many)) {
+				off = 0;
+			}
+			ssize_t n = write(fd, many + off, sizeof(many) - off);
+			if (n < 0) {
+				struct pollfd p
+				    = {.fd = fd, .events = POLLOUT};
+				if (poll(&p, 1, 200) == 0) {
+					break;
+				}
+				continue;
+			}
+			off += (size_t) n;
+			sent += n;
+		}
+	}
+	sent /= (long long) sizeof(ping); /* whole requests */
+	/* The server stopped taking its requests (without that, all go in
+	 * and the replies pile up in the server's memory). */
+	CHECK(sent > 0 && sent < 1000000);
+	/* Others are served meanwhile. */
+	snprintf(name, sizeof(name), "spnoread%ld", (long) getpid());
+	put_get_roundtrip(t.url, name);
+	/* Every reply comes once we read. */
+	end = tsrv_now_ms() + 20000;
+	while (got < sent * 17 && tsrv_now_ms() < end) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 200) <= 0) {
+			continue;
+		}
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n <= 0) {
+			break;
+		}
+		got += n;
+	}
+	fprintf(stderr, "a peer that did not read: %lld pings, %lld replies\n",
+	    sent, got / 17);
+	CHECK_EQ(got, (sent * 17) + 8); /* + the server's handshake */
+	close(fd);
+	CHECK(tsrv_stop(&t));
+}
+
+static void
+test_spnet_peer_not_reading(void **state)
+{
+	(void) state;
+	scenario(no_reader_body);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_spnet_nng_req0_peer),
+	    cmocka_unit_test(test_spnet_client_on_nng_server),
+	    cmocka_unit_test(test_spnet_bad_peers_closed),
+	    cmocka_unit_test(test_spnet_drop_resend_applied_once),
+	    cmocka_unit_test(test_spnet_shared_handle),
+	    cmocka_unit_test(test_spnet_peer_not_reading),
+	};
+
+	signal(SIGPIPE, SIG_IGN);
+	if (getenv("QP_TEST_FILTER") != NULL) {
+		cmocka_set_test_filter(getenv("QP_TEST_FILTER"));
+	}
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -189,7 +189,8 @@ test_durq_reopen(void **state)
 	assert_memory_equal(buf, "b", 1);
 	free(buf);
 	assert_int_equal(
-	    qpi_durq_get_lease(d, 7, -1, QPI_GET_OBJ, 0, &buf, &len, &l), QP_OK);
+	    qpi_durq_get_lease(d, 7, -1, QPI_GET_OBJ, 0, &buf, &len, &l),
+	    QP_OK);
 	/* As a msgpack value: bin 8 header, then the byte. */
 	assert_int_equal(len, 3);
 	assert_memory_equal(buf,

@@ -13,6 +13,10 @@
  *   qps_tool putmany ADDR N                put_many batches of 256 small
  *                                          items until N are put or one
  *                                          fails
+ *   qps_tool putloop ADDR                  put small items into a durable
+ *                                          queue (fsync always) until one
+ *                                          fails; print how many were
+ *                                          acknowledged
  *
  * Exit status: 0, or the qp_err code of the failure (its message on
  * stderr).
@@ -92,6 +96,33 @@ put_many(const char *addr, unsigned long long n)
 	return 0;
 }
 
+/* Puts into a durable queue (fsync always) until a put fails; prints the
+ * number acknowledged. */
+static int
+put_loop(const char *addr)
+{
+	qp_queue_opts o
+	    = {.flags = QP_OPEN_CREATE | QP_OPEN_DURABLE, .fsync = "always"};
+	unsigned long long n = 0;
+	char item[64];
+	qp_queue *q;
+	int rv;
+
+	memset(item, 'd', sizeof(item));
+	if ((rv = qp_queue_open(&q, addr, &o)) != QP_OK) {
+		return fail("open", rv);
+	}
+	fprintf(stderr, "qps_tool: open\n");
+	while ((rv = qp_queue_put(q, item, sizeof(item), 10000)) == QP_OK) {
+		n++;
+	}
+	fprintf(stderr, "qps_tool: put %llu: %s: %s\n", n, qp_strerror(rv),
+	    qp_errmsg());
+	printf("%llu\n", n);
+	qp_queue_free(q);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -102,7 +133,8 @@ main(int argc, char **argv)
 	if (argc < 3) {
 		fprintf(stderr,
 		    "usage: qps_tool put|get|qsize ADDR [...] | ls SERVER | "
-		    "get2 ADDR1 ADDR2 TIMEOUT_MS | putmany ADDR N\n");
+		    "get2 ADDR1 ADDR2 TIMEOUT_MS | putmany ADDR N | putloop "
+		    "ADDR\n");
 		return 1;
 	}
 	const char *cmd = argv[1], *addr = argv[2];
@@ -126,6 +158,9 @@ main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "putmany") == 0 && argc >= 4) {
 		return put_many(addr, strtoull(argv[3], NULL, 10));
+	}
+	if (strcmp(cmd, "putloop") == 0) {
+		return put_loop(addr);
 	}
 	if ((rv = qp_queue_open(&q, addr, strcmp(cmd, "put") == 0 ? &o : NULL))
 	    != QP_OK) {

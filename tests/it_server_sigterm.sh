@@ -34,6 +34,14 @@ fail() {
 }
 ok() { echo "ok   $*"; }
 
+# The clients here redial while the server stops, so connections are still
+# in nng's SP handshake when qpiped closes its socket; nng 1.5.2 then leaks
+# them and the transport endpoint (a cycle of its own objects, allocated in
+# its accept callback). Under LeakSanitizer (the ASan build), leaks whose
+# allocation stack passes through libnng are not counted for these servers.
+printf 'leak:libnng.so.1\n' >"$tmp/lsan.supp"
+export LSAN_OPTIONS="suppressions=$tmp/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+
 # start NAME ARGS...: qpiped on a fresh address; sets $url and $pid.
 start() {
 	local name=$1

@@ -12,10 +12,11 @@
 #   worker1..N        10.213.77.31.. examples/pool_worker (tcp://)
 #   collector         10.213.77.40   docker/collector.sh
 #
-# qpiped runs the image's command and requires a token (QPIPE_TOKEN,
-# random per run) when it has token support; a qpiped without it runs with
-# --insecure, and the script says so. worker1 is made to hang on its first task and is
-# killed with kill -9 while it holds it: the task must still be done once.
+# qpiped runs the image's command and requires a token: QPIPE_TOKEN, random
+# per run, in every container's environment as compose gives it; clients
+# without it or with another are refused. worker1 is made to hang on its
+# first task and is killed with kill -9 while it holds it: the task must
+# still be done once.
 # Exits 0 when the collector and the producer report every result checked,
 # 77 (skipped) where namespaces cannot be made (not root, no ip(8)), 1
 # otherwise. Deletes its namespaces and stops its processes by PID on exit.
@@ -120,24 +121,17 @@ run_in() {
 
 # qpiped runs the image's CMD, qpiped --listen tcp://0.0.0.0:7450 (a fixed
 # port is fine: the namespace is this run's own), the token from
-# QPIPE_TOKEN as compose gives it; a qpiped without token support gets
-# --insecure.
+# QPIPE_TOKEN as compose gives it: serving 0.0.0.0 needs the token.
 URL="tcp://$NET.10:7450"
-if "$BIN/qpiped" --help 2>&1 | grep -q -- --auth-token-file; then
-	export QPIPE_TOKEN
-	QPIPE_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-	auth=()
-	echo "qpiped: token required (QPIPE_TOKEN, random per run, given to every container)"
-else
-	unset QPIPE_TOKEN
-	auth=(--insecure)
-	echo "qpiped: this build has no token support yet: serving with --insecure"
-fi
-run_in qpiped "$BIN/qpiped" --listen tcp://0.0.0.0:7450 ${auth[@]+"${auth[@]}"}
+export QPIPE_TOKEN
+QPIPE_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+echo "qpiped: token required (QPIPE_TOKEN, random per run, given to every container)"
+run_in qpiped "$BIN/qpiped" --listen tcp://0.0.0.0:7450
 
 # The image's HEALTHCHECK, qpipe ping tcp://127.0.0.1:7450, in qpiped's
-# namespace; then, as compose's "depends_on: condition: service_healthy",
-# the clients start once it passes.
+# namespace with the container's environment (its QPIPE_TOKEN); then, as
+# compose's "depends_on: condition: service_healthy", the clients start
+# once it passes.
 for i in $(seq 100); do
 	ip netns exec "${tag}-qpiped" "$BIN/qpipe" ping tcp://127.0.0.1:7450 \
 		>/dev/null 2>"$tmp/ping.err" && break
@@ -148,16 +142,20 @@ echo "healthcheck (qpipe ping tcp://127.0.0.1:7450 in qpiped's namespace): ok"
 ip netns exec "${tag}-collector" "$BIN/qpipe" ping "$URL" >/dev/null 2>"$tmp/ping.err" ||
 	fail "qpipe ping $URL from the collector: $(cat "$tmp/ping.err")"
 echo "qpipe ping $URL from the collector's namespace: ok"
-if [ -n "${QPIPE_TOKEN:-}" ]; then
-	# a client without the token, or with another, gets nothing
-	for t in "" "not-the-token"; do
-		rc=0
+# a client without the token, or with another, gets nothing
+for t in none "not-the-token"; do
+	rc=0
+	if [ "$t" = none ]; then
+		ip netns exec "${tag}-producer" env -u QPIPE_TOKEN \
+			"$BIN/qpipe" size "$URL/$P.tasks" >/dev/null 2>"$tmp/noauth.err" || rc=$?
+	else
 		ip netns exec "${tag}-producer" env QPIPE_TOKEN="$t" \
 			"$BIN/qpipe" size "$URL/$P.tasks" >/dev/null 2>"$tmp/noauth.err" || rc=$?
-		[ "$rc" -eq 2 ] || fail "a client with token '$t' got exit $rc, not 2"
-	done
-	echo "a client without the token or with a wrong one: refused (exit 2: $(head -c 120 "$tmp/noauth.err"))"
-fi
+	fi
+	[ "$rc" -eq 2 ] || fail "a client with token '$t' got exit $rc, not 2"
+	grep -q "token" "$tmp/noauth.err" || fail "a client with token '$t': $(cat "$tmp/noauth.err")"
+done
+echo "a client without the token or with a wrong one: refused (exit 2: $(head -c 120 "$tmp/noauth.err"))"
 
 run_in collector "$here/collector.sh"
 collector_pid=${pids[-1]}

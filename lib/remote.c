@@ -117,6 +117,7 @@ struct qpi_rq {
 	rq_ctx *ack_ctx;
 	int ack_state; /* RQ_ACK_* */
 	bool stopping; /* close: the acker starts nothing new */
+	pid_t pid; /* the process that opened it: nng does not survive fork */
 };
 
 /* ---- small helpers ---- */
@@ -895,21 +896,40 @@ rq_reauth(qpi_rq *r, uint32_t pipe_id)
 	return rv;
 }
 
+/* The process whose remote handles started nng (0: none yet). nng cannot
+ * run in a child forked after it started (it panics), so a child refuses
+ * instead. */
+static pid_t rq_nng_pid;
+
 /* A new handle dialled to a. raw_ok: tcp:// and ipc:// may take the raw
  * SP path (spconn.c) unless QPIPE_TRANSPORT=nng; pipes through the server
  * stay on nng, whose asynchronous contexts their prefetch needs. */
 static int
 rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o, bool raw_ok)
 {
-	qpi_rq *r = calloc(1, sizeof(*r));
+	pid_t me = getpid(), first = 0;
+	qpi_rq *r;
 	pthread_condattr_t ca;
 	int rv;
 
-	if (r == NULL) {
+	if (!__atomic_compare_exchange_n(&rq_nng_pid, &first, me, false,
+	        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+	    && first != me) {
+		return qpi_err(QP_EINVAL,
+		    "cannot reach %s: process %ld, which this one was forked "
+		    "from, already used remote queues, and their network "
+		    "layer "
+		    "(nng) does not survive fork(); open remote queues only "
+		    "in processes that did not inherit one (fork before the "
+		    "first remote open, or exec)",
+		    a->url, (long) first);
+	}
+	if ((r = calloc(1, sizeof(*r))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
 	snprintf(r->url, sizeof(r->url), "%s", a->url);
 	snprintf(r->name, sizeof(r->name), "%s", a->name);
+	r->pid = getpid();
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_mutex_init(&r->auth_mu, NULL);
 	pthread_condattr_init(&ca);
@@ -1024,6 +1044,11 @@ qpi_rq_close(qpi_rq *r)
 		return QP_OK;
 	}
 	r->closed = true;
+	if (r->pid != getpid()) {
+		/* A forked child's copy: the connection is the parent's, and
+		 * nng must not be called here. */
+		return QP_OK;
+	}
 	if (r->ack_ctx != NULL) {
 		rq_ack_drain(r);
 	}
@@ -1059,6 +1084,12 @@ qpi_rq_free(qpi_rq *r)
 		return;
 	}
 	qpi_rq_close(r);
+	if (r->pid != getpid()) {
+		/* A forked child's copy: its nng objects are left alone (they
+		 * are the parent's, and nng must not be called here). */
+		r->pool = NULL;
+		r->ack_ctx = NULL;
+	}
 	while (r->pool != NULL) {
 		rq_ctx *c = r->pool;
 		r->pool = c->next;
@@ -1090,6 +1121,12 @@ qpi_rq_free(qpi_rq *r)
 static int
 rq_check(qpi_rq *r)
 {
+	if (r->pid != getpid()) {
+		return qpi_err(QP_EINVAL,
+		    "queue %s/%s was opened in process %ld: a remote handle "
+		    "does not survive fork(); open the queue in this process",
+		    r->url, r->name, (long) r->pid);
+	}
 	if (r->closed) {
 		return qpi_err(
 		    QP_ECLOSED, "queue %s/%s is closed", r->url, r->name);

@@ -53,7 +53,7 @@ struct qps_worker {
 
 static struct {
 	pthread_mutex_t mu;
-	pthread_cond_t cv; /* on CLOCK_MONOTONIC: a worker rested */
+	pthread_cond_t cv; /* on CLOCK_MONOTONIC: a worker finished */
 	nng_socket sock;
 	bool open;
 	bool closing;
@@ -142,6 +142,9 @@ net_top_up(void)
 static bool
 worker_finish_locked(qps_worker *w)
 {
+	/* qps_net_drain waits for the last reply in flight: wake it
+	 * whichever way this worker goes. */
+	pthread_cond_broadcast(&net.cv);
 	if (!net.closing && net.nrecv < QPS_RECV_TARGET) {
 		net.nrecv++;
 		w->state = W_RECV;
@@ -151,7 +154,6 @@ worker_finish_locked(qps_worker *w)
 	w->next = net.idle;
 	net.idle = w;
 	net.nidle++;
-	pthread_cond_broadcast(&net.cv);
 	return false;
 }
 
@@ -451,13 +453,19 @@ qps_net_peer(uint32_t pipe_id, char *buf, size_t len)
 	}
 }
 
+/* A connection is admitted (or refused: draining, far over the limit)
+ * before the protocol starts on it (NNG_PIPE_EV_ADD_PRE), as nng's
+ * documentation asks of a callback that rejects: a pipe closed later, in
+ * ADD_POST, already has rep0's receive posted, and with nng 1.5.2 the
+ * reaper can then wait for that receive for ever, and nng_close with it
+ * (a client redialling while qpiped drained hung the server's exit). */
 static void
 net_pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
 	uint32_t id = (uint32_t) nng_pipe_id(p);
 
 	(void) arg;
-	if (ev == NNG_PIPE_EV_ADD_POST) {
+	if (ev == NNG_PIPE_EV_ADD_PRE) {
 		char from[160] = "";
 		nng_sockaddr sa;
 		if (qps_log_level >= QPS_LOG_DEBUG
@@ -595,7 +603,7 @@ qps_net_start(const qps_config *cfg, char urls[][QPI_URL_MAX + 1])
 	net.open = true;
 	nng_socket_set_size(
 	    net.sock, NNG_OPT_RECVMAXSZ, cfg->max_message + QPS_FRAME_SLACK);
-	nng_pipe_notify(net.sock, NNG_PIPE_EV_ADD_POST, net_pipe_cb, NULL);
+	nng_pipe_notify(net.sock, NNG_PIPE_EV_ADD_PRE, net_pipe_cb, NULL);
 	nng_pipe_notify(net.sock, NNG_PIPE_EV_REM_POST, net_pipe_cb, NULL);
 	for (size_t i = 0; i < cfg->nlisten; i++) {
 		if ((rv = net_listen_one(cfg, cfg->listen[i], urls[i]))

@@ -1088,6 +1088,14 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 	qps_handled h;
 	ops_conn *c;
 
+	if (ops.shutdown) {
+		/* The last replies are out and the workers are about to go:
+		 * nothing is applied now, and nothing may park (a durable
+		 * ack's sync would answer a worker already freed). An ack
+		 * left unapplied is a lease the shutdown gave back. */
+		*repp = NULL;
+		return QPS_REPLY;
+	}
 	if ((c = conn_get(pipe_id)) == NULL) {
 		/* Its connection is gone (or memory is): nobody to answer. */
 		*repp = NULL;
@@ -1351,9 +1359,11 @@ qps_ops_shutdown(void)
 {
 	uint64_t total = 0;
 
+	pthread_mutex_lock(&ops.mu);
+	ops.shutdown = true; /* from here no request parks on the sync */
+	pthread_mutex_unlock(&ops.mu);
 	qps_q_sync_drain(); /* durable puts' replies waiting for the disk */
 	pthread_mutex_lock(&ops.mu);
-	ops.shutdown = true;
 	qps_htab_each(&ops.conns, conn_drop_cb, &total);
 	pthread_mutex_unlock(&ops.mu);
 	if (total > 0) {

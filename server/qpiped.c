@@ -84,10 +84,12 @@ usage(FILE *f)
 	    "                          interval:MS (default interval:100)\n"
 	    "  --help, --version\n"
 	    "\n"
-	    "BYTES take a K, M or G suffix (powers of 1024). SIGTERM or "
-	    "SIGINT "
-	    "stops\n"
-	    "accepting, finishes the replies in flight and exits 0.\n");
+	    "BYTES take a K, M or G suffix (powers of 1024).\n"
+	    "\n"
+	    "SIGTERM or SIGINT: new connections and requests are refused,\n"
+	    "waiting gets and puts are answered (their clients retry), the\n"
+	    "replies in flight are finished, durable puts synced, and qpiped\n"
+	    "exits 0.\n");
 }
 
 /* Parses a byte count with an optional K/M/G suffix. */

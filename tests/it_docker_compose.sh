@@ -27,6 +27,12 @@ if grep -A30 '^  worker:' "$T/config" | grep -q container_name; then
 else
 	ok "worker scales (no container_name)"
 fi
+# qpiped authenticates its clients with that token: nothing serves without.
+if grep -q -- '--insecure' "$T/config" "$dc/Dockerfile" "$dc/demo.sh"; then
+	bad "token, not --insecure" "--insecure appears in compose, Dockerfile or demo.sh"
+else
+	ok "no --insecure anywhere: qpiped needs the token"
+fi
 grep -q 'shm_size: 512m' "$T/config" && ok "qpiped has room in /dev/shm" ||
 	bad "shm_size" "qpiped's shm_size is not 512m"
 

@@ -7,6 +7,16 @@
  *   qps_tool get ADDR [TIMEOUT_MS]         write one item's bytes to stdout
  *   qps_tool qsize ADDR                    print the number of items
  *   qps_tool ls SERVER                     print "name items" per queue
+ *   qps_tool get2 ADDR1 ADDR2 TIMEOUT_MS   open both (create), then get
+ *                                          from ADDR1: two handles, one
+ *                                          process
+ *   qps_tool putmany ADDR N                put_many batches of 256 small
+ *                                          items until N are put or one
+ *                                          fails
+ *   qps_tool putloop ADDR                  put small items into a durable
+ *                                          queue (fsync always) until one
+ *                                          fails; print how many were
+ *                                          acknowledged
  *
  * Exit status: 0, or the qp_err code of the failure (its message on
  * stderr).
@@ -25,6 +35,94 @@ fail(const char *what, int rv)
 	return rv;
 }
 
+/* Two remote handles in one process (each its own connection), blocked
+ * in a get on the first: what a worker holding a tasks and a results
+ * queue looks like to the server. */
+static int
+get_two(const char *a1, const char *a2, qp_duration t)
+{
+	qp_queue_opts o = {.flags = QP_OPEN_CREATE};
+	qp_queue *q1 = NULL, *q2 = NULL;
+	void *buf;
+	size_t len;
+	int rv;
+
+	if ((rv = qp_queue_open(&q1, a1, &o)) != QP_OK
+	    || (rv = qp_queue_open(&q2, a2, &o)) != QP_OK) {
+		qp_queue_free(q1);
+		return fail("open", rv);
+	}
+	fprintf(stderr, "qps_tool: both open\n");
+	if ((rv = qp_queue_get(q1, &buf, &len, t)) == QP_OK) {
+		fwrite(buf, 1, len, stdout);
+		qp_free(buf);
+	} else {
+		rv = fail("get", rv);
+	}
+	qp_queue_free(q2);
+	qp_queue_free(q1);
+	return rv;
+}
+
+/* put_many in batches of 256 items of 64 bytes until n are put. */
+static int
+put_many(const char *addr, unsigned long long n)
+{
+	enum { BATCH = 256 };
+	qp_queue_opts o = {.flags = QP_OPEN_CREATE};
+	static char item[64];
+	const void *bufs[BATCH];
+	size_t lens[BATCH];
+	qp_queue *q;
+	int rv;
+
+	memset(item, 'x', sizeof(item));
+	for (size_t i = 0; i < BATCH; i++) {
+		bufs[i] = item;
+		lens[i] = sizeof(item);
+	}
+	if ((rv = qp_queue_open(&q, addr, &o)) != QP_OK) {
+		return fail("open", rv);
+	}
+	fprintf(stderr, "qps_tool: open\n");
+	for (unsigned long long done = 0; done < n; done += BATCH) {
+		if ((rv = qp_queue_put_many(q, bufs, lens, BATCH, 10000))
+		    != QP_OK) {
+			qp_queue_free(q);
+			return fail("put_many", rv);
+		}
+	}
+	qp_queue_free(q);
+	return 0;
+}
+
+/* Puts into a durable queue (fsync always) until a put fails; prints the
+ * number acknowledged. */
+static int
+put_loop(const char *addr)
+{
+	qp_queue_opts o
+	    = {.flags = QP_OPEN_CREATE | QP_OPEN_DURABLE, .fsync = "always"};
+	unsigned long long n = 0;
+	char item[64];
+	qp_queue *q;
+	int rv;
+
+	memset(item, 'd', sizeof(item));
+	if ((rv = qp_queue_open(&q, addr, &o)) != QP_OK) {
+		return fail("open", rv);
+	}
+	fprintf(stderr, "qps_tool: open\n");
+	while ((rv = qp_queue_put(q, item, sizeof(item), 10000)) == QP_OK) {
+		n++;
+	}
+	fprintf(stderr, "qps_tool: put %llu: %s: %s\n", n, qp_strerror(rv),
+	    qp_errmsg());
+	printf("%llu\n", n);
+	qp_queue_free(q);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -34,7 +132,9 @@ main(int argc, char **argv)
 
 	if (argc < 3) {
 		fprintf(stderr,
-		    "usage: qps_tool put|get|qsize ADDR [...] | ls SERVER\n");
+		    "usage: qps_tool put|get|qsize ADDR [...] | ls SERVER | "
+		    "get2 ADDR1 ADDR2 TIMEOUT_MS | putmany ADDR N | putloop "
+		    "ADDR\n");
 		return 1;
 	}
 	const char *cmd = argv[1], *addr = argv[2];
@@ -52,6 +152,15 @@ main(int argc, char **argv)
 		}
 		qp_free(l);
 		return 0;
+	}
+	if (strcmp(cmd, "get2") == 0 && argc >= 5) {
+		return get_two(addr, argv[3], atoll(argv[4]));
+	}
+	if (strcmp(cmd, "putmany") == 0 && argc >= 4) {
+		return put_many(addr, strtoull(argv[3], NULL, 10));
+	}
+	if (strcmp(cmd, "putloop") == 0) {
+		return put_loop(addr);
 	}
 	if ((rv = qp_queue_open(&q, addr, strcmp(cmd, "put") == 0 ? &o : NULL))
 	    != QP_OK) {

@@ -404,6 +404,53 @@ test_remote_missing_queue(void **state)
 	scenario(missing_body, NULL);
 }
 
+/* ---- fork(): a remote handle stays with the process that opened it ---- */
+
+static void
+forked_body(void *arg)
+{
+	tsrv s = {0};
+	char addr[400], name[64];
+	qp_queue *q, *q2 = NULL;
+	size_t n;
+	pid_t pid;
+
+	CHECK(tsrv_start(&s, "tcp") == 0);
+	qname(name, sizeof(name), "fork");
+	qaddr(addr, sizeof(addr), &s, name);
+	q = open_q(addr, QP_OPEN_CREATE, 0, 0);
+	put_str(q, "kept");
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		/* nng's threads stayed in the parent: a clear error, no
+		 * panic, for the inherited handle and for a new one. */
+		memset(tsrv_live, 0, sizeof(tsrv_live));
+		CHECK_EQ(qp_queue_put(q, "x", 1, 0), QP_EINVAL);
+		CHECK(strstr(qp_errmsg(), "fork()") != NULL);
+		CHECK_EQ(qp_queue_qsize(q, &n), QP_EINVAL);
+		CHECK_EQ(qp_queue_open(&q2, addr, NULL), QP_EINVAL);
+		CHECK(strstr(qp_errmsg(), "fork()") != NULL);
+		qp_queue_free(q);
+		/* Not exit(): the heap is the parent's copy, nng's included.
+		 */
+		_exit(0);
+	}
+	CHECK_EQ(reap(pid), 0);
+	/* The parent's handle works on, and the child put nothing. */
+	CHECK_EQ(qp_queue_qsize(q, &n), QP_OK);
+	CHECK_EQ(n, 1);
+	get_str(q, "kept", 1000);
+	qp_queue_free(q);
+	CHECK(tsrv_stop(&s));
+}
+
+static void
+test_remote_forked_child(void **state)
+{
+	scenario(forked_body, NULL);
+}
+
 /* ---- local and remote clients on one queue ---- */
 
 typedef struct mixed_ctx {
@@ -1692,6 +1739,7 @@ main(void)
 	    cmocka_unit_test(test_remote_parity_ipc),
 	    cmocka_unit_test(test_remote_refused),
 	    cmocka_unit_test(test_remote_missing_queue),
+	    cmocka_unit_test(test_remote_forked_child),
 	    cmocka_unit_test(test_remote_mixed_local),
 	    cmocka_unit_test(test_remote_4x4_exactly_once),
 	    cmocka_unit_test(test_remote_client_killed_lease),

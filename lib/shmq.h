@@ -325,6 +325,7 @@ enum qpi_shmq_hook_point {
 	QPI_HOOK_COMMIT, /* consumer journal committed, not applied */
 	QPI_HOOK_APPLY, /* partly applied */
 	QPI_HOOK_WAKE, /* a waker chose a sleeper, wake-up not yet delivered */
+	QPI_HOOK_DONE, /* a put, get or task_done committed, lock held */
 };
 extern void (*qpi_shmq_test_hook)(int point);
 

@@ -11,8 +11,12 @@
  * take both). A put commits by stamping its record; consumers find records
  * by their stamps, so they never read the producer's counters on the fast
  * path. Consumer-side changes go through a journal (tx_*). Wake-ups use
- * futex words with per-slot sleeper bits.
+ * futex words with per-slot sleeper bits; a waker wakes under its lock
+ * before its commit, and task_done takes the consumer lock for that (see
+ * sq_settle). A sleeper may take either lock briefly, alone, to wait for
+ * a change in flight.
  */
+#define _GNU_SOURCE /* pthread_mutex_clocklock */
 #include "shmq.h"
 #include "futex.h"
 #include "wire.h"
@@ -563,8 +567,11 @@ sq_lock_held(pthread_mutex_t *m)
 #endif
 }
 
+/* Takes the side's lock, repairing it if its owner died; waits until
+ * deadline (absolute CLOCK_MONOTONIC ns, INT64_MAX = forever): QP_OK,
+ * QP_ETIMEDOUT, QP_ECORRUPT. */
 static int
-sq_lock(qpi_shmq *q, sq_side *s)
+sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 {
 	int rc = pthread_mutex_trylock(&s->lock);
 
@@ -575,8 +582,15 @@ sq_lock(qpi_shmq *q, sq_side *s)
 				rc = pthread_mutex_trylock(&s->lock);
 			}
 		}
-		if (rc == EBUSY) {
+		if (rc == EBUSY && deadline == INT64_MAX) {
 			rc = pthread_mutex_lock(&s->lock);
+		} else if (rc == EBUSY) {
+			struct timespec ts = qpi_ts_from_ns(deadline);
+			rc = pthread_mutex_clocklock(
+			    &s->lock, CLOCK_MONOTONIC, &ts);
+			if (rc == ETIMEDOUT) {
+				return QP_ETIMEDOUT;
+			}
 		}
 	}
 	if (rc == EOWNERDEAD) {
@@ -599,6 +613,12 @@ sq_lock(qpi_shmq *q, sq_side *s)
 		    q->label);
 	}
 	return QP_OK;
+}
+
+static int
+sq_lock(qpi_shmq *q, sq_side *s)
+{
+	return sq_lock_until(q, s, INT64_MAX);
 }
 
 static inline void
@@ -815,11 +835,11 @@ sq_watch_bump(qpi_shmq *q)
 typedef bool (*sq_pred)(qpi_shmq *q, const void *arg);
 
 /* Waits until the lock is free (taking it, repairing it if its owner
- * died, and releasing it at once), if it is held. */
+ * died, and releasing it at once), if it is held; not past deadline. */
 static void
-sq_pass(qpi_shmq *q, sq_side *s)
+sq_pass(qpi_shmq *q, sq_side *s, int64_t deadline)
 {
-	if (sq_lock_held(&s->lock) && sq_lock(q, s) == QP_OK) {
+	if (sq_lock_held(&s->lock) && sq_lock_until(q, s, deadline) == QP_OK) {
 		sq_unlock(s);
 	}
 }
@@ -839,12 +859,12 @@ sq_pass(qpi_shmq *q, sq_side *s)
  * at any instant thus never leaves a sleeper that is owed a wake-up
  * asleep, whether or not anyone else runs. */
 static void
-sq_settle(qpi_shmq *q, int e)
+sq_settle(qpi_shmq *q, int e, int64_t deadline)
 {
 	if (e == EV_NE) {
-		sq_pass(q, &q->h->ps);
+		sq_pass(q, &q->h->ps, deadline);
 	}
-	sq_pass(q, &q->h->gs);
+	sq_pass(q, &q->h->gs, deadline);
 }
 
 /* Polls pred for a few microseconds: true if it held (or q closed). */
@@ -893,7 +913,7 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 		__atomic_fetch_add(&ev->extra, 1, __ATOMIC_SEQ_CST);
 		s = LDA(&ev->seq);
 	}
-	sq_settle(q, e);
+	sq_settle(q, e, deadline);
 	if (!sq_closed(q) && !pred(q, arg)) {
 		rc = qpi_futex_wait(
 		    i >= 0 ? &ev->who[i].word : &ev->seq, s, deadline);

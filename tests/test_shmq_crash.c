@@ -829,6 +829,56 @@ test_shmq_crash_release_killed_after_commit(void **state)
 	munmap(box, sizeof(*box));
 }
 
+/* Stops the calling process for good where it holds the producer lock. */
+static void
+stall_locked(int point)
+{
+	if (point == QPI_HOOK_PUT_LOCKED) {
+		for (;;) {
+			pause();
+		}
+	}
+}
+
+/* A put stalls (stopped, say) while it holds the producer lock: a get
+ * with a timeout, which before it sleeps waits for a put in flight,
+ * still returns empty at its deadline. */
+static void
+test_shmq_crash_get_deadline_with_put_stalled(void **state)
+{
+	qpi_shmq_cfg c = {.capacity = 64 * 1024};
+	uint8_t *buf = malloc(MAXITEM);
+	qpi_shmq *q;
+	size_t len;
+
+	(void) state;
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	pid_t w = wk_pids[WK_SLEEPERS] = fork();
+	assert_true(w >= 0);
+	if (w == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		qpi_shmq_test_hook = stall_locked;
+		qu_fill(buf, 1, 100);
+		_exit(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0) == QP_OK ? 0
+		                                                          : 1);
+	}
+	qu_sleep_ms(50);
+	int64_t t0 = qu_now_us();
+	assert_int_equal(
+	    qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, qpi_deadline_ns(200)),
+	    QP_EEMPTY);
+	int64_t took = qu_now_us() - t0;
+	assert_true(took >= 190000 && took < 1000000);
+	/* The stalled put dies: its lock is repaired, nothing was put. */
+	kill(w, SIGKILL);
+	assert_int_equal(qu_wait(w), 128 + SIGKILL);
+	wk_pids[WK_SLEEPERS] = 0;
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
+}
+
 int
 main(void)
 {
@@ -847,6 +897,8 @@ main(void)
 	        test_shmq_crash_task_done_killed_after_commit, wake_teardown),
 	    cmocka_unit_test_teardown(
 	        test_shmq_crash_release_killed_after_commit, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_get_deadline_with_put_stalled, wake_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -829,6 +829,51 @@ test_shmq_crash_release_killed_after_commit(void **state)
 	munmap(box, sizeof(*box));
 }
 
+/* Two getters sleep; the first is killed in its sleep (its bit still
+ * set), then a put is killed after its commit: the waker, finding nobody
+ * on the dead getter's word, wakes the next, which gets the item within
+ * 100 ms of the kill. */
+static void
+test_shmq_crash_dead_sleeper_skipped(void **state)
+{
+	wake_box *box = qu_shared(sizeof(*box));
+	uint8_t *buf = malloc(MAXITEM);
+	qpi_shmq_cfg c = {.capacity = 64 * 1024};
+	qpi_shmq *q;
+
+	(void) state;
+	assert_non_null(box);
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	/* wk_pids[1] sleeps first (the lower slot: woken first), then
+	 * wk_pids[0]. */
+	for (int k = 1; k >= 0; k--) {
+		pid_t p = wk_pids[k] = fork();
+		assert_true(p >= 0);
+		if (p == 0) {
+			size_t len;
+			uint64_t id = UINT64_MAX;
+			int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len,
+			    qpi_deadline_ns(KC_DEADLINE_MS));
+			box->done_us[k] = qu_now_us();
+			_exit(rc == QP_OK && qu_check(buf, len, &id) && id == 4
+			        ? 0
+			        : 1);
+		}
+		wait_sleepers(q, true, 2 - (uint64_t) k);
+	}
+	kill(wk_pids[1], SIGKILL);
+	assert_int_equal(qu_wait(wk_pids[1]), 128 + SIGKILL);
+	wk_pids[1] = 0;
+	qu_fill(buf, 4, 100);
+	int64_t tk = kill_at(q, 0, QPI_HOOK_DONE, buf);
+	kc_check(box, tk, "the live getter", QPI_HOOK_DONE);
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
+	munmap(box, sizeof(*box));
+}
+
 /* Stops the calling process for good where it holds the producer lock. */
 static void
 stall_locked(int point)
@@ -897,6 +942,8 @@ main(void)
 	        test_shmq_crash_task_done_killed_after_commit, wake_teardown),
 	    cmocka_unit_test_teardown(
 	        test_shmq_crash_release_killed_after_commit, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_dead_sleeper_skipped, wake_teardown),
 	    cmocka_unit_test_teardown(
 	        test_shmq_crash_get_deadline_with_put_stalled, wake_teardown),
 	};

@@ -39,6 +39,7 @@
  */
 #define _GNU_SOURCE /* pipe2 */
 #include "cli.h"
+#include "futex.h"
 #include "qpi.h"
 #include "queue.h"
 #include "shmq.h"
@@ -781,7 +782,7 @@ slot_open(wk *w, wk_slot *s)
 		if (w->shm_path[0] == '\0') {
 			struct stat st;
 			snprintf(w->shm_path, sizeof(w->shm_path),
-			    "/dev/shm/qpipe.%s", a.name);
+			    "%s/qpipe.%s", qpi_shm_dir(), a.name);
 			if (stat(w->shm_path, &st) != 0) {
 				fprintf(stderr,
 				    "qpipe: worker %s: cannot find %s: %s\n",

@@ -228,6 +228,7 @@ struct qpi_shmq {
 	uint64_t max_msg;
 	uint64_t maxsize;
 	uint64_t salt;
+	uint64_t bb_seen; /* gv.bbacked as last seen (producer lock) */
 	int64_t created_ms;
 	uint32_t nslots;
 	int closed;
@@ -1068,16 +1069,45 @@ sq_back(qpi_shmq *q, uint64_t *markp, uint64_t want, uint64_t off,
 	if (e != 0) {
 		return sq_enospc(q, e, (to - mark) * unit, what);
 	}
-	ST(markp, to);
+	/* Only grows; [0, mark) has memory whoever moved it (the lease
+	 * area's mark moves under either lock, see sq_back_lease). */
+	while (mark < to
+	    && !__atomic_compare_exchange_n(
+	        markp, &mark, to, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+	}
 	return QP_OK;
 }
 
-/* Consumer lock held: blocks [0, n) of the lease area get memory. */
+/* Blocks [0, n) of the lease area get memory (consumer lock held). */
 static int
 sq_back_blocks(qpi_shmq *q, uint64_t n)
 {
 	return sq_back(q, &q->h->gv.bbacked, n, q->h->blocks_off, SQ_BLOCK,
 	    q->nblocks, "lease area");
+}
+
+/* Producer lock held, before a put of an item of len bytes writes
+ * anything: the lease area must have memory for that item, so that
+ * whatever the ring holds can be leased (qpiped's gets), one item at a
+ * time at least, however full the file system gets. One compare once
+ * the lease area has room for the largest item seen. */
+static inline int
+sq_back_lease(qpi_shmq *q, uint64_t len)
+{
+	uint64_t nb = (len + SQ_BLOCK - 1) / SQ_BLOCK;
+
+	if (nb > q->nblocks) {
+		nb = q->nblocks;
+	}
+	if (__builtin_expect(nb <= q->bb_seen, 1)) {
+		return QP_OK;
+	}
+	/* A mark only grows: a copy of it seen once stays true. */
+	q->bb_seen = LD(&q->h->gv.bbacked);
+	if (nb <= q->bb_seen) {
+		return QP_OK;
+	}
+	return sq_back_blocks(q, nb);
 }
 
 /* Takes n blocks for a lease: the freed ones first, then never used
@@ -1687,8 +1717,9 @@ sq_try_put(
 		    "%s is full (no room for an item of %zu bytes)", q->label,
 		    len);
 	}
-	if ((rc = sq_back_ring(q, tail, sq_need(q, tail, size), size))
-	    != QP_OK) {
+	if ((rc = sq_back_lease(q, len)) != QP_OK
+	    || (rc = sq_back_ring(q, tail, sq_need(q, tail, size), size))
+	        != QP_OK) {
 		sq_unlock(&h->ps);
 		return rc;
 	}
@@ -1810,7 +1841,14 @@ sq_try_put_many(
 		    "%s is full (no room for a batch of %zu items)", q->label,
 		    n);
 	}
-	uint64_t next = tail + (q->cap - sq_off(q, tail));
+	uint64_t next = tail + (q->cap - sq_off(q, tail)), big = 0;
+	for (size_t i = 0; i < n; i++) {
+		big = items[i].len > big ? items[i].len : big;
+	}
+	if ((rc = sq_back_lease(q, big)) != QP_OK) {
+		sq_unlock(&h->ps);
+		return rc;
+	}
 	if ((rc = sq_back_ring(
 	         q, tail, need, sq_batch_need(q, next, items, n)))
 	    != QP_OK) {

@@ -47,6 +47,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -89,7 +90,7 @@ struct wk {
 	const char *addr;
 	const char *raddr;
 	char dead_addr[QPI_URL_MAX + QP_NAME_MAX + 16];
-	char shm_path[QP_NAME_MAX + 32]; /* local: the segment's file */
+	char shm_path[PATH_MAX]; /* local: the segment's file */
 	ino_t shm_ino;
 	uint64_t owner; /* local: this process as a lease owner */
 	int64_t shm_lease_ms; /* local: -1 = until confirmed */

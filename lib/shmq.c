@@ -1057,6 +1057,9 @@ sq_back(qpi_shmq *q, uint64_t *markp, uint64_t want, uint64_t off,
 	uint64_t to = want - mark < step ? mark + step : want;
 	int e;
 
+	if (want <= mark) {
+		return QP_OK; /* moved meanwhile (the lease area's) */
+	}
 	if (to > lim) {
 		to = lim;
 	}

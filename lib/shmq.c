@@ -1637,8 +1637,8 @@ out:
  * the ring has room for a pad up to its end, a pad ends this lap (only
  * its header is written) and the tail moves on to the next; the caller
  * re-reads the tail. Else QP_ENOSPC, nothing written. */
-static int
-sq_back_ring(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
+static int __attribute__((noinline))
+sq_back_ring_slow(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
 {
 	sq_hdr *h = q->h;
 	uint64_t off = sq_off(q, tail), rem = q->cap - off;
@@ -1648,7 +1648,7 @@ sq_back_ring(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
 	if (want > q->cap) {
 		want = q->cap;
 	}
-	if (__builtin_expect(want <= LD(&h->pp.backed), 1)) {
+	if (want <= LD(&h->pp.backed)) {
 		return QP_OK;
 	}
 	rc = sq_back(q, &h->pp.backed, want, h->ring_off, 1, q->cap, "ring");
@@ -1672,6 +1672,17 @@ sq_back_ring(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
 	STR(&p->stamp, sq_stamp(q, tail));
 	STR(&h->pp.tail, tail + rem);
 	return QP_OK;
+}
+
+static inline int
+sq_back_ring(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
+{
+	if (__builtin_expect(
+	        sq_off(q, tail) + need + SQ_REC_HDR <= LD(&q->h->pp.backed),
+	        1)) {
+		return QP_OK;
+	}
+	return sq_back_ring_slow(q, tail, need, need0);
 }
 
 static int

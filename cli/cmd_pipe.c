@@ -5,6 +5,7 @@
  * the server there). Single-threaded.
  */
 #include "cli.h"
+#include "futex.h"
 #include "qpi.h"
 #include "wire.h"
 
@@ -210,12 +211,12 @@ info_cmp(const void *x, const void *y)
 	    ((const qp_queue_info *) y)->name);
 }
 
-/* This host's shared-memory queues: every /dev/shm/qpipe.NAME that opens
- * as a queue. */
+/* This host's shared-memory queues: every /dev/shm/qpipe.NAME (or in
+ * $QPIPE_SHM_DIR) that opens as a queue. */
 static int
 ls_local(qp_queue_info **listp, size_t *np)
 {
-	DIR *d = opendir("/dev/shm");
+	DIR *d = opendir(qpi_shm_dir());
 	qp_queue_info *v = NULL;
 	size_t n = 0, cap = 0;
 	struct dirent *e;
@@ -223,7 +224,7 @@ ls_local(qp_queue_info **listp, size_t *np)
 	*listp = NULL;
 	*np = 0;
 	if (d == NULL) {
-		return qpi_err(QP_ESYSTEM, "cannot read /dev/shm");
+		return qpi_err(QP_ESYSTEM, "cannot read %s", qpi_shm_dir());
 	}
 	while ((e = readdir(d)) != NULL) {
 		const char *name = e->d_name + 6;

@@ -39,6 +39,7 @@
  */
 #define _GNU_SOURCE /* pipe2 */
 #include "cli.h"
+#include "futex.h"
 #include "qpi.h"
 #include "queue.h"
 #include "shmq.h"
@@ -46,6 +47,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -88,7 +90,7 @@ struct wk {
 	const char *addr;
 	const char *raddr;
 	char dead_addr[QPI_URL_MAX + QP_NAME_MAX + 16];
-	char shm_path[QP_NAME_MAX + 32]; /* local: the segment's file */
+	char shm_path[PATH_MAX]; /* local: the segment's file */
 	ino_t shm_ino;
 	uint64_t owner; /* local: this process as a lease owner */
 	int64_t shm_lease_ms; /* local: -1 = until confirmed */
@@ -781,7 +783,7 @@ slot_open(wk *w, wk_slot *s)
 		if (w->shm_path[0] == '\0') {
 			struct stat st;
 			snprintf(w->shm_path, sizeof(w->shm_path),
-			    "/dev/shm/qpipe.%s", a.name);
+			    "%s/qpipe.%s", qpi_shm_dir(), a.name);
 			if (stat(w->shm_path, &st) != 0) {
 				fprintf(stderr,
 				    "qpipe: worker %s: cannot find %s: %s\n",

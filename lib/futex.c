@@ -1,9 +1,17 @@
 /*
  * futex.c - process-shared futex waits with absolute deadlines, and the
- * shared-memory segments that queues and pipes live in (POSIX shm_open under
- * /dev/shm, named "/qpipe.<name>", or anonymous MAP_SHARED memory for
- * queues and pipes shared across fork()). No locking of its own.
+ * shared-memory segments that queues and pipes live in (files on the tmpfs
+ * /dev/shm, or $QPIPE_SHM_DIR, named "qpipe.<name>", as shm_open() makes
+ * them; or anonymous MAP_SHARED memory for queues and pipes shared across
+ * fork()). A named segment is sparse: a page is backed when first written,
+ * and writing one when the tmpfs is full raises SIGBUS, so its users
+ * reserve pages first (qpi_shm_reserve, fallocate: ENOSPC is an error
+ * instead). Anonymous shared memory lives on the kernel's internal tmpfs,
+ * which has no size limit: it is bounded by memory and overcommit like
+ * any allocation (an exhausted machine or cgroup invokes the OOM killer,
+ * not SIGBUS), so it is not reserved. No locking of its own.
  */
+#define _GNU_SOURCE /* fallocate */
 #include "futex.h"
 #include "qpi.h"
 
@@ -12,6 +20,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -57,31 +66,60 @@ qpi_futex_wake_or(uint32_t *word, uint32_t bits, int n)
 	return rv > 0 ? (int) rv : 0;
 }
 
+const char *
+qpi_shm_dir(void)
+{
+	const char *d = getenv("QPIPE_SHM_DIR");
+
+	return d != NULL && d[0] != '\0' ? d : "/dev/shm";
+}
+
 static void
 shm_path(const char *name, char *buf, size_t len)
 {
-	snprintf(buf, len, "/qpipe.%s", name);
+	snprintf(buf, len, "%s/qpipe.%s", qpi_shm_dir(), name);
+}
+
+int
+qpi_shm_reserve(const qpi_shm *shm, uint64_t off, uint64_t len)
+{
+	if (shm->fd < 0 || len == 0) {
+		return 0;
+	}
+	/* tmpfs allocates every page of the range, or none (it undoes a
+	 * partial allocation on failure). */
+	for (int i = 0; i < 100; i++) {
+		if (fallocate(shm->fd, 0, (off_t) off, (off_t) len) == 0) {
+			return 0;
+		}
+		if (errno != EINTR) {
+			return errno;
+		}
+	}
+	return EINTR;
 }
 
 int
 qpi_shm_create(const char *name, size_t size, qpi_shm *shm)
 {
-	char path[QP_NAME_MAX + 16];
+	char path[PATH_MAX];
 	int fd;
 
+	/* What shm_open() does, in a directory of our choice. */
 	shm_path(name, path, sizeof(path));
-	fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+	fd = open(
+	    path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		if (errno == EEXIST) {
 			return qpi_err(QP_EEXIST, "shm://%s exists", name);
 		}
-		return qpi_err(
-		    QP_ESYSTEM, "shm_open %s: %s", path, strerror(errno));
+		return qpi_err(errno == ENOSPC ? QP_ENOSPC : QP_ESYSTEM,
+		    "cannot create %s: %s", path, strerror(errno));
 	}
 	if (ftruncate(fd, (off_t) size) != 0) {
 		int e = errno;
 		close(fd);
-		shm_unlink(path);
+		unlink(path);
 		return qpi_err(
 		    e == ENOSPC || e == EFBIG ? QP_ENOSPC : QP_ESYSTEM,
 		    "cannot size shm://%s to %zu bytes: %s", name, size,
@@ -89,33 +127,34 @@ qpi_shm_create(const char *name, size_t size, qpi_shm *shm)
 	}
 	void *base
 	    = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
 	if (base == MAP_FAILED) {
 		int e = errno;
-		shm_unlink(path);
+		close(fd);
+		unlink(path);
 		return qpi_err(
 		    QP_ENOMEM, "cannot map shm://%s: %s", name, strerror(e));
 	}
 	shm->base = base;
 	shm->size = size;
+	shm->fd = fd;
 	return QP_OK;
 }
 
 int
 qpi_shm_open(const char *name, qpi_shm *shm)
 {
-	char path[QP_NAME_MAX + 16];
+	char path[PATH_MAX];
 	struct stat st;
 	int fd;
 
 	shm_path(name, path, sizeof(path));
-	fd = shm_open(path, O_RDWR, 0);
+	fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0) {
 		if (errno == ENOENT) {
 			return qpi_err(QP_ENOENT, "no queue shm://%s", name);
 		}
 		return qpi_err(
-		    QP_ESYSTEM, "shm_open %s: %s", path, strerror(errno));
+		    QP_ESYSTEM, "cannot open %s: %s", path, strerror(errno));
 	}
 	if (fstat(fd, &st) != 0 || st.st_size <= 0) {
 		close(fd);
@@ -124,24 +163,25 @@ qpi_shm_open(const char *name, qpi_shm *shm)
 	}
 	void *base = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE,
 	    MAP_SHARED, fd, 0);
-	close(fd);
 	if (base == MAP_FAILED) {
-		return qpi_err(QP_ENOMEM, "cannot map shm://%s: %s", name,
-		    strerror(errno));
+		int e = errno;
+		close(fd);
+		return qpi_err(
+		    QP_ENOMEM, "cannot map shm://%s: %s", name, strerror(e));
 	}
 	shm->base = base;
 	shm->size = (size_t) st.st_size;
+	shm->fd = fd;
 	return QP_OK;
 }
 
 int
 qpi_shm_link(const char *from, const char *to)
 {
-	/* shm_open() keeps its segments in /dev/shm on Linux. */
-	char a[QP_NAME_MAX + 32], b[QP_NAME_MAX + 32];
+	char a[PATH_MAX], b[PATH_MAX];
 
-	snprintf(a, sizeof(a), "/dev/shm/qpipe.%s", from);
-	snprintf(b, sizeof(b), "/dev/shm/qpipe.%s", to);
+	shm_path(from, a, sizeof(a));
+	shm_path(to, b, sizeof(b));
 	if (link(a, b) != 0) {
 		if (errno == EEXIST) {
 			return qpi_err(QP_EEXIST, "shm://%s exists", to);
@@ -155,15 +195,15 @@ qpi_shm_link(const char *from, const char *to)
 int
 qpi_shm_unlink(const char *name)
 {
-	char path[QP_NAME_MAX + 16];
+	char path[PATH_MAX];
 
 	shm_path(name, path, sizeof(path));
-	if (shm_unlink(path) != 0) {
+	if (unlink(path) != 0) {
 		if (errno == ENOENT) {
 			return qpi_err(QP_ENOENT, "no queue shm://%s", name);
 		}
 		return qpi_err(
-		    QP_ESYSTEM, "shm_unlink %s: %s", path, strerror(errno));
+		    QP_ESYSTEM, "cannot unlink %s: %s", path, strerror(errno));
 	}
 	return QP_OK;
 }
@@ -179,6 +219,7 @@ qpi_shm_anon(size_t size, qpi_shm *shm)
 	}
 	shm->base = base;
 	shm->size = size;
+	shm->fd = -1;
 	return QP_OK;
 }
 
@@ -187,7 +228,11 @@ qpi_shm_unmap(qpi_shm *shm)
 {
 	if (shm->base != NULL) {
 		munmap(shm->base, shm->size);
+		if (shm->fd >= 0) {
+			close(shm->fd);
+		}
 		shm->base = NULL;
 		shm->size = 0;
+		shm->fd = -1;
 	}
 }

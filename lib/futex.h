@@ -23,14 +23,30 @@ int qpi_futex_wake(uint32_t *word, int n);
  * did both or neither. */
 int qpi_futex_wake_or(uint32_t *word, uint32_t bits, int n);
 
-/* A mapped shared-memory segment. */
+/* A mapped shared-memory segment. A named segment keeps its file open
+ * (fd) so that its pages can be reserved (qpi_shm_reserve); -1 for an
+ * anonymous one. */
 typedef struct qpi_shm {
 	void *base;
 	size_t size;
+	int fd;
 } qpi_shm;
 
-/* Creates the named segment "/qpipe.<name>" of size bytes, zero-filled.
- * QP_EEXIST if it exists. The new segment is mapped in *shm. */
+/* The directory of named segments: $QPIPE_SHM_DIR if set and not empty
+ * (tests, unusual setups), else /dev/shm. Segment files are
+ * <dir>/qpipe.<name>. */
+const char *qpi_shm_dir(void);
+
+/* Backs the bytes [off, off + len) of a named segment's file with memory
+ * (fallocate), so that writing them through the mapping can never raise
+ * SIGBUS for want of space in its tmpfs. Returns 0, or an errno value
+ * (ENOSPC: the file system is full; nothing of the range is kept then).
+ * An anonymous segment (fd -1) returns 0 at once. */
+int qpi_shm_reserve(const qpi_shm *shm, uint64_t off, uint64_t len);
+
+/* Creates the named segment <dir>/qpipe.<name> of size bytes, zero-filled
+ * and sparse: nothing is backed until written or reserved. QP_EEXIST if it
+ * exists. The new segment is mapped in *shm. */
 int qpi_shm_create(const char *name, size_t size, qpi_shm *shm);
 
 /* Opens and maps the existing named segment (its whole size).
@@ -48,7 +64,7 @@ int qpi_shm_unlink(const char *name);
 /* Maps an anonymous shared segment, inherited across fork(). */
 int qpi_shm_anon(size_t size, qpi_shm *shm);
 
-/* Unmaps a segment. */
+/* Unmaps a segment and closes its file. */
 void qpi_shm_unmap(qpi_shm *shm);
 
 #endif /* QPI_FUTEX_H */

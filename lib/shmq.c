@@ -63,6 +63,12 @@ void (*qpi_shmq_test_hook)(int point);
 /* The lease area is cut in blocks of this many bytes. */
 #define SQ_BLOCK 512u
 
+/* A named segment is sparse (see "Space" in shmq.h): the ring and the
+ * lease area get memory reserved in steps of at least this many bytes;
+ * a new queue starts with SQ_BACK_FIRST bytes of its ring backed. */
+#define SQ_BACK_STEP  (1ull << 20)
+#define SQ_BACK_FIRST (64ull << 10)
+
 /* Lease slot states. */
 #define L_FREE     0u
 #define L_LEASED   1u
@@ -185,6 +191,7 @@ typedef struct sq_hdr {
 		uint64_t tail;
 		uint64_t nput; /* items put (committed), ever */
 		uint64_t bytes_in;
+		uint64_t backed; /* ring bytes [0, backed) have memory */
 	} pp;
 	_Alignas(128) sq_side gs; /* consumer side */
 	_Alignas(128) struct {
@@ -193,6 +200,7 @@ typedef struct sq_hdr {
 		uint64_t bfree; /* freed blocks: first + 1 */
 		uint64_t nbfree;
 		uint64_t bwater; /* blocks never used start here */
+		uint64_t bbacked; /* blocks [0, bbacked) have memory */
 	} gv;
 	_Alignas(128) struct {
 		uint64_t head; /* the next record to read */
@@ -220,6 +228,7 @@ struct qpi_shmq {
 	uint64_t max_msg;
 	uint64_t maxsize;
 	uint64_t salt;
+	uint64_t bb_seen; /* gv.bbacked as last seen (producer lock) */
 	int64_t created_ms;
 	uint32_t nslots;
 	int closed;
@@ -1019,6 +1028,91 @@ typedef struct sq_take {
 	uint64_t water;
 } sq_take;
 
+/* Space. Names what failed to get memory in the segment's file. */
+static int
+sq_enospc(qpi_shmq *q, int e, uint64_t len, const char *what)
+{
+	if (e == ENOSPC) {
+		return qpi_err(QP_ENOSPC,
+		    "no space left in %s for queue %s (%" PRIu64
+		    " more bytes of its %s): free space there, or make it "
+		    "larger",
+		    qpi_shm_dir(), q->label, len, what);
+	}
+	return qpi_err(e == ENOMEM ? QP_ENOMEM : QP_ESYSTEM,
+	    "cannot reserve %" PRIu64 " bytes of %s's %s: %s", len, q->label,
+	    what, strerror(e));
+}
+
+/* Reserves memory for bytes [*markp, want) of the part of the segment
+ * at off (unit bytes per unit of the mark, lim units in all): a step of
+ * at least SQ_BACK_STEP bytes, else just what is wanted. The mark moves
+ * only once the memory is there. */
+static int
+sq_back(qpi_shmq *q, uint64_t *markp, uint64_t want, uint64_t off,
+    uint64_t unit, uint64_t lim, const char *what)
+{
+	uint64_t mark = LD(markp);
+	uint64_t step = SQ_BACK_STEP / unit;
+	uint64_t to = want - mark < step ? mark + step : want;
+	int e;
+
+	if (want <= mark) {
+		return QP_OK; /* moved meanwhile (the lease area's) */
+	}
+	if (to > lim) {
+		to = lim;
+	}
+	e = qpi_shm_reserve(&q->shm, off + mark * unit, (to - mark) * unit);
+	if (e == ENOSPC && to > want) {
+		to = want;
+		e = qpi_shm_reserve(
+		    &q->shm, off + mark * unit, (to - mark) * unit);
+	}
+	if (e != 0) {
+		return sq_enospc(q, e, (to - mark) * unit, what);
+	}
+	/* Only grows; [0, mark) has memory whoever moved it (the lease
+	 * area's mark moves under either lock, see sq_back_lease). */
+	while (mark < to
+	    && !__atomic_compare_exchange_n(
+	        markp, &mark, to, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+	}
+	return QP_OK;
+}
+
+/* Blocks [0, n) of the lease area get memory (consumer lock held). */
+static int
+sq_back_blocks(qpi_shmq *q, uint64_t n)
+{
+	return sq_back(q, &q->h->gv.bbacked, n, q->h->blocks_off, SQ_BLOCK,
+	    q->nblocks, "lease area");
+}
+
+/* Producer lock held, before a put of an item of len bytes writes
+ * anything: the lease area must have memory for that item, so that
+ * whatever the ring holds can be leased (qpiped's gets), one item at a
+ * time at least, however full the file system gets. One compare once
+ * the lease area has room for the largest item seen. */
+static inline int
+sq_back_lease(qpi_shmq *q, uint64_t len)
+{
+	uint64_t nb = (len + SQ_BLOCK - 1) / SQ_BLOCK;
+
+	if (nb > q->nblocks) {
+		nb = q->nblocks;
+	}
+	if (__builtin_expect(nb <= q->bb_seen, 1)) {
+		return QP_OK;
+	}
+	/* A mark only grows: a copy of it seen once stays true. */
+	q->bb_seen = LD(&q->h->gv.bbacked);
+	if (nb <= q->bb_seen) {
+		return QP_OK;
+	}
+	return sq_back_blocks(q, nb);
+}
+
 /* Takes n blocks for a lease: the freed ones first, then never used
  * ones; the journal gets the words that change (links of never used
  * blocks are written at once: nobody reads them before the commit).
@@ -1045,6 +1139,12 @@ sq_blocks_take(qpi_shmq *q, sq_tx *t, uint64_t n, sq_take *tk)
 		}
 		last = b;
 		b = q->links[b - 1];
+	}
+	if (w + (n - k) > LD(&h->gv.bbacked)) {
+		int rc = sq_back_blocks(q, w + (n - k));
+		if (rc != QP_OK) {
+			return rc;
+		}
 	}
 	tk->first = k > 0 ? h->gv.bfree : w + 1;
 	tk->k = k;
@@ -1179,7 +1279,7 @@ sq_layout(const qpi_shmq_cfg *cfg, sq_geom *g)
 }
 
 static int
-sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg)
+sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg, bool sparse)
 {
 	sq_hdr *h = base;
 	pthread_mutexattr_t ma;
@@ -1227,6 +1327,10 @@ sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg)
 		slots[i].next = i + 1 < g->nslots ? i + 2 : 0;
 	}
 	h->gv.free_first = 1;
+	/* What of a sparse segment has memory (see sq_create). */
+	h->pp.backed
+	    = sparse && g->cap > SQ_BACK_FIRST ? SQ_BACK_FIRST : g->cap;
+	h->gv.bbacked = sparse ? 0 : g->nblocks;
 	h->version = SQ_VERSION;
 	/* The magic goes last: a segment with it is complete. */
 	STR(&h->magic, SQ_MAGIC);
@@ -1324,7 +1428,24 @@ sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 	if ((rc = qpi_shm_create(tmp, g.seg, &shm)) != QP_OK) {
 		return rc;
 	}
-	rc = sq_init(shm.base, &g, cfg);
+	/* Memory for the header, the lease table and the first stretch of
+	 * the ring now; the rest of the ring and the lease area as they are
+	 * used: a full file system is an error, never SIGBUS. */
+	uint64_t first = g.cap > SQ_BACK_FIRST ? SQ_BACK_FIRST : g.cap;
+	int e = qpi_shm_reserve(&shm, 0, g.blocks_off);
+	if (e == 0) {
+		e = qpi_shm_reserve(&shm, g.ring_off, first);
+	}
+	if (e != 0) {
+		qpi_shm_unmap(&shm);
+		qpi_shm_unlink(tmp);
+		return qpi_err(e == ENOSPC ? QP_ENOSPC : QP_ESYSTEM,
+		    "%s in %s for queue shm://%s (%" PRIu64
+		    " bytes for its header and the start of its ring)",
+		    e == ENOSPC ? "no space left" : strerror(e), qpi_shm_dir(),
+		    name, g.blocks_off + first);
+	}
+	rc = sq_init(shm.base, &g, cfg, true);
 	if (rc == QP_OK) {
 		rc = qpi_shm_link(tmp, name);
 	}
@@ -1379,7 +1500,7 @@ qpi_shmq_anon(qpi_shmq **qp, const qpi_shmq_cfg *cfg)
 	if ((rc = qpi_shm_anon(g.seg, &shm)) != QP_OK) {
 		return rc;
 	}
-	rc = sq_init(shm.base, &g, cfg);
+	rc = sq_init(shm.base, &g, cfg, false);
 	if (rc == QP_OK) {
 		rc = sq_attach(qp, &shm, NULL);
 	}
@@ -1507,6 +1628,63 @@ out:
 	return rc;
 }
 
+/* Producer lock held, room checked: the records about to be written
+ * from tail on (need bytes, pads included; need0 if they started the next
+ * lap instead) must land on memory, and so must the header of the record
+ * after them (a get peeks there). The fast path is one compare. If the
+ * file system has no room for more, the ring makes do with the part it
+ * has: when the records fit there from the start of the next lap, and
+ * the ring has room for a pad up to its end, a pad ends this lap (only
+ * its header is written) and the tail moves on to the next; the caller
+ * re-reads the tail. Else QP_ENOSPC, nothing written. */
+static int __attribute__((noinline))
+sq_back_ring_slow(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
+{
+	sq_hdr *h = q->h;
+	uint64_t off = sq_off(q, tail), rem = q->cap - off;
+	uint64_t want = off + need > q->cap ? q->cap : off + need + SQ_REC_HDR;
+	int rc;
+
+	if (want > q->cap) {
+		want = q->cap;
+	}
+	if (want <= LD(&h->pp.backed)) {
+		return QP_OK;
+	}
+	rc = sq_back(q, &h->pp.backed, want, h->ring_off, 1, q->cap, "ring");
+	if (rc != QP_ENOSPC || off + need > q->cap || rem < SQ_REC_HDR
+	    || need0 + SQ_REC_HDR > LD(&h->pp.backed)) {
+		return rc;
+	}
+	/* The hint must stay within a ring's length of the tail. */
+	uint64_t head = LDA(&h->gp.head);
+	ST(&h->ps.hint, head);
+	if (rem + need0 > q->cap - (tail - head)) {
+		return rc;
+	}
+	sq_rec *p = sq_at(q, off);
+	p->kind = K_PAD;
+	p->len = (uint32_t) (rem - SQ_REC_HDR);
+	p->seq = h->pp.nput;
+	p->bytes = h->pp.bytes_in;
+	p->ts = 0;
+	p->pad = 0;
+	STR(&p->stamp, sq_stamp(q, tail));
+	STR(&h->pp.tail, tail + rem);
+	return QP_OK;
+}
+
+static inline int
+sq_back_ring(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
+{
+	if (__builtin_expect(
+	        sq_off(q, tail) + need + SQ_REC_HDR <= LD(&q->h->pp.backed),
+	        1)) {
+		return QP_OK;
+	}
+	return sq_back_ring_slow(q, tail, need, need0);
+}
+
 static int
 sq_try_put(
     qpi_shmq *q, const void *buf, size_t len, unsigned kind, sq_snap *snap)
@@ -1553,6 +1731,13 @@ sq_try_put(
 		    "%s is full (no room for an item of %zu bytes)", q->label,
 		    len);
 	}
+	if ((rc = sq_back_lease(q, len)) != QP_OK
+	    || (rc = sq_back_ring(q, tail, sq_need(q, tail, size), size))
+	        != QP_OK) {
+		sq_unlock(&h->ps);
+		return rc;
+	}
+	tail = h->pp.tail;
 	uint64_t bytes = h->pp.bytes_in + len;
 	sq_rec *r = sq_rec_begin(
 	    q, tail, kind, len, nput + 1, bytes, sq_ts(q), &pos);
@@ -1669,6 +1854,20 @@ sq_try_put_many(
 		return qpi_err(QP_EFULL,
 		    "%s is full (no room for a batch of %zu items)", q->label,
 		    n);
+	}
+	uint64_t next = tail + (q->cap - sq_off(q, tail)), big = 0;
+	for (size_t i = 0; i < n; i++) {
+		big = items[i].len > big ? items[i].len : big;
+	}
+	if ((rc = sq_back_lease(q, big)) != QP_OK) {
+		sq_unlock(&h->ps);
+		return rc;
+	}
+	if ((rc = sq_back_ring(
+	         q, tail, need, sq_batch_need(q, next, items, n)))
+	    != QP_OK) {
+		sq_unlock(&h->ps);
+		return rc;
 	}
 	/* Each record exactly as qpi_shmq_put commits one. */
 	for (size_t i = 0; i < n; i++) {

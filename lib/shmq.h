@@ -81,6 +81,29 @@
  * get that finds no room there, or no free slot, fails with QP_ELIMIT and
  * leaves the item in the queue.
  *
+ * Space. A named segment is a sparse file on a tmpfs: a page gets memory
+ * when first written, and writing it when the tmpfs is full raises SIGBUS.
+ * So nothing is written where memory is not reserved first (fallocate):
+ * the header, the lease table and the start of the ring at creation
+ * (QP_ENOSPC, nothing left behind, if that fails); the ring up to a
+ * high-water mark in the header (ring bytes [0, backed) have memory),
+ * which a put moves on in steps of 1 MiB, under the producer lock, before
+ * it writes past it (the header of the next record included: a get peeks
+ * there); the lease area likewise (its own mark, moved by a lease get
+ * under the consumer lock, or by a put: every put makes sure the lease
+ * area has memory for its item, so qpiped can always lease the items out
+ * one at a time). A mark only grows and only once the memory is there;
+ * a segment made before the marks existed reads them as 0 (fallocate of
+ * pages already there is harmless), so the layout version stays. When
+ * the tmpfs has no more room, a put fails with QP_ENOSPC and writes
+ * nothing, unless its record fits at the start of the next lap within
+ * the memory the ring has and the ring has room for that: then a pad
+ * ends the lap early (its header only is written) and the ring goes on
+ * in the part it has (a full ring there is QP_EFULL, as usual). Once the
+ * whole ring has memory, a put costs one compare more. Anonymous queues
+ * live on the kernel's internal tmpfs, which has no size limit (memory
+ * and overcommit bound them, as any allocation): nothing to reserve.
+ *
  * Items. Each record carries a kind: QPI_ITEM_BIN (raw bytes, the payload
  * of a msgpack bin) or QPI_ITEM_OBJ (the msgpack encoding of one value).
  * A get returns the bytes as they are stored, except that with QPI_GET_OBJ
@@ -153,7 +176,8 @@ int qpi_shmq_unlink(const char *name);
  * CLOCK_MONOTONIC, INT64_MAX = forever, 0 = do not wait) while the queue
  * is full. Returns once the item is committed in the segment. Errors:
  * QP_EFULL, QP_ETOOBIG (at once: over max_message, or larger than the ring
- * can ever hold), QP_ECLOSED, QP_ECORRUPT. */
+ * can ever hold), QP_ENOSPC (at once: the segment's tmpfs has no memory
+ * left for it, nothing written), QP_ECLOSED, QP_ECORRUPT. */
 int qpi_shmq_put(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
     int64_t deadline_ns);
 
@@ -224,8 +248,9 @@ typedef struct qpi_shmq_lease {
  * released); *lease describes it. Released items come first, then the
  * ring's head. Errors as qpi_shmq_get, plus QP_ELIMIT when every lease
  * slot is taken or the lease area has no room for the item (it stays
- * ready). A server that must not block passes deadline 0 and waits with
- * qpi_shmq_watch below. */
+ * ready), QP_ENOSPC when the lease area's tmpfs has no memory left for
+ * it (it stays ready). A server that must not block passes deadline 0
+ * and waits with qpi_shmq_watch below. */
 int qpi_shmq_get_lease(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
     unsigned flags, void **bufp, size_t *lenp, qpi_shmq_lease *lease,
     int64_t deadline_ns);

@@ -92,7 +92,6 @@ struct quar {
 
 static const char *const dur_ext = ".qlog";
 
-static const char *const shm_dir = "/dev/shm";
 static const char *const shm_prefix = "qpipe.";
 
 /* ---- segment identity ---- */
@@ -100,10 +99,11 @@ static const char *const shm_prefix = "qpipe.";
 static uint64_t
 q_inode(const char *name)
 {
-	char path[QP_NAME_MAX + 32];
+	char path[PATH_MAX];
 	struct stat st;
 
-	snprintf(path, sizeof(path), "%s/%s%s", shm_dir, shm_prefix, name);
+	snprintf(
+	    path, sizeof(path), "%s/%s%s", qpi_shm_dir(), shm_prefix, name);
 	if (stat(path, &st) != 0) {
 		return 0;
 	}
@@ -987,6 +987,7 @@ int
 qps_q_list(bool (*fn)(const char *name, const qp_queue_stats *st, void *arg),
     void *arg)
 {
+	const char *shm_dir = qpi_shm_dir();
 	DIR *d = opendir(shm_dir);
 	struct dirent *e;
 	size_t plen = strlen(shm_prefix);

@@ -158,7 +158,8 @@ QP_API int qp_queue_unlink_opts(
 /* Puts len bytes (stored as a msgpack bin). Blocks while the queue is full,
  * for up to timeout; returns only once the item is in the queue.
  * Errors: QP_EFULL (timeout or QP_NOWAIT on a full queue), QP_ETOOBIG (item
- * larger than the queue can ever hold, at once), QP_ECLOSED. */
+ * larger than the queue can ever hold, at once), QP_ENOSPC (/dev/shm or a
+ * durable queue's disk is full, at once, nothing stored), QP_ECLOSED. */
 QP_API int qp_queue_put(
     qp_queue *q, const void *buf, size_t len, qp_duration timeout);
 

@@ -222,8 +222,9 @@ scenarios "$S/${QN}" tcp
 scenarios "shm://${QN}" shm
 
 # A local (shm://) worker killed mid-task while only a remote worker is
-# left: qpiped returns the dead process's lease (its sweep, about once a
-# second), and the remote worker runs the task; exactly one result.
+# left: the dead process's lease returns (qpiped's sweep, about once a
+# second, or the segment's own dead-holder scan, whichever comes first),
+# and the remote worker runs the task; exactly one result.
 "$QPIPE" create "$S/${QN}mx"
 "$QPIPE" put "shm://${QN}mx" job
 "$QPIPE" worker "shm://${QN}mx" --results "$S/${QN}mxr" -- sh -c \
@@ -241,8 +242,6 @@ ms=$((($(date +%s%N) - t0) / 1000000))
 [ "$ms" -lt 4000 ] && ok "taken over in $ms ms" || bad "take-over time" "$ms ms"
 expect_eq "exactly one result after the local kill -9" \
 	"$(results "$S/${QN}mxr" | tr '\n' ,)" "remote job,"
-grep -q "leases of local processes that are gone" "$T/qpiped.log" \
-	&& ok "qpiped logged the returned lease" || bad "qpiped log" "$(tail -3 "$T/qpiped.log")"
 "$QPIPE" rm "$S/${QN}mx" 2>/dev/null || true
 "$QPIPE" rm "$S/${QN}mxr" 2>/dev/null || true
 

@@ -45,29 +45,6 @@
  * worker processes before its own first nng call; they wait at a gate (a
  * pipe whose write end is closed to let them go). Inside scenarios, CHECK
  * reports a failure and exits non-zero; the test asserts exit status 0. */
-#define CHECK(c)                                                  \
-	do {                                                      \
-		if (!(c)) {                                       \
-			fprintf(stderr,                           \
-			    "%s:%d: check failed: %s (last "      \
-			    "error: %s)\n",                       \
-			    __FILE__, __LINE__, #c, qp_errmsg()); \
-			tsrv_kill_all();                          \
-			_exit(90);                                \
-		}                                                 \
-	} while (0)
-#define CHECK_EQ(a, b)                                                    \
-	do {                                                              \
-		long long a_ = (long long) (a), b_ = (long long) (b);     \
-		if (a_ != b_) {                                           \
-			fprintf(stderr,                                   \
-			    "%s:%d: %s is %lld, not %lld (last "          \
-			    "error: %s)\n",                               \
-			    __FILE__, __LINE__, #a, a_, b_, qp_errmsg()); \
-			tsrv_kill_all();                                  \
-			_exit(91);                                        \
-		}                                                         \
-	} while (0)
 
 /* Runs fn(arg) in a child and asserts that it exited 0. */
 static void

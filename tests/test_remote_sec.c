@@ -33,29 +33,6 @@
 
 #define TOKEN "s3cret token of the tests"
 
-#define CHECK(c)                                                  \
-	do {                                                      \
-		if (!(c)) {                                       \
-			fprintf(stderr,                           \
-			    "%s:%d: check failed: %s (last "      \
-			    "error: %s)\n",                       \
-			    __FILE__, __LINE__, #c, qp_errmsg()); \
-			tsrv_kill_all();                          \
-			_exit(90);                                \
-		}                                                 \
-	} while (0)
-#define CHECK_EQ(a, b)                                                    \
-	do {                                                              \
-		long long a_ = (long long) (a), b_ = (long long) (b);     \
-		if (a_ != b_) {                                           \
-			fprintf(stderr,                                   \
-			    "%s:%d: %s is %lld, not %lld (last "          \
-			    "error: %s)\n",                               \
-			    __FILE__, __LINE__, #a, a_, b_, qp_errmsg()); \
-			tsrv_kill_all();                                  \
-			_exit(91);                                        \
-		}                                                         \
-	} while (0)
 #define CHECK_MSG(needle)                                                   \
 	do {                                                                \
 		if (strstr(qp_errmsg(), (needle)) == NULL) {                \

@@ -30,30 +30,6 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
-#define CHECK(c)                                                  \
-	do {                                                      \
-		if (!(c)) {                                       \
-			fprintf(stderr,                           \
-			    "%s:%d: check failed: %s (last "      \
-			    "error: %s)\n",                       \
-			    __FILE__, __LINE__, #c, qp_errmsg()); \
-			tsrv_kill_all();                          \
-			_exit(90);                                \
-		}                                                 \
-	} while (0)
-#define CHECK_EQ(a, b)                                                    \
-	do {                                                              \
-		long long a_ = (long long) (a), b_ = (long long) (b);     \
-		if (a_ != b_) {                                           \
-			fprintf(stderr,                                   \
-			    "%s:%d: %s is %lld, not %lld (last "          \
-			    "error: %s)\n",                               \
-			    __FILE__, __LINE__, #a, a_, b_, qp_errmsg()); \
-			tsrv_kill_all();                                  \
-			_exit(91);                                        \
-		}                                                         \
-	} while (0)
-
 /* The helpers of qps_testsrv.h this program has no use for. */
 static void __attribute__((unused)) spnet_unused(void)
 {

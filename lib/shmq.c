@@ -11,8 +11,12 @@
  * take both). A put commits by stamping its record; consumers find records
  * by their stamps, so they never read the producer's counters on the fast
  * path. Consumer-side changes go through a journal (tx_*). Wake-ups use
- * futex words with per-slot sleeper bits.
+ * futex words with per-slot sleeper bits; a waker wakes under its lock
+ * before its commit, and task_done takes the consumer lock for that (see
+ * sq_settle). A sleeper may take either lock briefly, alone, to wait for
+ * a change in flight.
  */
+#define _GNU_SOURCE /* pthread_mutex_clocklock */
 #include "shmq.h"
 #include "futex.h"
 #include "wire.h"
@@ -558,8 +562,25 @@ sq_lock_free(pthread_mutex_t *m)
 #endif
 }
 
+/* True unless the lock is surely free right now (a lock whose owner
+ * died counts as held: it still needs its repair). A full barrier before
+ * the read, so that it comes after the caller's earlier stores. */
+static bool
+sq_lock_held(pthread_mutex_t *m)
+{
+#ifdef __GLIBC__
+	return __atomic_load_n(&m->__data.__lock, __ATOMIC_SEQ_CST) != 0;
+#else
+	(void) m;
+	return true;
+#endif
+}
+
+/* Takes the side's lock, repairing it if its owner died; waits until
+ * deadline (absolute CLOCK_MONOTONIC ns, INT64_MAX = forever): QP_OK,
+ * QP_ETIMEDOUT, QP_ECORRUPT. */
 static int
-sq_lock(qpi_shmq *q, sq_side *s)
+sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 {
 	int rc = pthread_mutex_trylock(&s->lock);
 
@@ -570,8 +591,15 @@ sq_lock(qpi_shmq *q, sq_side *s)
 				rc = pthread_mutex_trylock(&s->lock);
 			}
 		}
-		if (rc == EBUSY) {
+		if (rc == EBUSY && deadline == INT64_MAX) {
 			rc = pthread_mutex_lock(&s->lock);
+		} else if (rc == EBUSY) {
+			struct timespec ts = qpi_ts_from_ns(deadline);
+			rc = pthread_mutex_clocklock(
+			    &s->lock, CLOCK_MONOTONIC, &ts);
+			if (rc == ETIMEDOUT) {
+				return QP_ETIMEDOUT;
+			}
 		}
 	}
 	if (rc == EOWNERDEAD) {
@@ -594,6 +622,12 @@ sq_lock(qpi_shmq *q, sq_side *s)
 		    q->label);
 	}
 	return QP_OK;
+}
+
+static int
+sq_lock(qpi_shmq *q, sq_side *s)
+{
+	return sq_lock_until(q, s, INT64_MAX);
 }
 
 static inline void
@@ -714,6 +748,19 @@ sq_fence_after_unlock(void)
 #endif
 }
 
+/* Orders the caller's lock acquisition before its reads of sleeper bits
+ * (see sq_settle). glibc takes a mutex with an atomic compare-exchange, a
+ * full barrier on x86. */
+static inline void
+sq_fence_after_lock(void)
+{
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GLIBC__)
+	__atomic_signal_fence(__ATOMIC_SEQ_CST);
+#else
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
 /* Wake-up of the sleeper in slot i (its bit was seen set): 1 if this
  * call woke it from the kernel, 0 if it needs none (woken already, or it
  * left), -1 if nobody slept on the word (about to sleep, which it then
@@ -756,13 +803,17 @@ sq_wake_slow(qpi_shmq *q, int e, bool all)
 	}
 }
 
-/* Wakes one sleeper of event e (all if all), if any sleeps (after a
- * fence). */
+/* Wakes one sleeper of event e (all if all), if any sleeps. Called with
+ * the lock that guards the change the sleepers wait for, BEFORE the
+ * change's commit, and the lock is released only after it: see
+ * sq_settle for why nothing is lost that way, even if the caller dies
+ * at any instant. */
 static inline void
 sq_wake(qpi_shmq *q, int e, bool all)
 {
 	sq_ev *ev = &q->h->ev[e];
 
+	sq_fence_after_lock();
 	if ((LD(&ev->sleep) | LD(&ev->extra)) != 0) {
 		sq_wake_slow(q, e, all);
 	}
@@ -791,6 +842,39 @@ sq_watch_bump(qpi_shmq *q)
 }
 
 typedef bool (*sq_pred)(qpi_shmq *q, const void *arg);
+
+/* Waits until the lock is free (taking it, repairing it if its owner
+ * died, and releasing it at once), if it is held; not past deadline. */
+static void
+sq_pass(qpi_shmq *q, sq_side *s, int64_t deadline)
+{
+	if (sq_lock_held(&s->lock) && sq_lock_until(q, s, deadline) == QP_OK) {
+		sq_unlock(s);
+	}
+}
+
+/* Called by a sleeper of event e once its bit is set (or it is counted
+ * in extra), before it looks at its condition one last time and sleeps.
+ * Every change a sleeper waits for is made by a waker that holds a lock
+ * (the producer lock for puts, the consumer lock for gets, releases and
+ * task_done), and that waker, still holding it, wakes the sleepers it
+ * sees BEFORE it commits the change. Here the sleeper waits for those
+ * locks to be free. So either the lock was free when the sleeper looked
+ * (then a waker that takes it later sees the bit: lock and bit are both
+ * read after full barriers), or the sleeper waits for the holder to
+ * unlock or die (the robust mutex's repair then makes its work whole):
+ * either way the change is committed and seen by the check that
+ * follows, or not made at all, or the sleeper is woken. A waker killed
+ * at any instant thus never leaves a sleeper that is owed a wake-up
+ * asleep, whether or not anyone else runs. */
+static void
+sq_settle(qpi_shmq *q, int e, int64_t deadline)
+{
+	if (e == EV_NE) {
+		sq_pass(q, &q->h->ps, deadline);
+	}
+	sq_pass(q, &q->h->gs, deadline);
+}
 
 /* Polls pred for a few microseconds: true if it held (or q closed). */
 static bool
@@ -838,6 +922,7 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 		__atomic_fetch_add(&ev->extra, 1, __ATOMIC_SEQ_CST);
 		s = LDA(&ev->seq);
 	}
+	sq_settle(q, e, deadline);
 	if (!sq_closed(q) && !pred(q, arg)) {
 		rc = qpi_futex_wait(
 		    i >= 0 ? &ev->who[i].word : &ev->seq, s, deadline);
@@ -1657,14 +1742,15 @@ sq_try_put(
 	sq_rec *r = sq_rec_begin(
 	    q, tail, kind, len, nput + 1, bytes, sq_ts(q), &pos);
 	sq_copy(r + 1, buf, len, QPI_HOOK_PUT_COPY);
+	sq_wake(q, EV_NE, false); /* before the commit: see sq_settle */
 	STR(&r->stamp, sq_stamp(q, pos)); /* the commit */
 	SQ_HOOK(QPI_HOOK_PUT_COMMIT);
 	ST(&h->pp.bytes_in, bytes);
 	ST(&h->pp.nput, nput + 1);
 	STR(&h->pp.tail, pos + size);
+	SQ_HOOK(QPI_HOOK_DONE);
 	sq_unlock(&h->ps);
 	sq_fence_after_unlock();
-	sq_wake(q, EV_NE, false);
 	sq_watch_bump(q);
 	return QP_OK;
 }
@@ -1792,15 +1878,19 @@ sq_try_put_many(
 		sq_rec *r = sq_rec_begin(q, tail, items[i].kind, items[i].len,
 		    nput + 1, bytes, sq_ts(q), &pos);
 		sq_copy(r + 1, items[i].buf, items[i].len, QPI_HOOK_PUT_COPY);
+		if (i == 0) {
+			/* Before the first commit: see sq_settle. */
+			sq_wake(q, EV_NE, n > 1);
+		}
 		STR(&r->stamp, sq_stamp(q, pos)); /* the commit */
 		SQ_HOOK(QPI_HOOK_PUT_COMMIT);
 		ST(&h->pp.bytes_in, bytes);
 		ST(&h->pp.nput, nput + 1);
 		STR(&h->pp.tail, pos + size);
 	}
+	SQ_HOOK(QPI_HOOK_DONE);
 	sq_unlock(&h->ps);
 	sq_fence_after_unlock();
-	sq_wake(q, EV_NE, n > 1);
 	sq_watch_bump(q);
 	return QP_OK;
 }
@@ -1996,7 +2086,9 @@ sq_get_released(qpi_shmq *q, sq_getreq *g)
 		tx_set(&t, &s->next, h->gv.free_first);
 		tx_set(&t, &h->gv.free_first, first);
 	}
+	sq_wake(q, EV_NF, true); /* before the commit: see sq_settle */
 	tx_commit(&t);
+	SQ_HOOK(QPI_HOOK_DONE);
 	return QP_OK;
 }
 
@@ -2059,6 +2151,7 @@ sq_try_get(qpi_shmq *q, sq_getreq *g, bool final)
 	if ((rc = sq_copy_out(q, r->kind, r->len, r + 1, 0, g)) != QP_OK) {
 		goto out;
 	}
+	sq_wake(q, EV_NF, true); /* before the commit: see sq_settle */
 	if (g->lease) {
 		tx_set(&t, &h->gp.bytes_out, r->bytes);
 		tx_set(&t, &h->gp.nget, r->seq);
@@ -2073,11 +2166,11 @@ sq_try_get(qpi_shmq *q, sq_getreq *g, bool final)
 		SQ_HOOK(QPI_HOOK_GET_COMMIT);
 		STR(&h->gp.head, end);
 	}
+	SQ_HOOK(QPI_HOOK_DONE);
 out:
 	sq_unlock(&h->gs);
 	if (rc == QP_OK) {
 		sq_fence_after_unlock();
-		sq_wake(q, EV_NF, true);
 		sq_watch_bump(q);
 	}
 	return rc;
@@ -2165,28 +2258,34 @@ int
 qpi_shmq_task_done(qpi_shmq *q)
 {
 	sq_hdr *h = q->h;
-	uint64_t d = LD(&h->dones);
+	int rc;
 
 	if (sq_closed(q)) {
 		return sq_eclosed(q);
 	}
-	for (;;) {
-		uint64_t n = LDA(&h->pp.nput);
-		if (d >= n) {
-			return qpi_err(QP_EVALUE,
-			    "task_done() called more times than items were "
-			    "put on %s",
-			    q->label);
-		}
-		if (__atomic_compare_exchange_n(&h->dones, &d, d + 1, false,
-		        __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
-			if (d + 1 == LDA(&h->pp.nput)) {
-				sq_wake(q, EV_JN, true);
-				sq_watch_bump(q);
-			}
-			return QP_OK;
-		}
+	/* Under the consumer lock, so that joiners can wait for a
+	 * task_done in flight (see sq_settle); one store commits it. */
+	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
+		return rc;
 	}
+	uint64_t d = h->dones, n = LDA(&h->pp.nput);
+	if (d >= n) {
+		sq_unlock(&h->gs);
+		return qpi_err(QP_EVALUE,
+		    "task_done() called more times than items were put on %s",
+		    q->label);
+	}
+	if (d + 1 == n) {
+		sq_wake(q, EV_JN, true); /* before the commit */
+	}
+	STR(&h->dones, d + 1);
+	SQ_HOOK(QPI_HOOK_DONE);
+	sq_unlock(&h->gs);
+	if (d + 1 == n) {
+		sq_fence_after_unlock();
+		sq_watch_bump(q);
+	}
+	return QP_OK;
 }
 
 static bool
@@ -2530,6 +2629,8 @@ sq_release_slot(qpi_shmq *q, uint32_t i)
 	tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
 	tx_set(&t, &h->gp.bytes_rel, h->gp.bytes_rel + (uint32_t) s->kindlen);
 	tx_set(&t, &h->gp.nreleased, h->gp.nreleased + 1);
+	/* One more item ready: one more getter (see sq_settle). */
+	sq_wake(q, EV_NE, false);
 	tx_commit(&t);
 	return QP_OK;
 }
@@ -2539,7 +2640,6 @@ sq_after_release(qpi_shmq *q, size_t n)
 {
 	if (n > 0) {
 		sq_fence_after_unlock();
-		sq_wake(q, EV_NE, n > 1);
 		sq_watch_bump(q);
 	}
 }

@@ -49,16 +49,24 @@
  * Sleeper slots of dead processes are found and cleared (kill(pid, 0),
  * within their pid namespace, at most every 100 ms).
  *
- * Wake-ups and kills. A sleeper stays visible (its bit set) until it
- * runs again, and a waker either marked and woke it or did neither, so a
- * waker killed after it chose a sleeper leaves that sleeper in plain
- * sight: the next put or get (any process) wakes it. What no design of
- * this kind can cover without a timer: a process killed after its commit
- * but before its wake-up call, or a sleeper killed after it was woken but
- * before it acted, while every survivor sleeps and nothing else happens.
- * The next put or get on that side wakes the sleepers then (they stay
- * visible); with any other producer or consumer at work they go on at
- * once.
+ * Wake-ups and kills. Every change a sleeper waits for (an item put or
+ * released, room freed, the last task done) is made under a lock, and
+ * the waker wakes the sleepers it sees while it holds that lock, BEFORE
+ * the change's commit; a sleeper, once its bit is visible, waits for
+ * those locks to be free (up to its deadline) before it checks its
+ * condition a last time and sleeps. So a waker killed at any instant
+ * either made no change (nobody is owed a wake-up), or woke its
+ * sleepers already, or dies holding the lock with a sleeper waiting on
+ * it: the robust mutex hands the lock over, the repair completes the
+ * change, and the sleeper sees it, within moments of the kill, even when
+ * no other process touches the queue. A sleeper stays visible (its bit
+ * set) until it runs again, and a waker either marked and woke it or did
+ * neither. What remains: a sleeper killed after it was woken but before
+ * it acted, while every other sleeper sleeps and nothing else happens;
+ * the next put or get on that side wakes the others then (they stay
+ * visible). Watchers (qpiped) are told after the unlock, as before: one
+ * killed between its commit and that bump leaves them to their own
+ * deadline.
  *
  * Leases (for qpiped; the server keeps no lease state of its own). A lease
  * get takes the head item out of the ring like a get, and in the same
@@ -349,7 +357,9 @@ enum qpi_shmq_hook_point {
 	QPI_HOOK_JOURNAL, /* consumer journal written, not committed */
 	QPI_HOOK_COMMIT, /* consumer journal committed, not applied */
 	QPI_HOOK_APPLY, /* partly applied */
-	QPI_HOOK_WAKE, /* a waker chose a sleeper, wake-up not yet delivered */
+	QPI_HOOK_WAKE, /* a waker chose a sleeper (lock held, before its
+	                  commit), wake-up not yet delivered */
+	QPI_HOOK_DONE, /* a put, get or task_done committed, lock held */
 };
 extern void (*qpi_shmq_test_hook)(int point);
 

@@ -402,12 +402,14 @@ test_shmq_crash_kill9_anywhere(void **state)
 
 /* ---- a waker killed before its wake-up is delivered ----
  *
- * A put wakes one sleeping getter, a get wakes the sleeping putters. A
- * waker killed after it chose whom to wake but before the wake-up reached
- * them must not leave them asleep: the next waker (here the parent) wakes
- * them. Each test puts sleepers to sleep, lets another process die at
- * that very point (the hook kills it there), then acts once and requires
- * the sleepers to go on within 100 ms of that act. */
+ * A put wakes one sleeping getter, a get wakes the sleeping putters, both
+ * under their lock and before their commit. A waker killed after it chose
+ * whom to wake but before the wake-up reached them dies holding the lock,
+ * its change not made: nobody is owed anything, and the next waker (here
+ * the parent) repairs the lock and wakes them. Each test puts sleepers to
+ * sleep, lets another process die at that very point (the hook kills it
+ * there), then acts and requires the sleepers to go on within 100 ms of
+ * that act. */
 
 #define WK_SLEEPERS 2
 #define WK_LIMIT_US 100000
@@ -514,16 +516,18 @@ test_shmq_crash_getter_killed_waking_putters(void **state)
 		}
 	}
 	wait_sleepers(q, false, WK_SLEEPERS);
-	kill_in_wake(q, true, buf); /* took item 0, then died */
+	kill_in_wake(q, true, buf); /* died before it took item 0 */
 
-	/* The parent's get frees room and must wake both putters. */
+	/* The parent's gets free room and must wake both putters; every
+	 * item comes out once, item 0 first. */
 	int64_t t0 = qu_now_us();
-	for (int n = 0; n < 1 + WK_SLEEPERS; n++) {
+	for (int n = 0; n < 2 + WK_SLEEPERS; n++) {
 		assert_int_equal(qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len,
 		                     qpi_deadline_ns(3000)),
 		    QP_OK);
 		assert_true(qu_check(buf, len, &id));
-		assert_true(id >= 1 && id < 2 + WK_SLEEPERS && !seen[id]);
+		assert_true(id < 2 + WK_SLEEPERS && !seen[id]);
+		assert_true(n > 0 || id == 0);
 		seen[id] = 1;
 	}
 	for (int k = 0; k < WK_SLEEPERS; k++) {
@@ -542,8 +546,9 @@ test_shmq_crash_getter_killed_waking_putters(void **state)
 	munmap(box, sizeof(*box));
 }
 
-/* A put that is killed while it wakes the one blocked getter: the next
- * put must wake it, and it gets both items. */
+/* A put that is killed while it wakes the one blocked getter (before its
+ * commit: its item is not in the queue): the next puts must wake it, and
+ * it gets their two items. */
 static void
 test_shmq_crash_putter_killed_waking_getter(void **state)
 {
@@ -575,12 +580,15 @@ test_shmq_crash_putter_killed_waking_getter(void **state)
 	}
 	wait_sleepers(q, true, 1);
 	qu_fill(buf, 7, 100);
-	kill_in_wake(q, false, buf); /* item 7 committed, then died */
+	kill_in_wake(q, false, buf); /* died before it committed item 7 */
 
-	/* The parent's put must get the getter going. */
+	/* The parent's puts must get the getter going. */
 	int64_t t0 = qu_now_us();
-	qu_fill(buf, 8, 100);
-	assert_int_equal(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0), QP_OK);
+	for (uint64_t id = 8; id <= 9; id++) {
+		qu_fill(buf, id, 100);
+		assert_int_equal(
+		    qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0), QP_OK);
+	}
 	assert_int_equal(qu_wait(wk_pids[0]), 0);
 	wk_pids[0] = 0;
 	for (int k = 0; k < 2; k++) {
@@ -590,13 +598,330 @@ test_shmq_crash_putter_killed_waking_getter(void **state)
 			    k + 1, (long long) late);
 		}
 	}
-	/* Items 7 and 8, in order. */
-	assert_int_equal(box->got[0], 7);
-	assert_int_equal(box->got[1], 8);
+	/* Items 8 and 9, in order. */
+	assert_int_equal(box->got[0], 8);
+	assert_int_equal(box->got[1], 9);
 	assert_int_equal(qpi_shmq_check(q), QP_OK);
 	qpi_shmq_free(q);
 	free(buf);
 	munmap(box, sizeof(*box));
+}
+
+/* ---- a process killed after its commit, before it unlocked ----
+ *
+ * The waker commits (a put stamps its item, a get moves the head, a
+ * task_done counts the task) and is killed at once, still holding the
+ * queue's lock, while the only other process sleeps in the queue with a
+ * long deadline. Nobody else touches the queue afterwards: the sleeper
+ * alone must go on, within 100 ms of the kill. */
+
+#define KC_DEADLINE_MS 10000
+
+static int kc_point;
+
+/* Kills the calling process at the hook point kc_point. */
+static void
+die_at_point(int point)
+{
+	if (point == kc_point) {
+		raise(SIGKILL);
+	}
+}
+
+/* Forks a process that runs op (0 put, 1 get, 2 task_done) on q and is
+ * killed by the hook at point; returns when it died there (the kill's
+ * time). */
+static int64_t
+kill_at(qpi_shmq *q, int op, int point, uint8_t *buf)
+{
+	pid_t w = wk_pids[WK_SLEEPERS] = fork();
+	size_t len;
+
+	assert_true(w >= 0);
+	if (w == 0) {
+		kc_point = point;
+		qpi_shmq_test_hook = die_at_point;
+		int rc = op == 0 ? qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0)
+		    : op == 1 ? qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, 0)
+		              : qpi_shmq_task_done(q);
+		_exit(rc == QP_OK ? 0 : 1);
+	}
+	assert_int_equal(qu_wait(w), 128 + SIGKILL);
+	wk_pids[WK_SLEEPERS] = 0;
+	return qu_now_us();
+}
+
+/* Fails unless the sleeper (wk_pids[0]) exited 0 within 100 ms of tk. */
+static void
+kc_check(wake_box *box, int64_t tk, const char *what, int point)
+{
+	assert_int_equal(qu_wait(wk_pids[0]), 0);
+	wk_pids[0] = 0;
+	int64_t late = box->done_us[0] - tk;
+	if (late >= WK_LIMIT_US) {
+		fail_msg("%s went on %lld us after the kill at point %d", what,
+		    (long long) late, point);
+	}
+}
+
+/* A getter sleeps on an empty queue; a put is killed after its stamp
+ * (its commit) and after it moved the tail: the getter gets the item. */
+static void
+test_shmq_crash_put_killed_after_commit(void **state)
+{
+	static const int points[] = {QPI_HOOK_PUT_COMMIT, QPI_HOOK_DONE};
+	wake_box *box = qu_shared(sizeof(*box));
+	uint8_t *buf = malloc(MAXITEM);
+
+	(void) state;
+	assert_non_null(box);
+	assert_non_null(buf);
+	for (size_t k = 0; k < sizeof(points) / sizeof(points[0]); k++) {
+		qpi_shmq_cfg c = {.capacity = 64 * 1024};
+		qpi_shmq *q;
+		size_t len;
+		assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+		pid_t p = wk_pids[0] = fork();
+		assert_true(p >= 0);
+		if (p == 0) {
+			uint64_t id = UINT64_MAX;
+			int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len,
+			    qpi_deadline_ns(KC_DEADLINE_MS));
+			box->done_us[0] = qu_now_us();
+			_exit(rc == QP_OK && qu_check(buf, len, &id) && id == 5
+			        ? 0
+			        : 1);
+		}
+		wait_sleepers(q, true, 1);
+		qu_fill(buf, 5, 100);
+		int64_t tk = kill_at(q, 0, points[k], buf);
+		kc_check(box, tk, "the getter", points[k]);
+		assert_int_equal(qpi_shmq_check(q), QP_OK);
+		qpi_shmq_free(q);
+	}
+	free(buf);
+	munmap(box, sizeof(*box));
+}
+
+/* A putter sleeps on a full queue; a get is killed after it took the
+ * item (moved the head), still holding the lock: the putter puts. */
+static void
+test_shmq_crash_get_killed_after_commit(void **state)
+{
+	wake_box *box = qu_shared(sizeof(*box));
+	uint8_t *buf = malloc(MAXITEM);
+	qpi_shmq_cfg c = {.maxsize = 1, .capacity = 64 * 1024};
+	qpi_shmq *q;
+	size_t len;
+	uint64_t id = UINT64_MAX;
+
+	(void) state;
+	assert_non_null(box);
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	qu_fill(buf, 1, 100);
+	assert_int_equal(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0), QP_OK);
+	pid_t p = wk_pids[0] = fork();
+	assert_true(p >= 0);
+	if (p == 0) {
+		qu_fill(buf, 2, 100);
+		int rc = qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN,
+		    qpi_deadline_ns(KC_DEADLINE_MS));
+		box->done_us[0] = qu_now_us();
+		_exit(rc == QP_OK ? 0 : 1);
+	}
+	wait_sleepers(q, false, 1);
+	int64_t tk = kill_at(q, 1, QPI_HOOK_DONE, buf); /* took item 1 */
+	kc_check(box, tk, "the putter", QPI_HOOK_DONE);
+	assert_int_equal(
+	    qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, 0), QP_OK);
+	assert_true(qu_check(buf, len, &id));
+	assert_int_equal(id, 2);
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
+	munmap(box, sizeof(*box));
+}
+
+/* A joiner sleeps; the task_done of the last task is killed right after
+ * it counted it: the joiner returns. */
+static void
+test_shmq_crash_task_done_killed_after_commit(void **state)
+{
+	wake_box *box = qu_shared(sizeof(*box));
+	uint8_t *buf = malloc(MAXITEM);
+	qpi_shmq_cfg c = {.capacity = 64 * 1024};
+	qpi_shmq *q;
+	size_t len;
+
+	(void) state;
+	assert_non_null(box);
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	qu_fill(buf, 1, 100);
+	assert_int_equal(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0), QP_OK);
+	assert_int_equal(
+	    qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, 0), QP_OK);
+	pid_t p = wk_pids[0] = fork();
+	assert_true(p >= 0);
+	if (p == 0) {
+		int rc = qpi_shmq_join(q, qpi_deadline_ns(KC_DEADLINE_MS));
+		box->done_us[0] = qu_now_us();
+		_exit(rc == QP_OK ? 0 : 1);
+	}
+	qu_sleep_ms(50); /* the joiner sleeps at once */
+	int64_t tk = kill_at(q, 2, QPI_HOOK_DONE, buf);
+	kc_check(box, tk, "the joiner", QPI_HOOK_DONE);
+	assert_int_equal(qpi_shmq_task_done(q), QP_EVALUE);
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
+	munmap(box, sizeof(*box));
+}
+
+/* A getter sleeps while the only item is leased; the release that
+ * returns it is killed once its journal is committed: the getter gets
+ * it. */
+static void
+test_shmq_crash_release_killed_after_commit(void **state)
+{
+	wake_box *box = qu_shared(sizeof(*box));
+	uint8_t *buf = malloc(MAXITEM);
+	qpi_shmq_cfg c = {.capacity = 64 * 1024};
+	qpi_shmq_lease l;
+	qpi_shmq *q;
+	size_t len;
+	void *p0;
+
+	(void) state;
+	assert_non_null(box);
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	qu_fill(buf, 3, 100);
+	assert_int_equal(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0), QP_OK);
+	assert_int_equal(
+	    qpi_shmq_get_lease(q, 1, -1, 0, &p0, &len, &l, 0), QP_OK);
+	free(p0);
+	pid_t p = wk_pids[0] = fork();
+	assert_true(p >= 0);
+	if (p == 0) {
+		uint64_t id = UINT64_MAX;
+		int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len,
+		    qpi_deadline_ns(KC_DEADLINE_MS));
+		box->done_us[0] = qu_now_us();
+		_exit(
+		    rc == QP_OK && qu_check(buf, len, &id) && id == 3 ? 0 : 1);
+	}
+	wait_sleepers(q, true, 1);
+	pid_t w = wk_pids[WK_SLEEPERS] = fork();
+	assert_true(w >= 0);
+	if (w == 0) {
+		kc_point = QPI_HOOK_COMMIT;
+		qpi_shmq_test_hook = die_at_point;
+		_exit(qpi_shmq_release(q, l.id) == QP_OK ? 0 : 1);
+	}
+	assert_int_equal(qu_wait(w), 128 + SIGKILL);
+	wk_pids[WK_SLEEPERS] = 0;
+	kc_check(box, qu_now_us(), "the getter", QPI_HOOK_COMMIT);
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
+	munmap(box, sizeof(*box));
+}
+
+/* Two getters sleep; the first is killed in its sleep (its bit still
+ * set), then a put is killed after its commit: the waker, finding nobody
+ * on the dead getter's word, wakes the next, which gets the item within
+ * 100 ms of the kill. */
+static void
+test_shmq_crash_dead_sleeper_skipped(void **state)
+{
+	wake_box *box = qu_shared(sizeof(*box));
+	uint8_t *buf = malloc(MAXITEM);
+	qpi_shmq_cfg c = {.capacity = 64 * 1024};
+	qpi_shmq *q;
+
+	(void) state;
+	assert_non_null(box);
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	/* wk_pids[1] sleeps first (the lower slot: woken first), then
+	 * wk_pids[0]. */
+	for (int k = 1; k >= 0; k--) {
+		pid_t p = wk_pids[k] = fork();
+		assert_true(p >= 0);
+		if (p == 0) {
+			size_t len;
+			uint64_t id = UINT64_MAX;
+			int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len,
+			    qpi_deadline_ns(KC_DEADLINE_MS));
+			box->done_us[k] = qu_now_us();
+			_exit(rc == QP_OK && qu_check(buf, len, &id) && id == 4
+			        ? 0
+			        : 1);
+		}
+		wait_sleepers(q, true, 2 - (uint64_t) k);
+	}
+	kill(wk_pids[1], SIGKILL);
+	assert_int_equal(qu_wait(wk_pids[1]), 128 + SIGKILL);
+	wk_pids[1] = 0;
+	qu_fill(buf, 4, 100);
+	int64_t tk = kill_at(q, 0, QPI_HOOK_DONE, buf);
+	kc_check(box, tk, "the live getter", QPI_HOOK_DONE);
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
+	munmap(box, sizeof(*box));
+}
+
+/* Stops the calling process for good where it holds the producer lock. */
+static void
+stall_locked(int point)
+{
+	if (point == QPI_HOOK_PUT_LOCKED) {
+		for (;;) {
+			pause();
+		}
+	}
+}
+
+/* A put stalls (stopped, say) while it holds the producer lock: a get
+ * with a timeout, which before it sleeps waits for a put in flight,
+ * still returns empty at its deadline. */
+static void
+test_shmq_crash_get_deadline_with_put_stalled(void **state)
+{
+	qpi_shmq_cfg c = {.capacity = 64 * 1024};
+	uint8_t *buf = malloc(MAXITEM);
+	qpi_shmq *q;
+	size_t len;
+
+	(void) state;
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	pid_t w = wk_pids[WK_SLEEPERS] = fork();
+	assert_true(w >= 0);
+	if (w == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		qpi_shmq_test_hook = stall_locked;
+		qu_fill(buf, 1, 100);
+		_exit(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0) == QP_OK ? 0
+		                                                          : 1);
+	}
+	qu_sleep_ms(50);
+	int64_t t0 = qu_now_us();
+	assert_int_equal(
+	    qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, qpi_deadline_ns(200)),
+	    QP_EEMPTY);
+	int64_t took = qu_now_us() - t0;
+	assert_true(took >= 190000 && took < 1000000);
+	/* The stalled put dies: its lock is repaired, nothing was put. */
+	kill(w, SIGKILL);
+	assert_int_equal(qu_wait(w), 128 + SIGKILL);
+	wk_pids[WK_SLEEPERS] = 0;
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
 }
 
 int
@@ -609,6 +934,18 @@ main(void)
 	        test_shmq_crash_getter_killed_waking_putters, wake_teardown),
 	    cmocka_unit_test_teardown(
 	        test_shmq_crash_putter_killed_waking_getter, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_put_killed_after_commit, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_get_killed_after_commit, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_task_done_killed_after_commit, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_release_killed_after_commit, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_dead_sleeper_skipped, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_get_deadline_with_put_stalled, wake_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

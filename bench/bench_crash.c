@@ -14,7 +14,10 @@
  *     returned (the killed producer's last) is got at most once;
  *   - the queue ends empty (qsize 0).
  *
- *   bench_crash [--runs N] [--items N] [--seed S] [--timeout SEC]
+ *   bench_crash [--runs N] [--items N] [--seed S] [--timeout SEC] [--stacks]
+ *
+ * --stacks: at a stall of 1.5 s, the driver's and the survivors' stacks
+ * (gdb) go to stderr, to show where they sleep.
  *
  * Prints one JSON line (runs, kills, recovery times, violations) and exits
  * 1 on any violation; each violation is also told on stderr as it happens.
@@ -269,6 +272,56 @@ wait_one(pid_t pid)
 	return st;
 }
 
+/* --stacks: a process that, once the survivors have made no progress for
+ * 1.5 s after the kill, prints the driver's and each survivor's stack
+ * (gdb) on stderr, to show where a stall sleeps. Returns its pid. */
+static bool cr_stacks;
+
+static void
+show_stack(const char *who, pid_t pid)
+{
+	char cmd[160];
+
+	fprintf(stderr, "--- %s (pid %d)\n", who, (int) pid);
+	snprintf(cmd, sizeof(cmd), "gdb -p %d -batch -ex bt 1>&2 2>/dev/null",
+	    (int) pid);
+	if (system(cmd) != 0) {
+		fprintf(stderr, "(gdb failed or is not installed)\n");
+	}
+}
+
+static pid_t
+stall_monitor(cr_shared *sh, uint64_t run, int victim)
+{
+	pid_t mon = fork();
+
+	if (mon != 0) {
+		return mon;
+	}
+	for (int k = 0; k < 200; k++) { /* 10 s at most */
+		sleep_ns(50000000u);
+		uint64_t last = atomic_load(&sh->last_op_ns);
+		uint64_t kn = atomic_load(&sh->kill_ns);
+		if (bench_now_ns() - (last > kn ? last : kn) > 1500000000ull) {
+			fprintf(stderr,
+			    "bench_crash: run %" PRIu64
+			    ": no progress for 1.5 s after killing worker "
+			    "%d; stacks:\n",
+			    run, victim);
+			show_stack("driver", getppid());
+			for (int i = 0; i < WORKERS; i++) {
+				if (i != victim) {
+					show_stack(i < PRODUCERS ? "producer"
+					                         : "consumer",
+					    cr_pids[i]);
+				}
+			}
+			break;
+		}
+	}
+	_exit(0);
+}
+
 static int
 one_run(cr_shared *sh, uint64_t run, uint64_t seed, uint64_t *rng,
     uint32_t items, double timeout, cr_totals *t)
@@ -331,6 +384,8 @@ one_run(cr_shared *sh, uint64_t run, uint64_t seed, uint64_t *rng,
 		t->killed_consumers++;
 	}
 
+	pid_t mon = cr_stacks ? stall_monitor(sh, run, victim) : -1;
+
 	/* Surviving producers finish; then one stop item per consumer. */
 	for (int i = 0; i < PRODUCERS; i++) {
 		if (i != victim && (st = wait_one(pids[i])) != 0) {
@@ -354,6 +409,10 @@ one_run(cr_shared *sh, uint64_t run, uint64_t seed, uint64_t *rng,
 			    "consumer %d ended with status %d (%s)", i, st,
 			    sh->msg);
 		}
+	}
+	if (mon > 0) {
+		kill(mon, SIGKILL);
+		wait_one(mon);
 	}
 	/* Nothing may be left, but drain whatever is, to account for it. */
 	for (int i = 0; i < 4 * MAX_ITEMS; i++) {
@@ -445,6 +504,7 @@ main(int argc, char **argv)
 	    {"items", required_argument, NULL, 'n'},
 	    {"seed", required_argument, NULL, 's'},
 	    {"timeout", required_argument, NULL, 't'},
+	    {"stacks", no_argument, NULL, 'k'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -474,9 +534,12 @@ main(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'k':
+			cr_stacks = true;
+			break;
 		case 'h':
 			printf("usage: bench_crash [--runs N] [--items N] "
-			       "[--seed S] [--timeout SEC]\n"
+			       "[--seed S] [--timeout SEC] [--stacks]\n"
 			       "Kills one of 2 producers and 2 consumers per "
 			       "run; checks that nothing\n"
 			       "acknowledged is lost or duplicated and that "

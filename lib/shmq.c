@@ -14,7 +14,10 @@
  * futex words with per-slot sleeper bits; a waker wakes under its lock
  * before its commit, and task_done takes the consumer lock for that (see
  * sq_settle). A sleeper may take either lock briefly, alone, to wait for
- * a change in flight.
+ * a change in flight. The kernel's robust-futex protocol covers dead lock
+ * owners but not a waiter killed just as a wake-up is handed to it, so
+ * lock waits run in slices (SQ_LOCK_SLICE_NS) and a wake-up for one getter
+ * wakes two (SQ_WAKE_ONE).
  */
 #define _GNU_SOURCE /* pthread_mutex_clocklock */
 #include "shmq.h"
@@ -51,7 +54,16 @@ void (*qpi_shmq_test_hook)(int point);
  * the caller sleeps in the kernel; a blocking call polls its condition for
  * this long before it sleeps. */
 #define SQ_LOCK_SPIN 100
-#define SQ_SPIN_NS   4000
+/* How many sleepers a wake-up for one wakes: see sq_wake_slow. */
+#define SQ_WAKE_ONE 2
+/* A thread blocked on a lock wakes at least this often (ns) and tries
+ * again. An unlock wakes one waiter in the kernel; if that waiter is being
+ * killed at that instant, the wake-up dies with it and the other waiters
+ * would sleep on a free lock (the robust-futex protocol covers dead
+ * owners, not dead waiters). Locks are held for microseconds, so the
+ * slices cost nothing but in that case, which they bound. */
+#define SQ_LOCK_SLICE_NS 20000000
+#define SQ_SPIN_NS       4000
 /* Liveness scans of sleeper slots happen at most this often. */
 #define SQ_SCAN_MS 100
 
@@ -591,15 +603,18 @@ sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 				rc = pthread_mutex_trylock(&s->lock);
 			}
 		}
-		if (rc == EBUSY && deadline == INT64_MAX) {
-			rc = pthread_mutex_lock(&s->lock);
-		} else if (rc == EBUSY) {
-			struct timespec ts = qpi_ts_from_ns(deadline);
-			rc = pthread_mutex_clocklock(
-			    &s->lock, CLOCK_MONOTONIC, &ts);
-			if (rc == ETIMEDOUT) {
+		/* Waits in slices: see SQ_LOCK_SLICE_NS. */
+		while (rc == EBUSY || rc == ETIMEDOUT) {
+			int64_t now = qpi_now_ns();
+			if (now >= deadline) {
 				return QP_ETIMEDOUT;
 			}
+			int64_t until = deadline - now > SQ_LOCK_SLICE_NS
+			    ? now + SQ_LOCK_SLICE_NS
+			    : deadline;
+			struct timespec ts = qpi_ts_from_ns(until);
+			rc = pthread_mutex_clocklock(
+			    &s->lock, CLOCK_MONOTONIC, &ts);
 		}
 	}
 	if (rc == EOWNERDEAD) {
@@ -785,11 +800,13 @@ sq_wake_slow(qpi_shmq *q, int e, bool all)
 	uint64_t m = LD(&ev->sleep);
 	bool missed = false;
 
-	/* One: if the chosen one was not asleep (or is dead), the next one,
-	 * so that a wake-up is never lost. */
-	for (; m != 0; m &= m - 1) {
+	/* "One" is two, where two sleep: a sleeper woken by the kernel may
+	 * be killed before it runs, and the wake-up dies with it; the second
+	 * one then takes the item (only one kill at a time is covered). A
+	 * chosen one that was not asleep (or is dead) does not count. */
+	for (int woke = 0; m != 0; m &= m - 1) {
 		int r = sq_wake_slot(ev, __builtin_ctzll(m));
-		if (r > 0 && !all) {
+		if (r > 0 && ++woke == SQ_WAKE_ONE && !all) {
 			break;
 		}
 		missed |= r < 0;
@@ -926,6 +943,7 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 	if (!sq_closed(q) && !pred(q, arg)) {
 		rc = qpi_futex_wait(
 		    i >= 0 ? &ev->who[i].word : &ev->seq, s, deadline);
+		SQ_HOOK(QPI_HOOK_WOKEN);
 	}
 	bool woken = false;
 	if (i >= 0) {
@@ -2929,4 +2947,10 @@ qpi_shmq_watch_wait(qpi_shmq *q, uint32_t seen, int64_t deadline)
 		return qpi_err(QP_ECLOSED, "%s: handle closed", q->label);
 	}
 	return rc;
+}
+
+pthread_mutex_t *
+qpi_shmq_test_lock(qpi_shmq *q, bool producer)
+{
+	return producer ? &q->h->ps.lock : &q->h->gs.lock;
 }

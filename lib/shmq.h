@@ -61,12 +61,17 @@
  * change, and the sleeper sees it, within moments of the kill, even when
  * no other process touches the queue. A sleeper stays visible (its bit
  * set) until it runs again, and a waker either marked and woke it or did
- * neither. What remains: a sleeper killed after it was woken but before
- * it acted, while every other sleeper sleeps and nothing else happens;
- * the next put or get on that side wakes the others then (they stay
- * visible). Watchers (qpiped) are told after the unlock, as before: one
- * killed between its commit and that bump leaves them to their own
- * deadline.
+ * neither. A sleeper killed after it was woken but before it acted takes
+ * its wake-up with it: putters and joiners are all woken, and a wake-up
+ * for one getter wakes two where two sleep, so another one acts. A lock
+ * waiter killed as the unlock's kernel wake-up reaches it takes that
+ * wake-up with it too (the robust-futex protocol covers dead owners, not
+ * waiters): lock waits run in 20 ms slices, so the other waiters find
+ * the lock free within one. Covered: any one process killed at any
+ * instant; two killed at once may leave a sleeper to its deadline or the
+ * next change. Watchers (qpiped) are told after the unlock, as before:
+ * one killed between its commit and that bump leaves them to their own
+ * deadline (qpiped re-checks its queues once a second).
  *
  * Leases (for qpiped; the server keeps no lease state of its own). A lease
  * get takes the head item out of the ring like a get, and in the same
@@ -114,6 +119,7 @@
 
 #include "qpi.h"
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -360,7 +366,12 @@ enum qpi_shmq_hook_point {
 	QPI_HOOK_WAKE, /* a waker chose a sleeper (lock held, before its
 	                  commit), wake-up not yet delivered */
 	QPI_HOOK_DONE, /* a put, get or task_done committed, lock held */
+	QPI_HOOK_WOKEN, /* a sleeper was woken, before it acts on it */
 };
 extern void (*qpi_shmq_test_hook)(int point);
+
+/* The producer's (producer true) or the consumers' lock, for tests that
+ * stand in for a process blocked on it. */
+pthread_mutex_t *qpi_shmq_test_lock(qpi_shmq *q, bool producer);
 
 #endif /* QPI_SHMQ_H */

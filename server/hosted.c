@@ -204,7 +204,9 @@ q_lease_fire(qps_timer *t)
  * token and no expiry. A dead one's leases return when another local
  * worker gets, or here: once a second while queues are hosted, the leases
  * of processes that are gone go back to the head (a kill(pid, 0) per
- * local lease; a dead pid raises no event to wait on). */
+ * local lease; a dead pid raises no event to wait on). The same tick
+ * retries each queue's parked requests: a local process killed between
+ * its put's commit and its bump of the watch word tells nobody. */
 #define SWEEP_NS (1000 * 1000000LL)
 
 static qps_timer sweep_timer;
@@ -215,14 +217,13 @@ sweep_fire(qps_timer *t)
 {
 	for (qps_q *q = hs.head; q != NULL; q = q->next) {
 		size_t n = 0;
-		if (q->dur != NULL
-		    || qpi_shmq_release_dead(q->shm, &n) != QP_OK || n == 0) {
-			continue;
+		if (q->dur == NULL
+		    && qpi_shmq_release_dead(q->shm, &n) == QP_OK && n > 0) {
+			qps_log(QPS_LOG_INFO,
+			    "queue '%s': %zu leases of local processes that "
+			    "are gone are back at the head",
+			    q->name, n);
 		}
-		qps_log(QPS_LOG_INFO,
-		    "queue '%s': %zu leases of local processes that are gone "
-		    "are back at the head",
-		    q->name, n);
 		qps_ops_kick(q);
 	}
 	if (hs.head != NULL) {

@@ -16,6 +16,7 @@
 
 #include "qpi.h"
 #include "qps_testsrv.h"
+#include "shmq.h"
 #include "wire.h"
 
 #include <arpa/inet.h>
@@ -507,6 +508,70 @@ static void
 test_remote_mixed_local(void **state)
 {
 	scenario(mixed_body, NULL);
+}
+
+/* ---- a local put killed before it told the server ---- */
+
+static void
+die_at_done(int point)
+{
+	if (point == QPI_HOOK_DONE) {
+		raise(SIGKILL);
+	}
+}
+
+/* Puts "orphan" into the local queue and is killed right after the
+ * commit, holding the lock, before it bumps the server's watch word. */
+static void
+orphan_putter(void *arg)
+{
+	mixed_ctx *m = arg;
+	qp_queue *c = NULL;
+
+	tsrv_sleep_ms(200);
+	CHECK_EQ(qp_queue_open(&c, m->la, NULL), QP_OK);
+	qpi_shmq_test_hook = die_at_done;
+	(void) qp_queue_put(c, "orphan", 6, 0);
+	_exit(1); /* not reached */
+}
+
+static void
+orphan_body(void *arg)
+{
+	tsrv s = {0};
+	mixed_ctx m;
+	char name[64];
+	qp_queue *lq, *rq;
+	int g;
+
+	(void) arg;
+	CHECK(tsrv_start(&s, "tcp") == 0);
+	qname(name, sizeof(name), "orphan");
+	qaddr(m.la, sizeof(m.la), NULL, name);
+	qaddr(m.ra, sizeof(m.ra), &s, name);
+	lq = open_q(m.la, QP_OPEN_CREATE, 0, 0);
+	rq = open_q(m.ra, 0, 0, 0);
+	pid_t p = spawn_gated(orphan_putter, &m, &g);
+	/* A remote get parked on the server: nobody wakes it, but the
+	 * server's once-a-second tick finds the item (and repairs the
+	 * lock). */
+	gate_open(&g);
+	long long t0 = tsrv_now_ms();
+	get_str(rq, "orphan", 5000);
+	long long el = tsrv_now_ms() - t0;
+	CHECK_EQ(reap(p), 128 + SIGKILL);
+	CHECK(el < 2500);
+	qp_queue_free(rq);
+	qp_queue_free(lq);
+	qp_queue_unlink(m.la);
+	CHECK(tsrv_stop(&s));
+}
+
+static void
+test_remote_local_put_killed_before_bump(void **state)
+{
+	(void) state;
+	scenario(orphan_body, NULL);
 }
 
 /* ---- 4 producers x 4 consumers, exactly once ---- */
@@ -1718,6 +1783,7 @@ main(void)
 	    cmocka_unit_test(test_remote_missing_queue),
 	    cmocka_unit_test(test_remote_forked_child),
 	    cmocka_unit_test(test_remote_mixed_local),
+	    cmocka_unit_test(test_remote_local_put_killed_before_bump),
 	    cmocka_unit_test(test_remote_4x4_exactly_once),
 	    cmocka_unit_test(test_remote_client_killed_lease),
 	    cmocka_unit_test(test_remote_lease_expiry),

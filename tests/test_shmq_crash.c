@@ -32,7 +32,10 @@
 
 #include <cmocka.h>
 
+#include <linux/futex.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "qpi.h"
 #include "queue_util.h"
@@ -924,6 +927,204 @@ test_shmq_crash_get_deadline_with_put_stalled(void **state)
 	free(buf);
 }
 
+/* A getter woken for an item is killed before it takes it (the kernel
+ * delivered its wake-up; it never ran again), while a second getter
+ * sleeps and nobody puts again: the second getter gets the item within
+ * 100 ms of the put. */
+static void
+die_woken(int point)
+{
+	if (point == QPI_HOOK_WOKEN) {
+		raise(SIGKILL);
+	}
+}
+
+static void
+test_shmq_crash_woken_getter_killed(void **state)
+{
+	wake_box *box = qu_shared(sizeof(*box));
+	uint8_t *buf = malloc(MAXITEM);
+	qpi_shmq_cfg c = {.capacity = 64 * 1024};
+	qpi_shmq *q;
+
+	(void) state;
+	assert_non_null(box);
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	/* wk_pids[1] sleeps first (the lower slot: woken first) and dies
+	 * when woken; then wk_pids[0]. */
+	for (int k = 1; k >= 0; k--) {
+		pid_t p = wk_pids[k] = fork();
+		assert_true(p >= 0);
+		if (p == 0) {
+			size_t len;
+			uint64_t id = UINT64_MAX;
+			if (k == 1) {
+				qpi_shmq_test_hook = die_woken;
+			}
+			int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len,
+			    qpi_deadline_ns(KC_DEADLINE_MS));
+			box->done_us[k] = qu_now_us();
+			_exit(rc == QP_OK && qu_check(buf, len, &id) && id == 6
+			        ? 0
+			        : 1);
+		}
+		wait_sleepers(q, true, 2 - (uint64_t) k);
+	}
+	qu_fill(buf, 6, 100);
+	int64_t tp = qu_now_us();
+	assert_int_equal(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0), QP_OK);
+	assert_int_equal(qu_wait(wk_pids[1]), 128 + SIGKILL);
+	wk_pids[1] = 0;
+	kc_check(box, tp, "the other getter", QPI_HOOK_WOKEN);
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
+	munmap(box, sizeof(*box));
+}
+
+/* ---- a process killed as a lock is handed to it ----
+ *
+ * An unlock wakes one waiter in the kernel. If that waiter is killed at
+ * that instant, the wake-up dies with it, and the other waiters sleep on
+ * a lock that is free. The instant is too short to hit on purpose, so a
+ * stand-in plays the dying waiter: it marks the lock as waited for,
+ * sleeps on it first in line, and exits as soon as it is woken. */
+
+typedef struct lk_box {
+	uint32_t held; /* the put holds the producer lock */
+	uint32_t go; /* let it go on */
+	int64_t done_us; /* when the waiting put returned */
+} lk_box;
+
+static lk_box *lk;
+
+/* Holds the producer lock until lk->go (10 s at most). */
+static void
+hold_locked(int point)
+{
+	if (point == QPI_HOOK_PUT_LOCKED) {
+		__atomic_store_n(&lk->held, 1, __ATOMIC_SEQ_CST);
+		for (int i = 0;
+		     i < 10000 && !__atomic_load_n(&lk->go, __ATOMIC_SEQ_CST);
+		     i++) {
+			qu_sleep_ms(1);
+		}
+	}
+}
+
+/* True once pid sleeps in a futex call (up to 2 s). */
+static bool
+in_futex(pid_t pid)
+{
+	char path[64], line[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/syscall", (int) pid);
+	for (int i = 0; i < 2000; i++) {
+		FILE *f = fopen(path, "r");
+		bool yes = false;
+		if (f != NULL) {
+			yes = fgets(line, sizeof(line), f) != NULL
+			    && atoi(line) == SYS_futex;
+			fclose(f);
+		}
+		if (yes) {
+			return true;
+		}
+		qu_sleep_ms(1);
+	}
+	return false;
+}
+
+static void
+test_shmq_crash_lock_waiter_killed(void **state)
+{
+	qpi_shmq_cfg c = {.capacity = 64 * 1024};
+	uint8_t *buf = malloc(MAXITEM);
+	qpi_shmq *q;
+	int st = -1;
+
+	(void) state;
+	lk = qu_shared(sizeof(*lk));
+	assert_non_null(lk);
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	qu_fill(buf, 1, 100);
+	/* The holder: a put that stops with the lock held. */
+	pid_t h = wk_pids[0] = fork();
+	assert_true(h >= 0);
+	if (h == 0) {
+		qpi_shmq_test_hook = hold_locked;
+		_exit(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0) == QP_OK ? 0
+		                                                          : 1);
+	}
+	for (int i = 0; i < 2000 && !__atomic_load_n(&lk->held, 0); i++) {
+		qu_sleep_ms(1);
+	}
+	assert_true(__atomic_load_n(&lk->held, __ATOMIC_SEQ_CST));
+	/* The stand-in for the dying waiter, first in line. */
+	pid_t d = wk_pids[1] = fork();
+	assert_true(d >= 0);
+	if (d == 0) {
+		uint32_t *w
+		    = (uint32_t *) &qpi_shmq_test_lock(q, true)->__data.__lock;
+		uint32_t v = __atomic_load_n(w, __ATOMIC_SEQ_CST);
+		while (v != 0
+		    && !__atomic_compare_exchange_n(w, &v, v | FUTEX_WAITERS,
+		        false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+		}
+		if (v == 0) {
+			_exit(2);
+		}
+		syscall(SYS_futex, w, FUTEX_WAIT, v | FUTEX_WAITERS, NULL,
+		    NULL, 0);
+		_exit(0);
+	}
+	assert_true(in_futex(d));
+	/* A put that waits for the lock, second in line. */
+	pid_t p = wk_pids[2] = fork();
+	assert_true(p >= 0);
+	if (p == 0) {
+		qu_fill(buf, 2, 100);
+		int rc = qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN,
+		    qpi_deadline_ns(KC_DEADLINE_MS));
+		lk->done_us = qu_now_us();
+		_exit(rc == QP_OK ? 0 : 1);
+	}
+	assert_true(in_futex(p));
+	int64_t t0 = qu_now_us();
+	__atomic_store_n(&lk->go, 1, __ATOMIC_SEQ_CST);
+	assert_int_equal(qu_wait(h), 0);
+	wk_pids[0] = 0;
+	assert_int_equal(qu_wait(d), 0); /* the unlock woke it */
+	wk_pids[1] = 0;
+	/* The second put must go on (up to 3 s here; it must take less
+	 * than 100 ms). */
+	for (int i = 0; i < 3000; i++) {
+		if (waitpid(p, &st, WNOHANG) == p) {
+			wk_pids[2] = 0;
+			break;
+		}
+		qu_sleep_ms(1);
+	}
+	if (wk_pids[2] != 0) {
+		fail_msg("a put waited on a free lock for 3 s");
+	}
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	int64_t late = lk->done_us - t0;
+	if (late >= WK_LIMIT_US) {
+		fail_msg("the waiting put went on %lld us after the unlock",
+		    (long long) late);
+	}
+	uint64_t n = 0;
+	assert_int_equal(qpi_shmq_qsize(q, &n), QP_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
+	munmap(lk, sizeof(*lk));
+}
+
 int
 main(void)
 {
@@ -946,6 +1147,10 @@ main(void)
 	        test_shmq_crash_dead_sleeper_skipped, wake_teardown),
 	    cmocka_unit_test_teardown(
 	        test_shmq_crash_get_deadline_with_put_stalled, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_woken_getter_killed, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_lock_waiter_killed, wake_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -10,17 +10,13 @@
  * before its result is stored, so a worker killed at any point loses no
  * task (a task may run twice: at least once).
  *
- * Leases. A remote task queue is opened with QP_OPEN_LEASE: the server
- * holds each task for this handle until task_done or nack, and gives it
- * back when the connection drops or the lease runs out (--lease SEC, else
- * the server's). A shm:// queue takes the library's shared-memory leases
- * (qpi_shmq_get_lease with this process as owner): the public API accepts
- * QP_OPEN_LEASE for remote queues only. A local worker's leases outlive it
- * when it is killed; every local worker returns the leases of dead
- * processes (qpi_shmq_release_dead) before each get, and so at least once
- * per WK_SLICE_MS while it waits. Local leases never expire unless --lease
- * is given; then every local worker expires the leases that ran out, and
- * a running task's lease is renewed at half time.
+ * Leases. The task queue is opened with QP_OPEN_LEASE (worker mode), local
+ * or remote alike: each task stays leased to this handle until task_done
+ * or nack, and goes back to the head of the queue when the lease runs out
+ * (--lease SEC, else --timeout + 10 s, else the queue's 30 s) or the
+ * worker dies: a remote worker's connection drops, a local worker's
+ * leases are returned by the next local worker that gets or waits (the
+ * library checks for dead holders), or by a qpiped hosting the queue.
  *
  * Threads. One thread per --concurrency slot; each has its own handles
  * (task, results, dead-letter), so that task_done and nack of one slot's
@@ -41,8 +37,6 @@
 #include "cli.h"
 #include "futex.h"
 #include "qpi.h"
-#include "queue.h"
-#include "shmq.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -78,8 +72,6 @@ typedef struct wk_slot {
 	qp_queue *q; /* tasks */
 	qp_queue *res; /* results */
 	qp_queue *dead; /* NAME.dead, opened on first use */
-	qpi_shmq *shm; /* local task queue: its shared memory */
-	uint64_t lease; /* local: the lease held, 0 if none */
 	uint32_t deliveries; /* of the task at hand */
 	char **envp; /* environ + QPIPE_ATTEMPT */
 	char attempt[32];
@@ -90,10 +82,8 @@ struct wk {
 	const char *addr;
 	const char *raddr;
 	char dead_addr[QPI_URL_MAX + QP_NAME_MAX + 16];
-	char shm_path[PATH_MAX]; /* local: the segment's file */
+	char shm_path[PATH_MAX]; /* local: the segment's file ("" remote) */
 	ino_t shm_ino;
-	uint64_t owner; /* local: this process as a lease owner */
-	int64_t shm_lease_ms; /* local: -1 = until confirmed */
 	uint32_t max_attempts;
 	size_t nslots;
 	wk_slot *slots;
@@ -138,9 +128,10 @@ wk_fail(wk *w, int rc)
 	pthread_mutex_unlock(&w->mu);
 }
 
-/* ---- the task queue: remote leases or local ones ---- */
+/* ---- the task queue ---- */
 
-/* Local: true while the queue's segment is still the one opened. */
+/* Local: true while the queue's segment is still the one opened (a
+ * removed segment wakes nobody; its workers exit). */
 static bool
 wk_shm_present(const wk *w)
 {
@@ -156,59 +147,30 @@ slot_get(wk_slot *s, qp_duration wait, void **bufp, size_t *lenp)
 	int rv;
 
 	s->deliveries = 1;
-	if (s->shm == NULL) {
-		if ((rv = qp_queue_get_obj(s->q, bufp, lenp, wait)) != QP_OK) {
-			return rv;
-		}
-		if (qp_queue_deliveries(s->q, &s->deliveries) != QP_OK) {
-			s->deliveries = 1;
-		}
-		return QP_OK;
-	}
-	if (!wk_shm_present(s->w)) {
+	if (s->w->shm_path[0] != '\0' && !wk_shm_present(s->w)) {
 		return qpi_err(QP_ECLOSED, "the queue was removed");
 	}
-	/* Tasks of dead local workers (and expired leases) go back first. */
-	qpi_shmq_release_dead(s->shm, NULL);
-	if (s->w->shm_lease_ms >= 0) {
-		qpi_shmq_expire(s->shm, qpi_now_ms(), NULL, NULL);
+	if ((rv = qp_queue_get_obj(s->q, bufp, lenp, wait)) != QP_OK) {
+		return rv;
 	}
-	qpi_shmq_lease l;
-	rv = qpi_shmq_get_lease(s->shm, s->w->owner, s->w->shm_lease_ms,
-	    QPI_GET_OBJ, bufp, lenp, &l, qpi_queue_deadline(wait));
-	if (rv == QP_OK) {
-		s->lease = l.id;
-		s->deliveries = l.deliveries;
+	if (qp_queue_deliveries(s->q, &s->deliveries) != QP_OK) {
+		s->deliveries = 1;
 	}
-	return rv;
+	return QP_OK;
 }
 
 /* Confirms the task at hand. */
 static int
 slot_done(wk_slot *s)
 {
-	if (s->shm == NULL) {
-		return qp_queue_task_done(s->q);
-	}
-	int rv = qpi_shmq_ack(s->shm, s->lease);
-	s->lease = 0;
-	if (rv == QP_OK) {
-		/* As a remote worker's confirmation: join() sees it. */
-		(void) qpi_shmq_task_done(s->shm);
-	}
-	return rv;
+	return qp_queue_task_done(s->q);
 }
 
 /* Gives the task at hand back for another attempt. */
 static int
 slot_nack(wk_slot *s)
 {
-	if (s->shm == NULL) {
-		return qp_queue_nack(s->q, 0);
-	}
-	int rv = qpi_shmq_release(s->shm, s->lease);
-	s->lease = 0;
-	return rv == QP_ENOENT ? QP_OK : rv; /* gone back already */
+	return qp_queue_nack(s->q, 0);
 }
 
 /* ---- running the command ---- */
@@ -330,10 +292,6 @@ wk_exec(wk_slot *s, const void *in, size_t inlen, wk_run *r)
 	int64_t deadline
 	    = o->timeout_set ? qpi_deadline_ns(o->timeout) : INT64_MAX;
 
-	int64_t renew_ns = s->shm != NULL && s->w->shm_lease_ms > 0
-	    ? qpi_deadline_ns(s->w->shm_lease_ms / 2 + 1)
-	    : INT64_MAX;
-
 	fcntl(infd, F_SETFL, O_NONBLOCK);
 	fcntl(outfd, F_SETFL, O_NONBLOCK);
 	if (inlen == 0) {
@@ -359,19 +317,6 @@ wk_exec(wk_slot *s, const void *in, size_t inlen, wk_run *r)
 			    = (struct pollfd) {.fd = pidfd, .events = POLLIN};
 		}
 		int64_t left = qpi_remaining_ns(deadline);
-		if (renew_ns != INT64_MAX) {
-			/* A local lease with an expiry: renewed at half time
-			 * while the task runs. */
-			int64_t to_renew = qpi_remaining_ns(renew_ns);
-			if (to_renew == 0) {
-				(void) qpi_shmq_renew(
-				    s->shm, s->lease, s->w->shm_lease_ms);
-				renew_ns = qpi_deadline_ns(
-				    s->w->shm_lease_ms / 2 + 1);
-				to_renew = qpi_remaining_ns(renew_ns);
-			}
-			left = to_renew < left ? to_renew : left;
-		}
 		int ms = left == INT64_MAX ? -1
 		                           : (int) ((left + 999999) / 1000000);
 		int k = poll(p, (nfds_t) n, ms);
@@ -760,26 +705,16 @@ slot_open(wk *w, wk_slot *s)
 	if ((rv = qpi_addr_parse(w->addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
 		return cli_fail(w->o, w->addr, rv);
 	}
-	if (a.kind != QPI_ADDR_SHM) {
-		opts.flags |= QP_OPEN_LEASE;
-		opts.lease_ms = w->o->lease_ms;
-		if (opts.lease_ms == 0 && w->o->timeout_set) {
-			/* A task may run that long: hold it a while longer. */
-			opts.lease_ms = (uint64_t) w->o->timeout + 10000;
-		}
+	opts.flags |= QP_OPEN_LEASE;
+	opts.lease_ms = w->o->lease_ms;
+	if (opts.lease_ms == 0 && w->o->timeout_set) {
+		/* A task may run that long: hold it a while longer. */
+		opts.lease_ms = (uint64_t) w->o->timeout + 10000;
 	}
 	if ((rv = qp_queue_open(&s->q, w->addr, &opts)) != QP_OK) {
 		return cli_fail(w->o, w->addr, rv);
 	}
 	if (a.kind == QPI_ADDR_SHM) {
-		const qpi_queue_ops *ops;
-		void *impl = qpi_queue_impl(s->q, &ops);
-		if (ops != &qpi_shmq_ops) {
-			fprintf(stderr,
-			    "qpipe: worker %s: not a local queue\n", w->addr);
-			return CLI_ERROR;
-		}
-		s->shm = impl;
 		if (w->shm_path[0] == '\0') {
 			struct stat st;
 			snprintf(w->shm_path, sizeof(w->shm_path),
@@ -810,10 +745,7 @@ wk_free(wk *w)
 {
 	for (size_t i = 0; i < w->nslots; i++) {
 		wk_slot *s = &w->slots[i];
-		if (s->lease != 0 && s->shm != NULL) {
-			(void) qpi_shmq_release(s->shm, s->lease);
-		}
-		qp_queue_free(s->q);
+		qp_queue_free(s->q); /* gives back a task still held */
 		qp_queue_free(s->res);
 		qp_queue_free(s->dead);
 		free(s->envp);
@@ -920,8 +852,6 @@ cmd_worker(cli_opts *o)
 	                                      : (uint32_t) o->max_attempts;
 	w.nslots = o->concurrency == 0 ? 1 : (size_t) o->concurrency;
 	w.tasks_left = o->max_tasks == 0 ? UINT64_MAX : o->max_tasks;
-	w.owner = qpi_shmq_owner_self();
-	w.shm_lease_ms = o->lease_ms == 0 ? -1 : (int64_t) o->lease_ms;
 	w.last_ms = qpi_now_ms();
 	pthread_mutex_init(&w.mu, NULL);
 

@@ -5,14 +5,14 @@
  * is "ID HEX NAME" (no newline), HEX the SHA-256 of those bytes, NAME the
  * worker's.
  *
- * On a queue served by qpiped (tcp://, ipc://, tls+tcp://) the worker opens
- * the tasks in worker mode (QP_OPEN_LEASE): each task stays leased until
- * its result is in the results queue and task_done() confirms it, so a
- * worker killed mid-task loses nothing: the server gives the task back to
- * the head of the queue when the worker's connection drops. On shm:// the
- * library has no worker mode: the get confirms at once and task_done only
- * counts for join(), so a shared-memory worker killed mid-task loses its
- * task; the worker says so when it starts.
+ * The worker opens the tasks in worker mode (QP_OPEN_LEASE): each task
+ * stays leased until its result is in the results queue and task_done()
+ * confirms it, so a worker killed mid-task loses nothing: the task goes
+ * back to the head of the queue. On a queue served by qpiped (tcp://,
+ * ipc://, tls+tcp://) the server gives it back when the worker's
+ * connection drops; on shm:// the next worker that gets from the queue
+ * sees that the holder is gone and gives it back. Either way, a lease
+ * that runs out (30 s by default) gives the task back too.
  *
  * The worker is single-threaded; it holds at most one task at a time.
  * SIGTERM and SIGINT let the task at hand finish, then it exits 0.
@@ -51,9 +51,9 @@ pw_usage(FILE *f)
 	    "\n"
 	    "Takes tasks (\"ID\\n\" then bytes) from TASKS, puts \"ID SHA256 "
 	    "NAME\"\n"
-	    "for each on RESULTS. Remote TASKS are leased until the result "
-	    "is\n"
-	    "in: a worker killed mid-task loses nothing.\n"
+	    "for each on RESULTS. TASKS are leased until the result is in: "
+	    "a\n"
+	    "worker killed mid-task loses nothing.\n"
 	    "\n"
 	    "  --name NAME     NAME in each result (default HOSTNAME-PID)\n"
 	    "  --idle-exit MS  exit 0 once no task came for MS ms (default: "
@@ -172,29 +172,15 @@ main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 
-	/* Worker mode where the queue is served by qpiped; plain gets (with
-	 * task_done for join) in shared memory, which has no worker mode. */
+	/* Worker mode: a task is confirmed by task_done, not by the get. */
 	qp_queue *tq = NULL, *rq = NULL;
 	qp_queue_opts to = {.flags = QP_OPEN_CREATE | QP_OPEN_LEASE};
 	qp_queue_opts ro = {.flags = QP_OPEN_CREATE};
-	bool leased = true;
 	int rc = qp_queue_open(&tq, taddr, &to);
-	if (rc == QP_EINVAL) {
-		to.flags = QP_OPEN_CREATE;
-		leased = false;
-		rc = qp_queue_open(&tq, taddr, &to);
-	}
 	if (rc != QP_OK || (rc = qp_queue_open(&rq, raddr, &ro)) != QP_OK) {
 		fprintf(stderr, "pool_worker %s: %s\n", name, qp_errmsg());
 		qp_queue_free(tq);
 		return 2;
-	}
-	if (!leased) {
-		fprintf(stderr,
-		    "pool_worker %s: %s has no worker mode in shared memory: "
-		    "a "
-		    "task is confirmed when taken\n",
-		    name, taddr);
 	}
 
 	long done = 0, idle = 0;
@@ -240,15 +226,11 @@ main(int argc, char **argv)
 		int n = pw_result(task, len, name, out, sizeof(out));
 		qp_free(task);
 		if (n < 0) {
-			/* Not a task of this format: give it back in worker
-			 * mode (its delivery count goes up), else drop it. */
+			/* Not a task of this format: give it back (its
+			 * delivery count goes up). */
 			fprintf(stderr,
 			    "pool_worker %s: a task without an ID\n", name);
-			if (leased) {
-				qp_queue_nack(tq, 1000);
-			} else {
-				qp_queue_task_done(tq);
-			}
+			qp_queue_nack(tq, 1000);
 			continue;
 		}
 		if ((rc = qp_queue_put(rq, out, (size_t) n, QP_FOREVER))

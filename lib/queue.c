@@ -3,8 +3,26 @@
  * the handle's closed flag, turns the timeout into an absolute deadline,
  * and dispatches through the handle's ops table (queue.h): shmq.c for
  * "NAME" and "shm://NAME", remote.c (the qpiped client) for tcp:// and
- * ipc:// addresses. Locking: none here; the closed flag is atomic and each
- * backend guards its own state.
+ * ipc:// addresses, durq.c for durable shm:// queues.
+ *
+ * Worker mode on shared memory (QP_OPEN_LEASE on shm://, named or
+ * anonymous): a get leases its item with the segment's own leases
+ * (shmq.h), owned by a token naming the calling process, for lease_ms
+ * (0: 30 s, as qpiped's default). The handle keeps the ids it holds,
+ * oldest first: task_done acks the oldest (and counts it done for join),
+ * nack gives it back (delay 0: at once; else its lease is cut to delay
+ * ms and its expiry gives it back, as qpiped does), close gives back
+ * every item still held or waiting out a nack's delay. Nobody serves the
+ * segment, so every worker-mode get first returns the leases of dead
+ * processes and the expired ones (at most every SHML_SWEEP_MS per
+ * handle); a blocked worker-mode get wakes for that at least as often,
+ * since a death or an expiry wakes no sleeper. Plain handles on the same
+ * queue take returned items as any others. After fork() the child's copy
+ * of a handle holds nothing: the parent's leases stay the parent's.
+ *
+ * Locking: the closed flag is atomic and each backend guards its own
+ * state; a worker-mode handle's lists (and sweep times) are under its
+ * mutex, never held while waiting.
  */
 #include "queue.h"
 #include "durq.h"
@@ -12,8 +30,11 @@
 #include "shmq.h"
 #include "wire.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct qp_queue {
 	const qpi_queue_ops *ops;
@@ -91,6 +112,420 @@ const qpi_queue_ops qpi_shmq_ops = {
     .free = shm_free,
 };
 
+/* ---- worker mode on shared memory ---- */
+
+/* The lease of a worker-mode get when lease_ms is 0 (qpiped's default). */
+#define SHML_DEF_LEASE_MS 30000
+/* How often a worker-mode handle returns dead processes' leases and the
+ * expired ones, while it gets or waits to get. */
+#define SHML_SWEEP_MS 250
+
+/* Lease ids with a value each (deliveries, or when a nack's delay ends). */
+typedef struct shml_list {
+	uint64_t *id;
+	int64_t *val;
+	size_t n, cap;
+} shml_list;
+
+typedef struct shml {
+	qpi_shmq *sq;
+	char label[QP_NAME_MAX + 16];
+	int64_t lease_ms;
+	pthread_mutex_t mu;
+	pid_t pid; /* the process whose leases the lists name */
+	shml_list held; /* leased here, oldest first; val: deliveries */
+	shml_list delayed; /* nacked with a delay; val: when it returns */
+	int64_t swept_ms; /* last sweep (0: none yet) */
+	int64_t next_ms; /* the next lease expiry seen then */
+	bool closing;
+} shml;
+
+static bool
+shml_push(shml_list *l, uint64_t id, int64_t val)
+{
+	if (l->n == l->cap) {
+		size_t ncap = l->cap == 0 ? 8 : l->cap * 2;
+		uint64_t *nid = realloc(l->id, ncap * sizeof(*nid));
+		if (nid == NULL) {
+			return false;
+		}
+		l->id = nid;
+		int64_t *nval = realloc(l->val, ncap * sizeof(*nval));
+		if (nval == NULL) {
+			return false;
+		}
+		l->val = nval;
+		l->cap = ncap;
+	}
+	l->id[l->n] = id;
+	l->val[l->n] = val;
+	l->n++;
+	return true;
+}
+
+static void
+shml_remove(shml_list *l, size_t i)
+{
+	memmove(l->id + i, l->id + i + 1, (l->n - i - 1) * sizeof(*l->id));
+	memmove(l->val + i, l->val + i + 1, (l->n - i - 1) * sizeof(*l->val));
+	l->n--;
+}
+
+/* Puts an id back at the front (a confirmation that failed). */
+static void
+shml_unpop(shml_list *l, uint64_t id, int64_t val)
+{
+	if (!shml_push(l, id, val)) {
+		return; /* its lease runs out, the item comes back then */
+	}
+	memmove(l->id + 1, l->id, (l->n - 1) * sizeof(*l->id));
+	memmove(l->val + 1, l->val, (l->n - 1) * sizeof(*l->val));
+	l->id[0] = id;
+	l->val[0] = val;
+}
+
+/* With h->mu held: a forked child's copy holds nothing of the parent's. */
+static void
+shml_own(shml *h)
+{
+	pid_t me = getpid();
+
+	if (h->pid != me) {
+		h->pid = me;
+		h->held.n = 0;
+		h->delayed.n = 0;
+	}
+}
+
+/* Returns dead processes' leases and the expired ones to the queue. */
+static void
+shml_sweep(shml *h, int64_t now)
+{
+	int64_t next = INT64_MAX;
+
+	(void) qpi_shmq_release_dead(h->sq, NULL);
+	if (qpi_shmq_expire(h->sq, now, NULL, &next) != QP_OK) {
+		next = INT64_MAX;
+	}
+	pthread_mutex_lock(&h->mu);
+	h->swept_ms = now;
+	h->next_ms = next;
+	pthread_mutex_unlock(&h->mu);
+	qpi_err_clear();
+}
+
+static int
+shml_put(
+    void *impl, const void *buf, size_t len, unsigned kind, int64_t deadline)
+{
+	return qpi_shmq_put(((shml *) impl)->sq, buf, len, kind, deadline);
+}
+
+static int
+shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
+    size_t *lenp, int64_t deadline)
+{
+	shml *h = impl;
+	uint64_t owner = qpi_shmq_owner_self();
+	/* into: only an item of cap bytes at most is taken (cap 0: at most
+	 * 1, and a 1-byte item goes back below). */
+	size_t max_len = into == NULL ? 0 : cap > 0 ? cap : 1;
+	qpi_shmq_lease l;
+	void *buf = NULL;
+	size_t len = 0;
+	int rc;
+
+	for (;;) {
+		int64_t now = qpi_now_ms();
+		pthread_mutex_lock(&h->mu);
+		bool sweep = h->swept_ms == 0
+		    || now - h->swept_ms >= SHML_SWEEP_MS || now >= h->next_ms;
+		pthread_mutex_unlock(&h->mu);
+		if (sweep) {
+			shml_sweep(h, now);
+		}
+		/* A wait ends at the next sweep: neither a holder's death
+		 * nor a lease's end wakes a sleeper. */
+		int64_t wake = deadline;
+		if (deadline != 0) {
+			pthread_mutex_lock(&h->mu);
+			int64_t at = h->swept_ms + SHML_SWEEP_MS;
+			if (h->next_ms < at) {
+				at = h->next_ms;
+			}
+			pthread_mutex_unlock(&h->mu);
+			if (at > 0 && at < deadline / 1000000) {
+				wake = at * 1000000;
+			}
+		}
+		rc = qpi_shmq_get_lease_max(h->sq, owner, h->lease_ms, flags,
+		    max_len, &buf, &len, &l, wake);
+		if (rc != QP_EEMPTY || wake == deadline) {
+			break;
+		}
+	}
+	if (rc != QP_OK) {
+		if (rc == QP_ETOOBIG) {
+			*lenp = len;
+		}
+		return rc;
+	}
+	if (into != NULL && len > cap) {
+		(void) qpi_shmq_release(h->sq, l.id);
+		free(buf);
+		*lenp = len;
+		return qpi_err(QP_ETOOBIG,
+		    "item of %zu bytes does not fit in %zu; it went back to "
+		    "the head of %s",
+		    len, cap, h->label);
+	}
+	pthread_mutex_lock(&h->mu);
+	shml_own(h);
+	bool closing = h->closing;
+	bool kept
+	    = !closing && shml_push(&h->held, l.id, (int64_t) l.deliveries);
+	pthread_mutex_unlock(&h->mu);
+	if (!kept) {
+		/* Keep nothing that cannot be given back later. */
+		(void) qpi_shmq_release(h->sq, l.id);
+		free(buf);
+		return closing
+		    ? qpi_err(QP_ECLOSED, "%s: handle closed", h->label)
+		    : qpi_err(QP_ENOMEM, "out of memory for a lease id");
+	}
+	if (into != NULL) {
+		if (len > 0) {
+			memcpy(into, buf, len);
+		}
+		free(buf);
+	} else {
+		*bufp = buf;
+	}
+	*lenp = len;
+	return QP_OK;
+}
+
+static int
+shml_qsize(void *impl, uint64_t *np)
+{
+	return qpi_shmq_qsize(((shml *) impl)->sq, np);
+}
+
+static int
+shml_full(void *impl, bool *fullp)
+{
+	return qpi_shmq_full(((shml *) impl)->sq, fullp);
+}
+
+/* Confirms the oldest item held: acked, and counted done for join. */
+static int
+shml_task_done(void *impl)
+{
+	shml *h = impl;
+	uint64_t id;
+	int64_t deliv;
+	int rc;
+
+	pthread_mutex_lock(&h->mu);
+	shml_own(h);
+	if (h->held.n == 0) {
+		pthread_mutex_unlock(&h->mu);
+		return qpi_err(QP_EVALUE,
+		    "task_done() on %s: this handle holds no task", h->label);
+	}
+	id = h->held.id[0];
+	deliv = h->held.val[0];
+	shml_remove(&h->held, 0);
+	pthread_mutex_unlock(&h->mu);
+	rc = qpi_shmq_ack(h->sq, id);
+	if (rc == QP_OK) {
+		/* As qpiped counts a worker's ack: join() sees it. */
+		if (qpi_shmq_task_done(h->sq) != QP_OK) {
+			qpi_err_clear();
+		}
+		return QP_OK;
+	}
+	if (rc == QP_ENOENT) {
+		return qpi_err(QP_ENOENT,
+		    "task_done() on %s: the lease of the task ran out first; "
+		    "the item went back to the queue",
+		    h->label);
+	}
+	pthread_mutex_lock(&h->mu);
+	shml_unpop(&h->held, id, deliv);
+	pthread_mutex_unlock(&h->mu);
+	return rc;
+}
+
+static int
+shml_join(void *impl, int64_t deadline)
+{
+	return qpi_shmq_join(((shml *) impl)->sq, deadline);
+}
+
+static int
+shml_stat(void *impl, qp_queue_stats *st)
+{
+	return qpi_shmq_stat(((shml *) impl)->sq, st);
+}
+
+/* Gives the oldest item held back: at once, or when its lease, cut to
+ * delay ms, runs out (the next sweep of any worker then returns it). */
+static int
+shml_nack(void *impl, qp_duration delay)
+{
+	shml *h = impl;
+	uint64_t id;
+	int64_t deliv, now = qpi_now_ms();
+	int rc;
+
+	if (delay > QPI_WIRE_MS_MAX) {
+		return qpi_err(QP_EINVAL, "nack delay %lld ms is over 2^31-1",
+		    (long long) delay);
+	}
+	pthread_mutex_lock(&h->mu);
+	shml_own(h);
+	if (h->held.n == 0) {
+		pthread_mutex_unlock(&h->mu);
+		return qpi_err(
+		    QP_ENOENT, "nack on %s: no item is held", h->label);
+	}
+	id = h->held.id[0];
+	deliv = h->held.val[0];
+	shml_remove(&h->held, 0);
+	pthread_mutex_unlock(&h->mu);
+	rc = delay == 0 ? qpi_shmq_release(h->sq, id)
+	                : qpi_shmq_renew(h->sq, id, (int64_t) delay);
+	if (rc == QP_ENOENT) {
+		qpi_err_clear();
+		return QP_OK; /* gone back already: its lease ran out */
+	}
+	pthread_mutex_lock(&h->mu);
+	if (rc != QP_OK) {
+		shml_unpop(&h->held, id, deliv);
+	} else if (delay > 0) {
+		/* Remembered so that close gives it back at once; those
+		 * whose delay is over are forgotten. */
+		for (size_t i = h->delayed.n; i-- > 0;) {
+			if (h->delayed.val[i] <= now) {
+				shml_remove(&h->delayed, i);
+			}
+		}
+		(void) shml_push(&h->delayed, id, now + delay);
+		if (now + delay < h->next_ms) {
+			h->next_ms = now + delay;
+		}
+	}
+	pthread_mutex_unlock(&h->mu);
+	return rc;
+}
+
+static int
+shml_deliveries(void *impl, uint32_t *np)
+{
+	shml *h = impl;
+	int rc = QP_OK;
+
+	pthread_mutex_lock(&h->mu);
+	shml_own(h);
+	if (h->held.n > 0) {
+		*np = (uint32_t) h->held.val[0];
+	} else {
+		rc = qpi_err(
+		    QP_ENOENT, "%s: this handle holds no item", h->label);
+	}
+	pthread_mutex_unlock(&h->mu);
+	return rc;
+}
+
+/* Wakes the blocked calls, then gives back every item still held or
+ * waiting out a nack's delay (a get that ends after this gives its own
+ * back: it sees closing). */
+static void
+shml_close(void *impl)
+{
+	shml *h = impl;
+	shml_list held, delayed;
+
+	pthread_mutex_lock(&h->mu);
+	shml_own(h);
+	h->closing = true;
+	held = h->held;
+	delayed = h->delayed;
+	memset(&h->held, 0, sizeof(h->held));
+	memset(&h->delayed, 0, sizeof(h->delayed));
+	pthread_mutex_unlock(&h->mu);
+	qpi_shmq_interrupt(h->sq);
+	for (size_t i = 0; i < held.n; i++) {
+		(void) qpi_shmq_release(h->sq, held.id[i]);
+	}
+	for (size_t i = 0; i < delayed.n; i++) {
+		(void) qpi_shmq_release(h->sq, delayed.id[i]);
+	}
+	free(held.id);
+	free(held.val);
+	free(delayed.id);
+	free(delayed.val);
+	qpi_err_clear();
+}
+
+static void
+shml_free(void *impl)
+{
+	shml *h = impl;
+
+	qpi_shmq_free(h->sq);
+	free(h->held.id);
+	free(h->held.val);
+	free(h->delayed.id);
+	free(h->delayed.val);
+	pthread_mutex_destroy(&h->mu);
+	free(h);
+}
+
+static const qpi_queue_ops shml_ops = {
+    .put = shml_put,
+    .get = shml_get,
+    .qsize = shml_qsize,
+    .full = shml_full,
+    .task_done = shml_task_done,
+    .join = shml_join,
+    .stat = shml_stat,
+    .nack = shml_nack,
+    .deliveries = shml_deliveries,
+    .close = shml_close,
+    .free = shml_free,
+};
+
+/* Wraps sq (owned on success) in a worker-mode handle. */
+static int
+shml_wrap(qp_queue **qp, qpi_shmq *sq, const char *name, uint64_t lease_ms)
+{
+	shml *h;
+	int rc;
+
+	if (lease_ms > QPI_WIRE_MS_MAX) {
+		return qpi_err(QP_EINVAL, "lease_ms %llu is over 2^31-1 ms",
+		    (unsigned long long) lease_ms);
+	}
+	if ((h = calloc(1, sizeof(*h))) == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory for a queue handle");
+	}
+	h->sq = sq;
+	h->lease_ms = lease_ms != 0 ? (int64_t) lease_ms : SHML_DEF_LEASE_MS;
+	h->pid = getpid();
+	h->next_ms = INT64_MAX;
+	snprintf(h->label, sizeof(h->label), "%s%s",
+	    name != NULL ? "shm://" : "",
+	    name != NULL ? name : "anonymous queue");
+	pthread_mutex_init(&h->mu, NULL);
+	if ((rc = qpi_queue_wrap(qp, &shml_ops, h)) != QP_OK) {
+		pthread_mutex_destroy(&h->mu);
+		free(h);
+	}
+	return rc;
+}
+
 /* ---- helpers ---- */
 
 int64_t
@@ -123,6 +558,18 @@ qpi_queue_impl(qp_queue *q, const qpi_queue_ops **opsp)
 		*opsp = q->ops;
 	}
 	return q->impl;
+}
+
+struct qpi_shmq *
+qpi_queue_shmq(qp_queue *q)
+{
+	if (q->ops == &qpi_shmq_ops) {
+		return q->impl;
+	}
+	if (q->ops == &shml_ops) {
+		return ((shml *) q->impl)->sq;
+	}
+	return NULL;
 }
 
 /* The common checks: a handle, open. */
@@ -278,8 +725,8 @@ q_open_durable(qp_queue **qp, const qp_queue_opts *o, unsigned flags)
 	}
 	if (flags & QP_OPEN_LEASE) {
 		return qpi_err(QP_EINVAL,
-		    "QP_OPEN_LEASE (worker mode) needs a queue served by "
-		    "qpiped");
+		    "QP_OPEN_LEASE (worker mode) on a durable shm:// queue is "
+		    "not supported; a durable queue served by qpiped has it");
 	}
 	memset(&c, 0, sizeof(c));
 	c.maxsize = o->maxsize;
@@ -328,19 +775,16 @@ qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts)
 		}
 		return rc;
 	}
-	if (flags & QP_OPEN_LEASE) {
-		return qpi_err(QP_EINVAL,
-		    "QP_OPEN_LEASE (worker mode) needs a queue served by "
-		    "qpiped, not %s",
-		    addr);
-	}
 	if (flags & QP_OPEN_DURABLE) {
 		return q_open_durable(qp, opts, flags);
 	}
 	if ((rc = qpi_shmq_open(&sq, a.name, flags, &cfg)) != QP_OK) {
 		return rc;
 	}
-	if ((rc = qpi_queue_wrap(qp, &qpi_shmq_ops, sq)) != QP_OK) {
+	rc = (flags & QP_OPEN_LEASE)
+	    ? shml_wrap(qp, sq, a.name, opts->lease_ms)
+	    : qpi_queue_wrap(qp, &qpi_shmq_ops, sq);
+	if (rc != QP_OK) {
 		qpi_shmq_free(sq);
 	}
 	return rc;
@@ -361,15 +805,16 @@ qp_queue_anon(qp_queue **qp, const qp_queue_opts *opts)
 	if ((rc = q_opts(opts, &cfg, &flags)) != QP_OK) {
 		return rc;
 	}
-	if (flags & (QP_OPEN_LEASE | QP_OPEN_DURABLE)) {
-		return qpi_err(QP_EINVAL, "%s needs a named queue",
-		    (flags & QP_OPEN_LEASE) ? "QP_OPEN_LEASE (worker mode)"
-		                            : "QP_OPEN_DURABLE");
+	if (flags & QP_OPEN_DURABLE) {
+		return qpi_err(
+		    QP_EINVAL, "QP_OPEN_DURABLE needs a named queue");
 	}
 	if ((rc = qpi_shmq_anon(&sq, &cfg)) != QP_OK) {
 		return rc;
 	}
-	if ((rc = qpi_queue_wrap(qp, &qpi_shmq_ops, sq)) != QP_OK) {
+	rc = (flags & QP_OPEN_LEASE) ? shml_wrap(qp, sq, NULL, opts->lease_ms)
+	                             : qpi_queue_wrap(qp, &qpi_shmq_ops, sq);
+	if (rc != QP_OK) {
 		qpi_shmq_free(sq);
 	}
 	return rc;
@@ -628,4 +1073,44 @@ qp_queue_stat(qp_queue *q, qp_queue_stats *st)
 		return qpi_err(QP_EINVAL, "qp_queue_stat: st is NULL");
 	}
 	return q->ops->stat(q->impl, st);
+}
+
+/* ---- worker mode: nack, deliveries ---- */
+
+QP_API int
+qp_queue_nack(qp_queue *q, qp_duration delay)
+{
+	int rc;
+
+	if ((rc = q_ready(q)) != QP_OK) {
+		return rc;
+	}
+	if (q->ops->nack == NULL) {
+		return qpi_err(QP_EINVAL,
+		    "qp_queue_nack: only a handle opened with QP_OPEN_LEASE "
+		    "holds its items");
+	}
+	if (delay < 0) {
+		return qpi_err(QP_EINVAL, "nack delay must be 0 or more ms");
+	}
+	return q->ops->nack(q->impl, delay);
+}
+
+QP_API int
+qp_queue_deliveries(qp_queue *q, uint32_t *np)
+{
+	int rc;
+
+	if ((rc = q_ready(q)) != QP_OK) {
+		return rc;
+	}
+	if (np == NULL) {
+		return qpi_err(QP_EINVAL, "qp_queue_deliveries: np is NULL");
+	}
+	if (q->ops->deliveries == NULL) {
+		return qpi_err(QP_ENOTSUP,
+		    "qp_queue_deliveries: a plain shared-memory get does not "
+		    "count deliveries (open with QP_OPEN_LEASE)");
+	}
+	return q->ops->deliveries(q->impl, np);
 }

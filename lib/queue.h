@@ -34,6 +34,12 @@ typedef struct qpi_queue_ops {
 	int (*task_done)(void *impl);
 	int (*join)(void *impl, int64_t deadline_ns);
 	int (*stat)(void *impl, qp_queue_stats *st);
+	/* Worker mode (QP_OPEN_LEASE): gives the oldest held item back after
+	 * delay ms (checked: 0 or more), and the delivery count of the item
+	 * at hand. NULL: the backend keeps no leases (nack is QP_EINVAL,
+	 * deliveries QP_ENOTSUP). */
+	int (*nack)(void *impl, qp_duration delay);
+	int (*deliveries)(void *impl, uint32_t *np);
 	/* Makes calls blocked in this handle return QP_ECLOSED, at once. */
 	void (*close)(void *impl);
 	/* Releases impl; no call is in progress any more. */
@@ -49,5 +55,9 @@ void *qpi_queue_impl(qp_queue *q, const qpi_queue_ops **opsp);
 
 /* The shared-memory backend's ops (impl is a qpi_shmq *). */
 extern const qpi_queue_ops qpi_shmq_ops;
+
+/* The shared-memory queue behind a shm:// handle (plain or worker mode),
+ * or NULL for any other backend (remote, durable). */
+struct qpi_shmq *qpi_queue_shmq(qp_queue *q);
 
 #endif /* QPI_QUEUE_H */

@@ -1765,6 +1765,18 @@ rqo_stat(void *impl, qp_queue_stats *st)
 	return qpi_rq_stat(impl, st);
 }
 
+static int
+rqo_nack(void *impl, qp_duration delay)
+{
+	return qpi_rq_nack(impl, delay);
+}
+
+static int
+rqo_deliveries(void *impl, uint32_t *np)
+{
+	return qpi_rq_deliveries(impl, np);
+}
+
 static void
 rqo_close(void *impl)
 {
@@ -1785,58 +1797,11 @@ const qpi_queue_ops qpi_remote_ops = {
     .task_done = rqo_task_done,
     .join = rqo_join,
     .stat = rqo_stat,
+    .nack = rqo_nack,
+    .deliveries = rqo_deliveries,
     .close = rqo_close,
     .free = rqo_free,
 };
-
-/* The remote handle behind q, or NULL (with the error set) if q is NULL
- * or a shared-memory queue. */
-static qpi_rq *
-rq_of(qp_queue *q, const char *call)
-{
-	const qpi_queue_ops *ops;
-	void *impl;
-
-	if (q == NULL) {
-		qpi_err(QP_EINVAL, "%s: queue handle is NULL", call);
-		return NULL;
-	}
-	impl = qpi_queue_impl(q, &ops);
-	if (ops != &qpi_remote_ops) {
-		qpi_err(QP_ENOTSUP,
-		    "%s: only a queue served by qpiped (tcp://, ipc://) keeps "
-		    "leases",
-		    call);
-		return NULL;
-	}
-	return impl;
-}
-
-QP_API int
-qp_queue_nack(qp_queue *q, qp_duration delay)
-{
-	qpi_rq *r = rq_of(q, "qp_queue_nack");
-
-	if (r == NULL) {
-		/* A shared-memory get holds nothing to give back. */
-		return QP_EINVAL;
-	}
-	return qpi_rq_nack(r, delay);
-}
-
-QP_API int
-qp_queue_deliveries(qp_queue *q, uint32_t *np)
-{
-	qpi_rq *r = rq_of(q, "qp_queue_deliveries");
-
-	if (np == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_deliveries: np is NULL");
-	}
-	if (r == NULL) {
-		return q == NULL ? QP_EINVAL : QP_ENOTSUP;
-	}
-	return qpi_rq_deliveries(r, np);
-}
 
 /* Shared memory: batches as a server takes them (at most
  * QPI_WIRE_DEFAULT_BATCH items and QP_DEFAULT_MAX_MESSAGE bytes), each
@@ -1893,7 +1858,16 @@ qp_queue_put_many(qp_queue *q, const void *const *bufs, const size_t *lens,
 		return qpi_rq_put_many(
 		    impl, bufs, lens, n, qpi_queue_deadline(timeout));
 	}
-	return shm_put_many(impl, bufs, lens, n, qpi_queue_deadline(timeout));
+	qpi_shmq *sq = qpi_queue_shmq(q);
+	if (sq != NULL) {
+		return shm_put_many(
+		    sq, bufs, lens, n, qpi_queue_deadline(timeout));
+	}
+	/* A durable queue: item by item, each one logged as a put. */
+	for (size_t i = 0; i < n && rv == QP_OK; i++) {
+		rv = qp_queue_put(q, bufs[i], lens[i], timeout);
+	}
+	return rv;
 }
 
 QP_API int

@@ -2700,9 +2700,8 @@ qpi_shmq_release(qpi_shmq *q, uint64_t id)
 	uint32_t i;
 	int rc;
 
-	if (sq_closed(q)) {
-		return sq_eclosed(q);
-	}
+	/* No closed check: a handle that closes gives its leases back after
+	 * it has woken its sleepers. */
 	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
 		return rc;
 	}

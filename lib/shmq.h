@@ -274,7 +274,8 @@ int qpi_shmq_get_lease_max(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
 int qpi_shmq_ack(qpi_shmq *q, uint64_t lease_id);
 
 /* Returns a leased item to the head of the queue (delivered next, its
- * delivery count raised on that delivery). QP_ENOENT as for ack. */
+ * delivery count raised on that delivery). QP_ENOENT as for ack. Works
+ * on an attachment interrupted already (a closing handle's leases). */
 int qpi_shmq_release(qpi_shmq *q, uint64_t lease_id);
 
 /* Moves a lease's expiry to now + lease_ms (-1: never). QP_ENOENT as for

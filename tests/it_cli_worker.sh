@@ -3,9 +3,10 @@
 # against local shared-memory queues (shm://): a command that succeeds, one
 # that fails twice then succeeds, one that always fails (dead-lettered),
 # a per-task timeout, concurrency, a worker killed with -9 mid-task (its
-# task goes to another worker, exactly one result), a stopped worker whose
-# lease runs out, SIGTERM letting the running task finish, and a worker
-# that exits when its queue is removed.
+# task goes to another worker, exactly one result, also to one that was
+# waiting already), a stopped worker whose lease runs out, SIGTERM letting
+# the running task finish, and a worker that exits when its queue is
+# removed.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/cli_lib.sh"
 
@@ -145,26 +146,28 @@ PY
 	wait "$pb" 2>/dev/null || true
 	expect_eq "$L expired lease: one result" "$(results "${B}lsr" | tr '\n' ,)" "second job,"
 
-	# Local leases are renewed while the task runs: a task longer than
-	# --lease is not handed to another worker meanwhile.
-	if [ "$L" = shm ]; then
-		"$QPIPE" put "${B}rn" job
-		"$QPIPE" worker "${B}rn" --results "${B}rnr" --lease 0.5 \
-			--max-tasks 1 -- sh -c 'read x; touch '"$T/rn"'; sleep 2; echo "long $x"' \
-			>/dev/null 2>"$T/we.err" &
-		pb=$!
-		QP_PIDS+=("$pb")
-		wait_file "$T/rn" || true
-		expect_rc "$L renewed lease: no second delivery" 0 "$QPIPE" worker \
-			"${B}rn" --results "${B}rnr" --lease 0.5 --idle-exit 1 -- \
-			sh -c 'read x; echo "second $x"'
-		rc=0
-		wait "$pb" || rc=$?
-		expect_eq "$L renewed lease: the long task's worker exits 0" "$rc" 0
-		expect_eq "$L renewed lease: one result" "$(results "${B}rnr" | tr '\n' ,)" "long job,"
-		"$QPIPE" rm "${B}rn" 2>/dev/null || true
-		"$QPIPE" rm "${B}rnr" 2>/dev/null || true
-	fi
+	# A worker already waiting takes over the task of a worker killed
+	# with -9 (remote: the connection drops; local: the waiting worker
+	# sees that the holder is gone), without a get of its own first.
+	"$QPIPE" put "${B}kw" job
+	"$QPIPE" worker "${B}kw" --results "${B}kwr" -- sh -c \
+		'read x; touch '"$T/kw$L"'; sleep 3' >/dev/null 2>&1 &
+	pa=$!
+	QP_PIDS+=("$pa")
+	wait_file "$T/kw$L" || bad "$L waiting worker" "the first never started"
+	"$QPIPE" worker "${B}kw" --results "${B}kwr" --max-tasks 1 \
+		--idle-exit 10 -- sh -c 'read x; echo "second $x attempt $QPIPE_ATTEMPT"' \
+		>/dev/null 2>"$T/wk.err" &
+	pb=$!
+	QP_PIDS+=("$pb")
+	wait_getters "${B}kw" || bad "$L waiting worker" "the second never waited"
+	kill -9 "$pa"
+	wait "$pa" 2>/dev/null || true
+	rc=0
+	wait "$pb" || rc=$?
+	expect_eq "$L waiting worker takes over, exit 0" "$rc" 0
+	expect_eq "$L waiting worker: one result" \
+		"$(results "${B}kwr" | tr '\n' ,)" "second job attempt 2,"
 
 	# SIGTERM: the running task finishes, its result is stored, exit 0.
 	"$QPIPE" put "${B}st" job
@@ -213,7 +216,7 @@ PY
 	expect_eq "$L removed queue: worker exits 6" "$rc" 6
 
 	for q in sq sqr ft ftr ft.dead af afr af.dead to tor to.dead cc ccr mt \
-		mtr k9 k9r pz pzr pz.dead ls lsr st str si sir rmr; do
+		mtr k9 k9r pz pzr pz.dead ls lsr kw kwr st str si sir rmr; do
 		"$QPIPE" rm "${B}$q" 2>/dev/null || true
 	done
 }

@@ -1,7 +1,7 @@
 # The shared-memory queue's tests: labels, and the long kill -9 run (1,000
 # runs of test_shmq_crash) as a stress test, excluded from `make test`
 # (run it with `make stress` or `ctest -L stress`).
-set_tests_properties(test_queue test_shmq test_shmq_crash
+set_tests_properties(test_queue test_shmq test_shmq_crash test_shmlease
   PROPERTIES LABELS queue)
 # Its bound is on time after a kill: run it alone, not beside the others.
 set_tests_properties(test_shmq_crash PROPERTIES RUN_SERIAL TRUE)

@@ -97,9 +97,11 @@ typedef struct qp_queue qp_queue;
 /* Open flags. */
 #define QP_OPEN_CREATE 0x1u /* create the queue if it does not exist */
 #define QP_OPEN_EXCL   0x2u /* with CREATE: fail with QP_EEXIST if it does */
-/* Worker mode (remote queues): a get leases its item until task_done
- * confirms it or qp_queue_nack gives it back; if the process dies or its
- * lease runs out first, the item returns to the head of the queue. */
+/* Worker mode: a get leases its item until task_done confirms it or
+ * qp_queue_nack gives it back; if the process dies or its lease runs out
+ * first, the item returns to the head of the queue (shm://: when a
+ * worker-mode get on the queue next looks, within 250 ms while it waits).
+ * Not for durable shm:// queues. */
 #define QP_OPEN_LEASE 0x4u
 /* Durable: the queue lives in a file and survives restarts. shm:// needs
  * qp_queue_opts.path (the file; one process opens it at a time); a
@@ -114,8 +116,9 @@ typedef struct qp_queue_opts {
 	uint64_t maxsize; /* items; 0 = unbounded (up to capacity) */
 	uint64_t capacity; /* bytes of item storage; 0 = 64 MiB */
 	uint64_t max_message; /* largest item in bytes; 0 = 32 MiB */
-	uint64_t lease_ms; /* remote: how long a got item stays leased
-	                      unconfirmed; 0 = the server's (30 s) */
+	uint64_t lease_ms; /* QP_OPEN_LEASE: how long a got item stays
+	                      leased unconfirmed (at most 2^31-1); 0 = the
+	                      server's, 30 s for shm:// */
 	/* Remote queues: token and TLS settings, as for qp_dial_opts (NULL:
 	 * $QPIPE_TOKEN and $QPIPE_TLS_CA if set). Unused for shm:// queues. */
 	const struct qp_conn_opts *conn;
@@ -248,7 +251,8 @@ QP_API int qp_queue_nack(qp_queue *q, qp_duration delay);
 
 /* How many times the item at hand has been delivered (1 the first time):
  * worker mode, the oldest item held; otherwise the last item got.
- * QP_ENOENT if there is none, QP_ENOTSUP where not tracked (shm). */
+ * QP_ENOENT if there is none, QP_ENOTSUP where not tracked (plain shm://
+ * handles). */
 QP_API int qp_queue_deliveries(qp_queue *q, uint32_t *np);
 
 /* One queue of a server, for qp_server_list. */

@@ -861,12 +861,33 @@ sq_watch_bump(qpi_shmq *q)
 typedef bool (*sq_pred)(qpi_shmq *q, const void *arg);
 
 /* Waits until the lock is free (taking it, repairing it if its owner
- * died, and releasing it at once), if it is held; not past deadline. */
-static void
-sq_pass(qpi_shmq *q, sq_side *s, int64_t deadline)
+ * died, and releasing it at once), if it is held; not past deadline, and
+ * not once the sleeper's word *wp moved from w (it was woken: a change
+ * under another lock, which it goes to look at; it settles again before
+ * it sleeps again). False if it left woken. */
+static bool
+sq_pass(
+    qpi_shmq *q, sq_side *s, int64_t deadline, const uint32_t *wp, uint32_t w)
 {
-	if (sq_lock_held(&s->lock) && sq_lock_until(q, s, deadline) == QP_OK) {
-		sq_unlock(s);
+	if (!sq_lock_held(&s->lock)) {
+		return true;
+	}
+	for (;;) {
+		int64_t now = qpi_now_ns();
+		int64_t until = deadline - now > SQ_LOCK_SLICE_NS
+		    ? now + SQ_LOCK_SLICE_NS
+		    : deadline;
+		int rc = sq_lock_until(q, s, until);
+		if (rc == QP_OK) {
+			sq_unlock(s);
+			return true;
+		}
+		if (rc != QP_ETIMEDOUT || until >= deadline) {
+			return true;
+		}
+		if (LDA(wp) != w || sq_closed(q)) {
+			return false;
+		}
 	}
 }
 
@@ -885,12 +906,12 @@ sq_pass(qpi_shmq *q, sq_side *s, int64_t deadline)
  * at any instant thus never leaves a sleeper that is owed a wake-up
  * asleep, whether or not anyone else runs. */
 static void
-sq_settle(qpi_shmq *q, int e, int64_t deadline)
+sq_settle(qpi_shmq *q, int e, int64_t deadline, const uint32_t *wp, uint32_t w)
 {
-	if (e == EV_NE) {
-		sq_pass(q, &q->h->ps, deadline);
+	if (e == EV_NE && !sq_pass(q, &q->h->ps, deadline, wp, w)) {
+		return;
 	}
-	sq_pass(q, &q->h->gs, deadline);
+	sq_pass(q, &q->h->gs, deadline, wp, w);
 }
 
 /* Polls pred for a few microseconds: true if it held (or q closed). */
@@ -939,7 +960,7 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 		__atomic_fetch_add(&ev->extra, 1, __ATOMIC_SEQ_CST);
 		s = LDA(&ev->seq);
 	}
-	sq_settle(q, e, deadline);
+	sq_settle(q, e, deadline, i >= 0 ? &ev->who[i].word : &ev->seq, s);
 	if (!sq_closed(q) && !pred(q, arg)) {
 		rc = qpi_futex_wait(
 		    i >= 0 ? &ev->who[i].word : &ev->seq, s, deadline);

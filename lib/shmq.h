@@ -53,8 +53,10 @@
  * released, room freed, the last task done) is made under a lock, and
  * the waker wakes the sleepers it sees while it holds that lock, BEFORE
  * the change's commit; a sleeper, once its bit is visible, waits for
- * those locks to be free (up to its deadline) before it checks its
- * condition a last time and sleeps. So a waker killed at any instant
+ * those locks to be free (up to its deadline, or until it is woken: a
+ * change under the other lock, such as a release while a put is stopped
+ * holding the producer lock) before it checks its condition a last time
+ * and sleeps. So a waker killed at any instant
  * either made no change (nobody is owed a wake-up), or woke its
  * sleepers already, or dies holding the lock with a sleeper waiting on
  * it: the robust mutex hands the lock over, the repair completes the

@@ -927,6 +927,63 @@ test_shmq_crash_get_deadline_with_put_stalled(void **state)
 	free(buf);
 }
 
+/* A put stalls holding the producer lock (stopped, say) while a getter
+ * goes to sleep: it waits for that put in flight. An item released from
+ * a lease meanwhile (under the consumer lock) wakes it, and it takes that
+ * item at once instead of waiting for the stalled put or its deadline. */
+static void
+test_shmq_crash_release_wakes_getter_behind_stalled_put(void **state)
+{
+	qpi_shmq_cfg c = {.capacity = 64 * 1024, .lease_slots = 8};
+	wake_box *box = qu_shared(sizeof(*box));
+	uint8_t *buf = malloc(MAXITEM);
+	qpi_shmq *q;
+	void *got = NULL;
+	size_t len;
+	qpi_shmq_lease l;
+
+	(void) state;
+	assert_non_null(box);
+	assert_non_null(buf);
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	qu_fill(buf, 7, 100);
+	assert_int_equal(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0), QP_OK);
+	assert_int_equal(
+	    qpi_shmq_get_lease(q, 42, 60000, 0, &got, &len, &l, 0), QP_OK);
+	free(got);
+	pid_t w = wk_pids[WK_SLEEPERS] = fork();
+	assert_true(w >= 0);
+	if (w == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		qpi_shmq_test_hook = stall_locked;
+		qu_fill(buf, 1, 100);
+		_exit(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0) == QP_OK ? 0
+		                                                          : 1);
+	}
+	qu_sleep_ms(50);
+	pid_t g = wk_pids[0] = fork();
+	assert_true(g >= 0);
+	if (g == 0) {
+		uint64_t id = UINT64_MAX;
+		int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len,
+		    qpi_deadline_ns(KC_DEADLINE_MS));
+		box->done_us[0] = qu_now_us();
+		_exit(
+		    rc == QP_OK && qu_check(buf, len, &id) && id == 7 ? 0 : 1);
+	}
+	wait_sleepers(q, true, 1);
+	int64_t t0 = qu_now_us();
+	assert_int_equal(qpi_shmq_release(q, l.id), QP_OK);
+	kc_check(box, t0, "the getter", 0);
+	kill(w, SIGKILL);
+	assert_int_equal(qu_wait(w), 128 + SIGKILL);
+	wk_pids[WK_SLEEPERS] = 0;
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+	free(buf);
+	munmap(box, sizeof(*box));
+}
+
 /* A getter woken for an item is killed before it takes it (the kernel
  * delivered its wake-up; it never ran again), while a second getter
  * sleeps and nobody puts again: the second getter gets the item within
@@ -1147,6 +1204,9 @@ main(void)
 	        test_shmq_crash_dead_sleeper_skipped, wake_teardown),
 	    cmocka_unit_test_teardown(
 	        test_shmq_crash_get_deadline_with_put_stalled, wake_teardown),
+	    cmocka_unit_test_teardown(
+	        test_shmq_crash_release_wakes_getter_behind_stalled_put,
+	        wake_teardown),
 	    cmocka_unit_test_teardown(
 	        test_shmq_crash_woken_getter_killed, wake_teardown),
 	    cmocka_unit_test_teardown(

@@ -277,6 +277,24 @@ wait_one(pid_t pid)
  * (gdb) on stderr, to show where a stall sleeps. Returns its pid. */
 static bool cr_stacks;
 
+/* One line from /proc/PID/NAME (state at once, before gdb is up). */
+static void
+show_proc(pid_t pid, const char *name)
+{
+	char path[64], line[256] = "";
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/%s", (int) pid, name);
+	if ((f = fopen(path, "r")) != NULL) {
+		if (fgets(line, sizeof(line), f) == NULL) {
+			line[0] = '\0';
+		}
+		fclose(f);
+	}
+	fprintf(stderr, "  %s: %s%s", name, line,
+	    strchr(line, '\n') != NULL ? "" : "\n");
+}
+
 static void
 show_stack(const char *who, pid_t pid)
 {
@@ -308,6 +326,17 @@ stall_monitor(cr_shared *sh, uint64_t run, int victim)
 			    ": no progress for 1.5 s after killing worker "
 			    "%d; stacks:\n",
 			    run, victim);
+			for (int i = 0; i < WORKERS; i++) {
+				if (i != victim) {
+					fprintf(stderr, "worker %d (pid %d):\n",
+					    i, (int) cr_pids[i]);
+					show_proc(cr_pids[i], "syscall");
+					show_proc(cr_pids[i], "wchan");
+					show_proc(cr_pids[i], "stat");
+				}
+			}
+			fprintf(stderr, "driver (pid %d):\n", (int) getppid());
+			show_proc(getppid(), "syscall");
 			show_stack("driver", getppid());
 			for (int i = 0; i < WORKERS; i++) {
 				if (i != victim) {

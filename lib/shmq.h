@@ -4,7 +4,8 @@
  * queues through this API too, leases included.
  *
  * Layout. One segment (/dev/shm/qpipe.NAME, or anonymous memory shared
- * across fork()) holds a header, a table of lease slots, a lease area and
+ * across fork()) holds a header, a table of lease slots, a table of
+ * qpiped's last put requests (see "Put requests"), a lease area and
  * a byte ring of variable-size records (40-byte header + payload, 8-byte
  * aligned; a record never wraps: the space left at the end of the ring
  * becomes a pad). The header carries a magic, the layout version and the

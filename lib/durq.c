@@ -791,7 +791,9 @@ dq_compact(qpi_durq *d)
 			v[n++] = d->live.v[i];
 		}
 	}
-	qsort(v, n, sizeof(*v), dq_cmp_id);
+	if (n > 0) {
+		qsort(v, n, sizeof(*v), dq_cmp_id);
+	}
 	dq_hdr_encode(h, &d->cfg);
 	fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {

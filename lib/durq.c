@@ -29,13 +29,18 @@
 #include <unistd.h>
 
 #define DQ_MAGIC       "QPDURQ1"
-#define DQ_VERSION     1u
+#define DQ_VERSION     2u /* 1: no PUT_TAG or MARK records (still read) */
 #define DQ_HDR         64u
 #define DQ_REC_HDR     8u /* len, crc */
 #define DQ_PUT_FIX     10u /* type, id, kind */
 #define DQ_DONE_LEN    9u /* type, id */
 #define DQ_T_PUT       1u
 #define DQ_T_DONE      2u
+#define DQ_T_PUT_TAG   3u /* a PUT with the request's tag after the item */
+#define DQ_T_MARK      4u /* a request's tag alone (kept by compaction) */
+#define DQ_TAG_LEN     32u /* client id, seq, index or done, n */
+#define DQ_MARK_LEN    (1u + DQ_TAG_LEN)
+#define DQ_TAGS        QPI_SHMQ_TAGS_MAX
 #define DQ_WRAP        9u /* id and kind before an item in the shm queue */
 #define DQ_COMPACT_MIN (4ull * 1024 * 1024)
 
@@ -323,6 +328,8 @@ struct qpi_durq {
 	uint64_t compactions, syncs;
 	uint64_t wseq; /* bytes ever appended (survives compaction) */
 	uint64_t synced; /* wseq known to be on disk */
+	qpi_shmq_tag *tags; /* the last DQ_TAGS put requests (ring) */
+	uint64_t tags_next; /* tags noted, ever */
 	int refs; /* qpi_durq_hold */
 	pid_t pid; /* the process that opened it */
 };
@@ -417,7 +424,8 @@ dq_hdr_encode(uint8_t *h, const qpi_durq_cfg *c)
 }
 
 static int
-dq_hdr_decode(const uint8_t *h, qpi_durq_cfg *c, const char *path)
+dq_hdr_decode(
+    const uint8_t *h, qpi_durq_cfg *c, const char *path, uint32_t *versionp)
 {
 	if (memcmp(h, DQ_MAGIC, 8) != 0) {
 		return qpi_err(QP_ECORRUPT,
@@ -427,7 +435,9 @@ dq_hdr_decode(const uint8_t *h, qpi_durq_cfg *c, const char *path)
 		return qpi_err(
 		    QP_ECORRUPT, "%s: the file header fails its CRC", path);
 	}
-	if (le32_get(h + 8) != DQ_VERSION || le32_get(h + 12) != DQ_HDR) {
+	*versionp = le32_get(h + 8);
+	if (*versionp < 1 || *versionp > DQ_VERSION
+	    || le32_get(h + 12) != DQ_HDR) {
 		return qpi_err(QP_EVERSION,
 		    "%s: durable queue file of layout %u, this is %u", path,
 		    (unsigned) le32_get(h + 8), DQ_VERSION);
@@ -494,25 +504,29 @@ dq_create_file(const char *path, const qpi_durq_cfg *c, bool excl)
  * the file is cut back to d->end. d->mu held. */
 static int
 dq_append(qpi_durq *d, const uint8_t *b1, size_t n1, const void *b2, size_t n2,
-    uint64_t *offp)
+    const uint8_t *b3, size_t n3, uint64_t *offp)
 {
 	uint8_t hdr[DQ_REC_HDR];
-	uint32_t len = (uint32_t) (n1 + n2);
+	uint32_t len = (uint32_t) (n1 + n2 + n3);
 	uint32_t crc;
-	struct iovec iov[3];
-	int e;
+	struct iovec iov[4];
+	int e, n = 2;
 
 	le32_put(hdr, len);
 	crc = qpi_crc32c(0, hdr, 4);
 	crc = qpi_crc32c(crc, b1, n1);
-	if (n2 > 0) {
-		crc = qpi_crc32c(crc, b2, n2);
-	}
-	le32_put(hdr + 4, crc);
 	iov[0] = (struct iovec) {hdr, DQ_REC_HDR};
 	iov[1] = (struct iovec) {(void *) b1, n1};
-	iov[2] = (struct iovec) {(void *) b2, n2};
-	if ((e = dq_pwritev_all(d->fd, iov, n2 > 0 ? 3 : 2, d->end)) != 0) {
+	if (n2 > 0) {
+		crc = qpi_crc32c(crc, b2, n2);
+		iov[n++] = (struct iovec) {(void *) b2, n2};
+	}
+	if (n3 > 0) {
+		crc = qpi_crc32c(crc, b3, n3);
+		iov[n++] = (struct iovec) {(void *) b3, n3};
+	}
+	le32_put(hdr + 4, crc);
+	if ((e = dq_pwritev_all(d->fd, iov, n, d->end)) != 0) {
 		if (ftruncate(d->fd, (off_t) d->end) != 0) {
 			/* The cut-off part fails its CRC at the next open
 			 * and is cut then (a torn tail). */
@@ -563,7 +577,71 @@ dq_write_done(qpi_durq *d, uint64_t id)
 
 	b[0] = DQ_T_DONE;
 	le64_put(b + 1, id);
-	return dq_append(d, b, sizeof(b), NULL, 0, NULL);
+	return dq_append(d, b, sizeof(b), NULL, 0, NULL, 0, NULL);
+}
+
+/* ---- put requests' tags ---- */
+
+static void
+dq_tag_encode(
+    uint8_t *p, const uint8_t *client, uint64_t seq, uint32_t v, uint32_t n)
+{
+	memcpy(p, client, 16);
+	le64_put(p + 16, seq);
+	le32_put(p + 24, v);
+	le32_put(p + 28, n);
+}
+
+/* Notes that request (client, seq) of n items has done of them in the
+ * log: raised to done (set: set to done, a cancelled put) when it is the
+ * newest request noted (the items of one request are logged one after the
+ * other), else noted anew. d->mu held (or opening). */
+static void
+dq_tag_note(qpi_durq *d, const uint8_t *client, uint64_t seq, uint32_t done,
+    uint32_t n, bool set)
+{
+	qpi_shmq_tag *t;
+
+	if (d->tags_next > 0) {
+		t = &d->tags[(d->tags_next - 1) % DQ_TAGS];
+		if (t->seq == seq && memcmp(t->client, client, 16) == 0) {
+			t->done = set || done > t->done ? done : t->done;
+			t->n = n;
+			return;
+		}
+	}
+	t = &d->tags[d->tags_next++ % DQ_TAGS];
+	memcpy(t->client, client, 16);
+	t->seq = seq;
+	t->base = 0;
+	t->n = n;
+	t->done = done;
+}
+
+static void
+dq_tag_note_rec(qpi_durq *d, const uint8_t *p, bool put)
+{
+	uint32_t v = le32_get(p + 24), n = le32_get(p + 28);
+
+	dq_tag_note(d, p, le64_get(p + 16), put ? v + 1 : v, n, !put);
+}
+
+int
+qpi_durq_tags(qpi_durq *d, qpi_shmq_tag *v, size_t cap, size_t *np)
+{
+	size_t n = 0;
+
+	pthread_mutex_lock(&d->mu);
+	uint64_t i = d->tags_next > DQ_TAGS ? d->tags_next - DQ_TAGS : 0;
+	for (; i < d->tags_next && n < cap; i++) {
+		const qpi_shmq_tag *t = &d->tags[i % DQ_TAGS];
+		if (t->done > 0 && t->done <= t->n) {
+			v[n++] = *t;
+		}
+	}
+	pthread_mutex_unlock(&d->mu);
+	*np = n;
+	return QP_OK;
 }
 
 /* Writes the DONE records that waited for space. d->mu held. */
@@ -649,6 +727,45 @@ dq_copy(int from, uint64_t off, int to, uint64_t toff, uint64_t len)
 	return 0;
 }
 
+/* Writes the tags of the last put requests as MARK records at *toffp
+ * (compaction drops the PUTs of items gone, not what they say about
+ * their requests). 0 or an errno. */
+static int
+dq_write_marks(qpi_durq *d, int fd, uint64_t *toffp)
+{
+	const size_t rec = DQ_REC_HDR + DQ_MARK_LEN;
+	uint64_t i = d->tags_next > DQ_TAGS ? d->tags_next - DQ_TAGS : 0;
+	size_t n = 0;
+	uint8_t *buf;
+	int e;
+
+	if (i == d->tags_next) {
+		return 0;
+	}
+	if ((buf = malloc((size_t) (d->tags_next - i) * rec)) == NULL) {
+		return ENOMEM;
+	}
+	for (; i < d->tags_next; i++) {
+		const qpi_shmq_tag *t = &d->tags[i % DQ_TAGS];
+		uint8_t *p = buf + n * rec;
+		p[DQ_REC_HDR] = DQ_T_MARK;
+		dq_tag_encode(
+		    p + DQ_REC_HDR + 1, t->client, t->seq, t->done, t->n);
+		le32_put(p, DQ_MARK_LEN);
+		le32_put(p + 4,
+		    qpi_crc32c(
+		        qpi_crc32c(0, p, 4), p + DQ_REC_HDR, DQ_MARK_LEN));
+		n++;
+	}
+	struct iovec iov = {buf, n * rec};
+	e = dq_pwritev_all(fd, &iov, 1, *toffp);
+	free(buf);
+	if (e == 0) {
+		*toffp += n * rec;
+	}
+	return e;
+}
+
 /* Rewrites the log with the live items only. d->mu held. */
 static int
 dq_compact(qpi_durq *d)
@@ -674,7 +791,9 @@ dq_compact(qpi_durq *d)
 			v[n++] = d->live.v[i];
 		}
 	}
-	qsort(v, n, sizeof(*v), dq_cmp_id);
+	if (n > 0) {
+		qsort(v, n, sizeof(*v), dq_cmp_id);
+	}
 	dq_hdr_encode(h, &d->cfg);
 	fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {
@@ -683,6 +802,9 @@ dq_compact(qpi_durq *d)
 	}
 	struct iovec iov = {h, DQ_HDR};
 	if ((e = dq_pwritev_all(fd, &iov, 1, 0)) != 0) {
+		goto fail;
+	}
+	if ((e = dq_write_marks(d, fd, &toff)) != 0) {
 		goto fail;
 	}
 	for (size_t i = 0; i < n; i++) {
@@ -798,6 +920,7 @@ dq_all_zero(const uint8_t *p, uint64_t n)
 }
 
 typedef struct dq_scan {
+	uint32_t version; /* the file's layout */
 	uint64_t good_end; /* after the last complete record */
 	uint64_t records;
 	bool torn;
@@ -821,7 +944,14 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 			break;
 		}
 		uint32_t len = le32_get(base + off);
-		if (len < DQ_DONE_LEN || len > maxlen) {
+		/* A tagged PUT may be longer (a cut one says no type). */
+		uint64_t lim = maxlen;
+		if (s->version >= 2
+		    && (left <= DQ_REC_HDR
+		        || base[off + DQ_REC_HDR] == DQ_T_PUT_TAG)) {
+			lim += DQ_TAG_LEN;
+		}
+		if (len < DQ_DONE_LEN || len > lim) {
 			if (dq_all_zero(base + off, left)) {
 				s->torn = true;
 				break;
@@ -853,10 +983,16 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 			    (unsigned long long) s->records);
 		}
 		uint64_t id = le64_get(b + 1);
-		if (b[0] == DQ_T_PUT && len >= DQ_PUT_FIX
+		bool tagged = b[0] == DQ_T_PUT_TAG && s->version >= 2;
+		if ((b[0] == DQ_T_PUT
+		        || (tagged && len >= DQ_PUT_FIX + DQ_TAG_LEN))
+		    && len >= DQ_PUT_FIX
 		    && (b[9] == QPI_ITEM_BIN || b[9] == QPI_ITEM_OBJ)
 		    && id > last_id) {
 			last_id = id;
+			if (tagged) {
+				dq_tag_note_rec(d, b + len - DQ_TAG_LEN, true);
+			}
 			if (map_put(&d->live, id, off, DQ_REC_HDR + len)
 			    != QP_OK) {
 				return qpi_err(QP_ENOMEM, "out of memory");
@@ -875,6 +1011,9 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 				s->caporder = cap;
 			}
 			s->order[s->norder++] = id;
+		} else if (b[0] == DQ_T_MARK && len == DQ_MARK_LEN
+		    && s->version >= 2) {
+			dq_tag_note_rec(d, b + 1, false);
 		} else if (b[0] == DQ_T_DONE && len == DQ_DONE_LEN) {
 			dq_ent *e = map_find(&d->live, id);
 			if (e != NULL) {
@@ -917,7 +1056,7 @@ dq_load(qpi_durq *d, qpi_durq_info *info)
 	if (base == MAP_FAILED) {
 		return dq_errno(errno, "cannot map", d->path);
 	}
-	if ((rv = dq_hdr_decode(base, &d->cfg, d->path)) != QP_OK
+	if ((rv = dq_hdr_decode(base, &d->cfg, d->path, &s.version)) != QP_OK
 	    || (rv = dq_walk(d, base, (uint64_t) st.st_size, &s)) != QP_OK) {
 		goto out;
 	}
@@ -943,8 +1082,11 @@ dq_load(qpi_durq *d, qpi_durq_info *info)
 			continue;
 		}
 		const uint8_t *b = base + e->a + DQ_REC_HDR + 1;
-		rv = qpi_shmq_put(d->shm, b, (size_t) (e->b - DQ_REC_HDR - 1),
-		    QPI_ITEM_OBJ, 0);
+		uint64_t ilen = e->b - DQ_REC_HDR - 1;
+		if (b[-1] == DQ_T_PUT_TAG) {
+			ilen -= DQ_TAG_LEN;
+		}
+		rv = qpi_shmq_put(d->shm, b, (size_t) ilen, QPI_ITEM_OBJ, 0);
 		if (rv != QP_OK) {
 			rv = qpi_err(rv,
 			    "%s: item %llu does not fit back into the queue "
@@ -957,6 +1099,20 @@ dq_load(qpi_durq *d, qpi_durq_info *info)
 	}
 	if (s.torn && ftruncate(d->fd, (off_t) s.good_end) == 0) {
 		(void) fdatasync(d->fd);
+	}
+	if (s.version < DQ_VERSION) {
+		/* Layout 1 reads as 2; it takes 2's records from now on, so
+		 * it says 2 (an older reader refuses it: QP_EVERSION). */
+		uint8_t h[DQ_HDR];
+		struct iovec iov = {h, DQ_HDR};
+		int e;
+		dq_hdr_encode(h, &d->cfg);
+		if ((e = dq_pwritev_all(d->fd, &iov, 1, 0)) != 0
+		    || (fdatasync(d->fd) != 0 && (e = errno) != 0)) {
+			rv = dq_errno(
+			    e, "cannot update the header of", d->path);
+			goto out;
+		}
 	}
 out:
 	free(s.order);
@@ -984,7 +1140,8 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 	if (c.max_message == 0) {
 		c.max_message = QP_DEFAULT_MAX_MESSAGE;
 	}
-	if (c.max_message > QPI_SHMQ_MAX_ITEM - DQ_PUT_FIX - DQ_REC_HDR) {
+	if (c.max_message
+	    > QPI_SHMQ_MAX_ITEM - DQ_PUT_FIX - DQ_TAG_LEN - DQ_REC_HDR) {
 		return qpi_err(QP_EINVAL, "max_message %llu is too large",
 		    (unsigned long long) c.max_message);
 	}
@@ -1004,7 +1161,11 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 		return qpi_err(QP_EEXIST, "%s exists already", path);
 	}
 	if ((d = calloc(1, sizeof(*d))) == NULL
-	    || (d->path = strdup(path)) == NULL) {
+	    || (d->path = strdup(path)) == NULL
+	    || (d->tags = calloc(DQ_TAGS, sizeof(*d->tags))) == NULL) {
+		if (d != NULL) {
+			free(d->path);
+		}
 		free(d);
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
@@ -1107,6 +1268,7 @@ qpi_durq_free(qpi_durq *d)
 	map_fini(&d->live);
 	map_fini(&d->leases);
 	free(d->pending);
+	free(d->tags);
 	free(d->path);
 	pthread_cond_destroy(&d->cv);
 	pthread_mutex_destroy(&d->mu);
@@ -1156,9 +1318,9 @@ qpi_durq_settings(qpi_durq *d, qpi_durq_cfg *cfg)
 
 static int
 dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
-    int64_t deadline_ns, uint64_t *ticket)
+    int64_t deadline_ns, uint64_t *ticket, const qpi_shmq_tag *tag)
 {
-	uint8_t fix[DQ_PUT_FIX];
+	uint8_t fix[DQ_PUT_FIX], trailer[DQ_TAG_LEN];
 	uint64_t id, off;
 	bool full = false;
 	int rv;
@@ -1185,10 +1347,16 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		return rv;
 	}
 	id = d->next_id;
-	fix[0] = DQ_T_PUT;
+	fix[0] = tag != NULL ? DQ_T_PUT_TAG : DQ_T_PUT;
 	le64_put(fix + 1, id);
 	fix[9] = (uint8_t) kind;
-	if ((rv = dq_append(d, fix, sizeof(fix), buf, len, &off)) != QP_OK
+	if (tag != NULL) {
+		dq_tag_encode(
+		    trailer, tag->client, tag->seq, tag->base, tag->n);
+	}
+	if ((rv = dq_append(d, fix, sizeof(fix), buf, len, trailer,
+	         tag != NULL ? sizeof(trailer) : 0, &off))
+	        != QP_OK
 	    || (rv = dq_commit(d, off, ticket != NULL)) != QP_OK) {
 		pthread_mutex_unlock(&d->mu);
 		return rv;
@@ -1227,8 +1395,25 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
 		pthread_mutex_lock(&d->mu);
 		dq_done(d, id); /* cancel the record */
+		if (tag != NULL) {
+			/* ... and its tag: the request has base items in. */
+			uint8_t m[DQ_MARK_LEN];
+			m[0] = DQ_T_MARK;
+			dq_tag_encode(
+			    m + 1, tag->client, tag->seq, tag->base, tag->n);
+			(void) dq_append(
+			    d, m, sizeof(m), NULL, 0, NULL, 0, NULL);
+			dq_tag_note(
+			    d, tag->client, tag->seq, tag->base, tag->n, true);
+		}
 		pthread_mutex_unlock(&d->mu);
 		return qpi_err(keep, "%s", msg);
+	}
+	if (tag != NULL) {
+		pthread_mutex_lock(&d->mu);
+		dq_tag_note(
+		    d, tag->client, tag->seq, tag->base + 1, tag->n, false);
+		pthread_mutex_unlock(&d->mu);
 	}
 	return QP_OK;
 }
@@ -1237,7 +1422,17 @@ int
 qpi_durq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
     int64_t deadline_ns)
 {
-	return dq_put(d, buf, len, kind, deadline_ns, NULL);
+	return dq_put(d, buf, len, kind, deadline_ns, NULL, NULL);
+}
+
+int
+qpi_durq_put_tagged(qpi_durq *d, const void *buf, size_t len, unsigned kind,
+    const qpi_shmq_tag *tag, uint64_t *ticket)
+{
+	if (ticket != NULL) {
+		*ticket = 0;
+	}
+	return dq_put(d, buf, len, kind, 0, ticket, tag);
 }
 
 int
@@ -1245,7 +1440,7 @@ qpi_durq_put_async(
     qpi_durq *d, const void *buf, size_t len, unsigned kind, uint64_t *ticket)
 {
 	*ticket = 0;
-	return dq_put(d, buf, len, kind, 0, ticket);
+	return dq_put(d, buf, len, kind, 0, ticket, NULL);
 }
 
 int

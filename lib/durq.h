@@ -11,8 +11,21 @@
  *     u32 len | u32 crc | body (len bytes)        little-endian
  *
  * where crc is the CRC-32C of the len field and the body, and the body is
- * PUT (type 1, u64 id, u8 kind, the item's bytes) or DONE (type 2, u64 id).
- * Ids grow by one with every put and are never reused. The live items are
+ * PUT (type 1, u64 id, u8 kind, the item's bytes), DONE (type 2, u64 id),
+ * PUT_TAG (type 3: a PUT of qpiped's, the request's tag after the item:
+ * 16-byte client id, u64 seq, u32 the item's index in its request, u32
+ * the request's items) or MARK (type 4, a tag alone: client id, seq, u32
+ * items of the request stored, u32 its items). Ids grow by one with every
+ * put and are never reused. Layout 2 added types 3 and 4; a layout 1 file
+ * is read as it is and its header rewritten to 2 when opened (an older
+ * reader then refuses it with QP_EVERSION instead of misreading it).
+ *
+ * Tags. Replaying the log rebuilds the last QPI_SHMQ_TAGS_MAX put
+ * requests of qpiped (qpi_durq_tags): which (client id, seq) are in the
+ * queue, and how many items of a batch cut short by a kill. Compaction
+ * writes them as MARK records ahead of the live PUTs, so they outlive
+ * their items; a put cancelled after its record was written appends a
+ * MARK that takes it back. The live items are
  * the PUTs without a DONE, in id order: a get that is confirmed (a plain
  * get, or an ack of a lease) appends DONE, never synced on its own (a DONE
  * lost to a power cut only delivers its item again); a leased item has
@@ -132,6 +145,18 @@ void qpi_durq_settings(qpi_durq *d, qpi_durq_cfg *cfg);
  * QP_ESYSTEM (write or sync failed: not stored), QP_ECLOSED. */
 int qpi_durq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
     int64_t deadline_ns);
+
+/* As qpi_durq_put without waiting, the record tagged with qpiped's
+ * request: tag->base is the item's index in the request, tag->n the
+ * request's items. ticket NULL: synced per policy before it returns;
+ * else as qpi_durq_put_async. */
+int qpi_durq_put_tagged(qpi_durq *d, const void *buf, size_t len,
+    unsigned kind, const qpi_shmq_tag *tag, uint64_t *ticket);
+
+/* Copies the last put requests' tags, oldest first, into v (up to cap);
+ * each with done > 0 (items of it in the log). A request may appear
+ * twice: the larger done counts. */
+int qpi_durq_tags(qpi_durq *d, qpi_shmq_tag *v, size_t cap, size_t *np);
 
 /* As qpi_durq_put without waiting, and, for an "always" queue, without
  * the sync: *ticket (0 for other policies) must be passed to

@@ -46,7 +46,7 @@ void (*qpi_shmq_test_hook)(int point);
 	} while (0)
 
 #define SQ_MAGIC    0x0a512d4550495051ull /* "QPIPE-Q\n" */
-#define SQ_VERSION  1u
+#define SQ_VERSION  2u
 #define SQ_REC_HDR  40u
 #define SQ_JMAX     32
 #define SQ_EV_SLOTS 64
@@ -80,6 +80,9 @@ void (*qpi_shmq_test_hook)(int point);
  * a new queue starts with SQ_BACK_FIRST bytes of its ring backed. */
 #define SQ_BACK_STEP  (1ull << 20)
 #define SQ_BACK_FIRST (64ull << 10)
+
+/* Put requests remembered in a segment (see qpi_shmq_tags). */
+#define SQ_TAGS QPI_SHMQ_TAGS_MAX
 
 /* Lease slot states. */
 #define L_FREE     0u
@@ -124,6 +127,20 @@ typedef struct sq_slot {
 	uint64_t ts; /* put time, as sq_rec.ts */
 	uint64_t spare;
 } sq_slot;
+
+/* A put request of qpiped's, remembered in the segment so that a
+ * restarted server knows it was applied (see qpi_shmq_put_tagged). */
+typedef struct sq_tag {
+	uint64_t state; /* 0: empty or being written; 1: written */
+	uint8_t client[16];
+	uint64_t seq;
+	uint64_t first; /* the ordinal (nput) of this put's first item */
+	uint32_t base; /* items of the request stored before this put */
+	uint32_t n; /* items of the whole request */
+	uint32_t done; /* items of the request stored once this put is */
+	uint32_t pad;
+	uint64_t spare;
+} sq_tag;
 
 typedef struct sq_jent {
 	uint64_t off; /* from the segment's base; J_W32: a 32-bit word */
@@ -197,6 +214,7 @@ typedef struct sq_hdr {
 	uint32_t corrupt; /* a fault was found: every call fails */
 	uint64_t salt;
 	int64_t created_ms; /* CLOCK_MONOTONIC_COARSE ms */
+	uint64_t tags_off; /* SQ_TAGS sq_tag entries */
 
 	_Alignas(128) sq_side ps; /* producer side */
 	_Alignas(128) struct {
@@ -204,6 +222,7 @@ typedef struct sq_hdr {
 		uint64_t nput; /* items put (committed), ever */
 		uint64_t bytes_in;
 		uint64_t backed; /* ring bytes [0, backed) have memory */
+		uint64_t tags_next; /* tags written, ever */
 	} pp;
 	_Alignas(128) sq_side gs; /* consumer side */
 	_Alignas(128) struct {
@@ -233,6 +252,7 @@ struct qpi_shmq {
 	uint8_t *ring;
 	sq_slot *slots;
 	uint32_t *links; /* next block + 1, 0 ends */
+	sq_tag *tags;
 	uint8_t *blocks;
 	uint64_t nblocks;
 	uint64_t cap;
@@ -505,6 +525,36 @@ sq_copy(void *dst, const void *src, size_t len, int hook)
 
 /* ---- locks and repair ---- */
 
+/* Producer repair of the newest tag: its put may have died before its
+ * last commit. It says how many of the request's items are in now (those
+ * of its ordinals that the tail covers); none: it is dropped. Only the
+ * newest can be unfinished: tags are written under the producer lock. */
+static void
+sq_tag_repair(qpi_shmq *q)
+{
+	sq_hdr *h = q->h;
+	uint64_t i = h->pp.tags_next, nput = h->pp.nput, in = 0;
+	sq_tag *t;
+
+	if (i == 0) {
+		return;
+	}
+	t = &q->tags[(i - 1) % SQ_TAGS];
+	if (LD(&t->state) != 1 || t->base > t->n) {
+		return;
+	}
+	if (nput >= t->first) {
+		in = nput - t->first + 1;
+		if (in > t->n - t->base) {
+			in = t->n - t->base;
+		}
+	}
+	t->done = (uint32_t) (t->base + in);
+	if (t->done == 0) {
+		ST(&t->state, 0);
+	}
+}
+
 /* Producer repair: a stamped record at the tail was committed by the dead
  * owner; its header carries the counters. At most a pad and a record. */
 static void
@@ -518,7 +568,7 @@ sq_repair_producer(qpi_shmq *q)
 		uint64_t tail = h->pp.tail;
 		if (sq_peek(q, tail, &r, &start, &end) != QP_OK || r == NULL
 		    || end - LD(&h->gp.head) > q->cap) {
-			return;
+			break;
 		}
 		if (r->seq > h->pp.nput) {
 			ST(&h->pp.nput, r->seq);
@@ -528,6 +578,7 @@ sq_repair_producer(qpi_shmq *q)
 		}
 		STR(&h->pp.tail, end);
 	}
+	sq_tag_repair(q);
 }
 
 static int sq_walk(qpi_shmq *q, uint64_t *posp, sq_rec **rp, uint64_t *startp,
@@ -1274,6 +1325,7 @@ typedef struct sq_geom {
 	uint64_t nblocks;
 	uint64_t slots_off;
 	uint64_t links_off;
+	uint64_t tags_off;
 	uint64_t blocks_off;
 	uint64_t ring_off;
 	uint64_t seg;
@@ -1310,7 +1362,9 @@ sq_layout(const qpi_shmq_cfg *cfg, sq_geom *g)
 	g->slots_off = sq_round(sizeof(sq_hdr), 128);
 	g->links_off
 	    = sq_round(g->slots_off + (uint64_t) ns * sizeof(sq_slot), 128);
-	g->blocks_off = sq_round(g->links_off + g->nblocks * 4, 4096);
+	g->tags_off = sq_round(g->links_off + g->nblocks * 4, 128);
+	g->blocks_off = sq_round(
+	    g->tags_off + (uint64_t) SQ_TAGS * sizeof(sq_tag), 4096);
 	g->ring_off = g->blocks_off + g->nblocks * SQ_BLOCK;
 	g->ring_off = sq_round(g->ring_off, 4096);
 	g->seg = g->ring_off + g->cap;
@@ -1335,6 +1389,7 @@ sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg, bool sparse)
 	h->seg_size = g->seg;
 	h->slots_off = g->slots_off;
 	h->links_off = g->links_off;
+	h->tags_off = g->tags_off;
 	h->blocks_off = g->blocks_off;
 	h->nblocks = g->nblocks;
 	h->ring_off = g->ring_off;
@@ -1403,7 +1458,10 @@ sq_attach(qpi_shmq **qp, qpi_shm *shm, const char *name)
 	    || h->slots_off + (uint64_t) h->nslots * sizeof(sq_slot)
 	        > h->links_off
 	    || h->nblocks > UINT32_MAX - 1
-	    || h->links_off + h->nblocks * 4 > h->blocks_off
+	    || h->links_off + h->nblocks * 4 > h->tags_off
+	    || h->tags_off % 8 != 0
+	    || h->tags_off + (uint64_t) SQ_TAGS * sizeof(sq_tag)
+	        > h->blocks_off
 	    || h->blocks_off + h->nblocks * SQ_BLOCK > h->ring_off
 	    || h->ring_off + h->cap != h->seg_size || h->max_msg == 0
 	    || h->max_msg > QPI_SHMQ_MAX_ITEM) {
@@ -1418,6 +1476,7 @@ sq_attach(qpi_shmq **qp, qpi_shm *shm, const char *name)
 	q->ring = q->base + h->ring_off;
 	q->slots = (sq_slot *) (void *) (q->base + h->slots_off);
 	q->links = (uint32_t *) (void *) (q->base + h->links_off);
+	q->tags = (sq_tag *) (void *) (q->base + h->tags_off);
 	q->blocks = q->base + h->blocks_off;
 	q->nblocks = h->nblocks;
 	q->cap = h->cap;
@@ -1724,9 +1783,66 @@ sq_back_ring(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
 	return sq_back_ring_slow(q, tail, need, need0);
 }
 
+/* Notes a tagged put of count items, the first of ordinal first, under
+ * the producer lock before its first commit: the newest tag is the one
+ * sq_tag_repair settles if the put dies. A tag cut short by a kill is
+ * left with state 0 and counts for nothing. */
+static void __attribute__((noinline)) sq_tag_write(
+    qpi_shmq *q, const qpi_shmq_tag *tag, uint64_t first, size_t count)
+{
+	sq_hdr *h = q->h;
+	uint64_t i = h->pp.tags_next;
+	sq_tag *t = &q->tags[i % SQ_TAGS];
+
+	ST(&h->pp.tags_next, i + 1);
+	ST(&t->state, 0);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	memcpy(t->client, tag->client, sizeof(t->client));
+	t->seq = tag->seq;
+	t->first = first;
+	t->base = tag->base;
+	t->n = tag->n;
+	t->done = (uint32_t) (tag->base + count);
+	STR(&t->state, 1);
+}
+
+int
+qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np)
+{
+	sq_hdr *h = q->h;
+	uint64_t next, i;
+	size_t n = 0;
+	int rc;
+
+	*np = 0;
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	if ((rc = sq_lock(q, &h->ps)) != QP_OK) {
+		return rc;
+	}
+	next = h->pp.tags_next;
+	i = next > SQ_TAGS ? next - SQ_TAGS : 0;
+	for (; i < next && n < cap; i++) {
+		const sq_tag *t = &q->tags[i % SQ_TAGS];
+		if (LD(&t->state) != 1 || t->done > t->n || t->n == 0) {
+			continue;
+		}
+		memcpy(v[n].client, t->client, sizeof(v[n].client));
+		v[n].seq = t->seq;
+		v[n].base = t->base;
+		v[n].n = t->n;
+		v[n].done = t->done;
+		n++;
+	}
+	sq_unlock(&h->ps);
+	*np = n;
+	return QP_OK;
+}
+
 static int
-sq_try_put(
-    qpi_shmq *q, const void *buf, size_t len, unsigned kind, sq_snap *snap)
+sq_try_put(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
+    const qpi_shmq_tag *tag, sq_snap *snap)
 {
 	sq_hdr *h = q->h;
 	uint64_t size = QPI_SHMQ_REC_SIZE(len), tail, pos;
@@ -1781,6 +1897,9 @@ sq_try_put(
 	sq_rec *r = sq_rec_begin(
 	    q, tail, kind, len, nput + 1, bytes, sq_ts(q), &pos);
 	sq_copy(r + 1, buf, len, QPI_HOOK_PUT_COPY);
+	if (tag != NULL) {
+		sq_tag_write(q, tag, nput + 1, 1);
+	}
 	sq_wake(q, EV_NE, false); /* before the commit: see sq_settle */
 	STR(&r->stamp, sq_stamp(q, pos)); /* the commit */
 	SQ_HOOK(QPI_HOOK_PUT_COMMIT);
@@ -1794,9 +1913,9 @@ sq_try_put(
 	return QP_OK;
 }
 
-int
-qpi_shmq_put(
-    qpi_shmq *q, const void *buf, size_t len, unsigned kind, int64_t deadline)
+static int
+sq_put(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
+    const qpi_shmq_tag *tag, int64_t deadline)
 {
 	bool spun = false;
 	sq_snap snap;
@@ -1818,7 +1937,7 @@ qpi_shmq_put(
 		    len, q->label, q->cap);
 	}
 	for (;;) {
-		rc = sq_try_put(q, buf, len, kind, &snap);
+		rc = sq_try_put(q, buf, len, kind, tag, &snap);
 		if (rc != QP_EFULL) {
 			return rc;
 		}
@@ -1828,9 +1947,23 @@ qpi_shmq_put(
 			return rc;
 		}
 		if (rc == QP_ETIMEDOUT) {
-			return sq_try_put(q, buf, len, kind, &snap);
+			return sq_try_put(q, buf, len, kind, tag, &snap);
 		}
 	}
+}
+
+int
+qpi_shmq_put(
+    qpi_shmq *q, const void *buf, size_t len, unsigned kind, int64_t deadline)
+{
+	return sq_put(q, buf, len, kind, NULL, deadline);
+}
+
+int
+qpi_shmq_put_tagged(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
+    const qpi_shmq_tag *tag, int64_t deadline)
+{
+	return sq_put(q, buf, len, kind, tag, deadline);
 }
 
 /* Ring bytes that the batch takes from tail on: its records, and the
@@ -1848,8 +1981,8 @@ sq_batch_need(
 }
 
 static int
-sq_try_put_many(
-    qpi_shmq *q, const qpi_shmq_item *items, size_t n, sq_snap *snap)
+sq_try_put_many(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
+    const qpi_shmq_tag *tag, sq_snap *snap)
 {
 	sq_hdr *h = q->h;
 	uint64_t tail, need;
@@ -1908,6 +2041,9 @@ sq_try_put_many(
 		sq_unlock(&h->ps);
 		return rc;
 	}
+	if (tag != NULL) {
+		sq_tag_write(q, tag, h->pp.nput + 1, n);
+	}
 	/* Each record exactly as qpi_shmq_put commits one. */
 	for (size_t i = 0; i < n; i++) {
 		uint64_t nput = h->pp.nput, pos;
@@ -1934,9 +2070,9 @@ sq_try_put_many(
 	return QP_OK;
 }
 
-int
-qpi_shmq_put_many(
-    qpi_shmq *q, const qpi_shmq_item *items, size_t n, int64_t deadline)
+static int
+sq_put_many(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
+    const qpi_shmq_tag *tag, int64_t deadline)
 {
 	uint64_t total = 0;
 	bool spun = false;
@@ -1966,7 +2102,7 @@ qpi_shmq_put_many(
 		    n, total, q->label, q->maxsize, q->cap);
 	}
 	for (;;) {
-		rc = sq_try_put_many(q, items, n, &snap);
+		rc = sq_try_put_many(q, items, n, tag, &snap);
 		if (rc != QP_EFULL) {
 			return rc;
 		}
@@ -1976,9 +2112,23 @@ qpi_shmq_put_many(
 			return rc;
 		}
 		if (rc == QP_ETIMEDOUT) {
-			return sq_try_put_many(q, items, n, &snap);
+			return sq_try_put_many(q, items, n, tag, &snap);
 		}
 	}
+}
+
+int
+qpi_shmq_put_many(
+    qpi_shmq *q, const qpi_shmq_item *items, size_t n, int64_t deadline)
+{
+	return sq_put_many(q, items, n, NULL, deadline);
+}
+
+int
+qpi_shmq_put_many_tagged(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
+    const qpi_shmq_tag *tag, int64_t deadline)
+{
+	return sq_put_many(q, items, n, tag, deadline);
 }
 
 /* ---- get ---- */

@@ -4,7 +4,8 @@
  * queues through this API too, leases included.
  *
  * Layout. One segment (/dev/shm/qpipe.NAME, or anonymous memory shared
- * across fork()) holds a header, a table of lease slots, a lease area and
+ * across fork()) holds a header, a table of lease slots, a table of
+ * qpiped's last put requests (see "Put requests"), a lease area and
  * a byte ring of variable-size records (40-byte header + payload, 8-byte
  * aligned; a record never wraps: the space left at the end of the ring
  * becomes a pad). The header carries a magic, the layout version and the
@@ -111,6 +112,16 @@
  * live on the kernel's internal tmpfs, which has no size limit (memory
  * and overcommit bound them, as any allocation): nothing to reserve.
  *
+ * Put requests (qpiped). The segment also keeps a table of the last
+ * QPI_SHMQ_TAGS_MAX tagged puts (qpi_shmq_put_tagged): the request's
+ * client id and seq, how many of its items it stores, and the ordinal of
+ * its first item. A tag is written under the producer lock before the
+ * put's first commit; a put killed midway leaves its tag newest, and the
+ * producer repair sets it to the items the tail covers (none: the tag is
+ * dropped). So a restarted qpiped reads (qpi_shmq_tags) which requests
+ * are in the queue, and how much of a batch cut short by a kill is,
+ * however many puts came since. Untagged puts never touch the table.
+ *
  * Items. Each record carries a kind: QPI_ITEM_BIN (raw bytes, the payload
  * of a msgpack bin) or QPI_ITEM_OBJ (the msgpack encoding of one value).
  * A get returns the bytes as they are stored, except that with QPI_GET_OBJ
@@ -205,6 +216,34 @@ typedef struct qpi_shmq_item {
  * committed, as n single puts would. */
 int qpi_shmq_put_many(
     qpi_shmq *q, const qpi_shmq_item *items, size_t n, int64_t deadline_ns);
+
+/* A put request of qpiped's (PROTOCOL.md, idempotency): client id, seq,
+ * base (items of the request stored by earlier calls: a batch resumed
+ * after a kill), n (items of the whole request). qpi_shmq_tags fills done:
+ * items of the request in the queue. */
+#define QPI_SHMQ_TAGS_MAX 1024
+typedef struct qpi_shmq_tag {
+	uint8_t client[16];
+	uint64_t seq;
+	uint32_t base;
+	uint32_t n;
+	uint32_t done;
+} qpi_shmq_tag;
+
+/* As qpi_shmq_put and qpi_shmq_put_many, and the request is noted in
+ * the segment's table of put requests in the same commit: tag says
+ * which (its done is ignored). For qpiped only. */
+int qpi_shmq_put_tagged(qpi_shmq *q, const void *buf, size_t len,
+    unsigned kind, const qpi_shmq_tag *tag, int64_t deadline_ns);
+int qpi_shmq_put_many_tagged(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
+    const qpi_shmq_tag *tag, int64_t deadline_ns);
+
+/* Copies the table of put requests, oldest first, into v (up to cap):
+ * only requests with at least one item in the queue (or taken from it).
+ * Repairs first if a producer died. The same request may appear twice
+ * (a resumed batch): the larger done counts. QP_OK, QP_ECLOSED,
+ * QP_ECORRUPT. */
+int qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np);
 
 /* Gets the head item. With into != NULL copies it there (cap bytes): if it
  * is larger, QP_ETOOBIG with *lenp = its size, and it stays in the queue.

@@ -9,9 +9,14 @@
  * forgotten least recently used first when there are too many, never
  * while a request of theirs is in progress.
  *
+ * A restarted server seeds the windows with the put requests its queues
+ * say are in them (qps_dedup_seed): whole ones as done with QP_OK, a
+ * put_many that a kill cut short as partial (its repeat puts the rest).
+ *
  * Locking: none of its own; the ops lock guards it.
  */
 #include "qps.h"
+#include "wire.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -20,13 +25,14 @@
 /* Clients remembered at most (about 32 KiB each at full window). */
 #define DEDUP_MAX_CLIENTS 16384
 
-enum { SLOT_EMPTY = 0, SLOT_PENDING, SLOT_DONE };
+enum { SLOT_EMPTY = 0, SLOT_PENDING, SLOT_DONE, SLOT_PARTIAL };
 
 typedef struct dslot {
 	uint64_t seq;
 	uint8_t state;
 	uint8_t op;
 	int16_t status;
+	uint32_t skip; /* PARTIAL (and PENDING after it): items put */
 	uint32_t replen;
 	uint8_t *rep; /* SLOT_DONE, ops with reply fields: the reply */
 	qps_wait *wait; /* SLOT_PENDING: the parked request, if parked */
@@ -188,8 +194,17 @@ qps_dedup_begin(
 		 * connection dropped and the client sent it anew): the new one
 		 * takes over; the caller ends the old one unanswered. */
 		prev->wait = s->wait;
+		prev->skip = s->skip;
 		s->wait = NULL;
 		return QPS_DEDUP_TAKEOVER;
+	}
+	if (s->seq == seq && s->state == SLOT_PARTIAL) {
+		/* A batch an earlier server cut short: the rest goes in. */
+		prev->skip = s->skip;
+		s->state = SLOT_PENDING;
+		s->op = (uint8_t) op;
+		cl->npending++;
+		return QPS_DEDUP_NEW;
 	}
 	/* An older seq sharing the slot is forgotten. */
 	if (s->state == SLOT_PENDING) {
@@ -229,11 +244,92 @@ qps_dedup_end(qps_client *cl, uint64_t seq, int status, const void *rep,
 		memset(s, 0, sizeof(*s));
 		return;
 	}
+	if (status != QP_OK && s->skip > 0) {
+		/* The rest of a cut batch did not go in: a repeat tries
+		 * again (what is in stays counted). */
+		s->state = SLOT_PARTIAL;
+		return;
+	}
 	s->state = SLOT_DONE;
 	s->status = (int16_t) status;
 	if (rep != NULL && replen > 0 && (s->rep = malloc(replen)) != NULL) {
 		memcpy(s->rep, rep, replen);
 		s->replen = (uint32_t) replen;
+	}
+}
+
+/* The client with that id if known (no LRU change), else NULL. */
+static qps_client *
+client_find(const uint8_t *id)
+{
+	for (qps_hnode *n
+	     = qps_htab_find(&dd.tab, qps_hash(id, QPS_CLIENT_ID_LEN));
+	     n != NULL; n = qps_htab_next(n)) {
+		qps_client *cl = (qps_client *) n;
+		if (memcmp(cl->id, id, QPS_CLIENT_ID_LEN) == 0) {
+			return cl;
+		}
+	}
+	return NULL;
+}
+
+int
+qps_dedup_seed(const uint8_t *id, uint64_t seq, uint32_t done, uint32_t n)
+{
+	qps_client *cl;
+	dslot *s;
+
+	if (seq == 0 || done == 0 || n == 0) {
+		return 0;
+	}
+	if ((cl = qps_dedup_client(id)) == NULL) {
+		return 0;
+	}
+	if (cl->max_seq >= QPS_DEDUP_WINDOW
+	    && seq <= cl->max_seq - QPS_DEDUP_WINDOW) {
+		return 0;
+	}
+	if (seq > cl->max_seq) {
+		cl->max_seq = seq;
+		client_grow(cl);
+	}
+	s = slot_of(cl, seq);
+	if (s->state == SLOT_PENDING
+	    || (s->state != SLOT_EMPTY && s->seq > seq)) {
+		return 0; /* this server's own view, or a newer seq */
+	}
+	if (s->seq == seq && s->state == SLOT_DONE) {
+		return 0;
+	}
+	if (s->seq == seq && s->state == SLOT_PARTIAL && s->skip >= done) {
+		return 0;
+	}
+	free(s->rep);
+	memset(s, 0, sizeof(*s));
+	s->seq = seq;
+	s->op = n > 1 ? QPI_OP_PUT_MANY : QPI_OP_PUT;
+	if (done >= n) {
+		s->state = SLOT_DONE;
+		s->status = QP_OK;
+	} else {
+		s->state = SLOT_PARTIAL;
+		s->skip = done;
+	}
+	return 1;
+}
+
+void
+qps_dedup_fail(const uint8_t *id, uint64_t seq, int status)
+{
+	qps_client *cl = client_find(id);
+	dslot *s;
+
+	if (cl == NULL || seq == 0) {
+		return;
+	}
+	s = slot_of(cl, seq);
+	if (s->seq == seq && s->state == SLOT_DONE && s->status == QP_OK) {
+		s->status = (int16_t) status;
 	}
 }
 

@@ -25,6 +25,12 @@
  * quarantined: logged, kept as it is, every request naming the queue
  * answered QP_ECORRUPT until it is deleted.
  *
+ * Put requests with a client id go in tagged (qpi_shmq_put_tagged, the
+ * log's PUT_TAG records): when the server first hosts a queue it reads
+ * back which requests are in it (q_seed) into dedup.c, so that a request
+ * whose reply an earlier, killed server never sent is answered, not
+ * stored again.
+ *
  * Locking: everything here runs under the ops lock (hs.mu), the watcher
  * threads included except while they sleep in the kernel.
  */
@@ -358,6 +364,36 @@ dur_open(const char *name, unsigned flags, const qps_q_opts *o, qpi_durq **dp,
 	return QP_OK;
 }
 
+/* A restarted server learns which put requests are in the queue already
+ * (the segment's table, or the log's tags): their repeats are answered
+ * without a second store (PROTOCOL.md, idempotency). */
+static void
+q_seed(qps_q *q)
+{
+	qpi_shmq_tag *v = malloc(QPI_SHMQ_TAGS_MAX * sizeof(*v));
+	size_t n = 0, k = 0;
+	int rv;
+
+	if (v == NULL) {
+		qps_log(QPS_LOG_WARN,
+		    "queue '%s': out of memory for its put requests: a "
+		    "repeat of one sent before a restart is stored again",
+		    q->name);
+		return;
+	}
+	rv = q->dur != NULL ? qpi_durq_tags(q->dur, v, QPI_SHMQ_TAGS_MAX, &n)
+	                    : qpi_shmq_tags(q->shm, v, QPI_SHMQ_TAGS_MAX, &n);
+	for (size_t i = 0; rv == QP_OK && i < n; i++) {
+		k += qps_dedup_seed(v[i].client, v[i].seq, v[i].done, v[i].n);
+	}
+	if (k > 0) {
+		qps_log(QPS_LOG_DEBUG,
+		    "queue '%s': %zu put requests of earlier servers known",
+		    q->name, k);
+	}
+	free(v);
+}
+
 /* Hosts the queue name: the shared-memory segment (flags, cfg), or with
  * dur != NULL the durable queue dur (owned by q from now on). */
 static int
@@ -390,6 +426,7 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 	}
 	hs.head = q;
 	sweep_due();
+	q_seed(q);
 	*qp = q;
 	return QP_OK;
 }
@@ -639,6 +676,8 @@ typedef struct sync_ent {
 	uint64_t ticket;
 	uint32_t op;
 	uint64_t req_id;
+	uint8_t client[QPS_CLIENT_ID_LEN]; /* the request's, for dedup */
+	uint64_t seq;
 	char name[QP_NAME_MAX + 1];
 } sync_ent;
 
@@ -677,6 +716,9 @@ sy_main(void *arg)
 				    "error",
 				    e->name, qp_errmsg());
 				nng_msg_free(e->rep);
+				pthread_mutex_lock(hs.mu);
+				qps_dedup_fail(e->client, e->seq, rv);
+				pthread_mutex_unlock(hs.mu);
 				e->rep = qps_rep_error(e->op, e->req_id, rv,
 				    "put to '%s': the log could not be "
 				    "synced: "
@@ -702,7 +744,7 @@ sy_main(void *arg)
 
 bool
 qps_q_sync_park(qps_worker *w, nng_msg *rep, uint32_t op, uint64_t req_id,
-    const char *name)
+    const char *name, const uint8_t *client, uint64_t seq)
 {
 	sync_ent *e;
 
@@ -719,6 +761,8 @@ qps_q_sync_park(qps_worker *w, nng_msg *rep, uint32_t op, uint64_t req_id,
 	e->ticket = defer.ticket;
 	e->op = op;
 	e->req_id = req_id;
+	memcpy(e->client, client, QPS_CLIENT_ID_LEN);
+	e->seq = seq;
 	snprintf(e->name, sizeof(e->name), "%s", name);
 	defer.d = NULL;
 	pthread_mutex_lock(&sy.mu);
@@ -765,15 +809,20 @@ qps_q_sync_deferred(void)
 }
 
 static int
-q_put_durable(qps_q *q, const uint8_t *p, size_t plen, unsigned kind)
+q_put_durable(qps_q *q, const uint8_t *p, size_t plen, unsigned kind,
+    const qpi_shmq_tag *tag)
 {
 	uint64_t ticket = 0;
 	int rv;
 
 	if (!defer.allowed || (defer.d != NULL && defer.d != q->dur)) {
-		return qpi_durq_put(q->dur, p, plen, kind, 0);
+		return tag != NULL
+		    ? qpi_durq_put_tagged(q->dur, p, plen, kind, tag, NULL)
+		    : qpi_durq_put(q->dur, p, plen, kind, 0);
 	}
-	rv = qpi_durq_put_async(q->dur, p, plen, kind, &ticket);
+	rv = tag != NULL
+	    ? qpi_durq_put_tagged(q->dur, p, plen, kind, tag, &ticket)
+	    : qpi_durq_put_async(q->dur, p, plen, kind, &ticket);
 	if (rv == QP_OK && ticket != 0) {
 		if (defer.d == NULL) {
 			qpi_durq_hold(q->dur);
@@ -785,14 +834,17 @@ q_put_durable(qps_q *q, const uint8_t *p, size_t plen, unsigned kind)
 }
 
 int
-qps_q_put(qps_q *q, const uint8_t *item, size_t len)
+qps_q_put(qps_q *q, const uint8_t *item, size_t len, const qpi_shmq_tag *tag)
 {
 	const uint8_t *p;
 	size_t plen;
 	unsigned kind = q_item(item, len, &p, &plen);
 
 	if (q->dur != NULL) {
-		return q_put_durable(q, p, plen, kind);
+		return q_put_durable(q, p, plen, kind, tag);
+	}
+	if (tag != NULL) {
+		return qpi_shmq_put_tagged(q->shm, p, plen, kind, tag, 0);
 	}
 	return qpi_shmq_put(q->shm, p, plen, kind, 0);
 }
@@ -800,8 +852,10 @@ qps_q_put(qps_q *q, const uint8_t *item, size_t len)
 /* A durable queue is the server's alone (its file is locked), and the ops
  * lock is held: checking room first makes the batch all or nothing. */
 static int
-q_put_many_durable(qps_q *q, const qpi_wire_item *items, uint32_t n)
+q_put_many_durable(
+    qps_q *q, const qpi_wire_item *items, uint32_t n, const qpi_shmq_tag *tag)
 {
+	qpi_shmq_tag t;
 	qp_queue_stats st;
 	uint64_t need = 0;
 	uint32_t i;
@@ -827,8 +881,15 @@ q_put_many_durable(qps_q *q, const qpi_wire_item *items, uint32_t n)
 	if (st.maxsize != 0 && st.items + n > st.maxsize) {
 		return qpi_err(QP_EFULL, "queue '%s' is full", q->name);
 	}
+	memset(&t, 0, sizeof(t));
+	if (tag != NULL) {
+		t = *tag;
+	}
 	for (i = 0; i < n; i++) {
-		if ((rv = qps_q_put(q, items[i].data, items[i].len))
+		/* Each record tagged with its index in the request. */
+		t.base = tag != NULL ? tag->base + i : 0;
+		if ((rv = qps_q_put(q, items[i].data, items[i].len,
+		         tag != NULL ? &t : NULL))
 		    != QP_OK) {
 			break;
 		}
@@ -850,13 +911,14 @@ q_put_many_durable(qps_q *q, const qpi_wire_item *items, uint32_t n)
 }
 
 int
-qps_q_put_many(qps_q *q, const qpi_wire_item *items, uint32_t n)
+qps_q_put_many(
+    qps_q *q, const qpi_wire_item *items, uint32_t n, const qpi_shmq_tag *tag)
 {
 	qpi_shmq_item stack[64] = {{0}}, *it = stack;
 	int rv;
 
 	if (q->dur != NULL) {
-		return q_put_many_durable(q, items, n);
+		return q_put_many_durable(q, items, n, tag);
 	}
 	/* All or nothing, and no other item between them. */
 	if (n > 64 && (it = malloc(n * sizeof(*it))) == NULL) {
@@ -869,7 +931,8 @@ qps_q_put_many(qps_q *q, const qpi_wire_item *items, uint32_t n)
 		    = q_item(items[i].data, items[i].len, &p, &it[i].len);
 		it[i].buf = p;
 	}
-	rv = qpi_shmq_put_many(q->shm, it, n, 0);
+	rv = tag != NULL ? qpi_shmq_put_many_tagged(q->shm, it, n, tag, 0)
+	                 : qpi_shmq_put_many(q->shm, it, n, 0);
 	if (it != stack) {
 		free(it);
 	}

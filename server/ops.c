@@ -23,6 +23,7 @@
  */
 #include "auth.h"
 #include "qps.h"
+#include "shmq.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -66,6 +67,7 @@ struct qps_wait {
 	qpi_wire_req r;
 	qps_client *cl; /* dedup: the client and seq, or NULL */
 	uint64_t seq;
+	uint32_t base; /* put_many: items of the request put before */
 	qps_wait *qprev, *qnext; /* in q's list */
 	qps_wait *cprev, *cnext; /* in conn's list */
 };
@@ -424,7 +426,7 @@ wait_timeout(qps_timer *t)
  * (nothing taken) if the server cannot park more. */
 static bool
 wait_park(qps_worker *w, ops_conn *c, qps_q *q, int kind, nng_msg *req,
-    const qpi_wire_req *r, qps_client *cl)
+    const qpi_wire_req *r, qps_client *cl, uint32_t base)
 {
 	qps_wait *wt = calloc(1, sizeof(*wt));
 
@@ -463,6 +465,7 @@ wait_park(qps_worker *w, ops_conn *c, qps_q *q, int kind, nng_msg *req,
 	wt->req = req;
 	wt->cl = cl;
 	wt->seq = r->seq;
+	wt->base = base;
 	if (cl != NULL) {
 		qps_dedup_park(cl, r->seq, wt);
 	}
@@ -565,14 +568,27 @@ op_try_get(ops_conn *c, qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 	return rv;
 }
 
-/* Puts r's item(s): QP_OK, QP_EFULL (nothing put), or another error. */
+/* Puts r's item(s): QP_OK, QP_EFULL (nothing put), or another error.
+ * cl != NULL: the request is deduplicated; its items go in tagged with
+ * its client id and seq (base: items of it put before, by an earlier
+ * server), so that a server restarted after this put knows. */
 static int
-op_try_put(qps_q *q, const qpi_wire_req *r)
+op_try_put(qps_q *q, const qpi_wire_req *r, qps_client *cl, uint32_t base)
 {
-	if (r->op == QPI_OP_PUT) {
-		return qps_q_put(q, r->item.data, r->item.len);
+	qpi_shmq_tag tag, *t = NULL;
+
+	if (cl != NULL) {
+		memcpy(tag.client, r->client_id, sizeof(tag.client));
+		tag.seq = r->seq;
+		tag.base = base;
+		tag.n = base + (r->op == QPI_OP_PUT ? 1 : r->nitems);
+		tag.done = 0;
+		t = &tag;
 	}
-	return qps_q_put_many(q, r->items, r->nitems);
+	if (r->op == QPI_OP_PUT) {
+		return qps_q_put(q, r->item.data, r->item.len, t);
+	}
+	return qps_q_put_many(q, r->items, r->nitems, t);
 }
 
 static nng_msg *
@@ -627,7 +643,7 @@ ops_dispatch(qps_q *q)
 		}
 		while (q->whead[QPS_WAIT_PUT] != NULL) {
 			qps_wait *wt = q->whead[QPS_WAIT_PUT];
-			int rv = op_try_put(q, &wt->r);
+			int rv = op_try_put(q, &wt->r, wt->cl, wt->base);
 			if (rv == QP_EFULL) {
 				break;
 			}
@@ -756,9 +772,9 @@ open_for(const qpi_wire_req *r, bool create, qps_q **qp, nng_msg **repp)
 /* Parks a get, put or join, or says why it cannot. */
 static qps_handled
 park_or_refuse(qps_worker *w, ops_conn *c, qps_q *q, int kind, nng_msg *req,
-    const qpi_wire_req *r, qps_client *cl, nng_msg **repp)
+    const qpi_wire_req *r, qps_client *cl, uint32_t base, nng_msg **repp)
 {
-	if (wait_park(w, c, q, kind, req, r, cl)) {
+	if (wait_park(w, c, q, kind, req, r, cl, base)) {
 		ops_dispatch(q);
 		return QPS_PARKED;
 	}
@@ -768,10 +784,11 @@ park_or_refuse(qps_worker *w, ops_conn *c, qps_q *q, int kind, nng_msg *req,
 }
 
 /* Applies one decoded request. Returns QPS_PARKED (req now belongs to the
- * parked wait) or QPS_REPLY with *repp. The lock is held. */
+ * parked wait) or QPS_REPLY with *repp. The lock is held. base: items of
+ * a put_many put before (r holds the rest). */
 static qps_handled
 ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
-    qps_client *cl, nng_msg **repp)
+    qps_client *cl, uint32_t base, nng_msg **repp)
 {
 	qpi_wire_rep rp;
 	qps_q *q = NULL;
@@ -845,12 +862,13 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		/* Parked putters go first (FIFO). */
 		ops_dispatch(q);
 		qps_q_defer_sync(true); /* group commit: see qps_ops_handle */
-		rv = q->whead[QPS_WAIT_PUT] != NULL ? QP_EFULL
-		                                    : op_try_put(q, r);
+		rv = q->whead[QPS_WAIT_PUT] != NULL
+		    ? QP_EFULL
+		    : op_try_put(q, r, cl, base);
 		qps_q_defer_sync(false);
 		if (rv == QP_EFULL && r->timeout != 0) {
 			return park_or_refuse(
-			    w, c, q, QPS_WAIT_PUT, req, r, cl, repp);
+			    w, c, q, QPS_WAIT_PUT, req, r, cl, base, repp);
 		}
 		*repp = rv == QP_OK ? qps_rep_ok(r) : put_error(r, q, rv);
 		if (rv == QP_OK) {
@@ -871,7 +889,7 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		    : op_try_get(c, q, r, repp);
 		if ((rv == QP_EEMPTY || rv == QP_ELIMIT) && r->timeout != 0) {
 			return park_or_refuse(
-			    w, c, q, QPS_WAIT_GET, req, r, cl, repp);
+			    w, c, q, QPS_WAIT_GET, req, r, cl, 0, repp);
 		}
 		if (rv == QP_EEMPTY) {
 			*repp = qps_rep_error(r->op, r->req_id, QP_EEMPTY,
@@ -953,7 +971,7 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 			return QPS_REPLY;
 		}
 		return park_or_refuse(
-		    w, c, q, QPS_WAIT_JOIN, req, r, cl, repp);
+		    w, c, q, QPS_WAIT_JOIN, req, r, cl, 0, repp);
 
 	case QPI_OP_QSIZE:
 		if (open_for(r, false, &q, repp) != QP_OK) {
@@ -1087,6 +1105,7 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 	qps_dedup_prev prev;
 	qps_handled h;
 	ops_conn *c;
+	uint32_t base = 0;
 
 	if (ops.shutdown) {
 		/* The last replies are out and the workers are about to go:
@@ -1139,9 +1158,20 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 		    "the server is shutting down: reconnect and retry");
 		return QPS_REPLY;
 	}
+	memset(&prev, 0, sizeof(prev));
 	if (qpi_wire_op_dedup(r->op) && r->seq != 0
-	    && memcmp(r->client_id, zero, sizeof(zero)) != 0
-	    && (cl = qps_dedup_client(r->client_id)) != NULL) {
+	    && memcmp(r->client_id, zero, sizeof(zero)) != 0) {
+		qps_q *q;
+		if ((r->op == QPI_OP_PUT || r->op == QPI_OP_PUT_MANY)
+		    && qps_q_find(r->name) == NULL) {
+			/* First sight of the queue (a restarted server):
+			 * hosting it reads which puts are in it already
+			 * (errors are the apply's to report). */
+			(void) qps_q_open(r->name, false, &q);
+		}
+		cl = qps_dedup_client(r->client_id);
+	}
+	if (cl != NULL) {
 		switch (qps_dedup_begin(cl, r->seq, r->op, &prev)) {
 		case QPS_DEDUP_REPLAY:
 			qps_log(QPS_LOG_DEBUG,
@@ -1175,8 +1205,27 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 		case QPS_DEDUP_NEW:
 			break;
 		}
+		if (prev.skip > 0
+		    && (r->op != QPI_OP_PUT_MANY || prev.skip >= r->nitems)) {
+			/* All of it is in (by an earlier server). */
+			*repp = qps_rep_ok(r);
+			qps_dedup_end(cl, r->seq, QP_OK, NULL, 0, true);
+			return QPS_REPLY;
+		}
+		if (prev.skip > 0) {
+			qps_log(QPS_LOG_INFO,
+			    "put_many seq %llu to '%s' came again after a "
+			    "restart with %u of its %u items in: the rest "
+			    "goes in",
+			    (unsigned long long) r->seq, r->name, prev.skip,
+			    r->nitems);
+			base = prev.skip;
+			r->items += base;
+			r->nitems -= base;
+			r->items_cap -= base;
+		}
 	}
-	h = ops_apply(w, c, req, r, cl, repp);
+	h = ops_apply(w, c, req, r, cl, base, repp);
 	if (h == QPS_REPLY && cl != NULL) {
 		/* Replies that carry fields (ack's missing ids, a pipe's
 		 * message or side) are kept whole. */
@@ -1247,7 +1296,8 @@ qps_ops_handle(qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp)
 		 * (the worker parks), else here. */
 		int srv = QP_OK;
 		if (h == QPS_REPLY && *repp != NULL
-		    && qps_q_sync_park(w, *repp, r.op, r.req_id, r.name)) {
+		    && qps_q_sync_park(w, *repp, r.op, r.req_id, r.name,
+		        r.client_id, r.seq)) {
 			*repp = NULL;
 			nng_msg_free(req);
 			h = QPS_PARKED;
@@ -1255,6 +1305,10 @@ qps_ops_handle(qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp)
 			srv = qps_q_sync_deferred();
 		}
 		if (srv != QP_OK && h == QPS_REPLY) {
+			/* Its repeat must not be answered OK either. */
+			pthread_mutex_lock(&ops.mu);
+			qps_dedup_fail(r.client_id, r.seq, srv);
+			pthread_mutex_unlock(&ops.mu);
 			nng_msg_free(*repp);
 			*repp = qps_rep_error(r.op, r.req_id, srv,
 			    "put to '%s': the log could not be synced: %s",

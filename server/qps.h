@@ -301,6 +301,7 @@ enum { QPS_WAIT_GET = 0, QPS_WAIT_PUT = 1, QPS_WAIT_JOIN = 2, QPS_NWAIT };
 typedef struct qps_wait qps_wait;
 typedef struct qps_wgroup qps_wgroup;
 struct qpi_shmq;
+struct qpi_shmq_tag;
 
 /* A queue the server hosts: one of this host's shared-memory queues, plus
  * the server's own state for it. Every qps_q_ function is called with the
@@ -372,8 +373,11 @@ void qps_q_forget(qps_q *q);
 int qps_q_delete(const char *name, qps_q *q);
 
 /* Puts one item (its msgpack encoding) without waiting: QP_OK, QP_EFULL,
- * QP_ETOOBIG. */
-int qps_q_put(qps_q *q, const uint8_t *item, size_t len);
+ * QP_ETOOBIG. tag (NULL: none): the request's client id and seq, noted
+ * with the item in the segment or the log, so that a restarted server
+ * knows the request was applied (see q_seed). */
+int qps_q_put(
+    qps_q *q, const uint8_t *item, size_t len, const struct qpi_shmq_tag *tag);
 
 /* Durable "always" queues: between qps_q_defer_sync(true) and (false),
  * this thread's qps_q_put leaves its fdatasync to qps_q_sync_deferred,
@@ -389,7 +393,7 @@ int qps_q_sync_deferred(void);
  * if the sync fails). False when there is nothing to sync or w cannot be
  * parked: the caller then uses qps_q_sync_deferred. */
 bool qps_q_sync_park(qps_worker *w, nng_msg *rep, uint32_t op, uint64_t req_id,
-    const char *name);
+    const char *name, const uint8_t *client, uint64_t seq);
 
 /* Waits until the sync thread has sent every reply handed to it. */
 void qps_q_sync_drain(void);
@@ -398,7 +402,8 @@ void qps_q_sync_drain(void);
  * it be told (see hosted.c): QP_OK, QP_EFULL (none put), QP_ETOOBIG (can
  * never fit). */
 struct qpi_wire_item;
-int qps_q_put_many(qps_q *q, const struct qpi_wire_item *items, uint32_t n);
+int qps_q_put_many(qps_q *q, const struct qpi_wire_item *items, uint32_t n,
+    const struct qpi_shmq_tag *tag);
 
 /* Takes the oldest item under a lease held by owner for lease_ms (0: the
  * queue's default) without waiting: QP_OK with *g filled, or QP_EEMPTY.
@@ -468,6 +473,8 @@ typedef struct qps_dedup_prev {
 	const uint8_t *rep; /* REPLAY: its bytes, if kept (else NULL) */
 	size_t replen;
 	qps_wait *wait; /* TAKEOVER: the parked first request */
+	uint32_t skip; /* NEW, TAKEOVER: items of a put_many already in
+	                  the queue (a batch an earlier server cut short) */
 } qps_dedup_prev;
 
 /* The client with that id, made on first sight; NULL if out of memory. */
@@ -484,6 +491,16 @@ void qps_dedup_park(qps_client *cl, uint64_t seq, qps_wait *w);
  * if rep is not NULL) to replay, or forget it (keep false: a get). */
 void qps_dedup_end(qps_client *cl, uint64_t seq, int status, const void *rep,
     size_t replen, bool keep);
+
+/* A put request of an earlier server (a queue's tags, see q_seed): done
+ * of its n items are in the queue. All: a repeat is answered OK; some:
+ * a repeat puts the rest (prev.skip). Never overrides what this server
+ * saw itself. Returns 1 if noted, else 0. */
+int qps_dedup_seed(const uint8_t *id, uint64_t seq, uint32_t done, uint32_t n);
+
+/* The reply of (id, seq), answered OK already, turned out to be status
+ * (a durable put whose sync failed): a repeat gets status. */
+void qps_dedup_fail(const uint8_t *id, uint64_t seq, int status);
 
 /* Forgets every client. */
 void qps_dedup_fini(void);

@@ -399,6 +399,102 @@ test_durq_corrupt_middle(void **state)
 
 /* Many items through: the log is compacted and keeps the live ones (a
  * leased item among them, never confirmed). */
+/* qpiped's put requests: their tags come back on open (a batch cut
+ * short says how much of it is in), and outlive their items through a
+ * compaction. */
+static void
+test_durq_tags(void **state)
+{
+	char path[128], item[4096];
+	qpi_durq_cfg c = small_cfg(QPI_FSYNC_NEVER);
+	qpi_shmq_tag t, v[16];
+	qpi_durq_stats st;
+	qpi_durq *d;
+	void *buf;
+	size_t len, n;
+	(void) state;
+
+	c.capacity = 1024 * 1024;
+	path_of(path, sizeof(path), "tags.qlog");
+	assert_int_equal(
+	    qpi_durq_open(&d, path, QP_OPEN_CREATE, &c, NULL, NULL), QP_OK);
+	memset(&t, 0, sizeof(t));
+	memset(t.client, 6, sizeof(t.client));
+	t.seq = 60;
+	t.n = 1;
+	assert_int_equal(
+	    qpi_durq_put_tagged(d, "one", 3, QPI_ITEM_BIN, &t, NULL), QP_OK);
+	/* Items 0 and 1 of a batch of 3: a kill took the third. */
+	t.seq = 61;
+	t.n = 3;
+	for (uint32_t i = 0; i < 2; i++) {
+		t.base = i;
+		assert_int_equal(
+		    qpi_durq_put_tagged(d, "two", 3, QPI_ITEM_BIN, &t, NULL),
+		    QP_OK);
+	}
+	qpi_durq_free(d);
+	assert_int_equal(qpi_durq_open(&d, path, 0, NULL, NULL, NULL), QP_OK);
+	assert_int_equal(qpi_durq_tags(d, v, 16, &n), QP_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(v[0].seq, 60);
+	assert_int_equal(v[0].done, 1);
+	assert_int_equal(v[1].seq, 61);
+	assert_int_equal(v[1].done, 2);
+	assert_int_equal(v[1].n, 3);
+	assert_int_equal(v[1].client[0], 6);
+	/* Every item taken, then enough dead records for a compaction. */
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(
+		    qpi_durq_get(d, 0, NULL, 0, &buf, &len, 0), QP_OK);
+		free(buf);
+	}
+	memset(item, 'z', sizeof(item));
+	for (int i = 0; i < 3000; i++) {
+		assert_int_equal(
+		    qpi_durq_put(d, item, sizeof(item), QPI_ITEM_BIN, 0),
+		    QP_OK);
+		assert_int_equal(
+		    qpi_durq_get(d, 0, NULL, 0, &buf, &len, 0), QP_OK);
+		free(buf);
+	}
+	qpi_durq_stats_get(d, &st);
+	assert_true(st.compactions >= 1);
+	qpi_durq_free(d);
+	assert_int_equal(qpi_durq_open(&d, path, 0, NULL, NULL, NULL), QP_OK);
+	assert_int_equal(qpi_durq_tags(d, v, 16, &n), QP_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(v[0].seq, 60);
+	assert_int_equal(v[0].done, 1);
+	assert_int_equal(v[1].seq, 61);
+	assert_int_equal(v[1].done, 2);
+	qpi_durq_free(d);
+
+	/* A layout 1 file (no tags) is read, and says 2 from then on. */
+	qpi_durq_info info;
+	uint8_t *f;
+	size_t flen;
+	uint32_t ver = 1, crc;
+	path_of(path, sizeof(path), "v1.qlog");
+	assert_int_equal(
+	    qpi_durq_open(&d, path, QP_OPEN_CREATE, &c, NULL, NULL), QP_OK);
+	put_text(d, "old");
+	qpi_durq_free(d);
+	f = slurp(path, &flen);
+	memcpy(f + 8, &ver, 4); /* little-endian hosts */
+	crc = qpi_crc32c(0, f, 60);
+	memcpy(f + 60, &crc, 4);
+	spit(path, f, flen);
+	free(f);
+	assert_int_equal(qpi_durq_open(&d, path, 0, NULL, NULL, &info), QP_OK);
+	assert_int_equal(info.items, 1);
+	qpi_durq_free(d);
+	f = slurp(path, &flen);
+	memcpy(&ver, f + 8, 4);
+	assert_int_equal(ver, 2);
+	free(f);
+}
+
 static void
 test_durq_compaction(void **state)
 {
@@ -621,6 +717,7 @@ main(void)
 	    cmocka_unit_test(test_durq_torn_tail_every_byte),
 	    cmocka_unit_test(test_durq_corrupt_middle),
 	    cmocka_unit_test(test_durq_compaction),
+	    cmocka_unit_test(test_durq_tags),
 	    cmocka_unit_test(test_durq_group_commit),
 	    cmocka_unit_test(test_durq_local_queue),
 	};

@@ -41,6 +41,7 @@
 #include "remote.h"
 #include "auth.h"
 #include "conn.h"
+#include "nngproc.h"
 #include "queue.h"
 #include "shmq.h"
 #include "sp.h"
@@ -896,33 +897,19 @@ rq_reauth(qpi_rq *r, uint32_t pipe_id)
 	return rv;
 }
 
-/* The process whose remote handles started nng (0: none yet). nng cannot
- * run in a child forked after it started (it panics), so a child refuses
- * instead. */
-static pid_t rq_nng_pid;
-
 /* A new handle dialled to a. raw_ok: tcp:// and ipc:// may take the raw
  * SP path (spconn.c) unless QPIPE_TRANSPORT=nng; pipes through the server
  * stay on nng, whose asynchronous contexts their prefetch needs. */
 static int
 rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o, bool raw_ok)
 {
-	pid_t me = getpid(), first = 0;
 	qpi_rq *r;
 	pthread_condattr_t ca;
 	int rv;
 
-	if (!__atomic_compare_exchange_n(&rq_nng_pid, &first, me, false,
-	        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
-	    && first != me) {
-		return qpi_err(QP_EINVAL,
-		    "cannot reach %s: process %ld, which this one was forked "
-		    "from, already used remote queues, and their network "
-		    "layer "
-		    "(nng) does not survive fork(); open remote queues only "
-		    "in processes that did not inherit one (fork before the "
-		    "first remote open, or exec)",
-		    a->url, (long) first);
+	/* nng cannot start again in a child forked after it started. */
+	if ((rv = qpi_nng_claim(a->url)) != QP_OK) {
+		return rv;
 	}
 	if ((r = calloc(1, sizeof(*r))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory");
@@ -1086,9 +1073,15 @@ qpi_rq_free(qpi_rq *r)
 	qpi_rq_close(r);
 	if (r->pid != getpid()) {
 		/* A forked child's copy: its nng objects are left alone (they
-		 * are the parent's, and nng must not be called here). */
-		r->pool = NULL;
-		r->ack_ctx = NULL;
+		 * are the parent's, and nng must not be called here), and so
+		 * are its locks, which a thread of the parent may have held
+		 * (destroying a condition variable waited on hangs). */
+		qpi_spc_forget(r->spc);
+		ids_free(&r->held);
+		ids_free(&r->unacked);
+		qpi_token_clear(&r->token);
+		free(r);
+		return;
 	}
 	while (r->pool != NULL) {
 		rq_ctx *c = r->pool;
@@ -2299,6 +2292,25 @@ rp_destroy(qp_conn *c)
 	free(p);
 }
 
+/* A forked child's copy: frees the child's memory and descriptors only
+ * (the connection, its prefetcher and its locks are the parent's). */
+static void
+rp_forget(qp_conn *c)
+{
+	rpipe *p = rp_of(c);
+	rp_msg *m;
+
+	qpi_rq_free(p->r); /* forgets a forked child's copy */
+	while ((m = p->head) != NULL) {
+		p->head = m->next;
+		free(m);
+	}
+	if (p->efd >= 0) {
+		close(p->efd);
+	}
+	free(p);
+}
+
 static const qpi_conn_ops rp_ops = {
     .send = rp_send,
     .peek = rp_peek,
@@ -2307,6 +2319,7 @@ static const qpi_conn_ops rp_ops = {
     .set_max = rp_set_max,
     .close = rp_close,
     .destroy = rp_destroy,
+    .forget = rp_forget,
 };
 
 QP_API int
@@ -2388,6 +2401,7 @@ qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
 	bool readable = duplex || p->side == 0;
 	bool writable = duplex || p->side == 1;
 	qpi_conn_init(&p->base, &rp_ops, readable, writable);
+	p->base.owner = p->r->pid;
 	if (readable) {
 		pthread_mutex_lock(&p->mu);
 		rp_pf_next(p);

@@ -691,32 +691,8 @@ nc_close(qp_conn *base)
 	nng_stream_close(nc_conn(base)->st);
 }
 
-static void
-nc_destroy(qp_conn *base)
-{
-	struct nngconn *c = nc_conn(base);
-	struct nmsg *m;
-
-	nng_stream_close(c->st);
-	nng_aio_stop(c->rxaio);
-	nng_aio_stop(c->txaio);
-	nng_aio_free(c->rxaio);
-	nng_aio_free(c->txaio);
-	nng_stream_free(c->st);
-	while ((m = c->qhead) != NULL) {
-		c->qhead = m->next;
-		free(m);
-	}
-	free(c->big);
-	free(c->rxbuf);
-	close(c->efd);
-	pthread_mutex_destroy(&c->mu);
-	pthread_mutex_destroy(&c->txmu);
-	pthread_cond_destroy(&c->cv);
-	free(c);
-}
-
-/* A forked child's copy: frees the child's memory and descriptor only. */
+/* Frees the connection's memory and descriptor: the end of destroy, and
+ * all of it for a forked child's copy (no nng call, no lock). */
 static void
 nc_forget(qp_conn *base)
 {
@@ -731,6 +707,23 @@ nc_forget(qp_conn *base)
 	free(c->rxbuf);
 	close(c->efd);
 	free(c);
+}
+
+static void
+nc_destroy(qp_conn *base)
+{
+	struct nngconn *c = nc_conn(base);
+
+	nng_stream_close(c->st);
+	nng_aio_stop(c->rxaio);
+	nng_aio_stop(c->txaio);
+	nng_aio_free(c->rxaio);
+	nng_aio_free(c->txaio);
+	nng_stream_free(c->st);
+	pthread_mutex_destroy(&c->mu);
+	pthread_mutex_destroy(&c->txmu);
+	pthread_cond_destroy(&c->cv);
+	nc_forget(base);
 }
 
 static const qpi_conn_ops nc_ops = {

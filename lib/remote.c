@@ -1477,15 +1477,17 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 	return rv;
 }
 
+/* Does a call with no arguments; the caller ends c with rq_call_done,
+ * whatever the result (c is initialised first, even for a refused call). */
 static int
 rq_simple(qpi_rq *r, uint32_t op, rq_call *c)
 {
 	int rv;
 
+	rq_call_init(c, r, op);
 	if ((rv = rq_check(r)) != QP_OK) {
 		return rv;
 	}
-	rq_call_init(c, r, op);
 	if ((rv = rq_do(r, c)) == QP_OK) {
 		rv = rq_status(r, c);
 	}

@@ -846,7 +846,10 @@ forked_child_body(const char *addr)
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
-		alarm(20); /* a hang is a failure, not a stuck test */
+		/* a hang or a crash is the child's death, seen by the parent
+		 * (not cmocka's handler going on with the tests here) */
+		alarm(20);
+		signal(SIGSEGV, SIG_DFL);
 		uint8_t into[16];
 		CHILD_REFUSED(send_str(d, "from the child"));
 		CHILD_REFUSED(qp_conn_send(a, "\xc0", 1));
@@ -927,6 +930,7 @@ test_conn_remote_forked_child_new(void **state)
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		alarm(20);
+		signal(SIGSEGV, SIG_DFL);
 		CHILD_REFUSED(qp_dial(&c, url, 1000));
 		CHILD_CHECK(c == NULL);
 		CHILD_REFUSED(qp_listen(&l2, "tcp://127.0.0.1:0"));

@@ -6,11 +6,15 @@
  * listener's and dialer's options: token, TLS files, max_message). Messages
  * are msgpack values: the bytes calls carry a bin, stored raw with a flag so
  * that it is never re-encoded; a bytes receive of a message that is one bin
- * gives its payload, of any other value its msgpack encoding. No locking here:
- * the carriers lock what they share.
+ * gives its payload, of any other value its msgpack encoding. A connection
+ * carried by nng belongs to the process that made it (nng does not survive
+ * fork()): in a forked child every call on it is refused before the carrier
+ * is reached, close only marks it closed, and free only forgets it. No
+ * locking here: the carriers lock what they share.
  */
 #include "conn.h"
 #include "nngconn.h"
+#include "nngproc.h"
 #include "shmpipe.h"
 #include "wire.h"
 
@@ -29,6 +33,14 @@ qpi_conn_init(
 	atomic_init(&c->closed, false);
 	c->readable = readable;
 	c->writable = writable;
+	c->owner = 0;
+}
+
+/* Whether c is a forked child's copy of a connection it cannot use. */
+static bool
+conn_foreign(const qp_conn *c)
+{
+	return c->owner != 0 && qpi_nng_forked(c->owner);
 }
 
 /* ---- checks ---- */
@@ -41,6 +53,9 @@ conn_open(qp_conn *c)
 	}
 	if (atomic_load(&c->closed)) {
 		return qpi_err(QP_ECLOSED, "connection is closed");
+	}
+	if (conn_foreign(c)) {
+		return qpi_nng_forked_err("this connection", c->owner);
 	}
 	return QP_OK;
 }
@@ -358,7 +373,9 @@ qp_conn_close(qp_conn *c)
 	if (c == NULL) {
 		return qpi_err(QP_EINVAL, "connection is NULL");
 	}
-	if (!atomic_exchange(&c->closed, true)) {
+	/* A forked child's copy: closing it here would close the parent's
+	 * connection; the child only lets go of it. */
+	if (!atomic_exchange(&c->closed, true) && !conn_foreign(c)) {
 		c->ops->close(c);
 	}
 	return QP_OK;
@@ -368,6 +385,11 @@ QP_API void
 qp_conn_free(qp_conn *c)
 {
 	if (c == NULL) {
+		return;
+	}
+	if (conn_foreign(c)) {
+		atomic_store(&c->closed, true);
+		c->ops->forget(c);
 		return;
 	}
 	qp_conn_close(c);

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* The largest message a connection can be set to: a msgpack bin holds at
  * most 4 GiB - 1 bytes, and a few bytes of framing go with it. */
@@ -52,6 +53,12 @@ typedef struct qpi_conn_ops {
 	void (*close)(qp_conn *c);
 	/* Releases everything; called once, after close. */
 	void (*destroy)(qp_conn *c);
+	/* Releases a forked child's copy of a connection whose owner is
+	 * another process (see owner below): this process's memory and
+	 * descriptors only, with no nng call and no lock taken (a thread of
+	 * the parent may have held one at the fork). Called once, instead
+	 * of close and destroy. Needed only by carriers that set owner. */
+	void (*forget)(qp_conn *c);
 } qpi_conn_ops;
 
 /* The part of every connection that conn.c reads and writes; each carrier
@@ -63,9 +70,14 @@ struct qp_conn {
 	bool
 	    readable; /* may receive (false: the send end of a simplex pipe) */
 	bool writable; /* may send (false: the receive end) */
+	/* The process that made it, for a carrier that does not survive
+	 * fork() (nng): in any other process every call is refused and free
+	 * only forgets it. 0 (shared memory): any process may use it. */
+	pid_t owner;
 };
 
-/* Fills the common part of a new connection. */
+/* Fills the common part of a new connection (owner 0: usable in any
+ * process; a carrier on nng sets owner to getpid() afterwards). */
 void qpi_conn_init(
     qp_conn *c, const qpi_conn_ops *ops, bool readable, bool writable);
 

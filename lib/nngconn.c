@@ -59,9 +59,19 @@
  * handshakes in progress and the connections ready to be accepted. Nothing is
  * submitted to nng while a lock is held that its callbacks take, but for a
  * handshake's transfers, given under the listener's mu (see nc_pending_io).
+ *
+ * fork(). nng's threads stay in the parent, and nng panics if a forked
+ * child starts it again: listeners and connections record the process that
+ * made them, and in a forked child every call on them is refused (conn.c
+ * for connections, here for listeners) and free only releases the child's
+ * copy of their memory (nc_forget, nc_listener_forget), touching neither
+ * nng, whose stream close would shut the parent's socket down, nor a lock
+ * that a thread of the parent may have held at the fork. New listeners and
+ * dials claim nng for their process first (nngproc.h).
  */
 #include "nngconn.h"
 #include "auth.h"
+#include "nngproc.h"
 #include "tls.h"
 #include "wire.h"
 
@@ -172,6 +182,7 @@ enum {
 
 struct qp_listener {
 	nng_stream_listener *sl;
+	pid_t owner; /* the process that made it: nng does not survive fork */
 	bool ipc;
 	bool tls;
 	size_t max_message; /* of each connection, told in the hello */
@@ -680,18 +691,14 @@ nc_close(qp_conn *base)
 	nng_stream_close(nc_conn(base)->st);
 }
 
+/* Frees the connection's memory and descriptor: the end of destroy, and
+ * all of it for a forked child's copy (no nng call, no lock). */
 static void
-nc_destroy(qp_conn *base)
+nc_forget(qp_conn *base)
 {
 	struct nngconn *c = nc_conn(base);
 	struct nmsg *m;
 
-	nng_stream_close(c->st);
-	nng_aio_stop(c->rxaio);
-	nng_aio_stop(c->txaio);
-	nng_aio_free(c->rxaio);
-	nng_aio_free(c->txaio);
-	nng_stream_free(c->st);
 	while ((m = c->qhead) != NULL) {
 		c->qhead = m->next;
 		free(m);
@@ -699,10 +706,24 @@ nc_destroy(qp_conn *base)
 	free(c->big);
 	free(c->rxbuf);
 	close(c->efd);
+	free(c);
+}
+
+static void
+nc_destroy(qp_conn *base)
+{
+	struct nngconn *c = nc_conn(base);
+
+	nng_stream_close(c->st);
+	nng_aio_stop(c->rxaio);
+	nng_aio_stop(c->txaio);
+	nng_aio_free(c->rxaio);
+	nng_aio_free(c->txaio);
+	nng_stream_free(c->st);
 	pthread_mutex_destroy(&c->mu);
 	pthread_mutex_destroy(&c->txmu);
 	pthread_cond_destroy(&c->cv);
-	free(c);
+	nc_forget(base);
 }
 
 static const qpi_conn_ops nc_ops = {
@@ -713,6 +734,7 @@ static const qpi_conn_ops nc_ops = {
     .set_max = nc_set_max,
     .close = nc_close,
     .destroy = nc_destroy,
+    .forget = nc_forget,
 };
 
 /* Wraps a stream that passed the handshake and starts its reader, with
@@ -756,6 +778,7 @@ nc_new(struct nngconn **cp, nng_stream *st, bool ipc, bool tls,
 	pthread_cond_init(&c->cv, &ca);
 	pthread_condattr_destroy(&ca);
 	qpi_conn_init(&c->base, &nc_ops, true, true);
+	c->base.owner = getpid();
 	c->base.max_message = max_message;
 	c->frame_max = c->base.max_message + FRAME_EXTRA;
 	nng_aio_set_timeout(c->rxaio, NNG_DURATION_INFINITE);
@@ -1242,14 +1265,18 @@ nc_bound_url(qp_listener *l, const qpi_addr *a)
 int
 qpi_nng_listen(qp_listener **lp, const qpi_addr *a, const qp_conn_opts *o)
 {
-	qp_listener *l = calloc(1, sizeof(*l));
+	qp_listener *l;
 	nng_tls_config *tls = NULL;
 	pthread_condattr_t ca;
 	int nrv, rv;
 
-	if (l == NULL) {
+	if ((rv = qpi_nng_claim(a->url)) != QP_OK) {
+		return rv;
+	}
+	if ((l = calloc(1, sizeof(*l))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory for a listener");
 	}
+	l->owner = getpid();
 	l->ipc = a->kind == QPI_ADDR_IPC;
 	l->tls = a->kind == QPI_ADDR_TLS;
 	l->max_message = o != NULL && o->max_message != 0
@@ -1317,6 +1344,9 @@ qpi_nng_listener_refused(qp_listener *l)
 {
 	uint64_t n;
 
+	if (qpi_nng_forked(l->owner)) {
+		return l->refused; /* a forked child's copy: no lock */
+	}
 	pthread_mutex_lock(&l->mu);
 	n = l->refused;
 	pthread_mutex_unlock(&l->mu);
@@ -1335,6 +1365,11 @@ qpi_nng_accept(qp_listener *l, qp_conn **cp, int64_t deadline)
 	struct nngconn *c;
 	int rv = QP_OK;
 
+	if (qpi_nng_forked(l->owner)) {
+		char what[sizeof(l->url) + 16];
+		snprintf(what, sizeof(what), "listener %s", l->url);
+		return qpi_nng_forked_err(what, l->owner);
+	}
 	pthread_mutex_lock(&l->mu);
 	while (l->ready_head == NULL) {
 		if (deadline == INT64_MAX) {
@@ -1362,11 +1397,37 @@ qpi_nng_accept(qp_listener *l, qp_conn **cp, int64_t deadline)
 	return rv;
 }
 
+/* A forked child's copy: frees the child's memory only (the handshakes in
+ * progress and the connections not accepted are the parent's). */
+static void
+nc_listener_forget(qp_listener *l)
+{
+	struct nngconn *c;
+	struct pending *p;
+
+	while ((p = l->pend) != NULL) {
+		l->pend = p->next;
+		free(p->body);
+		qpi_wire_buf_free(&p->out);
+		free(p);
+	}
+	while ((c = l->ready_head) != NULL) {
+		l->ready_head = c->next_ready;
+		nc_forget(&c->base);
+	}
+	qpi_token_clear(&l->token);
+	free(l);
+}
+
 void
 qpi_nng_listener_free(qp_listener *l)
 {
 	struct nngconn *c;
 
+	if (qpi_nng_forked(l->owner)) {
+		nc_listener_forget(l);
+		return;
+	}
 	pthread_mutex_lock(&l->mu);
 	l->closing = true;
 	for (struct pending *p = l->pend; p != NULL; p = p->next) {
@@ -1627,6 +1688,9 @@ qpi_nng_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
 	int backoff = BACKOFF_MIN;
 	int nrv, rv;
 
+	if ((rv = qpi_nng_claim(a->url)) != QP_OK) {
+		return rv;
+	}
 	if ((rv = qpi_token_resolve(&token, o != NULL ? o->token : NULL,
 	         o != NULL ? o->token_file : NULL, o != NULL && o->no_token,
 	         NULL))

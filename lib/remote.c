@@ -41,6 +41,7 @@
 #include "remote.h"
 #include "auth.h"
 #include "conn.h"
+#include "nngproc.h"
 #include "queue.h"
 #include "shmq.h"
 #include "sp.h"
@@ -896,33 +897,19 @@ rq_reauth(qpi_rq *r, uint32_t pipe_id)
 	return rv;
 }
 
-/* The process whose remote handles started nng (0: none yet). nng cannot
- * run in a child forked after it started (it panics), so a child refuses
- * instead. */
-static pid_t rq_nng_pid;
-
 /* A new handle dialled to a. raw_ok: tcp:// and ipc:// may take the raw
  * SP path (spconn.c) unless QPIPE_TRANSPORT=nng; pipes through the server
  * stay on nng, whose asynchronous contexts their prefetch needs. */
 static int
 rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o, bool raw_ok)
 {
-	pid_t me = getpid(), first = 0;
 	qpi_rq *r;
 	pthread_condattr_t ca;
 	int rv;
 
-	if (!__atomic_compare_exchange_n(&rq_nng_pid, &first, me, false,
-	        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
-	    && first != me) {
-		return qpi_err(QP_EINVAL,
-		    "cannot reach %s: process %ld, which this one was forked "
-		    "from, already used remote queues, and their network "
-		    "layer "
-		    "(nng) does not survive fork(); open remote queues only "
-		    "in processes that did not inherit one (fork before the "
-		    "first remote open, or exec)",
-		    a->url, (long) first);
+	/* nng cannot start again in a child forked after it started. */
+	if ((rv = qpi_nng_claim(a->url)) != QP_OK) {
+		return rv;
 	}
 	if ((r = calloc(1, sizeof(*r))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory");
@@ -1086,9 +1073,15 @@ qpi_rq_free(qpi_rq *r)
 	qpi_rq_close(r);
 	if (r->pid != getpid()) {
 		/* A forked child's copy: its nng objects are left alone (they
-		 * are the parent's, and nng must not be called here). */
-		r->pool = NULL;
-		r->ack_ctx = NULL;
+		 * are the parent's, and nng must not be called here), and so
+		 * are its locks, which a thread of the parent may have held
+		 * (destroying a condition variable waited on hangs). */
+		qpi_spc_forget(r->spc);
+		ids_free(&r->held);
+		ids_free(&r->unacked);
+		qpi_token_clear(&r->token);
+		free(r);
+		return;
 	}
 	while (r->pool != NULL) {
 		rq_ctx *c = r->pool;
@@ -1134,6 +1127,88 @@ rq_check(qpi_rq *r)
 	return QP_OK;
 }
 
+/* Does call c and frees its reply; again while the answer is retry and c
+ * waits for ever (the server answers retry at the end of each slice it
+ * holds a blocking call: QP_EFULL for a put, QP_ETIMEDOUT for a pipe's
+ * send). The call's result. */
+static int
+rq_do_retry(qpi_rq *r, rq_call *c, int retry)
+{
+	int rv;
+
+	for (;;) {
+		if ((rv = rq_do(r, c)) == QP_OK) {
+			rv = rq_status(r, c);
+		}
+		rq_call_done(c);
+		if (rv != retry || c->deadline_ns != INT64_MAX) {
+			return rv;
+		}
+	}
+}
+
+/* Writes len bytes of buf at dst as a msgpack bin (dst has len + 5 bytes
+ * of room); the bytes written, 0 if len is too large for a bin. */
+static size_t
+rq_bin_write(uint8_t *dst, const void *buf, size_t len)
+{
+	size_t h = qpi_wire_bin_header(len, dst);
+
+	if (h > 0 && len > 0) {
+		memcpy(dst + h, buf, len);
+	}
+	return h == 0 ? 0 : h + len;
+}
+
+/* The item of a raw put or send: len bytes of buf as a msgpack bin, in a
+ * new allocation (*tmpp, the caller frees it). QP_OK or QP_ENOMEM; what
+ * names the item in the message. */
+static int
+rq_bin_item(qpi_wire_item *it, const void *buf, size_t len, uint8_t **tmpp,
+    const char *what)
+{
+	uint8_t *tmp = len <= SIZE_MAX - 5 ? malloc(len + 5) : NULL;
+	size_t n = tmp != NULL ? rq_bin_write(tmp, buf, len) : 0;
+
+	if (n == 0) {
+		free(tmp);
+		return qpi_err(
+		    QP_ENOMEM, "out of memory for %s of %zu bytes", what, len);
+	}
+	it->data = tmp;
+	it->len = n;
+	*tmpp = tmp;
+	return QP_OK;
+}
+
+/* The bytes a get returns of item it: its encoding (obj), else a bin's
+ * payload (or the encoding of any other value). */
+static const uint8_t *
+rq_item_bytes(const qpi_wire_item *it, bool obj, size_t *lenp)
+{
+	size_t off = 0;
+
+	*lenp = it->len;
+	if (!obj) {
+		qpi_wire_bin_unwrap(it->data, it->len, &off, lenp);
+	}
+	return it->data + off;
+}
+
+/* A malloc'd copy of the bytes a get returns of item it (see
+ * rq_item_bytes); NULL when out of memory. */
+static void *
+rq_item_copy(const qpi_wire_item *it, bool obj, size_t *lenp)
+{
+	const uint8_t *src = rq_item_bytes(it, obj, lenp);
+	void *out = malloc(*lenp > 0 ? *lenp : 1);
+
+	if (out != NULL && *lenp > 0) {
+		memcpy(out, src, *lenp);
+	}
+	return out;
+}
+
 int
 qpi_rq_put(
     qpi_rq *r, bool raw, const void *buf, size_t len, int64_t deadline_ns)
@@ -1151,39 +1226,16 @@ qpi_rq_put(
 		    (unsigned long long) r->lim.max_message, r->url);
 	}
 	rq_call_init(&c, r, QPI_OP_PUT);
-	if (raw) {
-		uint8_t hdr[5];
-		size_t h = qpi_wire_bin_header(len, hdr);
-		if (h == 0 || (tmp = malloc(h + len)) == NULL) {
-			return qpi_err(QP_ENOMEM,
-			    "out of memory for an item of "
-			    "%zu bytes",
-			    len);
-		}
-		memcpy(tmp, hdr, h);
-		if (len > 0) {
-			memcpy(tmp + h, buf, len);
-		}
-		c.req.item.data = tmp;
-		c.req.item.len = h + len;
-	} else {
+	if (!raw) {
 		c.req.item.data = buf;
 		c.req.item.len = len;
+	} else if ((rv = rq_bin_item(&c.req.item, buf, len, &tmp, "an item"))
+	    != QP_OK) {
+		return rv;
 	}
 	c.blocking = deadline_ns != 0;
 	c.deadline_ns = deadline_ns;
-	for (;;) {
-		if ((rv = rq_do(r, &c)) == QP_OK) {
-			rv = rq_status(r, &c);
-		}
-		rq_call_done(&c);
-		/* Forever: the server answered "full" at the end of a slice.
-		 */
-		if (rv == QP_EFULL && deadline_ns == INT64_MAX) {
-			continue;
-		}
-		break;
-	}
+	rv = rq_do_retry(r, &c, QP_EFULL);
 	free(tmp);
 	return rv;
 }
@@ -1284,13 +1336,10 @@ qpi_rq_get(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufp,
 	if ((rv = rq_get_call(r, &c, &item, 1, deadline_ns)) != QP_OK) {
 		return rv;
 	}
-	/* The bytes asked for: the value's encoding (QPI_GET_OBJ), else a
-	 * bin's payload (or the encoding of any other value). */
-	size_t off = 0, len = item.len;
-	if (!(flags & QPI_GET_OBJ)) {
-		qpi_wire_bin_unwrap(item.data, item.len, &off, &len);
-	}
+	bool obj = (flags & QPI_GET_OBJ) != 0;
+	size_t len;
 	if (into != NULL) {
+		const uint8_t *src = rq_item_bytes(&item, obj, &len);
 		*lenp = len;
 		if (len > cap) {
 			/* Too large for the buffer: it stays at the head. */
@@ -1302,19 +1351,16 @@ qpi_rq_get(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufp,
 			    len, cap, r->url, r->name);
 		}
 		if (len > 0) {
-			memcpy(into, item.data + off, len);
+			memcpy(into, src, len);
 		}
 	} else {
-		void *out = malloc(len > 0 ? len : 1);
+		void *out = rq_item_copy(&item, obj, &len);
 		if (out == NULL) {
 			/* Keep nothing we cannot hand over: give it back. */
 			rq_release(r, item.lease_id);
 			rq_call_done(&c);
 			return qpi_err(QP_ENOMEM,
 			    "out of memory for an item of %zu bytes", len);
-		}
-		if (len > 0) {
-			memcpy(out, item.data + off, len);
 		}
 		*bufp = out;
 		*lenp = len;
@@ -1346,15 +1392,10 @@ qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max, size_t *np,
 		return rv;
 	}
 	for (i = 0; i < c.rep.nitems; i++) {
-		size_t off = 0, len = items[i].len;
-		qpi_wire_bin_unwrap(items[i].data, items[i].len, &off, &len);
-		if ((bufs[i] = malloc(len > 0 ? len : 1)) == NULL) {
+		if ((bufs[i] = rq_item_copy(&items[i], false, &lens[i]))
+		    == NULL) {
 			break;
 		}
-		if (len > 0) {
-			memcpy(bufs[i], items[i].data + off, len);
-		}
-		lens[i] = len;
 	}
 	if (i < c.rep.nitems) {
 		/* Out of memory: what cannot be handed over goes back. */
@@ -1406,13 +1447,9 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 	}
 	/* Each item as a bin, one after the other. */
 	for (size_t i = 0; i < n; i++) {
-		size_t h = qpi_wire_bin_header(lens[i], enc + pos);
-		if (lens[i] > 0) {
-			memcpy(enc + pos + h, bufs[i], lens[i]);
-		}
 		items[i].data = enc + pos;
-		items[i].len = h + lens[i];
-		pos += h + lens[i];
+		items[i].len = rq_bin_write(enc + pos, bufs[i], lens[i]);
+		pos += items[i].len;
 	}
 	/* Frames of at most max_batch items and max_message bytes: each
 	 * one is all or nothing. */
@@ -1432,16 +1469,7 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 		c.req.items_cap = (uint32_t) cnt;
 		c.blocking = deadline_ns != 0;
 		c.deadline_ns = deadline_ns;
-		for (;;) {
-			if ((rv = rq_do(r, &c)) == QP_OK) {
-				rv = rq_status(r, &c);
-			}
-			rq_call_done(&c);
-			if (rv == QP_EFULL && deadline_ns == INT64_MAX) {
-				continue;
-			}
-			break;
-		}
+		rv = rq_do_retry(r, &c, QP_EFULL);
 		first += cnt;
 	}
 	free(items);
@@ -1449,15 +1477,17 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 	return rv;
 }
 
+/* Does a call with no arguments; the caller ends c with rq_call_done,
+ * whatever the result (c is initialised first, even for a refused call). */
 static int
 rq_simple(qpi_rq *r, uint32_t op, rq_call *c)
 {
 	int rv;
 
+	rq_call_init(c, r, op);
 	if ((rv = rq_check(r)) != QP_OK) {
 		return rv;
 	}
-	rq_call_init(c, r, op);
 	if ((rv = rq_do(r, c)) == QP_OK) {
 		rv = rq_status(r, c);
 	}
@@ -2145,35 +2175,18 @@ rp_send(qp_conn *c, bool raw, const void *buf, size_t len, uint8_t binoff)
 	}
 	rq_call_init(&call, r, QPI_OP_PIPE_SEND);
 	call.req.side = p->side;
-	if (raw) {
-		uint8_t hdr[5];
-		size_t h = qpi_wire_bin_header(len, hdr);
-		if (h == 0 || (tmp = malloc(h + len)) == NULL) {
-			return qpi_err(QP_ENOMEM,
-			    "out of memory for a message of %zu bytes", len);
-		}
-		memcpy(tmp, hdr, h);
-		if (len > 0) {
-			memcpy(tmp + h, buf, len);
-		}
-		call.req.item.data = tmp;
-		call.req.item.len = h + len;
-	} else {
+	if (!raw) {
 		call.req.item.data = buf;
 		call.req.item.len = len;
+	} else if ((rv = rq_bin_item(
+	                &call.req.item, buf, len, &tmp, "a message"))
+	    != QP_OK) {
+		return rv;
 	}
 	call.blocking = true;
 	call.deadline_ns = INT64_MAX;
-	for (;;) {
-		if ((rv = rq_do(r, &call)) == QP_OK) {
-			rv = rq_status(r, &call);
-		}
-		rq_call_done(&call);
-		/* The server's buffer stayed full for a whole slice. */
-		if (rv != QP_ETIMEDOUT) {
-			break;
-		}
-	}
+	/* QP_ETIMEDOUT: the server's buffer stayed full for a whole slice. */
+	rv = rq_do_retry(r, &call, QP_ETIMEDOUT);
 	free(tmp);
 	return rv;
 }
@@ -2272,11 +2285,30 @@ rp_close(qp_conn *c)
 	qpi_rq_close(p->r);
 }
 
+/* Frees the end's memory and descriptor, and its connection (which in a
+ * forked child only forgets its copy): the end of destroy, and all of it
+ * for a forked child's copy, whose prefetcher and locks are the parent's. */
+static void
+rp_forget(qp_conn *c)
+{
+	rpipe *p = rp_of(c);
+	rp_msg *m;
+
+	qpi_rq_free(p->r);
+	while ((m = p->head) != NULL) {
+		p->head = m->next;
+		free(m);
+	}
+	if (p->efd >= 0) {
+		close(p->efd);
+	}
+	free(p);
+}
+
 static void
 rp_destroy(qp_conn *c)
 {
 	rpipe *p = rp_of(c);
-	rp_msg *m;
 
 	qpi_rq_close(p->r);
 	if (p->pf.aio != NULL) {
@@ -2286,17 +2318,9 @@ rp_destroy(qp_conn *c)
 		}
 		nng_aio_free(p->pf.aio);
 	}
-	qpi_rq_free(p->r);
-	while ((m = p->head) != NULL) {
-		p->head = m->next;
-		free(m);
-	}
-	if (p->efd >= 0) {
-		close(p->efd);
-	}
 	pthread_cond_destroy(&p->cv);
 	pthread_mutex_destroy(&p->mu);
-	free(p);
+	rp_forget(c);
 }
 
 static const qpi_conn_ops rp_ops = {
@@ -2307,6 +2331,7 @@ static const qpi_conn_ops rp_ops = {
     .set_max = rp_set_max,
     .close = rp_close,
     .destroy = rp_destroy,
+    .forget = rp_forget,
 };
 
 QP_API int
@@ -2388,6 +2413,7 @@ qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
 	bool readable = duplex || p->side == 0;
 	bool writable = duplex || p->side == 1;
 	qpi_conn_init(&p->base, &rp_ops, readable, writable);
+	p->base.owner = p->r->pid;
 	if (readable) {
 		pthread_mutex_lock(&p->mu);
 		rp_pf_next(p);

@@ -658,3 +658,18 @@ qpi_spc_free(qpi_spc *s)
 	pthread_mutex_destroy(&s->mu);
 	free(s);
 }
+
+void
+qpi_spc_forget(qpi_spc *s)
+{
+	if (s == NULL) {
+		return;
+	}
+	if (s->cur != NULL) {
+		/* close, not shutdown: the socket stays the parent's */
+		close(s->cur->fd);
+		free(s->cur->rbuf);
+		free(s->cur);
+	}
+	free(s);
+}

@@ -50,4 +50,9 @@ void qpi_spc_close(qpi_spc *s);
 /* Frees s (after qpi_spc_close, with no call in progress). NULL is fine. */
 void qpi_spc_free(qpi_spc *s);
 
+/* Frees a forked child's copy of s: closes the child's descriptor (the
+ * parent's connection goes on) and frees its memory, taking no lock (a
+ * thread of the parent may have held one at the fork). NULL is fine. */
+void qpi_spc_forget(qpi_spc *s);
+
 #endif /* QPI_SPCONN_H */

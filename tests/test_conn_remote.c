@@ -5,7 +5,8 @@
  * socket), end of file, limits, and qp_wait over shared-memory and remote
  * connections together. Peers in other processes are the qp_pipe_peer
  * helper, started with fork+exec (nng's threads do not survive a bare
- * fork); they report through their exit status.
+ * fork); they report through their exit status. A bare fork's child only
+ * checks that it is refused cleanly (the forked_child tests).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -804,6 +805,160 @@ test_conn_remote_listener_free_drops_pending(void **state)
 	qp_conn_free(d);
 }
 
+/* ---- fork(): a connection stays with the process that made it ---- */
+
+/* In a forked child: reports a failed check on stderr and exits 1. */
+#define CHILD_CHECK(cond)                                            \
+	do {                                                         \
+		if (!(cond)) {                                       \
+			fprintf(stderr, "child: line %d: %s (%s)\n", \
+			    __LINE__, #cond, qp_errmsg());           \
+			_exit(1);                                    \
+		}                                                    \
+	} while (0)
+
+/* The error a forked child gets for a handle made before the fork. */
+#define CHILD_REFUSED(call)                                         \
+	do {                                                        \
+		CHILD_CHECK((call) == QP_EINVAL);                   \
+		CHILD_CHECK(strstr(qp_errmsg(), "fork()") != NULL); \
+	} while (0)
+
+/* A listener and a connected pair made before fork(): the child gets a
+ * clear error from every call on them, closes and frees them without
+ * touching the parent's connections (nng's, whose threads stayed in the
+ * parent), and exits normally; the parent's connections work on. */
+static void
+forked_child_body(const char *addr)
+{
+	qp_listener *l;
+	qp_conn *d, *a, *c2, *a2;
+	bool r = false;
+	size_t n = 0;
+	void *buf;
+	size_t len;
+	int fd;
+
+	connect_pair(addr, &l, &d, &a);
+	/* a has a message queued when the child is made */
+	assert_int_equal(send_str(d, "before"), QP_OK);
+	assert_true(ready(a, 2000));
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* a hang or a crash is the child's death, seen by the parent
+		 * (not cmocka's handler going on with the tests here) */
+		alarm(20);
+		signal(SIGSEGV, SIG_DFL);
+		uint8_t into[16];
+		CHILD_REFUSED(send_str(d, "from the child"));
+		CHILD_REFUSED(qp_conn_send(a, "\xc0", 1));
+		CHILD_REFUSED(qp_conn_recv_bytes(a, &buf, &len, SIZE_MAX));
+		CHILD_REFUSED(qp_conn_recv(a, &buf, &len));
+		CHILD_REFUSED(
+		    qp_conn_recv_bytes_into(a, into, sizeof(into), 0, &len));
+		CHILD_REFUSED(qp_conn_poll(a, 0, &r));
+		CHILD_REFUSED(qp_conn_poll(d, 100, &r));
+		CHILD_REFUSED(qp_conn_fd(a, &fd));
+		CHILD_REFUSED(qp_conn_set_max_message(a, 100));
+		CHILD_REFUSED(qp_wait(&a, 1, 0, &r, &n));
+		CHILD_REFUSED(qp_listener_accept(l, &c2, 0));
+		CHILD_CHECK(strcmp(qp_listener_url(l), "") != 0);
+		/* close releases the child's claim only: later calls say
+		 * closed; free releases the child's memory */
+		CHILD_CHECK(qp_conn_close(d) == QP_OK);
+		CHILD_CHECK(qp_conn_close(d) == QP_OK);
+		CHILD_CHECK(send_str(d, "x") == QP_ECLOSED);
+		qp_conn_free(d);
+		qp_conn_free(a);
+		qp_listener_free(l);
+		/* Not exit(): the heap is the parent's copy, nng's included.
+		 */
+		_exit(0);
+	}
+	assert_int_equal(pu_wait_child(pid), 0);
+	/* The parent's pair works on, both ways; the child sent nothing. */
+	assert_recv_str(a, "before");
+	assert_false(ready(a, 50));
+	assert_int_equal(send_str(d, "after"), QP_OK);
+	assert_recv_str(a, "after");
+	assert_int_equal(send_str(a, "back"), QP_OK);
+	assert_recv_str(d, "back");
+	/* and so does the listener */
+	assert_int_equal(qp_dial(&c2, qp_listener_url(l), 2000), QP_OK);
+	assert_int_equal(qp_listener_accept(l, &a2, 2000), QP_OK);
+	assert_int_equal(send_str(c2, "new"), QP_OK);
+	assert_recv_str(a2, "new");
+	assert_int_equal(qp_conn_close(d), QP_OK);
+	assert_int_equal(qp_conn_recv_bytes(a, &buf, &len, 9), QP_ECLOSED);
+	qp_conn_free(c2);
+	qp_conn_free(a2);
+	qp_conn_free(d);
+	qp_conn_free(a);
+	qp_listener_free(l);
+}
+
+static void
+test_conn_remote_forked_child_tcp(void **state)
+{
+	forked_child_body("tcp://127.0.0.1:0");
+}
+
+static void
+test_conn_remote_forked_child_ipc(void **state)
+{
+	char addr[128];
+
+	ipc_url(addr, sizeof(addr), "fork.sock");
+	forked_child_body(addr);
+}
+
+/* A child forked after this process used nng cannot start nng again (nng
+ * panics): a new listen or dial there is refused with a clear error. */
+static void
+test_conn_remote_forked_child_new(void **state)
+{
+	qp_listener *l, *l2 = NULL;
+	qp_conn *d, *a, *c = NULL;
+	qp_queue *q = NULL;
+	char url[400], qurl[450];
+
+	connect_pair("tcp://127.0.0.1:0", &l, &d, &a);
+	snprintf(url, sizeof(url), "%s", qp_listener_url(l));
+	snprintf(qurl, sizeof(qurl), "%s/jobs", url);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		alarm(20);
+		signal(SIGSEGV, SIG_DFL);
+		CHILD_REFUSED(qp_dial(&c, url, 1000));
+		CHILD_CHECK(c == NULL);
+		CHILD_REFUSED(qp_listen(&l2, "tcp://127.0.0.1:0"));
+		CHILD_CHECK(l2 == NULL);
+		CHILD_REFUSED(qp_queue_open(&q, qurl, NULL));
+		CHILD_REFUSED(qp_pipe_open(&c, qurl, -1, true));
+		/* what needs no network still works */
+		qp_conn *pa, *pb;
+		void *buf;
+		size_t len;
+		CHILD_CHECK(qp_pipe(&pa, &pb, true) == QP_OK);
+		CHILD_CHECK(send_str(pa, "local") == QP_OK);
+		CHILD_CHECK(
+		    qp_conn_recv_bytes(pb, &buf, &len, SIZE_MAX) == QP_OK);
+		CHILD_CHECK(len == 5 && memcmp(buf, "local", 5) == 0);
+		qp_free(buf);
+		qp_conn_free(pa);
+		qp_conn_free(pb);
+		_exit(0);
+	}
+	assert_int_equal(pu_wait_child(pid), 0);
+	assert_int_equal(send_str(d, "still"), QP_OK);
+	assert_recv_str(a, "still");
+	qp_conn_free(d);
+	qp_conn_free(a);
+	qp_listener_free(l);
+}
+
 int
 main(void)
 {
@@ -823,6 +978,9 @@ main(void)
 	    cmocka_unit_test(test_conn_remote_nng_pair1_interop),
 	    cmocka_unit_test(test_conn_remote_tls_needs_certificate),
 	    cmocka_unit_test(test_conn_remote_listener_free_drops_pending),
+	    cmocka_unit_test(test_conn_remote_forked_child_tcp),
+	    cmocka_unit_test(test_conn_remote_forked_child_ipc),
+	    cmocka_unit_test(test_conn_remote_forked_child_new),
 	};
 
 	/* QP_TEST_FILTER=pattern runs only the matching tests. */

@@ -420,6 +420,49 @@ forked_body(void *arg)
 	CHECK_EQ(n, 1);
 	get_str(q, "kept", 1000);
 	qp_queue_free(q);
+
+	/* A pipe through the server, likewise: its ends refuse the child,
+	 * whose close and free leave the parent's pipe as it was. */
+	qp_conn *p0, *p1;
+	void *buf;
+	size_t len;
+	bool ready = false;
+	qname(name, sizeof(name), "forkpipe");
+	qaddr(addr, sizeof(addr), &s, name);
+	CHECK_EQ(qp_pipe_open(&p0, addr, 0, true), QP_OK);
+	CHECK_EQ(qp_pipe_open(&p1, addr, 1, true), QP_OK);
+	CHECK_EQ(qp_conn_send_bytes(p1, "one", 0, 3), QP_OK);
+	CHECK_EQ(qp_conn_poll(p0, 2000, &ready), QP_OK);
+	CHECK(ready);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		memset(tsrv_live, 0, sizeof(tsrv_live));
+		alarm(20);
+		signal(SIGSEGV, SIG_DFL); /* a crash shows as one */
+		CHECK_EQ(qp_conn_poll(p0, 0, &ready), QP_EINVAL);
+		CHECK(strstr(qp_errmsg(), "fork()") != NULL);
+		CHECK_EQ(
+		    qp_conn_recv_bytes(p0, &buf, &len, SIZE_MAX), QP_EINVAL);
+		CHECK_EQ(qp_conn_send_bytes(p1, "x", 0, 1), QP_EINVAL);
+		CHECK_EQ(qp_conn_close(p0), QP_OK);
+		CHECK_EQ(qp_conn_close(p1), QP_OK);
+		qp_conn_free(p0);
+		qp_conn_free(p1);
+		_exit(0);
+	}
+	CHECK_EQ(reap(pid), 0);
+	CHECK_EQ(qp_conn_recv_bytes(p0, &buf, &len, SIZE_MAX), QP_OK);
+	CHECK(len == 3 && memcmp(buf, "one", 3) == 0);
+	qp_free(buf);
+	CHECK_EQ(qp_conn_send_bytes(p0, "two", 0, 3), QP_OK);
+	CHECK_EQ(qp_conn_recv_bytes(p1, &buf, &len, SIZE_MAX), QP_OK);
+	CHECK(len == 3 && memcmp(buf, "two", 3) == 0);
+	qp_free(buf);
+	CHECK_EQ(qp_conn_poll(p0, 0, &ready), QP_OK);
+	CHECK(!ready);
+	qp_conn_free(p0);
+	qp_conn_free(p1);
 	CHECK(tsrv_stop(&s));
 }
 

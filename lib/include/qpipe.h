@@ -275,6 +275,21 @@ QP_API int qp_server_list_opts(const char *addr,
 
 /* ------------------------------------------------------------------------
  * Pipe and Connection (multiprocessing.Pipe, connection.Listener/Client)
+ *
+ * fork(): qp_pipe's ends are shared memory and work in forked children.
+ * Network handles (listeners, dialed and accepted connections, pipes from
+ * qp_pipe_open, like remote queues) belong to the process that made them,
+ * as their network layer, nng, does not survive fork(). In a forked child
+ * every call on an inherited one fails with QP_EINVAL (qp_errmsg() names
+ * fork()); close and free there release only the child's copy, and the
+ * parent's connection goes on. A child forked after its parent made one
+ * cannot make new ones either: nng, started in the parent, would abort the
+ * child ("nng is not fork-reentrant safe") on the first listen, dial or
+ * remote open, so qpipe refuses those with QP_EINVAL instead. qpipe can
+ * only see its own use of nng: if the program itself started nng before
+ * forking, a qpipe network call in the child aborts inside nng. Fork before
+ * the first network call (or exec), and open network handles in the
+ * process that uses them.
  * ------------------------------------------------------------------------ */
 
 typedef struct qp_conn qp_conn;
@@ -323,10 +338,13 @@ QP_API int qp_conn_fd(qp_conn *c, int *fdp);
 QP_API int qp_conn_set_max_message(qp_conn *c, size_t max);
 
 /* Closes this end: the peer's recv sees end of file once it has drained
- * what was sent. Idempotent. */
+ * what was sent. Idempotent. In a forked child, on a network connection of
+ * its parent's: only marks the child's copy closed (see fork() above). */
 QP_API int qp_conn_close(qp_conn *c);
 
-/* Closes (if open) and releases the handle. NULL is fine. */
+/* Closes (if open) and releases the handle. NULL is fine. In a forked
+ * child, on a network connection of its parent's: releases the child's
+ * copy only. */
 QP_API void qp_conn_free(qp_conn *c);
 
 /* multiprocessing.connection.wait: waits up to timeout until at least one of
@@ -337,17 +355,21 @@ QP_API int qp_wait(qp_conn *const *conns, size_t n, qp_duration timeout,
 
 /* Listens on addr (tcp://HOST:PORT, ipc:///PATH; tls+tcp://HOST:PORT
  * needs qp_listen_opts). Port 0 picks a free port: qp_listener_url tells
- * the real address. A token comes from $QPIPE_TOKEN if it is set. */
+ * the real address. A token comes from $QPIPE_TOKEN if it is set.
+ * QP_EINVAL in a child forked after its parent used the network. */
 QP_API int qp_listen(qp_listener **lp, const char *addr);
 
 /* The address actually bound, e.g. "tcp://127.0.0.1:40123". */
 QP_API const char *qp_listener_url(qp_listener *l);
 
-/* Waits up to timeout for the next connection: QP_ETIMEDOUT if none. */
+/* Waits up to timeout for the next connection: QP_ETIMEDOUT if none;
+ * QP_EINVAL in a forked child (the listener is its parent's). */
 QP_API int qp_listener_accept(
     qp_listener *l, qp_conn **cp, qp_duration timeout);
 
-/* Stops listening and releases the listener; accepted connections go on. */
+/* Stops listening and releases the listener; accepted connections go on.
+ * In a forked child it releases the child's copy only: the parent's
+ * listener goes on. */
 QP_API void qp_listener_free(qp_listener *l);
 
 /* Opens one end of the pipe named in addr (tcp://HOST:PORT/NAME or
@@ -361,7 +383,8 @@ QP_API int qp_pipe_open(qp_conn **cp, const char *addr, int side, bool duplex);
 
 /* Dials a listener. With timeout 0 a refused dial fails at once with
  * QP_ECONNREFUSED; otherwise it retries until the timeout. A token comes
- * from $QPIPE_TOKEN if it is set; tls+tcp:// verifies the listener. */
+ * from $QPIPE_TOKEN if it is set; tls+tcp:// verifies the listener.
+ * QP_EINVAL in a child forked after its parent used the network. */
 QP_API int qp_dial(qp_conn **cp, const char *addr, qp_duration timeout);
 
 /* Options of qp_listen_opts and qp_dial_opts; all zero (or a NULL pointer)

@@ -328,8 +328,9 @@ stall_monitor(cr_shared *sh, uint64_t run, int victim)
 			    run, victim);
 			for (int i = 0; i < WORKERS; i++) {
 				if (i != victim) {
-					fprintf(stderr, "worker %d (pid %d):\n",
-					    i, (int) cr_pids[i]);
+					fprintf(stderr,
+					    "worker %d (pid %d):\n", i,
+					    (int) cr_pids[i]);
 					show_proc(cr_pids[i], "syscall");
 					show_proc(cr_pids[i], "wchan");
 					show_proc(cr_pids[i], "stat");

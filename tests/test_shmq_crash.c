@@ -832,6 +832,34 @@ test_shmq_crash_release_killed_after_commit(void **state)
 	munmap(box, sizeof(*box));
 }
 
+/* Forks two getters that sleep in q for item want: wk_pids[1] first
+ * (the lower slot: woken first; hook set in it if not NULL), then
+ * wk_pids[0]. Each exits 0 if it got item want. */
+static void
+two_sleeping_getters(
+    qpi_shmq *q, wake_box *box, uint8_t *buf, uint64_t want, void (*hook)(int))
+{
+	for (int k = 1; k >= 0; k--) {
+		pid_t p = wk_pids[k] = fork();
+		assert_true(p >= 0);
+		if (p == 0) {
+			size_t len;
+			uint64_t id = UINT64_MAX;
+			if (k == 1) {
+				qpi_shmq_test_hook = hook;
+			}
+			int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len,
+			    qpi_deadline_ns(KC_DEADLINE_MS));
+			box->done_us[k] = qu_now_us();
+			_exit(rc == QP_OK && qu_check(buf, len, &id)
+			            && id == want
+			        ? 0
+			        : 1);
+		}
+		wait_sleepers(q, true, 2 - (uint64_t) k);
+	}
+}
+
 /* Two getters sleep; the first is killed in its sleep (its bit still
  * set), then a put is killed after its commit: the waker, finding nobody
  * on the dead getter's word, wakes the next, which gets the item within
@@ -848,23 +876,7 @@ test_shmq_crash_dead_sleeper_skipped(void **state)
 	assert_non_null(box);
 	assert_non_null(buf);
 	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
-	/* wk_pids[1] sleeps first (the lower slot: woken first), then
-	 * wk_pids[0]. */
-	for (int k = 1; k >= 0; k--) {
-		pid_t p = wk_pids[k] = fork();
-		assert_true(p >= 0);
-		if (p == 0) {
-			size_t len;
-			uint64_t id = UINT64_MAX;
-			int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len,
-			    qpi_deadline_ns(KC_DEADLINE_MS));
-			box->done_us[k] = qu_now_us();
-			_exit(rc == QP_OK && qu_check(buf, len, &id) && id == 4
-			        ? 0
-			        : 1);
-		}
-		wait_sleepers(q, true, 2 - (uint64_t) k);
-	}
+	two_sleeping_getters(q, box, buf, 4, NULL);
 	kill(wk_pids[1], SIGKILL);
 	assert_int_equal(qu_wait(wk_pids[1]), 128 + SIGKILL);
 	wk_pids[1] = 0;
@@ -1008,26 +1020,8 @@ test_shmq_crash_woken_getter_killed(void **state)
 	assert_non_null(box);
 	assert_non_null(buf);
 	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
-	/* wk_pids[1] sleeps first (the lower slot: woken first) and dies
-	 * when woken; then wk_pids[0]. */
-	for (int k = 1; k >= 0; k--) {
-		pid_t p = wk_pids[k] = fork();
-		assert_true(p >= 0);
-		if (p == 0) {
-			size_t len;
-			uint64_t id = UINT64_MAX;
-			if (k == 1) {
-				qpi_shmq_test_hook = die_woken;
-			}
-			int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len,
-			    qpi_deadline_ns(KC_DEADLINE_MS));
-			box->done_us[k] = qu_now_us();
-			_exit(rc == QP_OK && qu_check(buf, len, &id) && id == 6
-			        ? 0
-			        : 1);
-		}
-		wait_sleepers(q, true, 2 - (uint64_t) k);
-	}
+	/* The first getter dies when it is woken. */
+	two_sleeping_getters(q, box, buf, 6, die_woken);
 	qu_fill(buf, 6, 100);
 	int64_t tp = qu_now_us();
 	assert_int_equal(qpi_shmq_put(q, buf, 100, QPI_ITEM_BIN, 0), QP_OK);

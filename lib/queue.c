@@ -120,28 +120,21 @@ const qpi_queue_ops qpi_shmq_ops = {
  * expired ones, while it gets or waits to get. */
 #define SHML_SWEEP_MS 250
 
-/* Lease ids with a value each (deliveries, or when a nack's delay ends). */
-typedef struct shml_list {
-	uint64_t *id;
-	int64_t *val;
-	size_t n, cap;
-} shml_list;
-
 typedef struct shml {
 	qpi_shmq *sq;
 	char label[QP_NAME_MAX + 16];
 	int64_t lease_ms;
 	pthread_mutex_t mu;
 	pid_t pid; /* the process whose leases the lists name */
-	shml_list held; /* leased here, oldest first; val: deliveries */
-	shml_list delayed; /* nacked with a delay; val: when it returns */
+	qpi_ids held; /* leased here, oldest first; val: deliveries */
+	qpi_ids delayed; /* nacked with a delay; val: when it returns */
 	int64_t swept_ms; /* last sweep (0: none yet) */
 	int64_t next_ms; /* the next lease expiry seen then */
 	bool closing;
 } shml;
 
-static bool
-shml_push(shml_list *l, uint64_t id, int64_t val)
+bool
+qpi_ids_push(qpi_ids *l, uint64_t id, int64_t val)
 {
 	if (l->n == l->cap) {
 		size_t ncap = l->cap == 0 ? 8 : l->cap * 2;
@@ -163,25 +156,35 @@ shml_push(shml_list *l, uint64_t id, int64_t val)
 	return true;
 }
 
-static void
-shml_remove(shml_list *l, size_t i)
+void
+qpi_ids_drop(qpi_ids *l, size_t i, size_t k)
 {
-	memmove(l->id + i, l->id + i + 1, (l->n - i - 1) * sizeof(*l->id));
-	memmove(l->val + i, l->val + i + 1, (l->n - i - 1) * sizeof(*l->val));
-	l->n--;
+	size_t rest = l->n - i - k;
+
+	memmove(l->id + i, l->id + i + k, rest * sizeof(*l->id));
+	memmove(l->val + i, l->val + i + k, rest * sizeof(*l->val));
+	l->n -= k;
 }
 
-/* Puts an id back at the front (a confirmation that failed). */
-static void
-shml_unpop(shml_list *l, uint64_t id, int64_t val)
+bool
+qpi_ids_unpop(qpi_ids *l, uint64_t id, int64_t val)
 {
-	if (!shml_push(l, id, val)) {
-		return; /* its lease runs out, the item comes back then */
+	if (!qpi_ids_push(l, id, val)) {
+		return false;
 	}
 	memmove(l->id + 1, l->id, (l->n - 1) * sizeof(*l->id));
 	memmove(l->val + 1, l->val, (l->n - 1) * sizeof(*l->val));
 	l->id[0] = id;
 	l->val[0] = val;
+	return true;
+}
+
+void
+qpi_ids_free(qpi_ids *l)
+{
+	free(l->id);
+	free(l->val);
+	memset(l, 0, sizeof(*l));
 }
 
 /* With h->mu held: a forked child's copy holds nothing of the parent's. */
@@ -283,7 +286,7 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 	shml_own(h);
 	bool closing = h->closing;
 	bool kept
-	    = !closing && shml_push(&h->held, l.id, (int64_t) l.deliveries);
+	    = !closing && qpi_ids_push(&h->held, l.id, (int64_t) l.deliveries);
 	pthread_mutex_unlock(&h->mu);
 	if (!kept) {
 		/* Keep nothing that cannot be given back later. */
@@ -335,7 +338,7 @@ shml_task_done(void *impl)
 	}
 	id = h->held.id[0];
 	deliv = h->held.val[0];
-	shml_remove(&h->held, 0);
+	qpi_ids_drop(&h->held, 0, 1);
 	pthread_mutex_unlock(&h->mu);
 	rc = qpi_shmq_ack(h->sq, id);
 	if (rc == QP_OK) {
@@ -352,7 +355,8 @@ shml_task_done(void *impl)
 		    h->label);
 	}
 	pthread_mutex_lock(&h->mu);
-	shml_unpop(&h->held, id, deliv);
+	/* Out of memory: its lease runs out, the item comes back then. */
+	(void) qpi_ids_unpop(&h->held, id, deliv);
 	pthread_mutex_unlock(&h->mu);
 	return rc;
 }
@@ -392,7 +396,7 @@ shml_nack(void *impl, qp_duration delay)
 	}
 	id = h->held.id[0];
 	deliv = h->held.val[0];
-	shml_remove(&h->held, 0);
+	qpi_ids_drop(&h->held, 0, 1);
 	pthread_mutex_unlock(&h->mu);
 	rc = delay == 0 ? qpi_shmq_release(h->sq, id)
 	                : qpi_shmq_renew(h->sq, id, (int64_t) delay);
@@ -402,16 +406,17 @@ shml_nack(void *impl, qp_duration delay)
 	}
 	pthread_mutex_lock(&h->mu);
 	if (rc != QP_OK) {
-		shml_unpop(&h->held, id, deliv);
+		/* Out of memory: its lease runs out, the item comes back. */
+		(void) qpi_ids_unpop(&h->held, id, deliv);
 	} else if (delay > 0) {
 		/* Remembered so that close gives it back at once; those
 		 * whose delay is over are forgotten. */
 		for (size_t i = h->delayed.n; i-- > 0;) {
 			if (h->delayed.val[i] <= now) {
-				shml_remove(&h->delayed, i);
+				qpi_ids_drop(&h->delayed, i, 1);
 			}
 		}
-		(void) shml_push(&h->delayed, id, now + delay);
+		(void) qpi_ids_push(&h->delayed, id, now + delay);
 		if (now + delay < h->next_ms) {
 			h->next_ms = now + delay;
 		}
@@ -445,7 +450,7 @@ static void
 shml_close(void *impl)
 {
 	shml *h = impl;
-	shml_list held, delayed;
+	qpi_ids held, delayed;
 
 	pthread_mutex_lock(&h->mu);
 	shml_own(h);
@@ -462,10 +467,8 @@ shml_close(void *impl)
 	for (size_t i = 0; i < delayed.n; i++) {
 		(void) qpi_shmq_release(h->sq, delayed.id[i]);
 	}
-	free(held.id);
-	free(held.val);
-	free(delayed.id);
-	free(delayed.val);
+	qpi_ids_free(&held);
+	qpi_ids_free(&delayed);
 	qpi_err_clear();
 }
 
@@ -475,10 +478,8 @@ shml_free(void *impl)
 	shml *h = impl;
 
 	qpi_shmq_free(h->sq);
-	free(h->held.id);
-	free(h->held.val);
-	free(h->delayed.id);
-	free(h->delayed.val);
+	qpi_ids_free(&h->held);
+	qpi_ids_free(&h->delayed);
 	pthread_mutex_destroy(&h->mu);
 	free(h);
 }

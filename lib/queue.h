@@ -10,6 +10,10 @@
 
 #include "qpi.h"
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
 /* Deadlines handed to the ops: absolute CLOCK_MONOTONIC ns; 0 = do not
  * wait; INT64_MAX = forever. */
 int64_t qpi_queue_deadline(qp_duration timeout);
@@ -59,5 +63,23 @@ extern const qpi_queue_ops qpi_shmq_ops;
 /* The shared-memory queue behind a shm:// handle (plain or worker mode),
  * or NULL for any other backend (remote, durable). */
 struct qpi_shmq *qpi_queue_shmq(qp_queue *q);
+
+/* A growable list of lease ids, oldest first, each with a value (its
+ * delivery count, or when it comes back): a worker-mode handle's items
+ * (queue.c for shm://, remote.c for servers). Not locked: its owner's
+ * lock guards it. */
+typedef struct qpi_ids {
+	uint64_t *id;
+	int64_t *val;
+	size_t n, cap;
+} qpi_ids;
+
+/* Appends (false: out of memory, nothing changed). */
+bool qpi_ids_push(qpi_ids *l, uint64_t id, int64_t val);
+/* Puts back at the front (false: out of memory, nothing changed). */
+bool qpi_ids_unpop(qpi_ids *l, uint64_t id, int64_t val);
+/* Removes k entries from index i on (i + k <= n). */
+void qpi_ids_drop(qpi_ids *l, size_t i, size_t k);
+void qpi_ids_free(qpi_ids *l);
 
 #endif /* QPI_QUEUE_H */

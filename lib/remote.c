@@ -81,13 +81,6 @@ typedef struct rq_ctx {
 
 enum { RQ_ACK_IDLE, RQ_ACK_WAITING, RQ_ACK_SENDING, RQ_ACK_RECEIVING };
 
-/* A growable list of lease ids. */
-typedef struct rq_ids {
-	uint64_t *v;
-	uint32_t *deliv;
-	size_t n, cap;
-} rq_ids;
-
 struct qpi_rq {
 	nng_socket sock;
 	bool sock_open;
@@ -110,8 +103,8 @@ struct qpi_rq {
 	pthread_cond_t cv; /* the acker went idle */
 	rq_ctx *pool;
 	size_t npool;
-	rq_ids held; /* QP_OPEN_LEASE: leased items, oldest first */
-	rq_ids unacked; /* plain: confirmations not yet sent */
+	qpi_ids held; /* QP_OPEN_LEASE: leased items, oldest first */
+	qpi_ids unacked; /* plain: confirmations not yet sent */
 	uint32_t last_deliveries;
 	bool have_last;
 	/* The acker: sends confirmations on its own context. */
@@ -150,48 +143,6 @@ rq_nng_err(const qpi_rq *r, int rv, const char *what)
 		return qpi_err(
 		    QP_ESYSTEM, "%s %s: %s", what, r->url, nng_strerror(rv));
 	}
-}
-
-static int
-ids_push(rq_ids *l, uint64_t id, uint32_t deliv)
-{
-	if (l->n == l->cap) {
-		size_t cap = l->cap == 0 ? 16 : l->cap * 2;
-		uint64_t *v = realloc(l->v, cap * sizeof(*v));
-		if (v == NULL) {
-			return QP_ENOMEM;
-		}
-		l->v = v;
-		uint32_t *d = realloc(l->deliv, cap * sizeof(*d));
-		if (d == NULL) {
-			return QP_ENOMEM;
-		}
-		l->deliv = d;
-		l->cap = cap;
-	}
-	l->v[l->n] = id;
-	l->deliv[l->n] = deliv;
-	l->n++;
-	return QP_OK;
-}
-
-static void
-ids_pop_front(rq_ids *l)
-{
-	if (l->n > 0) {
-		memmove(l->v, l->v + 1, (l->n - 1) * sizeof(*l->v));
-		memmove(
-		    l->deliv, l->deliv + 1, (l->n - 1) * sizeof(*l->deliv));
-		l->n--;
-	}
-}
-
-static void
-ids_free(rq_ids *l)
-{
-	free(l->v);
-	free(l->deliv);
-	memset(l, 0, sizeof(*l));
 }
 
 static int64_t
@@ -562,12 +513,8 @@ rq_take_acks(qpi_rq *r, uint64_t **idsp)
 	if (n == 0 || (*idsp = malloc(n * sizeof(uint64_t))) == NULL) {
 		return 0;
 	}
-	memcpy(*idsp, r->unacked.v, n * sizeof(uint64_t));
-	memmove(r->unacked.v, r->unacked.v + n,
-	    (r->unacked.n - n) * sizeof(uint64_t));
-	memmove(r->unacked.deliv, r->unacked.deliv + n,
-	    (r->unacked.n - n) * sizeof(uint32_t));
-	r->unacked.n -= n;
+	memcpy(*idsp, r->unacked.id, n * sizeof(uint64_t));
+	qpi_ids_drop(&r->unacked, 0, n);
 	return n;
 }
 
@@ -1043,13 +990,13 @@ qpi_rq_close(qpi_rq *r)
 	while (r->held.n > 0) {
 		rq_call c;
 		rq_call_init(&c, r, QPI_OP_RELEASE);
-		c.req.lease_id = r->held.v[0];
+		c.req.lease_id = r->held.id[0];
 		if (rq_do(r, &c) != QP_OK) {
 			rq_call_done(&c);
 			break; /* the dropped connection gives them back */
 		}
 		rq_call_done(&c);
-		ids_pop_front(&r->held);
+		qpi_ids_drop(&r->held, 0, 1);
 	}
 	if (r->ack_ctx != NULL && r->ack_ctx->aio != NULL) {
 		nng_aio_stop(r->ack_ctx->aio);
@@ -1077,8 +1024,8 @@ qpi_rq_free(qpi_rq *r)
 		 * are its locks, which a thread of the parent may have held
 		 * (destroying a condition variable waited on hangs). */
 		qpi_spc_forget(r->spc);
-		ids_free(&r->held);
-		ids_free(&r->unacked);
+		qpi_ids_free(&r->held);
+		qpi_ids_free(&r->unacked);
 		qpi_token_clear(&r->token);
 		free(r);
 		return;
@@ -1100,8 +1047,8 @@ qpi_rq_free(qpi_rq *r)
 		free(r->ack_ctx);
 	}
 	qpi_spc_free(r->spc);
-	ids_free(&r->held);
-	ids_free(&r->unacked);
+	qpi_ids_free(&r->held);
+	qpi_ids_free(&r->unacked);
 	qpi_token_clear(&r->token);
 	pthread_cond_destroy(&r->cv);
 	pthread_mutex_destroy(&r->auth_mu);
@@ -1316,7 +1263,7 @@ rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n)
 		r->have_last = true;
 		/* Out of memory: the lease runs out by itself and the item
 		 * comes again; the caller has it either way. */
-		ids_push(r->lease_mode ? &r->held : &r->unacked,
+		(void) qpi_ids_push(r->lease_mode ? &r->held : &r->unacked,
 		    items[i].lease_id, items[i].deliveries);
 	}
 	if (!r->lease_mode) {
@@ -1565,7 +1512,7 @@ qpi_rq_task_done(qpi_rq *r)
 			    "task_done() on %s/%s: this handle holds no task",
 			    r->url, r->name);
 		}
-		id = r->held.v[0];
+		id = r->held.id[0];
 		pthread_mutex_unlock(&r->mu);
 		rq_call_init(&c, r, QPI_OP_ACK);
 		c.req.ids = &id;
@@ -1586,7 +1533,7 @@ qpi_rq_task_done(qpi_rq *r)
 		rq_call_done(&c);
 		if (rv == QP_OK || rv == QP_ENOENT) {
 			pthread_mutex_lock(&r->mu);
-			ids_pop_front(&r->held);
+			qpi_ids_drop(&r->held, 0, 1);
 			pthread_mutex_unlock(&r->mu);
 		}
 		return rv;
@@ -1649,7 +1596,7 @@ qpi_rq_nack(qpi_rq *r, qp_duration delay)
 		return qpi_err(QP_ENOENT, "nack on %s/%s: no item is held",
 		    r->url, r->name);
 	}
-	id = r->held.v[0];
+	id = r->held.id[0];
 	pthread_mutex_unlock(&r->mu);
 	rq_call_init(&c, r, QPI_OP_RELEASE);
 	c.req.lease_id = id;
@@ -1660,7 +1607,7 @@ qpi_rq_nack(qpi_rq *r, qp_duration delay)
 	rq_call_done(&c);
 	if (rv == QP_OK || rv == QP_ENOENT) {
 		pthread_mutex_lock(&r->mu);
-		ids_pop_front(&r->held);
+		qpi_ids_drop(&r->held, 0, 1);
 		pthread_mutex_unlock(&r->mu);
 	}
 	return rv == QP_ENOENT ? QP_OK : rv; /* gone back already */
@@ -1673,7 +1620,7 @@ qpi_rq_deliveries(qpi_rq *r, uint32_t *np)
 
 	pthread_mutex_lock(&r->mu);
 	if (r->lease_mode && r->held.n > 0) {
-		*np = r->held.deliv[0];
+		*np = (uint32_t) r->held.val[0];
 	} else if (!r->lease_mode && r->have_last) {
 		*np = r->last_deliveries;
 	} else {

@@ -62,7 +62,7 @@ void (*qpi_shmq_test_hook)(int point);
  * would sleep on a free lock (the robust-futex protocol covers dead
  * owners, not dead waiters). Locks are held for microseconds, so the
  * slices cost nothing but in that case, which they bound. */
-#define SQ_LOCK_SLICE_NS 20000000
+#define SQ_LOCK_SLICE_NS 5000000
 #define SQ_SPIN_NS       4000
 /* Liveness scans of sleeper slots happen at most this often. */
 #define SQ_SCAN_MS 100

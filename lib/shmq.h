@@ -69,7 +69,7 @@
  * for one getter wakes two where two sleep, so another one acts. A lock
  * waiter killed as the unlock's kernel wake-up reaches it takes that
  * wake-up with it too (the robust-futex protocol covers dead owners, not
- * waiters): lock waits run in 20 ms slices, so the other waiters find
+ * waiters): lock waits run in 5 ms slices, so the other waiters find
  * the lock free within one. Covered: any one process killed at any
  * instant; two killed at once may leave a sleeper to its deadline or the
  * next change. Watchers (qpiped) are told after the unlock, as before:

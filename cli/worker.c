@@ -17,6 +17,9 @@
  * worker dies: a remote worker's connection drops, a local worker's
  * leases are returned by the next local worker that gets or waits (the
  * library checks for dead holders), or by a qpiped hosting the queue.
+ * While a task runs, its slot renews the lease (qp_queue_touch) every
+ * third of it, from the same poll loop that feeds the command, so a task
+ * may run longer than its lease as long as its worker lives.
  *
  * Threads. One thread per --concurrency slot; each has its own handles
  * (task, results, dead-letter), so that task_done and nack of one slot's
@@ -73,6 +76,7 @@ typedef struct wk_slot {
 	qp_queue *res; /* results */
 	qp_queue *dead; /* NAME.dead, opened on first use */
 	uint32_t deliveries; /* of the task at hand */
+	int64_t touch_ms; /* renew the task's lease this often */
 	char **envp; /* environ + QPIPE_ATTEMPT */
 	char attempt[32];
 } wk_slot;
@@ -171,6 +175,21 @@ static int
 slot_nack(wk_slot *s)
 {
 	return qp_queue_nack(s->q, 0);
+}
+
+/* Renews the lease of the slot's task; says once per task why not. */
+static void
+slot_touch(wk_slot *s, bool *warned)
+{
+	int rv = qp_queue_touch(s->q, 0);
+
+	if (rv != QP_OK && !*warned) {
+		*warned = true;
+		wk_log(s->w,
+		    "cannot renew the lease of the running task: %s (it may "
+		    "be run again elsewhere)",
+		    qp_errmsg()[0] ? qp_errmsg() : qp_strerror(rv));
+	}
 }
 
 /* ---- running the command ---- */
@@ -291,6 +310,8 @@ wk_exec(wk_slot *s, const void *in, size_t inlen, wk_run *r)
 	size_t off = 0;
 	int64_t deadline
 	    = o->timeout_set ? qpi_deadline_ns(o->timeout) : INT64_MAX;
+	int64_t touch_at = qpi_deadline_ns(s->touch_ms);
+	bool touch_warned = false;
 
 	fcntl(infd, F_SETFL, O_NONBLOCK);
 	fcntl(outfd, F_SETFL, O_NONBLOCK);
@@ -317,9 +338,17 @@ wk_exec(wk_slot *s, const void *in, size_t inlen, wk_run *r)
 			    = (struct pollfd) {.fd = pidfd, .events = POLLIN};
 		}
 		int64_t left = qpi_remaining_ns(deadline);
+		int64_t tleft = qpi_remaining_ns(touch_at);
+		if (tleft < left) {
+			left = tleft;
+		}
 		int ms = left == INT64_MAX ? -1
 		                           : (int) ((left + 999999) / 1000000);
 		int k = poll(p, (nfds_t) n, ms);
+		if (touch_at != INT64_MAX && qpi_remaining_ns(touch_at) == 0) {
+			slot_touch(s, &touch_warned);
+			touch_at = qpi_deadline_ns(s->touch_ms);
+		}
 		if (k < 0 && errno != EINTR) {
 			break;
 		}
@@ -713,6 +742,14 @@ slot_open(wk *w, wk_slot *s)
 	}
 	if ((rv = qp_queue_open(&s->q, w->addr, &opts)) != QP_OK) {
 		return cli_fail(w->o, w->addr, rv);
+	}
+	/* A third of the lease; a server's default lease is not known
+	 * here: then once a second. */
+	s->touch_ms = opts.lease_ms != 0 ? (int64_t) opts.lease_ms / 3
+	    : a.kind == QPI_ADDR_SHM     ? 30000 / 3
+	                                 : 1000;
+	if (s->touch_ms < 1) {
+		s->touch_ms = 1;
 	}
 	if (a.kind == QPI_ADDR_SHM) {
 		if (w->shm_path[0] == '\0') {

@@ -425,6 +425,54 @@ shml_nack(void *impl, qp_duration delay)
 	return rc;
 }
 
+/* Extends the lease of every item held. Ids whose lease ran out already
+ * stay listed: task_done on them reports it. */
+static int
+shml_touch(void *impl, qp_duration lease)
+{
+	shml *h = impl;
+	int64_t ms = lease != 0 ? (int64_t) lease : h->lease_ms;
+	uint64_t *ids = NULL;
+	size_t n, lost = 0;
+	int rc = QP_OK;
+
+	pthread_mutex_lock(&h->mu);
+	shml_own(h);
+	n = h->held.n;
+	if (n > 0 && (ids = malloc(n * sizeof(*ids))) != NULL) {
+		memcpy(ids, h->held.id, n * sizeof(*ids));
+	}
+	pthread_mutex_unlock(&h->mu);
+	if (n == 0) {
+		return qpi_err(
+		    QP_ENOENT, "touch on %s: no item is held", h->label);
+	}
+	if (ids == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory for a touch");
+	}
+	for (size_t i = 0; i < n; i++) {
+		int r = qpi_shmq_renew(h->sq, ids[i], ms);
+		if (r == QP_ENOENT) {
+			lost++;
+		} else if (r != QP_OK && rc == QP_OK) {
+			rc = r;
+		}
+	}
+	free(ids);
+	if (rc != QP_OK) {
+		return rc;
+	}
+	if (lost > 0) {
+		return qpi_err(QP_ENOENT,
+		    "touch on %s: %zu of %zu leases had run out already; "
+		    "those "
+		    "items went back to the queue",
+		    h->label, lost, n);
+	}
+	qpi_err_clear();
+	return QP_OK;
+}
+
 static int
 shml_deliveries(void *impl, uint32_t *np)
 {
@@ -494,6 +542,7 @@ static const qpi_queue_ops shml_ops = {
     .stat = shml_stat,
     .nack = shml_nack,
     .deliveries = shml_deliveries,
+    .touch = shml_touch,
     .close = shml_close,
     .free = shml_free,
 };
@@ -1095,6 +1144,27 @@ qp_queue_nack(qp_queue *q, qp_duration delay)
 		return qpi_err(QP_EINVAL, "nack delay must be 0 or more ms");
 	}
 	return q->ops->nack(q->impl, delay);
+}
+
+QP_API int
+qp_queue_touch(qp_queue *q, qp_duration lease)
+{
+	int rc;
+
+	if ((rc = q_ready(q)) != QP_OK) {
+		return rc;
+	}
+	if (q->ops->touch == NULL) {
+		return qpi_err(QP_EINVAL,
+		    "qp_queue_touch: only a handle opened with QP_OPEN_LEASE "
+		    "holds its items");
+	}
+	if (lease < 0 || lease > QPI_WIRE_MS_MAX) {
+		return qpi_err(QP_EINVAL,
+		    "touch lease %lld ms is not within 0..2^31-1",
+		    (long long) lease);
+	}
+	return q->ops->touch(q->impl, lease);
 }
 
 QP_API int

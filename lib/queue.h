@@ -44,6 +44,10 @@ typedef struct qpi_queue_ops {
 	 * deliveries QP_ENOTSUP). */
 	int (*nack)(void *impl, qp_duration delay);
 	int (*deliveries)(void *impl, uint32_t *np);
+	/* Worker mode: extends the lease of every item held to lease ms
+	 * (checked: 0..2^31-1; 0 = the handle's lease) from now. NULL: as
+	 * nack (QP_EINVAL). */
+	int (*touch)(void *impl, qp_duration lease);
 	/* Makes calls blocked in this handle return QP_ECLOSED, at once. */
 	void (*close)(void *impl);
 	/* Releases impl; no call is in progress any more. */

@@ -23,7 +23,7 @@
  * context of its own, on the raw path a call made from the acker's timer
  * callback; close waits for it).
  * A QP_OPEN_LEASE handle keeps its items leased until task_done (confirm)
- * or nack (give back).
+ * or nack (give back); touch extends the leases of all it holds.
  *
  * Authentication (PROTOCOL.md, sessions): with a token (qp_conn_opts, else
  * $QPIPE_TOKEN) the handle answers the server's hello with auth, and
@@ -1614,6 +1614,82 @@ qpi_rq_nack(qpi_rq *r, qp_duration delay)
 }
 
 int
+qpi_rq_touch(qpi_rq *r, qp_duration lease)
+{
+	uint64_t *ids = NULL, *missing = NULL;
+	uint32_t batch
+	    = r->lim.max_batch > 0 ? r->lim.max_batch : QPI_WIRE_DEFAULT_BATCH;
+	size_t n, lost = 0;
+	rq_call c;
+	int rv;
+
+	if ((rv = rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	if (!r->lease_mode) {
+		return qpi_err(QP_EINVAL,
+		    "touch on %s/%s: only a handle opened with QP_OPEN_LEASE "
+		    "holds its items",
+		    r->url, r->name);
+	}
+	if (lease < 0 || lease > QPI_WIRE_MS_MAX) {
+		return qpi_err(QP_EINVAL,
+		    "touch: lease %lld ms is not within 0..2^31-1",
+		    (long long) lease);
+	}
+	/* A copy of the ids: the list may change while the calls are out. */
+	pthread_mutex_lock(&r->mu);
+	n = r->held.n;
+	if (n > 0 && (ids = malloc(n * sizeof(*ids))) != NULL) {
+		memcpy(ids, r->held.id, n * sizeof(*ids));
+	}
+	pthread_mutex_unlock(&r->mu);
+	if (n == 0) {
+		return qpi_err(QP_ENOENT, "touch on %s/%s: no item is held",
+		    r->url, r->name);
+	}
+	if (ids == NULL
+	    || (missing = malloc((n < batch ? n : batch) * sizeof(*missing)))
+	        == NULL) {
+		free(ids);
+		return qpi_err(QP_ENOMEM, "out of memory for a touch");
+	}
+	for (size_t i = 0; i < n && rv == QP_OK; i += batch) {
+		uint32_t k = (uint32_t) (n - i < batch ? n - i : batch);
+		rq_call_init(&c, r, QPI_OP_TOUCH);
+		c.req.lease_ms = lease != 0 ? (uint64_t) lease : r->lease_ms;
+		c.req.ids = ids + i;
+		c.req.nids = k;
+		c.req.ids_cap = k;
+		c.rep.ids = missing;
+		c.rep.ids_cap = k;
+		if ((rv = rq_do(r, &c)) == QP_OK) {
+			rv = rq_status(r, &c);
+		}
+		if (rv == QP_OK) {
+			lost += c.rep.nids;
+		}
+		rq_call_done(&c);
+	}
+	free(ids);
+	free(missing);
+	if (rv == QP_EPROTO) {
+		return qpi_err(QP_ENOTSUP,
+		    "touch on %s/%s: the server does not know the touch op "
+		    "(an older qpiped)",
+		    r->url, r->name);
+	}
+	if (rv == QP_OK && lost > 0) {
+		/* Kept in the list: task_done on them says the same. */
+		rv = qpi_err(QP_ENOENT,
+		    "touch on %s/%s: %zu of %zu leases had run out already; "
+		    "those items went back to the queue",
+		    r->url, r->name, lost, n);
+	}
+	return rv;
+}
+
+int
 qpi_rq_deliveries(qpi_rq *r, uint32_t *np)
 {
 	int rv = QP_OK;
@@ -1749,6 +1825,12 @@ rqo_nack(void *impl, qp_duration delay)
 }
 
 static int
+rqo_touch(void *impl, qp_duration lease)
+{
+	return qpi_rq_touch(impl, lease);
+}
+
+static int
 rqo_deliveries(void *impl, uint32_t *np)
 {
 	return qpi_rq_deliveries(impl, np);
@@ -1776,6 +1858,7 @@ const qpi_queue_ops qpi_remote_ops = {
     .stat = rqo_stat,
     .nack = rqo_nack,
     .deliveries = rqo_deliveries,
+    .touch = rqo_touch,
     .close = rqo_close,
     .free = rqo_free,
 };

@@ -73,6 +73,11 @@ int qpi_rq_stat(qpi_rq *r, qp_queue_stats *st);
  * another attempt, with its delivery count raised. */
 int qpi_rq_nack(qpi_rq *r, qp_duration delay);
 
+/* QP_OPEN_LEASE handles: extends every held lease to lease ms (0: the
+ * handle's lease_ms, else the queue's) from now. QP_ENOENT if none is held
+ * or some had run out (the others are extended). */
+int qpi_rq_touch(qpi_rq *r, qp_duration lease);
+
 /* The delivery count of the oldest item held (QP_OPEN_LEASE), or of the
  * last item got (plain). QP_ENOENT if none. */
 int qpi_rq_deliveries(qpi_rq *r, uint32_t *np);

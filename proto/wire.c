@@ -712,6 +712,8 @@ static const opdef ops[QPI_OP_MAX + 1] = {
     = {"pipe_poll", false, 0, {F_NAME, F_SIDE, F_TIMEOUT}, {R_READY}},
     [QPI_OP_PIPE_CLOSE]
     = {"pipe_close", true, 0, {F_NAME, F_CLIENT, F_SEQ, F_SIDE}, {F_END}},
+    [QPI_OP_TOUCH]
+    = {"touch", true, 0, {F_NAME, F_CLIENT, F_SEQ, F_LMS, F_IDS}, {R_MISSING}},
 };
 
 static const opdef *

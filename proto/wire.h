@@ -149,10 +149,11 @@ typedef enum qpi_wire_op {
 	QPI_OP_PIPE_RECV = 18,
 	QPI_OP_PIPE_POLL = 19,
 	QPI_OP_PIPE_CLOSE = 20,
+	QPI_OP_TOUCH = 21,
 } qpi_wire_op;
 
 /* The highest op number this codec knows. */
-#define QPI_OP_MAX 20
+#define QPI_OP_MAX 21
 
 /* Sizes fixed by the protocol. */
 #define QPI_WIRE_ID_LEN          16 /* client id: 16 bytes */
@@ -220,7 +221,7 @@ typedef struct qpi_wire_req {
 	uint32_t flags; /* put, put_many, create, pipe_open: QPI_*_ flags */
 	uint32_t max_items; /* get: 1..max_batch */
 	uint32_t lease_mode; /* get: QPI_LEASE_* */
-	uint64_t lease_ms; /* get, create: 0 = the queue's default */
+	uint64_t lease_ms; /* get, create, touch: 0 = the queue's default */
 	uint64_t lease_id; /* release */
 	uint64_t delay_ms; /* release */
 	uint64_t count; /* task_done: >= 1 */
@@ -237,7 +238,8 @@ typedef struct qpi_wire_req {
 	qpi_wire_item *items; /* put_many: storage (caller), items_cap long */
 	uint32_t nitems; /* put_many: items decoded (or needed) */
 	uint32_t items_cap;
-	uint64_t *ids; /* ack: lease ids; get: leases acked before getting */
+	uint64_t *ids; /* ack, touch: lease ids; get: leases acked before
+	                  getting */
 	uint32_t nids; /* ids decoded (or needed) */
 	uint32_t ids_cap;
 } qpi_wire_req;
@@ -265,7 +267,7 @@ typedef struct qpi_wire_rep {
 	qpi_wire_item *items; /* get: storage (caller), items_cap long */
 	uint32_t nitems;
 	uint32_t items_cap;
-	uint64_t *ids; /* ack: the lease ids that were not held */
+	uint64_t *ids; /* ack, touch: the lease ids that were not held */
 	uint32_t nids;
 	uint32_t ids_cap;
 	qpi_wire_qentry *queues; /* list: storage (caller) */

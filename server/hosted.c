@@ -994,6 +994,23 @@ qps_q_release(qps_q *q, uint64_t owner, uint64_t lease_id, uint64_t delay_ms)
 	return rv;
 }
 
+int
+qps_q_renew(qps_q *q, uint64_t lease_id, uint64_t lease_ms)
+{
+	int rv;
+
+	if (lease_ms == 0) {
+		lease_ms = q->lease_ms;
+	}
+	rv = qpi_shmq_renew(q->shm, lease_id, (int64_t) lease_ms);
+	if (rv == QP_OK) {
+		/* An earlier firing finds nothing due and re-arms for the
+		 * next expiry; a later one is brought forward. */
+		q_lease_due(q, qpi_now_ms() + (int64_t) lease_ms);
+	}
+	return rv;
+}
+
 uint64_t
 qps_q_release_owner(qps_q *q, uint64_t owner)
 {

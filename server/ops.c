@@ -296,6 +296,19 @@ work_take(ops_conn *c, qps_q *q, uint64_t lease_id)
 	return false;
 }
 
+/* True if lease_id is a WORK lease of c on q. */
+static bool
+work_holds(ops_conn *c, qps_q *q, uint64_t lease_id)
+{
+	for (qps_hnode *n = qps_htab_find(&c->work, lease_id); n != NULL;
+	     n = qps_htab_next(n)) {
+		if (((ops_work *) n)->q == q) {
+			return true;
+		}
+	}
+	return false;
+}
+
 static void wait_finish(qps_wait *wt, nng_msg *rep);
 static void ops_dispatch(qps_q *q);
 
@@ -944,6 +957,37 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		ops_dispatch(q);
 		return QPS_REPLY;
 
+	case QPI_OP_TOUCH: {
+		/* Only the WORK leases of this connection on q are renewed;
+		 * any other id is missing. */
+		uint64_t stackm[OPS_STACK_ITEMS], *missing = stackm;
+		if (open_for(r, false, &q, repp) != QP_OK) {
+			return QPS_REPLY;
+		}
+		if (r->nids > OPS_STACK_ITEMS
+		    && (missing = malloc(r->nids * sizeof(*missing)))
+		        == NULL) {
+			*repp = qps_rep_error(
+			    r->op, r->req_id, QP_ENOMEM, "out of memory");
+			return QPS_REPLY;
+		}
+		for (uint32_t i = 0; i < r->nids; i++) {
+			if (!work_holds(c, q, r->ids[i])
+			    || qps_q_renew(q, r->ids[i], r->lease_ms)
+			        != QP_OK) {
+				missing[rp.nids++] = r->ids[i];
+			}
+		}
+		qpi_err_clear();
+		rp.ids = missing;
+		rp.ids_cap = r->nids;
+		*repp = qps_rep_encode(&rp);
+		if (missing != stackm) {
+			free(missing);
+		}
+		return QPS_REPLY;
+	}
+
 	case QPI_OP_TASK_DONE:
 		if (open_for(r, false, &q, repp) != QP_OK) {
 			return QPS_REPLY;
@@ -1092,7 +1136,8 @@ static bool
 op_finishes(uint32_t op)
 {
 	return op == QPI_OP_ACK || op == QPI_OP_RELEASE
-	    || op == QPI_OP_TASK_DONE || op == QPI_OP_PING;
+	    || op == QPI_OP_TASK_DONE || op == QPI_OP_TOUCH
+	    || op == QPI_OP_PING;
 }
 
 /* Under the lock: dedup, then apply. */
@@ -1227,10 +1272,11 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 	}
 	h = ops_apply(w, c, req, r, cl, base, repp);
 	if (h == QPS_REPLY && cl != NULL) {
-		/* Replies that carry fields (ack's missing ids, a pipe's
-		 * message or side) are kept whole. */
+		/* Replies that carry fields (ack's and touch's missing ids, a
+		 * pipe's message or side) are kept whole. */
 		bool body = *repp != NULL
-		    && (r->op == QPI_OP_ACK || r->op == QPI_OP_PIPE_RECV
+		    && (r->op == QPI_OP_ACK || r->op == QPI_OP_TOUCH
+		        || r->op == QPI_OP_PIPE_RECV
 		        || r->op == QPI_OP_PIPE_OPEN);
 		qps_dedup_end(cl, r->seq,
 		    *repp != NULL ? qps_rep_status(*repp) : QP_ENOMEM,

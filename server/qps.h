@@ -421,6 +421,10 @@ int qps_q_ack(qps_q *q, uint64_t lease_id);
 int qps_q_release(
     qps_q *q, uint64_t owner, uint64_t lease_id, uint64_t delay_ms);
 
+/* Extends a lease to lease_ms (0: the queue's default) from now. QP_OK or
+ * QP_ENOENT (not held: expired, released or acked). */
+int qps_q_renew(qps_q *q, uint64_t lease_id, uint64_t lease_ms);
+
 /* Gives back every lease owner holds on q; returns how many. */
 uint64_t qps_q_release_owner(qps_q *q, uint64_t owner);
 

@@ -4,7 +4,8 @@
 # that fails twice then succeeds, one that always fails (dead-lettered),
 # a per-task timeout, concurrency, a worker killed with -9 mid-task (its
 # task goes to another worker, exactly one result, also to one that was
-# waiting already), a stopped worker whose lease runs out, SIGTERM letting
+# waiting already), a stopped worker whose lease runs out, a task longer
+# than its lease kept by its worker's renewals, SIGTERM letting
 # the running task finish, and a worker that exits when its queue is
 # removed.
 . "$(dirname "$0")/lib.sh"
@@ -146,6 +147,34 @@ PY
 	wait "$pb" 2>/dev/null || true
 	expect_eq "$L expired lease: one result" "$(results "${B}lsr" | tr '\n' ,)" "second job,"
 
+	# A task longer than its lease (2 s, --lease 1): its worker renews
+	# the lease while it runs, so the worker idle beside it never gets
+	# it; done exactly once, at the first attempt.
+	"$QPIPE" put "${B}lt" job
+	"$QPIPE" worker "${B}lt" --results "${B}ltr" --lease 1 --max-tasks 1 \
+		-- sh -c 'read x; touch '"$T/lt$L"'; sleep 2; echo "long $x attempt $QPIPE_ATTEMPT"' \
+		>/dev/null 2>"$T/wl.err" &
+	pa=$!
+	QP_PIDS+=("$pa")
+	wait_file "$T/lt$L" || bad "$L long task" "it never started"
+	expect_rc "$L idle worker beside a long task" 0 "$QPIPE" worker \
+		"${B}lt" --results "${B}ltr" --lease 1 --idle-exit 3.5 \
+		-- sh -c 'read x; touch '"$T/lt$L.b"'; echo "second $x"'
+	rc=0
+	wait "$pa" || rc=$?
+	expect_eq "$L long task: its worker exits 0" "$rc" 0
+	expect_eq "$L long task: done once, first attempt" \
+		"$(results "${B}ltr" | tr '\n' ,)" "long job attempt 1,"
+	[ -e "$T/lt$L.b" ] && bad "$L long task" "the idle worker ran it too" \
+		|| ok "$L long task: the idle worker never got it"
+	expect_eq "$L long task: confirmed" "$("$QPIPE" size "${B}lt")" 0
+	"$QPIPE" stat "${B}lt" >"$T/stat"
+	python3 - "$T/stat" <<'PY' && ok "$L long task: nothing leased, all done" || bad "$L long task stat" "$(cat "$T/stat")"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["leased"] == 0 and s["unfinished"] == 0 and s["items"] == 0, s
+PY
+
 	# A worker already waiting takes over the task of a worker killed
 	# with -9 (remote: the connection drops; local: the waiting worker
 	# sees that the holder is gone), without a get of its own first.
@@ -216,7 +245,7 @@ PY
 	expect_eq "$L removed queue: worker exits 6" "$rc" 6
 
 	for q in sq sqr ft ftr ft.dead af afr af.dead to tor to.dead cc ccr mt \
-		mtr k9 k9r pz pzr pz.dead ls lsr kw kwr st str si sir rmr; do
+		mtr k9 k9r pz pzr pz.dead ls lsr lt ltr kw kwr st str si sir rmr; do
 		"$QPIPE" rm "${B}$q" 2>/dev/null || true
 	done
 }

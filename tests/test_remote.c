@@ -2,7 +2,7 @@
  * test_remote.c - remote queues against the real qpiped: every queue call
  * over tcp:// and ipc:// with the same results as its shared-memory twin,
  * local and remote clients on one queue, many producers and consumers
- * exactly once, leases (a killed client, an expiry), a killed and
+ * exactly once, leases (a killed client, an expiry, touch), a killed and
  * restarted server, duplicate requests, malformed frames, many blocked
  * getters. Processes are fork()ed; children report through exit status.
  */
@@ -850,6 +850,73 @@ static void
 test_remote_lease_expiry(void **state)
 {
 	scenario(expiry_body, NULL);
+}
+
+/* A worker with a 300 ms lease that touches every 100 ms keeps its task
+ * for a second: a second worker gets nothing meanwhile; then task_done
+ * confirms it. Untouched, the task goes to the other worker. */
+static void
+touch_body(void *arg)
+{
+	tsrv s = {0};
+	char name[64], addr[400];
+	qp_queue *w1, *w2, *q;
+	void *buf = NULL;
+	size_t len;
+	uint32_t deliv = 0;
+
+	CHECK(tsrv_start(&s, (const char *) arg) == 0);
+	qname(name, sizeof(name), "touch");
+	qaddr(addr, sizeof(addr), &s, name);
+	q = open_q(addr, QP_OPEN_CREATE, 0, 0);
+	w1 = open_q(addr, QP_OPEN_LEASE, 0, 300);
+	w2 = open_q(addr, QP_OPEN_LEASE, 0, 0);
+	CHECK_EQ(qp_queue_touch(q, 0), QP_EINVAL);
+	CHECK_EQ(qp_queue_touch(w1, 0), QP_ENOENT);
+	put_str(q, "long-task");
+	CHECK_EQ(qp_queue_get(w1, &buf, &len, 1000), QP_OK);
+	qp_free(buf);
+	long long t0 = tsrv_now_ms();
+	for (int i = 0; i < 10; i++) {
+		CHECK_EQ(qp_queue_touch(w1, 0), QP_OK);
+		CHECK_EQ(qp_queue_get(w2, &buf, &len, 100), QP_EEMPTY);
+	}
+	CHECK(tsrv_now_ms() - t0 >= 1000);
+	CHECK_EQ(qp_queue_task_done(w1), QP_OK);
+	CHECK_EQ(qp_queue_get(w2, &buf, &len, 400), QP_EEMPTY);
+	CHECK_EQ(qp_queue_join(q, QP_NOWAIT), QP_OK);
+
+	/* Not touched: back after its lease, to the other worker; a touch
+	 * then finds the lease gone. */
+	put_str(q, "short-task");
+	CHECK_EQ(qp_queue_get(w1, &buf, &len, 1000), QP_OK);
+	qp_free(buf);
+	t0 = tsrv_now_ms();
+	get_str(w2, "short-task", 3000);
+	CHECK(tsrv_now_ms() - t0 >= 200);
+	CHECK_EQ(qp_queue_deliveries(w2, &deliv), QP_OK);
+	CHECK_EQ(deliv, 2);
+	CHECK_EQ(qp_queue_touch(w1, 0), QP_ENOENT);
+	CHECK(strstr(qp_errmsg(), "run out") != NULL);
+	CHECK_EQ(qp_queue_task_done(w1), QP_ENOENT);
+	/* w2's lease is its own: w1 holds nothing to touch. */
+	CHECK_EQ(qp_queue_touch(w1, 0), QP_ENOENT);
+	CHECK_EQ(qp_queue_touch(w2, 60000), QP_OK);
+	CHECK_EQ(qp_queue_task_done(w2), QP_OK);
+	CHECK_EQ(qp_queue_join(q, QP_NOWAIT), QP_OK);
+	CHECK_EQ(qp_queue_close(w1), QP_OK);
+	CHECK_EQ(qp_queue_touch(w1, 0), QP_ECLOSED);
+	qp_queue_free(w1);
+	qp_queue_free(w2);
+	qp_queue_free(q);
+	qp_queue_unlink(addr);
+	CHECK(tsrv_stop(&s));
+}
+
+static void
+test_remote_touch_keeps_task(void **state)
+{
+	scenario(touch_body, "tcp");
 }
 
 /* ---- put_many: all or nothing ---- */
@@ -1830,6 +1897,7 @@ main(void)
 	    cmocka_unit_test(test_remote_4x4_exactly_once),
 	    cmocka_unit_test(test_remote_client_killed_lease),
 	    cmocka_unit_test(test_remote_lease_expiry),
+	    cmocka_unit_test(test_remote_touch_keeps_task),
 	    cmocka_unit_test(test_remote_get_waits_for_lease_room),
 	    cmocka_unit_test(test_remote_put_many_all_or_nothing),
 	    cmocka_unit_test(test_remote_batch_get_within_max_message),

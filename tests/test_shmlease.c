@@ -4,8 +4,9 @@
  * an item (the item comes back, delivered twice, nothing lost or doubled),
  * also to a worker that was waiting already; nack at once and after a
  * delay; task_done and nack without an item; close with items held;
- * lease expiry; plain handles on the same queue; anonymous queues across
- * fork(). Children report through their exit status (0 = as expected).
+ * lease expiry, and touch keeping an item past it; plain handles on the same
+ * queue; anonymous queues across fork(). Children report through their exit
+ * status (0 = as expected).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -415,6 +416,85 @@ test_shmlease_lease_expires(void **state)
 	qp_queue_free(p);
 }
 
+/* A holder with a 300 ms lease that touches every 100 ms keeps its item
+ * for a second: a second worker gets nothing meanwhile, then task_done
+ * confirms it. Untouched, the item goes to the other worker after its
+ * lease. */
+static void
+test_shmlease_touch_keeps_item(void **state)
+{
+	(void) state;
+	qp_queue *w1 = sl_open(true, 300);
+	qp_queue *w2 = sl_open(true, 0);
+	qp_queue *p = sl_open(false, 0);
+	void *buf = NULL;
+	size_t len;
+	uint64_t leased;
+
+	sl_put(p, "long");
+	sl_get(w1, "long", 1, QP_NOWAIT);
+	int64_t t0 = sl_now_ms();
+	for (int i = 0; i < 10; i++) {
+		assert_int_equal(qp_queue_touch(w1, 0), QP_OK);
+		/* A worker-mode get sweeps expired leases as it waits. */
+		assert_int_equal(qp_queue_get(w2, &buf, &len, 100), QP_EEMPTY);
+	}
+	assert_true(sl_now_ms() - t0 >= 1000);
+	assert_int_equal(sl_stat(p, &leased), 0);
+	assert_int_equal(leased, 1);
+	assert_int_equal(qp_queue_task_done(w1), QP_OK);
+	assert_int_equal(qp_queue_get(w2, &buf, &len, 400), QP_EEMPTY);
+	assert_int_equal(qp_queue_join(p, QP_NOWAIT), QP_OK);
+	/* An explicit lease: 700 ms from now, past the handle's 300. */
+	sl_put(p, "longer");
+	sl_get(w1, "longer", 1, QP_NOWAIT);
+	assert_int_equal(qp_queue_touch(w1, 700), QP_OK);
+	assert_int_equal(qp_queue_get(w2, &buf, &len, 450), QP_EEMPTY);
+	assert_int_equal(qp_queue_task_done(w1), QP_OK);
+	/* Not touched: back after about 300 ms, to the other worker. */
+	sl_put(p, "short");
+	sl_get(w1, "short", 1, QP_NOWAIT);
+	t0 = sl_now_ms();
+	sl_get(w2, "short", 2, 5000);
+	assert_true(sl_now_ms() - t0 >= 250);
+	/* Too late: the touch and the task_done of w1 say so. */
+	assert_int_equal(qp_queue_touch(w1, 0), QP_ENOENT);
+	assert_non_null(strstr(qp_errmsg(), "run out"));
+	assert_int_equal(qp_queue_task_done(w1), QP_ENOENT);
+	assert_int_equal(qp_queue_task_done(w2), QP_OK);
+	assert_int_equal(qp_queue_join(p, QP_NOWAIT), QP_OK);
+	qp_queue_free(w1);
+	qp_queue_free(w2);
+	qp_queue_free(p);
+}
+
+/* touch: worker mode only, something held, a lease within 0..2^31-1, an
+ * open handle. */
+static void
+test_shmlease_touch_errors(void **state)
+{
+	(void) state;
+	qp_queue *w = sl_open(true, 0);
+	qp_queue *p = sl_open(false, 0);
+
+	assert_int_equal(qp_queue_touch(NULL, 0), QP_EINVAL);
+	assert_int_equal(qp_queue_touch(p, 0), QP_EINVAL);
+	assert_int_equal(qp_queue_touch(w, 0), QP_ENOENT);
+	sl_put(p, "x");
+	assert_int_equal(qp_queue_touch(w, 0), QP_ENOENT);
+	sl_get(w, "x", 1, QP_NOWAIT);
+	assert_int_equal(qp_queue_touch(w, -1), QP_EINVAL);
+	assert_int_equal(
+	    qp_queue_touch(w, (qp_duration) INT32_MAX + 1), QP_EINVAL);
+	assert_int_equal(qp_queue_touch(w, 0), QP_OK);
+	assert_int_equal(qp_queue_task_done(w), QP_OK);
+	assert_int_equal(qp_queue_touch(w, 0), QP_ENOENT);
+	assert_int_equal(qp_queue_close(w), QP_OK);
+	assert_int_equal(qp_queue_touch(w, 0), QP_ECLOSED);
+	qp_queue_free(w);
+	qp_queue_free(p);
+}
+
 /* Plain handles on the same queue: their gets take items for good (none
  * leased), and they take items a worker gave back. */
 static void
@@ -578,6 +658,8 @@ main(void)
 	    SL_TEST(test_shmlease_nothing_held_errors),
 	    SL_TEST(test_shmlease_close_gives_back),
 	    SL_TEST(test_shmlease_lease_expires),
+	    SL_TEST(test_shmlease_touch_keeps_item),
+	    SL_TEST(test_shmlease_touch_errors),
 	    SL_TEST(test_shmlease_plain_handles_unaffected),
 	    SL_TEST(test_shmlease_anon_across_fork),
 	    SL_TEST(test_shmlease_other_gets),

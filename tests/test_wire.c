@@ -373,6 +373,12 @@ test_wire_request_roundtrip(void **state)
 			assert_int_equal(d.nids, 2);
 			assert_true(d.ids[0] == 5);
 			break;
+		case QPI_OP_TOUCH:
+			assert_int_equal(d.lease_ms, 30000);
+			assert_int_equal(d.nids, 2);
+			assert_true(d.ids[0] == 5);
+			assert_true(d.ids[1] == UINT64_MAX);
+			break;
 		case QPI_OP_RELEASE:
 			assert_true(d.lease_id == 0x1122334455667788ull);
 			assert_int_equal(d.delay_ms, 250);
@@ -553,6 +559,7 @@ test_wire_reply_roundtrip(void **state)
 			    d.items[1].data, item_map, sizeof(item_map));
 			break;
 		case QPI_OP_ACK:
+		case QPI_OP_TOUCH:
 			assert_int_equal(d.nids, 1);
 			assert_int_equal(d.ids[0], 77);
 			break;
@@ -802,6 +809,31 @@ static const struct bad_frame {
     {"ack: a lease id is a string",
         B("\x97\x01\x07\x07\xa4jobs" CID16 "\x01\x92\x01\xa1x"), false,
         QP_EPROTO, 0, 0},
+    {"touch: no lease ids", B("\x98\x01\x15\x07\xa4jobs" CID16 "\x01\x00\x90"),
+        false, QP_EPROTO, 0, 0},
+    {"touch: lease_ms missing (7 elements)",
+        B("\x97\x01\x15\x07\xa4jobs" CID16 "\x01\x91\x01"), false, QP_EPROTO,
+        0, 0},
+    {"touch: lease_ms over 2^31-1",
+        B("\x98\x01\x15\x07\xa4jobs" CID16 "\x01\xce\x80\x00\x00\x00\x91\x01"),
+        false, QP_EPROTO, 0, 0},
+    {"touch: lease_ms negative",
+        B("\x98\x01\x15\x07\xa4jobs" CID16 "\x01\xff\x91\x01"), false,
+        QP_EPROTO, 0, 0},
+    {"touch: a lease id negative",
+        B("\x98\x01\x15\x07\xa4jobs" CID16 "\x01\x00\x91\xff"), false,
+        QP_EPROTO, 0, 0},
+    {"touch: lease ids not an array",
+        B("\x98\x01\x15\x07\xa4jobs" CID16 "\x01\x00\x01"), false, QP_EPROTO,
+        0, 0},
+    {"touch: over max_batch",
+        B("\x98\x01\x15\x07\xa4jobs" CID16 "\x01\x00\x93\x01\x02\x03"), false,
+        QP_ETOOBIG, 0, 2},
+    {"touch: an extra field",
+        B("\x99\x01\x15\x07\xa4jobs" CID16 "\x01\x00\x91\x01\xc0"), false,
+        QP_EPROTO, 0, 0},
+    {"reply: touch missing is not an array", B("\x95\x01\x15\x07\x00\xc0"),
+        true, QP_EPROTO, 0, 0},
     {"task_done: count 0", B("\x97\x01\x09\x07\xa4jobs" CID16 "\x01\x00"),
         false, QP_EPROTO, 0, 0},
     {"pipe_send: side 2", B("\x99\x01\x11\x07\xa1p" CID16 "\x01\x02\x00\xc0"),
@@ -1312,6 +1344,73 @@ test_wire_protocol_doc_examples(void **state)
 		free(hex);
 		qpi_wire_buf_free(&f[i]);
 	}
+	free(doc);
+}
+
+/* The touch example of PROTOCOL.md: the codec writes exactly those bytes,
+ * and they decode as the doc states. */
+static void
+test_wire_touch_doc_example(void **state)
+{
+	uint64_t lease[1] = {1}, ids[4];
+	qpi_wire_req q = {0}, d = {.ids = ids, .ids_cap = 4};
+	qpi_wire_rep p = {0}, dp = {.ids = ids, .ids_cap = 4};
+	qpi_wire_buf req = {0}, rep = {0};
+	size_t len, n;
+	char *doc = read_file("proto/PROTOCOL.md", &len);
+	uint8_t *hex;
+
+	(void) state;
+	q.op = QPI_OP_TOUCH;
+	q.req_id = 5;
+	strcpy(q.name, "jobs");
+	memcpy(q.client_id, client16, 16);
+	q.seq = 4;
+	q.lease_ms = 60000;
+	q.ids = lease;
+	q.nids = 1;
+	assert_int_equal(qpi_wire_encode_req(&q, &req), QP_OK);
+	p.op = QPI_OP_TOUCH;
+	p.req_id = 5;
+	assert_int_equal(qpi_wire_encode_rep(&p, &rep), QP_OK);
+
+	hex = doc_example(doc, "touch-request", &n);
+	if (n != req.len || memcmp(hex, req.data, n) != 0) {
+		fail_msg("PROTOCOL.md example touch-request differs from the "
+		         "codec's bytes");
+	}
+	assert_int_equal(qpi_wire_decode_req(hex, n, NULL, &d), QP_OK);
+	assert_int_equal(d.op, QPI_OP_TOUCH);
+	assert_string_equal(d.name, "jobs");
+	assert_int_equal(d.seq, 4);
+	assert_int_equal(d.lease_ms, 60000);
+	assert_int_equal(d.nids, 1);
+	assert_int_equal(d.ids[0], 1);
+	assert_true(qpi_wire_op_dedup(QPI_OP_TOUCH));
+	assert_string_equal(qpi_wire_op_name(QPI_OP_TOUCH), "touch");
+	free(hex);
+
+	hex = doc_example(doc, "touch-reply", &n);
+	if (n != rep.len || memcmp(hex, rep.data, n) != 0) {
+		fail_msg("PROTOCOL.md example touch-reply differs from the "
+		         "codec's bytes");
+	}
+	assert_int_equal(qpi_wire_decode_rep(hex, n, NULL, &dp), QP_OK);
+	assert_int_equal(dp.op, QPI_OP_TOUCH);
+	assert_int_equal(dp.status, QP_OK);
+	assert_int_equal(dp.nids, 0);
+	free(hex);
+
+	/* no lease ids: the encoder refuses, as for ack */
+	q.nids = 0;
+	qpi_wire_buf_reset(&req);
+	assert_int_equal(qpi_wire_encode_req(&q, &req), QP_EINVAL);
+	/* lease_ms over 2^31-1: refused too */
+	q.nids = 1;
+	q.lease_ms = (uint64_t) QPI_WIRE_MS_MAX + 1;
+	assert_int_equal(qpi_wire_encode_req(&q, &req), QP_EINVAL);
+	qpi_wire_buf_free(&req);
+	qpi_wire_buf_free(&rep);
 	free(doc);
 }
 
@@ -1845,6 +1944,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_wire_limits),
 	    cmocka_unit_test(test_wire_protocol_doc_names_everything),
 	    cmocka_unit_test(test_wire_protocol_doc_examples),
+	    cmocka_unit_test(test_wire_touch_doc_example),
 	    cmocka_unit_test(test_wire_json_roundtrip),
 	    cmocka_unit_test(test_wire_json_msgpack_bytes),
 	    cmocka_unit_test(test_wire_json_from_msgpack_types),

@@ -249,6 +249,11 @@ QP_API int qp_queue_stat(qp_queue *q, qp_queue_stats *st);
  * QP_OPEN_LEASE. */
 QP_API int qp_queue_nack(qp_queue *q, qp_duration delay);
 
+/* Worker mode (QP_OPEN_LEASE): extends the lease of every item held to lease
+ * ms from now (0: the handle's lease_ms). QP_ENOENT if none is held or a
+ * lease had run out already, QP_EINVAL without QP_OPEN_LEASE. */
+QP_API int qp_queue_touch(qp_queue *q, qp_duration lease);
+
 /* How many times the item at hand has been delivered (1 the first time):
  * worker mode, the oldest item held; otherwise the last item got.
  * QP_ENOENT if there is none, QP_ENOTSUP where not tracked (plain shm://

@@ -11,7 +11,8 @@
  * Connections are known by nng pipe id. Their leases carry an owner token
  * made of this server's pid and the pipe id, so that a connection that
  * drops gives its items back at once. A connection also remembers which of
- * its leases are WORK leases, whose ack counts as task_done. Mutating
+ * its leases are WORK leases, whose ack counts as task_done and which
+ * touch may renew (no other lease). Mutating
  * requests carry (client id, seq) and go through dedup.c, so that a
  * request sent again is applied once.
  *

@@ -147,18 +147,18 @@ PY
 	wait "$pb" 2>/dev/null || true
 	expect_eq "$L expired lease: one result" "$(results "${B}lsr" | tr '\n' ,)" "second job,"
 
-	# A task longer than its lease (2 s, --lease 1): its worker renews
+	# A task longer than its lease (3 s, --lease 2): its worker renews
 	# the lease while it runs, so the worker idle beside it never gets
 	# it; done exactly once, at the first attempt.
 	"$QPIPE" put "${B}lt" job
-	"$QPIPE" worker "${B}lt" --results "${B}ltr" --lease 1 --max-tasks 1 \
-		-- sh -c 'read x; touch '"$T/lt$L"'; sleep 2; echo "long $x attempt $QPIPE_ATTEMPT"' \
+	"$QPIPE" worker "${B}lt" --results "${B}ltr" --lease 2 --max-tasks 1 \
+		-- sh -c 'read x; touch '"$T/lt$L"'; sleep 3; echo "long $x attempt $QPIPE_ATTEMPT"' \
 		>/dev/null 2>"$T/wl.err" &
 	pa=$!
 	QP_PIDS+=("$pa")
 	wait_file "$T/lt$L" || bad "$L long task" "it never started"
 	expect_rc "$L idle worker beside a long task" 0 "$QPIPE" worker \
-		"${B}lt" --results "${B}ltr" --lease 1 --idle-exit 3.5 \
+		"${B}lt" --results "${B}ltr" --lease 2 --idle-exit 4.5 \
 		-- sh -c 'read x; touch '"$T/lt$L.b"'; echo "second $x"'
 	rc=0
 	wait "$pa" || rc=$?

@@ -416,7 +416,7 @@ test_shmlease_lease_expires(void **state)
 	qp_queue_free(p);
 }
 
-/* A holder with a 300 ms lease that touches every 100 ms keeps its item
+/* A holder with a 1 s lease that touches every 200 ms keeps its item
  * for a second: a second worker gets nothing meanwhile, then task_done
  * confirms it. Untouched, the item goes to the other worker after its
  * lease. */
@@ -424,7 +424,9 @@ static void
 test_shmlease_touch_keeps_item(void **state)
 {
 	(void) state;
-	qp_queue *w1 = sl_open(true, 300);
+	/* A 1 s lease touched every 200 ms: a stall of up to 800 ms on a
+	 * busy machine still keeps it. */
+	qp_queue *w1 = sl_open(true, 1000);
 	qp_queue *w2 = sl_open(true, 0);
 	qp_queue *p = sl_open(false, 0);
 	void *buf = NULL;
@@ -434,29 +436,29 @@ test_shmlease_touch_keeps_item(void **state)
 	sl_put(p, "long");
 	sl_get(w1, "long", 1, QP_NOWAIT);
 	int64_t t0 = sl_now_ms();
-	for (int i = 0; i < 10; i++) {
+	for (int i = 0; i < 8; i++) {
 		assert_int_equal(qp_queue_touch(w1, 0), QP_OK);
 		/* A worker-mode get sweeps expired leases as it waits. */
-		assert_int_equal(qp_queue_get(w2, &buf, &len, 100), QP_EEMPTY);
+		assert_int_equal(qp_queue_get(w2, &buf, &len, 200), QP_EEMPTY);
 	}
-	assert_true(sl_now_ms() - t0 >= 1000);
+	assert_true(sl_now_ms() - t0 >= 1600);
 	assert_int_equal(sl_stat(p, &leased), 0);
 	assert_int_equal(leased, 1);
 	assert_int_equal(qp_queue_task_done(w1), QP_OK);
 	assert_int_equal(qp_queue_get(w2, &buf, &len, 400), QP_EEMPTY);
 	assert_int_equal(qp_queue_join(p, QP_NOWAIT), QP_OK);
-	/* An explicit lease: 700 ms from now, past the handle's 300. */
+	/* An explicit lease: 2.5 s from now, past the handle's 1 s. */
 	sl_put(p, "longer");
 	sl_get(w1, "longer", 1, QP_NOWAIT);
-	assert_int_equal(qp_queue_touch(w1, 700), QP_OK);
-	assert_int_equal(qp_queue_get(w2, &buf, &len, 450), QP_EEMPTY);
+	assert_int_equal(qp_queue_touch(w1, 2500), QP_OK);
+	assert_int_equal(qp_queue_get(w2, &buf, &len, 1300), QP_EEMPTY);
 	assert_int_equal(qp_queue_task_done(w1), QP_OK);
-	/* Not touched: back after about 300 ms, to the other worker. */
+	/* Not touched: back after about 1 s, to the other worker. */
 	sl_put(p, "short");
 	sl_get(w1, "short", 1, QP_NOWAIT);
 	t0 = sl_now_ms();
 	sl_get(w2, "short", 2, 5000);
-	assert_true(sl_now_ms() - t0 >= 250);
+	assert_true(sl_now_ms() - t0 >= 900);
 	/* Too late: the touch and the task_done of w1 say so. */
 	assert_int_equal(qp_queue_touch(w1, 0), QP_ENOENT);
 	assert_non_null(strstr(qp_errmsg(), "run out"));

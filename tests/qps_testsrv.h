@@ -243,4 +243,29 @@ tsrv_mem(const tsrv *s, long *hwm, long *rss, long *threads)
 		}                                                         \
 	} while (0)
 
+/* Runs fn(arg) (or fn0()) in a child process that reports through its
+ * exit status (CHECK, CHECK_EQ), and asserts that it exited 0. The test
+ * file includes cmocka.h first. */
+static void __attribute__((unused))
+tsrv_scenario_(void (*fn)(void *), void *arg, void (*fn0)(void))
+{
+	int st;
+	pid_t pid = fork();
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		if (fn0 != NULL) {
+			fn0();
+		} else {
+			fn(arg);
+		}
+		exit(0); /* not _exit: the leak checker runs at exit */
+	}
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+#define tsrv_scenario(fn, arg) tsrv_scenario_((fn), (arg), NULL)
+#define tsrv_scenario0(fn)     tsrv_scenario_(NULL, NULL, (fn))
+
 #endif /* QPS_TESTSRV_H */

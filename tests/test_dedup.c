@@ -26,23 +26,6 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 
-/* Runs fn in a child; it reports through its exit status (CHECK). */
-static void
-scenario(void (*fn)(void))
-{
-	int st;
-	pid_t pid = fork();
-
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		fn();
-		exit(0);
-	}
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
-}
-
 static void
 qname(char *buf, size_t len, const char *tag)
 {
@@ -265,7 +248,7 @@ static void
 test_dedup_shm_put_after_kill(void **state)
 {
 	(void) state;
-	scenario(shm_body);
+	tsrv_scenario0(shm_body);
 }
 
 /* ---- a durable queue ---- */
@@ -334,7 +317,7 @@ static void
 test_dedup_durable_put_after_kill(void **state)
 {
 	(void) state;
-	scenario(durable_body);
+	tsrv_scenario0(durable_body);
 }
 
 /* ---- a batch cut short by a kill ---- */
@@ -424,7 +407,7 @@ static void
 test_dedup_shm_batch_cut_short(void **state)
 {
 	(void) state;
-	scenario(cut_body);
+	tsrv_scenario0(cut_body);
 }
 
 /* ---- the segment's table: a tagged put killed before its commit ---- */

@@ -47,23 +47,6 @@
  * pipe whose write end is closed to let them go). Inside scenarios, CHECK
  * reports a failure and exits non-zero; the test asserts exit status 0. */
 
-/* Runs fn(arg) in a child and asserts that it exited 0. */
-static void
-scenario(void (*fn)(void *), void *arg)
-{
-	int st;
-	pid_t pid = fork();
-
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		fn(arg);
-		exit(0); /* not _exit: the leak checker runs at exit */
-	}
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
-}
-
 /* The write ends of the gates not yet opened: a child must not hold the
  * others' (a gate opens when every write end is closed). */
 #define MAX_GATES 32
@@ -314,13 +297,13 @@ parity_body(void *arg)
 static void
 test_remote_parity_tcp(void **state)
 {
-	scenario(parity_body, "tcp");
+	tsrv_scenario(parity_body, "tcp");
 }
 
 static void
 test_remote_parity_ipc(void **state)
 {
-	scenario(parity_body, "ipc");
+	tsrv_scenario(parity_body, "ipc");
 }
 
 /* ---- errors a user sees ---- */
@@ -359,7 +342,7 @@ refused_body(void *arg)
 static void
 test_remote_refused(void **state)
 {
-	scenario(refused_body, NULL);
+	tsrv_scenario(refused_body, NULL);
 }
 
 static void
@@ -379,7 +362,7 @@ missing_body(void *arg)
 static void
 test_remote_missing_queue(void **state)
 {
-	scenario(missing_body, NULL);
+	tsrv_scenario(missing_body, NULL);
 }
 
 /* ---- fork(): a remote handle stays with the process that opened it ---- */
@@ -469,7 +452,7 @@ forked_body(void *arg)
 static void
 test_remote_forked_child(void **state)
 {
-	scenario(forked_body, NULL);
+	tsrv_scenario(forked_body, NULL);
 }
 
 /* ---- local and remote clients on one queue ---- */
@@ -550,7 +533,7 @@ mixed_body(void *arg)
 static void
 test_remote_mixed_local(void **state)
 {
-	scenario(mixed_body, NULL);
+	tsrv_scenario(mixed_body, NULL);
 }
 
 /* ---- a local put killed before it told the server ---- */
@@ -614,7 +597,7 @@ static void
 test_remote_local_put_killed_before_bump(void **state)
 {
 	(void) state;
-	scenario(orphan_body, NULL);
+	tsrv_scenario(orphan_body, NULL);
 }
 
 /* ---- 4 producers x 4 consumers, exactly once ---- */
@@ -731,7 +714,7 @@ pc_body(void *arg)
 static void
 test_remote_4x4_exactly_once(void **state)
 {
-	scenario(pc_body, NULL);
+	tsrv_scenario(pc_body, NULL);
 }
 
 /* ---- leases ---- */
@@ -797,7 +780,7 @@ kill_body(void *arg)
 static void
 test_remote_client_killed_lease(void **state)
 {
-	scenario(kill_body, NULL);
+	tsrv_scenario(kill_body, NULL);
 }
 
 static void
@@ -849,7 +832,7 @@ expiry_body(void *arg)
 static void
 test_remote_lease_expiry(void **state)
 {
-	scenario(expiry_body, NULL);
+	tsrv_scenario(expiry_body, NULL);
 }
 
 /* A worker with a 300 ms lease that touches every 100 ms keeps its task
@@ -918,7 +901,7 @@ touch_body(void *arg)
 static void
 test_remote_touch_keeps_task(void **state)
 {
-	scenario(touch_body, "tcp");
+	tsrv_scenario(touch_body, "tcp");
 }
 
 /* ---- put_many: all or nothing ---- */
@@ -958,7 +941,7 @@ batch_all_body(void *arg)
 static void
 test_remote_put_many_all_or_nothing(void **state)
 {
-	scenario(batch_all_body, NULL);
+	tsrv_scenario(batch_all_body, NULL);
 }
 
 /* ---- a batch get stays within max_message ---- */
@@ -1001,7 +984,7 @@ batch_cap_body(void *arg)
 static void
 test_remote_batch_get_within_max_message(void **state)
 {
-	scenario(batch_cap_body, NULL);
+	tsrv_scenario(batch_cap_body, NULL);
 }
 
 /* ---- a get while every lease is taken ---- */
@@ -1078,7 +1061,7 @@ slots_body(void *arg)
 static void
 test_remote_get_waits_for_lease_room(void **state)
 {
-	scenario(slots_body, NULL);
+	tsrv_scenario(slots_body, NULL);
 }
 
 /* ---- a server killed under load and restarted ---- */
@@ -1218,7 +1201,7 @@ sk_body(void *arg)
 static void
 test_remote_server_killed(void **state)
 {
-	scenario(sk_body, NULL);
+	tsrv_scenario(sk_body, NULL);
 }
 
 /* ---- raw frames: duplicates and garbage ---- */
@@ -1318,7 +1301,7 @@ dedup_body(void *arg)
 static void
 test_remote_duplicate_applied_once(void **state)
 {
-	scenario(dedup_body, NULL);
+	tsrv_scenario(dedup_body, NULL);
 }
 
 /* Frames the server must refuse with an error reply, and go on. */
@@ -1540,7 +1523,7 @@ malformed_body(void *arg)
 static void
 test_remote_malformed_frames(void **state)
 {
-	scenario(malformed_body, NULL);
+	tsrv_scenario(malformed_body, NULL);
 }
 
 /* ---- many getters, few threads ---- */
@@ -1654,7 +1637,7 @@ test_remote_many_getters(void **state)
 	if (n < 20) {
 		n = 20;
 	}
-	scenario(getters_body, &n);
+	tsrv_scenario(getters_body, &n);
 }
 
 /* ---- pipes through the server ---- */
@@ -1807,7 +1790,7 @@ pipes_body(void *arg)
 static void
 test_remote_pipes(void **state)
 {
-	scenario(pipes_body, NULL);
+	tsrv_scenario(pipes_body, NULL);
 }
 
 /* ---- batches ---- */
@@ -1882,7 +1865,7 @@ batch_body(void *arg)
 static void
 test_remote_batches(void **state)
 {
-	scenario(batch_body, NULL);
+	tsrv_scenario(batch_body, NULL);
 }
 
 int

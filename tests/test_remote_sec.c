@@ -47,22 +47,6 @@
 static char dir[64];
 static bool have_certs;
 
-static void
-scenario(void (*fn)(void))
-{
-	int st;
-	pid_t pid = fork();
-
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		fn();
-		exit(0); /* not _exit: the leak checker runs at exit */
-	}
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
-}
-
 /* A path in dir. */
 static const char *
 path(const char *name)
@@ -200,7 +184,7 @@ static void
 test_remote_sec_right_token(void **state)
 {
 	(void) state;
-	scenario(right_token_body);
+	tsrv_scenario0(right_token_body);
 }
 
 /* ---- wrong and missing tokens ---- */
@@ -268,7 +252,7 @@ static void
 test_remote_sec_wrong_token(void **state)
 {
 	(void) state;
-	scenario(wrong_token_body);
+	tsrv_scenario0(wrong_token_body);
 }
 
 /* ---- a recorded handshake, replayed ---- */
@@ -448,7 +432,7 @@ static void
 test_remote_sec_replay_fails(void **state)
 {
 	(void) state;
-	scenario(replay_body);
+	tsrv_scenario0(replay_body);
 }
 
 /* ---- authenticating again after the server restarts ---- */
@@ -500,7 +484,7 @@ static void
 test_remote_sec_reauth_after_restart(void **state)
 {
 	(void) state;
-	scenario(restart_body);
+	tsrv_scenario0(restart_body);
 }
 
 /* ---- TLS ---- */
@@ -592,7 +576,7 @@ test_remote_sec_tls(void **state)
 	if (!have_certs) {
 		skip();
 	}
-	scenario(tls_body);
+	tsrv_scenario0(tls_body);
 }
 
 static int

@@ -37,22 +37,6 @@ static void __attribute__((unused)) spnet_unused(void)
 	(void) tsrv_mem;
 }
 
-static void
-scenario(void (*fn)(void))
-{
-	int st;
-	pid_t pid = fork();
-
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		fn();
-		exit(0);
-	}
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
-}
-
 /* A put, a qsize and a get through handle-less calls at url/name. */
 static void
 put_get_roundtrip(const char *url, const char *name)
@@ -125,7 +109,7 @@ static void
 test_spnet_nng_req0_peer(void **state)
 {
 	(void) state;
-	scenario(nng_peer_body);
+	tsrv_scenario0(nng_peer_body);
 }
 
 /* ---- the raw client against nng's rep0 ---- */
@@ -156,7 +140,7 @@ static void
 test_spnet_client_on_nng_server(void **state)
 {
 	(void) state;
-	scenario(nng_server_body);
+	tsrv_scenario0(nng_server_body);
 }
 
 /* ---- bad peers ---- */
@@ -291,7 +275,7 @@ static void
 test_spnet_bad_peers_closed(void **state)
 {
 	(void) state;
-	scenario(bad_peers_body);
+	tsrv_scenario0(bad_peers_body);
 }
 
 /* ---- a connection dropped after the server applied a put ---- */
@@ -451,7 +435,7 @@ static void
 test_spnet_drop_resend_applied_once(void **state)
 {
 	(void) state;
-	scenario(drop_body);
+	tsrv_scenario0(drop_body);
 }
 
 /* ---- one handle shared by threads; a peer that does not read ---- */
@@ -519,7 +503,7 @@ static void
 test_spnet_shared_handle(void **state)
 {
 	(void) state;
-	scenario(shared_body);
+	tsrv_scenario0(shared_body);
 }
 
 static void
@@ -616,7 +600,7 @@ static void
 test_spnet_peer_not_reading(void **state)
 {
 	(void) state;
-	scenario(no_reader_body);
+	tsrv_scenario0(no_reader_body);
 }
 
 int

@@ -632,6 +632,48 @@ op_ack(ops_conn *c, qps_q *q, uint64_t lease_id)
 	return rv;
 }
 
+/* Applies each to every lease id of r: the reply (of rp) lists the ids
+ * it failed on, as missing. */
+static nng_msg *
+ids_apply(ops_conn *c, qps_q *q, const qpi_wire_req *r, qpi_wire_rep *rp,
+    bool (*each)(ops_conn *c, qps_q *q, const qpi_wire_req *r, uint64_t id))
+{
+	uint64_t stackm[OPS_STACK_ITEMS], *missing = stackm;
+	nng_msg *rep;
+
+	if (r->nids > OPS_STACK_ITEMS
+	    && (missing = malloc(r->nids * sizeof(*missing))) == NULL) {
+		return qps_rep_error(
+		    r->op, r->req_id, QP_ENOMEM, "out of memory");
+	}
+	for (uint32_t i = 0; i < r->nids; i++) {
+		if (!each(c, q, r, r->ids[i])) {
+			missing[rp->nids++] = r->ids[i];
+		}
+	}
+	rp->ids = missing;
+	rp->ids_cap = r->nids;
+	rep = qps_rep_encode(rp);
+	if (missing != stackm) {
+		free(missing);
+	}
+	return rep;
+}
+
+static bool
+ack_one(ops_conn *c, qps_q *q, const qpi_wire_req *r, uint64_t id)
+{
+	(void) r;
+	return op_ack(c, q, id) == QP_OK;
+}
+
+static bool
+touch_one(ops_conn *c, qps_q *q, const qpi_wire_req *r, uint64_t id)
+{
+	return work_holds(c, q, id)
+	    && qps_q_renew(q, id, r->lease_ms) == QP_OK;
+}
+
 /* Serves q's parked requests in order while they can go on. */
 static void
 ops_dispatch(qps_q *q)
@@ -916,32 +958,13 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		ops_dispatch(q);
 		return QPS_REPLY;
 
-	case QPI_OP_ACK: {
-		uint64_t stackm[OPS_STACK_ITEMS], *missing = stackm;
+	case QPI_OP_ACK:
 		if (open_for(r, false, &q, repp) != QP_OK) {
 			return QPS_REPLY;
 		}
-		if (r->nids > OPS_STACK_ITEMS
-		    && (missing = malloc(r->nids * sizeof(*missing)))
-		        == NULL) {
-			*repp = qps_rep_error(
-			    r->op, r->req_id, QP_ENOMEM, "out of memory");
-			return QPS_REPLY;
-		}
-		for (uint32_t i = 0; i < r->nids; i++) {
-			if (op_ack(c, q, r->ids[i]) != QP_OK) {
-				missing[rp.nids++] = r->ids[i];
-			}
-		}
-		rp.ids = missing;
-		rp.ids_cap = r->nids;
-		*repp = qps_rep_encode(&rp);
-		if (missing != stackm) {
-			free(missing);
-		}
+		*repp = ids_apply(c, q, r, &rp, ack_one);
 		ops_dispatch(q);
 		return QPS_REPLY;
-	}
 
 	case QPI_OP_RELEASE:
 		if (open_for(r, false, &q, repp) != QP_OK) {
@@ -958,36 +981,15 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		ops_dispatch(q);
 		return QPS_REPLY;
 
-	case QPI_OP_TOUCH: {
+	case QPI_OP_TOUCH:
 		/* Only the WORK leases of this connection on q are renewed;
 		 * any other id is missing. */
-		uint64_t stackm[OPS_STACK_ITEMS], *missing = stackm;
 		if (open_for(r, false, &q, repp) != QP_OK) {
 			return QPS_REPLY;
 		}
-		if (r->nids > OPS_STACK_ITEMS
-		    && (missing = malloc(r->nids * sizeof(*missing)))
-		        == NULL) {
-			*repp = qps_rep_error(
-			    r->op, r->req_id, QP_ENOMEM, "out of memory");
-			return QPS_REPLY;
-		}
-		for (uint32_t i = 0; i < r->nids; i++) {
-			if (!work_holds(c, q, r->ids[i])
-			    || qps_q_renew(q, r->ids[i], r->lease_ms)
-			        != QP_OK) {
-				missing[rp.nids++] = r->ids[i];
-			}
-		}
+		*repp = ids_apply(c, q, r, &rp, touch_one);
 		qpi_err_clear();
-		rp.ids = missing;
-		rp.ids_cap = r->nids;
-		*repp = qps_rep_encode(&rp);
-		if (missing != stackm) {
-			free(missing);
-		}
 		return QPS_REPLY;
-	}
 
 	case QPI_OP_TASK_DONE:
 		if (open_for(r, false, &q, repp) != QP_OK) {

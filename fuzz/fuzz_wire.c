@@ -20,7 +20,7 @@
 	do {                                                          \
 		if (!(cond)) {                                        \
 			fprintf(stderr, "fuzz_wire: %s (%s)\n", what, \
-			    qp_errmsg());                             \
+			    qpi_errmsg());                            \
 			abort();                                      \
 		}                                                     \
 	} while (0)

@@ -1,34 +1,23 @@
 /*
- * error.c - error texts, the per-thread detailed message behind qp_errmsg(),
- * durations and clocks. No locking: the message is thread-local.
+ * error.c - the public faces of the error texts and of the per-thread
+ * detailed message (both kept in proto/errors.c, which the codec shares),
+ * durations and clocks. No state of its own, no locking.
  */
 #include "qpi.h"
 #include "wire.h"
 
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-
-static _Thread_local char err_msg[512];
 
 QP_API const char *
 qp_strerror(int err)
 {
-	switch (err) {
-#define QP_ERR(name, num, text) \
-	case num:               \
-		return text;
-#include "qpipe_errors.def"
-#undef QP_ERR
-	default:
-		return "unknown error";
-	}
+	return qpi_errtext(err);
 }
 
 QP_API const char *
 qp_errmsg(void)
 {
-	return err_msg;
+	return qpi_errmsg();
 }
 
 QP_API void
@@ -41,23 +30,6 @@ QP_API const char *
 qp_version(void)
 {
 	return QP_VERSION_STRING;
-}
-
-int
-qpi_err(int err, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(err_msg, sizeof(err_msg), fmt, ap);
-	va_end(ap);
-	return err;
-}
-
-void
-qpi_err_clear(void)
-{
-	err_msg[0] = '\0';
 }
 
 int

@@ -6,19 +6,12 @@
 #ifndef QPI_H
 #define QPI_H
 
+#include "errors.h" /* qpi_err(), qpi_err_clear(): proto's, shared */
 #include "qpipe.h"
 
 #include <stdarg.h>
 #include <stdint.h>
 #include <time.h>
-
-/* Records the calling thread's detailed message for qp_errmsg() and returns
- * err, so that a failing path reads: return qpi_err(QP_EINVAL, "...", ...). */
-int qpi_err(int err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-/* Clears the calling thread's message. */
-void qpi_err_clear(void);
 
 /* Checks a duration: QP_OK for -1, 0 and > 0, else QP_EINVAL. */
 int qpi_duration_check(qp_duration d);

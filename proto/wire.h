@@ -6,8 +6,8 @@
  * before it allocates.
  *
  * Errors: every function that fails records a message naming the cause
- * through qpi_err() (lib/error.c, linked into the same library), so the
- * caller reads it with qp_errmsg().
+ * through qpi_err() (errors.h, proto's own), so the caller reads it with
+ * qpi_errmsg(), or qp_errmsg() in libqpipe.
  */
 #ifndef QP_WIRE_H
 #define QP_WIRE_H
@@ -16,15 +16,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "errors.h"
 #include "qpipe.h"
 
 /* How deep arrays and maps may nest inside one value. */
 #define QPI_WIRE_MAX_DEPTH 32
-
-/* Defined in lib/error.c: records the thread's message for qp_errmsg() and
- * returns err. The codec's objects are linked into the same library. */
-int qpi_err(int err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
 
 /* ---- single values (used by the library for items) ---- */
 

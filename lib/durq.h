@@ -58,6 +58,7 @@
 #ifndef QPI_DURQ_H
 #define QPI_DURQ_H
 
+#include "crc32c.h" /* qpi_crc32c(), the checksum of the file */
 #include "shmq.h"
 
 #include <stdbool.h>
@@ -210,8 +211,5 @@ typedef struct qpi_durq_stats {
 	uint64_t syncs;
 } qpi_durq_stats;
 void qpi_durq_stats_get(qpi_durq *d, qpi_durq_stats *st);
-
-/* CRC-32C (Castagnoli) of len bytes, continuing from crc (0 to start). */
-uint32_t qpi_crc32c(uint32_t crc, const void *buf, size_t len);
 
 #endif /* QPI_DURQ_H */

@@ -1,0 +1,172 @@
+/*
+ * durq_int.h - what the modules of a durable queue share (durq.h is the
+ * interface): the file's layout constants, the queue's state, and the
+ * calls each module offers the others.
+ *
+ *   durq.c          the calls of durq.h: open and close, puts, gets,
+ *                   leases, tags, syncs; the live-item map
+ *   durq_log.c      the log file: header, records, appending, making
+ *                   writes durable (commit, the flusher), fsync policies
+ *   durq_replay.c   opening: validate every record, cut a torn tail,
+ *                   rebuild the live items and refill the queue
+ *   durq_compact.c  rewriting the log with the live items only
+ *
+ * Locking (durq.c sets it out): d->mu guards the state in struct
+ * qpi_durq. Every call below that takes a qpi_durq wants d->mu held,
+ * unless it says otherwise.
+ */
+#ifndef QPI_DURQ_INT_H
+#define QPI_DURQ_INT_H
+
+#include "durq.h"
+#include "htab.h"
+#include "le.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#define DQ_MAGIC       "QPDURQ1"
+#define DQ_VERSION     2u /* 1: no PUT_TAG or MARK records (still read) */
+#define DQ_HDR         64u
+#define DQ_REC_HDR     8u /* len, crc */
+#define DQ_PUT_FIX     10u /* type, id, kind */
+#define DQ_DONE_LEN    9u /* type, id */
+#define DQ_T_PUT       1u
+#define DQ_T_DONE      2u
+#define DQ_T_PUT_TAG   3u /* a PUT with the request's tag after the item */
+#define DQ_T_MARK      4u /* a request's tag alone (kept by compaction) */
+#define DQ_TAG_LEN     32u /* client id, seq, index or done, n */
+#define DQ_MARK_LEN    (1u + DQ_TAG_LEN)
+#define DQ_TAGS        QPI_SHMQ_TAGS_MAX
+#define DQ_WRAP        9u /* id and kind before an item in the shm queue */
+#define DQ_COMPACT_MIN (4ull * 1024 * 1024)
+
+/* A live item: a PUT record in the log without its DONE. */
+typedef struct qpi_dq_live {
+	qpi_hnode node; /* key: the item's id */
+	uint64_t off; /* the record's offset in the log */
+	uint64_t bytes; /* the record's bytes, its header included */
+} qpi_dq_live;
+
+/* A lease taken with qpi_durq_get_lease, not yet acked. */
+typedef struct qpi_dq_lease {
+	qpi_hnode node; /* key: the lease id */
+	uint64_t item; /* the leased item's id */
+} qpi_dq_lease;
+
+struct qpi_durq {
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* the flusher's wake-ups, sync ends */
+	char *path;
+	int fd;
+	qpi_shmq *shm;
+	qpi_durq_cfg cfg; /* as stored */
+	qpi_fsync fsync; /* in force */
+	uint64_t end; /* the log's size: where the next record goes */
+	uint64_t next_id;
+	uint64_t live_bytes;
+	qpi_htab live; /* qpi_dq_live by item id */
+	qpi_htab leases; /* qpi_dq_lease by lease id */
+	uint64_t *pending; /* DONE ids waiting for the disk */
+	size_t npending, cappending;
+	uint64_t compact_at; /* no compaction before the log is this big */
+	bool dirty; /* written since the last sync */
+	bool syncing; /* the flusher is in fdatasync */
+	bool stop;
+	bool flusher_on;
+	pthread_t flusher;
+	int64_t dirty_since_ms;
+	uint64_t compactions, syncs;
+	uint64_t wseq; /* bytes ever appended (survives compaction) */
+	uint64_t synced; /* wseq known to be on disk */
+	qpi_shmq_tag *tags; /* the last DQ_TAGS put requests (ring) */
+	uint64_t tags_next; /* tags noted, ever */
+	int refs; /* qpi_durq_hold */
+	pid_t pid; /* the process that opened it */
+};
+
+/* ---- durq.c: live items and tags ---- */
+
+/* Notes item id live: its record is bytes long at off. QP_OK or
+ * QP_ENOMEM (nothing noted). */
+int qpi_dq_live_add(qpi_durq *d, uint64_t id, uint64_t off, uint64_t bytes);
+
+/* The live item id, or NULL. */
+qpi_dq_live *qpi_dq_live_find(qpi_durq *d, uint64_t id);
+
+/* Forgets item id (its DONE is in the log), if it was live. */
+void qpi_dq_live_drop(qpi_durq *d, uint64_t id);
+
+/* Notes that request (client, seq) of n items has done of them in the
+ * log (set: exactly done, a cancelled put; else at least done). */
+void qpi_dq_tag_note(qpi_durq *d, const uint8_t *client, uint64_t seq,
+    uint32_t done, uint32_t n, bool set);
+
+/* ---- durq_log.c: the file and its records ---- */
+
+/* path + ".tmp", malloc'd; NULL when out of memory. No lock needed. */
+char *qpi_dq_tmp_path(const char *path);
+
+/* fsyncs the directory holding path (a rename or create is durable). */
+void qpi_dq_sync_dir(const char *path);
+
+/* Records a message for errno e of doing what to path and returns
+ * QP_ENOSPC (disk or quota full) or QP_ESYSTEM. */
+int qpi_dq_errno(int e, const char *what, const char *path);
+
+/* Writes all of iov (n pieces, changed on the way) at off; 0 or an
+ * errno. */
+int qpi_dq_pwritev_all(int fd, struct iovec *iov, int n, uint64_t off);
+
+/* Writes the DQ_HDR-byte file header holding c into h. */
+void qpi_dq_hdr_encode(uint8_t *h, const qpi_durq_cfg *c);
+
+/* Reads a file header into *c and the file's layout into *versionp.
+ * QP_OK, QP_ECORRUPT or QP_EVERSION, naming path. */
+int qpi_dq_hdr_decode(
+    const uint8_t *h, qpi_durq_cfg *c, const char *path, uint32_t *versionp);
+
+/* Creates the file at path holding only its header (excl: QP_EEXIST if
+ * it exists), durably. */
+int qpi_dq_create_file(const char *path, const qpi_durq_cfg *c, bool excl);
+
+/* Appends one record (body in up to three pieces) at d->end; *offp (may
+ * be NULL) gets its offset. On failure the file is cut back. */
+int qpi_dq_append(qpi_durq *d, const uint8_t *b1, size_t n1, const void *b2,
+    size_t n2, const uint8_t *b3, size_t n3, uint64_t *offp);
+
+/* Makes what was appended durable per the policy: synced now for
+ * "always" (unless defer), else left to the flusher. undo_end: where to
+ * cut the file back if the sync fails. */
+int qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer);
+
+/* Appends the DONE record of item id. */
+int qpi_dq_write_done(qpi_durq *d, uint64_t id);
+
+/* Writes a tag's DQ_TAG_LEN bytes (client id, seq, v, n) at p. */
+void qpi_dq_tag_encode(
+    uint8_t *p, const uint8_t *client, uint64_t seq, uint32_t v, uint32_t n);
+
+/* The flusher thread of an "interval" queue (arg: the qpi_durq); takes
+ * d->mu itself, and returns once d->stop is set. */
+void *qpi_dq_flusher(void *arg);
+
+/* ---- durq_replay.c: opening ---- */
+
+/* Reads the file: header, every record (a torn tail is cut), the live
+ * items into d->live and, in id order, into a new d->shm; *info says what
+ * was found. QP_OK, QP_ECORRUPT, QP_EVERSION, QP_ENOMEM, QP_ESYSTEM.
+ * Called while opening, before anyone else can reach d. */
+int qpi_dq_load(qpi_durq *d, qpi_durq_info *info);
+
+/* ---- durq_compact.c ---- */
+
+/* Rewrites the log with the live items only when dead records outweigh
+ * them (4 MiB, and twice the live bytes); on failure, tries again only
+ * once the log has grown. */
+void qpi_dq_maybe_compact(qpi_durq *d);
+
+#endif /* QPI_DURQ_INT_H */

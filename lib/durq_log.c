@@ -1,0 +1,385 @@
+/*
+ * durq_log.c - a durable queue's log file (durq.h sets out its layout):
+ * the header, appending records with their CRC-32C, making them durable
+ * per the queue's fsync policy (synced at once, or by the flusher thread
+ * of an "interval" queue), and the fsync policies themselves.
+ *
+ * Locking: the calls on a qpi_durq run with d->mu held (durq_int.h); the
+ * flusher takes it to note what to sync and drops it for the fdatasync.
+ * The file-level helpers (paths, header, create) touch no shared state.
+ */
+#define _GNU_SOURCE
+#include "durq_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- fsync policies ---- */
+
+int
+qpi_fsync_parse(const char *s, qpi_fsync *f)
+{
+	f->mode = QPI_FSYNC_DEFAULT;
+	f->ms = 0;
+	if (s == NULL || *s == '\0') {
+		return QP_OK;
+	}
+	if (strcmp(s, "always") == 0) {
+		f->mode = QPI_FSYNC_ALWAYS;
+		return QP_OK;
+	}
+	if (strcmp(s, "never") == 0) {
+		f->mode = QPI_FSYNC_NEVER;
+		return QP_OK;
+	}
+	if (strcmp(s, "interval") == 0) {
+		f->mode = QPI_FSYNC_INTERVAL;
+		f->ms = QPI_FSYNC_DEF_MS;
+		return QP_OK;
+	}
+	if (strncmp(s, "interval:", 9) == 0) {
+		const char *p = s + 9;
+		unsigned long v = 0;
+		if (*p == '\0') {
+			goto bad;
+		}
+		for (; *p != '\0'; p++) {
+			if (*p < '0' || *p > '9' || v > QPI_FSYNC_MAX_MS) {
+				goto bad;
+			}
+			v = v * 10 + (unsigned long) (*p - '0');
+		}
+		if (v < 1 || v > QPI_FSYNC_MAX_MS) {
+			goto bad;
+		}
+		f->mode = QPI_FSYNC_INTERVAL;
+		f->ms = (uint32_t) v;
+		return QP_OK;
+	}
+bad:
+	return qpi_err(QP_EINVAL,
+	    "fsync policy '%.40s' is not always, never or interval:MS "
+	    "(MS from 1 to %u)",
+	    s, QPI_FSYNC_MAX_MS);
+}
+
+void
+qpi_fsync_format(const qpi_fsync *f, char *buf, size_t cap)
+{
+	switch (f->mode) {
+	case QPI_FSYNC_ALWAYS:
+		snprintf(buf, cap, "always");
+		break;
+	case QPI_FSYNC_NEVER:
+		snprintf(buf, cap, "never");
+		break;
+	case QPI_FSYNC_INTERVAL:
+		snprintf(buf, cap, "interval:%u", (unsigned) f->ms);
+		break;
+	default:
+		snprintf(buf, cap, "default");
+		break;
+	}
+}
+
+/* ---- the file ---- */
+
+char *
+qpi_dq_tmp_path(const char *path)
+{
+	size_t n = strlen(path);
+	char *t = malloc(n + 5);
+
+	if (t != NULL) {
+		memcpy(t, path, n);
+		memcpy(t + n, ".tmp", 5);
+	}
+	return t;
+}
+
+/* fsyncs the directory holding path (a rename or create is durable). */
+void
+qpi_dq_sync_dir(const char *path)
+{
+	char dir[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+	int fd;
+
+	if (slash == NULL) {
+		snprintf(dir, sizeof(dir), ".");
+	} else if (slash == path) {
+		snprintf(dir, sizeof(dir), "/");
+	} else {
+		snprintf(dir, sizeof(dir), "%.*s", (int) (slash - path), path);
+	}
+	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+		(void) fsync(fd);
+		close(fd);
+	}
+}
+
+int
+qpi_dq_errno(int e, const char *what, const char *path)
+{
+	if (e == ENOSPC || e == EDQUOT) {
+		return qpi_err(QP_ENOSPC,
+		    "no space left on the disk of %s (%s)", path, what);
+	}
+	return qpi_err(QP_ESYSTEM, "%s %s: %s", what, path, strerror(e));
+}
+
+/* Writes all of iov at off; 0 or an errno. */
+int
+qpi_dq_pwritev_all(int fd, struct iovec *iov, int n, uint64_t off)
+{
+	while (n > 0) {
+		ssize_t w = pwritev(fd, iov, n, (off_t) off);
+		if (w < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			return errno;
+		}
+		if (w == 0) {
+			return ENOSPC;
+		}
+		off += (uint64_t) w;
+		while (n > 0 && (size_t) w >= iov->iov_len) {
+			w -= (ssize_t) iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (uint8_t *) iov->iov_base + w;
+			iov->iov_len -= (size_t) w;
+		}
+	}
+	return 0;
+}
+
+void
+qpi_dq_hdr_encode(uint8_t *h, const qpi_durq_cfg *c)
+{
+	memset(h, 0, DQ_HDR);
+	memcpy(h, DQ_MAGIC, 8);
+	qpi_le32_put(h + 8, DQ_VERSION);
+	qpi_le32_put(h + 12, DQ_HDR);
+	qpi_le64_put(h + 16, c->maxsize);
+	qpi_le64_put(h + 24, c->capacity);
+	qpi_le64_put(h + 32, c->max_message);
+	qpi_le64_put(h + 40, c->lease_ms);
+	qpi_le32_put(h + 48, c->fsync.mode);
+	qpi_le32_put(h + 52, c->fsync.ms);
+	qpi_le32_put(h + 60, qpi_crc32c(0, h, 60));
+}
+
+int
+qpi_dq_hdr_decode(
+    const uint8_t *h, qpi_durq_cfg *c, const char *path, uint32_t *versionp)
+{
+	if (memcmp(h, DQ_MAGIC, 8) != 0) {
+		return qpi_err(QP_ECORRUPT,
+		    "%s is not a qpipe durable queue file (bad magic)", path);
+	}
+	if (qpi_le32_get(h + 60) != qpi_crc32c(0, h, 60)) {
+		return qpi_err(
+		    QP_ECORRUPT, "%s: the file header fails its CRC", path);
+	}
+	*versionp = qpi_le32_get(h + 8);
+	if (*versionp < 1 || *versionp > DQ_VERSION
+	    || qpi_le32_get(h + 12) != DQ_HDR) {
+		return qpi_err(QP_EVERSION,
+		    "%s: durable queue file of layout %u, this is %u", path,
+		    (unsigned) qpi_le32_get(h + 8), DQ_VERSION);
+	}
+	c->maxsize = qpi_le64_get(h + 16);
+	c->capacity = qpi_le64_get(h + 24);
+	c->max_message = qpi_le64_get(h + 32);
+	c->lease_ms = qpi_le64_get(h + 40);
+	c->fsync.mode = qpi_le32_get(h + 48);
+	c->fsync.ms = qpi_le32_get(h + 52);
+	if (c->fsync.mode > QPI_FSYNC_NEVER || c->max_message == 0
+	    || c->capacity == 0
+	    || (c->fsync.mode == QPI_FSYNC_INTERVAL
+	        && (c->fsync.ms < 1 || c->fsync.ms > QPI_FSYNC_MAX_MS))) {
+		return qpi_err(QP_ECORRUPT,
+		    "%s: the file header holds impossible settings", path);
+	}
+	return QP_OK;
+}
+
+/* Makes the file: header written to path.tmp, synced, renamed. */
+int
+qpi_dq_create_file(const char *path, const qpi_durq_cfg *c, bool excl)
+{
+	uint8_t h[DQ_HDR];
+	char *tmp = qpi_dq_tmp_path(path);
+	struct iovec iov = {h, DQ_HDR};
+	int fd, e, rv = QP_OK;
+
+	if (tmp == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	qpi_dq_hdr_encode(h, c);
+	fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		rv = qpi_dq_errno(errno, "cannot create", tmp);
+		free(tmp);
+		return rv;
+	}
+	if ((e = qpi_dq_pwritev_all(fd, &iov, 1, 0)) != 0
+	    || (fdatasync(fd) != 0 && (e = errno) != 0)) {
+		rv = qpi_dq_errno(e, "cannot write", tmp);
+	}
+	close(fd);
+	/* link() fails if path exists: racing creators are decided here. */
+	if (rv == QP_OK && link(tmp, path) != 0) {
+		if (errno != EEXIST) {
+			rv = qpi_dq_errno(errno, "cannot create", path);
+		} else if (excl) {
+			rv = qpi_err(QP_EEXIST, "%s exists already", path);
+		}
+	}
+	unlink(tmp);
+	free(tmp);
+	if (rv == QP_OK) {
+		qpi_dq_sync_dir(path);
+	}
+	return rv;
+}
+
+/* ---- appending ---- */
+
+/* Appends one record (body in up to two pieces) at d->end. On failure
+ * the file is cut back to d->end. d->mu held. */
+int
+qpi_dq_append(qpi_durq *d, const uint8_t *b1, size_t n1, const void *b2,
+    size_t n2, const uint8_t *b3, size_t n3, uint64_t *offp)
+{
+	uint8_t hdr[DQ_REC_HDR];
+	uint32_t len = (uint32_t) (n1 + n2 + n3);
+	uint32_t crc;
+	struct iovec iov[4];
+	int e, n = 2;
+
+	qpi_le32_put(hdr, len);
+	crc = qpi_crc32c(0, hdr, 4);
+	crc = qpi_crc32c(crc, b1, n1);
+	iov[0] = (struct iovec) {hdr, DQ_REC_HDR};
+	iov[1] = (struct iovec) {(void *) b1, n1};
+	if (n2 > 0) {
+		crc = qpi_crc32c(crc, b2, n2);
+		iov[n++] = (struct iovec) {(void *) b2, n2};
+	}
+	if (n3 > 0) {
+		crc = qpi_crc32c(crc, b3, n3);
+		iov[n++] = (struct iovec) {(void *) b3, n3};
+	}
+	qpi_le32_put(hdr + 4, crc);
+	if ((e = qpi_dq_pwritev_all(d->fd, iov, n, d->end)) != 0) {
+		if (ftruncate(d->fd, (off_t) d->end) != 0) {
+			/* The cut-off part fails its CRC at the next open
+			 * and is cut then (a torn tail). */
+		}
+		return qpi_dq_errno(e, "cannot append to", d->path);
+	}
+	if (offp != NULL) {
+		*offp = d->end;
+	}
+	d->end += DQ_REC_HDR + len;
+	d->wseq += DQ_REC_HDR + len;
+	return QP_OK;
+}
+
+/* Makes what was appended since the last sync durable per the policy
+ * (always, unless defer: the caller syncs with qpi_durq_sync_to). */
+int
+qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer)
+{
+	if (d->fsync.mode == QPI_FSYNC_ALWAYS && !defer) {
+		uint64_t w = d->wseq;
+		if (fdatasync(d->fd) != 0) {
+			int e = errno;
+			/* Never acknowledge what may not be on disk. */
+			if (ftruncate(d->fd, (off_t) undo_end) == 0) {
+				d->end = undo_end;
+			}
+			return qpi_dq_errno(e, "cannot sync", d->path);
+		}
+		d->syncs++;
+		d->synced = w;
+		return QP_OK;
+	}
+	if (!d->dirty) {
+		d->dirty = true;
+		d->dirty_since_ms = qpi_now_ms();
+		if (d->flusher_on) {
+			pthread_cond_broadcast(&d->cv);
+		}
+	}
+	return QP_OK;
+}
+
+int
+qpi_dq_write_done(qpi_durq *d, uint64_t id)
+{
+	uint8_t b[DQ_DONE_LEN];
+
+	b[0] = DQ_T_DONE;
+	qpi_le64_put(b + 1, id);
+	return qpi_dq_append(d, b, sizeof(b), NULL, 0, NULL, 0, NULL);
+}
+
+/* Writes a tag's fields (client id, seq, v, n): the trailer of a
+ * PUT_TAG record, the body of a MARK. */
+void
+qpi_dq_tag_encode(
+    uint8_t *p, const uint8_t *client, uint64_t seq, uint32_t v, uint32_t n)
+{
+	memcpy(p, client, 16);
+	qpi_le64_put(p + 16, seq);
+	qpi_le32_put(p + 24, v);
+	qpi_le32_put(p + 28, n);
+}
+
+/* ---- the flusher (interval) ---- */
+
+void *
+qpi_dq_flusher(void *arg)
+{
+	qpi_durq *d = arg;
+
+	pthread_mutex_lock(&d->mu);
+	while (!d->stop) {
+		if (!d->dirty) {
+			pthread_cond_wait(&d->cv, &d->mu);
+			continue;
+		}
+		int64_t due = d->dirty_since_ms + (int64_t) d->fsync.ms;
+		if (qpi_now_ms() < due) {
+			struct timespec ts = qpi_ts_from_ns(due * 1000000);
+			pthread_cond_timedwait(&d->cv, &d->mu, &ts);
+			continue;
+		}
+		int fd = d->fd;
+		uint64_t w = d->wseq;
+		d->dirty = false;
+		d->syncing = true;
+		pthread_mutex_unlock(&d->mu);
+		int rc = fdatasync(fd);
+		pthread_mutex_lock(&d->mu);
+		d->syncing = false;
+		d->syncs++;
+		if (rc == 0 && w > d->synced) {
+			d->synced = w;
+		}
+		pthread_cond_broadcast(&d->cv);
+	}
+	pthread_mutex_unlock(&d->mu);
+	return NULL;
+}

@@ -1,0 +1,213 @@
+/* test_htab.c - lib/htab.c: the intrusive hash table and FNV-1a. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "htab.h"
+#include "qpi.h"
+
+typedef struct item {
+	qpi_hnode node; /* first: a node pointer casts back */
+	int val;
+	int seen;
+} item;
+
+static size_t
+count_key(const qpi_htab *t, uint64_t key)
+{
+	size_t n = 0;
+
+	for (qpi_hnode *h = qpi_htab_find(t, key); h != NULL;
+	     h = qpi_htab_next(h)) {
+		assert_true(h->key == key);
+		n++;
+	}
+	return n;
+}
+
+static void
+test_htab_empty(void **state)
+{
+	qpi_htab t = {0};
+	item a = {.node.key = 7};
+
+	assert_null(qpi_htab_find(&t, 0));
+	assert_null(qpi_htab_find(&t, 7));
+	qpi_htab_remove(&t, &a.node); /* never inserted: nothing happens */
+	assert_int_equal(t.n, 0);
+	qpi_htab_fini(&t);
+	qpi_htab_fini(&t); /* twice is fine */
+	assert_null(t.b);
+}
+
+static void
+test_htab_insert_find_remove(void **state)
+{
+	qpi_htab t = {0};
+	item *v = calloc(1000, sizeof(*v));
+
+	assert_non_null(v);
+	for (int i = 0; i < 1000; i++) {
+		v[i].node.key = (uint64_t) i * 3; /* small, evenly spaced */
+		v[i].val = i;
+		assert_int_equal(qpi_htab_insert(&t, &v[i].node), QP_OK);
+	}
+	assert_int_equal(t.n, 1000);
+	assert_true(t.nb >= 1000 && (t.nb & (t.nb - 1)) == 0);
+	for (int i = 0; i < 1000; i++) {
+		item *it = (item *) qpi_htab_find(&t, (uint64_t) i * 3);
+		assert_ptr_equal(it, &v[i]);
+		assert_null(qpi_htab_next(&it->node));
+		assert_null(qpi_htab_find(&t, (uint64_t) i * 3 + 1));
+	}
+	/* remove the odd ones: the even ones stay reachable */
+	for (int i = 1; i < 1000; i += 2) {
+		qpi_htab_remove(&t, &v[i].node);
+	}
+	assert_int_equal(t.n, 500);
+	for (int i = 0; i < 1000; i++) {
+		qpi_hnode *h = qpi_htab_find(&t, (uint64_t) i * 3);
+		if (i % 2 == 0) {
+			assert_ptr_equal(h, &v[i].node);
+		} else {
+			assert_null(h);
+		}
+	}
+	qpi_htab_fini(&t);
+	assert_int_equal(t.n, 0);
+	assert_null(qpi_htab_find(&t, 0));
+	free(v);
+}
+
+static void
+test_htab_equal_keys(void **state)
+{
+	qpi_htab t = {0};
+	item a = {.node.key = 42, .val = 1}, b = {.node.key = 42, .val = 2};
+	item c = {.node.key = 42, .val = 3}, other = {.node.key = 43};
+
+	assert_int_equal(qpi_htab_insert(&t, &a.node), QP_OK);
+	assert_int_equal(qpi_htab_insert(&t, &other.node), QP_OK);
+	assert_int_equal(qpi_htab_insert(&t, &b.node), QP_OK);
+	assert_int_equal(qpi_htab_insert(&t, &c.node), QP_OK);
+	assert_int_equal(count_key(&t, 42), 3);
+	assert_int_equal(count_key(&t, 43), 1);
+	/* the chain of equal keys holds each node once */
+	int sum = 0;
+	for (qpi_hnode *h = qpi_htab_find(&t, 42); h != NULL;
+	     h = qpi_htab_next(h)) {
+		sum += ((item *) h)->val;
+	}
+	assert_int_equal(sum, 6);
+	qpi_htab_remove(&t, &b.node);
+	assert_int_equal(count_key(&t, 42), 2);
+	assert_null(b.node.hnext);
+	qpi_htab_remove(&t, &a.node);
+	qpi_htab_remove(&t, &c.node);
+	assert_int_equal(count_key(&t, 42), 0);
+	assert_int_equal(count_key(&t, 43), 1);
+	assert_int_equal(t.n, 1);
+	qpi_htab_fini(&t);
+}
+
+static void
+mark_cb(qpi_hnode *n, void *arg)
+{
+	int *calls = arg;
+
+	((item *) n)->seen++;
+	(*calls)++;
+}
+
+typedef struct drop_arg {
+	qpi_htab *t;
+	int calls;
+} drop_arg;
+
+/* Removes and frees every node with an odd value, as it is visited. */
+static void
+drop_odd_cb(qpi_hnode *n, void *arg)
+{
+	drop_arg *a = arg;
+
+	a->calls++;
+	if (((item *) n)->val % 2 != 0) {
+		qpi_htab_remove(a->t, n);
+		free(n);
+	}
+}
+
+static void
+free_cb(qpi_hnode *n, void *arg)
+{
+	free(n);
+}
+
+static void
+test_htab_each(void **state)
+{
+	qpi_htab t = {0};
+	item *v = calloc(300, sizeof(*v));
+	int calls = 0;
+
+	assert_non_null(v);
+	for (int i = 0; i < 300; i++) {
+		v[i].node.key = (uint64_t) (i % 100); /* three per key */
+		assert_int_equal(qpi_htab_insert(&t, &v[i].node), QP_OK);
+	}
+	qpi_htab_each(&t, mark_cb, &calls);
+	assert_int_equal(calls, 300);
+	for (int i = 0; i < 300; i++) {
+		assert_int_equal(v[i].seen, 1);
+	}
+	qpi_htab_fini(&t);
+	free(v);
+
+	/* fn may remove and free the node it is given */
+	for (int i = 0; i < 200; i++) {
+		item *it = calloc(1, sizeof(*it));
+		assert_non_null(it);
+		it->node.key = (uint64_t) i;
+		it->val = i;
+		assert_int_equal(qpi_htab_insert(&t, &it->node), QP_OK);
+	}
+	drop_arg da = {&t, 0};
+	qpi_htab_each(&t, drop_odd_cb, &da);
+	assert_int_equal(da.calls, 200);
+	assert_int_equal(t.n, 100);
+	for (int i = 0; i < 200; i++) {
+		assert_int_equal(count_key(&t, (uint64_t) i), i % 2 == 0);
+	}
+	qpi_htab_each(&t, free_cb, NULL);
+	qpi_htab_fini(&t);
+}
+
+static void
+test_htab_hash(void **state)
+{
+	/* FNV-1a 64 reference values */
+	assert_true(qpi_hash("", 0) == 0xcbf29ce484222325ull);
+	assert_true(qpi_hash("a", 1) == 0xaf63dc4c8601ec8cull);
+	assert_true(qpi_hash("foobar", 6) == 0x85944171f73967e8ull);
+	/* every byte counts, a NUL too */
+	assert_true(qpi_hash("jobs", 4) != qpi_hash("jobs", 3));
+	assert_true(qpi_hash("a\0b", 3) != qpi_hash("a\0c", 3));
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_htab_empty),
+	    cmocka_unit_test(test_htab_insert_find_remove),
+	    cmocka_unit_test(test_htab_equal_keys),
+	    cmocka_unit_test(test_htab_each),
+	    cmocka_unit_test(test_htab_hash),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

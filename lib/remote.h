@@ -1,26 +1,19 @@
 /*
  * remote.h - the remote queue client: a queue hosted by qpiped, reached
- * with the req0 protocol (tcp://, ipc://: on plain sockets, spconn.c;
- * tls+tcp://: through nng), authenticated with a token
- * when the server asks for one. queue.c dispatches the qp_queue calls of
- * a tcp:// or ipc:// handle here; each has the meaning of its
- * shared-memory twin.
+ * through the connection layer (link.h: plain sockets for tcp:// and
+ * ipc://, nng streams for tls+tcp://) and the call engine (call.h), on a
+ * session authenticated with a token when the server asks for one
+ * (rclient.h). queue.c dispatches the qp_queue calls of a remote handle
+ * here; each has the meaning of its shared-memory twin.
  */
 #ifndef QPI_REMOTE_H
 #define QPI_REMOTE_H
 
-#include "qpi.h"
+#include "rclient.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-
-typedef struct qpi_rq qpi_rq;
-
-/* How long a call waits for a lost connection to come back (a server
- * restart) before it fails with QP_ECONNRESET. QPIPE_RECONNECT_MS in the
- * environment overrides it. */
-#define QPI_RQ_RECONNECT_MS 10000
 
 /* Opens the queue a->name on the server at a->url, with the token and TLS
  * settings of opts->conn (NULL: $QPIPE_TOKEN, $QPIPE_TLS_CA): QP_EAUTH
@@ -81,13 +74,6 @@ int qpi_rq_touch(qpi_rq *r, qp_duration lease);
 /* The delivery count of the oldest item held (QP_OPEN_LEASE), or of the
  * last item got (plain). QP_ENOENT if none. */
 int qpi_rq_deliveries(qpi_rq *r, uint32_t *np);
-
-/* Confirms what is pending, gives back what a QP_OPEN_LEASE handle holds,
- * and closes the connection. Idempotent; later calls get QP_ECLOSED. */
-int qpi_rq_close(qpi_rq *r);
-
-/* Closes (if open) and frees. NULL is fine. */
-void qpi_rq_free(qpi_rq *r);
 
 /* Deletes the queue a->name on its server: QP_OK or QP_ENOENT. o: token
  * and TLS settings (NULL: $QPIPE_TOKEN, $QPIPE_TLS_CA). */

@@ -5,10 +5,11 @@
  * on by the caller's thread. nng 1.5.2's TLS streams wait for ever on a
  * transfer given after one failed, and ignore a send's timeout; so after
  * any failure or timeout the link counts as broken (the call engine dials
- * again) and gives nng nothing more, and shutdown closes the stream,
- * which always ends its transfers. Also the one map from nng's errors to
- * QP_ codes (qpi_nng_err). Locking: none here; the caller serialises
- * senders and receivers (link.h); broken is atomic.
+ * again) and gives nng nothing more, a TLS send with a deadline is
+ * watched by a timer that closes the stream when the deadline passes, and
+ * shutdown closes the stream, which always ends its transfers. Also the one
+ * map from nng's errors to QP_ codes (qpi_nng_err). Locking: none here; the
+ * caller serialises senders and receivers (link.h); broken is atomic.
  */
 #include "link.h"
 #include "nngproc.h"
@@ -22,8 +23,21 @@ typedef struct nng_link {
 	qpi_link base; /* first */
 	nng_stream *st;
 	nng_aio *tx, *rx;
+	nng_aio *wd; /* tls: closes the stream when a send outlives its time */
+	bool tls;
 	atomic_bool broken;
 } nng_link;
+
+static void
+nl_wd_cb(void *arg)
+{
+	nng_link *n = arg;
+
+	if (nng_aio_result(n->wd) == 0) {
+		atomic_store(&n->broken, true);
+		nng_stream_close(n->st);
+	}
+}
 
 int
 qpi_nng_err(int nrv)
@@ -90,12 +104,22 @@ nl_xfer(nng_link *n, bool send, struct iovec *iov, int niov,
 		nng_aio_set_timeout(aio,
 		    left == INT64_MAX ? NNG_DURATION_INFINITE
 		                      : (nng_duration) (left / 1000000 + 1));
+		bool wd = send && n->tls && left != INT64_MAX;
+		if (wd) {
+			/* A TLS send ignores its timeout: see above. */
+			nng_sleep_aio(
+			    (nng_duration) (left / 1000000 + 1), n->wd);
+		}
 		if (send) {
 			nng_stream_send(n->st, aio);
 		} else {
 			nng_stream_recv(n->st, aio);
 		}
 		nng_aio_wait(aio);
+		if (wd) {
+			nng_aio_cancel(n->wd);
+			nng_aio_wait(n->wd);
+		}
 		if ((nrv = nng_aio_result(aio)) != 0) {
 			atomic_store(&n->broken, true);
 			n->base.nrv = nrv;
@@ -151,6 +175,7 @@ nl_free(qpi_link *l)
 	nng_link *n = (nng_link *) l;
 
 	nng_stream_close(n->st);
+	nng_aio_free(n->wd);
 	nng_aio_free(n->tx);
 	nng_aio_free(n->rx);
 	nng_stream_free(n->st);
@@ -194,7 +219,8 @@ qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
 	               = nng_stream_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, tls))
 	            != 0)
 	    || (nrv = nng_aio_alloc(&n->tx, NULL, NULL)) != 0
-	    || (nrv = nng_aio_alloc(&n->rx, NULL, NULL)) != 0) {
+	    || (nrv = nng_aio_alloc(&n->rx, NULL, NULL)) != 0
+	    || (nrv = nng_aio_alloc(&n->wd, nl_wd_cb, n)) != 0) {
 		rv = qpi_err(qpi_nng_err(nrv), "cannot connect to %s: %s",
 		    a->url, nng_strerror(nrv));
 		goto fail;
@@ -222,6 +248,7 @@ qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
 	n->st = nng_aio_get_output(n->tx, 0);
 	n->base.ops = &nl_ops;
 	n->base.nng = true;
+	n->tls = a->kind == QPI_ADDR_TLS;
 	nng_stream_dialer_free(d);
 	if (tls != NULL) {
 		nng_tls_config_free(tls); /* the stream holds its own */
@@ -235,6 +262,7 @@ fail:
 	if (tls != NULL) {
 		nng_tls_config_free(tls);
 	}
+	nng_aio_free(n->wd);
 	nng_aio_free(n->tx);
 	nng_aio_free(n->rx);
 	free(n);

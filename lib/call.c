@@ -93,23 +93,6 @@ ce_break_locked(qpi_ce *s, ce_conn *c)
 	}
 }
 
-/* Writes one request frame: header, request id, body. */
-static int
-ce_send(
-    qpi_link *l, uint32_t id, const void *req, size_t len, int64_t deadline_ns)
-{
-	uint8_t hdr[9 + 4];
-	size_t hl = qpi_sp_frame_hdr(hdr, l->ipc, (uint64_t) len + 4);
-	struct iovec iov[2];
-
-	qpi_sp_put32(hdr + hl, id);
-	iov[0].iov_base = hdr;
-	iov[0].iov_len = hl + 4;
-	iov[1].iov_base = (void *) req;
-	iov[1].iov_len = len;
-	return l->ops->send(l, iov, len > 0 ? 2 : 1, deadline_ns);
-}
-
 /* Reads more bytes into c's buffer until deadline_ns. */
 static int
 ce_read_some(ce_conn *c, int64_t deadline_ns)
@@ -165,34 +148,22 @@ ce_consume(ce_conn *c, size_t pos)
 }
 
 int
-qpi_ce_exchange(qpi_link *l, const void *req, size_t len, int64_t deadline_ns,
-    uint8_t **repp, size_t *lenp)
+qpi_ce_exchange(qpi_link *l, bool pair1, const void *req, size_t len,
+    int64_t deadline_ns, uint8_t **repp, size_t *lenp)
 {
-	ce_conn c = {.l = l};
-	uint32_t id = 0x80000001u, rid;
-	uint8_t *body;
-	size_t blen, end;
-	bool bad = false;
-	int rv = ce_send(l, id, req, len, deadline_ns);
+	uint32_t tag = pair1 ? 1u : 0x80000001u, rtag;
+	int rv = qpi_link_send_frame(l, tag, req, len, deadline_ns);
 
 	while (rv == QP_OK) {
-		if (ce_next(
-		        &c, 0, CE_HOOK_MAX, &rid, &body, &blen, &end, &bad)) {
-			if (rid != id) {
-				ce_consume(&c, end);
-				continue;
-			}
-			if ((*repp = malloc(blen > 0 ? blen : 1)) == NULL) {
-				rv = QP_ENOMEM;
-				break;
-			}
-			memcpy(*repp, body, blen);
-			*lenp = blen;
+		rv = qpi_link_recv_frame(
+		    l, CE_HOOK_MAX, &rtag, repp, lenp, deadline_ns);
+		/* pair1: a hop count; req0: our request id (a late reply to
+		 * another is skipped). */
+		if (rv != QP_OK || (pair1 ? rtag >> 8 == 0 : rtag == tag)) {
 			break;
 		}
-		rv = bad ? QP_EPROTO : ce_read_some(&c, deadline_ns);
+		free(*repp);
 	}
-	free(c.rbuf);
 	return rv;
 }
 
@@ -408,7 +379,7 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 	pthread_mutex_unlock(&s->mu);
 
 	pthread_mutex_lock(&c->wmu);
-	rv = ce_send(c->l, w.id, req, len, reply_deadline_ns);
+	rv = qpi_link_send_frame(c->l, w.id, req, len, reply_deadline_ns);
 	pthread_mutex_unlock(&c->wmu);
 
 	pthread_mutex_lock(&s->mu);

@@ -32,11 +32,11 @@ int qpi_ce_open(qpi_ce **cp, const qpi_addr *a, const qp_conn_opts *o,
 /* Sets the largest reply body accepted. */
 void qpi_ce_set_max(qpi_ce *s, size_t max_recv);
 
-/* One request on an unshared connection (a hook's): sends len bytes of
- * req and reads its reply until deadline_ns. QP_OK: *repp (malloc'd, the
- * caller frees it) and *lenp; QP_ECONNRESET, QP_ETIMEDOUT, QP_EPROTO,
- * QP_ENOMEM. */
-int qpi_ce_exchange(qpi_link *l, const void *req, size_t len,
+/* One request on an unshared connection (a hook's, or a direct
+ * connection's handshake: pair1 frames): sends len bytes of req and reads
+ * its reply until deadline_ns. QP_OK: *repp (malloc'd, the caller frees
+ * it) and *lenp; QP_ECONNRESET, QP_ETIMEDOUT, QP_EPROTO, QP_ENOMEM. */
+int qpi_ce_exchange(qpi_link *l, bool pair1, const void *req, size_t len,
     int64_t deadline_ns, uint8_t **repp, size_t *lenp);
 
 /* Sends the request body (len bytes) and waits for its reply: connects

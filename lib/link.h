@@ -67,10 +67,56 @@ bool qpi_link_uses_nng(const qpi_addr *a);
  * lock. Not for the nng driver, whose copy is left alone. */
 void qpi_link_forget(qpi_link *l);
 
+/* The SP handshake on a new link: sends protocol proto's header and
+ * checks the peer's (peer_proto), until deadline_ns. QP_EPROTO (another
+ * protocol), QP_EAUTH (tls: the TLS handshake failed; a dialer, not
+ * server, finds out why with o's settings), QP_ETIMEDOUT, QP_ECONNREFUSED
+ * (closed). */
+int qpi_link_sp_handshake(qpi_link *l, const qpi_addr *a,
+    const qp_conn_opts *o, bool server, uint16_t proto, uint16_t peer_proto,
+    int64_t deadline_ns);
+
+/* Sends one frame: the SP header, the 4-byte tag (req0: the request id;
+ * pair1: the hop count), then body (len bytes). Errors as ops->send. */
+int qpi_link_send_frame(qpi_link *l, uint32_t tag, const void *body,
+    size_t len, int64_t deadline_ns);
+
+/* Receives one whole frame of at most max bytes (tag included) into a
+ * malloc'd *bufp (the caller frees it), reading nothing past it. *tagp
+ * gets the tag, *lenp the body's size; the body is at *bufp. Errors as
+ * ops->recv, QP_EPROTO (a bad header or a frame over max), QP_ENOMEM. */
+int qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp,
+    uint8_t **bufp, size_t *lenp, int64_t deadline_ns);
+
 /* The drivers' dials, without the SP handshake (link.c does it). */
 int qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns);
 int qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     int64_t deadline_ns);
+
+/* The nng stream under an nng link, handed over to the caller (an
+ * nng_stream *; direct connections read it with nng's callbacks): the
+ * link's own parts are freed. */
+void *qpi_link_nng_take(qpi_link *l);
+
+/* A listener of the nng driver (tcp, ipc, tls: streams only): direct
+ * connections' (qp_listen). */
+typedef struct qpi_link_listener qpi_link_listener;
+
+/* Listens on a (port 0 allowed; o: the TLS certificate for tls+tcp://);
+ * bound gets the address bound (boundlen bytes). Errors: QP_EBUSY
+ * (in use), QP_EINVAL, QP_ENOMEM, and tls.c's. */
+int qpi_link_listen(qpi_link_listener **lp, const qpi_addr *a,
+    const qp_conn_opts *o, char *bound, size_t boundlen);
+
+/* Waits for the next connection (no SP handshake yet): QP_OK, or
+ * QP_ECLOSED once the listener is closed. */
+int qpi_link_accept(qpi_link_listener *L, qpi_link **lp);
+
+/* Stops listening: accept returns QP_ECLOSED. */
+void qpi_link_listener_close(qpi_link_listener *L);
+
+/* Closes and frees, with no accept in progress. NULL is fine. */
+void qpi_link_listener_free(qpi_link_listener *L);
 
 /* The one map from nng's errors to QP_ codes, for every nng user in lib/:
  * a lost connection (NNG_ECONNRESET, NNG_ECONNSHUT, NNG_ECONNABORTED) is

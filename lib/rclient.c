@@ -77,7 +77,8 @@ rq_hook_xfn(
     void *arg, const void *req, size_t len, uint8_t **repp, size_t *lenp)
 {
 	rq_hook_x *x = arg;
-	int rv = qpi_ce_exchange(x->l, req, len, x->deadline_ns, repp, lenp);
+	int rv = qpi_ce_exchange(
+	    x->l, false, req, len, x->deadline_ns, repp, lenp);
 
 	if (rv != QP_OK) {
 		return qpi_err(rv == QP_ENOMEM ? QP_ENOMEM : QP_ECONNREFUSED,

@@ -1,8 +1,8 @@
 /*
- * session.c - the client's side of the session opening (session.h): one
- * copy of the hello/auth exchange for every client in lib/. The wire
- * exchange is PROTOCOL.md's "sessions and authentication"; the nonces and
- * MACs are auth.c's. No state; no locking.
+ * session.c - the session opening (session.h): one copy of the hello/auth
+ * exchange for every client in lib/, and the direct listener's answers.
+ * The wire exchange is PROTOCOL.md's "sessions and authentication"; the
+ * nonces and MACs are auth.c's. No state of its own; no locking.
  */
 #include "session.h"
 
@@ -104,4 +104,70 @@ qpi_session_open(const qpi_session_client *c, qpi_session_xfn x, void *arg,
 out:
 	free(buf);
 	return rv;
+}
+
+int
+qpi_session_answer(qpi_session_server *s, const uint8_t *buf, size_t len,
+    const char *peer, qpi_wire_buf *out)
+{
+	qpi_wire_req req;
+	qpi_wire_rep rep;
+	int st, rv;
+
+	qpi_wire_buf_reset(out);
+	memset(&req, 0, sizeof(req));
+	memset(&rep, 0, sizeof(rep));
+	st = qpi_wire_decode_req(buf, len, NULL, &req);
+	if (!s->auth_wait) {
+		/* The hello: nothing else may come first. */
+		if (st != QP_OK) {
+			return st;
+		}
+		if (req.op != QPI_OP_HELLO) {
+			return qpi_err(QP_EPROTO, "%s sent op %u before hello",
+			    peer, (unsigned) req.op);
+		}
+		rep.op = QPI_OP_HELLO;
+		rep.req_id = req.req_id;
+		snprintf(rep.server_version, sizeof(rep.server_version), "%s",
+		    QP_VERSION_STRING);
+		rep.limits.max_message = s->max_message;
+		rep.limits.max_batch = QPI_WIRE_DEFAULT_BATCH;
+		rep.auth_required = s->token->len > 0;
+		rv = rep.auth_required
+		    ? qpi_auth_server_hello(&s->as, rep.nonce)
+		    : qpi_random(rep.nonce, sizeof(rep.nonce));
+		if (rv == QP_OK
+		    && (rv = qpi_wire_encode_rep(&rep, out)) == QP_OK) {
+			s->auth_wait = rep.auth_required;
+			s->open = !rep.auth_required;
+		}
+		return rv;
+	}
+	if (st != QP_OK) {
+		/* st and the message say what is wrong */
+	} else if (req.op != QPI_OP_AUTH) {
+		const char *name = qpi_wire_op_name(req.op);
+		st = qpi_err(QP_EAUTH,
+		    "authentication required: %s sent %s instead of auth",
+		    peer, name != NULL ? name : "an unknown op");
+	} else {
+		st = qpi_auth_server_check(&s->as, s->token, req.mac,
+		    req.has_nonce ? req.nonce : NULL, rep.mac, &rep.has_mac);
+	}
+	rep.op = req.op;
+	rep.req_id = req.req_id;
+	rep.status = st;
+	if (st != QP_OK) {
+		snprintf(rep.errmsg, sizeof(rep.errmsg), "%s", qp_errmsg());
+	}
+	if ((rv = qpi_wire_encode_rep(&rep, out)) != QP_OK) {
+		qpi_wire_buf_reset(out);
+		return rv;
+	}
+	if (st == QP_OK) {
+		s->auth_wait = false;
+		s->open = true;
+	}
+	return st;
 }

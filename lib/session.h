@@ -1,11 +1,12 @@
 /*
- * session.h - the client's side of PROTOCOL.md's session opening, the
- * same for remote queues, pipes through the server (on call.c) and direct
- * connections (nngconn.c): a hello request and its reply (the peer's
- * limits, whether it asks for a token), then with a token the auth
- * request and the check of the peer's proof (auth.c). The caller gives
- * the transport as one function that sends a request and returns its
- * reply's bytes.
+ * session.h - PROTOCOL.md's session opening, in one place for every
+ * client in lib/ (remote queues and pipes through the server on call.c,
+ * direct connections' dialers) and for direct connections' listeners:
+ * a hello request and its reply (the peer's limits, whether it asks for
+ * a token), then with a token the auth request, checked against the
+ * hello's nonce, and the listener's proof in return (auth.c). The client
+ * gives its transport as one function that sends a request and returns
+ * its reply's bytes; the listener's side answers one request at a time.
  */
 #ifndef QPI_SESSION_H
 #define QPI_SESSION_H
@@ -39,5 +40,23 @@ typedef struct qpi_session_client {
  * x's own. */
 int qpi_session_open(const qpi_session_client *c, qpi_session_xfn x, void *arg,
     qpi_wire_limits *limp);
+
+/* A listener's side of one session opening. Zero it, then set token (len
+ * 0: none required) and max_message (told in the hello reply). */
+typedef struct qpi_session_server {
+	const qpi_token *token;
+	uint64_t max_message;
+	qpi_auth_server as; /* the nonce of the hello reply */
+	bool auth_wait; /* told the dialer to authenticate; not yet done */
+	bool open; /* the session is open: messages may follow */
+} qpi_session_server;
+
+/* Answers the next handshake request (len bytes of req): a hello, then
+ * with a token an auth. *out (reset first) gets the encoded reply, empty
+ * when there is nothing to answer. QP_OK: go on (s->open once the session
+ * is open); QP_EAUTH or QP_EPROTO: refused (out says why, if it could),
+ * then close; another error: nothing to answer. peer names the dialer. */
+int qpi_session_answer(qpi_session_server *s, const uint8_t *req, size_t len,
+    const char *peer, qpi_wire_buf *out);
 
 #endif /* QPI_SESSION_H */

@@ -124,10 +124,12 @@ rq_item_copy(const qpi_wire_item *it, bool obj, size_t *lenp)
 	return out;
 }
 
-int
-qpi_rq_put(
-    qpi_rq *r, bool raw, const void *buf, size_t len, int64_t deadline_ns)
+static int
+rq_put(void *impl, const void *buf, size_t len, unsigned kind,
+    int64_t deadline_ns)
 {
+	qpi_rq *r = impl;
+	bool raw = kind == QPI_ITEM_BIN;
 	uint8_t *tmp = NULL;
 	rq_call c;
 	int rv;
@@ -222,10 +224,11 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 	return rv;
 }
 
-int
-qpi_rq_get(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufp,
+static int
+rq_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
     size_t *lenp, int64_t deadline_ns)
 {
+	qpi_rq *r = impl;
 	qpi_wire_item item;
 	rq_call c;
 	int rv;
@@ -391,34 +394,24 @@ rq_simple(qpi_rq *r, uint32_t op, rq_call *c)
 	return rv;
 }
 
-int
-qpi_rq_qsize(qpi_rq *r, size_t *np)
+static int
+rq_qsize(void *impl, uint64_t *np)
 {
+	qpi_rq *r = impl;
 	rq_call c;
 	int rv = rq_simple(r, QPI_OP_QSIZE, &c);
 
 	if (rv == QP_OK) {
-		*np = (size_t) c.rep.count;
+		*np = c.rep.count;
 	}
 	qpi_rq_call_done(&c);
 	return rv;
 }
 
-int
-qpi_rq_empty(qpi_rq *r, bool *emptyp)
+static int
+rq_stat(void *impl, qp_queue_stats *st)
 {
-	size_t n;
-	int rv = qpi_rq_qsize(r, &n);
-
-	if (rv == QP_OK) {
-		*emptyp = n == 0;
-	}
-	return rv;
-}
-
-int
-qpi_rq_stat(qpi_rq *r, qp_queue_stats *st)
-{
+	qpi_rq *r = impl;
 	rq_call c;
 	int rv = rq_simple(r, QPI_OP_STAT, &c);
 
@@ -429,11 +422,12 @@ qpi_rq_stat(qpi_rq *r, qp_queue_stats *st)
 	return rv;
 }
 
-int
-qpi_rq_full(qpi_rq *r, bool *fullp)
+static int
+rq_full(void *impl, bool *fullp)
 {
+	qpi_rq *r = impl;
 	qp_queue_stats st;
-	int rv = qpi_rq_stat(r, &st);
+	int rv = rq_stat(r, &st);
 
 	if (rv == QP_OK) {
 		/* maxsize counts the ready items, as in shared memory; a
@@ -444,9 +438,10 @@ qpi_rq_full(qpi_rq *r, bool *fullp)
 	return rv;
 }
 
-int
-qpi_rq_task_done(qpi_rq *r)
+static int
+rq_task_done(void *impl)
 {
+	qpi_rq *r = impl;
 	rq_call c;
 	int rv;
 
@@ -497,9 +492,10 @@ qpi_rq_task_done(qpi_rq *r)
 	return rv;
 }
 
-int
-qpi_rq_join(qpi_rq *r, int64_t deadline_ns)
+static int
+rq_join(void *impl, int64_t deadline_ns)
 {
+	qpi_rq *r = impl;
 	rq_call c;
 	int rv;
 
@@ -521,9 +517,10 @@ qpi_rq_join(qpi_rq *r, int64_t deadline_ns)
 	}
 }
 
-int
-qpi_rq_nack(qpi_rq *r, qp_duration delay)
+static int
+rq_nack(void *impl, qp_duration delay)
 {
+	qpi_rq *r = impl;
 	uint64_t id;
 	rq_call c;
 	int rv;
@@ -563,9 +560,10 @@ qpi_rq_nack(qpi_rq *r, qp_duration delay)
 	return rv == QP_ENOENT ? QP_OK : rv; /* gone back already */
 }
 
-int
-qpi_rq_touch(qpi_rq *r, qp_duration lease)
+static int
+rq_touch(void *impl, qp_duration lease)
 {
+	qpi_rq *r = impl;
 	uint64_t *ids = NULL, *missing = NULL;
 	uint32_t batch
 	    = r->lim.max_batch > 0 ? r->lim.max_batch : QPI_WIRE_DEFAULT_BATCH;
@@ -639,9 +637,10 @@ qpi_rq_touch(qpi_rq *r, qp_duration lease)
 	return rv;
 }
 
-int
-qpi_rq_deliveries(qpi_rq *r, uint32_t *np)
+static int
+rq_deliveries(void *impl, uint32_t *np)
 {
+	qpi_rq *r = impl;
 	int rv = QP_OK;
 
 	pthread_mutex_lock(&r->mu);
@@ -720,97 +719,31 @@ qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o, qp_queue_info **listp,
 
 /* ---- the backend of qp_queue_* (queue.h) ---- */
 
-static int
-rqo_put(void *impl, const void *buf, size_t len, unsigned kind,
-    int64_t deadline_ns)
-{
-	return qpi_rq_put(impl, kind == QPI_ITEM_BIN, buf, len, deadline_ns);
-}
-
-static int
-rqo_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
-    size_t *lenp, int64_t deadline_ns)
-{
-	return qpi_rq_get(impl, flags, into, cap, bufp, lenp, deadline_ns);
-}
-
-static int
-rqo_qsize(void *impl, uint64_t *np)
-{
-	size_t n = 0;
-	int rv = qpi_rq_qsize(impl, &n);
-
-	*np = n;
-	return rv;
-}
-
-static int
-rqo_full(void *impl, bool *fullp)
-{
-	return qpi_rq_full(impl, fullp);
-}
-
-static int
-rqo_task_done(void *impl)
-{
-	return qpi_rq_task_done(impl);
-}
-
-static int
-rqo_join(void *impl, int64_t deadline_ns)
-{
-	return qpi_rq_join(impl, deadline_ns);
-}
-
-static int
-rqo_stat(void *impl, qp_queue_stats *st)
-{
-	return qpi_rq_stat(impl, st);
-}
-
-static int
-rqo_nack(void *impl, qp_duration delay)
-{
-	return qpi_rq_nack(impl, delay);
-}
-
-static int
-rqo_touch(void *impl, qp_duration lease)
-{
-	return qpi_rq_touch(impl, lease);
-}
-
-static int
-rqo_deliveries(void *impl, uint32_t *np)
-{
-	return qpi_rq_deliveries(impl, np);
-}
-
 static void
-rqo_close(void *impl)
+rq_close_op(void *impl)
 {
 	qpi_rq_close(impl);
 }
 
 static void
-rqo_free(void *impl)
+rq_free_op(void *impl)
 {
 	qpi_rq_free(impl);
 }
 
 const qpi_queue_ops qpi_remote_ops = {
-    .put = rqo_put,
-    .get = rqo_get,
-    .qsize = rqo_qsize,
-    .full = rqo_full,
-    .task_done = rqo_task_done,
-    .join = rqo_join,
-    .stat = rqo_stat,
-    .nack = rqo_nack,
-    .deliveries = rqo_deliveries,
-    .touch = rqo_touch,
-    .close = rqo_close,
-    .free = rqo_free,
+    .put = rq_put,
+    .get = rq_get,
+    .qsize = rq_qsize,
+    .full = rq_full,
+    .task_done = rq_task_done,
+    .join = rq_join,
+    .stat = rq_stat,
+    .nack = rq_nack,
+    .deliveries = rq_deliveries,
+    .touch = rq_touch,
+    .close = rq_close_op,
+    .free = rq_free_op,
 };
 
 QP_API int

@@ -158,7 +158,7 @@ rq_state_init(qpi_rq *r)
 	pthread_condattr_destroy(&ca);
 	memset(&r->held, 0, sizeof(r->held));
 	memset(&r->unacked, 0, sizeof(r->unacked));
-	r->acker_on = r->acker_busy = r->stopping = false;
+	r->acker_on = r->acker_idle = r->stopping = false;
 	r->have_last = false;
 	r->seq = r->req_id = 0;
 	r->pid = getpid();
@@ -459,7 +459,6 @@ rq_ack_send_locked(qpi_rq *r)
 	if (n == 0) {
 		return false;
 	}
-	r->acker_busy = true;
 	pthread_mutex_unlock(&r->mu);
 	qpi_rq_call_init(&c, r, QPI_OP_ACK);
 	c.req.ids = ids;
@@ -469,8 +468,6 @@ rq_ack_send_locked(qpi_rq *r)
 	qpi_rq_call_done(&c);
 	free(ids);
 	pthread_mutex_lock(&r->mu);
-	r->acker_busy = false;
-	pthread_cond_broadcast(&r->cv);
 	return true;
 }
 
@@ -484,7 +481,9 @@ rq_acker(void *arg)
 	pthread_mutex_lock(&r->mu);
 	while (!r->stopping) {
 		if (r->unacked.n == 0) {
+			r->acker_idle = true;
 			pthread_cond_wait(&r->cv, &r->mu);
+			r->acker_idle = false;
 			continue;
 		}
 		struct timespec ts = qpi_ts_from_ns(
@@ -505,7 +504,6 @@ void
 qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n)
 {
 	pthread_mutex_lock(&r->mu);
-	bool idle = r->unacked.n == 0; /* the acker waits for work */
 	for (uint32_t i = 0; i < n; i++) {
 		r->last_deliveries = items[i].deliveries;
 		r->have_last = true;
@@ -521,7 +519,9 @@ qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n)
 			    = pthread_create(&r->acker, NULL, rq_acker, r)
 			    == 0;
 		}
-		if (idle) {
+		if (r->acker_idle) {
+			/* Only an idle acker needs waking: one in its delay
+			 * looks again when the delay is over. */
 			pthread_cond_broadcast(&r->cv);
 		}
 	}

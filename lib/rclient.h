@@ -58,14 +58,14 @@ struct qpi_rq {
 	pid_t pid; /* the process this state belongs to (-1: being made) */
 
 	pthread_mutex_t mu; /* guards the lists and the acker */
-	pthread_cond_t cv; /* the acker's wake-up, and its going idle */
+	pthread_cond_t cv; /* wakes the acker: work, or close */
 	qpi_ids held; /* QP_OPEN_LEASE: leased items, oldest first */
 	qpi_ids unacked; /* plain: confirmations not yet sent */
 	uint32_t last_deliveries;
 	bool have_last;
 	pthread_t acker;
 	bool acker_on; /* the acker thread runs (in this process) */
-	bool acker_busy; /* it is sending */
+	bool acker_idle; /* it waits for work (not in its delay) */
 	bool stopping; /* close: the acker ends */
 };
 

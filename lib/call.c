@@ -65,7 +65,6 @@ struct qpi_ce {
 	uint32_t next_id;
 	bool connecting;
 	bool closed;
-	bool nng; /* the links are the nng driver's */
 	int64_t backoff_ms;
 	int64_t next_try_ns;
 	ce_wait *waiters;
@@ -180,7 +179,6 @@ ce_dial(qpi_ce *s, int64_t deadline_ns, ce_conn **cp)
 	    != QP_OK) {
 		return rv;
 	}
-	s->nng = l->nng;
 	if (s->hook != NULL
 	    && (rv = s->hook(s->hook_arg, l, deadline_ns)) != QP_OK) {
 		l->ops->free(l);
@@ -235,12 +233,6 @@ qpi_ce_set_max(qpi_ce *s, size_t max_recv)
 	pthread_mutex_lock(&s->mu);
 	s->max_recv = max_recv;
 	pthread_mutex_unlock(&s->mu);
-}
-
-bool
-qpi_ce_nng(const qpi_ce *s)
-{
-	return s->nng;
 }
 
 /* A connection for a call, with a reference: the current one, or a new

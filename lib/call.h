@@ -56,9 +56,6 @@ int qpi_ce_call(qpi_ce *s, const void *req, size_t len,
  * dials again). */
 void qpi_ce_drop(qpi_ce *s, uint32_t conn);
 
-/* Whether the current connection runs on the nng driver. */
-bool qpi_ce_nng(const qpi_ce *s);
-
 /* Closes: calls in progress and later ones end with QP_ECLOSED. */
 void qpi_ce_close(qpi_ce *s);
 

@@ -32,7 +32,6 @@
  * run inside the call engine, one connection at a time.
  */
 #include "rclient.h"
-#include "nngproc.h"
 #include "session.h"
 
 #include <errno.h>
@@ -131,9 +130,6 @@ rq_connect(qpi_rq *r)
 {
 	int rv;
 
-	if (r->nng && (rv = qpi_nng_claim(r->url)) != QP_OK) {
-		return rv;
-	}
 	if ((rv = qpi_ce_open(&r->ce, &r->addr, &r->opts,
 	         (size_t) QP_DEFAULT_MAX_MESSAGE + QPI_WIRE_SLACK, rq_hook, r,
 	         qpi_deadline_ns(QPI_RQ_CALL_MS)))

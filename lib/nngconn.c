@@ -283,22 +283,22 @@ nc_deliver(struct nngconn *c, struct nmsg *m, size_t frame)
 static void
 nc_parse(struct nngconn *c)
 {
-	size_t fh = c->ipc ? 9 : 8;
-
 	while (!c->eof && c->big == NULL) {
-		size_t avail = c->rxlen - c->rxoff;
+		size_t avail = c->rxlen - c->rxoff, fh;
 		uint8_t *p = c->rxbuf + c->rxoff;
-		if (avail < fh) {
+		uint64_t frame = 0;
+		int hl = qpi_sp_frame_parse(p, avail, c->ipc, &frame);
+		if (hl == 0) {
 			break;
 		}
-		if (c->ipc && p[0] != 1) {
+		if (hl < 0) {
 			nc_fail(c, QP_EPROTO,
 			    "%s sent an ipc frame of type %u; connection "
 			    "closed",
 			    c->peer, p[0]);
 			return;
 		}
-		uint64_t frame = qpi_sp_get64(p + fh - 8);
+		fh = (size_t) hl;
 		if (frame < 4) {
 			nc_fail(c, QP_EPROTO,
 			    "%s sent a frame without a pair1 header; "
@@ -448,19 +448,14 @@ nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 		    "accepts; nothing sent",
 		    body, (unsigned long long) c->peer_max, c->peer);
 	}
-	if (c->ipc) {
-		hdr[k++] = 1;
-	}
-	k += 8;
-	hdr[k++] = 0;
-	hdr[k++] = 0;
-	hdr[k++] = 0;
-	hdr[k++] = 1; /* pair1 hop count */
+	k = qpi_sp_frame_hdr(hdr, c->ipc, 0); /* its length comes below */
+	qpi_sp_put32(hdr + k, 1); /* pair1 hop count */
+	k += 4;
 	if (raw) {
 		hl = qpi_wire_bin_header(len, hdr + k);
 		k += hl;
 	}
-	qpi_sp_put64(hdr + (c->ipc ? 1 : 0), 4 + hl + (uint64_t) len);
+	qpi_sp_frame_hdr(hdr, c->ipc, 4 + hl + (uint64_t) len);
 	iov[niov].iov_buf = hdr;
 	iov[niov++].iov_len = k;
 	if (len > 0) {

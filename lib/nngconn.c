@@ -7,23 +7,31 @@
  * nng pair1 socket does: the 8-byte SP header {0, 'S', 'P', 0, 0x00, 0x11,
  * 0, 0} each way, then frames of a 64-bit big-endian length (ipc: a 0x01
  * byte first) holding pair1's 32-bit hop count (1) and one msgpack value.
- * Before any message the dialer sends PROTOCOL.md's hello request and the
- * listener answers it (its version, its max_message, a fresh nonce, whether
- * a token is required); with a token, the dialer then sends auth (the HMAC
- * of the nonce, and a nonce of its own) and the listener answers with its
- * own proof or refuses (auth.c), all within 10 s or the connection is
- * closed. A refused dialer gets QP_EAUTH and is never accepted; the
- * listener counts it. After that each frame is one message of the
- * Connection (send_bytes sends a bin). So any pair1 socket (nngcat --pair1)
- * that sends a hello first can dial a qpipe listener without a token, and a
- * pair1 listener that answers it can be dialed. tls+tcp:// streams are
- * nng's TLS streams, configured by tls.c; their framing is tcp's. The sockets'
- * own layer is not used because a pair1 socket has one peer and redials after
- * a drop: a listener could not hand out one Connection per client on one port
- * (polyamorous mode drops messages when a peer is slow), and a redialed
- * connection would hide the end of file. With streams the listener accepts any
- * number of clients on one address, and a dropped connection is final: end of
- * file.
+ * Before any message the two ends open a session (session.c, the same code
+ * the remote queue client uses): the dialer's hello, the listener's answer
+ * (its version, its max_message, a fresh nonce, whether a token is
+ * required), then with a token auth (the HMAC of the nonce, and a nonce of
+ * its own) and the listener's own proof or refusal (auth.c), all within
+ * 10 s or the connection is closed. A refused dialer gets QP_EAUTH and is
+ * never accepted; the listener counts it. After that each frame is one
+ * message of the Connection (send_bytes sends a bin). So any pair1 socket
+ * (nngcat --pair1) that sends a hello first can dial a qpipe listener
+ * without a token, and a pair1 listener that answers it can be dialed.
+ *
+ * Setting up goes through the connection layer's nng driver (link.h):
+ * qp_dial dials a link and does the SP handshake there (link.c, which also
+ * explains a failed TLS handshake); qp_listen's acceptor thread takes each
+ * link from the layer's listener and gives it a short thread of its own
+ * for the handshake and the session (nc_pending_main). Once the session is
+ * open, the connection takes the link's nng stream and reads it with
+ * nng's callbacks. tls+tcp:// streams are nng's TLS streams, configured
+ * by tls.c; their framing is tcp's. nng's pair1 sockets are not used
+ * because a pair1 socket has one peer and redials after a drop: a listener
+ * could not hand out one Connection per client on one port (polyamorous
+ * mode drops messages when a peer is slow), and a redialed connection
+ * would hide the end of file. With streams the listener accepts any
+ * number of clients on one address, and a dropped connection is final:
+ * end of file.
  *
  * Receiving. Each connection has a reader run by nng's callbacks: it reads
  * into a 64 KiB buffer, cuts frames out of it (the rest of a frame over
@@ -46,19 +54,19 @@
  * transfer given to a TLS stream after it failed or was closed waits for
  * ever (the stream drops it), and cancelling or timing out a send there
  * does nothing. Closing the stream always ends the transfers it holds. So
- * handshakes are bounded by a timer that closes the stream (not by the
- * transfer's timeout), the listener never gives a transfer to a stream
- * after it started closing, a TLS connection's reader closes the stream
- * when it ends, and a sender that finds the end after giving its send
- * closes it again.
+ * handshakes run on the link layer, whose nng driver watches TLS transfers
+ * with a timer that closes the stream and never starts one after a close;
+ * a TLS connection's reader closes the stream when it ends, and a sender
+ * that finds the end after giving its send closes it again.
  *
  * Locking: per connection, mu guards the reader's state and the queue;
  * txmu serialises senders. One thread receives at a time (a receive looks
  * at the head message, then takes it; a second receiver in between gets
  * QP_EBUSY rather than someone else's message). Per listener, mu guards the
- * handshakes in progress and the connections ready to be accepted. Nothing is
- * submitted to nng while a lock is held that its callbacks take, but for a
- * handshake's transfers, given under the listener's mu (see nc_pending_io).
+ * handshakes in progress (and the hand-over of a pending link's stream,
+ * which the listener's free may be shutting down) and the connections ready
+ * to be accepted. Nothing is submitted to nng while a lock is held that its
+ * callbacks take.
  *
  * fork(). nng's threads stay in the parent, and nng panics if a forked
  * child starts it again: listeners and connections record the process that

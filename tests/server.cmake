@@ -55,3 +55,11 @@ set_tests_properties(test_remote_killed_srv_nng PROPERTIES LABELS server
 set_property(TEST test_remote_sec test_remote_sec_srv_nng
   test_remote_sec_cli_nng APPEND PROPERTY ENVIRONMENT
   "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan-nng.supp")
+
+# The CLI's remote scenarios again with the client on the connection
+# layer's nng stream driver (QPIPE_TRANSPORT=nng).
+foreach(name it_cli_remote it_cli_pipe it_cli_auth)
+  add_test(NAME ${name}_nng COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/${name}.sh)
+  set_tests_properties(${name}_nng PROPERTIES LABELS server TIMEOUT 300
+    ENVIRONMENT "QPIPE_TRANSPORT=nng;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR};QP_BIN=${CMAKE_BINARY_DIR}/bin")
+endforeach()

@@ -32,6 +32,7 @@
  * run inside the call engine, one connection at a time.
  */
 #include "rclient.h"
+#include "futex.h"
 #include "session.h"
 
 #include <errno.h>
@@ -231,18 +232,21 @@ rq_refork(qpi_rq *r)
 	if (seen == -1
 	    || !__atomic_compare_exchange_n(&r->pid, &seen, -1, false,
 	        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-		/* Another thread of this process is at it. */
-		for (int i = 0; i < 30000; i++) {
-			struct timespec ts = {0, 1000000};
-			if (__atomic_load_n(&r->pid, __ATOMIC_ACQUIRE) == me) {
-				return QP_OK;
+		/* Another thread of this process is at it: wait for it (a
+		 * dial's time at most). pid_t and uint32_t may alias. */
+		int64_t until = qpi_deadline_ns(2 * QPI_RQ_CALL_MS);
+		while ((seen = __atomic_load_n(&r->pid, __ATOMIC_ACQUIRE))
+		    == -1) {
+			if (qpi_futex_wait(
+			        (uint32_t *) &r->pid, (uint32_t) -1, until)
+			    == QP_ETIMEDOUT) {
+				return qpi_err(QP_ETIMEDOUT,
+				    "%s/%s: another thread's reconnect after "
+				    "fork() did not finish",
+				    r->url, r->name);
 			}
-			nanosleep(&ts, NULL);
 		}
-		return qpi_err(QP_ETIMEDOUT,
-		    "%s/%s: another thread's reconnect after fork() did not "
-		    "finish",
-		    r->url, r->name);
+		return QP_OK;
 	}
 	/* The parent's connection, locks and leases stay the parent's: only
 	 * the child's copy of the descriptor is closed, nothing locked. */
@@ -256,9 +260,11 @@ rq_refork(qpi_rq *r)
 		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
 		r->closed = true; /* nothing to close: free releases it */
 		__atomic_store_n(&r->pid, me, __ATOMIC_RELEASE);
+		qpi_futex_wake((uint32_t *) &r->pid, INT32_MAX);
 		return qpi_err(rv, "%s after fork(): %s", r->url, msg);
 	}
 	__atomic_store_n(&r->pid, me, __ATOMIC_RELEASE);
+	qpi_futex_wake((uint32_t *) &r->pid, INT32_MAX);
 	return QP_OK;
 }
 

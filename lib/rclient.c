@@ -142,7 +142,8 @@ rq_connect(qpi_rq *r)
 	return QP_OK;
 }
 
-/* The state that belongs to one process: locks, lists, ids. */
+/* The state that belongs to one process: locks, lists, ids (r->pid is the
+ * caller's to set, once the state is ready). */
 static int
 rq_state_init(qpi_rq *r)
 {
@@ -158,7 +159,6 @@ rq_state_init(qpi_rq *r)
 	r->acker_on = r->acker_idle = r->stopping = false;
 	r->have_last = false;
 	r->seq = r->req_id = 0;
-	r->pid = getpid();
 	if (getrandom(r->id, sizeof(r->id), 0) != (ssize_t) sizeof(r->id)) {
 		return qpi_err(QP_ESYSTEM, "no random bytes for a client id");
 	}
@@ -181,6 +181,7 @@ qpi_rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o)
 	r->reconnect_ms = rq_env_ms("QPIPE_RECONNECT_MS", QPI_RQ_RECONNECT_MS);
 	r->lim.max_message = QP_DEFAULT_MAX_MESSAGE;
 	r->lim.max_batch = QPI_WIRE_DEFAULT_BATCH;
+	r->pid = getpid();
 	if (o != NULL) {
 		/* Redials read the TLS settings again: keep a copy. */
 		const char *src[4]

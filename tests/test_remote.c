@@ -420,6 +420,22 @@ put_num(qp_queue *q, unsigned k)
 	CHECK_EQ(qp_queue_put(q, tmp, (size_t) n, 5000), QP_OK);
 }
 
+typedef struct fork_put_arg {
+	qp_queue *q;
+	unsigned first, n;
+} fork_put_arg;
+
+static void *
+fork_puts(void *arg)
+{
+	fork_put_arg *a = arg;
+
+	for (unsigned k = 0; k < a->n; k++) {
+		put_num(a->q, a->first + k);
+	}
+	return NULL;
+}
+
 static void
 forked_body(void *arg)
 {
@@ -475,10 +491,17 @@ forked_body(void *arg)
 		if (kids[i] == 0) {
 			memset(tsrv_live, 0, sizeof(tsrv_live));
 			alarm(60);
-			for (unsigned k = 0; k < FORK_PUTS; k++) {
-				put_num(q,
-				    FORK_ITEMS + (unsigned) i * FORK_PUTS + k);
+			/* Two threads make the child's first calls at once:
+			 * one reconnect serves both. */
+			fork_put_arg pa
+			    = {q, FORK_ITEMS + (unsigned) i * FORK_PUTS,
+			        FORK_PUTS / 2};
+			pthread_t t;
+			CHECK(pthread_create(&t, NULL, fork_puts, &pa) == 0);
+			for (unsigned k = FORK_PUTS / 2; k < FORK_PUTS; k++) {
+				put_num(q, pa.first + k);
 			}
+			CHECK(pthread_join(t, NULL) == 0);
 			/* A new handle works here too. */
 			CHECK_EQ(qp_queue_open(&q2, addr, NULL), QP_OK);
 			CHECK_EQ(qp_queue_qsize(q2, &n), QP_OK);

@@ -1,15 +1,17 @@
 /*
  * conn.c - the Connection calls (multiprocessing.Pipe's Connection,
  * connection.wait, Listener and Client): checks every argument, then
- * dispatches through the connection's ops table to its carrier, shared
- * memory (shmpipe.c) or an nng stream (nngconn.c, which also takes the
- * listener's and dialer's options: token, TLS files, max_message). Messages
+ * dispatches through the connection's ops table to its carrier: shared
+ * memory (shmpipe.c), an nng stream (nngconn.c, which also takes the
+ * listener's and dialer's options: token, TLS files, max_message), or a
+ * pipe through the server (rpipe.c). Messages
  * are msgpack values: the bytes calls carry a bin, stored raw with a flag so
  * that it is never re-encoded; a bytes receive of a message that is one bin
- * gives its payload, of any other value its msgpack encoding. A connection
- * carried by nng belongs to the process that made it (nng does not survive
- * fork()): in a forked child every call on it is refused before the carrier
- * is reached, close only marks it closed, and free only forgets it. No
+ * gives its payload, of any other value its msgpack encoding. A network
+ * connection belongs to the process that made it (nng does not survive
+ * fork(); a server pipe's side is its connection's): in a forked child
+ * every call on it is refused before the carrier is reached, close only
+ * marks it closed, and free only forgets it. No
  * locking here: the carriers lock what they share.
  */
 #include "conn.h"

@@ -1,6 +1,7 @@
 /*
  * conn.h - the inside of a qp_conn: what every carrier of a Connection
- * (shared memory: shmpipe.c; nng streams: nngconn.c) provides to conn.c,
+ * (shared memory: shmpipe.c; nng streams: nngconn.c; pipes through the
+ * server: rpipe.c) provides to conn.c,
  * which checks the arguments of the public calls and dispatches through
  * the ops table below.
  */

@@ -1,7 +1,9 @@
 /*
  * nngconn.h - Connections across hosts (connection.Listener and Client):
  * one nng byte stream (tcp://, ipc://, tls+tcp://) per connection,
- * speaking the SP pair1 protocol. No nng type leaves nngconn.c.
+ * speaking the SP pair1 protocol, set up through the connection layer
+ * (link.h) and opened as a session (session.h). No nng type leaves
+ * nngconn.c.
  */
 #ifndef QPI_NNGCONN_H
 #define QPI_NNGCONN_H

@@ -25,9 +25,9 @@ qpi_nng_claim(const char *what)
 	return qpi_err(QP_EINVAL,
 	    "cannot reach %s: process %ld, which this one was forked from, "
 	    "already used the network layer (nng), which does not survive "
-	    "fork(); open remote queues, pipes and connections only in "
+	    "fork(); listen, dial and open tls+tcp:// addresses only in "
 	    "processes that did not inherit it (fork before the first "
-	    "remote open, listen or dial, or exec)",
+	    "such call, or exec); tcp:// and ipc:// queues need no nng",
 	    what, (long) first);
 }
 

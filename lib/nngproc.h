@@ -15,10 +15,11 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-/* Called before the first nng call of anything that may start nng (a
- * listen, a dial, a remote queue or pipe): QP_OK, and this process is
- * nng's from then on; or QP_EINVAL naming the cause when this process was
- * forked from one that had claimed nng. what names the address. */
+/* Called before the first nng call of anything that may start nng (the
+ * connection layer's nng dials and listeners, link_nng.c): QP_OK, and this
+ * process is nng's from then on; or QP_EINVAL naming the cause when this
+ * process was forked from one that had claimed nng. what names the
+ * address. */
 int qpi_nng_claim(const char *what);
 
 /* Whether a handle made by process owner is a forked child's copy here:

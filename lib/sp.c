@@ -1,7 +1,7 @@
 /*
- * sp.c - the small pieces of the SP wire format (sp.h) that the server's
- * raw listeners and the client's raw connections share. No state, no
- * locking.
+ * sp.c - the SP wire format (sp.h), in one place for the server's raw
+ * listeners, the client's connection layer and direct connections. No state,
+ * no locking.
  */
 #include "sp.h"
 
@@ -33,15 +33,34 @@ qpi_sp_hs_check(const uint8_t hs[QPI_SP_HS_LEN], uint16_t proto)
 size_t
 qpi_sp_frame_hdr(uint8_t *hdr, bool ipc, uint64_t len)
 {
-	size_t n = 0;
-
 	if (ipc) {
-		hdr[n++] = 0x01;
+		hdr[0] = 0x01;
 	}
-	for (int i = 7; i >= 0; i--) {
-		hdr[n++] = (uint8_t) (len >> (8 * i));
+	qpi_sp_put64(hdr + (ipc ? 1 : 0), len);
+	return ipc ? 9 : 8;
+}
+
+int
+qpi_sp_frame_parse(const uint8_t *p, size_t n, bool ipc, uint64_t *lenp)
+{
+	size_t hl = ipc ? 9 : 8;
+
+	if (n >= 1 && ipc && p[0] != 0x01) {
+		return -1;
 	}
-	return n;
+	if (n < hl) {
+		return 0;
+	}
+	*lenp = qpi_sp_get64(p + hl - 8);
+	return (int) hl;
+}
+
+void
+qpi_sp_put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++) {
+		p[i] = (uint8_t) (v >> (8 * (7 - i)));
+	}
 }
 
 uint32_t

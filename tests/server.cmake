@@ -21,10 +21,10 @@ set_tests_properties(test_remote_getters_1000 PROPERTIES LABELS stress
   TIMEOUT 600
   ENVIRONMENT "QP_GETTERS=1000;QP_TEST_FILTER=test_remote_many_getters;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR}")
 
-# The raw SP paths (spnet.c, spconn.c) against nng peers and bad ones, and
-# the remote tests with the other transport on one end: the raw client
-# against qpiped --transport nng, and an nng client against the raw
-# server.
+# The raw SP paths (spnet.c, the client's link_sock.c) against nng peers
+# and bad ones, and the remote tests with the other transport on one end:
+# the plain-socket client against qpiped --transport nng, and the client's
+# nng stream driver (QPIPE_TRANSPORT=nng) against the raw server.
 add_dependencies(test_spnet qpiped)
 # Alone: its peer that does not read keeps the server busy for a few
 # seconds, which would skew the timing checks of tests running beside it.
@@ -34,10 +34,11 @@ add_test(NAME test_remote_srv_nng COMMAND test_remote)
 set_tests_properties(test_remote_srv_nng PROPERTIES LABELS server
   TIMEOUT 600
   ENVIRONMENT "QP_SERVER_TRANSPORT=nng;QP_TEST_FILTER=test_remote_p*;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR}")
+# Every remote test again on the client's other driver (link_nng.c).
 add_test(NAME test_remote_cli_nng COMMAND test_remote)
 set_tests_properties(test_remote_cli_nng PROPERTIES LABELS server
   TIMEOUT 600
-  ENVIRONMENT "QPIPE_TRANSPORT=nng;QP_TEST_FILTER=test_remote_p*;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR}")
+  ENVIRONMENT "QPIPE_TRANSPORT=nng;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR}")
 add_test(NAME test_remote_sec_srv_nng COMMAND test_remote_sec)
 set_tests_properties(test_remote_sec_srv_nng PROPERTIES LABELS "server;sec"
   ENVIRONMENT "QP_SERVER_TRANSPORT=nng;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR}")
@@ -54,3 +55,11 @@ set_tests_properties(test_remote_killed_srv_nng PROPERTIES LABELS server
 set_property(TEST test_remote_sec test_remote_sec_srv_nng
   test_remote_sec_cli_nng APPEND PROPERTY ENVIRONMENT
   "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan-nng.supp")
+
+# The CLI's remote scenarios again with the client on the connection
+# layer's nng stream driver (QPIPE_TRANSPORT=nng).
+foreach(name it_cli_remote it_cli_pipe it_cli_auth)
+  add_test(NAME ${name}_nng COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/${name}.sh)
+  set_tests_properties(${name}_nng PROPERTIES LABELS server TIMEOUT 300
+    ENVIRONMENT "QPIPE_TRANSPORT=nng;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR};QP_BIN=${CMAKE_BINARY_DIR}/bin")
+endforeach()

@@ -365,7 +365,76 @@ test_remote_missing_queue(void **state)
 	tsrv_scenario(missing_body, NULL);
 }
 
-/* ---- fork(): a remote handle stays with the process that opened it ---- */
+/* ---- fork(): a remote handle opened in a parent works in its children ----
+ */
+
+#define FORK_KIDS  4
+#define FORK_ITEMS 400 /* put by the parent before the fork */
+#define FORK_PUTS  50 /* put by each child */
+#define FORK_TOTAL (FORK_ITEMS + FORK_KIDS * FORK_PUTS)
+
+/* Whether remote handles run on nng here (QPIPE_TRANSPORT=nng): nng's
+ * threads stay in the parent, and a child gets a clear error. */
+static bool
+fork_on_nng(void)
+{
+	const char *t = getenv("QPIPE_TRANSPORT");
+
+	return t != NULL && strcmp(t, "nng") == 0;
+}
+
+/* Gets items until all FORK_TOTAL are counted (by every process), noting
+ * each in counts (shared memory); 20 s at most. */
+static void
+fork_drain(qp_queue *q, int *counts, int *total)
+{
+	int64_t until = qpi_now_ms() + 20000;
+
+	while (__atomic_load_n(total, __ATOMIC_ACQUIRE) < FORK_TOTAL
+	    && qpi_now_ms() < until) {
+		void *buf;
+		size_t len;
+		unsigned k;
+		int rv = qp_queue_get(q, &buf, &len, 200);
+		if (rv == QP_EEMPTY) {
+			continue;
+		}
+		CHECK_EQ(rv, QP_OK);
+		CHECK(len > 0 && len < 16);
+		char tmp[16];
+		memcpy(tmp, buf, len);
+		tmp[len] = '\0';
+		qp_free(buf);
+		CHECK(sscanf(tmp, "%u", &k) == 1 && k < FORK_TOTAL);
+		__atomic_add_fetch(&counts[k], 1, __ATOMIC_ACQ_REL);
+		__atomic_add_fetch(total, 1, __ATOMIC_ACQ_REL);
+	}
+}
+
+static void
+put_num(qp_queue *q, unsigned k)
+{
+	char tmp[16];
+	int n = snprintf(tmp, sizeof(tmp), "%u", k);
+
+	CHECK_EQ(qp_queue_put(q, tmp, (size_t) n, 5000), QP_OK);
+}
+
+typedef struct fork_put_arg {
+	qp_queue *q;
+	unsigned first, n;
+} fork_put_arg;
+
+static void *
+fork_puts(void *arg)
+{
+	fork_put_arg *a = arg;
+
+	for (unsigned k = 0; k < a->n; k++) {
+		put_num(a->q, a->first + k);
+	}
+	return NULL;
+}
 
 static void
 forked_body(void *arg)
@@ -374,34 +443,130 @@ forked_body(void *arg)
 	char addr[400], name[64];
 	qp_queue *q, *q2 = NULL;
 	size_t n;
-	pid_t pid;
+	pid_t pid, kids[FORK_KIDS];
 
+	(void) arg;
 	CHECK(tsrv_start(&s, "tcp") == 0);
 	qname(name, sizeof(name), "fork");
 	qaddr(addr, sizeof(addr), &s, name);
 	q = open_q(addr, QP_OPEN_CREATE, 0, 0);
-	put_str(q, "kept");
+	if (fork_on_nng()) {
+		put_str(q, "kept");
+		pid = fork();
+		CHECK(pid >= 0);
+		if (pid == 0) {
+			/* nng's threads stayed in the parent: a clear error,
+			 * no panic, for the inherited handle and a new one. */
+			memset(tsrv_live, 0, sizeof(tsrv_live));
+			CHECK_EQ(qp_queue_put(q, "x", 1, 0), QP_EINVAL);
+			CHECK(strstr(qp_errmsg(), "fork()") != NULL);
+			CHECK_EQ(qp_queue_qsize(q, &n), QP_EINVAL);
+			CHECK_EQ(qp_queue_open(&q2, addr, NULL), QP_EINVAL);
+			CHECK(strstr(qp_errmsg(), "fork()") != NULL);
+			qp_queue_free(q);
+			_exit(0);
+		}
+		CHECK_EQ(reap(pid), 0);
+		CHECK_EQ(qp_queue_qsize(q, &n), QP_OK);
+		CHECK_EQ(n, 1);
+		get_str(q, "kept", 1000);
+		qp_queue_free(q);
+		CHECK(tsrv_stop(&s));
+		return;
+	}
+
+	/* Four children and the parent share the parent's handle at once:
+	 * each child's first call opens a connection of its own. Every item
+	 * is delivered exactly once. */
+	int *counts = mmap(NULL, (FORK_TOTAL + 1) * sizeof(int),
+	    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	CHECK(counts != MAP_FAILED);
+	int *total = &counts[FORK_TOTAL];
+	for (unsigned k = 0; k < FORK_ITEMS; k++) {
+		put_num(q, k);
+	}
+	for (int i = 0; i < FORK_KIDS; i++) {
+		kids[i] = fork();
+		CHECK(kids[i] >= 0);
+		if (kids[i] == 0) {
+			memset(tsrv_live, 0, sizeof(tsrv_live));
+			alarm(60);
+			/* Two threads make the child's first calls at once:
+			 * one reconnect serves both. */
+			fork_put_arg pa
+			    = {q, FORK_ITEMS + (unsigned) i * FORK_PUTS,
+			        FORK_PUTS / 2};
+			pthread_t t;
+			CHECK(pthread_create(&t, NULL, fork_puts, &pa) == 0);
+			for (unsigned k = FORK_PUTS / 2; k < FORK_PUTS; k++) {
+				put_num(q, pa.first + k);
+			}
+			CHECK(pthread_join(t, NULL) == 0);
+			/* A new handle works here too. */
+			CHECK_EQ(qp_queue_open(&q2, addr, NULL), QP_OK);
+			CHECK_EQ(qp_queue_qsize(q2, &n), QP_OK);
+			qp_queue_free(q2);
+			fork_drain(q, counts, total);
+			/* Close confirms what the acker has not sent yet. */
+			qp_queue_free(q);
+			_exit(0);
+		}
+	}
+	fork_drain(q, counts, total);
+	for (int i = 0; i < FORK_KIDS; i++) {
+		CHECK_EQ(reap(kids[i]), 0);
+	}
+	CHECK_EQ(*total, FORK_TOTAL);
+	for (unsigned k = 0; k < FORK_TOTAL; k++) {
+		if (counts[k] != 1) {
+			fprintf(stderr, "item %u delivered %d times\n", k,
+			    counts[k]);
+		}
+		CHECK_EQ(counts[k], 1);
+	}
+	munmap(counts, (FORK_TOTAL + 1) * sizeof(int));
+	/* The parent's handle goes on, and nothing came back. */
+	CHECK_EQ(qp_queue_qsize(q, &n), QP_OK);
+	CHECK_EQ(n, 0);
+	put_str(q, "after");
+	get_str(q, "after", 1000);
+
+	/* Worker mode: a child's leases are its own connection's, and go
+	 * back when it exits without finishing its tasks. */
+	qname(name, sizeof(name), "forkw");
+	qaddr(addr, sizeof(addr), &s, name);
+	q2 = open_q(addr, QP_OPEN_CREATE | QP_OPEN_LEASE, 0, 60000);
+	put_str(q2, "w1");
+	put_str(q2, "w2");
+	put_str(q2, "w3");
 	pid = fork();
 	CHECK(pid >= 0);
 	if (pid == 0) {
-		/* nng's threads stayed in the parent: a clear error, no
-		 * panic, for the inherited handle and for a new one. */
 		memset(tsrv_live, 0, sizeof(tsrv_live));
-		CHECK_EQ(qp_queue_put(q, "x", 1, 0), QP_EINVAL);
-		CHECK(strstr(qp_errmsg(), "fork()") != NULL);
-		CHECK_EQ(qp_queue_qsize(q, &n), QP_EINVAL);
-		CHECK_EQ(qp_queue_open(&q2, addr, NULL), QP_EINVAL);
-		CHECK(strstr(qp_errmsg(), "fork()") != NULL);
-		qp_queue_free(q);
-		/* Not exit(): the heap is the parent's copy, nng's included.
-		 */
-		_exit(0);
+		alarm(30);
+		get_str(q2, "w1", 2000);
+		get_str(q2, "w2", 2000);
+		_exit(0); /* no task_done: the leases go back */
 	}
 	CHECK_EQ(reap(pid), 0);
-	/* The parent's handle works on, and the child put nothing. */
-	CHECK_EQ(qp_queue_qsize(q, &n), QP_OK);
-	CHECK_EQ(n, 1);
-	get_str(q, "kept", 1000);
+	/* Back at once (the lease is 60 s): w1, w2 and w3, the first two
+	 * delivered a second time. */
+	bool seen[3] = {false, false, false};
+	for (int i = 0; i < 3; i++) {
+		void *buf;
+		size_t len;
+		uint32_t dl = 0;
+		CHECK_EQ(qp_queue_get(q2, &buf, &len, 5000), QP_OK);
+		CHECK(len == 2 && ((char *) buf)[0] == 'w');
+		int k = ((char *) buf)[1] - '1';
+		qp_free(buf);
+		CHECK(k >= 0 && k < 3 && !seen[k]);
+		seen[k] = true;
+		CHECK_EQ(qp_queue_deliveries(q2, &dl), QP_OK);
+		CHECK_EQ(dl, k < 2 ? 2 : 1);
+		CHECK_EQ(qp_queue_task_done(q2), QP_OK);
+	}
+	qp_queue_free(q2);
 	qp_queue_free(q);
 
 	/* A pipe through the server, likewise: its ends refuse the child,

@@ -1,5 +1,5 @@
 /*
- * test_spnet.c - the raw SP paths (server/spnet.c, lib/spconn.c) against
+ * test_spnet.c - the raw SP paths (server/spnet.c, lib/link_sock.c) against
  * real nng peers and bad ones: an nng req0 socket talks to qpiped's raw
  * listeners over tcp:// and ipc://; the raw client works against a server
  * serving through nng (--transport nng); a bad handshake, a bad ipc

@@ -19,6 +19,20 @@
  *   block, > 0 is a timeout. Any other negative value is QP_EINVAL.
  * - Handles are opaque. close() is idempotent and leaves the handle valid,
  *   answering QP_ECLOSED from then on; free() closes and releases it.
+ *   Threads: each handle type says what threads may do at once; free()
+ *   must not run while another thread is still inside a call on the handle.
+ * - Network errors. A call that reaches a server or a peer (a tcp://,
+ *   ipc:// or tls+tcp:// handle) may fail, beyond its own errors, with:
+ *   QP_ECONNREFUSED (opening: nobody listens), QP_ETIMEDOUT (opening: no
+ *   answer in time), QP_EAUTH (the tokens differ, one end has none, or the
+ *   TLS handshake failed; also when a reconnect finds such a server),
+ *   QP_EPROTO (the peer is not a qpipe server or peer, or broke the
+ *   protocol), QP_ECONNRESET (a remote queue's or pipe's connection was
+ *   lost and did not come back within the reconnect window, 10 s or
+ *   $QPIPE_RECONNECT_MS: a request that changes the queue may have been
+ *   applied, but never twice), QP_EINVAL (a tls+tcp:// handle, or any
+ *   handle when QPIPE_TRANSPORT=nng, used in a forked child: see fork()
+ *   below).
  * - Ownership moves on success only. Buffers that the library returns are
  *   allocated with malloc() and belong to the caller: release them with
  *   qp_free().
@@ -92,6 +106,12 @@ QP_API int qp_addr_check(const char *addr);
  * Queue (multiprocessing.Queue and JoinableQueue)
  * ------------------------------------------------------------------------ */
 
+/* A queue handle. Threads: any number may call on one handle at once
+ * (a remote handle's requests share its connection). fork(): shm://
+ * handles (qp_queue_anon's too) work in children; a tcp:// or ipc://
+ * handle does too: the child's first call opens a connection of its own
+ * (its own client id and leases), and the parent's goes on. A tls+tcp://
+ * handle (nng's threads stay in the parent) answers QP_EINVAL there. */
 typedef struct qp_queue qp_queue;
 
 /* Open flags. */
@@ -178,7 +198,12 @@ QP_API int qp_queue_put_obj(
  * in as few batches as the limits allow (4096 items, 32 MiB), each batch
  * all or nothing with no other item between its items, waiting up to
  * timeout while the queue cannot take it. Errors as qp_queue_put;
- * QP_ETOOBIG also for a batch that can never fit (maxsize, capacity). */
+ * QP_ETOOBIG also for a batch that can never fit (maxsize, capacity).
+ * All or nothing holds per batch, not per call: on an error the batches
+ * before the failing one are in the queue, the failing one and those
+ * after it are not (a durable shm:// queue takes one item per batch); a
+ * remote QP_ECONNRESET leaves the batch in flight applied or not, never
+ * twice. n items within both limits (and the server's) are one batch. */
 QP_API int qp_queue_put_many(qp_queue *q, const void *const *bufs,
     const size_t *lens, size_t n, qp_duration timeout);
 
@@ -281,23 +306,30 @@ QP_API int qp_server_list_opts(const char *addr,
 /* ------------------------------------------------------------------------
  * Pipe and Connection (multiprocessing.Pipe, connection.Listener/Client)
  *
+ * Threads: on one qp_conn, any number of threads may send at once (each
+ * message goes whole) while one receives (qp_conn_recv*, qp_conn_poll); a
+ * second receiver at the same time may get QP_EBUSY. A qp_listener takes
+ * accept from any number of threads.
+ *
  * fork(): qp_pipe's ends are shared memory and work in forked children.
- * Network handles (listeners, dialed and accepted connections, pipes from
- * qp_pipe_open, like remote queues) belong to the process that made them,
- * as their network layer, nng, does not survive fork(). In a forked child
+ * Direct connections and listeners (qp_dial, qp_listen: nng streams) and
+ * pipes from qp_pipe_open (whose side belongs to the connection that
+ * opened it) belong to the process that made them. In a forked child
  * every call on an inherited one fails with QP_EINVAL (qp_errmsg() names
  * fork()); close and free there release only the child's copy, and the
- * parent's connection goes on. A child forked after its parent made one
- * cannot make new ones either: nng, started in the parent, would abort the
- * child ("nng is not fork-reentrant safe") on the first listen, dial or
- * remote open, so qpipe refuses those with QP_EINVAL instead. qpipe can
- * only see its own use of nng: if the program itself started nng before
- * forking, a qpipe network call in the child aborts inside nng. Fork before
- * the first network call (or exec), and open network handles in the
- * process that uses them.
+ * parent's connection goes on. Remote queues are the exception: see
+ * qp_queue. A child forked after its parent used nng (a listen, a dial, a
+ * tls+tcp:// handle) cannot start nng again: nng would abort the child
+ * ("nng is not fork-reentrant safe") on its first listen, dial or
+ * tls+tcp:// open, so qpipe refuses those with QP_EINVAL instead; tcp://
+ * and ipc:// queues and pipes use plain sockets and open fine there.
+ * qpipe can only see its own use of nng: if the program itself started
+ * nng before forking, a qpipe nng call in the child aborts inside nng.
  * ------------------------------------------------------------------------ */
 
+/* One end of a pipe or connection: threads and fork() as above. */
 typedef struct qp_conn qp_conn;
+/* A listener of direct connections: threads and fork() as above. */
 typedef struct qp_listener qp_listener;
 
 /* Creates two connected ends in shared memory, to be created before fork().

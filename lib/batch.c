@@ -1,0 +1,115 @@
+/*
+ * batch.c - qp_queue_put_many and qp_queue_get_many for every backend:
+ * remote handles send whole batches (remote.c), shared-memory queues put
+ * each batch under one lock, durable queues go item by item. No state
+ * of its own; each backend locks as its single calls do.
+ */
+#include "queue.h"
+#include "remote.h"
+#include "shmq.h"
+#include "wire.h"
+
+#include <stdlib.h>
+
+/* Shared memory: batches as a server takes them (at most
+ * QPI_WIRE_DEFAULT_BATCH items and QP_DEFAULT_MAX_MESSAGE bytes), each
+ * one batch put, all or nothing. */
+static int
+shm_put_many(qpi_shmq *sq, const void *const *bufs, const size_t *lens,
+    size_t n, int64_t deadline_ns)
+{
+	qpi_shmq_item *it = malloc((n > 0 ? n : 1) * sizeof(*it));
+	size_t first = 0;
+	int rv = QP_OK;
+
+	if (it == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory for %zu items", n);
+	}
+	for (size_t i = 0; i < n; i++) {
+		it[i].buf = bufs[i];
+		it[i].len = lens[i];
+		it[i].kind = QPI_ITEM_BIN;
+	}
+	while (first < n && rv == QP_OK) {
+		size_t cnt = 0, bytes = 0;
+		while (first + cnt < n && cnt < QPI_WIRE_DEFAULT_BATCH
+		    && (cnt == 0
+		        || bytes + lens[first + cnt]
+		            <= QP_DEFAULT_MAX_MESSAGE)) {
+			bytes += lens[first + cnt];
+			cnt++;
+		}
+		rv = qpi_shmq_put_many(sq, it + first, cnt, deadline_ns);
+		first += cnt;
+	}
+	free(it);
+	return rv;
+}
+
+QP_API int
+qp_queue_put_many(qp_queue *q, const void *const *bufs, const size_t *lens,
+    size_t n, qp_duration timeout)
+{
+	const qpi_queue_ops *ops;
+	void *impl;
+	int rv;
+
+	if (q == NULL || (n > 0 && (bufs == NULL || lens == NULL))) {
+		return qpi_err(QP_EINVAL, "qp_queue_put_many: NULL argument");
+	}
+	if ((rv = qpi_queue_ready(q)) != QP_OK
+	    || (rv = qpi_duration_check(timeout)) != QP_OK) {
+		return rv;
+	}
+	impl = qpi_queue_impl(q, &ops);
+	if (ops == &qpi_remote_ops) {
+		return qpi_rq_put_many(
+		    impl, bufs, lens, n, qpi_queue_deadline(timeout));
+	}
+	qpi_shmq *sq = qpi_queue_shmq(q);
+	if (sq != NULL) {
+		return shm_put_many(
+		    sq, bufs, lens, n, qpi_queue_deadline(timeout));
+	}
+	/* A durable queue: item by item, each one logged as a put. */
+	for (size_t i = 0; i < n && rv == QP_OK; i++) {
+		rv = qp_queue_put(q, bufs[i], lens[i], timeout);
+	}
+	return rv;
+}
+
+QP_API int
+qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens, size_t max,
+    size_t *np, qp_duration timeout)
+{
+	const qpi_queue_ops *ops;
+	void *impl;
+	int rv;
+
+	if (q == NULL || bufs == NULL || lens == NULL || np == NULL
+	    || max == 0) {
+		return qpi_err(
+		    QP_EINVAL, "qp_queue_get_many: NULL argument or max 0");
+	}
+	*np = 0;
+	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+		return rv;
+	}
+	impl = qpi_queue_impl(q, &ops);
+	if (ops == &qpi_remote_ops) {
+		return qpi_rq_get_many(
+		    impl, bufs, lens, max, np, qpi_queue_deadline(timeout));
+	}
+	/* Shared memory: the first get waits, the others do not. */
+	if ((rv = qp_queue_get(q, &bufs[0], &lens[0], timeout)) != QP_OK) {
+		return rv;
+	}
+	for (*np = 1; *np < max; (*np)++) {
+		if (qp_queue_get(q, &bufs[*np], &lens[*np], QP_NOWAIT)
+		    != QP_OK) {
+			break;
+		}
+	}
+	qpi_err_clear();
+	return QP_OK;
+}

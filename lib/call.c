@@ -1,0 +1,487 @@
+/*
+ * call.c - the request/reply engine (call.h): SP req0 frames on one link
+ * (link.h), each written whole under the connection's write lock, replies
+ * read by whichever waiting call holds the reader role (leader/follower):
+ * it reads with its own deadline and hands each reply to the call whose
+ * request id it carries; when it leaves (its reply came, or its time ran
+ * out) another waiting call takes the role over. A connection that breaks
+ * is shut down (which wakes its reader) and every call waiting on it gets
+ * QP_ECONNRESET; the next call dials again, with a backoff of 20 ms
+ * doubling up to 500 ms between failed attempts, and runs the hook (the
+ * session handshake) on the new connection before anyone else uses it.
+ *
+ * Locking: s->mu guards the current connection, the waiters, the reader
+ * role and the reconnect state; s->cv signals replies handed over, the
+ * reader role freed, a connection made or closed. A connection's wmu
+ * serialises its writers. The link is read by the reader without s->mu;
+ * a connection is freed when its last reference goes, so no thread ever
+ * reads or writes a closed (and reused) descriptor.
+ */
+#include "call.h"
+#include "sp.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CE_BACKOFF_MIN_MS 20
+#define CE_BACKOFF_MAX_MS 500
+#define CE_RBUF_MIN       4096
+#define CE_HOOK_MAX       65536 /* the largest reply a hook's call takes */
+
+typedef struct ce_conn {
+	qpi_link *l;
+	uint32_t num;
+	int refs; /* under s->mu */
+	bool broken; /* under s->mu */
+	bool reading; /* a call holds the reader role (under s->mu) */
+	pthread_mutex_t wmu;
+	uint8_t *rbuf; /* the reader's: bytes read, not yet dispatched */
+	size_t rlen, rcap;
+} ce_conn;
+
+typedef struct ce_wait {
+	uint32_t id;
+	ce_conn *conn;
+	uint8_t *rep;
+	size_t replen;
+	bool done;
+	struct ce_wait *next;
+} ce_wait;
+
+struct qpi_ce {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	qpi_addr addr;
+	const qp_conn_opts *opts; /* the caller's, kept alive by it */
+	qpi_ce_hook hook;
+	void *hook_arg;
+	size_t max_recv;
+	ce_conn *cur;
+	uint32_t nconn;
+	uint32_t next_id;
+	bool connecting;
+	bool closed;
+	int64_t backoff_ms;
+	int64_t next_try_ns;
+	ce_wait *waiters;
+};
+
+static void
+ce_conn_unref_locked(ce_conn *c)
+{
+	if (--c->refs == 0) {
+		c->l->ops->free(c->l);
+		pthread_mutex_destroy(&c->wmu);
+		free(c->rbuf);
+		free(c);
+	}
+}
+
+/* Marks c broken, wakes its reader and waiters. s->mu held. */
+static void
+ce_break_locked(qpi_ce *s, ce_conn *c)
+{
+	if (!c->broken) {
+		c->broken = true;
+		c->l->ops->shutdown(c->l);
+		pthread_cond_broadcast(&s->cv);
+	}
+}
+
+/* Reads more bytes into c's buffer until deadline_ns. */
+static int
+ce_read_some(ce_conn *c, int64_t deadline_ns)
+{
+	size_t n = 0;
+	int rv;
+
+	if (c->rcap - c->rlen < CE_RBUF_MIN) {
+		size_t cap = c->rcap == 0 ? 16 * CE_RBUF_MIN : c->rcap * 2;
+		uint8_t *b = realloc(c->rbuf, cap);
+		if (b == NULL) {
+			return QP_ENOMEM;
+		}
+		c->rbuf = b;
+		c->rcap = cap;
+	}
+	rv = c->l->ops->recv(
+	    c->l, c->rbuf + c->rlen, c->rcap - c->rlen, &n, deadline_ns);
+	c->rlen += rv == QP_OK ? n : 0;
+	return rv;
+}
+
+/* The next whole reply in c's buffer: true with its id, body and size
+ * (pointing into the buffer, the frame's end in *endp); false while none
+ * is whole. *badp: the stream is bad (a length over max, no request id). */
+static bool
+ce_next(ce_conn *c, size_t pos, size_t max, uint32_t *idp, uint8_t **bodyp,
+    size_t *lenp, size_t *endp, bool *badp)
+{
+	uint64_t len;
+	int hl = qpi_sp_frame_parse(
+	    c->rbuf + pos, c->rlen - pos, c->l->ipc, &len);
+
+	*badp = hl < 0 || (hl > 0 && (len < 4 || len > (uint64_t) max + 4));
+	if (hl <= 0 || *badp || c->rlen - pos - (size_t) hl < len) {
+		return false;
+	}
+	*idp = qpi_sp_get32(c->rbuf + pos + (size_t) hl);
+	*bodyp = c->rbuf + pos + (size_t) hl + 4;
+	*lenp = (size_t) len - 4;
+	*endp = pos + (size_t) hl + (size_t) len;
+	return true;
+}
+
+/* Drops the first pos bytes of c's buffer. */
+static void
+ce_consume(ce_conn *c, size_t pos)
+{
+	if (pos > 0) {
+		memmove(c->rbuf, c->rbuf + pos, c->rlen - pos);
+		c->rlen -= pos;
+	}
+}
+
+int
+qpi_ce_exchange(qpi_link *l, bool pair1, const void *req, size_t len,
+    int64_t deadline_ns, uint8_t **repp, size_t *lenp)
+{
+	uint32_t tag = pair1 ? 1u : 0x80000001u, rtag;
+	int rv = qpi_link_send_frame(l, tag, req, len, deadline_ns);
+
+	while (rv == QP_OK) {
+		rv = qpi_link_recv_frame(
+		    l, CE_HOOK_MAX, &rtag, repp, lenp, deadline_ns);
+		/* pair1: a hop count; req0: our request id (a late reply to
+		 * another is skipped). */
+		if (rv != QP_OK || (pair1 ? rtag >> 8 == 0 : rtag == tag)) {
+			break;
+		}
+		free(*repp);
+	}
+	return rv;
+}
+
+/* Dials and runs the hook: a new connection, or an error (qpi_err set). */
+static int
+ce_dial(qpi_ce *s, int64_t deadline_ns, ce_conn **cp)
+{
+	qpi_link *l;
+	ce_conn *c;
+	int rv;
+
+	if ((rv = qpi_link_dial(
+	         &l, &s->addr, s->opts, QPI_SP_REQ0, QPI_SP_REP0, deadline_ns))
+	    != QP_OK) {
+		return rv;
+	}
+	if (s->hook != NULL
+	    && (rv = s->hook(s->hook_arg, l, deadline_ns)) != QP_OK) {
+		l->ops->free(l);
+		return rv;
+	}
+	if ((c = calloc(1, sizeof(*c))) == NULL) {
+		l->ops->free(l);
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	c->l = l;
+	c->refs = 1;
+	pthread_mutex_init(&c->wmu, NULL);
+	*cp = c;
+	return QP_OK;
+}
+
+int
+qpi_ce_open(qpi_ce **cp, const qpi_addr *a, const qp_conn_opts *o,
+    size_t max_recv, qpi_ce_hook hook, void *arg, int64_t deadline_ns)
+{
+	qpi_ce *s = calloc(1, sizeof(*s));
+	pthread_condattr_t ca;
+	ce_conn *c;
+	int rv;
+
+	if (s == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	s->addr = *a;
+	s->opts = o;
+	s->hook = hook;
+	s->hook_arg = arg;
+	s->max_recv = max_recv;
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	if ((rv = ce_dial(s, deadline_ns, &c)) != QP_OK) {
+		qpi_ce_free(s);
+		return rv;
+	}
+	c->num = ++s->nconn;
+	s->cur = c;
+	*cp = s;
+	return QP_OK;
+}
+
+void
+qpi_ce_set_max(qpi_ce *s, size_t max_recv)
+{
+	pthread_mutex_lock(&s->mu);
+	s->max_recv = max_recv;
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* A connection for a call, with a reference: the current one, or a new
+ * one dialled by this call (with backoff). s->mu held. */
+static int
+ce_get_conn_locked(qpi_ce *s, int64_t deadline_ns, ce_conn **cp)
+{
+	int rv = QP_OK;
+
+	for (;;) {
+		ce_conn *c;
+
+		if (s->closed) {
+			return qpi_err(
+			    QP_ECLOSED, "%s: handle closed", s->addr.url);
+		}
+		if (s->cur != NULL && !s->cur->broken) {
+			s->cur->refs++;
+			*cp = s->cur;
+			return QP_OK;
+		}
+		if (qpi_remaining_ns(deadline_ns) == 0) {
+			if (rv == QP_OK) {
+				qpi_err(QP_ECONNREFUSED, "no connection to %s",
+				    s->addr.url);
+			}
+			return rv == QP_EAUTH || rv == QP_EPROTO
+			    ? rv
+			    : QP_ECONNREFUSED;
+		}
+		if (s->connecting || qpi_now_ns() < s->next_try_ns) {
+			int64_t until = s->connecting      ? deadline_ns
+			    : s->next_try_ns < deadline_ns ? s->next_try_ns
+			                                   : deadline_ns;
+			struct timespec ts = qpi_ts_from_ns(until);
+			if (until == INT64_MAX) {
+				pthread_cond_wait(&s->cv, &s->mu);
+			} else {
+				pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+			}
+			continue;
+		}
+		s->connecting = true;
+		pthread_mutex_unlock(&s->mu);
+		rv = ce_dial(s, deadline_ns, &c);
+		pthread_mutex_lock(&s->mu);
+		s->connecting = false;
+		pthread_cond_broadcast(&s->cv);
+		if (rv == QP_OK) {
+			if (s->closed) {
+				ce_conn_unref_locked(c);
+				continue;
+			}
+			if (s->cur != NULL) {
+				ce_conn_unref_locked(s->cur);
+			}
+			c->num = ++s->nconn;
+			if (c->num == 0) {
+				c->num = ++s->nconn;
+			}
+			s->cur = c;
+			s->backoff_ms = 0;
+			s->next_try_ns = 0;
+			continue;
+		}
+		if (rv == QP_EINVAL || rv == QP_ENOMEM || rv == QP_EAUTH) {
+			return rv;
+		}
+		s->backoff_ms = s->backoff_ms == 0 ? CE_BACKOFF_MIN_MS
+		    : s->backoff_ms * 2 > CE_BACKOFF_MAX_MS
+		    ? CE_BACKOFF_MAX_MS
+		    : s->backoff_ms * 2;
+		s->next_try_ns = qpi_now_ns() + s->backoff_ms * 1000000;
+	}
+}
+
+/* Hands every whole reply in c's buffer to its waiter. s->mu held. False
+ * when the stream is bad. */
+static bool
+ce_dispatch_locked(qpi_ce *s, ce_conn *c)
+{
+	size_t pos = 0, blen, end;
+	uint8_t *body;
+	uint32_t id;
+	bool bad = false;
+
+	while (ce_next(c, pos, s->max_recv, &id, &body, &blen, &end, &bad)) {
+		for (ce_wait *w = s->waiters; w != NULL; w = w->next) {
+			if (w->id == id && w->conn == c && !w->done) {
+				if ((w->rep = malloc(blen > 0 ? blen : 1))
+				    != NULL) {
+					memcpy(w->rep, body, blen);
+					w->replen = blen;
+				}
+				w->done = true;
+				pthread_cond_broadcast(&s->cv);
+				break;
+			}
+		}
+		pos = end; /* no waiter: a late reply */
+	}
+	ce_consume(c, pos);
+	return !bad;
+}
+
+static void
+ce_wait_remove_locked(qpi_ce *s, ce_wait *w)
+{
+	for (ce_wait **pp = &s->waiters; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == w) {
+			*pp = w->next;
+			break;
+		}
+	}
+}
+
+int
+qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
+    int64_t reply_deadline_ns, uint8_t **repp, size_t *lenp, uint32_t *connp)
+{
+	ce_wait w;
+	ce_conn *c = NULL;
+	int rv;
+
+	memset(&w, 0, sizeof(w));
+	pthread_mutex_lock(&s->mu);
+	if ((rv = ce_get_conn_locked(s, conn_deadline_ns, &c)) != QP_OK) {
+		pthread_mutex_unlock(&s->mu);
+		return rv;
+	}
+	s->next_id = (s->next_id + 1) & 0x7fffffffu;
+	w.id = 0x80000000u | s->next_id;
+	w.conn = c;
+	w.next = s->waiters;
+	s->waiters = &w;
+	pthread_mutex_unlock(&s->mu);
+
+	pthread_mutex_lock(&c->wmu);
+	rv = qpi_link_send_frame(c->l, w.id, req, len, reply_deadline_ns);
+	pthread_mutex_unlock(&c->wmu);
+
+	pthread_mutex_lock(&s->mu);
+	if (rv != QP_OK) {
+		/* A frame half written spoils the stream. */
+		ce_break_locked(s, c);
+		rv = QP_ECONNRESET;
+	}
+	while (rv == QP_OK && !w.done) {
+		if (s->closed) {
+			rv = QP_ECLOSED;
+		} else if (c->broken) {
+			rv = QP_ECONNRESET;
+		} else if (!c->reading) {
+			c->reading = true;
+			pthread_mutex_unlock(&s->mu);
+			rv = ce_read_some(c, reply_deadline_ns);
+			pthread_mutex_lock(&s->mu);
+			c->reading = false;
+			pthread_cond_broadcast(&s->cv);
+			if (rv == QP_OK && !ce_dispatch_locked(s, c)) {
+				rv = QP_EPROTO;
+			}
+			if (rv == QP_ECONNRESET || rv == QP_EPROTO
+			    || rv == QP_ENOMEM) {
+				ce_break_locked(s, c);
+				rv = QP_ECONNRESET;
+			}
+		} else if (reply_deadline_ns == INT64_MAX) {
+			pthread_cond_wait(&s->cv, &s->mu);
+		} else {
+			struct timespec ts = qpi_ts_from_ns(reply_deadline_ns);
+			if (pthread_cond_timedwait(&s->cv, &s->mu, &ts)
+			        == ETIMEDOUT
+			    && !w.done) {
+				rv = QP_ETIMEDOUT;
+			}
+		}
+	}
+	if (w.done) {
+		rv = w.rep != NULL ? QP_OK : QP_ENOMEM;
+	}
+	ce_wait_remove_locked(s, &w);
+	*connp = c->num;
+	ce_conn_unref_locked(c);
+	pthread_mutex_unlock(&s->mu);
+	switch (rv) {
+	case QP_OK:
+		*repp = w.rep;
+		*lenp = w.replen;
+		return QP_OK;
+	case QP_ECLOSED:
+		return qpi_err(QP_ECLOSED, "%s: handle closed", s->addr.url);
+	case QP_ENOMEM:
+		return qpi_err(QP_ENOMEM, "out of memory for a reply");
+	case QP_ETIMEDOUT:
+		return qpi_err(
+		    QP_ETIMEDOUT, "no reply from %s in time", s->addr.url);
+	default:
+		return qpi_err(
+		    QP_ECONNRESET, "connection to %s lost", s->addr.url);
+	}
+}
+
+void
+qpi_ce_drop(qpi_ce *s, uint32_t conn)
+{
+	pthread_mutex_lock(&s->mu);
+	if (s->cur != NULL && s->cur->num == conn) {
+		ce_break_locked(s, s->cur);
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+void
+qpi_ce_close(qpi_ce *s)
+{
+	pthread_mutex_lock(&s->mu);
+	s->closed = true;
+	if (s->cur != NULL) {
+		ce_break_locked(s, s->cur);
+	}
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
+void
+qpi_ce_free(qpi_ce *s)
+{
+	if (s == NULL) {
+		return;
+	}
+	if (s->cur != NULL) {
+		ce_conn_unref_locked(s->cur);
+	}
+	pthread_cond_destroy(&s->cv);
+	pthread_mutex_destroy(&s->mu);
+	free(s);
+}
+
+void
+qpi_ce_forget(qpi_ce *s)
+{
+	if (s == NULL) {
+		return;
+	}
+	if (s->cur != NULL) {
+		qpi_link_forget(s->cur->l); /* plain sockets: close the fd */
+		free(s->cur->rbuf);
+		free(s->cur);
+	}
+	free(s);
+}

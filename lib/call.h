@@ -1,0 +1,71 @@
+/*
+ * call.h - the request/reply engine of the remote client (remote.c,
+ * rpipe.c): requests framed as SP req0 (sp.h) on one connection of the
+ * connection layer (link.h), whichever driver carries it. Several threads
+ * may call at once: their requests share the connection and each reply
+ * goes to the call whose request id it carries. Every new connection runs
+ * the caller's hook (the session handshake) before any call uses it. A
+ * dropped connection is dialled again by the next call (with backoff);
+ * the call that saw it drop gets QP_ECONNRESET and decides whether to send
+ * again. No thread of its own.
+ */
+#ifndef QPI_CALL_H
+#define QPI_CALL_H
+
+#include "link.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct qpi_ce qpi_ce;
+
+/* Runs on each new connection l before it is shared, until deadline_ns:
+ * QP_OK lets calls use it; an error closes it and fails the dial. */
+typedef int (*qpi_ce_hook)(void *arg, qpi_link *l, int64_t deadline_ns);
+
+/* Dials a (link.h picks the driver; o: TLS settings, may be NULL) once,
+ * runs hook, until deadline_ns. max_recv: the largest reply body
+ * accepted. Errors as qpi_link_dial, and the hook's. */
+int qpi_ce_open(qpi_ce **cp, const qpi_addr *a, const qp_conn_opts *o,
+    size_t max_recv, qpi_ce_hook hook, void *arg, int64_t deadline_ns);
+
+/* Sets the largest reply body accepted. */
+void qpi_ce_set_max(qpi_ce *s, size_t max_recv);
+
+/* One request on an unshared connection (a hook's, or a direct
+ * connection's handshake: pair1 frames): sends len bytes of req and reads
+ * its reply until deadline_ns. QP_OK: *repp (malloc'd, the caller frees
+ * it) and *lenp; QP_ECONNRESET, QP_ETIMEDOUT, QP_EPROTO, QP_ENOMEM. */
+int qpi_ce_exchange(qpi_link *l, bool pair1, const void *req, size_t len,
+    int64_t deadline_ns, uint8_t **repp, size_t *lenp);
+
+/* Sends the request body (len bytes) and waits for its reply: connects
+ * first if needed, until conn_deadline_ns; the reply until
+ * reply_deadline_ns. QP_OK: *repp is the reply body (malloc'd, the caller
+ * frees it), *lenp its size, *connp the number of the connection it came
+ * on (never 0). QP_ECONNREFUSED: no connection could be made by
+ * conn_deadline_ns (qp_errmsg() says why); QP_ECONNRESET: the connection
+ * dropped after the request went out (it may have been applied);
+ * QP_ETIMEDOUT: no reply in time; QP_ECLOSED: qpi_ce_close was called;
+ * QP_EAUTH, QP_EPROTO: a new connection's hook failed; QP_ENOMEM. */
+int qpi_ce_call(qpi_ce *s, const void *req, size_t len,
+    int64_t conn_deadline_ns, int64_t reply_deadline_ns, uint8_t **repp,
+    size_t *lenp, uint32_t *connp);
+
+/* Drops connection conn if it is still the current one (the next call
+ * dials again). */
+void qpi_ce_drop(qpi_ce *s, uint32_t conn);
+
+/* Closes: calls in progress and later ones end with QP_ECLOSED. */
+void qpi_ce_close(qpi_ce *s);
+
+/* Frees s (after qpi_ce_close, with no call in progress). NULL is fine. */
+void qpi_ce_free(qpi_ce *s);
+
+/* Frees a forked child's copy of s (plain sockets only): closes the
+ * child's descriptor (the parent's connection goes on) and frees its
+ * memory, taking no lock (a thread of the parent may have held one at
+ * the fork). NULL is fine. */
+void qpi_ce_forget(qpi_ce *s);
+
+#endif /* QPI_CALL_H */

@@ -1,0 +1,151 @@
+/*
+ * link.c - the connection layer's common part (link.h): picks the driver
+ * for an address, and speaks SP (sp.h) on any link: the handshake, and
+ * whole frames sent and received. On tls+tcp:// the handshake's first
+ * bytes carry the TLS handshake, so a failure there is reported as a TLS
+ * failure, with the cause found by tls.c. No state; no locking.
+ */
+#include "link.h"
+#include "sp.h"
+#include "tls.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+bool
+qpi_link_uses_nng(const qpi_addr *a)
+{
+	return a->kind == QPI_ADDR_TLS || !qpi_sp_env_raw("QPIPE_TRANSPORT");
+}
+
+/* Reads exactly len bytes. */
+static int
+lk_read_full(qpi_link *l, uint8_t *p, size_t len, int64_t deadline_ns)
+{
+	size_t n;
+	int rv;
+
+	while (len > 0) {
+		if ((rv = l->ops->recv(l, p, len, &n, deadline_ns)) != QP_OK) {
+			return rv;
+		}
+		p += n;
+		len -= n;
+	}
+	return QP_OK;
+}
+
+int
+qpi_link_sp_handshake(qpi_link *l, const qpi_addr *a, const qp_conn_opts *o,
+    bool server, uint16_t proto, uint16_t peer_proto, int64_t deadline_ns)
+{
+	uint8_t hs[QPI_SP_HS_LEN];
+	struct iovec iov = {.iov_base = hs, .iov_len = sizeof(hs)};
+	int rv;
+
+	qpi_sp_hs_make(hs, proto);
+	if ((rv = l->ops->send(l, &iov, 1, deadline_ns)) == QP_OK) {
+		rv = lk_read_full(l, hs, sizeof(hs), deadline_ns);
+	}
+	if (rv == QP_OK && !qpi_sp_hs_check(hs, peer_proto)) {
+		return qpi_err(QP_EPROTO,
+		    "%s does not speak SP protocol 0x%x (it speaks 0x%x)",
+		    a->url, (unsigned) peer_proto,
+		    (unsigned) ((hs[4] << 8) | hs[5]));
+	}
+	if (rv != QP_OK && a->kind == QPI_ADDR_TLS && rv != QP_ETIMEDOUT) {
+		char why[400];
+		if (server
+		    || !qpi_tls_diagnose(
+		        a, o, deadline_ns, why, sizeof(why))) {
+			snprintf(why, sizeof(why), "%s",
+			    qpi_tls_why(
+			        l->nrv != 0 ? l->nrv : NNG_ECONNSHUT, server));
+		}
+		return qpi_err(
+		    QP_EAUTH, "TLS handshake with %s failed: %s", a->url, why);
+	}
+	if (rv == QP_ETIMEDOUT) {
+		return qpi_err(QP_ETIMEDOUT,
+		    "handshake with %s: no SP header in time", a->url);
+	}
+	if (rv != QP_OK) {
+		return qpi_err(QP_ECONNREFUSED,
+		    "handshake with %s: connection closed", a->url);
+	}
+	return QP_OK;
+}
+
+int
+qpi_link_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
+    uint16_t proto, uint16_t peer_proto, int64_t deadline_ns)
+{
+	qpi_link *l;
+	int rv;
+
+	rv = qpi_link_uses_nng(a) ? qpi_link_nng_dial(&l, a, o, deadline_ns)
+	                          : qpi_link_sock_dial(&l, a, deadline_ns);
+	if (rv != QP_OK) {
+		return rv;
+	}
+	l->ipc = a->kind == QPI_ADDR_IPC;
+	snprintf(l->url, sizeof(l->url), "%s", a->url);
+	if ((rv = qpi_link_sp_handshake(
+	         l, a, o, false, proto, peer_proto, deadline_ns))
+	    != QP_OK) {
+		l->ops->free(l);
+		return rv;
+	}
+	*lp = l;
+	return QP_OK;
+}
+
+int
+qpi_link_send_frame(qpi_link *l, uint32_t tag, const void *body, size_t len,
+    int64_t deadline_ns)
+{
+	uint8_t hdr[9 + 4];
+	size_t hl = qpi_sp_frame_hdr(hdr, l->ipc, (uint64_t) len + 4);
+	struct iovec iov[2];
+
+	qpi_sp_put32(hdr + hl, tag);
+	iov[0].iov_base = hdr;
+	iov[0].iov_len = hl + 4;
+	iov[1].iov_base = (void *) body;
+	iov[1].iov_len = len;
+	return l->ops->send(l, iov, len > 0 ? 2 : 1, deadline_ns);
+}
+
+int
+qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp, uint8_t **bufp,
+    size_t *lenp, int64_t deadline_ns)
+{
+	uint8_t hdr[9];
+	size_t hl = l->ipc ? 9 : 8;
+	uint64_t len = 0;
+	uint8_t *buf;
+	int rv;
+
+	if ((rv = lk_read_full(l, hdr, hl, deadline_ns)) != QP_OK) {
+		return rv;
+	}
+	if (qpi_sp_frame_parse(hdr, hl, l->ipc, &len) <= 0 || len < 4
+	    || len > max) {
+		return qpi_err(QP_EPROTO,
+		    "%s sent a bad frame header (%llu bytes)", l->url,
+		    (unsigned long long) len);
+	}
+	if ((buf = malloc((size_t) len)) == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory for a frame");
+	}
+	if ((rv = lk_read_full(l, buf, (size_t) len, deadline_ns)) != QP_OK) {
+		free(buf);
+		return rv;
+	}
+	*tagp = qpi_sp_get32(buf);
+	memmove(buf, buf + 4, (size_t) len - 4);
+	*bufp = buf;
+	*lenp = (size_t) len - 4;
+	return QP_OK;
+}

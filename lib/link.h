@@ -1,0 +1,127 @@
+/*
+ * link.h - the client's connection layer: one byte stream to a peer that
+ * speaks SP (sp.h), opened by qpi_link_dial, which picks the driver and
+ * does the SP handshake. Two drivers sit behind one ops table, as nng's
+ * transports do: plain sockets (link_sock.c: tcp:// and ipc://, no thread
+ * of their own) and nng streams (link_nng.c: tls+tcp://, and tcp:// or
+ * ipc:// when QPIPE_TRANSPORT=nng). The request/reply engine (call.c)
+ * sits on it. No nng type appears here.
+ */
+#ifndef QPI_LINK_H
+#define QPI_LINK_H
+
+#include "qpi.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+typedef struct qpi_link qpi_link;
+
+/* A driver's operations. One thread sends at a time and one receives at
+ * a time (the caller serialises each); a send and a receive may overlap. */
+typedef struct qpi_link_ops {
+	const char *name; /* "socket" or "nng" */
+	/* Writes all of iov (niov at most 4) until deadline_ns: QP_OK,
+	 * QP_ETIMEDOUT (part may have gone: the stream is spoilt), or
+	 * QP_ECONNRESET (the connection is lost). */
+	int (*send)(
+	    qpi_link *l, struct iovec *iov, int niov, int64_t deadline_ns);
+	/* Reads 1..cap bytes into buf until deadline_ns: QP_OK with *np,
+	 * QP_ETIMEDOUT, QP_ECONNRESET (end of stream or error). */
+	int (*recv)(qpi_link *l, void *buf, size_t cap, size_t *np,
+	    int64_t deadline_ns);
+	/* Ends the stream: transfers in progress and later ones fail with
+	 * QP_ECONNRESET. Safe while another thread sends or receives. */
+	void (*shutdown)(qpi_link *l);
+	/* Releases everything, after shutdown with no transfer left. */
+	void (*free)(qpi_link *l);
+} qpi_link_ops;
+
+/* The part of every link that callers read; each driver embeds it first. */
+struct qpi_link {
+	const qpi_link_ops *ops;
+	bool ipc; /* frames carry ipc://'s message-type byte */
+	bool nng; /* the nng driver: its threads do not survive fork() */
+	int nrv; /* the nng driver's last nng error (0: none), for messages */
+	char url[QPI_URL_MAX + 1]; /* the server's address, for messages */
+};
+
+/* Dials a (tcp, ipc or tls) and does the SP handshake as protocol proto,
+ * the peer answering as peer_proto, until deadline_ns. The driver: nng
+ * for tls+tcp:// or when QPIPE_TRANSPORT=nng, else plain sockets. o: TLS
+ * settings (may be NULL). Errors: QP_ECONNREFUSED (nobody listens),
+ * QP_EPROTO (the peer does not speak peer_proto), QP_EAUTH (the TLS
+ * handshake failed, qp_errmsg() says why), QP_ETIMEDOUT, QP_EINVAL,
+ * QP_ENOMEM. */
+int qpi_link_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
+    uint16_t proto, uint16_t peer_proto, int64_t deadline_ns);
+
+/* Whether a dial to a uses the nng driver (tls+tcp://, QPIPE_TRANSPORT). */
+bool qpi_link_uses_nng(const qpi_addr *a);
+
+/* Releases a forked child's copy of a plain socket link: closes the
+ * child's descriptor only (the parent's connection goes on), takes no
+ * lock. Not for the nng driver, whose copy is left alone. */
+void qpi_link_forget(qpi_link *l);
+
+/* The SP handshake on a new link: sends protocol proto's header and
+ * checks the peer's (peer_proto), until deadline_ns. QP_EPROTO (another
+ * protocol), QP_EAUTH (tls: the TLS handshake failed; a dialer, not
+ * server, finds out why with o's settings), QP_ETIMEDOUT, QP_ECONNREFUSED
+ * (closed). */
+int qpi_link_sp_handshake(qpi_link *l, const qpi_addr *a,
+    const qp_conn_opts *o, bool server, uint16_t proto, uint16_t peer_proto,
+    int64_t deadline_ns);
+
+/* Sends one frame: the SP header, the 4-byte tag (req0: the request id;
+ * pair1: the hop count), then body (len bytes). Errors as ops->send. */
+int qpi_link_send_frame(qpi_link *l, uint32_t tag, const void *body,
+    size_t len, int64_t deadline_ns);
+
+/* Receives one whole frame of at most max bytes (tag included) into a
+ * malloc'd *bufp (the caller frees it), reading nothing past it. *tagp
+ * gets the tag, *lenp the body's size; the body is at *bufp. Errors as
+ * ops->recv, QP_EPROTO (a bad header or a frame over max), QP_ENOMEM. */
+int qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp,
+    uint8_t **bufp, size_t *lenp, int64_t deadline_ns);
+
+/* The drivers' dials, without the SP handshake (link.c does it). */
+int qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns);
+int qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
+    int64_t deadline_ns);
+
+/* The nng stream under an nng link, handed over to the caller (an
+ * nng_stream *; direct connections read it with nng's callbacks): the
+ * link's own parts are freed. */
+void *qpi_link_nng_take(qpi_link *l);
+
+/* A listener of the nng driver (tcp, ipc, tls: streams only): direct
+ * connections' (qp_listen). */
+typedef struct qpi_link_listener qpi_link_listener;
+
+/* Listens on a (port 0 allowed; o: the TLS certificate for tls+tcp://);
+ * bound gets the address bound (boundlen bytes). Errors: QP_EBUSY
+ * (in use), QP_EINVAL, QP_ENOMEM, and tls.c's. */
+int qpi_link_listen(qpi_link_listener **lp, const qpi_addr *a,
+    const qp_conn_opts *o, char *bound, size_t boundlen);
+
+/* Waits for the next connection (no SP handshake yet): QP_OK, or
+ * QP_ECLOSED once the listener is closed. */
+int qpi_link_accept(qpi_link_listener *L, qpi_link **lp);
+
+/* Stops listening: accept returns QP_ECLOSED. */
+void qpi_link_listener_close(qpi_link_listener *L);
+
+/* Closes and frees, with no accept in progress. NULL is fine. */
+void qpi_link_listener_free(qpi_link_listener *L);
+
+/* The one map from nng's errors to QP_ codes, for every nng user in lib/:
+ * a lost connection (NNG_ECONNRESET, NNG_ECONNSHUT, NNG_ECONNABORTED) is
+ * QP_ECONNRESET; a handle closed here (NNG_ECLOSED, NNG_ECANCELED) is
+ * QP_ECLOSED. */
+int qpi_nng_err(int nrv);
+
+#endif /* QPI_LINK_H */

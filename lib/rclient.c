@@ -1,0 +1,601 @@
+/*
+ * rclient.c - the core of a client of qpiped (rclient.h): opening a
+ * handle, one request and its reply through reconnects, the acker, close,
+ * and the handle's life across fork().
+ *
+ * Each call sends its request on the call engine (call.c; several threads
+ * may share it) and waits for the reply. When the connection drops, the
+ * call sends the same request (same id and seq; a blocking get or put
+ * with the time it has left) once a connection is back, for up to the
+ * reconnect window. Every new connection opens its session (hello, and
+ * auth with a token: session.c) before any call uses it, so a request is
+ * never answered by a connection this handle did not authenticate. A
+ * blocking get waits on the server, which parks it; the client waits a
+ * little longer than the get's timeout, and a get that blocks forever is
+ * sent again every QPI_RQ_SLICE_MS (the server answers "empty" at the end
+ * of each slice).
+ *
+ * Confirmations: a plain get leases its item; the client confirms it as
+ * soon as the reply is in: the confirmation rides on the next get, or the
+ * acker (a thread of the handle, started at the first get in a process)
+ * sends it after QPI_RQ_ACK_DELAY_MS; close sends what is left.
+ *
+ * fork(): a child's first call on a handle of its parent forgets the
+ * parent's connection (closing only its own copy of the descriptor) and
+ * dials one of its own, with a new client id, no leases and fresh seqs;
+ * the parent's session goes on untouched. On the nng driver (tls+tcp://,
+ * QPIPE_TRANSPORT=nng) nng's threads stayed in the parent: the child gets
+ * a clear error and can only free the handle.
+ *
+ * Locking: r->mu guards the lease lists, the seqs and the acker's state;
+ * it is never held while waiting for the network. The session handshakes
+ * run inside the call engine, one connection at a time.
+ */
+#include "rclient.h"
+#include "futex.h"
+#include "session.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+/* A plain get's confirmation waits this long for the next get to carry
+ * it before the acker sends it on its own. */
+#define QPI_RQ_ACK_DELAY_MS 10
+
+static int64_t
+rq_env_ms(const char *name, int64_t dflt)
+{
+	const char *s = getenv(name);
+	char *end;
+	long long v;
+
+	if (s == NULL || *s == '\0') {
+		return dflt;
+	}
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < 0) {
+		return dflt;
+	}
+	return (int64_t) v;
+}
+
+/* ---- the session on each new connection ---- */
+
+typedef struct rq_hook_x {
+	qpi_link *l;
+	int64_t deadline_ns;
+} rq_hook_x;
+
+static int
+rq_hook_xfn(
+    void *arg, const void *req, size_t len, uint8_t **repp, size_t *lenp)
+{
+	rq_hook_x *x = arg;
+	int rv = qpi_ce_exchange(
+	    x->l, false, req, len, x->deadline_ns, repp, lenp);
+
+	if (rv != QP_OK) {
+		return qpi_err(rv == QP_ENOMEM ? QP_ENOMEM : QP_ECONNREFUSED,
+		    "cannot open a session with %s: %s", x->l->url,
+		    rv == QP_ETIMEDOUT ? "no answer in time"
+		                       : "the connection closed");
+	}
+	return QP_OK;
+}
+
+/* The call engine's hook: hello and auth on connection l. */
+static int
+rq_hook(void *arg, qpi_link *l, int64_t deadline_ns)
+{
+	qpi_rq *r = arg;
+	rq_hook_x x = {.l = l, .deadline_ns = deadline_ns};
+	char cname[64];
+	qpi_wire_limits lim;
+	int rv;
+
+	snprintf(cname, sizeof(cname), "libqpipe %s", qp_version());
+	qpi_session_client c = {
+	    .url = r->url,
+	    .name = r->name,
+	    .client_id = r->id,
+	    .client_name = cname,
+	    .token = &r->token,
+	    .refused = "refused our token",
+	};
+	memset(&lim, 0, sizeof(lim));
+	if ((rv = qpi_session_open(&c, rq_hook_xfn, &x, &lim)) != QP_OK) {
+		return rv;
+	}
+	if (!r->have_lim) {
+		r->lim = lim;
+		if (r->lim.max_batch == 0) {
+			r->lim.max_batch = QPI_WIRE_DEFAULT_BATCH;
+		}
+		if (r->lim.max_message == 0) {
+			r->lim.max_message = QP_DEFAULT_MAX_MESSAGE;
+		}
+		r->have_lim = true;
+	}
+	return QP_OK;
+}
+
+/* Dials r's connection (a new one, in this process). */
+static int
+rq_connect(qpi_rq *r)
+{
+	int rv;
+
+	if ((rv = qpi_ce_open(&r->ce, &r->addr, &r->opts,
+	         (size_t) QP_DEFAULT_MAX_MESSAGE + QPI_WIRE_SLACK, rq_hook, r,
+	         qpi_deadline_ns(QPI_RQ_CALL_MS)))
+	    != QP_OK) {
+		r->ce = NULL;
+		return rv;
+	}
+	qpi_ce_set_max(r->ce, (size_t) r->lim.max_message + QPI_WIRE_SLACK);
+	return QP_OK;
+}
+
+/* The state that belongs to one process: locks, lists, ids (r->pid is the
+ * caller's to set, once the state is ready). */
+static int
+rq_state_init(qpi_rq *r)
+{
+	pthread_condattr_t ca;
+
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&r->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	memset(&r->held, 0, sizeof(r->held));
+	memset(&r->unacked, 0, sizeof(r->unacked));
+	r->acker_on = r->acker_idle = r->stopping = false;
+	r->have_last = false;
+	r->seq = r->req_id = 0;
+	if (getrandom(r->id, sizeof(r->id), 0) != (ssize_t) sizeof(r->id)) {
+		return qpi_err(QP_ESYSTEM, "no random bytes for a client id");
+	}
+	return QP_OK;
+}
+
+int
+qpi_rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o)
+{
+	qpi_rq *r;
+	int rv;
+
+	if ((r = calloc(1, sizeof(*r))) == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	r->addr = *a;
+	snprintf(r->url, sizeof(r->url), "%s", a->url);
+	snprintf(r->name, sizeof(r->name), "%s", a->name);
+	r->nng = qpi_link_uses_nng(a);
+	r->reconnect_ms = rq_env_ms("QPIPE_RECONNECT_MS", QPI_RQ_RECONNECT_MS);
+	r->lim.max_message = QP_DEFAULT_MAX_MESSAGE;
+	r->lim.max_batch = QPI_WIRE_DEFAULT_BATCH;
+	r->pid = getpid();
+	if (o != NULL) {
+		/* Redials read the TLS settings again: keep a copy. */
+		const char *src[4]
+		    = {o->tls_ca, o->tls_cert, o->tls_key, o->tls_server_name};
+		const char **dst[4] = {&r->opts.tls_ca, &r->opts.tls_cert,
+		    &r->opts.tls_key, &r->opts.tls_server_name};
+		for (int i = 0; i < 4; i++) {
+			if (src[i] != NULL
+			    && (*dst[i] = r->strs[i] = strdup(src[i]))
+			        == NULL) {
+				qpi_rq_free(r);
+				return qpi_err(QP_ENOMEM, "out of memory");
+			}
+		}
+		r->opts.tls_insecure_skip_verify = o->tls_insecure_skip_verify;
+	}
+	if ((rv = rq_state_init(r)) != QP_OK
+	    || (rv = qpi_token_resolve(&r->token, o != NULL ? o->token : NULL,
+	            o != NULL ? o->token_file : NULL, o != NULL && o->no_token,
+	            NULL))
+	        != QP_OK
+	    || (rv = rq_connect(r)) != QP_OK) {
+		char msg[512];
+		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
+		qpi_rq_free(r);
+		return qpi_err(rv, "%s", msg);
+	}
+	*rp = r;
+	return QP_OK;
+}
+
+/* ---- fork() ---- */
+
+/* In a forked child: replaces the parent's connection and state with the
+ * child's own. Threads of the child that call at once wait for the first
+ * (bounded: a dial's time). */
+static int
+rq_refork(qpi_rq *r)
+{
+	pid_t me = getpid(), seen = __atomic_load_n(&r->pid, __ATOMIC_ACQUIRE);
+	int rv;
+
+	if (r->nng) {
+		return qpi_err(QP_EINVAL,
+		    "%s/%s was opened in process %ld: a tls+tcp:// (nng) "
+		    "handle does not survive fork(); open it in this process",
+		    r->url, r->name, (long) seen);
+	}
+	if (seen == -1
+	    || !__atomic_compare_exchange_n(&r->pid, &seen, -1, false,
+	        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+		/* Another thread of this process is at it: wait for it (a
+		 * dial's time at most). pid_t and uint32_t may alias. */
+		int64_t until = qpi_deadline_ns(2 * QPI_RQ_CALL_MS);
+		while ((seen = __atomic_load_n(&r->pid, __ATOMIC_ACQUIRE))
+		    == -1) {
+			if (qpi_futex_wait(
+			        (uint32_t *) &r->pid, (uint32_t) -1, until)
+			    == QP_ETIMEDOUT) {
+				return qpi_err(QP_ETIMEDOUT,
+				    "%s/%s: another thread's reconnect after "
+				    "fork() did not finish",
+				    r->url, r->name);
+			}
+		}
+		return QP_OK;
+	}
+	/* The parent's connection, locks and leases stay the parent's: only
+	 * the child's copy of the descriptor is closed, nothing locked. */
+	qpi_ce_forget(r->ce);
+	r->ce = NULL;
+	qpi_ids_free(&r->held);
+	qpi_ids_free(&r->unacked);
+	if ((rv = rq_state_init(r)) != QP_OK
+	    || (rv = rq_connect(r)) != QP_OK) {
+		char msg[512];
+		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
+		r->closed = true; /* nothing to close: free releases it */
+		__atomic_store_n(&r->pid, me, __ATOMIC_RELEASE);
+		qpi_futex_wake((uint32_t *) &r->pid, INT32_MAX);
+		return qpi_err(rv, "%s after fork(): %s", r->url, msg);
+	}
+	__atomic_store_n(&r->pid, me, __ATOMIC_RELEASE);
+	qpi_futex_wake((uint32_t *) &r->pid, INT32_MAX);
+	return QP_OK;
+}
+
+int
+qpi_rq_check(qpi_rq *r)
+{
+	int rv;
+
+	if (__atomic_load_n(&r->pid, __ATOMIC_ACQUIRE) != getpid()
+	    && !r->closed && (rv = rq_refork(r)) != QP_OK) {
+		return rv;
+	}
+	if (r->closed || r->ce == NULL) {
+		return qpi_err(
+		    QP_ECLOSED, "queue %s/%s is closed", r->url, r->name);
+	}
+	return QP_OK;
+}
+
+/* ---- one request, one reply ---- */
+
+void
+qpi_rq_call_init(rq_call *c, qpi_rq *r, uint32_t op)
+{
+	memset(c, 0, sizeof(*c));
+	c->req.op = op;
+	snprintf(c->req.name, sizeof(c->req.name), "%s", r->name);
+}
+
+void
+qpi_rq_call_done(rq_call *c)
+{
+	free(c->buf);
+	c->buf = NULL;
+}
+
+int
+qpi_rq_do(qpi_rq *r, rq_call *c)
+{
+	int64_t lost_since = 0;
+	int rv;
+
+	pthread_mutex_lock(&r->mu);
+	c->req.req_id = ++r->req_id;
+	if (qpi_wire_op_dedup(c->req.op)) {
+		memcpy(c->req.client_id, r->id, sizeof(r->id));
+		c->req.seq = ++r->seq;
+	}
+	pthread_mutex_unlock(&r->mu);
+
+	for (;;) {
+		qpi_wire_buf b = {0};
+		int64_t now = qpi_now_ns(), wait_ms, window;
+		size_t len = 0;
+
+		if (c->blocking) {
+			int64_t left = qpi_remaining_ns(c->deadline_ns);
+			/* Round up: a timeout never shrinks to 0 by rounding
+			 * while time is left. */
+			c->req.timeout = left == INT64_MAX
+			    ? QPI_RQ_SLICE_MS
+			    : (left + 999999) / 1000000;
+			wait_ms = c->req.timeout + QPI_RQ_SLACK_MS;
+		} else {
+			wait_ms = QPI_RQ_CALL_MS;
+		}
+		if ((rv = qpi_wire_encode_req(&c->req, &b)) != QP_OK) {
+			qpi_wire_buf_free(&b);
+			return rv;
+		}
+		/* Sending waits for a connection: at most what is left of the
+		 * reconnect window. */
+		window = r->reconnect_ms
+		    - (lost_since != 0 ? now / 1000000 - lost_since : 0);
+		rv = qpi_ce_call(r->ce, b.data, b.len,
+		    now + (window > 0 ? window : 1) * 1000000,
+		    now + wait_ms * 1000000, &c->buf, &len, &c->conn);
+		qpi_wire_buf_free(&b);
+		if (rv == QP_OK) {
+			rv = qpi_wire_decode_rep(
+			    c->buf, len, &r->lim, &c->rep);
+			if (rv != QP_OK) {
+				rv = qpi_err(QP_EPROTO,
+				    "bad reply from %s: %s", r->url,
+				    qp_errmsg());
+			} else if (c->rep.req_id != c->req.req_id) {
+				rv = qpi_err(QP_EPROTO,
+				    "%s answered request %llu to request %llu",
+				    r->url, (unsigned long long) c->rep.req_id,
+				    (unsigned long long) c->req.req_id);
+			} else if (c->rep.status == QP_ECONNRESET) {
+				/* The server is shutting down: drop this
+				 * connection and send the request again to
+				 * the next one, within the window. */
+				qpi_ce_drop(r->ce, c->conn);
+				qpi_rq_call_done(c);
+				rv = QP_ECONNRESET;
+				goto lost;
+			}
+			if (rv != QP_OK) {
+				qpi_rq_call_done(c);
+			}
+			return rv;
+		}
+		if (rv == QP_ECONNREFUSED) {
+			return qpi_err(QP_ECONNRESET,
+			    "lost connection to %s: no connection for %lld ms "
+			    "(%s)",
+			    r->url, (long long) r->reconnect_ms, qp_errmsg());
+		}
+		if (rv != QP_ECONNRESET && rv != QP_ETIMEDOUT) {
+			return rv;
+		}
+	lost:
+		/* The connection dropped (or went silent): send the same
+		 * request again once it is back, within the window. */
+		if (c->once) {
+			return qpi_err(QP_ECONNRESET,
+			    "lost the connection to %s", r->url);
+		}
+		if (lost_since == 0) {
+			lost_since = qpi_now_ms();
+		} else if (qpi_now_ms() - lost_since > r->reconnect_ms) {
+			return qpi_err(QP_ECONNRESET,
+			    "lost connection to %s for %lld ms", r->url,
+			    (long long) r->reconnect_ms);
+		}
+		if (c->blocking && c->deadline_ns != INT64_MAX
+		    && qpi_remaining_ns(c->deadline_ns) == 0
+		    && rv == QP_ETIMEDOUT) {
+			/* Our own deadline passed with the server silent. */
+			return qpi_err(QP_ECONNRESET,
+			    "no answer from %s within %lld ms", r->url,
+			    (long long) wait_ms);
+		}
+	}
+}
+
+int
+qpi_rq_status(const qpi_rq *r, const rq_call *c)
+{
+	if (c->rep.status == QP_OK) {
+		return QP_OK;
+	}
+	return qpi_err(c->rep.status, "%s/%s: %s", r->url, r->name,
+	    c->rep.errmsg[0] != '\0' ? c->rep.errmsg
+	                             : qp_strerror(c->rep.status));
+}
+
+int
+qpi_rq_do_status(qpi_rq *r, rq_call *c, int retry)
+{
+	int rv;
+
+	for (;;) {
+		if ((rv = qpi_rq_do(r, c)) == QP_OK) {
+			rv = qpi_rq_status(r, c);
+		}
+		qpi_rq_call_done(c);
+		if (rv != retry || c->deadline_ns != INT64_MAX) {
+			return rv;
+		}
+	}
+}
+
+/* ---- confirmations ---- */
+
+uint32_t
+qpi_rq_take_acks(qpi_rq *r, uint64_t **idsp)
+{
+	uint32_t n
+	    = (uint32_t) (r->unacked.n > r->lim.max_batch ? r->lim.max_batch
+	                                                  : r->unacked.n);
+
+	*idsp = NULL;
+	if (n == 0 || (*idsp = malloc(n * sizeof(uint64_t))) == NULL) {
+		return 0;
+	}
+	memcpy(*idsp, r->unacked.id, n * sizeof(uint64_t));
+	qpi_ids_drop(&r->unacked, 0, n);
+	return n;
+}
+
+/* Sends one batch of confirmations (whatever the answer: an item not
+ * confirmed comes again, at least once). r->mu held; released meanwhile.
+ * False when there was none. */
+static bool
+rq_ack_send_locked(qpi_rq *r)
+{
+	uint64_t *ids;
+	uint32_t n = qpi_rq_take_acks(r, &ids);
+	rq_call c;
+
+	if (n == 0) {
+		return false;
+	}
+	pthread_mutex_unlock(&r->mu);
+	qpi_rq_call_init(&c, r, QPI_OP_ACK);
+	c.req.ids = ids;
+	c.req.nids = n;
+	c.req.ids_cap = n;
+	qpi_rq_do(r, &c);
+	qpi_rq_call_done(&c);
+	free(ids);
+	pthread_mutex_lock(&r->mu);
+	return true;
+}
+
+/* The acker: waits for confirmations, gives the next get
+ * QPI_RQ_ACK_DELAY_MS to carry them, then sends what is left. */
+static void *
+rq_acker(void *arg)
+{
+	qpi_rq *r = arg;
+
+	pthread_mutex_lock(&r->mu);
+	while (!r->stopping) {
+		if (r->unacked.n == 0) {
+			r->acker_idle = true;
+			pthread_cond_wait(&r->cv, &r->mu);
+			r->acker_idle = false;
+			continue;
+		}
+		struct timespec ts = qpi_ts_from_ns(
+		    qpi_now_ns() + QPI_RQ_ACK_DELAY_MS * 1000000);
+		while (!r->stopping && r->unacked.n > 0
+		    && pthread_cond_timedwait(&r->cv, &r->mu, &ts)
+		        != ETIMEDOUT) {
+		}
+		if (!r->stopping) {
+			rq_ack_send_locked(r);
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+	return NULL;
+}
+
+void
+qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n)
+{
+	pthread_mutex_lock(&r->mu);
+	for (uint32_t i = 0; i < n; i++) {
+		r->last_deliveries = items[i].deliveries;
+		r->have_last = true;
+		/* Out of memory: the lease runs out by itself and the item
+		 * comes again; the caller has it either way. */
+		(void) qpi_ids_push(r->lease_mode ? &r->held : &r->unacked,
+		    items[i].lease_id, items[i].deliveries);
+	}
+	if (!r->lease_mode && n > 0) {
+		if (!r->acker_on && !r->stopping) {
+			/* Without the thread, close still confirms them. */
+			r->acker_on
+			    = pthread_create(&r->acker, NULL, rq_acker, r)
+			    == 0;
+		}
+		if (r->acker_idle) {
+			/* Only an idle acker needs waking: one in its delay
+			 * looks again when the delay is over. */
+			pthread_cond_broadcast(&r->cv);
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- close ---- */
+
+int
+qpi_rq_close(qpi_rq *r)
+{
+	bool join;
+
+	if (r->closed) {
+		return QP_OK;
+	}
+	r->closed = true;
+	if (r->pid != getpid() || r->ce == NULL) {
+		/* A forked child's copy: the connection is the parent's. */
+		return QP_OK;
+	}
+	pthread_mutex_lock(&r->mu);
+	r->stopping = true;
+	join = r->acker_on;
+	r->acker_on = false;
+	pthread_cond_broadcast(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+	if (join) {
+		pthread_join(r->acker, NULL);
+	}
+	/* What the gets and the acker did not confirm goes now. */
+	pthread_mutex_lock(&r->mu);
+	while (rq_ack_send_locked(r)) {
+	}
+	pthread_mutex_unlock(&r->mu);
+	/* Items held in worker mode go back: their tasks were not done. */
+	while (r->held.n > 0) {
+		rq_call c;
+		qpi_rq_call_init(&c, r, QPI_OP_RELEASE);
+		c.req.lease_id = r->held.id[0];
+		if (qpi_rq_do(r, &c) != QP_OK) {
+			break; /* the dropped connection gives them back */
+		}
+		qpi_rq_call_done(&c);
+		qpi_ids_drop(&r->held, 0, 1);
+	}
+	qpi_ce_close(r->ce);
+	return QP_OK;
+}
+
+void
+qpi_rq_free(qpi_rq *r)
+{
+	if (r == NULL) {
+		return;
+	}
+	qpi_rq_close(r);
+	if (r->pid == getpid()) {
+		qpi_ce_free(r->ce);
+		pthread_cond_destroy(&r->cv);
+		pthread_mutex_destroy(&r->mu);
+	} else if (!r->nng) {
+		/* A forked child's copy: close its descriptor, leave the
+		 * locks (a thread of the parent may have held one). */
+		qpi_ce_forget(r->ce);
+	}
+	qpi_ids_free(&r->held);
+	qpi_ids_free(&r->unacked);
+	qpi_token_clear(&r->token);
+	for (int i = 0; i < 4; i++) {
+		free(r->strs[i]);
+	}
+	free(r);
+}

@@ -1,0 +1,138 @@
+/*
+ * rclient.h - the core of a client of qpiped, shared by remote queues
+ * (remote.c) and pipes through the server (rpipe.c): one handle is one
+ * session on the call engine (call.c), with a client id of 16 random
+ * bytes and a sequence number for the requests that change a queue, so
+ * that a request sent again after a reconnect is applied once; the
+ * acker that confirms a plain get's items; and the handle's life across
+ * fork(). Internal to lib/.
+ */
+#ifndef QPI_RCLIENT_H
+#define QPI_RCLIENT_H
+
+#include "auth.h"
+#include "call.h"
+#include "queue.h"
+#include "wire.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* How long a call waits for a lost connection to come back (a server
+ * restart) before it fails with QP_ECONNRESET. QPIPE_RECONNECT_MS in the
+ * environment overrides it. */
+#define QPI_RQ_RECONNECT_MS 10000
+
+/* A get or put that blocks forever is sent again after this long. */
+#define QPI_RQ_SLICE_MS 30000
+/* Beyond a blocking request's own timeout, how long the client waits for
+ * the server's answer before it counts the connection as lost. */
+#define QPI_RQ_SLACK_MS 5000
+/* A request that does not block on the server: its answer is due within. */
+#define QPI_RQ_CALL_MS 10000
+
+typedef struct qpi_rq qpi_rq;
+
+/* One handle's connection and state (rclient.c); the queue calls
+ * (remote.c) and pipe ends (rpipe.c) read the fields marked so. */
+struct qpi_rq {
+	qpi_ce *ce; /* the call engine: the connection */
+	qpi_addr addr;
+	qp_conn_opts opts; /* a copy: its strings are in strs */
+	char *strs[4];
+	char url[QPI_URL_MAX + 1]; /* read by the calls */
+	char name[QP_NAME_MAX + 1]; /* read by the calls */
+	bool closed;
+	bool nng; /* on the nng driver: it does not survive fork() */
+	bool lease_mode; /* QP_OPEN_LEASE */
+	uint64_t lease_ms;
+	uint8_t id[QPI_WIRE_ID_LEN];
+	uint64_t seq; /* last seq used (under mu) */
+	uint64_t req_id; /* under mu */
+	qpi_wire_limits lim; /* the server's, from the first hello */
+	bool have_lim;
+	int64_t reconnect_ms;
+	qpi_token token; /* len 0: none */
+	pid_t pid; /* the process this state belongs to (-1: being made) */
+
+	pthread_mutex_t mu; /* guards the lists and the acker */
+	pthread_cond_t cv; /* wakes the acker: work, or close */
+	qpi_ids held; /* QP_OPEN_LEASE: leased items, oldest first */
+	qpi_ids unacked; /* plain: confirmations not yet sent */
+	uint32_t last_deliveries;
+	bool have_last;
+	pthread_t acker;
+	bool acker_on; /* the acker thread runs (in this process) */
+	bool acker_idle; /* it waits for work (not in its delay) */
+	bool stopping; /* close: the acker ends */
+};
+
+/* A call: the request (its op fields set by the caller), and after
+ * qpi_rq_do the decoded reply, whose items point into buf. */
+typedef struct rq_call {
+	qpi_wire_req req;
+	qpi_wire_rep rep;
+	uint8_t *buf; /* the reply's bytes */
+	uint32_t conn; /* the connection it came on */
+	int64_t deadline_ns; /* blocking ops: the op's own deadline */
+	bool blocking; /* req.timeout is recomputed on every send */
+	bool once; /* a dropped connection ends the call (QP_ECONNRESET) */
+} rq_call;
+
+/* A handle dialled to a, its session open (hello, auth with the token of
+ * o, else $QPIPE_TOKEN): the first dial fails fast (QP_ECONNREFUSED);
+ * later drops are redialled by the calls. */
+int qpi_rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o);
+
+/* Zeroes c for op on r's queue. */
+void qpi_rq_call_init(rq_call *c, qpi_rq *r, uint32_t op);
+
+/* Sends c->req and waits for its reply, through reconnects (the same
+ * request id and seq), unless c->once. QP_OK with c->rep decoded (look at
+ * c->rep.status), or a transport error: QP_ECONNRESET (no connection
+ * within the reconnect window), QP_ECLOSED, QP_EAUTH, QP_EPROTO,
+ * QP_ENOMEM. */
+int qpi_rq_do(qpi_rq *r, rq_call *c);
+
+/* qpi_rq_do, then the reply's status as the result (with its message);
+ * c's reply is freed. Again while the answer is retry and c waits for
+ * ever (the server answers retry at the end of each slice). */
+int qpi_rq_do_status(qpi_rq *r, rq_call *c, int retry);
+
+/* Turns an error reply into the call's result, with its message. */
+int qpi_rq_status(const qpi_rq *r, const rq_call *c);
+
+/* Frees c's reply. */
+void qpi_rq_call_done(rq_call *c);
+
+/* Checks the handle before a call: QP_ECLOSED once closed; in a forked
+ * child, the first call opens a connection of the child's own (a new
+ * client id, fresh leases and seqs; the parent's goes on untouched), or
+ * QP_EINVAL for an nng handle (tls+tcp://), whose threads stayed in the
+ * parent. */
+int qpi_rq_check(qpi_rq *r);
+
+/* Notes the leases of n items got: held (worker mode), or to confirm
+ * (the acker sends them unless a get carries them first). */
+void qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n);
+
+/* Takes up to a batch of the confirmations not yet sent: a malloc'd array
+ * in *idsp (NULL if none). Called with r->mu held. */
+uint32_t qpi_rq_take_acks(qpi_rq *r, uint64_t **idsp);
+
+/* The item of a raw put or send: len bytes of buf as a msgpack bin, in a
+ * new allocation (*tmpp, the caller frees it). QP_OK or QP_ENOMEM; what
+ * names the item in the message. (remote.c) */
+int qpi_rq_bin_item(qpi_wire_item *it, const void *buf, size_t len,
+    uint8_t **tmpp, const char *what);
+
+/* Confirms what is pending, gives back what a QP_OPEN_LEASE handle holds,
+ * and closes the connection. Idempotent; later calls get QP_ECLOSED. */
+int qpi_rq_close(qpi_rq *r);
+
+/* Closes (if open) and frees. NULL is fine. */
+void qpi_rq_free(qpi_rq *r);
+
+#endif /* QPI_RCLIENT_H */

@@ -1,6 +1,6 @@
 /*
  * sp.c - the small pieces of the SP wire format (sp.h) that the server's
- * raw listeners and the client's raw connections share. No state, no
+ * connections and the client's raw connections share. No state, no
  * locking.
  */
 #include "sp.h"
@@ -42,6 +42,27 @@ qpi_sp_frame_hdr(uint8_t *hdr, bool ipc, uint64_t len)
 		hdr[n++] = (uint8_t) (len >> (8 * i));
 	}
 	return n;
+}
+
+bool
+qpi_sp_frame_len(const uint8_t *hdr, bool ipc, uint64_t *len)
+{
+	if (ipc && hdr[0] != 0x01) {
+		return false;
+	}
+	*len = qpi_sp_get64(hdr + (ipc ? 1 : 0));
+	return true;
+}
+
+size_t
+qpi_sp_bt_len(const uint8_t *body, size_t len)
+{
+	for (size_t bt = 4; bt <= len && bt <= 4 * QPI_SP_MAX_HOPS; bt += 4) {
+		if (body[bt - 4] & 0x80u) {
+			return bt;
+		}
+	}
+	return 0;
 }
 
 uint32_t

@@ -1,12 +1,12 @@
 /*
  * sp.h - the SP wire format of nng's tcp:// and ipc:// transports, spoken
- * over plain sockets by the server's raw listeners (server/spnet.c) and the
- * client's raw connections (spconn.c). A connection opens with an 8-byte
- * header each way (0x00 'S' 'P' 0x00, the sender's 16-bit protocol id, two
- * zero bytes); then each message is an 8-byte big-endian length and the
- * body, preceded over ipc:// by one message-type byte (0x01). A req0/rep0
- * body starts with the backtrace: 4-byte words, the last (the request id)
- * with its high bit set.
+ * by the server's connections (server/link.c, on plain sockets and on nng
+ * streams alike) and by the client's raw connections (spconn.c). A connection
+ * opens with an 8-byte header each way (0x00 'S' 'P' 0x00, the sender's 16-bit
+ * protocol id, two zero bytes); then each message is an 8-byte big-endian
+ * length and the body, preceded over ipc:// by one message-type byte (0x01). A
+ * req0/rep0 body starts with the backtrace: 4-byte words, the last (the
+ * request id) with its high bit set.
  */
 #ifndef QPI_SP_H
 #define QPI_SP_H
@@ -30,6 +30,15 @@ bool qpi_sp_hs_check(const uint8_t hs[QPI_SP_HS_LEN], uint16_t proto);
 /* Writes a message's frame header (type byte over ipc, 8-byte length)
  * into hdr (9 bytes room); returns its size. */
 size_t qpi_sp_frame_hdr(uint8_t *hdr, bool ipc, uint64_t len);
+
+/* Reads a frame header (the layout qpi_sp_frame_hdr writes) into *len;
+ * false when an ipc header's type byte is not 0x01. */
+bool qpi_sp_frame_len(const uint8_t *hdr, bool ipc, uint64_t *len);
+
+/* The size of the backtrace a req0/rep0 body starts with: its words up to
+ * and including the first with the high bit set (the request id); 0 when
+ * no such word ends within len bytes and QPI_SP_MAX_HOPS words. */
+size_t qpi_sp_bt_len(const uint8_t *body, size_t len);
 
 /* Big-endian helpers. */
 uint32_t qpi_sp_get32(const uint8_t *p);

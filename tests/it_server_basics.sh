@@ -36,7 +36,7 @@ start() {
 	local name=$1
 	shift
 	rm -f "$tmp/$name.port"
-	"$bin/qpiped" --port-file "$tmp/$name.port" "$@" \
+	"$bin/qpiped" --port-file "$tmp/$name.port" ${QP_SERVER_TRANSPORT:+--transport "$QP_SERVER_TRANSPORT"} "$@" \
 		>"$tmp/$name.out" 2>"$tmp/$name.log" &
 	pid=$!
 	pids+=("$pid")

@@ -79,7 +79,7 @@ struct qps_link {
 	struct nng_aio *rx, *tx;
 	uint8_t *rbuf, *sbuf; /* sbuf[soff..slen): the write under way */
 	size_t soff, slen, scap;
-	bool reading, sending;
+	bool reading, sending, st_closed;
 };
 
 /* Sets the limits (--max-message, --max-connections) before any link. */

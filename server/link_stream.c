@@ -55,9 +55,26 @@ st_send(qps_link *l)
 	nng_stream_send(l->st, l->tx);
 }
 
+/* Closes the stream once: nng ends the read and the write under way,
+ * and none starts after (nng 1.5 would keep a read begun on a closed
+ * stream for ever). l->mu held. True when no read is under way to see
+ * the end: the caller closes the link. */
+static bool
+st_close_locked(qps_link *l)
+{
+	if (!l->st_closed) {
+		l->st_closed = true;
+		nng_stream_close(l->st);
+	}
+	return !l->reading;
+}
+
 static void
 st_kick(qps_link *l)
 {
+	if (l->st_closed) {
+		return;
+	}
 	if (!l->sending && l->outlen > l->outoff) {
 		uint8_t *b = l->sbuf;
 		size_t cap = l->scap;
@@ -85,7 +102,7 @@ st_rx_cb(void *arg)
 	qps_link *l = arg;
 	int rv = nng_aio_result(l->rx);
 	const char *why = NULL;
-	bool again;
+	bool again, gone;
 
 	if (rv != 0
 	    || !qps_link_input(l, l->rbuf, nng_aio_count(l->rx), &why)) {
@@ -97,12 +114,16 @@ st_rx_cb(void *arg)
 		return;
 	}
 	pthread_mutex_lock(&l->mu);
-	again = !l->paused && !l->dead;
+	again = !l->paused && !l->dead && !l->st_closed;
+	gone = l->st_closed;
 	l->reading = again;
 	if (again) {
 		st_recv(l);
 	}
 	pthread_mutex_unlock(&l->mu);
+	if (gone) {
+		qps_link_close(l, NULL);
+	}
 	if (!again) {
 		qps_link_unref(l);
 	}
@@ -113,7 +134,7 @@ st_tx_cb(void *arg)
 {
 	qps_link *l = arg;
 	int rv = nng_aio_result(l->tx);
-	bool shut;
+	bool gone;
 
 	pthread_mutex_lock(&l->mu);
 	if (rv == 0) {
@@ -129,12 +150,11 @@ st_tx_cb(void *arg)
 	if (rv == 0) {
 		qps_link_kick_locked(l); /* the next batch; reading again */
 	}
-	shut = qps_link_shut_due_locked(l);
+	gone = rv != 0 || (qps_link_shut_due_locked(l) && st_close_locked(l));
 	pthread_mutex_unlock(&l->mu);
-	if (rv != 0) {
-		qps_link_close(l, rv == NNG_ECLOSED ? NULL : "write failed");
-	} else if (shut) {
-		nng_stream_close(l->st);
+	if (gone) {
+		qps_link_close(
+		    l, rv != 0 && rv != NNG_ECLOSED ? "write failed" : NULL);
 	}
 	qps_link_unref(l);
 }
@@ -142,15 +162,22 @@ st_tx_cb(void *arg)
 static void
 st_shut(qps_link *l)
 {
-	nng_stream_close(l->st);
+	bool gone;
+
+	pthread_mutex_lock(&l->mu);
+	gone = !l->dead && st_close_locked(l);
+	pthread_mutex_unlock(&l->mu);
+	if (gone) {
+		qps_link_close(l, NULL);
+	}
 }
 
 static void
 st_close(qps_link *l)
 {
-	if (l->st != NULL) {
-		nng_stream_close(l->st);
-	}
+	pthread_mutex_lock(&l->mu);
+	st_close_locked(l);
+	pthread_mutex_unlock(&l->mu);
 }
 
 static void

@@ -264,9 +264,10 @@ link_reply(qps_link *l, const uint8_t *bt, size_t btlen, nng_msg *rep,
 	}
 }
 
-/* Ends a request: its reply (NULL: none) goes out, the worker is freed. */
-static void
-worker_end(qps_worker *w, nng_msg *rep)
+/* Ends a request (parked or not): its reply (NULL: none) goes out, the
+ * worker is freed. */
+void
+qps_worker_reply(qps_worker *w, nng_msg *rep)
 {
 	pthread_mutex_lock(&lk.mu);
 	if (w->parked) {
@@ -297,15 +298,9 @@ qps_worker_park(qps_worker *w)
 }
 
 void
-qps_worker_reply(qps_worker *w, nng_msg *rep)
-{
-	worker_end(w, rep);
-}
-
-void
 qps_worker_drop(qps_worker *w)
 {
-	worker_end(w, NULL);
+	qps_worker_reply(w, NULL);
 }
 
 void
@@ -347,7 +342,7 @@ link_request(qps_link *l)
 	lk.nbusy++;
 	pthread_mutex_unlock(&lk.mu);
 	if (qps_ops_handle(w, l->id, m, &rep) == QPS_REPLY) {
-		worker_end(w, rep);
+		qps_worker_reply(w, rep);
 	}
 }
 

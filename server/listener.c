@@ -16,9 +16,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static const qps_link_driver *const lsn_drivers[]
-    = {&qps_link_socket, &qps_link_stream};
-
 /* True when host (a name: every address it resolves to) is loopback. */
 static bool
 lsn_host_loopback(const char *host)
@@ -101,10 +98,7 @@ qps_net_start(const qps_config *cfg, char urls[][QPI_URL_MAX + 1])
 void
 qps_net_close(void)
 {
-	size_t n = sizeof(lsn_drivers) / sizeof(lsn_drivers[0]);
-
-	for (size_t i = 0; i < n; i++) {
-		lsn_drivers[i]->stop();
-	}
+	qps_link_socket.stop();
+	qps_link_stream.stop();
 	qps_link_close_all();
 }

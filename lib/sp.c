@@ -1,7 +1,7 @@
 /*
- * sp.c - the SP wire format (sp.h), in one place for the server's raw
- * listeners, the client's connection layer and direct connections. No state,
- * no locking.
+ * sp.c - the SP wire format (sp.h), in one place for the server's
+ * connections, the client's connection layer and direct connections. No
+ * state, no locking.
  */
 #include "sp.h"
 
@@ -61,6 +61,17 @@ qpi_sp_put64(uint8_t *p, uint64_t v)
 	for (int i = 0; i < 8; i++) {
 		p[i] = (uint8_t) (v >> (8 * (7 - i)));
 	}
+}
+
+size_t
+qpi_sp_bt_len(const uint8_t *body, size_t len)
+{
+	for (size_t bt = 4; bt <= len && bt <= 4 * QPI_SP_MAX_HOPS; bt += 4) {
+		if (body[bt - 4] & 0x80u) {
+			return bt;
+		}
+	}
+	return 0;
 }
 
 uint32_t

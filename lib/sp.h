@@ -1,12 +1,13 @@
 /*
  * sp.h - the SP wire format of nng's tcp:// and ipc:// transports, spoken
- * by the server's raw listeners (server/spnet.c), the client's connection
- * layer (link.c, call.c) and direct connections (nngconn.c, pair1). A
- * connection opens with an 8-byte header each way (0x00 'S' 'P' 0x00, the
- * sender's 16-bit protocol id, two zero bytes); then each message is an 8-byte
- * big-endian length and the body, preceded over ipc:// by one message-type
- * byte (0x01). A req0/rep0 body starts with the backtrace: 4-byte words, the
- * last (the request id) with its high bit set.
+ * by the server's connections (server/link.c, on plain sockets and on nng
+ * streams alike), the client's connection layer (link.c, call.c) and
+ * direct connections (nngconn.c, pair1). A connection opens with an 8-byte
+ * header each way (0x00 'S' 'P' 0x00, the sender's 16-bit protocol id, two
+ * zero bytes); then each message is an 8-byte big-endian length and the
+ * body, preceded over ipc:// by one message-type byte (0x01). A req0/rep0
+ * body starts with the backtrace: 4-byte words, the last (the request id)
+ * with its high bit set.
  */
 #ifndef QPI_SP_H
 #define QPI_SP_H
@@ -35,6 +36,11 @@ size_t qpi_sp_frame_hdr(uint8_t *hdr, bool ipc, uint64_t len);
  * -1 when it is bad (over ipc, a type byte other than 0x01), else its size
  * with *lenp the length of the body that follows. */
 int qpi_sp_frame_parse(const uint8_t *p, size_t n, bool ipc, uint64_t *lenp);
+
+/* The size of the backtrace a req0/rep0 body starts with: its words up to
+ * and including the first with the high bit set (the request id); 0 when
+ * no such word ends within len bytes and QPI_SP_MAX_HOPS words. */
+size_t qpi_sp_bt_len(const uint8_t *body, size_t len);
 
 /* Big-endian helpers. */
 uint32_t qpi_sp_get32(const uint8_t *p);

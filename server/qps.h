@@ -1,7 +1,7 @@
 /*
  * qps.h - qpiped's internal declarations (qps_ names): configuration,
- * logging, the nng worker pool (net.c) and the request handling that sits
- * on top of it (ops.c, hosted.c).
+ * logging, the connections (link.c, listener.c) and the request handling
+ * that sits on top of them (ops.c, hosted.c).
  */
 #ifndef QPS_H
 #define QPS_H
@@ -54,7 +54,8 @@ typedef struct qps_config {
 	const char *tls_key;
 	const char
 	    *tls_ca; /* --tls-ca: client certificates must chain to it */
-	bool raw_sp; /* tcp:// and ipc:// on spnet.c (--transport sp) */
+	bool raw_sp; /* tcp:// and ipc:// on plain sockets (--transport sp),
+	                else on nng streams (nng) */
 } qps_config;
 
 /* ---- authentication and TLS (sec.c) ---- */
@@ -83,50 +84,53 @@ int qps_sec_check_listener(
 
 /* Gives a tls+tcp:// listener its TLS configuration (others: nothing to
  * do). QP_OK, or logs and returns an error. */
-int qps_sec_listener_setup(nng_listener l, const qpi_addr *a, const char *url);
+int qps_sec_listener_setup(
+    nng_stream_listener *l, const qpi_addr *a, const char *url);
 
-/* ---- the nng worker pool (net.c) ---- */
+/* ---- connections (link.c, listener.c; drivers in link.h) ---- */
 
-/* One nng context and its aio: receives a request, hands it to
- * qps_ops_handle, sends the reply. A request that must wait (a get on an
- * empty queue) parks its worker; another worker takes its place so that
- * enough contexts keep receiving. */
+/* One request in hand and its reply route: the connection it came on and
+ * the SP backtrace its reply echoes. A request that must wait (a get on
+ * an empty queue) is parked: no thread waits, and its reply is sent later
+ * from whatever thread answers it. */
 typedef struct qps_worker qps_worker;
 
-/* Opens the rep0 socket, starts every listener and the receiving workers.
- * On failure logs the cause and returns an error. urls/nurls receive the
- * bound addresses (port 0 resolved). */
+/* Starts every listener (plain sockets or nng streams, by scheme and
+ * --transport). On failure logs the cause and returns an error. urls
+ * receive the bound addresses (port 0 resolved). */
 int qps_net_start(const qps_config *cfg, char urls[][QPI_URL_MAX + 1]);
 
-/* Waits up to timeout_ms until no worker is handling or sending a reply
- * (parked ones excepted). Returns true if all finished. */
+/* Waits up to timeout_ms until no request is being handled (parked ones
+ * excepted). Returns true if all finished. */
 bool qps_net_drain(int64_t timeout_ms);
 
-/* Closes the socket, waits for every callback, frees every worker. */
+/* Stops the listeners, closes every connection (each goes through
+ * qps_ops_conn_remove), waits for the drivers to let go of them. */
 void qps_net_close(void);
 
 /* Marks w parked: the ops layer keeps it (and the request) until it calls
  * qps_worker_reply or qps_worker_drop. Called by qps_ops_handle before it
  * publishes the waiter. Returns false (not parked) when the server already
- * holds its limit of parked requests. */
+ * holds its limit of parked requests, or is closing. */
 bool qps_worker_park(qps_worker *w);
 
-/* Sends rep as the reply of a parked worker (ownership of rep moves). */
+/* Sends rep as the reply of w and frees w (ownership of rep moves). Any
+ * thread. */
 void qps_worker_reply(qps_worker *w, nng_msg *rep);
 
 /* Gives up a parked worker without a reply (its client is gone). */
 void qps_worker_drop(qps_worker *w);
 
-/* Closes the connection the worker's request came on once its reply is
- * sent (a connection over --max-connections). */
+/* Closes the connection the worker's request came on (pipe_id) once its
+ * reply is sent (a connection over --max-connections). */
 void qps_worker_close_after(qps_worker *w, uint32_t pipe_id);
 
 /* Counters for logs and stat. */
 typedef struct qps_net_stats {
-	uint64_t workers; /* contexts allocated */
-	uint64_t receiving; /* contexts waiting for a request */
+	uint64_t workers; /* requests in hand (handled now, or parked) */
+	uint64_t receiving; /* connections open to requests */
 	uint64_t parked; /* requests waiting (gets, puts, joins) */
-	uint64_t connections; /* pipes connected now */
+	uint64_t connections; /* connections open now */
 } qps_net_stats;
 
 void qps_net_stats_get(qps_net_stats *st);
@@ -134,44 +138,6 @@ void qps_net_stats_get(qps_net_stats *st);
 /* The peer address of connection pipe_id, for logs ("tcp://1.2.3.4:5",
  * "a local socket"). */
 void qps_net_peer(uint32_t pipe_id, char *buf, size_t len);
-
-/* ---- raw SP listeners (spnet.c) ---- */
-
-/* Connection ids of raw connections have this bit set; nng's pipe ids
- * never do, so both share the id space the ops layer keys by. */
-#define QPS_SP_CONN_BIT 0x80000000u
-
-/* One raw connection (spnet.c). */
-typedef struct qps_spconn qps_spconn;
-
-/* Listens on a (tcp:// or ipc://) with the SP req/rep wire format on
- * plain sockets, served by spnet's event loop; writes the bound URL into
- * bound. On failure logs and returns an error. */
-int qps_spnet_listen(const qps_config *cfg, const qpi_addr *a, char *bound);
-
-/* A raw request's worker: the reply route is connection c and the
- * request's backtrace. Counted busy until replied or dropped. NULL when
- * out of memory. */
-qps_worker *qps_worker_sp_new(qps_spconn *c, const uint8_t *bt, size_t btlen);
-
-/* Ends a raw worker that was not parked: sends rep (NULL: nothing). */
-void qps_worker_sp_done(qps_worker *w, nng_msg *rep);
-
-/* Sends rep (owned from now on; NULL: no reply) as the answer with
- * backtrace bt on c, then lets go of the request's hold on c. close: shut
- * the connection once the reply is out. Any thread. */
-void qps_spnet_reply(
-    qps_spconn *c, const uint8_t *bt, size_t btlen, nng_msg *rep, bool close);
-
-/* Raw connections open now. */
-uint64_t qps_spnet_count(void);
-
-/* The peer of raw connection id, for logs. */
-void qps_spnet_peer(uint32_t id, char *buf, size_t len);
-
-/* Stops the loop, closes the listeners and every raw connection (their
- * ops state goes with qps_ops_conn_remove). Idempotent. */
-void qps_spnet_close(void);
 
 /* ---- request handling (ops.c) ---- */
 

@@ -167,7 +167,8 @@ qps_sec_check_listener(
 }
 
 int
-qps_sec_listener_setup(nng_listener l, const qpi_addr *a, const char *url)
+qps_sec_listener_setup(
+    nng_stream_listener *l, const qpi_addr *a, const char *url)
 {
 	int nrv;
 
@@ -175,7 +176,7 @@ qps_sec_listener_setup(nng_listener l, const qpi_addr *a, const char *url)
 		return QP_OK;
 	}
 	/* The listener takes its own hold on the config. */
-	if ((nrv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, sec.tls))
+	if ((nrv = nng_stream_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, sec.tls))
 	    != 0) {
 		qps_log(QPS_LOG_ERROR, "cannot set up TLS on %s: %s", url,
 		    nng_strerror(nrv));

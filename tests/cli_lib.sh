@@ -3,12 +3,15 @@
 
 # qp_start_server [QPIPED ARGS...]: starts qpiped listening on
 # tcp://127.0.0.1:0 and ipc://$T/qpiped.sock; sets QP_URL (tcp), QP_IPC
-# (ipc) and QP_SERVER_PID. Its log is $T/qpiped.log.
+# (ipc) and QP_SERVER_PID. Its log is $T/qpiped.log. $QP_SERVER_TRANSPORT
+# (sp or nng), if set, is its --transport.
 qp_start_server() {
 	local i
 	rm -f "$T/qpiped.port"
 	"$QPIPED" --listen tcp://127.0.0.1:0 --listen "ipc://$T/qpiped.sock" \
-		--port-file "$T/qpiped.port" "$@" 2>"$T/qpiped.log" &
+		--port-file "$T/qpiped.port" \
+		${QP_SERVER_TRANSPORT:+--transport "$QP_SERVER_TRANSPORT"} \
+		"$@" 2>"$T/qpiped.log" &
 	QP_SERVER_PID=$!
 	QP_PIDS+=("$QP_SERVER_PID")
 	for i in $(seq 1 100); do

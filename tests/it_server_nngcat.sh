@@ -31,6 +31,7 @@ $py -c 'import msgpack' 2>/dev/null || fail "python3-msgpack is missing"
 command -v nngcat >/dev/null || fail "nngcat (nng-utils) is missing"
 
 "$bin/qpiped" --listen tcp://127.0.0.1:0 --port-file "$tmp/port" \
+	${QP_SERVER_TRANSPORT:+--transport "$QP_SERVER_TRANSPORT"} \
 	2>"$tmp/server.log" &
 spid=$!
 for _ in $(seq 200); do

@@ -46,7 +46,8 @@ export LSAN_OPTIONS="suppressions=$tmp/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 start() {
 	local name=$1
 	shift
-	"$bin/qpiped" --port-file "$tmp/$name.port" --log-level debug "$@" \
+	"$bin/qpiped" --port-file "$tmp/$name.port" --log-level debug \
+		${QP_SERVER_TRANSPORT:+--transport "$QP_SERVER_TRANSPORT"} "$@" \
 		>"$tmp/$name.out" 2>"$tmp/$name.log" &
 	pid=$!
 	pids+=("$pid")

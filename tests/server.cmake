@@ -21,10 +21,11 @@ set_tests_properties(test_remote_getters_1000 PROPERTIES LABELS stress
   TIMEOUT 600
   ENVIRONMENT "QP_GETTERS=1000;QP_TEST_FILTER=test_remote_many_getters;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR}")
 
-# The raw SP paths (spnet.c, the client's link_sock.c) against nng peers
-# and bad ones, and the remote tests with the other transport on one end:
-# the plain-socket client against qpiped --transport nng, and the client's
-# nng stream driver (QPIPE_TRANSPORT=nng) against the raw server.
+# The SP wire format (server/link.c, the client's link_sock.c) against nng
+# peers and bad ones, and the remote tests with the other transport on one
+# end: the plain-socket client against qpiped --transport nng (its
+# nng-stream driver), and the client's nng stream driver
+# (QPIPE_TRANSPORT=nng) against the plain-socket server.
 add_dependencies(test_spnet qpiped)
 # Alone: its peer that does not read keeps the server busy for a few
 # seconds, which would skew the timing checks of tests running beside it.
@@ -62,4 +63,16 @@ foreach(name it_cli_remote it_cli_pipe it_cli_auth)
   add_test(NAME ${name}_nng COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/${name}.sh)
   set_tests_properties(${name}_nng PROPERTIES LABELS server TIMEOUT 300
     ENVIRONMENT "QPIPE_TRANSPORT=nng;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR};QP_BIN=${CMAKE_BINARY_DIR}/bin")
+endforeach()
+# The server's scenarios again on its other driver: tcp:// and ipc:// on
+# nng streams (--transport nng) instead of plain sockets.
+add_test(NAME test_spnet_srv_nng COMMAND test_spnet)
+set_tests_properties(test_spnet_srv_nng PROPERTIES LABELS server
+  TIMEOUT 300 RUN_SERIAL TRUE
+  ENVIRONMENT "QP_SPNET_SERVER=nng;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR}")
+foreach(t it_server_basics it_server_nngcat it_server_sigterm it_cli_remote
+    it_cli_pipe)
+  add_test(NAME ${t}_srv_nng COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/${t}.sh)
+  set_tests_properties(${t}_srv_nng PROPERTIES LABELS server TIMEOUT 300
+    ENVIRONMENT "QP_SERVER_TRANSPORT=nng;QP_SOURCE_DIR=${CMAKE_SOURCE_DIR};QP_BUILD_DIR=${CMAKE_BINARY_DIR};QP_BIN=${CMAKE_BINARY_DIR}/bin")
 endforeach()

@@ -1,13 +1,14 @@
 /*
- * test_spnet.c - the raw SP paths (server/spnet.c, lib/link_sock.c) against
- * real nng peers and bad ones: an nng req0 socket talks to qpiped's raw
- * listeners over tcp:// and ipc://; the raw client works against a server
- * serving through nng (--transport nng); a bad handshake, a bad ipc
- * message type, a length over the limit and plain garbage each close
- * their connection while the server goes on answering others; and a
- * connection dropped after the server applied a put but before its reply
- * made it back gets the put sent again and applied once. Each scenario
- * runs in a child (nng is not fork-safe); CHECK exits non-zero.
+ * test_spnet.c - the SP wire format of qpiped's connections (server/link.c,
+ * on plain sockets or, with QP_SPNET_SERVER=nng, on nng streams) and of the
+ * client's plain-socket driver (lib/link_sock.c) against real nng peers and
+ * bad ones: an nng req0 socket talks to qpiped over tcp:// and ipc://; the
+ * raw client works against a server on nng streams (--transport nng); a bad
+ * handshake, a bad ipc message type, a length over the limit and plain
+ * garbage each close their connection while the server goes on answering
+ * others; and a connection dropped after the server applied a put but before
+ * its reply made it back gets the put sent again and applied once. Each
+ * scenario runs in a child (nng is not fork-safe); CHECK exits non-zero.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -35,6 +36,16 @@ static void __attribute__((unused)) spnet_unused(void)
 {
 	(void) tsrv_restart;
 	(void) tsrv_mem;
+}
+
+/* The server's driver for tcp:// and ipc:// in these scenarios: plain
+ * sockets, or nng streams when $QP_SPNET_SERVER is "nng". */
+static const char *
+spnet_server(void)
+{
+	const char *s = getenv("QP_SPNET_SERVER");
+
+	return s != NULL ? s : "sp";
 }
 
 /* A put, a qsize and a get through handle-less calls at url/name. */
@@ -96,7 +107,7 @@ nng_peer_body(void)
 {
 	tsrv t = {0}, i = {0};
 
-	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	setenv("QP_SERVER_TRANSPORT", spnet_server(), 1);
 	CHECK(tsrv_start(&t, "tcp") == 0);
 	CHECK(tsrv_start(&i, "ipc") == 0);
 	nng_ping(t.url);
@@ -256,7 +267,7 @@ bad_peers_body(void)
 	tsrv t = {0}, i = {0};
 	char name[64];
 
-	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	setenv("QP_SERVER_TRANSPORT", spnet_server(), 1);
 	setenv("QPIPE_TRANSPORT", "sp", 1);
 	CHECK(tsrv_start(&t, "tcp") == 0);
 	CHECK(tsrv_start(&i, "ipc") == 0);
@@ -386,7 +397,7 @@ drop_body(void)
 	qp_queue *q, *d;
 	size_t n;
 
-	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	setenv("QP_SERVER_TRANSPORT", spnet_server(), 1);
 	setenv("QPIPE_TRANSPORT", "sp", 1);
 	CHECK(tsrv_start(&t, "tcp") == 0);
 	px.srv_port = (uint16_t) atoi(strrchr(t.url, ':') + 1);
@@ -469,7 +480,7 @@ shared_body(void)
 	qp_queue *q;
 	size_t n;
 
-	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	setenv("QP_SERVER_TRANSPORT", spnet_server(), 1);
 	setenv("QPIPE_TRANSPORT", "sp", 1);
 	CHECK(tsrv_start(&t, "tcp") == 0);
 	snprintf(name, sizeof(name), "spshare%ld", (long) getpid());
@@ -520,7 +531,7 @@ no_reader_body(void)
 	long long sent = 0, got = 0, end;
 	int fd;
 
-	setenv("QP_SERVER_TRANSPORT", "sp", 1);
+	setenv("QP_SERVER_TRANSPORT", spnet_server(), 1);
 	setenv("QPIPE_TRANSPORT", "sp", 1);
 	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "--max-message");
 	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "1024");

@@ -1,0 +1,538 @@
+/*
+ * link.c - one client connection of qpiped, whatever carries its bytes:
+ * the SP req0/rep0 wire format (lib/sp.h: handshake, length-prefixed
+ * frames, the request's backtrace echoed in its reply) read from it, each
+ * request handed to the request layer (qps_ops_handle) with a worker that
+ * is its reply route, and the replies written back from whatever thread
+ * answers them, at once or after parking. A frame over --max-message plus
+ * slack closes the connection before anything is allocated; a peer with
+ * more than one largest frame of replies unread is not read until it
+ * reads. How bytes move is the driver's (link.h); nothing here branches
+ * on the transport.
+ *
+ * Locking: lk.mu guards the list of links and the counters. Each link's
+ * mu guards its out queue, its flags and its reference count; its read
+ * side (handshake, frame parser) belongs to the one thread its driver
+ * reads on. lk.mu may be taken before a link's mu, never after. The
+ * request layer is never called with either held (ops lock -> link mu).
+ */
+#include "link.h"
+#include "sp.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Bytes a request may carry beyond the largest item: op, name, fields. */
+#define LINK_FRAME_SLACK (64u * 1024u)
+
+enum { LINK_HS, LINK_HDR, LINK_BODY };
+
+/* A request in hand: its link and the backtrace its reply echoes. */
+struct qps_worker {
+	qps_link *l;
+	bool parked;
+	bool close_after; /* shut the connection once the reply is out */
+	uint8_t btlen;
+	uint8_t bt[4 * QPI_SP_MAX_HOPS];
+};
+
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* a request ended, a link was freed */
+	qps_link *links; /* every open link */
+	uint64_t nopen, nalloc; /* links open, links not yet freed */
+	uint64_t nbusy, nparked, max_parked;
+	uint32_t next_id;
+	size_t cap; /* largest frame body accepted */
+	bool closing;
+} lk = {
+    .mu = PTHREAD_MUTEX_INITIALIZER,
+};
+
+void
+qps_link_setup(const qps_config *cfg)
+{
+	pthread_condattr_t ca;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&lk.cv, &ca);
+	pthread_condattr_destroy(&ca);
+	lk.cap = cfg->max_message + LINK_FRAME_SLACK;
+	lk.max_parked = (uint64_t) cfg->max_connections * 8 + 64;
+}
+
+qps_link *
+qps_link_new(const qps_link_driver *drv, bool ipc, const char *peer)
+{
+	qps_link *l = calloc(1, sizeof(*l));
+
+	if (l == NULL) {
+		qps_log(QPS_LOG_ERROR, "out of memory for a connection");
+		return NULL;
+	}
+	pthread_mutex_init(&l->mu, NULL);
+	l->drv = drv;
+	l->ipc = ipc;
+	l->refs = 2;
+	l->state = LINK_HS;
+	l->hneed = QPI_SP_HS_LEN;
+	l->fd = l->ep = -1;
+	snprintf(l->peer, sizeof(l->peer), "%s", peer);
+	pthread_mutex_lock(&lk.mu);
+	lk.next_id = lk.next_id >= INT32_MAX ? 1 : lk.next_id + 1;
+	l->id = lk.next_id;
+	l->next = lk.links;
+	if (lk.links != NULL) {
+		lk.links->prev = l;
+	}
+	lk.links = l;
+	lk.nopen++;
+	lk.nalloc++;
+	pthread_mutex_unlock(&lk.mu);
+	return l;
+}
+
+static void
+link_free(qps_link *l)
+{
+	if (l->body != NULL) {
+		nng_msg_free(l->body);
+	}
+	if (l->drv->free != NULL) {
+		l->drv->free(l);
+	}
+	free(l->out);
+	pthread_mutex_destroy(&l->mu);
+	free(l);
+	pthread_mutex_lock(&lk.mu);
+	lk.nalloc--;
+	pthread_cond_broadcast(&lk.cv);
+	pthread_mutex_unlock(&lk.mu);
+}
+
+void
+qps_link_unref(qps_link *l)
+{
+	bool last;
+
+	pthread_mutex_lock(&l->mu);
+	last = --l->refs == 0;
+	pthread_mutex_unlock(&l->mu);
+	if (last) {
+		link_free(l);
+	}
+}
+
+void
+qps_link_close(qps_link *l, const char *why)
+{
+	pthread_mutex_lock(&l->mu);
+	if (l->dead) {
+		pthread_mutex_unlock(&l->mu);
+		return;
+	}
+	l->dead = true;
+	pthread_mutex_unlock(&l->mu);
+	l->drv->close(l);
+	pthread_mutex_lock(&lk.mu);
+	if (l->prev != NULL) {
+		l->prev->next = l->next;
+	} else {
+		lk.links = l->next;
+	}
+	if (l->next != NULL) {
+		l->next->prev = l->prev;
+	}
+	lk.nopen--;
+	pthread_mutex_unlock(&lk.mu);
+	if (why != NULL) {
+		qps_log(QPS_LOG_DEBUG, "connection %u closed: %s", l->id, why);
+	}
+	qps_ops_conn_remove(l->id);
+	qps_link_unref(l);
+}
+
+void
+qps_link_kick_locked(qps_link *l)
+{
+	l->paused = l->outlen - l->outoff + l->inflight > lk.cap;
+	if (!l->dead) {
+		l->drv->kick(l);
+	}
+}
+
+bool
+qps_link_shut_due_locked(qps_link *l)
+{
+	return l->shut_after && !l->dead && l->outlen == l->outoff
+	    && l->inflight == 0;
+}
+
+/* Writes what the driver takes at once of iov, queues the rest. l->mu
+ * held. False when the connection broke. */
+static bool
+link_write_locked(qps_link *l, struct iovec *iov, int niov)
+{
+	size_t total = 0;
+
+	for (int i = 0; i < niov; i++) {
+		total += iov[i].iov_len;
+	}
+	if (l->drv->write_now != NULL && l->outlen == l->outoff
+	    && l->inflight == 0) {
+		ssize_t n = l->drv->write_now(l, iov, niov);
+		if (n < 0) {
+			return false;
+		}
+		size_t done = (size_t) n;
+		total -= done;
+		for (int i = 0; i < niov && done > 0; i++) {
+			size_t k
+			    = done < iov[i].iov_len ? done : iov[i].iov_len;
+			iov[i].iov_base = (uint8_t *) iov[i].iov_base + k;
+			iov[i].iov_len -= k;
+			done -= k;
+		}
+	}
+	if (total == 0) {
+		return true;
+	}
+	if (l->outoff > 0) {
+		memmove(l->out, l->out + l->outoff, l->outlen - l->outoff);
+		l->outlen -= l->outoff;
+		l->outoff = 0;
+	}
+	if (l->outlen + total > l->outcap) {
+		size_t cap = l->outcap == 0 ? 4096 : l->outcap;
+		while (cap < l->outlen + total) {
+			cap *= 2;
+		}
+		uint8_t *o = realloc(l->out, cap);
+		if (o == NULL) {
+			return false;
+		}
+		l->out = o;
+		l->outcap = cap;
+	}
+	for (int i = 0; i < niov; i++) {
+		memcpy(l->out + l->outlen, iov[i].iov_base, iov[i].iov_len);
+		l->outlen += iov[i].iov_len;
+	}
+	qps_link_kick_locked(l);
+	return true;
+}
+
+/* Sends rep (owned; NULL: nothing) with backtrace bt on l, then drops
+ * the request's reference. close_after: shut l once the reply is out. */
+static void
+link_reply(qps_link *l, const uint8_t *bt, size_t btlen, nng_msg *rep,
+    bool close_after)
+{
+	bool shut = false, last = false;
+
+	pthread_mutex_lock(&l->mu);
+	if (rep != NULL && !l->dead) {
+		uint8_t hdr[9];
+		size_t len = nng_msg_len(rep);
+		struct iovec iov[3] = {
+		    {hdr, qpi_sp_frame_hdr(hdr, l->ipc, btlen + len)},
+		    {(void *) bt, btlen},
+		    {nng_msg_body(rep), len},
+		};
+		l->shut_after = l->shut_after || close_after;
+		/* A broken connection: its reader notices once shut. */
+		shut = !link_write_locked(l, iov, 3)
+		    || qps_link_shut_due_locked(l);
+	}
+	if (!shut) {
+		last = --l->refs == 0;
+	}
+	pthread_mutex_unlock(&l->mu);
+	if (rep != NULL) {
+		nng_msg_free(rep);
+	}
+	if (shut) {
+		l->drv->shut(l);
+		qps_link_unref(l);
+	} else if (last) {
+		link_free(l);
+	}
+}
+
+/* Ends a request (parked or not): its reply (NULL: none) goes out, the
+ * worker is freed. */
+void
+qps_worker_reply(qps_worker *w, nng_msg *rep)
+{
+	pthread_mutex_lock(&lk.mu);
+	if (w->parked) {
+		lk.nparked--;
+	} else {
+		lk.nbusy--;
+	}
+	pthread_cond_broadcast(&lk.cv);
+	pthread_mutex_unlock(&lk.mu);
+	link_reply(w->l, w->bt, w->btlen, rep, w->close_after);
+	free(w);
+}
+
+bool
+qps_worker_park(qps_worker *w)
+{
+	bool ok;
+
+	pthread_mutex_lock(&lk.mu);
+	ok = lk.nparked < lk.max_parked && !lk.closing;
+	if (ok) {
+		lk.nbusy--;
+		lk.nparked++;
+		w->parked = true;
+	}
+	pthread_mutex_unlock(&lk.mu);
+	return ok;
+}
+
+void
+qps_worker_drop(qps_worker *w)
+{
+	qps_worker_reply(w, NULL);
+}
+
+void
+qps_worker_close_after(qps_worker *w, uint32_t pipe_id)
+{
+	(void) pipe_id; /* always the request's own connection */
+	w->close_after = true;
+}
+
+/* A whole request is in l->body: hand it to the request layer. */
+static void
+link_request(qps_link *l)
+{
+	nng_msg *m = l->body, *rep = NULL;
+	size_t bt = qpi_sp_bt_len(nng_msg_body(m), nng_msg_len(m));
+	qps_worker *w;
+
+	l->body = NULL;
+	if (bt == 0) {
+		/* nng's rep0 drops such a message; so do we. */
+		qps_log(QPS_LOG_DEBUG,
+		    "connection %u: request without a request id", l->id);
+		nng_msg_free(m);
+		return;
+	}
+	if ((w = calloc(1, sizeof(*w))) == NULL) {
+		qps_log(QPS_LOG_ERROR, "out of memory for a request");
+		nng_msg_free(m);
+		return;
+	}
+	w->l = l;
+	w->btlen = (uint8_t) bt;
+	memcpy(w->bt, nng_msg_body(m), bt);
+	nng_msg_trim(m, bt);
+	pthread_mutex_lock(&l->mu);
+	l->refs++;
+	pthread_mutex_unlock(&l->mu);
+	pthread_mutex_lock(&lk.mu);
+	lk.nbusy++;
+	pthread_mutex_unlock(&lk.mu);
+	if (qps_ops_handle(w, l->id, m, &rep) == QPS_REPLY) {
+		qps_worker_reply(w, rep);
+	}
+}
+
+/* The next frame header. */
+static void
+link_expect_hdr(qps_link *l)
+{
+	l->state = LINK_HDR;
+	l->hneed = l->ipc ? 9 : 8;
+	l->hhave = 0;
+}
+
+bool
+qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
+{
+	while (n > 0) {
+		if (l->state == LINK_BODY) {
+			size_t k = l->bodylen - l->bodyhave;
+			k = k < n ? k : n;
+			memcpy((uint8_t *) nng_msg_body(l->body) + l->bodyhave,
+			    p, k);
+			l->bodyhave += k;
+			p += k;
+			n -= k;
+			if (l->bodyhave == l->bodylen) {
+				link_request(l);
+				link_expect_hdr(l);
+			}
+			continue;
+		}
+		size_t k = l->hneed - l->hhave;
+		k = k < n ? k : n;
+		memcpy(l->hbuf + l->hhave, p, k);
+		l->hhave += k;
+		p += k;
+		n -= k;
+		if (l->hhave < l->hneed) {
+			continue;
+		}
+		if (l->state == LINK_HS) {
+			if (!qpi_sp_hs_check(l->hbuf, QPI_SP_REQ0)) {
+				*why = "not an SP req0 peer (bad handshake)";
+				return false;
+			}
+			link_expect_hdr(l);
+			continue;
+		}
+		uint64_t len;
+		if (qpi_sp_frame_parse(l->hbuf, l->hneed, l->ipc, &len) <= 0) {
+			*why = "bad ipc message type";
+			return false;
+		}
+		if (len > lk.cap) {
+			qps_log(QPS_LOG_WARN,
+			    "connection %u: a message of %llu bytes is over "
+			    "the limit (%zu): closing it",
+			    l->id, (unsigned long long) len, lk.cap);
+			*why = "message over the limit";
+			return false;
+		}
+		if (nng_msg_alloc(&l->body, (size_t) len) != 0) {
+			*why = "out of memory for a request";
+			return false;
+		}
+		l->bodylen = (size_t) len;
+		l->bodyhave = 0;
+		l->state = LINK_BODY;
+		if (len == 0) {
+			link_request(l);
+			link_expect_hdr(l);
+		}
+	}
+	return true;
+}
+
+bool
+qps_link_start(qps_link *l)
+{
+	uint8_t hs[QPI_SP_HS_LEN];
+	struct iovec iov = {hs, sizeof(hs)};
+	bool ok;
+
+	qpi_sp_hs_make(hs, QPI_SP_REP0);
+	pthread_mutex_lock(&l->mu);
+	ok = link_write_locked(l, &iov, 1);
+	pthread_mutex_unlock(&l->mu);
+	if (!ok) {
+		qps_link_close(l, "handshake not sent");
+		return false;
+	}
+	/* Known to the request layer before a request can be read. */
+	if (!qps_ops_conn_add(l->id)) {
+		qps_link_close(l,
+		    "refused (shutting down, or far over "
+		    "--max-connections)");
+		return false;
+	}
+	qps_log(QPS_LOG_DEBUG, "connection %u from %s (%s)", l->id,
+	    l->peer[0] != '\0' ? l->peer : "a local socket", l->drv->name);
+	pthread_mutex_lock(&l->mu);
+	l->admitted = true;
+	qps_link_kick_locked(l);
+	pthread_mutex_unlock(&l->mu);
+	return true;
+}
+
+void
+qps_link_format_peer(
+    int family, const void *addr, uint16_t port_be, char *buf, size_t len)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+	bool v6 = family == AF_INET6;
+
+	inet_ntop(family, addr, host, sizeof(host));
+	snprintf(buf, len, "tcp://%s%s%s:%u", v6 ? "[" : "", host,
+	    v6 ? "]" : "", (unsigned) ntohs(port_be));
+}
+
+/* ---- the connections section of qps.h ---- */
+
+void
+qps_net_peer(uint32_t pipe_id, char *buf, size_t len)
+{
+	snprintf(buf, len, "a local socket");
+	pthread_mutex_lock(&lk.mu);
+	for (qps_link *l = lk.links; l != NULL; l = l->next) {
+		if (l->id == pipe_id) {
+			if (l->peer[0] != '\0') {
+				snprintf(buf, len, "%s", l->peer);
+			}
+			break;
+		}
+	}
+	pthread_mutex_unlock(&lk.mu);
+}
+
+void
+qps_net_stats_get(qps_net_stats *st)
+{
+	pthread_mutex_lock(&lk.mu);
+	st->workers = lk.nbusy + lk.nparked;
+	st->receiving = lk.nopen;
+	st->parked = lk.nparked;
+	st->connections = lk.nopen;
+	pthread_mutex_unlock(&lk.mu);
+}
+
+bool
+qps_net_drain(int64_t timeout_ms)
+{
+	struct timespec ts
+	    = qpi_ts_from_ns(qpi_now_ns() + timeout_ms * 1000000);
+	bool done;
+
+	pthread_mutex_lock(&lk.mu);
+	while (lk.nbusy > 0) {
+		if (pthread_cond_timedwait(&lk.cv, &lk.mu, &ts) == ETIMEDOUT) {
+			break;
+		}
+	}
+	done = lk.nbusy == 0;
+	pthread_mutex_unlock(&lk.mu);
+	return done;
+}
+
+void
+qps_link_close_all(void)
+{
+	struct timespec ts = qpi_ts_from_ns(qpi_now_ns() + 5000 * 1000000ll);
+
+	pthread_mutex_lock(&lk.mu);
+	lk.closing = true;
+	while (lk.links != NULL) {
+		qps_link *l = lk.links;
+		pthread_mutex_lock(&l->mu);
+		l->refs++; /* alive while this closes it */
+		pthread_mutex_unlock(&l->mu);
+		pthread_mutex_unlock(&lk.mu);
+		qps_link_close(l, NULL);
+		qps_link_unref(l);
+		pthread_mutex_lock(&lk.mu);
+	}
+	/* Links the drivers still hold (an nng read or write ending). */
+	while (lk.nalloc > 0) {
+		if (pthread_cond_timedwait(&lk.cv, &lk.mu, &ts) == ETIMEDOUT) {
+			qps_log(QPS_LOG_WARN,
+			    "%llu connections not yet released at exit",
+			    (unsigned long long) lk.nalloc);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&lk.mu);
+}

@@ -1,0 +1,104 @@
+/*
+ * listener.c - where qpiped listens: each --listen URL is checked against
+ * the start-up policy (sec.c: loopback, authentication, TLS) and served by
+ * the driver that carries its scheme (link.h): plain sockets for tcp://
+ * and ipc://, nng streams for tls+tcp:// and for tcp:// and ipc:// with
+ * --transport nng. Also the connection layer's start and its close.
+ *
+ * Locking: none of its own. qps_net_start runs before any connection,
+ * qps_net_close after the request layer has shut down.
+ */
+#include "link.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+
+/* True when host (a name: every address it resolves to) is loopback. */
+static bool
+lsn_host_loopback(const char *host)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+	bool ok = strcmp(host, "*") != 0 && host[0] != '\0'
+	    && getaddrinfo(host, NULL, &hints, &res) == 0 && res != NULL;
+
+	for (struct addrinfo *ai = ok ? res : NULL; ai != NULL;
+	     ai = ai->ai_next) {
+		const struct sockaddr_in *s4 = (void *) ai->ai_addr;
+		const struct sockaddr_in6 *s6 = (void *) ai->ai_addr;
+		ok = ok
+		    && (ai->ai_family == AF_INET
+		            ? (ntohl(s4->sin_addr.s_addr) >> 24) == 127
+		            : ai->ai_family == AF_INET6
+		                && IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr));
+	}
+	if (res != NULL) {
+		freeaddrinfo(res);
+	}
+	return ok;
+}
+
+void
+qps_listener_bound(const qpi_addr *a, unsigned port, char *bound)
+{
+	bool v6 = strchr(a->host, ':') != NULL;
+
+	if (a->kind == QPI_ADDR_IPC) {
+		snprintf(bound, QPI_URL_MAX + 1, "%s", a->url);
+		return;
+	}
+	snprintf(bound, QPI_URL_MAX + 1, "%s://%s%s%s:%u",
+	    a->kind == QPI_ADDR_TLS ? "tls+tcp" : "tcp", v6 ? "[" : "",
+	    a->host, v6 ? "]" : "", port);
+}
+
+static int
+lsn_listen(const qps_config *cfg, const char *url, char *bound)
+{
+	const qps_link_driver *drv;
+	qpi_addr a;
+	int rv;
+
+	if (qpi_addr_parse(url, QPI_ADDR_SERVER | QPI_ADDR_PORT0, &a)
+	    != QP_OK) {
+		qps_log(QPS_LOG_ERROR, "cannot listen on %s: %s", url,
+		    qp_errmsg());
+		return QP_EINVAL;
+	}
+	if ((rv = qps_sec_check_listener(cfg, &a, url,
+	         a.kind != QPI_ADDR_IPC && lsn_host_loopback(a.host)))
+	    != QP_OK) {
+		return rv;
+	}
+	drv = cfg->raw_sp && a.kind != QPI_ADDR_TLS ? &qps_link_socket
+	                                            : &qps_link_stream;
+	if ((rv = drv->listen(cfg, &a, bound)) != QP_OK) {
+		return rv;
+	}
+	qps_log(QPS_LOG_INFO, "listening on %s", bound);
+	return QP_OK;
+}
+
+int
+qps_net_start(const qps_config *cfg, char urls[][QPI_URL_MAX + 1])
+{
+	int rv;
+
+	qps_link_setup(cfg);
+	for (size_t i = 0; i < cfg->nlisten; i++) {
+		if ((rv = lsn_listen(cfg, cfg->listen[i], urls[i])) != QP_OK) {
+			return rv;
+		}
+	}
+	return QP_OK;
+}
+
+void
+qps_net_close(void)
+{
+	qps_link_socket.stop();
+	qps_link_stream.stop();
+	qps_link_close_all();
+}

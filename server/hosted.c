@@ -31,6 +31,15 @@
  * whose reply an earlier, killed server never sent is answered, not
  * stored again.
  *
+ * A local process stopped (or slow) while it holds a queue's lock must not
+ * stall the server: every server thread tries a lock for at most
+ * QPS_LOCK_BUDGET_NS (qpi_shmq_lock_budget), and a call that cannot take
+ * it changes nothing and answers QP_EBUSY. The queue is then marked busy:
+ * the request layer parks what comes for it without trying, and one
+ * probe timer (1 ms, doubling to 50 ms) retries: it does the background
+ * work that met the lock (leases of closed connections, acks, expiries,
+ * kept in q->pend), then kicks the parked requests.
+ *
  * Locking: everything here runs under the ops lock (hs.mu), the watcher
  * threads included except while they sleep in the kernel.
  */
@@ -99,6 +108,14 @@ struct quar {
 static const char *const dur_ext = ".qlog";
 
 static const char *const shm_prefix = "qpipe.";
+
+/* Background work that met a queue's lock held, retried by its probe. */
+typedef struct qps_pend {
+	struct qps_pend *next;
+	enum { PEND_OWNER, PEND_ACK } kind;
+	uint64_t v; /* the owner token, or the lease id */
+	bool done; /* PEND_ACK: a task_done goes with it */
+} qps_pend;
 
 /* ---- segment identity ---- */
 
@@ -176,6 +193,60 @@ quar_drop(const char *name)
 	}
 }
 
+/* ---- a lock held by another process ---- */
+
+/* q's lock was found held: requests park without trying, and the probe
+ * retries after a backoff. */
+static void
+q_busy(qps_q *q)
+{
+	q->busy = true;
+	if (q->probe_timer.idx == SIZE_MAX) {
+		q->probe_ns = q->probe_ns == 0           ? QPS_PROBE_MIN_NS
+		    : q->probe_ns * 2 > QPS_PROBE_MAX_NS ? QPS_PROBE_MAX_NS
+		                                         : q->probe_ns * 2;
+		qps_timer_arm(&q->probe_timer, qpi_now_ns() + q->probe_ns);
+	}
+}
+
+static void q_probe_fire(qps_timer *t);
+
+/* Passes rv on, noting a held lock. */
+static int
+q_rv(qps_q *q, int rv)
+{
+	if (rv == QP_EBUSY) {
+		q_busy(q);
+	}
+	return rv;
+}
+
+static void
+pend_add(qps_q *q, int kind, uint64_t v, bool done)
+{
+	qps_pend *p = calloc(1, sizeof(*p));
+
+	if (p == NULL) {
+		qps_log(QPS_LOG_ERROR,
+		    "out of memory: queue '%s': a lease left for later is "
+		    "given back when it expires",
+		    q->name);
+		return;
+	}
+	p->kind = kind;
+	p->v = v;
+	p->done = done;
+	if (q->pend_tail != NULL) {
+		q->pend_tail->next = p;
+	} else {
+		q->pend = p;
+	}
+	q->pend_tail = p;
+	q_busy(q);
+}
+
+static void pend_free(qps_q *q);
+
 /* ---- lease expiries ---- */
 
 static void
@@ -184,8 +255,10 @@ q_lease_fire(qps_timer *t)
 	qps_q *q = (qps_q *) ((char *) t - offsetof(qps_q, lease_timer));
 	int64_t next = INT64_MAX;
 	size_t n = 0;
+	int rv = q_rv(q, qpi_shmq_expire(q->shm, qpi_now_ms(), &n, &next));
 
-	if (qpi_shmq_expire(q->shm, qpi_now_ms(), &n, &next) != QP_OK) {
+	q->expire_due = rv == QP_EBUSY; /* the probe does it */
+	if (rv != QP_OK) {
 		next = INT64_MAX;
 	}
 	if (q->dur != NULL && n > 0) {
@@ -223,8 +296,9 @@ sweep_fire(qps_timer *t)
 {
 	for (qps_q *q = hs.head; q != NULL; q = q->next) {
 		size_t n = 0;
-		if (q->dur == NULL
-		    && qpi_shmq_release_dead(q->shm, &n) == QP_OK && n > 0) {
+		if (q->dur == NULL && !q->busy
+		    && q_rv(q, qpi_shmq_release_dead(q->shm, &n)) == QP_OK
+		    && n > 0) {
 			qps_log(QPS_LOG_INFO,
 			    "queue '%s': %zu leases of local processes that "
 			    "are gone are back at the head",
@@ -291,8 +365,10 @@ q_reclaim(qps_q *q)
 {
 	size_t n = 0;
 
-	q->reclaimed = true;
-	if (qpi_shmq_release_stale(q->shm, &n) == QP_OK && n > 0) {
+	int rv = q_rv(q, qpi_shmq_release_stale(q->shm, &n));
+
+	q->reclaimed = rv != QP_EBUSY; /* else the next request tries */
+	if (rv == QP_OK && n > 0) {
 		qps_log(QPS_LOG_INFO,
 		    "queue '%s': %zu items leased by an earlier server or a "
 		    "dead worker are back at the head",
@@ -383,6 +459,7 @@ q_seed(qps_q *q)
 	}
 	rv = q->dur != NULL ? qpi_durq_tags(q->dur, v, QPI_SHMQ_TAGS_MAX, &n)
 	                    : qpi_shmq_tags(q->shm, v, QPI_SHMQ_TAGS_MAX, &n);
+	q->seeded = q_rv(q, rv) != QP_EBUSY; /* else the next request */
 	for (size_t i = 0; rv == QP_OK && i < n; i++) {
 		k += qps_dedup_seed(v[i].client, v[i].seq, v[i].done, v[i].n);
 	}
@@ -419,6 +496,7 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 	q->lease_ms = lease_ms != 0 ? lease_ms : (uint64_t) hs.cfg->lease_ms;
 	q->node.key = qps_hash(name, strlen(name));
 	qps_timer_init(&q->lease_timer, q_lease_fire);
+	qps_timer_init(&q->probe_timer, q_probe_fire);
 	qps_htab_insert(&hs.qs, &q->node);
 	q->next = hs.head;
 	if (hs.head != NULL) {
@@ -483,7 +561,10 @@ qps_q_open(const char *name, bool create, qps_q **qp)
 			return rv;
 		}
 	}
-	if (!q->reclaimed) {
+	if (!q->seeded && !q->busy) {
+		q_seed(q);
+	}
+	if (!q->reclaimed && !q->busy) {
 		q_reclaim(q);
 	}
 	*qp = q;
@@ -574,6 +655,8 @@ qps_q_forget(qps_q *q)
 		wg_remove(q);
 	}
 	qps_timer_cancel(&q->lease_timer);
+	qps_timer_cancel(&q->probe_timer);
+	pend_free(q);
 	qps_htab_remove(&hs.qs, &q->node);
 	if (q->prev != NULL) {
 		q->prev->next = q->next;
@@ -843,10 +926,9 @@ qps_q_put(qps_q *q, const uint8_t *item, size_t len, const qpi_shmq_tag *tag)
 	if (q->dur != NULL) {
 		return q_put_durable(q, p, plen, kind, tag);
 	}
-	if (tag != NULL) {
-		return qpi_shmq_put_tagged(q->shm, p, plen, kind, tag, 0);
-	}
-	return qpi_shmq_put(q->shm, p, plen, kind, 0);
+	return q_rv(q,
+	    tag != NULL ? qpi_shmq_put_tagged(q->shm, p, plen, kind, tag, 0)
+	                : qpi_shmq_put(q->shm, p, plen, kind, 0));
 }
 
 /* A durable queue is the server's alone (its file is locked), and the ops
@@ -931,8 +1013,9 @@ qps_q_put_many(
 		    = q_item(items[i].data, items[i].len, &p, &it[i].len);
 		it[i].buf = p;
 	}
-	rv = tag != NULL ? qpi_shmq_put_many_tagged(q->shm, it, n, tag, 0)
-	                 : qpi_shmq_put_many(q->shm, it, n, 0);
+	rv = q_rv(q,
+	    tag != NULL ? qpi_shmq_put_many_tagged(q->shm, it, n, tag, 0)
+	                : qpi_shmq_put_many(q->shm, it, n, 0));
 	if (it != stack) {
 		free(it);
 	}
@@ -955,7 +1038,7 @@ qps_q_get(qps_q *q, uint64_t owner, uint32_t mode, uint64_t lease_ms,
 	        QPI_GET_OBJ, max_len, &g->data, &g->len, &l)
 	    : qpi_shmq_get_lease_max(q->shm, owner, (int64_t) lease_ms,
 	        QPI_GET_OBJ, max_len, &g->data, &g->len, &l, 0);
-	if (rv != QP_OK) {
+	if (q_rv(q, rv) != QP_OK) {
 		return rv;
 	}
 	g->lease_id = l.id;
@@ -970,7 +1053,7 @@ qps_q_ack(qps_q *q, uint64_t lease_id)
 	if (q->dur != NULL) {
 		return qpi_durq_ack(q->dur, lease_id);
 	}
-	return qpi_shmq_ack(q->shm, lease_id);
+	return q_rv(q, qpi_shmq_ack(q->shm, lease_id));
 }
 
 int
@@ -980,14 +1063,14 @@ qps_q_release(qps_q *q, uint64_t owner, uint64_t lease_id, uint64_t delay_ms)
 
 	(void) owner;
 	if (delay_ms == 0) {
-		rv = qpi_shmq_release(q->shm, lease_id);
+		rv = q_rv(q, qpi_shmq_release(q->shm, lease_id));
 		if (q->dur != NULL) {
 			qpi_durq_leases_gc(q->dur);
 		}
 		return rv;
 	}
 	/* Held a while longer, then its expiry gives it back. */
-	rv = qpi_shmq_renew(q->shm, lease_id, (int64_t) delay_ms);
+	rv = q_rv(q, qpi_shmq_renew(q->shm, lease_id, (int64_t) delay_ms));
 	if (rv == QP_OK) {
 		q_lease_due(q, qpi_now_ms() + (int64_t) delay_ms);
 	}
@@ -1002,7 +1085,7 @@ qps_q_renew(qps_q *q, uint64_t lease_id, uint64_t lease_ms)
 	if (lease_ms == 0) {
 		lease_ms = q->lease_ms;
 	}
-	rv = qpi_shmq_renew(q->shm, lease_id, (int64_t) lease_ms);
+	rv = q_rv(q, qpi_shmq_renew(q->shm, lease_id, (int64_t) lease_ms));
 	if (rv == QP_OK) {
 		/* An earlier firing finds nothing due and re-arms for the
 		 * next expiry; a later one is brought forward. */
@@ -1015,8 +1098,13 @@ uint64_t
 qps_q_release_owner(qps_q *q, uint64_t owner)
 {
 	size_t n = 0;
+	int rv = q->busy ? QP_EBUSY
+	                 : q_rv(q, qpi_shmq_release_owner(q->shm, owner, &n));
 
-	if (qpi_shmq_release_owner(q->shm, owner, &n) != QP_OK) {
+	if (rv == QP_EBUSY) {
+		pend_add(q, PEND_OWNER, owner, false);
+	}
+	if (rv != QP_OK) {
 		return 0;
 	}
 	if (q->dur != NULL) {
@@ -1031,7 +1119,7 @@ qps_q_task_done(qps_q *q, uint64_t n)
 	int rv = QP_OK;
 
 	for (uint64_t i = 0; i < n && rv == QP_OK; i++) {
-		rv = qpi_shmq_task_done(q->shm);
+		rv = q_rv(q, qpi_shmq_task_done(q->shm));
 	}
 	return rv;
 }
@@ -1041,20 +1129,21 @@ qps_q_joined(qps_q *q)
 {
 	qp_queue_stats st;
 
-	return qpi_shmq_stat(q->shm, &st) == QP_OK && st.unfinished == 0;
+	return q_rv(q, qpi_shmq_stat(q->shm, &st)) == QP_OK
+	    && st.unfinished == 0;
 }
 
 int
 qps_q_qsize(qps_q *q, uint64_t *np)
 {
-	return qpi_shmq_qsize(q->shm, np);
+	return q_rv(q, qpi_shmq_qsize(q->shm, np));
 }
 
 int
 qps_q_stat(qps_q *q, qp_queue_stats *st)
 {
 	int rv = q->dur != NULL ? qpi_durq_stat(q->dur, st)
-	                        : qpi_shmq_stat(q->shm, st);
+	                        : q_rv(q, qpi_shmq_stat(q->shm, st));
 
 	if (rv == QP_OK) {
 		/* Remote requests parked here wait too. */
@@ -1118,6 +1207,106 @@ qps_q_list(bool (*fn)(const char *name, const qp_queue_stats *st, void *arg),
 	return QP_OK;
 }
 
+/* ---- the probe of a busy queue ---- */
+
+void
+qps_q_ack_later(qps_q *q, uint64_t lease_id, bool done)
+{
+	pend_add(q, PEND_ACK, lease_id, done);
+}
+
+static void
+pend_free(qps_q *q)
+{
+	uint64_t n = 0;
+
+	while (q->pend != NULL) {
+		qps_pend *p = q->pend;
+		q->pend = p->next;
+		free(p);
+		n++;
+	}
+	q->pend_tail = NULL;
+	if (n > 0) {
+		qps_log(QPS_LOG_WARN,
+		    "queue '%s': %llu lease returns left undone (its lock "
+		    "is held by another process): the leases expire, or the "
+		    "next server returns them",
+		    q->name, (unsigned long long) n);
+	}
+}
+
+/* Does q's kept background work in order; false if the lock is still
+ * held (the rest stays). */
+static bool
+pend_run(qps_q *q)
+{
+	while (q->pend != NULL) {
+		qps_pend *p = q->pend;
+		size_t n = 0;
+		int rv;
+		if (p->kind == PEND_OWNER) {
+			rv = q_rv(q, qpi_shmq_release_owner(q->shm, p->v, &n));
+			if (rv == QP_OK && n > 0) {
+				qps_log(QPS_LOG_INFO,
+				    "queue '%s': %zu leases of a closed "
+				    "connection are back at the head",
+				    q->name, n);
+			}
+		} else {
+			rv = p->v != 0 ? qps_q_ack(q, p->v) : QP_OK;
+			if (rv == QP_EBUSY) {
+				return false;
+			}
+			p->done = p->done && rv == QP_OK;
+			p->v = 0; /* the ack is in: its task_done may wait */
+			if (p->done) {
+				rv = qps_q_task_done(q, 1);
+			}
+		}
+		if (rv == QP_EBUSY) {
+			return false;
+		}
+		q->pend = p->next;
+		if (q->pend == NULL) {
+			q->pend_tail = NULL;
+		}
+		free(p);
+	}
+	return true;
+}
+
+/* The probe: the lock is tried once for the queue, by its oldest kept
+ * work, then by its parked requests (qps_ops_kick) in order. */
+static void
+q_probe_fire(qps_timer *t)
+{
+	qps_q *q = (qps_q *) ((char *) t - offsetof(qps_q, probe_timer));
+
+	q->busy = false;
+	if (!q->seeded) {
+		q_seed(q);
+	}
+	if (!q->reclaimed && !q->busy) {
+		q_reclaim(q);
+	}
+	if (q->busy || !pend_run(q)) {
+		return;
+	}
+	if (q->expire_due) {
+		q_lease_fire(&q->lease_timer);
+		if (q->busy) {
+			return;
+		}
+	}
+	qps_ops_kick(q);
+	if (!q->busy) {
+		q->probe_ns = 0;
+		qps_log(QPS_LOG_DEBUG, "queue '%s': its lock is free again",
+		    q->name);
+	}
+}
+
 /* ---- watching for local changes ---- */
 
 static long
@@ -1140,6 +1329,7 @@ wg_main(void *arg)
 	struct wv_entry wv[WG_MAX + 1];
 	qps_q *snap[WG_MAX];
 
+	qps_thread_init();
 	pthread_mutex_lock(hs.mu);
 	while (!hs.stop) {
 		uint32_t ctl = __atomic_load_n(&g->ctl, __ATOMIC_SEQ_CST);

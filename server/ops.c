@@ -16,9 +16,16 @@
  * requests carry (client id, seq) and go through dedup.c, so that a
  * request sent again is applied once.
  *
+ * A queue whose shared-memory lock another process holds (stopped or
+ * slow: hosted.c gives up after QPS_LOCK_BUDGET_NS and marks it busy)
+ * delays only its own requests: they park, without trying, until its
+ * probe finds the lock free; gets, puts and joins wait their own timeout,
+ * other ops (QPS_WAIT_OP) at most QPS_BUSY_WAIT_MS, then get QP_EBUSY.
+ *
  * Locking: one mutex (ops.mu) guards everything here, in dedup.c and in
  * hosted.c, and the timer heap: the timer thread and the watchers take it
- * too. Replies are handed to nng (qps_worker_reply) with it held:
+ * too. Under it, a queue's lock is only tried (QPS_LOCK_BUDGET_NS), never
+ * waited for. Replies are handed to nng (qps_worker_reply) with it held:
  * nng_ctx_send only queues the send, its callback runs later on another
  * thread.
  */
@@ -69,6 +76,8 @@ struct qps_wait {
 	qps_client *cl; /* dedup: the client and seq, or NULL */
 	uint64_t seq;
 	uint32_t base; /* put_many: items of the request put before */
+	uint64_t next; /* QPS_WAIT_OP: ids (or task_dones) done so far */
+	uint32_t nmiss; /* QPS_WAIT_OP: ids found missing so far */
 	qps_wait *qprev, *qnext; /* in q's list */
 	qps_wait *cprev, *cnext; /* in conn's list */
 };
@@ -88,6 +97,12 @@ static struct {
 } ops = {
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
+
+void
+qps_thread_init(void)
+{
+	qpi_shmq_lock_budget(QPS_LOCK_BUDGET_NS);
+}
 
 /* ---- replies ---- */
 
@@ -233,6 +248,7 @@ qps_ops_conn_add(uint32_t pipe_id)
 {
 	bool keep;
 
+	qps_thread_init();
 	pthread_mutex_lock(&ops.mu);
 	if (ops.draining) {
 		/* Shutting down: no new connection (closing the listeners
@@ -319,6 +335,7 @@ qps_ops_conn_remove(uint32_t pipe_id)
 	ops_conn *c;
 	uint64_t n = 0;
 
+	qps_thread_init();
 	pthread_mutex_lock(&ops.mu);
 	if ((c = conn_find(pipe_id)) == NULL) {
 		ops.tomb[ops.ntomb++ % OPS_TOMBSTONES] = pipe_id;
@@ -383,7 +400,7 @@ wait_unlink(qps_wait *wt)
 		wt->cnext->cprev = wt->cprev;
 	}
 	qps_timer_cancel(&wt->timer);
-	if (q->nwait[0] + q->nwait[1] + q->nwait[2] == 0) {
+	if (q->nwait[0] + q->nwait[1] + q->nwait[2] + q->nwait[3] == 0) {
 		qps_q_watch(q, false);
 	}
 }
@@ -396,8 +413,12 @@ wait_finish(qps_wait *wt, nng_msg *rep)
 	wait_unlink(wt);
 	if (wt->cl != NULL) {
 		bool keep = rep != NULL && wt->kind != QPS_WAIT_GET;
+		bool body = keep && wt->kind == QPS_WAIT_OP
+		    && (wt->r.op == QPI_OP_ACK || wt->r.op == QPI_OP_TOUCH);
 		qps_dedup_end(wt->cl, wt->seq,
-		    rep != NULL ? qps_rep_status(rep) : QP_OK, NULL, 0, keep);
+		    rep != NULL ? qps_rep_status(rep) : QP_OK,
+		    body ? nng_msg_body(rep) : NULL,
+		    body ? nng_msg_len(rep) : 0, keep);
 	}
 	if (rep != NULL) {
 		qps_worker_reply(wt->w, rep);
@@ -405,6 +426,7 @@ wait_finish(qps_wait *wt, nng_msg *rep)
 		qps_worker_drop(wt->w);
 	}
 	free(wt->r.items);
+	free(wt->r.ids);
 	nng_msg_free(wt->req);
 	free(wt);
 }
@@ -415,7 +437,19 @@ wait_timeout(qps_timer *t)
 	qps_wait *wt = (qps_wait *) t;
 	const qpi_wire_req *r = &wt->r;
 	nng_msg *rep;
+	static const int st[QPS_NWAIT]
+	    = {QP_EEMPTY, QP_EFULL, QP_ETIMEDOUT, QP_EBUSY};
 
+	if (wt->q->busy || wt->kind == QPS_WAIT_OP) {
+		wait_finish(wt,
+		    qps_rep_error(r->op, r->req_id, st[wt->kind],
+		        "queue '%s' is locked by another process (stopped or "
+		        "slow): %s not done after %lld ms",
+		        wt->q->name, qpi_wire_op_name(r->op),
+		        (long long) (wt->kind == QPS_WAIT_OP ? QPS_BUSY_WAIT_MS
+		                                             : r->timeout)));
+		return;
+	}
 	switch (wt->kind) {
 	case QPS_WAIT_GET:
 		rep = qps_rep_error(r->op, r->req_id, QP_EEMPTY,
@@ -436,16 +470,17 @@ wait_timeout(qps_timer *t)
 	wait_finish(wt, rep);
 }
 
-/* Parks the request: takes req, copies r (and its items). Returns false
- * (nothing taken) if the server cannot park more. */
-static bool
+/* Parks the request for up to tmo ms (< 0: no limit): takes req, copies
+ * r (and its items, or for QPS_WAIT_OP its ids). Returns NULL (nothing
+ * taken) if the server cannot park more. */
+static qps_wait *
 wait_park(qps_worker *w, ops_conn *c, qps_q *q, int kind, nng_msg *req,
-    const qpi_wire_req *r, qps_client *cl, uint32_t base)
+    const qpi_wire_req *r, qps_client *cl, uint32_t base, int64_t tmo)
 {
 	qps_wait *wt = calloc(1, sizeof(*wt));
 
 	if (wt == NULL) {
-		return false;
+		return NULL;
 	}
 	wt->r = *r;
 	/* The caller's arrays may be on its stack: keep our own copy (the
@@ -458,19 +493,28 @@ wait_park(qps_worker *w, ops_conn *c, qps_q *q, int kind, nng_msg *req,
 		wt->r.items = malloc(r->nitems * sizeof(*r->items));
 		if (wt->r.items == NULL) {
 			free(wt);
-			return false;
+			return NULL;
 		}
 		memcpy(wt->r.items, r->items, r->nitems * sizeof(*r->items));
 		wt->r.items_cap = r->nitems;
 	}
+	if (kind == QPS_WAIT_OP && r->nids > 0) {
+		if ((wt->r.ids = malloc(r->nids * sizeof(*r->ids))) == NULL) {
+			free(wt->r.items);
+			free(wt);
+			return NULL;
+		}
+		memcpy(wt->r.ids, r->ids, r->nids * sizeof(*r->ids));
+		wt->r.nids = wt->r.ids_cap = r->nids;
+	}
 	qps_timer_init(&wt->timer, wait_timeout);
-	if ((r->timeout > 0
-	        && !qps_timer_arm(&wt->timer, qpi_deadline_ns(r->timeout)))
+	if ((tmo > 0 && !qps_timer_arm(&wt->timer, qpi_deadline_ns(tmo)))
 	    || !qps_worker_park(w)) {
 		qps_timer_cancel(&wt->timer);
 		free(wt->r.items);
+		free(wt->r.ids);
 		free(wt);
-		return false;
+		return NULL;
 	}
 	wt->kind = kind;
 	wt->w = w;
@@ -497,7 +541,7 @@ wait_park(qps_worker *w, ops_conn *c, qps_q *q, int kind, nng_msg *req,
 	}
 	c->waits = wt;
 	qps_q_watch(q, true);
-	return true;
+	return wt;
 }
 
 /* ---- queue operations (the lock held) ---- */
@@ -608,6 +652,12 @@ op_try_put(qps_q *q, const qpi_wire_req *r, qps_client *cl, uint32_t base)
 static nng_msg *
 put_error(const qpi_wire_req *r, qps_q *q, int rv)
 {
+	if (rv == QP_EBUSY) {
+		return qps_rep_error(r->op, r->req_id, QP_EFULL,
+		    "queue '%s' is locked by another process (stopped or "
+		    "slow): not put",
+		    q->name);
+	}
 	if (rv == QP_EFULL) {
 		return qps_rep_error(
 		    r->op, r->req_id, rv, "queue '%s' is full", q->name);
@@ -616,14 +666,20 @@ put_error(const qpi_wire_req *r, qps_q *q, int rv)
 	    qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
 }
 
-/* Confirms one lease of c: a WORK lease's ack is also its task_done. */
+/* Confirms one lease of c: a WORK lease's ack is also its task_done.
+ * QP_EBUSY: q's lock is held, nothing done. */
 static int
 op_ack(ops_conn *c, qps_q *q, uint64_t lease_id)
 {
-	bool work = work_take(c, q, lease_id);
 	int rv = qps_q_ack(q, lease_id);
 
-	if (rv == QP_OK && work && qps_q_task_done(q, 1) != QP_OK) {
+	if (rv == QP_EBUSY || !work_take(c, q, lease_id) || rv != QP_OK) {
+		return rv;
+	}
+	int d = qps_q_task_done(q, 1);
+	if (d == QP_EBUSY) {
+		qps_q_ack_later(q, 0, true); /* its task_done, later */
+	} else if (d != QP_OK) {
 		qps_log(QPS_LOG_WARN,
 		    "queue '%s': task_done for acked lease %llu found no "
 		    "unfinished task",
@@ -632,60 +688,158 @@ op_ack(ops_conn *c, qps_q *q, uint64_t lease_id)
 	return rv;
 }
 
-/* Applies each to every lease id of r: the reply (of rp) lists the ids
- * it failed on, as missing. */
-static nng_msg *
-ids_apply(ops_conn *c, qps_q *q, const qpi_wire_req *r, qpi_wire_rep *rp,
-    bool (*each)(ops_conn *c, qps_q *q, const qpi_wire_req *r, uint64_t id))
+/* A get's confirmations: those that meet q's lock held are done later,
+ * by q's probe. */
+static void
+ops_ack_ids(ops_conn *c, qps_q *q, const qpi_wire_req *r)
 {
-	uint64_t stackm[OPS_STACK_ITEMS], *missing = stackm;
-	nng_msg *rep;
-
-	if (r->nids > OPS_STACK_ITEMS
-	    && (missing = malloc(r->nids * sizeof(*missing))) == NULL) {
-		return qps_rep_error(
-		    r->op, r->req_id, QP_ENOMEM, "out of memory");
-	}
 	for (uint32_t i = 0; i < r->nids; i++) {
-		if (!each(c, q, r, r->ids[i])) {
-			missing[rp->nids++] = r->ids[i];
+		if (q->busy || op_ack(c, q, r->ids[i]) == QP_EBUSY) {
+			qps_q_ack_later(
+			    q, r->ids[i], work_take(c, q, r->ids[i]));
 		}
 	}
-	rp->ids = missing;
-	rp->ids_cap = r->nids;
-	rep = qps_rep_encode(rp);
-	if (missing != stackm) {
-		free(missing);
-	}
-	return rep;
 }
 
-static bool
+/* Applies each to r's lease ids from *next on; those it fails on gather
+ * at the front of r->ids (*nmiss of them). QP_EBUSY: stopped at *next,
+ * q's lock is held. Else QP_OK, *repp listing them as missing. */
+static int
+ids_apply(ops_conn *c, qps_q *q, qpi_wire_req *r, uint64_t *next,
+    uint32_t *nmiss, nng_msg **repp,
+    int (*each)(ops_conn *c, qps_q *q, const qpi_wire_req *r, uint64_t id))
+{
+	qpi_wire_rep rp;
+
+	for (; *next < r->nids; (*next)++) {
+		uint64_t id = r->ids[*next];
+		int rv = each(c, q, r, id);
+		if (rv == QP_EBUSY) {
+			return rv;
+		}
+		if (rv != QP_OK) {
+			r->ids[(*nmiss)++] = id;
+		}
+	}
+	memset(&rp, 0, sizeof(rp));
+	rp.op = r->op;
+	rp.req_id = r->req_id;
+	rp.ids = r->ids;
+	rp.nids = *nmiss;
+	rp.ids_cap = r->nids;
+	*repp = qps_rep_encode(&rp);
+	return QP_OK;
+}
+
+static int
 ack_one(ops_conn *c, qps_q *q, const qpi_wire_req *r, uint64_t id)
 {
 	(void) r;
-	return op_ack(c, q, id) == QP_OK;
+	return op_ack(c, q, id);
 }
 
-static bool
+static int
 touch_one(ops_conn *c, qps_q *q, const qpi_wire_req *r, uint64_t id)
 {
-	return work_holds(c, q, id)
-	    && qps_q_renew(q, id, r->lease_ms) == QP_OK;
+	return work_holds(c, q, id) ? qps_q_renew(q, id, r->lease_ms)
+	                            : QP_ENOENT;
 }
 
-/* Serves q's parked requests in order while they can go on. */
+/* The ops on one queue that never wait for it: ack, touch, release,
+ * task_done, qsize, stat. QP_EBUSY when q's lock is held: nothing more
+ * is done, the request parks and comes again (*next, *nmiss keep an
+ * ack's, touch's or task_done's progress). Else QP_OK with *repp. */
+static int
+op_now(ops_conn *c, qps_q *q, qpi_wire_req *r, uint64_t *next, uint32_t *nmiss,
+    nng_msg **repp)
+{
+	qpi_wire_rep rp;
+	int rv = QP_OK;
+
+	if (q->busy) {
+		return QP_EBUSY;
+	}
+	memset(&rp, 0, sizeof(rp));
+	rp.op = r->op;
+	rp.req_id = r->req_id;
+	switch (r->op) {
+	case QPI_OP_ACK:
+		return ids_apply(c, q, r, next, nmiss, repp, ack_one);
+	case QPI_OP_TOUCH:
+		/* Only the WORK leases of this connection on q are renewed;
+		 * any other id is missing. */
+		rv = ids_apply(c, q, r, next, nmiss, repp, touch_one);
+		qpi_err_clear();
+		return rv;
+	case QPI_OP_RELEASE:
+		rv = qps_q_release(q, c->owner, r->lease_id, r->delay_ms);
+		if (rv == QP_EBUSY) {
+			return rv;
+		}
+		work_take(c, q, r->lease_id);
+		*repp = rv == QP_OK
+		    ? qps_rep_ok(r)
+		    : qps_rep_error(r->op, r->req_id, rv,
+		        "lease %llu on '%s' is not held (expired, released "
+		        "or acked)",
+		        (unsigned long long) r->lease_id, q->name);
+		return QP_OK;
+	case QPI_OP_TASK_DONE:
+		for (; *next < r->count && rv == QP_OK; (*next)++) {
+			if ((rv = qps_q_task_done(q, 1)) == QP_EBUSY) {
+				return rv;
+			}
+		}
+		*repp = rv == QP_OK ? qps_rep_ok(r)
+		                    : qps_rep_error(r->op, r->req_id, rv,
+		                        "task_done() on '%s' called more "
+		                        "times than items were put",
+		                        q->name);
+		return QP_OK;
+	case QPI_OP_QSIZE:
+		rv = qps_q_qsize(q, &rp.count);
+		break;
+	default: /* QPI_OP_STAT */
+		rv = qps_q_stat(q, &rp.stat);
+		break;
+	}
+	if (rv == QP_EBUSY) {
+		return rv;
+	}
+	*repp = rv == QP_OK
+	    ? qps_rep_encode(&rp)
+	    : qps_rep_error(r->op, r->req_id, rv, "%s of '%s': %s",
+	        qpi_wire_op_name(r->op), q->name, qp_strerror(rv));
+	return QP_OK;
+}
+
+/* Serves q's parked requests in order while they can go on; nothing
+ * while q's lock is held by another process (its probe comes back). */
 static void
 ops_dispatch(qps_q *q)
 {
 	bool progress = true;
 
-	while (progress) {
+	while (progress && !q->busy) {
 		progress = false;
+		while (q->whead[QPS_WAIT_OP] != NULL) {
+			qps_wait *wt = q->whead[QPS_WAIT_OP];
+			nng_msg *rep = NULL;
+			if (op_now(wt->conn, q, &wt->r, &wt->next, &wt->nmiss,
+			        &rep)
+			    == QP_EBUSY) {
+				return;
+			}
+			wait_finish(wt, rep);
+			progress = true;
+		}
 		while (q->whead[QPS_WAIT_GET] != NULL) {
 			qps_wait *wt = q->whead[QPS_WAIT_GET];
 			nng_msg *rep = NULL;
 			int rv = op_try_get(wt->conn, q, &wt->r, &rep);
+			if (rv == QP_EBUSY) {
+				return;
+			}
 			if (rv == QP_EEMPTY || rv == QP_ELIMIT) {
 				break;
 			}
@@ -700,6 +854,9 @@ ops_dispatch(qps_q *q)
 		while (q->whead[QPS_WAIT_PUT] != NULL) {
 			qps_wait *wt = q->whead[QPS_WAIT_PUT];
 			int rv = op_try_put(q, &wt->r, wt->cl, wt->base);
+			if (rv == QP_EBUSY) {
+				return;
+			}
 			if (rv == QP_EFULL) {
 				break;
 			}
@@ -830,7 +987,7 @@ static qps_handled
 park_or_refuse(qps_worker *w, ops_conn *c, qps_q *q, int kind, nng_msg *req,
     const qpi_wire_req *r, qps_client *cl, uint32_t base, nng_msg **repp)
 {
-	if (wait_park(w, c, q, kind, req, r, cl, base)) {
+	if (wait_park(w, c, q, kind, req, r, cl, base, r->timeout) != NULL) {
 		ops_dispatch(q);
 		return QPS_PARKED;
 	}
@@ -918,11 +1075,12 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		/* Parked putters go first (FIFO). */
 		ops_dispatch(q);
 		qps_q_defer_sync(true); /* group commit: see qps_ops_handle */
-		rv = q->whead[QPS_WAIT_PUT] != NULL
+		rv = q->busy ? QP_EBUSY
+		    : q->whead[QPS_WAIT_PUT] != NULL
 		    ? QP_EFULL
 		    : op_try_put(q, r, cl, base);
 		qps_q_defer_sync(false);
-		if (rv == QP_EFULL && r->timeout != 0) {
+		if ((rv == QP_EFULL || rv == QP_EBUSY) && r->timeout != 0) {
 			return park_or_refuse(
 			    w, c, q, QPS_WAIT_PUT, req, r, cl, base, repp);
 		}
@@ -936,18 +1094,23 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		if (open_for(r, false, &q, repp) != QP_OK) {
 			return QPS_REPLY;
 		}
-		for (uint32_t i = 0; i < r->nids; i++) {
-			op_ack(c, q, r->ids[i]);
-		}
+		ops_ack_ids(c, q, r);
 		ops_dispatch(q);
-		rv = q->whead[QPS_WAIT_GET] != NULL
+		rv = q->busy ? QP_EBUSY
+		    : q->whead[QPS_WAIT_GET] != NULL
 		    ? QP_EEMPTY
 		    : op_try_get(c, q, r, repp);
-		if ((rv == QP_EEMPTY || rv == QP_ELIMIT) && r->timeout != 0) {
+		if ((rv == QP_EEMPTY || rv == QP_ELIMIT || rv == QP_EBUSY)
+		    && r->timeout != 0) {
 			return park_or_refuse(
 			    w, c, q, QPS_WAIT_GET, req, r, cl, 0, repp);
 		}
-		if (rv == QP_EEMPTY) {
+		if (rv == QP_EBUSY) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_EEMPTY,
+			    "queue '%s' is locked by another process (stopped "
+			    "or slow)",
+			    q->name);
+		} else if (rv == QP_EEMPTY) {
 			*repp = qps_rep_error(r->op, r->req_id, QP_EEMPTY,
 			    "queue '%s' is empty", q->name);
 		} else if (rv != QP_OK) {
@@ -959,50 +1122,34 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		return QPS_REPLY;
 
 	case QPI_OP_ACK:
-		if (open_for(r, false, &q, repp) != QP_OK) {
-			return QPS_REPLY;
-		}
-		*repp = ids_apply(c, q, r, &rp, ack_one);
-		ops_dispatch(q);
-		return QPS_REPLY;
-
-	case QPI_OP_RELEASE:
-		if (open_for(r, false, &q, repp) != QP_OK) {
-			return QPS_REPLY;
-		}
-		work_take(c, q, r->lease_id);
-		rv = qps_q_release(q, c->owner, r->lease_id, r->delay_ms);
-		*repp = rv == QP_OK
-		    ? qps_rep_ok(r)
-		    : qps_rep_error(r->op, r->req_id, rv,
-		        "lease %llu on '%s' is not held (expired, released "
-		        "or acked)",
-		        (unsigned long long) r->lease_id, q->name);
-		ops_dispatch(q);
-		return QPS_REPLY;
-
 	case QPI_OP_TOUCH:
-		/* Only the WORK leases of this connection on q are renewed;
-		 * any other id is missing. */
-		if (open_for(r, false, &q, repp) != QP_OK) {
-			return QPS_REPLY;
-		}
-		*repp = ids_apply(c, q, r, &rp, touch_one);
-		qpi_err_clear();
-		return QPS_REPLY;
-
+	case QPI_OP_RELEASE:
 	case QPI_OP_TASK_DONE:
+	case QPI_OP_QSIZE:
+	case QPI_OP_STAT: {
+		uint64_t next = 0;
+		uint32_t nmiss = 0;
+		qps_wait *wt;
 		if (open_for(r, false, &q, repp) != QP_OK) {
 			return QPS_REPLY;
 		}
-		rv = qps_q_task_done(q, r->count);
-		*repp = rv == QP_OK ? qps_rep_ok(r)
-		                    : qps_rep_error(r->op, r->req_id, rv,
-		                        "task_done() on '%s' called more "
-		                        "times than items were put",
-		                        q->name);
-		ops_dispatch(q);
-		return QPS_REPLY;
+		if (op_now(c, q, r, &next, &nmiss, repp) == QP_OK) {
+			ops_dispatch(q); /* acks and releases free room */
+			return QPS_REPLY;
+		}
+		wt = wait_park(
+		    w, c, q, QPS_WAIT_OP, req, r, cl, 0, QPS_BUSY_WAIT_MS);
+		if (wt == NULL) {
+			*repp = qps_rep_error(r->op, r->req_id, QP_EBUSY,
+			    "queue '%s' is locked by another process (stopped "
+			    "or slow)",
+			    q->name);
+			return QPS_REPLY;
+		}
+		wt->next = next;
+		wt->nmiss = nmiss;
+		return QPS_PARKED;
+	}
 
 	case QPI_OP_JOIN:
 		if (open_for(r, false, &q, repp) != QP_OK) {
@@ -1014,33 +1161,14 @@ ops_apply(qps_worker *w, ops_conn *c, nng_msg *req, qpi_wire_req *r,
 		}
 		if (r->timeout == 0) {
 			*repp = qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
-			    "queue '%s' has unfinished tasks", q->name);
+			    "queue '%s' %s", q->name,
+			    q->busy ? "is locked by another process (stopped "
+			              "or slow)"
+			            : "has unfinished tasks");
 			return QPS_REPLY;
 		}
 		return park_or_refuse(
 		    w, c, q, QPS_WAIT_JOIN, req, r, cl, 0, repp);
-
-	case QPI_OP_QSIZE:
-		if (open_for(r, false, &q, repp) != QP_OK) {
-			return QPS_REPLY;
-		}
-		rv = qps_q_qsize(q, &rp.count);
-		*repp = rv == QP_OK
-		    ? qps_rep_encode(&rp)
-		    : qps_rep_error(r->op, r->req_id, rv, "qsize of '%s': %s",
-		        q->name, qp_strerror(rv));
-		return QPS_REPLY;
-
-	case QPI_OP_STAT:
-		if (open_for(r, false, &q, repp) != QP_OK) {
-			return QPS_REPLY;
-		}
-		rv = qps_q_stat(q, &rp.stat);
-		*repp = rv == QP_OK
-		    ? qps_rep_encode(&rp)
-		    : qps_rep_error(r->op, r->req_id, rv, "stat of '%s': %s",
-		        q->name, qp_strerror(rv));
-		return QPS_REPLY;
 
 	case QPI_OP_LIST: {
 		list_ctx lc = {0};
@@ -1198,9 +1326,7 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 		qps_q *q;
 		if (r->op == QPI_OP_GET && r->nids > 0
 		    && (q = qps_q_find(r->name)) != NULL) {
-			for (uint32_t i = 0; i < r->nids; i++) {
-				op_ack(c, q, r->ids[i]);
-			}
+			ops_ack_ids(c, q, r);
 		}
 		*repp = qps_rep_error(r->op, r->req_id, QP_ECONNRESET,
 		    "the server is shutting down: reconnect and retry");
@@ -1299,6 +1425,7 @@ qps_ops_handle(qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp)
 	qps_handled h = QPS_REPLY;
 	int rv;
 
+	qps_thread_init();
 	memset(&r, 0, sizeof(r));
 	r.items = items;
 	r.items_cap = OPS_STACK_ITEMS;
@@ -1388,6 +1515,7 @@ qps_ops_start(const qps_config *cfg)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&ops.gone, &ca);
 	pthread_condattr_destroy(&ca);
+	qps_thread_init(); /* the main thread's drain and shutdown */
 	ops.cfg = cfg;
 	ops.pid = (uint32_t) getpid();
 	ops.lim.max_message = cfg->max_message;

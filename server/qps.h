@@ -295,8 +295,33 @@ void qps_timer_init(qps_timer *t, void (*fire)(qps_timer *t));
 
 /* ---- hosted queues (hosted.c) ---- */
 
-/* Kinds of parked request, one waiting list each per queue. */
-enum { QPS_WAIT_GET = 0, QPS_WAIT_PUT = 1, QPS_WAIT_JOIN = 2, QPS_NWAIT };
+/* Kinds of parked request, one waiting list each per queue: gets, puts,
+ * joins, and other ops that met the queue's lock held (QPS_WAIT_OP). */
+enum {
+	QPS_WAIT_GET = 0,
+	QPS_WAIT_PUT = 1,
+	QPS_WAIT_JOIN = 2,
+	QPS_WAIT_OP = 3,
+	QPS_NWAIT
+};
+
+/* How long a server thread tries a queue's shared-memory lock before it
+ * gives up with QP_EBUSY (qpi_shmq_lock_budget): a local process stopped
+ * while it holds the lock must not stall the thread. */
+#define QPS_LOCK_BUDGET_NS 150000
+/* The retry probe of a queue whose lock was found held: first after
+ * QPS_PROBE_MIN_NS, doubling up to QPS_PROBE_MAX_NS. */
+#define QPS_PROBE_MIN_NS 1000000
+#define QPS_PROBE_MAX_NS 50000000
+/* A request with no timeout of its own (ack, stat...) waits at most this
+ * long for a held lock, then is answered QP_EBUSY. */
+#define QPS_BUSY_WAIT_MS 5000
+
+/* Sets the calling server thread's lock budget (QPS_LOCK_BUDGET_NS);
+ * every thread that touches a queue calls it first. */
+void qps_thread_init(void);
+
+struct qps_pend;
 
 typedef struct qps_wait qps_wait;
 typedef struct qps_wgroup qps_wgroup;
@@ -321,6 +346,12 @@ typedef struct qps_q {
 	bool armed; /* its watch word is armed by the watcher */
 	bool reclaimed; /* leases of an earlier server returned */
 	uint32_t seen; /* the watch sequence the watcher last read */
+	bool seeded; /* put requests of earlier servers read (q_seed) */
+	bool busy; /* its lock was found held: requests park, one probe */
+	bool expire_due; /* a lease expiry met the lock held */
+	int64_t probe_ns; /* the probe's current backoff */
+	qps_timer probe_timer; /* retries the lock (q_probe_fire) */
+	struct qps_pend *pend, *pend_tail; /* background work to retry */
 } qps_q;
 
 /* One item taken from a queue under a lease. data is malloc'd: the msgpack
@@ -425,13 +456,22 @@ int qps_q_release(
  * QP_ENOENT (not held: expired, released or acked). */
 int qps_q_renew(qps_q *q, uint64_t lease_id, uint64_t lease_ms);
 
-/* Gives back every lease owner holds on q; returns how many. */
+/* Gives back every lease owner holds on q; returns how many. When q's
+ * lock is held by another process the work is kept and done by q's
+ * probe once the lock is free (0 returned now). */
 uint64_t qps_q_release_owner(qps_q *q, uint64_t owner);
 
-/* JoinableQueue: n items done. QP_OK or QP_EVALUE. */
+/* Confirms a lease (and with done, one task_done) later, by q's probe:
+ * for acks that met q's lock held. */
+void qps_q_ack_later(qps_q *q, uint64_t lease_id, bool done);
+
+/* JoinableQueue: n items done. QP_OK or QP_EVALUE. Any qps_q_ call on a
+ * shared-memory queue may also answer QP_EBUSY (nothing done): another
+ * process holds its lock; q->busy is then set and q's probe armed. */
 int qps_q_task_done(qps_q *q, uint64_t n);
 
-/* True when every item put has been marked done. */
+/* True when every item put has been marked done (false when q's lock is
+ * held: q->busy tells). */
 bool qps_q_joined(qps_q *q);
 
 /* The exact number of ready items, and the queue's figures. */

@@ -402,9 +402,13 @@ ps_park_or_refuse(qps_worker *w, uint32_t conn, ps_pipe *p, int on, int kind,
 }
 
 qps_handled
-qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
-    const qpi_wire_req *r, qps_client *cl, nng_msg **repp)
+qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 {
+	const qpi_wire_req *r = rq->r;
+	qps_worker *w = rq->w;
+	uint32_t conn = (uint32_t) rq->c->node.key;
+	nng_msg *req = rq->req;
+	qps_client *cl = rq->cl;
 	ps_pipe *p = ps_find(r->name);
 	qpi_wire_rep rp;
 	int s = r->side;

@@ -67,8 +67,8 @@ admin_figures(qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 	}
 	if (r->op == QPI_OP_STAT) {
 		/* Remote requests parked here wait too. */
-		rp.stat.getters += q->nwait[QPS_WAIT_GET];
-		rp.stat.putters += q->nwait[QPS_WAIT_PUT];
+		rp.stat.getters += q->wl[QPS_WAIT_GET].n;
+		rp.stat.putters += q->wl[QPS_WAIT_PUT].n;
 	}
 	*repp = rv == QP_OK
 	    ? qps_rep_encode(&rp)

@@ -363,6 +363,9 @@ qps_ops_start(const qps_config *cfg)
 	    != QP_OK) {
 		return rv;
 	}
+	if (cfg->data_dir != NULL) {
+		qps_sync_start(&ops.mu);
+	}
 	if ((rv = qps_timer_start(&ops.mu, NULL)) != QP_OK) {
 		qps_log(QPS_LOG_ERROR, "cannot start the timer thread");
 		qps_registry_fini();
@@ -382,7 +385,7 @@ qps_ops_drain(void)
 	 * the next server. */
 	for (qps_q *q = qps_q_first(); q != NULL; q = qps_q_next(q)) {
 		for (int k = 0; k < QPS_NWAIT; k++) {
-			n += q->nwait[k];
+			n += q->wl[k].n;
 		}
 		qps_wait_fail_all(q, QP_ECONNRESET,
 		    "is no longer served: the server is shutting down");
@@ -438,5 +441,6 @@ qps_ops_fini(void)
 	qps_pipes_fini();
 	qps_dedup_fini();
 	pthread_mutex_unlock(&ops.mu);
+	qps_sync_stop();
 	qps_registry_fini();
 }

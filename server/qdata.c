@@ -219,7 +219,7 @@ qd_put(const qps_req *rq, qps_q *q, nng_msg **repp)
 	qps_wait_dispatch(q);
 	qps_sync_defer(true); /* group commit: see qps_ops_handle */
 	rv = q->busy ? QP_EBUSY
-	    : q->whead[QPS_WAIT_PUT] != NULL
+	    : q->wl[QPS_WAIT_PUT].head != NULL
 	    ? QP_EFULL
 	    : qd_try_put(q, r, rq->cl, rq->base);
 	qps_sync_defer(false);
@@ -241,9 +241,9 @@ qd_get(const qps_req *rq, qps_q *q, nng_msg **repp)
 
 	qps_lease_ack_ids(rq->c, q, r);
 	qps_wait_dispatch(q);
-	rv = q->busy                         ? QP_EBUSY
-	    : q->whead[QPS_WAIT_GET] != NULL ? QP_EEMPTY
-	                                     : qd_try_get(rq->c, q, r, repp);
+	rv = q->busy                           ? QP_EBUSY
+	    : q->wl[QPS_WAIT_GET].head != NULL ? QP_EEMPTY
+	                                       : qd_try_get(rq->c, q, r, repp);
 	if ((rv == QP_EEMPTY || rv == QP_ELIMIT || rv == QP_EBUSY)
 	    && r->timeout != 0) {
 		return qd_park(rq, q, QPS_WAIT_GET, get_retry, repp);

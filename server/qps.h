@@ -357,6 +357,13 @@ typedef struct qps_wait qps_wait;
 struct qpi_store;
 struct qps_pend;
 
+/* A FIFO of parked requests (wait.c): a queue has one per kind of
+ * request, a pipe side too. */
+typedef struct qps_wlist {
+	qps_wait *head, *tail;
+	uint32_t n;
+} qps_wlist;
+
 /* A queue the server hosts: its store (lib/store.h: shared memory or
  * durable) and the server's state for it. Every qps_q_ function is called
  * with the ops lock held. */
@@ -366,8 +373,7 @@ typedef struct qps_q {
 	struct qpi_store *st; /* the items */
 	uint64_t ino; /* its segment's inode: a queue made anew is another */
 	uint64_t lease_ms; /* default lease of gets on this queue */
-	qps_wait *whead[QPS_NWAIT], *wtail[QPS_NWAIT]; /* parked, FIFO */
-	uint32_t nwait[QPS_NWAIT];
+	qps_wlist wl[QPS_NWAIT]; /* parked requests, by kind */
 	qps_timer lease_timer; /* the nearest lease expiry */
 	struct qps_q *prev, *next; /* every hosted queue */
 	qps_watch watch; /* on while requests are parked on it */
@@ -391,7 +397,7 @@ typedef struct qps_q_opts {
 	const char *fsync; /* durable: policy, "" or NULL = --fsync */
 } qps_q_opts;
 
-/* Starts the registry (durable queues, watchers, the sync thread); mu is
+/* Starts the registry (durable queues, watchers); mu is
  * the ops lock; changed(q) is called, with it held, whenever q may have
  * changed under parked requests (items put, room freed, tasks done,
  * leases expired or given back, its lock free again). */
@@ -619,15 +625,18 @@ typedef enum qps_retry_res {
 	QPS_BLOCKED, /* its queue's lock is held: serve nothing now */
 } qps_retry_res;
 
-/* A request parked on a queue (wait.c): its worker and request, a timer
- * for its timeout, its places in its queue's and its connection's lists,
- * and how to try it again. */
+/* A parked request (wait.c): its worker and request, a timer for its
+ * timeout, its places in its list (a queue's or a pipe side's) and its
+ * connection's, and how to try it again. */
 struct qps_wait {
 	qps_timer timer; /* first: the timer callback casts back */
-	int kind; /* QPS_WAIT_* */
+	int kind; /* QPS_WAIT_*, or a pipe's */
 	qps_worker *w;
 	qps_conn *conn;
-	qps_q *q;
+	qps_wlist *list; /* the list it waits in */
+	qps_q *q; /* the queue it waits on (NULL: a pipe's, obj) */
+	void *obj;
+	void (*expired)(qps_wait *wt); /* at its timeout (NULL: a queue's) */
 	nng_msg *req; /* owns the bytes r points into */
 	qpi_wire_req r; /* its arrays our own */
 	qps_client *cl; /* dedup: the client and seq, or NULL */
@@ -636,13 +645,19 @@ struct qps_wait {
 	uint64_t next; /* QPS_WAIT_OP: ids (or task_dones) done so far */
 	uint32_t nmiss; /* QPS_WAIT_OP: ids found missing so far */
 	qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp);
-	qps_wait *qprev, *qnext; /* in q's list */
+	qps_wait *lprev, *lnext; /* in its list */
 	qps_wait *cprev, *cnext; /* in conn's list */
 };
 
-/* Parks rq on q for up to tmo ms (<= 0: no limit), to be tried again by
- * retry: takes rq->req, copies the request (its items; for QPS_WAIT_OP
- * its ids). NULL (nothing taken) if the server cannot park more. */
+/* Parks rq in list for up to tmo ms (<= 0: no limit), expired called at
+ * its timeout: takes rq->req, copies the request (its items; for
+ * QPS_WAIT_OP its ids). NULL (nothing taken) if the server cannot park
+ * more. */
+qps_wait *qps_wait_add(const qps_req *rq, qps_wlist *list, int kind,
+    int64_t tmo, void (*expired)(qps_wait *wt));
+
+/* Parks rq on q (qps_wait_add), to be tried again by retry whenever q
+ * changes. */
 qps_wait *qps_wait_park(const qps_req *rq, qps_q *q, int kind, int64_t tmo,
     qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp));
 

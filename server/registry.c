@@ -670,8 +670,8 @@ list_stat(qps_q *q, qp_queue_stats *st)
 	if (q->busy || qps_q_rv(q, qpi_store_stat(q->st, st)) != QP_OK) {
 		return false;
 	}
-	st->getters += q->nwait[QPS_WAIT_GET];
-	st->putters += q->nwait[QPS_WAIT_PUT];
+	st->getters += q->wl[QPS_WAIT_GET].n;
+	st->putters += q->wl[QPS_WAIT_PUT].n;
 	return true;
 }
 
@@ -910,7 +910,6 @@ dur_start(void)
 	qps_log(QPS_LOG_INFO,
 	    "data directory %s: %d durable queues served, default fsync %s",
 	    hs.cfg->data_dir, n, pol);
-	qps_sync_start(hs.mu);
 	return QP_OK;
 }
 
@@ -939,7 +938,6 @@ qps_registry_start(
 void
 qps_registry_fini(void)
 {
-	qps_sync_stop();
 	qps_watch_stop();
 	pthread_mutex_lock(hs.mu);
 	while (hs.head != NULL) {

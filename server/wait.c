@@ -1,11 +1,12 @@
 /*
- * wait.c - requests parked on a queue: a get on an empty queue, a put on
- * a full one, a join with tasks left, or any op that met the queue's lock
- * held by another process. A parked request keeps its worker and its
- * request, sits in its queue's FIFO of its kind and its connection's
- * list, has a timer for its timeout, and knows how to try itself again
- * (its handler's retry). Whatever changes a queue calls qps_wait_dispatch,
- * which tries its parked requests in order; costs no thread.
+ * wait.c - parked requests: a get on an empty queue, a put on a full
+ * one, a join with tasks left, any op that met the queue's lock held by
+ * another process, a pipe's receive, send or poll. A parked request keeps
+ * its worker and its request, sits in a FIFO (its queue's of its kind, or
+ * its pipe side's) and its connection's list, has a timer for its
+ * timeout, and costs no thread. A queue's know how to try themselves
+ * again (their handler's retry): whatever changes a queue calls
+ * qps_wait_dispatch, which tries its parked requests in order.
  *
  * Locking: none of its own; everything runs under the ops lock (timers
  * fire with it held).
@@ -18,20 +19,20 @@
 static void
 wait_unlink(qps_wait *wt)
 {
+	qps_wlist *l = wt->list;
 	qps_q *q = wt->q;
-	int k = wt->kind;
 
-	if (wt->qprev != NULL) {
-		wt->qprev->qnext = wt->qnext;
+	if (wt->lprev != NULL) {
+		wt->lprev->lnext = wt->lnext;
 	} else {
-		q->whead[k] = wt->qnext;
+		l->head = wt->lnext;
 	}
-	if (wt->qnext != NULL) {
-		wt->qnext->qprev = wt->qprev;
+	if (wt->lnext != NULL) {
+		wt->lnext->lprev = wt->lprev;
 	} else {
-		q->wtail[k] = wt->qprev;
+		l->tail = wt->lprev;
 	}
-	q->nwait[k]--;
+	l->n--;
 	if (wt->cprev != NULL) {
 		wt->cprev->cnext = wt->cnext;
 	} else {
@@ -41,7 +42,8 @@ wait_unlink(qps_wait *wt)
 		wt->cnext->cprev = wt->cprev;
 	}
 	qps_timer_cancel(&wt->timer);
-	if (q->nwait[0] + q->nwait[1] + q->nwait[2] + q->nwait[3] == 0) {
+	if (q != NULL
+	    && q->wl[0].n + q->wl[1].n + q->wl[2].n + q->wl[3].n == 0) {
 		qps_watch_set(&q->watch, false, q->name);
 	}
 }
@@ -51,11 +53,13 @@ qps_wait_finish(qps_wait *wt, nng_msg *rep)
 {
 	wait_unlink(wt);
 	if (wt->cl != NULL) {
-		/* A get's is forgotten; ack's and touch's replies, which
-		 * list missing ids, are kept whole. */
-		bool keep = rep != NULL && wt->kind != QPS_WAIT_GET;
+		/* A get's is forgotten; replies that carry fields (ack's
+		 * and touch's missing ids, a pipe's message) are kept whole.
+		 */
+		bool keep = rep != NULL && wt->r.op != QPI_OP_GET;
 		bool body = keep
-		    && (wt->r.op == QPI_OP_ACK || wt->r.op == QPI_OP_TOUCH);
+		    && (wt->r.op == QPI_OP_ACK || wt->r.op == QPI_OP_TOUCH
+		        || wt->r.op == QPI_OP_PIPE_RECV);
 		qps_dedup_end(wt->cl, wt->seq,
 		    rep != NULL ? qps_rep_status(rep) : QP_OK,
 		    body ? nng_msg_body(rep) : NULL,
@@ -82,6 +86,10 @@ wait_timeout(qps_timer *t)
 	qps_wait *wt = (qps_wait *) t;
 	const qpi_wire_req *r = &wt->r;
 
+	if (wt->expired != NULL) {
+		wt->expired(wt);
+		return;
+	}
 	if (wt->q->busy || wt->kind == QPS_WAIT_OP) {
 		qps_wait_finish(wt,
 		    qps_rep_error(r->op, r->req_id, st[wt->kind],
@@ -99,8 +107,8 @@ wait_timeout(qps_timer *t)
 }
 
 qps_wait *
-qps_wait_park(const qps_req *rq, qps_q *q, int kind, int64_t tmo,
-    qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp))
+qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
+    void (*expired)(qps_wait *wt))
 {
 	const qpi_wire_req *r = rq->r;
 	qps_conn *c = rq->c;
@@ -147,29 +155,42 @@ qps_wait_park(const qps_req *rq, qps_q *q, int kind, int64_t tmo,
 	wt->kind = kind;
 	wt->w = rq->w;
 	wt->conn = c;
-	wt->q = q;
+	wt->list = list;
+	wt->expired = expired;
 	wt->req = rq->req;
 	wt->cl = rq->cl;
 	wt->seq = r->seq;
 	wt->base = rq->base;
-	wt->retry = retry;
-	if (rq->cl != NULL) {
-		qps_dedup_park(rq->cl, r->seq, wt);
-	}
-	wt->qprev = q->wtail[kind];
-	if (q->wtail[kind] != NULL) {
-		q->wtail[kind]->qnext = wt;
+	wt->lprev = list->tail;
+	if (list->tail != NULL) {
+		list->tail->lnext = wt;
 	} else {
-		q->whead[kind] = wt;
+		list->head = wt;
 	}
-	q->wtail[kind] = wt;
-	q->nwait[kind]++;
+	list->tail = wt;
+	list->n++;
 	wt->cnext = c->waits;
 	if (c->waits != NULL) {
 		c->waits->cprev = wt;
 	}
 	c->waits = wt;
-	qps_watch_set(&q->watch, true, q->name);
+	return wt;
+}
+
+qps_wait *
+qps_wait_park(const qps_req *rq, qps_q *q, int kind, int64_t tmo,
+    qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp))
+{
+	qps_wait *wt = qps_wait_add(rq, &q->wl[kind], kind, tmo, NULL);
+
+	if (wt != NULL) {
+		wt->q = q;
+		wt->retry = retry;
+		if (rq->cl != NULL) {
+			qps_dedup_park(rq->cl, rq->r->seq, wt);
+		}
+		qps_watch_set(&q->watch, true, q->name);
+	}
 	return wt;
 }
 
@@ -200,8 +221,8 @@ qps_wait_dispatch(qps_q *q)
 	while (progress && !q->busy) {
 		progress = false;
 		for (int k = 0; k < QPS_NWAIT; k++) {
-			while (q->whead[k] != NULL) {
-				qps_wait *wt = q->whead[k];
+			while (q->wl[k].head != NULL) {
+				qps_wait *wt = q->wl[k].head;
 				nng_msg *rep = NULL;
 				qps_retry_res res = wt->retry(wt, &rep);
 				if (res == QPS_BLOCKED) {
@@ -221,8 +242,8 @@ void
 qps_wait_fail_all(qps_q *q, int status, const char *why)
 {
 	for (int k = 0; k < QPS_NWAIT; k++) {
-		while (q->whead[k] != NULL) {
-			qps_wait *wt = q->whead[k];
+		while (q->wl[k].head != NULL) {
+			qps_wait *wt = q->wl[k].head;
 			qps_wait_finish(wt,
 			    qps_rep_error(wt->r.op, wt->r.req_id, status,
 			        "queue '%s' %s", q->name, why));

@@ -54,9 +54,7 @@ admin_figures(qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 	qpi_wire_rep rp;
 	int rv;
 
-	memset(&rp, 0, sizeof(rp));
-	rp.op = r->op;
-	rp.req_id = r->req_id;
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 	if (q->busy) {
 		return QP_EBUSY;
 	}
@@ -127,9 +125,7 @@ admin_list(const qpi_wire_req *r)
 		rep = qps_rep_error(r->op, r->req_id, rv,
 		    "cannot list the queues: %s", qp_strerror(rv));
 	} else {
-		memset(&rp, 0, sizeof(rp));
-		rp.op = r->op;
-		rp.req_id = r->req_id;
+		rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 		rp.queues = lc.v;
 		rp.nqueues = lc.n;
 		rp.queues_cap = lc.cap;

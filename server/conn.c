@@ -225,35 +225,34 @@ qps_conn_close(uint32_t id)
 	conn_free(c);
 }
 
+typedef struct purge_arg {
+	qps_conn *c;
+	qps_q *q;
+} purge_arg;
+
+static void
+purge_cb(qps_hnode *n, void *arg)
+{
+	purge_arg *a = arg;
+
+	if (((conn_work *) n)->q == a->q) {
+		qps_htab_remove(&a->c->work, n);
+		free(n);
+	}
+}
+
+/* Drops c's notes on q (it goes away). */
 static void
 forget_q_cb(qps_hnode *n, void *arg)
 {
-	qps_conn *c = (qps_conn *) n;
-	qps_q *q = arg;
-	qps_hnode *stale[64];
-	size_t k;
+	purge_arg a = {.c = (qps_conn *) n, .q = arg};
 
-	for (uint32_t i = 0; i < c->nleased; i++) {
-		if (c->leased[i] == q) {
-			c->leased[i--] = c->leased[--c->nleased];
+	for (uint32_t i = a.c->nleased; i-- > 0;) {
+		if (a.c->leased[i] == a.q) {
+			a.c->leased[i] = a.c->leased[--a.c->nleased];
 		}
 	}
-	/* Drop the WORK leases of q, a bucket at a time. */
-	do {
-		k = 0;
-		for (size_t b = 0; b < c->work.nb && k < 64; b++) {
-			for (qps_hnode *e = c->work.b[b]; e != NULL && k < 64;
-			     e = e->hnext) {
-				if (((conn_work *) e)->q == q) {
-					stale[k++] = e;
-				}
-			}
-		}
-		for (size_t i = 0; i < k; i++) {
-			qps_htab_remove(&c->work, stale[i]);
-			free(stale[i]);
-		}
-	} while (k == 64);
+	qps_htab_each(&a.c->work, purge_cb, &a);
 }
 
 void

@@ -93,9 +93,7 @@ ids_apply(qps_conn *c, qps_q *q, qpi_wire_req *r, uint64_t *next,
 			r->ids[(*nmiss)++] = id;
 		}
 	}
-	memset(&rp, 0, sizeof(rp));
-	rp.op = r->op;
-	rp.req_id = r->req_id;
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 	rp.ids = r->ids;
 	rp.nids = *nmiss;
 	rp.ids_cap = r->nids;

@@ -116,9 +116,7 @@ pw_timeout(qps_wait *wt)
 	qpi_wire_rep rp;
 
 	if (wt->kind == PW_POLL) {
-		memset(&rp, 0, sizeof(rp));
-		rp.op = r->op;
-		rp.req_id = r->req_id;
+		rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 		rp.ready = false;
 		qps_wait_finish(wt, qps_rep_encode(&rp));
 		return;
@@ -139,9 +137,7 @@ ps_rep_item(const qpi_wire_req *r, const ps_msg *m)
 {
 	qpi_wire_rep rp;
 
-	memset(&rp, 0, sizeof(rp));
-	rp.op = r->op;
-	rp.req_id = r->req_id;
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 	rp.item.data = m->data;
 	rp.item.len = m->len;
 	return qps_rep_encode(&rp);
@@ -152,9 +148,7 @@ ps_rep_ready(const qpi_wire_req *r, bool ready)
 {
 	qpi_wire_rep rp;
 
-	memset(&rp, 0, sizeof(rp));
-	rp.op = r->op;
-	rp.req_id = r->req_id;
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 	rp.ready = ready;
 	return qps_rep_encode(&rp);
 }
@@ -327,9 +321,7 @@ qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 	qpi_wire_rep rp;
 	int s = r->side;
 
-	memset(&rp, 0, sizeof(rp));
-	rp.op = r->op;
-	rp.req_id = r->req_id;
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 
 	switch (r->op) {
 	case QPI_OP_PIPE_OPEN:

@@ -64,9 +64,7 @@ qd_try_get(qps_conn *c, qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 	}
 	if (n > 0) {
 		qpi_wire_rep rp;
-		memset(&rp, 0, sizeof(rp));
-		rp.op = r->op;
-		rp.req_id = r->req_id;
+		rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 		rp.items = items;
 		rp.nitems = rp.items_cap = n;
 		*repp = qps_rep_encode(&rp);
@@ -129,9 +127,7 @@ qd_put_reply(const qpi_wire_req *r, qps_q *q, int rv)
 	}
 	if (rv == QP_EBUSY) {
 		return qps_rep_error(r->op, r->req_id, QP_EFULL,
-		    "queue '%s' is locked by another process (stopped or "
-		    "slow): not put",
-		    q->name);
+		    "queue '%s' " QPS_LOCKED ": not put", q->name);
 	}
 	if (rv == QP_EFULL) {
 		return qps_rep_error(
@@ -250,9 +246,7 @@ qd_get(const qps_req *rq, qps_q *q, nng_msg **repp)
 	}
 	if (rv == QP_EBUSY) {
 		*repp = qps_rep_error(r->op, r->req_id, QP_EEMPTY,
-		    "queue '%s' is locked by another process (stopped or "
-		    "slow)",
-		    q->name);
+		    "queue '%s' " QPS_LOCKED, q->name);
 	} else if (rv == QP_EEMPTY) {
 		*repp = qps_rep_error(r->op, r->req_id, QP_EEMPTY,
 		    "queue '%s' is empty", q->name);
@@ -277,8 +271,7 @@ qd_join(const qps_req *rq, qps_q *q, nng_msg **repp)
 	if (r->timeout == 0) {
 		*repp = qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
 		    "queue '%s' %s", q->name,
-		    q->busy ? "is locked by another process (stopped or slow)"
-		            : "has unfinished tasks");
+		    q->busy ? QPS_LOCKED : "has unfinished tasks");
 		return QPS_REPLY;
 	}
 	return qd_park(rq, q, QPS_WAIT_JOIN, join_retry, repp);

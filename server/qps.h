@@ -232,6 +232,8 @@ void qps_thread_init(void);
 /* A request with no timeout of its own (ack, stat...) waits at most this
  * long for a held lock, then is answered QP_EBUSY. */
 #define QPS_BUSY_WAIT_MS 5000
+/* What replies say of a queue whose lock another process holds. */
+#define QPS_LOCKED "is locked by another process (stopped or slow)"
 
 /* ---- replies, and what every handler reads (reply.c) ---- */
 

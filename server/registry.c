@@ -556,11 +556,6 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 	if (o->durable && q == NULL) {
 		qpi_durq *d;
 		uint64_t lease_ms = 0;
-		if (hs.cfg->data_dir == NULL) {
-			return qpi_err(QP_EINVAL,
-			    "a durable queue needs the server started with "
-			    "--data-dir");
-		}
 		rv = dur_open(name,
 		    QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0), o, &d,
 		    &lease_ms);

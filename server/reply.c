@@ -79,9 +79,7 @@ qps_rep_ok(const qpi_wire_req *r)
 {
 	qpi_wire_rep rp;
 
-	memset(&rp, 0, sizeof(rp));
-	rp.op = r->op;
-	rp.req_id = r->req_id;
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 	return qps_rep_encode(&rp);
 }
 

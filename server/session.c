@@ -98,9 +98,7 @@ qps_session_handle(const qps_req *rq, nng_msg **repp)
 	const qpi_wire_req *r = rq->r;
 	qpi_wire_rep rp;
 
-	memset(&rp, 0, sizeof(rp));
-	rp.op = r->op;
-	rp.req_id = r->req_id;
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 	if (r->op == QPI_OP_HELLO) {
 		*repp = session_hello(rq->c, r, &rp);
 	} else if (r->op == QPI_OP_AUTH) {

@@ -98,9 +98,7 @@ sy_main(void *arg)
 			if (rv != QP_OK) {
 				qps_log(QPS_LOG_ERROR,
 				    "durable queue '%s': the log could not be "
-				    "synced: %s; its puts are answered with "
-				    "the "
-				    "error",
+				    "synced: %s; its puts get the error",
 				    e->name, qp_errmsg());
 				nng_msg_free(e->rep);
 				pthread_mutex_lock(sy.ops_mu);
@@ -108,8 +106,7 @@ sy_main(void *arg)
 				pthread_mutex_unlock(sy.ops_mu);
 				e->rep = qps_rep_error(e->op, e->req_id, rv,
 				    "put to '%s': the log could not be "
-				    "synced: "
-				    "%s",
+				    "synced: %s",
 				    e->name, qp_errmsg());
 			}
 			if (e->rep != NULL) {

@@ -93,8 +93,7 @@ wait_timeout(qps_timer *t)
 	if (wt->q->busy || wt->kind == QPS_WAIT_OP) {
 		qps_wait_finish(wt,
 		    qps_rep_error(r->op, r->req_id, st[wt->kind],
-		        "queue '%s' is locked by another process (stopped or "
-		        "slow): %s not done after %lld ms",
+		        "queue '%s' " QPS_LOCKED ": %s not done after %lld ms",
 		        wt->q->name, qpi_wire_op_name(r->op),
 		        (long long) (wt->kind == QPS_WAIT_OP ? QPS_BUSY_WAIT_MS
 		                                             : r->timeout)));
@@ -203,9 +202,7 @@ qps_wait_busy(const qps_req *rq, qps_q *q, uint64_t next, uint32_t nmiss,
 
 	if (wt == NULL) {
 		*repp = qps_rep_error(rq->r->op, rq->r->req_id, QP_EBUSY,
-		    "queue '%s' is locked by another process (stopped or "
-		    "slow)",
-		    q->name);
+		    "queue '%s' " QPS_LOCKED, q->name);
 		return QPS_REPLY;
 	}
 	wt->next = next;

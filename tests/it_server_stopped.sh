@@ -4,7 +4,8 @@
 # each by at most its own timeout: `qpipe ping`, put and get on another
 # queue answer within 1 s; a get --timeout 1 on the stopped queue exits 3
 # and a put --timeout 1 on it exits 4, each within 1 s of its deadline;
-# after SIGCONT the queue works again; and SIGTERM stops the server within
+# after SIGCONT the queue works again, and the lease of a worker whose
+# connection dropped meanwhile is back in it; and SIGTERM stops the server within
 # 1 s while the process is stopped again with requests parked on its
 # queue. Every process is started here and stopped by its PID.
 set -uo pipefail
@@ -126,6 +127,27 @@ timed 2000 0 "put to hot after SIGCONT" \
 timed 2000 0 "get from hot after SIGCONT" \
 	"$bin/qpipe" get --timeout 1 "$url/$hot"
 [ "$(cat "$tmp/out")" = again ] || fail "hot gave '$(cat "$tmp/out")'"
+
+# A worker holding a lease on hot disconnects while hot is held: its
+# lease is not lost, it goes back once the lock is free.
+timed 2000 0 "put to hot" "$bin/qpipe" put --timeout 1 "$url/$hot" leased
+"$bin/qps_tool" lease "$url/$hot" >"$tmp/lease.out" 2>>"$tmp/lease.log" &
+worker=$!
+pids+=("$worker")
+stopped "$worker"
+[ "$(cat "$tmp/lease.out")" = leased ] || fail "the worker got '$(cat "$tmp/lease.out")'"
+hold
+kill -KILL "$worker"
+wait "$worker" 2>/dev/null
+timed 1000 0 "ping after the worker's connection dropped" \
+	"$bin/qpipe" ping "$url"
+timed 2000 3 "get --timeout 1 on held hot" \
+	"$bin/qpipe" get --timeout 1 "$url/$hot"
+kill -CONT "$holder"
+wait "$holder" || fail "the holder failed"
+timed 2000 0 "get of the dropped lease after SIGCONT" \
+	"$bin/qpipe" get --timeout 2 "$url/$hot"
+[ "$(cat "$tmp/out")" = leased ] || fail "hot gave '$(cat "$tmp/out")'"
 
 # Held again, with a get parked on hot: SIGTERM still stops the server.
 hold

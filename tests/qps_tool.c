@@ -17,6 +17,9 @@
  *                                          queue (fsync always) until one
  *                                          fails; print how many were
  *                                          acknowledged
+ *   qps_tool lease ADDR                    get one item under a lease
+ *                                          (QP_OPEN_LEASE), print it and
+ *                                          stop (SIGSTOP) holding it
  *   qps_tool hold NAME                     a local process that takes both
  *                                          locks of shm://NAME, prints
  *                                          "held", stops itself (SIGSTOP)
@@ -130,6 +133,32 @@ put_loop(const char *addr)
 	return 0;
 }
 
+/* A worker that took an item and stops holding its lease: killed, its
+ * connection's lease must go back. */
+static int
+lease_one(const char *addr)
+{
+	qp_queue_opts o = {.flags = QP_OPEN_LEASE};
+	qp_queue *q = NULL;
+	void *buf;
+	size_t len;
+	int rv;
+
+	if ((rv = qp_queue_open(&q, addr, &o)) != QP_OK) {
+		return fail("open", rv);
+	}
+	if ((rv = qp_queue_get(q, &buf, &len, 2000)) != QP_OK) {
+		qp_queue_free(q);
+		return fail("get", rv);
+	}
+	fwrite(buf, 1, len, stdout);
+	fflush(stdout);
+	qp_free(buf);
+	raise(SIGSTOP);
+	qp_queue_free(q);
+	return 0;
+}
+
 /* A local process stopped while it holds the queue's locks (Ctrl-Z in a
  * terminal at the wrong instant): what the server must not wait for. */
 static int
@@ -166,7 +195,7 @@ main(int argc, char **argv)
 		fprintf(stderr,
 		    "usage: qps_tool put|get|qsize ADDR [...] | ls SERVER | "
 		    "get2 ADDR1 ADDR2 TIMEOUT_MS | putmany ADDR N | putloop "
-		    "ADDR | hold NAME\n");
+		    "ADDR | hold NAME | lease ADDR\n");
 		return 1;
 	}
 	const char *cmd = argv[1], *addr = argv[2];
@@ -196,6 +225,9 @@ main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "hold") == 0) {
 		return hold(addr);
+	}
+	if (strcmp(cmd, "lease") == 0) {
+		return lease_one(addr);
 	}
 	if ((rv = qp_queue_open(&q, addr, strcmp(cmd, "put") == 0 ? &o : NULL))
 	    != QP_OK) {

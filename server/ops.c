@@ -18,7 +18,6 @@
  * it held: sending only queues the reply.
  */
 #include "qps.h"
-#include "shmq.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -38,12 +37,6 @@ static struct {
 };
 
 typedef qps_handled (*qps_handler)(const qps_req *rq, nng_msg **repp);
-
-void
-qps_thread_init(void)
-{
-	qpi_shmq_lock_budget(QPS_LOCK_BUDGET_NS);
-}
 
 bool
 qps_ops_conn_add(uint32_t conn_id)

@@ -10,6 +10,7 @@
 
 #include "auth.h"
 #include "qpi.h"
+#include "shmq.h"
 #include "wire.h"
 
 #include <nng/nng.h>
@@ -217,14 +218,18 @@ void qps_ops_linger(int64_t ms);
 /* Frees what qps_ops_start made. After qps_net_close. */
 void qps_ops_fini(void);
 
-/* Sets the calling server thread's lock budget (QPS_LOCK_BUDGET_NS);
- * every thread that touches a queue calls it first. */
-void qps_thread_init(void);
-
 /* How long a server thread tries a queue's shared-memory lock before it
  * gives up with QP_EBUSY (qpi_shmq_lock_budget): a local process stopped
  * while it holds the lock must not stall the thread. */
 #define QPS_LOCK_BUDGET_NS 150000
+
+/* Sets the calling server thread's lock budget; every thread that
+ * touches a queue calls it first. */
+static inline void
+qps_thread_init(void)
+{
+	qpi_shmq_lock_budget(QPS_LOCK_BUDGET_NS);
+}
 /* The retry probe of a queue whose lock was found held: first after
  * QPS_PROBE_MIN_NS, doubling up to QPS_PROBE_MAX_NS. */
 #define QPS_PROBE_MIN_NS 1000000

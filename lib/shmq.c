@@ -17,7 +17,9 @@
  * a change in flight. The kernel's robust-futex protocol covers dead lock
  * owners but not a waiter killed just as a wake-up is handed to it, so
  * lock waits run in slices (SQ_LOCK_SLICE_NS) and a wake-up for one getter
- * wakes two (SQ_WAKE_ONE).
+ * wakes two (SQ_WAKE_ONE). A thread with a lock budget
+ * (qpi_shmq_lock_budget: qpiped's) gives up a lock it cannot take within
+ * it, changing nothing, rather than wait for a stopped holder.
  */
 #define _GNU_SOURCE /* pthread_mutex_clocklock */
 #include "shmq.h"
@@ -640,14 +642,18 @@ sq_lock_held(pthread_mutex_t *m)
 }
 
 /* Takes the side's lock, repairing it if its owner died; waits until
- * deadline (absolute CLOCK_MONOTONIC ns, INT64_MAX = forever): QP_OK,
- * QP_ETIMEDOUT, QP_ECORRUPT. */
+ * deadline (absolute CLOCK_MONOTONIC ns, INT64_MAX = forever; < 0: -ns
+ * from the first wait on, so that a free lock costs no clock read):
+ * QP_OK, QP_ETIMEDOUT, QP_ECORRUPT. */
 static int
 sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 {
 	int rc = pthread_mutex_trylock(&s->lock);
 
 	if (rc == EBUSY) {
+		if (deadline < 0) {
+			deadline = qpi_now_ns() - deadline;
+		}
 		for (int i = 0; i < SQ_LOCK_SPIN && rc == EBUSY; i++) {
 			sq_pause();
 			if (sq_lock_free(&s->lock)) {
@@ -690,10 +696,33 @@ sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 	return QP_OK;
 }
 
+/* This thread's lock budget (qpi_shmq_lock_budget): < 0, none. */
+static __thread int64_t sq_budget_ns = -1;
+
+void
+qpi_shmq_lock_budget(int64_t ns)
+{
+	sq_budget_ns = ns;
+}
+
+/* Takes the side's lock: forever, or within this thread's budget, past
+ * which nothing was changed and the answer is QP_EBUSY. */
 static int
 sq_lock(qpi_shmq *q, sq_side *s)
 {
-	return sq_lock_until(q, s, INT64_MAX);
+	int rc;
+
+	if (sq_budget_ns < 0) {
+		return sq_lock_until(q, s, INT64_MAX);
+	}
+	rc = sq_lock_until(q, s, -sq_budget_ns - 1);
+	if (rc == QP_ETIMEDOUT) {
+		return qpi_err(QP_EBUSY,
+		    "%s: its lock is held by another process (stopped or "
+		    "slow)",
+		    q->label);
+	}
+	return rc;
 }
 
 static inline void

@@ -412,6 +412,13 @@ enum qpi_shmq_hook_point {
 };
 extern void (*qpi_shmq_test_hook)(int point);
 
+/* Bounds how long this thread's calls wait for a queue's lock: past ns
+ * (a spin, then at most ns nanoseconds) a call that cannot take it
+ * changes nothing and returns QP_EBUSY. ns < 0 (the default): wait as
+ * long as the call's own deadline says. A stopped process holding a
+ * lock then costs a server thread ns, not its whole wait. */
+void qpi_shmq_lock_budget(int64_t ns);
+
 /* The producer's (producer true) or the consumers' lock, for tests that
  * stand in for a process blocked on it. */
 pthread_mutex_t *qpi_shmq_test_lock(qpi_shmq *q, bool producer);

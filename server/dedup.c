@@ -39,7 +39,7 @@ typedef struct dslot {
 } dslot;
 
 struct qps_client {
-	qps_hnode node; /* key: qps_hash(id) */
+	qpi_hnode node; /* key: qpi_hash(id) */
 	uint8_t id[QPS_CLIENT_ID_LEN];
 	struct qps_client *prev, *next; /* LRU, most recent first */
 	uint64_t max_seq;
@@ -49,7 +49,7 @@ struct qps_client {
 };
 
 static struct {
-	qps_htab tab;
+	qpi_htab tab;
 	qps_client *head, *tail;
 	uint32_t n;
 } dd;
@@ -96,11 +96,11 @@ client_free(qps_client *cl)
 qps_client *
 qps_dedup_client(const uint8_t *id)
 {
-	uint64_t key = qps_hash(id, QPS_CLIENT_ID_LEN);
+	uint64_t key = qpi_hash(id, QPS_CLIENT_ID_LEN);
 	qps_client *cl;
 
-	for (qps_hnode *n = qps_htab_find(&dd.tab, key); n != NULL;
-	     n = qps_htab_next(n)) {
+	for (qpi_hnode *n = qpi_htab_find(&dd.tab, key); n != NULL;
+	     n = qpi_htab_next(n)) {
 		cl = (qps_client *) n;
 		if (memcmp(cl->id, id, QPS_CLIENT_ID_LEN) == 0) {
 			lru_unlink(cl);
@@ -112,7 +112,7 @@ qps_dedup_client(const uint8_t *id)
 		for (cl = dd.tail; cl != NULL; cl = cl->prev) {
 			if (cl->npending == 0) {
 				lru_unlink(cl);
-				qps_htab_remove(&dd.tab, &cl->node);
+				qpi_htab_remove(&dd.tab, &cl->node);
 				dd.n--;
 				client_free(cl);
 				break;
@@ -129,7 +129,7 @@ qps_dedup_client(const uint8_t *id)
 	cl->cap = DEDUP_MIN_SLOTS;
 	memcpy(cl->id, id, QPS_CLIENT_ID_LEN);
 	cl->node.key = key;
-	qps_htab_insert(&dd.tab, &cl->node);
+	qpi_htab_insert(&dd.tab, &cl->node);
 	dd.n++;
 	lru_front(cl);
 	return cl;
@@ -262,9 +262,9 @@ qps_dedup_end(qps_client *cl, uint64_t seq, int status, const void *rep,
 static qps_client *
 client_find(const uint8_t *id)
 {
-	for (qps_hnode *n
-	     = qps_htab_find(&dd.tab, qps_hash(id, QPS_CLIENT_ID_LEN));
-	     n != NULL; n = qps_htab_next(n)) {
+	for (qpi_hnode *n
+	     = qpi_htab_find(&dd.tab, qpi_hash(id, QPS_CLIENT_ID_LEN));
+	     n != NULL; n = qpi_htab_next(n)) {
 		qps_client *cl = (qps_client *) n;
 		if (memcmp(cl->id, id, QPS_CLIENT_ID_LEN) == 0) {
 			return cl;
@@ -334,7 +334,7 @@ qps_dedup_fail(const uint8_t *id, uint64_t seq, int status)
 }
 
 static void
-client_free_cb(qps_hnode *n, void *arg)
+client_free_cb(qpi_hnode *n, void *arg)
 {
 	(void) arg;
 	client_free((qps_client *) n);
@@ -343,8 +343,8 @@ client_free_cb(qps_hnode *n, void *arg)
 void
 qps_dedup_fini(void)
 {
-	qps_htab_each(&dd.tab, client_free_cb, NULL);
-	qps_htab_fini(&dd.tab);
+	qpi_htab_each(&dd.tab, client_free_cb, NULL);
+	qpi_htab_fini(&dd.tab);
 	dd.head = dd.tail = NULL;
 	dd.n = 0;
 }

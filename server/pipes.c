@@ -9,8 +9,8 @@
  * QP_ECLOSED. A pipe goes away when both sides are closed.
  *
  * Waiting requests (a receive on an empty side, a send to a full one, a
- * poll) park their worker as queue requests do, with a timer for their
- * timeout, in the lists of the side they wait on.
+ * poll) park as queue requests do (wait.c), in the lists of the side they
+ * wait on; their connection's close ends them.
  *
  * Messages live in the server's memory only: a pipe does not outlive the
  * server (its connections, and so its sides, end with it).
@@ -38,7 +38,6 @@ typedef struct ps_msg {
 	uint8_t data[]; /* the msgpack encoding of the message */
 } ps_msg;
 
-typedef struct ps_wait ps_wait;
 typedef struct ps_pipe ps_pipe;
 
 typedef struct ps_side {
@@ -46,33 +45,19 @@ typedef struct ps_side {
 	uint32_t conn; /* the connection holding it (SIDE_OPEN) */
 	ps_msg *qhead, *qtail; /* messages sent to this side */
 	size_t qbytes;
-	ps_wait *whead[PW_KINDS], *wtail[PW_KINDS]; /* waiting on it */
+	qps_wlist wl[PW_KINDS]; /* waiting on it */
 } ps_side;
 
 struct ps_pipe {
-	qps_hnode node; /* key: qps_hash(name) */
+	qpi_hnode node; /* key: qpi_hash(name) */
 	char name[QP_NAME_MAX + 1];
 	bool oneway; /* side 0 only receives, side 1 only sends */
 	ps_side side[2];
 	ps_pipe *prev, *next;
 };
 
-struct ps_wait {
-	qps_timer timer; /* first: the timer callback casts back */
-	int kind; /* PW_* */
-	qps_worker *w;
-	uint32_t conn;
-	ps_pipe *p;
-	int on; /* the side whose lists hold it */
-	nng_msg *req; /* owns the bytes r points into */
-	qpi_wire_req r;
-	qps_client *cl; /* dedup: client and seq, or NULL */
-	uint64_t seq;
-	ps_wait *prev, *next;
-};
-
 static struct {
-	qps_htab tab;
+	qpi_htab tab;
 	ps_pipe *head;
 	uint32_t n;
 } ps;
@@ -80,9 +65,9 @@ static struct {
 static ps_pipe *
 ps_find(const char *name)
 {
-	for (qps_hnode *n
-	     = qps_htab_find(&ps.tab, qps_hash(name, strlen(name)));
-	     n != NULL; n = qps_htab_next(n)) {
+	for (qpi_hnode *n
+	     = qpi_htab_find(&ps.tab, qpi_hash(name, strlen(name)));
+	     n != NULL; n = qpi_htab_next(n)) {
 		ps_pipe *p = (ps_pipe *) n;
 		if (strcmp(p->name, name) == 0) {
 			return p;
@@ -107,7 +92,7 @@ ps_free_msgs(ps_side *s)
 static void
 ps_remove(ps_pipe *p)
 {
-	qps_htab_remove(&ps.tab, &p->node);
+	qpi_htab_remove(&ps.tab, &p->node);
 	if (p->prev != NULL) {
 		p->prev->next = p->next;
 	} else {
@@ -125,100 +110,24 @@ ps_remove(ps_pipe *p)
 /* ---- parked requests ---- */
 
 static void
-pw_finish(ps_wait *wt, nng_msg *rep)
+pw_timeout(qps_wait *wt)
 {
-	ps_side *s = &wt->p->side[wt->on];
-	int k = wt->kind;
-
-	if (wt->prev != NULL) {
-		wt->prev->next = wt->next;
-	} else {
-		s->whead[k] = wt->next;
-	}
-	if (wt->next != NULL) {
-		wt->next->prev = wt->prev;
-	} else {
-		s->wtail[k] = wt->prev;
-	}
-	qps_timer_cancel(&wt->timer);
-	if (wt->cl != NULL) {
-		/* pipe_recv's reply carries the message: kept whole */
-		bool body = rep != NULL && wt->kind == PW_RECV;
-		qps_dedup_end(wt->cl, wt->seq,
-		    rep != NULL ? qps_rep_status(rep) : QP_OK,
-		    body ? nng_msg_body(rep) : NULL,
-		    body ? nng_msg_len(rep) : 0, rep != NULL);
-	}
-	if (rep != NULL) {
-		qps_worker_reply(wt->w, rep);
-	} else {
-		qps_worker_drop(wt->w);
-	}
-	nng_msg_free(wt->req);
-	free(wt);
-}
-
-static void
-pw_timeout(qps_timer *t)
-{
-	ps_wait *wt = (ps_wait *) t;
 	const qpi_wire_req *r = &wt->r;
 	qpi_wire_rep rp;
 
 	if (wt->kind == PW_POLL) {
-		memset(&rp, 0, sizeof(rp));
-		rp.op = r->op;
-		rp.req_id = r->req_id;
+		rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 		rp.ready = false;
-		pw_finish(wt, qps_rep_encode(&rp));
+		qps_wait_finish(wt, qps_rep_encode(&rp));
 		return;
 	}
-	pw_finish(wt,
+	qps_wait_finish(wt,
 	    qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
 	        "%s on pipe '%s': "
 	        "nothing after %lld "
 	        "ms",
 	        wt->kind == PW_RECV ? "receive" : "send (its buffer is full)",
-	        wt->p->name, (long long) r->timeout));
-}
-
-static bool
-pw_park(qps_worker *w, uint32_t conn, ps_pipe *p, int on, int kind,
-    nng_msg *req, const qpi_wire_req *r, qps_client *cl)
-{
-	ps_wait *wt = calloc(1, sizeof(*wt));
-	ps_side *s = &p->side[on];
-
-	if (wt == NULL) {
-		return false;
-	}
-	qps_timer_init(&wt->timer, pw_timeout);
-	if ((r->timeout > 0
-	        && !qps_timer_arm(&wt->timer, qpi_deadline_ns(r->timeout)))
-	    || !qps_worker_park(w)) {
-		qps_timer_cancel(&wt->timer);
-		free(wt);
-		return false;
-	}
-	wt->kind = kind;
-	wt->w = w;
-	wt->conn = conn;
-	wt->p = p;
-	wt->on = on;
-	wt->req = req;
-	wt->r = *r;
-	wt->r.items = NULL;
-	wt->r.ids = NULL;
-	wt->cl = cl;
-	wt->seq = r->seq;
-	wt->prev = s->wtail[kind];
-	if (s->wtail[kind] != NULL) {
-		s->wtail[kind]->next = wt;
-	} else {
-		s->whead[kind] = wt;
-	}
-	s->wtail[kind] = wt;
-	return true;
+	        ((ps_pipe *) wt->obj)->name, (long long) r->timeout));
 }
 
 /* ---- messages ---- */
@@ -228,9 +137,7 @@ ps_rep_item(const qpi_wire_req *r, const ps_msg *m)
 {
 	qpi_wire_rep rp;
 
-	memset(&rp, 0, sizeof(rp));
-	rp.op = r->op;
-	rp.req_id = r->req_id;
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 	rp.item.data = m->data;
 	rp.item.len = m->len;
 	return qps_rep_encode(&rp);
@@ -241,9 +148,7 @@ ps_rep_ready(const qpi_wire_req *r, bool ready)
 {
 	qpi_wire_rep rp;
 
-	memset(&rp, 0, sizeof(rp));
-	rp.op = r->op;
-	rp.req_id = r->req_id;
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 	rp.ready = ready;
 	return qps_rep_encode(&rp);
 }
@@ -289,8 +194,8 @@ ps_dispatch(ps_pipe *p, int s)
 	while (progress) {
 		bool eof = p->side[1 - s].state == SIDE_CLOSED;
 		progress = false;
-		while (sd->whead[PW_RECV] != NULL) {
-			ps_wait *wt = sd->whead[PW_RECV];
+		while (sd->wl[PW_RECV].head != NULL) {
+			qps_wait *wt = sd->wl[PW_RECV].head;
 			ps_msg *m = sd->qhead;
 			if (m != NULL) {
 				sd->qhead = m->next;
@@ -298,10 +203,10 @@ ps_dispatch(ps_pipe *p, int s)
 					sd->qtail = NULL;
 				}
 				sd->qbytes -= m->len;
-				pw_finish(wt, ps_rep_item(&wt->r, m));
+				qps_wait_finish(wt, ps_rep_item(&wt->r, m));
 				free(m);
 			} else if (eof || sd->state == SIDE_CLOSED) {
-				pw_finish(wt,
+				qps_wait_finish(wt,
 				    qps_rep_error(wt->r.op, wt->r.req_id,
 				        QP_ECLOSED,
 				        "pipe '%s': end of file (the other "
@@ -312,17 +217,18 @@ ps_dispatch(ps_pipe *p, int s)
 			}
 		}
 		if (ps_readable(p, s) || sd->state == SIDE_CLOSED) {
-			while (sd->whead[PW_POLL] != NULL) {
-				ps_wait *wt = sd->whead[PW_POLL];
-				pw_finish(wt, ps_rep_ready(&wt->r, true));
+			while (sd->wl[PW_POLL].head != NULL) {
+				qps_wait *wt = sd->wl[PW_POLL].head;
+				qps_wait_finish(
+				    wt, ps_rep_ready(&wt->r, true));
 			}
 		}
 		/* Sends waiting for room in this side's buffer. */
-		while (sd->whead[PW_SEND] != NULL) {
-			ps_wait *wt = sd->whead[PW_SEND];
+		while (sd->wl[PW_SEND].head != NULL) {
+			qps_wait *wt = sd->wl[PW_SEND].head;
 			const qpi_wire_item *it = &wt->r.item;
 			if (sd->state == SIDE_CLOSED || eof) {
-				pw_finish(wt,
+				qps_wait_finish(wt,
 				    qps_rep_error(wt->r.op, wt->r.req_id,
 				        QP_ECLOSED, "pipe '%s': %s closed",
 				        p->name,
@@ -335,7 +241,7 @@ ps_dispatch(ps_pipe *p, int s)
 				break;
 			}
 			if (!ps_enqueue(sd, it)) {
-				pw_finish(wt,
+				qps_wait_finish(wt,
 				    qps_rep_error(wt->r.op, wt->r.req_id,
 				        QP_ENOMEM,
 				        "out of memory for a message of %zu "
@@ -343,7 +249,7 @@ ps_dispatch(ps_pipe *p, int s)
 				        it->len));
 				continue;
 			}
-			pw_finish(wt, qps_rep_ok(&wt->r));
+			qps_wait_finish(wt, qps_rep_ok(&wt->r));
 			progress = true; /* a receive may take it at once */
 			break;
 		}
@@ -390,10 +296,15 @@ ps_held(
 }
 
 static qps_handled
-ps_park_or_refuse(qps_worker *w, uint32_t conn, ps_pipe *p, int on, int kind,
-    nng_msg *req, const qpi_wire_req *r, qps_client *cl, nng_msg **repp)
+ps_park_or_refuse(
+    const qps_req *rq, ps_pipe *p, int on, int kind, nng_msg **repp)
 {
-	if (pw_park(w, conn, p, on, kind, req, r, cl)) {
+	const qpi_wire_req *r = rq->r;
+	qps_wait *wt = qps_wait_add(
+	    rq, &p->side[on].wl[kind], kind, r->timeout, pw_timeout);
+
+	if (wt != NULL) {
+		wt->obj = p;
 		return QPS_PARKED;
 	}
 	*repp = qps_rep_error(r->op, r->req_id, QP_ELIMIT,
@@ -402,16 +313,15 @@ ps_park_or_refuse(qps_worker *w, uint32_t conn, ps_pipe *p, int on, int kind,
 }
 
 qps_handled
-qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
-    const qpi_wire_req *r, qps_client *cl, nng_msg **repp)
+qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 {
+	const qpi_wire_req *r = rq->r;
+	uint32_t conn = (uint32_t) rq->c->node.key;
 	ps_pipe *p = ps_find(r->name);
 	qpi_wire_rep rp;
 	int s = r->side;
 
-	memset(&rp, 0, sizeof(rp));
-	rp.op = r->op;
-	rp.req_id = r->req_id;
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 
 	switch (r->op) {
 	case QPI_OP_PIPE_OPEN:
@@ -429,8 +339,8 @@ qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
 			}
 			snprintf(p->name, sizeof(p->name), "%s", r->name);
 			p->oneway = (r->flags & QPI_PIPE_ONEWAY) != 0;
-			p->node.key = qps_hash(p->name, strlen(p->name));
-			qps_htab_insert(&ps.tab, &p->node);
+			p->node.key = qpi_hash(p->name, strlen(p->name));
+			qpi_htab_insert(&ps.tab, &p->node);
 			p->next = ps.head;
 			if (ps.head != NULL) {
 				ps.head->prev = p;
@@ -477,7 +387,7 @@ qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
 			    "pipe '%s': the other side closed", r->name);
 			return QPS_REPLY;
 		}
-		if (to->whead[PW_SEND] != NULL
+		if (to->wl[PW_SEND].head != NULL
 		    || (to->qhead != NULL
 		        && to->qbytes + r->item.len > PS_BUF_MAX)) {
 			if (r->timeout == 0) {
@@ -488,8 +398,7 @@ qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
 				    r->name);
 				return QPS_REPLY;
 			}
-			return ps_park_or_refuse(
-			    w, conn, p, 1 - s, PW_SEND, req, r, cl, repp);
+			return ps_park_or_refuse(rq, p, 1 - s, PW_SEND, repp);
 		}
 		if (!ps_enqueue(to, &r->item)) {
 			*repp = qps_rep_error(r->op, r->req_id, QP_ENOMEM,
@@ -514,7 +423,7 @@ qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
 			return QPS_REPLY;
 		}
 		sd = &p->side[s];
-		if (sd->qhead != NULL && sd->whead[PW_RECV] == NULL) {
+		if (sd->qhead != NULL && sd->wl[PW_RECV].head == NULL) {
 			ps_msg *m = sd->qhead;
 			sd->qhead = m->next;
 			if (sd->qhead == NULL) {
@@ -537,8 +446,7 @@ qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
 			    "pipe '%s': no message", r->name);
 			return QPS_REPLY;
 		}
-		return ps_park_or_refuse(
-		    w, conn, p, s, PW_RECV, req, r, cl, repp);
+		return ps_park_or_refuse(rq, p, s, PW_RECV, repp);
 	}
 
 	case QPI_OP_PIPE_POLL:
@@ -549,8 +457,7 @@ qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
 			*repp = ps_rep_ready(r, ps_readable(p, s));
 			return QPS_REPLY;
 		}
-		return ps_park_or_refuse(
-		    w, conn, p, s, PW_POLL, req, r, cl, repp);
+		return ps_park_or_refuse(rq, p, s, PW_POLL, repp);
 
 	case QPI_OP_PIPE_CLOSE:
 		if (ps_held(p, s, conn, r, repp) != QP_OK) {
@@ -569,21 +476,6 @@ qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
 	}
 }
 
-/* Ends the parked requests of conn on side s of p unanswered. */
-static void
-ps_drop_waits(ps_pipe *p, int s, uint32_t conn)
-{
-	for (int k = 0; k < PW_KINDS; k++) {
-		ps_wait *wt = p->side[s].whead[k], *next;
-		for (; wt != NULL; wt = next) {
-			next = wt->next;
-			if (wt->conn == conn) {
-				pw_finish(wt, NULL);
-			}
-		}
-	}
-}
-
 void
 qps_pipes_conn_gone(uint32_t conn)
 {
@@ -591,8 +483,6 @@ qps_pipes_conn_gone(uint32_t conn)
 
 	for (; p != NULL; p = next) {
 		next = p->next;
-		ps_drop_waits(p, 0, conn);
-		ps_drop_waits(p, 1, conn);
 		bool own0
 		    = p->side[0].state == SIDE_OPEN && p->side[0].conn == conn;
 		bool own1
@@ -617,9 +507,9 @@ qps_pipes_drain(void)
 	for (ps_pipe *p = ps.head; p != NULL; p = p->next) {
 		for (int s = 0; s < 2; s++) {
 			for (int k = 0; k < PW_KINDS; k++) {
-				while (p->side[s].whead[k] != NULL) {
-					ps_wait *wt = p->side[s].whead[k];
-					pw_finish(wt,
+				while (p->side[s].wl[k].head != NULL) {
+					qps_wait *wt = p->side[s].wl[k].head;
+					qps_wait_finish(wt,
 					    qps_rep_error(wt->r.op,
 					        wt->r.req_id, QP_ECONNRESET,
 					        "the server is shutting "
@@ -637,12 +527,13 @@ qps_pipes_fini(void)
 		ps_pipe *p = ps.head;
 		for (int s = 0; s < 2; s++) {
 			for (int k = 0; k < PW_KINDS; k++) {
-				while (p->side[s].whead[k] != NULL) {
-					pw_finish(p->side[s].whead[k], NULL);
+				while (p->side[s].wl[k].head != NULL) {
+					qps_wait_finish(
+					    p->side[s].wl[k].head, NULL);
 				}
 			}
 		}
 		ps_remove(p);
 	}
-	qps_htab_fini(&ps.tab);
+	qpi_htab_fini(&ps.tab);
 }

@@ -1,12 +1,18 @@
 /*
- * qps.h - qpiped's internal declarations (qps_ names): configuration,
- * logging, the connections (link.c, listener.c) and the request handling
- * that sits on top of them (ops.c, hosted.c).
+ * qps.h - qpiped's internal declarations (qps_ names), a section per
+ * concept: configuration, logging, the links that carry connections
+ * (link.c, listener.c, drivers in link.h), the request layer's entry points
+ * (ops.c), the queue registry (registry.c, over lib/store.h), connections
+ * (conn.c), parked requests (wait.c) and the handlers of each family of ops.
  */
 #ifndef QPS_H
 #define QPS_H
 
+#include "auth.h"
+#include "htab.h"
 #include "qpi.h"
+#include "shmq.h"
+#include "wire.h"
 
 #include <nng/nng.h>
 #include <pthread.h>
@@ -87,7 +93,8 @@ int qps_sec_check_listener(
 int qps_sec_listener_setup(
     nng_stream_listener *l, const qpi_addr *a, const char *url);
 
-/* ---- connections (link.c, listener.c; drivers in link.h) ---- */
+/* ---- links: the transport of connections (link.c, listener.c; drivers in
+ * link.h) ---- */
 
 /* One request in hand and its reply route: the connection it came on and
  * the SP backtrace its reply echoes. A request that must wait (a get on
@@ -139,42 +146,28 @@ void qps_net_stats_get(qps_net_stats *st);
  * "a local socket"). */
 void qps_net_peer(uint32_t pipe_id, char *buf, size_t len);
 
-/* ---- request handling (ops.c) ---- */
-
-struct qpi_wire_req;
-struct qpi_wire_rep;
-
-/* Replies (PROTOCOL.md framing). Each returns NULL only when not even an
- * error reply can be allocated. An error reply to an op that could not be
- * read goes out as op 0. */
-nng_msg *qps_rep_error(uint32_t op, uint64_t req_id, int status,
-    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-nng_msg *qps_rep_encode(const struct qpi_wire_rep *rp);
-nng_msg *qps_rep_ok(const struct qpi_wire_req *r);
-
-/* The status of an encoded reply. */
-int qps_rep_status(nng_msg *m);
+/* ---- the request layer's entry points (ops.c) ---- */
 
 typedef enum qps_handled {
 	QPS_REPLY, /* *repp holds the reply to send */
 	QPS_PARKED, /* the worker was parked (qps_worker_park) */
 } qps_handled;
 
-/* Handles one request received on pipe pipe_id. Takes ownership of req.
- * Never fails: a bad request gets an error reply. */
+/* Handles one request received on connection conn_id. Takes ownership
+ * of req. Never fails: a bad request gets an error reply. */
 qps_handled qps_ops_handle(
-    qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp);
+    qps_worker *w, uint32_t conn_id, nng_msg *req, nng_msg **repp);
 
 /* A connection arrived. Past --max-connections it is kept but its
  * requests get QP_ELIMIT replies; far past it, the answer is false and the
  * connection is closed at once. */
-bool qps_ops_conn_add(uint32_t pipe_id);
+bool qps_ops_conn_add(uint32_t conn_id);
 
 /* A connection is gone: its leases go back to their queues, its parked
- * requests are dropped. */
-void qps_ops_conn_remove(uint32_t pipe_id);
+ * requests are dropped (conn.c, qps_conn_close). */
+void qps_ops_conn_remove(uint32_t conn_id);
 
-/* Starts the request layer (timer thread, wake watcher); on start returns
+/* Starts the request layer (timer thread, registry); on start returns
  * every lease left by an earlier incarnation of the server. */
 int qps_ops_start(const qps_config *cfg);
 
@@ -187,47 +180,53 @@ void qps_ops_shutdown(void);
 void qps_ops_drain(void);
 
 /* Waits up to ms for the clients to close their connections, so that the
- * replies nng has queued reach them before the socket closes. */
+ * replies queued reach them before the socket closes. */
 void qps_ops_linger(int64_t ms);
 
 /* Frees what qps_ops_start made. After qps_net_close. */
 void qps_ops_fini(void);
 
-/* ---- small containers (tab.c) ---- */
+/* How long a server thread tries a queue's shared-memory lock before it
+ * gives up with QP_EBUSY (qpi_shmq_lock_budget): a local process stopped
+ * while it holds the lock must not stall the thread. */
+#define QPS_LOCK_BUDGET_NS 150000
 
-/* An intrusive hash table of nodes keyed by a 64-bit number (a pipe id, a
- * client id, or a name's hash: equal keys may chain, callers compare). */
-typedef struct qps_hnode {
-	struct qps_hnode *hnext;
-	uint64_t key;
-} qps_hnode;
+/* Sets the calling server thread's lock budget; every thread that
+ * touches a queue calls it first. */
+static inline void
+qps_thread_init(void)
+{
+	qpi_shmq_lock_budget(QPS_LOCK_BUDGET_NS);
+}
+/* The retry probe of a queue whose lock was found held: first after
+ * QPS_PROBE_MIN_NS, doubling up to QPS_PROBE_MAX_NS. */
+#define QPS_PROBE_MIN_NS 1000000
+#define QPS_PROBE_MAX_NS 50000000
+/* A request with no timeout of its own (ack, stat...) waits at most this
+ * long for a held lock, then is answered QP_EBUSY. */
+#define QPS_BUSY_WAIT_MS 5000
+/* What replies say of a queue whose lock another process holds. */
+#define QPS_LOCKED "is locked by another process (stopped or slow)"
 
-typedef struct qps_htab {
-	qps_hnode **b;
-	size_t nb; /* buckets, a power of two */
-	size_t n; /* nodes */
-} qps_htab;
+/* ---- replies, and what every handler reads (reply.c) ---- */
 
-/* The first node with key, or NULL; qps_htab_next gives the following node
- * of the same key. */
-qps_hnode *qps_htab_find(const qps_htab *t, uint64_t key);
-qps_hnode *qps_htab_next(qps_hnode *n);
+/* The server's configuration and wire limits, set by qps_ops_start. */
+extern const qps_config *qps_cfg;
+extern qpi_wire_limits qps_limits;
 
-/* Inserts n (n->key set). Grows the table; on allocation failure it stays
- * at its size (chains get longer), never fails. */
-void qps_htab_insert(qps_htab *t, qps_hnode *n);
+/* Replies (PROTOCOL.md framing). Each returns NULL only when not even an
+ * error reply can be allocated. An error reply to an op that could not be
+ * read goes out as op 0. */
+nng_msg *qps_rep_error(uint32_t op, uint64_t req_id, int status,
+    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+nng_msg *qps_rep_encode(const qpi_wire_rep *rp);
+nng_msg *qps_rep_ok(const qpi_wire_req *r);
 
-/* Removes n, which must be in t. */
-void qps_htab_remove(qps_htab *t, qps_hnode *n);
+/* A reply of these bytes (a reply kept by dedup); NULL if out of memory. */
+nng_msg *qps_rep_bytes(const void *p, size_t len);
 
-/* Calls fn on every node; fn may remove the node it is given. */
-void qps_htab_each(qps_htab *t, void (*fn)(qps_hnode *, void *), void *arg);
-
-/* Frees the bucket array (not the nodes). */
-void qps_htab_fini(qps_htab *t);
-
-/* FNV-1a of len bytes: the key for names. */
-uint64_t qps_hash(const void *p, size_t len);
+/* The status of an encoded reply. */
+int qps_rep_status(nng_msg *m);
 
 /* ---- timers (timer.c) ---- */
 
@@ -258,45 +257,73 @@ void qps_timer_cancel(qps_timer *t);
 
 /* Initialises t as not armed with its callback. */
 void qps_timer_init(qps_timer *t, void (*fire)(qps_timer *t));
+/* ---- watching queues for local changes (watch.c) ---- */
 
-/* ---- hosted queues (hosted.c) ---- */
+typedef struct qps_wgroup qps_wgroup;
 
-/* Kinds of parked request, one waiting list each per queue. */
-enum { QPS_WAIT_GET = 0, QPS_WAIT_PUT = 1, QPS_WAIT_JOIN = 2, QPS_NWAIT };
+/* A queue's watch: the watcher thread that sleeps on its word. */
+typedef struct qps_watch {
+	struct qpi_shmq *shm; /* whose watch word */
+	qps_wgroup *wg; /* the thread group watching it, or NULL */
+	bool armed; /* its watch word is armed by the watcher */
+	uint32_t seen; /* the watch sequence the watcher last read */
+} qps_watch;
+
+/* Sets up watching: changed(w) is called, with mu held, when a watched
+ * queue may have been changed by another process. */
+void qps_watch_start(pthread_mutex_t *mu, void (*changed)(qps_watch *w));
+
+/* Starts (on) or stops watching w (name: for logs). mu held. */
+void qps_watch_set(qps_watch *w, bool on, const char *name);
+
+/* Stops and joins the watcher threads. Called without mu held. */
+void qps_watch_stop(void);
+
+/* ---- the queue registry (registry.c) ---- */
+
+/* Kinds of parked request, one waiting list each per queue: other ops
+ * that met the queue's lock held (QPS_WAIT_OP), gets, puts and joins,
+ * served in that order. */
+enum {
+	QPS_WAIT_OP = 0,
+	QPS_WAIT_GET = 1,
+	QPS_WAIT_PUT = 2,
+	QPS_WAIT_JOIN = 3,
+	QPS_NWAIT
+};
 
 typedef struct qps_wait qps_wait;
-typedef struct qps_wgroup qps_wgroup;
-struct qpi_shmq;
-struct qpi_shmq_tag;
+struct qpi_store;
+struct qps_pend;
 
-/* A queue the server hosts: one of this host's shared-memory queues, plus
- * the server's own state for it. Every qps_q_ function is called with the
- * ops lock held. */
+/* A FIFO of parked requests (wait.c): a queue has one per kind of
+ * request, a pipe side too. */
+typedef struct qps_wlist {
+	qps_wait *head, *tail;
+	uint32_t n;
+} qps_wlist;
+
+/* A queue the server hosts: its store (lib/store.h: shared memory or
+ * durable) and the server's state for it. Every qps_q_ function is called
+ * with the ops lock held. */
 typedef struct qps_q {
-	qps_hnode node; /* key: qps_hash(name) */
+	qpi_hnode node; /* key: qpi_hash(name) */
 	char name[QP_NAME_MAX + 1];
-	struct qpi_shmq *shm; /* the shared-memory queue */
-	struct qpi_durq *dur; /* durable: its log (shm is the log's queue) */
+	struct qpi_store *st; /* the items */
 	uint64_t ino; /* its segment's inode: a queue made anew is another */
 	uint64_t lease_ms; /* default lease of gets on this queue */
-	qps_wait *whead[QPS_NWAIT], *wtail[QPS_NWAIT]; /* parked, FIFO */
-	uint32_t nwait[QPS_NWAIT];
+	qps_wlist wl[QPS_NWAIT]; /* parked requests, by kind */
 	qps_timer lease_timer; /* the nearest lease expiry */
 	struct qps_q *prev, *next; /* every hosted queue */
-	qps_wgroup *wg; /* the watcher group watching it, or NULL */
-	bool armed; /* its watch word is armed by the watcher */
+	qps_watch watch; /* on while requests are parked on it */
 	bool reclaimed; /* leases of an earlier server returned */
-	uint32_t seen; /* the watch sequence the watcher last read */
+	bool seeded; /* put requests of earlier servers read (q_seed) */
+	bool busy; /* its lock was found held: requests park, one probe */
+	bool expire_due; /* a lease expiry met the lock held */
+	int64_t probe_ns; /* the probe's current backoff */
+	qps_timer probe_timer; /* retries the lock (q_probe_fire) */
+	struct qps_pend *pend, *pend_tail; /* background work to retry */
 } qps_q;
-
-/* One item taken from a queue under a lease. data is malloc'd: the msgpack
- * encoding of the item's value (a bin for raw bytes). */
-typedef struct qps_got {
-	void *data;
-	size_t len;
-	uint64_t lease_id;
-	uint32_t deliveries; /* 1 on the first delivery */
-} qps_got;
 
 /* Options of the create op, 0 = the server's default. */
 typedef struct qps_q_opts {
@@ -309,11 +336,15 @@ typedef struct qps_q_opts {
 	const char *fsync; /* durable: policy, "" or NULL = --fsync */
 } qps_q_opts;
 
-/* Starts the hosted-queue layer (watcher thread); mu is the ops lock. */
-int qps_hosted_start(const qps_config *cfg, pthread_mutex_t *mu);
+/* Starts the registry (durable queues, watchers); mu is
+ * the ops lock; changed(q) is called, with it held, whenever q may have
+ * changed under parked requests (items put, room freed, tasks done,
+ * leases expired or given back, its lock free again). */
+int qps_registry_start(
+    const qps_config *cfg, pthread_mutex_t *mu, void (*changed)(qps_q *q));
 
-/* Closes every hosted queue (their items stay in shared memory). */
-void qps_hosted_fini(void);
+/* Closes every hosted queue (their items stay). */
+void qps_registry_fini(void);
 
 /* Finds or opens the queue: with create, makes it with the server's
  * defaults if it does not exist. QP_ENOENT, QP_EINVAL, QP_ENOMEM... */
@@ -334,75 +365,13 @@ bool qps_q_stale(qps_q *q);
  * have no parked request left. */
 void qps_q_forget(qps_q *q);
 
-/* Deletes the queue's segment (its items are lost) and forgets q, which
- * must have no parked request left. q may be NULL (not open here). */
+/* Deletes the queue (its items are lost) and forgets q, which must have
+ * no parked request left. q may be NULL (not open here). */
 int qps_q_delete(const char *name, qps_q *q);
 
-/* Puts one item (its msgpack encoding) without waiting: QP_OK, QP_EFULL,
- * QP_ETOOBIG. tag (NULL: none): the request's client id and seq, noted
- * with the item in the segment or the log, so that a restarted server
- * knows the request was applied (see q_seed). */
-int qps_q_put(
-    qps_q *q, const uint8_t *item, size_t len, const struct qpi_shmq_tag *tag);
-
-/* Durable "always" queues: between qps_q_defer_sync(true) and (false),
- * this thread's qps_q_put leaves its fdatasync to qps_q_sync_deferred,
- * which the caller must call (without the ops lock) before it sends the
- * put's reply: QP_OK, or the sync's error (the put must not be
- * acknowledged). Puts made outside that window sync before they return. */
-void qps_q_defer_sync(bool on);
-int qps_q_sync_deferred(void);
-
-/* Instead of qps_q_sync_deferred: parks w and hands rep (the put's reply,
- * owned by the syncer from now on) to the sync thread, which sends it
- * once the log is on disk (or an error reply naming op, req_id and name
- * if the sync fails). False when there is nothing to sync or w cannot be
- * parked: the caller then uses qps_q_sync_deferred. */
-bool qps_q_sync_park(qps_worker *w, nng_msg *rep, uint32_t op, uint64_t req_id,
-    const char *name, const uint8_t *client, uint64_t seq);
-
-/* Waits until the sync thread has sent every reply handed to it. */
-void qps_q_sync_drain(void);
-
-/* Puts a batch without waiting, all or nothing as far as the segment lets
- * it be told (see hosted.c): QP_OK, QP_EFULL (none put), QP_ETOOBIG (can
- * never fit). */
-struct qpi_wire_item;
-int qps_q_put_many(qps_q *q, const struct qpi_wire_item *items, uint32_t n,
-    const struct qpi_shmq_tag *tag);
-
-/* Takes the oldest item under a lease held by owner for lease_ms (0: the
- * queue's default) without waiting: QP_OK with *g filled, or QP_EEMPTY.
- * mode is QPI_LEASE_CONFIRM or QPI_LEASE_WORK. max_len > 0: an item whose
- * encoding is larger is not taken (QP_ETOOBIG, it stays at the head). */
-int qps_q_get(qps_q *q, uint64_t owner, uint32_t mode, uint64_t lease_ms,
-    size_t max_len, qps_got *g);
-
-/* Confirms a lease: the item is gone for good. QP_OK, or QP_ENOENT if
- * the lease is not held (expired, released, acked before). */
-int qps_q_ack(qps_q *q, uint64_t lease_id);
-
-/* Gives a lease back: the item returns to the head of the queue (after
- * delay_ms) with its delivery count raised. QP_OK or QP_ENOENT. */
-int qps_q_release(
-    qps_q *q, uint64_t owner, uint64_t lease_id, uint64_t delay_ms);
-
-/* Extends a lease to lease_ms (0: the queue's default) from now. QP_OK or
- * QP_ENOENT (not held: expired, released or acked). */
-int qps_q_renew(qps_q *q, uint64_t lease_id, uint64_t lease_ms);
-
-/* Gives back every lease owner holds on q; returns how many. */
-uint64_t qps_q_release_owner(qps_q *q, uint64_t owner);
-
-/* JoinableQueue: n items done. QP_OK or QP_EVALUE. */
-int qps_q_task_done(qps_q *q, uint64_t n);
-
-/* True when every item put has been marked done. */
-bool qps_q_joined(qps_q *q);
-
-/* The exact number of ready items, and the queue's figures. */
-int qps_q_qsize(qps_q *q, uint64_t *np);
-int qps_q_stat(qps_q *q, qp_queue_stats *st);
+/* Iterates over the queues open here. */
+qps_q *qps_q_first(void);
+qps_q *qps_q_next(qps_q *q);
 
 /* Calls fn for every queue of this host (open here or not), with its
  * figures; stops early if fn returns false. */
@@ -410,18 +379,51 @@ int qps_q_list(
     bool (*fn)(const char *name, const qp_queue_stats *st, void *arg),
     void *arg);
 
-/* Iterates over the queues open here. */
-qps_q *qps_q_first(void);
-qps_q *qps_q_next(qps_q *q);
+/* Passes on rv, the result of a qpi_store_ call on q: QP_EBUSY (another
+ * process holds q's lock, nothing done) marks q busy and arms its probe. */
+int qps_q_rv(qps_q *q, int rv);
 
-/* Asks the watcher to wake the ops layer (qps_ops_kick) when another
- * process changes q (on: requests are parked on it), or stops that. */
-void qps_q_watch(qps_q *q, bool on);
+/* Makes sure q's lease timer fires by expiry_ms (monotonic ms). */
+void qps_q_lease_due(qps_q *q, int64_t expiry_ms);
 
-/* Called by the hosted layer, with the ops lock held, when q may have
- * changed under parked requests: items put, space freed, tasks done,
- * leases expired. */
-void qps_ops_kick(qps_q *q);
+/* Gives back every lease owner holds on q; returns how many. When q's
+ * lock is held the work is kept and done by q's probe once it is free. */
+uint64_t qps_q_release_owner(qps_q *q, uint64_t owner);
+
+/* Confirms a lease (with done, and a task_done; lease_id 0: the
+ * task_done alone) later, by q's probe: for acks that met q's lock held. */
+void qps_q_ack_later(qps_q *q, uint64_t lease_id, bool done);
+
+/* ---- durable puts' group commit (sync.c) ---- */
+
+/* Between qps_sync_defer(true) and (false), puts this thread makes to an
+ * fsync=always durable queue may leave their fdatasync for after the ops
+ * lock: qps_sync_may_defer(s) says whether a put to s may (pass a ticket
+ * to qpi_store_put, then qps_sync_note(s, ticket)). The caller must then
+ * call qps_sync_park or qps_sync_deferred before the put's reply goes. */
+void qps_sync_defer(bool on);
+bool qps_sync_may_defer(struct qpi_store *s);
+void qps_sync_note(struct qpi_store *s, uint64_t ticket);
+
+/* Waits (without the ops lock) for this thread's deferred sync: QP_OK, or
+ * the sync's error (the put must not be acknowledged). */
+int qps_sync_deferred(void);
+
+/* Instead of qps_sync_deferred: parks w and hands rep (the put's reply,
+ * owned by the syncer from now on) to the sync thread, which sends it
+ * once the log is on disk (or an error reply naming op, req_id and name
+ * if the sync fails). False when there is nothing to sync or w cannot be
+ * parked: the caller then uses qps_sync_deferred. */
+bool qps_sync_park(qps_worker *w, nng_msg *rep, uint32_t op, uint64_t req_id,
+    const char *name, const uint8_t *client, uint64_t seq);
+
+/* Waits until the sync thread has sent every reply handed to it. */
+void qps_sync_drain(void);
+
+/* Starts (ops_mu: to note a failed sync with dedup) and stops the sync
+ * thread. */
+void qps_sync_start(pthread_mutex_t *ops_mu);
+void qps_sync_stop(void);
 
 /* ---- deduplication of (client id, seq) (dedup.c) ---- */
 
@@ -475,14 +477,157 @@ void qps_dedup_fail(const uint8_t *id, uint64_t seq, int status);
 /* Forgets every client. */
 void qps_dedup_fini(void);
 
-/* ---- pipes through the server (pipes.c) ---- */
+/* ---- connections (conn.c) ---- */
 
-/* Applies a pipe op (pipe_open, _send, _recv, _poll, _close) of
- * connection conn, as ops.c applies the others: QPS_PARKED (req now
- * belongs to the parked request) or QPS_REPLY with *repp. cl: the dedup
- * client of the request, or NULL. The ops lock is held. */
-qps_handled qps_pipe_apply(qps_worker *w, uint32_t conn, nng_msg *req,
-    const struct qpi_wire_req *r, qps_client *cl, nng_msg **repp);
+/* A client's connection: it owns its leases (the queues it took them
+ * from), its parked requests and its pipe sides; closing it gives them
+ * back (qps_conn_close). */
+typedef struct qps_conn {
+	qpi_hnode node; /* key: connection id */
+	uint64_t owner; /* lease owner token: server pid << 32 | id */
+	bool over_limit;
+	qpi_auth_server auth; /* hello/auth state; auth.ok: authenticated */
+	bool told_unauth; /* a request before auth was refused and logged */
+	qps_wait *waits; /* its parked requests */
+	qpi_htab work; /* its WORK leases (see conn.c) */
+	qps_q **leased; /* the queues it took leases from */
+	uint32_t nleased, leased_cap;
+} qps_conn;
+
+/* Sets up the connection table (pid: of this server, in owner tokens). */
+void qps_conns_start(uint32_t pid);
+
+/* The connection of id, made on first sight (a request may come before
+ * the transport's add); NULL if it left already, or out of memory. */
+qps_conn *qps_conn_get(uint32_t id);
+
+/* Connections open now. */
+uint32_t qps_conns_count(void);
+
+/* A connection arrived (qps_ops_conn_add): false to close it at once. */
+bool qps_conn_open(uint32_t id);
+
+/* A connection left: its parked requests end unanswered, its pipe sides
+ * close, its leases go back to their queues. */
+void qps_conn_close(uint32_t id);
+
+/* c took leases on q (WORK: also lease_id, whose ack is a task_done and
+ * which touch may renew). */
+void qps_conn_leased(qps_conn *c, qps_q *q);
+void qps_conn_work_add(qps_conn *c, qps_q *q, uint64_t lease_id);
+
+/* Forgets a WORK lease of c (true if it was one); whether c holds it. */
+bool qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id);
+bool qps_conn_work_holds(qps_conn *c, qps_q *q, uint64_t lease_id);
+
+/* q goes away: no connection refers to it any more. */
+void qps_conns_forget_q(qps_q *q);
+
+/* Shutting down: every connection's parked requests end, its leases go
+ * back; returns how many leases. */
+uint64_t qps_conns_drop_all(void);
+
+/* Frees every connection. */
+void qps_conns_fini(void);
+
+/* ---- requests and their handlers (wait.c, qdata.c, lease.c, admin.c,
+ * session.c, pipes.c) ---- */
+
+/* One request in hand: ops.c checks and dedups it, then gives it to the
+ * handler of its family. */
+typedef struct qps_req {
+	qps_worker *w;
+	qps_conn *c;
+	nng_msg *req; /* owns the bytes r points into */
+	qpi_wire_req *r;
+	qps_client *cl; /* dedup: the request's client, or NULL */
+	uint32_t base; /* put_many: items put before (r holds the rest) */
+} qps_req;
+
+/* A family's handler: QPS_REPLY with *repp, or QPS_PARKED (req now
+ * belongs to the parked request). The ops lock is held. */
+qps_handled qps_session_handle(const qps_req *rq, nng_msg **repp);
+qps_handled qps_qdata_handle(const qps_req *rq, nng_msg **repp);
+qps_handled qps_lease_handle(const qps_req *rq, nng_msg **repp);
+qps_handled qps_admin_handle(const qps_req *rq, nng_msg **repp);
+qps_handled qps_pipe_handle(const qps_req *rq, nng_msg **repp);
+
+/* Refuses r on c when the server wants a token and c has not
+ * authenticated (hello, auth and ping pass): true with *repp. */
+bool qps_session_refuse(
+    qps_conn *c, const qpi_wire_req *r, uint32_t conn_id, nng_msg **repp);
+
+/* What a parked request's retry found. */
+typedef enum qps_retry_res {
+	QPS_DONE, /* answered: *repp */
+	QPS_WAITING, /* still waits (the requests behind it too) */
+	QPS_BLOCKED, /* its queue's lock is held: serve nothing now */
+} qps_retry_res;
+
+/* A parked request (wait.c): its worker and request, a timer for its
+ * timeout, its places in its list (a queue's or a pipe side's) and its
+ * connection's, and how to try it again. */
+struct qps_wait {
+	qps_timer timer; /* first: the timer callback casts back */
+	int kind; /* QPS_WAIT_*, or a pipe's */
+	qps_worker *w;
+	qps_conn *conn;
+	qps_wlist *list; /* the list it waits in */
+	qps_q *q; /* the queue it waits on (NULL: a pipe's, obj) */
+	void *obj;
+	void (*expired)(qps_wait *wt); /* at its timeout (NULL: a queue's) */
+	nng_msg *req; /* owns the bytes r points into */
+	qpi_wire_req r; /* its arrays our own */
+	qps_client *cl; /* dedup: the client and seq, or NULL */
+	uint64_t seq;
+	uint32_t base; /* put_many: items of the request put before */
+	uint64_t next; /* QPS_WAIT_OP: ids (or task_dones) done so far */
+	uint32_t nmiss; /* QPS_WAIT_OP: ids found missing so far */
+	qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp);
+	qps_wait *lprev, *lnext; /* in its list */
+	qps_wait *cprev, *cnext; /* in conn's list */
+};
+
+/* Parks rq in list for up to tmo ms (<= 0: no limit), expired called at
+ * its timeout: takes rq->req, copies the request (its items; for
+ * QPS_WAIT_OP its ids). NULL (nothing taken) if the server cannot park
+ * more. */
+qps_wait *qps_wait_add(const qps_req *rq, qps_wlist *list, int kind,
+    int64_t tmo, void (*expired)(qps_wait *wt));
+
+/* Parks rq on q (qps_wait_add), to be tried again by retry whenever q
+ * changes. */
+qps_wait *qps_wait_park(const qps_req *rq, qps_q *q, int kind, int64_t tmo,
+    qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp));
+
+/* As qps_wait_park, for an op that met q's lock held: parked for up to
+ * QPS_BUSY_WAIT_MS with its progress (next, nmiss), else answered
+ * QP_EBUSY. */
+qps_handled qps_wait_busy(const qps_req *rq, qps_q *q, uint64_t next,
+    uint32_t nmiss, qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp),
+    nng_msg **repp);
+
+/* Ends a parked request: sends rep (NULL: no reply, its client is gone),
+ * settles its dedup entry, frees it. */
+void qps_wait_finish(qps_wait *wt, nng_msg *rep);
+
+/* Serves q's parked requests in order while they can go on; nothing
+ * while q is busy (its probe comes back). */
+void qps_wait_dispatch(qps_q *q);
+
+/* Ends every request parked on q with status ("queue 'q' " why). */
+void qps_wait_fail_all(qps_q *q, int status, const char *why);
+
+/* Opens r's queue for a handler (create: a put's CREATE): a stale one
+ * (deleted by another process) is forgotten first. QP_OK, else *repp. */
+int qps_admin_open_for(
+    const qpi_wire_req *r, bool create, qps_q **qp, nng_msg **repp);
+
+/* A get's confirmations (r->ids) of c's leases on q; those that meet q's
+ * lock held are done later. */
+void qps_lease_ack_ids(qps_conn *c, qps_q *q, const qpi_wire_req *r);
+
+/* ---- pipes through the server (pipes.c) ---- */
 
 /* A connection left: the sides it held close (their peers see end of
  * file), its parked pipe requests end unanswered. */

@@ -1,7 +1,7 @@
 /*
  * sec.c - what protects qpiped: the token that clients must prove they hold
  * (--auth-token-file, else $QPIPE_TOKEN; the hello/auth exchange itself is
- * answered in ops.c with lib/auth.c), the TLS configuration of tls+tcp://
+ * answered in session.c with lib/auth.c), the TLS configuration of tls+tcp://
  * listeners (--tls-cert, --tls-key, --tls-ca; built by lib/tls.c), and the
  * start-up policy: an address other hosts can reach is served only when
  * its clients must authenticate (a token, or TLS client certificates), or

@@ -129,6 +129,7 @@ static void *
 timer_main(void *arg)
 {
 	(void) arg;
+	qps_thread_init(); /* the callbacks touch queues */
 	pthread_mutex_lock(tm.mu);
 	while (!tm.stop) {
 		if (tm.n == 0) {

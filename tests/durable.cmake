@@ -1,4 +1,4 @@
-# Durable queues (lib/durq*.c, server/hosted.c): test_durq (cmocka: torn
+# Durable queues (lib/durq*.c, lib/store.c, server/registry.c): test_durq (cmocka: torn
 # tails cut at every byte, corrupt records quarantined, compaction, the
 # local QP_OPEN_DURABLE queue), the it_durable_* scripts and their helper
 # program qp_durable_tool (built into build/bin, never installed; bench/run

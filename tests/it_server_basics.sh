@@ -180,10 +180,12 @@ call "$smallurl" "[1, 14, 1, 'hold$$', bytes(16), 0, 0, 0, 0, 0, 0, '']" \
 nngcat --req0 --dial "$smallurl" --file "$tmp/hold.bin" --raw \
 	>/dev/null 2>&1 &
 holder=$!
-for _ in $(seq 15); do
-	sleep 0.1
+# (until the holder's connection is in: a loaded machine starts nngcat
+# slowly)
+for _ in $(seq 60); do
 	out=$(call "$smallurl" "[1, 3, 9]")
 	case "$out" in "[1, 3, 9, 20, "*) break ;; esac
+	sleep 0.05
 done
 case "$out" in
 "[1, 3, 9, 20, "*"maximum of 1 connections"*) ;;

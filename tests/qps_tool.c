@@ -17,12 +17,22 @@
  *                                          queue (fsync always) until one
  *                                          fails; print how many were
  *                                          acknowledged
+ *   qps_tool lease ADDR                    get one item under a lease
+ *                                          (QP_OPEN_LEASE), print it and
+ *                                          stop (SIGSTOP) holding it
+ *   qps_tool hold NAME                     a local process that takes both
+ *                                          locks of shm://NAME, prints
+ *                                          "held", stops itself (SIGSTOP)
+ *                                          and, once continued, unlocks
  *
  * Exit status: 0, or the qp_err code of the failure (its message on
  * stderr).
  */
 #include "qpipe.h"
+#include "shmq.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,6 +133,57 @@ put_loop(const char *addr)
 	return 0;
 }
 
+/* A worker that took an item and stops holding its lease: killed, its
+ * connection's lease must go back. */
+static int
+lease_one(const char *addr)
+{
+	qp_queue_opts o = {.flags = QP_OPEN_LEASE};
+	qp_queue *q = NULL;
+	void *buf;
+	size_t len;
+	int rv;
+
+	if ((rv = qp_queue_open(&q, addr, &o)) != QP_OK) {
+		return fail("open", rv);
+	}
+	if ((rv = qp_queue_get(q, &buf, &len, 2000)) != QP_OK) {
+		qp_queue_free(q);
+		return fail("get", rv);
+	}
+	fwrite(buf, 1, len, stdout);
+	fflush(stdout);
+	qp_free(buf);
+	raise(SIGSTOP);
+	qp_queue_free(q);
+	return 0;
+}
+
+/* A local process stopped while it holds the queue's locks (Ctrl-Z in a
+ * terminal at the wrong instant): what the server must not wait for. */
+static int
+hold(const char *name)
+{
+	qpi_shmq *q;
+	pthread_mutex_t *pl, *gl;
+	int rv;
+
+	if ((rv = qpi_shmq_open(&q, name, 0, NULL)) != QP_OK) {
+		return fail("open", rv);
+	}
+	pl = qpi_shmq_test_lock(q, true);
+	gl = qpi_shmq_test_lock(q, false);
+	pthread_mutex_lock(pl);
+	pthread_mutex_lock(gl);
+	printf("held\n");
+	fflush(stdout);
+	raise(SIGSTOP);
+	pthread_mutex_unlock(gl);
+	pthread_mutex_unlock(pl);
+	qpi_shmq_free(q);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -134,7 +195,7 @@ main(int argc, char **argv)
 		fprintf(stderr,
 		    "usage: qps_tool put|get|qsize ADDR [...] | ls SERVER | "
 		    "get2 ADDR1 ADDR2 TIMEOUT_MS | putmany ADDR N | putloop "
-		    "ADDR\n");
+		    "ADDR | hold NAME | lease ADDR\n");
 		return 1;
 	}
 	const char *cmd = argv[1], *addr = argv[2];
@@ -161,6 +222,12 @@ main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "putloop") == 0) {
 		return put_loop(addr);
+	}
+	if (strcmp(cmd, "hold") == 0) {
+		return hold(addr);
+	}
+	if (strcmp(cmd, "lease") == 0) {
+		return lease_one(addr);
 	}
 	if ((rv = qp_queue_open(&q, addr, strcmp(cmd, "put") == 0 ? &o : NULL))
 	    != QP_OK) {

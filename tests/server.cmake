@@ -10,6 +10,7 @@ add_dependencies(test_remote qpiped qps_tool)
 
 set_tests_properties(test_remote PROPERTIES LABELS server TIMEOUT 600)
 set_tests_properties(it_server_basics it_server_nngcat it_server_sigterm
+  it_server_stopped
   PROPERTIES LABELS server)
 set_tests_properties(it_server_netns PROPERTIES LABELS "server;netns"
   SKIP_RETURN_CODE 77)

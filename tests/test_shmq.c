@@ -2,8 +2,9 @@
  * test_shmq.c - the shared-memory queue's internal API (lib/shmq.h):
  * leases (ack, release to the head, order, expiry, owners, delivery
  * counts, across fork), leased records that must not block the ring, the
- * watch sequence qpiped waits on, the invariant check, and segments that
- * are not (or no longer) what this library expects.
+ * watch sequence qpiped waits on, the invariant check, segments that
+ * are not (or no longer) what this library expects, and the lock budget
+ * that keeps a stopped lock holder from stalling qpiped.
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
@@ -17,7 +18,10 @@
 #include <cmocka.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "qpi.h"
 #include "queue_util.h"
@@ -795,6 +799,50 @@ test_shmq_open_refuses_foreign_segments(void **state)
 	assert_int_equal(qpi_shmq_unlink(name), QP_ENOENT);
 }
 
+/* A thread with a lock budget gives up a lock held by a stopped process
+ * within it, changing nothing (QP_EBUSY), and finds the queue whole once
+ * the holder goes on. */
+static void
+test_shmq_lock_budget_gives_up(void **state)
+{
+	qpi_shmq *q = mk(1 << 16, 8);
+	int64_t t0;
+	int st;
+	pid_t pid;
+
+	(void) state;
+	put(q, "a");
+	if ((pid = fork()) == 0) {
+		pthread_mutex_lock(qpi_shmq_test_lock(q, true));
+		pthread_mutex_lock(qpi_shmq_test_lock(q, false));
+		raise(SIGSTOP);
+		pthread_mutex_unlock(qpi_shmq_test_lock(q, false));
+		pthread_mutex_unlock(qpi_shmq_test_lock(q, true));
+		_exit(0);
+	}
+	assert_true(pid > 0);
+	assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
+	assert_true(WIFSTOPPED(st));
+	qpi_shmq_lock_budget(150000);
+	t0 = qpi_now_ns();
+	void *buf = NULL;
+	size_t len = 0;
+	assert_int_equal(qpi_shmq_get(q, 0, NULL, 0, &buf, &len, 0), QP_EBUSY);
+	assert_non_null(strstr(qp_errmsg(), "held by another process"));
+	assert_int_equal(qpi_shmq_put(q, "b", 1, QPI_ITEM_BIN, 0), QP_EBUSY);
+	assert_int_equal(qpi_shmq_task_done(q), QP_EBUSY);
+	/* Well within a scheduler's hiccup of the 3 x 150 us tried. */
+	assert_true(qpi_now_ns() - t0 < 100 * 1000000LL);
+	kill(pid, SIGCONT);
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	get(q, "a");
+	assert_int_equal(qsize(q), 0);
+	qpi_shmq_lock_budget(-1);
+	check(q);
+	qpi_shmq_free(q);
+}
+
 int
 main(void)
 {
@@ -815,6 +863,7 @@ main(void)
 	    cmocka_unit_test(test_shmq_watch_sees_local_puts),
 	    cmocka_unit_test(test_shmq_check_finds_a_damaged_record),
 	    cmocka_unit_test(test_shmq_open_refuses_foreign_segments),
+	    cmocka_unit_test(test_shmq_lock_budget_gives_up),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

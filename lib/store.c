@@ -1,0 +1,301 @@
+/*
+ * store.c - qpiped's one interface over shared-memory and durable queues
+ * (store.h). A durable queue serves its items from a private shared-memory
+ * queue (qpi_durq_shm): everything but puts, gets, acks and the put
+ * requests' tags goes to that queue; releases and expiries also let the
+ * log forget lease ids that can no longer be acked.
+ *
+ * Locking: none of its own; the caller serialises calls on a store.
+ */
+#include "store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct qpi_store {
+	qpi_shmq *shm; /* the items (a durable queue's own, private) */
+	qpi_durq *dur; /* durable: its log; NULL for shared memory */
+	char name[QP_NAME_MAX + 1];
+};
+
+int
+qpi_store_open_shm(
+    qpi_store **sp, const char *name, unsigned flags, const qpi_shmq_cfg *cfg)
+{
+	qpi_store *s = calloc(1, sizeof(*s));
+	int rv;
+
+	if (s == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	if ((rv = qpi_shmq_open(&s->shm, name, flags, cfg)) != QP_OK) {
+		free(s);
+		return rv;
+	}
+	snprintf(s->name, sizeof(s->name), "%s", name);
+	*sp = s;
+	return QP_OK;
+}
+
+int
+qpi_store_open_durq(qpi_store **sp, const char *name, qpi_durq *d)
+{
+	qpi_store *s = calloc(1, sizeof(*s));
+
+	if (s == NULL) {
+		qpi_durq_free(d);
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	s->dur = d;
+	s->shm = qpi_durq_shm(d);
+	snprintf(s->name, sizeof(s->name), "%s", name);
+	*sp = s;
+	return QP_OK;
+}
+
+void
+qpi_store_free(qpi_store *s)
+{
+	if (s == NULL) {
+		return;
+	}
+	if (s->dur != NULL) {
+		qpi_durq_free(s->dur);
+	} else {
+		qpi_shmq_free(s->shm);
+	}
+	free(s);
+}
+
+bool
+qpi_store_durable(const qpi_store *s)
+{
+	return s->dur != NULL;
+}
+
+qpi_shmq *
+qpi_store_shm(qpi_store *s)
+{
+	return s->shm;
+}
+
+qpi_durq *
+qpi_store_durq(qpi_store *s)
+{
+	return s->dur;
+}
+
+/* The kind and bytes to store for an item's encoding: a bin is stored as
+ * its payload. */
+static unsigned
+st_item(const uint8_t *item, size_t len, const uint8_t **pp, size_t *lenp)
+{
+	size_t off, plen;
+
+	if (qpi_wire_bin_unwrap(item, len, &off, &plen)) {
+		*pp = item + off;
+		*lenp = plen;
+		return QPI_ITEM_BIN;
+	}
+	*pp = item;
+	*lenp = len;
+	return QPI_ITEM_OBJ;
+}
+
+int
+qpi_store_put(qpi_store *s, const uint8_t *item, size_t len,
+    const qpi_shmq_tag *tag, uint64_t *ticket)
+{
+	const uint8_t *p;
+	size_t plen;
+	unsigned kind = st_item(item, len, &p, &plen);
+
+	if (s->dur == NULL) {
+		return tag != NULL
+		    ? qpi_shmq_put_tagged(s->shm, p, plen, kind, tag, 0)
+		    : qpi_shmq_put(s->shm, p, plen, kind, 0);
+	}
+	if (tag != NULL) {
+		return qpi_durq_put_tagged(s->dur, p, plen, kind, tag, ticket);
+	}
+	return ticket != NULL
+	    ? qpi_durq_put_async(s->dur, p, plen, kind, ticket)
+	    : qpi_durq_put(s->dur, p, plen, kind, 0);
+}
+
+/* A durable queue is the server's alone (its file is locked) and calls
+ * are serialised: checking room first makes the batch all or nothing. */
+static int
+st_put_many_durable(qpi_store *s, const qpi_wire_item *items, uint32_t n,
+    const qpi_shmq_tag *tag, uint64_t *ticket)
+{
+	qpi_shmq_tag t;
+	qp_queue_stats st;
+	uint64_t need = 0;
+	uint32_t i;
+	int rv;
+
+	if ((rv = qpi_durq_stat(s->dur, &st)) != QP_OK) {
+		return rv;
+	}
+	for (i = 0; i < n; i++) {
+		const uint8_t *p;
+		size_t plen;
+		st_item(items[i].data, items[i].len, &p, &plen);
+		need += qpi_durq_rec_size(plen);
+	}
+	if ((st.maxsize != 0 && n > st.maxsize) || need > st.capacity) {
+		return qpi_err(QP_ETOOBIG,
+		    "a batch of %u items (%llu bytes stored) can never fit in "
+		    "'%s' (maxsize %llu, %llu bytes)",
+		    n, (unsigned long long) need, s->name,
+		    (unsigned long long) st.maxsize,
+		    (unsigned long long) st.capacity);
+	}
+	if (st.maxsize != 0 && st.items + n > st.maxsize) {
+		return qpi_err(QP_EFULL, "queue '%s' is full", s->name);
+	}
+	memset(&t, 0, sizeof(t));
+	if (tag != NULL) {
+		t = *tag;
+	}
+	for (i = 0; i < n; i++) {
+		/* Each record tagged with its index in the request. */
+		t.base = tag != NULL ? tag->base + i : 0;
+		if ((rv = qpi_store_put(s, items[i].data, items[i].len,
+		         tag != NULL ? &t : NULL, ticket))
+		    != QP_OK) {
+			break;
+		}
+	}
+	if (i == n || i == 0) {
+		return rv;
+	}
+	return qpi_err(rv,
+	    "queue '%s' filled up during the batch: %u of %u items stored",
+	    s->name, i, n);
+}
+
+int
+qpi_store_put_many(qpi_store *s, const qpi_wire_item *items, uint32_t n,
+    const qpi_shmq_tag *tag, uint64_t *ticket)
+{
+	qpi_shmq_item stack[64] = {{0}}, *it = stack;
+	int rv;
+
+	if (s->dur != NULL) {
+		return st_put_many_durable(s, items, n, tag, ticket);
+	}
+	if (n > 64 && (it = malloc(n * sizeof(*it))) == NULL) {
+		return qpi_err(
+		    QP_ENOMEM, "out of memory for a batch of %u", n);
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		const uint8_t *p;
+		it[i].kind
+		    = st_item(items[i].data, items[i].len, &p, &it[i].len);
+		it[i].buf = p;
+	}
+	rv = tag != NULL ? qpi_shmq_put_many_tagged(s->shm, it, n, tag, 0)
+	                 : qpi_shmq_put_many(s->shm, it, n, 0);
+	if (it != stack) {
+		free(it);
+	}
+	return rv;
+}
+
+int
+qpi_store_get(qpi_store *s, uint64_t owner, int64_t lease_ms, size_t max_len,
+    void **bufp, size_t *lenp, qpi_shmq_lease *l)
+{
+	if (s->dur != NULL) {
+		return qpi_durq_get_lease(s->dur, owner, lease_ms, QPI_GET_OBJ,
+		    max_len, bufp, lenp, l);
+	}
+	return qpi_shmq_get_lease_max(
+	    s->shm, owner, lease_ms, QPI_GET_OBJ, max_len, bufp, lenp, l, 0);
+}
+
+int
+qpi_store_ack(qpi_store *s, uint64_t lease_id)
+{
+	return s->dur != NULL ? qpi_durq_ack(s->dur, lease_id)
+	                      : qpi_shmq_ack(s->shm, lease_id);
+}
+
+/* Lets a durable log forget lease ids that can no longer be acked. */
+static int
+st_gc(qpi_store *s, int rv)
+{
+	if (s->dur != NULL) {
+		qpi_durq_leases_gc(s->dur);
+	}
+	return rv;
+}
+
+int
+qpi_store_release(qpi_store *s, uint64_t lease_id)
+{
+	return st_gc(s, qpi_shmq_release(s->shm, lease_id));
+}
+
+int
+qpi_store_renew(qpi_store *s, uint64_t lease_id, int64_t lease_ms)
+{
+	return qpi_shmq_renew(s->shm, lease_id, lease_ms);
+}
+
+int
+qpi_store_release_owner(qpi_store *s, uint64_t owner, size_t *np)
+{
+	return st_gc(s, qpi_shmq_release_owner(s->shm, owner, np));
+}
+
+int
+qpi_store_expire(qpi_store *s, int64_t now_ms, size_t *np, int64_t *next_ms)
+{
+	int rv = qpi_shmq_expire(s->shm, now_ms, np, next_ms);
+
+	return *np > 0 ? st_gc(s, rv) : rv;
+}
+
+int
+qpi_store_release_dead(qpi_store *s, size_t *np)
+{
+	*np = 0;
+	return s->dur != NULL ? QP_OK : qpi_shmq_release_dead(s->shm, np);
+}
+
+int
+qpi_store_release_stale(qpi_store *s, size_t *np)
+{
+	*np = 0;
+	return s->dur != NULL ? QP_OK : qpi_shmq_release_stale(s->shm, np);
+}
+
+int
+qpi_store_task_done(qpi_store *s)
+{
+	return qpi_shmq_task_done(s->shm);
+}
+
+int
+qpi_store_qsize(qpi_store *s, uint64_t *np)
+{
+	return qpi_shmq_qsize(s->shm, np);
+}
+
+int
+qpi_store_stat(qpi_store *s, qp_queue_stats *st)
+{
+	return s->dur != NULL ? qpi_durq_stat(s->dur, st)
+	                      : qpi_shmq_stat(s->shm, st);
+}
+
+int
+qpi_store_tags(qpi_store *s, qpi_shmq_tag *v, size_t cap, size_t *np)
+{
+	return s->dur != NULL ? qpi_durq_tags(s->dur, v, cap, np)
+	                      : qpi_shmq_tags(s->shm, v, cap, np);
+}

@@ -1,0 +1,223 @@
+/*
+ * admin.c - the ops that look at or manage queues as a whole: qsize, stat,
+ * list, create and delete; and the opening of a request's queue that every
+ * queue handler starts with, where a queue deleted by another process is
+ * noticed (what waits on it ends with QP_ECLOSED).
+ *
+ * Locking: none of its own; everything runs under the ops lock.
+ */
+#include "qps.h"
+#include "store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Forgets q: fails what waits on it, drops what connections note on it. */
+static void
+admin_forget(qps_q *q)
+{
+	qps_wait_fail_all(q, QP_ECLOSED, "was deleted");
+	qps_conns_forget_q(q);
+}
+
+int
+qps_admin_open_for(
+    const qpi_wire_req *r, bool create, qps_q **qp, nng_msg **repp)
+{
+	qps_q *old = qps_q_find(r->name);
+	int rv;
+
+	if (old != NULL && qps_q_stale(old)) {
+		/* Deleted by another process (and maybe made anew): what
+		 * waits on the old one ends, the name is opened afresh. */
+		admin_forget(old);
+		qps_q_forget(old);
+	}
+	rv = qps_q_open(r->name, create, qp);
+	if (rv == QP_ENOENT) {
+		*repp = qps_rep_error(r->op, r->req_id, rv,
+		    "no queue '%s' on this server (create it first)", r->name);
+	} else if (rv != QP_OK) {
+		*repp = qps_rep_error(r->op, r->req_id, rv, "queue '%s': %s",
+		    r->name,
+		    qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
+	}
+	return rv;
+}
+
+/* qsize or stat of q: QP_EBUSY when q's lock is held, else QP_OK with
+ * *repp. */
+static int
+admin_figures(qps_q *q, const qpi_wire_req *r, nng_msg **repp)
+{
+	qpi_wire_rep rp;
+	int rv;
+
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
+	if (q->busy) {
+		return QP_EBUSY;
+	}
+	rv = r->op == QPI_OP_QSIZE ? qpi_store_qsize(q->st, &rp.count)
+	                           : qpi_store_stat(q->st, &rp.stat);
+	if (qps_q_rv(q, rv) == QP_EBUSY) {
+		return rv;
+	}
+	if (r->op == QPI_OP_STAT) {
+		/* Remote requests parked here wait too. */
+		rp.stat.getters += q->wl[QPS_WAIT_GET].n;
+		rp.stat.putters += q->wl[QPS_WAIT_PUT].n;
+	}
+	*repp = rv == QP_OK
+	    ? qps_rep_encode(&rp)
+	    : qps_rep_error(r->op, r->req_id, rv, "%s of '%s': %s",
+	        qpi_wire_op_name(r->op), q->name, qp_strerror(rv));
+	return QP_OK;
+}
+
+static qps_retry_res
+figures_retry(qps_wait *wt, nng_msg **repp)
+{
+	return admin_figures(wt->q, &wt->r, repp) == QP_EBUSY ? QPS_BLOCKED
+	                                                      : QPS_DONE;
+}
+
+typedef struct list_ctx {
+	qpi_wire_qentry *v;
+	uint32_t n, cap;
+	bool nomem;
+} list_ctx;
+
+static bool
+list_one(const char *name, const qp_queue_stats *st, void *arg)
+{
+	list_ctx *lc = arg;
+
+	if (lc->n == lc->cap) {
+		uint32_t cap = lc->cap == 0 ? 16 : lc->cap * 2;
+		qpi_wire_qentry *v;
+		if (lc->cap >= QPI_WIRE_DEFAULT_BATCH) {
+			return false; /* the list says the first ones */
+		}
+		if ((v = realloc(lc->v, cap * sizeof(*v))) == NULL) {
+			lc->nomem = true;
+			return false;
+		}
+		lc->v = v;
+		lc->cap = cap;
+	}
+	snprintf(lc->v[lc->n].name, sizeof(lc->v[lc->n].name), "%s", name);
+	lc->v[lc->n].stat = *st;
+	lc->n++;
+	return true;
+}
+
+static nng_msg *
+admin_list(const qpi_wire_req *r)
+{
+	list_ctx lc = {0};
+	qpi_wire_rep rp;
+	nng_msg *rep;
+	int rv = qps_q_list(list_one, &lc);
+
+	if (rv != QP_OK || lc.nomem) {
+		rv = rv != QP_OK ? rv : QP_ENOMEM;
+		rep = qps_rep_error(r->op, r->req_id, rv,
+		    "cannot list the queues: %s", qp_strerror(rv));
+	} else {
+		rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
+		rp.queues = lc.v;
+		rp.nqueues = lc.n;
+		rp.queues_cap = lc.cap;
+		rep = qps_rep_encode(&rp);
+	}
+	free(lc.v);
+	return rep;
+}
+
+static nng_msg *
+admin_create(const qpi_wire_req *r)
+{
+	qps_q_opts o = {
+	    .maxsize = r->maxsize,
+	    .capacity = r->capacity,
+	    .max_message = r->max_message,
+	    .lease_ms = r->lease_ms,
+	    .excl = (r->flags & QPI_CREATE_EXCL) != 0,
+	    .durable = (r->flags & QPI_CREATE_DURABLE) != 0,
+	    .fsync = r->fsync,
+	};
+	qps_q *q;
+	int rv;
+
+	if (o.durable && qps_cfg->data_dir == NULL) {
+		return qps_rep_error(r->op, r->req_id, QP_EINVAL,
+		    "a durable queue needs the server started with "
+		    "--data-dir");
+	}
+	if (!o.durable && r->fsync[0] != '\0') {
+		return qps_rep_error(r->op, r->req_id, QP_EINVAL,
+		    "an fsync policy is for durable queues only");
+	}
+	if (r->max_message > qps_limits.max_message) {
+		return qps_rep_error(r->op, r->req_id, QP_EINVAL,
+		    "max_message %llu is over the server's %llu",
+		    (unsigned long long) r->max_message,
+		    (unsigned long long) qps_limits.max_message);
+	}
+	q = qps_q_find(r->name);
+	if (q != NULL && qps_q_stale(q)) {
+		admin_forget(q);
+		qps_q_forget(q);
+	}
+	rv = qps_q_create(r->name, &o, &q);
+	return rv == QP_OK
+	    ? qps_rep_ok(r)
+	    : qps_rep_error(r->op, r->req_id, rv, "create '%s': %s", r->name,
+	        qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
+}
+
+static nng_msg *
+admin_delete(const qpi_wire_req *r)
+{
+	qps_q *q = qps_q_find(r->name);
+	int rv;
+
+	if (q != NULL) {
+		admin_forget(q);
+	}
+	rv = qps_q_delete(r->name, q);
+	if (rv == QP_OK) {
+		qps_log(QPS_LOG_INFO, "queue '%s' deleted", r->name);
+		return qps_rep_ok(r);
+	}
+	return qps_rep_error(r->op, r->req_id, rv, "delete '%s': %s", r->name,
+	    rv == QP_ENOENT ? "no such queue" : qp_strerror(rv));
+}
+
+qps_handled
+qps_admin_handle(const qps_req *rq, nng_msg **repp)
+{
+	const qpi_wire_req *r = rq->r;
+	qps_q *q;
+
+	switch (r->op) {
+	case QPI_OP_LIST:
+		*repp = admin_list(r);
+		return QPS_REPLY;
+	case QPI_OP_CREATE:
+		*repp = admin_create(r);
+		return QPS_REPLY;
+	case QPI_OP_DELETE:
+		*repp = admin_delete(r);
+		return QPS_REPLY;
+	default: /* QPI_OP_QSIZE, QPI_OP_STAT */
+		if (qps_admin_open_for(r, false, &q, repp) != QP_OK) {
+			return QPS_REPLY;
+		}
+		if (admin_figures(q, r, repp) == QP_EBUSY) {
+			return qps_wait_busy(rq, q, 0, 0, figures_retry, repp);
+		}
+		return QPS_REPLY;
+	}
+}

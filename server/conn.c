@@ -1,0 +1,297 @@
+/*
+ * conn.c - the clients' connections, known by the transport's connection
+ * id. A connection owns what its client holds: its leases (owner token
+ * pid << 32 | id, noted per queue it took them from, and its WORK leases,
+ * whose ack is also a task_done and which touch may renew), its parked
+ * requests and its pipe sides. When it closes, qps_conn_close walks its
+ * own lists and gives all of it back: its leased items are back at the
+ * head of their queues at once.
+ *
+ * Locking: none of its own; everything runs under the ops lock.
+ */
+#include "qps.h"
+
+#include <stdlib.h>
+
+/* Connection ids seen leaving before their first request was handled. */
+#define CONN_TOMBSTONES 256
+/* A connection this far past --max-connections is closed at once. */
+#define CONN_HARD_EXTRA 64
+
+/* A WORK lease held by a connection. */
+typedef struct conn_work {
+	qpi_hnode node; /* key: lease id */
+	qps_q *q;
+} conn_work;
+
+static struct {
+	qpi_htab conns;
+	uint32_t n;
+	uint32_t pid;
+	uint32_t tomb[CONN_TOMBSTONES];
+	uint32_t ntomb;
+} cs;
+
+void
+qps_conns_start(uint32_t pid)
+{
+	cs.pid = pid;
+}
+
+uint32_t
+qps_conns_count(void)
+{
+	return cs.n;
+}
+
+static qps_conn *
+conn_find(uint32_t id)
+{
+	return (qps_conn *) qpi_htab_find(&cs.conns, id);
+}
+
+qps_conn *
+qps_conn_get(uint32_t id)
+{
+	qps_conn *c = conn_find(id);
+
+	if (c != NULL) {
+		return c;
+	}
+	for (uint32_t i = 0; i < cs.ntomb && i < CONN_TOMBSTONES; i++) {
+		if (cs.tomb[i] == id) {
+			return NULL; /* it left already */
+		}
+	}
+	if ((c = calloc(1, sizeof(*c))) == NULL) {
+		return NULL;
+	}
+	c->node.key = id;
+	c->owner = ((uint64_t) cs.pid << 32) | id;
+	c->over_limit = cs.n >= qps_cfg->max_connections;
+	if (c->over_limit) {
+		qps_log(QPS_LOG_WARN,
+		    "connection %u refused: the server serves at most %u "
+		    "(--max-connections)",
+		    id, qps_cfg->max_connections);
+	}
+	qpi_htab_insert(&cs.conns, &c->node);
+	cs.n++;
+	return c;
+}
+
+bool
+qps_conn_open(uint32_t id)
+{
+	if (cs.n < qps_cfg->max_connections + CONN_HARD_EXTRA
+	    || conn_find(id) != NULL) {
+		return qps_conn_get(id) != NULL;
+	}
+	qps_log(QPS_LOG_WARN,
+	    "closing connection %u at once: %u connections, far over "
+	    "--max-connections %u",
+	    id, cs.n, qps_cfg->max_connections);
+	return false;
+}
+
+void
+qps_conn_leased(qps_conn *c, qps_q *q)
+{
+	for (uint32_t i = c->nleased; i-- > 0;) {
+		if (c->leased[i] == q) {
+			return;
+		}
+	}
+	if (c->nleased == c->leased_cap) {
+		uint32_t cap = c->leased_cap == 0 ? 4 : c->leased_cap * 2;
+		qps_q **v = realloc(c->leased, cap * sizeof(*v));
+		if (v == NULL) {
+			qps_log(QPS_LOG_ERROR,
+			    "out of memory: leases of connection %u on '%s' "
+			    "return at their expiry if it closes",
+			    (unsigned) c->node.key, q->name);
+			return;
+		}
+		c->leased = v;
+		c->leased_cap = cap;
+	}
+	c->leased[c->nleased++] = q;
+}
+
+void
+qps_conn_work_add(qps_conn *c, qps_q *q, uint64_t lease_id)
+{
+	conn_work *wk = calloc(1, sizeof(*wk));
+
+	if (wk == NULL) {
+		qps_log(QPS_LOG_ERROR,
+		    "out of memory: the ack of lease %llu on '%s' will not "
+		    "count as task_done",
+		    (unsigned long long) lease_id, q->name);
+		return;
+	}
+	wk->node.key = lease_id;
+	wk->q = q;
+	qpi_htab_insert(&c->work, &wk->node);
+}
+
+static conn_work *
+work_find(qps_conn *c, qps_q *q, uint64_t lease_id)
+{
+	for (qpi_hnode *n = qpi_htab_find(&c->work, lease_id); n != NULL;
+	     n = qpi_htab_next(n)) {
+		if (((conn_work *) n)->q == q) {
+			return (conn_work *) n;
+		}
+	}
+	return NULL;
+}
+
+bool
+qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id)
+{
+	conn_work *wk = work_find(c, q, lease_id);
+
+	if (wk != NULL) {
+		qpi_htab_remove(&c->work, &wk->node);
+		free(wk);
+	}
+	return wk != NULL;
+}
+
+bool
+qps_conn_work_holds(qps_conn *c, qps_q *q, uint64_t lease_id)
+{
+	return work_find(c, q, lease_id) != NULL;
+}
+
+/* Gives back every lease c holds: the queues it took leases from, each
+ * asked once. Returns how many items went back. */
+static uint64_t
+conn_release(qps_conn *c)
+{
+	uint64_t n = 0;
+
+	for (uint32_t i = 0; i < c->nleased; i++) {
+		n += qps_q_release_owner(c->leased[i], c->owner);
+	}
+	c->nleased = 0;
+	return n;
+}
+
+static void
+work_free_cb(qpi_hnode *n, void *arg)
+{
+	(void) arg;
+	free(n);
+}
+
+static void
+conn_free(qps_conn *c)
+{
+	qpi_htab_each(&c->work, work_free_cb, NULL);
+	qpi_htab_fini(&c->work);
+	free(c->leased);
+	free(c);
+}
+
+void
+qps_conn_close(uint32_t id)
+{
+	qps_conn *c = conn_find(id);
+	uint64_t n;
+
+	if (c == NULL) {
+		cs.tomb[cs.ntomb++ % CONN_TOMBSTONES] = id;
+		return;
+	}
+	/* Its parked requests go unanswered: nobody is there. Its pipe
+	 * sides close: their peers see end of file. */
+	while (c->waits != NULL) {
+		qps_wait_finish(c->waits, NULL);
+	}
+	qps_pipes_conn_gone(id);
+	n = conn_release(c);
+	qpi_htab_remove(&cs.conns, &c->node);
+	cs.n--;
+	if (n > 0) {
+		qps_log(QPS_LOG_INFO,
+		    "connection %u closed holding %llu leased items: back "
+		    "at the head of their queues",
+		    id, (unsigned long long) n);
+	} else {
+		qps_log(QPS_LOG_DEBUG, "connection %u closed", id);
+	}
+	conn_free(c);
+}
+
+typedef struct purge_arg {
+	qps_conn *c;
+	qps_q *q;
+} purge_arg;
+
+static void
+purge_cb(qpi_hnode *n, void *arg)
+{
+	purge_arg *a = arg;
+
+	if (((conn_work *) n)->q == a->q) {
+		qpi_htab_remove(&a->c->work, n);
+		free(n);
+	}
+}
+
+/* Drops c's notes on q (it goes away). */
+static void
+forget_q_cb(qpi_hnode *n, void *arg)
+{
+	purge_arg a = {.c = (qps_conn *) n, .q = arg};
+
+	for (uint32_t i = a.c->nleased; i-- > 0;) {
+		if (a.c->leased[i] == a.q) {
+			a.c->leased[i] = a.c->leased[--a.c->nleased];
+		}
+	}
+	qpi_htab_each(&a.c->work, purge_cb, &a);
+}
+
+void
+qps_conns_forget_q(qps_q *q)
+{
+	qpi_htab_each(&cs.conns, forget_q_cb, q);
+}
+
+static void
+drop_cb(qpi_hnode *n, void *arg)
+{
+	qps_conn *c = (qps_conn *) n;
+
+	while (c->waits != NULL) {
+		qps_wait_finish(c->waits, NULL);
+	}
+	*(uint64_t *) arg += conn_release(c);
+}
+
+uint64_t
+qps_conns_drop_all(void)
+{
+	uint64_t total = 0;
+
+	qpi_htab_each(&cs.conns, drop_cb, &total);
+	return total;
+}
+
+static void
+free_cb(qpi_hnode *n, void *arg)
+{
+	(void) arg;
+	conn_free((qps_conn *) n);
+}
+
+void
+qps_conns_fini(void)
+{
+	qpi_htab_each(&cs.conns, free_cb, NULL);
+	qpi_htab_fini(&cs.conns);
+	cs.n = 0;
+}

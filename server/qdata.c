@@ -1,0 +1,297 @@
+/*
+ * qdata.c - the queue data ops (PROTOCOL.md): put, put_many, get (with
+ * the confirmations it carries) and join. A get takes items under leases
+ * of its connection; a get on an empty queue, a put on a full one, a join
+ * with tasks left park (wait.c) until their timeout, as do they all while
+ * the queue's lock is held by another process; parked ones are tried
+ * again, in order, whenever the queue changes.
+ *
+ * Locking: none of its own; everything runs under the ops lock.
+ */
+#include "qps.h"
+#include "store.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Items decoded on the stack before the heap is used. */
+#define QD_STACK_ITEMS 16
+
+/* Tries a get for r on q as connection c: QP_OK with *repp set (items
+ * leased), QP_EEMPTY (nothing taken), QP_ELIMIT (items are ready but
+ * every lease slot, or the lease area, is taken: a blocking get waits
+ * for an ack or release to free one), QP_EBUSY, or another error. */
+static int
+qd_try_get(qps_conn *c, qps_q *q, const qpi_wire_req *r, nng_msg **repp)
+{
+	qpi_wire_item stacki[QD_STACK_ITEMS], *items = stacki;
+	qpi_shmq_lease l;
+	uint32_t want = r->max_items > 0 ? r->max_items : 1, n = 0;
+	uint64_t bytes = 0;
+	int64_t lease_ms
+	    = (int64_t) (r->lease_ms != 0 ? r->lease_ms : q->lease_ms);
+	int rv = QP_OK;
+
+	if (want > QD_STACK_ITEMS
+	    && (items = malloc(want * sizeof(*items))) == NULL) {
+		return QP_ENOMEM;
+	}
+	while (n < want) {
+		/* Beyond the first item, the reply stays within max_message
+		 * bytes: an item that would pass it is not taken (it stays at
+		 * the head for the next get). */
+		size_t room = 0, len;
+		void *data;
+		if (n > 0) {
+			if (bytes >= qps_limits.max_message) {
+				break;
+			}
+			room = (size_t) (qps_limits.max_message - bytes);
+		}
+		rv = qps_q_rv(q,
+		    qpi_store_get(
+		        q->st, c->owner, lease_ms, room, &data, &len, &l));
+		if (rv != QP_OK) {
+			break;
+		}
+		qps_q_lease_due(q, l.expiry_ms);
+		items[n].data = data;
+		items[n].len = len;
+		items[n].lease_id = l.id;
+		items[n].deliveries = l.deliveries;
+		bytes += len;
+		n++;
+	}
+	if (n > 0) {
+		qpi_wire_rep rp;
+		rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
+		rp.items = items;
+		rp.nitems = rp.items_cap = n;
+		*repp = qps_rep_encode(&rp);
+		rv = *repp == NULL ? QP_ENOMEM : QP_OK;
+		bool said = rv == QP_OK && qps_rep_status(*repp) == QP_OK;
+		qps_conn_leased(c, q);
+		for (uint32_t i = 0; i < n; i++) {
+			if (!said) {
+				/* The items cannot be said: give them back
+				 * rather than hold them for a reply never
+				 * sent (a held lock: their expiry does). */
+				qps_q_rv(q,
+				    qpi_store_release(
+				        q->st, items[i].lease_id));
+			} else if (r->lease_mode == QPI_LEASE_WORK) {
+				qps_conn_work_add(c, q, items[i].lease_id);
+			}
+			free((void *) items[i].data);
+		}
+	}
+	if (items != stacki) {
+		free(items);
+	}
+	return rv;
+}
+
+/* Puts r's item(s): QP_OK, QP_EFULL (nothing put), QP_EBUSY, or another
+ * error. cl != NULL: the request is deduplicated; its items go in tagged
+ * with its client id and seq (base: items of it put before, by an
+ * earlier server), so that a server restarted after this put knows. */
+static int
+qd_try_put(qps_q *q, const qpi_wire_req *r, qps_client *cl, uint32_t base)
+{
+	qpi_shmq_tag tag, *t = NULL;
+	uint64_t ticket = 0, *tp = qps_sync_may_defer(q->st) ? &ticket : NULL;
+	int rv;
+
+	if (cl != NULL) {
+		memcpy(tag.client, r->client_id, sizeof(tag.client));
+		tag.seq = r->seq;
+		tag.base = base;
+		tag.n = base + (r->op == QPI_OP_PUT ? 1 : r->nitems);
+		tag.done = 0;
+		t = &tag;
+	}
+	rv = r->op == QPI_OP_PUT
+	    ? qpi_store_put(q->st, r->item.data, r->item.len, t, tp)
+	    : qpi_store_put_many(q->st, r->items, r->nitems, t, tp);
+	if (rv == QP_OK) {
+		qps_sync_note(q->st, ticket);
+	}
+	return qps_q_rv(q, rv);
+}
+
+static nng_msg *
+qd_put_reply(const qpi_wire_req *r, qps_q *q, int rv)
+{
+	if (rv == QP_OK) {
+		return qps_rep_ok(r);
+	}
+	if (rv == QP_EBUSY) {
+		return qps_rep_error(r->op, r->req_id, QP_EFULL,
+		    "queue '%s' " QPS_LOCKED ": not put", q->name);
+	}
+	if (rv == QP_EFULL) {
+		return qps_rep_error(
+		    r->op, r->req_id, rv, "queue '%s' is full", q->name);
+	}
+	return qps_rep_error(r->op, r->req_id, rv, "put to '%s': %s", q->name,
+	    qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
+}
+
+static qps_retry_res
+get_retry(qps_wait *wt, nng_msg **repp)
+{
+	int rv = qd_try_get(wt->conn, wt->q, &wt->r, repp);
+
+	if (rv == QP_EBUSY) {
+		return QPS_BLOCKED;
+	}
+	if (rv == QP_EEMPTY || rv == QP_ELIMIT) {
+		return QPS_WAITING;
+	}
+	if (rv != QP_OK) {
+		*repp = qps_rep_error(wt->r.op, wt->r.req_id, rv,
+		    "get from '%s': %s", wt->q->name, qp_strerror(rv));
+	}
+	return QPS_DONE;
+}
+
+static qps_retry_res
+put_retry(qps_wait *wt, nng_msg **repp)
+{
+	int rv = qd_try_put(wt->q, &wt->r, wt->cl, wt->base);
+
+	if (rv == QP_EBUSY) {
+		return QPS_BLOCKED;
+	}
+	if (rv == QP_EFULL) {
+		return QPS_WAITING;
+	}
+	*repp = qd_put_reply(&wt->r, wt->q, rv);
+	return QPS_DONE;
+}
+
+/* True when every item put has been marked done (false while q's lock is
+ * held: q->busy says so). */
+static bool
+qd_joined(qps_q *q)
+{
+	qp_queue_stats st;
+
+	return !q->busy && qps_q_rv(q, qpi_store_stat(q->st, &st)) == QP_OK
+	    && st.unfinished == 0;
+}
+
+static qps_retry_res
+join_retry(qps_wait *wt, nng_msg **repp)
+{
+	if (!qd_joined(wt->q)) {
+		return wt->q->busy ? QPS_BLOCKED : QPS_WAITING;
+	}
+	*repp = qps_rep_ok(&wt->r);
+	return QPS_DONE;
+}
+
+/* Parks a get, put or join, or says why it cannot. */
+static qps_handled
+qd_park(const qps_req *rq, qps_q *q, int kind,
+    qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp), nng_msg **repp)
+{
+	if (qps_wait_park(rq, q, kind, rq->r->timeout, retry) != NULL) {
+		qps_wait_dispatch(q);
+		return QPS_PARKED;
+	}
+	*repp = qps_rep_error(rq->r->op, rq->r->req_id, QP_ELIMIT,
+	    "the server holds too many waiting requests");
+	return QPS_REPLY;
+}
+
+static qps_handled
+qd_put(const qps_req *rq, qps_q *q, nng_msg **repp)
+{
+	const qpi_wire_req *r = rq->r;
+	int rv;
+
+	/* Parked putters go first (FIFO). */
+	qps_wait_dispatch(q);
+	qps_sync_defer(true); /* group commit: see qps_ops_handle */
+	rv = q->busy ? QP_EBUSY
+	    : q->wl[QPS_WAIT_PUT].head != NULL
+	    ? QP_EFULL
+	    : qd_try_put(q, r, rq->cl, rq->base);
+	qps_sync_defer(false);
+	if ((rv == QP_EFULL || rv == QP_EBUSY) && r->timeout != 0) {
+		return qd_park(rq, q, QPS_WAIT_PUT, put_retry, repp);
+	}
+	*repp = qd_put_reply(r, q, rv);
+	if (rv == QP_OK) {
+		qps_wait_dispatch(q);
+	}
+	return QPS_REPLY;
+}
+
+static qps_handled
+qd_get(const qps_req *rq, qps_q *q, nng_msg **repp)
+{
+	const qpi_wire_req *r = rq->r;
+	int rv;
+
+	qps_lease_ack_ids(rq->c, q, r);
+	qps_wait_dispatch(q);
+	rv = q->busy                           ? QP_EBUSY
+	    : q->wl[QPS_WAIT_GET].head != NULL ? QP_EEMPTY
+	                                       : qd_try_get(rq->c, q, r, repp);
+	if ((rv == QP_EEMPTY || rv == QP_ELIMIT || rv == QP_EBUSY)
+	    && r->timeout != 0) {
+		return qd_park(rq, q, QPS_WAIT_GET, get_retry, repp);
+	}
+	if (rv == QP_EBUSY) {
+		*repp = qps_rep_error(r->op, r->req_id, QP_EEMPTY,
+		    "queue '%s' " QPS_LOCKED, q->name);
+	} else if (rv == QP_EEMPTY) {
+		*repp = qps_rep_error(r->op, r->req_id, QP_EEMPTY,
+		    "queue '%s' is empty", q->name);
+	} else if (rv != QP_OK) {
+		*repp = qps_rep_error(r->op, r->req_id, rv,
+		    "get from '%s': %s", q->name, qp_strerror(rv));
+	}
+	/* Acks and leases free room: putters may go on. */
+	qps_wait_dispatch(q);
+	return QPS_REPLY;
+}
+
+static qps_handled
+qd_join(const qps_req *rq, qps_q *q, nng_msg **repp)
+{
+	const qpi_wire_req *r = rq->r;
+
+	if (qd_joined(q)) {
+		*repp = qps_rep_ok(r);
+		return QPS_REPLY;
+	}
+	if (r->timeout == 0) {
+		*repp = qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
+		    "queue '%s' %s", q->name,
+		    q->busy ? QPS_LOCKED : "has unfinished tasks");
+		return QPS_REPLY;
+	}
+	return qd_park(rq, q, QPS_WAIT_JOIN, join_retry, repp);
+}
+
+qps_handled
+qps_qdata_handle(const qps_req *rq, nng_msg **repp)
+{
+	const qpi_wire_req *r = rq->r;
+	bool put = r->op == QPI_OP_PUT || r->op == QPI_OP_PUT_MANY;
+	qps_q *q;
+
+	if (qps_admin_open_for(
+	        r, put && (r->flags & QPI_PUT_CREATE) != 0, &q, repp)
+	    != QP_OK) {
+		return QPS_REPLY;
+	}
+	if (put) {
+		return qd_put(rq, q, repp);
+	}
+	return r->op == QPI_OP_GET ? qd_get(rq, q, repp)
+	                           : qd_join(rq, q, repp);
+}

@@ -1,0 +1,208 @@
+/*
+ * test_store.c - qpiped's one interface over shared-memory and durable
+ * queues (lib/store.h): each test runs on both kinds and expects the same
+ * answers: items go in and out as their msgpack encoding, leases ack,
+ * release and expire alike, put_many is all or nothing, put requests'
+ * tags are read back, and a durable fsync=always put hands back a ticket
+ * to sync.
+ */
+#include "store.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+static char dir[64];
+
+/* A store of kind durable (else shared memory), with maxsize items. */
+static qpi_store *
+mk(bool durable, uint64_t maxsize, uint32_t fsync_mode)
+{
+	static int n;
+	char name[64], path[160];
+	qpi_store *s = NULL;
+
+	snprintf(name, sizeof(name), "store%dx%d", (int) getpid(), n++);
+	if (durable) {
+		qpi_durq_cfg c = {.maxsize = maxsize,
+		    .capacity = 256 * 1024,
+		    .fsync = {.mode = fsync_mode}};
+		qpi_durq *d;
+		snprintf(path, sizeof(path), "%s/%s.qlog", dir, name);
+		assert_int_equal(
+		    qpi_durq_open(&d, path, QP_OPEN_CREATE, &c, NULL, NULL),
+		    QP_OK);
+		assert_int_equal(qpi_store_open_durq(&s, name, d), QP_OK);
+		assert_true(qpi_store_durable(s));
+		assert_non_null(qpi_store_durq(s));
+	} else {
+		qpi_shmq_cfg c = {.maxsize = maxsize, .capacity = 256 * 1024};
+		assert_int_equal(
+		    qpi_store_open_shm(&s, name, QP_OPEN_CREATE, &c), QP_OK);
+		assert_false(qpi_store_durable(s));
+		assert_null(qpi_store_durq(s));
+		qpi_shmq_unlink(name); /* the open store keeps it */
+	}
+	assert_non_null(qpi_store_shm(s));
+	return s;
+}
+
+/* Gets one item under a lease of owner 7 and checks its encoding. */
+static uint64_t
+get(qpi_store *s, const void *want, size_t len, uint32_t deliveries)
+{
+	qpi_shmq_lease l;
+	void *buf = NULL;
+	size_t n = 0;
+
+	assert_int_equal(qpi_store_get(s, 7, 60000, 0, &buf, &n, &l), QP_OK);
+	assert_int_equal(n, len);
+	assert_memory_equal(buf, want, len);
+	assert_int_equal(l.deliveries, deliveries);
+	free(buf);
+	return l.id;
+}
+
+static const uint8_t bin[] = {0xc4, 3, 'a', 'b', 'c'}; /* bin "abc" */
+static const uint8_t obj[] = {0x2a}; /* the integer 42 */
+
+static void
+test_store_items_and_leases(void **state)
+{
+	(void) state;
+	for (int durable = 0; durable < 2; durable++) {
+		qpi_store *s = mk(durable, 0, QPI_FSYNC_NEVER);
+		qp_queue_stats st;
+		uint64_t n, id;
+		size_t k;
+
+		assert_int_equal(
+		    qpi_store_put(s, bin, sizeof(bin), NULL, NULL), QP_OK);
+		assert_int_equal(
+		    qpi_store_put(s, obj, sizeof(obj), NULL, NULL), QP_OK);
+		assert_int_equal(qpi_store_qsize(s, &n), QP_OK);
+		assert_int_equal(n, 2);
+		/* Released, an item is back at the head, delivered again. */
+		id = get(s, bin, sizeof(bin), 1);
+		assert_int_equal(qpi_store_release(s, id), QP_OK);
+		assert_int_equal(qpi_store_release(s, id), QP_ENOENT);
+		id = get(s, bin, sizeof(bin), 2);
+		assert_int_equal(qpi_store_ack(s, id), QP_OK);
+		assert_int_equal(qpi_store_ack(s, id), QP_ENOENT);
+		/* An owner's leases go back together. */
+		get(s, obj, sizeof(obj), 1);
+		assert_int_equal(qpi_store_release_owner(s, 7, &k), QP_OK);
+		assert_int_equal(k, 1);
+		/* A lease that runs out is back too. */
+		id = get(s, obj, sizeof(obj), 2);
+		assert_int_equal(qpi_store_renew(s, id, 0), QP_OK);
+		int64_t next = 0;
+		assert_int_equal(
+		    qpi_store_expire(s, qpi_now_ms() + 1000, &k, &next),
+		    QP_OK);
+		assert_int_equal(k, 1);
+		assert_int_equal(qpi_store_stat(s, &st), QP_OK);
+		assert_int_equal(st.items, 1);
+		assert_int_equal(st.unfinished, 2);
+		assert_int_equal(qpi_store_task_done(s), QP_OK);
+		assert_int_equal(qpi_store_task_done(s), QP_OK);
+		assert_int_equal(qpi_store_task_done(s), QP_EVALUE);
+		assert_int_equal(qpi_store_release_dead(s, &k), QP_OK);
+		assert_int_equal(qpi_store_release_stale(s, &k), QP_OK);
+		assert_int_equal(k, 0);
+		qpi_store_free(s);
+	}
+}
+
+static void
+test_store_put_many_all_or_nothing(void **state)
+{
+	qpi_wire_item it[3] = {{.data = bin, .len = sizeof(bin)},
+	    {.data = obj, .len = sizeof(obj)},
+	    {.data = bin, .len = sizeof(bin)}};
+
+	(void) state;
+	for (int durable = 0; durable < 2; durable++) {
+		qpi_store *s = mk(durable, 3, QPI_FSYNC_NEVER);
+		uint64_t n;
+
+		assert_int_equal(
+		    qpi_store_put_many(s, it, 2, NULL, NULL), QP_OK);
+		/* Room for one more: a batch of two puts none of it. */
+		assert_int_equal(
+		    qpi_store_put_many(s, it, 2, NULL, NULL), QP_EFULL);
+		assert_int_equal(qpi_store_qsize(s, &n), QP_OK);
+		assert_int_equal(n, 2);
+		get(s, bin, sizeof(bin), 1);
+		get(s, obj, sizeof(obj), 1);
+		qpi_store_free(s);
+	}
+}
+
+static void
+test_store_tags_and_tickets(void **state)
+{
+	qpi_shmq_tag tag = {.seq = 9, .n = 1}, v[4];
+	size_t n = 0;
+
+	(void) state;
+	memset(tag.client, 0xab, sizeof(tag.client));
+	for (int durable = 0; durable < 2; durable++) {
+		qpi_store *s = mk(durable, 0, QPI_FSYNC_ALWAYS);
+		uint64_t ticket = 0;
+
+		assert_int_equal(
+		    qpi_store_put(s, obj, sizeof(obj), &tag, &ticket), QP_OK);
+		assert_int_equal(qpi_store_tags(s, v, 4, &n), QP_OK);
+		assert_int_equal(n, 1);
+		assert_int_equal(v[0].seq, 9);
+		assert_int_equal(v[0].done, 1);
+		assert_memory_equal(v[0].client, tag.client, 16);
+		/* An "always" log leaves its sync to the caller. */
+		if (durable) {
+			assert_true(ticket != 0);
+			assert_int_equal(
+			    qpi_durq_sync_to(qpi_store_durq(s), ticket),
+			    QP_OK);
+		} else {
+			assert_int_equal(ticket, 0);
+		}
+		qpi_store_free(s);
+	}
+}
+
+static int
+setup(void **state)
+{
+	(void) state;
+	snprintf(dir, sizeof(dir), "/tmp/qp-store-XXXXXX");
+	return mkdtemp(dir) == NULL ? -1 : 0;
+}
+
+static int
+teardown(void **state)
+{
+	char cmd[128];
+
+	(void) state;
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_store_items_and_leases),
+	    cmocka_unit_test(test_store_put_many_all_or_nothing),
+	    cmocka_unit_test(test_store_tags_and_tickets),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

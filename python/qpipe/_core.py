@@ -8,6 +8,7 @@ import errno
 import os
 import pickle
 import queue as _pyqueue
+import threading
 import time
 from multiprocessing import AuthenticationError
 
@@ -17,6 +18,17 @@ from ._lib import ffi, lib
 
 SLICE_MS = 100
 FOREVER = -1
+
+# This process's ID, kept current across fork() without a system call per
+# use: handles compare it with the ID of the process that opened them.
+PID = [os.getpid()]
+
+
+def _after_fork():
+    PID[0] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class QpipeError(OSError):
@@ -144,12 +156,24 @@ def conn_opts(token=None, tls_ca=None, tls_cert=None, tls_key=None,
 
 # ---- serializers ----
 
-def mp_dumps(obj):
-    return msgpack.packb(obj, use_bin_type=True)
+# A Packer's pack() runs in C holding the GIL, so one serves every thread.
+mp_dumps = msgpack.Packer(use_bin_type=True).pack
 
 
 def mp_loads(buf):
     return msgpack.unpackb(buf, raw=False, strict_map_key=False)
+
+
+class _Out(threading.local):
+    """Per-thread out-parameters of the get calls (allocated once)."""
+
+    def __init__(self):
+        self.bufp = ffi.new("void **")
+        self.lenp = ffi.new("size_t *")
+        self.readyp = ffi.new("bool *")
+
+
+out = _Out()
 
 
 def pk_dumps(obj):

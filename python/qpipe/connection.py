@@ -18,7 +18,7 @@ from multiprocessing import BufferTooShort
 
 from ._lib import ffi, lib
 from . import _core
-from ._core import check, error, to_ms, waiting
+from ._core import PID as _PID, check, error, to_ms, waiting
 
 __all__ = ["Connection", "Pipe", "Listener", "Client", "wait"]
 
@@ -29,6 +29,7 @@ _ANON_PICKLE = (
     "(qpipe.Pipe(address='tcp://HOST:PORT/NAME')), which spawn and "
     "forkserver children open by address")
 
+_NOLIMIT = ffi.cast("size_t", -1)
 default_family = "AF_INET"
 families = ["AF_INET", "AF_UNIX"]
 
@@ -48,7 +49,7 @@ class Connection:
     def __init__(self, handle=None, readable=True, writable=True,
                  serializer="msgpack"):
         self._h = handle
-        self._pid = os.getpid()
+        self._pid = _PID[0]
         self._readable = readable
         self._writable = writable
         self._closed = False
@@ -108,11 +109,11 @@ class Connection:
         if self._closed:
             raise OSError("handle is closed")
         h = self._h
-        if h is not None and (self._pid == os.getpid()
+        if h is not None and (self._pid == _PID[0]
                               or self._address is None):
             return h
         with self._mu:
-            if self._h is not None and self._pid == os.getpid():
+            if self._h is not None and self._pid == _PID[0]:
                 return self._h
             if self._h is not None:
                 lib.qp_conn_free(self._h)  # a fork()ed child's copy
@@ -123,7 +124,7 @@ class Connection:
                                        self._side, self._duplex, o)
             if rc != lib.QP_OK:
                 raise error(rc, "%s side %d" % (self._address, self._side))
-            self._h, self._pid = cp[0], os.getpid()
+            self._h, self._pid = cp[0], _PID[0]
             return self._h
 
     def _check_readable(self):
@@ -159,7 +160,7 @@ class Connection:
             return
         self._closed = True
         h = self._h
-        if h is not None and (self._pid == os.getpid()
+        if h is not None and (self._pid == _PID[0]
                               or self._address is None):
             lib.qp_conn_close(h)
 
@@ -204,7 +205,7 @@ class Connection:
     # ---- receiving ----
 
     def _wait_readable(self, h):
-        readyp = ffi.new("bool *")
+        readyp = _core.out.readyp
         rc = lib.qp_conn_poll(h, 0, readyp)
         if rc == lib.QP_OK and readyp[0]:
             return
@@ -232,9 +233,8 @@ class Connection:
             raise ValueError("negative maxlength")
         h = self._handle()
         self._wait_readable(h)
-        bufp = ffi.new("void **")
-        lenp = ffi.new("size_t *")
-        lim = ffi.cast("size_t", -1) if maxlength is None else maxlength
+        bufp, lenp = _core.out.bufp, _core.out.lenp
+        lim = _NOLIMIT if maxlength is None else maxlength
         rc = lib.qp_conn_recv_bytes(h, bufp, lenp, lim)
         if rc == lib.QP_ETOOBIG:
             if self._writable:
@@ -270,10 +270,9 @@ class Connection:
         self._check_readable()
         h = self._handle()
         self._wait_readable(h)
-        bufp = ffi.new("void **")
-        lenp = ffi.new("size_t *")
+        bufp, lenp = _core.out.bufp, _core.out.lenp
         if self._pickle:
-            rc = lib.qp_conn_recv_bytes(h, bufp, lenp, ffi.cast("size_t", -1))
+            rc = lib.qp_conn_recv_bytes(h, bufp, lenp, _NOLIMIT)
         else:
             rc = lib.qp_conn_recv(h, bufp, lenp)
         if rc != lib.QP_OK:
@@ -379,7 +378,7 @@ class Listener:
                 raise OSError(str(e))
             raise OSError(str(e)) if isinstance(e, ValueError) else e
         self._l = lp[0]
-        self._pid = os.getpid()
+        self._pid = _PID[0]
         self._serializer = serializer
         self._address = ffi.string(lib.qp_listener_url(self._l)).decode()
         self._last_accepted = None

@@ -16,7 +16,7 @@ import queue as _pyqueue
 
 from ._lib import ffi, lib
 from . import _core
-from ._core import check, error, to_ms, waiting
+from ._core import PID as _PID, SLICE_MS, check, error, to_ms, waiting
 
 __all__ = ["Queue", "JoinableQueue", "SimpleQueue"]
 
@@ -87,6 +87,7 @@ class Queue:
         self._lease = bool(lease)
         self._pickle = serializer == "pickle"
         self._dumps = _core.pk_dumps if self._pickle else _core.mp_dumps
+        self._loads = _core.pickle.loads if self._pickle else _core.mp_loads
         self._put = lib.qp_queue_put if self._pickle else lib.qp_queue_put_obj
         self._get = lib.qp_queue_get if self._pickle else lib.qp_queue_get_obj
         self._closed = False
@@ -107,7 +108,7 @@ class Queue:
         if address is None:
             hp = ffi.new("qp_queue **")
             check(lib.qp_queue_anon(hp, o), "anonymous queue")
-            self._h, self._pid = hp[0], os.getpid()
+            self._h, self._pid = hp[0], _PID[0]
         else:
             if not isinstance(address, str):
                 raise TypeError("address must be a str, not %s"
@@ -121,22 +122,22 @@ class Queue:
         rc = lib.qp_queue_open(hp, self._address.encode(), self._opts)
         if rc != lib.QP_OK:
             raise error(rc, self._address)
-        self._h, self._pid = hp[0], os.getpid()
+        self._h, self._pid = hp[0], _PID[0]
         return self._h
 
     def _handle(self):
         h = self._h
-        if h is not None and self._pid == os.getpid():
+        if h is not None and self._pid == _PID[0]:
             return h
         if self._closed:
             self._raise_closed()
         with self._mu:
-            if self._h is not None and self._pid == os.getpid():
+            if self._h is not None and self._pid == _PID[0]:
                 return self._h
             if self._h is not None and not self._remote \
                     and not (self._lease and self._address is not None):
                 # Shared memory inherited through fork(): keep it.
-                self._pid = os.getpid()
+                self._pid = _PID[0]
                 return self._h
             if self._h is not None:
                 lib.qp_queue_free(self._h)  # the child's copy only
@@ -173,11 +174,21 @@ class Queue:
         if self._closed:
             self._raise_closed()
         data = self._dumps(obj)
-        h = self._handle()
+        h = self._h
+        if h is None or self._pid != _PID[0]:
+            h = self._handle()
         n = len(data)
         fn = self._put
-        rc = waiting(lambda ms: fn(h, data, n, ms),
-                     to_ms(timeout) if block else 0, (lib.QP_EFULL,))
+        if not block:
+            ms = 0
+        elif timeout is None:
+            ms = -1
+        else:
+            ms = to_ms(timeout)
+        rc = fn(h, data, n, ms if 0 <= ms <= SLICE_MS else SLICE_MS)
+        if rc == lib.QP_EFULL and (ms < 0 or ms > SLICE_MS):
+            rc = waiting(lambda s: fn(h, data, n, s),
+                         ms if ms < 0 else ms - SLICE_MS, (lib.QP_EFULL,))
         if rc != lib.QP_OK:
             if rc == lib.QP_ECLOSED and self._closed:
                 self._raise_closed()
@@ -192,17 +203,31 @@ class Queue:
         empty (block, timeout seconds); queue.Empty if it stays empty."""
         if self._closed:
             self._raise_closed()
-        h = self._handle()
-        bufp = ffi.new("void **")
-        lenp = ffi.new("size_t *")
+        h = self._h
+        if h is None or self._pid != _PID[0]:
+            h = self._handle()
+        o = _core.out
+        bufp, lenp = o.bufp, o.lenp
         fn = self._get
-        rc = waiting(lambda ms: fn(h, bufp, lenp, ms),
-                     to_ms(timeout) if block else 0, (lib.QP_EEMPTY,))
+        if not block:
+            ms = 0
+        elif timeout is None:
+            ms = -1
+        else:
+            ms = to_ms(timeout)
+        rc = fn(h, bufp, lenp, ms if 0 <= ms <= SLICE_MS else SLICE_MS)
+        if rc == lib.QP_EEMPTY and (ms < 0 or ms > SLICE_MS):
+            rc = waiting(lambda s: fn(h, bufp, lenp, s),
+                         ms if ms < 0 else ms - SLICE_MS, (lib.QP_EEMPTY,))
         if rc != lib.QP_OK:
             if rc == lib.QP_ECLOSED and self._closed:
                 self._raise_closed()
             raise error(rc, repr(self))
-        return self._loads_c(bufp[0], lenp[0])
+        p = bufp[0]
+        try:
+            return self._loads(ffi.buffer(p, lenp[0]))
+        finally:
+            lib.qp_free(p)
 
     def _loads_c(self, p, n):
         try:
@@ -303,7 +328,7 @@ class Queue:
         if self._closed:
             return
         self._closed = True
-        if self._h is not None and self._pid == os.getpid():
+        if self._h is not None and self._pid == _PID[0]:
             lib.qp_queue_close(self._h)
 
     def join_thread(self):

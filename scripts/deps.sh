@@ -5,11 +5,15 @@
 # is present it does nothing and takes well under a second.
 set -euo pipefail
 
+# The build makes the Python extension too (python/, cffi API mode).
 build_pkgs=(cmake make gcc pkg-config libnng-dev libmsgpack-dev libcmocka-dev
-	libmbedtls-dev)
+	libmbedtls-dev python3 python3-dev python3-cffi python3-msgpack libffi-dev)
+# The tests also install the Python package into a venv (pip, setuptools,
+# wheel, all from Debian, --no-build-isolation: no package index).
 test_pkgs=(clang clang-format libclang-rt-14-dev nng-utils python3
-	python3-msgpack iproute2 docker-compose openssl procps)
-bench_pkgs=(python3 redis-server redis-tools nng-utils)
+	python3-msgpack iproute2 docker-compose openssl procps python3-setuptools
+	python3-wheel python3-venv python3-pip)
+bench_pkgs=(python3 redis-server redis-tools nng-utils python3-redis)
 
 want=("${build_pkgs[@]}")
 case "${1:-build}" in

@@ -1,0 +1,172 @@
+"""The cffi (API mode) build of qpipe._lib, the binding of libqpipe.
+
+Only the public C API, lib/include/qpipe.h, is declared here. Where the
+header and library are found:
+
+  QPIPE_INCLUDE_DIRS  directories holding qpipe.h and qpipe_errors.def,
+                      separated by ':' (default: this tree's lib/include
+                      and build/include)
+  QPIPE_LIBRARY_DIR   the directory holding libqpipe.so (default: this
+                      tree's build/lib); it is also the extension's rpath,
+                      so no LD_LIBRARY_PATH is needed at run time
+  QPIPE_BUILD_DIR     the CMake build directory that the two defaults
+                      above are taken from (default: build)
+
+`setup.py` uses `ffibuilder` (through cffi_modules). The tests build the
+extension straight into a build tree:
+
+  python3 python/qpipe/_build.py OUTDIR   ->  OUTDIR/qpipe/_lib.*.so
+"""
+import os
+import sys
+
+from cffi import FFI
+
+CDEF = r"""
+#define QP_OPEN_CREATE ...
+#define QP_OPEN_EXCL ...
+#define QP_OPEN_LEASE ...
+#define QP_OPEN_DURABLE ...
+#define QP_NAME_MAX ...
+
+#define QP_OK ...
+#define QP_EFULL ...
+#define QP_EEMPTY ...
+#define QP_ECLOSED ...
+#define QP_ETOOBIG ...
+#define QP_EINVAL ...
+#define QP_ECONNREFUSED ...
+#define QP_EAUTH ...
+#define QP_EPROTO ...
+#define QP_ENOMEM ...
+#define QP_ENOENT ...
+#define QP_EEXIST ...
+#define QP_ETIMEDOUT ...
+#define QP_EVERSION ...
+#define QP_ECORRUPT ...
+#define QP_EVALUE ...
+#define QP_EPERM ...
+#define QP_ESYSTEM ...
+#define QP_EBUSY ...
+#define QP_ENOSPC ...
+#define QP_ELIMIT ...
+#define QP_ECONNRESET ...
+#define QP_EINTR ...
+#define QP_ENOTSUP ...
+
+typedef int64_t qp_duration;
+const char *qp_strerror(int err);
+const char *qp_errmsg(void);
+void qp_free(void *buf);
+const char *qp_version(void);
+int qp_addr_check(const char *addr);
+
+typedef struct qp_queue qp_queue;
+typedef struct qp_conn qp_conn;
+typedef struct qp_listener qp_listener;
+
+typedef struct qp_conn_opts {
+    const char *token;
+    const char *token_file;
+    bool no_token;
+    const char *tls_cert;
+    const char *tls_key;
+    const char *tls_ca;
+    const char *tls_server_name;
+    bool tls_insecure_skip_verify;
+    size_t max_message;
+} qp_conn_opts;
+
+typedef struct qp_queue_opts {
+    uint32_t flags;
+    uint64_t maxsize;
+    uint64_t capacity;
+    uint64_t max_message;
+    uint64_t lease_ms;
+    const struct qp_conn_opts *conn;
+    const char *path;
+    const char *fsync;
+} qp_queue_opts;
+
+int qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts);
+int qp_queue_anon(qp_queue **qp, const qp_queue_opts *opts);
+int qp_queue_close(qp_queue *q);
+void qp_queue_free(qp_queue *q);
+int qp_queue_unlink_opts(const char *addr, const struct qp_conn_opts *conn);
+int qp_queue_put(qp_queue *q, const void *buf, size_t len, qp_duration timeout);
+int qp_queue_put_obj(qp_queue *q, const void *msgpack, size_t len,
+    qp_duration timeout);
+int qp_queue_put_many(qp_queue *q, const void *const *bufs,
+    const size_t *lens, size_t n, qp_duration timeout);
+int qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens, size_t max,
+    size_t *np, qp_duration timeout);
+int qp_queue_get(qp_queue *q, void **bufp, size_t *lenp, qp_duration timeout);
+int qp_queue_get_obj(qp_queue *q, void **msgpackp, size_t *lenp,
+    qp_duration timeout);
+int qp_queue_qsize(qp_queue *q, size_t *np);
+int qp_queue_empty(qp_queue *q, bool *emptyp);
+int qp_queue_full(qp_queue *q, bool *fullp);
+int qp_queue_task_done(qp_queue *q);
+int qp_queue_join(qp_queue *q, qp_duration timeout);
+int qp_queue_nack(qp_queue *q, qp_duration delay);
+int qp_queue_touch(qp_queue *q, qp_duration lease);
+int qp_queue_deliveries(qp_queue *q, uint32_t *np);
+
+int qp_pipe(qp_conn **ap, qp_conn **bp, bool duplex);
+int qp_conn_send(qp_conn *c, const void *msgpack, size_t len);
+int qp_conn_recv(qp_conn *c, void **msgpackp, size_t *lenp);
+int qp_conn_send_bytes(qp_conn *c, const void *buf, size_t offset,
+    size_t size);
+int qp_conn_recv_bytes(qp_conn *c, void **bufp, size_t *lenp,
+    size_t maxlength);
+int qp_conn_poll(qp_conn *c, qp_duration timeout, bool *readyp);
+int qp_conn_fd(qp_conn *c, int *fdp);
+int qp_conn_set_max_message(qp_conn *c, size_t max);
+int qp_conn_close(qp_conn *c);
+void qp_conn_free(qp_conn *c);
+int qp_wait(qp_conn *const *conns, size_t n, qp_duration timeout,
+    bool *ready, size_t *nreadyp);
+const char *qp_listener_url(qp_listener *l);
+int qp_listener_accept(qp_listener *l, qp_conn **cp, qp_duration timeout);
+void qp_listener_free(qp_listener *l);
+int qp_listen_opts(qp_listener **lp, const char *addr,
+    const qp_conn_opts *opts);
+int qp_dial_opts(qp_conn **cp, const char *addr, qp_duration timeout,
+    const qp_conn_opts *opts);
+int qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
+    const qp_conn_opts *conn);
+"""
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_TREE = os.path.dirname(os.path.dirname(_HERE))
+
+
+def _dirs():
+    build = os.environ.get("QPIPE_BUILD_DIR") or os.path.join(_TREE, "build")
+    build = os.path.abspath(build)
+    inc = os.environ.get("QPIPE_INCLUDE_DIRS")
+    incs = inc.split(":") if inc else [
+        os.path.join(_TREE, "lib", "include"), os.path.join(build, "include")]
+    libdir = os.path.abspath(
+        os.environ.get("QPIPE_LIBRARY_DIR") or os.path.join(build, "lib"))
+    return incs, libdir
+
+
+def make_ffibuilder():
+    incs, libdir = _dirs()
+    ffi = FFI()
+    ffi.cdef(CDEF)
+    ffi.set_source(
+        "qpipe._lib", '#include "qpipe.h"\n', libraries=["qpipe"],
+        include_dirs=incs, library_dirs=[libdir],
+        runtime_library_dirs=[libdir],
+        extra_compile_args=["-O2"])
+    return ffi
+
+
+ffibuilder = make_ffibuilder()
+
+if __name__ == "__main__":
+    out = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else ".")
+    os.makedirs(out, exist_ok=True)
+    ffibuilder.compile(tmpdir=out, verbose=False)

@@ -1,0 +1,418 @@
+"""Queue, JoinableQueue and SimpleQueue: multiprocessing's, over libqpipe.
+
+A queue is one libqpipe handle per process. An anonymous queue (no
+address) and a shm:// queue are shared memory that fork() shares: a child
+keeps using the handle it inherits. A queue served by qpiped (tcp://,
+ipc://, tls+tcp://) is a network connection, which does not survive
+fork(): each process opens its own handle on first use, so the parent
+should not use the queue before it starts fork() children (libqpipe
+refuses the network in a child forked after its parent used it). With the
+spawn and forkserver start methods, named queues are pickled by address
+and reopened in the child; anonymous queues cannot be (they need fork).
+"""
+import os
+import threading
+import queue as _pyqueue
+
+from ._lib import ffi, lib
+from . import _core
+from ._core import PID as _PID, SLICE_MS, check, error, to_ms, waiting
+
+__all__ = ["Queue", "JoinableQueue", "SimpleQueue"]
+
+_ANON_PICKLE = (
+    "an anonymous qpipe queue (no address) is shared memory that only "
+    "fork() shares: start the process with the fork start method "
+    "(multiprocessing.get_context('fork')), or give the queue an address "
+    "(address='shm://NAME' or a qpiped address) so that spawn and "
+    "forkserver children can open it by name")
+
+
+def _rebuild(cls, kwargs):
+    return cls(**kwargs)
+
+
+class Queue:
+    """multiprocessing.Queue over libqpipe.
+
+    Queue(maxsize=0, *, address=None, lease=False, lease_timeout=None,
+          serializer="msgpack", capacity=0, max_message=0, token=None)
+
+    address: None for an anonymous shared-memory queue shared with fork()ed
+    children, else any qpipe address: "shm://jobs" (this host's shared
+    memory), "tcp://HOST:7450/jobs", "ipc:///path/jobs" or
+    "tls+tcp://HOST:7450/jobs" (a queue hosted by qpiped). A named queue is
+    created if it does not exist; maxsize and capacity apply to the queue
+    this call creates.
+
+    put() returns once the item is in the queue (there is no feeder thread:
+    close(), join_thread() and cancel_join_thread() have nothing to wait
+    for). queue.Full and queue.Empty are raised where multiprocessing
+    raises them; put and get on a closed queue raise ValueError.
+
+    Items are msgpack values: None, bool, int, float, str, bytes, list,
+    dict (tuples arrive as lists), readable by any qpipe client.
+    serializer="pickle" stores pickles instead, for arbitrary objects.
+    RISK: unpickling runs code chosen by whoever wrote the item. Use it
+    only on a queue that nothing untrusted can put into (a shm:// queue is
+    writable by every process of the user; a network queue by everyone who
+    can reach qpiped with its token). C programs and `qpipe get --json`
+    see a pickle as opaque bytes.
+
+    Worker mode (lease=True): a get leases its item; task_done() confirms
+    the oldest held item, nack(delay) gives it back for another attempt,
+    touch() renews the leases; an item whose worker dies or whose lease
+    (lease_timeout seconds) runs out returns to the queue.
+
+    token: the shared secret of a qpiped that wants one (default:
+    $QPIPE_TOKEN).
+    """
+
+    _simple = False
+
+    def __init__(self, maxsize=0, *, address=None, lease=False,
+                 lease_timeout=None, serializer="msgpack", capacity=0,
+                 max_message=0, token=None):
+        if serializer not in _core.SERIALIZERS:
+            raise ValueError("serializer must be one of %s, not %r"
+                             % (", ".join(_core.SERIALIZERS), serializer))
+        if maxsize is None or maxsize < 0:
+            maxsize = 0
+        self._kwargs = dict(maxsize=maxsize, address=address, lease=lease,
+                            lease_timeout=lease_timeout,
+                            serializer=serializer, capacity=capacity,
+                            max_message=max_message, token=token)
+        self._maxsize = maxsize
+        self._address = address
+        self._lease = bool(lease)
+        self._pickle = serializer == "pickle"
+        self._dumps = _core.pk_dumps if self._pickle else _core.mp_dumps
+        self._loads = _core.pickle.loads if self._pickle else _core.mp_loads
+        self._put = lib.qp_queue_put if self._pickle else lib.qp_queue_put_obj
+        self._get = lib.qp_queue_get if self._pickle else lib.qp_queue_get_obj
+        self._closed = False
+        self._h = None
+        self._pid = None
+        self._mu = threading.Lock()
+        self._remote = address is not None and _core.is_remote(address)
+        o = ffi.new("qp_queue_opts *")
+        o.flags = lib.QP_OPEN_CREATE | (lib.QP_OPEN_LEASE if lease else 0)
+        o.maxsize = maxsize
+        o.capacity = capacity
+        o.max_message = max_message
+        if lease_timeout is not None:
+            o.lease_ms = max(1, int(lease_timeout * 1000))
+        self._copts, self._keep = _core.conn_opts(token)
+        o.conn = self._copts
+        self._opts = o
+        if address is None:
+            hp = ffi.new("qp_queue **")
+            check(lib.qp_queue_anon(hp, o), "anonymous queue")
+            self._h, self._pid = hp[0], _PID[0]
+        else:
+            if not isinstance(address, str):
+                raise TypeError("address must be a str, not %s"
+                                % type(address).__name__)
+            check(lib.qp_addr_check(address.encode()), address)
+            if not self._remote:
+                self._open()
+
+    def _open(self):
+        hp = ffi.new("qp_queue **")
+        rc = lib.qp_queue_open(hp, self._address.encode(), self._opts)
+        if rc != lib.QP_OK:
+            raise error(rc, self._address)
+        self._h, self._pid = hp[0], _PID[0]
+        return self._h
+
+    def _handle(self):
+        h = self._h
+        if h is not None and self._pid == _PID[0]:
+            return h
+        if self._closed:
+            self._raise_closed()
+        with self._mu:
+            if self._h is not None and self._pid == _PID[0]:
+                return self._h
+            if self._h is not None and not self._remote \
+                    and not (self._lease and self._address is not None):
+                # Shared memory inherited through fork(): keep it.
+                self._pid = _PID[0]
+                return self._h
+            if self._h is not None:
+                lib.qp_queue_free(self._h)  # the child's copy only
+                self._h = None
+            return self._open()
+
+    def _raise_closed(self):
+        raise ValueError("Queue %r is closed" % self)
+
+    def __repr__(self):
+        return "<%s %s>" % (type(self).__name__,
+                            self._address or "anonymous")
+
+    def __reduce__(self):
+        if self._address is None:
+            raise RuntimeError(_ANON_PICKLE)
+        return (_rebuild, (type(self), self._kwargs))
+
+    def __del__(self):
+        h, self._h = getattr(self, "_h", None), None
+        if h is not None:
+            lib.qp_queue_free(h)
+
+    @property
+    def address(self):
+        """The queue's address, None for an anonymous queue."""
+        return self._address
+
+    # ---- put and get ----
+
+    def put(self, obj, block=True, timeout=None):
+        """Puts obj; blocks while the queue is full (block, timeout
+        seconds); queue.Full if it stays full."""
+        if self._closed:
+            self._raise_closed()
+        data = self._dumps(obj)
+        h = self._h
+        if h is None or self._pid != _PID[0]:
+            h = self._handle()
+        n = len(data)
+        fn = self._put
+        if not block:
+            ms = 0
+        elif timeout is None:
+            ms = -1
+        else:
+            ms = to_ms(timeout)
+        rc = fn(h, data, n, ms if 0 <= ms <= SLICE_MS else SLICE_MS)
+        if rc == lib.QP_EFULL and (ms < 0 or ms > SLICE_MS):
+            rc = waiting(lambda s: fn(h, data, n, s),
+                         ms if ms < 0 else ms - SLICE_MS, (lib.QP_EFULL,))
+        if rc != lib.QP_OK:
+            if rc == lib.QP_ECLOSED and self._closed:
+                self._raise_closed()
+            raise error(rc, repr(self))
+
+    def put_nowait(self, obj):
+        """put(obj, False)."""
+        return self.put(obj, False)
+
+    def get(self, block=True, timeout=None):
+        """Removes and returns the oldest item; blocks while the queue is
+        empty (block, timeout seconds); queue.Empty if it stays empty."""
+        if self._closed:
+            self._raise_closed()
+        h = self._h
+        if h is None or self._pid != _PID[0]:
+            h = self._handle()
+        o = _core.out
+        bufp, lenp = o.bufp, o.lenp
+        fn = self._get
+        if not block:
+            ms = 0
+        elif timeout is None:
+            ms = -1
+        else:
+            ms = to_ms(timeout)
+        rc = fn(h, bufp, lenp, ms if 0 <= ms <= SLICE_MS else SLICE_MS)
+        if rc == lib.QP_EEMPTY and (ms < 0 or ms > SLICE_MS):
+            rc = waiting(lambda s: fn(h, bufp, lenp, s),
+                         ms if ms < 0 else ms - SLICE_MS, (lib.QP_EEMPTY,))
+        if rc != lib.QP_OK:
+            if rc == lib.QP_ECLOSED and self._closed:
+                self._raise_closed()
+            raise error(rc, repr(self))
+        p = bufp[0]
+        try:
+            return self._loads(ffi.buffer(p, lenp[0]))
+        finally:
+            lib.qp_free(p)
+
+    def _loads_c(self, p, n):
+        try:
+            buf = ffi.buffer(p, n)
+            if self._pickle:
+                return _core.pickle.loads(buf)
+            return _core.mp_loads(buf)
+        finally:
+            lib.qp_free(p)
+
+    def get_nowait(self):
+        """get(False)."""
+        return self.get(False)
+
+    def put_many(self, objs, block=True, timeout=None):
+        """Puts every object of objs, in order. With serializer="pickle"
+        they go in batches (all or nothing each, one request per batch to
+        qpiped); with msgpack values, one put per item."""
+        if self._closed:
+            self._raise_closed()
+        objs = list(objs)
+        if not objs:
+            return
+        ms = to_ms(timeout) if block else 0
+        if not self._pickle:
+            for obj in objs:
+                self.put(obj, block, timeout)
+            return
+        datas = [self._dumps(o) for o in objs]
+        h = self._handle()
+        n = len(datas)
+        bufs = ffi.new("void *[]", n)
+        keep = [ffi.from_buffer(d) for d in datas]
+        for i, k in enumerate(keep):
+            bufs[i] = k
+        lens = ffi.new("size_t[]", [len(d) for d in datas])
+        rc = waiting(lambda s: lib.qp_queue_put_many(h, bufs, lens, n, s),
+                     ms, (lib.QP_EFULL,))
+        check(rc, repr(self))
+
+    def get_many(self, max_items, block=True, timeout=None):
+        """Up to max_items items as a list: waits (block, timeout) for the
+        first, then takes those ready without waiting. queue.Empty if none
+        came."""
+        if self._closed:
+            self._raise_closed()
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        ms = to_ms(timeout) if block else 0
+        if not self._pickle:
+            out = [self.get(block, timeout)]
+            while len(out) < max_items:
+                try:
+                    out.append(self.get(False))
+                except _pyqueue.Empty:
+                    break
+            return out
+        h = self._handle()
+        bufs = ffi.new("void *[]", max_items)
+        lens = ffi.new("size_t[]", max_items)
+        np = ffi.new("size_t *")
+        rc = waiting(lambda s: lib.qp_queue_get_many(
+            h, bufs, lens, max_items, np, s), ms, (lib.QP_EEMPTY,))
+        if rc != lib.QP_OK:
+            raise error(rc, repr(self))
+        return [self._loads_c(bufs[i], lens[i]) for i in range(np[0])]
+
+    # ---- state ----
+
+    def qsize(self):
+        """The exact number of items in the queue."""
+        np = ffi.new("size_t *")
+        self._check_open()
+        check(lib.qp_queue_qsize(self._handle(), np), repr(self))
+        return np[0]
+
+    def empty(self):
+        """True when the queue holds no item."""
+        bp = ffi.new("bool *")
+        self._check_open()
+        check(lib.qp_queue_empty(self._handle(), bp), repr(self))
+        return bool(bp[0])
+
+    def full(self):
+        """True when a put would block."""
+        bp = ffi.new("bool *")
+        self._check_open()
+        check(lib.qp_queue_full(self._handle(), bp), repr(self))
+        return bool(bp[0])
+
+    def _check_open(self):
+        if self._closed:
+            raise OSError("Queue %r is closed" % self)
+
+    def close(self):
+        """No more puts or gets through this object in this process; the
+        items stay in the queue for others. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._h is not None and self._pid == _PID[0]:
+            lib.qp_queue_close(self._h)
+
+    def join_thread(self):
+        """Nothing to wait for (put returns once the item is stored); as
+        multiprocessing's, only valid after close()."""
+        assert self._closed, "Queue {0!r} not closed".format(self)
+
+    def cancel_join_thread(self):
+        """Nothing to cancel: there is no feeder thread."""
+
+    # ---- JoinableQueue and worker mode ----
+
+    def task_done(self):
+        """Marks one item got earlier as done (worker mode: confirms the
+        oldest item this handle holds). ValueError if called more times
+        than items were put."""
+        if self._closed:
+            self._raise_closed()
+        rc = lib.qp_queue_task_done(self._handle())
+        if rc == lib.QP_EVALUE:
+            raise ValueError("task_done() called too many times")
+        check(rc, repr(self))
+
+    def join(self):
+        """Blocks until every item put has been marked done."""
+        if self._closed:
+            self._raise_closed()
+        h = self._handle()
+        rc = waiting(lambda s: lib.qp_queue_join(h, s), -1,
+                     (lib.QP_ETIMEDOUT,))
+        check(rc, repr(self))
+
+    def nack(self, delay=0):
+        """Worker mode: gives the oldest held item back to the head of the
+        queue after delay seconds. LookupError if none is held."""
+        rc = lib.qp_queue_nack(self._handle(), to_ms(delay) if delay else 0)
+        if rc == lib.QP_ENOENT:
+            raise LookupError("no item is held")
+        check(rc, repr(self))
+
+    def touch(self, lease_timeout=None):
+        """Worker mode: extends the lease of every held item to
+        lease_timeout seconds from now (None: the queue's lease time).
+        LookupError if none is held or a lease had run out."""
+        ms = 0 if lease_timeout is None else max(1, to_ms(lease_timeout))
+        rc = lib.qp_queue_touch(self._handle(), ms)
+        if rc == lib.QP_ENOENT:
+            raise LookupError("no item is held, or its lease ran out")
+        check(rc, repr(self))
+
+    def deliveries(self):
+        """How many times the item at hand has been delivered (1 the first
+        time)."""
+        np = ffi.new("uint32_t *")
+        check(lib.qp_queue_deliveries(self._handle(), np), repr(self))
+        return np[0]
+
+
+class JoinableQueue(Queue):
+    """multiprocessing.JoinableQueue over libqpipe: Queue with task_done()
+    and join() (every libqpipe queue counts unfinished tasks)."""
+
+
+class SimpleQueue(Queue):
+    """multiprocessing.SimpleQueue over libqpipe: get, put, empty, close.
+    Takes Queue's keyword arguments (address=..., serializer=...)."""
+
+    def __init__(self, *, ctx=None, **kwargs):
+        kwargs.pop("maxsize", None)
+        super().__init__(0, **kwargs)
+
+    def _raise_closed(self):
+        raise OSError("handle is closed")
+
+    def put(self, obj):
+        """Puts obj."""
+        return Queue.put(self, obj)
+
+    def get(self):
+        """Removes and returns the oldest item, waiting for one."""
+        return Queue.get(self)
+
+    def empty(self):
+        """True when the queue holds no item."""
+        if self._closed:
+            self._raise_closed()
+        return Queue.empty(self)

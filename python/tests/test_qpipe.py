@@ -1,0 +1,353 @@
+"""qpipe's own behaviours beyond multiprocessing's: Ctrl-C in a blocked
+call, pickling by address for spawn and forkserver (and the error for
+anonymous queues), worker mode, batches, the pickle serializer, the seed
+examples, interop with the qpipe CLI, and installing with pip."""
+import json
+import multiprocessing
+import os
+import queue as pyqueue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import qpipe
+import qpt_util
+from qpt_util import uniq
+
+PY = sys.executable
+
+
+def tearDownModule():
+    qpt_util.stop_server()
+
+
+def _put_hello(q):
+    q.put(["hello", os.getpid()])
+
+
+def _send_hello(c):
+    c.send("hello")
+    c.close()
+
+
+_CTRL_C = r"""
+import sys, qpipe
+what, addr = sys.argv[1], sys.argv[2] or None
+if what == "get":
+    q = qpipe.Queue(address=addr)
+    print("ready", flush=True)
+    q.get()
+elif what == "put":
+    q = qpipe.Queue(1, address=addr)
+    q.put(1)
+    print("ready", flush=True)
+    q.put(2)
+elif what == "join":
+    q = qpipe.JoinableQueue(address=addr)
+    q.put(1)
+    print("ready", flush=True)
+    q.join()
+elif what == "recv":
+    if addr:
+        a = qpipe.Pipe(address=addr, side=0)
+    else:
+        a, b = qpipe.Pipe()
+    a.poll(0)
+    print("ready", flush=True)
+    a.recv()
+"""
+
+
+class TestCtrlC(unittest.TestCase):
+    """SIGINT interrupts a blocked call with KeyboardInterrupt at once."""
+
+    def run_case(self, what, addr):
+        p = subprocess.Popen([PY, "-c", _CTRL_C, what, addr or ""],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=qpt_util.python_env())
+        try:
+            self.assertEqual(p.stdout.readline().strip(), b"ready")
+            time.sleep(0.3)   # well into the blocking call
+            self.assertIsNone(p.poll())
+            t = time.monotonic()
+            os.kill(p.pid, signal.SIGINT)
+            p.wait(10)
+            took = time.monotonic() - t
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        err = p.stderr.read().decode()
+        p.stdout.close()
+        p.stderr.close()
+        self.assertIn("KeyboardInterrupt", err)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertLess(took, 0.9, "took %.3f s" % took)
+
+    def test_anon(self):
+        for what in ("get", "put", "join", "recv"):
+            with self.subTest(what=what):
+                self.run_case(what, None)
+
+    def test_shm(self):
+        for what in ("get", "put", "join"):
+            a = "shm://" + uniq()
+            with self.subTest(what=what):
+                try:
+                    self.run_case(what, a)
+                finally:
+                    qpipe.unlink(a)
+
+    def test_qpiped(self):
+        for what in ("get", "put", "join", "recv"):
+            a = qpt_util.server().url + "/" + uniq()
+            with self.subTest(what=what):
+                try:
+                    self.run_case(what, a)
+                finally:
+                    if what != "recv":
+                        qpipe.unlink(a)
+
+
+class TestStartMethods(unittest.TestCase):
+
+    def test_named_queue_spawn_forkserver(self):
+        for method in ("spawn", "forkserver"):
+            ctx = multiprocessing.get_context(method)
+            for addr in ("shm://" + uniq(),
+                         qpt_util.server().url + "/" + uniq()):
+                with self.subTest(method=method, addr=addr):
+                    q = qpipe.Queue(address=addr)
+                    p = ctx.Process(target=_put_hello, args=(q,))
+                    p.start()
+                    got = q.get(timeout=60)
+                    p.join(60)
+                    self.assertEqual(p.exitcode, 0)
+                    self.assertEqual(got, ["hello", p.pid])
+                    qpipe.unlink(addr)
+
+    def test_remote_pipe_spawn(self):
+        a, b = qpipe.Pipe(address=qpt_util.server().url + "/" + uniq())
+        p = multiprocessing.get_context("spawn").Process(
+            target=_send_hello, args=(b,))
+        p.start()
+        self.assertEqual(a.recv(), "hello")
+        p.join(60)
+        self.assertEqual(p.exitcode, 0)
+
+    def test_anonymous_needs_fork(self):
+        for obj in (qpipe.Queue(), qpipe.SimpleQueue(), qpipe.Pipe()[1]):
+            for method in ("spawn", "forkserver"):
+                with self.subTest(obj=obj, method=method):
+                    p = multiprocessing.get_context(method).Process(
+                        target=_put_hello, args=(obj,))
+                    with self.assertRaisesRegex(RuntimeError, "fork"):
+                        p.start()
+
+    def test_fork_child_of_a_network_parent(self):
+        # A remote queue used in the parent cannot be used by a child
+        # forked afterwards: the error says so (libqpipe refuses nng
+        # after fork).
+        addr = qpt_util.server().url + "/" + uniq()
+        code = r"""
+import os, sys, qpipe
+q = qpipe.Queue(address=sys.argv[1])
+q.put(1)
+pid = os.fork()
+if pid == 0:
+    try:
+        q.put(2)
+    except Exception as e:
+        print(type(e).__name__, e, flush=True)
+        os._exit(3)
+    os._exit(0)
+_, st = os.waitpid(pid, 0)
+print("exit", os.waitstatus_to_exitcode(st))
+"""
+        out = subprocess.run([PY, "-c", code, addr], capture_output=True,
+                             env=qpt_util.python_env(), timeout=60)
+        text = out.stdout.decode()
+        self.assertIn("exit 3", text)
+        self.assertIn("fork", text)
+        qpipe.unlink(addr)
+
+
+class _Kinds:
+    def addresses(self):
+        return ["shm://" + uniq(), qpt_util.server().url + "/" + uniq()]
+
+
+class TestWorkerMode(_Kinds, unittest.TestCase):
+
+    def test_nack_task_done(self):
+        for addr in self.addresses():
+            with self.subTest(addr=addr):
+                q = qpipe.Queue(address=addr, lease=True, lease_timeout=30)
+                q.put("job")
+                self.assertEqual(q.get(timeout=10), "job")
+                q.nack()
+                self.assertEqual(q.get(timeout=10), "job")
+                self.assertEqual(q.deliveries(), 2)
+                q.touch()
+                q.task_done()
+                self.assertRaises(LookupError, q.nack)
+                self.assertRaises(pyqueue.Empty, q.get, True, 0.2)
+                q.close()
+                qpipe.unlink(addr)
+
+    def test_lease_runs_out(self):
+        for addr in self.addresses():
+            with self.subTest(addr=addr):
+                a = qpipe.Queue(address=addr, lease=True, lease_timeout=0.5)
+                b = qpipe.Queue(address=addr, lease=True, lease_timeout=0.5)
+                a.put("job")
+                self.assertEqual(a.get(timeout=10), "job")
+                # a never confirms: the item comes back for b.
+                self.assertEqual(b.get(timeout=10), "job")
+                b.task_done()
+                a.close()
+                b.close()
+                qpipe.unlink(addr)
+
+
+class TestBatchesAndSerializers(_Kinds, unittest.TestCase):
+
+    def test_put_many_get_many(self):
+        for ser in ("msgpack", "pickle"):
+            for addr in [None] + self.addresses():
+                with self.subTest(ser=ser, addr=addr):
+                    q = qpipe.Queue(address=addr, serializer=ser)
+                    q.put_many(range(100))
+                    got = []
+                    while len(got) < 100:
+                        got += q.get_many(30, timeout=10)
+                    self.assertEqual(got, list(range(100)))
+                    self.assertRaises(pyqueue.Empty, q.get_many, 5, False)
+                    q.close()
+                    if addr:
+                        qpipe.unlink(addr)
+
+    def test_pickle_objects(self):
+        q = qpipe.Queue(serializer="pickle")
+        obj = {"t": (1, 2), "s": {3}, "c": complex(1, 2)}
+        q.put(obj)
+        self.assertEqual(q.get(), obj)
+        a, b = qpipe.Pipe(serializer="pickle")
+        a.send(obj)
+        self.assertEqual(b.recv(), obj)
+
+    def test_msgpack_refuses_objects(self):
+        q = qpipe.Queue()
+        self.assertRaises(TypeError, q.put, {1, 2})
+        self.assertRaises(ValueError, qpipe.Queue, serializer="json")
+
+
+class TestInterop(unittest.TestCase):
+    """Python and the qpipe CLI (C, qp_queue_get_obj) read each other's
+    values."""
+    values = [None, True, 7, -3, 1.5, "hé", [1, "a", None],
+              {"k": [1, 2], "n": None}]
+
+    def cli(self, *args, **kw):
+        return subprocess.run([os.path.join(qpt_util.BIN, "qpipe")]
+                              + list(args), capture_output=True, check=True,
+                              timeout=60, **kw)
+
+    def test_python_to_cli_and_back(self):
+        for addr in ("shm://" + uniq(),
+                     qpt_util.server().url + "/" + uniq()):
+            with self.subTest(addr=addr):
+                q = qpipe.Queue(address=addr)
+                for v in self.values:
+                    q.put(v)
+                out = self.cli("get", "--json", "-n", str(len(self.values)),
+                               addr)
+                lines = out.stdout.decode().splitlines()
+                self.assertEqual([json.loads(l) for l in lines], self.values)
+                for v in self.values:
+                    self.cli("put", "--json", addr,
+                             input=json.dumps(v).encode())
+                self.assertEqual([q.get(timeout=10) for v in self.values],
+                                 self.values)
+                self.cli("put", addr, "raw bytes")
+                self.assertEqual(q.get(timeout=10), b"raw bytes")
+                q.close()
+                qpipe.unlink(addr)
+
+
+class TestExamples(unittest.TestCase):
+    """examples/python: the seed programs, with an anonymous queue, a
+    shm:// one and one through qpiped."""
+
+    def run_example(self, name, *args):
+        path = os.path.join(qpt_util.TREE, "examples", "python", name)
+        out = subprocess.run([PY, path] + list(args), capture_output=True,
+                             env=qpt_util.python_env(), timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr.decode())
+        return out.stdout.decode()
+
+    def test_queue_hello(self):
+        shm = "shm://" + uniq()
+        for args in ((), (shm,),
+                     (qpt_util.server().url + "/" + uniq(),)):
+            with self.subTest(args=args):
+                self.assertEqual(self.run_example("queue_hello.py", *args),
+                                 "[42, None, 'hello']\n")
+        qpipe.unlink(shm)
+
+    def test_pipe_hello(self):
+        for args in ((), (qpt_util.server().url + "/" + uniq(),)):
+            with self.subTest(args=args):
+                self.assertEqual(self.run_example("pipe_hello.py", *args),
+                                 "[42, None, 'hello']\n")
+
+
+class TestInstall(unittest.TestCase):
+    """pip install --no-build-isolation into a venv with the system's site
+    packages: no package index is reached."""
+
+    def test_pip_install(self):
+        if subprocess.run([PY, "-c", "import ensurepip, setuptools, wheel"],
+                          capture_output=True).returncode != 0:
+            self.skipTest("python3-venv, python3-setuptools or "
+                          "python3-wheel is missing")
+        d = tempfile.mkdtemp(prefix="qpt-venv-")
+        self.addCleanup(shutil.rmtree, d, True)
+        src = os.path.join(d, "src")
+        shutil.copytree(os.path.join(qpt_util.TREE, "python"), src,
+                        ignore=shutil.ignore_patterns(
+                            "tests", "build", "*.egg-info", "__pycache__"))
+        venv = os.path.join(d, "venv")
+        subprocess.run([PY, "-m", "venv", "--system-site-packages", venv],
+                       check=True, capture_output=True, timeout=300)
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        env["QPIPE_BUILD_DIR"] = qpt_util.BUILD
+        env["QPIPE_INCLUDE_DIRS"] = os.pathsep.join([
+            os.path.join(qpt_util.TREE, "lib", "include"),
+            os.path.join(qpt_util.BUILD, "include")])
+        env["PIP_NO_INDEX"] = "1"
+        env["PIP_FIND_LINKS"] = ""
+        out = subprocess.run(
+            [os.path.join(venv, "bin", "pip"), "install",
+             "--no-build-isolation", src], capture_output=True, env=env,
+            timeout=600)
+        self.assertEqual(out.returncode, 0, out.stdout.decode()
+                         + out.stderr.decode())
+        out = subprocess.run(
+            [os.path.join(venv, "bin", "python"), "-c",
+             "import qpipe; q = qpipe.Queue(); q.put([1, 'x']); "
+             "print(qpipe.__file__); print(q.get())"],
+            capture_output=True, env=env, cwd=d, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr.decode())
+        lines = out.stdout.decode().splitlines()
+        self.assertTrue(lines[0].startswith(venv), lines[0])
+        self.assertEqual(lines[1], "[1, 'x']")
+
+
+if __name__ == "__main__":
+    unittest.main()

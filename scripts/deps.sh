@@ -10,6 +10,10 @@ build_pkgs=(cmake make gcc pkg-config libnng-dev libmsgpack-dev libcmocka-dev
 test_pkgs=(clang clang-format libclang-rt-14-dev nng-utils python3
 	python3-msgpack iproute2 docker-compose openssl procps)
 bench_pkgs=(python3 redis-server redis-tools nng-utils)
+# what the tests call that a minimal Debian 12 lacks: bc
+# (tests/it_server_sigterm.sh); tests/it_docker_real.sh installs docker.io
+# itself, and is skipped where it cannot
+test_pkgs+=(bc)
 
 want=("${build_pkgs[@]}")
 case "${1:-build}" in

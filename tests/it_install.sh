@@ -88,8 +88,10 @@ build_and_run() { # LABEL PREFIX
 	expect_eq "$L the program runs on the installed libqpipe.so" \
 		"$(LD_LIBRARY_PATH="$pre/$libdir" "$T/hello" 2>&1)" \
 		"qpipe $("$B/bin/qpipe" --version | cut -d' ' -f2): hello"
-	LD_LIBRARY_PATH="$pre/$libdir" ldd "$T/hello" | grep -q "$pre/$libdir/libqpipe.so" &&
-		ok "$L it loads the installed library" || bad "$L ldd" "$(ldd "$T/hello" | grep qpipe)"
+	# (ldd's output in a file: grep -q would close the pipe early)
+	LD_LIBRARY_PATH="$pre/$libdir" ldd "$T/hello" >"$T/ldd" 2>&1
+	grep -q "$pre/$libdir/libqpipe.so" "$T/ldd" &&
+		ok "$L it loads the installed library" || bad "$L ldd" "$(grep qpipe "$T/ldd")"
 
 	# Static: libqpipe.a and what pkg-config --static lists beside it.
 	flags=$(pkg-config --static --libs qpipe | sed 's/ -lqpipe / /; s/^-lqpipe //')
@@ -101,7 +103,8 @@ build_and_run() { # LABEL PREFIX
 		bad "$L static link" "$(head -c 600 "$T/cc.err")"
 	fi
 	expect_eq "$L the static program runs" "$("$T/hello_static" 2>&1 | cut -d: -f2)" " hello"
-	if ldd "$T/hello_static" | grep -q libqpipe; then
+	ldd "$T/hello_static" >"$T/ldd" 2>&1
+	if grep -q libqpipe "$T/ldd"; then
 		bad "$L static" "it loads libqpipe.so"
 	else
 		ok "$L the static program needs no libqpipe.so"

@@ -4,8 +4,12 @@
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
+# make install PREFIX=DIR [DESTDIR=STAGE]: the programs, man pages, header,
+# libraries, qpipe.pc and the CMake package under DIR.
+PREFIX ?= /usr/local
+BUILD_DIR ?= build
 
-.PHONY: all build test test-plain test-asan format-check format demo bench stress clean
+.PHONY: all build test test-plain test-asan format-check format demo bench stress clean install install-only
 
 all: build
 
@@ -39,6 +43,13 @@ format-check:
 
 format:
 	@scripts/format.sh
+
+install: build
+	@$(MAKE) --no-print-directory install-only
+
+# The install step alone, on a tree already built (tests/it_install.sh).
+install-only:
+	@DESTDIR="$(DESTDIR)" cmake --install $(BUILD_DIR) --prefix "$(PREFIX)"
 
 # The demo installs what is missing and builds by itself (scripts/demo.sh).
 demo:

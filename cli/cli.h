@@ -43,6 +43,7 @@ typedef struct cli_opts {
 	qp_duration idle_exit; /* worker: QP_FOREVER unless --idle-exit */
 	double idle_exit_sec;
 	uint64_t lease_ms; /* worker: 0 = the server's */
+	bool keep_newline; /* worker: results byte for byte */
 	int side; /* send, recv: the pipe's side, -1 = the free one */
 	/* Token and TLS settings for remote addresses. */
 	const char *token_file;

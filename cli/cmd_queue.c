@@ -329,7 +329,19 @@ cmd_get(cli_opts *o)
 	cli_progress prog;
 	int rv;
 
-	if ((rv = cli_open_queue(o, addr, true, &q)) != QP_OK) {
+	/* A get waits on the queue it names, created if missing: a
+	 * misspelt name would wait forever in silence, so say so. */
+	rv = cli_open_queue(o, addr, false, &q);
+	if (rv == QP_ENOENT) {
+		rv = cli_open_queue(o, addr, true, &q);
+		if (rv == QP_OK) {
+			fprintf(stderr,
+			    "qpipe: get %s: created the queue %s, which did "
+			    "not exist\n",
+			    addr, addr);
+		}
+	}
+	if (rv != QP_OK) {
 		return cli_fail(o, addr, rv);
 	}
 	if (o->count == 0) {

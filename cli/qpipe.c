@@ -56,7 +56,11 @@ static const cli_cmd commands[] = {
         "once. -n N: up to N\nitems, one per line: waits for the first as "
         "above, then takes more\nwhile they come (within SEC with "
         "--timeout, else only those ready).\n--json: writes each item as "
-        "JSON, one per line."},
+        "JSON, one per line.\n"
+        "\n"
+        "A queue that does not exist is created, and get waits on it "
+        "(a\nmisspelt name waits forever): a line on stderr says so "
+        "when it does."},
     {"size", "how many items a queue holds", cmd_size, 0, 1, 1, "size ADDR",
         "Prints the exact number of items in the queue (0 if it does not "
         "exist)."},
@@ -119,20 +123,21 @@ static const cli_cmd commands[] = {
         "worker ADDR --results ADDR [--concurrency N] [--max-attempts N]\n"
         "        [--timeout SEC] [--lease SEC] [--max-tasks N] "
         "[--idle-exit SEC]\n"
-        "        [--json] -- CMD [ARG...]",
+        "        [--keep-newline] [--json] -- CMD [ARG...]",
         "Runs CMD once per task of the queue ADDR, the task on its stdin "
-        "(no\nshell: say sh -c '...' for one). When CMD exits 0, its "
-        "stdout is put to\nthe --results queue and the task is confirmed "
-        "(task_done). When it\nexits non-zero, is killed or times out, "
-        "the task goes back to the queue\nfor another attempt; after "
-        "--max-attempts deliveries (default 3) it is\nmoved to the "
-        "dead-letter queue ADDR.dead, with one line on stderr (a\ntask "
-        "delivered more often, its workers having died, goes there "
-        "without\nrunning). A worker killed at any point loses nothing: "
-        "its tasks go to\nanother worker (remote: when its connection "
-        "drops or its lease ends;\nlocal: within a quarter second, "
-        "once another local worker gets or waits,\nor when the lease "
-        "ends).\n"
+        "(no\nshell: say sh -c '...' for one; CMD comes after --). When "
+        "CMD exits 0,\nits stdout, less one final newline, is put to the "
+        "--results queue\n(so that qpipe get -n prints one line per "
+        "result) and the task is\nconfirmed (task_done). When it exits "
+        "non-zero, is killed or times out,\nthe task goes back to the "
+        "queue for another attempt; after --max-attempts\ndeliveries "
+        "(default 3) it is moved to the dead-letter queue ADDR.dead,\n"
+        "with one line on stderr (a task delivered more often, its "
+        "workers\nhaving died, goes there without running). A worker "
+        "killed at any point\nloses nothing: its tasks go to another "
+        "worker (remote: when its\nconnection drops or its lease ends; "
+        "local: within a quarter second,\nonce another local worker "
+        "gets or waits, or when the lease ends).\n"
         "\n"
         "  --results ADDR     where the outputs go (any address form)\n"
         "  --concurrency N    run up to N tasks at once (default 1)\n"
@@ -154,6 +159,8 @@ static const cli_cmd commands[] = {
         "gone\n"
         "  --max-tasks N      exit 0 after N tasks\n"
         "  --idle-exit SEC    exit 0 once no task came for SEC seconds\n"
+        "  --keep-newline     put CMD's stdout byte for byte, a final "
+        "newline too\n"
         "  --json             task to CMD as JSON text, its output parsed "
         "as JSON\n"
         "\n"
@@ -258,11 +265,36 @@ cli_exit_code(int err)
 	}
 }
 
+/* True when addr reads as HOST:PORT or HOST:PORT/NAME, a server's
+ * address without its scheme. */
+static bool
+lacks_scheme(const char *addr)
+{
+	const char *colon = strchr(addr, ':');
+	size_t host = strcspn(addr, ":/");
+
+	if (colon == NULL || strstr(addr, "://") != NULL || host == 0
+	    || addr + host != colon) {
+		return false;
+	}
+	size_t port = strspn(colon + 1, "0123456789");
+	return port > 0 && port <= 5
+	    && (colon[1 + port] == '\0' || colon[1 + port] == '/');
+}
+
 int
 cli_fail(const cli_opts *o, const char *addr, int err)
 {
 	const char *msg = qp_errmsg();
 	size_t alen = strlen(addr);
+
+	if (err == QP_EINVAL && lacks_scheme(addr)) {
+		fprintf(stderr,
+		    "qpipe: %s %s: a server's address needs its scheme: "
+		    "did you mean tcp://%s?\n",
+		    o->cmd, addr, addr);
+		return cli_exit_code(err);
+	}
 
 	/* The library's message may start with the address: said once. */
 	if (strncmp(msg, addr, alen) == 0 && msg[alen] == ':'
@@ -515,6 +547,50 @@ cli_print_stats(FILE *f, const char *name, const qp_queue_stats *st)
 	    (long long) st->oldest_age_ms);
 }
 
+/* Writes arg for a shell: as is when it is plain, else in single
+ * quotes. */
+static void
+put_shell_word(FILE *f, const char *arg)
+{
+	if (arg[0] != '\0'
+	    && arg[strspn(arg,
+	           "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+	           "0123456789_-./:=+,@%")]
+	        == '\0') {
+		fputs(arg, f);
+		return;
+	}
+	fputc('\'', f);
+	for (const char *p = arg; *p != '\0'; p++) {
+		if (*p == '\'') {
+			fputs("'\\''", f);
+		} else {
+			fputc(*p, f);
+		}
+	}
+	fputc('\'', f);
+}
+
+/* qpipe worker ADDR --results R sh -c ...: the command came without "--"
+ * before it. Says so, with the line that works, and returns CLI_USAGE. */
+static int
+worker_without_dashes(const cli_opts *o, int argc, char **argv, int at)
+{
+	fprintf(stderr,
+	    "qpipe: worker: unexpected argument '%s': put '--' before the "
+	    "command\nto run, as in:\n  qpipe worker",
+	    argv[at]);
+	for (int i = 0; i < argc; i++) {
+		if (i == at) {
+			fputs(" --", stderr);
+		}
+		fputc(' ', stderr);
+		put_shell_word(stderr, argv[i]);
+	}
+	fprintf(stderr, "\n(try qpipe %s --help)\n", o->cmd);
+	return CLI_USAGE;
+}
+
 static int
 parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 {
@@ -542,6 +618,10 @@ parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 			break;
 		}
 		if (a[0] != '-' || a[1] == '\0') {
+			if ((c->opts & OPT_WORKER)
+			    && o->nargs >= c->max_args) {
+				return worker_without_dashes(o, argc, argv, i);
+			}
 			o->args[o->nargs++] = argv[i];
 			continue;
 		}
@@ -661,6 +741,9 @@ parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 				    v != NULL ? v : "");
 			}
 			o->lease_ms = (uint64_t) ms;
+		} else if ((c->opts & OPT_WORKER)
+		    && strcmp(a, "--keep-newline") == 0) {
+			o->keep_newline = true;
 		} else if ((c->opts & OPT_SIDE) && opt_is(a, "--side")) {
 			v = opt_value(argc, argv, &i, a, 6);
 			if (v == NULL
@@ -714,8 +797,150 @@ parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 	return CLI_OK;
 }
 
-int
-main(int argc, char **argv)
+/* Edit distance between a and b (insertions, deletions, substitutions
+ * and swaps of two neighbours each count 1); names are short. */
+static size_t
+edit_distance(const char *a, const char *b)
+{
+	enum { M = 32 };
+	size_t la = strlen(a), lb = strlen(b);
+	size_t d[M + 1][M + 1];
+
+	if (la > M || lb > M) {
+		return M;
+	}
+	for (size_t i = 0; i <= la; i++) {
+		for (size_t j = 0; j <= lb; j++) {
+			if (i == 0 || j == 0) {
+				d[i][j] = i + j;
+				continue;
+			}
+			size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+			if (d[i - 1][j] + 1 < best) {
+				best = d[i - 1][j] + 1;
+			}
+			if (d[i][j - 1] + 1 < best) {
+				best = d[i][j - 1] + 1;
+			}
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2]
+			    && a[i - 2] == b[j - 1]
+			    && d[i - 2][j - 2] + 1 < best) {
+				best = d[i - 2][j - 2] + 1;
+			}
+			d[i][j] = best;
+		}
+	}
+	return d[la][lb];
+}
+
+/* The command closest to name, if one is close enough to be a slip of
+ * the fingers (one edit; two for names of five letters or more). */
+static const char *
+closest_command(const char *name)
+{
+	size_t limit = strlen(name) >= 5 ? 2 : 1, best = limit + 1;
+	const char *found = NULL;
+
+	for (size_t i = 0; i < NCOMMANDS; i++) {
+		size_t d = edit_distance(name, commands[i].name);
+		if (d < best) {
+			best = d;
+			found = commands[i].name;
+		}
+	}
+	return found;
+}
+
+/* True for the options every remote command takes, which may also come
+ * before the command; *takes_value when a value follows. */
+static bool
+global_option(const char *a, bool *takes_value)
+{
+	*takes_value = opt_is(a, "--token-file") || opt_is(a, "--tls-ca");
+	return *takes_value || strcmp(a, "--insecure-skip-verify") == 0;
+}
+
+/* Moves the remote options given before the command after it, where
+ * parse_args takes them: argv becomes "qpipe CMD OPTS... ARGS...".
+ * Returns the new argc, or -1 after a usage error (printed). *freep is
+ * what to free. */
+static int
+hoist_global_options(int argc, char **argv, char ***argvp, char ***freep)
+{
+	int k = 1;
+	bool takes_value;
+
+	*argvp = argv;
+	*freep = NULL;
+	while (k < argc && global_option(argv[k], &takes_value)) {
+		if (takes_value && strchr(argv[k], '=') == NULL) {
+			if (k + 1 >= argc) {
+				fprintf(stderr,
+				    "qpipe: %s wants a file (try qpipe "
+				    "--help)\n",
+				    argv[k]);
+				return -1;
+			}
+			k++;
+		}
+		k++;
+	}
+	if (k == 1) {
+		return argc;
+	}
+	if (k >= argc) {
+		fprintf(stderr,
+		    "qpipe: missing COMMAND after %s (try qpipe --help)\n",
+		    argv[k - 1]);
+		return -1;
+	}
+	char **nv = calloc((size_t) argc + 1, sizeof(char *));
+	if (nv == NULL) {
+		fprintf(stderr, "qpipe: out of memory\n");
+		return -1;
+	}
+	int n = 0;
+	nv[n++] = argv[0];
+	nv[n++] = argv[k];
+	for (int i = 1; i < k; i++) {
+		nv[n++] = argv[i];
+	}
+	for (int i = k + 1; i < argc; i++) {
+		nv[n++] = argv[i];
+	}
+	*argvp = nv;
+	*freep = nv;
+	return n;
+}
+
+/* The first argument is not a command: says what would be. */
+static int
+unknown_command(const char *name)
+{
+	const char *near;
+
+	if (name[0] == '-') {
+		fprintf(stderr,
+		    "qpipe: '%s' goes after the command: only --token-file, "
+		    "--tls-ca\nand --insecure-skip-verify may come before it "
+		    "(try qpipe --help)\n",
+		    name);
+	} else if ((near = closest_command(name)) != NULL) {
+		fprintf(stderr,
+		    "qpipe: unknown command '%s'; did you mean '%s'? (try "
+		    "qpipe --help)\n",
+		    name, near);
+	} else {
+		fprintf(stderr,
+		    "qpipe: unknown command '%s' (try qpipe --help)\n", name);
+	}
+	return CLI_USAGE;
+}
+
+/* Runs the command line (the remote options already after the
+ * command). */
+static int
+run(int argc, char **argv)
 {
 	cli_opts o = {0};
 
@@ -761,7 +986,22 @@ main(int argc, char **argv)
 		}
 		return rv;
 	}
-	fprintf(stderr, "qpipe: unknown command '%s' (try qpipe --help)\n",
-	    argv[1]);
-	return CLI_USAGE;
+	return unknown_command(argv[1]);
+}
+
+int
+main(int argc, char **argv)
+{
+	char **nargv, **hoisted = NULL;
+	int nargc = argc, rv;
+
+	nargv = argv;
+	if (argc >= 2 && argv[1][0] == '-'
+	    && (nargc = hoist_global_options(argc, argv, &nargv, &hoisted))
+	        < 0) {
+		return CLI_USAGE;
+	}
+	rv = run(nargc, nargv);
+	free(hoisted);
+	return rv;
 }

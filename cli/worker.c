@@ -1,7 +1,8 @@
 /*
  * worker.c - `qpipe worker`: takes tasks from a queue and runs a command
  * once per task, the task on its stdin. When the command exits 0 its
- * stdout is put to the results queue and the task is confirmed
+ * stdout (less one final newline, unless --keep-newline) is put to the
+ * results queue and the task is confirmed
  * (task_done); when it fails, is killed or times out the task goes back to
  * the queue for another attempt, and after --max-attempts deliveries it is
  * moved to the dead-letter queue NAME.dead (same server, or same host for
@@ -436,12 +437,19 @@ slot_dead_queue(wk_slot *s)
 	return qp_queue_open(&s->dead, s->w->dead_addr, &opts);
 }
 
-/* Puts the command's output to the results queue. */
+/* Puts the command's output to the results queue: less one final
+ * newline (the end of its last line, as the shell's $(...) drops it),
+ * unless --keep-newline. */
 static int
 slot_put_result(wk_slot *s, const wk_run *r)
 {
 	if (!s->w->o->json) {
-		return qp_queue_put(s->res, r->out, r->len, QP_FOREVER);
+		size_t len = r->len;
+		if (!s->w->o->keep_newline && len > 0
+		    && r->out[len - 1] == '\n') {
+			len--;
+		}
+		return qp_queue_put(s->res, r->out, len, QP_FOREVER);
 	}
 	void *mp;
 	size_t mplen;

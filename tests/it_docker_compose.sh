@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # it_docker_compose.sh - docker/compose.yaml and docker/Dockerfile, checked
 # without a Docker engine: `docker-compose config` (Debian's docker-compose)
-# accepts the file with a token and refuses it without one; the topology
+# accepts the file with a token, and without one too (so that `down`
+# works), and qpiped, given an empty token, refuses to serve; the topology
 # is the demo's (qpiped, producer, a scalable worker, collector, one
 # network); and every shared library the binaries load here comes from a
 # Debian package that the Dockerfile's runtime stage installs.
@@ -36,12 +37,19 @@ fi
 grep -q 'shm_size: 512m' "$T/config" && ok "qpiped has room in /dev/shm" ||
 	bad "shm_size" "qpiped's shm_size is not 512m"
 
+# Without QPIPE_TOKEN the file still reads (down, ps and logs work), and
+# qpiped gets an empty token: it refuses to serve 0.0.0.0 then.
 rc=0
-env -u QPIPE_TOKEN docker-compose -f "$dc/compose.yaml" config >/dev/null 2>"$T/err" || rc=$?
-if [ "$rc" -ne 0 ] && grep -q "set QPIPE_TOKEN" "$T/err"; then
-	ok "no token: docker-compose config refuses, naming QPIPE_TOKEN"
+env -u QPIPE_TOKEN docker-compose -f "$dc/compose.yaml" config >"$T/notoken" 2>"$T/err" || rc=$?
+expect_eq "no token: docker-compose config still reads the file (down works)" "$rc" 0
+expect_eq "no token: every service gets an empty one" \
+	"$(grep -c "QPIPE_TOKEN: ''" "$T/notoken")" 4
+rc=0
+env QPIPE_TOKEN= timeout 5 "$QP_BIN/qpiped" --listen tcp://0.0.0.0:0 >/dev/null 2>"$T/err" || rc=$?
+if [ "$rc" -ne 0 ] && grep -q 'QPIPE_TOKEN' "$T/err"; then
+	ok "an empty QPIPE_TOKEN: qpiped refuses 0.0.0.0, naming QPIPE_TOKEN"
 else
-	bad "no token" "exit $rc: $(head -c 300 "$T/err")"
+	bad "empty token" "qpiped exit $rc: $(head -c 300 "$T/err")"
 fi
 
 # The Dockerfile: a debian:12 build stage, a debian:12-slim runtime, a

@@ -53,6 +53,10 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 		rv = qpi_rq_status(r, &c);
 	}
 	qpi_rq_call_done(&c);
+	if (rv == QP_EBUSY && c.req.op == QPI_OP_STAT) {
+		/* The queue exists; another process holds its lock. */
+		rv = QP_OK;
+	}
 	if (rv != QP_OK) {
 		char msg[512];
 		snprintf(msg, sizeof(msg), "%s", qp_errmsg());

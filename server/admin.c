@@ -46,40 +46,35 @@ qps_admin_open_for(
 	return rv;
 }
 
-/* qsize or stat of q: QP_EBUSY when q's lock is held, else QP_OK with
- * *repp. */
-static int
-admin_figures(qps_q *q, const qpi_wire_req *r, nng_msg **repp)
+/* The reply to qsize or stat of q. A queue whose lock another process
+ * holds is answered QP_EBUSY at once: figures are not worth a wait, and the
+ * caller learns why now (an open without create reads it as "exists"). */
+static nng_msg *
+admin_figures(qps_q *q, const qpi_wire_req *r)
 {
 	qpi_wire_rep rp;
 	int rv;
 
 	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 	if (q->busy) {
-		return QP_EBUSY;
+		return qps_rep_error(r->op, r->req_id, QP_EBUSY,
+		    "queue '%s' " QPS_LOCKED, q->name);
 	}
 	rv = r->op == QPI_OP_QSIZE ? qpi_store_qsize(q->st, &rp.count)
 	                           : qpi_store_stat(q->st, &rp.stat);
 	if (qps_q_rv(q, rv) == QP_EBUSY) {
-		return rv;
+		return qps_rep_error(r->op, r->req_id, QP_EBUSY,
+		    "queue '%s' " QPS_LOCKED, q->name);
 	}
 	if (r->op == QPI_OP_STAT) {
 		/* Remote requests parked here wait too. */
 		rp.stat.getters += q->wl[QPS_WAIT_GET].n;
 		rp.stat.putters += q->wl[QPS_WAIT_PUT].n;
 	}
-	*repp = rv == QP_OK
+	return rv == QP_OK
 	    ? qps_rep_encode(&rp)
 	    : qps_rep_error(r->op, r->req_id, rv, "%s of '%s': %s",
 	        qpi_wire_op_name(r->op), q->name, qp_strerror(rv));
-	return QP_OK;
-}
-
-static qps_retry_res
-figures_retry(qps_wait *wt, nng_msg **repp)
-{
-	return admin_figures(wt->q, &wt->r, repp) == QP_EBUSY ? QPS_BLOCKED
-	                                                      : QPS_DONE;
 }
 
 typedef struct list_ctx {
@@ -215,9 +210,7 @@ qps_admin_handle(const qps_req *rq, nng_msg **repp)
 		if (qps_admin_open_for(r, false, &q, repp) != QP_OK) {
 			return QPS_REPLY;
 		}
-		if (admin_figures(q, r, repp) == QP_EBUSY) {
-			return qps_wait_busy(rq, q, 0, 0, figures_retry, repp);
-		}
+		*repp = admin_figures(q, r);
 		return QPS_REPLY;
 	}
 }

@@ -110,7 +110,9 @@ wait "$hput"
 rc=$?
 dt2=$(($(now_ms) - t0))
 [ "$rc" -eq 4 ] || fail "put --timeout 1 on held hot: exit $rc, not 4"
-[ "$dt" -le 2000 ] && [ "$dt2" -le 2000 ] ||
+# (the deadline is 1 s; the slack is for a 2-core machine busy with
+# sanitizer builds, where a CLI alone can take a second to start and stop)
+[ "$dt" -le 3000 ] && [ "$dt2" -le 3000 ] ||
 	fail "hot's requests ended after $dt and $dt2 ms (deadline 1000)"
 ok "get and put --timeout 1 on held hot: exit 3 and 4 by $dt2 ms"
 timed 1000 0 "qpipe size of other while hot is held" \
@@ -141,7 +143,7 @@ kill -KILL "$worker"
 wait "$worker" 2>/dev/null
 timed 1000 0 "ping after the worker's connection dropped" \
 	"$bin/qpipe" ping "$url"
-timed 2000 3 "get --timeout 1 on held hot" \
+timed 3000 3 "get --timeout 1 on held hot" \
 	"$bin/qpipe" get --timeout 1 "$url/$hot"
 kill -CONT "$holder"
 wait "$holder" || fail "the holder failed"

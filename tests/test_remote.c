@@ -470,6 +470,7 @@ forked_body(void *arg)
 		CHECK_EQ(qp_queue_qsize(q, &n), QP_OK);
 		CHECK_EQ(n, 1);
 		get_str(q, "kept", 1000);
+		CHECK_EQ(qp_queue_unlink(addr), QP_OK);
 		qp_queue_free(q);
 		CHECK(tsrv_stop(&s));
 		return;
@@ -530,6 +531,7 @@ forked_body(void *arg)
 	CHECK_EQ(n, 0);
 	put_str(q, "after");
 	get_str(q, "after", 1000);
+	CHECK_EQ(qp_queue_unlink(addr), QP_OK);
 
 	/* Worker mode: a child's leases are its own connection's, and go
 	 * back when it exits without finishing its tasks. */
@@ -566,6 +568,7 @@ forked_body(void *arg)
 		CHECK_EQ(dl, k < 2 ? 2 : 1);
 		CHECK_EQ(qp_queue_task_done(q2), QP_OK);
 	}
+	CHECK_EQ(qp_queue_unlink(addr), QP_OK);
 	qp_queue_free(q2);
 	qp_queue_free(q);
 

@@ -479,17 +479,6 @@ qps_net_peer(uint32_t pipe_id, char *buf, size_t len)
 	pthread_mutex_unlock(&lk.mu);
 }
 
-void
-qps_net_stats_get(qps_net_stats *st)
-{
-	pthread_mutex_lock(&lk.mu);
-	st->workers = lk.nbusy + lk.nparked;
-	st->receiving = lk.nopen;
-	st->parked = lk.nparked;
-	st->connections = lk.nopen;
-	pthread_mutex_unlock(&lk.mu);
-}
-
 bool
 qps_net_drain(int64_t timeout_ms)
 {

@@ -8,9 +8,9 @@
 #ifndef QPS_H
 #define QPS_H
 
-#include "auth.h"
 #include "htab.h"
 #include "qpi.h"
+#include "session.h"
 #include "shmq.h"
 #include "wire.h"
 
@@ -131,16 +131,6 @@ void qps_worker_drop(qps_worker *w);
 /* Closes the connection the worker's request came on (pipe_id) once its
  * reply is sent (a connection over --max-connections). */
 void qps_worker_close_after(qps_worker *w, uint32_t pipe_id);
-
-/* Counters for logs and stat. */
-typedef struct qps_net_stats {
-	uint64_t workers; /* requests in hand (handled now, or parked) */
-	uint64_t receiving; /* connections open to requests */
-	uint64_t parked; /* requests waiting (gets, puts, joins) */
-	uint64_t connections; /* connections open now */
-} qps_net_stats;
-
-void qps_net_stats_get(qps_net_stats *st);
 
 /* The peer address of connection pipe_id, for logs ("tcp://1.2.3.4:5",
  * "a local socket"). */
@@ -486,7 +476,7 @@ typedef struct qps_conn {
 	qpi_hnode node; /* key: connection id */
 	uint64_t owner; /* lease owner token: server pid << 32 | id */
 	bool over_limit;
-	qpi_auth_server auth; /* hello/auth state; auth.ok: authenticated */
+	qpi_session_server ss; /* hello/auth state; ss.as.ok: authenticated */
 	bool told_unauth; /* a request before auth was refused and logged */
 	qps_wait *waits; /* its parked requests */
 	qpi_htab work; /* its WORK leases (see conn.c) */

@@ -93,6 +93,21 @@ client_free(qps_client *cl)
 	free(cl);
 }
 
+void
+qps_dedup_reply(qps_client *cl, uint64_t seq, uint32_t op, nng_msg *rep)
+{
+	/* Replies that carry fields (ack's and touch's missing ids, a
+	 * pipe's message or side) are kept whole. */
+	bool keep = rep != NULL && op != QPI_OP_GET;
+	bool body = keep
+	    && (op == QPI_OP_ACK || op == QPI_OP_TOUCH
+	        || op == QPI_OP_PIPE_RECV || op == QPI_OP_PIPE_OPEN);
+
+	qps_dedup_end(cl, seq, keep ? qps_rep_status(rep) : QP_ENOMEM,
+	    body ? nng_msg_body(rep) : NULL, body ? nng_msg_len(rep) : 0,
+	    keep);
+}
+
 /* The client with that id if known (no LRU change), else NULL. */
 static qps_client *
 client_find(const uint8_t *id)

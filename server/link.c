@@ -298,15 +298,8 @@ qps_worker_park(qps_worker *w)
 }
 
 void
-qps_worker_drop(qps_worker *w)
+qps_worker_close_after(qps_worker *w)
 {
-	qps_worker_reply(w, NULL);
-}
-
-void
-qps_worker_close_after(qps_worker *w, uint32_t pipe_id)
-{
-	(void) pipe_id; /* always the request's own connection */
 	w->close_after = true;
 }
 

@@ -116,21 +116,18 @@ bool qps_net_drain(int64_t timeout_ms);
 void qps_net_close(void);
 
 /* Marks w parked: the ops layer keeps it (and the request) until it calls
- * qps_worker_reply or qps_worker_drop. Called by qps_ops_handle before it
+ * qps_worker_reply. Called by qps_ops_handle before it
  * publishes the waiter. Returns false (not parked) when the server already
  * holds its limit of parked requests, or is closing. */
 bool qps_worker_park(qps_worker *w);
 
-/* Sends rep as the reply of w and frees w (ownership of rep moves). Any
- * thread. */
+/* Sends rep (NULL: no reply, its client is gone) as the reply of w and
+ * frees w (ownership of rep moves). Any thread. */
 void qps_worker_reply(qps_worker *w, nng_msg *rep);
 
-/* Gives up a parked worker without a reply (its client is gone). */
-void qps_worker_drop(qps_worker *w);
-
-/* Closes the connection the worker's request came on (pipe_id) once its
- * reply is sent (a connection over --max-connections). */
-void qps_worker_close_after(qps_worker *w, uint32_t pipe_id);
+/* Closes the connection the worker's request came on once its reply is
+ * sent (a connection over --max-connections). */
+void qps_worker_close_after(qps_worker *w);
 
 /* The peer address of connection pipe_id, for logs ("tcp://1.2.3.4:5",
  * "a local socket"). */
@@ -453,6 +450,10 @@ void qps_dedup_park(qps_client *cl, uint64_t seq, qps_wait *w);
  * if rep is not NULL) to replay, or forget it (keep false: a get). */
 void qps_dedup_end(qps_client *cl, uint64_t seq, int status, const void *rep,
     size_t replen, bool keep);
+
+/* qps_dedup_end for a request of op answered with rep (NULL: none): a
+ * get's is forgotten, a reply with fields kept whole, else its status. */
+void qps_dedup_reply(qps_client *cl, uint64_t seq, uint32_t op, nng_msg *rep);
 
 /* A put request of an earlier server (a queue's tags, see q_seed): done
  * of its n items are in the queue. All: a repeat is answered OK; some:

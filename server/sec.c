@@ -40,30 +40,26 @@ qps_sec_start(const qps_config *cfg)
 	bool exposed = false;
 	int rv;
 
-	if (cfg->token_file != NULL) {
-		rv = qpi_token_load_file(
-		    &sec.token, cfg->token_file, &exposed);
-		if (rv != QP_OK) {
-			qps_log(QPS_LOG_ERROR, "--auth-token-file: %s",
-			    qp_errmsg());
-			return rv;
-		}
-		if (exposed) {
-			qps_log(QPS_LOG_WARN,
-			    "the token file %s can be read by its group or by "
-			    "others: chmod 600 it",
-			    cfg->token_file);
-		}
+	if ((rv = qpi_token_resolve(
+	         &sec.token, NULL, cfg->token_file, false, &exposed))
+	    != QP_OK) {
+		qps_log(QPS_LOG_ERROR, "%s: %s",
+		    cfg->token_file != NULL ? "--auth-token-file"
+		                            : QPI_TOKEN_ENV,
+		    qp_errmsg());
+		return rv;
+	}
+	if (exposed) {
+		qps_log(QPS_LOG_WARN,
+		    "the token file %s can be read by its group or by "
+		    "others: chmod 600 it",
+		    cfg->token_file);
+	}
+	if (sec.token.len > 0) {
 		qps_log(QPS_LOG_INFO,
 		    "clients must authenticate with the token of %s",
-		    cfg->token_file);
-	} else if ((rv = qpi_token_from_env(&sec.token)) != QP_OK) {
-		qps_log(QPS_LOG_ERROR, "%s: %s", QPI_TOKEN_ENV, qp_errmsg());
-		return rv;
-	} else if (sec.token.len > 0) {
-		qps_log(QPS_LOG_INFO,
-		    "clients must authenticate with the token of $%s",
-		    QPI_TOKEN_ENV);
+		    cfg->token_file != NULL ? cfg->token_file
+		                            : "$" QPI_TOKEN_ENV);
 	}
 
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {

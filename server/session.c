@@ -45,7 +45,7 @@ qps_session_handle(const qps_req *rq, nng_msg **repp)
 	const qpi_wire_req *r = rq->r;
 	qps_conn *c = rq->c;
 	qpi_wire_buf out = {0};
-	char peer[160];
+	char peer[160] = "a client";
 	int rv;
 
 	if (r->op == QPI_OP_PING) {
@@ -61,9 +61,15 @@ qps_session_handle(const qps_req *rq, nng_msg **repp)
 	c->ss.token = qps_sec_token();
 	c->ss.limits = &qps_limits;
 	c->ss.auth_wait = r->op == QPI_OP_AUTH;
-	qps_net_peer((uint32_t) c->node.key, peer, sizeof(peer));
+	if (r->op == QPI_OP_AUTH) { /* a hello's peer is never named */
+		qps_net_peer((uint32_t) c->node.key, peer, sizeof(peer));
+	}
 	rv = qpi_session_answer(
 	    &c->ss, nng_msg_body(rq->req), nng_msg_len(rq->req), peer, &out);
+	if (r->op == QPI_OP_HELLO && r->client_name[0] != '\0') {
+		qps_log(QPS_LOG_DEBUG, "connection %u: hello from %s",
+		    (unsigned) c->node.key, r->client_name);
+	}
 	if (rv != QP_OK && r->op == QPI_OP_AUTH) {
 		qps_log(QPS_LOG_WARN,
 		    "connection %u from %s: authentication refused: %s",

@@ -66,9 +66,9 @@ typedef struct qps_config {
 
 /* ---- authentication and TLS (sec.c) ---- */
 
-/* Loads the token (--auth-token-file, else $QPIPE_TOKEN) and, when a
- * tls+tcp:// listener is configured, the TLS files; logs what protects the
- * server. On failure logs the cause and returns an error. */
+/* Loads the token (--auth-token-file, else $QPIPE_TOKEN) and checks the
+ * TLS flags; logs what protects the server. On failure logs the cause and
+ * returns an error. */
 int qps_sec_start(const qps_config *cfg);
 
 /* Frees the token and the TLS configuration. */
@@ -87,11 +87,6 @@ const struct qpi_token *qps_sec_token(void);
  * without --tls-cert/--tls-key). loopback: a's host is a loopback one. */
 int qps_sec_check_listener(
     const qps_config *cfg, const qpi_addr *a, const char *url, bool loopback);
-
-/* Gives a tls+tcp:// listener its TLS configuration (others: nothing to
- * do). QP_OK, or logs and returns an error. */
-int qps_sec_listener_setup(
-    nng_stream_listener *l, const qpi_addr *a, const char *url);
 
 /* ---- links: the transport of connections (link.c, listener.c; drivers in
  * link.h) ---- */

@@ -349,7 +349,7 @@ qps_ops_start(const qps_config *cfg)
 	if (cfg->data_dir != NULL) {
 		qps_sync_start(&ops.mu);
 	}
-	if ((rv = qps_timer_start(&ops.mu, NULL)) != QP_OK) {
+	if ((rv = qps_timer_start(&ops.mu)) != QP_OK) {
 		qps_log(QPS_LOG_ERROR, "cannot start the timer thread");
 		qps_registry_fini();
 		return rv;

@@ -222,10 +222,8 @@ typedef struct qps_timer {
 	void (*fire)(struct qps_timer *t);
 } qps_timer;
 
-/* Starts the timer thread; mu is the lock it fires callbacks under, and
- * after (may be NULL) runs after each callback with mu released (to send
- * the replies the callback queued). */
-int qps_timer_start(pthread_mutex_t *mu, void (*after)(void));
+/* Starts the timer thread; mu is the lock it fires callbacks under. */
+int qps_timer_start(pthread_mutex_t *mu);
 
 /* Stops and joins the timer thread (call without mu held). */
 void qps_timer_stop(void);

@@ -110,7 +110,10 @@ expect "after kill -9: the batch" 300 "$("$qt" qsize "$url/d4")"
 "$tool" drain "$url/d4" >"$tmp/batch.out"
 expect "the batch in order" "$(seq -f 'b-%g' 1 300)" "$(cat "$tmp/batch.out")"
 expect "other queue kept" 5 "$("$qt" qsize "$url/d2")"
-"$qt" ls "$url" | grep -q "^d2 5$" && ok "listed" || bad "listed" "$("$qt" ls "$url")"
+# Read whole first: grep -q stops early, and with pipefail the writer's
+# broken pipe (a long list: other queues in /dev/shm) would fail the check.
+listed=$("$qt" ls "$url")
+grep -q "^d2 5$" <<<"$listed" && ok "listed" || bad "listed" "$listed"
 killnow
 
 # A torn tail: the last record cut short (a put of qpiped's: 8 bytes of

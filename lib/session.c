@@ -1,6 +1,7 @@
 /*
  * session.c - the session opening (session.h): one copy of the hello/auth
- * exchange for every client in lib/, and the direct listener's answers.
+ * exchange for every client in lib/, and the listener's answers for
+ * qp_listen and qpiped alike.
  * The wire exchange is PROTOCOL.md's "sessions and authentication"; the
  * nonces and MACs are auth.c's. No state of its own; no locking.
  */
@@ -131,8 +132,12 @@ qpi_session_answer(qpi_session_server *s, const uint8_t *buf, size_t len,
 		rep.req_id = req.req_id;
 		snprintf(rep.server_version, sizeof(rep.server_version), "%s",
 		    QP_VERSION_STRING);
-		rep.limits.max_message = s->max_message;
-		rep.limits.max_batch = QPI_WIRE_DEFAULT_BATCH;
+		if (s->limits != NULL) {
+			rep.limits = *s->limits;
+		} else {
+			rep.limits.max_message = s->max_message;
+			rep.limits.max_batch = QPI_WIRE_DEFAULT_BATCH;
+		}
 		rep.auth_required = s->token->len > 0;
 		rv = rep.auth_required
 		    ? qpi_auth_server_hello(&s->as, rep.nonce)

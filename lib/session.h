@@ -41,11 +41,13 @@ typedef struct qpi_session_client {
 int qpi_session_open(const qpi_session_client *c, qpi_session_xfn x, void *arg,
     qpi_wire_limits *limp);
 
-/* A listener's side of one session opening. Zero it, then set token (len
- * 0: none required) and max_message (told in the hello reply). */
+/* A listener's side of one session opening (qp_listen's and qpiped's).
+ * Zero it, then set token (len 0: none required) and max_message, or
+ * limits (all the hello reply tells; NULL: max_message, default batch). */
 typedef struct qpi_session_server {
 	const qpi_token *token;
 	uint64_t max_message;
+	const qpi_wire_limits *limits;
 	qpi_auth_server as; /* the nonce of the hello reply */
 	bool auth_wait; /* told the dialer to authenticate; not yet done */
 	bool open; /* the session is open: messages may follow */

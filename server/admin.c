@@ -21,19 +21,26 @@ admin_forget(qps_q *q)
 	qps_conns_forget_q(q);
 }
 
+/* Forgets the queue open here as name if another process deleted it
+ * (and maybe made it anew): what waits on it ends. */
+static void
+admin_forget_stale(const char *name)
+{
+	qps_q *old = qps_q_find(name);
+
+	if (old != NULL && qps_q_stale(old)) {
+		admin_forget(old);
+		qps_q_forget(old);
+	}
+}
+
 int
 qps_admin_open_for(
     const qpi_wire_req *r, bool create, qps_q **qp, nng_msg **repp)
 {
-	qps_q *old = qps_q_find(r->name);
 	int rv;
 
-	if (old != NULL && qps_q_stale(old)) {
-		/* Deleted by another process (and maybe made anew): what
-		 * waits on the old one ends, the name is opened afresh. */
-		admin_forget(old);
-		qps_q_forget(old);
-	}
+	admin_forget_stale(r->name);
 	rv = qps_q_open(r->name, create, qp);
 	if (rv == QP_ENOENT) {
 		*repp = qps_rep_error(r->op, r->req_id, rv,
@@ -160,11 +167,7 @@ admin_create(const qpi_wire_req *r)
 		    (unsigned long long) r->max_message,
 		    (unsigned long long) qps_limits.max_message);
 	}
-	q = qps_q_find(r->name);
-	if (q != NULL && qps_q_stale(q)) {
-		admin_forget(q);
-		qps_q_forget(q);
-	}
+	admin_forget_stale(r->name);
 	rv = qps_q_create(r->name, &o, &q);
 	return rv == QP_OK
 	    ? qps_rep_ok(r)

@@ -25,8 +25,7 @@ typedef struct conn_work {
 } conn_work;
 
 static struct {
-	qpi_htab conns;
-	uint32_t n;
+	qpi_htab conns; /* every connection; conns.n of them */
 	uint32_t pid;
 	uint32_t tomb[CONN_TOMBSTONES];
 	uint32_t ntomb;
@@ -41,7 +40,7 @@ qps_conns_start(uint32_t pid)
 uint32_t
 qps_conns_count(void)
 {
-	return cs.n;
+	return (uint32_t) cs.conns.n;
 }
 
 static qps_conn *
@@ -68,7 +67,7 @@ qps_conn_get(uint32_t id)
 	}
 	c->node.key = id;
 	c->owner = ((uint64_t) cs.pid << 32) | id;
-	c->over_limit = cs.n >= qps_cfg->max_connections;
+	c->over_limit = cs.conns.n >= qps_cfg->max_connections;
 	if (c->over_limit) {
 		qps_log(QPS_LOG_WARN,
 		    "connection %u refused: the server serves at most %u "
@@ -76,21 +75,20 @@ qps_conn_get(uint32_t id)
 		    id, qps_cfg->max_connections);
 	}
 	qpi_htab_insert(&cs.conns, &c->node);
-	cs.n++;
 	return c;
 }
 
 bool
 qps_conn_open(uint32_t id)
 {
-	if (cs.n < qps_cfg->max_connections + CONN_HARD_EXTRA
+	if (cs.conns.n < qps_cfg->max_connections + CONN_HARD_EXTRA
 	    || conn_find(id) != NULL) {
 		return qps_conn_get(id) != NULL;
 	}
 	qps_log(QPS_LOG_WARN,
 	    "closing connection %u at once: %u connections, far over "
 	    "--max-connections %u",
-	    id, cs.n, qps_cfg->max_connections);
+	    id, (unsigned) cs.conns.n, qps_cfg->max_connections);
 	return false;
 }
 
@@ -213,7 +211,6 @@ qps_conn_close(uint32_t id)
 	qps_pipes_conn_gone(id);
 	n = conn_release(c);
 	qpi_htab_remove(&cs.conns, &c->node);
-	cs.n--;
 	if (n > 0) {
 		qps_log(QPS_LOG_INFO,
 		    "connection %u closed holding %llu leased items: back "
@@ -293,5 +290,4 @@ qps_conns_fini(void)
 {
 	qpi_htab_each(&cs.conns, free_cb, NULL);
 	qpi_htab_fini(&cs.conns);
-	cs.n = 0;
 }

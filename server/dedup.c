@@ -93,20 +93,45 @@ client_free(qps_client *cl)
 	free(cl);
 }
 
+void
+qps_dedup_reply(qps_client *cl, uint64_t seq, uint32_t op, nng_msg *rep)
+{
+	/* Replies that carry fields (ack's and touch's missing ids, a
+	 * pipe's message or side) are kept whole. */
+	bool keep = rep != NULL && op != QPI_OP_GET;
+	bool body = keep
+	    && (op == QPI_OP_ACK || op == QPI_OP_TOUCH
+	        || op == QPI_OP_PIPE_RECV || op == QPI_OP_PIPE_OPEN);
+
+	qps_dedup_end(cl, seq, keep ? qps_rep_status(rep) : QP_ENOMEM,
+	    body ? nng_msg_body(rep) : NULL, body ? nng_msg_len(rep) : 0,
+	    keep);
+}
+
+/* The client with that id if known (no LRU change), else NULL. */
+static qps_client *
+client_find(const uint8_t *id)
+{
+	for (qpi_hnode *n
+	     = qpi_htab_find(&dd.tab, qpi_hash(id, QPS_CLIENT_ID_LEN));
+	     n != NULL; n = qpi_htab_next(n)) {
+		qps_client *cl = (qps_client *) n;
+		if (memcmp(cl->id, id, QPS_CLIENT_ID_LEN) == 0) {
+			return cl;
+		}
+	}
+	return NULL;
+}
+
 qps_client *
 qps_dedup_client(const uint8_t *id)
 {
-	uint64_t key = qpi_hash(id, QPS_CLIENT_ID_LEN);
-	qps_client *cl;
+	qps_client *cl = client_find(id);
 
-	for (qpi_hnode *n = qpi_htab_find(&dd.tab, key); n != NULL;
-	     n = qpi_htab_next(n)) {
-		cl = (qps_client *) n;
-		if (memcmp(cl->id, id, QPS_CLIENT_ID_LEN) == 0) {
-			lru_unlink(cl);
-			lru_front(cl);
-			return cl;
-		}
+	if (cl != NULL) {
+		lru_unlink(cl);
+		lru_front(cl);
+		return cl;
 	}
 	if (dd.n >= DEDUP_MAX_CLIENTS) {
 		for (cl = dd.tail; cl != NULL; cl = cl->prev) {
@@ -128,7 +153,7 @@ qps_dedup_client(const uint8_t *id)
 	}
 	cl->cap = DEDUP_MIN_SLOTS;
 	memcpy(cl->id, id, QPS_CLIENT_ID_LEN);
-	cl->node.key = key;
+	cl->node.key = qpi_hash(id, QPS_CLIENT_ID_LEN);
 	qpi_htab_insert(&dd.tab, &cl->node);
 	dd.n++;
 	lru_front(cl);
@@ -161,6 +186,21 @@ client_grow(qps_client *cl)
 	cl->cap = cap;
 }
 
+/* False when seq is older than cl's window; else the window holds it. */
+static bool
+client_window(qps_client *cl, uint64_t seq)
+{
+	if (cl->max_seq >= QPS_DEDUP_WINDOW
+	    && seq <= cl->max_seq - QPS_DEDUP_WINDOW) {
+		return false;
+	}
+	if (seq > cl->max_seq) {
+		cl->max_seq = seq;
+		client_grow(cl);
+	}
+	return true;
+}
+
 static dslot *
 slot_of(qps_client *cl, uint64_t seq)
 {
@@ -174,13 +214,8 @@ qps_dedup_begin(
 	dslot *s;
 
 	memset(prev, 0, sizeof(*prev));
-	if (cl->max_seq >= QPS_DEDUP_WINDOW
-	    && seq <= cl->max_seq - QPS_DEDUP_WINDOW) {
+	if (!client_window(cl, seq)) {
 		return QPS_DEDUP_TOO_OLD;
-	}
-	if (seq > cl->max_seq) {
-		cl->max_seq = seq;
-		client_grow(cl);
 	}
 	s = slot_of(cl, seq);
 	if (s->seq == seq && s->state == SLOT_DONE) {
@@ -258,21 +293,6 @@ qps_dedup_end(qps_client *cl, uint64_t seq, int status, const void *rep,
 	}
 }
 
-/* The client with that id if known (no LRU change), else NULL. */
-static qps_client *
-client_find(const uint8_t *id)
-{
-	for (qpi_hnode *n
-	     = qpi_htab_find(&dd.tab, qpi_hash(id, QPS_CLIENT_ID_LEN));
-	     n != NULL; n = qpi_htab_next(n)) {
-		qps_client *cl = (qps_client *) n;
-		if (memcmp(cl->id, id, QPS_CLIENT_ID_LEN) == 0) {
-			return cl;
-		}
-	}
-	return NULL;
-}
-
 int
 qps_dedup_seed(const uint8_t *id, uint64_t seq, uint32_t done, uint32_t n)
 {
@@ -285,13 +305,8 @@ qps_dedup_seed(const uint8_t *id, uint64_t seq, uint32_t done, uint32_t n)
 	if ((cl = qps_dedup_client(id)) == NULL) {
 		return 0;
 	}
-	if (cl->max_seq >= QPS_DEDUP_WINDOW
-	    && seq <= cl->max_seq - QPS_DEDUP_WINDOW) {
+	if (!client_window(cl, seq)) {
 		return 0;
-	}
-	if (seq > cl->max_seq) {
-		cl->max_seq = seq;
-		client_grow(cl);
 	}
 	s = slot_of(cl, seq);
 	if (s->state == SLOT_PENDING

@@ -298,15 +298,8 @@ qps_worker_park(qps_worker *w)
 }
 
 void
-qps_worker_drop(qps_worker *w)
+qps_worker_close_after(qps_worker *w)
 {
-	qps_worker_reply(w, NULL);
-}
-
-void
-qps_worker_close_after(qps_worker *w, uint32_t pipe_id)
-{
-	(void) pipe_id; /* always the request's own connection */
 	w->close_after = true;
 }
 
@@ -476,17 +469,6 @@ qps_net_peer(uint32_t pipe_id, char *buf, size_t len)
 			break;
 		}
 	}
-	pthread_mutex_unlock(&lk.mu);
-}
-
-void
-qps_net_stats_get(qps_net_stats *st)
-{
-	pthread_mutex_lock(&lk.mu);
-	st->workers = lk.nbusy + lk.nparked;
-	st->receiving = lk.nopen;
-	st->parked = lk.nparked;
-	st->connections = lk.nopen;
 	pthread_mutex_unlock(&lk.mu);
 }
 

@@ -1,7 +1,8 @@
 /*
  * link_stream.c - the nng-stream driver of qpiped's links (link.h):
- * tls+tcp://, and tcp:// and ipc:// with --transport nng, accepted by an
- * nng_stream_listener (TLS set up by sec.c) and moved by nng's aio: one
+ * tls+tcp://, and tcp:// and ipc:// with --transport nng, accepted by
+ * lib's nng listener (lib/link.h: set-up, TLS, the bound address; one
+ * accepting thread each) and moved by nng's aio: one
  * read and one write under way at most per link, their callbacks on
  * nng's threads. A read hands its bytes to qps_link_input and reads again
  * unless the link is paused; a write takes the link's whole out queue
@@ -12,8 +13,9 @@
  * link.c's; each read or write under way holds a reference, so a link is
  * freed (its aios reaped, its stream freed) only when neither is. The
  * listeners are set up before any accept and torn down by stop, which
- * waits for their accept callbacks.
+ * joins their accepting threads.
  */
+#include "../lib/link.h" /* lib's: its nng listener */
 #include "link.h"
 
 #include <stdio.h>
@@ -23,11 +25,12 @@
 
 #define ST_RBUF (16u * 1024u)
 
+/* A listener: lib's (link.h), and the thread that accepts on it. */
 typedef struct st_listener {
-	nng_stream_listener *sl;
-	nng_aio *acc;
+	qpi_link_listener *L;
+	pthread_t thr;
+	bool running;
 	bool ipc;
-	bool resting; /* accept failed (out of descriptors): wait a little */
 } st_listener;
 
 static struct {
@@ -230,68 +233,51 @@ st_accepted(st_listener *ls, nng_stream *st)
 	qps_link_unref(l);
 }
 
-static void
-st_accept_cb(void *arg)
+/* A listener's accept loop, until st_stop closes it. */
+static void *
+st_accept_main(void *arg)
 {
 	st_listener *ls = arg;
-	int rv = nng_aio_result(ls->acc);
+	qpi_link *ql;
+	int rv;
 
-	if (rv == NNG_ECLOSED || rv == NNG_ECANCELED) {
-		return; /* stopping */
+	while ((rv = qpi_link_accept(ls->L, &ql)) != QP_ECLOSED) {
+		if (rv == QP_OK) {
+			st_accepted(ls, qpi_link_nng_take(ql));
+		} else {
+			qps_log(
+			    QPS_LOG_WARN, "accept failed: %s", qp_errmsg());
+		}
 	}
-	if (ls->resting) {
-		ls->resting = false;
-	} else if (rv == 0) {
-		st_accepted(ls, nng_aio_get_output(ls->acc, 0));
-	} else if (rv != NNG_ECONNABORTED && rv != NNG_ECONNRESET) {
-		qps_log(QPS_LOG_WARN, "accept failed: %s", nng_strerror(rv));
-		ls->resting = true;
-		nng_sleep_aio(100, ls->acc);
-		return;
-	}
-	nng_stream_listener_accept(ls->sl, ls->acc);
+	return NULL;
 }
 
+/* Listens with lib's nng listener (TLS from --tls-cert, --tls-key and
+ * --tls-ca), accepting on a thread of its own. */
 static int
 st_listen(const qps_config *cfg, const qpi_addr *a, char *bound)
 {
 	st_listener *ls = &stl.lst[stl.nlst];
-	int port = 0, rv, nrv;
+	qp_conn_opts o = {.tls_cert = cfg->tls_cert,
+	    .tls_key = cfg->tls_key,
+	    .tls_ca = cfg->tls_ca};
+	int rv;
 
-	(void) cfg;
 	memset(ls, 0, sizeof(*ls));
 	ls->ipc = a->kind == QPI_ADDR_IPC;
-	if ((nrv = nng_stream_listener_alloc(&ls->sl, a->url)) != 0) {
+	if ((rv = qpi_link_listen(&ls->L, a, &o, bound, QPI_URL_MAX + 1))
+	    != QP_OK) {
 		qps_log(QPS_LOG_ERROR, "cannot listen on %s: %s", a->url,
-		    nng_strerror(nrv));
-		return QP_EINVAL;
-	}
-	stl.nlst++; /* freed by st_stop from here */
-	if ((rv = qps_sec_listener_setup(ls->sl, a, a->url)) != QP_OK) {
+		    qp_errmsg());
 		return rv;
 	}
-	if (!ls->ipc) {
-		nng_stream_listener_set_bool(
-		    ls->sl, NNG_OPT_TCP_NODELAY, true);
-		nng_stream_listener_set_bool(
-		    ls->sl, NNG_OPT_TCP_KEEPALIVE, true);
+	stl.nlst++; /* freed by st_stop from here */
+	if (pthread_create(&ls->thr, NULL, st_accept_main, ls) != 0) {
+		qps_log(
+		    QPS_LOG_ERROR, "cannot listen on %s: no thread", a->url);
+		return QP_ESYSTEM;
 	}
-	if ((nrv = nng_stream_listener_listen(ls->sl)) != 0) {
-		qps_log(QPS_LOG_ERROR, "cannot listen on %s: %s", a->url,
-		    nng_strerror(nrv));
-		return nrv == NNG_EADDRINUSE ? QP_EBUSY : QP_ESYSTEM;
-	}
-	if (!ls->ipc) {
-		nng_stream_listener_get_int(
-		    ls->sl, NNG_OPT_TCP_BOUND_PORT, &port);
-	}
-	if ((nrv = nng_aio_alloc(&ls->acc, st_accept_cb, ls)) != 0) {
-		qps_log(QPS_LOG_ERROR, "cannot listen on %s: %s", a->url,
-		    nng_strerror(nrv));
-		return QP_ENOMEM;
-	}
-	nng_stream_listener_accept(ls->sl, ls->acc);
-	qps_listener_bound(a, (unsigned) port, bound);
+	ls->running = true;
 	return QP_OK;
 }
 
@@ -300,11 +286,11 @@ st_stop(void)
 {
 	for (size_t i = 0; i < stl.nlst; i++) {
 		st_listener *ls = &stl.lst[i];
-		nng_stream_listener_close(ls->sl);
-		if (ls->acc != NULL) {
-			nng_aio_free(ls->acc); /* waits for its callback */
+		qpi_link_listener_close(ls->L);
+		if (ls->running) {
+			pthread_join(ls->thr, NULL);
 		}
-		nng_stream_listener_free(ls->sl);
+		qpi_link_listener_free(ls->L);
 	}
 	stl.nlst = 0;
 }

@@ -140,7 +140,7 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 		*repp = qps_rep_error(r->op, r->req_id, QP_ELIMIT,
 		    "the server is serving its maximum of %u connections",
 		    qps_cfg->max_connections);
-		qps_worker_close_after(w, pipe_id);
+		qps_worker_close_after(w);
 		return QPS_REPLY;
 	}
 	if (qps_session_refuse(c, r, pipe_id, repp)) {
@@ -234,17 +234,7 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 	        .w = w, .c = c, .req = req, .r = r, .cl = cl, .base = base},
 	    repp);
 	if (h == QPS_REPLY && cl != NULL) {
-		/* Replies that carry fields (ack's and touch's missing ids, a
-		 * pipe's message or side) are kept whole. */
-		bool body = *repp != NULL
-		    && (r->op == QPI_OP_ACK || r->op == QPI_OP_TOUCH
-		        || r->op == QPI_OP_PIPE_RECV
-		        || r->op == QPI_OP_PIPE_OPEN);
-		qps_dedup_end(cl, r->seq,
-		    *repp != NULL ? qps_rep_status(*repp) : QP_ENOMEM,
-		    body ? nng_msg_body(*repp) : NULL,
-		    body ? nng_msg_len(*repp) : 0,
-		    r->op != QPI_OP_GET && *repp != NULL);
+		qps_dedup_reply(cl, r->seq, r->op, *repp);
 	}
 	return h;
 }
@@ -359,7 +349,7 @@ qps_ops_start(const qps_config *cfg)
 	if (cfg->data_dir != NULL) {
 		qps_sync_start(&ops.mu);
 	}
-	if ((rv = qps_timer_start(&ops.mu, NULL)) != QP_OK) {
+	if ((rv = qps_timer_start(&ops.mu)) != QP_OK) {
 		qps_log(QPS_LOG_ERROR, "cannot start the timer thread");
 		qps_registry_fini();
 		return rv;

@@ -53,13 +53,10 @@ struct ps_pipe {
 	char name[QP_NAME_MAX + 1];
 	bool oneway; /* side 0 only receives, side 1 only sends */
 	ps_side side[2];
-	ps_pipe *prev, *next;
 };
 
 static struct {
-	qpi_htab tab;
-	ps_pipe *head;
-	uint32_t n;
+	qpi_htab tab; /* every pipe */
 } ps;
 
 static ps_pipe *
@@ -93,15 +90,6 @@ static void
 ps_remove(ps_pipe *p)
 {
 	qpi_htab_remove(&ps.tab, &p->node);
-	if (p->prev != NULL) {
-		p->prev->next = p->next;
-	} else {
-		ps.head = p->next;
-	}
-	if (p->next != NULL) {
-		p->next->prev = p->prev;
-	}
-	ps.n--;
 	ps_free_msgs(&p->side[0]);
 	ps_free_msgs(&p->side[1]);
 	free(p);
@@ -326,10 +314,10 @@ qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 	switch (r->op) {
 	case QPI_OP_PIPE_OPEN:
 		if (p == NULL) {
-			if (ps.n >= PS_MAX_PIPES) {
+			if (ps.tab.n >= PS_MAX_PIPES) {
 				*repp = qps_rep_error(r->op, r->req_id,
 				    QP_ELIMIT, "the server holds %u pipes",
-				    ps.n);
+				    (unsigned) ps.tab.n);
 				return QPS_REPLY;
 			}
 			if ((p = calloc(1, sizeof(*p))) == NULL) {
@@ -341,12 +329,6 @@ qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 			p->oneway = (r->flags & QPI_PIPE_ONEWAY) != 0;
 			p->node.key = qpi_hash(p->name, strlen(p->name));
 			qpi_htab_insert(&ps.tab, &p->node);
-			p->next = ps.head;
-			if (ps.head != NULL) {
-				ps.head->prev = p;
-			}
-			ps.head = p;
-			ps.n++;
 		}
 		if (s < 0) {
 			s = p->side[0].state == SIDE_NEVER   ? 0
@@ -476,64 +458,69 @@ qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 	}
 }
 
+/* Closes the sides of p that connection *arg held. */
+static void
+conn_gone_cb(qpi_hnode *n, void *arg)
+{
+	ps_pipe *p = (ps_pipe *) n;
+	uint32_t conn = *(uint32_t *) arg;
+	bool own0 = p->side[0].state == SIDE_OPEN && p->side[0].conn == conn;
+	bool own1 = p->side[1].state == SIDE_OPEN && p->side[1].conn == conn;
+
+	if (own0 || own1) {
+		qps_log(QPS_LOG_DEBUG, "pipe '%s': closed with its connection",
+		    p->name);
+	}
+	/* Closing the second side frees p: nothing after it. */
+	if (own0) {
+		ps_close_side(p, 0);
+	}
+	if (own1) {
+		ps_close_side(p, 1);
+	}
+}
+
 void
 qps_pipes_conn_gone(uint32_t conn)
 {
-	ps_pipe *p = ps.head, *next;
+	qpi_htab_each(&ps.tab, conn_gone_cb, &conn);
+}
 
-	for (; p != NULL; p = next) {
-		next = p->next;
-		bool own0
-		    = p->side[0].state == SIDE_OPEN && p->side[0].conn == conn;
-		bool own1
-		    = p->side[1].state == SIDE_OPEN && p->side[1].conn == conn;
-		if (own0 || own1) {
-			qps_log(QPS_LOG_DEBUG,
-			    "pipe '%s': closed with its connection", p->name);
+/* Ends the requests parked on p: answered "shutting down" (drain), or
+ * unanswered with p freed (fini: arg NULL). */
+static void
+end_waits_cb(qpi_hnode *n, void *arg)
+{
+	ps_pipe *p = (ps_pipe *) n;
+	qps_wait *wt;
+
+	for (int s = 0; s < 2; s++) {
+		for (int k = 0; k < PW_KINDS; k++) {
+			while ((wt = p->side[s].wl[k].head) != NULL) {
+				qps_wait_finish(wt,
+				    arg == NULL
+				        ? NULL
+				        : qps_rep_error(wt->r.op, wt->r.req_id,
+				            QP_ECONNRESET,
+				            "the server is shutting "
+				            "down"));
+			}
 		}
-		/* Closing the second side frees p: nothing after it. */
-		if (own0) {
-			ps_close_side(p, 0);
-		}
-		if (own1) {
-			ps_close_side(p, 1);
-		}
+	}
+	if (arg == NULL) {
+		ps_remove(p);
 	}
 }
 
 void
 qps_pipes_drain(void)
 {
-	for (ps_pipe *p = ps.head; p != NULL; p = p->next) {
-		for (int s = 0; s < 2; s++) {
-			for (int k = 0; k < PW_KINDS; k++) {
-				while (p->side[s].wl[k].head != NULL) {
-					qps_wait *wt = p->side[s].wl[k].head;
-					qps_wait_finish(wt,
-					    qps_rep_error(wt->r.op,
-					        wt->r.req_id, QP_ECONNRESET,
-					        "the server is shutting "
-					        "down"));
-				}
-			}
-		}
-	}
+	qpi_htab_each(&ps.tab, end_waits_cb, &ps);
 }
 
 void
 qps_pipes_fini(void)
 {
-	while (ps.head != NULL) {
-		ps_pipe *p = ps.head;
-		for (int s = 0; s < 2; s++) {
-			for (int k = 0; k < PW_KINDS; k++) {
-				while (p->side[s].wl[k].head != NULL) {
-					qps_wait_finish(
-					    p->side[s].wl[k].head, NULL);
-				}
-			}
-		}
-		ps_remove(p);
-	}
+	qpi_htab_each(&ps.tab, end_waits_cb, NULL);
 	qpi_htab_fini(&ps.tab);
 }

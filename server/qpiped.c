@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,13 +142,101 @@ parse_bytes(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 	return true;
 }
 
+/* A flag that takes a value: text stored at off, or a number (BYTES
+ * suffixes allowed) from min to max stored in the size-byte field at off
+ * (expect: what a bad one should have been); set_flag knows SPECIAL ones. */
+typedef struct flag {
+	const char *name;
+	size_t off, size;
+	uint64_t min, max;
+	const char *expect;
+} flag;
+
+#define SPECIAL(n)                  \
+	{                           \
+		n, 0, 0, 0, 0, NULL \
+	}
+#define TEXT(n, f)                                        \
+	{                                                 \
+		n, offsetof(qps_config, f), 0, 0, 0, NULL \
+	}
+#define NUM(n, f, lo, hi, expect)                                          \
+	{                                                                  \
+		n, offsetof(qps_config, f), sizeof(((qps_config *) 0)->f), \
+		    lo, hi, expect                                         \
+	}
+
+static const flag flags[] = {
+    SPECIAL("--listen"),
+    SPECIAL("--transport"),
+    NUM("--max-message", max_message, 1, (uint64_t) 1 << 31,
+        "bytes from 1 to 2G (K, M, G suffixes)"),
+    NUM("--max-queue-bytes", max_queue_bytes, 4096, (uint64_t) 1 << 40,
+        "bytes from 4K to 1T (K, M, G suffixes)"),
+    NUM("--max-connections", max_connections, 1, 1000000,
+        "a number from 1 to 1000000"),
+    NUM("--lease-ms", lease_ms, 1, 7ull * 24 * 3600 * 1000,
+        "milliseconds from 1 to 7 days"),
+    SPECIAL("--log-level"),
+    TEXT("--data-dir", data_dir),
+    TEXT("--fsync", fsync),
+    TEXT("--port-file", port_file),
+    TEXT("--auth-token-file", token_file),
+    TEXT("--tls-cert", tls_cert),
+    TEXT("--tls-key", tls_key),
+    TEXT("--tls-ca", tls_ca),
+};
+
+/* Stores val for f in cfg; false on a bad value (message printed). */
+static bool
+set_flag(qps_config *cfg, const flag *f, const char *val)
+{
+	const char *bad = NULL;
+	qpi_fsync fs;
+	uint64_t v;
+	int lvl;
+
+	if (strcmp(f->name, "--listen") == 0) {
+		if (cfg->nlisten == QPS_MAX_LISTEN) {
+			fprintf(stderr,
+			    "qpiped: at most %d --listen addresses\n",
+			    QPS_MAX_LISTEN);
+			return false;
+		}
+		cfg->listen[cfg->nlisten++] = val;
+	} else if (strcmp(f->name, "--transport") == 0) {
+		bad = strcmp(val, "sp") != 0 && strcmp(val, "nng") != 0
+		    ? "sp or nng"
+		    : NULL;
+		cfg->raw_sp = strcmp(val, "sp") == 0;
+	} else if (strcmp(f->name, "--log-level") == 0) {
+		lvl = qps_log_level_parse(val);
+		bad = lvl < 0 ? "error, warn, info or debug" : NULL;
+		qps_log_level = lvl < 0 ? qps_log_level : lvl;
+	} else if (strcmp(f->name, "--fsync") == 0
+	    && (qpi_fsync_parse(val, &fs) != QP_OK || val[0] == '\0')) {
+		bad = "always, never or interval:MS (1 to 60000)";
+	} else if (f->size == 0) {
+		*(const char **) ((char *) cfg + f->off) = val;
+	} else if (!parse_bytes(val, f->min, f->max, &v)) {
+		bad = f->expect;
+	} else if (f->size == sizeof(uint32_t)) {
+		*(uint32_t *) ((char *) cfg + f->off) = (uint32_t) v;
+	} else {
+		*(uint64_t *) ((char *) cfg + f->off) = v;
+	}
+	if (bad != NULL) {
+		fprintf(stderr, "qpiped: %s '%s': expected %s\n", f->name, val,
+		    bad);
+	}
+	return bad == NULL;
+}
+
 /* Returns 0 to run, 1 on a usage error (message printed), 2 when --help or
  * --version answered. */
 static int
 parse_args(qps_config *cfg, int argc, char **argv)
 {
-	uint64_t v;
-
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->max_message = QP_DEFAULT_MAX_MESSAGE;
 	cfg->max_queue_bytes = 64u * 1024 * 1024;
@@ -157,8 +246,11 @@ parse_args(qps_config *cfg, int argc, char **argv)
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *val = NULL;
-		char flag[64];
+		const flag *f = NULL;
 		const char *eq = strchr(a, '=');
+		size_t len = eq != NULL && strncmp(a, "--", 2) == 0
+		    ? (size_t) (eq - a)
+		    : strlen(a);
 
 		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
 			usage(stdout);
@@ -173,131 +265,28 @@ parse_args(qps_config *cfg, int argc, char **argv)
 			continue;
 		}
 		/* --flag VALUE or --flag=VALUE */
-		if (strncmp(a, "--", 2) == 0 && eq != NULL
-		    && (size_t) (eq - a) < sizeof(flag)) {
-			memcpy(flag, a, (size_t) (eq - a));
-			flag[eq - a] = '\0';
-			a = flag;
-			val = eq + 1;
+		for (size_t k = 0; k < sizeof(flags) / sizeof(flags[0]); k++) {
+			if (strlen(flags[k].name) == len
+			    && strncmp(a, flags[k].name, len) == 0) {
+				f = &flags[k];
+			}
 		}
-		bool known = strcmp(a, "--listen") == 0
-		    || strcmp(a, "--max-message") == 0
-		    || strcmp(a, "--max-queue-bytes") == 0
-		    || strcmp(a, "--max-connections") == 0
-		    || strcmp(a, "--lease-ms") == 0
-		    || strcmp(a, "--log-level") == 0
-		    || strcmp(a, "--data-dir") == 0
-		    || strcmp(a, "--fsync") == 0
-		    || strcmp(a, "--port-file") == 0
-		    || strcmp(a, "--auth-token-file") == 0
-		    || strcmp(a, "--tls-cert") == 0
-		    || strcmp(a, "--tls-key") == 0
-		    || strcmp(a, "--tls-ca") == 0
-		    || strcmp(a, "--transport") == 0;
-		if (!known) {
+		if (f == NULL) {
 			fprintf(stderr,
-			    "qpiped: unknown option '%s' (try --help)\n",
-			    argv[i]);
+			    "qpiped: unknown option '%s' (try --help)\n", a);
 			return 1;
 		}
-		if (val == NULL) {
-			if (i + 1 >= argc) {
-				fprintf(stderr,
-				    "qpiped: %s needs a value (try --help)\n",
-				    a);
-				return 1;
-			}
+		if (len < strlen(a)) {
+			val = a + len + 1;
+		} else if (i + 1 < argc) {
 			val = argv[++i];
-		}
-		if (strcmp(a, "--listen") == 0) {
-			if (cfg->nlisten == QPS_MAX_LISTEN) {
-				fprintf(stderr,
-				    "qpiped: at most %d --listen addresses\n",
-				    QPS_MAX_LISTEN);
-				return 1;
-			}
-			cfg->listen[cfg->nlisten++] = val;
-		} else if (strcmp(a, "--transport") == 0) {
-			if (strcmp(val, "sp") != 0
-			    && strcmp(val, "nng") != 0) {
-				fprintf(stderr,
-				    "qpiped: --transport '%s': expected sp or "
-				    "nng\n",
-				    val);
-				return 1;
-			}
-			cfg->raw_sp = strcmp(val, "sp") == 0;
-		} else if (strcmp(a, "--max-message") == 0) {
-			if (!parse_bytes(val, 1, (uint64_t) 1 << 31, &v)) {
-				fprintf(stderr,
-				    "qpiped: --max-message '%s': expected "
-				    "bytes from 1 to 2G (K, M, G suffixes)\n",
-				    val);
-				return 1;
-			}
-			cfg->max_message = (size_t) v;
-		} else if (strcmp(a, "--max-queue-bytes") == 0) {
-			if (!parse_bytes(val, 4096, (uint64_t) 1 << 40, &v)) {
-				fprintf(stderr,
-				    "qpiped: --max-queue-bytes '%s': expected "
-				    "bytes from 4K to 1T (K, M, G suffixes)\n",
-				    val);
-				return 1;
-			}
-			cfg->max_queue_bytes = v;
-		} else if (strcmp(a, "--max-connections") == 0) {
-			if (!parse_bytes(val, 1, 1000000, &v)) {
-				fprintf(stderr,
-				    "qpiped: --max-connections '%s': expected "
-				    "a number from 1 to 1000000\n",
-				    val);
-				return 1;
-			}
-			cfg->max_connections = (uint32_t) v;
-		} else if (strcmp(a, "--lease-ms") == 0) {
-			if (!parse_bytes(
-			        val, 1, 7ull * 24 * 3600 * 1000, &v)) {
-				fprintf(stderr,
-				    "qpiped: --lease-ms '%s': expected "
-				    "milliseconds from 1 to 7 days\n",
-				    val);
-				return 1;
-			}
-			cfg->lease_ms = (int64_t) v;
-		} else if (strcmp(a, "--log-level") == 0) {
-			int lvl = qps_log_level_parse(val);
-			if (lvl < 0) {
-				fprintf(stderr,
-				    "qpiped: --log-level '%s': expected "
-				    "error, "
-				    "warn, info or debug\n",
-				    val);
-				return 1;
-			}
-			qps_log_level = lvl;
-		} else if (strcmp(a, "--data-dir") == 0) {
-			cfg->data_dir = val;
-		} else if (strcmp(a, "--fsync") == 0) {
-			qpi_fsync f;
-			if (qpi_fsync_parse(val, &f) != QP_OK
-			    || val[0] == '\0') {
-				fprintf(stderr,
-				    "qpiped: --fsync '%s': expected always, "
-				    "never or interval:MS (1 to 60000)\n",
-				    val);
-				return 1;
-			}
-			cfg->fsync = val;
-		} else if (strcmp(a, "--auth-token-file") == 0) {
-			cfg->token_file = val;
-		} else if (strcmp(a, "--tls-cert") == 0) {
-			cfg->tls_cert = val;
-		} else if (strcmp(a, "--tls-key") == 0) {
-			cfg->tls_key = val;
-		} else if (strcmp(a, "--tls-ca") == 0) {
-			cfg->tls_ca = val;
 		} else {
-			cfg->port_file = val;
+			fprintf(stderr,
+			    "qpiped: %s needs a value (try --help)\n", a);
+			return 1;
+		}
+		if (!set_flag(cfg, f, val)) {
+			return 1;
 		}
 	}
 	if (cfg->nlisten == 0) {

@@ -8,9 +8,9 @@
 #ifndef QPS_H
 #define QPS_H
 
-#include "auth.h"
 #include "htab.h"
 #include "qpi.h"
+#include "session.h"
 #include "shmq.h"
 #include "wire.h"
 
@@ -66,9 +66,9 @@ typedef struct qps_config {
 
 /* ---- authentication and TLS (sec.c) ---- */
 
-/* Loads the token (--auth-token-file, else $QPIPE_TOKEN) and, when a
- * tls+tcp:// listener is configured, the TLS files; logs what protects the
- * server. On failure logs the cause and returns an error. */
+/* Loads the token (--auth-token-file, else $QPIPE_TOKEN) and checks the
+ * TLS flags; logs what protects the server. On failure logs the cause and
+ * returns an error. */
 int qps_sec_start(const qps_config *cfg);
 
 /* Frees the token and the TLS configuration. */
@@ -87,11 +87,6 @@ const struct qpi_token *qps_sec_token(void);
  * without --tls-cert/--tls-key). loopback: a's host is a loopback one. */
 int qps_sec_check_listener(
     const qps_config *cfg, const qpi_addr *a, const char *url, bool loopback);
-
-/* Gives a tls+tcp:// listener its TLS configuration (others: nothing to
- * do). QP_OK, or logs and returns an error. */
-int qps_sec_listener_setup(
-    nng_stream_listener *l, const qpi_addr *a, const char *url);
 
 /* ---- links: the transport of connections (link.c, listener.c; drivers in
  * link.h) ---- */
@@ -116,31 +111,18 @@ bool qps_net_drain(int64_t timeout_ms);
 void qps_net_close(void);
 
 /* Marks w parked: the ops layer keeps it (and the request) until it calls
- * qps_worker_reply or qps_worker_drop. Called by qps_ops_handle before it
+ * qps_worker_reply. Called by qps_ops_handle before it
  * publishes the waiter. Returns false (not parked) when the server already
  * holds its limit of parked requests, or is closing. */
 bool qps_worker_park(qps_worker *w);
 
-/* Sends rep as the reply of w and frees w (ownership of rep moves). Any
- * thread. */
+/* Sends rep (NULL: no reply, its client is gone) as the reply of w and
+ * frees w (ownership of rep moves). Any thread. */
 void qps_worker_reply(qps_worker *w, nng_msg *rep);
 
-/* Gives up a parked worker without a reply (its client is gone). */
-void qps_worker_drop(qps_worker *w);
-
-/* Closes the connection the worker's request came on (pipe_id) once its
- * reply is sent (a connection over --max-connections). */
-void qps_worker_close_after(qps_worker *w, uint32_t pipe_id);
-
-/* Counters for logs and stat. */
-typedef struct qps_net_stats {
-	uint64_t workers; /* requests in hand (handled now, or parked) */
-	uint64_t receiving; /* connections open to requests */
-	uint64_t parked; /* requests waiting (gets, puts, joins) */
-	uint64_t connections; /* connections open now */
-} qps_net_stats;
-
-void qps_net_stats_get(qps_net_stats *st);
+/* Closes the connection the worker's request came on once its reply is
+ * sent (a connection over --max-connections). */
+void qps_worker_close_after(qps_worker *w);
 
 /* The peer address of connection pipe_id, for logs ("tcp://1.2.3.4:5",
  * "a local socket"). */
@@ -240,10 +222,8 @@ typedef struct qps_timer {
 	void (*fire)(struct qps_timer *t);
 } qps_timer;
 
-/* Starts the timer thread; mu is the lock it fires callbacks under, and
- * after (may be NULL) runs after each callback with mu released (to send
- * the replies the callback queued). */
-int qps_timer_start(pthread_mutex_t *mu, void (*after)(void));
+/* Starts the timer thread; mu is the lock it fires callbacks under. */
+int qps_timer_start(pthread_mutex_t *mu);
 
 /* Stops and joins the timer thread (call without mu held). */
 void qps_timer_stop(void);
@@ -464,6 +444,10 @@ void qps_dedup_park(qps_client *cl, uint64_t seq, qps_wait *w);
 void qps_dedup_end(qps_client *cl, uint64_t seq, int status, const void *rep,
     size_t replen, bool keep);
 
+/* qps_dedup_end for a request of op answered with rep (NULL: none): a
+ * get's is forgotten, a reply with fields kept whole, else its status. */
+void qps_dedup_reply(qps_client *cl, uint64_t seq, uint32_t op, nng_msg *rep);
+
 /* A put request of an earlier server (a queue's tags, see q_seed): done
  * of its n items are in the queue. All: a repeat is answered OK; some:
  * a repeat puts the rest (prev.skip). Never overrides what this server
@@ -486,7 +470,7 @@ typedef struct qps_conn {
 	qpi_hnode node; /* key: connection id */
 	uint64_t owner; /* lease owner token: server pid << 32 | id */
 	bool over_limit;
-	qpi_auth_server auth; /* hello/auth state; auth.ok: authenticated */
+	qpi_session_server ss; /* hello/auth state; ss.as.ok: authenticated */
 	bool told_unauth; /* a request before auth was refused and logged */
 	qps_wait *waits; /* its parked requests */
 	qpi_htab work; /* its WORK leases (see conn.c) */

@@ -337,6 +337,23 @@ q_reclaim(qps_q *q)
 	}
 }
 
+/* The sizes of a new queue: the server's defaults, o's where given (o
+ * may be NULL). */
+static qpi_shmq_cfg
+q_cfg(const qps_q_opts *o)
+{
+	qpi_shmq_cfg c = {.capacity = hs.cfg->max_queue_bytes,
+	    .max_message = hs.cfg->max_message};
+
+	if (o != NULL) {
+		c.maxsize = o->maxsize;
+		c.capacity = o->capacity != 0 ? o->capacity : c.capacity;
+		c.max_message
+		    = o->max_message != 0 ? o->max_message : c.max_message;
+	}
+	return c;
+}
+
 /* Opens (flags: QP_OPEN_CREATE, EXCL) the durable queue name: its file
  * is validated and replayed; a torn tail is cut and logged. A corrupt
  * file is quarantined. d gets the log, *lease_msp its stored lease. */
@@ -346,6 +363,7 @@ dur_open(const char *name, unsigned flags, const qps_q_opts *o, qpi_durq **dp,
 {
 	char path[PATH_MAX];
 	qpi_durq_cfg c;
+	qpi_shmq_cfg sizes;
 	qpi_durq_info info;
 	char pol[QPI_FSYNC_STR_MAX];
 	int rv;
@@ -354,19 +372,11 @@ dur_open(const char *name, unsigned flags, const qps_q_opts *o, qpi_durq **dp,
 		return qpi_err(
 		    QP_EINVAL, "the data directory path is too long");
 	}
-	memset(&c, 0, sizeof(c));
-	c.capacity = hs.cfg->max_queue_bytes;
-	c.max_message = hs.cfg->max_message;
+	sizes = q_cfg(o);
+	c = (qpi_durq_cfg) {.maxsize = sizes.maxsize,
+	    .capacity = sizes.capacity,
+	    .max_message = sizes.max_message};
 	if (o != NULL) {
-		if (o->maxsize != 0) {
-			c.maxsize = o->maxsize;
-		}
-		if (o->capacity != 0) {
-			c.capacity = o->capacity;
-		}
-		if (o->max_message != 0) {
-			c.max_message = o->max_message;
-		}
 		c.lease_ms = o->lease_ms;
 		if ((rv = qpi_fsync_parse(o->fsync, &c.fsync)) != QP_OK) {
 			return rv;
@@ -469,17 +479,6 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 	return QP_OK;
 }
 
-static qpi_shmq_cfg
-q_default_cfg(void)
-{
-	qpi_shmq_cfg c;
-
-	memset(&c, 0, sizeof(c));
-	c.capacity = hs.cfg->max_queue_bytes;
-	c.max_message = hs.cfg->max_message;
-	return c;
-}
-
 /* A durable queue that is not hosted yet: quarantined, or a file that
  * appeared in the data directory since the start. */
 static int
@@ -507,7 +506,7 @@ int
 qps_q_open(const char *name, bool create, qps_q **qp)
 {
 	qps_q *q = qps_q_find(name);
-	qpi_shmq_cfg cfg = q_default_cfg();
+	qpi_shmq_cfg cfg = q_cfg(NULL);
 	int rv;
 
 	if (q == NULL && (rv = dur_lookup(name, &q)) != QP_ENOENT
@@ -535,7 +534,7 @@ int
 qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 {
 	qps_q *q = qps_q_find(name);
-	qpi_shmq_cfg cfg = q_default_cfg();
+	qpi_shmq_cfg cfg = q_cfg(o);
 	int rv;
 
 	if (q == NULL && (rv = dur_lookup(name, &q)) != QP_ENOENT
@@ -582,15 +581,6 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 		}
 		*qp = q;
 		return QP_OK;
-	}
-	if (o->maxsize != 0) {
-		cfg.maxsize = o->maxsize;
-	}
-	if (o->capacity != 0) {
-		cfg.capacity = o->capacity;
-	}
-	if (o->max_message != 0) {
-		cfg.max_message = o->max_message;
 	}
 	rv = q_attach(name, QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0),
 	    &cfg, o->lease_ms, NULL, &q);
@@ -705,7 +695,7 @@ qps_q_list(bool (*fn)(const char *name, const qp_queue_stats *st, void *arg),
 		}
 		/* Listing does not reclaim leases: another server on this
 		 * host may be serving the queue. */
-		qpi_shmq_cfg cfg = q_default_cfg();
+		qpi_shmq_cfg cfg = q_cfg(NULL);
 		if ((q = qps_q_find(name)) != NULL
 		    && qpi_store_durable(q->st)) {
 			continue; /* listed above */

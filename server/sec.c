@@ -1,11 +1,11 @@
 /*
  * sec.c - what protects qpiped: the token that clients must prove they hold
  * (--auth-token-file, else $QPIPE_TOKEN; the hello/auth exchange itself is
- * answered in session.c with lib/auth.c), the TLS configuration of tls+tcp://
- * listeners (--tls-cert, --tls-key, --tls-ca; built by lib/tls.c), and the
- * start-up policy: an address other hosts can reach is served only when
- * its clients must authenticate (a token, or TLS client certificates), or
- * with --insecure, said loudly in the log.
+ * answered in session.c with lib/auth.c), the checks of the TLS flags
+ * (--tls-cert, --tls-key, --tls-ca: lib's listener loads them, see
+ * link_stream.c), and the start-up policy: an address other hosts can reach is
+ * served only when its clients must authenticate (a token, or TLS client
+ * certificates), or with --insecure, said loudly in the log.
  *
  * Locking: none. Everything here is set up by qps_sec_start before the
  * listeners start and only read afterwards, until qps_sec_fini after the
@@ -13,14 +13,12 @@
  */
 #include "auth.h"
 #include "qps.h"
-#include "tls.h"
 
 #include <stdio.h>
 #include <string.h>
 
 static struct {
 	qpi_token token; /* len 0: no authentication */
-	nng_tls_config *tls; /* tls+tcp:// listeners, or NULL */
 } sec;
 
 static bool
@@ -40,30 +38,26 @@ qps_sec_start(const qps_config *cfg)
 	bool exposed = false;
 	int rv;
 
-	if (cfg->token_file != NULL) {
-		rv = qpi_token_load_file(
-		    &sec.token, cfg->token_file, &exposed);
-		if (rv != QP_OK) {
-			qps_log(QPS_LOG_ERROR, "--auth-token-file: %s",
-			    qp_errmsg());
-			return rv;
-		}
-		if (exposed) {
-			qps_log(QPS_LOG_WARN,
-			    "the token file %s can be read by its group or by "
-			    "others: chmod 600 it",
-			    cfg->token_file);
-		}
+	if ((rv = qpi_token_resolve(
+	         &sec.token, NULL, cfg->token_file, false, &exposed))
+	    != QP_OK) {
+		qps_log(QPS_LOG_ERROR, "%s: %s",
+		    cfg->token_file != NULL ? "--auth-token-file"
+		                            : QPI_TOKEN_ENV,
+		    qp_errmsg());
+		return rv;
+	}
+	if (exposed) {
+		qps_log(QPS_LOG_WARN,
+		    "the token file %s can be read by its group or by "
+		    "others: chmod 600 it",
+		    cfg->token_file);
+	}
+	if (sec.token.len > 0) {
 		qps_log(QPS_LOG_INFO,
 		    "clients must authenticate with the token of %s",
-		    cfg->token_file);
-	} else if ((rv = qpi_token_from_env(&sec.token)) != QP_OK) {
-		qps_log(QPS_LOG_ERROR, "%s: %s", QPI_TOKEN_ENV, qp_errmsg());
-		return rv;
-	} else if (sec.token.len > 0) {
-		qps_log(QPS_LOG_INFO,
-		    "clients must authenticate with the token of $%s",
-		    QPI_TOKEN_ENV);
+		    cfg->token_file != NULL ? cfg->token_file
+		                            : "$" QPI_TOKEN_ENV);
 	}
 
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL)) {
@@ -86,12 +80,6 @@ qps_sec_start(const qps_config *cfg)
 		    "certificate is not used");
 		return QP_OK;
 	}
-	if ((rv = qpi_tls_server_config(
-	         &sec.tls, cfg->tls_cert, cfg->tls_key, cfg->tls_ca))
-	    != QP_OK) {
-		qps_log(QPS_LOG_ERROR, "TLS: %s", qp_errmsg());
-		return rv;
-	}
 	if (cfg->tls_ca != NULL) {
 		qps_log(QPS_LOG_INFO,
 		    "TLS clients must present a certificate signed by %s",
@@ -104,10 +92,6 @@ void
 qps_sec_fini(void)
 {
 	qpi_token_clear(&sec.token);
-	if (sec.tls != NULL) {
-		nng_tls_config_free(sec.tls);
-		sec.tls = NULL;
-	}
 }
 
 bool
@@ -129,7 +113,7 @@ qps_sec_check_listener(
 	bool tls = a->kind == QPI_ADDR_TLS;
 	bool client_certs = tls && cfg->tls_ca != NULL;
 
-	if (tls && sec.tls == NULL) {
+	if (tls && cfg->tls_cert == NULL) {
 		qps_log(QPS_LOG_ERROR,
 		    "cannot listen on %s: tls+tcp:// needs the server's "
 		    "certificate: give --tls-cert FILE and --tls-key FILE",
@@ -163,24 +147,5 @@ qps_sec_check_listener(
 	    "INSECURE: serving %s without client authentication%s: anyone "
 	    "who can reach it can read and change every queue",
 	    url, tls ? "" : " or encryption");
-	return QP_OK;
-}
-
-int
-qps_sec_listener_setup(
-    nng_stream_listener *l, const qpi_addr *a, const char *url)
-{
-	int nrv;
-
-	if (a->kind != QPI_ADDR_TLS) {
-		return QP_OK;
-	}
-	/* The listener takes its own hold on the config. */
-	if ((nrv = nng_stream_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, sec.tls))
-	    != 0) {
-		qps_log(QPS_LOG_ERROR, "cannot set up TLS on %s: %s", url,
-		    nng_strerror(nrv));
-		return QP_ESYSTEM;
-	}
 	return QP_OK;
 }

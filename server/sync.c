@@ -109,11 +109,7 @@ sy_main(void *arg)
 				    "synced: %s",
 				    e->name, qp_errmsg());
 			}
-			if (e->rep != NULL) {
-				qps_worker_reply(e->w, e->rep);
-			} else {
-				qps_worker_drop(e->w);
-			}
+			qps_worker_reply(e->w, e->rep);
 			qpi_durq_free(e->d);
 			free(e);
 			e = next;

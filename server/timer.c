@@ -15,7 +15,6 @@
 
 static struct {
 	pthread_mutex_t *mu;
-	void (*after)(void);
 	pthread_cond_t cv;
 	pthread_t thr;
 	bool running, stop;
@@ -144,23 +143,17 @@ timer_main(void *arg)
 		}
 		heap_remove(0);
 		t->fire(t);
-		if (tm.after != NULL) {
-			pthread_mutex_unlock(tm.mu);
-			tm.after();
-			pthread_mutex_lock(tm.mu);
-		}
 	}
 	pthread_mutex_unlock(tm.mu);
 	return NULL;
 }
 
 int
-qps_timer_start(pthread_mutex_t *mu, void (*after)(void))
+qps_timer_start(pthread_mutex_t *mu)
 {
 	pthread_condattr_t ca;
 
 	tm.mu = mu;
-	tm.after = after;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&tm.cv, &ca);

@@ -53,23 +53,9 @@ qps_wait_finish(qps_wait *wt, nng_msg *rep)
 {
 	wait_unlink(wt);
 	if (wt->cl != NULL) {
-		/* A get's is forgotten; replies that carry fields (ack's
-		 * and touch's missing ids, a pipe's message) are kept whole.
-		 */
-		bool keep = rep != NULL && wt->r.op != QPI_OP_GET;
-		bool body = keep
-		    && (wt->r.op == QPI_OP_ACK || wt->r.op == QPI_OP_TOUCH
-		        || wt->r.op == QPI_OP_PIPE_RECV);
-		qps_dedup_end(wt->cl, wt->seq,
-		    rep != NULL ? qps_rep_status(rep) : QP_OK,
-		    body ? nng_msg_body(rep) : NULL,
-		    body ? nng_msg_len(rep) : 0, keep);
+		qps_dedup_reply(wt->cl, wt->seq, wt->r.op, rep);
 	}
-	if (rep != NULL) {
-		qps_worker_reply(wt->w, rep);
-	} else {
-		qps_worker_drop(wt->w);
-	}
+	qps_worker_reply(wt->w, rep);
 	free(wt->r.items);
 	free(wt->r.ids);
 	nng_msg_free(wt->req);

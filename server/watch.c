@@ -39,7 +39,6 @@ struct wv_entry {
 
 struct qps_wgroup {
 	pthread_t thr;
-	bool started;
 	uint32_t ctl; /* futex word: bumped when the set changes or at stop */
 	qps_watch *ws[WG_MAX];
 	int n;
@@ -182,7 +181,6 @@ wg_add(qps_watch *w, const char *name)
 			    "cannot start a watcher thread for '%s'", name);
 			return;
 		}
-		g->started = true;
 		g->next = wa.groups;
 		wa.groups = g;
 	}
@@ -259,9 +257,7 @@ qps_watch_stop(void)
 	}
 	pthread_mutex_unlock(wa.mu);
 	for (g = wa.groups; g != NULL; g = g->next) {
-		if (g->started) {
-			pthread_join(g->thr, NULL);
-		}
+		pthread_join(g->thr, NULL);
 	}
 	pthread_mutex_lock(wa.mu);
 	for (g = wa.groups; g != NULL; g = next) {

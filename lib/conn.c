@@ -11,8 +11,10 @@
  * connection belongs to the process that made it (nng does not survive
  * fork(); a server pipe's side is its connection's): in a forked child
  * every call on it is refused before the carrier is reached, close only
- * marks it closed, and free only forgets it. No
- * locking here: the carriers lock what they share.
+ * marks it closed, and free only forgets it. Also the received-message
+ * queue of the carriers fed by a thread (qpi_rxq: nngconn.c, rpipe.c),
+ * whose mutex guards its messages, its end and its eventfd's state. No
+ * other locking here: the carriers lock what they share.
  */
 #include "conn.h"
 #include "nngconn.h"
@@ -23,8 +25,12 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 void
 qpi_conn_init(
@@ -36,6 +42,177 @@ qpi_conn_init(
 	c->readable = readable;
 	c->writable = writable;
 	c->owner = 0;
+}
+
+/* ---- the received-message queue ---- */
+
+int
+qpi_rxq_init(qpi_rxq *q)
+{
+	pthread_condattr_t ca;
+
+	memset(q, 0, sizeof(*q));
+	if ((q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+		return qpi_err(QP_ENOMEM, "eventfd: %s", strerror(errno));
+	}
+	pthread_mutex_init(&q->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&q->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	return QP_OK;
+}
+
+void
+qpi_rxq_free(qpi_rxq *q, bool locks)
+{
+	qpi_rxmsg *m;
+
+	while ((m = q->head) != NULL) {
+		q->head = m->next;
+		free(m->mem);
+		free(m);
+	}
+	close(q->efd);
+	if (locks) {
+		pthread_cond_destroy(&q->cv);
+		pthread_mutex_destroy(&q->mu);
+	}
+}
+
+/* Makes efd readable exactly while a message waits or at the end; mu. */
+static void
+rxq_efd_sync(qpi_rxq *q)
+{
+	uint64_t v = 1;
+
+	if (q->head != NULL || q->eof) {
+		if (write(q->efd, &v, sizeof(v)) < 0) {
+			/* at its maximum already: it stays readable */
+		}
+	} else if (read(q->efd, &v, sizeof(v)) < 0) {
+		/* was not readable: nothing to clear */
+	}
+	pthread_cond_broadcast(&q->cv);
+}
+
+int
+qpi_rxq_push(qpi_rxq *q, uint8_t *mem, size_t off, size_t len)
+{
+	qpi_rxmsg *m = malloc(sizeof(*m));
+	size_t boff = 0, plen;
+
+	if (m == NULL) {
+		free(mem);
+		return qpi_err(QP_ENOMEM, "out of memory for a message");
+	}
+	m->next = NULL;
+	m->mem = mem;
+	m->data = mem + off;
+	m->len = len;
+	m->binoff = qpi_wire_bin_unwrap(m->data, len, &boff, &plen)
+	    ? (uint8_t) boff
+	    : 0;
+	pthread_mutex_lock(&q->mu);
+	if (q->eof) {
+		pthread_mutex_unlock(&q->mu);
+		free(mem);
+		free(m);
+		return QP_ECLOSED;
+	}
+	if (q->tail != NULL) {
+		q->tail->next = m;
+	} else {
+		q->head = m;
+	}
+	q->tail = m;
+	q->qbytes += len;
+	rxq_efd_sync(q);
+	pthread_mutex_unlock(&q->mu);
+	return QP_OK;
+}
+
+void
+qpi_rxq_end(qpi_rxq *q, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&q->mu);
+	if (!q->eof) {
+		q->eof = true;
+		q->err = err;
+		va_start(ap, fmt);
+		vsnprintf(q->errmsg, sizeof(q->errmsg), fmt, ap);
+		va_end(ap);
+		rxq_efd_sync(q);
+	}
+	pthread_mutex_unlock(&q->mu);
+}
+
+bool
+qpi_rxq_wait_room(qpi_rxq *q)
+{
+	pthread_mutex_lock(&q->mu);
+	while (!q->eof && q->qbytes >= QPI_RXQ_MAX) {
+		pthread_cond_wait(&q->cv, &q->mu);
+	}
+	bool open = !q->eof;
+	pthread_mutex_unlock(&q->mu);
+	return open;
+}
+
+int
+qpi_rxq_peek(qpi_rxq *q, int64_t deadline, qpi_msginfo *mi)
+{
+	int rv = QP_OK;
+
+	pthread_mutex_lock(&q->mu);
+	while (q->head == NULL && !q->eof) {
+		if (deadline == INT64_MAX) {
+			pthread_cond_wait(&q->cv, &q->mu);
+		} else if (qpi_remaining_ns(deadline) == 0) {
+			rv = QP_ETIMEDOUT;
+			break;
+		} else {
+			struct timespec ts = qpi_ts_from_ns(deadline);
+			pthread_cond_timedwait(&q->cv, &q->mu, &ts);
+		}
+	}
+	if (q->head != NULL) {
+		mi->len = q->head->len;
+		mi->raw = false;
+		mi->binoff = q->head->binoff;
+	} else if (rv == QP_OK) {
+		rv = qpi_err(q->err, "%s", q->errmsg);
+	}
+	pthread_mutex_unlock(&q->mu);
+	return rv;
+}
+
+int
+qpi_rxq_take(qpi_rxq *q, const qpi_msginfo *mi, size_t skip, void *dst)
+{
+	qpi_rxmsg *m;
+
+	pthread_mutex_lock(&q->mu);
+	if ((m = q->head) == NULL || m->len != mi->len) {
+		pthread_mutex_unlock(&q->mu);
+		return qpi_err(QP_EBUSY,
+		    "the message changed under this receive: another thread "
+		    "received on the connection at the same time");
+	}
+	if ((q->head = m->next) == NULL) {
+		q->tail = NULL;
+	}
+	q->qbytes -= m->len;
+	rxq_efd_sync(q); /* and room again */
+	pthread_mutex_unlock(&q->mu);
+	if (m->len > skip) {
+		memcpy(dst, m->data + skip, m->len - skip);
+	}
+	free(m->mem);
+	free(m);
+	return QP_OK;
 }
 
 /* Whether c is a forked child's copy of a connection it cannot use. */

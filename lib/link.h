@@ -93,11 +93,6 @@ int qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns);
 int qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     int64_t deadline_ns);
 
-/* The nng stream under an nng link, handed over to the caller (an
- * nng_stream *; direct connections read it with nng's callbacks): the
- * link's own parts are freed. */
-void *qpi_link_nng_take(qpi_link *l);
-
 /* A listener of the nng driver (tcp, ipc, tls: streams only): direct
  * connections' (qp_listen). */
 typedef struct qpi_link_listener qpi_link_listener;

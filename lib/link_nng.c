@@ -259,16 +259,6 @@ nl_new(nng_link **np, nng_stream *st, bool tls)
 	return QP_OK;
 }
 
-void *
-qpi_link_nng_take(qpi_link *l)
-{
-	nng_link *n = (nng_link *) l;
-	nng_stream *st = n->st;
-
-	nl_free_parts(n);
-	return st;
-}
-
 int
 qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     int64_t deadline_ns)

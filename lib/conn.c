@@ -318,173 +318,105 @@ qp_conn_send_bytes(qp_conn *c, const void *buf, size_t offset, size_t size)
 
 /* ---- receiving ---- */
 
-/* The length of the message's msgpack encoding, and of its bin header if
- * it is stored raw. */
-static size_t
-conn_enc_len(const qpi_msginfo *mi, uint8_t hdr[5], size_t *hlp)
-{
-	size_t hl = 0;
-
-	if (mi->raw) {
-		hl = qpi_wire_bin_header(mi->len, hdr);
-	}
-	*hlp = hl;
-	return hl + mi->len;
-}
-
-/* The length of what a bytes receive returns, and how many stored bytes
- * to skip first (the bin header of an encoded bin). */
-static size_t
-conn_bytes_len(const qpi_msginfo *mi, size_t *skipp)
-{
-	*skipp = mi->raw ? 0 : mi->binoff;
-	return mi->len - *skipp;
-}
-
-/* Waits for the next message; QP_ECLOSED at end of file. *heldp tells
- * whether *mi describes a message that stays to be read (QP_OK, or
- * QP_ETOOBIG when it is over the connection's maximum); a carrier's own
- * error (such as a remote peer's oversized frame) describes none. */
+/* Receives the next message: its msgpack encoding (enc), or what a bytes
+ * receive returns (its payload if it is one bin), into buf (cap bytes;
+ * NULL: a malloc'd *bufp). QP_ECLOSED at end of file; QP_ETOOBIG, with
+ * *lenp set, leaves a message over the maximum or cap to be read. */
 static int
-conn_next(qp_conn *c, qpi_msginfo *mi, bool *heldp)
+conn_recv(
+    qp_conn *c, bool enc, void *buf, size_t cap, void **bufp, size_t *lenp)
 {
-	int rv = c->ops->peek(c, INT64_MAX, mi);
+	qpi_msginfo mi;
+	uint8_t hdr[5];
+	size_t hl = 0, skip = 0, n;
+	uint8_t *p = buf;
+	int rv = c->ops->peek(c, INT64_MAX, &mi);
 
-	*heldp = rv == QP_OK;
 	if (rv != QP_OK) {
-		return rv;
+		return rv; /* a carrier's own error describes no message */
 	}
+	if (enc && mi.raw) {
+		hl = qpi_wire_bin_header(mi.len, hdr);
+	} else if (!enc && !mi.raw) {
+		skip = mi.binoff;
+	}
+	n = hl + mi.len - skip;
 	/* The limit counts what the sender's check counted: the payload
 	 * of a bin, the encoding of any other value. */
-	size_t body = mi->raw ? mi->len : mi->len - mi->binoff;
-	if (body > c->max_message) {
-		return qpi_err(QP_ETOOBIG,
-		    "next message is %zu bytes, over the connection's maximum "
-		    "of %zu; it stays to be read",
-		    body, c->max_message);
+	size_t body = mi.raw ? mi.len : mi.len - mi.binoff;
+	if (body > c->max_message || n > cap) {
+		*lenp = n;
+		return body > c->max_message
+		    ? qpi_err(QP_ETOOBIG,
+		        "next message is %zu bytes, over the connection's "
+		        "maximum of %zu; it stays to be read",
+		        body, c->max_message)
+		    : qpi_err(QP_ETOOBIG,
+		        "message of %zu bytes is longer than the %zu bytes "
+		        "asked for; it stays to be read",
+		        n, cap);
 	}
-	return rv;
+	if (p == NULL && (p = malloc(n > 0 ? n : 1)) == NULL) {
+		return qpi_err(QP_ENOMEM, "cannot allocate %zu bytes", n);
+	}
+	memcpy(p, hdr, hl);
+	if ((rv = c->ops->take(c, &mi, skip, p + hl)) != QP_OK) {
+		if (buf == NULL) {
+			free(p);
+		}
+		return rv;
+	}
+	if (bufp != NULL) {
+		*bufp = p;
+	}
+	*lenp = n;
+	return QP_OK;
 }
 
 QP_API int
 qp_conn_recv(qp_conn *c, void **msgpackp, size_t *lenp)
 {
-	qpi_msginfo mi;
-	uint8_t hdr[5];
-	size_t hl, n;
-	bool held;
-	int rv;
+	int rv = conn_can_recv(c);
 
-	if ((rv = conn_can_recv(c)) != QP_OK) {
-		return rv;
+	if (rv == QP_OK && (msgpackp == NULL || lenp == NULL)) {
+		rv = qpi_err(QP_EINVAL, "output pointer is NULL");
 	}
-	if (msgpackp == NULL || lenp == NULL) {
-		return qpi_err(QP_EINVAL, "output pointer is NULL");
-	}
-	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
-		if (held) {
-			*lenp = conn_enc_len(&mi, hdr, &hl);
-		}
-		return rv;
-	}
-	n = conn_enc_len(&mi, hdr, &hl);
-	uint8_t *p = malloc(n > 0 ? n : 1);
-	if (p == NULL) {
-		return qpi_err(QP_ENOMEM, "cannot allocate %zu bytes", n);
-	}
-	memcpy(p, hdr, hl);
-	if ((rv = c->ops->take(c, &mi, 0, p + hl)) != QP_OK) {
-		free(p);
-		return rv;
-	}
-	*msgpackp = p;
-	*lenp = n;
-	return QP_OK;
+	return rv != QP_OK
+	    ? rv
+	    : conn_recv(c, true, NULL, SIZE_MAX, msgpackp, lenp);
 }
 
 QP_API int
 qp_conn_recv_bytes(qp_conn *c, void **bufp, size_t *lenp, size_t maxlength)
 {
-	qpi_msginfo mi;
-	size_t skip, n;
-	bool held;
-	int rv;
+	int rv = conn_can_recv(c);
 
-	if ((rv = conn_can_recv(c)) != QP_OK) {
-		return rv;
+	if (rv == QP_OK && (bufp == NULL || lenp == NULL)) {
+		rv = qpi_err(QP_EINVAL, "output pointer is NULL");
 	}
-	if (bufp == NULL || lenp == NULL) {
-		return qpi_err(QP_EINVAL, "output pointer is NULL");
-	}
-	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
-		if (held) {
-			*lenp = conn_bytes_len(&mi, &skip);
-		}
-		return rv;
-	}
-	n = conn_bytes_len(&mi, &skip);
-	if (n > maxlength) {
-		*lenp = n;
-		return qpi_err(QP_ETOOBIG,
-		    "message of %zu bytes is longer than maxlength %zu; it "
-		    "stays to be read",
-		    n, maxlength);
-	}
-	uint8_t *p = malloc(n > 0 ? n : 1);
-	if (p == NULL) {
-		return qpi_err(QP_ENOMEM, "cannot allocate %zu bytes", n);
-	}
-	if ((rv = c->ops->take(c, &mi, skip, p)) != QP_OK) {
-		free(p);
-		return rv;
-	}
-	*bufp = p;
-	*lenp = n;
-	return QP_OK;
+	return rv != QP_OK ? rv
+	                   : conn_recv(c, false, NULL, maxlength, bufp, lenp);
 }
 
 QP_API int
 qp_conn_recv_bytes_into(
     qp_conn *c, void *buf, size_t bufsize, size_t offset, size_t *lenp)
 {
-	qpi_msginfo mi;
-	size_t skip, n;
-	bool held;
-	int rv;
+	int rv = conn_can_recv(c);
 
-	if ((rv = conn_can_recv(c)) != QP_OK) {
-		return rv;
-	}
-	if (lenp == NULL) {
-		return qpi_err(QP_EINVAL, "output pointer is NULL");
-	}
-	if (buf == NULL && bufsize > 0) {
-		return qpi_err(QP_EINVAL, "buffer is NULL");
-	}
-	if (offset > bufsize) {
-		return qpi_err(QP_EINVAL,
+	if (rv == QP_OK && lenp == NULL) {
+		rv = qpi_err(QP_EINVAL, "output pointer is NULL");
+	} else if (rv == QP_OK && buf == NULL && bufsize > 0) {
+		rv = qpi_err(QP_EINVAL, "buffer is NULL");
+	} else if (rv == QP_OK && offset > bufsize) {
+		rv = qpi_err(QP_EINVAL,
 		    "offset %zu is past the %zu-byte buffer", offset, bufsize);
 	}
-	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
-		if (held) {
-			*lenp = conn_bytes_len(&mi, &skip);
-		}
-		return rv;
-	}
-	n = conn_bytes_len(&mi, &skip);
-	if (n > bufsize - offset) {
-		*lenp = n;
-		return qpi_err(QP_ETOOBIG,
-		    "message of %zu bytes does not fit in the %zu bytes after "
-		    "offset %zu; it stays to be read",
-		    n, bufsize - offset, offset);
-	}
-	if ((rv = c->ops->take(c, &mi, skip, (uint8_t *) buf + offset))
-	    != QP_OK) {
-		return rv;
-	}
-	*lenp = n;
-	return QP_OK;
+	static uint8_t none[1];
+	return rv != QP_OK ? rv
+	                   : conn_recv(c, false,
+	                       buf != NULL ? (uint8_t *) buf + offset : none,
+	                       bufsize - offset, NULL, lenp);
 }
 
 QP_API int

@@ -718,25 +718,6 @@ qpi_durq_rec_size(size_t len)
 	return QPI_SHMQ_REC_SIZE((uint64_t) len + DQ_WRAP);
 }
 
-int
-qpi_durq_sync(qpi_durq *d)
-{
-	int rv = QP_OK;
-
-	pthread_mutex_lock(&d->mu);
-	if ((rv = dq_flush_pending(d)) == QP_OK) {
-		if (fdatasync(d->fd) != 0) {
-			rv = qpi_dq_errno(errno, "cannot sync", d->path);
-		} else {
-			d->dirty = false;
-			d->syncs++;
-			d->synced = d->wseq;
-		}
-	}
-	pthread_mutex_unlock(&d->mu);
-	return rv;
-}
-
 void
 qpi_durq_stats_get(qpi_durq *d, qpi_durq_stats *st)
 {

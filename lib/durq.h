@@ -199,9 +199,6 @@ int qpi_durq_stat(qpi_durq *d, qp_queue_stats *st);
 /* Bytes of the queue's storage that an item of len bytes takes. */
 uint64_t qpi_durq_rec_size(size_t len);
 
-/* fdatasyncs the file now (and writes DONE records still waiting). */
-int qpi_durq_sync(qpi_durq *d);
-
 /* Figures for tests and logs. */
 typedef struct qpi_durq_stats {
 	uint64_t file_bytes; /* the log's size */

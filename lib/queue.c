@@ -641,6 +641,27 @@ qpi_queue_ready(qp_queue *q)
 	return q_ready(q);
 }
 
+/* q_ready, then a valid timeout. */
+static int
+q_ready_tm(qp_queue *q, qp_duration timeout)
+{
+	int rc = q_ready(q);
+
+	return rc != QP_OK ? rc : qpi_duration_check(timeout);
+}
+
+/* q_ready, then a non-NULL output pointer (what: its call and name). */
+static int
+q_ready_out(qp_queue *q, const void *out, const char *what)
+{
+	int rc = q_ready(q);
+
+	if (rc == QP_OK && out == NULL) {
+		rc = qpi_err(QP_EINVAL, "%s is NULL", what);
+	}
+	return rc;
+}
+
 static int
 q_opts(const qp_queue_opts *o, qpi_shmq_cfg *cfg, unsigned *flagsp)
 {
@@ -924,8 +945,7 @@ qp_queue_put(qp_queue *q, const void *buf, size_t len, qp_duration timeout)
 {
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
+	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
 	if (buf == NULL && len > 0) {
@@ -948,8 +968,7 @@ qp_queue_put_obj(
 	size_t off, blen;
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
+	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
 	if (msgpack == NULL) {
@@ -981,8 +1000,7 @@ q_get(qp_queue *q, unsigned flags, void **bufp, size_t *lenp,
 	if (lenp != NULL) {
 		*lenp = 0;
 	}
-	if ((rc = q_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
+	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
 	if (bufp == NULL || lenp == NULL) {
@@ -1022,8 +1040,7 @@ qp_queue_get_into(
 	if (lenp != NULL) {
 		*lenp = 0;
 	}
-	if ((rc = q_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
+	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
 	if (lenp == NULL || (buf == NULL && cap > 0)) {
@@ -1044,13 +1061,8 @@ qp_queue_qsize(qp_queue *q, size_t *np)
 	uint64_t n;
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (np == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_qsize: np is NULL");
-	}
-	if ((rc = q->ops->qsize(q->impl, &n)) == QP_OK) {
+	if ((rc = q_ready_out(q, np, "qp_queue_qsize: np")) == QP_OK
+	    && (rc = q->ops->qsize(q->impl, &n)) == QP_OK) {
 		*np = (size_t) n;
 	}
 	return rc;
@@ -1062,13 +1074,8 @@ qp_queue_empty(qp_queue *q, bool *emptyp)
 	uint64_t n;
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (emptyp == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_empty: emptyp is NULL");
-	}
-	if ((rc = q->ops->qsize(q->impl, &n)) == QP_OK) {
+	if ((rc = q_ready_out(q, emptyp, "qp_queue_empty: emptyp")) == QP_OK
+	    && (rc = q->ops->qsize(q->impl, &n)) == QP_OK) {
 		*emptyp = n == 0;
 	}
 	return rc;
@@ -1077,52 +1084,35 @@ qp_queue_empty(qp_queue *q, bool *emptyp)
 QP_API int
 qp_queue_full(qp_queue *q, bool *fullp)
 {
-	int rc;
+	int rc = q_ready_out(q, fullp, "qp_queue_full: fullp");
 
-	if ((rc = q_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (fullp == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_full: fullp is NULL");
-	}
-	return q->ops->full(q->impl, fullp);
+	return rc != QP_OK ? rc : q->ops->full(q->impl, fullp);
 }
 
 QP_API int
 qp_queue_task_done(qp_queue *q)
 {
-	int rc;
+	int rc = q_ready(q);
 
-	if ((rc = q_ready(q)) != QP_OK) {
-		return rc;
-	}
-	return q->ops->task_done(q->impl);
+	return rc != QP_OK ? rc : q->ops->task_done(q->impl);
 }
 
 QP_API int
 qp_queue_join(qp_queue *q, qp_duration timeout)
 {
-	int rc;
+	int rc = q_ready_tm(q, timeout);
 
-	if ((rc = q_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
-		return rc;
-	}
-	return q->ops->join(q->impl, qpi_queue_deadline(timeout));
+	return rc != QP_OK
+	    ? rc
+	    : q->ops->join(q->impl, qpi_queue_deadline(timeout));
 }
 
 QP_API int
 qp_queue_stat(qp_queue *q, qp_queue_stats *st)
 {
-	int rc;
+	int rc = q_ready_out(q, st, "qp_queue_stat: st");
 
-	if ((rc = q_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (st == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_stat: st is NULL");
-	}
-	return q->ops->stat(q->impl, st);
+	return rc != QP_OK ? rc : q->ops->stat(q->impl, st);
 }
 
 /* ---- worker mode: nack, deliveries ---- */
@@ -1172,11 +1162,8 @@ qp_queue_deliveries(qp_queue *q, uint32_t *np)
 {
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK) {
+	if ((rc = q_ready_out(q, np, "qp_queue_deliveries: np")) != QP_OK) {
 		return rc;
-	}
-	if (np == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_deliveries: np is NULL");
 	}
 	if (q->ops->deliveries == NULL) {
 		return qpi_err(QP_ENOTSUP,

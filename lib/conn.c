@@ -49,17 +49,12 @@ qpi_conn_init(
 int
 qpi_rxq_init(qpi_rxq *q)
 {
-	pthread_condattr_t ca;
-
 	memset(q, 0, sizeof(*q));
 	if ((q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
 		return qpi_err(QP_ENOMEM, "eventfd: %s", strerror(errno));
 	}
 	pthread_mutex_init(&q->mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&q->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	qpi_cond_init(&q->cv);
 	return QP_OK;
 }
 
@@ -167,22 +162,15 @@ qpi_rxq_peek(qpi_rxq *q, int64_t deadline, qpi_msginfo *mi)
 	int rv = QP_OK;
 
 	pthread_mutex_lock(&q->mu);
-	while (q->head == NULL && !q->eof) {
-		if (deadline == INT64_MAX) {
-			pthread_cond_wait(&q->cv, &q->mu);
-		} else if (qpi_remaining_ns(deadline) == 0) {
-			rv = QP_ETIMEDOUT;
-			break;
-		} else {
-			struct timespec ts = qpi_ts_from_ns(deadline);
-			pthread_cond_timedwait(&q->cv, &q->mu, &ts);
-		}
+	while (q->head == NULL && !q->eof && rv == QP_OK) {
+		rv = qpi_cond_wait(&q->cv, &q->mu, deadline);
 	}
 	if (q->head != NULL) {
 		mi->len = q->head->len;
 		mi->raw = false;
 		mi->binoff = q->head->binoff;
-	} else if (rv == QP_OK) {
+		rv = QP_OK;
+	} else if (q->eof) {
 		rv = qpi_err(q->err, "%s", q->errmsg);
 	}
 	pthread_mutex_unlock(&q->mu);

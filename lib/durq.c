@@ -223,13 +223,7 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 	pthread_mutex_init(&d->mu, NULL);
 	d->refs = 1;
 	d->pid = getpid();
-	{
-		pthread_condattr_t ca;
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&d->cv, &ca);
-		pthread_condattr_destroy(&ca);
-	}
+	qpi_cond_init(&d->cv);
 	d->fd = open(path, O_RDWR | O_CLOEXEC);
 	if (d->fd < 0) {
 		rv = errno == ENOENT

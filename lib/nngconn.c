@@ -1,62 +1,25 @@
 /*
  * nngconn.c - Connections across hosts: qp_listen / qp_listener_accept /
- * qp_dial (Python's connection.Listener and Client).
- *
- * Design. A Connection is one nng byte stream (nng_stream: tcp://, ipc://,
- * tls+tcp://) that speaks the SP pair1 protocol on the wire, exactly as an
- * nng pair1 socket does: the 8-byte SP header {0, 'S', 'P', 0, 0x00, 0x11,
- * 0, 0} each way, then frames of a 64-bit big-endian length (ipc: a 0x01
- * byte first) holding pair1's 32-bit hop count (1) and one msgpack value.
- * Before any message the two ends open a session (session.c, the same code
- * the remote queue client uses): the dialer's hello, the listener's answer
- * (its version, its max_message, a fresh nonce, whether a token is
- * required), then with a token auth (the HMAC of the nonce, and a nonce of
- * its own) and the listener's own proof or refusal (auth.c), all within
- * 10 s or the connection is closed. A refused dialer gets QP_EAUTH and is
- * never accepted; the listener counts it. After that each frame is one
- * message of the Connection (send_bytes sends a bin). So any pair1 socket
- * (nngcat --pair1) that sends a hello first can dial a qpipe listener
- * without a token, and a pair1 listener that answers it can be dialed.
- *
- * Setting up goes through the connection layer's nng driver (link.h):
- * qp_dial dials a link and does the SP handshake there (link.c, which also
- * explains a failed TLS handshake); qp_listen's acceptor thread takes each
- * link from the layer's listener and gives it a short thread of its own
- * for the handshake and the session (nc_pending_main). tls+tcp:// streams
- * are nng's TLS streams, configured by tls.c; the work-arounds for nng
- * 1.5.2's TLS faults live in link_nng.c alone. nng's pair1 sockets are not
- * used because a pair1 socket has one peer and redials after a drop: a
- * listener could not hand out one Connection per client on one port, and
- * a redialed connection would hide the end of file.
- *
- * Receiving. Once the session is open, a reader thread per connection
- * reads the link into a 64 KiB buffer and cuts frames out of it (the rest
- * of a frame over 16 KiB is read straight into its own allocation, after
- * its length is checked against the connection's maximum: nothing is
- * allocated from an unchecked length), checks each message is one msgpack
- * value and queues it in the received-message queue that rpipe.c uses too
- * (conn.h's qpi_rxq: peek, take, an eventfd for qp_conn_fd). The reader
- * waits while QPI_RXQ_MAX bytes are queued, so a slow receiver pushes back
- * on the sender through TCP. The end of the stream (the peer closed, died,
- * or broke the protocol) is reported once the queue is drained. Sending is
- * synchronous: the caller's thread writes the frame (header and payload in
- * two iovs, no copy). A dialer refuses a message over the max_message of
- * the listener's hello (QP_ETOOBIG, nothing sent) rather than have it end
- * the connection.
- *
- * Locking: per connection, the queue's mutex (conn.c) and txmu, which
- * serialises senders; the reader alone touches the buffer. Per listener,
- * mu guards the handshakes in progress and the connections ready to be
- * accepted.
- *
- * fork(). nng's threads stay in the parent, and nng panics if a forked
- * child starts it again: listeners and connections record the process that
- * made them, and in a forked child every call on them is refused (conn.c
- * for connections, here for listeners) and free only releases the child's
- * copy of their memory (nc_forget, nc_listener_forget), touching neither
- * nng, whose stream close would shut the parent's socket down, nor a lock
- * that a thread of the parent may have held at the fork. New listeners and
- * dials claim nng for their process first (nngproc.h).
+ * qp_dial (Python's connection.Listener and Client), one stream each
+ * (tcp://, ipc://, tls+tcp://) speaking SP pair1 with a session first
+ * (hello, then auth with a token: session.c, auth.c) within 10 s, as
+ * proto/PROTOCOL.md, "Direct connections", sets out. Both ends sit on the
+ * connection layer's nng driver (link.h; its nng 1.5.2 TLS work-arounds
+ * are link_nng.c's): qp_dial dials and retries a refused dial until its
+ * timeout; qp_listen's acceptor gives each new link a short thread for
+ * its handshake (nc_pending_main), then queues it for accept. An open
+ * connection's reader thread cuts frames from a 64 KiB buffer (a frame
+ * over 16 KiB, its length checked first, is read into its own
+ * allocation), checks each is one msgpack value and queues it in conn.h's
+ * qpi_rxq, waiting while QPI_RXQ_MAX bytes are queued so that a slow
+ * receiver pushes back through TCP; the end of the stream is reported once
+ * the queue is drained. Sends are synchronous (header and payload in two
+ * iovs); a dialer refuses a message over the listener's max_message with
+ * QP_ETOOBIG, nothing sent. fork(): nng's threads stay in the parent, so a
+ * forked child's calls on a listener or connection are refused and free
+ * only releases the child's memory (nc_forget, nc_listener_forget).
+ * Locking: per connection the queue's mutex and txmu (senders); per
+ * listener mu guards the handshakes in progress and the connections ready.
  */
 #include "nngconn.h"
 #include "call.h"
@@ -519,7 +482,6 @@ int
 qpi_nng_listen(qp_listener **lp, const qpi_addr *a, const qp_conn_opts *o)
 {
 	qp_listener *l;
-	pthread_condattr_t ca;
 	int rv;
 
 	if ((l = calloc(1, sizeof(*l))) == NULL) {
@@ -541,10 +503,7 @@ qpi_nng_listen(qp_listener **lp, const qpi_addr *a, const qp_conn_opts *o)
 		return rv;
 	}
 	pthread_mutex_init(&l->mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&l->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	qpi_cond_init(&l->cv);
 	if (pthread_create(&l->acc, NULL, nc_acceptor, l) != 0) {
 		qpi_link_listener_free(l->L);
 		pthread_cond_destroy(&l->cv);
@@ -590,15 +549,10 @@ qpi_nng_accept(qp_listener *l, qp_conn **cp, int64_t deadline)
 	}
 	pthread_mutex_lock(&l->mu);
 	while (l->ready_head == NULL) {
-		if (deadline == INT64_MAX) {
-			pthread_cond_wait(&l->cv, &l->mu);
-		} else if (qpi_remaining_ns(deadline) == 0) {
+		if (qpi_cond_wait(&l->cv, &l->mu, deadline) != QP_OK) {
 			rv = qpi_err(QP_ETIMEDOUT,
 			    "no connection to %s within the timeout", l->url);
 			break;
-		} else {
-			struct timespec ts = qpi_ts_from_ns(deadline);
-			pthread_cond_timedwait(&l->cv, &l->mu, &ts);
 		}
 	}
 	if (rv == QP_OK) {

@@ -147,13 +147,8 @@ rq_connect(qpi_rq *r)
 static int
 rq_state_init(qpi_rq *r)
 {
-	pthread_condattr_t ca;
-
 	pthread_mutex_init(&r->mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&r->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	qpi_cond_init(&r->cv);
 	memset(&r->held, 0, sizeof(r->held));
 	memset(&r->unacked, 0, sizeof(r->unacked));
 	r->acker_on = r->acker_idle = r->stopping = false;

@@ -733,12 +733,11 @@ shm_wait(
 			/* rv stays QP_OK */
 		} else if (atomic_load(&c->base.closed)) {
 			rv = qpi_err(QP_ECLOSED, "connection closed");
+		} else if (!rx && shm_peer_gone(c)) {
+			rv = qpi_err(QP_ECLOSED,
+			    "broken pipe: the peer closed its end or exited");
 		} else if (shm_peer_gone(c)) {
-			rv = !rx                        ? qpi_err(QP_ECLOSED,
-			                                "broken pipe: the peer closed its end or "
-			                                                       "exited")
-			    : shm_avail(c, pos) >= need ? QP_OK
-			                                : QP_ECLOSED;
+			rv = shm_avail(c, pos) >= need ? QP_OK : QP_ECLOSED;
 		} else if ((now = qpi_now_ns()) >= deadline) {
 			rv = QP_ETIMEDOUT;
 		} else {

@@ -400,10 +400,12 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 }
 
 int
-qpi_rq_status(const qpi_rq *r, const rq_call *c)
+qpi_rq_run(qpi_rq *r, rq_call *c)
 {
-	if (c->rep.status == QP_OK) {
-		return QP_OK;
+	int rv = qpi_rq_do(r, c);
+
+	if (rv != QP_OK || c->rep.status == QP_OK) {
+		return rv;
 	}
 	return qpi_err(c->rep.status, "%s/%s: %s", r->url, r->name,
 	    c->rep.errmsg[0] != '\0' ? c->rep.errmsg
@@ -416,9 +418,7 @@ qpi_rq_do_status(qpi_rq *r, rq_call *c, int retry)
 	int rv;
 
 	for (;;) {
-		if ((rv = qpi_rq_do(r, c)) == QP_OK) {
-			rv = qpi_rq_status(r, c);
-		}
+		rv = qpi_rq_run(r, c);
 		qpi_rq_call_done(c);
 		if (rv != retry || c->deadline_ns != INT64_MAX) {
 			return rv;

@@ -101,8 +101,9 @@ int qpi_rq_do(qpi_rq *r, rq_call *c);
  * ever (the server answers retry at the end of each slice). */
 int qpi_rq_do_status(qpi_rq *r, rq_call *c, int retry);
 
-/* Turns an error reply into the call's result, with its message. */
-int qpi_rq_status(const qpi_rq *r, const rq_call *c);
+/* qpi_rq_do, then an error reply as the result, with its message; c's
+ * reply stays for the caller (qpi_rq_call_done). */
+int qpi_rq_run(qpi_rq *r, rq_call *c);
 
 /* Frees c's reply. */
 void qpi_rq_call_done(rq_call *c);

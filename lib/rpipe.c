@@ -268,9 +268,7 @@ qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
 	qpi_rq_call_init(&call, p->r, QPI_OP_PIPE_OPEN);
 	call.req.side = side;
 	call.req.flags = duplex ? 0 : QPI_PIPE_ONEWAY;
-	if ((rv = qpi_rq_do(p->r, &call)) == QP_OK) {
-		rv = qpi_rq_status(p->r, &call);
-	}
+	rv = qpi_rq_run(p->r, &call);
 	p->side = call.rep.side;
 	qpi_rq_call_done(&call);
 	/* Which way it goes is the pipe's (made by whoever opened it

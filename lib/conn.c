@@ -17,8 +17,8 @@
  * other locking here: the carriers lock what they share.
  */
 #include "conn.h"
+#include "link.h"
 #include "nngconn.h"
-#include "nngproc.h"
 #include "shmpipe.h"
 #include "wire.h"
 

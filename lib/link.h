@@ -119,4 +119,24 @@ void qpi_link_listener_free(qpi_link_listener *L);
  * QP_ECLOSED. */
 int qpi_nng_err(int nrv);
 
+/* ---- which process may use nng (link_nng.c) ----
+ * nng does not survive fork(): in a child forked after nng started, its
+ * first set-up call panics, and the parent's nng objects are served by
+ * threads that stayed there; so a forked child refuses new network
+ * handles (qpi_nng_claim) and those it inherited (each records its owner).
+ */
+
+/* Called before anything that may start nng: QP_OK, and nng is this
+ * process's from then on; QP_EINVAL (what names the address) in a child
+ * forked from a process that had claimed it. */
+int qpi_nng_claim(const char *what);
+
+/* Whether a handle made by process owner is a forked child's copy here:
+ * nothing of nng may be called on it, only the child's memory released. */
+bool qpi_nng_forked(pid_t owner);
+
+/* The error for a handle used in a forked child: QP_EINVAL. what names
+ * the handle ("this connection", "listener tcp://127.0.0.1:7450"). */
+int qpi_nng_forked_err(const char *what, pid_t owner);
+
 #endif /* QPI_LINK_H */

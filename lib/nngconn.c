@@ -24,7 +24,6 @@
 #include "nngconn.h"
 #include "call.h"
 #include "link.h"
-#include "nngproc.h"
 #include "session.h"
 #include "sp.h"
 

@@ -26,7 +26,7 @@
  */
 #include "queue.h"
 #include "durq.h"
-#include "remote.h"
+#include "rclient.h"
 #include "shmq.h"
 #include "wire.h"
 

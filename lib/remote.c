@@ -11,7 +11,6 @@
  * Locking: r->mu (rclient.h) guards the lease lists; it is never held
  * while waiting for the network.
  */
-#include "remote.h"
 #include "rclient.h"
 #include "shmq.h"
 

@@ -49,13 +49,9 @@ struct qpi_link {
 	char url[QPI_URL_MAX + 1]; /* the server's address, for messages */
 };
 
-/* Dials a (tcp, ipc or tls) and does the SP handshake as protocol proto,
- * the peer answering as peer_proto, until deadline_ns. The driver: nng
- * for tls+tcp:// or when QPIPE_TRANSPORT=nng, else plain sockets. o: TLS
- * settings (may be NULL). Errors: QP_ECONNREFUSED (nobody listens),
- * QP_EPROTO (the peer does not speak peer_proto), QP_EAUTH (the TLS
- * handshake failed, qp_errmsg() says why), QP_ETIMEDOUT, QP_EINVAL,
- * QP_ENOMEM. */
+/* Dials a on its driver (qpi_link_uses_nng), SP handshake as proto to
+ * peer_proto, until deadline_ns; o: TLS settings or NULL. QP_ECONNREFUSED,
+ * QP_EPROTO, QP_EAUTH (TLS), QP_ETIMEDOUT, QP_EINVAL, QP_ENOMEM. */
 int qpi_link_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     uint16_t proto, uint16_t peer_proto, int64_t deadline_ns);
 

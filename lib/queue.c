@@ -1,28 +1,19 @@
 /*
- * queue.c - the public qp_queue_* calls. Each one checks its arguments and
- * the handle's closed flag, turns the timeout into an absolute deadline,
- * and dispatches through the handle's ops table (queue.h): shmq.c for
- * "NAME" and "shm://NAME", remote.c (the qpiped client) for tcp:// and
- * ipc:// addresses, durq.c for durable shm:// queues.
- *
- * Worker mode on shared memory (QP_OPEN_LEASE on shm://, named or
- * anonymous): a get leases its item with the segment's own leases
- * (shmq.h), owned by a token naming the calling process, for lease_ms
- * (0: 30 s, as qpiped's default). The handle keeps the ids it holds,
- * oldest first: task_done acks the oldest (and counts it done for join),
- * nack gives it back (delay 0: at once; else its lease is cut to delay
- * ms and its expiry gives it back, as qpiped does), close gives back
- * every item still held or waiting out a nack's delay. Nobody serves the
- * segment, so every worker-mode get first returns the leases of dead
- * processes and the expired ones (at most every SHML_SWEEP_MS per
- * handle); a blocked worker-mode get wakes for that at least as often,
- * since a death or an expiry wakes no sleeper. Plain handles on the same
- * queue take returned items as any others. After fork() the child's copy
- * of a handle holds nothing: the parent's leases stay the parent's.
- *
- * Locking: the closed flag is atomic and each backend guards its own
- * state; a worker-mode handle's lists (and sweep times) are under its
- * mutex, never held while waiting.
+ * queue.c - the public qp_queue_* calls. Each checks its arguments and the
+ * handle's closed flag, turns the timeout into an absolute deadline and
+ * dispatches through the handle's ops table (queue.h) to remote.c for
+ * tcp:// and ipc://, durq.c for durable shm:// queues, or here for worker
+ * mode; an op a backend leaves NULL goes to its shared-memory queue
+ * (shmq.c) directly. Worker mode on shared memory (QP_OPEN_LEASE): a get
+ * leases its item with the segment's own leases (shmq.h) for lease_ms (0:
+ * 30 s, qpiped's default), owned by this process; the handle keeps the ids
+ * it holds, oldest first, for task_done (ack, counted for join), nack
+ * (given back at once, or its lease cut to the delay) and close (all given
+ * back). Nobody serves the segment, so a worker-mode get first returns
+ * dead processes' and expired leases (every SHML_SWEEP_MS at most), and a
+ * blocked one wakes that often. A forked child's copy holds nothing.
+ * Locking: the closed flag is atomic, each backend guards its own state; a
+ * worker-mode handle's lists are under its mutex, never held while waiting.
  */
 #include "queue.h"
 #include "durq.h"

@@ -140,15 +140,9 @@ void qpi_rq_free(qpi_rq *r);
 
 /* ---- remote queues (remote.c) ---- */
 
-/* Opens the queue a->name on the server at a->url, with the token and TLS
- * settings of opts->conn (NULL: $QPIPE_TOKEN, $QPIPE_TLS_CA): QP_EAUTH
- * when the tokens differ, one end has none, or the server's certificate
- * does not verify (qp_errmsg() says which). The first dial fails
- * fast: QP_ECONNREFUSED ("cannot connect to tcp://h:7450: connection
- * refused") when nobody listens; later drops are redialled by themselves.
- * With QP_OPEN_CREATE the queue is created (as opts says) if missing;
- * without it a missing queue is QP_ENOENT. QP_OPEN_LEASE: gets lease their
- * item until task_done (worker mode). */
+/* Opens queue a->name on a->url with opts->conn's token and TLS settings
+ * (QP_OPEN_CREATE: created as opts says; else QP_ENOENT if missing). The
+ * first dial fails fast (QP_ECONNREFUSED, QP_EAUTH); later drops redial. */
 int qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts);
 
 /* Batches (qp_queue_put_many, qp_queue_get_many): puts n raw items in

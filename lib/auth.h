@@ -43,6 +43,12 @@ int qpi_token_set(qpi_token *t, const char *s);
  * file is readable by group or others (warn; the token is loaded). */
 int qpi_token_load_file(qpi_token *t, const char *path, bool *exposedp);
 
+/* Reads at most cap bytes of the regular file path into a malloc'd *bufp
+ * (NUL after them; *lenp without it), *modep its mode. Errors name what:
+ * QP_EINVAL (every one with einval), QP_ENOENT, QP_EPERM, QP_ENOMEM. */
+int qpi_file_read(const char *path, const char *what, size_t cap, bool einval,
+    char **bufp, size_t *lenp, unsigned *modep);
+
 /* Sets *t from the environment variable QPIPE_TOKEN; unset or empty leaves
  * *t empty (len 0) and returns QP_OK. QP_EINVAL if it is too long. */
 int qpi_token_from_env(qpi_token *t);

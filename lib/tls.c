@@ -56,55 +56,19 @@ qpi_tls_available(void)
 static int
 tls_read(const char *path, const char *what, char **bufp, size_t *lenp)
 {
-	struct stat st;
-	char *buf;
-	size_t got = 0;
-	int fd, e;
+	unsigned mode;
+	int rv
+	    = qpi_file_read(path, what, PEM_MAX + 1, true, bufp, lenp, &mode);
 
-	if (path == NULL || path[0] == '\0') {
-		return qpi_err(QP_EINVAL, "no %s file given", what);
-	}
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-		e = errno;
-		return qpi_err(QP_EINVAL, "cannot open the %s file '%s': %s",
-		    what, path, strerror(e));
-	}
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
-		return qpi_err(
-		    QP_EINVAL, "the %s file '%s' is not a file", what, path);
-	}
-	if ((size_t) st.st_size > PEM_MAX) {
-		close(fd);
+	if (rv == QP_OK && *lenp > PEM_MAX) {
+		free(*bufp);
 		return qpi_err(QP_EINVAL,
-		    "the %s file '%s' is %lld bytes, over the %zu a PEM file "
-		    "may have",
-		    what, path, (long long) st.st_size, PEM_MAX);
+		    "the %s file '%s' is over the %zu bytes a PEM file may "
+		    "have",
+		    what, path, PEM_MAX);
 	}
-	if ((buf = malloc((size_t) st.st_size + 1)) == NULL) {
-		close(fd);
-		return qpi_err(QP_ENOMEM, "out of memory reading '%s'", path);
-	}
-	while (got < (size_t) st.st_size) {
-		ssize_t n = read(fd, buf + got, (size_t) st.st_size - got);
-		if (n < 0 && errno == EINTR) {
-			continue;
-		}
-		if (n <= 0) {
-			e = n < 0 ? errno : EIO;
-			close(fd);
-			free(buf);
-			return qpi_err(QP_EINVAL,
-			    "cannot read the %s file '%s': %s", what, path,
-			    strerror(e));
-		}
-		got += (size_t) n;
-	}
-	close(fd);
-	buf[got] = '\0';
-	*bufp = buf;
-	*lenp = got + 1;
-	return QP_OK;
+	*lenp += rv == QP_OK ? 1 : 0; /* the NUL counts */
+	return rv;
 }
 
 /* Frees a file's text, wiping it first (it may hold a key). */
@@ -397,11 +361,11 @@ diag_rng(void *arg, unsigned char *buf, size_t len)
 	                                     : MBEDTLS_ERR_SSL_INTERNAL_ERROR;
 }
 
-/* The second connection: a plain socket link (link_sock.c), each
- * transfer bounded by the deadline. */
+/* The second connection: a plain socket link (link_sock.c), the connect
+ * and each transfer bounded by ns. */
 typedef struct diag_io {
 	qpi_link *l;
-	int64_t deadline_ns;
+	int64_t ns;
 } diag_io;
 
 static int
@@ -411,7 +375,7 @@ diag_send(void *arg, const unsigned char *buf, size_t len)
 	struct iovec v
 	    = {.iov_base = (void *) (uintptr_t) buf, .iov_len = len};
 
-	return d->l->ops->send(d->l, &v, 1, d->deadline_ns) == QP_OK
+	return d->l->ops->send(d->l, &v, 1, qpi_now_ns() + d->ns) == QP_OK
 	    ? (int) len
 	    : MBEDTLS_ERR_SSL_CONN_EOF;
 }
@@ -422,7 +386,8 @@ diag_recv(void *arg, unsigned char *buf, size_t len)
 	diag_io *d = arg;
 	size_t n = 0;
 
-	return d->l->ops->recv(d->l, buf, len, &n, d->deadline_ns) == QP_OK
+	return d->l->ops->recv(d->l, buf, len, &n, qpi_now_ns() + d->ns)
+	        == QP_OK
 	    ? (int) n
 	    : MBEDTLS_ERR_SSL_CONN_EOF;
 }
@@ -438,8 +403,8 @@ qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o, int64_t deadline_ns,
 	const char *cafile, *name;
 	char *pem = NULL;
 	size_t pemlen = 0;
-	int64_t cap = qpi_now_ns() + (int64_t) DIAG_MS_MAX * 1000000;
-	diag_io io = {.deadline_ns = deadline_ns < cap ? deadline_ns : cap};
+	int64_t left = qpi_remaining_ns(deadline_ns);
+	diag_io io = {.ns = (int64_t) DIAG_MS_MAX * 1000000};
 	bool found = false;
 	int mrv;
 
@@ -449,9 +414,9 @@ qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o, int64_t deadline_ns,
 	if (o->tls_insecure_skip_verify) {
 		return false;
 	}
-	if (qpi_remaining_ns(io.deadline_ns) < 100000000) {
-		io.deadline_ns
-		    = qpi_now_ns() + 100000000; /* 100 ms at least */
+	if (left < io.ns) {
+		io.ns = left < 100000000 ? 100000000
+		                         : left; /* 100 ms at least */
 	}
 	cafile = tls_client_ca(o->tls_ca);
 	name = o->tls_server_name != NULL ? o->tls_server_name : a->host;
@@ -473,7 +438,7 @@ qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o, int64_t deadline_ns,
 	    &conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
 	if (mbedtls_ssl_setup(&ssl, &conf) != 0
 	    || mbedtls_ssl_set_hostname(&ssl, name) != 0
-	    || qpi_link_sock_dial(&io.l, a, io.deadline_ns) != QP_OK) {
+	    || qpi_link_sock_dial(&io.l, a, qpi_now_ns() + io.ns) != QP_OK) {
 		goto out;
 	}
 	mbedtls_ssl_set_bio(&ssl, &io, diag_send, diag_recv, NULL);

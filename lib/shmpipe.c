@@ -679,8 +679,9 @@ shm_room(struct shmconn *c, uint64_t pos, uint64_t need)
  * or free for the producer (tx, which waits with no deadline): a spin
  * first, then sleeps on the ring's futex word in slices of SLICE_NS.
  * QP_OK, QP_ETIMEDOUT at the deadline, QP_ECLOSED when this end was
- * closed or the peer is gone (for rx: and the bytes never will come). */
-static int
+ * closed or the peer is gone (for rx: and the bytes never will come).
+ * Inlined, so that each call site is specialised on rx. */
+static inline __attribute__((always_inline)) int
 shm_wait(
     struct shmconn *c, bool rx, uint64_t pos, uint64_t need, int64_t deadline)
 {

@@ -49,14 +49,71 @@ qpi_token_set(qpi_token *t, const char *s)
 }
 
 int
+qpi_file_read(const char *path, const char *what, size_t cap, bool einval,
+    char **bufp, size_t *lenp, unsigned *modep)
+{
+	struct stat st;
+	size_t got = 0;
+	char *buf;
+	int fd, e;
+
+	if (path == NULL || path[0] == '\0') {
+		return qpi_err(QP_EINVAL, "no %s file given", what);
+	}
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+		e = errno;
+		return qpi_err(einval ? QP_EINVAL
+		        : e == ENOENT ? QP_ENOENT
+		        : e == EACCES ? QP_EPERM
+		                      : QP_ESYSTEM,
+		    "cannot open the %s file '%s': %s", what, path,
+		    strerror(e));
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return qpi_err(QP_EINVAL,
+		    "the %s file '%s' is not a regular file", what, path);
+	}
+	if ((buf = malloc(cap + 1)) == NULL) {
+		close(fd);
+		return qpi_err(QP_ENOMEM, "out of memory reading '%s'", path);
+	}
+	while (got < cap) {
+		ssize_t n = read(fd, buf + got, cap - got);
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		if (n < 0) {
+			e = errno;
+			close(fd);
+			mbedtls_platform_zeroize(buf, got);
+			free(buf);
+			return qpi_err(einval ? QP_EINVAL : QP_ESYSTEM,
+			    "cannot read the %s file '%s': %s", what, path,
+			    strerror(e));
+		}
+		if (n == 0) {
+			break;
+		}
+		got += (size_t) n;
+	}
+	close(fd);
+	buf[got] = '\0';
+	*bufp = buf;
+	*lenp = got;
+	*modep = (unsigned) st.st_mode;
+	return QP_OK;
+}
+
+int
 qpi_token_load_file(qpi_token *t, const char *path, bool *exposedp)
 {
 	/* Enough for the longest token and its \r\n. */
-	uint8_t buf[QPI_TOKEN_MAX + 2];
-	struct stat st;
-	size_t got = 0, len;
-	bool eof = false;
-	int fd, rv = QP_OK;
+	const size_t cap = QPI_TOKEN_MAX + 2;
+	size_t got, len;
+	unsigned mode;
+	char *buf;
+	int rv;
 
 	qpi_token_clear(t);
 	if (exposedp != NULL) {
@@ -65,69 +122,38 @@ qpi_token_load_file(qpi_token *t, const char *path, bool *exposedp)
 	if (path == NULL || path[0] == '\0') {
 		return qpi_err(QP_EINVAL, "the token file name is empty");
 	}
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-		int e = errno;
-		return qpi_err(e == ENOENT ? QP_ENOENT
-		        : e == EACCES      ? QP_EPERM
-		                           : QP_ESYSTEM,
-		    "cannot open the token file '%s': %s", path, strerror(e));
-	}
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
-		return qpi_err(QP_EINVAL,
-		    "the token file '%s' is not a regular file", path);
-	}
-	while (got < sizeof(buf)) {
-		ssize_t n = read(fd, buf + got, sizeof(buf) - got);
-		if (n < 0 && errno == EINTR) {
-			continue;
-		}
-		if (n < 0) {
-			rv = qpi_err(QP_ESYSTEM,
-			    "cannot read the token file '%s': %s", path,
-			    strerror(errno));
-			break;
-		}
-		if (n == 0) {
-			eof = true;
-			break;
-		}
-		got += (size_t) n;
-	}
-	close(fd);
-	if (rv != QP_OK) {
-		mbedtls_platform_zeroize(buf, sizeof(buf));
+	if ((rv = qpi_file_read(path, "token", cap, false, &buf, &got, &mode))
+	    != QP_OK) {
 		return rv;
 	}
-	uint8_t *nl = memchr(buf, '\n', got);
+	char *nl = memchr(buf, '\n', got);
 	len = nl != NULL ? (size_t) (nl - buf) : got;
-	if (nl == NULL && !eof) {
+	if (len > 0 && buf[len - 1] == '\r') {
+		len--;
+	}
+	if (nl == NULL && got == cap) {
+		rv = qpi_err(QP_EINVAL,
+		    "the first line of the token file '%s' is over the "
+		    "maximum of %d bytes",
+		    path, QPI_TOKEN_MAX);
+	} else if (len == 0) {
+		rv = qpi_err(QP_EINVAL,
+		    "the token file '%s' holds no token: its first line is "
+		    "empty",
+		    path);
+	} else if (len > QPI_TOKEN_MAX) {
 		rv = qpi_err(QP_EINVAL,
 		    "the first line of the token file '%s' is over the "
 		    "maximum of %d bytes",
 		    path, QPI_TOKEN_MAX);
 	} else {
-		if (len > 0 && buf[len - 1] == '\r') {
-			len--;
-		}
-		if (len == 0) {
-			rv = qpi_err(QP_EINVAL,
-			    "the token file '%s' holds no token: its first "
-			    "line is empty",
-			    path);
-		} else if (len > QPI_TOKEN_MAX) {
-			rv = qpi_err(QP_EINVAL,
-			    "the first line of the token file '%s' is over "
-			    "the maximum of %d bytes",
-			    path, QPI_TOKEN_MAX);
-		} else {
-			memcpy(t->key, buf, len);
-			t->len = len;
-		}
+		memcpy(t->key, buf, len);
+		t->len = len;
 	}
-	mbedtls_platform_zeroize(buf, sizeof(buf));
+	mbedtls_platform_zeroize(buf, cap);
+	free(buf);
 	if (rv == QP_OK && exposedp != NULL) {
-		*exposedp = (st.st_mode & (S_IRGRP | S_IROTH)) != 0;
+		*exposedp = (mode & (S_IRGRP | S_IROTH)) != 0;
 	}
 	return rv;
 }

@@ -38,13 +38,16 @@ typedef struct qpi_token {
  * longer than QPI_TOKEN_MAX bytes (*t is then cleared). */
 int qpi_token_set(qpi_token *t, const char *s);
 
-/* Sets *t to the first line of the file at path, without its line ending
- * (\n or \r\n). QP_EINVAL if that line is empty or too long, or if path is
- * not a regular file; QP_ENOENT if it does not exist; QP_EPERM if it cannot
- * be read; qp_errmsg() names the file. *exposedp (may be NULL) is set true
- * when the file can be read by its group or by others: the caller should
- * warn (qpiped logs it) but the token is loaded. */
+/* Sets *t to the first line of the regular file at path: QP_EINVAL (empty,
+ * too long, not a file), QP_ENOENT, QP_EPERM. *exposedp (may be NULL): the
+ * file is readable by group or others (warn; the token is loaded). */
 int qpi_token_load_file(qpi_token *t, const char *path, bool *exposedp);
+
+/* Reads at most cap bytes of the regular file path into a malloc'd *bufp
+ * (NUL after them; *lenp without it), *modep its mode. Errors name what:
+ * QP_EINVAL (every one with einval), QP_ENOENT, QP_EPERM, QP_ENOMEM. */
+int qpi_file_read(const char *path, const char *what, size_t cap, bool einval,
+    char **bufp, size_t *lenp, unsigned *modep);
 
 /* Sets *t from the environment variable QPIPE_TOKEN; unset or empty leaves
  * *t empty (len 0) and returns QP_OK. QP_EINVAL if it is too long. */
@@ -85,13 +88,9 @@ typedef struct qpi_auth_server {
 int qpi_auth_server_hello(
     qpi_auth_server *s, uint8_t nonce[QPI_AUTH_NONCE_LEN]);
 
-/* Answers an auth request: checks mac == HMAC(token, nonce) in constant
- * time, against the nonce of the latest hello, which is then used up
- * (right or wrong, a nonce serves one attempt). On QP_OK sets s->ok and,
- * if cnonce is not NULL (the client sent client_nonce), fills
- * smac = HMAC(token, cnonce | nonce) and sets *has_smac; otherwise
- * *has_smac is false. QP_EAUTH (wrong mac, no hello before, nonce used
- * already, t empty) with qp_errmsg() saying which, fit for the reply. */
+/* Checks mac == HMAC(token, nonce) in constant time against the latest
+ * hello's nonce (used up either way); on QP_OK sets s->ok and, for a cnonce,
+ * smac = HMAC(token, cnonce | nonce) with *has_smac. Else QP_EAUTH. */
 int qpi_auth_server_check(qpi_auth_server *s, const qpi_token *t,
     const uint8_t mac[QPI_AUTH_MAC_LEN], const uint8_t *cnonce,
     uint8_t smac[QPI_AUTH_MAC_LEN], bool *has_smac);
@@ -118,12 +117,9 @@ int qpi_auth_client_answer(qpi_auth_client *c, const qpi_token *t,
 int qpi_auth_client_verify(const qpi_auth_client *c, const qpi_token *t,
     const uint8_t *smac, bool has_smac, const char *peer);
 
-/* The client's rule after the hello reply, the same for direct connections
- * and servers: a token and auth_required -> QP_OK (go on with auth); no
- * token and auth_required -> QP_EAUTH ("needs a token"); a token and no
- * auth_required -> QP_EAUTH (the peer cannot prove it holds the token:
- * not the one the client meant); neither -> QP_OK. *authp tells whether
- * to send auth. qp_errmsg() names peer. */
+/* The client's rule after the hello reply: QP_OK when it holds a token
+ * exactly if the peer requires one (*authp: send auth), else QP_EAUTH
+ * naming peer (a token the peer cannot prove, or one missing). */
 int qpi_auth_client_policy(
     const qpi_token *t, bool auth_required, const char *peer, bool *authp);
 

@@ -5,7 +5,7 @@
  * of its own; each backend locks as its single calls do.
  */
 #include "queue.h"
-#include "remote.h"
+#include "rclient.h"
 #include "shmq.h"
 #include "wire.h"
 

@@ -200,7 +200,6 @@ qpi_ce_open(qpi_ce **cp, const qpi_addr *a, const qp_conn_opts *o,
     size_t max_recv, qpi_ce_hook hook, void *arg, int64_t deadline_ns)
 {
 	qpi_ce *s = calloc(1, sizeof(*s));
-	pthread_condattr_t ca;
 	ce_conn *c;
 	int rv;
 
@@ -213,10 +212,7 @@ qpi_ce_open(qpi_ce **cp, const qpi_addr *a, const qp_conn_opts *o,
 	s->hook_arg = arg;
 	s->max_recv = max_recv;
 	pthread_mutex_init(&s->mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&s->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	qpi_cond_init(&s->cv);
 	if ((rv = ce_dial(s, deadline_ns, &c)) != QP_OK) {
 		qpi_ce_free(s);
 		return rv;
@@ -267,12 +263,7 @@ ce_get_conn_locked(qpi_ce *s, int64_t deadline_ns, ce_conn **cp)
 			int64_t until = s->connecting      ? deadline_ns
 			    : s->next_try_ns < deadline_ns ? s->next_try_ns
 			                                   : deadline_ns;
-			struct timespec ts = qpi_ts_from_ns(until);
-			if (until == INT64_MAX) {
-				pthread_cond_wait(&s->cv, &s->mu);
-			} else {
-				pthread_cond_timedwait(&s->cv, &s->mu, &ts);
-			}
+			qpi_cond_wait(&s->cv, &s->mu, until);
 			continue;
 		}
 		s->connecting = true;
@@ -400,15 +391,10 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 				ce_break_locked(s, c);
 				rv = QP_ECONNRESET;
 			}
-		} else if (reply_deadline_ns == INT64_MAX) {
-			pthread_cond_wait(&s->cv, &s->mu);
-		} else {
-			struct timespec ts = qpi_ts_from_ns(reply_deadline_ns);
-			if (pthread_cond_timedwait(&s->cv, &s->mu, &ts)
-			        == ETIMEDOUT
-			    && !w.done) {
-				rv = QP_ETIMEDOUT;
-			}
+		} else if (qpi_cond_wait(&s->cv, &s->mu, reply_deadline_ns)
+		        == QP_ETIMEDOUT
+		    && !w.done) {
+			rv = QP_ETIMEDOUT;
 		}
 	}
 	if (w.done) {

@@ -39,15 +39,11 @@ void qpi_ce_set_max(qpi_ce *s, size_t max_recv);
 int qpi_ce_exchange(qpi_link *l, bool pair1, const void *req, size_t len,
     int64_t deadline_ns, uint8_t **repp, size_t *lenp);
 
-/* Sends the request body (len bytes) and waits for its reply: connects
- * first if needed, until conn_deadline_ns; the reply until
- * reply_deadline_ns. QP_OK: *repp is the reply body (malloc'd, the caller
- * frees it), *lenp its size, *connp the number of the connection it came
- * on (never 0). QP_ECONNREFUSED: no connection could be made by
- * conn_deadline_ns (qp_errmsg() says why); QP_ECONNRESET: the connection
- * dropped after the request went out (it may have been applied);
- * QP_ETIMEDOUT: no reply in time; QP_ECLOSED: qpi_ce_close was called;
- * QP_EAUTH, QP_EPROTO: a new connection's hook failed; QP_ENOMEM. */
+/* Sends req (connecting first, until conn_deadline_ns) and waits for the
+ * reply until reply_deadline_ns: *repp (malloc'd), *lenp, *connp (its
+ * connection, never 0). Errors: QP_ECONNREFUSED (no connection in time),
+ * QP_ECONNRESET (dropped after sending: it may have been applied),
+ * QP_ETIMEDOUT, QP_ECLOSED, QP_EAUTH or QP_EPROTO (a hook), QP_ENOMEM. */
 int qpi_ce_call(qpi_ce *s, const void *req, size_t len,
     int64_t conn_deadline_ns, int64_t reply_deadline_ns, uint8_t **repp,
     size_t *lenp, uint32_t *connp);

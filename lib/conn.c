@@ -11,20 +11,26 @@
  * connection belongs to the process that made it (nng does not survive
  * fork(); a server pipe's side is its connection's): in a forked child
  * every call on it is refused before the carrier is reached, close only
- * marks it closed, and free only forgets it. No
- * locking here: the carriers lock what they share.
+ * marks it closed, and free only forgets it. Also the received-message
+ * queue of the carriers fed by a thread (qpi_rxq: nngconn.c, rpipe.c),
+ * whose mutex guards its messages, its end and its eventfd's state. No
+ * other locking here: the carriers lock what they share.
  */
 #include "conn.h"
+#include "link.h"
 #include "nngconn.h"
-#include "nngproc.h"
 #include "shmpipe.h"
 #include "wire.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 void
 qpi_conn_init(
@@ -36,6 +42,165 @@ qpi_conn_init(
 	c->readable = readable;
 	c->writable = writable;
 	c->owner = 0;
+}
+
+/* ---- the received-message queue ---- */
+
+int
+qpi_rxq_init(qpi_rxq *q)
+{
+	memset(q, 0, sizeof(*q));
+	if ((q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+		return qpi_err(QP_ENOMEM, "eventfd: %s", strerror(errno));
+	}
+	pthread_mutex_init(&q->mu, NULL);
+	qpi_cond_init(&q->cv);
+	return QP_OK;
+}
+
+void
+qpi_rxq_free(qpi_rxq *q, bool locks)
+{
+	qpi_rxmsg *m;
+
+	while ((m = q->head) != NULL) {
+		q->head = m->next;
+		free(m->mem);
+		free(m);
+	}
+	close(q->efd);
+	if (locks) {
+		pthread_cond_destroy(&q->cv);
+		pthread_mutex_destroy(&q->mu);
+	}
+}
+
+/* Makes efd readable exactly while a message waits or at the end; mu. */
+static void
+rxq_efd_sync(qpi_rxq *q)
+{
+	uint64_t v = 1;
+
+	if (q->head != NULL || q->eof) {
+		if (write(q->efd, &v, sizeof(v)) < 0) {
+			/* at its maximum already: it stays readable */
+		}
+	} else if (read(q->efd, &v, sizeof(v)) < 0) {
+		/* was not readable: nothing to clear */
+	}
+	pthread_cond_broadcast(&q->cv);
+}
+
+int
+qpi_rxq_push(qpi_rxq *q, uint8_t *mem, size_t off, size_t len)
+{
+	qpi_rxmsg *m = malloc(sizeof(*m));
+	size_t boff = 0, plen;
+
+	if (m == NULL) {
+		free(mem);
+		return qpi_err(QP_ENOMEM, "out of memory for a message");
+	}
+	m->next = NULL;
+	m->mem = mem;
+	m->data = mem + off;
+	m->len = len;
+	m->binoff = qpi_wire_bin_unwrap(m->data, len, &boff, &plen)
+	    ? (uint8_t) boff
+	    : 0;
+	pthread_mutex_lock(&q->mu);
+	if (q->eof) {
+		pthread_mutex_unlock(&q->mu);
+		free(mem);
+		free(m);
+		return QP_ECLOSED;
+	}
+	if (q->tail != NULL) {
+		q->tail->next = m;
+	} else {
+		q->head = m;
+	}
+	q->tail = m;
+	q->qbytes += len;
+	rxq_efd_sync(q);
+	pthread_mutex_unlock(&q->mu);
+	return QP_OK;
+}
+
+void
+qpi_rxq_end(qpi_rxq *q, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&q->mu);
+	if (!q->eof) {
+		q->eof = true;
+		q->err = err;
+		va_start(ap, fmt);
+		vsnprintf(q->errmsg, sizeof(q->errmsg), fmt, ap);
+		va_end(ap);
+		rxq_efd_sync(q);
+	}
+	pthread_mutex_unlock(&q->mu);
+}
+
+bool
+qpi_rxq_wait_room(qpi_rxq *q)
+{
+	pthread_mutex_lock(&q->mu);
+	while (!q->eof && q->qbytes >= QPI_RXQ_MAX) {
+		pthread_cond_wait(&q->cv, &q->mu);
+	}
+	bool open = !q->eof;
+	pthread_mutex_unlock(&q->mu);
+	return open;
+}
+
+int
+qpi_rxq_peek(qpi_rxq *q, int64_t deadline, qpi_msginfo *mi)
+{
+	int rv = QP_OK;
+
+	pthread_mutex_lock(&q->mu);
+	while (q->head == NULL && !q->eof && rv == QP_OK) {
+		rv = qpi_cond_wait(&q->cv, &q->mu, deadline);
+	}
+	if (q->head != NULL) {
+		mi->len = q->head->len;
+		mi->raw = false;
+		mi->binoff = q->head->binoff;
+		rv = QP_OK;
+	} else if (q->eof) {
+		rv = qpi_err(q->err, "%s", q->errmsg);
+	}
+	pthread_mutex_unlock(&q->mu);
+	return rv;
+}
+
+int
+qpi_rxq_take(qpi_rxq *q, const qpi_msginfo *mi, size_t skip, void *dst)
+{
+	qpi_rxmsg *m;
+
+	pthread_mutex_lock(&q->mu);
+	if ((m = q->head) == NULL || m->len != mi->len) {
+		pthread_mutex_unlock(&q->mu);
+		return qpi_err(QP_EBUSY,
+		    "the message changed under this receive: another thread "
+		    "received on the connection at the same time");
+	}
+	if ((q->head = m->next) == NULL) {
+		q->tail = NULL;
+	}
+	q->qbytes -= m->len;
+	rxq_efd_sync(q); /* and room again */
+	pthread_mutex_unlock(&q->mu);
+	if (m->len > skip) {
+		memcpy(dst, m->data + skip, m->len - skip);
+	}
+	free(m->mem);
+	free(m);
+	return QP_OK;
 }
 
 /* Whether c is a forked child's copy of a connection it cannot use. */
@@ -141,173 +306,105 @@ qp_conn_send_bytes(qp_conn *c, const void *buf, size_t offset, size_t size)
 
 /* ---- receiving ---- */
 
-/* The length of the message's msgpack encoding, and of its bin header if
- * it is stored raw. */
-static size_t
-conn_enc_len(const qpi_msginfo *mi, uint8_t hdr[5], size_t *hlp)
-{
-	size_t hl = 0;
-
-	if (mi->raw) {
-		hl = qpi_wire_bin_header(mi->len, hdr);
-	}
-	*hlp = hl;
-	return hl + mi->len;
-}
-
-/* The length of what a bytes receive returns, and how many stored bytes
- * to skip first (the bin header of an encoded bin). */
-static size_t
-conn_bytes_len(const qpi_msginfo *mi, size_t *skipp)
-{
-	*skipp = mi->raw ? 0 : mi->binoff;
-	return mi->len - *skipp;
-}
-
-/* Waits for the next message; QP_ECLOSED at end of file. *heldp tells
- * whether *mi describes a message that stays to be read (QP_OK, or
- * QP_ETOOBIG when it is over the connection's maximum); a carrier's own
- * error (such as a remote peer's oversized frame) describes none. */
+/* Receives the next message: its msgpack encoding (enc), or what a bytes
+ * receive returns (its payload if it is one bin), into buf (cap bytes;
+ * NULL: a malloc'd *bufp). QP_ECLOSED at end of file; QP_ETOOBIG, with
+ * *lenp set, leaves a message over the maximum or cap to be read. */
 static int
-conn_next(qp_conn *c, qpi_msginfo *mi, bool *heldp)
+conn_recv(
+    qp_conn *c, bool enc, void *buf, size_t cap, void **bufp, size_t *lenp)
 {
-	int rv = c->ops->peek(c, INT64_MAX, mi);
+	qpi_msginfo mi;
+	uint8_t hdr[5];
+	size_t hl = 0, skip = 0, n;
+	uint8_t *p = buf;
+	int rv = c->ops->peek(c, INT64_MAX, &mi);
 
-	*heldp = rv == QP_OK;
 	if (rv != QP_OK) {
-		return rv;
+		return rv; /* a carrier's own error describes no message */
 	}
+	if (enc && mi.raw) {
+		hl = qpi_wire_bin_header(mi.len, hdr);
+	} else if (!enc && !mi.raw) {
+		skip = mi.binoff;
+	}
+	n = hl + mi.len - skip;
 	/* The limit counts what the sender's check counted: the payload
 	 * of a bin, the encoding of any other value. */
-	size_t body = mi->raw ? mi->len : mi->len - mi->binoff;
-	if (body > c->max_message) {
-		return qpi_err(QP_ETOOBIG,
-		    "next message is %zu bytes, over the connection's maximum "
-		    "of %zu; it stays to be read",
-		    body, c->max_message);
+	size_t body = mi.raw ? mi.len : mi.len - mi.binoff;
+	if (body > c->max_message || n > cap) {
+		*lenp = n;
+		return body > c->max_message
+		    ? qpi_err(QP_ETOOBIG,
+		        "next message is %zu bytes, over the connection's "
+		        "maximum of %zu; it stays to be read",
+		        body, c->max_message)
+		    : qpi_err(QP_ETOOBIG,
+		        "message of %zu bytes is longer than the %zu bytes "
+		        "asked for; it stays to be read",
+		        n, cap);
 	}
-	return rv;
+	if (p == NULL && (p = malloc(n > 0 ? n : 1)) == NULL) {
+		return qpi_err(QP_ENOMEM, "cannot allocate %zu bytes", n);
+	}
+	memcpy(p, hdr, hl);
+	if ((rv = c->ops->take(c, &mi, skip, p + hl)) != QP_OK) {
+		if (buf == NULL) {
+			free(p);
+		}
+		return rv;
+	}
+	if (bufp != NULL) {
+		*bufp = p;
+	}
+	*lenp = n;
+	return QP_OK;
 }
 
 QP_API int
 qp_conn_recv(qp_conn *c, void **msgpackp, size_t *lenp)
 {
-	qpi_msginfo mi;
-	uint8_t hdr[5];
-	size_t hl, n;
-	bool held;
-	int rv;
+	int rv = conn_can_recv(c);
 
-	if ((rv = conn_can_recv(c)) != QP_OK) {
-		return rv;
+	if (rv == QP_OK && (msgpackp == NULL || lenp == NULL)) {
+		rv = qpi_err(QP_EINVAL, "output pointer is NULL");
 	}
-	if (msgpackp == NULL || lenp == NULL) {
-		return qpi_err(QP_EINVAL, "output pointer is NULL");
-	}
-	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
-		if (held) {
-			*lenp = conn_enc_len(&mi, hdr, &hl);
-		}
-		return rv;
-	}
-	n = conn_enc_len(&mi, hdr, &hl);
-	uint8_t *p = malloc(n > 0 ? n : 1);
-	if (p == NULL) {
-		return qpi_err(QP_ENOMEM, "cannot allocate %zu bytes", n);
-	}
-	memcpy(p, hdr, hl);
-	if ((rv = c->ops->take(c, &mi, 0, p + hl)) != QP_OK) {
-		free(p);
-		return rv;
-	}
-	*msgpackp = p;
-	*lenp = n;
-	return QP_OK;
+	return rv != QP_OK
+	    ? rv
+	    : conn_recv(c, true, NULL, SIZE_MAX, msgpackp, lenp);
 }
 
 QP_API int
 qp_conn_recv_bytes(qp_conn *c, void **bufp, size_t *lenp, size_t maxlength)
 {
-	qpi_msginfo mi;
-	size_t skip, n;
-	bool held;
-	int rv;
+	int rv = conn_can_recv(c);
 
-	if ((rv = conn_can_recv(c)) != QP_OK) {
-		return rv;
+	if (rv == QP_OK && (bufp == NULL || lenp == NULL)) {
+		rv = qpi_err(QP_EINVAL, "output pointer is NULL");
 	}
-	if (bufp == NULL || lenp == NULL) {
-		return qpi_err(QP_EINVAL, "output pointer is NULL");
-	}
-	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
-		if (held) {
-			*lenp = conn_bytes_len(&mi, &skip);
-		}
-		return rv;
-	}
-	n = conn_bytes_len(&mi, &skip);
-	if (n > maxlength) {
-		*lenp = n;
-		return qpi_err(QP_ETOOBIG,
-		    "message of %zu bytes is longer than maxlength %zu; it "
-		    "stays to be read",
-		    n, maxlength);
-	}
-	uint8_t *p = malloc(n > 0 ? n : 1);
-	if (p == NULL) {
-		return qpi_err(QP_ENOMEM, "cannot allocate %zu bytes", n);
-	}
-	if ((rv = c->ops->take(c, &mi, skip, p)) != QP_OK) {
-		free(p);
-		return rv;
-	}
-	*bufp = p;
-	*lenp = n;
-	return QP_OK;
+	return rv != QP_OK ? rv
+	                   : conn_recv(c, false, NULL, maxlength, bufp, lenp);
 }
 
 QP_API int
 qp_conn_recv_bytes_into(
     qp_conn *c, void *buf, size_t bufsize, size_t offset, size_t *lenp)
 {
-	qpi_msginfo mi;
-	size_t skip, n;
-	bool held;
-	int rv;
+	int rv = conn_can_recv(c);
 
-	if ((rv = conn_can_recv(c)) != QP_OK) {
-		return rv;
-	}
-	if (lenp == NULL) {
-		return qpi_err(QP_EINVAL, "output pointer is NULL");
-	}
-	if (buf == NULL && bufsize > 0) {
-		return qpi_err(QP_EINVAL, "buffer is NULL");
-	}
-	if (offset > bufsize) {
-		return qpi_err(QP_EINVAL,
+	if (rv == QP_OK && lenp == NULL) {
+		rv = qpi_err(QP_EINVAL, "output pointer is NULL");
+	} else if (rv == QP_OK && buf == NULL && bufsize > 0) {
+		rv = qpi_err(QP_EINVAL, "buffer is NULL");
+	} else if (rv == QP_OK && offset > bufsize) {
+		rv = qpi_err(QP_EINVAL,
 		    "offset %zu is past the %zu-byte buffer", offset, bufsize);
 	}
-	if ((rv = conn_next(c, &mi, &held)) != QP_OK) {
-		if (held) {
-			*lenp = conn_bytes_len(&mi, &skip);
-		}
-		return rv;
-	}
-	n = conn_bytes_len(&mi, &skip);
-	if (n > bufsize - offset) {
-		*lenp = n;
-		return qpi_err(QP_ETOOBIG,
-		    "message of %zu bytes does not fit in the %zu bytes after "
-		    "offset %zu; it stays to be read",
-		    n, bufsize - offset, offset);
-	}
-	if ((rv = c->ops->take(c, &mi, skip, (uint8_t *) buf + offset))
-	    != QP_OK) {
-		return rv;
-	}
-	*lenp = n;
-	return QP_OK;
+	static uint8_t none[1];
+	return rv != QP_OK ? rv
+	                   : conn_recv(c, false,
+	                       buf != NULL ? (uint8_t *) buf + offset : none,
+	                       bufsize - offset, NULL, lenp);
 }
 
 QP_API int

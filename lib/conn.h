@@ -1,15 +1,16 @@
 /*
  * conn.h - the inside of a qp_conn: what every carrier of a Connection
- * (shared memory: shmpipe.c; nng streams: nngconn.c; pipes through the
- * server: rpipe.c) provides to conn.c,
- * which checks the arguments of the public calls and dispatches through
- * the ops table below.
+ * (shared memory: shmpipe.c; streams: nngconn.c; pipes through the
+ * server: rpipe.c) provides to conn.c, which checks the arguments of the
+ * public calls and dispatches through the ops table below; and the
+ * received-message queue that nngconn.c and rpipe.c share.
  */
 #ifndef QPI_CONN_H
 #define QPI_CONN_H
 
 #include "qpi.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -81,5 +82,56 @@ struct qp_conn {
  * process; a carrier on nng sets owner to getpid() afterwards). */
 void qpi_conn_init(
     qp_conn *c, const qpi_conn_ops *ops, bool readable, bool writable);
+
+/* A message in a received-message queue: len bytes of one msgpack value. */
+typedef struct qpi_rxmsg {
+	struct qpi_rxmsg *next;
+	uint8_t *mem; /* malloc'd; the queue frees it */
+	uint8_t *data; /* the value, in mem */
+	size_t len;
+	uint8_t binoff; /* as qpi_msginfo's */
+} qpi_rxmsg;
+
+/* The received-message queue of a carrier whose messages come from a
+ * thread of its own (nngconn.c's reader, rpipe.c's prefetcher): one
+ * producer pushes, one receiver peeks then takes, under mu; efd polls
+ * readable exactly while a message waits or the stream has ended. */
+typedef struct qpi_rxq {
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* a message came, the end, or room again */
+	qpi_rxmsg *head, *tail;
+	size_t qbytes;
+	bool eof;
+	int err; /* what peek says once the queue is drained */
+	char errmsg[300];
+	int efd;
+} qpi_rxq;
+
+/* The bytes a producer may queue before it waits for room. */
+#define QPI_RXQ_MAX ((size_t) 4 << 20)
+
+/* Sets up an empty queue: QP_OK or QP_ENOMEM (no eventfd). */
+int qpi_rxq_init(qpi_rxq *q);
+
+/* Frees the messages and the eventfd; with locks, also its mutex and
+ * condition (false: a forked child's copy, whose locks are not touched). */
+void qpi_rxq_free(qpi_rxq *q, bool locks);
+
+/* Queues the len bytes at mem + off (mem malloc'd; taken over, and freed
+ * on error): QP_OK, QP_ENOMEM, or QP_ECLOSED once the queue has ended. */
+int qpi_rxq_push(qpi_rxq *q, uint8_t *mem, size_t off, size_t len);
+
+/* Ends the stream (the first end wins): peek reports err with the
+ * formatted message once the queue is drained. */
+void qpi_rxq_end(qpi_rxq *q, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* For the producer: waits while QPI_RXQ_MAX bytes are queued; false once
+ * the queue has ended. */
+bool qpi_rxq_wait_room(qpi_rxq *q);
+
+/* The carrier ops' peek and take (qpi_conn_ops) on the queue. */
+int qpi_rxq_peek(qpi_rxq *q, int64_t deadline_ns, qpi_msginfo *mi);
+int qpi_rxq_take(qpi_rxq *q, const qpi_msginfo *mi, size_t skip, void *dst);
 
 #endif /* QPI_CONN_H */

@@ -223,13 +223,7 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 	pthread_mutex_init(&d->mu, NULL);
 	d->refs = 1;
 	d->pid = getpid();
-	{
-		pthread_condattr_t ca;
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&d->cv, &ca);
-		pthread_condattr_destroy(&ca);
-	}
+	qpi_cond_init(&d->cv);
 	d->fd = open(path, O_RDWR | O_CLOEXEC);
 	if (d->fd < 0) {
 		rv = errno == ENOENT
@@ -716,25 +710,6 @@ uint64_t
 qpi_durq_rec_size(size_t len)
 {
 	return QPI_SHMQ_REC_SIZE((uint64_t) len + DQ_WRAP);
-}
-
-int
-qpi_durq_sync(qpi_durq *d)
-{
-	int rv = QP_OK;
-
-	pthread_mutex_lock(&d->mu);
-	if ((rv = dq_flush_pending(d)) == QP_OK) {
-		if (fdatasync(d->fd) != 0) {
-			rv = qpi_dq_errno(errno, "cannot sync", d->path);
-		} else {
-			d->dirty = false;
-			d->syncs++;
-			d->synced = d->wseq;
-		}
-	}
-	pthread_mutex_unlock(&d->mu);
-	return rv;
 }
 
 void

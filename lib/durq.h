@@ -108,14 +108,10 @@ typedef struct qpi_durq_info {
 	uint64_t cut_bytes; /* ... after cutting this many bytes (0: none) */
 } qpi_durq_info;
 
-/* Opens (QP_OPEN_CREATE: creates if missing; with QP_OPEN_EXCL, an
- * existing file is QP_EEXIST) the durable queue in the file at path.
- * cfg: the settings of a queue this call creates (may be NULL);
- * def: the policy a DEFAULT queue follows (NULL: interval:100). info (may
- * be NULL) says what was found. Errors: QP_ENOENT, QP_EEXIST, QP_EBUSY
- * (another process has the file open), QP_ECORRUPT (quarantine: bad
- * header or a bad record before the end; the file is not changed),
- * QP_ENOSPC, QP_ENOMEM, QP_ESYSTEM. */
+/* Opens (flags as qp_queue_open's) the durable queue in file path; cfg for
+ * a new one, def the policy of a DEFAULT one (NULL: interval:100), info
+ * what was found. QP_ECORRUPT leaves the file untouched; QP_EBUSY: open
+ * in another process; QP_ENOENT, QP_EEXIST, QP_ENOSPC, QP_ENOMEM. */
 int qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
     const qpi_durq_cfg *cfg, const qpi_fsync *def, qpi_durq_info *info);
 
@@ -198,9 +194,6 @@ int qpi_durq_stat(qpi_durq *d, qp_queue_stats *st);
 
 /* Bytes of the queue's storage that an item of len bytes takes. */
 uint64_t qpi_durq_rec_size(size_t len);
-
-/* fdatasyncs the file now (and writes DONE records still waiting). */
-int qpi_durq_sync(qpi_durq *d);
 
 /* Figures for tests and logs. */
 typedef struct qpi_durq_stats {

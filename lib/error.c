@@ -1,11 +1,12 @@
 /*
  * error.c - the public faces of the error texts and of the per-thread
  * detailed message (both kept in proto/errors.c, which the codec shares),
- * durations and clocks. No state of its own, no locking.
+ * durations, clocks and waits on them. No state of its own, no locking.
  */
 #include "qpi.h"
 #include "wire.h"
 
+#include <errno.h>
 #include <stdlib.h>
 
 QP_API const char *
@@ -87,6 +88,34 @@ qpi_ts_from_ns(int64_t ns)
 	ts.tv_sec = (time_t) (ns / 1000000000);
 	ts.tv_nsec = (long) (ns % 1000000000);
 	return ts;
+}
+
+void
+qpi_cond_init(pthread_cond_t *cv)
+{
+	pthread_condattr_t ca;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(cv, &ca);
+	pthread_condattr_destroy(&ca);
+}
+
+int
+qpi_cond_wait(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ns)
+{
+	struct timespec ts;
+
+	if (deadline_ns == INT64_MAX) {
+		pthread_cond_wait(cv, mu);
+		return QP_OK;
+	}
+	if (qpi_remaining_ns(deadline_ns) == 0) {
+		return QP_ETIMEDOUT;
+	}
+	ts = qpi_ts_from_ns(deadline_ns);
+	return pthread_cond_timedwait(cv, mu, &ts) == ETIMEDOUT ? QP_ETIMEDOUT
+	                                                        : QP_OK;
 }
 
 bool

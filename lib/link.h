@@ -49,13 +49,9 @@ struct qpi_link {
 	char url[QPI_URL_MAX + 1]; /* the server's address, for messages */
 };
 
-/* Dials a (tcp, ipc or tls) and does the SP handshake as protocol proto,
- * the peer answering as peer_proto, until deadline_ns. The driver: nng
- * for tls+tcp:// or when QPIPE_TRANSPORT=nng, else plain sockets. o: TLS
- * settings (may be NULL). Errors: QP_ECONNREFUSED (nobody listens),
- * QP_EPROTO (the peer does not speak peer_proto), QP_EAUTH (the TLS
- * handshake failed, qp_errmsg() says why), QP_ETIMEDOUT, QP_EINVAL,
- * QP_ENOMEM. */
+/* Dials a on its driver (qpi_link_uses_nng), SP handshake as proto to
+ * peer_proto, until deadline_ns; o: TLS settings or NULL. QP_ECONNREFUSED,
+ * QP_EPROTO, QP_EAUTH (TLS), QP_ETIMEDOUT, QP_EINVAL, QP_ENOMEM. */
 int qpi_link_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     uint16_t proto, uint16_t peer_proto, int64_t deadline_ns);
 
@@ -88,15 +84,15 @@ int qpi_link_send_frame(qpi_link *l, uint32_t tag, const void *body,
 int qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp,
     uint8_t **bufp, size_t *lenp, int64_t deadline_ns);
 
+/* The nng stream under an nng link, handed over to the caller (an
+ * nng_stream *: qpiped's nng-stream driver reads it with nng's
+ * callbacks); the link's own parts are freed. */
+void *qpi_link_nng_take(qpi_link *l);
+
 /* The drivers' dials, without the SP handshake (link.c does it). */
 int qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns);
 int qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     int64_t deadline_ns);
-
-/* The nng stream under an nng link, handed over to the caller (an
- * nng_stream *; direct connections read it with nng's callbacks): the
- * link's own parts are freed. */
-void *qpi_link_nng_take(qpi_link *l);
 
 /* A listener of the nng driver (tcp, ipc, tls: streams only): direct
  * connections' (qp_listen). */
@@ -123,5 +119,25 @@ void qpi_link_listener_free(qpi_link_listener *L);
  * QP_ECONNRESET; a handle closed here (NNG_ECLOSED, NNG_ECANCELED) is
  * QP_ECLOSED. */
 int qpi_nng_err(int nrv);
+
+/* ---- which process may use nng (link_nng.c) ----
+ * nng does not survive fork(): in a child forked after nng started, its
+ * first set-up call panics, and the parent's nng objects are served by
+ * threads that stayed there; so a forked child refuses new network
+ * handles (qpi_nng_claim) and those it inherited (each records its owner).
+ */
+
+/* Called before anything that may start nng: QP_OK, and nng is this
+ * process's from then on; QP_EINVAL (what names the address) in a child
+ * forked from a process that had claimed it. */
+int qpi_nng_claim(const char *what);
+
+/* Whether a handle made by process owner is a forked child's copy here:
+ * nothing of nng may be called on it, only the child's memory released. */
+bool qpi_nng_forked(pid_t owner);
+
+/* The error for a handle used in a forked child: QP_EINVAL. what names
+ * the handle ("this connection", "listener tcp://127.0.0.1:7450"). */
+int qpi_nng_forked_err(const char *what, pid_t owner);
 
 #endif /* QPI_LINK_H */

@@ -10,14 +10,16 @@
  * gives nng nothing more, a TLS transfer with a deadline is watched by a
  * timer that closes the stream when the deadline passes, and shutdown
  * closes the stream, which always ends its transfers. Also the one map
- * from nng's errors to QP_ codes (qpi_nng_err).
+ * from nng's errors to QP_ codes (qpi_nng_err), and nng's claim on a
+ * process: the first process to set up a network handle claims nng, and
+ * its forked children, which see the claim (fork copies the variable),
+ * refuse (a child forked before the first claim may claim it itself).
  *
  * Locking: the caller serialises senders and receivers (link.h); a
  * link's mu makes "not broken, so start the transfer" one step against
- * shutdown and the watchdogs.
+ * shutdown and the watchdogs; the claim is one atomic compare-and-swap.
  */
 #include "link.h"
-#include "nngproc.h"
 #include "tls.h"
 
 #include <arpa/inet.h>
@@ -27,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct nng_link {
 	qpi_link base; /* first */
@@ -224,6 +227,16 @@ nl_free(qpi_link *l)
 	nl_free_parts(n);
 }
 
+void *
+qpi_link_nng_take(qpi_link *l)
+{
+	nng_link *n = (nng_link *) l;
+	nng_stream *st = n->st;
+
+	nl_free_parts(n);
+	return st;
+}
+
 static const qpi_link_ops nl_ops = {
     .name = "nng",
     .send = nl_send,
@@ -257,16 +270,6 @@ nl_new(nng_link **np, nng_stream *st, bool tls)
 	n->base.nng = true;
 	*np = n;
 	return QP_OK;
-}
-
-void *
-qpi_link_nng_take(qpi_link *l)
-{
-	nng_link *n = (nng_link *) l;
-	nng_stream *st = n->st;
-
-	nl_free_parts(n);
-	return st;
 }
 
 int
@@ -460,4 +463,45 @@ qpi_link_listener_free(qpi_link_listener *L)
 		nng_stream_listener_free(L->sl);
 		free(L);
 	}
+}
+
+/* ---- which process may use nng ---- */
+
+/* The process whose network handles started nng (0: none yet). */
+static pid_t np_owner;
+
+int
+qpi_nng_claim(const char *what)
+{
+	pid_t me = getpid(), first = 0;
+
+	if (__atomic_compare_exchange_n(&np_owner, &first, me, false,
+	        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+	    || first == me) {
+		return QP_OK;
+	}
+	return qpi_err(QP_EINVAL,
+	    "cannot reach %s: process %ld, which this one was forked from, "
+	    "already used the network layer (nng), which does not survive "
+	    "fork(); listen, dial and open tls+tcp:// addresses only in "
+	    "processes that did not inherit it (fork before the first "
+	    "such call, or exec); tcp:// and ipc:// queues need no nng",
+	    what, (long) first);
+}
+
+bool
+qpi_nng_forked(pid_t owner)
+{
+	return owner != getpid();
+}
+
+int
+qpi_nng_forked_err(const char *what, pid_t owner)
+{
+	return qpi_err(QP_EINVAL,
+	    "%s was made in process %ld: a network handle does not "
+	    "survive fork() (nng); a forked child can only close and free "
+	    "it (open, listen or dial before forking, in the process that "
+	    "uses it)",
+	    what, (long) owner);
 }

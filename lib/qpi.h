@@ -9,6 +9,7 @@
 #include "errors.h" /* qpi_err(), qpi_err_clear(): proto's, shared */
 #include "qpipe.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <time.h>
@@ -29,6 +30,14 @@ int64_t qpi_remaining_ns(int64_t deadline_ns);
 
 /* Converts an absolute monotonic deadline in ns to a timespec. */
 struct timespec qpi_ts_from_ns(int64_t ns);
+
+/* Initialises cv on CLOCK_MONOTONIC, the clock of every deadline here. */
+void qpi_cond_init(pthread_cond_t *cv);
+
+/* Waits on cv (mu held) until woken or deadline_ns (INT64_MAX: no limit):
+ * QP_OK, or QP_ETIMEDOUT once the deadline has passed. */
+int qpi_cond_wait(
+    pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ns);
 
 /* Names: 1..QP_NAME_MAX bytes of [A-Za-z0-9._-]. */
 bool qpi_name_valid(const char *name, size_t len);

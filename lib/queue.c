@@ -1,32 +1,23 @@
 /*
- * queue.c - the public qp_queue_* calls. Each one checks its arguments and
- * the handle's closed flag, turns the timeout into an absolute deadline,
- * and dispatches through the handle's ops table (queue.h): shmq.c for
- * "NAME" and "shm://NAME", remote.c (the qpiped client) for tcp:// and
- * ipc:// addresses, durq.c for durable shm:// queues.
- *
- * Worker mode on shared memory (QP_OPEN_LEASE on shm://, named or
- * anonymous): a get leases its item with the segment's own leases
- * (shmq.h), owned by a token naming the calling process, for lease_ms
- * (0: 30 s, as qpiped's default). The handle keeps the ids it holds,
- * oldest first: task_done acks the oldest (and counts it done for join),
- * nack gives it back (delay 0: at once; else its lease is cut to delay
- * ms and its expiry gives it back, as qpiped does), close gives back
- * every item still held or waiting out a nack's delay. Nobody serves the
- * segment, so every worker-mode get first returns the leases of dead
- * processes and the expired ones (at most every SHML_SWEEP_MS per
- * handle); a blocked worker-mode get wakes for that at least as often,
- * since a death or an expiry wakes no sleeper. Plain handles on the same
- * queue take returned items as any others. After fork() the child's copy
- * of a handle holds nothing: the parent's leases stay the parent's.
- *
- * Locking: the closed flag is atomic and each backend guards its own
- * state; a worker-mode handle's lists (and sweep times) are under its
- * mutex, never held while waiting.
+ * queue.c - the public qp_queue_* calls. Each checks its arguments and the
+ * handle's closed flag, turns the timeout into an absolute deadline and
+ * dispatches through the handle's ops table (queue.h) to remote.c for
+ * tcp:// and ipc://, durq.c for durable shm:// queues, or here for worker
+ * mode; an op a backend leaves NULL goes to its shared-memory queue
+ * (shmq.c) directly. Worker mode on shared memory (QP_OPEN_LEASE): a get
+ * leases its item with the segment's own leases (shmq.h) for lease_ms (0:
+ * 30 s, qpiped's default), owned by this process; the handle keeps the ids
+ * it holds, oldest first, for task_done (ack, counted for join), nack
+ * (given back at once, or its lease cut to the delay) and close (all given
+ * back). Nobody serves the segment, so a worker-mode get first returns
+ * dead processes' and expired leases (every SHML_SWEEP_MS at most), and a
+ * blocked one wakes that often. A forked child's copy holds nothing.
+ * Locking: the closed flag is atomic, each backend guards its own state; a
+ * worker-mode handle's lists are under its mutex, never held while waiting.
  */
 #include "queue.h"
 #include "durq.h"
-#include "remote.h"
+#include "rclient.h"
 #include "shmq.h"
 #include "wire.h"
 
@@ -44,71 +35,14 @@ struct qp_queue {
 
 /* ---- the shared-memory backend's ops ---- */
 
-static int
-shm_put(
-    void *impl, const void *buf, size_t len, unsigned kind, int64_t deadline)
-{
-	return qpi_shmq_put(impl, buf, len, kind, deadline);
-}
-
-static int
-shm_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
-    size_t *lenp, int64_t deadline)
-{
-	return qpi_shmq_get(impl, flags, into, cap, bufp, lenp, deadline);
-}
-
-static int
-shm_qsize(void *impl, uint64_t *np)
-{
-	return qpi_shmq_qsize(impl, np);
-}
-
-static int
-shm_full(void *impl, bool *fullp)
-{
-	return qpi_shmq_full(impl, fullp);
-}
-
-static int
-shm_task_done(void *impl)
-{
-	return qpi_shmq_task_done(impl);
-}
-
-static int
-shm_join(void *impl, int64_t deadline)
-{
-	return qpi_shmq_join(impl, deadline);
-}
-
-static int
-shm_stat(void *impl, qp_queue_stats *st)
-{
-	return qpi_shmq_stat(impl, st);
-}
-
-static void
-shm_close(void *impl)
-{
-	qpi_shmq_interrupt(impl);
-}
-
 static void
 shm_free(void *impl)
 {
 	qpi_shmq_free(impl);
 }
 
+/* Every op NULL but free: the queue front calls shmq.c itself. */
 const qpi_queue_ops qpi_shmq_ops = {
-    .put = shm_put,
-    .get = shm_get,
-    .qsize = shm_qsize,
-    .full = shm_full,
-    .task_done = shm_task_done,
-    .join = shm_join,
-    .stat = shm_stat,
-    .close = shm_close,
     .free = shm_free,
 };
 
@@ -218,13 +152,6 @@ shml_sweep(shml *h, int64_t now)
 }
 
 static int
-shml_put(
-    void *impl, const void *buf, size_t len, unsigned kind, int64_t deadline)
-{
-	return qpi_shmq_put(((shml *) impl)->sq, buf, len, kind, deadline);
-}
-
-static int
 shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
     size_t *lenp, int64_t deadline)
 {
@@ -308,18 +235,6 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 	return QP_OK;
 }
 
-static int
-shml_qsize(void *impl, uint64_t *np)
-{
-	return qpi_shmq_qsize(((shml *) impl)->sq, np);
-}
-
-static int
-shml_full(void *impl, bool *fullp)
-{
-	return qpi_shmq_full(((shml *) impl)->sq, fullp);
-}
-
 /* Confirms the oldest item held: acked, and counted done for join. */
 static int
 shml_task_done(void *impl)
@@ -359,18 +274,6 @@ shml_task_done(void *impl)
 	(void) qpi_ids_unpop(&h->held, id, deliv);
 	pthread_mutex_unlock(&h->mu);
 	return rc;
-}
-
-static int
-shml_join(void *impl, int64_t deadline)
-{
-	return qpi_shmq_join(((shml *) impl)->sq, deadline);
-}
-
-static int
-shml_stat(void *impl, qp_queue_stats *st)
-{
-	return qpi_shmq_stat(((shml *) impl)->sq, st);
 }
 
 /* Gives the oldest item held back: at once, or when its lease, cut to
@@ -533,13 +436,8 @@ shml_free(void *impl)
 }
 
 static const qpi_queue_ops shml_ops = {
-    .put = shml_put,
     .get = shml_get,
-    .qsize = shml_qsize,
-    .full = shml_full,
     .task_done = shml_task_done,
-    .join = shml_join,
-    .stat = shml_stat,
     .nack = shml_nack,
     .deliveries = shml_deliveries,
     .touch = shml_touch,
@@ -622,6 +520,44 @@ qpi_queue_shmq(qp_queue *q)
 	return NULL;
 }
 
+/* The shared-memory queue behind a handle whose ops leave an op NULL. */
+static qpi_shmq *
+q_sq(qp_queue *q)
+{
+	qpi_shmq *sq = qpi_queue_shmq(q);
+
+	return sq != NULL ? sq : qpi_durq_shm(q->impl);
+}
+
+static int
+q_put(qp_queue *q, const void *buf, size_t len, unsigned kind,
+    qp_duration timeout)
+{
+	int64_t dl = qpi_queue_deadline(timeout);
+
+	return q->ops->put != NULL ? q->ops->put(q->impl, buf, len, kind, dl)
+	                           : qpi_shmq_put(q_sq(q), buf, len, kind, dl);
+}
+
+static int
+q_get_op(qp_queue *q, unsigned flags, void *into, size_t cap, void **bufp,
+    size_t *lenp, qp_duration timeout)
+{
+	int64_t dl = qpi_queue_deadline(timeout);
+
+	return q->ops->get != NULL
+	    ? q->ops->get(q->impl, flags, into, cap, bufp, lenp, dl)
+	    : qpi_shmq_get(q_sq(q), flags, into, cap, bufp, lenp, dl);
+}
+
+/* qsize for the front: the backend's, or its shared-memory queue's. */
+static int
+q_qsize(qp_queue *q, uint64_t *np)
+{
+	return q->ops->qsize != NULL ? q->ops->qsize(q->impl, np)
+	                             : qpi_shmq_qsize(q_sq(q), np);
+}
+
 /* The common checks: a handle, open. */
 static int
 q_ready(qp_queue *q)
@@ -639,6 +575,27 @@ int
 qpi_queue_ready(qp_queue *q)
 {
 	return q_ready(q);
+}
+
+/* q_ready, then a valid timeout. */
+static int
+q_ready_tm(qp_queue *q, qp_duration timeout)
+{
+	int rc = q_ready(q);
+
+	return rc != QP_OK ? rc : qpi_duration_check(timeout);
+}
+
+/* q_ready, then a non-NULL output pointer (what: its call and name). */
+static int
+q_ready_out(qp_queue *q, const void *out, const char *what)
+{
+	int rc = q_ready(q);
+
+	if (rc == QP_OK && out == NULL) {
+		rc = qpi_err(QP_EINVAL, "%s is NULL", what);
+	}
+	return rc;
 }
 
 static int
@@ -708,39 +665,9 @@ dur_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 }
 
 static int
-dur_qsize(void *impl, uint64_t *np)
-{
-	return qpi_shmq_qsize(qpi_durq_shm(impl), np);
-}
-
-static int
-dur_full(void *impl, bool *fullp)
-{
-	return qpi_shmq_full(qpi_durq_shm(impl), fullp);
-}
-
-static int
-dur_task_done(void *impl)
-{
-	return qpi_shmq_task_done(qpi_durq_shm(impl));
-}
-
-static int
-dur_join(void *impl, int64_t deadline)
-{
-	return qpi_shmq_join(qpi_durq_shm(impl), deadline);
-}
-
-static int
 dur_stat(void *impl, qp_queue_stats *st)
 {
 	return qpi_durq_stat(impl, st);
-}
-
-static void
-dur_close(void *impl)
-{
-	qpi_shmq_interrupt(qpi_durq_shm(impl));
 }
 
 static void
@@ -752,12 +679,7 @@ dur_free(void *impl)
 static const qpi_queue_ops dur_ops = {
     .put = dur_put,
     .get = dur_get,
-    .qsize = dur_qsize,
-    .full = dur_full,
-    .task_done = dur_task_done,
-    .join = dur_join,
     .stat = dur_stat,
-    .close = dur_close,
     .free = dur_free,
 };
 
@@ -877,7 +799,11 @@ qp_queue_close(qp_queue *q)
 		return qpi_err(QP_EINVAL, "queue handle is NULL");
 	}
 	if (__atomic_exchange_n(&q->closed, 1, __ATOMIC_ACQ_REL) == 0) {
-		q->ops->close(q->impl);
+		if (q->ops->close != NULL) {
+			q->ops->close(q->impl);
+		} else {
+			qpi_shmq_interrupt(q_sq(q));
+		}
 	}
 	return QP_OK;
 }
@@ -924,15 +850,13 @@ qp_queue_put(qp_queue *q, const void *buf, size_t len, qp_duration timeout)
 {
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
+	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
 	if (buf == NULL && len > 0) {
 		return qpi_err(QP_EINVAL, "qp_queue_put: buf is NULL");
 	}
-	return q->ops->put(
-	    q->impl, buf, len, QPI_ITEM_BIN, qpi_queue_deadline(timeout));
+	return q_put(q, buf, len, QPI_ITEM_BIN, timeout);
 }
 
 QP_API int
@@ -948,8 +872,7 @@ qp_queue_put_obj(
 	size_t off, blen;
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
+	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
 	if (msgpack == NULL) {
@@ -960,11 +883,10 @@ qp_queue_put_obj(
 	}
 	/* A bin is stored as its bytes, like qp_queue_put's items. */
 	if (qpi_wire_bin_unwrap(msgpack, len, &off, &blen)) {
-		return q->ops->put(q->impl, (const uint8_t *) msgpack + off,
-		    blen, QPI_ITEM_BIN, qpi_queue_deadline(timeout));
+		return q_put(q, (const uint8_t *) msgpack + off, blen,
+		    QPI_ITEM_BIN, timeout);
 	}
-	return q->ops->put(
-	    q->impl, msgpack, len, QPI_ITEM_OBJ, qpi_queue_deadline(timeout));
+	return q_put(q, msgpack, len, QPI_ITEM_OBJ, timeout);
 }
 
 /* ---- get ---- */
@@ -981,16 +903,14 @@ q_get(qp_queue *q, unsigned flags, void **bufp, size_t *lenp,
 	if (lenp != NULL) {
 		*lenp = 0;
 	}
-	if ((rc = q_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
+	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
 	if (bufp == NULL || lenp == NULL) {
 		return qpi_err(QP_EINVAL, "qp_queue_get: %s is NULL",
 		    bufp == NULL ? "bufp" : "lenp");
 	}
-	return q->ops->get(
-	    q->impl, flags, NULL, 0, bufp, lenp, qpi_queue_deadline(timeout));
+	return q_get_op(q, flags, NULL, 0, bufp, lenp, timeout);
 }
 
 QP_API int
@@ -1022,8 +942,7 @@ qp_queue_get_into(
 	if (lenp != NULL) {
 		*lenp = 0;
 	}
-	if ((rc = q_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
+	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
 	if (lenp == NULL || (buf == NULL && cap > 0)) {
@@ -1032,8 +951,8 @@ qp_queue_get_into(
 	}
 	/* buf NULL with cap 0 takes only an empty item (or tells the size
 	 * of the head item through QP_ETOOBIG). */
-	return q->ops->get(q->impl, 0, buf != NULL ? buf : none, cap, NULL,
-	    lenp, qpi_queue_deadline(timeout));
+	return q_get_op(
+	    q, 0, buf != NULL ? buf : none, cap, NULL, lenp, timeout);
 }
 
 /* ---- sizes, tasks, stat ---- */
@@ -1044,13 +963,8 @@ qp_queue_qsize(qp_queue *q, size_t *np)
 	uint64_t n;
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (np == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_qsize: np is NULL");
-	}
-	if ((rc = q->ops->qsize(q->impl, &n)) == QP_OK) {
+	if ((rc = q_ready_out(q, np, "qp_queue_qsize: np")) == QP_OK
+	    && (rc = q_qsize(q, &n)) == QP_OK) {
 		*np = (size_t) n;
 	}
 	return rc;
@@ -1062,13 +976,8 @@ qp_queue_empty(qp_queue *q, bool *emptyp)
 	uint64_t n;
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (emptyp == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_empty: emptyp is NULL");
-	}
-	if ((rc = q->ops->qsize(q->impl, &n)) == QP_OK) {
+	if ((rc = q_ready_out(q, emptyp, "qp_queue_empty: emptyp")) == QP_OK
+	    && (rc = q_qsize(q, &n)) == QP_OK) {
 		*emptyp = n == 0;
 	}
 	return rc;
@@ -1077,52 +986,42 @@ qp_queue_empty(qp_queue *q, bool *emptyp)
 QP_API int
 qp_queue_full(qp_queue *q, bool *fullp)
 {
-	int rc;
+	int rc = q_ready_out(q, fullp, "qp_queue_full: fullp");
 
-	if ((rc = q_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (fullp == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_full: fullp is NULL");
-	}
-	return q->ops->full(q->impl, fullp);
+	return rc != QP_OK         ? rc
+	    : q->ops->full != NULL ? q->ops->full(q->impl, fullp)
+	                           : qpi_shmq_full(q_sq(q), fullp);
 }
 
 QP_API int
 qp_queue_task_done(qp_queue *q)
 {
-	int rc;
+	int rc = q_ready(q);
 
-	if ((rc = q_ready(q)) != QP_OK) {
-		return rc;
-	}
-	return q->ops->task_done(q->impl);
+	return rc != QP_OK              ? rc
+	    : q->ops->task_done != NULL ? q->ops->task_done(q->impl)
+	                                : qpi_shmq_task_done(q_sq(q));
 }
 
 QP_API int
 qp_queue_join(qp_queue *q, qp_duration timeout)
 {
-	int rc;
+	int rc = q_ready_tm(q, timeout);
 
-	if ((rc = q_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
-		return rc;
-	}
-	return q->ops->join(q->impl, qpi_queue_deadline(timeout));
+	return rc != QP_OK ? rc
+	    : q->ops->join != NULL
+	    ? q->ops->join(q->impl, qpi_queue_deadline(timeout))
+	    : qpi_shmq_join(q_sq(q), qpi_queue_deadline(timeout));
 }
 
 QP_API int
 qp_queue_stat(qp_queue *q, qp_queue_stats *st)
 {
-	int rc;
+	int rc = q_ready_out(q, st, "qp_queue_stat: st");
 
-	if ((rc = q_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (st == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_stat: st is NULL");
-	}
-	return q->ops->stat(q->impl, st);
+	return rc != QP_OK         ? rc
+	    : q->ops->stat != NULL ? q->ops->stat(q->impl, st)
+	                           : qpi_shmq_stat(q_sq(q), st);
 }
 
 /* ---- worker mode: nack, deliveries ---- */
@@ -1172,11 +1071,8 @@ qp_queue_deliveries(qp_queue *q, uint32_t *np)
 {
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK) {
+	if ((rc = q_ready_out(q, np, "qp_queue_deliveries: np")) != QP_OK) {
 		return rc;
-	}
-	if (np == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_deliveries: np is NULL");
 	}
 	if (q->ops->deliveries == NULL) {
 		return qpi_err(QP_ENOTSUP,

@@ -23,7 +23,8 @@ int qpi_queue_ready(qp_queue *q);
 
 /* A backend. Item kinds and get flags are those of shmq.h (QPI_ITEM_BIN,
  * QPI_ITEM_OBJ, QPI_GET_OBJ). Each op returns a qp_err code and sets
- * qp_errmsg() on failure. */
+ * qp_errmsg() on failure. A NULL op from put to stat, and close, is
+ * served by the handle's shared-memory queue (queue.c calls shmq.c). */
 typedef struct qpi_queue_ops {
 	/* Stores one item; returns once it is in the queue. */
 	int (*put)(void *impl, const void *buf, size_t len, unsigned kind,

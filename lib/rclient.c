@@ -1,35 +1,20 @@
 /*
  * rclient.c - the core of a client of qpiped (rclient.h): opening a
  * handle, one request and its reply through reconnects, the acker, close,
- * and the handle's life across fork().
- *
- * Each call sends its request on the call engine (call.c; several threads
- * may share it) and waits for the reply. When the connection drops, the
- * call sends the same request (same id and seq; a blocking get or put
- * with the time it has left) once a connection is back, for up to the
- * reconnect window. Every new connection opens its session (hello, and
- * auth with a token: session.c) before any call uses it, so a request is
- * never answered by a connection this handle did not authenticate. A
- * blocking get waits on the server, which parks it; the client waits a
- * little longer than the get's timeout, and a get that blocks forever is
- * sent again every QPI_RQ_SLICE_MS (the server answers "empty" at the end
- * of each slice).
- *
- * Confirmations: a plain get leases its item; the client confirms it as
- * soon as the reply is in: the confirmation rides on the next get, or the
- * acker (a thread of the handle, started at the first get in a process)
- * sends it after QPI_RQ_ACK_DELAY_MS; close sends what is left.
- *
- * fork(): a child's first call on a handle of its parent forgets the
- * parent's connection (closing only its own copy of the descriptor) and
- * dials one of its own, with a new client id, no leases and fresh seqs;
- * the parent's session goes on untouched. On the nng driver (tls+tcp://,
- * QPIPE_TRANSPORT=nng) nng's threads stayed in the parent: the child gets
- * a clear error and can only free the handle.
- *
- * Locking: r->mu guards the lease lists, the seqs and the acker's state;
- * it is never held while waiting for the network. The session handshakes
- * run inside the call engine, one connection at a time.
+ * and the handle's life across fork(). Each call goes out on the call
+ * engine (call.c), whose every new connection opens its session (hello,
+ * auth with a token: session.c) before any call uses it; when the
+ * connection drops, the call sends the same request (same id and seq, a
+ * blocking one with the time it has left) once a connection is back,
+ * within the reconnect window. A blocking get is parked by the server,
+ * in slices of QPI_RQ_SLICE_MS when it waits for ever. A plain get's item
+ * is confirmed on the next get, or by the acker (a thread started at the
+ * first get) after QPI_RQ_ACK_DELAY_MS, or at close. In a fork()ed child
+ * the first call forgets the parent's connection (its own copy of the
+ * descriptor only) and dials its own: a new client id, no leases, fresh
+ * seqs; on the nng driver (tls+tcp://, QPIPE_TRANSPORT=nng) the child
+ * gets a clear error instead. Locking: r->mu guards the lease lists, the
+ * seqs and the acker's state, never held while waiting for the network.
  */
 #include "rclient.h"
 #include "futex.h"
@@ -147,13 +132,8 @@ rq_connect(qpi_rq *r)
 static int
 rq_state_init(qpi_rq *r)
 {
-	pthread_condattr_t ca;
-
 	pthread_mutex_init(&r->mu, NULL);
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&r->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	qpi_cond_init(&r->cv);
 	memset(&r->held, 0, sizeof(r->held));
 	memset(&r->unacked, 0, sizeof(r->unacked));
 	r->acker_on = r->acker_idle = r->stopping = false;
@@ -405,10 +385,12 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 }
 
 int
-qpi_rq_status(const qpi_rq *r, const rq_call *c)
+qpi_rq_run(qpi_rq *r, rq_call *c)
 {
-	if (c->rep.status == QP_OK) {
-		return QP_OK;
+	int rv = qpi_rq_do(r, c);
+
+	if (rv != QP_OK || c->rep.status == QP_OK) {
+		return rv;
 	}
 	return qpi_err(c->rep.status, "%s/%s: %s", r->url, r->name,
 	    c->rep.errmsg[0] != '\0' ? c->rep.errmsg
@@ -421,9 +403,7 @@ qpi_rq_do_status(qpi_rq *r, rq_call *c, int retry)
 	int rv;
 
 	for (;;) {
-		if ((rv = qpi_rq_do(r, c)) == QP_OK) {
-			rv = qpi_rq_status(r, c);
-		}
+		rv = qpi_rq_run(r, c);
 		qpi_rq_call_done(c);
 		if (rv != retry || c->deadline_ns != INT64_MAX) {
 			return rv;

@@ -5,7 +5,9 @@
  * bytes and a sequence number for the requests that change a queue, so
  * that a request sent again after a reconnect is applied once; the
  * acker that confirms a plain get's items; and the handle's life across
- * fork(). Internal to lib/.
+ * fork(). Then the remote queue client's calls (remote.c), which
+ * queue.c dispatches a remote handle's qp_queue calls to, each with the
+ * meaning of its shared-memory twin. Internal to lib/.
  */
 #ifndef QPI_RCLIENT_H
 #define QPI_RCLIENT_H
@@ -101,8 +103,9 @@ int qpi_rq_do(qpi_rq *r, rq_call *c);
  * ever (the server answers retry at the end of each slice). */
 int qpi_rq_do_status(qpi_rq *r, rq_call *c, int retry);
 
-/* Turns an error reply into the call's result, with its message. */
-int qpi_rq_status(const qpi_rq *r, const rq_call *c);
+/* qpi_rq_do, then an error reply as the result, with its message; c's
+ * reply stays for the caller (qpi_rq_call_done). */
+int qpi_rq_run(qpi_rq *r, rq_call *c);
 
 /* Frees c's reply. */
 void qpi_rq_call_done(rq_call *c);
@@ -134,5 +137,39 @@ int qpi_rq_close(qpi_rq *r);
 
 /* Closes (if open) and frees. NULL is fine. */
 void qpi_rq_free(qpi_rq *r);
+
+/* ---- remote queues (remote.c) ---- */
+
+/* Opens queue a->name on a->url with opts->conn's token and TLS settings
+ * (QP_OPEN_CREATE: created as opts says; else QP_ENOENT if missing). The
+ * first dial fails fast (QP_ECONNREFUSED, QP_EAUTH); later drops redial. */
+int qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts);
+
+/* Batches (qp_queue_put_many, qp_queue_get_many): puts n raw items in
+ * frames of at most max_batch items and max_message bytes, each all or
+ * nothing; gets up to max items (bin payloads, malloc'd), waiting until
+ * deadline_ns for the first only. */
+int qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
+    size_t n, int64_t deadline_ns);
+int qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max,
+    size_t *np, int64_t deadline_ns);
+
+/* Deletes the queue a->name on its server: QP_OK or QP_ENOENT. o: token
+ * and TLS settings (NULL: $QPIPE_TOKEN, $QPIPE_TLS_CA). */
+int qpi_rq_unlink(const qpi_addr *a, const qp_conn_opts *o);
+
+/* Lists every queue of the server at a->url (a server address); o as for
+ * qpi_rq_unlink. */
+int qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o,
+    qp_queue_info **listp, size_t *np);
+
+/* The remote backend's ops for queue.c (impl is a qpi_rq *): the queue
+ * calls of a remote handle, each with its shared-memory twin's meaning
+ * (queue.h). A plain handle confirms each item got once it has it; a
+ * QP_OPEN_LEASE handle holds it until task_done (confirmed) or nack (given
+ * back, after a delay, its delivery count raised); touch extends the
+ * leases held. */
+struct qpi_queue_ops;
+extern const struct qpi_queue_ops qpi_remote_ops;
 
 #endif /* QPI_RCLIENT_H */

@@ -11,7 +11,6 @@
  * Locking: r->mu (rclient.h) guards the lease lists; it is never held
  * while waiting for the network.
  */
-#include "remote.h"
 #include "rclient.h"
 #include "shmq.h"
 
@@ -49,9 +48,7 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 	} else {
 		qpi_rq_call_init(&c, r, QPI_OP_STAT);
 	}
-	if ((rv = qpi_rq_do(r, &c)) == QP_OK) {
-		rv = qpi_rq_status(r, &c);
-	}
+	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
 	if (rv == QP_EBUSY && c.req.op == QPI_OP_STAT) {
 		/* The queue exists; another process holds its lock. */
@@ -205,12 +202,9 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 		c->req.ids = acks;
 		c->req.nids = nacks;
 		c->req.ids_cap = nacks;
-		rv = qpi_rq_do(r, c);
+		rv = qpi_rq_run(r, c);
 		free(acks);
 		acks = NULL;
-		if (rv == QP_OK) {
-			rv = qpi_rq_status(r, c);
-		}
 		if (rv == QP_EEMPTY && deadline_ns == INT64_MAX) {
 			qpi_rq_call_done(c);
 			continue;
@@ -392,9 +386,7 @@ rq_simple(qpi_rq *r, uint32_t op, rq_call *c)
 	if ((rv = qpi_rq_check(r)) != QP_OK) {
 		return rv;
 	}
-	if ((rv = qpi_rq_do(r, c)) == QP_OK) {
-		rv = qpi_rq_status(r, c);
-	}
+	rv = qpi_rq_run(r, c);
 	return rv;
 }
 
@@ -470,9 +462,7 @@ rq_task_done(void *impl)
 		uint64_t missing[1];
 		c.rep.ids = missing;
 		c.rep.ids_cap = 1;
-		if ((rv = qpi_rq_do(r, &c)) == QP_OK) {
-			rv = qpi_rq_status(r, &c);
-		}
+		rv = qpi_rq_run(r, &c);
 		if (rv == QP_OK && c.rep.nids > 0) {
 			rv = qpi_err(QP_ENOENT,
 			    "task_done() on %s/%s: the lease of the task ran "
@@ -489,9 +479,7 @@ rq_task_done(void *impl)
 	}
 	qpi_rq_call_init(&c, r, QPI_OP_TASK_DONE);
 	c.req.count = 1;
-	if ((rv = qpi_rq_do(r, &c)) == QP_OK) {
-		rv = qpi_rq_status(r, &c);
-	}
+	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
 	return rv;
 }
@@ -510,9 +498,7 @@ rq_join(void *impl, int64_t deadline_ns)
 		qpi_rq_call_init(&c, r, QPI_OP_JOIN);
 		c.blocking = deadline_ns != 0;
 		c.deadline_ns = deadline_ns;
-		if ((rv = qpi_rq_do(r, &c)) == QP_OK) {
-			rv = qpi_rq_status(r, &c);
-		}
+		rv = qpi_rq_run(r, &c);
 		qpi_rq_call_done(&c);
 		if (rv == QP_ETIMEDOUT && deadline_ns == INT64_MAX) {
 			continue;
@@ -552,9 +538,7 @@ rq_nack(void *impl, qp_duration delay)
 	qpi_rq_call_init(&c, r, QPI_OP_RELEASE);
 	c.req.lease_id = id;
 	c.req.delay_ms = (uint64_t) delay;
-	if ((rv = qpi_rq_do(r, &c)) == QP_OK) {
-		rv = qpi_rq_status(r, &c);
-	}
+	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
 	if (rv == QP_OK || rv == QP_ENOENT) {
 		pthread_mutex_lock(&r->mu);
@@ -615,9 +599,7 @@ rq_touch(void *impl, qp_duration lease)
 		c.req.ids_cap = k;
 		c.rep.ids = missing;
 		c.rep.ids_cap = k;
-		if ((rv = qpi_rq_do(r, &c)) == QP_OK) {
-			rv = qpi_rq_status(r, &c);
-		}
+		rv = qpi_rq_run(r, &c);
 		if (rv == QP_OK) {
 			lost += c.rep.nids;
 		}
@@ -670,9 +652,7 @@ qpi_rq_unlink(const qpi_addr *a, const qp_conn_opts *o)
 		return rv;
 	}
 	qpi_rq_call_init(&c, r, QPI_OP_DELETE);
-	if ((rv = qpi_rq_do(r, &c)) == QP_OK) {
-		rv = qpi_rq_status(r, &c);
-	}
+	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
 	qpi_rq_free(r);
 	return rv;
@@ -698,9 +678,7 @@ qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o, qp_queue_info **listp,
 	qpi_rq_call_init(&c, r, QPI_OP_LIST);
 	c.rep.queues = ents;
 	c.rep.queues_cap = QPI_WIRE_DEFAULT_BATCH;
-	if ((rv = qpi_rq_do(r, &c)) == QP_OK) {
-		rv = qpi_rq_status(r, &c);
-	}
+	rv = qpi_rq_run(r, &c);
 	if (rv == QP_OK) {
 		size_t n = c.rep.nqueues;
 		if ((out = calloc(n > 0 ? n : 1, sizeof(*out))) == NULL) {

@@ -658,20 +658,44 @@ shm_fd_quiesce(struct shmconn *c, uint64_t tail)
 	}
 }
 
-/* Waits until the bytes up to pos + need are published (need >= 1).
- * QP_OK, QP_ETIMEDOUT at the deadline, QP_ECLOSED when the peer is gone
- * and they never will be. */
-static int
-shm_wait_data(struct shmconn *c, uint64_t pos, uint64_t need, int64_t deadline)
+/* Room for need bytes at pos, refreshing the cached tail if needed. */
+static inline bool
+shm_room(struct shmconn *c, uint64_t pos, uint64_t need)
 {
-	struct ring *r = c->in;
+	uint64_t used = pos - c->out_tail;
+
+	/* The cached tail may be stale (older than pos - size) when another
+	 * process used this end meanwhile: then it is refreshed too. */
+	if (used <= c->size && c->size - used >= need) {
+		return true;
+	}
+	c->out_tail
+	    = atomic_load_explicit(&c->out->tail, memory_order_acquire);
+	used = pos - c->out_tail;
+	return used <= c->size && c->size - used >= need;
+}
+
+/* Waits until the bytes up to pos + need are published (rx; need >= 1)
+ * or free for the producer (tx, which waits with no deadline): a spin
+ * first, then sleeps on the ring's futex word in slices of SLICE_NS.
+ * QP_OK, QP_ETIMEDOUT at the deadline, QP_ECLOSED when this end was
+ * closed or the peer is gone (for rx: and the bytes never will come).
+ * Inlined, so that each call site is specialised on rx. */
+static inline __attribute__((always_inline)) int
+shm_wait(
+    struct shmconn *c, bool rx, uint64_t pos, uint64_t need, int64_t deadline)
+{
+	struct ring *r = rx ? c->in : c->out;
+	_Atomic uint32_t *waiting = rx ? &r->rx_waiting : &r->tx_waiting;
+	_Atomic uint32_t *word = rx ? &r->data_seq : &r->space_seq;
 	int64_t now;
 
-	if (shm_avail(c, pos) >= need) {
+#define SHM_READY (rx ? shm_avail(c, pos) >= need : shm_room(c, pos, need))
+	if (SHM_READY) {
 		return QP_OK;
 	}
 	now = qpi_now_ns();
-	if (deadline <= now) {
+	if (rx && deadline <= now) {
 		if (shm_peer_gone(c)) {
 			return shm_avail(c, pos) >= need ? QP_OK : QP_ECLOSED;
 		}
@@ -686,7 +710,7 @@ shm_wait_data(struct shmconn *c, uint64_t pos, uint64_t need, int64_t deadline)
 		bool yielding = false;
 		for (unsigned i = 1;; i++) {
 			shm_spin_once(yielding);
-			if (shm_avail(c, pos) >= need) {
+			if (SHM_READY) {
 				return QP_OK;
 			}
 			if (yielding || (i & 31) == 0) {
@@ -702,31 +726,32 @@ shm_wait_data(struct shmconn *c, uint64_t pos, uint64_t need, int64_t deadline)
 		}
 	}
 	for (;;) {
-		atomic_store(&r->rx_waiting, 1);
+		int rv = QP_OK;
+		atomic_store(waiting, 1);
 		atomic_thread_fence(memory_order_seq_cst);
-		uint32_t seq = atomic_load(&r->data_seq);
-		if (shm_avail(c, pos) >= need) {
-			atomic_store(&r->rx_waiting, 0);
-			return QP_OK;
+		uint32_t seq = atomic_load(word);
+		if (SHM_READY) {
+			/* rv stays QP_OK */
+		} else if (atomic_load(&c->base.closed)) {
+			rv = qpi_err(QP_ECLOSED, "connection closed");
+		} else if (!rx && shm_peer_gone(c)) {
+			rv = qpi_err(QP_ECLOSED,
+			    "broken pipe: the peer closed its end or exited");
+		} else if (shm_peer_gone(c)) {
+			rv = shm_avail(c, pos) >= need ? QP_OK : QP_ECLOSED;
+		} else if ((now = qpi_now_ns()) >= deadline) {
+			rv = QP_ETIMEDOUT;
+		} else {
+			qpi_futex_wait((uint32_t *) word, seq,
+			    deadline - now > SLICE_NS ? now + SLICE_NS
+			                              : deadline);
+			atomic_store(waiting, 0);
+			continue;
 		}
-		if (atomic_load(&c->base.closed)) {
-			atomic_store(&r->rx_waiting, 0);
-			return qpi_err(QP_ECLOSED, "connection closed");
-		}
-		if (shm_peer_gone(c)) {
-			atomic_store(&r->rx_waiting, 0);
-			return shm_avail(c, pos) >= need ? QP_OK : QP_ECLOSED;
-		}
-		now = qpi_now_ns();
-		if (now >= deadline) {
-			atomic_store(&r->rx_waiting, 0);
-			return QP_ETIMEDOUT;
-		}
-		int64_t slice
-		    = deadline - now > SLICE_NS ? now + SLICE_NS : deadline;
-		qpi_futex_wait((uint32_t *) &r->data_seq, seq, slice);
-		atomic_store(&r->rx_waiting, 0);
+		atomic_store(waiting, 0);
+		return rv;
 	}
+#undef SHM_READY
 }
 
 static int
@@ -743,7 +768,7 @@ shm_peek(qp_conn *base, int64_t deadline, qpi_msginfo *mi)
 		    "end of file: the peer exited in the middle of a message");
 	}
 	tail = atomic_load_explicit(&c->in->tail, memory_order_relaxed);
-	if ((rv = shm_wait_data(c, tail, HDR, deadline)) != QP_OK) {
+	if ((rv = shm_wait(c, true, tail, HDR, deadline)) != QP_OK) {
 		if (rv == QP_ECLOSED) {
 			return qpi_err(QP_ECLOSED,
 			    "end of file: the peer closed its end or exited");
@@ -778,7 +803,7 @@ shm_take(qp_conn *base, const qpi_msginfo *mi, size_t skip, void *dst)
 	pos = tail + HDR + skip;
 	left = mi->len - skip;
 	while (left > 0) {
-		rv = shm_wait_data(c, pos, 1, INT64_MAX);
+		rv = shm_wait(c, true, pos, 1, INT64_MAX);
 		if (rv != QP_OK) {
 			c->broken = true;
 			return qpi_err(rv,
@@ -809,73 +834,6 @@ shm_take(qp_conn *base, const qpi_msginfo *mi, size_t skip, void *dst)
 
 /* ---- sending ---- */
 
-/* Room for need bytes at pos, refreshing the cached tail if needed. */
-static inline bool
-shm_room(struct shmconn *c, uint64_t pos, uint64_t need)
-{
-	uint64_t used = pos - c->out_tail;
-
-	/* The cached tail may be stale (older than pos - size) when another
-	 * process used this end meanwhile: then it is refreshed too. */
-	if (used <= c->size && c->size - used >= need) {
-		return true;
-	}
-	c->out_tail
-	    = atomic_load_explicit(&c->out->tail, memory_order_acquire);
-	used = pos - c->out_tail;
-	return used <= c->size && c->size - used >= need;
-}
-
-/* Waits for room for need bytes at pos. QP_OK, or QP_ECLOSED when the
- * peer is gone (or this end was closed meanwhile). */
-static int
-shm_wait_room(struct shmconn *c, uint64_t pos, uint64_t need)
-{
-	struct ring *r = c->out;
-
-	if (shm_room(c, pos, need)) {
-		return QP_OK;
-	}
-	if (shm_spin_ok) {
-		int64_t start = qpi_now_ns(), until = start + SPIN_NS;
-		bool yielding = false;
-		for (unsigned i = 1;; i++) {
-			shm_spin_once(yielding);
-			if (shm_room(c, pos, need)) {
-				return QP_OK;
-			}
-			if (yielding || (i & 31) == 0) {
-				int64_t t = qpi_now_ns();
-				if (shm_peer_closed(c) || t >= until) {
-					break;
-				}
-				yielding = t - start >= SPIN_PAUSE_NS;
-			}
-		}
-	}
-	for (;;) {
-		atomic_store(&r->tx_waiting, 1);
-		atomic_thread_fence(memory_order_seq_cst);
-		uint32_t seq = atomic_load(&r->space_seq);
-		if (shm_room(c, pos, need)) {
-			atomic_store(&r->tx_waiting, 0);
-			return QP_OK;
-		}
-		if (atomic_load(&c->base.closed)) {
-			atomic_store(&r->tx_waiting, 0);
-			return qpi_err(QP_ECLOSED, "connection closed");
-		}
-		if (shm_peer_gone(c)) {
-			atomic_store(&r->tx_waiting, 0);
-			return qpi_err(QP_ECLOSED,
-			    "broken pipe: the peer closed its end or exited");
-		}
-		qpi_futex_wait(
-		    (uint32_t *) &r->space_seq, seq, qpi_now_ns() + SLICE_NS);
-		atomic_store(&r->tx_waiting, 0);
-	}
-}
-
 static int
 shm_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 {
@@ -901,14 +859,15 @@ shm_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 	/* A message up to half the ring goes in whole; a larger one streams
 	 * through, starting as soon as its header fits. */
 	uint64_t span = HDR + (uint64_t) len;
-	if ((rv = shm_wait_room(c, head, span <= c->size / 2 ? span : HDR))
+	if ((rv = shm_wait(
+	         c, false, head, span <= c->size / 2 ? span : HDR, INT64_MAX))
 	    != QP_OK) {
 		return rv;
 	}
 	shm_ring_put(c, head, &h, sizeof(h));
 	pos = head + HDR;
 	for (;;) {
-		/* shm_wait_room left a fresh tail: room is exact */
+		/* shm_wait left a fresh tail: room is exact */
 		uint64_t room = c->size - (pos - c->out_tail);
 		size_t n = room < left ? (size_t) room : left;
 		shm_ring_put(c, pos, src, n);
@@ -920,7 +879,7 @@ shm_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 		}
 		/* Publish the part written, so the consumer drains it. */
 		shm_publish(c, pos);
-		if ((rv = shm_wait_room(c, pos, 1)) != QP_OK) {
+		if ((rv = shm_wait(c, false, pos, 1, INT64_MAX)) != QP_OK) {
 			return rv;
 		}
 	}

@@ -6,24 +6,22 @@
  * with nng's generic error at the first handshake; then the same PEM text
  * goes to nng. The handshake itself is nng's (mbedTLS). nng reports a
  * failed handshake with one generic error, so after a client's handshake
- * fails, qpi_tls_diagnose makes a second connection with mbedTLS directly,
- * verification optional, to learn the cause (not signed by the CA, wrong
- * name, expired, a client certificate required) for the message. No state
+ * fails, qpi_tls_diagnose makes a second connection (a plain socket link)
+ * with mbedTLS directly, verification optional, to learn the cause (not
+ * signed by the CA, wrong name, expired, a client certificate required)
+ * for the message. No state
  * and no locking: each call builds a new config that the caller owns.
  */
 #include "tls.h"
+#include "link.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <mbedtls/error.h>
@@ -58,55 +56,19 @@ qpi_tls_available(void)
 static int
 tls_read(const char *path, const char *what, char **bufp, size_t *lenp)
 {
-	struct stat st;
-	char *buf;
-	size_t got = 0;
-	int fd, e;
+	unsigned mode;
+	int rv
+	    = qpi_file_read(path, what, PEM_MAX + 1, true, bufp, lenp, &mode);
 
-	if (path == NULL || path[0] == '\0') {
-		return qpi_err(QP_EINVAL, "no %s file given", what);
-	}
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-		e = errno;
-		return qpi_err(QP_EINVAL, "cannot open the %s file '%s': %s",
-		    what, path, strerror(e));
-	}
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
-		return qpi_err(
-		    QP_EINVAL, "the %s file '%s' is not a file", what, path);
-	}
-	if ((size_t) st.st_size > PEM_MAX) {
-		close(fd);
+	if (rv == QP_OK && *lenp > PEM_MAX) {
+		free(*bufp);
 		return qpi_err(QP_EINVAL,
-		    "the %s file '%s' is %lld bytes, over the %zu a PEM file "
-		    "may have",
-		    what, path, (long long) st.st_size, PEM_MAX);
+		    "the %s file '%s' is over the %zu bytes a PEM file may "
+		    "have",
+		    what, path, PEM_MAX);
 	}
-	if ((buf = malloc((size_t) st.st_size + 1)) == NULL) {
-		close(fd);
-		return qpi_err(QP_ENOMEM, "out of memory reading '%s'", path);
-	}
-	while (got < (size_t) st.st_size) {
-		ssize_t n = read(fd, buf + got, (size_t) st.st_size - got);
-		if (n < 0 && errno == EINTR) {
-			continue;
-		}
-		if (n <= 0) {
-			e = n < 0 ? errno : EIO;
-			close(fd);
-			free(buf);
-			return qpi_err(QP_EINVAL,
-			    "cannot read the %s file '%s': %s", what, path,
-			    strerror(e));
-		}
-		got += (size_t) n;
-	}
-	close(fd);
-	buf[got] = '\0';
-	*bufp = buf;
-	*lenp = got + 1;
-	return QP_OK;
+	*lenp += rv == QP_OK ? 1 : 0; /* the NUL counts */
+	return rv;
 }
 
 /* Frees a file's text, wiping it first (it may hold a key). */
@@ -399,67 +361,35 @@ diag_rng(void *arg, unsigned char *buf, size_t len)
 	                                     : MBEDTLS_ERR_SSL_INTERNAL_ERROR;
 }
 
+/* The second connection: a plain socket link (link_sock.c), the connect
+ * and each transfer bounded by ns. */
+typedef struct diag_io {
+	qpi_link *l;
+	int64_t ns;
+} diag_io;
+
 static int
 diag_send(void *arg, const unsigned char *buf, size_t len)
 {
-	ssize_t n = send(*(int *) arg, buf, len, MSG_NOSIGNAL);
+	diag_io *d = arg;
+	struct iovec v
+	    = {.iov_base = (void *) (uintptr_t) buf, .iov_len = len};
 
-	if (n < 0) {
-		return errno == EINTR ? MBEDTLS_ERR_SSL_WANT_WRITE
-		                      : MBEDTLS_ERR_SSL_CONN_EOF;
-	}
-	return (int) n;
+	return d->l->ops->send(d->l, &v, 1, qpi_now_ns() + d->ns) == QP_OK
+	    ? (int) len
+	    : MBEDTLS_ERR_SSL_CONN_EOF;
 }
 
 static int
 diag_recv(void *arg, unsigned char *buf, size_t len)
 {
-	ssize_t n = recv(*(int *) arg, buf, len, 0);
+	diag_io *d = arg;
+	size_t n = 0;
 
-	if (n < 0) {
-		return errno == EINTR ? MBEDTLS_ERR_SSL_WANT_READ
-		                      : MBEDTLS_ERR_SSL_CONN_EOF;
-	}
-	return n == 0 ? MBEDTLS_ERR_SSL_CONN_EOF : (int) n;
-}
-
-/* A TCP connection to host:port within ms, with send and receive timeouts
- * of ms; -1 on failure. */
-static int
-diag_connect(const char *host, uint16_t port, int ms)
-{
-	struct addrinfo hints, *res = NULL;
-	struct timeval tv
-	    = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-	char svc[8];
-	int fd = -1;
-
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV;
-	snprintf(svc, sizeof(svc), "%u", (unsigned) port);
-	if (getaddrinfo(host, svc, &hints, &res) != 0) {
-		return -1;
-	}
-	for (struct addrinfo *ai = res; ai != NULL && fd < 0;
-	     ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-		    ai->ai_protocol);
-		if (fd < 0) {
-			continue;
-		}
-		/* SO_SNDTIMEO bounds connect() too. */
-		if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv))
-		        != 0
-		    || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv))
-		        != 0
-		    || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-			close(fd);
-			fd = -1;
-		}
-	}
-	freeaddrinfo(res);
-	return fd;
+	return d->l->ops->recv(d->l, buf, len, &n, qpi_now_ns() + d->ns)
+	        == QP_OK
+	    ? (int) n
+	    : MBEDTLS_ERR_SSL_CONN_EOF;
 }
 
 bool
@@ -474,8 +404,9 @@ qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o, int64_t deadline_ns,
 	char *pem = NULL;
 	size_t pemlen = 0;
 	int64_t left = qpi_remaining_ns(deadline_ns);
-	int ms = DIAG_MS_MAX, fd, mrv;
+	diag_io io = {.ns = (int64_t) DIAG_MS_MAX * 1000000};
 	bool found = false;
+	int mrv;
 
 	if (o == NULL) {
 		o = &none;
@@ -483,11 +414,9 @@ qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o, int64_t deadline_ns,
 	if (o->tls_insecure_skip_verify) {
 		return false;
 	}
-	if (left != INT64_MAX && left / 1000000 < ms) {
-		ms = (int) (left / 1000000);
-	}
-	if (ms < 100) {
-		ms = 100;
+	if (left < io.ns) {
+		io.ns = left < 100000000 ? 100000000
+		                         : left; /* 100 ms at least */
 	}
 	cafile = tls_client_ca(o->tls_ca);
 	name = o->tls_server_name != NULL ? o->tls_server_name : a->host;
@@ -509,10 +438,10 @@ qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o, int64_t deadline_ns,
 	    &conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
 	if (mbedtls_ssl_setup(&ssl, &conf) != 0
 	    || mbedtls_ssl_set_hostname(&ssl, name) != 0
-	    || (fd = diag_connect(a->host, a->port, ms)) < 0) {
+	    || qpi_link_sock_dial(&io.l, a, qpi_now_ns() + io.ns) != QP_OK) {
 		goto out;
 	}
-	mbedtls_ssl_set_bio(&ssl, &fd, diag_send, diag_recv, NULL);
+	mbedtls_ssl_set_bio(&ssl, &io, diag_send, diag_recv, NULL);
 	do {
 		mrv = mbedtls_ssl_handshake(&ssl);
 	} while (mrv == MBEDTLS_ERR_SSL_WANT_READ
@@ -558,7 +487,7 @@ qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o, int64_t deadline_ns,
 		found = true;
 	}
 	mbedtls_ssl_close_notify(&ssl);
-	close(fd);
+	io.l->ops->free(io.l);
 out:
 	mbedtls_ssl_free(&ssl);
 	mbedtls_ssl_config_free(&conf);

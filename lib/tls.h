@@ -27,13 +27,9 @@
  * message saying so. */
 int qpi_tls_available(void);
 
-/* A server's config: cert (PEM, the certificate then any intermediates)
- * and key (PEM, unencrypted) are required and must match. With ca, every
- * client must present a certificate that chains to it (the handshake of
- * any other fails); without, clients are not asked for one. *cfgp belongs
- * to the caller (nng_tls_config_free). Errors: QP_EINVAL (a file missing,
- * unreadable or not what it should be, the key not the certificate's:
- * qp_errmsg() names the file and the cause), QP_ENOTSUP, QP_ENOMEM. */
+/* A server's config (the caller's): cert and key (PEM, matching) required;
+ * with ca, clients must present a certificate chaining to it. QP_EINVAL
+ * (a bad file, named with the cause), QP_ENOTSUP, QP_ENOMEM. */
 int qpi_tls_server_config(
     nng_tls_config **cfgp, const char *cert, const char *key, const char *ca);
 
@@ -58,13 +54,9 @@ int qpi_tls_config_opts(nng_tls_config **cfgp, bool server,
  * server's certificate did not verify", etc. server: this end serves. */
 const char *qpi_tls_why(int nrv, bool server);
 
-/* After a client's TLS handshake failed (nng reports most failures
- * alike), finds out why with a second connection made with mbedTLS
- * directly, verification optional and no client certificate, bounded by
- * deadline_ns (and 3 s): the CA or name check that failed, or that the
- * server requires a client certificate. Writes one line to why (len
- * bytes) and returns true if it learnt the cause; false (why untouched)
- * if not, or if o skips verification. */
+/* After a client's failed TLS handshake, learns why with a second
+ * connection (mbedTLS, verification optional, until deadline_ns and 3 s):
+ * true with one line in why, or false (why untouched). */
 bool qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o,
     int64_t deadline_ns, char *why, size_t len);
 

@@ -787,6 +787,15 @@ parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 		o->timeout_set = true;
 		o->timeout_sec = 0;
 	}
+	if (o->timeout > 0) {
+		/* The first connection counts against --timeout too: a peer
+		 * that never answers the handshake must not hold it up. */
+		if (!o->conn_set) {
+			memset(&o->conn, 0, sizeof(o->conn));
+			o->conn_set = true;
+		}
+		o->conn.connect_timeout = o->timeout;
+	}
 	if (o->nargs < c->min_args) {
 		return cli_usage_error(o, "missing ADDR");
 	}

@@ -49,6 +49,19 @@ qpi_link_sp_handshake(qpi_link *l, const qpi_addr *a, const qp_conn_opts *o,
 		rv = lk_read_full(l, hs, sizeof(hs), deadline_ns);
 	}
 	if (rv == QP_OK && !qpi_sp_hs_check(hs, peer_proto)) {
+		if (hs[0] != 0 || hs[1] != 'S' || hs[2] != 'P' || hs[3] != 0) {
+			char seen[QPI_SP_HS_LEN + 1];
+			for (size_t i = 0; i < QPI_SP_HS_LEN; i++) {
+				seen[i] = hs[i] >= 0x20 && hs[i] < 0x7f
+				    ? (char) hs[i]
+				    : '.';
+			}
+			seen[QPI_SP_HS_LEN] = '\0';
+			return qpi_err(QP_EPROTO,
+			    "%s is not a qpipe server: it answered the SP "
+			    "handshake with \"%s\"",
+			    a->url, seen);
+		}
 		return qpi_err(QP_EPROTO,
 		    "%s does not speak SP protocol 0x%x (it speaks 0x%x)",
 		    a->url, (unsigned) peer_proto,
@@ -68,7 +81,9 @@ qpi_link_sp_handshake(qpi_link *l, const qpi_addr *a, const qp_conn_opts *o,
 	}
 	if (rv == QP_ETIMEDOUT) {
 		return qpi_err(QP_ETIMEDOUT,
-		    "handshake with %s: no SP header in time", a->url);
+		    "handshake with %s: no SP header in time: is it a qpipe "
+		    "server?",
+		    a->url);
 	}
 	if (rv != QP_OK) {
 		return qpi_err(QP_ECONNREFUSED,

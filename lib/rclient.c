@@ -118,7 +118,7 @@ rq_connect(qpi_rq *r)
 
 	if ((rv = qpi_ce_open(&r->ce, &r->addr, &r->opts,
 	         (size_t) QP_DEFAULT_MAX_MESSAGE + QPI_WIRE_SLACK, rq_hook, r,
-	         qpi_deadline_ns(QPI_RQ_CALL_MS)))
+	         qpi_deadline_ns(r->connect_ms)))
 	    != QP_OK) {
 		r->ce = NULL;
 		return rv;
@@ -159,6 +159,9 @@ qpi_rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o)
 	snprintf(r->name, sizeof(r->name), "%s", a->name);
 	r->nng = qpi_link_uses_nng(a);
 	r->reconnect_ms = rq_env_ms("QPIPE_RECONNECT_MS", QPI_RQ_RECONNECT_MS);
+	r->connect_ms = o != NULL && o->connect_timeout > 0
+	    ? o->connect_timeout
+	    : QPI_RQ_CALL_MS;
 	r->lim.max_message = QP_DEFAULT_MAX_MESSAGE;
 	r->lim.max_batch = QPI_WIRE_DEFAULT_BATCH;
 	r->pid = getpid();

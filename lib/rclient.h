@@ -56,6 +56,7 @@ struct qpi_rq {
 	qpi_wire_limits lim; /* the server's, from the first hello */
 	bool have_lim;
 	int64_t reconnect_ms;
+	int64_t connect_ms; /* the first connection's time limit */
 	qpi_token token; /* len 0: none */
 	pid_t pid; /* the process this state belongs to (-1: being made) */
 

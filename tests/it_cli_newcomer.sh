@@ -112,4 +112,50 @@ expect_rc "worker without -- (a plain command): usage" 1 "$QPIPE" worker "${QN}w
 	--results "${QN}wr" cat
 grep -q -- "-- cat" "$T/err" && ok "worker Q --results R cat suggests -- cat" ||
 	bad "worker cat" "$(cat "$T/err")"
+# 5. A server that is not qpiped: a peer that accepts and never answers the
+# SP header is given up at --timeout (not after 10 s), one that answers
+# with something else is named at once; both say what was found.
+/usr/bin/python3 - "$T/fake.port" <<'PY' &
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+open(sys.argv[1] + ".tmp", "w").write(str(s.getsockname()[1]))
+import os
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+s.settimeout(30)
+held = []
+try:
+    for i in range(2):
+        c, _ = s.accept()
+        if i == 0:
+            held.append(c)  # silent: never answers
+        else:
+            c.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+            time.sleep(0.5)
+            c.close()
+except OSError:
+    pass
+time.sleep(3)
+PY
+fake=$!
+for _ in $(seq 200); do
+	[ -s "$T/fake.port" ] && break
+	sleep 0.025
+done
+fp=$(cat "$T/fake.port")
+t0=$(now_ms)
+expect_rc "get --timeout 1 from a silent peer: exit 2" 2 \
+	"$QPIPE" get --timeout 1 "tcp://127.0.0.1:$fp/jobs"
+dt=$(($(now_ms) - t0))
+[ "$dt" -lt 4000 ] && ok "a silent peer is given up at --timeout ($dt ms)" ||
+	bad "silent peer" "took $dt ms with --timeout 1"
+grep -q "is it a qpipe server" "$T/err" && ok "it asks whether it is a qpipe server" ||
+	bad "silent peer message" "$(cat "$T/err")"
+expect_rc "get --timeout 1 from an HTTP peer: exit 2" 2 \
+	"$QPIPE" get --timeout 1 "tcp://127.0.0.1:$fp/jobs"
+grep -q "is not a qpipe server: it answered the SP handshake with \"HTTP/1.0\"" "$T/err" &&
+	ok "it names what the HTTP peer answered" || bad "HTTP peer message" "$(cat "$T/err")"
+kill "$fake" 2>/dev/null || true
+wait "$fake" 2>/dev/null || true
 finish

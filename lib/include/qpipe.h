@@ -449,6 +449,10 @@ typedef struct qp_conn_opts {
 	bool tls_insecure_skip_verify; /* dialer: accept any certificate.
 	                                  For tests only. */
 	size_t max_message; /* largest message per connection; 0 = 32 MiB */
+	/* Dialer: how long the first connection of a remote queue or pipe
+	 * (connect, SP header, hello) may take, in ms; <= 0: 10 s. A peer
+	 * that never answers the SP header is not a qpipe server. */
+	qp_duration connect_timeout;
 } qp_conn_opts;
 
 /* qp_listen with options (opts may be NULL). A listener with a token

@@ -75,6 +75,8 @@ typedef struct qp_conn_opts {
     const char *tls_server_name;
     bool tls_insecure_skip_verify;
     size_t max_message;
+    qp_duration connect_timeout;
+    ...;
 } qp_conn_opts;
 
 typedef struct qp_queue_opts {
@@ -86,6 +88,7 @@ typedef struct qp_queue_opts {
     const struct qp_conn_opts *conn;
     const char *path;
     const char *fsync;
+    ...;
 } qp_queue_opts;
 
 int qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts);

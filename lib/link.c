@@ -164,3 +164,21 @@ qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp, uint8_t **bufp,
 	*lenp = (size_t) len - 4;
 	return QP_OK;
 }
+
+int
+qpi_iov_advance(struct iovec **iovp, int niov, size_t done)
+{
+	struct iovec *iov = *iovp;
+
+	while (niov > 0 && done >= iov[0].iov_len) {
+		done -= iov[0].iov_len;
+		iov++;
+		niov--;
+	}
+	if (niov > 0) {
+		iov[0].iov_base = (uint8_t *) iov[0].iov_base + done;
+		iov[0].iov_len -= done;
+	}
+	*iovp = iov;
+	return niov;
+}

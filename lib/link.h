@@ -140,4 +140,8 @@ bool qpi_nng_forked(pid_t owner);
  * the handle ("this connection", "listener tcp://127.0.0.1:7450"). */
 int qpi_nng_forked_err(const char *what, pid_t owner);
 
+/* Moves *iovp past done bytes written (or read) of niov iovecs, trimming
+ * the first one left; returns how many are left. */
+int qpi_iov_advance(struct iovec **iovp, int niov, size_t done);
+
 #endif /* QPI_LINK_H */

@@ -170,15 +170,7 @@ nl_xfer(nng_link *n, bool send, struct iovec *iov, int niov,
 			*gotp = done; /* a receive takes what came */
 			return QP_OK;
 		}
-		while (niov > 0 && done >= iov[0].iov_len) {
-			done -= iov[0].iov_len;
-			iov++;
-			niov--;
-		}
-		if (niov > 0) {
-			iov[0].iov_base = (uint8_t *) iov[0].iov_base + done;
-			iov[0].iov_len -= done;
-		}
+		niov = qpi_iov_advance(&iov, niov, done);
 	}
 	return QP_OK;
 }

@@ -74,15 +74,7 @@ sl_send(qpi_link *l, struct iovec *iov, int niov, int64_t deadline_ns)
 			continue;
 		}
 		size_t done = (size_t) n;
-		while (niov > 0 && done >= iov[0].iov_len) {
-			done -= iov[0].iov_len;
-			iov++;
-			niov--;
-		}
-		if (niov > 0) {
-			iov[0].iov_base = (uint8_t *) iov[0].iov_base + done;
-			iov[0].iov_len -= done;
-		}
+		niov = qpi_iov_advance(&iov, niov, done);
 	}
 	return QP_OK;
 }

@@ -3,10 +3,10 @@
 A queue is one libqpipe handle per process. An anonymous queue (no
 address) and a shm:// queue are shared memory that fork() shares: a child
 keeps using the handle it inherits. A queue served by qpiped (tcp://,
-ipc://, tls+tcp://) is a network connection, which does not survive
-fork(): each process opens its own handle on first use, so the parent
-should not use the queue before it starts fork() children (libqpipe
-refuses the network in a child forked after its parent used it). With the
+ipc://, tls+tcp://) is a network connection: each process opens its own
+handle on first use, so a fork() child works with a queue its parent
+used too (over tls+tcp://, whose carrier nng does not survive fork(),
+only if the parent had not used the network before forking). With the
 spawn and forkserver start methods, named queues are pickled by address
 and reopened in the child; anonymous queues cannot be (they need fork).
 """

@@ -90,6 +90,19 @@ void cli_progress_end(cli_progress *p);
 int cli_open_queue(
     const cli_opts *o, const char *addr, bool create, qp_queue **qp);
 
+/* suggest.c: true when addr reads as HOST:PORT[/NAME], a server's
+ * address without its scheme. */
+bool cli_lacks_scheme(const char *addr);
+
+/* suggest.c: the command word name is not one of names (n of them):
+ * says which one was meant, if any is near. Returns CLI_USAGE. */
+int cli_unknown_command(const char *name, const char *const *names, size_t n);
+
+/* suggest.c: qpipe worker ADDR --results R CMD...: the command came without
+ * "--" before it (argv[at]). Prints the line that works; CLI_USAGE. */
+int cli_worker_without_dashes(
+    const cli_opts *o, int argc, char **argv, int at);
+
 /* The qp_conn_opts to pass for o (NULL: the library's defaults). */
 const qp_conn_opts *cli_conn(const cli_opts *o);
 

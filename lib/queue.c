@@ -276,6 +276,49 @@ shml_task_done(void *impl)
 	return rc;
 }
 
+/* Confirms the oldest item held and puts its result on results, a
+ * shm:// handle, in one step (qpi_shmq_complete). */
+static int
+shml_complete(void *impl, qp_queue *results, const void *buf, size_t len,
+    unsigned kind, int64_t deadline)
+{
+	shml *h = impl;
+	qpi_shmq *rs = qpi_queue_shmq(results);
+	uint64_t id;
+	int rc;
+
+	if (rs == NULL) {
+		return qpi_err(QP_ENOTSUP,
+		    "complete() on %s: the results queue must be a shm:// "
+		    "queue of this host too",
+		    h->label);
+	}
+	pthread_mutex_lock(&h->mu);
+	shml_own(h);
+	if (h->held.n == 0) {
+		pthread_mutex_unlock(&h->mu);
+		return qpi_err(QP_EVALUE,
+		    "complete() on %s: this handle holds no task", h->label);
+	}
+	id = h->held.id[0];
+	pthread_mutex_unlock(&h->mu);
+	rc = qpi_shmq_complete(h->sq, id, rs, buf, len, kind, NULL, deadline);
+	if (rc == QP_OK || rc == QP_ENOENT) {
+		pthread_mutex_lock(&h->mu);
+		if (h->held.n > 0 && h->held.id[0] == id) {
+			qpi_ids_drop(&h->held, 0, 1);
+		}
+		pthread_mutex_unlock(&h->mu);
+	}
+	if (rc == QP_ENOENT) {
+		return qpi_err(QP_ENOENT,
+		    "complete() on %s: the lease of the task ran out first; "
+		    "nothing put, the item went back to the queue",
+		    h->label);
+	}
+	return rc;
+}
+
 /* Gives the oldest item held back: at once, or when its lease, cut to
  * delay ms, runs out (the next sweep of any worker then returns it). */
 static int
@@ -438,6 +481,7 @@ shml_free(void *impl)
 static const qpi_queue_ops shml_ops = {
     .get = shml_get,
     .task_done = shml_task_done,
+    .complete = shml_complete,
     .nack = shml_nack,
     .deliveries = shml_deliveries,
     .touch = shml_touch,
@@ -1001,6 +1045,63 @@ qp_queue_task_done(qp_queue *q)
 	return rc != QP_OK              ? rc
 	    : q->ops->task_done != NULL ? q->ops->task_done(q->impl)
 	                                : qpi_shmq_task_done(q_sq(q));
+}
+
+/* The complete calls' common part: kind says how buf is stored. */
+static int
+q_complete(qp_queue *tasks, qp_queue *results, const void *buf, size_t len,
+    unsigned kind, qp_duration timeout)
+{
+	int rc;
+
+	if ((rc = q_ready_tm(tasks, timeout)) != QP_OK
+	    || (rc = q_ready(results)) != QP_OK) {
+		return rc;
+	}
+	if (tasks->ops->complete == NULL) {
+		return qpi_err(QP_EINVAL,
+		    "qp_queue_complete: the tasks queue was not opened in "
+		    "worker mode (QP_OPEN_LEASE)");
+	}
+	if (tasks == results) {
+		return qpi_err(QP_EINVAL,
+		    "qp_queue_complete: the results queue is the tasks queue");
+	}
+	return tasks->ops->complete(
+	    tasks->impl, results, buf, len, kind, qpi_queue_deadline(timeout));
+}
+
+QP_API int
+qp_queue_complete(qp_queue *tasks, qp_queue *results, const void *buf,
+    size_t len, qp_duration timeout)
+{
+	if (buf == NULL && len > 0) {
+		return qpi_err(QP_EINVAL, "qp_queue_complete: buf is NULL");
+	}
+	return q_complete(tasks, results, buf, len, QPI_ITEM_BIN, timeout);
+}
+
+QP_API int
+qp_queue_complete_obj(qp_queue *tasks, qp_queue *results, const void *msgpack,
+    size_t len, qp_duration timeout)
+{
+	size_t off, blen;
+	int rc;
+
+	if (msgpack == NULL) {
+		return qpi_err(
+		    QP_EINVAL, "qp_queue_complete_obj: msgpack is NULL");
+	}
+	if ((rc = qpi_wire_check_value(msgpack, len)) != QP_OK) {
+		return rc;
+	}
+	/* A bin is stored as its bytes, like qp_queue_put_obj's. */
+	if (qpi_wire_bin_unwrap(msgpack, len, &off, &blen)) {
+		return q_complete(tasks, results,
+		    (const uint8_t *) msgpack + off, blen, QPI_ITEM_BIN,
+		    timeout);
+	}
+	return q_complete(tasks, results, msgpack, len, QPI_ITEM_OBJ, timeout);
 }
 
 QP_API int

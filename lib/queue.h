@@ -49,6 +49,12 @@ typedef struct qpi_queue_ops {
 	 * (checked: 0..2^31-1; 0 = the handle's lease) from now. NULL: as
 	 * nack (QP_EINVAL). */
 	int (*touch)(void *impl, qp_duration lease);
+	/* Worker mode: confirms the oldest item held and puts its result
+	 * (len bytes of kind) on results, another handle, in one step
+	 * (qp_queue_complete). QP_ENOTSUP when results is not a queue it
+	 * can do that with. NULL: QP_EINVAL, as nack. */
+	int (*complete)(void *impl, qp_queue *results, const void *buf,
+	    size_t len, unsigned kind, int64_t deadline_ns);
 	/* Makes calls blocked in this handle return QP_ECLOSED, at once. */
 	void (*close)(void *impl);
 	/* Releases impl; no call is in progress any more. */

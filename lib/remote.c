@@ -6,7 +6,8 @@
  * the meaning of its shared-memory twin. A plain get confirms its item
  * once the reply is in (the confirmation rides on the next get, or the
  * acker sends it); a QP_OPEN_LEASE handle keeps its items leased until
- * task_done (confirm) or nack (give back), and touch extends them.
+ * task_done (confirm) or nack (give back), and touch extends them;
+ * complete confirms one and puts its result in one request.
  *
  * Locking: r->mu (rclient.h) guards the lease lists; it is never held
  * while waiting for the network.
@@ -484,6 +485,68 @@ rq_task_done(void *impl)
 	return rv;
 }
 
+/* Worker mode: the oldest task held is confirmed and its result put on
+ * results, a handle on the same server, by one complete request. */
+static int
+rq_complete(void *impl, qp_queue *results, const void *buf, size_t len,
+    unsigned kind, int64_t deadline_ns)
+{
+	const qpi_queue_ops *ops;
+	qpi_rq *r = impl, *res = qpi_queue_impl(results, &ops);
+	uint8_t *tmp = NULL;
+	uint64_t id;
+	rq_call c;
+	int rv;
+
+	if ((rv = qpi_rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	if (ops != &qpi_remote_ops || strcmp(r->url, res->url) != 0) {
+		return qpi_err(QP_ENOTSUP,
+		    "complete: tasks on %s, results %s%s: one step needs both "
+		    "queues on one server",
+		    r->url, ops != &qpi_remote_ops ? "not on a server" : "on ",
+		    ops != &qpi_remote_ops ? "" : res->url);
+	}
+	if ((uint64_t) len > r->lim.max_message) {
+		return qpi_err(QP_ETOOBIG,
+		    "result of %zu bytes is over the %llu-byte limit of %s",
+		    len, (unsigned long long) r->lim.max_message, r->url);
+	}
+	pthread_mutex_lock(&r->mu);
+	if (r->held.n == 0) {
+		pthread_mutex_unlock(&r->mu);
+		return qpi_err(QP_EVALUE,
+		    "complete() on %s/%s: this handle holds no task", r->url,
+		    r->name);
+	}
+	id = r->held.id[0];
+	pthread_mutex_unlock(&r->mu);
+	qpi_rq_call_init(&c, r, QPI_OP_COMPLETE);
+	c.req.lease_id = id;
+	snprintf(c.req.results, sizeof(c.req.results), "%s", res->name);
+	if (kind != QPI_ITEM_BIN) {
+		c.req.item.data = buf;
+		c.req.item.len = len;
+	} else if ((rv = qpi_rq_bin_item(
+	                &c.req.item, buf, len, &tmp, "a result"))
+	    != QP_OK) {
+		return rv;
+	}
+	c.blocking = deadline_ns != 0;
+	c.deadline_ns = deadline_ns;
+	rv = qpi_rq_do_status(r, &c, QP_EFULL);
+	free(tmp);
+	if (rv == QP_OK || rv == QP_ENOENT) {
+		pthread_mutex_lock(&r->mu);
+		if (r->held.n > 0 && r->held.id[0] == id) {
+			qpi_ids_drop(&r->held, 0, 1);
+		}
+		pthread_mutex_unlock(&r->mu);
+	}
+	return rv;
+}
+
 static int
 rq_join(void *impl, int64_t deadline_ns)
 {
@@ -724,6 +787,7 @@ const qpi_queue_ops qpi_remote_ops = {
     .nack = rq_nack,
     .deliveries = rq_deliveries,
     .touch = rq_touch,
+    .complete = rq_complete,
     .close = rq_close_op,
     .free = rq_free_op,
 };

@@ -95,6 +95,13 @@ void (*qpi_shmq_test_hook)(int point);
 /* Journal entries that write 32 bits carry this flag in their offset. */
 #define J_W32 (1ull << 63)
 
+/* Completion phases (sq_hdr.cpl.phase). Non-zero only while the
+ * completing process holds the consumer lock: whoever takes that lock and
+ * finds one set knows the completer died, and settles it (sq_cpl_settle). */
+#define CPL_NONE    0u
+#define CPL_PUTTING 1u /* the result may be going into the named queue */
+#define CPL_PUT     2u /* the result is in: the lease is to be acked */
+
 enum { EV_NE, EV_NF, EV_JN, EV_W, SQ_EV_N };
 
 #define LD(p)     __atomic_load_n((p), __ATOMIC_RELAXED)
@@ -245,6 +252,18 @@ typedef struct sq_hdr {
 		uint64_t bytes_rel;
 	} gp;
 	_Alignas(128) uint64_t dones; /* task_done calls */
+	/* A completion in progress (qpi_shmq_complete), under the consumer
+	 * lock; it lives in the padding after dones, so a segment made
+	 * before it reads zeros (no completion) and the layout stays. The
+	 * results queue's name is kept in the journal's entries, unused
+	 * between transactions. */
+	struct {
+		uint64_t phase; /* CPL_* */
+		uint64_t lease; /* the task's lease id */
+		uint8_t client[16]; /* the result's tag */
+		uint64_t seq;
+		uint64_t namelen; /* of the results queue's name */
+	} cpl;
 	_Alignas(128) sq_ev ev[SQ_EV_N];
 } sq_hdr;
 
@@ -641,6 +660,8 @@ sq_lock_held(pthread_mutex_t *m)
 #endif
 }
 
+static void sq_cpl_settle(qpi_shmq *q);
+
 /* Takes the side's lock, repairing it if its owner died; waits until
  * deadline (absolute CLOCK_MONOTONIC ns, INT64_MAX = forever; < 0: -ns
  * from the first wait on, so that a free lock costs no clock read):
@@ -692,6 +713,9 @@ sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 		return qpi_err(QP_ECORRUPT,
 		    "%s is marked corrupt (a damaged record was found)",
 		    q->label);
+	}
+	if (s == &q->h->gs && LD(&q->h->cpl.phase) != CPL_NONE) {
+		sq_cpl_settle(q);
 	}
 	return QP_OK;
 }
@@ -2817,6 +2841,19 @@ sq_slot_of(qpi_shmq *q, uint64_t id, uint64_t state, uint32_t *ip)
 	return QP_OK;
 }
 
+/* True when slot i is the lease of a completion not settled yet (its
+ * completer died and its results queue could not be read): it stays
+ * leased, neither released nor expired, until it is settled. */
+static bool
+sq_cpl_holds(qpi_shmq *q, uint32_t i)
+{
+	const sq_hdr *h = q->h;
+
+	return LD(&h->cpl.phase) != CPL_NONE
+	    && (h->cpl.lease & ((1u << L_IDX_BITS) - 1)) == i
+	    && h->cpl.lease >> L_IDX_BITS == q->slots[i].gen;
+}
+
 /* Returns lease slot i to the head of the queue (consumer lock held). */
 static int
 sq_release_slot(qpi_shmq *q, uint32_t i)
@@ -2906,7 +2943,10 @@ qpi_shmq_release(qpi_shmq *q, uint64_t id)
 		return rc;
 	}
 	if ((rc = sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
-		rc = sq_release_slot(q, i);
+		rc = sq_cpl_holds(q, i) ? qpi_err(QP_ENOENT,
+		         "%s: lease %" PRIu64 " is being completed", q->label,
+		         id)
+		                        : sq_release_slot(q, i);
 	}
 	sq_unlock(&q->h->gs);
 	sq_after_release(q, rc == QP_OK ? 1 : 0);
@@ -2959,7 +2999,7 @@ sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
 	}
 	for (uint32_t i = 0; i < q->nslots && rc == QP_OK; i++) {
 		const sq_slot *s = &q->slots[i];
-		if (s->state != L_LEASED) {
+		if (s->state != L_LEASED || sq_cpl_holds(q, i)) {
 			continue;
 		}
 		if (match(s, arg)) {
@@ -3067,6 +3107,230 @@ qpi_shmq_release_stale(qpi_shmq *q, size_t *np)
 {
 	sq_me();
 	return sq_release_matching(q, sq_match_stale, NULL, np, NULL);
+}
+
+/* ---- completion: a task's lease acked and its result put, one step ---- */
+
+/* How long a completion waits for the results queue's producer lock while
+ * it holds the task queue's consumer lock. Two completions feeding each
+ * other's queues, or a put starting a new lap of the results queue (which
+ * takes its consumer lock), would otherwise wait for each other: past
+ * this, the completion lets go of its lock, waits for the other one
+ * alone, and starts again. */
+#define SQ_CPL_LOCK_NS 2000000
+
+/* The name of a named queue, NULL for an anonymous one. */
+static const char *
+sq_name(const qpi_shmq *q)
+{
+	return strncmp(q->label, "shm://", 6) == 0 ? q->label + 6 : NULL;
+}
+
+/* The tag a local completion's result carries: a marker and the task
+ * queue's salt as client id, the lease id (never reused) as seq. */
+static void
+sq_cpl_tag(const qpi_shmq *t, uint64_t id, qpi_shmq_tag *tag)
+{
+	memset(tag, 0, sizeof(*tag));
+	memcpy(tag->client, "qpcomplt", 8);
+	memcpy(tag->client + 8, &t->salt, 8);
+	tag->seq = id;
+	tag->n = 1;
+}
+
+/* Acks the completion's lease, counts its task done and ends the
+ * completion, in one commit (consumer lock held). A lease no longer held
+ * only ends it. */
+static void
+sq_cpl_finish(qpi_shmq *q)
+{
+	sq_hdr *h = q->h;
+	uint64_t id = h->cpl.lease;
+	uint32_t i;
+	sq_tx t;
+
+	tx_begin(&t, q);
+	if (sq_slot_of(q, id, L_LEASED, &i) == QP_OK
+	    && sq_blocks_put(q, &t, &q->slots[i]) == QP_OK) {
+		uint64_t d = h->dones, n = LDA(&h->pp.nput);
+		tx_set(&t, &q->slots[i].state, L_FREE);
+		tx_set(&t, &q->slots[i].next, h->gv.free_first);
+		tx_set(&t, &h->gv.free_first, i + 1);
+		tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
+		if (d < n) {
+			if (d + 1 == n) {
+				sq_wake(
+				    q, EV_JN, true); /* before the commit */
+			}
+			tx_set(&t, &h->dones, d + 1);
+		}
+	}
+	tx_set(&t, &h->cpl.phase, CPL_NONE);
+	tx_commit(&t);
+}
+
+/* Whether a dead completer's result is in its results queue: 1 yes, 0 no
+ * (its putter is dead: it never will be), -1 cannot tell now (the queue's
+ * lock is held past this thread's budget, or memory is short). */
+static int
+sq_cpl_result_in(qpi_shmq *q)
+{
+	sq_hdr *h = q->h;
+	char name[QP_NAME_MAX + 1];
+	uint64_t len = LD(&h->cpl.namelen);
+	qpi_shmq_tag *v;
+	qpi_shmq *r;
+	size_t n = 0;
+	int rc, in = 0;
+
+	if (len == 0 || len > QP_NAME_MAX) {
+		return 0;
+	}
+	memcpy(name, h->gs.j.e, len);
+	name[len] = '\0';
+	if (!qpi_wire_name_valid(name, len)) {
+		return 0;
+	}
+	rc = qpi_shmq_open(&r, name, 0, NULL);
+	if (rc != QP_OK) {
+		/* Gone (its items with it) or unreadable: not in. */
+		return rc == QP_ENOMEM || rc == QP_ESYSTEM ? -1 : 0;
+	}
+	if ((v = malloc(QPI_SHMQ_TAGS_MAX * sizeof(*v))) == NULL) {
+		qpi_shmq_free(r);
+		return -1;
+	}
+	rc = qpi_shmq_tags(r, v, QPI_SHMQ_TAGS_MAX, &n);
+	if (rc == QP_EBUSY || rc == QP_ETIMEDOUT) {
+		in = -1;
+	}
+	for (size_t i = 0; rc == QP_OK && i < n; i++) {
+		if (v[i].seq == h->cpl.seq && v[i].done > v[i].base
+		    && memcmp(v[i].client, h->cpl.client, 16) == 0) {
+			in = 1;
+		}
+	}
+	free(v);
+	qpi_shmq_free(r);
+	return in;
+}
+
+/* A completer died holding the consumer lock (which this thread holds
+ * now): finish its completion if its result is in, else end it and leave
+ * the lease to the dead holder's usual fate (released, expired). */
+static void
+sq_cpl_settle(qpi_shmq *q)
+{
+	sq_hdr *h = q->h;
+
+	if (LD(&h->cpl.phase) == CPL_PUTTING) {
+		int in = sq_cpl_result_in(q);
+		if (in < 0) {
+			return; /* the next holder of the lock tries again */
+		}
+		if (in == 0) {
+			STR(&h->cpl.phase, CPL_NONE);
+			qpi_err_clear();
+			return;
+		}
+		STR(&h->cpl.phase, CPL_PUT);
+	}
+	sq_cpl_finish(q);
+	qpi_err_clear();
+}
+
+int
+qpi_shmq_complete(qpi_shmq *t, uint64_t id, qpi_shmq *r, const void *buf,
+    size_t len, unsigned kind, const qpi_shmq_tag *tag, int64_t deadline)
+{
+	const char *name = sq_name(r), *tname = sq_name(t);
+	int64_t budget = sq_budget_ns;
+	qpi_shmq_tag own;
+	sq_hdr *h = t->h;
+	sq_snap snap;
+	bool spun = false;
+	size_t nlen;
+	int rc;
+
+	if (sq_closed(t)) {
+		return sq_eclosed(t);
+	}
+	if (sq_closed(r)) {
+		return sq_eclosed(r);
+	}
+	if (name == NULL) {
+		return qpi_err(QP_ENOTSUP,
+		    "a completion's results go to a named shm:// queue, not "
+		    "an anonymous one");
+	}
+	if (tname != NULL && strcmp(name, tname) == 0) {
+		return qpi_err(QP_EINVAL,
+		    "%s: the results queue is the tasks queue", t->label);
+	}
+	if (len > r->max_msg || QPI_SHMQ_REC_SIZE(len) > r->cap) {
+		return qpi_err(QP_ETOOBIG,
+		    "result of %zu bytes is over %s's limits", len, r->label);
+	}
+	nlen = strlen(name);
+	if (tag == NULL) {
+		sq_cpl_tag(t, id, &own);
+		tag = &own;
+	}
+	for (;;) {
+		uint32_t i;
+		if ((rc = sq_lock(t, &h->gs)) != QP_OK) {
+			return rc;
+		}
+		if ((rc = sq_slot_of(t, id, L_LEASED, &i)) != QP_OK) {
+			sq_unlock(&h->gs);
+			return rc;
+		}
+		/* The intent, then the put (its tag names it), then the ack:
+		 * see sq_cpl_settle for a completer killed in between. */
+		memcpy(h->gs.j.e, name, nlen);
+		ST(&h->cpl.namelen, (uint64_t) nlen);
+		memcpy(h->cpl.client, tag->client, sizeof(h->cpl.client));
+		ST(&h->cpl.seq, tag->seq);
+		ST(&h->cpl.lease, id);
+		STR(&h->cpl.phase, CPL_PUTTING);
+		SQ_HOOK(QPI_HOOK_CPL_MARK);
+		sq_budget_ns = budget < 0 || budget > SQ_CPL_LOCK_NS
+		    ? SQ_CPL_LOCK_NS
+		    : budget;
+		rc = sq_try_put(r, buf, len, kind, tag, &snap);
+		sq_budget_ns = budget;
+		if (rc == QP_OK) {
+			STR(&h->cpl.phase, CPL_PUT);
+			SQ_HOOK(QPI_HOOK_CPL_PUT);
+			sq_cpl_finish(t);
+			sq_unlock(&h->gs);
+			sq_fence_after_unlock();
+			sq_watch_bump(t);
+			return QP_OK;
+		}
+		STR(&h->cpl.phase, CPL_NONE);
+		sq_unlock(&h->gs);
+		if (rc == QP_EBUSY && budget < 0) {
+			/* Wait for the results queue's lock alone. */
+			if ((rc = sq_lock_until(r, &r->h->ps, INT64_MAX))
+			    != QP_OK) {
+				return rc;
+			}
+			sq_unlock(&r->h->ps);
+			continue;
+		}
+		if (rc != QP_EFULL || deadline == 0) {
+			return rc;
+		}
+		rc = sq_wait(
+		    r, EV_NF, sq_pred_progress, &snap, deadline, &spun);
+		if (rc == QP_ECLOSED) {
+			return rc;
+		}
+		if (rc == QP_ETIMEDOUT) {
+			deadline = 0; /* one last try */
+		}
+	}
 }
 /* ---- watching ---- */
 

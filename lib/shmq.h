@@ -352,6 +352,34 @@ uint64_t qpi_shmq_owner_self(void);
 int qpi_shmq_release_dead(qpi_shmq *q, size_t *np);
 
 /* ------------------------------------------------------------------------
+ * Completion (qp_queue_complete): a task's lease acked and its result put
+ * on another queue in one step, across kill -9 of any process at any
+ * instant. Under the task queue's consumer lock the completer notes its
+ * intent in the task queue's header (lease id, results queue's name, the
+ * result's tag), puts the result tagged into the results queue (under that
+ * queue's producer lock, waited for only briefly with the first held),
+ * then acks the lease and clears the note in one journal commit. Whoever
+ * next takes the task queue's consumer lock and finds a note knows the
+ * completer died: it opens the results queue by name and reads its tags
+ * (qpi_shmq_tags, which repairs a put cut short): the result is in, so
+ * the lease is acked; or it is not, so the lease stays to its dead
+ * holder's usual fate (released, expired) and the task runs again. Until
+ * that is settled the lease is neither released nor expired. So each
+ * task's result is stored once, however often the task runs.
+ * ------------------------------------------------------------------------ */
+
+/* Acks lease id of t (as qpi_shmq_ack, and counts one task_done) and puts
+ * the result (len bytes of kind) into r, all or nothing. tag (NULL: one
+ * naming t and id) is noted with the result as qpi_shmq_put_tagged does.
+ * r must be a named queue other than t. Waits until deadline_ns while r
+ * is full. QP_OK; QP_ENOENT (lease not held: nothing put); QP_EFULL
+ * (nothing done, lease kept); QP_ETOOBIG; QP_ENOTSUP (r anonymous);
+ * QP_EINVAL (r is t); QP_EBUSY (a lock budget ran out: nothing done);
+ * QP_ECLOSED, QP_ECORRUPT, QP_ENOSPC. */
+int qpi_shmq_complete(qpi_shmq *t, uint64_t id, qpi_shmq *r, const void *buf,
+    size_t len, unsigned kind, const qpi_shmq_tag *tag, int64_t deadline_ns);
+
+/* ------------------------------------------------------------------------
  * Watching (qpiped learns of local activity without polling).
  *
  * While at least one attachment watches a queue, every change that may
@@ -409,6 +437,8 @@ enum qpi_shmq_hook_point {
 	                  commit), wake-up not yet delivered */
 	QPI_HOOK_DONE, /* a put, get or task_done committed, lock held */
 	QPI_HOOK_WOKEN, /* a sleeper was woken, before it acts on it */
+	QPI_HOOK_CPL_MARK, /* completion: intent noted, result not put */
+	QPI_HOOK_CPL_PUT, /* completion: result in, lease not acked */
 };
 extern void (*qpi_shmq_test_hook)(int point);
 

@@ -124,6 +124,24 @@ qpi_store_put(qpi_store *s, const uint8_t *item, size_t len,
 	    : qpi_durq_put(s->dur, p, plen, kind, 0);
 }
 
+int
+qpi_store_complete(qpi_store *t, uint64_t lease_id, qpi_store *r,
+    const uint8_t *item, size_t len, const qpi_shmq_tag *tag)
+{
+	const uint8_t *p;
+	size_t plen;
+	unsigned kind = st_item(item, len, &p, &plen);
+
+	if (t->dur != NULL || r->dur != NULL) {
+		return qpi_err(QP_ENOTSUP,
+		    "complete: '%s' is durable; a completion in one step is "
+		    "served for shared-memory queues only",
+		    t->dur != NULL ? t->name : r->name);
+	}
+	return qpi_shmq_complete(
+	    t->shm, lease_id, r->shm, p, plen, kind, tag, 0);
+}
+
 /* A durable queue is the server's alone (its file is locked) and calls
  * are serialised: checking room first makes the batch all or nothing. */
 static int

@@ -82,6 +82,17 @@ int qpi_store_expire(
 int qpi_store_release_dead(qpi_store *s, size_t *np);
 int qpi_store_release_stale(qpi_store *s, size_t *np);
 
+/* Completes a task (qp_queue_complete): acks lease_id of t, counts its
+ * task done and puts item (an encoding, as qpi_store_put) into r, both or
+ * neither, across a kill of the server at any instant (see
+ * qpi_shmq_complete). tag (NULL: one naming t and the lease) is noted
+ * with the result, as a put's: a restarted server reads it back with
+ * qpi_store_tags. QP_OK, QP_ENOENT (lease not held: nothing put),
+ * QP_EFULL (nothing done), QP_ETOOBIG, QP_EINVAL (r is t), QP_ENOTSUP
+ * (a durable queue: not served), QP_EBUSY. */
+int qpi_store_complete(qpi_store *t, uint64_t lease_id, qpi_store *r,
+    const uint8_t *item, size_t len, const qpi_shmq_tag *tag);
+
 /* JoinableQueue's task_done: QP_OK or QP_EVALUE. */
 int qpi_store_task_done(qpi_store *s);
 

@@ -618,6 +618,7 @@ enum {
 	R_ITEM, /* any value */
 	H_STATUS, /* reply head: uint error number */
 	H_ERRMSG, /* error reply: str */
+	F_RESULTS, /* str: the results queue's name */
 	F_KINDS
 };
 
@@ -662,6 +663,7 @@ static const char *const field_names[F_KINDS] = {
     [R_ITEM] = "item",
     [H_STATUS] = "status",
     [H_ERRMSG] = "message",
+    [F_RESULTS] = "results",
 };
 
 #define OP_FIELDS 9
@@ -714,6 +716,9 @@ static const opdef ops[QPI_OP_MAX + 1] = {
     = {"pipe_close", true, 0, {F_NAME, F_CLIENT, F_SEQ, F_SIDE}, {F_END}},
     [QPI_OP_TOUCH]
     = {"touch", true, 0, {F_NAME, F_CLIENT, F_SEQ, F_LMS, F_IDS}, {R_MISSING}},
+    [QPI_OP_COMPLETE] = {"complete", true, 0,
+        {F_NAME, F_CLIENT, F_SEQ, F_LEASE, F_RESULTS, F_TIMEOUT, F_ITEM},
+        {F_END}},
 };
 
 static const opdef *
@@ -1329,6 +1334,8 @@ rd_req_field(rd *r, int f, const opdef *d, qpi_wire_req *q)
 	switch (f) {
 	case F_NAME:
 		return rd_name(r, f, q->name);
+	case F_RESULTS:
+		return rd_name(r, f, q->results);
 	case F_CLIENT:
 		return rd_fixbin(
 		    r, f, q->client_id, QPI_WIRE_ID_LEN, false, NULL);
@@ -1676,6 +1683,8 @@ enc_req_field(qpi_wire_buf *b, int f, const opdef *d, const qpi_wire_req *q)
 	switch (f) {
 	case F_NAME:
 		return enc_name(b, op, q->name);
+	case F_RESULTS:
+		return enc_name(b, op, q->results);
 	case F_CLIENT:
 		return qpi_wire_put_bin(b, q->client_id, QPI_WIRE_ID_LEN);
 	case F_SEQ:

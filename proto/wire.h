@@ -146,10 +146,11 @@ typedef enum qpi_wire_op {
 	QPI_OP_PIPE_POLL = 19,
 	QPI_OP_PIPE_CLOSE = 20,
 	QPI_OP_TOUCH = 21,
+	QPI_OP_COMPLETE = 22,
 } qpi_wire_op;
 
 /* The highest op number this codec knows. */
-#define QPI_OP_MAX 21
+#define QPI_OP_MAX 22
 
 /* Sizes fixed by the protocol. */
 #define QPI_WIRE_ID_LEN          16 /* client id: 16 bytes */
@@ -210,6 +211,7 @@ typedef struct qpi_wire_req {
 	uint32_t op; /* QPI_OP_* */
 	uint64_t req_id; /* echoed in the reply */
 	char name[QP_NAME_MAX + 1]; /* queue or pipe name, NUL-terminated */
+	char results[QP_NAME_MAX + 1]; /* complete: the results queue */
 	uint8_t client_id[QPI_WIRE_ID_LEN]; /* hello and mutating ops */
 	uint64_t seq; /* mutating ops: 0 = not deduplicated */
 	qp_duration
@@ -218,7 +220,7 @@ typedef struct qpi_wire_req {
 	uint32_t max_items; /* get: 1..max_batch */
 	uint32_t lease_mode; /* get: QPI_LEASE_* */
 	uint64_t lease_ms; /* get, create, touch: 0 = the queue's default */
-	uint64_t lease_id; /* release */
+	uint64_t lease_id; /* release, complete */
 	uint64_t delay_ms; /* release */
 	uint64_t count; /* task_done: >= 1 */
 	uint64_t maxsize; /* create: items, 0 = unbounded */
@@ -230,7 +232,7 @@ typedef struct qpi_wire_req {
 	uint8_t mac[QPI_WIRE_MAC_LEN]; /* auth: HMAC(token, server nonce) */
 	bool has_nonce; /* auth: the client sent a nonce of its own */
 	uint8_t nonce[QPI_WIRE_NONCE_LEN]; /* auth: the client's nonce */
-	qpi_wire_item item; /* put, pipe_send */
+	qpi_wire_item item; /* put, pipe_send, complete */
 	qpi_wire_item *items; /* put_many: storage (caller), items_cap long */
 	uint32_t nitems; /* put_many: items decoded (or needed) */
 	uint32_t items_cap;

@@ -5,8 +5,8 @@
  * not authenticated: session.c, shutting down), lets dedup.c say whether
  * a request sent again was applied already, and gives it to the handler
  * of its family: session.c (hello, auth, ping), qdata.c (put, put_many,
- * get, join), lease.c (ack, release, touch, task_done), admin.c (qsize,
- * stat, list, create, delete), pipes.c (pipe_*). A durable put's reply
+ * get, join, complete), lease.c (ack, release, touch, task_done), admin.c
+ * (qsize, stat, list, create, delete), pipes.c (pipe_*). A durable put's reply
  * waits for its log's sync without the lock (sync.c).
  *
  * Locking: one mutex (ops.mu) guards the request layer, the connections,
@@ -78,6 +78,7 @@ ops_route(uint32_t op)
 	case QPI_OP_PUT_MANY:
 	case QPI_OP_GET:
 	case QPI_OP_JOIN:
+	case QPI_OP_COMPLETE:
 		return qps_qdata_handle;
 	case QPI_OP_ACK:
 	case QPI_OP_RELEASE:
@@ -107,7 +108,7 @@ op_finishes(uint32_t op)
 {
 	return op == QPI_OP_ACK || op == QPI_OP_RELEASE
 	    || op == QPI_OP_TASK_DONE || op == QPI_OP_TOUCH
-	    || op == QPI_OP_PING;
+	    || op == QPI_OP_PING || op == QPI_OP_COMPLETE;
 }
 
 /* Under the lock: dedup, then apply. */
@@ -172,6 +173,12 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 			 * hosting it reads which puts are in it already
 			 * (errors are the apply's to report). */
 			(void) qps_q_open(r->name, false, &q);
+		}
+		if (r->op == QPI_OP_COMPLETE
+		    && qps_q_find(r->results) == NULL) {
+			/* The same for a completion's results queue: its
+			 * result, if it went in, is tagged with this seq. */
+			(void) qps_q_open(r->results, false, &q);
 		}
 		cl = qps_dedup_client(r->client_id);
 	}

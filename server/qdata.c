@@ -1,16 +1,18 @@
 /*
  * qdata.c - the queue data ops (PROTOCOL.md): put, put_many, get (with
- * the confirmations it carries) and join. A get takes items under leases
- * of its connection; a get on an empty queue, a put on a full one, a join
- * with tasks left park (wait.c) until their timeout, as do they all while
- * the queue's lock is held by another process; parked ones are tried
- * again, in order, whenever the queue changes.
+ * the confirmations it carries), join, and complete (a task's lease acked
+ * and its result put on another queue in one step, lib/store.h). A get takes
+ * items under leases of its connection; a get on an empty queue, a put on a
+ * full one, a join with tasks left park (wait.c) until their timeout, as do
+ * they all while the queue's lock is held by another process; parked ones are
+ * tried again, in order, whenever the queue changes.
  *
  * Locking: none of its own; everything runs under the ops lock.
  */
 #include "qps.h"
 #include "store.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -277,12 +279,157 @@ qd_join(const qps_req *rq, qps_q *q, nng_msg **repp)
 	return qd_park(rq, q, QPS_WAIT_JOIN, join_retry, repp);
 }
 
+/* ---- complete: a task's lease acked and its result put, one step ---- */
+
+/* The two queues of a complete, opened (a restarted server may not have
+ * them yet): QP_OK, else *repp. */
+static int
+qd_complete_queues(
+    const qpi_wire_req *r, qps_q **tp, qps_q **rp, nng_msg **repp)
+{
+	if (strcmp(r->name, r->results) == 0) {
+		*repp = qps_rep_error(r->op, r->req_id, QP_EINVAL,
+		    "complete: the results queue '%s' is the tasks queue",
+		    r->name);
+		return QP_EINVAL;
+	}
+	if (qps_admin_open_for(r, false, tp, repp) != QP_OK) {
+		return QP_ENOENT;
+	}
+	int rv = qps_q_open(r->results, false, rp);
+	if (rv != QP_OK) {
+		*repp = qps_rep_error(r->op, r->req_id, rv,
+		    "complete: results queue '%s': %s", r->results,
+		    qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
+	}
+	return rv;
+}
+
+/* Tries r's completion on t and res: QP_OK, QP_EBUSY (*busyp: the queue
+ * whose lock is held, marked busy), or another error, nothing done. The
+ * result is tagged with the request's client id and seq when it is
+ * deduplicated, so that a restarted server answers its repeat. */
+static int
+qd_try_complete(qps_conn *c, qps_q *t, qps_q *res, const qpi_wire_req *r,
+    qps_client *cl, qps_q **busyp)
+{
+	qpi_shmq_tag tag, *tg = NULL;
+	char lbl[QP_NAME_MAX + 16];
+	int rv;
+
+	*busyp = NULL;
+	if (t->busy || res->busy) {
+		*busyp = t->busy ? t : res;
+		return QP_EBUSY;
+	}
+	if (cl != NULL) {
+		memset(&tag, 0, sizeof(tag));
+		memcpy(tag.client, r->client_id, sizeof(tag.client));
+		tag.seq = r->seq;
+		tag.n = 1;
+		tg = &tag;
+	}
+	rv = qpi_store_complete(
+	    t->st, r->lease_id, res->st, r->item.data, r->item.len, tg);
+	if (rv == QP_EBUSY) {
+		/* The message names the queue whose lock is held. */
+		snprintf(lbl, sizeof(lbl), "shm://%s:", t->name);
+		*busyp = strncmp(qp_errmsg(), lbl, strlen(lbl)) == 0 ? t : res;
+		return qps_q_rv(*busyp, rv);
+	}
+	if (rv == QP_OK) {
+		qps_conn_work_take(c, t, r->lease_id);
+	}
+	return rv;
+}
+
+static nng_msg *
+qd_complete_reply(const qpi_wire_req *r, int rv)
+{
+	if (rv == QP_OK) {
+		return qps_rep_ok(r);
+	}
+	if (rv == QP_EFULL) {
+		return qps_rep_error(r->op, r->req_id, rv,
+		    "results queue '%s' is full", r->results);
+	}
+	if (rv == QP_ENOENT) {
+		return qps_rep_error(r->op, r->req_id, rv,
+		    "lease %llu on '%s' is not held (expired, released or "
+		    "acked): nothing put, the task runs again",
+		    (unsigned long long) r->lease_id, r->name);
+	}
+	return qps_rep_error(r->op, r->req_id, rv, "complete on '%s': %s",
+	    r->name, qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
+}
+
+static void
+qd_complete_after(qps_q *t, qps_q *res)
+{
+	qps_wait_dispatch(res); /* a result for its getters */
+	qps_wait_dispatch(t); /* an ack frees room */
+}
+
+static qps_retry_res
+complete_retry(qps_wait *wt, nng_msg **repp)
+{
+	qps_q *t, *res, *busy;
+	int rv;
+
+	if (qps_q_open(wt->r.name, false, &t) != QP_OK
+	    || qps_q_open(wt->r.results, false, &res) != QP_OK) {
+		*repp = qd_complete_reply(&wt->r, QP_ENOENT);
+		return QPS_DONE;
+	}
+	rv = qd_try_complete(wt->conn, t, res, &wt->r, wt->cl, &busy);
+	if (rv == QP_EBUSY) {
+		return busy == wt->q ? QPS_BLOCKED : QPS_WAITING;
+	}
+	if (rv == QP_EFULL) {
+		return QPS_WAITING;
+	}
+	*repp = qd_complete_reply(&wt->r, rv);
+	return QPS_DONE;
+}
+
+static qps_handled
+qd_complete(const qps_req *rq, nng_msg **repp)
+{
+	const qpi_wire_req *r = rq->r;
+	qps_q *t, *res, *busy;
+	int rv;
+
+	if (qd_complete_queues(r, &t, &res, repp) != QP_OK) {
+		return QPS_REPLY;
+	}
+	qps_wait_dispatch(res); /* parked putters go first (FIFO) */
+	rv = res->wl[QPS_WAIT_PUT].head != NULL
+	    ? QP_EFULL
+	    : qd_try_complete(rq->c, t, res, r, rq->cl, &busy);
+	if (rv == QP_EBUSY && busy == t) {
+		return qps_wait_busy(rq, t, 0, 0, complete_retry, repp);
+	}
+	if ((rv == QP_EFULL || rv == QP_EBUSY) && r->timeout != 0) {
+		return qd_park(rq, res, QPS_WAIT_PUT, complete_retry, repp);
+	}
+	*repp = rv == QP_EBUSY ? qd_complete_reply(r, QP_EFULL)
+	                       : qd_complete_reply(r, rv);
+	if (rv == QP_OK) {
+		qd_complete_after(t, res);
+	}
+	return QPS_REPLY;
+}
+
 qps_handled
 qps_qdata_handle(const qps_req *rq, nng_msg **repp)
 {
 	const qpi_wire_req *r = rq->r;
 	bool put = r->op == QPI_OP_PUT || r->op == QPI_OP_PUT_MANY;
 	qps_q *q;
+
+	if (r->op == QPI_OP_COMPLETE) {
+		return qd_complete(rq, repp);
+	}
 
 	if (qps_admin_open_for(
 	        r, put && (r->flags & QPI_PUT_CREATE) != 0, &q, repp)

@@ -1072,6 +1072,72 @@ test_remote_touch_keeps_task(void **state)
 	tsrv_scenario(touch_body, "tcp");
 }
 
+/* ---- complete: a task confirmed and its result put in one request ---- */
+
+static void
+complete_body(void *arg)
+{
+	tsrv s = {0};
+	char tn[64], rn[64], ta[400], ra[400], la[400];
+	qp_queue *t, *w, *r, *local;
+	size_t n = 0;
+
+	(void) arg;
+	CHECK(tsrv_start(&s, "tcp") == 0);
+	qname(tn, sizeof(tn), "cplt");
+	qname(rn, sizeof(rn), "cplr");
+	qaddr(ta, sizeof(ta), &s, tn);
+	qaddr(ra, sizeof(ra), &s, rn);
+	t = open_q(ta, QP_OPEN_CREATE, 0, 0);
+	r = open_q(ra, QP_OPEN_CREATE, 1, 0);
+	w = open_q(ta, QP_OPEN_LEASE, 0, 0);
+	put_str(t, "a");
+	put_str(t, "b");
+	get_str(w, "a", 0);
+	CHECK_EQ(qp_queue_complete(w, r, "A", 1, 0), QP_OK);
+	CHECK_EQ(qp_queue_join(t, 0), QP_ETIMEDOUT); /* b is not done */
+	get_str(w, "b", 0);
+	/* The results queue holds 1 item at most: full, nothing done. */
+	CHECK_EQ(qp_queue_complete(w, r, "B", 1, 0), QP_EFULL);
+	CHECK_EQ(qp_queue_complete(w, r, "B", 1, 200), QP_EFULL);
+	get_str(r, "A", 0);
+	CHECK_EQ(qp_queue_complete(w, r, "B", 1, QP_FOREVER), QP_OK);
+	CHECK_EQ(qp_queue_join(t, 0), QP_OK);
+	get_str(r, "B", 0);
+	CHECK_EQ(qp_queue_complete(w, r, "C", 1, 0), QP_EVALUE);
+	/* A lease that ran out puts nothing. */
+	put_str(t, "c");
+	get_str(w, "c", 0);
+	CHECK_EQ(qp_queue_nack(w, 0), QP_OK);
+	CHECK_EQ(qp_queue_qsize(t, &n), QP_OK);
+	CHECK_EQ(n, 1);
+	/* Results on this host's shared memory: not in one step. */
+	qname(tn, sizeof(tn), "cpll");
+	qaddr(la, sizeof(la), NULL, tn);
+	local = open_q(la, QP_OPEN_CREATE, 0, 0);
+	get_str(w, "c", 0);
+	CHECK_EQ(qp_queue_complete(w, local, "C", 1, 0), QP_ENOTSUP);
+	CHECK_EQ(qp_queue_complete(w, w, "C", 1, 0), QP_EINVAL);
+	CHECK_EQ(qp_queue_complete(w, r, "C", 1, 0), QP_OK);
+	get_str(r, "C", 0);
+	CHECK_EQ(qp_queue_qsize(r, &n), QP_OK);
+	CHECK_EQ(n, 0);
+	qp_queue_free(local);
+	qp_queue_unlink(la);
+	qp_queue_free(w);
+	qp_queue_free(t);
+	qp_queue_free(r);
+	qp_queue_unlink(ta);
+	qp_queue_unlink(ra);
+	CHECK(tsrv_stop(&s));
+}
+
+static void
+test_remote_complete(void **state)
+{
+	tsrv_scenario(complete_body, "tcp");
+}
+
 /* ---- put_many: all or nothing ---- */
 
 static void
@@ -2060,6 +2126,7 @@ main(void)
 	    cmocka_unit_test(test_remote_many_getters),
 	    cmocka_unit_test(test_remote_pipes),
 	    cmocka_unit_test(test_remote_batches),
+	    cmocka_unit_test(test_remote_complete),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

@@ -239,6 +239,7 @@ fill_req(qpi_wire_req *q, uint32_t op, qpi_wire_item *its, uint64_t *ids)
 	q->op = op;
 	q->req_id = 1000 + op;
 	strcpy(q->name, "jobs.A_1-b");
+	strcpy(q->results, op == QPI_OP_COMPLETE ? "results.7" : "");
 	memcpy(q->client_id, client16, sizeof(client16));
 	q->seq = 0x0102030405060708ull;
 	q->timeout = 1500;
@@ -382,6 +383,14 @@ test_wire_request_roundtrip(void **state)
 		case QPI_OP_RELEASE:
 			assert_true(d.lease_id == 0x1122334455667788ull);
 			assert_int_equal(d.delay_ms, 250);
+			break;
+		case QPI_OP_COMPLETE:
+			assert_true(d.lease_id == 0x1122334455667788ull);
+			assert_string_equal(d.results, "results.7");
+			assert_int_equal(d.timeout, 1500);
+			assert_int_equal(d.item.len, sizeof(item_bin));
+			assert_memory_equal(d.item.data, item_bin, d.item.len);
+			assert_true(qpi_wire_op_dedup(op));
 			break;
 		case QPI_OP_TASK_DONE:
 			assert_int_equal(d.count, 2);

@@ -279,6 +279,41 @@ QP_API int qp_queue_nack(qp_queue *q, qp_duration delay);
  * lease had run out already, QP_EINVAL without QP_OPEN_LEASE. */
 QP_API int qp_queue_touch(qp_queue *q, qp_duration lease);
 
+/* Worker mode (QP_OPEN_LEASE on tasks): confirms the oldest task this
+ * handle holds (as qp_queue_task_done) and puts its result, len bytes
+ * stored as a bin, on results, in one step: both happen or neither, so
+ * that each task has exactly one result however often it runs. Blocks
+ * while results is full, for up to timeout (then QP_EFULL, nothing done,
+ * the task still held).
+ *
+ * When it holds: across kill -9 of any worker at any instant (also
+ * between the result and the confirmation), lost replies, reconnects,
+ * and kill -9 and restart of qpiped, provided both queues are
+ *   - shm:// queues of this host, results a named one (the tasks queue
+ *     notes the completion first; whoever next uses it after a death
+ *     reads the results queue's tags and finishes or undoes it), or
+ *   - queues of one qpiped (both handles' addresses name the same
+ *     server, spelled the same), kept in shared memory there (one
+ *     `complete` request, proto/PROTOCOL.md).
+ * When it does not: queues on two servers, a shm:// and a remote one, an
+ * anonymous results queue, or a durable queue: QP_ENOTSUP, nothing done.
+ * Then put the result and confirm the task in two calls: a kill between
+ * them stores a second result when the task runs again (at least once).
+ *
+ * Errors: QP_ENOENT (the task's lease ran out, or was given back, first:
+ * nothing put, the task runs again and that run's result counts; the
+ * handle no longer holds it), QP_EVALUE (this handle holds no task),
+ * QP_EINVAL (tasks not in worker mode, or results is tasks), QP_ETOOBIG,
+ * QP_ENOTSUP (above), QP_ECLOSED; remote: QP_ECONNRESET (applied or not,
+ * never twice). */
+QP_API int qp_queue_complete(qp_queue *tasks, qp_queue *results,
+    const void *buf, size_t len, qp_duration timeout);
+
+/* qp_queue_complete with the result given as the msgpack encoding of one
+ * value (else QP_EINVAL), stored as qp_queue_put_obj stores it. */
+QP_API int qp_queue_complete_obj(qp_queue *tasks, qp_queue *results,
+    const void *msgpack, size_t len, qp_duration timeout);
+
 /* How many times the item at hand has been delivered (1 the first time):
  * worker mode, the oldest item held; otherwise the last item got.
  * QP_ENOENT if there is none, QP_ENOTSUP where not tracked (plain shm://

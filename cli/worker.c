@@ -2,14 +2,16 @@
  * worker.c - `qpipe worker`: takes tasks from a queue and runs a command
  * once per task, the task on its stdin. When the command exits 0 its
  * stdout (less one final newline, unless --keep-newline) is put to the
- * results queue and the task is confirmed
- * (task_done); when it fails, is killed or times out the task goes back to
- * the queue for another attempt, and after --max-attempts deliveries it is
- * moved to the dead-letter queue NAME.dead (same server, or same host for
- * shm://) with one line on stderr; a task delivered more often than that
- * (its workers died) goes there without running. Nothing is confirmed
- * before its result is stored, so a worker killed at any point loses no
- * task (a task may run twice: at least once).
+ * results queue and the task is confirmed in one step (qp_queue_complete:
+ * one result per task, however often it runs; a put, then task_done,
+ * where the two queues cannot do that); when it fails, is killed or times out
+ * the task goes back to the queue for another attempt, and after
+ * --max-attempts deliveries it is moved to the dead-letter queue NAME.dead
+ * (same server, or same host for shm://) with one line on stderr; a task
+ * delivered more often than that (its workers died) goes there without
+ * running. Nothing is confirmed before its result is stored, so a worker
+ * killed at any point loses no task (a task may run twice; its result is
+ * stored once).
  *
  * Leases. The task queue is opened with QP_OPEN_LEASE (worker mode), local
  * or remote alike: each task stays leased to this handle until task_done
@@ -93,6 +95,7 @@ struct wk {
 	size_t nslots;
 	wk_slot *slots;
 	int efd; /* written when the last slot ends */
+	bool two_step; /* atomic: results put, then tasks confirmed */
 
 	pthread_mutex_t mu;
 	bool stop;
@@ -437,25 +440,61 @@ slot_dead_queue(wk_slot *s)
 	return qp_queue_open(&s->dead, s->w->dead_addr, &opts);
 }
 
+/* ---- the result and the confirmation, in one step ---- */
+
+/* Puts a result and confirms the task in one step (qp_queue_complete):
+ * a worker killed at any point then leaves one result or none, and a
+ * task that runs again leaves one. Where the two queues cannot do that
+ * (QP_ENOTSUP: two servers, or kinds that differ) it is a put, then
+ * task_done, said once on stderr: a kill between them leaves two. */
+static int
+slot_complete(wk_slot *s, const void *buf, size_t len, bool obj, bool *donep)
+{
+	wk *w = s->w;
+	int rv;
+
+	*donep = false;
+	if (!__atomic_load_n(&w->two_step, __ATOMIC_RELAXED)) {
+		rv = obj
+		    ? qp_queue_complete_obj(s->q, s->res, buf, len, QP_FOREVER)
+		    : qp_queue_complete(s->q, s->res, buf, len, QP_FOREVER);
+		if (rv != QP_ENOTSUP) {
+			*donep = rv == QP_OK;
+			return rv;
+		}
+		if (!__atomic_exchange_n(
+		        &w->two_step, true, __ATOMIC_RELAXED)) {
+			wk_log(w,
+			    "%s; each result is put, then its task confirmed "
+			    "(a worker killed in between leaves a second "
+			    "result)",
+			    qp_errmsg());
+		}
+	}
+	return obj ? qp_queue_put_obj(s->res, buf, len, QP_FOREVER)
+	           : qp_queue_put(s->res, buf, len, QP_FOREVER);
+}
+
 /* Puts the command's output to the results queue: less one final
  * newline (the end of its last line, as the shell's $(...) drops it),
- * unless --keep-newline. */
+ * unless --keep-newline; *donep: the task was confirmed with it. */
 static int
-slot_put_result(wk_slot *s, const wk_run *r)
+slot_put_result(wk_slot *s, const wk_run *r, bool *donep)
 {
+	*donep = false;
 	if (!s->w->o->json) {
 		size_t len = r->len;
 		if (!s->w->o->keep_newline && len > 0
 		    && r->out[len - 1] == '\n') {
 			len--;
 		}
-		return qp_queue_put(s->res, r->out, len, QP_FOREVER);
+		return slot_complete(s, r->out, len, false, donep);
 	}
 	void *mp;
 	size_t mplen;
 	int rv = qpi_json_to_msgpack(r->out, r->len, &mp, &mplen);
 	if (rv == QP_OK) {
-		rv = qp_queue_put_obj(s->res, mp, mplen, QP_FOREVER);
+		rv = slot_complete(s, mp, mplen, true, donep);
 		free(mp);
 	}
 	return rv;
@@ -556,7 +595,15 @@ slot_task(wk_slot *s, const void *item, size_t len)
 		free(r.out);
 		return;
 	}
-	if ((rv = slot_put_result(s, &r)) != QP_OK) {
+	bool done = false;
+	if ((rv = slot_put_result(s, &r, &done)) == QP_ENOENT) {
+		/* Its lease ran out first: another run's result counts. */
+		wk_log(w, "result not stored: %s",
+		    qp_errmsg()[0] ? qp_errmsg() : qp_strerror(rv));
+		free(r.out);
+		return;
+	}
+	if (rv != QP_OK) {
 		snprintf(why, sizeof(why), "cannot put its output to %s: %s",
 		    w->raddr, qp_errmsg()[0] ? qp_errmsg() : qp_strerror(rv));
 		free(r.out);
@@ -572,7 +619,7 @@ slot_task(wk_slot *s, const void *item, size_t len)
 		return;
 	}
 	free(r.out);
-	if ((rv = slot_done(s)) != QP_OK) {
+	if (!done && (rv = slot_done(s)) != QP_OK) {
 		wk_log(w,
 		    "result stored, but the task could not be confirmed: %s "
 		    "(it may run again)",

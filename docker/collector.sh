@@ -3,7 +3,8 @@
 # (docker/compose.yaml, docker/demo.sh). Gets the expected results from
 # PREFIX.expected, then every result from PREFIX.results ("ID SHA256
 # WORKER"), checks each against the expectation and that every task has
-# exactly one result, prints a summary, puts its verdict ("ok" or
+# exactly one result (lost, duplicated, unexpected: all 0; a duplicate is
+# a failure, never forgiven), prints a summary, puts its verdict ("ok" or
 # "failed") on PREFIX.done for the producer, and exits 0 only if all
 # checks pass. Environment: as qpipe-producer's.
 set -euo pipefail
@@ -58,11 +59,20 @@ wrong=$(join -j1 "$tmp/exp" "$tmp/got" | awk '$2 != $3' | wc -l)
 ms=$((t1 - t0))
 [ "$ms" -gt 0 ] || ms=1
 say "results: $total for $N tasks; $matched match sha256sum, $wrong differ, $((total - distinct)) duplicates, $((N - distinct)) missing"
+# Jepsen's total-queue counts, each required to be 0: tasks without a
+# result, tasks with more than one, results that name no task or carry a
+# wrong hash. No duplicate is forgiven: the workers store each result and
+# confirm its task in one step (qp_queue_complete).
+lost=$(cut -d' ' -f1 "$tmp/got" | sort -u | join -v1 -j1 "$tmp/exp" - | wc -l)
+dup=$(cut -d' ' -f1 "$tmp/got" | uniq -d | wc -l)
+unexpected=$(( $(cut -d' ' -f1 "$tmp/got" | join -v1 -j1 - "$tmp/exp" | wc -l) + wrong ))
+say "lost $lost, duplicated $dup, unexpected $unexpected"
 say "workers: $(awk '{ print $3 }' "$tmp/results" | sort -u | wc -l)"
 awk '{ n[$3]++ } END { for (w in n) printf "collector:   %-24s %5d tasks\n", w, n[w] }' \
 	"$tmp/results" | sort
 say "throughput: $((total * 1000 / ms)) tasks/s over $((ms / 1000)).$((ms % 1000 / 100)) s"
-if [ "$total" -eq "$N" ] && [ "$distinct" -eq "$N" ] && [ "$matched" -eq "$N" ]; then
+if [ "$lost" -eq 0 ] && [ "$dup" -eq 0 ] && [ "$unexpected" -eq 0 ] &&
+	[ "$total" -eq "$N" ] && [ "$matched" -eq "$N" ]; then
 	qpipe put "$S/$P.done" ok
 	say "ok: every result checked, none lost, none twice"
 	exit 0

@@ -6,8 +6,10 @@
  * worker's.
  *
  * The worker opens the tasks in worker mode (QP_OPEN_LEASE): each task
- * stays leased until its result is in the results queue and task_done()
- * confirms it, so a worker killed mid-task loses nothing: the task goes
+ * stays leased until qp_queue_complete() puts its result in the results
+ * queue and confirms it, in one step (exactly one result per task, when
+ * both queues are on one server or this host's shared memory), so a
+ * worker killed mid-task loses nothing and stores nothing twice: the task goes
  * back to the head of the queue. On a queue served by qpiped (tcp://,
  * ipc://, tls+tcp://) the server gives it back when the worker's
  * connection drops; on shm:// the next worker that gets from the queue
@@ -172,7 +174,7 @@ main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 
-	/* Worker mode: a task is confirmed by task_done, not by the get. */
+	/* Worker mode: a task is confirmed by complete, not by the get. */
 	qp_queue *tq = NULL, *rq = NULL;
 	qp_queue_opts to = {.flags = QP_OPEN_CREATE | QP_OPEN_LEASE};
 	qp_queue_opts ro = {.flags = QP_OPEN_CREATE};
@@ -233,9 +235,24 @@ main(int argc, char **argv)
 			qp_queue_nack(tq, 1000);
 			continue;
 		}
-		if ((rc = qp_queue_put(rq, out, (size_t) n, QP_FOREVER))
-		        != QP_OK
-		    || (rc = qp_queue_task_done(tq)) != QP_OK) {
+		/* The result goes in and the task is confirmed in one
+		 * step: one result per task, even when a worker is killed
+		 * between the two. Queues that cannot do that (two servers,
+		 * two kinds) answer QP_ENOTSUP: a put, then task_done. */
+		rc = qp_queue_complete(tq, rq, out, (size_t) n, QP_FOREVER);
+		if (rc == QP_ENOTSUP
+		    && (rc = qp_queue_put(rq, out, (size_t) n, QP_FOREVER))
+		        == QP_OK) {
+			rc = qp_queue_task_done(tq);
+		}
+		if (rc == QP_ENOENT) {
+			/* Its lease ran out first: nothing stored, the task
+			 * runs again and that run's result counts. */
+			fprintf(
+			    stderr, "pool_worker %s: %s\n", name, qp_errmsg());
+			continue;
+		}
+		if (rc != QP_OK) {
 			fprintf(
 			    stderr, "pool_worker %s: %s\n", name, qp_errmsg());
 			status = 2;

@@ -178,14 +178,18 @@ hash_cmd='read -r id; printf "%s %s %s" "$id" "$(sha256sum | cut -c1-64)" "$WORK
 stall_cmd='read -r id; echo "holding task $id" >&2; exec sleep 60'
 VICTIM=local2
 declare -A wdesc=()
+# A worker's results queue is of its tasks' kind (shm:// for a local
+# worker: the same queue qpiped serves), so that it stores each result
+# and confirms its task in one step (qp_queue_complete).
+results_for() { case $1 in shm://*) echo "shm://$run.results" ;; *) echo "$RESULTS_TCP" ;; esac; }
 start_cli_worker() { # NAME TASKS COMMAND
-	WORKER=$1 "$QPIPE" worker "$2" --results "$RESULTS_TCP" \
+	WORKER=$1 "$QPIPE" worker "$2" --results "$(results_for "$2")" \
 		-- sh -c "$3" 2>"$tmp/$1.log" &
 	wpid[$1]=$!
 	wdesc[$1]="qpipe worker $2"
 }
 start_c_worker() { # NAME TASKS
-	"$BIN/pool_worker" --name "$1" "$2" "$RESULTS_TCP" 2>"$tmp/$1.log" &
+	"$BIN/pool_worker" --name "$1" "$2" "$(results_for "$2")" 2>"$tmp/$1.log" &
 	wpid[$1]=$!
 	wdesc[$1]="pool_worker $2"
 }

@@ -110,6 +110,10 @@ int qp_queue_qsize(qp_queue *q, size_t *np);
 int qp_queue_empty(qp_queue *q, bool *emptyp);
 int qp_queue_full(qp_queue *q, bool *fullp);
 int qp_queue_task_done(qp_queue *q);
+int qp_queue_complete(qp_queue *tasks, qp_queue *results, const void *buf,
+    size_t len, qp_duration timeout);
+int qp_queue_complete_obj(qp_queue *tasks, qp_queue *results,
+    const void *msgpack, size_t len, qp_duration timeout);
 int qp_queue_join(qp_queue *q, qp_duration timeout);
 int qp_queue_nack(qp_queue *q, qp_duration delay);
 int qp_queue_touch(qp_queue *q, qp_duration lease);

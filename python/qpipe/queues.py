@@ -60,8 +60,10 @@ class Queue:
     see a pickle as opaque bytes.
 
     Worker mode (lease=True): a get leases its item; task_done() confirms
-    the oldest held item, nack(delay) gives it back for another attempt,
-    touch() renews the leases; an item whose worker dies or whose lease
+    the oldest held item, complete(result, results) confirms it and puts
+    its result on another queue in one step (one result per task),
+    nack(delay) gives it back for another attempt, touch() renews the
+    leases; an item whose worker dies or whose lease
     (lease_timeout seconds) runs out returns to the queue.
 
     token: the shared secret of a qpiped that wants one (default:
@@ -350,6 +352,51 @@ class Queue:
         rc = lib.qp_queue_task_done(self._handle())
         if rc == lib.QP_EVALUE:
             raise ValueError("task_done() called too many times")
+        check(rc, repr(self))
+
+    def complete(self, result, results, block=True, timeout=None):
+        """Worker mode: confirms the oldest item this handle holds (as
+        task_done) and puts result on the queue results, in one step:
+        both happen or neither, so that each task has exactly one result
+        however often it runs, across kill -9 of workers and of qpiped.
+        That holds when both queues are shm:// queues of this host (results
+        a named one) or queues of one qpiped; elsewhere (two servers, a
+        local and a remote queue, a durable queue) NotImplementedError,
+        nothing done: put the result, then task_done() (a worker killed
+        between the two leaves a second result).
+
+        Blocks while results is full (block, timeout seconds): queue.Full
+        if it stays full, the item still held. LookupError if the item's
+        lease ran out first (nothing put: the item runs again, and that
+        run's result counts). ValueError if no item is held."""
+        if self._closed:
+            self._raise_closed()
+        if not isinstance(results, Queue):
+            raise TypeError("results must be a qpipe Queue, not %s"
+                            % type(results).__name__)
+        results._check_open()
+        data = results._dumps(result)
+        h, rh = self._handle(), results._handle()
+        fn = lib.qp_queue_complete if results._pickle \
+            else lib.qp_queue_complete_obj
+        n = len(data)
+        if not block:
+            ms = 0
+        elif timeout is None:
+            ms = -1
+        else:
+            ms = to_ms(timeout)
+        rc = fn(h, rh, data, n, ms if 0 <= ms <= SLICE_MS else SLICE_MS)
+        if rc == lib.QP_EFULL and (ms < 0 or ms > SLICE_MS):
+            rc = waiting(lambda s: fn(h, rh, data, n, s),
+                         ms if ms < 0 else ms - SLICE_MS, (lib.QP_EFULL,))
+        if rc == lib.QP_EVALUE:
+            raise ValueError("complete(): no item is held")
+        if rc == lib.QP_ENOENT:
+            raise LookupError("complete(): the item's lease ran out first; "
+                              "nothing was put, the item runs again")
+        if rc == lib.QP_ENOTSUP:
+            raise NotImplementedError(_core.errmsg(rc))
         check(rc, repr(self))
 
     def join(self):

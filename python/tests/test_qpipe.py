@@ -211,6 +211,51 @@ class TestWorkerMode(_Kinds, unittest.TestCase):
                 b.close()
                 qpipe.unlink(addr)
 
+    def test_complete_one_result(self):
+        srv = qpt_util.server().url
+        for base in ("shm://", srv + "/"):
+            with self.subTest(base=base):
+                ta, ra = base + uniq(), base + uniq()
+                tasks = qpipe.Queue(address=ta, lease=True,
+                                    lease_timeout=0.5)
+                results = qpipe.Queue(address=ra, maxsize=1)
+                tasks.put_many(["a", "b", "c"])
+                self.assertEqual(tasks.get(timeout=10), "a")
+                tasks.complete({"task": "a", "n": 1}, results)
+                self.assertRaises(ValueError, tasks.complete, 0, results)
+                self.assertEqual(tasks.get(timeout=10), "b")
+                # results holds one item: full, the task still held.
+                self.assertRaises(pyqueue.Full, tasks.complete, "B",
+                                  results, timeout=0.1)
+                self.assertEqual(results.get(timeout=10),
+                                 {"task": "a", "n": 1})
+                tasks.complete("B", results, timeout=10)
+                self.assertEqual(results.get(timeout=10), "B")
+                # A lease that ran out: nothing put, the task comes back.
+                self.assertEqual(tasks.get(timeout=10), "c")
+                time.sleep(0.8)
+                other = qpipe.Queue(address=ta, lease=True)
+                self.assertEqual(other.get(timeout=10), "c")
+                self.assertRaises(LookupError, tasks.complete, "C?",
+                                  results)
+                other.complete("C", results)
+                self.assertEqual(results.get(timeout=10), "C")
+                self.assertTrue(results.empty())
+                tasks.join()
+                # Queues of two kinds: not in one step.
+                local = qpipe.Queue(address="shm://" + uniq())
+                remote = qpipe.Queue(address=srv + "/" + uniq())
+                tasks.put("d")
+                self.assertEqual(tasks.get(timeout=10), "d")
+                self.assertRaises(NotImplementedError, tasks.complete, "D",
+                                  remote if base == "shm://" else local)
+                tasks.task_done()
+                for q, a in ((tasks, ta), (results, ra), (other, ta),
+                             (local, None), (remote, None)):
+                    q.close()
+                for a in (ta, ra, local._address, remote._address):
+                    qpipe.unlink(a)
+
 
 class TestBatchesAndSerializers(_Kinds, unittest.TestCase):
 

@@ -195,6 +195,43 @@ teardown(void **state)
 	return system(cmd) == 0 ? 0 : -1;
 }
 
+/* complete: the lease acked, its task done and the result put, tagged,
+ * in one step on shared memory; a durable queue on either side is
+ * refused, nothing done. */
+static void
+test_store_complete(void **state)
+{
+	qpi_shmq_tag tag = {.seq = 9, .n = 1}, tags[4];
+	qp_queue_stats st;
+	size_t n = 0;
+
+	(void) state;
+	memset(tag.client, 0x5a, sizeof(tag.client));
+	qpi_store *t = mk(false, 0, 0), *r = mk(false, 0, 0);
+	qpi_store *d = mk(true, 0, QPI_FSYNC_NEVER);
+	assert_int_equal(
+	    qpi_store_put(t, bin, sizeof(bin), NULL, NULL), QP_OK);
+	uint64_t id = get(t, bin, sizeof(bin), 1);
+	assert_int_equal(
+	    qpi_store_complete(t, id, d, obj, sizeof(obj), &tag), QP_ENOTSUP);
+	assert_int_equal(
+	    qpi_store_complete(d, id, r, obj, sizeof(obj), &tag), QP_ENOTSUP);
+	assert_int_equal(
+	    qpi_store_complete(t, id, r, obj, sizeof(obj), &tag), QP_OK);
+	assert_int_equal(
+	    qpi_store_complete(t, id, r, obj, sizeof(obj), &tag), QP_ENOENT);
+	assert_int_equal(qpi_store_stat(t, &st), QP_OK);
+	assert_int_equal(st.items + st.leased + st.unfinished, 0);
+	get(r, obj, sizeof(obj), 1);
+	assert_int_equal(qpi_store_tags(r, tags, 4, &n), QP_OK);
+	assert_int_equal(n, 1);
+	assert_true(tags[0].seq == 9 && tags[0].done == 1);
+	assert_memory_equal(tags[0].client, tag.client, sizeof(tag.client));
+	qpi_store_free(t);
+	qpi_store_free(r);
+	qpi_store_free(d);
+}
+
 int
 main(void)
 {
@@ -202,6 +239,7 @@ main(void)
 	    cmocka_unit_test(test_store_items_and_leases),
 	    cmocka_unit_test(test_store_put_many_all_or_nothing),
 	    cmocka_unit_test(test_store_tags_and_tickets),
+	    cmocka_unit_test(test_store_complete),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -678,6 +678,26 @@ qpi_durq_ack(qpi_durq *d, uint64_t lease_id)
 	return rv;
 }
 
+int
+qpi_durq_lease_item(qpi_durq *d, uint64_t lease_id, uint64_t *idp)
+{
+	qpi_dq_lease *e;
+	int rv = qpi_shmq_lease_held(d->shm, lease_id);
+
+	if (rv != QP_OK) {
+		return rv;
+	}
+	pthread_mutex_lock(&d->mu);
+	e = (qpi_dq_lease *) qpi_htab_find(&d->leases, lease_id);
+	if (e != NULL) {
+		*idp = e->item;
+	}
+	pthread_mutex_unlock(&d->mu);
+	return e != NULL ? QP_OK
+	                 : qpi_err(QP_ENOENT, "no lease %llu",
+	                     (unsigned long long) lease_id);
+}
+
 void
 qpi_durq_leases_gc(qpi_durq *d)
 {

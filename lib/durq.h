@@ -185,6 +185,10 @@ int qpi_durq_get_lease(qpi_durq *d, uint64_t owner, int64_t lease_ms,
 /* Confirms a lease (qpi_shmq_ack) and logs its item DONE. */
 int qpi_durq_ack(qpi_durq *d, uint64_t lease_id);
 
+/* The log's id of the item under lease_id (*idp), which stays its id
+ * across restarts: QP_OK, or QP_ENOENT when the lease is not held. */
+int qpi_durq_lease_item(qpi_durq *d, uint64_t lease_id, uint64_t *idp);
+
 /* Forgets lease ids that can no longer be acked (call after releases and
  * expiries; cheap when nothing is leased). */
 void qpi_durq_leases_gc(qpi_durq *d);

@@ -2954,6 +2954,23 @@ qpi_shmq_release(qpi_shmq *q, uint64_t id)
 }
 
 int
+qpi_shmq_lease_held(qpi_shmq *q, uint64_t id)
+{
+	uint32_t i;
+	int rc;
+
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
+		return rc;
+	}
+	rc = sq_slot_of(q, id, L_LEASED, &i);
+	sq_unlock(&q->h->gs);
+	return rc;
+}
+
+int
 qpi_shmq_renew(qpi_shmq *q, uint64_t id, int64_t lease_ms)
 {
 	uint32_t i;

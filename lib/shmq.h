@@ -319,6 +319,10 @@ int qpi_shmq_ack(qpi_shmq *q, uint64_t lease_id);
  * on an attachment interrupted already (a closing handle's leases). */
 int qpi_shmq_release(qpi_shmq *q, uint64_t lease_id);
 
+/* QP_OK while lease_id is held (not acked, released or expired), else
+ * QP_ENOENT. */
+int qpi_shmq_lease_held(qpi_shmq *q, uint64_t lease_id);
+
 /* Moves a lease's expiry to now + lease_ms (-1: never). QP_ENOENT as for
  * ack. */
 int qpi_shmq_renew(qpi_shmq *q, uint64_t lease_id, int64_t lease_ms);

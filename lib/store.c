@@ -8,6 +8,7 @@
  * Locking: none of its own; the caller serialises calls on a store.
  */
 #include "store.h"
+#include "htab.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,6 +125,53 @@ qpi_store_put(qpi_store *s, const uint8_t *item, size_t len,
 	    : qpi_durq_put(s->dur, p, plen, kind, 0);
 }
 
+/* Two durable queues: two logs, so not one commit but a recovery that
+ * yields one result. The result is tagged with the task's own identity,
+ * its item id in t's log (kept across restarts) under a client id made
+ * of t's name, and goes in only if r's tags do not name it already; then
+ * the lease is acked. A server killed between the two delivers the task
+ * again after its restart, and that run's completion finds the tag: it
+ * acks without a second result. It holds while r has taken fewer than
+ * QPI_SHMQ_TAGS_MAX other tagged puts since. */
+static int
+st_complete_durable(qpi_store *t, uint64_t lease_id, qpi_store *r,
+    const uint8_t *p, size_t plen, unsigned kind)
+{
+	qpi_shmq_tag tag = {.n = 1}, *v;
+	uint64_t h = qpi_hash(t->name, strlen(t->name));
+	size_t n = 0;
+	bool in = false;
+	int rv;
+
+	memcpy(tag.client, "qpdurcpl", 8);
+	memcpy(tag.client + 8, &h, 8);
+	if ((rv = qpi_durq_lease_item(t->dur, lease_id, &tag.seq)) != QP_OK) {
+		return rv;
+	}
+	if ((v = malloc(QPI_SHMQ_TAGS_MAX * sizeof(*v))) == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	rv = qpi_durq_tags(r->dur, v, QPI_SHMQ_TAGS_MAX, &n);
+	for (size_t i = 0; rv == QP_OK && i < n; i++) {
+		in = in
+		    || (v[i].seq == tag.seq
+		        && memcmp(v[i].client, tag.client, sizeof(tag.client))
+		            == 0);
+	}
+	free(v);
+	if (rv == QP_OK && !in) {
+		rv = qpi_durq_put_tagged(r->dur, p, plen, kind, &tag, NULL);
+	}
+	if (rv != QP_OK) {
+		return rv;
+	}
+	if ((rv = qpi_durq_ack(t->dur, lease_id)) == QP_OK
+	    && qpi_shmq_task_done(t->shm) != QP_OK) {
+		qpi_err_clear();
+	}
+	return rv;
+}
+
 int
 qpi_store_complete(qpi_store *t, uint64_t lease_id, qpi_store *r,
     const uint8_t *item, size_t len, const qpi_shmq_tag *tag)
@@ -132,11 +180,20 @@ qpi_store_complete(qpi_store *t, uint64_t lease_id, qpi_store *r,
 	size_t plen;
 	unsigned kind = st_item(item, len, &p, &plen);
 
-	if (t->dur != NULL || r->dur != NULL) {
+	if (t == r) {
+		return qpi_err(QP_EINVAL,
+		    "complete: the results queue '%s' is the tasks queue",
+		    t->name);
+	}
+	if ((t->dur != NULL) != (r->dur != NULL)) {
 		return qpi_err(QP_ENOTSUP,
-		    "complete: '%s' is durable; a completion in one step is "
-		    "served for shared-memory queues only",
-		    t->dur != NULL ? t->name : r->name);
+		    "complete: '%s' is durable and '%s' is not: one step "
+		    "needs queues of one kind",
+		    t->dur != NULL ? t->name : r->name,
+		    t->dur != NULL ? r->name : t->name);
+	}
+	if (t->dur != NULL) {
+		return st_complete_durable(t, lease_id, r, p, plen, kind);
 	}
 	return qpi_shmq_complete(
 	    t->shm, lease_id, r->shm, p, plen, kind, tag, 0);

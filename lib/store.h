@@ -87,9 +87,13 @@ int qpi_store_release_stale(qpi_store *s, size_t *np);
  * neither, across a kill of the server at any instant (see
  * qpi_shmq_complete). tag (NULL: one naming t and the lease) is noted
  * with the result, as a put's: a restarted server reads it back with
- * qpi_store_tags. QP_OK, QP_ENOENT (lease not held: nothing put),
- * QP_EFULL (nothing done), QP_ETOOBIG, QP_EINVAL (r is t), QP_ENOTSUP
- * (a durable queue: not served), QP_EBUSY. */
+ * qpi_store_tags. Two durable queues: the result is tagged with the
+ * task's item id instead (tag unused), and put only if r's tags do not
+ * name it yet, then the lease acked: a restart between the two delivers
+ * the task again, whose completion then only acks. QP_OK, QP_ENOENT
+ * (lease not held: nothing put), QP_EFULL (nothing done), QP_ETOOBIG,
+ * QP_EINVAL (r is t), QP_ENOTSUP (one durable queue and one not),
+ * QP_EBUSY. */
 int qpi_store_complete(qpi_store *t, uint64_t lease_id, qpi_store *r,
     const uint8_t *item, size_t len, const qpi_shmq_tag *tag);
 

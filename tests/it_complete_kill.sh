@@ -11,9 +11,11 @@
 # one), unexpected (a result that names no task); all three must be 0,
 # and the tasks queue must be empty with nothing leased.
 #
-# Cases: shm:// (this host's shared memory, no server) and tcp:// (queues
-# of one qpiped, in its shared memory). Durable queues do not complete in
-# one step (QP_ENOTSUP) and are not run here.
+# Cases: shm:// (this host's shared memory, no server), tcp:// (queues
+# of one qpiped, in its shared memory) and tcp-durable (durable queues of
+# one qpiped: the result is tagged with the task's id in its log, and a
+# task delivered again after a restart whose result is in is acked
+# without a second one).
 #
 # QP_CPL_MODE=two runs the old worker (put, then task_done): the same run
 # then finds duplicated results, which is what this test is there to
@@ -52,7 +54,7 @@ die() {
 server_start() {
 	rm -f "$tmp/port"
 	"$bin/qpiped" --listen "$1" --port-file "$tmp/port" \
-		2>>"$tmp/server.log" &
+		--data-dir "$tmp/data" 2>>"$tmp/server.log" &
 	spid=$!
 	for _ in $(seq 400); do
 		[ -s "$tmp/port" ] && { url=$(cat "$tmp/port"); return 0; }
@@ -81,11 +83,16 @@ drained() {
 	return 1
 }
 
-run_case() { # name tasks-address results-address
+run_case() { # name tasks-address results-address [create flags]
 	local name=$1 kills=0 skills=0 t0
 	taddr=$2
 	raddr=$3
+	shift 3
 	t0=$(date +%s%3N)
+	if [ $# -gt 0 ]; then
+		"$bin/qpipe" create "$@" "$taddr" || die "$name: create"
+		"$bin/qpipe" create "$@" "$raddr" || die "$name: create"
+	fi
 	seq 1 "$N" | sed 's/^/t/' | "$bin/qpipe" put --lines "$taddr" ||
 		die "$name: cannot put the tasks"
 	"$bin/qpipe" create "$raddr" >/dev/null 2>&1 || true
@@ -138,5 +145,6 @@ run_case "shm" "shm://${q}t" "shm://${q}r"
 
 server_start "tcp://127.0.0.1:0"
 run_case "tcp" "$url/${q}tt" "$url/${q}tr"
+run_case "tcp-durable" "$url/${q}dt" "$url/${q}dr" --durable --fsync never
 
 [ "$fails" -eq 0 ]

@@ -6,6 +6,7 @@
  * tags are read back, and a durable fsync=always put hands back a ticket
  * to sync.
  */
+#include "htab.h"
 #include "store.h"
 
 #include <setjmp.h>
@@ -209,9 +210,11 @@ test_store_complete(void **state)
 	memset(tag.client, 0x5a, sizeof(tag.client));
 	qpi_store *t = mk(false, 0, 0), *r = mk(false, 0, 0);
 	qpi_store *d = mk(true, 0, QPI_FSYNC_NEVER);
+	assert_int_equal(qpi_store_complete(t, 1, t, obj, 1, &tag), QP_EINVAL);
 	assert_int_equal(
 	    qpi_store_put(t, bin, sizeof(bin), NULL, NULL), QP_OK);
 	uint64_t id = get(t, bin, sizeof(bin), 1);
+	/* A durable queue with a shared-memory one: not in one step. */
 	assert_int_equal(
 	    qpi_store_complete(t, id, d, obj, sizeof(obj), &tag), QP_ENOTSUP);
 	assert_int_equal(
@@ -232,6 +235,75 @@ test_store_complete(void **state)
 	qpi_store_free(d);
 }
 
+/* A durable store named name under dir, opened (created if need be). */
+static qpi_store *
+dur_open(const char *name)
+{
+	qpi_durq_cfg c
+	    = {.capacity = 256 * 1024, .fsync = {.mode = QPI_FSYNC_NEVER}};
+	char path[160];
+	qpi_store *s = NULL;
+	qpi_durq *d;
+
+	snprintf(path, sizeof(path), "%s/%s.qlog", dir, name);
+	assert_int_equal(
+	    qpi_durq_open(&d, path, QP_OPEN_CREATE, &c, NULL, NULL), QP_OK);
+	assert_int_equal(qpi_store_open_durq(&s, name, d), QP_OK);
+	return s;
+}
+
+/* Two durable queues: a server killed after the result went in and
+ * before the ack (stood for by putting the result as the completion
+ * tags it, then reopening both logs) delivers the task again; its second
+ * completion acks it without a second result. */
+static void
+test_store_complete_durable_recovers(void **state)
+{
+	qpi_shmq_tag tag = {.n = 1};
+	qp_queue_stats st;
+	char tn[64], rn[64];
+	uint64_t n, h, id;
+
+	(void) state;
+	snprintf(tn, sizeof(tn), "cplt%d", (int) getpid());
+	snprintf(rn, sizeof(rn), "cplr%d", (int) getpid());
+	qpi_store *t = dur_open(tn), *r = dur_open(rn);
+	assert_int_equal(
+	    qpi_store_put(t, bin, sizeof(bin), NULL, NULL), QP_OK);
+	assert_int_equal(
+	    qpi_store_put(t, obj, sizeof(obj), NULL, NULL), QP_OK);
+	/* The first task completes in one call. */
+	id = get(t, bin, sizeof(bin), 1);
+	assert_int_equal(
+	    qpi_store_complete(t, id, r, obj, sizeof(obj), NULL), QP_OK);
+	assert_int_equal(
+	    qpi_store_complete(t, id, r, obj, sizeof(obj), NULL), QP_ENOENT);
+	/* The second dies between its result and its ack. */
+	id = get(t, obj, sizeof(obj), 1);
+	memcpy(tag.client, "qpdurcpl", 8);
+	h = qpi_hash(tn, strlen(tn));
+	memcpy(tag.client + 8, &h, 8);
+	assert_int_equal(
+	    qpi_durq_lease_item(qpi_store_durq(t), id, &tag.seq), QP_OK);
+	assert_int_equal(
+	    qpi_store_put(r, bin, sizeof(bin), &tag, NULL), QP_OK);
+	qpi_store_free(t);
+	qpi_store_free(r);
+	t = dur_open(tn);
+	r = dur_open(rn);
+	id = get(t, obj, sizeof(obj), 1); /* delivered again */
+	assert_int_equal(
+	    qpi_store_complete(t, id, r, bin, sizeof(bin), NULL), QP_OK);
+	assert_int_equal(qpi_store_stat(t, &st), QP_OK);
+	assert_int_equal(st.items + st.leased, 0);
+	assert_int_equal(qpi_store_qsize(r, &n), QP_OK);
+	assert_int_equal(n, 2); /* one result per task */
+	get(r, obj, sizeof(obj), 1);
+	get(r, bin, sizeof(bin), 1);
+	qpi_store_free(t);
+	qpi_store_free(r);
+}
+
 int
 main(void)
 {
@@ -240,6 +312,7 @@ main(void)
 	    cmocka_unit_test(test_store_put_many_all_or_nothing),
 	    cmocka_unit_test(test_store_tags_and_tickets),
 	    cmocka_unit_test(test_store_complete),
+	    cmocka_unit_test(test_store_complete_durable_recovers),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -293,12 +293,20 @@ QP_API int qp_queue_touch(qp_queue *q, qp_duration lease);
  *     notes the completion first; whoever next uses it after a death
  *     reads the results queue's tags and finishes or undoes it), or
  *   - queues of one qpiped (both handles' addresses name the same
- *     server, spelled the same), kept in shared memory there (one
- *     `complete` request, proto/PROTOCOL.md).
+ *     server, spelled the same), both in its shared memory or both
+ *     durable (one `complete` request, proto/PROTOCOL.md). Durable: the
+ *     two logs are written one after the other, and the result carries
+ *     the task's id, so a task delivered again after a restart whose
+ *     result is in is confirmed without a second result, as long as the
+ *     results queue took fewer than 1024 other tagged puts meanwhile; a
+ *     power cut (not a kill) keeps the result only with fsync=always on
+ *     the results queue.
  * When it does not: queues on two servers, a shm:// and a remote one, an
- * anonymous results queue, or a durable queue: QP_ENOTSUP, nothing done.
- * Then put the result and confirm the task in two calls: a kill between
- * them stores a second result when the task runs again (at least once).
+ * anonymous results queue, a durable queue with a shared-memory one, or a
+ * durable shm:// queue (QP_OPEN_DURABLE with a path): QP_ENOTSUP, nothing
+ * done. Then put the result and confirm the task in two calls: a kill
+ * between them stores a second result when the task runs again (at least
+ * once).
  *
  * Errors: QP_ENOENT (the task's lease ran out, or was given back, first:
  * nothing put, the task runs again and that run's result counts; the

@@ -360,8 +360,9 @@ class Queue:
         both happen or neither, so that each task has exactly one result
         however often it runs, across kill -9 of workers and of qpiped.
         That holds when both queues are shm:// queues of this host (results
-        a named one) or queues of one qpiped; elsewhere (two servers, a
-        local and a remote queue, a durable queue) NotImplementedError,
+        a named one) or queues of one qpiped (both in shared memory, or
+        both durable); elsewhere (two servers, a local and a remote queue,
+        a durable and a shared-memory one) NotImplementedError,
         nothing done: put the result, then task_done() (a worker killed
         between the two leaves a second result).
 

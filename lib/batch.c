@@ -1,8 +1,9 @@
 /*
- * batch.c - qp_queue_put_many and qp_queue_get_many for every backend:
- * remote handles send whole batches (remote.c), shared-memory queues put
- * each batch under one lock, durable queues go item by item. No state
- * of its own; each backend locks as its single calls do.
+ * batch.c - qp_queue_put_many and qp_queue_get_many, and their msgpack
+ * twins (_obj), for every backend: remote handles send whole batches
+ * (remote.c), shared-memory queues put each batch under one lock, durable
+ * queues go item by item. No state of its own; each backend locks as its
+ * single calls do.
  */
 #include "queue.h"
 #include "rclient.h"
@@ -13,10 +14,12 @@
 
 /* Shared memory: batches as a server takes them (at most
  * QPI_WIRE_DEFAULT_BATCH items and QP_DEFAULT_MAX_MESSAGE bytes), each
- * one batch put, all or nothing. */
+ * one batch put, all or nothing. obj: bufs are msgpack values (checked by
+ * the caller), a bin among them stored as its bytes, as qp_queue_put_obj
+ * does. */
 static int
 shm_put_many(qpi_shmq *sq, const void *const *bufs, const size_t *lens,
-    size_t n, int64_t deadline_ns)
+    size_t n, bool obj, int64_t deadline_ns)
 {
 	qpi_shmq_item *it = malloc((n > 0 ? n : 1) * sizeof(*it));
 	size_t first = 0;
@@ -26,9 +29,19 @@ shm_put_many(qpi_shmq *sq, const void *const *bufs, const size_t *lens,
 		return qpi_err(QP_ENOMEM, "out of memory for %zu items", n);
 	}
 	for (size_t i = 0; i < n; i++) {
+		size_t off, blen;
 		it[i].buf = bufs[i];
 		it[i].len = lens[i];
 		it[i].kind = QPI_ITEM_BIN;
+		if (!obj) {
+			continue;
+		}
+		if (qpi_wire_bin_unwrap(bufs[i], lens[i], &off, &blen)) {
+			it[i].buf = (const uint8_t *) bufs[i] + off;
+			it[i].len = blen;
+		} else {
+			it[i].kind = QPI_ITEM_OBJ;
+		}
 	}
 	while (first < n && rv == QP_OK) {
 		size_t cnt = 0, bytes = 0;
@@ -36,7 +49,7 @@ shm_put_many(qpi_shmq *sq, const void *const *bufs, const size_t *lens,
 		    && (cnt == 0
 		        || bytes + lens[first + cnt]
 		            <= QP_DEFAULT_MAX_MESSAGE)) {
-			bytes += lens[first + cnt];
+			bytes += it[first + cnt].len;
 			cnt++;
 		}
 		rv = qpi_shmq_put_many(sq, it + first, cnt, deadline_ns);
@@ -46,50 +59,76 @@ shm_put_many(qpi_shmq *sq, const void *const *bufs, const size_t *lens,
 	return rv;
 }
 
-QP_API int
-qp_queue_put_many(qp_queue *q, const void *const *bufs, const size_t *lens,
-    size_t n, qp_duration timeout)
+static int
+put_many(qp_queue *q, const void *const *bufs, const size_t *lens, size_t n,
+    bool obj, qp_duration timeout)
 {
+	const char *fn = obj ? "qp_queue_put_many_obj" : "qp_queue_put_many";
 	const qpi_queue_ops *ops;
 	void *impl;
 	int rv;
 
 	if (q == NULL || (n > 0 && (bufs == NULL || lens == NULL))) {
-		return qpi_err(QP_EINVAL, "qp_queue_put_many: NULL argument");
+		return qpi_err(QP_EINVAL, "%s: NULL argument", fn);
 	}
 	if ((rv = qpi_queue_ready(q)) != QP_OK
 	    || (rv = qpi_duration_check(timeout)) != QP_OK) {
 		return rv;
 	}
+	for (size_t i = 0; obj && i < n; i++) {
+		if (bufs[i] == NULL
+		    || (rv = qpi_wire_check_value(bufs[i], lens[i]))
+		        != QP_OK) {
+			return qpi_err(QP_EINVAL,
+			    "%s: item %zu is not one msgpack value", fn, i);
+		}
+	}
 	impl = qpi_queue_impl(q, &ops);
 	if (ops == &qpi_remote_ops) {
 		return qpi_rq_put_many(
-		    impl, bufs, lens, n, qpi_queue_deadline(timeout));
+		    impl, bufs, lens, n, obj, qpi_queue_deadline(timeout));
 	}
 	qpi_shmq *sq = qpi_queue_shmq(q);
 	if (sq != NULL) {
 		return shm_put_many(
-		    sq, bufs, lens, n, qpi_queue_deadline(timeout));
+		    sq, bufs, lens, n, obj, qpi_queue_deadline(timeout));
 	}
 	/* A durable queue: item by item, each one logged as a put. */
 	for (size_t i = 0; i < n && rv == QP_OK; i++) {
-		rv = qp_queue_put(q, bufs[i], lens[i], timeout);
+		rv = obj ? qp_queue_put_obj(q, bufs[i], lens[i], timeout)
+		         : qp_queue_put(q, bufs[i], lens[i], timeout);
 	}
 	return rv;
 }
 
 QP_API int
-qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens, size_t max,
-    size_t *np, qp_duration timeout)
+qp_queue_put_many(qp_queue *q, const void *const *bufs, const size_t *lens,
+    size_t n, qp_duration timeout)
 {
+	return put_many(q, bufs, lens, n, false, timeout);
+}
+
+QP_API int
+qp_queue_put_many_obj(qp_queue *q, const void *const *msgpacks,
+    const size_t *lens, size_t n, qp_duration timeout)
+{
+	return put_many(q, msgpacks, lens, n, true, timeout);
+}
+
+static int
+get_many(qp_queue *q, void **bufs, size_t *lens, size_t max, size_t *np,
+    bool obj, qp_duration timeout)
+{
+	int (*get1)(qp_queue *, void **, size_t *, qp_duration)
+	    = obj ? qp_queue_get_obj : qp_queue_get;
 	const qpi_queue_ops *ops;
 	void *impl;
 	int rv;
 
 	if (q == NULL || bufs == NULL || lens == NULL || np == NULL
 	    || max == 0) {
-		return qpi_err(
-		    QP_EINVAL, "qp_queue_get_many: NULL argument or max 0");
+		return qpi_err(QP_EINVAL, "%s: NULL argument or max 0",
+		    obj ? "qp_queue_get_many_obj" : "qp_queue_get_many");
 	}
 	*np = 0;
 	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
@@ -97,19 +136,32 @@ qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens, size_t max,
 	}
 	impl = qpi_queue_impl(q, &ops);
 	if (ops == &qpi_remote_ops) {
-		return qpi_rq_get_many(
-		    impl, bufs, lens, max, np, qpi_queue_deadline(timeout));
+		return qpi_rq_get_many(impl, bufs, lens, max, np, obj,
+		    qpi_queue_deadline(timeout));
 	}
 	/* Shared memory: the first get waits, the others do not. */
-	if ((rv = qp_queue_get(q, &bufs[0], &lens[0], timeout)) != QP_OK) {
+	if ((rv = get1(q, &bufs[0], &lens[0], timeout)) != QP_OK) {
 		return rv;
 	}
 	for (*np = 1; *np < max; (*np)++) {
-		if (qp_queue_get(q, &bufs[*np], &lens[*np], QP_NOWAIT)
-		    != QP_OK) {
+		if (get1(q, &bufs[*np], &lens[*np], QP_NOWAIT) != QP_OK) {
 			break;
 		}
 	}
 	qpi_err_clear();
 	return QP_OK;
+}
+
+QP_API int
+qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens, size_t max,
+    size_t *np, qp_duration timeout)
+{
+	return get_many(q, bufs, lens, max, np, false, timeout);
+}
+
+QP_API int
+qp_queue_get_many_obj(qp_queue *q, void **msgpacks, size_t *lens, size_t max,
+    size_t *np, qp_duration timeout)
+{
+	return get_many(q, msgpacks, lens, max, np, true, timeout);
 }

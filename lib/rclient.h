@@ -146,14 +146,15 @@ void qpi_rq_free(qpi_rq *r);
  * first dial fails fast (QP_ECONNREFUSED, QP_EAUTH); later drops redial. */
 int qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts);
 
-/* Batches (qp_queue_put_many, qp_queue_get_many): puts n raw items in
- * frames of at most max_batch items and max_message bytes, each all or
- * nothing; gets up to max items (bin payloads, malloc'd), waiting until
- * deadline_ns for the first only. */
+/* Batches (qp_queue_put_many, qp_queue_get_many and their _obj twins):
+ * puts n items (raw bytes, or with obj msgpack values the caller checked)
+ * in frames of at most max_batch items and max_message bytes, each all or
+ * nothing; gets up to max items (bin payloads, or with obj each item's
+ * msgpack value; malloc'd), waiting until deadline_ns for the first only. */
 int qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
-    size_t n, int64_t deadline_ns);
+    size_t n, bool obj, int64_t deadline_ns);
 int qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max,
-    size_t *np, int64_t deadline_ns);
+    size_t *np, bool obj, int64_t deadline_ns);
 
 /* Deletes the queue a->name on its server: QP_OK or QP_ENOENT. o: token
  * and TLS settings (NULL: $QPIPE_TOKEN, $QPIPE_TLS_CA). */

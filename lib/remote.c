@@ -271,7 +271,7 @@ rq_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 
 int
 qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max, size_t *np,
-    int64_t deadline_ns)
+    bool obj, int64_t deadline_ns)
 {
 	qpi_wire_item stack[16], *items = stack;
 	uint32_t want
@@ -291,7 +291,7 @@ qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max, size_t *np,
 		return rv;
 	}
 	for (i = 0; i < c.rep.nitems; i++) {
-		if ((bufs[i] = rq_item_copy(&items[i], false, &lens[i]))
+		if ((bufs[i] = rq_item_copy(&items[i], obj, &lens[i]))
 		    == NULL) {
 			break;
 		}
@@ -316,7 +316,7 @@ qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max, size_t *np,
 
 int
 qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
-    size_t n, int64_t deadline_ns)
+    size_t n, bool obj, int64_t deadline_ns)
 {
 	qpi_wire_item *items;
 	uint8_t *enc;
@@ -335,7 +335,7 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 			    i, lens[i],
 			    (unsigned long long) r->lim.max_message, r->url);
 		}
-		total += lens[i] + 5;
+		total += obj ? 0 : lens[i] + 5;
 	}
 	items = calloc(n > 0 ? n : 1, sizeof(*items));
 	enc = malloc(total > 0 ? total : 1);
@@ -344,8 +344,13 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 		free(enc);
 		return qpi_err(QP_ENOMEM, "out of memory for %zu items", n);
 	}
-	/* Each item as a bin, one after the other. */
+	/* Each item as a bin, one after the other; values as they are. */
 	for (size_t i = 0; i < n; i++) {
+		if (obj) {
+			items[i].data = bufs[i];
+			items[i].len = lens[i];
+			continue;
+		}
 		items[i].data = enc + pos;
 		items[i].len = rq_bin_write(enc + pos, bufs[i], lens[i]);
 		pos += items[i].len;

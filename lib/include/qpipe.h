@@ -214,6 +214,18 @@ QP_API int qp_queue_put_many(qp_queue *q, const void *const *bufs,
 QP_API int qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens,
     size_t max, size_t *np, qp_duration timeout);
 
+/* qp_queue_put_many for msgpack values: msgpacks[i] is the encoding of
+ * exactly one value (all are checked first: QP_EINVAL, nothing put), each
+ * stored as qp_queue_put_obj stores it. Batches, all or nothing and errors
+ * as qp_queue_put_many. */
+QP_API int qp_queue_put_many_obj(qp_queue *q, const void *const *msgpacks,
+    const size_t *lens, size_t n, qp_duration timeout);
+
+/* qp_queue_get_many returning each item as the msgpack encoding of its
+ * value, as qp_queue_get_obj does. */
+QP_API int qp_queue_get_many_obj(qp_queue *q, void **msgpacks, size_t *lens,
+    size_t max, size_t *np, qp_duration timeout);
+
 /* Gets the oldest item: *bufp gets a malloc'd copy (free with qp_free) and
  * *lenp its length. Blocks while the queue is empty, for up to timeout.
  * Errors: QP_EEMPTY (timeout or QP_NOWAIT on an empty queue), QP_ECLOSED. */

@@ -103,6 +103,10 @@ int qp_queue_put_many(qp_queue *q, const void *const *bufs,
     const size_t *lens, size_t n, qp_duration timeout);
 int qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens, size_t max,
     size_t *np, qp_duration timeout);
+int qp_queue_put_many_obj(qp_queue *q, const void *const *msgpacks,
+    const size_t *lens, size_t n, qp_duration timeout);
+int qp_queue_get_many_obj(qp_queue *q, void **msgpacks, size_t *lens,
+    size_t max, size_t *np, qp_duration timeout);
 int qp_queue_get(qp_queue *q, void **bufp, size_t *lenp, qp_duration timeout);
 int qp_queue_get_obj(qp_queue *q, void **msgpackp, size_t *lenp,
     qp_duration timeout);

@@ -92,6 +92,10 @@ class Queue:
         self._loads = _core.pickle.loads if self._pickle else _core.mp_loads
         self._put = lib.qp_queue_put if self._pickle else lib.qp_queue_put_obj
         self._get = lib.qp_queue_get if self._pickle else lib.qp_queue_get_obj
+        self._put_many = (lib.qp_queue_put_many if self._pickle
+                          else lib.qp_queue_put_many_obj)
+        self._get_many = (lib.qp_queue_get_many if self._pickle
+                          else lib.qp_queue_get_many_obj)
         self._closed = False
         self._h = None
         self._pid = None
@@ -245,20 +249,17 @@ class Queue:
         return self.get(False)
 
     def put_many(self, objs, block=True, timeout=None):
-        """Puts every object of objs, in order. With serializer="pickle"
-        they go in batches (all or nothing each, one request per batch to
-        qpiped); with msgpack values, one put per item."""
+        """Puts every object of objs, in order, in batches (up to 4096
+        items and 32 MiB each; one request per batch to qpiped): each
+        batch all or nothing, with no other item between its items.
+        queue.Full if a batch does not fit in time: the batches before it
+        are in the queue, it and those after it are not."""
         if self._closed:
             self._raise_closed()
-        objs = list(objs)
-        if not objs:
+        datas = [self._dumps(o) for o in objs]
+        if not datas:
             return
         ms = to_ms(timeout) if block else 0
-        if not self._pickle:
-            for obj in objs:
-                self.put(obj, block, timeout)
-            return
-        datas = [self._dumps(o) for o in objs]
         h = self._handle()
         n = len(datas)
         bufs = ffi.new("void *[]", n)
@@ -266,33 +267,26 @@ class Queue:
         for i, k in enumerate(keep):
             bufs[i] = k
         lens = ffi.new("size_t[]", [len(d) for d in datas])
-        rc = waiting(lambda s: lib.qp_queue_put_many(h, bufs, lens, n, s),
-                     ms, (lib.QP_EFULL,))
+        fn = self._put_many
+        rc = waiting(lambda s: fn(h, bufs, lens, n, s), ms, (lib.QP_EFULL,))
         check(rc, repr(self))
 
     def get_many(self, max_items, block=True, timeout=None):
         """Up to max_items items as a list: waits (block, timeout) for the
-        first, then takes those ready without waiting. queue.Empty if none
-        came."""
+        first, then takes those ready without waiting (one request to
+        qpiped). queue.Empty if none came."""
         if self._closed:
             self._raise_closed()
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         ms = to_ms(timeout) if block else 0
-        if not self._pickle:
-            out = [self.get(block, timeout)]
-            while len(out) < max_items:
-                try:
-                    out.append(self.get(False))
-                except _pyqueue.Empty:
-                    break
-            return out
         h = self._handle()
         bufs = ffi.new("void *[]", max_items)
         lens = ffi.new("size_t[]", max_items)
         np = ffi.new("size_t *")
-        rc = waiting(lambda s: lib.qp_queue_get_many(
-            h, bufs, lens, max_items, np, s), ms, (lib.QP_EEMPTY,))
+        fn = self._get_many
+        rc = waiting(lambda s: fn(h, bufs, lens, max_items, np, s), ms,
+                     (lib.QP_EEMPTY,))
         if rc != lib.QP_OK:
             raise error(rc, repr(self))
         return [self._loads_c(bufs[i], lens[i]) for i in range(np[0])]

@@ -274,6 +274,28 @@ class TestBatchesAndSerializers(_Kinds, unittest.TestCase):
                     if addr:
                         qpipe.unlink(addr)
 
+    def test_put_many_all_or_nothing(self):
+        for ser in ("msgpack", "pickle"):
+            for addr in [None] + self.addresses():
+                with self.subTest(ser=ser, addr=addr):
+                    q = qpipe.Queue(3, address=addr, serializer=ser)
+                    q.put("a")
+                    self.assertRaises(pyqueue.Full, q.put_many,
+                                      ["x", "y", "z"], False)
+                    self.assertRaises(pyqueue.Full, q.put_many,
+                                      ["x", "y", "z"], True, 0.1)
+                    self.assertEqual(q.qsize(), 1)
+                    if ser == "msgpack":
+                        self.assertRaises(TypeError, q.put_many,
+                                          ["x", {1, 2}])
+                        self.assertEqual(q.qsize(), 1)
+                    q.put_many([{"k": [1, None]}, b"raw"])
+                    self.assertEqual(q.get_many(5, timeout=10),
+                                     ["a", {"k": [1, None]}, b"raw"])
+                    q.close()
+                    if addr:
+                        qpipe.unlink(addr)
+
     def test_pickle_objects(self):
         q = qpipe.Queue(serializer="pickle")
         obj = {"t": (1, 2), "s": {3}, "c": complex(1, 2)}

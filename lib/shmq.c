@@ -168,7 +168,8 @@ typedef struct sq_side {
 	pthread_mutex_t lock;
 	uint64_t cseq; /* consumer: commit sequence */
 	uint64_t hint; /* producer: a head seen (head only grows) */
-	sq_jrnl j; /* consumer only */
+	sq_jrnl j; /* consumer only; the producer's entries hold a
+	              completion's results queue name (sq_hdr.cpl) */
 } sq_side;
 
 /* Sleeper word states (the low 2 bits; the rest is a generation, new for
@@ -255,8 +256,9 @@ typedef struct sq_hdr {
 	/* A completion in progress (qpi_shmq_complete), under the consumer
 	 * lock; it lives in the padding after dones, so a segment made
 	 * before it reads zeros (no completion) and the layout stays. The
-	 * results queue's name is kept in the journal's entries, unused
-	 * between transactions. */
+	 * results queue's name is kept in the producer side's journal
+	 * entries, which nothing else uses (the consumer side's are
+	 * rewritten by every transaction, a settler's included). */
 	struct {
 		uint64_t phase; /* CPL_* */
 		uint64_t lease; /* the task's lease id */
@@ -3203,7 +3205,7 @@ sq_cpl_result_in(qpi_shmq *q)
 	if (len == 0 || len > QP_NAME_MAX) {
 		return 0;
 	}
-	memcpy(name, h->gs.j.e, len);
+	memcpy(name, h->ps.j.e, len);
 	name[len] = '\0';
 	if (!qpi_wire_name_valid(name, len)) {
 		return 0;
@@ -3298,13 +3300,23 @@ qpi_shmq_complete(qpi_shmq *t, uint64_t id, qpi_shmq *r, const void *buf,
 		if ((rc = sq_lock(t, &h->gs)) != QP_OK) {
 			return rc;
 		}
+		if (LD(&h->cpl.phase) != CPL_NONE) {
+			/* A dead completer's note that could not be settled
+			 * (its results queue's lock is held past this
+			 * thread's budget): it must not be overwritten. */
+			sq_unlock(&h->gs);
+			return qpi_err(QP_EBUSY,
+			    "%s: a dead worker's completion is not settled "
+			    "yet (its results queue is locked)",
+			    t->label);
+		}
 		if ((rc = sq_slot_of(t, id, L_LEASED, &i)) != QP_OK) {
 			sq_unlock(&h->gs);
 			return rc;
 		}
 		/* The intent, then the put (its tag names it), then the ack:
 		 * see sq_cpl_settle for a completer killed in between. */
-		memcpy(h->gs.j.e, name, nlen);
+		memcpy(h->ps.j.e, name, nlen);
 		ST(&h->cpl.namelen, (uint64_t) nlen);
 		memcpy(h->cpl.client, tag->client, sizeof(h->cpl.client));
 		ST(&h->cpl.seq, tag->seq);

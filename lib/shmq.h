@@ -378,7 +378,8 @@ int qpi_shmq_release_dead(qpi_shmq *q, size_t *np);
  * r must be a named queue other than t. Waits until deadline_ns while r
  * is full. QP_OK; QP_ENOENT (lease not held: nothing put); QP_EFULL
  * (nothing done, lease kept); QP_ETOOBIG; QP_ENOTSUP (r anonymous);
- * QP_EINVAL (r is t); QP_EBUSY (a lock budget ran out: nothing done);
+ * QP_EINVAL (r is t); QP_EBUSY (a lock budget ran out, or a dead
+ * completer's note on t is not settled yet: nothing done, try again);
  * QP_ECLOSED, QP_ECORRUPT, QP_ENOSPC. */
 int qpi_shmq_complete(qpi_shmq *t, uint64_t id, qpi_shmq *r, const void *buf,
     size_t len, unsigned kind, const qpi_shmq_tag *tag, int64_t deadline_ns);

@@ -6,6 +6,7 @@
  * the dead worker's (its task is not delivered again) or none (its task
  * goes back and a second run's result is the only one).
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +23,21 @@
 
 static int cpl_kill_at; /* the hook point the child dies at (0: none) */
 static int cpl_armed; /* set once the child holds its lease */
+static pid_t cpl_holder; /* a child holding a lock, stopped by teardown */
+
+/* Stops the lock holder should an assertion end the test early. */
+static int
+cpl_teardown(void **state)
+{
+	(void) state;
+	if (cpl_holder > 0) {
+		kill(cpl_holder, SIGKILL);
+		waitpid(cpl_holder, NULL, 0);
+		cpl_holder = 0;
+	}
+	qpi_shmq_lock_budget(-1);
+	return 0;
+}
 
 static void
 cpl_hook(int point)
@@ -167,6 +183,78 @@ test_complete_killed_in_ack(void **state)
 	cpl_killed_at(QPI_HOOK_APPLY, true);
 }
 
+/* A dead worker's completion that cannot be settled yet (its results
+ * queue's lock is held past the settler's lock budget) keeps its lease
+ * held, and no other completion on the tasks queue overwrites its note;
+ * once the lock is free again it is settled: its result was in, so its
+ * task is confirmed and never runs again. */
+static void
+test_complete_unsettled_note_is_kept(void **state)
+{
+	qp_queue_stats st;
+	cpl_pair p;
+	uint64_t n;
+	void *buf;
+	size_t len;
+	int ready[2];
+
+	(void) state;
+	cpl_open(&p);
+	assert_int_equal(qpi_shmq_put(p.t, "t1", 2, QPI_ITEM_BIN, 0), QP_OK);
+	assert_int_equal(qpi_shmq_put(p.t, "t2", 2, QPI_ITEM_BIN, 0), QP_OK);
+	/* A worker dies with its result in (the put done, the results
+	 * queue's lock still held), its task not confirmed. */
+	cpl_kill_at = QPI_HOOK_DONE;
+	qpi_shmq_test_hook = cpl_hook;
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		cpl_run(&p, "first", true);
+		_exit(3);
+	}
+	qpi_shmq_test_hook = NULL;
+	assert_int_equal(qu_wait(pid), 128 + SIGKILL);
+	/* Another process holds the results queue's producer lock. */
+	assert_int_equal(pipe(ready), 0);
+	pid_t holder = cpl_holder = fork();
+	assert_true(holder >= 0);
+	if (holder == 0) {
+		pthread_mutex_lock(qpi_shmq_test_lock(p.r, true));
+		(void) !write(ready[1], "x", 1);
+		pause();
+		_exit(0);
+	}
+	char c;
+	assert_int_equal(read(ready[0], &c, 1), 1);
+	qpi_shmq_lock_budget(2000000);
+	assert_int_equal(qpi_shmq_release_dead(p.t, NULL), QP_OK);
+	assert_int_equal(qpi_shmq_stat(p.t, &st), QP_OK);
+	assert_int_equal(st.leased, 1); /* not released: unsettled */
+	assert_int_equal(cpl_run(&p, "second", false), QP_EBUSY);
+	qpi_shmq_lock_budget(-1);
+	/* The holder dies; the next user of the tasks queue settles. */
+	kill(holder, SIGKILL);
+	assert_int_equal(qu_wait(holder), 128 + SIGKILL);
+	cpl_holder = 0;
+	assert_int_equal(
+	    qpi_shmq_release_owner(p.t, qpi_shmq_owner_self(), NULL), QP_OK);
+	assert_int_equal(qpi_shmq_release_dead(p.t, NULL), QP_OK);
+	assert_int_equal(qpi_shmq_stat(p.t, &st), QP_OK);
+	assert_int_equal(st.leased, 0);
+	assert_int_equal(st.items, 1); /* t2 only: t1 was confirmed */
+	assert_int_equal(cpl_run(&p, "second", false), QP_OK);
+	assert_int_equal(qpi_shmq_qsize(p.t, &n), QP_OK);
+	assert_int_equal(n, 0);
+	assert_int_equal(qpi_shmq_qsize(p.r, &n), QP_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(qpi_shmq_get(p.r, 0, NULL, 0, &buf, &len, 0), QP_OK);
+	assert_memory_equal(buf, "first", 5);
+	free(buf);
+	close(ready[0]);
+	close(ready[1]);
+	cpl_close(&p);
+}
+
 /* A lease no longer held (acked, released, expired) puts nothing. */
 static void
 test_complete_stale_lease_puts_nothing(void **state)
@@ -309,6 +397,8 @@ main(void)
 	    cmocka_unit_test(test_complete_killed_before_result),
 	    cmocka_unit_test(test_complete_killed_after_result),
 	    cmocka_unit_test(test_complete_killed_in_ack),
+	    cmocka_unit_test_teardown(
+	        test_complete_unsettled_note_is_kept, cpl_teardown),
 	    cmocka_unit_test(test_complete_stale_lease_puts_nothing),
 	    cmocka_unit_test(test_complete_waits_for_room),
 	    cmocka_unit_test(test_complete_public_shm),

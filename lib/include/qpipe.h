@@ -324,8 +324,9 @@ QP_API int qp_queue_touch(qp_queue *q, qp_duration lease);
  * nothing put, the task runs again and that run's result counts; the
  * handle no longer holds it), QP_EVALUE (this handle holds no task),
  * QP_EINVAL (tasks not in worker mode, or results is tasks), QP_ETOOBIG,
- * QP_ENOTSUP (above), QP_ECLOSED; remote: QP_ECONNRESET (applied or not,
- * never twice). */
+ * QP_ENOTSUP (above), QP_ECLOSED, QP_EBUSY (shm://, rare: a dead
+ * worker's completion on tasks is not settled yet; nothing done, try
+ * again); remote: QP_ECONNRESET (applied or not, never twice). */
 QP_API int qp_queue_complete(qp_queue *tasks, qp_queue *results,
     const void *buf, size_t len, qp_duration timeout);
 

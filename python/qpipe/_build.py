@@ -126,6 +126,8 @@ int qp_conn_send_bytes(qp_conn *c, const void *buf, size_t offset,
     size_t size);
 int qp_conn_recv_bytes(qp_conn *c, void **bufp, size_t *lenp,
     size_t maxlength);
+int qp_conn_recv_bytes_into(qp_conn *c, void *buf, size_t bufsize,
+    size_t offset, size_t *lenp);
 int qp_conn_poll(qp_conn *c, qp_duration timeout, bool *readyp);
 int qp_conn_fd(qp_conn *c, int *fdp);
 int qp_conn_set_max_message(qp_conn *c, size_t max);

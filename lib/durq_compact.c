@@ -144,13 +144,18 @@ dq_compact(qpi_durq *d, bool punch)
 		qsort(v, n, sizeof(*v), dq_cmp_id);
 	}
 	qpi_dq_hdr_encode(h, &d->cfg);
-	if (punch && d->alloc_end > d->end) {
-		if (fallocate(d->fd,
-		        FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-		        (off_t) d->end, (off_t) (d->alloc_end - d->end))
-		    == 0) {
-			d->alloc_end = d->end;
+	if (punch) {
+		/* tmpfs gives blocks past the end back to a punch, ext4 (and
+		 * xfs) to a truncate to the size the file has. */
+		if (d->alloc_end > d->end) {
+			(void) fallocate(d->fd,
+			    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			    (off_t) d->end, (off_t) (d->alloc_end - d->end));
 		}
+		if (ftruncate(d->fd, (off_t) d->end) != 0) {
+			/* nothing more to give back */
+		}
+		d->alloc_end = d->end;
 	}
 	fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {

@@ -459,7 +459,14 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		}
 	}
 	pthread_mutex_lock(&d->mu);
-	if ((rv = dq_flush_pending(d)) != QP_OK) {
+	/* DONEs that found no room: a compaction leaves their items out. */
+	if ((rv = dq_flush_pending(d)) == QP_ENOSPC) {
+		d->nospc = true;
+		if (qpi_dq_compact_for_room(d, 1) == QP_OK) {
+			rv = QP_OK;
+		}
+	}
+	if (rv != QP_OK) {
 		pthread_mutex_unlock(&d->mu);
 		return rv;
 	}

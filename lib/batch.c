@@ -66,6 +66,11 @@ qp_queue_put_many(qp_queue *q, const void *const *bufs, const size_t *lens,
 		return qpi_rq_put_many(
 		    impl, bufs, lens, n, qpi_queue_deadline(timeout));
 	}
+	if (ops == &qpi_part_ops) {
+		/* issue 16: each call whole to one partition */
+		return qpi_part_put_many(
+		    impl, bufs, lens, n, qpi_queue_deadline(timeout));
+	}
 	qpi_shmq *sq = qpi_queue_shmq(q);
 	if (sq != NULL) {
 		return shm_put_many(
@@ -98,6 +103,11 @@ qp_queue_get_many(qp_queue *q, void **bufs, size_t *lens, size_t max,
 	impl = qpi_queue_impl(q, &ops);
 	if (ops == &qpi_remote_ops) {
 		return qpi_rq_get_many(
+		    impl, bufs, lens, max, np, qpi_queue_deadline(timeout));
+	}
+	if (ops == &qpi_part_ops) {
+		/* issue 16: a batch from the first partition that has items */
+		return qpi_part_get_many(
 		    impl, bufs, lens, max, np, qpi_queue_deadline(timeout));
 	}
 	/* Shared memory: the first get waits, the others do not. */

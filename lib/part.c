@@ -8,14 +8,16 @@
  * that answer. No consensus and no replication: a partition whose server
  * is down is left out until it answers again.
  *
- * Each partition has two remote handles: one for puts, with the usual
- * reconnect window (a put cut by a server restart is sent again and
- * stored once), and one for gets, leases and figures, with a short window
- * (PART_GET_WINDOW_MS), so that a dead server costs a get over the others
- * a moment, not the window; a partition that fails is skipped for
- * PART_DOWN_MS, then tried again. A partition that could not be opened is
- * opened on use (its server was down at the open). The handle keeps, for
- * each item got, the partition it came from, oldest first: task_done,
+ * Each partition has two remote handles, one for puts and one for gets,
+ * leases and figures, each with a short reconnect window
+ * (PART_PUT_WINDOW_MS, PART_GET_WINDOW_MS instead of 10 s), so that a
+ * dead server costs the others a moment: a round-robin put (or a slice of
+ * a batch) whose server is lost under it goes to the next partition (it
+ * is stored twice only if the lost server had stored it and died before
+ * its answer left); a keyed put fails instead. A partition that fails is
+ * skipped for PART_DOWN_MS, then tried again. A partition that could not be
+ * opened is opened on use (its server was down at the open). The handle keeps,
+ * for each item got, the partition it came from, oldest first: task_done,
  * nack, touch and deliveries go to that partition's handle.
  *
  * Locking: p->mu guards the partitions' handles and marks, the round
@@ -25,6 +27,7 @@
 #include "queue.h"
 #include "rclient.h"
 #include "shmq.h"
+#include "wire.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -36,6 +39,7 @@
 #define PART_MAX           64
 #define PART_DOWN_MS       1000
 #define PART_GET_WINDOW_MS 300
+#define PART_PUT_WINDOW_MS 500
 
 typedef struct part_srv {
 	char addr[QPI_URL_MAX + QP_NAME_MAX + 2]; /* the partition's queue */
@@ -127,6 +131,7 @@ int
 qpi_part_check(const char *addr)
 {
 	part *p = calloc(1, sizeof(*p));
+	qpi_addr a;
 	size_t n;
 	int rc;
 
@@ -135,7 +140,9 @@ qpi_part_check(const char *addr)
 	}
 	rc = part_split(addr, p, &n);
 	free(p);
-	return rc != QP_OK ? rc : n > 0 ? QP_OK : qp_addr_check(addr);
+	return rc != QP_OK ? rc
+	    : n > 0        ? QP_OK
+	                   : qpi_addr_parse(addr, QPI_ADDR_NAMED, &a);
 }
 
 /* ---- rendezvous hashing ---- */
@@ -239,6 +246,7 @@ part_open_one(part *p, size_t i)
 		return rc;
 	}
 	part_window(gq, PART_GET_WINDOW_MS);
+	part_window(pq, PART_PUT_WINDOW_MS);
 	pthread_mutex_lock(&p->mu);
 	if (s->gq == NULL) {
 		s->pq = pq;
@@ -313,20 +321,30 @@ part_put(
     void *impl, const void *buf, size_t len, unsigned kind, int64_t deadline)
 {
 	part *p = impl;
+	bool tried[PART_MAX] = {false};
 	int rc = QP_OK;
 
 	pthread_mutex_lock(&p->mu);
 	size_t first = p->rr++ % p->n;
 	pthread_mutex_unlock(&p->mu);
-	/* Round robin over the partitions that are up; if every one was
-	 * down a moment ago, try them all again. */
+	/* Round robin over the partitions that are up; one whose server is
+	 * lost under the put (QP_ECONNRESET after PART_PUT_WINDOW_MS) hands
+	 * it to the next; if every one was down a moment ago, all of them
+	 * again. */
 	for (int pass = 0; pass < 2; pass++) {
 		for (size_t k = 0; k < p->n; k++) {
 			size_t i = (first + k) % p->n;
+			if (tried[i]) {
+				continue;
+			}
 			qp_queue *q = part_handle(p, i, true, pass == 0, &rc);
-			if (q != NULL) {
-				return part_put_to(
-				    p, i, q, buf, len, kind, deadline);
+			if (q == NULL) {
+				continue;
+			}
+			tried[i] = true;
+			rc = part_put_to(p, i, q, buf, len, kind, deadline);
+			if (!part_conn_err(rc)) {
+				return rc;
 			}
 		}
 	}
@@ -361,41 +379,55 @@ qpi_part_put_many(void *impl, const void *const *bufs, const size_t *lens,
     size_t n, int64_t deadline)
 {
 	part *p = impl;
-	qp_queue *qs[PART_MAX];
-	size_t idx[PART_MAX], k = 0;
+	bool failed[PART_MAX] = {false};
+	size_t k = 0;
 	int rc = QP_OK;
 
 	pthread_mutex_lock(&p->mu);
 	size_t first = p->rr++ % p->n;
+	for (size_t i = 0; i < p->n; i++) {
+		k += p->s[i].down_until_ms <= qpi_now_ms() ? 1 : 0;
+	}
 	pthread_mutex_unlock(&p->mu);
-	/* The partitions up, in round robin order from the next one; if
-	 * every one was down a moment ago, all of them again. */
-	for (int pass = 0; pass < 2 && k == 0; pass++) {
-		for (size_t j = 0; j < p->n; j++) {
-			size_t i = (first + j) % p->n;
-			qp_queue *q = part_handle(p, i, true, pass == 0, &rc);
-			if (q != NULL) {
-				qs[k] = q;
-				idx[k++] = i;
+	/* One slice of the batch for each partition up, in round robin
+	 * order, each slice all or nothing on its partition; a slice whose
+	 * server is lost under it goes to the next partition. An error
+	 * leaves the slices before it stored and those after it not. */
+	size_t per = (n + (k > 0 ? k : 1) - 1) / (k > 0 ? k : 1), done = 0;
+	size_t at = first;
+	while (done < n) {
+		size_t cnt = n - done < per ? n - done : per;
+		qp_queue *q = NULL;
+		size_t i = 0;
+		for (int pass = 0; pass < 2 && q == NULL; pass++) {
+			for (size_t j = 0; j < p->n && q == NULL; j++) {
+				i = (at + j) % p->n;
+				if (!failed[i]) {
+					q = part_handle(
+					    p, i, true, pass == 0, &rc);
+				}
 			}
 		}
-	}
-	if (k == 0) {
-		return qpi_err(rc, "%s: no partition could be reached (%s)",
-		    p->label, qp_errmsg());
-	}
-	/* One slice of the batch to each, in order, each slice all or
-	 * nothing on its partition: an error leaves the slices before it
-	 * stored and those after it not. */
-	size_t per = (n + k - 1) / k, done = 0;
-	for (size_t j = 0; j < k && done < n && rc == QP_OK; j++) {
-		size_t cnt = n - done < per ? n - done : per;
-		rc = qp_queue_put_many(qs[j], bufs + done, lens + done, cnt,
-		    part_timeout(deadline));
-		part_mark(p, idx[j], rc);
+		if (q == NULL) {
+			return qpi_err(rc,
+			    "%s: no partition could be reached "
+			    "(%s)",
+			    p->label, qp_errmsg());
+		}
+		rc = qp_queue_put_many(
+		    q, bufs + done, lens + done, cnt, part_timeout(deadline));
+		part_mark(p, i, rc);
+		if (part_conn_err(rc)) {
+			failed[i] = true; /* this slice to the next one */
+			continue;
+		}
+		if (rc != QP_OK) {
+			return rc;
+		}
 		done += cnt;
+		at = i + 1;
 	}
-	return rc;
+	return QP_OK;
 }
 
 /* ---- gets ---- */
@@ -542,9 +574,13 @@ part_task_done(void *impl)
 		return rc;
 	}
 	rc = qp_queue_task_done(q);
-	if (rc == QP_OK || rc == QP_ENOENT || rc == QP_EVALUE) {
+	if (rc == QP_OK || rc == QP_ENOENT || rc == QP_EVALUE
+	    || part_conn_err(rc)) {
+		/* Confirmed, or gone back (a lost connection's leases go
+		 * back): the next task_done is for the next item. */
 		(void) part_held(p, &i, true);
 	}
+	part_mark(p, i, rc);
 	return rc;
 }
 
@@ -968,6 +1004,39 @@ qp_queue_put_key(qp_queue *q, const void *key, size_t klen, const void *buf,
 		return qp_queue_put(q, buf, len, timeout);
 	}
 	return ops->put_key(impl, key, klen, buf, len, QPI_ITEM_BIN,
+	    qpi_queue_deadline(timeout));
+}
+
+QP_API int
+qp_queue_put_key_obj(qp_queue *q, const void *key, size_t klen,
+    const void *msgpack, size_t len, qp_duration timeout)
+{
+	const qpi_queue_ops *ops;
+	size_t off, blen;
+	void *impl;
+	int rc;
+
+	if ((rc = qpi_queue_ready(q)) != QP_OK
+	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
+		return rc;
+	}
+	if ((key == NULL && klen > 0) || msgpack == NULL) {
+		return qpi_err(QP_EINVAL, "qp_queue_put_key_obj: NULL buffer");
+	}
+	impl = qpi_queue_impl(q, &ops);
+	if (ops->put_key == NULL) {
+		return qp_queue_put_obj(q, msgpack, len, timeout);
+	}
+	if ((rc = qpi_wire_check_value(msgpack, len)) != QP_OK) {
+		return rc;
+	}
+	/* A bin is stored as its bytes, as qp_queue_put_obj stores it. */
+	if (qpi_wire_bin_unwrap(msgpack, len, &off, &blen)) {
+		return ops->put_key(impl, key, klen,
+		    (const uint8_t *) msgpack + off, blen, QPI_ITEM_BIN,
+		    qpi_queue_deadline(timeout));
+	}
+	return ops->put_key(impl, key, klen, msgpack, len, QPI_ITEM_OBJ,
 	    qpi_queue_deadline(timeout));
 }
 

@@ -342,11 +342,11 @@ QP_API int qp_server_list_opts(const char *addr,
  * items into one slice per partition up, in order, each slice all or
  * nothing on its partition (an error leaves the slices before it
  * stored); qp_queue_get_many takes a batch from one partition. Order is
- * FIFO per partition, not across them. No consensus, no replication: a server that is down makes
- * its partition unavailable and the others go on; a durable partition
- * comes back with its items when its server restarts. A keyed put to a
- * down partition waits (within the reconnect window) as a plain remote
- * put does; it never moves to another partition.
+ * FIFO per partition, not across them. No consensus, no replication: a server
+ * that is down makes its partition unavailable and the others go on; a durable
+ * partition comes back with its items when its server restarts. A keyed put to
+ * a down partition waits (within the reconnect window) as a plain remote put
+ * does; it never moves to another partition.
  * ------------------------------------------------------------------------ */
 
 /* A file descriptor that polls readable when a get on q may find an item
@@ -390,6 +390,11 @@ QP_API int qp_wait_any(struct qp_conn *const *conns, size_t nconns,
  * items of one key stay in order; any other queue ignores the key. */
 QP_API int qp_queue_put_key(qp_queue *q, const void *key, size_t klen,
     const void *buf, size_t len, qp_duration timeout);
+
+/* qp_queue_put_key of one msgpack value, given as its encoding (as
+ * qp_queue_put_obj). */
+QP_API int qp_queue_put_key_obj(qp_queue *q, const void *key, size_t klen,
+    const void *msgpack, size_t len, qp_duration timeout);
 
 /* Rendezvous hashing: the index (0..n-1) of the server, among the n
  * given as "HOST:PORT" (or an ipc path) strings, whose weight for key is

@@ -102,8 +102,9 @@ part_split(const char *addr, part *p, size_t *np)
 		part_srv *s = &p->s[n];
 		memcpy(s->server, cur, len);
 		s->server[len] = '\0';
-		int w = snprintf(s->addr, sizeof(s->addr), "%.*s%s/%s",
-		    (int) (rest - addr), addr, s->server, name);
+		/* From cur, not s->server: no overlap with s->addr. */
+		int w = snprintf(s->addr, sizeof(s->addr), "%.*s%.*s/%s",
+		    (int) (rest - addr), addr, (int) len, cur, name);
 		if (w < 0 || (size_t) w >= sizeof(s->addr)) {
 			return qpi_err(
 			    QP_EINVAL, "%s: address too long", addr);

@@ -177,7 +177,9 @@ spread_body(void)
 	 * (i - 1 + first) % 3: increasing within each residue). */
 	for (int i = 0; i < 30; i++) {
 		CHECK(qp_queue_get(q, &buf, &len, 2000) == QP_OK);
-		int v = atoi((char *) buf);
+		char num[16];
+		snprintf(num, sizeof(num), "%.*s", (int) len, (char *) buf);
+		int v = atoi(num);
 		CHECK(v >= 1 && v <= 30);
 		CHECK(!(seen & (1ull << v)));
 		seen |= 1ull << v;

@@ -89,9 +89,8 @@ put_many(qp_queue *q, const void *const *bufs, const size_t *lens, size_t n,
 		    impl, bufs, lens, n, obj, qpi_queue_deadline(timeout));
 	}
 	if (ops == &qpi_part_ops) {
-		/* issue 16: each call whole to one partition */
 		return qpi_part_put_many(
-		    impl, bufs, lens, n, qpi_queue_deadline(timeout));
+		    impl, bufs, lens, n, obj, qpi_queue_deadline(timeout));
 	}
 	qpi_shmq *sq = qpi_queue_shmq(q);
 	if (sq != NULL) {
@@ -145,9 +144,8 @@ get_many(qp_queue *q, void **bufs, size_t *lens, size_t max, size_t *np,
 		    qpi_queue_deadline(timeout));
 	}
 	if (ops == &qpi_part_ops) {
-		/* issue 16: a batch from the first partition that has items */
-		return qpi_part_get_many(
-		    impl, bufs, lens, max, np, qpi_queue_deadline(timeout));
+		return qpi_part_get_many(impl, bufs, lens, max, np, obj,
+		    qpi_queue_deadline(timeout));
 	}
 	/* Shared memory: the first get waits, the others do not. */
 	if ((rv = get1(q, &bufs[0], &lens[0], timeout)) != QP_OK) {

@@ -377,7 +377,7 @@ part_timeout(int64_t deadline)
 
 int
 qpi_part_put_many(void *impl, const void *const *bufs, const size_t *lens,
-    size_t n, int64_t deadline)
+    size_t n, bool obj, int64_t deadline)
 {
 	part *p = impl;
 	bool failed[PART_MAX] = {false};
@@ -415,7 +415,7 @@ qpi_part_put_many(void *impl, const void *const *bufs, const size_t *lens,
 			    "(%s)",
 			    p->label, qp_errmsg());
 		}
-		rc = qp_queue_put_many(
+		rc = (obj ? qp_queue_put_many_obj : qp_queue_put_many)(
 		    q, bufs + done, lens + done, cnt, part_timeout(deadline));
 		part_mark(p, i, rc);
 		if (part_conn_err(rc)) {
@@ -507,7 +507,7 @@ part_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 
 int
 qpi_part_get_many(void *impl, void **bufs, size_t *lens, size_t max,
-    size_t *np, int64_t deadline)
+    size_t *np, bool obj, int64_t deadline)
 {
 	part *p = impl;
 	qp_queue *qs[PART_MAX];
@@ -516,7 +516,8 @@ qpi_part_get_many(void *impl, void **bufs, size_t *lens, size_t max,
 
 	*np = 0;
 	for (size_t j = 0; j < k; j++) {
-		rc = qp_queue_get_many(qs[j], bufs, lens, max, np, QP_NOWAIT);
+		rc = (obj ? qp_queue_get_many_obj : qp_queue_get_many)(
+		    qs[j], bufs, lens, max, np, QP_NOWAIT);
 		if (rc == QP_OK) {
 			pthread_mutex_lock(&p->mu);
 			for (size_t m = 0; m < *np; m++) {
@@ -534,7 +535,8 @@ qpi_part_get_many(void *impl, void **bufs, size_t *lens, size_t max,
 		return qpi_err(QP_EEMPTY, "%s is empty", p->label);
 	}
 	/* Wait for one item from any partition. */
-	if ((rc = part_get(p, 0, NULL, 0, &bufs[0], &lens[0], deadline))
+	if ((rc = part_get(p, obj ? QPI_GET_OBJ : 0, NULL, 0, &bufs[0],
+	         &lens[0], deadline))
 	    == QP_OK) {
 		*np = 1;
 	}

@@ -113,13 +113,15 @@ extern const qpi_queue_ops qpi_part_ops;
  * deleted; *isp false when addr names one server). */
 int qpi_part_unlink(const char *addr, const qp_conn_opts *conn, bool *isp);
 
-/* Batches on a partitioned queue (impl: part.c's): a put_many goes
- * whole to one partition, round robin; a get_many takes a batch from the
- * first partition that has items, waiting until deadline_ns for one. */
+/* Batches on a partitioned queue (impl: part.c's): a put_many goes in
+ * one slice per partition up, round robin, each slice all or nothing on
+ * its partition; a get_many takes a batch from the first partition that
+ * has items, waiting until deadline_ns for one. obj: msgpack values, as
+ * qp_queue_put_many_obj and qp_queue_get_many_obj. */
 int qpi_part_put_many(void *impl, const void *const *bufs, const size_t *lens,
-    size_t n, int64_t deadline_ns);
+    size_t n, bool obj, int64_t deadline_ns);
 int qpi_part_get_many(void *impl, void **bufs, size_t *lens, size_t max,
-    size_t *np, int64_t deadline_ns);
+    size_t *np, bool obj, int64_t deadline_ns);
 
 /* qp_addr_check, addresses of several servers included. */
 int qpi_part_check(const char *addr);

@@ -205,8 +205,9 @@ main(int argc, char **argv)
 	if ((pids[np] = fork()) == 0) {
 		alarm((unsigned) o.timeout + 1);
 		close(fd[0]);
-		bench_gate_open(
-		    &gate); /* its ends: the pushers' gate is theirs */
+		/* Its copy of the gate closed: the pushers' wait ends when
+		 * the parent opens it, not when the puller exits. */
+		bench_gate_open(&gate);
 		bench_pin(0);
 		_exit(run_puller(&o, sh, fd[1]));
 	}

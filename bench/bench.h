@@ -8,9 +8,14 @@
 #ifndef QP_BENCH_H
 #define QP_BENCH_H
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* cpu_set_t, sched_setaffinity */
+#endif
+
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -23,6 +28,35 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+/*
+ * CPU placement, set by bench/run: QPIPE_BENCH_CPUS="A,B" puts the serving
+ * side of a benchmark that forks its own peer (an echo child, a receiver, a
+ * listener) on CPU A, and the driving side on CPU B; "A" alone puts both
+ * on A. bench_pin(0) pins the calling process to the serving side's CPU,
+ * bench_pin(1) to the driving side's. Unset or unreadable: no pinning.
+ * Returns 0, or -1 if the kernel refused.
+ */
+static inline int
+bench_pin(int role)
+{
+	const char *env = getenv("QPIPE_BENCH_CPUS");
+	char *end;
+	long a, b;
+	cpu_set_t set;
+
+	if (env == NULL || *env == '\0') {
+		return 0;
+	}
+	a = strtol(env, &end, 10);
+	b = *end == ',' ? strtol(end + 1, NULL, 10) : a;
+	if (a < 0 || b < 0 || a >= CPU_SETSIZE || b >= CPU_SETSIZE) {
+		return 0;
+	}
+	CPU_ZERO(&set);
+	CPU_SET((int) (role == 0 ? a : b), &set);
+	return sched_setaffinity(0, sizeof(set), &set) == 0 ? 0 : -1;
+}
 
 /* Exit status of a benchmark whose qpipe side is not in this build. */
 #define BENCH_UNAVAILABLE 3

@@ -293,10 +293,12 @@ main(int argc, char **argv)
 	}
 	if (pid == 0) {
 		alarm((unsigned) o.timeout + 1);
+		bench_pin(0);
 		close(fd[0]);
 		_exit(run_echo(&o, fd[1]));
 	}
 	alarm((unsigned) o.timeout + 3);
+	bench_pin(1);
 	close(fd[1]);
 	if (read_port(fd[0], &port) != 0) {
 		kill(pid, SIGKILL);

@@ -578,6 +578,7 @@ main(int argc, char **argv)
 	}
 	if (pid == 0) {
 		alarm((unsigned) o.timeout + 1);
+		bench_pin(0);
 		if (tcp) {
 			close(urlfd[0]);
 			if (tcp_child_accept(&child_end, urlfd[1], &o) != 0) {
@@ -594,6 +595,7 @@ main(int argc, char **argv)
 		_exit(rc);
 	}
 	alarm((unsigned) o.timeout + 3);
+	bench_pin(1);
 	if (tcp) {
 		close(urlfd[1]);
 		rc = tcp_parent_dial(&parent_end, urlfd[0]);

@@ -54,6 +54,7 @@ typedef struct cli_opts {
 	char **args; /* positional arguments */
 	int nargs;
 	char **cmdv; /* worker: the command after "--" */
+	const char *key; /* put --key: placed by key (issue 16) */
 } cli_opts;
 
 /* The exit code for a qpipe error code. */
@@ -122,5 +123,11 @@ int cmd_ping(cli_opts *o);
 int cmd_send(cli_opts *o);
 int cmd_recv(cli_opts *o);
 int cmd_worker(cli_opts *o);
+
+/* cmd_part.c (issue 16): addresses of several servers. */
+bool cli_parted(const char *addr);
+int cmd_stat_parts(cli_opts *o);
+int cmd_ls_parts(cli_opts *o);
+int cmd_pick(cli_opts *o);
 
 #endif /* QP_CLI_H */

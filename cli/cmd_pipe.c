@@ -272,6 +272,9 @@ cmd_ls(cli_opts *o)
 	size_t n = 0;
 	int rv;
 
+	if (cli_parted(addr)) {
+		return cmd_ls_parts(o); /* issue 16: several servers */
+	}
 	if (strcmp(addr, "shm://") == 0 || strcmp(addr, "shm:") == 0) {
 		rv = ls_local(&v, &n);
 	} else if ((rv = server_url(addr, url, sizeof(url))) == QP_OK) {

@@ -17,6 +17,11 @@
 static int
 put_one(cli_opts *o, qp_queue *q, const char *buf, size_t len)
 {
+	if (o->key != NULL) {
+		/* issue 16: the key's partition (bytes only: checked). */
+		return qp_queue_put_key(
+		    q, o->key, strlen(o->key), buf, len, o->timeout);
+	}
 	if (!o->json) {
 		return qp_queue_put(q, buf, len, o->timeout);
 	}
@@ -197,6 +202,10 @@ cmd_put(cli_opts *o)
 	cli_progress prog;
 	int rv;
 
+	if (o->key != NULL && o->json) {
+		return cli_usage_error(
+		    o, "--key puts bytes items, not --json");
+	}
 	if ((rv = cli_open_queue(o, addr, true, &q)) != QP_OK) {
 		return cli_fail(o, addr, rv);
 	}
@@ -206,7 +215,7 @@ cmd_put(cli_opts *o)
 			rv = put_one(o, q, o->args[i], strlen(o->args[i]));
 			cli_progress_tick(&prog);
 		}
-	} else if (o->lines && !o->json) {
+	} else if (o->lines && !o->json && o->key == NULL) {
 		/* Batches, unless the queue holds too few items for them
 		 * (a batch goes in all at once). */
 		qp_queue_stats st;
@@ -321,6 +330,98 @@ get_batched(cli_opts *o, qp_queue *q, cli_progress *prog)
 	return rv;
 }
 
+/* ---- issue 16: get over several queues ---- */
+
+/* One item from whichever of qs has one (first listed first), written
+ * as get_one writes it. */
+static int
+get_any_one(cli_opts *o, qp_queue **qs, size_t n, qp_duration timeout,
+    bool newline, size_t *whichp)
+{
+	void *buf;
+	size_t len;
+	int rv;
+
+	if (!o->json) {
+		rv = qp_queue_get_any(qs, n, whichp, &buf, &len, timeout);
+		if (rv != QP_OK) {
+			return rv;
+		}
+		bool ok
+		    = cli_write(buf, len) && (!newline || cli_write("\n", 1));
+		qp_free(buf);
+		return ok ? QP_OK : qpi_err(QP_ESYSTEM, "cannot write output");
+	}
+	rv = qp_queue_get_any_obj(qs, n, whichp, &buf, &len, timeout);
+	if (rv != QP_OK) {
+		return rv;
+	}
+	char *json;
+	size_t jlen;
+	rv = qpi_msgpack_to_json(buf, len, &json, &jlen);
+	qp_free(buf);
+	if (rv != QP_OK) {
+		return rv;
+	}
+	bool ok = cli_write(json, jlen) && cli_write("\n", 1);
+	free(json);
+	return ok ? QP_OK : qpi_err(QP_ESYSTEM, "cannot write output");
+}
+
+/* qpipe get ADDR1 ADDR2 ...: every queue opened (created if missing),
+ * then -n N items (1 without -n), each from the first listed that has
+ * one; the first waits as asked, the rest while they come. */
+static int
+cmd_get_any(cli_opts *o)
+{
+	size_t n = (size_t) o->nargs, which = 0, opened = 0;
+	qp_queue **qs = calloc(n, sizeof(*qs));
+	qp_duration more = o->timeout_set ? o->timeout : QP_NOWAIT;
+	cli_progress prog;
+	int rv = QP_OK;
+
+	if (qs == NULL) {
+		return cli_fail(o, o->args[0], QP_ENOMEM);
+	}
+	for (; opened < n; opened++) {
+		const char *addr = o->args[opened];
+		rv = cli_open_queue(o, addr, false, &qs[opened]);
+		if (rv == QP_ENOENT
+		    && (rv = cli_open_queue(o, addr, true, &qs[opened]))
+		        == QP_OK) {
+			fprintf(stderr,
+			    "qpipe: get %s: created the queue %s, which did "
+			    "not exist\n",
+			    addr, addr);
+		}
+		if (rv != QP_OK) {
+			rv = cli_fail(o, addr, rv);
+			goto out;
+		}
+	}
+	cli_progress_start(&prog, "get");
+	rv = get_any_one(
+	    o, qs, n, o->timeout, o->count > 0 || o->json, &which);
+	for (uint64_t i = 1; rv == QP_OK && i < o->count; i++) {
+		cli_progress_tick(&prog);
+		rv = get_any_one(o, qs, n, more, true, &which);
+		if (rv == QP_EEMPTY) {
+			rv = QP_OK;
+			break;
+		}
+	}
+	cli_progress_end(&prog);
+	if (rv != QP_OK) {
+		rv = cli_fail(o, o->args[rv == QP_EEMPTY ? 0 : which], rv);
+	}
+out:
+	for (size_t i = 0; i < opened; i++) {
+		qp_queue_free(qs[i]);
+	}
+	free(qs);
+	return rv;
+}
+
 int
 cmd_get(cli_opts *o)
 {
@@ -328,6 +429,10 @@ cmd_get(cli_opts *o)
 	qp_queue *q;
 	cli_progress prog;
 	int rv;
+
+	if (o->nargs > 1) {
+		return cmd_get_any(o); /* issue 16 */
+	}
 
 	/* A get waits on the queue it names, created if missing: a
 	 * misspelt name would wait forever in silence, so say so. */
@@ -405,6 +510,9 @@ cmd_stat(cli_opts *o)
 	qp_queue_stats st;
 	int rv;
 
+	if (cli_parted(addr)) {
+		return cmd_stat_parts(o); /* issue 16: several servers */
+	}
 	if ((rv = cli_open_queue(o, addr, false, &q)) != QP_OK) {
 		return cli_fail(o, addr, rv);
 	}

@@ -21,6 +21,7 @@
 #define OPT_CREATE  0x10u
 #define OPT_WORKER  0x20u
 #define OPT_SIDE    0x40u
+#define OPT_KEY     0x80u /* issue 16: put --key */
 
 typedef struct cli_cmd {
 	const char *name;
@@ -34,8 +35,9 @@ typedef struct cli_cmd {
 
 static const cli_cmd commands[] = {
     {"put", "put items: each DATA, all of stdin, or one per line", cmd_put,
-        OPT_TIMEOUT | OPT_JSON | OPT_LINES, 1, -1,
-        "put [--timeout SEC | --nowait] [--json] [--lines] ADDR [DATA...]",
+        OPT_TIMEOUT | OPT_JSON | OPT_LINES | OPT_KEY, 1, -1,
+        "put [--timeout SEC | --nowait] [--json] [--lines] [--key KEY] ADDR "
+        "[DATA...]",
         "Puts items. Each DATA is one item; with no DATA, all of stdin is "
         "one\nitem (--lines: one item per line, without its newline). "
         "Blocks while\nthe queue is full, like Python's put(); --timeout "
@@ -46,10 +48,16 @@ static const cli_cmd commands[] = {
         "--lines travel in batches of up to 1024 lines, sent as soon as "
         "stdin\nhas nothing more ready. A server stores each batch all at "
         "once: when\na put gives up (exit 4), the lines of its batch are "
-        "not stored."},
+        "not stored.\n"
+        "\n"
+        "An ADDR with several servers (tcp://h1:7450,h2:7450/jobs) is one "
+        "queue\nwith a partition on each: items go round robin (a batch "
+        "of --lines\nwhole to one), or with --key KEY (bytes items) to "
+        "the partition that\nrendezvous hashing picks for KEY (qpipe "
+        "pick)."},
     {"get", "get items, their bytes to stdout untouched", cmd_get,
-        OPT_TIMEOUT | OPT_JSON | OPT_COUNT, 1, 1,
-        "get [--timeout SEC | --nowait] [-n N] [--json] ADDR",
+        OPT_TIMEOUT | OPT_JSON | OPT_COUNT, 1, -1,
+        "get [--timeout SEC | --nowait] [-n N] [--json] ADDR [ADDR...]",
         "Gets one item and writes its bytes to stdout exactly, nothing "
         "added.\nBlocks while the queue is empty, like Python's get(); "
         "--timeout SEC\ngives up after SEC seconds (exit 3), --nowait at "
@@ -60,7 +68,13 @@ static const cli_cmd commands[] = {
         "\n"
         "A queue that does not exist is created, and get waits on it "
         "(a\nmisspelt name waits forever): a line on stderr says so "
-        "when it does."},
+        "when it does.\n"
+        "\n"
+        "Several ADDRs: each item comes from whichever queue has one, "
+        "the first\nlisted first (as Redis BLPOP); the queues may mix "
+        "shm:// and servers.\nAn ADDR with several servers "
+        "(tcp://h1:7450,h2:7450/jobs) is one queue\nwith a partition "
+        "on each."},
     {"size", "how many items a queue holds", cmd_size, 0, 1, 1, "size ADDR",
         "Prints the exact number of items in the queue (0 if it does not "
         "exist)."},
@@ -119,8 +133,9 @@ static const cli_cmd commands[] = {
         "has\nclosed, the other reads what is left, then end of file. The "
         "name is free\nagain when both have closed."},
     {"worker", "run a command once per task; outputs to a results queue",
-        cmd_worker, OPT_WORKER | OPT_JSON, 1, 1,
-        "worker ADDR --results ADDR [--concurrency N] [--max-attempts N]\n"
+        cmd_worker, OPT_WORKER | OPT_JSON, 1, 16,
+        "worker ADDR [ADDR...] --results ADDR [--concurrency N] "
+        "[--max-attempts N]\n"
         "        [--timeout SEC] [--lease SEC] [--max-tasks N] "
         "[--idle-exit SEC]\n"
         "        [--keep-newline] [--json] -- CMD [ARG...]",
@@ -140,6 +155,11 @@ static const cli_cmd commands[] = {
         "worker (remote: when its\nconnection drops or its lease ends; "
         "local: within a quarter second,\nonce another local worker "
         "gets or waits, or when the lease ends).\n"
+        "\n"
+        "Several task queues (each later ADDR with its scheme, shm://NAME "
+        "for a\nlocal one): each task comes from whichever has one, the "
+        "first listed\nfirst; a failed task goes to its own queue's "
+        "ADDR.dead.\n"
         "\n"
         "  --results ADDR     where the outputs go (any address form)\n"
         "  --concurrency N    run up to N tasks at once (default 1)\n"
@@ -171,6 +191,13 @@ static const cli_cmd commands[] = {
         "running ones finish,\nexit 0 (a second signal exits at once; "
         "unfinished tasks go back).\nExit 6 if the queue is removed, 2 "
         "if it cannot be reached."},
+    {"pick", "which partition a key goes to (several servers)", cmd_pick, 0, 2,
+        -1, "pick ADDR KEY...",
+        "For an ADDR with several servers (tcp://h1:7450,h2:7450/jobs), "
+        "prints\nfor each KEY the index of the partition a put --key KEY "
+        "goes to, and\nits server as written: rendezvous hashing, the "
+        "same as the library's\nand the Python package's. Connects to "
+        "nothing."},
     {"ping", "is the server there? (exit 0 or 2)", cmd_ping, 0, 1, 1,
         "ping ADDR",
         "Exit 0 if the server of ADDR (a server or a queue address) "
@@ -559,8 +586,10 @@ parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 			break;
 		}
 		if (a[0] != '-' || a[1] == '\0') {
-			if ((c->opts & OPT_WORKER)
-			    && o->nargs >= c->max_args) {
+			/* issue 16: a worker's later task queues name their
+			 * scheme; a bare word there is the command. */
+			if ((c->opts & OPT_WORKER) && o->nargs >= 1
+			    && strstr(a, "://") == NULL) {
 				return cli_worker_without_dashes(
 				    o, argc, argv, i);
 			}
@@ -587,6 +616,13 @@ parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 		} else if ((c->opts & OPT_LINES)
 		    && strcmp(a, "--lines") == 0) {
 			o->lines = true;
+		} else if ((c->opts & OPT_KEY) && opt_is(a, "--key")) {
+			/* issue 16: place by key */
+			o->key = opt_value(argc, argv, &i, a, 5);
+			if (o->key == NULL) {
+				return cli_usage_error(o, "--key wants a key");
+			}
+
 		} else if ((c->opts & OPT_COUNT)
 		    && (strcmp(a, "-n") == 0 || opt_is(a, "--count"))) {
 			v = a[1] == 'n' ? (i + 1 < argc ? argv[++i] : NULL)

@@ -43,6 +43,7 @@
 #include "cli.h"
 #include "futex.h"
 #include "qpi.h"
+#include "queue.h" /* issue 16: qpi_part_check */
 #include "wire.h"
 
 #include <errno.h>
@@ -63,6 +64,9 @@
 
 extern char **environ;
 
+/* issue 16: the most task queues one worker takes from. */
+#define WK_MAX_QUEUES 16
+
 /* Longest single wait for a task before the slot looks around again. */
 #define WK_SLICE_MS 250
 /* The environment variable that tells the command its attempt number. */
@@ -75,9 +79,13 @@ typedef struct wk_slot {
 	int idx;
 	pthread_t th;
 	bool started;
-	qp_queue *q; /* tasks */
+	qp_queue *q; /* tasks: the queue of the task at hand */
 	qp_queue *res; /* results */
 	qp_queue *dead; /* NAME.dead, opened on first use */
+	/* issue 16: the task queues, first listed first (q is one) */
+	qp_queue *qs[WK_MAX_QUEUES];
+	size_t cur; /* q == qs[cur] */
+	size_t dead_idx; /* dead is the dead-letter queue of qs[dead_idx] */
 	uint32_t deliveries; /* of the task at hand */
 	int64_t touch_ms; /* renew the task's lease this often */
 	char **envp; /* environ + QPIPE_ATTEMPT */
@@ -89,13 +97,17 @@ struct wk {
 	const char *addr;
 	const char *raddr;
 	char dead_addr[QPI_URL_MAX + QP_NAME_MAX + 16];
+	/* issue 16: every task queue's address and NAME.dead */
+	char *const *addrs;
+	size_t naddrs;
+	char dead_addrs[WK_MAX_QUEUES][QPI_URL_MAX + QP_NAME_MAX + 16];
 	char shm_path[PATH_MAX]; /* local: the segment's file ("" remote) */
 	ino_t shm_ino;
 	uint32_t max_attempts;
 	size_t nslots;
 	wk_slot *slots;
 	int efd; /* written when the last slot ends */
-	bool two_step; /* atomic: results put, then tasks confirmed */
+	bool two_step; /* atomic: a two-step completion was said */
 
 	pthread_mutex_t mu;
 	bool stop;
@@ -158,7 +170,18 @@ slot_get(wk_slot *s, qp_duration wait, void **bufp, size_t *lenp)
 	if (s->w->shm_path[0] != '\0' && !wk_shm_present(s->w)) {
 		return qpi_err(QP_ECLOSED, "the queue was removed");
 	}
-	if ((rv = qp_queue_get_obj(s->q, bufp, lenp, wait)) != QP_OK) {
+	if (s->w->naddrs > 1) {
+		/* issue 16: from whichever queue has a task, first listed
+		 * first; the task's queue confirms it. */
+		size_t which = 0;
+		rv = qp_queue_get_any_obj(
+		    s->qs, s->w->naddrs, &which, bufp, lenp, wait);
+		if (rv != QP_OK) {
+			return rv;
+		}
+		s->cur = which;
+		s->q = s->qs[which];
+	} else if ((rv = qp_queue_get_obj(s->q, bufp, lenp, wait)) != QP_OK) {
 		return rv;
 	}
 	if (qp_queue_deliveries(s->q, &s->deliveries) != QP_OK) {
@@ -432,12 +455,15 @@ wk_describe(const wk_slot *s, const wk_run *r, char *buf, size_t n)
 static int
 slot_dead_queue(wk_slot *s)
 {
-	if (s->dead != NULL) {
+	if (s->dead != NULL && s->dead_idx == s->cur) {
 		return QP_OK;
 	}
+	qp_queue_free(s->dead); /* issue 16: another task queue's */
+	s->dead = NULL;
+	s->dead_idx = s->cur;
 	qp_queue_opts opts = {.flags = QP_OPEN_CREATE};
 	opts.conn = cli_conn(s->w->o);
-	return qp_queue_open(&s->dead, s->w->dead_addr, &opts);
+	return qp_queue_open(&s->dead, s->w->dead_addrs[s->cur], &opts);
 }
 
 /* ---- the result and the confirmation, in one step ---- */
@@ -454,22 +480,20 @@ slot_complete(wk_slot *s, const void *buf, size_t len, bool obj, bool *donep)
 	int rv;
 
 	*donep = false;
-	if (!__atomic_load_n(&w->two_step, __ATOMIC_RELAXED)) {
-		rv = obj
-		    ? qp_queue_complete_obj(s->q, s->res, buf, len, QP_FOREVER)
-		    : qp_queue_complete(s->q, s->res, buf, len, QP_FOREVER);
-		if (rv != QP_ENOTSUP) {
-			*donep = rv == QP_OK;
-			return rv;
-		}
-		if (!__atomic_exchange_n(
-		        &w->two_step, true, __ATOMIC_RELAXED)) {
-			wk_log(w,
-			    "%s; each result is put, then its task confirmed "
-			    "(a worker killed in between leaves a second "
-			    "result)",
-			    qp_errmsg());
-		}
+	/* Tried for every task: with several task queues, some may pair
+	 * with the results queue and some not (a refusal costs no
+	 * request). */
+	rv = obj ? qp_queue_complete_obj(s->q, s->res, buf, len, QP_FOREVER)
+	         : qp_queue_complete(s->q, s->res, buf, len, QP_FOREVER);
+	if (rv != QP_ENOTSUP) {
+		*donep = rv == QP_OK;
+		return rv;
+	}
+	if (!__atomic_exchange_n(&w->two_step, true, __ATOMIC_RELAXED)) {
+		wk_log(w,
+		    "%s; such results are put, then their tasks confirmed "
+		    "(a worker killed in between leaves a second result)",
+		    qp_errmsg());
 	}
 	return obj ? qp_queue_put_obj(s->res, buf, len, QP_FOREVER)
 	           : qp_queue_put(s->res, buf, len, QP_FOREVER);
@@ -530,7 +554,7 @@ slot_failed(wk_slot *s, const void *item, size_t len, const char *why)
 	if (rv != QP_OK) {
 		wk_log(w,
 		    "task failed (%s) %u times; cannot move it to %s: %s", why,
-		    (unsigned) s->deliveries, w->dead_addr,
+		    (unsigned) s->deliveries, w->dead_addrs[s->cur],
 		    qp_errmsg()[0] ? qp_errmsg() : qp_strerror(rv));
 		(void) slot_nack(s);
 		return;
@@ -538,7 +562,7 @@ slot_failed(wk_slot *s, const void *item, size_t len, const char *why)
 	(void) slot_done(s);
 	wk_log(w, "task failed (%s), attempt %u of %u; moved to %s", why,
 	    (unsigned) s->deliveries, (unsigned) w->max_attempts,
-	    w->dead_addr);
+	    w->dead_addrs[s->cur]);
 	pthread_mutex_lock(&w->mu);
 	w->n_dead++;
 	cli_progress_tick(&w->prog);
@@ -786,8 +810,10 @@ slot_open(wk *w, wk_slot *s)
 	int rv;
 
 	opts.conn = cli_conn(w->o);
-	if ((rv = qpi_addr_parse(w->addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
-		return cli_fail(w->o, w->addr, rv);
+	/* issue 16: an address of several servers is remote. */
+	if (qpi_addr_parse(w->addr, QPI_ADDR_NAMED, &a) != QP_OK) {
+		memset(&a, 0, sizeof(a));
+		a.kind = QPI_ADDR_TCP;
 	}
 	opts.flags |= QP_OPEN_LEASE;
 	opts.lease_ms = w->o->lease_ms;
@@ -795,9 +821,14 @@ slot_open(wk *w, wk_slot *s)
 		/* A task may run that long: hold it a while longer. */
 		opts.lease_ms = (uint64_t) w->o->timeout + 10000;
 	}
-	if ((rv = qp_queue_open(&s->q, w->addr, &opts)) != QP_OK) {
-		return cli_fail(w->o, w->addr, rv);
+	for (size_t i = 0; i < w->naddrs; i++) {
+		/* issue 16: every task queue, first listed first */
+		if ((rv = qp_queue_open(&s->qs[i], w->addrs[i], &opts))
+		    != QP_OK) {
+			return cli_fail(w->o, w->addrs[i], rv);
+		}
 	}
+	s->q = s->qs[0];
 	/* A third of the lease; a server's default lease is not known
 	 * here: then once a second. */
 	s->touch_ms = opts.lease_ms != 0 ? (int64_t) opts.lease_ms / 3
@@ -806,7 +837,7 @@ slot_open(wk *w, wk_slot *s)
 	if (s->touch_ms < 1) {
 		s->touch_ms = 1;
 	}
-	if (a.kind == QPI_ADDR_SHM) {
+	if (a.kind == QPI_ADDR_SHM && w->naddrs == 1) {
 		if (w->shm_path[0] == '\0') {
 			struct stat st;
 			snprintf(w->shm_path, sizeof(w->shm_path),
@@ -837,7 +868,9 @@ wk_free(wk *w)
 {
 	for (size_t i = 0; i < w->nslots; i++) {
 		wk_slot *s = &w->slots[i];
-		qp_queue_free(s->q); /* gives back a task still held */
+		for (size_t k = 0; k < WK_MAX_QUEUES; k++) {
+			qp_queue_free(s->qs[k]); /* gives back a task held */
+		}
 		qp_queue_free(s->res);
 		qp_queue_free(s->dead);
 		free(s->envp);
@@ -925,20 +958,33 @@ cmd_worker(cli_opts *o)
 		    "cannot run '%s': not found or not executable",
 		    o->cmdv[0]);
 	}
-	qpi_addr a;
-	int rv = qpi_addr_parse(w.addr, QPI_ADDR_NAMED, &a);
-	if (rv != QP_OK
-	    || (rv = qpi_addr_parse(w.raddr, QPI_ADDR_NAMED, &a)) != QP_OK) {
-		return cli_fail(o, rv == QP_OK ? w.raddr : w.addr, rv);
+	/* issue 16: every ADDR is a task queue, first listed first. */
+	w.addrs = o->args;
+	w.naddrs = (size_t) o->nargs;
+	if (w.naddrs > WK_MAX_QUEUES) {
+		return cli_usage_error(
+		    o, "at most %d task queues", WK_MAX_QUEUES);
 	}
-	if (qpi_addr_parse(w.addr, QPI_ADDR_NAMED, &a) == QP_OK
-	    && strlen(a.name) + 5 > QP_NAME_MAX) {
-		return cli_usage_error(o,
-		    "the queue's name is too long for its dead-letter "
-		    "queue NAME.dead (%d bytes at most)",
-		    QP_NAME_MAX - 5);
+	int rv = qpi_part_check(w.raddr);
+	if (rv != QP_OK) {
+		return cli_fail(o, w.raddr, rv);
 	}
-	snprintf(w.dead_addr, sizeof(w.dead_addr), "%s.dead", w.addr);
+	for (size_t i = 0; i < w.naddrs; i++) {
+		const char *t = w.addrs[i], *name = strrchr(t, '/');
+		if ((rv = qpi_part_check(t)) != QP_OK) {
+			return cli_fail(o, t, rv);
+		}
+		name = name != NULL ? name + 1 : t;
+		if (strlen(name) + 5 > QP_NAME_MAX) {
+			return cli_usage_error(o,
+			    "the queue's name is too long for its "
+			    "dead-letter queue NAME.dead (%d bytes at most)",
+			    QP_NAME_MAX - 5);
+		}
+		snprintf(
+		    w.dead_addrs[i], sizeof(w.dead_addrs[i]), "%s.dead", t);
+	}
+	snprintf(w.dead_addr, sizeof(w.dead_addr), "%s", w.dead_addrs[0]);
 	w.max_attempts = o->max_attempts == 0 ? 3
 	    : o->max_attempts > UINT32_MAX    ? UINT32_MAX
 	                                      : (uint32_t) o->max_attempts;

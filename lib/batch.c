@@ -88,6 +88,10 @@ put_many(qp_queue *q, const void *const *bufs, const size_t *lens, size_t n,
 		return qpi_rq_put_many(
 		    impl, bufs, lens, n, obj, qpi_queue_deadline(timeout));
 	}
+	if (ops == &qpi_part_ops) {
+		return qpi_part_put_many(
+		    impl, bufs, lens, n, obj, qpi_queue_deadline(timeout));
+	}
 	qpi_shmq *sq = qpi_queue_shmq(q);
 	if (sq != NULL) {
 		return shm_put_many(
@@ -137,6 +141,10 @@ get_many(qp_queue *q, void **bufs, size_t *lens, size_t max, size_t *np,
 	impl = qpi_queue_impl(q, &ops);
 	if (ops == &qpi_remote_ops) {
 		return qpi_rq_get_many(impl, bufs, lens, max, np, obj,
+		    qpi_queue_deadline(timeout));
+	}
+	if (ops == &qpi_part_ops) {
+		return qpi_part_get_many(impl, bufs, lens, max, np, obj,
 		    qpi_queue_deadline(timeout));
 	}
 	/* Shared memory: the first get waits, the others do not. */

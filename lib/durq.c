@@ -39,6 +39,7 @@ qpi_dq_live_add(qpi_durq *d, uint64_t id, uint64_t off, uint64_t bytes)
 	e->node.key = id;
 	e->off = off;
 	e->bytes = bytes;
+	e->gone = false;
 	if (qpi_htab_insert(&d->live, &e->node) != QP_OK) {
 		free(e);
 		return QP_ENOMEM;
@@ -59,7 +60,9 @@ qpi_dq_live_drop(qpi_durq *d, uint64_t id)
 	qpi_dq_live *e = qpi_dq_live_find(d, id);
 
 	if (e != NULL) {
-		d->live_bytes -= e->bytes;
+		if (!e->gone) {
+			d->live_bytes -= e->bytes;
+		}
 		qpi_htab_remove(&d->live, &e->node);
 		free(e);
 	}
@@ -81,25 +84,74 @@ dq_htab_clear(qpi_htab *t)
 
 /* ---- put requests' tags ---- */
 
+/* Doubles the tag ring (up to QPI_DURQ_TAGS_MAX). False if it cannot. */
+static bool
+dq_tags_grow(qpi_durq *d)
+{
+	size_t cap = d->tags_cap == 0 ? 64 : d->tags_cap * 2;
+	qpi_shmq_tag *t;
+	int64_t *ms;
+
+	if (d->tags_cap >= QPI_DURQ_TAGS_MAX) {
+		return false;
+	}
+	if (cap > QPI_DURQ_TAGS_MAX) {
+		cap = QPI_DURQ_TAGS_MAX;
+	}
+	t = malloc(cap * sizeof(*t));
+	ms = malloc(cap * sizeof(*ms));
+	if (t == NULL || ms == NULL) {
+		free(t);
+		free(ms);
+		return false;
+	}
+	for (uint64_t i = d->tags_first; i < d->tags_next; i++) {
+		t[i % cap] = d->tags[i % d->tags_cap];
+		ms[i % cap] = d->tag_ms[i % d->tags_cap];
+	}
+	free(d->tags);
+	free(d->tag_ms);
+	d->tags = t;
+	d->tag_ms = ms;
+	d->tags_cap = cap;
+	return true;
+}
+
 /* Notes that request (client, seq) of n items has done of them in the
  * log: raised to done (set: set to done, a cancelled put) when it is the
  * newest request noted (the items of one request are logged one after the
  * other), else noted anew. d->mu held (or opening). */
 void
 qpi_dq_tag_note(qpi_durq *d, const uint8_t *client, uint64_t seq,
-    uint32_t done, uint32_t n, bool set)
+    uint32_t done, uint32_t n, bool set, int64_t now_ms)
 {
 	qpi_shmq_tag *t;
 
-	if (d->tags_next > 0) {
-		t = &d->tags[(d->tags_next - 1) % DQ_TAGS];
+	if (d->tags_next > d->tags_first) {
+		uint64_t last = d->tags_next - 1;
+		t = &d->tags[last % d->tags_cap];
 		if (t->seq == seq && memcmp(t->client, client, 16) == 0) {
 			t->done = set || done > t->done ? done : t->done;
 			t->n = n;
+			d->tag_ms[last % d->tags_cap] = now_ms;
 			return;
 		}
 	}
-	t = &d->tags[d->tags_next++ % DQ_TAGS];
+	/* Forget what is past the window, then make room. */
+	while (d->tags_next - d->tags_first > QPI_DURQ_TAGS_MIN
+	    && d->tag_ms[d->tags_first % d->tags_cap]
+	        < now_ms - QPI_DURQ_TAG_KEEP_MS) {
+		d->tags_first++;
+	}
+	if (d->tags_next - d->tags_first == d->tags_cap && !dq_tags_grow(d)) {
+		if (d->tags_cap == 0) {
+			return; /* out of memory: a repeat is stored again */
+		}
+		d->tags_first++; /* the bound: the oldest goes */
+	}
+	t = &d->tags[d->tags_next % d->tags_cap];
+	d->tag_ms[d->tags_next % d->tags_cap] = now_ms;
+	d->tags_next++;
 	memcpy(t->client, client, 16);
 	t->seq = seq;
 	t->base = 0;
@@ -113,9 +165,8 @@ qpi_durq_tags(qpi_durq *d, qpi_shmq_tag *v, size_t cap, size_t *np)
 	size_t n = 0;
 
 	pthread_mutex_lock(&d->mu);
-	uint64_t i = d->tags_next > DQ_TAGS ? d->tags_next - DQ_TAGS : 0;
-	for (; i < d->tags_next && n < cap; i++) {
-		const qpi_shmq_tag *t = &d->tags[i % DQ_TAGS];
+	for (uint64_t i = d->tags_first; i < d->tags_next && n < cap; i++) {
+		const qpi_shmq_tag *t = &d->tags[i % d->tags_cap];
 		if (t->done > 0 && t->done <= t->n) {
 			v[n++] = *t;
 		}
@@ -143,10 +194,14 @@ dq_flush_pending(qpi_durq *d)
 	return QP_OK;
 }
 
-/* Item id is gone for good: log DONE (or keep it for later). */
+/* Item id is gone for good: log DONE (or keep it for later: the room
+ * held back for it is gone, say, where the file system cannot
+ * preallocate; a compaction then drops the item instead). */
 static void
 dq_done(qpi_durq *d, uint64_t id)
 {
+	qpi_dq_live *e;
+
 	if (dq_flush_pending(d) == QP_OK
 	    && qpi_dq_write_done(d, id) == QP_OK) {
 		qpi_dq_live_drop(d, id);
@@ -154,6 +209,9 @@ dq_done(qpi_durq *d, uint64_t id)
 		 * only delivers its item again (at least once). */
 		(void) qpi_dq_commit(d, d->end, true);
 		qpi_dq_maybe_compact(d);
+		return;
+	}
+	if ((e = qpi_dq_live_find(d, id)) != NULL && e->gone) {
 		return;
 	}
 	if (d->npending == d->cappending) {
@@ -167,6 +225,13 @@ dq_done(qpi_durq *d, uint64_t id)
 		d->cappending = cap;
 	}
 	d->pending[d->npending++] = id;
+	if (e != NULL) {
+		e->gone = true;
+		d->live_bytes -= e->bytes;
+	}
+	/* A full disk: a compaction that leaves the item out frees room. */
+	d->nospc = true;
+	qpi_dq_maybe_compact(d);
 }
 
 /* ---- opening and closing ---- */
@@ -212,8 +277,7 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 		return qpi_err(QP_EEXIST, "%s exists already", path);
 	}
 	if ((d = calloc(1, sizeof(*d))) == NULL
-	    || (d->path = strdup(path)) == NULL
-	    || (d->tags = calloc(DQ_TAGS, sizeof(*d->tags))) == NULL) {
+	    || (d->path = strdup(path)) == NULL || !dq_tags_grow(d)) {
 		if (d != NULL) {
 			free(d->path);
 		}
@@ -247,8 +311,14 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 			free(tmp);
 		}
 	}
+	d->prealloc = true;
 	if ((rv = qpi_dq_load(d, &info)) != QP_OK) {
 		goto fail;
+	}
+	/* Room for the DONEs the live items owe: a disk too full for it
+	 * compacts as soon as that helps. */
+	if (qpi_dq_reserve(d, 0) != QP_OK) {
+		d->nospc = true;
 	}
 	d->fsync = d->cfg.fsync;
 	if (d->fsync.mode == QPI_FSYNC_DEFAULT) {
@@ -315,6 +385,7 @@ qpi_durq_free(qpi_durq *d)
 	dq_htab_clear(&d->leases);
 	free(d->pending);
 	free(d->tags);
+	free(d->tag_ms);
 	free(d->path);
 	pthread_cond_destroy(&d->cv);
 	pthread_mutex_destroy(&d->mu);
@@ -388,7 +459,14 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		}
 	}
 	pthread_mutex_lock(&d->mu);
-	if ((rv = dq_flush_pending(d)) != QP_OK) {
+	/* DONEs that found no room: a compaction leaves their items out. */
+	if ((rv = dq_flush_pending(d)) == QP_ENOSPC) {
+		d->nospc = true;
+		if (qpi_dq_compact_for_room(d, 1) == QP_OK) {
+			rv = QP_OK;
+		}
+	}
+	if (rv != QP_OK) {
 		pthread_mutex_unlock(&d->mu);
 		return rv;
 	}
@@ -400,6 +478,28 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		qpi_dq_tag_encode(
 		    trailer, tag->client, tag->seq, tag->base, tag->n);
 	}
+	/* Room for the record and for what it will owe: its DONE, and the
+	 * MARK a compaction writes for its tag. A full disk first tries a
+	 * compaction that frees enough. */
+	uint64_t rec = DQ_REC_HDR + sizeof(fix) + len
+	    + (tag != NULL ? sizeof(trailer) : 0);
+	uint64_t owe = rec + DQ_DONE_REC + (tag != NULL ? DQ_MARK_REC : 0);
+	if ((rv = qpi_dq_reserve(d, owe)) == QP_ENOSPC) {
+		d->nospc = true;
+		if (qpi_dq_compact_for_room(d, owe) == QP_OK) {
+			rv = qpi_dq_reserve(d, owe);
+		}
+		if (rv != QP_OK) {
+			rv = qpi_err(QP_ENOSPC,
+			    "no space left on the disk of %s (cannot append "
+			    "to it)",
+			    d->path);
+		}
+	}
+	if (rv != QP_OK) {
+		pthread_mutex_unlock(&d->mu);
+		return rv;
+	}
 	if ((rv = qpi_dq_append(d, fix, sizeof(fix), buf, len, trailer,
 	         tag != NULL ? sizeof(trailer) : 0, &off))
 	        != QP_OK
@@ -408,6 +508,7 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		return rv;
 	}
 	d->next_id++;
+	d->nospc = false;
 	if (qpi_dq_live_add(d, id, off, d->end - off) != QP_OK) {
 		/* Not in the map: compaction would drop it. Cancel. */
 		dq_done(d, id);
@@ -448,16 +549,16 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 			    m + 1, tag->client, tag->seq, tag->base, tag->n);
 			(void) qpi_dq_append(
 			    d, m, sizeof(m), NULL, 0, NULL, 0, NULL);
-			qpi_dq_tag_note(
-			    d, tag->client, tag->seq, tag->base, tag->n, true);
+			qpi_dq_tag_note(d, tag->client, tag->seq, tag->base,
+			    tag->n, true, qpi_now_ms());
 		}
 		pthread_mutex_unlock(&d->mu);
 		return qpi_err(keep, "%s", msg);
 	}
 	if (tag != NULL) {
 		pthread_mutex_lock(&d->mu);
-		qpi_dq_tag_note(
-		    d, tag->client, tag->seq, tag->base + 1, tag->n, false);
+		qpi_dq_tag_note(d, tag->client, tag->seq, tag->base + 1,
+		    tag->n, false, qpi_now_ms());
 		pthread_mutex_unlock(&d->mu);
 	}
 	return QP_OK;

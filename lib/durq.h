@@ -20,12 +20,15 @@
  * is read as it is and its header rewritten to 2 when opened (an older
  * reader then refuses it with QP_EVERSION instead of misreading it).
  *
- * Tags. Replaying the log rebuilds the last QPI_SHMQ_TAGS_MAX put
- * requests of qpiped (qpi_durq_tags): which (client id, seq) are in the
- * queue, and how many items of a batch cut short by a kill. Compaction
- * writes them as MARK records ahead of the live PUTs, so they outlive
- * their items; a put cancelled after its record was written appends a
- * MARK that takes it back. The live items are
+ * Tags. The queue remembers qpiped's put requests (qpi_durq_tags): which
+ * (client id, seq) are in it, and how many items of a batch cut short by
+ * a kill; every request of the last QPI_DURQ_TAG_KEEP_MS, at least the
+ * last QPI_DURQ_TAGS_MIN, at most QPI_DURQ_TAGS_MAX. Replaying the log
+ * rebuilds them (up to QPI_DURQ_TAGS_MAX, each counted as noted at the
+ * open: the log keeps no times). Compaction writes them as MARK records
+ * ahead of the live PUTs, so they outlive their items; a put cancelled
+ * after its record was written appends a MARK that takes it back. The
+ * live items are
  * the PUTs without a DONE, in id order: a get that is confirmed (a plain
  * get, or an ack of a lease) appends DONE, never synced on its own (a DONE
  * lost to a power cut only delivers its item again); a leased item has
@@ -44,10 +47,19 @@
  * QP_ECORRUPT naming the file and offset, and the file is left untouched
  * (quarantined: nothing is served from it).
  *
- * A full disk: a put whose record cannot be written fails with QP_ENOSPC
- * (the partial record is cut off, nothing is stored or acknowledged);
- * gets go on, their DONE records wait in memory until the disk takes
- * them again (until then a restart would deliver those items again).
+ * A full disk. The log holds room back past its end (fallocate with
+ * FALLOC_FL_KEEP_SIZE: the file's size does not change): the DONE record
+ * of every live item, the MARK of every remembered tag, and 64 KiB. A put
+ * first makes sure of room for its record and for what it will owe; if
+ * the disk has none, it fails with QP_ENOSPC (nothing is written, stored
+ * or acknowledged). So gets always find room for their DONE records, and
+ * a consumed item stays consumed across a restart. While puts meet a full
+ * disk, the log is compacted as soon as half of it is dead (and before a
+ * put fails, if compacting frees enough), when the copy fits in what the
+ * disk has left plus the room held back (given back to the file system
+ * first): a drained queue always fits, so puts resume. Where the file
+ * system cannot preallocate, DONE records that find no room wait in
+ * memory and a compaction leaves their items out.
  *
  * Locking: one mutex per queue guards the file, the id counter and the
  * maps; the shared-memory queue has its own locks, and blocking waits on
@@ -150,7 +162,18 @@ int qpi_durq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 int qpi_durq_put_tagged(qpi_durq *d, const void *buf, size_t len,
     unsigned kind, const qpi_shmq_tag *tag, uint64_t *ticket);
 
-/* Copies the last put requests' tags, oldest first, into v (up to cap);
+/* The put requests a durable queue remembers (qpi_durq_tags): every one
+ * noted in the last QPI_DURQ_TAG_KEEP_MS, and at least the last
+ * QPI_DURQ_TAGS_MIN, but never more than QPI_DURQ_TAGS_MAX (the oldest
+ * go first). Opening counts every request the log holds as noted then.
+ * The client's retry horizon (QPI_RQ_RECONNECT_MS after the connection
+ * was lost, plus the call's wait) is well inside KEEP_MS. */
+#define QPI_DURQ_TAGS_MIN    1024u
+#define QPI_DURQ_TAGS_MAX    65536u
+#define QPI_DURQ_TAG_KEEP_MS 60000
+
+/* Copies the remembered put requests' tags, oldest first, into v (up to
+ * cap);
  * each with done > 0 (items of it in the log). A request may appear
  * twice: the larger done counts. */
 int qpi_durq_tags(qpi_durq *d, qpi_shmq_tag *v, size_t cap, size_t *np);

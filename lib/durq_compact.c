@@ -1,8 +1,11 @@
 /*
  * durq_compact.c - compaction of a durable queue's log: when dead records
- * outweigh the live ones, the live PUTs (after MARK records for the last
- * put requests' tags) are copied to NAME.tmp, synced, and renamed over the
- * log.
+ * outweigh the live ones, the live PUTs (after MARK records for the
+ * remembered put requests' tags) are copied to NAME.tmp, synced, and
+ * renamed over the log. On a full disk (a put found no room) it runs as
+ * soon as half the log is dead, and only when the copy fits in what the
+ * disk has left plus the room the log holds back past its end, which it
+ * gives back to the file system first.
  *
  * Locking: runs with d->mu held (durq_int.h); it waits for a sync of the
  * flusher's to end before it swaps the file.
@@ -16,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 /* A live item on its way into the new file. */
@@ -33,8 +37,11 @@ static void
 dq_collect(qpi_hnode *n, void *arg)
 {
 	dq_moves *m = arg;
+	qpi_dq_live *e = (qpi_dq_live *) n;
 
-	m->v[m->n++].e = (qpi_dq_live *) n;
+	if (!e->gone) { /* a gone item is left out: that is its DONE */
+		m->v[m->n++].e = e;
+	}
 }
 
 static int
@@ -74,8 +81,8 @@ dq_copy(int from, uint64_t off, int to, uint64_t toff, uint64_t len)
 static int
 dq_write_marks(qpi_durq *d, int fd, uint64_t *toffp)
 {
-	const size_t rec = DQ_REC_HDR + DQ_MARK_LEN;
-	uint64_t i = d->tags_next > DQ_TAGS ? d->tags_next - DQ_TAGS : 0;
+	const size_t rec = DQ_MARK_REC;
+	uint64_t i = d->tags_first;
 	size_t n = 0;
 	uint8_t *buf;
 	int e;
@@ -87,7 +94,7 @@ dq_write_marks(qpi_durq *d, int fd, uint64_t *toffp)
 		return ENOMEM;
 	}
 	for (; i < d->tags_next; i++) {
-		const qpi_shmq_tag *t = &d->tags[i % DQ_TAGS];
+		const qpi_shmq_tag *t = &d->tags[i % d->tags_cap];
 		uint8_t *p = buf + n * rec;
 		p[DQ_REC_HDR] = DQ_T_MARK;
 		qpi_dq_tag_encode(
@@ -107,9 +114,11 @@ dq_write_marks(qpi_durq *d, int fd, uint64_t *toffp)
 	return e;
 }
 
-/* Rewrites the log with the live items only. d->mu held. */
+/* Rewrites the log with the live items only; punch: first give the
+ * room held back past the log's end to the file system (a full disk:
+ * the copy needs it). d->mu held. */
 static int
-dq_compact(qpi_durq *d)
+dq_compact(qpi_durq *d, bool punch)
 {
 	char *tmp = qpi_dq_tmp_path(d->path);
 	dq_moves m = {NULL, 0};
@@ -135,6 +144,19 @@ dq_compact(qpi_durq *d)
 		qsort(v, n, sizeof(*v), dq_cmp_id);
 	}
 	qpi_dq_hdr_encode(h, &d->cfg);
+	if (punch) {
+		/* tmpfs gives blocks past the end back to a punch, ext4 (and
+		 * xfs) to a truncate to the size the file has. */
+		if (d->alloc_end > d->end) {
+			(void) fallocate(d->fd,
+			    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			    (off_t) d->end, (off_t) (d->alloc_end - d->end));
+		}
+		if (ftruncate(d->fd, (off_t) d->end) != 0) {
+			/* nothing more to give back */
+		}
+		d->alloc_end = d->end;
+	}
 	fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		rv = qpi_dq_errno(errno, "cannot create", tmp);
@@ -171,15 +193,23 @@ dq_compact(qpi_durq *d)
 		v[i].e->off = v[i].to;
 	}
 	d->end = toff;
+	d->alloc_end = toff;
 	d->dirty = false;
 	d->synced = d->wseq; /* every live record is in the synced copy */
 	d->compactions++;
+	/* The items whose DONE waited are not in the new log. */
+	for (size_t i = 0; i < d->npending; i++) {
+		qpi_dq_live_drop(d, d->pending[i]);
+	}
+	d->npending = 0;
+	(void) qpi_dq_reserve(d, 0);
 	goto out;
 fail:
 	rv = qpi_dq_errno(e, "cannot compact into", tmp);
 	close(fd);
 	fd = -1;
 	unlink(tmp);
+	(void) qpi_dq_reserve(d, 0); /* what the punch gave back */
 out:
 	if (fd >= 0) {
 		close(fd);
@@ -194,15 +224,61 @@ qpi_dq_maybe_compact(qpi_durq *d)
 {
 	uint64_t dead = d->end - DQ_HDR - d->live_bytes;
 
-	if (d->end < d->compact_at || dead < DQ_COMPACT_MIN
-	    || dead < 2 * d->live_bytes || d->npending > 0) {
+	if (d->nospc) {
+		/* A full disk: as soon as half the log is dead. */
+		if (dead >= d->live_bytes) {
+			(void) qpi_dq_compact_for_room(d, 1);
+		}
 		return;
 	}
-	if (dq_compact(d) != QP_OK) {
+	/* The MARKs a compaction writes are not what it frees. */
+	uint64_t marks = (d->tags_next - d->tags_first) * DQ_MARK_REC;
+	dead = dead > marks ? dead - marks : 0;
+	if (d->end < d->compact_at || dead < DQ_COMPACT_MIN
+	    || dead < 2 * d->live_bytes) {
+		return;
+	}
+	if (dq_compact(d, false) != QP_OK) {
 		/* No room for the copy, say: try again once it grew. */
 		d->compact_at = d->end
 		    + (d->end > DQ_COMPACT_MIN ? d->end : DQ_COMPACT_MIN);
 	} else {
 		d->compact_at = 0;
 	}
+}
+
+int
+qpi_dq_compact_for_room(qpi_durq *d, uint64_t want)
+{
+	uint64_t size = DQ_HDR + (d->tags_next - d->tags_first) * DQ_MARK_REC
+	    + d->live_bytes;
+	uint64_t held = d->alloc_end > d->end ? d->alloc_end - d->end : 0;
+	uint64_t room, slack;
+	struct statvfs vs;
+	bool punch;
+	int rv;
+
+	if (size >= d->end || d->end - size < want) {
+		return qpi_err(QP_ENOSPC,
+		    "no space left on the disk of %s (compacting it would "
+		    "not free enough)",
+		    d->path);
+	}
+	if (fstatvfs(d->fd, &vs) != 0) {
+		return qpi_dq_errno(
+		    errno, "cannot stat the file system of", d->path);
+	}
+	room = (uint64_t) vs.f_bavail * vs.f_frsize;
+	slack = 2 * (uint64_t) (vs.f_frsize > 0 ? vs.f_frsize : 4096);
+	punch = room < size + slack;
+	if (punch && room + held < size + slack) {
+		return qpi_err(QP_ENOSPC,
+		    "no space left on the disk of %s (no room to compact it)",
+		    d->path);
+	}
+	if ((rv = dq_compact(d, punch)) == QP_OK) {
+		d->nospc = false;
+		d->compact_at = 0;
+	}
+	return rv;
 }

@@ -40,15 +40,22 @@
 #define DQ_T_MARK      4u /* a request's tag alone (kept by compaction) */
 #define DQ_TAG_LEN     32u /* client id, seq, index or done, n */
 #define DQ_MARK_LEN    (1u + DQ_TAG_LEN)
-#define DQ_TAGS        QPI_SHMQ_TAGS_MAX
+#define DQ_DONE_REC    (DQ_REC_HDR + DQ_DONE_LEN)
+#define DQ_MARK_REC    (DQ_REC_HDR + DQ_MARK_LEN)
 #define DQ_WRAP        9u /* id and kind before an item in the shm queue */
 #define DQ_COMPACT_MIN (4ull * 1024 * 1024)
+/* Room held back past the log's end beyond the DONE and MARK records it
+ * owes (a compaction's header and page rounding), and the step in which
+ * room is taken from the file system. */
+#define DQ_RESERVE_FIX  (64u * 1024)
+#define DQ_RESERVE_STEP (64u * 1024)
 
 /* A live item: a PUT record in the log without its DONE. */
 typedef struct qpi_dq_live {
 	qpi_hnode node; /* key: the item's id */
 	uint64_t off; /* the record's offset in the log */
 	uint64_t bytes; /* the record's bytes, its header included */
+	bool gone; /* got for good, its DONE waiting in d->pending */
 } qpi_dq_live;
 
 /* A lease taken with qpi_durq_get_lease, not yet acked. */
@@ -82,8 +89,21 @@ struct qpi_durq {
 	uint64_t compactions, syncs;
 	uint64_t wseq; /* bytes ever appended (survives compaction) */
 	uint64_t synced; /* wseq known to be on disk */
-	qpi_shmq_tag *tags; /* the last DQ_TAGS put requests (ring) */
+	/* The put requests remembered (a ring of tags_cap, growing up to
+	 * QPI_DURQ_TAGS_MAX): tags_first..tags_next-1, each noted at
+	 * tag_ms (monotonic; replayed ones at the open). */
+	qpi_shmq_tag *tags;
+	int64_t *tag_ms;
+	size_t tags_cap;
+	uint64_t tags_first; /* the oldest remembered */
 	uint64_t tags_next; /* tags noted, ever */
+	/* Room on the disk: blocks are allocated (fallocate, KEEP_SIZE) up
+	 * to alloc_end, so that the DONE of every live item, the MARKs a
+	 * compaction writes and DQ_RESERVE_FIX always fit (qpi_dq_reserve).
+	 * prealloc: the file system can do it. */
+	uint64_t alloc_end;
+	bool prealloc;
+	bool nospc; /* a put met a full disk: compact as soon as it helps */
 	int refs; /* qpi_durq_hold */
 	pid_t pid; /* the process that opened it */
 };
@@ -101,9 +121,15 @@ qpi_dq_live *qpi_dq_live_find(qpi_durq *d, uint64_t id);
 void qpi_dq_live_drop(qpi_durq *d, uint64_t id);
 
 /* Notes that request (client, seq) of n items has done of them in the
- * log (set: exactly done, a cancelled put; else at least done). */
+ * log (set: exactly done, a cancelled put; else at least done), at time
+ * now_ms; forgets the requests older than QPI_DURQ_TAG_KEEP_MS beyond the
+ * newest QPI_DURQ_TAGS_MIN, and the oldest beyond QPI_DURQ_TAGS_MAX. */
 void qpi_dq_tag_note(qpi_durq *d, const uint8_t *client, uint64_t seq,
-    uint32_t done, uint32_t n, bool set);
+    uint32_t done, uint32_t n, bool set, int64_t now_ms);
+
+/* Bytes the log must hold allocated past its end: the DONE record of
+ * every live item, a MARK per remembered tag, DQ_RESERVE_FIX. */
+uint64_t qpi_dq_reserve_need(qpi_durq *d);
 
 /* ---- durq_log.c: the file and its records ---- */
 
@@ -143,6 +169,12 @@ int qpi_dq_append(qpi_durq *d, const uint8_t *b1, size_t n1, const void *b2,
  * cut the file back if the sync fails. */
 int qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer);
 
+/* Makes sure blocks are allocated up to d->end + extra +
+ * qpi_dq_reserve_need (extra: a record about to be appended and what it
+ * will owe). QP_OK (also where the file system cannot preallocate), or
+ * QP_ENOSPC with a message: nothing was written. */
+int qpi_dq_reserve(qpi_durq *d, uint64_t extra);
+
 /* Appends the DONE record of item id. */
 int qpi_dq_write_done(qpi_durq *d, uint64_t id);
 
@@ -168,5 +200,11 @@ int qpi_dq_load(qpi_durq *d, qpi_durq_info *info);
  * them (4 MiB, and twice the live bytes); on failure, tries again only
  * once the log has grown. */
 void qpi_dq_maybe_compact(qpi_durq *d);
+
+/* On a full disk (d->nospc): rewrites the log now if that frees at least
+ * want bytes and the copy fits in the room the disk has left plus the
+ * room the log holds back. QP_OK if it did, else an error (QP_ENOSPC:
+ * it would not fit or not help). */
+int qpi_dq_compact_for_room(qpi_durq *d, uint64_t want);
 
 #endif /* QPI_DURQ_INT_H */

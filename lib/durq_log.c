@@ -2,7 +2,9 @@
  * durq_log.c - a durable queue's log file (durq.h sets out its layout):
  * the header, appending records with their CRC-32C, making them durable
  * per the queue's fsync policy (synced at once, or by the flusher thread
- * of an "interval" queue), and the fsync policies themselves.
+ * of an "interval" queue), the room held back past the log's end for
+ * the records it owes (qpi_dq_reserve), and the fsync policies
+ * themselves.
  *
  * Locking: the calls on a qpi_durq run with d->mu held (durq_int.h); the
  * flusher takes it to note what to sync and drops it for the fdatasync.
@@ -282,6 +284,7 @@ qpi_dq_append(qpi_durq *d, const uint8_t *b1, size_t n1, const void *b2,
 	}
 	qpi_le32_put(hdr + 4, crc);
 	if ((e = qpi_dq_pwritev_all(d->fd, iov, n, d->end)) != 0) {
+		d->alloc_end = d->end; /* as far as we know */
 		if (ftruncate(d->fd, (off_t) d->end) != 0) {
 			/* The cut-off part fails its CRC at the next open
 			 * and is cut then (a torn tail). */
@@ -309,6 +312,7 @@ qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer)
 			if (ftruncate(d->fd, (off_t) undo_end) == 0) {
 				d->end = undo_end;
 			}
+			d->alloc_end = d->end;
 			return qpi_dq_errno(e, "cannot sync", d->path);
 		}
 		d->syncs++;
@@ -323,6 +327,47 @@ qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer)
 		}
 	}
 	return QP_OK;
+}
+
+/* ---- room held back ---- */
+
+uint64_t
+qpi_dq_reserve_need(qpi_durq *d)
+{
+	return DQ_RESERVE_FIX + (uint64_t) d->live.n * DQ_DONE_REC
+	    + (d->tags_next - d->tags_first) * DQ_MARK_REC;
+}
+
+int
+qpi_dq_reserve(qpi_durq *d, uint64_t extra)
+{
+	uint64_t want = d->end + extra + qpi_dq_reserve_need(d);
+	uint64_t step;
+
+	if (!d->prealloc || d->alloc_end >= want) {
+		return QP_OK;
+	}
+	/* Whole steps at a time (fewer calls), else just what is due. */
+	step
+	    = (want + DQ_RESERVE_STEP - 1) / DQ_RESERVE_STEP * DQ_RESERVE_STEP;
+	for (int i = 0; i < 2; i++) {
+		uint64_t to = i == 0 ? step : want;
+		if (fallocate(d->fd, FALLOC_FL_KEEP_SIZE, (off_t) d->end,
+		        (off_t) (to - d->end))
+		    == 0) {
+			d->alloc_end = to;
+			return QP_OK;
+		}
+		if (errno == EOPNOTSUPP || errno == ENOSYS) {
+			d->prealloc = false; /* writes find room as they go */
+			return QP_OK;
+		}
+		if (errno != ENOSPC && errno != EDQUOT) {
+			return qpi_dq_errno(
+			    errno, "cannot allocate room in", d->path);
+		}
+	}
+	return qpi_dq_errno(ENOSPC, "cannot allocate room in", d->path);
 }
 
 int

@@ -30,13 +30,17 @@ dq_all_zero(const uint8_t *p, uint64_t n)
 	return true;
 }
 
-/* Notes the tag a PUT_TAG (put) or MARK record carries at p. */
+/* Notes the tag a PUT_TAG (put) or MARK record carries at p, as of now
+ * (the log keeps no times: a restarted server remembers every request
+ * the log holds, up to QPI_DURQ_TAGS_MAX, for the window from its
+ * start). */
 static void
-dq_tag_note_rec(qpi_durq *d, const uint8_t *p, bool put)
+dq_tag_note_rec(qpi_durq *d, const uint8_t *p, bool put, int64_t now_ms)
 {
 	uint32_t v = qpi_le32_get(p + 24), n = qpi_le32_get(p + 28);
 
-	qpi_dq_tag_note(d, p, qpi_le64_get(p + 16), put ? v + 1 : v, n, !put);
+	qpi_dq_tag_note(
+	    d, p, qpi_le64_get(p + 16), put ? v + 1 : v, n, !put, now_ms);
 }
 
 typedef struct dq_scan {
@@ -56,6 +60,7 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 	uint64_t off = DQ_HDR;
 	uint64_t maxlen = DQ_PUT_FIX + d->cfg.max_message;
 	uint64_t last_id = 0;
+	int64_t now_ms = qpi_now_ms();
 
 	while (off < size) {
 		uint64_t left = size - off;
@@ -111,7 +116,8 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 		    && id > last_id) {
 			last_id = id;
 			if (tagged) {
-				dq_tag_note_rec(d, b + len - DQ_TAG_LEN, true);
+				dq_tag_note_rec(
+				    d, b + len - DQ_TAG_LEN, true, now_ms);
 			}
 			if (qpi_dq_live_add(d, id, off, DQ_REC_HDR + len)
 			    != QP_OK) {
@@ -132,7 +138,7 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 			s->order[s->norder++] = id;
 		} else if (b[0] == DQ_T_MARK && len == DQ_MARK_LEN
 		    && s->version >= 2) {
-			dq_tag_note_rec(d, b + 1, false);
+			dq_tag_note_rec(d, b + 1, false, now_ms);
 		} else if (b[0] == DQ_T_DONE && len == DQ_DONE_LEN) {
 			qpi_dq_live_drop(d, id);
 		} else {

@@ -31,6 +31,7 @@ struct qp_queue {
 	const qpi_queue_ops *ops;
 	void *impl;
 	int closed;
+	struct qpi_qrd *rd; /* readiness (qwait.c), NULL until asked for */
 };
 
 /* ---- the shared-memory backend's ops ---- */
@@ -587,11 +588,30 @@ static int
 q_get_op(qp_queue *q, unsigned flags, void *into, size_t cap, void **bufp,
     size_t *lenp, qp_duration timeout)
 {
-	int64_t dl = qpi_queue_deadline(timeout);
+	return qpi_queue_get_op(
+	    q, flags, into, cap, bufp, lenp, qpi_queue_deadline(timeout));
+}
 
-	return q->ops->get != NULL
+/* ---- issue 16: readiness state, the get behind get_any ---- */
+
+int
+qpi_queue_get_op(qp_queue *q, unsigned flags, void *into, size_t cap,
+    void **bufp, size_t *lenp, int64_t dl)
+{
+	int rc = q->ops->get != NULL
 	    ? q->ops->get(q->impl, flags, into, cap, bufp, lenp, dl)
 	    : qpi_shmq_get(q_sq(q), flags, into, cap, bufp, lenp, dl);
+
+	if (rc == QP_EEMPTY && q->rd != NULL) {
+		qpi_qrd_empty(q);
+	}
+	return rc;
+}
+
+struct qpi_qrd **
+qpi_queue_rd(qp_queue *q)
+{
+	return &q->rd;
 }
 
 /* qsize for the front: the backend's, or its shared-memory queue's. */
@@ -776,8 +796,15 @@ qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts)
 		    qp == NULL ? "qp" : "addr");
 	}
 	*qp = NULL;
-	if ((rc = q_opts(opts, &cfg, &flags)) != QP_OK
-	    || (rc = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
+	if ((rc = q_opts(opts, &cfg, &flags)) != QP_OK) {
+		return rc;
+	}
+	/* issue 16: several servers, one partition each (part.c). */
+	bool parted = false;
+	if ((rc = qpi_part_open(qp, addr, opts, &parted)) != QP_OK || parted) {
+		return rc;
+	}
+	if ((rc = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
 		return rc;
 	}
 	if (a.kind != QPI_ADDR_SHM) {
@@ -843,6 +870,9 @@ qp_queue_close(qp_queue *q)
 		return qpi_err(QP_EINVAL, "queue handle is NULL");
 	}
 	if (__atomic_exchange_n(&q->closed, 1, __ATOMIC_ACQ_REL) == 0) {
+		if (q->rd != NULL) {
+			qpi_qrd_stop(q->rd); /* issue 16: readiness */
+		}
 		if (q->ops->close != NULL) {
 			q->ops->close(q->impl);
 		} else {
@@ -859,6 +889,7 @@ qp_queue_free(qp_queue *q)
 		return;
 	}
 	qp_queue_close(q);
+	qpi_qrd_free(q->rd); /* issue 16: readiness */
 	q->ops->free(q->impl);
 	free(q);
 }
@@ -871,6 +902,10 @@ qp_queue_unlink_opts(const char *addr, const qp_conn_opts *conn)
 
 	if (addr == NULL) {
 		return qpi_err(QP_EINVAL, "qp_queue_unlink: addr is NULL");
+	}
+	bool parted = false; /* issue 16: every partition */
+	if ((rc = qpi_part_unlink(addr, conn, &parted)) != QP_OK || parted) {
+		return rc;
 	}
 	if ((rc = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
 		return rc;
@@ -1058,10 +1093,17 @@ q_complete(qp_queue *tasks, qp_queue *results, const void *buf, size_t len,
 	    || (rc = q_ready(results)) != QP_OK) {
 		return rc;
 	}
-	if (tasks->ops->complete == NULL) {
+	if (tasks->ops->complete == NULL && qpi_queue_shmq(tasks) != NULL) {
 		return qpi_err(QP_EINVAL,
 		    "qp_queue_complete: the tasks queue was not opened in "
 		    "worker mode (QP_OPEN_LEASE)");
+	}
+	if (tasks->ops->complete == NULL) {
+		/* A durable shm:// queue, or one over several servers. */
+		return qpi_err(QP_ENOTSUP,
+		    "qp_queue_complete: this tasks queue (durable shm://, or "
+		    "spread over several servers) cannot complete in one "
+		    "step");
 	}
 	if (tasks == results) {
 		return qpi_err(QP_EINVAL,

@@ -55,6 +55,14 @@ typedef struct qpi_queue_ops {
 	 * can do that with. NULL: QP_EINVAL, as nack. */
 	int (*complete)(void *impl, qp_queue *results, const void *buf,
 	    size_t len, unsigned kind, int64_t deadline_ns);
+	/* Readiness (qwait.c; issue 16): the handle's fd, and whether a
+	 * get would find an item now. NULL: the shared-memory queue's,
+	 * which qwait.c watches itself. */
+	int (*fd)(void *impl, int *fdp);
+	int (*ready)(void *impl, bool *readyp);
+	/* A put placed by key (partitioned queues); NULL: put, key unused. */
+	int (*put_key)(void *impl, const void *key, size_t klen,
+	    const void *buf, size_t len, unsigned kind, int64_t deadline_ns);
 	/* Makes calls blocked in this handle return QP_ECLOSED, at once. */
 	void (*close)(void *impl);
 	/* Releases impl; no call is in progress any more. */
@@ -74,6 +82,55 @@ extern const qpi_queue_ops qpi_shmq_ops;
 /* The shared-memory queue behind a shm:// handle (plain or worker mode),
  * or NULL for any other backend (remote, durable). */
 struct qpi_shmq *qpi_queue_shmq(qp_queue *q);
+
+/* ---- issue 16: readiness and gets over many queues (qwait.c) ---- */
+
+/* A get with an absolute deadline, as the public calls make it (flags:
+ * QPI_GET_OBJ); an empty queue clears the handle's readiness signal. */
+int qpi_queue_get_op(qp_queue *q, unsigned flags, void *into, size_t cap,
+    void **bufp, size_t *lenp, int64_t deadline_ns);
+
+/* The handle's readiness state (qwait.c's; NULL until qp_queue_fd). */
+struct qpi_qrd;
+struct qpi_qrd **qpi_queue_rd(qp_queue *q);
+
+/* qwait.c: a shared-memory handle found empty (clears its fd, looks
+ * again); stops the readiness thread (close); frees the state. */
+void qpi_qrd_empty(qp_queue *q);
+void qpi_qrd_stop(struct qpi_qrd *rd);
+void qpi_qrd_free(struct qpi_qrd *rd);
+
+/* Ready now (qwait.c): a get would find an item. */
+int qpi_queue_ready_now(qp_queue *q, bool *readyp);
+
+/* The get over many queues behind qp_queue_get_any (and a partitioned
+ * queue's get): deadline_ns absolute, 0 = look once. */
+int qpi_queue_get_any(qp_queue *const *qs, size_t n, unsigned flags,
+    size_t *whichp, void *into, size_t cap, void **bufp, size_t *lenp,
+    int64_t deadline_ns);
+
+/* The partitioned backend (part.c): opens addr if it names several
+ * servers (*isp true), else leaves *qp alone (*isp false). */
+int qpi_part_open(
+    qp_queue **qp, const char *addr, const qp_queue_opts *opts, bool *isp);
+extern const qpi_queue_ops qpi_part_ops;
+
+/* As qp_queue_unlink for an address of several servers (every partition
+ * deleted; *isp false when addr names one server). */
+int qpi_part_unlink(const char *addr, const qp_conn_opts *conn, bool *isp);
+
+/* Batches on a partitioned queue (impl: part.c's): a put_many goes in
+ * one slice per partition up, round robin, each slice all or nothing on
+ * its partition; a get_many takes a batch from the first partition that
+ * has items, waiting until deadline_ns for one. obj: msgpack values, as
+ * qp_queue_put_many_obj and qp_queue_get_many_obj. */
+int qpi_part_put_many(void *impl, const void *const *bufs, const size_t *lens,
+    size_t n, bool obj, int64_t deadline_ns);
+int qpi_part_get_many(void *impl, void **bufs, size_t *lens, size_t max,
+    size_t *np, bool obj, int64_t deadline_ns);
+
+/* qp_addr_check, addresses of several servers included. */
+int qpi_part_check(const char *addr);
 
 /* A growable list of lease ids, oldest first, each with a value (its
  * delivery count, or when it comes back): a worker-mode handle's items

@@ -15,9 +15,12 @@
 #include "rclient.h"
 #include "shmq.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 int
 qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
@@ -223,15 +226,30 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 	return rv;
 }
 
+/* issue 16: the item kept ahead for the readiness fd (below). */
+typedef struct rq_pf rq_pf;
+static rq_pf *pf_of(qpi_rq *r);
+static int pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
+    void **bufp, size_t *lenp, int64_t deadline_ns);
+
 static int
 rq_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
     size_t *lenp, int64_t deadline_ns)
 {
 	qpi_rq *r = impl;
 	qpi_wire_item item;
+	rq_pf *pf = pf_of(r);
 	rq_call c;
 	int rv;
 
+	if (pf != NULL) {
+		/* issue 16: once an item is kept ahead, gets take from there
+		 * only (its fetch holds the head: FIFO stays), so an item
+		 * put a moment ago may not be seen by a get that does not
+		 * wait, as with Python's Queue and its feeder thread. */
+		return pf_get(
+		    r, pf, flags, into, cap, bufp, lenp, deadline_ns);
+	}
 	if ((rv = rq_get_call(r, &c, &item, 1, deadline_ns)) != QP_OK) {
 		return rv;
 	}
@@ -281,6 +299,15 @@ qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max, size_t *np,
 	int rv;
 
 	*np = 0;
+	if (pf_of(r) != NULL) {
+		/* issue 16: the item kept ahead, alone (see rq_get). */
+		rv = pf_get(
+		    r, pf_of(r), 0, NULL, 0, &bufs[0], &lens[0], deadline_ns);
+		if (rv == QP_OK) {
+			*np = 1;
+		}
+		return rv;
+	}
 	if (want > 16 && (items = calloc(want, sizeof(*items))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory for %u items", want);
 	}
@@ -767,18 +794,395 @@ qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o, qp_queue_info **listp,
 	return rv;
 }
 
+/* ---- issue 16: one item kept ahead, for the readiness fd ----
+ *
+ * qp_queue_fd on a remote handle starts a thread that gets one item
+ * (leased to the connection for PF_LEASE_MS, renewed every PF_RENEW_MS
+ * while it waits) and keeps it, the eventfd readable, until a get of the
+ * handle takes it: then the lease becomes the handle's (a plain handle
+ * confirms it, a QP_OPEN_LEASE handle's runs lease_ms from then on). A
+ * lease the server no longer has (a restart, an expiry) is dropped and
+ * the next item taken. A close ends the thread (its call ends with the
+ * connection); a dropped connection gives the item back to the queue.
+ * pf->mu guards the slot; never held across a call. */
+
+#define PF_LEASE_MS   60000
+#define PF_RENEW_MS   20000
+#define PF_BACKOFF_MS 200
+
+struct rq_pf {
+	pthread_mutex_t mu;
+	pthread_cond_t cv; /* the slot changed, or stop */
+	pthread_t thr;
+	bool thr_on;
+	pid_t pid;
+	int efd;
+	bool stop;
+	bool full;
+	uint8_t *item; /* the item's msgpack encoding */
+	size_t len;
+	uint64_t lease_id;
+	uint32_t deliveries;
+	int64_t renewed_ms;
+};
+
+static pthread_mutex_t pf_make_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static rq_pf *
+pf_of(qpi_rq *r)
+{
+	rq_pf *pf = __atomic_load_n(&r->pf, __ATOMIC_ACQUIRE);
+
+	return pf != NULL && pf->pid == getpid() ? pf : NULL;
+}
+
+/* With pf->mu held: the eventfd follows the slot. */
+static void
+pf_signal(rq_pf *pf, bool on)
+{
+	uint64_t v = 1;
+
+	if (on) {
+		while (write(pf->efd, &v, sizeof(v)) < 0 && errno == EINTR) {
+		}
+	} else {
+		while (read(pf->efd, &v, sizeof(v)) < 0 && errno == EINTR) {
+		}
+	}
+}
+
+/* Acks or touches one lease: *missingp when the server has it no more. */
+static int
+pf_lease_op(
+    qpi_rq *r, uint32_t op, uint64_t id, uint64_t lease_ms, bool *missingp)
+{
+	uint64_t missing[1];
+	rq_call c;
+	int rv;
+
+	qpi_rq_call_init(&c, r, op);
+	c.req.ids = &id;
+	c.req.nids = 1;
+	c.req.ids_cap = 1;
+	c.req.lease_ms = lease_ms;
+	c.rep.ids = missing;
+	c.rep.ids_cap = 1;
+	rv = qpi_rq_run(r, &c);
+	*missingp = rv == QP_OK && c.rep.nids > 0;
+	qpi_rq_call_done(&c);
+	return rv;
+}
+
+/* One blocking get of one item, leased to the connection (WORK mode). */
+static int
+pf_fetch(qpi_rq *r, rq_call *c, qpi_wire_item *item)
+{
+	int rv;
+
+	if ((rv = qpi_rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	do {
+		qpi_rq_call_init(c, r, QPI_OP_GET);
+		c->req.max_items = 1;
+		c->req.lease_mode = QPI_LEASE_WORK;
+		c->req.lease_ms = PF_LEASE_MS;
+		c->blocking = true;
+		c->deadline_ns = INT64_MAX;
+		c->rep.items = item;
+		c->rep.items_cap = 1;
+		rv = qpi_rq_run(r, c);
+		if (rv != QP_OK) {
+			qpi_rq_call_done(c);
+		}
+	} while (rv == QP_EEMPTY);
+	if (rv == QP_OK && c->rep.nitems != 1) {
+		qpi_rq_call_done(c);
+		rv = qpi_err(QP_EPROTO, "%s answered a get of 1 with %u items",
+		    r->url, c->rep.nitems);
+	}
+	return rv;
+}
+
+static void *
+pf_main(void *arg)
+{
+	qpi_rq *r = arg;
+	rq_pf *pf = r->pf;
+
+	pthread_mutex_lock(&pf->mu);
+	while (!pf->stop) {
+		if (pf->full) {
+			int64_t due = (pf->renewed_ms + PF_RENEW_MS) * 1000000;
+			if (qpi_cond_wait(&pf->cv, &pf->mu, due)
+			        != QP_ETIMEDOUT
+			    || !pf->full || pf->stop) {
+				continue;
+			}
+			uint64_t id = pf->lease_id;
+			bool missing = false;
+			pthread_mutex_unlock(&pf->mu);
+			(void) pf_lease_op(
+			    r, QPI_OP_TOUCH, id, PF_LEASE_MS, &missing);
+			pthread_mutex_lock(&pf->mu);
+			pf->renewed_ms = qpi_now_ms();
+			if (missing && pf->full && pf->lease_id == id) {
+				free(pf->item);
+				pf->item = NULL;
+				pf->full = false;
+				pf_signal(pf, false);
+			}
+			continue;
+		}
+		pthread_mutex_unlock(&pf->mu);
+		qpi_wire_item item;
+		rq_call c;
+		int rv = pf_fetch(r, &c, &item);
+		uint8_t *copy = NULL;
+		if (rv == QP_OK && (copy = malloc(item.len + 1)) != NULL) {
+			memcpy(copy, item.data, item.len);
+		}
+		pthread_mutex_lock(&pf->mu);
+		if (rv == QP_OK && copy != NULL && !pf->stop) {
+			pf->item = copy;
+			pf->len = item.len;
+			pf->lease_id = item.lease_id;
+			pf->deliveries = item.deliveries;
+			pf->renewed_ms = qpi_now_ms();
+			pf->full = true;
+			pf_signal(pf, true);
+			pthread_cond_broadcast(&pf->cv);
+			qpi_rq_call_done(&c);
+		} else if (rv == QP_OK) {
+			/* Out of memory or closing: back to the queue. */
+			free(copy);
+			pthread_mutex_unlock(&pf->mu);
+			if (!r->closed) {
+				rq_release(r, item.lease_id);
+			}
+			qpi_rq_call_done(&c);
+			pthread_mutex_lock(&pf->mu);
+			if (!pf->stop) {
+				qpi_cond_wait(&pf->cv, &pf->mu,
+				    qpi_now_ns() + PF_BACKOFF_MS * 1000000ll);
+			}
+		} else if (rv == QP_ECLOSED) {
+			break;
+		} else if (!pf->stop) {
+			/* The server is away: try again in a moment. */
+			qpi_cond_wait(&pf->cv, &pf->mu,
+			    qpi_now_ns() + PF_BACKOFF_MS * 1000000ll);
+		}
+	}
+	pthread_mutex_unlock(&pf->mu);
+	qpi_err_clear();
+	return NULL;
+}
+
+/* Takes the item kept ahead, waiting until deadline_ns for one; QP_EEMPTY
+ * when none came, QP_ECLOSED once stopped. */
+static int
+pf_take(qpi_rq *r, rq_pf *pf, int64_t deadline_ns, qpi_wire_item *it)
+{
+	pthread_mutex_lock(&pf->mu);
+	while (!pf->full && !pf->stop && deadline_ns != 0) {
+		if (qpi_cond_wait(&pf->cv, &pf->mu, deadline_ns)
+		    == QP_ETIMEDOUT) {
+			break;
+		}
+	}
+	if (!pf->full) {
+		bool stop = pf->stop;
+		pthread_mutex_unlock(&pf->mu);
+		return stop
+		    ? qpi_err(
+		        QP_ECLOSED, "%s/%s: handle closed", r->url, r->name)
+		    : qpi_err(QP_EEMPTY, "%s/%s is empty", r->url, r->name);
+	}
+	it->data = pf->item;
+	it->len = pf->len;
+	it->lease_id = pf->lease_id;
+	it->deliveries = pf->deliveries;
+	pf->item = NULL;
+	pf->full = false;
+	pf_signal(pf, false);
+	pthread_cond_broadcast(&pf->cv);
+	pthread_mutex_unlock(&pf->mu);
+	return QP_OK;
+}
+
+static int
+pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
+    void **bufp, size_t *lenp, int64_t deadline_ns)
+{
+	bool obj = (flags & QPI_GET_OBJ) != 0;
+
+	for (;;) {
+		qpi_wire_item it;
+		bool missing = false;
+		size_t len;
+		int rv;
+
+		if ((rv = qpi_rq_check(r)) != QP_OK
+		    || (rv = pf_take(r, pf, deadline_ns, &it)) != QP_OK) {
+			return rv;
+		}
+		uint8_t *data = (uint8_t *) it.data;
+		const uint8_t *src = rq_item_bytes(&it, obj, &len);
+		if (into != NULL && len > cap) {
+			rq_release(r, it.lease_id);
+			free(data);
+			*lenp = len;
+			return qpi_err(QP_ETOOBIG,
+			    "item of %zu bytes does not fit in %zu; it went "
+			    "back to the head of %s/%s",
+			    len, cap, r->url, r->name);
+		}
+		/* The lease becomes the handle's: confirmed (plain), or
+		 * running lease_ms from now (worker mode). */
+		rv = r->lease_mode
+		    ? pf_lease_op(
+		        r, QPI_OP_TOUCH, it.lease_id, r->lease_ms, &missing)
+		    : pf_lease_op(r, QPI_OP_ACK, it.lease_id, 0, &missing);
+		if (rv == QP_OK && missing) {
+			free(data); /* it went back: take the next */
+			continue;
+		}
+		if (rv != QP_OK) {
+			free(data);
+			return rv;
+		}
+		if (into != NULL) {
+			if (len > 0) {
+				memcpy(into, src, len);
+			}
+		} else {
+			void *out = malloc(len > 0 ? len : 1);
+			if (out == NULL) {
+				free(data);
+				return qpi_err(QP_ENOMEM,
+				    "out of memory for an item of %zu bytes",
+				    len);
+			}
+			if (len > 0) {
+				memcpy(out, src, len);
+			}
+			*bufp = out;
+		}
+		*lenp = len;
+		if (r->lease_mode) {
+			qpi_rq_got(r, &it, 1); /* held until task_done */
+		} else {
+			pthread_mutex_lock(&r->mu);
+			r->last_deliveries = it.deliveries;
+			r->have_last = true;
+			pthread_mutex_unlock(&r->mu);
+		}
+		free(data);
+		return QP_OK;
+	}
+}
+
+static int
+rq_fd(void *impl, int *fdp)
+{
+	qpi_rq *r = impl;
+	rq_pf *pf;
+	int rv = QP_OK;
+
+	if ((rv = qpi_rq_check(r)) != QP_OK) {
+		return rv;
+	}
+	pthread_mutex_lock(&pf_make_mu);
+	if ((pf = pf_of(r)) == NULL) {
+		/* A forked child's copy of the parent's is left alone. */
+		if ((pf = calloc(1, sizeof(*pf))) == NULL) {
+			rv = qpi_err(QP_ENOMEM, "out of memory");
+			goto out;
+		}
+		pf->pid = getpid();
+		pf->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (pf->efd < 0) {
+			rv = qpi_err(
+			    QP_ESYSTEM, "eventfd: %s", strerror(errno));
+			free(pf);
+			goto out;
+		}
+		pthread_mutex_init(&pf->mu, NULL);
+		qpi_cond_init(&pf->cv);
+		__atomic_store_n(&r->pf, pf, __ATOMIC_RELEASE);
+		if (pthread_create(&pf->thr, NULL, pf_main, r) != 0) {
+			__atomic_store_n(&r->pf, NULL, __ATOMIC_RELEASE);
+			close(pf->efd);
+			pthread_mutex_destroy(&pf->mu);
+			pthread_cond_destroy(&pf->cv);
+			free(pf);
+			rv = qpi_err(QP_ESYSTEM, "cannot start a thread");
+			goto out;
+		}
+		pf->thr_on = true;
+	}
+	*fdp = pf->efd;
+out:
+	pthread_mutex_unlock(&pf_make_mu);
+	return rv;
+}
+
+static int
+rq_ready(void *impl, bool *readyp)
+{
+	qpi_rq *r = impl;
+	rq_pf *pf = pf_of(r);
+	uint64_t n = 0;
+	int rv;
+
+	if (pf != NULL) {
+		pthread_mutex_lock(&pf->mu);
+		*readyp = pf->full;
+		pthread_mutex_unlock(&pf->mu);
+		return QP_OK;
+	}
+	if ((rv = rq_qsize(r, &n)) == QP_OK) {
+		*readyp = n > 0;
+	}
+	return rv;
+}
+
 /* ---- the backend of qp_queue_* (queue.h) ---- */
 
 static void
 rq_close_op(void *impl)
 {
-	qpi_rq_close(impl);
+	qpi_rq *r = impl;
+	rq_pf *pf = pf_of(r);
+
+	if (pf != NULL) {
+		pthread_mutex_lock(&pf->mu);
+		pf->stop = true;
+		pthread_cond_broadcast(&pf->cv);
+		pthread_mutex_unlock(&pf->mu);
+	}
+	qpi_rq_close(r); /* its connection's end ends the thread's call */
 }
 
 static void
 rq_free_op(void *impl)
 {
-	qpi_rq_free(impl);
+	qpi_rq *r = impl;
+	rq_pf *pf = pf_of(r);
+
+	if (pf != NULL) {
+		if (pf->thr_on) {
+			pthread_join(pf->thr, NULL);
+		}
+		free(pf->item);
+		close(pf->efd);
+		pthread_mutex_destroy(&pf->mu);
+		pthread_cond_destroy(&pf->cv);
+		free(pf);
+		r->pf = NULL;
+	}
+	qpi_rq_free(r);
 }
 
 const qpi_queue_ops qpi_remote_ops = {
@@ -793,6 +1197,8 @@ const qpi_queue_ops qpi_remote_ops = {
     .deliveries = rq_deliveries,
     .touch = rq_touch,
     .complete = rq_complete,
+    .fd = rq_fd,
+    .ready = rq_ready,
     .close = rq_close_op,
     .free = rq_free_op,
 };

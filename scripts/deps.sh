@@ -13,7 +13,8 @@ build_pkgs=(cmake make gcc pkg-config libnng-dev libmsgpack-dev libcmocka-dev
 test_pkgs=(clang clang-format libclang-rt-14-dev nng-utils python3
 	python3-msgpack iproute2 docker-compose openssl procps python3-setuptools
 	python3-wheel python3-venv python3-pip)
-bench_pkgs=(python3 redis-server redis-tools nng-utils python3-redis)
+bench_pkgs=(python3 redis-server redis-tools nng-utils python3-redis libhiredis-dev
+	libzmq3-dev util-linux)
 # what the tests call that a minimal Debian 12 lacks: bc
 # (tests/it_server_sigterm.sh); tests/it_docker_real.sh installs docker.io
 # itself, and is skipped where it cannot

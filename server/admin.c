@@ -4,14 +4,41 @@
  * queue handler starts with, where a queue deleted by another process is
  * noticed (what waits on it ends with QP_ECLOSED).
  *
- * Locking: none of its own; everything runs under the ops lock.
+ * Noticing costs no path lookup per request: an inotify watch on the
+ * shared-memory directory says which names were deleted, created or
+ * renamed since the last request, and only those queues are looked at
+ * (a stat of their segment). The kernel queues the event within the
+ * unlink itself, so a request that comes after a local delete sees it.
+ * Where the watch cannot be had or is lost (an overflowed event queue, the
+ * directory gone), every request looks at its queue, as before.
+ *
+ * Locking: none of its own; everything runs under the ops lock (the
+ * watch's state too).
  */
+#include "futex.h" /* qpi_shm_dir */
 #include "qps.h"
 #include "store.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+/* Segment files are "qpipe.<name>" (lib/futex.c). */
+#define SEG_PREFIX     "qpipe."
+#define SEG_PREFIX_LEN (sizeof(SEG_PREFIX) - 1)
+/* Reads of the event queue per request, at most (then: look anyway). */
+#define DIRW_READS 64
+
+/* The watch on the shared-memory directory. */
+static struct {
+	int fd; /* inotify, non-blocking; -1: none (every request looks) */
+	bool tried;
+	char dir[PATH_MAX]; /* the directory watched */
+} dirw = {.fd = -1};
 
 /* Forgets q: fails what waits on it, drops what connections note on it. */
 static void
@@ -24,13 +51,110 @@ admin_forget(qps_q *q)
 /* Forgets the queue open here as name if another process deleted it
  * (and maybe made it anew): what waits on it ends. */
 static void
-admin_forget_stale(const char *name)
+admin_forget_if_stale(const char *name)
 {
 	qps_q *old = qps_q_find(name);
 
 	if (old != NULL && qps_q_stale(old)) {
 		admin_forget(old);
 		qps_q_forget(old);
+	}
+}
+
+static void
+dirw_drop(void)
+{
+	if (dirw.fd >= 0) {
+		close(dirw.fd);
+		dirw.fd = -1;
+	}
+}
+
+static void
+dirw_start(void)
+{
+	const char *dir = qpi_shm_dir();
+
+	dirw.tried = true;
+	if (strlen(dir) >= sizeof(dirw.dir)) {
+		return;
+	}
+	snprintf(dirw.dir, sizeof(dirw.dir), "%s", dir);
+	dirw.fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (dirw.fd >= 0
+	    && inotify_add_watch(dirw.fd, dirw.dir,
+	           IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+	               | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+	        < 0) {
+		dirw_drop();
+	}
+}
+
+/* Reads the directory's events: every queue whose name changed is looked
+ * at. Returns false if the watch is not to be trusted (none, lost,
+ * overflowed, or more events than one request reads): the caller looks
+ * at its own queue then. */
+static bool
+dirw_drain(void)
+{
+	char buf[4096]
+	    __attribute__((aligned(__alignof__(struct inotify_event))));
+
+	if (!dirw.tried) {
+		dirw_start();
+	}
+	if (dirw.fd < 0 || strcmp(qpi_shm_dir(), dirw.dir) != 0) {
+		return false;
+	}
+	for (int k = 0; k < DIRW_READS; k++) {
+		ssize_t n = read(dirw.fd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		if (n < 0 && errno == EAGAIN) {
+			return true;
+		}
+		if (n <= 0) {
+			break;
+		}
+		for (ssize_t off = 0; off < n;) {
+			const struct inotify_event *ev
+			    = (const struct inotify_event *) (buf + off);
+			off += (ssize_t) (sizeof(*ev) + ev->len);
+			if ((ev->mask
+			        & (IN_Q_OVERFLOW | IN_IGNORED | IN_DELETE_SELF
+			            | IN_MOVE_SELF | IN_UNMOUNT))
+			    != 0) {
+				/* Changes may have gone unseen: from now on
+				 * every request looks. */
+				qps_log(QPS_LOG_INFO,
+				    "%s: %s; every request now looks at its "
+				    "queue's segment",
+				    dirw.dir,
+				    (ev->mask & IN_Q_OVERFLOW) != 0
+				        ? "too many changes at once to follow"
+				        : "no longer watched");
+				dirw_drop();
+				return false;
+			}
+			if (ev->len > SEG_PREFIX_LEN
+			    && strncmp(ev->name, SEG_PREFIX, SEG_PREFIX_LEN)
+			        == 0) {
+				admin_forget_if_stale(
+				    ev->name + SEG_PREFIX_LEN);
+			}
+		}
+	}
+	return false;
+}
+
+/* Forgets what is stale: the queues the directory's events name, or the
+ * queue name itself if the events cannot be trusted. */
+static void
+admin_forget_stale(const char *name)
+{
+	if (!dirw_drain()) {
+		admin_forget_if_stale(name);
 	}
 }
 

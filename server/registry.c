@@ -417,7 +417,10 @@ dur_open(const char *name, unsigned flags, const qps_q_opts *o, qpi_durq **dp,
 static void
 q_seed(qps_q *q)
 {
-	qpi_shmq_tag *v = malloc(QPI_SHMQ_TAGS_MAX * sizeof(*v));
+	/* A durable queue remembers more (durq.h, QPI_DURQ_TAG_KEEP_MS). */
+	size_t cap
+	    = qpi_store_durable(q->st) ? QPI_DURQ_TAGS_MAX : QPI_SHMQ_TAGS_MAX;
+	qpi_shmq_tag *v = malloc(cap * sizeof(*v));
 	size_t n = 0, k = 0;
 	int rv;
 
@@ -428,7 +431,7 @@ q_seed(qps_q *q)
 		    q->name);
 		return;
 	}
-	rv = qpi_store_tags(q->st, v, QPI_SHMQ_TAGS_MAX, &n);
+	rv = qpi_store_tags(q->st, v, cap, &n);
 	q->seeded = qps_q_rv(q, rv) != QP_EBUSY; /* else the next request */
 	for (size_t i = 0; rv == QP_OK && i < n; i++) {
 		k += qps_dedup_seed(v[i].client, v[i].seq, v[i].done, v[i].n);

@@ -7,7 +7,9 @@
  * before reading it, or reads it and sends the request again as if it
  * had been lost), restarts the server on the same queue or data
  * directory, sends the identical request again, and checks that it is
- * answered OK and that the queue holds each item once.
+ * answered OK and that the queue holds each item once; for a durable
+ * queue also when more than 1,024 other put requests came in between
+ * (the queue remembers a time window of them, not the last 1,024).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -135,7 +137,7 @@ raw_qsize(nng_socket sk, const char *name)
 }
 
 static void
-raw_create_durable(nng_socket sk, const char *name)
+raw_create_durable_fsync(nng_socket sk, const char *name, const char *fsync)
 {
 	qpi_wire_req r;
 
@@ -144,11 +146,17 @@ raw_create_durable(nng_socket sk, const char *name)
 	r.req_id = 1;
 	snprintf(r.name, sizeof(r.name), "%s", name);
 	r.flags = QPI_CREATE_DURABLE;
-	snprintf(r.fsync, sizeof(r.fsync), "always");
+	snprintf(r.fsync, sizeof(r.fsync), "%s", fsync);
 	memset(r.client_id, 0x55, sizeof(r.client_id));
 	r.seq = 1;
 	raw_send(sk, &r);
 	CHECK_EQ(raw_recv(sk, NULL), QP_OK);
+}
+
+static void
+raw_create_durable(nng_socket sk, const char *name)
+{
+	raw_create_durable_fsync(sk, name, "always");
 }
 
 /* Waits (up to 10 s) until qsize(name) is want: the request was applied
@@ -318,6 +326,91 @@ test_dedup_durable_put_after_kill(void **state)
 {
 	(void) state;
 	tsrv_scenario0(durable_body);
+}
+
+/* ---- a durable queue: the window covers more than 1,024 puts ---- */
+
+/* n puts of one item each from clients 0x30..0x33 (seqs from seq0 on),
+ * every reply read. */
+static void
+other_puts(nng_socket sk, const char *name, uint32_t n, uint64_t seq0)
+{
+	static const char *const x[] = {"x"};
+	qpi_wire_req r;
+	qpi_wire_item wi[1];
+	titem ti[1];
+
+	for (uint32_t i = 0; i < n; i++) {
+		req_put(&r, wi, ti, name, (uint8_t) (0x30 + i % 4),
+		    seq0 + i / 4, x, 1, false);
+		raw_send(sk, &r);
+		CHECK_EQ(raw_recv(sk, NULL), QP_OK);
+	}
+}
+
+static void
+window_body(void)
+{
+	tsrv s = {0};
+	char name[64], dd[48];
+	qpi_wire_req r;
+	qpi_wire_item wi[5];
+	titem ti[5];
+	nng_socket sk;
+
+	qname(name, sizeof(name), "win");
+	snprintf(dd, sizeof(dd), "/tmp/qpdedup.XXXXXX");
+	CHECK(mkdtemp(dd) != NULL);
+	snprintf(s.extra[s.nextra++], sizeof(s.extra[0]), "--data-dir");
+	snprintf(s.extra[s.nextra++], sizeof(s.extra[0]), "%s", dd);
+	CHECK(tsrv_start(&s, "tcp") == 0);
+	sk = raw_dial(&s);
+	raw_create_durable_fsync(sk, name, "never");
+
+	/* Client 0x21's put is stored; its reply is "lost". */
+	req_put(&r, wi, ti, name, 0x21, 5, texts, 1, false);
+	raw_send(sk, &r);
+	CHECK_EQ(raw_recv(sk, NULL), QP_OK);
+	/* 1,200 puts of other clients, then the server is killed. */
+	other_puts(sk, name, 1200, 1);
+	CHECK_EQ(raw_qsize(sk, name), 1201);
+	tsrv_kill(&s, SIGKILL);
+	nng_close(sk);
+
+	/* The retry after the restart: answered, not stored again. */
+	CHECK(tsrv_restart(&s) == 0);
+	sk = raw_dial(&s);
+	req_put(&r, wi, ti, name, 0x21, 5, texts, 1, false);
+	raw_send(sk, &r);
+	CHECK_EQ(raw_recv(sk, NULL), QP_OK);
+	CHECK_EQ(raw_qsize(sk, name), 1201);
+	/* 1,200 more, a second kill: the log still knows it. */
+	other_puts(sk, name, 1200, 1000);
+	tsrv_kill(&s, SIGKILL);
+	nng_close(sk);
+	CHECK(tsrv_restart(&s) == 0);
+	sk = raw_dial(&s);
+	req_put(&r, wi, ti, name, 0x21, 5, texts, 1, false);
+	raw_send(sk, &r);
+	CHECK_EQ(raw_recv(sk, NULL), QP_OK);
+	CHECK_EQ(raw_qsize(sk, name), 2401);
+	/* A new request of that client still goes in. */
+	req_put(&r, wi, ti, name, 0x21, 6, texts + 1, 1, false);
+	raw_send(sk, &r);
+	CHECK_EQ(raw_recv(sk, NULL), QP_OK);
+	CHECK_EQ(raw_qsize(sk, name), 2402);
+	nng_close(sk);
+	CHECK(tsrv_stop(&s));
+	char cmd[160];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dd);
+	CHECK_EQ(system(cmd), 0);
+}
+
+static void
+test_dedup_durable_window_after_kill(void **state)
+{
+	(void) state;
+	tsrv_scenario0(window_body);
 }
 
 /* ---- a batch cut short by a kill ---- */
@@ -499,6 +592,7 @@ main(void)
 	    cmocka_unit_test(test_dedup_shm_put_after_kill),
 	    cmocka_unit_test(test_dedup_shm_batch_cut_short),
 	    cmocka_unit_test(test_dedup_durable_put_after_kill),
+	    cmocka_unit_test(test_dedup_durable_window_after_kill),
 	};
 
 	(void) tsrv_mem; /* qps_testsrv.h's, unused here */

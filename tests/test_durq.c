@@ -3,10 +3,13 @@
  * and a reopen with every item, leased items come back, a file cut at
  * any byte of its last three records opens with every complete record
  * kept, a bad record before the end is refused (QP_ECORRUPT) and the file
- * left as it was, compaction keeps the live items, and the public
- * QP_OPEN_DURABLE shm:// queue behaves as a queue.
+ * left as it was, compaction keeps the live items, the put requests
+ * remembered cover a time window (more than 1,024, bounded) across a
+ * compaction and a reopen, and the public QP_OPEN_DURABLE shm:// queue
+ * behaves as a queue.
  */
 #include "durq.h"
+#include "durq_int.h" /* qpi_dq_tag_note, to drive the window's clock */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -495,6 +498,82 @@ test_durq_tags(void **state)
 	free(f);
 }
 
+static void churn_until(qpi_durq *d, uint64_t n);
+
+/* The put requests a durable queue remembers: more than 1,024 (all of
+ * the last QPI_DURQ_TAG_KEEP_MS), through a compaction and a reopen, at
+ * most QPI_DURQ_TAGS_MAX; older than the window beyond the newest 1,024
+ * are forgotten. */
+static void
+test_durq_tag_window(void **state)
+{
+	const uint32_t many = 3000;
+	char path[128];
+	qpi_durq_cfg c = small_cfg(QPI_FSYNC_NEVER);
+	qpi_shmq_tag t, *v;
+	qpi_durq_stats st;
+	qpi_durq *d;
+	void *buf;
+	size_t len, n;
+	(void) state;
+
+	v = calloc(QPI_DURQ_TAGS_MAX + 1, sizeof(*v));
+	assert_non_null(v);
+	c.capacity = 1024 * 1024;
+	path_of(path, sizeof(path), "window.qlog");
+	assert_int_equal(
+	    qpi_durq_open(&d, path, QP_OPEN_CREATE, &c, NULL, NULL), QP_OK);
+	memset(&t, 0, sizeof(t));
+	t.n = 1;
+	for (uint32_t i = 0; i < many; i++) {
+		memset(t.client, (int) (i % 7) + 1, sizeof(t.client));
+		t.seq = 100 + i;
+		assert_int_equal(
+		    qpi_durq_put_tagged(d, "w", 1, QPI_ITEM_BIN, &t, NULL),
+		    QP_OK);
+		assert_int_equal(
+		    qpi_durq_get(d, 0, NULL, 0, &buf, &len, 0), QP_OK);
+		free(buf);
+	}
+	assert_int_equal(qpi_durq_tags(d, v, QPI_DURQ_TAGS_MAX, &n), QP_OK);
+	assert_int_equal(n, many);
+	churn_until(d, 1); /* the PUT_TAGs become MARKs */
+	qpi_durq_stats_get(d, &st);
+	assert_true(st.compactions >= 1);
+	qpi_durq_free(d);
+	assert_int_equal(qpi_durq_open(&d, path, 0, NULL, NULL, NULL), QP_OK);
+	assert_int_equal(qpi_durq_tags(d, v, QPI_DURQ_TAGS_MAX, &n), QP_OK);
+	assert_int_equal(n, many);
+	assert_int_equal(v[0].seq, 100);
+	assert_int_equal(v[0].client[0], 1);
+	assert_int_equal(v[many - 1].seq, 100 + many - 1);
+	assert_int_equal(v[many - 1].done, 1);
+
+	/* The window's clock: a request noted a window later forgets the
+	 * older ones but the newest QPI_DURQ_TAGS_MIN. */
+	pthread_mutex_lock(&d->mu);
+	int64_t later = qpi_now_ms() + QPI_DURQ_TAG_KEEP_MS + 1000;
+	memset(t.client, 9, sizeof(t.client));
+	qpi_dq_tag_note(d, t.client, 1, 1, 1, false, later);
+	pthread_mutex_unlock(&d->mu);
+	assert_int_equal(qpi_durq_tags(d, v, QPI_DURQ_TAGS_MAX, &n), QP_OK);
+	assert_int_equal(n, QPI_DURQ_TAGS_MIN + 1);
+	assert_int_equal(v[0].seq, 100 + many - QPI_DURQ_TAGS_MIN);
+
+	/* The bound: never more than QPI_DURQ_TAGS_MAX, the oldest go. */
+	pthread_mutex_lock(&d->mu);
+	for (uint32_t i = 0; i < QPI_DURQ_TAGS_MAX; i++) {
+		qpi_dq_tag_note(d, t.client, 2 + i, 1, 1, false, later);
+	}
+	pthread_mutex_unlock(&d->mu);
+	assert_int_equal(
+	    qpi_durq_tags(d, v, QPI_DURQ_TAGS_MAX + 1, &n), QP_OK);
+	assert_int_equal(n, QPI_DURQ_TAGS_MAX);
+	assert_int_equal(v[0].seq, 2);
+	qpi_durq_free(d);
+	free(v);
+}
+
 static void
 test_durq_compaction(void **state)
 {
@@ -801,6 +880,7 @@ main(void)
 	    cmocka_unit_test(test_durq_compaction),
 	    cmocka_unit_test(test_durq_compaction_moves),
 	    cmocka_unit_test(test_durq_tags),
+	    cmocka_unit_test(test_durq_tag_window),
 	    cmocka_unit_test(test_durq_group_commit),
 	    cmocka_unit_test(test_durq_local_queue),
 	};

@@ -2130,6 +2130,45 @@ test_remote_batches(void **state)
 	tsrv_scenario(batch_body, NULL);
 }
 
+/* ---- a queue deleted and made anew by a local process ---- */
+
+/* The server's next request on the name goes to the new segment, each
+ * time, however soon after the local delete it comes. */
+static void
+remake_body(void *arg)
+{
+	tsrv s = {0};
+	char name[64], la[512], ra[512], item[32];
+	qp_queue *lq, *rq;
+
+	CHECK(tsrv_start(&s, "tcp") == 0);
+	qname(name, sizeof(name), "remake");
+	qaddr(la, sizeof(la), NULL, name);
+	qaddr(ra, sizeof(ra), &s, name);
+	lq = open_q(la, QP_OPEN_CREATE, 0, 0);
+	rq = open_q(ra, 0, 0, 0);
+	for (int i = 0; i < 5; i++) {
+		snprintf(item, sizeof(item), "old-%d", i);
+		put_str(rq, item); /* the server holds this segment */
+		qp_queue_free(lq);
+		CHECK_EQ(qp_queue_unlink(la), QP_OK);
+		lq = open_q(la, QP_OPEN_CREATE, 0, 0);
+		snprintf(item, sizeof(item), "new-%d", i);
+		put_str(lq, item);
+		get_str(rq, item, 0);
+	}
+	qp_queue_free(rq);
+	qp_queue_free(lq);
+	qp_queue_unlink(la);
+	CHECK(tsrv_stop(&s));
+}
+
+static void
+test_remote_local_remake(void **state)
+{
+	tsrv_scenario(remake_body, NULL);
+}
+
 int
 main(void)
 {
@@ -2155,6 +2194,7 @@ main(void)
 	    cmocka_unit_test(test_remote_pipes),
 	    cmocka_unit_test(test_remote_batches),
 	    cmocka_unit_test(test_remote_complete),
+	    cmocka_unit_test(test_remote_local_remake),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

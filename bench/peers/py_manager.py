@@ -13,6 +13,7 @@ Run by bench/run with /usr/bin/python3:
 
 import argparse
 import json
+import os
 import queue
 import resource
 import sys
@@ -24,6 +25,18 @@ SERVED = queue.Queue()
 
 def served_queue():
     return SERVED
+
+
+def pin(role):
+    """QPIPE_BENCH_CPUS="A,B" (set by bench/run): role 0, the serving
+    side, on CPU A; role 1, the driving side, on CPU B ("A": both on A)."""
+    spec = os.environ.get("QPIPE_BENCH_CPUS", "")
+    try:
+        cpus = [int(x) for x in spec.split(",")] if spec else []
+    except ValueError:
+        cpus = []
+    if cpus:
+        os.sched_setaffinity(0, {cpus[min(role, len(cpus) - 1)]})
 
 
 class QueueManager(BaseManager):
@@ -45,7 +58,8 @@ def main():
     a = ap.parse_args()
 
     server = QueueManager(address=("127.0.0.1", 0), authkey=b"qpipe-bench")
-    server.start()
+    server.start(initializer=pin, initargs=(0,))
+    pin(1)
     try:
         client = QueueManager(address=server.address, authkey=b"qpipe-bench")
         client.connect()

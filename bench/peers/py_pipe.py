@@ -19,6 +19,7 @@ Run by bench/run with /usr/bin/python3:
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
 import sys
 import time
@@ -26,7 +27,20 @@ import time
 WARMUP = 200
 
 
+def pin(role):
+    """QPIPE_BENCH_CPUS="A,B" (set by bench/run): role 0, the serving
+    side, on CPU A; role 1, the driving side, on CPU B ("A": both on A)."""
+    spec = os.environ.get("QPIPE_BENCH_CPUS", "")
+    try:
+        cpus = [int(x) for x in spec.split(",")] if spec else []
+    except ValueError:
+        cpus = []
+    if cpus:
+        os.sched_setaffinity(0, {cpus[min(role, len(cpus) - 1)]})
+
+
 def receiver(conn, count, size, done):
+    pin(0)
     recv = conn.recv_bytes
     for _ in range(count):
         if len(recv()) != size:
@@ -36,6 +50,7 @@ def receiver(conn, count, size, done):
 
 
 def echo(conn):
+    pin(0)
     recv, send = conn.recv_bytes, conn.send_bytes
     while True:
         m = recv()
@@ -59,6 +74,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=30.0)
     a = ap.parse_args()
     ctx = mp.get_context("fork")
+    pin(1)
     base = bytearray(a.size)
 
     if a.mode == "oneway":

@@ -314,11 +314,11 @@ QP_API int qp_queue_touch(qp_queue *q, qp_duration lease);
  *     power cut (not a kill) keeps the result only with fsync=always on
  *     the results queue.
  * When it does not: queues on two servers, a shm:// and a remote one, an
- * anonymous results queue, a durable queue with a shared-memory one, or a
- * durable shm:// queue (QP_OPEN_DURABLE with a path): QP_ENOTSUP, nothing
- * done. Then put the result and confirm the task in two calls: a kill
- * between them stores a second result when the task runs again (at least
- * once).
+ * anonymous results queue, a durable queue with a shared-memory one, a
+ * durable shm:// queue (QP_OPEN_DURABLE with a path), or a tasks queue
+ * spread over several servers: QP_ENOTSUP, nothing done. Then put the result
+ * and confirm the task in two calls: a kill between them stores a second
+ * result when the task runs again (at least once).
  *
  * Errors: QP_ENOENT (the task's lease ran out, or was given back, first:
  * nothing put, the task runs again and that run's result counts; the
@@ -358,6 +358,117 @@ QP_API int qp_server_list(const char *addr, qp_queue_info **listp, size_t *np);
  * $QPIPE_TOKEN, $QPIPE_TLS_CA). Errors as qp_server_list, and QP_EAUTH. */
 QP_API int qp_server_list_opts(const char *addr,
     const struct qp_conn_opts *conn, qp_queue_info **listp, size_t *np);
+
+/* ------------------------------------------------------------------------
+ * Waiting on many queues, and one queue over several servers
+ *
+ * A get over many queues takes from whichever has an item, the first
+ * listed first (Redis BLPOP): shm://, tcp:// and partitioned handles mix
+ * freely. Each handle has a readiness file descriptor for poll(2) and
+ * epoll, so that an event loop (or qp_wait_any) waits on queues and
+ * connections alike. How each kind tells that it is ready:
+ * - shm:// (plain or QP_OPEN_LEASE): a thread of the handle sleeps on the
+ *   segment's watch word and writes an eventfd when items are ready
+ *   (durable shm:// handles: QP_ENOTSUP);
+ * - tcp://, ipc://, tls+tcp://: the handle keeps one item ahead (AMQP's
+ *   prefetch of 1): a thread of the handle waits on the server for an
+ *   item, leased to this connection, and the fd polls readable while it
+ *   holds one. From then on the handle's gets take from there only (so
+ *   FIFO holds; a get that does not wait may miss an item put a moment
+ *   ago, as with Python's Queue and its feeder thread); the item never
+ *   goes to another consumer meanwhile, and a close or a dropped
+ *   connection gives it back to the head of the queue (its next delivery
+ *   counts as a redelivery);
+ * - partitioned (see below): an epoll set of its partitions' fds.
+ * The fd may poll readable once with nothing left (another consumer
+ * took the item); the next get or qp_queue_poll(q, 0) clears it, so a
+ * loop that polls the fd and then gets never spins. In a forked child a
+ * handle's readiness state is made afresh.
+ *
+ * One queue over several servers: an address with several servers,
+ *   "tcp://h1:7450,h2:7450,h3:7450/jobs" (ipc://: "ipc:///a/s,/b/s/jobs"),
+ * opens one logical queue of one partition per server, in the order
+ * listed. A put goes to one partition: round robin, skipping partitions
+ * whose server is known to be down, or with qp_queue_put_key to the
+ * partition that rendezvous (highest random weight) hashing picks for the
+ * key (qp_partition_pick: the same in C, the CLI and Python; adding a
+ * server moves about 1/N of the keys). A get takes from any partition
+ * that has an item; qsize and stat add up the partitions that answer
+ * (qp_queue_partition_stat shows each). qp_queue_put_many splits its
+ * items into one slice per partition up, in order, each slice all or
+ * nothing on its partition (an error leaves the slices before it
+ * stored); qp_queue_get_many takes a batch from one partition. Order is
+ * FIFO per partition, not across them. No consensus, no replication: a server
+ * that is down makes its partition unavailable and the others go on; a durable
+ * partition comes back with its items when its server restarts. A keyed put to
+ * a down partition waits (within the reconnect window) as a plain remote put
+ * does; it never moves to another partition.
+ * ------------------------------------------------------------------------ */
+
+/* A file descriptor that polls readable when a get on q may find an item
+ * (see above); owned by the handle, valid until qp_queue_free. The first
+ * call starts the handle's readiness thread. Errors: QP_ENOTSUP (a
+ * durable shm:// handle), QP_ELIMIT (64 attachments watch the queue
+ * already), QP_ESYSTEM, QP_ECLOSED. */
+QP_API int qp_queue_fd(qp_queue *q, int *fdp);
+
+/* *readyp is true when a get on q would find an item now; waits up to
+ * timeout for that (a remote handle: through its readiness fd). */
+QP_API int qp_queue_poll(qp_queue *q, qp_duration timeout, bool *readyp);
+
+/* Gets one item from whichever of the n queues has one: each time it
+ * looks, the first listed that has an item gives it (*whichp: its index),
+ * so when several have items at the call, qs[0] before qs[1]; waits up to
+ * timeout on all of them (their readiness fds) for the first item.
+ * *bufp and *lenp as qp_queue_get. Errors: QP_EEMPTY (timeout or
+ * QP_NOWAIT with all empty), QP_EINVAL (n == 0, NULL arguments); any
+ * other error of one queue's get ends the call with *whichp naming it. */
+QP_API int qp_queue_get_any(qp_queue *const *qs, size_t n, size_t *whichp,
+    void **bufp, size_t *lenp, qp_duration timeout);
+
+/* qp_queue_get_any returning the item as the msgpack encoding of its
+ * value, as qp_queue_get_obj. */
+QP_API int qp_queue_get_any_obj(qp_queue *const *qs, size_t n, size_t *whichp,
+    void **msgpackp, size_t *lenp, qp_duration timeout);
+
+/* qp_wait over connections and queues alike: waits up to timeout until at
+ * least one connection is ready (as qp_conn_poll) or one queue has an
+ * item (as qp_queue_poll), then sets conn_ready[i] and queue_ready[j]
+ * for each; *nreadyp gets the count (0 after a timeout). Either list
+ * may be empty (its array NULL). */
+struct qp_conn;
+QP_API int qp_wait_any(struct qp_conn *const *conns, size_t nconns,
+    bool *conn_ready, qp_queue *const *queues, size_t nqueues,
+    bool *queue_ready, qp_duration timeout, size_t *nreadyp);
+
+/* As qp_queue_put, placing the item by key (klen bytes): a partitioned
+ * queue puts it on qp_partition_pick's partition for the key, so that
+ * items of one key stay in order; any other queue ignores the key. */
+QP_API int qp_queue_put_key(qp_queue *q, const void *key, size_t klen,
+    const void *buf, size_t len, qp_duration timeout);
+
+/* qp_queue_put_key of one msgpack value, given as its encoding (as
+ * qp_queue_put_obj). */
+QP_API int qp_queue_put_key_obj(qp_queue *q, const void *key, size_t klen,
+    const void *msgpack, size_t len, qp_duration timeout);
+
+/* Rendezvous hashing: the index (0..n-1) of the server, among the n
+ * given as "HOST:PORT" (or an ipc path) strings, whose weight for key is
+ * highest; weight = FNV-1a 64 of the server string, then a 0 byte, then
+ * the key, through the splitmix64 finaliser. A tie goes to the lower
+ * index. n == 0: returns 0. */
+QP_API size_t qp_partition_pick(
+    const char *const *servers, size_t n, const void *key, size_t klen);
+
+/* The number of partitions of q: its servers for a partitioned queue,
+ * 1 for any other. */
+QP_API int qp_queue_partitions(qp_queue *q, size_t *np);
+
+/* One partition's figures: *st, and its server's queue address in url
+ * (cap bytes). A partition whose server does not answer returns its
+ * error (QP_ECONNRESET, QP_ECONNREFUSED) with url still filled in. */
+QP_API int qp_queue_partition_stat(
+    qp_queue *q, size_t i, qp_queue_stats *st, char *url, size_t cap);
 
 /* ------------------------------------------------------------------------
  * Pipe and Connection (multiprocessing.Pipe, connection.Listener/Client)

@@ -28,9 +28,10 @@ from ._core import QpipeError, unlink, version  # noqa: E402
 from .queues import JoinableQueue, Queue, SimpleQueue  # noqa: E402
 from .connection import Connection, Pipe  # noqa: E402
 from . import connection  # noqa: E402
+from .multi import get_any, partition_pick, partition_servers  # noqa: E402
 
 __all__ = [
     "Queue", "JoinableQueue", "SimpleQueue", "Pipe", "Connection",
     "connection", "QpipeError", "BufferTooShort", "AuthenticationError",
-    "unlink", "version",
+    "unlink", "version", "get_any", "partition_pick", "partition_servers",
 ]

@@ -122,6 +122,19 @@ int qp_queue_join(qp_queue *q, qp_duration timeout);
 int qp_queue_nack(qp_queue *q, qp_duration delay);
 int qp_queue_touch(qp_queue *q, qp_duration lease);
 int qp_queue_deliveries(qp_queue *q, uint32_t *np);
+int qp_queue_fd(qp_queue *q, int *fdp);
+int qp_queue_poll(qp_queue *q, qp_duration timeout, bool *readyp);
+int qp_queue_get_any(qp_queue *const *qs, size_t n, size_t *whichp,
+    void **bufp, size_t *lenp, qp_duration timeout);
+int qp_queue_get_any_obj(qp_queue *const *qs, size_t n, size_t *whichp,
+    void **msgpackp, size_t *lenp, qp_duration timeout);
+int qp_queue_put_key(qp_queue *q, const void *key, size_t klen,
+    const void *buf, size_t len, qp_duration timeout);
+int qp_queue_put_key_obj(qp_queue *q, const void *key, size_t klen,
+    const void *msgpack, size_t len, qp_duration timeout);
+size_t qp_partition_pick(const char *const *servers, size_t n,
+    const void *key, size_t klen);
+int qp_queue_partitions(qp_queue *q, size_t *np);
 
 int qp_pipe(qp_conn **ap, qp_conn **bp, bool duplex);
 int qp_conn_send(qp_conn *c, const void *msgpack, size_t len);
@@ -130,6 +143,8 @@ int qp_conn_send_bytes(qp_conn *c, const void *buf, size_t offset,
     size_t size);
 int qp_conn_recv_bytes(qp_conn *c, void **bufp, size_t *lenp,
     size_t maxlength);
+int qp_conn_recv_bytes_into(qp_conn *c, void *buf, size_t bufsize,
+    size_t offset, size_t *lenp);
 int qp_conn_poll(qp_conn *c, qp_duration timeout, bool *readyp);
 int qp_conn_fd(qp_conn *c, int *fdp);
 int qp_conn_set_max_message(qp_conn *c, size_t max);

@@ -291,6 +291,36 @@ class Queue:
             raise error(rc, repr(self))
         return [self._loads_c(bufs[i], lens[i]) for i in range(np[0])]
 
+    # ---- issue 16: keys, readiness ----
+
+    def put_key(self, key, obj, block=True, timeout=None):
+        """put(obj), placed by key: on a queue over several servers
+        (address "tcp://h1:7450,h2:7450/jobs") the item goes to the
+        partition that rendezvous hashing picks for key (str or bytes;
+        partition_pick tells which), so items of one key stay in order;
+        any other queue ignores the key."""
+        if self._closed:
+            self._raise_closed()
+        k = key.encode() if isinstance(key, str) else bytes(key)
+        data = self._dumps(obj)
+        h = self._handle()
+        fn = lib.qp_queue_put_key if self._pickle \
+            else lib.qp_queue_put_key_obj
+        ms = 0 if not block else to_ms(timeout)
+        rc = waiting(lambda s: fn(h, k, len(k), data, len(data), s), ms,
+                     (lib.QP_EFULL,))
+        if rc != lib.QP_OK:
+            raise error(rc, repr(self))
+
+    def fileno(self):
+        """A file descriptor that polls readable when a get may find an
+        item (select, poll, selectors); owned by the queue. A remote queue
+        then keeps one item ahead for this process (see qpipe.h)."""
+        fdp = ffi.new("int *")
+        self._check_open()
+        check(lib.qp_queue_fd(self._handle(), fdp), repr(self))
+        return fdp[0]
+
     # ---- state ----
 
     def qsize(self):

@@ -311,6 +311,37 @@ class TestBatchesAndSerializers(_Kinds, unittest.TestCase):
         self.assertRaises(ValueError, qpipe.Queue, serializer="json")
 
 
+class TestPipeSizes(unittest.TestCase):
+    """recv_bytes and recv_bytes_into at the sizes where the receive
+    buffer changes hands: empty, around its first 64 KiB, 1 MiB, and past
+    the 16 MiB it grows to; maxlength and BufferTooShort as before."""
+
+    def test_sizes(self):
+        import threading
+        from multiprocessing import BufferTooShort
+        sizes = [0, 1, 65535, 65536, 65537, 1 << 20, 17 << 20, 3]
+        msgs = [bytes((i * 7 + n) % 251 for i in range(min(n, 4096)))
+                * (n // 4096 + 1) for n in sizes]
+        msgs = [m[:n] for m, n in zip(msgs, sizes)]
+        r, w = qpipe.Pipe(duplex=False)
+        def send():
+            for m in msgs + [b"x" * 100] * 2:
+                w.send_bytes(m)
+        t = threading.Thread(target=send)
+        t.start()
+        for m in msgs:
+            self.assertEqual(r.recv_bytes(), m)
+        buf = bytearray(120)
+        self.assertEqual(r.recv_bytes_into(buf, 20), 100)
+        self.assertEqual(bytes(buf[20:]), b"x" * 100)
+        with self.assertRaises(BufferTooShort) as cm:
+            r.recv_bytes_into(bytearray(99))
+        self.assertEqual(cm.exception.args[0], b"x" * 100)
+        t.join(30)
+        w.send_bytes(b"y" * 10)
+        self.assertRaises(OSError, r.recv_bytes, 9)
+
+
 class TestInterop(unittest.TestCase):
     """Python and the qpipe CLI (C, qp_queue_get_obj) read each other's
     values."""

@@ -54,7 +54,7 @@ typedef struct cli_opts {
 	char **args; /* positional arguments */
 	int nargs;
 	char **cmdv; /* worker: the command after "--" */
-	const char *key; /* put --key: placed by key (issue 16) */
+	const char *key; /* put --key: placed by key */
 } cli_opts;
 
 /* The exit code for a qpipe error code. */
@@ -124,7 +124,7 @@ int cmd_send(cli_opts *o);
 int cmd_recv(cli_opts *o);
 int cmd_worker(cli_opts *o);
 
-/* cmd_part.c (issue 16): addresses of several servers. */
+/* cmd_part.c: addresses of several servers. */
 bool cli_parted(const char *addr);
 int cmd_stat_parts(cli_opts *o);
 int cmd_ls_parts(cli_opts *o);

@@ -1,5 +1,5 @@
 /*
- * cmd_part.c - the commands for a queue over several servers (issue 16):
+ * cmd_part.c - the commands for a queue over several servers:
  * stat and ls of an address with several servers (the partitions added
  * up, and each shown), and pick (which partition a key goes to, without
  * connecting). cmd_queue.c and cmd_pipe.c hand such addresses here.

@@ -273,7 +273,7 @@ cmd_ls(cli_opts *o)
 	int rv;
 
 	if (cli_parted(addr)) {
-		return cmd_ls_parts(o); /* issue 16: several servers */
+		return cmd_ls_parts(o); /* several servers */
 	}
 	if (strcmp(addr, "shm://") == 0 || strcmp(addr, "shm:") == 0) {
 		rv = ls_local(&v, &n);

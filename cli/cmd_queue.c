@@ -18,7 +18,7 @@ static int
 put_one(cli_opts *o, qp_queue *q, const char *buf, size_t len)
 {
 	if (o->key != NULL) {
-		/* issue 16: the key's partition (bytes only: checked). */
+		/* the key's partition (bytes only: checked). */
 		return qp_queue_put_key(
 		    q, o->key, strlen(o->key), buf, len, o->timeout);
 	}
@@ -330,7 +330,7 @@ get_batched(cli_opts *o, qp_queue *q, cli_progress *prog)
 	return rv;
 }
 
-/* ---- issue 16: get over several queues ---- */
+/* ---- get over several queues ---- */
 
 /* One item from whichever of qs has one (first listed first), written
  * as get_one writes it. */
@@ -431,7 +431,7 @@ cmd_get(cli_opts *o)
 	int rv;
 
 	if (o->nargs > 1) {
-		return cmd_get_any(o); /* issue 16 */
+		return cmd_get_any(o);
 	}
 
 	/* A get waits on the queue it names, created if missing: a
@@ -511,7 +511,7 @@ cmd_stat(cli_opts *o)
 	int rv;
 
 	if (cli_parted(addr)) {
-		return cmd_stat_parts(o); /* issue 16: several servers */
+		return cmd_stat_parts(o); /* several servers */
 	}
 	if ((rv = cli_open_queue(o, addr, false, &q)) != QP_OK) {
 		return cli_fail(o, addr, rv);

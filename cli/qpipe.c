@@ -21,7 +21,7 @@
 #define OPT_CREATE  0x10u
 #define OPT_WORKER  0x20u
 #define OPT_SIDE    0x40u
-#define OPT_KEY     0x80u /* issue 16: put --key */
+#define OPT_KEY     0x80u /* put --key */
 
 typedef struct cli_cmd {
 	const char *name;
@@ -586,7 +586,7 @@ parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 			break;
 		}
 		if (a[0] != '-' || a[1] == '\0') {
-			/* issue 16: a worker's later task queues name their
+			/* a worker's later task queues name their
 			 * scheme; a bare word there is the command. */
 			if ((c->opts & OPT_WORKER) && o->nargs >= 1
 			    && strstr(a, "://") == NULL) {
@@ -617,7 +617,7 @@ parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 		    && strcmp(a, "--lines") == 0) {
 			o->lines = true;
 		} else if ((c->opts & OPT_KEY) && opt_is(a, "--key")) {
-			/* issue 16: place by key */
+			/* place by key */
 			o->key = opt_value(argc, argv, &i, a, 5);
 			if (o->key == NULL) {
 				return cli_usage_error(o, "--key wants a key");

@@ -43,7 +43,7 @@
 #include "cli.h"
 #include "futex.h"
 #include "qpi.h"
-#include "queue.h" /* issue 16: qpi_part_check */
+#include "queue.h" /* qpi_part_check */
 #include "wire.h"
 
 #include <errno.h>
@@ -64,7 +64,7 @@
 
 extern char **environ;
 
-/* issue 16: the most task queues one worker takes from. */
+/* the most task queues one worker takes from. */
 #define WK_MAX_QUEUES 16
 
 /* Longest single wait for a task before the slot looks around again. */
@@ -82,7 +82,7 @@ typedef struct wk_slot {
 	qp_queue *q; /* tasks: the queue of the task at hand */
 	qp_queue *res; /* results */
 	qp_queue *dead; /* NAME.dead, opened on first use */
-	/* issue 16: the task queues, first listed first (q is one) */
+	/* the task queues, first listed first (q is one) */
 	qp_queue *qs[WK_MAX_QUEUES];
 	size_t cur; /* q == qs[cur] */
 	size_t dead_idx; /* dead is the dead-letter queue of qs[dead_idx] */
@@ -97,7 +97,7 @@ struct wk {
 	const char *addr;
 	const char *raddr;
 	char dead_addr[QPI_URL_MAX + QP_NAME_MAX + 16];
-	/* issue 16: every task queue's address and NAME.dead */
+	/* every task queue's address and NAME.dead */
 	char *const *addrs;
 	size_t naddrs;
 	char dead_addrs[WK_MAX_QUEUES][QPI_URL_MAX + QP_NAME_MAX + 16];
@@ -171,7 +171,7 @@ slot_get(wk_slot *s, qp_duration wait, void **bufp, size_t *lenp)
 		return qpi_err(QP_ECLOSED, "the queue was removed");
 	}
 	if (s->w->naddrs > 1) {
-		/* issue 16: from whichever queue has a task, first listed
+		/* from whichever queue has a task, first listed
 		 * first; the task's queue confirms it. */
 		size_t which = 0;
 		rv = qp_queue_get_any_obj(
@@ -458,7 +458,7 @@ slot_dead_queue(wk_slot *s)
 	if (s->dead != NULL && s->dead_idx == s->cur) {
 		return QP_OK;
 	}
-	qp_queue_free(s->dead); /* issue 16: another task queue's */
+	qp_queue_free(s->dead); /* another task queue's */
 	s->dead = NULL;
 	s->dead_idx = s->cur;
 	qp_queue_opts opts = {.flags = QP_OPEN_CREATE};
@@ -810,7 +810,7 @@ slot_open(wk *w, wk_slot *s)
 	int rv;
 
 	opts.conn = cli_conn(w->o);
-	/* issue 16: an address of several servers is remote. */
+	/* an address of several servers is remote. */
 	if (qpi_addr_parse(w->addr, QPI_ADDR_NAMED, &a) != QP_OK) {
 		memset(&a, 0, sizeof(a));
 		a.kind = QPI_ADDR_TCP;
@@ -822,7 +822,7 @@ slot_open(wk *w, wk_slot *s)
 		opts.lease_ms = (uint64_t) w->o->timeout + 10000;
 	}
 	for (size_t i = 0; i < w->naddrs; i++) {
-		/* issue 16: every task queue, first listed first */
+		/* every task queue, first listed first */
 		if ((rv = qp_queue_open(&s->qs[i], w->addrs[i], &opts))
 		    != QP_OK) {
 			return cli_fail(w->o, w->addrs[i], rv);
@@ -958,7 +958,7 @@ cmd_worker(cli_opts *o)
 		    "cannot run '%s': not found or not executable",
 		    o->cmdv[0]);
 	}
-	/* issue 16: every ADDR is a task queue, first listed first. */
+	/* every ADDR is a task queue, first listed first. */
 	w.addrs = o->args;
 	w.naddrs = (size_t) o->nargs;
 	if (w.naddrs > WK_MAX_QUEUES) {

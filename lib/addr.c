@@ -6,7 +6,7 @@
  * is wrong.
  */
 #include "qpi.h"
-#include "queue.h" /* issue 16: qpi_part_check */
+#include "queue.h" /* qpi_part_check */
 
 #include <stdio.h>
 #include <string.h>
@@ -255,7 +255,7 @@ qp_addr_check(const char *addr)
 {
 	qpi_addr a;
 
-	/* issue 16: several servers, one queue (part.c) */
+	/* several servers, one queue (part.c) */
 	if (addr != NULL && strchr(addr, ',') != NULL) {
 		return qpi_part_check(addr);
 	}

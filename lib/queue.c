@@ -592,7 +592,7 @@ q_get_op(qp_queue *q, unsigned flags, void *into, size_t cap, void **bufp,
 	    q, flags, into, cap, bufp, lenp, qpi_queue_deadline(timeout));
 }
 
-/* ---- issue 16: readiness state, the get behind get_any ---- */
+/* ---- readiness state, the get behind get_any ---- */
 
 int
 qpi_queue_get_op(qp_queue *q, unsigned flags, void *into, size_t cap,
@@ -799,7 +799,7 @@ qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts)
 	if ((rc = q_opts(opts, &cfg, &flags)) != QP_OK) {
 		return rc;
 	}
-	/* issue 16: several servers, one partition each (part.c). */
+	/* several servers, one partition each (part.c). */
 	bool parted = false;
 	if ((rc = qpi_part_open(qp, addr, opts, &parted)) != QP_OK || parted) {
 		return rc;
@@ -871,7 +871,7 @@ qp_queue_close(qp_queue *q)
 	}
 	if (__atomic_exchange_n(&q->closed, 1, __ATOMIC_ACQ_REL) == 0) {
 		if (q->rd != NULL) {
-			qpi_qrd_stop(q->rd); /* issue 16: readiness */
+			qpi_qrd_stop(q->rd); /* readiness */
 		}
 		if (q->ops->close != NULL) {
 			q->ops->close(q->impl);
@@ -889,7 +889,7 @@ qp_queue_free(qp_queue *q)
 		return;
 	}
 	qp_queue_close(q);
-	qpi_qrd_free(q->rd); /* issue 16: readiness */
+	qpi_qrd_free(q->rd); /* readiness */
 	q->ops->free(q->impl);
 	free(q);
 }
@@ -903,7 +903,7 @@ qp_queue_unlink_opts(const char *addr, const qp_conn_opts *conn)
 	if (addr == NULL) {
 		return qpi_err(QP_EINVAL, "qp_queue_unlink: addr is NULL");
 	}
-	bool parted = false; /* issue 16: every partition */
+	bool parted = false; /* every partition */
 	if ((rc = qpi_part_unlink(addr, conn, &parted)) != QP_OK || parted) {
 		return rc;
 	}

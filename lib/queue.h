@@ -55,7 +55,7 @@ typedef struct qpi_queue_ops {
 	 * can do that with. NULL: QP_EINVAL, as nack. */
 	int (*complete)(void *impl, qp_queue *results, const void *buf,
 	    size_t len, unsigned kind, int64_t deadline_ns);
-	/* Readiness (qwait.c; issue 16): the handle's fd, and whether a
+	/* Readiness (qwait.c): the handle's fd, and whether a
 	 * get would find an item now. NULL: the shared-memory queue's,
 	 * which qwait.c watches itself. */
 	int (*fd)(void *impl, int *fdp);
@@ -83,7 +83,7 @@ extern const qpi_queue_ops qpi_shmq_ops;
  * or NULL for any other backend (remote, durable). */
 struct qpi_shmq *qpi_queue_shmq(qp_queue *q);
 
-/* ---- issue 16: readiness and gets over many queues (qwait.c) ---- */
+/* ---- readiness and gets over many queues (qwait.c) ---- */
 
 /* A get with an absolute deadline, as the public calls make it (flags:
  * QPI_GET_OBJ); an empty queue clears the handle's readiness signal. */

@@ -70,7 +70,7 @@ struct qpi_rq {
 	bool acker_on; /* the acker thread runs (in this process) */
 	bool acker_idle; /* it waits for work (not in its delay) */
 	bool stopping; /* close: the acker ends */
-	/* issue 16: the item kept ahead for the readiness fd (remote.c) */
+	/* the item kept ahead for the readiness fd (remote.c) */
 	struct rq_pf *pf;
 };
 

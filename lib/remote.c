@@ -226,7 +226,7 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 	return rv;
 }
 
-/* issue 16: the item kept ahead for the readiness fd (below). */
+/* the item kept ahead for the readiness fd (below). */
 typedef struct rq_pf rq_pf;
 static rq_pf *pf_of(qpi_rq *r);
 static int pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
@@ -243,7 +243,7 @@ rq_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 	int rv;
 
 	if (pf != NULL) {
-		/* issue 16: once an item is kept ahead, gets take from there
+		/* once an item is kept ahead, gets take from there
 		 * only (its fetch holds the head: FIFO stays), so an item
 		 * put a moment ago may not be seen by a get that does not
 		 * wait, as with Python's Queue and its feeder thread. */
@@ -300,7 +300,7 @@ qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max, size_t *np,
 
 	*np = 0;
 	if (pf_of(r) != NULL) {
-		/* issue 16: the item kept ahead, alone (see rq_get). */
+		/* the item kept ahead, alone (see rq_get). */
 		rv = pf_get(
 		    r, pf_of(r), 0, NULL, 0, &bufs[0], &lens[0], deadline_ns);
 		if (rv == QP_OK) {
@@ -794,7 +794,7 @@ qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o, qp_queue_info **listp,
 	return rv;
 }
 
-/* ---- issue 16: one item kept ahead, for the readiness fd ----
+/* ---- one item kept ahead, for the readiness fd ----
  *
  * qp_queue_fd on a remote handle starts a thread that gets one item
  * (leased to the connection for PF_LEASE_MS, renewed every PF_RENEW_MS

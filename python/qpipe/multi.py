@@ -1,5 +1,5 @@
 """A get over many queues, and where a key goes on a queue over several
-servers (issue 16).
+servers.
 
     i, obj = qpipe.get_any([urgent, normal], timeout=5)   # urgent first
     qpipe.partition_pick(["h1:7450", "h2:7450", "h3:7450"], "user:42")

@@ -291,7 +291,7 @@ class Queue:
             raise error(rc, repr(self))
         return [self._loads_c(bufs[i], lens[i]) for i in range(np[0])]
 
-    # ---- issue 16: keys, readiness ----
+    # ---- keys, readiness ----
 
     def put_key(self, key, obj, block=True, timeout=None):
         """put(obj), placed by key: on a queue over several servers

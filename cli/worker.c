@@ -432,7 +432,8 @@ slot_dead_queue(wk_slot *s)
 	if (s->dead != NULL) {
 		return QP_OK;
 	}
-	qp_queue_opts opts = {.flags = QP_OPEN_CREATE};
+	qp_queue_opts opts
+	    = {.flags = QP_OPEN_CREATE | cli_open_flags(s->w->o)};
 	opts.conn = cli_conn(s->w->o);
 	return qp_queue_open(&s->dead, s->w->dead_addr, &opts);
 }
@@ -734,7 +735,7 @@ wk_runnable(const char *cmd)
 static int
 slot_open(wk *w, wk_slot *s)
 {
-	qp_queue_opts opts = {.flags = QP_OPEN_CREATE};
+	qp_queue_opts opts = {.flags = QP_OPEN_CREATE | cli_open_flags(w->o)};
 	qpi_addr a;
 	int rv;
 
@@ -773,7 +774,8 @@ slot_open(wk *w, wk_slot *s)
 			w->shm_ino = st.st_ino;
 		}
 	}
-	opts = (qp_queue_opts) {.flags = QP_OPEN_CREATE};
+	opts
+	    = (qp_queue_opts) {.flags = QP_OPEN_CREATE | cli_open_flags(w->o)};
 	opts.conn = cli_conn(w->o);
 	if ((rv = qp_queue_open(&s->res, w->raddr, &opts)) != QP_OK) {
 		return cli_fail(w->o, w->raddr, rv);

@@ -221,6 +221,7 @@ usage_all(FILE *f)
 	    "                           the system's)\n"
 	    "  --insecure-skip-verify   accept any TLS certificate (tests "
 	    "only)\n"
+	    "\n"
 	    "Local addresses take, before or after the command:\n"
 	    "  --any-owner              open a shm:// queue another user "
 	    "owns\n"

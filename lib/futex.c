@@ -368,6 +368,15 @@ qpi_shm_guard(const qpi_shm *shm, int *flag, uint64_t *off)
 	}
 	shm_guard_install();
 	for (int i = 0; i < SHM_GUARDS; i++) {
+		if (atomic_load(&shm_guards[i].base)
+		    == (uintptr_t) shm->base) {
+			/* Guarded already: the flag moves (an attach). */
+			atomic_store(&shm_guards[i].off, off);
+			atomic_store(&shm_guards[i].flag, flag);
+			return;
+		}
+	}
+	for (int i = 0; i < SHM_GUARDS; i++) {
 		uintptr_t zero = 0;
 		if (atomic_load(&shm_guards[i].base) == 0
 		    && atomic_compare_exchange_strong(

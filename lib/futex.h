@@ -68,10 +68,11 @@ int qpi_shm_anon(size_t size, qpi_shm *shm);
 /* Guards a mapped named segment against SIGBUS (its file truncated under
  * us): a fault inside it maps zero pages over the rest of the mapping,
  * stores 2 in *flag and the fault's offset in *off, and the access goes
- * on; a fault elsewhere goes to the SIGBUS disposition the process had
- * when the handler was installed. Installs the handler if another one
- * took its place (checked at each call); up to 4,096 segments at once
- * (more are not guarded). Anonymous segments are skipped. */
+ * on (a segment guarded already gets the new flag and off); a fault elsewhere
+ * goes to the SIGBUS disposition the process had when the handler was
+ * installed. Installs the handler if another one took its place (checked at
+ * each call); up to 4,096 segments at once (more are not guarded). Anonymous
+ * segments are skipped. */
 void qpi_shm_guard(const qpi_shm *shm, int *flag, uint64_t *off);
 
 /* Stops guarding the segment (before it is unmapped). */

@@ -837,7 +837,7 @@ sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 			return sq_stop_err(q, false);
 		}
 		return qpi_err(QP_ECORRUPT,
-		    "%s is marked corrupt (a damaged record was found)",
+		    "%s is marked corrupt (a process found damage in it)",
 		    q->label);
 	}
 	return QP_OK;
@@ -1687,12 +1687,21 @@ sq_open_existing(qpi_shmq **qp, const char *name, unsigned flags)
 {
 	qpi_shm shm;
 	int rc = qpi_shm_open(name, (flags & QP_OPEN_ANY_OWNER) != 0, &shm);
+	int bad = 0;
+	uint64_t off = 0;
 
 	if (rc != QP_OK) {
 		return rc;
 	}
+	/* Guarded from the first look on (sq_attach hands the guard to
+	 * the attachment): a file cut short meanwhile reads as zeros,
+	 * which fail the header's checks. */
+	qpi_shm_guard(&shm, &bad, &off);
 	if ((rc = sq_attach(qp, &shm, name)) != QP_OK) {
 		qpi_shm_unmap(&shm);
+	} else if (LD(&bad) != 0) {
+		(*qp)->fault_off = off;
+		STR(&(*qp)->closed, SQ_BAD);
 	}
 	return rc;
 }

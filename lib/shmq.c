@@ -1892,6 +1892,12 @@ qpi_shmq_unlink(const char *name)
 	return urc;
 }
 
+bool
+qpi_shmq_removed(const qpi_shmq *q)
+{
+	return LD(&q->h->removed) != 0;
+}
+
 /* ---- put ---- */
 
 /* What a blocked producer saw: any change means "try again". */

@@ -268,6 +268,11 @@ int qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np);
 int qpi_shmq_get(qpi_shmq *q, unsigned flags, void *into, size_t cap,
     void **bufp, size_t *lenp, int64_t deadline_ns);
 
+/* True once the queue was removed (qpi_shmq_unlink, by any process):
+ * its calls fail from then on (QP_ENOENT, or QP_ECLOSED for a call that
+ * was waiting). */
+bool qpi_shmq_removed(const qpi_shmq *q);
+
 /* Exact number of items ready (leased items excluded, released included). */
 int qpi_shmq_qsize(qpi_shmq *q, uint64_t *np);
 

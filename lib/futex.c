@@ -284,6 +284,7 @@ static struct shm_guard {
 } shm_guards[SHM_GUARDS];
 
 static struct sigaction shm_old_bus;
+static _Atomic uintptr_t shm_page; /* the page size, read at install */
 
 static void
 shm_on_bus(int sig, siginfo_t *si, void *uc)
@@ -297,8 +298,7 @@ shm_on_bus(int sig, siginfo_t *si, void *uc)
 		if (b == 0 || b == UINTPTR_MAX || a < b || a - b >= n) {
 			continue;
 		}
-		uintptr_t pg = (uintptr_t) sysconf(_SC_PAGESIZE);
-		uintptr_t from = a & ~(pg - 1);
+		uintptr_t from = a & ~(atomic_load(&shm_page) - 1);
 		/* Zero pages in place of what the file lost: the faulting
 		 * access and every later one complete. */
 		void *m
@@ -347,6 +347,10 @@ shm_guard_install(void)
 	struct sigaction cur, sa;
 
 	pthread_mutex_lock(&shm_guard_mu);
+	if (atomic_load(&shm_page) == 0) {
+		long pg = sysconf(_SC_PAGESIZE);
+		atomic_store(&shm_page, (uintptr_t) (pg > 0 ? pg : 4096));
+	}
 	if (sigaction(SIGBUS, NULL, &cur) == 0
 	    && (!(cur.sa_flags & SA_SIGINFO)
 	        || cur.sa_sigaction != shm_on_bus)) {

@@ -360,7 +360,8 @@ sq_stop_err(const qpi_shmq *q, bool waited)
 		return qpi_err(QP_ECORRUPT,
 		    "%s is quarantined: its segment was truncated under this "
 		    "process (a fault at byte %" PRIu64
-		    " of its file): recreate the queue",
+		    " of its file; or its file system ran out of memory "
+		    "there): recreate the queue",
 		    q->label, LD(&q->fault_off));
 	}
 	if (c == SQ_OPEN && LD(&q->h->removed) != 0) {

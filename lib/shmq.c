@@ -329,10 +329,19 @@ sq_coarse_ms(void)
 	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* True when calls must stop: the handle closed or quarantined, or the
- * queue removed (qpi_shmq_unlink, by any process). */
+/* True when this handle's calls must stop: closed or quarantined. The
+ * entry check of puts and gets: a removal they see once they hold a
+ * lock (sq_lock_until). */
 static inline bool
 sq_closed(const qpi_shmq *q)
+{
+	return LD(&q->closed) != 0;
+}
+
+/* As sq_closed, or the queue removed (qpi_shmq_unlink, by any process):
+ * what waits and what does not take a lock looks at this. */
+static inline bool
+sq_stopped(const qpi_shmq *q)
 {
 	return (LD(&q->closed) | LD(&q->h->removed)) != 0;
 }
@@ -830,9 +839,8 @@ sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 		return qpi_err(QP_ECORRUPT, "%s: lock unusable: %s", q->label,
 		    strerror(rc));
 	}
-	if (__builtin_expect((LD(&q->h->corrupt) | LD(&q->h->removed)) != 0
-	            || LD(&q->closed) == SQ_BAD,
-	        0)) {
+	if (__builtin_expect(
+	        (LD(&q->h->corrupt) | LD(&q->h->removed)) != 0, 0)) {
 		pthread_mutex_unlock(&s->lock);
 		if (LD(&q->closed) == SQ_BAD || LD(&q->h->removed) != 0) {
 			return sq_stop_err(q, false);
@@ -1120,7 +1128,7 @@ sq_pass(
 		if (rc != QP_ETIMEDOUT || until >= deadline) {
 			return true;
 		}
-		if (LDA(wp) != w || sq_closed(q)) {
+		if (LDA(wp) != w || sq_stopped(q)) {
 			return false;
 		}
 	}
@@ -1156,7 +1164,7 @@ sq_spin(qpi_shmq *q, sq_pred pred, const void *arg, int64_t deadline)
 	int64_t start = qpi_now_ns();
 
 	for (uint32_t i = 1;; i++) {
-		if (pred(q, arg) || sq_closed(q)) {
+		if (pred(q, arg) || sq_stopped(q)) {
 			return true;
 		}
 		sq_pause();
@@ -1196,7 +1204,7 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 		s = LDA(&ev->seq);
 	}
 	sq_settle(q, e, deadline, i >= 0 ? &ev->who[i].word : &ev->seq, s);
-	if (!sq_closed(q) && !pred(q, arg)) {
+	if (!sq_stopped(q) && !pred(q, arg)) {
 		rc = qpi_futex_wait(
 		    i >= 0 ? &ev->who[i].word : &ev->seq, s, deadline);
 		SQ_HOOK(QPI_HOOK_WOKEN);
@@ -1214,7 +1222,7 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 	} else {
 		__atomic_fetch_sub(&ev->extra, 1, __ATOMIC_SEQ_CST);
 	}
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		/* A wake-up meant for a getter that now leaves goes on to
 		 * another one. */
 		if (woken && pred(q, arg)) {
@@ -1246,8 +1254,8 @@ sq_wait(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline,
 		if (sq_spin_score > 0 || (++sq_spin_skips & 15) == 0) {
 			if (sq_spin(q, pred, arg, deadline)) {
 				sq_spin_score += sq_spin_score < 16;
-				return sq_closed(q) ? sq_stop_err(q, true)
-				                    : QP_OK;
+				return sq_stopped(q) ? sq_stop_err(q, true)
+				                     : QP_OK;
 			}
 			sq_spin_score
 			    = sq_spin_score > 4 ? sq_spin_score - 4 : 0;
@@ -2063,7 +2071,7 @@ qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np)
 	int rc;
 
 	*np = 0;
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	if ((rc = sq_lock(q, &h->ps)) != QP_OK) {
@@ -2676,7 +2684,7 @@ qpi_shmq_qsize(qpi_shmq *q, uint64_t *np)
 	uint64_t ng = LDA(&h->gp.nget), nr = LDA(&h->gp.nreleased);
 	uint64_t n = LDA(&h->pp.nput);
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	*np = (n > ng ? n - ng : 0) + nr;
@@ -2709,7 +2717,7 @@ qpi_shmq_task_done(qpi_shmq *q)
 	sq_hdr *h = q->h;
 	int rc;
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	/* Under the consumer lock, so that joiners can wait for a
@@ -2751,7 +2759,7 @@ qpi_shmq_join(qpi_shmq *q, int64_t deadline)
 	int rc;
 
 	for (;;) {
-		if (sq_closed(q)) {
+		if (sq_stopped(q)) {
 			return sq_eclosed(q);
 		}
 		if (sq_pred_joined(q, NULL)) {
@@ -2788,7 +2796,7 @@ qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st)
 	sq_rec *r;
 	int rc;
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
@@ -3105,7 +3113,7 @@ qpi_shmq_ack(qpi_shmq *q, uint64_t id)
 	sq_tx t;
 	int rc;
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
@@ -3155,7 +3163,7 @@ qpi_shmq_renew(qpi_shmq *q, uint64_t id, int64_t lease_ms)
 	sq_tx t;
 	int rc;
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	if (lease_ms < -1) {
@@ -3186,7 +3194,7 @@ sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
 	int64_t next = INT64_MAX;
 	int rc;
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
@@ -3373,11 +3381,11 @@ qpi_shmq_watch_wait(qpi_shmq *q, uint32_t seen, int64_t deadline)
 	if ((rc = qpi_shmq_watch_arm(q)) != QP_OK) {
 		return rc;
 	}
-	if (LDA(&q->h->ev[EV_W].seq) == seen && !sq_closed(q)) {
+	if (LDA(&q->h->ev[EV_W].seq) == seen && !sq_stopped(q)) {
 		rc = qpi_futex_wait(&q->h->ev[EV_W].seq, seen, deadline);
 	}
 	qpi_shmq_watch_disarm(q);
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return qpi_err(QP_ECLOSED, "%s: handle closed", q->label);
 	}
 	return rc;

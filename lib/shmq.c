@@ -31,7 +31,6 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,14 +214,10 @@ typedef struct sq_hdr {
 	uint64_t max_msg;
 	uint64_t maxsize;
 	uint32_t nslots;
-	uint32_t corrupt; /* a fault was found: every call fails */
+	uint32_t corrupt; /* SQ_FAULT | SQ_REMOVED bits: every call fails */
 	uint64_t salt;
 	int64_t created_ms; /* CLOCK_MONOTONIC_COARSE ms */
 	uint64_t tags_off; /* SQ_TAGS sq_tag entries */
-	/* Removal (a block of its own, in what was padding before ps: the
-	 * layout and its version stay, and older segments read 0 here). */
-	uint32_t removed; /* qpi_shmq_unlink ran: every call fails */
-	uint32_t removed_spare;
 
 	_Alignas(128) sq_side ps; /* producer side */
 	_Alignas(128) struct {
@@ -254,8 +249,12 @@ typedef struct sq_hdr {
 	_Alignas(128) sq_ev ev[SQ_EV_N];
 } sq_hdr;
 
-_Static_assert(offsetof(sq_hdr, ps) == 128,
-    "the removal block must fit the header's first 128 bytes");
+/* sq_hdr.corrupt: a fault was found (sq_fault, sq_quarantine), or the
+ * queue was removed (qpi_shmq_unlink). One word, so that the check every
+ * call makes under its lock stays one load; a library from before
+ * SQ_REMOVED reads a removed queue as corrupt, and stops too. */
+#define SQ_FAULT   1u
+#define SQ_REMOVED 2u
 
 /* qpi_shmq.closed: open, closed by its owner, or quarantined (the
  * SIGBUS guard stores SQ_BAD itself: see qpi_shm_guard). */
@@ -343,13 +342,14 @@ sq_closed(const qpi_shmq *q)
 static inline bool
 sq_stopped(const qpi_shmq *q)
 {
-	return (LD(&q->closed) | LD(&q->h->removed)) != 0;
+	return LD(&q->closed) != 0 || (LD(&q->h->corrupt) & SQ_REMOVED) != 0;
 }
 
 static inline bool
 sq_removed(const qpi_shmq *q)
 {
-	return LD(&q->closed) == SQ_OPEN && LD(&q->h->removed) != 0;
+	return LD(&q->closed) == SQ_OPEN
+	    && (LD(&q->h->corrupt) & SQ_REMOVED) != 0;
 }
 
 /* The error of a call that finds sq_closed true: QP_ECLOSED (closed),
@@ -373,7 +373,7 @@ sq_stop_err(const qpi_shmq *q, bool waited)
 		    "there): recreate the queue",
 		    q->label, LD(&q->fault_off));
 	}
-	if (c == SQ_OPEN && LD(&q->h->removed) != 0) {
+	if (c == SQ_OPEN && (LD(&q->h->corrupt) & SQ_REMOVED) != 0) {
 		if (waited) {
 			return qpi_err(QP_ECLOSED,
 			    "%s was deleted while this call waited", q->label);
@@ -415,14 +415,14 @@ sq_quarantine(qpi_shmq *q, const char *fmt, ...)
 		va_end(ap);
 		STR(&q->closed, SQ_BAD);
 	}
-	ST(&q->h->corrupt, 1u);
+	__atomic_fetch_or(&q->h->corrupt, SQ_FAULT, __ATOMIC_RELAXED);
 	return sq_stop_err(q, false);
 }
 
 static int
 sq_fault(qpi_shmq *q, const char *what, uint64_t pos)
 {
-	ST(&q->h->corrupt, 1u);
+	__atomic_fetch_or(&q->h->corrupt, SQ_FAULT, __ATOMIC_RELAXED);
 	return qpi_err(QP_ECORRUPT,
 	    "%s is corrupt: %s at ring position %" PRIu64, q->label, what,
 	    pos);
@@ -695,7 +695,8 @@ sq_repair_consumer(qpi_shmq *q)
 		for (uint64_t i = 0; i < n; i++) {
 			uint64_t off = j->e[i].off & ~J_W32;
 			if (off % 4 != 0 || off + 8 > q->shm.size) {
-				ST(&q->h->corrupt, 1u);
+				__atomic_fetch_or(&q->h->corrupt, SQ_FAULT,
+				    __ATOMIC_RELAXED);
 				n = i;
 				break;
 			}
@@ -839,10 +840,10 @@ sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 		return qpi_err(QP_ECORRUPT, "%s: lock unusable: %s", q->label,
 		    strerror(rc));
 	}
-	if (__builtin_expect(
-	        (LD(&q->h->corrupt) | LD(&q->h->removed)) != 0, 0)) {
+	if (__builtin_expect(LD(&q->h->corrupt) != 0, 0)) {
 		pthread_mutex_unlock(&s->lock);
-		if (LD(&q->closed) == SQ_BAD || LD(&q->h->removed) != 0) {
+		if (LD(&q->closed) == SQ_BAD
+		    || (LD(&q->h->corrupt) & SQ_REMOVED) != 0) {
 			return sq_stop_err(q, false);
 		}
 		return qpi_err(QP_ECORRUPT,
@@ -1863,7 +1864,7 @@ sq_mark_removed(qpi_shm *shm)
 	    || h->version != SQ_VERSION) {
 		return;
 	}
-	__atomic_store_n(&h->removed, 1u, __ATOMIC_SEQ_CST);
+	__atomic_fetch_or(&h->corrupt, SQ_REMOVED, __ATOMIC_SEQ_CST);
 	for (int e = 0; e < SQ_EV_N; e++) {
 		sq_ev *ev = &h->ev[e];
 		for (int i = 0; i < SQ_EV_SLOTS; i++) {
@@ -1904,7 +1905,7 @@ qpi_shmq_unlink(const char *name)
 bool
 qpi_shmq_removed(const qpi_shmq *q)
 {
-	return LD(&q->h->removed) != 0;
+	return (LD(&q->h->corrupt) & SQ_REMOVED) != 0;
 }
 
 /* ---- put ---- */

@@ -122,9 +122,10 @@
  * fail with QP_ECORRUPT ("quarantined ... truncated"), as they do once a
  * lock's kind word, a lease-area mark or a released slot fails its check
  * (before the lock is used: glibc would abort on some of them). Removal
- * (qpi_shmq_unlink) sets a word in the header and wakes every sleeper
- * and watcher: every attachment's calls fail from then on (QP_ENOENT,
- * "was deleted"; QP_ECLOSED for a call that was waiting then).
+ * (qpi_shmq_unlink) sets a bit of the header's corrupt word and wakes
+ * every sleeper and watcher: every attachment's calls fail from then on
+ * (QP_ENOENT, "was deleted"; QP_ECLOSED for a call that was waiting
+ * then).
  *
  * Put requests (qpiped). The segment also keeps a table of the last
  * QPI_SHMQ_TAGS_MAX tagged puts (qpi_shmq_put_tagged): the request's

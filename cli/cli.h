@@ -55,7 +55,11 @@ typedef struct cli_opts {
 	int nargs;
 	char **cmdv; /* worker: the command after "--" */
 	const char *key; /* put --key: placed by key */
+	bool any_owner; /* --any-owner: open segments other users own */
 } cli_opts;
+
+/* The open flags every command adds for o (QP_OPEN_ANY_OWNER). */
+uint32_t cli_open_flags(const cli_opts *o);
 
 /* The exit code for a qpipe error code. */
 int cli_exit_code(int err);

@@ -534,7 +534,7 @@ cmd_create(cli_opts *o)
 	qp_queue *q;
 	int rv;
 
-	opts.flags = QP_OPEN_CREATE | QP_OPEN_EXCL;
+	opts.flags = QP_OPEN_CREATE | QP_OPEN_EXCL | cli_open_flags(o);
 	opts.maxsize = o->maxsize;
 	opts.capacity = o->capacity;
 	opts.conn = cli_conn(o);

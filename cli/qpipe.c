@@ -251,6 +251,13 @@ usage_all(FILE *f)
 	    "  --insecure-skip-verify   accept any TLS certificate (tests "
 	    "only)\n"
 	    "\n"
+	    "Local addresses take, before or after the command:\n"
+	    "  --any-owner              open a shm:// queue another user "
+	    "owns\n"
+	    "                           (default: refused, as that user can "
+	    "read\n"
+	    "                           and change it)\n"
+	    "\n"
 	    "Exit codes: 0 ok, 1 usage, 2 connection/server/protocol/auth "
 	    "error,\n"
 	    "3 empty (or timed out), 4 full, 5 over a size limit, 6 closed or "
@@ -436,9 +443,15 @@ cli_open_queue(const cli_opts *o, const char *addr, bool create, qp_queue **qp)
 {
 	qp_queue_opts opts = {0};
 
-	opts.flags = create ? QP_OPEN_CREATE : 0;
+	opts.flags = (create ? QP_OPEN_CREATE : 0) | cli_open_flags(o);
 	opts.conn = cli_conn(o);
 	return qp_queue_open(qp, addr, &opts);
+}
+
+uint32_t
+cli_open_flags(const cli_opts *o)
+{
+	return o->any_owner ? QP_OPEN_ANY_OWNER : 0;
 }
 
 static bool
@@ -745,6 +758,8 @@ parse_args(const cli_cmd *c, int argc, char **argv, cli_opts *o)
 			}
 		} else if (strcmp(a, "--insecure-skip-verify") == 0) {
 			o->insecure = true;
+		} else if (strcmp(a, "--any-owner") == 0) {
+			o->any_owner = true;
 		} else {
 			return cli_usage_error(o, "unknown option '%s'", a);
 		}
@@ -790,7 +805,8 @@ static bool
 global_option(const char *a, bool *takes_value)
 {
 	*takes_value = opt_is(a, "--token-file") || opt_is(a, "--tls-ca");
-	return *takes_value || strcmp(a, "--insecure-skip-verify") == 0;
+	return *takes_value || strcmp(a, "--insecure-skip-verify") == 0
+	    || strcmp(a, "--any-owner") == 0;
 }
 
 /* Moves the remote options given before the command after it, where

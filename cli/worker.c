@@ -461,7 +461,8 @@ slot_dead_queue(wk_slot *s)
 	qp_queue_free(s->dead); /* another task queue's */
 	s->dead = NULL;
 	s->dead_idx = s->cur;
-	qp_queue_opts opts = {.flags = QP_OPEN_CREATE};
+	qp_queue_opts opts
+	    = {.flags = QP_OPEN_CREATE | cli_open_flags(s->w->o)};
 	opts.conn = cli_conn(s->w->o);
 	return qp_queue_open(&s->dead, s->w->dead_addrs[s->cur], &opts);
 }
@@ -805,7 +806,7 @@ wk_runnable(const char *cmd)
 static int
 slot_open(wk *w, wk_slot *s)
 {
-	qp_queue_opts opts = {.flags = QP_OPEN_CREATE};
+	qp_queue_opts opts = {.flags = QP_OPEN_CREATE | cli_open_flags(w->o)};
 	qpi_addr a;
 	int rv;
 
@@ -851,7 +852,8 @@ slot_open(wk *w, wk_slot *s)
 			w->shm_ino = st.st_ino;
 		}
 	}
-	opts = (qp_queue_opts) {.flags = QP_OPEN_CREATE};
+	opts
+	    = (qp_queue_opts) {.flags = QP_OPEN_CREATE | cli_open_flags(w->o)};
 	opts.conn = cli_conn(w->o);
 	if ((rv = qp_queue_open(&s->res, w->raddr, &opts)) != QP_OK) {
 		return cli_fail(w->o, w->raddr, rv);

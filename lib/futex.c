@@ -9,7 +9,18 @@
  * instead). Anonymous shared memory lives on the kernel's internal tmpfs,
  * which has no size limit: it is bounded by memory and overcommit like
  * any allocation (an exhausted machine or cgroup invokes the OOM killer,
- * not SIGBUS), so it is not reserved. No locking of its own.
+ * not SIGBUS), so it is not reserved.
+ *
+ * Trust. The directory is shared by every user: a named segment owned by
+ * another user is refused unless the caller asks for it (qpi_shm_open's
+ * any_owner), and every named segment mapped here is guarded against
+ * SIGBUS (its owner truncating the file under us): a fault inside a
+ * guarded segment maps private zero pages over the rest of it, marks the
+ * attachment bad (the caller's flag) and returns, so the call in progress
+ * finishes on zeros and the caller reports the queue broken instead of
+ * dying. The guard table is a fixed array of atomics, read by the signal
+ * handler without locks; add and remove take no lock either (a slot is
+ * claimed by compare-and-swap).
  */
 #define _GNU_SOURCE /* fallocate */
 #include "futex.h"
@@ -19,6 +30,9 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,9 +101,13 @@ qpi_shm_reserve(const qpi_shm *shm, uint64_t off, uint64_t len)
 		return 0;
 	}
 	/* tmpfs allocates every page of the range, or none (it undoes a
-	 * partial allocation on failure). */
+	 * partial allocation on failure). KEEP_SIZE: a file its owner cut
+	 * short stays short, so that its users see the cut (the SIGBUS
+	 * guard) instead of zeros. */
 	for (int i = 0; i < 100; i++) {
-		if (fallocate(shm->fd, 0, (off_t) off, (off_t) len) == 0) {
+		if (fallocate(
+		        shm->fd, FALLOC_FL_KEEP_SIZE, (off_t) off, (off_t) len)
+		    == 0) {
 			return 0;
 		}
 		if (errno != EINTR) {
@@ -141,7 +159,7 @@ qpi_shm_create(const char *name, size_t size, qpi_shm *shm)
 }
 
 int
-qpi_shm_open(const char *name, qpi_shm *shm)
+qpi_shm_open(const char *name, bool any_owner, qpi_shm *shm)
 {
 	char path[PATH_MAX];
 	struct stat st;
@@ -156,7 +174,21 @@ qpi_shm_open(const char *name, qpi_shm *shm)
 		return qpi_err(
 		    QP_ESYSTEM, "cannot open %s: %s", path, strerror(errno));
 	}
-	if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+	if (fstat(fd, &st) != 0) {
+		close(fd);
+		return qpi_err(
+		    QP_ESYSTEM, "cannot stat %s: %s", path, strerror(errno));
+	}
+	if (!any_owner && st.st_uid != geteuid()) {
+		close(fd);
+		return qpi_err(QP_EPERM,
+		    "shm://%s (%s) is owned by uid %u, not by this process's "
+		    "uid %u: refused, as another user can read and change "
+		    "it (open it with QP_OPEN_ANY_OWNER, qpipe --any-owner or "
+		    "qpiped --shm-any-owner if you trust that user)",
+		    name, path, (unsigned) st.st_uid, (unsigned) geteuid());
+	}
+	if (!S_ISREG(st.st_mode) || st.st_size <= 0) {
 		close(fd);
 		return qpi_err(
 		    QP_ECORRUPT, "shm://%s is empty or unreadable", name);
@@ -227,6 +259,7 @@ void
 qpi_shm_unmap(qpi_shm *shm)
 {
 	if (shm->base != NULL) {
+		qpi_shm_unguard(shm);
 		munmap(shm->base, shm->size);
 		if (shm->fd >= 0) {
 			close(shm->fd);
@@ -234,5 +267,146 @@ qpi_shm_unmap(qpi_shm *shm)
 		shm->base = NULL;
 		shm->size = 0;
 		shm->fd = -1;
+	}
+}
+
+/* ---- SIGBUS guard ---- */
+
+#define SHM_GUARDS 4096
+
+/* A guarded segment: [base, base + size); flag gets 2 on a fault there,
+ * off the fault's offset. base 0: a free slot; ~0: being filled. */
+static struct shm_guard {
+	_Atomic uintptr_t base;
+	_Atomic size_t size;
+	int *_Atomic flag;
+	uint64_t *_Atomic off;
+} shm_guards[SHM_GUARDS];
+
+static struct sigaction shm_old_bus;
+static _Atomic uintptr_t shm_page; /* the page size, read at install */
+
+static void
+shm_on_bus(int sig, siginfo_t *si, void *uc)
+{
+	uintptr_t a = (uintptr_t) si->si_addr;
+	int saved = errno;
+
+	for (int i = 0; i < SHM_GUARDS; i++) {
+		uintptr_t b = atomic_load(&shm_guards[i].base);
+		size_t n = atomic_load(&shm_guards[i].size);
+		if (b == 0 || b == UINTPTR_MAX || a < b || a - b >= n) {
+			continue;
+		}
+		uintptr_t from = a & ~(atomic_load(&shm_page) - 1);
+		/* Zero pages in place of what the file lost: the faulting
+		 * access and every later one complete. */
+		void *m
+		    = mmap((void *) from, b + n - from, PROT_READ | PROT_WRITE,
+		        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		uint64_t *offp = atomic_load(&shm_guards[i].off);
+		int *flag = atomic_load(&shm_guards[i].flag);
+		if (offp != NULL) {
+			__atomic_store_n(
+			    offp, (uint64_t) (a - b), __ATOMIC_RELAXED);
+		}
+		if (flag != NULL) {
+			__atomic_store_n(flag, 2, __ATOMIC_SEQ_CST);
+		}
+		errno = saved;
+		if (m != MAP_FAILED) {
+			return;
+		}
+		break;
+	}
+	errno = saved;
+	/* Not ours: what the process had before. */
+	if (shm_old_bus.sa_flags & SA_SIGINFO) {
+		if (shm_old_bus.sa_sigaction != NULL) {
+			shm_old_bus.sa_sigaction(sig, si, uc);
+			return;
+		}
+	} else if (shm_old_bus.sa_handler != SIG_DFL
+	    && shm_old_bus.sa_handler != SIG_IGN) {
+		shm_old_bus.sa_handler(sig);
+		return;
+	}
+	/* Default: die of SIGBUS as if nothing were installed (the access
+	 * faults again on return). */
+	signal(SIGBUS, SIG_DFL);
+}
+
+static pthread_mutex_t shm_guard_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Installs the handler unless it is there: at every attach, so that a
+ * handler the program set since (a test framework's, say) is chained to
+ * rather than left in front of ours. */
+static void
+shm_guard_install(void)
+{
+	struct sigaction cur, sa;
+
+	pthread_mutex_lock(&shm_guard_mu);
+	if (atomic_load(&shm_page) == 0) {
+		long pg = sysconf(_SC_PAGESIZE);
+		atomic_store(&shm_page, (uintptr_t) (pg > 0 ? pg : 4096));
+	}
+	if (sigaction(SIGBUS, NULL, &cur) == 0
+	    && (!(cur.sa_flags & SA_SIGINFO)
+	        || cur.sa_sigaction != shm_on_bus)) {
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_sigaction = shm_on_bus;
+		sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
+		sigemptyset(&sa.sa_mask);
+		shm_old_bus = cur;
+		sigaction(SIGBUS, &sa, NULL);
+	}
+	pthread_mutex_unlock(&shm_guard_mu);
+}
+
+void
+qpi_shm_guard(const qpi_shm *shm, int *flag, uint64_t *off)
+{
+	if (shm->fd < 0 || shm->base == NULL) {
+		return; /* anonymous memory cannot be truncated */
+	}
+	shm_guard_install();
+	for (int i = 0; i < SHM_GUARDS; i++) {
+		if (atomic_load(&shm_guards[i].base)
+		    == (uintptr_t) shm->base) {
+			/* Guarded already: the flag moves (an attach). */
+			atomic_store(&shm_guards[i].off, off);
+			atomic_store(&shm_guards[i].flag, flag);
+			return;
+		}
+	}
+	for (int i = 0; i < SHM_GUARDS; i++) {
+		uintptr_t zero = 0;
+		if (atomic_load(&shm_guards[i].base) == 0
+		    && atomic_compare_exchange_strong(
+		        &shm_guards[i].base, &zero, UINTPTR_MAX)) {
+			atomic_store(&shm_guards[i].size, shm->size);
+			atomic_store(&shm_guards[i].flag, flag);
+			atomic_store(&shm_guards[i].off, off);
+			atomic_store(
+			    &shm_guards[i].base, (uintptr_t) shm->base);
+			return;
+		}
+	}
+}
+
+void
+qpi_shm_unguard(const qpi_shm *shm)
+{
+	for (int i = 0; shm->base != NULL && i < SHM_GUARDS; i++) {
+		if (atomic_load(&shm_guards[i].base)
+		    == (uintptr_t) shm->base) {
+			atomic_store(&shm_guards[i].base, UINTPTR_MAX);
+			atomic_store(&shm_guards[i].flag, NULL);
+			atomic_store(&shm_guards[i].off, NULL);
+			atomic_store(&shm_guards[i].size, 0);
+			atomic_store(&shm_guards[i].base, 0);
+			return;
+		}
 	}
 }

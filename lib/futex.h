@@ -50,8 +50,9 @@ int qpi_shm_reserve(const qpi_shm *shm, uint64_t off, uint64_t len);
 int qpi_shm_create(const char *name, size_t size, qpi_shm *shm);
 
 /* Opens and maps the existing named segment (its whole size).
- * QP_ENOENT if it does not exist. */
-int qpi_shm_open(const char *name, qpi_shm *shm);
+ * QP_ENOENT if it does not exist; QP_EPERM if another user owns the file
+ * and any_owner is false (another user could read and change it). */
+int qpi_shm_open(const char *name, bool any_owner, qpi_shm *shm);
 
 /* Gives the named segment `from` the name `to` as well, atomically, failing
  * with QP_EEXIST if `to` exists (link(2)): a segment built under a
@@ -63,6 +64,19 @@ int qpi_shm_unlink(const char *name);
 
 /* Maps an anonymous shared segment, inherited across fork(). */
 int qpi_shm_anon(size_t size, qpi_shm *shm);
+
+/* Guards a mapped named segment against SIGBUS (its file truncated under
+ * us): a fault inside it maps zero pages over the rest of the mapping,
+ * stores 2 in *flag and the fault's offset in *off, and the access goes
+ * on (a segment guarded already gets the new flag and off); a fault elsewhere
+ * goes to the SIGBUS disposition the process had when the handler was
+ * installed. Installs the handler if another one took its place (checked at
+ * each call); up to 4,096 segments at once (more are not guarded). Anonymous
+ * segments are skipped. */
+void qpi_shm_guard(const qpi_shm *shm, int *flag, uint64_t *off);
+
+/* Stops guarding the segment (before it is unmapped). */
+void qpi_shm_unguard(const qpi_shm *shm);
 
 /* Unmaps a segment and closes its file. */
 void qpi_shm_unmap(qpi_shm *shm);

@@ -670,8 +670,8 @@ q_opts(const qp_queue_opts *o, qpi_shmq_cfg *cfg, unsigned *flagsp)
 	if (o == NULL) {
 		return QP_OK;
 	}
-	const unsigned known
-	    = QP_OPEN_CREATE | QP_OPEN_EXCL | QP_OPEN_LEASE | QP_OPEN_DURABLE;
+	const unsigned known = QP_OPEN_CREATE | QP_OPEN_EXCL | QP_OPEN_LEASE
+	    | QP_OPEN_DURABLE | QP_OPEN_ANY_OWNER;
 	if (o->flags & ~known) {
 		return qpi_err(QP_EINVAL, "unknown open flags 0x%x",
 		    (unsigned) (o->flags & ~known));

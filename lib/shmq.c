@@ -30,6 +30,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,7 +222,7 @@ typedef struct sq_hdr {
 	uint64_t max_msg;
 	uint64_t maxsize;
 	uint32_t nslots;
-	uint32_t corrupt; /* a fault was found: every call fails */
+	uint32_t corrupt; /* SQ_FAULT | SQ_REMOVED bits: every call fails */
 	uint64_t salt;
 	int64_t created_ms; /* CLOCK_MONOTONIC_COARSE ms */
 	uint64_t tags_off; /* SQ_TAGS sq_tag entries */
@@ -269,6 +270,19 @@ typedef struct sq_hdr {
 	_Alignas(128) sq_ev ev[SQ_EV_N];
 } sq_hdr;
 
+/* sq_hdr.corrupt: a fault was found (sq_fault, sq_quarantine), or the
+ * queue was removed (qpi_shmq_unlink). One word, so that the check every
+ * call makes under its lock stays one load; a library from before
+ * SQ_REMOVED reads a removed queue as corrupt, and stops too. */
+#define SQ_FAULT   1u
+#define SQ_REMOVED 2u
+
+/* qpi_shmq.closed: open, closed by its owner, or quarantined (the
+ * SIGBUS guard stores SQ_BAD itself: see qpi_shm_guard). */
+#define SQ_OPEN   0
+#define SQ_CLOSED 1
+#define SQ_BAD    2
+
 struct qpi_shmq {
 	sq_hdr *h;
 	uint8_t *base;
@@ -286,8 +300,10 @@ struct qpi_shmq {
 	uint64_t bb_seen; /* gv.bbacked as last seen (producer lock) */
 	int64_t created_ms;
 	uint32_t nslots;
-	int closed;
+	int closed; /* SQ_OPEN, SQ_CLOSED, SQ_BAD */
 	int watch_slot; /* -1: not watching */
+	uint64_t fault_off; /* SQ_BAD by SIGBUS: where (the guard's) */
+	char why[160]; /* SQ_BAD otherwise: what failed its check */
 	qpi_shm shm;
 	char label[QP_NAME_MAX + 16];
 };
@@ -333,22 +349,101 @@ sq_coarse_ms(void)
 	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static bool
+/* True when this handle's calls must stop: closed or quarantined. The
+ * entry check of puts and gets: a removal they see once they hold a
+ * lock (sq_lock_until). */
+static inline bool
 sq_closed(const qpi_shmq *q)
 {
 	return LD(&q->closed) != 0;
 }
 
+/* As sq_closed, or the queue removed (qpi_shmq_unlink, by any process):
+ * what waits and what does not take a lock looks at this. */
+static inline bool
+sq_stopped(const qpi_shmq *q)
+{
+	return LD(&q->closed) != 0 || (LD(&q->h->corrupt) & SQ_REMOVED) != 0;
+}
+
+static inline bool
+sq_removed(const qpi_shmq *q)
+{
+	return LD(&q->closed) == SQ_OPEN
+	    && (LD(&q->h->corrupt) & SQ_REMOVED) != 0;
+}
+
+/* The error of a call that finds sq_closed true: QP_ECLOSED (closed),
+ * QP_ECORRUPT (quarantined), QP_ENOENT (removed; QP_ECLOSED "was
+ * deleted" for a call that was waiting on the queue when it went, as
+ * qpiped answers its waiters). */
+static int
+sq_stop_err(const qpi_shmq *q, bool waited)
+{
+	int c = LD(&q->closed);
+
+	if (c == SQ_BAD) {
+		if (q->why[0] != '\0') {
+			return qpi_err(QP_ECORRUPT, "%s is quarantined: %s",
+			    q->label, q->why);
+		}
+		return qpi_err(QP_ECORRUPT,
+		    "%s is quarantined: its segment was truncated under this "
+		    "process (a fault at byte %" PRIu64
+		    " of its file; or its file system ran out of memory "
+		    "there): recreate the queue",
+		    q->label, LD(&q->fault_off));
+	}
+	if (c == SQ_OPEN && (LD(&q->h->corrupt) & SQ_REMOVED) != 0) {
+		if (waited) {
+			return qpi_err(QP_ECLOSED,
+			    "%s was deleted while this call waited", q->label);
+		}
+		return qpi_err(QP_ENOENT, "%s was deleted", q->label);
+	}
+	return qpi_err(QP_ECLOSED, "%s: handle closed", q->label);
+}
+
 static int
 sq_eclosed(const qpi_shmq *q)
 {
-	return qpi_err(QP_ECLOSED, "%s: handle closed", q->label);
+	return sq_stop_err(q, false);
+}
+
+/* The end of a put or get that worked on the segment: QP_OK, unless the
+ * segment was truncated under it (the SIGBUS guard then gave it zero
+ * pages: the item went nowhere, or came from nowhere). */
+static inline int
+sq_after(const qpi_shmq *q)
+{
+	if (__builtin_expect(LD(&q->closed) == SQ_BAD, 0)) {
+		return sq_stop_err(q, false);
+	}
+	return QP_OK;
+}
+
+/* Quarantines this attachment (a header word failed its check): every
+ * call from now on fails with QP_ECORRUPT naming why; other processes
+ * see the segment's corrupt mark. */
+static int __attribute__((noinline, format(printf, 2, 3)))
+sq_quarantine(qpi_shmq *q, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (LD(&q->closed) != SQ_BAD) {
+		va_start(ap, fmt);
+		vsnprintf(q->why, sizeof(q->why), fmt, ap);
+		va_end(ap);
+		STR(&q->closed, SQ_BAD);
+	}
+	__atomic_fetch_or(&q->h->corrupt, SQ_FAULT, __ATOMIC_RELAXED);
+	return sq_stop_err(q, false);
 }
 
 static int
 sq_fault(qpi_shmq *q, const char *what, uint64_t pos)
 {
-	ST(&q->h->corrupt, 1u);
+	__atomic_fetch_or(&q->h->corrupt, SQ_FAULT, __ATOMIC_RELAXED);
 	return qpi_err(QP_ECORRUPT,
 	    "%s is corrupt: %s at ring position %" PRIu64, q->label, what,
 	    pos);
@@ -620,8 +715,9 @@ sq_repair_consumer(qpi_shmq *q)
 	if (j->seq != 0 && j->seq == q->h->gs.cseq && n <= SQ_JMAX) {
 		for (uint64_t i = 0; i < n; i++) {
 			uint64_t off = j->e[i].off & ~J_W32;
-			if (off % 4 != 0 || off + 8 > q->h->seg_size) {
-				ST(&q->h->corrupt, 1u);
+			if (off % 4 != 0 || off + 8 > q->shm.size) {
+				__atomic_fetch_or(&q->h->corrupt, SQ_FAULT,
+				    __ATOMIC_RELAXED);
 				n = i;
 				break;
 			}
@@ -664,6 +760,50 @@ sq_lock_held(pthread_mutex_t *m)
 
 static void sq_cpl_settle(qpi_shmq *q);
 
+/* The kind word every queue lock has (robust, process-shared), read
+ * from a mutex made as sq_init makes them: a lock whose kind differs was
+ * overwritten, and glibc would misread it (wrong unlock, an assertion
+ * that aborts the process), so it is never used. -1: not glibc, or not
+ * known yet (sq_attach sets it). */
+static int sq_kind = -1;
+
+static int
+sq_lock_kind(pthread_mutex_t *m)
+{
+#ifdef __GLIBC__
+	return LD(&m->__data.__kind);
+#else
+	(void) m;
+	return -1;
+#endif
+}
+
+static void
+sq_kind_init(void)
+{
+#ifdef __GLIBC__
+	pthread_mutexattr_t ma;
+	pthread_mutex_t m;
+
+	if (LD(&sq_kind) != -1 || pthread_mutexattr_init(&ma) != 0) {
+		return;
+	}
+	if (pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED) == 0
+	    && pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST) == 0
+	    && pthread_mutex_init(&m, &ma) == 0) {
+		ST(&sq_kind, sq_lock_kind(&m));
+		pthread_mutex_destroy(&m);
+	}
+	pthread_mutexattr_destroy(&ma);
+#endif
+}
+
+static inline bool
+sq_lock_sane(pthread_mutex_t *m)
+{
+	return sq_kind == -1 || sq_lock_kind(m) == sq_kind;
+}
+
 /* Takes the side's lock, repairing it if its owner died; waits until
  * deadline (absolute CLOCK_MONOTONIC ns, INT64_MAX = forever; < 0: -ns
  * from the first wait on, so that a free lock costs no clock read):
@@ -671,7 +811,15 @@ static void sq_cpl_settle(qpi_shmq *q);
 static int
 sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 {
-	int rc = pthread_mutex_trylock(&s->lock);
+	int rc;
+
+	if (__builtin_expect(!sq_lock_sane(&s->lock), 0)) {
+		return sq_quarantine(q,
+		    "the %s lock's words were overwritten (kind %d, not %d)",
+		    s == &q->h->ps ? "producer" : "consumer",
+		    sq_lock_kind(&s->lock), sq_kind);
+	}
+	rc = pthread_mutex_trylock(&s->lock);
 
 	if (rc == EBUSY) {
 		if (deadline < 0) {
@@ -698,6 +846,11 @@ sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 		}
 	}
 	if (rc == EOWNERDEAD) {
+		if (LD(&q->closed) == SQ_BAD) {
+			/* Truncated under us: nothing there to repair. */
+			pthread_mutex_unlock(&s->lock);
+			return sq_stop_err(q, false);
+		}
 		if (s == &q->h->ps) {
 			sq_repair_producer(q);
 		} else {
@@ -710,10 +863,14 @@ sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 		return qpi_err(QP_ECORRUPT, "%s: lock unusable: %s", q->label,
 		    strerror(rc));
 	}
-	if (LD(&q->h->corrupt)) {
+	if (__builtin_expect(LD(&q->h->corrupt) != 0, 0)) {
 		pthread_mutex_unlock(&s->lock);
+		if (LD(&q->closed) == SQ_BAD
+		    || (LD(&q->h->corrupt) & SQ_REMOVED) != 0) {
+			return sq_stop_err(q, false);
+		}
 		return qpi_err(QP_ECORRUPT,
-		    "%s is marked corrupt (a damaged record was found)",
+		    "%s is marked corrupt (a process found damage in it)",
 		    q->label);
 	}
 	if (s == &q->h->gs && LD(&q->h->cpl.phase) != CPL_NONE) {
@@ -831,17 +988,10 @@ sq_unclaim(sq_ev *ev, int i)
 	STR(&ev->who[i].pid, 0);
 }
 
-/* Forgets sleepers and watchers whose process died. Rate-limited. */
+/* Forgets sleepers and watchers whose process died, now. */
 static void
-sq_scan(sq_ev *ev)
+sq_scan_now(sq_ev *ev)
 {
-	int64_t now = sq_coarse_ms(), last = LD(&ev->scan_ms);
-
-	if (now - last < SQ_SCAN_MS
-	    || !__atomic_compare_exchange_n(&ev->scan_ms, &last, now, false,
-	        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-		return;
-	}
 	for (int i = 0; i < SQ_EV_SLOTS; i++) {
 		int32_t pid = LD(&ev->who[i].pid);
 		if (pid != 0 && sq_dead(pid, LD(&ev->who[i].nsid))) {
@@ -852,6 +1002,20 @@ sq_scan(sq_ev *ev)
 			    false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
 		}
 	}
+}
+
+/* As sq_scan_now, at most every SQ_SCAN_MS. */
+static void
+sq_scan(sq_ev *ev)
+{
+	int64_t now = sq_coarse_ms(), last = LD(&ev->scan_ms);
+
+	if (now - last < SQ_SCAN_MS
+	    || !__atomic_compare_exchange_n(&ev->scan_ms, &last, now, false,
+	        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+		return;
+	}
+	sq_scan_now(ev);
 }
 
 /* Orders the caller's state changes before its reads of sleeper bits (a
@@ -991,7 +1155,7 @@ sq_pass(
 		if (rc != QP_ETIMEDOUT || until >= deadline) {
 			return true;
 		}
-		if (LDA(wp) != w || sq_closed(q)) {
+		if (LDA(wp) != w || sq_stopped(q)) {
 			return false;
 		}
 	}
@@ -1027,7 +1191,7 @@ sq_spin(qpi_shmq *q, sq_pred pred, const void *arg, int64_t deadline)
 	int64_t start = qpi_now_ns();
 
 	for (uint32_t i = 1;; i++) {
-		if (pred(q, arg) || sq_closed(q)) {
+		if (pred(q, arg) || sq_stopped(q)) {
 			return true;
 		}
 		sq_pause();
@@ -1067,7 +1231,7 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 		s = LDA(&ev->seq);
 	}
 	sq_settle(q, e, deadline, i >= 0 ? &ev->who[i].word : &ev->seq, s);
-	if (!sq_closed(q) && !pred(q, arg)) {
+	if (!sq_stopped(q) && !pred(q, arg)) {
 		rc = qpi_futex_wait(
 		    i >= 0 ? &ev->who[i].word : &ev->seq, s, deadline);
 		SQ_HOOK(QPI_HOOK_WOKEN);
@@ -1085,13 +1249,13 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 	} else {
 		__atomic_fetch_sub(&ev->extra, 1, __ATOMIC_SEQ_CST);
 	}
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		/* A wake-up meant for a getter that now leaves goes on to
 		 * another one. */
 		if (woken && pred(q, arg)) {
 			sq_wake(q, e, false);
 		}
-		return sq_eclosed(q);
+		return sq_stop_err(q, true);
 	}
 	return rc;
 }
@@ -1117,7 +1281,8 @@ sq_wait(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline,
 		if (sq_spin_score > 0 || (++sq_spin_skips & 15) == 0) {
 			if (sq_spin(q, pred, arg, deadline)) {
 				sq_spin_score += sq_spin_score < 16;
-				return sq_closed(q) ? sq_eclosed(q) : QP_OK;
+				return sq_stopped(q) ? sq_stop_err(q, true)
+				                     : QP_OK;
 			}
 			sq_spin_score
 			    = sq_spin_score > 4 ? sq_spin_score - 4 : 0;
@@ -1271,6 +1436,9 @@ sq_blocks_take(qpi_shmq *q, sq_tx *t, uint64_t n, sq_take *tk)
 	memset(tk, 0, sizeof(*tk));
 	if (n == 0) {
 		return QP_OK;
+	}
+	if (w > q->nblocks || h->gv.nbfree > q->nblocks) {
+		return sq_fault(q, "bad lease-area marks", w);
 	}
 	if (n > h->gv.nbfree + (q->nblocks - w)) {
 		return qpi_err(QP_ELIMIT,
@@ -1544,21 +1712,32 @@ sq_attach(qpi_shmq **qp, qpi_shm *shm, const char *name)
 	q->watch_slot = -1;
 	q->shm = *shm;
 	memcpy(q->label, label, sizeof(label));
+	sq_kind_init();
+	qpi_shm_guard(&q->shm, &q->closed, &q->fault_off);
 	*qp = q;
 	return QP_OK;
 }
 
 static int
-sq_open_existing(qpi_shmq **qp, const char *name)
+sq_open_existing(qpi_shmq **qp, const char *name, unsigned flags)
 {
 	qpi_shm shm;
-	int rc = qpi_shm_open(name, &shm);
+	int rc = qpi_shm_open(name, (flags & QP_OPEN_ANY_OWNER) != 0, &shm);
+	int bad = 0;
+	uint64_t off = 0;
 
 	if (rc != QP_OK) {
 		return rc;
 	}
+	/* Guarded from the first look on (sq_attach hands the guard to
+	 * the attachment): a file cut short meanwhile reads as zeros,
+	 * which fail the header's checks. */
+	qpi_shm_guard(&shm, &bad, &off);
 	if ((rc = sq_attach(qp, &shm, name)) != QP_OK) {
 		qpi_shm_unmap(&shm);
+	} else if (LD(&bad) != 0) {
+		(*qp)->fault_off = off;
+		STR(&(*qp)->closed, SQ_BAD);
 	}
 	return rc;
 }
@@ -1619,7 +1798,7 @@ qpi_shmq_open(
 	int rc;
 
 	if (!(flags & QP_OPEN_CREATE)) {
-		return sq_open_existing(qp, name);
+		return sq_open_existing(qp, name, flags);
 	}
 	if (flags & QP_OPEN_EXCL) {
 		return sq_create(qp, name, cfg);
@@ -1627,7 +1806,7 @@ qpi_shmq_open(
 	/* Open, else create; a racing creator wins the link and we open
 	 * what it made. Bounded: each round sees the name appear or vanish. */
 	for (int i = 0; i < 16; i++) {
-		rc = sq_open_existing(qp, name);
+		rc = sq_open_existing(qp, name, flags);
 		if (rc != QP_ENOENT) {
 			return rc;
 		}
@@ -1700,10 +1879,59 @@ qpi_shmq_free(qpi_shmq *q)
 	free(q);
 }
 
+/* Marks the segment in shm removed and wakes every sleeper and watcher
+ * on it: they look, see the mark and leave (see sq_closed). */
+static void
+sq_mark_removed(qpi_shm *shm)
+{
+	sq_hdr *h = shm->base;
+
+	if (shm->size < sizeof(sq_hdr) || LDA(&h->magic) != SQ_MAGIC
+	    || h->version != SQ_VERSION) {
+		return;
+	}
+	__atomic_fetch_or(&h->corrupt, SQ_REMOVED, __ATOMIC_SEQ_CST);
+	for (int e = 0; e < SQ_EV_N; e++) {
+		sq_ev *ev = &h->ev[e];
+		for (int i = 0; i < SQ_EV_SLOTS; i++) {
+			if (LD(&ev->who[i].pid) != 0) {
+				qpi_futex_wake_or(
+				    &ev->who[i].word, W_WOKEN, INT32_MAX);
+			}
+		}
+		__atomic_fetch_add(&ev->seq, 1, __ATOMIC_SEQ_CST);
+		qpi_futex_wake(&ev->seq, INT32_MAX);
+	}
+}
+
 int
 qpi_shmq_unlink(const char *name)
 {
-	return qpi_shm_unlink(name);
+	qpi_shm shm;
+	int bad = 0, rc;
+	uint64_t off = 0;
+
+	/* The name goes first, then the mark: a queue made anew under the
+	 * name meanwhile is not the one marked. A segment that cannot be
+	 * opened (another owner's, damaged) is only unlinked. */
+	rc = qpi_shm_open(name, true, &shm);
+	if (rc == QP_OK) {
+		qpi_shm_guard(&shm, &bad, &off);
+	}
+	int urc = qpi_shm_unlink(name);
+	if (rc == QP_OK) {
+		if (urc == QP_OK) {
+			sq_mark_removed(&shm);
+		}
+		qpi_shm_unmap(&shm);
+	}
+	return urc;
+}
+
+bool
+qpi_shmq_removed(const qpi_shmq *q)
+{
+	return (LD(&q->h->corrupt) & SQ_REMOVED) != 0;
 }
 
 /* ---- put ---- */
@@ -1870,7 +2098,7 @@ qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np)
 	int rc;
 
 	*np = 0;
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	if ((rc = sq_lock(q, &h->ps)) != QP_OK) {
@@ -1965,7 +2193,7 @@ sq_try_put(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
 	sq_unlock(&h->ps);
 	sq_fence_after_unlock();
 	sq_watch_bump(q);
-	return QP_OK;
+	return sq_after(q);
 }
 
 static int
@@ -1994,7 +2222,9 @@ sq_put(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
 	for (;;) {
 		rc = sq_try_put(q, buf, len, kind, tag, &snap);
 		if (rc != QP_EFULL) {
-			return rc;
+			return spun && rc == QP_ENOENT && sq_removed(q)
+			    ? sq_stop_err(q, true)
+			    : rc;
 		}
 		rc = sq_wait(
 		    q, EV_NF, sq_pred_progress, &snap, deadline, &spun);
@@ -2122,7 +2352,7 @@ sq_try_put_many(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
 	sq_unlock(&h->ps);
 	sq_fence_after_unlock();
 	sq_watch_bump(q);
-	return QP_OK;
+	return sq_after(q);
 }
 
 static int
@@ -2311,6 +2541,10 @@ sq_get_released(qpi_shmq *q, sq_getreq *g)
 	sq_slot *s = &q->slots[i];
 	uint32_t kind = (uint32_t) (s->kindlen >> 32);
 	uint64_t len = (uint32_t) s->kindlen;
+	if ((kind != K_BIN && kind != K_OBJ) || len > q->max_msg
+	    || s->nblocks != (len + SQ_BLOCK - 1) / SQ_BLOCK) {
+		return sq_fault(q, "bad released lease slot", first);
+	}
 	SQ_HOOK(QPI_HOOK_GET_LOCKED);
 	if ((rc = sq_copy_out(q, kind, len, NULL, s->first, g)) != QP_OK) {
 		return rc;
@@ -2416,6 +2650,10 @@ out:
 	if (rc == QP_OK) {
 		sq_fence_after_unlock();
 		sq_watch_bump(q);
+		if ((rc = sq_after(q)) != QP_OK && g->into == NULL) {
+			free(*g->bufp); /* zeros read from a truncated file */
+			*g->bufp = NULL;
+		}
 	}
 	return rc;
 }
@@ -2432,7 +2670,9 @@ sq_get(qpi_shmq *q, sq_getreq *g, int64_t deadline)
 	for (;;) {
 		rc = sq_try_get(q, g, false);
 		if (rc != QP_EEMPTY) {
-			return rc;
+			return spun && rc == QP_ENOENT && sq_removed(q)
+			    ? sq_stop_err(q, true)
+			    : rc;
 		}
 		rc = sq_wait(q, EV_NE, sq_pred_items, NULL, deadline, &spun);
 		if (rc == QP_ECLOSED) {
@@ -2471,7 +2711,7 @@ qpi_shmq_qsize(qpi_shmq *q, uint64_t *np)
 	uint64_t ng = LDA(&h->gp.nget), nr = LDA(&h->gp.nreleased);
 	uint64_t n = LDA(&h->pp.nput);
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	*np = (n > ng ? n - ng : 0) + nr;
@@ -2504,7 +2744,7 @@ qpi_shmq_task_done(qpi_shmq *q)
 	sq_hdr *h = q->h;
 	int rc;
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	/* Under the consumer lock, so that joiners can wait for a
@@ -2546,7 +2786,7 @@ qpi_shmq_join(qpi_shmq *q, int64_t deadline)
 	int rc;
 
 	for (;;) {
-		if (sq_closed(q)) {
+		if (sq_stopped(q)) {
 			return sq_eclosed(q);
 		}
 		if (sq_pred_joined(q, NULL)) {
@@ -2583,7 +2823,7 @@ qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st)
 	sq_rec *r;
 	int rc;
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
@@ -2612,6 +2852,10 @@ qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st)
 		any = true;
 	}
 	sq_unlock(&h->gs);
+	/* Waiter counts heal: sleepers killed while they slept leave their
+	 * bits set; forget those of processes that are gone. */
+	sq_scan_now(&h->ev[EV_NE]);
+	sq_scan_now(&h->ev[EV_NF]);
 	uint64_t dones = LDA(&h->dones);
 	st->unfinished = nput > dones ? nput - dones : 0;
 	st->getters
@@ -2909,7 +3153,7 @@ qpi_shmq_ack(qpi_shmq *q, uint64_t id)
 	sq_tx t;
 	int rc;
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
@@ -2979,7 +3223,7 @@ qpi_shmq_renew(qpi_shmq *q, uint64_t id, int64_t lease_ms)
 	sq_tx t;
 	int rc;
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	if (lease_ms < -1) {
@@ -3010,7 +3254,7 @@ sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
 	int64_t next = INT64_MAX;
 	int rc;
 
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return sq_eclosed(q);
 	}
 	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
@@ -3335,7 +3579,8 @@ qpi_shmq_complete(qpi_shmq *t, uint64_t id, qpi_shmq *r, const void *buf,
 			sq_unlock(&h->gs);
 			sq_fence_after_unlock();
 			sq_watch_bump(t);
-			return QP_OK;
+			/* Either segment truncated under the copy: say so. */
+			return (rc = sq_after(r)) != QP_OK ? rc : sq_after(t);
 		}
 		STR(&h->cpl.phase, CPL_NONE);
 		sq_unlock(&h->gs);
@@ -3431,11 +3676,11 @@ qpi_shmq_watch_wait(qpi_shmq *q, uint32_t seen, int64_t deadline)
 	if ((rc = qpi_shmq_watch_arm(q)) != QP_OK) {
 		return rc;
 	}
-	if (LDA(&q->h->ev[EV_W].seq) == seen && !sq_closed(q)) {
+	if (LDA(&q->h->ev[EV_W].seq) == seen && !sq_stopped(q)) {
 		rc = qpi_futex_wait(&q->h->ev[EV_W].seq, seen, deadline);
 	}
 	qpi_shmq_watch_disarm(q);
-	if (sq_closed(q)) {
+	if (sq_stopped(q)) {
 		return qpi_err(QP_ECLOSED, "%s: handle closed", q->label);
 	}
 	return rc;

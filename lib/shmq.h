@@ -9,7 +9,10 @@
  * a byte ring of variable-size records (40-byte header + payload, 8-byte
  * aligned; a record never wraps: the space left at the end of the ring
  * becomes a pad). The header carries a magic, the layout version and the
- * sizes, checked on every attach (QP_EVERSION, QP_ECORRUPT). Each record
+ * sizes, checked on every attach (QP_EVERSION, QP_ECORRUPT); the words
+ * an attachment needs later (ring, table and area offsets, sizes, counts)
+ * are copied at attach, so a header scribbled on afterwards cannot move
+ * them. Each record
  * header holds a stamp, its ring position mixed with a random per-queue
  * salt, written last: a record is committed exactly when its stamp is
  * right. Positions only grow (64-bit byte counts).
@@ -48,7 +51,7 @@
  * it stored the item; a get killed before its commit leaves the item in
  * the queue, one killed after it took the item, as if it had returned.
  * Sleeper slots of dead processes are found and cleared (kill(pid, 0),
- * within their pid namespace, at most every 100 ms).
+ * within their pid namespace, at most every 100 ms, and by every stat).
  *
  * Wake-ups and kills. Every change a sleeper waits for (an item put or
  * released, room freed, the last task done) is made under a lock, and
@@ -112,6 +115,18 @@
  * live on the kernel's internal tmpfs, which has no size limit (memory
  * and overcommit bound them, as any allocation): nothing to reserve.
  *
+ * Trust. A named segment owned by another user is refused (QP_EPERM)
+ * unless QP_OPEN_ANY_OWNER says to trust it. Every named segment is
+ * guarded against SIGBUS (qpi_shm_guard): truncated under a call, it
+ * gets zero pages, and the call and all later ones on the attachment
+ * fail with QP_ECORRUPT ("quarantined ... truncated"), as they do once a
+ * lock's kind word, a lease-area mark or a released slot fails its check
+ * (before the lock is used: glibc would abort on some of them). Removal
+ * (qpi_shmq_unlink) sets a bit of the header's corrupt word and wakes
+ * every sleeper and watcher: every attachment's calls fail from then on
+ * (QP_ENOENT, "was deleted"; QP_ECLOSED for a call that was waiting
+ * then).
+ *
  * Put requests (qpiped). The segment also keeps a table of the last
  * QPI_SHMQ_TAGS_MAX tagged puts (qpi_shmq_put_tagged): the request's
  * client id and seq, how many of its items it stores, and the ordinal of
@@ -170,9 +185,10 @@ typedef struct qpi_shmq_cfg {
 /* Opens the named queue (name already validated by the caller). flags:
  * QP_OPEN_CREATE creates it if missing, race-free against other processes
  * doing the same (built under a temporary name, then linked into place);
- * with QP_OPEN_EXCL an existing queue is QP_EEXIST. Errors: QP_ENOENT,
- * QP_EEXIST, QP_EINVAL (cfg), QP_EVERSION, QP_ECORRUPT, QP_ENOMEM,
- * QP_ENOSPC, QP_ESYSTEM. */
+ * with QP_OPEN_EXCL an existing queue is QP_EEXIST; QP_OPEN_ANY_OWNER
+ * opens a segment another user owns. Errors: QP_ENOENT, QP_EEXIST,
+ * QP_EPERM (another user's), QP_EINVAL (cfg), QP_EVERSION, QP_ECORRUPT,
+ * QP_ENOMEM, QP_ENOSPC, QP_ESYSTEM. */
 int qpi_shmq_open(
     qpi_shmq **qp, const char *name, unsigned flags, const qpi_shmq_cfg *cfg);
 
@@ -187,8 +203,9 @@ void qpi_shmq_interrupt(qpi_shmq *q);
  * still be inside a call). NULL is fine. */
 void qpi_shmq_free(qpi_shmq *q);
 
-/* Removes the named queue's segment: QP_OK or QP_ENOENT. Attached
- * processes keep working on it until they free their attachment. */
+/* Removes the named queue's segment: QP_OK or QP_ENOENT. Attachments
+ * other processes hold see it at once: their calls fail with QP_ENOENT
+ * ("was deleted"), and calls blocked on it wake with QP_ECLOSED. */
 int qpi_shmq_unlink(const char *name);
 
 /* Puts len bytes of the given kind. Waits until deadline_ns (absolute
@@ -252,6 +269,11 @@ int qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np);
 int qpi_shmq_get(qpi_shmq *q, unsigned flags, void *into, size_t cap,
     void **bufp, size_t *lenp, int64_t deadline_ns);
 
+/* True once the queue was removed (qpi_shmq_unlink, by any process):
+ * its calls fail from then on (QP_ENOENT, or QP_ECLOSED for a call that
+ * was waiting). */
+bool qpi_shmq_removed(const qpi_shmq *q);
+
 /* Exact number of items ready (leased items excluded, released included). */
 int qpi_shmq_qsize(qpi_shmq *q, uint64_t *np);
 
@@ -265,7 +287,8 @@ int qpi_shmq_task_done(qpi_shmq *q);
 /* Waits until nothing is unfinished: QP_OK, QP_ETIMEDOUT, QP_ECLOSED. */
 int qpi_shmq_join(qpi_shmq *q, int64_t deadline_ns);
 
-/* Fills *st (see qp_queue_stats). */
+/* Fills *st (see qp_queue_stats). Sleepers whose process is gone are
+ * forgotten first, so the waiter counts heal after a kill -9. */
 int qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st);
 
 /* Walks the whole segment under both locks and checks every invariant

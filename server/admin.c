@@ -205,7 +205,8 @@ admin_figures(qps_q *q, const qpi_wire_req *r)
 	return rv == QP_OK
 	    ? qps_rep_encode(&rp)
 	    : qps_rep_error(r->op, r->req_id, rv, "%s of '%s': %s",
-	        qpi_wire_op_name(r->op), q->name, qp_strerror(rv));
+	        qpi_wire_op_name(r->op), q->name,
+	        qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
 }
 
 typedef struct list_ctx {

@@ -152,7 +152,8 @@ get_retry(qps_wait *wt, nng_msg **repp)
 	}
 	if (rv != QP_OK) {
 		*repp = qps_rep_error(wt->r.op, wt->r.req_id, rv,
-		    "get from '%s': %s", wt->q->name, qp_strerror(rv));
+		    "get from '%s': %s", wt->q->name,
+		    qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
 	}
 	return QPS_DONE;
 }
@@ -254,7 +255,8 @@ qd_get(const qps_req *rq, qps_q *q, nng_msg **repp)
 		    "queue '%s' is empty", q->name);
 	} else if (rv != QP_OK) {
 		*repp = qps_rep_error(r->op, r->req_id, rv,
-		    "get from '%s': %s", q->name, qp_strerror(rv));
+		    "get from '%s': %s", q->name,
+		    qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
 	}
 	/* Acks and leases free room: putters may go on. */
 	qps_wait_dispatch(q);

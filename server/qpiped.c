@@ -83,6 +83,11 @@ usage(FILE *f)
 	    "  --fsync POLICY          durable queues' default: always, "
 	    "never or\n"
 	    "                          interval:MS (default interval:100)\n"
+	    "  --shm-any-owner         host shm:// segments that another "
+	    "user owns\n"
+	    "                          (default: refused, as that user can "
+	    "read and\n"
+	    "                          change them)\n"
 	    "  --help, --version\n"
 	    "\n"
 	    "BYTES take a K, M or G suffix (powers of 1024).\n"
@@ -262,6 +267,10 @@ parse_args(qps_config *cfg, int argc, char **argv)
 		}
 		if (strcmp(a, "--insecure") == 0) {
 			cfg->insecure = true;
+			continue;
+		}
+		if (strcmp(a, "--shm-any-owner") == 0) {
+			cfg->shm_any_owner = true;
 			continue;
 		}
 		/* --flag VALUE or --flag=VALUE */

@@ -62,6 +62,10 @@ typedef struct qps_config {
 	    *tls_ca; /* --tls-ca: client certificates must chain to it */
 	bool raw_sp; /* tcp:// and ipc:// on plain sockets (--transport sp),
 	                else on nng streams (nng) */
+	/* Trust of shared-memory segments. */
+	bool shm_any_owner; /* --shm-any-owner: host segments other users
+	                       own (QP_OPEN_ANY_OWNER); else they are
+	                       refused with QP_EPERM */
 } qps_config;
 
 /* ---- authentication and TLS (sec.c) ---- */
@@ -303,6 +307,9 @@ typedef struct qps_q {
 	int64_t probe_ns; /* the probe's current backoff */
 	qps_timer probe_timer; /* retries the lock (q_probe_fire) */
 	struct qps_pend *pend, *pend_tail; /* background work to retry */
+	/* Trust of shared-memory segments. */
+	bool quarantined; /* found damaged (logged once): its requests get
+	                     QP_ECORRUPT until it is deleted */
 } qps_q;
 
 /* Options of the create op, 0 = the server's default. */
@@ -360,7 +367,8 @@ int qps_q_list(
     void *arg);
 
 /* Passes on rv, the result of a qpi_store_ call on q: QP_EBUSY (another
- * process holds q's lock, nothing done) marks q busy and arms its probe. */
+ * process holds q's lock, nothing done) marks q busy and arms its probe;
+ * the first QP_ECORRUPT logs q as quarantined. */
 int qps_q_rv(qps_q *q, int rv);
 
 /* Makes sure q's lease timer fires by expiry_ms (monotonic ms). */

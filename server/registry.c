@@ -183,6 +183,19 @@ qps_q_rv(qps_q *q, int rv)
 	if (rv == QP_EBUSY) {
 		q_busy(q);
 	}
+	if (rv == QP_ENOENT && !qpi_store_durable(q->st)
+	    && qpi_shmq_removed(qpi_store_shm(q->st))) {
+		/* Deleted by a local process (qpipe rm shm://...): what was
+		 * parked on it ends as a delete through qpiped ends it. */
+		rv = qpi_err(QP_ECLOSED, "queue '%s' was deleted", q->name);
+	}
+	if (rv == QP_ECORRUPT && !q->quarantined) {
+		q->quarantined = true;
+		qps_log(QPS_LOG_ERROR,
+		    "queue '%s' QUARANTINED: %s (its requests get ECORRUPT; "
+		    "the other queues are served)",
+		    q->name, qp_errmsg());
+	}
 	return rv;
 }
 
@@ -456,6 +469,9 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 	if (q == NULL) {
 		qpi_durq_free(dur);
 		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	if (hs.cfg->shm_any_owner) {
+		flags |= QP_OPEN_ANY_OWNER; /* else another user's: QP_EPERM */
 	}
 	rv = dur != NULL ? qpi_store_open_durq(&q->st, name, dur)
 	                 : qpi_store_open_shm(&q->st, name, flags, cfg);

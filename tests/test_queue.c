@@ -417,9 +417,9 @@ test_queue_named_open_create_unlink(void **state)
 	get_str(q, "back", QP_NOWAIT);
 	assert_int_equal(qp_queue_unlink(addr), QP_OK);
 	assert_int_equal(qp_queue_unlink(addr), QP_ENOENT);
-	/* The handle still works on the unlinked segment. */
-	put_str(q, "still");
-	get_str(q, "still", QP_NOWAIT);
+	/* The handle sees the removal: a put stores nothing (issue 15). */
+	assert_int_equal(qp_queue_put(q, "gone", 4, QP_NOWAIT), QP_ENOENT);
+	assert_non_null(strstr(qp_errmsg(), "deleted"));
 	qp_queue_free(q);
 	assert_int_equal(qp_queue_open(&q, addr, NULL), QP_ENOENT);
 }

@@ -4,7 +4,9 @@
  * counts, across fork), leased records that must not block the ring, the
  * watch sequence qpiped waits on, the invariant check, segments that
  * are not (or no longer) what this library expects, and the lock budget
- * that keeps a stopped lock holder from stalling qpiped.
+ * that keeps a stopped lock holder from stalling qpiped; segments not to
+ * be trusted blindly: another user's, truncated, scribbled on, removed
+ * while in use, and waiter counts that heal.
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
@@ -843,6 +845,273 @@ test_shmq_lock_budget_gives_up(void **state)
 	qpi_shmq_free(q);
 }
 
+/* ---- segments not to be trusted blindly (issue 15 items 6, 7, 10) ---- */
+
+static void
+shm_path_of(const char *name, char *path, size_t cap)
+{
+	const char *d = getenv("QPIPE_SHM_DIR");
+
+	snprintf(
+	    path, cap, "%s/qpipe.%s", d != NULL && *d ? d : "/dev/shm", name);
+}
+
+static uint64_t
+getters(qpi_shmq *q)
+{
+	qp_queue_stats st;
+
+	assert_int_equal(qpi_shmq_stat(q, &st), QP_OK);
+	return st.getters;
+}
+
+/* Waits (at most 10 s) until stat counts n getters. */
+static void
+await_getters(qpi_shmq *q, uint64_t n)
+{
+	for (int i = 0; i < 1000 && getters(q) != n; i++) {
+		qu_sleep_ms(10);
+	}
+	assert_int_equal(getters(q), n);
+}
+
+/* After rm, a local producer's put fails as a remote one's does
+ * (QP_ENOENT), instead of storing into the removed segment; a queue made
+ * anew under the name is a queue of its own. */
+static void
+test_shmq_rm_fails_local_puts(void **state)
+{
+	char name[96];
+	qpi_shmq *q, *q2;
+	void *buf = NULL;
+	size_t len = 0;
+
+	(void) state;
+	snprintf(name, sizeof(name), "%s", qu_name("rmput"));
+	assert_int_equal(qpi_shmq_open(&q, name, QP_OPEN_CREATE, NULL), QP_OK);
+	put(q, "a");
+	assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+	assert_int_equal(
+	    qpi_shmq_put(q, "b", 1, QPI_ITEM_BIN, FOREVER), QP_ENOENT);
+	assert_non_null(strstr(qp_errmsg(), "deleted"));
+	assert_int_equal(
+	    qpi_shmq_get(q, 0, NULL, 0, &buf, &len, 0), QP_ENOENT);
+	assert_int_equal(
+	    qpi_shmq_open(&q2, name, QP_OPEN_CREATE, NULL), QP_OK);
+	put(q2, "c");
+	get(q2, "c");
+	assert_int_equal(qpi_shmq_put(q, "d", 1, QPI_ITEM_BIN, 0), QP_ENOENT);
+	qpi_shmq_free(q);
+	qpi_shmq_free(q2);
+	assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+}
+
+/* A local getter blocked on a queue that is removed wakes with the error
+ * a remote getter gets (QP_ECLOSED, "deleted"), even when a new queue of
+ * that name gets an item. */
+static void
+test_shmq_rm_wakes_blocked_getter(void **state)
+{
+	char name[96];
+	qpi_shmq *q, *q2;
+	pid_t pid;
+
+	(void) state;
+	snprintf(name, sizeof(name), "%s", qu_name("rmget"));
+	assert_int_equal(qpi_shmq_open(&q, name, QP_OPEN_CREATE, NULL), QP_OK);
+	if ((pid = fork()) == 0) {
+		void *buf = NULL;
+		size_t len = 0;
+		alarm(10);
+		int rc = qpi_shmq_get(q, 0, NULL, 0, &buf, &len, FOREVER);
+		_exit(rc == QP_ECLOSED && strstr(qp_errmsg(), "deleted") ? 0
+		                                                         : 1);
+	}
+	assert_true(pid > 0);
+	await_getters(q, 1);
+	assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+	assert_int_equal(
+	    qpi_shmq_open(&q2, name, QP_OPEN_CREATE, NULL), QP_OK);
+	put(q2, "new");
+	assert_int_equal(qu_wait(pid), 0);
+	get(q2, "new");
+	qpi_shmq_free(q);
+	qpi_shmq_free(q2);
+	assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+}
+
+/* stat's waiter counts heal once waiting getters are killed. */
+static void
+test_shmq_waiters_heal_after_kill(void **state)
+{
+	char name[96];
+	qpi_shmq *q;
+	pid_t pids[5];
+
+	(void) state;
+	snprintf(name, sizeof(name), "%s", qu_name("heal"));
+	assert_int_equal(qpi_shmq_open(&q, name, QP_OPEN_CREATE, NULL), QP_OK);
+	for (int i = 0; i < 5; i++) {
+		if ((pids[i] = fork()) == 0) {
+			void *buf = NULL;
+			size_t len = 0;
+			alarm(20);
+			qpi_shmq_get(q, 0, NULL, 0, &buf, &len, FOREVER);
+			_exit(0);
+		}
+		assert_true(pids[i] > 0);
+	}
+	await_getters(q, 5);
+	for (int i = 0; i < 5; i++) {
+		kill(pids[i], SIGKILL);
+		assert_int_equal(qu_wait(pids[i]), 128 + SIGKILL);
+	}
+	assert_int_equal(getters(q), 0);
+	/* The queue still works. */
+	put(q, "x");
+	get(q, "x");
+	qpi_shmq_free(q);
+	assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+}
+
+/* A segment truncated by its owner while this process holds it: calls
+ * fail with QP_ECORRUPT naming the cause, and the process lives on (no
+ * SIGBUS death). Run in a child, whose death the parent would see. */
+static void
+test_shmq_truncated_segment_fails_cleanly(void **state)
+{
+	static const off_t sizes[] = {0, 8192, 300000};
+	char name[96], path[300];
+
+	(void) state;
+	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		qpi_shmq_cfg c = {.capacity = 1 << 20};
+		qpi_shmq *q;
+		pid_t pid;
+
+		snprintf(name, sizeof(name), "%s", qu_name("trunc"));
+		shm_path_of(name, path, sizeof(path));
+		assert_int_equal(
+		    qpi_shmq_open(&q, name, QP_OPEN_CREATE, &c), QP_OK);
+		put(q, "before");
+		if ((pid = fork()) == 0) {
+			static char big[200000];
+			void *buf = NULL;
+			size_t len = 0;
+			int bad = 0;
+			alarm(10);
+			/* A handle of the child's own: cmocka put its SIGBUS
+			 * handler in front of the library's, and each attach
+			 * puts the library's back (chaining to cmocka's). */
+			qpi_shmq_free(q);
+			if (qpi_shmq_open(&q, name, 0, NULL) != QP_OK) {
+				_exit(6);
+			}
+			if (truncate(path, sizes[k]) != 0) {
+				_exit(2);
+			}
+			/* Enough puts to reach past any cut. */
+			for (int i = 0; i < 20 && !bad; i++) {
+				int rc = qpi_shmq_put(
+				    q, big, sizeof(big), QPI_ITEM_BIN, 0);
+				bad = rc == QP_ECORRUPT;
+				if (rc != QP_OK && rc != QP_ECORRUPT
+				    && rc != QP_EFULL) {
+					_exit(3);
+				}
+			}
+			if (!bad || strstr(qp_errmsg(), "truncated") == NULL) {
+				_exit(4);
+			}
+			if (qpi_shmq_get(q, 0, NULL, 0, &buf, &len, 0)
+			        != QP_ECORRUPT
+			    || qpi_shmq_put(q, "x", 1, QPI_ITEM_BIN, 0)
+			        != QP_ECORRUPT) {
+				_exit(5);
+			}
+			qpi_shmq_free(q);
+			_exit(0);
+		}
+		assert_true(pid > 0);
+		assert_int_equal(qu_wait(pid), 0);
+		qpi_shmq_free(q);
+		assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+	}
+}
+
+/* Lock words scribbled on: the queue is quarantined (QP_ECORRUPT), never
+ * an abort in glibc or a hang on a lock nobody will free. */
+static void
+test_shmq_scribbled_lock_is_quarantined(void **state)
+{
+	char name[96];
+	qpi_shmq *q;
+	pid_t pid;
+
+	(void) state;
+	snprintf(name, sizeof(name), "%s", qu_name("scribble"));
+	assert_int_equal(qpi_shmq_open(&q, name, QP_OPEN_CREATE, NULL), QP_OK);
+	put(q, "a");
+	for (int side = 0; side < 2; side++) {
+		if ((pid = fork()) == 0) {
+			pthread_mutex_t *m = qpi_shmq_test_lock(q, side == 0);
+			void *buf = NULL;
+			size_t len = 0;
+			alarm(10);
+			/* A plain mutex "held" by a thread that is no more. */
+			memset(m, 0, sizeof(*m));
+			m->__data.__lock = 0x7ffffff0;
+			m->__data.__owner = 0x7ffffff0;
+			int rc = side == 0
+			    ? qpi_shmq_put(q, "b", 1, QPI_ITEM_BIN, FOREVER)
+			    : qpi_shmq_get(q, 0, NULL, 0, &buf, &len, FOREVER);
+			if (rc != QP_ECORRUPT
+			    || strstr(qp_errmsg(), "quarantined") == NULL) {
+				_exit(1);
+			}
+			/* Every later call says so at once. */
+			if (qpi_shmq_put(q, "c", 1, QPI_ITEM_BIN, FOREVER)
+			    != QP_ECORRUPT) {
+				_exit(2);
+			}
+			_exit(0);
+		}
+		assert_true(pid > 0);
+		assert_int_equal(qu_wait(pid), 0);
+	}
+	qpi_shmq_free(q);
+	assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+}
+
+/* A segment another user owns is refused unless the caller asks for it
+ * (root here: the file is handed to nobody). */
+static void
+test_shmq_other_users_segment_refused(void **state)
+{
+	char name[96], path[300];
+	qpi_shmq *q;
+
+	(void) state;
+	if (geteuid() != 0) {
+		skip();
+	}
+	snprintf(name, sizeof(name), "%s", qu_name("owner"));
+	shm_path_of(name, path, sizeof(path));
+	assert_int_equal(qpi_shmq_open(&q, name, QP_OPEN_CREATE, NULL), QP_OK);
+	qpi_shmq_free(q);
+	assert_int_equal(chown(path, 65534, 65534), 0);
+	assert_int_equal(qpi_shmq_open(&q, name, 0, NULL), QP_EPERM);
+	assert_non_null(strstr(qp_errmsg(), "owned by uid 65534"));
+	assert_int_equal(
+	    qpi_shmq_open(&q, name, QP_OPEN_CREATE, NULL), QP_EPERM);
+	assert_int_equal(
+	    qpi_shmq_open(&q, name, QP_OPEN_ANY_OWNER, NULL), QP_OK);
+	put(q, "trusted");
+	get(q, "trusted");
+	qpi_shmq_free(q);
+	assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+}
+
 int
 main(void)
 {
@@ -864,6 +1133,12 @@ main(void)
 	    cmocka_unit_test(test_shmq_check_finds_a_damaged_record),
 	    cmocka_unit_test(test_shmq_open_refuses_foreign_segments),
 	    cmocka_unit_test(test_shmq_lock_budget_gives_up),
+	    cmocka_unit_test(test_shmq_rm_fails_local_puts),
+	    cmocka_unit_test(test_shmq_rm_wakes_blocked_getter),
+	    cmocka_unit_test(test_shmq_waiters_heal_after_kill),
+	    cmocka_unit_test(test_shmq_truncated_segment_fails_cleanly),
+	    cmocka_unit_test(test_shmq_scribbled_lock_is_quarantined),
+	    cmocka_unit_test(test_shmq_other_users_segment_refused),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

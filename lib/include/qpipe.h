@@ -127,6 +127,14 @@ typedef struct qp_queue qp_queue;
  * qp_queue_opts.path (the file; one process opens it at a time); a
  * server's queue is kept under its --data-dir. See fsync below. */
 #define QP_OPEN_DURABLE 0x8u
+/* Trust (shm://). Segments live in a directory every user can write:
+ * opening a segment whose file another user owns fails with QP_EPERM
+ * (that user could read every item, and change the queue under this
+ * process), unless this flag says the caller trusts its owner. A segment
+ * truncated by its owner, or with header words that fail their checks,
+ * is quarantined for this handle: calls fail with QP_ECORRUPT, never a
+ * SIGBUS or an abort (see README, Security). */
+#define QP_OPEN_ANY_OWNER 0x100u
 
 struct qp_conn_opts;
 
@@ -153,6 +161,7 @@ typedef struct qp_queue_opts {
 /* Opens the queue at addr (opts may be NULL: open an existing queue).
  * Errors: QP_EINVAL (bad address or options), QP_ENOENT (no such queue and
  * no QP_OPEN_CREATE), QP_EEXIST, QP_EVERSION (a segment of another layout),
+ * QP_EPERM (shm://: another user's segment, see QP_OPEN_ANY_OWNER),
  * QP_ECORRUPT, QP_ENOMEM, QP_ESYSTEM; remote: QP_ECONNREFUSED, QP_EAUTH
  * (the tokens differ, one end has none, or the server's certificate did
  * not verify: qp_errmsg() says which). */
@@ -170,7 +179,10 @@ QP_API int qp_queue_close(qp_queue *q);
 /* Closes (if open) and releases the handle. NULL is fine. */
 QP_API void qp_queue_free(qp_queue *q);
 
-/* Deletes the queue at addr (its items are lost): QP_OK or QP_ENOENT. */
+/* Deletes the queue at addr (its items are lost): QP_OK or QP_ENOENT.
+ * shm://: handles other processes hold see it at once: their puts and
+ * gets fail with QP_ENOENT ("was deleted"), and calls blocked on the
+ * queue wake with QP_ECLOSED ("was deleted"), as remote ones do. */
 QP_API int qp_queue_unlink(const char *addr);
 
 /* qp_queue_unlink with a remote server's token and TLS settings (conn may

@@ -200,8 +200,7 @@ qd_park(const qps_req *rq, qps_q *q, int kind,
 		qps_wait_dispatch(q);
 		return QPS_PARKED;
 	}
-	*repp = qps_rep_error(rq->r->op, rq->r->req_id, QP_ELIMIT,
-	    "the server holds too many waiting requests");
+	*repp = qps_wait_refusal(rq->r);
 	return QPS_REPLY;
 }
 

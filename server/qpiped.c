@@ -56,6 +56,19 @@ usage(FILE *f)
 	    "  --lease-ms MS           how long a got item stays leased "
 	    "before it\n"
 	    "                          returns to the queue (default 30000)\n"
+	    /* What one connection may hold (README, Security). */
+	    "  --max-waiting N         waiting (parked) requests per "
+	    "connection\n"
+	    "                          (default 64: a handle's threads each "
+	    "blocked\n"
+	    "                          in a get; past it such a request gets "
+	    "ELIMIT)\n"
+	    "  --max-waiting-bytes BYTES  bytes held by one connection's "
+	    "waiting\n"
+	    "                          puts (default 64M: two largest items; "
+	    "its\n"
+	    "                          first waiting put is taken whatever "
+	    "its size)\n"
 	    "  --log-level LEVEL       error, warn, info (default) or debug\n"
 	    "  --transport sp|nng      how tcp:// and ipc:// are served: sp "
 	    "(default),\n"
@@ -177,6 +190,9 @@ static const flag flags[] = {
         "a number from 1 to 1000000"),
     NUM("--lease-ms", lease_ms, 1, 7ull * 24 * 3600 * 1000,
         "milliseconds from 1 to 7 days"),
+    NUM("--max-waiting", conn_waits, 1, 1000000, "a number from 1 to 1000000"),
+    NUM("--max-waiting-bytes", conn_wait_bytes, 1, (uint64_t) 1 << 40,
+        "bytes from 1 to 1T (K, M, G suffixes)"),
     SPECIAL("--log-level"),
     TEXT("--data-dir", data_dir),
     TEXT("--fsync", fsync),
@@ -243,6 +259,8 @@ parse_args(qps_config *cfg, int argc, char **argv)
 	cfg->max_connections = 4096;
 	cfg->lease_ms = 30000;
 	cfg->raw_sp = true;
+	cfg->conn_waits = QPS_DEFAULT_CONN_WAITS;
+	cfg->conn_wait_bytes = QPS_DEFAULT_CONN_WAIT_BYTES;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *val = NULL;

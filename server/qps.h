@@ -62,7 +62,21 @@ typedef struct qps_config {
 	    *tls_ca; /* --tls-ca: client certificates must chain to it */
 	bool raw_sp; /* tcp:// and ipc:// on plain sockets (--transport sp),
 	                else on nng streams (nng) */
+	/* What one connection may hold, so that it never takes what the
+	 * others need (README, Security): */
+	uint32_t conn_waits; /* --max-waiting: parked requests */
+	uint64_t conn_wait_bytes; /* --max-waiting-bytes: their bytes */
+	uint32_t conn_leases; /* --max-leases: items leased at once */
+	int64_t handshake_ms; /* --handshake-timeout: SP handshake due */
+	int64_t auth_ms; /* --auth-timeout: authenticated (with a token) */
 } qps_config;
+
+/* Defaults of the per-connection limits (qpiped --help says why). */
+#define QPS_DEFAULT_CONN_WAITS      64
+#define QPS_DEFAULT_CONN_WAIT_BYTES (64ull * 1024 * 1024)
+#define QPS_DEFAULT_CONN_LEASES     1024
+#define QPS_DEFAULT_HANDSHAKE_MS    10000
+#define QPS_DEFAULT_AUTH_MS         10000
 
 /* ---- authentication and TLS (sec.c) ---- */
 
@@ -476,6 +490,8 @@ typedef struct qps_conn {
 	qpi_htab work; /* its WORK leases (see conn.c) */
 	qps_q **leased; /* the queues it took leases from */
 	uint32_t nleased, leased_cap;
+	uint32_t nwaits; /* its parked requests (--max-waiting) */
+	uint64_t wait_bytes; /* the bytes they hold (--max-waiting-bytes) */
 } qps_conn;
 
 /* Sets up the connection table (pid: of this server, in owner tokens). */
@@ -567,6 +583,7 @@ struct qps_wait {
 	uint32_t base; /* put_many: items of the request put before */
 	uint64_t next; /* QPS_WAIT_OP: ids (or task_dones) done so far */
 	uint32_t nmiss; /* QPS_WAIT_OP: ids found missing so far */
+	size_t bytes; /* of its request, counted in conn->wait_bytes */
 	qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp);
 	qps_wait *lprev, *lnext; /* in its list */
 	qps_wait *cprev, *cnext; /* in conn's list */
@@ -575,9 +592,14 @@ struct qps_wait {
 /* Parks rq in list for up to tmo ms (<= 0: no limit), expired called at
  * its timeout: takes rq->req, copies the request (its items; for
  * QPS_WAIT_OP its ids). NULL (nothing taken) if the server cannot park
- * more. */
+ * more, or rq's connection holds its limit of parked requests or bytes
+ * (qps_wait_refusal says which). */
 qps_wait *qps_wait_add(const qps_req *rq, qps_wlist *list, int kind,
     int64_t tmo, void (*expired)(qps_wait *wt));
+
+/* The ELIMIT reply to r after qps_wait_add refused to park it: names
+ * the limit (the connection's own, or the server's). */
+nng_msg *qps_wait_refusal(const qpi_wire_req *r);
 
 /* Parks rq on q (qps_wait_add), to be tried again by retry whenever q
  * changes. */

@@ -1,0 +1,366 @@
+/*
+ * test_conn_limits.c - what one hostile or clumsy client may hold of
+ * qpiped (server/conn.c, wait.c, lease.c, link.c): a connection that
+ * pipelines 40,000 blocking gets or many big blocked puts is refused past
+ * its own limits while other clients' blocking gets go on and a waiting
+ * consumer gets its put. The raw client here speaks SP frames on a plain
+ * socket, encoding requests with proto/wire.h, so that it can pipeline
+ * without reading. Each scenario runs in a child; CHECK exits non-zero.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "qpi.h"
+#include "qps_testsrv.h"
+#include "wire.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
+
+/* The helpers of qps_testsrv.h this program has no use for. */
+static void __attribute__((unused)) cl_unused(void)
+{
+	(void) tsrv_restart;
+	(void) tsrv_mem;
+}
+
+/* ---- a raw SP client on a plain TCP socket ---- */
+
+typedef struct rc {
+	int fd;
+	uint8_t *out; /* frames not yet written: out[outoff..outlen) */
+	size_t outoff, outlen, outcap;
+	uint8_t *in; /* bytes read, not yet a whole frame */
+	size_t inlen, incap;
+	uint32_t next_id;
+	long replies; /* whole replies read */
+	long status[32]; /* replies by status */
+	char last_err[256]; /* the last error reply's message */
+} rc;
+
+/* Connects to url (tcp://127.0.0.1:P), non-blocking; with hs, sends the
+ * req0 handshake and reads the server's. */
+static void
+rc_open(rc *c, const char *url, bool hs)
+{
+	static const uint8_t hs_req0[] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	uint8_t got[8];
+	size_t have = 0;
+	long long end = tsrv_now_ms() + 5000;
+
+	memset(c, 0, sizeof(*c));
+	sa.sin_port = htons((uint16_t) atoi(strrchr(url, ':') + 1));
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	c->fd = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK(c->fd >= 0);
+	CHECK(connect(c->fd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
+	if (hs) {
+		CHECK(write(c->fd, hs_req0, 8) == 8);
+		while (have < 8 && tsrv_now_ms() < end) {
+			ssize_t n = read(c->fd, got + have, 8 - have);
+			CHECK(n > 0);
+			have += (size_t) n;
+		}
+		CHECK(have == 8);
+	}
+	CHECK(fcntl(c->fd, F_SETFL, O_NONBLOCK) == 0);
+}
+
+static void
+rc_close(rc *c)
+{
+	close(c->fd);
+	free(c->out);
+	free(c->in);
+}
+
+/* Queues the frame of *r (its req_id set here). */
+static void
+rc_queue(rc *c, qpi_wire_req *r)
+{
+	qpi_wire_buf b = {0};
+	uint32_t id = 0x80000000u | ++c->next_id;
+	uint64_t len;
+
+	r->req_id = c->next_id;
+	CHECK_EQ(qpi_wire_encode_req(r, &b), QP_OK);
+	len = b.len + 4;
+	if (c->outlen + 12 + b.len > c->outcap) {
+		c->outcap = (c->outlen + 12 + b.len) * 2;
+		c->out = realloc(c->out, c->outcap);
+		CHECK(c->out != NULL);
+	}
+	for (int i = 0; i < 8; i++) {
+		c->out[c->outlen++] = (uint8_t) (len >> (56 - 8 * i));
+	}
+	for (int i = 0; i < 4; i++) {
+		c->out[c->outlen++] = (uint8_t) (id >> (24 - 8 * i));
+	}
+	memcpy(c->out + c->outlen, b.data, b.len);
+	c->outlen += b.len;
+	qpi_wire_buf_free(&b);
+}
+
+/* Counts the whole replies in c->in (status, last error message). */
+static void
+rc_parse(rc *c, bool decode)
+{
+	size_t pos = 0;
+
+	while (c->inlen - pos >= 12) {
+		uint64_t len = 0;
+		for (int i = 0; i < 8; i++) {
+			len = len << 8 | c->in[pos + (size_t) i];
+		}
+		CHECK(len >= 4 && len < (1u << 30));
+		if (c->inlen - pos - 8 < len) {
+			break;
+		}
+		if (decode) {
+			qpi_wire_item items[4];
+			uint64_t ids[4];
+			qpi_wire_rep rp;
+			memset(&rp, 0, sizeof(rp));
+			rp.items = items;
+			rp.items_cap = 4;
+			rp.ids = ids;
+			rp.ids_cap = 4;
+			if (qpi_wire_decode_rep(
+			        c->in + pos + 12, (size_t) len - 4, NULL, &rp)
+			        == QP_OK
+			    && rp.status >= 0 && rp.status < 32) {
+				c->status[rp.status]++;
+				if (rp.status != QP_OK) {
+					snprintf(c->last_err,
+					    sizeof(c->last_err), "%s",
+					    rp.errmsg);
+				}
+			}
+		}
+		c->replies++;
+		pos += 8 + (size_t) len;
+	}
+	memmove(c->in, c->in + pos, c->inlen - pos);
+	c->inlen -= pos;
+}
+
+/* Writes what is queued and reads what comes for up to ms, or until
+ * everything is written and want replies are in (want < 0: only write).
+ * decode: count replies by status. False when the server closed. */
+static bool
+rc_pump(rc *c, int ms, long want, bool read, bool decode)
+{
+	long long end = tsrv_now_ms() + ms;
+
+	while (tsrv_now_ms() < end) {
+		struct pollfd p = {.fd = c->fd,
+		    .events = (short) ((read ? POLLIN : 0)
+		        | (c->outoff < c->outlen ? POLLOUT : 0))};
+		if (c->outoff == c->outlen
+		    && (want < 0 || c->replies >= want)) {
+			return true;
+		}
+		if (poll(&p, 1, 50) <= 0) {
+			continue;
+		}
+		if (p.revents & POLLOUT) {
+			ssize_t n = write(
+			    c->fd, c->out + c->outoff, c->outlen - c->outoff);
+			if (n > 0) {
+				c->outoff += (size_t) n;
+			}
+			if (c->outoff == c->outlen) {
+				c->outoff = c->outlen = 0;
+			}
+		}
+		if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+			if (c->incap - c->inlen < 65536) {
+				c->incap = c->incap * 2 + 65536;
+				c->in = realloc(c->in, c->incap);
+				CHECK(c->in != NULL);
+			}
+			ssize_t n = recv(
+			    c->fd, c->in + c->inlen, c->incap - c->inlen, 0);
+			if (n == 0 || (n < 0 && errno != EAGAIN)) {
+				return false;
+			}
+			if (n > 0) {
+				c->inlen += (size_t) n;
+				rc_parse(c, decode);
+			}
+		}
+	}
+	return true;
+}
+
+/* A msgpack bin of n bytes of 'x' (malloc'd), *lenp its size. */
+static uint8_t *
+bin_item(size_t n, size_t *lenp)
+{
+	uint8_t *p = malloc(n + 5);
+
+	CHECK(p != NULL);
+	p[0] = 0xc6;
+	p[1] = (uint8_t) (n >> 24);
+	p[2] = (uint8_t) (n >> 16);
+	p[3] = (uint8_t) (n >> 8);
+	p[4] = (uint8_t) n;
+	memset(p + 5, 'x', n);
+	*lenp = n + 5;
+	return p;
+}
+
+/* ---- one connection's waiting requests ---- */
+
+typedef struct getter {
+	qp_queue *q;
+	int timeout;
+	int rv;
+	long long ms;
+	char buf[64];
+	size_t n;
+} getter;
+
+static void *
+getter_main(void *arg)
+{
+	getter *g = arg;
+	long long t0 = tsrv_now_ms();
+
+	g->rv = qp_queue_get_into(
+	    g->q, g->buf, sizeof(g->buf), &g->n, g->timeout);
+	g->ms = tsrv_now_ms() - t0;
+	return NULL;
+}
+
+static void
+waiting_body(void)
+{
+	enum { NGETS = 40000 };
+	tsrv t = {0};
+	char hog[64], other[64], full[64], addr[400];
+	qp_queue *q, *p, *f;
+	pthread_t thr;
+	getter g = {0};
+	rc c, d;
+	size_t ilen;
+	uint8_t *item;
+
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	snprintf(
+	    t.extra[t.nextra++], sizeof(t.extra[0]), "--max-waiting-bytes");
+	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "1M");
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	snprintf(hog, sizeof(hog), "clhog%ld", (long) getpid());
+	snprintf(other, sizeof(other), "clother%ld", (long) getpid());
+	snprintf(full, sizeof(full), "clfull%ld", (long) getpid());
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, hog);
+	CHECK_EQ(qp_queue_open(
+	             &q, addr, &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),
+	    QP_OK);
+	qp_queue_free(q);
+
+	/* One connection pipelines 40,000 blocking gets on an empty queue:
+	 * past its own limit (64 by default) each is refused, with a clear
+	 * error, to it alone. */
+	rc_open(&c, t.url, true);
+	for (int i = 0; i < NGETS; i++) {
+		qpi_wire_req r
+		    = {.op = QPI_OP_GET, .timeout = 30000, .max_items = 1};
+		snprintf(r.name, sizeof(r.name), "%s", hog);
+		rc_queue(&c, &r);
+	}
+	CHECK(rc_pump(&c, 20000, NGETS - 64, true, true));
+	CHECK_EQ(c.replies, NGETS - 64);
+	CHECK_EQ(c.status[QP_ELIMIT], NGETS - 64);
+	CHECK(strstr(c.last_err, "--max-waiting") != NULL);
+
+	/* Meanwhile another client's blocking get waits, and gets the put a
+	 * third makes. */
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, other);
+	CHECK_EQ(qp_queue_open(
+	             &q, addr, &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),
+	    QP_OK);
+	CHECK_EQ(qp_queue_open(&p, addr, NULL), QP_OK);
+	g.q = q;
+	g.timeout = 5000;
+	CHECK(pthread_create(&thr, NULL, getter_main, &g) == 0);
+	tsrv_sleep_ms(300);
+	CHECK_EQ(qp_queue_put(p, "wake", 4, 0), QP_OK);
+	pthread_join(thr, NULL);
+	CHECK_EQ(g.rv, QP_OK);
+	CHECK(g.n == 4 && memcmp(g.buf, "wake", 4) == 0);
+	CHECK(g.ms >= 250 && g.ms < 4000);
+	/* And a get that times out says so after its timeout, not at once. */
+	g.timeout = 500;
+	getter_main(&g);
+	CHECK_EQ(g.rv, QP_EEMPTY);
+	CHECK(g.ms >= 450);
+
+	/* Bytes held by one connection's blocked puts: a full queue, puts
+	 * of 256 KiB; past --max-waiting-bytes 1M they are refused. */
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, full);
+	CHECK_EQ(qp_queue_open(&f, addr,
+	             &(qp_queue_opts) {.flags = QP_OPEN_CREATE, .maxsize = 1}),
+	    QP_OK);
+	CHECK_EQ(qp_queue_put(f, "1", 1, 0), QP_OK);
+	item = bin_item(256 * 1024, &ilen);
+	rc_open(&d, t.url, true);
+	for (int i = 0; i < 12; i++) {
+		qpi_wire_req r = {.op = QPI_OP_PUT, .timeout = 30000};
+		snprintf(r.name, sizeof(r.name), "%s", full);
+		r.item.data = item;
+		r.item.len = ilen;
+		rc_queue(&d, &r);
+	}
+	/* 1M holds three such requests (each a little over 256 KiB). */
+	CHECK(rc_pump(&d, 10000, 9, true, true));
+	CHECK_EQ(d.status[QP_ELIMIT], 9);
+	CHECK(strstr(d.last_err, "--max-waiting-bytes") != NULL);
+	/* Another client's blocked put still waits its turn. */
+	{
+		long long t0 = tsrv_now_ms();
+		CHECK_EQ(qp_queue_put(f, "2", 1, 300), QP_EFULL);
+		CHECK(tsrv_now_ms() - t0 >= 250);
+	}
+	free(item);
+	rc_close(&c);
+	rc_close(&d);
+	qp_queue_free(q);
+	qp_queue_free(p);
+	qp_queue_free(f);
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, hog);
+	qp_queue_unlink(addr);
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, other);
+	qp_queue_unlink(addr);
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, full);
+	qp_queue_unlink(addr);
+	CHECK(tsrv_stop(&t));
+}
+
+static void
+test_conn_limits_waiting_per_conn(void **state)
+{
+	(void) state;
+	tsrv_scenario0(waiting_body);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_conn_limits_waiting_per_conn),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

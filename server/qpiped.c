@@ -69,6 +69,14 @@ usage(FILE *f)
 	    "its\n"
 	    "                          first waiting put is taken whatever "
 	    "its size)\n"
+	    "  --max-leases N          items one connection holds leased at "
+	    "once, as a\n"
+	    "                          prefetch limit (default 1024: a "
+	    "queue's 4096\n"
+	    "                          lease slots serve four greedy "
+	    "consumers and\n"
+	    "                          more; a get takes at most what is "
+	    "left)\n"
 	    "  --log-level LEVEL       error, warn, info (default) or debug\n"
 	    "  --transport sp|nng      how tcp:// and ipc:// are served: sp "
 	    "(default),\n"
@@ -191,6 +199,7 @@ static const flag flags[] = {
     NUM("--lease-ms", lease_ms, 1, 7ull * 24 * 3600 * 1000,
         "milliseconds from 1 to 7 days"),
     NUM("--max-waiting", conn_waits, 1, 1000000, "a number from 1 to 1000000"),
+    NUM("--max-leases", conn_leases, 1, 1000000, "a number from 1 to 1000000"),
     NUM("--max-waiting-bytes", conn_wait_bytes, 1, (uint64_t) 1 << 40,
         "bytes from 1 to 1T (K, M, G suffixes)"),
     SPECIAL("--log-level"),
@@ -261,6 +270,7 @@ parse_args(qps_config *cfg, int argc, char **argv)
 	cfg->raw_sp = true;
 	cfg->conn_waits = QPS_DEFAULT_CONN_WAITS;
 	cfg->conn_wait_bytes = QPS_DEFAULT_CONN_WAIT_BYTES;
+	cfg->conn_leases = QPS_DEFAULT_CONN_LEASES;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *val = NULL;

@@ -487,7 +487,7 @@ typedef struct qps_conn {
 	qpi_session_server ss; /* hello/auth state; ss.as.ok: authenticated */
 	bool told_unauth; /* a request before auth was refused and logged */
 	qps_wait *waits; /* its parked requests */
-	qpi_htab work; /* its WORK leases (see conn.c) */
+	qpi_htab work; /* its leases (see conn.c), WORK ones marked */
 	qps_q **leased; /* the queues it took leases from */
 	uint32_t nleased, leased_cap;
 	uint32_t nwaits; /* its parked requests (--max-waiting) */
@@ -511,14 +511,25 @@ bool qps_conn_open(uint32_t id);
  * close, its leases go back to their queues. */
 void qps_conn_close(uint32_t id);
 
-/* c took leases on q (WORK: also lease_id, whose ack is a task_done and
+/* c took leases on q; each one is noted with qps_conn_lease_add, until
+ * expiry_ms (monotonic; work: a WORK lease, whose ack is a task_done and
  * which touch may renew). */
 void qps_conn_leased(qps_conn *c, qps_q *q);
-void qps_conn_work_add(qps_conn *c, qps_q *q, uint64_t lease_id);
+void qps_conn_lease_add(
+    qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms, bool work);
 
-/* Forgets a WORK lease of c (true if it was one); whether c holds it. */
+/* Forgets a lease of c (acked or released): true if it was a WORK
+ * lease. Whether c holds lease_id as a WORK lease. */
 bool qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id);
 bool qps_conn_work_holds(qps_conn *c, qps_q *q, uint64_t lease_id);
+
+/* A lease of c renewed (touch) until expiry_ms. */
+void qps_conn_lease_renew(
+    qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms);
+
+/* How many more items c may lease (--max-leases less those it holds;
+ * expired ones are forgotten first when it is at its limit). */
+uint32_t qps_conn_lease_room(qps_conn *c);
 
 /* q goes away: no connection refers to it any more. */
 void qps_conns_forget_q(qps_q *q);
@@ -584,6 +595,7 @@ struct qps_wait {
 	uint64_t next; /* QPS_WAIT_OP: ids (or task_dones) done so far */
 	uint32_t nmiss; /* QPS_WAIT_OP: ids found missing so far */
 	size_t bytes; /* of its request, counted in conn->wait_bytes */
+	int why; /* a get: what its last try found (QP_EEMPTY...) */
 	qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp);
 	qps_wait *lprev, *lnext; /* in its list */
 	qps_wait *cprev, *cnext; /* in conn's list */
@@ -612,6 +624,10 @@ qps_wait *qps_wait_park(const qps_req *rq, qps_q *q, int kind, int64_t tmo,
 qps_handled qps_wait_busy(const qps_req *rq, qps_q *q, uint64_t next,
     uint32_t nmiss, qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp),
     nng_msg **repp);
+
+/* A queue's parked request at its timeout: answered QP_EEMPTY, QP_EFULL,
+ * QP_ETIMEDOUT (join) or QP_EBUSY (its lock held), and freed. */
+void qps_wait_expire_default(qps_wait *wt);
 
 /* Ends a parked request: sends rep (NULL: no reply, its client is gone),
  * settles its dedup entry, frees it. */

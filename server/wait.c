@@ -75,17 +75,24 @@ qps_wait_finish(qps_wait *wt, nng_msg *rep)
 static void
 wait_timeout(qps_timer *t)
 {
-	static const int st[QPS_NWAIT]
-	    = {QP_EBUSY, QP_EEMPTY, QP_EFULL, QP_ETIMEDOUT};
-	static const char *const what[QPS_NWAIT]
-	    = {"", "is empty", "is full", "still has unfinished tasks"};
 	qps_wait *wt = (qps_wait *) t;
-	const qpi_wire_req *r = &wt->r;
 
 	if (wt->expired != NULL) {
 		wt->expired(wt);
 		return;
 	}
+	qps_wait_expire_default(wt);
+}
+
+void
+qps_wait_expire_default(qps_wait *wt)
+{
+	static const int st[QPS_NWAIT]
+	    = {QP_EBUSY, QP_EEMPTY, QP_EFULL, QP_ETIMEDOUT};
+	static const char *const what[QPS_NWAIT]
+	    = {"", "is empty", "is full", "still has unfinished tasks"};
+	const qpi_wire_req *r = &wt->r;
+
 	if (wt->q->busy || wt->kind == QPS_WAIT_OP) {
 		qps_wait_finish(wt,
 		    qps_rep_error(r->op, r->req_id, st[wt->kind],

@@ -44,6 +44,7 @@ typedef struct rc {
 	uint32_t next_id;
 	long replies; /* whole replies read */
 	long status[32]; /* replies by status */
+	long nitems; /* items in the last reply */
 	char last_err[256]; /* the last error reply's message */
 } rc;
 
@@ -127,12 +128,12 @@ rc_parse(rc *c, bool decode)
 			break;
 		}
 		if (decode) {
-			qpi_wire_item items[4];
+			static qpi_wire_item items[4096];
 			uint64_t ids[4];
 			qpi_wire_rep rp;
 			memset(&rp, 0, sizeof(rp));
 			rp.items = items;
-			rp.items_cap = 4;
+			rp.items_cap = 4096;
 			rp.ids = ids;
 			rp.ids_cap = 4;
 			if (qpi_wire_decode_rep(
@@ -140,6 +141,7 @@ rc_parse(rc *c, bool decode)
 			        == QP_OK
 			    && rp.status >= 0 && rp.status < 32) {
 				c->status[rp.status]++;
+				c->nitems = rp.nitems;
 				if (rp.status != QP_OK) {
 					snprintf(c->last_err,
 					    sizeof(c->last_err), "%s",
@@ -355,11 +357,122 @@ test_conn_limits_waiting_per_conn(void **state)
 	tsrv_scenario0(waiting_body);
 }
 
+/* ---- one connection's leases ---- */
+
+/* Puts n small items into name over c (put_many batches of 1000). */
+static void
+fill(rc *c, const char *name, int n)
+{
+	static qpi_wire_item items[1000];
+	static const uint8_t one[] = {0xc4, 0x01, 'i'};
+	long before = c->replies;
+	int batches = 0;
+
+	for (int i = 0; i < 1000; i++) {
+		items[i].data = one;
+		items[i].len = sizeof(one);
+	}
+	for (int done = 0; done < n; done += 1000, batches++) {
+		qpi_wire_req r = {.op = QPI_OP_PUT_MANY,
+		    .flags = QPI_PUT_CREATE,
+		    .items = items,
+		    .nitems = (uint32_t) (n - done < 1000 ? n - done : 1000),
+		    .items_cap = 1000};
+		snprintf(r.name, sizeof(r.name), "%s", name);
+		rc_queue(c, &r);
+	}
+	CHECK(rc_pump(c, 10000, before + batches, true, true));
+	CHECK_EQ(c->replies, before + batches);
+}
+
+/* A worker-mode get of up to max items, leased for 600 s. */
+static void
+grab(rc *c, const char *name, uint32_t max)
+{
+	qpi_wire_req r = {.op = QPI_OP_GET,
+	    .max_items = max,
+	    .lease_mode = QPI_LEASE_WORK,
+	    .lease_ms = 600000};
+	long before = c->replies;
+
+	snprintf(r.name, sizeof(r.name), "%s", name);
+	rc_queue(c, &r);
+	CHECK(rc_pump(c, 10000, before + 1, true, true));
+	CHECK_EQ(c->replies, before + 1);
+}
+
+static void
+leases_body(void)
+{
+	tsrv t = {0}, u = {0};
+	char name[64], addr[400], buf[64], msg[512];
+	qp_queue *q;
+	size_t n;
+	rc a, b;
+
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	snprintf(name, sizeof(name), "cllease%ld", (long) getpid());
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, name);
+	rc_open(&a, t.url, true);
+	fill(&a, name, 10000);
+
+	/* One worker asks for 4,096 items under a 600 s lease: it gets its
+	 * limit (1024 by default), not every lease slot of the queue. */
+	grab(&a, name, 4096);
+	CHECK_EQ(a.status[QP_OK], 11);
+	CHECK_EQ(a.nitems, 1024);
+	/* Past its limit it is told so, as what it is. */
+	grab(&a, name, 10);
+	CHECK_EQ(a.status[QP_ELIMIT], 1);
+	CHECK(strstr(a.last_err, "--max-leases") != NULL);
+	/* Other consumers get the ready items, at once or waiting. */
+	CHECK_EQ(qp_queue_open(&q, addr, NULL), QP_OK);
+	CHECK_EQ(qp_queue_get_into(q, buf, sizeof(buf), &n, 0), QP_OK);
+	CHECK_EQ(qp_queue_get_into(q, buf, sizeof(buf), &n, 3000), QP_OK);
+	qp_queue_free(q);
+	rc_close(&a);
+	CHECK(tsrv_stop(&t));
+
+	/* A server that lets one connection take every slot: another
+	 * consumer is told the lease room is taken, never "empty". */
+	snprintf(u.extra[u.nextra++], sizeof(u.extra[0]), "--max-leases");
+	snprintf(u.extra[u.nextra++], sizeof(u.extra[0]), "100000");
+	CHECK(tsrv_start(&u, "tcp") == 0);
+	snprintf(addr, sizeof(addr), "%s/%s", u.url, name);
+	rc_open(&b, u.url, true);
+	grab(&b, name, 4096);
+	CHECK_EQ(b.nitems, 4096);
+	CHECK_EQ(qp_queue_open(&q, addr, NULL), QP_OK);
+	CHECK_EQ(qp_queue_get_into(q, buf, sizeof(buf), &n, 0), QP_ELIMIT);
+	snprintf(msg, sizeof(msg), "%s", qp_errmsg());
+	CHECK(strstr(msg, "items ready") != NULL);
+	{
+		long long t0 = tsrv_now_ms();
+		CHECK_EQ(qp_queue_get_into(q, buf, sizeof(buf), &n, 500),
+		    QP_ELIMIT);
+		CHECK(tsrv_now_ms() - t0 >= 450);
+		CHECK(strstr(qp_errmsg(), "none could be leased") != NULL);
+	}
+	qp_queue_free(q);
+	rc_close(&b);
+	qp_queue_unlink(addr);
+	CHECK(tsrv_stop(&u));
+}
+
+static void
+test_conn_limits_leases_per_conn(void **state)
+{
+	(void) state;
+	tsrv_scenario0(leases_body);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_conn_limits_waiting_per_conn),
+	    cmocka_unit_test(test_conn_limits_leases_per_conn),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

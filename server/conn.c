@@ -98,6 +98,25 @@ qps_conn_open(uint32_t id)
 	return false;
 }
 
+bool
+qps_conn_settled(uint32_t id, const char **why)
+{
+	qps_conn *c = conn_find(id);
+
+	if (c == NULL) {
+		return true;
+	}
+	if (c->over_limit) {
+		*why = "over --max-connections";
+		return false;
+	}
+	if (qps_sec_auth_required() && !c->ss.as.ok) {
+		*why = "not authenticated in time (--auth-timeout)";
+		return false;
+	}
+	return true;
+}
+
 void
 qps_conn_leased(qps_conn *c, qps_q *q)
 {

@@ -64,6 +64,13 @@ struct qps_link {
 	size_t outoff, outlen, outcap;
 	size_t inflight; /* bytes the driver is writing outside out */
 	char peer[80]; /* "tcp://1.2.3.4:5", or "" for a local socket */
+	/* Time limits (link.c): the SP handshake, then authentication (or a
+	 * connection over --max-connections), due by a deadline from
+	 * born_ns; lk.mu guards the list it waits in. */
+	int64_t born_ns;
+	bool hs_done; /* the peer's SP handshake came (atomic) */
+	int plist; /* LINK_DUE_* list it is in, 0: none */
+	struct qps_link *pprev, *pnext;
 	/* Read side: the driver's reading thread only. */
 	int state;
 	uint8_t hbuf[9];
@@ -82,8 +89,10 @@ struct qps_link {
 	bool reading, sending, st_closed;
 };
 
-/* Sets the limits (--max-message, --max-connections) before any link. */
-void qps_link_setup(const qps_config *cfg);
+/* Sets the limits (--max-message, --max-connections, --handshake-timeout,
+ * --auth-timeout) before any link, and starts the thread that closes
+ * links past their time limits. QP_OK or QP_ESYSTEM (logged). */
+int qps_link_setup(const qps_config *cfg);
 
 /* Closes every link and waits (up to 5 s) until the drivers let go of
  * them; from now on no request parks. */

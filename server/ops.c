@@ -65,6 +65,18 @@ qps_ops_conn_remove(uint32_t conn_id)
 	pthread_mutex_unlock(&ops.mu);
 }
 
+bool
+qps_ops_conn_settled(uint32_t conn_id, const char **why)
+{
+	bool ok;
+
+	qps_thread_init();
+	pthread_mutex_lock(&ops.mu);
+	ok = qps_conn_settled(conn_id, why);
+	pthread_mutex_unlock(&ops.mu);
+	return ok;
+}
+
 /* The handler of op's family; NULL for an op this server does not know. */
 static qps_handler
 ops_route(uint32_t op)

@@ -77,6 +77,15 @@ usage(FILE *f)
 	    "consumers and\n"
 	    "                          more; a get takes at most what is "
 	    "left)\n"
+	    "  --handshake-timeout MS  a connection that has not sent its SP "
+	    "handshake\n"
+	    "                          by then is closed (default 10000)\n"
+	    "  --auth-timeout MS       with a token: one that has not "
+	    "authenticated by\n"
+	    "                          then is closed (default 10000), as "
+	    "is one over\n"
+	    "                          --max-connections, so idle ones "
+	    "never hold them\n"
 	    "  --log-level LEVEL       error, warn, info (default) or debug\n"
 	    "  --transport sp|nng      how tcp:// and ipc:// are served: sp "
 	    "(default),\n"
@@ -199,6 +208,10 @@ static const flag flags[] = {
     NUM("--lease-ms", lease_ms, 1, 7ull * 24 * 3600 * 1000,
         "milliseconds from 1 to 7 days"),
     NUM("--max-waiting", conn_waits, 1, 1000000, "a number from 1 to 1000000"),
+    NUM("--handshake-timeout", handshake_ms, 1, 3600000,
+        "milliseconds from 1 to 3600000"),
+    NUM("--auth-timeout", auth_ms, 1, 3600000,
+        "milliseconds from 1 to 3600000"),
     NUM("--max-leases", conn_leases, 1, 1000000, "a number from 1 to 1000000"),
     NUM("--max-waiting-bytes", conn_wait_bytes, 1, (uint64_t) 1 << 40,
         "bytes from 1 to 1T (K, M, G suffixes)"),
@@ -271,6 +284,8 @@ parse_args(qps_config *cfg, int argc, char **argv)
 	cfg->conn_waits = QPS_DEFAULT_CONN_WAITS;
 	cfg->conn_wait_bytes = QPS_DEFAULT_CONN_WAIT_BYTES;
 	cfg->conn_leases = QPS_DEFAULT_CONN_LEASES;
+	cfg->handshake_ms = QPS_DEFAULT_HANDSHAKE_MS;
+	cfg->auth_ms = QPS_DEFAULT_AUTH_MS;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *val = NULL;

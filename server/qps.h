@@ -37,6 +37,19 @@ extern int qps_log_level;
 void qps_log(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* A place in the code whose warning a flood would repeat: it logs at
+ * most one line per QPS_LOG_LIMIT_NS, the next one counting those left
+ * out. Static storage, zeroed. */
+typedef struct qps_loglimit {
+	int64_t next_ns;
+	uint64_t dropped;
+} qps_loglimit;
+#define QPS_LOG_LIMIT_NS 1000000000ll
+
+/* qps_log through ll's limit. Thread-safe. */
+void qps_log_limited(qps_loglimit *ll, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Parses "error", "warn", "info" or "debug"; -1 if none of them. */
 int qps_log_level_parse(const char *s);
 
@@ -162,6 +175,11 @@ bool qps_ops_conn_add(uint32_t conn_id);
 /* A connection is gone: its leases go back to their queues, its parked
  * requests are dropped (conn.c, qps_conn_close). */
 void qps_ops_conn_remove(uint32_t conn_id);
+
+/* At its time limit: true when connection conn_id may stay (it has
+ * authenticated, or needs not, and is within --max-connections; or it is
+ * gone). False: close it, *why says why. */
+bool qps_ops_conn_settled(uint32_t conn_id, const char **why);
 
 /* Starts the request layer (timer thread, registry); on start returns
  * every lease left by an earlier incarnation of the server. */
@@ -506,6 +524,9 @@ uint32_t qps_conns_count(void);
 
 /* A connection arrived (qps_ops_conn_add): false to close it at once. */
 bool qps_conn_open(uint32_t id);
+
+/* As qps_ops_conn_settled, under the ops lock. */
+bool qps_conn_settled(uint32_t id, const char **why);
 
 /* A connection left: its parked requests end unanswered, its pipe sides
  * close, its leases go back to their queues. */

@@ -25,6 +25,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 /* The helpers of qps_testsrv.h this program has no use for. */
 static void __attribute__((unused)) cl_unused(void)
@@ -467,12 +468,103 @@ test_conn_limits_leases_per_conn(void **state)
 	tsrv_scenario0(leases_body);
 }
 
+/* ---- connections that never finish their handshake or auth ---- */
+
+/* Milliseconds until the server closes fd (reading what it sends), or
+ * -1 if it is still open after limit_ms. */
+static long long
+ms_to_close(int fd, long long t0, long long limit_ms)
+{
+	uint8_t buf[256];
+
+	while (tsrv_now_ms() - t0 < limit_ms) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 50) <= 0) {
+			continue;
+		}
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n == 0 || (n < 0 && errno != EAGAIN)) {
+			return tsrv_now_ms() - t0;
+		}
+	}
+	return -1;
+}
+
+static void
+time_limits_body(void)
+{
+	static const char tok[] = "the time limits' token";
+	tsrv t = {0};
+	char tokf[48], name[64], addr[400];
+	qp_conn_opts co = {.token = tok};
+	qp_queue *q;
+	rc c[10];
+	long long t0;
+	FILE *f;
+
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	snprintf(tokf, sizeof(tokf), "/tmp/qpcl-tok.%ld", (long) getpid());
+	CHECK((f = fopen(tokf, "w")) != NULL);
+	fprintf(f, "%s\n", tok);
+	fclose(f);
+	CHECK(chmod(tokf, 0600) == 0);
+	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "--max-connections");
+	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "10");
+	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]),
+	    "--handshake-timeout=500");
+	snprintf(
+	    t.extra[t.nextra++], sizeof(t.extra[0]), "--auth-timeout=1000");
+	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "--auth-token-file");
+	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "%s", tokf);
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	snprintf(name, sizeof(name), "cltime%ld", (long) getpid());
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, name);
+
+	/* Ten connections fill --max-connections 10: five never send the
+	 * SP handshake, five send it and never authenticate. */
+	t0 = tsrv_now_ms();
+	for (int i = 0; i < 10; i++) {
+		rc_open(&c[i], t.url, i >= 5);
+	}
+	for (int i = 0; i < 5; i++) {
+		long long ms = ms_to_close(c[i].fd, t0, 5000);
+		CHECK(ms >= 400 && ms < 3000);
+	}
+	for (int i = 5; i < 10; i++) {
+		long long ms = ms_to_close(c[i].fd, t0, 5000);
+		CHECK(ms >= 900 && ms < 4000);
+	}
+	/* Then a client with the token is served. */
+	CHECK_EQ(qp_queue_open(&q, addr,
+	             &(qp_queue_opts) {.flags = QP_OPEN_CREATE, .conn = &co}),
+	    QP_OK);
+	CHECK_EQ(qp_queue_put(q, "x", 1, 0), QP_OK);
+	/* An authenticated connection stays past both limits. */
+	tsrv_sleep_ms(1200);
+	CHECK_EQ(qp_queue_put(q, "y", 1, 0), QP_OK);
+	qp_queue_free(q);
+	for (int i = 0; i < 10; i++) {
+		rc_close(&c[i]);
+	}
+	CHECK_EQ(qp_queue_unlink_opts(addr, &co), QP_OK);
+	CHECK(tsrv_stop(&t));
+	unlink(tokf);
+}
+
+static void
+test_conn_limits_handshake_auth_time(void **state)
+{
+	(void) state;
+	tsrv_scenario0(time_limits_body);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_conn_limits_waiting_per_conn),
 	    cmocka_unit_test(test_conn_limits_leases_per_conn),
+	    cmocka_unit_test(test_conn_limits_handshake_auth_time),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -19,8 +19,12 @@
 
 /* Connection ids seen leaving before their first request was handled. */
 #define CONN_TOMBSTONES 256
-/* A connection this far past --max-connections is closed at once. */
-#define CONN_HARD_EXTRA 64
+/* A connection this far past --max-connections (a quarter of it, at
+ * least 64) is closed at once; closer, it is told why (its first request
+ * is answered ELIMIT) and closed then, or at --auth-timeout. */
+#define CONN_HARD_EXTRA(max) ((max) / 4 > 64 ? (max) / 4 : 64)
+
+static qps_loglimit refuse_ll, hard_ll;
 
 /* A lease held by a connection. */
 typedef struct conn_work {
@@ -75,7 +79,7 @@ qps_conn_get(uint32_t id)
 	c->owner = ((uint64_t) cs.pid << 32) | id;
 	c->over_limit = cs.conns.n >= qps_cfg->max_connections;
 	if (c->over_limit) {
-		qps_log(QPS_LOG_WARN,
+		qps_log_limited(&refuse_ll, QPS_LOG_WARN,
 		    "connection %u refused: the server serves at most %u "
 		    "(--max-connections)",
 		    id, qps_cfg->max_connections);
@@ -87,11 +91,13 @@ qps_conn_get(uint32_t id)
 bool
 qps_conn_open(uint32_t id)
 {
-	if (cs.conns.n < qps_cfg->max_connections + CONN_HARD_EXTRA
+	uint32_t max = qps_cfg->max_connections;
+
+	if (cs.conns.n < (size_t) max + CONN_HARD_EXTRA(max)
 	    || conn_find(id) != NULL) {
 		return qps_conn_get(id) != NULL;
 	}
-	qps_log(QPS_LOG_WARN,
+	qps_log_limited(&hard_ll, QPS_LOG_WARN,
 	    "closing connection %u at once: %u connections, far over "
 	    "--max-connections %u",
 	    id, (unsigned) cs.conns.n, qps_cfg->max_connections);

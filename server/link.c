@@ -550,7 +550,8 @@ qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 			return false;
 		}
 		if (len > lk.cap) {
-			qps_log(QPS_LOG_WARN,
+			static qps_loglimit ll;
+			qps_log_limited(&ll, QPS_LOG_WARN,
 			    "connection %u: a message of %llu bytes is over "
 			    "the limit (%zu): closing it",
 			    l->id, (unsigned long long) len, lk.cap);

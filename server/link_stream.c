@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define ST_RBUF (16u * 1024u)
 
@@ -241,13 +242,27 @@ st_accept_main(void *arg)
 	qpi_link *ql;
 	int rv;
 
+	static qps_loglimit ll;
+	int64_t backoff_ms = 0;
+
 	while ((rv = qpi_link_accept(ls->L, &ql)) != QP_ECLOSED) {
 		if (rv == QP_OK) {
+			backoff_ms = 0;
 			st_accepted(ls, qpi_link_nng_take(ql));
-		} else {
-			qps_log(
-			    QPS_LOG_WARN, "accept failed: %s", qp_errmsg());
+			continue;
 		}
+		/* Out of descriptors or memory, say: not again at once. */
+		backoff_ms = backoff_ms == 0 ? 50
+		    : backoff_ms * 2 > 1000  ? 1000
+		                             : backoff_ms * 2;
+		qps_log_limited(&ll, QPS_LOG_WARN,
+		    "accept failed: %s: accepting again in %lld ms",
+		    qp_errmsg(), (long long) backoff_ms);
+		struct timespec ts = {0, (long) backoff_ms * 1000000L};
+		if (backoff_ms >= 1000) {
+			ts = (struct timespec) {1, 0};
+		}
+		nanosleep(&ts, NULL);
 	}
 	return NULL;
 }

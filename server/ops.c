@@ -149,8 +149,11 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 		return QPS_REPLY;
 	}
 	if (c->over_limit) {
+		/* PROTOCOL.md: the text clients show ("server at its
+		 * connection limit"); they do not redial at once. */
 		*repp = qps_rep_error(r->op, r->req_id, QP_ELIMIT,
-		    "the server is serving its maximum of %u connections",
+		    "server at its connection limit (%u connections, "
+		    "--max-connections)",
 		    qps_cfg->max_connections);
 		qps_worker_close_after(w);
 		return QPS_REPLY;

@@ -7,6 +7,7 @@
  * socket, encoding requests with proto/wire.h, so that it can pipeline
  * without reading. Each scenario runs in a child; CHECK exits non-zero.
  */
+#define _GNU_SOURCE 1 /* prlimit */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,6 +25,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -558,6 +560,356 @@ test_conn_limits_handshake_auth_time(void **state)
 	tsrv_scenario0(time_limits_body);
 }
 
+/* ---- floods ---- */
+
+/* The server's CPU time so far, in ms (utime + stime of /proc/PID/stat). */
+static long long
+cpu_ms(pid_t pid)
+{
+	char path[64], buf[1024];
+	unsigned long ut = 0, st = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+	CHECK((f = fopen(path, "r")) != NULL);
+	CHECK(fgets(buf, sizeof(buf), f) != NULL);
+	fclose(f);
+	/* After "(comm)": state is field 3, utime 14, stime 15. */
+	char *p = strrchr(buf, ')');
+	CHECK(p != NULL);
+	CHECK(sscanf(p + 2,
+	          "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut,
+	          &st)
+	    == 2);
+	return (long long) (ut + st) * 1000 / sysconf(_SC_CLK_TCK);
+}
+
+/* Bytes of the server's log. */
+static long long
+log_size(const tsrv *t)
+{
+	char path[128];
+	struct stat sb;
+
+	snprintf(path, sizeof(path), "%s/log", t->dir);
+	return stat(path, &sb) == 0 ? (long long) sb.st_size : -1;
+}
+
+/* Descriptors the process has open. */
+static int
+nfds(pid_t pid)
+{
+	char cmd[128];
+	int n = -1;
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "ls /proc/%d/fd | wc -l", (int) pid);
+	CHECK((f = popen(cmd, "r")) != NULL);
+	CHECK(fscanf(f, "%d", &n) == 1);
+	pclose(f);
+	return n;
+}
+
+static void
+emfile_body(void)
+{
+	enum { NCONN = 40 };
+	tsrv t = {0};
+	char name[64], addr[400];
+	struct rlimit low, high;
+	qp_queue *q;
+	rc c[NCONN];
+	long long cpu0, log0;
+
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	/* The open-file limit a little above what it has open: the
+	 * connections below meet EMFILE. */
+	CHECK(prlimit(t.pid, RLIMIT_NOFILE, NULL, &high) == 0);
+	low = high;
+	low.rlim_cur = (rlim_t) nfds(t.pid) + 4;
+	CHECK(prlimit(t.pid, RLIMIT_NOFILE, &low, NULL) == 0);
+	for (int i = 0; i < NCONN; i++) {
+		rc_open(&c[i], t.url, false);
+	}
+	tsrv_sleep_ms(300);
+	cpu0 = cpu_ms(t.pid);
+	log0 = log_size(&t);
+	tsrv_sleep_ms(2000);
+	/* Backing off, it neither spins nor floods its log. */
+	long long cpu = cpu_ms(t.pid) - cpu0, logged = log_size(&t) - log0;
+	fprintf(stderr, "EMFILE for 2 s: %lld ms of CPU, %lld bytes logged\n",
+	    cpu, logged);
+	CHECK(cpu < 300);
+	CHECK(logged < 4096);
+	/* Descriptors back: it accepts again (within its backoff). */
+	for (int i = 0; i < NCONN; i++) {
+		rc_close(&c[i]);
+	}
+	CHECK(prlimit(t.pid, RLIMIT_NOFILE, &high, NULL) == 0);
+	snprintf(name, sizeof(name), "clemfile%ld", (long) getpid());
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, name);
+	CHECK_EQ(qp_queue_open(
+	             &q, addr, &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),
+	    QP_OK);
+	CHECK_EQ(qp_queue_put(q, "x", 1, 0), QP_OK);
+	qp_queue_free(q);
+	CHECK_EQ(qp_queue_unlink(addr), QP_OK);
+	CHECK(tsrv_stop(&t));
+}
+
+static void
+test_conn_limits_accept_emfile(void **state)
+{
+	(void) state;
+	tsrv_scenario0(emfile_body);
+}
+
+/* Runs the qpipe CLI with args (stderr to errf): its exit status; *ms
+ * how long it took. */
+static int
+cli(const char *args, const char *errf, long long *ms)
+{
+	char cmd[1024];
+	const char *bd = getenv("QP_BUILD_DIR");
+	long long t0 = tsrv_now_ms();
+	int st;
+
+	snprintf(cmd, sizeof(cmd), "%s/bin/qpipe %s >/dev/null 2>%s",
+	    bd != NULL ? bd : ".", args, errf);
+	st = system(cmd);
+	*ms = tsrv_now_ms() - t0;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static bool
+file_has(const char *path, const char *what)
+{
+	char buf[4096];
+	size_t n;
+	FILE *f = fopen(path, "r");
+
+	if (f == NULL) {
+		return false;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	return strstr(buf, what) != NULL;
+}
+
+static void
+idle_body(void)
+{
+	enum { MAX = 500, IDLE = 490, OVER = 100 };
+	static rc c[IDLE + OVER];
+	tsrv t = {0};
+	char args[600], errf[128];
+	long long ms, lines0;
+
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]),
+	    "--max-connections=%d", MAX);
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	snprintf(errf, sizeof(errf), "%s/cli.err", t.dir);
+	/* Hundreds of idle connections held: ping, put and get answer. */
+	for (int i = 0; i < IDLE; i++) {
+		rc_open(&c[i], t.url, true);
+	}
+	snprintf(args, sizeof(args), "ping %s", t.url);
+	CHECK_EQ(cli(args, errf, &ms), 0);
+	CHECK(ms < 3000);
+	snprintf(
+	    args, sizeof(args), "put %s/clidle%ld x", t.url, (long) getpid());
+	CHECK_EQ(cli(args, errf, &ms), 0);
+	CHECK(ms < 3000);
+	snprintf(args, sizeof(args), "get --timeout 2 %s/clidle%ld", t.url,
+	    (long) getpid());
+	CHECK_EQ(cli(args, errf, &ms), 0);
+	CHECK(ms < 3000);
+	snprintf(
+	    args, sizeof(args), "rm %s/clidle%ld", t.url, (long) getpid());
+	CHECK_EQ(cli(args, errf, &ms), 0);
+	/* Past --max-connections a client is told so at once, and exits 2;
+	 * the server's log says it in a few lines. */
+	for (int i = IDLE; i < IDLE + OVER; i++) {
+		rc_open(&c[i], t.url, true);
+	}
+	lines0 = log_size(&t);
+	snprintf(args, sizeof(args), "ping %s", t.url);
+	CHECK_EQ(cli(args, errf, &ms), 2);
+	fprintf(stderr, "ping at the limit: %lld ms, log +%lld bytes\n", ms,
+	    log_size(&t) - lines0);
+	CHECK(ms < 2000);
+	CHECK(file_has(errf, "server at its connection limit"));
+	CHECK(log_size(&t) - lines0 < 2048);
+	for (int i = 0; i < IDLE + OVER; i++) {
+		rc_close(&c[i]);
+	}
+	CHECK(tsrv_stop(&t));
+}
+
+static void
+test_conn_limits_idle_and_refused(void **state)
+{
+	(void) state;
+	tsrv_scenario0(idle_body);
+}
+
+/* A TCP proxy in front of the server: its first connection passes
+ * everything until kill is set; on every later one the client's first
+ * frame (its hello) passes, and at its second the proxy drops both
+ * sides: a server that handshakes, then fails every request. */
+typedef struct flaky {
+	int lfd;
+	uint16_t srv_port;
+	int conns;
+	volatile bool kill;
+	volatile bool stop;
+} flaky;
+
+static void *
+flaky_main(void *arg)
+{
+	flaky *px = arg;
+
+	while (!px->stop) {
+		struct pollfd lp = {.fd = px->lfd, .events = POLLIN};
+		if (poll(&lp, 1, 50) <= 0) {
+			continue;
+		}
+		int c = accept(px->lfd, NULL, NULL);
+		if (c < 0) {
+			continue;
+		}
+		struct sockaddr_in sa = {.sin_family = AF_INET};
+		sa.sin_port = htons(px->srv_port);
+		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		int s = socket(AF_INET, SOCK_STREAM, 0);
+		if (s < 0
+		    || connect(s, (struct sockaddr *) &sa, sizeof(sa)) != 0) {
+			close(c);
+			if (s >= 0) {
+				close(s);
+			}
+			continue;
+		}
+		bool first = px->conns++ == 0;
+		/* The client's stream: 8 handshake bytes, then frames of an
+		 * 8-byte length and a body. */
+		size_t hs = 8, hdr = 0, body = 0;
+		uint64_t len = 0;
+		int frames = 0;
+		bool drop = false;
+		while (!px->stop && !drop && !(first && px->kill)) {
+			struct pollfd p[2] = {{.fd = c, .events = POLLIN},
+			    {.fd = s, .events = POLLIN}};
+			uint8_t buf[65536];
+			if (poll(p, 2, 50) <= 0) {
+				continue;
+			}
+			if (p[0].revents) {
+				ssize_t n = read(c, buf, sizeof(buf));
+				size_t pass = 0;
+				if (n <= 0) {
+					break;
+				}
+				for (; pass < (size_t) n; pass++) {
+					if (hs > 0) {
+						hs--;
+					} else if (body > 0) {
+						body--;
+					} else {
+						if (hdr == 0) {
+							if (!first
+							    && frames == 1) {
+								drop = true;
+								break;
+							}
+							len = 0;
+						}
+						len = len << 8 | buf[pass];
+						if (++hdr == 8) {
+							hdr = 0;
+							body = (size_t) len;
+							frames++;
+						}
+					}
+				}
+				if (pass > 0
+				    && write(s, buf, pass) != (ssize_t) pass) {
+					break;
+				}
+			}
+			if (p[1].revents) {
+				ssize_t n = read(s, buf, sizeof(buf));
+				if (n <= 0 || write(c, buf, (size_t) n) != n) {
+					break;
+				}
+			}
+		}
+		close(c);
+		close(s);
+	}
+	return NULL;
+}
+
+static void
+backoff_body(void)
+{
+	tsrv t = {0};
+	flaky px = {0};
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	socklen_t sl = sizeof(sa);
+	pthread_t thr;
+	char name[64], addr[400];
+	qp_queue *q;
+	long long t0, el;
+
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	setenv("QPIPE_RECONNECT_MS", "2000", 1);
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	px.srv_port = (uint16_t) atoi(strrchr(t.url, ':') + 1);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	px.lfd = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK(px.lfd >= 0);
+	CHECK(bind(px.lfd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
+	CHECK(listen(px.lfd, 64) == 0);
+	CHECK(getsockname(px.lfd, (struct sockaddr *) &sa, &sl) == 0);
+	CHECK(pthread_create(&thr, NULL, flaky_main, &px) == 0);
+	snprintf(name, sizeof(name), "clback%ld", (long) getpid());
+	snprintf(addr, sizeof(addr), "tcp://127.0.0.1:%u/%s",
+	    (unsigned) ntohs(sa.sin_port), name);
+	CHECK_EQ(qp_queue_open(
+	             &q, addr, &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),
+	    QP_OK);
+	CHECK_EQ(qp_queue_put(q, "x", 1, 0), QP_OK);
+	/* From now on every connection handshakes, then fails: the client
+	 * redials ever more slowly (only a reply resets its backoff), and
+	 * gives up after its reconnect window. */
+	px.kill = true;
+	t0 = tsrv_now_ms();
+	CHECK_EQ(qp_queue_put(q, "y", 1, 0), QP_ECONNRESET);
+	el = tsrv_now_ms() - t0;
+	fprintf(stderr, "%d connections in %lld ms\n", px.conns - 1, el);
+	CHECK(el >= 1500);
+	CHECK(px.conns - 1 <= 15);
+	qp_queue_free(q);
+	px.stop = true;
+	pthread_join(thr, NULL);
+	close(px.lfd);
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, name);
+	qp_queue_unlink(addr);
+	CHECK(tsrv_stop(&t));
+}
+
+static void
+test_conn_limits_backoff_by_reply(void **state)
+{
+	(void) state;
+	tsrv_scenario0(backoff_body);
+}
+
 int
 main(void)
 {
@@ -565,6 +917,9 @@ main(void)
 	    cmocka_unit_test(test_conn_limits_waiting_per_conn),
 	    cmocka_unit_test(test_conn_limits_leases_per_conn),
 	    cmocka_unit_test(test_conn_limits_handshake_auth_time),
+	    cmocka_unit_test(test_conn_limits_accept_emfile),
+	    cmocka_unit_test(test_conn_limits_idle_and_refused),
+	    cmocka_unit_test(test_conn_limits_backoff_by_reply),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

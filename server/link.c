@@ -6,9 +6,12 @@
  * is its reply route, and the replies written back from whatever thread
  * answers them, at once or after parking. A frame over --max-message plus
  * slack closes the connection before anything is allocated; a peer with
- * more than one largest frame of replies unread is not read until it
- * reads. How bytes move is the driver's (link.h); nothing here branches
- * on the transport. A connection must send its SP handshake within
+ * more than LINK_PAUSE_BYTES of replies unread is not read until it
+ * reads, checked after each request (the bytes of a read burst past that
+ * request wait in the link's inbuf), so that a pipelining peer holds at
+ * most that plus one reply of the server's memory. How bytes move is the
+ * driver's (link.h); nothing here branches on the transport. A connection must
+ * send its SP handshake within
  * --handshake-timeout, and authenticate (when the server has a token)
  * within --auth-timeout, or be closed: the reaper thread sleeps until the
  * oldest such deadline (two FIFOs, each in order of arrival since each
@@ -33,6 +36,8 @@
 
 /* Bytes a request may carry beyond the largest item: op, name, fields. */
 #define LINK_FRAME_SLACK (64u * 1024u)
+/* Replies unread by a peer past which its requests are no longer read. */
+#define LINK_PAUSE_BYTES (1024u * 1024u)
 
 enum { LINK_HS, LINK_HDR, LINK_BODY };
 
@@ -262,6 +267,7 @@ link_free(qps_link *l)
 	if (l->body != NULL) {
 		nng_msg_free(l->body);
 	}
+	free(l->inbuf);
 	if (l->drv->free != NULL) {
 		l->drv->free(l);
 	}
@@ -320,7 +326,7 @@ qps_link_close(qps_link *l, const char *why)
 void
 qps_link_kick_locked(qps_link *l)
 {
-	l->paused = l->outlen - l->outoff + l->inflight > lk.cap;
+	l->paused = l->outlen - l->outoff + l->inflight > LINK_PAUSE_BYTES;
 	if (!l->dead) {
 		l->drv->kick(l);
 	}
@@ -405,9 +411,12 @@ link_reply(qps_link *l, const uint8_t *bt, size_t btlen, nng_msg *rep,
 		    {nng_msg_body(rep), len},
 		};
 		l->shut_after = l->shut_after || close_after;
-		/* A broken connection: its reader notices once shut. */
-		shut = !link_write_locked(l, iov, 3)
-		    || qps_link_shut_due_locked(l);
+		/* A broken connection: its reader notices once shut, and
+		 * reads no more requests. */
+		if (!link_write_locked(l, iov, 3)) {
+			l->shut_after = shut = true;
+		}
+		shut = shut || qps_link_shut_due_locked(l);
 	}
 	if (!shut) {
 		last = --l->refs == 0;
@@ -508,9 +517,84 @@ link_expect_hdr(qps_link *l)
 	l->hhave = 0;
 }
 
+static bool link_parse(
+    qps_link *l, const uint8_t *p, size_t n, size_t *used, const char **why);
+
+/* True when l is to read no more requests: too many replies unread, or
+ * the connection is closing (a reply could not be written). */
+static bool
+link_paused(qps_link *l)
+{
+	bool p;
+
+	pthread_mutex_lock(&l->mu);
+	p = l->paused || l->dead || l->shut_after;
+	pthread_mutex_unlock(&l->mu);
+	return p;
+}
+
+/* Keeps n bytes at p for later (after what is kept already). */
+static bool
+link_keep(qps_link *l, const uint8_t *p, size_t n)
+{
+	if (l->inlen + n > l->incap) {
+		size_t cap = l->inlen + n;
+		uint8_t *b = realloc(l->inbuf, cap);
+		if (b == NULL) {
+			return false;
+		}
+		l->inbuf = b;
+		l->incap = cap;
+	}
+	memmove(l->inbuf + l->inlen, p, n);
+	l->inlen += n;
+	return true;
+}
+
 bool
 qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 {
+	size_t used;
+
+	if (l->inlen > 0) {
+		/* What a pause left, first. */
+		if (!link_parse(l, l->inbuf, l->inlen, &used, why)) {
+			return false;
+		}
+		memmove(l->inbuf, l->inbuf + used, l->inlen - used);
+		l->inlen -= used;
+		if (l->inlen > 0) {
+			if (n > 0 && !link_keep(l, p, n)) {
+				*why = "out of memory for a request";
+				return false;
+			}
+			return true;
+		}
+	}
+	if (!link_parse(l, p, n, &used, why)) {
+		return false;
+	}
+	if (used < n && !link_keep(l, p + used, n - used)) {
+		*why = "out of memory for a request";
+		return false;
+	}
+	if (l->inlen == 0 && l->incap > 64u * 1024u) {
+		free(l->inbuf); /* a big read's leftovers, done */
+		l->inbuf = NULL;
+		l->incap = 0;
+	}
+	return true;
+}
+
+/* Parses n bytes at p until they end or l pauses after a request: *used
+ * says how many it took. False when l must close (*why). */
+static bool
+link_parse(
+    qps_link *l, const uint8_t *p, size_t n, size_t *used, const char **why)
+{
+	const uint8_t *p0 = p;
+
+	*used = 0;
 	while (n > 0) {
 		if (l->state == LINK_BODY) {
 			size_t k = l->bodylen - l->bodyhave;
@@ -523,6 +607,9 @@ qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 			if (l->bodyhave == l->bodylen) {
 				link_request(l);
 				link_expect_hdr(l);
+				if (link_paused(l)) {
+					break; /* the rest waits in inbuf */
+				}
 			}
 			continue;
 		}
@@ -568,8 +655,12 @@ qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 		if (len == 0) {
 			link_request(l);
 			link_expect_hdr(l);
+			if (link_paused(l)) {
+				break;
+			}
 		}
 	}
+	*used = (size_t) (p - p0);
 	return true;
 }
 

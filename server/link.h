@@ -77,6 +77,9 @@ struct qps_link {
 	size_t hneed, hhave;
 	nng_msg *body;
 	size_t bodylen, bodyhave;
+	uint8_t *inbuf; /* bytes read but not consumed: the link paused
+	                   before their requests (at most one read's) */
+	size_t inlen, incap;
 	struct qps_link *prev, *next; /* every open link */
 	/* Plain sockets. */
 	int fd, ep;
@@ -87,6 +90,7 @@ struct qps_link {
 	uint8_t *rbuf, *sbuf; /* sbuf[soff..slen): the write under way */
 	size_t soff, slen, scap;
 	bool reading, sending, st_closed;
+	bool rx_sleep; /* rx is a 0 ms sleep: go on with inbuf */
 };
 
 /* Sets the limits (--max-message, --max-connections, --handshake-timeout,
@@ -108,8 +112,12 @@ qps_link *qps_link_new(const qps_link_driver *drv, bool ipc, const char *peer);
  * set. False when closed. */
 bool qps_link_start(qps_link *l);
 
-/* Consumes n bytes read from l: handshake, frames, requests handed to
- * the request layer. False when l must close (*why says why). */
+/* Consumes n bytes read from l (n may be 0: only what is kept, see
+ * inlen): handshake, frames, requests handed to the request layer, until
+ * the link pauses (too many replies unread): the rest is kept in
+ * l->inbuf, for the next call once the link is no longer paused. The
+ * driver's reading thread only. False when l must close (*why says
+ * why). */
 bool qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why);
 
 /* Recomputes the pause and kicks the driver. l->mu held. */

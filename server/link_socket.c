@@ -122,11 +122,28 @@ sk_close(qps_link *l)
 
 /* ---- the loops ---- */
 
+/* Reads and hands the bytes on, up to 4 buffers' worth, stopping when
+ * the link pauses (after a request: the rest waits in its inbuf). */
 static void
-sk_readable(qps_link *l, uint8_t *rbuf)
+sk_readable(qps_link *l, uint8_t *rbuf, uint32_t events)
 {
 	const char *why = NULL;
 
+	if (l->inlen > 0 && (events & (EPOLLHUP | EPOLLERR))) {
+		/* Gone with requests unread: nobody to answer them. */
+		qps_link_close(l, "end of stream");
+		return;
+	}
+	if (l->inlen > 0) {
+		/* What a pause left, first. */
+		if (!qps_link_input(l, NULL, 0, &why)) {
+			qps_link_close(l, why);
+			return;
+		}
+		if (l->inlen > 0) {
+			return;
+		}
+	}
 	for (int rounds = 0; rounds < 4; rounds++) {
 		ssize_t n = read(l->fd, rbuf, SK_RBUF);
 		if (n < 0 && errno == EINTR) {
@@ -144,10 +161,22 @@ sk_readable(qps_link *l, uint8_t *rbuf)
 			qps_link_close(l, why);
 			return;
 		}
-		if ((size_t) n < SK_RBUF) {
+		if ((size_t) n < SK_RBUF || l->inlen > 0) {
 			return;
 		}
 	}
+}
+
+/* Whether l is paused (too many replies unread). */
+static bool
+sk_paused(qps_link *l)
+{
+	bool p;
+
+	pthread_mutex_lock(&l->mu);
+	p = l->paused;
+	pthread_mutex_unlock(&l->mu);
+	return p;
 }
 
 /* Flushes the out queue; true when the link closed. */
@@ -312,8 +341,11 @@ sk_loop_main(void *arg)
 			if ((evs[i].events & EPOLLOUT) && sk_writable(l)) {
 				continue; /* closed (and perhaps freed) */
 			}
-			if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-				sk_readable(l, lp->rbuf);
+			if ((evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+			    || (l->inlen > 0 && !sk_paused(l))) {
+				/* Readable, or requests a pause left
+				 * whose replies are now read. */
+				sk_readable(l, lp->rbuf, evs[i].events);
 			}
 		}
 	}

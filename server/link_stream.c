@@ -7,7 +7,9 @@
  * nng's threads. A read hands its bytes to qps_link_input and reads again
  * unless the link is paused; a write takes the link's whole out queue
  * (swapped with the write buffer, so that replies queued meanwhile never
- * move bytes under nng) and, once written, the next.
+ * move bytes under nng) and, once written, the next. Requests a pause
+ * left unread (link.c's inbuf) are taken up by a 0 ms sleep on the read
+ * aio, so that they go on from its callback as a read's bytes would.
  *
  * Locking: the link's mu guards reading, sending and the buffers, as
  * link.c's; each read or write under way holds a reference, so a link is
@@ -46,6 +48,19 @@ st_recv(qps_link *l)
 
 	nng_aio_set_iov(l->rx, 1, &iov);
 	nng_stream_recv(l->st, l->rx);
+}
+
+/* The next read: of the stream, or, when a pause left requests in
+ * inbuf, a 0 ms sleep whose completion goes on with them. */
+static void
+st_read_next(qps_link *l)
+{
+	if (l->inlen > 0) {
+		l->rx_sleep = true;
+		nng_sleep_aio(0, l->rx);
+	} else {
+		st_recv(l);
+	}
 }
 
 static void
@@ -96,7 +111,7 @@ st_kick(qps_link *l)
 	if (l->admitted && !l->paused && !l->reading) {
 		l->reading = true;
 		l->refs++;
-		st_recv(l);
+		st_read_next(l);
 	}
 }
 
@@ -105,11 +120,17 @@ st_rx_cb(void *arg)
 {
 	qps_link *l = arg;
 	int rv = nng_aio_result(l->rx);
+	size_t n = nng_aio_count(l->rx);
 	const char *why = NULL;
 	bool again, gone;
 
-	if (rv != 0
-	    || !qps_link_input(l, l->rbuf, nng_aio_count(l->rx), &why)) {
+	if (l->rx_sleep) {
+		/* Not a read: go on with what a pause left. */
+		l->rx_sleep = false;
+		n = 0;
+		rv = rv == NNG_ETIMEDOUT ? 0 : rv;
+	}
+	if (rv != 0 || !qps_link_input(l, l->rbuf, n, &why)) {
 		if (rv != 0) {
 			why = rv == NNG_ECLOSED ? NULL : nng_strerror(rv);
 		}
@@ -122,7 +143,7 @@ st_rx_cb(void *arg)
 	gone = l->st_closed;
 	l->reading = again;
 	if (again) {
-		st_recv(l);
+		st_read_next(l);
 	}
 	pthread_mutex_unlock(&l->mu);
 	if (gone) {

@@ -33,7 +33,6 @@
 static void __attribute__((unused)) cl_unused(void)
 {
 	(void) tsrv_restart;
-	(void) tsrv_mem;
 }
 
 /* ---- a raw SP client on a plain TCP socket ---- */
@@ -910,6 +909,75 @@ test_conn_limits_backoff_by_reply(void **state)
 	tsrv_scenario0(backoff_body);
 }
 
+/* ---- replies not read ---- */
+
+static void
+unread_body(void)
+{
+	enum { NLIST = 17000, NQ = 40 };
+	tsrv t = {0};
+	char names[NQ][128], addr[600];
+	long hwm0, rss0, thr, hwm, rss, peak = 0;
+	qp_queue *q;
+	rc c;
+
+	setenv("QPIPE_TRANSPORT", "sp", 1);
+	snprintf(
+	    t.extra[t.nextra++], sizeof(t.extra[0]), "--max-queue-bytes=4096");
+	CHECK(tsrv_start(&t, "tcp") == 0);
+	/* Queues with long names: each list reply is tens of KiB. */
+	for (int i = 0; i < NQ; i++) {
+		snprintf(names[i], sizeof(names[i]),
+		    "clunread%ld-%02d-"
+		    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+		    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+		    (long) getpid(), i);
+		snprintf(addr, sizeof(addr), "%s/%.127s", t.url, names[i]);
+		CHECK_EQ(qp_queue_open(&q, addr,
+		             &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),
+		    QP_OK);
+		qp_queue_free(q);
+	}
+	tsrv_mem(&t, &hwm0, &rss0, &thr);
+	/* 17,000 list requests, pipelined, no reply read. */
+	rc_open(&c, t.url, true);
+	for (int i = 0; i < NLIST; i++) {
+		qpi_wire_req r = {.op = QPI_OP_LIST};
+		rc_queue(&c, &r);
+	}
+	for (int i = 0; i < 30; i++) {
+		rc_pump(&c, 100, -1, false, false);
+		tsrv_mem(&t, &hwm, &rss, &thr);
+		peak = rss > peak ? rss : peak;
+	}
+	fprintf(stderr,
+	    "17,000 unread list requests: qpiped's RSS %ld KiB before, "
+	    "at most %ld KiB in 3 s\n",
+	    rss0, peak);
+	/* Bounded by the pause (1 MiB of replies unread, and one more). */
+	CHECK(peak - rss0 < 30 * 1024);
+	/* Others are served meanwhile, and its replies come as it reads. */
+	snprintf(addr, sizeof(addr), "%s/%s", t.url, names[0]);
+	CHECK_EQ(qp_queue_open(&q, addr, NULL), QP_OK);
+	CHECK_EQ(qp_queue_put(q, "x", 1, 0), QP_OK);
+	qp_queue_free(q);
+	CHECK(rc_pump(&c, 10000, 300, true, false));
+	CHECK(c.replies >= 300);
+	rc_close(&c);
+	for (int i = 0; i < NQ; i++) {
+		snprintf(addr, sizeof(addr), "%s/%.127s", t.url, names[i]);
+		CHECK_EQ(qp_queue_unlink(addr), QP_OK);
+	}
+	CHECK(tsrv_stop(&t));
+}
+
+static void
+test_conn_limits_unread_replies(void **state)
+{
+	(void) state;
+	tsrv_scenario0(unread_body);
+}
+
 int
 main(void)
 {
@@ -920,6 +988,7 @@ main(void)
 	    cmocka_unit_test(test_conn_limits_accept_emfile),
 	    cmocka_unit_test(test_conn_limits_idle_and_refused),
 	    cmocka_unit_test(test_conn_limits_backoff_by_reply),
+	    cmocka_unit_test(test_conn_limits_unread_replies),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

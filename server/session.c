@@ -25,11 +25,10 @@ qps_session_refuse(
 	/* Not applied, not remembered by dedup: the client sends it again,
 	 * same seq, once it has authenticated. */
 	if (!c->told_unauth) {
-		static qps_loglimit ll;
 		char peer[160];
 		c->told_unauth = true;
 		qps_net_peer(conn_id, peer, sizeof(peer));
-		qps_log_limited(&ll, QPS_LOG_WARN,
+		qps_log(QPS_LOG_WARN,
 		    "connection %u from %s: %s refused: not authenticated "
 		    "(later refusals on this connection are not logged)",
 		    (unsigned) conn_id, peer, qpi_wire_op_name(r->op));
@@ -72,8 +71,7 @@ qps_session_handle(const qps_req *rq, nng_msg **repp)
 		    (unsigned) c->node.key, r->client_name);
 	}
 	if (rv != QP_OK && r->op == QPI_OP_AUTH) {
-		static qps_loglimit ll;
-		qps_log_limited(&ll, QPS_LOG_WARN,
+		qps_log(QPS_LOG_WARN,
 		    "connection %u from %s: authentication refused: %s",
 		    (unsigned) c->node.key, peer, qp_errmsg());
 	}

@@ -7,8 +7,12 @@
  * out) another waiting call takes the role over. A connection that breaks
  * is shut down (which wakes its reader) and every call waiting on it gets
  * QP_ECONNRESET; the next call dials again, with a backoff of 20 ms
- * doubling up to 500 ms between failed attempts, and runs the hook (the
- * session handshake) on the new connection before anyone else uses it.
+ * doubling up to 500 ms between attempts, and runs the hook (the session
+ * handshake) on the new connection before anyone else uses it. Only a
+ * reply to a call resets the backoff: a server that handshakes and then
+ * drops every connection is redialled ever more slowly, not at once. A
+ * server that answers the hook with QP_ELIMIT (at its connection limit)
+ * or QP_EAUTH is not redialled: the call fails with its message.
  *
  * Locking: s->mu guards the current connection, the waiters, the reader
  * role and the reconnect state; s->cv signals replies handed over, the
@@ -231,6 +235,16 @@ qpi_ce_set_max(qpi_ce *s, size_t max_recv)
 	pthread_mutex_unlock(&s->mu);
 }
 
+/* The next dial waits a little longer. s->mu held. */
+static void
+ce_backoff_locked(qpi_ce *s)
+{
+	s->backoff_ms = s->backoff_ms == 0          ? CE_BACKOFF_MIN_MS
+	    : s->backoff_ms * 2 > CE_BACKOFF_MAX_MS ? CE_BACKOFF_MAX_MS
+	                                            : s->backoff_ms * 2;
+	s->next_try_ns = qpi_now_ns() + s->backoff_ms * 1000000;
+}
+
 /* A connection for a call, with a reference: the current one, or a new
  * one dialled by this call (with backoff). s->mu held. */
 static int
@@ -285,18 +299,16 @@ ce_get_conn_locked(qpi_ce *s, int64_t deadline_ns, ce_conn **cp)
 				c->num = ++s->nconn;
 			}
 			s->cur = c;
-			s->backoff_ms = 0;
-			s->next_try_ns = 0;
+			/* Should it break before a reply, the next dial
+			 * waits: a reply resets the backoff (qpi_ce_call). */
+			ce_backoff_locked(s);
 			continue;
 		}
-		if (rv == QP_EINVAL || rv == QP_ENOMEM || rv == QP_EAUTH) {
+		if (rv == QP_EINVAL || rv == QP_ENOMEM || rv == QP_EAUTH
+		    || rv == QP_ELIMIT) {
 			return rv;
 		}
-		s->backoff_ms = s->backoff_ms == 0 ? CE_BACKOFF_MIN_MS
-		    : s->backoff_ms * 2 > CE_BACKOFF_MAX_MS
-		    ? CE_BACKOFF_MAX_MS
-		    : s->backoff_ms * 2;
-		s->next_try_ns = qpi_now_ns() + s->backoff_ms * 1000000;
+		ce_backoff_locked(s);
 	}
 }
 
@@ -399,6 +411,8 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 	}
 	if (w.done) {
 		rv = w.rep != NULL ? QP_OK : QP_ENOMEM;
+		s->backoff_ms = 0; /* the server answers: redial at once */
+		s->next_try_ns = 0;
 	}
 	ce_wait_remove_locked(s, &w);
 	*connp = c->num;

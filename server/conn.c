@@ -5,7 +5,11 @@
  * whose ack is also a task_done and which touch may renew), its parked
  * requests and its pipe sides. When it closes, qps_conn_close walks its
  * own lists and gives all of it back: its leased items are back at the
- * head of their queues at once.
+ * head of their queues at once. Every lease it takes is noted with its
+ * expiry (qps_conn_lease_add), so that it holds at most --max-leases at
+ * once (a prefetch limit: one consumer never takes every lease slot of a
+ * queue while others wait); a lease that expired is forgotten when the
+ * count reaches the limit (qps_conn_lease_room).
  *
  * Locking: none of its own; everything runs under the ops lock.
  */
@@ -15,13 +19,19 @@
 
 /* Connection ids seen leaving before their first request was handled. */
 #define CONN_TOMBSTONES 256
-/* A connection this far past --max-connections is closed at once. */
-#define CONN_HARD_EXTRA 64
+/* A connection this far past --max-connections (a quarter of it, at
+ * least 64) is closed at once; closer, it is told why (its first request
+ * is answered ELIMIT) and closed then, or at --auth-timeout. */
+#define CONN_HARD_EXTRA(max) ((max) / 4 > 64 ? (max) / 4 : 64)
 
-/* A WORK lease held by a connection. */
+static qps_loglimit refuse_ll, hard_ll;
+
+/* A lease held by a connection. */
 typedef struct conn_work {
 	qpi_hnode node; /* key: lease id */
 	qps_q *q;
+	int64_t expiry_ms; /* monotonic ms: gone by itself after it */
+	bool work; /* a WORK lease: its ack is a task_done, touch renews */
 } conn_work;
 
 static struct {
@@ -69,7 +79,7 @@ qps_conn_get(uint32_t id)
 	c->owner = ((uint64_t) cs.pid << 32) | id;
 	c->over_limit = cs.conns.n >= qps_cfg->max_connections;
 	if (c->over_limit) {
-		qps_log(QPS_LOG_WARN,
+		qps_log_limited(&refuse_ll, QPS_LOG_WARN,
 		    "connection %u refused: the server serves at most %u "
 		    "(--max-connections)",
 		    id, qps_cfg->max_connections);
@@ -81,15 +91,36 @@ qps_conn_get(uint32_t id)
 bool
 qps_conn_open(uint32_t id)
 {
-	if (cs.conns.n < qps_cfg->max_connections + CONN_HARD_EXTRA
+	uint32_t max = qps_cfg->max_connections;
+
+	if (cs.conns.n < (size_t) max + CONN_HARD_EXTRA(max)
 	    || conn_find(id) != NULL) {
 		return qps_conn_get(id) != NULL;
 	}
-	qps_log(QPS_LOG_WARN,
+	qps_log_limited(&hard_ll, QPS_LOG_WARN,
 	    "closing connection %u at once: %u connections, far over "
 	    "--max-connections %u",
 	    id, (unsigned) cs.conns.n, qps_cfg->max_connections);
 	return false;
+}
+
+bool
+qps_conn_settled(uint32_t id, const char **why)
+{
+	qps_conn *c = conn_find(id);
+
+	if (c == NULL) {
+		return true;
+	}
+	if (c->over_limit) {
+		*why = "over --max-connections";
+		return false;
+	}
+	if (qps_sec_auth_required() && !c->ss.as.ok) {
+		*why = "not authenticated in time (--auth-timeout)";
+		return false;
+	}
+	return true;
 }
 
 void
@@ -117,19 +148,22 @@ qps_conn_leased(qps_conn *c, qps_q *q)
 }
 
 void
-qps_conn_work_add(qps_conn *c, qps_q *q, uint64_t lease_id)
+qps_conn_lease_add(
+    qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms, bool work)
 {
 	conn_work *wk = calloc(1, sizeof(*wk));
 
 	if (wk == NULL) {
 		qps_log(QPS_LOG_ERROR,
-		    "out of memory: the ack of lease %llu on '%s' will not "
-		    "count as task_done",
-		    (unsigned long long) lease_id, q->name);
+		    "out of memory: lease %llu on '%s' is not counted%s",
+		    (unsigned long long) lease_id, q->name,
+		    work ? ", and its ack will not count as task_done" : "");
 		return;
 	}
 	wk->node.key = lease_id;
 	wk->q = q;
+	wk->expiry_ms = expiry_ms;
+	wk->work = work;
 	qpi_htab_insert(&c->work, &wk->node);
 }
 
@@ -149,18 +183,61 @@ bool
 qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id)
 {
 	conn_work *wk = work_find(c, q, lease_id);
+	bool work = wk != NULL && wk->work;
 
 	if (wk != NULL) {
 		qpi_htab_remove(&c->work, &wk->node);
 		free(wk);
 	}
-	return wk != NULL;
+	return work;
 }
 
 bool
 qps_conn_work_holds(qps_conn *c, qps_q *q, uint64_t lease_id)
 {
-	return work_find(c, q, lease_id) != NULL;
+	conn_work *wk = work_find(c, q, lease_id);
+
+	return wk != NULL && wk->work;
+}
+
+void
+qps_conn_lease_renew(
+    qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms)
+{
+	conn_work *wk = work_find(c, q, lease_id);
+
+	if (wk != NULL) {
+		wk->expiry_ms = expiry_ms;
+	}
+}
+
+typedef struct prune_arg {
+	qps_conn *c;
+	int64_t now_ms;
+} prune_arg;
+
+static void
+prune_cb(qpi_hnode *n, void *arg)
+{
+	prune_arg *a = arg;
+
+	if (((conn_work *) n)->expiry_ms <= a->now_ms) {
+		qpi_htab_remove(&a->c->work, n);
+		free(n);
+	}
+}
+
+uint32_t
+qps_conn_lease_room(qps_conn *c)
+{
+	uint32_t cap = qps_cfg->conn_leases;
+
+	if (c->work.n >= cap) {
+		/* Leases that ran out went back by themselves. */
+		prune_arg a = {.c = c, .now_ms = qpi_now_ms()};
+		qpi_htab_each(&c->work, prune_cb, &a);
+	}
+	return c->work.n >= cap ? 0 : cap - (uint32_t) c->work.n;
 }
 
 /* Gives back every lease c holds: the queues it took leases from, each

@@ -69,6 +69,7 @@ touch_one(qps_conn *c, qps_q *q, const qpi_wire_req *r, uint64_t id)
 		/* An earlier firing finds nothing due and re-arms for the
 		 * next expiry; a later one is brought forward. */
 		qps_q_lease_due(q, qpi_now_ms() + (int64_t) ms);
+		qps_conn_lease_renew(c, q, id, qpi_now_ms() + (int64_t) ms);
 	}
 	return rv;
 }

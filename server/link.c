@@ -6,9 +6,17 @@
  * is its reply route, and the replies written back from whatever thread
  * answers them, at once or after parking. A frame over --max-message plus
  * slack closes the connection before anything is allocated; a peer with
- * more than one largest frame of replies unread is not read until it
- * reads. How bytes move is the driver's (link.h); nothing here branches
- * on the transport.
+ * more than LINK_PAUSE_BYTES of replies unread is not read until it
+ * reads, checked after each request (the bytes of a read burst past that
+ * request wait in the link's inbuf), so that a pipelining peer holds at
+ * most that plus one reply of the server's memory. How bytes move is the
+ * driver's (link.h); nothing here branches on the transport. A connection must
+ * send its SP handshake within
+ * --handshake-timeout, and authenticate (when the server has a token)
+ * within --auth-timeout, or be closed: the reaper thread sleeps until the
+ * oldest such deadline (two FIFOs, each in order of arrival since each
+ * limit is one duration), so that connections that never finish cannot
+ * hold --max-connections.
  *
  * Locking: lk.mu guards the list of links and the counters. Each link's
  * mu guards its out queue, its flags and its reference count; its read
@@ -28,8 +36,13 @@
 
 /* Bytes a request may carry beyond the largest item: op, name, fields. */
 #define LINK_FRAME_SLACK (64u * 1024u)
+/* Replies unread by a peer past which its requests are no longer read. */
+#define LINK_PAUSE_BYTES (1024u * 1024u)
 
 enum { LINK_HS, LINK_HDR, LINK_BODY };
+
+/* The lists of links with a time limit to meet (qps_link.plist). */
+enum { LINK_DUE_NONE, LINK_DUE_HS, LINK_DUE_AUTH };
 
 /* A request in hand: its link and the backtrace its reply echoes. */
 struct qps_worker {
@@ -49,11 +62,152 @@ static struct {
 	uint32_t next_id;
 	size_t cap; /* largest frame body accepted */
 	bool closing;
+	/* Time limits: the links due, oldest first, per list. */
+	struct {
+		qps_link *head, *tail;
+		int64_t ns; /* the limit, from born_ns */
+	} due[3];
+	pthread_t reaper;
+	bool reaper_on;
+	pthread_cond_t rcv; /* the reaper's: a list got a head, closing */
 } lk = {
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
-void
+/* Appends l to due list k. lk.mu held. */
+static void
+link_due_add(qps_link *l, int k)
+{
+	l->plist = k;
+	l->pnext = NULL;
+	l->pprev = lk.due[k].tail;
+	if (lk.due[k].tail != NULL) {
+		lk.due[k].tail->pnext = l;
+	} else {
+		lk.due[k].head = l;
+		pthread_cond_signal(&lk.rcv);
+	}
+	lk.due[k].tail = l;
+}
+
+/* Takes l out of its due list, if in one. lk.mu held. */
+static void
+link_due_remove(qps_link *l)
+{
+	int k = l->plist;
+
+	if (k == LINK_DUE_NONE) {
+		return;
+	}
+	if (l->pprev != NULL) {
+		l->pprev->pnext = l->pnext;
+	} else {
+		lk.due[k].head = l->pnext;
+	}
+	if (l->pnext != NULL) {
+		l->pnext->pprev = l->pprev;
+	} else {
+		lk.due[k].tail = l->pprev;
+	}
+	l->plist = LINK_DUE_NONE;
+	l->pprev = l->pnext = NULL;
+}
+
+/* The link at the head of list k when its deadline has passed (with a
+ * reference, taken out of the list), else NULL; *next_ns: the head's
+ * deadline. lk.mu held. */
+static qps_link *
+link_due_pop(int k, int64_t now, int64_t *next_ns)
+{
+	qps_link *l = lk.due[k].head;
+
+	if (l == NULL) {
+		return NULL;
+	}
+	if (l->born_ns + lk.due[k].ns > now) {
+		int64_t d = l->born_ns + lk.due[k].ns;
+		*next_ns = d < *next_ns ? d : *next_ns;
+		return NULL;
+	}
+	link_due_remove(l);
+	pthread_mutex_lock(&l->mu);
+	l->refs++;
+	pthread_mutex_unlock(&l->mu);
+	return l;
+}
+
+static qps_loglimit reap_ll;
+
+/* Closes l (a reference held, lk.mu not) for why, logged at warn. */
+static void
+link_reap(qps_link *l, const char *why)
+{
+	qps_log_limited(&reap_ll, QPS_LOG_WARN,
+	    "connection %u from %s closed: %s", l->id,
+	    l->peer[0] != '\0' ? l->peer : "a local socket", why);
+	qps_link_close(l, why);
+}
+
+/* The reaper: closes links past their time limits. */
+static void *
+link_reaper(void *arg)
+{
+	(void) arg;
+	qps_thread_init();
+	pthread_mutex_lock(&lk.mu);
+	while (!lk.closing) {
+		int64_t now = qpi_now_ns(), next = INT64_MAX;
+		qps_link *l;
+		const char *why = NULL;
+
+		if ((l = link_due_pop(LINK_DUE_HS, now, &next)) != NULL) {
+			bool hs
+			    = __atomic_load_n(&l->hs_done, __ATOMIC_ACQUIRE);
+			pthread_mutex_unlock(&lk.mu);
+			if (!hs) {
+				link_reap(l,
+				    "no SP handshake in time "
+				    "(--handshake-timeout)");
+			} else if (lk.due[LINK_DUE_AUTH].ns
+			        > lk.due[LINK_DUE_HS].ns
+			    && !qps_ops_conn_settled(l->id, &why)) {
+				/* Authentication has longer. */
+				pthread_mutex_lock(&lk.mu);
+				pthread_mutex_lock(&l->mu);
+				bool dead = l->dead;
+				pthread_mutex_unlock(&l->mu);
+				if (!dead) {
+					link_due_add(l, LINK_DUE_AUTH);
+				}
+				pthread_mutex_unlock(&lk.mu);
+			} else if (!qps_ops_conn_settled(l->id, &why)) {
+				link_reap(l, why);
+			}
+			qps_link_unref(l);
+			pthread_mutex_lock(&lk.mu);
+			continue;
+		}
+		if ((l = link_due_pop(LINK_DUE_AUTH, now, &next)) != NULL) {
+			pthread_mutex_unlock(&lk.mu);
+			if (!qps_ops_conn_settled(l->id, &why)) {
+				link_reap(l, why);
+			}
+			qps_link_unref(l);
+			pthread_mutex_lock(&lk.mu);
+			continue;
+		}
+		if (next == INT64_MAX) {
+			pthread_cond_wait(&lk.rcv, &lk.mu);
+		} else {
+			struct timespec ts = qpi_ts_from_ns(next);
+			pthread_cond_timedwait(&lk.rcv, &lk.mu, &ts);
+		}
+	}
+	pthread_mutex_unlock(&lk.mu);
+	return NULL;
+}
+
+int
 qps_link_setup(const qps_config *cfg)
 {
 	pthread_condattr_t ca;
@@ -61,9 +215,18 @@ qps_link_setup(const qps_config *cfg)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&lk.cv, &ca);
+	pthread_cond_init(&lk.rcv, &ca);
 	pthread_condattr_destroy(&ca);
 	lk.cap = cfg->max_message + LINK_FRAME_SLACK;
 	lk.max_parked = (uint64_t) cfg->max_connections * 8 + 64;
+	lk.due[LINK_DUE_HS].ns = cfg->handshake_ms * 1000000;
+	lk.due[LINK_DUE_AUTH].ns = cfg->auth_ms * 1000000;
+	if (pthread_create(&lk.reaper, NULL, link_reaper, NULL) != 0) {
+		qps_log(QPS_LOG_ERROR, "cannot start a thread");
+		return QP_ESYSTEM;
+	}
+	lk.reaper_on = true;
+	return QP_OK;
 }
 
 qps_link *
@@ -82,6 +245,7 @@ qps_link_new(const qps_link_driver *drv, bool ipc, const char *peer)
 	l->state = LINK_HS;
 	l->hneed = QPI_SP_HS_LEN;
 	l->fd = l->ep = -1;
+	l->born_ns = qpi_now_ns();
 	snprintf(l->peer, sizeof(l->peer), "%s", peer);
 	pthread_mutex_lock(&lk.mu);
 	lk.next_id = lk.next_id >= INT32_MAX ? 1 : lk.next_id + 1;
@@ -103,6 +267,7 @@ link_free(qps_link *l)
 	if (l->body != NULL) {
 		nng_msg_free(l->body);
 	}
+	free(l->inbuf);
 	if (l->drv->free != NULL) {
 		l->drv->free(l);
 	}
@@ -149,6 +314,7 @@ qps_link_close(qps_link *l, const char *why)
 		l->next->prev = l->prev;
 	}
 	lk.nopen--;
+	link_due_remove(l);
 	pthread_mutex_unlock(&lk.mu);
 	if (why != NULL) {
 		qps_log(QPS_LOG_DEBUG, "connection %u closed: %s", l->id, why);
@@ -160,7 +326,7 @@ qps_link_close(qps_link *l, const char *why)
 void
 qps_link_kick_locked(qps_link *l)
 {
-	l->paused = l->outlen - l->outoff + l->inflight > lk.cap;
+	l->paused = l->outlen - l->outoff + l->inflight > LINK_PAUSE_BYTES;
 	if (!l->dead) {
 		l->drv->kick(l);
 	}
@@ -245,9 +411,12 @@ link_reply(qps_link *l, const uint8_t *bt, size_t btlen, nng_msg *rep,
 		    {nng_msg_body(rep), len},
 		};
 		l->shut_after = l->shut_after || close_after;
-		/* A broken connection: its reader notices once shut. */
-		shut = !link_write_locked(l, iov, 3)
-		    || qps_link_shut_due_locked(l);
+		/* A broken connection: its reader notices once shut, and
+		 * reads no more requests. */
+		if (!link_write_locked(l, iov, 3)) {
+			l->shut_after = shut = true;
+		}
+		shut = shut || qps_link_shut_due_locked(l);
 	}
 	if (!shut) {
 		last = --l->refs == 0;
@@ -348,9 +517,84 @@ link_expect_hdr(qps_link *l)
 	l->hhave = 0;
 }
 
+static bool link_parse(
+    qps_link *l, const uint8_t *p, size_t n, size_t *used, const char **why);
+
+/* True when l is to read no more requests: too many replies unread, or
+ * the connection is closing (a reply could not be written). */
+static bool
+link_paused(qps_link *l)
+{
+	bool p;
+
+	pthread_mutex_lock(&l->mu);
+	p = l->paused || l->dead || l->shut_after;
+	pthread_mutex_unlock(&l->mu);
+	return p;
+}
+
+/* Keeps n bytes at p for later (after what is kept already). */
+static bool
+link_keep(qps_link *l, const uint8_t *p, size_t n)
+{
+	if (l->inlen + n > l->incap) {
+		size_t cap = l->inlen + n;
+		uint8_t *b = realloc(l->inbuf, cap);
+		if (b == NULL) {
+			return false;
+		}
+		l->inbuf = b;
+		l->incap = cap;
+	}
+	memmove(l->inbuf + l->inlen, p, n);
+	l->inlen += n;
+	return true;
+}
+
 bool
 qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 {
+	size_t used;
+
+	if (l->inlen > 0) {
+		/* What a pause left, first. */
+		if (!link_parse(l, l->inbuf, l->inlen, &used, why)) {
+			return false;
+		}
+		memmove(l->inbuf, l->inbuf + used, l->inlen - used);
+		l->inlen -= used;
+		if (l->inlen > 0) {
+			if (n > 0 && !link_keep(l, p, n)) {
+				*why = "out of memory for a request";
+				return false;
+			}
+			return true;
+		}
+	}
+	if (!link_parse(l, p, n, &used, why)) {
+		return false;
+	}
+	if (used < n && !link_keep(l, p + used, n - used)) {
+		*why = "out of memory for a request";
+		return false;
+	}
+	if (l->inlen == 0 && l->incap > 64u * 1024u) {
+		free(l->inbuf); /* a big read's leftovers, done */
+		l->inbuf = NULL;
+		l->incap = 0;
+	}
+	return true;
+}
+
+/* Parses n bytes at p until they end or l pauses after a request: *used
+ * says how many it took. False when l must close (*why). */
+static bool
+link_parse(
+    qps_link *l, const uint8_t *p, size_t n, size_t *used, const char **why)
+{
+	const uint8_t *p0 = p;
+
+	*used = 0;
 	while (n > 0) {
 		if (l->state == LINK_BODY) {
 			size_t k = l->bodylen - l->bodyhave;
@@ -363,6 +607,9 @@ qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 			if (l->bodyhave == l->bodylen) {
 				link_request(l);
 				link_expect_hdr(l);
+				if (link_paused(l)) {
+					break; /* the rest waits in inbuf */
+				}
 			}
 			continue;
 		}
@@ -380,6 +627,7 @@ qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 				*why = "not an SP req0 peer (bad handshake)";
 				return false;
 			}
+			__atomic_store_n(&l->hs_done, true, __ATOMIC_RELEASE);
 			link_expect_hdr(l);
 			continue;
 		}
@@ -389,7 +637,8 @@ qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 			return false;
 		}
 		if (len > lk.cap) {
-			qps_log(QPS_LOG_WARN,
+			static qps_loglimit ll;
+			qps_log_limited(&ll, QPS_LOG_WARN,
 			    "connection %u: a message of %llu bytes is over "
 			    "the limit (%zu): closing it",
 			    l->id, (unsigned long long) len, lk.cap);
@@ -406,8 +655,12 @@ qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 		if (len == 0) {
 			link_request(l);
 			link_expect_hdr(l);
+			if (link_paused(l)) {
+				break;
+			}
 		}
 	}
+	*used = (size_t) (p - p0);
 	return true;
 }
 
@@ -439,6 +692,16 @@ qps_link_start(qps_link *l)
 	l->admitted = true;
 	qps_link_kick_locked(l);
 	pthread_mutex_unlock(&l->mu);
+	/* Due for its handshake; a link closed meanwhile (dead) has left
+	 * the lists already, or leaves them after this. */
+	pthread_mutex_lock(&lk.mu);
+	pthread_mutex_lock(&l->mu);
+	bool dead = l->dead;
+	pthread_mutex_unlock(&l->mu);
+	if (!dead) {
+		link_due_add(l, LINK_DUE_HS);
+	}
+	pthread_mutex_unlock(&lk.mu);
 	return true;
 }
 
@@ -497,6 +760,13 @@ qps_link_close_all(void)
 
 	pthread_mutex_lock(&lk.mu);
 	lk.closing = true;
+	if (lk.reaper_on) {
+		pthread_cond_signal(&lk.rcv);
+		pthread_mutex_unlock(&lk.mu);
+		pthread_join(lk.reaper, NULL);
+		pthread_mutex_lock(&lk.mu);
+		lk.reaper_on = false;
+	}
 	while (lk.links != NULL) {
 		qps_link *l = lk.links;
 		pthread_mutex_lock(&l->mu);

@@ -64,12 +64,22 @@ struct qps_link {
 	size_t outoff, outlen, outcap;
 	size_t inflight; /* bytes the driver is writing outside out */
 	char peer[80]; /* "tcp://1.2.3.4:5", or "" for a local socket */
+	/* Time limits (link.c): the SP handshake, then authentication (or a
+	 * connection over --max-connections), due by a deadline from
+	 * born_ns; lk.mu guards the list it waits in. */
+	int64_t born_ns;
+	bool hs_done; /* the peer's SP handshake came (atomic) */
+	int plist; /* LINK_DUE_* list it is in, 0: none */
+	struct qps_link *pprev, *pnext;
 	/* Read side: the driver's reading thread only. */
 	int state;
 	uint8_t hbuf[9];
 	size_t hneed, hhave;
 	nng_msg *body;
 	size_t bodylen, bodyhave;
+	uint8_t *inbuf; /* bytes read but not consumed: the link paused
+	                   before their requests (at most one read's) */
+	size_t inlen, incap;
 	struct qps_link *prev, *next; /* every open link */
 	/* Plain sockets. */
 	int fd, ep;
@@ -80,10 +90,13 @@ struct qps_link {
 	uint8_t *rbuf, *sbuf; /* sbuf[soff..slen): the write under way */
 	size_t soff, slen, scap;
 	bool reading, sending, st_closed;
+	bool rx_sleep; /* rx is a 0 ms sleep: go on with inbuf */
 };
 
-/* Sets the limits (--max-message, --max-connections) before any link. */
-void qps_link_setup(const qps_config *cfg);
+/* Sets the limits (--max-message, --max-connections, --handshake-timeout,
+ * --auth-timeout) before any link, and starts the thread that closes
+ * links past their time limits. QP_OK or QP_ESYSTEM (logged). */
+int qps_link_setup(const qps_config *cfg);
 
 /* Closes every link and waits (up to 5 s) until the drivers let go of
  * them; from now on no request parks. */
@@ -99,8 +112,12 @@ qps_link *qps_link_new(const qps_link_driver *drv, bool ipc, const char *peer);
  * set. False when closed. */
 bool qps_link_start(qps_link *l);
 
-/* Consumes n bytes read from l: handshake, frames, requests handed to
- * the request layer. False when l must close (*why says why). */
+/* Consumes n bytes read from l (n may be 0: only what is kept, see
+ * inlen): handshake, frames, requests handed to the request layer, until
+ * the link pauses (too many replies unread): the rest is kept in
+ * l->inbuf, for the next call once the link is no longer paused. The
+ * driver's reading thread only. False when l must close (*why says
+ * why). */
 bool qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why);
 
 /* Recomputes the pause and kicks the driver. l->mu held. */

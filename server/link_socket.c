@@ -6,7 +6,11 @@
  * its life, dealt in turn; loop 0 also accepts. A loop reads into its
  * buffer and gives the bytes to qps_link_input; replies are written at
  * once by whichever thread answers (write_now) while nothing is queued,
- * the rest flushed by the link's loop on EPOLLOUT.
+ * the rest flushed by the link's loop on EPOLLOUT. When accept fails for
+ * want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), the
+ * listeners leave loop 0's set for a backoff (50 ms doubling to 1 s, a
+ * timerfd brings them back) instead of waking it again at once, and the
+ * warning is said at most once a second.
  *
  * Locking: a link's fd is used for writing and shut down only under the
  * link's mu and while it is not dead; its loop alone reads it and closes
@@ -28,6 +32,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -55,11 +60,18 @@ static struct {
 	size_t next_loop; /* loop 0's thread only */
 	sk_listener lst[QPS_MAX_LISTEN];
 	size_t nlst;
-} sk;
+	int acc_timer; /* timerfd in loop 0: accepting again */
+	int64_t acc_backoff_ms; /* 0: accepting; loop 0's thread only */
+} sk = {.acc_timer = -1};
 
 /* epoll data: the wake eventfd is 0, listeners are tagged by index with
  * the low bit set, links by their (aligned) address. */
 #define SK_TAG_LISTENER(i) ((uint64_t) (i) << 1 | 1u)
+/* The accept backoff's timerfd (not a link's address: those are
+ * aligned, and not 0). */
+#define SK_TAG_ACC_TIMER      ((uint64_t) 2)
+#define SK_ACC_BACKOFF_MIN_MS 50
+#define SK_ACC_BACKOFF_MAX_MS 1000
 
 static ssize_t
 sk_write_now(qps_link *l, const struct iovec *iov, int niov)
@@ -110,11 +122,28 @@ sk_close(qps_link *l)
 
 /* ---- the loops ---- */
 
+/* Reads and hands the bytes on, up to 4 buffers' worth, stopping when
+ * the link pauses (after a request: the rest waits in its inbuf). */
 static void
-sk_readable(qps_link *l, uint8_t *rbuf)
+sk_readable(qps_link *l, uint8_t *rbuf, uint32_t events)
 {
 	const char *why = NULL;
 
+	if (l->inlen > 0 && (events & (EPOLLHUP | EPOLLERR))) {
+		/* Gone with requests unread: nobody to answer them. */
+		qps_link_close(l, "end of stream");
+		return;
+	}
+	if (l->inlen > 0) {
+		/* What a pause left, first. */
+		if (!qps_link_input(l, NULL, 0, &why)) {
+			qps_link_close(l, why);
+			return;
+		}
+		if (l->inlen > 0) {
+			return;
+		}
+	}
 	for (int rounds = 0; rounds < 4; rounds++) {
 		ssize_t n = read(l->fd, rbuf, SK_RBUF);
 		if (n < 0 && errno == EINTR) {
@@ -132,10 +161,22 @@ sk_readable(qps_link *l, uint8_t *rbuf)
 			qps_link_close(l, why);
 			return;
 		}
-		if ((size_t) n < SK_RBUF) {
+		if ((size_t) n < SK_RBUF || l->inlen > 0) {
 			return;
 		}
 	}
+}
+
+/* Whether l is paused (too many replies unread). */
+static bool
+sk_paused(qps_link *l)
+{
+	bool p;
+
+	pthread_mutex_lock(&l->mu);
+	p = l->paused;
+	pthread_mutex_unlock(&l->mu);
+	return p;
 }
 
 /* Flushes the out queue; true when the link closed. */
@@ -165,6 +206,54 @@ sk_writable(qps_link *l)
 	return n < 0;
 }
 
+/* Listens (on) or not on every listener in loop 0's set. */
+static void
+sk_listeners_watch(bool on)
+{
+	for (size_t i = 0; i < sk.nlst; i++) {
+		struct epoll_event ev
+		    = {.events = on ? (uint32_t) EPOLLIN : 0u,
+		        .data.u64 = SK_TAG_LISTENER(i)};
+		epoll_ctl(sk.loops[0].ep, EPOLL_CTL_MOD, sk.lst[i].fd, &ev);
+	}
+}
+
+/* Accept failed for want of descriptors or memory: stop accepting for a
+ * while (the connections wait in the backlog). Loop 0's thread. */
+static void
+sk_accept_backoff(int err)
+{
+	static qps_loglimit ll;
+	struct itimerspec its = {0};
+
+	sk.acc_backoff_ms = sk.acc_backoff_ms == 0 ? SK_ACC_BACKOFF_MIN_MS
+	    : sk.acc_backoff_ms * 2 > SK_ACC_BACKOFF_MAX_MS
+	    ? SK_ACC_BACKOFF_MAX_MS
+	    : sk.acc_backoff_ms * 2;
+	qps_log_limited(&ll, QPS_LOG_WARN,
+	    "accept failed: %s: accepting again in %lld ms (raise the "
+	    "open-file limit, or lower --max-connections)",
+	    strerror(err), (long long) sk.acc_backoff_ms);
+	its.it_value.tv_sec = (time_t) (sk.acc_backoff_ms / 1000);
+	its.it_value.tv_nsec = (long) (sk.acc_backoff_ms % 1000) * 1000000L;
+	if (sk.acc_timer >= 0
+	    && timerfd_settime(sk.acc_timer, 0, &its, NULL) == 0) {
+		sk_listeners_watch(false);
+	}
+}
+
+/* The backoff is over: accept again. */
+static void
+sk_accept_resume(void)
+{
+	uint64_t n;
+
+	if (read(sk.acc_timer, &n, sizeof(n)) < 0) {
+		/* spurious: nothing to read */
+	}
+	sk_listeners_watch(true);
+}
+
 static void
 sk_accept(sk_listener *ls)
 {
@@ -180,12 +269,17 @@ sk_accept(sk_listener *ls)
 			if (errno == EINTR || errno == ECONNABORTED) {
 				continue;
 			}
-			if (errno != EAGAIN && errno != EWOULDBLOCK) {
-				qps_log(QPS_LOG_WARN, "accept failed: %s",
-				    strerror(errno));
+			if (errno == EMFILE || errno == ENFILE
+			    || errno == ENOBUFS || errno == ENOMEM) {
+				sk_accept_backoff(errno);
+			} else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+				static qps_loglimit ll;
+				qps_log_limited(&ll, QPS_LOG_WARN,
+				    "accept failed: %s", strerror(errno));
 			}
 			return;
 		}
+		sk.acc_backoff_ms = 0;
 		if (!ls->ipc) {
 			int one = 1;
 			setsockopt(
@@ -239,12 +333,19 @@ sk_loop_main(void *arg)
 				sk_accept(&sk.lst[tag >> 1]);
 				continue;
 			}
+			if (tag == SK_TAG_ACC_TIMER) {
+				sk_accept_resume();
+				continue;
+			}
 			qps_link *l = evs[i].data.ptr;
 			if ((evs[i].events & EPOLLOUT) && sk_writable(l)) {
 				continue; /* closed (and perhaps freed) */
 			}
-			if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-				sk_readable(l, lp->rbuf);
+			if ((evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+			    || (l->inlen > 0 && !sk_paused(l))) {
+				/* Readable, or requests a pause left
+				 * whose replies are now read. */
+				sk_readable(l, lp->rbuf, evs[i].events);
 			}
 		}
 	}
@@ -271,6 +372,21 @@ sk_start_loops(void)
 		    || (lp->ep = epoll_create1(EPOLL_CLOEXEC)) < 0
 		    || (lp->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0
 		    || epoll_ctl(lp->ep, EPOLL_CTL_ADD, lp->wake, &ev) != 0) {
+			qps_log(QPS_LOG_ERROR,
+			    "cannot start the event loop: %s",
+			    strerror(errno));
+			return QP_ESYSTEM;
+		}
+	}
+	{
+		struct epoll_event ev
+		    = {.events = EPOLLIN, .data.u64 = SK_TAG_ACC_TIMER};
+		sk.acc_timer = timerfd_create(
+		    CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+		if (sk.acc_timer < 0
+		    || epoll_ctl(
+		           sk.loops[0].ep, EPOLL_CTL_ADD, sk.acc_timer, &ev)
+		        != 0) {
 			qps_log(QPS_LOG_ERROR,
 			    "cannot start the event loop: %s",
 			    strerror(errno));
@@ -420,6 +536,10 @@ sk_stop(void)
 		}
 	}
 	sk.nlst = 0;
+	if (sk.acc_timer >= 0) {
+		close(sk.acc_timer);
+		sk.acc_timer = -1;
+	}
 	for (size_t i = 0; i < sk.nloops; i++) {
 		sk_loop *lp = &sk.loops[i];
 		if (lp->ep >= 0) {

@@ -7,7 +7,9 @@
  * nng's threads. A read hands its bytes to qps_link_input and reads again
  * unless the link is paused; a write takes the link's whole out queue
  * (swapped with the write buffer, so that replies queued meanwhile never
- * move bytes under nng) and, once written, the next.
+ * move bytes under nng) and, once written, the next. Requests a pause
+ * left unread (link.c's inbuf) are taken up by a 0 ms sleep on the read
+ * aio, so that they go on from its callback as a read's bytes would.
  *
  * Locking: the link's mu guards reading, sending and the buffers, as
  * link.c's; each read or write under way holds a reference, so a link is
@@ -22,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define ST_RBUF (16u * 1024u)
 
@@ -45,6 +48,19 @@ st_recv(qps_link *l)
 
 	nng_aio_set_iov(l->rx, 1, &iov);
 	nng_stream_recv(l->st, l->rx);
+}
+
+/* The next read: of the stream, or, when a pause left requests in
+ * inbuf, a 0 ms sleep whose completion goes on with them. */
+static void
+st_read_next(qps_link *l)
+{
+	if (l->inlen > 0) {
+		l->rx_sleep = true;
+		nng_sleep_aio(0, l->rx);
+	} else {
+		st_recv(l);
+	}
 }
 
 static void
@@ -95,7 +111,7 @@ st_kick(qps_link *l)
 	if (l->admitted && !l->paused && !l->reading) {
 		l->reading = true;
 		l->refs++;
-		st_recv(l);
+		st_read_next(l);
 	}
 }
 
@@ -104,11 +120,17 @@ st_rx_cb(void *arg)
 {
 	qps_link *l = arg;
 	int rv = nng_aio_result(l->rx);
+	size_t n = nng_aio_count(l->rx);
 	const char *why = NULL;
 	bool again, gone;
 
-	if (rv != 0
-	    || !qps_link_input(l, l->rbuf, nng_aio_count(l->rx), &why)) {
+	if (l->rx_sleep) {
+		/* Not a read: go on with what a pause left. */
+		l->rx_sleep = false;
+		n = 0;
+		rv = rv == NNG_ETIMEDOUT ? 0 : rv;
+	}
+	if (rv != 0 || !qps_link_input(l, l->rbuf, n, &why)) {
 		if (rv != 0) {
 			why = rv == NNG_ECLOSED ? NULL : nng_strerror(rv);
 		}
@@ -121,7 +143,7 @@ st_rx_cb(void *arg)
 	gone = l->st_closed;
 	l->reading = again;
 	if (again) {
-		st_recv(l);
+		st_read_next(l);
 	}
 	pthread_mutex_unlock(&l->mu);
 	if (gone) {
@@ -241,13 +263,27 @@ st_accept_main(void *arg)
 	qpi_link *ql;
 	int rv;
 
+	static qps_loglimit ll;
+	int64_t backoff_ms = 0;
+
 	while ((rv = qpi_link_accept(ls->L, &ql)) != QP_ECLOSED) {
 		if (rv == QP_OK) {
+			backoff_ms = 0;
 			st_accepted(ls, qpi_link_nng_take(ql));
-		} else {
-			qps_log(
-			    QPS_LOG_WARN, "accept failed: %s", qp_errmsg());
+			continue;
 		}
+		/* Out of descriptors or memory, say: not again at once. */
+		backoff_ms = backoff_ms == 0 ? 50
+		    : backoff_ms * 2 > 1000  ? 1000
+		                             : backoff_ms * 2;
+		qps_log_limited(&ll, QPS_LOG_WARN,
+		    "accept failed: %s: accepting again in %lld ms",
+		    qp_errmsg(), (long long) backoff_ms);
+		struct timespec ts = {0, (long) backoff_ms * 1000000L};
+		if (backoff_ms >= 1000) {
+			ts = (struct timespec) {1, 0};
+		}
+		nanosleep(&ts, NULL);
 	}
 	return NULL;
 }

@@ -86,7 +86,9 @@ qps_net_start(const qps_config *cfg, char urls[][QPI_URL_MAX + 1])
 {
 	int rv;
 
-	qps_link_setup(cfg);
+	if ((rv = qps_link_setup(cfg)) != QP_OK) {
+		return rv;
+	}
 	for (size_t i = 0; i < cfg->nlisten; i++) {
 		if ((rv = lsn_listen(cfg, cfg->listen[i], urls[i])) != QP_OK) {
 			return rv;

@@ -65,6 +65,18 @@ qps_ops_conn_remove(uint32_t conn_id)
 	pthread_mutex_unlock(&ops.mu);
 }
 
+bool
+qps_ops_conn_settled(uint32_t conn_id, const char **why)
+{
+	bool ok;
+
+	qps_thread_init();
+	pthread_mutex_lock(&ops.mu);
+	ok = qps_conn_settled(conn_id, why);
+	pthread_mutex_unlock(&ops.mu);
+	return ok;
+}
+
 /* The handler of op's family; NULL for an op this server does not know. */
 static qps_handler
 ops_route(uint32_t op)
@@ -138,8 +150,11 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 		return QPS_REPLY;
 	}
 	if (c->over_limit) {
+		/* PROTOCOL.md: the text clients show ("server at its
+		 * connection limit"); they do not redial at once. */
 		*repp = qps_rep_error(r->op, r->req_id, QP_ELIMIT,
-		    "the server is serving its maximum of %u connections",
+		    "server at its connection limit (%u connections, "
+		    "--max-connections)",
 		    qps_cfg->max_connections);
 		qps_worker_close_after(w);
 		return QPS_REPLY;

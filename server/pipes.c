@@ -295,8 +295,7 @@ ps_park_or_refuse(
 		wt->obj = p;
 		return QPS_PARKED;
 	}
-	*repp = qps_rep_error(r->op, r->req_id, QP_ELIMIT,
-	    "the server holds too many waiting requests");
+	*repp = qps_wait_refusal(r);
 	return QPS_REPLY;
 }
 

@@ -18,22 +18,32 @@
 
 /* Items decoded on the stack before the heap is used. */
 #define QD_STACK_ITEMS 16
+/* qd_try_get: the connection holds its limit of leases (--max-leases). */
+#define QD_CONN_FULL (-1)
 
 /* Tries a get for r on q as connection c: QP_OK with *repp set (items
- * leased), QP_EEMPTY (nothing taken), QP_ELIMIT (items are ready but
- * every lease slot, or the lease area, is taken: a blocking get waits
- * for an ack or release to free one), QP_EBUSY, or another error. */
+ * leased, at most c's room under --max-leases), QP_EEMPTY (nothing
+ * taken), QP_ELIMIT (items are ready but every lease slot, or the lease
+ * area, is taken: a blocking get waits for an ack or release to free
+ * one), QD_CONN_FULL (c holds its limit of leases), QP_EBUSY, or another
+ * error. */
 static int
 qd_try_get(qps_conn *c, qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 {
 	qpi_wire_item stacki[QD_STACK_ITEMS], *items = stacki;
 	qpi_shmq_lease l;
 	uint32_t want = r->max_items > 0 ? r->max_items : 1, n = 0;
+	uint32_t leases = qps_conn_lease_room(c);
 	uint64_t bytes = 0;
 	int64_t lease_ms
 	    = (int64_t) (r->lease_ms != 0 ? r->lease_ms : q->lease_ms);
+	int64_t expiry = 0; /* the latest of the leases taken */
 	int rv = QP_OK;
 
+	if (leases == 0) {
+		return QD_CONN_FULL;
+	}
+	want = want < leases ? want : leases;
 	if (want > QD_STACK_ITEMS
 	    && (items = malloc(want * sizeof(*items))) == NULL) {
 		return QP_ENOMEM;
@@ -61,6 +71,7 @@ qd_try_get(qps_conn *c, qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 		items[n].len = len;
 		items[n].lease_id = l.id;
 		items[n].deliveries = l.deliveries;
+		expiry = expiry < l.expiry_ms ? l.expiry_ms : expiry;
 		bytes += len;
 		n++;
 	}
@@ -81,8 +92,9 @@ qd_try_get(qps_conn *c, qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 				qps_q_rv(q,
 				    qpi_store_release(
 				        q->st, items[i].lease_id));
-			} else if (r->lease_mode == QPI_LEASE_WORK) {
-				qps_conn_work_add(c, q, items[i].lease_id);
+			} else {
+				qps_conn_lease_add(c, q, items[i].lease_id,
+				    expiry, r->lease_mode == QPI_LEASE_WORK);
 			}
 			free((void *) items[i].data);
 		}
@@ -139,15 +151,57 @@ qd_put_reply(const qpi_wire_req *r, qps_q *q, int rv)
 	    qp_errmsg()[0] != '\0' ? qp_errmsg() : qp_strerror(rv));
 }
 
+/* The reply to a get that cannot lease, as what it is: c at its limit
+ * of leases, or q's lease room taken (never "empty"). */
+static nng_msg *
+qd_lease_refusal(const qpi_wire_req *r, qps_q *q, int rv, int64_t ms)
+{
+	uint64_t n = 0;
+
+	if (rv == QD_CONN_FULL) {
+		return qps_rep_error(r->op, r->req_id, QP_ELIMIT,
+		    "this connection holds its limit of %u leased items "
+		    "(--max-leases): ack or release some first",
+		    (unsigned) qps_cfg->conn_leases);
+	}
+	if (qps_q_rv(q, qpi_store_qsize(q->st, &n)) != QP_OK) {
+		n = 0;
+	}
+	return qps_rep_error(r->op, r->req_id, QP_ELIMIT,
+	    "queue '%s' has %llu items ready, but none could be leased%s: "
+	    "every lease slot is held by consumers that have not confirmed "
+	    "theirs",
+	    q->name, (unsigned long long) n, ms > 0 ? " in time" : "");
+}
+
+/* A parked get's timeout: items ready but no lease to be had is said as
+ * such, else the queue's usual answer (empty). */
+static void
+get_expired(qps_wait *wt)
+{
+	uint64_t n = 0;
+
+	if (wt->why == QD_CONN_FULL
+	    || (!wt->q->busy
+	        && qps_q_rv(wt->q, qpi_store_qsize(wt->q->st, &n)) == QP_OK
+	        && n > 0)) {
+		qps_wait_finish(wt,
+		    qd_lease_refusal(&wt->r, wt->q, wt->why, wt->r.timeout));
+		return;
+	}
+	qps_wait_expire_default(wt);
+}
+
 static qps_retry_res
 get_retry(qps_wait *wt, nng_msg **repp)
 {
 	int rv = qd_try_get(wt->conn, wt->q, &wt->r, repp);
 
+	wt->why = rv;
 	if (rv == QP_EBUSY) {
 		return QPS_BLOCKED;
 	}
-	if (rv == QP_EEMPTY || rv == QP_ELIMIT) {
+	if (rv == QP_EEMPTY || rv == QP_ELIMIT || rv == QD_CONN_FULL) {
 		return QPS_WAITING;
 	}
 	if (rv != QP_OK) {
@@ -199,12 +253,16 @@ static qps_handled
 qd_park(const qps_req *rq, qps_q *q, int kind,
     qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp), nng_msg **repp)
 {
-	if (qps_wait_park(rq, q, kind, rq->r->timeout, retry) != NULL) {
+	qps_wait *wt = qps_wait_park(rq, q, kind, rq->r->timeout, retry);
+
+	if (wt != NULL) {
+		if (kind == QPS_WAIT_GET) {
+			wt->expired = get_expired;
+		}
 		qps_wait_dispatch(q);
 		return QPS_PARKED;
 	}
-	*repp = qps_rep_error(rq->r->op, rq->r->req_id, QP_ELIMIT,
-	    "the server holds too many waiting requests");
+	*repp = qps_wait_refusal(rq->r);
 	return QPS_REPLY;
 }
 
@@ -243,11 +301,14 @@ qd_get(const qps_req *rq, qps_q *q, nng_msg **repp)
 	rv = q->busy                           ? QP_EBUSY
 	    : q->wl[QPS_WAIT_GET].head != NULL ? QP_EEMPTY
 	                                       : qd_try_get(rq->c, q, r, repp);
-	if ((rv == QP_EEMPTY || rv == QP_ELIMIT || rv == QP_EBUSY)
+	if ((rv == QP_EEMPTY || rv == QP_ELIMIT || rv == QP_EBUSY
+	        || rv == QD_CONN_FULL)
 	    && r->timeout != 0) {
 		return qd_park(rq, q, QPS_WAIT_GET, get_retry, repp);
 	}
-	if (rv == QP_EBUSY) {
+	if (rv == QP_ELIMIT || rv == QD_CONN_FULL) {
+		*repp = qd_lease_refusal(r, q, rv, 0);
+	} else if (rv == QP_EBUSY) {
 		*repp = qps_rep_error(r->op, r->req_id, QP_EEMPTY,
 		    "queue '%s' " QPS_LOCKED, q->name);
 	} else if (rv == QP_EEMPTY) {

@@ -51,11 +51,45 @@ usage(FILE *f)
 	    "                          (default 64M)\n"
 	    "  --max-connections N     connections served at once (default "
 	    "4096);\n"
-	    "                          past it requests get a 'server limit' "
-	    "error\n"
+	    "                          past it a new client is told 'server "
+	    "at its\n"
+	    "                          connection limit' (ELIMIT) and "
+	    "closed\n"
 	    "  --lease-ms MS           how long a got item stays leased "
 	    "before it\n"
 	    "                          returns to the queue (default 30000)\n"
+	    /* What one connection may hold (README, Security). */
+	    "  --max-waiting N         waiting (parked) requests per "
+	    "connection\n"
+	    "                          (default 64: a handle's threads each "
+	    "blocked\n"
+	    "                          in a get; past it such a request gets "
+	    "ELIMIT)\n"
+	    "  --max-waiting-bytes BYTES  bytes held by one connection's "
+	    "waiting\n"
+	    "                          puts (default 64M: two largest items; "
+	    "its\n"
+	    "                          first waiting put is taken whatever "
+	    "its size)\n"
+	    "  --max-leases N          items one connection holds leased at "
+	    "once, as a\n"
+	    "                          prefetch limit (default 1024: a "
+	    "queue's 4096\n"
+	    "                          lease slots serve four greedy "
+	    "consumers and\n"
+	    "                          more; a get takes at most what is "
+	    "left)\n"
+	    "  --handshake-timeout MS  a connection that has not sent its SP "
+	    "handshake\n"
+	    "                          by then is closed (default 10000: "
+	    "room for a\n"
+	    "                          slow link, yet idle ones go soon)\n"
+	    "  --auth-timeout MS       with a token: one that has not "
+	    "authenticated by\n"
+	    "                          then is closed (default 10000), as "
+	    "is one over\n"
+	    "                          --max-connections, so idle ones "
+	    "never hold them\n"
 	    "  --log-level LEVEL       error, warn, info (default) or debug\n"
 	    "  --transport sp|nng      how tcp:// and ipc:// are served: sp "
 	    "(default),\n"
@@ -91,6 +125,16 @@ usage(FILE *f)
 	    "  --help, --version\n"
 	    "\n"
 	    "BYTES take a K, M or G suffix (powers of 1024).\n"
+	    "\n"
+	    "Fixed limits: a connection with more than 1M of replies unread "
+	    "is not\n"
+	    "read until it reads; the server parks at most 8 waiting "
+	    "requests per\n"
+	    "--max-connections, plus 64; a quarter of --max-connections (at "
+	    "least 64)\n"
+	    "past it, new connections are closed at once; accept out of "
+	    "descriptors\n"
+	    "pauses 50 ms to 1 s.\n"
 	    "\n"
 	    "SIGTERM or SIGINT: new connections and requests are refused,\n"
 	    "waiting gets and puts are answered (their clients retry), the\n"
@@ -182,6 +226,14 @@ static const flag flags[] = {
         "a number from 1 to 1000000"),
     NUM("--lease-ms", lease_ms, 1, 7ull * 24 * 3600 * 1000,
         "milliseconds from 1 to 7 days"),
+    NUM("--max-waiting", conn_waits, 1, 1000000, "a number from 1 to 1000000"),
+    NUM("--handshake-timeout", handshake_ms, 1, 3600000,
+        "milliseconds from 1 to 3600000"),
+    NUM("--auth-timeout", auth_ms, 1, 3600000,
+        "milliseconds from 1 to 3600000"),
+    NUM("--max-leases", conn_leases, 1, 1000000, "a number from 1 to 1000000"),
+    NUM("--max-waiting-bytes", conn_wait_bytes, 1, (uint64_t) 1 << 40,
+        "bytes from 1 to 1T (K, M, G suffixes)"),
     SPECIAL("--log-level"),
     TEXT("--data-dir", data_dir),
     TEXT("--fsync", fsync),
@@ -248,6 +300,11 @@ parse_args(qps_config *cfg, int argc, char **argv)
 	cfg->max_connections = 4096;
 	cfg->lease_ms = 30000;
 	cfg->raw_sp = true;
+	cfg->conn_waits = QPS_DEFAULT_CONN_WAITS;
+	cfg->conn_wait_bytes = QPS_DEFAULT_CONN_WAIT_BYTES;
+	cfg->conn_leases = QPS_DEFAULT_CONN_LEASES;
+	cfg->handshake_ms = QPS_DEFAULT_HANDSHAKE_MS;
+	cfg->auth_ms = QPS_DEFAULT_AUTH_MS;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *val = NULL;

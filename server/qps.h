@@ -37,6 +37,19 @@ extern int qps_log_level;
 void qps_log(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* A place in the code whose warning a flood would repeat: it logs at
+ * most one line per QPS_LOG_LIMIT_NS, the next one counting those left
+ * out. Static storage, zeroed. */
+typedef struct qps_loglimit {
+	int64_t next_ns;
+	uint64_t dropped;
+} qps_loglimit;
+#define QPS_LOG_LIMIT_NS 1000000000ll
+
+/* qps_log through ll's limit. Thread-safe. */
+void qps_log_limited(qps_loglimit *ll, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Parses "error", "warn", "info" or "debug"; -1 if none of them. */
 int qps_log_level_parse(const char *s);
 
@@ -66,7 +79,21 @@ typedef struct qps_config {
 	bool shm_any_owner; /* --shm-any-owner: host segments other users
 	                       own (QP_OPEN_ANY_OWNER); else they are
 	                       refused with QP_EPERM */
+	/* What one connection may hold, so that it never takes what the
+	 * others need (README, Security): */
+	uint32_t conn_waits; /* --max-waiting: parked requests */
+	uint64_t conn_wait_bytes; /* --max-waiting-bytes: their bytes */
+	uint32_t conn_leases; /* --max-leases: items leased at once */
+	int64_t handshake_ms; /* --handshake-timeout: SP handshake due */
+	int64_t auth_ms; /* --auth-timeout: authenticated (with a token) */
 } qps_config;
+
+/* Defaults of the per-connection limits (qpiped --help says why). */
+#define QPS_DEFAULT_CONN_WAITS      64
+#define QPS_DEFAULT_CONN_WAIT_BYTES (64ull * 1024 * 1024)
+#define QPS_DEFAULT_CONN_LEASES     1024
+#define QPS_DEFAULT_HANDSHAKE_MS    10000
+#define QPS_DEFAULT_AUTH_MS         10000
 
 /* ---- authentication and TLS (sec.c) ---- */
 
@@ -152,6 +179,11 @@ bool qps_ops_conn_add(uint32_t conn_id);
 /* A connection is gone: its leases go back to their queues, its parked
  * requests are dropped (conn.c, qps_conn_close). */
 void qps_ops_conn_remove(uint32_t conn_id);
+
+/* At its time limit: true when connection conn_id may stay (it has
+ * authenticated, or needs not, and is within --max-connections; or it is
+ * gone). False: close it, *why says why. */
+bool qps_ops_conn_settled(uint32_t conn_id, const char **why);
 
 /* Starts the request layer (timer thread, registry); on start returns
  * every lease left by an earlier incarnation of the server. */
@@ -481,9 +513,11 @@ typedef struct qps_conn {
 	qpi_session_server ss; /* hello/auth state; ss.as.ok: authenticated */
 	bool told_unauth; /* a request before auth was refused and logged */
 	qps_wait *waits; /* its parked requests */
-	qpi_htab work; /* its WORK leases (see conn.c) */
+	qpi_htab work; /* its leases (see conn.c), WORK ones marked */
 	qps_q **leased; /* the queues it took leases from */
 	uint32_t nleased, leased_cap;
+	uint32_t nwaits; /* its parked requests (--max-waiting) */
+	uint64_t wait_bytes; /* the bytes they hold (--max-waiting-bytes) */
 } qps_conn;
 
 /* Sets up the connection table (pid: of this server, in owner tokens). */
@@ -499,18 +533,32 @@ uint32_t qps_conns_count(void);
 /* A connection arrived (qps_ops_conn_add): false to close it at once. */
 bool qps_conn_open(uint32_t id);
 
+/* As qps_ops_conn_settled, under the ops lock. */
+bool qps_conn_settled(uint32_t id, const char **why);
+
 /* A connection left: its parked requests end unanswered, its pipe sides
  * close, its leases go back to their queues. */
 void qps_conn_close(uint32_t id);
 
-/* c took leases on q (WORK: also lease_id, whose ack is a task_done and
+/* c took leases on q; each one is noted with qps_conn_lease_add, until
+ * expiry_ms (monotonic; work: a WORK lease, whose ack is a task_done and
  * which touch may renew). */
 void qps_conn_leased(qps_conn *c, qps_q *q);
-void qps_conn_work_add(qps_conn *c, qps_q *q, uint64_t lease_id);
+void qps_conn_lease_add(
+    qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms, bool work);
 
-/* Forgets a WORK lease of c (true if it was one); whether c holds it. */
+/* Forgets a lease of c (acked or released): true if it was a WORK
+ * lease. Whether c holds lease_id as a WORK lease. */
 bool qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id);
 bool qps_conn_work_holds(qps_conn *c, qps_q *q, uint64_t lease_id);
+
+/* A lease of c renewed (touch) until expiry_ms. */
+void qps_conn_lease_renew(
+    qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms);
+
+/* How many more items c may lease (--max-leases less those it holds;
+ * expired ones are forgotten first when it is at its limit). */
+uint32_t qps_conn_lease_room(qps_conn *c);
 
 /* q goes away: no connection refers to it any more. */
 void qps_conns_forget_q(qps_q *q);
@@ -575,6 +623,8 @@ struct qps_wait {
 	uint32_t base; /* put_many: items of the request put before */
 	uint64_t next; /* QPS_WAIT_OP: ids (or task_dones) done so far */
 	uint32_t nmiss; /* QPS_WAIT_OP: ids found missing so far */
+	size_t bytes; /* of its request, counted in conn->wait_bytes */
+	int why; /* a get: what its last try found (QP_EEMPTY...) */
 	qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp);
 	qps_wait *lprev, *lnext; /* in its list */
 	qps_wait *cprev, *cnext; /* in conn's list */
@@ -583,9 +633,14 @@ struct qps_wait {
 /* Parks rq in list for up to tmo ms (<= 0: no limit), expired called at
  * its timeout: takes rq->req, copies the request (its items; for
  * QPS_WAIT_OP its ids). NULL (nothing taken) if the server cannot park
- * more. */
+ * more, or rq's connection holds its limit of parked requests or bytes
+ * (qps_wait_refusal says which). */
 qps_wait *qps_wait_add(const qps_req *rq, qps_wlist *list, int kind,
     int64_t tmo, void (*expired)(qps_wait *wt));
+
+/* The ELIMIT reply to r after qps_wait_add refused to park it: names
+ * the limit (the connection's own, or the server's). */
+nng_msg *qps_wait_refusal(const qpi_wire_req *r);
 
 /* Parks rq on q (qps_wait_add), to be tried again by retry whenever q
  * changes. */
@@ -598,6 +653,10 @@ qps_wait *qps_wait_park(const qps_req *rq, qps_q *q, int kind, int64_t tmo,
 qps_handled qps_wait_busy(const qps_req *rq, qps_q *q, uint64_t next,
     uint32_t nmiss, qps_retry_res (*retry)(qps_wait *wt, nng_msg **repp),
     nng_msg **repp);
+
+/* A queue's parked request at its timeout: answered QP_EEMPTY, QP_EFULL,
+ * QP_ETIMEDOUT (join) or QP_EBUSY (its lock held), and freed. */
+void qps_wait_expire_default(qps_wait *wt);
 
 /* Ends a parked request: sends rep (NULL: no reply, its client is gone),
  * settles its dedup entry, frees it. */

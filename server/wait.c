@@ -6,15 +6,23 @@
  * its pipe side's) and its connection's list, has a timer for its
  * timeout, and costs no thread. A queue's know how to try themselves
  * again (their handler's retry): whatever changes a queue calls
- * qps_wait_dispatch, which tries its parked requests in order.
+ * qps_wait_dispatch, which tries its parked requests in order. A
+ * connection parks at most --max-waiting requests holding at most
+ * --max-waiting-bytes (its first one whatever its size), so that one
+ * client pipelining blocking gets or big puts never fills the server's
+ * room for everyone's (link.c's limit of parked requests in all).
  *
  * Locking: none of its own; everything runs under the ops lock (timers
  * fire with it held).
  */
 #include "qps.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Why the last qps_wait_add refused (under the ops lock). */
+static char wait_why[160];
 
 static void
 wait_unlink(qps_wait *wt)
@@ -41,6 +49,8 @@ wait_unlink(qps_wait *wt)
 	if (wt->cnext != NULL) {
 		wt->cnext->cprev = wt->cprev;
 	}
+	wt->conn->nwaits--;
+	wt->conn->wait_bytes -= wt->bytes;
 	qps_timer_cancel(&wt->timer);
 	if (q != NULL
 	    && q->wl[0].n + q->wl[1].n + q->wl[2].n + q->wl[3].n == 0) {
@@ -65,17 +75,24 @@ qps_wait_finish(qps_wait *wt, nng_msg *rep)
 static void
 wait_timeout(qps_timer *t)
 {
-	static const int st[QPS_NWAIT]
-	    = {QP_EBUSY, QP_EEMPTY, QP_EFULL, QP_ETIMEDOUT};
-	static const char *const what[QPS_NWAIT]
-	    = {"", "is empty", "is full", "still has unfinished tasks"};
 	qps_wait *wt = (qps_wait *) t;
-	const qpi_wire_req *r = &wt->r;
 
 	if (wt->expired != NULL) {
 		wt->expired(wt);
 		return;
 	}
+	qps_wait_expire_default(wt);
+}
+
+void
+qps_wait_expire_default(qps_wait *wt)
+{
+	static const int st[QPS_NWAIT]
+	    = {QP_EBUSY, QP_EEMPTY, QP_EFULL, QP_ETIMEDOUT};
+	static const char *const what[QPS_NWAIT]
+	    = {"", "is empty", "is full", "still has unfinished tasks"};
+	const qpi_wire_req *r = &wt->r;
+
 	if (wt->q->busy || wt->kind == QPS_WAIT_OP) {
 		qps_wait_finish(wt,
 		    qps_rep_error(r->op, r->req_id, st[wt->kind],
@@ -97,9 +114,28 @@ qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
 {
 	const qpi_wire_req *r = rq->r;
 	qps_conn *c = rq->c;
-	qps_wait *wt = calloc(1, sizeof(*wt));
+	size_t bytes = rq->req != NULL ? nng_msg_len(rq->req) : 0;
+	qps_wait *wt;
 
-	if (wt == NULL) {
+	if (c->nwaits >= qps_cfg->conn_waits) {
+		snprintf(wait_why, sizeof(wait_why),
+		    "this connection holds its limit of %u waiting requests "
+		    "(--max-waiting)",
+		    (unsigned) qps_cfg->conn_waits);
+		return NULL;
+	}
+	if (c->wait_bytes > 0
+	    && c->wait_bytes + bytes > qps_cfg->conn_wait_bytes) {
+		snprintf(wait_why, sizeof(wait_why),
+		    "this connection's waiting requests hold %llu bytes, "
+		    "its limit is %llu (--max-waiting-bytes)",
+		    (unsigned long long) c->wait_bytes,
+		    (unsigned long long) qps_cfg->conn_wait_bytes);
+		return NULL;
+	}
+	snprintf(wait_why, sizeof(wait_why),
+	    "the server holds too many waiting requests");
+	if ((wt = calloc(1, sizeof(*wt))) == NULL) {
 		return NULL;
 	}
 	/* The caller's arrays may be on its stack: keep our own copies (the
@@ -146,6 +182,9 @@ qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
 	wt->cl = rq->cl;
 	wt->seq = r->seq;
 	wt->base = rq->base;
+	wt->bytes = bytes;
+	c->nwaits++;
+	c->wait_bytes += bytes;
 	wt->lprev = list->tail;
 	if (list->tail != NULL) {
 		list->tail->lnext = wt;
@@ -160,6 +199,12 @@ qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
 	}
 	c->waits = wt;
 	return wt;
+}
+
+nng_msg *
+qps_wait_refusal(const qpi_wire_req *r)
+{
+	return qps_rep_error(r->op, r->req_id, QP_ELIMIT, "%s", wait_why);
 }
 
 qps_wait *
@@ -188,7 +233,9 @@ qps_wait_busy(const qps_req *rq, qps_q *q, uint64_t next, uint32_t nmiss,
 
 	if (wt == NULL) {
 		*repp = qps_rep_error(rq->r->op, rq->r->req_id, QP_EBUSY,
-		    "queue '%s' " QPS_LOCKED, q->name);
+		    "queue '%s' " QPS_LOCKED " (and this request cannot wait: "
+		    "%s)",
+		    q->name, wait_why);
 		return QPS_REPLY;
 	}
 	wt->next = next;

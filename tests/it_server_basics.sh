@@ -188,7 +188,7 @@ for _ in $(seq 60); do
 	sleep 0.05
 done
 case "$out" in
-"[1, 3, 9, 20, "*"maximum of 1 connections"*) ;;
+"[1, 3, 9, 20, "*"server at its connection limit (1 connections"*) ;;
 *) fail "a connection over --max-connections got '$out'" ;;
 esac
 wait "$holder"

@@ -48,7 +48,7 @@ void (*qpi_shmq_test_hook)(int point);
 	} while (0)
 
 #define SQ_MAGIC    0x0a512d4550495051ull /* "QPIPE-Q\n" */
-#define SQ_VERSION  2u
+#define SQ_VERSION  3u /* 3: the counters block (sq_mx) */
 #define SQ_REC_HDR  40u
 #define SQ_JMAX     32
 #define SQ_EV_SLOTS 64
@@ -246,7 +246,31 @@ typedef struct sq_hdr {
 	} gp;
 	_Alignas(128) uint64_t dones; /* task_done calls */
 	_Alignas(128) sq_ev ev[SQ_EV_N];
+	/* ---- counters for metrics (qpi_shmq_counters_get): a block of its
+	 * own, with its own version, last in the header. Bumped with relaxed
+	 * atomics after the change they count is committed, under the lock
+	 * that change took: advisory figures, never read to decide anything,
+	 * so a process killed between the commit and the bump only loses one
+	 * count. spare[] is room for more without a new layout. ---- */
+	_Alignas(128) struct {
+		uint32_t version; /* SQ_MX_VERSION */
+		uint32_t pad;
+		uint64_t acks; /* leases confirmed */
+		uint64_t nacks; /* leases given back by their holder */
+		uint64_t
+		    rel[QPI_SHMQ_REL_N]; /* leases given back, by reason */
+		uint64_t spare[11];
+	} mx;
 } sq_hdr;
+
+#define SQ_MX_VERSION 1u
+
+/* Counts n in a counter of the mx block. */
+static inline void
+sq_mx_add(uint64_t *c, uint64_t n)
+{
+	__atomic_fetch_add(c, n, __ATOMIC_RELAXED);
+}
 
 struct qpi_shmq {
 	sq_hdr *h;
@@ -1455,6 +1479,7 @@ sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg, bool sparse)
 	    = sparse && g->cap > SQ_BACK_FIRST ? SQ_BACK_FIRST : g->cap;
 	h->gv.bbacked = sparse ? 0 : g->nblocks;
 	h->version = SQ_VERSION;
+	h->mx.version = SQ_MX_VERSION;
 	/* The magic goes last: a segment with it is complete. */
 	STR(&h->magic, SQ_MAGIC);
 	return QP_OK;
@@ -2884,6 +2909,7 @@ qpi_shmq_ack(qpi_shmq *q, uint64_t id)
 			tx_set(&t, &h->gv.free_first, i + 1);
 			tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
 			tx_commit(&t);
+			sq_mx_add(&h->mx.acks, 1);
 		}
 	}
 	sq_unlock(&h->gs);
@@ -2905,8 +2931,9 @@ qpi_shmq_release(qpi_shmq *q, uint64_t id)
 	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
 		return rc;
 	}
-	if ((rc = sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
-		rc = sq_release_slot(q, i);
+	if ((rc = sq_slot_of(q, id, L_LEASED, &i)) == QP_OK
+	    && (rc = sq_release_slot(q, i)) == QP_OK) {
+		sq_mx_add(&q->h->mx.nacks, 1);
 	}
 	sq_unlock(&q->h->gs);
 	sq_after_release(q, rc == QP_OK ? 1 : 0);
@@ -2945,7 +2972,7 @@ qpi_shmq_renew(qpi_shmq *q, uint64_t id, int64_t lease_ms)
 /* Releases every leased slot that match() accepts. */
 static int
 sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
-    const void *arg, size_t *np, int64_t *nextp)
+    const void *arg, size_t *np, int64_t *nextp, int why)
 {
 	size_t n = 0;
 	int64_t next = INT64_MAX;
@@ -2969,6 +2996,9 @@ sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
 		} else if (s->expiry_ms < next) {
 			next = s->expiry_ms;
 		}
+	}
+	if (n > 0 && why >= 0) {
+		sq_mx_add(&q->h->mx.rel[why], n);
 	}
 	sq_unlock(&q->h->gs);
 	sq_after_release(q, n);
@@ -3004,19 +3034,21 @@ sq_match_all(const sq_slot *s, const void *arg)
 int
 qpi_shmq_release_owner(qpi_shmq *q, uint64_t owner, size_t *np)
 {
-	return sq_release_matching(q, sq_match_owner, &owner, np, NULL);
+	return sq_release_matching(
+	    q, sq_match_owner, &owner, np, NULL, QPI_SHMQ_REL_DISCONNECT);
 }
 
 int
 qpi_shmq_expire(qpi_shmq *q, int64_t now_ms, size_t *np, int64_t *next_ms)
 {
-	return sq_release_matching(q, sq_match_expired, &now_ms, np, next_ms);
+	return sq_release_matching(
+	    q, sq_match_expired, &now_ms, np, next_ms, QPI_SHMQ_REL_EXPIRED);
 }
 
 int
 qpi_shmq_release_all(qpi_shmq *q, size_t *np)
 {
-	return sq_release_matching(q, sq_match_all, NULL, np, NULL);
+	return sq_release_matching(q, sq_match_all, NULL, np, NULL, -1);
 }
 
 /* Process owner tokens: bit 63 set, the pid namespace's inode (low 31
@@ -3047,7 +3079,8 @@ int
 qpi_shmq_release_dead(qpi_shmq *q, size_t *np)
 {
 	sq_me();
-	return sq_release_matching(q, sq_match_dead, NULL, np, NULL);
+	return sq_release_matching(
+	    q, sq_match_dead, NULL, np, NULL, QPI_SHMQ_REL_DEAD);
 }
 
 static bool
@@ -3066,8 +3099,34 @@ int
 qpi_shmq_release_stale(qpi_shmq *q, size_t *np)
 {
 	sq_me();
-	return sq_release_matching(q, sq_match_stale, NULL, np, NULL);
+	return sq_release_matching(
+	    q, sq_match_stale, NULL, np, NULL, QPI_SHMQ_REL_DEAD);
 }
+/* ---- counters for metrics ---- */
+
+int
+qpi_shmq_counters_get(qpi_shmq *q, qpi_shmq_counters *c)
+{
+	const sq_hdr *h = q->h;
+
+	memset(c, 0, sizeof(*c));
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	if (LD(&h->mx.version) != SQ_MX_VERSION) {
+		return qpi_err(QP_EVERSION, "%s: counters of version %u",
+		    q->label, LD(&h->mx.version));
+	}
+	c->puts = LD(&h->pp.nput);
+	c->gets = LD(&h->gp.nget) + LD(&h->gp.relgets);
+	c->acks = LD(&h->mx.acks);
+	c->nacks = LD(&h->mx.nacks);
+	for (int i = 0; i < QPI_SHMQ_REL_N; i++) {
+		c->rel[i] = LD(&h->mx.rel[i]);
+	}
+	return QP_OK;
+}
+
 /* ---- watching ---- */
 
 int

@@ -122,5 +122,7 @@ int cmd_ping(cli_opts *o);
 int cmd_send(cli_opts *o);
 int cmd_recv(cli_opts *o);
 int cmd_worker(cli_opts *o);
+/* top.c: qpiped's status (its --metrics listener) every second. */
+int cmd_top(cli_opts *o);
 
 #endif /* QP_CLI_H */

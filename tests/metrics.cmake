@@ -5,3 +5,4 @@ set_tests_properties(it_metrics PROPERTIES LABELS server SKIP_RETURN_CODE 77)
 # is missing; its screenshot lands in build/test-artifacts/.
 set_tests_properties(it_status_page PROPERTIES LABELS server
   SKIP_RETURN_CODE 77 TIMEOUT 600)
+set_tests_properties(it_cli_top PROPERTIES LABELS cli)

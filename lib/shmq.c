@@ -48,7 +48,7 @@ void (*qpi_shmq_test_hook)(int point);
 	} while (0)
 
 #define SQ_MAGIC    0x0a512d4550495051ull /* "QPIPE-Q\n" */
-#define SQ_VERSION  3u /* 3: the counters block (sq_mx) */
+#define SQ_VERSION  3u /* 3: the counters block (qpi_shmq_mx) */
 #define SQ_REC_HDR  40u
 #define SQ_JMAX     32
 #define SQ_EV_SLOTS 64
@@ -251,26 +251,12 @@ typedef struct sq_hdr {
 	 * atomics after the change they count is committed, under the lock
 	 * that change took: advisory figures, never read to decide anything,
 	 * so a process killed between the commit and the bump only loses one
-	 * count. spare[] is room for more without a new layout. ---- */
-	_Alignas(128) struct {
-		uint32_t version; /* SQ_MX_VERSION */
-		uint32_t pad;
-		uint64_t acks; /* leases confirmed */
-		uint64_t nacks; /* leases given back by their holder */
-		uint64_t
-		    rel[QPI_SHMQ_REL_N]; /* leases given back, by reason */
-		uint64_t spare[11];
-	} mx;
+	 * count. Its spare[] is room for more without a new layout. ---- */
+	_Alignas(128) qpi_shmq_mx mx;
 } sq_hdr;
 
-#define SQ_MX_VERSION 1u
-
-/* Counts n in a counter of the mx block. */
-static inline void
-sq_mx_add(uint64_t *c, uint64_t n)
-{
-	__atomic_fetch_add(c, n, __ATOMIC_RELAXED);
-}
+#define SQ_MX_VERSION QPI_SHMQ_MX_VERSION
+#define sq_mx_add     qpi_shmq_mx_add
 
 struct qpi_shmq {
 	sq_hdr *h;
@@ -291,6 +277,7 @@ struct qpi_shmq {
 	uint32_t nslots;
 	int closed;
 	int watch_slot; /* -1: not watching */
+	qpi_shmq_mx *mx; /* the counters: &h->mx, or placed elsewhere */
 	qpi_shm shm;
 	char label[QP_NAME_MAX + 16];
 };
@@ -1541,6 +1528,7 @@ sq_attach(qpi_shmq **qp, qpi_shm *shm, const char *name)
 	q->created_ms = h->created_ms;
 	q->nslots = h->nslots;
 	q->watch_slot = -1;
+	q->mx = &h->mx;
 	q->shm = *shm;
 	memcpy(q->label, label, sizeof(label));
 	*qp = q;
@@ -2909,7 +2897,7 @@ qpi_shmq_ack(qpi_shmq *q, uint64_t id)
 			tx_set(&t, &h->gv.free_first, i + 1);
 			tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
 			tx_commit(&t);
-			sq_mx_add(&h->mx.acks, 1);
+			sq_mx_add(&q->mx->acks, 1);
 		}
 	}
 	sq_unlock(&h->gs);
@@ -2933,7 +2921,7 @@ qpi_shmq_release(qpi_shmq *q, uint64_t id)
 	}
 	if ((rc = sq_slot_of(q, id, L_LEASED, &i)) == QP_OK
 	    && (rc = sq_release_slot(q, i)) == QP_OK) {
-		sq_mx_add(&q->h->mx.nacks, 1);
+		sq_mx_add(&q->mx->nacks, 1);
 	}
 	sq_unlock(&q->h->gs);
 	sq_after_release(q, rc == QP_OK ? 1 : 0);
@@ -2998,7 +2986,7 @@ sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
 		}
 	}
 	if (n > 0 && why >= 0) {
-		sq_mx_add(&q->h->mx.rel[why], n);
+		sq_mx_add(&q->mx->rel[why], n);
 	}
 	sq_unlock(&q->h->gs);
 	sq_after_release(q, n);
@@ -3108,23 +3096,35 @@ int
 qpi_shmq_counters_get(qpi_shmq *q, qpi_shmq_counters *c)
 {
 	const sq_hdr *h = q->h;
+	const qpi_shmq_mx *mx = q->mx;
 
 	memset(c, 0, sizeof(*c));
 	if (sq_closed(q)) {
 		return sq_eclosed(q);
 	}
-	if (LD(&h->mx.version) != SQ_MX_VERSION) {
+	if (LD(&mx->version) != SQ_MX_VERSION) {
 		return qpi_err(QP_EVERSION, "%s: counters of version %u",
-		    q->label, LD(&h->mx.version));
+		    q->label, LD(&mx->version));
 	}
-	c->puts = LD(&h->pp.nput);
-	c->gets = LD(&h->gp.nget) + LD(&h->gp.relgets);
-	c->acks = LD(&h->mx.acks);
-	c->nacks = LD(&h->mx.nacks);
+	if (mx == &h->mx) {
+		c->puts = LD(&h->pp.nput);
+		c->gets = LD(&h->gp.nget) + LD(&h->gp.relgets);
+	} else {
+		c->puts = LD(&mx->puts);
+		c->gets = LD(&mx->gets);
+	}
+	c->acks = LD(&mx->acks);
+	c->nacks = LD(&mx->nacks);
 	for (int i = 0; i < QPI_SHMQ_REL_N; i++) {
-		c->rel[i] = LD(&h->mx.rel[i]);
+		c->rel[i] = LD(&mx->rel[i]);
 	}
 	return QP_OK;
+}
+
+void
+qpi_shmq_counters_place(qpi_shmq *q, qpi_shmq_mx *mx)
+{
+	q->mx = mx;
 }
 
 /* ---- watching ---- */

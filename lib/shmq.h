@@ -292,6 +292,31 @@ typedef struct qpi_shmq_counters {
 /* Reads the counters without a lock (each figure on its own). */
 int qpi_shmq_counters_get(qpi_shmq *q, qpi_shmq_counters *c);
 
+/* The counters block as stored: in the segment's header, or placed
+ * elsewhere (qpi_shmq_counters_place). Versioned on its own. */
+#define QPI_SHMQ_MX_VERSION 1u
+typedef struct qpi_shmq_mx {
+	uint32_t version; /* QPI_SHMQ_MX_VERSION */
+	uint32_t pad;
+	uint64_t acks; /* leases confirmed */
+	uint64_t nacks; /* leases given back by their holder */
+	uint64_t rel[QPI_SHMQ_REL_N]; /* leases given back, by reason */
+	uint64_t puts, gets; /* placed blocks only: counted by their owner */
+	uint64_t spare[9];
+} qpi_shmq_mx;
+
+/* From now on q counts into mx (a durable queue's state file, which
+ * outlives the private segment) instead of its header; puts and gets are
+ * then read from mx, where the owner counts them (qpi_shmq_mx_add). */
+void qpi_shmq_counters_place(qpi_shmq *q, qpi_shmq_mx *mx);
+
+/* Adds n to a counter of a counters block (relaxed atomic). */
+static inline void
+qpi_shmq_mx_add(uint64_t *c, uint64_t n)
+{
+	__atomic_fetch_add(c, n, __ATOMIC_RELAXED);
+}
+
 /* Walks the whole segment under both locks and checks every invariant
  * (positions, record headers, counters, lease table and lists): QP_OK, or
  * QP_ECORRUPT with qp_errmsg() naming the first fault. For tests and

@@ -34,13 +34,16 @@ wait_metric() {
 	return 1
 }
 # kill_tree PID: SIGKILL to a worker we started and the children it ran.
+# The worker goes first: a worker that saw its child die first would give
+# the task back itself (a nack, not a disconnect).
 kill_tree() {
-	local c
-	for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do
-		kill -KILL "$c" 2>/dev/null || true
-	done
+	local c kids
+	kids=$(ps -o pid= --ppid "$1" 2>/dev/null || true)
 	kill -KILL "$1" 2>/dev/null || true
 	wait "$1" 2>/dev/null || true
+	for c in $kids; do
+		kill -KILL "$c" 2>/dev/null || true
+	done
 }
 
 command -v curl >/dev/null || {
@@ -48,7 +51,8 @@ command -v curl >/dev/null || {
 	exit 1
 }
 
-qp_start_server --metrics tcp://127.0.0.1:0
+mkdir -p "$T/data"
+qp_start_server --metrics tcp://127.0.0.1:0 --data-dir "$T/data"
 QP_METRICS=$(grep '^http://' "$T/qpiped.port" | head -1)
 expect_eq "port file names the metrics URL" \
 	"$(printf '%s' "$QP_METRICS" | sed 's/:[0-9]*$//')" "http://127.0.0.1"
@@ -72,6 +76,17 @@ expect_eq "bytes held" \
 	$((1 + 6 + 6)) # a and b were got: c, local1, local2 are left
 expect_eq "capacity bytes" \
 	"$(metric "qpipe_queue_capacity_bytes{queue=\"$Q\"}")" 67108864
+
+# ---- a durable queue counts in its state file, beside its log ----
+"$QPIPE" create --durable "$QP_URL/$QN-dur"
+"$QPIPE" put "$QP_URL/$QN-dur" a b c
+"$QPIPE" get "$QP_URL/$QN-dur" >/dev/null
+scrape
+expect_eq "durable: published, delivered, confirmed" \
+	"$(metric "qpipe_queue_messages_published_total{queue=\"$QN-dur\"}") $(metric "qpipe_queue_messages_delivered_total{queue=\"$QN-dur\"}") $(metric "qpipe_queue_messages_confirmed_total{queue=\"$QN-dur\"}")" \
+	"3 1 1"
+expect_eq "durable: flagged" \
+	"$(metric "qpipe_queue_durable{queue=\"$QN-dur\"}")" 1
 
 # ---- a failing task: nacked once, then dead-lettered ----
 "$QPIPE" put "$QP_URL/$D" task
@@ -185,17 +200,28 @@ else
 fi
 exec 3>&- 4>&-
 
-# ---- a restart keeps the queue's counters (they live in its segment) ----
+# ---- a restart keeps the queue's counters (they live in its segment, a
+# durable queue's in its state file), a kill -9 too ----
 cp "$T/scrape" "$T/before"
 pub=$(metric "qpipe_queue_messages_published_total{queue=\"$Q\"}")
-qp_stop_server
-qp_start_server --metrics tcp://127.0.0.1:0
+kill -KILL "$QP_SERVER_PID"
+wait "$QP_SERVER_PID" 2>/dev/null || true
+qp_start_server --metrics tcp://127.0.0.1:0 --data-dir "$T/data"
 QP_METRICS=$(grep '^http://' "$T/qpiped.port" | head -1)
 scrape
 expect_eq "a restart keeps the counters" \
 	"$(metric "qpipe_queue_messages_published_total{queue=\"$Q\"}")" "$pub"
 expect_eq "and the redeliveries" \
 	"$(metric "qpipe_queue_messages_redelivered_total{queue=\"$K\",reason=\"disconnect\"}")" 1
+expect_eq "and a durable queue's" \
+	"$(metric "qpipe_queue_messages_published_total{queue=\"$QN-dur\"}") $(metric "qpipe_queue_messages_delivered_total{queue=\"$QN-dur\"}") $(metric "qpipe_queue_messages_confirmed_total{queue=\"$QN-dur\"}")" \
+	"3 1 1"
+"$QPIPE" rm "$QP_URL/$QN-dur"
+if [ -e "$T/data/$QN-dur.qlog.stat" ] || [ -e "$T/data/$QN-dur.qlog" ]; then
+	bad "rm takes the state file with the log" "$(ls "$T/data")"
+else
+	ok "rm takes the state file with the log"
+fi
 
 # ---- authentication failures ----
 echo "metrics-token-$$" >"$T/token"

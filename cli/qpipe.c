@@ -185,8 +185,7 @@ static const cli_cmd commands[] = {
         "address (tcp://HOST:PORT or http://HOST:PORT).\nOn a terminal "
         "the screen is redrawn; otherwise refreshes follow one\nanother, "
         "a blank line between. -n N: stop after N refreshes. A server\n"
-        "with a token wants it (--token-file FILE, or $QPIPE_TOKEN) when "
-        "its\nmetrics are served on a non-loopback address."},
+        "with a token wants it: --token-file FILE, or $QPIPE_TOKEN."},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -3,7 +3,8 @@
  * /metrics, the status page at / (status.html, embedded at build time) and
  * the JSON it reads every second at /api/status, served by nng's HTTP
  * server on the --metrics listener (loopback unless a token or
- * --insecure allows more, as --listen).
+ * --insecure allows more, as --listen; with a token, every request
+ * carries it: "Authorization: Bearer TOKEN").
  *
  * Server-wide figures are counted here on the request path with relaxed
  * atomics (no lock, no system call beyond one clock read per request).
@@ -66,7 +67,7 @@ static struct {
 	int64_t start_ns; /* monotonic */
 	int64_t start_unix_ms;
 	nng_http_server *srv;
-	bool auth; /* requests must carry the token (non-loopback) */
+	bool auth; /* requests must carry the token (one is loaded) */
 } mx;
 
 #define MX_ADD(p, n) __atomic_fetch_add((p), (n), __ATOMIC_RELAXED)
@@ -589,8 +590,9 @@ mx_reply(nng_aio *aio, uint16_t status, const char *type, const void *data,
 	nng_aio_finish(aio, 0);
 }
 
-/* With a token required: the request carries "Authorization: Bearer
- * TOKEN". Compared in constant time. */
+/* With a token loaded: the request carries "Authorization: Bearer
+ * TOKEN" (compared in constant time). The page itself (/) is static and
+ * open; the figures (/metrics, /api/status) are not. */
 static bool
 mx_authorized(nng_aio *aio)
 {
@@ -743,7 +745,9 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	    != QP_OK) {
 		return rv;
 	}
-	mx.auth = !lo && qps_sec_auth_required();
+	/* As on --listen: with a token every client proves it holds it,
+	 * loopback ones too. */
+	mx.auth = qps_sec_auth_required();
 	snprintf(http, sizeof(http), "http://%s%s%s:%u",
 	    strchr(a.host, ':') != NULL ? "[" : "", a.host,
 	    strchr(a.host, ':') != NULL ? "]" : "", (unsigned) a.port);

@@ -232,8 +232,23 @@ qp_stop_server
 qp_start_server --metrics tcp://127.0.0.1:0 --auth-token-file "$T/token"
 QP_METRICS=$(grep '^http://' "$T/qpiped.port" | head -1)
 "$QPIPE" --token-file "$T/wrong" ping "$QP_URL" >/dev/null 2>&1 || true
-scrape
-expect_eq "auth failures" "$(metric qpipe_auth_failures_total)" 1
+expect_eq "with a token, a scrape without it: 401" \
+	"$(curl -s -o /dev/null -w '%{http_code}' "$QP_METRICS/metrics")" 401
+expect_eq "and with a wrong one: 401" \
+	"$(curl -s -o /dev/null -w '%{http_code}' \
+		-H "Authorization: Bearer wrong" "$QP_METRICS/api/status")" 401
+curl -sf -H "Authorization: Bearer metrics-token-$$" "$QP_METRICS/metrics" \
+	>"$T/scrape" || true
+expect_eq "auth failures: the client's and the two scrapes'" \
+	"$(metric qpipe_auth_failures_total)" 3
+expect_rc "qpipe top with the token" 0 \
+	"$QPIPE" top -n 1 --token-file "$T/token" "$QP_METRICS"
+expect_rc "qpipe top without it" 2 "$QPIPE" top -n 1 "$QP_METRICS"
+if grep -q "wants its token" "$T/err"; then
+	ok "qpipe top says the token is wanted"
+else
+	bad "qpipe top says the token is wanted" "$(cat "$T/err")"
+fi
 
 # ---- the start-up rule: not loopback needs a token or --insecure ----
 rc=0

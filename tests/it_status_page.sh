@@ -24,7 +24,7 @@ browse() {
 	timeout 120 "$CHROMIUM" --headless --no-sandbox --disable-gpu \
 		--disable-dev-shm-usage --no-first-run \
 		--user-data-dir="$T/chromium" --virtual-time-budget=3000 \
-		"$@" "$QP_METRICS/" 2>>"$T/chromium.log"
+		"$@" "$QP_METRICS/${PAGE_SUFFIX:-}" 2>>"$T/chromium.log"
 }
 # dom FILE: the page's DOM after its refreshes.
 dom() {
@@ -123,4 +123,20 @@ for c in $(ps -o pid= --ppid "$WK" 2>/dev/null); do
 done
 kill -KILL "$WK" 2>/dev/null || true
 wait "$WK" 2>/dev/null || true
+
+# ---- a server with a token: the page takes it after its address ----
+echo "page-token-$$" >"$T/token"
+chmod 600 "$T/token"
+qp_stop_server
+qp_start_server --metrics tcp://127.0.0.1:0 --auth-token-file "$T/token"
+QP_METRICS=$(grep '^http://' "$T/qpiped.port" | head -1)
+dom "$T/dom4"
+if grep -q 'id="state" class="down">unreachable: token required' "$T/dom4"; then
+	ok "without the token the page says it is wanted"
+else
+	bad "without the token the page says it is wanted" \
+		"$(grep -o '<span id="state"[^<]*' "$T/dom4")"
+fi
+PAGE_SUFFIX="#token=page-token-$$" dom "$T/dom5"
+expect_eq "with #token=TOKEN the figures show" "$(val "$T/dom5" "$Q" puts)" 7
 finish

@@ -127,6 +127,8 @@ int cmd_ping(cli_opts *o);
 int cmd_send(cli_opts *o);
 int cmd_recv(cli_opts *o);
 int cmd_worker(cli_opts *o);
+/* top.c: qpiped's status (its --metrics listener) every second. */
+int cmd_top(cli_opts *o);
 
 /* cmd_part.c: addresses of several servers. */
 bool cli_parted(const char *addr);

@@ -203,6 +203,18 @@ static const cli_cmd commands[] = {
         "Exit 0 if the server of ADDR (a server or a queue address) "
         "answers,\n2 otherwise, with one line on stderr saying why. For a "
         "health check."},
+    /* top: qpiped's status page in a terminal (top.c) */
+    {"top", "a server's queues and figures, refreshed every second", cmd_top,
+        OPT_COUNT, 1, 1, "top [-n N] ADDR",
+        "Shows what qpiped's status page shows, refreshed every second: "
+        "the\nserver's connections, waiting requests, leases and "
+        "requests per second,\nthen one line per queue: items ready and "
+        "leased, put and got per\nsecond since the last refresh, puts, "
+        "gets and items dead-lettered. ADDR\nis the server's --metrics "
+        "address (tcp://HOST:PORT or http://HOST:PORT).\nOn a terminal "
+        "the screen is redrawn; otherwise refreshes follow one\nanother, "
+        "a blank line between. -n N: stop after N refreshes. A server\n"
+        "with a token wants it: --token-file FILE, or $QPIPE_TOKEN."},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

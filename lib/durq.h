@@ -61,6 +61,10 @@
  * system cannot preallocate, DONE records that find no room wait in
  * memory and a compaction leaves their items out.
  *
+ * Counters for metrics (puts, gets, confirmations, redeliveries: shmq.h's
+ * qpi_shmq_mx) live beside the log in PATH.stat, mapped shared, so that
+ * they outlive the process; qpi_durq_unlink removes it with the log.
+ *
  * Locking: one mutex per queue guards the file, the id counter and the
  * maps; the shared-memory queue has its own locks, and blocking waits on
  * it are made without the mutex. An "interval" queue has a flusher thread

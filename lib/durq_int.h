@@ -106,6 +106,11 @@ struct qpi_durq {
 	bool nospc; /* a put met a full disk: compact as soon as it helps */
 	int refs; /* qpi_durq_hold */
 	pid_t pid; /* the process that opened it */
+	/* Metrics: the queue's counters in PATH.stat (mapped, so they
+	 * outlive the process and its private segment); NULL: counted in
+	 * the segment only, since the open. */
+	qpi_shmq_mx *mx;
+	void *mx_map;
 };
 
 /* ---- durq.c: live items and tags ---- */

@@ -49,7 +49,7 @@ void (*qpi_shmq_test_hook)(int point);
 	} while (0)
 
 #define SQ_MAGIC    0x0a512d4550495051ull /* "QPIPE-Q\n" */
-#define SQ_VERSION  2u
+#define SQ_VERSION  3u /* 3: the counters block (qpi_shmq_mx) */
 #define SQ_REC_HDR  40u
 #define SQ_JMAX     32
 #define SQ_EV_SLOTS 64
@@ -268,6 +268,13 @@ typedef struct sq_hdr {
 		uint64_t namelen; /* of the results queue's name */
 	} cpl;
 	_Alignas(128) sq_ev ev[SQ_EV_N];
+	/* ---- counters for metrics (qpi_shmq_counters_get): a block of its
+	 * own, with its own version, last in the header. Bumped with relaxed
+	 * atomics after the change they count is committed, under the lock
+	 * that change took: advisory figures, never read to decide anything,
+	 * so a process killed between the commit and the bump only loses one
+	 * count. Its spare[] is room for more without a new layout. ---- */
+	_Alignas(128) qpi_shmq_mx mx;
 } sq_hdr;
 
 /* sq_hdr.corrupt: a fault was found (sq_fault, sq_quarantine), or the
@@ -279,9 +286,11 @@ typedef struct sq_hdr {
 
 /* qpi_shmq.closed: open, closed by its owner, or quarantined (the
  * SIGBUS guard stores SQ_BAD itself: see qpi_shm_guard). */
-#define SQ_OPEN   0
-#define SQ_CLOSED 1
-#define SQ_BAD    2
+#define SQ_OPEN       0
+#define SQ_CLOSED     1
+#define SQ_BAD        2
+#define SQ_MX_VERSION QPI_SHMQ_MX_VERSION
+#define sq_mx_add     qpi_shmq_mx_add
 
 struct qpi_shmq {
 	sq_hdr *h;
@@ -304,6 +313,7 @@ struct qpi_shmq {
 	int watch_slot; /* -1: not watching */
 	uint64_t fault_off; /* SQ_BAD by SIGBUS: where (the guard's) */
 	char why[160]; /* SQ_BAD otherwise: what failed its check */
+	qpi_shmq_mx *mx; /* the counters: &h->mx, or placed elsewhere */
 	qpi_shm shm;
 	char label[QP_NAME_MAX + 16];
 };
@@ -1649,6 +1659,7 @@ sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg, bool sparse)
 	    = sparse && g->cap > SQ_BACK_FIRST ? SQ_BACK_FIRST : g->cap;
 	h->gv.bbacked = sparse ? 0 : g->nblocks;
 	h->version = SQ_VERSION;
+	h->mx.version = SQ_MX_VERSION;
 	/* The magic goes last: a segment with it is complete. */
 	STR(&h->magic, SQ_MAGIC);
 	return QP_OK;
@@ -1710,6 +1721,7 @@ sq_attach(qpi_shmq **qp, qpi_shm *shm, const char *name)
 	q->created_ms = h->created_ms;
 	q->nslots = h->nslots;
 	q->watch_slot = -1;
+	q->mx = &h->mx;
 	q->shm = *shm;
 	memcpy(q->label, label, sizeof(label));
 	sq_kind_init();
@@ -3167,6 +3179,7 @@ qpi_shmq_ack(qpi_shmq *q, uint64_t id)
 			tx_set(&t, &h->gv.free_first, i + 1);
 			tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
 			tx_commit(&t);
+			sq_mx_add(&q->mx->acks, 1);
 		}
 	}
 	sq_unlock(&h->gs);
@@ -3193,6 +3206,9 @@ qpi_shmq_release(qpi_shmq *q, uint64_t id)
 		         "%s: lease %" PRIu64 " is being completed", q->label,
 		         id)
 		                        : sq_release_slot(q, i);
+		if (rc == QP_OK) {
+			sq_mx_add(&q->mx->nacks, 1);
+		}
 	}
 	sq_unlock(&q->h->gs);
 	sq_after_release(q, rc == QP_OK ? 1 : 0);
@@ -3248,7 +3264,7 @@ qpi_shmq_renew(qpi_shmq *q, uint64_t id, int64_t lease_ms)
 /* Releases every leased slot that match() accepts. */
 static int
 sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
-    const void *arg, size_t *np, int64_t *nextp)
+    const void *arg, size_t *np, int64_t *nextp, int why)
 {
 	size_t n = 0;
 	int64_t next = INT64_MAX;
@@ -3272,6 +3288,9 @@ sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
 		} else if (s->expiry_ms < next) {
 			next = s->expiry_ms;
 		}
+	}
+	if (n > 0 && why >= 0) {
+		sq_mx_add(&q->mx->rel[why], n);
 	}
 	sq_unlock(&q->h->gs);
 	sq_after_release(q, n);
@@ -3307,19 +3326,21 @@ sq_match_all(const sq_slot *s, const void *arg)
 int
 qpi_shmq_release_owner(qpi_shmq *q, uint64_t owner, size_t *np)
 {
-	return sq_release_matching(q, sq_match_owner, &owner, np, NULL);
+	return sq_release_matching(
+	    q, sq_match_owner, &owner, np, NULL, QPI_SHMQ_REL_DISCONNECT);
 }
 
 int
 qpi_shmq_expire(qpi_shmq *q, int64_t now_ms, size_t *np, int64_t *next_ms)
 {
-	return sq_release_matching(q, sq_match_expired, &now_ms, np, next_ms);
+	return sq_release_matching(
+	    q, sq_match_expired, &now_ms, np, next_ms, QPI_SHMQ_REL_EXPIRED);
 }
 
 int
 qpi_shmq_release_all(qpi_shmq *q, size_t *np)
 {
-	return sq_release_matching(q, sq_match_all, NULL, np, NULL);
+	return sq_release_matching(q, sq_match_all, NULL, np, NULL, -1);
 }
 
 /* Process owner tokens: bit 63 set, the pid namespace's inode (low 31
@@ -3350,7 +3371,8 @@ int
 qpi_shmq_release_dead(qpi_shmq *q, size_t *np)
 {
 	sq_me();
-	return sq_release_matching(q, sq_match_dead, NULL, np, NULL);
+	return sq_release_matching(
+	    q, sq_match_dead, NULL, np, NULL, QPI_SHMQ_REL_DEAD);
 }
 
 static bool
@@ -3369,7 +3391,8 @@ int
 qpi_shmq_release_stale(qpi_shmq *q, size_t *np)
 {
 	sq_me();
-	return sq_release_matching(q, sq_match_stale, NULL, np, NULL);
+	return sq_release_matching(
+	    q, sq_match_stale, NULL, np, NULL, QPI_SHMQ_REL_DEAD);
 }
 
 /* ---- completion: a task's lease acked and its result put, one step ---- */
@@ -3606,6 +3629,43 @@ qpi_shmq_complete(qpi_shmq *t, uint64_t id, qpi_shmq *r, const void *buf,
 		}
 	}
 }
+/* ---- counters for metrics ---- */
+
+int
+qpi_shmq_counters_get(qpi_shmq *q, qpi_shmq_counters *c)
+{
+	const sq_hdr *h = q->h;
+	const qpi_shmq_mx *mx = q->mx;
+
+	memset(c, 0, sizeof(*c));
+	if (sq_closed(q)) {
+		return sq_eclosed(q);
+	}
+	if (LD(&mx->version) != SQ_MX_VERSION) {
+		return qpi_err(QP_EVERSION, "%s: counters of version %u",
+		    q->label, LD(&mx->version));
+	}
+	if (mx == &h->mx) {
+		c->puts = LD(&h->pp.nput);
+		c->gets = LD(&h->gp.nget) + LD(&h->gp.relgets);
+	} else {
+		c->puts = LD(&mx->puts);
+		c->gets = LD(&mx->gets);
+	}
+	c->acks = LD(&mx->acks);
+	c->nacks = LD(&mx->nacks);
+	for (int i = 0; i < QPI_SHMQ_REL_N; i++) {
+		c->rel[i] = LD(&mx->rel[i]);
+	}
+	return QP_OK;
+}
+
+void
+qpi_shmq_counters_place(qpi_shmq *q, qpi_shmq_mx *mx)
+{
+	q->mx = mx;
+}
+
 /* ---- watching ---- */
 
 int

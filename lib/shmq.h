@@ -291,6 +291,55 @@ int qpi_shmq_join(qpi_shmq *q, int64_t deadline_ns);
  * forgotten first, so the waiter counts heal after a kill -9. */
 int qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st);
 
+/* ---- counters for metrics (a block of the header of its own) ---- */
+
+/* Why leases went back to the queue for another delivery. */
+enum {
+	QPI_SHMQ_REL_DISCONNECT = 0, /* their holder's connection left */
+	QPI_SHMQ_REL_EXPIRED = 1, /* the lease ran out (qpi_shmq_expire) */
+	QPI_SHMQ_REL_DEAD = 2, /* their holder process died */
+	QPI_SHMQ_REL_N
+};
+
+/* What happened to a queue since it was made, counted in its segment by
+ * every process that uses it (so local shm:// traffic counts too, and the
+ * figures outlive a server). Advisory: bumped after the change commits. */
+typedef struct qpi_shmq_counters {
+	uint64_t puts; /* items put */
+	uint64_t gets; /* items delivered (redeliveries included) */
+	uint64_t acks; /* leases confirmed */
+	uint64_t nacks; /* leases given back by their holder (release) */
+	uint64_t rel[QPI_SHMQ_REL_N]; /* leases given back, by reason */
+} qpi_shmq_counters;
+
+/* Reads the counters without a lock (each figure on its own). */
+int qpi_shmq_counters_get(qpi_shmq *q, qpi_shmq_counters *c);
+
+/* The counters block as stored: in the segment's header, or placed
+ * elsewhere (qpi_shmq_counters_place). Versioned on its own. */
+#define QPI_SHMQ_MX_VERSION 1u
+typedef struct qpi_shmq_mx {
+	uint32_t version; /* QPI_SHMQ_MX_VERSION */
+	uint32_t pad;
+	uint64_t acks; /* leases confirmed */
+	uint64_t nacks; /* leases given back by their holder */
+	uint64_t rel[QPI_SHMQ_REL_N]; /* leases given back, by reason */
+	uint64_t puts, gets; /* placed blocks only: counted by their owner */
+	uint64_t spare[9];
+} qpi_shmq_mx;
+
+/* From now on q counts into mx (a durable queue's state file, which
+ * outlives the private segment) instead of its header; puts and gets are
+ * then read from mx, where the owner counts them (qpi_shmq_mx_add). */
+void qpi_shmq_counters_place(qpi_shmq *q, qpi_shmq_mx *mx);
+
+/* Adds n to a counter of a counters block (relaxed atomic). */
+static inline void
+qpi_shmq_mx_add(uint64_t *c, uint64_t n)
+{
+	__atomic_fetch_add(c, n, __ATOMIC_RELAXED);
+}
+
 /* Walks the whole segment under both locks and checks every invariant
  * (positions, record headers, counters, lease table and lists): QP_OK, or
  * QP_ECORRUPT with qp_errmsg() naming the first fault. For tests and

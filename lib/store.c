@@ -369,6 +369,13 @@ qpi_store_stat(qpi_store *s, qp_queue_stats *st)
 }
 
 int
+qpi_store_counters(qpi_store *s, qpi_shmq_counters *c)
+{
+	/* A durable queue's are its private segment's: since it was opened. */
+	return qpi_shmq_counters_get(s->shm, c);
+}
+
+int
 qpi_store_tags(qpi_store *s, qpi_shmq_tag *v, size_t cap, size_t *np)
 {
 	return s->dur != NULL ? qpi_durq_tags(s->dur, v, cap, np)

@@ -104,6 +104,10 @@ int qpi_store_task_done(qpi_store *s);
 int qpi_store_qsize(qpi_store *s, uint64_t *np);
 int qpi_store_stat(qpi_store *s, qp_queue_stats *st);
 
+/* The queue's counters (shmq.h): a shared-memory queue's since it was
+ * made, a durable queue's since it was opened. */
+int qpi_store_counters(qpi_store *s, qpi_shmq_counters *c);
+
 /* The put requests noted with the items (see qpi_shmq_tags). */
 int qpi_store_tags(qpi_store *s, qpi_shmq_tag *v, size_t cap, size_t *np);
 

@@ -19,6 +19,9 @@ bench_pkgs=(python3 redis-server redis-tools nng-utils python3-redis libhiredis-
 # (tests/it_server_sigterm.sh); tests/it_docker_real.sh installs docker.io
 # itself, and is skipped where it cannot
 test_pkgs+=(bc)
+# tests/it_metrics.sh and it_status_page.sh: promtool checks the metrics
+# text, headless chromium drives the status page, curl scrapes
+test_pkgs+=(prometheus chromium curl)
 
 want=("${build_pkgs[@]}")
 case "${1:-build}" in

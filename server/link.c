@@ -51,6 +51,7 @@ struct qps_worker {
 	bool close_after; /* shut the connection once the reply is out */
 	uint8_t btlen;
 	uint8_t bt[4 * QPI_SP_MAX_HOPS];
+	int64_t t0; /* metrics: when the request arrived */
 };
 
 static struct {
@@ -411,6 +412,7 @@ link_reply(qps_link *l, const uint8_t *bt, size_t btlen, nng_msg *rep,
 		    {nng_msg_body(rep), len},
 		};
 		l->shut_after = l->shut_after || close_after;
+		qps_metrics_bytes(0, iov[0].iov_len + btlen + len);
 		/* A broken connection: its reader notices once shut, and
 		 * reads no more requests. */
 		if (!link_write_locked(l, iov, 3)) {
@@ -446,6 +448,7 @@ qps_worker_reply(qps_worker *w, nng_msg *rep)
 	}
 	pthread_cond_broadcast(&lk.cv);
 	pthread_mutex_unlock(&lk.mu);
+	qps_metrics_request_end(w->t0, rep);
 	link_reply(w->l, w->bt, w->btlen, rep, w->close_after);
 	free(w);
 }
@@ -494,6 +497,7 @@ link_request(qps_link *l)
 		return;
 	}
 	w->l = l;
+	w->t0 = qps_metrics_now();
 	w->btlen = (uint8_t) bt;
 	memcpy(w->bt, nng_msg_body(m), bt);
 	nng_msg_trim(m, bt);
@@ -556,6 +560,7 @@ qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 {
 	size_t used;
 
+	qps_metrics_bytes(n, 0);
 	if (l->inlen > 0) {
 		/* What a pause left, first. */
 		if (!link_parse(l, l->inbuf, l->inlen, &used, why)) {
@@ -625,6 +630,8 @@ link_parse(
 		if (l->state == LINK_HS) {
 			if (!qpi_sp_hs_check(l->hbuf, QPI_SP_REQ0)) {
 				*why = "not an SP req0 peer (bad handshake)";
+				qps_metrics_conn_refused(
+				    QPS_REFUSED_HANDSHAKE);
 				return false;
 			}
 			__atomic_store_n(&l->hs_done, true, __ATOMIC_RELEASE);
@@ -643,6 +650,7 @@ link_parse(
 			    "the limit (%zu): closing it",
 			    l->id, (unsigned long long) len, lk.cap);
 			*why = "message over the limit";
+			qps_metrics_conn_refused(QPS_REFUSED_TOO_BIG);
 			return false;
 		}
 		if (nng_msg_alloc(&l->body, (size_t) len) != 0) {
@@ -733,6 +741,19 @@ qps_net_peer(uint32_t pipe_id, char *buf, size_t len)
 		}
 	}
 	pthread_mutex_unlock(&lk.mu);
+}
+
+/* ---- metrics ---- */
+
+uint64_t
+qps_net_parked(void)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&lk.mu);
+	n = lk.nparked;
+	pthread_mutex_unlock(&lk.mu);
+	return n;
 }
 
 bool

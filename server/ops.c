@@ -51,6 +51,16 @@ qps_ops_conn_add(uint32_t conn_id)
 	if (!ops.draining) {
 		keep = qps_conn_open(conn_id);
 	}
+	{ /* metrics: admitted, or refused and why */
+		qps_conn *c = keep ? qps_conn_get(conn_id) : NULL;
+		if (!keep || (c != NULL && c->over_limit)) {
+			qps_metrics_conn_refused(ops.draining
+			        ? QPS_REFUSED_SHUTDOWN
+			        : QPS_REFUSED_LIMIT);
+		} else {
+			qps_metrics_conn_opened();
+		}
+	}
 	pthread_mutex_unlock(&ops.mu);
 	return keep;
 }
@@ -344,6 +354,16 @@ qps_ops_handle(qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp)
 		nng_msg_free(req);
 	}
 	return h;
+}
+
+/* ---- metrics: a scrape reads under the lock ---- */
+
+void
+qps_ops_locked(void (*fn)(void *arg), void *arg)
+{
+	pthread_mutex_lock(&ops.mu);
+	fn(arg);
+	pthread_mutex_unlock(&ops.mu);
 }
 
 /* ---- start and stop ---- */

@@ -44,7 +44,8 @@ usage(FILE *f)
 	    "  --port-file FILE        once listening, write the bound URLs "
 	    "to FILE,\n"
 	    "                          one a line (written whole, then "
-	    "renamed)\n"
+	    "renamed);\n"
+	    "                          the --metrics http:// URL comes last\n"
 	    "  --max-message BYTES     largest item accepted (default 32M)\n"
 	    "  --max-queue-bytes BYTES item storage of each queue the server "
 	    "creates\n"
@@ -122,6 +123,16 @@ usage(FILE *f)
 	    "                          (default: refused, as that user can "
 	    "read and\n"
 	    "                          change them)\n"
+	    "  --metrics URL           serve Prometheus metrics at "
+	    "URL/metrics\n"
+	    "                          and a status page at URL/ "
+	    "(tcp://HOST:PORT);\n"
+	    "                          a non-loopback HOST needs a token or "
+	    "--insecure;\n"
+	    "                          with a token, scrapes send "
+	    "'Authorization:\n"
+	    "                          Bearer TOKEN', the page takes "
+	    "URL/#token=TOKEN\n"
 	    "  --help, --version\n"
 	    "\n"
 	    "BYTES take a K, M or G suffix (powers of 1024).\n"
@@ -242,6 +253,7 @@ static const flag flags[] = {
     TEXT("--tls-cert", tls_cert),
     TEXT("--tls-key", tls_key),
     TEXT("--tls-ca", tls_ca),
+    TEXT("--metrics", metrics),
 };
 
 /* Stores val for f in cfg; false on a bad value (message printed). */
@@ -415,7 +427,8 @@ raise_nofile(uint32_t conns)
 int
 main(int argc, char **argv)
 {
-	char urls[QPS_MAX_LISTEN][QPI_URL_MAX + 1];
+	char urls[QPS_MAX_LISTEN + 1][QPI_URL_MAX + 1];
+	char metrics_url[QPI_URL_MAX + 1];
 	qps_config cfg;
 	sigset_t sigs;
 	siginfo_t si;
@@ -447,8 +460,22 @@ main(int argc, char **argv)
 		qps_sec_fini();
 		return 2;
 	}
+	if (qps_metrics_start(&cfg, metrics_url, sizeof(metrics_url))
+	    != QP_OK) {
+		qps_net_close();
+		qps_ops_fini();
+		qps_sec_fini();
+		return 2;
+	}
+	if (metrics_url[0] != '\0') { /* the port file's last line */
+		snprintf(
+		    urls[cfg.nlisten], sizeof(urls[0]), "%s", metrics_url);
+	}
 	if (cfg.port_file != NULL
-	    && write_port_file(cfg.port_file, urls, cfg.nlisten) != 0) {
+	    && write_port_file(
+	           cfg.port_file, urls, cfg.nlisten + (metrics_url[0] != '\0'))
+	        != 0) {
+		qps_metrics_stop();
 		qps_net_close();
 		qps_ops_fini();
 		qps_sec_fini();
@@ -472,6 +499,7 @@ main(int argc, char **argv)
 		    "replies still in flight after 5 s; closing anyway");
 	}
 	qps_ops_linger(250);
+	qps_metrics_stop();
 	qps_ops_shutdown();
 	qps_net_close();
 	qps_ops_fini();

@@ -86,6 +86,8 @@ typedef struct qps_config {
 	uint32_t conn_leases; /* --max-leases: items leased at once */
 	int64_t handshake_ms; /* --handshake-timeout: SP handshake due */
 	int64_t auth_ms; /* --auth-timeout: authenticated (with a token) */
+	const char *metrics; /* --metrics tcp://HOST:PORT (metrics.c); NULL:
+	                        no metrics listener */
 } qps_config;
 
 /* Defaults of the per-connection limits (qpiped --help says why). */
@@ -689,5 +691,48 @@ void qps_pipes_drain(void);
 
 /* Frees every pipe. */
 void qps_pipes_fini(void);
+
+/* ---- metrics, the status page and its JSON (metrics.c) ----
+ *
+ * Server-wide counters are relaxed atomics bumped on the request path;
+ * per-queue figures are read from the queues themselves (their segments'
+ * counters, lib/shmq.h) when a scrape asks. */
+
+/* Why a connection was refused or closed unserved. */
+enum {
+	QPS_REFUSED_LIMIT = 0, /* over --max-connections */
+	QPS_REFUSED_SHUTDOWN = 1, /* the server is shutting down */
+	QPS_REFUSED_HANDSHAKE = 2, /* not an SP req0 peer */
+	QPS_REFUSED_TOO_BIG = 3, /* a message over --max-message */
+	QPS_REFUSED_N
+};
+
+/* Starts the metrics listener of cfg->metrics (none: does nothing). On
+ * failure logs the cause and returns an error. url receives the bound
+ * http:// address (port 0 resolved), "" if none. */
+int qps_metrics_start(const qps_config *cfg, char *url, size_t len);
+
+/* Stops the metrics listener (before qps_ops_fini). Safe if not started. */
+void qps_metrics_stop(void);
+
+/* Counting, from any thread, lock-free: a connection admitted, one
+ * refused (QPS_REFUSED_*), an authentication refused, bytes received and
+ * sent on connections. */
+void qps_metrics_conn_opened(void);
+void qps_metrics_conn_refused(int why);
+void qps_metrics_auth_failed(void);
+void qps_metrics_bytes(uint64_t in, uint64_t out);
+
+/* The monotonic time (ns) a request arrived, and its end: its reply rep
+ * (NULL: none was sent) gives the op and the result. */
+int64_t qps_metrics_now(void);
+void qps_metrics_request_end(int64_t t0_ns, nng_msg *rep);
+
+/* Requests parked now (link.c). */
+uint64_t qps_net_parked(void);
+
+/* Runs fn(arg) with the ops lock held (ops.c): how a scrape reads the
+ * registry and the connections. */
+void qps_ops_locked(void (*fn)(void *arg), void *arg);
 
 #endif /* QPS_H */

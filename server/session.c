@@ -71,6 +71,7 @@ qps_session_handle(const qps_req *rq, nng_msg **repp)
 		    (unsigned) c->node.key, r->client_name);
 	}
 	if (rv != QP_OK && r->op == QPI_OP_AUTH) {
+		qps_metrics_auth_failed();
 		qps_log(QPS_LOG_WARN,
 		    "connection %u from %s: authentication refused: %s",
 		    (unsigned) c->node.key, peer, qp_errmsg());

@@ -868,6 +868,55 @@ test_durq_local_queue(void **state)
 	assert_int_equal(qp_queue_anon(&q, &o), QP_EINVAL);
 }
 
+/* ---- counters for metrics: PATH.stat ---- */
+
+/* A durable queue's counters outlive its process (they live in PATH.stat,
+ * not in the private segment rebuilt at each open) and go with its file;
+ * the replay of the log at an open is not counted as puts. */
+static void
+test_durq_counters(void **state)
+{
+	char path[128], stat_path[160];
+	qpi_durq_cfg c = small_cfg(QPI_FSYNC_NEVER);
+	qpi_shmq_counters k;
+	qpi_shmq_lease l;
+	qpi_durq *d;
+	void *buf;
+	size_t len, n;
+	(void) state;
+
+	path_of(path, sizeof(path), "counted.qlog");
+	snprintf(stat_path, sizeof(stat_path), "%s.stat", path);
+	assert_int_equal(
+	    qpi_durq_open(&d, path, QP_OPEN_CREATE, &c, NULL, NULL), QP_OK);
+	put_text(d, "a");
+	put_text(d, "b");
+	put_text(d, "c");
+	assert_int_equal(qpi_durq_get(d, 0, NULL, 0, &buf, &len, 0), QP_OK);
+	free(buf);
+	assert_int_equal(
+	    qpi_durq_get_lease(d, 7, -1, 0, 0, &buf, &len, &l), QP_OK);
+	free(buf);
+	assert_int_equal(
+	    qpi_shmq_release_owner(qpi_durq_shm(d), 7, &n), QP_OK);
+	assert_int_equal(n, 1);
+	qpi_durq_free(d);
+	assert_int_equal(access(stat_path, F_OK), 0);
+
+	assert_int_equal(qpi_durq_open(&d, path, 0, NULL, NULL, NULL), QP_OK);
+	assert_int_equal(qpi_shmq_counters_get(qpi_durq_shm(d), &k), QP_OK);
+	assert_int_equal(k.puts, 3); /* not 3 + the 2 replayed */
+	assert_int_equal(k.gets, 2);
+	assert_int_equal(k.acks, 1);
+	assert_int_equal(k.rel[QPI_SHMQ_REL_DISCONNECT], 1);
+	put_text(d, "d");
+	assert_int_equal(qpi_shmq_counters_get(qpi_durq_shm(d), &k), QP_OK);
+	assert_int_equal(k.puts, 4);
+	qpi_durq_free(d);
+	assert_int_equal(qpi_durq_unlink(path), QP_OK);
+	assert_int_equal(access(stat_path, F_OK), -1);
+}
+
 int
 main(void)
 {
@@ -875,6 +924,7 @@ main(void)
 	    cmocka_unit_test(test_durq_crc32c),
 	    cmocka_unit_test(test_durq_fsync_parse),
 	    cmocka_unit_test(test_durq_reopen),
+	    cmocka_unit_test(test_durq_counters),
 	    cmocka_unit_test(test_durq_torn_tail_every_byte),
 	    cmocka_unit_test(test_durq_corrupt_middle),
 	    cmocka_unit_test(test_durq_compaction),

@@ -845,7 +845,7 @@ test_shmq_lock_budget_gives_up(void **state)
 	qpi_shmq_free(q);
 }
 
-/* ---- segments not to be trusted blindly (issue 15 items 6, 7, 10) ---- */
+/* ---- segments not to be trusted blindly ---- */
 
 static void
 shm_path_of(const char *name, char *path, size_t cap)
@@ -1112,11 +1112,50 @@ test_shmq_other_users_segment_refused(void **state)
 	assert_int_equal(qpi_shmq_unlink(name), QP_OK);
 }
 
+/* ---- counters for metrics (the header's mx block) ---- */
+
+/* Every way a lease ends is counted where the queue lives: confirmed,
+ * given back by its holder, by its connection's end, by its expiry. */
+static void
+test_shmq_counters(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+	qpi_shmq_counters c;
+	size_t n;
+	int64_t next;
+
+	(void) state;
+	for (int i = 0; i < 5; i++) {
+		put(q, "x");
+	}
+	assert_int_equal(qpi_shmq_ack(q, lease(q, 1, -1, "x", 1)), QP_OK);
+	assert_int_equal(qpi_shmq_release(q, lease(q, 1, -1, "x", 1)), QP_OK);
+	lease(q, 7, -1, "x", 2);
+	assert_int_equal(qpi_shmq_release_owner(q, 7, &n), QP_OK);
+	assert_int_equal(n, 1);
+	lease(q, 1, 1, "x", 3);
+	qu_sleep_ms(5);
+	assert_int_equal(qpi_shmq_expire(q, qpi_now_ms(), &n, &next), QP_OK);
+	assert_int_equal(n, 1);
+	get(q, "x");
+	assert_int_equal(qpi_shmq_counters_get(q, &c), QP_OK);
+	assert_int_equal(c.puts, 5);
+	assert_int_equal(c.gets, 5); /* 4 leases and a get */
+	assert_int_equal(c.acks, 1);
+	assert_int_equal(c.nacks, 1);
+	assert_int_equal(c.rel[QPI_SHMQ_REL_DISCONNECT], 1);
+	assert_int_equal(c.rel[QPI_SHMQ_REL_EXPIRED], 1);
+	assert_int_equal(c.rel[QPI_SHMQ_REL_DEAD], 0);
+	check(q);
+	qpi_shmq_free(q);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_shmq_lease_ack_removes),
+	    cmocka_unit_test(test_shmq_counters),
 	    cmocka_unit_test(test_shmq_release_goes_to_the_head_in_order),
 	    cmocka_unit_test(test_shmq_lease_expiry),
 	    cmocka_unit_test(test_shmq_release_owner_and_all),

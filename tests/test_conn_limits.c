@@ -924,6 +924,11 @@ unread_body(void)
 	rc c;
 
 	setenv("QPIPE_TRANSPORT", "sp", 1);
+	/* A shared-memory directory of its own: a list names every queue
+	 * of the host, and other tests' queues would make it slow. */
+	char shmdir[] = "/dev/shm/qpunread.XXXXXX";
+	CHECK(mkdtemp(shmdir) != NULL);
+	setenv("QPIPE_SHM_DIR", shmdir, 1);
 	snprintf(
 	    t.extra[t.nextra++], sizeof(t.extra[0]), "--max-queue-bytes=4096");
 	CHECK(tsrv_start(&t, "tcp") == 0);
@@ -971,6 +976,8 @@ unread_body(void)
 		CHECK_EQ(qp_queue_unlink(addr), QP_OK);
 	}
 	CHECK(tsrv_stop(&t));
+	unsetenv("QPIPE_SHM_DIR");
+	CHECK_EQ(rmdir(shmdir), 0);
 }
 
 static void

@@ -167,7 +167,10 @@ qpi_durq_tags(qpi_durq *d, qpi_shmq_tag *v, size_t cap, size_t *np)
 	size_t n = 0;
 
 	pthread_mutex_lock(&d->mu);
-	for (uint64_t i = d->tags_first; i < d->tags_next && n < cap; i++) {
+	/* The newest cap of them, oldest first. */
+	uint64_t i = d->tags_next - d->tags_first > cap ? d->tags_next - cap
+	                                                : d->tags_first;
+	for (; i < d->tags_next && n < cap; i++) {
 		const qpi_shmq_tag *t = &d->tags[i % d->tags_cap];
 		if (t->done > 0 && t->done <= t->n) {
 			v[n++] = *t;

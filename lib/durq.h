@@ -176,10 +176,9 @@ int qpi_durq_put_tagged(qpi_durq *d, const void *buf, size_t len,
 #define QPI_DURQ_TAGS_MAX    65536u
 #define QPI_DURQ_TAG_KEEP_MS 60000
 
-/* Copies the remembered put requests' tags, oldest first, into v (up to
- * cap);
- * each with done > 0 (items of it in the log). A request may appear
- * twice: the larger done counts. */
+/* Copies the newest cap of the remembered put requests' tags, oldest
+ * first, into v; each with done > 0 (items of it in the log). A request may
+ * appear twice: the larger done counts. */
 int qpi_durq_tags(qpi_durq *d, qpi_shmq_tag *v, size_t cap, size_t *np);
 
 /* As qpi_durq_put without waiting, and, for an "always" queue, without

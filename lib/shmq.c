@@ -2117,7 +2117,11 @@ qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np)
 		return rc;
 	}
 	next = h->pp.tags_next;
+	/* The newest min(cap, SQ_TAGS) of them, oldest first. */
 	i = next > SQ_TAGS ? next - SQ_TAGS : 0;
+	if (next - i > cap) {
+		i = next - cap;
+	}
 	for (; i < next && n < cap; i++) {
 		const sq_tag *t = &q->tags[i % SQ_TAGS];
 		if (LD(&t->state) != 1 || t->done > t->n || t->n == 0) {

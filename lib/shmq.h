@@ -135,7 +135,11 @@
  * producer repair sets it to the items the tail covers (none: the tag is
  * dropped). So a restarted qpiped reads (qpi_shmq_tags) which requests
  * are in the queue, and how much of a batch cut short by a kill is,
- * however many puts came since. Untagged puts never touch the table.
+ * however many puts came since. Untagged puts never touch the table,
+ * and its pages are only those tagged puts wrote (the file is sparse):
+ * 64 bytes each, 1 MiB once it has gone round. QPI_SHMQ_TAGS_MAX is the
+ * window a qpiped client's retries have: its retry horizon (10 s waiting
+ * for a reply, 10 s of retries) at 800 puts/s to one queue.
  *
  * Items. Each record carries a kind: QPI_ITEM_BIN (raw bytes, the payload
  * of a msgpack bin) or QPI_ITEM_OBJ (the msgpack encoding of one value).
@@ -238,7 +242,7 @@ int qpi_shmq_put_many(
  * base (items of the request stored by earlier calls: a batch resumed
  * after a kill), n (items of the whole request). qpi_shmq_tags fills done:
  * items of the request in the queue. */
-#define QPI_SHMQ_TAGS_MAX 1024
+#define QPI_SHMQ_TAGS_MAX 16384
 typedef struct qpi_shmq_tag {
 	uint8_t client[16];
 	uint64_t seq;
@@ -255,7 +259,8 @@ int qpi_shmq_put_tagged(qpi_shmq *q, const void *buf, size_t len,
 int qpi_shmq_put_many_tagged(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
     const qpi_shmq_tag *tag, int64_t deadline_ns);
 
-/* Copies the table of put requests, oldest first, into v (up to cap):
+/* Copies the newest cap entries of the table of put requests, oldest
+ * first, into v:
  * only requests with at least one item in the queue (or taken from it).
  * Repairs first if a producer died. The same request may appear twice
  * (a resumed batch): the larger done counts. QP_OK, QP_ECLOSED,

@@ -132,7 +132,8 @@ qpi_store_put(qpi_store *s, const uint8_t *item, size_t len,
  * the lease is acked. A server killed between the two delivers the task
  * again after its restart, and that run's completion finds the tag: it
  * acks without a second result. It holds while r has taken fewer than
- * QPI_SHMQ_TAGS_MAX other tagged puts since. */
+ * QPI_DURQ_TAGS_MIN other tagged puts since (the newest are read, not
+ * all that r keeps: this runs on every completion). */
 static int
 st_complete_durable(qpi_store *t, uint64_t lease_id, qpi_store *r,
     const uint8_t *p, size_t plen, unsigned kind)
@@ -148,10 +149,10 @@ st_complete_durable(qpi_store *t, uint64_t lease_id, qpi_store *r,
 	if ((rv = qpi_durq_lease_item(t->dur, lease_id, &tag.seq)) != QP_OK) {
 		return rv;
 	}
-	if ((v = malloc(QPI_SHMQ_TAGS_MAX * sizeof(*v))) == NULL) {
+	if ((v = malloc(QPI_DURQ_TAGS_MIN * sizeof(*v))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	rv = qpi_durq_tags(r->dur, v, QPI_SHMQ_TAGS_MAX, &n);
+	rv = qpi_durq_tags(r->dur, v, QPI_DURQ_TAGS_MIN, &n);
 	for (size_t i = 0; rv == QP_OK && i < n; i++) {
 		in = in
 		    || (v[i].seq == tag.seq

@@ -145,8 +145,8 @@ raw_create_durable_fsync(nng_socket sk, const char *name, const char *fsync)
 	r.op = QPI_OP_CREATE;
 	r.req_id = 1;
 	snprintf(r.name, sizeof(r.name), "%s", name);
-	r.flags = QPI_CREATE_DURABLE;
-	snprintf(r.fsync, sizeof(r.fsync), "%s", fsync);
+	r.flags = fsync != NULL ? QPI_CREATE_DURABLE : 0;
+	snprintf(r.fsync, sizeof(r.fsync), "%s", fsync != NULL ? fsync : "");
 	memset(r.client_id, 0x55, sizeof(r.client_id));
 	r.seq = 1;
 	raw_send(sk, &r);
@@ -328,7 +328,7 @@ test_dedup_durable_put_after_kill(void **state)
 	tsrv_scenario0(durable_body);
 }
 
-/* ---- a durable queue: the window covers more than 1,024 puts ---- */
+/* ---- the window covers more than 1,024 puts: durable and shm queues ---- */
 
 /* n puts of one item each from clients 0x30..0x33 (seqs from seq0 on),
  * every reply read. */
@@ -348,8 +348,10 @@ other_puts(nng_socket sk, const char *name, uint32_t n, uint64_t seq0)
 	}
 }
 
+/* durable: a durable queue (its log's 60 s window); else a hosted
+ * shared-memory queue (its segment's last QPI_SHMQ_TAGS_MAX requests). */
 static void
-window_body(void)
+window_run(bool durable)
 {
 	tsrv s = {0};
 	char name[64], dd[48];
@@ -365,7 +367,7 @@ window_body(void)
 	snprintf(s.extra[s.nextra++], sizeof(s.extra[0]), "%s", dd);
 	CHECK(tsrv_start(&s, "tcp") == 0);
 	sk = raw_dial(&s);
-	raw_create_durable_fsync(sk, name, "never");
+	raw_create_durable_fsync(sk, name, durable ? "never" : NULL);
 
 	/* Client 0x21's put is stored; its reply is "lost". */
 	req_put(&r, wi, ti, name, 0x21, 5, texts, 1, false);
@@ -404,13 +406,35 @@ window_body(void)
 	char cmd[160];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dd);
 	CHECK_EQ(system(cmd), 0);
+	if (!durable) {
+		qpi_shmq_unlink(name);
+	}
+}
+
+static void
+window_durable(void)
+{
+	window_run(true);
+}
+
+static void
+window_shm(void)
+{
+	window_run(false);
 }
 
 static void
 test_dedup_durable_window_after_kill(void **state)
 {
 	(void) state;
-	tsrv_scenario0(window_body);
+	tsrv_scenario0(window_durable);
+}
+
+static void
+test_dedup_shm_window_after_kill(void **state)
+{
+	(void) state;
+	tsrv_scenario0(window_shm);
 }
 
 /* ---- a batch cut short by a kill ---- */
@@ -593,6 +617,7 @@ main(void)
 	    cmocka_unit_test(test_dedup_shm_batch_cut_short),
 	    cmocka_unit_test(test_dedup_durable_put_after_kill),
 	    cmocka_unit_test(test_dedup_durable_window_after_kill),
+	    cmocka_unit_test(test_dedup_shm_window_after_kill),
 	};
 
 	(void) tsrv_mem; /* qps_testsrv.h's, unused here */

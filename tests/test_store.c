@@ -293,6 +293,15 @@ test_store_complete_durable_recovers(void **state)
 	    qpi_store_complete(t, id, r, obj, sizeof(obj), NULL), QP_OK);
 	assert_int_equal(
 	    qpi_store_complete(t, id, r, obj, sizeof(obj), NULL), QP_ENOENT);
+	/* 1,100 other requests' results come first: the completion looks
+	 * among the newest tags, not the oldest 1,024. */
+	qpi_shmq_tag other = {.n = 1};
+	memcpy(other.client, "othercli", 8);
+	for (uint64_t i = 0; i < 1100; i++) {
+		other.seq = i + 1;
+		assert_int_equal(
+		    qpi_store_put(r, obj, sizeof(obj), &other, NULL), QP_OK);
+	}
 	/* The second dies between its result and its ack. */
 	id = get(t, obj, sizeof(obj), 1);
 	memcpy(tag.client, "qpdurcpl", 8);
@@ -312,8 +321,12 @@ test_store_complete_durable_recovers(void **state)
 	assert_int_equal(qpi_store_stat(t, &st), QP_OK);
 	assert_int_equal(st.items + st.leased, 0);
 	assert_int_equal(qpi_store_qsize(r, &n), QP_OK);
-	assert_int_equal(n, 2); /* one result per task */
+	assert_int_equal(n, 1102); /* one result per task */
 	get(r, obj, sizeof(obj), 1);
+	for (int i = 0; i < 1100; i++) {
+		assert_int_equal(
+		    qpi_store_ack(r, get(r, obj, sizeof(obj), 1)), QP_OK);
+	}
 	get(r, bin, sizeof(bin), 1);
 	qpi_store_free(t);
 	qpi_store_free(r);

@@ -587,6 +587,56 @@ part_task_done(void *impl)
 	return rc;
 }
 
+/* Completes the oldest task held where it lives: its result goes to the
+ * partition of results on the task's own server, in one step there
+ * (qp_queue_complete), so each task has one result across kills of
+ * workers and of that server, as on one server. results must be spread
+ * over the same servers, written the same way and in the same order;
+ * else QP_ENOTSUP, nothing done. */
+static int
+part_complete(void *impl, qp_queue *results, const void *buf, size_t len,
+    unsigned kind, int64_t deadline)
+{
+	part *p = impl;
+	const qpi_queue_ops *ops;
+	part *r = qpi_queue_impl(results, &ops);
+	size_t i;
+	int rc;
+
+	bool same = ops == &qpi_part_ops && r->n == p->n;
+	for (size_t k = 0; same && k < p->n; k++) {
+		same = strcmp(p->s[k].server, r->s[k].server) == 0;
+	}
+	if (!same) {
+		return qpi_err(QP_ENOTSUP,
+		    "complete() on %s: the results queue must be spread over "
+		    "the same servers, in the same order",
+		    p->label);
+	}
+	if (!part_held(p, &i, false)) {
+		return qpi_err(QP_EVALUE,
+		    "complete() on %s: this handle holds no task", p->label);
+	}
+	qp_queue *tq = part_handle(p, i, false, false, &rc);
+	if (tq == NULL) {
+		return rc;
+	}
+	qp_queue *rq = part_handle(r, i, true, false, &rc);
+	if (rq == NULL) {
+		return rc;
+	}
+	rc = kind == QPI_ITEM_OBJ
+	    ? qp_queue_complete_obj(tq, rq, buf, len, part_timeout(deadline))
+	    : qp_queue_complete(tq, rq, buf, len, part_timeout(deadline));
+	if (rc == QP_OK || rc == QP_ENOENT || part_conn_err(rc)) {
+		/* Done, or the lease ran out or went back with its
+		 * connection: the next complete is for the next task. */
+		(void) part_held(p, &i, true);
+	}
+	part_mark(p, i, rc);
+	return rc;
+}
+
 static int
 part_nack(void *impl, qp_duration delay)
 {
@@ -856,6 +906,7 @@ const qpi_queue_ops qpi_part_ops = {
     .qsize = part_qsize,
     .full = part_full,
     .task_done = part_task_done,
+    .complete = part_complete,
     .join = part_join,
     .stat = part_stat,
     .nack = part_nack,

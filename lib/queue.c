@@ -1099,11 +1099,10 @@ q_complete(qp_queue *tasks, qp_queue *results, const void *buf, size_t len,
 		    "worker mode (QP_OPEN_LEASE)");
 	}
 	if (tasks->ops->complete == NULL) {
-		/* A durable shm:// queue, or one over several servers. */
+		/* A durable shm:// queue. */
 		return qpi_err(QP_ENOTSUP,
-		    "qp_queue_complete: this tasks queue (durable shm://, or "
-		    "spread over several servers) cannot complete in one "
-		    "step");
+		    "qp_queue_complete: this tasks queue (durable shm://) "
+		    "cannot complete in one step");
 	}
 	if (tasks == results) {
 		return qpi_err(QP_EINVAL,

@@ -5,10 +5,11 @@
 # by veth pairs to a bridge in a sixth namespace (10.216.0.0/24, on those
 # links only). The tasks and results queues are durable and partitioned
 # over the three servers. Two producers put 3,000 tasks round robin while
-# three workers take them (2 ms of work each; confirm, then put the
-# result: plain get+put);
-# mid-run one server is killed with SIGKILL and restarted 1.5 s later on
-# its address. Every task must get exactly one result: the checker counts
+# three workers take them (2 ms of work each, then qp_queue_complete:
+# the result goes to the results partition on the task's server, in one
+# step there); mid-run one worker is killed with SIGKILL and another takes
+# its place, and one server is killed with SIGKILL and restarted 1.5 s
+# later on its address. Every task must get exactly one result: the checker counts
 # lost, duplicated and unexpected results and requires 0, 0, 0. Exits 77
 # (ctest: skipped) with a SKIP line where namespaces cannot be made.
 # Deletes what it creates, stops what it starts by PID.
@@ -127,6 +128,12 @@ others() {
 	echo $(($(inp "$bin/qpipe" size "${urls[0]}/results") + \
 		$(inp "$bin/qpipe" size "${urls[2]}/results")))
 }
+# A worker killed mid-task: the task runs again, its result counts once.
+kill -9 "${cpids[0]}"
+wait "${cpids[0]}" 2>/dev/null
+inw "$bin/qp_part_peer" work "$T_ADDR" "$R_ADDR" 4000 2 \
+	>"$tmp/worker4.out" 2>"$tmp/worker4.log" &
+cpids[0]=$!
 kill -9 "${spids[1]}"
 wait "${spids[1]}" 2>/dev/null
 spids[1]=""

@@ -6,11 +6,12 @@
  *       puts tasks "tFIRST" .. one by one (round robin), each blocking;
  *   qp_part_peer work TASKS RESULTS IDLE_MS [WORK_MS]
  *       worker mode: gets a task, works WORK_MS on it (a sleep; default
- *       0), confirms it (task_done), and only then
- *       puts its result "rTASK" (plain get+put: a task whose confirmation
- *       fails went back to its queue and is run again elsewhere, so its
- *       result is stored once); exits after IDLE_MS without a task and
- *       prints "done N dropped M";
+ *       0), and completes it with its result "rTASK" in one step
+ *       (qp_queue_complete: the result goes to the results partition on
+ *       the task's server, so it is stored once across a kill of that
+ *       server; a task whose completion fails went back to its queue and
+ *       runs again); exits after IDLE_MS without a task and prints
+ *       "done N dropped M";
  *   qp_part_peer bench ADDR ITEMS BATCH
  *       puts ITEMS 64-byte items in batches of BATCH (put_many), then gets
  *       them in batches (get_many); prints "put N/s get N/s".
@@ -97,14 +98,17 @@ work(const char *tasks, const char *results, long idle_ms, long work_ms)
 			    = {work_ms / 1000, (work_ms % 1000) * 1000000L};
 			nanosleep(&ts, NULL);
 		}
-		/* Confirm first: if that fails the task went back. */
-		if ((rc = qp_queue_task_done(tq)) != QP_OK) {
+		rc = qp_queue_complete(tq, rq, res, strlen(res), QP_FOREVER);
+		if (rc == QP_ENOTSUP) {
+			return die("complete", rc);
+		}
+		if (rc != QP_OK) {
+			/* The task went back (or its server is away): it
+			 * runs again, and one result counts. */
+			fprintf(stderr, "qp_part_peer: complete: %s (%s)\n",
+			    qp_strerror(rc), qp_errmsg());
 			dropped++;
 			continue;
-		}
-		if ((rc = qp_queue_put(rq, res, strlen(res), QP_FOREVER))
-		    != QP_OK) {
-			return die("put result", rc);
 		}
 		done++;
 	}

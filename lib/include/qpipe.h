@@ -324,11 +324,16 @@ QP_API int qp_queue_touch(qp_queue *q, qp_duration lease);
  *     result is in is confirmed without a second result, as long as the
  *     results queue took fewer than 1024 other tagged puts meanwhile; a
  *     power cut (not a kill) keeps the result only with fsync=always on
- *     the results queue.
+ *     the results queue, or
+ *   - two queues spread over the same servers (addresses naming the same
+ *     servers, spelled the same, in the same order): the task's result
+ *     goes to the results partition on the task's own server, and the
+ *     rule above holds there.
  * When it does not: queues on two servers, a shm:// and a remote one, an
  * anonymous results queue, a durable queue with a shared-memory one, a
  * durable shm:// queue (QP_OPEN_DURABLE with a path), or a tasks queue
- * spread over several servers: QP_ENOTSUP, nothing done. Then put the result
+ * spread over servers that the results queue is not spread over alike:
+ * QP_ENOTSUP, nothing done. Then put the result
  * and confirm the task in two calls: a kill between them stores a second
  * result when the task runs again (at least once).
  *

@@ -200,6 +200,14 @@ qpi_token_resolve(qpi_token *t, const char *token, const char *token_file,
 	return qpi_token_from_env(t);
 }
 
+int
+qpi_token_of(qpi_token *t, const qp_conn_opts *o)
+{
+	return o == NULL
+	    ? qpi_token_resolve(t, NULL, NULL, false, NULL)
+	    : qpi_token_resolve(t, o->token, o->token_file, o->no_token, NULL);
+}
+
 /* ---- primitives ---- */
 
 int

@@ -59,6 +59,10 @@ int qpi_token_from_env(qpi_token *t);
 int qpi_token_resolve(qpi_token *t, const char *token, const char *token_file,
     bool no_env, bool *exposedp);
 
+/* The token of a listener's or dialer's options o (NULL: none given):
+ * qpi_token_resolve of its token, token_file and no_token. */
+int qpi_token_of(qpi_token *t, const qp_conn_opts *o);
+
 /* Wipes the key (mbedtls_platform_zeroize) and sets len to 0. */
 void qpi_token_clear(qpi_token *t);
 

@@ -2,7 +2,7 @@
  * conn.c - the Connection calls (multiprocessing.Pipe's Connection,
  * connection.wait, Listener and Client): checks every argument, then
  * dispatches through the connection's ops table to its carrier: shared
- * memory (shmpipe.c), an nng stream (nngconn.c, which also takes the
+ * memory (shmpipe.c), a stream (netconn.c, which also takes the
  * listener's and dialer's options: token, TLS files, max_message), or a
  * pipe through the server (rpipe.c). Messages
  * are msgpack values: the bytes calls carry a bin, stored raw with a flag so
@@ -12,13 +12,12 @@
  * fork(); a server pipe's side is its connection's): in a forked child
  * every call on it is refused before the carrier is reached, close only
  * marks it closed, and free only forgets it. Also the received-message
- * queue of the carriers fed by a thread (qpi_rxq: nngconn.c, rpipe.c),
+ * queue of the carriers (qpi_rxq: netconn.c, rpipe.c),
  * whose mutex guards its messages, its end and its eventfd's state. No
  * other locking here: the carriers lock what they share.
  */
 #include "conn.h"
 #include "link.h"
-#include "nngconn.h"
 #include "shmpipe.h"
 #include "wire.h"
 
@@ -81,6 +80,10 @@ rxq_efd_sync(qpi_rxq *q)
 {
 	uint64_t v = 1;
 
+	if (q->lazy && !q->armed) {
+		pthread_cond_broadcast(&q->cv);
+		return;
+	}
 	if (q->head != NULL || q->eof) {
 		if (write(q->efd, &v, sizeof(v)) < 0) {
 			/* at its maximum already: it stays readable */
@@ -154,6 +157,17 @@ qpi_rxq_wait_room(qpi_rxq *q)
 	bool open = !q->eof;
 	pthread_mutex_unlock(&q->mu);
 	return open;
+}
+
+int
+qpi_rxq_fd(qpi_rxq *q, int *fdp)
+{
+	pthread_mutex_lock(&q->mu);
+	q->armed = true;
+	rxq_efd_sync(q);
+	pthread_mutex_unlock(&q->mu);
+	*fdp = q->efd;
+	return QP_OK;
 }
 
 int
@@ -625,7 +639,7 @@ qp_listen_opts(qp_listener **lp, const char *addr, const qp_conn_opts *opts)
 	        != QP_OK) {
 		return rv;
 	}
-	return qpi_nng_listen(lp, &a, opts);
+	return qpi_net_listen(lp, &a, opts);
 }
 
 QP_API int
@@ -637,7 +651,7 @@ qp_listen(qp_listener **lp, const char *addr)
 QP_API const char *
 qp_listener_url(qp_listener *l)
 {
-	return l == NULL ? "" : qpi_nng_listener_url(l);
+	return l == NULL ? "" : qpi_net_listener_url(l);
 }
 
 QP_API int
@@ -651,7 +665,7 @@ qp_listener_accept(qp_listener *l, qp_conn **cp, qp_duration timeout)
 	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
 		return rv;
 	}
-	return qpi_nng_accept(
+	return qpi_net_accept(
 	    l, cp, timeout == 0 ? 0 : qpi_deadline_ns(timeout));
 }
 
@@ -659,7 +673,7 @@ QP_API void
 qp_listener_free(qp_listener *l)
 {
 	if (l != NULL) {
-		qpi_nng_listener_free(l);
+		qpi_net_listener_free(l);
 	}
 }
 
@@ -678,7 +692,7 @@ qp_dial_opts(qp_conn **cp, const char *addr, qp_duration timeout,
 	    || (rv = qpi_addr_parse(addr, QPI_ADDR_SERVER, &a)) != QP_OK) {
 		return rv;
 	}
-	return qpi_nng_dial(cp, &a, timeout, opts);
+	return qpi_net_dial(cp, &a, timeout, opts);
 }
 
 QP_API int

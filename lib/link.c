@@ -1,6 +1,7 @@
 /*
  * link.c - the connection layer's common part (link.h): picks the driver
- * for an address, and speaks SP (sp.h) on any link: the handshake, and
+ * for an address (dial and listen), names what a listener bound, and
+ * speaks SP (sp.h) on any link: the handshake, and
  * whole frames sent and received. On tls+tcp:// the handshake's first
  * bytes carry the TLS handshake, so a failure there is reported as a TLS
  * failure, with the cause found by tls.c. No state; no locking.
@@ -114,6 +115,33 @@ qpi_link_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
 	}
 	*lp = l;
 	return QP_OK;
+}
+
+int
+qpi_link_listen(qpi_link_listener **lp, const qpi_addr *a,
+    const qp_conn_opts *o, char *bound, size_t boundlen)
+{
+	return qpi_link_uses_nng(a)
+	    ? qpi_link_nng_listen(lp, a, o, bound, boundlen)
+	    : qpi_link_sock_listen(lp, a, bound, boundlen);
+}
+
+void
+qpi_link_bound(const qpi_addr *a, const char *host, unsigned port, char *bound,
+    size_t boundlen)
+{
+	bool named = a->host[0] != '\0' && strcmp(a->host, "*") != 0;
+	const char *h
+	    = named || host == NULL || host[0] == '\0' ? a->host : host;
+	bool v6 = strchr(h, ':') != NULL;
+
+	if (a->kind == QPI_ADDR_IPC) {
+		snprintf(bound, boundlen, "%s", a->url);
+	} else {
+		snprintf(bound, boundlen, "%s://%s%s%s:%u",
+		    a->kind == QPI_ADDR_TLS ? "tls+tcp" : "tcp", v6 ? "[" : "",
+		    h, v6 ? "]" : "", port);
+	}
 }
 
 int

@@ -46,6 +46,7 @@ struct qpi_link {
 	bool ipc; /* frames carry ipc://'s message-type byte */
 	bool nng; /* the nng driver: its threads do not survive fork() */
 	int nrv; /* the nng driver's last nng error (0: none), for messages */
+	int fd; /* the plain socket driver's socket; -1: the nng driver */
 	char url[QPI_URL_MAX + 1]; /* the server's address, for messages */
 };
 
@@ -62,6 +63,13 @@ bool qpi_link_uses_nng(const qpi_addr *a);
  * child's descriptor only (the parent's connection goes on), takes no
  * lock. Not for the nng driver, whose copy is left alone. */
 void qpi_link_forget(qpi_link *l);
+
+/* For a plain socket link read by its receivers and, while none waits, by
+ * a backstop thread: makes its receives wait on an epoll set that takes
+ * the socket's wake-ups first (EPOLLEXCLUSIVE), and gives the backstop
+ * *epp, a set woken only while no receive waits, or when stopfd polls
+ * readable (the caller closes *epp). QP_OK or QP_ENOMEM. */
+int qpi_link_sock_backstop(qpi_link *l, int stopfd, int *epp);
 
 /* The SP handshake on a new link: sends protocol proto's header and
  * checks the peer's (peer_proto), until deadline_ns. QP_EPROTO (another
@@ -94,25 +102,42 @@ int qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns);
 int qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     int64_t deadline_ns);
 
-/* A listener of the nng driver (tcp, ipc, tls: streams only): direct
- * connections' (qp_listen). */
+/* A listener (tcp, ipc, tls): direct connections' (qp_listen), and
+ * qpiped's nng streams. Each driver embeds it first. */
 typedef struct qpi_link_listener qpi_link_listener;
+struct qpi_link_listener {
+	/* Waits for the next connection (no SP handshake yet): QP_OK,
+	 * QP_ECLOSED once closed, or why this one failed (QP_ENOMEM). */
+	int (*accept)(qpi_link_listener *L, qpi_link **lp);
+	/* Stops listening: accept returns QP_ECLOSED. */
+	void (*close)(qpi_link_listener *L);
+	/* Closes and frees, with no accept in progress. */
+	void (*free)(qpi_link_listener *L);
+};
 
-/* Listens on a (port 0 allowed; o: the TLS certificate for tls+tcp://);
- * bound gets the address bound (boundlen bytes). Errors: QP_EBUSY
- * (in use), QP_EINVAL, QP_ENOMEM, and tls.c's. */
+/* Listens on a with the driver a dial to a uses (port 0 allowed; o: the
+ * TLS certificate for tls+tcp://); bound gets the address bound (boundlen
+ * bytes). Errors: QP_EBUSY (in use), QP_EINVAL, QP_ENOMEM, QP_ESYSTEM,
+ * and tls.c's. */
 int qpi_link_listen(qpi_link_listener **lp, const qpi_addr *a,
     const qp_conn_opts *o, char *bound, size_t boundlen);
 
-/* Waits for the next connection (no SP handshake yet): QP_OK, or
- * QP_ECLOSED once the listener is closed. */
-int qpi_link_accept(qpi_link_listener *L, qpi_link **lp);
+/* The drivers' listeners (qpi_link_listen picks one). */
+int qpi_link_sock_listen(
+    qpi_link_listener **lp, const qpi_addr *a, char *bound, size_t boundlen);
+int qpi_link_nng_listen(qpi_link_listener **lp, const qpi_addr *a,
+    const qp_conn_opts *o, char *bound, size_t boundlen);
 
-/* Stops listening: accept returns QP_ECLOSED. */
-void qpi_link_listener_close(qpi_link_listener *L);
+/* Binds a listening socket to a (non-blocking; a stale ipc socket file is
+ * replaced), for lib's listener and qpiped's event loops: *fdp, and
+ * *portp the port bound. QP_EBUSY (in use), QP_EINVAL, QP_ESYSTEM. */
+int qpi_sock_bind(const qpi_addr *a, int *fdp, unsigned *portp);
 
-/* Closes and frees, with no accept in progress. NULL is fine. */
-void qpi_link_listener_free(qpi_link_listener *L);
+/* The URL of a listener on a: scheme://host:port, host the one bound
+ * when a names none (NULL or "": a's own), port the one bound; or the
+ * ipc URL. */
+void qpi_link_bound(const qpi_addr *a, const char *host, unsigned port,
+    char *bound, size_t boundlen);
 
 /* The one map from nng's errors to QP_ codes, for every nng user in lib/:
  * a lost connection (NNG_ECONNRESET, NNG_ECONNSHUT, NNG_ECONNABORTED) is

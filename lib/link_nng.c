@@ -260,6 +260,7 @@ nl_new(nng_link **np, nng_stream *st, bool tls)
 	n->tls = tls;
 	n->base.ops = &nl_ops;
 	n->base.nng = true;
+	n->base.fd = -1;
 	*np = n;
 	return QP_OK;
 }
@@ -330,18 +331,65 @@ out:
 
 /* ---- listening ---- */
 
-struct qpi_link_listener {
+typedef struct nl_listener {
+	qpi_link_listener base; /* first */
 	nng_stream_listener *sl;
 	nng_aio *acc;
 	bool tls;
 	bool ipc;
-};
+} nl_listener;
+
+static int
+nl_accept(qpi_link_listener *base, qpi_link **lp)
+{
+	nl_listener *L = (nl_listener *) base;
+	nng_link *n;
+	int nrv, rv;
+
+	for (;;) {
+		nng_stream_listener_accept(L->sl, L->acc);
+		nng_aio_wait(L->acc);
+		if ((nrv = nng_aio_result(L->acc)) == 0) {
+			break;
+		}
+		if (nrv == NNG_ECLOSED) {
+			return QP_ECLOSED;
+		}
+		/* Out of descriptors or the like: try again shortly. */
+		nng_msleep(100);
+	}
+	nng_stream *st = nng_aio_get_output(L->acc, 0);
+	if ((rv = nl_new(&n, st, L->tls)) != QP_OK) {
+		nng_stream_free(st);
+		return rv;
+	}
+	n->base.ipc = L->ipc;
+	*lp = &n->base;
+	return QP_OK;
+}
+
+static void
+nl_listener_close(qpi_link_listener *base)
+{
+	nng_stream_listener_close(((nl_listener *) base)->sl);
+}
+
+static void
+nl_listener_free(qpi_link_listener *base)
+{
+	nl_listener *L = (nl_listener *) base;
+
+	nng_stream_listener_close(L->sl);
+	nng_aio_free(L->acc);
+	nng_stream_listener_free(L->sl);
+	free(L);
+}
 
 int
-qpi_link_listen(qpi_link_listener **lp, const qpi_addr *a,
+qpi_link_nng_listen(qpi_link_listener **lp, const qpi_addr *a,
     const qp_conn_opts *o, char *bound, size_t boundlen)
 {
-	qpi_link_listener *L;
+	nl_listener *L;
 	nng_tls_config *tls = NULL;
 	nng_sockaddr sa;
 	int nrv, rv;
@@ -377,6 +425,9 @@ qpi_link_listen(qpi_link_listener **lp, const qpi_addr *a,
 		free(L);
 		goto out;
 	}
+	L->base.accept = nl_accept;
+	L->base.close = nl_listener_close;
+	L->base.free = nl_listener_free;
 	/* The address bound (port 0 becomes the port given). */
 	char host[INET6_ADDRSTRLEN + 2] = "";
 	unsigned port = a->port;
@@ -394,67 +445,13 @@ qpi_link_listen(qpi_link_listener **lp, const qpi_addr *a,
 			    AF_INET6, sa.s_in6.sa_addr, host, sizeof(host));
 		}
 	}
-	const char *h
-	    = a->host[0] != '\0' && strcmp(a->host, "*") != 0 ? a->host : host;
-	bool v6 = strchr(h, ':') != NULL;
-	if (L->ipc) {
-		snprintf(bound, boundlen, "ipc://%s", a->path);
-	} else {
-		snprintf(bound, boundlen, "%s://%s%s%s:%u",
-		    L->tls ? "tls+tcp" : "tcp", v6 ? "[" : "", h,
-		    v6 ? "]" : "", port);
-	}
-	*lp = L;
+	qpi_link_bound(a, host, port, bound, boundlen);
+	*lp = &L->base;
 out:
 	if (tls != NULL) {
 		nng_tls_config_free(tls); /* the listener holds its own */
 	}
 	return rv;
-}
-
-int
-qpi_link_accept(qpi_link_listener *L, qpi_link **lp)
-{
-	nng_link *n;
-	int nrv, rv;
-
-	for (;;) {
-		nng_stream_listener_accept(L->sl, L->acc);
-		nng_aio_wait(L->acc);
-		if ((nrv = nng_aio_result(L->acc)) == 0) {
-			break;
-		}
-		if (nrv == NNG_ECLOSED) {
-			return QP_ECLOSED;
-		}
-		/* Out of descriptors or the like: try again shortly. */
-		nng_msleep(100);
-	}
-	nng_stream *st = nng_aio_get_output(L->acc, 0);
-	if ((rv = nl_new(&n, st, L->tls)) != QP_OK) {
-		nng_stream_free(st);
-		return rv;
-	}
-	n->base.ipc = L->ipc;
-	*lp = &n->base;
-	return QP_OK;
-}
-
-void
-qpi_link_listener_close(qpi_link_listener *L)
-{
-	nng_stream_listener_close(L->sl);
-}
-
-void
-qpi_link_listener_free(qpi_link_listener *L)
-{
-	if (L != NULL) {
-		nng_stream_listener_close(L->sl);
-		nng_aio_free(L->acc);
-		nng_stream_listener_free(L->sl);
-		free(L);
-	}
 }
 
 /* ---- which process may use nng ---- */

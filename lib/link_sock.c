@@ -2,8 +2,11 @@
  * link_sock.c - the plain socket driver of the connection layer (link.h):
  * tcp:// and ipc:// on a non-blocking socket, every wait a ppoll bounded
  * by the caller's deadline, and no thread of its own, so a forked child
- * can close its copy and dial again. Locking: none here; the caller
- * serialises senders and receivers (link.h), and shutdown(2) wakes both.
+ * can close its copy and dial again. Also the listening socket that both
+ * qp_listen (the listener here: accept waits on the socket and an
+ * eventfd that close writes) and qpiped's event loops bind. Locking: none
+ * here; the caller serialises senders and receivers (link.h), and
+ * shutdown(2) wakes both.
  */
 #define _GNU_SOURCE 1 /* ppoll */
 #include "link.h"
@@ -16,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -23,6 +28,7 @@
 typedef struct sock_link {
 	qpi_link base; /* first */
 	int fd;
+	int ep; /* receives wait here (qpi_link_sock_backstop), or -1 */
 } sock_link;
 
 /* Waits for fd to poll events until deadline_ns: 1 ready, 0 timed out,
@@ -43,6 +49,26 @@ sl_poll(int fd, short events, int64_t deadline_ns)
 			tsp = &ts;
 		}
 		n = ppoll(&p, 1, tsp, NULL);
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		return n < 0 ? -1 : n == 0 ? 0 : 1;
+	}
+}
+
+/* Waits on an epoll set until deadline_ns: as sl_poll. */
+static int
+sl_epoll(int ep, int64_t deadline_ns)
+{
+	struct epoll_event ev;
+
+	for (;;) {
+		int64_t left = qpi_remaining_ns(deadline_ns);
+		int ms = left == INT64_MAX ? -1
+		    : left / 1000000 >= INT32_MAX
+		    ? INT32_MAX
+		    : (int) ((left + 999999) / 1000000);
+		int n = epoll_wait(ep, &ev, 1, ms);
 		if (n < 0 && errno == EINTR) {
 			continue;
 		}
@@ -82,11 +108,13 @@ sl_send(qpi_link *l, struct iovec *iov, int niov, int64_t deadline_ns)
 static int
 sl_recv(qpi_link *l, void *buf, size_t cap, size_t *np, int64_t deadline_ns)
 {
-	int fd = ((sock_link *) l)->fd;
+	sock_link *s = (sock_link *) l;
+	int fd = s->fd;
 
 	for (;;) {
 		/* The reply is rarely there yet: wait first, then read. */
-		int pr = sl_poll(fd, POLLIN, deadline_ns);
+		int pr = s->ep >= 0 ? sl_epoll(s->ep, deadline_ns)
+		                    : sl_poll(fd, POLLIN, deadline_ns);
 		if (pr <= 0) {
 			return pr == 0 ? QP_ETIMEDOUT : QP_ECONNRESET;
 		}
@@ -112,8 +140,13 @@ sl_shutdown(qpi_link *l)
 static void
 sl_free(qpi_link *l)
 {
-	close(((sock_link *) l)->fd);
-	free(l);
+	sock_link *s = (sock_link *) l;
+
+	close(s->fd);
+	if (s->ep >= 0) {
+		close(s->ep);
+	}
+	free(s);
 }
 
 static const qpi_link_ops sl_ops = {
@@ -123,6 +156,40 @@ static const qpi_link_ops sl_ops = {
     .shutdown = sl_shutdown,
     .free = sl_free,
 };
+
+/* An epoll set of fd alone, exclusive (below), plus also if >= 0. */
+static int
+sl_epoll_set(int fd, int also)
+{
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE};
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+
+	if (ep >= 0
+	    && (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0
+	        || (also >= 0
+	            && epoll_ctl(ep, EPOLL_CTL_ADD, also,
+	                   &(struct epoll_event) {.events = EPOLLIN})
+	                != 0))) {
+		close(ep);
+		ep = -1;
+	}
+	return ep;
+}
+
+int
+qpi_link_sock_backstop(qpi_link *l, int stopfd, int *epp)
+{
+	sock_link *s = (sock_link *) l;
+
+	/* The receiver's set first: the socket's wake-up goes to the first
+	 * exclusive waiter in the order the sets were added, so the backstop
+	 * is woken only while no receive waits. */
+	if ((s->ep = sl_epoll_set(s->fd, -1)) < 0
+	    || (*epp = sl_epoll_set(s->fd, stopfd)) < 0) {
+		return qpi_err(QP_ENOMEM, "epoll: %s", strerror(errno));
+	}
+	return QP_OK;
+}
 
 void
 qpi_link_forget(qpi_link *l)
@@ -221,7 +288,187 @@ qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns)
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
 	s->base.ops = &sl_ops;
-	s->fd = fd;
+	s->base.fd = s->fd = fd;
+	s->ep = -1;
+	*lp = &s->base;
+	return QP_OK;
+}
+
+/* ---- listening ---- */
+
+int
+qpi_sock_bind(const qpi_addr *a, int *fdp, unsigned *portp)
+{
+	struct addrinfo hints
+	    = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE},
+	    *res = NULL;
+	struct sockaddr_storage ss = {.ss_family = AF_UNIX};
+	struct sockaddr_un *sun = (struct sockaddr_un *) &ss;
+	socklen_t sl = sizeof(*sun);
+	bool any = a->host[0] == '\0' || strcmp(a->host, "*") == 0;
+	char port[16];
+	int fd, err = 0, one = 1;
+
+	if (a->kind == QPI_ADDR_IPC) {
+		if (strlen(a->path) >= sizeof(sun->sun_path)) {
+			return qpi_err(QP_EINVAL,
+			    "cannot listen on %s: path too long", a->url);
+		}
+		memcpy(sun->sun_path, a->path, strlen(a->path));
+	} else {
+		snprintf(port, sizeof(port), "%u", (unsigned) a->port);
+		if ((err = getaddrinfo(
+		         any ? NULL : a->host, port, &hints, &res))
+		    != 0) {
+			return qpi_err(QP_EINVAL, "cannot listen on %s: %s",
+			    a->url, gai_strerror(err));
+		}
+		memcpy(&ss, res->ai_addr, res->ai_addrlen);
+		sl = res->ai_addrlen;
+		freeaddrinfo(res);
+	}
+	fd = socket(
+	    ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		err = errno;
+	} else if (a->kind != QPI_ADDR_IPC) {
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	}
+	if (fd >= 0 && bind(fd, (struct sockaddr *) &ss, sl) != 0) {
+		err = errno;
+		/* A stale socket file (as nng does): nobody answers it. */
+		int probe = err == EADDRINUSE && a->kind == QPI_ADDR_IPC
+		    ? socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)
+		    : -1;
+		if (probe >= 0
+		    && connect(probe, (struct sockaddr *) &ss, sl) != 0
+		    && errno == ECONNREFUSED) {
+			unlink(a->path);
+			err = bind(fd, (struct sockaddr *) &ss, sl) == 0
+			    ? 0
+			    : errno;
+		}
+		if (probe >= 0) {
+			close(probe);
+		}
+	}
+	if (err == 0 && listen(fd, 128) != 0) {
+		err = errno;
+	}
+	if (err != 0) {
+		if (fd >= 0) {
+			close(fd);
+		}
+		return qpi_err(err == EADDRINUSE ? QP_EBUSY : QP_ESYSTEM,
+		    "cannot listen on %s: %s", a->url, strerror(err));
+	}
+	sl = sizeof(ss);
+	getsockname(fd, (struct sockaddr *) &ss, &sl);
+	*portp = ntohs(ss.ss_family == AF_INET6
+	        ? ((struct sockaddr_in6 *) &ss)->sin6_port
+	        : ((struct sockaddr_in *) &ss)->sin_port);
+	*fdp = fd;
+	return QP_OK;
+}
+
+typedef struct sock_listener {
+	qpi_link_listener base; /* first */
+	int fd;
+	int wake; /* an eventfd: readable once closed */
+	bool ipc;
+	char path[QPI_PATH_MAX + 1]; /* ipc: unlinked when freed */
+} sock_listener;
+
+static int
+sl_accept(qpi_link_listener *L, qpi_link **lp)
+{
+	sock_listener *s = (sock_listener *) L;
+	struct pollfd p[2] = {{.fd = s->fd, .events = POLLIN},
+	    {.fd = s->wake, .events = POLLIN}};
+	sock_link *k;
+	int fd, one = 1;
+
+	for (;;) {
+		if (poll(p, 2, -1) < 0 && errno != EINTR) {
+			return qpi_err(
+			    QP_ESYSTEM, "poll: %s", strerror(errno));
+		}
+		if (p[1].revents != 0) {
+			return QP_ECLOSED;
+		}
+		fd = accept4(s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd >= 0) {
+			break;
+		}
+		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS
+		    || errno == ENOMEM) {
+			return qpi_err(
+			    QP_ENOMEM, "accept failed: %s", strerror(errno));
+		}
+	}
+	if (!s->ipc) {
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	}
+	if ((k = calloc(1, sizeof(*k))) == NULL) {
+		close(fd);
+		return qpi_err(QP_ENOMEM, "out of memory for a connection");
+	}
+	k->base.ops = &sl_ops;
+	k->base.fd = k->fd = fd;
+	k->ep = -1;
+	k->base.ipc = s->ipc;
+	*lp = &k->base;
+	return QP_OK;
+}
+
+static void
+sl_listener_close(qpi_link_listener *L)
+{
+	uint64_t one = 1;
+
+	if (write(((sock_listener *) L)->wake, &one, sizeof(one)) < 0) {
+		/* at its maximum: readable already */
+	}
+}
+
+static void
+sl_listener_free(qpi_link_listener *L)
+{
+	sock_listener *s = (sock_listener *) L;
+
+	close(s->fd);
+	close(s->wake);
+	if (s->ipc) {
+		unlink(s->path);
+	}
+	free(s);
+}
+
+int
+qpi_link_sock_listen(
+    qpi_link_listener **lp, const qpi_addr *a, char *bound, size_t boundlen)
+{
+	sock_listener *s = calloc(1, sizeof(*s));
+	unsigned port = 0;
+	int rv;
+
+	if (s == NULL
+	    || (s->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+		free(s);
+		return qpi_err(QP_ENOMEM, "out of memory for a listener");
+	}
+	if ((rv = qpi_sock_bind(a, &s->fd, &port)) != QP_OK) {
+		close(s->wake);
+		free(s);
+		return rv;
+	}
+	s->base.accept = sl_accept;
+	s->base.close = sl_listener_close;
+	s->base.free = sl_listener_free;
+	s->ipc = a->kind == QPI_ADDR_IPC;
+	snprintf(s->path, sizeof(s->path), "%s", a->path);
+	qpi_link_bound(a, NULL, port, bound, boundlen);
 	*lp = &s->base;
 	return QP_OK;
 }

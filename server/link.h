@@ -140,8 +140,4 @@ void qps_link_unref(qps_link *l);
 void qps_link_format_peer(
     int family, const void *addr, uint16_t port_be, char *buf, size_t len);
 
-/* The URL a listener of a bound: scheme://host:port (port resolved), or
- * the ipc URL. */
-void qps_listener_bound(const qpi_addr *a, unsigned port, char *bound);
-
 #endif /* QPS_LINK_H */

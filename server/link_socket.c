@@ -19,6 +19,7 @@
  * torn down after they stop.
  */
 #define _GNU_SOURCE 1 /* accept4 */
+#include "../lib/link.h" /* lib's: the listening socket */
 #include "link.h"
 
 #include <arpa/inet.h>
@@ -406,86 +407,6 @@ sk_start_loops(void)
 
 /* ---- listeners ---- */
 
-/* Binds and listens on a; -1 on failure (logged), -2 when in use. */
-static int
-sk_bind(const qpi_addr *a, unsigned *portp)
-{
-	struct addrinfo hints
-	    = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE},
-	    *res = NULL;
-	struct sockaddr_storage ss = {.ss_family = AF_UNIX};
-	struct sockaddr_un *sun = (struct sockaddr_un *) &ss;
-	socklen_t sl = sizeof(*sun);
-	bool any = a->host[0] == '\0' || strcmp(a->host, "*") == 0;
-	char port[16];
-	int fd, err = 0, one = 1;
-
-	if (a->kind == QPI_ADDR_IPC) {
-		if (strlen(a->path) >= sizeof(sun->sun_path)) {
-			qps_log(QPS_LOG_ERROR,
-			    "cannot listen on %s: path too "
-			    "long",
-			    a->url);
-			return -1;
-		}
-		memcpy(sun->sun_path, a->path, strlen(a->path));
-	} else {
-		snprintf(port, sizeof(port), "%u", (unsigned) a->port);
-		if ((err = getaddrinfo(
-		         any ? NULL : a->host, port, &hints, &res))
-		    != 0) {
-			qps_log(QPS_LOG_ERROR, "cannot listen on %s: %s",
-			    a->url, gai_strerror(err));
-			return -1;
-		}
-		memcpy(&ss, res->ai_addr, res->ai_addrlen);
-		sl = res->ai_addrlen;
-		freeaddrinfo(res);
-	}
-	fd = socket(
-	    ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		err = errno;
-	} else if (a->kind != QPI_ADDR_IPC) {
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	}
-	if (fd >= 0 && bind(fd, (struct sockaddr *) &ss, sl) != 0) {
-		err = errno;
-		/* A stale socket file (as nng does): nobody answers it. */
-		int probe = err == EADDRINUSE && a->kind == QPI_ADDR_IPC
-		    ? socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)
-		    : -1;
-		if (probe >= 0
-		    && connect(probe, (struct sockaddr *) &ss, sl) != 0
-		    && errno == ECONNREFUSED) {
-			unlink(a->path);
-			err = bind(fd, (struct sockaddr *) &ss, sl) == 0
-			    ? 0
-			    : errno;
-		}
-		if (probe >= 0) {
-			close(probe);
-		}
-	}
-	if (err == 0 && listen(fd, 128) != 0) {
-		err = errno;
-	}
-	if (err != 0) {
-		qps_log(QPS_LOG_ERROR, "cannot listen on %s: %s", a->url,
-		    strerror(err));
-		if (fd >= 0) {
-			close(fd);
-		}
-		return err == EADDRINUSE ? -2 : -1;
-	}
-	sl = sizeof(ss);
-	getsockname(fd, (struct sockaddr *) &ss, &sl);
-	*portp = ntohs(ss.ss_family == AF_INET6
-	        ? ((struct sockaddr_in6 *) &ss)->sin6_port
-	        : ((struct sockaddr_in *) &ss)->sin_port);
-	return fd;
-}
-
 static int
 sk_listen(const qps_config *cfg, const qpi_addr *a, char *bound)
 {
@@ -498,8 +419,9 @@ sk_listen(const qps_config *cfg, const qpi_addr *a, char *bound)
 	if ((rv = sk_start_loops()) != QP_OK) {
 		return rv;
 	}
-	if ((fd = sk_bind(a, &port)) < 0) {
-		return fd == -2 ? QP_EBUSY : QP_ESYSTEM;
+	if ((rv = qpi_sock_bind(a, &fd, &port)) != QP_OK) {
+		qps_log(QPS_LOG_ERROR, "%s", qp_errmsg());
+		return rv;
 	}
 	ls->fd = fd;
 	ls->ipc = a->kind == QPI_ADDR_IPC;
@@ -509,7 +431,7 @@ sk_listen(const qps_config *cfg, const qpi_addr *a, char *bound)
 	if (epoll_ctl(sk.loops[0].ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
 		return QP_ESYSTEM;
 	}
-	qps_listener_bound(a, port, bound);
+	qpi_link_bound(a, NULL, port, bound, QPI_URL_MAX + 1);
 	return QP_OK;
 }
 

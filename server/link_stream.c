@@ -266,7 +266,7 @@ st_accept_main(void *arg)
 	static qps_loglimit ll;
 	int64_t backoff_ms = 0;
 
-	while ((rv = qpi_link_accept(ls->L, &ql)) != QP_ECLOSED) {
+	while ((rv = ls->L->accept(ls->L, &ql)) != QP_ECLOSED) {
 		if (rv == QP_OK) {
 			backoff_ms = 0;
 			st_accepted(ls, qpi_link_nng_take(ql));
@@ -301,7 +301,7 @@ st_listen(const qps_config *cfg, const qpi_addr *a, char *bound)
 
 	memset(ls, 0, sizeof(*ls));
 	ls->ipc = a->kind == QPI_ADDR_IPC;
-	if ((rv = qpi_link_listen(&ls->L, a, &o, bound, QPI_URL_MAX + 1))
+	if ((rv = qpi_link_nng_listen(&ls->L, a, &o, bound, QPI_URL_MAX + 1))
 	    != QP_OK) {
 		qps_log(QPS_LOG_ERROR, "cannot listen on %s: %s", a->url,
 		    qp_errmsg());
@@ -322,11 +322,11 @@ st_stop(void)
 {
 	for (size_t i = 0; i < stl.nlst; i++) {
 		st_listener *ls = &stl.lst[i];
-		qpi_link_listener_close(ls->L);
+		ls->L->close(ls->L);
 		if (ls->running) {
 			pthread_join(ls->thr, NULL);
 		}
-		qpi_link_listener_free(ls->L);
+		ls->L->free(ls->L);
 	}
 	stl.nlst = 0;
 }

@@ -40,20 +40,6 @@ lsn_host_loopback(const char *host)
 	return ok;
 }
 
-void
-qps_listener_bound(const qpi_addr *a, unsigned port, char *bound)
-{
-	bool v6 = strchr(a->host, ':') != NULL;
-
-	if (a->kind == QPI_ADDR_IPC) {
-		snprintf(bound, QPI_URL_MAX + 1, "%s", a->url);
-		return;
-	}
-	snprintf(bound, QPI_URL_MAX + 1, "%s://%s%s%s:%u",
-	    a->kind == QPI_ADDR_TLS ? "tls+tcp" : "tcp", v6 ? "[" : "",
-	    a->host, v6 ? "]" : "", port);
-}
-
 static int
 lsn_listen(const qps_config *cfg, const char *url, char *bound)
 {

@@ -12,3 +12,8 @@ set_tests_properties(test_pipe test_conn_remote it_pipe_seed
   PROPERTIES LABELS pipe)
 set_tests_properties(it_pipe_netns PROPERTIES LABELS "pipe;netns"
   SKIP_RETURN_CODE 77)
+# Direct connections again on the nng stream driver (tcp:// and ipc://
+# with QPIPE_TRANSPORT=nng; tls+tcp:// is always nng's: test_tls).
+add_test(NAME test_conn_remote_nng COMMAND test_conn_remote)
+set_tests_properties(test_conn_remote_nng PROPERTIES LABELS pipe
+  ENVIRONMENT "QPIPE_TRANSPORT=nng")

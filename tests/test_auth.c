@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #include "auth.h"
-#include "nngconn.h"
+#include "conn.h"
 #include "qpi.h"
 #include "wire.h"
 
@@ -336,10 +336,10 @@ test_auth_token_sources(void **state)
 static void
 expect_refused(qp_listener *l, uint64_t n)
 {
-	for (int i = 0; i < 200 && qpi_nng_listener_refused(l) < n; i++) {
+	for (int i = 0; i < 200 && qpi_net_listener_refused(l) < n; i++) {
 		usleep(10000);
 	}
-	assert_int_equal(qpi_nng_listener_refused(l), n);
+	assert_int_equal(qpi_net_listener_refused(l), n);
 }
 
 static void
@@ -372,7 +372,7 @@ right_token(const char *addr)
 	    qp_dial_opts(&d, qp_listener_url(l), 2000, &dopt), QP_OK);
 	assert_int_equal(qp_listener_accept(l, &a, 2000), QP_OK);
 	talk(d, a);
-	assert_int_equal(qpi_nng_listener_refused(l), 0);
+	assert_int_equal(qpi_net_listener_refused(l), 0);
 	qp_conn_free(d);
 	qp_conn_free(a);
 	qp_listener_free(l);

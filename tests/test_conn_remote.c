@@ -914,16 +914,20 @@ test_conn_remote_forked_child_ipc(void **state)
 }
 
 /* A child forked after this process used nng cannot start nng again (nng
- * panics): a new listen or dial there is refused with a clear error;
- * remote queues and pipes on plain sockets need no nng. */
+ * panics): a new listen or dial on nng there is refused with a clear
+ * error; direct connections, remote queues and pipes on plain sockets
+ * need no nng: the child dials the parent's listener, whose accept gets
+ * it. */
 static void
 test_conn_remote_forked_child_new(void **state)
 {
 	qp_listener *l, *l2 = NULL;
-	qp_conn *d, *a, *c = NULL;
+	qp_conn *d, *a, *c = NULL, *a2;
 	qp_queue *q = NULL;
-	char url[400], qurl[450];
+	char url[400], qurl[450], *env = getenv("QPIPE_TRANSPORT");
 
+	env = env != NULL ? strdup(env) : NULL;
+	setenv("QPIPE_TRANSPORT", "nng", 1);
 	connect_pair("tcp://127.0.0.1:0", &l, &d, &a);
 	snprintf(url, sizeof(url), "%s", qp_listener_url(l));
 	snprintf(qurl, sizeof(qurl), "%s/jobs", url);
@@ -936,10 +940,17 @@ test_conn_remote_forked_child_new(void **state)
 		CHILD_CHECK(c == NULL);
 		CHILD_REFUSED(qp_listen(&l2, "tcp://127.0.0.1:0"));
 		CHILD_CHECK(l2 == NULL);
+		unsetenv("QPIPE_TRANSPORT");
 		/* Remote queues and pipes on plain sockets need no nng: they
 		 * dial, and find a pair1 peer, not a qpiped. */
 		CHILD_CHECK(qp_queue_open(&q, qurl, NULL) == QP_EPROTO);
 		CHILD_CHECK(qp_pipe_open(&c, qurl, -1, true) == QP_EPROTO);
+		/* nor do direct connections */
+		CHILD_CHECK(qp_listen(&l2, "tcp://127.0.0.1:0") == QP_OK);
+		qp_listener_free(l2);
+		CHILD_CHECK(qp_dial(&c, url, 2000) == QP_OK);
+		CHILD_CHECK(send_str(c, "child") == QP_OK);
+		qp_conn_free(c);
 		/* what needs no network still works */
 		qp_conn *pa, *pb;
 		void *buf;
@@ -954,9 +965,18 @@ test_conn_remote_forked_child_new(void **state)
 		qp_conn_free(pb);
 		_exit(0);
 	}
+	if (env != NULL) {
+		setenv("QPIPE_TRANSPORT", env, 1);
+	} else {
+		unsetenv("QPIPE_TRANSPORT");
+	}
+	free(env);
 	assert_int_equal(pu_wait_child(pid), 0);
 	assert_int_equal(send_str(d, "still"), QP_OK);
 	assert_recv_str(a, "still");
+	assert_int_equal(qp_listener_accept(l, &a2, 2000), QP_OK);
+	assert_recv_str(a2, "child");
+	qp_conn_free(a2);
 	qp_conn_free(d);
 	qp_conn_free(a);
 	qp_listener_free(l);

@@ -22,7 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "nngconn.h"
+#include "conn.h"
 #include "qpi.h"
 #include "tls.h"
 

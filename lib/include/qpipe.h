@@ -496,17 +496,18 @@ QP_API int qp_queue_partition_stat(
  * accept from any number of threads.
  *
  * fork(): qp_pipe's ends are shared memory and work in forked children.
- * Direct connections and listeners (qp_dial, qp_listen: nng streams) and
+ * Direct connections and listeners (qp_dial, qp_listen) and
  * pipes from qp_pipe_open (whose side belongs to the connection that
  * opened it) belong to the process that made them. In a forked child
  * every call on an inherited one fails with QP_EINVAL (qp_errmsg() names
  * fork()); close and free there release only the child's copy, and the
  * parent's connection goes on. Remote queues are the exception: see
- * qp_queue. A child forked after its parent used nng (a listen, a dial, a
- * tls+tcp:// handle) cannot start nng again: nng would abort the child
- * ("nng is not fork-reentrant safe") on its first listen, dial or
- * tls+tcp:// open, so qpipe refuses those with QP_EINVAL instead; tcp://
- * and ipc:// queues and pipes use plain sockets and open fine there.
+ * qp_queue. A child forked after its parent used nng (a tls+tcp://
+ * handle, or any network handle with QPIPE_TRANSPORT=nng) cannot start
+ * nng again: nng would abort the child ("nng is not fork-reentrant safe")
+ * on its first nng listen, dial or open, so qpipe refuses those with
+ * QP_EINVAL instead; tcp:// and ipc:// queues, pipes and direct
+ * connections use plain sockets and open fine there.
  * qpipe can only see its own use of nng: if the program itself started
  * nng before forking, a qpipe nng call in the child aborts inside nng.
  * ------------------------------------------------------------------------ */

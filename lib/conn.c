@@ -2,9 +2,8 @@
  * conn.c - the Connection calls (multiprocessing.Pipe's Connection,
  * connection.wait, Listener and Client): checks every argument, then
  * dispatches through the connection's ops table to its carrier: shared
- * memory (shmpipe.c), a stream (netconn.c, which also takes the
- * listener's and dialer's options: token, TLS files, max_message), or a
- * pipe through the server (rpipe.c). Messages
+ * memory (shmpipe.c), a stream (netconn.c, which also has the listen,
+ * accept and dial calls), or a pipe through the server (rpipe.c). Messages
  * are msgpack values: the bytes calls carry a bin, stored raw with a flag so
  * that it is never re-encoded; a bytes receive of a message that is one bin
  * gives its payload, of any other value its msgpack encoding. A network
@@ -594,7 +593,7 @@ qp_wait(qp_conn *const *conns, size_t n, qp_duration timeout, bool *ready,
 	return QP_OK;
 }
 
-/* ---- pipes, listeners, dialing ---- */
+/* ---- pipes ---- */
 
 QP_API int
 qp_pipe(qp_conn **ap, qp_conn **bp, bool duplex)
@@ -603,100 +602,4 @@ qp_pipe(qp_conn **ap, qp_conn **bp, bool duplex)
 		return qpi_err(QP_EINVAL, "output pointer is NULL");
 	}
 	return qpi_shmpipe_create(ap, bp, duplex, 0);
-}
-
-/* Checks the options of a listener or dialer. */
-static int
-conn_opts_check(const qp_conn_opts *o)
-{
-	if (o == NULL) {
-		return QP_OK;
-	}
-	if (o->max_message > QPI_CONN_MAX_MESSAGE) {
-		return qpi_err(QP_EINVAL,
-		    "maximum message must be 1 to %zu bytes, not %zu",
-		    QPI_CONN_MAX_MESSAGE, o->max_message);
-	}
-	if (o->no_token && (o->token != NULL || o->token_file != NULL)) {
-		return qpi_err(QP_EINVAL,
-		    "no_token is set together with a token or token file");
-	}
-	return QP_OK;
-}
-
-QP_API int
-qp_listen_opts(qp_listener **lp, const char *addr, const qp_conn_opts *opts)
-{
-	qpi_addr a;
-	int rv;
-
-	if (lp == NULL) {
-		return qpi_err(QP_EINVAL, "output pointer is NULL");
-	}
-	if ((rv = conn_opts_check(opts)) != QP_OK
-	    || (rv = qpi_addr_parse(
-	            addr, QPI_ADDR_SERVER | QPI_ADDR_PORT0, &a))
-	        != QP_OK) {
-		return rv;
-	}
-	return qpi_net_listen(lp, &a, opts);
-}
-
-QP_API int
-qp_listen(qp_listener **lp, const char *addr)
-{
-	return qp_listen_opts(lp, addr, NULL);
-}
-
-QP_API const char *
-qp_listener_url(qp_listener *l)
-{
-	return l == NULL ? "" : qpi_net_listener_url(l);
-}
-
-QP_API int
-qp_listener_accept(qp_listener *l, qp_conn **cp, qp_duration timeout)
-{
-	int rv;
-
-	if (l == NULL || cp == NULL) {
-		return qpi_err(QP_EINVAL, "NULL argument");
-	}
-	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
-		return rv;
-	}
-	return qpi_net_accept(
-	    l, cp, timeout == 0 ? 0 : qpi_deadline_ns(timeout));
-}
-
-QP_API void
-qp_listener_free(qp_listener *l)
-{
-	if (l != NULL) {
-		qpi_net_listener_free(l);
-	}
-}
-
-QP_API int
-qp_dial_opts(qp_conn **cp, const char *addr, qp_duration timeout,
-    const qp_conn_opts *opts)
-{
-	qpi_addr a;
-	int rv;
-
-	if (cp == NULL) {
-		return qpi_err(QP_EINVAL, "output pointer is NULL");
-	}
-	if ((rv = qpi_duration_check(timeout)) != QP_OK
-	    || (rv = conn_opts_check(opts)) != QP_OK
-	    || (rv = qpi_addr_parse(addr, QPI_ADDR_SERVER, &a)) != QP_OK) {
-		return rv;
-	}
-	return qpi_net_dial(cp, &a, timeout, opts);
-}
-
-QP_API int
-qp_dial(qp_conn **cp, const char *addr, qp_duration timeout)
-{
-	return qp_dial_opts(cp, addr, timeout, NULL);
 }

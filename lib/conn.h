@@ -3,8 +3,7 @@
  * (shared memory: shmpipe.c; streams: netconn.c; pipes through the
  * server: rpipe.c) provides to conn.c, which checks the arguments of the
  * public calls and dispatches through the ops table below; the
- * received-message queue that netconn.c and rpipe.c share; and the
- * direct connections' listen, accept and dial (netconn.c).
+ * received-message queue that netconn.c and rpipe.c share.
  */
 #ifndef QPI_CONN_H
 #define QPI_CONN_H
@@ -140,34 +139,9 @@ int qpi_rxq_fd(qpi_rxq *q, int *fdp);
 int qpi_rxq_peek(qpi_rxq *q, int64_t deadline_ns, qpi_msginfo *mi);
 int qpi_rxq_take(qpi_rxq *q, const qpi_msginfo *mi, size_t skip, void *dst);
 
-/* ---- direct connections (netconn.c) ---- */
-
-/* Listens on a parsed server address (tcp, tls or ipc; port 0 allowed)
- * with options o (may be NULL): its token, TLS files, max_message.
- * Errors: QP_EBUSY (address in use), QP_EINVAL (bad options or files),
- * QP_ENOENT (no token file), QP_ENOMEM, QP_ESYSTEM. */
-int qpi_net_listen(qp_listener **lp, const qpi_addr *a, const qp_conn_opts *o);
-
-/* The address actually bound. */
-const char *qpi_net_listener_url(qp_listener *l);
-
-/* How many dialers the listener refused for a missing or wrong token (they
- * closed, or failed auth, after a hello reply that asked for it). */
+/* How many dialers a listener (netconn.c) refused for a missing or wrong
+ * token (they closed, or failed auth, after a hello reply that asked for
+ * it). */
 uint64_t qpi_net_listener_refused(qp_listener *l);
-
-/* Waits until deadline_ns for the next connection that completed the
- * pair1 handshake: QP_OK or QP_ETIMEDOUT. */
-int qpi_net_accept(qp_listener *l, qp_conn **cp, int64_t deadline_ns);
-
-/* Stops listening, drops connections never accepted, frees l. */
-void qpi_net_listener_free(qp_listener *l);
-
-/* Dials a parsed server address with options o (may be NULL): with
- * timeout 0 one attempt, otherwise retries a refused dial until the
- * timeout. Errors: QP_ECONNREFUSED, QP_ETIMEDOUT, QP_EPROTO (the peer does
- * not speak pair1), QP_EAUTH (token or TLS handshake), QP_EINVAL (bad
- * options or files), QP_ENOMEM. */
-int qpi_net_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
-    const qp_conn_opts *o);
 
 #endif /* QPI_CONN_H */

@@ -56,6 +56,10 @@ struct qpi_link {
 int qpi_link_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     uint16_t proto, uint16_t peer_proto, int64_t deadline_ns);
 
+/* qpi_link_dial without the SP handshake. */
+int qpi_link_connect(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
+    int64_t deadline_ns);
+
 /* Whether a dial to a uses the nng driver (tls+tcp://, QPIPE_TRANSPORT). */
 bool qpi_link_uses_nng(const qpi_addr *a);
 
@@ -97,7 +101,7 @@ int qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp,
  * callbacks); the link's own parts are freed. */
 void *qpi_link_nng_take(qpi_link *l);
 
-/* The drivers' dials, without the SP handshake (link.c does it). */
+/* The drivers' dials (qpi_link_connect picks one). */
 int qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns);
 int qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     int64_t deadline_ns);

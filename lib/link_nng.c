@@ -24,7 +24,6 @@
 
 #include <arpa/inet.h>
 #include <nng/nng.h>
-#include <nng/supplemental/util/platform.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -346,17 +345,11 @@ nl_accept(qpi_link_listener *base, qpi_link **lp)
 	nng_link *n;
 	int nrv, rv;
 
-	for (;;) {
-		nng_stream_listener_accept(L->sl, L->acc);
-		nng_aio_wait(L->acc);
-		if ((nrv = nng_aio_result(L->acc)) == 0) {
-			break;
-		}
-		if (nrv == NNG_ECLOSED) {
-			return QP_ECLOSED;
-		}
-		/* Out of descriptors or the like: try again shortly. */
-		nng_msleep(100);
+	nng_stream_listener_accept(L->sl, L->acc);
+	nng_aio_wait(L->acc);
+	if ((nrv = nng_aio_result(L->acc)) != 0) {
+		return qpi_err(
+		    qpi_nng_err(nrv), "accept failed: %s", nng_strerror(nrv));
 	}
 	nng_stream *st = nng_aio_get_output(L->acc, 0);
 	if ((rv = nl_new(&n, st, L->tls)) != QP_OK) {

@@ -608,22 +608,47 @@ nc_acceptor(void *arg)
 	return NULL;
 }
 
-int
-qpi_net_listen(qp_listener **lp, const qpi_addr *a, const qp_conn_opts *o)
+/* Checks the address and options of a listener (mode QPI_ADDR_PORT0) or
+ * dialer, into *a. */
+static int
+nc_args(const char *addr, unsigned mode, const qp_conn_opts *o, qpi_addr *a)
+{
+	if (o != NULL && o->max_message > QPI_CONN_MAX_MESSAGE) {
+		return qpi_err(QP_EINVAL,
+		    "maximum message must be 1 to %zu bytes, not %zu",
+		    QPI_CONN_MAX_MESSAGE, o->max_message);
+	}
+	if (o != NULL && o->no_token
+	    && (o->token != NULL || o->token_file != NULL)) {
+		return qpi_err(QP_EINVAL,
+		    "no_token is set together with a token or token file");
+	}
+	return qpi_addr_parse(addr, QPI_ADDR_SERVER | mode, a);
+}
+
+QP_API int
+qp_listen_opts(qp_listener **lp, const char *addr, const qp_conn_opts *o)
 {
 	qp_listener *l;
+	qpi_addr a;
 	int rv;
 
+	if (lp == NULL) {
+		return qpi_err(QP_EINVAL, "output pointer is NULL");
+	}
+	if ((rv = nc_args(addr, QPI_ADDR_PORT0, o, &a)) != QP_OK) {
+		return rv;
+	}
 	if ((l = calloc(1, sizeof(*l))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory for a listener");
 	}
 	l->owner = getpid();
-	l->addr = *a;
+	l->addr = a;
 	l->max_message = o != NULL && o->max_message != 0
 	    ? o->max_message
 	    : QP_DEFAULT_MAX_MESSAGE;
 	if ((rv = qpi_token_of(&l->token, o)) != QP_OK
-	    || (rv = qpi_link_listen(&l->L, a, o, l->url, sizeof(l->url)))
+	    || (rv = qpi_link_listen(&l->L, &a, o, l->url, sizeof(l->url)))
 	        != QP_OK) {
 		qpi_token_clear(&l->token);
 		free(l);
@@ -643,6 +668,12 @@ qpi_net_listen(qp_listener **lp, const qpi_addr *a, const qp_conn_opts *o)
 	return QP_OK;
 }
 
+QP_API int
+qp_listen(qp_listener **lp, const char *addr)
+{
+	return qp_listen_opts(lp, addr, NULL);
+}
+
 uint64_t
 qpi_net_listener_refused(qp_listener *l)
 {
@@ -657,18 +688,25 @@ qpi_net_listener_refused(qp_listener *l)
 	return n;
 }
 
-const char *
-qpi_net_listener_url(qp_listener *l)
+QP_API const char *
+qp_listener_url(qp_listener *l)
 {
-	return l->url;
+	return l == NULL ? "" : l->url;
 }
 
-int
-qpi_net_accept(qp_listener *l, qp_conn **cp, int64_t deadline)
+QP_API int
+qp_listener_accept(qp_listener *l, qp_conn **cp, qp_duration timeout)
 {
+	int64_t deadline = timeout == 0 ? 0 : qpi_deadline_ns(timeout);
 	struct nngconn *c;
-	int rv = QP_OK;
+	int rv;
 
+	if (l == NULL || cp == NULL) {
+		return qpi_err(QP_EINVAL, "NULL argument");
+	}
+	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
+		return rv;
+	}
 	if (qpi_nng_forked(l->owner)) {
 		char what[sizeof(l->url) + 16];
 		snprintf(what, sizeof(what), "listener %s", l->url);
@@ -696,28 +734,23 @@ qpi_net_accept(qp_listener *l, qp_conn **cp, int64_t deadline)
 	return rv;
 }
 
-/* A forked child's copy: frees the child's memory only (the handshakes in
- * progress and the connections not accepted are the parent's). */
-static void
-nc_listener_forget(qp_listener *l)
+QP_API void
+qp_listener_free(qp_listener *l)
 {
 	struct nngconn *c;
 
-	while ((c = l->ready_head) != NULL) {
-		l->ready_head = c->next_ready;
-		nc_forget(&c->base);
+	if (l != NULL && qpi_nng_forked(l->owner)) {
+		/* A forked child's copy: the child's memory only (the
+		 * handshakes and the connections ready are the parent's). */
+		while ((c = l->ready_head) != NULL) {
+			l->ready_head = c->next_ready;
+			nc_forget(&c->base);
+		}
+		qpi_token_clear(&l->token);
+		free(l);
+		return;
 	}
-	qpi_token_clear(&l->token);
-	free(l);
-}
-
-void
-qpi_net_listener_free(qp_listener *l)
-{
-	struct nngconn *c;
-
-	if (qpi_nng_forked(l->owner)) {
-		nc_listener_forget(l);
+	if (l == NULL) {
 		return;
 	}
 	pthread_mutex_lock(&l->mu);
@@ -777,19 +810,25 @@ nc_hs_xfn(void *arg, const void *req, size_t len, uint8_t **repp, size_t *lenp)
 	return QP_OK;
 }
 
-int
-qpi_net_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
-    const qp_conn_opts *o)
+QP_API int
+qp_dial_opts(
+    qp_conn **cp, const char *addr, qp_duration timeout, const qp_conn_opts *o)
 {
 	int64_t deadline = qpi_deadline_ns(timeout);
 	int64_t backoff = BACKOFF_MIN;
 	qpi_wire_limits lim;
 	qpi_token token;
+	qpi_addr a;
 	qpi_link *l;
 	bool refused = false;
 	int rv;
 
-	if ((rv = qpi_token_of(&token, o)) != QP_OK) {
+	if (cp == NULL) {
+		return qpi_err(QP_EINVAL, "output pointer is NULL");
+	}
+	if ((rv = qpi_duration_check(timeout)) != QP_OK
+	    || (rv = nc_args(addr, 0, o, &a)) != QP_OK
+	    || (rv = qpi_token_of(&token, o)) != QP_OK) {
 		return rv;
 	}
 	for (;;) {
@@ -800,10 +839,7 @@ qpi_net_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
 		if (timeout != 0 && deadline < try_ns) {
 			try_ns = deadline;
 		}
-		if ((rv = qpi_link_uses_nng(a)
-		            ? qpi_link_nng_dial(&l, a, o, try_ns)
-		            : qpi_link_sock_dial(&l, a, try_ns))
-		    == QP_OK) {
+		if ((rv = qpi_link_connect(&l, &a, o, try_ns)) == QP_OK) {
 			break;
 		}
 		refused |= rv == QP_ECONNREFUSED;
@@ -814,7 +850,7 @@ qpi_net_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
 			if (rv == QP_ETIMEDOUT && refused) {
 				return qpi_err(QP_ECONNREFUSED,
 				    "cannot connect to %s: connection refused",
-				    a->url);
+				    a.url);
 			}
 			return rv;
 		}
@@ -827,8 +863,6 @@ qpi_net_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
 		backoff
 		    = backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : backoff * 2;
 	}
-	l->ipc = a->kind == QPI_ADDR_IPC;
-	snprintf(l->url, sizeof(l->url), "%s", a->url);
 	nc_hs h = {.l = l, .deadline = timeout == 0 ? INT64_MAX : deadline};
 	int64_t cap = qpi_now_ns() + (int64_t) NEGO_MS * 1000000;
 	h.deadline = h.deadline < cap ? h.deadline : cap;
@@ -845,7 +879,7 @@ qpi_net_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
 	snprintf(
 	    cname, sizeof(cname), "qp_dial@%.40s:%d", host, (int) getpid());
 	qpi_session_client sc = {
-	    .url = a->url,
+	    .url = a.url,
 	    .client_id = id,
 	    .client_name = cname,
 	    .token = &token,
@@ -853,7 +887,7 @@ qpi_net_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
 	};
 	memset(&lim, 0, sizeof(lim));
 	if ((rv = qpi_link_sp_handshake(
-	         l, a, o, false, SP_PAIR1, SP_PAIR1, h.deadline))
+	         l, &a, o, false, SP_PAIR1, SP_PAIR1, h.deadline))
 	        != QP_OK
 	    || (rv = qpi_random(id, sizeof(id))) != QP_OK
 	    || (rv = qpi_session_open(&sc, nc_hs_xfn, &h, &lim)) != QP_OK) {
@@ -865,11 +899,17 @@ qpi_net_dial(qp_conn **cp, const qpi_addr *a, qp_duration timeout,
 	struct nngconn *c;
 	size_t max = o != NULL && o->max_message != 0 ? o->max_message
 	                                              : QP_DEFAULT_MAX_MESSAGE;
-	if ((rv = nc_new(&c, l, a->url, max)) != QP_OK) {
+	if ((rv = nc_new(&c, l, a.url, max)) != QP_OK) {
 		l->ops->free(l);
 		return rv;
 	}
 	c->peer_max = lim.max_message;
 	*cp = &c->base;
 	return QP_OK;
+}
+
+QP_API int
+qp_dial(qp_conn **cp, const char *addr, qp_duration timeout)
+{
+	return qp_dial_opts(cp, addr, timeout, NULL);
 }

@@ -219,102 +219,68 @@ tls_alloc(nng_tls_config **cfgp, nng_tls_mode mode)
 }
 
 int
-qpi_tls_server_config(
-    nng_tls_config **cfgp, const char *cert, const char *key, const char *ca)
-{
-	nng_tls_config *cfg;
-	int rv;
-
-	if (cert == NULL || key == NULL) {
-		return qpi_err(QP_EINVAL,
-		    "a tls+tcp:// listener needs a certificate and its key "
-		    "(tls_cert and tls_key)");
-	}
-	if ((rv = tls_alloc(&cfg, NNG_TLS_MODE_SERVER)) != QP_OK) {
-		return rv;
-	}
-	if ((rv = tls_own_cert(cfg, cert, key)) == QP_OK && ca != NULL
-	    && (rv = tls_ca(cfg, ca)) == QP_OK
-	    && nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_REQUIRED)
-	        != 0) {
-		rv = qpi_err(QP_ESYSTEM, "cannot require client certificates");
-	}
-	if (rv == QP_OK && ca == NULL
-	    && nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_NONE) != 0) {
-		rv = qpi_err(QP_ESYSTEM, "cannot set the TLS verification");
-	}
-	if (rv != QP_OK) {
-		nng_tls_config_free(cfg);
-		return rv;
-	}
-	*cfgp = cfg;
-	return QP_OK;
-}
-
-int
-qpi_tls_client_config(nng_tls_config **cfgp, const char *ca,
-    const char *server_name, const char *cert, const char *key, bool insecure)
-{
-	nng_tls_config *cfg;
-	int rv = QP_OK, nrv;
-
-	if (!insecure && (server_name == NULL || server_name[0] == '\0')) {
-		return qpi_err(QP_EINVAL,
-		    "a TLS client needs the server's name to verify its "
-		    "certificate");
-	}
-	if ((cert == NULL) != (key == NULL)) {
-		return qpi_err(QP_EINVAL,
-		    "a client certificate needs both its certificate file and "
-		    "its key file");
-	}
-	if ((rv = tls_alloc(&cfg, NNG_TLS_MODE_CLIENT)) != QP_OK) {
-		return rv;
-	}
-	if (insecure) {
-		nrv = nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_NONE);
-	} else {
-		rv = tls_ca(cfg, tls_client_ca(ca));
-		nrv = nng_tls_config_auth_mode(
-		    cfg, NNG_TLS_AUTH_MODE_REQUIRED);
-	}
-	if (rv == QP_OK && nrv != 0) {
-		rv = qpi_err(QP_ESYSTEM, "cannot set the TLS verification: %s",
-		    nng_strerror(nrv));
-	}
-	if (rv == QP_OK && server_name != NULL && server_name[0] != '\0'
-	    && (nrv = nng_tls_config_server_name(cfg, server_name)) != 0) {
-		rv = qpi_err(nrv == NNG_ENOMEM ? QP_ENOMEM : QP_EINVAL,
-		    "cannot set the TLS server name '%s': %s", server_name,
-		    nng_strerror(nrv));
-	}
-	if (rv == QP_OK && cert != NULL) {
-		rv = tls_own_cert(cfg, cert, key);
-	}
-	if (rv != QP_OK) {
-		nng_tls_config_free(cfg);
-		return rv;
-	}
-	*cfgp = cfg;
-	return QP_OK;
-}
-
-int
 qpi_tls_config_opts(nng_tls_config **cfgp, bool server, const qp_conn_opts *o,
     const char *host)
 {
 	static const qp_conn_opts none;
+	nng_tls_config *cfg;
+	int rv = QP_OK, nrv = 0;
 
-	if (o == NULL) {
-		o = &none;
+	o = o != NULL ? o : &none;
+	const char *name
+	    = o->tls_server_name != NULL ? o->tls_server_name : host;
+	bool insecure = !server && o->tls_insecure_skip_verify;
+	/* A listener verifies clients only with a CA file given. */
+	const char *ca = server ? o->tls_ca
+	    : insecure          ? NULL
+	                        : tls_client_ca(o->tls_ca);
+
+	if (server && (o->tls_cert == NULL || o->tls_key == NULL)) {
+		return qpi_err(QP_EINVAL,
+		    "a tls+tcp:// listener needs a certificate and its key "
+		    "(tls_cert and tls_key)");
 	}
-	if (server) {
-		return qpi_tls_server_config(
-		    cfgp, o->tls_cert, o->tls_key, o->tls_ca);
+	if (!insecure && !server && (name == NULL || name[0] == '\0')) {
+		return qpi_err(QP_EINVAL,
+		    "a TLS client needs the server's name to verify its "
+		    "certificate");
 	}
-	return qpi_tls_client_config(cfgp, o->tls_ca,
-	    o->tls_server_name != NULL ? o->tls_server_name : host,
-	    o->tls_cert, o->tls_key, o->tls_insecure_skip_verify);
+	if ((o->tls_cert == NULL) != (o->tls_key == NULL)) {
+		return qpi_err(QP_EINVAL,
+		    "a client certificate needs both its certificate file and "
+		    "its key file");
+	}
+	if ((rv = tls_alloc(
+	         &cfg, server ? NNG_TLS_MODE_SERVER : NNG_TLS_MODE_CLIENT))
+	    != QP_OK) {
+		return rv;
+	}
+	if (o->tls_cert != NULL) {
+		rv = tls_own_cert(cfg, o->tls_cert, o->tls_key);
+	}
+	if (rv == QP_OK && ca != NULL) {
+		rv = tls_ca(cfg, ca);
+	}
+	if (rv == QP_OK
+	    && (nrv = nng_tls_config_auth_mode(cfg,
+	            ca != NULL ? NNG_TLS_AUTH_MODE_REQUIRED
+	                       : NNG_TLS_AUTH_MODE_NONE))
+	        != 0) {
+		rv = qpi_err(QP_ESYSTEM, "cannot set the TLS verification: %s",
+		    nng_strerror(nrv));
+	}
+	if (rv == QP_OK && !server && name != NULL && name[0] != '\0'
+	    && (nrv = nng_tls_config_server_name(cfg, name)) != 0) {
+		rv = qpi_err(nrv == NNG_ENOMEM ? QP_ENOMEM : QP_EINVAL,
+		    "cannot set the TLS server name '%s': %s", name,
+		    nng_strerror(nrv));
+	}
+	if (rv != QP_OK) {
+		nng_tls_config_free(cfg);
+		return rv;
+	}
+	*cfgp = cfg;
+	return QP_OK;
 }
 
 const char *

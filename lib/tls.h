@@ -27,25 +27,14 @@
  * message saying so. */
 int qpi_tls_available(void);
 
-/* A server's config (the caller's): cert and key (PEM, matching) required;
- * with ca, clients must present a certificate chaining to it. QP_EINVAL
- * (a bad file, named with the cause), QP_ENOTSUP, QP_ENOMEM. */
-int qpi_tls_server_config(
-    nng_tls_config **cfgp, const char *cert, const char *key, const char *ca);
-
-/* A client's config. Unless insecure, the server's certificate must chain
- * to ca (NULL: $QPIPE_TLS_CA, else the system's bundle) and carry
- * server_name (a DNS name or IP address; required unless insecure).
- * insecure skips both checks: for tests only, never in production. cert
- * and key (both or neither) give a client certificate, for servers that
- * ask for one. Errors as qpi_tls_server_config. */
-int qpi_tls_client_config(nng_tls_config **cfgp, const char *ca,
-    const char *server_name, const char *cert, const char *key, bool insecure);
-
-/* The config that connection options name: for a listener (server true)
- * tls_cert, tls_key and tls_ca; for a dialer tls_ca, tls_server_name (NULL:
- * host, the URL's host), tls_cert/tls_key, tls_insecure_skip_verify. o may
- * be NULL (a listener then fails: it needs a certificate). */
+/* The config (the caller's) that connection options name. A listener
+ * (server true): tls_cert and tls_key (PEM, matching) required; with
+ * tls_ca, clients must present a certificate chaining to it. A dialer:
+ * unless tls_insecure_skip_verify (tests only), the server's certificate
+ * must chain to tls_ca (NULL: $QPIPE_TLS_CA, else the system's bundle)
+ * and carry tls_server_name (NULL: host, the URL's host); tls_cert and
+ * tls_key (both or neither) give a client certificate. o may be NULL.
+ * QP_EINVAL (a bad file, named with the cause), QP_ENOTSUP, QP_ENOMEM. */
 int qpi_tls_config_opts(nng_tls_config **cfgp, bool server,
     const qp_conn_opts *o, const char *host);
 

@@ -101,6 +101,10 @@ int qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp,
  * callbacks); the link's own parts are freed. */
 void *qpi_link_nng_take(qpi_link *l);
 
+/* The socket under a plain socket link, handed over to the caller
+ * (qpiped's event loops); the link's own parts are freed. */
+int qpi_link_sock_take(qpi_link *l);
+
 /* The drivers' dials (qpi_link_connect picks one). */
 int qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns);
 int qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,

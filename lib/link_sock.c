@@ -142,7 +142,9 @@ sl_free(qpi_link *l)
 {
 	sock_link *s = (sock_link *) l;
 
-	close(s->fd);
+	if (s->fd >= 0) {
+		close(s->fd);
+	}
 	if (s->ep >= 0) {
 		close(s->ep);
 	}
@@ -189,6 +191,16 @@ qpi_link_sock_backstop(qpi_link *l, int stopfd, int *epp)
 		return qpi_err(QP_ENOMEM, "epoll: %s", strerror(errno));
 	}
 	return QP_OK;
+}
+
+int
+qpi_link_sock_take(qpi_link *l)
+{
+	int fd = ((sock_link *) l)->fd;
+
+	((sock_link *) l)->fd = -1;
+	sl_free(l);
+	return fd;
 }
 
 void

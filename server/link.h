@@ -4,8 +4,9 @@
  * out), moved by a driver behind an ops table, as nng's transports are:
  * plain sockets (link_socket.c: tcp://, ipc://) and nng streams
  * (link_stream.c: tls+tcp://, and tcp:// and ipc:// with --transport nng).
- * listener.c picks the driver of each --listen URL. The request layer
- * sees none of this: it uses the connections section of qps.h.
+ * listener.c listens on each --listen URL with lib's listener of the
+ * driver that carries it (lib/link.h), one accepting thread each. The request
+ * layer sees none of this: it uses the connections section of qps.h.
  */
 #ifndef QPS_LINK_H
 #define QPS_LINK_H
@@ -16,14 +17,18 @@
 #include <sys/uio.h>
 
 typedef struct qps_link qps_link;
+struct qpi_link;
 
 /* What a driver does; link.c calls these and never asks which driver it
  * has. */
 typedef struct qps_link_driver {
 	const char *name;
-	/* Listens on a; writes the bound URL (port 0 resolved) into bound.
-	 * On failure logs the cause and returns an error. */
-	int (*listen)(const qps_config *cfg, const qpi_addr *a, char *bound);
+	/* Called before its first listener (NULL: nothing to do): QP_OK,
+	 * or an error it logged. */
+	int (*start)(void);
+	/* Makes a connection that lib's listener accepted (a qpi_link of
+	 * this driver's kind, taken over) a link, and starts it. */
+	void (*adopt)(struct qpi_link *ql);
 	/* Writes at once, without waiting, what the transport takes of iov:
 	 * bytes written, or -1 when the connection broke. NULL: every byte
 	 * goes through the out queue. l->mu held. */
@@ -38,8 +43,8 @@ typedef struct qps_link_driver {
 	void (*close)(qps_link *l);
 	/* Frees the driver's state of l (last reference gone). NULL: none. */
 	void (*free)(qps_link *l);
-	/* Stops accepting: closes the listeners, stops the driver's threads
-	 * (its links stay, closed by qps_link_close_all). */
+	/* Stops the driver's threads, after the listeners (its links stay,
+	 * closed by qps_link_close_all). NULL: none. */
 	void (*stop)(void);
 } qps_link_driver;
 

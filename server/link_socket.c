@@ -3,20 +3,16 @@
  * tcp:// and ipc:// on non-blocking sockets, without nng's thread
  * hand-offs (the fast path, and the default). A few event-loop threads
  * (epoll; one per core, 2 to 4) serve the links, each link one loop for
- * its life, dealt in turn; loop 0 also accepts. A loop reads into its
- * buffer and gives the bytes to qps_link_input; replies are written at
- * once by whichever thread answers (write_now) while nothing is queued,
- * the rest flushed by the link's loop on EPOLLOUT. When accept fails for
- * want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), the
- * listeners leave loop 0's set for a backoff (50 ms doubling to 1 s, a
- * timerfd brings them back) instead of waking it again at once, and the
- * warning is said at most once a second.
+ * its life, dealt in turn as listener.c hands over the sockets lib's
+ * listener accepted. A loop reads into its buffer and gives the bytes to
+ * qps_link_input; replies are written at once by whichever thread
+ * answers (write_now) while nothing is queued, the rest flushed by the
+ * link's loop on EPOLLOUT.
  *
  * Locking: a link's fd is used for writing and shut down only under the
  * link's mu and while it is not dead; its loop alone reads it and closes
- * it (or qps_net_close, once the loops have stopped). The loops, the
- * listeners and their counters are set up before the loops start and
- * torn down after they stop.
+ * it (or qps_net_close, once the loops have stopped). The loops are set
+ * up before any link and torn down after they stop.
  */
 #define _GNU_SOURCE 1 /* accept4 */
 #include "../lib/link.h" /* lib's: the listening socket */
@@ -40,12 +36,6 @@
 #define SK_RBUF      (64u * 1024u)
 #define SK_MAX_LOOPS 4
 
-typedef struct sk_listener {
-	int fd;
-	bool ipc;
-	char path[QPI_PATH_MAX + 1]; /* ipc: unlinked at close */
-} sk_listener;
-
 /* One event loop: its thread, epoll set, stop eventfd and read buffer. */
 typedef struct sk_loop {
 	pthread_t thr;
@@ -58,21 +48,8 @@ typedef struct sk_loop {
 static struct {
 	sk_loop loops[SK_MAX_LOOPS];
 	size_t nloops;
-	size_t next_loop; /* loop 0's thread only */
-	sk_listener lst[QPS_MAX_LISTEN];
-	size_t nlst;
-	int acc_timer; /* timerfd in loop 0: accepting again */
-	int64_t acc_backoff_ms; /* 0: accepting; loop 0's thread only */
-} sk = {.acc_timer = -1};
-
-/* epoll data: the wake eventfd is 0, listeners are tagged by index with
- * the low bit set, links by their (aligned) address. */
-#define SK_TAG_LISTENER(i) ((uint64_t) (i) << 1 | 1u)
-/* The accept backoff's timerfd (not a link's address: those are
- * aligned, and not 0). */
-#define SK_TAG_ACC_TIMER      ((uint64_t) 2)
-#define SK_ACC_BACKOFF_MIN_MS 50
-#define SK_ACC_BACKOFF_MAX_MS 1000
+	size_t next_loop; /* atomic: the loop of the next link */
+} sk;
 
 static ssize_t
 sk_write_now(qps_link *l, const struct iovec *iov, int niov)
@@ -207,106 +184,36 @@ sk_writable(qps_link *l)
 	return n < 0;
 }
 
-/* Listens (on) or not on every listener in loop 0's set. */
+/* A socket accepted (listener.c): a link, watched by the next loop. */
 static void
-sk_listeners_watch(bool on)
+sk_adopt(qpi_link *ql)
 {
-	for (size_t i = 0; i < sk.nlst; i++) {
-		struct epoll_event ev
-		    = {.events = on ? (uint32_t) EPOLLIN : 0u,
-		        .data.u64 = SK_TAG_LISTENER(i)};
-		epoll_ctl(sk.loops[0].ep, EPOLL_CTL_MOD, sk.lst[i].fd, &ev);
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char peer[80] = "";
+	bool ipc = ql->ipc;
+	int fd = qpi_link_sock_take(ql);
+	qps_link *l;
+
+	if (!ipc && getpeername(fd, (struct sockaddr *) &ss, &sl) == 0) {
+		struct sockaddr_in *s4 = (void *) &ss;
+		struct sockaddr_in6 *s6 = (void *) &ss;
+		qps_link_format_peer(ss.ss_family,
+		    ss.ss_family == AF_INET ? (void *) &s4->sin_addr
+		                            : (void *) &s6->sin6_addr,
+		    ss.ss_family == AF_INET ? s4->sin_port : s6->sin6_port,
+		    peer, sizeof(peer));
 	}
-}
-
-/* Accept failed for want of descriptors or memory: stop accepting for a
- * while (the connections wait in the backlog). Loop 0's thread. */
-static void
-sk_accept_backoff(int err)
-{
-	static qps_loglimit ll;
-	struct itimerspec its = {0};
-
-	sk.acc_backoff_ms = sk.acc_backoff_ms == 0 ? SK_ACC_BACKOFF_MIN_MS
-	    : sk.acc_backoff_ms * 2 > SK_ACC_BACKOFF_MAX_MS
-	    ? SK_ACC_BACKOFF_MAX_MS
-	    : sk.acc_backoff_ms * 2;
-	qps_log_limited(&ll, QPS_LOG_WARN,
-	    "accept failed: %s: accepting again in %lld ms (raise the "
-	    "open-file limit, or lower --max-connections)",
-	    strerror(err), (long long) sk.acc_backoff_ms);
-	its.it_value.tv_sec = (time_t) (sk.acc_backoff_ms / 1000);
-	its.it_value.tv_nsec = (long) (sk.acc_backoff_ms % 1000) * 1000000L;
-	if (sk.acc_timer >= 0
-	    && timerfd_settime(sk.acc_timer, 0, &its, NULL) == 0) {
-		sk_listeners_watch(false);
+	if ((l = qps_link_new(&qps_link_socket, ipc, peer)) == NULL) {
+		close(fd);
+		return;
 	}
-}
-
-/* The backoff is over: accept again. */
-static void
-sk_accept_resume(void)
-{
-	uint64_t n;
-
-	if (read(sk.acc_timer, &n, sizeof(n)) < 0) {
-		/* spurious: nothing to read */
-	}
-	sk_listeners_watch(true);
-}
-
-static void
-sk_accept(sk_listener *ls)
-{
-	for (int i = 0; i < 64; i++) {
-		struct sockaddr_storage ss;
-		socklen_t sl = sizeof(ss);
-		char peer[80] = "";
-		qps_link *l;
-		int fd = accept4(ls->fd, (struct sockaddr *) &ss, &sl,
-		    SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED) {
-				continue;
-			}
-			if (errno == EMFILE || errno == ENFILE
-			    || errno == ENOBUFS || errno == ENOMEM) {
-				sk_accept_backoff(errno);
-			} else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-				static qps_loglimit ll;
-				qps_log_limited(&ll, QPS_LOG_WARN,
-				    "accept failed: %s", strerror(errno));
-			}
-			return;
-		}
-		sk.acc_backoff_ms = 0;
-		if (!ls->ipc) {
-			int one = 1;
-			setsockopt(
-			    fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-			setsockopt(
-			    fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-			if (ss.ss_family == AF_INET) {
-				struct sockaddr_in *s = (void *) &ss;
-				qps_link_format_peer(AF_INET, &s->sin_addr,
-				    s->sin_port, peer, sizeof(peer));
-			} else if (ss.ss_family == AF_INET6) {
-				struct sockaddr_in6 *s = (void *) &ss;
-				qps_link_format_peer(AF_INET6, &s->sin6_addr,
-				    s->sin6_port, peer, sizeof(peer));
-			}
-		}
-		if ((l = qps_link_new(&qps_link_socket, ls->ipc, peer))
-		    == NULL) {
-			close(fd);
-			continue;
-		}
-		l->fd = fd;
-		l->ep = sk.loops[sk.next_loop++ % sk.nloops].ep;
-		qps_link_start(l); /* watched by its loop from here */
-		qps_link_unref(l);
-	}
+	l->fd = fd;
+	l->ep = sk.loops[__atomic_fetch_add(&sk.next_loop, 1, __ATOMIC_RELAXED)
+	              % sk.nloops]
+	            .ep;
+	qps_link_start(l); /* watched by its loop from here */
+	qps_link_unref(l);
 }
 
 static void *
@@ -329,14 +236,6 @@ sk_loop_main(void *arg)
 			uint64_t tag = evs[i].data.u64;
 			if (tag == 0) {
 				return NULL; /* the wake eventfd: stop */
-			}
-			if (tag & 1u) {
-				sk_accept(&sk.lst[tag >> 1]);
-				continue;
-			}
-			if (tag == SK_TAG_ACC_TIMER) {
-				sk_accept_resume();
-				continue;
 			}
 			qps_link *l = evs[i].data.ptr;
 			if ((evs[i].events & EPOLLOUT) && sk_writable(l)) {
@@ -379,21 +278,6 @@ sk_start_loops(void)
 			return QP_ESYSTEM;
 		}
 	}
-	{
-		struct epoll_event ev
-		    = {.events = EPOLLIN, .data.u64 = SK_TAG_ACC_TIMER};
-		sk.acc_timer = timerfd_create(
-		    CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-		if (sk.acc_timer < 0
-		    || epoll_ctl(
-		           sk.loops[0].ep, EPOLL_CTL_ADD, sk.acc_timer, &ev)
-		        != 0) {
-			qps_log(QPS_LOG_ERROR,
-			    "cannot start the event loop: %s",
-			    strerror(errno));
-			return QP_ESYSTEM;
-		}
-	}
 	for (size_t i = 0; i < sk.nloops; i++) {
 		sk_loop *lp = &sk.loops[i];
 		if (pthread_create(&lp->thr, NULL, sk_loop_main, lp) != 0) {
@@ -402,36 +286,6 @@ sk_start_loops(void)
 		}
 		lp->running = true;
 	}
-	return QP_OK;
-}
-
-/* ---- listeners ---- */
-
-static int
-sk_listen(const qps_config *cfg, const qpi_addr *a, char *bound)
-{
-	struct epoll_event ev = {.events = EPOLLIN};
-	sk_listener *ls = &sk.lst[sk.nlst];
-	unsigned port = 0;
-	int fd, rv;
-
-	(void) cfg;
-	if ((rv = sk_start_loops()) != QP_OK) {
-		return rv;
-	}
-	if ((rv = qpi_sock_bind(a, &fd, &port)) != QP_OK) {
-		qps_log(QPS_LOG_ERROR, "%s", qp_errmsg());
-		return rv;
-	}
-	ls->fd = fd;
-	ls->ipc = a->kind == QPI_ADDR_IPC;
-	snprintf(ls->path, sizeof(ls->path), "%s", ls->ipc ? a->path : "");
-	ev.data.u64 = SK_TAG_LISTENER(sk.nlst);
-	sk.nlst++; /* closed by sk_stop even if the next line fails */
-	if (epoll_ctl(sk.loops[0].ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
-		return QP_ESYSTEM;
-	}
-	qpi_link_bound(a, NULL, port, bound, QPI_URL_MAX + 1);
 	return QP_OK;
 }
 
@@ -451,17 +305,6 @@ sk_stop(void)
 			lp->running = false;
 		}
 	}
-	for (size_t i = 0; i < sk.nlst; i++) {
-		close(sk.lst[i].fd);
-		if (sk.lst[i].ipc) {
-			unlink(sk.lst[i].path);
-		}
-	}
-	sk.nlst = 0;
-	if (sk.acc_timer >= 0) {
-		close(sk.acc_timer);
-		sk.acc_timer = -1;
-	}
 	for (size_t i = 0; i < sk.nloops; i++) {
 		sk_loop *lp = &sk.loops[i];
 		if (lp->ep >= 0) {
@@ -478,7 +321,8 @@ sk_stop(void)
 
 const qps_link_driver qps_link_socket = {
     .name = "plain socket",
-    .listen = sk_listen,
+    .start = sk_start_loops,
+    .adopt = sk_adopt,
     .write_now = sk_write_now,
     .kick = sk_kick,
     .shut = sk_shut,

@@ -1,8 +1,7 @@
 /*
  * link_stream.c - the nng-stream driver of qpiped's links (link.h):
  * tls+tcp://, and tcp:// and ipc:// with --transport nng, accepted by
- * lib's nng listener (lib/link.h: set-up, TLS, the bound address; one
- * accepting thread each) and moved by nng's aio: one
+ * lib's nng listener (listener.c) and moved by nng's aio: one
  * read and one write under way at most per link, their callbacks on
  * nng's threads. A read hands its bytes to qps_link_input and reads again
  * unless the link is paused; a write takes the link's whole out queue
@@ -13,9 +12,7 @@
  *
  * Locking: the link's mu guards reading, sending and the buffers, as
  * link.c's; each read or write under way holds a reference, so a link is
- * freed (its aios reaped, its stream freed) only when neither is. The
- * listeners are set up before any accept and torn down by stop, which
- * joins their accepting threads.
+ * freed (its aios reaped, its stream freed) only when neither is.
  */
 #include "../lib/link.h" /* lib's: its nng listener */
 #include "link.h"
@@ -27,19 +24,6 @@
 #include <time.h>
 
 #define ST_RBUF (16u * 1024u)
-
-/* A listener: lib's (link.h), and the thread that accepts on it. */
-typedef struct st_listener {
-	qpi_link_listener *L;
-	pthread_t thr;
-	bool running;
-	bool ipc;
-} st_listener;
-
-static struct {
-	st_listener lst[QPS_MAX_LISTEN];
-	size_t nlst;
-} stl;
 
 static void
 st_recv(qps_link *l)
@@ -222,15 +206,17 @@ st_free(qps_link *l)
 	free(l->sbuf);
 }
 
-/* A stream accepted: made a link and started. */
+/* A link accepted (listener.c): its stream made a link and started. */
 static void
-st_accepted(st_listener *ls, nng_stream *st)
+st_adopt(qpi_link *ql)
 {
 	char peer[80] = "";
+	bool ipc = ql->ipc;
+	nng_stream *st = qpi_link_nng_take(ql);
 	nng_sockaddr sa;
 	qps_link *l;
 
-	if (!ls->ipc && nng_stream_get_addr(st, NNG_OPT_REMADDR, &sa) == 0) {
+	if (!ipc && nng_stream_get_addr(st, NNG_OPT_REMADDR, &sa) == 0) {
 		if (sa.s_family == NNG_AF_INET) {
 			qps_link_format_peer(AF_INET, &sa.s_in.sa_addr,
 			    sa.s_in.sa_port, peer, sizeof(peer));
@@ -239,7 +225,7 @@ st_accepted(st_listener *ls, nng_stream *st)
 			    sa.s_in6.sa_port, peer, sizeof(peer));
 		}
 	}
-	if ((l = qps_link_new(&qps_link_stream, ls->ipc, peer)) == NULL) {
+	if ((l = qps_link_new(&qps_link_stream, ipc, peer)) == NULL) {
 		nng_stream_free(st);
 		return;
 	}
@@ -255,88 +241,11 @@ st_accepted(st_listener *ls, nng_stream *st)
 	qps_link_unref(l);
 }
 
-/* A listener's accept loop, until st_stop closes it. */
-static void *
-st_accept_main(void *arg)
-{
-	st_listener *ls = arg;
-	qpi_link *ql;
-	int rv;
-
-	static qps_loglimit ll;
-	int64_t backoff_ms = 0;
-
-	while ((rv = ls->L->accept(ls->L, &ql)) != QP_ECLOSED) {
-		if (rv == QP_OK) {
-			backoff_ms = 0;
-			st_accepted(ls, qpi_link_nng_take(ql));
-			continue;
-		}
-		/* Out of descriptors or memory, say: not again at once. */
-		backoff_ms = backoff_ms == 0 ? 50
-		    : backoff_ms * 2 > 1000  ? 1000
-		                             : backoff_ms * 2;
-		qps_log_limited(&ll, QPS_LOG_WARN,
-		    "accept failed: %s: accepting again in %lld ms",
-		    qp_errmsg(), (long long) backoff_ms);
-		struct timespec ts = {0, (long) backoff_ms * 1000000L};
-		if (backoff_ms >= 1000) {
-			ts = (struct timespec) {1, 0};
-		}
-		nanosleep(&ts, NULL);
-	}
-	return NULL;
-}
-
-/* Listens with lib's nng listener (TLS from --tls-cert, --tls-key and
- * --tls-ca), accepting on a thread of its own. */
-static int
-st_listen(const qps_config *cfg, const qpi_addr *a, char *bound)
-{
-	st_listener *ls = &stl.lst[stl.nlst];
-	qp_conn_opts o = {.tls_cert = cfg->tls_cert,
-	    .tls_key = cfg->tls_key,
-	    .tls_ca = cfg->tls_ca};
-	int rv;
-
-	memset(ls, 0, sizeof(*ls));
-	ls->ipc = a->kind == QPI_ADDR_IPC;
-	if ((rv = qpi_link_nng_listen(&ls->L, a, &o, bound, QPI_URL_MAX + 1))
-	    != QP_OK) {
-		qps_log(QPS_LOG_ERROR, "cannot listen on %s: %s", a->url,
-		    qp_errmsg());
-		return rv;
-	}
-	stl.nlst++; /* freed by st_stop from here */
-	if (pthread_create(&ls->thr, NULL, st_accept_main, ls) != 0) {
-		qps_log(
-		    QPS_LOG_ERROR, "cannot listen on %s: no thread", a->url);
-		return QP_ESYSTEM;
-	}
-	ls->running = true;
-	return QP_OK;
-}
-
-static void
-st_stop(void)
-{
-	for (size_t i = 0; i < stl.nlst; i++) {
-		st_listener *ls = &stl.lst[i];
-		ls->L->close(ls->L);
-		if (ls->running) {
-			pthread_join(ls->thr, NULL);
-		}
-		ls->L->free(ls->L);
-	}
-	stl.nlst = 0;
-}
-
 const qps_link_driver qps_link_stream = {
     .name = "nng stream",
-    .listen = st_listen,
+    .adopt = st_adopt,
     .kick = st_kick,
     .shut = st_shut,
     .close = st_close,
     .free = st_free,
-    .stop = st_stop,
 };

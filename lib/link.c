@@ -138,12 +138,10 @@ qpi_link_listen(qpi_link_listener **lp, const qpi_addr *a,
 }
 
 void
-qpi_link_bound(const qpi_addr *a, const char *host, unsigned port, char *bound,
-    size_t boundlen)
+qpi_link_bound(const qpi_addr *a, unsigned port, char *bound, size_t boundlen)
 {
 	bool named = a->host[0] != '\0' && strcmp(a->host, "*") != 0;
-	const char *h
-	    = named || host == NULL || host[0] == '\0' ? a->host : host;
+	const char *h = named ? a->host : "0.0.0.0";
 	bool v6 = strchr(h, ':') != NULL;
 
 	if (a->kind == QPI_ADDR_IPC) {

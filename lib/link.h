@@ -136,16 +136,10 @@ int qpi_link_sock_listen(
 int qpi_link_nng_listen(qpi_link_listener **lp, const qpi_addr *a,
     const qp_conn_opts *o, char *bound, size_t boundlen);
 
-/* Binds a listening socket to a (non-blocking; a stale ipc socket file is
- * replaced), for lib's listener and qpiped's event loops: *fdp, and
- * *portp the port bound. QP_EBUSY (in use), QP_EINVAL, QP_ESYSTEM. */
-int qpi_sock_bind(const qpi_addr *a, int *fdp, unsigned *portp);
-
-/* The URL of a listener on a: scheme://host:port, host the one bound
- * when a names none (NULL or "": a's own), port the one bound; or the
- * ipc URL. */
-void qpi_link_bound(const qpi_addr *a, const char *host, unsigned port,
-    char *bound, size_t boundlen);
+/* The URL of a listener on a: scheme://host:port (host 0.0.0.0 when a
+ * names none), port the one bound; or the ipc URL. */
+void qpi_link_bound(
+    const qpi_addr *a, unsigned port, char *bound, size_t boundlen);
 
 /* The one map from nng's errors to QP_ codes, for every nng user in lib/:
  * a lost connection (NNG_ECONNRESET, NNG_ECONNSHUT, NNG_ECONNABORTED) is
@@ -157,13 +151,8 @@ int qpi_nng_err(int nrv);
  * nng does not survive fork(): in a child forked after nng started, its
  * first set-up call panics, and the parent's nng objects are served by
  * threads that stayed there; so a forked child refuses new network
- * handles (qpi_nng_claim) and those it inherited (each records its owner).
+ * nng handles and those it inherited (each records its owner).
  */
-
-/* Called before anything that may start nng: QP_OK, and nng is this
- * process's from then on; QP_EINVAL (what names the address) in a child
- * forked from a process that had claimed it. */
-int qpi_nng_claim(const char *what);
 
 /* Whether a handle made by process owner is a forked child's copy here:
  * nothing of nng may be called on it, only the child's memory released. */

@@ -236,6 +236,32 @@ static const qpi_link_ops nl_ops = {
     .free = nl_free,
 };
 
+/* The process whose network handles started nng (0: none yet). */
+static pid_t np_owner;
+
+/* Called before anything that may start nng: QP_OK, and nng is this
+ * process's from then on; QP_EINVAL (what names the address) in a child
+ * forked from a process that had claimed it. */
+static int
+nl_claim(const char *what)
+{
+	pid_t me = getpid(), first = 0;
+
+	if (__atomic_compare_exchange_n(&np_owner, &first, me, false,
+	        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+	    || first == me) {
+		return QP_OK;
+	}
+	return qpi_err(QP_EINVAL,
+	    "cannot reach %s: process %ld, which this one was forked from, "
+	    "already used the network layer (nng), which does not survive "
+	    "fork(); open tls+tcp:// addresses (any, with "
+	    "QPIPE_TRANSPORT=nng) only in processes that did not inherit "
+	    "it (fork before the first such call, or exec); tcp:// and "
+	    "ipc:// need no nng otherwise",
+	    what, (long) first);
+}
+
 /* A link around stream st (NULL: set later); the caller's on failure. */
 static int
 nl_new(nng_link **np, nng_stream *st, bool tls)
@@ -274,7 +300,7 @@ qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
 	int64_t left = qpi_remaining_ns(deadline_ns);
 	int nrv, rv;
 
-	if ((rv = qpi_nng_claim(a->url)) != QP_OK
+	if ((rv = nl_claim(a->url)) != QP_OK
 	    || (a->kind == QPI_ADDR_TLS
 	        && (rv = qpi_tls_config_opts(&tls, false, o, a->host))
 	            != QP_OK)
@@ -387,7 +413,7 @@ qpi_link_nng_listen(qpi_link_listener **lp, const qpi_addr *a,
 	nng_sockaddr sa;
 	int nrv, rv;
 
-	if ((rv = qpi_nng_claim(a->url)) != QP_OK
+	if ((rv = nl_claim(a->url)) != QP_OK
 	    || (a->kind == QPI_ADDR_TLS
 	        && (rv = qpi_tls_config_opts(&tls, true, o, NULL)) != QP_OK)) {
 		return rv;
@@ -422,23 +448,15 @@ qpi_link_nng_listen(qpi_link_listener **lp, const qpi_addr *a,
 	L->base.close = nl_listener_close;
 	L->base.free = nl_listener_free;
 	/* The address bound (port 0 becomes the port given). */
-	char host[INET6_ADDRSTRLEN + 2] = "";
 	unsigned port = a->port;
 	memset(&sa, 0, sizeof(sa));
 	if (!L->ipc
 	    && nng_stream_listener_get_addr(L->sl, NNG_OPT_LOCADDR, &sa)
 	        == 0) {
-		if (sa.s_family == NNG_AF_INET) {
-			port = ntohs(sa.s_in.sa_port);
-			inet_ntop(
-			    AF_INET, &sa.s_in.sa_addr, host, sizeof(host));
-		} else if (sa.s_family == NNG_AF_INET6) {
-			port = ntohs(sa.s_in6.sa_port);
-			inet_ntop(
-			    AF_INET6, sa.s_in6.sa_addr, host, sizeof(host));
-		}
+		port = ntohs(sa.s_family == NNG_AF_INET6 ? sa.s_in6.sa_port
+		                                         : sa.s_in.sa_port);
 	}
-	qpi_link_bound(a, host, port, bound, boundlen);
+	qpi_link_bound(a, port, bound, boundlen);
 	*lp = &L->base;
 out:
 	if (tls != NULL) {
@@ -448,28 +466,6 @@ out:
 }
 
 /* ---- which process may use nng ---- */
-
-/* The process whose network handles started nng (0: none yet). */
-static pid_t np_owner;
-
-int
-qpi_nng_claim(const char *what)
-{
-	pid_t me = getpid(), first = 0;
-
-	if (__atomic_compare_exchange_n(&np_owner, &first, me, false,
-	        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
-	    || first == me) {
-		return QP_OK;
-	}
-	return qpi_err(QP_EINVAL,
-	    "cannot reach %s: process %ld, which this one was forked from, "
-	    "already used the network layer (nng), which does not survive "
-	    "fork(); listen, dial and open tls+tcp:// addresses only in "
-	    "processes that did not inherit it (fork before the first "
-	    "such call, or exec); tcp:// and ipc:// queues need no nng",
-	    what, (long) first);
-}
 
 bool
 qpi_nng_forked(pid_t owner)

@@ -1,12 +1,12 @@
 /*
  * link_sock.c - the plain socket driver of the connection layer (link.h):
- * tcp:// and ipc:// on a non-blocking socket, every wait a ppoll bounded
- * by the caller's deadline, and no thread of its own, so a forked child
- * can close its copy and dial again. Also the listening socket that both
- * qp_listen (the listener here: accept waits on the socket and an
- * eventfd that close writes) and qpiped's event loops bind. Locking: none
- * here; the caller serialises senders and receivers (link.h), and
- * shutdown(2) wakes both.
+ * tcp:// and ipc:// on a non-blocking socket, every wait bounded by the
+ * caller's deadline (a ppoll, or for a direct connection's receive an
+ * exclusive epoll set: qpi_link_sock_backstop), and no thread of its own,
+ * so a forked child can close its copy and dial again. Also its listener,
+ * qp_listen's and qpiped's (accept waits on the socket and an eventfd that
+ * close writes). Locking: none here; the caller serialises senders and
+ * receivers (link.h), and shutdown(2) wakes both.
  */
 #define _GNU_SOURCE 1 /* ppoll */
 #include "link.h"
@@ -244,21 +244,54 @@ sl_connect(
 	return fd;
 }
 
+/* A link around a connected socket (closed on failure). */
+static int
+sl_wrap(qpi_link **lp, int fd, bool ipc)
+{
+	sock_link *s = calloc(1, sizeof(*s));
+	int one = 1;
+
+	if (s == NULL) {
+		close(fd);
+		return qpi_err(QP_ENOMEM, "out of memory for a connection");
+	}
+	if (!ipc) {
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	}
+	s->base.ops = &sl_ops;
+	s->base.fd = s->fd = fd;
+	s->base.ipc = ipc;
+	s->ep = -1;
+	*lp = &s->base;
+	return QP_OK;
+}
+
+/* The address of ipc:// a; QP_EINVAL (what: "connect to", "listen on")
+ * when its path is too long. */
+static int
+sl_sun(const qpi_addr *a, struct sockaddr_un *sun, const char *what)
+{
+	memset(sun, 0, sizeof(*sun));
+	sun->sun_family = AF_UNIX;
+	if (strlen(a->path) >= sizeof(sun->sun_path)) {
+		return qpi_err(
+		    QP_EINVAL, "cannot %s %s: path too long", what, a->url);
+	}
+	memcpy(sun->sun_path, a->path, strlen(a->path));
+	return QP_OK;
+}
+
 int
 qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns)
 {
 	int fd = -ECONNREFUSED, rv;
-	sock_link *s;
 
 	if (a->kind == QPI_ADDR_IPC) {
 		struct sockaddr_un sun;
-		memset(&sun, 0, sizeof(sun));
-		sun.sun_family = AF_UNIX;
-		if (strlen(a->path) >= sizeof(sun.sun_path)) {
-			return qpi_err(
-			    QP_EINVAL, "ipc path too long: %s", a->url);
+		if ((rv = sl_sun(a, &sun, "connect to")) != QP_OK) {
+			return rv;
 		}
-		memcpy(sun.sun_path, a->path, strlen(a->path));
 		fd = sl_connect(AF_UNIX, (struct sockaddr *) &sun, sizeof(sun),
 		    deadline_ns);
 	} else {
@@ -277,13 +310,6 @@ qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns)
 			    ai->ai_addrlen, deadline_ns);
 		}
 		freeaddrinfo(res);
-		if (fd >= 0) {
-			int one = 1;
-			setsockopt(
-			    fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-			setsockopt(
-			    fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-		}
 	}
 	if (fd == -ETIMEDOUT) {
 		return qpi_err(
@@ -295,26 +321,21 @@ qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns)
 		    fd == -ECONNREFUSED || fd == -ENOENT ? "connection refused"
 		                                         : strerror(-fd));
 	}
-	if ((s = calloc(1, sizeof(*s))) == NULL) {
-		close(fd);
-		return qpi_err(QP_ENOMEM, "out of memory");
-	}
-	s->base.ops = &sl_ops;
-	s->base.fd = s->fd = fd;
-	s->ep = -1;
-	*lp = &s->base;
-	return QP_OK;
+	return sl_wrap(lp, fd, a->kind == QPI_ADDR_IPC);
 }
 
 /* ---- listening ---- */
 
-int
-qpi_sock_bind(const qpi_addr *a, int *fdp, unsigned *portp)
+/* Binds a listening socket to a (non-blocking; a stale ipc socket file is
+ * replaced): *fdp, and *portp the port bound. QP_EBUSY (in use),
+ * QP_EINVAL, QP_ESYSTEM. */
+static int
+sl_bind(const qpi_addr *a, int *fdp, unsigned *portp)
 {
 	struct addrinfo hints
 	    = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE},
 	    *res = NULL;
-	struct sockaddr_storage ss = {.ss_family = AF_UNIX};
+	struct sockaddr_storage ss;
 	struct sockaddr_un *sun = (struct sockaddr_un *) &ss;
 	socklen_t sl = sizeof(*sun);
 	bool any = a->host[0] == '\0' || strcmp(a->host, "*") == 0;
@@ -322,11 +343,9 @@ qpi_sock_bind(const qpi_addr *a, int *fdp, unsigned *portp)
 	int fd, err = 0, one = 1;
 
 	if (a->kind == QPI_ADDR_IPC) {
-		if (strlen(a->path) >= sizeof(sun->sun_path)) {
-			return qpi_err(QP_EINVAL,
-			    "cannot listen on %s: path too long", a->url);
+		if ((err = sl_sun(a, sun, "listen on")) != QP_OK) {
+			return err;
 		}
-		memcpy(sun->sun_path, a->path, strlen(a->path));
 	} else {
 		snprintf(port, sizeof(port), "%u", (unsigned) a->port);
 		if ((err = getaddrinfo(
@@ -397,8 +416,7 @@ sl_accept(qpi_link_listener *L, qpi_link **lp)
 	sock_listener *s = (sock_listener *) L;
 	struct pollfd p[2] = {{.fd = s->fd, .events = POLLIN},
 	    {.fd = s->wake, .events = POLLIN}};
-	sock_link *k;
-	int fd, one = 1;
+	int fd;
 
 	for (;;) {
 		if (poll(p, 2, -1) < 0 && errno != EINTR) {
@@ -418,20 +436,7 @@ sl_accept(qpi_link_listener *L, qpi_link **lp)
 			    QP_ENOMEM, "accept failed: %s", strerror(errno));
 		}
 	}
-	if (!s->ipc) {
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-	}
-	if ((k = calloc(1, sizeof(*k))) == NULL) {
-		close(fd);
-		return qpi_err(QP_ENOMEM, "out of memory for a connection");
-	}
-	k->base.ops = &sl_ops;
-	k->base.fd = k->fd = fd;
-	k->ep = -1;
-	k->base.ipc = s->ipc;
-	*lp = &k->base;
-	return QP_OK;
+	return sl_wrap(lp, fd, s->ipc);
 }
 
 static void
@@ -470,7 +475,7 @@ qpi_link_sock_listen(
 		free(s);
 		return qpi_err(QP_ENOMEM, "out of memory for a listener");
 	}
-	if ((rv = qpi_sock_bind(a, &s->fd, &port)) != QP_OK) {
+	if ((rv = sl_bind(a, &s->fd, &port)) != QP_OK) {
 		close(s->wake);
 		free(s);
 		return rv;
@@ -480,7 +485,7 @@ qpi_link_sock_listen(
 	s->base.free = sl_listener_free;
 	s->ipc = a->kind == QPI_ADDR_IPC;
 	snprintf(s->path, sizeof(s->path), "%s", a->path);
-	qpi_link_bound(a, NULL, port, bound, boundlen);
+	qpi_link_bound(a, port, bound, boundlen);
 	*lp = &s->base;
 	return QP_OK;
 }

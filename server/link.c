@@ -24,6 +24,7 @@
  * reads on. lk.mu may be taken before a link's mu, never after. The
  * request layer is never called with either held (ops lock -> link mu).
  */
+#include "../lib/link.h" /* lib's: qpi_iov_advance */
 #include "link.h"
 #include "sp.h"
 
@@ -356,15 +357,8 @@ link_write_locked(qps_link *l, struct iovec *iov, int niov)
 		if (n < 0) {
 			return false;
 		}
-		size_t done = (size_t) n;
-		total -= done;
-		for (int i = 0; i < niov && done > 0; i++) {
-			size_t k
-			    = done < iov[i].iov_len ? done : iov[i].iov_len;
-			iov[i].iov_base = (uint8_t *) iov[i].iov_base + k;
-			iov[i].iov_len -= k;
-			done -= k;
-		}
+		total -= (size_t) n;
+		niov = qpi_iov_advance(&iov, niov, (size_t) n);
 	}
 	if (total == 0) {
 		return true;

@@ -55,10 +55,10 @@
 #define BACKOFF_MAX 250
 #define HELLO_MAX   4096 /* the largest hello frame either side takes */
 
-struct nngconn {
+struct netconn {
 	qp_conn base;
 	qpi_link *link; /* the stream, on the connection layer */
-	struct nngconn *next_ready; /* the listener's queue */
+	struct netconn *next_ready; /* the listener's queue */
 	char peer[QPI_URL_MAX + 1]; /* for messages */
 	uint64_t peer_max; /* the listener's max_message, from its hello */
 	qpi_rxq q;
@@ -98,16 +98,16 @@ struct qp_listener {
 	bool closing;
 	struct pending *pend;
 	size_t npend;
-	struct nngconn *ready_head;
-	struct nngconn *ready_tail;
+	struct netconn *ready_head;
+	struct netconn *ready_tail;
 	size_t nready;
 	uint64_t refused; /* dialers that did not authenticate */
 };
 
-static inline struct nngconn *
+static inline struct netconn *
 nc_conn(qp_conn *c)
 {
-	return (struct nngconn *) c;
+	return (struct netconn *) c;
 }
 
 /* ---- receiving ---- */
@@ -118,7 +118,7 @@ nc_conn(qp_conn *c)
  * allocation of its own, filled across calls when one times out. */
 static int
 nc_read_frame(
-    struct nngconn *c, int64_t deadline, uint8_t **memp, size_t *lenp)
+    struct netconn *c, int64_t deadline, uint8_t **memp, size_t *lenp)
 {
 	qpi_link *l = c->link;
 	size_t n;
@@ -187,7 +187,7 @@ nc_read_frame(
 /* Receives one frame until deadline into the queue: QP_OK, QP_ETIMEDOUT,
  * or why the stream ends. */
 static int
-nc_recv_one(struct nngconn *c, int64_t deadline)
+nc_recv_one(struct netconn *c, int64_t deadline)
 {
 	uint8_t *m = NULL;
 	size_t len = 0;
@@ -212,7 +212,7 @@ nc_recv_one(struct nngconn *c, int64_t deadline)
 
 /* Stops the stream: the peer sees its end, and the backstop wakes. */
 static void
-nc_stop(struct nngconn *c)
+nc_stop(struct netconn *c)
 {
 	uint64_t one = 1;
 
@@ -225,7 +225,7 @@ nc_stop(struct nngconn *c)
 /* The stream ended (rv): the queue says why once drained, and the peer
  * is told (the stream is no longer in step). */
 static void
-nc_end(struct nngconn *c, int rv)
+nc_end(struct netconn *c, int rv)
 {
 	if (atomic_load(&c->base.closed)) {
 		qpi_rxq_end(&c->q, QP_ECLOSED, "connection is closed");
@@ -245,7 +245,7 @@ nc_end(struct nngconn *c, int rv)
  * other frame already whole in rxbuf (so that none waits there while the
  * stream polls empty); ends the stream on an error. */
 static void
-nc_pull(struct nngconn *c, int64_t deadline)
+nc_pull(struct netconn *c, int64_t deadline)
 {
 	uint64_t frame;
 	int rv, hl;
@@ -269,7 +269,7 @@ nc_pull(struct nngconn *c, int64_t deadline)
 static void *
 nc_reader(void *arg)
 {
-	struct nngconn *c = arg;
+	struct netconn *c = arg;
 	struct epoll_event ev;
 
 	while (qpi_rxq_wait_room(&c->q)) {
@@ -288,7 +288,7 @@ nc_reader(void *arg)
 static int
 nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 {
-	struct nngconn *c = nc_conn(base);
+	struct netconn *c = nc_conn(base);
 	uint8_t hdr[9 + 4 + 5];
 	size_t k, hl = 0, body = raw ? len : len - binoff;
 	int rv;
@@ -322,7 +322,7 @@ nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 static int
 nc_peek(qp_conn *base, int64_t deadline, qpi_msginfo *mi)
 {
-	struct nngconn *c = nc_conn(base);
+	struct netconn *c = nc_conn(base);
 
 	struct timespec ts = {deadline / 1000000000, deadline % 1000000000};
 
@@ -363,7 +363,7 @@ nc_set_max(qp_conn *base)
 static void
 nc_close(qp_conn *base)
 {
-	struct nngconn *c = nc_conn(base);
+	struct netconn *c = nc_conn(base);
 
 	/* The reader, in a receive or waiting for room, ends. */
 	qpi_rxq_end(&c->q, QP_ECLOSED, "connection is closed");
@@ -372,7 +372,7 @@ nc_close(qp_conn *base)
 
 /* Closes the backstop's descriptors. */
 static void
-nc_close_fds(struct nngconn *c)
+nc_close_fds(struct netconn *c)
 {
 	if (c->bep >= 0) {
 		close(c->bep);
@@ -387,7 +387,7 @@ nc_close_fds(struct nngconn *c)
 static void
 nc_forget(qp_conn *base)
 {
-	struct nngconn *c = nc_conn(base);
+	struct netconn *c = nc_conn(base);
 
 	qpi_link_forget(c->link);
 	nc_close_fds(c);
@@ -400,7 +400,7 @@ nc_forget(qp_conn *base)
 static void
 nc_destroy(qp_conn *base)
 {
-	struct nngconn *c = nc_conn(base);
+	struct netconn *c = nc_conn(base);
 
 	pthread_join(c->rd, NULL);
 	c->link->ops->free(c->link);
@@ -429,9 +429,9 @@ static const qpi_conn_ops nc_ops = {
  * the link. */
 static int
 nc_new(
-    struct nngconn **cp, qpi_link *link, const char *peer, size_t max_message)
+    struct netconn **cp, qpi_link *link, const char *peer, size_t max_message)
 {
-	struct nngconn *c = calloc(1, sizeof(*c));
+	struct netconn *c = calloc(1, sizeof(*c));
 	int rv;
 
 	if (c == NULL || (c->rxbuf = malloc(RXBUF)) == NULL) {
@@ -489,7 +489,7 @@ nc_pending_main(void *arg)
 	qpi_session_server ss
 	    = {.token = &l->token, .max_message = l->max_message};
 	qpi_wire_buf out = {0};
-	struct nngconn *c = NULL;
+	struct netconn *c = NULL;
 	char peer[QPI_URL_MAX + 32];
 	int rv;
 
@@ -698,7 +698,7 @@ QP_API int
 qp_listener_accept(qp_listener *l, qp_conn **cp, qp_duration timeout)
 {
 	int64_t deadline = timeout == 0 ? 0 : qpi_deadline_ns(timeout);
-	struct nngconn *c;
+	struct netconn *c;
 	int rv;
 
 	if (l == NULL || cp == NULL) {
@@ -737,7 +737,7 @@ qp_listener_accept(qp_listener *l, qp_conn **cp, qp_duration timeout)
 QP_API void
 qp_listener_free(qp_listener *l)
 {
-	struct nngconn *c;
+	struct netconn *c;
 
 	if (l != NULL && qpi_nng_forked(l->owner)) {
 		/* A forked child's copy: the child's memory only (the
@@ -896,7 +896,7 @@ qp_dial_opts(
 		return rv;
 	}
 	qpi_token_clear(&token);
-	struct nngconn *c;
+	struct netconn *c;
 	size_t max = o != NULL && o->max_message != 0 ? o->max_message
 	                                              : QP_DEFAULT_MAX_MESSAGE;
 	if ((rv = nc_new(&c, l, a.url, max)) != QP_OK) {

@@ -68,13 +68,6 @@ bool qpi_link_uses_nng(const qpi_addr *a);
  * lock. Not for the nng driver, whose copy is left alone. */
 void qpi_link_forget(qpi_link *l);
 
-/* For a plain socket link read by its receivers and, while none waits, by
- * a backstop thread: makes its receives wait on an epoll set that takes
- * the socket's wake-ups first (EPOLLEXCLUSIVE), and gives the backstop
- * *epp, a set woken only while no receive waits, or when stopfd polls
- * readable (the caller closes *epp). QP_OK or QP_ENOMEM. */
-int qpi_link_sock_backstop(qpi_link *l, int stopfd, int *epp);
-
 /* The SP handshake on a new link: sends protocol proto's header and
  * checks the peer's (peer_proto), until deadline_ns. QP_EPROTO (another
  * protocol), QP_EAUTH (tls: the TLS handshake failed; a dialer, not

@@ -1,12 +1,11 @@
 /*
  * link_sock.c - the plain socket driver of the connection layer (link.h):
- * tcp:// and ipc:// on a non-blocking socket, every wait bounded by the
- * caller's deadline (a ppoll, or for a direct connection's receive an
- * exclusive epoll set: qpi_link_sock_backstop), and no thread of its own,
- * so a forked child can close its copy and dial again. Also its listener,
- * qp_listen's and qpiped's (accept waits on the socket and an eventfd that
- * close writes). Locking: none here; the caller serialises senders and
- * receivers (link.h), and shutdown(2) wakes both.
+ * tcp:// and ipc:// on a non-blocking socket, every wait a ppoll bounded
+ * by the caller's deadline, and no thread of its own, so a forked child
+ * can close its copy and dial again. Also its listener, qp_listen's and
+ * qpiped's (accept waits on the socket and an eventfd that close writes).
+ * Locking: none here; the caller serialises senders and receivers
+ * (link.h), and shutdown(2) wakes both.
  */
 #define _GNU_SOURCE 1 /* ppoll */
 #include "link.h"
@@ -19,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -28,7 +26,6 @@
 typedef struct sock_link {
 	qpi_link base; /* first */
 	int fd;
-	int ep; /* receives wait here (qpi_link_sock_backstop), or -1 */
 } sock_link;
 
 /* Waits for fd to poll events until deadline_ns: 1 ready, 0 timed out,
@@ -49,26 +46,6 @@ sl_poll(int fd, short events, int64_t deadline_ns)
 			tsp = &ts;
 		}
 		n = ppoll(&p, 1, tsp, NULL);
-		if (n < 0 && errno == EINTR) {
-			continue;
-		}
-		return n < 0 ? -1 : n == 0 ? 0 : 1;
-	}
-}
-
-/* Waits on an epoll set until deadline_ns: as sl_poll. */
-static int
-sl_epoll(int ep, int64_t deadline_ns)
-{
-	struct epoll_event ev;
-
-	for (;;) {
-		int64_t left = qpi_remaining_ns(deadline_ns);
-		int ms = left == INT64_MAX ? -1
-		    : left / 1000000 >= INT32_MAX
-		    ? INT32_MAX
-		    : (int) ((left + 999999) / 1000000);
-		int n = epoll_wait(ep, &ev, 1, ms);
 		if (n < 0 && errno == EINTR) {
 			continue;
 		}
@@ -108,13 +85,11 @@ sl_send(qpi_link *l, struct iovec *iov, int niov, int64_t deadline_ns)
 static int
 sl_recv(qpi_link *l, void *buf, size_t cap, size_t *np, int64_t deadline_ns)
 {
-	sock_link *s = (sock_link *) l;
-	int fd = s->fd;
+	int fd = ((sock_link *) l)->fd;
 
 	for (;;) {
 		/* The reply is rarely there yet: wait first, then read. */
-		int pr = s->ep >= 0 ? sl_epoll(s->ep, deadline_ns)
-		                    : sl_poll(fd, POLLIN, deadline_ns);
+		int pr = sl_poll(fd, POLLIN, deadline_ns);
 		if (pr <= 0) {
 			return pr == 0 ? QP_ETIMEDOUT : QP_ECONNRESET;
 		}
@@ -145,9 +120,6 @@ sl_free(qpi_link *l)
 	if (s->fd >= 0) {
 		close(s->fd);
 	}
-	if (s->ep >= 0) {
-		close(s->ep);
-	}
 	free(s);
 }
 
@@ -158,40 +130,6 @@ static const qpi_link_ops sl_ops = {
     .shutdown = sl_shutdown,
     .free = sl_free,
 };
-
-/* An epoll set of fd alone, exclusive (below), plus also if >= 0. */
-static int
-sl_epoll_set(int fd, int also)
-{
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE};
-	int ep = epoll_create1(EPOLL_CLOEXEC);
-
-	if (ep >= 0
-	    && (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0
-	        || (also >= 0
-	            && epoll_ctl(ep, EPOLL_CTL_ADD, also,
-	                   &(struct epoll_event) {.events = EPOLLIN})
-	                != 0))) {
-		close(ep);
-		ep = -1;
-	}
-	return ep;
-}
-
-int
-qpi_link_sock_backstop(qpi_link *l, int stopfd, int *epp)
-{
-	sock_link *s = (sock_link *) l;
-
-	/* The receiver's set first: the socket's wake-up goes to the first
-	 * exclusive waiter in the order the sets were added, so the backstop
-	 * is woken only while no receive waits. */
-	if ((s->ep = sl_epoll_set(s->fd, -1)) < 0
-	    || (*epp = sl_epoll_set(s->fd, stopfd)) < 0) {
-		return qpi_err(QP_ENOMEM, "epoll: %s", strerror(errno));
-	}
-	return QP_OK;
-}
 
 int
 qpi_link_sock_take(qpi_link *l)
@@ -262,7 +200,6 @@ sl_wrap(qpi_link **lp, int fd, bool ipc)
 	s->base.ops = &sl_ops;
 	s->base.fd = s->fd = fd;
 	s->base.ipc = ipc;
-	s->ep = -1;
 	*lp = &s->base;
 	return QP_OK;
 }

@@ -5,29 +5,25 @@
  * (hello, then auth with a token: session.c, auth.c) within 10 s, as
  * proto/PROTOCOL.md, "Direct connections", sets out. Both ends sit on the
  * connection layer (link.h), on the driver it picks: plain sockets for
- * tcp:// and ipc://, nng for tls+tcp:// (and for all with
- * QPIPE_TRANSPORT=nng). qp_dial dials and retries a refused dial until
- * its timeout; qp_listen's acceptor gives each new link a short thread
- * for its handshake (nc_pending_main), then queues it for accept.
- * Receiving cuts frames from a 64 KiB buffer (a frame over 16 KiB, its
- * length checked first, is read into its own allocation, resumed across
- * timeouts), checks each is one msgpack value and queues it in conn.h's
- * qpi_rxq; the end of the stream is reported once the queue is drained.
- * On a plain socket the receiving thread itself reads (no thread of the
- * connection's: one wake-up a message), and qp_conn_fd is an epoll set of
- * the socket and the queue's eventfd; on nng a reader thread fills the
- * queue, waiting while QPI_RXQ_MAX bytes are queued so that a slow
- * receiver pushes back through TCP. Sends are synchronous (header and
- * payload in two iovs); a dialer refuses a message over the listener's
- * max_message with QP_ETOOBIG, nothing sent. fork(): a connection or
- * listener stays with the process that made it (nng's threads stay in
- * the parent), so a forked child's calls on one are refused and free
- * only releases the child's memory (nc_forget, nc_listener_forget).
- * Locking: per connection the queue's mutex, rxmu (the reading state,
- * on a plain socket) and txmu (senders); per listener mu guards the
+ * tcp:// and ipc:// (a thread's blocking read, no hand-off through nng's
+ * threads), nng for tls+tcp:// (and for all with QPIPE_TRANSPORT=nng).
+ * qp_dial dials and retries a refused dial until its timeout; qp_listen's
+ * acceptor gives each new link a short thread for its handshake
+ * (nc_pending_main), then queues it for accept. An open connection's
+ * reader thread cuts frames from a 64 KiB buffer (a frame over 16 KiB,
+ * its length checked first, is read into its own allocation), checks
+ * each is one msgpack value and queues it in conn.h's qpi_rxq, waiting
+ * while QPI_RXQ_MAX bytes are queued so that a slow receiver pushes back
+ * through TCP; the end of the stream is reported once the queue is
+ * drained. Sends are synchronous (header and payload in two iovs); a
+ * dialer refuses a message over the listener's max_message with
+ * QP_ETOOBIG, nothing sent. fork(): a connection or listener stays with
+ * the process that made it (its reader, and nng's threads, stay in the
+ * parent), so a forked child's calls on one are refused and free only
+ * releases the child's memory (nc_forget). Locking: per connection the
+ * queue's mutex and txmu (senders); per listener mu guards the
  * handshakes in progress and the connections ready.
  */
-#define _GNU_SOURCE 1 /* pthread_mutex_clocklock */
 #include "call.h"
 #include "conn.h"
 #include "link.h"
@@ -38,8 +34,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -64,15 +58,9 @@ struct netconn {
 	qpi_rxq q;
 	pthread_t rd; /* the reader */
 	atomic_size_t frame_max; /* the largest value the reader takes */
-	bool direct; /* a plain socket: receivers read, the thread backs up */
-	int bep; /* direct: the backstop's epoll set (link.h), or -1 */
-	int stopfd; /* direct: an eventfd that wakes the backstop, or -1 */
-	pthread_mutex_t rxmu; /* direct: the reading state below */
-	uint8_t *rxbuf;
+	uint8_t *rxbuf; /* the reader's */
 	size_t rxlen; /* bytes in rxbuf */
 	size_t rxoff; /* bytes of rxbuf already cut into messages */
-	uint8_t *big; /* a frame read into its own allocation, or NULL */
-	size_t bigfill, bigsize; /* its bytes read, and its size */
 	pthread_mutex_t txmu;
 };
 
@@ -110,27 +98,24 @@ nc_conn(qp_conn *c)
 	return (struct netconn *) c;
 }
 
-/* ---- receiving ---- */
+/* ---- the reader ---- */
 
-/* Reads the next frame until deadline: *memp (malloc'd) holds the pair1
- * header, then the value (*lenp bytes). Whole small frames are cut from
- * rxbuf; a frame over RXDIRECT, or one that is there whole, gets an
- * allocation of its own, filled across calls when one times out. */
+/* Reads the next frame: *memp (malloc'd) holds the pair1 header, then the
+ * value (*lenp bytes). Whole small frames are cut from rxbuf; a frame over
+ * RXDIRECT, or one that is there whole, gets an allocation of its own. */
 static int
-nc_read_frame(
-    struct netconn *c, int64_t deadline, uint8_t **memp, size_t *lenp)
+nc_read_frame(struct netconn *c, uint8_t **memp, size_t *lenp)
 {
 	qpi_link *l = c->link;
-	size_t n;
+	uint8_t *m;
+	size_t n, have;
 	int rv;
 
 	for (;;) {
 		size_t avail = c->rxlen - c->rxoff;
 		uint8_t *p = c->rxbuf + c->rxoff;
 		uint64_t frame = 0;
-		int hl = c->big != NULL
-		    ? 0
-		    : qpi_sp_frame_parse(p, avail, l->ipc, &frame);
+		int hl = qpi_sp_frame_parse(p, avail, l->ipc, &frame);
 		if (hl < 0) {
 			return qpi_err(QP_EPROTO,
 			    "%s sent an ipc frame of type %u", c->peer, p[0]);
@@ -147,28 +132,26 @@ nc_read_frame(
 			    c->base.max_message);
 		}
 		if (hl > 0 && (avail - hl >= frame || frame > RXDIRECT)) {
-			if ((c->big = malloc(frame)) == NULL) {
+			if ((m = malloc(frame)) == NULL) {
 				return qpi_err(QP_ENOMEM,
 				    "out of memory receiving %llu bytes",
 				    (unsigned long long) frame);
 			}
-			c->bigsize = frame;
-			c->bigfill = avail - hl < frame ? avail - hl : frame;
-			memcpy(c->big, p + hl, c->bigfill);
-			c->rxoff += hl + c->bigfill;
-		}
-		while (c->big != NULL && c->bigfill < c->bigsize) {
-			if ((rv = l->ops->recv(l, c->big + c->bigfill,
-			         c->bigsize - c->bigfill, &n, deadline))
-			    != QP_OK) {
+			have = avail - hl < frame ? avail - hl : frame;
+			memcpy(m, p + hl, have);
+			c->rxoff += hl + have;
+			for (rv = QP_OK; rv == QP_OK && have < frame;) {
+				n = 0;
+				rv = l->ops->recv(
+				    l, m + have, frame - have, &n, INT64_MAX);
+				have += n;
+			}
+			if (rv != QP_OK) {
+				free(m);
 				return rv;
 			}
-			c->bigfill += n;
-		}
-		if (c->big != NULL) {
-			*memp = c->big;
-			*lenp = c->bigsize - 4;
-			c->big = NULL;
+			*memp = m;
+			*lenp = frame - 4;
 			return QP_OK;
 		}
 		/* More bytes: the rest of rxbuf, moved to its start. */
@@ -176,7 +159,7 @@ nc_read_frame(
 		c->rxoff = 0;
 		c->rxlen = avail;
 		if ((rv = l->ops->recv(
-		         l, c->rxbuf + avail, RXBUF - avail, &n, deadline))
+		         l, c->rxbuf + avail, RXBUF - avail, &n, INT64_MAX))
 		    != QP_OK) {
 			return rv;
 		}
@@ -184,102 +167,45 @@ nc_read_frame(
 	}
 }
 
-/* Receives one frame until deadline into the queue: QP_OK, QP_ETIMEDOUT,
- * or why the stream ends. */
-static int
-nc_recv_one(struct netconn *c, int64_t deadline)
+/* The reader: frames into the queue, until the stream ends. */
+static void *
+nc_reader(void *arg)
 {
+	struct netconn *c = arg;
 	uint8_t *m = NULL;
 	size_t len = 0;
-	int rv;
+	int rv = QP_OK;
 
-	if ((rv = nc_read_frame(c, deadline, &m, &len)) != QP_OK) {
-		return rv;
+	while (rv == QP_OK && qpi_rxq_wait_room(&c->q)) {
+		if ((rv = nc_read_frame(c, &m, &len)) != QP_OK) {
+			break;
+		}
+		if (qpi_sp_get32(m) > HOPS_MAX) {
+			rv = qpi_err(QP_EPROTO,
+			    "%s sent a frame with a bad pair1 header",
+			    c->peer);
+		} else if (qpi_wire_check_value(m + 4, len) != QP_OK) {
+			rv = qpi_err(QP_EPROTO,
+			    "%s sent a %zu-byte message that is not one "
+			    "msgpack value",
+			    c->peer, len);
+		} else {
+			rv = qpi_rxq_push(&c->q, m, 4, len);
+			m = NULL;
+		}
+		free(m);
 	}
-	if (qpi_sp_get32(m) > HOPS_MAX) {
-		rv = qpi_err(QP_EPROTO,
-		    "%s sent a frame with a bad pair1 header", c->peer);
-	} else if (qpi_wire_check_value(m + 4, len) != QP_OK) {
-		rv = qpi_err(QP_EPROTO,
-		    "%s sent a %zu-byte message that is not one msgpack value",
-		    c->peer, len);
-	} else {
-		return qpi_rxq_push(&c->q, m, 4, len);
-	}
-	free(m);
-	return rv;
-}
-
-/* Stops the stream: the peer sees its end, and the backstop wakes. */
-static void
-nc_stop(struct netconn *c)
-{
-	uint64_t one = 1;
-
-	c->link->ops->shutdown(c->link);
-	if (c->stopfd >= 0 && write(c->stopfd, &one, sizeof(one)) < 0) {
-		/* at its maximum: readable already */
-	}
-}
-
-/* The stream ended (rv): the queue says why once drained, and the peer
- * is told (the stream is no longer in step). */
-static void
-nc_end(struct netconn *c, int rv)
-{
 	if (atomic_load(&c->base.closed)) {
 		qpi_rxq_end(&c->q, QP_ECLOSED, "connection is closed");
 	} else if (rv == QP_ECONNRESET) {
 		qpi_rxq_end(&c->q, QP_ECLOSED, "end of file: %s closed%s",
 		    c->peer,
-		    c->rxlen > c->rxoff || c->big != NULL
-		        ? " in the middle of a message"
-		        : "");
-	} else {
+		    c->rxlen > c->rxoff ? " in the middle of a message" : "");
+	} else if (rv != QP_OK) {
 		qpi_rxq_end(&c->q, rv, "%s; connection closed", qp_errmsg());
 	}
-	nc_stop(c);
-}
-
-/* With rxmu held: reads a frame until deadline into the queue, then every
- * other frame already whole in rxbuf (so that none waits there while the
- * stream polls empty); ends the stream on an error. */
-static void
-nc_pull(struct netconn *c, int64_t deadline)
-{
-	uint64_t frame;
-	int rv, hl;
-
-	do {
-		rv = nc_recv_one(c, deadline);
-		hl = qpi_sp_frame_parse(c->rxbuf + c->rxoff,
-		    c->rxlen - c->rxoff, c->link->ipc, &frame);
-		deadline = 0;
-	} while (rv == QP_OK && hl > 0
-	    && c->rxlen - c->rxoff - (size_t) hl >= frame);
-	if (rv != QP_OK && rv != QP_ETIMEDOUT) {
-		nc_end(c, rv);
-	}
-}
-
-/* The connection's thread. On nng, the reader: every frame into the
- * queue. On a plain socket, the backstop: it reads only while no receive
- * waits (woken through bep), so that a sender is never stalled by a
- * receiver that does not receive yet. Both wait for room first. */
-static void *
-nc_reader(void *arg)
-{
-	struct netconn *c = arg;
-	struct epoll_event ev;
-
-	while (qpi_rxq_wait_room(&c->q)) {
-		if (c->direct && epoll_wait(c->bep, &ev, 1, -1) <= 0) {
-			continue;
-		}
-		pthread_mutex_lock(&c->rxmu);
-		nc_pull(c, c->direct ? 0 : INT64_MAX);
-		pthread_mutex_unlock(&c->rxmu);
-	}
+	/* Tell the peer: the stream is no longer in step. */
+	c->link->ops->shutdown(c->link);
 	return NULL;
 }
 
@@ -322,23 +248,7 @@ nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 static int
 nc_peek(qp_conn *base, int64_t deadline, qpi_msginfo *mi)
 {
-	struct netconn *c = nc_conn(base);
-
-	struct timespec ts = {deadline / 1000000000, deadline % 1000000000};
-
-	/* A plain socket's receive reads itself (no hand-over from the
-	 * backstop), when nothing is queued. */
-	if (c->direct
-	    && pthread_mutex_clocklock(&c->rxmu, CLOCK_MONOTONIC, &ts) == 0) {
-		pthread_mutex_lock(&c->q.mu);
-		bool empty = c->q.head == NULL && !c->q.eof;
-		pthread_mutex_unlock(&c->q.mu);
-		if (empty) {
-			nc_pull(c, deadline);
-		}
-		pthread_mutex_unlock(&c->rxmu);
-	}
-	return qpi_rxq_peek(&c->q, c->direct ? 0 : deadline, mi);
+	return qpi_rxq_peek(&nc_conn(base)->q, deadline, mi);
 }
 
 static int
@@ -367,19 +277,7 @@ nc_close(qp_conn *base)
 
 	/* The reader, in a receive or waiting for room, ends. */
 	qpi_rxq_end(&c->q, QP_ECLOSED, "connection is closed");
-	nc_stop(c);
-}
-
-/* Closes the backstop's descriptors. */
-static void
-nc_close_fds(struct netconn *c)
-{
-	if (c->bep >= 0) {
-		close(c->bep);
-	}
-	if (c->stopfd >= 0) {
-		close(c->stopfd);
-	}
+	c->link->ops->shutdown(c->link);
 }
 
 /* A forked child's copy: its memory and descriptors only; an nng link is
@@ -390,10 +288,8 @@ nc_forget(qp_conn *base)
 	struct netconn *c = nc_conn(base);
 
 	qpi_link_forget(c->link);
-	nc_close_fds(c);
 	qpi_rxq_free(&c->q, false);
 	free(c->rxbuf);
-	free(c->big);
 	free(c);
 }
 
@@ -404,12 +300,9 @@ nc_destroy(qp_conn *base)
 
 	pthread_join(c->rd, NULL);
 	c->link->ops->free(c->link);
-	nc_close_fds(c);
 	pthread_mutex_destroy(&c->txmu);
-	pthread_mutex_destroy(&c->rxmu);
 	qpi_rxq_free(&c->q, true);
 	free(c->rxbuf);
-	free(c->big);
 	free(c);
 }
 
@@ -424,7 +317,7 @@ static const qpi_conn_ops nc_ops = {
     .forget = nc_forget,
 };
 
-/* Wraps a link that passed the handshake (nng: and starts its reader), with
+/* Wraps a link that passed the handshake and starts its reader, with
  * max_message as the connection's limit. On failure the caller still owns
  * the link. */
 static int
@@ -444,28 +337,15 @@ nc_new(
 		return rv;
 	}
 	c->link = link;
-	c->direct = link->fd >= 0;
-	c->q.lazy = true;
-	c->bep = c->stopfd = -1;
+	c->q.lazy = true; /* its eventfd only once qp_conn_fd asks */
 	snprintf(c->peer, sizeof(c->peer), "%s", peer);
 	pthread_mutex_init(&c->txmu, NULL);
-	pthread_mutex_init(&c->rxmu, NULL);
 	qpi_conn_init(&c->base, &nc_ops, true, true);
 	c->base.owner = getpid();
 	c->base.max_message = max_message;
 	atomic_init(&c->frame_max, max_message + FRAME_EXTRA);
-	if (c->direct
-	    && ((c->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0
-	        || qpi_link_sock_backstop(link, c->stopfd, &c->bep)
-	            != QP_OK)) {
-		rv = QP_ENOMEM;
-	} else if (pthread_create(&c->rd, NULL, nc_reader, c) != 0) {
-		rv = QP_ENOMEM;
-	}
-	if (rv != QP_OK) {
-		nc_close_fds(c);
+	if (pthread_create(&c->rd, NULL, nc_reader, c) != 0) {
 		pthread_mutex_destroy(&c->txmu);
-		pthread_mutex_destroy(&c->rxmu);
 		qpi_rxq_free(&c->q, true);
 		free(c->rxbuf);
 		free(c);

@@ -17,6 +17,10 @@ fi
 ART="${QP_BUILD_DIR:-$(dirname "$QP_BIN")}/test-artifacts"
 mkdir -p "$ART"
 Q="$QN-page"
+# The page lists every queue of the host: this test's own shared-memory
+# directory keeps other tests' queues off it.
+export QPIPE_SHM_DIR="$T/shm"
+mkdir -p "$QPIPE_SHM_DIR"
 
 # browse ARGS...: headless chromium on the status page, bounded in time;
 # the page's timers run on virtual time (3 s: 3 or 4 refreshes).

@@ -684,7 +684,9 @@ sq_tag_repair(qpi_shmq *q)
 }
 
 /* Producer repair: a stamped record at the tail was committed by the dead
- * owner; its header carries the counters. At most a pad and a record. */
+ * owner; its header carries the counters. At most a pad and a record. A
+ * getter may have taken the record already (it is committed once
+ * stamped), so the head may be past the tail, by both. */
 static void
 sq_repair_producer(qpi_shmq *q)
 {
@@ -695,7 +697,7 @@ sq_repair_producer(qpi_shmq *q)
 	for (int i = 0; i < 4; i++) {
 		uint64_t tail = h->pp.tail;
 		if (sq_peek(q, tail, &r, &start, &end) != QP_OK || r == NULL
-		    || end - LD(&h->gp.head) > q->cap) {
+		    || end > LD(&h->gp.head) + q->cap) {
 			break;
 		}
 		if (r->seq > h->pp.nput) {

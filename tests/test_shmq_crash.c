@@ -76,6 +76,7 @@ typedef struct crash {
 	uint8_t got[MAXID];
 	uint8_t spare[MAXID]; /* a killed get may have taken it */
 	uint8_t vbuf[MAXITEM]; /* the victim's plain gets land here */
+	char why[256]; /* the first damage a child was told of */
 } crash;
 
 static crash *cr;
@@ -145,6 +146,21 @@ record_got(const uint8_t *buf, size_t len)
 	__atomic_fetch_add(&cr->got[id], 1, __ATOMIC_RELAXED);
 }
 
+/* Passes rc on; the first QP_ECORRUPT a child meets is kept in why. */
+static int
+note(int rc)
+{
+	char none = '\0';
+
+	if (rc == QP_ECORRUPT
+	    && __atomic_compare_exchange_n(&cr->why[0], &none, '?', false,
+	        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+		snprintf(cr->why + 1, sizeof(cr->why) - 1, " (pid %d) %s",
+		    (int) getpid(), qp_errmsg());
+	}
+	return rc;
+}
+
 static int
 do_put(qpi_shmq *q, uint8_t *buf, int64_t deadline)
 {
@@ -159,7 +175,7 @@ do_put(qpi_shmq *q, uint8_t *buf, int64_t deadline)
 	if (qpi_shmq_test_hook != NULL) {
 		cr->vput = id;
 	}
-	int rc = qpi_shmq_put(q, buf, len, QPI_ITEM_BIN, deadline);
+	int rc = note(qpi_shmq_put(q, buf, len, QPI_ITEM_BIN, deadline));
 	cr->state[id] = rc == QP_OK ? ST_PUT : ST_NONE;
 	cr->vput = UINT64_MAX;
 	return rc;
@@ -179,8 +195,8 @@ victim_batch(qpi_shmq *q, int how)
 	void *buf;
 	size_t n;
 
-	if (qpi_shmq_get_lease_many(q, (uint64_t) getpid(), 60000, 0,
-	        1 + rnd() % 40, rnd() % 2 ? 0 : 20000, &buf, got, &n, 0)
+	if (note(qpi_shmq_get_lease_many(q, (uint64_t) getpid(), 60000, 0,
+	        1 + rnd() % 40, rnd() % 2 ? 0 : 20000, &buf, got, &n, 0))
 	    != QP_OK) {
 		return;
 	}
@@ -188,10 +204,10 @@ victim_batch(qpi_shmq *q, int how)
 		const uint8_t *p = (const uint8_t *) buf + got[i].off;
 		ids[i] = got[i].lease.id;
 		if (how == 0) {
-			qpi_shmq_release(q, ids[i]);
+			note(qpi_shmq_release(q, ids[i]));
 		} else if (how == 1) {
 			memcpy(&cr->vlease, p, 8);
-			if (qpi_shmq_ack(q, ids[i]) == QP_OK) {
+			if (note(qpi_shmq_ack(q, ids[i])) == QP_OK) {
 				record_got(p, got[i].len);
 			}
 			cr->vlease = UINT64_MAX;
@@ -203,7 +219,7 @@ victim_batch(qpi_shmq *q, int how)
 			}
 		}
 	}
-	if (how == 2 && qpi_shmq_ack_many(q, ids, n, rcs) == QP_OK) {
+	if (how == 2 && note(qpi_shmq_ack_many(q, ids, n, rcs)) == QP_OK) {
 		for (size_t i = 0; i < n; i++) {
 			const uint8_t *p = (const uint8_t *) buf + got[i].off;
 			uint64_t id;
@@ -238,25 +254,25 @@ victim(qpi_shmq *q, uint64_t seed)
 			victim_batch(q, (int) (op - 10));
 		} else if (op < 8) {
 			memset(cr->vbuf, 0xff, 8);
-			if (qpi_shmq_get(
-			        q, 0, cr->vbuf, MAXITEM, NULL, &len, 0)
+			if (note(qpi_shmq_get(
+			        q, 0, cr->vbuf, MAXITEM, NULL, &len, 0))
 			    == QP_OK) {
 				record_got(cr->vbuf, len);
 			}
 		} else {
 			qpi_shmq_lease l;
 			void *p;
-			if (qpi_shmq_get_lease(q, (uint64_t) getpid(), 60000,
-			        0, &p, &len, &l, 0)
+			if (note(qpi_shmq_get_lease(q, (uint64_t) getpid(),
+			        60000, 0, &p, &len, &l, 0))
 			    == QP_OK) {
 				memcpy(&cr->vlease, p, 8);
 				/* Acked: delivered here. Released: it
 				 * comes back for someone else. */
 				if (op == 8
-				    && qpi_shmq_ack(q, l.id) == QP_OK) {
+				    && note(qpi_shmq_ack(q, l.id)) == QP_OK) {
 					record_got(p, len);
 				} else if (op == 9) {
-					qpi_shmq_release(q, l.id);
+					note(qpi_shmq_release(q, l.id));
 				}
 				free(p);
 				cr->vlease = UINT64_MAX;
@@ -277,7 +293,7 @@ survivor(qpi_shmq *q)
 	while (!__atomic_load_n(&cr->stop, __ATOMIC_RELAXED)) {
 		/* Neither call waits for the queue (an empty or full queue
 		 * is no stall), only for its locks. */
-		int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, 0);
+		int rc = note(qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, 0));
 		if (rc == QP_OK) {
 			record_got(buf, len);
 		} else if (rc != QP_EEMPTY) {
@@ -369,9 +385,9 @@ test_shmq_crash_kill9_anywhere(void **state)
 		/* Whoever notices a dead worker returns its leases. */
 		int rro = qpi_shmq_release_owner(q, (uint64_t) v, NULL);
 		if (rro != QP_OK) {
-			fail_msg(
-			    "run %d, killed at point %d: release_owner: %s",
-			    run, point, qp_errmsg());
+			fail_msg("run %d, killed at point %d: release_owner: "
+			         "%s; first damage seen%s",
+			    run, point, qp_errmsg(), cr->why);
 		}
 		/* The survivor goes on within 100 ms of the kill (300 ms
 		 * under the sanitizers). */
@@ -399,8 +415,10 @@ test_shmq_crash_kill9_anywhere(void **state)
 		}
 		int rc = qpi_shmq_check(q);
 		if (rc != QP_OK) {
-			fail_msg("run %d, killed at point %d: %s", run, point,
-			    qp_errmsg());
+			fail_msg(
+			    "run %d, killed at point %d: %s; first damage "
+			    "seen%s",
+			    run, point, qp_errmsg(), cr->why);
 		}
 		assert_int_equal(cr->bad, 0);
 	}
@@ -1237,6 +1255,59 @@ test_shmq_crash_lock_waiter_killed(void **state)
 	munmap(lk, sizeof(*lk));
 }
 
+/* A put killed after it stamped an item that starts the ring's next lap
+ * (a pad ends the lap before it), before it moved the tail: a getter
+ * takes that item at once, so the head is ahead of the tail when the
+ * next put repairs the producer side. The repair moves the tail over the
+ * pad and the item (it used to stop at the pad, leaving the tail behind
+ * the head for later puts to write over), and the queue goes on. */
+static void
+test_shmq_crash_put_killed_after_wrap_taken(void **state)
+{
+	qpi_shmq_cfg c = {.capacity = 64 * 1024};
+	uint8_t *buf = malloc(65536);
+	uint64_t id = UINT64_MAX;
+	qpi_shmq *q;
+	size_t len;
+
+	(void) state;
+	assert_non_null(buf);
+	qu_init();
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	/* One item that ends 1000 bytes before the ring's end, taken. */
+	assert_int_equal(
+	    qpi_shmq_put(q, buf, 65536 - 1000 - 40, QPI_ITEM_BIN, 0), QP_OK);
+	assert_int_equal(qpi_shmq_get(q, 0, buf, 65536, NULL, &len, 0), QP_OK);
+	pid_t w = fork();
+	assert_true(w >= 0);
+	if (w == 0) {
+		kc_point = QPI_HOOK_PUT_COMMIT;
+		qpi_shmq_test_hook = die_at_point;
+		qu_fill(buf, 7, 2000);
+		_exit(qpi_shmq_put(q, buf, 2000, QPI_ITEM_BIN, 0) == QP_OK
+		        ? 0
+		        : 1);
+	}
+	assert_int_equal(qu_wait(w), 128 + SIGKILL);
+	assert_int_equal(qpi_shmq_get(q, 0, buf, 65536, NULL, &len, 0), QP_OK);
+	assert_true(qu_check(buf, len, &id));
+	assert_int_equal(id, 7);
+	for (uint64_t i = 8; i < 40; i++) {
+		qu_fill(buf, i, 3000);
+		assert_int_equal(
+		    qpi_shmq_put(q, buf, 3000, QPI_ITEM_BIN, 0), QP_OK);
+		if (qpi_shmq_check(q) != QP_OK) {
+			fail_msg("after put %d: %s", (int) i, qp_errmsg());
+		}
+		assert_int_equal(
+		    qpi_shmq_get(q, 0, buf, 65536, NULL, &len, 0), QP_OK);
+		assert_true(qu_check(buf, len, &id));
+		assert_int_equal(id, i);
+	}
+	qpi_shmq_free(q);
+	free(buf);
+}
+
 /* ---- a batch killed midway ----
  *
  * A process takes a batch of 60 items and is killed at the third pass of
@@ -1393,6 +1464,7 @@ main(void)
 	        test_shmq_crash_kill9_anywhere, crash_teardown),
 	    cmocka_unit_test(test_shmq_crash_batch_killed_midway),
 	    cmocka_unit_test(test_shmq_crash_ack_batch_killed_midway),
+	    cmocka_unit_test(test_shmq_crash_put_killed_after_wrap_taken),
 	    cmocka_unit_test_teardown(
 	        test_shmq_crash_getter_killed_waking_putters, wake_teardown),
 	    cmocka_unit_test_teardown(

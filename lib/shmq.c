@@ -10,8 +10,10 @@
  * area. Lock order: producer, then consumer (only make-room and the check
  * take both). A put commits by stamping its record; consumers find records
  * by their stamps, so they never read the producer's counters on the fast
- * path. Consumer-side changes go through a journal (tx_*). Wake-ups use
- * futex words with per-slot sleeper bits; a waker wakes under its lock
+ * path. Consumer-side changes go through a journal (tx_*); a get takes a
+ * batch of items (one for the single gets) in one hold of the consumer
+ * lock, a batch of acks likewise (see "get" and qpi_shmq_ack_many). Wake-ups
+ * use futex words with per-slot sleeper bits; a waker wakes under its lock
  * before its commit, and task_done takes the consumer lock for that (see
  * sq_settle). A sleeper may take either lock briefly, alone, to wait for
  * a change in flight. The kernel's robust-futex protocol covers dead lock
@@ -1453,39 +1455,51 @@ sq_blocks_fill(
 	}
 }
 
-/* The last block of a slot's chain in *lastp (0: it has none). */
-static int
-sq_chain_last(qpi_shmq *q, const sq_slot *s, uint64_t *lastp)
-{
-	uint64_t b = s->first;
+/* The heads of the free slot and block lists, as a transaction that
+ * frees slots has them so far (sq_slot_free), until sq_lists_set. */
+typedef struct sq_lists {
+	uint64_t ffree, bfree, nbfree;
+} sq_lists;
 
-	*lastp = 0;
-	for (uint64_t i = 0; i < s->nblocks; i++) {
+static void
+sq_lists_get(const qpi_shmq *q, sq_lists *l)
+{
+	l->ffree = q->h->gv.free_first;
+	l->bfree = q->h->gv.bfree;
+	l->nbfree = q->h->gv.nbfree;
+}
+
+static void
+sq_lists_set(qpi_shmq *q, sq_tx *t, const sq_lists *l)
+{
+	tx_set(t, &q->h->gv.free_first, l->ffree);
+	tx_set(t, &q->h->gv.bfree, l->bfree);
+	tx_set(t, &q->h->gv.nbfree, l->nbfree);
+}
+
+/* Frees lease slot i and its blocks through t (3 journal entries) onto
+ * the lists l, whose heads the caller sets once done (sq_lists_set). */
+static int
+sq_slot_free(qpi_shmq *q, sq_tx *t, uint32_t i, sq_lists *l)
+{
+	sq_slot *s = &q->slots[i];
+	uint64_t b = s->first, last = 0;
+
+	for (uint64_t k = 0; k < s->nblocks; k++) {
 		if (b == 0 || b > q->nblocks) {
 			return sq_fault(q, "bad lease block chain", s->first);
 		}
-		*lastp = b;
+		last = b;
 		b = q->links[b - 1];
 	}
-	return QP_OK;
-}
-
-/* Gives a slot's blocks back to the free list (through the journal). */
-static int
-sq_blocks_put(qpi_shmq *q, sq_tx *t, const sq_slot *s)
-{
-	sq_hdr *h = q->h;
-	uint64_t last;
-	int rc = sq_chain_last(q, s, &last);
-
-	if (rc != QP_OK) {
-		return rc;
-	}
 	if (last != 0) {
-		tx_set32(t, &q->links[last - 1], (uint32_t) h->gv.bfree);
-		tx_set(t, &h->gv.bfree, s->first);
-		tx_set(t, &h->gv.nbfree, h->gv.nbfree + s->nblocks);
+		tx_set32(t, &q->links[last - 1], (uint32_t) l->bfree);
+		l->bfree = s->first;
+		l->nbfree += s->nblocks;
 	}
+	tx_set(t, &s->state, L_FREE);
+	tx_set(t, &s->next, l->ffree);
+	l->ffree = i + 1;
 	return QP_OK;
 }
 
@@ -2617,13 +2631,13 @@ sq_gm_released(qpi_shmq *q, sq_batch *b)
 		l->kind = kind;
 		l->expiry_ms = b->exp;
 	} else {
-		if ((rc = sq_blocks_put(q, &t, s)) != QP_OK) {
+		sq_lists l;
+		sq_lists_get(q, &l);
+		if ((rc = sq_slot_free(q, &t, i, &l)) != QP_OK) {
 			sq_gm_unjoin(b, &rc);
 			return rc;
 		}
-		tx_set(&t, &s->state, L_FREE);
-		tx_set(&t, &s->next, h->gv.free_first);
-		tx_set(&t, &h->gv.free_first, first);
+		sq_lists_set(q, &t, &l);
 	}
 	sq_gm_join(q, b, dst, hdr, NULL, s->first, len);
 	sq_wake(q, EV_NF, true); /* before the commit: see sq_settle */
@@ -3477,12 +3491,12 @@ qpi_shmq_ack_many(qpi_shmq *q, const uint64_t *ids, size_t n, int *rcs)
 		return rc;
 	}
 	for (size_t k = 0; k < n && rc == QP_OK;) {
-		uint64_t ffree = h->gv.free_first, bfree = h->gv.bfree;
-		uint64_t nbfree = h->gv.nbfree, last;
 		uint32_t nd = 0, i;
+		sq_lists l;
 		sq_tx t;
+		sq_lists_get(q, &l);
 		tx_begin(&t, q);
-		for (; k < n && nd < SQ_ACK_PER_TX; k++) {
+		for (; k < n && nd < SQ_ACK_PER_TX && rc == QP_OK; k++) {
 			if ((rcs[k] = sq_slot_of(q, ids[k], L_LEASED, &i))
 			    != QP_OK) {
 				continue;
@@ -3500,28 +3514,13 @@ qpi_shmq_ack_many(qpi_shmq *q, const uint64_t *ids, size_t n, int *rcs)
 				    "%s: lease %" PRIu64 " is being completed",
 				    q->label, ids[k]);
 			}
-			if (rcs[k] != QP_OK) {
-				continue;
+			if (rcs[k] == QP_OK
+			    && (rc = sq_slot_free(q, &t, i, &l)) == QP_OK) {
+				done[nd++] = i;
 			}
-			sq_slot *s = &q->slots[i];
-			if ((rc = sq_chain_last(q, s, &last)) != QP_OK) {
-				break;
-			}
-			if (last != 0) {
-				tx_set32(
-				    &t, &q->links[last - 1], (uint32_t) bfree);
-				bfree = s->first;
-				nbfree += s->nblocks;
-			}
-			tx_set(&t, &s->state, L_FREE);
-			tx_set(&t, &s->next, ffree);
-			ffree = i + 1;
-			done[nd++] = i;
 		}
 		if (nd > 0 && rc == QP_OK) {
-			tx_set(&t, &h->gv.bfree, bfree);
-			tx_set(&t, &h->gv.nbfree, nbfree);
-			tx_set(&t, &h->gv.free_first, ffree);
+			sq_lists_set(q, &t, &l);
 			tx_set(&t, &h->gp.nleased, h->gp.nleased - nd);
 			tx_commit(&t);
 			nok += nd;
@@ -3789,15 +3788,15 @@ sq_cpl_finish(qpi_shmq *q)
 	sq_hdr *h = q->h;
 	uint64_t id = h->cpl.lease;
 	uint32_t i;
+	sq_lists l;
 	sq_tx t;
 
+	sq_lists_get(q, &l);
 	tx_begin(&t, q);
 	if (sq_slot_of(q, id, L_LEASED, &i) == QP_OK
-	    && sq_blocks_put(q, &t, &q->slots[i]) == QP_OK) {
+	    && sq_slot_free(q, &t, i, &l) == QP_OK) {
 		uint64_t d = h->dones, n = LDA(&h->pp.nput);
-		tx_set(&t, &q->slots[i].state, L_FREE);
-		tx_set(&t, &q->slots[i].next, h->gv.free_first);
-		tx_set(&t, &h->gv.free_first, i + 1);
+		sq_lists_set(q, &t, &l);
 		tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
 		if (d < n) {
 			if (d + 1 == n) {

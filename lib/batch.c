@@ -1,9 +1,10 @@
 /*
  * batch.c - qp_queue_put_many and qp_queue_get_many, and their msgpack
  * twins (_obj), for every backend: remote handles send whole batches
- * (remote.c), shared-memory queues put each batch under one lock, durable
- * queues go item by item. No state of its own; each backend locks as its
- * single calls do.
+ * (remote.c), shared-memory queues put and get each batch under one lock
+ * (a get's first item waits as qp_queue_get does; worker-mode handles get
+ * item by item, each lease kept by the handle), durable queues go item by
+ * item. No state of its own; each backend locks as its single calls do.
  */
 #include "queue.h"
 #include "rclient.h"
@@ -119,6 +120,39 @@ qp_queue_put_many_obj(qp_queue *q, const void *const *msgpacks,
 	return put_many(q, msgpacks, lens, n, true, timeout);
 }
 
+/* A plain shared-memory queue: up to max more items in one lock hold
+ * (qpi_shmq_get_many), without waiting, each in a buffer of its own.
+ * Returns how many; fewer than max (the queue ran empty, or memory did:
+ * those items stay) tells the readiness state, as an empty get does. */
+static size_t
+shm_get_rest(qp_queue *q, void **bufs, size_t *lens, size_t max, bool obj)
+{
+	qpi_shmq_got stack[64], *got = stack;
+	size_t n = 0;
+	void *none;
+
+	if (max > 64 && (got = malloc(max * sizeof(*got))) == NULL) {
+		max = 64;
+		got = stack;
+	}
+	if (qpi_shmq_get_many(qpi_queue_shmq(q),
+	        QPI_GET_EACH | (obj ? QPI_GET_OBJ : 0), max, 0, &none, got, &n,
+	        0)
+	    == QP_OK) {
+		for (size_t i = 0; i < n; i++) {
+			bufs[i] = got[i].own;
+			lens[i] = got[i].len;
+		}
+	}
+	if (got != stack) {
+		free(got);
+	}
+	if (n < max && *qpi_queue_rd(q) != NULL) {
+		qpi_qrd_empty(q);
+	}
+	return n;
+}
+
 static int
 get_many(qp_queue *q, void **bufs, size_t *lens, size_t max, size_t *np,
     bool obj, qp_duration timeout)
@@ -150,6 +184,11 @@ get_many(qp_queue *q, void **bufs, size_t *lens, size_t max, size_t *np,
 	/* Shared memory: the first get waits, the others do not. */
 	if ((rv = get1(q, &bufs[0], &lens[0], timeout)) != QP_OK) {
 		return rv;
+	}
+	if (ops == &qpi_shmq_ops && max > 1) {
+		*np = 1 + shm_get_rest(q, bufs + 1, lens + 1, max - 1, obj);
+		qpi_err_clear();
+		return QP_OK;
 	}
 	for (*np = 1; *np < max; (*np)++) {
 		if (get1(q, &bufs[*np], &lens[*np], QP_NOWAIT) != QP_OK) {

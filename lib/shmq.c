@@ -10,8 +10,10 @@
  * area. Lock order: producer, then consumer (only make-room and the check
  * take both). A put commits by stamping its record; consumers find records
  * by their stamps, so they never read the producer's counters on the fast
- * path. Consumer-side changes go through a journal (tx_*). Wake-ups use
- * futex words with per-slot sleeper bits; a waker wakes under its lock
+ * path. Consumer-side changes go through a journal (tx_*); a get takes a
+ * batch of items (one for the single gets) in one hold of the consumer
+ * lock, a batch of acks likewise (see "get" and qpi_shmq_ack_many). Wake-ups
+ * use futex words with per-slot sleeper bits; a waker wakes under its lock
  * before its commit, and task_done takes the consumer lock for that (see
  * sq_settle). A sleeper may take either lock briefly, alone, to wait for
  * a change in flight. The kernel's robust-futex protocol covers dead lock
@@ -684,7 +686,9 @@ sq_tag_repair(qpi_shmq *q)
 }
 
 /* Producer repair: a stamped record at the tail was committed by the dead
- * owner; its header carries the counters. At most a pad and a record. */
+ * owner; its header carries the counters. At most a pad and a record. A
+ * getter may have taken the record already (it is committed once
+ * stamped), so the head may be past the tail, by both. */
 static void
 sq_repair_producer(qpi_shmq *q)
 {
@@ -695,7 +699,7 @@ sq_repair_producer(qpi_shmq *q)
 	for (int i = 0; i < 4; i++) {
 		uint64_t tail = h->pp.tail;
 		if (sq_peek(q, tail, &r, &start, &end) != QP_OK || r == NULL
-		    || end - LD(&h->gp.head) > q->cap) {
+		    || end > LD(&h->gp.head) + q->cap) {
 			break;
 		}
 		if (r->seq > h->pp.nput) {
@@ -1433,63 +1437,6 @@ sq_back_lease(qpi_shmq *q, uint64_t len)
 	return sq_back_blocks(q, nb);
 }
 
-/* Takes n blocks for a lease: the freed ones first, then never used
- * ones; the journal gets the words that change (links of never used
- * blocks are written at once: nobody reads them before the commit).
- * QP_ELIMIT if the lease area lacks them. */
-static int
-sq_blocks_take(qpi_shmq *q, sq_tx *t, uint64_t n, sq_take *tk)
-{
-	sq_hdr *h = q->h;
-	uint64_t b = h->gv.bfree, last = 0, k = 0, w = h->gv.bwater;
-
-	memset(tk, 0, sizeof(*tk));
-	if (n == 0) {
-		return QP_OK;
-	}
-	if (w > q->nblocks || h->gv.nbfree > q->nblocks) {
-		return sq_fault(q, "bad lease-area marks", w);
-	}
-	if (n > h->gv.nbfree + (q->nblocks - w)) {
-		return qpi_err(QP_ELIMIT,
-		    "%s: the lease area has no room for %" PRIu64
-		    " more bytes",
-		    q->label, n * SQ_BLOCK);
-	}
-	for (; k < n && k < h->gv.nbfree; k++) {
-		if (b == 0 || b > q->nblocks) {
-			return sq_fault(q, "bad lease-area free list", b);
-		}
-		last = b;
-		b = q->links[b - 1];
-	}
-	if (w + (n - k) > LD(&h->gv.bbacked)) {
-		int rc = sq_back_blocks(q, w + (n - k));
-		if (rc != QP_OK) {
-			return rc;
-		}
-	}
-	tk->first = k > 0 ? h->gv.bfree : w + 1;
-	tk->k = k;
-	tk->water = w;
-	if (k == n) {
-		tx_set(t, &h->gv.bfree, b);
-		tx_set(t, &h->gv.nbfree, h->gv.nbfree - n);
-		tx_set32(t, &q->links[last - 1], 0);
-		return QP_OK;
-	}
-	for (uint64_t i = w; i < w + (n - k); i++) {
-		ST(&q->links[i], i + 1 < w + (n - k) ? (uint32_t) (i + 2) : 0);
-	}
-	if (k > 0) {
-		tx_set32(t, &q->links[last - 1], (uint32_t) (w + 1));
-		tx_set(t, &h->gv.bfree, 0);
-		tx_set(t, &h->gv.nbfree, 0);
-	}
-	tx_set(t, &h->gv.bwater, w + (n - k));
-	return QP_OK;
-}
-
 /* Copies len bytes into the blocks of tk (before the commit). */
 static void
 sq_blocks_fill(
@@ -1508,14 +1455,37 @@ sq_blocks_fill(
 	}
 }
 
-/* Gives a slot's blocks back to the free list (through the journal). */
-static int
-sq_blocks_put(qpi_shmq *q, sq_tx *t, const sq_slot *s)
+/* The heads of the free slot and block lists, as a transaction that
+ * frees slots has them so far (sq_slot_free), until sq_lists_set. */
+typedef struct sq_lists {
+	uint64_t ffree, bfree, nbfree;
+} sq_lists;
+
+static void
+sq_lists_get(const qpi_shmq *q, sq_lists *l)
 {
-	sq_hdr *h = q->h;
+	l->ffree = q->h->gv.free_first;
+	l->bfree = q->h->gv.bfree;
+	l->nbfree = q->h->gv.nbfree;
+}
+
+static void
+sq_lists_set(qpi_shmq *q, sq_tx *t, const sq_lists *l)
+{
+	tx_set(t, &q->h->gv.free_first, l->ffree);
+	tx_set(t, &q->h->gv.bfree, l->bfree);
+	tx_set(t, &q->h->gv.nbfree, l->nbfree);
+}
+
+/* Frees lease slot i and its blocks through t (3 journal entries) onto
+ * the lists l, whose heads the caller sets once done (sq_lists_set). */
+static int
+sq_slot_free(qpi_shmq *q, sq_tx *t, uint32_t i, sq_lists *l)
+{
+	sq_slot *s = &q->slots[i];
 	uint64_t b = s->first, last = 0;
 
-	for (uint64_t i = 0; i < s->nblocks; i++) {
+	for (uint64_t k = 0; k < s->nblocks; k++) {
 		if (b == 0 || b > q->nblocks) {
 			return sq_fault(q, "bad lease block chain", s->first);
 		}
@@ -1523,10 +1493,13 @@ sq_blocks_put(qpi_shmq *q, sq_tx *t, const sq_slot *s)
 		b = q->links[b - 1];
 	}
 	if (last != 0) {
-		tx_set32(t, &q->links[last - 1], (uint32_t) h->gv.bfree);
-		tx_set(t, &h->gv.bfree, s->first);
-		tx_set(t, &h->gv.nbfree, h->gv.nbfree + s->nblocks);
+		tx_set32(t, &q->links[last - 1], (uint32_t) l->bfree);
+		l->bfree = s->first;
+		l->nbfree += s->nblocks;
 	}
+	tx_set(t, &s->state, L_FREE);
+	tx_set(t, &s->next, l->ffree);
+	l->ffree = i + 1;
 	return QP_OK;
 }
 
@@ -2203,7 +2176,7 @@ sq_try_put(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
 	STR(&r->stamp, sq_stamp(q, pos)); /* the commit */
 	SQ_HOOK(QPI_HOOK_PUT_COMMIT);
 	ST(&h->pp.bytes_in, bytes);
-	ST(&h->pp.nput, nput + 1);
+	STR(&h->pp.nput, nput + 1); /* after the stamp: see sq_gm_ring */
 	STR(&h->pp.tail, pos + size);
 	SQ_HOOK(QPI_HOOK_DONE);
 	sq_unlock(&h->ps);
@@ -2361,7 +2334,7 @@ sq_try_put_many(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
 		STR(&r->stamp, sq_stamp(q, pos)); /* the commit */
 		SQ_HOOK(QPI_HOOK_PUT_COMMIT);
 		ST(&h->pp.bytes_in, bytes);
-		ST(&h->pp.nput, nput + 1);
+		STR(&h->pp.nput, nput + 1);
 		STR(&h->pp.tail, pos + size);
 	}
 	SQ_HOOK(QPI_HOOK_DONE);
@@ -2432,21 +2405,48 @@ qpi_shmq_put_many_tagged(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
 	return sq_put_many(q, items, n, tag, deadline);
 }
 
-/* ---- get ---- */
+/* ---- get ----
+ *
+ * Every get is a batch: up to max items (one for qpi_shmq_get and the
+ * single lease gets) under one hold of the consumer lock, with one clock
+ * read (lease expiries), one wake-up of the putters per commit and one
+ * watch bump. Released items come first, each with a commit of its own
+ * (they are rare). Plain takes from the ring commit each item with one
+ * store, the head's (the counts go first, copied from the record: the
+ * consumer repair un-counts an item still at the head), so a batch killed
+ * midway took the items before its last head store and left the others.
+ * Lease takes go through the journal, many per commit: the header words
+ * (head, counts, the lists' heads) are set once per commit, each new
+ * lease's slot state is one entry, and the rest of the lease is written
+ * straight into slots and blocks that are free until the commit (nothing
+ * reads a free slot but its state and its free-list link, which stays as
+ * it is: a leased slot's link is never read; nothing reads a free block
+ * but its link, and the one link that changes is journaled). A journal
+ * holds SQ_JMAX entries, so a long batch commits every SQ_GM_PER_TX
+ * leases, each commit as crash-safe as a single lease's. */
 
-typedef struct sq_getreq {
+/* Header words a lease batch sets at each commit, plus one block link. */
+#define SQ_GM_FIXED  9
+#define SQ_GM_PER_TX (SQ_JMAX - SQ_GM_FIXED)
+
+typedef struct sq_batch {
 	unsigned flags;
-	void *into;
-	size_t cap;
-	void **bufp;
-	size_t *lenp;
 	bool lease;
+	bool full; /* an item did not join: the batch ends */
+	bool fixed; /* buf is the caller's (cap bytes): it never grows */
 	uint64_t owner;
 	int64_t lease_ms;
-	qpi_shmq_lease *info;
-	size_t
-	    max_len; /* into == NULL: the largest copy to hand out; 0 = any */
-} sq_getreq;
+	int64_t exp; /* the batch's lease expiry (one clock read) */
+	size_t max; /* items, > 0 */
+	size_t max_first; /* the first item over this: QP_ETOOBIG (0: any) */
+	size_t max_bytes; /* the others: while the batch stays within */
+	uint8_t *buf; /* the items, but with QPI_GET_EACH */
+	size_t used, cap;
+	qpi_shmq_got *got;
+	size_t n;
+	size_t first_len; /* QP_ETOOBIG: the first item's size */
+	size_t hl; /* the next item's msgpack header (sq_gm_dst) */
+} sq_batch;
 
 /* True when a get may find something (a hint, taken without the lock). */
 static bool
@@ -2466,87 +2466,131 @@ sq_pred_items(qpi_shmq *q, const void *arg)
 	return LDA(&sq_at(q, off)->stamp) == sq_stamp(q, pos);
 }
 
-/* Copies an item out as the request asks (consumer lock held): from the
- * ring (src != NULL) or from a lease's blocks (first). */
+/* Makes room for len more bytes in the batch's own buffer. */
 static int
-sq_copy_out(qpi_shmq *q, uint32_t kind, uint64_t len, const void *src,
-    uint64_t first, sq_getreq *g)
+sq_gm_room(sq_batch *b, size_t len)
 {
-	uint8_t hdr[5];
-	size_t hl = 0;
-	uint8_t *dst;
+	size_t cap = b->cap;
+	uint8_t *p;
 
-	if ((g->flags & QPI_GET_OBJ) && kind == K_BIN) {
-		hl = qpi_wire_bin_header(len, hdr);
+	if (b->used + len <= b->cap) {
+		return QP_OK;
 	}
-	if (g->into != NULL) {
-		if (hl + len > g->cap) {
-			*g->lenp = hl + len;
-			return qpi_err(QP_ETOOBIG,
-			    "item of %zu bytes does not fit in %zu bytes; it "
-			    "stays in the queue",
-			    (size_t) (hl + len), g->cap);
+	if (cap == 0) {
+		/* Sized for max items like the first (they often are alike),
+		 * within max_bytes and 1 MiB. */
+		cap = b->max <= (1u << 20) / (len > 0 ? len : 1) ? len * b->max
+		                                                 : 1u << 20;
+		if (b->max_bytes != 0 && cap > b->max_bytes) {
+			cap = b->max_bytes;
 		}
-		dst = g->into;
-	} else {
-		if (g->max_len != 0 && hl + len > g->max_len) {
-			*g->lenp = hl + len;
-			return qpi_err(QP_ETOOBIG,
-			    "item of %zu bytes is over the %zu asked for; it "
-			    "stays in the queue",
-			    (size_t) (hl + len), g->max_len);
-		}
-		dst = malloc(hl + len > 0 ? hl + len : 1);
-		if (dst == NULL) {
-			return qpi_err(QP_ENOMEM,
-			    "cannot allocate %zu bytes for an item; it stays "
-			    "in the queue",
-			    (size_t) (hl + len));
-		}
+		cap = cap < 4096 ? 4096 : cap;
 	}
-	memcpy(dst, hdr, hl);
-	if (src != NULL) {
-		sq_copy(dst + hl, src, len, QPI_HOOK_GET_COPY);
-	} else {
-		sq_blocks_read(q, first, dst + hl, len);
+	while (cap < b->used + len) {
+		cap *= 2;
 	}
-	if (g->into == NULL) {
-		*g->bufp = dst;
+	if ((p = realloc(b->buf, cap)) == NULL) {
+		return qpi_err(QP_ENOMEM,
+		    "cannot allocate %zu bytes for a batch; its items stay in "
+		    "the queue",
+		    cap);
 	}
-	*g->lenp = hl + len;
+	b->buf = p;
+	b->cap = cap;
 	return QP_OK;
 }
 
-/* Fills a lease slot's lease terms (through the journal). */
-static void
-sq_lease_terms(qpi_shmq *q, sq_tx *t, uint32_t i, sq_getreq *g,
-    uint64_t deliveries, uint32_t kind)
+/* Where the batch's next item goes, its kind and length as stored (a
+ * bin gets its msgpack header with QPI_GET_OBJ: *hlp bytes of hdr). Sets
+ * its got entry. NULL when it does not join: *rcp is QP_OK (the batch is
+ * full: the item stays, and so do those after it), else the first item's
+ * error, QP_ETOOBIG or QP_ENOMEM (it stays in the queue). */
+static uint8_t *
+sq_gm_dst(sq_batch *b, uint32_t kind, uint64_t len, uint8_t hdr[5], int *rcp)
 {
-	sq_slot *s = &q->slots[i];
-	int64_t exp = g->lease_ms < 0 ? INT64_MAX : qpi_now_ms() + g->lease_ms;
+	qpi_shmq_got *gt = &b->got[b->n];
+	size_t hl = (b->flags & QPI_GET_OBJ) && kind == K_BIN
+	    ? qpi_wire_bin_header(len, hdr)
+	    : 0;
+	size_t size = hl + len;
+	bool first = b->n == 0;
 
-	tx_set(t, &s->state, L_LEASED);
-	tx_set(t, &s->owner, g->owner);
-	tx_set(t, (uint64_t *) &s->expiry_ms, (uint64_t) exp);
-	tx_set(t, &s->deliveries, deliveries);
-	tx_set(t, &s->next, 0);
-	/* A new id: an old holder's ack must not hit this lease. */
-	tx_set(t, &s->gen, s->gen + 1);
-	tx_set(t, &q->h->gp.nleased, q->h->gp.nleased + 1);
-	if (g->info != NULL) {
-		g->info->id = ((s->gen + 1) << L_IDX_BITS) | i;
-		g->info->deliveries = (uint32_t) deliveries;
-		g->info->kind = kind;
-		g->info->expiry_ms = exp;
+	*rcp = QP_OK;
+	if ((b->fixed && b->used + size > b->cap)
+	    || (first && b->max_first != 0 && size > b->max_first)
+	    || (!first && b->max_bytes != 0
+	        && b->used + size > b->max_bytes)) {
+		b->full = true;
+		if (first) {
+			b->first_len = size;
+			*rcp = qpi_err(QP_ETOOBIG,
+			    "item of %zu bytes is over the %zu asked for; it "
+			    "stays in the queue",
+			    size, b->fixed ? b->cap : b->max_first);
+		}
+		return NULL;
+	}
+	gt->own = NULL;
+	gt->off = b->used;
+	gt->len = size;
+	b->hl = hl;
+	memset(&gt->lease, 0, sizeof(gt->lease));
+	if (b->flags & QPI_GET_EACH) {
+		gt->own = malloc(size > 0 ? size : 1);
+		if (gt->own == NULL) {
+			b->full = true;
+			*rcp = qpi_err(QP_ENOMEM,
+			    "cannot allocate %zu bytes for an item; it stays "
+			    "in the queue",
+			    size);
+		}
+		return gt->own;
+	}
+	if (!b->fixed && (*rcp = sq_gm_room(b, size)) != QP_OK) {
+		b->full = true;
+		return NULL;
+	}
+	return b->buf + b->used;
+}
+
+/* The item whose got entry sq_gm_dst set joins the batch (its bytes are
+ * at dst: the header, then len bytes from src or from a lease's blocks). */
+static void
+sq_gm_join(qpi_shmq *q, sq_batch *b, uint8_t *dst, const uint8_t *hdr,
+    const void *src, uint64_t first, uint64_t len)
+{
+	qpi_shmq_got *gt = &b->got[b->n];
+
+	memcpy(dst, hdr, b->hl);
+	if (src != NULL) {
+		sq_copy(dst + b->hl, src, len, QPI_HOOK_GET_COPY);
+	} else {
+		sq_blocks_read(q, first, dst + b->hl, len);
+	}
+	b->used += gt->len;
+	b->n++;
+}
+
+/* An item that joined is given back (its lease could not be made). */
+static void
+sq_gm_unjoin(sq_batch *b, int *rcp)
+{
+	free(b->got[b->n].own);
+	b->full = true;
+	if (b->n > 0) {
+		*rcp = QP_OK; /* the others stand; this one stays */
 	}
 }
 
-/* Takes the first released item (consumer lock held). */
+/* Takes the first released item (consumer lock held): QP_OK (taken, or
+ * the batch is full), else an error for the batch's first. */
 static int
-sq_get_released(qpi_shmq *q, sq_getreq *g)
+sq_gm_released(qpi_shmq *q, sq_batch *b)
 {
 	sq_hdr *h = q->h;
 	uint64_t first = h->gv.rel_first;
+	uint8_t hdr[5];
+	uint8_t *dst;
 	sq_tx t;
 	int rc;
 
@@ -2561,8 +2605,10 @@ sq_get_released(qpi_shmq *q, sq_getreq *g)
 	    || s->nblocks != (len + SQ_BLOCK - 1) / SQ_BLOCK) {
 		return sq_fault(q, "bad released lease slot", first);
 	}
-	SQ_HOOK(QPI_HOOK_GET_LOCKED);
-	if ((rc = sq_copy_out(q, kind, len, NULL, s->first, g)) != QP_OK) {
+	if (b->n == 0) {
+		SQ_HOOK(QPI_HOOK_GET_LOCKED);
+	}
+	if ((dst = sq_gm_dst(b, kind, len, hdr, &rc)) == NULL) {
 		return rc;
 	}
 	tx_begin(&t, q);
@@ -2570,112 +2616,299 @@ sq_get_released(qpi_shmq *q, sq_getreq *g)
 	tx_set(&t, &h->gp.nreleased, h->gp.nreleased - 1);
 	tx_set(&t, &h->gp.bytes_rel, h->gp.bytes_rel - len);
 	tx_set(&t, &h->gp.relgets, h->gp.relgets + 1);
-	if (g->lease) {
-		sq_lease_terms(q, &t, i, g, s->deliveries + 1, kind);
+	if (b->lease) {
+		qpi_shmq_lease *l = &b->got[b->n].lease;
+		tx_set(&t, &s->state, L_LEASED);
+		tx_set(&t, &s->owner, b->owner);
+		tx_set(&t, (uint64_t *) &s->expiry_ms, (uint64_t) b->exp);
+		tx_set(&t, &s->deliveries, s->deliveries + 1);
+		tx_set(&t, &s->next, 0);
+		/* A new id: an old holder's ack must not hit this lease. */
+		tx_set(&t, &s->gen, s->gen + 1);
+		tx_set(&t, &h->gp.nleased, h->gp.nleased + 1);
+		l->id = ((s->gen + 1) << L_IDX_BITS) | i;
+		l->deliveries = (uint32_t) (s->deliveries + 1);
+		l->kind = kind;
+		l->expiry_ms = b->exp;
 	} else {
-		if ((rc = sq_blocks_put(q, &t, s)) != QP_OK) {
+		sq_lists l;
+		sq_lists_get(q, &l);
+		if ((rc = sq_slot_free(q, &t, i, &l)) != QP_OK) {
+			sq_gm_unjoin(b, &rc);
 			return rc;
 		}
-		tx_set(&t, &s->state, L_FREE);
-		tx_set(&t, &s->next, h->gv.free_first);
-		tx_set(&t, &h->gv.free_first, first);
+		sq_lists_set(q, &t, &l);
 	}
+	sq_gm_join(q, b, dst, hdr, NULL, s->first, len);
 	sq_wake(q, EV_NF, true); /* before the commit: see sq_settle */
 	tx_commit(&t);
 	SQ_HOOK(QPI_HOOK_DONE);
 	return QP_OK;
 }
 
-/* Takes the head item. final: the caller is about to report an empty
- * queue, so look under the lock, and make sure the producers' count
- * agrees (an item counted but not found is damage, not emptiness). */
-static int
-sq_try_get(qpi_shmq *q, sq_getreq *g, bool final)
+/* Lease batch state between commits: the free slot and block lists as
+ * this batch has taken them so far. */
+typedef struct sq_gm_tx {
+	sq_tx t;
+	uint64_t head; /* after the last item taken */
+	sq_rec *last; /* the last item taken (its counts) */
+	uint64_t ffree; /* free slot list's head */
+	uint64_t bfree, nbfree, water; /* lease area */
+	uint64_t ntaken; /* leases in this commit */
+} sq_gm_tx;
+
+/* Commits the leases taken since the last commit (none: nothing to do),
+ * and begins the next. */
+static void
+sq_gm_commit(qpi_shmq *q, sq_gm_tx *x)
 {
 	sq_hdr *h = q->h;
-	uint64_t head0, head, start, end;
+
+	if (x->ntaken > 0) {
+		tx_set(&x->t, &h->gv.free_first, x->ffree);
+		tx_set(&x->t, &h->gv.bfree, x->bfree);
+		tx_set(&x->t, &h->gv.nbfree, x->nbfree);
+		tx_set(&x->t, &h->gv.bwater, x->water);
+		tx_set(&x->t, &h->gp.nleased, h->gp.nleased + x->ntaken);
+		tx_set(&x->t, &h->gp.bytes_out, x->last->bytes);
+		tx_set(&x->t, &h->gp.nget, x->last->seq);
+		tx_set(&x->t, &h->gp.head, x->head);
+		sq_wake(q, EV_NF, true); /* before the commit: see sq_settle */
+		tx_commit(&x->t);
+		SQ_HOOK(QPI_HOOK_DONE);
+	}
+	tx_begin(&x->t, q);
+	x->ntaken = 0;
+}
+
+/* Takes nb blocks for one lease from the batch's lists into tk (the
+ * chain as sq_blocks_fill walks it). QP_ELIMIT or QP_ENOSPC when the
+ * lease area lacks them, QP_ECORRUPT: nothing taken. */
+static int
+sq_gm_blocks(qpi_shmq *q, sq_gm_tx *x, uint64_t nb, sq_take *tk)
+{
+	uint64_t k = nb < x->nbfree ? nb : x->nbfree, b = x->bfree, last = 0;
+	uint64_t w = x->water, nw = nb - k;
+	int rc;
+
+	memset(tk, 0, sizeof(*tk));
+	if (nb == 0) {
+		return QP_OK;
+	}
+	if (w > q->nblocks || x->nbfree > q->nblocks) {
+		return sq_fault(q, "bad lease-area marks", w);
+	}
+	if (nw > q->nblocks - w) {
+		return qpi_err(QP_ELIMIT,
+		    "%s: the lease area has no room for %" PRIu64
+		    " more bytes",
+		    q->label, nb * SQ_BLOCK);
+	}
+	if (w + nw > LD(&q->h->gv.bbacked)
+	    && (rc = sq_back_blocks(q, w + nw)) != QP_OK) {
+		return rc;
+	}
+	for (uint64_t i = 0; i < k; i++) {
+		if (b == 0 || b > q->nblocks) {
+			return sq_fault(q, "bad lease-area free list", b);
+		}
+		last = b;
+		b = q->links[b - 1];
+	}
+	tk->first = k > 0 ? x->bfree : w + 1;
+	tk->k = k;
+	tk->water = w;
+	for (uint64_t i = w; i < w + nw; i++) {
+		ST(&q->links[i], i + 1 < w + nw ? (uint32_t) (i + 2) : 0);
+	}
+	if (k > 0 && nw > 0) {
+		/* The free list's last block leads on to the new ones: the
+		 * list ends here, so this happens once per commit. */
+		tx_set32(&x->t, &q->links[last - 1], (uint32_t) (w + 1));
+	}
+	x->bfree = k == x->nbfree ? 0 : b;
+	x->nbfree -= k;
+	x->water = w + nw;
+	return QP_OK;
+}
+
+/* Leases the ring's item r (ending at end) into the batch (consumer lock
+ * held). QP_OK: taken, or the batch is full; else the error for the
+ * batch's first (QP_ELIMIT, QP_ENOSPC, QP_ETOOBIG, QP_ENOMEM). */
+static int
+sq_gm_lease(qpi_shmq *q, sq_batch *b, sq_gm_tx *x, sq_rec *r, uint64_t end)
+{
+	uint64_t f = x->ffree, nb = (r->len + SQ_BLOCK - 1) / SQ_BLOCK;
+	uint8_t hdr[5], *dst;
+	sq_take tk;
+	int rc;
+
+	if (f == 0 || f > q->nslots) {
+		b->full = true;
+		return b->n > 0
+		    ? QP_OK
+		    : qpi_err(QP_ELIMIT, "%s: all %u lease slots are in use",
+		        q->label, q->nslots);
+	}
+	if ((dst = sq_gm_dst(b, r->kind, r->len, hdr, &rc)) == NULL) {
+		return rc;
+	}
+	if ((rc = sq_gm_blocks(q, x, nb, &tk)) != QP_OK) {
+		sq_gm_unjoin(b, &rc);
+		return rc;
+	}
+	sq_blocks_fill(q, &tk, (const uint8_t *) (r + 1), r->len);
+	uint32_t i = (uint32_t) (f - 1);
+	sq_slot *s = &q->slots[i];
+	x->ffree = s->next;
+	/* A free slot: written straight, the commit makes it a lease. */
+	s->seq = r->seq;
+	s->kindlen = (uint64_t) r->kind << 32 | r->len;
+	s->first = tk.first;
+	s->nblocks = nb;
+	s->ts = r->ts;
+	s->owner = b->owner;
+	s->expiry_ms = b->exp;
+	s->deliveries = 1;
+	s->gen = s->gen + 1;
+	tx_set(&x->t, &s->state, L_LEASED);
+	qpi_shmq_lease *l = &b->got[b->n].lease;
+	l->id = (s->gen << L_IDX_BITS) | i;
+	l->deliveries = 1;
+	l->kind = r->kind;
+	l->expiry_ms = b->exp;
+	sq_gm_join(q, b, dst, hdr, r + 1, 0, r->len);
+	x->last = r;
+	x->head = end;
+	x->ntaken++;
+	return QP_OK;
+}
+
+/* Takes items from the ring's head into the batch (consumer lock held).
+ * final: the caller is about to report an empty queue, so make sure the
+ * producers' count agrees (an item counted but not found is damage, not
+ * emptiness). The count is read before the walk: a put stamps its record
+ * before it counts it, so an item it names is there to be found, while
+ * one counted after the walk looked may have been stamped after, too. */
+static int
+sq_gm_ring(qpi_shmq *q, sq_batch *b, bool final)
+{
+	sq_hdr *h = q->h;
+	uint64_t nput = final ? LDA(&h->pp.nput) : 0;
+	uint64_t head0 = h->gp.head, head = head0, start, end;
+	size_t n0 = b->n;
+	bool woke = false;
+	sq_gm_tx x;
 	sq_rec *r;
-	sq_tx t;
+	int rc = QP_OK;
+
+	x.ffree = h->gv.free_first;
+	x.bfree = h->gv.bfree;
+	x.nbfree = h->gv.nbfree;
+	x.water = h->gv.bwater;
+	x.ntaken = 0;
+	if (b->lease) {
+		sq_gm_commit(q, &x); /* begins the first */
+	}
+	while (b->n < b->max && !b->full) {
+		uint8_t hdr[5], *dst;
+		uint64_t pos = head;
+		if ((rc = sq_walk(q, &pos, &r, &start, &end)) != QP_OK) {
+			break;
+		}
+		if (r == NULL) {
+			if (b->n == 0) {
+				sq_skip_commit(q, head0, pos);
+				rc = final && nput > h->gp.nget
+				    ? sq_fault(q,
+				        "counted item without its record", pos)
+				    : QP_EEMPTY;
+			}
+			break;
+		}
+		if (b->n == 0) {
+			SQ_HOOK(QPI_HOOK_GET_LOCKED);
+		}
+		if (b->lease) {
+			if (x.t.n >= SQ_GM_PER_TX) {
+				sq_gm_commit(q, &x);
+			}
+			if ((rc = sq_gm_lease(q, b, &x, r, end)) != QP_OK) {
+				break;
+			}
+			head = end;
+			continue;
+		}
+		if ((dst = sq_gm_dst(b, r->kind, r->len, hdr, &rc)) == NULL) {
+			break;
+		}
+		sq_gm_join(q, b, dst, hdr, r + 1, 0, r->len);
+		if (!woke) {
+			woke = true;
+			sq_wake(q, EV_NF, true); /* see sq_settle */
+		}
+		/* The counts, then the head: the commit. */
+		ST(&h->gp.bytes_out, r->bytes);
+		STR(&h->gp.nget, r->seq);
+		SQ_HOOK(QPI_HOOK_GET_COMMIT);
+		STR(&h->gp.head, end);
+		head = end;
+	}
+	if (b->lease) {
+		sq_gm_commit(q, &x);
+	} else if (b->n > n0) {
+		SQ_HOOK(QPI_HOOK_DONE);
+	}
+	return b->n > 0 ? QP_OK : rc;
+}
+
+/* Frees the items of a batch that is not handed out. */
+static void
+sq_gm_drop(sq_batch *b)
+{
+	for (size_t i = 0; i < b->n && (b->flags & QPI_GET_EACH); i++) {
+		free(b->got[i].own);
+	}
+	b->n = 0;
+	b->used = 0;
+}
+
+static int
+sq_try_get(qpi_shmq *q, sq_batch *b, bool final)
+{
+	sq_hdr *h = q->h;
 	int rc;
 
 	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
-	if (h->gp.nreleased != 0) {
-		rc = sq_get_released(q, g);
-		goto out;
+	if (b->lease) {
+		b->exp
+		    = b->lease_ms < 0 ? INT64_MAX : qpi_now_ms() + b->lease_ms;
 	}
-	head = head0 = h->gp.head;
-	if ((rc = sq_walk(q, &head, &r, &start, &end)) != QP_OK) {
-		goto out;
+	while (
+	    rc == QP_OK && b->n < b->max && !b->full && h->gp.nreleased != 0) {
+		rc = sq_gm_released(q, b);
 	}
-	if (r == NULL) {
-		sq_skip_commit(q, head0, head);
-		/* A put stamps its record before it counts it. */
-		rc = final && LDA(&h->pp.nput) > h->gp.nget
-		    ? sq_fault(q, "counted item without its record", head)
-		    : QP_EEMPTY;
-		goto out;
+	if (rc == QP_OK && b->n < b->max && !b->full) {
+		rc = sq_gm_ring(q, b, final);
 	}
-	SQ_HOOK(QPI_HOOK_GET_LOCKED);
-	tx_begin(&t, q);
-	if (g->lease) {
-		sq_take tk;
-		uint64_t f = h->gv.free_first;
-		if (f == 0 || f > q->nslots) {
-			rc = qpi_err(QP_ELIMIT,
-			    "%s: all %u lease slots are in use", q->label,
-			    q->nslots);
-			goto out;
-		}
-		uint64_t nb = (r->len + SQ_BLOCK - 1) / SQ_BLOCK;
-		if ((rc = sq_blocks_take(q, &t, nb, &tk)) != QP_OK) {
-			goto out;
-		}
-		sq_blocks_fill(q, &tk, (const uint8_t *) (r + 1), r->len);
-		sq_slot *s = &q->slots[f - 1];
-		tx_set(&t, &h->gv.free_first, s->next);
-		tx_set(&t, &s->seq, r->seq);
-		tx_set(&t, &s->kindlen, (uint64_t) r->kind << 32 | r->len);
-		tx_set(&t, &s->first, tk.first);
-		tx_set(&t, &s->nblocks, nb);
-		tx_set(&t, &s->ts, r->ts);
-		sq_lease_terms(q, &t, (uint32_t) (f - 1), g, 1, r->kind);
-	}
-	if ((rc = sq_copy_out(q, r->kind, r->len, r + 1, 0, g)) != QP_OK) {
-		goto out;
-	}
-	sq_wake(q, EV_NF, true); /* before the commit: see sq_settle */
-	if (g->lease) {
-		tx_set(&t, &h->gp.bytes_out, r->bytes);
-		tx_set(&t, &h->gp.nget, r->seq);
-		tx_set(&t, &h->gp.head, end);
-		tx_commit(&t);
-	} else {
-		/* A plain take commits with one store, the head's: the
-		 * counts go first, copied from the record (a repair
-		 * un-counts an item still at the head). */
-		ST(&h->gp.bytes_out, r->bytes);
-		STR(&h->gp.nget, r->seq);
-		SQ_HOOK(QPI_HOOK_GET_COMMIT);
-		STR(&h->gp.head, end);
-	}
-	SQ_HOOK(QPI_HOOK_DONE);
-out:
 	sq_unlock(&h->gs);
-	if (rc == QP_OK) {
-		sq_fence_after_unlock();
-		sq_watch_bump(q);
-		if ((rc = sq_after(q)) != QP_OK && g->into == NULL) {
-			free(*g->bufp); /* zeros read from a truncated file */
-			*g->bufp = NULL;
-		}
+	if (b->n == 0) {
+		return rc;
+	}
+	sq_fence_after_unlock();
+	sq_watch_bump(q);
+	if ((rc = sq_after(q)) != QP_OK) {
+		sq_gm_drop(b); /* zeros read from a truncated file */
 	}
 	return rc;
 }
 
+/* Gets a batch (b->max items at most, b->got room for them), waiting
+ * until deadline for the first. */
 static int
-sq_get(qpi_shmq *q, sq_getreq *g, int64_t deadline)
+sq_get(qpi_shmq *q, sq_batch *b, int64_t deadline)
 {
 	bool spun = false;
 	int rc;
@@ -2683,39 +2916,98 @@ sq_get(qpi_shmq *q, sq_getreq *g, int64_t deadline)
 	if (sq_closed(q)) {
 		return sq_eclosed(q);
 	}
+	if (b->max == 0) {
+		return qpi_err(QP_EINVAL, "a get of 0 items");
+	}
 	for (;;) {
-		rc = sq_try_get(q, g, false);
+		rc = sq_try_get(q, b, false);
 		if (rc != QP_EEMPTY) {
-			return spun && rc == QP_ENOENT && sq_removed(q)
-			    ? sq_stop_err(q, true)
-			    : rc;
+			break;
 		}
 		rc = sq_wait(q, EV_NE, sq_pred_items, NULL, deadline, &spun);
 		if (rc == QP_ECLOSED) {
 			return rc;
 		}
 		if (rc == QP_ETIMEDOUT) {
-			rc = sq_try_get(q, g, true);
+			rc = sq_try_get(q, b, true);
 			if (rc == QP_EEMPTY) {
-				return qpi_err(
+				rc = qpi_err(
 				    QP_EEMPTY, "%s is empty", q->label);
 			}
 			return rc;
 		}
 	}
+	return spun && rc == QP_ENOENT && sq_removed(q) ? sq_stop_err(q, true)
+	                                                : rc;
+}
+
+/* One item: into the caller's buffer (into, cap), else a malloc'd copy
+ * in *bufp; *lenp its size (QP_ETOOBIG: the size it would need). */
+static int
+sq_get_one(qpi_shmq *q, sq_batch *b, void *into, size_t cap, void **bufp,
+    size_t *lenp, qpi_shmq_lease *lease, int64_t deadline)
+{
+	qpi_shmq_got got;
+	int rc;
+
+	b->max = 1;
+	b->got = &got;
+	if (into != NULL) {
+		b->buf = into;
+		b->cap = cap;
+		b->fixed = true;
+	} else {
+		b->flags |= QPI_GET_EACH;
+	}
+	if ((rc = sq_get(q, b, deadline)) != QP_OK) {
+		if (rc == QP_ETOOBIG) {
+			*lenp = b->first_len;
+		}
+		return rc;
+	}
+	if (into == NULL) {
+		*bufp = got.own;
+	}
+	*lenp = got.len;
+	if (lease != NULL) {
+		*lease = got.lease;
+	}
+	return QP_OK;
 }
 
 int
 qpi_shmq_get(qpi_shmq *q, unsigned flags, void *into, size_t cap, void **bufp,
     size_t *lenp, int64_t deadline)
 {
-	sq_getreq g = {.flags = flags,
-	    .into = into,
-	    .cap = cap,
-	    .bufp = bufp,
-	    .lenp = lenp};
+	sq_batch b = {.flags = flags & ~QPI_GET_EACH};
 
-	return sq_get(q, &g, deadline);
+	return sq_get_one(q, &b, into, cap, bufp, lenp, NULL, deadline);
+}
+
+/* A batch into one buffer (or each item in its own, QPI_GET_EACH). */
+static int
+sq_get_batch(
+    qpi_shmq *q, sq_batch *b, void **bufp, size_t *np, int64_t deadline)
+{
+	int rc = sq_get(q, b, deadline);
+
+	*np = b->n;
+	if (rc != QP_OK) {
+		free(b->buf);
+		b->buf = NULL;
+	}
+	*bufp = b->buf;
+	return rc;
+}
+
+int
+qpi_shmq_get_many(qpi_shmq *q, unsigned flags, size_t max, size_t max_bytes,
+    void **bufp, qpi_shmq_got *got, size_t *np, int64_t deadline)
+{
+	sq_batch b
+	    = {.flags = flags, .max = max, .max_bytes = max_bytes, .got = got};
+
+	return sq_get_batch(q, &b, bufp, np, deadline);
 }
 
 /* ---- sizes, task_done, join, stat ---- */
@@ -3071,20 +3363,39 @@ qpi_shmq_get_lease_max(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
     unsigned flags, size_t max_len, void **bufp, size_t *lenp,
     qpi_shmq_lease *lease, int64_t deadline)
 {
-	sq_getreq g = {.flags = flags,
-	    .bufp = bufp,
-	    .lenp = lenp,
+	sq_batch b = {.flags = flags & ~QPI_GET_EACH,
 	    .lease = true,
 	    .owner = owner,
 	    .lease_ms = lease_ms,
-	    .info = lease,
-	    .max_len = max_len};
+	    .max_first = max_len};
 
 	if (lease_ms < -1) {
 		return qpi_err(
 		    QP_EINVAL, "lease time %" PRId64 " ms", lease_ms);
 	}
-	return sq_get(q, &g, deadline);
+	return sq_get_one(q, &b, NULL, 0, bufp, lenp, lease, deadline);
+}
+
+int
+qpi_shmq_get_lease_many(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
+    unsigned flags, size_t max, size_t max_bytes, void **bufp,
+    qpi_shmq_got *got, size_t *np, int64_t deadline)
+{
+	sq_batch b = {.flags = flags,
+	    .lease = true,
+	    .owner = owner,
+	    .lease_ms = lease_ms,
+	    .max = max,
+	    .max_bytes = max_bytes,
+	    .got = got};
+
+	if (lease_ms < -1) {
+		*np = 0;
+		*bufp = NULL;
+		return qpi_err(
+		    QP_EINVAL, "lease time %" PRId64 " ms", lease_ms);
+	}
+	return sq_get_batch(q, &b, bufp, np, deadline);
 }
 
 /* Finds the slot of a lease id in the given state (consumer lock held). */
@@ -3161,12 +3472,16 @@ sq_after_release(qpi_shmq *q, size_t n)
 	}
 }
 
+/* Acks per commit: 3 journal entries each, and 4 for the lists' heads
+ * and the lease count. */
+#define SQ_ACK_PER_TX ((SQ_JMAX - 4) / 3)
+
 int
-qpi_shmq_ack(qpi_shmq *q, uint64_t id)
+qpi_shmq_ack_many(qpi_shmq *q, const uint64_t *ids, size_t n, int *rcs)
 {
 	sq_hdr *h = q->h;
-	uint32_t i;
-	sq_tx t;
+	uint32_t done[SQ_ACK_PER_TX];
+	size_t nok = 0;
 	int rc;
 
 	if (sq_stopped(q)) {
@@ -3175,23 +3490,59 @@ qpi_shmq_ack(qpi_shmq *q, uint64_t id)
 	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
-	if ((rc = sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
+	for (size_t k = 0; k < n && rc == QP_OK;) {
+		uint32_t nd = 0, i;
+		sq_lists l;
+		sq_tx t;
+		sq_lists_get(q, &l);
 		tx_begin(&t, q);
-		if ((rc = sq_blocks_put(q, &t, &q->slots[i])) == QP_OK) {
-			tx_set(&t, &q->slots[i].state, L_FREE);
-			tx_set(&t, &q->slots[i].next, h->gv.free_first);
-			tx_set(&t, &h->gv.free_first, i + 1);
-			tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
+		for (; k < n && nd < SQ_ACK_PER_TX && rc == QP_OK; k++) {
+			if ((rcs[k] = sq_slot_of(q, ids[k], L_LEASED, &i))
+			    != QP_OK) {
+				continue;
+			}
+			for (uint32_t d = 0; d < nd; d++) {
+				if (done[d] == i) { /* acked just now */
+					rcs[k] = qpi_err(QP_ENOENT,
+					    "%s: lease %" PRIu64
+					    " acked twice",
+					    q->label, ids[k]);
+				}
+			}
+			if (rcs[k] == QP_OK && sq_cpl_holds(q, i)) {
+				rcs[k] = qpi_err(QP_ENOENT,
+				    "%s: lease %" PRIu64 " is being completed",
+				    q->label, ids[k]);
+			}
+			if (rcs[k] == QP_OK
+			    && (rc = sq_slot_free(q, &t, i, &l)) == QP_OK) {
+				done[nd++] = i;
+			}
+		}
+		if (nd > 0 && rc == QP_OK) {
+			sq_lists_set(q, &t, &l);
+			tx_set(&t, &h->gp.nleased, h->gp.nleased - nd);
 			tx_commit(&t);
-			sq_mx_add(&q->mx->acks, 1);
+			nok += nd;
 		}
 	}
+	if (nok > 0) {
+		sq_mx_add(&q->mx->acks, nok);
+	}
 	sq_unlock(&h->gs);
-	if (rc == QP_OK) {
+	if (nok > 0) {
 		sq_fence_after_unlock();
 		sq_watch_bump(q);
 	}
 	return rc;
+}
+
+int
+qpi_shmq_ack(qpi_shmq *q, uint64_t id)
+{
+	int one, rc = qpi_shmq_ack_many(q, &id, 1, &one);
+
+	return rc != QP_OK ? rc : one;
 }
 
 int
@@ -3437,15 +3788,15 @@ sq_cpl_finish(qpi_shmq *q)
 	sq_hdr *h = q->h;
 	uint64_t id = h->cpl.lease;
 	uint32_t i;
+	sq_lists l;
 	sq_tx t;
 
+	sq_lists_get(q, &l);
 	tx_begin(&t, q);
 	if (sq_slot_of(q, id, L_LEASED, &i) == QP_OK
-	    && sq_blocks_put(q, &t, &q->slots[i]) == QP_OK) {
+	    && sq_slot_free(q, &t, i, &l) == QP_OK) {
 		uint64_t d = h->dones, n = LDA(&h->pp.nput);
-		tx_set(&t, &q->slots[i].state, L_FREE);
-		tx_set(&t, &q->slots[i].next, h->gv.free_first);
-		tx_set(&t, &h->gv.free_first, i + 1);
+		sq_lists_set(q, &t, &l);
 		tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
 		if (d < n) {
 			if (d + 1 == n) {

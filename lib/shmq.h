@@ -185,6 +185,9 @@ typedef struct qpi_shmq_cfg {
 
 /* Get flags. */
 #define QPI_GET_OBJ 0x1u /* return the item as one msgpack value */
+/* Batch gets: each item in a malloc'd buffer of its own
+ * (qpi_shmq_got.own), none in the batch's buffer. */
+#define QPI_GET_EACH 0x2u
 
 /* Opens the named queue (name already validated by the caller). flags:
  * QP_OPEN_CREATE creates it if missing, race-free against other processes
@@ -387,9 +390,46 @@ int qpi_shmq_get_lease_max(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
     unsigned flags, size_t max_len, void **bufp, size_t *lenp,
     qpi_shmq_lease *lease, int64_t deadline_ns);
 
+/* One item of a batch get: where its bytes are in the batch's buffer, and
+ * its lease (lease gets only; zeros otherwise). */
+typedef struct qpi_shmq_got {
+	size_t off;
+	size_t len;
+	qpi_shmq_lease lease;
+	void *own; /* QPI_GET_EACH: the item's own copy (caller frees) */
+} qpi_shmq_got;
+
+/* Batch gets: up to max items (max > 0) in one hold of the consumer lock,
+ * released items first, then the ring's head, in queue order; a single
+ * get is the batch of one. Waits until deadline_ns for the first item as
+ * qpi_shmq_get does, never for more. *bufp gets one malloc'd buffer
+ * holding them all (the caller frees it; with QPI_GET_EACH each item is in
+ * got[i].own instead and *bufp is NULL), got[0 .. *np) says where each is
+ * (got has room for max). Items after the first are taken while the batch
+ * stays within max_bytes (0: no limit) and memory lasts; the one that
+ * would pass it stays at the head. The lease form leases each item as
+ * qpi_shmq_get_lease does, all with one expiry (the clock is read once).
+ * A batch cut short by a kill took the items it committed and left the
+ * rest: each is taken (leased) or in the queue. Errors (nothing taken) as
+ * qpi_shmq_get and qpi_shmq_get_lease. */
+int qpi_shmq_get_many(qpi_shmq *q, unsigned flags, size_t max,
+    size_t max_bytes, void **bufp, qpi_shmq_got *got, size_t *np,
+    int64_t deadline_ns);
+int qpi_shmq_get_lease_many(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
+    unsigned flags, size_t max, size_t max_bytes, void **bufp,
+    qpi_shmq_got *got, size_t *np, int64_t deadline_ns);
+
 /* Confirms a lease: the item is removed for good. QP_ENOENT if the id is
- * unknown, already acked, or was released (expired) meanwhile. */
+ * unknown, already acked, was released (expired) meanwhile, or is being
+ * completed (a dead completer's, not settled yet: qpi_shmq_complete). */
 int qpi_shmq_ack(qpi_shmq *q, uint64_t lease_id);
+
+/* Confirms n leases in one hold of the consumer lock, each as
+ * qpi_shmq_ack: rcs[i] gets QP_OK or QP_ENOENT for ids[i] (an id twice:
+ * the second is QP_ENOENT). Returns QP_OK, or an error for the whole
+ * call: QP_EBUSY, QP_ECLOSED, QP_ENOENT (removed) with nothing done and
+ * rcs untouched; QP_ECORRUPT (the queue is damaged: rcs mean nothing). */
+int qpi_shmq_ack_many(qpi_shmq *q, const uint64_t *ids, size_t n, int *rcs);
 
 /* Returns a leased item to the head of the queue (delivered next, its
  * delivery count raised on that delivery). QP_ENOENT as for ack. Works

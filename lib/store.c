@@ -281,16 +281,66 @@ qpi_store_put_many(qpi_store *s, const qpi_wire_item *items, uint32_t n,
 	return rv;
 }
 
+/* A durable queue's batch: item by item into one buffer. */
+static int
+st_get_many_dur(qpi_store *s, uint64_t owner, int64_t lease_ms, size_t max,
+    size_t max_bytes, void **bufp, qpi_shmq_got *got, size_t *np)
+{
+	uint8_t *buf = NULL, *p;
+	size_t used = 0, cap = 0, len;
+	void *data;
+	int rv = QP_OK;
+
+	for (*np = 0; *np < max; (*np)++) {
+		/* Beyond the first, within max_bytes (the rest stays). */
+		size_t room = *np == 0 || max_bytes == 0 ? 0
+		    : used < max_bytes                   ? max_bytes - used
+		                                         : 0;
+		if (*np > 0 && max_bytes != 0 && room == 0) {
+			break;
+		}
+		rv = qpi_durq_get_lease(s->dur, owner, lease_ms, QPI_GET_OBJ,
+		    room, &data, &len, &got[*np].lease);
+		if (rv != QP_OK) {
+			break;
+		}
+		if (used + len > cap) {
+			cap = cap > 0 ? cap : 4096;
+			while (cap < used + len) {
+				cap *= 2;
+			}
+			if ((p = realloc(buf, cap)) == NULL) {
+				(void) qpi_store_release(s, got[*np].lease.id);
+				free(data);
+				rv = qpi_err(QP_ENOMEM, "out of memory");
+				break;
+			}
+			buf = p;
+		}
+		memcpy(buf + used, data, len);
+		free(data);
+		got[*np].off = used;
+		got[*np].len = len;
+		used += len;
+	}
+	if (*np == 0) {
+		free(buf);
+		return rv;
+	}
+	*bufp = buf;
+	return QP_OK;
+}
+
 int
-qpi_store_get(qpi_store *s, uint64_t owner, int64_t lease_ms, size_t max_len,
-    void **bufp, size_t *lenp, qpi_shmq_lease *l)
+qpi_store_get_many(qpi_store *s, uint64_t owner, int64_t lease_ms, size_t max,
+    size_t max_bytes, void **bufp, qpi_shmq_got *got, size_t *np)
 {
 	if (s->dur != NULL) {
-		return qpi_durq_get_lease(s->dur, owner, lease_ms, QPI_GET_OBJ,
-		    max_len, bufp, lenp, l);
+		return st_get_many_dur(
+		    s, owner, lease_ms, max, max_bytes, bufp, got, np);
 	}
-	return qpi_shmq_get_lease_max(
-	    s->shm, owner, lease_ms, QPI_GET_OBJ, max_len, bufp, lenp, l, 0);
+	return qpi_shmq_get_lease_many(s->shm, owner, lease_ms, QPI_GET_OBJ,
+	    max, max_bytes, bufp, got, np, 0);
 }
 
 int
@@ -298,6 +348,24 @@ qpi_store_ack(qpi_store *s, uint64_t lease_id)
 {
 	return s->dur != NULL ? qpi_durq_ack(s->dur, lease_id)
 	                      : qpi_shmq_ack(s->shm, lease_id);
+}
+
+void
+qpi_store_ack_many(qpi_store *s, const uint64_t *ids, size_t n, int *rcs)
+{
+	int rv = QP_OK;
+
+	for (size_t i = 0; i < n && s->dur != NULL; i++) {
+		/* Stops at a held lock: the rest are not done either. */
+		rcs[i] = rv == QP_EBUSY ? rv : qpi_durq_ack(s->dur, ids[i]);
+		rv = rcs[i];
+	}
+	if (s->dur == NULL
+	    && (rv = qpi_shmq_ack_many(s->shm, ids, n, rcs)) != QP_OK) {
+		for (size_t i = 0; i < n; i++) {
+			rcs[i] = rv;
+		}
+	}
 }
 
 /* Lets a durable log forget lease ids that can no longer be acked. */

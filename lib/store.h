@@ -57,16 +57,25 @@ int qpi_store_put_many(qpi_store *s, const qpi_wire_item *items, uint32_t n,
  * go to qpi_durq_sync_to, with qpi_durq_hold keeping it open meanwhile. */
 qpi_durq *qpi_store_durq(qpi_store *s);
 
-/* Takes the oldest item under a lease of owner for lease_ms: *bufp gets
- * its encoding (malloc'd), *l the lease. max_len > 0: a larger item is
- * not taken (QP_ETOOBIG, it stays at the head). QP_EEMPTY if none. */
-int qpi_store_get(qpi_store *s, uint64_t owner, int64_t lease_ms,
-    size_t max_len, void **bufp, size_t *lenp, qpi_shmq_lease *l);
+/* Takes up to max items (max > 0), oldest first, each under a lease of
+ * owner for lease_ms, in one lock hold where the store allows (shared
+ * memory: qpi_shmq_get_lease_many): *bufp gets one malloc'd buffer
+ * holding their encodings (the caller frees it), got[0 .. *np) where each
+ * is and its lease. Items after the first are taken while the total stays
+ * within max_bytes (0: no limit); the others stay at the head. QP_OK with
+ * *np > 0, else QP_EEMPTY (none) or another error, nothing taken. */
+int qpi_store_get_many(qpi_store *s, uint64_t owner, int64_t lease_ms,
+    size_t max, size_t max_bytes, void **bufp, qpi_shmq_got *got, size_t *np);
 
 /* Confirms a lease (the item is gone for good), gives it back to the
  * head, or extends it to lease_ms from now: QP_OK or QP_ENOENT (not held:
  * expired, released or acked). */
 int qpi_store_ack(qpi_store *s, uint64_t lease_id);
+/* Confirms n leases, in one lock hold where the store allows (shared
+ * memory: qpi_shmq_ack_many): rcs[i] gets what qpi_store_ack would
+ * return for ids[i] (QP_EBUSY: that one and those after it were not
+ * done). */
+void qpi_store_ack_many(qpi_store *s, const uint64_t *ids, size_t n, int *rcs);
 int qpi_store_release(qpi_store *s, uint64_t lease_id);
 int qpi_store_renew(qpi_store *s, uint64_t lease_id, int64_t lease_ms);
 

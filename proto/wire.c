@@ -470,9 +470,24 @@ qpi_wire_put_bool(qpi_wire_buf *b, bool v)
 int
 qpi_wire_put_uint(qpi_wire_buf *b, uint64_t v)
 {
-	WPK_BEGIN(b);
-	msgpack_pack_uint64(&pk_, v);
-	return w_.rv;
+	/* msgpack's smallest form, as msgpack_pack_uint64 writes it, without
+	 * the packer's callback per value (a reply's ids and counts). */
+	uint8_t t[9];
+	int n = v <= 0x7f      ? 0
+	    : v <= 0xff        ? 1
+	    : v <= 0xffff      ? 2
+	    : v <= 0xffffffffu ? 4
+	                       : 8;
+
+	t[0] = n == 0 ? (uint8_t) v
+	    : n == 1  ? 0xcc
+	    : n == 2  ? 0xcd
+	    : n == 4  ? 0xce
+	              : 0xcf;
+	for (int i = 0; i < n; i++) {
+		t[1 + i] = (uint8_t) (v >> (8 * (n - 1 - i)));
+	}
+	return qpi_wire_put_raw(b, t, (size_t) n + 1);
 }
 
 int
@@ -851,10 +866,19 @@ rd_uint(rd *r, int f, uint64_t lo, uint64_t hi, uint64_t *vp)
 	qpi_wire_tok t;
 	int rv;
 
-	if ((rv = rd_tok(r, &t)) != QP_OK) {
+	/* The usual forms (a fixint, uint 8-64: a get's lease ids) read
+	 * straight; any other through the walker, which also names what is
+	 * wrong. */
+	uint8_t c = r->pos < r->len ? r->p[r->pos] : 0xc1;
+	size_t n = c <= 0x7f         ? 0
+	    : c >= 0xcc && c <= 0xcf ? 1u << (c - 0xcc)
+	                             : 9;
+	if (n < 9 && r->len - r->pos > n) {
+		t.u = n == 0 ? c : rd_be(r->p + r->pos + 1, (int) n);
+		r->pos += n + 1;
+	} else if ((rv = rd_tok(r, &t)) != QP_OK) {
 		return rv;
-	}
-	if (t.type != QPI_WIRE_UINT) {
+	} else if (t.type != QPI_WIRE_UINT) {
 		return bad_type(r, f, &t, "an unsigned integer");
 	}
 	if (t.u < lo || t.u > hi) {

@@ -12,45 +12,66 @@
 
 #include <string.h>
 
-/* Confirms one lease of c: a WORK lease's ack is also its task_done.
- * QP_EBUSY: q's lock is held, nothing done. */
-static int
-lease_ack(qps_conn *c, qps_q *q, uint64_t lease_id)
-{
-	int rv = qps_q_rv(q, qpi_store_ack(q->st, lease_id));
+/* Lease ids confirmed per lock hold. */
+#define LEASE_CHUNK 256
 
-	if (rv == QP_EBUSY || !qps_conn_work_take(c, q, lease_id)
-	    || rv != QP_OK) {
-		return rv;
+/* Confirms the lease ids of c on q from *next on, a chunk per lock hold
+ * (qpi_store_ack_many); a WORK lease's ack is also its task_done. Those
+ * not held gather at miss[0 .. *nmiss) (miss NULL: not kept; it may be
+ * ids itself). QP_EBUSY: stopped at *next, q's lock is held. */
+static int
+lease_ack(qps_conn *c, qps_q *q, const uint64_t *ids, uint32_t nids,
+    uint64_t *next, uint64_t *miss, uint32_t *nmiss)
+{
+	int rcs[LEASE_CHUNK];
+
+	while (*next < nids) {
+		uint32_t n = nids - *next < LEASE_CHUNK
+		    ? nids - (uint32_t) *next
+		    : LEASE_CHUNK;
+		const uint64_t *chunk = ids + *next;
+		if (q->busy) {
+			return QP_EBUSY;
+		}
+		qpi_store_ack_many(q->st, chunk, n, rcs);
+		for (uint32_t i = 0; i < n; i++, (*next)++) {
+			uint64_t id = chunk[i];
+			int rv = qps_q_rv(q, rcs[i]), d;
+			if (rv == QP_EBUSY) {
+				return rv;
+			}
+			if (qps_conn_work_take(c, q, id) && rv == QP_OK
+			    && (d = qps_q_rv(q, qpi_store_task_done(q->st)))
+			        != QP_OK) {
+				if (d == QP_EBUSY) {
+					qps_q_ack_later(q, 0, true);
+				} else {
+					qps_log(QPS_LOG_WARN,
+					    "queue '%s': task_done for acked "
+					    "lease %llu found no unfinished "
+					    "task",
+					    q->name, (unsigned long long) id);
+				}
+			}
+			if (rv != QP_OK && miss != NULL) {
+				miss[(*nmiss)++] = id;
+			}
+		}
 	}
-	int d = qps_q_rv(q, qpi_store_task_done(q->st));
-	if (d == QP_EBUSY) {
-		qps_q_ack_later(q, 0, true); /* its task_done, later */
-	} else if (d != QP_OK) {
-		qps_log(QPS_LOG_WARN,
-		    "queue '%s': task_done for acked lease %llu found no "
-		    "unfinished task",
-		    q->name, (unsigned long long) lease_id);
-	}
-	return rv;
+	return QP_OK;
 }
 
 void
 qps_lease_ack_ids(qps_conn *c, qps_q *q, const qpi_wire_req *r)
 {
-	for (uint32_t i = 0; i < r->nids; i++) {
-		if (q->busy || lease_ack(c, q, r->ids[i]) == QP_EBUSY) {
-			qps_q_ack_later(
-			    q, r->ids[i], qps_conn_work_take(c, q, r->ids[i]));
+	uint64_t next = 0;
+
+	if (lease_ack(c, q, r->ids, r->nids, &next, NULL, NULL) == QP_EBUSY) {
+		for (; next < r->nids; next++) {
+			qps_q_ack_later(q, r->ids[next],
+			    qps_conn_work_take(c, q, r->ids[next]));
 		}
 	}
-}
-
-static int
-ack_one(qps_conn *c, qps_q *q, const qpi_wire_req *r, uint64_t id)
-{
-	(void) r;
-	return lease_ack(c, q, id);
 }
 
 /* Only the WORK leases of this connection on q are renewed; any other id
@@ -74,19 +95,30 @@ touch_one(qps_conn *c, qps_q *q, const qpi_wire_req *r, uint64_t id)
 	return rv;
 }
 
-/* Applies each to r's lease ids from *next on; those it fails on gather
- * at the front of r->ids (*nmiss of them). QP_EBUSY: stopped at *next,
- * q's lock is held. Else QP_OK, *repp listing them as missing. */
+/* The reply to an ack or touch: the first nmiss of r's ids failed. */
 static int
-ids_apply(qps_conn *c, qps_q *q, qpi_wire_req *r, uint64_t *next,
-    uint32_t *nmiss, nng_msg **repp,
-    int (*each)(qps_conn *c, qps_q *q, const qpi_wire_req *r, uint64_t id))
+ids_reply(qpi_wire_req *r, uint32_t nmiss, nng_msg **repp)
 {
-	qpi_wire_rep rp;
+	qpi_wire_rep rp = {.op = r->op, .req_id = r->req_id};
 
+	rp.ids = r->ids;
+	rp.nids = nmiss;
+	rp.ids_cap = r->nids;
+	*repp = qps_rep_encode(&rp);
+	qpi_err_clear();
+	return QP_OK;
+}
+
+/* Touches r's lease ids from *next on; those it fails on gather at the
+ * front of r->ids (*nmiss of them). QP_EBUSY: stopped at *next, q's lock
+ * is held. Else QP_OK, *repp listing them as missing. */
+static int
+ids_touch(qps_conn *c, qps_q *q, qpi_wire_req *r, uint64_t *next,
+    uint32_t *nmiss, nng_msg **repp)
+{
 	for (; *next < r->nids; (*next)++) {
 		uint64_t id = r->ids[*next];
-		int rv = each(c, q, r, id);
+		int rv = touch_one(c, q, r, id);
 		if (rv == QP_EBUSY) {
 			return rv;
 		}
@@ -94,13 +126,7 @@ ids_apply(qps_conn *c, qps_q *q, qpi_wire_req *r, uint64_t *next,
 			r->ids[(*nmiss)++] = id;
 		}
 	}
-	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
-	rp.ids = r->ids;
-	rp.nids = *nmiss;
-	rp.ids_cap = r->nids;
-	*repp = qps_rep_encode(&rp);
-	qpi_err_clear();
-	return QP_OK;
+	return ids_reply(r, *nmiss, repp);
 }
 
 static int
@@ -133,9 +159,13 @@ lease_now(qps_conn *c, qps_q *q, qpi_wire_req *r, uint64_t *next,
 	}
 	switch (r->op) {
 	case QPI_OP_ACK:
-		return ids_apply(c, q, r, next, nmiss, repp, ack_one);
+		if (lease_ack(c, q, r->ids, r->nids, next, r->ids, nmiss)
+		    == QP_EBUSY) {
+			return QP_EBUSY;
+		}
+		return ids_reply(r, *nmiss, repp);
 	case QPI_OP_TOUCH:
-		return ids_apply(c, q, r, next, nmiss, repp, touch_one);
+		return ids_touch(c, q, r, next, nmiss, repp);
 	case QPI_OP_RELEASE:
 		if ((rv = lease_release(q, r)) == QP_EBUSY) {
 			return rv;

@@ -31,60 +31,56 @@ static int
 qd_try_get(qps_conn *c, qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 {
 	qpi_wire_item stacki[QD_STACK_ITEMS], *items = stacki;
-	qpi_shmq_lease l;
-	uint32_t want = r->max_items > 0 ? r->max_items : 1, n = 0;
+	qpi_shmq_got stackg[QD_STACK_ITEMS], *got = stackg;
+	uint32_t want = r->max_items > 0 ? r->max_items : 1;
 	uint32_t leases = qps_conn_lease_room(c);
-	uint64_t bytes = 0;
 	int64_t lease_ms
 	    = (int64_t) (r->lease_ms != 0 ? r->lease_ms : q->lease_ms);
 	int64_t expiry = 0; /* the latest of the leases taken */
-	int rv = QP_OK;
+	void *buf = NULL;
+	size_t n = 0;
+	int rv;
 
 	if (leases == 0) {
 		return QD_CONN_FULL;
 	}
 	want = want < leases ? want : leases;
 	if (want > QD_STACK_ITEMS
-	    && (items = malloc(want * sizeof(*items))) == NULL) {
+	    && ((items = malloc(want * sizeof(*items))) == NULL
+	        || (got = malloc(want * sizeof(*got))) == NULL)) {
+		if (items != stacki) {
+			free(items);
+		}
 		return QP_ENOMEM;
 	}
-	while (n < want) {
-		/* Beyond the first item, the reply stays within max_message
-		 * bytes: an item that would pass it is not taken (it stays at
-		 * the head for the next get). */
-		size_t room = 0, len;
-		void *data;
-		if (n > 0) {
-			if (bytes >= qps_limits.max_message) {
-				break;
-			}
-			room = (size_t) (qps_limits.max_message - bytes);
+	/* One batch from the store (one lock hold for shared memory). Beyond
+	 * the first item, the reply stays within max_message bytes: an item
+	 * that would pass it is not taken (it stays at the head for the next
+	 * get). */
+	rv = qps_q_rv(q,
+	    qpi_store_get_many(q->st, c->owner, lease_ms, want,
+	        (size_t) qps_limits.max_message, &buf, got, &n));
+	if (rv == QP_OK) {
+		int64_t soonest = INT64_MAX;
+		for (size_t i = 0; i < n; i++) {
+			int64_t e = got[i].lease.expiry_ms;
+			soonest = e < soonest ? e : soonest;
+			expiry = e > expiry ? e : expiry;
+			items[i].data = (const uint8_t *) buf + got[i].off;
+			items[i].len = got[i].len;
+			items[i].lease_id = got[i].lease.id;
+			items[i].deliveries = got[i].lease.deliveries;
 		}
-		rv = qps_q_rv(q,
-		    qpi_store_get(
-		        q->st, c->owner, lease_ms, room, &data, &len, &l));
-		if (rv != QP_OK) {
-			break;
-		}
-		qps_q_lease_due(q, l.expiry_ms);
-		items[n].data = data;
-		items[n].len = len;
-		items[n].lease_id = l.id;
-		items[n].deliveries = l.deliveries;
-		expiry = expiry < l.expiry_ms ? l.expiry_ms : expiry;
-		bytes += len;
-		n++;
-	}
-	if (n > 0) {
+		qps_q_lease_due(q, soonest);
 		qpi_wire_rep rp;
 		rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 		rp.items = items;
-		rp.nitems = rp.items_cap = n;
+		rp.nitems = rp.items_cap = (uint32_t) n;
 		*repp = qps_rep_encode(&rp);
 		rv = *repp == NULL ? QP_ENOMEM : QP_OK;
 		bool said = rv == QP_OK && qps_rep_status(*repp) == QP_OK;
 		qps_conn_leased(c, q);
-		for (uint32_t i = 0; i < n; i++) {
+		for (size_t i = 0; i < n; i++) {
 			if (!said) {
 				/* The items cannot be said: give them back
 				 * rather than hold them for a reply never
@@ -96,11 +92,12 @@ qd_try_get(qps_conn *c, qps_q *q, const qpi_wire_req *r, nng_msg **repp)
 				qps_conn_lease_add(c, q, items[i].lease_id,
 				    expiry, r->lease_mode == QPI_LEASE_WORK);
 			}
-			free((void *) items[i].data);
 		}
+		free(buf);
 	}
 	if (items != stacki) {
 		free(items);
+		free(got);
 	}
 	return rv;
 }

@@ -420,11 +420,14 @@ leases_body(void)
 	rc_open(&a, t.url, true);
 	fill(&a, name, 10000);
 
-	/* One worker asks for 4,096 items under a 600 s lease: it gets its
-	 * limit (1024 by default), not every lease slot of the queue. */
+	/* One worker takes 1,000 items, then asks for 4,096 more under a
+	 * 600 s lease: the batch takes only the room left (24 of its limit,
+	 * 1024 by default), not every lease slot of the queue. */
+	grab(&a, name, 1000);
+	CHECK_EQ(a.nitems, 1000);
 	grab(&a, name, 4096);
-	CHECK_EQ(a.status[QP_OK], 11);
-	CHECK_EQ(a.nitems, 1024);
+	CHECK_EQ(a.status[QP_OK], 12);
+	CHECK_EQ(a.nitems, 24);
 	/* Past its limit it is told so, as what it is. */
 	grab(&a, name, 10);
 	CHECK_EQ(a.status[QP_ELIMIT], 1);

@@ -99,6 +99,47 @@ test_queue_put_many_all_or_nothing(void **state)
 	qp_queue_free(q);
 }
 
+/* get_many: a batch in order, up to max, the first one waited for; the
+ * _obj form hands each raw item back as a msgpack bin. */
+static void
+test_queue_get_many_in_order(void **state)
+{
+	qp_queue *q = anon(0, 0);
+	void *bufs[300];
+	size_t lens[300], n = 0;
+	char s[32];
+
+	(void) state;
+	assert_int_equal(
+	    qp_queue_get_many(q, bufs, lens, 300, &n, 50), QP_EEMPTY);
+	assert_int_equal(n, 0);
+	for (int i = 0; i < 500; i++) {
+		snprintf(s, sizeof(s), "item %d", i);
+		put_str(q, s);
+	}
+	assert_int_equal(qp_queue_get_many(q, bufs, lens, 300, &n, 0), QP_OK);
+	assert_int_equal(n, 300);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(s, sizeof(s), "item %zu", i);
+		assert_int_equal(lens[i], strlen(s));
+		assert_memory_equal(bufs[i], s, lens[i]);
+		qp_free(bufs[i]);
+	}
+	assert_int_equal(qsize(q), 200);
+	assert_int_equal(
+	    qp_queue_get_many_obj(q, bufs, lens, 300, &n, 0), QP_OK);
+	assert_int_equal(n, 200);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(s, sizeof(s), "item %zu", i + 300);
+		assert_int_equal(lens[i], strlen(s) + 2);
+		assert_int_equal(((uint8_t *) bufs[i])[0], 0xc4);
+		assert_memory_equal((uint8_t *) bufs[i] + 2, s, strlen(s));
+		qp_free(bufs[i]);
+	}
+	assert_int_equal(qsize(q), 0);
+	qp_queue_free(q);
+}
+
 static void
 test_queue_get_timeout_on_empty(void **state)
 {
@@ -887,6 +928,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_queue_fifo_order),
 	    cmocka_unit_test(test_queue_put_many_all_or_nothing),
+	    cmocka_unit_test(test_queue_get_many_in_order),
 	    cmocka_unit_test(test_queue_get_timeout_on_empty),
 	    cmocka_unit_test(test_queue_get_blocks_until_put),
 	    cmocka_unit_test(test_queue_put_full_blocks_until_get),

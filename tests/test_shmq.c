@@ -6,7 +6,10 @@
  * are not (or no longer) what this library expects, and the lock budget
  * that keeps a stopped lock holder from stalling qpiped; segments not to
  * be trusted blindly: another user's, truncated, scribbled on, removed
- * while in use, and waiter counts that heal.
+ * while in use, and waiter counts that heal; batch gets and acks (in
+ * order, stopping short on slots, lease area and bytes, counted, failing
+ * whole on a quarantined segment), and a get that finds the ring empty
+ * while a put lands.
  */
 #define _GNU_SOURCE
 #include <setjmp.h>
@@ -1150,6 +1153,404 @@ test_shmq_counters(void **state)
 	qpi_shmq_free(q);
 }
 
+/* ---- batch gets ---- */
+
+#define BT_N 2000
+
+/* A model of the queue: ids are put in order, so the ready items, released
+ * ones included, go out smallest id first. */
+typedef struct bt_model {
+	uint8_t st[BT_N]; /* 0 not put, 1 ready, 2 leased, 3 gone */
+	uint32_t deliv[BT_N];
+	uint64_t lid[BT_N];
+	uint64_t nput;
+} bt_model;
+
+static uint64_t
+bt_next_ready(const bt_model *m, uint64_t from)
+{
+	while (from < m->nput && m->st[from] != 1) {
+		from++;
+	}
+	return from;
+}
+
+static size_t
+bt_len(uint64_t id)
+{
+	uint64_t r = qu_mix(id * 13 + 5);
+	return r % 8 == 0 ? 8 + (size_t) (r >> 8) % 3000
+	                  : 8 + (size_t) (r >> 8) % 200;
+}
+
+/* Checks a batch against the model and applies it. */
+static void
+bt_took(bt_model *m, const uint8_t *buf, const qpi_shmq_got *got, size_t n,
+    bool lease)
+{
+	uint64_t want = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		uint64_t id = UINT64_MAX;
+		want = bt_next_ready(m, want);
+		const uint8_t *p
+		    = got[i].own != NULL ? got[i].own : buf + got[i].off;
+		assert_true(qu_check(p, got[i].len, &id));
+		free(got[i].own);
+		assert_int_equal(id, want);
+		assert_true(id < BT_N);
+		assert_int_equal(got[i].len, bt_len(id));
+		m->deliv[id]++;
+		if (lease) {
+			assert_int_equal(
+			    got[i].lease.deliveries, m->deliv[id]);
+			assert_int_equal(got[i].lease.kind, QPI_ITEM_BIN);
+			assert_int_equal(
+			    got[i].lease.expiry_ms, got[0].lease.expiry_ms);
+			m->lid[id] = got[i].lease.id;
+			m->st[id] = 2;
+		} else {
+			m->st[id] = 3;
+		}
+	}
+}
+
+/* Random puts, batch gets plain and leased, single gets, acks and
+ * releases (one by one and in one call), on a queue with few lease slots
+ * and a small lease area (so batches stop short on both, and span many
+ * commits): every item comes out in order, with its delivery count, and
+ * the segment checks out after every step. */
+static void
+test_shmq_batch_gets_keep_order_and_leases(void **state)
+{
+	qpi_shmq_cfg c = {
+	    .capacity = 1 << 20, .lease_slots = 96, .lease_bytes = 64 * 1024};
+	static bt_model m;
+	static uint8_t item[4096];
+	qpi_shmq_got got[128];
+	uint64_t rng = 42;
+	qpi_shmq *q;
+	void *buf;
+	size_t n;
+
+	(void) state;
+	memset(&m, 0, sizeof(m));
+	qu_init();
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	assert_int_equal(
+	    qpi_shmq_get_lease_many(q, 1, -1, 0, 8, 0, &buf, got, &n, 0),
+	    QP_EEMPTY);
+	assert_int_equal(n, 0);
+	for (int step = 0; step < 400; step++) {
+		rng = qu_mix(rng + 1);
+		int op = (int) (rng % 8);
+		if (op < 3) {
+			for (uint64_t k = rng % 40; k > 0 && m.nput < BT_N;
+			     k--) {
+				size_t len = bt_len(m.nput);
+				qu_fill(item, m.nput, len);
+				assert_int_equal(qpi_shmq_put(q, item, len,
+				                     QPI_ITEM_BIN, 0),
+				    QP_OK);
+				m.st[m.nput++] = 1;
+			}
+		} else if (op < 6) {
+			bool lease = op != 3;
+			unsigned each = (rng >> 30) % 2 ? QPI_GET_EACH : 0;
+			size_t max = 1 + (size_t) (rng >> 8) % 128;
+			size_t max_bytes = (rng >> 20) % 4 == 0
+			    ? (size_t) (rng >> 24) % 20000
+			    : 0;
+			int rc = lease ? qpi_shmq_get_lease_many(q, 1, 60000,
+			             each, max, max_bytes, &buf, got, &n, 0)
+			               : qpi_shmq_get_many(q, each, max,
+			                   max_bytes, &buf, got, &n, 0);
+			uint64_t first = bt_next_ready(&m, 0);
+			if (first == m.nput) {
+				assert_int_equal(rc, QP_EEMPTY);
+				continue;
+			}
+			if (rc == QP_ELIMIT) {
+				assert_true(lease);
+				continue;
+			}
+			assert_int_equal(rc, QP_OK);
+			assert_true(n >= 1 && n <= max);
+			assert_true(each == 0 || buf == NULL);
+			size_t used = got[n - 1].off + got[n - 1].len;
+			assert_true(
+			    n == 1 || max_bytes == 0 || used <= max_bytes);
+			bt_took(&m, buf, got, n, lease);
+			free(buf);
+		} else {
+			/* Settle half of the leases held: ack or release. */
+			uint64_t acks[129];
+			int rcs[129];
+			size_t nack = 0;
+			for (uint64_t id = 0; id < m.nput; id++) {
+				if (m.st[id] != 2 || qu_mix(id + rng) % 2) {
+					continue;
+				}
+				if (qu_mix(id ^ rng) % 3 == 0) {
+					assert_int_equal(
+					    qpi_shmq_release(q, m.lid[id]),
+					    QP_OK);
+					m.st[id] = 1;
+				} else if (op == 6) {
+					assert_int_equal(
+					    qpi_shmq_ack(q, m.lid[id]), QP_OK);
+					m.st[id] = 3;
+				} else if (nack < 128) {
+					acks[nack++] = m.lid[id];
+					m.st[id] = 3;
+				}
+			}
+			/* op 7: the acks in one call, one of them twice. */
+			if (nack > 0) {
+				acks[nack] = acks[nack / 2];
+				memset(rcs, 0x7f, sizeof(rcs));
+				assert_int_equal(
+				    qpi_shmq_ack_many(q, acks, nack + 1, rcs),
+				    QP_OK);
+				for (size_t i = 0; i < nack; i++) {
+					assert_int_equal(rcs[i], QP_OK);
+				}
+				assert_int_equal(rcs[nack], QP_ENOENT);
+			}
+		}
+		check(q);
+	}
+	/* Everything left comes out in order. */
+	for (uint64_t id = 0; id < m.nput; id++) {
+		if (m.st[id] == 2) {
+			assert_int_equal(qpi_shmq_ack(q, m.lid[id]), QP_OK);
+			m.st[id] = 3;
+		}
+	}
+	while (qpi_shmq_get_many(q, QPI_GET_OBJ, 128, 0, &buf, got, &n, 0)
+	    == QP_OK) {
+		for (size_t i = 0; i < n; i++) {
+			/* QPI_GET_OBJ: each item a whole msgpack bin. */
+			uint8_t *p = (uint8_t *) buf + got[i].off;
+			size_t hl = got[i].len - 8 < 256 ? 2
+			    : got[i].len - 8 < 65536     ? 3
+			                                 : 5;
+			assert_true(
+			    p[0] == 0xc4 || p[0] == 0xc5 || p[0] == 0xc6);
+			got[i].off += hl;
+			got[i].len -= hl;
+		}
+		bt_took(&m, buf, got, n, false);
+		free(buf);
+	}
+	for (uint64_t id = 0; id < m.nput; id++) {
+		assert_int_equal(m.st[id], 3);
+	}
+	assert_int_equal(qsize(q), 0);
+	check(q);
+	qpi_shmq_free(q);
+}
+
+/* Batches count in the segment's counters as single calls do: each item
+ * a get (released ones again), each confirmed lease an ack, none for an
+ * id that was not held. */
+static void
+test_shmq_counters_count_batches(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+	qpi_shmq_counters c;
+	qpi_shmq_got got[64];
+	uint64_t ids[41];
+	int rcs[41];
+	void *buf;
+	size_t n;
+
+	(void) state;
+	for (int i = 0; i < 100; i++) {
+		put(q, "item");
+	}
+	assert_int_equal(
+	    qpi_shmq_get_many(q, 0, 30, 0, &buf, got, &n, 0), QP_OK);
+	assert_int_equal(n, 30);
+	free(buf);
+	assert_int_equal(
+	    qpi_shmq_get_lease_many(q, 1, -1, 0, 50, 0, &buf, got, &n, 0),
+	    QP_OK);
+	assert_int_equal(n, 50);
+	free(buf);
+	for (int i = 0; i < 40; i++) {
+		ids[i] = got[i].lease.id;
+	}
+	ids[40] = ids[0]; /* twice: not counted again */
+	assert_int_equal(qpi_shmq_ack_many(q, ids, 41, rcs), QP_OK);
+	assert_int_equal(rcs[40], QP_ENOENT);
+	for (int i = 40; i < 50; i++) {
+		assert_int_equal(qpi_shmq_release(q, got[i].lease.id), QP_OK);
+	}
+	/* The 10 released come again, then 10 from the ring. */
+	assert_int_equal(
+	    qpi_shmq_get_lease_many(q, 1, -1, 0, 20, 0, &buf, got, &n, 0),
+	    QP_OK);
+	assert_int_equal(n, 20);
+	assert_int_equal(got[0].lease.deliveries, 2);
+	assert_int_equal(got[19].lease.deliveries, 1);
+	free(buf);
+	for (int i = 0; i < 20; i++) {
+		ids[i] = got[i].lease.id;
+	}
+	assert_int_equal(qpi_shmq_ack_many(q, ids, 20, rcs), QP_OK);
+	assert_int_equal(qpi_shmq_counters_get(q, &c), QP_OK);
+	assert_int_equal(c.puts, 100);
+	assert_int_equal(c.gets, 100); /* 30 + 50 + 20, 10 of them again */
+	assert_int_equal(c.acks, 60);
+	assert_int_equal(c.nacks, 10);
+	assert_int_equal(qsize(q), 10);
+	check(q);
+	qpi_shmq_free(q);
+}
+
+/* A batch that meets a segment truncated under it (the SIGBUS guard's
+ * zero pages part of the way through the ring), or a scribbled lock,
+ * fails whole with QP_ECORRUPT ("quarantined"), hands nothing out, and
+ * every later call says so. Run in children, as the single-get test. */
+static void
+test_shmq_batch_get_meets_quarantine(void **state)
+{
+	char name[96], path[300];
+	static uint8_t item[1000];
+
+	(void) state;
+	for (int k = 0; k < 3; k++) {
+		qpi_shmq_cfg c = {.capacity = 1 << 20};
+		struct stat sb;
+		qpi_shmq *q;
+		pid_t pid;
+
+		snprintf(name, sizeof(name), "%s", qu_name("qbatch"));
+		shm_path_of(name, path, sizeof(path));
+		assert_int_equal(
+		    qpi_shmq_open(&q, name, QP_OPEN_CREATE, &c), QP_OK);
+		for (int i = 0; i < 900; i++) {
+			assert_int_equal(qpi_shmq_put(q, item, sizeof(item),
+			                     QPI_ITEM_BIN, 0),
+			    QP_OK);
+		}
+		assert_int_equal(stat(path, &sb), 0);
+		if ((pid = fork()) == 0) {
+			qpi_shmq_got got[900];
+			void *buf = (void *) item;
+			size_t n = 99;
+			int rc;
+			alarm(10);
+			qpi_shmq_free(q);
+			if (qpi_shmq_open(&q, name, 0, NULL) != QP_OK) {
+				_exit(6);
+			}
+			if (k < 2) {
+				/* The ring's second half is cut off. */
+				if (truncate(path, sb.st_size - (1 << 19))
+				    != 0) {
+					_exit(2);
+				}
+			} else {
+				pthread_mutex_t *m
+				    = qpi_shmq_test_lock(q, false);
+				memset(m, 0, sizeof(*m));
+				m->__data.__lock = 0x7ffffff0;
+				m->__data.__owner = 0x7ffffff0;
+			}
+			rc = k == 1 ? qpi_shmq_get_lease_many(
+			         q, 1, -1, 0, 900, 0, &buf, got, &n, FOREVER)
+			            : qpi_shmq_get_many(q, QPI_GET_EACH, 900,
+			                0, &buf, got, &n, FOREVER);
+			if (rc != QP_ECORRUPT || n != 0 || buf != NULL
+			    || strstr(qp_errmsg(), "quarantined") == NULL) {
+				_exit(3);
+			}
+			if (qpi_shmq_get_many(
+			        q, 0, 10, 0, &buf, got, &n, FOREVER)
+			        != QP_ECORRUPT
+			    || qpi_shmq_ack_many(q, &n, 1, &rc)
+			        != QP_ECORRUPT) {
+				_exit(4);
+			}
+			qpi_shmq_free(q);
+			_exit(0);
+		}
+		assert_true(pid > 0);
+		if (qu_wait(pid) != 0) {
+			fail_msg("case %d: child failed", k);
+		}
+		qpi_shmq_free(q);
+		assert_int_equal(qpi_shmq_unlink(name), QP_OK);
+	}
+}
+
+/* ---- a get that finds the ring empty while a put lands ----
+ *
+ * A get about to say "empty" checks the producers' count against what it
+ * took. A put that stamps and counts its item after the get looked must
+ * not read as "an item counted without its record" (damage, which marks
+ * the queue corrupt): the get reads the count before it walks. Made
+ * certain here: the get sleeps (its deadline is near); meanwhile a
+ * producer is killed after it wrote the pad that ends the ring's lap, so
+ * the get's last try walks over that pad and commits its head past it,
+ * and at that commit (the journal's hook) this process puts an item. */
+
+static qpi_shmq *fr_q;
+static int fr_state; /* 0 idle, 1 waiting to sleep, 2 pad left, 3 put */
+
+static void
+fr_hook(int point)
+{
+	static uint8_t big[2000];
+
+	if (fr_state == 1 && point == QPI_HOOK_WOKEN) {
+		pid_t pid = fork();
+		if (pid == 0) {
+			fr_state = 9;
+			qpi_shmq_put(fr_q, big, sizeof(big), QPI_ITEM_BIN, 0);
+			_exit(1);
+		}
+		fr_state = qu_wait(pid) == 128 + SIGKILL ? 2 : 8;
+	} else if (fr_state == 9 && point == QPI_HOOK_PUT_COPY) {
+		raise(SIGKILL); /* the pad is in, the item not */
+	} else if (fr_state == 2 && point == QPI_HOOK_JOURNAL) {
+		fr_state = 4;
+		put(fr_q, "landed");
+		fr_state = 3;
+	}
+}
+
+static void
+test_shmq_empty_get_races_a_put(void **state)
+{
+	static uint8_t fill[65536];
+	void *buf = NULL;
+	size_t len = 0;
+
+	(void) state;
+	fr_q = mk(65536, 0);
+	/* One item that ends 1000 bytes before the ring's end. */
+	assert_int_equal(
+	    qpi_shmq_put(fr_q, fill, 65536 - 1000 - 40, QPI_ITEM_BIN, 0),
+	    QP_OK);
+	assert_int_equal(
+	    qpi_shmq_get(fr_q, 0, fill, sizeof(fill), NULL, &len, 0), QP_OK);
+	fr_state = 1;
+	qpi_shmq_test_hook = fr_hook;
+	int rc
+	    = qpi_shmq_get(fr_q, 0, NULL, 0, &buf, &len, qpi_deadline_ns(20));
+	qpi_shmq_test_hook = NULL;
+	assert_int_equal(fr_state, 3);
+	if (rc != QP_EEMPTY) {
+		fail_msg("get: %d %s", rc, qp_errmsg());
+	}
+	get(fr_q, "landed");
+	check(fr_q);
+	qpi_shmq_free(fr_q);
+}
+
 int
 main(void)
 {
@@ -1178,6 +1579,10 @@ main(void)
 	    cmocka_unit_test(test_shmq_truncated_segment_fails_cleanly),
 	    cmocka_unit_test(test_shmq_scribbled_lock_is_quarantined),
 	    cmocka_unit_test(test_shmq_other_users_segment_refused),
+	    cmocka_unit_test(test_shmq_batch_gets_keep_order_and_leases),
+	    cmocka_unit_test(test_shmq_counters_count_batches),
+	    cmocka_unit_test(test_shmq_batch_get_meets_quarantine),
+	    cmocka_unit_test(test_shmq_empty_get_races_a_put),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

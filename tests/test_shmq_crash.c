@@ -2,7 +2,8 @@
  * test_shmq_crash.c - kill -9 at random points inside put and get.
  *
  * One queue lives through many runs. In each run a victim process puts,
- * gets, leases and acks or releases items at random, with the test hook
+ * gets, leases (one at a time and in batches) and acks (one at a time and
+ * in batches) or releases items at random, with the test hook
  * stretching every critical section by a few microseconds, and is killed
  * with SIGKILL at a random moment. A survivor process puts and gets all
  * along; after each kill it must go on within 100 ms (300 ms under the
@@ -75,6 +76,7 @@ typedef struct crash {
 	uint8_t got[MAXID];
 	uint8_t spare[MAXID]; /* a killed get may have taken it */
 	uint8_t vbuf[MAXITEM]; /* the victim's plain gets land here */
+	char why[256]; /* the first damage a child was told of */
 } crash;
 
 static crash *cr;
@@ -144,6 +146,21 @@ record_got(const uint8_t *buf, size_t len)
 	__atomic_fetch_add(&cr->got[id], 1, __ATOMIC_RELAXED);
 }
 
+/* Passes rc on; the first QP_ECORRUPT a child meets is kept in why. */
+static int
+note(int rc)
+{
+	char none = '\0';
+
+	if (rc == QP_ECORRUPT
+	    && __atomic_compare_exchange_n(&cr->why[0], &none, '?', false,
+	        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+		snprintf(cr->why + 1, sizeof(cr->why) - 1, " (pid %d) %s",
+		    (int) getpid(), qp_errmsg());
+	}
+	return rc;
+}
+
 static int
 do_put(qpi_shmq *q, uint8_t *buf, int64_t deadline)
 {
@@ -158,10 +175,64 @@ do_put(qpi_shmq *q, uint8_t *buf, int64_t deadline)
 	if (qpi_shmq_test_hook != NULL) {
 		cr->vput = id;
 	}
-	int rc = qpi_shmq_put(q, buf, len, QPI_ITEM_BIN, deadline);
+	int rc = note(qpi_shmq_put(q, buf, len, QPI_ITEM_BIN, deadline));
 	cr->state[id] = rc == QP_OK ? ST_PUT : ST_NONE;
 	cr->vput = UINT64_MAX;
 	return rc;
+}
+
+/* A batch of leases (qpiped's get), then each released, or all acked
+ * (delivered here) one by one or in one call. Killed with leases held,
+ * they return through release_owner; killed in an ack, the item the test
+ * knows of may be gone (one at a time), or any of the batch (in one
+ * call). */
+static void
+victim_batch(qpi_shmq *q, int how)
+{
+	qpi_shmq_got got[40];
+	uint64_t ids[40];
+	int rcs[40];
+	void *buf;
+	size_t n;
+
+	if (note(qpi_shmq_get_lease_many(q, (uint64_t) getpid(), 60000, 0,
+	        1 + rnd() % 40, rnd() % 2 ? 0 : 20000, &buf, got, &n, 0))
+	    != QP_OK) {
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const uint8_t *p = (const uint8_t *) buf + got[i].off;
+		ids[i] = got[i].lease.id;
+		if (how == 0) {
+			note(qpi_shmq_release(q, ids[i]));
+		} else if (how == 1) {
+			memcpy(&cr->vlease, p, 8);
+			if (note(qpi_shmq_ack(q, ids[i])) == QP_OK) {
+				record_got(p, got[i].len);
+			}
+			cr->vlease = UINT64_MAX;
+		} else {
+			uint64_t id;
+			memcpy(&id, p, 8);
+			if (id < MAXID) {
+				cr->spare[id] = 1; /* the ack may be cut */
+			}
+		}
+	}
+	if (how == 2 && note(qpi_shmq_ack_many(q, ids, n, rcs)) == QP_OK) {
+		for (size_t i = 0; i < n; i++) {
+			const uint8_t *p = (const uint8_t *) buf + got[i].off;
+			uint64_t id;
+			if (rcs[i] == QP_OK) {
+				record_got(p, got[i].len);
+			}
+			memcpy(&id, p, 8);
+			if (id < MAXID) {
+				cr->spare[id] = 0;
+			}
+		}
+	}
+	free(buf);
 }
 
 static void
@@ -173,33 +244,35 @@ victim(qpi_shmq *q, uint64_t seed)
 	rng = seed;
 	qpi_shmq_test_hook = crash_hook;
 	for (;;) {
-		uint64_t op = rnd() % 10;
+		uint64_t op = rnd() % 13;
 		if (op < 5) {
 			do_put(q, buf, DEADLINE(5));
 			continue;
 		}
 		__atomic_store_n(&cr->victim_getting, 1, __ATOMIC_SEQ_CST);
-		if (op < 8) {
+		if (op >= 10) {
+			victim_batch(q, (int) (op - 10));
+		} else if (op < 8) {
 			memset(cr->vbuf, 0xff, 8);
-			if (qpi_shmq_get(
-			        q, 0, cr->vbuf, MAXITEM, NULL, &len, 0)
+			if (note(qpi_shmq_get(
+			        q, 0, cr->vbuf, MAXITEM, NULL, &len, 0))
 			    == QP_OK) {
 				record_got(cr->vbuf, len);
 			}
 		} else {
 			qpi_shmq_lease l;
 			void *p;
-			if (qpi_shmq_get_lease(q, (uint64_t) getpid(), 60000,
-			        0, &p, &len, &l, 0)
+			if (note(qpi_shmq_get_lease(q, (uint64_t) getpid(),
+			        60000, 0, &p, &len, &l, 0))
 			    == QP_OK) {
 				memcpy(&cr->vlease, p, 8);
 				/* Acked: delivered here. Released: it
 				 * comes back for someone else. */
 				if (op == 8
-				    && qpi_shmq_ack(q, l.id) == QP_OK) {
+				    && note(qpi_shmq_ack(q, l.id)) == QP_OK) {
 					record_got(p, len);
 				} else if (op == 9) {
-					qpi_shmq_release(q, l.id);
+					note(qpi_shmq_release(q, l.id));
 				}
 				free(p);
 				cr->vlease = UINT64_MAX;
@@ -220,7 +293,7 @@ survivor(qpi_shmq *q)
 	while (!__atomic_load_n(&cr->stop, __ATOMIC_RELAXED)) {
 		/* Neither call waits for the queue (an empty or full queue
 		 * is no stall), only for its locks. */
-		int rc = qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, 0);
+		int rc = note(qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, 0));
 		if (rc == QP_OK) {
 			record_got(buf, len);
 		} else if (rc != QP_EEMPTY) {
@@ -310,8 +383,12 @@ test_shmq_crash_kill9_anywhere(void **state)
 		cr->vlease = UINT64_MAX;
 		cr->vput = UINT64_MAX;
 		/* Whoever notices a dead worker returns its leases. */
-		assert_int_equal(
-		    qpi_shmq_release_owner(q, (uint64_t) v, NULL), QP_OK);
+		int rro = qpi_shmq_release_owner(q, (uint64_t) v, NULL);
+		if (rro != QP_OK) {
+			fail_msg("run %d, killed at point %d: release_owner: "
+			         "%s; first damage seen%s",
+			    run, point, qp_errmsg(), cr->why);
+		}
 		/* The survivor goes on within 100 ms of the kill (300 ms
 		 * under the sanitizers). */
 		while (__atomic_load_n(&cr->survivor_ok_us, __ATOMIC_ACQUIRE)
@@ -338,8 +415,10 @@ test_shmq_crash_kill9_anywhere(void **state)
 		}
 		int rc = qpi_shmq_check(q);
 		if (rc != QP_OK) {
-			fail_msg("run %d, killed at point %d: %s", run, point,
-			    qp_errmsg());
+			fail_msg(
+			    "run %d, killed at point %d: %s; first damage "
+			    "seen%s",
+			    run, point, qp_errmsg(), cr->why);
 		}
 		assert_int_equal(cr->bad, 0);
 	}
@@ -1176,12 +1255,216 @@ test_shmq_crash_lock_waiter_killed(void **state)
 	munmap(lk, sizeof(*lk));
 }
 
+/* A put killed after it stamped an item that starts the ring's next lap
+ * (a pad ends the lap before it), before it moved the tail: a getter
+ * takes that item at once, so the head is ahead of the tail when the
+ * next put repairs the producer side. The repair moves the tail over the
+ * pad and the item (it used to stop at the pad, leaving the tail behind
+ * the head for later puts to write over), and the queue goes on. */
+static void
+test_shmq_crash_put_killed_after_wrap_taken(void **state)
+{
+	qpi_shmq_cfg c = {.capacity = 64 * 1024};
+	uint8_t *buf = malloc(65536);
+	uint64_t id = UINT64_MAX;
+	qpi_shmq *q;
+	size_t len;
+
+	(void) state;
+	assert_non_null(buf);
+	qu_init();
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	/* One item that ends 1000 bytes before the ring's end, taken. */
+	assert_int_equal(
+	    qpi_shmq_put(q, buf, 65536 - 1000 - 40, QPI_ITEM_BIN, 0), QP_OK);
+	assert_int_equal(qpi_shmq_get(q, 0, buf, 65536, NULL, &len, 0), QP_OK);
+	pid_t w = fork();
+	assert_true(w >= 0);
+	if (w == 0) {
+		kc_point = QPI_HOOK_PUT_COMMIT;
+		qpi_shmq_test_hook = die_at_point;
+		qu_fill(buf, 7, 2000);
+		_exit(qpi_shmq_put(q, buf, 2000, QPI_ITEM_BIN, 0) == QP_OK
+		        ? 0
+		        : 1);
+	}
+	assert_int_equal(qu_wait(w), 128 + SIGKILL);
+	assert_int_equal(qpi_shmq_get(q, 0, buf, 65536, NULL, &len, 0), QP_OK);
+	assert_true(qu_check(buf, len, &id));
+	assert_int_equal(id, 7);
+	for (uint64_t i = 8; i < 40; i++) {
+		qu_fill(buf, i, 3000);
+		assert_int_equal(
+		    qpi_shmq_put(q, buf, 3000, QPI_ITEM_BIN, 0), QP_OK);
+		if (qpi_shmq_check(q) != QP_OK) {
+			fail_msg("after put %d: %s", (int) i, qp_errmsg());
+		}
+		assert_int_equal(
+		    qpi_shmq_get(q, 0, buf, 65536, NULL, &len, 0), QP_OK);
+		assert_true(qu_check(buf, len, &id));
+		assert_int_equal(id, i);
+	}
+	qpi_shmq_free(q);
+	free(buf);
+}
+
+/* ---- a batch killed midway ----
+ *
+ * A process takes a batch of 60 items and is killed at the third pass of
+ * one hook point. A plain batch took the items it committed, in order,
+ * and left the rest at the head; a lease batch left every item leased to
+ * the dead process or in the queue, and they all come back in order once
+ * its leases are released. The queue checks out either way. */
+
+static int bk_point, bk_hits;
+
+static void
+die_at_third(int point)
+{
+	if (point == bk_point && ++bk_hits == 3) {
+		raise(SIGKILL);
+	}
+}
+
+/* A queue of 60 items, ids 0 to 59 (some span lease-area blocks). */
+static qpi_shmq *
+bk_queue(uint8_t *buf)
+{
+	qpi_shmq_cfg c = {.capacity = 1 << 20, .lease_slots = 128};
+	qpi_shmq *q;
+
+	assert_int_equal(qpi_shmq_anon(&q, &c), QP_OK);
+	for (uint64_t id = 0; id < 60; id++) {
+		size_t l = id % 7 == 0 ? 1500 : 100;
+		qu_fill(buf, id, l);
+		assert_int_equal(
+		    qpi_shmq_put(q, buf, l, QPI_ITEM_BIN, 0), QP_OK);
+	}
+	return q;
+}
+
+/* After the dead process's leases are back: the items from want on are
+ * all there, in order, and the queue checks out. */
+static void
+bk_drain(qpi_shmq *q, uint8_t *buf, uint64_t want, int point)
+{
+	uint64_t id = UINT64_MAX;
+	size_t len;
+
+	if (qpi_shmq_check(q) != QP_OK) {
+		fail_msg("point %d: %s", point, qp_errmsg());
+	}
+	while (qpi_shmq_get(q, 0, buf, MAXITEM, NULL, &len, 0) == QP_OK) {
+		assert_true(qu_check(buf, len, &id));
+		assert_int_equal(id, want);
+		want++;
+	}
+	assert_int_equal(want, 60);
+	assert_int_equal(qpi_shmq_check(q), QP_OK);
+	qpi_shmq_free(q);
+}
+
+static void
+test_shmq_crash_batch_killed_midway(void **state)
+{
+	static const int plain_pts[]
+	    = {QPI_HOOK_GET_COPY, QPI_HOOK_GET_COMMIT};
+	static const int lease_pts[] = {QPI_HOOK_GET_COPY, QPI_HOOK_JOURNAL,
+	    QPI_HOOK_COMMIT, QPI_HOOK_APPLY, QPI_HOOK_DONE};
+	uint8_t *buf = malloc(MAXITEM);
+
+	(void) state;
+	assert_non_null(buf);
+	qu_init();
+	for (int lease = 0; lease < 2; lease++) {
+		const int *pts = lease ? lease_pts : plain_pts;
+		size_t npts = lease ? 5 : 2;
+		for (size_t k = 0; k < npts; k++) {
+			qpi_shmq_got got[60];
+			qpi_shmq *q = bk_queue(buf);
+			size_t n;
+			void *out;
+			pid_t w = fork();
+			assert_true(w >= 0);
+			if (w == 0) {
+				bk_point = pts[k];
+				qpi_shmq_test_hook = die_at_third;
+				int rc = lease ? qpi_shmq_get_lease_many(q,
+				             (uint64_t) getpid(), -1, 0, 60, 0,
+				             &out, got, &n, 0)
+				               : qpi_shmq_get_many(q, 0, 60, 0,
+				                   &out, got, &n, 0);
+				_exit(rc == QP_OK ? 0 : 1);
+			}
+			assert_int_equal(qu_wait(w), 128 + SIGKILL);
+			if (lease) {
+				assert_int_equal(qpi_shmq_release_owner(
+				                     q, (uint64_t) w, NULL),
+				    QP_OK);
+			}
+			/* Plain: the two items committed before the third
+			 * pass are gone; lease: none. */
+			bk_drain(q, buf, lease ? 0 : 2, pts[k]);
+		}
+	}
+	free(buf);
+}
+
+/* A batch of acks killed midway: the acks its commits covered are done
+ * (the third commit of 9 acks each: 18 before its journal is committed,
+ * 27 once it is), the other leases stay held by the dead process and come
+ * back, in order, when its leases are released. */
+static void
+test_shmq_crash_ack_batch_killed_midway(void **state)
+{
+	static const int pts[] = {QPI_HOOK_JOURNAL, QPI_HOOK_COMMIT};
+	static const uint64_t gone[] = {18, 27};
+	uint8_t *buf = malloc(MAXITEM);
+
+	(void) state;
+	assert_non_null(buf);
+	qu_init();
+	for (size_t k = 0; k < 2; k++) {
+		qpi_shmq *q = bk_queue(buf);
+		pid_t w = fork();
+		assert_true(w >= 0);
+		if (w == 0) {
+			qpi_shmq_got got[60];
+			uint64_t ids[60];
+			int rcs[60];
+			size_t n;
+			void *out;
+			if (qpi_shmq_get_lease_many(q, (uint64_t) getpid(), -1,
+			        0, 60, 0, &out, got, &n, 0)
+			        != QP_OK
+			    || n != 60) {
+				_exit(2);
+			}
+			for (size_t i = 0; i < n; i++) {
+				ids[i] = got[i].lease.id;
+			}
+			bk_point = pts[k];
+			qpi_shmq_test_hook = die_at_third;
+			_exit(qpi_shmq_ack_many(q, ids, n, rcs) == QP_OK ? 0
+			                                                 : 1);
+		}
+		assert_int_equal(qu_wait(w), 128 + SIGKILL);
+		assert_int_equal(
+		    qpi_shmq_release_owner(q, (uint64_t) w, NULL), QP_OK);
+		bk_drain(q, buf, gone[k], pts[k]);
+	}
+	free(buf);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_teardown(
 	        test_shmq_crash_kill9_anywhere, crash_teardown),
+	    cmocka_unit_test(test_shmq_crash_batch_killed_midway),
+	    cmocka_unit_test(test_shmq_crash_ack_batch_killed_midway),
+	    cmocka_unit_test(test_shmq_crash_put_killed_after_wrap_taken),
 	    cmocka_unit_test_teardown(
 	        test_shmq_crash_getter_killed_waking_putters, wake_teardown),
 	    cmocka_unit_test_teardown(

@@ -73,16 +73,18 @@ mk(bool durable, uint64_t maxsize, uint32_t fsync_mode)
 static uint64_t
 get(qpi_store *s, const void *want, size_t len, uint32_t deliveries)
 {
-	qpi_shmq_lease l;
+	qpi_shmq_got got;
 	void *buf = NULL;
 	size_t n = 0;
 
-	assert_int_equal(qpi_store_get(s, 7, 60000, 0, &buf, &n, &l), QP_OK);
-	assert_int_equal(n, len);
-	assert_memory_equal(buf, want, len);
-	assert_int_equal(l.deliveries, deliveries);
+	assert_int_equal(
+	    qpi_store_get_many(s, 7, 60000, 1, 0, &buf, &got, &n), QP_OK);
+	assert_int_equal(n, 1);
+	assert_int_equal(got.len, len);
+	assert_memory_equal((uint8_t *) buf + got.off, want, len);
+	assert_int_equal(got.lease.deliveries, deliveries);
 	free(buf);
-	return l.id;
+	return got.lease.id;
 }
 
 static const uint8_t bin[] = {0xc4, 3, 'a', 'b', 'c'}; /* bin "abc" */

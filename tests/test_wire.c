@@ -466,6 +466,53 @@ test_wire_request_variants(void **state)
 	qpi_wire_buf_free(&b);
 }
 
+/* A get's lease ids in every width msgpack has for them come back as
+ * they went, each written in msgpack's smallest form; the same request
+ * cut short anywhere is refused. */
+static void
+test_wire_request_ids_every_width(void **state)
+{
+	static const uint64_t widths[] = {0, 127, 128, 255, 256, 65535, 65536,
+	    0xffffffffull, 0x100000000ull, UINT64_MAX};
+	static const uint8_t forms[]
+	    = {0x00, 0x7f, 0xcc, 0x80, 0xcc, 0xff, 0xcd, 0x01, 0x00, 0xcd,
+	        0xff, 0xff, 0xce, 0x00, 0x01, 0x00, 0x00, 0xce, 0xff, 0xff,
+	        0xff, 0xff, 0xcf, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
+	        0x00, 0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+	qpi_wire_item its[3], dits[8];
+	uint64_t ids[10], dids[10];
+	qpi_wire_req q, d;
+	qpi_wire_buf b = {0}, u = {0};
+
+	(void) state;
+	fill_req(&q, QPI_OP_GET, its, ids);
+	memcpy(ids, widths, sizeof(widths));
+	q.nids = q.ids_cap = 10;
+	assert_int_equal(qpi_wire_encode_req(&q, &b), QP_OK);
+	for (size_t cut = 0; cut <= b.len; cut++) {
+		memset(&d, 0, sizeof(d));
+		d.items = dits;
+		d.items_cap = 8;
+		d.ids = dids;
+		d.ids_cap = 10;
+		int rv = qpi_wire_decode_req(b.data, cut, NULL, &d);
+		if (cut < b.len) {
+			assert_int_not_equal(rv, QP_OK);
+		} else {
+			assert_int_equal(rv, QP_OK);
+			assert_int_equal(d.nids, 10);
+			assert_memory_equal(d.ids, widths, sizeof(widths));
+		}
+	}
+	for (size_t i = 0; i < 10; i++) {
+		assert_int_equal(qpi_wire_put_uint(&u, widths[i]), QP_OK);
+	}
+	assert_int_equal(u.len, sizeof(forms));
+	assert_memory_equal(u.data, forms, sizeof(forms));
+	qpi_wire_buf_free(&u);
+	qpi_wire_buf_free(&b);
+}
+
 static void
 fill_rep(qpi_wire_rep *p, uint32_t op, qpi_wire_item *its, uint64_t *ids,
     qpi_wire_qentry *qs)
@@ -1944,6 +1991,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_wire_name_rule_matches_lib),
 	    cmocka_unit_test(test_wire_request_roundtrip),
 	    cmocka_unit_test(test_wire_request_variants),
+	    cmocka_unit_test(test_wire_request_ids_every_width),
 	    cmocka_unit_test(test_wire_reply_roundtrip),
 	    cmocka_unit_test(test_wire_reply_errmsg_sanitized),
 	    cmocka_unit_test(test_wire_encode_rejects),

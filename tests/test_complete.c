@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <cmocka.h>
 
@@ -24,6 +25,7 @@
 static int cpl_kill_at; /* the hook point the child dies at (0: none) */
 static int cpl_armed; /* set once the child holds its lease */
 static pid_t cpl_holder; /* a child holding a lock, stopped by teardown */
+static uint64_t *cpl_lease_seen; /* shared page: the last lease cpl_run took */
 
 /* Stops the lock holder should an assertion end the test early. */
 static int
@@ -91,6 +93,9 @@ cpl_run(cpl_pair *p, const char *result, bool arm)
 		return rc;
 	}
 	free(buf);
+	if (cpl_lease_seen != NULL) {
+		*cpl_lease_seen = l.id;
+	}
 	cpl_armed = arm;
 	rc = qpi_shmq_complete(
 	    p->t, l.id, p->r, result, strlen(result), QPI_ITEM_BIN, NULL, 0);
@@ -204,6 +209,9 @@ test_complete_unsettled_note_is_kept(void **state)
 	assert_int_equal(qpi_shmq_put(p.t, "t2", 2, QPI_ITEM_BIN, 0), QP_OK);
 	/* A worker dies with its result in (the put done, the results
 	 * queue's lock still held), its task not confirmed. */
+	cpl_lease_seen = mmap(NULL, sizeof *cpl_lease_seen,
+	    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	assert_true(cpl_lease_seen != MAP_FAILED);
 	cpl_kill_at = QPI_HOOK_DONE;
 	qpi_shmq_test_hook = cpl_hook;
 	pid_t pid = fork();
@@ -212,6 +220,9 @@ test_complete_unsettled_note_is_kept(void **state)
 		cpl_run(&p, "first", true);
 		_exit(3);
 	}
+	uint64_t held = *cpl_lease_seen;
+	munmap(cpl_lease_seen, sizeof *cpl_lease_seen);
+	cpl_lease_seen = NULL;
 	qpi_shmq_test_hook = NULL;
 	assert_int_equal(qu_wait(pid), 128 + SIGKILL);
 	/* Another process holds the results queue's producer lock. */
@@ -230,6 +241,12 @@ test_complete_unsettled_note_is_kept(void **state)
 	assert_int_equal(qpi_shmq_release_dead(p.t, NULL), QP_OK);
 	assert_int_equal(qpi_shmq_stat(p.t, &st), QP_OK);
 	assert_int_equal(st.leased, 1); /* not released: unsettled */
+	/* Neither an ack nor a release of its lease takes it from the
+	 * completion: the task would be left with no result. */
+	assert_int_equal(qpi_shmq_ack(p.t, held), QP_ENOENT);
+	assert_int_equal(qpi_shmq_release(p.t, held), QP_ENOENT);
+	assert_int_equal(qpi_shmq_stat(p.t, &st), QP_OK);
+	assert_int_equal(st.leased, 1);
 	assert_int_equal(cpl_run(&p, "second", false), QP_EBUSY);
 	qpi_shmq_lock_budget(-1);
 	/* The holder dies; the next user of the tasks queue settles. */

@@ -24,13 +24,11 @@
 #include "qps.h"
 #include "store.h"
 
-#include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 
 #include <nng/supplemental/http/http.h>
@@ -667,44 +665,13 @@ mx_status_cb(nng_aio *aio)
 	mx_serve(aio, true);
 }
 
-/* True when host (every address it resolves to) is loopback. */
-static bool
-mx_loopback(const char *host)
-{
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res, *ai;
-	bool all = true;
-
-	if (getaddrinfo(host, NULL, &hints, &res) != 0) {
-		return false;
-	}
-	for (ai = res; ai != NULL; ai = ai->ai_next) {
-		if (ai->ai_family == AF_INET) {
-			const struct sockaddr_in *in
-			    = (const void *) ai->ai_addr;
-			all = all && (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-		} else if (ai->ai_family == AF_INET6) {
-			const struct sockaddr_in6 *in6
-			    = (const void *) ai->ai_addr;
-			all = all && IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
-		} else {
-			all = false;
-		}
-	}
-	freeaddrinfo(res);
-	return all;
-}
-
+/* Adds handler *h, just allocated with result rv, to the server (freed
+ * if it cannot be added). */
 static int
-mx_add(const char *path, void (*cb)(nng_aio *))
+mx_add(nng_http_handler **h, int rv)
 {
-	nng_http_handler *h;
-	int rv;
-
-	if ((rv = nng_http_handler_alloc(&h, path, cb)) != 0) {
-		return rv;
-	}
-	if ((rv = nng_http_server_add_handler(mx.srv, h)) != 0) {
-		nng_http_handler_free(h);
+	if (rv == 0 && (rv = nng_http_server_add_handler(mx.srv, *h)) != 0) {
+		nng_http_handler_free(*h);
 	}
 	return rv;
 }
@@ -717,7 +684,7 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	nng_sockaddr sa;
 	nng_url *u = NULL;
 	qpi_addr a;
-	bool lo;
+	bool v6;
 	int rv;
 
 	mx.start_ns = qpi_now_ns();
@@ -740,35 +707,30 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 		    cfg->metrics);
 		return QP_EINVAL;
 	}
-	lo = mx_loopback(a.host);
-	if ((rv = qps_sec_check_listener(cfg, &a, cfg->metrics, lo))
-	    != QP_OK) {
+	if ((rv = qps_sec_check_listener(cfg, &a, cfg->metrics)) != QP_OK) {
 		return rv;
 	}
 	/* As on --listen: with a token every client proves it holds it,
 	 * loopback ones too. */
 	mx.auth = qps_sec_auth_required();
-	snprintf(http, sizeof(http), "http://%s%s%s:%u",
-	    strchr(a.host, ':') != NULL ? "[" : "", a.host,
-	    strchr(a.host, ':') != NULL ? "]" : "", (unsigned) a.port);
+	v6 = strchr(a.host, ':') != NULL;
+	snprintf(http, sizeof(http), "http://%s%s%s:%u", v6 ? "[" : "", a.host,
+	    v6 ? "]" : "", (unsigned) a.port);
 	if ((rv = nng_url_parse(&u, http)) != 0
 	    || (rv = nng_http_server_hold(&mx.srv, u)) != 0) {
 		goto fail;
 	}
-	if ((rv = mx_add("/metrics", mx_metrics_cb)) != 0
-	    || (rv = mx_add("/api/status", mx_status_cb)) != 0) {
-		goto fail;
-	}
-	if ((rv = nng_http_handler_alloc_static(&h, "/", qps_status_html,
-	         qps_status_html_len, "text/html; charset=utf-8"))
-	    != 0) {
-		goto fail;
-	}
-	if ((rv = nng_http_server_add_handler(mx.srv, h)) != 0) {
-		nng_http_handler_free(h);
-		goto fail;
-	}
-	if ((rv = nng_http_server_start(mx.srv)) != 0) {
+	if ((rv = mx_add(
+	         &h, nng_http_handler_alloc(&h, "/metrics", mx_metrics_cb)))
+	        != 0
+	    || (rv = mx_add(&h,
+	            nng_http_handler_alloc(&h, "/api/status", mx_status_cb)))
+	        != 0
+	    || (rv = mx_add(&h,
+	            nng_http_handler_alloc_static(&h, "/", qps_status_html,
+	                qps_status_html_len, "text/html; charset=utf-8")))
+	        != 0
+	    || (rv = nng_http_server_start(mx.srv)) != 0) {
 		goto fail;
 	}
 	if (nng_http_server_get_addr(mx.srv, &sa) == 0
@@ -777,9 +739,8 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 		                                           : sa.s_in6.sa_port;
 		a.port = ntohs(port);
 	}
-	snprintf(url, len, "http://%s%s%s:%u",
-	    strchr(a.host, ':') != NULL ? "[" : "", a.host,
-	    strchr(a.host, ':') != NULL ? "]" : "", (unsigned) a.port);
+	snprintf(url, len, "http://%s%s%s:%u", v6 ? "[" : "", a.host,
+	    v6 ? "]" : "", (unsigned) a.port);
 	nng_url_free(u);
 	qps_log(QPS_LOG_INFO, "metrics at %s/metrics, status page at %s/%s",
 	    url, url, mx.auth ? " (bearer token required)" : "");

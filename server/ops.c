@@ -19,7 +19,6 @@
  */
 #include "qps.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -371,13 +370,9 @@ qps_ops_locked(void (*fn)(void *arg), void *arg)
 int
 qps_ops_start(const qps_config *cfg)
 {
-	pthread_condattr_t ca;
 	int rv;
 
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&ops.gone, &ca);
-	pthread_condattr_destroy(&ca);
+	qpi_cond_init(&ops.gone);
 	qps_thread_init(); /* the main thread's drain and shutdown */
 	qps_cfg = cfg;
 	qps_limits.max_message = cfg->max_message;
@@ -426,14 +421,11 @@ qps_ops_drain(void)
 void
 qps_ops_linger(int64_t ms)
 {
-	struct timespec ts = qpi_ts_from_ns(qpi_now_ns() + ms * 1000000);
+	int64_t deadline = qpi_now_ns() + ms * 1000000;
 
 	pthread_mutex_lock(&ops.mu);
-	while (qps_conns_count() > 0) {
-		if (pthread_cond_timedwait(&ops.gone, &ops.mu, &ts)
-		    == ETIMEDOUT) {
-			break;
-		}
+	while (qps_conns_count() > 0
+	    && qpi_cond_wait(&ops.gone, &ops.mu, deadline) == QP_OK) {
 	}
 	pthread_mutex_unlock(&ops.mu);
 }

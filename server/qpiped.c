@@ -446,26 +446,13 @@ main(int argc, char **argv)
 
 	qps_log(QPS_LOG_INFO, "qpiped %s starting (pid %ld)", qp_version(),
 	    (long) getpid());
-	if (qps_sec_start(&cfg) != QP_OK) {
-		qps_sec_fini();
-		return 2;
+	if (qps_sec_start(&cfg) != QP_OK || qps_ops_start(&cfg) != QP_OK) {
+		goto fail_sec;
 	}
-	if (qps_ops_start(&cfg) != QP_OK) {
-		qps_sec_fini();
-		return 2;
-	}
-	if (qps_net_start(&cfg, urls) != QP_OK) {
-		qps_net_close();
-		qps_ops_fini();
-		qps_sec_fini();
-		return 2;
-	}
-	if (qps_metrics_start(&cfg, metrics_url, sizeof(metrics_url))
-	    != QP_OK) {
-		qps_net_close();
-		qps_ops_fini();
-		qps_sec_fini();
-		return 2;
+	if (qps_net_start(&cfg, urls) != QP_OK
+	    || qps_metrics_start(&cfg, metrics_url, sizeof(metrics_url))
+	        != QP_OK) {
+		goto fail;
 	}
 	if (metrics_url[0] != '\0') { /* the port file's last line */
 		snprintf(
@@ -475,11 +462,7 @@ main(int argc, char **argv)
 	    && write_port_file(
 	           cfg.port_file, urls, cfg.nlisten + (metrics_url[0] != '\0'))
 	        != 0) {
-		qps_metrics_stop();
-		qps_net_close();
-		qps_ops_fini();
-		qps_sec_fini();
-		return 2;
+		goto fail;
 	}
 	qps_log(QPS_LOG_INFO,
 	    "ready: max message %zu bytes, queue bytes %llu, max "
@@ -506,4 +489,11 @@ main(int argc, char **argv)
 	qps_sec_fini();
 	qps_log(QPS_LOG_INFO, "stopped");
 	return 0;
+fail:
+	qps_metrics_stop(); /* safe if it did not start */
+	qps_net_close();
+	qps_ops_fini();
+fail_sec:
+	qps_sec_fini();
+	return 2;
 }

@@ -116,10 +116,11 @@ const struct qpi_token *qps_sec_token(void);
 /* The start-up policy for one listener a (its text url): QP_OK to serve
  * it (said loudly in the log when --insecure lets an unprotected
  * non-loopback address through), else logs why and returns QP_EPERM
- * (not loopback, no client authentication) or QP_EINVAL (tls+tcp://
- * without --tls-cert/--tls-key). loopback: a's host is a loopback one. */
+ * (not loopback: a host other than ipc:// not all of whose addresses are
+ * loopback, and no client authentication) or QP_EINVAL (tls+tcp://
+ * without --tls-cert/--tls-key). */
 int qps_sec_check_listener(
-    const qps_config *cfg, const qpi_addr *a, const char *url, bool loopback);
+    const qps_config *cfg, const qpi_addr *a, const char *url);
 
 /* ---- links: the transport of connections (link.c, listener.c; drivers in
  * link.h) ---- */

@@ -211,17 +211,21 @@ qps_conn_lease_renew(
 	}
 }
 
-typedef struct prune_arg {
+/* Which leases of c to forget: those on q, or (q NULL) those expired by
+ * now_ms. */
+typedef struct purge_arg {
 	qps_conn *c;
+	qps_q *q;
 	int64_t now_ms;
-} prune_arg;
+} purge_arg;
 
 static void
-prune_cb(qpi_hnode *n, void *arg)
+purge_cb(qpi_hnode *n, void *arg)
 {
-	prune_arg *a = arg;
+	purge_arg *a = arg;
+	conn_work *wk = (conn_work *) n;
 
-	if (((conn_work *) n)->expiry_ms <= a->now_ms) {
+	if (a->q != NULL ? wk->q == a->q : wk->expiry_ms <= a->now_ms) {
 		qpi_htab_remove(&a->c->work, n);
 		free(n);
 	}
@@ -234,8 +238,8 @@ qps_conn_lease_room(qps_conn *c)
 
 	if (c->work.n >= cap) {
 		/* Leases that ran out went back by themselves. */
-		prune_arg a = {.c = c, .now_ms = qpi_now_ms()};
-		qpi_htab_each(&c->work, prune_cb, &a);
+		purge_arg a = {.c = c, .now_ms = qpi_now_ms()};
+		qpi_htab_each(&c->work, purge_cb, &a);
 	}
 	return c->work.n >= cap ? 0 : cap - (uint32_t) c->work.n;
 }
@@ -297,22 +301,6 @@ qps_conn_close(uint32_t id)
 		qps_log(QPS_LOG_DEBUG, "connection %u closed", id);
 	}
 	conn_free(c);
-}
-
-typedef struct purge_arg {
-	qps_conn *c;
-	qps_q *q;
-} purge_arg;
-
-static void
-purge_cb(qpi_hnode *n, void *arg)
-{
-	purge_arg *a = arg;
-
-	if (((conn_work *) n)->q == a->q) {
-		qpi_htab_remove(&a->c->work, n);
-		free(n);
-	}
 }
 
 /* Drops c's notes on q (it goes away). */

@@ -59,16 +59,8 @@ static struct {
 static void
 lru_unlink(qps_client *cl)
 {
-	if (cl->prev != NULL) {
-		cl->prev->next = cl->next;
-	} else {
-		dd.head = cl->next;
-	}
-	if (cl->next != NULL) {
-		cl->next->prev = cl->prev;
-	} else {
-		dd.tail = cl->prev;
-	}
+	*(cl->prev != NULL ? &cl->prev->next : &dd.head) = cl->next;
+	*(cl->next != NULL ? &cl->next->prev : &dd.tail) = cl->prev;
 	cl->prev = cl->next = NULL;
 }
 
@@ -76,13 +68,8 @@ static void
 lru_front(qps_client *cl)
 {
 	cl->next = dd.head;
-	if (dd.head != NULL) {
-		dd.head->prev = cl;
-	}
+	*(dd.head != NULL ? &dd.head->prev : &dd.tail) = cl;
 	dd.head = cl;
-	if (dd.tail == NULL) {
-		dd.tail = cl;
-	}
 }
 
 static void

@@ -214,11 +214,7 @@ pend_add(qps_q *q, int kind, uint64_t v, bool done)
 	p->kind = kind;
 	p->v = v;
 	p->done = done;
-	if (q->pend_tail != NULL) {
-		q->pend_tail->next = p;
-	} else {
-		q->pend = p;
-	}
+	*(q->pend_tail != NULL ? &q->pend_tail->next : &q->pend) = p;
 	q->pend_tail = p;
 	q_busy(q);
 }
@@ -618,11 +614,7 @@ qps_q_forget(qps_q *q)
 	qps_timer_cancel(&q->probe_timer);
 	pend_free(q);
 	qpi_htab_remove(&hs.qs, &q->node);
-	if (q->prev != NULL) {
-		q->prev->next = q->next;
-	} else {
-		hs.head = q->next;
-	}
+	*(q->prev != NULL ? &q->prev->next : &hs.head) = q->next;
 	if (q->next != NULL) {
 		q->next->prev = q->prev;
 	}

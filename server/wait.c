@@ -30,22 +30,11 @@ wait_unlink(qps_wait *wt)
 	qps_wlist *l = wt->list;
 	qps_q *q = wt->q;
 
-	if (wt->lprev != NULL) {
-		wt->lprev->lnext = wt->lnext;
-	} else {
-		l->head = wt->lnext;
-	}
-	if (wt->lnext != NULL) {
-		wt->lnext->lprev = wt->lprev;
-	} else {
-		l->tail = wt->lprev;
-	}
+	*(wt->lprev != NULL ? &wt->lprev->lnext : &l->head) = wt->lnext;
+	*(wt->lnext != NULL ? &wt->lnext->lprev : &l->tail) = wt->lprev;
 	l->n--;
-	if (wt->cprev != NULL) {
-		wt->cprev->cnext = wt->cnext;
-	} else {
-		wt->conn->waits = wt->cnext;
-	}
+	*(wt->cprev != NULL ? &wt->cprev->cnext : &wt->conn->waits)
+	    = wt->cnext;
 	if (wt->cnext != NULL) {
 		wt->cnext->cprev = wt->cprev;
 	}
@@ -186,11 +175,7 @@ qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
 	c->nwaits++;
 	c->wait_bytes += bytes;
 	wt->lprev = list->tail;
-	if (list->tail != NULL) {
-		list->tail->lnext = wt;
-	} else {
-		list->head = wt;
-	}
+	*(list->tail != NULL ? &list->tail->lnext : &list->head) = wt;
 	list->tail = wt;
 	list->n++;
 	wt->cnext = c->waits;

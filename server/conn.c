@@ -16,6 +16,7 @@
 #include "qps.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 /* Connection ids seen leaving before their first request was handled. */
 #define CONN_TOMBSTONES 256
@@ -36,16 +37,9 @@ typedef struct conn_work {
 
 static struct {
 	qpi_htab conns; /* every connection; conns.n of them */
-	uint32_t pid;
 	uint32_t tomb[CONN_TOMBSTONES];
 	uint32_t ntomb;
 } cs;
-
-void
-qps_conns_start(uint32_t pid)
-{
-	cs.pid = pid;
-}
 
 uint32_t
 qps_conns_count(void)
@@ -76,7 +70,7 @@ qps_conn_get(uint32_t id)
 		return NULL;
 	}
 	c->node.key = id;
-	c->owner = ((uint64_t) cs.pid << 32) | id;
+	c->owner = ((uint64_t) getpid() << 32) | id;
 	c->over_limit = cs.conns.n >= qps_cfg->max_connections;
 	if (c->over_limit) {
 		qps_log_limited(&refuse_ll, QPS_LOG_WARN,

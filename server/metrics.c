@@ -104,48 +104,14 @@ qps_metrics_bytes(uint64_t in, uint64_t out)
 	}
 }
 
-int64_t
-qps_metrics_now(void)
-{
-	return qpi_now_ns();
-}
-
-/* The op and status of an encoded reply [version, op, req_id, status,
- * ...]; false if it does not read so. */
-static bool
-mx_rep_op(nng_msg *m, uint32_t *opp, int *stp)
-{
-	const uint8_t *p = nng_msg_body(m);
-	size_t len = nng_msg_len(m), pos = 0;
-	qpi_wire_tok t;
-
-	for (int i = 0; i < 5; i++) {
-		if (qpi_wire_next(p, len, &pos, &t) != QP_OK) {
-			return false;
-		}
-		if (i == 2) {
-			if (t.type != QPI_WIRE_UINT) {
-				return false;
-			}
-			*opp = (uint32_t) t.u;
-		}
-	}
-	*stp = t.type == QPI_WIRE_UINT ? (int) t.u : -1;
-	return true;
-}
-
 void
 qps_metrics_request_end(int64_t t0_ns, nng_msg *rep)
 {
 	int64_t d = qpi_now_ns() - t0_ns;
 	uint32_t op = 0;
-	int st = MX_RES_NONE;
+	int st = rep != NULL ? qps_rep_read(rep, &op) : MX_RES_NONE;
 	size_t b = 0;
 
-	if (rep != NULL && !mx_rep_op(rep, &op, &st)) {
-		op = 0;
-		st = MX_RES_NONE;
-	}
 	if (op >= MX_OPS) {
 		op = 0;
 	}

@@ -21,7 +21,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* Items, lease ids decoded on the stack before the heap is used. */
 #define OPS_STACK 16
@@ -378,7 +377,6 @@ qps_ops_start(const qps_config *cfg)
 	qps_limits.max_message = cfg->max_message;
 	qps_limits.max_batch = QPI_WIRE_DEFAULT_BATCH;
 	qps_limits.lease_ms = (uint64_t) cfg->lease_ms;
-	qps_conns_start((uint32_t) getpid());
 	if ((rv = qps_registry_start(cfg, &ops.mu, qps_wait_dispatch))
 	    != QP_OK) {
 		return rv;
@@ -403,7 +401,7 @@ qps_ops_drain(void)
 	ops.draining = true;
 	/* Parked requests are answered: their clients send them again to
 	 * the next server. */
-	for (qps_q *q = qps_q_first(); q != NULL; q = qps_q_next(q)) {
+	for (qps_q *q = qps_q_first(); q != NULL; q = q->next) {
 		for (int k = 0; k < QPS_NWAIT; k++) {
 			n += q->wl[k].n;
 		}

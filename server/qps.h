@@ -246,8 +246,10 @@ nng_msg *qps_rep_ok(const qpi_wire_req *r);
 /* A reply of these bytes (a reply kept by dedup); NULL if out of memory. */
 nng_msg *qps_rep_bytes(const void *p, size_t len);
 
-/* The status of an encoded reply. */
+/* The status of an encoded reply (QP_EPROTO if it does not read as one);
+ * qps_rep_read also sets *opp to its op when it reads one. */
 int qps_rep_status(nng_msg *m);
+int qps_rep_read(nng_msg *m, uint32_t *opp);
 
 /* ---- timers (timer.c) ---- */
 
@@ -391,9 +393,8 @@ void qps_q_forget(qps_q *q);
  * no parked request left. q may be NULL (not open here). */
 int qps_q_delete(const char *name, qps_q *q);
 
-/* Iterates over the queues open here. */
+/* The first of the queues open here (the next: q->next). */
 qps_q *qps_q_first(void);
-qps_q *qps_q_next(qps_q *q);
 
 /* Calls fn for every queue of this host (open here or not), with its
  * figures; stops early if fn returns false. */
@@ -522,9 +523,6 @@ typedef struct qps_conn {
 	uint32_t nwaits; /* its parked requests (--max-waiting) */
 	uint64_t wait_bytes; /* the bytes they hold (--max-waiting-bytes) */
 } qps_conn;
-
-/* Sets up the connection table (pid: of this server, in owner tokens). */
-void qps_conns_start(uint32_t pid);
 
 /* The connection of id, made on first sight (a request may come before
  * the transport's add); NULL if it left already, or out of memory. */
@@ -724,9 +722,8 @@ void qps_metrics_conn_refused(int why);
 void qps_metrics_auth_failed(void);
 void qps_metrics_bytes(uint64_t in, uint64_t out);
 
-/* The monotonic time (ns) a request arrived, and its end: its reply rep
- * (NULL: none was sent) gives the op and the result. */
-int64_t qps_metrics_now(void);
+/* The end of a request that arrived at t0_ns (monotonic, qpi_now_ns): its
+ * reply rep (NULL: none was sent) gives the op and the result. */
 void qps_metrics_request_end(int64_t t0_ns, nng_msg *rep);
 
 /* Requests parked now (link.c). */

@@ -653,12 +653,6 @@ qps_q_first(void)
 	return hs.head;
 }
 
-qps_q *
-qps_q_next(qps_q *q)
-{
-	return q->next;
-}
-
 /* A queue's figures for the list, its parked requests counted. */
 static bool
 list_stat(qps_q *q, qp_queue_stats *st)

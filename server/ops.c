@@ -85,51 +85,36 @@ qps_ops_conn_settled(uint32_t conn_id, const char **why)
 	return ok;
 }
 
-/* The handler of op's family; NULL for an op this server does not know. */
-static qps_handler
-ops_route(uint32_t op)
-{
-	switch (op) {
-	case QPI_OP_HELLO:
-	case QPI_OP_AUTH:
-	case QPI_OP_PING:
-		return qps_session_handle;
-	case QPI_OP_PUT:
-	case QPI_OP_PUT_MANY:
-	case QPI_OP_GET:
-	case QPI_OP_JOIN:
-	case QPI_OP_COMPLETE:
-		return qps_qdata_handle;
-	case QPI_OP_ACK:
-	case QPI_OP_RELEASE:
-	case QPI_OP_TOUCH:
-	case QPI_OP_TASK_DONE:
-		return qps_lease_handle;
-	case QPI_OP_QSIZE:
-	case QPI_OP_STAT:
-	case QPI_OP_LIST:
-	case QPI_OP_CREATE:
-	case QPI_OP_DELETE:
-		return qps_admin_handle;
-	case QPI_OP_PIPE_OPEN:
-	case QPI_OP_PIPE_SEND:
-	case QPI_OP_PIPE_RECV:
-	case QPI_OP_PIPE_POLL:
-	case QPI_OP_PIPE_CLOSE:
-		return qps_pipe_handle;
-	default:
-		return NULL;
-	}
-}
-
-/* Ops that finish work rather than start it: served while draining. */
-static bool
-op_finishes(uint32_t op)
-{
-	return op == QPI_OP_ACK || op == QPI_OP_RELEASE
-	    || op == QPI_OP_TASK_DONE || op == QPI_OP_TOUCH
-	    || op == QPI_OP_PING || op == QPI_OP_COMPLETE;
-}
+/* By op number: the handler of the op's family (NULL: an op this server
+ * does not know), and whether the op finishes work rather than starts it
+ * (served while draining). */
+static const struct {
+	qps_handler fn;
+	bool finishes;
+} ops_tab[QPI_OP_MAX + 1] = {
+    [QPI_OP_HELLO] = {qps_session_handle, false},
+    [QPI_OP_AUTH] = {qps_session_handle, false},
+    [QPI_OP_PING] = {qps_session_handle, true},
+    [QPI_OP_PUT] = {qps_qdata_handle, false},
+    [QPI_OP_PUT_MANY] = {qps_qdata_handle, false},
+    [QPI_OP_GET] = {qps_qdata_handle, false},
+    [QPI_OP_JOIN] = {qps_qdata_handle, false},
+    [QPI_OP_COMPLETE] = {qps_qdata_handle, true},
+    [QPI_OP_ACK] = {qps_lease_handle, true},
+    [QPI_OP_RELEASE] = {qps_lease_handle, true},
+    [QPI_OP_TOUCH] = {qps_lease_handle, true},
+    [QPI_OP_TASK_DONE] = {qps_lease_handle, true},
+    [QPI_OP_QSIZE] = {qps_admin_handle, false},
+    [QPI_OP_STAT] = {qps_admin_handle, false},
+    [QPI_OP_LIST] = {qps_admin_handle, false},
+    [QPI_OP_CREATE] = {qps_admin_handle, false},
+    [QPI_OP_DELETE] = {qps_admin_handle, false},
+    [QPI_OP_PIPE_OPEN] = {qps_pipe_handle, false},
+    [QPI_OP_PIPE_SEND] = {qps_pipe_handle, false},
+    [QPI_OP_PIPE_RECV] = {qps_pipe_handle, false},
+    [QPI_OP_PIPE_POLL] = {qps_pipe_handle, false},
+    [QPI_OP_PIPE_CLOSE] = {qps_pipe_handle, false},
+};
 
 /* Under the lock: dedup, then apply. */
 static qps_handled
@@ -142,7 +127,7 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 	qps_handled h;
 	qps_conn *c;
 	uint32_t base = 0;
-	qps_handler fn = ops_route(r->op);
+	qps_handler fn = r->op <= QPI_OP_MAX ? ops_tab[r->op].fn : NULL;
 
 	if (ops.shutdown) {
 		/* The last replies are out and the workers are about to go:
@@ -176,7 +161,7 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 		    qpi_wire_op_name(r->op));
 		return QPS_REPLY;
 	}
-	if (ops.draining && !op_finishes(r->op)) {
+	if (ops.draining && !ops_tab[r->op].finishes) {
 		qps_q *q;
 		if (r->op == QPI_OP_GET && r->nids > 0
 		    && (q = qps_q_find(r->name)) != NULL) {

@@ -104,6 +104,8 @@ qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
 	const qpi_wire_req *r = rq->r;
 	qps_conn *c = rq->c;
 	size_t bytes = rq->req != NULL ? nng_msg_len(rq->req) : 0;
+	uint32_t ni = r->op == QPI_OP_PUT_MANY ? r->nitems : 0;
+	uint32_t nd = kind == QPS_WAIT_OP ? r->nids : 0;
 	qps_wait *wt;
 
 	if (c->nwaits >= qps_cfg->conn_waits) {
@@ -131,36 +133,25 @@ qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
 	 * items still point into req, which we keep). A get's acks were
 	 * applied. */
 	wt->r = *r;
-	wt->r.ids = NULL;
-	wt->r.nids = wt->r.ids_cap = 0;
-	wt->r.items = NULL;
-	wt->r.items_cap = 0;
-	if (r->op == QPI_OP_PUT_MANY) {
-		wt->r.items = malloc(r->nitems * sizeof(*r->items));
-		if (wt->r.items == NULL) {
-			free(wt);
-			return NULL;
-		}
-		memcpy(wt->r.items, r->items, r->nitems * sizeof(*r->items));
-		wt->r.items_cap = r->nitems;
-	}
-	if (kind == QPS_WAIT_OP && r->nids > 0) {
-		if ((wt->r.ids = malloc(r->nids * sizeof(*r->ids))) == NULL) {
-			free(wt->r.items);
-			free(wt);
-			return NULL;
-		}
-		memcpy(wt->r.ids, r->ids, r->nids * sizeof(*r->ids));
-		wt->r.nids = wt->r.ids_cap = r->nids;
-	}
+	wt->r.items = ni > 0 ? malloc(ni * sizeof(*r->items)) : NULL;
+	wt->r.items_cap = ni;
+	wt->r.ids = nd > 0 ? malloc(nd * sizeof(*r->ids)) : NULL;
+	wt->r.nids = wt->r.ids_cap = nd;
 	qps_timer_init(&wt->timer, wait_timeout);
-	if ((tmo > 0 && !qps_timer_arm(&wt->timer, qpi_deadline_ns(tmo)))
+	if ((ni > 0 && wt->r.items == NULL) || (nd > 0 && wt->r.ids == NULL)
+	    || (tmo > 0 && !qps_timer_arm(&wt->timer, qpi_deadline_ns(tmo)))
 	    || !qps_worker_park(rq->w)) {
 		qps_timer_cancel(&wt->timer);
 		free(wt->r.items);
 		free(wt->r.ids);
 		free(wt);
 		return NULL;
+	}
+	if (ni > 0) {
+		memcpy(wt->r.items, r->items, ni * sizeof(*r->items));
+	}
+	if (nd > 0) {
+		memcpy(wt->r.ids, r->ids, nd * sizeof(*r->ids));
 	}
 	wt->kind = kind;
 	wt->w = rq->w;

@@ -153,10 +153,12 @@ usage(FILE *f)
 	    "exits 0.\n");
 }
 
-/* Parses a byte count with an optional K/M/G suffix. */
+/* Parses a byte count with an optional K/M/G suffix (Ki, KiB, KB too). */
 static bool
 parse_bytes(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
+	static const char units[] = "kKmMgG"; /* 1024 to the 1st, 2nd, 3rd */
+	const char *u;
 	char *end;
 	unsigned long long v;
 	uint64_t mul = 1;
@@ -170,27 +172,12 @@ parse_bytes(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 		return false;
 	}
 	if (*end != '\0') {
-		switch (*end) {
-		case 'k':
-		case 'K':
-			mul = 1024;
-			break;
-		case 'm':
-		case 'M':
-			mul = 1024 * 1024;
-			break;
-		case 'g':
-		case 'G':
-			mul = 1024ull * 1024 * 1024;
-			break;
-		default:
+		if ((u = strchr(units, *end)) == NULL) {
 			return false;
 		}
-		end++;
-		if (*end == 'i' || *end == 'B') {
-			end += *end == 'i' ? 1 : 0;
-			end += *end == 'B' ? 1 : 0;
-		}
+		mul = (uint64_t) 1 << (10 * (1 + (u - units) / 2));
+		end += 1 + (end[1] == 'i');
+		end += *end == 'B';
 		if (*end != '\0') {
 			return false;
 		}

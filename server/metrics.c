@@ -25,7 +25,6 @@
 #include "store.h"
 
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,56 +213,10 @@ mx_snap_take(mx_snap *s)
 
 /* ---- text ---- */
 
-typedef struct mx_buf {
-	char *p;
-	size_t len, cap;
-	bool oom;
-} mx_buf;
-
-static void mx_put(mx_buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
 static void
-mx_put(mx_buf *b, const char *fmt, ...)
+mx_family(FILE *b, const char *name, const char *type, const char *help)
 {
-	va_list ap;
-	int n;
-
-	if (b->oom) {
-		return;
-	}
-	for (;;) {
-		size_t room = b->cap - b->len;
-		va_start(ap, fmt);
-		n = vsnprintf(
-		    b->p != NULL ? b->p + b->len : NULL, room, fmt, ap);
-		va_end(ap);
-		if (n < 0) {
-			b->oom = true;
-			return;
-		}
-		if ((size_t) n < room) {
-			b->len += (size_t) n;
-			return;
-		}
-		size_t cap = b->cap == 0 ? 8192 : b->cap;
-		while (cap - b->len <= (size_t) n) {
-			cap *= 2;
-		}
-		char *p = realloc(b->p, cap);
-		if (p == NULL) {
-			b->oom = true;
-			return;
-		}
-		b->p = p;
-		b->cap = cap;
-	}
-}
-
-static void
-mx_family(mx_buf *b, const char *name, const char *type, const char *help)
-{
-	mx_put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+	fprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 /* The result label of a QP_ code: "ok", "empty", "full"... */
@@ -294,21 +247,21 @@ mx_op(uint32_t op)
 }
 
 /* A per-queue gauge or counter: one sample per queue. */
-#define MX_PER_Q(b, s, nm, type, help, expr)                           \
-	do {                                                           \
-		mx_family(b, nm, type, help);                          \
-		for (size_t i_ = 0; i_ < (s)->n; i_++) {               \
-			const mx_q *e = &(s)->qs[i_];                  \
-			mx_put(b, nm "{queue=\"%s\"} %llu\n", e->name, \
-			    (unsigned long long) (expr));              \
-		}                                                      \
+#define MX_PER_Q(b, s, nm, type, help, expr)                            \
+	do {                                                            \
+		mx_family(b, nm, type, help);                           \
+		for (size_t i_ = 0; i_ < (s)->n; i_++) {                \
+			const mx_q *e = &(s)->qs[i_];                   \
+			fprintf(b, nm "{queue=\"%s\"} %llu\n", e->name, \
+			    (unsigned long long) (expr));               \
+		}                                                       \
 	} while (0)
 
 static void
-mx_text_queues(mx_buf *b, const mx_snap *s)
+mx_text_queues(FILE *b, const mx_snap *s)
 {
 	mx_family(b, "qpipe_queues", "gauge", "Queues on this host.");
-	mx_put(b, "qpipe_queues %zu\n", s->n);
+	fprintf(b, "qpipe_queues %zu\n", s->n);
 	MX_PER_Q(b, s, "qpipe_queue_messages_ready", "gauge",
 	    "Items ready to be got.", e->st.items);
 	MX_PER_Q(b, s, "qpipe_queue_messages_leased", "gauge",
@@ -331,7 +284,7 @@ mx_text_queues(mx_buf *b, const mx_snap *s)
 	for (size_t i = 0; i < s->n; i++) {
 		const mx_q *e = &s->qs[i];
 		if (e->st.oldest_age_ms >= 0) {
-			mx_put(b,
+			fprintf(b,
 			    "qpipe_queue_oldest_message_age_seconds{queue=\"%"
 			    "s\"}"
 			    " %.3f\n",
@@ -355,7 +308,7 @@ mx_text_queues(mx_buf *b, const mx_snap *s)
 	    "Leased items given back to the queue, by reason.");
 	for (size_t i = 0; i < s->n; i++) {
 		for (int r = 0; r < QPI_SHMQ_REL_N; r++) {
-			mx_put(b,
+			fprintf(b,
 			    "qpipe_queue_messages_redelivered_total{queue=\"%"
 			    "s\","
 			    "reason=\"%s\"} %llu\n",
@@ -371,50 +324,50 @@ mx_text_queues(mx_buf *b, const mx_snap *s)
 }
 
 static void
-mx_text_server(mx_buf *b, const mx_snap *s)
+mx_text_server(FILE *b, const mx_snap *s)
 {
 	char res[32];
 	int64_t now = qpi_now_ns();
 
 	mx_family(b, "qpipe_build_info", "gauge",
 	    "The version of qpiped (always 1).");
-	mx_put(b, "qpipe_build_info{version=\"%s\"} 1\n", qp_version());
+	fprintf(b, "qpipe_build_info{version=\"%s\"} 1\n", qp_version());
 	mx_family(b, "qpipe_start_time_seconds", "gauge",
 	    "When qpiped started, in seconds since the epoch.");
-	mx_put(b, "qpipe_start_time_seconds %.3f\n",
+	fprintf(b, "qpipe_start_time_seconds %.3f\n",
 	    (double) mx.start_unix_ms / 1000.0);
 	mx_family(b, "qpipe_uptime_seconds", "gauge",
 	    "Seconds since qpiped started.");
-	mx_put(b, "qpipe_uptime_seconds %.3f\n",
+	fprintf(b, "qpipe_uptime_seconds %.3f\n",
 	    (double) (now - mx.start_ns) / 1e9);
 	mx_family(b, "qpipe_connections", "gauge", "Client connections open.");
-	mx_put(b, "qpipe_connections %u\n", s->conns);
+	fprintf(b, "qpipe_connections %u\n", s->conns);
 	mx_family(b, "qpipe_connections_opened_total", "counter",
 	    "Client connections admitted.");
-	mx_put(b, "qpipe_connections_opened_total %llu\n",
+	fprintf(b, "qpipe_connections_opened_total %llu\n",
 	    (unsigned long long) MX_LD(&mx.opened));
 	mx_family(b, "qpipe_connections_refused_total", "counter",
 	    "Connections refused or closed unserved, by reason.");
 	for (int r = 0; r < QPS_REFUSED_N; r++) {
-		mx_put(b,
+		fprintf(b,
 		    "qpipe_connections_refused_total{reason=\"%s\"} %llu\n",
 		    mx_refused[r], (unsigned long long) MX_LD(&mx.refused[r]));
 	}
 	mx_family(b, "qpipe_auth_failures_total", "counter",
 	    "Authentications refused.");
-	mx_put(b, "qpipe_auth_failures_total %llu\n",
+	fprintf(b, "qpipe_auth_failures_total %llu\n",
 	    (unsigned long long) MX_LD(&mx.auth_failed));
 	mx_family(b, "qpipe_requests_waiting", "gauge",
 	    "Requests parked (gets and puts waiting).");
-	mx_put(b, "qpipe_requests_waiting %llu\n",
+	fprintf(b, "qpipe_requests_waiting %llu\n",
 	    (unsigned long long) qps_net_parked());
 	mx_family(b, "qpipe_received_bytes_total", "counter",
 	    "Bytes received on client connections.");
-	mx_put(b, "qpipe_received_bytes_total %llu\n",
+	fprintf(b, "qpipe_received_bytes_total %llu\n",
 	    (unsigned long long) MX_LD(&mx.bytes_in));
 	mx_family(b, "qpipe_sent_bytes_total", "counter",
 	    "Bytes of replies sent on client connections.");
-	mx_put(b, "qpipe_sent_bytes_total %llu\n",
+	fprintf(b, "qpipe_sent_bytes_total %llu\n",
 	    (unsigned long long) MX_LD(&mx.bytes_out));
 	mx_family(b, "qpipe_requests_total", "counter",
 	    "Requests answered, by op and result.");
@@ -425,7 +378,7 @@ mx_text_server(mx_buf *b, const mx_snap *s)
 				continue;
 			}
 			mx_result(st, res, sizeof(res));
-			mx_put(b,
+			fprintf(b,
 			    "qpipe_requests_total{op=\"%s\",result=\"%s\"} "
 			    "%llu\n",
 			    mx_op(op), res, (unsigned long long) n);
@@ -445,20 +398,20 @@ mx_text_server(mx_buf *b, const mx_snap *s)
 		cum = 0;
 		for (size_t k = 0; k < MX_NB; k++) {
 			cum += v[k];
-			mx_put(b,
+			fprintf(b,
 			    "qpipe_request_duration_seconds_bucket{op=\"%s\","
 			    "le=\"%s\"} %llu\n",
 			    mx_op(op), mx_le[k], (unsigned long long) cum);
 		}
 		cum += v[MX_NB];
-		mx_put(b,
+		fprintf(b,
 		    "qpipe_request_duration_seconds_bucket{op=\"%s\","
 		    "le=\"+Inf\"} %llu\n",
 		    mx_op(op), (unsigned long long) cum);
-		mx_put(b,
+		fprintf(b,
 		    "qpipe_request_duration_seconds_sum{op=\"%s\"} %.6f\n",
 		    mx_op(op), (double) MX_LD(&mx.lat_ns[op]) / 1e9);
-		mx_put(b,
+		fprintf(b,
 		    "qpipe_request_duration_seconds_count{op=\"%s\"} %llu\n",
 		    mx_op(op), (unsigned long long) cum);
 	}
@@ -467,7 +420,7 @@ mx_text_server(mx_buf *b, const mx_snap *s)
 /* ---- JSON for the status page and qpipe top ---- */
 
 static void
-mx_json(mx_buf *b, const mx_snap *s)
+mx_json(FILE *b, const mx_snap *s)
 {
 	uint64_t leased = 0, reqs = 0;
 	struct timespec ts;
@@ -481,7 +434,7 @@ mx_json(mx_buf *b, const mx_snap *s)
 		}
 	}
 	clock_gettime(CLOCK_REALTIME, &ts);
-	mx_put(b,
+	fprintf(b,
 	    "{\"version\":\"%s\",\"time_ms\":%lld,\"uptime_s\":%.3f,"
 	    "\"connections\":%u,\"connections_total\":%llu,"
 	    "\"waiting\":%llu,\"leased\":%llu,\"requests\":%llu,"
@@ -497,7 +450,7 @@ mx_json(mx_buf *b, const mx_snap *s)
 	    (unsigned long long) MX_LD(&mx.auth_failed));
 	for (size_t i = 0; i < s->n; i++) {
 		const mx_q *e = &s->qs[i];
-		mx_put(b,
+		fprintf(b,
 		    "%s{\"name\":\"%s\",\"ready\":%llu,\"leased\":%llu,"
 		    "\"bytes\":%llu,\"maxsize\":%llu,\"capacity\":%llu,"
 		    "\"getters\":%llu,\"putters\":%llu,\"puts\":%llu,"
@@ -522,7 +475,7 @@ mx_json(mx_buf *b, const mx_snap *s)
 		    (long long) e->st.oldest_age_ms,
 		    e->durable ? "true" : "false");
 	}
-	mx_put(b, "]}\n");
+	fprintf(b, "]}\n");
 }
 
 /* ---- HTTP ---- */
@@ -587,9 +540,12 @@ mx_authorized(nng_aio *aio)
 static void
 mx_serve(nng_aio *aio, bool json)
 {
-	mx_snap s;
-	mx_buf b = {0};
 	static const char denied[] = "a bearer token is required\n";
+	mx_snap s;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *b;
+	bool bad;
 
 	if (!mx_authorized(aio)) {
 		qps_metrics_auth_failed();
@@ -597,17 +553,22 @@ mx_serve(nng_aio *aio, bool json)
 		    sizeof(denied) - 1);
 		return;
 	}
+	if ((b = open_memstream(&text, &len)) == NULL) {
+		nng_aio_finish(aio, NNG_ENOMEM);
+		return;
+	}
 	qps_thread_init();
 	mx_snap_take(&s);
 	if (json) {
-		mx_json(&b, &s);
+		mx_json(b, &s);
 	} else {
-		mx_text_queues(&b, &s);
-		mx_text_server(&b, &s);
+		mx_text_queues(b, &s);
+		mx_text_server(b, &s);
 	}
 	free(s.qs);
-	if (b.oom || s.oom) {
-		free(b.p);
+	bad = ferror(b) != 0;
+	if (fclose(b) != 0 || bad || s.oom) {
+		free(text);
 		nng_aio_finish(aio, NNG_ENOMEM);
 		return;
 	}
@@ -615,8 +576,8 @@ mx_serve(nng_aio *aio, bool json)
 	    json ? "application/json"
 	         : "text/plain; version=0.0.4; "
 	           "charset=utf-8",
-	    b.p, b.len);
-	free(b.p);
+	    text, len);
+	free(text);
 }
 
 static void

@@ -550,6 +550,9 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 {
 	qps_q *q = qps_q_find(name);
 	qpi_shmq_cfg cfg = q_cfg(o);
+	unsigned flags = QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0);
+	uint64_t lease_ms = o->lease_ms;
+	qpi_durq *d = NULL;
 	int rv;
 
 	if (q == NULL && (rv = dur_lookup(name, &q)) != QP_ENOENT
@@ -567,22 +570,6 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 		    "queue '%s' exists and is not durable: delete it first",
 		    name);
 	}
-	if (o->durable && q == NULL) {
-		qpi_durq *d;
-		uint64_t lease_ms = 0;
-		rv = dur_open(name,
-		    QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0), o, &d,
-		    &lease_ms);
-		if (rv == QP_OK
-		    && (rv = q_attach(name, 0, NULL, lease_ms, d, &q))
-		        == QP_OK) {
-			q->reclaimed = true;
-			qps_log(
-			    QPS_LOG_INFO, "durable queue '%s' created", name);
-			*qp = q;
-		}
-		return rv;
-	}
 	if (q != NULL) {
 		if (o->excl) {
 			return qpi_err(
@@ -597,13 +584,19 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 		*qp = q;
 		return QP_OK;
 	}
-	rv = q_attach(name, QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0),
-	    &cfg, o->lease_ms, NULL, &q);
-	if (rv == QP_OK) {
-		q_reclaim(q);
-		*qp = q;
+	if ((o->durable
+	        && (rv = dur_open(name, flags, o, &d, &lease_ms)) != QP_OK)
+	    || (rv = q_attach(name, flags, &cfg, lease_ms, d, &q)) != QP_OK) {
+		return rv;
 	}
-	return rv;
+	if (d != NULL) {
+		q->reclaimed = true;
+		qps_log(QPS_LOG_INFO, "durable queue '%s' created", name);
+	} else {
+		q_reclaim(q);
+	}
+	*qp = q;
+	return QP_OK;
 }
 
 void

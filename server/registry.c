@@ -241,10 +241,7 @@ q_lease_fire(qps_timer *t)
 		    "the head",
 		    q->name, n);
 	}
-	if (next != INT64_MAX) {
-		qps_timer_arm(&q->lease_timer,
-		    next >= INT64_MAX / 1000000 ? INT64_MAX : next * 1000000);
-	}
+	qps_q_lease_due(q, next);
 	if (n > 0) {
 		hs.changed(q);
 	}
@@ -260,7 +257,6 @@ q_lease_fire(qps_timer *t)
 #define SWEEP_NS (1000 * 1000000LL)
 
 static qps_timer sweep_timer;
-static bool sweep_ready;
 
 static void
 sweep_fire(qps_timer *t)
@@ -285,10 +281,6 @@ sweep_fire(qps_timer *t)
 static void
 sweep_due(void)
 {
-	if (!sweep_ready) {
-		qps_timer_init(&sweep_timer, sweep_fire);
-		sweep_ready = true;
-	}
 	if (sweep_timer.idx == SIZE_MAX) {
 		qps_timer_arm(&sweep_timer, qpi_now_ns() + SWEEP_NS);
 	}
@@ -909,6 +901,7 @@ qps_registry_start(
 	hs.mu = mu;
 	hs.cfg = cfg;
 	hs.changed = changed;
+	qps_timer_init(&sweep_timer, sweep_fire);
 	qps_watch_start(mu, q_watched);
 	if (qpi_fsync_parse(cfg->fsync, &hs.fsync) != QP_OK
 	    || hs.fsync.mode == QPI_FSYNC_DEFAULT) {

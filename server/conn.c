@@ -238,13 +238,17 @@ qps_conn_lease_room(qps_conn *c)
 	return c->work.n >= cap ? 0 : cap - (uint32_t) c->work.n;
 }
 
-/* Gives back every lease c holds: the queues it took leases from, each
- * asked once. Returns how many items went back. */
+/* Ends c's parked requests unanswered (nobody is there) and gives back
+ * every lease it holds: the queues it took leases from, each asked once.
+ * Returns how many items went back. */
 static uint64_t
 conn_release(qps_conn *c)
 {
 	uint64_t n = 0;
 
+	while (c->waits != NULL) {
+		qps_wait_finish(c->waits, NULL);
+	}
 	for (uint32_t i = 0; i < c->nleased; i++) {
 		n += qps_q_release_owner(c->leased[i], c->owner);
 	}
@@ -278,13 +282,8 @@ qps_conn_close(uint32_t id)
 		cs.tomb[cs.ntomb++ % CONN_TOMBSTONES] = id;
 		return;
 	}
-	/* Its parked requests go unanswered: nobody is there. Its pipe
-	 * sides close: their peers see end of file. */
-	while (c->waits != NULL) {
-		qps_wait_finish(c->waits, NULL);
-	}
-	qps_pipes_conn_gone(id);
 	n = conn_release(c);
+	qps_pipes_conn_gone(id); /* its peers see end of file */
 	qpi_htab_remove(&cs.conns, &c->node);
 	if (n > 0) {
 		qps_log(QPS_LOG_INFO,
@@ -320,12 +319,7 @@ qps_conns_forget_q(qps_q *q)
 static void
 drop_cb(qpi_hnode *n, void *arg)
 {
-	qps_conn *c = (qps_conn *) n;
-
-	while (c->waits != NULL) {
-		qps_wait_finish(c->waits, NULL);
-	}
-	*(uint64_t *) arg += conn_release(c);
+	*(uint64_t *) arg += conn_release((qps_conn *) n);
 }
 
 uint64_t

@@ -40,13 +40,14 @@ extern const size_t qps_status_html_len;
 #define MX_RES      64 /* results: QP_ codes, then "none" */
 #define MX_RES_NONE (MX_RES - 1)
 
-/* Request duration buckets (upper bounds, ns), Prometheus's le labels. */
+/* Request duration buckets (upper bounds, ns), Prometheus's le labels
+ * (the last one, +Inf, past the bounds). */
 static const int64_t mx_le_ns[] = {100000, 250000, 500000, 1000000, 2500000,
     5000000, 10000000, 25000000, 50000000, 100000000, 250000000, 500000000,
     1000000000, 2500000000, 5000000000, 10000000000};
 static const char *const mx_le[]
     = {"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
-        "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10"};
+        "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"};
 #define MX_NB (sizeof(mx_le_ns) / sizeof(mx_le_ns[0]))
 
 static const char *const mx_refused[QPS_REFUSED_N]
@@ -396,18 +397,13 @@ mx_text_server(FILE *b, const mx_snap *s)
 			continue;
 		}
 		cum = 0;
-		for (size_t k = 0; k < MX_NB; k++) {
+		for (size_t k = 0; k <= MX_NB; k++) {
 			cum += v[k];
 			fprintf(b,
 			    "qpipe_request_duration_seconds_bucket{op=\"%s\","
 			    "le=\"%s\"} %llu\n",
 			    mx_op(op), mx_le[k], (unsigned long long) cum);
 		}
-		cum += v[MX_NB];
-		fprintf(b,
-		    "qpipe_request_duration_seconds_bucket{op=\"%s\","
-		    "le=\"+Inf\"} %llu\n",
-		    mx_op(op), (unsigned long long) cum);
 		fprintf(b,
 		    "qpipe_request_duration_seconds_sum{op=\"%s\"} %.6f\n",
 		    mx_op(op), (double) MX_LD(&mx.lat_ns[op]) / 1e9);

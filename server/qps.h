@@ -616,7 +616,7 @@ struct qps_wait {
 	qps_wlist *list; /* the list it waits in */
 	qps_q *q; /* the queue it waits on (NULL: a pipe's, obj) */
 	void *obj;
-	void (*expired)(qps_wait *wt); /* at its timeout (NULL: a queue's) */
+	void (*expired)(qps_wait *wt); /* at its timeout */
 	nng_msg *req; /* owns the bytes r points into */
 	qpi_wire_req r; /* its arrays our own */
 	qps_client *cl; /* dedup: the client and seq, or NULL */
@@ -631,11 +631,11 @@ struct qps_wait {
 	qps_wait *cprev, *cnext; /* in conn's list */
 };
 
-/* Parks rq in list for up to tmo ms (<= 0: no limit), expired called at
- * its timeout: takes rq->req, copies the request (its items; for
- * QPS_WAIT_OP its ids). NULL (nothing taken) if the server cannot park
- * more, or rq's connection holds its limit of parked requests or bytes
- * (qps_wait_refusal says which). */
+/* Parks rq in list for up to tmo ms (<= 0: no limit), expired (NULL:
+ * qps_wait_expire_default) called at its timeout: takes rq->req, copies the
+ * request (its items; for QPS_WAIT_OP its ids). NULL (nothing taken) if the
+ * server cannot park more, or rq's connection holds its limit of parked
+ * requests or bytes (qps_wait_refusal says which). */
 qps_wait *qps_wait_add(const qps_req *rq, qps_wlist *list, int kind,
     int64_t tmo, void (*expired)(qps_wait *wt));
 

@@ -64,13 +64,7 @@ qps_wait_finish(qps_wait *wt, nng_msg *rep)
 static void
 wait_timeout(qps_timer *t)
 {
-	qps_wait *wt = (qps_wait *) t;
-
-	if (wt->expired != NULL) {
-		wt->expired(wt);
-		return;
-	}
-	qps_wait_expire_default(wt);
+	((qps_wait *) t)->expired((qps_wait *) t);
 }
 
 void
@@ -157,7 +151,7 @@ qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
 	wt->w = rq->w;
 	wt->conn = c;
 	wt->list = list;
-	wt->expired = expired;
+	wt->expired = expired != NULL ? expired : qps_wait_expire_default;
 	wt->req = rq->req;
 	wt->cl = rq->cl;
 	wt->seq = r->seq;

@@ -187,13 +187,10 @@ admin_figures(qps_q *q, const qpi_wire_req *r)
 	int rv;
 
 	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
-	if (q->busy) {
-		return qps_rep_error(r->op, r->req_id, QP_EBUSY,
-		    "queue '%s' " QPS_LOCKED, q->name);
-	}
-	rv = r->op == QPI_OP_QSIZE ? qpi_store_qsize(q->st, &rp.count)
-	                           : qpi_store_stat(q->st, &rp.stat);
-	if (qps_q_rv(q, rv) == QP_EBUSY) {
+	rv = q->busy                ? QP_EBUSY
+	    : r->op == QPI_OP_QSIZE ? qpi_store_qsize(q->st, &rp.count)
+	                            : qpi_store_stat(q->st, &rp.stat);
+	if (q->busy || qps_q_rv(q, rv) == QP_EBUSY) {
 		return qps_rep_error(r->op, r->req_id, QP_EBUSY,
 		    "queue '%s' " QPS_LOCKED, q->name);
 	}

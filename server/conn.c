@@ -16,6 +16,7 @@
 #include "qps.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 /* Connection ids seen leaving before their first request was handled. */
 #define CONN_TOMBSTONES 256
@@ -36,16 +37,9 @@ typedef struct conn_work {
 
 static struct {
 	qpi_htab conns; /* every connection; conns.n of them */
-	uint32_t pid;
 	uint32_t tomb[CONN_TOMBSTONES];
 	uint32_t ntomb;
 } cs;
-
-void
-qps_conns_start(uint32_t pid)
-{
-	cs.pid = pid;
-}
 
 uint32_t
 qps_conns_count(void)
@@ -76,7 +70,7 @@ qps_conn_get(uint32_t id)
 		return NULL;
 	}
 	c->node.key = id;
-	c->owner = ((uint64_t) cs.pid << 32) | id;
+	c->owner = ((uint64_t) getpid() << 32) | id;
 	c->over_limit = cs.conns.n >= qps_cfg->max_connections;
 	if (c->over_limit) {
 		qps_log_limited(&refuse_ll, QPS_LOG_WARN,
@@ -211,17 +205,21 @@ qps_conn_lease_renew(
 	}
 }
 
-typedef struct prune_arg {
+/* Which leases of c to forget: those on q, or (q NULL) those expired by
+ * now_ms. */
+typedef struct purge_arg {
 	qps_conn *c;
+	qps_q *q;
 	int64_t now_ms;
-} prune_arg;
+} purge_arg;
 
 static void
-prune_cb(qpi_hnode *n, void *arg)
+purge_cb(qpi_hnode *n, void *arg)
 {
-	prune_arg *a = arg;
+	purge_arg *a = arg;
+	conn_work *wk = (conn_work *) n;
 
-	if (((conn_work *) n)->expiry_ms <= a->now_ms) {
+	if (a->q != NULL ? wk->q == a->q : wk->expiry_ms <= a->now_ms) {
 		qpi_htab_remove(&a->c->work, n);
 		free(n);
 	}
@@ -234,19 +232,23 @@ qps_conn_lease_room(qps_conn *c)
 
 	if (c->work.n >= cap) {
 		/* Leases that ran out went back by themselves. */
-		prune_arg a = {.c = c, .now_ms = qpi_now_ms()};
-		qpi_htab_each(&c->work, prune_cb, &a);
+		purge_arg a = {.c = c, .now_ms = qpi_now_ms()};
+		qpi_htab_each(&c->work, purge_cb, &a);
 	}
 	return c->work.n >= cap ? 0 : cap - (uint32_t) c->work.n;
 }
 
-/* Gives back every lease c holds: the queues it took leases from, each
- * asked once. Returns how many items went back. */
+/* Ends c's parked requests unanswered (nobody is there) and gives back
+ * every lease it holds: the queues it took leases from, each asked once.
+ * Returns how many items went back. */
 static uint64_t
 conn_release(qps_conn *c)
 {
 	uint64_t n = 0;
 
+	while (c->waits != NULL) {
+		qps_wait_finish(c->waits, NULL);
+	}
 	for (uint32_t i = 0; i < c->nleased; i++) {
 		n += qps_q_release_owner(c->leased[i], c->owner);
 	}
@@ -280,13 +282,8 @@ qps_conn_close(uint32_t id)
 		cs.tomb[cs.ntomb++ % CONN_TOMBSTONES] = id;
 		return;
 	}
-	/* Its parked requests go unanswered: nobody is there. Its pipe
-	 * sides close: their peers see end of file. */
-	while (c->waits != NULL) {
-		qps_wait_finish(c->waits, NULL);
-	}
-	qps_pipes_conn_gone(id);
 	n = conn_release(c);
+	qps_pipes_conn_gone(id); /* its peers see end of file */
 	qpi_htab_remove(&cs.conns, &c->node);
 	if (n > 0) {
 		qps_log(QPS_LOG_INFO,
@@ -297,22 +294,6 @@ qps_conn_close(uint32_t id)
 		qps_log(QPS_LOG_DEBUG, "connection %u closed", id);
 	}
 	conn_free(c);
-}
-
-typedef struct purge_arg {
-	qps_conn *c;
-	qps_q *q;
-} purge_arg;
-
-static void
-purge_cb(qpi_hnode *n, void *arg)
-{
-	purge_arg *a = arg;
-
-	if (((conn_work *) n)->q == a->q) {
-		qpi_htab_remove(&a->c->work, n);
-		free(n);
-	}
 }
 
 /* Drops c's notes on q (it goes away). */
@@ -338,12 +319,7 @@ qps_conns_forget_q(qps_q *q)
 static void
 drop_cb(qpi_hnode *n, void *arg)
 {
-	qps_conn *c = (qps_conn *) n;
-
-	while (c->waits != NULL) {
-		qps_wait_finish(c->waits, NULL);
-	}
-	*(uint64_t *) arg += conn_release(c);
+	*(uint64_t *) arg += conn_release((qps_conn *) n);
 }
 
 uint64_t

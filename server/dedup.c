@@ -59,16 +59,8 @@ static struct {
 static void
 lru_unlink(qps_client *cl)
 {
-	if (cl->prev != NULL) {
-		cl->prev->next = cl->next;
-	} else {
-		dd.head = cl->next;
-	}
-	if (cl->next != NULL) {
-		cl->next->prev = cl->prev;
-	} else {
-		dd.tail = cl->prev;
-	}
+	*(cl->prev != NULL ? &cl->prev->next : &dd.head) = cl->next;
+	*(cl->next != NULL ? &cl->next->prev : &dd.tail) = cl->prev;
 	cl->prev = cl->next = NULL;
 }
 
@@ -76,13 +68,8 @@ static void
 lru_front(qps_client *cl)
 {
 	cl->next = dd.head;
-	if (dd.head != NULL) {
-		dd.head->prev = cl;
-	}
+	*(dd.head != NULL ? &dd.head->prev : &dd.tail) = cl;
 	dd.head = cl;
-	if (dd.tail == NULL) {
-		dd.tail = cl;
-	}
 }
 
 static void
@@ -248,10 +235,7 @@ qps_dedup_begin(
 		cl->npending--;
 	}
 	free(s->rep);
-	memset(s, 0, sizeof(*s));
-	s->seq = seq;
-	s->op = (uint8_t) op;
-	s->state = SLOT_PENDING;
+	*s = (dslot) {.seq = seq, .op = (uint8_t) op, .state = SLOT_PENDING};
 	cl->npending++;
 	return QPS_DEDUP_NEW;
 }
@@ -322,16 +306,12 @@ qps_dedup_seed(const uint8_t *id, uint64_t seq, uint32_t done, uint32_t n)
 		return 0;
 	}
 	free(s->rep);
-	memset(s, 0, sizeof(*s));
-	s->seq = seq;
-	s->op = n > 1 ? QPI_OP_PUT_MANY : QPI_OP_PUT;
-	if (done >= n) {
-		s->state = SLOT_DONE;
-		s->status = QP_OK;
-	} else {
-		s->state = SLOT_PARTIAL;
-		s->skip = done;
-	}
+	/* All of it in: done, QP_OK; some: the rest goes in on a repeat. */
+	*s = (dslot) {.seq = seq,
+	    .op = n > 1 ? QPI_OP_PUT_MANY : QPI_OP_PUT,
+	    .state = done >= n ? SLOT_DONE : SLOT_PARTIAL,
+	    .status = QP_OK,
+	    .skip = done >= n ? 0 : done};
 	return 1;
 }
 

@@ -491,7 +491,7 @@ link_request(qps_link *l)
 		return;
 	}
 	w->l = l;
-	w->t0 = qps_metrics_now();
+	w->t0 = qpi_now_ns();
 	w->btlen = (uint8_t) bt;
 	memcpy(w->bt, nng_msg_body(m), bt);
 	nng_msg_trim(m, bt);

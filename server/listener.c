@@ -16,9 +16,6 @@
 #include "../lib/link.h" /* lib's: its listeners */
 #include "link.h"
 
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -33,30 +30,6 @@ typedef struct lsn_listener {
 
 static lsn_listener lsn[QPS_MAX_LISTEN];
 static size_t nlsn;
-
-/* True when host (a name: every address it resolves to) is loopback. */
-static bool
-lsn_host_loopback(const char *host)
-{
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-	bool ok = strcmp(host, "*") != 0 && host[0] != '\0'
-	    && getaddrinfo(host, NULL, &hints, &res) == 0 && res != NULL;
-
-	for (struct addrinfo *ai = ok ? res : NULL; ai != NULL;
-	     ai = ai->ai_next) {
-		const struct sockaddr_in *s4 = (void *) ai->ai_addr;
-		const struct sockaddr_in6 *s6 = (void *) ai->ai_addr;
-		ok = ok
-		    && (ai->ai_family == AF_INET
-		            ? (ntohl(s4->sin_addr.s_addr) >> 24) == 127
-		            : ai->ai_family == AF_INET6
-		                && IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr));
-	}
-	if (res != NULL) {
-		freeaddrinfo(res);
-	}
-	return ok;
-}
 
 /* A listener's accept loop, until qps_net_close closes it. */
 static void *
@@ -102,9 +75,7 @@ lsn_listen(const qps_config *cfg, const char *url, char *bound)
 		    qp_errmsg());
 		return QP_EINVAL;
 	}
-	if ((rv = qps_sec_check_listener(cfg, &a, url,
-	         a.kind != QPI_ADDR_IPC && lsn_host_loopback(a.host)))
-	    != QP_OK) {
+	if ((rv = qps_sec_check_listener(cfg, &a, url)) != QP_OK) {
 		return rv;
 	}
 	drv = cfg->raw_sp && a.kind != QPI_ADDR_TLS ? &qps_link_socket

@@ -24,13 +24,10 @@
 #include "qps.h"
 #include "store.h"
 
-#include <netdb.h>
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 
 #include <nng/supplemental/http/http.h>
@@ -43,13 +40,14 @@ extern const size_t qps_status_html_len;
 #define MX_RES      64 /* results: QP_ codes, then "none" */
 #define MX_RES_NONE (MX_RES - 1)
 
-/* Request duration buckets (upper bounds, ns), Prometheus's le labels. */
+/* Request duration buckets (upper bounds, ns), Prometheus's le labels
+ * (the last one, +Inf, past the bounds). */
 static const int64_t mx_le_ns[] = {100000, 250000, 500000, 1000000, 2500000,
     5000000, 10000000, 25000000, 50000000, 100000000, 250000000, 500000000,
     1000000000, 2500000000, 5000000000, 10000000000};
 static const char *const mx_le[]
     = {"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
-        "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10"};
+        "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"};
 #define MX_NB (sizeof(mx_le_ns) / sizeof(mx_le_ns[0]))
 
 static const char *const mx_refused[QPS_REFUSED_N]
@@ -106,48 +104,14 @@ qps_metrics_bytes(uint64_t in, uint64_t out)
 	}
 }
 
-int64_t
-qps_metrics_now(void)
-{
-	return qpi_now_ns();
-}
-
-/* The op and status of an encoded reply [version, op, req_id, status,
- * ...]; false if it does not read so. */
-static bool
-mx_rep_op(nng_msg *m, uint32_t *opp, int *stp)
-{
-	const uint8_t *p = nng_msg_body(m);
-	size_t len = nng_msg_len(m), pos = 0;
-	qpi_wire_tok t;
-
-	for (int i = 0; i < 5; i++) {
-		if (qpi_wire_next(p, len, &pos, &t) != QP_OK) {
-			return false;
-		}
-		if (i == 2) {
-			if (t.type != QPI_WIRE_UINT) {
-				return false;
-			}
-			*opp = (uint32_t) t.u;
-		}
-	}
-	*stp = t.type == QPI_WIRE_UINT ? (int) t.u : -1;
-	return true;
-}
-
 void
 qps_metrics_request_end(int64_t t0_ns, nng_msg *rep)
 {
 	int64_t d = qpi_now_ns() - t0_ns;
 	uint32_t op = 0;
-	int st = MX_RES_NONE;
+	int st = rep != NULL ? qps_rep_read(rep, &op) : MX_RES_NONE;
 	size_t b = 0;
 
-	if (rep != NULL && !mx_rep_op(rep, &op, &st)) {
-		op = 0;
-		st = MX_RES_NONE;
-	}
 	if (op >= MX_OPS) {
 		op = 0;
 	}
@@ -250,56 +214,10 @@ mx_snap_take(mx_snap *s)
 
 /* ---- text ---- */
 
-typedef struct mx_buf {
-	char *p;
-	size_t len, cap;
-	bool oom;
-} mx_buf;
-
-static void mx_put(mx_buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
 static void
-mx_put(mx_buf *b, const char *fmt, ...)
+mx_family(FILE *b, const char *name, const char *type, const char *help)
 {
-	va_list ap;
-	int n;
-
-	if (b->oom) {
-		return;
-	}
-	for (;;) {
-		size_t room = b->cap - b->len;
-		va_start(ap, fmt);
-		n = vsnprintf(
-		    b->p != NULL ? b->p + b->len : NULL, room, fmt, ap);
-		va_end(ap);
-		if (n < 0) {
-			b->oom = true;
-			return;
-		}
-		if ((size_t) n < room) {
-			b->len += (size_t) n;
-			return;
-		}
-		size_t cap = b->cap == 0 ? 8192 : b->cap;
-		while (cap - b->len <= (size_t) n) {
-			cap *= 2;
-		}
-		char *p = realloc(b->p, cap);
-		if (p == NULL) {
-			b->oom = true;
-			return;
-		}
-		b->p = p;
-		b->cap = cap;
-	}
-}
-
-static void
-mx_family(mx_buf *b, const char *name, const char *type, const char *help)
-{
-	mx_put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+	fprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 /* The result label of a QP_ code: "ok", "empty", "full"... */
@@ -330,21 +248,21 @@ mx_op(uint32_t op)
 }
 
 /* A per-queue gauge or counter: one sample per queue. */
-#define MX_PER_Q(b, s, nm, type, help, expr)                           \
-	do {                                                           \
-		mx_family(b, nm, type, help);                          \
-		for (size_t i_ = 0; i_ < (s)->n; i_++) {               \
-			const mx_q *e = &(s)->qs[i_];                  \
-			mx_put(b, nm "{queue=\"%s\"} %llu\n", e->name, \
-			    (unsigned long long) (expr));              \
-		}                                                      \
+#define MX_PER_Q(b, s, nm, type, help, expr)                            \
+	do {                                                            \
+		mx_family(b, nm, type, help);                           \
+		for (size_t i_ = 0; i_ < (s)->n; i_++) {                \
+			const mx_q *e = &(s)->qs[i_];                   \
+			fprintf(b, nm "{queue=\"%s\"} %llu\n", e->name, \
+			    (unsigned long long) (expr));               \
+		}                                                       \
 	} while (0)
 
 static void
-mx_text_queues(mx_buf *b, const mx_snap *s)
+mx_text_queues(FILE *b, const mx_snap *s)
 {
 	mx_family(b, "qpipe_queues", "gauge", "Queues on this host.");
-	mx_put(b, "qpipe_queues %zu\n", s->n);
+	fprintf(b, "qpipe_queues %zu\n", s->n);
 	MX_PER_Q(b, s, "qpipe_queue_messages_ready", "gauge",
 	    "Items ready to be got.", e->st.items);
 	MX_PER_Q(b, s, "qpipe_queue_messages_leased", "gauge",
@@ -367,7 +285,7 @@ mx_text_queues(mx_buf *b, const mx_snap *s)
 	for (size_t i = 0; i < s->n; i++) {
 		const mx_q *e = &s->qs[i];
 		if (e->st.oldest_age_ms >= 0) {
-			mx_put(b,
+			fprintf(b,
 			    "qpipe_queue_oldest_message_age_seconds{queue=\"%"
 			    "s\"}"
 			    " %.3f\n",
@@ -391,7 +309,7 @@ mx_text_queues(mx_buf *b, const mx_snap *s)
 	    "Leased items given back to the queue, by reason.");
 	for (size_t i = 0; i < s->n; i++) {
 		for (int r = 0; r < QPI_SHMQ_REL_N; r++) {
-			mx_put(b,
+			fprintf(b,
 			    "qpipe_queue_messages_redelivered_total{queue=\"%"
 			    "s\","
 			    "reason=\"%s\"} %llu\n",
@@ -407,50 +325,50 @@ mx_text_queues(mx_buf *b, const mx_snap *s)
 }
 
 static void
-mx_text_server(mx_buf *b, const mx_snap *s)
+mx_text_server(FILE *b, const mx_snap *s)
 {
 	char res[32];
 	int64_t now = qpi_now_ns();
 
 	mx_family(b, "qpipe_build_info", "gauge",
 	    "The version of qpiped (always 1).");
-	mx_put(b, "qpipe_build_info{version=\"%s\"} 1\n", qp_version());
+	fprintf(b, "qpipe_build_info{version=\"%s\"} 1\n", qp_version());
 	mx_family(b, "qpipe_start_time_seconds", "gauge",
 	    "When qpiped started, in seconds since the epoch.");
-	mx_put(b, "qpipe_start_time_seconds %.3f\n",
+	fprintf(b, "qpipe_start_time_seconds %.3f\n",
 	    (double) mx.start_unix_ms / 1000.0);
 	mx_family(b, "qpipe_uptime_seconds", "gauge",
 	    "Seconds since qpiped started.");
-	mx_put(b, "qpipe_uptime_seconds %.3f\n",
+	fprintf(b, "qpipe_uptime_seconds %.3f\n",
 	    (double) (now - mx.start_ns) / 1e9);
 	mx_family(b, "qpipe_connections", "gauge", "Client connections open.");
-	mx_put(b, "qpipe_connections %u\n", s->conns);
+	fprintf(b, "qpipe_connections %u\n", s->conns);
 	mx_family(b, "qpipe_connections_opened_total", "counter",
 	    "Client connections admitted.");
-	mx_put(b, "qpipe_connections_opened_total %llu\n",
+	fprintf(b, "qpipe_connections_opened_total %llu\n",
 	    (unsigned long long) MX_LD(&mx.opened));
 	mx_family(b, "qpipe_connections_refused_total", "counter",
 	    "Connections refused or closed unserved, by reason.");
 	for (int r = 0; r < QPS_REFUSED_N; r++) {
-		mx_put(b,
+		fprintf(b,
 		    "qpipe_connections_refused_total{reason=\"%s\"} %llu\n",
 		    mx_refused[r], (unsigned long long) MX_LD(&mx.refused[r]));
 	}
 	mx_family(b, "qpipe_auth_failures_total", "counter",
 	    "Authentications refused.");
-	mx_put(b, "qpipe_auth_failures_total %llu\n",
+	fprintf(b, "qpipe_auth_failures_total %llu\n",
 	    (unsigned long long) MX_LD(&mx.auth_failed));
 	mx_family(b, "qpipe_requests_waiting", "gauge",
 	    "Requests parked (gets and puts waiting).");
-	mx_put(b, "qpipe_requests_waiting %llu\n",
+	fprintf(b, "qpipe_requests_waiting %llu\n",
 	    (unsigned long long) qps_net_parked());
 	mx_family(b, "qpipe_received_bytes_total", "counter",
 	    "Bytes received on client connections.");
-	mx_put(b, "qpipe_received_bytes_total %llu\n",
+	fprintf(b, "qpipe_received_bytes_total %llu\n",
 	    (unsigned long long) MX_LD(&mx.bytes_in));
 	mx_family(b, "qpipe_sent_bytes_total", "counter",
 	    "Bytes of replies sent on client connections.");
-	mx_put(b, "qpipe_sent_bytes_total %llu\n",
+	fprintf(b, "qpipe_sent_bytes_total %llu\n",
 	    (unsigned long long) MX_LD(&mx.bytes_out));
 	mx_family(b, "qpipe_requests_total", "counter",
 	    "Requests answered, by op and result.");
@@ -461,7 +379,7 @@ mx_text_server(mx_buf *b, const mx_snap *s)
 				continue;
 			}
 			mx_result(st, res, sizeof(res));
-			mx_put(b,
+			fprintf(b,
 			    "qpipe_requests_total{op=\"%s\",result=\"%s\"} "
 			    "%llu\n",
 			    mx_op(op), res, (unsigned long long) n);
@@ -479,22 +397,17 @@ mx_text_server(mx_buf *b, const mx_snap *s)
 			continue;
 		}
 		cum = 0;
-		for (size_t k = 0; k < MX_NB; k++) {
+		for (size_t k = 0; k <= MX_NB; k++) {
 			cum += v[k];
-			mx_put(b,
+			fprintf(b,
 			    "qpipe_request_duration_seconds_bucket{op=\"%s\","
 			    "le=\"%s\"} %llu\n",
 			    mx_op(op), mx_le[k], (unsigned long long) cum);
 		}
-		cum += v[MX_NB];
-		mx_put(b,
-		    "qpipe_request_duration_seconds_bucket{op=\"%s\","
-		    "le=\"+Inf\"} %llu\n",
-		    mx_op(op), (unsigned long long) cum);
-		mx_put(b,
+		fprintf(b,
 		    "qpipe_request_duration_seconds_sum{op=\"%s\"} %.6f\n",
 		    mx_op(op), (double) MX_LD(&mx.lat_ns[op]) / 1e9);
-		mx_put(b,
+		fprintf(b,
 		    "qpipe_request_duration_seconds_count{op=\"%s\"} %llu\n",
 		    mx_op(op), (unsigned long long) cum);
 	}
@@ -503,7 +416,7 @@ mx_text_server(mx_buf *b, const mx_snap *s)
 /* ---- JSON for the status page and qpipe top ---- */
 
 static void
-mx_json(mx_buf *b, const mx_snap *s)
+mx_json(FILE *b, const mx_snap *s)
 {
 	uint64_t leased = 0, reqs = 0;
 	struct timespec ts;
@@ -517,7 +430,7 @@ mx_json(mx_buf *b, const mx_snap *s)
 		}
 	}
 	clock_gettime(CLOCK_REALTIME, &ts);
-	mx_put(b,
+	fprintf(b,
 	    "{\"version\":\"%s\",\"time_ms\":%lld,\"uptime_s\":%.3f,"
 	    "\"connections\":%u,\"connections_total\":%llu,"
 	    "\"waiting\":%llu,\"leased\":%llu,\"requests\":%llu,"
@@ -533,7 +446,7 @@ mx_json(mx_buf *b, const mx_snap *s)
 	    (unsigned long long) MX_LD(&mx.auth_failed));
 	for (size_t i = 0; i < s->n; i++) {
 		const mx_q *e = &s->qs[i];
-		mx_put(b,
+		fprintf(b,
 		    "%s{\"name\":\"%s\",\"ready\":%llu,\"leased\":%llu,"
 		    "\"bytes\":%llu,\"maxsize\":%llu,\"capacity\":%llu,"
 		    "\"getters\":%llu,\"putters\":%llu,\"puts\":%llu,"
@@ -558,7 +471,7 @@ mx_json(mx_buf *b, const mx_snap *s)
 		    (long long) e->st.oldest_age_ms,
 		    e->durable ? "true" : "false");
 	}
-	mx_put(b, "]}\n");
+	fprintf(b, "]}\n");
 }
 
 /* ---- HTTP ---- */
@@ -623,9 +536,12 @@ mx_authorized(nng_aio *aio)
 static void
 mx_serve(nng_aio *aio, bool json)
 {
-	mx_snap s;
-	mx_buf b = {0};
 	static const char denied[] = "a bearer token is required\n";
+	mx_snap s;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *b;
+	bool bad;
 
 	if (!mx_authorized(aio)) {
 		qps_metrics_auth_failed();
@@ -633,17 +549,22 @@ mx_serve(nng_aio *aio, bool json)
 		    sizeof(denied) - 1);
 		return;
 	}
+	if ((b = open_memstream(&text, &len)) == NULL) {
+		nng_aio_finish(aio, NNG_ENOMEM);
+		return;
+	}
 	qps_thread_init();
 	mx_snap_take(&s);
 	if (json) {
-		mx_json(&b, &s);
+		mx_json(b, &s);
 	} else {
-		mx_text_queues(&b, &s);
-		mx_text_server(&b, &s);
+		mx_text_queues(b, &s);
+		mx_text_server(b, &s);
 	}
 	free(s.qs);
-	if (b.oom || s.oom) {
-		free(b.p);
+	bad = ferror(b) != 0;
+	if (fclose(b) != 0 || bad || s.oom) {
+		free(text);
 		nng_aio_finish(aio, NNG_ENOMEM);
 		return;
 	}
@@ -651,8 +572,8 @@ mx_serve(nng_aio *aio, bool json)
 	    json ? "application/json"
 	         : "text/plain; version=0.0.4; "
 	           "charset=utf-8",
-	    b.p, b.len);
-	free(b.p);
+	    text, len);
+	free(text);
 }
 
 static void
@@ -667,44 +588,13 @@ mx_status_cb(nng_aio *aio)
 	mx_serve(aio, true);
 }
 
-/* True when host (every address it resolves to) is loopback. */
-static bool
-mx_loopback(const char *host)
-{
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res, *ai;
-	bool all = true;
-
-	if (getaddrinfo(host, NULL, &hints, &res) != 0) {
-		return false;
-	}
-	for (ai = res; ai != NULL; ai = ai->ai_next) {
-		if (ai->ai_family == AF_INET) {
-			const struct sockaddr_in *in
-			    = (const void *) ai->ai_addr;
-			all = all && (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-		} else if (ai->ai_family == AF_INET6) {
-			const struct sockaddr_in6 *in6
-			    = (const void *) ai->ai_addr;
-			all = all && IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
-		} else {
-			all = false;
-		}
-	}
-	freeaddrinfo(res);
-	return all;
-}
-
+/* Adds handler *h, just allocated with result rv, to the server (freed
+ * if it cannot be added). */
 static int
-mx_add(const char *path, void (*cb)(nng_aio *))
+mx_add(nng_http_handler **h, int rv)
 {
-	nng_http_handler *h;
-	int rv;
-
-	if ((rv = nng_http_handler_alloc(&h, path, cb)) != 0) {
-		return rv;
-	}
-	if ((rv = nng_http_server_add_handler(mx.srv, h)) != 0) {
-		nng_http_handler_free(h);
+	if (rv == 0 && (rv = nng_http_server_add_handler(mx.srv, *h)) != 0) {
+		nng_http_handler_free(*h);
 	}
 	return rv;
 }
@@ -717,7 +607,7 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	nng_sockaddr sa;
 	nng_url *u = NULL;
 	qpi_addr a;
-	bool lo;
+	bool v6;
 	int rv;
 
 	mx.start_ns = qpi_now_ns();
@@ -740,35 +630,30 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 		    cfg->metrics);
 		return QP_EINVAL;
 	}
-	lo = mx_loopback(a.host);
-	if ((rv = qps_sec_check_listener(cfg, &a, cfg->metrics, lo))
-	    != QP_OK) {
+	if ((rv = qps_sec_check_listener(cfg, &a, cfg->metrics)) != QP_OK) {
 		return rv;
 	}
 	/* As on --listen: with a token every client proves it holds it,
 	 * loopback ones too. */
 	mx.auth = qps_sec_auth_required();
-	snprintf(http, sizeof(http), "http://%s%s%s:%u",
-	    strchr(a.host, ':') != NULL ? "[" : "", a.host,
-	    strchr(a.host, ':') != NULL ? "]" : "", (unsigned) a.port);
+	v6 = strchr(a.host, ':') != NULL;
+	snprintf(http, sizeof(http), "http://%s%s%s:%u", v6 ? "[" : "", a.host,
+	    v6 ? "]" : "", (unsigned) a.port);
 	if ((rv = nng_url_parse(&u, http)) != 0
 	    || (rv = nng_http_server_hold(&mx.srv, u)) != 0) {
 		goto fail;
 	}
-	if ((rv = mx_add("/metrics", mx_metrics_cb)) != 0
-	    || (rv = mx_add("/api/status", mx_status_cb)) != 0) {
-		goto fail;
-	}
-	if ((rv = nng_http_handler_alloc_static(&h, "/", qps_status_html,
-	         qps_status_html_len, "text/html; charset=utf-8"))
-	    != 0) {
-		goto fail;
-	}
-	if ((rv = nng_http_server_add_handler(mx.srv, h)) != 0) {
-		nng_http_handler_free(h);
-		goto fail;
-	}
-	if ((rv = nng_http_server_start(mx.srv)) != 0) {
+	if ((rv = mx_add(
+	         &h, nng_http_handler_alloc(&h, "/metrics", mx_metrics_cb)))
+	        != 0
+	    || (rv = mx_add(&h,
+	            nng_http_handler_alloc(&h, "/api/status", mx_status_cb)))
+	        != 0
+	    || (rv = mx_add(&h,
+	            nng_http_handler_alloc_static(&h, "/", qps_status_html,
+	                qps_status_html_len, "text/html; charset=utf-8")))
+	        != 0
+	    || (rv = nng_http_server_start(mx.srv)) != 0) {
 		goto fail;
 	}
 	if (nng_http_server_get_addr(mx.srv, &sa) == 0
@@ -777,9 +662,8 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 		                                           : sa.s_in6.sa_port;
 		a.port = ntohs(port);
 	}
-	snprintf(url, len, "http://%s%s%s:%u",
-	    strchr(a.host, ':') != NULL ? "[" : "", a.host,
-	    strchr(a.host, ':') != NULL ? "]" : "", (unsigned) a.port);
+	snprintf(url, len, "http://%s%s%s:%u", v6 ? "[" : "", a.host,
+	    v6 ? "]" : "", (unsigned) a.port);
 	nng_url_free(u);
 	qps_log(QPS_LOG_INFO, "metrics at %s/metrics, status page at %s/%s",
 	    url, url, mx.auth ? " (bearer token required)" : "");

@@ -19,10 +19,8 @@
  */
 #include "qps.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* Items, lease ids decoded on the stack before the heap is used. */
 #define OPS_STACK 16
@@ -87,51 +85,36 @@ qps_ops_conn_settled(uint32_t conn_id, const char **why)
 	return ok;
 }
 
-/* The handler of op's family; NULL for an op this server does not know. */
-static qps_handler
-ops_route(uint32_t op)
-{
-	switch (op) {
-	case QPI_OP_HELLO:
-	case QPI_OP_AUTH:
-	case QPI_OP_PING:
-		return qps_session_handle;
-	case QPI_OP_PUT:
-	case QPI_OP_PUT_MANY:
-	case QPI_OP_GET:
-	case QPI_OP_JOIN:
-	case QPI_OP_COMPLETE:
-		return qps_qdata_handle;
-	case QPI_OP_ACK:
-	case QPI_OP_RELEASE:
-	case QPI_OP_TOUCH:
-	case QPI_OP_TASK_DONE:
-		return qps_lease_handle;
-	case QPI_OP_QSIZE:
-	case QPI_OP_STAT:
-	case QPI_OP_LIST:
-	case QPI_OP_CREATE:
-	case QPI_OP_DELETE:
-		return qps_admin_handle;
-	case QPI_OP_PIPE_OPEN:
-	case QPI_OP_PIPE_SEND:
-	case QPI_OP_PIPE_RECV:
-	case QPI_OP_PIPE_POLL:
-	case QPI_OP_PIPE_CLOSE:
-		return qps_pipe_handle;
-	default:
-		return NULL;
-	}
-}
-
-/* Ops that finish work rather than start it: served while draining. */
-static bool
-op_finishes(uint32_t op)
-{
-	return op == QPI_OP_ACK || op == QPI_OP_RELEASE
-	    || op == QPI_OP_TASK_DONE || op == QPI_OP_TOUCH
-	    || op == QPI_OP_PING || op == QPI_OP_COMPLETE;
-}
+/* By op number: the handler of the op's family (NULL: an op this server
+ * does not know), and whether the op finishes work rather than starts it
+ * (served while draining). */
+static const struct {
+	qps_handler fn;
+	bool finishes;
+} ops_tab[QPI_OP_MAX + 1] = {
+    [QPI_OP_HELLO] = {qps_session_handle, false},
+    [QPI_OP_AUTH] = {qps_session_handle, false},
+    [QPI_OP_PING] = {qps_session_handle, true},
+    [QPI_OP_PUT] = {qps_qdata_handle, false},
+    [QPI_OP_PUT_MANY] = {qps_qdata_handle, false},
+    [QPI_OP_GET] = {qps_qdata_handle, false},
+    [QPI_OP_JOIN] = {qps_qdata_handle, false},
+    [QPI_OP_COMPLETE] = {qps_qdata_handle, true},
+    [QPI_OP_ACK] = {qps_lease_handle, true},
+    [QPI_OP_RELEASE] = {qps_lease_handle, true},
+    [QPI_OP_TOUCH] = {qps_lease_handle, true},
+    [QPI_OP_TASK_DONE] = {qps_lease_handle, true},
+    [QPI_OP_QSIZE] = {qps_admin_handle, false},
+    [QPI_OP_STAT] = {qps_admin_handle, false},
+    [QPI_OP_LIST] = {qps_admin_handle, false},
+    [QPI_OP_CREATE] = {qps_admin_handle, false},
+    [QPI_OP_DELETE] = {qps_admin_handle, false},
+    [QPI_OP_PIPE_OPEN] = {qps_pipe_handle, false},
+    [QPI_OP_PIPE_SEND] = {qps_pipe_handle, false},
+    [QPI_OP_PIPE_RECV] = {qps_pipe_handle, false},
+    [QPI_OP_PIPE_POLL] = {qps_pipe_handle, false},
+    [QPI_OP_PIPE_CLOSE] = {qps_pipe_handle, false},
+};
 
 /* Under the lock: dedup, then apply. */
 static qps_handled
@@ -144,7 +127,7 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 	qps_handled h;
 	qps_conn *c;
 	uint32_t base = 0;
-	qps_handler fn = ops_route(r->op);
+	qps_handler fn = r->op <= QPI_OP_MAX ? ops_tab[r->op].fn : NULL;
 
 	if (ops.shutdown) {
 		/* The last replies are out and the workers are about to go:
@@ -178,7 +161,7 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 		    qpi_wire_op_name(r->op));
 		return QPS_REPLY;
 	}
-	if (ops.draining && !op_finishes(r->op)) {
+	if (ops.draining && !ops_tab[r->op].finishes) {
 		qps_q *q;
 		if (r->op == QPI_OP_GET && r->nids > 0
 		    && (q = qps_q_find(r->name)) != NULL) {
@@ -371,19 +354,14 @@ qps_ops_locked(void (*fn)(void *arg), void *arg)
 int
 qps_ops_start(const qps_config *cfg)
 {
-	pthread_condattr_t ca;
 	int rv;
 
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&ops.gone, &ca);
-	pthread_condattr_destroy(&ca);
+	qpi_cond_init(&ops.gone);
 	qps_thread_init(); /* the main thread's drain and shutdown */
 	qps_cfg = cfg;
 	qps_limits.max_message = cfg->max_message;
 	qps_limits.max_batch = QPI_WIRE_DEFAULT_BATCH;
 	qps_limits.lease_ms = (uint64_t) cfg->lease_ms;
-	qps_conns_start((uint32_t) getpid());
 	if ((rv = qps_registry_start(cfg, &ops.mu, qps_wait_dispatch))
 	    != QP_OK) {
 		return rv;
@@ -408,7 +386,7 @@ qps_ops_drain(void)
 	ops.draining = true;
 	/* Parked requests are answered: their clients send them again to
 	 * the next server. */
-	for (qps_q *q = qps_q_first(); q != NULL; q = qps_q_next(q)) {
+	for (qps_q *q = qps_q_first(); q != NULL; q = q->next) {
 		for (int k = 0; k < QPS_NWAIT; k++) {
 			n += q->wl[k].n;
 		}
@@ -426,14 +404,11 @@ qps_ops_drain(void)
 void
 qps_ops_linger(int64_t ms)
 {
-	struct timespec ts = qpi_ts_from_ns(qpi_now_ns() + ms * 1000000);
+	int64_t deadline = qpi_now_ns() + ms * 1000000;
 
 	pthread_mutex_lock(&ops.mu);
-	while (qps_conns_count() > 0) {
-		if (pthread_cond_timedwait(&ops.gone, &ops.mu, &ts)
-		    == ETIMEDOUT) {
-			break;
-		}
+	while (qps_conns_count() > 0
+	    && qpi_cond_wait(&ops.gone, &ops.mu, deadline) == QP_OK) {
 	}
 	pthread_mutex_unlock(&ops.mu);
 }

@@ -97,40 +97,6 @@ ps_remove(ps_pipe *p)
 
 /* ---- parked requests ---- */
 
-static void
-pw_timeout(qps_wait *wt)
-{
-	const qpi_wire_req *r = &wt->r;
-	qpi_wire_rep rp;
-
-	if (wt->kind == PW_POLL) {
-		rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
-		rp.ready = false;
-		qps_wait_finish(wt, qps_rep_encode(&rp));
-		return;
-	}
-	qps_wait_finish(wt,
-	    qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
-	        "%s on pipe '%s': "
-	        "nothing after %lld "
-	        "ms",
-	        wt->kind == PW_RECV ? "receive" : "send (its buffer is full)",
-	        ((ps_pipe *) wt->obj)->name, (long long) r->timeout));
-}
-
-/* ---- messages ---- */
-
-static nng_msg *
-ps_rep_item(const qpi_wire_req *r, const ps_msg *m)
-{
-	qpi_wire_rep rp;
-
-	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
-	rp.item.data = m->data;
-	rp.item.len = m->len;
-	return qps_rep_encode(&rp);
-}
-
 static nng_msg *
 ps_rep_ready(const qpi_wire_req *r, bool ready)
 {
@@ -139,6 +105,44 @@ ps_rep_ready(const qpi_wire_req *r, bool ready)
 	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
 	rp.ready = ready;
 	return qps_rep_encode(&rp);
+}
+
+static void
+pw_timeout(qps_wait *wt)
+{
+	const qpi_wire_req *r = &wt->r;
+
+	qps_wait_finish(wt,
+	    wt->kind == PW_POLL
+	        ? ps_rep_ready(r, false)
+	        : qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
+	            "%s on pipe '%s': nothing after %lld ms",
+	            wt->kind == PW_RECV ? "receive"
+	                                : "send (its buffer is full)",
+	            ((ps_pipe *) wt->obj)->name, (long long) r->timeout));
+}
+
+/* ---- messages ---- */
+
+/* Takes the oldest message sent to sd (there is one) and answers r with
+ * it. */
+static nng_msg *
+ps_rep_take(ps_side *sd, const qpi_wire_req *r)
+{
+	ps_msg *m = sd->qhead;
+	qpi_wire_rep rp;
+	nng_msg *rep;
+
+	if ((sd->qhead = m->next) == NULL) {
+		sd->qtail = NULL;
+	}
+	sd->qbytes -= m->len;
+	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
+	rp.item.data = m->data;
+	rp.item.len = m->len;
+	rep = qps_rep_encode(&rp);
+	free(m);
+	return rep;
 }
 
 /* Whether side s of p has something for a receive: a message, or the
@@ -161,11 +165,7 @@ ps_enqueue(ps_side *sd, const qpi_wire_item *it)
 	m->next = NULL;
 	m->len = it->len;
 	memcpy(m->data, it->data, it->len);
-	if (sd->qtail != NULL) {
-		sd->qtail->next = m;
-	} else {
-		sd->qhead = m;
-	}
+	*(sd->qtail != NULL ? &sd->qtail->next : &sd->qhead) = m;
 	sd->qtail = m;
 	sd->qbytes += m->len;
 	return true;
@@ -184,15 +184,8 @@ ps_dispatch(ps_pipe *p, int s)
 		progress = false;
 		while (sd->wl[PW_RECV].head != NULL) {
 			qps_wait *wt = sd->wl[PW_RECV].head;
-			ps_msg *m = sd->qhead;
-			if (m != NULL) {
-				sd->qhead = m->next;
-				if (sd->qhead == NULL) {
-					sd->qtail = NULL;
-				}
-				sd->qbytes -= m->len;
-				qps_wait_finish(wt, ps_rep_item(&wt->r, m));
-				free(m);
+			if (sd->qhead != NULL) {
+				qps_wait_finish(wt, ps_rep_take(sd, &wt->r));
 			} else if (eof || sd->state == SIDE_CLOSED) {
 				qps_wait_finish(wt,
 				    qps_rep_error(wt->r.op, wt->r.req_id,
@@ -309,7 +302,11 @@ qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 	int s = r->side;
 
 	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
-
+	/* Every op but open acts on a side this connection holds. */
+	if (r->op != QPI_OP_PIPE_OPEN
+	    && ps_held(p, s, conn, r, repp) != QP_OK) {
+		return QPS_REPLY;
+	}
 	switch (r->op) {
 	case QPI_OP_PIPE_OPEN:
 		if (p == NULL) {
@@ -352,9 +349,6 @@ qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 
 	case QPI_OP_PIPE_SEND: {
 		ps_side *to;
-		if (ps_held(p, s, conn, r, repp) != QP_OK) {
-			return QPS_REPLY;
-		}
 		if (p->oneway && s == 0) {
 			*repp = qps_rep_error(r->op, r->req_id, QP_EPERM,
 			    "pipe '%s': side 0 of a one-way pipe only "
@@ -394,9 +388,6 @@ qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 
 	case QPI_OP_PIPE_RECV: {
 		ps_side *sd;
-		if (ps_held(p, s, conn, r, repp) != QP_OK) {
-			return QPS_REPLY;
-		}
 		if (p->oneway && s == 1) {
 			*repp = qps_rep_error(r->op, r->req_id, QP_EPERM,
 			    "pipe '%s': side 1 of a one-way pipe only sends",
@@ -405,14 +396,7 @@ qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 		}
 		sd = &p->side[s];
 		if (sd->qhead != NULL && sd->wl[PW_RECV].head == NULL) {
-			ps_msg *m = sd->qhead;
-			sd->qhead = m->next;
-			if (sd->qhead == NULL) {
-				sd->qtail = NULL;
-			}
-			sd->qbytes -= m->len;
-			*repp = ps_rep_item(r, m);
-			free(m);
+			*repp = ps_rep_take(sd, r);
 			ps_dispatch(p, s); /* room for waiting sends */
 			return QPS_REPLY;
 		}
@@ -431,9 +415,6 @@ qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 	}
 
 	case QPI_OP_PIPE_POLL:
-		if (ps_held(p, s, conn, r, repp) != QP_OK) {
-			return QPS_REPLY;
-		}
 		if (ps_readable(p, s) || r->timeout == 0) {
 			*repp = ps_rep_ready(r, ps_readable(p, s));
 			return QPS_REPLY;
@@ -441,9 +422,6 @@ qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 		return ps_park_or_refuse(rq, p, s, PW_POLL, repp);
 
 	case QPI_OP_PIPE_CLOSE:
-		if (ps_held(p, s, conn, r, repp) != QP_OK) {
-			return QPS_REPLY;
-		}
 		qps_log(
 		    QPS_LOG_DEBUG, "pipe '%s': side %d closed", r->name, s);
 		*repp = qps_rep_ok(r);

@@ -22,10 +22,168 @@
 
 #define QPS_DEFAULT_LISTEN "tcp://127.0.0.1:7450"
 
+/* Parses a byte count with an optional K/M/G suffix (Ki, KiB, KB too). */
+static bool
+parse_bytes(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+	static const char units[] = "kKmMgG"; /* 1024 to the 1st, 2nd, 3rd */
+	const char *u;
+	char *end;
+	unsigned long long v;
+	uint64_t mul = 1;
+
+	if (*s < '0' || *s > '9') {
+		return false;
+	}
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0) {
+		return false;
+	}
+	if (*end != '\0') {
+		if ((u = strchr(units, *end)) == NULL) {
+			return false;
+		}
+		mul = (uint64_t) 1 << (10 * (1 + (u - units) / 2));
+		end += 1 + (end[1] == 'i');
+		end += *end == 'B';
+		if (*end != '\0') {
+			return false;
+		}
+	}
+	if (v > max / mul || v * mul < min) {
+		return false;
+	}
+	*out = v * mul;
+	return true;
+}
+
+/* A flag: a bool set true (arg NULL), text stored at off, or a number
+ * (BYTES suffixes allowed) from min to max stored in the size-byte field
+ * at off (expect: what a bad one should have been); set_flag knows the
+ * ones with neither (off 0). help: its lines in --help, arg the name of
+ * its value. */
+typedef struct flag {
+	const char *name, *arg, *help;
+	size_t off, size;
+	uint64_t min, max;
+	const char *expect;
+} flag;
+
+/* The tail of a flag's entry: its field, as set_flag stores it. */
+#define SPECIAL 0, 0, 0, 0, NULL
+#define TEXT(f) offsetof(qps_config, f), 0, 0, 0, NULL
+#define BOOL(f) TEXT(f)
+#define NUM(f, lo, hi, e) \
+	offsetof(qps_config, f), sizeof(((qps_config *) 0)->f), lo, hi, e
+
+static const flag flags[] = {
+    {"--listen", "URL",
+        "serve URL: tcp://HOST:PORT, tls+tcp://HOST:PORT\n"
+        "or ipc:///PATH;\n"
+        "repeat for more; port 0 picks a free port",
+        SPECIAL},
+    {"--port-file", "FILE",
+        "once listening, write the bound URLs to FILE,\n"
+        "one a line (written whole, then renamed);\n"
+        "the --metrics http:// URL comes last",
+        TEXT(port_file)},
+    {"--max-message", "BYTES", "largest item accepted (default 32M)",
+        NUM(max_message, 1, (uint64_t) 1 << 31,
+            "bytes from 1 to 2G (K, M, G suffixes)")},
+    {"--max-queue-bytes", "BYTES",
+        "item storage of each queue the server creates\n"
+        "(default 64M)",
+        NUM(max_queue_bytes, 4096, (uint64_t) 1 << 40,
+            "bytes from 4K to 1T (K, M, G suffixes)")},
+    {"--max-connections", "N",
+        "connections served at once (default 4096);\n"
+        "past it a new client is told 'server at its\n"
+        "connection limit' (ELIMIT) and closed",
+        NUM(max_connections, 1, 1000000, "a number from 1 to 1000000")},
+    {"--lease-ms", "MS",
+        "how long a got item stays leased before it\n"
+        "returns to the queue (default 30000)",
+        NUM(lease_ms, 1, 7ull * 24 * 3600 * 1000,
+            "milliseconds from 1 to 7 days")},
+    /* What one connection may hold (README, Security). */
+    {"--max-waiting", "N",
+        "waiting (parked) requests per connection\n"
+        "(default 64: a handle's threads each blocked\n"
+        "in a get; past it such a request gets ELIMIT)",
+        NUM(conn_waits, 1, 1000000, "a number from 1 to 1000000")},
+    {"--max-waiting-bytes", "BYTES",
+        "bytes held by one connection's waiting\n"
+        "puts (default 64M: two largest items; its\n"
+        "first waiting put is taken whatever its size)",
+        NUM(conn_wait_bytes, 1, (uint64_t) 1 << 40,
+            "bytes from 1 to 1T (K, M, G suffixes)")},
+    {"--max-leases", "N",
+        "items one connection holds leased at once, as a\n"
+        "prefetch limit (default 1024: a queue's 4096\n"
+        "lease slots serve four greedy consumers and\n"
+        "more; a get takes at most what is left)",
+        NUM(conn_leases, 1, 1000000, "a number from 1 to 1000000")},
+    {"--handshake-timeout", "MS",
+        "a connection that has not sent its SP handshake\n"
+        "by then is closed (default 10000: room for a\n"
+        "slow link, yet idle ones go soon)",
+        NUM(handshake_ms, 1, 3600000, "milliseconds from 1 to 3600000")},
+    {"--auth-timeout", "MS",
+        "with a token: one that has not authenticated by\n"
+        "then is closed (default 10000), as is one over\n"
+        "--max-connections, so idle ones never hold them",
+        NUM(auth_ms, 1, 3600000, "milliseconds from 1 to 3600000")},
+    {"--log-level", "LEVEL", "error, warn, info (default) or debug", SPECIAL},
+    {"--transport", "sp|nng",
+        "how tcp:// and ipc:// are served: sp (default),\n"
+        "the SP wire format on plain sockets, or nng",
+        SPECIAL},
+    {"--auth-token-file", "FILE",
+        "clients must prove they hold the token on the\n"
+        "first line of FILE (default: $QPIPE_TOKEN if set)",
+        TEXT(token_file)},
+    {"--tls-cert", "FILE", "the server's certificate (PEM) for tls+tcp://",
+        TEXT(tls_cert)},
+    {"--tls-key", "FILE", "its private key (PEM, unencrypted)", TEXT(tls_key)},
+    {"--tls-ca", "FILE",
+        "TLS clients must present a certificate signed\n"
+        "by this CA (PEM)",
+        TEXT(tls_ca)},
+    {"--insecure", NULL,
+        "serve non-loopback addresses without client\n"
+        "authentication (loud warning in the log);\n"
+        "without it they need a token or --tls-ca",
+        BOOL(insecure)},
+    {"--data-dir", "DIR",
+        "durable queues live here, one file each\n"
+        "(DIR/NAME.qlog; made if missing)",
+        TEXT(data_dir)},
+    {"--fsync", "POLICY",
+        "durable queues' default: always, never or\n"
+        "interval:MS (default interval:100)",
+        TEXT(fsync)},
+    {"--shm-any-owner", NULL,
+        "host shm:// segments that another user owns\n"
+        "(default: refused, as that user can read and\n"
+        "change them)",
+        BOOL(shm_any_owner)},
+    {"--metrics", "URL",
+        "serve Prometheus metrics at URL/metrics\n"
+        "and a status page at URL/ (tcp://HOST:PORT);\n"
+        "a non-loopback HOST needs a token or --insecure;\n"
+        "with a token, scrapes send 'Authorization:\n"
+        "Bearer TOKEN', the page takes URL/#token=TOKEN",
+        TEXT(metrics)},
+};
+#define NFLAGS (sizeof(flags) / sizeof(flags[0]))
+
+/* Prints --help: each flag's lines from the table, its text at column
+ * 27 (or two spaces after a longer flag). */
 static void
 usage(FILE *f)
 {
-	fprintf(f,
+	fprintf(f, "%s",
 	    "usage: qpiped [OPTION]...\n"
 	    "\n"
 	    "Hosts this machine's shared-memory queues over nng: a process "
@@ -35,104 +193,21 @@ usage(FILE *f)
 	    "Two clients that open the same pipe name here get a connected "
 	    "pair.\n"
 	    "With no --listen it serves " QPS_DEFAULT_LISTEN ".\n"
-	    "\n"
-	    "  --listen URL            serve URL: tcp://HOST:PORT, "
-	    "tls+tcp://HOST:PORT\n"
-	    "                          or ipc:///PATH;\n"
-	    "                          repeat for more; port 0 picks a free "
-	    "port\n"
-	    "  --port-file FILE        once listening, write the bound URLs "
-	    "to FILE,\n"
-	    "                          one a line (written whole, then "
-	    "renamed);\n"
-	    "                          the --metrics http:// URL comes last\n"
-	    "  --max-message BYTES     largest item accepted (default 32M)\n"
-	    "  --max-queue-bytes BYTES item storage of each queue the server "
-	    "creates\n"
-	    "                          (default 64M)\n"
-	    "  --max-connections N     connections served at once (default "
-	    "4096);\n"
-	    "                          past it a new client is told 'server "
-	    "at its\n"
-	    "                          connection limit' (ELIMIT) and "
-	    "closed\n"
-	    "  --lease-ms MS           how long a got item stays leased "
-	    "before it\n"
-	    "                          returns to the queue (default 30000)\n"
-	    /* What one connection may hold (README, Security). */
-	    "  --max-waiting N         waiting (parked) requests per "
-	    "connection\n"
-	    "                          (default 64: a handle's threads each "
-	    "blocked\n"
-	    "                          in a get; past it such a request gets "
-	    "ELIMIT)\n"
-	    "  --max-waiting-bytes BYTES  bytes held by one connection's "
-	    "waiting\n"
-	    "                          puts (default 64M: two largest items; "
-	    "its\n"
-	    "                          first waiting put is taken whatever "
-	    "its size)\n"
-	    "  --max-leases N          items one connection holds leased at "
-	    "once, as a\n"
-	    "                          prefetch limit (default 1024: a "
-	    "queue's 4096\n"
-	    "                          lease slots serve four greedy "
-	    "consumers and\n"
-	    "                          more; a get takes at most what is "
-	    "left)\n"
-	    "  --handshake-timeout MS  a connection that has not sent its SP "
-	    "handshake\n"
-	    "                          by then is closed (default 10000: "
-	    "room for a\n"
-	    "                          slow link, yet idle ones go soon)\n"
-	    "  --auth-timeout MS       with a token: one that has not "
-	    "authenticated by\n"
-	    "                          then is closed (default 10000), as "
-	    "is one over\n"
-	    "                          --max-connections, so idle ones "
-	    "never hold them\n"
-	    "  --log-level LEVEL       error, warn, info (default) or debug\n"
-	    "  --transport sp|nng      how tcp:// and ipc:// are served: sp "
-	    "(default),\n"
-	    "                          the SP wire format on plain sockets, "
-	    "or nng\n"
-	    "  --auth-token-file FILE  clients must prove they hold the token "
-	    "on the\n"
-	    "                          first line of FILE (default: "
-	    "$QPIPE_TOKEN if set)\n"
-	    "  --tls-cert FILE         the server's certificate (PEM) for "
-	    "tls+tcp://\n"
-	    "  --tls-key FILE          its private key (PEM, unencrypted)\n"
-	    "  --tls-ca FILE           TLS clients must present a "
-	    "certificate signed\n"
-	    "                          by this CA (PEM)\n"
-	    "  --insecure              serve non-loopback addresses without "
-	    "client\n"
-	    "                          authentication (loud warning in the "
-	    "log);\n"
-	    "                          without it they need a token or "
-	    "--tls-ca\n"
-	    "  --data-dir DIR          durable queues live here, one file "
-	    "each\n"
-	    "                          (DIR/NAME.qlog; made if missing)\n"
-	    "  --fsync POLICY          durable queues' default: always, "
-	    "never or\n"
-	    "                          interval:MS (default interval:100)\n"
-	    "  --shm-any-owner         host shm:// segments that another "
-	    "user owns\n"
-	    "                          (default: refused, as that user can "
-	    "read and\n"
-	    "                          change them)\n"
-	    "  --metrics URL           serve Prometheus metrics at "
-	    "URL/metrics\n"
-	    "                          and a status page at URL/ "
-	    "(tcp://HOST:PORT);\n"
-	    "                          a non-loopback HOST needs a token or "
-	    "--insecure;\n"
-	    "                          with a token, scrapes send "
-	    "'Authorization:\n"
-	    "                          Bearer TOKEN', the page takes "
-	    "URL/#token=TOKEN\n"
+	    "\n");
+	for (size_t k = 0; k < NFLAGS; k++) {
+		const flag *fl = &flags[k];
+		const char *h = fl->help, *nl;
+		char left[40];
+		int n = snprintf(left, sizeof(left), "%s%s%s", fl->name,
+		    fl->arg != NULL ? " " : "",
+		    fl->arg != NULL ? fl->arg : "");
+		fprintf(f, "  %-*s", n < 24 ? 24 : n + 2, left);
+		for (; (nl = strchr(h, '\n')) != NULL; h = nl + 1) {
+			fprintf(f, "%.*s\n%26s", (int) (nl - h), h, "");
+		}
+		fprintf(f, "%s\n", h);
+	}
+	fprintf(f, "%s",
 	    "  --help, --version\n"
 	    "\n"
 	    "BYTES take a K, M or G suffix (powers of 1024).\n"
@@ -152,109 +227,6 @@ usage(FILE *f)
 	    "replies in flight are finished, durable puts synced, and qpiped\n"
 	    "exits 0.\n");
 }
-
-/* Parses a byte count with an optional K/M/G suffix. */
-static bool
-parse_bytes(const char *s, uint64_t min, uint64_t max, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-	uint64_t mul = 1;
-
-	if (*s < '0' || *s > '9') {
-		return false;
-	}
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno != 0) {
-		return false;
-	}
-	if (*end != '\0') {
-		switch (*end) {
-		case 'k':
-		case 'K':
-			mul = 1024;
-			break;
-		case 'm':
-		case 'M':
-			mul = 1024 * 1024;
-			break;
-		case 'g':
-		case 'G':
-			mul = 1024ull * 1024 * 1024;
-			break;
-		default:
-			return false;
-		}
-		end++;
-		if (*end == 'i' || *end == 'B') {
-			end += *end == 'i' ? 1 : 0;
-			end += *end == 'B' ? 1 : 0;
-		}
-		if (*end != '\0') {
-			return false;
-		}
-	}
-	if (v > max / mul || v * mul < min) {
-		return false;
-	}
-	*out = v * mul;
-	return true;
-}
-
-/* A flag that takes a value: text stored at off, or a number (BYTES
- * suffixes allowed) from min to max stored in the size-byte field at off
- * (expect: what a bad one should have been); set_flag knows SPECIAL ones. */
-typedef struct flag {
-	const char *name;
-	size_t off, size;
-	uint64_t min, max;
-	const char *expect;
-} flag;
-
-#define SPECIAL(n)                  \
-	{                           \
-		n, 0, 0, 0, 0, NULL \
-	}
-#define TEXT(n, f)                                        \
-	{                                                 \
-		n, offsetof(qps_config, f), 0, 0, 0, NULL \
-	}
-#define NUM(n, f, lo, hi, expect)                                          \
-	{                                                                  \
-		n, offsetof(qps_config, f), sizeof(((qps_config *) 0)->f), \
-		    lo, hi, expect                                         \
-	}
-
-static const flag flags[] = {
-    SPECIAL("--listen"),
-    SPECIAL("--transport"),
-    NUM("--max-message", max_message, 1, (uint64_t) 1 << 31,
-        "bytes from 1 to 2G (K, M, G suffixes)"),
-    NUM("--max-queue-bytes", max_queue_bytes, 4096, (uint64_t) 1 << 40,
-        "bytes from 4K to 1T (K, M, G suffixes)"),
-    NUM("--max-connections", max_connections, 1, 1000000,
-        "a number from 1 to 1000000"),
-    NUM("--lease-ms", lease_ms, 1, 7ull * 24 * 3600 * 1000,
-        "milliseconds from 1 to 7 days"),
-    NUM("--max-waiting", conn_waits, 1, 1000000, "a number from 1 to 1000000"),
-    NUM("--handshake-timeout", handshake_ms, 1, 3600000,
-        "milliseconds from 1 to 3600000"),
-    NUM("--auth-timeout", auth_ms, 1, 3600000,
-        "milliseconds from 1 to 3600000"),
-    NUM("--max-leases", conn_leases, 1, 1000000, "a number from 1 to 1000000"),
-    NUM("--max-waiting-bytes", conn_wait_bytes, 1, (uint64_t) 1 << 40,
-        "bytes from 1 to 1T (K, M, G suffixes)"),
-    SPECIAL("--log-level"),
-    TEXT("--data-dir", data_dir),
-    TEXT("--fsync", fsync),
-    TEXT("--port-file", port_file),
-    TEXT("--auth-token-file", token_file),
-    TEXT("--tls-cert", tls_cert),
-    TEXT("--tls-key", tls_key),
-    TEXT("--tls-ca", tls_ca),
-    TEXT("--metrics", metrics),
-};
 
 /* Stores val for f in cfg; false on a bad value (message printed). */
 static bool
@@ -334,18 +306,11 @@ parse_args(qps_config *cfg, int argc, char **argv)
 			printf("qpiped %s\n", qp_version());
 			return 2;
 		}
-		if (strcmp(a, "--insecure") == 0) {
-			cfg->insecure = true;
-			continue;
-		}
-		if (strcmp(a, "--shm-any-owner") == 0) {
-			cfg->shm_any_owner = true;
-			continue;
-		}
-		/* --flag VALUE or --flag=VALUE */
-		for (size_t k = 0; k < sizeof(flags) / sizeof(flags[0]); k++) {
+		/* --flag, --flag VALUE or --flag=VALUE */
+		for (size_t k = 0; k < NFLAGS; k++) {
 			if (strlen(flags[k].name) == len
-			    && strncmp(a, flags[k].name, len) == 0) {
+			    && strncmp(a, flags[k].name, len) == 0
+			    && (flags[k].arg != NULL || len == strlen(a))) {
 				f = &flags[k];
 			}
 		}
@@ -353,6 +318,10 @@ parse_args(qps_config *cfg, int argc, char **argv)
 			fprintf(stderr,
 			    "qpiped: unknown option '%s' (try --help)\n", a);
 			return 1;
+		}
+		if (f->arg == NULL) {
+			*(bool *) ((char *) cfg + f->off) = true;
+			continue;
 		}
 		if (len < strlen(a)) {
 			val = a + len + 1;
@@ -446,26 +415,13 @@ main(int argc, char **argv)
 
 	qps_log(QPS_LOG_INFO, "qpiped %s starting (pid %ld)", qp_version(),
 	    (long) getpid());
-	if (qps_sec_start(&cfg) != QP_OK) {
-		qps_sec_fini();
-		return 2;
+	if (qps_sec_start(&cfg) != QP_OK || qps_ops_start(&cfg) != QP_OK) {
+		goto fail_sec;
 	}
-	if (qps_ops_start(&cfg) != QP_OK) {
-		qps_sec_fini();
-		return 2;
-	}
-	if (qps_net_start(&cfg, urls) != QP_OK) {
-		qps_net_close();
-		qps_ops_fini();
-		qps_sec_fini();
-		return 2;
-	}
-	if (qps_metrics_start(&cfg, metrics_url, sizeof(metrics_url))
-	    != QP_OK) {
-		qps_net_close();
-		qps_ops_fini();
-		qps_sec_fini();
-		return 2;
+	if (qps_net_start(&cfg, urls) != QP_OK
+	    || qps_metrics_start(&cfg, metrics_url, sizeof(metrics_url))
+	        != QP_OK) {
+		goto fail;
 	}
 	if (metrics_url[0] != '\0') { /* the port file's last line */
 		snprintf(
@@ -475,11 +431,7 @@ main(int argc, char **argv)
 	    && write_port_file(
 	           cfg.port_file, urls, cfg.nlisten + (metrics_url[0] != '\0'))
 	        != 0) {
-		qps_metrics_stop();
-		qps_net_close();
-		qps_ops_fini();
-		qps_sec_fini();
-		return 2;
+		goto fail;
 	}
 	qps_log(QPS_LOG_INFO,
 	    "ready: max message %zu bytes, queue bytes %llu, max "
@@ -506,4 +458,11 @@ main(int argc, char **argv)
 	qps_sec_fini();
 	qps_log(QPS_LOG_INFO, "stopped");
 	return 0;
+fail:
+	qps_metrics_stop(); /* safe if it did not start */
+	qps_net_close();
+	qps_ops_fini();
+fail_sec:
+	qps_sec_fini();
+	return 2;
 }

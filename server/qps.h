@@ -116,10 +116,11 @@ const struct qpi_token *qps_sec_token(void);
 /* The start-up policy for one listener a (its text url): QP_OK to serve
  * it (said loudly in the log when --insecure lets an unprotected
  * non-loopback address through), else logs why and returns QP_EPERM
- * (not loopback, no client authentication) or QP_EINVAL (tls+tcp://
- * without --tls-cert/--tls-key). loopback: a's host is a loopback one. */
+ * (not loopback: a host other than ipc:// not all of whose addresses are
+ * loopback, and no client authentication) or QP_EINVAL (tls+tcp://
+ * without --tls-cert/--tls-key). */
 int qps_sec_check_listener(
-    const qps_config *cfg, const qpi_addr *a, const char *url, bool loopback);
+    const qps_config *cfg, const qpi_addr *a, const char *url);
 
 /* ---- links: the transport of connections (link.c, listener.c; drivers in
  * link.h) ---- */
@@ -245,8 +246,10 @@ nng_msg *qps_rep_ok(const qpi_wire_req *r);
 /* A reply of these bytes (a reply kept by dedup); NULL if out of memory. */
 nng_msg *qps_rep_bytes(const void *p, size_t len);
 
-/* The status of an encoded reply. */
+/* The status of an encoded reply (QP_EPROTO if it does not read as one);
+ * qps_rep_read also sets *opp to its op when it reads one. */
 int qps_rep_status(nng_msg *m);
+int qps_rep_read(nng_msg *m, uint32_t *opp);
 
 /* ---- timers (timer.c) ---- */
 
@@ -390,9 +393,8 @@ void qps_q_forget(qps_q *q);
  * no parked request left. q may be NULL (not open here). */
 int qps_q_delete(const char *name, qps_q *q);
 
-/* Iterates over the queues open here. */
+/* The first of the queues open here (the next: q->next). */
 qps_q *qps_q_first(void);
-qps_q *qps_q_next(qps_q *q);
 
 /* Calls fn for every queue of this host (open here or not), with its
  * figures; stops early if fn returns false. */
@@ -522,9 +524,6 @@ typedef struct qps_conn {
 	uint64_t wait_bytes; /* the bytes they hold (--max-waiting-bytes) */
 } qps_conn;
 
-/* Sets up the connection table (pid: of this server, in owner tokens). */
-void qps_conns_start(uint32_t pid);
-
 /* The connection of id, made on first sight (a request may come before
  * the transport's add); NULL if it left already, or out of memory. */
 qps_conn *qps_conn_get(uint32_t id);
@@ -617,7 +616,7 @@ struct qps_wait {
 	qps_wlist *list; /* the list it waits in */
 	qps_q *q; /* the queue it waits on (NULL: a pipe's, obj) */
 	void *obj;
-	void (*expired)(qps_wait *wt); /* at its timeout (NULL: a queue's) */
+	void (*expired)(qps_wait *wt); /* at its timeout */
 	nng_msg *req; /* owns the bytes r points into */
 	qpi_wire_req r; /* its arrays our own */
 	qps_client *cl; /* dedup: the client and seq, or NULL */
@@ -632,11 +631,11 @@ struct qps_wait {
 	qps_wait *cprev, *cnext; /* in conn's list */
 };
 
-/* Parks rq in list for up to tmo ms (<= 0: no limit), expired called at
- * its timeout: takes rq->req, copies the request (its items; for
- * QPS_WAIT_OP its ids). NULL (nothing taken) if the server cannot park
- * more, or rq's connection holds its limit of parked requests or bytes
- * (qps_wait_refusal says which). */
+/* Parks rq in list for up to tmo ms (<= 0: no limit), expired (NULL:
+ * qps_wait_expire_default) called at its timeout: takes rq->req, copies the
+ * request (its items; for QPS_WAIT_OP its ids). NULL (nothing taken) if the
+ * server cannot park more, or rq's connection holds its limit of parked
+ * requests or bytes (qps_wait_refusal says which). */
 qps_wait *qps_wait_add(const qps_req *rq, qps_wlist *list, int kind,
     int64_t tmo, void (*expired)(qps_wait *wt));
 
@@ -723,9 +722,8 @@ void qps_metrics_conn_refused(int why);
 void qps_metrics_auth_failed(void);
 void qps_metrics_bytes(uint64_t in, uint64_t out);
 
-/* The monotonic time (ns) a request arrived, and its end: its reply rep
- * (NULL: none was sent) gives the op and the result. */
-int64_t qps_metrics_now(void);
+/* The end of a request that arrived at t0_ns (monotonic, qpi_now_ns): its
+ * reply rep (NULL: none was sent) gives the op and the result. */
 void qps_metrics_request_end(int64_t t0_ns, nng_msg *rep);
 
 /* Requests parked now (link.c). */

@@ -214,11 +214,7 @@ pend_add(qps_q *q, int kind, uint64_t v, bool done)
 	p->kind = kind;
 	p->v = v;
 	p->done = done;
-	if (q->pend_tail != NULL) {
-		q->pend_tail->next = p;
-	} else {
-		q->pend = p;
-	}
+	*(q->pend_tail != NULL ? &q->pend_tail->next : &q->pend) = p;
 	q->pend_tail = p;
 	q_busy(q);
 }
@@ -245,10 +241,7 @@ q_lease_fire(qps_timer *t)
 		    "the head",
 		    q->name, n);
 	}
-	if (next != INT64_MAX) {
-		qps_timer_arm(&q->lease_timer,
-		    next >= INT64_MAX / 1000000 ? INT64_MAX : next * 1000000);
-	}
+	qps_q_lease_due(q, next);
 	if (n > 0) {
 		hs.changed(q);
 	}
@@ -264,7 +257,6 @@ q_lease_fire(qps_timer *t)
 #define SWEEP_NS (1000 * 1000000LL)
 
 static qps_timer sweep_timer;
-static bool sweep_ready;
 
 static void
 sweep_fire(qps_timer *t)
@@ -289,10 +281,6 @@ sweep_fire(qps_timer *t)
 static void
 sweep_due(void)
 {
-	if (!sweep_ready) {
-		qps_timer_init(&sweep_timer, sweep_fire);
-		sweep_ready = true;
-	}
 	if (sweep_timer.idx == SIZE_MAX) {
 		qps_timer_arm(&sweep_timer, qpi_now_ns() + SWEEP_NS);
 	}
@@ -554,6 +542,9 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 {
 	qps_q *q = qps_q_find(name);
 	qpi_shmq_cfg cfg = q_cfg(o);
+	unsigned flags = QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0);
+	uint64_t lease_ms = o->lease_ms;
+	qpi_durq *d = NULL;
 	int rv;
 
 	if (q == NULL && (rv = dur_lookup(name, &q)) != QP_ENOENT
@@ -571,22 +562,6 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 		    "queue '%s' exists and is not durable: delete it first",
 		    name);
 	}
-	if (o->durable && q == NULL) {
-		qpi_durq *d;
-		uint64_t lease_ms = 0;
-		rv = dur_open(name,
-		    QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0), o, &d,
-		    &lease_ms);
-		if (rv == QP_OK
-		    && (rv = q_attach(name, 0, NULL, lease_ms, d, &q))
-		        == QP_OK) {
-			q->reclaimed = true;
-			qps_log(
-			    QPS_LOG_INFO, "durable queue '%s' created", name);
-			*qp = q;
-		}
-		return rv;
-	}
 	if (q != NULL) {
 		if (o->excl) {
 			return qpi_err(
@@ -601,13 +576,19 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 		*qp = q;
 		return QP_OK;
 	}
-	rv = q_attach(name, QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0),
-	    &cfg, o->lease_ms, NULL, &q);
-	if (rv == QP_OK) {
-		q_reclaim(q);
-		*qp = q;
+	if ((o->durable
+	        && (rv = dur_open(name, flags, o, &d, &lease_ms)) != QP_OK)
+	    || (rv = q_attach(name, flags, &cfg, lease_ms, d, &q)) != QP_OK) {
+		return rv;
 	}
-	return rv;
+	if (d != NULL) {
+		q->reclaimed = true;
+		qps_log(QPS_LOG_INFO, "durable queue '%s' created", name);
+	} else {
+		q_reclaim(q);
+	}
+	*qp = q;
+	return QP_OK;
 }
 
 void
@@ -618,11 +599,7 @@ qps_q_forget(qps_q *q)
 	qps_timer_cancel(&q->probe_timer);
 	pend_free(q);
 	qpi_htab_remove(&hs.qs, &q->node);
-	if (q->prev != NULL) {
-		q->prev->next = q->next;
-	} else {
-		hs.head = q->next;
-	}
+	*(q->prev != NULL ? &q->prev->next : &hs.head) = q->next;
 	if (q->next != NULL) {
 		q->next->prev = q->prev;
 	}
@@ -659,12 +636,6 @@ qps_q *
 qps_q_first(void)
 {
 	return hs.head;
-}
-
-qps_q *
-qps_q_next(qps_q *q)
-{
-	return q->next;
 }
 
 /* A queue's figures for the list, its parked requests counted. */
@@ -930,6 +901,7 @@ qps_registry_start(
 	hs.mu = mu;
 	hs.cfg = cfg;
 	hs.changed = changed;
+	qps_timer_init(&sweep_timer, sweep_fire);
 	qps_watch_start(mu, q_watched);
 	if (qpi_fsync_parse(cfg->fsync, &hs.fsync) != QP_OK
 	    || hs.fsync.mode == QPI_FSYNC_DEFAULT) {

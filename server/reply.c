@@ -84,16 +84,28 @@ qps_rep_ok(const qpi_wire_req *r)
 }
 
 int
-qps_rep_status(nng_msg *m)
+qps_rep_read(nng_msg *m, uint32_t *opp)
 {
 	const uint8_t *p = nng_msg_body(m);
 	size_t len = nng_msg_len(m), pos = 0;
 	qpi_wire_tok t;
 
+	/* [version, op, req_id, status, ...] */
 	for (int i = 0; i < 5; i++) {
 		if (qpi_wire_next(p, len, &pos, &t) != QP_OK) {
 			return QP_EPROTO;
 		}
+		if (i == 2 && t.type == QPI_WIRE_UINT) {
+			*opp = (uint32_t) t.u;
+		}
 	}
 	return t.type == QPI_WIRE_UINT ? (int) t.u : QP_EPROTO;
+}
+
+int
+qps_rep_status(nng_msg *m)
+{
+	uint32_t op;
+
+	return qps_rep_read(m, &op);
 }

@@ -14,6 +14,9 @@
 #include "auth.h"
 #include "qps.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -106,9 +109,33 @@ qps_sec_token(void)
 	return &sec.token;
 }
 
+/* True when host (a name: every address it resolves to) is loopback. */
+static bool
+sec_loopback(const char *host)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+	bool ok = strcmp(host, "*") != 0 && host[0] != '\0'
+	    && getaddrinfo(host, NULL, &hints, &res) == 0 && res != NULL;
+
+	for (struct addrinfo *ai = ok ? res : NULL; ai != NULL;
+	     ai = ai->ai_next) {
+		const struct sockaddr_in *s4 = (void *) ai->ai_addr;
+		const struct sockaddr_in6 *s6 = (void *) ai->ai_addr;
+		ok = ok
+		    && (ai->ai_family == AF_INET
+		            ? (ntohl(s4->sin_addr.s_addr) >> 24) == 127
+		            : ai->ai_family == AF_INET6
+		                && IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr));
+	}
+	if (res != NULL) {
+		freeaddrinfo(res);
+	}
+	return ok;
+}
+
 int
 qps_sec_check_listener(
-    const qps_config *cfg, const qpi_addr *a, const char *url, bool loopback)
+    const qps_config *cfg, const qpi_addr *a, const char *url)
 {
 	bool tls = a->kind == QPI_ADDR_TLS;
 	bool client_certs = tls && cfg->tls_ca != NULL;
@@ -120,7 +147,7 @@ qps_sec_check_listener(
 		    url);
 		return QP_EINVAL;
 	}
-	if (a->kind == QPI_ADDR_IPC || loopback) {
+	if (a->kind == QPI_ADDR_IPC || sec_loopback(a->host)) {
 		return QP_OK;
 	}
 	if (sec.token.len > 0 || client_certs) {

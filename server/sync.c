@@ -146,11 +146,7 @@ qps_sync_park(qps_worker *w, nng_msg *rep, uint32_t op, uint64_t req_id,
 	snprintf(e->name, sizeof(e->name), "%s", name);
 	defer.d = NULL;
 	pthread_mutex_lock(&sy.mu);
-	if (sy.tail != NULL) {
-		sy.tail->next = e;
-	} else {
-		sy.head = e;
-	}
+	*(sy.tail != NULL ? &sy.tail->next : &sy.head) = e;
 	sy.tail = e;
 	pthread_cond_broadcast(&sy.cv);
 	pthread_mutex_unlock(&sy.mu);

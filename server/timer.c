@@ -10,7 +10,6 @@
  */
 #include "qps.h"
 
-#include <errno.h>
 #include <stdlib.h>
 
 static struct {
@@ -50,14 +49,12 @@ static void
 heap_down(size_t i)
 {
 	for (;;) {
-		size_t l = 2 * i + 1, r = l + 1, m = i;
-		if (l < tm.n
-		    && tm.heap[l]->deadline_ns < tm.heap[m]->deadline_ns) {
-			m = l;
-		}
-		if (r < tm.n
-		    && tm.heap[r]->deadline_ns < tm.heap[m]->deadline_ns) {
-			m = r;
+		size_t m = i;
+		for (size_t c = 2 * i + 1; c <= 2 * i + 2 && c < tm.n; c++) {
+			if (tm.heap[c]->deadline_ns
+			    < tm.heap[m]->deadline_ns) {
+				m = c;
+			}
 		}
 		if (m == i) {
 			return;
@@ -131,14 +128,10 @@ timer_main(void *arg)
 	qps_thread_init(); /* the callbacks touch queues */
 	pthread_mutex_lock(tm.mu);
 	while (!tm.stop) {
-		if (tm.n == 0) {
-			pthread_cond_wait(&tm.cv, tm.mu);
-			continue;
-		}
-		qps_timer *t = tm.heap[0];
-		if (t->deadline_ns > qpi_now_ns()) {
-			struct timespec ts = qpi_ts_from_ns(t->deadline_ns);
-			pthread_cond_timedwait(&tm.cv, tm.mu, &ts);
+		qps_timer *t = tm.n > 0 ? tm.heap[0] : NULL;
+		if (t == NULL || t->deadline_ns > qpi_now_ns()) {
+			(void) qpi_cond_wait(&tm.cv, tm.mu,
+			    t != NULL ? t->deadline_ns : INT64_MAX);
 			continue;
 		}
 		heap_remove(0);
@@ -151,13 +144,8 @@ timer_main(void *arg)
 int
 qps_timer_start(pthread_mutex_t *mu)
 {
-	pthread_condattr_t ca;
-
 	tm.mu = mu;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&tm.cv, &ca);
-	pthread_condattr_destroy(&ca);
+	qpi_cond_init(&tm.cv);
 	tm.stop = false;
 	if (pthread_create(&tm.thr, NULL, timer_main, NULL) != 0) {
 		return QP_ESYSTEM;

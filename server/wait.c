@@ -30,22 +30,11 @@ wait_unlink(qps_wait *wt)
 	qps_wlist *l = wt->list;
 	qps_q *q = wt->q;
 
-	if (wt->lprev != NULL) {
-		wt->lprev->lnext = wt->lnext;
-	} else {
-		l->head = wt->lnext;
-	}
-	if (wt->lnext != NULL) {
-		wt->lnext->lprev = wt->lprev;
-	} else {
-		l->tail = wt->lprev;
-	}
+	*(wt->lprev != NULL ? &wt->lprev->lnext : &l->head) = wt->lnext;
+	*(wt->lnext != NULL ? &wt->lnext->lprev : &l->tail) = wt->lprev;
 	l->n--;
-	if (wt->cprev != NULL) {
-		wt->cprev->cnext = wt->cnext;
-	} else {
-		wt->conn->waits = wt->cnext;
-	}
+	*(wt->cprev != NULL ? &wt->cprev->cnext : &wt->conn->waits)
+	    = wt->cnext;
 	if (wt->cnext != NULL) {
 		wt->cnext->cprev = wt->cprev;
 	}
@@ -75,13 +64,7 @@ qps_wait_finish(qps_wait *wt, nng_msg *rep)
 static void
 wait_timeout(qps_timer *t)
 {
-	qps_wait *wt = (qps_wait *) t;
-
-	if (wt->expired != NULL) {
-		wt->expired(wt);
-		return;
-	}
-	qps_wait_expire_default(wt);
+	((qps_wait *) t)->expired((qps_wait *) t);
 }
 
 void
@@ -115,6 +98,8 @@ qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
 	const qpi_wire_req *r = rq->r;
 	qps_conn *c = rq->c;
 	size_t bytes = rq->req != NULL ? nng_msg_len(rq->req) : 0;
+	uint32_t ni = r->op == QPI_OP_PUT_MANY ? r->nitems : 0;
+	uint32_t nd = kind == QPS_WAIT_OP ? r->nids : 0;
 	qps_wait *wt;
 
 	if (c->nwaits >= qps_cfg->conn_waits) {
@@ -142,30 +127,13 @@ qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
 	 * items still point into req, which we keep). A get's acks were
 	 * applied. */
 	wt->r = *r;
-	wt->r.ids = NULL;
-	wt->r.nids = wt->r.ids_cap = 0;
-	wt->r.items = NULL;
-	wt->r.items_cap = 0;
-	if (r->op == QPI_OP_PUT_MANY) {
-		wt->r.items = malloc(r->nitems * sizeof(*r->items));
-		if (wt->r.items == NULL) {
-			free(wt);
-			return NULL;
-		}
-		memcpy(wt->r.items, r->items, r->nitems * sizeof(*r->items));
-		wt->r.items_cap = r->nitems;
-	}
-	if (kind == QPS_WAIT_OP && r->nids > 0) {
-		if ((wt->r.ids = malloc(r->nids * sizeof(*r->ids))) == NULL) {
-			free(wt->r.items);
-			free(wt);
-			return NULL;
-		}
-		memcpy(wt->r.ids, r->ids, r->nids * sizeof(*r->ids));
-		wt->r.nids = wt->r.ids_cap = r->nids;
-	}
+	wt->r.items = ni > 0 ? malloc(ni * sizeof(*r->items)) : NULL;
+	wt->r.items_cap = ni;
+	wt->r.ids = nd > 0 ? malloc(nd * sizeof(*r->ids)) : NULL;
+	wt->r.nids = wt->r.ids_cap = nd;
 	qps_timer_init(&wt->timer, wait_timeout);
-	if ((tmo > 0 && !qps_timer_arm(&wt->timer, qpi_deadline_ns(tmo)))
+	if ((ni > 0 && wt->r.items == NULL) || (nd > 0 && wt->r.ids == NULL)
+	    || (tmo > 0 && !qps_timer_arm(&wt->timer, qpi_deadline_ns(tmo)))
 	    || !qps_worker_park(rq->w)) {
 		qps_timer_cancel(&wt->timer);
 		free(wt->r.items);
@@ -173,11 +141,17 @@ qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
 		free(wt);
 		return NULL;
 	}
+	if (ni > 0) {
+		memcpy(wt->r.items, r->items, ni * sizeof(*r->items));
+	}
+	if (nd > 0) {
+		memcpy(wt->r.ids, r->ids, nd * sizeof(*r->ids));
+	}
 	wt->kind = kind;
 	wt->w = rq->w;
 	wt->conn = c;
 	wt->list = list;
-	wt->expired = expired;
+	wt->expired = expired != NULL ? expired : qps_wait_expire_default;
 	wt->req = rq->req;
 	wt->cl = rq->cl;
 	wt->seq = r->seq;
@@ -186,11 +160,7 @@ qps_wait_add(const qps_req *rq, qps_wlist *list, int kind, int64_t tmo,
 	c->nwaits++;
 	c->wait_bytes += bytes;
 	wt->lprev = list->tail;
-	if (list->tail != NULL) {
-		list->tail->lnext = wt;
-	} else {
-		list->head = wt;
-	}
+	*(list->tail != NULL ? &list->tail->lnext : &list->head) = wt;
 	list->tail = wt;
 	list->n++;
 	wt->cnext = c->waits;

@@ -100,18 +100,14 @@ wg_main(void *arg)
 			if (!w->armed) {
 				continue;
 			}
-			wv[k].val = w->seen;
-			wv[k].uaddr
-			    = (uint64_t) (uintptr_t) qpi_shmq_watch_word(
-			        w->shm);
-			wv[k].flags = FUTEX_32;
-			wv[k].reserved = 0;
-			k++;
+			wv[k++] = (struct wv_entry) {.val = w->seen,
+			    .uaddr = (uintptr_t) qpi_shmq_watch_word(w->shm),
+			    .flags = FUTEX_32};
 		}
-		wv[k].val = ctl;
-		wv[k].uaddr = (uint64_t) (uintptr_t) &g->ctl;
-		wv[k].flags = FUTEX_32; /* shared: qpi_futex_wake wakes it */
-		wv[k].reserved = 0;
+		/* The set's own word: shared, as qpi_futex_wake wakes it. */
+		wv[k] = (struct wv_entry) {.val = ctl,
+		    .uaddr = (uintptr_t) &g->ctl,
+		    .flags = FUTEX_32};
 		pthread_mutex_unlock(wa.mu);
 		if (wa.waitv != 0) {
 			wv_wait(wv, k + 1);

@@ -128,21 +128,36 @@ part_split(const char *addr, part *p, size_t *np)
 	return QP_OK;
 }
 
-int
-qpi_part_check(const char *addr)
+/* A new part with addr split into it, in *pp; NULL (and QP_OK) when addr
+ * names one server. */
+static int
+part_new(const char *addr, part **pp)
 {
 	part *p = calloc(1, sizeof(*p));
-	qpi_addr a;
-	size_t n;
 	int rc;
 
+	*pp = NULL;
 	if (p == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	rc = part_split(addr, p, &n);
+	if ((rc = part_split(addr, p, &p->n)) != QP_OK || p->n == 0) {
+		free(p);
+		return rc;
+	}
+	*pp = p;
+	return QP_OK;
+}
+
+int
+qpi_part_check(const char *addr)
+{
+	qpi_addr a;
+	part *p;
+	int rc = part_new(addr, &p);
+
 	free(p);
 	return rc != QP_OK ? rc
-	    : n > 0        ? QP_OK
+	    : p != NULL    ? QP_OK
 	                   : qpi_addr_parse(addr, QPI_ADDR_NAMED, &a);
 }
 
@@ -302,19 +317,51 @@ part_mark(part *p, size_t i, int rc)
 
 /* ---- puts ---- */
 
+/* The timeout of a partition's call: what is left until deadline. */
+static qp_duration
+part_timeout(int64_t deadline)
+{
+	int64_t left = qpi_remaining_ns(deadline);
+
+	return deadline == 0    ? QP_NOWAIT
+	    : left == INT64_MAX ? QP_FOREVER
+	                        : (left + 999999) / 1000000;
+}
+
 static int
 part_put_to(part *p, size_t i, qp_queue *q, const void *buf, size_t len,
     unsigned kind, int64_t deadline)
 {
-	int64_t left = qpi_remaining_ns(deadline);
-	qp_duration t = deadline == 0 ? QP_NOWAIT
-	    : left == INT64_MAX       ? QP_FOREVER
-	                              : (left + 999999) / 1000000;
+	qp_duration t = part_timeout(deadline);
 	int rc = kind == QPI_ITEM_BIN ? qp_queue_put(q, buf, len, t)
 	                              : qp_queue_put_obj(q, buf, len, t);
 
 	part_mark(p, i, rc);
 	return rc;
+}
+
+/* The put handle of the first partition from at on that is not in skip
+ * and opens: those up first, then those marked down (one that fails to
+ * open then joins skip). NULL with *rcp (its message said) when none. */
+static qp_queue *
+part_next(part *p, size_t at, bool *skip, size_t *ip, int *rcp)
+{
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t j = 0; j < p->n; j++) {
+			size_t i = (at + j) % p->n;
+			qp_queue *q = skip[i]
+			    ? NULL
+			    : part_handle(p, i, true, pass == 0, rcp);
+			if (q != NULL) {
+				*ip = i;
+				return q;
+			}
+			skip[i] = skip[i] || pass == 1;
+		}
+	}
+	*rcp = qpi_err(*rcp, "%s: no partition could be reached (%s)",
+	    p->label, qp_errmsg());
+	return NULL;
 }
 
 static int
@@ -323,6 +370,8 @@ part_put(
 {
 	part *p = impl;
 	bool tried[PART_MAX] = {false};
+	size_t i;
+	qp_queue *q;
 	int rc = QP_OK;
 
 	pthread_mutex_lock(&p->mu);
@@ -332,25 +381,14 @@ part_put(
 	 * lost under the put (QP_ECONNRESET after PART_PUT_WINDOW_MS) hands
 	 * it to the next; if every one was down a moment ago, all of them
 	 * again. */
-	for (int pass = 0; pass < 2; pass++) {
-		for (size_t k = 0; k < p->n; k++) {
-			size_t i = (first + k) % p->n;
-			if (tried[i]) {
-				continue;
-			}
-			qp_queue *q = part_handle(p, i, true, pass == 0, &rc);
-			if (q == NULL) {
-				continue;
-			}
-			tried[i] = true;
-			rc = part_put_to(p, i, q, buf, len, kind, deadline);
-			if (!part_conn_err(rc)) {
-				return rc;
-			}
+	while ((q = part_next(p, first, tried, &i, &rc)) != NULL) {
+		tried[i] = true;
+		rc = part_put_to(p, i, q, buf, len, kind, deadline);
+		if (!part_conn_err(rc)) {
+			return rc;
 		}
 	}
-	return qpi_err(rc, "%s: no partition could be reached (%s)", p->label,
-	    qp_errmsg());
+	return rc;
 }
 
 static int
@@ -363,16 +401,6 @@ part_put_key(void *impl, const void *key, size_t klen, const void *buf,
 	qp_queue *q = part_handle(p, i, true, false, &rc);
 
 	return q == NULL ? rc : part_put_to(p, i, q, buf, len, kind, deadline);
-}
-
-static qp_duration
-part_timeout(int64_t deadline)
-{
-	int64_t left = qpi_remaining_ns(deadline);
-
-	return deadline == 0    ? QP_NOWAIT
-	    : left == INT64_MAX ? QP_FOREVER
-	                        : (left + 999999) / 1000000;
 }
 
 int
@@ -397,23 +425,10 @@ qpi_part_put_many(void *impl, const void *const *bufs, const size_t *lens,
 	size_t per = (n + (k > 0 ? k : 1) - 1) / (k > 0 ? k : 1), done = 0;
 	size_t at = first;
 	while (done < n) {
-		size_t cnt = n - done < per ? n - done : per;
-		qp_queue *q = NULL;
-		size_t i = 0;
-		for (int pass = 0; pass < 2 && q == NULL; pass++) {
-			for (size_t j = 0; j < p->n && q == NULL; j++) {
-				i = (at + j) % p->n;
-				if (!failed[i]) {
-					q = part_handle(
-					    p, i, true, pass == 0, &rc);
-				}
-			}
-		}
+		size_t cnt = n - done < per ? n - done : per, i;
+		qp_queue *q = part_next(p, at, failed, &i, &rc);
 		if (q == NULL) {
-			return qpi_err(rc,
-			    "%s: no partition could be reached "
-			    "(%s)",
-			    p->label, qp_errmsg());
+			return rc;
 		}
 		rc = (obj ? qp_queue_put_many_obj : qp_queue_put_many)(
 		    q, bufs + done, lens + done, cnt, part_timeout(deadline));
@@ -547,17 +562,13 @@ qpi_part_get_many(void *impl, void **bufs, size_t *lens, size_t max,
 static bool
 part_held(part *p, size_t *ip, bool drop)
 {
-	bool have;
+	uint64_t i = 0;
+	bool have = qpi_ids_first(&p->got, &p->mu, &i, NULL);
 
-	pthread_mutex_lock(&p->mu);
-	have = p->got.n > 0;
-	if (have) {
-		*ip = (size_t) p->got.id[0];
-		if (drop) {
-			qpi_ids_drop(&p->got, 0, 1);
-		}
+	if (have && drop) {
+		qpi_ids_done(&p->got, &p->mu, i);
 	}
-	pthread_mutex_unlock(&p->mu);
+	*ip = (size_t) i;
 	return have;
 }
 
@@ -794,12 +805,10 @@ part_join(void *impl, int64_t deadline)
 	int rc;
 
 	for (size_t i = 0; i < p->n; i++) {
-		int64_t left = qpi_remaining_ns(deadline);
-		qp_duration t = deadline == 0 ? QP_NOWAIT
-		    : left == INT64_MAX       ? QP_FOREVER
-		                              : (left + 999999) / 1000000;
 		qp_queue *q = part_handle(p, i, false, false, &rc);
-		if (q == NULL || (rc = qp_queue_join(q, t)) != QP_OK) {
+		if (q == NULL
+		    || (rc = qp_queue_join(q, part_timeout(deadline)))
+		        != QP_OK) {
 			return rc;
 		}
 	}
@@ -936,21 +945,16 @@ int
 qpi_part_open(
     qp_queue **qp, const char *addr, const qp_queue_opts *opts, bool *isp)
 {
-	part *p = calloc(1, sizeof(*p));
-	size_t n = 0, up = 0;
-	int rc, first_err = QP_OK;
+	size_t up = 0;
+	part *p;
+	int rc = part_new(addr, &p), first_err = QP_OK;
 	char msg[512] = "";
 
-	*isp = false;
+	*isp = p != NULL;
 	if (p == NULL) {
-		return qpi_err(QP_ENOMEM, "out of memory");
-	}
-	if ((rc = part_split(addr, p, &n)) != QP_OK || n == 0) {
-		free(p);
 		return rc;
 	}
-	*isp = true;
-	p->n = n;
+	size_t n = p->n;
 	p->epfd = -1;
 	pthread_mutex_init(&p->mu, NULL);
 	snprintf(p->label, sizeof(p->label), "%s", addr);
@@ -1012,20 +1016,15 @@ qpi_part_open(
 int
 qpi_part_unlink(const char *addr, const qp_conn_opts *conn, bool *isp)
 {
-	part *p = calloc(1, sizeof(*p));
-	size_t n = 0, gone = 0;
-	int rc, err = QP_OK;
+	size_t gone = 0;
+	part *p;
+	int rc = part_new(addr, &p), err = QP_OK;
 
-	*isp = false;
+	*isp = p != NULL;
 	if (p == NULL) {
-		return qpi_err(QP_ENOMEM, "out of memory");
-	}
-	if ((rc = part_split(addr, p, &n)) != QP_OK || n == 0) {
-		free(p);
 		return rc;
 	}
-	*isp = true;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < p->n; i++) {
 		if ((rc = qp_queue_unlink_opts(p->s[i].addr, conn)) == QP_OK) {
 			gone++;
 		} else if (err == QP_OK || rc != QP_ENOENT) {

@@ -114,6 +114,31 @@ qpi_ids_unpop(qpi_ids *l, uint64_t id, int64_t val)
 	return true;
 }
 
+bool
+qpi_ids_first(qpi_ids *l, pthread_mutex_t *mu, uint64_t *idp, int64_t *valp)
+{
+	pthread_mutex_lock(mu);
+	bool have = l->n > 0;
+	if (have) {
+		*idp = l->id[0];
+		if (valp != NULL) {
+			*valp = l->val[0];
+		}
+	}
+	pthread_mutex_unlock(mu);
+	return have;
+}
+
+void
+qpi_ids_done(qpi_ids *l, pthread_mutex_t *mu, uint64_t id)
+{
+	pthread_mutex_lock(mu);
+	if (l->n > 0 && l->id[0] == id) {
+		qpi_ids_drop(l, 0, 1);
+	}
+	pthread_mutex_unlock(mu);
+}
+
 void
 qpi_ids_free(qpi_ids *l)
 {

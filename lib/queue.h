@@ -148,6 +148,12 @@ bool qpi_ids_push(qpi_ids *l, uint64_t id, int64_t val);
 bool qpi_ids_unpop(qpi_ids *l, uint64_t id, int64_t val);
 /* Removes k entries from index i on (i + k <= n). */
 void qpi_ids_drop(qpi_ids *l, size_t i, size_t k);
+/* With mu (l's owner's lock) taken here: the oldest id and its value
+ * (valp may be NULL); false when l is empty. */
+bool qpi_ids_first(
+    qpi_ids *l, pthread_mutex_t *mu, uint64_t *idp, int64_t *valp);
+/* With mu taken here: removes the oldest entry if its id is still id. */
+void qpi_ids_done(qpi_ids *l, pthread_mutex_t *mu, uint64_t id);
 void qpi_ids_free(qpi_ids *l);
 
 #endif /* QPI_QUEUE_H */

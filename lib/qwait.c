@@ -264,40 +264,19 @@ qw_sleep(struct pollfd *fds, size_t n, int64_t deadline)
 	return QP_OK;
 }
 
+/* One queue: qp_wait_any's loop (look, arm the fd, look again, sleep). */
 QP_API int
 qp_queue_poll(qp_queue *q, qp_duration timeout, bool *readyp)
 {
-	struct pollfd pfd = {.fd = -1, .events = POLLIN};
-	int64_t deadline;
-	int rc;
+	size_t n;
+	int rc = qpi_queue_ready(q);
 
-	if ((rc = qpi_queue_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
-		return rc;
+	if (rc == QP_OK && readyp == NULL) {
+		rc = qpi_err(QP_EINVAL, "qp_queue_poll: readyp is NULL");
 	}
-	if (readyp == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_poll: readyp is NULL");
-	}
-	deadline = qpi_queue_deadline(timeout);
-	for (;;) {
-		if ((rc = qpi_queue_ready_now(q, readyp)) != QP_OK || *readyp
-		    || qpi_remaining_ns(deadline) == 0) {
-			return rc;
-		}
-		if (pfd.fd < 0) {
-			/* Arm, then look once more before sleeping. */
-			if ((rc = qw_fd(q, &pfd.fd)) != QP_OK) {
-				return rc;
-			}
-			continue;
-		}
-		if ((rc = qw_sleep(&pfd, 1, deadline)) != QP_OK) {
-			return rc;
-		}
-		if ((rc = qpi_queue_ready(q)) != QP_OK) {
-			return rc;
-		}
-	}
+	return rc != QP_OK
+	    ? rc
+	    : qp_wait_any(NULL, 0, NULL, &q, 1, readyp, timeout, &n);
 }
 
 int

@@ -128,11 +128,12 @@ void qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n);
  * in *idsp (NULL if none). Called with r->mu held. */
 uint32_t qpi_rq_take_acks(qpi_rq *r, uint64_t **idsp);
 
-/* The item of a raw put or send: len bytes of buf as a msgpack bin, in a
- * new allocation (*tmpp, the caller frees it). QP_OK or QP_ENOMEM; what
- * names the item in the message. (remote.c) */
-int qpi_rq_bin_item(qpi_wire_item *it, const void *buf, size_t len,
-    uint8_t **tmpp, const char *what);
+/* The item of a put, complete or send: len bytes over r's max_message
+ * are QP_ETOOBIG (what names the item); else buf as it is (a msgpack
+ * value), or with raw as a msgpack bin in a new allocation (*tmpp, the
+ * caller frees it; QP_ENOMEM). (remote.c) */
+int qpi_rq_item(qpi_rq *r, qpi_wire_item *it, bool raw, const void *buf,
+    size_t len, uint8_t **tmpp, const char *what);
 
 /* Confirms what is pending, gives back what a QP_OPEN_LEASE handle holds,
  * and closes the connection. Idempotent; later calls get QP_ECLOSED. */
@@ -161,11 +162,6 @@ int qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max,
 /* Deletes the queue a->name on its server: QP_OK or QP_ENOENT. o: token
  * and TLS settings (NULL: $QPIPE_TOKEN, $QPIPE_TLS_CA). */
 int qpi_rq_unlink(const qpi_addr *a, const qp_conn_opts *o);
-
-/* Lists every queue of the server at a->url (a server address); o as for
- * qpi_rq_unlink. */
-int qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o,
-    qp_queue_info **listp, size_t *np);
 
 /* The remote backend's ops for queue.c (impl is a qpi_rq *): the queue
  * calls of a remote handle, each with its shared-memory twin's meaning

@@ -84,18 +84,27 @@ rq_bin_write(uint8_t *dst, const void *buf, size_t len)
 }
 
 int
-qpi_rq_bin_item(qpi_wire_item *it, const void *buf, size_t len, uint8_t **tmpp,
-    const char *what)
+qpi_rq_item(qpi_rq *r, qpi_wire_item *it, bool raw, const void *buf,
+    size_t len, uint8_t **tmpp, const char *what)
 {
-	uint8_t *tmp = len <= SIZE_MAX - 5 ? malloc(len + 5) : NULL;
-	size_t n = tmp != NULL ? rq_bin_write(tmp, buf, len) : 0;
+	uint8_t *tmp = NULL;
+	size_t n = len;
 
-	if (n == 0) {
-		free(tmp);
-		return qpi_err(
-		    QP_ENOMEM, "out of memory for %s of %zu bytes", what, len);
+	*tmpp = NULL;
+	if ((uint64_t) len > r->lim.max_message) {
+		return qpi_err(QP_ETOOBIG,
+		    "%s of %zu bytes is over the %llu-byte limit of %s", what,
+		    len, (unsigned long long) r->lim.max_message, r->url);
 	}
-	it->data = tmp;
+	if (raw) {
+		tmp = len <= SIZE_MAX - 5 ? malloc(len + 5) : NULL;
+		if ((n = tmp != NULL ? rq_bin_write(tmp, buf, len) : 0) == 0) {
+			free(tmp);
+			return qpi_err(QP_ENOMEM,
+			    "out of memory for the %s (%zu bytes)", what, len);
+		}
+	}
+	it->data = raw ? tmp : buf;
 	it->len = n;
 	*tmpp = tmp;
 	return QP_OK;
@@ -134,26 +143,15 @@ rq_put(void *impl, const void *buf, size_t len, unsigned kind,
     int64_t deadline_ns)
 {
 	qpi_rq *r = impl;
-	bool raw = kind == QPI_ITEM_BIN;
-	uint8_t *tmp = NULL;
+	uint8_t *tmp;
 	rq_call c;
 	int rv;
 
-	if ((rv = qpi_rq_check(r)) != QP_OK) {
-		return rv;
-	}
-	if ((uint64_t) len > r->lim.max_message) {
-		return qpi_err(QP_ETOOBIG,
-		    "item of %zu bytes is over the %llu-byte limit of %s", len,
-		    (unsigned long long) r->lim.max_message, r->url);
-	}
 	qpi_rq_call_init(&c, r, QPI_OP_PUT);
-	if (!raw) {
-		c.req.item.data = buf;
-		c.req.item.len = len;
-	} else if ((rv = qpi_rq_bin_item(
-	                &c.req.item, buf, len, &tmp, "an item"))
-	    != QP_OK) {
+	if ((rv = qpi_rq_check(r)) != QP_OK
+	    || (rv = qpi_rq_item(r, &c.req.item, kind == QPI_ITEM_BIN, buf,
+	            len, &tmp, "item"))
+	        != QP_OK) {
 		return rv;
 	}
 	c.blocking = deadline_ns != 0;
@@ -467,6 +465,28 @@ rq_full(void *impl, bool *fullp)
 	return rv;
 }
 
+/* Acks or touches one lease: *missingp when the server has it no more. */
+static int
+rq_lease_op(
+    qpi_rq *r, uint32_t op, uint64_t id, uint64_t lease_ms, bool *missingp)
+{
+	uint64_t missing[1];
+	rq_call c;
+	int rv;
+
+	qpi_rq_call_init(&c, r, op);
+	c.req.ids = &id;
+	c.req.nids = 1;
+	c.req.ids_cap = 1;
+	c.req.lease_ms = lease_ms;
+	c.rep.ids = missing;
+	c.rep.ids_cap = 1;
+	rv = qpi_rq_run(r, &c);
+	*missingp = rv == QP_OK && c.rep.nids > 0;
+	qpi_rq_call_done(&c);
+	return rv;
+}
+
 static int
 rq_task_done(void *impl)
 {
@@ -479,34 +499,21 @@ rq_task_done(void *impl)
 	}
 	if (r->lease_mode) {
 		uint64_t id;
-		pthread_mutex_lock(&r->mu);
-		if (r->held.n == 0) {
-			pthread_mutex_unlock(&r->mu);
+		bool missing = false;
+		if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
 			return qpi_err(QP_EVALUE,
 			    "task_done() on %s/%s: this handle holds no task",
 			    r->url, r->name);
 		}
-		id = r->held.id[0];
-		pthread_mutex_unlock(&r->mu);
-		qpi_rq_call_init(&c, r, QPI_OP_ACK);
-		c.req.ids = &id;
-		c.req.nids = 1;
-		c.req.ids_cap = 1;
-		uint64_t missing[1];
-		c.rep.ids = missing;
-		c.rep.ids_cap = 1;
-		rv = qpi_rq_run(r, &c);
-		if (rv == QP_OK && c.rep.nids > 0) {
+		rv = rq_lease_op(r, QPI_OP_ACK, id, 0, &missing);
+		if (rv == QP_OK && missing) {
 			rv = qpi_err(QP_ENOENT,
 			    "task_done() on %s/%s: the lease of the task ran "
 			    "out first; the item went back to the queue",
 			    r->url, r->name);
 		}
-		qpi_rq_call_done(&c);
 		if (rv == QP_OK || rv == QP_ENOENT) {
-			pthread_mutex_lock(&r->mu);
-			qpi_ids_drop(&r->held, 0, 1);
-			pthread_mutex_unlock(&r->mu);
+			qpi_ids_done(&r->held, &r->mu, id);
 		}
 		return rv;
 	}
@@ -525,7 +532,7 @@ rq_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 {
 	const qpi_queue_ops *ops;
 	qpi_rq *r = impl, *res = qpi_queue_impl(results, &ops);
-	uint8_t *tmp = NULL;
+	uint8_t *tmp;
 	uint64_t id;
 	rq_call c;
 	int rv;
@@ -540,41 +547,26 @@ rq_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 		    r->url, ops != &qpi_remote_ops ? "not on a server" : "on ",
 		    ops != &qpi_remote_ops ? "" : res->url);
 	}
-	if ((uint64_t) len > r->lim.max_message) {
-		return qpi_err(QP_ETOOBIG,
-		    "result of %zu bytes is over the %llu-byte limit of %s",
-		    len, (unsigned long long) r->lim.max_message, r->url);
+	qpi_rq_call_init(&c, r, QPI_OP_COMPLETE);
+	if ((rv = qpi_rq_item(r, &c.req.item, kind == QPI_ITEM_BIN, buf, len,
+	         &tmp, "result"))
+	    != QP_OK) {
+		return rv;
 	}
-	pthread_mutex_lock(&r->mu);
-	if (r->held.n == 0) {
-		pthread_mutex_unlock(&r->mu);
+	if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
+		free(tmp);
 		return qpi_err(QP_EVALUE,
 		    "complete() on %s/%s: this handle holds no task", r->url,
 		    r->name);
 	}
-	id = r->held.id[0];
-	pthread_mutex_unlock(&r->mu);
-	qpi_rq_call_init(&c, r, QPI_OP_COMPLETE);
 	c.req.lease_id = id;
 	snprintf(c.req.results, sizeof(c.req.results), "%s", res->name);
-	if (kind != QPI_ITEM_BIN) {
-		c.req.item.data = buf;
-		c.req.item.len = len;
-	} else if ((rv = qpi_rq_bin_item(
-	                &c.req.item, buf, len, &tmp, "a result"))
-	    != QP_OK) {
-		return rv;
-	}
 	c.blocking = deadline_ns != 0;
 	c.deadline_ns = deadline_ns;
 	rv = qpi_rq_do_status(r, &c, QP_EFULL);
 	free(tmp);
 	if (rv == QP_OK || rv == QP_ENOENT) {
-		pthread_mutex_lock(&r->mu);
-		if (r->held.n > 0 && r->held.id[0] == id) {
-			qpi_ids_drop(&r->held, 0, 1);
-		}
-		pthread_mutex_unlock(&r->mu);
+		qpi_ids_done(&r->held, &r->mu, id);
 	}
 	return rv;
 }
@@ -622,23 +614,17 @@ rq_nack(void *impl, qp_duration delay)
 	if (delay < 0) {
 		return qpi_err(QP_EINVAL, "nack delay must be 0 or more ms");
 	}
-	pthread_mutex_lock(&r->mu);
-	if (r->held.n == 0) {
-		pthread_mutex_unlock(&r->mu);
+	if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
 		return qpi_err(QP_ENOENT, "nack on %s/%s: no item is held",
 		    r->url, r->name);
 	}
-	id = r->held.id[0];
-	pthread_mutex_unlock(&r->mu);
 	qpi_rq_call_init(&c, r, QPI_OP_RELEASE);
 	c.req.lease_id = id;
 	c.req.delay_ms = (uint64_t) delay;
 	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
 	if (rv == QP_OK || rv == QP_ENOENT) {
-		pthread_mutex_lock(&r->mu);
-		qpi_ids_drop(&r->held, 0, 1);
-		pthread_mutex_unlock(&r->mu);
+		qpi_ids_done(&r->held, &r->mu, id);
 	}
 	return rv == QP_ENOENT ? QP_OK : rv; /* gone back already */
 }
@@ -753,17 +739,22 @@ qpi_rq_unlink(const qpi_addr *a, const qp_conn_opts *o)
 	return rv;
 }
 
-int
-qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o, qp_queue_info **listp,
-    size_t *np)
+QP_API int
+qp_server_list_opts(const char *addr, const qp_conn_opts *conn,
+    qp_queue_info **listp, size_t *np)
 {
 	qpi_wire_qentry *ents;
 	qp_queue_info *out;
+	qpi_addr a;
 	qpi_rq *r;
 	rq_call c;
 	int rv;
 
-	if ((rv = qpi_rq_new(&r, a, o)) != QP_OK) {
+	if (addr == NULL || listp == NULL || np == NULL) {
+		return qpi_err(QP_EINVAL, "qp_server_list: NULL argument");
+	}
+	if ((rv = qpi_addr_parse(addr, QPI_ADDR_SERVER, &a)) != QP_OK
+	    || (rv = qpi_rq_new(&r, &a, conn)) != QP_OK) {
 		return rv;
 	}
 	if ((ents = calloc(QPI_WIRE_DEFAULT_BATCH, sizeof(*ents))) == NULL) {
@@ -851,28 +842,6 @@ pf_signal(rq_pf *pf, bool on)
 	}
 }
 
-/* Acks or touches one lease: *missingp when the server has it no more. */
-static int
-pf_lease_op(
-    qpi_rq *r, uint32_t op, uint64_t id, uint64_t lease_ms, bool *missingp)
-{
-	uint64_t missing[1];
-	rq_call c;
-	int rv;
-
-	qpi_rq_call_init(&c, r, op);
-	c.req.ids = &id;
-	c.req.nids = 1;
-	c.req.ids_cap = 1;
-	c.req.lease_ms = lease_ms;
-	c.rep.ids = missing;
-	c.rep.ids_cap = 1;
-	rv = qpi_rq_run(r, &c);
-	*missingp = rv == QP_OK && c.rep.nids > 0;
-	qpi_rq_call_done(&c);
-	return rv;
-}
-
 /* One blocking get of one item, leased to the connection (WORK mode). */
 static int
 pf_fetch(qpi_rq *r, rq_call *c, qpi_wire_item *item)
@@ -922,7 +891,7 @@ pf_main(void *arg)
 			uint64_t id = pf->lease_id;
 			bool missing = false;
 			pthread_mutex_unlock(&pf->mu);
-			(void) pf_lease_op(
+			(void) rq_lease_op(
 			    r, QPI_OP_TOUCH, id, PF_LEASE_MS, &missing);
 			pthread_mutex_lock(&pf->mu);
 			pf->renewed_ms = qpi_now_ms();
@@ -1041,9 +1010,9 @@ pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
 		/* The lease becomes the handle's: confirmed (plain), or
 		 * running lease_ms from now (worker mode). */
 		rv = r->lease_mode
-		    ? pf_lease_op(
+		    ? rq_lease_op(
 		        r, QPI_OP_TOUCH, it.lease_id, r->lease_ms, &missing)
-		    : pf_lease_op(r, QPI_OP_ACK, it.lease_id, 0, &missing);
+		    : rq_lease_op(r, QPI_OP_ACK, it.lease_id, 0, &missing);
 		if (rv == QP_OK && missing) {
 			free(data); /* it went back: take the next */
 			continue;
@@ -1202,22 +1171,6 @@ const qpi_queue_ops qpi_remote_ops = {
     .close = rq_close_op,
     .free = rq_free_op,
 };
-
-QP_API int
-qp_server_list_opts(const char *addr, const qp_conn_opts *conn,
-    qp_queue_info **listp, size_t *np)
-{
-	qpi_addr a;
-	int rv;
-
-	if (addr == NULL || listp == NULL || np == NULL) {
-		return qpi_err(QP_EINVAL, "qp_server_list: NULL argument");
-	}
-	if ((rv = qpi_addr_parse(addr, QPI_ADDR_SERVER, &a)) != QP_OK) {
-		return rv;
-	}
-	return qpi_rq_list(&a, conn, listp, np);
-}
 
 QP_API int
 qp_server_list(const char *addr, qp_queue_info **listp, size_t *np)

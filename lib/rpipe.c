@@ -103,23 +103,15 @@ rp_send(qp_conn *c, bool raw, const void *buf, size_t len, uint8_t binoff)
 {
 	rpipe *p = rp_of(c);
 	qpi_rq *r = p->r;
-	uint8_t *tmp = NULL;
+	uint8_t *tmp;
 	rq_call call;
 	int rv;
 
 	(void) binoff;
-	if ((uint64_t) len > r->lim.max_message) {
-		return qpi_err(QP_ETOOBIG,
-		    "message of %zu bytes is over the %llu-byte limit of %s",
-		    len, (unsigned long long) r->lim.max_message, r->url);
-	}
 	qpi_rq_call_init(&call, r, QPI_OP_PIPE_SEND);
 	call.req.side = p->side;
-	if (!raw) {
-		call.req.item.data = buf;
-		call.req.item.len = len;
-	} else if ((rv = qpi_rq_bin_item(
-	                &call.req.item, buf, len, &tmp, "a message"))
+	if ((rv = qpi_rq_item(
+	         r, &call.req.item, raw, buf, len, &tmp, "message"))
 	    != QP_OK) {
 		return rv;
 	}

@@ -124,18 +124,38 @@ rq_item_bytes(const qpi_wire_item *it, bool obj, size_t *lenp)
 	return it->data + off;
 }
 
-/* A malloc'd copy of the bytes a get returns of item it (see
- * rq_item_bytes); NULL when out of memory. */
-static void *
-rq_item_copy(const qpi_wire_item *it, bool obj, size_t *lenp)
+/* Hands the bytes a get returns of item it (see rq_item_bytes) over:
+ * copied into (cap bytes; larger is QP_ETOOBIG, *lenp its size), else
+ * into a malloc'd *bufp (QP_ENOMEM). The caller gives the lease back on
+ * an error. */
+static int
+rq_item_out(qpi_rq *r, const qpi_wire_item *it, unsigned flags, void *into,
+    size_t cap, void **bufp, size_t *lenp)
 {
-	const uint8_t *src = rq_item_bytes(it, obj, lenp);
-	void *out = malloc(*lenp > 0 ? *lenp : 1);
+	size_t len;
+	const uint8_t *src
+	    = rq_item_bytes(it, (flags & QPI_GET_OBJ) != 0, &len);
+	void *out = into != NULL ? into : malloc(len > 0 ? len : 1);
 
-	if (out != NULL && *lenp > 0) {
-		memcpy(out, src, *lenp);
+	if (into != NULL && len > cap) {
+		*lenp = len;
+		return qpi_err(QP_ETOOBIG,
+		    "item of %zu bytes does not fit in %zu; it went back to "
+		    "the head of %s/%s",
+		    len, cap, r->url, r->name);
 	}
-	return out;
+	if (out == NULL) {
+		return qpi_err(
+		    QP_ENOMEM, "out of memory for an item of %zu bytes", len);
+	}
+	if (len > 0) {
+		memcpy(out, src, len);
+	}
+	if (into == NULL) {
+		*bufp = out;
+	}
+	*lenp = len;
+	return QP_OK;
 }
 
 static int
@@ -173,12 +193,23 @@ rq_release(qpi_rq *r, uint64_t lease_id)
 	qpi_rq_call_done(&c);
 }
 
+/* the item kept ahead for the readiness fd (below): its lease, renewal
+ * and retry times. */
+#define PF_LEASE_MS   60000
+#define PF_RENEW_MS   20000
+#define PF_BACKOFF_MS 200
+typedef struct rq_pf rq_pf;
+static rq_pf *pf_of(qpi_rq *r);
+static int pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
+    void **bufp, size_t *lenp, int64_t deadline_ns);
+
 /* Sends a get for up to max items (1..max_batch), the pending
  * confirmations riding along; on QP_OK c->rep holds nitems >= 1 items,
- * pointing into c->msg (rq_call_done frees them). */
+ * pointing into c->msg (rq_call_done frees them). ahead: one item kept
+ * ahead for the readiness fd, leased to the connection for PF_LEASE_MS. */
 static int
 rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
-    int64_t deadline_ns)
+    int64_t deadline_ns, bool ahead)
 {
 	uint64_t *acks = NULL;
 	uint32_t nacks;
@@ -190,9 +221,9 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 	for (;;) {
 		qpi_rq_call_init(c, r, QPI_OP_GET);
 		c->req.max_items = max;
-		c->req.lease_mode
-		    = r->lease_mode ? QPI_LEASE_WORK : QPI_LEASE_CONFIRM;
-		c->req.lease_ms = r->lease_ms;
+		c->req.lease_mode = r->lease_mode || ahead ? QPI_LEASE_WORK
+		                                           : QPI_LEASE_CONFIRM;
+		c->req.lease_ms = ahead ? PF_LEASE_MS : r->lease_ms;
 		c->blocking = deadline_ns != 0;
 		c->deadline_ns = deadline_ns;
 		c->rep.items = items;
@@ -224,12 +255,6 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 	return rv;
 }
 
-/* the item kept ahead for the readiness fd (below). */
-typedef struct rq_pf rq_pf;
-static rq_pf *pf_of(qpi_rq *r);
-static int pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
-    void **bufp, size_t *lenp, int64_t deadline_ns);
-
 static int
 rq_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
     size_t *lenp, int64_t deadline_ns)
@@ -248,41 +273,18 @@ rq_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 		return pf_get(
 		    r, pf, flags, into, cap, bufp, lenp, deadline_ns);
 	}
-	if ((rv = rq_get_call(r, &c, &item, 1, deadline_ns)) != QP_OK) {
+	if ((rv = rq_get_call(r, &c, &item, 1, deadline_ns, false)) != QP_OK) {
 		return rv;
 	}
-	bool obj = (flags & QPI_GET_OBJ) != 0;
-	size_t len;
-	if (into != NULL) {
-		const uint8_t *src = rq_item_bytes(&item, obj, &len);
-		*lenp = len;
-		if (len > cap) {
-			/* Too large for the buffer: it stays at the head. */
-			rq_release(r, item.lease_id);
-			qpi_rq_call_done(&c);
-			return qpi_err(QP_ETOOBIG,
-			    "item of %zu bytes does not fit in %zu; it stays "
-			    "at the head of %s/%s",
-			    len, cap, r->url, r->name);
-		}
-		if (len > 0) {
-			memcpy(into, src, len);
-		}
+	if ((rv = rq_item_out(r, &item, flags, into, cap, bufp, lenp))
+	    == QP_OK) {
+		qpi_rq_got(r, &item, 1);
 	} else {
-		void *out = rq_item_copy(&item, obj, &len);
-		if (out == NULL) {
-			/* Keep nothing we cannot hand over: give it back. */
-			rq_release(r, item.lease_id);
-			qpi_rq_call_done(&c);
-			return qpi_err(QP_ENOMEM,
-			    "out of memory for an item of %zu bytes", len);
-		}
-		*bufp = out;
-		*lenp = len;
+		/* Keep nothing we cannot hand over: back to the head. */
+		rq_release(r, item.lease_id);
 	}
-	qpi_rq_got(r, &item, 1);
 	qpi_rq_call_done(&c);
-	return QP_OK;
+	return rv;
 }
 
 int
@@ -299,36 +301,31 @@ qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max, size_t *np,
 	*np = 0;
 	if (pf_of(r) != NULL) {
 		/* the item kept ahead, alone (see rq_get). */
-		rv = pf_get(
-		    r, pf_of(r), 0, NULL, 0, &bufs[0], &lens[0], deadline_ns);
-		if (rv == QP_OK) {
-			*np = 1;
-		}
+		rv = rq_get(r, obj ? QPI_GET_OBJ : 0, NULL, 0, &bufs[0],
+		    &lens[0], deadline_ns);
+		*np = rv == QP_OK ? 1 : 0;
 		return rv;
 	}
 	if (want > 16 && (items = calloc(want, sizeof(*items))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory for %u items", want);
 	}
-	if ((rv = rq_get_call(r, &c, items, want, deadline_ns)) != QP_OK) {
+	if ((rv = rq_get_call(r, &c, items, want, deadline_ns, false))
+	    != QP_OK) {
 		if (items != stack) {
 			free(items);
 		}
 		return rv;
 	}
-	for (i = 0; i < c.rep.nitems; i++) {
-		if ((bufs[i] = rq_item_copy(&items[i], obj, &lens[i]))
-		    == NULL) {
-			break;
-		}
+	for (i = 0; i < c.rep.nitems && rv == QP_OK; i++) {
+		rv = rq_item_out(r, &items[i], obj ? QPI_GET_OBJ : 0, NULL, 0,
+		    &bufs[i], &lens[i]);
 	}
-	if (i < c.rep.nitems) {
+	if (rv != QP_OK) {
 		/* Out of memory: what cannot be handed over goes back. */
-		for (uint32_t k = i; k < c.rep.nitems; k++) {
+		for (uint32_t k = --i; k < c.rep.nitems; k++) {
 			rq_release(r, items[k].lease_id);
 		}
-		if (i == 0) {
-			rv = qpi_err(QP_ENOMEM, "out of memory for the items");
-		}
+		rv = i == 0 ? rv : QP_OK;
 	}
 	qpi_rq_got(r, items, i);
 	*np = i;
@@ -797,10 +794,6 @@ qp_server_list_opts(const char *addr, const qp_conn_opts *conn,
  * connection); a dropped connection gives the item back to the queue.
  * pf->mu guards the slot; never held across a call. */
 
-#define PF_LEASE_MS   60000
-#define PF_RENEW_MS   20000
-#define PF_BACKOFF_MS 200
-
 struct rq_pf {
 	pthread_mutex_t mu;
 	pthread_cond_t cv; /* the slot changed, or stop */
@@ -842,37 +835,6 @@ pf_signal(rq_pf *pf, bool on)
 	}
 }
 
-/* One blocking get of one item, leased to the connection (WORK mode). */
-static int
-pf_fetch(qpi_rq *r, rq_call *c, qpi_wire_item *item)
-{
-	int rv;
-
-	if ((rv = qpi_rq_check(r)) != QP_OK) {
-		return rv;
-	}
-	do {
-		qpi_rq_call_init(c, r, QPI_OP_GET);
-		c->req.max_items = 1;
-		c->req.lease_mode = QPI_LEASE_WORK;
-		c->req.lease_ms = PF_LEASE_MS;
-		c->blocking = true;
-		c->deadline_ns = INT64_MAX;
-		c->rep.items = item;
-		c->rep.items_cap = 1;
-		rv = qpi_rq_run(r, c);
-		if (rv != QP_OK) {
-			qpi_rq_call_done(c);
-		}
-	} while (rv == QP_EEMPTY);
-	if (rv == QP_OK && c->rep.nitems != 1) {
-		qpi_rq_call_done(c);
-		rv = qpi_err(QP_EPROTO, "%s answered a get of 1 with %u items",
-		    r->url, c->rep.nitems);
-	}
-	return rv;
-}
-
 static void *
 pf_main(void *arg)
 {
@@ -906,7 +868,7 @@ pf_main(void *arg)
 		pthread_mutex_unlock(&pf->mu);
 		qpi_wire_item item;
 		rq_call c;
-		int rv = pf_fetch(r, &c, &item);
+		int rv = rq_get_call(r, &c, &item, 1, INT64_MAX, true);
 		uint8_t *copy = NULL;
 		if (rv == QP_OK && (copy = malloc(item.len + 1)) != NULL) {
 			memcpy(copy, item.data, item.len);
@@ -984,62 +946,31 @@ static int
 pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
     void **bufp, size_t *lenp, int64_t deadline_ns)
 {
-	bool obj = (flags & QPI_GET_OBJ) != 0;
-
 	for (;;) {
 		qpi_wire_item it;
 		bool missing = false;
-		size_t len;
 		int rv;
 
 		if ((rv = qpi_rq_check(r)) != QP_OK
 		    || (rv = pf_take(r, pf, deadline_ns, &it)) != QP_OK) {
 			return rv;
 		}
-		uint8_t *data = (uint8_t *) it.data;
-		const uint8_t *src = rq_item_bytes(&it, obj, &len);
-		if (into != NULL && len > cap) {
-			rq_release(r, it.lease_id);
-			free(data);
-			*lenp = len;
-			return qpi_err(QP_ETOOBIG,
-			    "item of %zu bytes does not fit in %zu; it went "
-			    "back to the head of %s/%s",
-			    len, cap, r->url, r->name);
-		}
 		/* The lease becomes the handle's: confirmed (plain), or
 		 * running lease_ms from now (worker mode). */
-		rv = r->lease_mode
-		    ? rq_lease_op(
-		        r, QPI_OP_TOUCH, it.lease_id, r->lease_ms, &missing)
-		    : rq_lease_op(r, QPI_OP_ACK, it.lease_id, 0, &missing);
-		if (rv == QP_OK && missing) {
-			free(data); /* it went back: take the next */
-			continue;
-		}
-		if (rv != QP_OK) {
-			free(data);
-			return rv;
-		}
-		if (into != NULL) {
-			if (len > 0) {
-				memcpy(into, src, len);
+		if ((rv = rq_item_out(r, &it, flags, into, cap, bufp, lenp))
+		    != QP_OK) {
+			rq_release(r, it.lease_id);
+		} else if ((rv = rq_lease_op(r,
+		                r->lease_mode ? QPI_OP_TOUCH : QPI_OP_ACK,
+		                it.lease_id, r->lease_mode ? r->lease_ms : 0,
+		                &missing))
+		        != QP_OK
+		    || missing) {
+			if (into == NULL) {
+				free(*bufp); /* it went back: take the next */
+				*bufp = NULL;
 			}
-		} else {
-			void *out = malloc(len > 0 ? len : 1);
-			if (out == NULL) {
-				free(data);
-				return qpi_err(QP_ENOMEM,
-				    "out of memory for an item of %zu bytes",
-				    len);
-			}
-			if (len > 0) {
-				memcpy(out, src, len);
-			}
-			*bufp = out;
-		}
-		*lenp = len;
-		if (r->lease_mode) {
+		} else if (r->lease_mode) {
 			qpi_rq_got(r, &it, 1); /* held until task_done */
 		} else {
 			pthread_mutex_lock(&r->mu);
@@ -1047,8 +978,10 @@ pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
 			r->have_last = true;
 			pthread_mutex_unlock(&r->mu);
 		}
-		free(data);
-		return QP_OK;
+		free((void *) it.data);
+		if (rv != QP_OK || !missing) {
+			return rv;
+		}
 	}
 }
 

@@ -27,7 +27,6 @@
 #include "queue.h"
 #include "rclient.h"
 #include "shmq.h"
-#include "wire.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -1036,62 +1035,6 @@ qpi_part_unlink(const char *addr, const qp_conn_opts *conn, bool *isp)
 }
 
 /* ---- public calls ---- */
-
-QP_API int
-qp_queue_put_key(qp_queue *q, const void *key, size_t klen, const void *buf,
-    size_t len, qp_duration timeout)
-{
-	const qpi_queue_ops *ops;
-	void *impl;
-	int rc;
-
-	if ((rc = qpi_queue_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
-		return rc;
-	}
-	if ((key == NULL && klen > 0) || (buf == NULL && len > 0)) {
-		return qpi_err(QP_EINVAL, "qp_queue_put_key: NULL buffer");
-	}
-	impl = qpi_queue_impl(q, &ops);
-	if (ops->put_key == NULL) {
-		return qp_queue_put(q, buf, len, timeout);
-	}
-	return ops->put_key(impl, key, klen, buf, len, QPI_ITEM_BIN,
-	    qpi_queue_deadline(timeout));
-}
-
-QP_API int
-qp_queue_put_key_obj(qp_queue *q, const void *key, size_t klen,
-    const void *msgpack, size_t len, qp_duration timeout)
-{
-	const qpi_queue_ops *ops;
-	size_t off, blen;
-	void *impl;
-	int rc;
-
-	if ((rc = qpi_queue_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
-		return rc;
-	}
-	if ((key == NULL && klen > 0) || msgpack == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_put_key_obj: NULL buffer");
-	}
-	impl = qpi_queue_impl(q, &ops);
-	if (ops->put_key == NULL) {
-		return qp_queue_put_obj(q, msgpack, len, timeout);
-	}
-	if ((rc = qpi_wire_check_value(msgpack, len)) != QP_OK) {
-		return rc;
-	}
-	/* A bin is stored as its bytes, as qp_queue_put_obj stores it. */
-	if (qpi_wire_bin_unwrap(msgpack, len, &off, &blen)) {
-		return ops->put_key(impl, key, klen,
-		    (const uint8_t *) msgpack + off, blen, QPI_ITEM_BIN,
-		    qpi_queue_deadline(timeout));
-	}
-	return ops->put_key(impl, key, klen, msgpack, len, QPI_ITEM_OBJ,
-	    qpi_queue_deadline(timeout));
-}
 
 QP_API int
 qp_queue_partitions(qp_queue *q, size_t *np)

@@ -600,16 +600,6 @@ q_sq(qp_queue *q)
 }
 
 static int
-q_put(qp_queue *q, const void *buf, size_t len, unsigned kind,
-    qp_duration timeout)
-{
-	int64_t dl = qpi_queue_deadline(timeout);
-
-	return q->ops->put != NULL ? q->ops->put(q->impl, buf, len, kind, dl)
-	                           : qpi_shmq_put(q_sq(q), buf, len, kind, dl);
-}
-
-static int
 q_get_op(qp_queue *q, unsigned flags, void *into, size_t cap, void **bufp,
     size_t *lenp, qp_duration timeout)
 {
@@ -949,18 +939,64 @@ qp_queue_unlink(const char *addr)
 
 /* ---- put ---- */
 
-QP_API int
-qp_queue_put(qp_queue *q, const void *buf, size_t len, qp_duration timeout)
+/* The item of a put or complete call (what: the call): buf of len raw
+ * bytes, or with obj a msgpack value, checked; a bin is stored as its
+ * bytes, like raw items (*kindp says which). */
+static int
+q_item(const void **bufp, size_t *lenp, bool obj, unsigned *kindp,
+    const char *what)
 {
+	size_t off, blen;
+	int rc;
+
+	*kindp = QPI_ITEM_BIN;
+	if (*bufp == NULL && (obj || *lenp > 0)) {
+		return qpi_err(QP_EINVAL, "%s: %s is NULL", what,
+		    obj ? "msgpack" : "buf");
+	}
+	if (obj && (rc = qpi_wire_check_value(*bufp, *lenp)) != QP_OK) {
+		return rc;
+	}
+	if (obj && qpi_wire_bin_unwrap(*bufp, *lenp, &off, &blen)) {
+		*bufp = (const uint8_t *) *bufp + off;
+		*lenp = blen;
+	} else if (obj) {
+		*kindp = QPI_ITEM_OBJ;
+	}
+	return QP_OK;
+}
+
+/* The put calls' common part. keyed: placed by the key (klen bytes) on a
+ * partitioned queue, an ordinary put on any other. */
+static int
+q_put(qp_queue *q, bool keyed, const void *key, size_t klen, const void *buf,
+    size_t len, bool obj, qp_duration timeout, const char *what)
+{
+	unsigned kind;
+	int64_t dl;
 	int rc;
 
 	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
-	if (buf == NULL && len > 0) {
-		return qpi_err(QP_EINVAL, "qp_queue_put: buf is NULL");
+	if (keyed && key == NULL && klen > 0) {
+		return qpi_err(QP_EINVAL, "%s: key is NULL", what);
 	}
-	return q_put(q, buf, len, QPI_ITEM_BIN, timeout);
+	if ((rc = q_item(&buf, &len, obj, &kind, what)) != QP_OK) {
+		return rc;
+	}
+	dl = qpi_queue_deadline(timeout);
+	return keyed && q->ops->put_key != NULL
+	    ? q->ops->put_key(q->impl, key, klen, buf, len, kind, dl)
+	    : q->ops->put != NULL ? q->ops->put(q->impl, buf, len, kind, dl)
+	                          : qpi_shmq_put(q_sq(q), buf, len, kind, dl);
+}
+
+QP_API int
+qp_queue_put(qp_queue *q, const void *buf, size_t len, qp_duration timeout)
+{
+	return q_put(
+	    q, false, NULL, 0, buf, len, false, timeout, "qp_queue_put");
 }
 
 QP_API int
@@ -973,24 +1009,24 @@ QP_API int
 qp_queue_put_obj(
     qp_queue *q, const void *msgpack, size_t len, qp_duration timeout)
 {
-	size_t off, blen;
-	int rc;
+	return q_put(q, false, NULL, 0, msgpack, len, true, timeout,
+	    "qp_queue_put_obj");
+}
 
-	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
-		return rc;
-	}
-	if (msgpack == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_put_obj: msgpack is NULL");
-	}
-	if ((rc = qpi_wire_check_value(msgpack, len)) != QP_OK) {
-		return rc;
-	}
-	/* A bin is stored as its bytes, like qp_queue_put's items. */
-	if (qpi_wire_bin_unwrap(msgpack, len, &off, &blen)) {
-		return q_put(q, (const uint8_t *) msgpack + off, blen,
-		    QPI_ITEM_BIN, timeout);
-	}
-	return q_put(q, msgpack, len, QPI_ITEM_OBJ, timeout);
+QP_API int
+qp_queue_put_key(qp_queue *q, const void *key, size_t klen, const void *buf,
+    size_t len, qp_duration timeout)
+{
+	return q_put(
+	    q, true, key, klen, buf, len, false, timeout, "qp_queue_put_key");
+}
+
+QP_API int
+qp_queue_put_key_obj(qp_queue *q, const void *key, size_t klen,
+    const void *msgpack, size_t len, qp_duration timeout)
+{
+	return q_put(q, true, key, klen, msgpack, len, true, timeout,
+	    "qp_queue_put_key_obj");
 }
 
 /* ---- get ---- */
@@ -1107,14 +1143,16 @@ qp_queue_task_done(qp_queue *q)
 	                                : qpi_shmq_task_done(q_sq(q));
 }
 
-/* The complete calls' common part: kind says how buf is stored. */
+/* The complete calls' common part: buf as q_item takes it. */
 static int
 q_complete(qp_queue *tasks, qp_queue *results, const void *buf, size_t len,
-    unsigned kind, qp_duration timeout)
+    bool obj, qp_duration timeout, const char *what)
 {
+	unsigned kind;
 	int rc;
 
-	if ((rc = q_ready_tm(tasks, timeout)) != QP_OK
+	if ((rc = q_item(&buf, &len, obj, &kind, what)) != QP_OK
+	    || (rc = q_ready_tm(tasks, timeout)) != QP_OK
 	    || (rc = q_ready(results)) != QP_OK) {
 		return rc;
 	}
@@ -1141,33 +1179,16 @@ QP_API int
 qp_queue_complete(qp_queue *tasks, qp_queue *results, const void *buf,
     size_t len, qp_duration timeout)
 {
-	if (buf == NULL && len > 0) {
-		return qpi_err(QP_EINVAL, "qp_queue_complete: buf is NULL");
-	}
-	return q_complete(tasks, results, buf, len, QPI_ITEM_BIN, timeout);
+	return q_complete(
+	    tasks, results, buf, len, false, timeout, "qp_queue_complete");
 }
 
 QP_API int
 qp_queue_complete_obj(qp_queue *tasks, qp_queue *results, const void *msgpack,
     size_t len, qp_duration timeout)
 {
-	size_t off, blen;
-	int rc;
-
-	if (msgpack == NULL) {
-		return qpi_err(
-		    QP_EINVAL, "qp_queue_complete_obj: msgpack is NULL");
-	}
-	if ((rc = qpi_wire_check_value(msgpack, len)) != QP_OK) {
-		return rc;
-	}
-	/* A bin is stored as its bytes, like qp_queue_put_obj's. */
-	if (qpi_wire_bin_unwrap(msgpack, len, &off, &blen)) {
-		return q_complete(tasks, results,
-		    (const uint8_t *) msgpack + off, blen, QPI_ITEM_BIN,
-		    timeout);
-	}
-	return q_complete(tasks, results, msgpack, len, QPI_ITEM_OBJ, timeout);
+	return q_complete(tasks, results, msgpack, len, true, timeout,
+	    "qp_queue_complete_obj");
 }
 
 QP_API int

@@ -120,7 +120,7 @@ dq_write_marks(qpi_durq *d, int fd, uint64_t *toffp)
 static int
 dq_compact(qpi_durq *d, bool punch)
 {
-	char *tmp = qpi_dq_tmp_path(d->path);
+	char *tmp = qpi_dq_path(d->path, ".tmp");
 	dq_moves m = {NULL, 0};
 	dq_move *v;
 	uint8_t h[DQ_HDR];

@@ -92,14 +92,14 @@ qpi_fsync_format(const qpi_fsync *f, char *buf, size_t cap)
 /* ---- the file ---- */
 
 char *
-qpi_dq_tmp_path(const char *path)
+qpi_dq_path(const char *path, const char *suffix)
 {
-	size_t n = strlen(path);
-	char *t = malloc(n + 5);
+	size_t n = strlen(path), k = strlen(suffix) + 1;
+	char *t = malloc(n + k);
 
 	if (t != NULL) {
 		memcpy(t, path, n);
-		memcpy(t + n, ".tmp", 5);
+		memcpy(t + n, suffix, k);
 	}
 	return t;
 }
@@ -220,7 +220,7 @@ int
 qpi_dq_create_file(const char *path, const qpi_durq_cfg *c, bool excl)
 {
 	uint8_t h[DQ_HDR];
-	char *tmp = qpi_dq_tmp_path(path);
+	char *tmp = qpi_dq_path(path, ".tmp");
 	struct iovec iov = {h, DQ_HDR};
 	int fd, e, rv = QP_OK;
 
@@ -331,8 +331,10 @@ qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer)
 
 /* ---- room held back ---- */
 
-uint64_t
-qpi_dq_reserve_need(qpi_durq *d)
+/* Bytes the log must hold allocated past its end: the DONE record of
+ * every live item, a MARK per remembered tag, DQ_RESERVE_FIX. */
+static uint64_t
+dq_reserve_need(qpi_durq *d)
 {
 	return DQ_RESERVE_FIX + (uint64_t) d->live.n * DQ_DONE_REC
 	    + (d->tags_next - d->tags_first) * DQ_MARK_REC;
@@ -341,7 +343,7 @@ qpi_dq_reserve_need(qpi_durq *d)
 int
 qpi_dq_reserve(qpi_durq *d, uint64_t extra)
 {
-	uint64_t want = d->end + extra + qpi_dq_reserve_need(d);
+	uint64_t want = d->end + extra + dq_reserve_need(d);
 	uint64_t step;
 
 	if (!d->prealloc || d->alloc_end >= want) {

@@ -101,8 +101,9 @@ qpi_ids_drop(qpi_ids *l, size_t i, size_t k)
 	l->n -= k;
 }
 
-bool
-qpi_ids_unpop(qpi_ids *l, uint64_t id, int64_t val)
+/* Puts back at the front (false: out of memory, nothing changed). */
+static bool
+ids_unpop(qpi_ids *l, uint64_t id, int64_t val)
 {
 	if (!qpi_ids_push(l, id, val)) {
 		return false;
@@ -297,7 +298,7 @@ shml_task_done(void *impl)
 	}
 	pthread_mutex_lock(&h->mu);
 	/* Out of memory: its lease runs out, the item comes back then. */
-	(void) qpi_ids_unpop(&h->held, id, deliv);
+	(void) ids_unpop(&h->held, id, deliv);
 	pthread_mutex_unlock(&h->mu);
 	return rc;
 }
@@ -379,7 +380,7 @@ shml_nack(void *impl, qp_duration delay)
 	pthread_mutex_lock(&h->mu);
 	if (rc != QP_OK) {
 		/* Out of memory: its lease runs out, the item comes back. */
-		(void) qpi_ids_unpop(&h->held, id, deliv);
+		(void) ids_unpop(&h->held, id, deliv);
 	} else if (delay > 0) {
 		/* Remembered so that close gives it back at once; those
 		 * whose delay is over are forgotten. */

@@ -144,8 +144,6 @@ typedef struct qpi_ids {
 
 /* Appends (false: out of memory, nothing changed). */
 bool qpi_ids_push(qpi_ids *l, uint64_t id, int64_t val);
-/* Puts back at the front (false: out of memory, nothing changed). */
-bool qpi_ids_unpop(qpi_ids *l, uint64_t id, int64_t val);
 /* Removes k entries from index i on (i + k <= n). */
 void qpi_ids_drop(qpi_ids *l, size_t i, size_t k);
 /* With mu (l's owner's lock) taken here: the oldest id and its value

@@ -557,18 +557,21 @@ qpi_part_get_many(void *impl, void **bufs, size_t *lens, size_t max,
 	return rc;
 }
 
-/* The partition of the oldest item held; false if none. */
-static bool
-part_held(part *p, size_t *ip, bool drop)
+/* The get handle of the partition of the oldest item held (*ip: its
+ * index); NULL with *rcp when none is held (err, for the call what) or
+ * its server cannot be reached. */
+static qp_queue *
+part_held(part *p, size_t *ip, int *rcp, int err, const char *what)
 {
-	uint64_t i = 0;
-	bool have = qpi_ids_first(&p->got, &p->mu, &i, NULL);
+	uint64_t i;
 
-	if (have && drop) {
-		qpi_ids_done(&p->got, &p->mu, i);
+	if (!qpi_ids_first(&p->got, &p->mu, &i, NULL)) {
+		*rcp = qpi_err(err, "%s on %s: this handle holds no %s", what,
+		    p->label, err == QP_EVALUE ? "task" : "item");
+		return NULL;
 	}
 	*ip = (size_t) i;
-	return have;
+	return part_handle(p, *ip, false, false, rcp);
 }
 
 static int
@@ -577,12 +580,8 @@ part_task_done(void *impl)
 	part *p = impl;
 	size_t i;
 	int rc;
+	qp_queue *q = part_held(p, &i, &rc, QP_EVALUE, "task_done()");
 
-	if (!part_held(p, &i, false)) {
-		return qpi_err(QP_EVALUE,
-		    "task_done() on %s: this handle holds no task", p->label);
-	}
-	qp_queue *q = part_handle(p, i, false, false, &rc);
 	if (q == NULL) {
 		return rc;
 	}
@@ -591,7 +590,7 @@ part_task_done(void *impl)
 	    || part_conn_err(rc)) {
 		/* Confirmed, or gone back (a lost connection's leases go
 		 * back): the next task_done is for the next item. */
-		(void) part_held(p, &i, true);
+		qpi_ids_done(&p->got, &p->mu, i);
 	}
 	part_mark(p, i, rc);
 	return rc;
@@ -623,16 +622,8 @@ part_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 		    "the same servers, in the same order",
 		    p->label);
 	}
-	if (!part_held(p, &i, false)) {
-		return qpi_err(QP_EVALUE,
-		    "complete() on %s: this handle holds no task", p->label);
-	}
-	qp_queue *tq = part_handle(p, i, false, false, &rc);
-	if (tq == NULL) {
-		return rc;
-	}
-	qp_queue *rq = part_handle(r, i, true, false, &rc);
-	if (rq == NULL) {
+	qp_queue *tq = part_held(p, &i, &rc, QP_EVALUE, "complete()"), *rq;
+	if (tq == NULL || (rq = part_handle(r, i, true, false, &rc)) == NULL) {
 		return rc;
 	}
 	rc = kind == QPI_ITEM_OBJ
@@ -641,7 +632,7 @@ part_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 	if (rc == QP_OK || rc == QP_ENOENT || part_conn_err(rc)) {
 		/* Done, or the lease ran out or went back with its
 		 * connection: the next complete is for the next task. */
-		(void) part_held(p, &i, true);
+		qpi_ids_done(&p->got, &p->mu, i);
 	}
 	part_mark(p, i, rc);
 	return rc;
@@ -660,16 +651,12 @@ part_nack(void *impl, qp_duration delay)
 		    "holds its items",
 		    p->label);
 	}
-	if (!part_held(p, &i, false)) {
-		return qpi_err(
-		    QP_ENOENT, "nack on %s: no item is held", p->label);
-	}
-	qp_queue *q = part_handle(p, i, false, false, &rc);
+	qp_queue *q = part_held(p, &i, &rc, QP_ENOENT, "nack");
 	if (q == NULL) {
 		return rc;
 	}
 	if ((rc = qp_queue_nack(q, delay)) == QP_OK || rc == QP_ENOENT) {
-		(void) part_held(p, &i, true);
+		qpi_ids_done(&p->got, &p->mu, i);
 	}
 	return rc;
 }
@@ -710,14 +697,10 @@ part_touch(void *impl, qp_duration lease)
 static int
 part_deliveries(void *impl, uint32_t *np)
 {
-	part *p = impl;
 	size_t i;
 	int rc;
+	qp_queue *q = part_held(impl, &i, &rc, QP_ENOENT, "deliveries");
 
-	if (!part_held(p, &i, false)) {
-		return qpi_err(QP_ENOENT, "no item got yet");
-	}
-	qp_queue *q = part_handle(p, i, false, false, &rc);
 	return q == NULL ? rc : qp_queue_deliveries(q, np);
 }
 

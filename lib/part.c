@@ -988,10 +988,9 @@ qpi_part_open(
 		return qpi_err(
 		    first_err, "%s: no server answered (%s)", addr, msg);
 	}
-	if ((rc = qpi_queue_wrap(qp, &qpi_part_ops, p)) != QP_OK) {
-		part_free(p);
+	if ((rc = qpi_queue_wrap(qp, &qpi_part_ops, p)) == QP_OK) {
+		qpi_err_clear(); /* the servers down: opened on use */
 	}
-	qpi_err_clear();
 	return rc;
 }
 

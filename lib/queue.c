@@ -516,18 +516,19 @@ static const qpi_queue_ops shml_ops = {
     .free = shml_free,
 };
 
-/* Wraps sq (owned on success) in a worker-mode handle. */
+/* Wraps sq (owned, freed on failure) in a worker-mode handle. */
 static int
 shml_wrap(qp_queue **qp, qpi_shmq *sq, const char *name, uint64_t lease_ms)
 {
 	shml *h;
-	int rc;
 
 	if (lease_ms > QPI_WIRE_MS_MAX) {
+		qpi_shmq_free(sq);
 		return qpi_err(QP_EINVAL, "lease_ms %llu is over 2^31-1 ms",
 		    (unsigned long long) lease_ms);
 	}
 	if ((h = calloc(1, sizeof(*h))) == NULL) {
+		qpi_shmq_free(sq);
 		return qpi_err(QP_ENOMEM, "out of memory for a queue handle");
 	}
 	h->sq = sq;
@@ -538,11 +539,7 @@ shml_wrap(qp_queue **qp, qpi_shmq *sq, const char *name, uint64_t lease_ms)
 	    name != NULL ? "shm://" : "",
 	    name != NULL ? name : "anonymous queue");
 	pthread_mutex_init(&h->mu, NULL);
-	if ((rc = qpi_queue_wrap(qp, &shml_ops, h)) != QP_OK) {
-		pthread_mutex_destroy(&h->mu);
-		free(h);
-	}
-	return rc;
+	return qpi_queue_wrap(qp, &shml_ops, h);
 }
 
 /* ---- helpers ---- */
@@ -562,6 +559,7 @@ qpi_queue_wrap(qp_queue **qp, const qpi_queue_ops *ops, void *impl)
 	qp_queue *q = calloc(1, sizeof(*q));
 
 	if (q == NULL) {
+		ops->free(impl);
 		return qpi_err(QP_ENOMEM, "out of memory for a queue handle");
 	}
 	q->ops = ops;
@@ -790,93 +788,71 @@ q_open_durable(qp_queue **qp, const qp_queue_opts *o, unsigned flags)
 	        != QP_OK) {
 		return rc;
 	}
-	if ((rc = qpi_queue_wrap(qp, &dur_ops, d)) != QP_OK) {
-		qpi_durq_free(d);
-	}
-	return rc;
+	return qpi_queue_wrap(qp, &dur_ops, d);
 }
 
 /* ---- open, close ---- */
 
-QP_API int
-qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts)
+/* qp_queue_open, and qp_queue_anon (addr NULL; what: the call). */
+static int
+q_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts,
+    const char *what)
 {
 	qpi_shmq_cfg cfg;
 	qpi_shmq *sq;
 	unsigned flags;
 	qpi_addr a;
+	qpi_rq *rq;
 	int rc;
 
-	if (qp == NULL || addr == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_open: %s is NULL",
-		    qp == NULL ? "qp" : "addr");
+	if (qp == NULL) {
+		return qpi_err(QP_EINVAL, "%s: qp is NULL", what);
 	}
 	*qp = NULL;
 	if ((rc = q_opts(opts, &cfg, &flags)) != QP_OK) {
 		return rc;
 	}
-	/* several servers, one partition each (part.c). */
-	bool parted = false;
-	if ((rc = qpi_part_open(qp, addr, opts, &parted)) != QP_OK || parted) {
+	bool parted = false; /* several servers, one partition each */
+	if (addr == NULL && (flags & QP_OPEN_DURABLE)) {
+		return qpi_err(
+		    QP_EINVAL, "QP_OPEN_DURABLE needs a named queue");
+	} else if (addr == NULL) {
+		rc = qpi_shmq_anon(&sq, &cfg);
+	} else if ((rc = qpi_part_open(qp, addr, opts, &parted)) != QP_OK
+	    || parted
+	    || (rc = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
 		return rc;
-	}
-	if ((rc = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
-		return rc;
-	}
-	if (a.kind != QPI_ADDR_SHM) {
+	} else if (a.kind != QPI_ADDR_SHM) {
 		/* tcp://, ipc://: a queue served by qpiped (remote.c). */
-		qpi_rq *rq;
-		if ((rc = qpi_rq_open(&rq, &a, opts)) != QP_OK) {
-			return rc;
-		}
-		if ((rc = qpi_queue_wrap(qp, &qpi_remote_ops, rq)) != QP_OK) {
-			qpi_rq_free(rq);
-		}
-		return rc;
-	}
-	if (flags & QP_OPEN_DURABLE) {
+		return (rc = qpi_rq_open(&rq, &a, opts)) != QP_OK
+		    ? rc
+		    : qpi_queue_wrap(qp, &qpi_remote_ops, rq);
+	} else if (flags & QP_OPEN_DURABLE) {
 		return q_open_durable(qp, opts, flags);
+	} else {
+		rc = qpi_shmq_open(&sq, a.name, flags, &cfg);
 	}
-	if ((rc = qpi_shmq_open(&sq, a.name, flags, &cfg)) != QP_OK) {
+	if (rc != QP_OK) {
 		return rc;
 	}
-	rc = (flags & QP_OPEN_LEASE)
-	    ? shml_wrap(qp, sq, a.name, opts->lease_ms)
+	return (flags & QP_OPEN_LEASE)
+	    ? shml_wrap(qp, sq, addr != NULL ? a.name : NULL, opts->lease_ms)
 	    : qpi_queue_wrap(qp, &qpi_shmq_ops, sq);
-	if (rc != QP_OK) {
-		qpi_shmq_free(sq);
+}
+
+QP_API int
+qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts)
+{
+	if (qp != NULL && addr == NULL) {
+		return qpi_err(QP_EINVAL, "qp_queue_open: addr is NULL");
 	}
-	return rc;
+	return q_open(qp, addr, opts, "qp_queue_open");
 }
 
 QP_API int
 qp_queue_anon(qp_queue **qp, const qp_queue_opts *opts)
 {
-	qpi_shmq_cfg cfg;
-	qpi_shmq *sq;
-	unsigned flags;
-	int rc;
-
-	if (qp == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_anon: qp is NULL");
-	}
-	*qp = NULL;
-	if ((rc = q_opts(opts, &cfg, &flags)) != QP_OK) {
-		return rc;
-	}
-	if (flags & QP_OPEN_DURABLE) {
-		return qpi_err(
-		    QP_EINVAL, "QP_OPEN_DURABLE needs a named queue");
-	}
-	if ((rc = qpi_shmq_anon(&sq, &cfg)) != QP_OK) {
-		return rc;
-	}
-	rc = (flags & QP_OPEN_LEASE) ? shml_wrap(qp, sq, NULL, opts->lease_ms)
-	                             : qpi_queue_wrap(qp, &qpi_shmq_ops, sq);
-	if (rc != QP_OK) {
-		qpi_shmq_free(sq);
-	}
-	return rc;
+	return q_open(qp, NULL, opts, "qp_queue_anon");
 }
 
 QP_API int

@@ -69,8 +69,8 @@ typedef struct qpi_queue_ops {
 	void (*free)(void *impl);
 } qpi_queue_ops;
 
-/* Wraps a backend into a public handle (the handle owns impl on success;
- * on failure the caller still does). */
+/* Wraps a backend into a public handle, which owns impl (on failure,
+ * QP_ENOMEM, impl is freed with ops->free). */
 int qpi_queue_wrap(qp_queue **qp, const qpi_queue_ops *ops, void *impl);
 
 /* The backend of a handle, for internal callers (CLI stat, server). */

@@ -81,8 +81,7 @@ typedef struct rq_call {
 	qpi_wire_rep rep;
 	uint8_t *buf; /* the reply's bytes */
 	uint32_t conn; /* the connection it came on */
-	int64_t deadline_ns; /* blocking ops: the op's own deadline */
-	bool blocking; /* req.timeout is recomputed on every send */
+	int64_t deadline_ns; /* a blocking op's own; 0: it does not block */
 	bool once; /* a dropped connection ends the call (QP_ECONNRESET) */
 } rq_call;
 
@@ -91,8 +90,9 @@ typedef struct rq_call {
  * later drops are redialled by the calls. */
 int qpi_rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o);
 
-/* Zeroes c for op on r's queue. */
-void qpi_rq_call_init(rq_call *c, qpi_rq *r, uint32_t op);
+/* Zeroes c for op on r's queue; deadline_ns: a blocking op's own (0: the
+ * op does not block, INT64_MAX: it waits for ever). */
+void qpi_rq_call_init(rq_call *c, qpi_rq *r, uint32_t op, int64_t deadline_ns);
 
 /* Sends c->req and waits for its reply, through reconnects (the same
  * request id and seq), unless c->once. QP_OK with c->rep decoded (look at

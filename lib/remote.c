@@ -37,7 +37,7 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 	r->lease_ms = opts != NULL ? opts->lease_ms : 0;
 
 	if (opts != NULL && (opts->flags & QP_OPEN_CREATE)) {
-		qpi_rq_call_init(&c, r, QPI_OP_CREATE);
+		qpi_rq_call_init(&c, r, QPI_OP_CREATE, 0);
 		c.req.maxsize = opts->maxsize;
 		c.req.capacity = opts->capacity;
 		c.req.max_message = opts->max_message;
@@ -50,7 +50,7 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 			    opts->fsync != NULL ? opts->fsync : "");
 		}
 	} else {
-		qpi_rq_call_init(&c, r, QPI_OP_STAT);
+		qpi_rq_call_init(&c, r, QPI_OP_STAT, 0);
 	}
 	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
@@ -167,15 +167,13 @@ rq_put(void *impl, const void *buf, size_t len, unsigned kind,
 	rq_call c;
 	int rv;
 
-	qpi_rq_call_init(&c, r, QPI_OP_PUT);
+	qpi_rq_call_init(&c, r, QPI_OP_PUT, deadline_ns);
 	if ((rv = qpi_rq_check(r)) != QP_OK
 	    || (rv = qpi_rq_item(r, &c.req.item, kind == QPI_ITEM_BIN, buf,
 	            len, &tmp, "item"))
 	        != QP_OK) {
 		return rv;
 	}
-	c.blocking = deadline_ns != 0;
-	c.deadline_ns = deadline_ns;
 	rv = qpi_rq_do_status(r, &c, QP_EFULL);
 	free(tmp);
 	return rv;
@@ -187,7 +185,7 @@ rq_release(qpi_rq *r, uint64_t lease_id)
 {
 	rq_call c;
 
-	qpi_rq_call_init(&c, r, QPI_OP_RELEASE);
+	qpi_rq_call_init(&c, r, QPI_OP_RELEASE, 0);
 	c.req.lease_id = lease_id;
 	qpi_rq_do(r, &c);
 	qpi_rq_call_done(&c);
@@ -219,13 +217,11 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 		return rv;
 	}
 	for (;;) {
-		qpi_rq_call_init(c, r, QPI_OP_GET);
+		qpi_rq_call_init(c, r, QPI_OP_GET, deadline_ns);
 		c->req.max_items = max;
 		c->req.lease_mode = r->lease_mode || ahead ? QPI_LEASE_WORK
 		                                           : QPI_LEASE_CONFIRM;
 		c->req.lease_ms = ahead ? PF_LEASE_MS : r->lease_ms;
-		c->blocking = deadline_ns != 0;
-		c->deadline_ns = deadline_ns;
 		c->rep.items = items;
 		c->rep.items_cap = max;
 		/* Confirmations not yet sent ride along. */
@@ -389,12 +385,10 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 			cnt++;
 		}
 		rq_call c;
-		qpi_rq_call_init(&c, r, QPI_OP_PUT_MANY);
+		qpi_rq_call_init(&c, r, QPI_OP_PUT_MANY, deadline_ns);
 		c.req.items = items + first;
 		c.req.nitems = (uint32_t) cnt;
 		c.req.items_cap = (uint32_t) cnt;
-		c.blocking = deadline_ns != 0;
-		c.deadline_ns = deadline_ns;
 		rv = qpi_rq_do_status(r, &c, QP_EFULL);
 		first += cnt;
 	}
@@ -410,7 +404,7 @@ rq_simple(qpi_rq *r, uint32_t op, rq_call *c)
 {
 	int rv;
 
-	qpi_rq_call_init(c, r, op);
+	qpi_rq_call_init(c, r, op, 0);
 	if ((rv = qpi_rq_check(r)) != QP_OK) {
 		return rv;
 	}
@@ -471,7 +465,7 @@ rq_lease_op(
 	rq_call c;
 	int rv;
 
-	qpi_rq_call_init(&c, r, op);
+	qpi_rq_call_init(&c, r, op, 0);
 	c.req.ids = &id;
 	c.req.nids = 1;
 	c.req.ids_cap = 1;
@@ -514,7 +508,7 @@ rq_task_done(void *impl)
 		}
 		return rv;
 	}
-	qpi_rq_call_init(&c, r, QPI_OP_TASK_DONE);
+	qpi_rq_call_init(&c, r, QPI_OP_TASK_DONE, 0);
 	c.req.count = 1;
 	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
@@ -544,7 +538,7 @@ rq_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 		    r->url, ops != &qpi_remote_ops ? "not on a server" : "on ",
 		    ops != &qpi_remote_ops ? "" : res->url);
 	}
-	qpi_rq_call_init(&c, r, QPI_OP_COMPLETE);
+	qpi_rq_call_init(&c, r, QPI_OP_COMPLETE, deadline_ns);
 	if ((rv = qpi_rq_item(r, &c.req.item, kind == QPI_ITEM_BIN, buf, len,
 	         &tmp, "result"))
 	    != QP_OK) {
@@ -558,8 +552,6 @@ rq_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 	}
 	c.req.lease_id = id;
 	snprintf(c.req.results, sizeof(c.req.results), "%s", res->name);
-	c.blocking = deadline_ns != 0;
-	c.deadline_ns = deadline_ns;
 	rv = qpi_rq_do_status(r, &c, QP_EFULL);
 	free(tmp);
 	if (rv == QP_OK || rv == QP_ENOENT) {
@@ -575,20 +567,12 @@ rq_join(void *impl, int64_t deadline_ns)
 	rq_call c;
 	int rv;
 
+	qpi_rq_call_init(&c, r, QPI_OP_JOIN, deadline_ns);
 	if ((rv = qpi_rq_check(r)) != QP_OK) {
 		return rv;
 	}
-	for (;;) {
-		qpi_rq_call_init(&c, r, QPI_OP_JOIN);
-		c.blocking = deadline_ns != 0;
-		c.deadline_ns = deadline_ns;
-		rv = qpi_rq_run(r, &c);
-		qpi_rq_call_done(&c);
-		if (rv == QP_ETIMEDOUT && deadline_ns == INT64_MAX) {
-			continue;
-		}
-		return rv;
-	}
+	/* Waiting for ever: again after each slice. */
+	return qpi_rq_do_status(r, &c, QP_ETIMEDOUT);
 }
 
 static int
@@ -615,7 +599,7 @@ rq_nack(void *impl, qp_duration delay)
 		return qpi_err(QP_ENOENT, "nack on %s/%s: no item is held",
 		    r->url, r->name);
 	}
-	qpi_rq_call_init(&c, r, QPI_OP_RELEASE);
+	qpi_rq_call_init(&c, r, QPI_OP_RELEASE, 0);
 	c.req.lease_id = id;
 	c.req.delay_ms = (uint64_t) delay;
 	rv = qpi_rq_run(r, &c);
@@ -670,7 +654,7 @@ rq_touch(void *impl, qp_duration lease)
 	}
 	for (size_t i = 0; i < n && rv == QP_OK; i += batch) {
 		uint32_t k = (uint32_t) (n - i < batch ? n - i : batch);
-		qpi_rq_call_init(&c, r, QPI_OP_TOUCH);
+		qpi_rq_call_init(&c, r, QPI_OP_TOUCH, 0);
 		c.req.lease_ms = lease != 0 ? (uint64_t) lease : r->lease_ms;
 		c.req.ids = ids + i;
 		c.req.nids = k;
@@ -729,7 +713,7 @@ qpi_rq_unlink(const qpi_addr *a, const qp_conn_opts *o)
 	if ((rv = qpi_rq_new(&r, a, o)) != QP_OK) {
 		return rv;
 	}
-	qpi_rq_call_init(&c, r, QPI_OP_DELETE);
+	qpi_rq_call_init(&c, r, QPI_OP_DELETE, 0);
 	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
 	qpi_rq_free(r);
@@ -758,7 +742,7 @@ qp_server_list_opts(const char *addr, const qp_conn_opts *conn,
 		qpi_rq_free(r);
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	qpi_rq_call_init(&c, r, QPI_OP_LIST);
+	qpi_rq_call_init(&c, r, QPI_OP_LIST, 0);
 	c.rep.queues = ents;
 	c.rep.queues_cap = QPI_WIRE_DEFAULT_BATCH;
 	rv = qpi_rq_run(r, &c);

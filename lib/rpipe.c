@@ -87,10 +87,8 @@ rp_pf_main(void *arg)
 
 	while (qpi_rxq_wait_room(&p->q)) {
 		rq_call c;
-		qpi_rq_call_init(&c, p->r, QPI_OP_PIPE_RECV);
+		qpi_rq_call_init(&c, p->r, QPI_OP_PIPE_RECV, INT64_MAX);
 		c.req.side = p->side;
-		c.blocking = true;
-		c.deadline_ns = INT64_MAX;
 		c.once = true; /* the side dies with its connection */
 		rp_pf_answer(p, qpi_rq_do(p->r, &c), &c);
 		qpi_rq_call_done(&c);
@@ -108,15 +106,13 @@ rp_send(qp_conn *c, bool raw, const void *buf, size_t len, uint8_t binoff)
 	int rv;
 
 	(void) binoff;
-	qpi_rq_call_init(&call, r, QPI_OP_PIPE_SEND);
+	qpi_rq_call_init(&call, r, QPI_OP_PIPE_SEND, INT64_MAX);
 	call.req.side = p->side;
 	if ((rv = qpi_rq_item(
 	         r, &call.req.item, raw, buf, len, &tmp, "message"))
 	    != QP_OK) {
 		return rv;
 	}
-	call.blocking = true;
-	call.deadline_ns = INT64_MAX;
 	/* QP_ETIMEDOUT: the server's buffer stayed full for a whole slice. */
 	rv = qpi_rq_do_status(r, &call, QP_ETIMEDOUT);
 	free(tmp);
@@ -168,7 +164,7 @@ rp_close(qp_conn *c)
 
 	/* The other side sees the end of file once it has read what was
 	 * sent (our sends were all taken by the server). */
-	qpi_rq_call_init(&call, p->r, QPI_OP_PIPE_CLOSE);
+	qpi_rq_call_init(&call, p->r, QPI_OP_PIPE_CLOSE, 0);
 	call.req.side = p->side;
 	qpi_rq_do(p->r, &call);
 	qpi_rq_call_done(&call);
@@ -257,7 +253,7 @@ qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
 		free(p);
 		return qpi_err(rv, "%s", msg);
 	}
-	qpi_rq_call_init(&call, p->r, QPI_OP_PIPE_OPEN);
+	qpi_rq_call_init(&call, p->r, QPI_OP_PIPE_OPEN, 0);
 	call.req.side = side;
 	call.req.flags = duplex ? 0 : QPI_PIPE_ONEWAY;
 	rv = qpi_rq_run(p->r, &call);

@@ -262,6 +262,25 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 	return QP_OK;
 }
 
+/* The oldest item held and its delivery count (drop: taken off the
+ * list); false when none is held. */
+static bool
+shml_head(shml *h, uint64_t *idp, int64_t *delivp, bool drop)
+{
+	pthread_mutex_lock(&h->mu);
+	shml_own(h);
+	bool have = h->held.n > 0;
+	if (have) {
+		*idp = h->held.id[0];
+		*delivp = h->held.val[0];
+		if (drop) {
+			qpi_ids_drop(&h->held, 0, 1);
+		}
+	}
+	pthread_mutex_unlock(&h->mu);
+	return have;
+}
+
 /* Confirms the oldest item held: acked, and counted done for join. */
 static int
 shml_task_done(void *impl)
@@ -271,17 +290,10 @@ shml_task_done(void *impl)
 	int64_t deliv;
 	int rc;
 
-	pthread_mutex_lock(&h->mu);
-	shml_own(h);
-	if (h->held.n == 0) {
-		pthread_mutex_unlock(&h->mu);
+	if (!shml_head(h, &id, &deliv, true)) {
 		return qpi_err(QP_EVALUE,
 		    "task_done() on %s: this handle holds no task", h->label);
 	}
-	id = h->held.id[0];
-	deliv = h->held.val[0];
-	qpi_ids_drop(&h->held, 0, 1);
-	pthread_mutex_unlock(&h->mu);
 	rc = qpi_shmq_ack(h->sq, id);
 	if (rc == QP_OK) {
 		/* As qpiped counts a worker's ack: join() sees it. */
@@ -312,6 +324,7 @@ shml_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 	shml *h = impl;
 	qpi_shmq *rs = qpi_queue_shmq(results);
 	uint64_t id;
+	int64_t deliv;
 	int rc;
 
 	if (rs == NULL) {
@@ -320,22 +333,13 @@ shml_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 		    "queue of this host too",
 		    h->label);
 	}
-	pthread_mutex_lock(&h->mu);
-	shml_own(h);
-	if (h->held.n == 0) {
-		pthread_mutex_unlock(&h->mu);
+	if (!shml_head(h, &id, &deliv, false)) {
 		return qpi_err(QP_EVALUE,
 		    "complete() on %s: this handle holds no task", h->label);
 	}
-	id = h->held.id[0];
-	pthread_mutex_unlock(&h->mu);
 	rc = qpi_shmq_complete(h->sq, id, rs, buf, len, kind, NULL, deadline);
 	if (rc == QP_OK || rc == QP_ENOENT) {
-		pthread_mutex_lock(&h->mu);
-		if (h->held.n > 0 && h->held.id[0] == id) {
-			qpi_ids_drop(&h->held, 0, 1);
-		}
-		pthread_mutex_unlock(&h->mu);
+		qpi_ids_done(&h->held, &h->mu, id);
 	}
 	if (rc == QP_ENOENT) {
 		return qpi_err(QP_ENOENT,
@@ -360,17 +364,10 @@ shml_nack(void *impl, qp_duration delay)
 		return qpi_err(QP_EINVAL, "nack delay %lld ms is over 2^31-1",
 		    (long long) delay);
 	}
-	pthread_mutex_lock(&h->mu);
-	shml_own(h);
-	if (h->held.n == 0) {
-		pthread_mutex_unlock(&h->mu);
+	if (!shml_head(h, &id, &deliv, true)) {
 		return qpi_err(
 		    QP_ENOENT, "nack on %s: no item is held", h->label);
 	}
-	id = h->held.id[0];
-	deliv = h->held.val[0];
-	qpi_ids_drop(&h->held, 0, 1);
-	pthread_mutex_unlock(&h->mu);
 	rc = delay == 0 ? qpi_shmq_release(h->sq, id)
 	                : qpi_shmq_renew(h->sq, id, (int64_t) delay);
 	if (rc == QP_ENOENT) {
@@ -450,18 +447,15 @@ static int
 shml_deliveries(void *impl, uint32_t *np)
 {
 	shml *h = impl;
-	int rc = QP_OK;
+	uint64_t id;
+	int64_t deliv;
 
-	pthread_mutex_lock(&h->mu);
-	shml_own(h);
-	if (h->held.n > 0) {
-		*np = (uint32_t) h->held.val[0];
-	} else {
-		rc = qpi_err(
+	if (!shml_head(h, &id, &deliv, false)) {
+		return qpi_err(
 		    QP_ENOENT, "%s: this handle holds no item", h->label);
 	}
-	pthread_mutex_unlock(&h->mu);
-	return rc;
+	*np = (uint32_t) deliv;
+	return QP_OK;
 }
 
 /* Wakes the blocked calls, then gives back every item still held or

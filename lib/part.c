@@ -316,22 +316,11 @@ part_mark(part *p, size_t i, int rc)
 
 /* ---- puts ---- */
 
-/* The timeout of a partition's call: what is left until deadline. */
-static qp_duration
-part_timeout(int64_t deadline)
-{
-	int64_t left = qpi_remaining_ns(deadline);
-
-	return deadline == 0    ? QP_NOWAIT
-	    : left == INT64_MAX ? QP_FOREVER
-	                        : (left + 999999) / 1000000;
-}
-
 static int
 part_put_to(part *p, size_t i, qp_queue *q, const void *buf, size_t len,
     unsigned kind, int64_t deadline)
 {
-	qp_duration t = part_timeout(deadline);
+	qp_duration t = qpi_queue_timeout(deadline);
 	int rc = kind == QPI_ITEM_BIN ? qp_queue_put(q, buf, len, t)
 	                              : qp_queue_put_obj(q, buf, len, t);
 
@@ -429,8 +418,9 @@ qpi_part_put_many(void *impl, const void *const *bufs, const size_t *lens,
 		if (q == NULL) {
 			return rc;
 		}
-		rc = (obj ? qp_queue_put_many_obj : qp_queue_put_many)(
-		    q, bufs + done, lens + done, cnt, part_timeout(deadline));
+		rc = (obj ? qp_queue_put_many_obj : qp_queue_put_many)(q,
+		    bufs + done, lens + done, cnt,
+		    qpi_queue_timeout(deadline));
 		part_mark(p, i, rc);
 		if (part_conn_err(rc)) {
 			failed[i] = true; /* this slice to the next one */
@@ -627,8 +617,9 @@ part_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 		return rc;
 	}
 	rc = kind == QPI_ITEM_OBJ
-	    ? qp_queue_complete_obj(tq, rq, buf, len, part_timeout(deadline))
-	    : qp_queue_complete(tq, rq, buf, len, part_timeout(deadline));
+	    ? qp_queue_complete_obj(
+	        tq, rq, buf, len, qpi_queue_timeout(deadline))
+	    : qp_queue_complete(tq, rq, buf, len, qpi_queue_timeout(deadline));
 	if (rc == QP_OK || rc == QP_ENOENT || part_conn_err(rc)) {
 		/* Done, or the lease ran out or went back with its
 		 * connection: the next complete is for the next task. */
@@ -789,7 +780,7 @@ part_join(void *impl, int64_t deadline)
 	for (size_t i = 0; i < p->n; i++) {
 		qp_queue *q = part_handle(p, i, false, false, &rc);
 		if (q == NULL
-		    || (rc = qp_queue_join(q, part_timeout(deadline)))
+		    || (rc = qp_queue_join(q, qpi_queue_timeout(deadline)))
 		        != QP_OK) {
 			return rc;
 		}

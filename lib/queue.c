@@ -547,6 +547,16 @@ qpi_queue_deadline(qp_duration timeout)
 	return qpi_deadline_ns(timeout);
 }
 
+qp_duration
+qpi_queue_timeout(int64_t deadline)
+{
+	int64_t left = qpi_remaining_ns(deadline);
+
+	return deadline == 0    ? QP_NOWAIT
+	    : left == INT64_MAX ? QP_FOREVER
+	                        : (left + 999999) / 1000000;
+}
+
 int
 qpi_queue_wrap(qp_queue **qp, const qpi_queue_ops *ops, void *impl)
 {

@@ -17,6 +17,9 @@
 /* Deadlines handed to the ops: absolute CLOCK_MONOTONIC ns; 0 = do not
  * wait; INT64_MAX = forever. */
 int64_t qpi_queue_deadline(qp_duration timeout);
+/* Back: the timeout that is left until deadline_ns (QP_NOWAIT for 0,
+ * QP_FOREVER for INT64_MAX, else whole ms, rounded up). */
+qp_duration qpi_queue_timeout(int64_t deadline_ns);
 
 /* The common checks of every call: a handle, not closed. */
 int qpi_queue_ready(qp_queue *q);

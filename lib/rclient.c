@@ -187,10 +187,8 @@ qpi_rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o)
 	            NULL))
 	        != QP_OK
 	    || (rv = rq_connect(r)) != QP_OK) {
-		char msg[512];
-		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
-		qpi_rq_free(r);
-		return qpi_err(rv, "%s", msg);
+		qpi_rq_free(r); /* leaves the message as it is */
+		return rv;
 	}
 	*rp = r;
 	return QP_OK;

@@ -59,10 +59,8 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 		rv = QP_OK;
 	}
 	if (rv != QP_OK) {
-		char msg[512];
-		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
-		qpi_rq_free(r);
-		return qpi_err(rv, "%s", msg);
+		qpi_rq_free(r); /* leaves the message as it is */
+		return rv;
 	}
 	*rp = r;
 	return QP_OK;

@@ -245,13 +245,11 @@ qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
 	}
 	if ((rv = qpi_rxq_init(&p->q)) != QP_OK
 	    || (rv = qpi_rq_new(&p->r, &a, conn)) != QP_OK) {
-		char msg[512];
-		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
 		if (p->q.efd > 0) {
 			qpi_rxq_free(&p->q, true);
 		}
 		free(p);
-		return qpi_err(rv, "%s", msg);
+		return rv;
 	}
 	qpi_rq_call_init(&call, p->r, QPI_OP_PIPE_OPEN, 0);
 	call.req.side = side;
@@ -272,10 +270,8 @@ qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
 		}
 	}
 	if (rv != QP_OK) {
-		char msg[512];
-		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
-		rp_destroy(&p->base);
-		return qpi_err(rv, "%s", msg);
+		rp_destroy(&p->base); /* leaves the message as it is */
+		return rv;
 	}
 	qpi_conn_init(&p->base, &rp_ops, readable, writable);
 	p->base.owner = p->r->pid;

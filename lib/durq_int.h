@@ -149,8 +149,9 @@ int qpi_dq_errno(int e, const char *what, const char *path);
  * errno. */
 int qpi_dq_pwritev_all(int fd, struct iovec *iov, int n, uint64_t off);
 
-/* Writes the DQ_HDR-byte file header holding c into h. */
-void qpi_dq_hdr_encode(uint8_t *h, const qpi_durq_cfg *c);
+/* Writes the DQ_HDR-byte file header holding c at the start of file fd,
+ * fdatasync'd too with sync: 0 or an errno. */
+int qpi_dq_hdr_write(int fd, const qpi_durq_cfg *c, bool sync);
 
 /* Reads a file header into *c and the file's layout into *versionp.
  * QP_OK, QP_ECORRUPT or QP_EVERSION, naming path. */

@@ -960,18 +960,14 @@ qpi_part_open(
 	/* Every server that answers now; those down are opened on use.
 	 * Any other error (no such queue, bad token) fails the open. */
 	for (size_t i = 0; i < n; i++) {
-		rc = part_open_one(p, i);
-		if (rc == QP_OK) {
+		if ((rc = part_open_one(p, i)) == QP_OK) {
 			up++;
-		} else if (!part_conn_err(rc) || first_err == QP_OK) {
-			if (first_err == QP_OK || !part_conn_err(rc)) {
-				snprintf(msg, sizeof(msg), "%s", qp_errmsg());
-			}
-			if (!part_conn_err(rc)) {
-				part_free(p);
-				return qpi_err(rc, "%s", msg);
-			}
+		} else if (!part_conn_err(rc)) {
+			part_free(p); /* leaves the message as it is */
+			return rc;
+		} else if (first_err == QP_OK) {
 			first_err = rc;
+			snprintf(msg, sizeof(msg), "%s", qp_errmsg());
 		}
 	}
 	if (up == 0) {

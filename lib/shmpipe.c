@@ -481,14 +481,9 @@ shm_fresh_fds(struct shmconn *c)
 	if (c->epfd >= 0) {
 		close(c->epfd);
 	}
-	if (c->pidfd >= 0) {
-		close(c->pidfd);
-	}
 	c->epfd = -1;
-	c->pidfd = -1;
-	c->ep_has_pidfd = false;
-	c->watch_pid = 0;
-	c->watch_dead = false;
+	c->ep_has_pidfd = false; /* the set is gone: nothing to take out */
+	shm_drop_pidfd(c);
 	c->mypid = getpid();
 	c->fd_gen = gen;
 }

@@ -590,9 +590,6 @@ rq_nack(void *impl, qp_duration delay)
 		    "holds its items",
 		    r->url, r->name);
 	}
-	if (delay < 0) {
-		return qpi_err(QP_EINVAL, "nack delay must be 0 or more ms");
-	}
 	if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
 		return qpi_err(QP_ENOENT, "nack on %s/%s: no item is held",
 		    r->url, r->name);
@@ -613,8 +610,7 @@ rq_touch(void *impl, qp_duration lease)
 {
 	qpi_rq *r = impl;
 	uint64_t *ids = NULL, *missing = NULL;
-	uint32_t batch
-	    = r->lim.max_batch > 0 ? r->lim.max_batch : QPI_WIRE_DEFAULT_BATCH;
+	uint32_t batch = r->lim.max_batch; /* never 0 (rq_hook) */
 	size_t n, lost = 0;
 	rq_call c;
 	int rv;
@@ -627,11 +623,6 @@ rq_touch(void *impl, qp_duration lease)
 		    "touch on %s/%s: only a handle opened with QP_OPEN_LEASE "
 		    "holds its items",
 		    r->url, r->name);
-	}
-	if (lease < 0 || lease > QPI_WIRE_MS_MAX) {
-		return qpi_err(QP_EINVAL,
-		    "touch: lease %lld ms is not within 0..2^31-1",
-		    (long long) lease);
 	}
 	/* A copy of the ids: the list may change while the calls are out. */
 	pthread_mutex_lock(&r->mu);

@@ -602,14 +602,6 @@ q_sq(qp_queue *q)
 	return sq != NULL ? sq : qpi_durq_shm(q->impl);
 }
 
-static int
-q_get_op(qp_queue *q, unsigned flags, void *into, size_t cap, void **bufp,
-    size_t *lenp, qp_duration timeout)
-{
-	return qpi_queue_get_op(
-	    q, flags, into, cap, bufp, lenp, qpi_queue_deadline(timeout));
-}
-
 /* ---- readiness state, the get behind get_any ---- */
 
 int
@@ -640,9 +632,8 @@ q_qsize(qp_queue *q, uint64_t *np)
 	                             : qpi_shmq_qsize(q_sq(q), np);
 }
 
-/* The common checks: a handle, open. */
-static int
-q_ready(qp_queue *q)
+int
+qpi_queue_ready(qp_queue *q)
 {
 	if (q == NULL) {
 		return qpi_err(QP_EINVAL, "queue handle is NULL");
@@ -653,26 +644,21 @@ q_ready(qp_queue *q)
 	return QP_OK;
 }
 
-int
-qpi_queue_ready(qp_queue *q)
-{
-	return q_ready(q);
-}
-
-/* q_ready, then a valid timeout. */
+/* qpi_queue_ready, then a valid timeout. */
 static int
 q_ready_tm(qp_queue *q, qp_duration timeout)
 {
-	int rc = q_ready(q);
+	int rc = qpi_queue_ready(q);
 
 	return rc != QP_OK ? rc : qpi_duration_check(timeout);
 }
 
-/* q_ready, then a non-NULL output pointer (what: its call and name). */
+/* qpi_queue_ready, then a non-NULL output pointer (what: its call and
+ * name). */
 static int
 q_ready_out(qp_queue *q, const void *out, const char *what)
 {
-	int rc = q_ready(q);
+	int rc = qpi_queue_ready(q);
 
 	if (rc == QP_OK && out == NULL) {
 		rc = qpi_err(QP_EINVAL, "%s is NULL", what);
@@ -1031,7 +1017,8 @@ q_get(qp_queue *q, unsigned flags, void **bufp, size_t *lenp,
 		return qpi_err(QP_EINVAL, "qp_queue_get: %s is NULL",
 		    bufp == NULL ? "bufp" : "lenp");
 	}
-	return q_get_op(q, flags, NULL, 0, bufp, lenp, timeout);
+	return qpi_queue_get_op(
+	    q, flags, NULL, 0, bufp, lenp, qpi_queue_deadline(timeout));
 }
 
 QP_API int
@@ -1072,8 +1059,8 @@ qp_queue_get_into(
 	}
 	/* buf NULL with cap 0 takes only an empty item (or tells the size
 	 * of the head item through QP_ETOOBIG). */
-	return q_get_op(
-	    q, 0, buf != NULL ? buf : none, cap, NULL, lenp, timeout);
+	return qpi_queue_get_op(q, 0, buf != NULL ? buf : none, cap, NULL,
+	    lenp, qpi_queue_deadline(timeout));
 }
 
 /* ---- sizes, tasks, stat ---- */
@@ -1117,7 +1104,7 @@ qp_queue_full(qp_queue *q, bool *fullp)
 QP_API int
 qp_queue_task_done(qp_queue *q)
 {
-	int rc = q_ready(q);
+	int rc = qpi_queue_ready(q);
 
 	return rc != QP_OK              ? rc
 	    : q->ops->task_done != NULL ? q->ops->task_done(q->impl)
@@ -1134,7 +1121,7 @@ q_complete(qp_queue *tasks, qp_queue *results, const void *buf, size_t len,
 
 	if ((rc = q_item(&buf, &len, obj, &kind, what)) != QP_OK
 	    || (rc = q_ready_tm(tasks, timeout)) != QP_OK
-	    || (rc = q_ready(results)) != QP_OK) {
+	    || (rc = qpi_queue_ready(results)) != QP_OK) {
 		return rc;
 	}
 	if (tasks->ops->complete == NULL && qpi_queue_shmq(tasks) != NULL) {
@@ -1200,7 +1187,7 @@ qp_queue_nack(qp_queue *q, qp_duration delay)
 {
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK) {
+	if ((rc = qpi_queue_ready(q)) != QP_OK) {
 		return rc;
 	}
 	if (q->ops->nack == NULL) {
@@ -1219,7 +1206,7 @@ qp_queue_touch(qp_queue *q, qp_duration lease)
 {
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK) {
+	if ((rc = qpi_queue_ready(q)) != QP_OK) {
 		return rc;
 	}
 	if (q->ops->touch == NULL) {

@@ -360,10 +360,6 @@ shml_nack(void *impl, qp_duration delay)
 	int64_t deliv, now = qpi_now_ms();
 	int rc;
 
-	if (delay > QPI_WIRE_MS_MAX) {
-		return qpi_err(QP_EINVAL, "nack delay %lld ms is over 2^31-1",
-		    (long long) delay);
-	}
 	if (!shml_head(h, &id, &deliv, true)) {
 		return qpi_err(
 		    QP_ENOENT, "nack on %s: no item is held", h->label);
@@ -1195,8 +1191,10 @@ qp_queue_nack(qp_queue *q, qp_duration delay)
 		    "qp_queue_nack: only a handle opened with QP_OPEN_LEASE "
 		    "holds its items");
 	}
-	if (delay < 0) {
-		return qpi_err(QP_EINVAL, "nack delay must be 0 or more ms");
+	if (delay < 0 || delay > QPI_WIRE_MS_MAX) {
+		return qpi_err(QP_EINVAL,
+		    "nack delay %lld ms is not within 0..2^31-1",
+		    (long long) delay);
 	}
 	return q->ops->nack(q->impl, delay);
 }

@@ -43,7 +43,7 @@ typedef struct qpi_queue_ops {
 	int (*join)(void *impl, int64_t deadline_ns);
 	int (*stat)(void *impl, qp_queue_stats *st);
 	/* Worker mode (QP_OPEN_LEASE): gives the oldest held item back after
-	 * delay ms (checked: 0 or more), and the delivery count of the item
+	 * delay ms (checked: 0..2^31-1), and the delivery count of the item
 	 * at hand. NULL: the backend keeps no leases (nack is QP_EINVAL,
 	 * deliveries QP_ENOTSUP). */
 	int (*nack)(void *impl, qp_duration delay);

@@ -218,6 +218,18 @@ part_conn_err(int rc)
 	    || rc == QP_ETIMEDOUT;
 }
 
+/* Marks partition i down for PART_DOWN_MS when rc says its server is
+ * not reachable. */
+static void
+part_mark(part *p, size_t i, int rc)
+{
+	if (part_conn_err(rc)) {
+		pthread_mutex_lock(&p->mu);
+		p->s[i].down_until_ms = qpi_now_ms() + PART_DOWN_MS;
+		pthread_mutex_unlock(&p->mu);
+	}
+}
+
 static void
 part_window(qp_queue *q, int64_t ms)
 {
@@ -253,11 +265,7 @@ part_open_one(part *p, size_t i)
 	}
 	if (rc != QP_OK) {
 		qp_queue_free(pq);
-		pthread_mutex_lock(&p->mu);
-		if (part_conn_err(rc)) {
-			s->down_until_ms = qpi_now_ms() + PART_DOWN_MS;
-		}
-		pthread_mutex_unlock(&p->mu);
+		part_mark(p, i, rc);
 		return rc;
 	}
 	part_window(gq, PART_GET_WINDOW_MS);
@@ -302,16 +310,6 @@ part_handle(part *p, size_t i, bool put, bool skip_down, int *rcp)
 		pthread_mutex_unlock(&p->mu);
 	}
 	return q;
-}
-
-static void
-part_mark(part *p, size_t i, int rc)
-{
-	if (part_conn_err(rc)) {
-		pthread_mutex_lock(&p->mu);
-		p->s[i].down_until_ms = qpi_now_ms() + PART_DOWN_MS;
-		pthread_mutex_unlock(&p->mu);
-	}
 }
 
 /* ---- puts ---- */

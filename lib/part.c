@@ -56,7 +56,7 @@ typedef struct part {
 	const char *servers[PART_MAX]; /* s[i].server, for the hash */
 	qp_queue_opts opts; /* the open's, strings copied below */
 	qp_conn_opts conn;
-	char *strs[1 + QPI_CONN_STRS]; /* fsync, conn's */
+	char *strs[8];
 	unsigned rr;
 	qpi_ids got; /* partition of each item held, oldest first */
 	bool lease_mode;
@@ -899,6 +899,19 @@ const qpi_queue_ops qpi_part_ops = {
     .free = part_free,
 };
 
+/* Copies s into p's strings (NULL stays NULL); false when out of memory. */
+static bool
+part_str(part *p, int k, const char *s, const char **dst)
+{
+	if (s == NULL) {
+		*dst = NULL;
+		return true;
+	}
+	p->strs[k] = strdup(s);
+	*dst = p->strs[k];
+	return p->strs[k] != NULL;
+}
+
 int
 qpi_part_open(
     qp_queue **qp, const char *addr, const qp_queue_opts *opts, bool *isp)
@@ -928,13 +941,17 @@ qpi_part_open(
 	}
 	p->lease_mode = (p->opts.flags & QP_OPEN_LEASE) != 0;
 	if (opts != NULL && opts->conn != NULL) {
+		p->conn = *opts->conn;
 		p->opts.conn = &p->conn;
 	}
-	if ((p->opts.fsync != NULL
-	        && (p->opts.fsync = p->strs[0] = strdup(p->opts.fsync))
-	            == NULL)
-	    || !qpi_conn_opts_copy(
-	        &p->conn, p->strs + 1, opts != NULL ? opts->conn : NULL)) {
+	if (!part_str(p, 0, p->opts.fsync, &p->opts.fsync)
+	    || !part_str(p, 1, p->conn.token, &p->conn.token)
+	    || !part_str(p, 2, p->conn.token_file, &p->conn.token_file)
+	    || !part_str(p, 3, p->conn.tls_cert, &p->conn.tls_cert)
+	    || !part_str(p, 4, p->conn.tls_key, &p->conn.tls_key)
+	    || !part_str(p, 5, p->conn.tls_ca, &p->conn.tls_ca)
+	    || !part_str(
+	        p, 6, p->conn.tls_server_name, &p->conn.tls_server_name)) {
 		part_free(p);
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}

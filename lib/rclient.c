@@ -50,26 +50,6 @@ rq_env_ms(const char *name, int64_t dflt)
 	return (int64_t) v;
 }
 
-bool
-qpi_conn_opts_copy(qp_conn_opts *dst, char **strs, const qp_conn_opts *o)
-{
-	const char **f[QPI_CONN_STRS]
-	    = {&dst->token, &dst->token_file, &dst->tls_ca, &dst->tls_cert,
-	        &dst->tls_key, &dst->tls_server_name};
-
-	memset(dst, 0, sizeof(*dst));
-	if (o != NULL) {
-		*dst = *o;
-	}
-	for (int i = 0; i < QPI_CONN_STRS; i++) {
-		if (*f[i] != NULL
-		    && (*f[i] = strs[i] = strdup(*f[i])) == NULL) {
-			return false;
-		}
-	}
-	return true;
-}
-
 /* ---- the session on each new connection ---- */
 
 typedef struct rq_hook_x {
@@ -185,10 +165,21 @@ qpi_rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o)
 	r->lim.max_message = QP_DEFAULT_MAX_MESSAGE;
 	r->lim.max_batch = QPI_WIRE_DEFAULT_BATCH;
 	r->pid = getpid();
-	/* Redials read the TLS settings again: keep a copy. */
-	if (!qpi_conn_opts_copy(&r->opts, r->strs, o)) {
-		qpi_rq_free(r);
-		return qpi_err(QP_ENOMEM, "out of memory");
+	if (o != NULL) {
+		/* Redials read the TLS settings again: keep a copy. */
+		const char *src[4]
+		    = {o->tls_ca, o->tls_cert, o->tls_key, o->tls_server_name};
+		const char **dst[4] = {&r->opts.tls_ca, &r->opts.tls_cert,
+		    &r->opts.tls_key, &r->opts.tls_server_name};
+		for (int i = 0; i < 4; i++) {
+			if (src[i] != NULL
+			    && (*dst[i] = r->strs[i] = strdup(src[i]))
+			        == NULL) {
+				qpi_rq_free(r);
+				return qpi_err(QP_ENOMEM, "out of memory");
+			}
+		}
+		r->opts.tls_insecure_skip_verify = o->tls_insecure_skip_verify;
 	}
 	if ((rv = rq_state_init(r)) != QP_OK
 	    || (rv = qpi_token_resolve(&r->token, o != NULL ? o->token : NULL,
@@ -585,7 +576,7 @@ qpi_rq_free(qpi_rq *r)
 	qpi_ids_free(&r->held);
 	qpi_ids_free(&r->unacked);
 	qpi_token_clear(&r->token);
-	for (int i = 0; i < QPI_CONN_STRS; i++) {
+	for (int i = 0; i < 4; i++) {
 		free(r->strs[i]);
 	}
 	free(r);

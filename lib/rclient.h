@@ -37,22 +37,13 @@
 
 typedef struct qpi_rq qpi_rq;
 
-/* The strings of a qp_conn_opts: token, token file, the TLS files and
- * server name. */
-#define QPI_CONN_STRS 6
-
-/* *dst = *o (NULL: all zero) with copies of its own of o's strings, in
- * strs (NULL for those not set; the caller frees them); false when out of
- * memory. */
-bool qpi_conn_opts_copy(qp_conn_opts *dst, char **strs, const qp_conn_opts *o);
-
 /* One handle's connection and state (rclient.c); the queue calls
  * (remote.c) and pipe ends (rpipe.c) read the fields marked so. */
 struct qpi_rq {
 	qpi_ce *ce; /* the call engine: the connection */
 	qpi_addr addr;
 	qp_conn_opts opts; /* a copy: its strings are in strs */
-	char *strs[QPI_CONN_STRS];
+	char *strs[4];
 	char url[QPI_URL_MAX + 1]; /* read by the calls */
 	char name[QP_NAME_MAX + 1]; /* read by the calls */
 	bool closed;

@@ -159,23 +159,18 @@ qrd_get(qp_queue *q, struct qpi_qrd **rdp)
 		}
 		rd->sq = sq;
 		rd->pid = getpid();
-		rd->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-		if (rd->efd < 0) {
+		if ((rd->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
 			rc = qpi_err(
 			    QP_ESYSTEM, "eventfd: %s", strerror(errno));
-			free(rd);
-			goto out;
-		}
-		if ((rc = qpi_shmq_watch(sq, true)) != QP_OK) {
+		} else if ((rc = qpi_shmq_watch(sq, true)) != QP_OK) {
 			close(rd->efd);
-			free(rd);
-			goto out;
-		}
-		if (pthread_create(&rd->thr, NULL, qrd_main, rd) != 0) {
+		} else if (pthread_create(&rd->thr, NULL, qrd_main, rd) != 0) {
 			qpi_shmq_watch(sq, false);
 			close(rd->efd);
-			free(rd);
 			rc = qpi_err(QP_ESYSTEM, "cannot start a thread");
+		}
+		if (rc != QP_OK) {
+			free(rd);
 			goto out;
 		}
 		rd->thr_on = true;

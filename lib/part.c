@@ -1026,32 +1026,27 @@ qp_queue_partition_stat(
     qp_queue *q, size_t i, qp_queue_stats *st, char *url, size_t cap)
 {
 	const qpi_queue_ops *ops;
-	void *impl;
+	size_t n;
 	int rc;
 
-	if ((rc = qpi_queue_ready(q)) != QP_OK) {
+	/* qp_queue_partitions checks the handle. */
+	if ((rc = qp_queue_partitions(q, &n)) != QP_OK) {
 		return rc;
 	}
 	if (st == NULL) {
 		return qpi_err(
 		    QP_EINVAL, "qp_queue_partition_stat: st is NULL");
 	}
-	impl = qpi_queue_impl(q, &ops);
-	if (ops != &qpi_part_ops) {
-		if (i != 0) {
-			return qpi_err(QP_EINVAL, "partition %zu of 1", i);
-		}
-		if (url != NULL && cap > 0) {
-			url[0] = '\0';
-		}
-		return qp_queue_stat(q, st);
-	}
-	part *p = impl;
-	if (i >= p->n) {
-		return qpi_err(QP_EINVAL, "partition %zu of %zu", i, p->n);
+	part *p = qpi_queue_impl(q, &ops);
+	if (i >= n) {
+		return qpi_err(QP_EINVAL, "partition %zu of %zu", i, n);
 	}
 	if (url != NULL && cap > 0) {
-		snprintf(url, cap, "%s", p->s[i].addr);
+		snprintf(
+		    url, cap, "%s", ops == &qpi_part_ops ? p->s[i].addr : "");
+	}
+	if (ops != &qpi_part_ops) {
+		return qp_queue_stat(q, st);
 	}
 	qp_queue *pq = part_handle(p, i, false, false, &rc);
 	if (pq == NULL) {

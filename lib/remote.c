@@ -395,47 +395,36 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 	return rv;
 }
 
-/* Does a call with no arguments; the caller ends c with rq_call_done,
- * whatever the result (c is initialised first, even for a refused call). */
+/* qsize (into *np) or, np NULL, stat (*st): a call with no arguments. */
 static int
-rq_simple(qpi_rq *r, uint32_t op, rq_call *c)
+rq_figures(qpi_rq *r, uint64_t *np, qp_queue_stats *st)
 {
+	rq_call c;
 	int rv;
 
-	qpi_rq_call_init(c, r, op, 0);
-	if ((rv = qpi_rq_check(r)) != QP_OK) {
-		return rv;
+	qpi_rq_call_init(&c, r, np != NULL ? QPI_OP_QSIZE : QPI_OP_STAT, 0);
+	if ((rv = qpi_rq_check(r)) == QP_OK
+	    && (rv = qpi_rq_run(r, &c)) == QP_OK) {
+		if (np != NULL) {
+			*np = c.rep.count;
+		} else {
+			*st = c.rep.stat;
+		}
 	}
-	rv = qpi_rq_run(r, c);
+	qpi_rq_call_done(&c);
 	return rv;
 }
 
 static int
 rq_qsize(void *impl, uint64_t *np)
 {
-	qpi_rq *r = impl;
-	rq_call c;
-	int rv = rq_simple(r, QPI_OP_QSIZE, &c);
-
-	if (rv == QP_OK) {
-		*np = c.rep.count;
-	}
-	qpi_rq_call_done(&c);
-	return rv;
+	return rq_figures(impl, np, NULL);
 }
 
 static int
 rq_stat(void *impl, qp_queue_stats *st)
 {
-	qpi_rq *r = impl;
-	rq_call c;
-	int rv = rq_simple(r, QPI_OP_STAT, &c);
-
-	if (rv == QP_OK) {
-		*st = c.rep.stat;
-	}
-	qpi_rq_call_done(&c);
-	return rv;
+	return rq_figures(impl, NULL, st);
 }
 
 static int

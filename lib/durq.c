@@ -520,6 +520,9 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 	bool full = false;
 	int rv;
 
+	if (ticket != NULL) {
+		*ticket = 0; /* until the record is in */
+	}
 	if (len > d->cfg.max_message
 	    || QPI_SHMQ_REC_SIZE(len + DQ_WRAP) > d->cfg.capacity) {
 		return qpi_err(QP_ETOOBIG,
@@ -656,9 +659,6 @@ int
 qpi_durq_put_tagged(qpi_durq *d, const void *buf, size_t len, unsigned kind,
     const qpi_shmq_tag *tag, uint64_t *ticket)
 {
-	if (ticket != NULL) {
-		*ticket = 0;
-	}
 	return dq_put(d, buf, len, kind, 0, ticket, tag);
 }
 
@@ -666,7 +666,6 @@ int
 qpi_durq_put_async(
     qpi_durq *d, const void *buf, size_t len, unsigned kind, uint64_t *ticket)
 {
-	*ticket = 0;
 	return dq_put(d, buf, len, kind, 0, ticket, NULL);
 }
 

@@ -262,24 +262,11 @@ typedef struct dq_stat_file {
 	qpi_shmq_mx mx; /* at offset 64 */
 } dq_stat_file;
 
-static char *
-dq_stat_path(const char *path)
-{
-	size_t n = strlen(path);
-	char *p = malloc(n + 6);
-
-	if (p != NULL) {
-		memcpy(p, path, n);
-		memcpy(p + n, ".stat", 6);
-	}
-	return p;
-}
-
 /* Maps PATH.stat (made if missing or not ours) and counts into it. */
 static void
 dq_stat_open(qpi_durq *d)
 {
-	char *sp = dq_stat_path(d->path);
+	char *sp = qpi_dq_path(d->path, ".stat");
 	dq_stat_file *f;
 	struct stat st;
 	int fd;
@@ -386,7 +373,7 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 		goto fail;
 	}
 	{
-		char *tmp = qpi_dq_tmp_path(path);
+		char *tmp = qpi_dq_path(path, ".tmp");
 		if (tmp != NULL) {
 			unlink(tmp); /* a compaction cut short */
 			free(tmp);
@@ -480,7 +467,7 @@ qpi_durq_free(qpi_durq *d)
 int
 qpi_durq_unlink(const char *path)
 {
-	char *sp = dq_stat_path(path);
+	char *sp = qpi_dq_path(path, ".stat");
 
 	if (sp != NULL) {
 		unlink(sp); /* its counters go with it */
@@ -533,6 +520,9 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 	bool full = false;
 	int rv;
 
+	if (ticket != NULL) {
+		*ticket = 0; /* until the record is in */
+	}
 	if (len > d->cfg.max_message
 	    || QPI_SHMQ_REC_SIZE(len + DQ_WRAP) > d->cfg.capacity) {
 		return qpi_err(QP_ETOOBIG,
@@ -669,9 +659,6 @@ int
 qpi_durq_put_tagged(qpi_durq *d, const void *buf, size_t len, unsigned kind,
     const qpi_shmq_tag *tag, uint64_t *ticket)
 {
-	if (ticket != NULL) {
-		*ticket = 0;
-	}
 	return dq_put(d, buf, len, kind, 0, ticket, tag);
 }
 
@@ -679,7 +666,6 @@ int
 qpi_durq_put_async(
     qpi_durq *d, const void *buf, size_t len, unsigned kind, uint64_t *ticket)
 {
-	*ticket = 0;
 	return dq_put(d, buf, len, kind, 0, ticket, NULL);
 }
 
@@ -719,15 +705,18 @@ qpi_durq_sync_to(qpi_durq *d, uint64_t ticket)
 }
 
 /* Unwraps a stored item (id, kind, bytes) in place into what the caller
- * asked for; *idp gets its id. */
+ * asked for; *idp gets its id. On an error the item (*bufp) is freed and
+ * its lease lease_id given back. */
 static int
-dq_unwrap(
-    void **bufp, size_t *lenp, unsigned flags, uint64_t *idp, unsigned *kindp)
+dq_unwrap(qpi_durq *d, uint64_t lease_id, void **bufp, size_t *lenp,
+    unsigned flags, uint64_t *idp, unsigned *kindp)
 {
 	uint8_t *p = *bufp;
 	size_t len = *lenp;
 
 	if (len < DQ_WRAP) {
+		free(p);
+		qpi_shmq_release(d->shm, lease_id);
 		return qpi_err(QP_ECORRUPT, "a durable item lost its id");
 	}
 	*idp = qpi_le64_get(p);
@@ -737,6 +726,8 @@ dq_unwrap(
 		uint8_t hdr[5];
 		size_t hn = qpi_wire_bin_header(len, hdr);
 		if (hn > DQ_WRAP) {
+			free(p);
+			qpi_shmq_release(d->shm, lease_id);
 			return qpi_err(QP_ECORRUPT, "bad bin header");
 		}
 		memmove(p + hn, p + DQ_WRAP, len);
@@ -765,9 +756,8 @@ qpi_durq_get(qpi_durq *d, unsigned flags, void *into, size_t cap, void **bufp,
 	if (rv != QP_OK) {
 		return rv;
 	}
-	if ((rv = dq_unwrap(&raw, &rawlen, flags, &id, &kind)) != QP_OK) {
-		free(raw);
-		qpi_shmq_release(d->shm, l.id);
+	if ((rv = dq_unwrap(d, l.id, &raw, &rawlen, flags, &id, &kind))
+	    != QP_OK) {
 		return rv;
 	}
 	if (into != NULL) {
@@ -837,9 +827,8 @@ qpi_durq_get_lease(qpi_durq *d, uint64_t owner, int64_t lease_ms,
 	if (rv != QP_OK) {
 		return rv;
 	}
-	if ((rv = dq_unwrap(&raw, &rawlen, flags, &id, &kind)) != QP_OK) {
-		free(raw);
-		qpi_shmq_release(d->shm, lease->id);
+	if ((rv = dq_unwrap(d, lease->id, &raw, &rawlen, flags, &id, &kind))
+	    != QP_OK) {
 		return rv;
 	}
 	pthread_mutex_lock(&d->mu);

@@ -120,10 +120,9 @@ dq_write_marks(qpi_durq *d, int fd, uint64_t *toffp)
 static int
 dq_compact(qpi_durq *d, bool punch)
 {
-	char *tmp = qpi_dq_tmp_path(d->path);
+	char *tmp = qpi_dq_path(d->path, ".tmp");
 	dq_moves m = {NULL, 0};
 	dq_move *v;
-	uint8_t h[DQ_HDR];
 	uint64_t toff = DQ_HDR;
 	size_t n;
 	int fd = -1, e = 0, rv = QP_OK;
@@ -143,7 +142,6 @@ dq_compact(qpi_durq *d, bool punch)
 	if (n > 0) {
 		qsort(v, n, sizeof(*v), dq_cmp_id);
 	}
-	qpi_dq_hdr_encode(h, &d->cfg);
 	if (punch) {
 		/* tmpfs gives blocks past the end back to a punch, ext4 (and
 		 * xfs) to a truncate to the size the file has. */
@@ -162,11 +160,8 @@ dq_compact(qpi_durq *d, bool punch)
 		rv = qpi_dq_errno(errno, "cannot create", tmp);
 		goto out;
 	}
-	struct iovec iov = {h, DQ_HDR};
-	if ((e = qpi_dq_pwritev_all(fd, &iov, 1, 0)) != 0) {
-		goto fail;
-	}
-	if ((e = dq_write_marks(d, fd, &toff)) != 0) {
+	if ((e = qpi_dq_hdr_write(fd, &d->cfg, false)) != 0
+	    || (e = dq_write_marks(d, fd, &toff)) != 0) {
 		goto fail;
 	}
 	for (size_t i = 0; i < n; i++) {

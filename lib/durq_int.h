@@ -132,14 +132,11 @@ void qpi_dq_live_drop(qpi_durq *d, uint64_t id);
 void qpi_dq_tag_note(qpi_durq *d, const uint8_t *client, uint64_t seq,
     uint32_t done, uint32_t n, bool set, int64_t now_ms);
 
-/* Bytes the log must hold allocated past its end: the DONE record of
- * every live item, a MARK per remembered tag, DQ_RESERVE_FIX. */
-uint64_t qpi_dq_reserve_need(qpi_durq *d);
-
 /* ---- durq_log.c: the file and its records ---- */
 
-/* path + ".tmp", malloc'd; NULL when out of memory. No lock needed. */
-char *qpi_dq_tmp_path(const char *path);
+/* path + suffix (".tmp", ".stat"), malloc'd; NULL when out of memory. No
+ * lock needed. */
+char *qpi_dq_path(const char *path, const char *suffix);
 
 /* fsyncs the directory holding path (a rename or create is durable). */
 void qpi_dq_sync_dir(const char *path);
@@ -152,8 +149,9 @@ int qpi_dq_errno(int e, const char *what, const char *path);
  * errno. */
 int qpi_dq_pwritev_all(int fd, struct iovec *iov, int n, uint64_t off);
 
-/* Writes the DQ_HDR-byte file header holding c into h. */
-void qpi_dq_hdr_encode(uint8_t *h, const qpi_durq_cfg *c);
+/* Writes the DQ_HDR-byte file header holding c at the start of file fd,
+ * fdatasync'd too with sync: 0 or an errno. */
+int qpi_dq_hdr_write(int fd, const qpi_durq_cfg *c, bool sync);
 
 /* Reads a file header into *c and the file's layout into *versionp.
  * QP_OK, QP_ECORRUPT or QP_EVERSION, naming path. */
@@ -174,10 +172,11 @@ int qpi_dq_append(qpi_durq *d, const uint8_t *b1, size_t n1, const void *b2,
  * cut the file back if the sync fails. */
 int qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer);
 
-/* Makes sure blocks are allocated up to d->end + extra +
- * qpi_dq_reserve_need (extra: a record about to be appended and what it
- * will owe). QP_OK (also where the file system cannot preallocate), or
- * QP_ENOSPC with a message: nothing was written. */
+/* Makes sure blocks are allocated up to d->end + extra (a record about
+ * to be appended and what it will owe) + what the log owes: the DONE of
+ * every live item, a MARK per tag, DQ_RESERVE_FIX. QP_OK (also where the file
+ * system cannot preallocate), or QP_ENOSPC with a message: nothing was
+ * written. */
 int qpi_dq_reserve(qpi_durq *d, uint64_t extra);
 
 /* Appends the DONE record of item id. */

@@ -92,14 +92,14 @@ qpi_fsync_format(const qpi_fsync *f, char *buf, size_t cap)
 /* ---- the file ---- */
 
 char *
-qpi_dq_tmp_path(const char *path)
+qpi_dq_path(const char *path, const char *suffix)
 {
-	size_t n = strlen(path);
-	char *t = malloc(n + 5);
+	size_t n = strlen(path), k = strlen(suffix) + 1;
+	char *t = malloc(n + k);
 
 	if (t != NULL) {
 		memcpy(t, path, n);
-		memcpy(t + n, ".tmp", 5);
+		memcpy(t + n, suffix, k);
 	}
 	return t;
 }
@@ -164,9 +164,13 @@ qpi_dq_pwritev_all(int fd, struct iovec *iov, int n, uint64_t off)
 	return 0;
 }
 
-void
-qpi_dq_hdr_encode(uint8_t *h, const qpi_durq_cfg *c)
+int
+qpi_dq_hdr_write(int fd, const qpi_durq_cfg *c, bool sync)
 {
+	uint8_t h[DQ_HDR];
+	struct iovec iov = {h, DQ_HDR};
+	int e;
+
 	memset(h, 0, DQ_HDR);
 	memcpy(h, DQ_MAGIC, 8);
 	qpi_le32_put(h + 8, DQ_VERSION);
@@ -178,6 +182,11 @@ qpi_dq_hdr_encode(uint8_t *h, const qpi_durq_cfg *c)
 	qpi_le32_put(h + 48, c->fsync.mode);
 	qpi_le32_put(h + 52, c->fsync.ms);
 	qpi_le32_put(h + 60, qpi_crc32c(0, h, 60));
+	if ((e = qpi_dq_pwritev_all(fd, &iov, 1, 0)) == 0 && sync
+	    && fdatasync(fd) != 0) {
+		e = errno;
+	}
+	return e;
 }
 
 int
@@ -219,23 +228,19 @@ qpi_dq_hdr_decode(
 int
 qpi_dq_create_file(const char *path, const qpi_durq_cfg *c, bool excl)
 {
-	uint8_t h[DQ_HDR];
-	char *tmp = qpi_dq_tmp_path(path);
-	struct iovec iov = {h, DQ_HDR};
+	char *tmp = qpi_dq_path(path, ".tmp");
 	int fd, e, rv = QP_OK;
 
 	if (tmp == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	qpi_dq_hdr_encode(h, c);
 	fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		rv = qpi_dq_errno(errno, "cannot create", tmp);
 		free(tmp);
 		return rv;
 	}
-	if ((e = qpi_dq_pwritev_all(fd, &iov, 1, 0)) != 0
-	    || (fdatasync(fd) != 0 && (e = errno) != 0)) {
+	if ((e = qpi_dq_hdr_write(fd, c, true)) != 0) {
 		rv = qpi_dq_errno(e, "cannot write", tmp);
 	}
 	close(fd);
@@ -331,8 +336,10 @@ qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer)
 
 /* ---- room held back ---- */
 
-uint64_t
-qpi_dq_reserve_need(qpi_durq *d)
+/* Bytes the log must hold allocated past its end: the DONE record of
+ * every live item, a MARK per remembered tag, DQ_RESERVE_FIX. */
+static uint64_t
+dq_reserve_need(qpi_durq *d)
 {
 	return DQ_RESERVE_FIX + (uint64_t) d->live.n * DQ_DONE_REC
 	    + (d->tags_next - d->tags_first) * DQ_MARK_REC;
@@ -341,7 +348,7 @@ qpi_dq_reserve_need(qpi_durq *d)
 int
 qpi_dq_reserve(qpi_durq *d, uint64_t extra)
 {
-	uint64_t want = d->end + extra + qpi_dq_reserve_need(d);
+	uint64_t want = d->end + extra + dq_reserve_need(d);
 	uint64_t step;
 
 	if (!d->prealloc || d->alloc_end >= want) {

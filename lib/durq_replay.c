@@ -225,12 +225,8 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 	if (s.version < DQ_VERSION) {
 		/* Layout 1 reads as 2; it takes 2's records from now on, so
 		 * it says 2 (an older reader refuses it: QP_EVERSION). */
-		uint8_t h[DQ_HDR];
-		struct iovec iov = {h, DQ_HDR};
-		int e;
-		qpi_dq_hdr_encode(h, &d->cfg);
-		if ((e = qpi_dq_pwritev_all(d->fd, &iov, 1, 0)) != 0
-		    || (fdatasync(d->fd) != 0 && (e = errno) != 0)) {
+		int e = qpi_dq_hdr_write(d->fd, &d->cfg, true);
+		if (e != 0) {
 			rv = qpi_dq_errno(
 			    e, "cannot update the header of", d->path);
 			goto out;

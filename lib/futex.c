@@ -94,6 +94,25 @@ shm_path(const char *name, char *buf, size_t len)
 	snprintf(buf, len, "%s/qpipe.%s", qpi_shm_dir(), name);
 }
 
+/* Maps size bytes of the segment file fd (closed on failure) into shm. */
+static int
+shm_map(int fd, size_t size, const char *name, qpi_shm *shm)
+{
+	void *base
+	    = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+
+	if (base == MAP_FAILED) {
+		int e = errno;
+		close(fd);
+		return qpi_err(
+		    QP_ENOMEM, "cannot map shm://%s: %s", name, strerror(e));
+	}
+	shm->base = base;
+	shm->size = size;
+	shm->fd = fd;
+	return QP_OK;
+}
+
 int
 qpi_shm_reserve(const qpi_shm *shm, uint64_t off, uint64_t len)
 {
@@ -143,19 +162,11 @@ qpi_shm_create(const char *name, size_t size, qpi_shm *shm)
 		    "cannot size shm://%s to %zu bytes: %s", name, size,
 		    strerror(e));
 	}
-	void *base
-	    = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (base == MAP_FAILED) {
-		int e = errno;
-		close(fd);
+	int rc = shm_map(fd, size, name, shm);
+	if (rc != QP_OK) {
 		unlink(path);
-		return qpi_err(
-		    QP_ENOMEM, "cannot map shm://%s: %s", name, strerror(e));
 	}
-	shm->base = base;
-	shm->size = size;
-	shm->fd = fd;
-	return QP_OK;
+	return rc;
 }
 
 int
@@ -193,18 +204,7 @@ qpi_shm_open(const char *name, bool any_owner, qpi_shm *shm)
 		return qpi_err(
 		    QP_ECORRUPT, "shm://%s is empty or unreadable", name);
 	}
-	void *base = mmap(NULL, (size_t) st.st_size, PROT_READ | PROT_WRITE,
-	    MAP_SHARED, fd, 0);
-	if (base == MAP_FAILED) {
-		int e = errno;
-		close(fd);
-		return qpi_err(
-		    QP_ENOMEM, "cannot map shm://%s: %s", name, strerror(e));
-	}
-	shm->base = base;
-	shm->size = (size_t) st.st_size;
-	shm->fd = fd;
-	return QP_OK;
+	return shm_map(fd, (size_t) st.st_size, name, shm);
 }
 
 int
@@ -253,21 +253,6 @@ qpi_shm_anon(size_t size, qpi_shm *shm)
 	shm->size = size;
 	shm->fd = -1;
 	return QP_OK;
-}
-
-void
-qpi_shm_unmap(qpi_shm *shm)
-{
-	if (shm->base != NULL) {
-		qpi_shm_unguard(shm);
-		munmap(shm->base, shm->size);
-		if (shm->fd >= 0) {
-			close(shm->fd);
-		}
-		shm->base = NULL;
-		shm->size = 0;
-		shm->fd = -1;
-	}
 }
 
 /* ---- SIGBUS guard ---- */
@@ -395,8 +380,9 @@ qpi_shm_guard(const qpi_shm *shm, int *flag, uint64_t *off)
 	}
 }
 
-void
-qpi_shm_unguard(const qpi_shm *shm)
+/* Stops guarding the segment (before it is unmapped). */
+static void
+shm_unguard(const qpi_shm *shm)
 {
 	for (int i = 0; shm->base != NULL && i < SHM_GUARDS; i++) {
 		if (atomic_load(&shm_guards[i].base)
@@ -408,5 +394,20 @@ qpi_shm_unguard(const qpi_shm *shm)
 			atomic_store(&shm_guards[i].base, 0);
 			return;
 		}
+	}
+}
+
+void
+qpi_shm_unmap(qpi_shm *shm)
+{
+	if (shm->base != NULL) {
+		shm_unguard(shm);
+		munmap(shm->base, shm->size);
+		if (shm->fd >= 0) {
+			close(shm->fd);
+		}
+		shm->base = NULL;
+		shm->size = 0;
+		shm->fd = -1;
 	}
 }

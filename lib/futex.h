@@ -75,9 +75,6 @@ int qpi_shm_anon(size_t size, qpi_shm *shm);
  * segments are skipped. */
 void qpi_shm_guard(const qpi_shm *shm, int *flag, uint64_t *off);
 
-/* Stops guarding the segment (before it is unmapped). */
-void qpi_shm_unguard(const qpi_shm *shm);
-
 /* Unmaps a segment and closes its file. */
 void qpi_shm_unmap(qpi_shm *shm);
 

@@ -27,7 +27,6 @@
 #include "queue.h"
 #include "rclient.h"
 #include "shmq.h"
-#include "wire.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -128,21 +127,36 @@ part_split(const char *addr, part *p, size_t *np)
 	return QP_OK;
 }
 
-int
-qpi_part_check(const char *addr)
+/* A new part with addr split into it, in *pp; NULL (and QP_OK) when addr
+ * names one server. */
+static int
+part_new(const char *addr, part **pp)
 {
 	part *p = calloc(1, sizeof(*p));
-	qpi_addr a;
-	size_t n;
 	int rc;
 
+	*pp = NULL;
 	if (p == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	rc = part_split(addr, p, &n);
+	if ((rc = part_split(addr, p, &p->n)) != QP_OK || p->n == 0) {
+		free(p);
+		return rc;
+	}
+	*pp = p;
+	return QP_OK;
+}
+
+int
+qpi_part_check(const char *addr)
+{
+	qpi_addr a;
+	part *p;
+	int rc = part_new(addr, &p);
+
 	free(p);
 	return rc != QP_OK ? rc
-	    : n > 0        ? QP_OK
+	    : p != NULL    ? QP_OK
 	                   : qpi_addr_parse(addr, QPI_ADDR_NAMED, &a);
 }
 
@@ -204,6 +218,18 @@ part_conn_err(int rc)
 	    || rc == QP_ETIMEDOUT;
 }
 
+/* Marks partition i down for PART_DOWN_MS when rc says its server is
+ * not reachable. */
+static void
+part_mark(part *p, size_t i, int rc)
+{
+	if (part_conn_err(rc)) {
+		pthread_mutex_lock(&p->mu);
+		p->s[i].down_until_ms = qpi_now_ms() + PART_DOWN_MS;
+		pthread_mutex_unlock(&p->mu);
+	}
+}
+
 static void
 part_window(qp_queue *q, int64_t ms)
 {
@@ -239,11 +265,7 @@ part_open_one(part *p, size_t i)
 	}
 	if (rc != QP_OK) {
 		qp_queue_free(pq);
-		pthread_mutex_lock(&p->mu);
-		if (part_conn_err(rc)) {
-			s->down_until_ms = qpi_now_ms() + PART_DOWN_MS;
-		}
-		pthread_mutex_unlock(&p->mu);
+		part_mark(p, i, rc);
 		return rc;
 	}
 	part_window(gq, PART_GET_WINDOW_MS);
@@ -290,31 +312,42 @@ part_handle(part *p, size_t i, bool put, bool skip_down, int *rcp)
 	return q;
 }
 
-static void
-part_mark(part *p, size_t i, int rc)
-{
-	if (part_conn_err(rc)) {
-		pthread_mutex_lock(&p->mu);
-		p->s[i].down_until_ms = qpi_now_ms() + PART_DOWN_MS;
-		pthread_mutex_unlock(&p->mu);
-	}
-}
-
 /* ---- puts ---- */
 
 static int
 part_put_to(part *p, size_t i, qp_queue *q, const void *buf, size_t len,
     unsigned kind, int64_t deadline)
 {
-	int64_t left = qpi_remaining_ns(deadline);
-	qp_duration t = deadline == 0 ? QP_NOWAIT
-	    : left == INT64_MAX       ? QP_FOREVER
-	                              : (left + 999999) / 1000000;
+	qp_duration t = qpi_queue_timeout(deadline);
 	int rc = kind == QPI_ITEM_BIN ? qp_queue_put(q, buf, len, t)
 	                              : qp_queue_put_obj(q, buf, len, t);
 
 	part_mark(p, i, rc);
 	return rc;
+}
+
+/* The put handle of the first partition from at on that is not in skip
+ * and opens: those up first, then those marked down (one that fails to
+ * open then joins skip). NULL with *rcp (its message said) when none. */
+static qp_queue *
+part_next(part *p, size_t at, bool *skip, size_t *ip, int *rcp)
+{
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t j = 0; j < p->n; j++) {
+			size_t i = (at + j) % p->n;
+			qp_queue *q = skip[i]
+			    ? NULL
+			    : part_handle(p, i, true, pass == 0, rcp);
+			if (q != NULL) {
+				*ip = i;
+				return q;
+			}
+			skip[i] = skip[i] || pass == 1;
+		}
+	}
+	*rcp = qpi_err(*rcp, "%s: no partition could be reached (%s)",
+	    p->label, qp_errmsg());
+	return NULL;
 }
 
 static int
@@ -323,6 +356,8 @@ part_put(
 {
 	part *p = impl;
 	bool tried[PART_MAX] = {false};
+	size_t i;
+	qp_queue *q;
 	int rc = QP_OK;
 
 	pthread_mutex_lock(&p->mu);
@@ -332,25 +367,14 @@ part_put(
 	 * lost under the put (QP_ECONNRESET after PART_PUT_WINDOW_MS) hands
 	 * it to the next; if every one was down a moment ago, all of them
 	 * again. */
-	for (int pass = 0; pass < 2; pass++) {
-		for (size_t k = 0; k < p->n; k++) {
-			size_t i = (first + k) % p->n;
-			if (tried[i]) {
-				continue;
-			}
-			qp_queue *q = part_handle(p, i, true, pass == 0, &rc);
-			if (q == NULL) {
-				continue;
-			}
-			tried[i] = true;
-			rc = part_put_to(p, i, q, buf, len, kind, deadline);
-			if (!part_conn_err(rc)) {
-				return rc;
-			}
+	while ((q = part_next(p, first, tried, &i, &rc)) != NULL) {
+		tried[i] = true;
+		rc = part_put_to(p, i, q, buf, len, kind, deadline);
+		if (!part_conn_err(rc)) {
+			return rc;
 		}
 	}
-	return qpi_err(rc, "%s: no partition could be reached (%s)", p->label,
-	    qp_errmsg());
+	return rc;
 }
 
 static int
@@ -363,16 +387,6 @@ part_put_key(void *impl, const void *key, size_t klen, const void *buf,
 	qp_queue *q = part_handle(p, i, true, false, &rc);
 
 	return q == NULL ? rc : part_put_to(p, i, q, buf, len, kind, deadline);
-}
-
-static qp_duration
-part_timeout(int64_t deadline)
-{
-	int64_t left = qpi_remaining_ns(deadline);
-
-	return deadline == 0    ? QP_NOWAIT
-	    : left == INT64_MAX ? QP_FOREVER
-	                        : (left + 999999) / 1000000;
 }
 
 int
@@ -397,26 +411,14 @@ qpi_part_put_many(void *impl, const void *const *bufs, const size_t *lens,
 	size_t per = (n + (k > 0 ? k : 1) - 1) / (k > 0 ? k : 1), done = 0;
 	size_t at = first;
 	while (done < n) {
-		size_t cnt = n - done < per ? n - done : per;
-		qp_queue *q = NULL;
-		size_t i = 0;
-		for (int pass = 0; pass < 2 && q == NULL; pass++) {
-			for (size_t j = 0; j < p->n && q == NULL; j++) {
-				i = (at + j) % p->n;
-				if (!failed[i]) {
-					q = part_handle(
-					    p, i, true, pass == 0, &rc);
-				}
-			}
-		}
+		size_t cnt = n - done < per ? n - done : per, i;
+		qp_queue *q = part_next(p, at, failed, &i, &rc);
 		if (q == NULL) {
-			return qpi_err(rc,
-			    "%s: no partition could be reached "
-			    "(%s)",
-			    p->label, qp_errmsg());
+			return rc;
 		}
-		rc = (obj ? qp_queue_put_many_obj : qp_queue_put_many)(
-		    q, bufs + done, lens + done, cnt, part_timeout(deadline));
+		rc = (obj ? qp_queue_put_many_obj : qp_queue_put_many)(q,
+		    bufs + done, lens + done, cnt,
+		    qpi_queue_timeout(deadline));
 		part_mark(p, i, rc);
 		if (part_conn_err(rc)) {
 			failed[i] = true; /* this slice to the next one */
@@ -543,22 +545,21 @@ qpi_part_get_many(void *impl, void **bufs, size_t *lens, size_t max,
 	return rc;
 }
 
-/* The partition of the oldest item held; false if none. */
-static bool
-part_held(part *p, size_t *ip, bool drop)
+/* The get handle of the partition of the oldest item held (*ip: its
+ * index); NULL with *rcp when none is held (err, for the call what) or
+ * its server cannot be reached. */
+static qp_queue *
+part_held(part *p, size_t *ip, int *rcp, int err, const char *what)
 {
-	bool have;
+	uint64_t i;
 
-	pthread_mutex_lock(&p->mu);
-	have = p->got.n > 0;
-	if (have) {
-		*ip = (size_t) p->got.id[0];
-		if (drop) {
-			qpi_ids_drop(&p->got, 0, 1);
-		}
+	if (!qpi_ids_first(&p->got, &p->mu, &i, NULL)) {
+		*rcp = qpi_err(err, "%s on %s: this handle holds no %s", what,
+		    p->label, err == QP_EVALUE ? "task" : "item");
+		return NULL;
 	}
-	pthread_mutex_unlock(&p->mu);
-	return have;
+	*ip = (size_t) i;
+	return part_handle(p, *ip, false, false, rcp);
 }
 
 static int
@@ -567,12 +568,8 @@ part_task_done(void *impl)
 	part *p = impl;
 	size_t i;
 	int rc;
+	qp_queue *q = part_held(p, &i, &rc, QP_EVALUE, "task_done()");
 
-	if (!part_held(p, &i, false)) {
-		return qpi_err(QP_EVALUE,
-		    "task_done() on %s: this handle holds no task", p->label);
-	}
-	qp_queue *q = part_handle(p, i, false, false, &rc);
 	if (q == NULL) {
 		return rc;
 	}
@@ -581,7 +578,7 @@ part_task_done(void *impl)
 	    || part_conn_err(rc)) {
 		/* Confirmed, or gone back (a lost connection's leases go
 		 * back): the next task_done is for the next item. */
-		(void) part_held(p, &i, true);
+		qpi_ids_done(&p->got, &p->mu, i);
 	}
 	part_mark(p, i, rc);
 	return rc;
@@ -613,25 +610,18 @@ part_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 		    "the same servers, in the same order",
 		    p->label);
 	}
-	if (!part_held(p, &i, false)) {
-		return qpi_err(QP_EVALUE,
-		    "complete() on %s: this handle holds no task", p->label);
-	}
-	qp_queue *tq = part_handle(p, i, false, false, &rc);
-	if (tq == NULL) {
-		return rc;
-	}
-	qp_queue *rq = part_handle(r, i, true, false, &rc);
-	if (rq == NULL) {
+	qp_queue *tq = part_held(p, &i, &rc, QP_EVALUE, "complete()"), *rq;
+	if (tq == NULL || (rq = part_handle(r, i, true, false, &rc)) == NULL) {
 		return rc;
 	}
 	rc = kind == QPI_ITEM_OBJ
-	    ? qp_queue_complete_obj(tq, rq, buf, len, part_timeout(deadline))
-	    : qp_queue_complete(tq, rq, buf, len, part_timeout(deadline));
+	    ? qp_queue_complete_obj(
+	        tq, rq, buf, len, qpi_queue_timeout(deadline))
+	    : qp_queue_complete(tq, rq, buf, len, qpi_queue_timeout(deadline));
 	if (rc == QP_OK || rc == QP_ENOENT || part_conn_err(rc)) {
 		/* Done, or the lease ran out or went back with its
 		 * connection: the next complete is for the next task. */
-		(void) part_held(p, &i, true);
+		qpi_ids_done(&p->got, &p->mu, i);
 	}
 	part_mark(p, i, rc);
 	return rc;
@@ -650,16 +640,12 @@ part_nack(void *impl, qp_duration delay)
 		    "holds its items",
 		    p->label);
 	}
-	if (!part_held(p, &i, false)) {
-		return qpi_err(
-		    QP_ENOENT, "nack on %s: no item is held", p->label);
-	}
-	qp_queue *q = part_handle(p, i, false, false, &rc);
+	qp_queue *q = part_held(p, &i, &rc, QP_ENOENT, "nack");
 	if (q == NULL) {
 		return rc;
 	}
 	if ((rc = qp_queue_nack(q, delay)) == QP_OK || rc == QP_ENOENT) {
-		(void) part_held(p, &i, true);
+		qpi_ids_done(&p->got, &p->mu, i);
 	}
 	return rc;
 }
@@ -700,14 +686,10 @@ part_touch(void *impl, qp_duration lease)
 static int
 part_deliveries(void *impl, uint32_t *np)
 {
-	part *p = impl;
 	size_t i;
 	int rc;
+	qp_queue *q = part_held(impl, &i, &rc, QP_ENOENT, "deliveries");
 
-	if (!part_held(p, &i, false)) {
-		return qpi_err(QP_ENOENT, "no item got yet");
-	}
-	qp_queue *q = part_handle(p, i, false, false, &rc);
 	return q == NULL ? rc : qp_queue_deliveries(q, np);
 }
 
@@ -794,12 +776,10 @@ part_join(void *impl, int64_t deadline)
 	int rc;
 
 	for (size_t i = 0; i < p->n; i++) {
-		int64_t left = qpi_remaining_ns(deadline);
-		qp_duration t = deadline == 0 ? QP_NOWAIT
-		    : left == INT64_MAX       ? QP_FOREVER
-		                              : (left + 999999) / 1000000;
 		qp_queue *q = part_handle(p, i, false, false, &rc);
-		if (q == NULL || (rc = qp_queue_join(q, t)) != QP_OK) {
+		if (q == NULL
+		    || (rc = qp_queue_join(q, qpi_queue_timeout(deadline)))
+		        != QP_OK) {
 			return rc;
 		}
 	}
@@ -936,21 +916,16 @@ int
 qpi_part_open(
     qp_queue **qp, const char *addr, const qp_queue_opts *opts, bool *isp)
 {
-	part *p = calloc(1, sizeof(*p));
-	size_t n = 0, up = 0;
-	int rc, first_err = QP_OK;
+	size_t up = 0;
+	part *p;
+	int rc = part_new(addr, &p), first_err = QP_OK;
 	char msg[512] = "";
 
-	*isp = false;
+	*isp = p != NULL;
 	if (p == NULL) {
-		return qpi_err(QP_ENOMEM, "out of memory");
-	}
-	if ((rc = part_split(addr, p, &n)) != QP_OK || n == 0) {
-		free(p);
 		return rc;
 	}
-	*isp = true;
-	p->n = n;
+	size_t n = p->n;
 	p->epfd = -1;
 	pthread_mutex_init(&p->mu, NULL);
 	snprintf(p->label, sizeof(p->label), "%s", addr);
@@ -983,18 +958,14 @@ qpi_part_open(
 	/* Every server that answers now; those down are opened on use.
 	 * Any other error (no such queue, bad token) fails the open. */
 	for (size_t i = 0; i < n; i++) {
-		rc = part_open_one(p, i);
-		if (rc == QP_OK) {
+		if ((rc = part_open_one(p, i)) == QP_OK) {
 			up++;
-		} else if (!part_conn_err(rc) || first_err == QP_OK) {
-			if (first_err == QP_OK || !part_conn_err(rc)) {
-				snprintf(msg, sizeof(msg), "%s", qp_errmsg());
-			}
-			if (!part_conn_err(rc)) {
-				part_free(p);
-				return qpi_err(rc, "%s", msg);
-			}
+		} else if (!part_conn_err(rc)) {
+			part_free(p); /* leaves the message as it is */
+			return rc;
+		} else if (first_err == QP_OK) {
 			first_err = rc;
+			snprintf(msg, sizeof(msg), "%s", qp_errmsg());
 		}
 	}
 	if (up == 0) {
@@ -1002,30 +973,24 @@ qpi_part_open(
 		return qpi_err(
 		    first_err, "%s: no server answered (%s)", addr, msg);
 	}
-	if ((rc = qpi_queue_wrap(qp, &qpi_part_ops, p)) != QP_OK) {
-		part_free(p);
+	if ((rc = qpi_queue_wrap(qp, &qpi_part_ops, p)) == QP_OK) {
+		qpi_err_clear(); /* the servers down: opened on use */
 	}
-	qpi_err_clear();
 	return rc;
 }
 
 int
 qpi_part_unlink(const char *addr, const qp_conn_opts *conn, bool *isp)
 {
-	part *p = calloc(1, sizeof(*p));
-	size_t n = 0, gone = 0;
-	int rc, err = QP_OK;
+	size_t gone = 0;
+	part *p;
+	int rc = part_new(addr, &p), err = QP_OK;
 
-	*isp = false;
+	*isp = p != NULL;
 	if (p == NULL) {
-		return qpi_err(QP_ENOMEM, "out of memory");
-	}
-	if ((rc = part_split(addr, p, &n)) != QP_OK || n == 0) {
-		free(p);
 		return rc;
 	}
-	*isp = true;
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < p->n; i++) {
 		if ((rc = qp_queue_unlink_opts(p->s[i].addr, conn)) == QP_OK) {
 			gone++;
 		} else if (err == QP_OK || rc != QP_ENOENT) {
@@ -1037,62 +1002,6 @@ qpi_part_unlink(const char *addr, const qp_conn_opts *conn, bool *isp)
 }
 
 /* ---- public calls ---- */
-
-QP_API int
-qp_queue_put_key(qp_queue *q, const void *key, size_t klen, const void *buf,
-    size_t len, qp_duration timeout)
-{
-	const qpi_queue_ops *ops;
-	void *impl;
-	int rc;
-
-	if ((rc = qpi_queue_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
-		return rc;
-	}
-	if ((key == NULL && klen > 0) || (buf == NULL && len > 0)) {
-		return qpi_err(QP_EINVAL, "qp_queue_put_key: NULL buffer");
-	}
-	impl = qpi_queue_impl(q, &ops);
-	if (ops->put_key == NULL) {
-		return qp_queue_put(q, buf, len, timeout);
-	}
-	return ops->put_key(impl, key, klen, buf, len, QPI_ITEM_BIN,
-	    qpi_queue_deadline(timeout));
-}
-
-QP_API int
-qp_queue_put_key_obj(qp_queue *q, const void *key, size_t klen,
-    const void *msgpack, size_t len, qp_duration timeout)
-{
-	const qpi_queue_ops *ops;
-	size_t off, blen;
-	void *impl;
-	int rc;
-
-	if ((rc = qpi_queue_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
-		return rc;
-	}
-	if ((key == NULL && klen > 0) || msgpack == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_put_key_obj: NULL buffer");
-	}
-	impl = qpi_queue_impl(q, &ops);
-	if (ops->put_key == NULL) {
-		return qp_queue_put_obj(q, msgpack, len, timeout);
-	}
-	if ((rc = qpi_wire_check_value(msgpack, len)) != QP_OK) {
-		return rc;
-	}
-	/* A bin is stored as its bytes, as qp_queue_put_obj stores it. */
-	if (qpi_wire_bin_unwrap(msgpack, len, &off, &blen)) {
-		return ops->put_key(impl, key, klen,
-		    (const uint8_t *) msgpack + off, blen, QPI_ITEM_BIN,
-		    qpi_queue_deadline(timeout));
-	}
-	return ops->put_key(impl, key, klen, msgpack, len, QPI_ITEM_OBJ,
-	    qpi_queue_deadline(timeout));
-}
 
 QP_API int
 qp_queue_partitions(qp_queue *q, size_t *np)
@@ -1117,32 +1026,27 @@ qp_queue_partition_stat(
     qp_queue *q, size_t i, qp_queue_stats *st, char *url, size_t cap)
 {
 	const qpi_queue_ops *ops;
-	void *impl;
+	size_t n;
 	int rc;
 
-	if ((rc = qpi_queue_ready(q)) != QP_OK) {
+	/* qp_queue_partitions checks the handle. */
+	if ((rc = qp_queue_partitions(q, &n)) != QP_OK) {
 		return rc;
 	}
 	if (st == NULL) {
 		return qpi_err(
 		    QP_EINVAL, "qp_queue_partition_stat: st is NULL");
 	}
-	impl = qpi_queue_impl(q, &ops);
-	if (ops != &qpi_part_ops) {
-		if (i != 0) {
-			return qpi_err(QP_EINVAL, "partition %zu of 1", i);
-		}
-		if (url != NULL && cap > 0) {
-			url[0] = '\0';
-		}
-		return qp_queue_stat(q, st);
-	}
-	part *p = impl;
-	if (i >= p->n) {
-		return qpi_err(QP_EINVAL, "partition %zu of %zu", i, p->n);
+	part *p = qpi_queue_impl(q, &ops);
+	if (i >= n) {
+		return qpi_err(QP_EINVAL, "partition %zu of %zu", i, n);
 	}
 	if (url != NULL && cap > 0) {
-		snprintf(url, cap, "%s", p->s[i].addr);
+		snprintf(
+		    url, cap, "%s", ops == &qpi_part_ops ? p->s[i].addr : "");
+	}
+	if (ops != &qpi_part_ops) {
+		return qp_queue_stat(q, st);
 	}
 	qp_queue *pq = part_handle(p, i, false, false, &rc);
 	if (pq == NULL) {

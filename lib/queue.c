@@ -101,8 +101,9 @@ qpi_ids_drop(qpi_ids *l, size_t i, size_t k)
 	l->n -= k;
 }
 
-bool
-qpi_ids_unpop(qpi_ids *l, uint64_t id, int64_t val)
+/* Puts back at the front (false: out of memory, nothing changed). */
+static bool
+ids_unpop(qpi_ids *l, uint64_t id, int64_t val)
 {
 	if (!qpi_ids_push(l, id, val)) {
 		return false;
@@ -112,6 +113,31 @@ qpi_ids_unpop(qpi_ids *l, uint64_t id, int64_t val)
 	l->id[0] = id;
 	l->val[0] = val;
 	return true;
+}
+
+bool
+qpi_ids_first(qpi_ids *l, pthread_mutex_t *mu, uint64_t *idp, int64_t *valp)
+{
+	pthread_mutex_lock(mu);
+	bool have = l->n > 0;
+	if (have) {
+		*idp = l->id[0];
+		if (valp != NULL) {
+			*valp = l->val[0];
+		}
+	}
+	pthread_mutex_unlock(mu);
+	return have;
+}
+
+void
+qpi_ids_done(qpi_ids *l, pthread_mutex_t *mu, uint64_t id)
+{
+	pthread_mutex_lock(mu);
+	if (l->n > 0 && l->id[0] == id) {
+		qpi_ids_drop(l, 0, 1);
+	}
+	pthread_mutex_unlock(mu);
 }
 
 void
@@ -236,6 +262,25 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 	return QP_OK;
 }
 
+/* The oldest item held and its delivery count (drop: taken off the
+ * list); false when none is held. */
+static bool
+shml_head(shml *h, uint64_t *idp, int64_t *delivp, bool drop)
+{
+	pthread_mutex_lock(&h->mu);
+	shml_own(h);
+	bool have = h->held.n > 0;
+	if (have) {
+		*idp = h->held.id[0];
+		*delivp = h->held.val[0];
+		if (drop) {
+			qpi_ids_drop(&h->held, 0, 1);
+		}
+	}
+	pthread_mutex_unlock(&h->mu);
+	return have;
+}
+
 /* Confirms the oldest item held: acked, and counted done for join. */
 static int
 shml_task_done(void *impl)
@@ -245,17 +290,10 @@ shml_task_done(void *impl)
 	int64_t deliv;
 	int rc;
 
-	pthread_mutex_lock(&h->mu);
-	shml_own(h);
-	if (h->held.n == 0) {
-		pthread_mutex_unlock(&h->mu);
+	if (!shml_head(h, &id, &deliv, true)) {
 		return qpi_err(QP_EVALUE,
 		    "task_done() on %s: this handle holds no task", h->label);
 	}
-	id = h->held.id[0];
-	deliv = h->held.val[0];
-	qpi_ids_drop(&h->held, 0, 1);
-	pthread_mutex_unlock(&h->mu);
 	rc = qpi_shmq_ack(h->sq, id);
 	if (rc == QP_OK) {
 		/* As qpiped counts a worker's ack: join() sees it. */
@@ -272,7 +310,7 @@ shml_task_done(void *impl)
 	}
 	pthread_mutex_lock(&h->mu);
 	/* Out of memory: its lease runs out, the item comes back then. */
-	(void) qpi_ids_unpop(&h->held, id, deliv);
+	(void) ids_unpop(&h->held, id, deliv);
 	pthread_mutex_unlock(&h->mu);
 	return rc;
 }
@@ -286,6 +324,7 @@ shml_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 	shml *h = impl;
 	qpi_shmq *rs = qpi_queue_shmq(results);
 	uint64_t id;
+	int64_t deliv;
 	int rc;
 
 	if (rs == NULL) {
@@ -294,22 +333,13 @@ shml_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 		    "queue of this host too",
 		    h->label);
 	}
-	pthread_mutex_lock(&h->mu);
-	shml_own(h);
-	if (h->held.n == 0) {
-		pthread_mutex_unlock(&h->mu);
+	if (!shml_head(h, &id, &deliv, false)) {
 		return qpi_err(QP_EVALUE,
 		    "complete() on %s: this handle holds no task", h->label);
 	}
-	id = h->held.id[0];
-	pthread_mutex_unlock(&h->mu);
 	rc = qpi_shmq_complete(h->sq, id, rs, buf, len, kind, NULL, deadline);
 	if (rc == QP_OK || rc == QP_ENOENT) {
-		pthread_mutex_lock(&h->mu);
-		if (h->held.n > 0 && h->held.id[0] == id) {
-			qpi_ids_drop(&h->held, 0, 1);
-		}
-		pthread_mutex_unlock(&h->mu);
+		qpi_ids_done(&h->held, &h->mu, id);
 	}
 	if (rc == QP_ENOENT) {
 		return qpi_err(QP_ENOENT,
@@ -330,21 +360,10 @@ shml_nack(void *impl, qp_duration delay)
 	int64_t deliv, now = qpi_now_ms();
 	int rc;
 
-	if (delay > QPI_WIRE_MS_MAX) {
-		return qpi_err(QP_EINVAL, "nack delay %lld ms is over 2^31-1",
-		    (long long) delay);
-	}
-	pthread_mutex_lock(&h->mu);
-	shml_own(h);
-	if (h->held.n == 0) {
-		pthread_mutex_unlock(&h->mu);
+	if (!shml_head(h, &id, &deliv, true)) {
 		return qpi_err(
 		    QP_ENOENT, "nack on %s: no item is held", h->label);
 	}
-	id = h->held.id[0];
-	deliv = h->held.val[0];
-	qpi_ids_drop(&h->held, 0, 1);
-	pthread_mutex_unlock(&h->mu);
 	rc = delay == 0 ? qpi_shmq_release(h->sq, id)
 	                : qpi_shmq_renew(h->sq, id, (int64_t) delay);
 	if (rc == QP_ENOENT) {
@@ -354,7 +373,7 @@ shml_nack(void *impl, qp_duration delay)
 	pthread_mutex_lock(&h->mu);
 	if (rc != QP_OK) {
 		/* Out of memory: its lease runs out, the item comes back. */
-		(void) qpi_ids_unpop(&h->held, id, deliv);
+		(void) ids_unpop(&h->held, id, deliv);
 	} else if (delay > 0) {
 		/* Remembered so that close gives it back at once; those
 		 * whose delay is over are forgotten. */
@@ -424,18 +443,15 @@ static int
 shml_deliveries(void *impl, uint32_t *np)
 {
 	shml *h = impl;
-	int rc = QP_OK;
+	uint64_t id;
+	int64_t deliv;
 
-	pthread_mutex_lock(&h->mu);
-	shml_own(h);
-	if (h->held.n > 0) {
-		*np = (uint32_t) h->held.val[0];
-	} else {
-		rc = qpi_err(
+	if (!shml_head(h, &id, &deliv, false)) {
+		return qpi_err(
 		    QP_ENOENT, "%s: this handle holds no item", h->label);
 	}
-	pthread_mutex_unlock(&h->mu);
-	return rc;
+	*np = (uint32_t) deliv;
+	return QP_OK;
 }
 
 /* Wakes the blocked calls, then gives back every item still held or
@@ -490,18 +506,19 @@ static const qpi_queue_ops shml_ops = {
     .free = shml_free,
 };
 
-/* Wraps sq (owned on success) in a worker-mode handle. */
+/* Wraps sq (owned, freed on failure) in a worker-mode handle. */
 static int
 shml_wrap(qp_queue **qp, qpi_shmq *sq, const char *name, uint64_t lease_ms)
 {
 	shml *h;
-	int rc;
 
 	if (lease_ms > QPI_WIRE_MS_MAX) {
+		qpi_shmq_free(sq);
 		return qpi_err(QP_EINVAL, "lease_ms %llu is over 2^31-1 ms",
 		    (unsigned long long) lease_ms);
 	}
 	if ((h = calloc(1, sizeof(*h))) == NULL) {
+		qpi_shmq_free(sq);
 		return qpi_err(QP_ENOMEM, "out of memory for a queue handle");
 	}
 	h->sq = sq;
@@ -512,11 +529,7 @@ shml_wrap(qp_queue **qp, qpi_shmq *sq, const char *name, uint64_t lease_ms)
 	    name != NULL ? "shm://" : "",
 	    name != NULL ? name : "anonymous queue");
 	pthread_mutex_init(&h->mu, NULL);
-	if ((rc = qpi_queue_wrap(qp, &shml_ops, h)) != QP_OK) {
-		pthread_mutex_destroy(&h->mu);
-		free(h);
-	}
-	return rc;
+	return qpi_queue_wrap(qp, &shml_ops, h);
 }
 
 /* ---- helpers ---- */
@@ -530,12 +543,23 @@ qpi_queue_deadline(qp_duration timeout)
 	return qpi_deadline_ns(timeout);
 }
 
+qp_duration
+qpi_queue_timeout(int64_t deadline)
+{
+	int64_t left = qpi_remaining_ns(deadline);
+
+	return deadline == 0    ? QP_NOWAIT
+	    : left == INT64_MAX ? QP_FOREVER
+	                        : (left + 999999) / 1000000;
+}
+
 int
 qpi_queue_wrap(qp_queue **qp, const qpi_queue_ops *ops, void *impl)
 {
 	qp_queue *q = calloc(1, sizeof(*q));
 
 	if (q == NULL) {
+		ops->free(impl);
 		return qpi_err(QP_ENOMEM, "out of memory for a queue handle");
 	}
 	q->ops = ops;
@@ -574,24 +598,6 @@ q_sq(qp_queue *q)
 	return sq != NULL ? sq : qpi_durq_shm(q->impl);
 }
 
-static int
-q_put(qp_queue *q, const void *buf, size_t len, unsigned kind,
-    qp_duration timeout)
-{
-	int64_t dl = qpi_queue_deadline(timeout);
-
-	return q->ops->put != NULL ? q->ops->put(q->impl, buf, len, kind, dl)
-	                           : qpi_shmq_put(q_sq(q), buf, len, kind, dl);
-}
-
-static int
-q_get_op(qp_queue *q, unsigned flags, void *into, size_t cap, void **bufp,
-    size_t *lenp, qp_duration timeout)
-{
-	return qpi_queue_get_op(
-	    q, flags, into, cap, bufp, lenp, qpi_queue_deadline(timeout));
-}
-
 /* ---- readiness state, the get behind get_any ---- */
 
 int
@@ -622,9 +628,8 @@ q_qsize(qp_queue *q, uint64_t *np)
 	                             : qpi_shmq_qsize(q_sq(q), np);
 }
 
-/* The common checks: a handle, open. */
-static int
-q_ready(qp_queue *q)
+int
+qpi_queue_ready(qp_queue *q)
 {
 	if (q == NULL) {
 		return qpi_err(QP_EINVAL, "queue handle is NULL");
@@ -635,26 +640,21 @@ q_ready(qp_queue *q)
 	return QP_OK;
 }
 
-int
-qpi_queue_ready(qp_queue *q)
-{
-	return q_ready(q);
-}
-
-/* q_ready, then a valid timeout. */
+/* qpi_queue_ready, then a valid timeout. */
 static int
 q_ready_tm(qp_queue *q, qp_duration timeout)
 {
-	int rc = q_ready(q);
+	int rc = qpi_queue_ready(q);
 
 	return rc != QP_OK ? rc : qpi_duration_check(timeout);
 }
 
-/* q_ready, then a non-NULL output pointer (what: its call and name). */
+/* qpi_queue_ready, then a non-NULL output pointer (what: its call and
+ * name). */
 static int
 q_ready_out(qp_queue *q, const void *out, const char *what)
 {
-	int rc = q_ready(q);
+	int rc = qpi_queue_ready(q);
 
 	if (rc == QP_OK && out == NULL) {
 		rc = qpi_err(QP_EINVAL, "%s is NULL", what);
@@ -774,93 +774,71 @@ q_open_durable(qp_queue **qp, const qp_queue_opts *o, unsigned flags)
 	        != QP_OK) {
 		return rc;
 	}
-	if ((rc = qpi_queue_wrap(qp, &dur_ops, d)) != QP_OK) {
-		qpi_durq_free(d);
-	}
-	return rc;
+	return qpi_queue_wrap(qp, &dur_ops, d);
 }
 
 /* ---- open, close ---- */
 
-QP_API int
-qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts)
+/* qp_queue_open, and qp_queue_anon (addr NULL; what: the call). */
+static int
+q_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts,
+    const char *what)
 {
 	qpi_shmq_cfg cfg;
 	qpi_shmq *sq;
 	unsigned flags;
 	qpi_addr a;
+	qpi_rq *rq;
 	int rc;
 
-	if (qp == NULL || addr == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_open: %s is NULL",
-		    qp == NULL ? "qp" : "addr");
+	if (qp == NULL) {
+		return qpi_err(QP_EINVAL, "%s: qp is NULL", what);
 	}
 	*qp = NULL;
 	if ((rc = q_opts(opts, &cfg, &flags)) != QP_OK) {
 		return rc;
 	}
-	/* several servers, one partition each (part.c). */
-	bool parted = false;
-	if ((rc = qpi_part_open(qp, addr, opts, &parted)) != QP_OK || parted) {
+	bool parted = false; /* several servers, one partition each */
+	if (addr == NULL && (flags & QP_OPEN_DURABLE)) {
+		return qpi_err(
+		    QP_EINVAL, "QP_OPEN_DURABLE needs a named queue");
+	} else if (addr == NULL) {
+		rc = qpi_shmq_anon(&sq, &cfg);
+	} else if ((rc = qpi_part_open(qp, addr, opts, &parted)) != QP_OK
+	    || parted
+	    || (rc = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
 		return rc;
-	}
-	if ((rc = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
-		return rc;
-	}
-	if (a.kind != QPI_ADDR_SHM) {
+	} else if (a.kind != QPI_ADDR_SHM) {
 		/* tcp://, ipc://: a queue served by qpiped (remote.c). */
-		qpi_rq *rq;
-		if ((rc = qpi_rq_open(&rq, &a, opts)) != QP_OK) {
-			return rc;
-		}
-		if ((rc = qpi_queue_wrap(qp, &qpi_remote_ops, rq)) != QP_OK) {
-			qpi_rq_free(rq);
-		}
-		return rc;
-	}
-	if (flags & QP_OPEN_DURABLE) {
+		return (rc = qpi_rq_open(&rq, &a, opts)) != QP_OK
+		    ? rc
+		    : qpi_queue_wrap(qp, &qpi_remote_ops, rq);
+	} else if (flags & QP_OPEN_DURABLE) {
 		return q_open_durable(qp, opts, flags);
+	} else {
+		rc = qpi_shmq_open(&sq, a.name, flags, &cfg);
 	}
-	if ((rc = qpi_shmq_open(&sq, a.name, flags, &cfg)) != QP_OK) {
+	if (rc != QP_OK) {
 		return rc;
 	}
-	rc = (flags & QP_OPEN_LEASE)
-	    ? shml_wrap(qp, sq, a.name, opts->lease_ms)
+	return (flags & QP_OPEN_LEASE)
+	    ? shml_wrap(qp, sq, addr != NULL ? a.name : NULL, opts->lease_ms)
 	    : qpi_queue_wrap(qp, &qpi_shmq_ops, sq);
-	if (rc != QP_OK) {
-		qpi_shmq_free(sq);
+}
+
+QP_API int
+qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts)
+{
+	if (qp != NULL && addr == NULL) {
+		return qpi_err(QP_EINVAL, "qp_queue_open: addr is NULL");
 	}
-	return rc;
+	return q_open(qp, addr, opts, "qp_queue_open");
 }
 
 QP_API int
 qp_queue_anon(qp_queue **qp, const qp_queue_opts *opts)
 {
-	qpi_shmq_cfg cfg;
-	qpi_shmq *sq;
-	unsigned flags;
-	int rc;
-
-	if (qp == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_anon: qp is NULL");
-	}
-	*qp = NULL;
-	if ((rc = q_opts(opts, &cfg, &flags)) != QP_OK) {
-		return rc;
-	}
-	if (flags & QP_OPEN_DURABLE) {
-		return qpi_err(
-		    QP_EINVAL, "QP_OPEN_DURABLE needs a named queue");
-	}
-	if ((rc = qpi_shmq_anon(&sq, &cfg)) != QP_OK) {
-		return rc;
-	}
-	rc = (flags & QP_OPEN_LEASE) ? shml_wrap(qp, sq, NULL, opts->lease_ms)
-	                             : qpi_queue_wrap(qp, &qpi_shmq_ops, sq);
-	if (rc != QP_OK) {
-		qpi_shmq_free(sq);
-	}
-	return rc;
+	return q_open(qp, NULL, opts, "qp_queue_anon");
 }
 
 QP_API int
@@ -924,18 +902,64 @@ qp_queue_unlink(const char *addr)
 
 /* ---- put ---- */
 
-QP_API int
-qp_queue_put(qp_queue *q, const void *buf, size_t len, qp_duration timeout)
+/* The item of a put or complete call (what: the call): buf of len raw
+ * bytes, or with obj a msgpack value, checked; a bin is stored as its
+ * bytes, like raw items (*kindp says which). */
+static int
+q_item(const void **bufp, size_t *lenp, bool obj, unsigned *kindp,
+    const char *what)
 {
+	size_t off, blen;
+	int rc;
+
+	*kindp = QPI_ITEM_BIN;
+	if (*bufp == NULL && (obj || *lenp > 0)) {
+		return qpi_err(QP_EINVAL, "%s: %s is NULL", what,
+		    obj ? "msgpack" : "buf");
+	}
+	if (obj && (rc = qpi_wire_check_value(*bufp, *lenp)) != QP_OK) {
+		return rc;
+	}
+	if (obj && qpi_wire_bin_unwrap(*bufp, *lenp, &off, &blen)) {
+		*bufp = (const uint8_t *) *bufp + off;
+		*lenp = blen;
+	} else if (obj) {
+		*kindp = QPI_ITEM_OBJ;
+	}
+	return QP_OK;
+}
+
+/* The put calls' common part. keyed: placed by the key (klen bytes) on a
+ * partitioned queue, an ordinary put on any other. */
+static int
+q_put(qp_queue *q, bool keyed, const void *key, size_t klen, const void *buf,
+    size_t len, bool obj, qp_duration timeout, const char *what)
+{
+	unsigned kind;
+	int64_t dl;
 	int rc;
 
 	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
-	if (buf == NULL && len > 0) {
-		return qpi_err(QP_EINVAL, "qp_queue_put: buf is NULL");
+	if (keyed && key == NULL && klen > 0) {
+		return qpi_err(QP_EINVAL, "%s: key is NULL", what);
 	}
-	return q_put(q, buf, len, QPI_ITEM_BIN, timeout);
+	if ((rc = q_item(&buf, &len, obj, &kind, what)) != QP_OK) {
+		return rc;
+	}
+	dl = qpi_queue_deadline(timeout);
+	return keyed && q->ops->put_key != NULL
+	    ? q->ops->put_key(q->impl, key, klen, buf, len, kind, dl)
+	    : q->ops->put != NULL ? q->ops->put(q->impl, buf, len, kind, dl)
+	                          : qpi_shmq_put(q_sq(q), buf, len, kind, dl);
+}
+
+QP_API int
+qp_queue_put(qp_queue *q, const void *buf, size_t len, qp_duration timeout)
+{
+	return q_put(
+	    q, false, NULL, 0, buf, len, false, timeout, "qp_queue_put");
 }
 
 QP_API int
@@ -948,24 +972,24 @@ QP_API int
 qp_queue_put_obj(
     qp_queue *q, const void *msgpack, size_t len, qp_duration timeout)
 {
-	size_t off, blen;
-	int rc;
+	return q_put(q, false, NULL, 0, msgpack, len, true, timeout,
+	    "qp_queue_put_obj");
+}
 
-	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
-		return rc;
-	}
-	if (msgpack == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_put_obj: msgpack is NULL");
-	}
-	if ((rc = qpi_wire_check_value(msgpack, len)) != QP_OK) {
-		return rc;
-	}
-	/* A bin is stored as its bytes, like qp_queue_put's items. */
-	if (qpi_wire_bin_unwrap(msgpack, len, &off, &blen)) {
-		return q_put(q, (const uint8_t *) msgpack + off, blen,
-		    QPI_ITEM_BIN, timeout);
-	}
-	return q_put(q, msgpack, len, QPI_ITEM_OBJ, timeout);
+QP_API int
+qp_queue_put_key(qp_queue *q, const void *key, size_t klen, const void *buf,
+    size_t len, qp_duration timeout)
+{
+	return q_put(
+	    q, true, key, klen, buf, len, false, timeout, "qp_queue_put_key");
+}
+
+QP_API int
+qp_queue_put_key_obj(qp_queue *q, const void *key, size_t klen,
+    const void *msgpack, size_t len, qp_duration timeout)
+{
+	return q_put(q, true, key, klen, msgpack, len, true, timeout,
+	    "qp_queue_put_key_obj");
 }
 
 /* ---- get ---- */
@@ -989,7 +1013,8 @@ q_get(qp_queue *q, unsigned flags, void **bufp, size_t *lenp,
 		return qpi_err(QP_EINVAL, "qp_queue_get: %s is NULL",
 		    bufp == NULL ? "bufp" : "lenp");
 	}
-	return q_get_op(q, flags, NULL, 0, bufp, lenp, timeout);
+	return qpi_queue_get_op(
+	    q, flags, NULL, 0, bufp, lenp, qpi_queue_deadline(timeout));
 }
 
 QP_API int
@@ -1030,8 +1055,8 @@ qp_queue_get_into(
 	}
 	/* buf NULL with cap 0 takes only an empty item (or tells the size
 	 * of the head item through QP_ETOOBIG). */
-	return q_get_op(
-	    q, 0, buf != NULL ? buf : none, cap, NULL, lenp, timeout);
+	return qpi_queue_get_op(q, 0, buf != NULL ? buf : none, cap, NULL,
+	    lenp, qpi_queue_deadline(timeout));
 }
 
 /* ---- sizes, tasks, stat ---- */
@@ -1075,22 +1100,24 @@ qp_queue_full(qp_queue *q, bool *fullp)
 QP_API int
 qp_queue_task_done(qp_queue *q)
 {
-	int rc = q_ready(q);
+	int rc = qpi_queue_ready(q);
 
 	return rc != QP_OK              ? rc
 	    : q->ops->task_done != NULL ? q->ops->task_done(q->impl)
 	                                : qpi_shmq_task_done(q_sq(q));
 }
 
-/* The complete calls' common part: kind says how buf is stored. */
+/* The complete calls' common part: buf as q_item takes it. */
 static int
 q_complete(qp_queue *tasks, qp_queue *results, const void *buf, size_t len,
-    unsigned kind, qp_duration timeout)
+    bool obj, qp_duration timeout, const char *what)
 {
+	unsigned kind;
 	int rc;
 
-	if ((rc = q_ready_tm(tasks, timeout)) != QP_OK
-	    || (rc = q_ready(results)) != QP_OK) {
+	if ((rc = q_item(&buf, &len, obj, &kind, what)) != QP_OK
+	    || (rc = q_ready_tm(tasks, timeout)) != QP_OK
+	    || (rc = qpi_queue_ready(results)) != QP_OK) {
 		return rc;
 	}
 	if (tasks->ops->complete == NULL && qpi_queue_shmq(tasks) != NULL) {
@@ -1116,33 +1143,16 @@ QP_API int
 qp_queue_complete(qp_queue *tasks, qp_queue *results, const void *buf,
     size_t len, qp_duration timeout)
 {
-	if (buf == NULL && len > 0) {
-		return qpi_err(QP_EINVAL, "qp_queue_complete: buf is NULL");
-	}
-	return q_complete(tasks, results, buf, len, QPI_ITEM_BIN, timeout);
+	return q_complete(
+	    tasks, results, buf, len, false, timeout, "qp_queue_complete");
 }
 
 QP_API int
 qp_queue_complete_obj(qp_queue *tasks, qp_queue *results, const void *msgpack,
     size_t len, qp_duration timeout)
 {
-	size_t off, blen;
-	int rc;
-
-	if (msgpack == NULL) {
-		return qpi_err(
-		    QP_EINVAL, "qp_queue_complete_obj: msgpack is NULL");
-	}
-	if ((rc = qpi_wire_check_value(msgpack, len)) != QP_OK) {
-		return rc;
-	}
-	/* A bin is stored as its bytes, like qp_queue_put_obj's. */
-	if (qpi_wire_bin_unwrap(msgpack, len, &off, &blen)) {
-		return q_complete(tasks, results,
-		    (const uint8_t *) msgpack + off, blen, QPI_ITEM_BIN,
-		    timeout);
-	}
-	return q_complete(tasks, results, msgpack, len, QPI_ITEM_OBJ, timeout);
+	return q_complete(tasks, results, msgpack, len, true, timeout,
+	    "qp_queue_complete_obj");
 }
 
 QP_API int
@@ -1173,7 +1183,7 @@ qp_queue_nack(qp_queue *q, qp_duration delay)
 {
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK) {
+	if ((rc = qpi_queue_ready(q)) != QP_OK) {
 		return rc;
 	}
 	if (q->ops->nack == NULL) {
@@ -1181,8 +1191,10 @@ qp_queue_nack(qp_queue *q, qp_duration delay)
 		    "qp_queue_nack: only a handle opened with QP_OPEN_LEASE "
 		    "holds its items");
 	}
-	if (delay < 0) {
-		return qpi_err(QP_EINVAL, "nack delay must be 0 or more ms");
+	if (delay < 0 || delay > QPI_WIRE_MS_MAX) {
+		return qpi_err(QP_EINVAL,
+		    "nack delay %lld ms is not within 0..2^31-1",
+		    (long long) delay);
 	}
 	return q->ops->nack(q->impl, delay);
 }
@@ -1192,7 +1204,7 @@ qp_queue_touch(qp_queue *q, qp_duration lease)
 {
 	int rc;
 
-	if ((rc = q_ready(q)) != QP_OK) {
+	if ((rc = qpi_queue_ready(q)) != QP_OK) {
 		return rc;
 	}
 	if (q->ops->touch == NULL) {

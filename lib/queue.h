@@ -17,6 +17,9 @@
 /* Deadlines handed to the ops: absolute CLOCK_MONOTONIC ns; 0 = do not
  * wait; INT64_MAX = forever. */
 int64_t qpi_queue_deadline(qp_duration timeout);
+/* Back: the timeout that is left until deadline_ns (QP_NOWAIT for 0,
+ * QP_FOREVER for INT64_MAX, else whole ms, rounded up). */
+qp_duration qpi_queue_timeout(int64_t deadline_ns);
 
 /* The common checks of every call: a handle, not closed. */
 int qpi_queue_ready(qp_queue *q);
@@ -40,7 +43,7 @@ typedef struct qpi_queue_ops {
 	int (*join)(void *impl, int64_t deadline_ns);
 	int (*stat)(void *impl, qp_queue_stats *st);
 	/* Worker mode (QP_OPEN_LEASE): gives the oldest held item back after
-	 * delay ms (checked: 0 or more), and the delivery count of the item
+	 * delay ms (checked: 0..2^31-1), and the delivery count of the item
 	 * at hand. NULL: the backend keeps no leases (nack is QP_EINVAL,
 	 * deliveries QP_ENOTSUP). */
 	int (*nack)(void *impl, qp_duration delay);
@@ -69,8 +72,8 @@ typedef struct qpi_queue_ops {
 	void (*free)(void *impl);
 } qpi_queue_ops;
 
-/* Wraps a backend into a public handle (the handle owns impl on success;
- * on failure the caller still does). */
+/* Wraps a backend into a public handle, which owns impl (on failure,
+ * QP_ENOMEM, impl is freed with ops->free). */
 int qpi_queue_wrap(qp_queue **qp, const qpi_queue_ops *ops, void *impl);
 
 /* The backend of a handle, for internal callers (CLI stat, server). */
@@ -144,10 +147,14 @@ typedef struct qpi_ids {
 
 /* Appends (false: out of memory, nothing changed). */
 bool qpi_ids_push(qpi_ids *l, uint64_t id, int64_t val);
-/* Puts back at the front (false: out of memory, nothing changed). */
-bool qpi_ids_unpop(qpi_ids *l, uint64_t id, int64_t val);
 /* Removes k entries from index i on (i + k <= n). */
 void qpi_ids_drop(qpi_ids *l, size_t i, size_t k);
+/* With mu (l's owner's lock) taken here: the oldest id and its value
+ * (valp may be NULL); false when l is empty. */
+bool qpi_ids_first(
+    qpi_ids *l, pthread_mutex_t *mu, uint64_t *idp, int64_t *valp);
+/* With mu taken here: removes the oldest entry if its id is still id. */
+void qpi_ids_done(qpi_ids *l, pthread_mutex_t *mu, uint64_t id);
 void qpi_ids_free(qpi_ids *l);
 
 #endif /* QPI_QUEUE_H */

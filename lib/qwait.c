@@ -159,23 +159,18 @@ qrd_get(qp_queue *q, struct qpi_qrd **rdp)
 		}
 		rd->sq = sq;
 		rd->pid = getpid();
-		rd->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-		if (rd->efd < 0) {
+		if ((rd->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
 			rc = qpi_err(
 			    QP_ESYSTEM, "eventfd: %s", strerror(errno));
-			free(rd);
-			goto out;
-		}
-		if ((rc = qpi_shmq_watch(sq, true)) != QP_OK) {
+		} else if ((rc = qpi_shmq_watch(sq, true)) != QP_OK) {
 			close(rd->efd);
-			free(rd);
-			goto out;
-		}
-		if (pthread_create(&rd->thr, NULL, qrd_main, rd) != 0) {
+		} else if (pthread_create(&rd->thr, NULL, qrd_main, rd) != 0) {
 			qpi_shmq_watch(sq, false);
 			close(rd->efd);
-			free(rd);
 			rc = qpi_err(QP_ESYSTEM, "cannot start a thread");
+		}
+		if (rc != QP_OK) {
+			free(rd);
 			goto out;
 		}
 		rd->thr_on = true;
@@ -253,51 +248,19 @@ qw_poll_ms(int64_t deadline)
 	return ms > INT_MAX ? INT_MAX : (int) ms;
 }
 
-/* Sleeps in poll(2) on fds until one is readable or the deadline. */
-static int
-qw_sleep(struct pollfd *fds, size_t n, int64_t deadline)
-{
-	if (poll(fds, (nfds_t) n, qw_poll_ms(deadline)) < 0
-	    && errno != EINTR) {
-		return qpi_err(QP_ESYSTEM, "poll: %s", strerror(errno));
-	}
-	return QP_OK;
-}
-
+/* One queue: qp_wait_any's loop (look, arm the fd, look again, sleep). */
 QP_API int
 qp_queue_poll(qp_queue *q, qp_duration timeout, bool *readyp)
 {
-	struct pollfd pfd = {.fd = -1, .events = POLLIN};
-	int64_t deadline;
-	int rc;
+	size_t n;
+	int rc = qpi_queue_ready(q);
 
-	if ((rc = qpi_queue_ready(q)) != QP_OK
-	    || (rc = qpi_duration_check(timeout)) != QP_OK) {
-		return rc;
+	if (rc == QP_OK && readyp == NULL) {
+		rc = qpi_err(QP_EINVAL, "qp_queue_poll: readyp is NULL");
 	}
-	if (readyp == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_poll: readyp is NULL");
-	}
-	deadline = qpi_queue_deadline(timeout);
-	for (;;) {
-		if ((rc = qpi_queue_ready_now(q, readyp)) != QP_OK || *readyp
-		    || qpi_remaining_ns(deadline) == 0) {
-			return rc;
-		}
-		if (pfd.fd < 0) {
-			/* Arm, then look once more before sleeping. */
-			if ((rc = qw_fd(q, &pfd.fd)) != QP_OK) {
-				return rc;
-			}
-			continue;
-		}
-		if ((rc = qw_sleep(&pfd, 1, deadline)) != QP_OK) {
-			return rc;
-		}
-		if ((rc = qpi_queue_ready(q)) != QP_OK) {
-			return rc;
-		}
-	}
+	return rc != QP_OK
+	    ? rc
+	    : qp_wait_any(NULL, 0, NULL, &q, 1, readyp, timeout, &n);
 }
 
 int
@@ -305,53 +268,34 @@ qpi_queue_get_any(qp_queue *const *qs, size_t n, unsigned flags,
     size_t *whichp, void *into, size_t cap, void **bufp, size_t *lenp,
     int64_t deadline)
 {
-	struct pollfd stack[16], *fds = NULL;
-	int rc = QP_OK;
+	bool stack[16], *ready = n <= 16 ? stack : calloc(n, sizeof(*ready));
+	size_t nready;
+	int rc
+	    = ready != NULL ? QP_EEMPTY : qpi_err(QP_ENOMEM, "out of memory");
 
-	for (;;) {
-		for (size_t i = 0; i < n; i++) {
-			rc = qpi_queue_get_op(
-			    qs[i], flags, into, cap, bufp, lenp, 0);
-			if (rc != QP_EEMPTY) {
+	/* Look at every queue in order, then wait for any to be ready (its
+	 * fd armed, then looked at again: qp_wait_any) and look again. */
+	while (rc == QP_EEMPTY) {
+		for (size_t i = 0; i < n && rc == QP_EEMPTY; i++) {
+			if ((rc = qpi_queue_get_op(
+			         qs[i], flags, into, cap, bufp, lenp, 0))
+			    != QP_EEMPTY) {
 				*whichp = i;
-				goto out;
 			}
 		}
-		if (qpi_remaining_ns(deadline) == 0) {
+		if (rc == QP_EEMPTY && qpi_remaining_ns(deadline) == 0) {
 			rc = qpi_err(QP_EEMPTY, "all %zu queues are empty", n);
-			goto out;
+			break;
 		}
-		if (fds == NULL) {
-			/* Arm every queue's fd, then look once more: what
-			 * came before the arming did not signal. */
-			fds = n <= 16 ? stack : calloc(n, sizeof(*fds));
-			if (fds == NULL) {
-				rc = qpi_err(QP_ENOMEM, "out of memory");
-				goto out;
-			}
-			for (size_t i = 0; i < n; i++) {
-				fds[i].events = POLLIN;
-				fds[i].revents = 0;
-				if ((rc = qw_fd(qs[i], &fds[i].fd)) != QP_OK) {
-					*whichp = i;
-					goto out;
-				}
-			}
-			continue;
-		}
-		if ((rc = qw_sleep(fds, n, deadline)) != QP_OK) {
-			goto out;
-		}
-		for (size_t i = 0; i < n; i++) {
-			if ((rc = qpi_queue_ready(qs[i])) != QP_OK) {
-				*whichp = i;
-				goto out;
-			}
+		if (rc == QP_EEMPTY
+		    && (rc = qp_wait_any(NULL, 0, NULL, qs, n, ready,
+		            qpi_queue_timeout(deadline), &nready))
+		        == QP_OK) {
+			rc = QP_EEMPTY;
 		}
 	}
-out:
-	if (fds != stack) {
-		free(fds);
+	if (ready != stack) {
+		free(ready);
 	}
 	return rc;
 }
@@ -477,7 +421,10 @@ qp_wait_any(qp_conn *const *conns, size_t nconns, bool *conn_ready,
 			}
 			continue;
 		}
-		if ((rc = qw_sleep(fds, n, deadline)) != QP_OK) {
+		/* Sleep until one is readable or the deadline. */
+		if (poll(fds, (nfds_t) n, qw_poll_ms(deadline)) < 0
+		    && errno != EINTR) {
+			rc = qpi_err(QP_ESYSTEM, "poll: %s", strerror(errno));
 			break;
 		}
 	}

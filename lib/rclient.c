@@ -187,10 +187,8 @@ qpi_rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o)
 	            NULL))
 	        != QP_OK
 	    || (rv = rq_connect(r)) != QP_OK) {
-		char msg[512];
-		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
-		qpi_rq_free(r);
-		return qpi_err(rv, "%s", msg);
+		qpi_rq_free(r); /* leaves the message as it is */
+		return rv;
 	}
 	*rp = r;
 	return QP_OK;
@@ -271,10 +269,11 @@ qpi_rq_check(qpi_rq *r)
 /* ---- one request, one reply ---- */
 
 void
-qpi_rq_call_init(rq_call *c, qpi_rq *r, uint32_t op)
+qpi_rq_call_init(rq_call *c, qpi_rq *r, uint32_t op, int64_t deadline_ns)
 {
 	memset(c, 0, sizeof(*c));
 	c->req.op = op;
+	c->deadline_ns = deadline_ns;
 	snprintf(c->req.name, sizeof(c->req.name), "%s", r->name);
 }
 
@@ -304,7 +303,7 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 		int64_t now = qpi_now_ns(), wait_ms, window;
 		size_t len = 0;
 
-		if (c->blocking) {
+		if (c->deadline_ns != 0) {
 			int64_t left = qpi_remaining_ns(c->deadline_ns);
 			/* Round up: a timeout never shrinks to 0 by rounding
 			 * while time is left. */
@@ -376,7 +375,7 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 			    "lost connection to %s for %lld ms", r->url,
 			    (long long) r->reconnect_ms);
 		}
-		if (c->blocking && c->deadline_ns != INT64_MAX
+		if (c->deadline_ns != 0 && c->deadline_ns != INT64_MAX
 		    && qpi_remaining_ns(c->deadline_ns) == 0
 		    && rv == QP_ETIMEDOUT) {
 			/* Our own deadline passed with the server silent. */
@@ -446,7 +445,7 @@ rq_ack_send_locked(qpi_rq *r)
 		return false;
 	}
 	pthread_mutex_unlock(&r->mu);
-	qpi_rq_call_init(&c, r, QPI_OP_ACK);
+	qpi_rq_call_init(&c, r, QPI_OP_ACK, 0);
 	c.req.ids = ids;
 	c.req.nids = n;
 	c.req.ids_cap = n;
@@ -546,7 +545,7 @@ qpi_rq_close(qpi_rq *r)
 	/* Items held in worker mode go back: their tasks were not done. */
 	while (r->held.n > 0) {
 		rq_call c;
-		qpi_rq_call_init(&c, r, QPI_OP_RELEASE);
+		qpi_rq_call_init(&c, r, QPI_OP_RELEASE, 0);
 		c.req.lease_id = r->held.id[0];
 		if (qpi_rq_do(r, &c) != QP_OK) {
 			break; /* the dropped connection gives them back */

@@ -81,8 +81,7 @@ typedef struct rq_call {
 	qpi_wire_rep rep;
 	uint8_t *buf; /* the reply's bytes */
 	uint32_t conn; /* the connection it came on */
-	int64_t deadline_ns; /* blocking ops: the op's own deadline */
-	bool blocking; /* req.timeout is recomputed on every send */
+	int64_t deadline_ns; /* a blocking op's own; 0: it does not block */
 	bool once; /* a dropped connection ends the call (QP_ECONNRESET) */
 } rq_call;
 
@@ -91,8 +90,9 @@ typedef struct rq_call {
  * later drops are redialled by the calls. */
 int qpi_rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o);
 
-/* Zeroes c for op on r's queue. */
-void qpi_rq_call_init(rq_call *c, qpi_rq *r, uint32_t op);
+/* Zeroes c for op on r's queue; deadline_ns: a blocking op's own (0: the
+ * op does not block, INT64_MAX: it waits for ever). */
+void qpi_rq_call_init(rq_call *c, qpi_rq *r, uint32_t op, int64_t deadline_ns);
 
 /* Sends c->req and waits for its reply, through reconnects (the same
  * request id and seq), unless c->once. QP_OK with c->rep decoded (look at
@@ -128,11 +128,12 @@ void qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n);
  * in *idsp (NULL if none). Called with r->mu held. */
 uint32_t qpi_rq_take_acks(qpi_rq *r, uint64_t **idsp);
 
-/* The item of a raw put or send: len bytes of buf as a msgpack bin, in a
- * new allocation (*tmpp, the caller frees it). QP_OK or QP_ENOMEM; what
- * names the item in the message. (remote.c) */
-int qpi_rq_bin_item(qpi_wire_item *it, const void *buf, size_t len,
-    uint8_t **tmpp, const char *what);
+/* The item of a put, complete or send: len bytes over r's max_message
+ * are QP_ETOOBIG (what names the item); else buf as it is (a msgpack
+ * value), or with raw as a msgpack bin in a new allocation (*tmpp, the
+ * caller frees it; QP_ENOMEM). (remote.c) */
+int qpi_rq_item(qpi_rq *r, qpi_wire_item *it, bool raw, const void *buf,
+    size_t len, uint8_t **tmpp, const char *what);
 
 /* Confirms what is pending, gives back what a QP_OPEN_LEASE handle holds,
  * and closes the connection. Idempotent; later calls get QP_ECLOSED. */
@@ -161,11 +162,6 @@ int qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max,
 /* Deletes the queue a->name on its server: QP_OK or QP_ENOENT. o: token
  * and TLS settings (NULL: $QPIPE_TOKEN, $QPIPE_TLS_CA). */
 int qpi_rq_unlink(const qpi_addr *a, const qp_conn_opts *o);
-
-/* Lists every queue of the server at a->url (a server address); o as for
- * qpi_rq_unlink. */
-int qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o,
-    qp_queue_info **listp, size_t *np);
 
 /* The remote backend's ops for queue.c (impl is a qpi_rq *): the queue
  * calls of a remote handle, each with its shared-memory twin's meaning

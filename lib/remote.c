@@ -37,7 +37,7 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 	r->lease_ms = opts != NULL ? opts->lease_ms : 0;
 
 	if (opts != NULL && (opts->flags & QP_OPEN_CREATE)) {
-		qpi_rq_call_init(&c, r, QPI_OP_CREATE);
+		qpi_rq_call_init(&c, r, QPI_OP_CREATE, 0);
 		c.req.maxsize = opts->maxsize;
 		c.req.capacity = opts->capacity;
 		c.req.max_message = opts->max_message;
@@ -50,7 +50,7 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 			    opts->fsync != NULL ? opts->fsync : "");
 		}
 	} else {
-		qpi_rq_call_init(&c, r, QPI_OP_STAT);
+		qpi_rq_call_init(&c, r, QPI_OP_STAT, 0);
 	}
 	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
@@ -59,10 +59,8 @@ qpi_rq_open(qpi_rq **rp, const qpi_addr *a, const qp_queue_opts *opts)
 		rv = QP_OK;
 	}
 	if (rv != QP_OK) {
-		char msg[512];
-		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
-		qpi_rq_free(r);
-		return qpi_err(rv, "%s", msg);
+		qpi_rq_free(r); /* leaves the message as it is */
+		return rv;
 	}
 	*rp = r;
 	return QP_OK;
@@ -84,18 +82,27 @@ rq_bin_write(uint8_t *dst, const void *buf, size_t len)
 }
 
 int
-qpi_rq_bin_item(qpi_wire_item *it, const void *buf, size_t len, uint8_t **tmpp,
-    const char *what)
+qpi_rq_item(qpi_rq *r, qpi_wire_item *it, bool raw, const void *buf,
+    size_t len, uint8_t **tmpp, const char *what)
 {
-	uint8_t *tmp = len <= SIZE_MAX - 5 ? malloc(len + 5) : NULL;
-	size_t n = tmp != NULL ? rq_bin_write(tmp, buf, len) : 0;
+	uint8_t *tmp = NULL;
+	size_t n = len;
 
-	if (n == 0) {
-		free(tmp);
-		return qpi_err(
-		    QP_ENOMEM, "out of memory for %s of %zu bytes", what, len);
+	*tmpp = NULL;
+	if ((uint64_t) len > r->lim.max_message) {
+		return qpi_err(QP_ETOOBIG,
+		    "%s of %zu bytes is over the %llu-byte limit of %s", what,
+		    len, (unsigned long long) r->lim.max_message, r->url);
 	}
-	it->data = tmp;
+	if (raw) {
+		tmp = len <= SIZE_MAX - 5 ? malloc(len + 5) : NULL;
+		if ((n = tmp != NULL ? rq_bin_write(tmp, buf, len) : 0) == 0) {
+			free(tmp);
+			return qpi_err(QP_ENOMEM,
+			    "out of memory for the %s (%zu bytes)", what, len);
+		}
+	}
+	it->data = raw ? tmp : buf;
 	it->len = n;
 	*tmpp = tmp;
 	return QP_OK;
@@ -115,18 +122,38 @@ rq_item_bytes(const qpi_wire_item *it, bool obj, size_t *lenp)
 	return it->data + off;
 }
 
-/* A malloc'd copy of the bytes a get returns of item it (see
- * rq_item_bytes); NULL when out of memory. */
-static void *
-rq_item_copy(const qpi_wire_item *it, bool obj, size_t *lenp)
+/* Hands the bytes a get returns of item it (see rq_item_bytes) over:
+ * copied into (cap bytes; larger is QP_ETOOBIG, *lenp its size), else
+ * into a malloc'd *bufp (QP_ENOMEM). The caller gives the lease back on
+ * an error. */
+static int
+rq_item_out(qpi_rq *r, const qpi_wire_item *it, unsigned flags, void *into,
+    size_t cap, void **bufp, size_t *lenp)
 {
-	const uint8_t *src = rq_item_bytes(it, obj, lenp);
-	void *out = malloc(*lenp > 0 ? *lenp : 1);
+	size_t len;
+	const uint8_t *src
+	    = rq_item_bytes(it, (flags & QPI_GET_OBJ) != 0, &len);
+	void *out = into != NULL ? into : malloc(len > 0 ? len : 1);
 
-	if (out != NULL && *lenp > 0) {
-		memcpy(out, src, *lenp);
+	if (into != NULL && len > cap) {
+		*lenp = len;
+		return qpi_err(QP_ETOOBIG,
+		    "item of %zu bytes does not fit in %zu; it went back to "
+		    "the head of %s/%s",
+		    len, cap, r->url, r->name);
 	}
-	return out;
+	if (out == NULL) {
+		return qpi_err(
+		    QP_ENOMEM, "out of memory for an item of %zu bytes", len);
+	}
+	if (len > 0) {
+		memcpy(out, src, len);
+	}
+	if (into == NULL) {
+		*bufp = out;
+	}
+	*lenp = len;
+	return QP_OK;
 }
 
 static int
@@ -134,30 +161,17 @@ rq_put(void *impl, const void *buf, size_t len, unsigned kind,
     int64_t deadline_ns)
 {
 	qpi_rq *r = impl;
-	bool raw = kind == QPI_ITEM_BIN;
-	uint8_t *tmp = NULL;
+	uint8_t *tmp;
 	rq_call c;
 	int rv;
 
-	if ((rv = qpi_rq_check(r)) != QP_OK) {
+	qpi_rq_call_init(&c, r, QPI_OP_PUT, deadline_ns);
+	if ((rv = qpi_rq_check(r)) != QP_OK
+	    || (rv = qpi_rq_item(r, &c.req.item, kind == QPI_ITEM_BIN, buf,
+	            len, &tmp, "item"))
+	        != QP_OK) {
 		return rv;
 	}
-	if ((uint64_t) len > r->lim.max_message) {
-		return qpi_err(QP_ETOOBIG,
-		    "item of %zu bytes is over the %llu-byte limit of %s", len,
-		    (unsigned long long) r->lim.max_message, r->url);
-	}
-	qpi_rq_call_init(&c, r, QPI_OP_PUT);
-	if (!raw) {
-		c.req.item.data = buf;
-		c.req.item.len = len;
-	} else if ((rv = qpi_rq_bin_item(
-	                &c.req.item, buf, len, &tmp, "an item"))
-	    != QP_OK) {
-		return rv;
-	}
-	c.blocking = deadline_ns != 0;
-	c.deadline_ns = deadline_ns;
 	rv = qpi_rq_do_status(r, &c, QP_EFULL);
 	free(tmp);
 	return rv;
@@ -169,18 +183,29 @@ rq_release(qpi_rq *r, uint64_t lease_id)
 {
 	rq_call c;
 
-	qpi_rq_call_init(&c, r, QPI_OP_RELEASE);
+	qpi_rq_call_init(&c, r, QPI_OP_RELEASE, 0);
 	c.req.lease_id = lease_id;
 	qpi_rq_do(r, &c);
 	qpi_rq_call_done(&c);
 }
 
+/* the item kept ahead for the readiness fd (below): its lease, renewal
+ * and retry times. */
+#define PF_LEASE_MS   60000
+#define PF_RENEW_MS   20000
+#define PF_BACKOFF_MS 200
+typedef struct rq_pf rq_pf;
+static rq_pf *pf_of(qpi_rq *r);
+static int pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
+    void **bufp, size_t *lenp, int64_t deadline_ns);
+
 /* Sends a get for up to max items (1..max_batch), the pending
  * confirmations riding along; on QP_OK c->rep holds nitems >= 1 items,
- * pointing into c->msg (rq_call_done frees them). */
+ * pointing into c->msg (rq_call_done frees them). ahead: one item kept
+ * ahead for the readiness fd, leased to the connection for PF_LEASE_MS. */
 static int
 rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
-    int64_t deadline_ns)
+    int64_t deadline_ns, bool ahead)
 {
 	uint64_t *acks = NULL;
 	uint32_t nacks;
@@ -190,13 +215,11 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 		return rv;
 	}
 	for (;;) {
-		qpi_rq_call_init(c, r, QPI_OP_GET);
+		qpi_rq_call_init(c, r, QPI_OP_GET, deadline_ns);
 		c->req.max_items = max;
-		c->req.lease_mode
-		    = r->lease_mode ? QPI_LEASE_WORK : QPI_LEASE_CONFIRM;
-		c->req.lease_ms = r->lease_ms;
-		c->blocking = deadline_ns != 0;
-		c->deadline_ns = deadline_ns;
+		c->req.lease_mode = r->lease_mode || ahead ? QPI_LEASE_WORK
+		                                           : QPI_LEASE_CONFIRM;
+		c->req.lease_ms = ahead ? PF_LEASE_MS : r->lease_ms;
 		c->rep.items = items;
 		c->rep.items_cap = max;
 		/* Confirmations not yet sent ride along. */
@@ -226,12 +249,6 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 	return rv;
 }
 
-/* the item kept ahead for the readiness fd (below). */
-typedef struct rq_pf rq_pf;
-static rq_pf *pf_of(qpi_rq *r);
-static int pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
-    void **bufp, size_t *lenp, int64_t deadline_ns);
-
 static int
 rq_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
     size_t *lenp, int64_t deadline_ns)
@@ -250,41 +267,18 @@ rq_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 		return pf_get(
 		    r, pf, flags, into, cap, bufp, lenp, deadline_ns);
 	}
-	if ((rv = rq_get_call(r, &c, &item, 1, deadline_ns)) != QP_OK) {
+	if ((rv = rq_get_call(r, &c, &item, 1, deadline_ns, false)) != QP_OK) {
 		return rv;
 	}
-	bool obj = (flags & QPI_GET_OBJ) != 0;
-	size_t len;
-	if (into != NULL) {
-		const uint8_t *src = rq_item_bytes(&item, obj, &len);
-		*lenp = len;
-		if (len > cap) {
-			/* Too large for the buffer: it stays at the head. */
-			rq_release(r, item.lease_id);
-			qpi_rq_call_done(&c);
-			return qpi_err(QP_ETOOBIG,
-			    "item of %zu bytes does not fit in %zu; it stays "
-			    "at the head of %s/%s",
-			    len, cap, r->url, r->name);
-		}
-		if (len > 0) {
-			memcpy(into, src, len);
-		}
+	if ((rv = rq_item_out(r, &item, flags, into, cap, bufp, lenp))
+	    == QP_OK) {
+		qpi_rq_got(r, &item, 1);
 	} else {
-		void *out = rq_item_copy(&item, obj, &len);
-		if (out == NULL) {
-			/* Keep nothing we cannot hand over: give it back. */
-			rq_release(r, item.lease_id);
-			qpi_rq_call_done(&c);
-			return qpi_err(QP_ENOMEM,
-			    "out of memory for an item of %zu bytes", len);
-		}
-		*bufp = out;
-		*lenp = len;
+		/* Keep nothing we cannot hand over: back to the head. */
+		rq_release(r, item.lease_id);
 	}
-	qpi_rq_got(r, &item, 1);
 	qpi_rq_call_done(&c);
-	return QP_OK;
+	return rv;
 }
 
 int
@@ -301,36 +295,31 @@ qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max, size_t *np,
 	*np = 0;
 	if (pf_of(r) != NULL) {
 		/* the item kept ahead, alone (see rq_get). */
-		rv = pf_get(
-		    r, pf_of(r), 0, NULL, 0, &bufs[0], &lens[0], deadline_ns);
-		if (rv == QP_OK) {
-			*np = 1;
-		}
+		rv = rq_get(r, obj ? QPI_GET_OBJ : 0, NULL, 0, &bufs[0],
+		    &lens[0], deadline_ns);
+		*np = rv == QP_OK ? 1 : 0;
 		return rv;
 	}
 	if (want > 16 && (items = calloc(want, sizeof(*items))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory for %u items", want);
 	}
-	if ((rv = rq_get_call(r, &c, items, want, deadline_ns)) != QP_OK) {
+	if ((rv = rq_get_call(r, &c, items, want, deadline_ns, false))
+	    != QP_OK) {
 		if (items != stack) {
 			free(items);
 		}
 		return rv;
 	}
-	for (i = 0; i < c.rep.nitems; i++) {
-		if ((bufs[i] = rq_item_copy(&items[i], obj, &lens[i]))
-		    == NULL) {
-			break;
-		}
+	for (i = 0; i < c.rep.nitems && rv == QP_OK; i++) {
+		rv = rq_item_out(r, &items[i], obj ? QPI_GET_OBJ : 0, NULL, 0,
+		    &bufs[i], &lens[i]);
 	}
-	if (i < c.rep.nitems) {
+	if (rv != QP_OK) {
 		/* Out of memory: what cannot be handed over goes back. */
-		for (uint32_t k = i; k < c.rep.nitems; k++) {
+		for (uint32_t k = --i; k < c.rep.nitems; k++) {
 			rq_release(r, items[k].lease_id);
 		}
-		if (i == 0) {
-			rv = qpi_err(QP_ENOMEM, "out of memory for the items");
-		}
+		rv = i == 0 ? rv : QP_OK;
 	}
 	qpi_rq_got(r, items, i);
 	*np = i;
@@ -394,12 +383,10 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 			cnt++;
 		}
 		rq_call c;
-		qpi_rq_call_init(&c, r, QPI_OP_PUT_MANY);
+		qpi_rq_call_init(&c, r, QPI_OP_PUT_MANY, deadline_ns);
 		c.req.items = items + first;
 		c.req.nitems = (uint32_t) cnt;
 		c.req.items_cap = (uint32_t) cnt;
-		c.blocking = deadline_ns != 0;
-		c.deadline_ns = deadline_ns;
 		rv = qpi_rq_do_status(r, &c, QP_EFULL);
 		first += cnt;
 	}
@@ -408,47 +395,36 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 	return rv;
 }
 
-/* Does a call with no arguments; the caller ends c with rq_call_done,
- * whatever the result (c is initialised first, even for a refused call). */
+/* qsize (into *np) or, np NULL, stat (*st): a call with no arguments. */
 static int
-rq_simple(qpi_rq *r, uint32_t op, rq_call *c)
+rq_figures(qpi_rq *r, uint64_t *np, qp_queue_stats *st)
 {
+	rq_call c;
 	int rv;
 
-	qpi_rq_call_init(c, r, op);
-	if ((rv = qpi_rq_check(r)) != QP_OK) {
-		return rv;
+	qpi_rq_call_init(&c, r, np != NULL ? QPI_OP_QSIZE : QPI_OP_STAT, 0);
+	if ((rv = qpi_rq_check(r)) == QP_OK
+	    && (rv = qpi_rq_run(r, &c)) == QP_OK) {
+		if (np != NULL) {
+			*np = c.rep.count;
+		} else {
+			*st = c.rep.stat;
+		}
 	}
-	rv = qpi_rq_run(r, c);
+	qpi_rq_call_done(&c);
 	return rv;
 }
 
 static int
 rq_qsize(void *impl, uint64_t *np)
 {
-	qpi_rq *r = impl;
-	rq_call c;
-	int rv = rq_simple(r, QPI_OP_QSIZE, &c);
-
-	if (rv == QP_OK) {
-		*np = c.rep.count;
-	}
-	qpi_rq_call_done(&c);
-	return rv;
+	return rq_figures(impl, np, NULL);
 }
 
 static int
 rq_stat(void *impl, qp_queue_stats *st)
 {
-	qpi_rq *r = impl;
-	rq_call c;
-	int rv = rq_simple(r, QPI_OP_STAT, &c);
-
-	if (rv == QP_OK) {
-		*st = c.rep.stat;
-	}
-	qpi_rq_call_done(&c);
-	return rv;
+	return rq_figures(impl, NULL, st);
 }
 
 static int
@@ -467,6 +443,28 @@ rq_full(void *impl, bool *fullp)
 	return rv;
 }
 
+/* Acks or touches one lease: *missingp when the server has it no more. */
+static int
+rq_lease_op(
+    qpi_rq *r, uint32_t op, uint64_t id, uint64_t lease_ms, bool *missingp)
+{
+	uint64_t missing[1];
+	rq_call c;
+	int rv;
+
+	qpi_rq_call_init(&c, r, op, 0);
+	c.req.ids = &id;
+	c.req.nids = 1;
+	c.req.ids_cap = 1;
+	c.req.lease_ms = lease_ms;
+	c.rep.ids = missing;
+	c.rep.ids_cap = 1;
+	rv = qpi_rq_run(r, &c);
+	*missingp = rv == QP_OK && c.rep.nids > 0;
+	qpi_rq_call_done(&c);
+	return rv;
+}
+
 static int
 rq_task_done(void *impl)
 {
@@ -479,38 +477,25 @@ rq_task_done(void *impl)
 	}
 	if (r->lease_mode) {
 		uint64_t id;
-		pthread_mutex_lock(&r->mu);
-		if (r->held.n == 0) {
-			pthread_mutex_unlock(&r->mu);
+		bool missing = false;
+		if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
 			return qpi_err(QP_EVALUE,
 			    "task_done() on %s/%s: this handle holds no task",
 			    r->url, r->name);
 		}
-		id = r->held.id[0];
-		pthread_mutex_unlock(&r->mu);
-		qpi_rq_call_init(&c, r, QPI_OP_ACK);
-		c.req.ids = &id;
-		c.req.nids = 1;
-		c.req.ids_cap = 1;
-		uint64_t missing[1];
-		c.rep.ids = missing;
-		c.rep.ids_cap = 1;
-		rv = qpi_rq_run(r, &c);
-		if (rv == QP_OK && c.rep.nids > 0) {
+		rv = rq_lease_op(r, QPI_OP_ACK, id, 0, &missing);
+		if (rv == QP_OK && missing) {
 			rv = qpi_err(QP_ENOENT,
 			    "task_done() on %s/%s: the lease of the task ran "
 			    "out first; the item went back to the queue",
 			    r->url, r->name);
 		}
-		qpi_rq_call_done(&c);
 		if (rv == QP_OK || rv == QP_ENOENT) {
-			pthread_mutex_lock(&r->mu);
-			qpi_ids_drop(&r->held, 0, 1);
-			pthread_mutex_unlock(&r->mu);
+			qpi_ids_done(&r->held, &r->mu, id);
 		}
 		return rv;
 	}
-	qpi_rq_call_init(&c, r, QPI_OP_TASK_DONE);
+	qpi_rq_call_init(&c, r, QPI_OP_TASK_DONE, 0);
 	c.req.count = 1;
 	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
@@ -525,7 +510,7 @@ rq_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 {
 	const qpi_queue_ops *ops;
 	qpi_rq *r = impl, *res = qpi_queue_impl(results, &ops);
-	uint8_t *tmp = NULL;
+	uint8_t *tmp;
 	uint64_t id;
 	rq_call c;
 	int rv;
@@ -540,41 +525,24 @@ rq_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 		    r->url, ops != &qpi_remote_ops ? "not on a server" : "on ",
 		    ops != &qpi_remote_ops ? "" : res->url);
 	}
-	if ((uint64_t) len > r->lim.max_message) {
-		return qpi_err(QP_ETOOBIG,
-		    "result of %zu bytes is over the %llu-byte limit of %s",
-		    len, (unsigned long long) r->lim.max_message, r->url);
+	qpi_rq_call_init(&c, r, QPI_OP_COMPLETE, deadline_ns);
+	if ((rv = qpi_rq_item(r, &c.req.item, kind == QPI_ITEM_BIN, buf, len,
+	         &tmp, "result"))
+	    != QP_OK) {
+		return rv;
 	}
-	pthread_mutex_lock(&r->mu);
-	if (r->held.n == 0) {
-		pthread_mutex_unlock(&r->mu);
+	if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
+		free(tmp);
 		return qpi_err(QP_EVALUE,
 		    "complete() on %s/%s: this handle holds no task", r->url,
 		    r->name);
 	}
-	id = r->held.id[0];
-	pthread_mutex_unlock(&r->mu);
-	qpi_rq_call_init(&c, r, QPI_OP_COMPLETE);
 	c.req.lease_id = id;
 	snprintf(c.req.results, sizeof(c.req.results), "%s", res->name);
-	if (kind != QPI_ITEM_BIN) {
-		c.req.item.data = buf;
-		c.req.item.len = len;
-	} else if ((rv = qpi_rq_bin_item(
-	                &c.req.item, buf, len, &tmp, "a result"))
-	    != QP_OK) {
-		return rv;
-	}
-	c.blocking = deadline_ns != 0;
-	c.deadline_ns = deadline_ns;
 	rv = qpi_rq_do_status(r, &c, QP_EFULL);
 	free(tmp);
 	if (rv == QP_OK || rv == QP_ENOENT) {
-		pthread_mutex_lock(&r->mu);
-		if (r->held.n > 0 && r->held.id[0] == id) {
-			qpi_ids_drop(&r->held, 0, 1);
-		}
-		pthread_mutex_unlock(&r->mu);
+		qpi_ids_done(&r->held, &r->mu, id);
 	}
 	return rv;
 }
@@ -586,20 +554,12 @@ rq_join(void *impl, int64_t deadline_ns)
 	rq_call c;
 	int rv;
 
+	qpi_rq_call_init(&c, r, QPI_OP_JOIN, deadline_ns);
 	if ((rv = qpi_rq_check(r)) != QP_OK) {
 		return rv;
 	}
-	for (;;) {
-		qpi_rq_call_init(&c, r, QPI_OP_JOIN);
-		c.blocking = deadline_ns != 0;
-		c.deadline_ns = deadline_ns;
-		rv = qpi_rq_run(r, &c);
-		qpi_rq_call_done(&c);
-		if (rv == QP_ETIMEDOUT && deadline_ns == INT64_MAX) {
-			continue;
-		}
-		return rv;
-	}
+	/* Waiting for ever: again after each slice. */
+	return qpi_rq_do_status(r, &c, QP_ETIMEDOUT);
 }
 
 static int
@@ -619,26 +579,17 @@ rq_nack(void *impl, qp_duration delay)
 		    "holds its items",
 		    r->url, r->name);
 	}
-	if (delay < 0) {
-		return qpi_err(QP_EINVAL, "nack delay must be 0 or more ms");
-	}
-	pthread_mutex_lock(&r->mu);
-	if (r->held.n == 0) {
-		pthread_mutex_unlock(&r->mu);
+	if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
 		return qpi_err(QP_ENOENT, "nack on %s/%s: no item is held",
 		    r->url, r->name);
 	}
-	id = r->held.id[0];
-	pthread_mutex_unlock(&r->mu);
-	qpi_rq_call_init(&c, r, QPI_OP_RELEASE);
+	qpi_rq_call_init(&c, r, QPI_OP_RELEASE, 0);
 	c.req.lease_id = id;
 	c.req.delay_ms = (uint64_t) delay;
 	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
 	if (rv == QP_OK || rv == QP_ENOENT) {
-		pthread_mutex_lock(&r->mu);
-		qpi_ids_drop(&r->held, 0, 1);
-		pthread_mutex_unlock(&r->mu);
+		qpi_ids_done(&r->held, &r->mu, id);
 	}
 	return rv == QP_ENOENT ? QP_OK : rv; /* gone back already */
 }
@@ -648,8 +599,7 @@ rq_touch(void *impl, qp_duration lease)
 {
 	qpi_rq *r = impl;
 	uint64_t *ids = NULL, *missing = NULL;
-	uint32_t batch
-	    = r->lim.max_batch > 0 ? r->lim.max_batch : QPI_WIRE_DEFAULT_BATCH;
+	uint32_t batch = r->lim.max_batch; /* never 0 (rq_hook) */
 	size_t n, lost = 0;
 	rq_call c;
 	int rv;
@@ -662,11 +612,6 @@ rq_touch(void *impl, qp_duration lease)
 		    "touch on %s/%s: only a handle opened with QP_OPEN_LEASE "
 		    "holds its items",
 		    r->url, r->name);
-	}
-	if (lease < 0 || lease > QPI_WIRE_MS_MAX) {
-		return qpi_err(QP_EINVAL,
-		    "touch: lease %lld ms is not within 0..2^31-1",
-		    (long long) lease);
 	}
 	/* A copy of the ids: the list may change while the calls are out. */
 	pthread_mutex_lock(&r->mu);
@@ -687,7 +632,7 @@ rq_touch(void *impl, qp_duration lease)
 	}
 	for (size_t i = 0; i < n && rv == QP_OK; i += batch) {
 		uint32_t k = (uint32_t) (n - i < batch ? n - i : batch);
-		qpi_rq_call_init(&c, r, QPI_OP_TOUCH);
+		qpi_rq_call_init(&c, r, QPI_OP_TOUCH, 0);
 		c.req.lease_ms = lease != 0 ? (uint64_t) lease : r->lease_ms;
 		c.req.ids = ids + i;
 		c.req.nids = k;
@@ -746,31 +691,36 @@ qpi_rq_unlink(const qpi_addr *a, const qp_conn_opts *o)
 	if ((rv = qpi_rq_new(&r, a, o)) != QP_OK) {
 		return rv;
 	}
-	qpi_rq_call_init(&c, r, QPI_OP_DELETE);
+	qpi_rq_call_init(&c, r, QPI_OP_DELETE, 0);
 	rv = qpi_rq_run(r, &c);
 	qpi_rq_call_done(&c);
 	qpi_rq_free(r);
 	return rv;
 }
 
-int
-qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o, qp_queue_info **listp,
-    size_t *np)
+QP_API int
+qp_server_list_opts(const char *addr, const qp_conn_opts *conn,
+    qp_queue_info **listp, size_t *np)
 {
 	qpi_wire_qentry *ents;
 	qp_queue_info *out;
+	qpi_addr a;
 	qpi_rq *r;
 	rq_call c;
 	int rv;
 
-	if ((rv = qpi_rq_new(&r, a, o)) != QP_OK) {
+	if (addr == NULL || listp == NULL || np == NULL) {
+		return qpi_err(QP_EINVAL, "qp_server_list: NULL argument");
+	}
+	if ((rv = qpi_addr_parse(addr, QPI_ADDR_SERVER, &a)) != QP_OK
+	    || (rv = qpi_rq_new(&r, &a, conn)) != QP_OK) {
 		return rv;
 	}
 	if ((ents = calloc(QPI_WIRE_DEFAULT_BATCH, sizeof(*ents))) == NULL) {
 		qpi_rq_free(r);
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	qpi_rq_call_init(&c, r, QPI_OP_LIST);
+	qpi_rq_call_init(&c, r, QPI_OP_LIST, 0);
 	c.rep.queues = ents;
 	c.rep.queues_cap = QPI_WIRE_DEFAULT_BATCH;
 	rv = qpi_rq_run(r, &c);
@@ -805,10 +755,6 @@ qpi_rq_list(const qpi_addr *a, const qp_conn_opts *o, qp_queue_info **listp,
  * the next item taken. A close ends the thread (its call ends with the
  * connection); a dropped connection gives the item back to the queue.
  * pf->mu guards the slot; never held across a call. */
-
-#define PF_LEASE_MS   60000
-#define PF_RENEW_MS   20000
-#define PF_BACKOFF_MS 200
 
 struct rq_pf {
 	pthread_mutex_t mu;
@@ -851,59 +797,6 @@ pf_signal(rq_pf *pf, bool on)
 	}
 }
 
-/* Acks or touches one lease: *missingp when the server has it no more. */
-static int
-pf_lease_op(
-    qpi_rq *r, uint32_t op, uint64_t id, uint64_t lease_ms, bool *missingp)
-{
-	uint64_t missing[1];
-	rq_call c;
-	int rv;
-
-	qpi_rq_call_init(&c, r, op);
-	c.req.ids = &id;
-	c.req.nids = 1;
-	c.req.ids_cap = 1;
-	c.req.lease_ms = lease_ms;
-	c.rep.ids = missing;
-	c.rep.ids_cap = 1;
-	rv = qpi_rq_run(r, &c);
-	*missingp = rv == QP_OK && c.rep.nids > 0;
-	qpi_rq_call_done(&c);
-	return rv;
-}
-
-/* One blocking get of one item, leased to the connection (WORK mode). */
-static int
-pf_fetch(qpi_rq *r, rq_call *c, qpi_wire_item *item)
-{
-	int rv;
-
-	if ((rv = qpi_rq_check(r)) != QP_OK) {
-		return rv;
-	}
-	do {
-		qpi_rq_call_init(c, r, QPI_OP_GET);
-		c->req.max_items = 1;
-		c->req.lease_mode = QPI_LEASE_WORK;
-		c->req.lease_ms = PF_LEASE_MS;
-		c->blocking = true;
-		c->deadline_ns = INT64_MAX;
-		c->rep.items = item;
-		c->rep.items_cap = 1;
-		rv = qpi_rq_run(r, c);
-		if (rv != QP_OK) {
-			qpi_rq_call_done(c);
-		}
-	} while (rv == QP_EEMPTY);
-	if (rv == QP_OK && c->rep.nitems != 1) {
-		qpi_rq_call_done(c);
-		rv = qpi_err(QP_EPROTO, "%s answered a get of 1 with %u items",
-		    r->url, c->rep.nitems);
-	}
-	return rv;
-}
-
 static void *
 pf_main(void *arg)
 {
@@ -922,7 +815,7 @@ pf_main(void *arg)
 			uint64_t id = pf->lease_id;
 			bool missing = false;
 			pthread_mutex_unlock(&pf->mu);
-			(void) pf_lease_op(
+			(void) rq_lease_op(
 			    r, QPI_OP_TOUCH, id, PF_LEASE_MS, &missing);
 			pthread_mutex_lock(&pf->mu);
 			pf->renewed_ms = qpi_now_ms();
@@ -937,7 +830,7 @@ pf_main(void *arg)
 		pthread_mutex_unlock(&pf->mu);
 		qpi_wire_item item;
 		rq_call c;
-		int rv = pf_fetch(r, &c, &item);
+		int rv = rq_get_call(r, &c, &item, 1, INT64_MAX, true);
 		uint8_t *copy = NULL;
 		if (rv == QP_OK && (copy = malloc(item.len + 1)) != NULL) {
 			memcpy(copy, item.data, item.len);
@@ -1015,62 +908,31 @@ static int
 pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
     void **bufp, size_t *lenp, int64_t deadline_ns)
 {
-	bool obj = (flags & QPI_GET_OBJ) != 0;
-
 	for (;;) {
 		qpi_wire_item it;
 		bool missing = false;
-		size_t len;
 		int rv;
 
 		if ((rv = qpi_rq_check(r)) != QP_OK
 		    || (rv = pf_take(r, pf, deadline_ns, &it)) != QP_OK) {
 			return rv;
 		}
-		uint8_t *data = (uint8_t *) it.data;
-		const uint8_t *src = rq_item_bytes(&it, obj, &len);
-		if (into != NULL && len > cap) {
-			rq_release(r, it.lease_id);
-			free(data);
-			*lenp = len;
-			return qpi_err(QP_ETOOBIG,
-			    "item of %zu bytes does not fit in %zu; it went "
-			    "back to the head of %s/%s",
-			    len, cap, r->url, r->name);
-		}
 		/* The lease becomes the handle's: confirmed (plain), or
 		 * running lease_ms from now (worker mode). */
-		rv = r->lease_mode
-		    ? pf_lease_op(
-		        r, QPI_OP_TOUCH, it.lease_id, r->lease_ms, &missing)
-		    : pf_lease_op(r, QPI_OP_ACK, it.lease_id, 0, &missing);
-		if (rv == QP_OK && missing) {
-			free(data); /* it went back: take the next */
-			continue;
-		}
-		if (rv != QP_OK) {
-			free(data);
-			return rv;
-		}
-		if (into != NULL) {
-			if (len > 0) {
-				memcpy(into, src, len);
+		if ((rv = rq_item_out(r, &it, flags, into, cap, bufp, lenp))
+		    != QP_OK) {
+			rq_release(r, it.lease_id);
+		} else if ((rv = rq_lease_op(r,
+		                r->lease_mode ? QPI_OP_TOUCH : QPI_OP_ACK,
+		                it.lease_id, r->lease_mode ? r->lease_ms : 0,
+		                &missing))
+		        != QP_OK
+		    || missing) {
+			if (into == NULL) {
+				free(*bufp); /* it went back: take the next */
+				*bufp = NULL;
 			}
-		} else {
-			void *out = malloc(len > 0 ? len : 1);
-			if (out == NULL) {
-				free(data);
-				return qpi_err(QP_ENOMEM,
-				    "out of memory for an item of %zu bytes",
-				    len);
-			}
-			if (len > 0) {
-				memcpy(out, src, len);
-			}
-			*bufp = out;
-		}
-		*lenp = len;
-		if (r->lease_mode) {
+		} else if (r->lease_mode) {
 			qpi_rq_got(r, &it, 1); /* held until task_done */
 		} else {
 			pthread_mutex_lock(&r->mu);
@@ -1078,8 +940,10 @@ pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
 			r->have_last = true;
 			pthread_mutex_unlock(&r->mu);
 		}
-		free(data);
-		return QP_OK;
+		free((void *) it.data);
+		if (rv != QP_OK || !missing) {
+			return rv;
+		}
 	}
 }
 
@@ -1202,22 +1066,6 @@ const qpi_queue_ops qpi_remote_ops = {
     .close = rq_close_op,
     .free = rq_free_op,
 };
-
-QP_API int
-qp_server_list_opts(const char *addr, const qp_conn_opts *conn,
-    qp_queue_info **listp, size_t *np)
-{
-	qpi_addr a;
-	int rv;
-
-	if (addr == NULL || listp == NULL || np == NULL) {
-		return qpi_err(QP_EINVAL, "qp_server_list: NULL argument");
-	}
-	if ((rv = qpi_addr_parse(addr, QPI_ADDR_SERVER, &a)) != QP_OK) {
-		return rv;
-	}
-	return qpi_rq_list(&a, conn, listp, np);
-}
 
 QP_API int
 qp_server_list(const char *addr, qp_queue_info **listp, size_t *np)

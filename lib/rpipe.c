@@ -87,10 +87,8 @@ rp_pf_main(void *arg)
 
 	while (qpi_rxq_wait_room(&p->q)) {
 		rq_call c;
-		qpi_rq_call_init(&c, p->r, QPI_OP_PIPE_RECV);
+		qpi_rq_call_init(&c, p->r, QPI_OP_PIPE_RECV, INT64_MAX);
 		c.req.side = p->side;
-		c.blocking = true;
-		c.deadline_ns = INT64_MAX;
 		c.once = true; /* the side dies with its connection */
 		rp_pf_answer(p, qpi_rq_do(p->r, &c), &c);
 		qpi_rq_call_done(&c);
@@ -103,28 +101,18 @@ rp_send(qp_conn *c, bool raw, const void *buf, size_t len, uint8_t binoff)
 {
 	rpipe *p = rp_of(c);
 	qpi_rq *r = p->r;
-	uint8_t *tmp = NULL;
+	uint8_t *tmp;
 	rq_call call;
 	int rv;
 
 	(void) binoff;
-	if ((uint64_t) len > r->lim.max_message) {
-		return qpi_err(QP_ETOOBIG,
-		    "message of %zu bytes is over the %llu-byte limit of %s",
-		    len, (unsigned long long) r->lim.max_message, r->url);
-	}
-	qpi_rq_call_init(&call, r, QPI_OP_PIPE_SEND);
+	qpi_rq_call_init(&call, r, QPI_OP_PIPE_SEND, INT64_MAX);
 	call.req.side = p->side;
-	if (!raw) {
-		call.req.item.data = buf;
-		call.req.item.len = len;
-	} else if ((rv = qpi_rq_bin_item(
-	                &call.req.item, buf, len, &tmp, "a message"))
+	if ((rv = qpi_rq_item(
+	         r, &call.req.item, raw, buf, len, &tmp, "message"))
 	    != QP_OK) {
 		return rv;
 	}
-	call.blocking = true;
-	call.deadline_ns = INT64_MAX;
 	/* QP_ETIMEDOUT: the server's buffer stayed full for a whole slice. */
 	rv = qpi_rq_do_status(r, &call, QP_ETIMEDOUT);
 	free(tmp);
@@ -176,7 +164,7 @@ rp_close(qp_conn *c)
 
 	/* The other side sees the end of file once it has read what was
 	 * sent (our sends were all taken by the server). */
-	qpi_rq_call_init(&call, p->r, QPI_OP_PIPE_CLOSE);
+	qpi_rq_call_init(&call, p->r, QPI_OP_PIPE_CLOSE, 0);
 	call.req.side = p->side;
 	qpi_rq_do(p->r, &call);
 	qpi_rq_call_done(&call);
@@ -257,15 +245,13 @@ qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
 	}
 	if ((rv = qpi_rxq_init(&p->q)) != QP_OK
 	    || (rv = qpi_rq_new(&p->r, &a, conn)) != QP_OK) {
-		char msg[512];
-		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
 		if (p->q.efd > 0) {
 			qpi_rxq_free(&p->q, true);
 		}
 		free(p);
-		return qpi_err(rv, "%s", msg);
+		return rv;
 	}
-	qpi_rq_call_init(&call, p->r, QPI_OP_PIPE_OPEN);
+	qpi_rq_call_init(&call, p->r, QPI_OP_PIPE_OPEN, 0);
 	call.req.side = side;
 	call.req.flags = duplex ? 0 : QPI_PIPE_ONEWAY;
 	rv = qpi_rq_run(p->r, &call);
@@ -284,10 +270,8 @@ qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
 		}
 	}
 	if (rv != QP_OK) {
-		char msg[512];
-		snprintf(msg, sizeof(msg), "%s", qp_errmsg());
-		rp_destroy(&p->base);
-		return qpi_err(rv, "%s", msg);
+		rp_destroy(&p->base); /* leaves the message as it is */
+		return rv;
 	}
 	qpi_conn_init(&p->base, &rp_ops, readable, writable);
 	p->base.owner = p->r->pid;

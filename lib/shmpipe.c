@@ -317,31 +317,19 @@ shm_conn(qp_conn *c)
 
 /* ---- ring bytes ---- */
 
-static void
-shm_ring_put(struct shmconn *c, uint64_t pos, const void *src, size_t n)
+/* Copies n bytes between buf and the ring at pos, wrapping around its
+ * end: into the sending ring (put), else out of the receiving one. */
+static inline void
+shm_ring_copy(struct shmconn *c, bool put, uint64_t pos, void *buf, size_t n)
 {
+	uint8_t *ring = put ? c->out_data : c->in_data, *b = buf;
 	size_t off = (size_t) (pos & c->mask);
-	size_t first = (size_t) c->size - off;
+	size_t first = (size_t) c->size - off < n ? (size_t) c->size - off : n;
 
-	if (first >= n) {
-		memcpy(c->out_data + off, src, n);
-	} else {
-		memcpy(c->out_data + off, src, first);
-		memcpy(c->out_data, (const uint8_t *) src + first, n - first);
-	}
-}
-
-static void
-shm_ring_get(struct shmconn *c, uint64_t pos, void *dst, size_t n)
-{
-	size_t off = (size_t) (pos & c->mask);
-	size_t first = (size_t) c->size - off;
-
-	if (first >= n) {
-		memcpy(dst, c->in_data + off, n);
-	} else {
-		memcpy(dst, c->in_data + off, first);
-		memcpy((uint8_t *) dst + first, c->in_data, n - first);
+	memcpy(put ? ring + off : b, put ? b : ring + off, first);
+	if (first < n) {
+		memcpy(
+		    put ? ring : b + first, put ? b + first : ring, n - first);
 	}
 }
 
@@ -481,14 +469,9 @@ shm_fresh_fds(struct shmconn *c)
 	if (c->epfd >= 0) {
 		close(c->epfd);
 	}
-	if (c->pidfd >= 0) {
-		close(c->pidfd);
-	}
 	c->epfd = -1;
-	c->pidfd = -1;
-	c->ep_has_pidfd = false;
-	c->watch_pid = 0;
-	c->watch_dead = false;
+	c->ep_has_pidfd = false; /* the set is gone: nothing to take out */
+	shm_drop_pidfd(c);
 	c->mypid = getpid();
 	c->fd_gen = gen;
 }
@@ -775,7 +758,7 @@ shm_peek(qp_conn *base, int64_t deadline, qpi_msginfo *mi)
 		}
 		return rv;
 	}
-	shm_ring_get(c, tail, &h, sizeof(h));
+	shm_ring_copy(c, false, tail, &h, sizeof(h));
 	if (h.magic != MSG_MAGIC || h.len > QPI_CONN_MAX_MESSAGE || h.raw > 1
 	    || h.binoff > 5 || h.binoff > h.len) {
 		return qpi_err(QP_ECORRUPT,
@@ -814,7 +797,7 @@ shm_take(qp_conn *base, const qpi_msginfo *mi, size_t skip, void *dst)
 		if (n > left) {
 			n = left;
 		}
-		shm_ring_get(c, pos, out, (size_t) n);
+		shm_ring_copy(c, false, pos, out, (size_t) n);
 		out += n;
 		pos += n;
 		left -= (size_t) n;
@@ -864,13 +847,13 @@ shm_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 	    != QP_OK) {
 		return rv;
 	}
-	shm_ring_put(c, head, &h, sizeof(h));
+	shm_ring_copy(c, true, head, &h, sizeof(h));
 	pos = head + HDR;
 	for (;;) {
 		/* shm_wait left a fresh tail: room is exact */
 		uint64_t room = c->size - (pos - c->out_tail);
 		size_t n = room < left ? (size_t) room : left;
-		shm_ring_put(c, pos, src, n);
+		shm_ring_copy(c, true, pos, (void *) src, n);
 		src += n;
 		pos += n;
 		left -= n;

@@ -2,7 +2,7 @@
  * auth.h - the token challenge-response of PROTOCOL.md ("sessions and
  * authentication"): tokens and where they come from, nonces, HMAC-SHA-256,
  * and the two sides of the hello/auth exchange. Used by direct connections
- * (nngconn.c), qpiped and the remote queue client. No nng type here; the
+ * (netconn.c), qpiped and the remote queue client. No nng type here; the
  * cryptography is mbedTLS's (mbedcrypto), the randomness getrandom(2).
  *
  * The exchange, on one connection:

@@ -4,7 +4,7 @@
  * (rclient.c) that holds one side of a named pipe. A receiving end keeps
  * one pipe_recv parked on the server at all times (the prefetcher, a
  * thread of the end): a message that arrives is queued in the local
- * queue shared with nngconn.c (conn.h's qpi_rxq: an eventfd readable
+ * queue shared with netconn.c (conn.h's qpi_rxq: an eventfd readable
  * while one waits, peek/take). The prefetcher stops while QPI_RXQ_MAX
  * bytes are queued, so a slow receiver leaves the messages in the
  * server, whose buffer then holds back the sender. Sending is a synchronous

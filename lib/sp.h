@@ -2,7 +2,7 @@
  * sp.h - the SP wire format of nng's tcp:// and ipc:// transports, spoken
  * by the server's connections (server/link.c, on plain sockets and on nng
  * streams alike), the client's connection layer (link.c, call.c) and
- * direct connections (nngconn.c, pair1). A connection opens with an 8-byte
+ * direct connections (netconn.c, pair1). A connection opens with an 8-byte
  * header each way (0x00 'S' 'P' 0x00, the sender's 16-bit protocol id, two
  * zero bytes); then each message is an 8-byte big-endian length and the
  * body, preceded over ipc:// by one message-type byte (0x01). A req0/rep0

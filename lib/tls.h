@@ -3,7 +3,7 @@
  * a server's (certificate and key, optionally a CA that client
  * certificates must chain to) and a client's (a CA to verify the server,
  * on by default, and the name the server's certificate must carry).
- * Files are PEM. Used by direct connections (nngconn.c), qpiped and the
+ * Files are PEM. Used by direct connections (netconn.c), qpiped and the
  * remote queue client: hand the config to an nng listener or dialer with
  * NNG_OPT_TLS_CONFIG (it takes its own hold), then nng_tls_config_free()
  * your reference. This header is internal: it names an nng type.

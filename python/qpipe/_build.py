@@ -161,6 +161,88 @@ int qp_dial_opts(qp_conn **cp, const char *addr, qp_duration timeout,
     const qp_conn_opts *opts);
 int qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
     const qp_conn_opts *conn);
+
+int qpy_queue_get(qp_queue *q, int raw, char *buf, size_t cap, size_t *lenp,
+    size_t *offp, void **bigp, qp_duration timeout);
+int qpy_conn_recv_into(qp_conn *c, char *buf, size_t cap, size_t *lenp,
+    qp_duration timeout);
+"""
+
+# Helpers compiled into the extension (over the public API only): each
+# saves the hot paths a call through cffi and a Python-level step.
+HELPERS = r"""
+#include <string.h>
+
+/* One get of a value (raw: qp_queue_get, the item's bytes) that hands a
+ * bin back as its bytes: a get returns QP_OK (0) with the bin's bytes in
+ * buf (*lenp long), -1 with the value's msgpack encoding in buf, -2 with
+ * a bin of *lenp bytes at offset *offp of the library's buffer *bigp (too
+ * large for buf; the caller frees it with qp_free), -3 with a value's
+ * encoding there; else the qp_err code. */
+static int
+qpy_queue_get(qp_queue *q, int raw, char *buf, size_t cap, size_t *lenp,
+    size_t *offp, void **bigp, qp_duration timeout)
+{
+	void *p;
+	size_t n, off = 0, blen = 0;
+	int rc = raw ? qp_queue_get(q, &p, &n, timeout)
+	             : qp_queue_get_obj(q, &p, &n, timeout);
+
+	if (rc != QP_OK) {
+		return rc;
+	}
+	const unsigned char *m = p;
+	int bin = 1;
+	if (!raw) {
+		bin = 0;
+		if (n >= 2 && m[0] == 0xc4) {
+			off = 2, blen = m[1], bin = 1;
+		} else if (n >= 3 && m[0] == 0xc5) {
+			off = 3, blen = (size_t) m[1] << 8 | m[2], bin = 1;
+		} else if (n >= 5 && m[0] == 0xc6) {
+			off = 5;
+			blen = (size_t) m[1] << 24 | (size_t) m[2] << 16
+			    | (size_t) m[3] << 8 | m[4];
+			bin = 1;
+		}
+		if (bin && off + blen != n) {
+			bin = 0, off = 0; /* not one bin: unpack it whole */
+		}
+	}
+	if (!bin || raw) {
+		blen = n - off;
+	}
+	if (blen <= cap) {
+		if (blen > 0) {
+			memcpy(buf, m + off, blen);
+		}
+		*lenp = blen;
+		qp_free(p);
+		return bin ? 0 : -1;
+	}
+	*bigp = p;
+	*offp = off;
+	*lenp = blen;
+	return bin ? -2 : -3;
+}
+
+/* Waits up to timeout for a message, then receives it into buf: QP_OK,
+ * -1 if none came in time, else qp_conn_recv_bytes_into's code. */
+static int
+qpy_conn_recv_into(qp_conn *c, char *buf, size_t cap, size_t *lenp,
+    qp_duration timeout)
+{
+	bool ready = false;
+	int rc = qp_conn_poll(c, timeout, &ready);
+
+	if (rc != QP_OK) {
+		return rc;
+	}
+	if (!ready) {
+		return -1;
+	}
+	return qp_conn_recv_bytes_into(c, buf, cap, 0, lenp);
+}
 """
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -183,7 +265,7 @@ def make_ffibuilder():
     ffi = FFI()
     ffi.cdef(CDEF)
     ffi.set_source(
-        "qpipe._lib", '#include "qpipe.h"\n', libraries=["qpipe"],
+        "qpipe._lib", '#include "qpipe.h"\n' + HELPERS, libraries=["qpipe"],
         include_dirs=incs, library_dirs=[libdir],
         runtime_library_dirs=[libdir],
         extra_compile_args=["-O2"])

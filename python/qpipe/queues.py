@@ -18,6 +18,9 @@ from ._lib import ffi, lib
 from . import _core
 from ._core import PID as _PID, SLICE_MS, check, error, to_ms, waiting
 
+_qget = lib.qpy_queue_get
+_GETBUF = _core.GETBUF
+
 __all__ = ["Queue", "JoinableQueue", "SimpleQueue"]
 
 _ANON_PICKLE = (
@@ -179,19 +182,23 @@ class Queue:
         seconds); queue.Full if it stays full."""
         if self._closed:
             self._raise_closed()
-        data = self._dumps(obj)
+        if type(obj) is bytes and not self._pickle:
+            # qp_queue_put stores bytes as the bin put_obj would store.
+            data, fn = obj, lib.qp_queue_put
+        else:
+            data, fn = self._dumps(obj), self._put
         h = self._h
         if h is None or self._pid != _PID[0]:
             h = self._handle()
         n = len(data)
-        fn = self._put
-        if not block:
-            ms = 0
-        elif timeout is None:
+        if block and timeout is None:
+            rc = fn(h, data, n, SLICE_MS)
+            if rc == 0:
+                return
             ms = -1
         else:
-            ms = to_ms(timeout)
-        rc = fn(h, data, n, ms if 0 <= ms <= SLICE_MS else SLICE_MS)
+            ms = to_ms(timeout) if block else 0
+            rc = fn(h, data, n, ms if ms <= SLICE_MS else SLICE_MS)
         if rc == lib.QP_EFULL and (ms < 0 or ms > SLICE_MS):
             rc = waiting(lambda s: fn(h, data, n, s),
                          ms if ms < 0 else ms - SLICE_MS, (lib.QP_EFULL,))
@@ -212,28 +219,42 @@ class Queue:
         h = self._h
         if h is None or self._pid != _PID[0]:
             h = self._handle()
-        o = _core.out
-        bufp, lenp = o.bufp, o.lenp
-        fn = self._get
-        if not block:
-            ms = 0
-        elif timeout is None:
+        buf, view, lenp, offp, bigp = _core.out.g
+        raw = self._pickle
+        if block and timeout is None:
             ms = -1
+            rc = _qget(h, raw, buf, _GETBUF, lenp, offp, bigp, SLICE_MS)
         else:
-            ms = to_ms(timeout)
-        rc = fn(h, bufp, lenp, ms if 0 <= ms <= SLICE_MS else SLICE_MS)
+            ms = to_ms(timeout) if block else 0
+            rc = _qget(h, raw, buf, _GETBUF, lenp, offp, bigp,
+                       ms if ms <= SLICE_MS else SLICE_MS)
+        if rc == 0:
+            # A bin's bytes in buf.
+            if raw:
+                return self._loads(view[:lenp[0]])
+            return view[:lenp[0]]
         if rc == lib.QP_EEMPTY and (ms < 0 or ms > SLICE_MS):
-            rc = waiting(lambda s: fn(h, bufp, lenp, s),
+            rc = waiting(lambda s: _qget(h, raw, buf, _GETBUF, lenp, offp,
+                                         bigp, s),
                          ms if ms < 0 else ms - SLICE_MS, (lib.QP_EEMPTY,))
-        if rc != lib.QP_OK:
-            if rc == lib.QP_ECLOSED and self._closed:
-                self._raise_closed()
-            raise error(rc, repr(self))
-        p = bufp[0]
-        try:
-            return self._loads(ffi.buffer(p, lenp[0]))
-        finally:
-            lib.qp_free(p)
+            if rc == 0:
+                return self._loads(view[:lenp[0]]) if raw \
+                    else view[:lenp[0]]
+        if rc == -1:
+            return self._loads(view[:lenp[0]])
+        if rc < 0:
+            # Too large for buf: in the library's buffer, freed here.
+            p = bigp[0]
+            try:
+                if rc == -2 and not raw:
+                    return ffi.unpack(ffi.cast("char *", p) + offp[0],
+                                      lenp[0])
+                return self._loads(ffi.buffer(p, lenp[0]))
+            finally:
+                lib.qp_free(p)
+        if rc == lib.QP_ECLOSED and self._closed:
+            self._raise_closed()
+        raise error(rc, repr(self))
 
     def _loads_c(self, p, n):
         try:

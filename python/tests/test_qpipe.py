@@ -311,6 +311,52 @@ class TestBatchesAndSerializers(_Kinds, unittest.TestCase):
         self.assertRaises(ValueError, qpipe.Queue, serializer="json")
 
 
+class TestQueueValues(_Kinds, unittest.TestCase):
+    """A get hands a bin back as its bytes straight from the thread's
+    64 KiB buffer, other values through msgpack, and larger ones from the
+    library's buffer; a put of bytes stores the bin a put of its msgpack
+    encoding stores. Every kind, at the sizes where the paths change, comes
+    back as msgpack itself round-trips it (pickle: as it was)."""
+
+    def test_kinds_and_sizes(self):
+        import msgpack
+        sizes = [0, 1, 255, 256, 65530, 65535, 65536, 65537, 1 << 20]
+        vals = [bytes((i * 7 + n) % 251 for i in range(n)) for n in sizes]
+        vals += ["é" * 40000, "s", None, 0, -1, 2 ** 63, 1.5, True,
+                 [b"a", "b", None], {1: b"x", "k": [1, 2]}, bytearray(b"ba"),
+                 b"\xc4\x01", "x" * 70000]
+        for ser in ("msgpack", "pickle"):
+            for addr in [None] + self.addresses():
+                with self.subTest(ser=ser, addr=addr):
+                    q = qpipe.Queue(address=addr, serializer=ser)
+                    for v in vals:
+                        q.put(v)
+                        got = q.get(timeout=10)
+                        want = v if ser == "pickle" else msgpack.unpackb(
+                            msgpack.packb(v, use_bin_type=True),
+                            raw=False, strict_map_key=False)
+                        self.assertEqual(type(got), type(want))
+                        self.assertEqual(got, want)
+                    q.put(b"late")
+                    q.close()
+                    self.assertRaises(ValueError, q.get, False)
+                    self.assertRaises(ValueError, q.put, b"x")
+                    if addr:
+                        qpipe.unlink(addr)
+
+    def test_pipe_ends(self):
+        r, w = qpipe.Pipe(duplex=False)
+        self.assertRaises(OSError, r.send_bytes, b"x")
+        self.assertRaises(OSError, w.recv_bytes)
+        w.send_bytes(b"ab")
+        self.assertEqual(r.recv_bytes(), b"ab")
+        w.close()
+        self.assertRaises(OSError, w.send_bytes, b"x")
+        self.assertRaises(EOFError, r.recv_bytes)
+        r.close()
+        self.assertRaises(OSError, r.recv_bytes)
+
+
 class TestPipeSizes(unittest.TestCase):
     """recv_bytes and recv_bytes_into at the sizes where the receive
     buffer changes hands: empty, around its first 64 KiB, 1 MiB, and past

@@ -227,14 +227,18 @@ qpy_queue_get(qp_queue *q, int raw, char *buf, size_t cap, size_t *lenp,
 }
 
 /* Waits up to timeout for a message, then receives it into buf: QP_OK,
- * -1 if none came in time, else qp_conn_recv_bytes_into's code. */
+ * -1 if none came in time, else qp_conn_recv_bytes_into's code. It looks
+ * without waiting first (a wait reads the clock for its deadline). */
 static int
 qpy_conn_recv_into(qp_conn *c, char *buf, size_t cap, size_t *lenp,
     qp_duration timeout)
 {
 	bool ready = false;
-	int rc = qp_conn_poll(c, timeout, &ready);
+	int rc = qp_conn_poll(c, QP_NOWAIT, &ready);
 
+	if (rc == QP_OK && !ready && timeout != QP_NOWAIT) {
+		rc = qp_conn_poll(c, timeout, &ready);
+	}
 	if (rc != QP_OK) {
 		return rc;
 	}

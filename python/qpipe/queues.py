@@ -104,6 +104,11 @@ class Queue:
         self._pid = None
         self._mu = threading.Lock()
         self._remote = address is not None and _core.is_remote(address)
+        # The timeout of a blocking put's or get's first call: a local
+        # queue tries without waiting first (a wait reads the clock for
+        # its deadline); a remote one waits at once (a try would cost a
+        # round trip of its own).
+        self._first = SLICE_MS if self._remote else 0
         o = ffi.new("qp_queue_opts *")
         o.flags = lib.QP_OPEN_CREATE | (lib.QP_OPEN_LEASE if lease else 0)
         o.maxsize = maxsize
@@ -192,10 +197,12 @@ class Queue:
             h = self._handle()
         n = len(data)
         if block and timeout is None:
-            rc = fn(h, data, n, SLICE_MS)
+            rc = fn(h, data, n, self._first)
             if rc == 0:
                 return
             ms = -1
+            if rc == lib.QP_EFULL and self._first == 0:
+                rc = fn(h, data, n, SLICE_MS)
         else:
             ms = to_ms(timeout) if block else 0
             rc = fn(h, data, n, ms if ms <= SLICE_MS else SLICE_MS)
@@ -223,7 +230,9 @@ class Queue:
         raw = self._pickle
         if block and timeout is None:
             ms = -1
-            rc = _qget(h, raw, buf, _GETBUF, lenp, offp, bigp, SLICE_MS)
+            rc = _qget(h, raw, buf, _GETBUF, lenp, offp, bigp, self._first)
+            if rc == lib.QP_EEMPTY and self._first == 0:
+                rc = _qget(h, raw, buf, _GETBUF, lenp, offp, bigp, SLICE_MS)
         else:
             ms = to_ms(timeout) if block else 0
             rc = _qget(h, raw, buf, _GETBUF, lenp, offp, bigp,

@@ -162,10 +162,15 @@ int qp_dial_opts(qp_conn **cp, const char *addr, qp_duration timeout,
 int qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
     const qp_conn_opts *conn);
 
-int qpy_queue_get(qp_queue *q, int raw, char *buf, size_t cap, size_t *lenp,
-    size_t *offp, void **bigp, qp_duration timeout);
-int qpy_conn_recv_into(qp_conn *c, char *buf, size_t cap, size_t *lenp,
+typedef struct qpy_aux { size_t len; size_t off; void *big; } qpy_aux;
+int64_t qpy_queue_get(qp_queue *q, int raw, char *buf, size_t cap,
+    qpy_aux *aux, qp_duration timeout);
+int64_t qpy_conn_recv_into(qp_conn *c, char *buf, size_t cap,
     qp_duration timeout);
+#define QPY_VALUE ...
+#define QPY_BIG_BIN ...
+#define QPY_BIG_VALUE ...
+#define QPY_NOT_READY ...
 """
 
 # Helpers compiled into the extension (over the public API only): each
@@ -173,26 +178,42 @@ int qpy_conn_recv_into(qp_conn *c, char *buf, size_t cap, size_t *lenp,
 HELPERS = r"""
 #include <string.h>
 
-/* One get of a value (raw: qp_queue_get, the item's bytes) that hands a
- * bin back as its bytes: a get returns QP_OK (0) with the bin's bytes in
- * buf (*lenp long), -1 with the value's msgpack encoding in buf, -2 with
- * a bin of *lenp bytes at offset *offp of the library's buffer *bigp (too
- * large for buf; the caller frees it with qp_free), -3 with a value's
- * encoding there; else the qp_err code. */
-static int
-qpy_queue_get(qp_queue *q, int raw, char *buf, size_t cap, size_t *lenp,
-    size_t *offp, void **bigp, qp_duration timeout)
+/* The outcomes of the helpers below other than a length (>= 0) and a
+ * failure (-code, the qp_err code negated). */
+#define QPY_VALUE (-1000)
+#define QPY_BIG_BIN (-1001)
+#define QPY_BIG_VALUE (-1002)
+#define QPY_NOT_READY (-1003)
+
+/* Where a value that is not a bin in buf is: its length, and for one too
+ * large for buf the library's buffer (free it with qp_free) and the
+ * offset of a bin's bytes in it. */
+typedef struct qpy_aux {
+	size_t len;
+	size_t off;
+	void *big;
+} qpy_aux;
+
+/* One get (raw: qp_queue_get, the item's bytes; else qp_queue_get_obj)
+ * that hands a bin back as its bytes: returns their length with the bytes
+ * in buf; QPY_VALUE with the value's msgpack encoding in buf (aux->len
+ * long); QPY_BIG_BIN or QPY_BIG_VALUE with the item in aux->big (too large
+ * for buf); else -code. */
+static int64_t
+qpy_queue_get(qp_queue *q, int raw, char *buf, size_t cap, qpy_aux *aux,
+    qp_duration timeout)
 {
 	void *p;
-	size_t n, off = 0, blen = 0;
+	size_t n, off = 0, blen;
 	int rc = raw ? qp_queue_get(q, &p, &n, timeout)
 	             : qp_queue_get_obj(q, &p, &n, timeout);
 
 	if (rc != QP_OK) {
-		return rc;
+		return -(int64_t) rc;
 	}
 	const unsigned char *m = p;
 	int bin = 1;
+	blen = n;
 	if (!raw) {
 		bin = 0;
 		if (n >= 2 && m[0] == 0xc4) {
@@ -205,47 +226,48 @@ qpy_queue_get(qp_queue *q, int raw, char *buf, size_t cap, size_t *lenp,
 			    | (size_t) m[3] << 8 | m[4];
 			bin = 1;
 		}
-		if (bin && off + blen != n) {
-			bin = 0, off = 0; /* not one bin: unpack it whole */
+		if (!bin || off + blen != n) {
+			bin = 0, off = 0, blen = n; /* unpack it whole */
 		}
-	}
-	if (!bin || raw) {
-		blen = n - off;
 	}
 	if (blen <= cap) {
 		if (blen > 0) {
 			memcpy(buf, m + off, blen);
 		}
-		*lenp = blen;
 		qp_free(p);
-		return bin ? 0 : -1;
+		if (bin) {
+			return (int64_t) blen;
+		}
+		aux->len = blen;
+		return QPY_VALUE;
 	}
-	*bigp = p;
-	*offp = off;
-	*lenp = blen;
-	return bin ? -2 : -3;
+	aux->big = p;
+	aux->off = off;
+	aux->len = blen;
+	return bin ? QPY_BIG_BIN : QPY_BIG_VALUE;
 }
 
-/* Waits up to timeout for a message, then receives it into buf: QP_OK,
- * -1 if none came in time, else qp_conn_recv_bytes_into's code. It looks
- * without waiting first (a wait reads the clock for its deadline). */
-static int
-qpy_conn_recv_into(qp_conn *c, char *buf, size_t cap, size_t *lenp,
-    qp_duration timeout)
+/* Waits up to timeout for a message, then receives it into buf: returns
+ * its length, QPY_NOT_READY if none came in time, else -code (of
+ * qp_conn_poll or qp_conn_recv_bytes_into). It looks without waiting
+ * first (a wait reads the clock for its deadline). */
+static int64_t
+qpy_conn_recv_into(qp_conn *c, char *buf, size_t cap, qp_duration timeout)
 {
 	bool ready = false;
+	size_t len = 0;
 	int rc = qp_conn_poll(c, QP_NOWAIT, &ready);
 
 	if (rc == QP_OK && !ready && timeout != QP_NOWAIT) {
 		rc = qp_conn_poll(c, timeout, &ready);
 	}
-	if (rc != QP_OK) {
-		return rc;
+	if (rc == QP_OK && !ready) {
+		return QPY_NOT_READY;
 	}
-	if (!ready) {
-		return -1;
+	if (rc == QP_OK) {
+		rc = qp_conn_recv_bytes_into(c, buf, cap, 0, &len);
 	}
-	return qp_conn_recv_bytes_into(c, buf, cap, 0, lenp);
+	return rc == QP_OK ? (int64_t) len : -(int64_t) rc;
 }
 """
 

@@ -171,15 +171,15 @@ GETBUF = 64 * 1024
 
 class _Out(threading.local):
     """Per-thread out-parameters of the get calls (allocated once), and
-    g: (buf, the bytes view of buf, lenp, offp, bigp) for qpy_queue_get."""
+    g: (buf, the bytes view of buf, aux) for qpy_queue_get and
+    qpy_conn_recv_into."""
 
     def __init__(self):
         self.bufp = ffi.new("void **")
         self.lenp = ffi.new("size_t *")
         self.readyp = ffi.new("bool *")
         buf = ffi.new("char[]", GETBUF)
-        self.g = (buf, ffi.buffer(buf), self.lenp, ffi.new("size_t *"),
-                  self.bufp)
+        self.g = (buf, ffi.buffer(buf), ffi.new("qpy_aux *"))
 
 
 out = _Out()

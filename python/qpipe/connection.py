@@ -39,6 +39,8 @@ _NOLIMIT = ffi.cast("size_t", -1)
 _RXBUF = 64 * 1024
 _recv_into = lib.qpy_conn_recv_into
 _GETBUF = _core.GETBUF
+_SLICE_MS = _core.SLICE_MS
+_NOT_READY = lib.QPY_NOT_READY
 _RXBUF_MAX = 16 * 1024 * 1024
 default_family = "AF_INET"
 families = ["AF_INET", "AF_UNIX"]
@@ -256,14 +258,14 @@ class Connection:
         if h is not None and maxlength is None:
             # The common call: into the thread's buffer, waiting in
             # slices (Ctrl-C); a larger message stays for the path below.
-            buf, _, lenp, _, _ = _core.out.g
-            rc = _recv_into(h, buf, _GETBUF, lenp, _core.SLICE_MS)
-            while rc == -1:
-                rc = _recv_into(h, buf, _GETBUF, lenp, _core.SLICE_MS)
-            if rc == 0:
-                return ffi.unpack(buf, lenp[0])
-            if rc != lib.QP_ETOOBIG:
-                self._recv_fail(rc)
+            buf, view, _ = _core.out.g
+            n = _recv_into(h, buf, _GETBUF, _SLICE_MS)
+            while n == _NOT_READY:
+                n = _recv_into(h, buf, _GETBUF, _SLICE_MS)
+            if n >= 0:
+                return view[:n]
+            if n != -lib.QP_ETOOBIG:
+                self._recv_fail(-n)
         self._check_readable()
         if maxlength is not None and maxlength < 0:
             raise ValueError("negative maxlength")
@@ -278,9 +280,16 @@ class Connection:
             rx = ffi.new("char[]", _RXBUF)
         cap = len(rx) if maxlength is None else min(len(rx), maxlength)
         # Waits in slices (Ctrl-C) and receives in one call.
-        rc = _recv_into(h, rx, cap, lenp, _core.SLICE_MS)
-        while rc == -1:
-            rc = _recv_into(h, rx, cap, lenp, _core.SLICE_MS)
+        n = _recv_into(h, rx, cap, _SLICE_MS)
+        while n == _NOT_READY:
+            n = _recv_into(h, rx, cap, _SLICE_MS)
+        if n >= 0:
+            self._rx = rx
+            return ffi.unpack(rx, n)
+        rc = -n
+        if rc == lib.QP_ETOOBIG:
+            # How large: the message stays at the head meanwhile.
+            rc = lib.qp_conn_recv_bytes_into(h, rx, cap, 0, lenp)
         if (rc == lib.QP_ETOOBIG and cap == len(rx)
                 and lenp[0] <= _RXBUF_MAX
                 and (maxlength is None or lenp[0] <= maxlength)):

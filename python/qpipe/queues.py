@@ -19,6 +19,8 @@ from . import _core
 from ._core import PID as _PID, SLICE_MS, check, error, to_ms, waiting
 
 _qget = lib.qpy_queue_get
+_qput = lib.qp_queue_put
+_EEMPTY = -lib.QP_EEMPTY
 _GETBUF = _core.GETBUF
 
 __all__ = ["Queue", "JoinableQueue", "SimpleQueue"]
@@ -101,6 +103,10 @@ class Queue:
                           else lib.qp_queue_get_many_obj)
         self._closed = False
         self._h = None
+        # The handle of the fast paths of a blocking put and get: set
+        # while the queue is open and its handle serves every process
+        # (shared memory that fork() shares, not one reopened per process).
+        self._fh = None
         self._pid = None
         self._mu = threading.Lock()
         self._remote = address is not None and _core.is_remote(address)
@@ -123,6 +129,7 @@ class Queue:
             hp = ffi.new("qp_queue **")
             check(lib.qp_queue_anon(hp, o), "anonymous queue")
             self._h, self._pid = hp[0], _PID[0]
+            self._fh = self._h
         else:
             if not isinstance(address, str):
                 raise TypeError("address must be a str, not %s"
@@ -137,6 +144,8 @@ class Queue:
         if rc != lib.QP_OK:
             raise error(rc, self._address)
         self._h, self._pid = hp[0], _PID[0]
+        if not self._remote and not self._lease:
+            self._fh = self._h
         return self._h
 
     def _handle(self):
@@ -171,7 +180,7 @@ class Queue:
         return (_rebuild, (type(self), self._kwargs))
 
     def __del__(self):
-        h, self._h = getattr(self, "_h", None), None
+        h, self._h, self._fh = getattr(self, "_h", None), None, None
         if h is not None:
             lib.qp_queue_free(h)
 
@@ -185,6 +194,17 @@ class Queue:
     def put(self, obj, block=True, timeout=None):
         """Puts obj; blocks while the queue is full (block, timeout
         seconds); queue.Full if it stays full."""
+        h = self._fh
+        if h is not None and block and timeout is None:
+            # The common call: a try without waiting, else the path below.
+            if type(obj) is bytes and not self._pickle:
+                # qp_queue_put stores bytes as the bin put_obj would store.
+                if _qput(h, obj, len(obj), 0) == 0:
+                    return
+            else:
+                data = self._dumps(obj)
+                if self._put(h, data, len(data), 0) == 0:
+                    return
         if self._closed:
             self._raise_closed()
         if type(obj) is bytes and not self._pickle:
@@ -221,49 +241,58 @@ class Queue:
     def get(self, block=True, timeout=None):
         """Removes and returns the oldest item; blocks while the queue is
         empty (block, timeout seconds); queue.Empty if it stays empty."""
+        h = self._fh
+        if h is not None and block and timeout is None:
+            # The common call: a try without waiting, else the path below.
+            buf, view, aux = _core.out.g
+            raw = self._pickle
+            n = _qget(h, raw, buf, _GETBUF, aux, 0)
+            if n >= 0 and not raw:
+                return view[:n]
+            if n != _EEMPTY:
+                return self._got(n, raw, view, aux)
         if self._closed:
             self._raise_closed()
         h = self._h
         if h is None or self._pid != _PID[0]:
             h = self._handle()
-        buf, view, lenp, offp, bigp = _core.out.g
+        buf, view, aux = _core.out.g
         raw = self._pickle
         if block and timeout is None:
             ms = -1
-            rc = _qget(h, raw, buf, _GETBUF, lenp, offp, bigp, self._first)
-            if rc == lib.QP_EEMPTY and self._first == 0:
-                rc = _qget(h, raw, buf, _GETBUF, lenp, offp, bigp, SLICE_MS)
+            n = _qget(h, raw, buf, _GETBUF, aux, self._first)
+            if n == _EEMPTY and self._first == 0:
+                n = _qget(h, raw, buf, _GETBUF, aux, SLICE_MS)
         else:
             ms = to_ms(timeout) if block else 0
-            rc = _qget(h, raw, buf, _GETBUF, lenp, offp, bigp,
-                       ms if ms <= SLICE_MS else SLICE_MS)
-        if rc == 0:
+            n = _qget(h, raw, buf, _GETBUF, aux,
+                      ms if ms <= SLICE_MS else SLICE_MS)
+        if n == _EEMPTY and (ms < 0 or ms > SLICE_MS):
+            n = waiting(lambda s: _qget(h, raw, buf, _GETBUF, aux, s),
+                        ms if ms < 0 else ms - SLICE_MS, (_EEMPTY,))
+        return self._got(n, raw, view, aux)
+
+    def _got(self, n, raw, view, aux):
+        """The item of a qpy_queue_get that returned n (see _build.py),
+        or its error raised."""
+        if n >= 0:
             # A bin's bytes in buf.
-            if raw:
-                return self._loads(view[:lenp[0]])
-            return view[:lenp[0]]
-        if rc == lib.QP_EEMPTY and (ms < 0 or ms > SLICE_MS):
-            rc = waiting(lambda s: _qget(h, raw, buf, _GETBUF, lenp, offp,
-                                         bigp, s),
-                         ms if ms < 0 else ms - SLICE_MS, (lib.QP_EEMPTY,))
-            if rc == 0:
-                return self._loads(view[:lenp[0]]) if raw \
-                    else view[:lenp[0]]
-        if rc == -1:
-            return self._loads(view[:lenp[0]])
-        if rc < 0:
+            return self._loads(view[:n]) if raw else view[:n]
+        if n == lib.QPY_VALUE:
+            return self._loads(view[:aux.len])
+        if n <= lib.QPY_BIG_BIN:
             # Too large for buf: in the library's buffer, freed here.
-            p = bigp[0]
+            p = aux.big
             try:
-                if rc == -2 and not raw:
-                    return ffi.unpack(ffi.cast("char *", p) + offp[0],
-                                      lenp[0])
-                return self._loads(ffi.buffer(p, lenp[0]))
+                if n == lib.QPY_BIG_BIN and not raw:
+                    return ffi.unpack(ffi.cast("char *", p) + aux.off,
+                                      aux.len)
+                return self._loads(ffi.buffer(p, aux.len))
             finally:
                 lib.qp_free(p)
-        if rc == lib.QP_ECLOSED and self._closed:
+        if n == -lib.QP_ECLOSED and self._closed:
             self._raise_closed()
-        raise error(rc, repr(self))
+        raise error(-n, repr(self))
 
     def _loads_c(self, p, n):
         try:
@@ -384,6 +413,7 @@ class Queue:
         if self._closed:
             return
         self._closed = True
+        self._fh = None
         if self._h is not None and self._pid == _PID[0]:
             lib.qp_queue_close(self._h)
 

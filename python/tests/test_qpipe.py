@@ -51,14 +51,14 @@ elif what == "join":
     q.put(1)
     print("ready", flush=True)
     q.join()
-elif what == "recv":
+elif what in ("recv", "recv_bytes"):
     if addr:
         a = qpipe.Pipe(address=addr, side=0)
     else:
         a, b = qpipe.Pipe()
     a.poll(0)
     print("ready", flush=True)
-    a.recv()
+    a.recv() if what == "recv" else a.recv_bytes()
 """
 
 
@@ -89,7 +89,7 @@ class TestCtrlC(unittest.TestCase):
         self.assertLess(took, 0.9, "took %.3f s" % took)
 
     def test_anon(self):
-        for what in ("get", "put", "join", "recv"):
+        for what in ("get", "put", "join", "recv", "recv_bytes"):
             with self.subTest(what=what):
                 self.run_case(what, None)
 
@@ -103,13 +103,13 @@ class TestCtrlC(unittest.TestCase):
                     qpipe.unlink(a)
 
     def test_qpiped(self):
-        for what in ("get", "put", "join", "recv"):
+        for what in ("get", "put", "join", "recv", "recv_bytes"):
             a = qpt_util.server().url + "/" + uniq()
             with self.subTest(what=what):
                 try:
                     self.run_case(what, a)
                 finally:
-                    if what != "recv":
+                    if not what.startswith("recv"):
                         qpipe.unlink(a)
 
 

@@ -110,10 +110,10 @@ class Queue:
         self._pid = None
         self._mu = threading.Lock()
         self._remote = address is not None and _core.is_remote(address)
-        # The timeout of a blocking put's or get's first call: a local
-        # queue tries without waiting first (a wait reads the clock for
-        # its deadline); a remote one waits at once (a try would cost a
-        # round trip of its own).
+        # The timeout of a blocking put's first call: a local queue tries
+        # without waiting first (a wait reads the clock for its
+        # deadline); a remote one waits at once (a try would cost a round
+        # trip of its own). A get always waits (see get).
         self._first = SLICE_MS if self._remote else 0
         o = ffi.new("qp_queue_opts *")
         o.flags = lib.QP_OPEN_CREATE | (lib.QP_OPEN_LEASE if lease else 0)
@@ -246,7 +246,11 @@ class Queue:
             # The common call: a try without waiting, else the path below.
             buf, view, aux = _core.out.g
             raw = self._pickle
-            n = _qget(h, raw, buf, _GETBUF, aux, 0)
+            # Not a try without waiting first: libqpipe's get that ends
+            # empty checks the producers' count against what it saw, and
+            # a put landing in between reads as damage (it marks the
+            # queue corrupt); a waiting get looks again first.
+            n = _qget(h, raw, buf, _GETBUF, aux, SLICE_MS)
             if n >= 0 and not raw:
                 return view[:n]
             if n != _EEMPTY:
@@ -260,9 +264,7 @@ class Queue:
         raw = self._pickle
         if block and timeout is None:
             ms = -1
-            n = _qget(h, raw, buf, _GETBUF, aux, self._first)
-            if n == _EEMPTY and self._first == 0:
-                n = _qget(h, raw, buf, _GETBUF, aux, SLICE_MS)
+            n = _qget(h, raw, buf, _GETBUF, aux, SLICE_MS)
         else:
             ms = to_ms(timeout) if block else 0
             n = _qget(h, raw, buf, _GETBUF, aux,

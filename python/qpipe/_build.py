@@ -161,6 +161,114 @@ int qp_dial_opts(qp_conn **cp, const char *addr, qp_duration timeout,
     const qp_conn_opts *opts);
 int qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
     const qp_conn_opts *conn);
+
+typedef struct qpy_aux { size_t len; size_t off; void *big; } qpy_aux;
+int64_t qpy_queue_get(qp_queue *q, int raw, char *buf, size_t cap,
+    qpy_aux *aux, qp_duration timeout);
+int64_t qpy_conn_recv_into(qp_conn *c, char *buf, size_t cap,
+    qp_duration timeout);
+#define QPY_VALUE ...
+#define QPY_BIG_BIN ...
+#define QPY_BIG_VALUE ...
+#define QPY_NOT_READY ...
+"""
+
+# Helpers compiled into the extension (over the public API only): each
+# saves the hot paths a call through cffi and a Python-level step.
+HELPERS = r"""
+#include <string.h>
+
+/* The outcomes of the helpers below other than a length (>= 0) and a
+ * failure (-code, the qp_err code negated). */
+#define QPY_VALUE (-1000)
+#define QPY_BIG_BIN (-1001)
+#define QPY_BIG_VALUE (-1002)
+#define QPY_NOT_READY (-1003)
+
+/* Where a value that is not a bin in buf is: its length, and for one too
+ * large for buf the library's buffer (free it with qp_free) and the
+ * offset of a bin's bytes in it. */
+typedef struct qpy_aux {
+	size_t len;
+	size_t off;
+	void *big;
+} qpy_aux;
+
+/* One get (raw: qp_queue_get, the item's bytes; else qp_queue_get_obj)
+ * that hands a bin back as its bytes: returns their length with the bytes
+ * in buf; QPY_VALUE with the value's msgpack encoding in buf (aux->len
+ * long); QPY_BIG_BIN or QPY_BIG_VALUE with the item in aux->big (too large
+ * for buf); else -code. */
+static int64_t
+qpy_queue_get(qp_queue *q, int raw, char *buf, size_t cap, qpy_aux *aux,
+    qp_duration timeout)
+{
+	void *p;
+	size_t n, off = 0, blen;
+	int rc = raw ? qp_queue_get(q, &p, &n, timeout)
+	             : qp_queue_get_obj(q, &p, &n, timeout);
+
+	if (rc != QP_OK) {
+		return -(int64_t) rc;
+	}
+	const unsigned char *m = p;
+	int bin = 1;
+	blen = n;
+	if (!raw) {
+		bin = 0;
+		if (n >= 2 && m[0] == 0xc4) {
+			off = 2, blen = m[1], bin = 1;
+		} else if (n >= 3 && m[0] == 0xc5) {
+			off = 3, blen = (size_t) m[1] << 8 | m[2], bin = 1;
+		} else if (n >= 5 && m[0] == 0xc6) {
+			off = 5;
+			blen = (size_t) m[1] << 24 | (size_t) m[2] << 16
+			    | (size_t) m[3] << 8 | m[4];
+			bin = 1;
+		}
+		if (!bin || off + blen != n) {
+			bin = 0, off = 0, blen = n; /* unpack it whole */
+		}
+	}
+	if (blen <= cap) {
+		if (blen > 0) {
+			memcpy(buf, m + off, blen);
+		}
+		qp_free(p);
+		if (bin) {
+			return (int64_t) blen;
+		}
+		aux->len = blen;
+		return QPY_VALUE;
+	}
+	aux->big = p;
+	aux->off = off;
+	aux->len = blen;
+	return bin ? QPY_BIG_BIN : QPY_BIG_VALUE;
+}
+
+/* Waits up to timeout for a message, then receives it into buf: returns
+ * its length, QPY_NOT_READY if none came in time, else -code (of
+ * qp_conn_poll or qp_conn_recv_bytes_into). It looks without waiting
+ * first (a wait reads the clock for its deadline). */
+static int64_t
+qpy_conn_recv_into(qp_conn *c, char *buf, size_t cap, qp_duration timeout)
+{
+	bool ready = false;
+	size_t len = 0;
+	int rc = qp_conn_poll(c, QP_NOWAIT, &ready);
+
+	if (rc == QP_OK && !ready && timeout != QP_NOWAIT) {
+		rc = qp_conn_poll(c, timeout, &ready);
+	}
+	if (rc == QP_OK && !ready) {
+		return QPY_NOT_READY;
+	}
+	if (rc == QP_OK) {
+		rc = qp_conn_recv_bytes_into(c, buf, cap, 0, &len);
+	}
+	return rc == QP_OK ? (int64_t) len : -(int64_t) rc;
+}
 """
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -183,7 +291,7 @@ def make_ffibuilder():
     ffi = FFI()
     ffi.cdef(CDEF)
     ffi.set_source(
-        "qpipe._lib", '#include "qpipe.h"\n', libraries=["qpipe"],
+        "qpipe._lib", '#include "qpipe.h"\n' + HELPERS, libraries=["qpipe"],
         include_dirs=incs, library_dirs=[libdir],
         runtime_library_dirs=[libdir],
         extra_compile_args=["-O2"])

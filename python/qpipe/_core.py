@@ -164,13 +164,22 @@ def mp_loads(buf):
     return msgpack.unpackb(buf, raw=False, strict_map_key=False)
 
 
+# The bytes of a value a get copies into the thread's own buffer (GETBUF)
+# instead of a fresh allocation; larger ones come in the library's buffer.
+GETBUF = 64 * 1024
+
+
 class _Out(threading.local):
-    """Per-thread out-parameters of the get calls (allocated once)."""
+    """Per-thread out-parameters of the get calls (allocated once), and
+    g: (buf, the bytes view of buf, aux) for qpy_queue_get and
+    qpy_conn_recv_into."""
 
     def __init__(self):
         self.bufp = ffi.new("void **")
         self.lenp = ffi.new("size_t *")
         self.readyp = ffi.new("bool *")
+        buf = ffi.new("char[]", GETBUF)
+        self.g = (buf, ffi.buffer(buf), ffi.new("qpy_aux *"))
 
 
 out = _Out()

@@ -37,6 +37,10 @@ _NOLIMIT = ffi.cast("size_t", -1)
 # grows to the largest message seen, up to _RXBUF_MAX; larger ones are
 # received as before.
 _RXBUF = 64 * 1024
+_recv_into = lib.qpy_conn_recv_into
+_GETBUF = _core.GETBUF
+_SLICE_MS = _core.SLICE_MS
+_NOT_READY = lib.QPY_NOT_READY
 _RXBUF_MAX = 16 * 1024 * 1024
 default_family = "AF_INET"
 families = ["AF_INET", "AF_UNIX"]
@@ -61,6 +65,11 @@ class Connection:
         self._readable = readable
         self._writable = writable
         self._closed = False
+        # The handle for the fast paths of recv_bytes and send_bytes: set
+        # while this end is open and readable (writable) and the handle
+        # serves every process (not one reopened per process by address).
+        self._rh = handle if readable else None
+        self._wh = handle if writable else None
         self._address = None
         self._side = None
         self._duplex = True
@@ -167,6 +176,7 @@ class Connection:
         if self._closed:
             return
         self._closed = True
+        self._rh = self._wh = None
         h = self._h
         if h is not None and (self._pid == _PID[0]
                               or self._address is None):
@@ -176,6 +186,14 @@ class Connection:
 
     def send_bytes(self, buf, offset=0, size=None):
         """Sends bytes of a bytes-like object as one message."""
+        h = self._wh
+        if h is not None and type(buf) is bytes and offset == 0 \
+                and size is None:
+            # The common call: the whole of a bytes object.
+            rc = lib.qp_conn_send_bytes(h, buf, 0, len(buf))
+            if rc != lib.QP_OK:
+                raise self._send_error(rc)
+            return
         self._check_writable()
         m = memoryview(buf)
         if m.itemsize > 1:
@@ -236,11 +254,24 @@ class Connection:
     def recv_bytes(self, maxlength=None):
         """Receives one message's bytes; EOFError at end of file. A message
         longer than maxlength raises OSError("bad message length")."""
+        h = self._rh
+        if h is not None and maxlength is None:
+            # The common call: into the thread's buffer, waiting in
+            # slices (Ctrl-C); a larger message stays for the path below.
+            buf, view, _ = _core.out.g
+            n = _recv_into(h, buf, _GETBUF, _SLICE_MS)
+            while n == _NOT_READY:
+                n = _recv_into(h, buf, _GETBUF, _SLICE_MS)
+            if n >= 0:
+                return view[:n]
+            if n != -lib.QP_ETOOBIG:
+                self._recv_fail(-n)
         self._check_readable()
         if maxlength is not None and maxlength < 0:
             raise ValueError("negative maxlength")
-        h = self._handle()
-        self._wait_readable(h)
+        h = self._h
+        if h is None or (self._pid != _PID[0] and self._address is not None):
+            h = self._handle()
         lenp = _core.out.lenp
         # Taken from the object for the call (dict.pop is atomic), so two
         # threads receiving at once never share it.
@@ -248,7 +279,17 @@ class Connection:
         if rx is None:
             rx = ffi.new("char[]", _RXBUF)
         cap = len(rx) if maxlength is None else min(len(rx), maxlength)
-        rc = lib.qp_conn_recv_bytes_into(h, rx, cap, 0, lenp)
+        # Waits in slices (Ctrl-C) and receives in one call.
+        n = _recv_into(h, rx, cap, _SLICE_MS)
+        while n == _NOT_READY:
+            n = _recv_into(h, rx, cap, _SLICE_MS)
+        if n >= 0:
+            self._rx = rx
+            return ffi.unpack(rx, n)
+        rc = -n
+        if rc == lib.QP_ETOOBIG:
+            # How large: the message stays at the head meanwhile.
+            rc = lib.qp_conn_recv_bytes_into(h, rx, cap, 0, lenp)
         if (rc == lib.QP_ETOOBIG and cap == len(rx)
                 and lenp[0] <= _RXBUF_MAX
                 and (maxlength is None or lenp[0] <= maxlength)):
@@ -267,6 +308,7 @@ class Connection:
         if rc == lib.QP_ETOOBIG:
             if self._writable:
                 self._readable = False
+                self._rh = None
             else:
                 self.close()
             raise OSError("bad message length")

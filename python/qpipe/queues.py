@@ -18,6 +18,11 @@ from ._lib import ffi, lib
 from . import _core
 from ._core import PID as _PID, SLICE_MS, check, error, to_ms, waiting
 
+_qget = lib.qpy_queue_get
+_qput = lib.qp_queue_put
+_EEMPTY = -lib.QP_EEMPTY
+_GETBUF = _core.GETBUF
+
 __all__ = ["Queue", "JoinableQueue", "SimpleQueue"]
 
 _ANON_PICKLE = (
@@ -98,9 +103,18 @@ class Queue:
                           else lib.qp_queue_get_many_obj)
         self._closed = False
         self._h = None
+        # The handle of the fast paths of a blocking put and get: set
+        # while the queue is open and its handle serves every process
+        # (shared memory that fork() shares, not one reopened per process).
+        self._fh = None
         self._pid = None
         self._mu = threading.Lock()
         self._remote = address is not None and _core.is_remote(address)
+        # The timeout of a blocking put's first call: a local queue tries
+        # without waiting first (a wait reads the clock for its
+        # deadline); a remote one waits at once (a try would cost a round
+        # trip of its own). A get always waits (see get).
+        self._first = SLICE_MS if self._remote else 0
         o = ffi.new("qp_queue_opts *")
         o.flags = lib.QP_OPEN_CREATE | (lib.QP_OPEN_LEASE if lease else 0)
         o.maxsize = maxsize
@@ -115,6 +129,7 @@ class Queue:
             hp = ffi.new("qp_queue **")
             check(lib.qp_queue_anon(hp, o), "anonymous queue")
             self._h, self._pid = hp[0], _PID[0]
+            self._fh = self._h
         else:
             if not isinstance(address, str):
                 raise TypeError("address must be a str, not %s"
@@ -129,6 +144,8 @@ class Queue:
         if rc != lib.QP_OK:
             raise error(rc, self._address)
         self._h, self._pid = hp[0], _PID[0]
+        if not self._remote and not self._lease:
+            self._fh = self._h
         return self._h
 
     def _handle(self):
@@ -163,7 +180,7 @@ class Queue:
         return (_rebuild, (type(self), self._kwargs))
 
     def __del__(self):
-        h, self._h = getattr(self, "_h", None), None
+        h, self._h, self._fh = getattr(self, "_h", None), None, None
         if h is not None:
             lib.qp_queue_free(h)
 
@@ -177,21 +194,38 @@ class Queue:
     def put(self, obj, block=True, timeout=None):
         """Puts obj; blocks while the queue is full (block, timeout
         seconds); queue.Full if it stays full."""
+        h = self._fh
+        if h is not None and block and timeout is None:
+            # The common call: a try without waiting, else the path below.
+            if type(obj) is bytes and not self._pickle:
+                # qp_queue_put stores bytes as the bin put_obj would store.
+                if _qput(h, obj, len(obj), 0) == 0:
+                    return
+            else:
+                data = self._dumps(obj)
+                if self._put(h, data, len(data), 0) == 0:
+                    return
         if self._closed:
             self._raise_closed()
-        data = self._dumps(obj)
+        if type(obj) is bytes and not self._pickle:
+            # qp_queue_put stores bytes as the bin put_obj would store.
+            data, fn = obj, lib.qp_queue_put
+        else:
+            data, fn = self._dumps(obj), self._put
         h = self._h
         if h is None or self._pid != _PID[0]:
             h = self._handle()
         n = len(data)
-        fn = self._put
-        if not block:
-            ms = 0
-        elif timeout is None:
+        if block and timeout is None:
+            rc = fn(h, data, n, self._first)
+            if rc == 0:
+                return
             ms = -1
+            if rc == lib.QP_EFULL and self._first == 0:
+                rc = fn(h, data, n, SLICE_MS)
         else:
-            ms = to_ms(timeout)
-        rc = fn(h, data, n, ms if 0 <= ms <= SLICE_MS else SLICE_MS)
+            ms = to_ms(timeout) if block else 0
+            rc = fn(h, data, n, ms if ms <= SLICE_MS else SLICE_MS)
         if rc == lib.QP_EFULL and (ms < 0 or ms > SLICE_MS):
             rc = waiting(lambda s: fn(h, data, n, s),
                          ms if ms < 0 else ms - SLICE_MS, (lib.QP_EFULL,))
@@ -207,33 +241,60 @@ class Queue:
     def get(self, block=True, timeout=None):
         """Removes and returns the oldest item; blocks while the queue is
         empty (block, timeout seconds); queue.Empty if it stays empty."""
+        h = self._fh
+        if h is not None and block and timeout is None:
+            # The common call: a try without waiting, else the path below.
+            buf, view, aux = _core.out.g
+            raw = self._pickle
+            # Not a try without waiting first: libqpipe's get that ends
+            # empty checks the producers' count against what it saw, and
+            # a put landing in between reads as damage (it marks the
+            # queue corrupt); a waiting get looks again first.
+            n = _qget(h, raw, buf, _GETBUF, aux, SLICE_MS)
+            if n >= 0 and not raw:
+                return view[:n]
+            if n != _EEMPTY:
+                return self._got(n, raw, view, aux)
         if self._closed:
             self._raise_closed()
         h = self._h
         if h is None or self._pid != _PID[0]:
             h = self._handle()
-        o = _core.out
-        bufp, lenp = o.bufp, o.lenp
-        fn = self._get
-        if not block:
-            ms = 0
-        elif timeout is None:
+        buf, view, aux = _core.out.g
+        raw = self._pickle
+        if block and timeout is None:
             ms = -1
+            n = _qget(h, raw, buf, _GETBUF, aux, SLICE_MS)
         else:
-            ms = to_ms(timeout)
-        rc = fn(h, bufp, lenp, ms if 0 <= ms <= SLICE_MS else SLICE_MS)
-        if rc == lib.QP_EEMPTY and (ms < 0 or ms > SLICE_MS):
-            rc = waiting(lambda s: fn(h, bufp, lenp, s),
-                         ms if ms < 0 else ms - SLICE_MS, (lib.QP_EEMPTY,))
-        if rc != lib.QP_OK:
-            if rc == lib.QP_ECLOSED and self._closed:
-                self._raise_closed()
-            raise error(rc, repr(self))
-        p = bufp[0]
-        try:
-            return self._loads(ffi.buffer(p, lenp[0]))
-        finally:
-            lib.qp_free(p)
+            ms = to_ms(timeout) if block else 0
+            n = _qget(h, raw, buf, _GETBUF, aux,
+                      ms if ms <= SLICE_MS else SLICE_MS)
+        if n == _EEMPTY and (ms < 0 or ms > SLICE_MS):
+            n = waiting(lambda s: _qget(h, raw, buf, _GETBUF, aux, s),
+                        ms if ms < 0 else ms - SLICE_MS, (_EEMPTY,))
+        return self._got(n, raw, view, aux)
+
+    def _got(self, n, raw, view, aux):
+        """The item of a qpy_queue_get that returned n (see _build.py),
+        or its error raised."""
+        if n >= 0:
+            # A bin's bytes in buf.
+            return self._loads(view[:n]) if raw else view[:n]
+        if n == lib.QPY_VALUE:
+            return self._loads(view[:aux.len])
+        if n <= lib.QPY_BIG_BIN:
+            # Too large for buf: in the library's buffer, freed here.
+            p = aux.big
+            try:
+                if n == lib.QPY_BIG_BIN and not raw:
+                    return ffi.unpack(ffi.cast("char *", p) + aux.off,
+                                      aux.len)
+                return self._loads(ffi.buffer(p, aux.len))
+            finally:
+                lib.qp_free(p)
+        if n == -lib.QP_ECLOSED and self._closed:
+            self._raise_closed()
+        raise error(-n, repr(self))
 
     def _loads_c(self, p, n):
         try:
@@ -354,6 +415,7 @@ class Queue:
         if self._closed:
             return
         self._closed = True
+        self._fh = None
         if self._h is not None and self._pid == _PID[0]:
             lib.qp_queue_close(self._h)
 

@@ -937,11 +937,8 @@ unread_body(void)
 	CHECK(tsrv_start(&t, "tcp") == 0);
 	/* Queues with long names: each list reply is tens of KiB. */
 	for (int i = 0; i < NQ; i++) {
-		snprintf(names[i], sizeof(names[i]),
-		    "clunread%ld-%02d-"
-		    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
-		    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-		    (long) getpid(), i);
+		snprintf(names[i], sizeof(names[i]), "clunread%ld-%02d-%0*d",
+		    (long) getpid(), i, 95, 0); /* 95 zeros of padding */
 		snprintf(addr, sizeof(addr), "%s/%.127s", t.url, names[i]);
 		CHECK_EQ(qp_queue_open(&q, addr,
 		             &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),

@@ -75,6 +75,15 @@ typedef struct qpi_queue_ops {
 /* Wraps a backend into a public handle, which owns impl (on failure,
  * QP_ENOMEM, impl is freed with ops->free). */
 int qpi_queue_wrap(qp_queue **qp, const qpi_queue_ops *ops, void *impl);
+struct qpi_shmq;
+/* Wraps sq (owned, freed on failure) in a worker-mode handle (shmwork.c):
+ * name is the queue's (NULL: anonymous), lease_ms each get's lease (0:
+ * 30 s). */
+int qpi_shml_wrap(
+    qp_queue **qp, struct qpi_shmq *sq, const char *name, uint64_t lease_ms);
+/* The shared-memory queue of a worker-mode handle's ops and impl; NULL
+ * for another backend's. */
+struct qpi_shmq *qpi_shml_sq(const qpi_queue_ops *ops, void *impl);
 
 /* The backend of a handle, for internal callers (CLI stat, server). */
 void *qpi_queue_impl(qp_queue *q, const qpi_queue_ops **opsp);

@@ -146,7 +146,7 @@ int qpi_part_check(const char *addr);
 
 /* A growable list of lease ids, oldest first, each with a value (its
  * delivery count, or when it comes back): a worker-mode handle's items
- * (queue.c for shm://, remote.c for servers). Not locked: its owner's
+ * (shmwork.c for shm://, remote.c for servers). Not locked: its owner's
  * lock guards it. */
 typedef struct qpi_ids {
 	uint64_t *id;

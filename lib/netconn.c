@@ -195,6 +195,9 @@ nc_reader(void *arg)
 		}
 		free(m);
 	}
+	/* Tell the peer: the stream is no longer in step. First, so that
+	 * a send after the end is seen fails (the socket is shut). */
+	c->link->ops->shutdown(c->link);
 	if (atomic_load(&c->base.closed)) {
 		qpi_rxq_end(&c->q, QP_ECLOSED, "connection is closed");
 	} else if (rv == QP_ECONNRESET) {
@@ -204,8 +207,6 @@ nc_reader(void *arg)
 	} else if (rv != QP_OK) {
 		qpi_rxq_end(&c->q, rv, "%s; connection closed", qp_errmsg());
 	}
-	/* Tell the peer: the stream is no longer in step. */
-	c->link->ops->shutdown(c->link);
 	return NULL;
 }
 

@@ -30,28 +30,40 @@
 
 /* ---- live items ---- */
 
+/* A new node of size bytes (a struct that opens with its qpi_hnode) under
+ * key in t; NULL when out of memory. */
+static void *
+dq_node_new(qpi_htab *t, size_t size, uint64_t key)
+{
+	qpi_hnode *n = malloc(size);
+
+	if (n != NULL) {
+		n->key = key;
+		if (qpi_htab_insert(t, n) != QP_OK) {
+			free(n);
+			n = NULL;
+		}
+	}
+	return n;
+}
+
 int
 qpi_dq_live_add(qpi_durq *d, uint64_t id, uint64_t off, uint64_t bytes)
 {
-	qpi_dq_live *e = malloc(sizeof(*e));
+	qpi_dq_live *e = dq_node_new(&d->live, sizeof(*e), id);
 
 	if (e == NULL) {
 		return QP_ENOMEM;
 	}
-	e->node.key = id;
 	e->off = off;
 	e->bytes = bytes;
 	e->gone = false;
-	if (qpi_htab_insert(&d->live, &e->node) != QP_OK) {
-		free(e);
-		return QP_ENOMEM;
-	}
 	d->live_bytes += bytes;
 	return QP_OK;
 }
 
-qpi_dq_live *
-qpi_dq_live_find(qpi_durq *d, uint64_t id)
+static qpi_dq_live *
+dq_live_find(qpi_durq *d, uint64_t id)
 {
 	return (qpi_dq_live *) qpi_htab_find(&d->live, id);
 }
@@ -59,7 +71,7 @@ qpi_dq_live_find(qpi_durq *d, uint64_t id)
 void
 qpi_dq_live_drop(qpi_durq *d, uint64_t id)
 {
-	qpi_dq_live *e = qpi_dq_live_find(d, id);
+	qpi_dq_live *e = dq_live_find(d, id);
 
 	if (e != NULL) {
 		if (!e->gone) {
@@ -68,6 +80,41 @@ qpi_dq_live_drop(qpi_durq *d, uint64_t id)
 		qpi_htab_remove(&d->live, &e->node);
 		free(e);
 	}
+}
+
+static void
+dq_collect(qpi_hnode *n, void *arg)
+{
+	qpi_dq_live ***end = arg;
+
+	if (!((qpi_dq_live *) n)->gone) { /* gone: its DONE is pending */
+		*(*end)++ = (qpi_dq_live *) n;
+	}
+}
+
+static int
+dq_cmp_id(const void *a, const void *b)
+{
+	uint64_t x = (*(qpi_dq_live *const *) a)->node.key;
+	uint64_t y = (*(qpi_dq_live *const *) b)->node.key;
+
+	return x < y ? -1 : x > y;
+}
+
+int
+qpi_dq_live_sorted(qpi_durq *d, qpi_dq_live ***vp, size_t *np)
+{
+	qpi_dq_live **v = malloc((d->live.n > 0 ? d->live.n : 1) * sizeof(*v));
+	qpi_dq_live **end = v;
+
+	if (v == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	qpi_htab_each(&d->live, dq_collect, &end);
+	*np = (size_t) (end - v);
+	qsort(v, *np, sizeof(*v), dq_cmp_id);
+	*vp = v;
+	return QP_OK;
 }
 
 static void
@@ -216,7 +263,7 @@ dq_done(qpi_durq *d, uint64_t id)
 		qpi_dq_maybe_compact(d);
 		return;
 	}
-	if ((e = qpi_dq_live_find(d, id)) != NULL && e->gone) {
+	if ((e = dq_live_find(d, id)) != NULL && e->gone) {
 		return;
 	}
 	if (d->npending == d->cappending) {
@@ -238,8 +285,6 @@ dq_done(qpi_durq *d, uint64_t id)
 	d->nospc = true;
 	qpi_dq_maybe_compact(d);
 }
-
-/* ---- opening and closing ---- */
 
 /* ---- counters for metrics: PATH.stat ----
  *
@@ -389,15 +434,10 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 		d->nospc = true;
 	}
 	dq_stat_open(d); /* after the load: the replay's puts do not count */
-	d->fsync = d->cfg.fsync;
-	if (d->fsync.mode == QPI_FSYNC_DEFAULT) {
-		if (def != NULL && def->mode != QPI_FSYNC_DEFAULT) {
-			d->fsync = *def;
-		} else {
-			d->fsync.mode = QPI_FSYNC_INTERVAL;
-			d->fsync.ms = QPI_FSYNC_DEF_MS;
-		}
-	}
+	d->fsync = d->cfg.fsync.mode != QPI_FSYNC_DEFAULT ? d->cfg.fsync
+	    : def != NULL && def->mode != QPI_FSYNC_DEFAULT
+	    ? *def
+	    : (qpi_fsync) {QPI_FSYNC_INTERVAL, QPI_FSYNC_DEF_MS};
 	if (d->fsync.mode == QPI_FSYNC_INTERVAL) {
 		if (pthread_create(&d->flusher, NULL, qpi_dq_flusher, d)
 		    != 0) {
@@ -539,18 +579,11 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 			return qpi_err(QP_EFULL, "queue is full");
 		}
 	}
+	/* Room for the record and for what it will owe: its DONE, and the
+	 * MARK a compaction writes for its tag. */
+	uint64_t owe = DQ_REC_HDR + sizeof(fix) + len + DQ_DONE_REC
+	    + (tag != NULL ? sizeof(trailer) + DQ_MARK_REC : 0);
 	pthread_mutex_lock(&d->mu);
-	/* DONEs that found no room: a compaction leaves their items out. */
-	if ((rv = dq_flush_pending(d)) == QP_ENOSPC) {
-		d->nospc = true;
-		if (qpi_dq_compact_for_room(d, 1) == QP_OK) {
-			rv = QP_OK;
-		}
-	}
-	if (rv != QP_OK) {
-		pthread_mutex_unlock(&d->mu);
-		return rv;
-	}
 	id = d->next_id;
 	fix[0] = tag != NULL ? DQ_T_PUT_TAG : DQ_T_PUT;
 	qpi_le64_put(fix + 1, id);
@@ -559,13 +592,15 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		qpi_dq_tag_encode(
 		    trailer, tag->client, tag->seq, tag->base, tag->n);
 	}
-	/* Room for the record and for what it will owe: its DONE, and the
-	 * MARK a compaction writes for its tag. A full disk first tries a
-	 * compaction that frees enough. */
-	uint64_t rec = DQ_REC_HDR + sizeof(fix) + len
-	    + (tag != NULL ? sizeof(trailer) : 0);
-	uint64_t owe = rec + DQ_DONE_REC + (tag != NULL ? DQ_MARK_REC : 0);
-	if ((rv = qpi_dq_reserve(d, owe)) == QP_ENOSPC) {
+	/* DONEs that found no room: a compaction leaves their items out. A
+	 * full disk first tries a compaction that frees enough. */
+	if ((rv = dq_flush_pending(d)) == QP_ENOSPC) {
+		d->nospc = true;
+		if (qpi_dq_compact_for_room(d, 1) == QP_OK) {
+			rv = QP_OK;
+		}
+	}
+	if (rv == QP_OK && (rv = qpi_dq_reserve(d, owe)) == QP_ENOSPC) {
 		d->nospc = true;
 		if (qpi_dq_compact_for_room(d, owe) == QP_OK) {
 			rv = qpi_dq_reserve(d, owe);
@@ -577,12 +612,9 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 			    d->path);
 		}
 	}
-	if (rv != QP_OK) {
-		pthread_mutex_unlock(&d->mu);
-		return rv;
-	}
-	if ((rv = qpi_dq_append(d, fix, sizeof(fix), buf, len, trailer,
-	         tag != NULL ? sizeof(trailer) : 0, &off))
+	if (rv != QP_OK
+	    || (rv = qpi_dq_append(d, fix, sizeof(fix), buf, len, trailer,
+	            tag != NULL ? sizeof(trailer) : 0, &off))
 	        != QP_OK
 	    || (rv = qpi_dq_commit(d, off, ticket != NULL)) != QP_OK) {
 		pthread_mutex_unlock(&d->mu);
@@ -624,12 +656,9 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		dq_done(d, id); /* cancel the record */
 		if (tag != NULL) {
 			/* ... and its tag: the request has base items in. */
-			uint8_t m[DQ_MARK_LEN];
-			m[0] = DQ_T_MARK;
-			qpi_dq_tag_encode(
-			    m + 1, tag->client, tag->seq, tag->base, tag->n);
-			(void) qpi_dq_append(
-			    d, m, sizeof(m), NULL, 0, NULL, 0, NULL);
+			static const uint8_t mark = DQ_T_MARK;
+			(void) qpi_dq_append(d, &mark, 1, trailer,
+			    sizeof(trailer), NULL, 0, NULL);
 			qpi_dq_tag_note(d, tag->client, tag->seq, tag->base,
 			    tag->n, true, qpi_now_ms());
 		}
@@ -711,32 +740,22 @@ static int
 dq_unwrap(qpi_durq *d, uint64_t lease_id, void **bufp, size_t *lenp,
     unsigned flags, uint64_t *idp, unsigned *kindp)
 {
-	uint8_t *p = *bufp;
-	size_t len = *lenp;
+	uint8_t *p = *bufp, hdr[5];
+	size_t len = *lenp - DQ_WRAP, hn = 0;
 
-	if (len < DQ_WRAP) {
+	/* With QPI_GET_OBJ a raw item goes out as a msgpack bin. */
+	if (*lenp < DQ_WRAP
+	    || ((flags & QPI_GET_OBJ) && p[8] == QPI_ITEM_BIN
+	        && (hn = qpi_wire_bin_header(len, hdr)) == 0)) {
 		free(p);
 		qpi_shmq_release(d->shm, lease_id);
 		return qpi_err(QP_ECORRUPT, "a durable item lost its id");
 	}
 	*idp = qpi_le64_get(p);
 	*kindp = p[8];
-	len -= DQ_WRAP;
-	if ((flags & QPI_GET_OBJ) && *kindp == QPI_ITEM_BIN) {
-		uint8_t hdr[5];
-		size_t hn = qpi_wire_bin_header(len, hdr);
-		if (hn > DQ_WRAP) {
-			free(p);
-			qpi_shmq_release(d->shm, lease_id);
-			return qpi_err(QP_ECORRUPT, "bad bin header");
-		}
-		memmove(p + hn, p + DQ_WRAP, len);
-		memcpy(p, hdr, hn);
-		*lenp = len + hn;
-	} else {
-		memmove(p, p + DQ_WRAP, len);
-		*lenp = len;
-	}
+	memmove(p + hn, p + DQ_WRAP, len);
+	memcpy(p, hdr, hn);
+	*lenp = len + hn;
 	return QP_OK;
 }
 
@@ -760,21 +779,17 @@ qpi_durq_get(qpi_durq *d, unsigned flags, void *into, size_t cap, void **bufp,
 	    != QP_OK) {
 		return rv;
 	}
-	if (into != NULL) {
-		if (rawlen > cap) {
-			free(raw);
-			qpi_shmq_release(d->shm, l.id);
-			*lenp = rawlen;
-			return qpi_err(QP_ETOOBIG,
-			    "the item has %zu bytes, the buffer %zu", rawlen,
-			    cap);
-		}
+	*lenp = rawlen;
+	if (into != NULL && rawlen > cap) {
+		free(raw);
+		qpi_shmq_release(d->shm, l.id);
+		return qpi_err(QP_ETOOBIG,
+		    "the item has %zu bytes, the buffer %zu", rawlen, cap);
+	} else if (into != NULL) {
 		memcpy(into, raw, rawlen);
 		free(raw);
-		*lenp = rawlen;
 	} else {
 		*bufp = raw;
-		*lenp = rawlen;
 	}
 	qpi_shmq_ack(d->shm, l.id);
 	pthread_mutex_lock(&d->mu);
@@ -793,19 +808,11 @@ dq_lease_add(qpi_durq *d, uint64_t lease_id, uint64_t id)
 {
 	qpi_dq_lease *e = (qpi_dq_lease *) qpi_htab_find(&d->leases, lease_id);
 
-	if (e != NULL) {
-		e->item = id;
-		return QP_OK;
-	}
-	if ((e = malloc(sizeof(*e))) == NULL) {
+	if (e == NULL
+	    && (e = dq_node_new(&d->leases, sizeof(*e), lease_id)) == NULL) {
 		return QP_ENOMEM;
 	}
-	e->node.key = lease_id;
 	e->item = id;
-	if (qpi_htab_insert(&d->leases, &e->node) != QP_OK) {
-		free(e);
-		return QP_ENOMEM;
-	}
 	return QP_OK;
 }
 

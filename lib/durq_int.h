@@ -119,11 +119,12 @@ struct qpi_durq {
  * QP_ENOMEM (nothing noted). */
 int qpi_dq_live_add(qpi_durq *d, uint64_t id, uint64_t off, uint64_t bytes);
 
-/* The live item id, or NULL. */
-qpi_dq_live *qpi_dq_live_find(qpi_durq *d, uint64_t id);
-
 /* Forgets item id (its DONE is in the log), if it was live. */
 void qpi_dq_live_drop(qpi_durq *d, uint64_t id);
+
+/* The live items not gone, in id order (the log's order): a malloc'd
+ * array in *vp of *np. QP_OK or QP_ENOMEM. */
+int qpi_dq_live_sorted(qpi_durq *d, qpi_dq_live ***vp, size_t *np);
 
 /* Notes that request (client, seq) of n items has done of them in the
  * log (set: exactly done, a cancelled put; else at least done), at time

@@ -48,8 +48,6 @@ typedef struct dq_scan {
 	uint64_t good_end; /* after the last complete record */
 	uint64_t records;
 	bool torn;
-	uint64_t *order; /* PUT ids in file order */
-	size_t norder, caporder;
 } dq_scan;
 
 /* Walks the records of the mapped file (size bytes), filling d->live.
@@ -123,19 +121,6 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 			    != QP_OK) {
 				return qpi_err(QP_ENOMEM, "out of memory");
 			}
-			if (s->norder == s->caporder) {
-				size_t cap
-				    = s->caporder ? s->caporder * 2 : 256;
-				uint64_t *o
-				    = realloc(s->order, cap * sizeof(*o));
-				if (o == NULL) {
-					return qpi_err(
-					    QP_ENOMEM, "out of memory");
-				}
-				s->order = o;
-				s->caporder = cap;
-			}
-			s->order[s->norder++] = id;
 		} else if (b[0] == DQ_T_MARK && len == DQ_MARK_LEN
 		    && s->version >= 2) {
 			dq_tag_note_rec(d, b + 1, false, now_ms);
@@ -162,6 +147,8 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 	struct stat st;
 	uint8_t *base = NULL;
 	dq_scan s = {.good_end = DQ_HDR};
+	qpi_dq_live **v = NULL;
+	size_t n;
 	int rv;
 
 	if (fstat(d->fd, &st) != 0) {
@@ -198,11 +185,11 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 	if ((rv = qpi_shmq_anon(&d->shm, &sc)) != QP_OK) {
 		goto out;
 	}
-	for (size_t i = 0; i < s.norder; i++) {
-		qpi_dq_live *e = qpi_dq_live_find(d, s.order[i]);
-		if (e == NULL) {
-			continue;
-		}
+	if ((rv = qpi_dq_live_sorted(d, &v, &n)) != QP_OK) {
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const qpi_dq_live *e = v[i];
 		const uint8_t *b = base + e->off + DQ_REC_HDR + 1;
 		uint64_t ilen = e->bytes - DQ_REC_HDR - 1;
 		if (b[-1] == DQ_T_PUT_TAG) {
@@ -213,7 +200,7 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 			rv = qpi_err(rv,
 			    "%s: item %llu does not fit back into the queue "
 			    "(%s)",
-			    d->path, (unsigned long long) s.order[i],
+			    d->path, (unsigned long long) e->node.key,
 			    qp_strerror(rv));
 			goto out;
 		}
@@ -233,7 +220,7 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 		}
 	}
 out:
-	free(s.order);
+	free(v);
 	munmap(base, (size_t) st.st_size);
 	return rv;
 }

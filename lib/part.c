@@ -59,7 +59,6 @@ typedef struct part {
 	char *strs[8];
 	unsigned rr;
 	qpi_ids got; /* partition of each item held, oldest first */
-	bool lease_mode;
 	int epfd; /* readiness: the partitions' fds (-1: not yet) */
 	char label[QPI_URL_MAX + QP_NAME_MAX + 2];
 } part;
@@ -634,12 +633,6 @@ part_nack(void *impl, qp_duration delay)
 	size_t i;
 	int rc;
 
-	if (!p->lease_mode) {
-		return qpi_err(QP_EINVAL,
-		    "nack on %s: only a handle opened with QP_OPEN_LEASE "
-		    "holds its items",
-		    p->label);
-	}
 	qp_queue *q = part_held(p, &i, &rc, QP_ENOENT, "nack");
 	if (q == NULL) {
 		return rc;
@@ -656,12 +649,6 @@ part_touch(void *impl, qp_duration lease)
 	part *p = impl;
 	int rc = QP_OK, any = 0;
 
-	if (!p->lease_mode) {
-		return qpi_err(QP_EINVAL,
-		    "touch on %s: only a handle opened with QP_OPEN_LEASE "
-		    "holds its items",
-		    p->label);
-	}
 	for (size_t i = 0; i < p->n; i++) {
 		bool holds = false;
 		pthread_mutex_lock(&p->mu);
@@ -939,7 +926,6 @@ qpi_part_open(
 			    addr);
 		}
 	}
-	p->lease_mode = (p->opts.flags & QP_OPEN_LEASE) != 0;
 	if (opts != NULL && opts->conn != NULL) {
 		p->conn = *opts->conn;
 		p->opts.conn = &p->conn;

@@ -24,6 +24,7 @@ struct qp_queue {
 	const qpi_queue_ops *ops;
 	void *impl;
 	int closed;
+	bool lease; /* opened with QP_OPEN_LEASE: nack and touch go on */
 	struct qpi_qrd *rd; /* readiness (qwait.c), NULL until asked for */
 };
 
@@ -193,14 +194,6 @@ qpi_queue_rd(qp_queue *q)
 	return &q->rd;
 }
 
-/* qsize for the front: the backend's, or its shared-memory queue's. */
-static int
-q_qsize(qp_queue *q, uint64_t *np)
-{
-	return q->ops->qsize != NULL ? q->ops->qsize(q->impl, np)
-	                             : qpi_shmq_qsize(q_sq(q), np);
-}
-
 int
 qpi_queue_ready(qp_queue *q)
 {
@@ -222,10 +215,8 @@ q_ready_tm(qp_queue *q, qp_duration timeout)
 	return rc != QP_OK ? rc : qpi_duration_check(timeout);
 }
 
-/* qpi_queue_ready, then a non-NULL output pointer (what: its call and
- * name). */
-static int
-q_ready_out(qp_queue *q, const void *out, const char *what)
+int
+qpi_queue_ready_out(qp_queue *q, const void *out, const char *what)
 {
 	int rc = qpi_queue_ready(q);
 
@@ -354,7 +345,7 @@ q_open_durable(qp_queue **qp, const qp_queue_opts *o, unsigned flags)
 
 /* qp_queue_open, and qp_queue_anon (addr NULL; what: the call). */
 static int
-q_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts,
+q_make(qp_queue **qp, const char *addr, const qp_queue_opts *opts,
     const char *what)
 {
 	qpi_shmq_cfg cfg;
@@ -397,6 +388,19 @@ q_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts,
 	return (flags & QP_OPEN_LEASE) ? qpi_shml_wrap(
 	           qp, sq, addr != NULL ? a.name : NULL, opts->lease_ms)
 	                               : qpi_queue_wrap(qp, &qpi_shmq_ops, sq);
+}
+
+/* q_make, then the handle notes QP_OPEN_LEASE. */
+static int
+q_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts,
+    const char *what)
+{
+	int rc = q_make(qp, addr, opts, what);
+
+	if (rc == QP_OK) {
+		(*qp)->lease = opts != NULL && (opts->flags & QP_OPEN_LEASE);
+	}
+	return rc;
 }
 
 QP_API int
@@ -567,10 +571,16 @@ qp_queue_put_key_obj(qp_queue *q, const void *key, size_t klen,
 
 /* ---- get ---- */
 
+/* The get calls' common part: into, the item into buf (cap bytes), else
+ * into a malloc'd *bufp. */
 static int
-q_get(qp_queue *q, unsigned flags, void **bufp, size_t *lenp,
-    qp_duration timeout)
+q_get(qp_queue *q, unsigned flags, bool into, void *buf, size_t cap,
+    void **bufp, size_t *lenp, qp_duration timeout)
 {
+	static uint8_t none[1];
+	const char *null = lenp == NULL ? "lenp"
+	    : into ? (buf == NULL && cap > 0 ? "buf" : NULL)
+	           : (bufp == NULL ? "bufp" : NULL);
 	int rc;
 
 	if (bufp != NULL) {
@@ -582,54 +592,40 @@ q_get(qp_queue *q, unsigned flags, void **bufp, size_t *lenp,
 	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
-	if (bufp == NULL || lenp == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_get: %s is NULL",
-		    bufp == NULL ? "bufp" : "lenp");
+	if (null != NULL) {
+		return qpi_err(QP_EINVAL, "qp_queue_get%s: %s is NULL",
+		    into ? "_into" : "", null);
 	}
-	return qpi_queue_get_op(
-	    q, flags, NULL, 0, bufp, lenp, qpi_queue_deadline(timeout));
+	/* buf NULL with cap 0 takes only an empty item (or tells the size
+	 * of the head item through QP_ETOOBIG). */
+	return qpi_queue_get_op(q, flags, into && buf == NULL ? none : buf,
+	    cap, bufp, lenp, qpi_queue_deadline(timeout));
 }
 
 QP_API int
 qp_queue_get(qp_queue *q, void **bufp, size_t *lenp, qp_duration timeout)
 {
-	return q_get(q, 0, bufp, lenp, timeout);
+	return q_get(q, 0, false, NULL, 0, bufp, lenp, timeout);
 }
 
 QP_API int
 qp_queue_get_nowait(qp_queue *q, void **bufp, size_t *lenp)
 {
-	return q_get(q, 0, bufp, lenp, QP_NOWAIT);
+	return q_get(q, 0, false, NULL, 0, bufp, lenp, QP_NOWAIT);
 }
 
 QP_API int
 qp_queue_get_obj(
     qp_queue *q, void **msgpackp, size_t *lenp, qp_duration timeout)
 {
-	return q_get(q, QPI_GET_OBJ, msgpackp, lenp, timeout);
+	return q_get(q, QPI_GET_OBJ, false, NULL, 0, msgpackp, lenp, timeout);
 }
 
 QP_API int
 qp_queue_get_into(
     qp_queue *q, void *buf, size_t cap, size_t *lenp, qp_duration timeout)
 {
-	static uint8_t none[1];
-	int rc;
-
-	if (lenp != NULL) {
-		*lenp = 0;
-	}
-	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
-		return rc;
-	}
-	if (lenp == NULL || (buf == NULL && cap > 0)) {
-		return qpi_err(QP_EINVAL, "qp_queue_get_into: %s is NULL",
-		    lenp == NULL ? "lenp" : "buf");
-	}
-	/* buf NULL with cap 0 takes only an empty item (or tells the size
-	 * of the head item through QP_ETOOBIG). */
-	return qpi_queue_get_op(q, 0, buf != NULL ? buf : none, cap, NULL,
-	    lenp, qpi_queue_deadline(timeout));
+	return q_get(q, 0, true, buf, cap, NULL, lenp, timeout);
 }
 
 /* ---- sizes, tasks, stat ---- */
@@ -640,8 +636,10 @@ qp_queue_qsize(qp_queue *q, size_t *np)
 	uint64_t n;
 	int rc;
 
-	if ((rc = q_ready_out(q, np, "qp_queue_qsize: np")) == QP_OK
-	    && (rc = q_qsize(q, &n)) == QP_OK) {
+	if ((rc = qpi_queue_ready_out(q, np, "qp_queue_qsize: np")) == QP_OK
+	    && (rc = q->ops->qsize != NULL ? q->ops->qsize(q->impl, &n)
+	                                   : qpi_shmq_qsize(q_sq(q), &n))
+	        == QP_OK) {
 		*np = (size_t) n;
 	}
 	return rc;
@@ -650,11 +648,10 @@ qp_queue_qsize(qp_queue *q, size_t *np)
 QP_API int
 qp_queue_empty(qp_queue *q, bool *emptyp)
 {
-	uint64_t n;
-	int rc;
+	size_t n;
+	int rc = qpi_queue_ready_out(q, emptyp, "qp_queue_empty: emptyp");
 
-	if ((rc = q_ready_out(q, emptyp, "qp_queue_empty: emptyp")) == QP_OK
-	    && (rc = q_qsize(q, &n)) == QP_OK) {
+	if (rc == QP_OK && (rc = qp_queue_qsize(q, &n)) == QP_OK) {
 		*emptyp = n == 0;
 	}
 	return rc;
@@ -663,7 +660,7 @@ qp_queue_empty(qp_queue *q, bool *emptyp)
 QP_API int
 qp_queue_full(qp_queue *q, bool *fullp)
 {
-	int rc = q_ready_out(q, fullp, "qp_queue_full: fullp");
+	int rc = qpi_queue_ready_out(q, fullp, "qp_queue_full: fullp");
 
 	return rc != QP_OK         ? rc
 	    : q->ops->full != NULL ? q->ops->full(q->impl, fullp)
@@ -742,7 +739,7 @@ qp_queue_join(qp_queue *q, qp_duration timeout)
 QP_API int
 qp_queue_stat(qp_queue *q, qp_queue_stats *st)
 {
-	int rc = q_ready_out(q, st, "qp_queue_stat: st");
+	int rc = qpi_queue_ready_out(q, st, "qp_queue_stat: st");
 
 	return rc != QP_OK         ? rc
 	    : q->ops->stat != NULL ? q->ops->stat(q->impl, st)
@@ -751,46 +748,40 @@ qp_queue_stat(qp_queue *q, qp_queue_stats *st)
 
 /* ---- worker mode: nack, deliveries ---- */
 
+/* nack (delay ms) and touch (lease ms) of a worker-mode handle. */
+static int
+q_lease_op(qp_queue *q, bool touch, qp_duration ms)
+{
+	const char *what = touch ? "touch" : "nack";
+	int rc = qpi_queue_ready(q);
+
+	if (rc != QP_OK) {
+		return rc;
+	}
+	if (!q->lease || (touch ? q->ops->touch : q->ops->nack) == NULL) {
+		return qpi_err(QP_EINVAL,
+		    "qp_queue_%s: only a handle opened with QP_OPEN_LEASE "
+		    "holds its items",
+		    what);
+	}
+	if (ms < 0 || ms > QPI_WIRE_MS_MAX) {
+		return qpi_err(QP_EINVAL,
+		    "%s %s %lld ms is not within 0..2^31-1", what,
+		    touch ? "lease" : "delay", (long long) ms);
+	}
+	return touch ? q->ops->touch(q->impl, ms) : q->ops->nack(q->impl, ms);
+}
+
 QP_API int
 qp_queue_nack(qp_queue *q, qp_duration delay)
 {
-	int rc;
-
-	if ((rc = qpi_queue_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (q->ops->nack == NULL) {
-		return qpi_err(QP_EINVAL,
-		    "qp_queue_nack: only a handle opened with QP_OPEN_LEASE "
-		    "holds its items");
-	}
-	if (delay < 0 || delay > QPI_WIRE_MS_MAX) {
-		return qpi_err(QP_EINVAL,
-		    "nack delay %lld ms is not within 0..2^31-1",
-		    (long long) delay);
-	}
-	return q->ops->nack(q->impl, delay);
+	return q_lease_op(q, false, delay);
 }
 
 QP_API int
 qp_queue_touch(qp_queue *q, qp_duration lease)
 {
-	int rc;
-
-	if ((rc = qpi_queue_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (q->ops->touch == NULL) {
-		return qpi_err(QP_EINVAL,
-		    "qp_queue_touch: only a handle opened with QP_OPEN_LEASE "
-		    "holds its items");
-	}
-	if (lease < 0 || lease > QPI_WIRE_MS_MAX) {
-		return qpi_err(QP_EINVAL,
-		    "touch lease %lld ms is not within 0..2^31-1",
-		    (long long) lease);
-	}
-	return q->ops->touch(q->impl, lease);
+	return q_lease_op(q, true, lease);
 }
 
 QP_API int
@@ -798,7 +789,8 @@ qp_queue_deliveries(qp_queue *q, uint32_t *np)
 {
 	int rc;
 
-	if ((rc = q_ready_out(q, np, "qp_queue_deliveries: np")) != QP_OK) {
+	if ((rc = qpi_queue_ready_out(q, np, "qp_queue_deliveries: np"))
+	    != QP_OK) {
 		return rc;
 	}
 	if (q->ops->deliveries == NULL) {

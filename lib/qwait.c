@@ -39,15 +39,21 @@ struct qpi_qrd {
 
 static pthread_mutex_t qw_mu = PTHREAD_MUTEX_INITIALIZER;
 
+void
+qpi_efd_set(int efd, bool on)
+{
+	uint64_t v = 1;
+
+	while ((on ? write(efd, &v, sizeof(v)) : read(efd, &v, sizeof(v))) < 0
+	    && errno == EINTR) {
+	}
+}
+
 static void
 qrd_signal(struct qpi_qrd *rd)
 {
-	uint64_t one = 1;
-
 	if (!__atomic_exchange_n(&rd->signaled, 1, __ATOMIC_ACQ_REL)) {
-		while (
-		    write(rd->efd, &one, sizeof(one)) < 0 && errno == EINTR) {
-		}
+		qpi_efd_set(rd->efd, true);
 	}
 }
 
@@ -55,11 +61,8 @@ qrd_signal(struct qpi_qrd *rd)
 static void
 qrd_clear(struct qpi_qrd *rd)
 {
-	uint64_t v;
-
 	__atomic_store_n(&rd->signaled, 0, __ATOMIC_SEQ_CST);
-	while (read(rd->efd, &v, sizeof(v)) < 0 && errno == EINTR) {
-	}
+	qpi_efd_set(rd->efd, false);
 }
 
 static void *
@@ -202,11 +205,8 @@ qw_fd(qp_queue *q, int *fdp)
 QP_API int
 qp_queue_fd(qp_queue *q, int *fdp)
 {
-	int rc = qpi_queue_ready(q);
+	int rc = qpi_queue_ready_out(q, fdp, "qp_queue_fd: fdp");
 
-	if (rc == QP_OK && fdp == NULL) {
-		rc = qpi_err(QP_EINVAL, "qp_queue_fd: fdp is NULL");
-	}
 	return rc != QP_OK ? rc : qw_fd(q, fdp);
 }
 
@@ -235,29 +235,13 @@ qpi_queue_ready_now(qp_queue *q, bool *readyp)
 	return QP_OK;
 }
 
-/* Milliseconds for poll(2) until deadline, rounded up; -1 forever. */
-static int
-qw_poll_ms(int64_t deadline)
-{
-	int64_t ns = qpi_remaining_ns(deadline);
-
-	if (ns == INT64_MAX) {
-		return -1;
-	}
-	int64_t ms = (ns + 999999) / 1000000;
-	return ms > INT_MAX ? INT_MAX : (int) ms;
-}
-
 /* One queue: qp_wait_any's loop (look, arm the fd, look again, sleep). */
 QP_API int
 qp_queue_poll(qp_queue *q, qp_duration timeout, bool *readyp)
 {
 	size_t n;
-	int rc = qpi_queue_ready(q);
+	int rc = qpi_queue_ready_out(q, readyp, "qp_queue_poll: readyp");
 
-	if (rc == QP_OK && readyp == NULL) {
-		rc = qpi_err(QP_EINVAL, "qp_queue_poll: readyp is NULL");
-	}
 	return rc != QP_OK
 	    ? rc
 	    : qp_wait_any(NULL, 0, NULL, &q, 1, readyp, timeout, &n);
@@ -317,19 +301,16 @@ qw_get_any(qp_queue *const *qs, size_t n, unsigned flags, size_t *whichp,
 		return qpi_err(QP_EINVAL, "qp_queue_get_any: %s",
 		    n == 0 ? "no queues" : "NULL argument");
 	}
-	if ((rc = qpi_duration_check(timeout)) != QP_OK) {
-		return rc;
-	}
-	for (size_t i = 0; i < n; i++) {
+	rc = qpi_duration_check(timeout);
+	for (size_t i = 0; i < n && rc == QP_OK; i++) {
 		if ((rc = qpi_queue_ready(qs[i])) != QP_OK) {
-			if (whichp != NULL) {
-				*whichp = i;
-			}
-			return rc;
+			which = i; /* the handle that is not ready */
 		}
 	}
-	rc = qpi_queue_get_any(qs, n, flags, &which, NULL, 0, bufp, lenp,
-	    qpi_queue_deadline(timeout));
+	if (rc == QP_OK) {
+		rc = qpi_queue_get_any(qs, n, flags, &which, NULL, 0, bufp,
+		    lenp, qpi_queue_deadline(timeout));
+	}
 	if (whichp != NULL) {
 		*whichp = which;
 	}
@@ -422,7 +403,9 @@ qp_wait_any(qp_conn *const *conns, size_t nconns, bool *conn_ready,
 			continue;
 		}
 		/* Sleep until one is readable or the deadline. */
-		if (poll(fds, (nfds_t) n, qw_poll_ms(deadline)) < 0
+		qp_duration ms = qpi_queue_timeout(deadline); /* -1: ever */
+		if (poll(fds, (nfds_t) n, ms > INT_MAX ? INT_MAX : (int) ms)
+		        < 0
 		    && errno != EINTR) {
 			rc = qpi_err(QP_ESYSTEM, "poll: %s", strerror(errno));
 			break;

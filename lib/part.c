@@ -295,9 +295,7 @@ part_handle(part *p, size_t i, bool put, bool skip_down, int *rcp)
 	pthread_mutex_unlock(&p->mu);
 	if (skip_down && down) {
 		*rcp = qpi_err(QP_ECONNREFUSED,
-		    "%s: its server was down "
-		    "a moment ago",
-		    s->addr);
+		    "%s: its server was down a moment ago", s->addr);
 		return NULL;
 	}
 	if (q == NULL) {
@@ -499,8 +497,7 @@ part_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 		}
 		if (qpi_remaining_ns(deadline) == 0) {
 			return qpi_err(QP_EEMPTY,
-			    "%s is empty (%zu of %zu "
-			    "partitions answered)",
+			    "%s is empty (%zu of %zu partitions answered)",
 			    p->label, k, p->n);
 		}
 	}
@@ -738,25 +735,6 @@ part_qsize(void *impl, uint64_t *np)
 }
 
 static int
-part_full(void *impl, bool *fullp)
-{
-	part *p = impl;
-	int rc;
-
-	/* Full when no partition that answers could take a put. */
-	*fullp = true;
-	for (size_t i = 0; i < p->n && *fullp; i++) {
-		bool f = true;
-		qp_queue *q = part_handle(p, i, false, true, &rc);
-		if (q != NULL && qp_queue_full(q, &f) == QP_OK && !f) {
-			*fullp = false;
-		}
-	}
-	qpi_err_clear();
-	return QP_OK;
-}
-
-static int
 part_join(void *impl, int64_t deadline)
 {
 	part *p = impl;
@@ -779,7 +757,6 @@ static int
 part_fd(void *impl, int *fdp)
 {
 	part *p = impl;
-	int rc = QP_OK;
 
 	pthread_mutex_lock(&p->mu);
 	if (p->epfd < 0 && (p->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0) {
@@ -791,11 +768,8 @@ part_fd(void *impl, int *fdp)
 	for (size_t i = 0; i < p->n; i++) {
 		int fd, r;
 		qp_queue *q = part_handle(p, i, false, true, &r);
-		pthread_mutex_lock(&p->mu);
-		bool in = p->s[i].in_ep;
-		pthread_mutex_unlock(&p->mu);
-		if (q == NULL || in || qp_queue_fd(q, &fd) != QP_OK) {
-			continue;
+		if (q == NULL || qp_queue_fd(q, &fd) != QP_OK) {
+			continue; /* (a handle's fd stays the same) */
 		}
 		struct epoll_event ev = {.events = EPOLLIN, .data.u64 = i};
 		pthread_mutex_lock(&p->mu);
@@ -807,23 +781,38 @@ part_fd(void *impl, int *fdp)
 	}
 	qpi_err_clear();
 	*fdp = p->epfd;
-	return rc;
+	return QP_OK;
+}
+
+/* Whether look (qp_queue_full, qpi_queue_ready_now) says want of any
+ * partition that answers. */
+static bool
+part_any(part *p, int (*look)(qp_queue *, bool *), bool want)
+{
+	bool yes = false;
+	int rc;
+
+	for (size_t i = 0; i < p->n && !yes; i++) {
+		bool b = !want;
+		qp_queue *q = part_handle(p, i, false, true, &rc);
+		yes = q != NULL && look(q, &b) == QP_OK && b == want;
+	}
+	qpi_err_clear();
+	return yes;
+}
+
+static int
+part_full(void *impl, bool *fullp)
+{
+	/* Full when no partition that answers could take a put. */
+	*fullp = !part_any(impl, qp_queue_full, false);
+	return QP_OK;
 }
 
 static int
 part_ready(void *impl, bool *readyp)
 {
-	part *p = impl;
-	int rc;
-
-	*readyp = false;
-	for (size_t i = 0; i < p->n && !*readyp; i++) {
-		qp_queue *q = part_handle(p, i, false, true, &rc);
-		if (q != NULL && qpi_queue_ready_now(q, readyp) != QP_OK) {
-			*readyp = false;
-		}
-	}
-	qpi_err_clear();
+	*readyp = part_any(impl, qpi_queue_ready_now, true);
 	return QP_OK;
 }
 
@@ -834,15 +823,12 @@ part_close(void *impl)
 {
 	part *p = impl;
 
-	for (size_t i = 0; i < p->n; i++) {
+	for (size_t i = 0; i < 2 * p->n; i++) {
 		pthread_mutex_lock(&p->mu);
-		qp_queue *pq = p->s[i].pq, *gq = p->s[i].gq;
+		qp_queue *q = i % 2 == 0 ? p->s[i / 2].pq : p->s[i / 2].gq;
 		pthread_mutex_unlock(&p->mu);
-		if (pq != NULL) {
-			qp_queue_close(pq);
-		}
-		if (gq != NULL) {
-			qp_queue_close(gq);
+		if (q != NULL) {
+			qp_queue_close(q);
 		}
 	}
 }
@@ -886,19 +872,6 @@ const qpi_queue_ops qpi_part_ops = {
     .free = part_free,
 };
 
-/* Copies s into p's strings (NULL stays NULL); false when out of memory. */
-static bool
-part_str(part *p, int k, const char *s, const char **dst)
-{
-	if (s == NULL) {
-		*dst = NULL;
-		return true;
-	}
-	p->strs[k] = strdup(s);
-	*dst = p->strs[k];
-	return p->strs[k] != NULL;
-}
-
 int
 qpi_part_open(
     qp_queue **qp, const char *addr, const qp_queue_opts *opts, bool *isp)
@@ -930,16 +903,16 @@ qpi_part_open(
 		p->conn = *opts->conn;
 		p->opts.conn = &p->conn;
 	}
-	if (!part_str(p, 0, p->opts.fsync, &p->opts.fsync)
-	    || !part_str(p, 1, p->conn.token, &p->conn.token)
-	    || !part_str(p, 2, p->conn.token_file, &p->conn.token_file)
-	    || !part_str(p, 3, p->conn.tls_cert, &p->conn.tls_cert)
-	    || !part_str(p, 4, p->conn.tls_key, &p->conn.tls_key)
-	    || !part_str(p, 5, p->conn.tls_ca, &p->conn.tls_ca)
-	    || !part_str(
-	        p, 6, p->conn.tls_server_name, &p->conn.tls_server_name)) {
-		part_free(p);
-		return qpi_err(QP_ENOMEM, "out of memory");
+	/* The strings the options point to, copied (freed with p). */
+	const char **strs[] = {&p->opts.fsync, &p->conn.token,
+	    &p->conn.token_file, &p->conn.tls_cert, &p->conn.tls_key,
+	    &p->conn.tls_ca, &p->conn.tls_server_name};
+	for (size_t k = 0; k < sizeof(strs) / sizeof(strs[0]); k++) {
+		if (*strs[k] != NULL
+		    && (*strs[k] = p->strs[k] = strdup(*strs[k])) == NULL) {
+			part_free(p);
+			return qpi_err(QP_ENOMEM, "out of memory");
+		}
 	}
 	/* Every server that answers now; those down are opened on use.
 	 * Any other error (no such queue, bad token) fails the open. */
@@ -996,11 +969,9 @@ qp_queue_partitions(qp_queue *q, size_t *np)
 	void *impl;
 	int rc;
 
-	if ((rc = qpi_queue_ready(q)) != QP_OK) {
+	if ((rc = qpi_queue_ready_out(q, np, "qp_queue_partitions: np"))
+	    != QP_OK) {
 		return rc;
-	}
-	if (np == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_partitions: np is NULL");
 	}
 	impl = qpi_queue_impl(q, &ops);
 	*np = ops == &qpi_part_ops ? ((part *) impl)->n : 1;

@@ -108,21 +108,8 @@ qpi_rq_item(qpi_rq *r, qpi_wire_item *it, bool raw, const void *buf,
 	return QP_OK;
 }
 
-/* The bytes a get returns of item it: its encoding (obj), else a bin's
- * payload (or the encoding of any other value). */
-static const uint8_t *
-rq_item_bytes(const qpi_wire_item *it, bool obj, size_t *lenp)
-{
-	size_t off = 0;
-
-	*lenp = it->len;
-	if (!obj) {
-		qpi_wire_bin_unwrap(it->data, it->len, &off, lenp);
-	}
-	return it->data + off;
-}
-
-/* Hands the bytes a get returns of item it (see rq_item_bytes) over:
+/* Hands the bytes a get returns of item it over: its encoding (with
+ * QPI_GET_OBJ), else a bin's payload (or the encoding of any other value),
  * copied into (cap bytes; larger is QP_ETOOBIG, *lenp its size), else
  * into a malloc'd *bufp (QP_ENOMEM). The caller gives the lease back on
  * an error. */
@@ -130,9 +117,10 @@ static int
 rq_item_out(qpi_rq *r, const qpi_wire_item *it, unsigned flags, void *into,
     size_t cap, void **bufp, size_t *lenp)
 {
-	size_t len;
-	const uint8_t *src
-	    = rq_item_bytes(it, (flags & QPI_GET_OBJ) != 0, &len);
+	size_t off = 0, len = it->len;
+	bool bin = !(flags & QPI_GET_OBJ)
+	    && qpi_wire_bin_unwrap(it->data, it->len, &off, &len);
+	const uint8_t *src = bin ? it->data + off : it->data;
 	void *out = into != NULL ? into : malloc(len > 0 ? len : 1);
 
 	if (into != NULL && len > cap) {

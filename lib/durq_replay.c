@@ -19,15 +19,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Whether the n >= 1 bytes at p are all zero. */
 static bool
 dq_all_zero(const uint8_t *p, uint64_t n)
 {
-	for (uint64_t i = 0; i < n; i++) {
-		if (p[i] != 0) {
-			return false;
-		}
-	}
-	return true;
+	return p[0] == 0 && memcmp(p, p + 1, n - 1) == 0;
 }
 
 /* Notes the tag a PUT_TAG (put) or MARK record carries at p, as of now
@@ -45,13 +41,12 @@ dq_tag_note_rec(qpi_durq *d, const uint8_t *p, bool put, int64_t now_ms)
 
 typedef struct dq_scan {
 	uint32_t version; /* the file's layout */
-	uint64_t good_end; /* after the last complete record */
+	uint64_t good_end; /* after the last whole record (then: torn) */
 	uint64_t records;
-	bool torn;
 } dq_scan;
 
 /* Walks the records of the mapped file (size bytes), filling d->live.
- * QP_OK (maybe torn), or QP_ECORRUPT. */
+ * QP_OK (maybe torn: a torn tail ends the walk), or QP_ECORRUPT. */
 static int
 dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 {
@@ -63,7 +58,6 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 	while (off < size) {
 		uint64_t left = size - off;
 		if (left < DQ_REC_HDR) {
-			s->torn = true;
 			break;
 		}
 		uint32_t len = qpi_le32_get(base + off);
@@ -76,7 +70,6 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 		}
 		if (len < DQ_DONE_LEN || len > lim) {
 			if (dq_all_zero(base + off, left)) {
-				s->torn = true;
 				break;
 			}
 			return qpi_err(QP_ECORRUPT,
@@ -86,7 +79,6 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 			    (unsigned long long) s->records);
 		}
 		if (DQ_REC_HDR + (uint64_t) len > left) {
-			s->torn = true;
 			break;
 		}
 		const uint8_t *b = base + off + DQ_REC_HDR;
@@ -96,7 +88,6 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 			uint64_t after = off + DQ_REC_HDR + len;
 			if (after == size
 			    || dq_all_zero(base + after, size - after)) {
-				s->torn = true;
 				break;
 			}
 			return qpi_err(QP_ECORRUPT,
@@ -169,7 +160,7 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 	    || (rv = dq_walk(d, base, (uint64_t) st.st_size, &s)) != QP_OK) {
 		goto out;
 	}
-	if (s.torn) {
+	if (s.good_end < (uint64_t) st.st_size) {
 		info->cut_at = s.good_end;
 		info->cut_bytes = (uint64_t) st.st_size - s.good_end;
 	}
@@ -206,7 +197,7 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 		}
 		info->items++;
 	}
-	if (s.torn && ftruncate(d->fd, (off_t) s.good_end) == 0) {
+	if (info->cut_bytes > 0 && ftruncate(d->fd, (off_t) s.good_end) == 0) {
 		(void) fdatasync(d->fd);
 	}
 	if (s.version < DQ_VERSION) {

@@ -240,32 +240,23 @@ part_window(qp_queue *q, int64_t ms)
 	}
 }
 
-/* Opens partition i's handles if not yet (the server may be down: then
- * the partition is marked down). */
-static int
-part_open_one(part *p, size_t i)
+/* Opens partition i's handles (the server may be down: then the
+ * partition is marked down): its put or get handle, else NULL with *rcp.
+ * Another thread's open that came first wins. */
+static qp_queue *
+part_open_one(part *p, size_t i, bool put, int *rcp)
 {
 	part_srv *s = &p->s[i];
-	qp_queue *pq = NULL, *gq = NULL;
-	qp_queue_opts po = p->opts;
-	int rc;
+	qp_queue *pq = NULL, *gq = NULL, *q;
+	qp_queue_opts po = p->opts, go = p->opts;
 
-	pthread_mutex_lock(&p->mu);
-	bool have = s->gq != NULL;
-	pthread_mutex_unlock(&p->mu);
-	if (have) {
-		return QP_OK;
-	}
 	po.flags &= ~(uint32_t) QP_OPEN_LEASE;
-	if ((rc = qp_queue_open(&pq, s->addr, &po)) == QP_OK) {
-		qp_queue_opts go = p->opts;
-		go.flags &= ~(uint32_t) (QP_OPEN_CREATE | QP_OPEN_EXCL);
-		rc = qp_queue_open(&gq, s->addr, &go);
-	}
-	if (rc != QP_OK) {
+	go.flags &= ~(uint32_t) (QP_OPEN_CREATE | QP_OPEN_EXCL);
+	if ((*rcp = qp_queue_open(&pq, s->addr, &po)) != QP_OK
+	    || (*rcp = qp_queue_open(&gq, s->addr, &go)) != QP_OK) {
 		qp_queue_free(pq);
-		part_mark(p, i, rc);
-		return rc;
+		part_mark(p, i, *rcp);
+		return NULL;
 	}
 	part_window(gq, PART_GET_WINDOW_MS);
 	part_window(pq, PART_PUT_WINDOW_MS);
@@ -275,10 +266,11 @@ part_open_one(part *p, size_t i)
 		s->gq = gq;
 		pq = gq = NULL;
 	}
+	q = put ? s->pq : s->gq;
 	pthread_mutex_unlock(&p->mu);
 	qp_queue_free(pq);
 	qp_queue_free(gq);
-	return QP_OK;
+	return q;
 }
 
 /* Partition i's handle (puts: pq, else gq), opened if need be; NULL
@@ -298,15 +290,7 @@ part_handle(part *p, size_t i, bool put, bool skip_down, int *rcp)
 		    "%s: its server was down a moment ago", s->addr);
 		return NULL;
 	}
-	if (q == NULL) {
-		if ((*rcp = part_open_one(p, i)) != QP_OK) {
-			return NULL;
-		}
-		pthread_mutex_lock(&p->mu);
-		q = put ? s->pq : s->gq;
-		pthread_mutex_unlock(&p->mu);
-	}
-	return q;
+	return q != NULL ? q : part_open_one(p, i, put, rcp);
 }
 
 /* ---- puts ---- */
@@ -917,7 +901,7 @@ qpi_part_open(
 	/* Every server that answers now; those down are opened on use.
 	 * Any other error (no such queue, bad token) fails the open. */
 	for (size_t i = 0; i < n; i++) {
-		if ((rc = part_open_one(p, i)) == QP_OK) {
+		if (part_open_one(p, i, false, &rc) != NULL) {
 			up++;
 		} else if (!part_conn_err(rc)) {
 			part_free(p); /* leaves the message as it is */

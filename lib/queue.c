@@ -425,9 +425,7 @@ qp_queue_close(qp_queue *q)
 		return qpi_err(QP_EINVAL, "queue handle is NULL");
 	}
 	if (__atomic_exchange_n(&q->closed, 1, __ATOMIC_ACQ_REL) == 0) {
-		if (q->rd != NULL) {
-			qpi_qrd_stop(q->rd); /* readiness */
-		}
+		qpi_qrd_stop(q->rd); /* readiness (NULL: none) */
 		if (q->ops->close != NULL) {
 			q->ops->close(q->impl);
 		} else {

@@ -32,8 +32,7 @@ struct qpi_qrd {
 	int efd;
 	int signaled; /* the eventfd holds a count */
 	int stop;
-	bool thr_on;
-	pthread_t thr;
+	pthread_t thr; /* runs from the state's making on */
 	pid_t pid; /* the process whose thread this is */
 };
 
@@ -107,7 +106,7 @@ qpi_qrd_empty(qp_queue *q)
 void
 qpi_qrd_stop(struct qpi_qrd *rd)
 {
-	if (rd == NULL || rd->pid != getpid() || !rd->thr_on) {
+	if (rd == NULL || rd->pid != getpid()) {
 		return;
 	}
 	__atomic_store_n(&rd->stop, 1, __ATOMIC_RELEASE);
@@ -124,7 +123,7 @@ qpi_qrd_free(struct qpi_qrd *rd)
 	if (rd == NULL) {
 		return;
 	}
-	if (rd->pid == getpid() && rd->thr_on) {
+	if (rd->pid == getpid()) {
 		qpi_qrd_stop(rd);
 		pthread_join(rd->thr, NULL);
 		qpi_shmq_watch(rd->sq, false);
@@ -176,7 +175,6 @@ qrd_get(qp_queue *q, struct qpi_qrd **rdp)
 			free(rd);
 			goto out;
 		}
-		rd->thr_on = true;
 		*slot = rd;
 	}
 	*rdp = rd;

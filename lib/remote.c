@@ -716,8 +716,7 @@ qp_server_list_opts(const char *addr, const qp_conn_opts *conn,
 struct rq_pf {
 	pthread_mutex_t mu;
 	pthread_cond_t cv; /* the slot changed, or stop */
-	pthread_t thr;
-	bool thr_on;
+	pthread_t thr; /* runs from the slot's making on */
 	pid_t pid;
 	int efd; /* readable while full (written with mu held) */
 	bool stop;
@@ -926,7 +925,6 @@ rq_fd(void *impl, int *fdp)
 			rv = qpi_err(QP_ESYSTEM, "cannot start a thread");
 			goto out;
 		}
-		pf->thr_on = true;
 	}
 	*fdp = pf->efd;
 out:
@@ -978,9 +976,7 @@ rq_free_op(void *impl)
 	rq_pf *pf = pf_of(r);
 
 	if (pf != NULL) {
-		if (pf->thr_on) {
-			pthread_join(pf->thr, NULL);
-		}
+		pthread_join(pf->thr, NULL);
 		free(pf->item);
 		close(pf->efd);
 		pthread_mutex_destroy(&pf->mu);

@@ -353,16 +353,11 @@ int
 qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
     const qpi_durq_cfg *cfg, const qpi_fsync *def, qpi_durq_info *infop)
 {
-	qpi_durq_info info;
-	qpi_durq_cfg c;
+	qpi_durq_info info = {0};
+	qpi_durq_cfg c = cfg != NULL ? *cfg : (qpi_durq_cfg) {0};
 	qpi_durq *d;
 	int rv;
 
-	memset(&info, 0, sizeof(info));
-	memset(&c, 0, sizeof(c));
-	if (cfg != NULL) {
-		c = *cfg;
-	}
 	if (c.capacity == 0) {
 		c.capacity = QPI_SHMQ_DEF_CAPACITY;
 	}
@@ -417,13 +412,11 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 		    : qpi_dq_errno(errno, "cannot lock", path);
 		goto fail;
 	}
-	{
-		char *tmp = qpi_dq_path(path, ".tmp");
-		if (tmp != NULL) {
-			unlink(tmp); /* a compaction cut short */
-			free(tmp);
-		}
+	char *tmp = qpi_dq_path(path, ".tmp");
+	if (tmp != NULL) {
+		unlink(tmp); /* a compaction cut short */
 	}
+	free(tmp);
 	d->prealloc = true;
 	if ((rv = qpi_dq_load(d, &info)) != QP_OK) {
 		goto fail;

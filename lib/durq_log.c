@@ -142,11 +142,10 @@ qpi_dq_pwritev_all(int fd, struct iovec *iov, int n, uint64_t off)
 int
 qpi_dq_hdr_write(int fd, const qpi_durq_cfg *c, bool sync)
 {
-	uint8_t h[DQ_HDR];
+	uint8_t h[DQ_HDR] = {0};
 	struct iovec iov = {h, DQ_HDR};
 	int e;
 
-	memset(h, 0, DQ_HDR);
 	memcpy(h, DQ_MAGIC, 8);
 	qpi_le32_put(h + 8, DQ_VERSION);
 	qpi_le32_put(h + 12, DQ_HDR);

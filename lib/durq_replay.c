@@ -168,11 +168,9 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 	d->end = s.good_end;
 
 	/* The queue the items are served from, filled in id order. */
-	qpi_shmq_cfg sc;
-	memset(&sc, 0, sizeof(sc));
-	sc.maxsize = d->cfg.maxsize;
-	sc.capacity = d->cfg.capacity;
-	sc.max_message = d->cfg.max_message + DQ_WRAP;
+	qpi_shmq_cfg sc = {.maxsize = d->cfg.maxsize,
+	    .capacity = d->cfg.capacity,
+	    .max_message = d->cfg.max_message + DQ_WRAP};
 	if ((rv = qpi_shmq_anon(&d->shm, &sc)) != QP_OK) {
 		goto out;
 	}

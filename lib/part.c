@@ -979,21 +979,15 @@ qp_queue_partition_stat(
 		    QP_EINVAL, "qp_queue_partition_stat: st is NULL");
 	}
 	part *p = qpi_queue_impl(q, &ops);
+	bool parted = ops == &qpi_part_ops;
 	if (i >= n) {
 		return qpi_err(QP_EINVAL, "partition %zu of %zu", i, n);
 	}
 	if (url != NULL && cap > 0) {
-		snprintf(
-		    url, cap, "%s", ops == &qpi_part_ops ? p->s[i].addr : "");
+		snprintf(url, cap, "%s", parted ? p->s[i].addr : "");
 	}
-	if (ops != &qpi_part_ops) {
-		return qp_queue_stat(q, st);
-	}
-	qp_queue *pq = part_handle(p, i, false, false, &rc);
-	if (pq == NULL) {
-		return rc;
-	}
-	if ((rc = qp_queue_stat(pq, st)) != QP_OK) {
+	qp_queue *pq = parted ? part_handle(p, i, false, false, &rc) : q;
+	if (pq != NULL && (rc = qp_queue_stat(pq, st)) != QP_OK && parted) {
 		part_mark(p, i, rc);
 	}
 	return rc;

@@ -229,6 +229,9 @@ qpi_queue_ready_out(qp_queue *q, const void *out, const char *what)
 static int
 q_opts(const qp_queue_opts *o, qpi_shmq_cfg *cfg, unsigned *flagsp)
 {
+	qpi_fsync f;
+	int rc;
+
 	memset(cfg, 0, sizeof(*cfg));
 	*flagsp = 0;
 	if (o == NULL) {
@@ -240,15 +243,13 @@ q_opts(const qp_queue_opts *o, qpi_shmq_cfg *cfg, unsigned *flagsp)
 		return qpi_err(QP_EINVAL, "unknown open flags 0x%x",
 		    (unsigned) (o->flags & ~known));
 	}
-	if (o->flags & QP_OPEN_DURABLE) {
-		qpi_fsync f;
-		int rc = qpi_fsync_parse(o->fsync, &f);
-		if (rc != QP_OK) {
-			return rc;
-		}
-	} else if (o->path != NULL || o->fsync != NULL) {
+	if (!(o->flags & QP_OPEN_DURABLE)
+	    && (o->path != NULL || o->fsync != NULL)) {
 		return qpi_err(
 		    QP_EINVAL, "a path or fsync policy needs QP_OPEN_DURABLE");
+	}
+	if ((rc = qpi_fsync_parse(o->fsync, &f)) != QP_OK) {
+		return rc;
 	}
 	if ((o->flags & QP_OPEN_EXCL) && !(o->flags & QP_OPEN_CREATE)) {
 		return qpi_err(
@@ -314,7 +315,10 @@ static const qpi_queue_ops dur_ops = {
 static int
 q_open_durable(qp_queue **qp, const qp_queue_opts *o, unsigned flags)
 {
-	qpi_durq_cfg c;
+	qpi_durq_cfg c = {.maxsize = o->maxsize,
+	    .capacity = o->capacity,
+	    .max_message = o->max_message,
+	    .lease_ms = o->lease_ms};
 	qpi_durq *d;
 	int rc;
 
@@ -328,11 +332,6 @@ q_open_durable(qp_queue **qp, const qp_queue_opts *o, unsigned flags)
 		    "QP_OPEN_LEASE (worker mode) on a durable shm:// queue is "
 		    "not supported; a durable queue served by qpiped has it");
 	}
-	memset(&c, 0, sizeof(c));
-	c.maxsize = o->maxsize;
-	c.capacity = o->capacity;
-	c.max_message = o->max_message;
-	c.lease_ms = o->lease_ms;
 	if ((rc = qpi_fsync_parse(o->fsync, &c.fsync)) != QP_OK
 	    || (rc = qpi_durq_open(&d, o->path, flags, &c, NULL, NULL))
 	        != QP_OK) {
@@ -688,16 +687,14 @@ q_complete(qp_queue *tasks, qp_queue *results, const void *buf, size_t len,
 	    || (rc = qpi_queue_ready(results)) != QP_OK) {
 		return rc;
 	}
-	if (tasks->ops->complete == NULL && qpi_queue_shmq(tasks) != NULL) {
-		return qpi_err(QP_EINVAL,
-		    "qp_queue_complete: the tasks queue was not opened in "
-		    "worker mode (QP_OPEN_LEASE)");
-	}
 	if (tasks->ops->complete == NULL) {
-		/* A durable shm:// queue. */
-		return qpi_err(QP_ENOTSUP,
-		    "qp_queue_complete: this tasks queue (durable shm://) "
-		    "cannot complete in one step");
+		return qpi_queue_shmq(tasks) != NULL
+		    ? qpi_err(QP_EINVAL,
+		        "qp_queue_complete: the tasks queue was not opened in "
+		        "worker mode (QP_OPEN_LEASE)")
+		    : qpi_err(QP_ENOTSUP,
+		        "qp_queue_complete: this tasks queue (durable shm://) "
+		        "cannot complete in one step");
 	}
 	if (tasks == results) {
 		return qpi_err(QP_EINVAL,

@@ -371,10 +371,8 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 	}
 	if (access(path, F_OK) != 0) {
 		if (errno != ENOENT || !(flags & QP_OPEN_CREATE)) {
-			return errno == ENOENT
-			    ? qpi_err(
-			        QP_ENOENT, "no durable queue file %s", path)
-			    : qpi_dq_errno(errno, "cannot reach", path);
+			return qpi_dq_errno(
+			    errno, "no durable queue file", path);
 		}
 		if ((rv = qpi_dq_create_file(
 		         path, &c, (flags & QP_OPEN_EXCL) != 0))
@@ -398,9 +396,7 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 	qpi_cond_init(&d->cv);
 	d->fd = open(path, O_RDWR | O_CLOEXEC);
 	if (d->fd < 0) {
-		rv = errno == ENOENT
-		    ? qpi_err(QP_ENOENT, "no durable queue file %s", path)
-		    : qpi_dq_errno(errno, "cannot open", path);
+		rv = qpi_dq_errno(errno, "cannot open", path);
 		goto fail;
 	}
 	if (flock(d->fd, LOCK_EX | LOCK_NB) != 0) {
@@ -507,9 +503,7 @@ qpi_durq_unlink(const char *path)
 		free(sp);
 	}
 	if (unlink(path) != 0) {
-		return errno == ENOENT
-		    ? qpi_err(QP_ENOENT, "no durable queue file %s", path)
-		    : qpi_dq_errno(errno, "cannot remove", path);
+		return qpi_dq_errno(errno, "cannot remove", path);
 	}
 	qpi_dq_sync_dir(path);
 	return QP_OK;
@@ -763,13 +757,11 @@ qpi_durq_get(qpi_durq *d, unsigned flags, void *into, size_t cap, void **bufp,
 	unsigned kind;
 	int rv;
 
-	rv = qpi_shmq_get_lease(d->shm, qpi_shmq_owner_self(), -1, 0, &raw,
-	    &rawlen, &l, deadline_ns);
-	if (rv != QP_OK) {
-		return rv;
-	}
-	if ((rv = dq_unwrap(d, l.id, &raw, &rawlen, flags, &id, &kind))
-	    != QP_OK) {
+	if ((rv = qpi_shmq_get_lease(d->shm, qpi_shmq_owner_self(), -1, 0,
+	         &raw, &rawlen, &l, deadline_ns))
+	        != QP_OK
+	    || (rv = dq_unwrap(d, l.id, &raw, &rawlen, flags, &id, &kind))
+	        != QP_OK) {
 		return rv;
 	}
 	*lenp = rawlen;
@@ -822,13 +814,12 @@ qpi_durq_get_lease(qpi_durq *d, uint64_t owner, int64_t lease_ms,
 
 	/* The stored item is its bytes behind a DQ_WRAP header; unwrapped
 	 * it is at most as long (a bin header is shorter than DQ_WRAP). */
-	rv = qpi_shmq_get_lease_max(d->shm, owner, lease_ms, 0,
-	    max_len != 0 ? max_len + DQ_WRAP : 0, &raw, &rawlen, lease, 0);
-	if (rv != QP_OK) {
-		return rv;
-	}
-	if ((rv = dq_unwrap(d, lease->id, &raw, &rawlen, flags, &id, &kind))
-	    != QP_OK) {
+	if ((rv = qpi_shmq_get_lease_max(d->shm, owner, lease_ms, 0,
+	         max_len != 0 ? max_len + DQ_WRAP : 0, &raw, &rawlen, lease,
+	         0))
+	        != QP_OK
+	    || (rv = dq_unwrap(d, lease->id, &raw, &rawlen, flags, &id, &kind))
+	        != QP_OK) {
 		return rv;
 	}
 	pthread_mutex_lock(&d->mu);

@@ -143,7 +143,8 @@ char *qpi_dq_path(const char *path, const char *suffix);
 void qpi_dq_sync_dir(const char *path);
 
 /* Records a message for errno e of doing what to path and returns
- * QP_ENOSPC (disk or quota full) or QP_ESYSTEM. */
+ * QP_ENOENT (no such file), QP_ENOSPC (disk or quota full) or
+ * QP_ESYSTEM. */
 int qpi_dq_errno(int e, const char *what, const char *path);
 
 /* Writes all of iov (n pieces, changed on the way) at off; 0 or an

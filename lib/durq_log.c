@@ -108,7 +108,8 @@ qpi_dq_errno(int e, const char *what, const char *path)
 		return qpi_err(QP_ENOSPC,
 		    "no space left on the disk of %s (%s)", path, what);
 	}
-	return qpi_err(QP_ESYSTEM, "%s %s: %s", what, path, strerror(e));
+	return qpi_err(e == ENOENT ? QP_ENOENT : QP_ESYSTEM, "%s %s: %s", what,
+	    path, strerror(e));
 }
 
 int

@@ -542,26 +542,32 @@ part_held(part *p, size_t *ip, int *rcp, int err, const char *what)
 	return part_handle(p, *ip, false, false, rcp);
 }
 
+/* After a call that answered rc on the oldest item held, from partition
+ * i: the item is forgotten when the call confirmed it or it went back
+ * (QP_OK, QP_ENOENT, also, or a lost connection, whose leases go back),
+ * so the next call is for the next item; i is marked down on a lost
+ * connection. rc. */
 static int
-part_task_done(void *impl)
+part_settle(part *p, size_t i, int rc, int also)
 {
-	part *p = impl;
-	size_t i;
-	int rc;
-	qp_queue *q = part_held(p, &i, &rc, QP_EVALUE, "task_done()");
-
-	if (q == NULL) {
-		return rc;
-	}
-	rc = qp_queue_task_done(q);
-	if (rc == QP_OK || rc == QP_ENOENT || rc == QP_EVALUE
+	if (rc == QP_OK || rc == QP_ENOENT || rc == also
 	    || part_conn_err(rc)) {
-		/* Confirmed, or gone back (a lost connection's leases go
-		 * back): the next task_done is for the next item. */
 		qpi_ids_done(&p->got, &p->mu, i);
 	}
 	part_mark(p, i, rc);
 	return rc;
+}
+
+static int
+part_task_done(void *impl)
+{
+	size_t i;
+	int rc;
+	qp_queue *q = part_held(impl, &i, &rc, QP_EVALUE, "task_done()");
+
+	return q == NULL
+	    ? rc
+	    : part_settle(impl, i, qp_queue_task_done(q), QP_EVALUE);
 }
 
 /* Completes the oldest task held where it lives: its result goes to the
@@ -594,34 +600,22 @@ part_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 	if (tq == NULL || (rq = part_handle(r, i, true, false, &rc)) == NULL) {
 		return rc;
 	}
-	rc = kind == QPI_ITEM_OBJ
-	    ? qp_queue_complete_obj(
-	        tq, rq, buf, len, qpi_queue_timeout(deadline))
-	    : qp_queue_complete(tq, rq, buf, len, qpi_queue_timeout(deadline));
-	if (rc == QP_OK || rc == QP_ENOENT || part_conn_err(rc)) {
-		/* Done, or the lease ran out or went back with its
-		 * connection: the next complete is for the next task. */
-		qpi_ids_done(&p->got, &p->mu, i);
-	}
-	part_mark(p, i, rc);
-	return rc;
+	return part_settle(p, i,
+	    (kind == QPI_ITEM_OBJ ? qp_queue_complete_obj : qp_queue_complete)(
+	        tq, rq, buf, len, qpi_queue_timeout(deadline)),
+	    QP_OK);
 }
 
 static int
 part_nack(void *impl, qp_duration delay)
 {
-	part *p = impl;
 	size_t i;
 	int rc;
+	qp_queue *q = part_held(impl, &i, &rc, QP_ENOENT, "nack");
 
-	qp_queue *q = part_held(p, &i, &rc, QP_ENOENT, "nack");
-	if (q == NULL) {
-		return rc;
-	}
-	if ((rc = qp_queue_nack(q, delay)) == QP_OK || rc == QP_ENOENT) {
-		qpi_ids_done(&p->got, &p->mu, i);
-	}
-	return rc;
+	return q == NULL
+	    ? rc
+	    : part_settle(impl, i, qp_queue_nack(q, delay), QP_OK);
 }
 
 static int

@@ -402,8 +402,8 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 	if (flock(d->fd, LOCK_EX | LOCK_NB) != 0) {
 		rv = errno == EWOULDBLOCK
 		    ? qpi_err(QP_EBUSY,
-		        "%s is open in another process (one process serves "
-		        "a durable queue at a time)",
+		        "%s is open in another process (one process serves a "
+		        "durable queue at a time)",
 		        path)
 		    : qpi_dq_errno(errno, "cannot lock", path);
 		goto fail;
@@ -553,8 +553,7 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 	if (len > d->cfg.max_message
 	    || QPI_SHMQ_REC_SIZE(len + DQ_WRAP) > d->cfg.capacity) {
 		return qpi_err(QP_ETOOBIG,
-		    "an item of %zu bytes is over the queue's limit (%llu "
-		    "bytes)",
+		    "an item of %zu bytes is over the queue's %llu-byte limit",
 		    len, (unsigned long long) d->cfg.max_message);
 	}
 	/* Full now: say so without a record (a server retries often). */

@@ -216,8 +216,8 @@ qpi_dq_compact_for_room(qpi_durq *d, uint64_t want)
 
 	if (size >= d->end || d->end - size < want) {
 		return qpi_err(QP_ENOSPC,
-		    "no space left on the disk of %s (compacting it would "
-		    "not free enough)",
+		    "no space left on the disk of %s (compacting it would not "
+		    "free enough)",
 		    d->path);
 	}
 	if (fstatvfs(d->fd, &vs) != 0) {

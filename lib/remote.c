@@ -195,14 +195,17 @@ static int
 rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
     int64_t deadline_ns, bool ahead)
 {
-	uint64_t *acks = NULL;
+	uint64_t *acks;
 	uint32_t nacks;
 	int rv;
 
 	if ((rv = qpi_rq_check(r)) != QP_OK) {
 		return rv;
 	}
-	for (;;) {
+	do { /* a get that waits for ever asks again after an empty slice */
+		if (rv == QP_EEMPTY) {
+			qpi_rq_call_done(c);
+		}
 		qpi_rq_call_init(c, r, QPI_OP_GET, deadline_ns);
 		c->req.max_items = max;
 		c->req.lease_mode = r->lease_mode || ahead ? QPI_LEASE_WORK
@@ -219,13 +222,7 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 		c->req.ids_cap = nacks;
 		rv = qpi_rq_run(r, c);
 		free(acks);
-		acks = NULL;
-		if (rv == QP_EEMPTY && deadline_ns == INT64_MAX) {
-			qpi_rq_call_done(c);
-			continue;
-		}
-		break;
-	}
+	} while (rv == QP_EEMPTY && deadline_ns == INT64_MAX);
 	if (rv == QP_OK && (c->rep.nitems == 0 || c->rep.nitems > max)) {
 		rv = qpi_err(QP_EPROTO,
 		    "%s answered a get of %u with %u items", r->url, max,
@@ -320,8 +317,7 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 		if ((uint64_t) lens[i] > r->lim.max_message) {
 			return qpi_err(QP_ETOOBIG,
 			    "item %zu of %zu bytes is over the %llu-byte "
-			    "limit "
-			    "of %s",
+			    "limit of %s",
 			    i, lens[i],
 			    (unsigned long long) r->lim.max_message, r->url);
 		}

@@ -51,21 +51,19 @@ dq_copy(int from, uint64_t off, int to, uint64_t toff, uint64_t len)
 static int
 dq_write_marks(qpi_durq *d, int fd, uint64_t *toffp)
 {
-	const size_t rec = DQ_MARK_REC;
-	uint64_t i = d->tags_first;
-	size_t n = 0;
+	size_t n = (size_t) (d->tags_next - d->tags_first);
 	uint8_t *buf;
 	int e;
 
-	if (i == d->tags_next) {
+	if (n == 0) {
 		return 0;
 	}
-	if ((buf = malloc((size_t) (d->tags_next - i) * rec)) == NULL) {
+	if ((buf = malloc(n * DQ_MARK_REC)) == NULL) {
 		return ENOMEM;
 	}
-	for (; i < d->tags_next; i++) {
+	for (uint64_t i = d->tags_first; i < d->tags_next; i++) {
 		const qpi_shmq_tag *t = &d->tags[i % d->tags_cap];
-		uint8_t *p = buf + n * rec;
+		uint8_t *p = buf + (i - d->tags_first) * DQ_MARK_REC;
 		p[DQ_REC_HDR] = DQ_T_MARK;
 		qpi_dq_tag_encode(
 		    p + DQ_REC_HDR + 1, t->client, t->seq, t->done, t->n);
@@ -73,13 +71,12 @@ dq_write_marks(qpi_durq *d, int fd, uint64_t *toffp)
 		qpi_le32_put(p + 4,
 		    qpi_crc32c(
 		        qpi_crc32c(0, p, 4), p + DQ_REC_HDR, DQ_MARK_LEN));
-		n++;
 	}
-	struct iovec iov = {buf, n * rec};
+	struct iovec iov = {buf, n * DQ_MARK_REC};
 	e = qpi_dq_pwritev_all(fd, &iov, 1, *toffp);
 	free(buf);
 	if (e == 0) {
-		*toffp += n * rec;
+		*toffp += n * DQ_MARK_REC;
 	}
 	return e;
 }

@@ -114,10 +114,7 @@ qpi_ids_free(qpi_ids *l)
 int64_t
 qpi_queue_deadline(qp_duration timeout)
 {
-	if (timeout == QP_NOWAIT) {
-		return 0;
-	}
-	return qpi_deadline_ns(timeout);
+	return timeout == QP_NOWAIT ? 0 : qpi_deadline_ns(timeout);
 }
 
 qp_duration
@@ -157,10 +154,8 @@ qpi_queue_impl(qp_queue *q, const qpi_queue_ops **opsp)
 struct qpi_shmq *
 qpi_queue_shmq(qp_queue *q)
 {
-	if (q->ops == &qpi_shmq_ops) {
-		return q->impl;
-	}
-	return qpi_shml_sq(q->ops, q->impl);
+	return q->ops == &qpi_shmq_ops ? q->impl
+	                               : qpi_shml_sq(q->ops, q->impl);
 }
 
 /* The shared-memory queue behind a handle whose ops leave an op NULL. */
@@ -456,16 +451,12 @@ qp_queue_unlink_opts(const char *addr, const qp_conn_opts *conn)
 		return qpi_err(QP_EINVAL, "qp_queue_unlink: addr is NULL");
 	}
 	bool parted = false; /* every partition */
-	if ((rc = qpi_part_unlink(addr, conn, &parted)) != QP_OK || parted) {
+	if ((rc = qpi_part_unlink(addr, conn, &parted)) != QP_OK || parted
+	    || (rc = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
 		return rc;
 	}
-	if ((rc = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
-		return rc;
-	}
-	if (a.kind != QPI_ADDR_SHM) {
-		return qpi_rq_unlink(&a, conn);
-	}
-	return qpi_shmq_unlink(a.name);
+	return a.kind != QPI_ADDR_SHM ? qpi_rq_unlink(&a, conn)
+	                              : qpi_shmq_unlink(a.name);
 }
 
 QP_API int

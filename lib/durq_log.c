@@ -277,7 +277,6 @@ int
 qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer)
 {
 	if (d->fsync.mode == QPI_FSYNC_ALWAYS && !defer) {
-		uint64_t w = d->wseq;
 		if (fdatasync(d->fd) != 0) {
 			int e = errno;
 			/* Never acknowledge what may not be on disk. */
@@ -288,15 +287,13 @@ qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer)
 			return qpi_dq_errno(e, "cannot sync", d->path);
 		}
 		d->syncs++;
-		d->synced = w;
+		d->synced = d->wseq; /* d->mu held: nothing came meanwhile */
 		return QP_OK;
 	}
 	if (!d->dirty) {
 		d->dirty = true;
 		d->dirty_since_ms = qpi_now_ms();
-		if (d->flusher_on) {
-			pthread_cond_broadcast(&d->cv);
-		}
+		pthread_cond_broadcast(&d->cv); /* the flusher, if any */
 	}
 	return QP_OK;
 }

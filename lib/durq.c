@@ -312,27 +312,21 @@ static void
 dq_stat_open(qpi_durq *d)
 {
 	char *sp = qpi_dq_path(d->path, ".stat");
-	dq_stat_file *f;
+	int fd
+	    = sp != NULL ? open(sp, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
+	dq_stat_file *f = MAP_FAILED;
 	struct stat st;
-	int fd;
 
-	if (sp == NULL) {
-		return;
-	}
-	fd = open(sp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	free(sp);
-	if (fd < 0) {
-		return;
+	if (fd >= 0 && fstat(fd, &st) == 0
+	    && (st.st_size == DQ_STAT_SIZE
+	        || ftruncate(fd, DQ_STAT_SIZE) == 0)) {
+		f = mmap(NULL, DQ_STAT_SIZE, PROT_READ | PROT_WRITE,
+		    MAP_SHARED, fd, 0);
 	}
-	if (fstat(fd, &st) != 0
-	    || (st.st_size != DQ_STAT_SIZE
-	        && ftruncate(fd, DQ_STAT_SIZE) != 0)) {
+	if (fd >= 0) {
 		close(fd);
-		return;
 	}
-	f = mmap(
-	    NULL, DQ_STAT_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
 	if (f == MAP_FAILED) {
 		return;
 	}

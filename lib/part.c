@@ -863,7 +863,6 @@ qpi_part_open(
 	if (p == NULL) {
 		return rc;
 	}
-	size_t n = p->n;
 	p->epfd = -1;
 	pthread_mutex_init(&p->mu, NULL);
 	snprintf(p->label, sizeof(p->label), "%s", addr);
@@ -894,7 +893,7 @@ qpi_part_open(
 	}
 	/* Every server that answers now; those down are opened on use.
 	 * Any other error (no such queue, bad token) fails the open. */
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < p->n; i++) {
 		if (part_open_one(p, i, false, &rc) != NULL) {
 			up++;
 		} else if (!part_conn_err(rc)) {

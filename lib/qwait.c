@@ -132,15 +132,21 @@ qpi_qrd_free(struct qpi_qrd *rd)
 	free(rd);
 }
 
-/* The state of a shared-memory handle, made on first use (in a forked
- * child, made afresh: the parent's thread did not come along). */
+/* The handle's readiness fd: its backend's, or for shared memory the
+ * eventfd of its state, made on first use (in a forked child, made
+ * afresh: the parent's thread did not come along). */
 static int
-qrd_get(qp_queue *q, struct qpi_qrd **rdp)
+qw_fd(qp_queue *q, int *fdp)
 {
+	const qpi_queue_ops *ops;
+	void *impl = qpi_queue_impl(q, &ops);
 	struct qpi_qrd **slot = qpi_queue_rd(q), *rd;
 	qpi_shmq *sq = qpi_queue_shmq(q);
 	int rc = QP_OK;
 
+	if (ops->fd != NULL) {
+		return ops->fd(impl, fdp);
+	}
 	if (sq == NULL) {
 		return qpi_err(QP_ENOTSUP,
 		    "a durable shm:// handle has no readiness fd; open it "
@@ -177,26 +183,9 @@ qrd_get(qp_queue *q, struct qpi_qrd **rdp)
 		}
 		*slot = rd;
 	}
-	*rdp = rd;
+	*fdp = rd->efd;
 out:
 	pthread_mutex_unlock(&qw_mu);
-	return rc;
-}
-
-static int
-qw_fd(qp_queue *q, int *fdp)
-{
-	const qpi_queue_ops *ops;
-	void *impl = qpi_queue_impl(q, &ops);
-	struct qpi_qrd *rd = NULL;
-	int rc;
-
-	if (ops->fd != NULL) {
-		return ops->fd(impl, fdp);
-	}
-	if ((rc = qrd_get(q, &rd)) == QP_OK) {
-		*fdp = rd->efd;
-	}
 	return rc;
 }
 

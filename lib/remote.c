@@ -332,14 +332,10 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 	}
 	/* Each item as a bin, one after the other; values as they are. */
 	for (size_t i = 0; i < n; i++) {
-		if (obj) {
-			items[i].data = bufs[i];
-			items[i].len = lens[i];
-			continue;
-		}
-		items[i].data = enc + pos;
-		items[i].len = rq_bin_write(enc + pos, bufs[i], lens[i]);
-		pos += items[i].len;
+		items[i].data = obj ? bufs[i] : enc + pos;
+		items[i].len = obj ? lens[i]
+		                   : rq_bin_write(enc + pos, bufs[i], lens[i]);
+		pos += obj ? 0 : items[i].len;
 	}
 	/* Frames of at most max_batch items and max_message bytes: each
 	 * one is all or nothing. */
@@ -504,17 +500,16 @@ rq_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 		    r->url, ops != &qpi_remote_ops ? "not on a server" : "on ",
 		    ops != &qpi_remote_ops ? "" : res->url);
 	}
+	if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
+		return qpi_err(QP_EVALUE,
+		    "complete() on %s/%s: this handle holds no task", r->url,
+		    r->name);
+	}
 	qpi_rq_call_init(&c, r, QPI_OP_COMPLETE, deadline_ns);
 	if ((rv = qpi_rq_item(r, &c.req.item, kind == QPI_ITEM_BIN, buf, len,
 	         &tmp, "result"))
 	    != QP_OK) {
 		return rv;
-	}
-	if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
-		free(tmp);
-		return qpi_err(QP_EVALUE,
-		    "complete() on %s/%s: this handle holds no task", r->url,
-		    r->name);
 	}
 	c.req.lease_id = id;
 	snprintf(c.req.results, sizeof(c.req.results), "%s", res->name);

@@ -30,28 +30,40 @@
 
 /* ---- live items ---- */
 
+/* A new node of size bytes (a struct that opens with its qpi_hnode) under
+ * key in t; NULL when out of memory. */
+static void *
+dq_node_new(qpi_htab *t, size_t size, uint64_t key)
+{
+	qpi_hnode *n = malloc(size);
+
+	if (n != NULL) {
+		n->key = key;
+		if (qpi_htab_insert(t, n) != QP_OK) {
+			free(n);
+			n = NULL;
+		}
+	}
+	return n;
+}
+
 int
 qpi_dq_live_add(qpi_durq *d, uint64_t id, uint64_t off, uint64_t bytes)
 {
-	qpi_dq_live *e = malloc(sizeof(*e));
+	qpi_dq_live *e = dq_node_new(&d->live, sizeof(*e), id);
 
 	if (e == NULL) {
 		return QP_ENOMEM;
 	}
-	e->node.key = id;
 	e->off = off;
 	e->bytes = bytes;
 	e->gone = false;
-	if (qpi_htab_insert(&d->live, &e->node) != QP_OK) {
-		free(e);
-		return QP_ENOMEM;
-	}
 	d->live_bytes += bytes;
 	return QP_OK;
 }
 
-qpi_dq_live *
-qpi_dq_live_find(qpi_durq *d, uint64_t id)
+static qpi_dq_live *
+dq_live_find(qpi_durq *d, uint64_t id)
 {
 	return (qpi_dq_live *) qpi_htab_find(&d->live, id);
 }
@@ -59,7 +71,7 @@ qpi_dq_live_find(qpi_durq *d, uint64_t id)
 void
 qpi_dq_live_drop(qpi_durq *d, uint64_t id)
 {
-	qpi_dq_live *e = qpi_dq_live_find(d, id);
+	qpi_dq_live *e = dq_live_find(d, id);
 
 	if (e != NULL) {
 		if (!e->gone) {
@@ -68,6 +80,41 @@ qpi_dq_live_drop(qpi_durq *d, uint64_t id)
 		qpi_htab_remove(&d->live, &e->node);
 		free(e);
 	}
+}
+
+static void
+dq_collect(qpi_hnode *n, void *arg)
+{
+	qpi_dq_live ***end = arg;
+
+	if (!((qpi_dq_live *) n)->gone) { /* gone: its DONE is pending */
+		*(*end)++ = (qpi_dq_live *) n;
+	}
+}
+
+static int
+dq_cmp_id(const void *a, const void *b)
+{
+	uint64_t x = (*(qpi_dq_live *const *) a)->node.key;
+	uint64_t y = (*(qpi_dq_live *const *) b)->node.key;
+
+	return x < y ? -1 : x > y;
+}
+
+int
+qpi_dq_live_sorted(qpi_durq *d, qpi_dq_live ***vp, size_t *np)
+{
+	qpi_dq_live **v = malloc((d->live.n > 0 ? d->live.n : 1) * sizeof(*v));
+	qpi_dq_live **end = v;
+
+	if (v == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory");
+	}
+	qpi_htab_each(&d->live, dq_collect, &end);
+	*np = (size_t) (end - v);
+	qsort(v, *np, sizeof(*v), dq_cmp_id);
+	*vp = v;
+	return QP_OK;
 }
 
 static void
@@ -216,7 +263,7 @@ dq_done(qpi_durq *d, uint64_t id)
 		qpi_dq_maybe_compact(d);
 		return;
 	}
-	if ((e = qpi_dq_live_find(d, id)) != NULL && e->gone) {
+	if ((e = dq_live_find(d, id)) != NULL && e->gone) {
 		return;
 	}
 	if (d->npending == d->cappending) {
@@ -238,8 +285,6 @@ dq_done(qpi_durq *d, uint64_t id)
 	d->nospc = true;
 	qpi_dq_maybe_compact(d);
 }
-
-/* ---- opening and closing ---- */
 
 /* ---- counters for metrics: PATH.stat ----
  *
@@ -267,27 +312,21 @@ static void
 dq_stat_open(qpi_durq *d)
 {
 	char *sp = qpi_dq_path(d->path, ".stat");
-	dq_stat_file *f;
+	int fd
+	    = sp != NULL ? open(sp, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
+	dq_stat_file *f = MAP_FAILED;
 	struct stat st;
-	int fd;
 
-	if (sp == NULL) {
-		return;
-	}
-	fd = open(sp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	free(sp);
-	if (fd < 0) {
-		return;
+	if (fd >= 0 && fstat(fd, &st) == 0
+	    && (st.st_size == DQ_STAT_SIZE
+	        || ftruncate(fd, DQ_STAT_SIZE) == 0)) {
+		f = mmap(NULL, DQ_STAT_SIZE, PROT_READ | PROT_WRITE,
+		    MAP_SHARED, fd, 0);
 	}
-	if (fstat(fd, &st) != 0
-	    || (st.st_size != DQ_STAT_SIZE
-	        && ftruncate(fd, DQ_STAT_SIZE) != 0)) {
+	if (fd >= 0) {
 		close(fd);
-		return;
 	}
-	f = mmap(
-	    NULL, DQ_STAT_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
 	if (f == MAP_FAILED) {
 		return;
 	}
@@ -308,16 +347,11 @@ int
 qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
     const qpi_durq_cfg *cfg, const qpi_fsync *def, qpi_durq_info *infop)
 {
-	qpi_durq_info info;
-	qpi_durq_cfg c;
+	qpi_durq_info info = {0};
+	qpi_durq_cfg c = cfg != NULL ? *cfg : (qpi_durq_cfg) {0};
 	qpi_durq *d;
 	int rv;
 
-	memset(&info, 0, sizeof(info));
-	memset(&c, 0, sizeof(c));
-	if (cfg != NULL) {
-		c = *cfg;
-	}
 	if (c.capacity == 0) {
 		c.capacity = QPI_SHMQ_DEF_CAPACITY;
 	}
@@ -331,10 +365,8 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 	}
 	if (access(path, F_OK) != 0) {
 		if (errno != ENOENT || !(flags & QP_OPEN_CREATE)) {
-			return errno == ENOENT
-			    ? qpi_err(
-			        QP_ENOENT, "no durable queue file %s", path)
-			    : qpi_dq_errno(errno, "cannot reach", path);
+			return qpi_dq_errno(
+			    errno, "no durable queue file", path);
 		}
 		if ((rv = qpi_dq_create_file(
 		         path, &c, (flags & QP_OPEN_EXCL) != 0))
@@ -358,27 +390,23 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 	qpi_cond_init(&d->cv);
 	d->fd = open(path, O_RDWR | O_CLOEXEC);
 	if (d->fd < 0) {
-		rv = errno == ENOENT
-		    ? qpi_err(QP_ENOENT, "no durable queue file %s", path)
-		    : qpi_dq_errno(errno, "cannot open", path);
+		rv = qpi_dq_errno(errno, "cannot open", path);
 		goto fail;
 	}
 	if (flock(d->fd, LOCK_EX | LOCK_NB) != 0) {
 		rv = errno == EWOULDBLOCK
 		    ? qpi_err(QP_EBUSY,
-		        "%s is open in another process (one process serves "
-		        "a durable queue at a time)",
+		        "%s is open in another process (one process serves a "
+		        "durable queue at a time)",
 		        path)
 		    : qpi_dq_errno(errno, "cannot lock", path);
 		goto fail;
 	}
-	{
-		char *tmp = qpi_dq_path(path, ".tmp");
-		if (tmp != NULL) {
-			unlink(tmp); /* a compaction cut short */
-			free(tmp);
-		}
+	char *tmp = qpi_dq_path(path, ".tmp");
+	if (tmp != NULL) {
+		unlink(tmp); /* a compaction cut short */
 	}
+	free(tmp);
 	d->prealloc = true;
 	if ((rv = qpi_dq_load(d, &info)) != QP_OK) {
 		goto fail;
@@ -389,15 +417,10 @@ qpi_durq_open(qpi_durq **dp, const char *path, unsigned flags,
 		d->nospc = true;
 	}
 	dq_stat_open(d); /* after the load: the replay's puts do not count */
-	d->fsync = d->cfg.fsync;
-	if (d->fsync.mode == QPI_FSYNC_DEFAULT) {
-		if (def != NULL && def->mode != QPI_FSYNC_DEFAULT) {
-			d->fsync = *def;
-		} else {
-			d->fsync.mode = QPI_FSYNC_INTERVAL;
-			d->fsync.ms = QPI_FSYNC_DEF_MS;
-		}
-	}
+	d->fsync = d->cfg.fsync.mode != QPI_FSYNC_DEFAULT ? d->cfg.fsync
+	    : def != NULL && def->mode != QPI_FSYNC_DEFAULT
+	    ? *def
+	    : (qpi_fsync) {QPI_FSYNC_INTERVAL, QPI_FSYNC_DEF_MS};
 	if (d->fsync.mode == QPI_FSYNC_INTERVAL) {
 		if (pthread_create(&d->flusher, NULL, qpi_dq_flusher, d)
 		    != 0) {
@@ -474,9 +497,7 @@ qpi_durq_unlink(const char *path)
 		free(sp);
 	}
 	if (unlink(path) != 0) {
-		return errno == ENOENT
-		    ? qpi_err(QP_ENOENT, "no durable queue file %s", path)
-		    : qpi_dq_errno(errno, "cannot remove", path);
+		return qpi_dq_errno(errno, "cannot remove", path);
 	}
 	qpi_dq_sync_dir(path);
 	return QP_OK;
@@ -526,8 +547,7 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 	if (len > d->cfg.max_message
 	    || QPI_SHMQ_REC_SIZE(len + DQ_WRAP) > d->cfg.capacity) {
 		return qpi_err(QP_ETOOBIG,
-		    "an item of %zu bytes is over the queue's limit (%llu "
-		    "bytes)",
+		    "an item of %zu bytes is over the queue's %llu-byte limit",
 		    len, (unsigned long long) d->cfg.max_message);
 	}
 	/* Full now: say so without a record (a server retries often). */
@@ -539,18 +559,11 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 			return qpi_err(QP_EFULL, "queue is full");
 		}
 	}
+	/* Room for the record and for what it will owe: its DONE, and the
+	 * MARK a compaction writes for its tag. */
+	uint64_t owe = DQ_REC_HDR + sizeof(fix) + len + DQ_DONE_REC
+	    + (tag != NULL ? sizeof(trailer) + DQ_MARK_REC : 0);
 	pthread_mutex_lock(&d->mu);
-	/* DONEs that found no room: a compaction leaves their items out. */
-	if ((rv = dq_flush_pending(d)) == QP_ENOSPC) {
-		d->nospc = true;
-		if (qpi_dq_compact_for_room(d, 1) == QP_OK) {
-			rv = QP_OK;
-		}
-	}
-	if (rv != QP_OK) {
-		pthread_mutex_unlock(&d->mu);
-		return rv;
-	}
 	id = d->next_id;
 	fix[0] = tag != NULL ? DQ_T_PUT_TAG : DQ_T_PUT;
 	qpi_le64_put(fix + 1, id);
@@ -559,13 +572,15 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		qpi_dq_tag_encode(
 		    trailer, tag->client, tag->seq, tag->base, tag->n);
 	}
-	/* Room for the record and for what it will owe: its DONE, and the
-	 * MARK a compaction writes for its tag. A full disk first tries a
-	 * compaction that frees enough. */
-	uint64_t rec = DQ_REC_HDR + sizeof(fix) + len
-	    + (tag != NULL ? sizeof(trailer) : 0);
-	uint64_t owe = rec + DQ_DONE_REC + (tag != NULL ? DQ_MARK_REC : 0);
-	if ((rv = qpi_dq_reserve(d, owe)) == QP_ENOSPC) {
+	/* DONEs that found no room: a compaction leaves their items out. A
+	 * full disk first tries a compaction that frees enough. */
+	if ((rv = dq_flush_pending(d)) == QP_ENOSPC) {
+		d->nospc = true;
+		if (qpi_dq_compact_for_room(d, 1) == QP_OK) {
+			rv = QP_OK;
+		}
+	}
+	if (rv == QP_OK && (rv = qpi_dq_reserve(d, owe)) == QP_ENOSPC) {
 		d->nospc = true;
 		if (qpi_dq_compact_for_room(d, owe) == QP_OK) {
 			rv = qpi_dq_reserve(d, owe);
@@ -577,12 +592,9 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 			    d->path);
 		}
 	}
-	if (rv != QP_OK) {
-		pthread_mutex_unlock(&d->mu);
-		return rv;
-	}
-	if ((rv = qpi_dq_append(d, fix, sizeof(fix), buf, len, trailer,
-	         tag != NULL ? sizeof(trailer) : 0, &off))
+	if (rv != QP_OK
+	    || (rv = qpi_dq_append(d, fix, sizeof(fix), buf, len, trailer,
+	            tag != NULL ? sizeof(trailer) : 0, &off))
 	        != QP_OK
 	    || (rv = qpi_dq_commit(d, off, ticket != NULL)) != QP_OK) {
 		pthread_mutex_unlock(&d->mu);
@@ -624,12 +636,9 @@ dq_put(qpi_durq *d, const void *buf, size_t len, unsigned kind,
 		dq_done(d, id); /* cancel the record */
 		if (tag != NULL) {
 			/* ... and its tag: the request has base items in. */
-			uint8_t m[DQ_MARK_LEN];
-			m[0] = DQ_T_MARK;
-			qpi_dq_tag_encode(
-			    m + 1, tag->client, tag->seq, tag->base, tag->n);
-			(void) qpi_dq_append(
-			    d, m, sizeof(m), NULL, 0, NULL, 0, NULL);
+			static const uint8_t mark = DQ_T_MARK;
+			(void) qpi_dq_append(d, &mark, 1, trailer,
+			    sizeof(trailer), NULL, 0, NULL);
 			qpi_dq_tag_note(d, tag->client, tag->seq, tag->base,
 			    tag->n, true, qpi_now_ms());
 		}
@@ -711,32 +720,22 @@ static int
 dq_unwrap(qpi_durq *d, uint64_t lease_id, void **bufp, size_t *lenp,
     unsigned flags, uint64_t *idp, unsigned *kindp)
 {
-	uint8_t *p = *bufp;
-	size_t len = *lenp;
+	uint8_t *p = *bufp, hdr[5];
+	size_t len = *lenp - DQ_WRAP, hn = 0;
 
-	if (len < DQ_WRAP) {
+	/* With QPI_GET_OBJ a raw item goes out as a msgpack bin. */
+	if (*lenp < DQ_WRAP
+	    || ((flags & QPI_GET_OBJ) && p[8] == QPI_ITEM_BIN
+	        && (hn = qpi_wire_bin_header(len, hdr)) == 0)) {
 		free(p);
 		qpi_shmq_release(d->shm, lease_id);
 		return qpi_err(QP_ECORRUPT, "a durable item lost its id");
 	}
 	*idp = qpi_le64_get(p);
 	*kindp = p[8];
-	len -= DQ_WRAP;
-	if ((flags & QPI_GET_OBJ) && *kindp == QPI_ITEM_BIN) {
-		uint8_t hdr[5];
-		size_t hn = qpi_wire_bin_header(len, hdr);
-		if (hn > DQ_WRAP) {
-			free(p);
-			qpi_shmq_release(d->shm, lease_id);
-			return qpi_err(QP_ECORRUPT, "bad bin header");
-		}
-		memmove(p + hn, p + DQ_WRAP, len);
-		memcpy(p, hdr, hn);
-		*lenp = len + hn;
-	} else {
-		memmove(p, p + DQ_WRAP, len);
-		*lenp = len;
-	}
+	memmove(p + hn, p + DQ_WRAP, len);
+	memcpy(p, hdr, hn);
+	*lenp = len + hn;
 	return QP_OK;
 }
 
@@ -751,30 +750,24 @@ qpi_durq_get(qpi_durq *d, unsigned flags, void *into, size_t cap, void **bufp,
 	unsigned kind;
 	int rv;
 
-	rv = qpi_shmq_get_lease(d->shm, qpi_shmq_owner_self(), -1, 0, &raw,
-	    &rawlen, &l, deadline_ns);
-	if (rv != QP_OK) {
+	if ((rv = qpi_shmq_get_lease(d->shm, qpi_shmq_owner_self(), -1, 0,
+	         &raw, &rawlen, &l, deadline_ns))
+	        != QP_OK
+	    || (rv = dq_unwrap(d, l.id, &raw, &rawlen, flags, &id, &kind))
+	        != QP_OK) {
 		return rv;
 	}
-	if ((rv = dq_unwrap(d, l.id, &raw, &rawlen, flags, &id, &kind))
-	    != QP_OK) {
-		return rv;
-	}
-	if (into != NULL) {
-		if (rawlen > cap) {
-			free(raw);
-			qpi_shmq_release(d->shm, l.id);
-			*lenp = rawlen;
-			return qpi_err(QP_ETOOBIG,
-			    "the item has %zu bytes, the buffer %zu", rawlen,
-			    cap);
-		}
+	*lenp = rawlen;
+	if (into != NULL && rawlen > cap) {
+		free(raw);
+		qpi_shmq_release(d->shm, l.id);
+		return qpi_err(QP_ETOOBIG,
+		    "the item has %zu bytes, the buffer %zu", rawlen, cap);
+	} else if (into != NULL) {
 		memcpy(into, raw, rawlen);
 		free(raw);
-		*lenp = rawlen;
 	} else {
 		*bufp = raw;
-		*lenp = rawlen;
 	}
 	qpi_shmq_ack(d->shm, l.id);
 	pthread_mutex_lock(&d->mu);
@@ -793,19 +786,11 @@ dq_lease_add(qpi_durq *d, uint64_t lease_id, uint64_t id)
 {
 	qpi_dq_lease *e = (qpi_dq_lease *) qpi_htab_find(&d->leases, lease_id);
 
-	if (e != NULL) {
-		e->item = id;
-		return QP_OK;
-	}
-	if ((e = malloc(sizeof(*e))) == NULL) {
+	if (e == NULL
+	    && (e = dq_node_new(&d->leases, sizeof(*e), lease_id)) == NULL) {
 		return QP_ENOMEM;
 	}
-	e->node.key = lease_id;
 	e->item = id;
-	if (qpi_htab_insert(&d->leases, &e->node) != QP_OK) {
-		free(e);
-		return QP_ENOMEM;
-	}
 	return QP_OK;
 }
 
@@ -822,13 +807,12 @@ qpi_durq_get_lease(qpi_durq *d, uint64_t owner, int64_t lease_ms,
 
 	/* The stored item is its bytes behind a DQ_WRAP header; unwrapped
 	 * it is at most as long (a bin header is shorter than DQ_WRAP). */
-	rv = qpi_shmq_get_lease_max(d->shm, owner, lease_ms, 0,
-	    max_len != 0 ? max_len + DQ_WRAP : 0, &raw, &rawlen, lease, 0);
-	if (rv != QP_OK) {
-		return rv;
-	}
-	if ((rv = dq_unwrap(d, lease->id, &raw, &rawlen, flags, &id, &kind))
-	    != QP_OK) {
+	if ((rv = qpi_shmq_get_lease_max(d->shm, owner, lease_ms, 0,
+	         max_len != 0 ? max_len + DQ_WRAP : 0, &raw, &rawlen, lease,
+	         0))
+	        != QP_OK
+	    || (rv = dq_unwrap(d, lease->id, &raw, &rawlen, flags, &id, &kind))
+	        != QP_OK) {
 		return rv;
 	}
 	pthread_mutex_lock(&d->mu);

@@ -22,36 +22,6 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-/* A live item on its way into the new file. */
-typedef struct dq_move {
-	qpi_dq_live *e;
-	uint64_t to; /* its record's offset in the new file */
-} dq_move;
-
-typedef struct dq_moves {
-	dq_move *v;
-	size_t n;
-} dq_moves;
-
-static void
-dq_collect(qpi_hnode *n, void *arg)
-{
-	dq_moves *m = arg;
-	qpi_dq_live *e = (qpi_dq_live *) n;
-
-	if (!e->gone) { /* a gone item is left out: that is its DONE */
-		m->v[m->n++].e = e;
-	}
-}
-
-static int
-dq_cmp_id(const void *a, const void *b)
-{
-	const dq_move *x = a, *y = b;
-	uint64_t kx = x->e->node.key, ky = y->e->node.key;
-	return kx < ky ? -1 : kx > ky;
-}
-
 static int
 dq_copy(int from, uint64_t off, int to, uint64_t toff, uint64_t len)
 {
@@ -81,21 +51,19 @@ dq_copy(int from, uint64_t off, int to, uint64_t toff, uint64_t len)
 static int
 dq_write_marks(qpi_durq *d, int fd, uint64_t *toffp)
 {
-	const size_t rec = DQ_MARK_REC;
-	uint64_t i = d->tags_first;
-	size_t n = 0;
+	size_t n = (size_t) (d->tags_next - d->tags_first);
 	uint8_t *buf;
 	int e;
 
-	if (i == d->tags_next) {
+	if (n == 0) {
 		return 0;
 	}
-	if ((buf = malloc((size_t) (d->tags_next - i) * rec)) == NULL) {
+	if ((buf = malloc(n * DQ_MARK_REC)) == NULL) {
 		return ENOMEM;
 	}
-	for (; i < d->tags_next; i++) {
+	for (uint64_t i = d->tags_first; i < d->tags_next; i++) {
 		const qpi_shmq_tag *t = &d->tags[i % d->tags_cap];
-		uint8_t *p = buf + n * rec;
+		uint8_t *p = buf + (i - d->tags_first) * DQ_MARK_REC;
 		p[DQ_REC_HDR] = DQ_T_MARK;
 		qpi_dq_tag_encode(
 		    p + DQ_REC_HDR + 1, t->client, t->seq, t->done, t->n);
@@ -103,13 +71,12 @@ dq_write_marks(qpi_durq *d, int fd, uint64_t *toffp)
 		qpi_le32_put(p + 4,
 		    qpi_crc32c(
 		        qpi_crc32c(0, p, 4), p + DQ_REC_HDR, DQ_MARK_LEN));
-		n++;
 	}
-	struct iovec iov = {buf, n * rec};
+	struct iovec iov = {buf, n * DQ_MARK_REC};
 	e = qpi_dq_pwritev_all(fd, &iov, 1, *toffp);
 	free(buf);
 	if (e == 0) {
-		*toffp += n * rec;
+		*toffp += n * DQ_MARK_REC;
 	}
 	return e;
 }
@@ -121,26 +88,17 @@ static int
 dq_compact(qpi_durq *d, bool punch)
 {
 	char *tmp = qpi_dq_path(d->path, ".tmp");
-	dq_moves m = {NULL, 0};
-	dq_move *v;
-	uint64_t toff = DQ_HDR;
+	qpi_dq_live **v = NULL;
+	uint64_t toff = DQ_HDR, first;
 	size_t n;
 	int fd = -1, e = 0, rv = QP_OK;
 
 	while (d->syncing) {
 		pthread_cond_wait(&d->cv, &d->mu);
 	}
-	if (tmp == NULL
-	    || (d->live.n > 0
-	        && (m.v = malloc(d->live.n * sizeof(*m.v))) == NULL)) {
+	if (tmp == NULL || qpi_dq_live_sorted(d, &v, &n) != QP_OK) {
 		free(tmp);
 		return qpi_err(QP_ENOMEM, "out of memory");
-	}
-	qpi_htab_each(&d->live, dq_collect, &m);
-	v = m.v;
-	n = m.n;
-	if (n > 0) {
-		qsort(v, n, sizeof(*v), dq_cmp_id);
 	}
 	if (punch) {
 		/* tmpfs gives blocks past the end back to a punch, ext4 (and
@@ -164,13 +122,13 @@ dq_compact(qpi_durq *d, bool punch)
 	    || (e = dq_write_marks(d, fd, &toff)) != 0) {
 		goto fail;
 	}
+	first = toff;
 	for (size_t i = 0; i < n; i++) {
-		if ((e = dq_copy(d->fd, v[i].e->off, fd, toff, v[i].e->bytes))
+		if ((e = dq_copy(d->fd, v[i]->off, fd, toff, v[i]->bytes))
 		    != 0) {
 			goto fail;
 		}
-		v[i].to = toff;
-		toff += v[i].e->bytes;
+		toff += v[i]->bytes;
 	}
 	if (fdatasync(fd) != 0) {
 		e = errno;
@@ -184,8 +142,8 @@ dq_compact(qpi_durq *d, bool punch)
 	close(d->fd);
 	d->fd = fd;
 	fd = -1;
-	for (size_t i = 0; i < n; i++) {
-		v[i].e->off = v[i].to;
+	for (size_t i = 0; i < n; first += v[i++]->bytes) {
+		v[i]->off = first;
 	}
 	d->end = toff;
 	d->alloc_end = toff;
@@ -255,8 +213,8 @@ qpi_dq_compact_for_room(qpi_durq *d, uint64_t want)
 
 	if (size >= d->end || d->end - size < want) {
 		return qpi_err(QP_ENOSPC,
-		    "no space left on the disk of %s (compacting it would "
-		    "not free enough)",
+		    "no space left on the disk of %s (compacting it would not "
+		    "free enough)",
 		    d->path);
 	}
 	if (fstatvfs(d->fd, &vs) != 0) {

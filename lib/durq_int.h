@@ -119,11 +119,12 @@ struct qpi_durq {
  * QP_ENOMEM (nothing noted). */
 int qpi_dq_live_add(qpi_durq *d, uint64_t id, uint64_t off, uint64_t bytes);
 
-/* The live item id, or NULL. */
-qpi_dq_live *qpi_dq_live_find(qpi_durq *d, uint64_t id);
-
 /* Forgets item id (its DONE is in the log), if it was live. */
 void qpi_dq_live_drop(qpi_durq *d, uint64_t id);
+
+/* The live items not gone, in id order (the log's order): a malloc'd
+ * array in *vp of *np. QP_OK or QP_ENOMEM. */
+int qpi_dq_live_sorted(qpi_durq *d, qpi_dq_live ***vp, size_t *np);
 
 /* Notes that request (client, seq) of n items has done of them in the
  * log (set: exactly done, a cancelled put; else at least done), at time
@@ -142,7 +143,8 @@ char *qpi_dq_path(const char *path, const char *suffix);
 void qpi_dq_sync_dir(const char *path);
 
 /* Records a message for errno e of doing what to path and returns
- * QP_ENOSPC (disk or quota full) or QP_ESYSTEM. */
+ * QP_ENOENT (no such file), QP_ENOSPC (disk or quota full) or
+ * QP_ESYSTEM. */
 int qpi_dq_errno(int e, const char *what, const char *path);
 
 /* Writes all of iov (n pieces, changed on the way) at off; 0 or an

@@ -15,7 +15,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,66 +26,48 @@
 int
 qpi_fsync_parse(const char *s, qpi_fsync *f)
 {
+	unsigned long v = 0;
+
 	f->mode = QPI_FSYNC_DEFAULT;
 	f->ms = 0;
 	if (s == NULL || *s == '\0') {
 		return QP_OK;
 	}
-	if (strcmp(s, "always") == 0) {
-		f->mode = QPI_FSYNC_ALWAYS;
-		return QP_OK;
-	}
-	if (strcmp(s, "never") == 0) {
-		f->mode = QPI_FSYNC_NEVER;
+	if (strcmp(s, "always") == 0 || strcmp(s, "never") == 0) {
+		f->mode = *s == 'a' ? QPI_FSYNC_ALWAYS : QPI_FSYNC_NEVER;
 		return QP_OK;
 	}
 	if (strcmp(s, "interval") == 0) {
-		f->mode = QPI_FSYNC_INTERVAL;
-		f->ms = QPI_FSYNC_DEF_MS;
-		return QP_OK;
-	}
-	if (strncmp(s, "interval:", 9) == 0) {
+		v = QPI_FSYNC_DEF_MS;
+	} else if (strncmp(s, "interval:", 9) == 0) {
 		const char *p = s + 9;
-		unsigned long v = 0;
-		if (*p == '\0') {
-			goto bad;
+		while (*p >= '0' && *p <= '9' && v <= QPI_FSYNC_MAX_MS) {
+			v = v * 10 + (unsigned long) (*p++ - '0');
 		}
-		for (; *p != '\0'; p++) {
-			if (*p < '0' || *p > '9' || v > QPI_FSYNC_MAX_MS) {
-				goto bad;
-			}
-			v = v * 10 + (unsigned long) (*p - '0');
-		}
-		if (v < 1 || v > QPI_FSYNC_MAX_MS) {
-			goto bad;
-		}
-		f->mode = QPI_FSYNC_INTERVAL;
-		f->ms = (uint32_t) v;
-		return QP_OK;
+		v = *p == '\0' ? v : 0; /* not digits alone, or too large */
 	}
-bad:
-	return qpi_err(QP_EINVAL,
-	    "fsync policy '%.40s' is not always, never or interval:MS "
-	    "(MS from 1 to %u)",
-	    s, QPI_FSYNC_MAX_MS);
+	if (v < 1 || v > QPI_FSYNC_MAX_MS) {
+		return qpi_err(QP_EINVAL,
+		    "fsync policy '%.40s' is not always, never or interval:MS "
+		    "(MS from 1 to %u)",
+		    s, QPI_FSYNC_MAX_MS);
+	}
+	f->mode = QPI_FSYNC_INTERVAL;
+	f->ms = (uint32_t) v;
+	return QP_OK;
 }
 
 void
 qpi_fsync_format(const qpi_fsync *f, char *buf, size_t cap)
 {
-	switch (f->mode) {
-	case QPI_FSYNC_ALWAYS:
-		snprintf(buf, cap, "always");
-		break;
-	case QPI_FSYNC_NEVER:
-		snprintf(buf, cap, "never");
-		break;
-	case QPI_FSYNC_INTERVAL:
+	static const char *const names[]
+	    = {"default", "always", "interval", "never"};
+
+	if (f->mode == QPI_FSYNC_INTERVAL) {
 		snprintf(buf, cap, "interval:%u", (unsigned) f->ms);
-		break;
-	default:
-		snprintf(buf, cap, "default");
-		break;
+	} else {
+		snprintf(buf, cap, "%s",
+		    names[f->mode <= QPI_FSYNC_NEVER ? f->mode : 0]);
 	}
 }
 
@@ -104,22 +86,16 @@ qpi_dq_path(const char *path, const char *suffix)
 	return t;
 }
 
-/* fsyncs the directory holding path (a rename or create is durable). */
 void
 qpi_dq_sync_dir(const char *path)
 {
-	char dir[PATH_MAX];
-	const char *slash = strrchr(path, '/');
-	int fd;
+	char *copy = strdup(path);
+	int fd = copy != NULL
+	    ? open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+	    : -1;
 
-	if (slash == NULL) {
-		snprintf(dir, sizeof(dir), ".");
-	} else if (slash == path) {
-		snprintf(dir, sizeof(dir), "/");
-	} else {
-		snprintf(dir, sizeof(dir), "%.*s", (int) (slash - path), path);
-	}
-	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+	free(copy);
+	if (fd >= 0) {
 		(void) fsync(fd);
 		close(fd);
 	}
@@ -132,10 +108,10 @@ qpi_dq_errno(int e, const char *what, const char *path)
 		return qpi_err(QP_ENOSPC,
 		    "no space left on the disk of %s (%s)", path, what);
 	}
-	return qpi_err(QP_ESYSTEM, "%s %s: %s", what, path, strerror(e));
+	return qpi_err(e == ENOENT ? QP_ENOENT : QP_ESYSTEM, "%s %s: %s", what,
+	    path, strerror(e));
 }
 
-/* Writes all of iov at off; 0 or an errno. */
 int
 qpi_dq_pwritev_all(int fd, struct iovec *iov, int n, uint64_t off)
 {
@@ -167,11 +143,10 @@ qpi_dq_pwritev_all(int fd, struct iovec *iov, int n, uint64_t off)
 int
 qpi_dq_hdr_write(int fd, const qpi_durq_cfg *c, bool sync)
 {
-	uint8_t h[DQ_HDR];
+	uint8_t h[DQ_HDR] = {0};
 	struct iovec iov = {h, DQ_HDR};
 	int e;
 
-	memset(h, 0, DQ_HDR);
 	memcpy(h, DQ_MAGIC, 8);
 	qpi_le32_put(h + 8, DQ_VERSION);
 	qpi_le32_put(h + 12, DQ_HDR);
@@ -262,30 +237,24 @@ qpi_dq_create_file(const char *path, const qpi_durq_cfg *c, bool excl)
 
 /* ---- appending ---- */
 
-/* Appends one record (body in up to two pieces) at d->end. On failure
- * the file is cut back to d->end. d->mu held. */
 int
 qpi_dq_append(qpi_durq *d, const uint8_t *b1, size_t n1, const void *b2,
     size_t n2, const uint8_t *b3, size_t n3, uint64_t *offp)
 {
+	const void *b[3] = {b1, b2, b3};
+	size_t nb[3] = {n1, n2, n3};
 	uint8_t hdr[DQ_REC_HDR];
-	uint32_t len = (uint32_t) (n1 + n2 + n3);
-	uint32_t crc;
-	struct iovec iov[4];
-	int e, n = 2;
+	uint32_t len = (uint32_t) (n1 + n2 + n3), crc;
+	struct iovec iov[4] = {{hdr, DQ_REC_HDR}};
+	int e, n = 1;
 
 	qpi_le32_put(hdr, len);
 	crc = qpi_crc32c(0, hdr, 4);
-	crc = qpi_crc32c(crc, b1, n1);
-	iov[0] = (struct iovec) {hdr, DQ_REC_HDR};
-	iov[1] = (struct iovec) {(void *) b1, n1};
-	if (n2 > 0) {
-		crc = qpi_crc32c(crc, b2, n2);
-		iov[n++] = (struct iovec) {(void *) b2, n2};
-	}
-	if (n3 > 0) {
-		crc = qpi_crc32c(crc, b3, n3);
-		iov[n++] = (struct iovec) {(void *) b3, n3};
+	for (int i = 0; i < 3; i++) {
+		if (nb[i] > 0) {
+			crc = qpi_crc32c(crc, b[i], nb[i]);
+			iov[n++] = (struct iovec) {(void *) b[i], nb[i]};
+		}
 	}
 	qpi_le32_put(hdr + 4, crc);
 	if ((e = qpi_dq_pwritev_all(d->fd, iov, n, d->end)) != 0) {
@@ -304,13 +273,10 @@ qpi_dq_append(qpi_durq *d, const uint8_t *b1, size_t n1, const void *b2,
 	return QP_OK;
 }
 
-/* Makes what was appended since the last sync durable per the policy
- * (always, unless defer: the caller syncs with qpi_durq_sync_to). */
 int
 qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer)
 {
 	if (d->fsync.mode == QPI_FSYNC_ALWAYS && !defer) {
-		uint64_t w = d->wseq;
 		if (fdatasync(d->fd) != 0) {
 			int e = errno;
 			/* Never acknowledge what may not be on disk. */
@@ -321,15 +287,13 @@ qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer)
 			return qpi_dq_errno(e, "cannot sync", d->path);
 		}
 		d->syncs++;
-		d->synced = w;
+		d->synced = d->wseq; /* d->mu held: nothing came meanwhile */
 		return QP_OK;
 	}
 	if (!d->dirty) {
 		d->dirty = true;
 		d->dirty_since_ms = qpi_now_ms();
-		if (d->flusher_on) {
-			pthread_cond_broadcast(&d->cv);
-		}
+		pthread_cond_broadcast(&d->cv); /* the flusher, if any */
 	}
 	return QP_OK;
 }

@@ -19,15 +19,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Whether the n >= 1 bytes at p are all zero. */
 static bool
 dq_all_zero(const uint8_t *p, uint64_t n)
 {
-	for (uint64_t i = 0; i < n; i++) {
-		if (p[i] != 0) {
-			return false;
-		}
-	}
-	return true;
+	return p[0] == 0 && memcmp(p, p + 1, n - 1) == 0;
 }
 
 /* Notes the tag a PUT_TAG (put) or MARK record carries at p, as of now
@@ -45,15 +41,12 @@ dq_tag_note_rec(qpi_durq *d, const uint8_t *p, bool put, int64_t now_ms)
 
 typedef struct dq_scan {
 	uint32_t version; /* the file's layout */
-	uint64_t good_end; /* after the last complete record */
+	uint64_t good_end; /* after the last whole record (then: torn) */
 	uint64_t records;
-	bool torn;
-	uint64_t *order; /* PUT ids in file order */
-	size_t norder, caporder;
 } dq_scan;
 
 /* Walks the records of the mapped file (size bytes), filling d->live.
- * QP_OK (maybe torn), or QP_ECORRUPT. */
+ * QP_OK (maybe torn: a torn tail ends the walk), or QP_ECORRUPT. */
 static int
 dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 {
@@ -65,7 +58,6 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 	while (off < size) {
 		uint64_t left = size - off;
 		if (left < DQ_REC_HDR) {
-			s->torn = true;
 			break;
 		}
 		uint32_t len = qpi_le32_get(base + off);
@@ -78,7 +70,6 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 		}
 		if (len < DQ_DONE_LEN || len > lim) {
 			if (dq_all_zero(base + off, left)) {
-				s->torn = true;
 				break;
 			}
 			return qpi_err(QP_ECORRUPT,
@@ -88,7 +79,6 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 			    (unsigned long long) s->records);
 		}
 		if (DQ_REC_HDR + (uint64_t) len > left) {
-			s->torn = true;
 			break;
 		}
 		const uint8_t *b = base + off + DQ_REC_HDR;
@@ -98,7 +88,6 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 			uint64_t after = off + DQ_REC_HDR + len;
 			if (after == size
 			    || dq_all_zero(base + after, size - after)) {
-				s->torn = true;
 				break;
 			}
 			return qpi_err(QP_ECORRUPT,
@@ -123,19 +112,6 @@ dq_walk(qpi_durq *d, const uint8_t *base, uint64_t size, dq_scan *s)
 			    != QP_OK) {
 				return qpi_err(QP_ENOMEM, "out of memory");
 			}
-			if (s->norder == s->caporder) {
-				size_t cap
-				    = s->caporder ? s->caporder * 2 : 256;
-				uint64_t *o
-				    = realloc(s->order, cap * sizeof(*o));
-				if (o == NULL) {
-					return qpi_err(
-					    QP_ENOMEM, "out of memory");
-				}
-				s->order = o;
-				s->caporder = cap;
-			}
-			s->order[s->norder++] = id;
 		} else if (b[0] == DQ_T_MARK && len == DQ_MARK_LEN
 		    && s->version >= 2) {
 			dq_tag_note_rec(d, b + 1, false, now_ms);
@@ -162,6 +138,8 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 	struct stat st;
 	uint8_t *base = NULL;
 	dq_scan s = {.good_end = DQ_HDR};
+	qpi_dq_live **v = NULL;
+	size_t n;
 	int rv;
 
 	if (fstat(d->fd, &st) != 0) {
@@ -182,7 +160,7 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 	    || (rv = dq_walk(d, base, (uint64_t) st.st_size, &s)) != QP_OK) {
 		goto out;
 	}
-	if (s.torn) {
+	if (s.good_end < (uint64_t) st.st_size) {
 		info->cut_at = s.good_end;
 		info->cut_bytes = (uint64_t) st.st_size - s.good_end;
 	}
@@ -190,19 +168,17 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 	d->end = s.good_end;
 
 	/* The queue the items are served from, filled in id order. */
-	qpi_shmq_cfg sc;
-	memset(&sc, 0, sizeof(sc));
-	sc.maxsize = d->cfg.maxsize;
-	sc.capacity = d->cfg.capacity;
-	sc.max_message = d->cfg.max_message + DQ_WRAP;
+	qpi_shmq_cfg sc = {.maxsize = d->cfg.maxsize,
+	    .capacity = d->cfg.capacity,
+	    .max_message = d->cfg.max_message + DQ_WRAP};
 	if ((rv = qpi_shmq_anon(&d->shm, &sc)) != QP_OK) {
 		goto out;
 	}
-	for (size_t i = 0; i < s.norder; i++) {
-		qpi_dq_live *e = qpi_dq_live_find(d, s.order[i]);
-		if (e == NULL) {
-			continue;
-		}
+	if ((rv = qpi_dq_live_sorted(d, &v, &n)) != QP_OK) {
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		const qpi_dq_live *e = v[i];
 		const uint8_t *b = base + e->off + DQ_REC_HDR + 1;
 		uint64_t ilen = e->bytes - DQ_REC_HDR - 1;
 		if (b[-1] == DQ_T_PUT_TAG) {
@@ -213,13 +189,13 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 			rv = qpi_err(rv,
 			    "%s: item %llu does not fit back into the queue "
 			    "(%s)",
-			    d->path, (unsigned long long) s.order[i],
+			    d->path, (unsigned long long) e->node.key,
 			    qp_strerror(rv));
 			goto out;
 		}
 		info->items++;
 	}
-	if (s.torn && ftruncate(d->fd, (off_t) s.good_end) == 0) {
+	if (info->cut_bytes > 0 && ftruncate(d->fd, (off_t) s.good_end) == 0) {
 		(void) fdatasync(d->fd);
 	}
 	if (s.version < DQ_VERSION) {
@@ -233,7 +209,7 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 		}
 	}
 out:
-	free(s.order);
+	free(v);
 	munmap(base, (size_t) st.st_size);
 	return rv;
 }

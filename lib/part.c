@@ -59,7 +59,6 @@ typedef struct part {
 	char *strs[8];
 	unsigned rr;
 	qpi_ids got; /* partition of each item held, oldest first */
-	bool lease_mode;
 	int epfd; /* readiness: the partitions' fds (-1: not yet) */
 	char label[QPI_URL_MAX + QP_NAME_MAX + 2];
 } part;
@@ -241,32 +240,23 @@ part_window(qp_queue *q, int64_t ms)
 	}
 }
 
-/* Opens partition i's handles if not yet (the server may be down: then
- * the partition is marked down). */
-static int
-part_open_one(part *p, size_t i)
+/* Opens partition i's handles (the server may be down: then the
+ * partition is marked down): its put or get handle, else NULL with *rcp.
+ * Another thread's open that came first wins. */
+static qp_queue *
+part_open_one(part *p, size_t i, bool put, int *rcp)
 {
 	part_srv *s = &p->s[i];
-	qp_queue *pq = NULL, *gq = NULL;
-	qp_queue_opts po = p->opts;
-	int rc;
+	qp_queue *pq = NULL, *gq = NULL, *q;
+	qp_queue_opts po = p->opts, go = p->opts;
 
-	pthread_mutex_lock(&p->mu);
-	bool have = s->gq != NULL;
-	pthread_mutex_unlock(&p->mu);
-	if (have) {
-		return QP_OK;
-	}
 	po.flags &= ~(uint32_t) QP_OPEN_LEASE;
-	if ((rc = qp_queue_open(&pq, s->addr, &po)) == QP_OK) {
-		qp_queue_opts go = p->opts;
-		go.flags &= ~(uint32_t) (QP_OPEN_CREATE | QP_OPEN_EXCL);
-		rc = qp_queue_open(&gq, s->addr, &go);
-	}
-	if (rc != QP_OK) {
+	go.flags &= ~(uint32_t) (QP_OPEN_CREATE | QP_OPEN_EXCL);
+	if ((*rcp = qp_queue_open(&pq, s->addr, &po)) != QP_OK
+	    || (*rcp = qp_queue_open(&gq, s->addr, &go)) != QP_OK) {
 		qp_queue_free(pq);
-		part_mark(p, i, rc);
-		return rc;
+		part_mark(p, i, *rcp);
+		return NULL;
 	}
 	part_window(gq, PART_GET_WINDOW_MS);
 	part_window(pq, PART_PUT_WINDOW_MS);
@@ -276,10 +266,11 @@ part_open_one(part *p, size_t i)
 		s->gq = gq;
 		pq = gq = NULL;
 	}
+	q = put ? s->pq : s->gq;
 	pthread_mutex_unlock(&p->mu);
 	qp_queue_free(pq);
 	qp_queue_free(gq);
-	return QP_OK;
+	return q;
 }
 
 /* Partition i's handle (puts: pq, else gq), opened if need be; NULL
@@ -296,20 +287,10 @@ part_handle(part *p, size_t i, bool put, bool skip_down, int *rcp)
 	pthread_mutex_unlock(&p->mu);
 	if (skip_down && down) {
 		*rcp = qpi_err(QP_ECONNREFUSED,
-		    "%s: its server was down "
-		    "a moment ago",
-		    s->addr);
+		    "%s: its server was down a moment ago", s->addr);
 		return NULL;
 	}
-	if (q == NULL) {
-		if ((*rcp = part_open_one(p, i)) != QP_OK) {
-			return NULL;
-		}
-		pthread_mutex_lock(&p->mu);
-		q = put ? s->pq : s->gq;
-		pthread_mutex_unlock(&p->mu);
-	}
-	return q;
+	return q != NULL ? q : part_open_one(p, i, put, rcp);
 }
 
 /* ---- puts ---- */
@@ -500,8 +481,7 @@ part_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 		}
 		if (qpi_remaining_ns(deadline) == 0) {
 			return qpi_err(QP_EEMPTY,
-			    "%s is empty (%zu of %zu "
-			    "partitions answered)",
+			    "%s is empty (%zu of %zu partitions answered)",
 			    p->label, k, p->n);
 		}
 	}
@@ -562,26 +542,32 @@ part_held(part *p, size_t *ip, int *rcp, int err, const char *what)
 	return part_handle(p, *ip, false, false, rcp);
 }
 
+/* After a call that answered rc on the oldest item held, from partition
+ * i: the item is forgotten when the call confirmed it or it went back
+ * (QP_OK, QP_ENOENT, also, or a lost connection, whose leases go back),
+ * so the next call is for the next item; i is marked down on a lost
+ * connection. rc. */
 static int
-part_task_done(void *impl)
+part_settle(part *p, size_t i, int rc, int also)
 {
-	part *p = impl;
-	size_t i;
-	int rc;
-	qp_queue *q = part_held(p, &i, &rc, QP_EVALUE, "task_done()");
-
-	if (q == NULL) {
-		return rc;
-	}
-	rc = qp_queue_task_done(q);
-	if (rc == QP_OK || rc == QP_ENOENT || rc == QP_EVALUE
+	if (rc == QP_OK || rc == QP_ENOENT || rc == also
 	    || part_conn_err(rc)) {
-		/* Confirmed, or gone back (a lost connection's leases go
-		 * back): the next task_done is for the next item. */
 		qpi_ids_done(&p->got, &p->mu, i);
 	}
 	part_mark(p, i, rc);
 	return rc;
+}
+
+static int
+part_task_done(void *impl)
+{
+	size_t i;
+	int rc;
+	qp_queue *q = part_held(impl, &i, &rc, QP_EVALUE, "task_done()");
+
+	return q == NULL
+	    ? rc
+	    : part_settle(impl, i, qp_queue_task_done(q), QP_EVALUE);
 }
 
 /* Completes the oldest task held where it lives: its result goes to the
@@ -614,40 +600,22 @@ part_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 	if (tq == NULL || (rq = part_handle(r, i, true, false, &rc)) == NULL) {
 		return rc;
 	}
-	rc = kind == QPI_ITEM_OBJ
-	    ? qp_queue_complete_obj(
-	        tq, rq, buf, len, qpi_queue_timeout(deadline))
-	    : qp_queue_complete(tq, rq, buf, len, qpi_queue_timeout(deadline));
-	if (rc == QP_OK || rc == QP_ENOENT || part_conn_err(rc)) {
-		/* Done, or the lease ran out or went back with its
-		 * connection: the next complete is for the next task. */
-		qpi_ids_done(&p->got, &p->mu, i);
-	}
-	part_mark(p, i, rc);
-	return rc;
+	return part_settle(p, i,
+	    (kind == QPI_ITEM_OBJ ? qp_queue_complete_obj : qp_queue_complete)(
+	        tq, rq, buf, len, qpi_queue_timeout(deadline)),
+	    QP_OK);
 }
 
 static int
 part_nack(void *impl, qp_duration delay)
 {
-	part *p = impl;
 	size_t i;
 	int rc;
+	qp_queue *q = part_held(impl, &i, &rc, QP_ENOENT, "nack");
 
-	if (!p->lease_mode) {
-		return qpi_err(QP_EINVAL,
-		    "nack on %s: only a handle opened with QP_OPEN_LEASE "
-		    "holds its items",
-		    p->label);
-	}
-	qp_queue *q = part_held(p, &i, &rc, QP_ENOENT, "nack");
-	if (q == NULL) {
-		return rc;
-	}
-	if ((rc = qp_queue_nack(q, delay)) == QP_OK || rc == QP_ENOENT) {
-		qpi_ids_done(&p->got, &p->mu, i);
-	}
-	return rc;
+	return q == NULL
+	    ? rc
+	    : part_settle(impl, i, qp_queue_nack(q, delay), QP_OK);
 }
 
 static int
@@ -656,12 +624,6 @@ part_touch(void *impl, qp_duration lease)
 	part *p = impl;
 	int rc = QP_OK, any = 0;
 
-	if (!p->lease_mode) {
-		return qpi_err(QP_EINVAL,
-		    "touch on %s: only a handle opened with QP_OPEN_LEASE "
-		    "holds its items",
-		    p->label);
-	}
 	for (size_t i = 0; i < p->n; i++) {
 		bool holds = false;
 		pthread_mutex_lock(&p->mu);
@@ -751,25 +713,6 @@ part_qsize(void *impl, uint64_t *np)
 }
 
 static int
-part_full(void *impl, bool *fullp)
-{
-	part *p = impl;
-	int rc;
-
-	/* Full when no partition that answers could take a put. */
-	*fullp = true;
-	for (size_t i = 0; i < p->n && *fullp; i++) {
-		bool f = true;
-		qp_queue *q = part_handle(p, i, false, true, &rc);
-		if (q != NULL && qp_queue_full(q, &f) == QP_OK && !f) {
-			*fullp = false;
-		}
-	}
-	qpi_err_clear();
-	return QP_OK;
-}
-
-static int
 part_join(void *impl, int64_t deadline)
 {
 	part *p = impl;
@@ -792,7 +735,6 @@ static int
 part_fd(void *impl, int *fdp)
 {
 	part *p = impl;
-	int rc = QP_OK;
 
 	pthread_mutex_lock(&p->mu);
 	if (p->epfd < 0 && (p->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0) {
@@ -804,11 +746,8 @@ part_fd(void *impl, int *fdp)
 	for (size_t i = 0; i < p->n; i++) {
 		int fd, r;
 		qp_queue *q = part_handle(p, i, false, true, &r);
-		pthread_mutex_lock(&p->mu);
-		bool in = p->s[i].in_ep;
-		pthread_mutex_unlock(&p->mu);
-		if (q == NULL || in || qp_queue_fd(q, &fd) != QP_OK) {
-			continue;
+		if (q == NULL || qp_queue_fd(q, &fd) != QP_OK) {
+			continue; /* (a handle's fd stays the same) */
 		}
 		struct epoll_event ev = {.events = EPOLLIN, .data.u64 = i};
 		pthread_mutex_lock(&p->mu);
@@ -820,23 +759,38 @@ part_fd(void *impl, int *fdp)
 	}
 	qpi_err_clear();
 	*fdp = p->epfd;
-	return rc;
+	return QP_OK;
+}
+
+/* Whether look (qp_queue_full, qpi_queue_ready_now) says want of any
+ * partition that answers. */
+static bool
+part_any(part *p, int (*look)(qp_queue *, bool *), bool want)
+{
+	bool yes = false;
+	int rc;
+
+	for (size_t i = 0; i < p->n && !yes; i++) {
+		bool b = !want;
+		qp_queue *q = part_handle(p, i, false, true, &rc);
+		yes = q != NULL && look(q, &b) == QP_OK && b == want;
+	}
+	qpi_err_clear();
+	return yes;
+}
+
+static int
+part_full(void *impl, bool *fullp)
+{
+	/* Full when no partition that answers could take a put. */
+	*fullp = !part_any(impl, qp_queue_full, false);
+	return QP_OK;
 }
 
 static int
 part_ready(void *impl, bool *readyp)
 {
-	part *p = impl;
-	int rc;
-
-	*readyp = false;
-	for (size_t i = 0; i < p->n && !*readyp; i++) {
-		qp_queue *q = part_handle(p, i, false, true, &rc);
-		if (q != NULL && qpi_queue_ready_now(q, readyp) != QP_OK) {
-			*readyp = false;
-		}
-	}
-	qpi_err_clear();
+	*readyp = part_any(impl, qpi_queue_ready_now, true);
 	return QP_OK;
 }
 
@@ -847,15 +801,12 @@ part_close(void *impl)
 {
 	part *p = impl;
 
-	for (size_t i = 0; i < p->n; i++) {
+	for (size_t i = 0; i < 2 * p->n; i++) {
 		pthread_mutex_lock(&p->mu);
-		qp_queue *pq = p->s[i].pq, *gq = p->s[i].gq;
+		qp_queue *q = i % 2 == 0 ? p->s[i / 2].pq : p->s[i / 2].gq;
 		pthread_mutex_unlock(&p->mu);
-		if (pq != NULL) {
-			qp_queue_close(pq);
-		}
-		if (gq != NULL) {
-			qp_queue_close(gq);
+		if (q != NULL) {
+			qp_queue_close(q);
 		}
 	}
 }
@@ -899,19 +850,6 @@ const qpi_queue_ops qpi_part_ops = {
     .free = part_free,
 };
 
-/* Copies s into p's strings (NULL stays NULL); false when out of memory. */
-static bool
-part_str(part *p, int k, const char *s, const char **dst)
-{
-	if (s == NULL) {
-		*dst = NULL;
-		return true;
-	}
-	p->strs[k] = strdup(s);
-	*dst = p->strs[k];
-	return p->strs[k] != NULL;
-}
-
 int
 qpi_part_open(
     qp_queue **qp, const char *addr, const qp_queue_opts *opts, bool *isp)
@@ -925,7 +863,6 @@ qpi_part_open(
 	if (p == NULL) {
 		return rc;
 	}
-	size_t n = p->n;
 	p->epfd = -1;
 	pthread_mutex_init(&p->mu, NULL);
 	snprintf(p->label, sizeof(p->label), "%s", addr);
@@ -939,26 +876,25 @@ qpi_part_open(
 			    addr);
 		}
 	}
-	p->lease_mode = (p->opts.flags & QP_OPEN_LEASE) != 0;
 	if (opts != NULL && opts->conn != NULL) {
 		p->conn = *opts->conn;
 		p->opts.conn = &p->conn;
 	}
-	if (!part_str(p, 0, p->opts.fsync, &p->opts.fsync)
-	    || !part_str(p, 1, p->conn.token, &p->conn.token)
-	    || !part_str(p, 2, p->conn.token_file, &p->conn.token_file)
-	    || !part_str(p, 3, p->conn.tls_cert, &p->conn.tls_cert)
-	    || !part_str(p, 4, p->conn.tls_key, &p->conn.tls_key)
-	    || !part_str(p, 5, p->conn.tls_ca, &p->conn.tls_ca)
-	    || !part_str(
-	        p, 6, p->conn.tls_server_name, &p->conn.tls_server_name)) {
-		part_free(p);
-		return qpi_err(QP_ENOMEM, "out of memory");
+	/* The strings the options point to, copied (freed with p). */
+	const char **strs[] = {&p->opts.fsync, &p->conn.token,
+	    &p->conn.token_file, &p->conn.tls_cert, &p->conn.tls_key,
+	    &p->conn.tls_ca, &p->conn.tls_server_name};
+	for (size_t k = 0; k < sizeof(strs) / sizeof(strs[0]); k++) {
+		if (*strs[k] != NULL
+		    && (*strs[k] = p->strs[k] = strdup(*strs[k])) == NULL) {
+			part_free(p);
+			return qpi_err(QP_ENOMEM, "out of memory");
+		}
 	}
 	/* Every server that answers now; those down are opened on use.
 	 * Any other error (no such queue, bad token) fails the open. */
-	for (size_t i = 0; i < n; i++) {
-		if ((rc = part_open_one(p, i)) == QP_OK) {
+	for (size_t i = 0; i < p->n; i++) {
+		if (part_open_one(p, i, false, &rc) != NULL) {
 			up++;
 		} else if (!part_conn_err(rc)) {
 			part_free(p); /* leaves the message as it is */
@@ -1010,11 +946,9 @@ qp_queue_partitions(qp_queue *q, size_t *np)
 	void *impl;
 	int rc;
 
-	if ((rc = qpi_queue_ready(q)) != QP_OK) {
+	if ((rc = qpi_queue_ready_out(q, np, "qp_queue_partitions: np"))
+	    != QP_OK) {
 		return rc;
-	}
-	if (np == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_partitions: np is NULL");
 	}
 	impl = qpi_queue_impl(q, &ops);
 	*np = ops == &qpi_part_ops ? ((part *) impl)->n : 1;
@@ -1038,21 +972,15 @@ qp_queue_partition_stat(
 		    QP_EINVAL, "qp_queue_partition_stat: st is NULL");
 	}
 	part *p = qpi_queue_impl(q, &ops);
+	bool parted = ops == &qpi_part_ops;
 	if (i >= n) {
 		return qpi_err(QP_EINVAL, "partition %zu of %zu", i, n);
 	}
 	if (url != NULL && cap > 0) {
-		snprintf(
-		    url, cap, "%s", ops == &qpi_part_ops ? p->s[i].addr : "");
+		snprintf(url, cap, "%s", parted ? p->s[i].addr : "");
 	}
-	if (ops != &qpi_part_ops) {
-		return qp_queue_stat(q, st);
-	}
-	qp_queue *pq = part_handle(p, i, false, false, &rc);
-	if (pq == NULL) {
-		return rc;
-	}
-	if ((rc = qp_queue_stat(pq, st)) != QP_OK) {
+	qp_queue *pq = parted ? part_handle(p, i, false, false, &rc) : q;
+	if (pq != NULL && (rc = qp_queue_stat(pq, st)) != QP_OK && parted) {
 		part_mark(p, i, rc);
 	}
 	return rc;

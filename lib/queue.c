@@ -24,6 +24,7 @@ struct qp_queue {
 	const qpi_queue_ops *ops;
 	void *impl;
 	int closed;
+	bool lease; /* opened with QP_OPEN_LEASE: nack and touch go on */
 	struct qpi_qrd *rd; /* readiness (qwait.c), NULL until asked for */
 };
 
@@ -113,10 +114,7 @@ qpi_ids_free(qpi_ids *l)
 int64_t
 qpi_queue_deadline(qp_duration timeout)
 {
-	if (timeout == QP_NOWAIT) {
-		return 0;
-	}
-	return qpi_deadline_ns(timeout);
+	return timeout == QP_NOWAIT ? 0 : qpi_deadline_ns(timeout);
 }
 
 qp_duration
@@ -156,10 +154,8 @@ qpi_queue_impl(qp_queue *q, const qpi_queue_ops **opsp)
 struct qpi_shmq *
 qpi_queue_shmq(qp_queue *q)
 {
-	if (q->ops == &qpi_shmq_ops) {
-		return q->impl;
-	}
-	return qpi_shml_sq(q->ops, q->impl);
+	return q->ops == &qpi_shmq_ops ? q->impl
+	                               : qpi_shml_sq(q->ops, q->impl);
 }
 
 /* The shared-memory queue behind a handle whose ops leave an op NULL. */
@@ -193,14 +189,6 @@ qpi_queue_rd(qp_queue *q)
 	return &q->rd;
 }
 
-/* qsize for the front: the backend's, or its shared-memory queue's. */
-static int
-q_qsize(qp_queue *q, uint64_t *np)
-{
-	return q->ops->qsize != NULL ? q->ops->qsize(q->impl, np)
-	                             : qpi_shmq_qsize(q_sq(q), np);
-}
-
 int
 qpi_queue_ready(qp_queue *q)
 {
@@ -222,10 +210,8 @@ q_ready_tm(qp_queue *q, qp_duration timeout)
 	return rc != QP_OK ? rc : qpi_duration_check(timeout);
 }
 
-/* qpi_queue_ready, then a non-NULL output pointer (what: its call and
- * name). */
-static int
-q_ready_out(qp_queue *q, const void *out, const char *what)
+int
+qpi_queue_ready_out(qp_queue *q, const void *out, const char *what)
 {
 	int rc = qpi_queue_ready(q);
 
@@ -238,6 +224,9 @@ q_ready_out(qp_queue *q, const void *out, const char *what)
 static int
 q_opts(const qp_queue_opts *o, qpi_shmq_cfg *cfg, unsigned *flagsp)
 {
+	qpi_fsync f;
+	int rc;
+
 	memset(cfg, 0, sizeof(*cfg));
 	*flagsp = 0;
 	if (o == NULL) {
@@ -249,15 +238,13 @@ q_opts(const qp_queue_opts *o, qpi_shmq_cfg *cfg, unsigned *flagsp)
 		return qpi_err(QP_EINVAL, "unknown open flags 0x%x",
 		    (unsigned) (o->flags & ~known));
 	}
-	if (o->flags & QP_OPEN_DURABLE) {
-		qpi_fsync f;
-		int rc = qpi_fsync_parse(o->fsync, &f);
-		if (rc != QP_OK) {
-			return rc;
-		}
-	} else if (o->path != NULL || o->fsync != NULL) {
+	if (!(o->flags & QP_OPEN_DURABLE)
+	    && (o->path != NULL || o->fsync != NULL)) {
 		return qpi_err(
 		    QP_EINVAL, "a path or fsync policy needs QP_OPEN_DURABLE");
+	}
+	if ((rc = qpi_fsync_parse(o->fsync, &f)) != QP_OK) {
+		return rc;
 	}
 	if ((o->flags & QP_OPEN_EXCL) && !(o->flags & QP_OPEN_CREATE)) {
 		return qpi_err(
@@ -323,7 +310,10 @@ static const qpi_queue_ops dur_ops = {
 static int
 q_open_durable(qp_queue **qp, const qp_queue_opts *o, unsigned flags)
 {
-	qpi_durq_cfg c;
+	qpi_durq_cfg c = {.maxsize = o->maxsize,
+	    .capacity = o->capacity,
+	    .max_message = o->max_message,
+	    .lease_ms = o->lease_ms};
 	qpi_durq *d;
 	int rc;
 
@@ -337,11 +327,6 @@ q_open_durable(qp_queue **qp, const qp_queue_opts *o, unsigned flags)
 		    "QP_OPEN_LEASE (worker mode) on a durable shm:// queue is "
 		    "not supported; a durable queue served by qpiped has it");
 	}
-	memset(&c, 0, sizeof(c));
-	c.maxsize = o->maxsize;
-	c.capacity = o->capacity;
-	c.max_message = o->max_message;
-	c.lease_ms = o->lease_ms;
 	if ((rc = qpi_fsync_parse(o->fsync, &c.fsync)) != QP_OK
 	    || (rc = qpi_durq_open(&d, o->path, flags, &c, NULL, NULL))
 	        != QP_OK) {
@@ -354,7 +339,7 @@ q_open_durable(qp_queue **qp, const qp_queue_opts *o, unsigned flags)
 
 /* qp_queue_open, and qp_queue_anon (addr NULL; what: the call). */
 static int
-q_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts,
+q_make(qp_queue **qp, const char *addr, const qp_queue_opts *opts,
     const char *what)
 {
 	qpi_shmq_cfg cfg;
@@ -399,6 +384,19 @@ q_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts,
 	                               : qpi_queue_wrap(qp, &qpi_shmq_ops, sq);
 }
 
+/* q_make, then the handle notes QP_OPEN_LEASE. */
+static int
+q_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts,
+    const char *what)
+{
+	int rc = q_make(qp, addr, opts, what);
+
+	if (rc == QP_OK) {
+		(*qp)->lease = opts != NULL && (opts->flags & QP_OPEN_LEASE);
+	}
+	return rc;
+}
+
 QP_API int
 qp_queue_open(qp_queue **qp, const char *addr, const qp_queue_opts *opts)
 {
@@ -421,9 +419,7 @@ qp_queue_close(qp_queue *q)
 		return qpi_err(QP_EINVAL, "queue handle is NULL");
 	}
 	if (__atomic_exchange_n(&q->closed, 1, __ATOMIC_ACQ_REL) == 0) {
-		if (q->rd != NULL) {
-			qpi_qrd_stop(q->rd); /* readiness */
-		}
+		qpi_qrd_stop(q->rd); /* readiness (NULL: none) */
 		if (q->ops->close != NULL) {
 			q->ops->close(q->impl);
 		} else {
@@ -455,16 +451,12 @@ qp_queue_unlink_opts(const char *addr, const qp_conn_opts *conn)
 		return qpi_err(QP_EINVAL, "qp_queue_unlink: addr is NULL");
 	}
 	bool parted = false; /* every partition */
-	if ((rc = qpi_part_unlink(addr, conn, &parted)) != QP_OK || parted) {
+	if ((rc = qpi_part_unlink(addr, conn, &parted)) != QP_OK || parted
+	    || (rc = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
 		return rc;
 	}
-	if ((rc = qpi_addr_parse(addr, QPI_ADDR_NAMED, &a)) != QP_OK) {
-		return rc;
-	}
-	if (a.kind != QPI_ADDR_SHM) {
-		return qpi_rq_unlink(&a, conn);
-	}
-	return qpi_shmq_unlink(a.name);
+	return a.kind != QPI_ADDR_SHM ? qpi_rq_unlink(&a, conn)
+	                              : qpi_shmq_unlink(a.name);
 }
 
 QP_API int
@@ -567,10 +559,16 @@ qp_queue_put_key_obj(qp_queue *q, const void *key, size_t klen,
 
 /* ---- get ---- */
 
+/* The get calls' common part: into, the item into buf (cap bytes), else
+ * into a malloc'd *bufp. */
 static int
-q_get(qp_queue *q, unsigned flags, void **bufp, size_t *lenp,
-    qp_duration timeout)
+q_get(qp_queue *q, unsigned flags, bool into, void *buf, size_t cap,
+    void **bufp, size_t *lenp, qp_duration timeout)
 {
+	static uint8_t none[1];
+	const char *null = lenp == NULL ? "lenp"
+	    : into ? (buf == NULL && cap > 0 ? "buf" : NULL)
+	           : (bufp == NULL ? "bufp" : NULL);
 	int rc;
 
 	if (bufp != NULL) {
@@ -582,54 +580,40 @@ q_get(qp_queue *q, unsigned flags, void **bufp, size_t *lenp,
 	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
 		return rc;
 	}
-	if (bufp == NULL || lenp == NULL) {
-		return qpi_err(QP_EINVAL, "qp_queue_get: %s is NULL",
-		    bufp == NULL ? "bufp" : "lenp");
+	if (null != NULL) {
+		return qpi_err(QP_EINVAL, "qp_queue_get%s: %s is NULL",
+		    into ? "_into" : "", null);
 	}
-	return qpi_queue_get_op(
-	    q, flags, NULL, 0, bufp, lenp, qpi_queue_deadline(timeout));
+	/* buf NULL with cap 0 takes only an empty item (or tells the size
+	 * of the head item through QP_ETOOBIG). */
+	return qpi_queue_get_op(q, flags, into && buf == NULL ? none : buf,
+	    cap, bufp, lenp, qpi_queue_deadline(timeout));
 }
 
 QP_API int
 qp_queue_get(qp_queue *q, void **bufp, size_t *lenp, qp_duration timeout)
 {
-	return q_get(q, 0, bufp, lenp, timeout);
+	return q_get(q, 0, false, NULL, 0, bufp, lenp, timeout);
 }
 
 QP_API int
 qp_queue_get_nowait(qp_queue *q, void **bufp, size_t *lenp)
 {
-	return q_get(q, 0, bufp, lenp, QP_NOWAIT);
+	return q_get(q, 0, false, NULL, 0, bufp, lenp, QP_NOWAIT);
 }
 
 QP_API int
 qp_queue_get_obj(
     qp_queue *q, void **msgpackp, size_t *lenp, qp_duration timeout)
 {
-	return q_get(q, QPI_GET_OBJ, msgpackp, lenp, timeout);
+	return q_get(q, QPI_GET_OBJ, false, NULL, 0, msgpackp, lenp, timeout);
 }
 
 QP_API int
 qp_queue_get_into(
     qp_queue *q, void *buf, size_t cap, size_t *lenp, qp_duration timeout)
 {
-	static uint8_t none[1];
-	int rc;
-
-	if (lenp != NULL) {
-		*lenp = 0;
-	}
-	if ((rc = q_ready_tm(q, timeout)) != QP_OK) {
-		return rc;
-	}
-	if (lenp == NULL || (buf == NULL && cap > 0)) {
-		return qpi_err(QP_EINVAL, "qp_queue_get_into: %s is NULL",
-		    lenp == NULL ? "lenp" : "buf");
-	}
-	/* buf NULL with cap 0 takes only an empty item (or tells the size
-	 * of the head item through QP_ETOOBIG). */
-	return qpi_queue_get_op(q, 0, buf != NULL ? buf : none, cap, NULL,
-	    lenp, qpi_queue_deadline(timeout));
+	return q_get(q, 0, true, buf, cap, NULL, lenp, timeout);
 }
 
 /* ---- sizes, tasks, stat ---- */
@@ -640,8 +624,10 @@ qp_queue_qsize(qp_queue *q, size_t *np)
 	uint64_t n;
 	int rc;
 
-	if ((rc = q_ready_out(q, np, "qp_queue_qsize: np")) == QP_OK
-	    && (rc = q_qsize(q, &n)) == QP_OK) {
+	if ((rc = qpi_queue_ready_out(q, np, "qp_queue_qsize: np")) == QP_OK
+	    && (rc = q->ops->qsize != NULL ? q->ops->qsize(q->impl, &n)
+	                                   : qpi_shmq_qsize(q_sq(q), &n))
+	        == QP_OK) {
 		*np = (size_t) n;
 	}
 	return rc;
@@ -650,11 +636,10 @@ qp_queue_qsize(qp_queue *q, size_t *np)
 QP_API int
 qp_queue_empty(qp_queue *q, bool *emptyp)
 {
-	uint64_t n;
-	int rc;
+	size_t n;
+	int rc = qpi_queue_ready_out(q, emptyp, "qp_queue_empty: emptyp");
 
-	if ((rc = q_ready_out(q, emptyp, "qp_queue_empty: emptyp")) == QP_OK
-	    && (rc = q_qsize(q, &n)) == QP_OK) {
+	if (rc == QP_OK && (rc = qp_queue_qsize(q, &n)) == QP_OK) {
 		*emptyp = n == 0;
 	}
 	return rc;
@@ -663,7 +648,7 @@ qp_queue_empty(qp_queue *q, bool *emptyp)
 QP_API int
 qp_queue_full(qp_queue *q, bool *fullp)
 {
-	int rc = q_ready_out(q, fullp, "qp_queue_full: fullp");
+	int rc = qpi_queue_ready_out(q, fullp, "qp_queue_full: fullp");
 
 	return rc != QP_OK         ? rc
 	    : q->ops->full != NULL ? q->ops->full(q->impl, fullp)
@@ -693,16 +678,14 @@ q_complete(qp_queue *tasks, qp_queue *results, const void *buf, size_t len,
 	    || (rc = qpi_queue_ready(results)) != QP_OK) {
 		return rc;
 	}
-	if (tasks->ops->complete == NULL && qpi_queue_shmq(tasks) != NULL) {
-		return qpi_err(QP_EINVAL,
-		    "qp_queue_complete: the tasks queue was not opened in "
-		    "worker mode (QP_OPEN_LEASE)");
-	}
 	if (tasks->ops->complete == NULL) {
-		/* A durable shm:// queue. */
-		return qpi_err(QP_ENOTSUP,
-		    "qp_queue_complete: this tasks queue (durable shm://) "
-		    "cannot complete in one step");
+		return qpi_queue_shmq(tasks) != NULL
+		    ? qpi_err(QP_EINVAL,
+		        "qp_queue_complete: the tasks queue was not opened in "
+		        "worker mode (QP_OPEN_LEASE)")
+		    : qpi_err(QP_ENOTSUP,
+		        "qp_queue_complete: this tasks queue (durable shm://) "
+		        "cannot complete in one step");
 	}
 	if (tasks == results) {
 		return qpi_err(QP_EINVAL,
@@ -742,7 +725,7 @@ qp_queue_join(qp_queue *q, qp_duration timeout)
 QP_API int
 qp_queue_stat(qp_queue *q, qp_queue_stats *st)
 {
-	int rc = q_ready_out(q, st, "qp_queue_stat: st");
+	int rc = qpi_queue_ready_out(q, st, "qp_queue_stat: st");
 
 	return rc != QP_OK         ? rc
 	    : q->ops->stat != NULL ? q->ops->stat(q->impl, st)
@@ -751,46 +734,40 @@ qp_queue_stat(qp_queue *q, qp_queue_stats *st)
 
 /* ---- worker mode: nack, deliveries ---- */
 
+/* nack (delay ms) and touch (lease ms) of a worker-mode handle. */
+static int
+q_lease_op(qp_queue *q, bool touch, qp_duration ms)
+{
+	const char *what = touch ? "touch" : "nack";
+	int rc = qpi_queue_ready(q);
+
+	if (rc != QP_OK) {
+		return rc;
+	}
+	if (!q->lease || (touch ? q->ops->touch : q->ops->nack) == NULL) {
+		return qpi_err(QP_EINVAL,
+		    "qp_queue_%s: only a handle opened with QP_OPEN_LEASE "
+		    "holds its items",
+		    what);
+	}
+	if (ms < 0 || ms > QPI_WIRE_MS_MAX) {
+		return qpi_err(QP_EINVAL,
+		    "%s %s %lld ms is not within 0..2^31-1", what,
+		    touch ? "lease" : "delay", (long long) ms);
+	}
+	return touch ? q->ops->touch(q->impl, ms) : q->ops->nack(q->impl, ms);
+}
+
 QP_API int
 qp_queue_nack(qp_queue *q, qp_duration delay)
 {
-	int rc;
-
-	if ((rc = qpi_queue_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (q->ops->nack == NULL) {
-		return qpi_err(QP_EINVAL,
-		    "qp_queue_nack: only a handle opened with QP_OPEN_LEASE "
-		    "holds its items");
-	}
-	if (delay < 0 || delay > QPI_WIRE_MS_MAX) {
-		return qpi_err(QP_EINVAL,
-		    "nack delay %lld ms is not within 0..2^31-1",
-		    (long long) delay);
-	}
-	return q->ops->nack(q->impl, delay);
+	return q_lease_op(q, false, delay);
 }
 
 QP_API int
 qp_queue_touch(qp_queue *q, qp_duration lease)
 {
-	int rc;
-
-	if ((rc = qpi_queue_ready(q)) != QP_OK) {
-		return rc;
-	}
-	if (q->ops->touch == NULL) {
-		return qpi_err(QP_EINVAL,
-		    "qp_queue_touch: only a handle opened with QP_OPEN_LEASE "
-		    "holds its items");
-	}
-	if (lease < 0 || lease > QPI_WIRE_MS_MAX) {
-		return qpi_err(QP_EINVAL,
-		    "touch lease %lld ms is not within 0..2^31-1",
-		    (long long) lease);
-	}
-	return q->ops->touch(q->impl, lease);
+	return q_lease_op(q, true, lease);
 }
 
 QP_API int
@@ -798,7 +775,8 @@ qp_queue_deliveries(qp_queue *q, uint32_t *np)
 {
 	int rc;
 
-	if ((rc = q_ready_out(q, np, "qp_queue_deliveries: np")) != QP_OK) {
+	if ((rc = qpi_queue_ready_out(q, np, "qp_queue_deliveries: np"))
+	    != QP_OK) {
 		return rc;
 	}
 	if (q->ops->deliveries == NULL) {

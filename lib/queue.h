@@ -23,6 +23,9 @@ qp_duration qpi_queue_timeout(int64_t deadline_ns);
 
 /* The common checks of every call: a handle, not closed. */
 int qpi_queue_ready(qp_queue *q);
+/* qpi_queue_ready, then a non-NULL output pointer (what: the call and
+ * the pointer's name, for the message). */
+int qpi_queue_ready_out(qp_queue *q, const void *out, const char *what);
 
 /* A backend. Item kinds and get flags are those of shmq.h (QPI_ITEM_BIN,
  * QPI_ITEM_OBJ, QPI_GET_OBJ). Each op returns a qp_err code and sets
@@ -45,7 +48,8 @@ typedef struct qpi_queue_ops {
 	/* Worker mode (QP_OPEN_LEASE): gives the oldest held item back after
 	 * delay ms (checked: 0..2^31-1), and the delivery count of the item
 	 * at hand. NULL: the backend keeps no leases (nack is QP_EINVAL,
-	 * deliveries QP_ENOTSUP). */
+	 * deliveries QP_ENOTSUP). nack and touch are called on handles
+	 * opened with QP_OPEN_LEASE only (else QP_EINVAL at the front). */
 	int (*nack)(void *impl, qp_duration delay);
 	int (*deliveries)(void *impl, uint32_t *np);
 	/* Worker mode: extends the lease of every item held to lease ms
@@ -111,6 +115,9 @@ struct qpi_qrd **qpi_queue_rd(qp_queue *q);
 void qpi_qrd_empty(qp_queue *q);
 void qpi_qrd_stop(struct qpi_qrd *rd);
 void qpi_qrd_free(struct qpi_qrd *rd);
+
+/* Sets (on) or drains (off) the eventfd efd (qwait.c). */
+void qpi_efd_set(int efd, bool on);
 
 /* Ready now (qwait.c): a get would find an item. */
 int qpi_queue_ready_now(qp_queue *q, bool *readyp);

@@ -32,22 +32,27 @@ struct qpi_qrd {
 	int efd;
 	int signaled; /* the eventfd holds a count */
 	int stop;
-	bool thr_on;
-	pthread_t thr;
+	pthread_t thr; /* runs from the state's making on */
 	pid_t pid; /* the process whose thread this is */
 };
 
 static pthread_mutex_t qw_mu = PTHREAD_MUTEX_INITIALIZER;
 
+void
+qpi_efd_set(int efd, bool on)
+{
+	uint64_t v = 1;
+
+	while ((on ? write(efd, &v, sizeof(v)) : read(efd, &v, sizeof(v))) < 0
+	    && errno == EINTR) {
+	}
+}
+
 static void
 qrd_signal(struct qpi_qrd *rd)
 {
-	uint64_t one = 1;
-
 	if (!__atomic_exchange_n(&rd->signaled, 1, __ATOMIC_ACQ_REL)) {
-		while (
-		    write(rd->efd, &one, sizeof(one)) < 0 && errno == EINTR) {
-		}
+		qpi_efd_set(rd->efd, true);
 	}
 }
 
@@ -55,11 +60,8 @@ qrd_signal(struct qpi_qrd *rd)
 static void
 qrd_clear(struct qpi_qrd *rd)
 {
-	uint64_t v;
-
 	__atomic_store_n(&rd->signaled, 0, __ATOMIC_SEQ_CST);
-	while (read(rd->efd, &v, sizeof(v)) < 0 && errno == EINTR) {
-	}
+	qpi_efd_set(rd->efd, false);
 }
 
 static void *
@@ -104,7 +106,7 @@ qpi_qrd_empty(qp_queue *q)
 void
 qpi_qrd_stop(struct qpi_qrd *rd)
 {
-	if (rd == NULL || rd->pid != getpid() || !rd->thr_on) {
+	if (rd == NULL || rd->pid != getpid()) {
 		return;
 	}
 	__atomic_store_n(&rd->stop, 1, __ATOMIC_RELEASE);
@@ -121,7 +123,7 @@ qpi_qrd_free(struct qpi_qrd *rd)
 	if (rd == NULL) {
 		return;
 	}
-	if (rd->pid == getpid() && rd->thr_on) {
+	if (rd->pid == getpid()) {
 		qpi_qrd_stop(rd);
 		pthread_join(rd->thr, NULL);
 		qpi_shmq_watch(rd->sq, false);
@@ -130,15 +132,21 @@ qpi_qrd_free(struct qpi_qrd *rd)
 	free(rd);
 }
 
-/* The state of a shared-memory handle, made on first use (in a forked
- * child, made afresh: the parent's thread did not come along). */
+/* The handle's readiness fd: its backend's, or for shared memory the
+ * eventfd of its state, made on first use (in a forked child, made
+ * afresh: the parent's thread did not come along). */
 static int
-qrd_get(qp_queue *q, struct qpi_qrd **rdp)
+qw_fd(qp_queue *q, int *fdp)
 {
+	const qpi_queue_ops *ops;
+	void *impl = qpi_queue_impl(q, &ops);
 	struct qpi_qrd **slot = qpi_queue_rd(q), *rd;
 	qpi_shmq *sq = qpi_queue_shmq(q);
 	int rc = QP_OK;
 
+	if (ops->fd != NULL) {
+		return ops->fd(impl, fdp);
+	}
 	if (sq == NULL) {
 		return qpi_err(QP_ENOTSUP,
 		    "a durable shm:// handle has no readiness fd; open it "
@@ -173,40 +181,19 @@ qrd_get(qp_queue *q, struct qpi_qrd **rdp)
 			free(rd);
 			goto out;
 		}
-		rd->thr_on = true;
 		*slot = rd;
 	}
-	*rdp = rd;
+	*fdp = rd->efd;
 out:
 	pthread_mutex_unlock(&qw_mu);
-	return rc;
-}
-
-static int
-qw_fd(qp_queue *q, int *fdp)
-{
-	const qpi_queue_ops *ops;
-	void *impl = qpi_queue_impl(q, &ops);
-	struct qpi_qrd *rd = NULL;
-	int rc;
-
-	if (ops->fd != NULL) {
-		return ops->fd(impl, fdp);
-	}
-	if ((rc = qrd_get(q, &rd)) == QP_OK) {
-		*fdp = rd->efd;
-	}
 	return rc;
 }
 
 QP_API int
 qp_queue_fd(qp_queue *q, int *fdp)
 {
-	int rc = qpi_queue_ready(q);
+	int rc = qpi_queue_ready_out(q, fdp, "qp_queue_fd: fdp");
 
-	if (rc == QP_OK && fdp == NULL) {
-		rc = qpi_err(QP_EINVAL, "qp_queue_fd: fdp is NULL");
-	}
 	return rc != QP_OK ? rc : qw_fd(q, fdp);
 }
 
@@ -235,29 +222,13 @@ qpi_queue_ready_now(qp_queue *q, bool *readyp)
 	return QP_OK;
 }
 
-/* Milliseconds for poll(2) until deadline, rounded up; -1 forever. */
-static int
-qw_poll_ms(int64_t deadline)
-{
-	int64_t ns = qpi_remaining_ns(deadline);
-
-	if (ns == INT64_MAX) {
-		return -1;
-	}
-	int64_t ms = (ns + 999999) / 1000000;
-	return ms > INT_MAX ? INT_MAX : (int) ms;
-}
-
 /* One queue: qp_wait_any's loop (look, arm the fd, look again, sleep). */
 QP_API int
 qp_queue_poll(qp_queue *q, qp_duration timeout, bool *readyp)
 {
 	size_t n;
-	int rc = qpi_queue_ready(q);
+	int rc = qpi_queue_ready_out(q, readyp, "qp_queue_poll: readyp");
 
-	if (rc == QP_OK && readyp == NULL) {
-		rc = qpi_err(QP_EINVAL, "qp_queue_poll: readyp is NULL");
-	}
 	return rc != QP_OK
 	    ? rc
 	    : qp_wait_any(NULL, 0, NULL, &q, 1, readyp, timeout, &n);
@@ -317,19 +288,16 @@ qw_get_any(qp_queue *const *qs, size_t n, unsigned flags, size_t *whichp,
 		return qpi_err(QP_EINVAL, "qp_queue_get_any: %s",
 		    n == 0 ? "no queues" : "NULL argument");
 	}
-	if ((rc = qpi_duration_check(timeout)) != QP_OK) {
-		return rc;
-	}
-	for (size_t i = 0; i < n; i++) {
+	rc = qpi_duration_check(timeout);
+	for (size_t i = 0; i < n && rc == QP_OK; i++) {
 		if ((rc = qpi_queue_ready(qs[i])) != QP_OK) {
-			if (whichp != NULL) {
-				*whichp = i;
-			}
-			return rc;
+			which = i; /* the handle that is not ready */
 		}
 	}
-	rc = qpi_queue_get_any(qs, n, flags, &which, NULL, 0, bufp, lenp,
-	    qpi_queue_deadline(timeout));
+	if (rc == QP_OK) {
+		rc = qpi_queue_get_any(qs, n, flags, &which, NULL, 0, bufp,
+		    lenp, qpi_queue_deadline(timeout));
+	}
 	if (whichp != NULL) {
 		*whichp = which;
 	}
@@ -422,7 +390,9 @@ qp_wait_any(qp_conn *const *conns, size_t nconns, bool *conn_ready,
 			continue;
 		}
 		/* Sleep until one is readable or the deadline. */
-		if (poll(fds, (nfds_t) n, qw_poll_ms(deadline)) < 0
+		qp_duration ms = qpi_queue_timeout(deadline); /* -1: ever */
+		if (poll(fds, (nfds_t) n, ms > INT_MAX ? INT_MAX : (int) ms)
+		        < 0
 		    && errno != EINTR) {
 			rc = qpi_err(QP_ESYSTEM, "poll: %s", strerror(errno));
 			break;

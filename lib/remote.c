@@ -108,21 +108,8 @@ qpi_rq_item(qpi_rq *r, qpi_wire_item *it, bool raw, const void *buf,
 	return QP_OK;
 }
 
-/* The bytes a get returns of item it: its encoding (obj), else a bin's
- * payload (or the encoding of any other value). */
-static const uint8_t *
-rq_item_bytes(const qpi_wire_item *it, bool obj, size_t *lenp)
-{
-	size_t off = 0;
-
-	*lenp = it->len;
-	if (!obj) {
-		qpi_wire_bin_unwrap(it->data, it->len, &off, lenp);
-	}
-	return it->data + off;
-}
-
-/* Hands the bytes a get returns of item it (see rq_item_bytes) over:
+/* Hands the bytes a get returns of item it over: its encoding (with
+ * QPI_GET_OBJ), else a bin's payload (or the encoding of any other value),
  * copied into (cap bytes; larger is QP_ETOOBIG, *lenp its size), else
  * into a malloc'd *bufp (QP_ENOMEM). The caller gives the lease back on
  * an error. */
@@ -130,9 +117,10 @@ static int
 rq_item_out(qpi_rq *r, const qpi_wire_item *it, unsigned flags, void *into,
     size_t cap, void **bufp, size_t *lenp)
 {
-	size_t len;
-	const uint8_t *src
-	    = rq_item_bytes(it, (flags & QPI_GET_OBJ) != 0, &len);
+	size_t off = 0, len = it->len;
+	bool bin = !(flags & QPI_GET_OBJ)
+	    && qpi_wire_bin_unwrap(it->data, it->len, &off, &len);
+	const uint8_t *src = bin ? it->data + off : it->data;
 	void *out = into != NULL ? into : malloc(len > 0 ? len : 1);
 
 	if (into != NULL && len > cap) {
@@ -207,14 +195,17 @@ static int
 rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
     int64_t deadline_ns, bool ahead)
 {
-	uint64_t *acks = NULL;
+	uint64_t *acks;
 	uint32_t nacks;
 	int rv;
 
 	if ((rv = qpi_rq_check(r)) != QP_OK) {
 		return rv;
 	}
-	for (;;) {
+	do { /* a get that waits for ever asks again after an empty slice */
+		if (rv == QP_EEMPTY) {
+			qpi_rq_call_done(c);
+		}
 		qpi_rq_call_init(c, r, QPI_OP_GET, deadline_ns);
 		c->req.max_items = max;
 		c->req.lease_mode = r->lease_mode || ahead ? QPI_LEASE_WORK
@@ -231,13 +222,7 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 		c->req.ids_cap = nacks;
 		rv = qpi_rq_run(r, c);
 		free(acks);
-		acks = NULL;
-		if (rv == QP_EEMPTY && deadline_ns == INT64_MAX) {
-			qpi_rq_call_done(c);
-			continue;
-		}
-		break;
-	}
+	} while (rv == QP_EEMPTY && deadline_ns == INT64_MAX);
 	if (rv == QP_OK && (c->rep.nitems == 0 || c->rep.nitems > max)) {
 		rv = qpi_err(QP_EPROTO,
 		    "%s answered a get of %u with %u items", r->url, max,
@@ -249,14 +234,17 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 	return rv;
 }
 
+/* A get of up to max items (the item kept ahead alone, if any): each
+ * into (cap bytes; max 1) or malloc'd in bufs[i], lens[i] its length, *np
+ * how many. What cannot be handed over goes back to the head. */
 static int
-rq_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
-    size_t *lenp, int64_t deadline_ns)
+rq_take(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufs,
+    size_t *lens, uint32_t max, size_t *np, int64_t deadline_ns)
 {
-	qpi_rq *r = impl;
-	qpi_wire_item item;
+	qpi_wire_item stack[16], *items = stack;
 	rq_pf *pf = pf_of(r);
 	rq_call c;
+	uint32_t i = 0;
 	int rv;
 
 	if (pf != NULL) {
@@ -264,70 +252,53 @@ rq_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 		 * only (its fetch holds the head: FIFO stays), so an item
 		 * put a moment ago may not be seen by a get that does not
 		 * wait, as with Python's Queue and its feeder thread. */
-		return pf_get(
-		    r, pf, flags, into, cap, bufp, lenp, deadline_ns);
-	}
-	if ((rv = rq_get_call(r, &c, &item, 1, deadline_ns, false)) != QP_OK) {
+		rv = pf_get(r, pf, flags, into, cap, bufs, lens, deadline_ns);
+		*np = rv == QP_OK ? 1 : 0;
 		return rv;
 	}
-	if ((rv = rq_item_out(r, &item, flags, into, cap, bufp, lenp))
-	    == QP_OK) {
-		qpi_rq_got(r, &item, 1);
-	} else {
-		/* Keep nothing we cannot hand over: back to the head. */
-		rq_release(r, item.lease_id);
+	if (max > 16 && (items = calloc(max, sizeof(*items))) == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory for %u items", max);
 	}
-	qpi_rq_call_done(&c);
+	if ((rv = rq_get_call(r, &c, items, max, deadline_ns, false))
+	    == QP_OK) {
+		for (; i < c.rep.nitems && rv == QP_OK; i++) {
+			rv = rq_item_out(r, &items[i], flags, into, cap,
+			    &bufs[i], &lens[i]);
+		}
+		if (rv != QP_OK) {
+			for (uint32_t k = --i; k < c.rep.nitems; k++) {
+				rq_release(r, items[k].lease_id);
+			}
+			rv = i == 0 ? rv : QP_OK; /* the first i are out */
+		}
+		qpi_rq_got(r, items, i);
+		qpi_rq_call_done(&c);
+	}
+	*np = i;
+	if (items != stack) {
+		free(items);
+	}
 	return rv;
+}
+
+static int
+rq_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
+    size_t *lenp, int64_t deadline_ns)
+{
+	void *none; /* bufp is NULL with into */
+	size_t n;
+
+	return rq_take(impl, flags, into, cap, bufp != NULL ? bufp : &none,
+	    lenp, 1, &n, deadline_ns);
 }
 
 int
 qpi_rq_get_many(qpi_rq *r, void **bufs, size_t *lens, size_t max, size_t *np,
     bool obj, int64_t deadline_ns)
 {
-	qpi_wire_item stack[16], *items = stack;
-	uint32_t want
-	    = (uint32_t) (max > r->lim.max_batch ? r->lim.max_batch : max);
-	rq_call c;
-	uint32_t i;
-	int rv;
-
-	*np = 0;
-	if (pf_of(r) != NULL) {
-		/* the item kept ahead, alone (see rq_get). */
-		rv = rq_get(r, obj ? QPI_GET_OBJ : 0, NULL, 0, &bufs[0],
-		    &lens[0], deadline_ns);
-		*np = rv == QP_OK ? 1 : 0;
-		return rv;
-	}
-	if (want > 16 && (items = calloc(want, sizeof(*items))) == NULL) {
-		return qpi_err(QP_ENOMEM, "out of memory for %u items", want);
-	}
-	if ((rv = rq_get_call(r, &c, items, want, deadline_ns, false))
-	    != QP_OK) {
-		if (items != stack) {
-			free(items);
-		}
-		return rv;
-	}
-	for (i = 0; i < c.rep.nitems && rv == QP_OK; i++) {
-		rv = rq_item_out(r, &items[i], obj ? QPI_GET_OBJ : 0, NULL, 0,
-		    &bufs[i], &lens[i]);
-	}
-	if (rv != QP_OK) {
-		/* Out of memory: what cannot be handed over goes back. */
-		for (uint32_t k = --i; k < c.rep.nitems; k++) {
-			rq_release(r, items[k].lease_id);
-		}
-		rv = i == 0 ? rv : QP_OK;
-	}
-	qpi_rq_got(r, items, i);
-	*np = i;
-	qpi_rq_call_done(&c);
-	if (items != stack) {
-		free(items);
-	}
-	return rv;
+	return rq_take(r, obj ? QPI_GET_OBJ : 0, NULL, 0, bufs, lens,
+	    (uint32_t) (max > r->lim.max_batch ? r->lim.max_batch : max), np,
+	    deadline_ns);
 }
 
 int
@@ -346,8 +317,7 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 		if ((uint64_t) lens[i] > r->lim.max_message) {
 			return qpi_err(QP_ETOOBIG,
 			    "item %zu of %zu bytes is over the %llu-byte "
-			    "limit "
-			    "of %s",
+			    "limit of %s",
 			    i, lens[i],
 			    (unsigned long long) r->lim.max_message, r->url);
 		}
@@ -362,14 +332,10 @@ qpi_rq_put_many(qpi_rq *r, const void *const *bufs, const size_t *lens,
 	}
 	/* Each item as a bin, one after the other; values as they are. */
 	for (size_t i = 0; i < n; i++) {
-		if (obj) {
-			items[i].data = bufs[i];
-			items[i].len = lens[i];
-			continue;
-		}
-		items[i].data = enc + pos;
-		items[i].len = rq_bin_write(enc + pos, bufs[i], lens[i]);
-		pos += items[i].len;
+		items[i].data = obj ? bufs[i] : enc + pos;
+		items[i].len = obj ? lens[i]
+		                   : rq_bin_write(enc + pos, bufs[i], lens[i]);
+		pos += obj ? 0 : items[i].len;
 	}
 	/* Frames of at most max_batch items and max_message bytes: each
 	 * one is all or nothing. */
@@ -443,25 +409,34 @@ rq_full(void *impl, bool *fullp)
 	return rv;
 }
 
-/* Acks or touches one lease: *missingp when the server has it no more. */
+/* Acks or touches the n leases at ids (n <= max_batch, the server's):
+ * *lostp how many of them the server has no more. */
 static int
-rq_lease_op(
-    qpi_rq *r, uint32_t op, uint64_t id, uint64_t lease_ms, bool *missingp)
+rq_lease_op(qpi_rq *r, uint32_t op, uint64_t *ids, uint32_t n,
+    uint64_t lease_ms, size_t *lostp)
 {
-	uint64_t missing[1];
+	uint64_t one, *missing = n > 1 ? malloc(n * sizeof(*missing)) : &one;
 	rq_call c;
 	int rv;
 
+	*lostp = 0;
+	if (missing == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory for %u leases", n);
+	}
 	qpi_rq_call_init(&c, r, op, 0);
-	c.req.ids = &id;
-	c.req.nids = 1;
-	c.req.ids_cap = 1;
+	c.req.ids = ids;
+	c.req.nids = n;
+	c.req.ids_cap = n;
 	c.req.lease_ms = lease_ms;
 	c.rep.ids = missing;
-	c.rep.ids_cap = 1;
-	rv = qpi_rq_run(r, &c);
-	*missingp = rv == QP_OK && c.rep.nids > 0;
+	c.rep.ids_cap = n;
+	if ((rv = qpi_rq_run(r, &c)) == QP_OK) {
+		*lostp = c.rep.nids;
+	}
 	qpi_rq_call_done(&c);
+	if (missing != &one) {
+		free(missing);
+	}
 	return rv;
 }
 
@@ -477,14 +452,14 @@ rq_task_done(void *impl)
 	}
 	if (r->lease_mode) {
 		uint64_t id;
-		bool missing = false;
+		size_t lost;
 		if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
 			return qpi_err(QP_EVALUE,
 			    "task_done() on %s/%s: this handle holds no task",
 			    r->url, r->name);
 		}
-		rv = rq_lease_op(r, QPI_OP_ACK, id, 0, &missing);
-		if (rv == QP_OK && missing) {
+		rv = rq_lease_op(r, QPI_OP_ACK, &id, 1, 0, &lost);
+		if (rv == QP_OK && lost > 0) {
 			rv = qpi_err(QP_ENOENT,
 			    "task_done() on %s/%s: the lease of the task ran "
 			    "out first; the item went back to the queue",
@@ -525,17 +500,16 @@ rq_complete(void *impl, qp_queue *results, const void *buf, size_t len,
 		    r->url, ops != &qpi_remote_ops ? "not on a server" : "on ",
 		    ops != &qpi_remote_ops ? "" : res->url);
 	}
+	if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
+		return qpi_err(QP_EVALUE,
+		    "complete() on %s/%s: this handle holds no task", r->url,
+		    r->name);
+	}
 	qpi_rq_call_init(&c, r, QPI_OP_COMPLETE, deadline_ns);
 	if ((rv = qpi_rq_item(r, &c.req.item, kind == QPI_ITEM_BIN, buf, len,
 	         &tmp, "result"))
 	    != QP_OK) {
 		return rv;
-	}
-	if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
-		free(tmp);
-		return qpi_err(QP_EVALUE,
-		    "complete() on %s/%s: this handle holds no task", r->url,
-		    r->name);
 	}
 	c.req.lease_id = id;
 	snprintf(c.req.results, sizeof(c.req.results), "%s", res->name);
@@ -573,12 +547,6 @@ rq_nack(void *impl, qp_duration delay)
 	if ((rv = qpi_rq_check(r)) != QP_OK) {
 		return rv;
 	}
-	if (!r->lease_mode) {
-		return qpi_err(QP_EINVAL,
-		    "nack on %s/%s: only a handle opened with QP_OPEN_LEASE "
-		    "holds its items",
-		    r->url, r->name);
-	}
 	if (!qpi_ids_first(&r->held, &r->mu, &id, NULL)) {
 		return qpi_err(QP_ENOENT, "nack on %s/%s: no item is held",
 		    r->url, r->name);
@@ -598,20 +566,13 @@ static int
 rq_touch(void *impl, qp_duration lease)
 {
 	qpi_rq *r = impl;
-	uint64_t *ids = NULL, *missing = NULL;
+	uint64_t *ids = NULL;
 	uint32_t batch = r->lim.max_batch; /* never 0 (rq_hook) */
-	size_t n, lost = 0;
-	rq_call c;
+	size_t n, lost = 0, k;
 	int rv;
 
 	if ((rv = qpi_rq_check(r)) != QP_OK) {
 		return rv;
-	}
-	if (!r->lease_mode) {
-		return qpi_err(QP_EINVAL,
-		    "touch on %s/%s: only a handle opened with QP_OPEN_LEASE "
-		    "holds its items",
-		    r->url, r->name);
 	}
 	/* A copy of the ids: the list may change while the calls are out. */
 	pthread_mutex_lock(&r->mu);
@@ -624,29 +585,16 @@ rq_touch(void *impl, qp_duration lease)
 		return qpi_err(QP_ENOENT, "touch on %s/%s: no item is held",
 		    r->url, r->name);
 	}
-	if (ids == NULL
-	    || (missing = malloc((n < batch ? n : batch) * sizeof(*missing)))
-	        == NULL) {
-		free(ids);
+	if (ids == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory for a touch");
 	}
 	for (size_t i = 0; i < n && rv == QP_OK; i += batch) {
-		uint32_t k = (uint32_t) (n - i < batch ? n - i : batch);
-		qpi_rq_call_init(&c, r, QPI_OP_TOUCH, 0);
-		c.req.lease_ms = lease != 0 ? (uint64_t) lease : r->lease_ms;
-		c.req.ids = ids + i;
-		c.req.nids = k;
-		c.req.ids_cap = k;
-		c.rep.ids = missing;
-		c.rep.ids_cap = k;
-		rv = qpi_rq_run(r, &c);
-		if (rv == QP_OK) {
-			lost += c.rep.nids;
-		}
-		qpi_rq_call_done(&c);
+		rv = rq_lease_op(r, QPI_OP_TOUCH, ids + i,
+		    (uint32_t) (n - i < batch ? n - i : batch),
+		    lease != 0 ? (uint64_t) lease : r->lease_ms, &k);
+		lost += k;
 	}
 	free(ids);
-	free(missing);
 	if (rv == QP_EPROTO) {
 		return qpi_err(QP_ENOTSUP,
 		    "touch on %s/%s: the server does not know the touch op "
@@ -759,10 +707,9 @@ qp_server_list_opts(const char *addr, const qp_conn_opts *conn,
 struct rq_pf {
 	pthread_mutex_t mu;
 	pthread_cond_t cv; /* the slot changed, or stop */
-	pthread_t thr;
-	bool thr_on;
+	pthread_t thr; /* runs from the slot's making on */
 	pid_t pid;
-	int efd;
+	int efd; /* readable while full (written with mu held) */
 	bool stop;
 	bool full;
 	uint8_t *item; /* the item's msgpack encoding */
@@ -782,21 +729,6 @@ pf_of(qpi_rq *r)
 	return pf != NULL && pf->pid == getpid() ? pf : NULL;
 }
 
-/* With pf->mu held: the eventfd follows the slot. */
-static void
-pf_signal(rq_pf *pf, bool on)
-{
-	uint64_t v = 1;
-
-	if (on) {
-		while (write(pf->efd, &v, sizeof(v)) < 0 && errno == EINTR) {
-		}
-	} else {
-		while (read(pf->efd, &v, sizeof(v)) < 0 && errno == EINTR) {
-		}
-	}
-}
-
 static void *
 pf_main(void *arg)
 {
@@ -813,17 +745,17 @@ pf_main(void *arg)
 				continue;
 			}
 			uint64_t id = pf->lease_id;
-			bool missing = false;
+			size_t lost;
 			pthread_mutex_unlock(&pf->mu);
 			(void) rq_lease_op(
-			    r, QPI_OP_TOUCH, id, PF_LEASE_MS, &missing);
+			    r, QPI_OP_TOUCH, &id, 1, PF_LEASE_MS, &lost);
 			pthread_mutex_lock(&pf->mu);
 			pf->renewed_ms = qpi_now_ms();
-			if (missing && pf->full && pf->lease_id == id) {
+			if (lost > 0 && pf->full && pf->lease_id == id) {
 				free(pf->item);
 				pf->item = NULL;
 				pf->full = false;
-				pf_signal(pf, false);
+				qpi_efd_set(pf->efd, false);
 			}
 			continue;
 		}
@@ -843,7 +775,7 @@ pf_main(void *arg)
 			pf->deliveries = item.deliveries;
 			pf->renewed_ms = qpi_now_ms();
 			pf->full = true;
-			pf_signal(pf, true);
+			qpi_efd_set(pf->efd, true);
 			pthread_cond_broadcast(&pf->cv);
 			qpi_rq_call_done(&c);
 		} else if (rv == QP_OK) {
@@ -898,7 +830,7 @@ pf_take(qpi_rq *r, rq_pf *pf, int64_t deadline_ns, qpi_wire_item *it)
 	it->deliveries = pf->deliveries;
 	pf->item = NULL;
 	pf->full = false;
-	pf_signal(pf, false);
+	qpi_efd_set(pf->efd, false);
 	pthread_cond_broadcast(&pf->cv);
 	pthread_mutex_unlock(&pf->mu);
 	return QP_OK;
@@ -910,7 +842,7 @@ pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
 {
 	for (;;) {
 		qpi_wire_item it;
-		bool missing = false;
+		size_t lost = 0;
 		int rv;
 
 		if ((rv = qpi_rq_check(r)) != QP_OK
@@ -924,10 +856,10 @@ pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
 			rq_release(r, it.lease_id);
 		} else if ((rv = rq_lease_op(r,
 		                r->lease_mode ? QPI_OP_TOUCH : QPI_OP_ACK,
-		                it.lease_id, r->lease_mode ? r->lease_ms : 0,
-		                &missing))
+		                &it.lease_id, 1,
+		                r->lease_mode ? r->lease_ms : 0, &lost))
 		        != QP_OK
-		    || missing) {
+		    || lost > 0) {
 			if (into == NULL) {
 				free(*bufp); /* it went back: take the next */
 				*bufp = NULL;
@@ -941,7 +873,7 @@ pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
 			pthread_mutex_unlock(&r->mu);
 		}
 		free((void *) it.data);
-		if (rv != QP_OK || !missing) {
+		if (rv != QP_OK || lost == 0) {
 			return rv;
 		}
 	}
@@ -984,7 +916,6 @@ rq_fd(void *impl, int *fdp)
 			rv = qpi_err(QP_ESYSTEM, "cannot start a thread");
 			goto out;
 		}
-		pf->thr_on = true;
 	}
 	*fdp = pf->efd;
 out:
@@ -1036,9 +967,7 @@ rq_free_op(void *impl)
 	rq_pf *pf = pf_of(r);
 
 	if (pf != NULL) {
-		if (pf->thr_on) {
-			pthread_join(pf->thr, NULL);
-		}
+		pthread_join(pf->thr, NULL);
 		free(pf->item);
 		close(pf->efd);
 		pthread_mutex_destroy(&pf->mu);

@@ -18,6 +18,7 @@
 
 #include "qpi.h"
 #include "qps_testsrv.h"
+#include "sp_raw.h"
 #include "wire.h"
 
 #include <arpa/inet.h>
@@ -55,26 +56,10 @@ typedef struct rc {
 static void
 rc_open(rc *c, const char *url, bool hs)
 {
-	static const uint8_t hs_req0[] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
-	struct sockaddr_in sa = {.sin_family = AF_INET};
-	uint8_t got[8];
-	size_t have = 0;
-	long long end = tsrv_now_ms() + 5000;
-
 	memset(c, 0, sizeof(*c));
-	sa.sin_port = htons((uint16_t) atoi(strrchr(url, ':') + 1));
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	c->fd = socket(AF_INET, SOCK_STREAM, 0);
-	CHECK(c->fd >= 0);
-	CHECK(connect(c->fd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
+	c->fd = spr_dial(url, 0);
 	if (hs) {
-		CHECK(write(c->fd, hs_req0, 8) == 8);
-		while (have < 8 && tsrv_now_ms() < end) {
-			ssize_t n = read(c->fd, got + have, 8 - have);
-			CHECK(n > 0);
-			have += (size_t) n;
-		}
-		CHECK(have == 8);
+		spr_handshake(c->fd);
 	}
 	CHECK(fcntl(c->fd, F_SETFL, O_NONBLOCK) == 0);
 }
@@ -475,26 +460,6 @@ test_conn_limits_leases_per_conn(void **state)
 
 /* ---- connections that never finish their handshake or auth ---- */
 
-/* Milliseconds until the server closes fd (reading what it sends), or
- * -1 if it is still open after limit_ms. */
-static long long
-ms_to_close(int fd, long long t0, long long limit_ms)
-{
-	uint8_t buf[256];
-
-	while (tsrv_now_ms() - t0 < limit_ms) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		if (poll(&p, 1, 50) <= 0) {
-			continue;
-		}
-		ssize_t n = read(fd, buf, sizeof(buf));
-		if (n == 0 || (n < 0 && errno != EAGAIN)) {
-			return tsrv_now_ms() - t0;
-		}
-	}
-	return -1;
-}
-
 static void
 time_limits_body(void)
 {
@@ -532,11 +497,11 @@ time_limits_body(void)
 		rc_open(&c[i], t.url, i >= 5);
 	}
 	for (int i = 0; i < 5; i++) {
-		long long ms = ms_to_close(c[i].fd, t0, 5000);
+		long long ms = spr_ms_to_close(c[i].fd, t0, 5000);
 		CHECK(ms >= 400 && ms < 3000);
 	}
 	for (int i = 5; i < 10; i++) {
-		long long ms = ms_to_close(c[i].fd, t0, 5000);
+		long long ms = spr_ms_to_close(c[i].fd, t0, 5000);
 		CHECK(ms >= 900 && ms < 4000);
 	}
 	/* Then a client with the token is served. */
@@ -778,24 +743,8 @@ flaky_main(void *arg)
 	flaky *px = arg;
 
 	while (!px->stop) {
-		struct pollfd lp = {.fd = px->lfd, .events = POLLIN};
-		if (poll(&lp, 1, 50) <= 0) {
-			continue;
-		}
-		int c = accept(px->lfd, NULL, NULL);
-		if (c < 0) {
-			continue;
-		}
-		struct sockaddr_in sa = {.sin_family = AF_INET};
-		sa.sin_port = htons(px->srv_port);
-		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		int s = socket(AF_INET, SOCK_STREAM, 0);
-		if (s < 0
-		    || connect(s, (struct sockaddr *) &sa, sizeof(sa)) != 0) {
-			close(c);
-			if (s >= 0) {
-				close(s);
-			}
+		int c, s;
+		if (!spr_accept_dial(px->lfd, px->srv_port, 50, &c, &s)) {
 			continue;
 		}
 		bool first = px->conns++ == 0;
@@ -863,8 +812,7 @@ backoff_body(void)
 {
 	tsrv t = {0};
 	flaky px = {0};
-	struct sockaddr_in sa = {.sin_family = AF_INET};
-	socklen_t sl = sizeof(sa);
+	uint16_t port;
 	pthread_t thr;
 	char name[64], addr[400];
 	qp_queue *q;
@@ -874,16 +822,11 @@ backoff_body(void)
 	setenv("QPIPE_RECONNECT_MS", "2000", 1);
 	CHECK(tsrv_start(&t, "tcp") == 0);
 	px.srv_port = (uint16_t) atoi(strrchr(t.url, ':') + 1);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	px.lfd = socket(AF_INET, SOCK_STREAM, 0);
-	CHECK(px.lfd >= 0);
-	CHECK(bind(px.lfd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
-	CHECK(listen(px.lfd, 64) == 0);
-	CHECK(getsockname(px.lfd, (struct sockaddr *) &sa, &sl) == 0);
+	px.lfd = spr_listen(64, &port);
 	CHECK(pthread_create(&thr, NULL, flaky_main, &px) == 0);
 	snprintf(name, sizeof(name), "clback%ld", (long) getpid());
-	snprintf(addr, sizeof(addr), "tcp://127.0.0.1:%u/%s",
-	    (unsigned) ntohs(sa.sin_port), name);
+	snprintf(addr, sizeof(addr), "tcp://127.0.0.1:%u/%s", (unsigned) port,
+	    name);
 	CHECK_EQ(qp_queue_open(
 	             &q, addr, &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),
 	    QP_OK);

@@ -27,37 +27,14 @@ import resource
 import sys
 import time
 
+from peerlib import consumer, producer
+
 
 def _queue_impl(impl, ctx):
     if impl == "qpipe":
         import qpipe
         return qpipe.Queue()
     return ctx.Queue()
-
-
-def producer(q, first_put, size, count):
-    item = b"\xa5" * size
-    t0 = time.monotonic()
-    with first_put.get_lock():
-        if first_put.value == 0 or t0 < first_put.value:
-            first_put.value = t0
-    put = q.put
-    for _ in range(count):
-        put(item)
-
-
-def consumer(q, done, size):
-    get = q.get
-    items = 0
-    while True:
-        item = get()
-        if item is None:
-            break
-        if len(item) != size:
-            done.put((0.0, -1))
-            return
-        items += 1
-    done.put((time.monotonic(), items))
 
 
 def run_queue(a):

@@ -18,32 +18,7 @@ import resource
 import sys
 import time
 
-
-def producer(q, first_put, size, count):
-    item = b"\xa5" * size
-    t0 = time.monotonic()
-    with first_put.get_lock():
-        if first_put.value == 0 or t0 < first_put.value:
-            first_put.value = t0
-    put = q.put
-    for _ in range(count):
-        put(item)
-    # Exiting joins the feeder thread: every item is in the pipe by then.
-
-
-def consumer(q, done, size):
-    get = q.get
-    items = 0
-    while True:
-        item = get()
-        if item is None:
-            break
-        if len(item) != size:
-            done.put((0.0, -1))
-            return
-        items += 1
-    t1 = time.monotonic()
-    done.put((t1, items))
+from peerlib import consumer, producer
 
 
 def main():

@@ -2,9 +2,11 @@
  * sp_raw.h - a raw SP peer for the tests that speak qpiped's wire by hand
  * (test_conn_limits, test_spnet): a plain socket dialled to a tcp:// or
  * ipc:// URL, the req0 handshake, a wait for the server to close the
- * connection, and the listen / accept-and-dial steps of a TCP proxy put in
- * front of a server. Include after qps_testsrv.h (CHECK, tsrv_now_ms).
- * Header-only (static inline), no state, no locking.
+ * connection, and a TCP proxy put in front of a server that passes, cuts
+ * or drops what the client sends. Include after qps_testsrv.h (CHECK,
+ * tsrv_now_ms, tsrv_sleep_ms). Header-only (static inline), no state; a
+ * proxy's fields are shared by its thread and the test's without locks
+ * (the test reads its counters once the client is done with it).
  */
 #ifndef SP_RAW_H
 #define SP_RAW_H
@@ -12,6 +14,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -112,6 +115,31 @@ spr_listen(int backlog, uint16_t *port)
 	return fd;
 }
 
+/*
+ * A TCP proxy in front of a server on 127.0.0.1:srv_port, run by
+ * spr_proxy_start on a thread of its own until spr_proxy_stop: one
+ * connection at a time, relayed both ways. Each read of the client's
+ * bytes goes through cut, if set (and cut(px, first, NULL, 0, ...) starts
+ * each connection): it returns how many of them to pass on, and sets
+ * *drop to drop both sides after those (after cut_wait_ms, before any
+ * more of the server's bytes reach the client, if that is > 0). Setting
+ * drop_first drops the first connection at once.
+ */
+typedef struct spr_proxy {
+	int lfd;
+	uint16_t port; /* where the proxy listens */
+	uint16_t srv_port;
+	int poll_ms;
+	int cut_wait_ms;
+	size_t (*cut)(struct spr_proxy *px, bool first, const uint8_t *buf,
+	    size_t n, bool *drop);
+	void *arg; /* cut's */
+	int conns; /* connections accepted */
+	volatile bool drop_first;
+	volatile bool stop;
+	pthread_t thr;
+} spr_proxy;
+
 /* A proxy's next connection: waits up to ms for one on lfd, accepts it
  * (*c) and dials the server on 127.0.0.1:srv_port for it (*s). False
  * when none came or the server could not be reached (nothing open). */
@@ -135,6 +163,80 @@ spr_accept_dial(int lfd, uint16_t srv_port, int ms, int *c, int *s)
 		return false;
 	}
 	return true;
+}
+
+/* The proxy's thread. */
+static inline void *
+spr_proxy_main(void *arg)
+{
+	spr_proxy *px = arg;
+
+	while (!px->stop) {
+		int c, s;
+		if (!spr_accept_dial(
+		        px->lfd, px->srv_port, px->poll_ms, &c, &s)) {
+			continue;
+		}
+		bool first = px->conns++ == 0, drop = false;
+		if (px->cut != NULL) {
+			px->cut(px, first, NULL, 0, &drop);
+		}
+		while (!px->stop && !drop && !(first && px->drop_first)) {
+			struct pollfd p[2] = {{.fd = c, .events = POLLIN},
+			    {.fd = s, .events = POLLIN}};
+			uint8_t buf[65536];
+			if (poll(p, 2, px->poll_ms) <= 0) {
+				continue;
+			}
+			if (p[0].revents) {
+				ssize_t n = read(c, buf, sizeof(buf));
+				size_t pass;
+				if (n <= 0) {
+					break;
+				}
+				pass = px->cut == NULL
+				    ? (size_t) n
+				    : px->cut(
+				        px, first, buf, (size_t) n, &drop);
+				if (pass > 0
+				    && write(s, buf, pass) != (ssize_t) pass) {
+					break;
+				}
+				if (drop && px->cut_wait_ms > 0) {
+					tsrv_sleep_ms(px->cut_wait_ms);
+					break;
+				}
+			}
+			if (p[1].revents) {
+				ssize_t n = read(s, buf, sizeof(buf));
+				if (n <= 0 || write(c, buf, (size_t) n) != n) {
+					break;
+				}
+			}
+		}
+		close(c);
+		close(s);
+	}
+	return NULL;
+}
+
+/* Listens on 127.0.0.1, port 0 (px->port), and starts the proxy's thread
+ * for the server at url (tcp://127.0.0.1:P). */
+static inline void
+spr_proxy_start(spr_proxy *px, const char *url, int backlog)
+{
+	px->srv_port = (uint16_t) atoi(strrchr(url, ':') + 1);
+	px->lfd = spr_listen(backlog, &px->port);
+	CHECK(pthread_create(&px->thr, NULL, spr_proxy_main, px) == 0);
+}
+
+/* Stops the proxy's thread and closes its socket. */
+static inline void
+spr_proxy_stop(spr_proxy *px)
+{
+	px->stop = true;
+	pthread_join(px->thr, NULL);
+	close(px->lfd);
 }
 
 #endif /* SP_RAW_H */

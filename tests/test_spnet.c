@@ -246,18 +246,14 @@ test_spnet_bad_peers_closed(void **state)
 
 /* ---- a connection dropped after the server applied a put ---- */
 
-/* A TCP proxy in front of the server: on its first connection it passes
- * everything until the client's bytes contain the marker, then lets the
- * server apply them, and drops both sides before the reply gets back.
+/* A proxy (sp_raw.h) in front of the server: on its first connection it
+ * passes everything until the client's bytes contain the marker, then lets
+ * the server apply them, and drops both sides before the reply gets back.
  * Later connections pass everything. */
-typedef struct proxy {
-	int lfd;
-	uint16_t port, srv_port;
+typedef struct marker_cut {
 	const char *marker;
 	int seen; /* connections whose client bytes held the marker */
-	int conns;
-	volatile bool stop;
-} proxy;
+} marker_cut;
 
 static bool
 has_marker(const uint8_t *p, size_t n, const char *m)
@@ -272,64 +268,29 @@ has_marker(const uint8_t *p, size_t n, const char *m)
 	return false;
 }
 
-static void *
-proxy_main(void *arg)
+static size_t
+marker_cut_fn(
+    spr_proxy *px, bool first, const uint8_t *buf, size_t n, bool *drop)
 {
-	proxy *px = arg;
+	marker_cut *m = px->arg;
 
-	while (!px->stop) {
-		int c, s;
-		if (!spr_accept_dial(px->lfd, px->srv_port, 100, &c, &s)) {
-			continue;
-		}
-		bool first = px->conns++ == 0;
-		bool dropping = false;
-		/* One connection at a time: the client has one. */
-		while (!px->stop) {
-			struct pollfd p[2] = {{.fd = c, .events = POLLIN},
-			    {.fd = s, .events = POLLIN}};
-			uint8_t buf[65536];
-			if (poll(p, 2, 100) <= 0) {
-				continue;
-			}
-			if (p[0].revents) {
-				ssize_t n = read(c, buf, sizeof(buf));
-				if (n <= 0) {
-					break;
-				}
-				if (has_marker(buf, (size_t) n, px->marker)) {
-					px->seen++;
-					dropping = first;
-				}
-				if (write(s, buf, (size_t) n) != n) {
-					break;
-				}
-				if (dropping) {
-					/* The server applies it; its reply
-					 * never reaches the client. */
-					tsrv_sleep_ms(200);
-					break;
-				}
-			}
-			if (p[1].revents) {
-				ssize_t n = read(s, buf, sizeof(buf));
-				if (n <= 0 || write(c, buf, (size_t) n) != n) {
-					break;
-				}
-			}
-		}
-		close(c);
-		close(s);
+	if (buf != NULL && has_marker(buf, n, m->marker)) {
+		m->seen++;
+		*drop = first;
 	}
-	return NULL;
+	return n;
 }
 
 static void
 drop_body(void)
 {
 	tsrv t = {0};
-	proxy px = {.marker = "resend-me-once"};
-	pthread_t thr;
+	marker_cut mc = {.marker = "resend-me-once"};
+	/* The server applies it; its reply never reaches the client. */
+	spr_proxy px = {.poll_ms = 100,
+	    .cut_wait_ms = 200,
+	    .cut = marker_cut_fn,
+	    .arg = &mc};
 	char name[64], addr[400], direct[400], buf[64];
 	qp_queue *q, *d;
 	size_t n;
@@ -337,9 +298,7 @@ drop_body(void)
 	setenv("QP_SERVER_TRANSPORT", spnet_server(), 1);
 	setenv("QPIPE_TRANSPORT", "sp", 1);
 	CHECK(tsrv_start(&t, "tcp") == 0);
-	px.srv_port = (uint16_t) atoi(strrchr(t.url, ':') + 1);
-	px.lfd = spr_listen(8, &px.port);
-	CHECK(pthread_create(&thr, NULL, proxy_main, &px) == 0);
+	spr_proxy_start(&px, t.url, 8);
 
 	snprintf(name, sizeof(name), "spdrop%ld", (long) getpid());
 	snprintf(addr, sizeof(addr), "tcp://127.0.0.1:%u/%s",
@@ -352,7 +311,7 @@ drop_body(void)
 	/* The put's reply is lost with its connection: the client sends it
 	 * again on a new one, and the server applies it once. */
 	CHECK_EQ(qp_queue_put(q, "resend-me-once", 14, 5000), QP_OK);
-	CHECK_EQ(px.seen, 2);
+	CHECK_EQ(mc.seen, 2);
 	CHECK(px.conns >= 2);
 	CHECK_EQ(qp_queue_put(q, "after", 5, 0), QP_OK);
 	CHECK_EQ(qp_queue_open(&d, direct, NULL), QP_OK);
@@ -366,9 +325,7 @@ drop_body(void)
 	CHECK(n == 5 && memcmp(buf, "after", 5) == 0);
 	qp_queue_free(q);
 	qp_queue_free(d);
-	px.stop = true;
-	pthread_join(thr, NULL);
-	close(px.lfd);
+	spr_proxy_stop(&px);
 	CHECK_EQ(qp_queue_unlink(direct), QP_OK);
 	CHECK(tsrv_stop(&t));
 }

@@ -1,9 +1,10 @@
 /*
  * bench.h - small helpers shared by the benchmark programs: the monotonic
  * clock, process-shared futexes, shared anonymous memory, the start gate
- * that releases fork()ed workers together, number parsing, percentiles and
- * the one-line JSON results that bench/run reads. Header-only (static
- * inline), no state, no locking.
+ * that releases fork()ed workers together, the command line (one option
+ * table per driver), number parsing, percentiles and the one-line JSON
+ * results that bench/run reads. Header-only (static inline), no state, no
+ * locking.
  */
 #ifndef QP_BENCH_H
 #define QP_BENCH_H
@@ -13,12 +14,15 @@
 #endif
 
 #include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,6 +256,76 @@ bench_parse_seconds(const char *s, double *out)
 	return 0;
 }
 
+/* One option of a driver's command line: --NAME and what it sets. */
+typedef struct bench_opt {
+	const char *name; /* without the dashes; NULL ends a table */
+	char kind; /* 's' a string, 'n' a number (bench_parse_size),
+	              'S' seconds (bench_parse_seconds), 'f' a flag */
+	void *dst; /* const char **, uint64_t *, double *, bool * */
+} bench_opt;
+
+/*
+ * Parses argv against opts and --help (which prints usage to stdout and
+ * exits 0). Returns 0, or 1 after saying on stderr what was wrong: "PROG:
+ * bad number 'V'" or "PROG: bad seconds 'V'", else the usage (an unknown
+ * option, a missing value or a stray argument).
+ */
+static inline int
+bench_parse_opts(int argc, char **argv, const char *prog,
+    const bench_opt *opts, void (*usage)(FILE *))
+{
+	struct option lo[32];
+	int n = 0, ch, idx = 0;
+
+	for (; opts[n].name != NULL && n < 30; n++) {
+		lo[n] = (struct option) {opts[n].name,
+		    opts[n].kind == 'f' ? no_argument : required_argument,
+		    NULL, 0};
+	}
+	lo[n] = (struct option) {"help", no_argument, NULL, 'h'};
+	lo[n + 1] = (struct option) {NULL, 0, NULL, 0};
+	while ((ch = getopt_long(argc, argv, "", lo, &idx)) != -1) {
+		const bench_opt *b = &opts[idx];
+
+		if (ch == 'h') {
+			usage(stdout);
+			exit(0);
+		}
+		if (ch != 0) {
+			usage(stderr);
+			return 1;
+		}
+		if (b->kind == 's') {
+			*(const char **) b->dst = optarg;
+		} else if (b->kind == 'f') {
+			*(bool *) b->dst = true;
+		} else if (b->kind == 'n'
+		    && bench_parse_size(optarg, b->dst) != 0) {
+			fprintf(stderr, "%s: bad number '%s'\n", prog, optarg);
+			return 1;
+		} else if (b->kind == 'S'
+		    && bench_parse_seconds(optarg, b->dst) != 0) {
+			fprintf(
+			    stderr, "%s: bad seconds '%s'\n", prog, optarg);
+			return 1;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 1;
+	}
+	return 0;
+}
+
+/* Seconds from a to b (CLOCK_MONOTONIC ns), at least 1 ns. */
+static inline double
+bench_secs(uint64_t a, uint64_t b)
+{
+	double s = (double) (b - a) / 1e9;
+
+	return s > 0 ? s : 1e-9;
+}
+
 static inline int
 bench_cmp_u64(const void *a, const void *b)
 {
@@ -283,6 +357,30 @@ static inline void
 bench_sort_u64(uint64_t *v, size_t n)
 {
 	qsort(v, n, sizeof(*v), bench_cmp_u64);
+}
+
+/* Prints the result line of n (> 0) timed round trips (ns, sorted here)
+ * taken in secs: p50, p99, mean, min and max. */
+static inline void
+bench_print_pingpong(
+    const char *impl, uint64_t size, uint64_t *rtt, uint64_t n, double secs)
+{
+	double sum = 0;
+
+	bench_sort_u64(rtt, (size_t) n);
+	for (uint64_t i = 0; i < n; i++) {
+		sum += (double) rtt[i];
+	}
+	printf("{\"impl\": \"%s\", \"mode\": \"pingpong\", \"size\": %" PRIu64
+	       ", \"round_trips\": %" PRIu64
+	       ", \"seconds\": %.6f, \"round_trips_per_s\": %.1f, "
+	       "\"p50_us\": %.3f, \"p99_us\": %.3f, \"mean_us\": %.3f, "
+	       "\"min_us\": %.3f, \"max_us\": %.3f}\n",
+	    impl, size, n, secs, (double) n / secs,
+	    (double) bench_percentile(rtt, (size_t) n, 50) / 1e3,
+	    (double) bench_percentile(rtt, (size_t) n, 99) / 1e3,
+	    sum / (double) n / 1e3, (double) rtt[0] / 1e3,
+	    (double) rtt[n - 1] / 1e3);
 }
 
 /* Prints {"impl": impl, "error": msg} as the result line; returns 1. */

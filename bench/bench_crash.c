@@ -26,7 +26,6 @@
  */
 #include "bench.h"
 
-#include <getopt.h>
 #include <inttypes.h>
 #include <qpipe.h>
 #include <stdbool.h>
@@ -526,61 +525,38 @@ one_run(cr_shared *sh, uint64_t run, uint64_t seed, uint64_t *rng,
 	return 0;
 }
 
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: bench_crash [--runs N] [--items N] [--seed S] [--timeout "
+	    "SEC] [--stacks]\n"
+	    "Kills one of 2 producers and 2 consumers per run; checks that "
+	    "nothing\n"
+	    "acknowledged is lost or duplicated and that the rest go on in "
+	    "100 ms.\n");
+}
+
 int
 main(int argc, char **argv)
 {
-	static const struct option longopts[] = {
-	    {"runs", required_argument, NULL, 'r'},
-	    {"items", required_argument, NULL, 'n'},
-	    {"seed", required_argument, NULL, 's'},
-	    {"timeout", required_argument, NULL, 't'},
-	    {"stacks", no_argument, NULL, 'k'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
-	};
 	uint64_t runs = 1000, items = 4000, seed = 0, rng;
 	double timeout = 10;
+	const bench_opt opts[] = {
+	    {"runs", 'n', &runs},
+	    {"items", 'n', &items},
+	    {"seed", 'n', &seed},
+	    {"timeout", 'S', &timeout},
+	    {"stacks", 'f', &cr_stacks},
+	    {NULL, 0, NULL},
+	};
 	cr_totals t;
 	cr_shared *sh;
-	int ch;
 
-	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		uint64_t *dst = ch == 'r' ? &runs : ch == 'n' ? &items : &seed;
-
-		switch (ch) {
-		case 'r':
-		case 'n':
-		case 's':
-			if (bench_parse_size(optarg, dst) != 0) {
-				fprintf(stderr,
-				    "bench_crash: bad number '%s'\n", optarg);
-				return 2;
-			}
-			break;
-		case 't':
-			if (bench_parse_seconds(optarg, &timeout) != 0) {
-				fprintf(stderr,
-				    "bench_crash: bad timeout '%s'\n", optarg);
-				return 2;
-			}
-			break;
-		case 'k':
-			cr_stacks = true;
-			break;
-		case 'h':
-			printf("usage: bench_crash [--runs N] [--items N] "
-			       "[--seed S] [--timeout SEC] [--stacks]\n"
-			       "Kills one of 2 producers and 2 consumers per "
-			       "run; checks that nothing\n"
-			       "acknowledged is lost or duplicated and that "
-			       "the rest go on in 100 ms.\n");
-			return 0;
-		default:
-			return 2;
-		}
+	if (bench_parse_opts(argc, argv, "bench_crash", opts, usage) != 0) {
+		return 2;
 	}
-	if (optind != argc || runs < 1 || runs > 1000000 || items < 1
-	    || items > MAX_ITEMS) {
+	if (runs < 1 || runs > 1000000 || items < 1 || items > MAX_ITEMS) {
 		fprintf(stderr, "bench_crash: runs 1-1000000, items 1-%d\n",
 		    MAX_ITEMS);
 		return 2;

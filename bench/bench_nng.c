@@ -15,7 +15,6 @@
  */
 #include "bench.h"
 
-#include <getopt.h>
 #include <inttypes.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
@@ -132,51 +131,19 @@ usage(FILE *f)
 static int
 parse_args(int argc, char **argv, bn_opts *o)
 {
-	static const struct option longopts[] = {
-	    {"proto", required_argument, NULL, 'p'},
-	    {"size", required_argument, NULL, 's'},
-	    {"count", required_argument, NULL, 'n'},
-	    {"seconds", required_argument, NULL, 'S'},
-	    {"timeout", required_argument, NULL, 't'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+	const bench_opt opts[] = {
+	    {"proto", 's', &o->proto},
+	    {"size", 'n', &o->size},
+	    {"count", 'n', &o->count},
+	    {"seconds", 'S', &o->seconds},
+	    {"timeout", 'S', &o->timeout},
+	    {NULL, 0, NULL},
 	};
-	int ch;
 
-	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		switch (ch) {
-		case 'p':
-			o->proto = optarg;
-			break;
-		case 's':
-		case 'n':
-			if (bench_parse_size(
-			        optarg, ch == 's' ? &o->size : &o->count)
-			    != 0) {
-				fprintf(stderr, "bench_nng: bad number '%s'\n",
-				    optarg);
-				return 1;
-			}
-			break;
-		case 'S':
-		case 't':
-			if (bench_parse_seconds(
-			        optarg, ch == 'S' ? &o->seconds : &o->timeout)
-			    != 0) {
-				fprintf(stderr,
-				    "bench_nng: bad seconds '%s'\n", optarg);
-				return 1;
-			}
-			break;
-		case 'h':
-			usage(stdout);
-			exit(0);
-		default:
-			usage(stderr);
-			return 1;
-		}
+	if (bench_parse_opts(argc, argv, "bench_nng", opts, usage) != 0) {
+		return 1;
 	}
-	if (optind != argc || o->proto == NULL
+	if (o->proto == NULL
 	    || (strcmp(o->proto, "pair1") != 0
 	        && strcmp(o->proto, "req0") != 0)) {
 		usage(stderr);
@@ -273,7 +240,7 @@ int
 main(int argc, char **argv)
 {
 	bn_opts o = {NULL, 64, 100000, 1.0, 30.0};
-	uint64_t *rtt, t0 = 0, t_end, sum = 0;
+	uint64_t *rtt, t0 = 0, t_end;
 	char msg[400];
 	int fd[2], port;
 	int64_t n;
@@ -319,21 +286,9 @@ main(int argc, char **argv)
 	if (n == 0) {
 		return bench_fail(o.proto, "no round trip measured");
 	}
-	bench_sort_u64(rtt, (size_t) n);
-	for (int64_t i = 0; i < n; i++) {
-		sum += rtt[i];
-	}
-	printf("{\"impl\": \"nng-%s\", \"mode\": \"pingpong\", \"size\": "
-	       "%" PRIu64 ", \"round_trips\": %" PRId64
-	       ", \"seconds\": %.6f, \"round_trips_per_s\": %.1f, "
-	       "\"p50_us\": %.3f, \"p99_us\": %.3f, \"mean_us\": %.3f, "
-	       "\"min_us\": %.3f, \"max_us\": %.3f}\n",
-	    o.proto, o.size, n, (double) (t_end - t0) / 1e9,
-	    (double) n / ((double) (t_end - t0) / 1e9),
-	    (double) bench_percentile(rtt, (size_t) n, 50) / 1e3,
-	    (double) bench_percentile(rtt, (size_t) n, 99) / 1e3,
-	    (double) sum / (double) n / 1e3, (double) rtt[0] / 1e3,
-	    (double) rtt[n - 1] / 1e3);
+	snprintf(msg, sizeof(msg), "nng-%s", o.proto);
+	bench_print_pingpong(
+	    msg, o.size, rtt, (uint64_t) n, (double) (t_end - t0) / 1e9);
 	free(rtt);
 	return 0;
 }

@@ -27,7 +27,6 @@
  */
 #include "bench.h"
 
-#include <getopt.h>
 #include <inttypes.h>
 #include <qpipe.h>
 #include <stdbool.h>
@@ -424,55 +423,20 @@ usage(FILE *f)
 static int
 parse_args(int argc, char **argv, bp_opts *o)
 {
-	static const struct option longopts[] = {
-	    {"impl", required_argument, NULL, 'i'},
-	    {"mode", required_argument, NULL, 'm'},
-	    {"size", required_argument, NULL, 's'},
-	    {"count", required_argument, NULL, 'n'},
-	    {"seconds", required_argument, NULL, 'S'},
-	    {"timeout", required_argument, NULL, 't'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+	const bench_opt opts[] = {
+	    {"impl", 's', &o->impl},
+	    {"mode", 's', &o->mode},
+	    {"size", 'n', &o->size},
+	    {"count", 'n', &o->count},
+	    {"seconds", 'S', &o->seconds},
+	    {"timeout", 'S', &o->timeout},
+	    {NULL, 0, NULL},
 	};
-	int ch;
 
-	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		switch (ch) {
-		case 'i':
-			o->impl = optarg;
-			break;
-		case 'm':
-			o->mode = optarg;
-			break;
-		case 's':
-		case 'n':
-			if (bench_parse_size(
-			        optarg, ch == 's' ? &o->size : &o->count)
-			    != 0) {
-				fprintf(stderr,
-				    "bench_pipe: bad number '%s'\n", optarg);
-				return 1;
-			}
-			break;
-		case 'S':
-		case 't':
-			if (bench_parse_seconds(
-			        optarg, ch == 'S' ? &o->seconds : &o->timeout)
-			    != 0) {
-				fprintf(stderr,
-				    "bench_pipe: bad seconds '%s'\n", optarg);
-				return 1;
-			}
-			break;
-		case 'h':
-			usage(stdout);
-			exit(0);
-		default:
-			usage(stderr);
-			return 1;
-		}
+	if (bench_parse_opts(argc, argv, "bench_pipe", opts, usage) != 0) {
+		return 1;
 	}
-	if (optind != argc || o->impl == NULL || o->mode == NULL
+	if (o->impl == NULL || o->mode == NULL
 	    || (strcmp(o->mode, "oneway") != 0
 	        && strcmp(o->mode, "pingpong") != 0)) {
 		usage(stderr);
@@ -485,28 +449,6 @@ parse_args(int argc, char **argv, bp_opts *o)
 		    "1-2^32\n");
 		return 1;
 	}
-	return 0;
-}
-
-static int
-print_pingpong(const bp_opts *o, uint64_t *rtt, uint64_t n, double secs)
-{
-	double sum = 0;
-
-	bench_sort_u64(rtt, n);
-	for (uint64_t i = 0; i < n; i++) {
-		sum += (double) rtt[i];
-	}
-	printf("{\"impl\": \"%s\", \"mode\": \"pingpong\", \"size\": %" PRIu64
-	       ", \"round_trips\": %" PRIu64
-	       ", \"seconds\": %.6f, \"round_trips_per_s\": %.1f, "
-	       "\"p50_us\": %.3f, \"p99_us\": %.3f, \"mean_us\": %.3f, "
-	       "\"min_us\": %.3f, \"max_us\": %.3f}\n",
-	    o->impl, o->size, n, secs, (double) n / secs,
-	    (double) bench_percentile(rtt, n, 50) / 1e3,
-	    (double) bench_percentile(rtt, n, 99) / 1e3,
-	    sum / (double) n / 1e3, (double) rtt[0] / 1e3,
-	    (double) rtt[n - 1] / 1e3);
 	return 0;
 }
 
@@ -629,8 +571,9 @@ main(int argc, char **argv)
 		if (n == 0) {
 			return bench_fail(o.impl, "no round trip measured");
 		}
-		return print_pingpong(
-		    &o, rtt, (uint64_t) n, (double) (t_end - t0) / 1e9);
+		bench_print_pingpong(o.impl, o.size, rtt, (uint64_t) n,
+		    (double) (t_end - t0) / 1e9);
+		return 0;
 	}
 	{
 		uint64_t got = atomic_load(&ctl->received);

@@ -26,7 +26,6 @@
  */
 #include "bench.h"
 
-#include <getopt.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <qpipe.h>
@@ -555,66 +554,34 @@ usage(FILE *f)
 static int
 parse_args(int argc, char **argv, bq_opts *o)
 {
-	static const struct option longopts[] = {
-	    {"impl", required_argument, NULL, 'i'},
-	    {"producers", required_argument, NULL, 'p'},
-	    {"consumers", required_argument, NULL, 'c'},
-	    {"size", required_argument, NULL, 's'},
-	    {"count", required_argument, NULL, 'n'},
-	    {"capacity", required_argument, NULL, 'C'},
-	    {"timeout", required_argument, NULL, 't'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+	uint64_t workers[2]
+	    = {(uint64_t) o->producers, (uint64_t) o->consumers};
+	const bench_opt opts[] = {
+	    {"impl", 's', &o->impl},
+	    {"producers", 'n', &workers[0]},
+	    {"consumers", 'n', &workers[1]},
+	    {"size", 'n', &o->size},
+	    {"count", 'n', &o->count},
+	    {"capacity", 'n', &o->capacity},
+	    {"timeout", 'S', &o->timeout},
+	    {NULL, 0, NULL},
 	};
-	uint64_t v;
-	int ch;
 
-	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		switch (ch) {
-		case 'i':
-			o->impl = optarg;
-			break;
-		case 'p':
-		case 'c':
-			if (bench_parse_size(optarg, &v) != 0 || v < 1
-			    || v > MAX_WORKERS) {
-				fprintf(stderr,
-				    "bench_queue: bad count of "
-				    "workers '%s' (1-64)\n",
-				    optarg);
-				return 1;
-			}
-			*(ch == 'p' ? &o->producers : &o->consumers) = (int) v;
-			break;
-		case 's':
-		case 'n':
-		case 'C':
-			if (bench_parse_size(optarg, &v) != 0) {
-				fprintf(stderr,
-				    "bench_queue: bad number '%s'\n", optarg);
-				return 1;
-			}
-			*(ch == 's'         ? &o->size
-			        : ch == 'n' ? &o->count
-			                    : &o->capacity)
-			    = v;
-			break;
-		case 't':
-			if (bench_parse_seconds(optarg, &o->timeout) != 0) {
-				fprintf(stderr,
-				    "bench_queue: bad timeout '%s'\n", optarg);
-				return 1;
-			}
-			break;
-		case 'h':
-			usage(stdout);
-			exit(0);
-		default:
-			usage(stderr);
+	if (bench_parse_opts(argc, argv, "bench_queue", opts, usage) != 0) {
+		return 1;
+	}
+	for (int i = 0; i < 2; i++) {
+		if (workers[i] < 1 || workers[i] > MAX_WORKERS) {
+			fprintf(stderr,
+			    "bench_queue: bad count of workers '%" PRIu64
+			    "' (1-%d)\n",
+			    workers[i], MAX_WORKERS);
 			return 1;
 		}
 	}
-	if (optind != argc || o->impl == NULL) {
+	o->producers = (int) workers[0];
+	o->consumers = (int) workers[1];
+	if (o->impl == NULL) {
 		usage(stderr);
 		return 1;
 	}

@@ -14,7 +14,6 @@
  */
 #include "bench.h"
 
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <zmq.h>
@@ -47,47 +46,19 @@ usage(FILE *f)
 static int
 parse_args(int argc, char **argv, bz_opts *o)
 {
-	static const struct option longopts[] = {
-	    {"size", required_argument, NULL, 's'},
-	    {"count", required_argument, NULL, 'n'},
-	    {"pushers", required_argument, NULL, 'P'},
-	    {"timeout", required_argument, NULL, 't'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+	const bench_opt opts[] = {
+	    {"size", 'n', &o->size},
+	    {"count", 'n', &o->count},
+	    {"pushers", 'n', &o->pushers},
+	    {"timeout", 'S', &o->timeout},
+	    {NULL, 0, NULL},
 	};
-	int ch;
 
-	while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-		uint64_t *v = ch == 's' ? &o->size
-		    : ch == 'n'         ? &o->count
-		                        : &o->pushers;
-		switch (ch) {
-		case 's':
-		case 'n':
-		case 'P':
-			if (bench_parse_size(optarg, v) != 0) {
-				fprintf(stderr, "bench_zmq: bad number '%s'\n",
-				    optarg);
-				return 1;
-			}
-			break;
-		case 't':
-			if (bench_parse_seconds(optarg, &o->timeout) != 0) {
-				fprintf(stderr,
-				    "bench_zmq: bad seconds '%s'\n", optarg);
-				return 1;
-			}
-			break;
-		case 'h':
-			usage(stdout);
-			exit(0);
-		default:
-			usage(stderr);
-			return 1;
-		}
+	if (bench_parse_opts(argc, argv, "bench_zmq", opts, usage) != 0) {
+		return 1;
 	}
-	if (optind != argc || o->size < 16 || o->size > (UINT64_C(1) << 20)
-	    || o->count < 1 || o->count > (UINT64_C(1) << 28) || o->pushers < 1
+	if (o->size < 16 || o->size > (UINT64_C(1) << 20) || o->count < 1
+	    || o->count > (UINT64_C(1) << 28) || o->pushers < 1
 	    || o->pushers > MAX_PUSHERS) {
 		fprintf(stderr,
 		    "bench_zmq: size 16 B-1 MiB, count 1-2^28, pushers "

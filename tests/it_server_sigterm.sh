@@ -9,30 +9,10 @@
 # a durable queue with fsync=always (every acknowledged put is in the log
 # when a new server opens it). Every process is started here and stopped
 # by its PID.
-set -uo pipefail
-bin="${QP_BIN:?QP_BIN names the build bin directory}"
-tmp=$(mktemp -d)
-pids=()
+. "$(dirname "${BASH_SOURCE[0]}")/failfast.sh"
 q="sig$$x${RANDOM}"
 
-cleanup() {
-	for p in "${pids[@]}"; do
-		kill -KILL "$p" 2>/dev/null
-		wait "$p" 2>/dev/null
-	done
-	rm -f /dev/shm/qpipe."$q"* 2>/dev/null
-	[ -n "${QP_KEEP:-}" ] || rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fail() {
-	echo "FAIL: $*" >&2
-	for f in "$tmp"/*.log; do
-		[ -s "$f" ] && tail -n 20 "$f" | sed "s|^|$(basename "$f"): |" >&2
-	done
-	exit 1
-}
-ok() { echo "ok   $*"; }
+cleanup_more() { rm -f /dev/shm/qpipe."$q"* 2>/dev/null; }
 
 # The clients here redial while the server stops, so connections are still
 # in nng's SP handshake when qpiped closes its socket; nng 1.5.2 then leaks
@@ -51,13 +31,7 @@ start() {
 		>"$tmp/$name.out" 2>"$tmp/$name.log" &
 	pid=$!
 	pids+=("$pid")
-	for _ in $(seq 200); do
-		[ -s "$tmp/$name.port" ] && break
-		kill -0 "$pid" 2>/dev/null || fail "$name: qpiped exited at start"
-		sleep 0.025
-	done
-	[ -s "$tmp/$name.port" ] || fail "$name: no port file"
-	url=$(head -n 1 "$tmp/$name.port")
+	await_port "$pid" "$tmp/$name.port"
 }
 
 # wait_for FILE TEXT COUNT: until FILE holds COUNT lines with TEXT (10 s).

@@ -8,32 +8,13 @@
 # connection dropped meanwhile is back in it; and SIGTERM stops the server within
 # 1 s while the process is stopped again with requests parked on its
 # queue. Every process is started here and stopped by its PID.
-set -uo pipefail
-bin="${QP_BIN:?QP_BIN names the build bin directory}"
-tmp=$(mktemp -d)
-pids=()
+. "$(dirname "${BASH_SOURCE[0]}")/failfast.sh"
 hot="hot$$x${RANDOM}"
 other="other$$x${RANDOM}"
 
-cleanup() {
-	for p in "${pids[@]}"; do
-		kill -KILL "$p" 2>/dev/null
-		kill -CONT "$p" 2>/dev/null
-		wait "$p" 2>/dev/null
-	done
+cleanup_more() {
 	rm -f /dev/shm/qpipe."$hot" /dev/shm/qpipe."$other" 2>/dev/null
-	[ -n "${QP_KEEP:-}" ] || rm -rf "$tmp"
 }
-trap cleanup EXIT
-
-fail() {
-	echo "FAIL: $*" >&2
-	for f in "$tmp"/*.log; do
-		[ -s "$f" ] && tail -n 20 "$f" | sed "s|^|$(basename "$f"): |" >&2
-	done
-	exit 1
-}
-ok() { echo "ok   $*"; }
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
@@ -74,13 +55,7 @@ hold() {
 	>"$tmp/server.out" 2>"$tmp/server.log" &
 srv=$!
 pids+=("$srv")
-for _ in $(seq 200); do
-	[ -s "$tmp/port" ] && break
-	kill -0 "$srv" 2>/dev/null || fail "qpiped exited at start"
-	sleep 0.025
-done
-[ -s "$tmp/port" ] || fail "no port file"
-url=$(head -n 1 "$tmp/port")
+await_port "$srv" "$tmp/port"
 
 # Both queues exist and are hosted; hot holds one item.
 timed 3000 0 "put to hot" "$bin/qpipe" put --timeout 1 "$url/$hot" first

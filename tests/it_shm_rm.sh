@@ -8,31 +8,13 @@
 # new queue of that name gets an item; `qpipe stat` stops counting five
 # waiting getters once they are killed with kill -9. Every process is
 # started here and stopped by its PID.
-set -uo pipefail
-bin="${QP_BIN:?QP_BIN names the build bin directory}"
-tmp=$(mktemp -d)
-pids=()
+. "$(dirname "${BASH_SOURCE[0]}")/failfast.sh"
 q="rm$$x${RANDOM}"
 h="heal$$x${RANDOM}"
 
-cleanup() {
-	for p in "${pids[@]}"; do
-		kill -KILL "$p" 2>/dev/null
-		wait "$p" 2>/dev/null
-	done
+cleanup_more() {
 	rm -f /dev/shm/qpipe."$q" /dev/shm/qpipe."$h" 2>/dev/null
-	[ -n "${QP_KEEP:-}" ] || rm -rf "$tmp"
 }
-trap cleanup EXIT
-
-fail() {
-	echo "FAIL: $*" >&2
-	for f in "$tmp"/*.log "$tmp"/*.err; do
-		[ -s "$f" ] && tail -n 20 "$f" | sed "s|^|$(basename "$f"): |" >&2
-	done
-	exit 1
-}
-ok() { echo "ok   $*"; }
 
 # ended PID WANT WHAT ERRFILE PATTERN: PID exits WANT within 10 s, and
 # ERRFILE matches PATTERN.
@@ -69,13 +51,7 @@ await_getters() {
 	>"$tmp/qpiped.out" 2>"$tmp/qpiped.log" &
 srv=$!
 pids+=("$srv")
-for _ in $(seq 200); do
-	[ -s "$tmp/port" ] && break
-	kill -0 "$srv" 2>/dev/null || fail "qpiped exited at start"
-	sleep 0.025
-done
-[ -s "$tmp/port" ] || fail "no port file"
-url=$(head -n 1 "$tmp/port")
+await_port "$srv" "$tmp/port"
 
 # ---- rm while in use ----
 "$bin/qpipe" create "shm://$q" || fail "create"

@@ -9,40 +9,19 @@
 # process; qpiped goes on serving its other queues. Segments live in a
 # directory of this test's own (QPIPE_SHM_DIR). Exits 77 where it cannot
 # run as root and as nobody. Every process is stopped by its PID.
-set -uo pipefail
-bin="${QP_BIN:?QP_BIN names the build bin directory}"
-tmp=$(mktemp -d)
-pids=()
+. "$(dirname "${BASH_SOURCE[0]}")/failfast.sh"
 
 if [ "$(id -u)" -ne 0 ] ||
 	! setpriv --reuid=65534 --regid=65534 --clear-groups \
 		"$bin/qpipe" --version >/dev/null 2>&1; then
 	echo "skip: needs root and setpriv to run as nobody (65534)"
-	rm -rf "$tmp"
 	exit 77
 fi
 shm=$(mktemp -d /dev/shm/qpipe-trust.XXXXXX)
 chmod 1777 "$shm"
 export QPIPE_SHM_DIR="$shm"
 
-cleanup() {
-	for p in "${pids[@]}"; do
-		kill -KILL "$p" 2>/dev/null
-		wait "$p" 2>/dev/null
-	done
-	rm -rf "$shm"
-	[ -n "${QP_KEEP:-}" ] || rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fail() {
-	echo "FAIL: $*" >&2
-	for f in "$tmp"/*.log "$tmp"/*.err; do
-		[ -s "$f" ] && tail -n 20 "$f" | sed "s|^|$(basename "$f"): |" >&2
-	done
-	exit 1
-}
-ok() { echo "ok   $*"; }
+cleanup_more() { rm -rf "$shm"; }
 
 # run WANT_RC GREP WHAT CMD...: CMD (killed after 10 s) must exit WANT_RC,
 # its stderr matching GREP (empty: anything).
@@ -83,13 +62,7 @@ run 0 "" "--any-owner trusts it" \
 	>"$tmp/qpiped.out" 2>"$tmp/qpiped.log" &
 srv=$!
 pids+=("$srv")
-for _ in $(seq 200); do
-	[ -s "$tmp/port" ] && break
-	kill -0 "$srv" 2>/dev/null || fail "qpiped exited at start"
-	sleep 0.025
-done
-[ -s "$tmp/port" ] || fail "no port file"
-url=$(head -n 1 "$tmp/port")
+await_port "$srv" "$tmp/port"
 run 2 "owned by uid 65534" "root's qpiped refuses nobody's segment" \
 	"$bin/qpipe" put "$url/payroll" secret
 grep -q secret "$shm/qpipe.payroll" && fail "the item reached the segment"
@@ -101,11 +74,7 @@ alive "$srv" "qpiped"
 	--shm-any-owner >"$tmp/qpiped2.out" 2>"$tmp/qpiped2.log" &
 srv2=$!
 pids+=("$srv2")
-for _ in $(seq 200); do
-	[ -s "$tmp/port2" ] && break
-	sleep 0.025
-done
-url2=$(head -n 1 "$tmp/port2")
+await_port "$srv2" "$tmp/port2" url2
 run 0 "" "qpiped --shm-any-owner hosts it" \
 	"$bin/qpipe" put "$url2/payroll" trusted2
 kill -TERM "$srv2"

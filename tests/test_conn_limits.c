@@ -18,6 +18,7 @@
 
 #include "qpi.h"
 #include "qps_testsrv.h"
+#include "sp_raw.h"
 #include "wire.h"
 
 #include <arpa/inet.h>
@@ -55,26 +56,10 @@ typedef struct rc {
 static void
 rc_open(rc *c, const char *url, bool hs)
 {
-	static const uint8_t hs_req0[] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
-	struct sockaddr_in sa = {.sin_family = AF_INET};
-	uint8_t got[8];
-	size_t have = 0;
-	long long end = tsrv_now_ms() + 5000;
-
 	memset(c, 0, sizeof(*c));
-	sa.sin_port = htons((uint16_t) atoi(strrchr(url, ':') + 1));
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	c->fd = socket(AF_INET, SOCK_STREAM, 0);
-	CHECK(c->fd >= 0);
-	CHECK(connect(c->fd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
+	c->fd = spr_dial(url, 0);
 	if (hs) {
-		CHECK(write(c->fd, hs_req0, 8) == 8);
-		while (have < 8 && tsrv_now_ms() < end) {
-			ssize_t n = read(c->fd, got + have, 8 - have);
-			CHECK(n > 0);
-			have += (size_t) n;
-		}
-		CHECK(have == 8);
+		spr_handshake(c->fd);
 	}
 	CHECK(fcntl(c->fd, F_SETFL, O_NONBLOCK) == 0);
 }
@@ -475,26 +460,6 @@ test_conn_limits_leases_per_conn(void **state)
 
 /* ---- connections that never finish their handshake or auth ---- */
 
-/* Milliseconds until the server closes fd (reading what it sends), or
- * -1 if it is still open after limit_ms. */
-static long long
-ms_to_close(int fd, long long t0, long long limit_ms)
-{
-	uint8_t buf[256];
-
-	while (tsrv_now_ms() - t0 < limit_ms) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		if (poll(&p, 1, 50) <= 0) {
-			continue;
-		}
-		ssize_t n = read(fd, buf, sizeof(buf));
-		if (n == 0 || (n < 0 && errno != EAGAIN)) {
-			return tsrv_now_ms() - t0;
-		}
-	}
-	return -1;
-}
-
 static void
 time_limits_body(void)
 {
@@ -532,11 +497,11 @@ time_limits_body(void)
 		rc_open(&c[i], t.url, i >= 5);
 	}
 	for (int i = 0; i < 5; i++) {
-		long long ms = ms_to_close(c[i].fd, t0, 5000);
+		long long ms = spr_ms_to_close(c[i].fd, t0, 5000);
 		CHECK(ms >= 400 && ms < 3000);
 	}
 	for (int i = 5; i < 10; i++) {
-		long long ms = ms_to_close(c[i].fd, t0, 5000);
+		long long ms = spr_ms_to_close(c[i].fd, t0, 5000);
 		CHECK(ms >= 900 && ms < 4000);
 	}
 	/* Then a client with the token is served. */
@@ -760,112 +725,57 @@ test_conn_limits_idle_and_refused(void **state)
 	tsrv_scenario0(idle_body);
 }
 
-/* A TCP proxy in front of the server: its first connection passes
- * everything until kill is set; on every later one the client's first
- * frame (its hello) passes, and at its second the proxy drops both
- * sides: a server that handshakes, then fails every request. */
+/* A proxy (sp_raw.h) in front of the server: its first connection passes
+ * everything until drop_first is set; on every later one the client's
+ * first frame (its hello) passes, and at its second the proxy drops both
+ * sides: a server that handshakes, then fails every request. The client's
+ * stream: 8 handshake bytes, then frames of an 8-byte length and a body. */
 typedef struct flaky {
-	int lfd;
-	uint16_t srv_port;
-	int conns;
-	volatile bool kill;
-	volatile bool stop;
+	size_t hs, hdr, body;
+	uint64_t len;
+	int frames;
 } flaky;
 
-static void *
-flaky_main(void *arg)
+static size_t
+flaky_cut(spr_proxy *px, bool first, const uint8_t *buf, size_t n, bool *drop)
 {
-	flaky *px = arg;
+	flaky *f = px->arg;
+	size_t pass = 0;
 
-	while (!px->stop) {
-		struct pollfd lp = {.fd = px->lfd, .events = POLLIN};
-		if (poll(&lp, 1, 50) <= 0) {
-			continue;
-		}
-		int c = accept(px->lfd, NULL, NULL);
-		if (c < 0) {
-			continue;
-		}
-		struct sockaddr_in sa = {.sin_family = AF_INET};
-		sa.sin_port = htons(px->srv_port);
-		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		int s = socket(AF_INET, SOCK_STREAM, 0);
-		if (s < 0
-		    || connect(s, (struct sockaddr *) &sa, sizeof(sa)) != 0) {
-			close(c);
-			if (s >= 0) {
-				close(s);
-			}
-			continue;
-		}
-		bool first = px->conns++ == 0;
-		/* The client's stream: 8 handshake bytes, then frames of an
-		 * 8-byte length and a body. */
-		size_t hs = 8, hdr = 0, body = 0;
-		uint64_t len = 0;
-		int frames = 0;
-		bool drop = false;
-		while (!px->stop && !drop && !(first && px->kill)) {
-			struct pollfd p[2] = {{.fd = c, .events = POLLIN},
-			    {.fd = s, .events = POLLIN}};
-			uint8_t buf[65536];
-			if (poll(p, 2, 50) <= 0) {
-				continue;
-			}
-			if (p[0].revents) {
-				ssize_t n = read(c, buf, sizeof(buf));
-				size_t pass = 0;
-				if (n <= 0) {
-					break;
-				}
-				for (; pass < (size_t) n; pass++) {
-					if (hs > 0) {
-						hs--;
-					} else if (body > 0) {
-						body--;
-					} else {
-						if (hdr == 0) {
-							if (!first
-							    && frames == 1) {
-								drop = true;
-								break;
-							}
-							len = 0;
-						}
-						len = len << 8 | buf[pass];
-						if (++hdr == 8) {
-							hdr = 0;
-							body = (size_t) len;
-							frames++;
-						}
-					}
-				}
-				if (pass > 0
-				    && write(s, buf, pass) != (ssize_t) pass) {
-					break;
-				}
-			}
-			if (p[1].revents) {
-				ssize_t n = read(s, buf, sizeof(buf));
-				if (n <= 0 || write(c, buf, (size_t) n) != n) {
-					break;
-				}
-			}
-		}
-		close(c);
-		close(s);
+	if (buf == NULL) {
+		*f = (flaky) {.hs = 8};
+		return 0;
 	}
-	return NULL;
+	for (; pass < n; pass++) {
+		if (f->hs > 0) {
+			f->hs--;
+		} else if (f->body > 0) {
+			f->body--;
+		} else {
+			if (f->hdr == 0) {
+				if (!first && f->frames == 1) {
+					*drop = true;
+					break;
+				}
+				f->len = 0;
+			}
+			f->len = f->len << 8 | buf[pass];
+			if (++f->hdr == 8) {
+				f->hdr = 0;
+				f->body = (size_t) f->len;
+				f->frames++;
+			}
+		}
+	}
+	return pass;
 }
 
 static void
 backoff_body(void)
 {
 	tsrv t = {0};
-	flaky px = {0};
-	struct sockaddr_in sa = {.sin_family = AF_INET};
-	socklen_t sl = sizeof(sa);
-	pthread_t thr;
+	flaky f = {0};
+	spr_proxy px = {.poll_ms = 50, .cut = flaky_cut, .arg = &f};
 	char name[64], addr[400];
 	qp_queue *q;
 	long long t0, el;
@@ -873,17 +783,10 @@ backoff_body(void)
 	setenv("QPIPE_TRANSPORT", "sp", 1);
 	setenv("QPIPE_RECONNECT_MS", "2000", 1);
 	CHECK(tsrv_start(&t, "tcp") == 0);
-	px.srv_port = (uint16_t) atoi(strrchr(t.url, ':') + 1);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	px.lfd = socket(AF_INET, SOCK_STREAM, 0);
-	CHECK(px.lfd >= 0);
-	CHECK(bind(px.lfd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
-	CHECK(listen(px.lfd, 64) == 0);
-	CHECK(getsockname(px.lfd, (struct sockaddr *) &sa, &sl) == 0);
-	CHECK(pthread_create(&thr, NULL, flaky_main, &px) == 0);
+	spr_proxy_start(&px, t.url, 64);
 	snprintf(name, sizeof(name), "clback%ld", (long) getpid());
 	snprintf(addr, sizeof(addr), "tcp://127.0.0.1:%u/%s",
-	    (unsigned) ntohs(sa.sin_port), name);
+	    (unsigned) px.port, name);
 	CHECK_EQ(qp_queue_open(
 	             &q, addr, &(qp_queue_opts) {.flags = QP_OPEN_CREATE}),
 	    QP_OK);
@@ -891,7 +794,7 @@ backoff_body(void)
 	/* From now on every connection handshakes, then fails: the client
 	 * redials ever more slowly (only a reply resets its backoff), and
 	 * gives up after its reconnect window. */
-	px.kill = true;
+	px.drop_first = true;
 	t0 = tsrv_now_ms();
 	CHECK_EQ(qp_queue_put(q, "y", 1, 0), QP_ECONNRESET);
 	el = tsrv_now_ms() - t0;
@@ -899,9 +802,7 @@ backoff_body(void)
 	CHECK(el >= 1500);
 	CHECK(px.conns - 1 <= 15);
 	qp_queue_free(q);
-	px.stop = true;
-	pthread_join(thr, NULL);
-	close(px.lfd);
+	spr_proxy_stop(&px);
 	snprintf(addr, sizeof(addr), "%s/%s", t.url, name);
 	qp_queue_unlink(addr);
 	CHECK(tsrv_stop(&t));

@@ -20,6 +20,7 @@
 
 #include "qpi.h"
 #include "qps_testsrv.h"
+#include "sp_raw.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -156,51 +157,6 @@ test_spnet_client_on_nng_server(void **state)
 
 /* ---- bad peers ---- */
 
-/* A socket connected to url (tcp://127.0.0.1:P or ipc://PATH). */
-static int
-raw_connect(const char *url)
-{
-	int fd;
-
-	if (strncmp(url, "ipc://", 6) == 0) {
-		struct sockaddr_un sun = {.sun_family = AF_UNIX};
-		snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", url + 6);
-		fd = socket(AF_UNIX, SOCK_STREAM, 0);
-		CHECK(fd >= 0);
-		CHECK(connect(fd, (struct sockaddr *) &sun, sizeof(sun)) == 0);
-	} else {
-		struct sockaddr_in sa = {.sin_family = AF_INET};
-		const char *p = strrchr(url, ':');
-		CHECK(p != NULL);
-		sa.sin_port = htons((uint16_t) atoi(p + 1));
-		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		fd = socket(AF_INET, SOCK_STREAM, 0);
-		CHECK(fd >= 0);
-		CHECK(connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
-	}
-	return fd;
-}
-
-/* True when the server closes fd within 5 s (whatever it sent first). */
-static bool
-closed_by_server(int fd)
-{
-	uint8_t buf[256];
-	long long end = tsrv_now_ms() + 5000;
-
-	while (tsrv_now_ms() < end) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		if (poll(&p, 1, 100) <= 0) {
-			continue;
-		}
-		ssize_t n = read(fd, buf, sizeof(buf));
-		if (n <= 0) {
-			return true;
-		}
-	}
-	return false;
-}
-
 static void
 send_all(int fd, const void *p, size_t n)
 {
@@ -210,53 +166,52 @@ send_all(int fd, const void *p, size_t n)
 static void
 bad_peers_on(const char *url, bool ipc)
 {
-	static const uint8_t hs_req0[] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
 	static const uint8_t hs_pair1[] = {0, 'S', 'P', 0, 0, 0x11, 0, 0};
 	int fd;
 
 	/* Not SP at all. */
-	fd = raw_connect(url);
+	fd = spr_dial(url, 0);
 	send_all(fd, "GET / HTTP/1.1\r\n\r\n", 18);
-	CHECK(closed_by_server(fd));
+	CHECK(spr_closed_by_server(fd));
 	close(fd);
 
 	/* SP, but not req0. */
-	fd = raw_connect(url);
+	fd = spr_dial(url, 0);
 	send_all(fd, hs_pair1, sizeof(hs_pair1));
-	CHECK(closed_by_server(fd));
+	CHECK(spr_closed_by_server(fd));
 	close(fd);
 
 	/* A length over the limit (2^40 bytes): closed, nothing allocated. */
-	fd = raw_connect(url);
-	send_all(fd, hs_req0, sizeof(hs_req0));
+	fd = spr_dial(url, 0);
+	send_all(fd, spr_hs_req0, sizeof(spr_hs_req0));
 	{
 		uint8_t f[9] = {0x01, 0, 0, 0x01, 0, 0, 0, 0, 0};
 		send_all(fd, ipc ? f : f + 1, ipc ? 9 : 8);
 	}
-	CHECK(closed_by_server(fd));
+	CHECK(spr_closed_by_server(fd));
 	close(fd);
 
 	/* Garbage after a good handshake. */
-	fd = raw_connect(url);
-	send_all(fd, hs_req0, sizeof(hs_req0));
+	fd = spr_dial(url, 0);
+	send_all(fd, spr_hs_req0, sizeof(spr_hs_req0));
 	send_all(fd, "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 10);
-	CHECK(closed_by_server(fd));
+	CHECK(spr_closed_by_server(fd));
 	close(fd);
 
 	if (ipc) {
 		/* A message type other than 1. */
 		static const uint8_t f[]
 		    = {0x02, 0, 0, 0, 0, 0, 0, 0, 4, 0x80, 0, 0, 1};
-		fd = raw_connect(url);
-		send_all(fd, hs_req0, sizeof(hs_req0));
+		fd = spr_dial(url, 0);
+		send_all(fd, spr_hs_req0, sizeof(spr_hs_req0));
 		send_all(fd, f, sizeof(f));
-		CHECK(closed_by_server(fd));
+		CHECK(spr_closed_by_server(fd));
 		close(fd);
 	}
 
 	/* A frame cut short, then the peer goes: nothing breaks. */
-	fd = raw_connect(url);
-	send_all(fd, hs_req0, sizeof(hs_req0));
+	fd = spr_dial(url, 0);
+	send_all(fd, spr_hs_req0, sizeof(spr_hs_req0));
 	send_all(fd, "\0\0\0\0\0\0\0\x10\x80\0", 10);
 	close(fd);
 }
@@ -291,18 +246,14 @@ test_spnet_bad_peers_closed(void **state)
 
 /* ---- a connection dropped after the server applied a put ---- */
 
-/* A TCP proxy in front of the server: on its first connection it passes
- * everything until the client's bytes contain the marker, then lets the
- * server apply them, and drops both sides before the reply gets back.
+/* A proxy (sp_raw.h) in front of the server: on its first connection it
+ * passes everything until the client's bytes contain the marker, then lets
+ * the server apply them, and drops both sides before the reply gets back.
  * Later connections pass everything. */
-typedef struct proxy {
-	int lfd;
-	uint16_t port, srv_port;
+typedef struct marker_cut {
 	const char *marker;
 	int seen; /* connections whose client bytes held the marker */
-	int conns;
-	volatile bool stop;
-} proxy;
+} marker_cut;
 
 static bool
 has_marker(const uint8_t *p, size_t n, const char *m)
@@ -317,82 +268,29 @@ has_marker(const uint8_t *p, size_t n, const char *m)
 	return false;
 }
 
-static void *
-proxy_main(void *arg)
+static size_t
+marker_cut_fn(
+    spr_proxy *px, bool first, const uint8_t *buf, size_t n, bool *drop)
 {
-	proxy *px = arg;
+	marker_cut *m = px->arg;
 
-	while (!px->stop) {
-		struct pollfd lp = {.fd = px->lfd, .events = POLLIN};
-		if (poll(&lp, 1, 100) <= 0) {
-			continue;
-		}
-		int c = accept(px->lfd, NULL, NULL);
-		if (c < 0) {
-			continue;
-		}
-		struct sockaddr_in sa = {.sin_family = AF_INET};
-		sa.sin_port = htons(px->srv_port);
-		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		int s = socket(AF_INET, SOCK_STREAM, 0);
-		if (s < 0
-		    || connect(s, (struct sockaddr *) &sa, sizeof(sa)) != 0) {
-			close(c);
-			if (s >= 0) {
-				close(s);
-			}
-			continue;
-		}
-		bool first = px->conns++ == 0;
-		bool dropping = false;
-		/* One connection at a time: the client has one. */
-		while (!px->stop) {
-			struct pollfd p[2] = {{.fd = c, .events = POLLIN},
-			    {.fd = s, .events = POLLIN}};
-			uint8_t buf[65536];
-			if (poll(p, 2, 100) <= 0) {
-				continue;
-			}
-			if (p[0].revents) {
-				ssize_t n = read(c, buf, sizeof(buf));
-				if (n <= 0) {
-					break;
-				}
-				if (has_marker(buf, (size_t) n, px->marker)) {
-					px->seen++;
-					dropping = first;
-				}
-				if (write(s, buf, (size_t) n) != n) {
-					break;
-				}
-				if (dropping) {
-					/* The server applies it; its reply
-					 * never reaches the client. */
-					tsrv_sleep_ms(200);
-					break;
-				}
-			}
-			if (p[1].revents) {
-				ssize_t n = read(s, buf, sizeof(buf));
-				if (n <= 0 || write(c, buf, (size_t) n) != n) {
-					break;
-				}
-			}
-		}
-		close(c);
-		close(s);
+	if (buf != NULL && has_marker(buf, n, m->marker)) {
+		m->seen++;
+		*drop = first;
 	}
-	return NULL;
+	return n;
 }
 
 static void
 drop_body(void)
 {
 	tsrv t = {0};
-	proxy px = {.marker = "resend-me-once"};
-	struct sockaddr_in sa = {.sin_family = AF_INET};
-	socklen_t sl = sizeof(sa);
-	pthread_t thr;
+	marker_cut mc = {.marker = "resend-me-once"};
+	/* The server applies it; its reply never reaches the client. */
+	spr_proxy px = {.poll_ms = 100,
+	    .cut_wait_ms = 200,
+	    .cut = marker_cut_fn,
+	    .arg = &mc};
 	char name[64], addr[400], direct[400], buf[64];
 	qp_queue *q, *d;
 	size_t n;
@@ -400,15 +298,7 @@ drop_body(void)
 	setenv("QP_SERVER_TRANSPORT", spnet_server(), 1);
 	setenv("QPIPE_TRANSPORT", "sp", 1);
 	CHECK(tsrv_start(&t, "tcp") == 0);
-	px.srv_port = (uint16_t) atoi(strrchr(t.url, ':') + 1);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	px.lfd = socket(AF_INET, SOCK_STREAM, 0);
-	CHECK(px.lfd >= 0);
-	CHECK(bind(px.lfd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
-	CHECK(listen(px.lfd, 8) == 0);
-	CHECK(getsockname(px.lfd, (struct sockaddr *) &sa, &sl) == 0);
-	px.port = ntohs(sa.sin_port);
-	CHECK(pthread_create(&thr, NULL, proxy_main, &px) == 0);
+	spr_proxy_start(&px, t.url, 8);
 
 	snprintf(name, sizeof(name), "spdrop%ld", (long) getpid());
 	snprintf(addr, sizeof(addr), "tcp://127.0.0.1:%u/%s",
@@ -421,7 +311,7 @@ drop_body(void)
 	/* The put's reply is lost with its connection: the client sends it
 	 * again on a new one, and the server applies it once. */
 	CHECK_EQ(qp_queue_put(q, "resend-me-once", 14, 5000), QP_OK);
-	CHECK_EQ(px.seen, 2);
+	CHECK_EQ(mc.seen, 2);
 	CHECK(px.conns >= 2);
 	CHECK_EQ(qp_queue_put(q, "after", 5, 0), QP_OK);
 	CHECK_EQ(qp_queue_open(&d, direct, NULL), QP_OK);
@@ -435,9 +325,7 @@ drop_body(void)
 	CHECK(n == 5 && memcmp(buf, "after", 5) == 0);
 	qp_queue_free(q);
 	qp_queue_free(d);
-	px.stop = true;
-	pthread_join(thr, NULL);
-	close(px.lfd);
+	spr_proxy_stop(&px);
 	CHECK_EQ(qp_queue_unlink(direct), QP_OK);
 	CHECK(tsrv_stop(&t));
 }
@@ -524,7 +412,6 @@ no_reader_body(void)
 	 * 8 + 4 + 5 bytes. */
 	static const uint8_t ping[]
 	    = {0, 0, 0, 0, 0, 0, 0, 8, 0x80, 0, 0, 1, 0x93, 0x01, 0x03, 0x05};
-	static const uint8_t hs_req0[] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
 	uint8_t buf[65536];
 	tsrv t = {0};
 	char name[64];
@@ -536,21 +423,9 @@ no_reader_body(void)
 	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "--max-message");
 	snprintf(t.extra[t.nextra++], sizeof(t.extra[0]), "1024");
 	CHECK(tsrv_start(&t, "tcp") == 0);
-	{
-		/* A small receive buffer: the replies back up in the server
-		 * soon. */
-		struct sockaddr_in sa = {.sin_family = AF_INET};
-		int small = 4096;
-		sa.sin_port = htons((uint16_t) atoi(strrchr(t.url, ':') + 1));
-		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		fd = socket(AF_INET, SOCK_STREAM, 0);
-		CHECK(fd >= 0);
-		CHECK(setsockopt(
-		          fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small))
-		    == 0);
-		CHECK(connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0);
-	}
-	send_all(fd, hs_req0, sizeof(hs_req0));
+	/* A small receive buffer: the replies back up in the server soon. */
+	fd = spr_dial(t.url, 4096);
+	send_all(fd, spr_hs_req0, sizeof(spr_hs_req0));
 	CHECK(fcntl(fd, F_SETFL, O_NONBLOCK) == 0);
 	/* Requests, never reading a reply, until the socket takes no more
 	 * for 200 ms (the server stopped reading us) or a million of them

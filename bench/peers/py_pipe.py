@@ -19,24 +19,13 @@ Run by bench/run with /usr/bin/python3:
 import argparse
 import json
 import multiprocessing as mp
-import os
 import resource
 import sys
 import time
 
+from peerlib import pin
+
 WARMUP = 200
-
-
-def pin(role):
-    """QPIPE_BENCH_CPUS="A,B" (set by bench/run): role 0, the serving
-    side, on CPU A; role 1, the driving side, on CPU B ("A": both on A)."""
-    spec = os.environ.get("QPIPE_BENCH_CPUS", "")
-    try:
-        cpus = [int(x) for x in spec.split(",")] if spec else []
-    except ValueError:
-        cpus = []
-    if cpus:
-        os.sched_setaffinity(0, {cpus[min(role, len(cpus) - 1)]})
 
 
 def receiver(conn, count, size, done):

@@ -12,38 +12,10 @@ Run by bench/run with /usr/bin/python3:
 """
 
 import argparse
-import json
 import multiprocessing as mp
-import resource
 import sys
-import time
 
-
-def producer(q, first_put, size, count):
-    item = b"\xa5" * size
-    t0 = time.monotonic()
-    with first_put.get_lock():
-        if first_put.value == 0 or t0 < first_put.value:
-            first_put.value = t0
-    put = q.put
-    for _ in range(count):
-        put(item)
-    # Exiting joins the feeder thread: every item is in the pipe by then.
-
-
-def consumer(q, done, size):
-    get = q.get
-    items = 0
-    while True:
-        item = get()
-        if item is None:
-            break
-        if len(item) != size:
-            done.put((0.0, -1))
-            return
-        items += 1
-    t1 = time.monotonic()
-    done.put((t1, items))
+from peerlib import run_queue
 
 
 def main():
@@ -56,57 +28,7 @@ def main():
     a = ap.parse_args()
 
     ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    done = ctx.Queue()
-    first_put = ctx.Value("d", 0.0)
-    procs = [ctx.Process(target=producer,
-                         args=(q, first_put, a.size, a.count))
-             for _ in range(a.producers)]
-    procs += [ctx.Process(target=consumer, args=(q, done, a.size))
-              for _ in range(a.consumers)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + a.timeout
-
-    def fail(msg):
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-        print(json.dumps({"impl": "python", "error": msg}))
-        return 1
-
-    for p in procs[:a.producers]:
-        p.join(max(0.01, deadline - time.monotonic()))
-        if p.exitcode != 0:
-            return fail("a producer exited with %s" % p.exitcode)
-    for _ in range(a.consumers):
-        q.put(None)
-    ends = []
-    try:
-        for _ in range(a.consumers):
-            ends.append(done.get(timeout=max(0.01,
-                                             deadline - time.monotonic())))
-    except Exception:
-        return fail("consumers did not finish within %.0f s" % a.timeout)
-    if any(n < 0 for _, n in ends):
-        return fail("a consumer got an item of the wrong size")
-    for p in procs:
-        p.join(max(0.01, deadline - time.monotonic()))
-        if p.exitcode != 0:
-            return fail("a worker exited with %s" % p.exitcode)
-    items = sum(n for _, n in ends)
-    if items != a.count * a.producers:
-        return fail("%d items arrived of %d put" %
-                    (items, a.count * a.producers))
-    secs = max(t for t, _ in ends) - first_put.value
-    print(json.dumps({
-        "impl": "python", "producers": a.producers,
-        "consumers": a.consumers, "size": a.size, "items": items,
-        "seconds": secs, "items_per_s": items / secs,
-        "bytes_per_s": items * a.size / secs,
-        "children_maxrss_kb":
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
-    return 0
+    return run_queue(ctx, ctx.Queue(), a, "python", True)
 
 
 if __name__ == "__main__":

@@ -202,6 +202,80 @@ qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp, uint8_t **bufp,
 	return QP_OK;
 }
 
+#define RD_BUF    ((size_t) 64 * 1024)
+#define RD_DIRECT ((size_t) 16 * 1024) /* larger frames: read directly */
+
+int
+qpi_link_read_frame(qpi_link *l, qpi_link_rd *rd, size_t max, uint8_t **memp,
+    size_t *lenp, int64_t deadline_ns)
+{
+	size_t n;
+	int rv;
+
+	if (rd->buf == NULL && (rd->buf = malloc(RD_BUF)) == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory for a connection");
+	}
+	while (rd->big == NULL) {
+		size_t avail = rd->len - rd->off;
+		uint8_t *p = rd->buf + rd->off;
+		uint64_t frame = 0;
+		int hl = qpi_sp_frame_parse(p, avail, l->ipc, &frame);
+
+		if (hl < 0 || (hl > 0 && frame < 4)) {
+			return qpi_err(
+			    QP_EPROTO, "%s sent a bad frame header", l->url);
+		}
+		if (hl > 0 && frame - 4 > max) {
+			return qpi_err(QP_ETOOBIG,
+			    "%s sent a %llu-byte message, over the maximum of "
+			    "%zu",
+			    l->url, (unsigned long long) (frame - 4), max);
+		}
+		/* A frame whole in the buffer, or too large for it. */
+		if (hl > 0 && (avail - hl >= frame || frame > RD_DIRECT)) {
+			if ((rd->big = malloc(frame)) == NULL) {
+				return qpi_err(QP_ENOMEM,
+				    "out of memory receiving %llu bytes",
+				    (unsigned long long) frame);
+			}
+			rd->want = frame;
+			rd->have = avail - hl < frame ? avail - hl : frame;
+			memcpy(rd->big, p + hl, rd->have);
+			rd->off += hl + rd->have;
+			break;
+		}
+		/* More bytes: the rest of the buffer, moved to its start. */
+		memmove(rd->buf, p, avail);
+		rd->off = 0;
+		rd->len = avail;
+		if ((rv = l->ops->recv(
+		         l, rd->buf + avail, RD_BUF - avail, &n, deadline_ns))
+		    != QP_OK) {
+			return rv;
+		}
+		rd->len += n;
+	}
+	while (rd->have < rd->want) {
+		if ((rv = l->ops->recv(l, rd->big + rd->have,
+		         rd->want - rd->have, &n, deadline_ns))
+		    != QP_OK) {
+			return rv;
+		}
+		rd->have += n;
+	}
+	*memp = rd->big;
+	*lenp = rd->want - 4;
+	rd->big = NULL;
+	return QP_OK;
+}
+
+void
+qpi_link_rd_free(qpi_link_rd *rd)
+{
+	free(rd->buf);
+	free(rd->big);
+}
+
 int
 qpi_iov_advance(struct iovec **iovp, int niov, size_t done)
 {

@@ -44,7 +44,6 @@ typedef struct qpi_link_ops {
 struct qpi_link {
 	const qpi_link_ops *ops;
 	bool ipc; /* frames carry ipc://'s message-type byte */
-	bool nng; /* the nng driver: its threads do not survive fork() */
 	int nrv; /* the nng driver's last nng error (0: none), for messages */
 	int fd; /* the plain socket driver's socket; -1: the nng driver */
 	char url[QPI_URL_MAX + 1]; /* the server's address, for messages */
@@ -88,6 +87,25 @@ int qpi_link_send_frame(qpi_link *l, uint32_t tag, const void *body,
  * ops->recv, QP_EPROTO (a bad header or a frame over max), QP_ENOMEM. */
 int qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp,
     uint8_t **bufp, size_t *lenp, int64_t deadline_ns);
+
+/* A link's receive buffer, from which qpi_link_read_frame cuts frames;
+ * a frame read in part stays here across a timeout. Zero it first. */
+typedef struct qpi_link_rd {
+	uint8_t *buf; /* bytes read; those from off to len not yet cut */
+	size_t off, len;
+	uint8_t *big; /* the frame being read, in an allocation of its own */
+	size_t have, want; /* its bytes read and its size */
+} qpi_link_rd;
+
+/* Reads the next frame, of at most max bytes after its 4-byte tag, until
+ * deadline_ns: *memp (malloc'd, the caller's) holds the tag, then *lenp
+ * bytes of body. Errors as ops->recv, QP_EPROTO (a bad header),
+ * QP_ETOOBIG (a frame over max), QP_ENOMEM. */
+int qpi_link_read_frame(qpi_link *l, qpi_link_rd *rd, size_t max,
+    uint8_t **memp, size_t *lenp, int64_t deadline_ns);
+
+/* Frees rd's memory. */
+void qpi_link_rd_free(qpi_link_rd *rd);
 
 /* The nng stream under an nng link, handed over to the caller (an
  * nng_stream *: qpiped's nng-stream driver reads it with nng's

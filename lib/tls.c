@@ -34,22 +34,6 @@
 
 #define PEM_MAX ((size_t) 4 << 20) /* the largest PEM file read */
 
-int
-qpi_tls_available(void)
-{
-	nng_tls_config *cfg;
-	int nrv = nng_tls_config_alloc(&cfg, NNG_TLS_MODE_CLIENT);
-
-	if (nrv != 0) {
-		return qpi_err(nrv == NNG_ENOMEM ? QP_ENOMEM : QP_ENOTSUP,
-		    "tls+tcp:// is not available: this nng has no TLS engine "
-		    "(%s)",
-		    nng_strerror(nrv));
-	}
-	nng_tls_config_free(cfg);
-	return QP_OK;
-}
-
 /* Reads a whole PEM file, NUL-terminated: *bufp is malloc'd, *lenp counts
  * the NUL (what mbedTLS's parsers want for PEM). what names the file's
  * role in messages. */
@@ -121,11 +105,6 @@ tls_own_cert(nng_tls_config *cfg, const char *cert, const char *key)
 	char why[128];
 	int rv, mrv, nrv;
 
-	if (cert == NULL || key == NULL) {
-		return qpi_err(QP_EINVAL,
-		    "a TLS certificate needs both its certificate file and "
-		    "its key file");
-	}
 	mbedtls_x509_crt_init(&crt);
 	mbedtls_pk_init(&pk);
 	if ((rv = tls_read(cert, "certificate", &cpem, &clen)) != QP_OK
@@ -216,6 +195,18 @@ tls_alloc(nng_tls_config **cfgp, nng_tls_mode mode)
 		    nrv == NNG_ENOTSUP ? " (this nng has no TLS engine)" : "");
 	}
 	return QP_OK;
+}
+
+int
+qpi_tls_available(void)
+{
+	nng_tls_config *cfg;
+	int rv = tls_alloc(&cfg, NNG_TLS_MODE_CLIENT);
+
+	if (rv == QP_OK) {
+		nng_tls_config_free(cfg);
+	}
+	return rv;
 }
 
 int

@@ -101,16 +101,21 @@ qpi_ce_hs_xfn(
 	qpi_ce_hs *h = arg;
 	uint32_t tag = h->pair1 ? 1u : 0x80000001u, rtag;
 	int rv = qpi_link_send_frame(h->l, tag, req, len, h->deadline_ns);
+	uint8_t *m;
 
-	while (rv == QP_OK) {
-		rv = qpi_link_recv_frame(
-		    h->l, CE_HOOK_MAX, &rtag, repp, lenp, h->deadline_ns);
+	while (rv == QP_OK
+	    && (rv = qpi_link_read_frame(
+	            h->l, h->rd, CE_HOOK_MAX, &m, lenp, h->deadline_ns))
+	        == QP_OK) {
 		/* pair1: a hop count; req0: our request id (a late reply to
 		 * another is skipped). */
-		if (rv != QP_OK || (h->pair1 ? rtag >> 8 == 0 : rtag == tag)) {
+		rtag = qpi_sp_get32(m);
+		if (h->pair1 ? rtag >> 8 == 0 : rtag == tag) {
+			memmove(m, m + 4, *lenp);
+			*repp = m;
 			break;
 		}
-		free(*repp);
+		free(m);
 	}
 	if (rv == QP_OK || rv == QP_ENOMEM) {
 		return rv;
@@ -139,10 +144,12 @@ ce_dial(qpi_ce *s, int64_t deadline_ns, ce_conn **cp)
 	         QPI_SP_REP0, deadline_ns))
 	        != QP_OK
 	    || (s->hook != NULL
-	        && (rv = s->hook(s->hook_arg, c->l, deadline_ns)) != QP_OK)) {
+	        && (rv = s->hook(s->hook_arg, c->l, &c->rd, deadline_ns))
+	            != QP_OK)) {
 		if (c->l != NULL) {
 			c->l->ops->free(c->l);
 		}
+		qpi_link_rd_free(&c->rd);
 		free(c);
 		return rv;
 	}

@@ -19,9 +19,11 @@
 
 typedef struct qpi_ce qpi_ce;
 
-/* Runs on each new connection l before it is shared, until deadline_ns:
- * QP_OK lets calls use it; an error closes it and fails the dial. */
-typedef int (*qpi_ce_hook)(void *arg, qpi_link *l, int64_t deadline_ns);
+/* Runs on each new connection l (rd: its receive buffer) before it is
+ * shared, until deadline_ns: QP_OK lets calls use it; an error closes it
+ * and fails the dial. */
+typedef int (*qpi_ce_hook)(
+    void *arg, qpi_link *l, qpi_link_rd *rd, int64_t deadline_ns);
 
 /* Dials a (link.h picks the driver; o: TLS settings, may be NULL) once,
  * runs hook, until deadline_ns. max_recv: the largest reply body
@@ -39,6 +41,7 @@ void qpi_ce_set_max(qpi_ce *s, size_t max_recv);
  * peer is QP_ECONNREFUSED, or with pair1 QP_EPROTO or QP_ETIMEDOUT. */
 typedef struct qpi_ce_hs {
 	qpi_link *l;
+	qpi_link_rd *rd; /* l's receive buffer */
 	bool pair1;
 	int64_t deadline_ns;
 } qpi_ce_hs;

@@ -169,39 +169,6 @@ qpi_link_send_frame(qpi_link *l, uint32_t tag, const void *body, size_t len,
 	return l->ops->send(l, iov, len > 0 ? 2 : 1, deadline_ns);
 }
 
-int
-qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp, uint8_t **bufp,
-    size_t *lenp, int64_t deadline_ns)
-{
-	uint8_t hdr[9];
-	size_t hl = l->ipc ? 9 : 8;
-	uint64_t len = 0;
-	uint8_t *buf;
-	int rv;
-
-	if ((rv = lk_read_full(l, hdr, hl, deadline_ns)) != QP_OK) {
-		return rv;
-	}
-	if (qpi_sp_frame_parse(hdr, hl, l->ipc, &len) <= 0 || len < 4
-	    || len > max) {
-		return qpi_err(QP_EPROTO,
-		    "%s sent a bad frame header (%llu bytes)", l->url,
-		    (unsigned long long) len);
-	}
-	if ((buf = malloc((size_t) len)) == NULL) {
-		return qpi_err(QP_ENOMEM, "out of memory for a frame");
-	}
-	if ((rv = lk_read_full(l, buf, (size_t) len, deadline_ns)) != QP_OK) {
-		free(buf);
-		return rv;
-	}
-	*tagp = qpi_sp_get32(buf);
-	memmove(buf, buf + 4, (size_t) len - 4);
-	*bufp = buf;
-	*lenp = (size_t) len - 4;
-	return QP_OK;
-}
-
 #define RD_BUF    ((size_t) 64 * 1024)
 #define RD_DIRECT ((size_t) 16 * 1024) /* larger frames: read directly */
 

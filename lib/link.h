@@ -81,13 +81,6 @@ int qpi_link_sp_handshake(qpi_link *l, const qpi_addr *a,
 int qpi_link_send_frame(qpi_link *l, uint32_t tag, const void *body,
     size_t len, int64_t deadline_ns);
 
-/* Receives one whole frame of at most max bytes (tag included) into a
- * malloc'd *bufp (the caller frees it), reading nothing past it. *tagp
- * gets the tag, *lenp the body's size; the body is at *bufp. Errors as
- * ops->recv, QP_EPROTO (a bad header or a frame over max), QP_ENOMEM. */
-int qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp,
-    uint8_t **bufp, size_t *lenp, int64_t deadline_ns);
-
 /* A link's receive buffer, from which qpi_link_read_frame cuts frames;
  * a frame read in part stays here across a timeout. Zero it first. */
 typedef struct qpi_link_rd {

@@ -232,37 +232,39 @@ static const qpi_conn_ops nc_ops = {
     .forget = nc_forget,
 };
 
-/* Wraps a link that passed the handshake and starts its reader, with
- * max_message as the connection's limit. On failure the caller still owns
- * the link. */
+/* Wraps a link that passed the handshake (rd: what it read) and starts
+ * its reader, with max_message as the connection's limit. Takes link and
+ * rd over, also on failure. */
 static int
-nc_new(struct netconn **cp, qpi_link *link, size_t max_message)
+nc_new(
+    struct netconn **cp, qpi_link *link, qpi_link_rd *rd, size_t max_message)
 {
 	struct netconn *c = calloc(1, sizeof(*c));
-	int rv;
+	int rv = c == NULL ? qpi_err(QP_ENOMEM, "out of memory")
+	                   : qpi_rxq_init(&c->rx.q);
 
-	if (c == NULL) {
-		return qpi_err(QP_ENOMEM, "out of memory for a connection");
-	}
-	if ((rv = qpi_rxq_init(&c->rx.q)) != QP_OK) {
-		free(c);
-		return rv;
-	}
-	c->link = link;
-	c->rx.q.lazy = true; /* its eventfd only once qp_conn_fd asks */
-	pthread_mutex_init(&c->txmu, NULL);
-	qpi_conn_init(&c->rx.base, &nc_ops, true, true);
-	c->rx.base.owner = getpid();
-	c->rx.base.max_message = max_message;
-	atomic_init(&c->frame_max, max_message + FRAME_EXTRA);
-	if (pthread_create(&c->reader, NULL, nc_reader, c) != 0) {
+	if (rv == QP_OK) {
+		c->link = link;
+		c->rd = *rd;
+		c->rx.q.lazy
+		    = true; /* its eventfd only once qp_conn_fd asks */
+		pthread_mutex_init(&c->txmu, NULL);
+		qpi_conn_init(&c->rx.base, &nc_ops, true, true);
+		c->rx.base.owner = getpid();
+		c->rx.base.max_message = max_message;
+		atomic_init(&c->frame_max, max_message + FRAME_EXTRA);
+		if (pthread_create(&c->reader, NULL, nc_reader, c) == 0) {
+			*cp = c;
+			return QP_OK;
+		}
+		rv = qpi_err(QP_ENOMEM, "no thread for a connection");
 		pthread_mutex_destroy(&c->txmu);
 		qpi_rxq_free(&c->rx.q, true);
-		free(c);
-		return qpi_err(QP_ENOMEM, "no thread for a connection");
 	}
-	*cp = c;
-	return QP_OK;
+	free(c);
+	link->ops->free(link);
+	qpi_link_rd_free(rd);
+	return rv;
 }
 
 /* ---- listening ---- */
@@ -281,24 +283,24 @@ nc_pending_main(void *arg)
 	qpi_wire_buf out = {0};
 	struct netconn *c = NULL;
 	char *peer = p->link->url;
+	qpi_link_rd rd = {0};
 	int rv;
 
 	snprintf(peer, sizeof(p->link->url), "the peer of %.280s", l->url);
 	rv = qpi_link_sp_handshake(
 	    p->link, &l->addr, NULL, true, SP_PAIR1, SP_PAIR1, deadline);
 	while (rv == QP_OK && !ss.open) {
-		uint8_t *body;
+		uint8_t *m;
 		size_t blen;
-		uint32_t hops;
-		if ((rv = qpi_link_recv_frame(
-		         p->link, HELLO_MAX, &hops, &body, &blen, deadline))
+		if ((rv = qpi_link_read_frame(
+		         p->link, &rd, HELLO_MAX, &m, &blen, deadline))
 		    != QP_OK) {
 			break;
 		}
-		rv = hops >> 8 != 0
+		rv = qpi_sp_get32(m) >> 8 != 0
 		    ? qpi_err(QP_EPROTO, "%s: bad pair1 header", peer)
-		    : qpi_session_answer(&ss, body, blen, peer, &out);
-		free(body);
+		    : qpi_session_answer(&ss, m + 4, blen, peer, &out);
+		free(m);
 		if (out.len > 0) {
 			/* The answer, or why not (then close). */
 			int srv = qpi_link_send_frame(
@@ -313,10 +315,9 @@ nc_pending_main(void *arg)
 		qpi_link *link = p->link;
 		p->link = NULL;
 		pthread_mutex_unlock(&l->mu);
-		if (nc_new(&c, link, l->max_message) != QP_OK) {
-			link->ops->free(link);
-			c = NULL;
-		}
+		nc_new(&c, link, &rd, l->max_message);
+	} else {
+		qpi_link_rd_free(&rd);
 	}
 	pthread_mutex_lock(&l->mu);
 	for (struct pending **pp = &l->pend; *pp != NULL; pp = &(*pp)->next) {
@@ -616,7 +617,9 @@ qp_dial_opts(
 		backoff
 		    = backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : backoff * 2;
 	}
-	qpi_ce_hs h = {.l = l, .pair1 = true, .deadline_ns = deadline};
+	qpi_link_rd rd = {0};
+	qpi_ce_hs h
+	    = {.l = l, .rd = &rd, .pair1 = true, .deadline_ns = deadline};
 	int64_t cap = qpi_now_ns() + (int64_t) NEGO_MS * 1000000;
 	if (timeout == 0 || h.deadline_ns > cap) {
 		h.deadline_ns = cap;
@@ -648,12 +651,12 @@ qp_dial_opts(
 	        != QP_OK) {
 		qpi_token_clear(&token);
 		l->ops->free(l);
+		qpi_link_rd_free(&rd);
 		return rv;
 	}
 	qpi_token_clear(&token);
 	struct netconn *c;
-	if ((rv = nc_new(&c, l, max)) != QP_OK) {
-		l->ops->free(l);
+	if ((rv = nc_new(&c, l, &rd, max)) != QP_OK) {
 		return rv;
 	}
 	c->peer_max = lim.max_message;

@@ -54,10 +54,10 @@ rq_env_ms(const char *name, int64_t dflt)
 
 /* The call engine's hook: hello and auth on connection l. */
 static int
-rq_hook(void *arg, qpi_link *l, int64_t deadline_ns)
+rq_hook(void *arg, qpi_link *l, qpi_link_rd *rd, int64_t deadline_ns)
 {
 	qpi_rq *r = arg;
-	qpi_ce_hs x = {.l = l, .deadline_ns = deadline_ns};
+	qpi_ce_hs x = {.l = l, .rd = rd, .deadline_ns = deadline_ns};
 	char cname[64];
 	qpi_wire_limits lim;
 	int rv;

@@ -100,7 +100,8 @@ qpi_ce_hs_xfn(
 {
 	qpi_ce_hs *h = arg;
 	uint32_t tag = h->pair1 ? 1u : 0x80000001u, rtag;
-	int rv = qpi_link_send_frame(h->l, tag, req, len, h->deadline_ns);
+	int rv
+	    = qpi_link_send_frame(h->l, tag, false, req, len, h->deadline_ns);
 	uint8_t *m;
 
 	while (rv == QP_OK
@@ -322,7 +323,8 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 	pthread_mutex_unlock(&s->mu);
 
 	pthread_mutex_lock(&c->wmu);
-	rv = qpi_link_send_frame(c->l, w.id, req, len, reply_deadline_ns);
+	rv = qpi_link_send_frame(
+	    c->l, w.id, false, req, len, reply_deadline_ns);
 	pthread_mutex_unlock(&c->wmu);
 
 	pthread_mutex_lock(&s->mu);
@@ -349,8 +351,7 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 			if (rv == QP_OK) {
 				ce_dispatch_locked(s, c, m, mlen);
 			} else if (rv != QP_ETIMEDOUT) {
-				/* Lost, or a bad frame: the stream is spoilt.
-				 */
+				/* Lost, or bad: the stream is spoilt. */
 				ce_break_locked(s, c);
 				rv = QP_ECONNRESET;
 			}

@@ -9,6 +9,7 @@
 #include "link.h"
 #include "sp.h"
 #include "tls.h"
+#include "wire.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,18 +155,17 @@ qpi_link_bound(const qpi_addr *a, unsigned port, char *bound, size_t boundlen)
 }
 
 int
-qpi_link_send_frame(qpi_link *l, uint32_t tag, const void *body, size_t len,
-    int64_t deadline_ns)
+qpi_link_send_frame(qpi_link *l, uint32_t tag, bool bin, const void *body,
+    size_t len, int64_t deadline_ns)
 {
-	uint8_t hdr[9 + 4];
-	size_t hl = qpi_sp_frame_hdr(hdr, l->ipc, (uint64_t) len + 4);
-	struct iovec iov[2];
+	uint8_t hdr[9 + 4 + 5];
+	size_t hl = qpi_sp_frame_hdr(hdr, l->ipc, 0) + 4; /* length below */
+	size_t bl = bin ? qpi_wire_bin_header(len, hdr + hl) : 0;
+	struct iovec iov[2]
+	    = {{hdr, hl + bl}, {(void *) (uintptr_t) body, len}};
 
-	qpi_sp_put32(hdr + hl, tag);
-	iov[0].iov_base = hdr;
-	iov[0].iov_len = hl + 4;
-	iov[1].iov_base = (void *) body;
-	iov[1].iov_len = len;
+	qpi_sp_frame_hdr(hdr, l->ipc, (uint64_t) len + 4 + bl);
+	qpi_sp_put32(hdr + hl - 4, tag);
 	return l->ops->send(l, iov, len > 0 ? 2 : 1, deadline_ns);
 }
 

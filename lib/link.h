@@ -77,8 +77,9 @@ int qpi_link_sp_handshake(qpi_link *l, const qpi_addr *a,
     int64_t deadline_ns);
 
 /* Sends one frame: the SP header, the 4-byte tag (req0: the request id;
- * pair1: the hop count), then body (len bytes). Errors as ops->send. */
-int qpi_link_send_frame(qpi_link *l, uint32_t tag, const void *body,
+ * pair1: the hop count), then body (len bytes; bin: a payload sent as a
+ * msgpack bin, its header added). Errors as ops->send. */
+int qpi_link_send_frame(qpi_link *l, uint32_t tag, bool bin, const void *body,
     size_t len, int64_t deadline_ns);
 
 /* A link's receive buffer, from which qpi_link_read_frame cuts frames;

@@ -34,7 +34,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #define SP_PAIR1    0x11u /* the SP protocol number of pair1 */
@@ -147,8 +146,7 @@ static int
 nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 {
 	struct netconn *c = nc_conn(base);
-	uint8_t hdr[9 + 4 + 5];
-	size_t k, hl = 0, body = raw ? len : len - binoff;
+	size_t body = raw ? len : len - binoff;
 	int rv;
 
 	/* The listener told its limit in its hello: over it, the message
@@ -159,17 +157,8 @@ nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 		    "accepts; nothing sent",
 		    body, (unsigned long long) c->peer_max, c->link->url);
 	}
-	k = qpi_sp_frame_hdr(hdr, c->link->ipc, 0); /* its length below */
-	qpi_sp_put32(hdr + k, 1); /* pair1 hop count */
-	k += 4;
-	if (raw) {
-		hl = qpi_wire_bin_header(len, hdr + k);
-		k += hl;
-	}
-	qpi_sp_frame_hdr(hdr, c->link->ipc, 4 + hl + (uint64_t) len);
-	struct iovec iov[2] = {{hdr, k}, {(void *) (uintptr_t) buf, len}};
 	pthread_mutex_lock(&c->txmu);
-	rv = c->link->ops->send(c->link, iov, len > 0 ? 2 : 1, INT64_MAX);
+	rv = qpi_link_send_frame(c->link, 1, raw, buf, len, INT64_MAX);
 	pthread_mutex_unlock(&c->txmu);
 	if (rv != QP_OK) {
 		return qpi_err(
@@ -304,7 +293,7 @@ nc_pending_main(void *arg)
 		if (out.len > 0) {
 			/* The answer, or why not (then close). */
 			int srv = qpi_link_send_frame(
-			    p->link, 1, out.data, out.len, deadline);
+			    p->link, 1, false, out.data, out.len, deadline);
 			rv = rv == QP_OK ? srv : rv;
 		}
 	}

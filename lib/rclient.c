@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -117,10 +116,7 @@ rq_state_init(qpi_rq *r)
 	r->acker_on = r->acker_idle = r->stopping = false;
 	r->have_last = false;
 	r->seq = r->req_id = 0;
-	if (getrandom(r->id, sizeof(r->id), 0) != (ssize_t) sizeof(r->id)) {
-		return qpi_err(QP_ESYSTEM, "no random bytes for a client id");
-	}
-	return QP_OK;
+	return qpi_random(r->id, sizeof(r->id));
 }
 
 int

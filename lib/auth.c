@@ -294,12 +294,12 @@ qpi_auth_server_check(qpi_auth_server *s, const qpi_token *t,
 	    != QP_OK) {
 		return rv;
 	}
-	if (!qpi_auth_equal(want, mac, sizeof(want))) {
-		mbedtls_platform_zeroize(want, sizeof(want));
+	bool same = qpi_auth_equal(want, mac, sizeof(want));
+	mbedtls_platform_zeroize(want, sizeof(want));
+	if (!same) {
 		return qpi_err(
 		    QP_EAUTH, "wrong token: the mac does not match");
 	}
-	mbedtls_platform_zeroize(want, sizeof(want));
 	if (cnonce != NULL) {
 		if ((rv = auth_server_mac(t, cnonce, s->nonce, smac))
 		    != QP_OK) {

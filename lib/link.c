@@ -95,33 +95,23 @@ qpi_link_sp_handshake(qpi_link *l, const qpi_addr *a, const qp_conn_opts *o,
 }
 
 int
-qpi_link_connect(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
-    int64_t deadline_ns)
-{
-	int rv = qpi_link_uses_nng(a)
-	    ? qpi_link_nng_dial(lp, a, o, deadline_ns)
-	    : qpi_link_sock_dial(lp, a, deadline_ns);
-
-	if (rv == QP_OK) {
-		(*lp)->ipc = a->kind == QPI_ADDR_IPC;
-		snprintf((*lp)->url, sizeof((*lp)->url), "%s", a->url);
-	}
-	return rv;
-}
-
-int
 qpi_link_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     uint16_t proto, uint16_t peer_proto, int64_t deadline_ns)
 {
 	qpi_link *l;
-	int rv;
+	int rv = qpi_link_uses_nng(a)
+	    ? qpi_link_nng_dial(&l, a, o, deadline_ns)
+	    : qpi_link_sock_dial(&l, a, deadline_ns);
 
-	if ((rv = qpi_link_connect(&l, a, o, deadline_ns)) != QP_OK) {
+	if (rv != QP_OK) {
 		return rv;
 	}
-	if ((rv = qpi_link_sp_handshake(
-	         l, a, o, false, proto, peer_proto, deadline_ns))
-	    != QP_OK) {
+	l->ipc = a->kind == QPI_ADDR_IPC;
+	snprintf(l->url, sizeof(l->url), "%s", a->url);
+	if (proto != 0
+	    && (rv = qpi_link_sp_handshake(
+	            l, a, o, false, proto, peer_proto, deadline_ns))
+	        != QP_OK) {
 		l->ops->free(l);
 		return rv;
 	}

@@ -49,15 +49,12 @@ struct qpi_link {
 	char url[QPI_URL_MAX + 1]; /* the server's address, for messages */
 };
 
-/* Dials a on its driver (qpi_link_uses_nng), SP handshake as proto to
- * peer_proto, until deadline_ns; o: TLS settings or NULL. QP_ECONNREFUSED,
- * QP_EPROTO, QP_EAUTH (TLS), QP_ETIMEDOUT, QP_EINVAL, QP_ENOMEM. */
+/* Dials a on its driver (qpi_link_uses_nng), SP handshake (unless proto
+ * is 0) as proto to peer_proto, until deadline_ns; o: TLS settings or
+ * NULL. QP_ECONNREFUSED, QP_EPROTO, QP_EAUTH (TLS), QP_ETIMEDOUT,
+ * QP_EINVAL, QP_ENOMEM. */
 int qpi_link_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     uint16_t proto, uint16_t peer_proto, int64_t deadline_ns);
-
-/* qpi_link_dial without the SP handshake. */
-int qpi_link_connect(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
-    int64_t deadline_ns);
 
 /* Whether a dial to a uses the nng driver (tls+tcp://, QPIPE_TRANSPORT). */
 bool qpi_link_uses_nng(const qpi_addr *a);
@@ -110,7 +107,7 @@ void *qpi_link_nng_take(qpi_link *l);
  * (qpiped's event loops); the link's own parts are freed. */
 int qpi_link_sock_take(qpi_link *l);
 
-/* The drivers' dials (qpi_link_connect picks one). */
+/* The drivers' dials (qpi_link_dial picks one). */
 int qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns);
 int qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     int64_t deadline_ns);

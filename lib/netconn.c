@@ -10,18 +10,16 @@
  * qp_dial dials and retries a refused dial until its timeout; qp_listen's
  * acceptor gives each new link a short thread for its handshake
  * (nc_pending_main), then queues it for accept. An open connection's
- * reader thread cuts frames from a 64 KiB buffer (a frame over 16 KiB,
- * its length checked first, is read into its own allocation), checks
- * each is one msgpack value and queues it in conn.h's qpi_rxq, waiting
- * while QPI_RXQ_MAX bytes are queued so that a slow receiver pushes back
+ * reader thread reads frames (qpi_link_read_frame), checks each is one
+ * msgpack value and queues it in conn.h's qpi_rxq, waiting while
+ * QPI_RXQ_MAX bytes are queued so that a slow receiver pushes back
  * through TCP; the end of the stream is reported once the queue is
- * drained. Sends are synchronous (header and payload in two iovs); a
- * dialer refuses a message over the listener's max_message with
- * QP_ETOOBIG, nothing sent. fork(): a connection or listener stays with
- * the process that made it (its reader, and nng's threads, stay in the
- * parent), so a forked child's calls on one are refused and free only
- * releases the child's memory (nc_forget). Locking: per connection the
- * queue's mutex and txmu (senders); per listener mu guards the
+ * drained. Sends are synchronous; a dialer refuses a message over the
+ * listener's max_message with QP_ETOOBIG, nothing sent. fork(): a connection
+ * or listener stays with the process that made it (its reader, and nng's
+ * threads, stay in the parent), so a forked child's calls on one are refused
+ * and free only releases the child's memory (nc_forget). Locking: per
+ * connection the queue's mutex and txmu (senders); per listener mu guards the
  * handshakes in progress and the connections ready.
  */
 #include "call.h"
@@ -577,12 +575,12 @@ qp_dial_opts(
 	for (;;) {
 		/* One attempt: bounded by the timeout, and by DIAL_TRY_MS
 		 * when there is none (0: a single attempt; -1: forever). */
-		int64_t now = qpi_now_ns();
-		int64_t try_ns = now + (int64_t) DIAL_TRY_MS * 1000000;
+		int64_t try_ns
+		    = qpi_now_ns() + (int64_t) DIAL_TRY_MS * 1000000;
 		if (timeout != 0 && deadline < try_ns) {
 			try_ns = deadline;
 		}
-		if ((rv = qpi_link_connect(&l, &a, o, try_ns)) == QP_OK) {
+		if ((rv = qpi_link_dial(&l, &a, o, 0, 0, try_ns)) == QP_OK) {
 			break;
 		}
 		refused |= rv == QP_ECONNREFUSED;

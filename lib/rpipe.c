@@ -59,14 +59,12 @@ rp_pf_answer(rpipe *p, int rv, rq_call *c)
 		    rv == QP_ECLOSED ? "connection closed"
 		                     : "lost the connection to the server");
 	} else if (c->rep.status == QP_OK) {
-		if ((d = malloc(c->rep.item.len + 1)) == NULL) {
-			rp_set_eof(p, QP_ENOMEM,
-			    "out of memory for a received message");
-			return;
+		if ((d = malloc(c->rep.item.len + 1)) != NULL) {
+			memcpy(d, c->rep.item.data, c->rep.item.len);
 		}
-		memcpy(d, c->rep.item.data, c->rep.item.len);
-		if (qpi_rxq_push(&p->rx.q, d, 0, c->rep.item.len)
-		    == QP_ENOMEM) {
+		if (d == NULL
+		    || qpi_rxq_push(&p->rx.q, d, 0, c->rep.item.len)
+		        == QP_ENOMEM) {
 			rp_set_eof(p, QP_ENOMEM,
 			    "out of memory for a received message");
 		}

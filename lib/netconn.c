@@ -83,12 +83,6 @@ struct qp_listener {
 	uint64_t refused; /* dialers that did not authenticate */
 };
 
-static inline struct netconn *
-nc_conn(qp_conn *c)
-{
-	return (struct netconn *) c;
-}
-
 /* ---- the reader ---- */
 
 /* The reader: frames into the queue, until the stream ends. */
@@ -143,7 +137,7 @@ nc_reader(void *arg)
 static int
 nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 {
-	struct netconn *c = nc_conn(base);
+	struct netconn *c = (struct netconn *) base;
 	size_t body = raw ? len : len - binoff;
 	int rv;
 
@@ -158,24 +152,22 @@ nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 	pthread_mutex_lock(&c->txmu);
 	rv = qpi_link_send_frame(c->link, 1, raw, buf, len, INT64_MAX);
 	pthread_mutex_unlock(&c->txmu);
-	if (rv != QP_OK) {
-		return qpi_err(
-		    QP_ECLOSED, "broken pipe: %s is gone", c->link->url);
-	}
-	return QP_OK;
+	return rv == QP_OK
+	    ? QP_OK
+	    : qpi_err(QP_ECLOSED, "broken pipe: %s is gone", c->link->url);
 }
 
 static void
 nc_set_max(qp_conn *base)
 {
-	atomic_store(
-	    &nc_conn(base)->frame_max, base->max_message + FRAME_EXTRA);
+	atomic_store(&((struct netconn *) base)->frame_max,
+	    base->max_message + FRAME_EXTRA);
 }
 
 static void
 nc_close(qp_conn *base)
 {
-	struct netconn *c = nc_conn(base);
+	struct netconn *c = (struct netconn *) base;
 
 	/* The reader, in a receive or waiting for room, ends. */
 	qpi_rxq_end(&c->rx.q, QP_ECLOSED, "connection is closed");
@@ -187,7 +179,7 @@ nc_close(qp_conn *base)
 static void
 nc_forget(qp_conn *base)
 {
-	struct netconn *c = nc_conn(base);
+	struct netconn *c = (struct netconn *) base;
 
 	qpi_link_forget(c->link);
 	qpi_rxq_free(&c->rx.q, false);
@@ -198,7 +190,7 @@ nc_forget(qp_conn *base)
 static void
 nc_destroy(qp_conn *base)
 {
-	struct netconn *c = nc_conn(base);
+	struct netconn *c = (struct netconn *) base;
 
 	pthread_join(c->reader, NULL);
 	c->link->ops->free(c->link);

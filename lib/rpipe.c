@@ -33,12 +33,6 @@ typedef struct rpipe {
 	bool pf_on;
 } rpipe;
 
-static rpipe *
-rp_of(qp_conn *c)
-{
-	return (rpipe *) c;
-}
-
 /* Ends the stream: later receives get err once the queue is drained. */
 static void
 rp_set_eof(rpipe *p, int err, const char *msg)
@@ -98,7 +92,7 @@ rp_pf_main(void *arg)
 static int
 rp_send(qp_conn *c, bool raw, const void *buf, size_t len, uint8_t binoff)
 {
-	rpipe *p = rp_of(c);
+	rpipe *p = (rpipe *) c;
 	qpi_rq *r = p->r;
 	uint8_t *tmp;
 	rq_call call;
@@ -133,7 +127,7 @@ rp_pf_stop(rpipe *p)
 static void
 rp_close(qp_conn *c)
 {
-	rpipe *p = rp_of(c);
+	rpipe *p = (rpipe *) c;
 	rq_call call;
 
 	/* The other side sees the end of file once it has read what was
@@ -151,7 +145,7 @@ rp_close(qp_conn *c)
 static void
 rp_forget(qp_conn *c)
 {
-	rpipe *p = rp_of(c);
+	rpipe *p = (rpipe *) c;
 
 	qpi_rq_free(p->r);
 	qpi_rxq_free(&p->rx.q, false);
@@ -161,7 +155,7 @@ rp_forget(qp_conn *c)
 static void
 rp_destroy(qp_conn *c)
 {
-	rpipe *p = rp_of(c);
+	rpipe *p = (rpipe *) c;
 
 	rp_pf_stop(p);
 	qpi_rq_free(p->r);

@@ -78,7 +78,7 @@ struct qp_listener {
 	struct pending *pend;
 	size_t npend;
 	struct netconn *ready_head;
-	struct netconn *ready_tail;
+	struct netconn **ready_tail; /* the last next_ready, or &ready_head */
 	size_t nready;
 	uint64_t refused; /* dialers that did not authenticate */
 };
@@ -311,12 +311,8 @@ nc_pending_main(void *arg)
 	}
 	bool keep = c != NULL && !l->closing;
 	if (keep) {
-		if (l->ready_tail != NULL) {
-			l->ready_tail->next_ready = c;
-		} else {
-			l->ready_head = c;
-		}
-		l->ready_tail = c;
+		*l->ready_tail = c;
+		l->ready_tail = &c->next_ready;
 		l->nready++;
 	}
 	pthread_cond_broadcast(&l->cv);
@@ -410,6 +406,7 @@ qp_listen_opts(qp_listener **lp, const char *addr, const qp_conn_opts *o)
 		return qpi_err(QP_ENOMEM, "out of memory for a listener");
 	}
 	l->owner = getpid();
+	l->ready_tail = &l->ready_head;
 	pthread_mutex_init(&l->mu, NULL);
 	qpi_cond_init(&l->cv);
 	if ((rv = nc_args(addr, QPI_ADDR_PORT0, o, &l->addr, &l->max_message))
@@ -489,9 +486,8 @@ qp_listener_accept(qp_listener *l, qp_conn **cp, qp_duration timeout)
 	}
 	if (rv == QP_OK) {
 		c = l->ready_head;
-		l->ready_head = c->next_ready;
-		if (l->ready_head == NULL) {
-			l->ready_tail = NULL;
+		if ((l->ready_head = c->next_ready) == NULL) {
+			l->ready_tail = &l->ready_head;
 		}
 		l->nready--;
 		c->next_ready = NULL;

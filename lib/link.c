@@ -1,10 +1,12 @@
 /*
  * link.c - the connection layer's common part (link.h): picks the driver
  * for an address (dial and listen), names what a listener bound, and
- * speaks SP (sp.h) on any link: the handshake, and
- * whole frames sent and received. On tls+tcp:// the handshake's first
- * bytes carry the TLS handshake, so a failure there is reported as a TLS
- * failure, with the cause found by tls.c. No state; no locking.
+ * speaks SP (sp.h) on any link: the handshake, and whole frames sent and
+ * received, the latter cut from the caller's 64 KiB buffer (a frame over
+ * 16 KiB is read into an allocation of its own). On tls+tcp:// the
+ * handshake's first bytes carry the TLS handshake, so a failure there is
+ * reported as a TLS failure, with the cause found by tls.c. No state of
+ * its own and no locking: each buffer has one reader at a time.
  */
 #include "link.h"
 #include "sp.h"

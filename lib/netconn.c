@@ -115,6 +115,9 @@ nc_reader(void *arg)
 		}
 		free(m);
 	}
+	/* Tell the peer (the stream is no longer in step), and fail our
+	 * later sends, before a receiver can see the end. */
+	c->link->ops->shutdown(c->link);
 	if (atomic_load(&c->rx.base.closed)) {
 		qpi_rxq_end(&c->rx.q, QP_ECLOSED, "connection is closed");
 	} else if (rv == QP_ECONNRESET) {
@@ -127,8 +130,6 @@ nc_reader(void *arg)
 		qpi_rxq_end(
 		    &c->rx.q, rv, "%s; connection closed", qp_errmsg());
 	}
-	/* Tell the peer: the stream is no longer in step. */
-	c->link->ops->shutdown(c->link);
 	return NULL;
 }
 
@@ -225,8 +226,8 @@ nc_new(
 	if (rv == QP_OK) {
 		c->link = link;
 		c->rd = *rd;
-		c->rx.q.lazy
-		    = true; /* its eventfd only once qp_conn_fd asks */
+		/* its eventfd only once qp_conn_fd asks */
+		c->rx.q.lazy = true;
 		pthread_mutex_init(&c->txmu, NULL);
 		qpi_conn_init(&c->rx.base, &nc_ops, true, true);
 		c->rx.base.owner = getpid();

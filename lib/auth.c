@@ -119,9 +119,6 @@ qpi_token_load_file(qpi_token *t, const char *path, bool *exposedp)
 	if (exposedp != NULL) {
 		*exposedp = false;
 	}
-	if (path == NULL || path[0] == '\0') {
-		return qpi_err(QP_EINVAL, "the token file name is empty");
-	}
 	if ((rv = qpi_file_read(path, "token", cap, false, &buf, &got, &mode))
 	    != QP_OK) {
 		return rv;
@@ -131,17 +128,12 @@ qpi_token_load_file(qpi_token *t, const char *path, bool *exposedp)
 	if (len > 0 && buf[len - 1] == '\r') {
 		len--;
 	}
-	if (nl == NULL && got == cap) {
-		rv = qpi_err(QP_EINVAL,
-		    "the first line of the token file '%s' is over the "
-		    "maximum of %d bytes",
-		    path, QPI_TOKEN_MAX);
-	} else if (len == 0) {
+	if (len == 0) {
 		rv = qpi_err(QP_EINVAL,
 		    "the token file '%s' holds no token: its first line is "
 		    "empty",
 		    path);
-	} else if (len > QPI_TOKEN_MAX) {
+	} else if (len > QPI_TOKEN_MAX || (nl == NULL && got == cap)) {
 		rv = qpi_err(QP_EINVAL,
 		    "the first line of the token file '%s' is over the "
 		    "maximum of %d bytes",
@@ -302,12 +294,12 @@ qpi_auth_server_check(qpi_auth_server *s, const qpi_token *t,
 	    != QP_OK) {
 		return rv;
 	}
-	if (!qpi_auth_equal(want, mac, sizeof(want))) {
-		mbedtls_platform_zeroize(want, sizeof(want));
+	bool same = qpi_auth_equal(want, mac, sizeof(want));
+	mbedtls_platform_zeroize(want, sizeof(want));
+	if (!same) {
 		return qpi_err(
 		    QP_EAUTH, "wrong token: the mac does not match");
 	}
-	mbedtls_platform_zeroize(want, sizeof(want));
 	if (cnonce != NULL) {
 		if ((rv = auth_server_mac(t, cnonce, s->nonce, smac))
 		    != QP_OK) {

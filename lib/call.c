@@ -33,7 +33,6 @@
 
 #define CE_BACKOFF_MIN_MS 20
 #define CE_BACKOFF_MAX_MS 500
-#define CE_RBUF_MIN       4096
 #define CE_HOOK_MAX       65536 /* the largest reply a hook's call takes */
 
 typedef struct ce_conn {
@@ -43,8 +42,7 @@ typedef struct ce_conn {
 	bool broken; /* under s->mu */
 	bool reading; /* a call holds the reader role (under s->mu) */
 	pthread_mutex_t wmu;
-	uint8_t *rbuf; /* the reader's: bytes read, not yet dispatched */
-	size_t rlen, rcap;
+	qpi_link_rd rd; /* the reader's */
 } ce_conn;
 
 typedef struct ce_wait {
@@ -80,7 +78,7 @@ ce_conn_unref_locked(ce_conn *c)
 	if (--c->refs == 0) {
 		c->l->ops->free(c->l);
 		pthread_mutex_destroy(&c->wmu);
-		free(c->rbuf);
+		qpi_link_rd_free(&c->rd);
 		free(c);
 	}
 }
@@ -96,103 +94,66 @@ ce_break_locked(qpi_ce *s, ce_conn *c)
 	}
 }
 
-/* Reads more bytes into c's buffer until deadline_ns. */
-static int
-ce_read_some(ce_conn *c, int64_t deadline_ns)
-{
-	size_t n = 0;
-	int rv;
-
-	if (c->rcap - c->rlen < CE_RBUF_MIN) {
-		size_t cap = c->rcap == 0 ? 16 * CE_RBUF_MIN : c->rcap * 2;
-		uint8_t *b = realloc(c->rbuf, cap);
-		if (b == NULL) {
-			return QP_ENOMEM;
-		}
-		c->rbuf = b;
-		c->rcap = cap;
-	}
-	rv = c->l->ops->recv(
-	    c->l, c->rbuf + c->rlen, c->rcap - c->rlen, &n, deadline_ns);
-	c->rlen += rv == QP_OK ? n : 0;
-	return rv;
-}
-
-/* The next whole reply in c's buffer: true with its id, body and size
- * (pointing into the buffer, the frame's end in *endp); false while none
- * is whole. *badp: the stream is bad (a length over max, no request id). */
-static bool
-ce_next(ce_conn *c, size_t pos, size_t max, uint32_t *idp, uint8_t **bodyp,
-    size_t *lenp, size_t *endp, bool *badp)
-{
-	uint64_t len;
-	int hl = qpi_sp_frame_parse(
-	    c->rbuf + pos, c->rlen - pos, c->l->ipc, &len);
-
-	*badp = hl < 0 || (hl > 0 && (len < 4 || len > (uint64_t) max + 4));
-	if (hl <= 0 || *badp || c->rlen - pos - (size_t) hl < len) {
-		return false;
-	}
-	*idp = qpi_sp_get32(c->rbuf + pos + (size_t) hl);
-	*bodyp = c->rbuf + pos + (size_t) hl + 4;
-	*lenp = (size_t) len - 4;
-	*endp = pos + (size_t) hl + (size_t) len;
-	return true;
-}
-
-/* Drops the first pos bytes of c's buffer. */
-static void
-ce_consume(ce_conn *c, size_t pos)
-{
-	if (pos > 0) {
-		memmove(c->rbuf, c->rbuf + pos, c->rlen - pos);
-		c->rlen -= pos;
-	}
-}
-
 int
-qpi_ce_exchange(qpi_link *l, bool pair1, const void *req, size_t len,
-    int64_t deadline_ns, uint8_t **repp, size_t *lenp)
+qpi_ce_hs_xfn(
+    void *arg, const void *req, size_t len, uint8_t **repp, size_t *lenp)
 {
-	uint32_t tag = pair1 ? 1u : 0x80000001u, rtag;
-	int rv = qpi_link_send_frame(l, tag, req, len, deadline_ns);
+	qpi_ce_hs *h = arg;
+	uint32_t tag = h->pair1 ? 1u : 0x80000001u, rtag;
+	int rv
+	    = qpi_link_send_frame(h->l, tag, false, req, len, h->deadline_ns);
+	uint8_t *m;
 
-	while (rv == QP_OK) {
-		rv = qpi_link_recv_frame(
-		    l, CE_HOOK_MAX, &rtag, repp, lenp, deadline_ns);
+	while (rv == QP_OK
+	    && (rv = qpi_link_read_frame(
+	            h->l, h->rd, CE_HOOK_MAX, &m, lenp, h->deadline_ns))
+	        == QP_OK) {
 		/* pair1: a hop count; req0: our request id (a late reply to
 		 * another is skipped). */
-		if (rv != QP_OK || (pair1 ? rtag >> 8 == 0 : rtag == tag)) {
+		rtag = qpi_sp_get32(m);
+		if (h->pair1 ? rtag >> 8 == 0 : rtag == tag) {
+			memmove(m, m + 4, *lenp);
+			*repp = m;
 			break;
 		}
-		free(*repp);
+		free(m);
 	}
-	return rv;
+	if (rv == QP_OK || rv == QP_ENOMEM) {
+		return rv;
+	}
+	if (rv == QP_ETIMEDOUT && h->pair1) {
+		return qpi_err(QP_ETIMEDOUT,
+		    "handshake with %s did not finish in time", h->l->url);
+	}
+	return qpi_err(h->pair1 ? QP_EPROTO : QP_ECONNREFUSED,
+	    "cannot open a session with %s: %s", h->l->url,
+	    rv == QP_ETIMEDOUT ? "no answer in time"
+	                       : "the connection closed");
 }
 
 /* Dials and runs the hook: a new connection, or an error (qpi_err set). */
 static int
 ce_dial(qpi_ce *s, int64_t deadline_ns, ce_conn **cp)
 {
-	qpi_link *l;
-	ce_conn *c;
+	ce_conn *c = calloc(1, sizeof(*c));
 	int rv;
 
-	if ((rv = qpi_link_dial(
-	         &l, &s->addr, s->opts, QPI_SP_REQ0, QPI_SP_REP0, deadline_ns))
-	    != QP_OK) {
-		return rv;
-	}
-	if (s->hook != NULL
-	    && (rv = s->hook(s->hook_arg, l, deadline_ns)) != QP_OK) {
-		l->ops->free(l);
-		return rv;
-	}
-	if ((c = calloc(1, sizeof(*c))) == NULL) {
-		l->ops->free(l);
+	if (c == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	c->l = l;
+	if ((rv = qpi_link_dial(&c->l, &s->addr, s->opts, QPI_SP_REQ0,
+	         QPI_SP_REP0, deadline_ns))
+	        != QP_OK
+	    || (s->hook != NULL
+	        && (rv = s->hook(s->hook_arg, c->l, &c->rd, deadline_ns))
+	            != QP_OK)) {
+		if (c->l != NULL) {
+			c->l->ops->free(c->l);
+		}
+		qpi_link_rd_free(&c->rd);
+		free(c);
+		return rv;
+	}
 	c->refs = 1;
 	pthread_mutex_init(&c->wmu, NULL);
 	*cp = c;
@@ -294,10 +255,7 @@ ce_get_conn_locked(qpi_ce *s, int64_t deadline_ns, ce_conn **cp)
 			if (s->cur != NULL) {
 				ce_conn_unref_locked(s->cur);
 			}
-			c->num = ++s->nconn;
-			if (c->num == 0) {
-				c->num = ++s->nconn;
-			}
+			c->num = ++s->nconn != 0 ? s->nconn : ++s->nconn;
 			s->cur = c;
 			/* Should it break before a reply, the next dial
 			 * waits: a reply resets the backoff (qpi_ce_call). */
@@ -312,33 +270,24 @@ ce_get_conn_locked(qpi_ce *s, int64_t deadline_ns, ce_conn **cp)
 	}
 }
 
-/* Hands every whole reply in c's buffer to its waiter. s->mu held. False
- * when the stream is bad. */
-static bool
-ce_dispatch_locked(qpi_ce *s, ce_conn *c)
+/* Hands reply m (len bytes after its request id) to its waiter; a late
+ * one, which has none, is dropped. s->mu held. */
+static void
+ce_dispatch_locked(qpi_ce *s, ce_conn *c, uint8_t *m, size_t len)
 {
-	size_t pos = 0, blen, end;
-	uint8_t *body;
-	uint32_t id;
-	bool bad = false;
+	uint32_t id = qpi_sp_get32(m);
 
-	while (ce_next(c, pos, s->max_recv, &id, &body, &blen, &end, &bad)) {
-		for (ce_wait *w = s->waiters; w != NULL; w = w->next) {
-			if (w->id == id && w->conn == c && !w->done) {
-				if ((w->rep = malloc(blen > 0 ? blen : 1))
-				    != NULL) {
-					memcpy(w->rep, body, blen);
-					w->replen = blen;
-				}
-				w->done = true;
-				pthread_cond_broadcast(&s->cv);
-				break;
-			}
+	for (ce_wait *w = s->waiters; w != NULL; w = w->next) {
+		if (w->id == id && w->conn == c && !w->done) {
+			memmove(m, m + 4, len);
+			w->rep = m;
+			w->replen = len;
+			w->done = true;
+			pthread_cond_broadcast(&s->cv);
+			return;
 		}
-		pos = end; /* no waiter: a late reply */
 	}
-	ce_consume(c, pos);
-	return !bad;
+	free(m);
 }
 
 static void
@@ -374,7 +323,8 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 	pthread_mutex_unlock(&s->mu);
 
 	pthread_mutex_lock(&c->wmu);
-	rv = qpi_link_send_frame(c->l, w.id, req, len, reply_deadline_ns);
+	rv = qpi_link_send_frame(
+	    c->l, w.id, false, req, len, reply_deadline_ns);
 	pthread_mutex_unlock(&c->wmu);
 
 	pthread_mutex_lock(&s->mu);
@@ -389,17 +339,19 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 		} else if (c->broken) {
 			rv = QP_ECONNRESET;
 		} else if (!c->reading) {
+			size_t max = s->max_recv, mlen;
+			uint8_t *m;
 			c->reading = true;
 			pthread_mutex_unlock(&s->mu);
-			rv = ce_read_some(c, reply_deadline_ns);
+			rv = qpi_link_read_frame(
+			    c->l, &c->rd, max, &m, &mlen, reply_deadline_ns);
 			pthread_mutex_lock(&s->mu);
 			c->reading = false;
 			pthread_cond_broadcast(&s->cv);
-			if (rv == QP_OK && !ce_dispatch_locked(s, c)) {
-				rv = QP_EPROTO;
-			}
-			if (rv == QP_ECONNRESET || rv == QP_EPROTO
-			    || rv == QP_ENOMEM) {
+			if (rv == QP_OK) {
+				ce_dispatch_locked(s, c, m, mlen);
+			} else if (rv != QP_ETIMEDOUT) {
+				/* Lost, or bad: the stream is spoilt. */
 				ce_break_locked(s, c);
 				rv = QP_ECONNRESET;
 			}
@@ -410,7 +362,7 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 		}
 	}
 	if (w.done) {
-		rv = w.rep != NULL ? QP_OK : QP_ENOMEM;
+		rv = QP_OK;
 		s->backoff_ms = 0; /* the server answers: redial at once */
 		s->next_try_ns = 0;
 	}
@@ -425,8 +377,6 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 		return QP_OK;
 	case QP_ECLOSED:
 		return qpi_err(QP_ECLOSED, "%s: handle closed", s->addr.url);
-	case QP_ENOMEM:
-		return qpi_err(QP_ENOMEM, "out of memory for a reply");
 	case QP_ETIMEDOUT:
 		return qpi_err(
 		    QP_ETIMEDOUT, "no reply from %s in time", s->addr.url);
@@ -480,7 +430,7 @@ qpi_ce_forget(qpi_ce *s)
 	}
 	if (s->cur != NULL) {
 		qpi_link_forget(s->cur->l); /* plain sockets: close the fd */
-		free(s->cur->rbuf);
+		qpi_link_rd_free(&s->cur->rd);
 		free(s->cur);
 	}
 	free(s);

@@ -19,9 +19,11 @@
 
 typedef struct qpi_ce qpi_ce;
 
-/* Runs on each new connection l before it is shared, until deadline_ns:
- * QP_OK lets calls use it; an error closes it and fails the dial. */
-typedef int (*qpi_ce_hook)(void *arg, qpi_link *l, int64_t deadline_ns);
+/* Runs on each new connection l (rd: its receive buffer) before it is
+ * shared, until deadline_ns: QP_OK lets calls use it; an error closes it
+ * and fails the dial. */
+typedef int (*qpi_ce_hook)(
+    void *arg, qpi_link *l, qpi_link_rd *rd, int64_t deadline_ns);
 
 /* Dials a (link.h picks the driver; o: TLS settings, may be NULL) once,
  * runs hook, until deadline_ns. max_recv: the largest reply body
@@ -32,12 +34,19 @@ int qpi_ce_open(qpi_ce **cp, const qpi_addr *a, const qp_conn_opts *o,
 /* Sets the largest reply body accepted. */
 void qpi_ce_set_max(qpi_ce *s, size_t max_recv);
 
-/* One request on an unshared connection (a hook's, or a direct
- * connection's handshake: pair1 frames): sends len bytes of req and reads
- * its reply until deadline_ns. QP_OK: *repp (malloc'd, the caller frees
- * it) and *lenp; QP_ECONNRESET, QP_ETIMEDOUT, QP_EPROTO, QP_ENOMEM. */
-int qpi_ce_exchange(qpi_link *l, bool pair1, const void *req, size_t len,
-    int64_t deadline_ns, uint8_t **repp, size_t *lenp);
+/* A session's opening (session.h's qpi_session_xfn, arg a qpi_ce_hs) on
+ * an unshared connection: sends len bytes of req in one frame (pair1: a
+ * direct connection's, else req0) and reads its reply until the deadline
+ * into *repp (malloc'd) and *lenp. Errors: QP_ENOMEM; a lost or silent
+ * peer is QP_ECONNREFUSED, or with pair1 QP_EPROTO or QP_ETIMEDOUT. */
+typedef struct qpi_ce_hs {
+	qpi_link *l;
+	qpi_link_rd *rd; /* l's receive buffer */
+	bool pair1;
+	int64_t deadline_ns;
+} qpi_ce_hs;
+int qpi_ce_hs_xfn(
+    void *arg, const void *req, size_t len, uint8_t **repp, size_t *lenp);
 
 /* Sends req (connecting first, until conn_deadline_ns) and waits for the
  * reply until reply_deadline_ns: *repp (malloc'd), *lenp, *connp (its

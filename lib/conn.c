@@ -159,8 +159,10 @@ qpi_rxq_wait_room(qpi_rxq *q)
 }
 
 int
-qpi_rxq_fd(qpi_rxq *q, int *fdp)
+qpi_rxq_fd(qp_conn *c, int *fdp)
 {
+	qpi_rxq *q = &((qpi_rxconn *) c)->q;
+
 	pthread_mutex_lock(&q->mu);
 	q->armed = true;
 	rxq_efd_sync(q);
@@ -170,8 +172,9 @@ qpi_rxq_fd(qpi_rxq *q, int *fdp)
 }
 
 int
-qpi_rxq_peek(qpi_rxq *q, int64_t deadline, qpi_msginfo *mi)
+qpi_rxq_peek(qp_conn *c, int64_t deadline, qpi_msginfo *mi)
 {
+	qpi_rxq *q = &((qpi_rxconn *) c)->q;
 	int rv = QP_OK;
 
 	pthread_mutex_lock(&q->mu);
@@ -191,8 +194,9 @@ qpi_rxq_peek(qpi_rxq *q, int64_t deadline, qpi_msginfo *mi)
 }
 
 int
-qpi_rxq_take(qpi_rxq *q, const qpi_msginfo *mi, size_t skip, void *dst)
+qpi_rxq_take(qp_conn *c, const qpi_msginfo *mi, size_t skip, void *dst)
 {
+	qpi_rxq *q = &((qpi_rxconn *) c)->q;
 	qpi_rxmsg *m;
 
 	pthread_mutex_lock(&q->mu);
@@ -225,8 +229,11 @@ conn_foreign(const qp_conn *c)
 
 /* ---- checks ---- */
 
+enum { CONN_ANY, CONN_SEND, CONN_RECV };
+
+/* Whether c is open here, and may do what use asks. */
 static int
-conn_open(qp_conn *c)
+conn_check(qp_conn *c, int use)
 {
 	if (c == NULL) {
 		return qpi_err(QP_EINVAL, "connection is NULL");
@@ -237,84 +244,57 @@ conn_open(qp_conn *c)
 	if (conn_foreign(c)) {
 		return qpi_nng_forked_err("this connection", c->owner);
 	}
+	if ((use == CONN_SEND && !c->writable)
+	    || (use == CONN_RECV && !c->readable)) {
+		return qpi_err(QP_EPERM, "connection is %s",
+		    use == CONN_SEND ? "read-only" : "write-only");
+	}
 	return QP_OK;
-}
-
-static int
-conn_can_send(qp_conn *c)
-{
-	int rv = conn_open(c);
-
-	if (rv == QP_OK && !c->writable) {
-		rv = qpi_err(QP_EPERM, "connection is read-only");
-	}
-	return rv;
-}
-
-static int
-conn_can_recv(qp_conn *c)
-{
-	int rv = conn_open(c);
-
-	if (rv == QP_OK && !c->readable) {
-		rv = qpi_err(QP_EPERM, "connection is write-only");
-	}
-	return rv;
 }
 
 /* ---- sending ---- */
 
-QP_API int
-qp_conn_send(qp_conn *c, const void *msgpack, size_t len)
+/* Both sends: len bytes of buf, a raw payload or a msgpack value. */
+static int
+conn_send(qp_conn *c, bool raw, const void *buf, size_t len)
 {
 	size_t off, plen;
 	uint8_t binoff = 0;
-	int rv;
+	int rv = conn_check(c, CONN_SEND);
 
-	if ((rv = conn_can_send(c)) != QP_OK) {
-		return rv;
-	}
-	if (msgpack == NULL) {
-		return qpi_err(QP_EINVAL, "message is NULL");
-	}
-	if (len > c->max_message) {
-		return qpi_err(QP_ETOOBIG,
+	if (rv == QP_OK && buf == NULL) {
+		rv = qpi_err(
+		    QP_EINVAL, raw ? "buffer is NULL" : "message is NULL");
+	} else if (rv == QP_OK && len > c->max_message) {
+		rv = qpi_err(QP_ETOOBIG,
 		    "message of %zu bytes is over this connection's maximum "
 		    "of %zu; nothing sent",
 		    len, c->max_message);
-	}
-	if ((rv = qpi_wire_check_value(msgpack, len)) != QP_OK) {
-		return rv;
-	}
-	if (qpi_wire_bin_unwrap(msgpack, len, &off, &plen)) {
+	} else if (rv == QP_OK && !raw
+	    && (rv = qpi_wire_check_value(buf, len)) == QP_OK
+	    && qpi_wire_bin_unwrap(buf, len, &off, &plen)) {
 		binoff = (uint8_t) off;
 	}
-	return c->ops->send(c, false, msgpack, len, binoff);
+	return rv != QP_OK ? rv : c->ops->send(c, raw, buf, len, binoff);
+}
+
+QP_API int
+qp_conn_send(qp_conn *c, const void *msgpack, size_t len)
+{
+	return conn_send(c, false, msgpack, len);
 }
 
 QP_API int
 qp_conn_send_bytes(qp_conn *c, const void *buf, size_t offset, size_t size)
 {
-	int rv;
-
-	if ((rv = conn_can_send(c)) != QP_OK) {
-		return rv;
-	}
-	if (buf == NULL && size > 0) {
-		return qpi_err(QP_EINVAL, "buffer is NULL");
-	}
 	if (offset > SIZE_MAX - size) {
 		return qpi_err(QP_EINVAL, "offset + size overflows");
 	}
-	if (size > c->max_message) {
-		return qpi_err(QP_ETOOBIG,
-		    "message of %zu bytes is over this connection's maximum "
-		    "of %zu; nothing sent",
-		    size, c->max_message);
-	}
-	return c->ops->send(c, true,
-	    buf == NULL ? (const void *) "" : (const uint8_t *) buf + offset,
-	    size, 0);
+	return conn_send(c, true,
+	    buf != NULL     ? (const uint8_t *) buf + offset
+	        : size == 0 ? (const void *) ""
+	                    : NULL,
+	    size);
 }
 
 /* ---- receiving ---- */
@@ -331,9 +311,12 @@ conn_recv(
 	uint8_t hdr[5];
 	size_t hl = 0, skip = 0, n;
 	uint8_t *p = buf;
-	int rv = c->ops->peek(c, INT64_MAX, &mi);
+	int rv = conn_check(c, CONN_RECV);
 
-	if (rv != QP_OK) {
+	if (rv == QP_OK && (lenp == NULL || (buf == NULL && bufp == NULL))) {
+		rv = qpi_err(QP_EINVAL, "output pointer is NULL");
+	}
+	if (rv != QP_OK || (rv = c->ops->peek(c, INT64_MAX, &mi)) != QP_OK) {
 		return rv; /* a carrier's own error describes no message */
 	}
 	if (enc && mi.raw) {
@@ -377,47 +360,31 @@ conn_recv(
 QP_API int
 qp_conn_recv(qp_conn *c, void **msgpackp, size_t *lenp)
 {
-	int rv = conn_can_recv(c);
-
-	if (rv == QP_OK && (msgpackp == NULL || lenp == NULL)) {
-		rv = qpi_err(QP_EINVAL, "output pointer is NULL");
-	}
-	return rv != QP_OK
-	    ? rv
-	    : conn_recv(c, true, NULL, SIZE_MAX, msgpackp, lenp);
+	return conn_recv(c, true, NULL, SIZE_MAX, msgpackp, lenp);
 }
 
 QP_API int
 qp_conn_recv_bytes(qp_conn *c, void **bufp, size_t *lenp, size_t maxlength)
 {
-	int rv = conn_can_recv(c);
-
-	if (rv == QP_OK && (bufp == NULL || lenp == NULL)) {
-		rv = qpi_err(QP_EINVAL, "output pointer is NULL");
-	}
-	return rv != QP_OK ? rv
-	                   : conn_recv(c, false, NULL, maxlength, bufp, lenp);
+	return conn_recv(c, false, NULL, maxlength, bufp, lenp);
 }
 
 QP_API int
 qp_conn_recv_bytes_into(
     qp_conn *c, void *buf, size_t bufsize, size_t offset, size_t *lenp)
 {
-	int rv = conn_can_recv(c);
+	static uint8_t none[1];
 
-	if (rv == QP_OK && lenp == NULL) {
-		rv = qpi_err(QP_EINVAL, "output pointer is NULL");
-	} else if (rv == QP_OK && buf == NULL && bufsize > 0) {
-		rv = qpi_err(QP_EINVAL, "buffer is NULL");
-	} else if (rv == QP_OK && offset > bufsize) {
-		rv = qpi_err(QP_EINVAL,
+	if (buf == NULL && bufsize > 0) {
+		return qpi_err(QP_EINVAL, "buffer is NULL");
+	}
+	if (offset > bufsize) {
+		return qpi_err(QP_EINVAL,
 		    "offset %zu is past the %zu-byte buffer", offset, bufsize);
 	}
-	static uint8_t none[1];
-	return rv != QP_OK ? rv
-	                   : conn_recv(c, false,
-	                       buf != NULL ? (uint8_t *) buf + offset : none,
-	                       bufsize - offset, NULL, lenp);
+	return conn_recv(c, false,
+	    buf != NULL ? (uint8_t *) buf + offset : none, bufsize - offset,
+	    NULL, lenp);
 }
 
 QP_API int
@@ -426,7 +393,7 @@ qp_conn_poll(qp_conn *c, qp_duration timeout, bool *readyp)
 	qpi_msginfo mi;
 	int rv;
 
-	if ((rv = conn_can_recv(c)) != QP_OK) {
+	if ((rv = conn_check(c, CONN_RECV)) != QP_OK) {
 		return rv;
 	}
 	if ((rv = qpi_duration_check(timeout)) != QP_OK) {
@@ -450,7 +417,7 @@ qp_conn_fd(qp_conn *c, int *fdp)
 {
 	int rv;
 
-	if ((rv = conn_can_recv(c)) != QP_OK) {
+	if ((rv = conn_check(c, CONN_RECV)) != QP_OK) {
 		return rv;
 	}
 	if (fdp == NULL) {
@@ -464,7 +431,7 @@ qp_conn_set_max_message(qp_conn *c, size_t max)
 {
 	int rv;
 
-	if ((rv = conn_open(c)) != QP_OK) {
+	if ((rv = conn_check(c, CONN_ANY)) != QP_OK) {
 		return rv;
 	}
 	if (max == 0 || max > QPI_CONN_MAX_MESSAGE) {
@@ -540,7 +507,7 @@ qp_wait(qp_conn *const *conns, size_t n, qp_duration timeout, bool *ready,
 	}
 	*nreadyp = 0;
 	for (i = 0; i < n; i++) {
-		if ((rv = conn_can_recv(conns[i])) != QP_OK) {
+		if ((rv = conn_check(conns[i], CONN_RECV)) != QP_OK) {
 			return rv;
 		}
 	}

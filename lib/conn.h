@@ -132,12 +132,17 @@ void qpi_rxq_end(qpi_rxq *q, int err, const char *fmt, ...)
  * the queue has ended. */
 bool qpi_rxq_wait_room(qpi_rxq *q);
 
-/* The carrier op fd (qpi_conn_ops) on the queue: efd, armed. QP_OK. */
-int qpi_rxq_fd(qpi_rxq *q, int *fdp);
+/* A carrier that receives into a queue (netconn.c, rpipe.c) embeds this
+ * first; the three calls below are then its ops fd, peek and take. */
+typedef struct qpi_rxconn {
+	qp_conn base;
+	qpi_rxq q;
+} qpi_rxconn;
 
-/* The carrier ops' peek and take (qpi_conn_ops) on the queue. */
-int qpi_rxq_peek(qpi_rxq *q, int64_t deadline_ns, qpi_msginfo *mi);
-int qpi_rxq_take(qpi_rxq *q, const qpi_msginfo *mi, size_t skip, void *dst);
+/* The ops fd (efd, armed; QP_OK), peek and take on a qpi_rxconn's queue. */
+int qpi_rxq_fd(qp_conn *c, int *fdp);
+int qpi_rxq_peek(qp_conn *c, int64_t deadline_ns, qpi_msginfo *mi);
+int qpi_rxq_take(qp_conn *c, const qpi_msginfo *mi, size_t skip, void *dst);
 
 /* How many dialers a listener (netconn.c) refused for a missing or wrong
  * token (they closed, or failed auth, after a hello reply that asked for

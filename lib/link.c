@@ -1,14 +1,17 @@
 /*
  * link.c - the connection layer's common part (link.h): picks the driver
  * for an address (dial and listen), names what a listener bound, and
- * speaks SP (sp.h) on any link: the handshake, and
- * whole frames sent and received. On tls+tcp:// the handshake's first
- * bytes carry the TLS handshake, so a failure there is reported as a TLS
- * failure, with the cause found by tls.c. No state; no locking.
+ * speaks SP (sp.h) on any link: the handshake, and whole frames sent and
+ * received, the latter cut from the caller's 64 KiB buffer (a frame over
+ * 16 KiB is read into an allocation of its own). On tls+tcp:// the
+ * handshake's first bytes carry the TLS handshake, so a failure there is
+ * reported as a TLS failure, with the cause found by tls.c. No state of
+ * its own and no locking: each buffer has one reader at a time.
  */
 #include "link.h"
 #include "sp.h"
 #include "tls.h"
+#include "wire.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,33 +97,23 @@ qpi_link_sp_handshake(qpi_link *l, const qpi_addr *a, const qp_conn_opts *o,
 }
 
 int
-qpi_link_connect(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
-    int64_t deadline_ns)
-{
-	int rv = qpi_link_uses_nng(a)
-	    ? qpi_link_nng_dial(lp, a, o, deadline_ns)
-	    : qpi_link_sock_dial(lp, a, deadline_ns);
-
-	if (rv == QP_OK) {
-		(*lp)->ipc = a->kind == QPI_ADDR_IPC;
-		snprintf((*lp)->url, sizeof((*lp)->url), "%s", a->url);
-	}
-	return rv;
-}
-
-int
 qpi_link_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     uint16_t proto, uint16_t peer_proto, int64_t deadline_ns)
 {
 	qpi_link *l;
-	int rv;
+	int rv = qpi_link_uses_nng(a)
+	    ? qpi_link_nng_dial(&l, a, o, deadline_ns)
+	    : qpi_link_sock_dial(&l, a, deadline_ns);
 
-	if ((rv = qpi_link_connect(&l, a, o, deadline_ns)) != QP_OK) {
+	if (rv != QP_OK) {
 		return rv;
 	}
-	if ((rv = qpi_link_sp_handshake(
-	         l, a, o, false, proto, peer_proto, deadline_ns))
-	    != QP_OK) {
+	l->ipc = a->kind == QPI_ADDR_IPC;
+	snprintf(l->url, sizeof(l->url), "%s", a->url);
+	if (proto != 0
+	    && (rv = qpi_link_sp_handshake(
+	            l, a, o, false, proto, peer_proto, deadline_ns))
+	        != QP_OK) {
 		l->ops->free(l);
 		return rv;
 	}
@@ -154,52 +147,92 @@ qpi_link_bound(const qpi_addr *a, unsigned port, char *bound, size_t boundlen)
 }
 
 int
-qpi_link_send_frame(qpi_link *l, uint32_t tag, const void *body, size_t len,
-    int64_t deadline_ns)
+qpi_link_send_frame(qpi_link *l, uint32_t tag, bool bin, const void *body,
+    size_t len, int64_t deadline_ns)
 {
-	uint8_t hdr[9 + 4];
-	size_t hl = qpi_sp_frame_hdr(hdr, l->ipc, (uint64_t) len + 4);
-	struct iovec iov[2];
+	uint8_t hdr[9 + 4 + 5];
+	size_t hl = qpi_sp_frame_hdr(hdr, l->ipc, 0) + 4; /* length below */
+	size_t bl = bin ? qpi_wire_bin_header(len, hdr + hl) : 0;
+	struct iovec iov[2]
+	    = {{hdr, hl + bl}, {(void *) (uintptr_t) body, len}};
 
-	qpi_sp_put32(hdr + hl, tag);
-	iov[0].iov_base = hdr;
-	iov[0].iov_len = hl + 4;
-	iov[1].iov_base = (void *) body;
-	iov[1].iov_len = len;
+	qpi_sp_frame_hdr(hdr, l->ipc, (uint64_t) len + 4 + bl);
+	qpi_sp_put32(hdr + hl - 4, tag);
 	return l->ops->send(l, iov, len > 0 ? 2 : 1, deadline_ns);
 }
 
+#define RD_BUF    ((size_t) 64 * 1024)
+#define RD_DIRECT ((size_t) 16 * 1024) /* larger frames: read directly */
+
 int
-qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp, uint8_t **bufp,
+qpi_link_read_frame(qpi_link *l, qpi_link_rd *rd, size_t max, uint8_t **memp,
     size_t *lenp, int64_t deadline_ns)
 {
-	uint8_t hdr[9];
-	size_t hl = l->ipc ? 9 : 8;
-	uint64_t len = 0;
-	uint8_t *buf;
+	size_t n;
 	int rv;
 
-	if ((rv = lk_read_full(l, hdr, hl, deadline_ns)) != QP_OK) {
-		return rv;
+	if (rd->buf == NULL && (rd->buf = malloc(RD_BUF)) == NULL) {
+		return qpi_err(QP_ENOMEM, "out of memory for a connection");
 	}
-	if (qpi_sp_frame_parse(hdr, hl, l->ipc, &len) <= 0 || len < 4
-	    || len > max) {
-		return qpi_err(QP_EPROTO,
-		    "%s sent a bad frame header (%llu bytes)", l->url,
-		    (unsigned long long) len);
+	while (rd->big == NULL) {
+		size_t avail = rd->len - rd->off;
+		uint8_t *p = rd->buf + rd->off;
+		uint64_t frame = 0;
+		int hl = qpi_sp_frame_parse(p, avail, l->ipc, &frame);
+
+		if (hl < 0 || (hl > 0 && frame < 4)) {
+			return qpi_err(
+			    QP_EPROTO, "%s sent a bad frame header", l->url);
+		}
+		if (hl > 0 && frame - 4 > max) {
+			return qpi_err(QP_ETOOBIG,
+			    "%s sent a %llu-byte message, over the maximum of "
+			    "%zu",
+			    l->url, (unsigned long long) (frame - 4), max);
+		}
+		/* A frame whole in the buffer, or too large for it. */
+		if (hl > 0 && (avail - hl >= frame || frame > RD_DIRECT)) {
+			if ((rd->big = malloc(frame)) == NULL) {
+				return qpi_err(QP_ENOMEM,
+				    "out of memory receiving %llu bytes",
+				    (unsigned long long) frame);
+			}
+			rd->want = frame;
+			rd->have = avail - hl < frame ? avail - hl : frame;
+			memcpy(rd->big, p + hl, rd->have);
+			rd->off += hl + rd->have;
+			break;
+		}
+		/* More bytes: the rest of the buffer, moved to its start. */
+		memmove(rd->buf, p, avail);
+		rd->off = 0;
+		rd->len = avail;
+		if ((rv = l->ops->recv(
+		         l, rd->buf + avail, RD_BUF - avail, &n, deadline_ns))
+		    != QP_OK) {
+			return rv;
+		}
+		rd->len += n;
 	}
-	if ((buf = malloc((size_t) len)) == NULL) {
-		return qpi_err(QP_ENOMEM, "out of memory for a frame");
+	while (rd->have < rd->want) {
+		if ((rv = l->ops->recv(l, rd->big + rd->have,
+		         rd->want - rd->have, &n, deadline_ns))
+		    != QP_OK) {
+			return rv;
+		}
+		rd->have += n;
 	}
-	if ((rv = lk_read_full(l, buf, (size_t) len, deadline_ns)) != QP_OK) {
-		free(buf);
-		return rv;
-	}
-	*tagp = qpi_sp_get32(buf);
-	memmove(buf, buf + 4, (size_t) len - 4);
-	*bufp = buf;
-	*lenp = (size_t) len - 4;
+	*memp = rd->big;
+	*lenp = rd->want - 4;
+	rd->big = NULL;
 	return QP_OK;
+}
+
+void
+qpi_link_rd_free(qpi_link_rd *rd)
+{
+	free(rd->buf);
+	free(rd->big);
 }
 
 int

@@ -44,21 +44,17 @@ typedef struct qpi_link_ops {
 struct qpi_link {
 	const qpi_link_ops *ops;
 	bool ipc; /* frames carry ipc://'s message-type byte */
-	bool nng; /* the nng driver: its threads do not survive fork() */
 	int nrv; /* the nng driver's last nng error (0: none), for messages */
 	int fd; /* the plain socket driver's socket; -1: the nng driver */
 	char url[QPI_URL_MAX + 1]; /* the server's address, for messages */
 };
 
-/* Dials a on its driver (qpi_link_uses_nng), SP handshake as proto to
- * peer_proto, until deadline_ns; o: TLS settings or NULL. QP_ECONNREFUSED,
- * QP_EPROTO, QP_EAUTH (TLS), QP_ETIMEDOUT, QP_EINVAL, QP_ENOMEM. */
+/* Dials a on its driver (qpi_link_uses_nng), SP handshake (unless proto
+ * is 0) as proto to peer_proto, until deadline_ns; o: TLS settings or
+ * NULL. QP_ECONNREFUSED, QP_EPROTO, QP_EAUTH (TLS), QP_ETIMEDOUT,
+ * QP_EINVAL, QP_ENOMEM. */
 int qpi_link_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     uint16_t proto, uint16_t peer_proto, int64_t deadline_ns);
-
-/* qpi_link_dial without the SP handshake. */
-int qpi_link_connect(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
-    int64_t deadline_ns);
 
 /* Whether a dial to a uses the nng driver (tls+tcp://, QPIPE_TRANSPORT). */
 bool qpi_link_uses_nng(const qpi_addr *a);
@@ -78,16 +74,29 @@ int qpi_link_sp_handshake(qpi_link *l, const qpi_addr *a,
     int64_t deadline_ns);
 
 /* Sends one frame: the SP header, the 4-byte tag (req0: the request id;
- * pair1: the hop count), then body (len bytes). Errors as ops->send. */
-int qpi_link_send_frame(qpi_link *l, uint32_t tag, const void *body,
+ * pair1: the hop count), then body (len bytes; bin: a payload sent as a
+ * msgpack bin, its header added). Errors as ops->send. */
+int qpi_link_send_frame(qpi_link *l, uint32_t tag, bool bin, const void *body,
     size_t len, int64_t deadline_ns);
 
-/* Receives one whole frame of at most max bytes (tag included) into a
- * malloc'd *bufp (the caller frees it), reading nothing past it. *tagp
- * gets the tag, *lenp the body's size; the body is at *bufp. Errors as
- * ops->recv, QP_EPROTO (a bad header or a frame over max), QP_ENOMEM. */
-int qpi_link_recv_frame(qpi_link *l, size_t max, uint32_t *tagp,
-    uint8_t **bufp, size_t *lenp, int64_t deadline_ns);
+/* A link's receive buffer, from which qpi_link_read_frame cuts frames;
+ * a frame read in part stays here across a timeout. Zero it first. */
+typedef struct qpi_link_rd {
+	uint8_t *buf; /* bytes read; those from off to len not yet cut */
+	size_t off, len;
+	uint8_t *big; /* the frame being read, in an allocation of its own */
+	size_t have, want; /* its bytes read and its size */
+} qpi_link_rd;
+
+/* Reads the next frame, of at most max bytes after its 4-byte tag, until
+ * deadline_ns: *memp (malloc'd, the caller's) holds the tag, then *lenp
+ * bytes of body. Errors as ops->recv, QP_EPROTO (a bad header),
+ * QP_ETOOBIG (a frame over max), QP_ENOMEM. */
+int qpi_link_read_frame(qpi_link *l, qpi_link_rd *rd, size_t max,
+    uint8_t **memp, size_t *lenp, int64_t deadline_ns);
+
+/* Frees rd's memory. */
+void qpi_link_rd_free(qpi_link_rd *rd);
 
 /* The nng stream under an nng link, handed over to the caller (an
  * nng_stream *: qpiped's nng-stream driver reads it with nng's
@@ -98,7 +107,7 @@ void *qpi_link_nng_take(qpi_link *l);
  * (qpiped's event loops); the link's own parts are freed. */
 int qpi_link_sock_take(qpi_link *l);
 
-/* The drivers' dials (qpi_link_connect picks one). */
+/* The drivers' dials (qpi_link_dial picks one). */
 int qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns);
 int qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     int64_t deadline_ns);

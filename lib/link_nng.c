@@ -268,23 +268,21 @@ nl_new(nng_link **np, nng_stream *st, bool tls)
 {
 	nng_link *n = calloc(1, sizeof(*n));
 
+	if (n != NULL) {
+		pthread_mutex_init(&n->mu, NULL);
+	}
 	if (n == NULL || nng_aio_alloc(&n->tx, NULL, NULL) != 0
 	    || nng_aio_alloc(&n->rx, NULL, NULL) != 0
 	    || nng_aio_alloc(&n->wd[0], nl_wd_tx, n) != 0
 	    || nng_aio_alloc(&n->wd[1], nl_wd_rx, n) != 0) {
 		if (n != NULL) {
-			nng_aio_free(n->wd[0]);
-			nng_aio_free(n->tx);
-			nng_aio_free(n->rx);
-			free(n);
+			nl_free_parts(n);
 		}
 		return qpi_err(QP_ENOMEM, "out of memory for a connection");
 	}
-	pthread_mutex_init(&n->mu, NULL);
 	n->st = st;
 	n->tls = tls;
 	n->base.ops = &nl_ops;
-	n->base.nng = true;
 	n->base.fd = -1;
 	*np = n;
 	return QP_OK;

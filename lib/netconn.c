@@ -10,18 +10,16 @@
  * qp_dial dials and retries a refused dial until its timeout; qp_listen's
  * acceptor gives each new link a short thread for its handshake
  * (nc_pending_main), then queues it for accept. An open connection's
- * reader thread cuts frames from a 64 KiB buffer (a frame over 16 KiB,
- * its length checked first, is read into its own allocation), checks
- * each is one msgpack value and queues it in conn.h's qpi_rxq, waiting
- * while QPI_RXQ_MAX bytes are queued so that a slow receiver pushes back
+ * reader thread reads frames (qpi_link_read_frame), checks each is one
+ * msgpack value and queues it in conn.h's qpi_rxq, waiting while
+ * QPI_RXQ_MAX bytes are queued so that a slow receiver pushes back
  * through TCP; the end of the stream is reported once the queue is
- * drained. Sends are synchronous (header and payload in two iovs); a
- * dialer refuses a message over the listener's max_message with
- * QP_ETOOBIG, nothing sent. fork(): a connection or listener stays with
- * the process that made it (its reader, and nng's threads, stay in the
- * parent), so a forked child's calls on one are refused and free only
- * releases the child's memory (nc_forget). Locking: per connection the
- * queue's mutex and txmu (senders); per listener mu guards the
+ * drained. Sends are synchronous; a dialer refuses a message over the
+ * listener's max_message with QP_ETOOBIG, nothing sent. fork(): a connection
+ * or listener stays with the process that made it (its reader, and nng's
+ * threads, stay in the parent), so a forked child's calls on one are refused
+ * and free only releases the child's memory (nc_forget). Locking: per
+ * connection the queue's mutex and txmu (senders); per listener mu guards the
  * handshakes in progress and the connections ready.
  */
 #include "call.h"
@@ -34,13 +32,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #define SP_PAIR1    0x11u /* the SP protocol number of pair1 */
 #define HOPS_MAX    0xffu
-#define RXBUF       ((size_t) 64 * 1024)
-#define RXDIRECT    ((size_t) 16 * 1024)
 #define NEGO_MS     10000
 #define PENDING_MAX 256
 #define FRAME_EXTRA 16u /* pair1 header + bin header, with room */
@@ -50,17 +45,13 @@
 #define HELLO_MAX   4096 /* the largest hello frame either side takes */
 
 struct netconn {
-	qp_conn base;
+	qpi_rxconn rx; /* first: the connection and its received messages */
 	qpi_link *link; /* the stream, on the connection layer */
 	struct netconn *next_ready; /* the listener's queue */
-	char peer[QPI_URL_MAX + 1]; /* for messages */
 	uint64_t peer_max; /* the listener's max_message, from its hello */
-	qpi_rxq q;
-	pthread_t rd; /* the reader */
+	pthread_t reader;
 	atomic_size_t frame_max; /* the largest value the reader takes */
-	uint8_t *rxbuf; /* the reader's */
-	size_t rxlen; /* bytes in rxbuf */
-	size_t rxoff; /* bytes of rxbuf already cut into messages */
+	qpi_link_rd rd; /* the reader's */
 	pthread_mutex_t txmu;
 };
 
@@ -87,85 +78,12 @@ struct qp_listener {
 	struct pending *pend;
 	size_t npend;
 	struct netconn *ready_head;
-	struct netconn *ready_tail;
+	struct netconn **ready_tail; /* the last next_ready, or &ready_head */
 	size_t nready;
 	uint64_t refused; /* dialers that did not authenticate */
 };
 
-static inline struct netconn *
-nc_conn(qp_conn *c)
-{
-	return (struct netconn *) c;
-}
-
 /* ---- the reader ---- */
-
-/* Reads the next frame: *memp (malloc'd) holds the pair1 header, then the
- * value (*lenp bytes). Whole small frames are cut from rxbuf; a frame over
- * RXDIRECT, or one that is there whole, gets an allocation of its own. */
-static int
-nc_read_frame(struct netconn *c, uint8_t **memp, size_t *lenp)
-{
-	qpi_link *l = c->link;
-	uint8_t *m;
-	size_t n, have;
-	int rv;
-
-	for (;;) {
-		size_t avail = c->rxlen - c->rxoff;
-		uint8_t *p = c->rxbuf + c->rxoff;
-		uint64_t frame = 0;
-		int hl = qpi_sp_frame_parse(p, avail, l->ipc, &frame);
-		if (hl < 0) {
-			return qpi_err(QP_EPROTO,
-			    "%s sent an ipc frame of type %u", c->peer, p[0]);
-		}
-		if (hl > 0 && frame < 4) {
-			return qpi_err(QP_EPROTO,
-			    "%s sent a frame without a pair1 header", c->peer);
-		}
-		if (hl > 0 && frame - 4 > atomic_load(&c->frame_max)) {
-			return qpi_err(QP_ETOOBIG,
-			    "%s sent a %llu-byte message, over this "
-			    "connection's maximum of %zu",
-			    c->peer, (unsigned long long) (frame - 4),
-			    c->base.max_message);
-		}
-		if (hl > 0 && (avail - hl >= frame || frame > RXDIRECT)) {
-			if ((m = malloc(frame)) == NULL) {
-				return qpi_err(QP_ENOMEM,
-				    "out of memory receiving %llu bytes",
-				    (unsigned long long) frame);
-			}
-			have = avail - hl < frame ? avail - hl : frame;
-			memcpy(m, p + hl, have);
-			c->rxoff += hl + have;
-			for (rv = QP_OK; rv == QP_OK && have < frame;) {
-				n = 0;
-				rv = l->ops->recv(
-				    l, m + have, frame - have, &n, INT64_MAX);
-				have += n;
-			}
-			if (rv != QP_OK) {
-				free(m);
-				return rv;
-			}
-			*memp = m;
-			*lenp = frame - 4;
-			return QP_OK;
-		}
-		/* More bytes: the rest of rxbuf, moved to its start. */
-		memmove(c->rxbuf, p, avail);
-		c->rxoff = 0;
-		c->rxlen = avail;
-		if ((rv = l->ops->recv(
-		         l, c->rxbuf + avail, RXBUF - avail, &n, INT64_MAX))
-		    != QP_OK) {
-			return rv;
-		}
-		c->rxlen += n;
-	}
-}
 
 /* The reader: frames into the queue, until the stream ends. */
 static void *
@@ -176,36 +94,41 @@ nc_reader(void *arg)
 	size_t len = 0;
 	int rv = QP_OK;
 
-	while (rv == QP_OK && qpi_rxq_wait_room(&c->q)) {
-		if ((rv = nc_read_frame(c, &m, &len)) != QP_OK) {
+	while (rv == QP_OK && qpi_rxq_wait_room(&c->rx.q)) {
+		if ((rv = qpi_link_read_frame(c->link, &c->rd,
+		         atomic_load(&c->frame_max), &m, &len, INT64_MAX))
+		    != QP_OK) {
 			break;
 		}
 		if (qpi_sp_get32(m) > HOPS_MAX) {
 			rv = qpi_err(QP_EPROTO,
 			    "%s sent a frame with a bad pair1 header",
-			    c->peer);
+			    c->link->url);
 		} else if (qpi_wire_check_value(m + 4, len) != QP_OK) {
 			rv = qpi_err(QP_EPROTO,
 			    "%s sent a %zu-byte message that is not one "
 			    "msgpack value",
-			    c->peer, len);
+			    c->link->url, len);
 		} else {
-			rv = qpi_rxq_push(&c->q, m, 4, len);
+			rv = qpi_rxq_push(&c->rx.q, m, 4, len);
 			m = NULL;
 		}
 		free(m);
 	}
-	/* Tell the peer: the stream is no longer in step. First, so that
-	 * a send after the end is seen fails (the socket is shut). */
+	/* Tell the peer (the stream is no longer in step), and fail our
+	 * later sends, before a receiver can see the end. */
 	c->link->ops->shutdown(c->link);
-	if (atomic_load(&c->base.closed)) {
-		qpi_rxq_end(&c->q, QP_ECLOSED, "connection is closed");
+	if (atomic_load(&c->rx.base.closed)) {
+		qpi_rxq_end(&c->rx.q, QP_ECLOSED, "connection is closed");
 	} else if (rv == QP_ECONNRESET) {
-		qpi_rxq_end(&c->q, QP_ECLOSED, "end of file: %s closed%s",
-		    c->peer,
-		    c->rxlen > c->rxoff ? " in the middle of a message" : "");
+		qpi_rxq_end(&c->rx.q, QP_ECLOSED, "end of file: %s closed%s",
+		    c->link->url,
+		    c->rd.len > c->rd.off || c->rd.big != NULL
+		        ? " in the middle of a message"
+		        : "");
 	} else if (rv != QP_OK) {
-		qpi_rxq_end(&c->q, rv, "%s; connection closed", qp_errmsg());
+		qpi_rxq_end(
+		    &c->rx.q, rv, "%s; connection closed", qp_errmsg());
 	}
 	return NULL;
 }
@@ -215,9 +138,8 @@ nc_reader(void *arg)
 static int
 nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 {
-	struct netconn *c = nc_conn(base);
-	uint8_t hdr[9 + 4 + 5];
-	size_t k, hl = 0, body = raw ? len : len - binoff;
+	struct netconn *c = (struct netconn *) base;
+	size_t body = raw ? len : len - binoff;
 	int rv;
 
 	/* The listener told its limit in its hello: over it, the message
@@ -226,58 +148,30 @@ nc_send(qp_conn *base, bool raw, const void *buf, size_t len, uint8_t binoff)
 		return qpi_err(QP_ETOOBIG,
 		    "message of %zu bytes is over the maximum of %llu that %s "
 		    "accepts; nothing sent",
-		    body, (unsigned long long) c->peer_max, c->peer);
+		    body, (unsigned long long) c->peer_max, c->link->url);
 	}
-	k = qpi_sp_frame_hdr(hdr, c->link->ipc, 0); /* its length below */
-	qpi_sp_put32(hdr + k, 1); /* pair1 hop count */
-	k += 4;
-	if (raw) {
-		hl = qpi_wire_bin_header(len, hdr + k);
-		k += hl;
-	}
-	qpi_sp_frame_hdr(hdr, c->link->ipc, 4 + hl + (uint64_t) len);
-	struct iovec iov[2] = {{hdr, k}, {(void *) (uintptr_t) buf, len}};
 	pthread_mutex_lock(&c->txmu);
-	rv = c->link->ops->send(c->link, iov, len > 0 ? 2 : 1, INT64_MAX);
+	rv = qpi_link_send_frame(c->link, 1, raw, buf, len, INT64_MAX);
 	pthread_mutex_unlock(&c->txmu);
-	if (rv != QP_OK) {
-		return qpi_err(QP_ECLOSED, "broken pipe: %s is gone", c->peer);
-	}
-	return QP_OK;
-}
-
-static int
-nc_peek(qp_conn *base, int64_t deadline, qpi_msginfo *mi)
-{
-	return qpi_rxq_peek(&nc_conn(base)->q, deadline, mi);
-}
-
-static int
-nc_take(qp_conn *base, const qpi_msginfo *mi, size_t skip, void *dst)
-{
-	return qpi_rxq_take(&nc_conn(base)->q, mi, skip, dst);
-}
-
-static int
-nc_fd(qp_conn *base, int *fdp)
-{
-	return qpi_rxq_fd(&nc_conn(base)->q, fdp);
+	return rv == QP_OK
+	    ? QP_OK
+	    : qpi_err(QP_ECLOSED, "broken pipe: %s is gone", c->link->url);
 }
 
 static void
 nc_set_max(qp_conn *base)
 {
-	atomic_store(
-	    &nc_conn(base)->frame_max, base->max_message + FRAME_EXTRA);
+	atomic_store(&((struct netconn *) base)->frame_max,
+	    base->max_message + FRAME_EXTRA);
 }
 
 static void
 nc_close(qp_conn *base)
 {
-	struct netconn *c = nc_conn(base);
+	struct netconn *c = (struct netconn *) base;
 
 	/* The reader, in a receive or waiting for room, ends. */
-	qpi_rxq_end(&c->q, QP_ECLOSED, "connection is closed");
+	qpi_rxq_end(&c->rx.q, QP_ECLOSED, "connection is closed");
 	c->link->ops->shutdown(c->link);
 }
 
@@ -286,74 +180,71 @@ nc_close(qp_conn *base)
 static void
 nc_forget(qp_conn *base)
 {
-	struct netconn *c = nc_conn(base);
+	struct netconn *c = (struct netconn *) base;
 
 	qpi_link_forget(c->link);
-	qpi_rxq_free(&c->q, false);
-	free(c->rxbuf);
+	qpi_rxq_free(&c->rx.q, false);
+	qpi_link_rd_free(&c->rd);
 	free(c);
 }
 
 static void
 nc_destroy(qp_conn *base)
 {
-	struct netconn *c = nc_conn(base);
+	struct netconn *c = (struct netconn *) base;
 
-	pthread_join(c->rd, NULL);
+	pthread_join(c->reader, NULL);
 	c->link->ops->free(c->link);
 	pthread_mutex_destroy(&c->txmu);
-	qpi_rxq_free(&c->q, true);
-	free(c->rxbuf);
+	qpi_rxq_free(&c->rx.q, true);
+	qpi_link_rd_free(&c->rd);
 	free(c);
 }
 
 static const qpi_conn_ops nc_ops = {
     .send = nc_send,
-    .peek = nc_peek,
-    .take = nc_take,
-    .fd = nc_fd,
+    .peek = qpi_rxq_peek,
+    .take = qpi_rxq_take,
+    .fd = qpi_rxq_fd,
     .set_max = nc_set_max,
     .close = nc_close,
     .destroy = nc_destroy,
     .forget = nc_forget,
 };
 
-/* Wraps a link that passed the handshake and starts its reader, with
- * max_message as the connection's limit. On failure the caller still owns
- * the link. */
+/* Wraps a link that passed the handshake (rd: what it read) and starts
+ * its reader, with max_message as the connection's limit. Takes link and
+ * rd over, also on failure. */
 static int
 nc_new(
-    struct netconn **cp, qpi_link *link, const char *peer, size_t max_message)
+    struct netconn **cp, qpi_link *link, qpi_link_rd *rd, size_t max_message)
 {
 	struct netconn *c = calloc(1, sizeof(*c));
-	int rv;
+	int rv = c == NULL ? qpi_err(QP_ENOMEM, "out of memory")
+	                   : qpi_rxq_init(&c->rx.q);
 
-	if (c == NULL || (c->rxbuf = malloc(RXBUF)) == NULL) {
-		free(c);
-		return qpi_err(QP_ENOMEM, "out of memory for a connection");
-	}
-	if ((rv = qpi_rxq_init(&c->q)) != QP_OK) {
-		free(c->rxbuf);
-		free(c);
-		return rv;
-	}
-	c->link = link;
-	c->q.lazy = true; /* its eventfd only once qp_conn_fd asks */
-	snprintf(c->peer, sizeof(c->peer), "%s", peer);
-	pthread_mutex_init(&c->txmu, NULL);
-	qpi_conn_init(&c->base, &nc_ops, true, true);
-	c->base.owner = getpid();
-	c->base.max_message = max_message;
-	atomic_init(&c->frame_max, max_message + FRAME_EXTRA);
-	if (pthread_create(&c->rd, NULL, nc_reader, c) != 0) {
+	if (rv == QP_OK) {
+		c->link = link;
+		c->rd = *rd;
+		/* its eventfd only once qp_conn_fd asks */
+		c->rx.q.lazy = true;
+		pthread_mutex_init(&c->txmu, NULL);
+		qpi_conn_init(&c->rx.base, &nc_ops, true, true);
+		c->rx.base.owner = getpid();
+		c->rx.base.max_message = max_message;
+		atomic_init(&c->frame_max, max_message + FRAME_EXTRA);
+		if (pthread_create(&c->reader, NULL, nc_reader, c) == 0) {
+			*cp = c;
+			return QP_OK;
+		}
+		rv = qpi_err(QP_ENOMEM, "no thread for a connection");
 		pthread_mutex_destroy(&c->txmu);
-		qpi_rxq_free(&c->q, true);
-		free(c->rxbuf);
-		free(c);
-		return qpi_err(QP_ENOMEM, "no thread for a connection");
+		qpi_rxq_free(&c->rx.q, true);
 	}
-	*cp = c;
-	return QP_OK;
+	free(c);
+	link->ops->free(link);
+	qpi_link_rd_free(rd);
+	return rv;
 }
 
 /* ---- listening ---- */
@@ -371,30 +262,29 @@ nc_pending_main(void *arg)
 	    = {.token = &l->token, .max_message = l->max_message};
 	qpi_wire_buf out = {0};
 	struct netconn *c = NULL;
-	char peer[QPI_URL_MAX + 32];
+	char *peer = p->link->url;
+	qpi_link_rd rd = {0};
 	int rv;
 
-	snprintf(peer, sizeof(peer), "the peer of %s", l->url);
-	snprintf(p->link->url, sizeof(p->link->url), "%.280s", peer);
+	snprintf(peer, sizeof(p->link->url), "the peer of %.280s", l->url);
 	rv = qpi_link_sp_handshake(
 	    p->link, &l->addr, NULL, true, SP_PAIR1, SP_PAIR1, deadline);
 	while (rv == QP_OK && !ss.open) {
-		uint8_t *body;
+		uint8_t *m;
 		size_t blen;
-		uint32_t hops;
-		if ((rv = qpi_link_recv_frame(
-		         p->link, HELLO_MAX, &hops, &body, &blen, deadline))
+		if ((rv = qpi_link_read_frame(
+		         p->link, &rd, HELLO_MAX, &m, &blen, deadline))
 		    != QP_OK) {
 			break;
 		}
-		rv = hops >> 8 != 0
+		rv = qpi_sp_get32(m) >> 8 != 0
 		    ? qpi_err(QP_EPROTO, "%s: bad pair1 header", peer)
-		    : qpi_session_answer(&ss, body, blen, peer, &out);
-		free(body);
+		    : qpi_session_answer(&ss, m + 4, blen, peer, &out);
+		free(m);
 		if (out.len > 0) {
 			/* The answer, or why not (then close). */
 			int srv = qpi_link_send_frame(
-			    p->link, 1, out.data, out.len, deadline);
+			    p->link, 1, false, out.data, out.len, deadline);
 			rv = rv == QP_OK ? srv : rv;
 		}
 	}
@@ -405,10 +295,9 @@ nc_pending_main(void *arg)
 		qpi_link *link = p->link;
 		p->link = NULL;
 		pthread_mutex_unlock(&l->mu);
-		if (nc_new(&c, link, peer, l->max_message) != QP_OK) {
-			link->ops->free(link);
-			c = NULL;
-		}
+		nc_new(&c, link, &rd, l->max_message);
+	} else {
+		qpi_link_rd_free(&rd);
 	}
 	pthread_mutex_lock(&l->mu);
 	for (struct pending **pp = &l->pend; *pp != NULL; pp = &(*pp)->next) {
@@ -423,20 +312,15 @@ nc_pending_main(void *arg)
 	}
 	bool keep = c != NULL && !l->closing;
 	if (keep) {
-		if (l->ready_tail != NULL) {
-			l->ready_tail->next_ready = c;
-		} else {
-			l->ready_head = c;
-		}
-		l->ready_tail = c;
+		*l->ready_tail = c;
+		l->ready_tail = &c->next_ready;
 		l->nready++;
 	}
 	pthread_cond_broadcast(&l->cv);
 	pthread_mutex_unlock(&l->mu);
 	/* l may be gone from here on. */
 	if (c != NULL && !keep) {
-		c->base.ops->close(&c->base);
-		c->base.ops->destroy(&c->base);
+		qp_conn_free(&c->rx.base);
 	}
 	if (p->link != NULL) {
 		p->link->ops->free(p->link);
@@ -490,10 +374,13 @@ nc_acceptor(void *arg)
 }
 
 /* Checks the address and options of a listener (mode QPI_ADDR_PORT0) or
- * dialer, into *a. */
+ * dialer, into *a and its connections' maximum message *maxp. */
 static int
-nc_args(const char *addr, unsigned mode, const qp_conn_opts *o, qpi_addr *a)
+nc_args(const char *addr, unsigned mode, const qp_conn_opts *o, qpi_addr *a,
+    size_t *maxp)
 {
+	*maxp = o != NULL && o->max_message != 0 ? o->max_message
+	                                         : QP_DEFAULT_MAX_MESSAGE;
 	if (o != NULL && o->max_message > QPI_CONN_MAX_MESSAGE) {
 		return qpi_err(QP_EINVAL,
 		    "maximum message must be 1 to %zu bytes, not %zu",
@@ -511,42 +398,39 @@ QP_API int
 qp_listen_opts(qp_listener **lp, const char *addr, const qp_conn_opts *o)
 {
 	qp_listener *l;
-	qpi_addr a;
 	int rv;
 
 	if (lp == NULL) {
 		return qpi_err(QP_EINVAL, "output pointer is NULL");
 	}
-	if ((rv = nc_args(addr, QPI_ADDR_PORT0, o, &a)) != QP_OK) {
-		return rv;
-	}
 	if ((l = calloc(1, sizeof(*l))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory for a listener");
 	}
 	l->owner = getpid();
-	l->addr = a;
-	l->max_message = o != NULL && o->max_message != 0
-	    ? o->max_message
-	    : QP_DEFAULT_MAX_MESSAGE;
-	if ((rv = qpi_token_of(&l->token, o)) != QP_OK
-	    || (rv = qpi_link_listen(&l->L, &a, o, l->url, sizeof(l->url)))
-	        != QP_OK) {
-		qpi_token_clear(&l->token);
-		free(l);
-		return rv;
-	}
+	l->ready_tail = &l->ready_head;
 	pthread_mutex_init(&l->mu, NULL);
 	qpi_cond_init(&l->cv);
+	if ((rv = nc_args(addr, QPI_ADDR_PORT0, o, &l->addr, &l->max_message))
+	        != QP_OK
+	    || (rv = qpi_token_of(&l->token, o)) != QP_OK
+	    || (rv = qpi_link_listen(
+	            &l->L, &l->addr, o, l->url, sizeof(l->url)))
+	        != QP_OK) {
+		goto fail;
+	}
 	if (pthread_create(&l->acc, NULL, nc_acceptor, l) != 0) {
+		rv = qpi_err(QP_ENOMEM, "no thread for a listener");
 		l->L->free(l->L);
-		pthread_cond_destroy(&l->cv);
-		pthread_mutex_destroy(&l->mu);
-		qpi_token_clear(&l->token);
-		free(l);
-		return qpi_err(QP_ENOMEM, "no thread for a listener");
+		goto fail;
 	}
 	*lp = l;
 	return QP_OK;
+fail:
+	pthread_cond_destroy(&l->cv);
+	pthread_mutex_destroy(&l->mu);
+	qpi_token_clear(&l->token);
+	free(l);
+	return rv;
 }
 
 QP_API int
@@ -603,13 +487,12 @@ qp_listener_accept(qp_listener *l, qp_conn **cp, qp_duration timeout)
 	}
 	if (rv == QP_OK) {
 		c = l->ready_head;
-		l->ready_head = c->next_ready;
-		if (l->ready_head == NULL) {
-			l->ready_tail = NULL;
+		if ((l->ready_head = c->next_ready) == NULL) {
+			l->ready_tail = &l->ready_head;
 		}
 		l->nready--;
 		c->next_ready = NULL;
-		*cp = &c->base;
+		*cp = &c->rx.base;
 	}
 	pthread_mutex_unlock(&l->mu);
 	return rv;
@@ -620,76 +503,41 @@ qp_listener_free(qp_listener *l)
 {
 	struct netconn *c;
 
-	if (l != NULL && qpi_nng_forked(l->owner)) {
-		/* A forked child's copy: the child's memory only (the
-		 * handshakes and the connections ready are the parent's). */
-		while ((c = l->ready_head) != NULL) {
-			l->ready_head = c->next_ready;
-			nc_forget(&c->base);
+	/* A forked child's copy: the child's memory only (the handshakes
+	 * and the connections ready are the parent's). */
+	if (l != NULL && !qpi_nng_forked(l->owner)) {
+		pthread_mutex_lock(&l->mu);
+		l->closing = true;
+		pthread_mutex_unlock(&l->mu);
+		l->L->close(l->L);
+		pthread_join(l->acc, NULL);
+		/* Handshakes in progress end with an error and let go of l. */
+		pthread_mutex_lock(&l->mu);
+		for (struct pending *p = l->pend; p != NULL; p = p->next) {
+			if (p->link != NULL) {
+				p->link->ops->shutdown(p->link);
+			}
 		}
-		qpi_token_clear(&l->token);
-		free(l);
-		return;
+		while (l->npend > 0) {
+			pthread_cond_wait(&l->cv, &l->mu);
+		}
+		pthread_mutex_unlock(&l->mu);
+		l->L->free(l->L);
+		pthread_mutex_destroy(&l->mu);
+		pthread_cond_destroy(&l->cv);
 	}
 	if (l == NULL) {
 		return;
 	}
-	pthread_mutex_lock(&l->mu);
-	l->closing = true;
-	pthread_mutex_unlock(&l->mu);
-	l->L->close(l->L);
-	pthread_join(l->acc, NULL);
-	/* Handshakes in progress end with an error and let go of l. */
-	pthread_mutex_lock(&l->mu);
-	for (struct pending *p = l->pend; p != NULL; p = p->next) {
-		if (p->link != NULL) {
-			p->link->ops->shutdown(p->link);
-		}
-	}
-	while (l->npend > 0) {
-		pthread_cond_wait(&l->cv, &l->mu);
-	}
-	pthread_mutex_unlock(&l->mu);
 	while ((c = l->ready_head) != NULL) {
 		l->ready_head = c->next_ready;
-		c->base.ops->close(&c->base);
-		c->base.ops->destroy(&c->base);
+		qp_conn_free(&c->rx.base); /* a forked child's: forgotten */
 	}
-	l->L->free(l->L);
 	qpi_token_clear(&l->token);
-	pthread_mutex_destroy(&l->mu);
-	pthread_cond_destroy(&l->cv);
 	free(l);
 }
 
 /* ---- dialing ---- */
-
-typedef struct nc_hs {
-	qpi_link *l;
-	int64_t deadline;
-	int64_t ms; /* the handshake's bound, for messages */
-} nc_hs;
-
-/* The session's transport: one pair1 frame each way. */
-static int
-nc_hs_xfn(void *arg, const void *req, size_t len, uint8_t **repp, size_t *lenp)
-{
-	nc_hs *h = arg;
-	int rv
-	    = qpi_ce_exchange(h->l, true, req, len, h->deadline, repp, lenp);
-
-	if (rv == QP_ETIMEDOUT) {
-		return qpi_err(QP_ETIMEDOUT,
-		    "handshake with %s did not finish within %lld ms",
-		    h->l->url, (long long) h->ms);
-	}
-	if (rv != QP_OK) {
-		return qpi_err(rv == QP_ENOMEM ? QP_ENOMEM : QP_EPROTO,
-		    "handshake with %s failed: %s", h->l->url,
-		    rv == QP_ENOMEM ? "out of memory" : "connection closed");
-	}
-	return QP_OK;
-}
 
 QP_API int
 qp_dial_opts(
@@ -701,6 +549,7 @@ qp_dial_opts(
 	qpi_token token;
 	qpi_addr a;
 	qpi_link *l;
+	size_t max;
 	bool refused = false;
 	int rv;
 
@@ -708,19 +557,19 @@ qp_dial_opts(
 		return qpi_err(QP_EINVAL, "output pointer is NULL");
 	}
 	if ((rv = qpi_duration_check(timeout)) != QP_OK
-	    || (rv = nc_args(addr, 0, o, &a)) != QP_OK
+	    || (rv = nc_args(addr, 0, o, &a, &max)) != QP_OK
 	    || (rv = qpi_token_of(&token, o)) != QP_OK) {
 		return rv;
 	}
 	for (;;) {
 		/* One attempt: bounded by the timeout, and by DIAL_TRY_MS
 		 * when there is none (0: a single attempt; -1: forever). */
-		int64_t now = qpi_now_ns();
-		int64_t try_ns = now + (int64_t) DIAL_TRY_MS * 1000000;
+		int64_t try_ns
+		    = qpi_now_ns() + (int64_t) DIAL_TRY_MS * 1000000;
 		if (timeout != 0 && deadline < try_ns) {
 			try_ns = deadline;
 		}
-		if ((rv = qpi_link_connect(&l, &a, o, try_ns)) == QP_OK) {
+		if ((rv = qpi_link_dial(&l, &a, o, 0, 0, try_ns)) == QP_OK) {
 			break;
 		}
 		refused |= rv == QP_ECONNREFUSED;
@@ -744,10 +593,13 @@ qp_dial_opts(
 		backoff
 		    = backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : backoff * 2;
 	}
-	nc_hs h = {.l = l, .deadline = timeout == 0 ? INT64_MAX : deadline};
+	qpi_link_rd rd = {0};
+	qpi_ce_hs h
+	    = {.l = l, .rd = &rd, .pair1 = true, .deadline_ns = deadline};
 	int64_t cap = qpi_now_ns() + (int64_t) NEGO_MS * 1000000;
-	h.deadline = h.deadline < cap ? h.deadline : cap;
-	h.ms = (qpi_remaining_ns(h.deadline) + 999999) / 1000000;
+	if (timeout == 0 || h.deadline_ns > cap) {
+		h.deadline_ns = cap;
+	}
 
 	uint8_t id[QPI_WIRE_ID_LEN];
 	char cname[QPI_WIRE_CLIENT_NAME_MAX + 1], host[64] = "";
@@ -768,24 +620,23 @@ qp_dial_opts(
 	};
 	memset(&lim, 0, sizeof(lim));
 	if ((rv = qpi_link_sp_handshake(
-	         l, &a, o, false, SP_PAIR1, SP_PAIR1, h.deadline))
+	         l, &a, o, false, SP_PAIR1, SP_PAIR1, h.deadline_ns))
 	        != QP_OK
 	    || (rv = qpi_random(id, sizeof(id))) != QP_OK
-	    || (rv = qpi_session_open(&sc, nc_hs_xfn, &h, &lim)) != QP_OK) {
+	    || (rv = qpi_session_open(&sc, qpi_ce_hs_xfn, &h, &lim))
+	        != QP_OK) {
 		qpi_token_clear(&token);
 		l->ops->free(l);
+		qpi_link_rd_free(&rd);
 		return rv;
 	}
 	qpi_token_clear(&token);
 	struct netconn *c;
-	size_t max = o != NULL && o->max_message != 0 ? o->max_message
-	                                              : QP_DEFAULT_MAX_MESSAGE;
-	if ((rv = nc_new(&c, l, a.url, max)) != QP_OK) {
-		l->ops->free(l);
+	if ((rv = nc_new(&c, l, &rd, max)) != QP_OK) {
 		return rv;
 	}
 	c->peer_max = lim.max_message;
-	*cp = &c->base;
+	*cp = &c->rx.base;
 	return QP_OK;
 }
 

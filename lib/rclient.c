@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,34 +51,12 @@ rq_env_ms(const char *name, int64_t dflt)
 
 /* ---- the session on each new connection ---- */
 
-typedef struct rq_hook_x {
-	qpi_link *l;
-	int64_t deadline_ns;
-} rq_hook_x;
-
-static int
-rq_hook_xfn(
-    void *arg, const void *req, size_t len, uint8_t **repp, size_t *lenp)
-{
-	rq_hook_x *x = arg;
-	int rv = qpi_ce_exchange(
-	    x->l, false, req, len, x->deadline_ns, repp, lenp);
-
-	if (rv != QP_OK) {
-		return qpi_err(rv == QP_ENOMEM ? QP_ENOMEM : QP_ECONNREFUSED,
-		    "cannot open a session with %s: %s", x->l->url,
-		    rv == QP_ETIMEDOUT ? "no answer in time"
-		                       : "the connection closed");
-	}
-	return QP_OK;
-}
-
 /* The call engine's hook: hello and auth on connection l. */
 static int
-rq_hook(void *arg, qpi_link *l, int64_t deadline_ns)
+rq_hook(void *arg, qpi_link *l, qpi_link_rd *rd, int64_t deadline_ns)
 {
 	qpi_rq *r = arg;
-	rq_hook_x x = {.l = l, .deadline_ns = deadline_ns};
+	qpi_ce_hs x = {.l = l, .rd = rd, .deadline_ns = deadline_ns};
 	char cname[64];
 	qpi_wire_limits lim;
 	int rv;
@@ -94,7 +71,7 @@ rq_hook(void *arg, qpi_link *l, int64_t deadline_ns)
 	    .refused = "refused our token",
 	};
 	memset(&lim, 0, sizeof(lim));
-	if ((rv = qpi_session_open(&c, rq_hook_xfn, &x, &lim)) != QP_OK) {
+	if ((rv = qpi_session_open(&c, qpi_ce_hs_xfn, &x, &lim)) != QP_OK) {
 		return rv;
 	}
 	if (!r->have_lim) {
@@ -139,10 +116,7 @@ rq_state_init(qpi_rq *r)
 	r->acker_on = r->acker_idle = r->stopping = false;
 	r->have_last = false;
 	r->seq = r->req_id = 0;
-	if (getrandom(r->id, sizeof(r->id), 0) != (ssize_t) sizeof(r->id)) {
-		return qpi_err(QP_ESYSTEM, "no random bytes for a client id");
-	}
-	return QP_OK;
+	return qpi_random(r->id, sizeof(r->id));
 }
 
 int
@@ -182,10 +156,7 @@ qpi_rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o)
 		r->opts.tls_insecure_skip_verify = o->tls_insecure_skip_verify;
 	}
 	if ((rv = rq_state_init(r)) != QP_OK
-	    || (rv = qpi_token_resolve(&r->token, o != NULL ? o->token : NULL,
-	            o != NULL ? o->token_file : NULL, o != NULL && o->no_token,
-	            NULL))
-	        != QP_OK
+	    || (rv = qpi_token_of(&r->token, o)) != QP_OK
 	    || (rv = rq_connect(r)) != QP_OK) {
 		qpi_rq_free(r); /* leaves the message as it is */
 		return rv;

@@ -26,25 +26,19 @@
 #include <string.h>
 
 typedef struct rpipe {
-	qp_conn base; /* first: conn.c sees this */
+	qpi_rxconn rx; /* first: conn.c sees this; what the prefetcher got */
 	qpi_rq *r; /* the session: connection, client id and seqs */
 	int side;
-	qpi_rxq q; /* what the prefetcher received */
 	pthread_t pf; /* the prefetcher */
 	bool pf_on;
 } rpipe;
-
-static rpipe *
-rp_of(qp_conn *c)
-{
-	return (rpipe *) c;
-}
 
 /* Ends the stream: later receives get err once the queue is drained. */
 static void
 rp_set_eof(rpipe *p, int err, const char *msg)
 {
-	qpi_rxq_end(&p->q, err, "pipe %s/%s: %s", p->r->url, p->r->name, msg);
+	qpi_rxq_end(
+	    &p->rx.q, err, "pipe %s/%s: %s", p->r->url, p->r->name, msg);
 }
 
 /* The prefetcher's answer: a message to queue, or the end. */
@@ -59,13 +53,12 @@ rp_pf_answer(rpipe *p, int rv, rq_call *c)
 		    rv == QP_ECLOSED ? "connection closed"
 		                     : "lost the connection to the server");
 	} else if (c->rep.status == QP_OK) {
-		if ((d = malloc(c->rep.item.len + 1)) == NULL) {
-			rp_set_eof(p, QP_ENOMEM,
-			    "out of memory for a received message");
-			return;
+		if ((d = malloc(c->rep.item.len + 1)) != NULL) {
+			memcpy(d, c->rep.item.data, c->rep.item.len);
 		}
-		memcpy(d, c->rep.item.data, c->rep.item.len);
-		if (qpi_rxq_push(&p->q, d, 0, c->rep.item.len) == QP_ENOMEM) {
+		if (d == NULL
+		    || qpi_rxq_push(&p->rx.q, d, 0, c->rep.item.len)
+		        == QP_ENOMEM) {
 			rp_set_eof(p, QP_ENOMEM,
 			    "out of memory for a received message");
 		}
@@ -85,7 +78,7 @@ rp_pf_main(void *arg)
 {
 	rpipe *p = arg;
 
-	while (qpi_rxq_wait_room(&p->q)) {
+	while (qpi_rxq_wait_room(&p->rx.q)) {
 		rq_call c;
 		qpi_rq_call_init(&c, p->r, QPI_OP_PIPE_RECV, INT64_MAX);
 		c.req.side = p->side;
@@ -99,7 +92,7 @@ rp_pf_main(void *arg)
 static int
 rp_send(qp_conn *c, bool raw, const void *buf, size_t len, uint8_t binoff)
 {
-	rpipe *p = rp_of(c);
+	rpipe *p = (rpipe *) c;
 	qpi_rq *r = p->r;
 	uint8_t *tmp;
 	rq_call call;
@@ -119,31 +112,6 @@ rp_send(qp_conn *c, bool raw, const void *buf, size_t len, uint8_t binoff)
 	return rv;
 }
 
-static int
-rp_peek(qp_conn *c, int64_t deadline, qpi_msginfo *mi)
-{
-	return qpi_rxq_peek(&rp_of(c)->q, deadline, mi);
-}
-
-static int
-rp_take(qp_conn *c, const qpi_msginfo *mi, size_t skip, void *dst)
-{
-	return qpi_rxq_take(&rp_of(c)->q, mi, skip, dst);
-}
-
-static int
-rp_fd(qp_conn *c, int *fdp)
-{
-	*fdp = rp_of(c)->q.efd;
-	return QP_OK;
-}
-
-static void
-rp_set_max(qp_conn *c)
-{
-	(void) c; /* the server's limit applies; conn.c checks this one */
-}
-
 /* Stops the prefetcher: its parked receive ends with the connection. */
 static void
 rp_pf_stop(rpipe *p)
@@ -159,7 +127,7 @@ rp_pf_stop(rpipe *p)
 static void
 rp_close(qp_conn *c)
 {
-	rpipe *p = rp_of(c);
+	rpipe *p = (rpipe *) c;
 	rq_call call;
 
 	/* The other side sees the end of file once it has read what was
@@ -177,30 +145,29 @@ rp_close(qp_conn *c)
 static void
 rp_forget(qp_conn *c)
 {
-	rpipe *p = rp_of(c);
+	rpipe *p = (rpipe *) c;
 
 	qpi_rq_free(p->r);
-	qpi_rxq_free(&p->q, false);
+	qpi_rxq_free(&p->rx.q, false);
 	free(p);
 }
 
 static void
 rp_destroy(qp_conn *c)
 {
-	rpipe *p = rp_of(c);
+	rpipe *p = (rpipe *) c;
 
 	rp_pf_stop(p);
 	qpi_rq_free(p->r);
-	qpi_rxq_free(&p->q, true);
+	qpi_rxq_free(&p->rx.q, true);
 	free(p);
 }
 
 static const qpi_conn_ops rp_ops = {
     .send = rp_send,
-    .peek = rp_peek,
-    .take = rp_take,
-    .fd = rp_fd,
-    .set_max = rp_set_max,
+    .peek = qpi_rxq_peek,
+    .take = qpi_rxq_take,
+    .fd = qpi_rxq_fd,
     .close = rp_close,
     .destroy = rp_destroy,
     .forget = rp_forget,
@@ -243,10 +210,10 @@ qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
 	if ((p = calloc(1, sizeof(*p))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	if ((rv = qpi_rxq_init(&p->q)) != QP_OK
+	if ((rv = qpi_rxq_init(&p->rx.q)) != QP_OK
 	    || (rv = qpi_rq_new(&p->r, &a, conn)) != QP_OK) {
-		if (p->q.efd > 0) {
-			qpi_rxq_free(&p->q, true);
+		if (p->rx.q.efd > 0) {
+			qpi_rxq_free(&p->rx.q, true);
 		}
 		free(p);
 		return rv;
@@ -270,11 +237,11 @@ qp_pipe_open_opts(qp_conn **cp, const char *addr, int side, bool duplex,
 		}
 	}
 	if (rv != QP_OK) {
-		rp_destroy(&p->base); /* leaves the message as it is */
+		rp_destroy(&p->rx.base); /* leaves the message as it is */
 		return rv;
 	}
-	qpi_conn_init(&p->base, &rp_ops, readable, writable);
-	p->base.owner = p->r->pid;
-	*cp = &p->base;
+	qpi_conn_init(&p->rx.base, &rp_ops, readable, writable);
+	p->rx.base.owner = p->r->pid;
+	*cp = &p->rx.base;
 	return QP_OK;
 }

@@ -34,21 +34,7 @@
 
 #define PEM_MAX ((size_t) 4 << 20) /* the largest PEM file read */
 
-int
-qpi_tls_available(void)
-{
-	nng_tls_config *cfg;
-	int nrv = nng_tls_config_alloc(&cfg, NNG_TLS_MODE_CLIENT);
-
-	if (nrv != 0) {
-		return qpi_err(nrv == NNG_ENOMEM ? QP_ENOMEM : QP_ENOTSUP,
-		    "tls+tcp:// is not available: this nng has no TLS engine "
-		    "(%s)",
-		    nng_strerror(nrv));
-	}
-	nng_tls_config_free(cfg);
-	return QP_OK;
-}
+static const qp_conn_opts tls_none; /* for o NULL */
 
 /* Reads a whole PEM file, NUL-terminated: *bufp is malloc'd, *lenp counts
  * the NUL (what mbedTLS's parsers want for PEM). what names the file's
@@ -121,11 +107,6 @@ tls_own_cert(nng_tls_config *cfg, const char *cert, const char *key)
 	char why[128];
 	int rv, mrv, nrv;
 
-	if (cert == NULL || key == NULL) {
-		return qpi_err(QP_EINVAL,
-		    "a TLS certificate needs both its certificate file and "
-		    "its key file");
-	}
 	mbedtls_x509_crt_init(&crt);
 	mbedtls_pk_init(&pk);
 	if ((rv = tls_read(cert, "certificate", &cpem, &clen)) != QP_OK
@@ -196,13 +177,11 @@ tls_ca(nng_tls_config *cfg, const char *ca)
 static const char *
 tls_client_ca(const char *ca)
 {
-	if (ca == NULL || ca[0] == '\0') {
-		ca = getenv(QPI_TLS_CA_ENV);
-	}
-	if (ca == NULL || ca[0] == '\0') {
-		ca = QPI_TLS_SYSTEM_CA;
-	}
-	return ca;
+	const char *env = getenv(QPI_TLS_CA_ENV);
+
+	return ca != NULL && ca[0] != '\0'  ? ca
+	    : env != NULL && env[0] != '\0' ? env
+	                                    : QPI_TLS_SYSTEM_CA;
 }
 
 static int
@@ -219,14 +198,25 @@ tls_alloc(nng_tls_config **cfgp, nng_tls_mode mode)
 }
 
 int
+qpi_tls_available(void)
+{
+	nng_tls_config *cfg;
+	int rv = tls_alloc(&cfg, NNG_TLS_MODE_CLIENT);
+
+	if (rv == QP_OK) {
+		nng_tls_config_free(cfg);
+	}
+	return rv;
+}
+
+int
 qpi_tls_config_opts(nng_tls_config **cfgp, bool server, const qp_conn_opts *o,
     const char *host)
 {
-	static const qp_conn_opts none;
 	nng_tls_config *cfg;
 	int rv = QP_OK, nrv = 0;
 
-	o = o != NULL ? o : &none;
+	o = o != NULL ? o : &tls_none;
 	const char *name
 	    = o->tls_server_name != NULL ? o->tls_server_name : host;
 	bool insecure = !server && o->tls_insecure_skip_verify;
@@ -362,7 +352,6 @@ bool
 qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o, int64_t deadline_ns,
     char *why, size_t len)
 {
-	static const qp_conn_opts none;
 	mbedtls_ssl_config conf;
 	mbedtls_ssl_context ssl;
 	mbedtls_x509_crt ca;
@@ -374,9 +363,7 @@ qpi_tls_diagnose(const qpi_addr *a, const qp_conn_opts *o, int64_t deadline_ns,
 	bool found = false;
 	int mrv;
 
-	if (o == NULL) {
-		o = &none;
-	}
+	o = o != NULL ? o : &tls_none;
 	if (o->tls_insecure_skip_verify) {
 		return false;
 	}

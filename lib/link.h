@@ -23,7 +23,6 @@ typedef struct qpi_link qpi_link;
 /* A driver's operations. One thread sends at a time and one receives at
  * a time (the caller serialises each); a send and a receive may overlap. */
 typedef struct qpi_link_ops {
-	const char *name; /* "socket" or "nng" */
 	/* Writes all of iov (niov at most 4) until deadline_ns: QP_OK,
 	 * QP_ETIMEDOUT (part may have gone: the stream is spoilt), or
 	 * QP_ECONNRESET (the connection is lost). */
@@ -45,7 +44,6 @@ struct qpi_link {
 	const qpi_link_ops *ops;
 	bool ipc; /* frames carry ipc://'s message-type byte */
 	int nrv; /* the nng driver's last nng error (0: none), for messages */
-	int fd; /* the plain socket driver's socket; -1: the nng driver */
 	char url[QPI_URL_MAX + 1]; /* the server's address, for messages */
 };
 

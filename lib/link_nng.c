@@ -229,7 +229,6 @@ qpi_link_nng_take(qpi_link *l)
 }
 
 static const qpi_link_ops nl_ops = {
-    .name = "nng",
     .send = nl_send,
     .recv = nl_recv,
     .shutdown = nl_shutdown,
@@ -283,7 +282,6 @@ nl_new(nng_link **np, nng_stream *st, bool tls)
 	n->st = st;
 	n->tls = tls;
 	n->base.ops = &nl_ops;
-	n->base.fd = -1;
 	*np = n;
 	return QP_OK;
 }

@@ -158,7 +158,6 @@ sl_free(qpi_link *l)
 }
 
 static const qpi_link_ops sl_ops = {
-    .name = "socket",
     .send = sl_send,
     .recv = sl_recv,
     .shutdown = sl_shutdown,
@@ -232,7 +231,7 @@ sl_wrap(qpi_link **lp, int fd, bool ipc)
 		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 	}
 	s->base.ops = &sl_ops;
-	s->base.fd = s->fd = fd;
+	s->fd = fd;
 	s->base.ipc = ipc;
 	*lp = &s->base;
 	return QP_OK;

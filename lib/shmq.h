@@ -473,20 +473,8 @@ uint64_t qpi_shmq_owner_self(void);
 int qpi_shmq_release_dead(qpi_shmq *q, size_t *np);
 
 /* ------------------------------------------------------------------------
- * Completion (qp_queue_complete): a task's lease acked and its result put
- * on another queue in one step, across kill -9 of any process at any
- * instant. Under the task queue's consumer lock the completer notes its
- * intent in the task queue's header (lease id, results queue's name, the
- * result's tag), puts the result tagged into the results queue (under that
- * queue's producer lock, waited for only briefly with the first held),
- * then acks the lease and clears the note in one journal commit. Whoever
- * next takes the task queue's consumer lock and finds a note knows the
- * completer died: it opens the results queue by name and reads its tags
- * (qpi_shmq_tags, which repairs a put cut short): the result is in, so
- * the lease is acked; or it is not, so the lease stays to its dead
- * holder's usual fate (released, expired) and the task runs again. Until
- * that is settled the lease is neither released nor expired. So each
- * task's result is stored once, however often the task runs.
+ * Completion (qp_queue_complete): shmq_done.c sets out how it survives a
+ * kill -9 of any process at any instant.
  * ------------------------------------------------------------------------ */
 
 /* Acks lease id of t (as qpi_shmq_ack, and counts one task_done) and puts

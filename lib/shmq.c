@@ -68,23 +68,6 @@ qpi_sq_fault(qpi_shmq *q, const char *what, uint64_t pos)
 	    pos);
 }
 
-/* As sq_peek for a position that must hold a committed record (below the
- * tail); a missing stamp is a fault. */
-static int
-sq_rec_read(qpi_shmq *q, uint64_t pos, uint64_t limit, sq_rec **rp,
-    uint64_t *startp, uint64_t *endp)
-{
-	int rc = sq_peek(q, pos, rp, startp, endp);
-
-	if (rc == QP_OK && (*rp == NULL || *endp > limit)) {
-		return qpi_sq_fault(q,
-		    *rp == NULL ? "record without its stamp"
-		                : "record past the tail",
-		    pos);
-	}
-	return rc;
-}
-
 /* Space needed at tail for a record of size bytes, pad included. */
 static inline uint64_t
 sq_need(const qpi_shmq *q, uint64_t tail, uint64_t size)
@@ -183,22 +166,6 @@ typedef struct sq_take {
 	uint64_t water;
 } sq_take;
 
-/* Space. Names what failed to get memory in the segment's file. */
-static int
-sq_enospc(qpi_shmq *q, int e, uint64_t len, const char *what)
-{
-	if (e == ENOSPC) {
-		return qpi_err(QP_ENOSPC,
-		    "no space left in %s for queue %s (%" PRIu64
-		    " more bytes of its %s): free space there, or make it "
-		    "larger",
-		    qpi_shm_dir(), q->label, len, what);
-	}
-	return qpi_err(e == ENOMEM ? QP_ENOMEM : QP_ESYSTEM,
-	    "cannot reserve %" PRIu64 " bytes of %s's %s: %s", len, q->label,
-	    what, strerror(e));
-}
-
 /* Reserves memory for bytes [*markp, want) of the part of the segment
  * at off (unit bytes per unit of the mark, lim units in all): a step of
  * at least SQ_BACK_STEP bytes, else just what is wanted. The mark moves
@@ -224,8 +191,17 @@ sq_back(qpi_shmq *q, uint64_t *markp, uint64_t want, uint64_t off,
 		e = qpi_shm_reserve(
 		    &q->shm, off + mark * unit, (to - mark) * unit);
 	}
+	if (e == ENOSPC) {
+		return qpi_err(QP_ENOSPC,
+		    "no space left in %s for queue %s (%" PRIu64
+		    " more bytes of its %s): free space there, or make it "
+		    "larger",
+		    qpi_shm_dir(), q->label, (to - mark) * unit, what);
+	}
 	if (e != 0) {
-		return sq_enospc(q, e, (to - mark) * unit, what);
+		return qpi_err(e == ENOMEM ? QP_ENOMEM : QP_ESYSTEM,
+		    "cannot reserve %" PRIu64 " bytes of %s's %s: %s",
+		    (to - mark) * unit, q->label, what, strerror(e));
 	}
 	/* Only grows; [0, mark) has memory whoever moved it (the lease
 	 * area's mark moves under either lock, see sq_back_lease). */
@@ -1290,7 +1266,6 @@ sq_gm_released(qpi_shmq *q, sq_batch *b)
 	tx_set(&t, &h->gp.bytes_rel, h->gp.bytes_rel - len);
 	tx_set(&t, &h->gp.relgets, h->gp.relgets + 1);
 	if (b->lease) {
-		qpi_shmq_lease *l = &b->got[b->n].lease;
 		tx_set(&t, &s->state, L_LEASED);
 		tx_set(&t, &s->owner, b->owner);
 		tx_set(&t, (uint64_t *) &s->expiry_ms, (uint64_t) b->exp);
@@ -1299,10 +1274,9 @@ sq_gm_released(qpi_shmq *q, sq_batch *b)
 		/* A new id: an old holder's ack must not hit this lease. */
 		tx_set(&t, &s->gen, s->gen + 1);
 		tx_set(&t, &h->gp.nleased, h->gp.nleased + 1);
-		l->id = ((s->gen + 1) << L_IDX_BITS) | i;
-		l->deliveries = (uint32_t) (s->deliveries + 1);
-		l->kind = kind;
-		l->expiry_ms = b->exp;
+		b->got[b->n].lease
+		    = (qpi_shmq_lease) {((s->gen + 1) << L_IDX_BITS) | i,
+		        (uint32_t) (s->deliveries + 1), kind, b->exp};
 	} else {
 		sq_lists l;
 		sq_lists_get(q, &l);
@@ -1325,8 +1299,8 @@ typedef struct sq_gm_tx {
 	sq_tx t;
 	uint64_t head; /* after the last item taken */
 	sq_rec *last; /* the last item taken (its counts) */
-	uint64_t ffree; /* free slot list's head */
-	uint64_t bfree, nbfree, water; /* lease area */
+	sq_lists l;
+	uint64_t water; /* lease area: blocks never used start here */
 	uint64_t ntaken; /* leases in this commit */
 } sq_gm_tx;
 
@@ -1338,9 +1312,7 @@ sq_gm_commit(qpi_shmq *q, sq_gm_tx *x)
 	sq_hdr *h = q->h;
 
 	if (x->ntaken > 0) {
-		tx_set(&x->t, &h->gv.free_first, x->ffree);
-		tx_set(&x->t, &h->gv.bfree, x->bfree);
-		tx_set(&x->t, &h->gv.nbfree, x->nbfree);
+		sq_lists_set(q, &x->t, &x->l);
 		tx_set(&x->t, &h->gv.bwater, x->water);
 		tx_set(&x->t, &h->gp.nleased, h->gp.nleased + x->ntaken);
 		tx_set(&x->t, &h->gp.bytes_out, x->last->bytes);
@@ -1360,7 +1332,8 @@ sq_gm_commit(qpi_shmq *q, sq_gm_tx *x)
 static int
 sq_gm_blocks(qpi_shmq *q, sq_gm_tx *x, uint64_t nb, sq_take *tk)
 {
-	uint64_t k = nb < x->nbfree ? nb : x->nbfree, b = x->bfree, last = 0;
+	uint64_t k = nb < x->l.nbfree ? nb : x->l.nbfree, b = x->l.bfree,
+	         last = 0;
 	uint64_t w = x->water, nw = nb - k;
 	int rc;
 
@@ -1368,7 +1341,7 @@ sq_gm_blocks(qpi_shmq *q, sq_gm_tx *x, uint64_t nb, sq_take *tk)
 	if (nb == 0) {
 		return QP_OK;
 	}
-	if (w > q->nblocks || x->nbfree > q->nblocks) {
+	if (w > q->nblocks || x->l.nbfree > q->nblocks) {
 		return qpi_sq_fault(q, "bad lease-area marks", w);
 	}
 	if (nw > q->nblocks - w) {
@@ -1388,7 +1361,7 @@ sq_gm_blocks(qpi_shmq *q, sq_gm_tx *x, uint64_t nb, sq_take *tk)
 		last = b;
 		b = q->links[b - 1];
 	}
-	tk->first = k > 0 ? x->bfree : w + 1;
+	tk->first = k > 0 ? x->l.bfree : w + 1;
 	tk->k = k;
 	tk->water = w;
 	for (uint64_t i = w; i < w + nw; i++) {
@@ -1399,8 +1372,8 @@ sq_gm_blocks(qpi_shmq *q, sq_gm_tx *x, uint64_t nb, sq_take *tk)
 		 * list ends here, so this happens once per commit. */
 		tx_set32(&x->t, &q->links[last - 1], (uint32_t) (w + 1));
 	}
-	x->bfree = k == x->nbfree ? 0 : b;
-	x->nbfree -= k;
+	x->l.bfree = k == x->l.nbfree ? 0 : b;
+	x->l.nbfree -= k;
 	x->water = w + nw;
 	return QP_OK;
 }
@@ -1411,7 +1384,7 @@ sq_gm_blocks(qpi_shmq *q, sq_gm_tx *x, uint64_t nb, sq_take *tk)
 static int
 sq_gm_lease(qpi_shmq *q, sq_batch *b, sq_gm_tx *x, sq_rec *r, uint64_t end)
 {
-	uint64_t f = x->ffree, nb = (r->len + SQ_BLOCK - 1) / SQ_BLOCK;
+	uint64_t f = x->l.ffree, nb = (r->len + SQ_BLOCK - 1) / SQ_BLOCK;
 	uint8_t hdr[5], *dst;
 	sq_take tk;
 	int rc;
@@ -1433,7 +1406,7 @@ sq_gm_lease(qpi_shmq *q, sq_batch *b, sq_gm_tx *x, sq_rec *r, uint64_t end)
 	sq_blocks_fill(q, &tk, (const uint8_t *) (r + 1), r->len);
 	uint32_t i = (uint32_t) (f - 1);
 	sq_slot *s = &q->slots[i];
-	x->ffree = s->next;
+	x->l.ffree = s->next;
 	/* A free slot: written straight, the commit makes it a lease. */
 	s->seq = r->seq;
 	s->kindlen = (uint64_t) r->kind << 32 | r->len;
@@ -1445,11 +1418,8 @@ sq_gm_lease(qpi_shmq *q, sq_batch *b, sq_gm_tx *x, sq_rec *r, uint64_t end)
 	s->deliveries = 1;
 	s->gen = s->gen + 1;
 	tx_set(&x->t, &s->state, L_LEASED);
-	qpi_shmq_lease *l = &b->got[b->n].lease;
-	l->id = (s->gen << L_IDX_BITS) | i;
-	l->deliveries = 1;
-	l->kind = r->kind;
-	l->expiry_ms = b->exp;
+	b->got[b->n].lease = (qpi_shmq_lease) {
+	    (s->gen << L_IDX_BITS) | i, 1, r->kind, b->exp};
 	sq_gm_join(q, b, dst, hdr, r + 1, 0, r->len);
 	x->last = r;
 	x->head = end;
@@ -1475,9 +1445,7 @@ sq_gm_ring(qpi_shmq *q, sq_batch *b, bool final)
 	sq_rec *r;
 	int rc = QP_OK;
 
-	x.ffree = h->gv.free_first;
-	x.bfree = h->gv.bfree;
-	x.nbfree = h->gv.nbfree;
+	sq_lists_get(q, &x.l);
 	x.water = h->gv.bwater;
 	x.ntaken = 0;
 	if (b->lease) {
@@ -1589,8 +1557,11 @@ sq_get(qpi_shmq *q, sq_batch *b, int64_t deadline)
 	if (sq_closed(q)) {
 		return qpi_sq_stop_err(q, false);
 	}
-	if (b->max == 0) {
-		return qpi_err(QP_EINVAL, "a get of 0 items");
+	if (b->max == 0 || b->lease_ms < -1) {
+		return b->max == 0
+		    ? qpi_err(QP_EINVAL, "a get of 0 items")
+		    : qpi_err(
+		        QP_EINVAL, "lease time %" PRId64 " ms", b->lease_ms);
 	}
 	for (;;) {
 		rc = sq_try_get(q, b, false);
@@ -1711,13 +1682,10 @@ qpi_shmq_full(qpi_shmq *q, bool *fullp)
 	if ((rc = qpi_shmq_qsize(q, &n)) != QP_OK) {
 		return rc;
 	}
-	if (q->maxsize != 0 && n >= q->maxsize) {
-		*fullp = true;
-		return QP_OK;
-	}
 	uint64_t head = LDA(&h->gp.head), tail = LDA(&h->pp.tail);
 	uint64_t used = tail > head ? tail - head : 0;
-	*fullp = used + sq_need(q, tail, SQ_REC_HDR) > q->cap;
+	*fullp = (q->maxsize != 0 && n >= q->maxsize)
+	    || used + sq_need(q, tail, SQ_REC_HDR) > q->cap;
 	return QP_OK;
 }
 
@@ -1791,12 +1759,6 @@ qpi_shmq_join(qpi_shmq *q, int64_t deadline)
 	}
 }
 
-static uint64_t
-sq_popcount(uint64_t v)
-{
-	return (uint64_t) __builtin_popcountll(v);
-}
-
 int
 qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st)
 {
@@ -1842,10 +1804,10 @@ qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st)
 	qpi_sq_scan_now(&h->ev[EV_NF]);
 	uint64_t dones = LDA(&h->dones);
 	st->unfinished = nput > dones ? nput - dones : 0;
-	st->getters
-	    = sq_popcount(LD(&h->ev[EV_NE].sleep)) + LD(&h->ev[EV_NE].extra);
-	st->putters
-	    = sq_popcount(LD(&h->ev[EV_NF].sleep)) + LD(&h->ev[EV_NF].extra);
+	st->getters = __builtin_popcountll(LD(&h->ev[EV_NE].sleep))
+	    + LD(&h->ev[EV_NE].extra);
+	st->putters = __builtin_popcountll(LD(&h->ev[EV_NF].sleep))
+	    + LD(&h->ev[EV_NF].extra);
 	st->oldest_age_ms = any ? (int64_t) age : -1;
 	return QP_OK;
 }
@@ -1879,9 +1841,14 @@ sq_check_ring(qpi_shmq *q)
 		return sq_bad(q, "aligned positions", tail);
 	}
 	for (pos = head; pos < tail; pos = end) {
-		if ((rc = sq_rec_read(q, pos, tail, &r, &start, &end))
-		    != QP_OK) {
+		if ((rc = sq_peek(q, pos, &r, &start, &end)) != QP_OK) {
 			return rc;
+		}
+		if (r == NULL || end > tail) { /* below the tail: committed */
+			return qpi_sq_fault(q,
+			    r == NULL ? "record without its stamp"
+			              : "record past the tail",
+			    pos);
 		}
 		if (r->kind != K_PAD) {
 			if (r->seq != seq + 1 || r->bytes != bytes + r->len) {
@@ -2045,10 +2012,6 @@ qpi_shmq_get_lease_max(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
 	    .lease_ms = lease_ms,
 	    .max_first = max_len};
 
-	if (lease_ms < -1) {
-		return qpi_err(
-		    QP_EINVAL, "lease time %" PRId64 " ms", lease_ms);
-	}
 	return sq_get_one(q, &b, NULL, 0, bufp, lenp, lease, deadline);
 }
 
@@ -2065,12 +2028,6 @@ qpi_shmq_get_lease_many(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
 	    .max_bytes = max_bytes,
 	    .got = got};
 
-	if (lease_ms < -1) {
-		*np = 0;
-		*bufp = NULL;
-		return qpi_err(
-		    QP_EINVAL, "lease time %" PRId64 " ms", lease_ms);
-	}
 	return sq_get_batch(q, &b, bufp, np, deadline);
 }
 

@@ -256,7 +256,7 @@ typedef struct qpi_shmq_tag {
 
 /* As qpi_shmq_put and qpi_shmq_put_many, and the request is noted in
  * the segment's table of put requests in the same commit: tag says
- * which (its done is ignored). For qpiped only. */
+ * which (its done is ignored; NULL: an untagged put). For qpiped. */
 int qpi_shmq_put_tagged(qpi_shmq *q, const void *buf, size_t len,
     unsigned kind, const qpi_shmq_tag *tag, int64_t deadline_ns);
 int qpi_shmq_put_many_tagged(qpi_shmq *q, const qpi_shmq_item *items, size_t n,

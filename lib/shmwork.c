@@ -100,7 +100,7 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 	int rc;
 
 	for (;;) {
-		int64_t now = qpi_now_ms();
+		int64_t now = qpi_now_ms(), at;
 		pthread_mutex_lock(&h->mu);
 		bool sweep = h->swept_ms == 0
 		    || now - h->swept_ms >= SHML_SWEEP_MS || now >= h->next_ms;
@@ -110,18 +110,14 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 		}
 		/* A wait ends at the next sweep: neither a holder's death
 		 * nor a lease's end wakes a sleeper. */
-		int64_t wake = deadline;
-		if (deadline != 0) {
-			pthread_mutex_lock(&h->mu);
-			int64_t at = h->swept_ms + SHML_SWEEP_MS;
-			if (h->next_ms < at) {
-				at = h->next_ms;
-			}
-			pthread_mutex_unlock(&h->mu);
-			if (at > 0 && at < deadline / 1000000) {
-				wake = at * 1000000;
-			}
-		}
+		pthread_mutex_lock(&h->mu);
+		at = h->swept_ms + SHML_SWEEP_MS;
+		at = h->next_ms < at ? h->next_ms : at;
+		pthread_mutex_unlock(&h->mu);
+		int64_t wake
+		    = deadline != 0 && at > 0 && at < deadline / 1000000
+		    ? at * 1000000
+		    : deadline;
 		rc = qpi_shmq_get_lease_max(h->sq, owner, h->lease_ms, flags,
 		    max_len, &buf, &len, &l, wake);
 		if (rc != QP_EEMPTY || wake == deadline) {
@@ -379,11 +375,9 @@ shml_close(void *impl)
 	memset(&h->delayed, 0, sizeof(h->delayed));
 	pthread_mutex_unlock(&h->mu);
 	qpi_shmq_interrupt(h->sq);
-	for (size_t i = 0; i < held.n; i++) {
-		(void) qpi_shmq_release(h->sq, held.id[i]);
-	}
-	for (size_t i = 0; i < delayed.n; i++) {
-		(void) qpi_shmq_release(h->sq, delayed.id[i]);
+	for (size_t i = 0; i < held.n + delayed.n; i++) {
+		(void) qpi_shmq_release(
+		    h->sq, i < held.n ? held.id[i] : delayed.id[i - held.n]);
 	}
 	qpi_ids_free(&held);
 	qpi_ids_free(&delayed);

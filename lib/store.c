@@ -113,9 +113,7 @@ qpi_store_put(qpi_store *s, const uint8_t *item, size_t len,
 	unsigned kind = st_item(item, len, &p, &plen);
 
 	if (s->dur == NULL) {
-		return tag != NULL
-		    ? qpi_shmq_put_tagged(s->shm, p, plen, kind, tag, 0)
-		    : qpi_shmq_put(s->shm, p, plen, kind, 0);
+		return qpi_shmq_put_tagged(s->shm, p, plen, kind, tag, 0);
 	}
 	if (tag != NULL) {
 		return qpi_durq_put_tagged(s->dur, p, plen, kind, tag, ticket);
@@ -273,8 +271,7 @@ qpi_store_put_many(qpi_store *s, const qpi_wire_item *items, uint32_t n,
 		    = st_item(items[i].data, items[i].len, &p, &it[i].len);
 		it[i].buf = p;
 	}
-	rv = tag != NULL ? qpi_shmq_put_many_tagged(s->shm, it, n, tag, 0)
-	                 : qpi_shmq_put_many(s->shm, it, n, 0);
+	rv = qpi_shmq_put_many_tagged(s->shm, it, n, tag, 0);
 	if (it != stack) {
 		free(it);
 	}

@@ -511,11 +511,13 @@ sq_open_existing(qpi_shmq **qp, const char *name, unsigned flags)
 	return rc;
 }
 
+/* A new queue: named (built under a temporary name, then linked into
+ * place) or anonymous (name NULL). */
 static int
 sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 {
 	static uint32_t counter;
-	sq_geom g;
+	sq_geom g = {.cap = 0};
 	char tmp[64];
 	qpi_shm shm;
 	int rc;
@@ -526,12 +528,15 @@ sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 	/* '#' is not allowed in queue names: no clash with a real queue. */
 	snprintf(tmp, sizeof(tmp), "#new.%d.%u", (int) getpid(),
 	    __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED));
-	if ((rc = qpi_shm_create(tmp, g.seg, &shm)) != QP_OK) {
+	rc = name == NULL ? qpi_shm_anon(g.seg, &shm)
+	                  : qpi_shm_create(tmp, g.seg, &shm);
+	if (rc != QP_OK) {
 		return rc;
 	}
 	/* Memory for the header, the lease table and the first stretch of
 	 * the ring now; the rest of the ring and the lease area as they are
-	 * used: a full file system is an error, never SIGBUS. */
+	 * used: a full file system is an error, never SIGBUS (nothing to
+	 * reserve in anonymous memory: see futex.c). */
 	uint64_t first = g.cap > SQ_BACK_FIRST ? SQ_BACK_FIRST : g.cap;
 	int e = qpi_shm_reserve(&shm, 0, g.blocks_off);
 	if (e == 0) {
@@ -546,11 +551,13 @@ sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 		    e == ENOSPC ? "no space left" : strerror(e), qpi_shm_dir(),
 		    name, g.blocks_off + first);
 	}
-	rc = sq_init(shm.base, &g, cfg, true);
-	if (rc == QP_OK) {
+	rc = sq_init(shm.base, &g, cfg, name != NULL);
+	if (rc == QP_OK && name != NULL) {
 		rc = qpi_shm_link(tmp, name);
 	}
-	qpi_shm_unlink(tmp);
+	if (name != NULL) {
+		qpi_shm_unlink(tmp);
+	}
 	if (rc == QP_OK) {
 		rc = sq_attach(qp, &shm, name);
 	}
@@ -591,24 +598,7 @@ qpi_shmq_open(
 int
 qpi_shmq_anon(qpi_shmq **qp, const qpi_shmq_cfg *cfg)
 {
-	sq_geom g;
-	qpi_shm shm;
-	int rc;
-
-	if ((rc = sq_layout(cfg, &g)) != QP_OK) {
-		return rc;
-	}
-	if ((rc = qpi_shm_anon(g.seg, &shm)) != QP_OK) {
-		return rc;
-	}
-	rc = sq_init(shm.base, &g, cfg, false);
-	if (rc == QP_OK) {
-		rc = sq_attach(qp, &shm, NULL);
-	}
-	if (rc != QP_OK) {
-		qpi_shm_unmap(&shm);
-	}
-	return rc;
+	return sq_create(qp, NULL, cfg);
 }
 
 /* Wakes the sleepers and watchers of every event of h that process pid
@@ -966,9 +956,7 @@ sq_try_put(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
 		STR(&h->pp.tail, pos + size);
 	}
 	SQ_HOOK(QPI_HOOK_DONE);
-	sq_unlock(&h->ps);
-	sq_fence();
-	sq_watch_bump(q);
+	sq_unlock_bump(q, &h->ps, true);
 	return sq_after(q);
 }
 
@@ -1534,12 +1522,10 @@ sq_try_get(qpi_shmq *q, sq_batch *b, bool final)
 	if (rc == QP_OK && b->n < b->max && !b->full) {
 		rc = sq_gm_ring(q, b, final);
 	}
-	sq_unlock(&h->gs);
+	sq_unlock_bump(q, &h->gs, b->n > 0);
 	if (b->n == 0) {
 		return rc;
 	}
-	sq_fence();
-	sq_watch_bump(q);
 	if ((rc = sq_after(q)) != QP_OK) {
 		sq_gm_drop(b); /* zeros read from a truncated file */
 	}
@@ -1715,11 +1701,7 @@ qpi_shmq_task_done(qpi_shmq *q)
 	}
 	STR(&h->dones, d + 1);
 	SQ_HOOK(QPI_HOOK_DONE);
-	sq_unlock(&h->gs);
-	if (d + 1 == n) {
-		sq_fence();
-		sq_watch_bump(q);
-	}
+	sq_unlock_bump(q, &h->gs, d + 1 == n);
 	return QP_OK;
 }
 
@@ -2082,15 +2064,6 @@ sq_release_slot(qpi_shmq *q, uint32_t i)
 	return QP_OK;
 }
 
-static void
-sq_after_release(qpi_shmq *q, size_t n)
-{
-	if (n > 0) {
-		sq_fence();
-		sq_watch_bump(q);
-	}
-}
-
 /* Acks per commit: 3 journal entries each, and 4 for the lists' heads
  * and the lease count. */
 #define SQ_ACK_PER_TX ((SQ_JMAX - 4) / 3)
@@ -2149,11 +2122,7 @@ qpi_shmq_ack_many(qpi_shmq *q, const uint64_t *ids, size_t n, int *rcs)
 	if (nok > 0) {
 		sq_mx_add(&q->mx->acks, nok);
 	}
-	sq_unlock(&h->gs);
-	if (nok > 0) {
-		sq_fence();
-		sq_watch_bump(q);
-	}
+	sq_unlock_bump(q, &h->gs, nok > 0);
 	return rc;
 }
 
@@ -2185,8 +2154,7 @@ qpi_shmq_release(qpi_shmq *q, uint64_t id)
 			sq_mx_add(&q->mx->nacks, 1);
 		}
 	}
-	sq_unlock(&q->h->gs);
-	sq_after_release(q, rc == QP_OK ? 1 : 0);
+	sq_unlock_bump(q, &q->h->gs, rc == QP_OK);
 	return rc;
 }
 
@@ -2267,8 +2235,7 @@ sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
 	if (n > 0 && why >= 0) {
 		sq_mx_add(&q->mx->rel[why], n);
 	}
-	sq_unlock(&q->h->gs);
-	sq_after_release(q, n);
+	sq_unlock_bump(q, &q->h->gs, n > 0);
 	if (np != NULL) {
 		*np = n;
 	}

@@ -222,9 +222,7 @@ qpi_shmq_complete(qpi_shmq *t, uint64_t id, qpi_shmq *r, const void *buf,
 			STR(&h->cpl.phase, CPL_PUT);
 			SQ_HOOK(QPI_HOOK_CPL_PUT);
 			sq_cpl_finish(t);
-			sq_unlock(&h->gs);
-			sq_fence();
-			sq_watch_bump(t);
+			sq_unlock_bump(t, &h->gs, true);
 			/* Either segment truncated under the copy: say so. */
 			return (rc = sq_after(r)) != QP_OK ? rc : sq_after(t);
 		}

@@ -646,6 +646,18 @@ sq_watch_bump(qpi_shmq *q)
 	}
 }
 
+/* Unlocks side s after a change; changed: one that watchers may wait
+ * for (they are told after the unlock, see shmq.h). */
+static inline void
+sq_unlock_bump(qpi_shmq *q, sq_side *s, bool changed)
+{
+	sq_unlock(s);
+	if (changed) {
+		sq_fence();
+		sq_watch_bump(q);
+	}
+}
+
 /* True when slot i is the lease of a completion not settled yet (its
  * completer died and its results queue could not be read): it stays
  * leased, neither released nor expired, until it is settled. */

@@ -1730,10 +1730,7 @@ qpi_shmq_join(qpi_shmq *q, int64_t deadline)
 		if (rc == QP_ECLOSED) {
 			return rc;
 		}
-		if (rc == QP_ETIMEDOUT) {
-			if (sq_pred_joined(q, NULL)) {
-				return QP_OK;
-			}
+		if (rc == QP_ETIMEDOUT && !sq_pred_joined(q, NULL)) {
 			return qpi_err(QP_ETIMEDOUT,
 			    "%s: %" PRIu64 " tasks still unfinished", q->label,
 			    LDA(&q->h->pp.nput) - LDA(&q->h->dones));
@@ -1891,14 +1888,12 @@ sq_check_leases(qpi_shmq *q)
 		}
 		if (s->state != L_LEASED && s->state != L_RELEASED) {
 			rc = sq_bad(q, "lease slot state", i);
-			break;
-		}
-		if (s->nblocks != (len + SQ_BLOCK - 1) / SQ_BLOCK
+		} else if (s->nblocks != (len + SQ_BLOCK - 1) / SQ_BLOCK
 		    || (s->first == 0) != (s->nblocks == 0)) {
 			rc = sq_bad(q, "lease slot size", i);
-			break;
+		} else {
+			rc = sq_check_chain(q, s->first, s->nblocks, seen);
 		}
-		rc = sq_check_chain(q, s->first, s->nblocks, seen);
 		if (s->state == L_LEASED) {
 			nleased++;
 		} else {
@@ -2089,22 +2084,20 @@ qpi_shmq_ack_many(qpi_shmq *q, const uint64_t *ids, size_t n, int *rcs)
 		sq_lists_get(q, &l);
 		tx_begin(&t, q);
 		for (; k < n && nd < SQ_ACK_PER_TX && rc == QP_OK; k++) {
+			bool twice = false; /* acked just now */
 			if ((rcs[k] = qpi_sq_slot_of(q, ids[k], L_LEASED, &i))
 			    != QP_OK) {
 				continue;
 			}
 			for (uint32_t d = 0; d < nd; d++) {
-				if (done[d] == i) { /* acked just now */
-					rcs[k] = qpi_err(QP_ENOENT,
-					    "%s: lease %" PRIu64
-					    " acked twice",
-					    q->label, ids[k]);
-				}
+				twice |= done[d] == i;
 			}
-			if (rcs[k] == QP_OK && sq_cpl_holds(q, i)) {
+			if (twice || sq_cpl_holds(q, i)) {
 				rcs[k] = qpi_err(QP_ENOENT,
-				    "%s: lease %" PRIu64 " is being completed",
-				    q->label, ids[k]);
+				    "%s: lease %" PRIu64 " %s", q->label,
+				    ids[k],
+				    twice ? "acked twice"
+				          : "is being completed");
 			}
 			if (rcs[k] == QP_OK
 			    && (rc = qpi_sq_slot_free(q, &t, i, &l))
@@ -2390,9 +2383,9 @@ qpi_shmq_watch(qpi_shmq *q, bool on)
 		return QP_OK;
 	}
 	if (q->watch_slot >= 0) {
-		uint64_t bit = 1ull << q->watch_slot;
-		__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST);
-		__atomic_fetch_and(&ev->mask, ~bit, __ATOMIC_SEQ_CST);
+		qpi_shmq_watch_disarm(q);
+		__atomic_fetch_and(
+		    &ev->mask, ~(1ull << q->watch_slot), __ATOMIC_SEQ_CST);
 		STR(&ev->who[q->watch_slot].pid, 0);
 		q->watch_slot = -1;
 	}

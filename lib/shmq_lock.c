@@ -136,19 +136,19 @@ sq_repair_consumer(qpi_shmq *q)
 	}
 }
 
-/* True unless the lock is surely free right now (a lock whose owner
- * died counts as held: it still needs its repair). A full barrier before
- * the read, so that it comes after the caller's earlier stores. */
-static bool
-sq_lock_held(pthread_mutex_t *m)
-{
+/* sq_lock_held: true unless the lock is surely free right now (a lock
+ * whose owner died counts as held: it still needs its repair), read
+ * after a full barrier, so that it comes after the caller's earlier
+ * stores. sq_lock_kind: the lock's kind word (see sq_kind). Without
+ * glibc's layout: always held, kind unknown (-1). */
 #ifdef __GLIBC__
-	return __atomic_load_n(&m->__data.__lock, __ATOMIC_SEQ_CST) != 0;
+#define sq_lock_held(m) \
+	(__atomic_load_n(&(m)->__data.__lock, __ATOMIC_SEQ_CST) != 0)
+#define sq_lock_kind(m) LD(&(m)->__data.__kind)
 #else
-	(void) m;
-	return true;
+#define sq_lock_held(m) true
+#define sq_lock_kind(m) -1
 #endif
-}
 
 /* The kind word every queue lock has (robust, process-shared), read
  * from a mutex made as sq_init makes them: a lock whose kind differs was
@@ -157,21 +157,9 @@ sq_lock_held(pthread_mutex_t *m)
  * known yet (sq_attach sets it). */
 static int sq_kind = -1;
 
-static int
-sq_lock_kind(pthread_mutex_t *m)
-{
-#ifdef __GLIBC__
-	return LD(&m->__data.__kind);
-#else
-	(void) m;
-	return -1;
-#endif
-}
-
 void
 qpi_sq_kind_init(void)
 {
-#ifdef __GLIBC__
 	pthread_mutexattr_t ma;
 	pthread_mutex_t m;
 
@@ -185,7 +173,6 @@ qpi_sq_kind_init(void)
 		pthread_mutex_destroy(&m);
 	}
 	pthread_mutexattr_destroy(&ma);
-#endif
 }
 
 static inline bool
@@ -365,12 +352,11 @@ sq_scan(sq_ev *ev)
 {
 	int64_t now = sq_coarse_ms(), last = LD(&ev->scan_ms);
 
-	if (now - last < SQ_SCAN_MS
-	    || !__atomic_compare_exchange_n(&ev->scan_ms, &last, now, false,
+	if (now - last >= SQ_SCAN_MS
+	    && __atomic_compare_exchange_n(&ev->scan_ms, &last, now, false,
 	        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-		return;
+		qpi_sq_scan_now(ev);
 	}
-	qpi_sq_scan_now(ev);
 }
 
 /* Wake-up of the sleeper in slot i (its bit was seen set): 1 if this
@@ -462,19 +448,14 @@ sq_pass(
 }
 
 /* Called by a sleeper of event e once its bit is set (or it is counted
- * in extra), before it looks at its condition one last time and sleeps.
- * Every change a sleeper waits for is made by a waker that holds a lock
- * (the producer lock for puts, the consumer lock for gets, releases and
- * task_done), and that waker, still holding it, wakes the sleepers it
- * sees BEFORE it commits the change. Here the sleeper waits for those
- * locks to be free. So either the lock was free when the sleeper looked
- * (then a waker that takes it later sees the bit: lock and bit are both
- * read after full barriers), or the sleeper waits for the holder to
- * unlock or die (the robust mutex's repair then makes its work whole):
- * either way the change is committed and seen by the check that
- * follows, or not made at all, or the sleeper is woken. A waker killed
- * at any instant thus never leaves a sleeper that is owed a wake-up
- * asleep, whether or not anyone else runs. */
+ * in extra), before it looks at its condition one last time and sleeps:
+ * it waits for the locks its wakers hold (the producer lock for puts,
+ * the consumer lock for gets, releases and task_done) to be free. Either
+ * the lock was free when it looked (then a waker that takes it later
+ * sees the bit: lock and bit are both read after full barriers), or the
+ * holder unlocks or dies (the repair makes its work whole): the change
+ * is committed and seen by the check that follows, or not made, or the
+ * sleeper is woken, whoever is killed ("Wake-ups and kills", shmq.h). */
 static void
 sq_settle(qpi_shmq *q, int e, int64_t deadline, const uint32_t *wp, uint32_t w)
 {
@@ -519,6 +500,7 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 		i = qpi_sq_claim(ev);
 	}
 	uint64_t bit = i >= 0 ? 1ull << i : 0;
+	uint32_t *wp = i >= 0 ? &ev->who[i].word : &ev->seq;
 	int rc = 0;
 
 	if (i >= 0) {
@@ -530,10 +512,9 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 		__atomic_fetch_add(&ev->extra, 1, __ATOMIC_SEQ_CST);
 		s = LDA(&ev->seq);
 	}
-	sq_settle(q, e, deadline, i >= 0 ? &ev->who[i].word : &ev->seq, s);
+	sq_settle(q, e, deadline, wp, s);
 	if (!sq_stopped(q) && !pred(q, arg)) {
-		rc = qpi_futex_wait(
-		    i >= 0 ? &ev->who[i].word : &ev->seq, s, deadline);
+		rc = qpi_futex_wait(wp, s, deadline);
 		SQ_HOOK(QPI_HOOK_WOKEN);
 	}
 	bool woken = false;
@@ -542,8 +523,8 @@ sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
 		 * came first left W_WOKEN. Then the bit goes (only its
 		 * owner clears it), then the slot. */
 		uint32_t w = s;
-		woken = !__atomic_compare_exchange_n(&ev->who[i].word, &w,
-		    s | W_LEFT, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+		woken = !__atomic_compare_exchange_n(wp, &w, s | W_LEFT, false,
+		    __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
 		__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST);
 		STR(&ev->who[i].pid, 0); /* the slot */
 	} else {

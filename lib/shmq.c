@@ -143,6 +143,13 @@ sq_copy(void *dst, const void *src, size_t len, int hook)
 	memcpy(dst, src, len);
 }
 
+/* Takes side s's lock for a call that a stopped handle must not make. */
+static int
+sq_lock_open(qpi_shmq *q, sq_side *s)
+{
+	return sq_stopped(q) ? qpi_sq_stop_err(q, false) : qpi_sq_lock(q, s);
+}
+
 /* ---- consumer side helpers (consumer lock held) ---- */
 
 /* Commits a head moved over pads. */
@@ -355,8 +362,7 @@ sq_layout(const qpi_shmq_cfg *cfg, sq_geom *g)
 	g->tags_off = sq_round(g->links_off + g->nblocks * 4, 128);
 	g->blocks_off = sq_round(
 	    g->tags_off + (uint64_t) SQ_TAGS * sizeof(sq_tag), 4096);
-	g->ring_off = g->blocks_off + g->nblocks * SQ_BLOCK;
-	g->ring_off = sq_round(g->ring_off, 4096);
+	g->ring_off = sq_round(g->blocks_off + g->nblocks * SQ_BLOCK, 4096);
 	g->seg = g->ring_off + g->cap;
 	return QP_OK;
 }
@@ -429,11 +435,9 @@ sq_attach(qpi_shmq **qp, qpi_shm *shm, const char *name)
 	char label[QP_NAME_MAX + 16];
 	qpi_shmq *q;
 
-	if (name != NULL) {
-		snprintf(label, sizeof(label), "shm://%s", name);
-	} else {
-		snprintf(label, sizeof(label), "anonymous queue");
-	}
+	snprintf(label, sizeof(label), "%s%s",
+	    name != NULL ? "shm://" : "anonymous queue",
+	    name != NULL ? name : "");
 	if (shm->size < sizeof(uint64_t) * 2 || LDA(&h->magic) != SQ_MAGIC) {
 		return qpi_err(QP_ECORRUPT, "%s is not a qpipe queue", label);
 	}
@@ -847,10 +851,7 @@ qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np)
 	int rc;
 
 	*np = 0;
-	if (sq_stopped(q)) {
-		return qpi_sq_stop_err(q, false);
-	}
-	if ((rc = qpi_sq_lock(q, &h->ps)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &h->ps)) != QP_OK) {
 		return rc;
 	}
 	next = h->pp.tags_next;
@@ -1681,12 +1682,9 @@ qpi_shmq_task_done(qpi_shmq *q)
 	sq_hdr *h = q->h;
 	int rc;
 
-	if (sq_stopped(q)) {
-		return qpi_sq_stop_err(q, false);
-	}
 	/* Under the consumer lock, so that joiners can wait for a
 	 * task_done in flight (see sq_settle); one store commits it. */
-	if ((rc = qpi_sq_lock(q, &h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
 	uint64_t d = h->dones, n = LDA(&h->pp.nput);
@@ -1748,10 +1746,7 @@ qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st)
 	sq_rec *r;
 	int rc;
 
-	if (sq_stopped(q)) {
-		return qpi_sq_stop_err(q, false);
-	}
-	if ((rc = qpi_sq_lock(q, &h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
 	uint64_t nput = LDA(&h->pp.nput), bytes_in = LDA(&h->pp.bytes_in);
@@ -2071,10 +2066,7 @@ qpi_shmq_ack_many(qpi_shmq *q, const uint64_t *ids, size_t n, int *rcs)
 	size_t nok = 0;
 	int rc;
 
-	if (sq_stopped(q)) {
-		return qpi_sq_stop_err(q, false);
-	}
-	if ((rc = qpi_sq_lock(q, &h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
 	for (size_t k = 0; k < n && rc == QP_OK;) {
@@ -2157,10 +2149,7 @@ qpi_shmq_lease_held(qpi_shmq *q, uint64_t id)
 	uint32_t i;
 	int rc;
 
-	if (sq_closed(q)) {
-		return qpi_sq_stop_err(q, false);
-	}
-	if ((rc = qpi_sq_lock(q, &q->h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &q->h->gs)) != QP_OK) {
 		return rc;
 	}
 	rc = qpi_sq_slot_of(q, id, L_LEASED, &i);
@@ -2175,14 +2164,11 @@ qpi_shmq_renew(qpi_shmq *q, uint64_t id, int64_t lease_ms)
 	sq_tx t;
 	int rc;
 
-	if (sq_stopped(q)) {
-		return qpi_sq_stop_err(q, false);
-	}
 	if (lease_ms < -1) {
 		return qpi_err(
 		    QP_EINVAL, "lease time %" PRId64 " ms", lease_ms);
 	}
-	if ((rc = qpi_sq_lock(q, &q->h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &q->h->gs)) != QP_OK) {
 		return rc;
 	}
 	if ((rc = qpi_sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
@@ -2206,10 +2192,7 @@ sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
 	int64_t next = INT64_MAX;
 	int rc;
 
-	if (sq_stopped(q)) {
-		return qpi_sq_stop_err(q, false);
-	}
-	if ((rc = qpi_sq_lock(q, &q->h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &q->h->gs)) != QP_OK) {
 		return rc;
 	}
 	for (uint32_t i = 0; i < q->nslots && rc == QP_OK; i++) {

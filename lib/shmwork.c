@@ -96,7 +96,6 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 	size_t max_len = into == NULL ? 0 : cap > 0 ? cap : 1;
 	qpi_shmq_lease l;
 	void *buf = NULL;
-	size_t len = 0;
 	int rc;
 
 	for (;;) {
@@ -119,25 +118,21 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 		    ? at * 1000000
 		    : deadline;
 		rc = qpi_shmq_get_lease_max(h->sq, owner, h->lease_ms, flags,
-		    max_len, &buf, &len, &l, wake);
+		    max_len, &buf, lenp, &l, wake);
 		if (rc != QP_EEMPTY || wake == deadline) {
 			break;
 		}
 	}
 	if (rc != QP_OK) {
-		if (rc == QP_ETOOBIG) {
-			*lenp = len;
-		}
-		return rc;
+		return rc; /* QP_ETOOBIG: *lenp is the item's size */
 	}
-	if (into != NULL && len > cap) {
+	if (into != NULL && *lenp > cap) {
 		(void) qpi_shmq_release(h->sq, l.id);
 		free(buf);
-		*lenp = len;
 		return qpi_err(QP_ETOOBIG,
 		    "item of %zu bytes does not fit in %zu; it went back to "
 		    "the head of %s",
-		    len, cap, h->label);
+		    *lenp, cap, h->label);
 	}
 	pthread_mutex_lock(&h->mu);
 	shml_own(h);
@@ -154,14 +149,11 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 		    : qpi_err(QP_ENOMEM, "out of memory for a lease id");
 	}
 	if (into != NULL) {
-		if (len > 0) {
-			memcpy(into, buf, len);
-		}
+		memcpy(into, buf, *lenp);
 		free(buf);
 	} else {
 		*bufp = buf;
 	}
-	*lenp = len;
 	return QP_OK;
 }
 

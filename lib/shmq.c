@@ -315,21 +315,10 @@ sq_round(uint64_t v, uint64_t a)
 	return (v + a - 1) / a * a;
 }
 
-/* Where everything goes in a segment. */
-typedef struct sq_geom {
-	uint64_t cap;
-	uint32_t nslots;
-	uint64_t nblocks;
-	uint64_t slots_off;
-	uint64_t links_off;
-	uint64_t tags_off;
-	uint64_t blocks_off;
-	uint64_t ring_off;
-	uint64_t seg;
-} sq_geom;
-
+/* The header of a new segment as cfg asks for it (g zeroed before):
+ * where everything goes, and the sizes. */
 static int
-sq_layout(const qpi_shmq_cfg *cfg, sq_geom *g)
+sq_layout(const qpi_shmq_cfg *cfg, sq_hdr *g)
 {
 	uint64_t cap
 	    = cfg && cfg->capacity ? cfg->capacity : QPI_SHMQ_DEF_CAPACITY;
@@ -353,6 +342,8 @@ sq_layout(const qpi_shmq_cfg *cfg, sq_geom *g)
 		return qpi_err(QP_EINVAL,
 		    "lease area of %" PRIu64 " bytes is over the limit", lb);
 	}
+	g->version = SQ_VERSION;
+	g->hdr_size = sizeof(sq_hdr);
 	g->cap = sq_round(cap, 4096);
 	g->nslots = ns;
 	g->nblocks = sq_round(lb, SQ_BLOCK) / SQ_BLOCK;
@@ -363,41 +354,34 @@ sq_layout(const qpi_shmq_cfg *cfg, sq_geom *g)
 	g->blocks_off = sq_round(
 	    g->tags_off + (uint64_t) SQ_TAGS * sizeof(sq_tag), 4096);
 	g->ring_off = sq_round(g->blocks_off + g->nblocks * SQ_BLOCK, 4096);
-	g->seg = g->ring_off + g->cap;
+	g->seg_size = g->ring_off + g->cap;
+	g->max_msg = cfg && cfg->max_message ? cfg->max_message
+	                                     : QP_DEFAULT_MAX_MESSAGE;
+	if (g->max_msg > QPI_SHMQ_MAX_ITEM) {
+		g->max_msg = QPI_SHMQ_MAX_ITEM;
+	}
+	g->maxsize = cfg ? cfg->maxsize : 0;
+	g->mx.version = SQ_MX_VERSION;
 	return QP_OK;
 }
 
+/* Makes the segment at base a queue of header g (sq_layout's). */
 static int
-sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg, bool sparse)
+sq_init(void *base, const sq_hdr *g, bool sparse)
 {
 	sq_hdr *h = base;
+	sq_slot *slots
+	    = (sq_slot *) (void *) ((uint8_t *) base + g->slots_off);
 	pthread_mutexattr_t ma;
 	uint64_t salt = 0;
 
 	if (getrandom(&salt, sizeof(salt), GRND_NONBLOCK) != sizeof(salt)) {
 		salt = (uint64_t) qpi_now_ns() ^ ((uint64_t) getpid() << 32);
 	}
+	*h = *g; /* magic 0: not a queue yet */
 	/* Top bit set: no stamp is ever 0, so zeroed memory is never a
 	 * committed record. */
-	salt |= 1ull << 63;
-	memset(h, 0, sizeof(*h));
-	h->hdr_size = sizeof(sq_hdr);
-	h->seg_size = g->seg;
-	h->slots_off = g->slots_off;
-	h->links_off = g->links_off;
-	h->tags_off = g->tags_off;
-	h->blocks_off = g->blocks_off;
-	h->nblocks = g->nblocks;
-	h->ring_off = g->ring_off;
-	h->cap = g->cap;
-	h->max_msg = cfg && cfg->max_message ? cfg->max_message
-	                                     : QP_DEFAULT_MAX_MESSAGE;
-	if (h->max_msg > QPI_SHMQ_MAX_ITEM) {
-		h->max_msg = QPI_SHMQ_MAX_ITEM;
-	}
-	h->maxsize = cfg ? cfg->maxsize : 0;
-	h->nslots = g->nslots;
-	h->salt = salt;
+	h->salt = salt | 1ull << 63;
 	h->created_ms = sq_coarse_ms();
 	if (pthread_mutexattr_init(&ma) != 0) {
 		return qpi_err(QP_ESYSTEM, "cannot make mutex attributes");
@@ -411,8 +395,6 @@ sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg, bool sparse)
 		    QP_ESYSTEM, "cannot make robust process-shared mutexes");
 	}
 	pthread_mutexattr_destroy(&ma);
-	sq_slot *slots
-	    = (sq_slot *) (void *) ((uint8_t *) base + g->slots_off);
 	for (uint32_t i = 0; i < g->nslots; i++) {
 		slots[i].next = i + 1 < g->nslots ? i + 2 : 0;
 	}
@@ -421,8 +403,6 @@ sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg, bool sparse)
 	h->pp.backed
 	    = sparse && g->cap > SQ_BACK_FIRST ? SQ_BACK_FIRST : g->cap;
 	h->gv.bbacked = sparse ? 0 : g->nblocks;
-	h->version = SQ_VERSION;
-	h->mx.version = SQ_MX_VERSION;
 	/* The magic goes last: a segment with it is complete. */
 	STR(&h->magic, SQ_MAGIC);
 	return QP_OK;
@@ -521,7 +501,7 @@ static int
 sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 {
 	static uint32_t counter;
-	sq_geom g = {.cap = 0};
+	sq_hdr g = {.magic = 0};
 	char tmp[64];
 	qpi_shm shm;
 	int rc;
@@ -532,8 +512,8 @@ sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 	/* '#' is not allowed in queue names: no clash with a real queue. */
 	snprintf(tmp, sizeof(tmp), "#new.%d.%u", (int) getpid(),
 	    __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED));
-	rc = name == NULL ? qpi_shm_anon(g.seg, &shm)
-	                  : qpi_shm_create(tmp, g.seg, &shm);
+	rc = name == NULL ? qpi_shm_anon(g.seg_size, &shm)
+	                  : qpi_shm_create(tmp, g.seg_size, &shm);
 	if (rc != QP_OK) {
 		return rc;
 	}
@@ -555,7 +535,7 @@ sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 		    e == ENOSPC ? "no space left" : strerror(e), qpi_shm_dir(),
 		    name, g.blocks_off + first);
 	}
-	rc = sq_init(shm.base, &g, cfg, name != NULL);
+	rc = sq_init(shm.base, &g, name != NULL);
 	if (rc == QP_OK && name != NULL) {
 		rc = qpi_shm_link(tmp, name);
 	}
@@ -1168,11 +1148,8 @@ sq_gm_dst(sq_batch *b, uint32_t kind, uint64_t len, uint8_t hdr[5], int *rcp)
 		}
 		return NULL;
 	}
-	gt->own = NULL;
-	gt->off = b->used;
-	gt->len = size;
+	*gt = (qpi_shmq_got) {.off = b->used, .len = size};
 	b->hl = hl;
-	memset(&gt->lease, 0, sizeof(gt->lease));
 	if (b->flags & QPI_GET_EACH) {
 		gt->own = malloc(size > 0 ? size : 1);
 		if (gt->own == NULL) {

@@ -523,10 +523,7 @@ sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 	 * reserve in anonymous memory: see futex.c). */
 	uint64_t first = g.cap > SQ_BACK_FIRST ? SQ_BACK_FIRST : g.cap;
 	int e = qpi_shm_reserve(&shm, 0, g.blocks_off);
-	if (e == 0) {
-		e = qpi_shm_reserve(&shm, g.ring_off, first);
-	}
-	if (e != 0) {
+	if (e != 0 || (e = qpi_shm_reserve(&shm, g.ring_off, first)) != 0) {
 		qpi_shm_unmap(&shm);
 		qpi_shm_unlink(tmp);
 		return qpi_err(e == ENOSPC ? QP_ENOSPC : QP_ESYSTEM,
@@ -1886,31 +1883,29 @@ sq_check_leases(qpi_shmq *q)
 	    || relbytes != h->gp.bytes_rel) {
 		return sq_bad(q, "lease counters", nleased);
 	}
-	n = prev = 0;
-	for (uint64_t l = h->gv.rel_first; l != 0; n++) {
-		if (l > q->nslots || n > q->nslots) {
-			return sq_bad(q, "released list", l);
+	/* The released list (in item order) and the free list. */
+	for (int k = 0; k < 2; k++) {
+		n = prev = 0;
+		for (uint64_t l = k ? h->gv.free_first : h->gv.rel_first;
+		     l != 0; n++) {
+			if (l > q->nslots || n > q->nslots) {
+				return sq_bad(
+				    q, k ? "free list" : "released list", l);
+			}
+			const sq_slot *s = &q->slots[l - 1];
+			if (s->state != (k ? L_FREE : L_RELEASED)
+			    || (!k && n > 0 && s->seq < prev)) {
+				return sq_bad(
+				    q, k ? "free slot" : "released order", l);
+			}
+			prev = s->seq;
+			l = s->next;
 		}
-		const sq_slot *s = &q->slots[l - 1];
-		if (s->state != L_RELEASED || (n > 0 && s->seq < prev)) {
-			return sq_bad(q, "released list order", l);
+		if (n != (k ? nfree : nrel)) {
+			return sq_bad(q,
+			    k ? "free list length" : "released list length",
+			    n);
 		}
-		prev = s->seq;
-		l = s->next;
-	}
-	if (n != nrel) {
-		return sq_bad(q, "released list length", n);
-	}
-	n = 0;
-	for (uint64_t l = h->gv.free_first; l != 0; n++) {
-		if (l > q->nslots || n > q->nslots
-		    || q->slots[l - 1].state != L_FREE) {
-			return sq_bad(q, "free slot list", l);
-		}
-		l = q->slots[l - 1].next;
-	}
-	if (n != nfree) {
-		return sq_bad(q, "free slot list length", n);
 	}
 	if (LD(&h->dones) > h->pp.nput) {
 		return sq_bad(q, "task_done count", h->dones);

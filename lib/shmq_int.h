@@ -548,13 +548,11 @@ sq_fence(void)
 
 /* ---- the calls each module offers the others ---- */
 
-/* shmq.c: finds the slot of a lease id in the given state (consumer lock
- * held): QP_OK, or QP_ENOENT. */
+/* shmq.c: the slot of lease id in state (consumer lock held). */
 int qpi_sq_slot_of(qpi_shmq *q, uint64_t id, uint64_t state, uint32_t *ip);
 
-/* shmq.c: frees lease slot i and its blocks through t (3 journal
- * entries) onto the lists l, whose heads the caller sets once done
- * (sq_lists_set). */
+/* shmq.c: frees lease slot i and its blocks through t (3 entries) onto
+ * the lists l, whose heads the caller sets once done (sq_lists_set). */
 int qpi_sq_slot_free(qpi_shmq *q, sq_tx *t, uint32_t i, sq_lists *l);
 
 /* What a blocked producer saw: any change means "try again". */
@@ -581,32 +579,28 @@ bool qpi_sq_pred_progress(qpi_shmq *q, const void *arg);
  * clock read): QP_OK, QP_ETIMEDOUT, QP_ECORRUPT. */
 int qpi_sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline);
 
-/* shmq_lock.c: takes the side's lock: forever, or within this thread's
- * budget (qpi_sq_budget_ns), past which nothing was changed and the
- * answer is QP_EBUSY. */
+/* shmq_lock.c: as qpi_sq_lock_until, forever or within this thread's
+ * budget (qpi_shmq_lock_budget: QP_EBUSY past it, nothing changed). */
 int qpi_sq_lock(qpi_shmq *q, sq_side *s);
 extern __thread int64_t qpi_sq_budget_ns;
 
 /* shmq_lock.c: learns the kind word of a queue lock (once). */
 void qpi_sq_kind_init(void);
 
-/* shmq_lock.c: this process's pid, and its pid namespace in *nsidp (may
- * be NULL), as of now (a fork changes them). */
+/* shmq_lock.c: this process's pid (and pid namespace, nsidp not NULL). */
 int32_t qpi_sq_me(uint64_t *nsidp);
 
-/* shmq_lock.c: true only when pid surely no longer runs (gone, or a
- * zombie) and lives in the pid namespace nsid, ours. */
+/* shmq_lock.c: true only when pid of our namespace (nsid) is gone. */
 bool qpi_sq_dead(int32_t pid, uint64_t nsid);
 
-/* shmq_lock.c: a sleeper slot of ev for this process, or -1 (all taken);
- * freed by storing 0 in its pid. */
+/* shmq_lock.c: a slot of ev for this process (-1: none); 0 in its pid
+ * frees it. */
 int qpi_sq_claim(sq_ev *ev);
 
 /* shmq_lock.c: forgets sleepers and watchers whose process died. */
 void qpi_sq_scan_now(sq_ev *ev);
 
-/* shmq_lock.c: sq_wake's and sq_watch_bump's work, once they saw a
- * sleeper or a watcher. */
+/* shmq_lock.c: sq_wake's and sq_watch_bump's work, if anyone waits. */
 void qpi_sq_wake_slow(qpi_shmq *q, int e, bool all);
 void qpi_sq_watch_bump_slow(qpi_shmq *q);
 

@@ -842,12 +842,11 @@ qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np)
 		if (LD(&t->state) != 1 || t->done > t->n || t->n == 0) {
 			continue;
 		}
-		memcpy(v[n].client, t->client, sizeof(v[n].client));
-		v[n].seq = t->seq;
-		v[n].base = t->base;
-		v[n].n = t->n;
-		v[n].done = t->done;
-		n++;
+		v[n] = (qpi_shmq_tag) {.seq = t->seq,
+		    .base = t->base,
+		    .n = t->n,
+		    .done = t->done};
+		memcpy(v[n++].client, t->client, sizeof(t->client));
 	}
 	sq_unlock(&h->ps);
 	*np = n;
@@ -2012,11 +2011,8 @@ sq_release_slot(qpi_shmq *q, uint32_t i)
 	tx_begin(&t, q);
 	tx_set(&t, &s->state, L_RELEASED);
 	tx_set(&t, &s->next, cur);
-	if (prev != 0) {
-		tx_set(&t, &q->slots[prev - 1].next, i + 1);
-	} else {
-		tx_set(&t, &h->gv.rel_first, i + 1);
-	}
+	tx_set(&t, prev != 0 ? &q->slots[prev - 1].next : &h->gv.rel_first,
+	    i + 1);
 	tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
 	tx_set(&t, &h->gp.bytes_rel, h->gp.bytes_rel + (uint32_t) s->kindlen);
 	tx_set(&t, &h->gp.nreleased, h->gp.nreleased + 1);

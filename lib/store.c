@@ -20,39 +20,37 @@ struct qpi_store {
 	char name[QP_NAME_MAX + 1];
 };
 
-int
-qpi_store_open_shm(
-    qpi_store **sp, const char *name, unsigned flags, const qpi_shmq_cfg *cfg)
+/* A store named name over shm, and d unless NULL (freed on failure). */
+static int
+st_new(qpi_store **sp, const char *name, qpi_shmq *shm, qpi_durq *d)
 {
 	qpi_store *s = calloc(1, sizeof(*s));
-	int rv;
 
 	if (s == NULL) {
+		d != NULL ? qpi_durq_free(d) : qpi_shmq_free(shm);
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	if ((rv = qpi_shmq_open(&s->shm, name, flags, cfg)) != QP_OK) {
-		free(s);
-		return rv;
-	}
+	s->shm = shm;
+	s->dur = d;
 	snprintf(s->name, sizeof(s->name), "%s", name);
 	*sp = s;
 	return QP_OK;
 }
 
 int
+qpi_store_open_shm(
+    qpi_store **sp, const char *name, unsigned flags, const qpi_shmq_cfg *cfg)
+{
+	qpi_shmq *q;
+	int rv = qpi_shmq_open(&q, name, flags, cfg);
+
+	return rv != QP_OK ? rv : st_new(sp, name, q, NULL);
+}
+
+int
 qpi_store_open_durq(qpi_store **sp, const char *name, qpi_durq *d)
 {
-	qpi_store *s = calloc(1, sizeof(*s));
-
-	if (s == NULL) {
-		qpi_durq_free(d);
-		return qpi_err(QP_ENOMEM, "out of memory");
-	}
-	s->dur = d;
-	s->shm = qpi_durq_shm(d);
-	snprintf(s->name, sizeof(s->name), "%s", name);
-	*sp = s;
-	return QP_OK;
+	return st_new(sp, name, qpi_durq_shm(d), d);
 }
 
 void

@@ -620,9 +620,7 @@ qpi_shmq_free(qpi_shmq *q)
 	if (q == NULL) {
 		return;
 	}
-	if (q->watch_slot >= 0) {
-		qpi_shmq_watch(q, false);
-	}
+	qpi_shmq_watch(q, false);
 	qpi_shm_unmap(&q->shm);
 	free(q);
 }
@@ -2292,13 +2290,10 @@ qpi_shmq_counters_get(qpi_shmq *q, qpi_shmq_counters *c)
 		return qpi_err(QP_EVERSION, "%s: counters of version %u",
 		    q->label, LD(&mx->version));
 	}
-	if (mx == &h->mx) {
-		c->puts = LD(&h->pp.nput);
-		c->gets = LD(&h->gp.nget) + LD(&h->gp.relgets);
-	} else {
-		c->puts = LD(&mx->puts);
-		c->gets = LD(&mx->gets);
-	}
+	/* The header's own block: puts and gets are the queue's counts. */
+	c->puts = mx == &h->mx ? LD(&h->pp.nput) : LD(&mx->puts);
+	c->gets = mx == &h->mx ? LD(&h->gp.nget) + LD(&h->gp.relgets)
+	                       : LD(&mx->gets);
 	c->acks = LD(&mx->acks);
 	c->nacks = LD(&mx->nacks);
 	for (int i = 0; i < QPI_SHMQ_REL_N; i++) {

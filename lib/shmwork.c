@@ -326,8 +326,7 @@ shml_touch(void *impl, qp_duration lease)
 	if (lost > 0) {
 		return qpi_err(QP_ENOENT,
 		    "touch on %s: %zu of %zu leases had run out already; "
-		    "those "
-		    "items went back to the queue",
+		    "those items went back to the queue",
 		    h->label, lost, n);
 	}
 	qpi_err_clear();

@@ -264,13 +264,10 @@ qpi_shmq_lock_budget(int64_t ns)
 int
 qpi_sq_lock(qpi_shmq *q, sq_side *s)
 {
-	int rc;
+	int64_t b = qpi_sq_budget_ns;
+	int rc = qpi_sq_lock_until(q, s, b < 0 ? INT64_MAX : -b - 1);
 
-	if (qpi_sq_budget_ns < 0) {
-		return qpi_sq_lock_until(q, s, INT64_MAX);
-	}
-	rc = qpi_sq_lock_until(q, s, -qpi_sq_budget_ns - 1);
-	if (rc == QP_ETIMEDOUT) {
+	if (rc == QP_ETIMEDOUT) { /* only with a budget */
 		return qpi_err(QP_EBUSY,
 		    "%s: its lock is held by another process (stopped or "
 		    "slow)",

@@ -93,7 +93,7 @@ qpi_pid_gone(int32_t pid)
 	}
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-		return errno == ENOENT;
+		return false; /* cannot tell: alive */
 	}
 	n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);

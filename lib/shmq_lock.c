@@ -175,18 +175,13 @@ qpi_sq_kind_init(void)
 	pthread_mutexattr_destroy(&ma);
 }
 
-static inline bool
-sq_lock_sane(pthread_mutex_t *m)
-{
-	return sq_kind == -1 || sq_lock_kind(m) == sq_kind;
-}
-
 int
 qpi_sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
 {
 	int rc;
 
-	if (__builtin_expect(!sq_lock_sane(&s->lock), 0)) {
+	if (__builtin_expect(
+	        sq_kind != -1 && sq_lock_kind(&s->lock) != sq_kind, 0)) {
 		return sq_quarantine(q,
 		    "the %s lock's words were overwritten (kind %d, not %d)",
 		    s == &q->h->ps ? "producer" : "consumer",

@@ -183,9 +183,7 @@ struct shmconn {
 	bool broken; /* end of file came in the middle of a message */
 	bool eof_seen; /* the peer was found gone (under mu) */
 	/* the process's list of open ends, for the fork handler */
-	struct shmconn *reg_prev;
 	struct shmconn *reg_next;
-	bool registered;
 };
 
 /* Process-wide: how many forks happened, seen from the child (proc_gen)
@@ -246,13 +244,8 @@ static void
 shm_register(struct shmconn *c)
 {
 	pthread_mutex_lock(&shm_reg_mu);
-	c->reg_prev = NULL;
 	c->reg_next = shm_reg;
-	if (shm_reg != NULL) {
-		shm_reg->reg_prev = c;
-	}
 	shm_reg = c;
-	c->registered = true;
 	pthread_mutex_unlock(&shm_reg_mu);
 }
 
@@ -260,16 +253,11 @@ static void
 shm_unregister(struct shmconn *c)
 {
 	pthread_mutex_lock(&shm_reg_mu);
-	if (c->registered) {
-		if (c->reg_prev != NULL) {
-			c->reg_prev->reg_next = c->reg_next;
-		} else {
-			shm_reg = c->reg_next;
+	for (struct shmconn **p = &shm_reg; *p != NULL; p = &(*p)->reg_next) {
+		if (*p == c) {
+			*p = c->reg_next;
+			break;
 		}
-		if (c->reg_next != NULL) {
-			c->reg_next->reg_prev = c->reg_prev;
-		}
-		c->registered = false;
 	}
 	pthread_mutex_unlock(&shm_reg_mu);
 }

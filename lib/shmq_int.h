@@ -39,7 +39,7 @@
  * the caller sleeps in the kernel; a blocking call polls its condition for
  * this long before it sleeps. */
 #define SQ_LOCK_SPIN 100
-/* How many sleepers a wake-up for one wakes: see sq_wake_slow. */
+/* How many sleepers a wake-up for one wakes: see qpi_sq_wake_slow. */
 #define SQ_WAKE_ONE 2
 /* A thread blocked on a lock wakes at least this often (ns) and tries
  * again. An unlock wakes one waiter in the kernel; if that waiter is being
@@ -80,7 +80,8 @@
 
 /* Completion phases (sq_hdr.cpl.phase). Non-zero only while the
  * completing process holds the consumer lock: whoever takes that lock and
- * finds one set knows the completer died, and settles it (sq_cpl_settle). */
+ * finds one set knows the completer died, and settles it (qpi_sq_cpl_settle).
+ */
 #define CPL_NONE    0u
 #define CPL_PUTTING 1u /* the result may be going into the named queue */
 #define CPL_PUT     2u /* the result is in: the lease is to be acked */
@@ -259,7 +260,7 @@ typedef struct sq_hdr {
 	_Alignas(128) qpi_shmq_mx mx;
 } sq_hdr;
 
-/* sq_hdr.corrupt: a fault was found (sq_fault, sq_quarantine), or the
+/* sq_hdr.corrupt: a fault was found (qpi_sq_fault, sq_quarantine), or the
  * queue was removed (qpi_shmq_unlink). One word, so that the check every
  * call makes under its lock stays one load; a library from before
  * SQ_REMOVED reads a removed queue as corrupt, and stops too. */
@@ -340,7 +341,7 @@ sq_coarse_ms(void)
 
 /* True when this handle's calls must stop: closed or quarantined. The
  * entry check of puts and gets: a removal they see once they hold a
- * lock (sq_lock_until). */
+ * lock (qpi_sq_lock_until). */
 static inline bool
 sq_closed(const qpi_shmq *q)
 {
@@ -503,7 +504,7 @@ sq_walk(
 }
 
 /* The heads of the free slot and block lists, as a transaction that
- * frees slots has them so far (sq_slot_free), until sq_lists_set. */
+ * frees slots has them so far (qpi_sq_slot_free), until sq_lists_set. */
 typedef struct sq_lists {
 	uint64_t ffree, bfree, nbfree;
 } sq_lists;
@@ -582,7 +583,7 @@ int qpi_sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline);
 /* shmq_lock.c: as qpi_sq_lock_until, forever or within this thread's
  * budget (qpi_shmq_lock_budget: QP_EBUSY past it, nothing changed). */
 int qpi_sq_lock(qpi_shmq *q, sq_side *s);
-extern __thread int64_t qpi_sq_budget_ns;
+extern __thread int64_t qpi_sq_budget_ns; /* ns; < 0: no budget */
 
 /* shmq_lock.c: learns the kind word of a queue lock (once). */
 void qpi_sq_kind_init(void);

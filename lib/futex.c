@@ -1,15 +1,16 @@
 /*
- * futex.c - process-shared futex waits with absolute deadlines, and the
+ * futex.c - process-shared futex waits with absolute deadlines, the
  * shared-memory segments that queues and pipes live in (files on the tmpfs
  * /dev/shm, or $QPIPE_SHM_DIR, named "qpipe.<name>", as shm_open() makes
  * them; or anonymous MAP_SHARED memory for queues and pipes shared across
- * fork()). A named segment is sparse: a page is backed when first written,
- * and writing one when the tmpfs is full raises SIGBUS, so its users
- * reserve pages first (qpi_shm_reserve, fallocate: ENOSPC is an error
- * instead). Anonymous shared memory lives on the kernel's internal tmpfs,
- * which has no size limit: it is bounded by memory and overcommit like
- * any allocation (an exhausted machine or cgroup invokes the OOM killer,
- * not SIGBUS), so it is not reserved.
+ * fork()), and whether a process that uses one is gone. A named segment is
+ * sparse: a page is backed when first written, and writing one when the
+ * tmpfs is full raises SIGBUS, so its users reserve pages first
+ * (qpi_shm_reserve, fallocate: ENOSPC is an error instead). Anonymous
+ * shared memory lives on the kernel's internal tmpfs, which has no size
+ * limit: it is bounded by memory and overcommit like any allocation (an
+ * exhausted machine or cgroup invokes the OOM killer, not SIGBUS), so it
+ * is not reserved.
  *
  * Trust. The directory is shared by every user: a named segment owned by
  * another user is refused unless the caller asks for it (qpi_shm_open's
@@ -78,6 +79,31 @@ qpi_futex_wake_or(uint32_t *word, uint32_t bits, int n)
 	long rv = syscall(SYS_futex, word, FUTEX_WAKE_OP, n, (void *) 0L, word,
 	    FUTEX_OP(FUTEX_OP_OR, bits & 0xfffu, FUTEX_OP_CMP_EQ, 0));
 	return rv > 0 ? (int) rv : 0;
+}
+
+bool
+qpi_pid_gone(int32_t pid)
+{
+	char path[64], buf[512];
+	ssize_t n;
+	int fd;
+
+	if (kill(pid, 0) != 0 && errno == ESRCH) {
+		return true;
+	}
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+		return false; /* cannot tell: alive */
+	}
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0) {
+		return false;
+	}
+	buf[n] = '\0';
+	/* "pid (comm) S ...": the state follows the last ')'. */
+	char *p = strrchr(buf, ')');
+	return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
 }
 
 const char *

@@ -1,6 +1,7 @@
 /*
  * futex.h - process-shared waiting on a 32-bit word in shared memory, and
- * named or anonymous shared-memory segments. Used by the queue and pipe.
+ * named or anonymous shared-memory segments, and the liveness of the
+ * processes that use them. Used by the queue and pipe.
  */
 #ifndef QPI_FUTEX_H
 #define QPI_FUTEX_H
@@ -22,6 +23,22 @@ int qpi_futex_wake(uint32_t *word, int n);
  * n waiters on it; returns how many woke. A caller killed at any instant
  * did both or neither. */
 int qpi_futex_wake_or(uint32_t *word, uint32_t bits, int n);
+
+/* True when process pid surely no longer runs: gone, or a zombie. */
+bool qpi_pid_gone(int32_t pid);
+
+/* One step of a spin wait: the CPU's pause (yield) hint. */
+static inline void
+qpi_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ volatile("yield" ::: "memory");
+#else
+	__asm__ volatile("" ::: "memory");
+#endif
+}
 
 /* A mapped shared-memory segment. A named segment keeps its file open
  * (fd) so that its pages can be reserved (qpi_shm_reserve); -1 for an

@@ -183,9 +183,7 @@ struct shmconn {
 	bool broken; /* end of file came in the middle of a message */
 	bool eof_seen; /* the peer was found gone (under mu) */
 	/* the process's list of open ends, for the fork handler */
-	struct shmconn *reg_prev;
 	struct shmconn *reg_next;
-	bool registered;
 };
 
 /* Process-wide: how many forks happened, seen from the child (proc_gen)
@@ -246,13 +244,8 @@ static void
 shm_register(struct shmconn *c)
 {
 	pthread_mutex_lock(&shm_reg_mu);
-	c->reg_prev = NULL;
 	c->reg_next = shm_reg;
-	if (shm_reg != NULL) {
-		shm_reg->reg_prev = c;
-	}
 	shm_reg = c;
-	c->registered = true;
 	pthread_mutex_unlock(&shm_reg_mu);
 }
 
@@ -260,16 +253,11 @@ static void
 shm_unregister(struct shmconn *c)
 {
 	pthread_mutex_lock(&shm_reg_mu);
-	if (c->registered) {
-		if (c->reg_prev != NULL) {
-			c->reg_prev->reg_next = c->reg_next;
-		} else {
-			shm_reg = c->reg_next;
+	for (struct shmconn **p = &shm_reg; *p != NULL; p = &(*p)->reg_next) {
+		if (*p == c) {
+			*p = c->reg_next;
+			break;
 		}
-		if (c->reg_next != NULL) {
-			c->reg_next->reg_prev = c->reg_prev;
-		}
-		c->registered = false;
 	}
 	pthread_mutex_unlock(&shm_reg_mu);
 }
@@ -285,18 +273,6 @@ shm_init_once(void)
 	    shm_atfork_prepare, shm_atfork_parent, shm_atfork_child);
 }
 
-static inline void
-shm_cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	__builtin_ia32_pause();
-#elif defined(__aarch64__)
-	__asm__ __volatile__("yield" ::: "memory");
-#else
-	__asm__ __volatile__("" ::: "memory");
-#endif
-}
-
 /* One step of the wait before sleeping: a pause at first; later a yield,
  * so that a peer sharing this CPU gets to run and answer. */
 static inline void
@@ -305,7 +281,7 @@ shm_spin_once(bool yielding)
 	if (yielding) {
 		sched_yield();
 	} else {
-		shm_cpu_relax();
+		qpi_cpu_relax();
 	}
 }
 
@@ -476,32 +452,6 @@ shm_fresh_fds(struct shmconn *c)
 	c->fd_gen = gen;
 }
 
-/* Without pidfds: is pid gone (no such process, or a zombie)? */
-static bool
-shm_pid_dead_fallback(pid_t pid)
-{
-	char path[64], buf[512];
-	ssize_t n;
-	int fd;
-
-	if (kill(pid, 0) != 0 && errno == ESRCH) {
-		return true;
-	}
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-		return errno == ENOENT;
-	}
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0) {
-		return false;
-	}
-	buf[n] = '\0';
-	/* "pid (comm) S ...": the state follows the last ')'. */
-	char *p = strrchr(buf, ')');
-	return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
-}
-
 /* Has process pid exited? Keeps a pidfd of the one process watched (and
  * keeps it in the epoll set, if there is one). Called with c->mu held. */
 static bool
@@ -549,7 +499,7 @@ shm_pid_gone_locked(struct shmconn *c, pid_t pid)
 		if (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLIN)) {
 			c->watch_dead = true;
 		}
-	} else if (shm_pid_dead_fallback(pid)) {
+	} else if (qpi_pid_gone(pid)) {
 		c->watch_dead = true;
 	}
 	return c->watch_dead;

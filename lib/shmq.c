@@ -2,395 +2,38 @@
  * shmq.c - the shared-memory queue: a byte ring of variable-size records in
  * one segment, shared by any number of producer and consumer processes,
  * robust to any of them being killed at any instant (see shmq.h for the
- * design, the crash-safety argument and the lease model).
+ * design, the crash-safety argument and the lease model; shmq_int.h for
+ * the modules and the layout).
  *
- * Locking: two robust process-shared mutexes in the segment. The producer
- * lock guards the tail and the free space beyond it; the consumer lock
- * guards the head (the next record to read), the lease table and the lease
- * area. Lock order: producer, then consumer (only make-room and the check
- * take both). A put commits by stamping its record; consumers find records
- * by their stamps, so they never read the producer's counters on the fast
- * path. Consumer-side changes go through a journal (tx_*); a get takes a
- * batch of items (one for the single gets) in one hold of the consumer
- * lock, a batch of acks likewise (see "get" and qpi_shmq_ack_many). Wake-ups
- * use futex words with per-slot sleeper bits; a waker wakes under its lock
- * before its commit, and task_done takes the consumer lock for that (see
- * sq_settle). A sleeper may take either lock briefly, alone, to wait for
- * a change in flight. The kernel's robust-futex protocol covers dead lock
- * owners but not a waiter killed just as a wake-up is handed to it, so
- * lock waits run in slices (SQ_LOCK_SLICE_NS) and a wake-up for one getter
- * wakes two (SQ_WAKE_ONE). A thread with a lock budget
- * (qpi_shmq_lock_budget: qpiped's) gives up a lock it cannot take within
- * it, changing nothing, rather than wait for a stopped holder.
+ * Locking: two robust process-shared mutexes in the segment (taken and
+ * repaired by shmq_lock.c). The producer lock guards the tail and the
+ * free space beyond it; the consumer lock guards the head (the next
+ * record to read), the lease table and the lease area. Lock order:
+ * producer, then consumer (only make-room and the check take both). A
+ * put commits by stamping its record; consumers find records by their
+ * stamps, so they never read the producer's counters on the fast path.
+ * Consumer-side changes go through a journal (tx_*); a get takes a batch
+ * of items (one for the single gets) in one hold of the consumer lock, a
+ * batch of acks likewise (see "get" and qpi_shmq_ack_many). A waker
+ * wakes under its lock before its commit, and task_done takes the
+ * consumer lock for that (see sq_settle).
  */
-#define _GNU_SOURCE /* pthread_mutex_clocklock */
-#include "shmq.h"
-#include "futex.h"
+#include "shmq_int.h"
 #include "wire.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 void (*qpi_shmq_test_hook)(int point);
 
-#define SQ_HOOK(p)                                                     \
-	do {                                                           \
-		if (__builtin_expect(qpi_shmq_test_hook != NULL, 0)) { \
-			qpi_shmq_test_hook(p);                         \
-		}                                                      \
-	} while (0)
-
-#define SQ_MAGIC    0x0a512d4550495051ull /* "QPIPE-Q\n" */
-#define SQ_VERSION  3u /* 3: the counters block (qpi_shmq_mx) */
-#define SQ_REC_HDR  40u
-#define SQ_JMAX     32
-#define SQ_EV_SLOTS 64
-/* A contended lock is retried for about this many pauses (~1-2 us) before
- * the caller sleeps in the kernel; a blocking call polls its condition for
- * this long before it sleeps. */
-#define SQ_LOCK_SPIN 100
-/* How many sleepers a wake-up for one wakes: see sq_wake_slow. */
-#define SQ_WAKE_ONE 2
-/* A thread blocked on a lock wakes at least this often (ns) and tries
- * again. An unlock wakes one waiter in the kernel; if that waiter is being
- * killed at that instant, the wake-up dies with it and the other waiters
- * would sleep on a free lock (the robust-futex protocol covers dead
- * owners, not dead waiters). Locks are held for microseconds, so the
- * slices cost nothing but in that case, which they bound. */
-#define SQ_LOCK_SLICE_NS 5000000
-#define SQ_SPIN_NS       4000
-/* Liveness scans of sleeper slots happen at most this often. */
-#define SQ_SCAN_MS 100
-
-/* Record kinds (sq_rec.kind). */
-#define K_BIN 1u
-#define K_OBJ 2u
-#define K_PAD 3u
-
-/* The lease area is cut in blocks of this many bytes. */
-#define SQ_BLOCK 512u
-
-/* A named segment is sparse (see "Space" in shmq.h): the ring and the
- * lease area get memory reserved in steps of at least this many bytes;
- * a new queue starts with SQ_BACK_FIRST bytes of its ring backed. */
-#define SQ_BACK_STEP  (1ull << 20)
-#define SQ_BACK_FIRST (64ull << 10)
-
-/* Put requests remembered in a segment (see qpi_shmq_tags). */
-#define SQ_TAGS QPI_SHMQ_TAGS_MAX
-
-/* Lease slot states. */
-#define L_FREE     0u
-#define L_LEASED   1u
-#define L_RELEASED 2u
-#define L_IDX_BITS 20
-
-/* Journal entries that write 32 bits carry this flag in their offset. */
-#define J_W32 (1ull << 63)
-
-/* Completion phases (sq_hdr.cpl.phase). Non-zero only while the
- * completing process holds the consumer lock: whoever takes that lock and
- * finds one set knows the completer died, and settles it (sq_cpl_settle). */
-#define CPL_NONE    0u
-#define CPL_PUTTING 1u /* the result may be going into the named queue */
-#define CPL_PUT     2u /* the result is in: the lease is to be acked */
-
-enum { EV_NE, EV_NF, EV_JN, EV_W, SQ_EV_N };
-
-#define LD(p)     __atomic_load_n((p), __ATOMIC_RELAXED)
-#define LDA(p)    __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define ST(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELAXED)
-#define STR(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-
-/* A record header in the ring. */
-typedef struct sq_rec {
-	uint64_t stamp; /* position ^ salt, stored last: the commit */
-	uint32_t kind;
-	uint32_t len; /* payload bytes */
-	uint64_t
-	    seq; /* items put once this record is in (an item's ordinal) */
-	uint64_t bytes; /* bytes put once this record is in */
-	uint32_t ts; /* put time, ms since the queue was made (mod 2^32) */
-	uint32_t pad;
-} sq_rec;
-
-/* A lease slot: the item itself lives in a chain of lease-area blocks. */
-typedef struct sq_slot {
-	uint64_t state;
-	uint64_t owner;
-	int64_t expiry_ms;
-	uint64_t seq; /* the item's ordinal: released items go in order */
-	uint64_t gen; /* bumped on each lease: ids are never reused */
-	uint64_t deliveries;
-	uint64_t next; /* free or released list: slot + 1, 0 ends */
-	uint64_t kindlen; /* kind << 32 | length */
-	uint64_t first; /* first block + 1 (0: an empty item, no block) */
-	uint64_t nblocks;
-	uint64_t ts; /* put time, as sq_rec.ts */
-	uint64_t spare;
-} sq_slot;
-
-/* A put request of qpiped's, remembered in the segment so that a
- * restarted server knows it was applied (see qpi_shmq_put_tagged). */
-typedef struct sq_tag {
-	uint64_t state; /* 0: empty or being written; 1: written */
-	uint8_t client[16];
-	uint64_t seq;
-	uint64_t first; /* the ordinal (nput) of this put's first item */
-	uint32_t base; /* items of the request stored before this put */
-	uint32_t n; /* items of the whole request */
-	uint32_t done; /* items of the request stored once this put is */
-	uint32_t pad;
-	uint64_t spare;
-} sq_tag;
-
-typedef struct sq_jent {
-	uint64_t off; /* from the segment's base; J_W32: a 32-bit word */
-	uint64_t val;
-} sq_jent;
-
-/* Redo journal: seq != 0 and seq == the side's cseq means "committed,
- * maybe not applied". */
-typedef struct sq_jrnl {
-	uint64_t seq;
-	uint64_t n;
-	sq_jent e[SQ_JMAX];
-} sq_jrnl;
-
-typedef struct sq_side {
-	pthread_mutex_t lock;
-	uint64_t cseq; /* consumer: commit sequence */
-	uint64_t hint; /* producer: a head seen (head only grows) */
-	sq_jrnl j; /* consumer only; the producer's entries hold a
-	              completion's results queue name (sq_hdr.cpl) */
-} sq_side;
-
-/* Sleeper word states (the low 2 bits; the rest is a generation, new for
- * each sleep). A waker ORs W_WOKEN in and wakes the word in one system
- * call; W_LEFT | W_WOKEN is still W_LEFT. */
-#define W_ASLEEP 0u /* asleep, or about to be: nobody woke it yet */
-#define W_WOKEN  2u /* woken (or told not to sleep) */
-#define W_LEFT   3u /* it left on its own (deadline, closed) */
-#define W_STATE  3u
-
-/* A sleeper slot: its owner and its own futex word. */
-typedef struct sq_who {
-	int32_t pid;
-	uint32_t word; /* generation << 2 | W_ state */
-	uint64_t nsid; /* pid namespace: liveness is judged only within it */
-} sq_who;
-
-/* A wake-up event. A sleeper claims a slot, sets its bit in `sleep`, then
- * sleeps on its own word. A waker skips words already W_WOKEN (a woken
- * process that waits for a CPU costs the others nothing) and wakes a
- * W_ASLEEP one with FUTEX_WAKE_OP, which marks it W_WOKEN and wakes it in
- * one system call: a waker killed at any instant either woke it or left
- * it W_ASLEEP. The bit stays set until the sleeper itself clears it, so
- * a sleeper whose waker was killed stays in plain sight and the next
- * waker wakes it. More than 64 sleepers at once sleep on `seq`, counted
- * in `extra`. The watch event keeps its watchers in `mask` and wakes them
- * through `seq`. */
-typedef struct sq_ev {
-	uint32_t seq;
-	uint32_t pad;
-	uint64_t sleep;
-	uint64_t extra;
-	uint64_t mask;
-	int64_t scan_ms;
-	_Alignas(64) sq_who who[SQ_EV_SLOTS];
-} sq_ev;
-
-typedef struct sq_hdr {
-	uint64_t magic;
-	uint32_t version;
-	uint32_t hdr_size;
-	uint64_t seg_size;
-	uint64_t slots_off;
-	uint64_t links_off; /* lease area: one uint32_t link per block */
-	uint64_t blocks_off;
-	uint64_t nblocks;
-	uint64_t ring_off;
-	uint64_t cap;
-	uint64_t max_msg;
-	uint64_t maxsize;
-	uint32_t nslots;
-	uint32_t corrupt; /* SQ_FAULT | SQ_REMOVED bits: every call fails */
-	uint64_t salt;
-	int64_t created_ms; /* CLOCK_MONOTONIC_COARSE ms */
-	uint64_t tags_off; /* SQ_TAGS sq_tag entries */
-
-	_Alignas(128) sq_side ps; /* producer side */
-	_Alignas(128) struct {
-		uint64_t tail;
-		uint64_t nput; /* items put (committed), ever */
-		uint64_t bytes_in;
-		uint64_t backed; /* ring bytes [0, backed) have memory */
-		uint64_t tags_next; /* tags written, ever */
-	} pp;
-	_Alignas(128) sq_side gs; /* consumer side */
-	_Alignas(128) struct {
-		uint64_t rel_first; /* released slots, oldest item first */
-		uint64_t free_first; /* free slots */
-		uint64_t bfree; /* freed blocks: first + 1 */
-		uint64_t nbfree;
-		uint64_t bwater; /* blocks never used start here */
-		uint64_t bbacked; /* blocks [0, bbacked) have memory */
-	} gv;
-	_Alignas(128) struct {
-		uint64_t head; /* the next record to read */
-		uint64_t nget; /* items taken from the ring, ever */
-		uint64_t relgets; /* deliveries of released items, ever */
-		uint64_t nreleased;
-		uint64_t nleased;
-		uint64_t bytes_out;
-		uint64_t bytes_rel;
-	} gp;
-	_Alignas(128) uint64_t dones; /* task_done calls */
-	/* A completion in progress (qpi_shmq_complete), under the consumer
-	 * lock; it lives in the padding after dones, so a segment made
-	 * before it reads zeros (no completion) and the layout stays. The
-	 * results queue's name is kept in the producer side's journal
-	 * entries, which nothing else uses (the consumer side's are
-	 * rewritten by every transaction, a settler's included). */
-	struct {
-		uint64_t phase; /* CPL_* */
-		uint64_t lease; /* the task's lease id */
-		uint8_t client[16]; /* the result's tag */
-		uint64_t seq;
-		uint64_t namelen; /* of the results queue's name */
-	} cpl;
-	_Alignas(128) sq_ev ev[SQ_EV_N];
-	/* ---- counters for metrics (qpi_shmq_counters_get): a block of its
-	 * own, with its own version, last in the header. Bumped with relaxed
-	 * atomics after the change they count is committed, under the lock
-	 * that change took: advisory figures, never read to decide anything,
-	 * so a process killed between the commit and the bump only loses one
-	 * count. Its spare[] is room for more without a new layout. ---- */
-	_Alignas(128) qpi_shmq_mx mx;
-} sq_hdr;
-
-/* sq_hdr.corrupt: a fault was found (sq_fault, sq_quarantine), or the
- * queue was removed (qpi_shmq_unlink). One word, so that the check every
- * call makes under its lock stays one load; a library from before
- * SQ_REMOVED reads a removed queue as corrupt, and stops too. */
-#define SQ_FAULT   1u
-#define SQ_REMOVED 2u
-
-/* qpi_shmq.closed: open, closed by its owner, or quarantined (the
- * SIGBUS guard stores SQ_BAD itself: see qpi_shm_guard). */
-#define SQ_OPEN       0
-#define SQ_CLOSED     1
-#define SQ_BAD        2
-#define SQ_MX_VERSION QPI_SHMQ_MX_VERSION
-#define sq_mx_add     qpi_shmq_mx_add
-
-struct qpi_shmq {
-	sq_hdr *h;
-	uint8_t *base;
-	uint8_t *ring;
-	sq_slot *slots;
-	uint32_t *links; /* next block + 1, 0 ends */
-	sq_tag *tags;
-	uint8_t *blocks;
-	uint64_t nblocks;
-	uint64_t cap;
-	uint64_t cmask; /* cap - 1 when cap is a power of two, else 0 */
-	uint64_t max_msg;
-	uint64_t maxsize;
-	uint64_t salt;
-	uint64_t bb_seen; /* gv.bbacked as last seen (producer lock) */
-	int64_t created_ms;
-	uint32_t nslots;
-	int closed; /* SQ_OPEN, SQ_CLOSED, SQ_BAD */
-	int watch_slot; /* -1: not watching */
-	uint64_t fault_off; /* SQ_BAD by SIGBUS: where (the guard's) */
-	char why[160]; /* SQ_BAD otherwise: what failed its check */
-	qpi_shmq_mx *mx; /* the counters: &h->mx, or placed elsewhere */
-	qpi_shm shm;
-	char label[QP_NAME_MAX + 16];
-};
-
-/* ---- small helpers ---- */
-
-static inline void
-sq_pause(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	__builtin_ia32_pause();
-#elif defined(__aarch64__)
-	__asm__ volatile("yield" ::: "memory");
-#else
-	__asm__ volatile("" ::: "memory");
-#endif
-}
-
-static inline uint64_t
-sq_off(const qpi_shmq *q, uint64_t pos)
-{
-	return q->cmask ? (pos & q->cmask) : (pos % q->cap);
-}
-
-static inline sq_rec *
-sq_at(const qpi_shmq *q, uint64_t off)
-{
-	return (sq_rec *) (void *) (q->ring + off);
-}
-
-static inline uint64_t
-sq_stamp(const qpi_shmq *q, uint64_t pos)
-{
-	return pos ^ q->salt;
-}
-
-static int64_t
-sq_coarse_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* True when this handle's calls must stop: closed or quarantined. The
- * entry check of puts and gets: a removal they see once they hold a
- * lock (sq_lock_until). */
-static inline bool
-sq_closed(const qpi_shmq *q)
-{
-	return LD(&q->closed) != 0;
-}
-
-/* As sq_closed, or the queue removed (qpi_shmq_unlink, by any process):
- * what waits and what does not take a lock looks at this. */
-static inline bool
-sq_stopped(const qpi_shmq *q)
-{
-	return LD(&q->closed) != 0 || (LD(&q->h->corrupt) & SQ_REMOVED) != 0;
-}
-
-static inline bool
-sq_removed(const qpi_shmq *q)
-{
-	return LD(&q->closed) == SQ_OPEN
-	    && (LD(&q->h->corrupt) & SQ_REMOVED) != 0;
-}
-
-/* The error of a call that finds sq_closed true: QP_ECLOSED (closed),
- * QP_ECORRUPT (quarantined), QP_ENOENT (removed; QP_ECLOSED "was
- * deleted" for a call that was waiting on the queue when it went, as
- * qpiped answers its waiters). */
-static int
-sq_stop_err(const qpi_shmq *q, bool waited)
+int
+qpi_sq_stop_err(const qpi_shmq *q, bool waited)
 {
 	int c = LD(&q->closed);
 
@@ -416,176 +59,13 @@ sq_stop_err(const qpi_shmq *q, bool waited)
 	return qpi_err(QP_ECLOSED, "%s: handle closed", q->label);
 }
 
-static int
-sq_eclosed(const qpi_shmq *q)
-{
-	return sq_stop_err(q, false);
-}
-
-/* The end of a put or get that worked on the segment: QP_OK, unless the
- * segment was truncated under it (the SIGBUS guard then gave it zero
- * pages: the item went nowhere, or came from nowhere). */
-static inline int
-sq_after(const qpi_shmq *q)
-{
-	if (__builtin_expect(LD(&q->closed) == SQ_BAD, 0)) {
-		return sq_stop_err(q, false);
-	}
-	return QP_OK;
-}
-
-/* Quarantines this attachment (a header word failed its check): every
- * call from now on fails with QP_ECORRUPT naming why; other processes
- * see the segment's corrupt mark. */
-static int __attribute__((noinline, format(printf, 2, 3)))
-sq_quarantine(qpi_shmq *q, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (LD(&q->closed) != SQ_BAD) {
-		va_start(ap, fmt);
-		vsnprintf(q->why, sizeof(q->why), fmt, ap);
-		va_end(ap);
-		STR(&q->closed, SQ_BAD);
-	}
-	__atomic_fetch_or(&q->h->corrupt, SQ_FAULT, __ATOMIC_RELAXED);
-	return sq_stop_err(q, false);
-}
-
-static int
-sq_fault(qpi_shmq *q, const char *what, uint64_t pos)
+int
+qpi_sq_fault(qpi_shmq *q, const char *what, uint64_t pos)
 {
 	__atomic_fetch_or(&q->h->corrupt, SQ_FAULT, __ATOMIC_RELAXED);
 	return qpi_err(QP_ECORRUPT,
 	    "%s is corrupt: %s at ring position %" PRIu64, q->label, what,
 	    pos);
-}
-
-/* ---- journal (consumer side) ---- */
-
-typedef struct sq_tx {
-	qpi_shmq *q;
-	sq_side *s;
-	uint32_t n;
-} sq_tx;
-
-static inline void
-tx_begin(sq_tx *t, qpi_shmq *q)
-{
-	t->q = q;
-	t->s = &q->h->gs;
-	t->n = 0;
-}
-
-static inline void
-tx_set(sq_tx *t, uint64_t *p, uint64_t v)
-{
-	sq_jent *e = &t->s->j.e[t->n++];
-
-	e->off = (uint64_t) ((uint8_t *) p - t->q->base);
-	e->val = v;
-}
-
-static inline void
-tx_set32(sq_tx *t, uint32_t *p, uint32_t v)
-{
-	sq_jent *e = &t->s->j.e[t->n++];
-
-	e->off = (uint64_t) ((uint8_t *) p - t->q->base) | J_W32;
-	e->val = v;
-}
-
-static void
-sq_apply(qpi_shmq *q, const sq_jrnl *j, uint64_t n, bool hook)
-{
-	for (uint64_t i = 0; i < n; i++) {
-		uint64_t off = j->e[i].off;
-		if (off & J_W32) {
-			STR((uint32_t *) (void *) (q->base + (off & ~J_W32)),
-			    (uint32_t) j->e[i].val);
-		} else {
-			STR((uint64_t *) (void *) (q->base + off),
-			    j->e[i].val);
-		}
-		if (hook && i == 0) {
-			SQ_HOOK(QPI_HOOK_APPLY);
-		}
-	}
-}
-
-static void
-tx_commit(sq_tx *t)
-{
-	sq_jrnl *j = &t->s->j;
-	uint64_t s = t->s->cseq + 1;
-
-	j->n = t->n;
-	SQ_HOOK(QPI_HOOK_JOURNAL);
-	STR(&j->seq, s);
-	STR(&t->s->cseq, s); /* the commit */
-	SQ_HOOK(QPI_HOOK_COMMIT);
-	sq_apply(t->q, j, t->n, true);
-	STR(&j->seq, 0);
-}
-
-/* ---- records ---- */
-
-/* Looks for a committed record at pos, or after the implicit pad at pos
- * (the end of the ring, too short for a header). *rp is NULL if nothing is
- * committed there; else *startp is where the record starts (pos, or the
- * start of the next lap) and *endp where it ends. A stamped record with a
- * bad header is a fault. */
-static inline int
-sq_peek(
-    qpi_shmq *q, uint64_t pos, sq_rec **rp, uint64_t *startp, uint64_t *endp)
-{
-	uint64_t off = sq_off(q, pos), rem = q->cap - off;
-	sq_rec *r;
-
-	*rp = NULL;
-	*startp = *endp = pos;
-	if (rem < SQ_REC_HDR) {
-		pos += rem;
-		off = 0;
-	}
-	r = sq_at(q, off);
-	if (LDA(&r->stamp) != sq_stamp(q, pos)) {
-		return QP_OK;
-	}
-	uint32_t k = r->kind;
-	if ((k != K_BIN && k != K_OBJ && k != K_PAD)
-	    || QPI_SHMQ_REC_SIZE(r->len) > q->cap - off
-	    || (r->kind == K_PAD
-	        && (r->len % 8 != 0 || r->len + SQ_REC_HDR != q->cap - off))) {
-		return sq_fault(q, "bad record header", pos);
-	}
-	*rp = r;
-	*startp = pos;
-	*endp = pos + QPI_SHMQ_REC_SIZE(r->len);
-	return QP_OK;
-}
-
-/* As sq_peek for a position that must hold a committed record (below the
- * tail); a missing stamp is a fault. */
-static int
-sq_rec_read(qpi_shmq *q, uint64_t pos, uint64_t limit, sq_rec **rp,
-    uint64_t *startp, uint64_t *endp)
-{
-	int rc = sq_peek(q, pos, rp, startp, endp);
-
-	if (rc == QP_OK && (*rp == NULL || *endp > limit)) {
-		return sq_fault(q,
-		    *rp == NULL ? "record without its stamp"
-		                : "record past the tail",
-		    pos);
-	}
-	return rc;
-}
-
-static inline bool
-sq_is_item(const sq_rec *r)
-{
-	return r->kind == K_BIN || r->kind == K_OBJ;
 }
 
 /* Space needed at tail for a record of size bytes, pad included. */
@@ -602,6 +82,25 @@ sq_ts(const qpi_shmq *q)
 	return (uint32_t) (sq_coarse_ms() - q->created_ms);
 }
 
+/* Producer lock held: ends the lap at tail with a pad of the rem bytes
+ * left before the ring's end (none if too short for a header), stamped,
+ * with the producer's counts. */
+static void
+sq_pad(qpi_shmq *q, uint64_t tail, uint64_t rem)
+{
+	sq_rec *p = sq_at(q, sq_off(q, tail));
+
+	if (rem >= SQ_REC_HDR) {
+		p->kind = K_PAD;
+		p->len = (uint32_t) (rem - SQ_REC_HDR);
+		p->seq = LD(&q->h->pp.nput);
+		p->bytes = LD(&q->h->pp.bytes_in);
+		p->ts = 0;
+		p->pad = 0;
+		STR(&p->stamp, sq_stamp(q, tail));
+	}
+}
+
 /* Producer side: writes at tail a pad (if the record does not fit before
  * the ring's end) and the header of a record of len bytes, unstamped.
  * Returns the record; *posp gets its position. */
@@ -613,16 +112,7 @@ sq_rec_begin(qpi_shmq *q, uint64_t tail, uint32_t kind, uint64_t len,
 	uint64_t pos = tail;
 
 	if (rem < QPI_SHMQ_REC_SIZE(len)) {
-		if (rem >= SQ_REC_HDR) {
-			sq_rec *p = sq_at(q, off);
-			p->kind = K_PAD;
-			p->len = (uint32_t) (rem - SQ_REC_HDR);
-			p->seq = LD(&q->h->pp.nput);
-			p->bytes = LD(&q->h->pp.bytes_in);
-			p->ts = 0;
-			p->pad = 0;
-			STR(&p->stamp, sq_stamp(q, tail));
-		}
+		sq_pad(q, tail, rem);
 		pos = tail + rem;
 		off = 0;
 	}
@@ -653,683 +143,14 @@ sq_copy(void *dst, const void *src, size_t len, int hook)
 	memcpy(dst, src, len);
 }
 
-/* ---- locks and repair ---- */
-
-/* Producer repair of the newest tag: its put may have died before its
- * last commit. It says how many of the request's items are in now (those
- * of its ordinals that the tail covers); none: it is dropped. Only the
- * newest can be unfinished: tags are written under the producer lock. */
-static void
-sq_tag_repair(qpi_shmq *q)
-{
-	sq_hdr *h = q->h;
-	uint64_t i = h->pp.tags_next, nput = h->pp.nput, in = 0;
-	sq_tag *t;
-
-	if (i == 0) {
-		return;
-	}
-	t = &q->tags[(i - 1) % SQ_TAGS];
-	if (LD(&t->state) != 1 || t->base > t->n) {
-		return;
-	}
-	if (nput >= t->first) {
-		in = nput - t->first + 1;
-		if (in > t->n - t->base) {
-			in = t->n - t->base;
-		}
-	}
-	t->done = (uint32_t) (t->base + in);
-	if (t->done == 0) {
-		ST(&t->state, 0);
-	}
-}
-
-/* Producer repair: a stamped record at the tail was committed by the dead
- * owner; its header carries the counters. At most a pad and a record. A
- * getter may have taken the record already (it is committed once
- * stamped), so the head may be past the tail, by both. */
-static void
-sq_repair_producer(qpi_shmq *q)
-{
-	sq_hdr *h = q->h;
-	sq_rec *r;
-	uint64_t start, end;
-
-	for (int i = 0; i < 4; i++) {
-		uint64_t tail = h->pp.tail;
-		if (sq_peek(q, tail, &r, &start, &end) != QP_OK || r == NULL
-		    || end > LD(&h->gp.head) + q->cap) {
-			break;
-		}
-		if (r->seq > h->pp.nput) {
-			ST(&h->pp.nput, r->seq);
-		}
-		if (r->bytes > h->pp.bytes_in) {
-			ST(&h->pp.bytes_in, r->bytes);
-		}
-		STR(&h->pp.tail, end);
-	}
-	sq_tag_repair(q);
-}
-
-static int sq_walk(qpi_shmq *q, uint64_t *posp, sq_rec **rp, uint64_t *startp,
-    uint64_t *endp);
-
-/* Consumer repair: re-apply a committed journal; un-count an item the
- * dead owner counted but did not take (its take's commit is the head's
- * store, after the counts'). */
-static void
-sq_repair_consumer(qpi_shmq *q)
-{
-	sq_jrnl *j = &q->h->gs.j;
-	uint64_t n = j->n, pos, start, end;
-	sq_rec *r;
-
-	if (j->seq != 0 && j->seq == q->h->gs.cseq && n <= SQ_JMAX) {
-		for (uint64_t i = 0; i < n; i++) {
-			uint64_t off = j->e[i].off & ~J_W32;
-			if (off % 4 != 0 || off + 8 > q->shm.size) {
-				__atomic_fetch_or(&q->h->corrupt, SQ_FAULT,
-				    __ATOMIC_RELAXED);
-				n = i;
-				break;
-			}
-		}
-		sq_apply(q, j, n, false);
-	}
-	STR(&j->seq, 0);
-	pos = q->h->gp.head; /* as the journal left it */
-	if (sq_walk(q, &pos, &r, &start, &end) == QP_OK && r != NULL
-	    && r->seq == q->h->gp.nget) {
-		ST(&q->h->gp.nget, r->seq - 1);
-		ST(&q->h->gp.bytes_out, r->bytes - r->len);
-	}
-}
-
-static bool
-sq_lock_free(pthread_mutex_t *m)
-{
-#ifdef __GLIBC__
-	return LD(&m->__data.__lock) == 0;
-#else
-	(void) m;
-	return true;
-#endif
-}
-
-/* True unless the lock is surely free right now (a lock whose owner
- * died counts as held: it still needs its repair). A full barrier before
- * the read, so that it comes after the caller's earlier stores. */
-static bool
-sq_lock_held(pthread_mutex_t *m)
-{
-#ifdef __GLIBC__
-	return __atomic_load_n(&m->__data.__lock, __ATOMIC_SEQ_CST) != 0;
-#else
-	(void) m;
-	return true;
-#endif
-}
-
-static void sq_cpl_settle(qpi_shmq *q);
-
-/* The kind word every queue lock has (robust, process-shared), read
- * from a mutex made as sq_init makes them: a lock whose kind differs was
- * overwritten, and glibc would misread it (wrong unlock, an assertion
- * that aborts the process), so it is never used. -1: not glibc, or not
- * known yet (sq_attach sets it). */
-static int sq_kind = -1;
-
+/* Takes side s's lock for a call that a stopped handle must not make. */
 static int
-sq_lock_kind(pthread_mutex_t *m)
+sq_lock_open(qpi_shmq *q, sq_side *s)
 {
-#ifdef __GLIBC__
-	return LD(&m->__data.__kind);
-#else
-	(void) m;
-	return -1;
-#endif
-}
-
-static void
-sq_kind_init(void)
-{
-#ifdef __GLIBC__
-	pthread_mutexattr_t ma;
-	pthread_mutex_t m;
-
-	if (LD(&sq_kind) != -1 || pthread_mutexattr_init(&ma) != 0) {
-		return;
-	}
-	if (pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED) == 0
-	    && pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST) == 0
-	    && pthread_mutex_init(&m, &ma) == 0) {
-		ST(&sq_kind, sq_lock_kind(&m));
-		pthread_mutex_destroy(&m);
-	}
-	pthread_mutexattr_destroy(&ma);
-#endif
-}
-
-static inline bool
-sq_lock_sane(pthread_mutex_t *m)
-{
-	return sq_kind == -1 || sq_lock_kind(m) == sq_kind;
-}
-
-/* Takes the side's lock, repairing it if its owner died; waits until
- * deadline (absolute CLOCK_MONOTONIC ns, INT64_MAX = forever; < 0: -ns
- * from the first wait on, so that a free lock costs no clock read):
- * QP_OK, QP_ETIMEDOUT, QP_ECORRUPT. */
-static int
-sq_lock_until(qpi_shmq *q, sq_side *s, int64_t deadline)
-{
-	int rc;
-
-	if (__builtin_expect(!sq_lock_sane(&s->lock), 0)) {
-		return sq_quarantine(q,
-		    "the %s lock's words were overwritten (kind %d, not %d)",
-		    s == &q->h->ps ? "producer" : "consumer",
-		    sq_lock_kind(&s->lock), sq_kind);
-	}
-	rc = pthread_mutex_trylock(&s->lock);
-
-	if (rc == EBUSY) {
-		if (deadline < 0) {
-			deadline = qpi_now_ns() - deadline;
-		}
-		for (int i = 0; i < SQ_LOCK_SPIN && rc == EBUSY; i++) {
-			sq_pause();
-			if (sq_lock_free(&s->lock)) {
-				rc = pthread_mutex_trylock(&s->lock);
-			}
-		}
-		/* Waits in slices: see SQ_LOCK_SLICE_NS. */
-		while (rc == EBUSY || rc == ETIMEDOUT) {
-			int64_t now = qpi_now_ns();
-			if (now >= deadline) {
-				return QP_ETIMEDOUT;
-			}
-			int64_t until = deadline - now > SQ_LOCK_SLICE_NS
-			    ? now + SQ_LOCK_SLICE_NS
-			    : deadline;
-			struct timespec ts = qpi_ts_from_ns(until);
-			rc = pthread_mutex_clocklock(
-			    &s->lock, CLOCK_MONOTONIC, &ts);
-		}
-	}
-	if (rc == EOWNERDEAD) {
-		if (LD(&q->closed) == SQ_BAD) {
-			/* Truncated under us: nothing there to repair. */
-			pthread_mutex_unlock(&s->lock);
-			return sq_stop_err(q, false);
-		}
-		if (s == &q->h->ps) {
-			sq_repair_producer(q);
-		} else {
-			sq_repair_consumer(q);
-		}
-		pthread_mutex_consistent(&s->lock);
-		rc = 0;
-	}
-	if (rc != 0) {
-		return qpi_err(QP_ECORRUPT, "%s: lock unusable: %s", q->label,
-		    strerror(rc));
-	}
-	if (__builtin_expect(LD(&q->h->corrupt) != 0, 0)) {
-		pthread_mutex_unlock(&s->lock);
-		if (LD(&q->closed) == SQ_BAD
-		    || (LD(&q->h->corrupt) & SQ_REMOVED) != 0) {
-			return sq_stop_err(q, false);
-		}
-		return qpi_err(QP_ECORRUPT,
-		    "%s is marked corrupt (a process found damage in it)",
-		    q->label);
-	}
-	if (s == &q->h->gs && LD(&q->h->cpl.phase) != CPL_NONE) {
-		sq_cpl_settle(q);
-	}
-	return QP_OK;
-}
-
-/* This thread's lock budget (qpi_shmq_lock_budget): < 0, none. */
-static __thread int64_t sq_budget_ns = -1;
-
-void
-qpi_shmq_lock_budget(int64_t ns)
-{
-	sq_budget_ns = ns;
-}
-
-/* Takes the side's lock: forever, or within this thread's budget, past
- * which nothing was changed and the answer is QP_EBUSY. */
-static int
-sq_lock(qpi_shmq *q, sq_side *s)
-{
-	int rc;
-
-	if (sq_budget_ns < 0) {
-		return sq_lock_until(q, s, INT64_MAX);
-	}
-	rc = sq_lock_until(q, s, -sq_budget_ns - 1);
-	if (rc == QP_ETIMEDOUT) {
-		return qpi_err(QP_EBUSY,
-		    "%s: its lock is held by another process (stopped or "
-		    "slow)",
-		    q->label);
-	}
-	return rc;
-}
-
-static inline void
-sq_unlock(sq_side *s)
-{
-	pthread_mutex_unlock(&s->lock);
-}
-
-/* ---- who am I, is that process alive ---- */
-
-static int32_t sq_pid;
-static uint64_t sq_nsid;
-
-static void
-sq_me(void)
-{
-	int32_t p = (int32_t) getpid();
-
-	if (p != LD(&sq_pid)) {
-		struct stat st;
-		uint64_t ns = 0;
-		if (stat("/proc/self/ns/pid", &st) == 0) {
-			ns = (uint64_t) st.st_ino;
-		}
-		ST(&sq_nsid, ns);
-		ST(&sq_pid, p);
-	}
-}
-
-/* True only when pid surely no longer runs (gone, or a zombie) and lives
- * in our pid namespace. */
-static bool
-sq_dead(int32_t pid, uint64_t nsid)
-{
-	char path[64], buf[256];
-	FILE *f;
-
-	sq_me();
-	if (pid <= 0 || nsid != LD(&sq_nsid)) {
-		return false;
-	}
-	if (kill(pid, 0) == 0 || errno == EPERM) {
-		snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
-		f = fopen(path, "r");
-		if (f == NULL) {
-			return false;
-		}
-		size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-		fclose(f);
-		buf[n] = '\0';
-		const char *rp = strrchr(buf, ')');
-		return rp != NULL && rp[1] == ' '
-		    && (rp[2] == 'Z' || rp[2] == 'X');
-	}
-	return errno == ESRCH;
-}
-
-/* ---- sleep and wake ---- */
-
-static int
-sq_claim(sq_ev *ev)
-{
-	sq_me();
-	for (int i = 0; i < SQ_EV_SLOTS; i++) {
-		int32_t zero = 0;
-		if (LD(&ev->who[i].pid) == 0
-		    && __atomic_compare_exchange_n(&ev->who[i].pid, &zero,
-		        LD(&sq_pid), false, __ATOMIC_ACQ_REL,
-		        __ATOMIC_RELAXED)) {
-			ST(&ev->who[i].nsid, LD(&sq_nsid));
-			return i;
-		}
-	}
-	return -1;
-}
-
-static void
-sq_unclaim(sq_ev *ev, int i)
-{
-	STR(&ev->who[i].pid, 0);
-}
-
-/* Forgets sleepers and watchers whose process died, now. */
-static void
-sq_scan_now(sq_ev *ev)
-{
-	for (int i = 0; i < SQ_EV_SLOTS; i++) {
-		int32_t pid = LD(&ev->who[i].pid);
-		if (pid != 0 && sq_dead(pid, LD(&ev->who[i].nsid))) {
-			uint64_t bit = 1ull << i;
-			__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST);
-			__atomic_fetch_and(&ev->mask, ~bit, __ATOMIC_SEQ_CST);
-			__atomic_compare_exchange_n(&ev->who[i].pid, &pid, 0,
-			    false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
-		}
-	}
-}
-
-/* As sq_scan_now, at most every SQ_SCAN_MS. */
-static void
-sq_scan(sq_ev *ev)
-{
-	int64_t now = sq_coarse_ms(), last = LD(&ev->scan_ms);
-
-	if (now - last < SQ_SCAN_MS
-	    || !__atomic_compare_exchange_n(&ev->scan_ms, &last, now, false,
-	        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-		return;
-	}
-	sq_scan_now(ev);
-}
-
-/* Orders the caller's state changes before its reads of sleeper bits (a
- * sleeper sets its bit with a full barrier, then re-reads the state).
- * Called right after an unlock: glibc unlocks a robust mutex with an
- * atomic exchange, a full barrier on x86, so only the compiler needs
- * fencing there. */
-static inline void
-sq_fence_after_unlock(void)
-{
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GLIBC__)
-	__atomic_signal_fence(__ATOMIC_SEQ_CST);
-#else
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-#endif
-}
-
-/* Orders the caller's lock acquisition before its reads of sleeper bits
- * (see sq_settle). glibc takes a mutex with an atomic compare-exchange, a
- * full barrier on x86. */
-static inline void
-sq_fence_after_lock(void)
-{
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GLIBC__)
-	__atomic_signal_fence(__ATOMIC_SEQ_CST);
-#else
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-#endif
-}
-
-/* Wake-up of the sleeper in slot i (its bit was seen set): 1 if this
- * call woke it from the kernel, 0 if it needs none (woken already, or it
- * left), -1 if nobody slept on the word (about to sleep, which it then
- * will not; woken by another waker just now; or dead). */
-static int
-sq_wake_slot(sq_ev *ev, int i)
-{
-	uint32_t *wp = &ev->who[i].word;
-
-	if ((LDA(wp) & W_STATE) != W_ASLEEP) {
-		return 0;
-	}
-	SQ_HOOK(QPI_HOOK_WAKE);
-	return qpi_futex_wake_or(wp, W_WOKEN, 1) > 0 ? 1 : -1;
-}
-
-/* Wakes one sleeper of event e (all if all); see sq_wake. */
-static void __attribute__((noinline))
-sq_wake_slow(qpi_shmq *q, int e, bool all)
-{
-	sq_ev *ev = &q->h->ev[e];
-	uint64_t m = LD(&ev->sleep);
-	bool missed = false;
-
-	/* "One" is two, where two sleep: a sleeper woken by the kernel may
-	 * be killed before it runs, and the wake-up dies with it; the second
-	 * one then takes the item (only one kill at a time is covered). A
-	 * chosen one that was not asleep (or is dead) does not count. */
-	for (int woke = 0; m != 0; m &= m - 1) {
-		int r = sq_wake_slot(ev, __builtin_ctzll(m));
-		if (r > 0 && ++woke == SQ_WAKE_ONE && !all) {
-			break;
-		}
-		missed |= r < 0;
-	}
-	if (LD(&ev->extra) != 0) {
-		__atomic_fetch_add(&ev->seq, 1, __ATOMIC_SEQ_CST);
-		qpi_futex_wake(&ev->seq, INT32_MAX);
-	}
-	if (missed) {
-		sq_scan(ev);
-	}
-}
-
-/* Wakes one sleeper of event e (all if all), if any sleeps. Called with
- * the lock that guards the change the sleepers wait for, BEFORE the
- * change's commit, and the lock is released only after it: see
- * sq_settle for why nothing is lost that way, even if the caller dies
- * at any instant. */
-static inline void
-sq_wake(qpi_shmq *q, int e, bool all)
-{
-	sq_ev *ev = &q->h->ev[e];
-
-	sq_fence_after_lock();
-	if ((LD(&ev->sleep) | LD(&ev->extra)) != 0) {
-		sq_wake_slow(q, e, all);
-	}
-}
-
-/* Tells watchers (qpiped) that something changed (after a fence). */
-static void __attribute__((noinline)) sq_watch_bump_slow(qpi_shmq *q)
-{
-	sq_ev *ev = &q->h->ev[EV_W];
-	uint32_t s = __atomic_add_fetch(&ev->seq, 1, __ATOMIC_SEQ_CST);
-	if (LD(&ev->sleep) != 0) {
-		if (qpi_futex_wake(&ev->seq, INT32_MAX) == 0) {
-			sq_scan(ev);
-		}
-	} else if ((s & 1023) == 0) {
-		sq_scan(ev);
-	}
-}
-
-static inline void
-sq_watch_bump(qpi_shmq *q)
-{
-	if (LD(&q->h->ev[EV_W].mask) != 0) {
-		sq_watch_bump_slow(q);
-	}
-}
-
-typedef bool (*sq_pred)(qpi_shmq *q, const void *arg);
-
-/* Waits until the lock is free (taking it, repairing it if its owner
- * died, and releasing it at once), if it is held; not past deadline, and
- * not once the sleeper's word *wp moved from w (it was woken: a change
- * under another lock, which it goes to look at; it settles again before
- * it sleeps again). False if it left woken. */
-static bool
-sq_pass(
-    qpi_shmq *q, sq_side *s, int64_t deadline, const uint32_t *wp, uint32_t w)
-{
-	if (!sq_lock_held(&s->lock)) {
-		return true;
-	}
-	for (;;) {
-		int64_t now = qpi_now_ns();
-		int64_t until = deadline - now > SQ_LOCK_SLICE_NS
-		    ? now + SQ_LOCK_SLICE_NS
-		    : deadline;
-		int rc = sq_lock_until(q, s, until);
-		if (rc == QP_OK) {
-			sq_unlock(s);
-			return true;
-		}
-		if (rc != QP_ETIMEDOUT || until >= deadline) {
-			return true;
-		}
-		if (LDA(wp) != w || sq_stopped(q)) {
-			return false;
-		}
-	}
-}
-
-/* Called by a sleeper of event e once its bit is set (or it is counted
- * in extra), before it looks at its condition one last time and sleeps.
- * Every change a sleeper waits for is made by a waker that holds a lock
- * (the producer lock for puts, the consumer lock for gets, releases and
- * task_done), and that waker, still holding it, wakes the sleepers it
- * sees BEFORE it commits the change. Here the sleeper waits for those
- * locks to be free. So either the lock was free when the sleeper looked
- * (then a waker that takes it later sees the bit: lock and bit are both
- * read after full barriers), or the sleeper waits for the holder to
- * unlock or die (the robust mutex's repair then makes its work whole):
- * either way the change is committed and seen by the check that
- * follows, or not made at all, or the sleeper is woken. A waker killed
- * at any instant thus never leaves a sleeper that is owed a wake-up
- * asleep, whether or not anyone else runs. */
-static void
-sq_settle(qpi_shmq *q, int e, int64_t deadline, const uint32_t *wp, uint32_t w)
-{
-	if (e == EV_NE && !sq_pass(q, &q->h->ps, deadline, wp, w)) {
-		return;
-	}
-	sq_pass(q, &q->h->gs, deadline, wp, w);
-}
-
-/* Polls pred for a few microseconds: true if it held (or q closed). */
-static bool
-sq_spin(qpi_shmq *q, sq_pred pred, const void *arg, int64_t deadline)
-{
-	int64_t start = qpi_now_ns();
-
-	for (uint32_t i = 1;; i++) {
-		if (pred(q, arg) || sq_stopped(q)) {
-			return true;
-		}
-		sq_pause();
-		if ((i & 15) == 0) {
-			int64_t now = qpi_now_ns();
-			if (now - start > SQ_SPIN_NS || now >= deadline) {
-				return false;
-			}
-		}
-	}
-}
-
-/* Sleeps on event e until pred holds, a wake-up, or the deadline.
- * Returns 0, QP_ETIMEDOUT or QP_ECLOSED; the caller re-checks. */
-static int
-sq_sleep(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline)
-{
-	sq_ev *ev = &q->h->ev[e];
-	int i = sq_claim(ev);
-	uint32_t s = 0;
-
-	if (i < 0) {
-		/* Every slot taken: maybe by dead processes. */
-		sq_scan(ev);
-		i = sq_claim(ev);
-	}
-	uint64_t bit = i >= 0 ? 1ull << i : 0;
-	int rc = 0;
-
-	if (i >= 0) {
-		/* A new generation, W_ASLEEP. */
-		s = (LD(&ev->who[i].word) & ~W_STATE) + 4u;
-		STR(&ev->who[i].word, s);
-		__atomic_fetch_or(&ev->sleep, bit, __ATOMIC_SEQ_CST);
-	} else {
-		__atomic_fetch_add(&ev->extra, 1, __ATOMIC_SEQ_CST);
-		s = LDA(&ev->seq);
-	}
-	sq_settle(q, e, deadline, i >= 0 ? &ev->who[i].word : &ev->seq, s);
-	if (!sq_stopped(q) && !pred(q, arg)) {
-		rc = qpi_futex_wait(
-		    i >= 0 ? &ev->who[i].word : &ev->seq, s, deadline);
-		SQ_HOOK(QPI_HOOK_WOKEN);
-	}
-	bool woken = false;
-	if (i >= 0) {
-		/* Leave: a waker that comes later finds W_LEFT; one that
-		 * came first left W_WOKEN. Then the bit goes (only its
-		 * owner clears it), then the slot. */
-		uint32_t w = s;
-		woken = !__atomic_compare_exchange_n(&ev->who[i].word, &w,
-		    s | W_LEFT, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
-		__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST);
-		sq_unclaim(ev, i);
-	} else {
-		__atomic_fetch_sub(&ev->extra, 1, __ATOMIC_SEQ_CST);
-	}
-	if (sq_stopped(q)) {
-		/* A wake-up meant for a getter that now leaves goes on to
-		 * another one. */
-		if (woken && pred(q, arg)) {
-			sq_wake(q, e, false);
-		}
-		return sq_stop_err(q, true);
-	}
-	return rc;
-}
-
-/* Spinning pays only while the other side runs on another CPU. This
- * thread's record of its recent spins: each success raises it, each
- * failure lowers it more; at 0 the thread sleeps at once, trying a spin
- * again every 16th wait. */
-static _Thread_local int sq_spin_score = 8;
-static _Thread_local unsigned sq_spin_skips;
-
-/* Waits for pred: a short spin the first time (*spun false), then a
- * sleep. QP_OK (re-check), QP_ETIMEDOUT, QP_ECLOSED. */
-static int
-sq_wait(qpi_shmq *q, int e, sq_pred pred, const void *arg, int64_t deadline,
-    bool *spun)
-{
-	if (deadline <= 0 || qpi_remaining_ns(deadline) == 0) {
-		return QP_ETIMEDOUT;
-	}
-	if (!*spun) {
-		*spun = true;
-		if (sq_spin_score > 0 || (++sq_spin_skips & 15) == 0) {
-			if (sq_spin(q, pred, arg, deadline)) {
-				sq_spin_score += sq_spin_score < 16;
-				return sq_stopped(q) ? sq_stop_err(q, true)
-				                     : QP_OK;
-			}
-			sq_spin_score
-			    = sq_spin_score > 4 ? sq_spin_score - 4 : 0;
-		}
-	}
-	return sq_sleep(q, e, pred, arg, deadline);
+	return sq_stopped(q) ? qpi_sq_stop_err(q, false) : qpi_sq_lock(q, s);
 }
 
 /* ---- consumer side helpers (consumer lock held) ---- */
-
-/* Walks from the head over committed pads to the first committed item
- * (*rp NULL if none yet); *posp moves over the pads, *startp and *endp
- * bound the item. */
-static int
-sq_walk(
-    qpi_shmq *q, uint64_t *posp, sq_rec **rp, uint64_t *startp, uint64_t *endp)
-{
-	uint64_t pos = *posp, lim = *posp + q->cap;
-	int rc;
-
-	for (;;) {
-		if ((rc = sq_peek(q, pos, rp, startp, endp)) != QP_OK) {
-			return rc;
-		}
-		if (*rp == NULL || (*rp)->kind != K_PAD) {
-			return QP_OK;
-		}
-		if (*endp > lim) {
-			return sq_fault(q, "pads past the ring", pos);
-		}
-		pos = *posp = *endp;
-	}
-}
 
 /* Commits a head moved over pads. */
 static void
@@ -1351,22 +172,6 @@ typedef struct sq_take {
 	uint64_t k;
 	uint64_t water;
 } sq_take;
-
-/* Space. Names what failed to get memory in the segment's file. */
-static int
-sq_enospc(qpi_shmq *q, int e, uint64_t len, const char *what)
-{
-	if (e == ENOSPC) {
-		return qpi_err(QP_ENOSPC,
-		    "no space left in %s for queue %s (%" PRIu64
-		    " more bytes of its %s): free space there, or make it "
-		    "larger",
-		    qpi_shm_dir(), q->label, len, what);
-	}
-	return qpi_err(e == ENOMEM ? QP_ENOMEM : QP_ESYSTEM,
-	    "cannot reserve %" PRIu64 " bytes of %s's %s: %s", len, q->label,
-	    what, strerror(e));
-}
 
 /* Reserves memory for bytes [*markp, want) of the part of the segment
  * at off (unit bytes per unit of the mark, lim units in all): a step of
@@ -1393,8 +198,17 @@ sq_back(qpi_shmq *q, uint64_t *markp, uint64_t want, uint64_t off,
 		e = qpi_shm_reserve(
 		    &q->shm, off + mark * unit, (to - mark) * unit);
 	}
+	if (e == ENOSPC) {
+		return qpi_err(QP_ENOSPC,
+		    "no space left in %s for queue %s (%" PRIu64
+		    " more bytes of its %s): free space there, or make it "
+		    "larger",
+		    qpi_shm_dir(), q->label, (to - mark) * unit, what);
+	}
 	if (e != 0) {
-		return sq_enospc(q, e, (to - mark) * unit, what);
+		return qpi_err(e == ENOMEM ? QP_ENOMEM : QP_ESYSTEM,
+		    "cannot reserve %" PRIu64 " bytes of %s's %s: %s",
+		    (to - mark) * unit, q->label, what, strerror(e));
 	}
 	/* Only grows; [0, mark) has memory whoever moved it (the lease
 	 * area's mark moves under either lock, see sq_back_lease). */
@@ -1455,39 +269,16 @@ sq_blocks_fill(
 	}
 }
 
-/* The heads of the free slot and block lists, as a transaction that
- * frees slots has them so far (sq_slot_free), until sq_lists_set. */
-typedef struct sq_lists {
-	uint64_t ffree, bfree, nbfree;
-} sq_lists;
-
-static void
-sq_lists_get(const qpi_shmq *q, sq_lists *l)
-{
-	l->ffree = q->h->gv.free_first;
-	l->bfree = q->h->gv.bfree;
-	l->nbfree = q->h->gv.nbfree;
-}
-
-static void
-sq_lists_set(qpi_shmq *q, sq_tx *t, const sq_lists *l)
-{
-	tx_set(t, &q->h->gv.free_first, l->ffree);
-	tx_set(t, &q->h->gv.bfree, l->bfree);
-	tx_set(t, &q->h->gv.nbfree, l->nbfree);
-}
-
-/* Frees lease slot i and its blocks through t (3 journal entries) onto
- * the lists l, whose heads the caller sets once done (sq_lists_set). */
-static int
-sq_slot_free(qpi_shmq *q, sq_tx *t, uint32_t i, sq_lists *l)
+int
+qpi_sq_slot_free(qpi_shmq *q, sq_tx *t, uint32_t i, sq_lists *l)
 {
 	sq_slot *s = &q->slots[i];
 	uint64_t b = s->first, last = 0;
 
 	for (uint64_t k = 0; k < s->nblocks; k++) {
 		if (b == 0 || b > q->nblocks) {
-			return sq_fault(q, "bad lease block chain", s->first);
+			return qpi_sq_fault(
+			    q, "bad lease block chain", s->first);
 		}
 		last = b;
 		b = q->links[b - 1];
@@ -1524,21 +315,10 @@ sq_round(uint64_t v, uint64_t a)
 	return (v + a - 1) / a * a;
 }
 
-/* Where everything goes in a segment. */
-typedef struct sq_geom {
-	uint64_t cap;
-	uint32_t nslots;
-	uint64_t nblocks;
-	uint64_t slots_off;
-	uint64_t links_off;
-	uint64_t tags_off;
-	uint64_t blocks_off;
-	uint64_t ring_off;
-	uint64_t seg;
-} sq_geom;
-
+/* The header of a new segment as cfg asks for it (g zeroed before):
+ * where everything goes, and the sizes. */
 static int
-sq_layout(const qpi_shmq_cfg *cfg, sq_geom *g)
+sq_layout(const qpi_shmq_cfg *cfg, sq_hdr *g)
 {
 	uint64_t cap
 	    = cfg && cfg->capacity ? cfg->capacity : QPI_SHMQ_DEF_CAPACITY;
@@ -1562,6 +342,8 @@ sq_layout(const qpi_shmq_cfg *cfg, sq_geom *g)
 		return qpi_err(QP_EINVAL,
 		    "lease area of %" PRIu64 " bytes is over the limit", lb);
 	}
+	g->version = SQ_VERSION;
+	g->hdr_size = sizeof(sq_hdr);
 	g->cap = sq_round(cap, 4096);
 	g->nslots = ns;
 	g->nblocks = sq_round(lb, SQ_BLOCK) / SQ_BLOCK;
@@ -1571,43 +353,35 @@ sq_layout(const qpi_shmq_cfg *cfg, sq_geom *g)
 	g->tags_off = sq_round(g->links_off + g->nblocks * 4, 128);
 	g->blocks_off = sq_round(
 	    g->tags_off + (uint64_t) SQ_TAGS * sizeof(sq_tag), 4096);
-	g->ring_off = g->blocks_off + g->nblocks * SQ_BLOCK;
-	g->ring_off = sq_round(g->ring_off, 4096);
-	g->seg = g->ring_off + g->cap;
+	g->ring_off = sq_round(g->blocks_off + g->nblocks * SQ_BLOCK, 4096);
+	g->seg_size = g->ring_off + g->cap;
+	g->max_msg = cfg && cfg->max_message ? cfg->max_message
+	                                     : QP_DEFAULT_MAX_MESSAGE;
+	if (g->max_msg > QPI_SHMQ_MAX_ITEM) {
+		g->max_msg = QPI_SHMQ_MAX_ITEM;
+	}
+	g->maxsize = cfg ? cfg->maxsize : 0;
+	g->mx.version = SQ_MX_VERSION;
 	return QP_OK;
 }
 
+/* Makes the segment at base a queue of header g (sq_layout's). */
 static int
-sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg, bool sparse)
+sq_init(void *base, const sq_hdr *g, bool sparse)
 {
 	sq_hdr *h = base;
+	sq_slot *slots
+	    = (sq_slot *) (void *) ((uint8_t *) base + g->slots_off);
 	pthread_mutexattr_t ma;
 	uint64_t salt = 0;
 
 	if (getrandom(&salt, sizeof(salt), GRND_NONBLOCK) != sizeof(salt)) {
 		salt = (uint64_t) qpi_now_ns() ^ ((uint64_t) getpid() << 32);
 	}
+	*h = *g; /* magic 0: not a queue yet */
 	/* Top bit set: no stamp is ever 0, so zeroed memory is never a
 	 * committed record. */
-	salt |= 1ull << 63;
-	memset(h, 0, sizeof(*h));
-	h->hdr_size = sizeof(sq_hdr);
-	h->seg_size = g->seg;
-	h->slots_off = g->slots_off;
-	h->links_off = g->links_off;
-	h->tags_off = g->tags_off;
-	h->blocks_off = g->blocks_off;
-	h->nblocks = g->nblocks;
-	h->ring_off = g->ring_off;
-	h->cap = g->cap;
-	h->max_msg = cfg && cfg->max_message ? cfg->max_message
-	                                     : QP_DEFAULT_MAX_MESSAGE;
-	if (h->max_msg > QPI_SHMQ_MAX_ITEM) {
-		h->max_msg = QPI_SHMQ_MAX_ITEM;
-	}
-	h->maxsize = cfg ? cfg->maxsize : 0;
-	h->nslots = g->nslots;
-	h->salt = salt;
+	h->salt = salt | 1ull << 63;
 	h->created_ms = sq_coarse_ms();
 	if (pthread_mutexattr_init(&ma) != 0) {
 		return qpi_err(QP_ESYSTEM, "cannot make mutex attributes");
@@ -1621,8 +395,6 @@ sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg, bool sparse)
 		    QP_ESYSTEM, "cannot make robust process-shared mutexes");
 	}
 	pthread_mutexattr_destroy(&ma);
-	sq_slot *slots
-	    = (sq_slot *) (void *) ((uint8_t *) base + g->slots_off);
 	for (uint32_t i = 0; i < g->nslots; i++) {
 		slots[i].next = i + 1 < g->nslots ? i + 2 : 0;
 	}
@@ -1631,8 +403,6 @@ sq_init(void *base, const sq_geom *g, const qpi_shmq_cfg *cfg, bool sparse)
 	h->pp.backed
 	    = sparse && g->cap > SQ_BACK_FIRST ? SQ_BACK_FIRST : g->cap;
 	h->gv.bbacked = sparse ? 0 : g->nblocks;
-	h->version = SQ_VERSION;
-	h->mx.version = SQ_MX_VERSION;
 	/* The magic goes last: a segment with it is complete. */
 	STR(&h->magic, SQ_MAGIC);
 	return QP_OK;
@@ -1645,11 +415,9 @@ sq_attach(qpi_shmq **qp, qpi_shm *shm, const char *name)
 	char label[QP_NAME_MAX + 16];
 	qpi_shmq *q;
 
-	if (name != NULL) {
-		snprintf(label, sizeof(label), "shm://%s", name);
-	} else {
-		snprintf(label, sizeof(label), "anonymous queue");
-	}
+	snprintf(label, sizeof(label), "%s%s",
+	    name != NULL ? "shm://" : "anonymous queue",
+	    name != NULL ? name : "");
 	if (shm->size < sizeof(uint64_t) * 2 || LDA(&h->magic) != SQ_MAGIC) {
 		return qpi_err(QP_ECORRUPT, "%s is not a qpipe queue", label);
 	}
@@ -1697,7 +465,7 @@ sq_attach(qpi_shmq **qp, qpi_shm *shm, const char *name)
 	q->mx = &h->mx;
 	q->shm = *shm;
 	memcpy(q->label, label, sizeof(label));
-	sq_kind_init();
+	qpi_sq_kind_init();
 	qpi_shm_guard(&q->shm, &q->closed, &q->fault_off);
 	*qp = q;
 	return QP_OK;
@@ -1727,11 +495,13 @@ sq_open_existing(qpi_shmq **qp, const char *name, unsigned flags)
 	return rc;
 }
 
+/* A new queue: named (built under a temporary name, then linked into
+ * place) or anonymous (name NULL). */
 static int
 sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 {
 	static uint32_t counter;
-	sq_geom g;
+	sq_hdr g = {.magic = 0};
 	char tmp[64];
 	qpi_shm shm;
 	int rc;
@@ -1742,18 +512,18 @@ sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 	/* '#' is not allowed in queue names: no clash with a real queue. */
 	snprintf(tmp, sizeof(tmp), "#new.%d.%u", (int) getpid(),
 	    __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED));
-	if ((rc = qpi_shm_create(tmp, g.seg, &shm)) != QP_OK) {
+	rc = name == NULL ? qpi_shm_anon(g.seg_size, &shm)
+	                  : qpi_shm_create(tmp, g.seg_size, &shm);
+	if (rc != QP_OK) {
 		return rc;
 	}
 	/* Memory for the header, the lease table and the first stretch of
 	 * the ring now; the rest of the ring and the lease area as they are
-	 * used: a full file system is an error, never SIGBUS. */
+	 * used: a full file system is an error, never SIGBUS (nothing to
+	 * reserve in anonymous memory: see futex.c). */
 	uint64_t first = g.cap > SQ_BACK_FIRST ? SQ_BACK_FIRST : g.cap;
 	int e = qpi_shm_reserve(&shm, 0, g.blocks_off);
-	if (e == 0) {
-		e = qpi_shm_reserve(&shm, g.ring_off, first);
-	}
-	if (e != 0) {
+	if (e != 0 || (e = qpi_shm_reserve(&shm, g.ring_off, first)) != 0) {
 		qpi_shm_unmap(&shm);
 		qpi_shm_unlink(tmp);
 		return qpi_err(e == ENOSPC ? QP_ENOSPC : QP_ESYSTEM,
@@ -1762,11 +532,13 @@ sq_create(qpi_shmq **qp, const char *name, const qpi_shmq_cfg *cfg)
 		    e == ENOSPC ? "no space left" : strerror(e), qpi_shm_dir(),
 		    name, g.blocks_off + first);
 	}
-	rc = sq_init(shm.base, &g, cfg, true);
-	if (rc == QP_OK) {
+	rc = sq_init(shm.base, &g, name != NULL);
+	if (rc == QP_OK && name != NULL) {
 		rc = qpi_shm_link(tmp, name);
 	}
-	qpi_shm_unlink(tmp);
+	if (name != NULL) {
+		qpi_shm_unlink(tmp);
+	}
 	if (rc == QP_OK) {
 		rc = sq_attach(qp, &shm, name);
 	}
@@ -1807,24 +579,26 @@ qpi_shmq_open(
 int
 qpi_shmq_anon(qpi_shmq **qp, const qpi_shmq_cfg *cfg)
 {
-	sq_geom g;
-	qpi_shm shm;
-	int rc;
+	return sq_create(qp, NULL, cfg);
+}
 
-	if ((rc = sq_layout(cfg, &g)) != QP_OK) {
-		return rc;
+/* Wakes the sleepers and watchers of every event of h that process pid
+ * (0: any) has, and every sleeper on the events' seq words. */
+static void
+sq_wake_all(sq_hdr *h, int32_t pid)
+{
+	for (int e = 0; e < SQ_EV_N; e++) {
+		sq_ev *ev = &h->ev[e];
+		for (int i = 0; i < SQ_EV_SLOTS; i++) {
+			int32_t p = LD(&ev->who[i].pid);
+			if (p != 0 && (pid == 0 || p == pid)) {
+				qpi_futex_wake_or(
+				    &ev->who[i].word, W_WOKEN, INT32_MAX);
+			}
+		}
+		__atomic_fetch_add(&ev->seq, 1, __ATOMIC_SEQ_CST);
+		qpi_futex_wake(&ev->seq, INT32_MAX);
 	}
-	if ((rc = qpi_shm_anon(g.seg, &shm)) != QP_OK) {
-		return rc;
-	}
-	rc = sq_init(shm.base, &g, cfg, false);
-	if (rc == QP_OK) {
-		rc = sq_attach(qp, &shm, NULL);
-	}
-	if (rc != QP_OK) {
-		qpi_shm_unmap(&shm);
-	}
-	return rc;
 }
 
 void
@@ -1837,18 +611,7 @@ qpi_shmq_interrupt(qpi_shmq *q)
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	/* Wake this process's sleepers (they see the flag and leave); other
 	 * processes' sleepers on seq wake up, re-check and sleep again. */
-	sq_me();
-	for (int e = 0; e < SQ_EV_N; e++) {
-		sq_ev *ev = &q->h->ev[e];
-		for (int i = 0; i < SQ_EV_SLOTS; i++) {
-			if (LD(&ev->who[i].pid) == LD(&sq_pid)) {
-				qpi_futex_wake_or(
-				    &ev->who[i].word, W_WOKEN, INT32_MAX);
-			}
-		}
-		__atomic_fetch_add(&ev->seq, 1, __ATOMIC_SEQ_CST);
-		qpi_futex_wake(&ev->seq, INT32_MAX);
-	}
+	sq_wake_all(q->h, qpi_sq_me(NULL));
 }
 
 void
@@ -1857,9 +620,7 @@ qpi_shmq_free(qpi_shmq *q)
 	if (q == NULL) {
 		return;
 	}
-	if (q->watch_slot >= 0) {
-		qpi_shmq_watch(q, false);
-	}
+	qpi_shmq_watch(q, false);
 	qpi_shm_unmap(&q->shm);
 	free(q);
 }
@@ -1876,17 +637,7 @@ sq_mark_removed(qpi_shm *shm)
 		return;
 	}
 	__atomic_fetch_or(&h->corrupt, SQ_REMOVED, __ATOMIC_SEQ_CST);
-	for (int e = 0; e < SQ_EV_N; e++) {
-		sq_ev *ev = &h->ev[e];
-		for (int i = 0; i < SQ_EV_SLOTS; i++) {
-			if (LD(&ev->who[i].pid) != 0) {
-				qpi_futex_wake_or(
-				    &ev->who[i].word, W_WOKEN, INT32_MAX);
-			}
-		}
-		__atomic_fetch_add(&ev->seq, 1, __ATOMIC_SEQ_CST);
-		qpi_futex_wake(&ev->seq, INT32_MAX);
-	}
+	sq_wake_all(h, 0);
 }
 
 int
@@ -1921,13 +672,6 @@ qpi_shmq_removed(const qpi_shmq *q)
 
 /* ---- put ---- */
 
-/* What a blocked producer saw: any change means "try again". */
-typedef struct sq_snap {
-	uint64_t head;
-	uint64_t nget;
-	uint64_t nrel;
-} sq_snap;
-
 static void
 sq_snap_take(qpi_shmq *q, sq_snap *s)
 {
@@ -1936,8 +680,8 @@ sq_snap_take(qpi_shmq *q, sq_snap *s)
 	s->nrel = LDA(&q->h->gp.nreleased);
 }
 
-static bool
-sq_pred_progress(qpi_shmq *q, const void *arg)
+bool
+qpi_sq_pred_progress(qpi_shmq *q, const void *arg)
 {
 	const sq_snap *s = arg;
 
@@ -1958,7 +702,7 @@ sq_make_room(qpi_shmq *q, uint64_t size)
 	sq_rec *r;
 	int rc;
 
-	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
+	if ((rc = qpi_sq_lock(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
 	head = h->gp.head;
@@ -1967,16 +711,7 @@ sq_make_room(qpi_shmq *q, uint64_t size)
 	}
 	sq_skip_commit(q, h->gp.head, head);
 	if (head == tail && rem < size) {
-		if (rem >= SQ_REC_HDR) {
-			sq_rec *p = sq_at(q, sq_off(q, tail));
-			p->kind = K_PAD;
-			p->len = (uint32_t) (rem - SQ_REC_HDR);
-			p->seq = h->pp.nput;
-			p->bytes = h->pp.bytes_in;
-			p->ts = 0;
-			p->pad = 0;
-			STR(&p->stamp, sq_stamp(q, tail));
-		}
+		sq_pad(q, tail, rem);
 		tail += rem;
 		STR(&h->pp.tail, tail);
 	}
@@ -1994,21 +729,34 @@ out:
 	return rc;
 }
 
+/* Ring bytes that the batch takes from tail on: its records, and the
+ * pad before any of them that would not fit before the ring's end. */
+static inline uint64_t
+sq_batch_need(
+    const qpi_shmq *q, uint64_t tail, const qpi_shmq_item *items, size_t n)
+{
+	uint64_t pos = tail;
+
+	for (size_t i = 0; i < n; i++) {
+		pos += sq_need(q, pos, QPI_SHMQ_REC_SIZE(items[i].len));
+	}
+	return pos - tail;
+}
+
 /* Producer lock held, room checked: the records about to be written
- * from tail on (need bytes, pads included; need0 if they started the next
- * lap instead) must land on memory, and so must the header of the record
- * after them (a get peeks there). The fast path is one compare. If the
- * file system has no room for more, the ring makes do with the part it
- * has: when the records fit there from the start of the next lap, and
- * the ring has room for a pad up to its end, a pad ends this lap (only
- * its header is written) and the tail moves on to the next; the caller
- * re-reads the tail. Else QP_ENOSPC, nothing written. */
-static int __attribute__((noinline))
-sq_back_ring_slow(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
+ * from tail on (need bytes, pads included) must land on memory, and so must
+ * the header of the record after them (a get peeks there). The fast path is
+ * one compare. If the file system has no room for more, the ring makes do with
+ * the part it has: when the records fit there from the start of the next lap,
+ * and the ring has room for a pad up to its end, a pad ends this lap (only its
+ * header is written) and the tail moves on to the next; the caller re-reads
+ * the tail. Else QP_ENOSPC, nothing written. */
+static int __attribute__((noinline)) sq_back_ring_slow(qpi_shmq *q,
+    uint64_t tail, uint64_t need, const qpi_shmq_item *items, size_t n)
 {
 	sq_hdr *h = q->h;
 	uint64_t off = sq_off(q, tail), rem = q->cap - off;
-	uint64_t want = off + need > q->cap ? q->cap : off + need + SQ_REC_HDR;
+	uint64_t want = off + need + SQ_REC_HDR, need0;
 	int rc;
 
 	if (want > q->cap) {
@@ -2018,6 +766,7 @@ sq_back_ring_slow(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
 		return QP_OK;
 	}
 	rc = sq_back(q, &h->pp.backed, want, h->ring_off, 1, q->cap, "ring");
+	need0 = sq_batch_need(q, tail + rem, items, n); /* from the next lap */
 	if (rc != QP_ENOSPC || off + need > q->cap || rem < SQ_REC_HDR
 	    || need0 + SQ_REC_HDR > LD(&h->pp.backed)) {
 		return rc;
@@ -2028,27 +777,21 @@ sq_back_ring_slow(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
 	if (rem + need0 > q->cap - (tail - head)) {
 		return rc;
 	}
-	sq_rec *p = sq_at(q, off);
-	p->kind = K_PAD;
-	p->len = (uint32_t) (rem - SQ_REC_HDR);
-	p->seq = h->pp.nput;
-	p->bytes = h->pp.bytes_in;
-	p->ts = 0;
-	p->pad = 0;
-	STR(&p->stamp, sq_stamp(q, tail));
+	sq_pad(q, tail, rem);
 	STR(&h->pp.tail, tail + rem);
 	return QP_OK;
 }
 
 static inline int
-sq_back_ring(qpi_shmq *q, uint64_t tail, uint64_t need, uint64_t need0)
+sq_back_ring(qpi_shmq *q, uint64_t tail, uint64_t need,
+    const qpi_shmq_item *items, size_t n)
 {
 	if (__builtin_expect(
 	        sq_off(q, tail) + need + SQ_REC_HDR <= LD(&q->h->pp.backed),
 	        1)) {
 		return QP_OK;
 	}
-	return sq_back_ring_slow(q, tail, need, need0);
+	return sq_back_ring_slow(q, tail, need, items, n);
 }
 
 /* Notes a tagged put of count items, the first of ordinal first, under
@@ -2083,10 +826,7 @@ qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np)
 	int rc;
 
 	*np = 0;
-	if (sq_stopped(q)) {
-		return sq_eclosed(q);
-	}
-	if ((rc = sq_lock(q, &h->ps)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &h->ps)) != QP_OK) {
 		return rc;
 	}
 	next = h->pp.tags_next;
@@ -2100,169 +840,29 @@ qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np)
 		if (LD(&t->state) != 1 || t->done > t->n || t->n == 0) {
 			continue;
 		}
-		memcpy(v[n].client, t->client, sizeof(v[n].client));
-		v[n].seq = t->seq;
-		v[n].base = t->base;
-		v[n].n = t->n;
-		v[n].done = t->done;
-		n++;
+		v[n] = (qpi_shmq_tag) {.seq = t->seq,
+		    .base = t->base,
+		    .n = t->n,
+		    .done = t->done};
+		memcpy(v[n++].client, t->client, sizeof(t->client));
 	}
 	sq_unlock(&h->ps);
 	*np = n;
 	return QP_OK;
 }
 
-static int
-sq_try_put(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
+/* One try at a put of n items (one for the single puts), inlined into
+ * each caller so that a single put is specialised for n = 1. */
+static inline __attribute__((always_inline)) int
+sq_try_put(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
     const qpi_shmq_tag *tag, sq_snap *snap)
 {
 	sq_hdr *h = q->h;
-	uint64_t size = QPI_SHMQ_REC_SIZE(len), tail, pos;
+	uint64_t tail, need, big = 0;
+	uint32_t ts;
 	int rc;
 
-	if ((rc = sq_lock(q, &h->ps)) != QP_OK) {
-		return rc;
-	}
-	SQ_HOOK(QPI_HOOK_PUT_LOCKED);
-	uint64_t nput = h->pp.nput;
-	if (q->maxsize != 0) {
-		sq_snap_take(q, snap);
-		if (nput - snap->nget + snap->nrel >= q->maxsize) {
-			sq_unlock(&h->ps);
-			return qpi_err(QP_EFULL,
-			    "%s is full (maxsize %" PRIu64 " items)", q->label,
-			    q->maxsize);
-		}
-	}
-	for (int round = 0;; round++) {
-		tail = h->pp.tail;
-		if (sq_need(q, tail, size) <= q->cap - (tail - h->ps.hint)) {
-			break;
-		}
-		sq_snap_take(q, snap);
-		ST(&h->ps.hint, snap->head);
-		if (sq_need(q, tail, size) <= q->cap - (tail - snap->head)) {
-			break;
-		}
-		if (round == 0 && tail - snap->head < SQ_REC_HDR + size) {
-			/* Empty but for pads? Maybe too little room before
-			 * the ring's end. */
-			if ((rc = sq_make_room(q, size)) != QP_OK) {
-				sq_unlock(&h->ps);
-				return rc;
-			}
-			continue;
-		}
-		sq_unlock(&h->ps);
-		return qpi_err(QP_EFULL,
-		    "%s is full (no room for an item of %zu bytes)", q->label,
-		    len);
-	}
-	if ((rc = sq_back_lease(q, len)) != QP_OK
-	    || (rc = sq_back_ring(q, tail, sq_need(q, tail, size), size))
-	        != QP_OK) {
-		sq_unlock(&h->ps);
-		return rc;
-	}
-	tail = h->pp.tail;
-	uint64_t bytes = h->pp.bytes_in + len;
-	sq_rec *r = sq_rec_begin(
-	    q, tail, kind, len, nput + 1, bytes, sq_ts(q), &pos);
-	sq_copy(r + 1, buf, len, QPI_HOOK_PUT_COPY);
-	if (tag != NULL) {
-		sq_tag_write(q, tag, nput + 1, 1);
-	}
-	sq_wake(q, EV_NE, false); /* before the commit: see sq_settle */
-	STR(&r->stamp, sq_stamp(q, pos)); /* the commit */
-	SQ_HOOK(QPI_HOOK_PUT_COMMIT);
-	ST(&h->pp.bytes_in, bytes);
-	STR(&h->pp.nput, nput + 1); /* after the stamp: see sq_gm_ring */
-	STR(&h->pp.tail, pos + size);
-	SQ_HOOK(QPI_HOOK_DONE);
-	sq_unlock(&h->ps);
-	sq_fence_after_unlock();
-	sq_watch_bump(q);
-	return sq_after(q);
-}
-
-static int
-sq_put(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
-    const qpi_shmq_tag *tag, int64_t deadline)
-{
-	bool spun = false;
-	sq_snap snap;
-	int rc;
-
-	if (sq_closed(q)) {
-		return sq_eclosed(q);
-	}
-	if (len > q->max_msg) {
-		return qpi_err(QP_ETOOBIG,
-		    "item of %zu bytes is over %s's limit of %" PRIu64
-		    " bytes",
-		    len, q->label, q->max_msg);
-	}
-	if (QPI_SHMQ_REC_SIZE(len) > q->cap) {
-		return qpi_err(QP_ETOOBIG,
-		    "item of %zu bytes can never fit in %s's %" PRIu64
-		    "-byte ring",
-		    len, q->label, q->cap);
-	}
-	for (;;) {
-		rc = sq_try_put(q, buf, len, kind, tag, &snap);
-		if (rc != QP_EFULL) {
-			return spun && rc == QP_ENOENT && sq_removed(q)
-			    ? sq_stop_err(q, true)
-			    : rc;
-		}
-		rc = sq_wait(
-		    q, EV_NF, sq_pred_progress, &snap, deadline, &spun);
-		if (rc == QP_ECLOSED) {
-			return rc;
-		}
-		if (rc == QP_ETIMEDOUT) {
-			return sq_try_put(q, buf, len, kind, tag, &snap);
-		}
-	}
-}
-
-int
-qpi_shmq_put(
-    qpi_shmq *q, const void *buf, size_t len, unsigned kind, int64_t deadline)
-{
-	return sq_put(q, buf, len, kind, NULL, deadline);
-}
-
-int
-qpi_shmq_put_tagged(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
-    const qpi_shmq_tag *tag, int64_t deadline)
-{
-	return sq_put(q, buf, len, kind, tag, deadline);
-}
-
-/* Ring bytes that the batch takes from tail on: its records, and the
- * pad before any of them that would not fit before the ring's end. */
-static uint64_t
-sq_batch_need(
-    const qpi_shmq *q, uint64_t tail, const qpi_shmq_item *items, size_t n)
-{
-	uint64_t pos = tail;
-
-	for (size_t i = 0; i < n; i++) {
-		pos += sq_need(q, pos, QPI_SHMQ_REC_SIZE(items[i].len));
-	}
-	return pos - tail;
-}
-
-static int
-sq_try_put_many(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
-    const qpi_shmq_tag *tag, sq_snap *snap)
-{
-	sq_hdr *h = q->h;
-	uint64_t tail, need;
-	int rc;
-
-	if ((rc = sq_lock(q, &h->ps)) != QP_OK) {
+	if ((rc = qpi_sq_lock(q, &h->ps)) != QP_OK) {
 		return rc;
 	}
 	SQ_HOOK(QPI_HOOK_PUT_LOCKED);
@@ -2271,9 +871,8 @@ sq_try_put_many(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
 		if (h->pp.nput - snap->nget + snap->nrel + n > q->maxsize) {
 			sq_unlock(&h->ps);
 			return qpi_err(QP_EFULL,
-			    "%s is full (maxsize %" PRIu64
-			    " items; a batch of %zu)",
-			    q->label, q->maxsize, n);
+			    "%s is full (maxsize %" PRIu64 " items)", q->label,
+			    q->maxsize);
 		}
 	}
 	for (int round = 0;; round++) {
@@ -2288,8 +887,8 @@ sq_try_put_many(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
 			break;
 		}
 		if (round == 0 && tail - snap->head < SQ_REC_HDR + need) {
-			/* Empty but for pads? Start the batch at the ring's
-			 * start if it would wrap. */
+			/* Empty but for pads? Maybe too little room before
+			 * the ring's end: start the next lap. */
 			if ((rc = sq_make_room(q, need)) != QP_OK) {
 				sq_unlock(&h->ps);
 				return rc;
@@ -2298,34 +897,27 @@ sq_try_put_many(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
 		}
 		sq_unlock(&h->ps);
 		return qpi_err(QP_EFULL,
-		    "%s is full (no room for a batch of %zu items)", q->label,
-		    n);
+		    "%s is full (no room for %zu items, %" PRIu64 " bytes)",
+		    q->label, n, need);
 	}
-	uint64_t next = tail + (q->cap - sq_off(q, tail)), big = 0;
 	for (size_t i = 0; i < n; i++) {
 		big = items[i].len > big ? items[i].len : big;
 	}
-	if ((rc = sq_back_lease(q, big)) != QP_OK) {
-		sq_unlock(&h->ps);
-		return rc;
-	}
-	if ((rc = sq_back_ring(
-	         q, tail, need, sq_batch_need(q, next, items, n)))
-	    != QP_OK) {
+	if ((rc = sq_back_lease(q, big)) != QP_OK
+	    || (rc = sq_back_ring(q, tail, need, items, n)) != QP_OK) {
 		sq_unlock(&h->ps);
 		return rc;
 	}
 	if (tag != NULL) {
 		sq_tag_write(q, tag, h->pp.nput + 1, n);
 	}
-	/* Each record exactly as qpi_shmq_put commits one. */
+	ts = sq_ts(q);
 	for (size_t i = 0; i < n; i++) {
 		uint64_t nput = h->pp.nput, pos;
 		uint64_t size = QPI_SHMQ_REC_SIZE(items[i].len);
 		uint64_t bytes = h->pp.bytes_in + items[i].len;
-		tail = h->pp.tail;
-		sq_rec *r = sq_rec_begin(q, tail, items[i].kind, items[i].len,
-		    nput + 1, bytes, sq_ts(q), &pos);
+		sq_rec *r = sq_rec_begin(q, h->pp.tail, items[i].kind,
+		    items[i].len, nput + 1, bytes, ts, &pos);
 		sq_copy(r + 1, items[i].buf, items[i].len, QPI_HOOK_PUT_COPY);
 		if (i == 0) {
 			/* Before the first commit: see sq_settle. */
@@ -2334,18 +926,24 @@ sq_try_put_many(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
 		STR(&r->stamp, sq_stamp(q, pos)); /* the commit */
 		SQ_HOOK(QPI_HOOK_PUT_COMMIT);
 		ST(&h->pp.bytes_in, bytes);
-		STR(&h->pp.nput, nput + 1);
+		STR(&h->pp.nput,
+		    nput + 1); /* after the stamp: see sq_gm_ring */
 		STR(&h->pp.tail, pos + size);
 	}
 	SQ_HOOK(QPI_HOOK_DONE);
-	sq_unlock(&h->ps);
-	sq_fence_after_unlock();
-	sq_watch_bump(q);
+	sq_unlock_bump(q, &h->ps, true);
 	return sq_after(q);
 }
 
-static int
-sq_put_many(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
+int
+qpi_sq_try_put(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
+    const qpi_shmq_tag *tag, sq_snap *snap)
+{
+	return sq_try_put(q, items, n, tag, snap);
+}
+
+static inline __attribute__((always_inline)) int
+sq_put(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
     const qpi_shmq_tag *tag, int64_t deadline)
 {
 	uint64_t total = 0;
@@ -2354,55 +952,69 @@ sq_put_many(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
 	int rc;
 
 	if (sq_closed(q)) {
-		return sq_eclosed(q);
-	}
-	if (n == 0) {
-		return QP_OK;
+		return qpi_sq_stop_err(q, false);
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (items[i].len > q->max_msg) {
 			return qpi_err(QP_ETOOBIG,
-			    "item %zu of %zu bytes is over %s's limit of "
+			    "an item of %zu bytes is over %s's limit of "
 			    "%" PRIu64 " bytes",
-			    i, items[i].len, q->label, q->max_msg);
+			    items[i].len, q->label, q->max_msg);
 		}
 		total += QPI_SHMQ_REC_SIZE(items[i].len);
 	}
 	if (total > q->cap || (q->maxsize != 0 && n > q->maxsize)) {
 		return qpi_err(QP_ETOOBIG,
-		    "a batch of %zu items (%" PRIu64
-		    " bytes stored) can never fit in %s (maxsize %" PRIu64
-		    ", %" PRIu64 "-byte ring)",
+		    "%zu items (%" PRIu64 " bytes stored) can never fit in %s "
+		    "(maxsize %" PRIu64 ", %" PRIu64 "-byte ring)",
 		    n, total, q->label, q->maxsize, q->cap);
 	}
 	for (;;) {
-		rc = sq_try_put_many(q, items, n, tag, &snap);
+		rc = n == 0 ? QP_OK : sq_try_put(q, items, n, tag, &snap);
 		if (rc != QP_EFULL) {
-			return rc;
+			return spun && rc == QP_ENOENT && sq_removed(q)
+			    ? qpi_sq_stop_err(q, true)
+			    : rc;
 		}
-		rc = sq_wait(
-		    q, EV_NF, sq_pred_progress, &snap, deadline, &spun);
+		rc = qpi_sq_wait(
+		    q, EV_NF, qpi_sq_pred_progress, &snap, deadline, &spun);
 		if (rc == QP_ECLOSED) {
 			return rc;
 		}
 		if (rc == QP_ETIMEDOUT) {
-			return sq_try_put_many(q, items, n, tag, &snap);
+			return sq_try_put(q, items, n, tag, &snap);
 		}
 	}
+}
+
+int
+qpi_shmq_put(
+    qpi_shmq *q, const void *buf, size_t len, unsigned kind, int64_t deadline)
+{
+	return qpi_shmq_put_tagged(q, buf, len, kind, NULL, deadline);
+}
+
+int
+qpi_shmq_put_tagged(qpi_shmq *q, const void *buf, size_t len, unsigned kind,
+    const qpi_shmq_tag *tag, int64_t deadline)
+{
+	qpi_shmq_item it = {buf, len, kind};
+
+	return sq_put(q, &it, 1, tag, deadline);
 }
 
 int
 qpi_shmq_put_many(
     qpi_shmq *q, const qpi_shmq_item *items, size_t n, int64_t deadline)
 {
-	return sq_put_many(q, items, n, NULL, deadline);
+	return sq_put(q, items, n, NULL, deadline);
 }
 
 int
 qpi_shmq_put_many_tagged(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
     const qpi_shmq_tag *tag, int64_t deadline)
 {
-	return sq_put_many(q, items, n, tag, deadline);
+	return sq_put(q, items, n, tag, deadline);
 }
 
 /* ---- get ----
@@ -2530,11 +1142,8 @@ sq_gm_dst(sq_batch *b, uint32_t kind, uint64_t len, uint8_t hdr[5], int *rcp)
 		}
 		return NULL;
 	}
-	gt->own = NULL;
-	gt->off = b->used;
-	gt->len = size;
+	*gt = (qpi_shmq_got) {.off = b->used, .len = size};
 	b->hl = hl;
-	memset(&gt->lease, 0, sizeof(gt->lease));
 	if (b->flags & QPI_GET_EACH) {
 		gt->own = malloc(size > 0 ? size : 1);
 		if (gt->own == NULL) {
@@ -2595,7 +1204,7 @@ sq_gm_released(qpi_shmq *q, sq_batch *b)
 	int rc;
 
 	if (first == 0 || first > q->nslots) {
-		return sq_fault(q, "bad released list", first);
+		return qpi_sq_fault(q, "bad released list", first);
 	}
 	uint32_t i = (uint32_t) (first - 1);
 	sq_slot *s = &q->slots[i];
@@ -2603,7 +1212,7 @@ sq_gm_released(qpi_shmq *q, sq_batch *b)
 	uint64_t len = (uint32_t) s->kindlen;
 	if ((kind != K_BIN && kind != K_OBJ) || len > q->max_msg
 	    || s->nblocks != (len + SQ_BLOCK - 1) / SQ_BLOCK) {
-		return sq_fault(q, "bad released lease slot", first);
+		return qpi_sq_fault(q, "bad released lease slot", first);
 	}
 	if (b->n == 0) {
 		SQ_HOOK(QPI_HOOK_GET_LOCKED);
@@ -2617,7 +1226,6 @@ sq_gm_released(qpi_shmq *q, sq_batch *b)
 	tx_set(&t, &h->gp.bytes_rel, h->gp.bytes_rel - len);
 	tx_set(&t, &h->gp.relgets, h->gp.relgets + 1);
 	if (b->lease) {
-		qpi_shmq_lease *l = &b->got[b->n].lease;
 		tx_set(&t, &s->state, L_LEASED);
 		tx_set(&t, &s->owner, b->owner);
 		tx_set(&t, (uint64_t *) &s->expiry_ms, (uint64_t) b->exp);
@@ -2626,14 +1234,13 @@ sq_gm_released(qpi_shmq *q, sq_batch *b)
 		/* A new id: an old holder's ack must not hit this lease. */
 		tx_set(&t, &s->gen, s->gen + 1);
 		tx_set(&t, &h->gp.nleased, h->gp.nleased + 1);
-		l->id = ((s->gen + 1) << L_IDX_BITS) | i;
-		l->deliveries = (uint32_t) (s->deliveries + 1);
-		l->kind = kind;
-		l->expiry_ms = b->exp;
+		b->got[b->n].lease
+		    = (qpi_shmq_lease) {((s->gen + 1) << L_IDX_BITS) | i,
+		        (uint32_t) (s->deliveries + 1), kind, b->exp};
 	} else {
 		sq_lists l;
 		sq_lists_get(q, &l);
-		if ((rc = sq_slot_free(q, &t, i, &l)) != QP_OK) {
+		if ((rc = qpi_sq_slot_free(q, &t, i, &l)) != QP_OK) {
 			sq_gm_unjoin(b, &rc);
 			return rc;
 		}
@@ -2652,8 +1259,8 @@ typedef struct sq_gm_tx {
 	sq_tx t;
 	uint64_t head; /* after the last item taken */
 	sq_rec *last; /* the last item taken (its counts) */
-	uint64_t ffree; /* free slot list's head */
-	uint64_t bfree, nbfree, water; /* lease area */
+	sq_lists l;
+	uint64_t water; /* lease area: blocks never used start here */
 	uint64_t ntaken; /* leases in this commit */
 } sq_gm_tx;
 
@@ -2665,9 +1272,7 @@ sq_gm_commit(qpi_shmq *q, sq_gm_tx *x)
 	sq_hdr *h = q->h;
 
 	if (x->ntaken > 0) {
-		tx_set(&x->t, &h->gv.free_first, x->ffree);
-		tx_set(&x->t, &h->gv.bfree, x->bfree);
-		tx_set(&x->t, &h->gv.nbfree, x->nbfree);
+		sq_lists_set(q, &x->t, &x->l);
 		tx_set(&x->t, &h->gv.bwater, x->water);
 		tx_set(&x->t, &h->gp.nleased, h->gp.nleased + x->ntaken);
 		tx_set(&x->t, &h->gp.bytes_out, x->last->bytes);
@@ -2687,7 +1292,8 @@ sq_gm_commit(qpi_shmq *q, sq_gm_tx *x)
 static int
 sq_gm_blocks(qpi_shmq *q, sq_gm_tx *x, uint64_t nb, sq_take *tk)
 {
-	uint64_t k = nb < x->nbfree ? nb : x->nbfree, b = x->bfree, last = 0;
+	uint64_t k = nb < x->l.nbfree ? nb : x->l.nbfree, b = x->l.bfree,
+	         last = 0;
 	uint64_t w = x->water, nw = nb - k;
 	int rc;
 
@@ -2695,8 +1301,8 @@ sq_gm_blocks(qpi_shmq *q, sq_gm_tx *x, uint64_t nb, sq_take *tk)
 	if (nb == 0) {
 		return QP_OK;
 	}
-	if (w > q->nblocks || x->nbfree > q->nblocks) {
-		return sq_fault(q, "bad lease-area marks", w);
+	if (w > q->nblocks || x->l.nbfree > q->nblocks) {
+		return qpi_sq_fault(q, "bad lease-area marks", w);
 	}
 	if (nw > q->nblocks - w) {
 		return qpi_err(QP_ELIMIT,
@@ -2710,12 +1316,12 @@ sq_gm_blocks(qpi_shmq *q, sq_gm_tx *x, uint64_t nb, sq_take *tk)
 	}
 	for (uint64_t i = 0; i < k; i++) {
 		if (b == 0 || b > q->nblocks) {
-			return sq_fault(q, "bad lease-area free list", b);
+			return qpi_sq_fault(q, "bad lease-area free list", b);
 		}
 		last = b;
 		b = q->links[b - 1];
 	}
-	tk->first = k > 0 ? x->bfree : w + 1;
+	tk->first = k > 0 ? x->l.bfree : w + 1;
 	tk->k = k;
 	tk->water = w;
 	for (uint64_t i = w; i < w + nw; i++) {
@@ -2726,8 +1332,8 @@ sq_gm_blocks(qpi_shmq *q, sq_gm_tx *x, uint64_t nb, sq_take *tk)
 		 * list ends here, so this happens once per commit. */
 		tx_set32(&x->t, &q->links[last - 1], (uint32_t) (w + 1));
 	}
-	x->bfree = k == x->nbfree ? 0 : b;
-	x->nbfree -= k;
+	x->l.bfree = k == x->l.nbfree ? 0 : b;
+	x->l.nbfree -= k;
 	x->water = w + nw;
 	return QP_OK;
 }
@@ -2738,7 +1344,7 @@ sq_gm_blocks(qpi_shmq *q, sq_gm_tx *x, uint64_t nb, sq_take *tk)
 static int
 sq_gm_lease(qpi_shmq *q, sq_batch *b, sq_gm_tx *x, sq_rec *r, uint64_t end)
 {
-	uint64_t f = x->ffree, nb = (r->len + SQ_BLOCK - 1) / SQ_BLOCK;
+	uint64_t f = x->l.ffree, nb = (r->len + SQ_BLOCK - 1) / SQ_BLOCK;
 	uint8_t hdr[5], *dst;
 	sq_take tk;
 	int rc;
@@ -2760,7 +1366,7 @@ sq_gm_lease(qpi_shmq *q, sq_batch *b, sq_gm_tx *x, sq_rec *r, uint64_t end)
 	sq_blocks_fill(q, &tk, (const uint8_t *) (r + 1), r->len);
 	uint32_t i = (uint32_t) (f - 1);
 	sq_slot *s = &q->slots[i];
-	x->ffree = s->next;
+	x->l.ffree = s->next;
 	/* A free slot: written straight, the commit makes it a lease. */
 	s->seq = r->seq;
 	s->kindlen = (uint64_t) r->kind << 32 | r->len;
@@ -2772,11 +1378,8 @@ sq_gm_lease(qpi_shmq *q, sq_batch *b, sq_gm_tx *x, sq_rec *r, uint64_t end)
 	s->deliveries = 1;
 	s->gen = s->gen + 1;
 	tx_set(&x->t, &s->state, L_LEASED);
-	qpi_shmq_lease *l = &b->got[b->n].lease;
-	l->id = (s->gen << L_IDX_BITS) | i;
-	l->deliveries = 1;
-	l->kind = r->kind;
-	l->expiry_ms = b->exp;
+	b->got[b->n].lease = (qpi_shmq_lease) {
+	    (s->gen << L_IDX_BITS) | i, 1, r->kind, b->exp};
 	sq_gm_join(q, b, dst, hdr, r + 1, 0, r->len);
 	x->last = r;
 	x->head = end;
@@ -2802,9 +1405,7 @@ sq_gm_ring(qpi_shmq *q, sq_batch *b, bool final)
 	sq_rec *r;
 	int rc = QP_OK;
 
-	x.ffree = h->gv.free_first;
-	x.bfree = h->gv.bfree;
-	x.nbfree = h->gv.nbfree;
+	sq_lists_get(q, &x.l);
 	x.water = h->gv.bwater;
 	x.ntaken = 0;
 	if (b->lease) {
@@ -2820,7 +1421,7 @@ sq_gm_ring(qpi_shmq *q, sq_batch *b, bool final)
 			if (b->n == 0) {
 				sq_skip_commit(q, head0, pos);
 				rc = final && nput > h->gp.nget
-				    ? sq_fault(q,
+				    ? qpi_sq_fault(q,
 				        "counted item without its record", pos)
 				    : QP_EEMPTY;
 			}
@@ -2879,7 +1480,7 @@ sq_try_get(qpi_shmq *q, sq_batch *b, bool final)
 	sq_hdr *h = q->h;
 	int rc;
 
-	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
+	if ((rc = qpi_sq_lock(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
 	if (b->lease) {
@@ -2893,12 +1494,10 @@ sq_try_get(qpi_shmq *q, sq_batch *b, bool final)
 	if (rc == QP_OK && b->n < b->max && !b->full) {
 		rc = sq_gm_ring(q, b, final);
 	}
-	sq_unlock(&h->gs);
+	sq_unlock_bump(q, &h->gs, b->n > 0);
 	if (b->n == 0) {
 		return rc;
 	}
-	sq_fence_after_unlock();
-	sq_watch_bump(q);
 	if ((rc = sq_after(q)) != QP_OK) {
 		sq_gm_drop(b); /* zeros read from a truncated file */
 	}
@@ -2914,17 +1513,21 @@ sq_get(qpi_shmq *q, sq_batch *b, int64_t deadline)
 	int rc;
 
 	if (sq_closed(q)) {
-		return sq_eclosed(q);
+		return qpi_sq_stop_err(q, false);
 	}
-	if (b->max == 0) {
-		return qpi_err(QP_EINVAL, "a get of 0 items");
+	if (b->max == 0 || b->lease_ms < -1) {
+		return b->max == 0
+		    ? qpi_err(QP_EINVAL, "a get of 0 items")
+		    : qpi_err(
+		        QP_EINVAL, "lease time %" PRId64 " ms", b->lease_ms);
 	}
 	for (;;) {
 		rc = sq_try_get(q, b, false);
 		if (rc != QP_EEMPTY) {
 			break;
 		}
-		rc = sq_wait(q, EV_NE, sq_pred_items, NULL, deadline, &spun);
+		rc = qpi_sq_wait(
+		    q, EV_NE, sq_pred_items, NULL, deadline, &spun);
 		if (rc == QP_ECLOSED) {
 			return rc;
 		}
@@ -2937,8 +1540,9 @@ sq_get(qpi_shmq *q, sq_batch *b, int64_t deadline)
 			return rc;
 		}
 	}
-	return spun && rc == QP_ENOENT && sq_removed(q) ? sq_stop_err(q, true)
-	                                                : rc;
+	return spun && rc == QP_ENOENT && sq_removed(q)
+	    ? qpi_sq_stop_err(q, true)
+	    : rc;
 }
 
 /* One item: into the caller's buffer (into, cap), else a malloc'd copy
@@ -3020,7 +1624,7 @@ qpi_shmq_qsize(qpi_shmq *q, uint64_t *np)
 	uint64_t n = LDA(&h->pp.nput);
 
 	if (sq_stopped(q)) {
-		return sq_eclosed(q);
+		return qpi_sq_stop_err(q, false);
 	}
 	*np = (n > ng ? n - ng : 0) + nr;
 	return QP_OK;
@@ -3036,13 +1640,10 @@ qpi_shmq_full(qpi_shmq *q, bool *fullp)
 	if ((rc = qpi_shmq_qsize(q, &n)) != QP_OK) {
 		return rc;
 	}
-	if (q->maxsize != 0 && n >= q->maxsize) {
-		*fullp = true;
-		return QP_OK;
-	}
 	uint64_t head = LDA(&h->gp.head), tail = LDA(&h->pp.tail);
 	uint64_t used = tail > head ? tail - head : 0;
-	*fullp = used + sq_need(q, tail, SQ_REC_HDR) > q->cap;
+	*fullp = (q->maxsize != 0 && n >= q->maxsize)
+	    || used + sq_need(q, tail, SQ_REC_HDR) > q->cap;
 	return QP_OK;
 }
 
@@ -3052,12 +1653,9 @@ qpi_shmq_task_done(qpi_shmq *q)
 	sq_hdr *h = q->h;
 	int rc;
 
-	if (sq_stopped(q)) {
-		return sq_eclosed(q);
-	}
 	/* Under the consumer lock, so that joiners can wait for a
 	 * task_done in flight (see sq_settle); one store commits it. */
-	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
 	uint64_t d = h->dones, n = LDA(&h->pp.nput);
@@ -3072,11 +1670,7 @@ qpi_shmq_task_done(qpi_shmq *q)
 	}
 	STR(&h->dones, d + 1);
 	SQ_HOOK(QPI_HOOK_DONE);
-	sq_unlock(&h->gs);
-	if (d + 1 == n) {
-		sq_fence_after_unlock();
-		sq_watch_bump(q);
-	}
+	sq_unlock_bump(q, &h->gs, d + 1 == n);
 	return QP_OK;
 }
 
@@ -3095,30 +1689,22 @@ qpi_shmq_join(qpi_shmq *q, int64_t deadline)
 
 	for (;;) {
 		if (sq_stopped(q)) {
-			return sq_eclosed(q);
+			return qpi_sq_stop_err(q, false);
 		}
 		if (sq_pred_joined(q, NULL)) {
 			return QP_OK;
 		}
-		rc = sq_wait(q, EV_JN, sq_pred_joined, NULL, deadline, &spun);
+		rc = qpi_sq_wait(
+		    q, EV_JN, sq_pred_joined, NULL, deadline, &spun);
 		if (rc == QP_ECLOSED) {
 			return rc;
 		}
-		if (rc == QP_ETIMEDOUT) {
-			if (sq_pred_joined(q, NULL)) {
-				return QP_OK;
-			}
+		if (rc == QP_ETIMEDOUT && !sq_pred_joined(q, NULL)) {
 			return qpi_err(QP_ETIMEDOUT,
 			    "%s: %" PRIu64 " tasks still unfinished", q->label,
 			    LDA(&q->h->pp.nput) - LDA(&q->h->dones));
 		}
 	}
-}
-
-static uint64_t
-sq_popcount(uint64_t v)
-{
-	return (uint64_t) __builtin_popcountll(v);
 }
 
 int
@@ -3131,10 +1717,7 @@ qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st)
 	sq_rec *r;
 	int rc;
 
-	if (sq_stopped(q)) {
-		return sq_eclosed(q);
-	}
-	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
 	uint64_t nput = LDA(&h->pp.nput), bytes_in = LDA(&h->pp.bytes_in);
@@ -3162,14 +1745,14 @@ qpi_shmq_stat(qpi_shmq *q, qp_queue_stats *st)
 	sq_unlock(&h->gs);
 	/* Waiter counts heal: sleepers killed while they slept leave their
 	 * bits set; forget those of processes that are gone. */
-	sq_scan_now(&h->ev[EV_NE]);
-	sq_scan_now(&h->ev[EV_NF]);
+	qpi_sq_scan_now(&h->ev[EV_NE]);
+	qpi_sq_scan_now(&h->ev[EV_NF]);
 	uint64_t dones = LDA(&h->dones);
 	st->unfinished = nput > dones ? nput - dones : 0;
-	st->getters
-	    = sq_popcount(LD(&h->ev[EV_NE].sleep)) + LD(&h->ev[EV_NE].extra);
-	st->putters
-	    = sq_popcount(LD(&h->ev[EV_NF].sleep)) + LD(&h->ev[EV_NF].extra);
+	st->getters = __builtin_popcountll(LD(&h->ev[EV_NE].sleep))
+	    + LD(&h->ev[EV_NE].extra);
+	st->putters = __builtin_popcountll(LD(&h->ev[EV_NF].sleep))
+	    + LD(&h->ev[EV_NF].extra);
 	st->oldest_age_ms = any ? (int64_t) age : -1;
 	return QP_OK;
 }
@@ -3203,9 +1786,14 @@ sq_check_ring(qpi_shmq *q)
 		return sq_bad(q, "aligned positions", tail);
 	}
 	for (pos = head; pos < tail; pos = end) {
-		if ((rc = sq_rec_read(q, pos, tail, &r, &start, &end))
-		    != QP_OK) {
+		if ((rc = sq_peek(q, pos, &r, &start, &end)) != QP_OK) {
 			return rc;
+		}
+		if (r == NULL || end > tail) { /* below the tail: committed */
+			return qpi_sq_fault(q,
+			    r == NULL ? "record without its stamp"
+			              : "record past the tail",
+			    pos);
 		}
 		if (r->kind != K_PAD) {
 			if (r->seq != seq + 1 || r->bytes != bytes + r->len) {
@@ -3266,14 +1854,12 @@ sq_check_leases(qpi_shmq *q)
 		}
 		if (s->state != L_LEASED && s->state != L_RELEASED) {
 			rc = sq_bad(q, "lease slot state", i);
-			break;
-		}
-		if (s->nblocks != (len + SQ_BLOCK - 1) / SQ_BLOCK
+		} else if (s->nblocks != (len + SQ_BLOCK - 1) / SQ_BLOCK
 		    || (s->first == 0) != (s->nblocks == 0)) {
 			rc = sq_bad(q, "lease slot size", i);
-			break;
+		} else {
+			rc = sq_check_chain(q, s->first, s->nblocks, seen);
 		}
-		rc = sq_check_chain(q, s->first, s->nblocks, seen);
 		if (s->state == L_LEASED) {
 			nleased++;
 		} else {
@@ -3294,31 +1880,29 @@ sq_check_leases(qpi_shmq *q)
 	    || relbytes != h->gp.bytes_rel) {
 		return sq_bad(q, "lease counters", nleased);
 	}
-	n = prev = 0;
-	for (uint64_t l = h->gv.rel_first; l != 0; n++) {
-		if (l > q->nslots || n > q->nslots) {
-			return sq_bad(q, "released list", l);
+	/* The released list (in item order) and the free list. */
+	for (int k = 0; k < 2; k++) {
+		n = prev = 0;
+		for (uint64_t l = k ? h->gv.free_first : h->gv.rel_first;
+		     l != 0; n++) {
+			if (l > q->nslots || n > q->nslots) {
+				return sq_bad(
+				    q, k ? "free list" : "released list", l);
+			}
+			const sq_slot *s = &q->slots[l - 1];
+			if (s->state != (k ? L_FREE : L_RELEASED)
+			    || (!k && n > 0 && s->seq < prev)) {
+				return sq_bad(
+				    q, k ? "free slot" : "released order", l);
+			}
+			prev = s->seq;
+			l = s->next;
 		}
-		const sq_slot *s = &q->slots[l - 1];
-		if (s->state != L_RELEASED || (n > 0 && s->seq < prev)) {
-			return sq_bad(q, "released list order", l);
+		if (n != (k ? nfree : nrel)) {
+			return sq_bad(q,
+			    k ? "free list length" : "released list length",
+			    n);
 		}
-		prev = s->seq;
-		l = s->next;
-	}
-	if (n != nrel) {
-		return sq_bad(q, "released list length", n);
-	}
-	n = 0;
-	for (uint64_t l = h->gv.free_first; l != 0; n++) {
-		if (l > q->nslots || n > q->nslots
-		    || q->slots[l - 1].state != L_FREE) {
-			return sq_bad(q, "free slot list", l);
-		}
-		l = q->slots[l - 1].next;
-	}
-	if (n != nfree) {
-		return sq_bad(q, "free slot list length", n);
 	}
 	if (LD(&h->dones) > h->pp.nput) {
 		return sq_bad(q, "task_done count", h->dones);
@@ -3331,10 +1915,10 @@ qpi_shmq_check(qpi_shmq *q)
 {
 	int rc;
 
-	if ((rc = sq_lock(q, &q->h->ps)) != QP_OK) {
+	if ((rc = qpi_sq_lock(q, &q->h->ps)) != QP_OK) {
 		return rc;
 	}
-	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
+	if ((rc = qpi_sq_lock(q, &q->h->gs)) != QP_OK) {
 		sq_unlock(&q->h->ps);
 		return rc;
 	}
@@ -3369,10 +1953,6 @@ qpi_shmq_get_lease_max(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
 	    .lease_ms = lease_ms,
 	    .max_first = max_len};
 
-	if (lease_ms < -1) {
-		return qpi_err(
-		    QP_EINVAL, "lease time %" PRId64 " ms", lease_ms);
-	}
 	return sq_get_one(q, &b, NULL, 0, bufp, lenp, lease, deadline);
 }
 
@@ -3389,18 +1969,11 @@ qpi_shmq_get_lease_many(qpi_shmq *q, uint64_t owner, int64_t lease_ms,
 	    .max_bytes = max_bytes,
 	    .got = got};
 
-	if (lease_ms < -1) {
-		*np = 0;
-		*bufp = NULL;
-		return qpi_err(
-		    QP_EINVAL, "lease time %" PRId64 " ms", lease_ms);
-	}
 	return sq_get_batch(q, &b, bufp, np, deadline);
 }
 
-/* Finds the slot of a lease id in the given state (consumer lock held). */
-static int
-sq_slot_of(qpi_shmq *q, uint64_t id, uint64_t state, uint32_t *ip)
+int
+qpi_sq_slot_of(qpi_shmq *q, uint64_t id, uint64_t state, uint32_t *ip)
 {
 	uint64_t i = id & ((1u << L_IDX_BITS) - 1);
 
@@ -3414,19 +1987,6 @@ sq_slot_of(qpi_shmq *q, uint64_t id, uint64_t state, uint32_t *ip)
 	return QP_OK;
 }
 
-/* True when slot i is the lease of a completion not settled yet (its
- * completer died and its results queue could not be read): it stays
- * leased, neither released nor expired, until it is settled. */
-static bool
-sq_cpl_holds(qpi_shmq *q, uint32_t i)
-{
-	const sq_hdr *h = q->h;
-
-	return LD(&h->cpl.phase) != CPL_NONE
-	    && (h->cpl.lease & ((1u << L_IDX_BITS) - 1)) == i
-	    && h->cpl.lease >> L_IDX_BITS == q->slots[i].gen;
-}
-
 /* Returns lease slot i to the head of the queue (consumer lock held). */
 static int
 sq_release_slot(qpi_shmq *q, uint32_t i)
@@ -3438,7 +1998,7 @@ sq_release_slot(qpi_shmq *q, uint32_t i)
 
 	for (uint32_t n = 0; cur != 0; n++) {
 		if (cur > q->nslots || n > q->nslots) {
-			return sq_fault(q, "bad released list", cur);
+			return qpi_sq_fault(q, "bad released list", cur);
 		}
 		if (q->slots[cur - 1].seq > s->seq) {
 			break;
@@ -3449,11 +2009,8 @@ sq_release_slot(qpi_shmq *q, uint32_t i)
 	tx_begin(&t, q);
 	tx_set(&t, &s->state, L_RELEASED);
 	tx_set(&t, &s->next, cur);
-	if (prev != 0) {
-		tx_set(&t, &q->slots[prev - 1].next, i + 1);
-	} else {
-		tx_set(&t, &h->gv.rel_first, i + 1);
-	}
+	tx_set(&t, prev != 0 ? &q->slots[prev - 1].next : &h->gv.rel_first,
+	    i + 1);
 	tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
 	tx_set(&t, &h->gp.bytes_rel, h->gp.bytes_rel + (uint32_t) s->kindlen);
 	tx_set(&t, &h->gp.nreleased, h->gp.nreleased + 1);
@@ -3461,15 +2018,6 @@ sq_release_slot(qpi_shmq *q, uint32_t i)
 	sq_wake(q, EV_NE, false);
 	tx_commit(&t);
 	return QP_OK;
-}
-
-static void
-sq_after_release(qpi_shmq *q, size_t n)
-{
-	if (n > 0) {
-		sq_fence_after_unlock();
-		sq_watch_bump(q);
-	}
 }
 
 /* Acks per commit: 3 journal entries each, and 4 for the lists' heads
@@ -3484,10 +2032,7 @@ qpi_shmq_ack_many(qpi_shmq *q, const uint64_t *ids, size_t n, int *rcs)
 	size_t nok = 0;
 	int rc;
 
-	if (sq_stopped(q)) {
-		return sq_eclosed(q);
-	}
-	if ((rc = sq_lock(q, &h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &h->gs)) != QP_OK) {
 		return rc;
 	}
 	for (size_t k = 0; k < n && rc == QP_OK;) {
@@ -3497,25 +2042,24 @@ qpi_shmq_ack_many(qpi_shmq *q, const uint64_t *ids, size_t n, int *rcs)
 		sq_lists_get(q, &l);
 		tx_begin(&t, q);
 		for (; k < n && nd < SQ_ACK_PER_TX && rc == QP_OK; k++) {
-			if ((rcs[k] = sq_slot_of(q, ids[k], L_LEASED, &i))
+			bool twice = false; /* acked just now */
+			if ((rcs[k] = qpi_sq_slot_of(q, ids[k], L_LEASED, &i))
 			    != QP_OK) {
 				continue;
 			}
 			for (uint32_t d = 0; d < nd; d++) {
-				if (done[d] == i) { /* acked just now */
-					rcs[k] = qpi_err(QP_ENOENT,
-					    "%s: lease %" PRIu64
-					    " acked twice",
-					    q->label, ids[k]);
-				}
+				twice |= done[d] == i;
 			}
-			if (rcs[k] == QP_OK && sq_cpl_holds(q, i)) {
+			if (twice || sq_cpl_holds(q, i)) {
 				rcs[k] = qpi_err(QP_ENOENT,
-				    "%s: lease %" PRIu64 " is being completed",
-				    q->label, ids[k]);
+				    "%s: lease %" PRIu64 " %s", q->label,
+				    ids[k],
+				    twice ? "acked twice"
+				          : "is being completed");
 			}
 			if (rcs[k] == QP_OK
-			    && (rc = sq_slot_free(q, &t, i, &l)) == QP_OK) {
+			    && (rc = qpi_sq_slot_free(q, &t, i, &l))
+			        == QP_OK) {
 				done[nd++] = i;
 			}
 		}
@@ -3529,11 +2073,7 @@ qpi_shmq_ack_many(qpi_shmq *q, const uint64_t *ids, size_t n, int *rcs)
 	if (nok > 0) {
 		sq_mx_add(&q->mx->acks, nok);
 	}
-	sq_unlock(&h->gs);
-	if (nok > 0) {
-		sq_fence_after_unlock();
-		sq_watch_bump(q);
-	}
+	sq_unlock_bump(q, &h->gs, nok > 0);
 	return rc;
 }
 
@@ -3553,10 +2093,10 @@ qpi_shmq_release(qpi_shmq *q, uint64_t id)
 
 	/* No closed check: a handle that closes gives its leases back after
 	 * it has woken its sleepers. */
-	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
+	if ((rc = qpi_sq_lock(q, &q->h->gs)) != QP_OK) {
 		return rc;
 	}
-	if ((rc = sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
+	if ((rc = qpi_sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
 		rc = sq_cpl_holds(q, i) ? qpi_err(QP_ENOENT,
 		         "%s: lease %" PRIu64 " is being completed", q->label,
 		         id)
@@ -3565,8 +2105,7 @@ qpi_shmq_release(qpi_shmq *q, uint64_t id)
 			sq_mx_add(&q->mx->nacks, 1);
 		}
 	}
-	sq_unlock(&q->h->gs);
-	sq_after_release(q, rc == QP_OK ? 1 : 0);
+	sq_unlock_bump(q, &q->h->gs, rc == QP_OK);
 	return rc;
 }
 
@@ -3576,13 +2115,10 @@ qpi_shmq_lease_held(qpi_shmq *q, uint64_t id)
 	uint32_t i;
 	int rc;
 
-	if (sq_closed(q)) {
-		return sq_eclosed(q);
-	}
-	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &q->h->gs)) != QP_OK) {
 		return rc;
 	}
-	rc = sq_slot_of(q, id, L_LEASED, &i);
+	rc = qpi_sq_slot_of(q, id, L_LEASED, &i);
 	sq_unlock(&q->h->gs);
 	return rc;
 }
@@ -3594,17 +2130,14 @@ qpi_shmq_renew(qpi_shmq *q, uint64_t id, int64_t lease_ms)
 	sq_tx t;
 	int rc;
 
-	if (sq_stopped(q)) {
-		return sq_eclosed(q);
-	}
 	if (lease_ms < -1) {
 		return qpi_err(
 		    QP_EINVAL, "lease time %" PRId64 " ms", lease_ms);
 	}
-	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &q->h->gs)) != QP_OK) {
 		return rc;
 	}
-	if ((rc = sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
+	if ((rc = qpi_sq_slot_of(q, id, L_LEASED, &i)) == QP_OK) {
 		int64_t exp
 		    = lease_ms < 0 ? INT64_MAX : qpi_now_ms() + lease_ms;
 		tx_begin(&t, q);
@@ -3616,7 +2149,7 @@ qpi_shmq_renew(qpi_shmq *q, uint64_t id, int64_t lease_ms)
 	return rc;
 }
 
-/* Releases every leased slot that match() accepts. */
+/* Releases every leased slot that match() accepts (NULL: all). */
 static int
 sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
     const void *arg, size_t *np, int64_t *nextp, int why)
@@ -3625,10 +2158,7 @@ sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
 	int64_t next = INT64_MAX;
 	int rc;
 
-	if (sq_stopped(q)) {
-		return sq_eclosed(q);
-	}
-	if ((rc = sq_lock(q, &q->h->gs)) != QP_OK) {
+	if ((rc = sq_lock_open(q, &q->h->gs)) != QP_OK) {
 		return rc;
 	}
 	for (uint32_t i = 0; i < q->nslots && rc == QP_OK; i++) {
@@ -3636,7 +2166,7 @@ sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
 		if (s->state != L_LEASED || sq_cpl_holds(q, i)) {
 			continue;
 		}
-		if (match(s, arg)) {
+		if (match == NULL || match(s, arg)) {
 			if ((rc = sq_release_slot(q, i)) == QP_OK) {
 				n++;
 			}
@@ -3647,8 +2177,7 @@ sq_release_matching(qpi_shmq *q, bool (*match)(const sq_slot *, const void *),
 	if (n > 0 && why >= 0) {
 		sq_mx_add(&q->mx->rel[why], n);
 	}
-	sq_unlock(&q->h->gs);
-	sq_after_release(q, n);
+	sq_unlock_bump(q, &q->h->gs, n > 0);
 	if (np != NULL) {
 		*np = n;
 	}
@@ -3670,14 +2199,6 @@ sq_match_expired(const sq_slot *s, const void *arg)
 	return s->expiry_ms <= *(const int64_t *) arg;
 }
 
-static bool
-sq_match_all(const sq_slot *s, const void *arg)
-{
-	(void) s;
-	(void) arg;
-	return true;
-}
-
 int
 qpi_shmq_release_owner(qpi_shmq *q, uint64_t owner, size_t *np)
 {
@@ -3695,7 +2216,7 @@ qpi_shmq_expire(qpi_shmq *q, int64_t now_ms, size_t *np, int64_t *next_ms)
 int
 qpi_shmq_release_all(qpi_shmq *q, size_t *np)
 {
-	return sq_release_matching(q, sq_match_all, NULL, np, NULL, -1);
+	return sq_release_matching(q, NULL, NULL, np, NULL, -1);
 }
 
 /* Process owner tokens: bit 63 set, the pid namespace's inode (low 31
@@ -3705,29 +2226,21 @@ qpi_shmq_release_all(qpi_shmq *q, size_t *np)
 uint64_t
 qpi_shmq_owner_self(void)
 {
-	sq_me();
-	return OWNER_PROC | (LD(&sq_nsid) & 0x7fffffffull) << 32
-	    | (uint32_t) LD(&sq_pid);
+	uint64_t ns;
+	int32_t me = qpi_sq_me(&ns);
+
+	return OWNER_PROC | (ns & 0x7fffffffull) << 32 | (uint32_t) me;
 }
 
+/* arg: our pid namespace. */
 static bool
 sq_match_dead(const sq_slot *s, const void *arg)
 {
-	(void) arg;
-	if (!(s->owner & OWNER_PROC)
-	    || ((s->owner >> 32) & 0x7fffffffull)
-	        != (LD(&sq_nsid) & 0x7fffffffull)) {
-		return false;
-	}
-	return sq_dead((int32_t) (uint32_t) s->owner, LD(&sq_nsid));
-}
+	uint64_t ns = *(const uint64_t *) arg;
 
-int
-qpi_shmq_release_dead(qpi_shmq *q, size_t *np)
-{
-	sq_me();
-	return sq_release_matching(
-	    q, sq_match_dead, NULL, np, NULL, QPI_SHMQ_REL_DEAD);
+	return (s->owner & OWNER_PROC)
+	    && ((s->owner >> 32) & 0x7fffffffull) == (ns & 0x7fffffffull)
+	    && qpi_sq_dead((int32_t) (uint32_t) s->owner, ns);
 }
 
 static bool
@@ -3735,255 +2248,32 @@ sq_match_stale(const sq_slot *s, const void *arg)
 {
 	int32_t pid = (int32_t) ((s->owner >> 32) & 0x7fffffffull);
 
-	(void) arg;
 	if (s->owner & OWNER_PROC) {
-		return sq_match_dead(s, NULL);
+		return sq_match_dead(s, arg);
 	}
-	return pid == 0 || sq_dead(pid, LD(&sq_nsid));
+	return pid == 0 || qpi_sq_dead(pid, *(const uint64_t *) arg);
+}
+
+int
+qpi_shmq_release_dead(qpi_shmq *q, size_t *np)
+{
+	uint64_t ns;
+
+	qpi_sq_me(&ns);
+	return sq_release_matching(
+	    q, sq_match_dead, &ns, np, NULL, QPI_SHMQ_REL_DEAD);
 }
 
 int
 qpi_shmq_release_stale(qpi_shmq *q, size_t *np)
 {
-	sq_me();
+	uint64_t ns;
+
+	qpi_sq_me(&ns);
 	return sq_release_matching(
-	    q, sq_match_stale, NULL, np, NULL, QPI_SHMQ_REL_DEAD);
+	    q, sq_match_stale, &ns, np, NULL, QPI_SHMQ_REL_DEAD);
 }
 
-/* ---- completion: a task's lease acked and its result put, one step ---- */
-
-/* How long a completion waits for the results queue's producer lock while
- * it holds the task queue's consumer lock. Two completions feeding each
- * other's queues, or a put starting a new lap of the results queue (which
- * takes its consumer lock), would otherwise wait for each other: past
- * this, the completion lets go of its lock, waits for the other one
- * alone, and starts again. */
-#define SQ_CPL_LOCK_NS 2000000
-
-/* The name of a named queue, NULL for an anonymous one. */
-static const char *
-sq_name(const qpi_shmq *q)
-{
-	return strncmp(q->label, "shm://", 6) == 0 ? q->label + 6 : NULL;
-}
-
-/* The tag a local completion's result carries: a marker and the task
- * queue's salt as client id, the lease id (never reused) as seq. */
-static void
-sq_cpl_tag(const qpi_shmq *t, uint64_t id, qpi_shmq_tag *tag)
-{
-	memset(tag, 0, sizeof(*tag));
-	memcpy(tag->client, "qpcomplt", 8);
-	memcpy(tag->client + 8, &t->salt, 8);
-	tag->seq = id;
-	tag->n = 1;
-}
-
-/* Acks the completion's lease, counts its task done and ends the
- * completion, in one commit (consumer lock held). A lease no longer held
- * only ends it. */
-static void
-sq_cpl_finish(qpi_shmq *q)
-{
-	sq_hdr *h = q->h;
-	uint64_t id = h->cpl.lease;
-	uint32_t i;
-	sq_lists l;
-	sq_tx t;
-
-	sq_lists_get(q, &l);
-	tx_begin(&t, q);
-	if (sq_slot_of(q, id, L_LEASED, &i) == QP_OK
-	    && sq_slot_free(q, &t, i, &l) == QP_OK) {
-		uint64_t d = h->dones, n = LDA(&h->pp.nput);
-		sq_lists_set(q, &t, &l);
-		tx_set(&t, &h->gp.nleased, h->gp.nleased - 1);
-		if (d < n) {
-			if (d + 1 == n) {
-				sq_wake(
-				    q, EV_JN, true); /* before the commit */
-			}
-			tx_set(&t, &h->dones, d + 1);
-		}
-	}
-	tx_set(&t, &h->cpl.phase, CPL_NONE);
-	tx_commit(&t);
-}
-
-/* Whether a dead completer's result is in its results queue: 1 yes, 0 no
- * (its putter is dead: it never will be), -1 cannot tell now (the queue's
- * lock is held past this thread's budget, or memory is short). */
-static int
-sq_cpl_result_in(qpi_shmq *q)
-{
-	sq_hdr *h = q->h;
-	char name[QP_NAME_MAX + 1];
-	uint64_t len = LD(&h->cpl.namelen);
-	qpi_shmq_tag *v;
-	qpi_shmq *r;
-	size_t n = 0;
-	int rc, in = 0;
-
-	if (len == 0 || len > QP_NAME_MAX) {
-		return 0;
-	}
-	memcpy(name, h->ps.j.e, len);
-	name[len] = '\0';
-	if (!qpi_wire_name_valid(name, len)) {
-		return 0;
-	}
-	rc = qpi_shmq_open(&r, name, 0, NULL);
-	if (rc != QP_OK) {
-		/* Gone (its items with it) or unreadable: not in. */
-		return rc == QP_ENOMEM || rc == QP_ESYSTEM ? -1 : 0;
-	}
-	if ((v = malloc(QPI_SHMQ_TAGS_MAX * sizeof(*v))) == NULL) {
-		qpi_shmq_free(r);
-		return -1;
-	}
-	rc = qpi_shmq_tags(r, v, QPI_SHMQ_TAGS_MAX, &n);
-	if (rc == QP_EBUSY || rc == QP_ETIMEDOUT) {
-		in = -1;
-	}
-	for (size_t i = 0; rc == QP_OK && i < n; i++) {
-		if (v[i].seq == h->cpl.seq && v[i].done > v[i].base
-		    && memcmp(v[i].client, h->cpl.client, 16) == 0) {
-			in = 1;
-		}
-	}
-	free(v);
-	qpi_shmq_free(r);
-	return in;
-}
-
-/* A completer died holding the consumer lock (which this thread holds
- * now): finish its completion if its result is in, else end it and leave
- * the lease to the dead holder's usual fate (released, expired). */
-static void
-sq_cpl_settle(qpi_shmq *q)
-{
-	sq_hdr *h = q->h;
-
-	if (LD(&h->cpl.phase) == CPL_PUTTING) {
-		int in = sq_cpl_result_in(q);
-		if (in < 0) {
-			return; /* the next holder of the lock tries again */
-		}
-		if (in == 0) {
-			STR(&h->cpl.phase, CPL_NONE);
-			qpi_err_clear();
-			return;
-		}
-		STR(&h->cpl.phase, CPL_PUT);
-	}
-	sq_cpl_finish(q);
-	qpi_err_clear();
-}
-
-int
-qpi_shmq_complete(qpi_shmq *t, uint64_t id, qpi_shmq *r, const void *buf,
-    size_t len, unsigned kind, const qpi_shmq_tag *tag, int64_t deadline)
-{
-	const char *name = sq_name(r), *tname = sq_name(t);
-	int64_t budget = sq_budget_ns;
-	qpi_shmq_tag own;
-	sq_hdr *h = t->h;
-	sq_snap snap;
-	bool spun = false;
-	size_t nlen;
-	int rc;
-
-	if (sq_closed(t)) {
-		return sq_eclosed(t);
-	}
-	if (sq_closed(r)) {
-		return sq_eclosed(r);
-	}
-	if (name == NULL) {
-		return qpi_err(QP_ENOTSUP,
-		    "a completion's results go to a named shm:// queue, not "
-		    "an anonymous one");
-	}
-	if (tname != NULL && strcmp(name, tname) == 0) {
-		return qpi_err(QP_EINVAL,
-		    "%s: the results queue is the tasks queue", t->label);
-	}
-	if (len > r->max_msg || QPI_SHMQ_REC_SIZE(len) > r->cap) {
-		return qpi_err(QP_ETOOBIG,
-		    "result of %zu bytes is over %s's limits", len, r->label);
-	}
-	nlen = strlen(name);
-	if (tag == NULL) {
-		sq_cpl_tag(t, id, &own);
-		tag = &own;
-	}
-	for (;;) {
-		uint32_t i;
-		if ((rc = sq_lock(t, &h->gs)) != QP_OK) {
-			return rc;
-		}
-		if (LD(&h->cpl.phase) != CPL_NONE) {
-			/* A dead completer's note that could not be settled
-			 * (its results queue's lock is held past this
-			 * thread's budget): it must not be overwritten. */
-			sq_unlock(&h->gs);
-			return qpi_err(QP_EBUSY,
-			    "%s: a dead worker's completion is not settled "
-			    "yet (its results queue is locked)",
-			    t->label);
-		}
-		if ((rc = sq_slot_of(t, id, L_LEASED, &i)) != QP_OK) {
-			sq_unlock(&h->gs);
-			return rc;
-		}
-		/* The intent, then the put (its tag names it), then the ack:
-		 * see sq_cpl_settle for a completer killed in between. */
-		memcpy(h->ps.j.e, name, nlen);
-		ST(&h->cpl.namelen, (uint64_t) nlen);
-		memcpy(h->cpl.client, tag->client, sizeof(h->cpl.client));
-		ST(&h->cpl.seq, tag->seq);
-		ST(&h->cpl.lease, id);
-		STR(&h->cpl.phase, CPL_PUTTING);
-		SQ_HOOK(QPI_HOOK_CPL_MARK);
-		sq_budget_ns = budget < 0 || budget > SQ_CPL_LOCK_NS
-		    ? SQ_CPL_LOCK_NS
-		    : budget;
-		rc = sq_try_put(r, buf, len, kind, tag, &snap);
-		sq_budget_ns = budget;
-		if (rc == QP_OK) {
-			STR(&h->cpl.phase, CPL_PUT);
-			SQ_HOOK(QPI_HOOK_CPL_PUT);
-			sq_cpl_finish(t);
-			sq_unlock(&h->gs);
-			sq_fence_after_unlock();
-			sq_watch_bump(t);
-			/* Either segment truncated under the copy: say so. */
-			return (rc = sq_after(r)) != QP_OK ? rc : sq_after(t);
-		}
-		STR(&h->cpl.phase, CPL_NONE);
-		sq_unlock(&h->gs);
-		if (rc == QP_EBUSY && budget < 0) {
-			/* Wait for the results queue's lock alone. */
-			if ((rc = sq_lock_until(r, &r->h->ps, INT64_MAX))
-			    != QP_OK) {
-				return rc;
-			}
-			sq_unlock(&r->h->ps);
-			continue;
-		}
-		if (rc != QP_EFULL || deadline == 0) {
-			return rc;
-		}
-		rc = sq_wait(
-		    r, EV_NF, sq_pred_progress, &snap, deadline, &spun);
-		if (rc == QP_ECLOSED) {
-			return rc;
-		}
-		if (rc == QP_ETIMEDOUT) {
-			deadline = 0; /* one last try */
-		}
-	}
-}
 /* ---- counters for metrics ---- */
 
 int
@@ -3994,19 +2284,16 @@ qpi_shmq_counters_get(qpi_shmq *q, qpi_shmq_counters *c)
 
 	memset(c, 0, sizeof(*c));
 	if (sq_closed(q)) {
-		return sq_eclosed(q);
+		return qpi_sq_stop_err(q, false);
 	}
 	if (LD(&mx->version) != SQ_MX_VERSION) {
 		return qpi_err(QP_EVERSION, "%s: counters of version %u",
 		    q->label, LD(&mx->version));
 	}
-	if (mx == &h->mx) {
-		c->puts = LD(&h->pp.nput);
-		c->gets = LD(&h->gp.nget) + LD(&h->gp.relgets);
-	} else {
-		c->puts = LD(&mx->puts);
-		c->gets = LD(&mx->gets);
-	}
+	/* The header's own block: puts and gets are the queue's counts. */
+	c->puts = mx == &h->mx ? LD(&h->pp.nput) : LD(&mx->puts);
+	c->gets = mx == &h->mx ? LD(&h->gp.nget) + LD(&h->gp.relgets)
+	                       : LD(&mx->gets);
 	c->acks = LD(&mx->acks);
 	c->nacks = LD(&mx->nacks);
 	for (int i = 0; i < QPI_SHMQ_REL_N; i++) {
@@ -4032,7 +2319,7 @@ qpi_shmq_watch(qpi_shmq *q, bool on)
 		if (q->watch_slot >= 0) {
 			return QP_OK;
 		}
-		int i = sq_claim(ev);
+		int i = qpi_sq_claim(ev);
 		if (i < 0) {
 			return qpi_err(QP_ELIMIT, "%s: %d watchers already",
 			    q->label, SQ_EV_SLOTS);
@@ -4042,10 +2329,10 @@ qpi_shmq_watch(qpi_shmq *q, bool on)
 		return QP_OK;
 	}
 	if (q->watch_slot >= 0) {
-		uint64_t bit = 1ull << q->watch_slot;
-		__atomic_fetch_and(&ev->sleep, ~bit, __ATOMIC_SEQ_CST);
-		__atomic_fetch_and(&ev->mask, ~bit, __ATOMIC_SEQ_CST);
-		sq_unclaim(ev, q->watch_slot);
+		qpi_shmq_watch_disarm(q);
+		__atomic_fetch_and(
+		    &ev->mask, ~(1ull << q->watch_slot), __ATOMIC_SEQ_CST);
+		STR(&ev->who[q->watch_slot].pid, 0);
 		q->watch_slot = -1;
 	}
 	return QP_OK;

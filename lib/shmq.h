@@ -3,19 +3,18 @@
  * qp_queue_anon(), internal to libqpipe (qpi_shmq_ names). qpiped hosts its
  * queues through this API too, leases included.
  *
- * Layout. One segment (/dev/shm/qpipe.NAME, or anonymous memory shared
- * across fork()) holds a header, a table of lease slots, a table of
- * qpiped's last put requests (see "Put requests"), a lease area and
- * a byte ring of variable-size records (40-byte header + payload, 8-byte
- * aligned; a record never wraps: the space left at the end of the ring
- * becomes a pad). The header carries a magic, the layout version and the
- * sizes, checked on every attach (QP_EVERSION, QP_ECORRUPT); the words
- * an attachment needs later (ring, table and area offsets, sizes, counts)
- * are copied at attach, so a header scribbled on afterwards cannot move
- * them. Each record
- * header holds a stamp, its ring position mixed with a random per-queue
- * salt, written last: a record is committed exactly when its stamp is
- * right. Positions only grow (64-bit byte counts).
+ * Layout. One segment (/dev/shm/qpipe.NAME, or anonymous memory shared across
+ * fork()) holds a header, a table of lease slots, a table of qpiped's last put
+ * requests (see "Put requests"), a lease area and a byte ring of variable-size
+ * records (40-byte header + payload, 8-byte aligned; a record never wraps: the
+ * space left at the end of the ring becomes a pad). The header carries a
+ * magic, the layout version and the sizes, checked on every attach
+ * (QP_EVERSION, QP_ECORRUPT); the words an attachment needs later (ring, table
+ * and area offsets, sizes, counts) are copied at attach, so a header scribbled
+ * on afterwards cannot move them. Each record header holds a stamp, its ring
+ * position mixed with a random per-queue salt, written last: a record is
+ * committed exactly when its stamp is right. Positions only grow (64-bit byte
+ * counts).
  *
  * Locking. Two robust process-shared mutexes: the producer side (tail,
  * items put) and the consumer side (head, leases). A put and a get never
@@ -54,30 +53,28 @@
  * within their pid namespace, at most every 100 ms, and by every stat).
  *
  * Wake-ups and kills. Every change a sleeper waits for (an item put or
- * released, room freed, the last task done) is made under a lock, and
- * the waker wakes the sleepers it sees while it holds that lock, BEFORE
- * the change's commit; a sleeper, once its bit is visible, waits for
- * those locks to be free (up to its deadline, or until it is woken: a
- * change under the other lock, such as a release while a put is stopped
- * holding the producer lock) before it checks its condition a last time
- * and sleeps. So a waker killed at any instant
- * either made no change (nobody is owed a wake-up), or woke its
- * sleepers already, or dies holding the lock with a sleeper waiting on
- * it: the robust mutex hands the lock over, the repair completes the
- * change, and the sleeper sees it, within moments of the kill, even when
- * no other process touches the queue. A sleeper stays visible (its bit
- * set) until it runs again, and a waker either marked and woke it or did
- * neither. A sleeper killed after it was woken but before it acted takes
- * its wake-up with it: putters and joiners are all woken, and a wake-up
- * for one getter wakes two where two sleep, so another one acts. A lock
- * waiter killed as the unlock's kernel wake-up reaches it takes that
- * wake-up with it too (the robust-futex protocol covers dead owners, not
- * waiters): lock waits run in 5 ms slices, so the other waiters find
- * the lock free within one. Covered: any one process killed at any
- * instant; two killed at once may leave a sleeper to its deadline or the
- * next change. Watchers (qpiped) are told after the unlock, as before:
- * one killed between its commit and that bump leaves them to their own
- * deadline (qpiped re-checks its queues once a second).
+ * released, room freed, the last task done) is made under a lock, and the
+ * waker wakes the sleepers it sees while it holds that lock, BEFORE the
+ * change's commit; a sleeper, once its bit is visible, waits for those locks
+ * to be free (up to its deadline, or until it is woken: a change under the
+ * other lock, such as a release while a put is stopped holding the producer
+ * lock) before it checks its condition a last time and sleeps. So a waker
+ * killed at any instant either made no change (nobody is owed a wake-up), or
+ * woke its sleepers already, or dies holding the lock with a sleeper waiting
+ * on it: the robust mutex hands the lock over, the repair completes the
+ * change, and the sleeper sees it, within moments of the kill, even when no
+ * other process touches the queue. A sleeper stays visible (its bit set) until
+ * it runs again, and a waker either marked and woke it or did neither. A
+ * sleeper killed after it was woken but before it acted takes its wake-up with
+ * it: putters and joiners are all woken, and a wake-up for one getter wakes
+ * two where two sleep, so another one acts. A lock waiter killed as the
+ * unlock's kernel wake-up reaches it takes that wake-up with it too (the
+ * robust-futex protocol covers dead owners, not waiters): lock waits run in 5
+ * ms slices, so the other waiters find the lock free within one. Covered: any
+ * one process killed at any instant; two killed at once may leave a sleeper to
+ * its deadline or the next change. Watchers (qpiped) are told after the
+ * unlock, as before: one killed between its commit and that bump leaves them
+ * to their own deadline (qpiped re-checks its queues once a second).
  *
  * Leases (for qpiped; the server keeps no lease state of its own). A lease
  * get takes the head item out of the ring like a get, and in the same
@@ -256,18 +253,16 @@ typedef struct qpi_shmq_tag {
 
 /* As qpi_shmq_put and qpi_shmq_put_many, and the request is noted in
  * the segment's table of put requests in the same commit: tag says
- * which (its done is ignored). For qpiped only. */
+ * which (its done is ignored; NULL: an untagged put). For qpiped. */
 int qpi_shmq_put_tagged(qpi_shmq *q, const void *buf, size_t len,
     unsigned kind, const qpi_shmq_tag *tag, int64_t deadline_ns);
 int qpi_shmq_put_many_tagged(qpi_shmq *q, const qpi_shmq_item *items, size_t n,
     const qpi_shmq_tag *tag, int64_t deadline_ns);
 
-/* Copies the newest cap entries of the table of put requests, oldest
- * first, into v:
- * only requests with at least one item in the queue (or taken from it).
- * Repairs first if a producer died. The same request may appear twice
- * (a resumed batch): the larger done counts. QP_OK, QP_ECLOSED,
- * QP_ECORRUPT. */
+/* Copies the newest cap entries of the table of put requests, oldest first,
+ * into v: only requests with at least one item in the queue (or taken from
+ * it). Repairs first if a producer died. The same request may appear twice (a
+ * resumed batch): the larger done counts. QP_OK, QP_ECLOSED, QP_ECORRUPT. */
 int qpi_shmq_tags(qpi_shmq *q, qpi_shmq_tag *v, size_t cap, size_t *np);
 
 /* Gets the head item. With into != NULL copies it there (cap bytes): if it
@@ -473,20 +468,8 @@ uint64_t qpi_shmq_owner_self(void);
 int qpi_shmq_release_dead(qpi_shmq *q, size_t *np);
 
 /* ------------------------------------------------------------------------
- * Completion (qp_queue_complete): a task's lease acked and its result put
- * on another queue in one step, across kill -9 of any process at any
- * instant. Under the task queue's consumer lock the completer notes its
- * intent in the task queue's header (lease id, results queue's name, the
- * result's tag), puts the result tagged into the results queue (under that
- * queue's producer lock, waited for only briefly with the first held),
- * then acks the lease and clears the note in one journal commit. Whoever
- * next takes the task queue's consumer lock and finds a note knows the
- * completer died: it opens the results queue by name and reads its tags
- * (qpi_shmq_tags, which repairs a put cut short): the result is in, so
- * the lease is acked; or it is not, so the lease stays to its dead
- * holder's usual fate (released, expired) and the task runs again. Until
- * that is settled the lease is neither released nor expired. So each
- * task's result is stored once, however often the task runs.
+ * Completion (qp_queue_complete): shmq_done.c sets out how it survives a
+ * kill -9 of any process at any instant.
  * ------------------------------------------------------------------------ */
 
 /* Acks lease id of t (as qpi_shmq_ack, and counts one task_done) and puts

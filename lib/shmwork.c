@@ -96,11 +96,10 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 	size_t max_len = into == NULL ? 0 : cap > 0 ? cap : 1;
 	qpi_shmq_lease l;
 	void *buf = NULL;
-	size_t len = 0;
 	int rc;
 
 	for (;;) {
-		int64_t now = qpi_now_ms();
+		int64_t now = qpi_now_ms(), at;
 		pthread_mutex_lock(&h->mu);
 		bool sweep = h->swept_ms == 0
 		    || now - h->swept_ms >= SHML_SWEEP_MS || now >= h->next_ms;
@@ -110,38 +109,30 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 		}
 		/* A wait ends at the next sweep: neither a holder's death
 		 * nor a lease's end wakes a sleeper. */
-		int64_t wake = deadline;
-		if (deadline != 0) {
-			pthread_mutex_lock(&h->mu);
-			int64_t at = h->swept_ms + SHML_SWEEP_MS;
-			if (h->next_ms < at) {
-				at = h->next_ms;
-			}
-			pthread_mutex_unlock(&h->mu);
-			if (at > 0 && at < deadline / 1000000) {
-				wake = at * 1000000;
-			}
-		}
+		pthread_mutex_lock(&h->mu);
+		at = h->swept_ms + SHML_SWEEP_MS;
+		at = h->next_ms < at ? h->next_ms : at;
+		pthread_mutex_unlock(&h->mu);
+		int64_t wake
+		    = deadline != 0 && at > 0 && at < deadline / 1000000
+		    ? at * 1000000
+		    : deadline;
 		rc = qpi_shmq_get_lease_max(h->sq, owner, h->lease_ms, flags,
-		    max_len, &buf, &len, &l, wake);
+		    max_len, &buf, lenp, &l, wake);
 		if (rc != QP_EEMPTY || wake == deadline) {
 			break;
 		}
 	}
 	if (rc != QP_OK) {
-		if (rc == QP_ETOOBIG) {
-			*lenp = len;
-		}
-		return rc;
+		return rc; /* QP_ETOOBIG: *lenp is the item's size */
 	}
-	if (into != NULL && len > cap) {
+	if (into != NULL && *lenp > cap) {
 		(void) qpi_shmq_release(h->sq, l.id);
 		free(buf);
-		*lenp = len;
 		return qpi_err(QP_ETOOBIG,
 		    "item of %zu bytes does not fit in %zu; it went back to "
 		    "the head of %s",
-		    len, cap, h->label);
+		    *lenp, cap, h->label);
 	}
 	pthread_mutex_lock(&h->mu);
 	shml_own(h);
@@ -158,14 +149,11 @@ shml_get(void *impl, unsigned flags, void *into, size_t cap, void **bufp,
 		    : qpi_err(QP_ENOMEM, "out of memory for a lease id");
 	}
 	if (into != NULL) {
-		if (len > 0) {
-			memcpy(into, buf, len);
-		}
+		memcpy(into, buf, *lenp);
 		free(buf);
 	} else {
 		*bufp = buf;
 	}
-	*lenp = len;
 	return QP_OK;
 }
 
@@ -338,8 +326,7 @@ shml_touch(void *impl, qp_duration lease)
 	if (lost > 0) {
 		return qpi_err(QP_ENOENT,
 		    "touch on %s: %zu of %zu leases had run out already; "
-		    "those "
-		    "items went back to the queue",
+		    "those items went back to the queue",
 		    h->label, lost, n);
 	}
 	qpi_err_clear();
@@ -379,11 +366,9 @@ shml_close(void *impl)
 	memset(&h->delayed, 0, sizeof(h->delayed));
 	pthread_mutex_unlock(&h->mu);
 	qpi_shmq_interrupt(h->sq);
-	for (size_t i = 0; i < held.n; i++) {
-		(void) qpi_shmq_release(h->sq, held.id[i]);
-	}
-	for (size_t i = 0; i < delayed.n; i++) {
-		(void) qpi_shmq_release(h->sq, delayed.id[i]);
+	for (size_t i = 0; i < held.n + delayed.n; i++) {
+		(void) qpi_shmq_release(
+		    h->sq, i < held.n ? held.id[i] : delayed.id[i - held.n]);
 	}
 	qpi_ids_free(&held);
 	qpi_ids_free(&delayed);

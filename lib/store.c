@@ -20,39 +20,37 @@ struct qpi_store {
 	char name[QP_NAME_MAX + 1];
 };
 
-int
-qpi_store_open_shm(
-    qpi_store **sp, const char *name, unsigned flags, const qpi_shmq_cfg *cfg)
+/* A store named name over shm, and d unless NULL (freed on failure). */
+static int
+st_new(qpi_store **sp, const char *name, qpi_shmq *shm, qpi_durq *d)
 {
 	qpi_store *s = calloc(1, sizeof(*s));
-	int rv;
 
 	if (s == NULL) {
+		d != NULL ? qpi_durq_free(d) : qpi_shmq_free(shm);
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	if ((rv = qpi_shmq_open(&s->shm, name, flags, cfg)) != QP_OK) {
-		free(s);
-		return rv;
-	}
+	s->shm = shm;
+	s->dur = d;
 	snprintf(s->name, sizeof(s->name), "%s", name);
 	*sp = s;
 	return QP_OK;
 }
 
 int
+qpi_store_open_shm(
+    qpi_store **sp, const char *name, unsigned flags, const qpi_shmq_cfg *cfg)
+{
+	qpi_shmq *q;
+	int rv = qpi_shmq_open(&q, name, flags, cfg);
+
+	return rv != QP_OK ? rv : st_new(sp, name, q, NULL);
+}
+
+int
 qpi_store_open_durq(qpi_store **sp, const char *name, qpi_durq *d)
 {
-	qpi_store *s = calloc(1, sizeof(*s));
-
-	if (s == NULL) {
-		qpi_durq_free(d);
-		return qpi_err(QP_ENOMEM, "out of memory");
-	}
-	s->dur = d;
-	s->shm = qpi_durq_shm(d);
-	snprintf(s->name, sizeof(s->name), "%s", name);
-	*sp = s;
-	return QP_OK;
+	return st_new(sp, name, qpi_durq_shm(d), d);
 }
 
 void
@@ -113,9 +111,7 @@ qpi_store_put(qpi_store *s, const uint8_t *item, size_t len,
 	unsigned kind = st_item(item, len, &p, &plen);
 
 	if (s->dur == NULL) {
-		return tag != NULL
-		    ? qpi_shmq_put_tagged(s->shm, p, plen, kind, tag, 0)
-		    : qpi_shmq_put(s->shm, p, plen, kind, 0);
+		return qpi_shmq_put_tagged(s->shm, p, plen, kind, tag, 0);
 	}
 	if (tag != NULL) {
 		return qpi_durq_put_tagged(s->dur, p, plen, kind, tag, ticket);
@@ -273,8 +269,7 @@ qpi_store_put_many(qpi_store *s, const qpi_wire_item *items, uint32_t n,
 		    = st_item(items[i].data, items[i].len, &p, &it[i].len);
 		it[i].buf = p;
 	}
-	rv = tag != NULL ? qpi_shmq_put_many_tagged(s->shm, it, n, tag, 0)
-	                 : qpi_shmq_put_many(s->shm, it, n, 0);
+	rv = qpi_shmq_put_many_tagged(s->shm, it, n, tag, 0);
 	if (it != stack) {
 		free(it);
 	}

@@ -51,7 +51,7 @@ hold() {
 	grep -q held "$tmp/hold.out" || fail "the holder took no lock"
 }
 
-"$bin/qpiped" --port-file "$tmp/port" --log-level debug \
+"$bin/qpiped" --listen tcp://127.0.0.1:0 --port-file "$tmp/port" --log-level debug \
 	>"$tmp/server.out" 2>"$tmp/server.log" &
 srv=$!
 pids+=("$srv")

@@ -10,12 +10,13 @@
  * once (a prefetch limit: one consumer never takes every lease slot of a
  * queue while others wait); a lease that expired is forgotten when the
  * count reaches the limit (qps_conn_lease_room). The notes are records
- * of the connection's own, in chunks that double (16, 16, 32, 64...,
- * up to --max-leases in all) and are kept until it closes, with a free
- * list, indexed by lease id: taking a batch of 256 leases and confirming
- * them allocates nothing once the connection has held that many, and a
- * connection has records for fewer than twice the most leases it held at
- * once, and at most --max-leases of them.
+ * in an array of the connection's own (16, 32, 64... up to --max-leases,
+ * kept until it closes) with a free list, and an open-addressed index of
+ * them by lease id (linear probing, at most half full): taking a batch of
+ * 256 leases and confirming them allocates nothing once the connection
+ * has held that many, an ack finds its lease in a probe or two, and a
+ * connection never has records for more than twice the most leases it
+ * held at once, nor more than --max-leases.
  *
  * Locking: none of its own; everything runs under the ops lock.
  */
@@ -33,25 +34,18 @@
 
 static qps_loglimit refuse_ll, hard_ll;
 
-/* A lease held by a connection; a free record is on the connection's
- * free list (linked through node.hnext). */
-typedef struct conn_work {
-	qpi_hnode node; /* key: lease id */
+/* A lease held by a connection (q NULL: a free record). */
+typedef struct qps_lrec qps_lrec;
+struct qps_lrec {
+	uint64_t id; /* the lease id */
 	qps_q *q;
 	int64_t expiry_ms; /* monotonic ms: gone by itself after it */
+	uint32_t next; /* free: the next free record + 1 (0: none) */
 	bool work; /* a WORK lease: its ack is a task_done, touch renews */
-} conn_work;
-
-/* The records of a connection's first chunk. */
-#define CONN_CHUNK_MIN 16
-
-/* A chunk of lease records (c->lchunks, a list). */
-typedef struct qps_lchunk qps_lchunk;
-struct qps_lchunk {
-	struct qps_lchunk *next;
-	uint32_t n; /* records in rec */
-	conn_work rec[];
 };
+
+/* The records of a connection's first array. */
+#define CONN_RECS_MIN 16
 
 static struct {
 	qpi_htab conns; /* every connection; conns.n of them */
@@ -159,97 +153,156 @@ qps_conn_leased(qps_conn *c, qps_q *q)
 	c->leased[c->nleased++] = q;
 }
 
-/* A free record of c: from its free list, else from a new chunk as large
- * as all of c's chunks so far (at least CONN_CHUNK_MIN records), within
- * --max-leases. NULL if out of memory. */
-static conn_work *
-work_alloc(qps_conn *c)
+/* Where lease id's probe starts in an index of mask + 1 slots. */
+static uint32_t
+lidx_home(uint64_t id, uint32_t mask)
 {
-	conn_work *wk = (conn_work *) c->lfree;
-
-	if (wk == NULL) {
-		uint32_t cap = qps_cfg->conn_leases, n = c->lrecs;
-		n = cap > c->lrecs && cap - c->lrecs < n ? cap - c->lrecs : n;
-		n = n < CONN_CHUNK_MIN ? CONN_CHUNK_MIN : n;
-		qps_lchunk *ch = malloc(sizeof(*ch) + n * sizeof(ch->rec[0]));
-		if (ch == NULL) {
-			return NULL;
-		}
-		ch->next = c->lchunks;
-		ch->n = n;
-		c->lchunks = ch;
-		c->lrecs += n;
-		for (uint32_t i = n; i-- > 0;) {
-			ch->rec[i].node.hnext = (qpi_hnode *) wk;
-			wk = &ch->rec[i];
-		}
-	}
-	c->lfree = wk->node.hnext;
-	return wk;
+	id ^= id >> 33; /* ids are often consecutive numbers */
+	id *= 0xff51afd7ed558ccdull;
+	id ^= id >> 33;
+	return (uint32_t) id & mask;
 }
 
-/* Takes wk (in c->work) out of the index, onto the free list. */
-static void
-work_free(qps_conn *c, conn_work *wk)
+/* The index slot of c's lease id on q, or NULL. */
+static uint32_t *
+lidx_find(qps_conn *c, qps_q *q, uint64_t id)
 {
-	qpi_htab_remove(&c->work, &wk->node);
-	wk->q = NULL;
-	wk->node.hnext = c->lfree;
-	c->lfree = &wk->node;
+	uint32_t mask = c->lidx_mask;
+
+	if (c->lidx == NULL) {
+		return NULL;
+	}
+	for (uint32_t s = lidx_home(id, mask);; s = (s + 1) & mask) {
+		uint32_t r = c->lidx[s];
+		if (r == 0) {
+			return NULL;
+		}
+		if (c->lrec[r - 1].id == id && c->lrec[r - 1].q == q) {
+			return &c->lidx[s];
+		}
+	}
+}
+
+/* Indexes record r (0-based) of c; the index has a free slot. */
+static void
+lidx_put(qps_conn *c, uint32_t r)
+{
+	uint32_t mask = c->lidx_mask, s = lidx_home(c->lrec[r].id, mask);
+
+	while (c->lidx[s] != 0) {
+		s = (s + 1) & mask;
+	}
+	c->lidx[s] = r + 1;
+}
+
+/* Empties index slot *sp and frees its record: the entries after it in
+ * its run move back (linear probing's deletion, no tombstones). */
+static void
+lease_drop(qps_conn *c, uint32_t *sp)
+{
+	uint32_t mask = c->lidx_mask, i = (uint32_t) (sp - c->lidx), j = i;
+	qps_lrec *rec = &c->lrec[*sp - 1];
+
+	rec->q = NULL;
+	rec->next = c->lfree;
+	c->lfree = *sp;
+	c->nlease--;
+	for (;;) {
+		j = (j + 1) & mask;
+		uint32_t r = c->lidx[j];
+		if (r == 0) {
+			break;
+		}
+		uint32_t k = lidx_home(c->lrec[r - 1].id, mask);
+		/* Moved back to i unless its home lies in (i, j]. */
+		if (j > i ? k <= i || k > j : k <= i && k > j) {
+			c->lidx[i] = r;
+			i = j;
+		}
+	}
+	c->lidx[i] = 0;
+}
+
+/* More records for c: twice as many (at least CONN_RECS_MIN more), within
+ * --max-leases, and an index twice their number. False if out of
+ * memory (nothing changed). */
+static bool
+lease_grow(qps_conn *c)
+{
+	uint32_t old = c->lrec_cap, cap = old * 2, lim = qps_cfg->conn_leases;
+	uint32_t nslot = 1;
+	qps_lrec *rec;
+	uint32_t *idx;
+
+	cap = cap > lim ? lim : cap;
+	cap = cap < old + CONN_RECS_MIN ? old + CONN_RECS_MIN : cap;
+	while (nslot < 2 * cap) {
+		nslot *= 2;
+	}
+	if ((idx = calloc(nslot, sizeof(*idx))) == NULL) {
+		return false;
+	}
+	if ((rec = realloc(c->lrec, cap * sizeof(*rec))) == NULL) {
+		free(idx);
+		return false;
+	}
+	free(c->lidx);
+	c->lrec = rec;
+	c->lrec_cap = cap;
+	c->lidx = idx;
+	c->lidx_mask = nslot - 1;
+	for (uint32_t r = 0; r < old; r++) {
+		if (rec[r].q != NULL) {
+			lidx_put(c, r);
+		}
+	}
+	for (uint32_t r = cap; r-- > old;) {
+		rec[r].q = NULL;
+		rec[r].next = c->lfree;
+		c->lfree = r + 1;
+	}
+	return true;
 }
 
 void
 qps_conn_lease_add(
     qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms, bool work)
 {
-	conn_work *wk = work_alloc(c);
+	qps_lrec *rec;
+	uint32_t r;
 
-	if (wk == NULL) {
+	if (c->lfree == 0 && !lease_grow(c)) {
 		qps_log(QPS_LOG_ERROR,
 		    "out of memory: lease %llu on '%s' is not counted%s",
 		    (unsigned long long) lease_id, q->name,
 		    work ? ", and its ack will not count as task_done" : "");
 		return;
 	}
-	wk->node.key = lease_id;
-	wk->q = q;
-	wk->expiry_ms = expiry_ms;
-	wk->work = work;
-	if (qpi_htab_insert(&c->work, &wk->node) != QP_OK) {
-		wk->node.hnext = c->lfree; /* not indexed: back to the list */
-		c->lfree = &wk->node;
-		qps_log(QPS_LOG_ERROR,
-		    "out of memory: lease %llu on '%s' is not counted",
-		    (unsigned long long) lease_id, q->name);
-	}
+	r = c->lfree - 1;
+	rec = &c->lrec[r];
+	c->lfree = rec->next;
+	rec->id = lease_id;
+	rec->q = q;
+	rec->expiry_ms = expiry_ms;
+	rec->work = work;
+	c->nlease++;
+	lidx_put(c, r);
 }
 
 uint32_t
 qps_conn_lease_records(const qps_conn *c)
 {
-	return c->lrecs;
-}
-
-static conn_work *
-work_find(qps_conn *c, qps_q *q, uint64_t lease_id)
-{
-	for (qpi_hnode *n = qpi_htab_find(&c->work, lease_id); n != NULL;
-	     n = qpi_htab_next(n)) {
-		if (((conn_work *) n)->q == q) {
-			return (conn_work *) n;
-		}
-	}
-	return NULL;
+	return c->lrec_cap;
 }
 
 bool
 qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id)
 {
-	conn_work *wk = work_find(c, q, lease_id);
-	bool work = wk != NULL && wk->work;
+	uint32_t *sp = lidx_find(c, q, lease_id);
+	bool work = sp != NULL && c->lrec[*sp - 1].work;
 
-	if (wk != NULL) {
-		work_free(c, wk);
+	if (sp != NULL) {
+		lease_drop(c, sp);
 	}
 	return work;
 }
@@ -257,38 +310,34 @@ qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id)
 bool
 qps_conn_work_holds(qps_conn *c, qps_q *q, uint64_t lease_id)
 {
-	conn_work *wk = work_find(c, q, lease_id);
+	uint32_t *sp = lidx_find(c, q, lease_id);
 
-	return wk != NULL && wk->work;
+	return sp != NULL && c->lrec[*sp - 1].work;
 }
 
 void
 qps_conn_lease_renew(
     qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms)
 {
-	conn_work *wk = work_find(c, q, lease_id);
+	uint32_t *sp = lidx_find(c, q, lease_id);
 
-	if (wk != NULL) {
-		wk->expiry_ms = expiry_ms;
+	if (sp != NULL) {
+		c->lrec[*sp - 1].expiry_ms = expiry_ms;
 	}
 }
 
-/* Which leases of c to forget: those on q, or (q NULL) those expired by
- * now_ms. */
-typedef struct purge_arg {
-	qps_conn *c;
-	qps_q *q;
-	int64_t now_ms;
-} purge_arg;
-
+/* Forgets c's leases on q, or (q NULL) those expired by now_ms. */
 static void
-purge_cb(qpi_hnode *n, void *arg)
+lease_purge(qps_conn *c, qps_q *q, int64_t now_ms)
 {
-	purge_arg *a = arg;
-	conn_work *wk = (conn_work *) n;
-
-	if (a->q != NULL ? wk->q == a->q : wk->expiry_ms <= a->now_ms) {
-		work_free(a->c, wk);
+	for (uint32_t r = 0; r < c->lrec_cap; r++) {
+		qps_lrec *rec = &c->lrec[r];
+		uint32_t *sp;
+		if (rec->q != NULL
+		    && (q != NULL ? rec->q == q : rec->expiry_ms <= now_ms)
+		    && (sp = lidx_find(c, rec->q, rec->id)) != NULL) {
+			lease_drop(c, sp);
+		}
 	}
 }
 
@@ -297,12 +346,11 @@ qps_conn_lease_room(qps_conn *c)
 {
 	uint32_t cap = qps_cfg->conn_leases;
 
-	if (c->work.n >= cap) {
+	if (c->nlease >= cap) {
 		/* Leases that ran out went back by themselves. */
-		purge_arg a = {.c = c, .now_ms = qpi_now_ms()};
-		qpi_htab_each(&c->work, purge_cb, &a);
+		lease_purge(c, NULL, qpi_now_ms());
 	}
-	return c->work.n >= cap ? 0 : cap - (uint32_t) c->work.n;
+	return c->nlease >= cap ? 0 : cap - c->nlease;
 }
 
 /* Ends c's parked requests unanswered (nobody is there) and gives back
@@ -326,12 +374,8 @@ conn_release(qps_conn *c)
 static void
 conn_free(qps_conn *c)
 {
-	while (c->lchunks != NULL) {
-		qps_lchunk *ch = c->lchunks;
-		c->lchunks = ch->next;
-		free(ch);
-	}
-	qpi_htab_fini(&c->work);
+	free(c->lrec);
+	free(c->lidx);
 	free(c->leased);
 	free(c);
 }
@@ -364,14 +408,14 @@ qps_conn_close(uint32_t id)
 static void
 forget_q_cb(qpi_hnode *n, void *arg)
 {
-	purge_arg a = {.c = (qps_conn *) n, .q = arg};
+	qps_conn *c = (qps_conn *) n;
 
-	for (uint32_t i = a.c->nleased; i-- > 0;) {
-		if (a.c->leased[i] == a.q) {
-			a.c->leased[i] = a.c->leased[--a.c->nleased];
+	for (uint32_t i = c->nleased; i-- > 0;) {
+		if (c->leased[i] == arg) {
+			c->leased[i] = c->leased[--c->nleased];
 		}
 	}
-	qpi_htab_each(&a.c->work, purge_cb, &a);
+	lease_purge(c, arg, 0);
 }
 
 void

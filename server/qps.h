@@ -517,11 +517,11 @@ typedef struct qps_conn {
 	qpi_session_server ss; /* hello/auth state; ss.as.ok: authenticated */
 	bool told_unauth; /* a request before auth was refused and logged */
 	qps_wait *waits; /* its parked requests */
-	qpi_htab work; /* its leases (see conn.c), WORK ones marked */
-	/* The records of work (conn.c): chunks kept until it closes. */
-	struct qps_lchunk *lchunks;
-	qpi_hnode *lfree; /* free records, linked by hnext */
-	uint32_t lrecs; /* records in lchunks */
+	/* Its leases (conn.c), WORK ones marked: records, their index by
+	 * lease id, how many are held, the first free record + 1. */
+	struct qps_lrec *lrec;
+	uint32_t *lidx; /* lidx_mask + 1 slots: a record + 1, 0 empty */
+	uint32_t lrec_cap, lidx_mask, nlease, lfree;
 	qps_q **leased; /* the queues it took leases from */
 	uint32_t nleased, leased_cap;
 	uint32_t nwaits; /* its parked requests (--max-waiting) */

@@ -2,7 +2,8 @@
  * test_conn.c - server/conn.c, a connection's leases on their own: many
  * leases on one connection on several queues (the same lease id on two
  * queues is two leases), confirmed out of order, the records reused
- * rather than allocated per lease, expired ones forgotten at the limit,
+ * rather than allocated per lease, the index by lease id against random
+ * leases and acks, expired ones forgotten at the limit,
  * a queue that goes away forgotten, and a close that gives back every
  * queue's leases. What conn.c calls in the rest of the server is stubbed
  * here and counted.
@@ -241,6 +242,81 @@ test_conn_forget_q(void **state)
 	assert_ptr_equal(c->leased[0], &qs[1]);
 }
 
+/* Random leases and acks against a plain list of what is held: every
+ * lease found as what it is, and none that is not held (the index keeps
+ * its runs whole as leases leave it). */
+static void
+test_conn_index_random(void **state)
+{
+	enum { HELD_MAX = 1024 };
+	static struct {
+		uint64_t id;
+		int q;
+		bool work;
+	} held[HELD_MAX];
+	qps_conn *c = qps_conn_get(7);
+	int64_t later = qpi_now_ms() + 60000;
+	uint32_t n = 0;
+
+	(void) state;
+	srand(1815);
+	for (int step = 0; step < 200000; step++) {
+		int op = rand() % 8;
+		if (op < 4 && n < HELD_MAX) {
+			/* A fresh id: small numbers, so that the two queues
+			 * share some and the index's runs meet. */
+			uint64_t id;
+			int q = rand() % 2;
+			bool dup;
+			do {
+				id = (uint64_t) (rand() % 4096) + 1;
+				dup = false;
+				for (uint32_t i = 0; i < n && !dup; i++) {
+					dup = held[i].id == id
+					    && held[i].q == q;
+				}
+			} while (dup);
+			held[n].id = id;
+			held[n].q = q;
+			held[n].work = rand() % 2 == 0;
+			qps_conn_lease_add(c, &qs[q], id, later, held[n].work);
+			n++;
+		} else if (op < 7 && n > 0) {
+			uint32_t i = (uint32_t) rand() % n;
+			assert_int_equal(
+			    qps_conn_work_take(c, &qs[held[i].q], held[i].id),
+			    held[i].work);
+			/* Not held any more, on either queue unless held. */
+			assert_false(qps_conn_work_holds(
+			    c, &qs[held[i].q], held[i].id));
+			held[i] = held[--n];
+		} else {
+			uint32_t i = n > 0 ? (uint32_t) rand() % n : 0;
+			for (uint32_t k = 0; k < n; k += 1 + n / 8) {
+				assert_int_equal(
+				    qps_conn_work_holds(
+				        c, &qs[held[k].q], held[k].id),
+				    held[k].work);
+			}
+			if (n > 0) {
+				assert_int_equal(
+				    qps_conn_work_holds(
+				        c, &qs[held[i].q], held[i].id),
+				    held[i].work);
+			}
+			assert_false(qps_conn_work_holds(c, &qs[2], 1));
+		}
+		assert_int_equal(qps_conn_lease_room(c), HELD_MAX - n);
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		assert_int_equal(
+		    qps_conn_work_take(c, &qs[held[i].q], held[i].id),
+		    held[i].work);
+	}
+	assert_int_equal(qps_conn_lease_room(c), HELD_MAX);
+	assert_int_equal(qps_conn_lease_records(c), HELD_MAX);
+}
+
 static void
 test_conn_close_returns_all(void **state)
 {
@@ -284,6 +360,8 @@ main(void)
 	        test_conn_expired_forgotten, setup, teardown),
 	    cmocka_unit_test_setup_teardown(
 	        test_conn_forget_q, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+	        test_conn_index_random, setup, teardown),
 	    cmocka_unit_test_setup_teardown(
 	        test_conn_close_returns_all, setup, teardown),
 	};

@@ -12,7 +12,7 @@
  * count reaches the limit (qps_conn_lease_room). The notes are records
  * in an array of the connection's own (16, 32, 64... up to --max-leases,
  * kept until it closes) with a free list, and an open-addressed index of
- * them by lease id (linear probing, at most half full): taking a batch of
+ * them by lease id (linear probing, at most a quarter full): taking a batch of
  * 256 leases and confirming them allocates nothing once the connection
  * has held that many, an ack finds its lease in a probe or two, and a
  * connection never has records for more than twice the most leases it
@@ -43,6 +43,13 @@ struct qps_lrec {
 	uint32_t next; /* free: the next free record + 1 (0: none) */
 	bool work; /* a WORK lease: its ack is a task_done, touch renews */
 };
+
+/* A slot of a connection's index: its record + 1 (0: empty) and the
+ * hash of its lease id. */
+typedef struct qps_lslot {
+	uint32_t rec;
+	uint32_t hash;
+} qps_lslot;
 
 /* The records of a connection's first array. */
 #define CONN_RECS_MIN 16
@@ -153,32 +160,34 @@ qps_conn_leased(qps_conn *c, qps_q *q)
 	c->leased[c->nleased++] = q;
 }
 
-/* Where lease id's probe starts in an index of mask + 1 slots. */
+/* The hash of lease id (ids are often consecutive numbers): its low
+ * bits pick where its probe starts, all of it is kept in its slot. */
 static uint32_t
-lidx_home(uint64_t id, uint32_t mask)
+lidx_hash(uint64_t id)
 {
-	id ^= id >> 33; /* ids are often consecutive numbers */
+	id ^= id >> 33;
 	id *= 0xff51afd7ed558ccdull;
 	id ^= id >> 33;
-	return (uint32_t) id & mask;
+	return (uint32_t) id;
 }
 
 /* The index slot of c's lease id on q, or NULL. */
-static uint32_t *
+static qps_lslot *
 lidx_find(qps_conn *c, qps_q *q, uint64_t id)
 {
-	uint32_t mask = c->lidx_mask;
+	uint32_t mask = c->lidx_mask, h = lidx_hash(id);
 
 	if (c->lidx == NULL) {
 		return NULL;
 	}
-	for (uint32_t s = lidx_home(id, mask);; s = (s + 1) & mask) {
-		uint32_t r = c->lidx[s];
-		if (r == 0) {
+	for (uint32_t s = h & mask;; s = (s + 1) & mask) {
+		qps_lslot *sl = &c->lidx[s];
+		if (sl->rec == 0) {
 			return NULL;
 		}
-		if (c->lrec[r - 1].id == id && c->lrec[r - 1].q == q) {
-			return &c->lidx[s];
+		if (sl->hash == h && c->lrec[sl->rec - 1].id == id
+		    && c->lrec[sl->rec - 1].q == q) {
+			return sl;
 		}
 	}
 }
@@ -187,44 +196,45 @@ lidx_find(qps_conn *c, qps_q *q, uint64_t id)
 static void
 lidx_put(qps_conn *c, uint32_t r)
 {
-	uint32_t mask = c->lidx_mask, s = lidx_home(c->lrec[r].id, mask);
+	uint32_t mask = c->lidx_mask, h = lidx_hash(c->lrec[r].id),
+	         s = h & mask;
 
-	while (c->lidx[s] != 0) {
+	while (c->lidx[s].rec != 0) {
 		s = (s + 1) & mask;
 	}
-	c->lidx[s] = r + 1;
+	c->lidx[s].hash = h;
+	c->lidx[s].rec = r + 1;
 }
 
-/* Empties index slot *sp and frees its record: the entries after it in
+/* Empties index slot sp and frees its record: the entries after it in
  * its run move back (linear probing's deletion, no tombstones). */
 static void
-lease_drop(qps_conn *c, uint32_t *sp)
+lease_drop(qps_conn *c, qps_lslot *sp)
 {
 	uint32_t mask = c->lidx_mask, i = (uint32_t) (sp - c->lidx), j = i;
-	qps_lrec *rec = &c->lrec[*sp - 1];
+	qps_lrec *rec = &c->lrec[sp->rec - 1];
 
 	rec->q = NULL;
 	rec->next = c->lfree;
-	c->lfree = *sp;
+	c->lfree = sp->rec;
 	c->nlease--;
 	for (;;) {
 		j = (j + 1) & mask;
-		uint32_t r = c->lidx[j];
-		if (r == 0) {
+		if (c->lidx[j].rec == 0) {
 			break;
 		}
-		uint32_t k = lidx_home(c->lrec[r - 1].id, mask);
+		uint32_t k = c->lidx[j].hash & mask;
 		/* Moved back to i unless its home lies in (i, j]. */
 		if (j > i ? k <= i || k > j : k <= i && k > j) {
-			c->lidx[i] = r;
+			c->lidx[i] = c->lidx[j];
 			i = j;
 		}
 	}
-	c->lidx[i] = 0;
+	c->lidx[i].rec = 0;
 }
 
 /* More records for c: twice as many (at least CONN_RECS_MIN more), within
- * --max-leases, and an index twice their number. False if out of
+ * --max-leases, and an index of four slots per record. False if out of
  * memory (nothing changed). */
 static bool
 lease_grow(qps_conn *c)
@@ -232,11 +242,11 @@ lease_grow(qps_conn *c)
 	uint32_t old = c->lrec_cap, cap = old * 2, lim = qps_cfg->conn_leases;
 	uint32_t nslot = 1;
 	qps_lrec *rec;
-	uint32_t *idx;
+	qps_lslot *idx;
 
 	cap = cap > lim ? lim : cap;
 	cap = cap < old + CONN_RECS_MIN ? old + CONN_RECS_MIN : cap;
-	while (nslot < 2 * cap) {
+	while (nslot < 4 * cap) {
 		nslot *= 2;
 	}
 	if ((idx = calloc(nslot, sizeof(*idx))) == NULL) {
@@ -298,8 +308,8 @@ qps_conn_lease_records(const qps_conn *c)
 bool
 qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id)
 {
-	uint32_t *sp = lidx_find(c, q, lease_id);
-	bool work = sp != NULL && c->lrec[*sp - 1].work;
+	qps_lslot *sp = lidx_find(c, q, lease_id);
+	bool work = sp != NULL && c->lrec[sp->rec - 1].work;
 
 	if (sp != NULL) {
 		lease_drop(c, sp);
@@ -310,19 +320,19 @@ qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id)
 bool
 qps_conn_work_holds(qps_conn *c, qps_q *q, uint64_t lease_id)
 {
-	uint32_t *sp = lidx_find(c, q, lease_id);
+	qps_lslot *sp = lidx_find(c, q, lease_id);
 
-	return sp != NULL && c->lrec[*sp - 1].work;
+	return sp != NULL && c->lrec[sp->rec - 1].work;
 }
 
 void
 qps_conn_lease_renew(
     qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms)
 {
-	uint32_t *sp = lidx_find(c, q, lease_id);
+	qps_lslot *sp = lidx_find(c, q, lease_id);
 
 	if (sp != NULL) {
-		c->lrec[*sp - 1].expiry_ms = expiry_ms;
+		c->lrec[sp->rec - 1].expiry_ms = expiry_ms;
 	}
 }
 
@@ -332,7 +342,7 @@ lease_purge(qps_conn *c, qps_q *q, int64_t now_ms)
 {
 	for (uint32_t r = 0; r < c->lrec_cap; r++) {
 		qps_lrec *rec = &c->lrec[r];
-		uint32_t *sp;
+		qps_lslot *sp;
 		if (rec->q != NULL
 		    && (q != NULL ? rec->q == q : rec->expiry_ms <= now_ms)
 		    && (sp = lidx_find(c, rec->q, rec->id)) != NULL) {

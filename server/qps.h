@@ -520,7 +520,7 @@ typedef struct qps_conn {
 	/* Its leases (conn.c), WORK ones marked: records, their index by
 	 * lease id, how many are held, the first free record + 1. */
 	struct qps_lrec *lrec;
-	uint32_t *lidx; /* lidx_mask + 1 slots: a record + 1, 0 empty */
+	struct qps_lslot *lidx; /* lidx_mask + 1 slots */
 	uint32_t lrec_cap, lidx_mask, nlease, lfree;
 	qps_q **leased; /* the queues it took leases from */
 	uint32_t nleased, leased_cap;

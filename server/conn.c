@@ -10,13 +10,12 @@
  * once (a prefetch limit: one consumer never takes every lease slot of a
  * queue while others wait); a lease that expired is forgotten when the
  * count reaches the limit (qps_conn_lease_room). The notes are records
- * in an array of the connection's own (16, 32, 64... up to --max-leases,
- * kept until it closes) with a free list, and an open-addressed index of
- * them by lease id (linear probing, at most a quarter full): taking a batch of
- * 256 leases and confirming them allocates nothing once the connection
- * has held that many, an ack finds its lease in a probe or two, and a
- * connection never has records for more than twice the most leases it
- * held at once, nor more than --max-leases.
+ * of the connection's own, in chunks that double (16, 16, 32, 64...,
+ * up to --max-leases in all) and are kept until it closes, with a free
+ * list, indexed by lease id: taking a batch of 256 leases and confirming
+ * them allocates nothing once the connection has held that many, and a
+ * connection has records for at most twice the most leases it held at
+ * once (16 at least), and for --max-leases at most (rounded up to 16).
  *
  * Locking: none of its own; everything runs under the ops lock.
  */
@@ -34,25 +33,25 @@
 
 static qps_loglimit refuse_ll, hard_ll;
 
-/* A lease held by a connection (q NULL: a free record). */
-typedef struct qps_lrec qps_lrec;
-struct qps_lrec {
-	uint64_t id; /* the lease id */
+/* A lease held by a connection; a free record is on the connection's
+ * free list (linked through node.hnext). */
+typedef struct conn_work {
+	qpi_hnode node; /* key: lease id */
 	qps_q *q;
 	int64_t expiry_ms; /* monotonic ms: gone by itself after it */
-	uint32_t next; /* free: the next free record + 1 (0: none) */
 	bool work; /* a WORK lease: its ack is a task_done, touch renews */
+} conn_work;
+
+/* The records of a connection's first chunk. */
+#define CONN_CHUNK_MIN 16
+
+/* A chunk of lease records (c->lchunks, a list). */
+typedef struct qps_lchunk qps_lchunk;
+struct qps_lchunk {
+	struct qps_lchunk *next;
+	uint32_t n; /* records in rec */
+	conn_work rec[];
 };
-
-/* A slot of a connection's index: its record + 1 (0: empty) and the
- * hash of its lease id. */
-typedef struct qps_lslot {
-	uint32_t rec;
-	uint32_t hash;
-} qps_lslot;
-
-/* The records of a connection's first array. */
-#define CONN_RECS_MIN 16
 
 static struct {
 	qpi_htab conns; /* every connection; conns.n of them */
@@ -160,159 +159,97 @@ qps_conn_leased(qps_conn *c, qps_q *q)
 	c->leased[c->nleased++] = q;
 }
 
-/* The hash of lease id (ids are often consecutive numbers): its low
- * bits pick where its probe starts, all of it is kept in its slot. */
-static uint32_t
-lidx_hash(uint64_t id)
+/* A free record of c: from its free list, else from a new chunk as large
+ * as all of c's chunks so far (at least CONN_CHUNK_MIN records), within
+ * --max-leases. NULL if out of memory. */
+static conn_work *
+work_alloc(qps_conn *c)
 {
-	id ^= id >> 33;
-	id *= 0xff51afd7ed558ccdull;
-	id ^= id >> 33;
-	return (uint32_t) id;
-}
+	conn_work *wk = (conn_work *) c->lfree;
 
-/* The index slot of c's lease id on q, or NULL. */
-static qps_lslot *
-lidx_find(qps_conn *c, qps_q *q, uint64_t id)
-{
-	uint32_t mask = c->lidx_mask, h = lidx_hash(id);
-
-	if (c->lidx == NULL) {
-		return NULL;
-	}
-	for (uint32_t s = h & mask;; s = (s + 1) & mask) {
-		qps_lslot *sl = &c->lidx[s];
-		if (sl->rec == 0) {
+	if (wk == NULL) {
+		uint32_t cap = qps_cfg->conn_leases, n = c->lrecs;
+		n = cap > c->lrecs && cap - c->lrecs < n ? cap - c->lrecs : n;
+		n = n < CONN_CHUNK_MIN ? CONN_CHUNK_MIN : n;
+		qps_lchunk *ch = malloc(sizeof(*ch) + n * sizeof(ch->rec[0]));
+		if (ch == NULL) {
 			return NULL;
 		}
-		if (sl->hash == h && c->lrec[sl->rec - 1].id == id
-		    && c->lrec[sl->rec - 1].q == q) {
-			return sl;
+		ch->next = c->lchunks;
+		ch->n = n;
+		c->lchunks = ch;
+		c->lrecs += n;
+		for (uint32_t i = n; i-- > 0;) {
+			ch->rec[i].node.hnext = (qpi_hnode *) wk;
+			wk = &ch->rec[i];
 		}
 	}
+	c->lfree = wk->node.hnext;
+	return wk;
 }
 
-/* Indexes record r (0-based) of c; the index has a free slot. */
+/* Takes wk (in c->work) out of the index, onto the free list. */
 static void
-lidx_put(qps_conn *c, uint32_t r)
+work_free(qps_conn *c, conn_work *wk)
 {
-	uint32_t mask = c->lidx_mask, h = lidx_hash(c->lrec[r].id),
-	         s = h & mask;
-
-	while (c->lidx[s].rec != 0) {
-		s = (s + 1) & mask;
-	}
-	c->lidx[s].hash = h;
-	c->lidx[s].rec = r + 1;
-}
-
-/* Empties index slot sp and frees its record: the entries after it in
- * its run move back (linear probing's deletion, no tombstones). */
-static void
-lease_drop(qps_conn *c, qps_lslot *sp)
-{
-	uint32_t mask = c->lidx_mask, i = (uint32_t) (sp - c->lidx), j = i;
-	qps_lrec *rec = &c->lrec[sp->rec - 1];
-
-	rec->q = NULL;
-	rec->next = c->lfree;
-	c->lfree = sp->rec;
-	c->nlease--;
-	for (;;) {
-		j = (j + 1) & mask;
-		if (c->lidx[j].rec == 0) {
-			break;
-		}
-		uint32_t k = c->lidx[j].hash & mask;
-		/* Moved back to i unless its home lies in (i, j]. */
-		if (j > i ? k <= i || k > j : k <= i && k > j) {
-			c->lidx[i] = c->lidx[j];
-			i = j;
-		}
-	}
-	c->lidx[i].rec = 0;
-}
-
-/* More records for c: twice as many (at least CONN_RECS_MIN more), within
- * --max-leases, and an index of four slots per record. False if out of
- * memory (nothing changed). */
-static bool
-lease_grow(qps_conn *c)
-{
-	uint32_t old = c->lrec_cap, cap = old * 2, lim = qps_cfg->conn_leases;
-	uint32_t nslot = 1;
-	qps_lrec *rec;
-	qps_lslot *idx;
-
-	cap = cap > lim ? lim : cap;
-	cap = cap < old + CONN_RECS_MIN ? old + CONN_RECS_MIN : cap;
-	while (nslot < 4 * cap) {
-		nslot *= 2;
-	}
-	if ((idx = calloc(nslot, sizeof(*idx))) == NULL) {
-		return false;
-	}
-	if ((rec = realloc(c->lrec, cap * sizeof(*rec))) == NULL) {
-		free(idx);
-		return false;
-	}
-	free(c->lidx);
-	c->lrec = rec;
-	c->lrec_cap = cap;
-	c->lidx = idx;
-	c->lidx_mask = nslot - 1;
-	for (uint32_t r = 0; r < old; r++) {
-		if (rec[r].q != NULL) {
-			lidx_put(c, r);
-		}
-	}
-	for (uint32_t r = cap; r-- > old;) {
-		rec[r].q = NULL;
-		rec[r].next = c->lfree;
-		c->lfree = r + 1;
-	}
-	return true;
+	qpi_htab_remove(&c->work, &wk->node);
+	wk->q = NULL;
+	wk->node.hnext = c->lfree;
+	c->lfree = &wk->node;
 }
 
 void
 qps_conn_lease_add(
     qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms, bool work)
 {
-	qps_lrec *rec;
-	uint32_t r;
+	conn_work *wk = work_alloc(c);
 
-	if (c->lfree == 0 && !lease_grow(c)) {
+	if (wk == NULL) {
 		qps_log(QPS_LOG_ERROR,
 		    "out of memory: lease %llu on '%s' is not counted%s",
 		    (unsigned long long) lease_id, q->name,
 		    work ? ", and its ack will not count as task_done" : "");
 		return;
 	}
-	r = c->lfree - 1;
-	rec = &c->lrec[r];
-	c->lfree = rec->next;
-	rec->id = lease_id;
-	rec->q = q;
-	rec->expiry_ms = expiry_ms;
-	rec->work = work;
-	c->nlease++;
-	lidx_put(c, r);
+	wk->node.key = lease_id;
+	wk->q = q;
+	wk->expiry_ms = expiry_ms;
+	wk->work = work;
+	if (qpi_htab_insert(&c->work, &wk->node) != QP_OK) {
+		wk->node.hnext = c->lfree; /* not indexed: back to the list */
+		c->lfree = &wk->node;
+		qps_log(QPS_LOG_ERROR,
+		    "out of memory: lease %llu on '%s' is not counted",
+		    (unsigned long long) lease_id, q->name);
+	}
 }
 
 uint32_t
 qps_conn_lease_records(const qps_conn *c)
 {
-	return c->lrec_cap;
+	return c->lrecs;
+}
+
+static conn_work *
+work_find(qps_conn *c, qps_q *q, uint64_t lease_id)
+{
+	for (qpi_hnode *n = qpi_htab_find(&c->work, lease_id); n != NULL;
+	     n = qpi_htab_next(n)) {
+		if (((conn_work *) n)->q == q) {
+			return (conn_work *) n;
+		}
+	}
+	return NULL;
 }
 
 bool
 qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id)
 {
-	qps_lslot *sp = lidx_find(c, q, lease_id);
-	bool work = sp != NULL && c->lrec[sp->rec - 1].work;
+	conn_work *wk = work_find(c, q, lease_id);
+	bool work = wk != NULL && wk->work;
 
-	if (sp != NULL) {
-		lease_drop(c, sp);
+	if (wk != NULL) {
+		work_free(c, wk);
 	}
 	return work;
 }
@@ -320,34 +257,38 @@ qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id)
 bool
 qps_conn_work_holds(qps_conn *c, qps_q *q, uint64_t lease_id)
 {
-	qps_lslot *sp = lidx_find(c, q, lease_id);
+	conn_work *wk = work_find(c, q, lease_id);
 
-	return sp != NULL && c->lrec[sp->rec - 1].work;
+	return wk != NULL && wk->work;
 }
 
 void
 qps_conn_lease_renew(
     qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms)
 {
-	qps_lslot *sp = lidx_find(c, q, lease_id);
+	conn_work *wk = work_find(c, q, lease_id);
 
-	if (sp != NULL) {
-		c->lrec[sp->rec - 1].expiry_ms = expiry_ms;
+	if (wk != NULL) {
+		wk->expiry_ms = expiry_ms;
 	}
 }
 
-/* Forgets c's leases on q, or (q NULL) those expired by now_ms. */
+/* Which leases of c to forget: those on q, or (q NULL) those expired by
+ * now_ms. */
+typedef struct purge_arg {
+	qps_conn *c;
+	qps_q *q;
+	int64_t now_ms;
+} purge_arg;
+
 static void
-lease_purge(qps_conn *c, qps_q *q, int64_t now_ms)
+purge_cb(qpi_hnode *n, void *arg)
 {
-	for (uint32_t r = 0; r < c->lrec_cap; r++) {
-		qps_lrec *rec = &c->lrec[r];
-		qps_lslot *sp;
-		if (rec->q != NULL
-		    && (q != NULL ? rec->q == q : rec->expiry_ms <= now_ms)
-		    && (sp = lidx_find(c, rec->q, rec->id)) != NULL) {
-			lease_drop(c, sp);
-		}
+	purge_arg *a = arg;
+	conn_work *wk = (conn_work *) n;
+
+	if (a->q != NULL ? wk->q == a->q : wk->expiry_ms <= a->now_ms) {
+		work_free(a->c, wk);
 	}
 }
 
@@ -356,11 +297,12 @@ qps_conn_lease_room(qps_conn *c)
 {
 	uint32_t cap = qps_cfg->conn_leases;
 
-	if (c->nlease >= cap) {
+	if (c->work.n >= cap) {
 		/* Leases that ran out went back by themselves. */
-		lease_purge(c, NULL, qpi_now_ms());
+		purge_arg a = {.c = c, .now_ms = qpi_now_ms()};
+		qpi_htab_each(&c->work, purge_cb, &a);
 	}
-	return c->nlease >= cap ? 0 : cap - c->nlease;
+	return c->work.n >= cap ? 0 : cap - (uint32_t) c->work.n;
 }
 
 /* Ends c's parked requests unanswered (nobody is there) and gives back
@@ -384,8 +326,12 @@ conn_release(qps_conn *c)
 static void
 conn_free(qps_conn *c)
 {
-	free(c->lrec);
-	free(c->lidx);
+	while (c->lchunks != NULL) {
+		qps_lchunk *ch = c->lchunks;
+		c->lchunks = ch->next;
+		free(ch);
+	}
+	qpi_htab_fini(&c->work);
 	free(c->leased);
 	free(c);
 }
@@ -418,14 +364,14 @@ qps_conn_close(uint32_t id)
 static void
 forget_q_cb(qpi_hnode *n, void *arg)
 {
-	qps_conn *c = (qps_conn *) n;
+	purge_arg a = {.c = (qps_conn *) n, .q = arg};
 
-	for (uint32_t i = c->nleased; i-- > 0;) {
-		if (c->leased[i] == arg) {
-			c->leased[i] = c->leased[--c->nleased];
+	for (uint32_t i = a.c->nleased; i-- > 0;) {
+		if (a.c->leased[i] == a.q) {
+			a.c->leased[i] = a.c->leased[--a.c->nleased];
 		}
 	}
-	lease_purge(c, arg, 0);
+	qpi_htab_each(&a.c->work, purge_cb, &a);
 }
 
 void

@@ -517,11 +517,11 @@ typedef struct qps_conn {
 	qpi_session_server ss; /* hello/auth state; ss.as.ok: authenticated */
 	bool told_unauth; /* a request before auth was refused and logged */
 	qps_wait *waits; /* its parked requests */
-	/* Its leases (conn.c), WORK ones marked: records, their index by
-	 * lease id, how many are held, the first free record + 1. */
-	struct qps_lrec *lrec;
-	struct qps_lslot *lidx; /* lidx_mask + 1 slots */
-	uint32_t lrec_cap, lidx_mask, nlease, lfree;
+	qpi_htab work; /* its leases (see conn.c), WORK ones marked */
+	/* The records of work (conn.c): chunks kept until it closes. */
+	struct qps_lchunk *lchunks;
+	qpi_hnode *lfree; /* free records, linked by hnext */
+	uint32_t lrecs; /* records in lchunks */
 	qps_q **leased; /* the queues it took leases from */
 	uint32_t nleased, leased_cap;
 	uint32_t nwaits; /* its parked requests (--max-waiting) */
@@ -565,9 +565,9 @@ void qps_conn_lease_renew(
  * expired ones are forgotten first when it is at its limit). */
 uint32_t qps_conn_lease_room(qps_conn *c);
 
-/* The lease records c has allocated, held and free (conn.c): fewer than
- * twice the most leases it held at once, and at most --max-leases (or
- * 16). */
+/* The lease records c has allocated, held and free (conn.c): at most
+ * twice the most leases it held at once (16 at least), and --max-leases
+ * at most (rounded up to 16). */
 uint32_t qps_conn_lease_records(const qps_conn *c);
 
 /* q goes away: no connection refers to it any more. */

@@ -9,7 +9,13 @@
  * expiry (qps_conn_lease_add), so that it holds at most --max-leases at
  * once (a prefetch limit: one consumer never takes every lease slot of a
  * queue while others wait); a lease that expired is forgotten when the
- * count reaches the limit (qps_conn_lease_room).
+ * count reaches the limit (qps_conn_lease_room). The notes are records
+ * of the connection's own, in chunks that double (16, 16, 32, 64...,
+ * up to --max-leases in all) and are kept until it closes, with a free
+ * list, indexed by lease id: taking a batch of 256 leases and confirming
+ * them allocates nothing once the connection has held that many, and a
+ * connection has records for at most twice the most leases it held at
+ * once (16 at least), and for --max-leases at most (rounded up to 16).
  *
  * Locking: none of its own; everything runs under the ops lock.
  */
@@ -27,13 +33,25 @@
 
 static qps_loglimit refuse_ll, hard_ll;
 
-/* A lease held by a connection. */
+/* A lease held by a connection; a free record is on the connection's
+ * free list (linked through node.hnext). */
 typedef struct conn_work {
 	qpi_hnode node; /* key: lease id */
 	qps_q *q;
 	int64_t expiry_ms; /* monotonic ms: gone by itself after it */
 	bool work; /* a WORK lease: its ack is a task_done, touch renews */
 } conn_work;
+
+/* The records of a connection's first chunk. */
+#define CONN_CHUNK_MIN 16
+
+/* A chunk of lease records (c->lchunks, a list). */
+typedef struct qps_lchunk qps_lchunk;
+struct qps_lchunk {
+	struct qps_lchunk *next;
+	uint32_t n; /* records in rec */
+	conn_work rec[];
+};
 
 static struct {
 	qpi_htab conns; /* every connection; conns.n of them */
@@ -141,11 +159,50 @@ qps_conn_leased(qps_conn *c, qps_q *q)
 	c->leased[c->nleased++] = q;
 }
 
+/* A free record of c: from its free list, else from a new chunk as large
+ * as all of c's chunks so far (at least CONN_CHUNK_MIN records), within
+ * --max-leases. NULL if out of memory. */
+static conn_work *
+work_alloc(qps_conn *c)
+{
+	conn_work *wk = (conn_work *) c->lfree;
+
+	if (wk == NULL) {
+		uint32_t cap = qps_cfg->conn_leases, n = c->lrecs;
+		n = cap > c->lrecs && cap - c->lrecs < n ? cap - c->lrecs : n;
+		n = n < CONN_CHUNK_MIN ? CONN_CHUNK_MIN : n;
+		qps_lchunk *ch = malloc(sizeof(*ch) + n * sizeof(ch->rec[0]));
+		if (ch == NULL) {
+			return NULL;
+		}
+		ch->next = c->lchunks;
+		ch->n = n;
+		c->lchunks = ch;
+		c->lrecs += n;
+		for (uint32_t i = n; i-- > 0;) {
+			ch->rec[i].node.hnext = (qpi_hnode *) wk;
+			wk = &ch->rec[i];
+		}
+	}
+	c->lfree = wk->node.hnext;
+	return wk;
+}
+
+/* Takes wk (in c->work) out of the index, onto the free list. */
+static void
+work_free(qps_conn *c, conn_work *wk)
+{
+	qpi_htab_remove(&c->work, &wk->node);
+	wk->q = NULL;
+	wk->node.hnext = c->lfree;
+	c->lfree = &wk->node;
+}
+
 void
 qps_conn_lease_add(
     qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms, bool work)
 {
-	conn_work *wk = calloc(1, sizeof(*wk));
+	conn_work *wk = work_alloc(c);
 
 	if (wk == NULL) {
 		qps_log(QPS_LOG_ERROR,
@@ -158,7 +215,19 @@ qps_conn_lease_add(
 	wk->q = q;
 	wk->expiry_ms = expiry_ms;
 	wk->work = work;
-	qpi_htab_insert(&c->work, &wk->node);
+	if (qpi_htab_insert(&c->work, &wk->node) != QP_OK) {
+		wk->node.hnext = c->lfree; /* not indexed: back to the list */
+		c->lfree = &wk->node;
+		qps_log(QPS_LOG_ERROR,
+		    "out of memory: lease %llu on '%s' is not counted",
+		    (unsigned long long) lease_id, q->name);
+	}
+}
+
+uint32_t
+qps_conn_lease_records(const qps_conn *c)
+{
+	return c->lrecs;
 }
 
 static conn_work *
@@ -180,8 +249,7 @@ qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id)
 	bool work = wk != NULL && wk->work;
 
 	if (wk != NULL) {
-		qpi_htab_remove(&c->work, &wk->node);
-		free(wk);
+		work_free(c, wk);
 	}
 	return work;
 }
@@ -220,8 +288,7 @@ purge_cb(qpi_hnode *n, void *arg)
 	conn_work *wk = (conn_work *) n;
 
 	if (a->q != NULL ? wk->q == a->q : wk->expiry_ms <= a->now_ms) {
-		qpi_htab_remove(&a->c->work, n);
-		free(n);
+		work_free(a->c, wk);
 	}
 }
 
@@ -257,16 +324,13 @@ conn_release(qps_conn *c)
 }
 
 static void
-work_free_cb(qpi_hnode *n, void *arg)
-{
-	(void) arg;
-	free(n);
-}
-
-static void
 conn_free(qps_conn *c)
 {
-	qpi_htab_each(&c->work, work_free_cb, NULL);
+	while (c->lchunks != NULL) {
+		qps_lchunk *ch = c->lchunks;
+		c->lchunks = ch->next;
+		free(ch);
+	}
 	qpi_htab_fini(&c->work);
 	free(c->leased);
 	free(c);

@@ -7,7 +7,9 @@
  * of its family: session.c (hello, auth, ping), qdata.c (put, put_many,
  * get, join, complete), lease.c (ack, release, touch, task_done), admin.c
  * (qsize, stat, list, create, delete), pipes.c (pipe_*). A durable put's reply
- * waits for its log's sync without the lock (sync.c).
+ * waits for its log's sync without the lock (sync.c). A request is decoded
+ * into arrays on the stack, or for a batch into the thread's own arrays
+ * (ops_scratch), which handlers copy when they keep the request.
  *
  * Locking: one mutex (ops.mu) guards the request layer, the connections,
  * dedup.c, the registry and the timer heap: the timer thread and the
@@ -25,13 +27,27 @@
 /* Items, lease ids decoded on the stack before the heap is used. */
 #define OPS_STACK 16
 
+/* A thread's arrays for requests of more items or lease ids than the
+ * stack holds, as large as the largest batch it has decoded (at most
+ * qps_limits.max_batch of each), freed when the thread ends: a batch is
+ * decoded once, into them, with no allocation. */
+typedef struct ops_scratch {
+	qpi_wire_item *items;
+	uint64_t *ids;
+	uint32_t icap, dcap;
+} ops_scratch;
+
 static struct {
 	pthread_mutex_t mu;
 	pthread_cond_t gone; /* CLOCK_MONOTONIC: a connection left */
 	bool draining; /* SIGTERM: new work is refused */
 	bool shutdown;
+	pthread_once_t key_once;
+	pthread_key_t key; /* each thread's ops_scratch */
+	bool key_ok;
 } ops = {
     .mu = PTHREAD_MUTEX_INITIALIZER,
+    .key_once = PTHREAD_ONCE_INIT,
 };
 
 typedef qps_handled (*qps_handler)(const qps_req *rq, nng_msg **repp);
@@ -254,42 +270,111 @@ ops_handle_locked(qps_worker *w, uint32_t pipe_id, nng_msg *req,
 	return h;
 }
 
+static void
+ops_scratch_free(void *p)
+{
+	ops_scratch *sc = p;
+
+	free(sc->items);
+	free(sc->ids);
+	free(sc);
+}
+
+static void
+ops_key_make(void)
+{
+	ops.key_ok = pthread_key_create(&ops.key, ops_scratch_free) == 0;
+}
+
+/* The calling thread's scratch arrays; NULL if out of memory. */
+static ops_scratch *
+ops_scratch_get(void)
+{
+	ops_scratch *sc;
+
+	pthread_once(&ops.key_once, ops_key_make);
+	if (!ops.key_ok) {
+		return NULL;
+	}
+	if ((sc = pthread_getspecific(ops.key)) == NULL
+	    && (sc = calloc(1, sizeof(*sc))) != NULL
+	    && pthread_setspecific(ops.key, sc) != 0) {
+		free(sc);
+		sc = NULL;
+	}
+	return sc;
+}
+
+/* Makes *ap (of *capp elements of size sz) hold at least n: a power of
+ * two, at most max. False if out of memory (*ap as it was). */
+static bool
+ops_scratch_grow(
+    void **ap, uint32_t *capp, uint32_t n, size_t sz, uint32_t max)
+{
+	uint32_t cap = OPS_STACK * 2;
+	void *a;
+
+	if (n <= *capp) {
+		return true;
+	}
+	while (cap < n) {
+		cap *= 2;
+	}
+	cap = cap > max && max >= n ? max : cap;
+	free(*ap); /* nothing in it is kept between requests */
+	*ap = NULL;
+	*capp = 0;
+	if ((a = malloc(cap * sz)) == NULL) {
+		return false;
+	}
+	*ap = a;
+	*capp = cap;
+	return true;
+}
+
+/* Sets r's arrays: the thread's scratch where it is larger than the
+ * stack's (stacki, stackids). */
+static void
+ops_req_arrays(qpi_wire_req *r, ops_scratch *sc, qpi_wire_item *stacki,
+    uint64_t *stackids)
+{
+	memset(r, 0, sizeof(*r));
+	r->items = sc != NULL && sc->icap > OPS_STACK ? sc->items : stacki;
+	r->items_cap
+	    = sc != NULL && sc->icap > OPS_STACK ? sc->icap : OPS_STACK;
+	r->ids = sc != NULL && sc->dcap > OPS_STACK ? sc->ids : stackids;
+	r->ids_cap = sc != NULL && sc->dcap > OPS_STACK ? sc->dcap : OPS_STACK;
+}
+
 qps_handled
 qps_ops_handle(qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp)
 {
-	qpi_wire_item stacki[OPS_STACK], *items = stacki;
-	uint64_t stackids[OPS_STACK], *ids = stackids;
+	qpi_wire_item stacki[OPS_STACK];
+	uint64_t stackids[OPS_STACK];
+	ops_scratch *sc = ops_scratch_get();
 	qpi_wire_req r;
 	qps_handled h = QPS_REPLY;
 	int rv;
 
 	qps_thread_init();
-	memset(&r, 0, sizeof(r));
-	r.items = items;
-	r.items_cap = OPS_STACK;
-	r.ids = ids;
-	r.ids_cap = OPS_STACK;
+	ops_req_arrays(&r, sc, stacki, stackids);
 	rv = qpi_wire_decode_req(
 	    nng_msg_body(req), nng_msg_len(req), &qps_limits, &r);
-	if (rv == QP_ETOOBIG && (r.nitems > OPS_STACK || r.nids > OPS_STACK)
+	if (rv == QP_ETOOBIG && (r.nitems > r.items_cap || r.nids > r.ids_cap)
 	    && r.nitems <= qps_limits.max_batch
 	    && r.nids <= qps_limits.max_batch) {
-		/* A batch larger than the stack holds: decode again. */
-		uint32_t ni = r.nitems, nd = r.nids;
-		if (ni > OPS_STACK) {
-			items = calloc(ni, sizeof(*items));
-		}
-		if (nd > OPS_STACK) {
-			ids = calloc(nd, sizeof(*ids));
-		}
-		if (items == NULL || ids == NULL) {
+		/* A batch larger than this thread has decoded so far: the
+		 * scratch grows to it, and the request is decoded again. */
+		uint32_t ni = r.nitems, nd = r.nids,
+		         max = qps_limits.max_batch;
+		if (sc == NULL
+		    || !ops_scratch_grow((void **) &sc->items, &sc->icap, ni,
+		        sizeof(*sc->items), max)
+		    || !ops_scratch_grow((void **) &sc->ids, &sc->dcap, nd,
+		        sizeof(*sc->ids), max)) {
 			rv = qpi_err(QP_ENOMEM, "out of memory for a batch");
 		} else {
-			memset(&r, 0, sizeof(r));
-			r.items = items;
-			r.items_cap = ni > OPS_STACK ? ni : OPS_STACK;
-			r.ids = ids;
-			r.ids_cap = nd > OPS_STACK ? nd : OPS_STACK;
+			ops_req_arrays(&r, sc, stacki, stackids);
 			rv = qpi_wire_decode_req(nng_msg_body(req),
 			    nng_msg_len(req), &qps_limits, &r);
 		}
@@ -326,12 +411,6 @@ qps_ops_handle(qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp)
 			    "put to '%s': the log could not be synced: %s",
 			    r.name, qp_errmsg());
 		}
-	}
-	if (items != stacki) {
-		free(items);
-	}
-	if (ids != stackids) {
-		free(ids);
 	}
 	if (h == QPS_REPLY) {
 		nng_msg_free(req);

@@ -518,6 +518,10 @@ typedef struct qps_conn {
 	bool told_unauth; /* a request before auth was refused and logged */
 	qps_wait *waits; /* its parked requests */
 	qpi_htab work; /* its leases (see conn.c), WORK ones marked */
+	/* The records of work (conn.c): chunks kept until it closes. */
+	struct qps_lchunk *lchunks;
+	qpi_hnode *lfree; /* free records, linked by hnext */
+	uint32_t lrecs; /* records in lchunks */
 	qps_q **leased; /* the queues it took leases from */
 	uint32_t nleased, leased_cap;
 	uint32_t nwaits; /* its parked requests (--max-waiting) */
@@ -560,6 +564,11 @@ void qps_conn_lease_renew(
 /* How many more items c may lease (--max-leases less those it holds;
  * expired ones are forgotten first when it is at its limit). */
 uint32_t qps_conn_lease_room(qps_conn *c);
+
+/* The lease records c has allocated, held and free (conn.c): at most
+ * twice the most leases it held at once (16 at least), and --max-leases
+ * at most (rounded up to 16). */
+uint32_t qps_conn_lease_records(const qps_conn *c);
 
 /* q goes away: no connection refers to it any more. */
 void qps_conns_forget_q(qps_q *q);

@@ -133,10 +133,8 @@ qps_dedup_client(const uint8_t *id)
 			}
 		}
 	}
-	if ((cl = calloc(1, sizeof(*cl))) == NULL) {
-		return NULL;
-	}
-	if ((cl->slot = calloc(DEDUP_MIN_SLOTS, sizeof(dslot))) == NULL) {
+	if ((cl = calloc(1, sizeof(*cl))) == NULL
+	    || (cl->slot = calloc(DEDUP_MIN_SLOTS, sizeof(dslot))) == NULL) {
 		free(cl);
 		return NULL;
 	}
@@ -285,24 +283,18 @@ qps_dedup_seed(const uint8_t *id, uint64_t seq, uint32_t done, uint32_t n)
 	qps_client *cl;
 	dslot *s;
 
-	if (seq == 0 || done == 0 || n == 0) {
+	if (seq == 0 || done == 0 || n == 0
+	    || (cl = qps_dedup_client(id)) == NULL
+	    || !client_window(cl, seq)) {
 		return 0;
 	}
-	if ((cl = qps_dedup_client(id)) == NULL) {
-		return 0;
-	}
-	if (!client_window(cl, seq)) {
-		return 0;
-	}
+	/* This server's own view, a newer seq, or as much known already. */
 	s = slot_of(cl, seq);
 	if (s->state == SLOT_PENDING
-	    || (s->state != SLOT_EMPTY && s->seq > seq)) {
-		return 0; /* this server's own view, or a newer seq */
-	}
-	if (s->seq == seq && s->state == SLOT_DONE) {
-		return 0;
-	}
-	if (s->seq == seq && s->state == SLOT_PARTIAL && s->skip >= done) {
+	    || (s->state != SLOT_EMPTY && s->seq > seq)
+	    || (s->seq == seq && s->state == SLOT_DONE)
+	    || (s->seq == seq && s->state == SLOT_PARTIAL
+	        && s->skip >= done)) {
 		return 0;
 	}
 	free(s->rep);
@@ -319,13 +311,10 @@ void
 qps_dedup_fail(const uint8_t *id, uint64_t seq, int status)
 {
 	qps_client *cl = client_find(id);
-	dslot *s;
+	dslot *s = cl != NULL && seq != 0 ? slot_of(cl, seq) : NULL;
 
-	if (cl == NULL || seq == 0) {
-		return;
-	}
-	s = slot_of(cl, seq);
-	if (s->seq == seq && s->state == SLOT_DONE && s->status == QP_OK) {
+	if (s != NULL && s->seq == seq && s->state == SLOT_DONE
+	    && s->status == QP_OK) {
 		s->status = (int16_t) status;
 	}
 }

@@ -10,10 +10,10 @@
  * reads, checked after each request (the bytes of a read burst past that
  * request wait in the link's inbuf), so that a pipelining peer holds at
  * most that plus one reply of the server's memory. How bytes move is the
- * driver's (link.h); nothing here branches on the transport. A connection must
- * send its SP handshake within
- * --handshake-timeout, and authenticate (when the server has a token)
- * within --auth-timeout, or be closed: the reaper thread sleeps until the
+ * driver's (link.h); nothing here branches on the transport. A connection
+ * must send its SP handshake within --handshake-timeout, and authenticate
+ * (when the server has a token) within --auth-timeout, or be closed: the
+ * reaper thread sleeps until the
  * oldest such deadline (two FIFOs, each in order of arrival since each
  * limit is one duration), so that connections that never finish cannot
  * hold --max-connections.
@@ -76,20 +76,38 @@ static struct {
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
-/* Appends l to due list k. lk.mu held. */
+static void
+link_ref(qps_link *l)
+{
+	pthread_mutex_lock(&l->mu);
+	l->refs++;
+	pthread_mutex_unlock(&l->mu);
+}
+
+/* The peer's address for logs. */
+static const char *
+link_peer(const qps_link *l)
+{
+	return l->peer[0] != '\0' ? l->peer : "a local socket";
+}
+
+/* Appends l to due list k unless it is closed meanwhile (dead: it has
+ * left the lists already, or leaves them after this). */
 static void
 link_due_add(qps_link *l, int k)
 {
-	l->plist = k;
-	l->pnext = NULL;
-	l->pprev = lk.due[k].tail;
-	if (lk.due[k].tail != NULL) {
-		lk.due[k].tail->pnext = l;
-	} else {
-		lk.due[k].head = l;
+	pthread_mutex_lock(&lk.mu);
+	pthread_mutex_lock(&l->mu);
+	if (!l->dead) {
+		l->plist = k;
+		l->pnext = NULL;
+		l->pprev = lk.due[k].tail;
+		*(l->pprev != NULL ? &l->pprev->pnext : &lk.due[k].head) = l;
+		lk.due[k].tail = l;
 		pthread_cond_signal(&lk.rcv);
 	}
-	lk.due[k].tail = l;
+	pthread_mutex_unlock(&l->mu);
+	pthread_mutex_unlock(&lk.mu);
 }
 
 /* Takes l out of its due list, if in one. lk.mu held. */
@@ -132,9 +150,7 @@ link_due_pop(int k, int64_t now, int64_t *next_ns)
 		return NULL;
 	}
 	link_due_remove(l);
-	pthread_mutex_lock(&l->mu);
-	l->refs++;
-	pthread_mutex_unlock(&l->mu);
+	link_ref(l);
 	return l;
 }
 
@@ -145,8 +161,7 @@ static void
 link_reap(qps_link *l, const char *why)
 {
 	qps_log_limited(&reap_ll, QPS_LOG_WARN,
-	    "connection %u from %s closed: %s", l->id,
-	    l->peer[0] != '\0' ? l->peer : "a local socket", why);
+	    "connection %u from %s closed: %s", l->id, link_peer(l), why);
 	qps_link_close(l, why);
 }
 
@@ -159,39 +174,28 @@ link_reaper(void *arg)
 	pthread_mutex_lock(&lk.mu);
 	while (!lk.closing) {
 		int64_t now = qpi_now_ns(), next = INT64_MAX;
-		qps_link *l;
+		int k = LINK_DUE_HS;
+		qps_link *l = link_due_pop(k, now, &next);
 		const char *why = NULL;
 
-		if ((l = link_due_pop(LINK_DUE_HS, now, &next)) != NULL) {
-			bool hs
-			    = __atomic_load_n(&l->hs_done, __ATOMIC_ACQUIRE);
+		if (l == NULL) {
+			l = link_due_pop(k = LINK_DUE_AUTH, now, &next);
+		}
+		if (l != NULL) {
+			bool hs = k == LINK_DUE_AUTH
+			    || __atomic_load_n(&l->hs_done, __ATOMIC_ACQUIRE);
 			pthread_mutex_unlock(&lk.mu);
 			if (!hs) {
 				link_reap(l,
 				    "no SP handshake in time "
 				    "(--handshake-timeout)");
-			} else if (lk.due[LINK_DUE_AUTH].ns
-			        > lk.due[LINK_DUE_HS].ns
-			    && !qps_ops_conn_settled(l->id, &why)) {
-				/* Authentication has longer. */
-				pthread_mutex_lock(&lk.mu);
-				pthread_mutex_lock(&l->mu);
-				bool dead = l->dead;
-				pthread_mutex_unlock(&l->mu);
-				if (!dead) {
-					link_due_add(l, LINK_DUE_AUTH);
-				}
-				pthread_mutex_unlock(&lk.mu);
-			} else if (!qps_ops_conn_settled(l->id, &why)) {
-				link_reap(l, why);
-			}
-			qps_link_unref(l);
-			pthread_mutex_lock(&lk.mu);
-			continue;
-		}
-		if ((l = link_due_pop(LINK_DUE_AUTH, now, &next)) != NULL) {
-			pthread_mutex_unlock(&lk.mu);
-			if (!qps_ops_conn_settled(l->id, &why)) {
+			} else if (qps_ops_conn_settled(l->id, &why)) {
+				/* It may stay. */
+			} else if (k == LINK_DUE_HS
+			    && lk.due[LINK_DUE_AUTH].ns
+			        > lk.due[LINK_DUE_HS].ns) {
+				link_due_add(l, LINK_DUE_AUTH); /* more time */
+			} else {
 				link_reap(l, why);
 			}
 			qps_link_unref(l);
@@ -495,9 +499,7 @@ link_request(qps_link *l)
 	w->btlen = (uint8_t) bt;
 	memcpy(w->bt, nng_msg_body(m), bt);
 	nng_msg_trim(m, bt);
-	pthread_mutex_lock(&l->mu);
-	l->refs++;
-	pthread_mutex_unlock(&l->mu);
+	link_ref(l);
 	pthread_mutex_lock(&lk.mu);
 	lk.nbusy++;
 	pthread_mutex_unlock(&lk.mu);
@@ -562,18 +564,15 @@ qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 		}
 		memmove(l->inbuf, l->inbuf + used, l->inlen - used);
 		l->inlen -= used;
-		if (l->inlen > 0) {
-			if (n > 0 && !link_keep(l, p, n)) {
-				*why = "out of memory for a request";
-				return false;
-			}
-			return true;
+	}
+	if (l->inlen == 0) {
+		if (!link_parse(l, p, n, &used, why)) {
+			return false;
 		}
+		p += used;
+		n -= used;
 	}
-	if (!link_parse(l, p, n, &used, why)) {
-		return false;
-	}
-	if (used < n && !link_keep(l, p + used, n - used)) {
+	if (n > 0 && !link_keep(l, p, n)) {
 		*why = "out of memory for a request";
 		return false;
 	}
@@ -595,30 +594,17 @@ link_parse(
 
 	*used = 0;
 	while (n > 0) {
-		if (l->state == LINK_BODY) {
-			size_t k = l->bodylen - l->bodyhave;
-			k = k < n ? k : n;
-			memcpy((uint8_t *) nng_msg_body(l->body) + l->bodyhave,
-			    p, k);
-			l->bodyhave += k;
-			p += k;
-			n -= k;
-			if (l->bodyhave == l->bodylen) {
-				link_request(l);
-				link_expect_hdr(l);
-				if (link_paused(l)) {
-					break; /* the rest waits in inbuf */
-				}
-			}
-			continue;
-		}
-		size_t k = l->hneed - l->hhave;
+		bool body = l->state == LINK_BODY;
+		size_t *have = body ? &l->bodyhave : &l->hhave;
+		size_t k = (body ? l->bodylen : l->hneed) - *have;
 		k = k < n ? k : n;
-		memcpy(l->hbuf + l->hhave, p, k);
-		l->hhave += k;
+		memcpy((body ? (uint8_t *) nng_msg_body(l->body) : l->hbuf)
+		        + *have,
+		    p, k);
+		*have += k;
 		p += k;
 		n -= k;
-		if (l->hhave < l->hneed) {
+		if (!body && l->hhave < l->hneed) {
 			continue;
 		}
 		if (l->state == LINK_HS) {
@@ -632,33 +618,37 @@ link_parse(
 			link_expect_hdr(l);
 			continue;
 		}
-		uint64_t len;
-		if (qpi_sp_frame_parse(l->hbuf, l->hneed, l->ipc, &len) <= 0) {
-			*why = "bad ipc message type";
-			return false;
+		if (l->state == LINK_HDR) {
+			uint64_t len;
+			if (qpi_sp_frame_parse(l->hbuf, l->hneed, l->ipc, &len)
+			    <= 0) {
+				*why = "bad ipc message type";
+				return false;
+			}
+			if (len > lk.cap) {
+				static qps_loglimit ll;
+				qps_log_limited(&ll, QPS_LOG_WARN,
+				    "connection %u: a message of %llu bytes "
+				    "is "
+				    "over the limit (%zu): closing it",
+				    l->id, (unsigned long long) len, lk.cap);
+				*why = "message over the limit";
+				qps_metrics_conn_refused(QPS_REFUSED_TOO_BIG);
+				return false;
+			}
+			if (nng_msg_alloc(&l->body, (size_t) len) != 0) {
+				*why = "out of memory for a request";
+				return false;
+			}
+			l->bodylen = (size_t) len;
+			l->bodyhave = 0;
+			l->state = LINK_BODY;
 		}
-		if (len > lk.cap) {
-			static qps_loglimit ll;
-			qps_log_limited(&ll, QPS_LOG_WARN,
-			    "connection %u: a message of %llu bytes is over "
-			    "the limit (%zu): closing it",
-			    l->id, (unsigned long long) len, lk.cap);
-			*why = "message over the limit";
-			qps_metrics_conn_refused(QPS_REFUSED_TOO_BIG);
-			return false;
-		}
-		if (nng_msg_alloc(&l->body, (size_t) len) != 0) {
-			*why = "out of memory for a request";
-			return false;
-		}
-		l->bodylen = (size_t) len;
-		l->bodyhave = 0;
-		l->state = LINK_BODY;
-		if (len == 0) {
+		if (l->bodyhave == l->bodylen) {
 			link_request(l);
 			link_expect_hdr(l);
 			if (link_paused(l)) {
-				break;
+				break; /* the rest waits in inbuf */
 			}
 		}
 	}
@@ -689,21 +679,12 @@ qps_link_start(qps_link *l)
 		return false;
 	}
 	qps_log(QPS_LOG_DEBUG, "connection %u from %s (%s)", l->id,
-	    l->peer[0] != '\0' ? l->peer : "a local socket", l->drv->name);
+	    link_peer(l), l->drv->name);
 	pthread_mutex_lock(&l->mu);
 	l->admitted = true;
 	qps_link_kick_locked(l);
 	pthread_mutex_unlock(&l->mu);
-	/* Due for its handshake; a link closed meanwhile (dead) has left
-	 * the lists already, or leaves them after this. */
-	pthread_mutex_lock(&lk.mu);
-	pthread_mutex_lock(&l->mu);
-	bool dead = l->dead;
-	pthread_mutex_unlock(&l->mu);
-	if (!dead) {
-		link_due_add(l, LINK_DUE_HS);
-	}
-	pthread_mutex_unlock(&lk.mu);
+	link_due_add(l, LINK_DUE_HS);
 	return true;
 }
 
@@ -724,16 +705,14 @@ qps_link_format_peer(
 void
 qps_net_peer(uint32_t pipe_id, char *buf, size_t len)
 {
-	snprintf(buf, len, "a local socket");
+	qps_link *l;
+
 	pthread_mutex_lock(&lk.mu);
-	for (qps_link *l = lk.links; l != NULL; l = l->next) {
-		if (l->id == pipe_id) {
-			if (l->peer[0] != '\0') {
-				snprintf(buf, len, "%s", l->peer);
-			}
-			break;
-		}
+	l = lk.links;
+	while (l != NULL && l->id != pipe_id) {
+		l = l->next;
 	}
+	snprintf(buf, len, "%s", l != NULL ? link_peer(l) : "a local socket");
 	pthread_mutex_unlock(&lk.mu);
 }
 
@@ -784,9 +763,7 @@ qps_link_close_all(void)
 	}
 	while (lk.links != NULL) {
 		qps_link *l = lk.links;
-		pthread_mutex_lock(&l->mu);
-		l->refs++; /* alive while this closes it */
-		pthread_mutex_unlock(&l->mu);
+		link_ref(l); /* alive while this closes it */
 		pthread_mutex_unlock(&lk.mu);
 		qps_link_close(l, NULL);
 		qps_link_unref(l);

@@ -272,9 +272,6 @@ sk_start_loops(void)
 			    strerror(errno));
 			return QP_ESYSTEM;
 		}
-	}
-	for (size_t i = 0; i < sk.nloops; i++) {
-		sk_loop *lp = &sk.loops[i];
 		if (pthread_create(&lp->thr, NULL, sk_loop_main, lp) != 0) {
 			qps_log(QPS_LOG_ERROR, "cannot start the event loop");
 			return QP_ESYSTEM;
@@ -291,17 +288,12 @@ sk_stop(void)
 
 	for (size_t i = 0; i < sk.nloops; i++) {
 		sk_loop *lp = &sk.loops[i];
-		if (lp->running) {
-			if (write(lp->wake, &one, sizeof(one)) < 0) {
-				qps_log(QPS_LOG_WARN,
-				    "cannot wake the event loop");
-			}
-			pthread_join(lp->thr, NULL);
-			lp->running = false;
+		if (lp->running && write(lp->wake, &one, sizeof(one)) < 0) {
+			qps_log(QPS_LOG_WARN, "cannot wake the event loop");
 		}
-	}
-	for (size_t i = 0; i < sk.nloops; i++) {
-		sk_loop *lp = &sk.loops[i];
+		if (lp->running) {
+			pthread_join(lp->thr, NULL);
+		}
 		if (lp->ep >= 0) {
 			close(lp->ep);
 		}

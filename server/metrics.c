@@ -71,6 +71,16 @@ static struct {
 #define MX_ADD(p, n) __atomic_fetch_add((p), (n), __ATOMIC_RELAXED)
 #define MX_LD(p)     __atomic_load_n((p), __ATOMIC_RELAXED)
 
+/* Now, in milliseconds since the epoch. */
+static int64_t
+mx_unix_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* ---- counting on the request path ---- */
 
 void
@@ -220,6 +230,10 @@ mx_family(FILE *b, const char *name, const char *type, const char *help)
 	fprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A family of one sample, its value printed with fmt. */
+#define MX_ONE(b, nm, type, help, fmt, v) \
+	(mx_family(b, nm, type, help), fprintf(b, nm " " fmt "\n", v))
+
 /* The result label of a QP_ code: "ok", "empty", "full"... */
 static void
 mx_result(int st, char *buf, size_t len)
@@ -261,8 +275,8 @@ mx_op(uint32_t op)
 static void
 mx_text_queues(FILE *b, const mx_snap *s)
 {
-	mx_family(b, "qpipe_queues", "gauge", "Queues on this host.");
-	fprintf(b, "qpipe_queues %zu\n", s->n);
+	MX_ONE(
+	    b, "qpipe_queues", "gauge", "Queues on this host.", "%zu", s->n);
 	MX_PER_Q(b, s, "qpipe_queue_messages_ready", "gauge",
 	    "Items ready to be got.", e->st.items);
 	MX_PER_Q(b, s, "qpipe_queue_messages_leased", "gauge",
@@ -333,19 +347,16 @@ mx_text_server(FILE *b, const mx_snap *s)
 	mx_family(b, "qpipe_build_info", "gauge",
 	    "The version of qpiped (always 1).");
 	fprintf(b, "qpipe_build_info{version=\"%s\"} 1\n", qp_version());
-	mx_family(b, "qpipe_start_time_seconds", "gauge",
-	    "When qpiped started, in seconds since the epoch.");
-	fprintf(b, "qpipe_start_time_seconds %.3f\n",
+	MX_ONE(b, "qpipe_start_time_seconds", "gauge",
+	    "When qpiped started, in seconds since the epoch.", "%.3f",
 	    (double) mx.start_unix_ms / 1000.0);
-	mx_family(b, "qpipe_uptime_seconds", "gauge",
-	    "Seconds since qpiped started.");
-	fprintf(b, "qpipe_uptime_seconds %.3f\n",
+	MX_ONE(b, "qpipe_uptime_seconds", "gauge",
+	    "Seconds since qpiped started.", "%.3f",
 	    (double) (now - mx.start_ns) / 1e9);
-	mx_family(b, "qpipe_connections", "gauge", "Client connections open.");
-	fprintf(b, "qpipe_connections %u\n", s->conns);
-	mx_family(b, "qpipe_connections_opened_total", "counter",
-	    "Client connections admitted.");
-	fprintf(b, "qpipe_connections_opened_total %llu\n",
+	MX_ONE(b, "qpipe_connections", "gauge", "Client connections open.",
+	    "%u", s->conns);
+	MX_ONE(b, "qpipe_connections_opened_total", "counter",
+	    "Client connections admitted.", "%llu",
 	    (unsigned long long) MX_LD(&mx.opened));
 	mx_family(b, "qpipe_connections_refused_total", "counter",
 	    "Connections refused or closed unserved, by reason.");
@@ -354,21 +365,17 @@ mx_text_server(FILE *b, const mx_snap *s)
 		    "qpipe_connections_refused_total{reason=\"%s\"} %llu\n",
 		    mx_refused[r], (unsigned long long) MX_LD(&mx.refused[r]));
 	}
-	mx_family(b, "qpipe_auth_failures_total", "counter",
-	    "Authentications refused.");
-	fprintf(b, "qpipe_auth_failures_total %llu\n",
+	MX_ONE(b, "qpipe_auth_failures_total", "counter",
+	    "Authentications refused.", "%llu",
 	    (unsigned long long) MX_LD(&mx.auth_failed));
-	mx_family(b, "qpipe_requests_waiting", "gauge",
-	    "Requests parked (gets and puts waiting).");
-	fprintf(b, "qpipe_requests_waiting %llu\n",
+	MX_ONE(b, "qpipe_requests_waiting", "gauge",
+	    "Requests parked (gets and puts waiting).", "%llu",
 	    (unsigned long long) qps_net_parked());
-	mx_family(b, "qpipe_received_bytes_total", "counter",
-	    "Bytes received on client connections.");
-	fprintf(b, "qpipe_received_bytes_total %llu\n",
+	MX_ONE(b, "qpipe_received_bytes_total", "counter",
+	    "Bytes received on client connections.", "%llu",
 	    (unsigned long long) MX_LD(&mx.bytes_in));
-	mx_family(b, "qpipe_sent_bytes_total", "counter",
-	    "Bytes of replies sent on client connections.");
-	fprintf(b, "qpipe_sent_bytes_total %llu\n",
+	MX_ONE(b, "qpipe_sent_bytes_total", "counter",
+	    "Bytes of replies sent on client connections.", "%llu",
 	    (unsigned long long) MX_LD(&mx.bytes_out));
 	mx_family(b, "qpipe_requests_total", "counter",
 	    "Requests answered, by op and result.");
@@ -419,7 +426,6 @@ static void
 mx_json(FILE *b, const mx_snap *s)
 {
 	uint64_t leased = 0, reqs = 0;
-	struct timespec ts;
 
 	for (size_t i = 0; i < s->n; i++) {
 		leased += s->qs[i].st.leased;
@@ -429,14 +435,13 @@ mx_json(FILE *b, const mx_snap *s)
 			reqs += MX_LD(&mx.req[op][st]);
 		}
 	}
-	clock_gettime(CLOCK_REALTIME, &ts);
 	fprintf(b,
 	    "{\"version\":\"%s\",\"time_ms\":%lld,\"uptime_s\":%.3f,"
 	    "\"connections\":%u,\"connections_total\":%llu,"
 	    "\"waiting\":%llu,\"leased\":%llu,\"requests\":%llu,"
 	    "\"bytes_in\":%llu,\"bytes_out\":%llu,\"auth_failures\":%llu,"
 	    "\"queues\":[",
-	    qp_version(), (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
+	    qp_version(), (long long) mx_unix_ms(),
 	    (double) (qpi_now_ns() - mx.start_ns) / 1e9, s->conns,
 	    (unsigned long long) MX_LD(&mx.opened),
 	    (unsigned long long) qps_net_parked(), (unsigned long long) leased,
@@ -511,26 +516,16 @@ mx_authorized(nng_aio *aio)
 {
 	nng_http_req *req = nng_aio_get_input(aio, 0);
 	const struct qpi_token *t = qps_sec_token();
-	const char *h;
-	size_t len;
-	uint8_t diff = 0;
+	const char *h = req != NULL
+	    ? nng_http_req_get_header(req, "Authorization")
+	    : NULL;
 
 	if (!mx.auth) {
 		return true;
 	}
-	h = req != NULL ? nng_http_req_get_header(req, "Authorization") : NULL;
-	if (h == NULL || strncmp(h, "Bearer ", 7) != 0) {
-		return false;
-	}
-	h += 7;
-	len = strlen(h);
-	if (len != t->len) {
-		return false;
-	}
-	for (size_t i = 0; i < len; i++) {
-		diff |= (uint8_t) h[i] ^ t->key[i];
-	}
-	return diff == 0;
+	return h != NULL && strncmp(h, "Bearer ", 7) == 0
+	    && strlen(h + 7) == t->len
+	    && qpi_auth_equal(h + 7, t->key, t->len);
 }
 
 static void
@@ -599,6 +594,16 @@ mx_add(nng_http_handler **h, int rv)
 	return rv;
 }
 
+/* The http:// URL of address a. */
+static void
+mx_url(char *buf, size_t len, const qpi_addr *a)
+{
+	bool v6 = strchr(a->host, ':') != NULL;
+
+	snprintf(buf, len, "http://%s%s%s:%u", v6 ? "[" : "", a->host,
+	    v6 ? "]" : "", (unsigned) a->port);
+}
+
 int
 qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 {
@@ -607,16 +612,10 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	nng_sockaddr sa;
 	nng_url *u = NULL;
 	qpi_addr a;
-	bool v6;
 	int rv;
 
 	mx.start_ns = qpi_now_ns();
-	{
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		mx.start_unix_ms
-		    = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-	}
+	mx.start_unix_ms = mx_unix_ms();
 	url[0] = '\0';
 	if (cfg->metrics == NULL) {
 		return QP_OK;
@@ -636,9 +635,7 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	/* As on --listen: with a token every client proves it holds it,
 	 * loopback ones too. */
 	mx.auth = qps_sec_auth_required();
-	v6 = strchr(a.host, ':') != NULL;
-	snprintf(http, sizeof(http), "http://%s%s%s:%u", v6 ? "[" : "", a.host,
-	    v6 ? "]" : "", (unsigned) a.port);
+	mx_url(http, sizeof(http), &a);
 	if ((rv = nng_url_parse(&u, http)) != 0
 	    || (rv = nng_http_server_hold(&mx.srv, u)) != 0) {
 		goto fail;
@@ -662,8 +659,7 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 		                                           : sa.s_in6.sa_port;
 		a.port = ntohs(port);
 	}
-	snprintf(url, len, "http://%s%s%s:%u", v6 ? "[" : "", a.host,
-	    v6 ? "]" : "", (unsigned) a.port);
+	mx_url(url, len, &a);
 	nng_url_free(u);
 	qps_log(QPS_LOG_INFO, "metrics at %s/metrics, status page at %s/%s",
 	    url, url, mx.auth ? " (bearer token required)" : "");

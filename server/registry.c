@@ -116,6 +116,15 @@ dur_path(const char *name, char *path, size_t cap)
 	    < cap;
 }
 
+/* Whether the durable queue name has a file. */
+static bool
+dur_exists(const char *name)
+{
+	char path[PATH_MAX];
+
+	return dur_path(name, path, sizeof(path)) && access(path, F_OK) == 0;
+}
+
 static struct quar *
 quar_find(const char *name)
 {
@@ -486,22 +495,23 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 	return QP_OK;
 }
 
-/* A durable queue that is not hosted yet: quarantined, or a file that
- * appeared in the data directory since the start. */
+/* The queue name if hosted, else the durable queue name hosted now if
+ * its file appeared in the data directory since the start; QP_OK with *qp
+ * NULL if neither. A quarantined one: QP_ECORRUPT. */
 static int
-dur_lookup(const char *name, qps_q **qp)
+q_lookup(const char *name, qps_q **qp)
 {
-	char path[PATH_MAX];
 	struct quar *z = quar_find(name);
 	qpi_durq *d;
 	uint64_t lease_ms = 0;
 	int rv;
 
+	if ((*qp = qps_q_find(name)) != NULL
+	    || (z == NULL && !dur_exists(name))) {
+		return QP_OK;
+	}
 	if (z != NULL) {
 		return qpi_err(QP_ECORRUPT, "quarantined: %s", z->why);
-	}
-	if (!dur_path(name, path, sizeof(path)) || access(path, F_OK) != 0) {
-		return QP_ENOENT;
 	}
 	if ((rv = dur_open(name, 0, NULL, &d, &lease_ms)) != QP_OK) {
 		return rv;
@@ -509,46 +519,47 @@ dur_lookup(const char *name, qps_q **qp)
 	return q_attach(name, 0, NULL, lease_ms, d, qp);
 }
 
-int
-qps_q_open(const char *name, bool create, qps_q **qp)
+/* What q's first requests do, unless its lock is held (then its probe
+ * or the next request): read its put requests, return the leases of
+ * holders that are gone. */
+static void
+q_settle(qps_q *q)
 {
-	qps_q *q = qps_q_find(name);
-	qpi_shmq_cfg cfg = q_cfg(NULL);
-	int rv;
-
-	if (q == NULL && (rv = dur_lookup(name, &q)) != QP_ENOENT
-	    && rv != QP_OK) {
-		return rv;
-	}
-	if (q == NULL) {
-		rv = q_attach(
-		    name, create ? QP_OPEN_CREATE : 0, &cfg, 0, NULL, &q);
-		if (rv != QP_OK) {
-			return rv;
-		}
-	}
 	if (!q->seeded && !q->busy) {
 		q_seed(q);
 	}
 	if (!q->reclaimed && !q->busy) {
 		q_reclaim(q);
 	}
-	*qp = q;
-	return QP_OK;
+}
+
+int
+qps_q_open(const char *name, bool create, qps_q **qp)
+{
+	qpi_shmq_cfg cfg = q_cfg(NULL);
+	int rv = q_lookup(name, qp);
+
+	if (rv == QP_OK && *qp == NULL) {
+		rv = q_attach(
+		    name, create ? QP_OPEN_CREATE : 0, &cfg, 0, NULL, qp);
+	}
+	if (rv == QP_OK) {
+		q_settle(*qp);
+	}
+	return rv;
 }
 
 int
 qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 {
-	qps_q *q = qps_q_find(name);
+	qps_q *q;
 	qpi_shmq_cfg cfg = q_cfg(o);
 	unsigned flags = QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0);
 	uint64_t lease_ms = o->lease_ms;
 	qpi_durq *d = NULL;
 	int rv;
 
-	if (q == NULL && (rv = dur_lookup(name, &q)) != QP_ENOENT
-	    && rv != QP_OK) {
+	if ((rv = q_lookup(name, &q)) != QP_OK) {
 		return rv;
 	}
 	if (o->durable && q == NULL && q_inode(name) != 0) {
@@ -614,8 +625,7 @@ qps_q_delete(const char *name, qps_q *q)
 	int rv;
 
 	if ((q != NULL && qpi_store_durable(q->st)) || quar_find(name) != NULL
-	    || (q == NULL && dur_path(name, path, sizeof(path))
-	        && access(path, F_OK) == 0)) {
+	    || (q == NULL && dur_exists(name))) {
 		if (q != NULL) {
 			qps_q_forget(q); /* closes (and unlocks) the file */
 		}
@@ -658,48 +668,37 @@ qps_q_list(bool (*fn)(const char *name, const qp_queue_stats *st, void *arg),
 	DIR *d = opendir(shm_dir);
 	struct dirent *e;
 	size_t plen = strlen(shm_prefix);
+	qpi_shmq_cfg cfg = q_cfg(NULL);
+	qp_queue_stats st;
+	bool more = true;
 
 	if (d == NULL) {
 		return qpi_err(QP_ESYSTEM, "cannot read %s: %s", shm_dir,
 		    strerror(errno));
 	}
 	/* Durable queues: all hosted since the start (or quarantined). */
-	for (qps_q *q = hs.head; q != NULL; q = q->next) {
-		qp_queue_stats st;
-		if (!qpi_store_durable(q->st) || !list_stat(q, &st)) {
-			continue;
-		}
-		if (!fn(q->name, &st, arg)) {
-			closedir(d);
-			return QP_OK;
+	for (qps_q *q = hs.head; q != NULL && more; q = q->next) {
+		if (qpi_store_durable(q->st) && list_stat(q, &st)) {
+			more = fn(q->name, &st, arg);
 		}
 	}
-	while ((e = readdir(d)) != NULL) {
+	/* Then the segments; listing does not reclaim leases: another
+	 * server on this host may be serving the queue. Skipped: a durable
+	 * queue's (listed above), what is not a queue (a pipe, another
+	 * layout). */
+	while (more && (e = readdir(d)) != NULL) {
 		const char *name = e->d_name + plen;
-		qp_queue_stats st;
 		qps_q *q;
-
 		if (strncmp(e->d_name, shm_prefix, plen) != 0
-		    || !qpi_name_valid(name, strlen(name))) {
+		    || !qpi_name_valid(name, strlen(name))
+		    || ((q = qps_q_find(name)) != NULL
+		        && qpi_store_durable(q->st))
+		    || (q == NULL
+		        && q_attach(name, 0, &cfg, 0, NULL, &q) != QP_OK)
+		    || !list_stat(q, &st)) {
 			continue;
 		}
-		/* Listing does not reclaim leases: another server on this
-		 * host may be serving the queue. */
-		qpi_shmq_cfg cfg = q_cfg(NULL);
-		if ((q = qps_q_find(name)) != NULL
-		    && qpi_store_durable(q->st)) {
-			continue; /* listed above */
-		}
-		if (q == NULL
-		    && q_attach(name, 0, &cfg, 0, NULL, &q) != QP_OK) {
-			continue; /* not a queue (a pipe, another layout) */
-		}
-		if (!list_stat(q, &st)) {
-			continue;
-		}
-		if (!fn(name, &st, arg)) {
-			break;
-		}
+		more = fn(name, &st, arg);
 	}
 	closedir(d);
 	return QP_OK;
@@ -772,13 +771,10 @@ pend_run(qps_q *q)
 				    "connection are back at the head",
 				    q->name, n);
 			}
-		} else {
-			rv = p->v != 0
-			    ? qps_q_rv(q, qpi_store_ack(q->st, p->v))
-			    : QP_OK;
-			if (rv == QP_EBUSY) {
-				return false;
-			}
+		} else if ((rv = p->v != 0
+		                   ? qps_q_rv(q, qpi_store_ack(q->st, p->v))
+		                   : QP_OK)
+		    != QP_EBUSY) {
 			p->done = p->done && rv == QP_OK;
 			p->v = 0; /* the ack is in: its task_done may wait */
 			if (p->done) {
@@ -788,8 +784,7 @@ pend_run(qps_q *q)
 		if (rv == QP_EBUSY) {
 			return false;
 		}
-		q->pend = p->next;
-		if (q->pend == NULL) {
+		if ((q->pend = p->next) == NULL) {
 			q->pend_tail = NULL;
 		}
 		free(p);
@@ -805,12 +800,7 @@ q_probe_fire(qps_timer *t)
 	qps_q *q = (qps_q *) ((char *) t - offsetof(qps_q, probe_timer));
 
 	q->busy = false;
-	if (!q->seeded) {
-		q_seed(q);
-	}
-	if (!q->reclaimed && !q->busy) {
-		q_reclaim(q);
-	}
+	q_settle(q);
 	if (q->busy || !pend_run(q)) {
 		return;
 	}
@@ -868,8 +858,8 @@ dur_start(void)
 		if (!qpi_name_valid(name, len - elen)) {
 			continue;
 		}
-		int rv = dur_lookup(name, &q);
-		if (rv == QP_OK) {
+		int rv = q_lookup(name, &q);
+		if (rv == QP_OK && q != NULL) {
 			q->reclaimed = true;
 			n++;
 		} else if (rv != QP_ECORRUPT) {

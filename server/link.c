@@ -59,7 +59,7 @@ static struct {
 	pthread_mutex_t mu;
 	pthread_cond_t cv; /* a request ended, a link was freed */
 	qps_link *links; /* every open link */
-	uint64_t nopen, nalloc; /* links open, links not yet freed */
+	uint64_t nalloc; /* links not yet freed */
 	uint64_t nbusy, nparked, max_parked;
 	uint32_t next_id;
 	size_t cap; /* largest frame body accepted */
@@ -261,7 +261,6 @@ qps_link_new(const qps_link_driver *drv, bool ipc, const char *peer)
 		lk.links->prev = l;
 	}
 	lk.links = l;
-	lk.nopen++;
 	lk.nalloc++;
 	pthread_mutex_unlock(&lk.mu);
 	return l;
@@ -319,7 +318,6 @@ qps_link_close(qps_link *l, const char *why)
 	if (l->next != NULL) {
 		l->next->prev = l->prev;
 	}
-	lk.nopen--;
 	link_due_remove(l);
 	pthread_mutex_unlock(&lk.mu);
 	if (why != NULL) {

@@ -100,24 +100,15 @@ sk_close(qps_link *l)
 static void
 sk_readable(qps_link *l, uint8_t *rbuf, uint32_t events)
 {
-	const char *why = NULL;
+	const char *why = "end of stream";
 
 	if (l->inlen > 0 && (events & (EPOLLHUP | EPOLLERR))) {
-		/* Gone with requests unread: nobody to answer them. */
-		qps_link_close(l, "end of stream");
-		return;
+		goto close; /* gone with requests unread: nobody to answer */
 	}
-	if (l->inlen > 0) {
-		/* What a pause left, first. */
-		if (!qps_link_input(l, NULL, 0, &why)) {
-			qps_link_close(l, why);
-			return;
-		}
-		if (l->inlen > 0) {
-			return;
-		}
+	if (l->inlen > 0 && !qps_link_input(l, NULL, 0, &why)) {
+		goto close; /* what a pause left, first */
 	}
-	for (int rounds = 0; rounds < 4; rounds++) {
+	for (int rounds = 0; rounds < 4 && l->inlen == 0; rounds++) {
 		ssize_t n = read(l->fd, rbuf, SK_RBUF);
 		if (n < 0 && errno == EINTR) {
 			continue;
@@ -126,18 +117,19 @@ sk_readable(qps_link *l, uint8_t *rbuf, uint32_t events)
 			return;
 		}
 		if (n <= 0) {
-			qps_link_close(
-			    l, n == 0 ? "end of stream" : strerror(errno));
-			return;
+			why = n == 0 ? why : strerror(errno);
+			goto close;
 		}
 		if (!qps_link_input(l, rbuf, (size_t) n, &why)) {
-			qps_link_close(l, why);
-			return;
+			goto close;
 		}
-		if ((size_t) n < SK_RBUF || l->inlen > 0) {
+		if ((size_t) n < SK_RBUF) {
 			return;
 		}
 	}
+	return;
+close:
+	qps_link_close(l, why);
 }
 
 /* Whether l is paused (too many replies unread). */

@@ -65,7 +65,6 @@ static struct {
 	int64_t start_ns; /* monotonic */
 	int64_t start_unix_ms;
 	nng_http_server *srv;
-	bool auth; /* requests must carry the token (one is loaded) */
 } mx;
 
 #define MX_ADD(p, n) __atomic_fetch_add((p), (n), __ATOMIC_RELAXED)
@@ -300,9 +299,8 @@ mx_text_queues(FILE *b, const mx_snap *s)
 		const mx_q *e = &s->qs[i];
 		if (e->st.oldest_age_ms >= 0) {
 			fprintf(b,
-			    "qpipe_queue_oldest_message_age_seconds{queue=\"%"
-			    "s\"}"
-			    " %.3f\n",
+			    "qpipe_queue_oldest_message_age_seconds"
+			    "{queue=\"%s\"} %.3f\n",
 			    e->name, (double) e->st.oldest_age_ms / 1000.0);
 		}
 	}
@@ -324,9 +322,8 @@ mx_text_queues(FILE *b, const mx_snap *s)
 	for (size_t i = 0; i < s->n; i++) {
 		for (int r = 0; r < QPI_SHMQ_REL_N; r++) {
 			fprintf(b,
-			    "qpipe_queue_messages_redelivered_total{queue=\"%"
-			    "s\","
-			    "reason=\"%s\"} %llu\n",
+			    "qpipe_queue_messages_redelivered_total"
+			    "{queue=\"%s\",reason=\"%s\"} %llu\n",
 			    s->qs[i].name, mx_rel[r],
 			    (unsigned long long) s->qs[i].c.rel[r]);
 		}
@@ -520,12 +517,10 @@ mx_authorized(nng_aio *aio)
 	    ? nng_http_req_get_header(req, "Authorization")
 	    : NULL;
 
-	if (!mx.auth) {
-		return true;
-	}
-	return h != NULL && strncmp(h, "Bearer ", 7) == 0
-	    && strlen(h + 7) == t->len
-	    && qpi_auth_equal(h + 7, t->key, t->len);
+	return !qps_sec_auth_required()
+	    || (h != NULL && strncmp(h, "Bearer ", 7) == 0
+	        && strlen(h + 7) == t->len
+	        && qpi_auth_equal(h + 7, t->key, t->len));
 }
 
 static void
@@ -632,9 +627,6 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	if ((rv = qps_sec_check_listener(cfg, &a, cfg->metrics)) != QP_OK) {
 		return rv;
 	}
-	/* As on --listen: with a token every client proves it holds it,
-	 * loopback ones too. */
-	mx.auth = qps_sec_auth_required();
 	mx_url(http, sizeof(http), &a);
 	if ((rv = nng_url_parse(&u, http)) != 0
 	    || (rv = nng_http_server_hold(&mx.srv, u)) != 0) {
@@ -662,7 +654,8 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	mx_url(url, len, &a);
 	nng_url_free(u);
 	qps_log(QPS_LOG_INFO, "metrics at %s/metrics, status page at %s/%s",
-	    url, url, mx.auth ? " (bearer token required)" : "");
+	    url, url,
+	    qps_sec_auth_required() ? " (bearer token required)" : "");
 	return QP_OK;
 fail:
 	qps_log(QPS_LOG_ERROR, "cannot serve --metrics %s: %s", cfg->metrics,

@@ -72,7 +72,6 @@ struct quar {
 };
 
 static const char *const dur_ext = ".qlog";
-
 static const char *const shm_prefix = "qpipe.";
 
 /* Background work that met a queue's lock held, retried by its probe. */
@@ -93,10 +92,7 @@ q_inode(const char *name)
 
 	snprintf(
 	    path, sizeof(path), "%s/%s%s", qpi_shm_dir(), shm_prefix, name);
-	if (stat(path, &st) != 0) {
-		return 0;
-	}
-	return (uint64_t) st.st_ino;
+	return stat(path, &st) == 0 ? (uint64_t) st.st_ino : 0;
 }
 
 bool
@@ -230,6 +226,17 @@ pend_add(qps_q *q, int kind, uint64_t v, bool done)
 
 static void pend_free(qps_q *q);
 
+/* Logs n items of q back at its head (rv: the call's result), whose. */
+static void
+q_back(const qps_q *q, int rv, size_t n, const char *whose)
+{
+	if (rv == QP_OK && n > 0) {
+		qps_log(QPS_LOG_INFO,
+		    "queue '%s': %zu %s are back at the head", q->name, n,
+		    whose);
+	}
+}
+
 /* ---- lease expiries ---- */
 
 static void
@@ -244,12 +251,7 @@ q_lease_fire(qps_timer *t)
 	if (rv != QP_OK) {
 		next = INT64_MAX;
 	}
-	if (n > 0) {
-		qps_log(QPS_LOG_INFO,
-		    "queue '%s': %zu leases ran out; their items are back at "
-		    "the head",
-		    q->name, n);
-	}
+	q_back(q, QP_OK, n, "leases ran out; their items");
 	qps_q_lease_due(q, next);
 	if (n > 0) {
 		hs.changed(q);
@@ -272,13 +274,10 @@ sweep_fire(qps_timer *t)
 {
 	for (qps_q *q = hs.head; q != NULL; q = q->next) {
 		size_t n = 0;
-		if (!q->busy
-		    && qps_q_rv(q, qpi_store_release_dead(q->st, &n)) == QP_OK
-		    && n > 0) {
-			qps_log(QPS_LOG_INFO,
-			    "queue '%s': %zu leases of local processes that "
-			    "are gone are back at the head",
-			    q->name, n);
+		if (!q->busy) {
+			q_back(q,
+			    qps_q_rv(q, qpi_store_release_dead(q->st, &n)), n,
+			    "leases of local processes that are gone");
 		}
 		hs.changed(q);
 	}
@@ -339,12 +338,7 @@ q_reclaim(qps_q *q)
 	int rv = qps_q_rv(q, qpi_store_release_stale(q->st, &n));
 
 	q->reclaimed = rv != QP_EBUSY; /* else the next request tries */
-	if (rv == QP_OK && n > 0) {
-		qps_log(QPS_LOG_INFO,
-		    "queue '%s': %zu items leased by an earlier server or a "
-		    "dead worker are back at the head",
-		    q->name, n);
-	}
+	q_back(q, rv, n, "items leased by an earlier server or a dead worker");
 }
 
 /* The sizes of a new queue: the server's defaults, o's where given (o
@@ -573,29 +567,25 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 		    "queue '%s' exists and is not durable: delete it first",
 		    name);
 	}
-	if (q != NULL) {
-		if (o->excl) {
-			return qpi_err(
-			    QP_EEXIST, "queue '%s' exists already", name);
+	if (q != NULL && o->excl) {
+		return qpi_err(QP_EEXIST, "queue '%s' exists already", name);
+	} else if (q != NULL && o->lease_ms != 0) {
+		q->lease_ms = o->lease_ms;
+	} else if (q == NULL) {
+		if ((o->durable
+		        && (rv = dur_open(name, flags, o, &d, &lease_ms))
+		            != QP_OK)
+		    || (rv = q_attach(name, flags, &cfg, lease_ms, d, &q))
+		        != QP_OK) {
+			return rv;
 		}
-		if (o->lease_ms != 0) {
-			q->lease_ms = o->lease_ms;
+		if (d != NULL) {
+			q->reclaimed = true;
+			qps_log(
+			    QPS_LOG_INFO, "durable queue '%s' created", name);
 		}
-		if (!q->reclaimed) {
-			q_reclaim(q);
-		}
-		*qp = q;
-		return QP_OK;
 	}
-	if ((o->durable
-	        && (rv = dur_open(name, flags, o, &d, &lease_ms)) != QP_OK)
-	    || (rv = q_attach(name, flags, &cfg, lease_ms, d, &q)) != QP_OK) {
-		return rv;
-	}
-	if (d != NULL) {
-		q->reclaimed = true;
-		qps_log(QPS_LOG_INFO, "durable queue '%s' created", name);
-	} else {
+	if (!q->reclaimed) {
 		q_reclaim(q);
 	}
 	*qp = q;
@@ -765,12 +755,7 @@ pend_run(qps_q *q)
 		if (p->kind == PEND_OWNER) {
 			rv = qps_q_rv(
 			    q, qpi_store_release_owner(q->st, p->v, &n));
-			if (rv == QP_OK && n > 0) {
-				qps_log(QPS_LOG_INFO,
-				    "queue '%s': %zu leases of a closed "
-				    "connection are back at the head",
-				    q->name, n);
-			}
+			q_back(q, rv, n, "leases of a closed connection");
 		} else if ((rv = p->v != 0
 		                   ? qps_q_rv(q, qpi_store_ack(q->st, p->v))
 		                   : QP_OK)
@@ -862,7 +847,7 @@ dur_start(void)
 		if (rv == QP_OK && q != NULL) {
 			q->reclaimed = true;
 			n++;
-		} else if (rv != QP_ECORRUPT) {
+		} else if (rv != QP_OK && rv != QP_ECORRUPT) {
 			qps_log(QPS_LOG_ERROR,
 			    "durable queue '%s' cannot be opened: %s", name,
 			    qp_errmsg());

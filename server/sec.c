@@ -24,21 +24,10 @@ static struct {
 	qpi_token token; /* len 0: no authentication */
 } sec;
 
-static bool
-sec_any_tls(const qps_config *cfg)
-{
-	for (size_t i = 0; i < cfg->nlisten; i++) {
-		if (strncmp(cfg->listen[i], "tls+tcp://", 10) == 0) {
-			return true;
-		}
-	}
-	return false;
-}
-
 int
 qps_sec_start(const qps_config *cfg)
 {
-	bool exposed = false;
+	bool exposed = false, any_tls = false;
 	int rv;
 
 	if ((rv = qpi_token_resolve(
@@ -77,7 +66,11 @@ qps_sec_start(const qps_config *cfg)
 	if (cfg->tls_cert == NULL) {
 		return QP_OK; /* a tls+tcp:// listener is refused later */
 	}
-	if (!sec_any_tls(cfg)) {
+	for (size_t i = 0; i < cfg->nlisten; i++) {
+		any_tls = any_tls
+		    || strncmp(cfg->listen[i], "tls+tcp://", 10) == 0;
+	}
+	if (!any_tls) {
 		qps_log(QPS_LOG_WARN,
 		    "--tls-cert is given but no --listen is tls+tcp://: the "
 		    "certificate is not used");

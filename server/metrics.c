@@ -629,11 +629,9 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	}
 	mx_url(http, sizeof(http), &a);
 	if ((rv = nng_url_parse(&u, http)) != 0
-	    || (rv = nng_http_server_hold(&mx.srv, u)) != 0) {
-		goto fail;
-	}
-	if ((rv = mx_add(
-	         &h, nng_http_handler_alloc(&h, "/metrics", mx_metrics_cb)))
+	    || (rv = nng_http_server_hold(&mx.srv, u)) != 0
+	    || (rv = mx_add(
+	            &h, nng_http_handler_alloc(&h, "/metrics", mx_metrics_cb)))
 	        != 0
 	    || (rv = mx_add(&h,
 	            nng_http_handler_alloc(&h, "/api/status", mx_status_cb)))
@@ -643,7 +641,18 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	                qps_status_html_len, "text/html; charset=utf-8")))
 	        != 0
 	    || (rv = nng_http_server_start(mx.srv)) != 0) {
-		goto fail;
+		qps_log(QPS_LOG_ERROR, "cannot serve --metrics %s: %s",
+		    cfg->metrics, nng_strerror(rv));
+		if (mx.srv != NULL) { /* not started: released only */
+			nng_http_server_release(mx.srv);
+			mx.srv = NULL;
+		}
+	}
+	if (u != NULL) {
+		nng_url_free(u);
+	}
+	if (rv != 0) {
+		return QP_ESYSTEM;
 	}
 	if (nng_http_server_get_addr(mx.srv, &sa) == 0
 	    && (sa.s_family == NNG_AF_INET || sa.s_family == NNG_AF_INET6)) {
@@ -652,22 +661,10 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 		a.port = ntohs(port);
 	}
 	mx_url(url, len, &a);
-	nng_url_free(u);
 	qps_log(QPS_LOG_INFO, "metrics at %s/metrics, status page at %s/%s",
 	    url, url,
 	    qps_sec_auth_required() ? " (bearer token required)" : "");
 	return QP_OK;
-fail:
-	qps_log(QPS_LOG_ERROR, "cannot serve --metrics %s: %s", cfg->metrics,
-	    nng_strerror(rv));
-	if (u != NULL) {
-		nng_url_free(u);
-	}
-	if (mx.srv != NULL) {
-		nng_http_server_release(mx.srv);
-		mx.srv = NULL;
-	}
-	return QP_ESYSTEM;
 }
 
 void

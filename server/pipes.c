@@ -59,10 +59,11 @@ static struct {
 	qpi_htab tab; /* every pipe */
 } ps;
 
-/* Answers r with an error: *repp set, QPS_REPLY. */
-#define PS_FAIL(repp, r, status, ...)                                        \
-	(*(repp) = qps_rep_error((r)->op, (r)->req_id, status, __VA_ARGS__), \
-	    QPS_REPLY)
+/* An error reply to r; PS_FAIL answers r with one (*repp, QPS_REPLY). */
+#define PS_ERR(r, status, ...) \
+	qps_rep_error((r)->op, (r)->req_id, status, __VA_ARGS__)
+#define PS_FAIL(repp, r, status, ...) \
+	(*(repp) = PS_ERR(r, status, __VA_ARGS__), QPS_REPLY)
 
 static ps_pipe *
 ps_find(const char *name)
@@ -118,7 +119,7 @@ pw_timeout(qps_wait *wt)
 	qps_wait_finish(wt,
 	    wt->kind == PW_POLL
 	        ? ps_rep_ready(r, false)
-	        : qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
+	        : PS_ERR(r, QP_ETIMEDOUT,
 	            "%s on pipe '%s': nothing after %lld ms",
 	            wt->kind == PW_RECV ? "receive"
 	                                : "send (its buffer is full)",
@@ -190,8 +191,7 @@ ps_dispatch(ps_pipe *p, int s)
 				qps_wait_finish(wt, ps_rep_take(sd, &wt->r));
 			} else if (eof || sd->state == SIDE_CLOSED) {
 				qps_wait_finish(wt,
-				    qps_rep_error(wt->r.op, wt->r.req_id,
-				        QP_ECLOSED,
+				    PS_ERR(&wt->r, QP_ECLOSED,
 				        "pipe '%s': end of file (the other "
 				        "side closed)",
 				        p->name));
@@ -212,9 +212,8 @@ ps_dispatch(ps_pipe *p, int s)
 			const qpi_wire_item *it = &wt->r.item;
 			if (sd->state == SIDE_CLOSED || eof) {
 				qps_wait_finish(wt,
-				    qps_rep_error(wt->r.op, wt->r.req_id,
-				        QP_ECLOSED, "pipe '%s': %s closed",
-				        p->name,
+				    PS_ERR(&wt->r, QP_ECLOSED,
+				        "pipe '%s': %s closed", p->name,
 				        eof ? "this side was"
 				            : "the other side"));
 				continue;
@@ -225,8 +224,7 @@ ps_dispatch(ps_pipe *p, int s)
 			}
 			if (!ps_enqueue(sd, it)) {
 				qps_wait_finish(wt,
-				    qps_rep_error(wt->r.op, wt->r.req_id,
-				        QP_ENOMEM,
+				    PS_ERR(&wt->r, QP_ENOMEM,
 				        "out of memory for a message of %zu "
 				        "bytes",
 				        it->len));
@@ -454,10 +452,8 @@ end_waits_cb(qpi_hnode *n, void *arg)
 				qps_wait_finish(wt,
 				    arg == NULL
 				        ? NULL
-				        : qps_rep_error(wt->r.op, wt->r.req_id,
-				            QP_ECONNRESET,
-				            "the server is shutting "
-				            "down"));
+				        : PS_ERR(&wt->r, QP_ECONNRESET,
+				            "the server is shutting down"));
 			}
 		}
 	}

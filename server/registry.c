@@ -121,21 +121,22 @@ dur_exists(const char *name)
 	return dur_path(name, path, sizeof(path)) && access(path, F_OK) == 0;
 }
 
-static struct quar *
-quar_find(const char *name)
+/* Where the quarantined queue name is (*: NULL when it is not). */
+static struct quar **
+quar_at(const char *name)
 {
-	for (struct quar *z = hs.quar; z != NULL; z = z->next) {
-		if (strcmp(z->name, name) == 0) {
-			return z;
-		}
+	struct quar **zp = &hs.quar;
+
+	while (*zp != NULL && strcmp((*zp)->name, name) != 0) {
+		zp = &(*zp)->next;
 	}
-	return NULL;
+	return zp;
 }
 
 static void
 quar_add(const char *name, const char *why)
 {
-	struct quar *z = quar_find(name);
+	struct quar *z = *quar_at(name);
 
 	if (z == NULL && (z = calloc(1, sizeof(*z))) != NULL) {
 		snprintf(z->name, sizeof(z->name), "%s", name);
@@ -154,13 +155,11 @@ quar_add(const char *name, const char *why)
 static void
 quar_drop(const char *name)
 {
-	for (struct quar **zp = &hs.quar; *zp != NULL; zp = &(*zp)->next) {
-		if (strcmp((*zp)->name, name) == 0) {
-			struct quar *z = *zp;
-			*zp = z->next;
-			free(z);
-			return;
-		}
+	struct quar **zp = quar_at(name), *z = *zp;
+
+	if (z != NULL) {
+		*zp = z->next;
+		free(z);
 	}
 }
 
@@ -207,7 +206,7 @@ qps_q_rv(qps_q *q, int rv)
 static void
 pend_add(qps_q *q, int kind, uint64_t v, bool done)
 {
-	qps_pend *p = calloc(1, sizeof(*p));
+	qps_pend *p = malloc(sizeof(*p));
 
 	if (p == NULL) {
 		qps_log(QPS_LOG_ERROR,
@@ -216,9 +215,7 @@ pend_add(qps_q *q, int kind, uint64_t v, bool done)
 		    q->name);
 		return;
 	}
-	p->kind = kind;
-	p->v = v;
-	p->done = done;
+	*p = (qps_pend) {.kind = kind, .v = v, .done = done};
 	*(q->pend_tail != NULL ? &q->pend_tail->next : &q->pend) = p;
 	q->pend_tail = p;
 	q_busy(q);
@@ -248,11 +245,8 @@ q_lease_fire(qps_timer *t)
 	int rv = qps_q_rv(q, qpi_store_expire(q->st, qpi_now_ms(), &n, &next));
 
 	q->expire_due = rv == QP_EBUSY; /* the probe does it */
-	if (rv != QP_OK) {
-		next = INT64_MAX;
-	}
 	q_back(q, QP_OK, n, "leases ran out; their items");
-	qps_q_lease_due(q, next);
+	qps_q_lease_due(q, rv == QP_OK ? next : INT64_MAX);
 	if (n > 0) {
 		hs.changed(q);
 	}
@@ -286,26 +280,14 @@ sweep_fire(qps_timer *t)
 	}
 }
 
-static void
-sweep_due(void)
-{
-	if (sweep_timer.idx == SIZE_MAX) {
-		qps_timer_arm(&sweep_timer, qpi_now_ns() + SWEEP_NS);
-	}
-}
-
 void
 qps_q_lease_due(qps_q *q, int64_t expiry_ms)
 {
-	int64_t ns;
-
-	if (expiry_ms == INT64_MAX || expiry_ms >= INT64_MAX / 1000000) {
-		return;
-	}
-	ns = expiry_ms * 1000000;
-	if (q->lease_timer.idx == SIZE_MAX
-	    || ns < q->lease_timer.deadline_ns) {
-		qps_timer_arm(&q->lease_timer, ns);
+	/* INT64_MAX (none), or past what nanoseconds hold: never. */
+	if (expiry_ms < INT64_MAX / 1000000
+	    && (q->lease_timer.idx == SIZE_MAX
+	        || expiry_ms * 1000000 < q->lease_timer.deadline_ns)) {
+		qps_timer_arm(&q->lease_timer, expiry_ms * 1000000);
 	}
 }
 
@@ -483,7 +465,9 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 		hs.head->prev = q;
 	}
 	hs.head = q;
-	sweep_due();
+	if (sweep_timer.idx == SIZE_MAX) {
+		qps_timer_arm(&sweep_timer, qpi_now_ns() + SWEEP_NS);
+	}
 	q_seed(q);
 	*qp = q;
 	return QP_OK;
@@ -495,7 +479,7 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 static int
 q_lookup(const char *name, qps_q **qp)
 {
-	struct quar *z = quar_find(name);
+	struct quar *z = *quar_at(name);
 	qpi_durq *d;
 	uint64_t lease_ms = 0;
 	int rv;
@@ -614,7 +598,7 @@ qps_q_delete(const char *name, qps_q *q)
 	char path[PATH_MAX];
 	int rv;
 
-	if ((q != NULL && qpi_store_durable(q->st)) || quar_find(name) != NULL
+	if ((q != NULL && qpi_store_durable(q->st)) || *quar_at(name) != NULL
 	    || (q == NULL && dur_exists(name))) {
 		if (q != NULL) {
 			qps_q_forget(q); /* closes (and unlocks) the file */

@@ -16,8 +16,6 @@
 #include "../lib/link.h" /* lib's: its listeners */
 #include "link.h"
 
-#include <stdio.h>
-#include <string.h>
 #include <time.h>
 
 /* A listener, its driver and the thread that accepts on it. */
@@ -65,7 +63,10 @@ lsn_accept_main(void *arg)
 static int
 lsn_listen(const qps_config *cfg, const char *url, char *bound)
 {
-	const qps_link_driver *drv;
+	lsn_listener *ls = &lsn[nlsn];
+	qp_conn_opts o = {.tls_cert = cfg->tls_cert,
+	    .tls_key = cfg->tls_key,
+	    .tls_ca = cfg->tls_ca};
 	qpi_addr a;
 	int rv;
 
@@ -78,31 +79,23 @@ lsn_listen(const qps_config *cfg, const char *url, char *bound)
 	if ((rv = qps_sec_check_listener(cfg, &a, url)) != QP_OK) {
 		return rv;
 	}
-	drv = cfg->raw_sp && a.kind != QPI_ADDR_TLS ? &qps_link_socket
-	                                            : &qps_link_stream;
-	qp_conn_opts o = {.tls_cert = cfg->tls_cert,
-	    .tls_key = cfg->tls_key,
-	    .tls_ca = cfg->tls_ca};
-	if (drv->start != NULL && (rv = drv->start()) != QP_OK) {
+	ls->drv = cfg->raw_sp && a.kind != QPI_ADDR_TLS ? &qps_link_socket
+	                                                : &qps_link_stream;
+	if (ls->drv->start != NULL && (rv = ls->drv->start()) != QP_OK) {
 		return rv;
 	}
-	if ((rv = drv == &qps_link_socket ? qpi_link_sock_listen(
-	              &lsn[nlsn].L, &a, bound, QPI_URL_MAX + 1)
-	                                  : qpi_link_nng_listen(&lsn[nlsn].L,
-	                                      &a, &o, bound, QPI_URL_MAX + 1))
-	    != QP_OK) {
+	rv = ls->drv == &qps_link_socket
+	    ? qpi_link_sock_listen(&ls->L, &a, bound, QPI_URL_MAX + 1)
+	    : qpi_link_nng_listen(&ls->L, &a, &o, bound, QPI_URL_MAX + 1);
+	if (rv != QP_OK) {
 		qps_log(QPS_LOG_ERROR, "%s", qp_errmsg());
 		return rv;
 	}
-	lsn[nlsn].drv = drv;
-	if (pthread_create(&lsn[nlsn].thr, NULL, lsn_accept_main, &lsn[nlsn])
-	    != 0) {
+	nlsn++; /* closed by qps_net_close, even if not running */
+	ls->running = pthread_create(&ls->thr, NULL, lsn_accept_main, ls) == 0;
+	if (!ls->running) {
 		qps_log(QPS_LOG_ERROR, "cannot listen on %s: no thread", url);
-		rv = QP_ESYSTEM;
-	}
-	lsn[nlsn++].running = rv == QP_OK; /* closed by qps_net_close */
-	if (rv != QP_OK) {
-		return rv;
+		return QP_ESYSTEM;
 	}
 	qps_log(QPS_LOG_INFO, "listening on %s", bound);
 	return QP_OK;

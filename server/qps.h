@@ -71,14 +71,9 @@ typedef struct qps_config {
 	const char *token_file; /* --auth-token-file (else $QPIPE_TOKEN) */
 	const char *tls_cert; /* --tls-cert, --tls-key: tls+tcp:// listeners */
 	const char *tls_key;
-	const char
-	    *tls_ca; /* --tls-ca: client certificates must chain to it */
-	bool raw_sp; /* tcp:// and ipc:// on plain sockets (--transport sp),
-	                else on nng streams (nng) */
-	/* Trust of shared-memory segments. */
-	bool shm_any_owner; /* --shm-any-owner: host segments other users
-	                       own (QP_OPEN_ANY_OWNER); else they are
-	                       refused with QP_EPERM */
+	const char *tls_ca; /* --tls-ca: the CA of client certificates */
+	bool raw_sp; /* --transport sp: tcp://, ipc:// on plain sockets */
+	bool shm_any_owner; /* --shm-any-owner: QP_OPEN_ANY_OWNER */
 	/* What one connection may hold, so that it never takes what the
 	 * others need (README, Security): */
 	uint32_t conn_waits; /* --max-waiting: parked requests */
@@ -86,8 +81,7 @@ typedef struct qps_config {
 	uint32_t conn_leases; /* --max-leases: items leased at once */
 	int64_t handshake_ms; /* --handshake-timeout: SP handshake due */
 	int64_t auth_ms; /* --auth-timeout: authenticated (with a token) */
-	const char *metrics; /* --metrics tcp://HOST:PORT (metrics.c); NULL:
-	                        no metrics listener */
+	const char *metrics; /* --metrics URL (metrics.c); NULL: none */
 } qps_config;
 
 /* Defaults of the per-connection limits (qpiped --help says why). */

@@ -17,7 +17,6 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <stdio.h>
 #include <string.h>
 
 static struct {
@@ -63,20 +62,16 @@ qps_sec_start(const qps_config *cfg)
 		    "own certificate)");
 		return QP_EINVAL;
 	}
-	if (cfg->tls_cert == NULL) {
-		return QP_OK; /* a tls+tcp:// listener is refused later */
-	}
 	for (size_t i = 0; i < cfg->nlisten; i++) {
 		any_tls = any_tls
 		    || strncmp(cfg->listen[i], "tls+tcp://", 10) == 0;
 	}
-	if (!any_tls) {
+	/* Without a certificate a tls+tcp:// listener is refused later. */
+	if (cfg->tls_cert != NULL && !any_tls) {
 		qps_log(QPS_LOG_WARN,
 		    "--tls-cert is given but no --listen is tls+tcp://: the "
 		    "certificate is not used");
-		return QP_OK;
-	}
-	if (cfg->tls_ca != NULL) {
+	} else if (cfg->tls_ca != NULL) {
 		qps_log(QPS_LOG_INFO,
 		    "TLS clients must present a certificate signed by %s",
 		    cfg->tls_ca);

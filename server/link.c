@@ -119,16 +119,8 @@ link_due_remove(qps_link *l)
 	if (k == LINK_DUE_NONE) {
 		return;
 	}
-	if (l->pprev != NULL) {
-		l->pprev->pnext = l->pnext;
-	} else {
-		lk.due[k].head = l->pnext;
-	}
-	if (l->pnext != NULL) {
-		l->pnext->pprev = l->pprev;
-	} else {
-		lk.due[k].tail = l->pprev;
-	}
+	*(l->pprev != NULL ? &l->pprev->pnext : &lk.due[k].head) = l->pnext;
+	*(l->pnext != NULL ? &l->pnext->pprev : &lk.due[k].tail) = l->pprev;
 	l->plist = LINK_DUE_NONE;
 	l->pprev = l->pnext = NULL;
 }
@@ -310,11 +302,7 @@ qps_link_close(qps_link *l, const char *why)
 	pthread_mutex_unlock(&l->mu);
 	l->drv->close(l);
 	pthread_mutex_lock(&lk.mu);
-	if (l->prev != NULL) {
-		l->prev->next = l->next;
-	} else {
-		lk.links = l->next;
-	}
+	*(l->prev != NULL ? &l->prev->next : &lk.links) = l->next;
 	if (l->next != NULL) {
 		l->next->prev = l->prev;
 	}
@@ -390,25 +378,31 @@ link_write_locked(qps_link *l, struct iovec *iov, int niov)
 	return true;
 }
 
-/* Sends rep (owned; NULL: nothing) with backtrace bt on l, then drops
- * the request's reference. close_after: shut l once the reply is out. */
-static void
-link_reply(qps_link *l, const uint8_t *bt, size_t btlen, nng_msg *rep,
-    bool close_after)
+/* Ends a request (parked or not): its reply (NULL: none) goes out with
+ * the request's backtrace, then the request's reference to its link is
+ * dropped and the worker freed. */
+void
+qps_worker_reply(qps_worker *w, nng_msg *rep)
 {
+	qps_link *l = w->l;
 	bool shut = false, last = false;
 
+	pthread_mutex_lock(&lk.mu);
+	*(w->parked ? &lk.nparked : &lk.nbusy) -= 1;
+	pthread_cond_broadcast(&lk.cv);
+	pthread_mutex_unlock(&lk.mu);
+	qps_metrics_request_end(w->t0, rep);
 	pthread_mutex_lock(&l->mu);
 	if (rep != NULL && !l->dead) {
 		uint8_t hdr[9];
 		size_t len = nng_msg_len(rep);
 		struct iovec iov[3] = {
-		    {hdr, qpi_sp_frame_hdr(hdr, l->ipc, btlen + len)},
-		    {(void *) bt, btlen},
+		    {hdr, qpi_sp_frame_hdr(hdr, l->ipc, w->btlen + len)},
+		    {w->bt, w->btlen},
 		    {nng_msg_body(rep), len},
 		};
-		l->shut_after = l->shut_after || close_after;
-		qps_metrics_bytes(0, iov[0].iov_len + btlen + len);
+		l->shut_after = l->shut_after || w->close_after;
+		qps_metrics_bytes(0, iov[0].iov_len + w->btlen + len);
 		/* A broken connection: its reader notices once shut, and
 		 * reads no more requests. */
 		if (!link_write_locked(l, iov, 3)) {
@@ -420,6 +414,7 @@ link_reply(qps_link *l, const uint8_t *bt, size_t btlen, nng_msg *rep,
 		last = --l->refs == 0;
 	}
 	pthread_mutex_unlock(&l->mu);
+	free(w);
 	if (rep != NULL) {
 		nng_msg_free(rep);
 	}
@@ -429,24 +424,6 @@ link_reply(qps_link *l, const uint8_t *bt, size_t btlen, nng_msg *rep,
 	} else if (last) {
 		link_free(l);
 	}
-}
-
-/* Ends a request (parked or not): its reply (NULL: none) goes out, the
- * worker is freed. */
-void
-qps_worker_reply(qps_worker *w, nng_msg *rep)
-{
-	pthread_mutex_lock(&lk.mu);
-	if (w->parked) {
-		lk.nparked--;
-	} else {
-		lk.nbusy--;
-	}
-	pthread_cond_broadcast(&lk.cv);
-	pthread_mutex_unlock(&lk.mu);
-	qps_metrics_request_end(w->t0, rep);
-	link_reply(w->l, w->bt, w->btlen, rep, w->close_after);
-	free(w);
 }
 
 bool

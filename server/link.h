@@ -51,9 +51,6 @@ typedef struct qps_link_driver {
 extern const qps_link_driver qps_link_socket; /* link_socket.c */
 extern const qps_link_driver qps_link_stream; /* link_stream.c */
 
-struct nng_stream;
-struct nng_aio;
-
 struct qps_link {
 	pthread_mutex_t mu;
 	const qps_link_driver *drv;
@@ -90,8 +87,8 @@ struct qps_link {
 	int fd, ep;
 	uint32_t events; /* epoll events asked for; 0: not yet watched */
 	/* nng streams. */
-	struct nng_stream *st;
-	struct nng_aio *rx, *tx;
+	nng_stream *st;
+	nng_aio *rx, *tx;
 	uint8_t *rbuf, *sbuf; /* sbuf[soff..slen): the write under way */
 	size_t soff, slen, scap;
 	bool reading, sending, st_closed;

@@ -70,26 +70,6 @@ dirw_drop(void)
 	}
 }
 
-static void
-dirw_start(void)
-{
-	const char *dir = qpi_shm_dir();
-
-	dirw.tried = true;
-	if (strlen(dir) >= sizeof(dirw.dir)) {
-		return;
-	}
-	snprintf(dirw.dir, sizeof(dirw.dir), "%s", dir);
-	dirw.fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-	if (dirw.fd >= 0
-	    && inotify_add_watch(dirw.fd, dirw.dir,
-	           IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
-	               | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
-	        < 0) {
-		dirw_drop();
-	}
-}
-
 /* Reads the directory's events: every queue whose name changed is looked
  * at. Returns false if the watch is not to be trusted (none, lost,
  * overflowed, or more events than one request reads): the caller looks
@@ -100,9 +80,18 @@ dirw_drain(void)
 	char buf[4096]
 	    __attribute__((aligned(__alignof__(struct inotify_event))));
 
-	if (!dirw.tried) {
-		dirw_start();
+	if (!dirw.tried && strlen(qpi_shm_dir()) < sizeof(dirw.dir)) {
+		snprintf(dirw.dir, sizeof(dirw.dir), "%s", qpi_shm_dir());
+		dirw.fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+		if (dirw.fd >= 0
+		    && inotify_add_watch(dirw.fd, dirw.dir,
+		           IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+		               | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+		        < 0) {
+			dirw_drop();
+		}
 	}
+	dirw.tried = true;
 	if (dirw.fd < 0 || strcmp(qpi_shm_dir(), dirw.dir) != 0) {
 		return false;
 	}

@@ -13,10 +13,9 @@
  * driver's (link.h); nothing here branches on the transport. A connection
  * must send its SP handshake within --handshake-timeout, and authenticate
  * (when the server has a token) within --auth-timeout, or be closed: the
- * reaper thread sleeps until the
- * oldest such deadline (two FIFOs, each in order of arrival since each
- * limit is one duration), so that connections that never finish cannot
- * hold --max-connections.
+ * reaper thread sleeps until the oldest such deadline (two FIFOs, each in
+ * order of arrival since each limit is one duration), so that connections
+ * that never finish cannot hold --max-connections.
  *
  * Locking: lk.mu guards the list of links and the counters. Each link's
  * mu guards its out queue, its flags and its reference count; its read

@@ -3,10 +3,9 @@
  * connection's bytes (link.c: SP req0/rep0 framing, requests in, replies
  * out), moved by a driver behind an ops table, as nng's transports are:
  * plain sockets (link_socket.c: tcp://, ipc://) and nng streams
- * (link_stream.c: tls+tcp://, and tcp:// and ipc:// with --transport nng).
- * listener.c listens on each --listen URL with lib's listener of the
- * driver that carries it (lib/link.h), one accepting thread each. The request
- * layer sees none of this: it uses the connections section of qps.h.
+ * (link_stream.c: tls+tcp://, and tcp:// and ipc:// with --transport nng),
+ * accepted by listener.c. The request layer sees none of this: it uses
+ * the connections section of qps.h.
  */
 #ifndef QPS_LINK_H
 #define QPS_LINK_H

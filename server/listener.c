@@ -1,13 +1,12 @@
 /*
  * listener.c - where qpiped listens: each --listen URL is checked against
  * the start-up policy (sec.c: loopback, authentication, TLS) and served by
- * the driver that carries its scheme (link.h): plain sockets for tcp://
- * and ipc://, nng streams for tls+tcp:// and for tcp:// and ipc:// with
- * --transport nng. Each listens with lib's listener of that kind
- * (lib/link.h: set-up, TLS, the bound address), on a thread that accepts
- * and hands each connection to its driver; when accept fails for want of
- * descriptors or memory, it backs off (50 ms doubling to 1 s) and says
- * so at most once a second. Also the connection layer's start and close.
+ * the driver that carries its scheme and --transport (link.h). Each
+ * listens with lib's listener of that kind (lib/link.h: set-up, TLS, the
+ * bound address), on a thread that accepts and hands each connection to
+ * its driver; when accept fails for want of descriptors or memory, it
+ * backs off (50 ms doubling to 1 s) and says so at most once a second.
+ * Also the connection layer's start and close.
  *
  * Locking: none of its own. qps_net_start runs before any connection,
  * qps_net_close after the request layer has shut down; each listener is

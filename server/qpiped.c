@@ -37,21 +37,12 @@ parse_bytes(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 	}
 	errno = 0;
 	v = strtoull(s, &end, 10);
-	if (errno != 0) {
-		return false;
-	}
-	if (*end != '\0') {
-		if ((u = strchr(units, *end)) == NULL) {
-			return false;
-		}
+	if (*end != '\0' && (u = strchr(units, *end)) != NULL) {
 		mul = (uint64_t) 1 << (10 * (1 + (u - units) / 2));
 		end += 1 + (end[1] == 'i');
 		end += *end == 'B';
-		if (*end != '\0') {
-			return false;
-		}
 	}
-	if (v > max / mul || v * mul < min) {
+	if (errno != 0 || *end != '\0' || v > max / mul || v * mul < min) {
 		return false;
 	}
 	*out = v * mul;

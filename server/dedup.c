@@ -225,15 +225,13 @@ qps_dedup_begin(
 		prev->skip = s->skip;
 		s->state = SLOT_PENDING;
 		s->op = (uint8_t) op;
-		cl->npending++;
-		return QPS_DEDUP_NEW;
+	} else {
+		/* An older seq sharing the slot is forgotten. */
+		cl->npending -= s->state == SLOT_PENDING;
+		free(s->rep);
+		*s = (dslot) {
+		    .seq = seq, .op = (uint8_t) op, .state = SLOT_PENDING};
 	}
-	/* An older seq sharing the slot is forgotten. */
-	if (s->state == SLOT_PENDING) {
-		cl->npending--;
-	}
-	free(s->rep);
-	*s = (dslot) {.seq = seq, .op = (uint8_t) op, .state = SLOT_PENDING};
 	cl->npending++;
 	return QPS_DEDUP_NEW;
 }

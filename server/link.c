@@ -28,7 +28,6 @@
 #include "sp.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,12 +192,7 @@ link_reaper(void *arg)
 			pthread_mutex_lock(&lk.mu);
 			continue;
 		}
-		if (next == INT64_MAX) {
-			pthread_cond_wait(&lk.rcv, &lk.mu);
-		} else {
-			struct timespec ts = qpi_ts_from_ns(next);
-			pthread_cond_timedwait(&lk.rcv, &lk.mu, &ts);
-		}
+		(void) qpi_cond_wait(&lk.rcv, &lk.mu, next);
 	}
 	pthread_mutex_unlock(&lk.mu);
 	return NULL;
@@ -207,23 +201,18 @@ link_reaper(void *arg)
 int
 qps_link_setup(const qps_config *cfg)
 {
-	pthread_condattr_t ca;
-
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&lk.cv, &ca);
-	pthread_cond_init(&lk.rcv, &ca);
-	pthread_condattr_destroy(&ca);
+	qpi_cond_init(&lk.cv);
+	qpi_cond_init(&lk.rcv);
 	lk.cap = cfg->max_message + LINK_FRAME_SLACK;
 	lk.max_parked = (uint64_t) cfg->max_connections * 8 + 64;
 	lk.due[LINK_DUE_HS].ns = cfg->handshake_ms * 1000000;
 	lk.due[LINK_DUE_AUTH].ns = cfg->auth_ms * 1000000;
-	if (pthread_create(&lk.reaper, NULL, link_reaper, NULL) != 0) {
+	lk.reaper_on
+	    = pthread_create(&lk.reaper, NULL, link_reaper, NULL) == 0;
+	if (!lk.reaper_on) {
 		qps_log(QPS_LOG_ERROR, "cannot start a thread");
-		return QP_ESYSTEM;
 	}
-	lk.reaper_on = true;
-	return QP_OK;
+	return lk.reaper_on ? QP_OK : QP_ESYSTEM;
 }
 
 qps_link *
@@ -690,8 +679,6 @@ qps_net_peer(uint32_t pipe_id, char *buf, size_t len)
 	pthread_mutex_unlock(&lk.mu);
 }
 
-/* ---- metrics ---- */
-
 uint64_t
 qps_net_parked(void)
 {
@@ -703,20 +690,26 @@ qps_net_parked(void)
 	return n;
 }
 
-bool
-qps_net_drain(int64_t timeout_ms)
+/* Waits (lk.mu held) until *n is 0 or deadline_ns: true if it is 0. */
+static bool
+link_wait_zero(const uint64_t *n, int64_t deadline_ns)
 {
-	struct timespec ts
-	    = qpi_ts_from_ns(qpi_now_ns() + timeout_ms * 1000000);
-	bool done;
-
-	pthread_mutex_lock(&lk.mu);
-	while (lk.nbusy > 0) {
-		if (pthread_cond_timedwait(&lk.cv, &lk.mu, &ts) == ETIMEDOUT) {
+	while (*n > 0) {
+		if (qpi_cond_wait(&lk.cv, &lk.mu, deadline_ns)
+		    == QP_ETIMEDOUT) {
 			break;
 		}
 	}
-	done = lk.nbusy == 0;
+	return *n == 0;
+}
+
+bool
+qps_net_drain(int64_t timeout_ms)
+{
+	bool done;
+
+	pthread_mutex_lock(&lk.mu);
+	done = link_wait_zero(&lk.nbusy, qpi_now_ns() + timeout_ms * 1000000);
 	pthread_mutex_unlock(&lk.mu);
 	return done;
 }
@@ -724,7 +717,6 @@ qps_net_drain(int64_t timeout_ms)
 void
 qps_link_close_all(void)
 {
-	struct timespec ts = qpi_ts_from_ns(qpi_now_ns() + 5000 * 1000000ll);
 
 	pthread_mutex_lock(&lk.mu);
 	lk.closing = true;
@@ -744,13 +736,10 @@ qps_link_close_all(void)
 		pthread_mutex_lock(&lk.mu);
 	}
 	/* Links the drivers still hold (an nng read or write ending). */
-	while (lk.nalloc > 0) {
-		if (pthread_cond_timedwait(&lk.cv, &lk.mu, &ts) == ETIMEDOUT) {
-			qps_log(QPS_LOG_WARN,
-			    "%llu connections not yet released at exit",
-			    (unsigned long long) lk.nalloc);
-			break;
-		}
+	if (!link_wait_zero(&lk.nalloc, qpi_now_ns() + 5000 * 1000000ll)) {
+		qps_log(QPS_LOG_WARN,
+		    "%llu connections not yet released at exit",
+		    (unsigned long long) lk.nalloc);
 	}
 	pthread_mutex_unlock(&lk.mu);
 }

@@ -338,9 +338,7 @@ typedef struct qps_q {
 	int64_t probe_ns; /* the probe's current backoff */
 	qps_timer probe_timer; /* retries the lock (q_probe_fire) */
 	struct qps_pend *pend, *pend_tail; /* background work to retry */
-	/* Trust of shared-memory segments. */
-	bool quarantined; /* found damaged (logged once): its requests get
-	                     QP_ECORRUPT until it is deleted */
+	bool quarantined; /* found damaged: QP_ECORRUPT until deleted */
 } qps_q;
 
 /* Options of the create op, 0 = the server's default. */
@@ -354,10 +352,10 @@ typedef struct qps_q_opts {
 	const char *fsync; /* durable: policy, "" or NULL = --fsync */
 } qps_q_opts;
 
-/* Starts the registry (durable queues, watchers); mu is
- * the ops lock; changed(q) is called, with it held, whenever q may have
- * changed under parked requests (items put, room freed, tasks done,
- * leases expired or given back, its lock free again). */
+/* Starts the registry (durable queues, watchers); mu is the ops lock;
+ * changed(q) is called, with it held, whenever q may have changed under
+ * parked requests (items put, room freed, tasks done, leases expired or
+ * given back, its lock free again). */
 int qps_registry_start(
     const qps_config *cfg, pthread_mutex_t *mu, void (*changed)(qps_q *q));
 

@@ -348,8 +348,10 @@ dur_open(const char *name, unsigned flags, const qps_q_opts *o, qpi_durq **dp,
     uint64_t *lease_msp)
 {
 	char path[PATH_MAX];
-	qpi_durq_cfg c;
-	qpi_shmq_cfg sizes;
+	qpi_shmq_cfg sizes = q_cfg(o);
+	qpi_durq_cfg c = {.maxsize = sizes.maxsize,
+	    .capacity = sizes.capacity,
+	    .max_message = sizes.max_message};
 	qpi_durq_info info;
 	char pol[QPI_FSYNC_STR_MAX];
 	int rv;
@@ -358,10 +360,6 @@ dur_open(const char *name, unsigned flags, const qps_q_opts *o, qpi_durq **dp,
 		return qpi_err(
 		    QP_EINVAL, "the data directory path is too long");
 	}
-	sizes = q_cfg(o);
-	c = (qpi_durq_cfg) {.maxsize = sizes.maxsize,
-	    .capacity = sizes.capacity,
-	    .max_message = sizes.max_message};
 	if (o != NULL) {
 		c.lease_ms = o->lease_ms;
 		if ((rv = qpi_fsync_parse(o->fsync, &c.fsync)) != QP_OK) {

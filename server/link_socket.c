@@ -219,8 +219,7 @@ sk_loop_main(void *arg)
 			return NULL;
 		}
 		for (int i = 0; i < n; i++) {
-			uint64_t tag = evs[i].data.u64;
-			if (tag == 0) {
+			if (evs[i].data.u64 == 0) {
 				return NULL; /* the wake eventfd: stop */
 			}
 			qps_link *l = evs[i].data.ptr;

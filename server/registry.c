@@ -878,9 +878,7 @@ qps_registry_fini(void)
 	}
 	qpi_htab_fini(&hs.qs);
 	while (hs.quar != NULL) {
-		struct quar *z = hs.quar;
-		hs.quar = z->next;
-		free(z);
+		quar_drop(hs.quar->name);
 	}
 	pthread_mutex_unlock(hs.mu);
 }

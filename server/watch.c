@@ -158,10 +158,9 @@ wg_add(qps_watch *w, const char *name)
 		}
 	}
 	cap = wa.waitv ? WG_MAX : 1;
-	for (g = wa.groups; g != NULL; g = g->next) {
-		if (g->n < cap) {
-			break;
-		}
+	g = wa.groups;
+	while (g != NULL && g->n >= cap) {
+		g = g->next;
 	}
 	if (g == NULL) {
 		if ((g = calloc(1, sizeof(*g))) == NULL) {

@@ -139,9 +139,9 @@ bool qps_net_drain(int64_t timeout_ms);
 void qps_net_close(void);
 
 /* Marks w parked: the ops layer keeps it (and the request) until it calls
- * qps_worker_reply. Called by qps_ops_handle before it
- * publishes the waiter. Returns false (not parked) when the server already
- * holds its limit of parked requests, or is closing. */
+ * qps_worker_reply. Called by qps_ops_handle before it publishes the
+ * waiter. False (not parked) when the server already holds its limit of
+ * parked requests, or is closing. */
 bool qps_worker_park(qps_worker *w);
 
 /* Sends rep (NULL: no reply, its client is gone) as the reply of w and
@@ -247,10 +247,8 @@ int qps_rep_read(nng_msg *m, uint32_t *opp);
 
 /* ---- timers (timer.c) ---- */
 
-/* A one-shot timer run by the timer thread with the lock given to
- * qps_timer_start held (the ops layer's lock): arming, cancelling and
- * firing never race. A heap of deadlines and one condvar wait for the
- * nearest: no polling. */
+/* A one-shot timer, fired by the timer thread (timer.c) with the lock
+ * given to qps_timer_start held: arming, cancelling and firing never race. */
 typedef struct qps_timer {
 	int64_t deadline_ns; /* absolute CLOCK_MONOTONIC */
 	size_t idx; /* position in the heap; SIZE_MAX when not armed */
@@ -683,11 +681,7 @@ void qps_pipes_drain(void);
 /* Frees every pipe. */
 void qps_pipes_fini(void);
 
-/* ---- metrics, the status page and its JSON (metrics.c) ----
- *
- * Server-wide counters are relaxed atomics bumped on the request path;
- * per-queue figures are read from the queues themselves (their segments'
- * counters, lib/shmq.h) when a scrape asks. */
+/* ---- metrics, the status page and its JSON (metrics.c) ---- */
 
 /* Why a connection was refused or closed unserved. */
 enum {

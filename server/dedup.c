@@ -157,9 +157,7 @@ client_grow(qps_client *cl)
 	while (cap < QPS_DEDUP_WINDOW && cl->max_seq >= cap) {
 		cap *= 4;
 	}
-	if (cap > QPS_DEDUP_WINDOW) {
-		cap = QPS_DEDUP_WINDOW;
-	}
+	cap = cap > QPS_DEDUP_WINDOW ? QPS_DEDUP_WINDOW : cap;
 	if (cap == cl->cap || (s = calloc(cap, sizeof(*s))) == NULL) {
 		return; /* a smaller window: older repeats are applied again */
 	}

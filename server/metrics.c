@@ -121,12 +121,8 @@ qps_metrics_request_end(int64_t t0_ns, nng_msg *rep)
 	int st = rep != NULL ? qps_rep_read(rep, &op) : MX_RES_NONE;
 	size_t b = 0;
 
-	if (op >= MX_OPS) {
-		op = 0;
-	}
-	if (st < 0 || st >= MX_RES) {
-		st = MX_RES_NONE;
-	}
+	op = op < MX_OPS ? op : 0;
+	st = st >= 0 && st < MX_RES ? st : MX_RES_NONE;
 	while (b < MX_NB && d > mx_le_ns[b]) {
 		b++;
 	}

@@ -441,9 +441,8 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 		qpi_durq_free(dur);
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	if (hs.cfg->shm_any_owner) {
-		flags |= QP_OPEN_ANY_OWNER; /* else another user's: QP_EPERM */
-	}
+	/* Without QP_OPEN_ANY_OWNER, another user's segment: QP_EPERM. */
+	flags |= hs.cfg->shm_any_owner ? QP_OPEN_ANY_OWNER : 0;
 	rv = dur != NULL ? qpi_store_open_durq(&q->st, name, dur)
 	                 : qpi_store_open_shm(&q->st, name, flags, cfg);
 	if (rv != QP_OK) {

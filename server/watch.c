@@ -83,9 +83,8 @@ wg_main(void *arg)
 		 * after the read wakes the wait below. */
 		for (int i = 0; i < n; i++) {
 			qps_watch *w = g->ws[i];
-			if (!w->armed && qpi_shmq_watch_arm(w->shm) == QP_OK) {
-				w->armed = true;
-			}
+			w->armed
+			    = w->armed || qpi_shmq_watch_arm(w->shm) == QP_OK;
 			w->seen = qpi_shmq_watch_seq(w->shm);
 			snap[i] = w;
 		}

@@ -476,13 +476,14 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 static int
 q_lookup(const char *name, qps_q **qp)
 {
-	struct quar *z = *quar_at(name);
+	struct quar *z;
 	qpi_durq *d;
 	uint64_t lease_ms = 0;
 	int rv;
 
+	/* A hosted queue (every request's case) costs one lookup. */
 	if ((*qp = qps_q_find(name)) != NULL
-	    || (z == NULL && !dur_exists(name))) {
+	    || ((z = *quar_at(name)) == NULL && !dur_exists(name))) {
 		return QP_OK;
 	}
 	if (z != NULL) {

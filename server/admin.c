@@ -70,26 +70,6 @@ dirw_drop(void)
 	}
 }
 
-static void
-dirw_start(void)
-{
-	const char *dir = qpi_shm_dir();
-
-	dirw.tried = true;
-	if (strlen(dir) >= sizeof(dirw.dir)) {
-		return;
-	}
-	snprintf(dirw.dir, sizeof(dirw.dir), "%s", dir);
-	dirw.fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-	if (dirw.fd >= 0
-	    && inotify_add_watch(dirw.fd, dirw.dir,
-	           IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
-	               | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
-	        < 0) {
-		dirw_drop();
-	}
-}
-
 /* Reads the directory's events: every queue whose name changed is looked
  * at. Returns false if the watch is not to be trusted (none, lost,
  * overflowed, or more events than one request reads): the caller looks
@@ -100,9 +80,18 @@ dirw_drain(void)
 	char buf[4096]
 	    __attribute__((aligned(__alignof__(struct inotify_event))));
 
-	if (!dirw.tried) {
-		dirw_start();
+	if (!dirw.tried && strlen(qpi_shm_dir()) < sizeof(dirw.dir)) {
+		snprintf(dirw.dir, sizeof(dirw.dir), "%s", qpi_shm_dir());
+		dirw.fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+		if (dirw.fd >= 0
+		    && inotify_add_watch(dirw.fd, dirw.dir,
+		           IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+		               | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+		        < 0) {
+			dirw_drop();
+		}
 	}
+	dirw.tried = true;
 	if (dirw.fd < 0 || strcmp(qpi_shm_dir(), dirw.dir) != 0) {
 		return false;
 	}
@@ -183,11 +172,8 @@ qps_admin_open_for(
 static nng_msg *
 admin_figures(qps_q *q, const qpi_wire_req *r)
 {
-	qpi_wire_rep rp;
-	int rv;
-
-	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
-	rv = q->busy                ? QP_EBUSY
+	qpi_wire_rep rp = {.op = r->op, .req_id = r->req_id};
+	int rv = q->busy            ? QP_EBUSY
 	    : r->op == QPI_OP_QSIZE ? qpi_store_qsize(q->st, &rp.count)
 	                            : qpi_store_stat(q->st, &rp.stat);
 	if (q->busy || qps_q_rv(q, rv) == QP_EBUSY) {
@@ -240,21 +226,18 @@ static nng_msg *
 admin_list(const qpi_wire_req *r)
 {
 	list_ctx lc = {0};
-	qpi_wire_rep rp;
-	nng_msg *rep;
 	int rv = qps_q_list(list_one, &lc);
+	qpi_wire_rep rp = {.op = r->op,
+	    .req_id = r->req_id,
+	    .queues = lc.v,
+	    .nqueues = lc.n,
+	    .queues_cap = lc.cap};
+	nng_msg *rep;
 
-	if (rv != QP_OK || lc.nomem) {
-		rv = rv != QP_OK ? rv : QP_ENOMEM;
-		rep = qps_rep_error(r->op, r->req_id, rv,
-		    "cannot list the queues: %s", qp_strerror(rv));
-	} else {
-		rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
-		rp.queues = lc.v;
-		rp.nqueues = lc.n;
-		rp.queues_cap = lc.cap;
-		rep = qps_rep_encode(&rp);
-	}
+	rv = rv == QP_OK && lc.nomem ? QP_ENOMEM : rv;
+	rep = rv == QP_OK ? qps_rep_encode(&rp)
+	                  : qps_rep_error(r->op, r->req_id, rv,
+	                      "cannot list the queues: %s", qp_strerror(rv));
 	free(lc.v);
 	return rep;
 }
@@ -324,18 +307,17 @@ qps_admin_handle(const qps_req *rq, nng_msg **repp)
 	switch (r->op) {
 	case QPI_OP_LIST:
 		*repp = admin_list(r);
-		return QPS_REPLY;
+		break;
 	case QPI_OP_CREATE:
 		*repp = admin_create(r);
-		return QPS_REPLY;
+		break;
 	case QPI_OP_DELETE:
 		*repp = admin_delete(r);
-		return QPS_REPLY;
+		break;
 	default: /* QPI_OP_QSIZE, QPI_OP_STAT */
-		if (qps_admin_open_for(r, false, &q, repp) != QP_OK) {
-			return QPS_REPLY;
+		if (qps_admin_open_for(r, false, &q, repp) == QP_OK) {
+			*repp = admin_figures(q, r);
 		}
-		*repp = admin_figures(q, r);
-		return QPS_REPLY;
 	}
+	return QPS_REPLY;
 }

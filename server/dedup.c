@@ -133,10 +133,8 @@ qps_dedup_client(const uint8_t *id)
 			}
 		}
 	}
-	if ((cl = calloc(1, sizeof(*cl))) == NULL) {
-		return NULL;
-	}
-	if ((cl->slot = calloc(DEDUP_MIN_SLOTS, sizeof(dslot))) == NULL) {
+	if ((cl = calloc(1, sizeof(*cl))) == NULL
+	    || (cl->slot = calloc(DEDUP_MIN_SLOTS, sizeof(dslot))) == NULL) {
 		free(cl);
 		return NULL;
 	}
@@ -159,9 +157,7 @@ client_grow(qps_client *cl)
 	while (cap < QPS_DEDUP_WINDOW && cl->max_seq >= cap) {
 		cap *= 4;
 	}
-	if (cap > QPS_DEDUP_WINDOW) {
-		cap = QPS_DEDUP_WINDOW;
-	}
+	cap = cap > QPS_DEDUP_WINDOW ? QPS_DEDUP_WINDOW : cap;
 	if (cap == cl->cap || (s = calloc(cap, sizeof(*s))) == NULL) {
 		return; /* a smaller window: older repeats are applied again */
 	}
@@ -227,15 +223,13 @@ qps_dedup_begin(
 		prev->skip = s->skip;
 		s->state = SLOT_PENDING;
 		s->op = (uint8_t) op;
-		cl->npending++;
-		return QPS_DEDUP_NEW;
+	} else {
+		/* An older seq sharing the slot is forgotten. */
+		cl->npending -= s->state == SLOT_PENDING;
+		free(s->rep);
+		*s = (dslot) {
+		    .seq = seq, .op = (uint8_t) op, .state = SLOT_PENDING};
 	}
-	/* An older seq sharing the slot is forgotten. */
-	if (s->state == SLOT_PENDING) {
-		cl->npending--;
-	}
-	free(s->rep);
-	*s = (dslot) {.seq = seq, .op = (uint8_t) op, .state = SLOT_PENDING};
 	cl->npending++;
 	return QPS_DEDUP_NEW;
 }
@@ -285,24 +279,18 @@ qps_dedup_seed(const uint8_t *id, uint64_t seq, uint32_t done, uint32_t n)
 	qps_client *cl;
 	dslot *s;
 
-	if (seq == 0 || done == 0 || n == 0) {
+	if (seq == 0 || done == 0 || n == 0
+	    || (cl = qps_dedup_client(id)) == NULL
+	    || !client_window(cl, seq)) {
 		return 0;
 	}
-	if ((cl = qps_dedup_client(id)) == NULL) {
-		return 0;
-	}
-	if (!client_window(cl, seq)) {
-		return 0;
-	}
+	/* This server's own view, a newer seq, or as much known already. */
 	s = slot_of(cl, seq);
 	if (s->state == SLOT_PENDING
-	    || (s->state != SLOT_EMPTY && s->seq > seq)) {
-		return 0; /* this server's own view, or a newer seq */
-	}
-	if (s->seq == seq && s->state == SLOT_DONE) {
-		return 0;
-	}
-	if (s->seq == seq && s->state == SLOT_PARTIAL && s->skip >= done) {
+	    || (s->state != SLOT_EMPTY && s->seq > seq)
+	    || (s->seq == seq && s->state == SLOT_DONE)
+	    || (s->seq == seq && s->state == SLOT_PARTIAL
+	        && s->skip >= done)) {
 		return 0;
 	}
 	free(s->rep);
@@ -319,13 +307,10 @@ void
 qps_dedup_fail(const uint8_t *id, uint64_t seq, int status)
 {
 	qps_client *cl = client_find(id);
-	dslot *s;
+	dslot *s = cl != NULL && seq != 0 ? slot_of(cl, seq) : NULL;
 
-	if (cl == NULL || seq == 0) {
-		return;
-	}
-	s = slot_of(cl, seq);
-	if (s->seq == seq && s->state == SLOT_DONE && s->status == QP_OK) {
+	if (s != NULL && s->seq == seq && s->state == SLOT_DONE
+	    && s->status == QP_OK) {
 		s->status = (int16_t) status;
 	}
 }

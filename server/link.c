@@ -10,13 +10,12 @@
  * reads, checked after each request (the bytes of a read burst past that
  * request wait in the link's inbuf), so that a pipelining peer holds at
  * most that plus one reply of the server's memory. How bytes move is the
- * driver's (link.h); nothing here branches on the transport. A connection must
- * send its SP handshake within
- * --handshake-timeout, and authenticate (when the server has a token)
- * within --auth-timeout, or be closed: the reaper thread sleeps until the
- * oldest such deadline (two FIFOs, each in order of arrival since each
- * limit is one duration), so that connections that never finish cannot
- * hold --max-connections.
+ * driver's (link.h); nothing here branches on the transport. A connection
+ * must send its SP handshake within --handshake-timeout, and authenticate
+ * (when the server has a token) within --auth-timeout, or be closed: the
+ * reaper thread sleeps until the oldest such deadline (two FIFOs, each in
+ * order of arrival since each limit is one duration), so that connections
+ * that never finish cannot hold --max-connections.
  *
  * Locking: lk.mu guards the list of links and the counters. Each link's
  * mu guards its out queue, its flags and its reference count; its read
@@ -29,7 +28,6 @@
 #include "sp.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,7 +57,7 @@ static struct {
 	pthread_mutex_t mu;
 	pthread_cond_t cv; /* a request ended, a link was freed */
 	qps_link *links; /* every open link */
-	uint64_t nopen, nalloc; /* links open, links not yet freed */
+	uint64_t nalloc; /* links not yet freed */
 	uint64_t nbusy, nparked, max_parked;
 	uint32_t next_id;
 	size_t cap; /* largest frame body accepted */
@@ -76,20 +74,38 @@ static struct {
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
-/* Appends l to due list k. lk.mu held. */
+static void
+link_ref(qps_link *l)
+{
+	pthread_mutex_lock(&l->mu);
+	l->refs++;
+	pthread_mutex_unlock(&l->mu);
+}
+
+/* The peer's address for logs. */
+static const char *
+link_peer(const qps_link *l)
+{
+	return l->peer[0] != '\0' ? l->peer : "a local socket";
+}
+
+/* Appends l to due list k unless it is closed meanwhile (dead: it has
+ * left the lists already, or leaves them after this). */
 static void
 link_due_add(qps_link *l, int k)
 {
-	l->plist = k;
-	l->pnext = NULL;
-	l->pprev = lk.due[k].tail;
-	if (lk.due[k].tail != NULL) {
-		lk.due[k].tail->pnext = l;
-	} else {
-		lk.due[k].head = l;
+	pthread_mutex_lock(&lk.mu);
+	pthread_mutex_lock(&l->mu);
+	if (!l->dead) {
+		l->plist = k;
+		l->pnext = NULL;
+		l->pprev = lk.due[k].tail;
+		*(l->pprev != NULL ? &l->pprev->pnext : &lk.due[k].head) = l;
+		lk.due[k].tail = l;
 		pthread_cond_signal(&lk.rcv);
 	}
-	lk.due[k].tail = l;
+	pthread_mutex_unlock(&l->mu);
+	pthread_mutex_unlock(&lk.mu);
 }
 
 /* Takes l out of its due list, if in one. lk.mu held. */
@@ -101,16 +117,8 @@ link_due_remove(qps_link *l)
 	if (k == LINK_DUE_NONE) {
 		return;
 	}
-	if (l->pprev != NULL) {
-		l->pprev->pnext = l->pnext;
-	} else {
-		lk.due[k].head = l->pnext;
-	}
-	if (l->pnext != NULL) {
-		l->pnext->pprev = l->pprev;
-	} else {
-		lk.due[k].tail = l->pprev;
-	}
+	*(l->pprev != NULL ? &l->pprev->pnext : &lk.due[k].head) = l->pnext;
+	*(l->pnext != NULL ? &l->pnext->pprev : &lk.due[k].tail) = l->pprev;
 	l->plist = LINK_DUE_NONE;
 	l->pprev = l->pnext = NULL;
 }
@@ -132,9 +140,7 @@ link_due_pop(int k, int64_t now, int64_t *next_ns)
 		return NULL;
 	}
 	link_due_remove(l);
-	pthread_mutex_lock(&l->mu);
-	l->refs++;
-	pthread_mutex_unlock(&l->mu);
+	link_ref(l);
 	return l;
 }
 
@@ -145,8 +151,7 @@ static void
 link_reap(qps_link *l, const char *why)
 {
 	qps_log_limited(&reap_ll, QPS_LOG_WARN,
-	    "connection %u from %s closed: %s", l->id,
-	    l->peer[0] != '\0' ? l->peer : "a local socket", why);
+	    "connection %u from %s closed: %s", l->id, link_peer(l), why);
 	qps_link_close(l, why);
 }
 
@@ -159,51 +164,35 @@ link_reaper(void *arg)
 	pthread_mutex_lock(&lk.mu);
 	while (!lk.closing) {
 		int64_t now = qpi_now_ns(), next = INT64_MAX;
-		qps_link *l;
+		int k = LINK_DUE_HS;
+		qps_link *l = link_due_pop(k, now, &next);
 		const char *why = NULL;
 
-		if ((l = link_due_pop(LINK_DUE_HS, now, &next)) != NULL) {
-			bool hs
-			    = __atomic_load_n(&l->hs_done, __ATOMIC_ACQUIRE);
+		if (l == NULL) {
+			l = link_due_pop(k = LINK_DUE_AUTH, now, &next);
+		}
+		if (l != NULL) {
+			bool hs = k == LINK_DUE_AUTH
+			    || __atomic_load_n(&l->hs_done, __ATOMIC_ACQUIRE);
 			pthread_mutex_unlock(&lk.mu);
 			if (!hs) {
 				link_reap(l,
 				    "no SP handshake in time "
 				    "(--handshake-timeout)");
-			} else if (lk.due[LINK_DUE_AUTH].ns
-			        > lk.due[LINK_DUE_HS].ns
-			    && !qps_ops_conn_settled(l->id, &why)) {
-				/* Authentication has longer. */
-				pthread_mutex_lock(&lk.mu);
-				pthread_mutex_lock(&l->mu);
-				bool dead = l->dead;
-				pthread_mutex_unlock(&l->mu);
-				if (!dead) {
-					link_due_add(l, LINK_DUE_AUTH);
-				}
-				pthread_mutex_unlock(&lk.mu);
-			} else if (!qps_ops_conn_settled(l->id, &why)) {
+			} else if (qps_ops_conn_settled(l->id, &why)) {
+				/* It may stay. */
+			} else if (k == LINK_DUE_HS
+			    && lk.due[LINK_DUE_AUTH].ns
+			        > lk.due[LINK_DUE_HS].ns) {
+				link_due_add(l, LINK_DUE_AUTH); /* more time */
+			} else {
 				link_reap(l, why);
 			}
 			qps_link_unref(l);
 			pthread_mutex_lock(&lk.mu);
 			continue;
 		}
-		if ((l = link_due_pop(LINK_DUE_AUTH, now, &next)) != NULL) {
-			pthread_mutex_unlock(&lk.mu);
-			if (!qps_ops_conn_settled(l->id, &why)) {
-				link_reap(l, why);
-			}
-			qps_link_unref(l);
-			pthread_mutex_lock(&lk.mu);
-			continue;
-		}
-		if (next == INT64_MAX) {
-			pthread_cond_wait(&lk.rcv, &lk.mu);
-		} else {
-			struct timespec ts = qpi_ts_from_ns(next);
-			pthread_cond_timedwait(&lk.rcv, &lk.mu, &ts);
-		}
+		(void) qpi_cond_wait(&lk.rcv, &lk.mu, next);
 	}
 	pthread_mutex_unlock(&lk.mu);
 	return NULL;
@@ -212,23 +201,18 @@ link_reaper(void *arg)
 int
 qps_link_setup(const qps_config *cfg)
 {
-	pthread_condattr_t ca;
-
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&lk.cv, &ca);
-	pthread_cond_init(&lk.rcv, &ca);
-	pthread_condattr_destroy(&ca);
+	qpi_cond_init(&lk.cv);
+	qpi_cond_init(&lk.rcv);
 	lk.cap = cfg->max_message + LINK_FRAME_SLACK;
 	lk.max_parked = (uint64_t) cfg->max_connections * 8 + 64;
 	lk.due[LINK_DUE_HS].ns = cfg->handshake_ms * 1000000;
 	lk.due[LINK_DUE_AUTH].ns = cfg->auth_ms * 1000000;
-	if (pthread_create(&lk.reaper, NULL, link_reaper, NULL) != 0) {
+	lk.reaper_on
+	    = pthread_create(&lk.reaper, NULL, link_reaper, NULL) == 0;
+	if (!lk.reaper_on) {
 		qps_log(QPS_LOG_ERROR, "cannot start a thread");
-		return QP_ESYSTEM;
 	}
-	lk.reaper_on = true;
-	return QP_OK;
+	return lk.reaper_on ? QP_OK : QP_ESYSTEM;
 }
 
 qps_link *
@@ -257,7 +241,6 @@ qps_link_new(const qps_link_driver *drv, bool ipc, const char *peer)
 		lk.links->prev = l;
 	}
 	lk.links = l;
-	lk.nopen++;
 	lk.nalloc++;
 	pthread_mutex_unlock(&lk.mu);
 	return l;
@@ -307,15 +290,10 @@ qps_link_close(qps_link *l, const char *why)
 	pthread_mutex_unlock(&l->mu);
 	l->drv->close(l);
 	pthread_mutex_lock(&lk.mu);
-	if (l->prev != NULL) {
-		l->prev->next = l->next;
-	} else {
-		lk.links = l->next;
-	}
+	*(l->prev != NULL ? &l->prev->next : &lk.links) = l->next;
 	if (l->next != NULL) {
 		l->next->prev = l->prev;
 	}
-	lk.nopen--;
 	link_due_remove(l);
 	pthread_mutex_unlock(&lk.mu);
 	if (why != NULL) {
@@ -388,25 +366,31 @@ link_write_locked(qps_link *l, struct iovec *iov, int niov)
 	return true;
 }
 
-/* Sends rep (owned; NULL: nothing) with backtrace bt on l, then drops
- * the request's reference. close_after: shut l once the reply is out. */
-static void
-link_reply(qps_link *l, const uint8_t *bt, size_t btlen, nng_msg *rep,
-    bool close_after)
+/* Ends a request (parked or not): its reply (NULL: none) goes out with
+ * the request's backtrace, then the request's reference to its link is
+ * dropped and the worker freed. */
+void
+qps_worker_reply(qps_worker *w, nng_msg *rep)
 {
+	qps_link *l = w->l;
 	bool shut = false, last = false;
 
+	pthread_mutex_lock(&lk.mu);
+	*(w->parked ? &lk.nparked : &lk.nbusy) -= 1;
+	pthread_cond_broadcast(&lk.cv);
+	pthread_mutex_unlock(&lk.mu);
+	qps_metrics_request_end(w->t0, rep);
 	pthread_mutex_lock(&l->mu);
 	if (rep != NULL && !l->dead) {
 		uint8_t hdr[9];
 		size_t len = nng_msg_len(rep);
 		struct iovec iov[3] = {
-		    {hdr, qpi_sp_frame_hdr(hdr, l->ipc, btlen + len)},
-		    {(void *) bt, btlen},
+		    {hdr, qpi_sp_frame_hdr(hdr, l->ipc, w->btlen + len)},
+		    {w->bt, w->btlen},
 		    {nng_msg_body(rep), len},
 		};
-		l->shut_after = l->shut_after || close_after;
-		qps_metrics_bytes(0, iov[0].iov_len + btlen + len);
+		l->shut_after = l->shut_after || w->close_after;
+		qps_metrics_bytes(0, iov[0].iov_len + w->btlen + len);
 		/* A broken connection: its reader notices once shut, and
 		 * reads no more requests. */
 		if (!link_write_locked(l, iov, 3)) {
@@ -418,6 +402,7 @@ link_reply(qps_link *l, const uint8_t *bt, size_t btlen, nng_msg *rep,
 		last = --l->refs == 0;
 	}
 	pthread_mutex_unlock(&l->mu);
+	free(w);
 	if (rep != NULL) {
 		nng_msg_free(rep);
 	}
@@ -427,24 +412,6 @@ link_reply(qps_link *l, const uint8_t *bt, size_t btlen, nng_msg *rep,
 	} else if (last) {
 		link_free(l);
 	}
-}
-
-/* Ends a request (parked or not): its reply (NULL: none) goes out, the
- * worker is freed. */
-void
-qps_worker_reply(qps_worker *w, nng_msg *rep)
-{
-	pthread_mutex_lock(&lk.mu);
-	if (w->parked) {
-		lk.nparked--;
-	} else {
-		lk.nbusy--;
-	}
-	pthread_cond_broadcast(&lk.cv);
-	pthread_mutex_unlock(&lk.mu);
-	qps_metrics_request_end(w->t0, rep);
-	link_reply(w->l, w->bt, w->btlen, rep, w->close_after);
-	free(w);
 }
 
 bool
@@ -495,9 +462,7 @@ link_request(qps_link *l)
 	w->btlen = (uint8_t) bt;
 	memcpy(w->bt, nng_msg_body(m), bt);
 	nng_msg_trim(m, bt);
-	pthread_mutex_lock(&l->mu);
-	l->refs++;
-	pthread_mutex_unlock(&l->mu);
+	link_ref(l);
 	pthread_mutex_lock(&lk.mu);
 	lk.nbusy++;
 	pthread_mutex_unlock(&lk.mu);
@@ -562,18 +527,15 @@ qps_link_input(qps_link *l, const uint8_t *p, size_t n, const char **why)
 		}
 		memmove(l->inbuf, l->inbuf + used, l->inlen - used);
 		l->inlen -= used;
-		if (l->inlen > 0) {
-			if (n > 0 && !link_keep(l, p, n)) {
-				*why = "out of memory for a request";
-				return false;
-			}
-			return true;
+	}
+	if (l->inlen == 0) {
+		if (!link_parse(l, p, n, &used, why)) {
+			return false;
 		}
+		p += used;
+		n -= used;
 	}
-	if (!link_parse(l, p, n, &used, why)) {
-		return false;
-	}
-	if (used < n && !link_keep(l, p + used, n - used)) {
+	if (n > 0 && !link_keep(l, p, n)) {
 		*why = "out of memory for a request";
 		return false;
 	}
@@ -595,30 +557,17 @@ link_parse(
 
 	*used = 0;
 	while (n > 0) {
-		if (l->state == LINK_BODY) {
-			size_t k = l->bodylen - l->bodyhave;
-			k = k < n ? k : n;
-			memcpy((uint8_t *) nng_msg_body(l->body) + l->bodyhave,
-			    p, k);
-			l->bodyhave += k;
-			p += k;
-			n -= k;
-			if (l->bodyhave == l->bodylen) {
-				link_request(l);
-				link_expect_hdr(l);
-				if (link_paused(l)) {
-					break; /* the rest waits in inbuf */
-				}
-			}
-			continue;
-		}
-		size_t k = l->hneed - l->hhave;
+		bool body = l->state == LINK_BODY;
+		size_t *have = body ? &l->bodyhave : &l->hhave;
+		size_t k = (body ? l->bodylen : l->hneed) - *have;
 		k = k < n ? k : n;
-		memcpy(l->hbuf + l->hhave, p, k);
-		l->hhave += k;
+		memcpy((body ? (uint8_t *) nng_msg_body(l->body) : l->hbuf)
+		        + *have,
+		    p, k);
+		*have += k;
 		p += k;
 		n -= k;
-		if (l->hhave < l->hneed) {
+		if (!body && l->hhave < l->hneed) {
 			continue;
 		}
 		if (l->state == LINK_HS) {
@@ -632,33 +581,37 @@ link_parse(
 			link_expect_hdr(l);
 			continue;
 		}
-		uint64_t len;
-		if (qpi_sp_frame_parse(l->hbuf, l->hneed, l->ipc, &len) <= 0) {
-			*why = "bad ipc message type";
-			return false;
+		if (l->state == LINK_HDR) {
+			uint64_t len;
+			if (qpi_sp_frame_parse(l->hbuf, l->hneed, l->ipc, &len)
+			    <= 0) {
+				*why = "bad ipc message type";
+				return false;
+			}
+			if (len > lk.cap) {
+				static qps_loglimit ll;
+				qps_log_limited(&ll, QPS_LOG_WARN,
+				    "connection %u: a message of %llu bytes "
+				    "is "
+				    "over the limit (%zu): closing it",
+				    l->id, (unsigned long long) len, lk.cap);
+				*why = "message over the limit";
+				qps_metrics_conn_refused(QPS_REFUSED_TOO_BIG);
+				return false;
+			}
+			if (nng_msg_alloc(&l->body, (size_t) len) != 0) {
+				*why = "out of memory for a request";
+				return false;
+			}
+			l->bodylen = (size_t) len;
+			l->bodyhave = 0;
+			l->state = LINK_BODY;
 		}
-		if (len > lk.cap) {
-			static qps_loglimit ll;
-			qps_log_limited(&ll, QPS_LOG_WARN,
-			    "connection %u: a message of %llu bytes is over "
-			    "the limit (%zu): closing it",
-			    l->id, (unsigned long long) len, lk.cap);
-			*why = "message over the limit";
-			qps_metrics_conn_refused(QPS_REFUSED_TOO_BIG);
-			return false;
-		}
-		if (nng_msg_alloc(&l->body, (size_t) len) != 0) {
-			*why = "out of memory for a request";
-			return false;
-		}
-		l->bodylen = (size_t) len;
-		l->bodyhave = 0;
-		l->state = LINK_BODY;
-		if (len == 0) {
+		if (l->bodyhave == l->bodylen) {
 			link_request(l);
 			link_expect_hdr(l);
 			if (link_paused(l)) {
-				break;
+				break; /* the rest waits in inbuf */
 			}
 		}
 	}
@@ -689,21 +642,12 @@ qps_link_start(qps_link *l)
 		return false;
 	}
 	qps_log(QPS_LOG_DEBUG, "connection %u from %s (%s)", l->id,
-	    l->peer[0] != '\0' ? l->peer : "a local socket", l->drv->name);
+	    link_peer(l), l->drv->name);
 	pthread_mutex_lock(&l->mu);
 	l->admitted = true;
 	qps_link_kick_locked(l);
 	pthread_mutex_unlock(&l->mu);
-	/* Due for its handshake; a link closed meanwhile (dead) has left
-	 * the lists already, or leaves them after this. */
-	pthread_mutex_lock(&lk.mu);
-	pthread_mutex_lock(&l->mu);
-	bool dead = l->dead;
-	pthread_mutex_unlock(&l->mu);
-	if (!dead) {
-		link_due_add(l, LINK_DUE_HS);
-	}
-	pthread_mutex_unlock(&lk.mu);
+	link_due_add(l, LINK_DUE_HS);
 	return true;
 }
 
@@ -724,20 +668,16 @@ qps_link_format_peer(
 void
 qps_net_peer(uint32_t pipe_id, char *buf, size_t len)
 {
-	snprintf(buf, len, "a local socket");
+	qps_link *l;
+
 	pthread_mutex_lock(&lk.mu);
-	for (qps_link *l = lk.links; l != NULL; l = l->next) {
-		if (l->id == pipe_id) {
-			if (l->peer[0] != '\0') {
-				snprintf(buf, len, "%s", l->peer);
-			}
-			break;
-		}
+	l = lk.links;
+	while (l != NULL && l->id != pipe_id) {
+		l = l->next;
 	}
+	snprintf(buf, len, "%s", l != NULL ? link_peer(l) : "a local socket");
 	pthread_mutex_unlock(&lk.mu);
 }
-
-/* ---- metrics ---- */
 
 uint64_t
 qps_net_parked(void)
@@ -750,20 +690,26 @@ qps_net_parked(void)
 	return n;
 }
 
-bool
-qps_net_drain(int64_t timeout_ms)
+/* Waits (lk.mu held) until *n is 0 or deadline_ns: true if it is 0. */
+static bool
+link_wait_zero(const uint64_t *n, int64_t deadline_ns)
 {
-	struct timespec ts
-	    = qpi_ts_from_ns(qpi_now_ns() + timeout_ms * 1000000);
-	bool done;
-
-	pthread_mutex_lock(&lk.mu);
-	while (lk.nbusy > 0) {
-		if (pthread_cond_timedwait(&lk.cv, &lk.mu, &ts) == ETIMEDOUT) {
+	while (*n > 0) {
+		if (qpi_cond_wait(&lk.cv, &lk.mu, deadline_ns)
+		    == QP_ETIMEDOUT) {
 			break;
 		}
 	}
-	done = lk.nbusy == 0;
+	return *n == 0;
+}
+
+bool
+qps_net_drain(int64_t timeout_ms)
+{
+	bool done;
+
+	pthread_mutex_lock(&lk.mu);
+	done = link_wait_zero(&lk.nbusy, qpi_now_ns() + timeout_ms * 1000000);
 	pthread_mutex_unlock(&lk.mu);
 	return done;
 }
@@ -771,7 +717,6 @@ qps_net_drain(int64_t timeout_ms)
 void
 qps_link_close_all(void)
 {
-	struct timespec ts = qpi_ts_from_ns(qpi_now_ns() + 5000 * 1000000ll);
 
 	pthread_mutex_lock(&lk.mu);
 	lk.closing = true;
@@ -784,22 +729,17 @@ qps_link_close_all(void)
 	}
 	while (lk.links != NULL) {
 		qps_link *l = lk.links;
-		pthread_mutex_lock(&l->mu);
-		l->refs++; /* alive while this closes it */
-		pthread_mutex_unlock(&l->mu);
+		link_ref(l); /* alive while this closes it */
 		pthread_mutex_unlock(&lk.mu);
 		qps_link_close(l, NULL);
 		qps_link_unref(l);
 		pthread_mutex_lock(&lk.mu);
 	}
 	/* Links the drivers still hold (an nng read or write ending). */
-	while (lk.nalloc > 0) {
-		if (pthread_cond_timedwait(&lk.cv, &lk.mu, &ts) == ETIMEDOUT) {
-			qps_log(QPS_LOG_WARN,
-			    "%llu connections not yet released at exit",
-			    (unsigned long long) lk.nalloc);
-			break;
-		}
+	if (!link_wait_zero(&lk.nalloc, qpi_now_ns() + 5000 * 1000000ll)) {
+		qps_log(QPS_LOG_WARN,
+		    "%llu connections not yet released at exit",
+		    (unsigned long long) lk.nalloc);
 	}
 	pthread_mutex_unlock(&lk.mu);
 }

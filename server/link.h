@@ -3,10 +3,9 @@
  * connection's bytes (link.c: SP req0/rep0 framing, requests in, replies
  * out), moved by a driver behind an ops table, as nng's transports are:
  * plain sockets (link_socket.c: tcp://, ipc://) and nng streams
- * (link_stream.c: tls+tcp://, and tcp:// and ipc:// with --transport nng).
- * listener.c listens on each --listen URL with lib's listener of the
- * driver that carries it (lib/link.h), one accepting thread each. The request
- * layer sees none of this: it uses the connections section of qps.h.
+ * (link_stream.c: tls+tcp://, and tcp:// and ipc:// with --transport nng),
+ * accepted by listener.c. The request layer sees none of this: it uses
+ * the connections section of qps.h.
  */
 #ifndef QPS_LINK_H
 #define QPS_LINK_H
@@ -51,9 +50,6 @@ typedef struct qps_link_driver {
 extern const qps_link_driver qps_link_socket; /* link_socket.c */
 extern const qps_link_driver qps_link_stream; /* link_stream.c */
 
-struct nng_stream;
-struct nng_aio;
-
 struct qps_link {
 	pthread_mutex_t mu;
 	const qps_link_driver *drv;
@@ -90,8 +86,8 @@ struct qps_link {
 	int fd, ep;
 	uint32_t events; /* epoll events asked for; 0: not yet watched */
 	/* nng streams. */
-	struct nng_stream *st;
-	struct nng_aio *rx, *tx;
+	nng_stream *st;
+	nng_aio *rx, *tx;
 	uint8_t *rbuf, *sbuf; /* sbuf[soff..slen): the write under way */
 	size_t soff, slen, scap;
 	bool reading, sending, st_closed;

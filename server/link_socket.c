@@ -20,7 +20,6 @@
 
 #include <errno.h>
 #include <netinet/in.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -100,24 +99,15 @@ sk_close(qps_link *l)
 static void
 sk_readable(qps_link *l, uint8_t *rbuf, uint32_t events)
 {
-	const char *why = NULL;
+	const char *why = "end of stream";
 
 	if (l->inlen > 0 && (events & (EPOLLHUP | EPOLLERR))) {
-		/* Gone with requests unread: nobody to answer them. */
-		qps_link_close(l, "end of stream");
-		return;
+		goto close; /* gone with requests unread: nobody to answer */
 	}
-	if (l->inlen > 0) {
-		/* What a pause left, first. */
-		if (!qps_link_input(l, NULL, 0, &why)) {
-			qps_link_close(l, why);
-			return;
-		}
-		if (l->inlen > 0) {
-			return;
-		}
+	if (l->inlen > 0 && !qps_link_input(l, NULL, 0, &why)) {
+		goto close; /* what a pause left, first */
 	}
-	for (int rounds = 0; rounds < 4; rounds++) {
+	for (int rounds = 0; rounds < 4 && l->inlen == 0; rounds++) {
 		ssize_t n = read(l->fd, rbuf, SK_RBUF);
 		if (n < 0 && errno == EINTR) {
 			continue;
@@ -126,18 +116,19 @@ sk_readable(qps_link *l, uint8_t *rbuf, uint32_t events)
 			return;
 		}
 		if (n <= 0) {
-			qps_link_close(
-			    l, n == 0 ? "end of stream" : strerror(errno));
-			return;
+			why = n == 0 ? why : strerror(errno);
+			goto close;
 		}
 		if (!qps_link_input(l, rbuf, (size_t) n, &why)) {
-			qps_link_close(l, why);
-			return;
+			goto close;
 		}
-		if ((size_t) n < SK_RBUF || l->inlen > 0) {
+		if ((size_t) n < SK_RBUF) {
 			return;
 		}
 	}
+	return;
+close:
+	qps_link_close(l, why);
 }
 
 /* Whether l is paused (too many replies unread). */
@@ -228,8 +219,7 @@ sk_loop_main(void *arg)
 			return NULL;
 		}
 		for (int i = 0; i < n; i++) {
-			uint64_t tag = evs[i].data.u64;
-			if (tag == 0) {
+			if (evs[i].data.u64 == 0) {
 				return NULL; /* the wake eventfd: stop */
 			}
 			qps_link *l = evs[i].data.ptr;
@@ -272,9 +262,6 @@ sk_start_loops(void)
 			    strerror(errno));
 			return QP_ESYSTEM;
 		}
-	}
-	for (size_t i = 0; i < sk.nloops; i++) {
-		sk_loop *lp = &sk.loops[i];
 		if (pthread_create(&lp->thr, NULL, sk_loop_main, lp) != 0) {
 			qps_log(QPS_LOG_ERROR, "cannot start the event loop");
 			return QP_ESYSTEM;
@@ -291,17 +278,12 @@ sk_stop(void)
 
 	for (size_t i = 0; i < sk.nloops; i++) {
 		sk_loop *lp = &sk.loops[i];
-		if (lp->running) {
-			if (write(lp->wake, &one, sizeof(one)) < 0) {
-				qps_log(QPS_LOG_WARN,
-				    "cannot wake the event loop");
-			}
-			pthread_join(lp->thr, NULL);
-			lp->running = false;
+		if (lp->running && write(lp->wake, &one, sizeof(one)) < 0) {
+			qps_log(QPS_LOG_WARN, "cannot wake the event loop");
 		}
-	}
-	for (size_t i = 0; i < sk.nloops; i++) {
-		sk_loop *lp = &sk.loops[i];
+		if (lp->running) {
+			pthread_join(lp->thr, NULL);
+		}
 		if (lp->ep >= 0) {
 			close(lp->ep);
 		}

@@ -17,33 +17,24 @@
 #include "../lib/link.h" /* lib's: its nng listener */
 #include "link.h"
 
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #define ST_RBUF (16u * 1024u)
-
-static void
-st_recv(qps_link *l)
-{
-	nng_iov iov = {.iov_buf = l->rbuf, .iov_len = ST_RBUF};
-
-	nng_aio_set_iov(l->rx, 1, &iov);
-	nng_stream_recv(l->st, l->rx);
-}
 
 /* The next read: of the stream, or, when a pause left requests in
  * inbuf, a 0 ms sleep whose completion goes on with them. */
 static void
 st_read_next(qps_link *l)
 {
-	if (l->inlen > 0) {
-		l->rx_sleep = true;
+	nng_iov iov = {.iov_buf = l->rbuf, .iov_len = ST_RBUF};
+
+	l->rx_sleep = l->inlen > 0;
+	if (l->rx_sleep) {
 		nng_sleep_aio(0, l->rx);
 	} else {
-		st_recv(l);
+		nng_aio_set_iov(l->rx, 1, &iov);
+		nng_stream_recv(l->st, l->rx);
 	}
 }
 

@@ -1,13 +1,12 @@
 /*
  * listener.c - where qpiped listens: each --listen URL is checked against
  * the start-up policy (sec.c: loopback, authentication, TLS) and served by
- * the driver that carries its scheme (link.h): plain sockets for tcp://
- * and ipc://, nng streams for tls+tcp:// and for tcp:// and ipc:// with
- * --transport nng. Each listens with lib's listener of that kind
- * (lib/link.h: set-up, TLS, the bound address), on a thread that accepts
- * and hands each connection to its driver; when accept fails for want of
- * descriptors or memory, it backs off (50 ms doubling to 1 s) and says
- * so at most once a second. Also the connection layer's start and close.
+ * the driver that carries its scheme and --transport (link.h). Each
+ * listens with lib's listener of that kind (lib/link.h: set-up, TLS, the
+ * bound address), on a thread that accepts and hands each connection to
+ * its driver; when accept fails for want of descriptors or memory, it
+ * backs off (50 ms doubling to 1 s) and says so at most once a second.
+ * Also the connection layer's start and close.
  *
  * Locking: none of its own. qps_net_start runs before any connection,
  * qps_net_close after the request layer has shut down; each listener is
@@ -16,8 +15,6 @@
 #include "../lib/link.h" /* lib's: its listeners */
 #include "link.h"
 
-#include <stdio.h>
-#include <string.h>
 #include <time.h>
 
 /* A listener, its driver and the thread that accepts on it. */
@@ -65,7 +62,10 @@ lsn_accept_main(void *arg)
 static int
 lsn_listen(const qps_config *cfg, const char *url, char *bound)
 {
-	const qps_link_driver *drv;
+	lsn_listener *ls = &lsn[nlsn];
+	qp_conn_opts o = {.tls_cert = cfg->tls_cert,
+	    .tls_key = cfg->tls_key,
+	    .tls_ca = cfg->tls_ca};
 	qpi_addr a;
 	int rv;
 
@@ -78,31 +78,23 @@ lsn_listen(const qps_config *cfg, const char *url, char *bound)
 	if ((rv = qps_sec_check_listener(cfg, &a, url)) != QP_OK) {
 		return rv;
 	}
-	drv = cfg->raw_sp && a.kind != QPI_ADDR_TLS ? &qps_link_socket
-	                                            : &qps_link_stream;
-	qp_conn_opts o = {.tls_cert = cfg->tls_cert,
-	    .tls_key = cfg->tls_key,
-	    .tls_ca = cfg->tls_ca};
-	if (drv->start != NULL && (rv = drv->start()) != QP_OK) {
+	ls->drv = cfg->raw_sp && a.kind != QPI_ADDR_TLS ? &qps_link_socket
+	                                                : &qps_link_stream;
+	if (ls->drv->start != NULL && (rv = ls->drv->start()) != QP_OK) {
 		return rv;
 	}
-	if ((rv = drv == &qps_link_socket ? qpi_link_sock_listen(
-	              &lsn[nlsn].L, &a, bound, QPI_URL_MAX + 1)
-	                                  : qpi_link_nng_listen(&lsn[nlsn].L,
-	                                      &a, &o, bound, QPI_URL_MAX + 1))
-	    != QP_OK) {
+	rv = ls->drv == &qps_link_socket
+	    ? qpi_link_sock_listen(&ls->L, &a, bound, QPI_URL_MAX + 1)
+	    : qpi_link_nng_listen(&ls->L, &a, &o, bound, QPI_URL_MAX + 1);
+	if (rv != QP_OK) {
 		qps_log(QPS_LOG_ERROR, "%s", qp_errmsg());
 		return rv;
 	}
-	lsn[nlsn].drv = drv;
-	if (pthread_create(&lsn[nlsn].thr, NULL, lsn_accept_main, &lsn[nlsn])
-	    != 0) {
+	nlsn++; /* closed by qps_net_close, even if not running */
+	ls->running = pthread_create(&ls->thr, NULL, lsn_accept_main, ls) == 0;
+	if (!ls->running) {
 		qps_log(QPS_LOG_ERROR, "cannot listen on %s: no thread", url);
-		rv = QP_ESYSTEM;
-	}
-	lsn[nlsn++].running = rv == QP_OK; /* closed by qps_net_close */
-	if (rv != QP_OK) {
-		return rv;
+		return QP_ESYSTEM;
 	}
 	qps_log(QPS_LOG_INFO, "listening on %s", bound);
 	return QP_OK;

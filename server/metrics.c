@@ -65,11 +65,20 @@ static struct {
 	int64_t start_ns; /* monotonic */
 	int64_t start_unix_ms;
 	nng_http_server *srv;
-	bool auth; /* requests must carry the token (one is loaded) */
 } mx;
 
 #define MX_ADD(p, n) __atomic_fetch_add((p), (n), __ATOMIC_RELAXED)
 #define MX_LD(p)     __atomic_load_n((p), __ATOMIC_RELAXED)
+
+/* Now, in milliseconds since the epoch. */
+static int64_t
+mx_unix_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* ---- counting on the request path ---- */
 
@@ -112,12 +121,8 @@ qps_metrics_request_end(int64_t t0_ns, nng_msg *rep)
 	int st = rep != NULL ? qps_rep_read(rep, &op) : MX_RES_NONE;
 	size_t b = 0;
 
-	if (op >= MX_OPS) {
-		op = 0;
-	}
-	if (st < 0 || st >= MX_RES) {
-		st = MX_RES_NONE;
-	}
+	op = op < MX_OPS ? op : 0;
+	st = st >= 0 && st < MX_RES ? st : MX_RES_NONE;
 	while (b < MX_NB && d > mx_le_ns[b]) {
 		b++;
 	}
@@ -220,6 +225,10 @@ mx_family(FILE *b, const char *name, const char *type, const char *help)
 	fprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A family of one sample, its value printed with fmt. */
+#define MX_ONE(b, nm, type, help, fmt, v) \
+	(mx_family(b, nm, type, help), fprintf(b, nm " " fmt "\n", v))
+
 /* The result label of a QP_ code: "ok", "empty", "full"... */
 static void
 mx_result(int st, char *buf, size_t len)
@@ -261,8 +270,8 @@ mx_op(uint32_t op)
 static void
 mx_text_queues(FILE *b, const mx_snap *s)
 {
-	mx_family(b, "qpipe_queues", "gauge", "Queues on this host.");
-	fprintf(b, "qpipe_queues %zu\n", s->n);
+	MX_ONE(
+	    b, "qpipe_queues", "gauge", "Queues on this host.", "%zu", s->n);
 	MX_PER_Q(b, s, "qpipe_queue_messages_ready", "gauge",
 	    "Items ready to be got.", e->st.items);
 	MX_PER_Q(b, s, "qpipe_queue_messages_leased", "gauge",
@@ -286,9 +295,8 @@ mx_text_queues(FILE *b, const mx_snap *s)
 		const mx_q *e = &s->qs[i];
 		if (e->st.oldest_age_ms >= 0) {
 			fprintf(b,
-			    "qpipe_queue_oldest_message_age_seconds{queue=\"%"
-			    "s\"}"
-			    " %.3f\n",
+			    "qpipe_queue_oldest_message_age_seconds"
+			    "{queue=\"%s\"} %.3f\n",
 			    e->name, (double) e->st.oldest_age_ms / 1000.0);
 		}
 	}
@@ -310,9 +318,8 @@ mx_text_queues(FILE *b, const mx_snap *s)
 	for (size_t i = 0; i < s->n; i++) {
 		for (int r = 0; r < QPI_SHMQ_REL_N; r++) {
 			fprintf(b,
-			    "qpipe_queue_messages_redelivered_total{queue=\"%"
-			    "s\","
-			    "reason=\"%s\"} %llu\n",
+			    "qpipe_queue_messages_redelivered_total"
+			    "{queue=\"%s\",reason=\"%s\"} %llu\n",
 			    s->qs[i].name, mx_rel[r],
 			    (unsigned long long) s->qs[i].c.rel[r]);
 		}
@@ -333,19 +340,16 @@ mx_text_server(FILE *b, const mx_snap *s)
 	mx_family(b, "qpipe_build_info", "gauge",
 	    "The version of qpiped (always 1).");
 	fprintf(b, "qpipe_build_info{version=\"%s\"} 1\n", qp_version());
-	mx_family(b, "qpipe_start_time_seconds", "gauge",
-	    "When qpiped started, in seconds since the epoch.");
-	fprintf(b, "qpipe_start_time_seconds %.3f\n",
+	MX_ONE(b, "qpipe_start_time_seconds", "gauge",
+	    "When qpiped started, in seconds since the epoch.", "%.3f",
 	    (double) mx.start_unix_ms / 1000.0);
-	mx_family(b, "qpipe_uptime_seconds", "gauge",
-	    "Seconds since qpiped started.");
-	fprintf(b, "qpipe_uptime_seconds %.3f\n",
+	MX_ONE(b, "qpipe_uptime_seconds", "gauge",
+	    "Seconds since qpiped started.", "%.3f",
 	    (double) (now - mx.start_ns) / 1e9);
-	mx_family(b, "qpipe_connections", "gauge", "Client connections open.");
-	fprintf(b, "qpipe_connections %u\n", s->conns);
-	mx_family(b, "qpipe_connections_opened_total", "counter",
-	    "Client connections admitted.");
-	fprintf(b, "qpipe_connections_opened_total %llu\n",
+	MX_ONE(b, "qpipe_connections", "gauge", "Client connections open.",
+	    "%u", s->conns);
+	MX_ONE(b, "qpipe_connections_opened_total", "counter",
+	    "Client connections admitted.", "%llu",
 	    (unsigned long long) MX_LD(&mx.opened));
 	mx_family(b, "qpipe_connections_refused_total", "counter",
 	    "Connections refused or closed unserved, by reason.");
@@ -354,21 +358,17 @@ mx_text_server(FILE *b, const mx_snap *s)
 		    "qpipe_connections_refused_total{reason=\"%s\"} %llu\n",
 		    mx_refused[r], (unsigned long long) MX_LD(&mx.refused[r]));
 	}
-	mx_family(b, "qpipe_auth_failures_total", "counter",
-	    "Authentications refused.");
-	fprintf(b, "qpipe_auth_failures_total %llu\n",
+	MX_ONE(b, "qpipe_auth_failures_total", "counter",
+	    "Authentications refused.", "%llu",
 	    (unsigned long long) MX_LD(&mx.auth_failed));
-	mx_family(b, "qpipe_requests_waiting", "gauge",
-	    "Requests parked (gets and puts waiting).");
-	fprintf(b, "qpipe_requests_waiting %llu\n",
+	MX_ONE(b, "qpipe_requests_waiting", "gauge",
+	    "Requests parked (gets and puts waiting).", "%llu",
 	    (unsigned long long) qps_net_parked());
-	mx_family(b, "qpipe_received_bytes_total", "counter",
-	    "Bytes received on client connections.");
-	fprintf(b, "qpipe_received_bytes_total %llu\n",
+	MX_ONE(b, "qpipe_received_bytes_total", "counter",
+	    "Bytes received on client connections.", "%llu",
 	    (unsigned long long) MX_LD(&mx.bytes_in));
-	mx_family(b, "qpipe_sent_bytes_total", "counter",
-	    "Bytes of replies sent on client connections.");
-	fprintf(b, "qpipe_sent_bytes_total %llu\n",
+	MX_ONE(b, "qpipe_sent_bytes_total", "counter",
+	    "Bytes of replies sent on client connections.", "%llu",
 	    (unsigned long long) MX_LD(&mx.bytes_out));
 	mx_family(b, "qpipe_requests_total", "counter",
 	    "Requests answered, by op and result.");
@@ -419,7 +419,6 @@ static void
 mx_json(FILE *b, const mx_snap *s)
 {
 	uint64_t leased = 0, reqs = 0;
-	struct timespec ts;
 
 	for (size_t i = 0; i < s->n; i++) {
 		leased += s->qs[i].st.leased;
@@ -429,14 +428,13 @@ mx_json(FILE *b, const mx_snap *s)
 			reqs += MX_LD(&mx.req[op][st]);
 		}
 	}
-	clock_gettime(CLOCK_REALTIME, &ts);
 	fprintf(b,
 	    "{\"version\":\"%s\",\"time_ms\":%lld,\"uptime_s\":%.3f,"
 	    "\"connections\":%u,\"connections_total\":%llu,"
 	    "\"waiting\":%llu,\"leased\":%llu,\"requests\":%llu,"
 	    "\"bytes_in\":%llu,\"bytes_out\":%llu,\"auth_failures\":%llu,"
 	    "\"queues\":[",
-	    qp_version(), (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
+	    qp_version(), (long long) mx_unix_ms(),
 	    (double) (qpi_now_ns() - mx.start_ns) / 1e9, s->conns,
 	    (unsigned long long) MX_LD(&mx.opened),
 	    (unsigned long long) qps_net_parked(), (unsigned long long) leased,
@@ -511,26 +509,14 @@ mx_authorized(nng_aio *aio)
 {
 	nng_http_req *req = nng_aio_get_input(aio, 0);
 	const struct qpi_token *t = qps_sec_token();
-	const char *h;
-	size_t len;
-	uint8_t diff = 0;
+	const char *h = req != NULL
+	    ? nng_http_req_get_header(req, "Authorization")
+	    : NULL;
 
-	if (!mx.auth) {
-		return true;
-	}
-	h = req != NULL ? nng_http_req_get_header(req, "Authorization") : NULL;
-	if (h == NULL || strncmp(h, "Bearer ", 7) != 0) {
-		return false;
-	}
-	h += 7;
-	len = strlen(h);
-	if (len != t->len) {
-		return false;
-	}
-	for (size_t i = 0; i < len; i++) {
-		diff |= (uint8_t) h[i] ^ t->key[i];
-	}
-	return diff == 0;
+	return !qps_sec_auth_required()
+	    || (h != NULL && strncmp(h, "Bearer ", 7) == 0
+	        && strlen(h + 7) == t->len
+	        && qpi_auth_equal(h + 7, t->key, t->len));
 }
 
 static void
@@ -599,6 +585,16 @@ mx_add(nng_http_handler **h, int rv)
 	return rv;
 }
 
+/* The http:// URL of address a. */
+static void
+mx_url(char *buf, size_t len, const qpi_addr *a)
+{
+	bool v6 = strchr(a->host, ':') != NULL;
+
+	snprintf(buf, len, "http://%s%s%s:%u", v6 ? "[" : "", a->host,
+	    v6 ? "]" : "", (unsigned) a->port);
+}
+
 int
 qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 {
@@ -607,16 +603,10 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	nng_sockaddr sa;
 	nng_url *u = NULL;
 	qpi_addr a;
-	bool v6;
 	int rv;
 
 	mx.start_ns = qpi_now_ns();
-	{
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		mx.start_unix_ms
-		    = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-	}
+	mx.start_unix_ms = mx_unix_ms();
 	url[0] = '\0';
 	if (cfg->metrics == NULL) {
 		return QP_OK;
@@ -633,18 +623,11 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	if ((rv = qps_sec_check_listener(cfg, &a, cfg->metrics)) != QP_OK) {
 		return rv;
 	}
-	/* As on --listen: with a token every client proves it holds it,
-	 * loopback ones too. */
-	mx.auth = qps_sec_auth_required();
-	v6 = strchr(a.host, ':') != NULL;
-	snprintf(http, sizeof(http), "http://%s%s%s:%u", v6 ? "[" : "", a.host,
-	    v6 ? "]" : "", (unsigned) a.port);
+	mx_url(http, sizeof(http), &a);
 	if ((rv = nng_url_parse(&u, http)) != 0
-	    || (rv = nng_http_server_hold(&mx.srv, u)) != 0) {
-		goto fail;
-	}
-	if ((rv = mx_add(
-	         &h, nng_http_handler_alloc(&h, "/metrics", mx_metrics_cb)))
+	    || (rv = nng_http_server_hold(&mx.srv, u)) != 0
+	    || (rv = mx_add(
+	            &h, nng_http_handler_alloc(&h, "/metrics", mx_metrics_cb)))
 	        != 0
 	    || (rv = mx_add(&h,
 	            nng_http_handler_alloc(&h, "/api/status", mx_status_cb)))
@@ -654,7 +637,18 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 	                qps_status_html_len, "text/html; charset=utf-8")))
 	        != 0
 	    || (rv = nng_http_server_start(mx.srv)) != 0) {
-		goto fail;
+		qps_log(QPS_LOG_ERROR, "cannot serve --metrics %s: %s",
+		    cfg->metrics, nng_strerror(rv));
+		if (mx.srv != NULL) { /* not started: released only */
+			nng_http_server_release(mx.srv);
+			mx.srv = NULL;
+		}
+	}
+	if (u != NULL) {
+		nng_url_free(u);
+	}
+	if (rv != 0) {
+		return QP_ESYSTEM;
 	}
 	if (nng_http_server_get_addr(mx.srv, &sa) == 0
 	    && (sa.s_family == NNG_AF_INET || sa.s_family == NNG_AF_INET6)) {
@@ -662,23 +656,11 @@ qps_metrics_start(const qps_config *cfg, char *url, size_t len)
 		                                           : sa.s_in6.sa_port;
 		a.port = ntohs(port);
 	}
-	snprintf(url, len, "http://%s%s%s:%u", v6 ? "[" : "", a.host,
-	    v6 ? "]" : "", (unsigned) a.port);
-	nng_url_free(u);
+	mx_url(url, len, &a);
 	qps_log(QPS_LOG_INFO, "metrics at %s/metrics, status page at %s/%s",
-	    url, url, mx.auth ? " (bearer token required)" : "");
+	    url, url,
+	    qps_sec_auth_required() ? " (bearer token required)" : "");
 	return QP_OK;
-fail:
-	qps_log(QPS_LOG_ERROR, "cannot serve --metrics %s: %s", cfg->metrics,
-	    nng_strerror(rv));
-	if (u != NULL) {
-		nng_url_free(u);
-	}
-	if (mx.srv != NULL) {
-		nng_http_server_release(mx.srv);
-		mx.srv = NULL;
-	}
-	return QP_ESYSTEM;
 }
 
 void

@@ -59,6 +59,12 @@ static struct {
 	qpi_htab tab; /* every pipe */
 } ps;
 
+/* An error reply to r; PS_FAIL answers r with one (*repp, QPS_REPLY). */
+#define PS_ERR(r, status, ...) \
+	qps_rep_error((r)->op, (r)->req_id, status, __VA_ARGS__)
+#define PS_FAIL(repp, r, status, ...) \
+	(*(repp) = PS_ERR(r, status, __VA_ARGS__), QPS_REPLY)
+
 static ps_pipe *
 ps_find(const char *name)
 {
@@ -100,10 +106,8 @@ ps_remove(ps_pipe *p)
 static nng_msg *
 ps_rep_ready(const qpi_wire_req *r, bool ready)
 {
-	qpi_wire_rep rp;
+	qpi_wire_rep rp = {.op = r->op, .req_id = r->req_id, .ready = ready};
 
-	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
-	rp.ready = ready;
 	return qps_rep_encode(&rp);
 }
 
@@ -115,7 +119,7 @@ pw_timeout(qps_wait *wt)
 	qps_wait_finish(wt,
 	    wt->kind == PW_POLL
 	        ? ps_rep_ready(r, false)
-	        : qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
+	        : PS_ERR(r, QP_ETIMEDOUT,
 	            "%s on pipe '%s': nothing after %lld ms",
 	            wt->kind == PW_RECV ? "receive"
 	                                : "send (its buffer is full)",
@@ -130,16 +134,15 @@ static nng_msg *
 ps_rep_take(ps_side *sd, const qpi_wire_req *r)
 {
 	ps_msg *m = sd->qhead;
-	qpi_wire_rep rp;
+	qpi_wire_rep rp = {.op = r->op,
+	    .req_id = r->req_id,
+	    .item = {.data = m->data, .len = m->len}};
 	nng_msg *rep;
 
 	if ((sd->qhead = m->next) == NULL) {
 		sd->qtail = NULL;
 	}
 	sd->qbytes -= m->len;
-	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
-	rp.item.data = m->data;
-	rp.item.len = m->len;
 	rep = qps_rep_encode(&rp);
 	free(m);
 	return rep;
@@ -188,8 +191,7 @@ ps_dispatch(ps_pipe *p, int s)
 				qps_wait_finish(wt, ps_rep_take(sd, &wt->r));
 			} else if (eof || sd->state == SIDE_CLOSED) {
 				qps_wait_finish(wt,
-				    qps_rep_error(wt->r.op, wt->r.req_id,
-				        QP_ECLOSED,
+				    PS_ERR(&wt->r, QP_ECLOSED,
 				        "pipe '%s': end of file (the other "
 				        "side closed)",
 				        p->name));
@@ -210,9 +212,8 @@ ps_dispatch(ps_pipe *p, int s)
 			const qpi_wire_item *it = &wt->r.item;
 			if (sd->state == SIDE_CLOSED || eof) {
 				qps_wait_finish(wt,
-				    qps_rep_error(wt->r.op, wt->r.req_id,
-				        QP_ECLOSED, "pipe '%s': %s closed",
-				        p->name,
+				    PS_ERR(&wt->r, QP_ECLOSED,
+				        "pipe '%s': %s closed", p->name,
 				        eof ? "this side was"
 				            : "the other side"));
 				continue;
@@ -223,8 +224,7 @@ ps_dispatch(ps_pipe *p, int s)
 			}
 			if (!ps_enqueue(sd, it)) {
 				qps_wait_finish(wt,
-				    qps_rep_error(wt->r.op, wt->r.req_id,
-				        QP_ENOMEM,
+				    PS_ERR(&wt->r, QP_ENOMEM,
 				        "out of memory for a message of %zu "
 				        "bytes",
 				        it->len));
@@ -258,24 +258,6 @@ ps_close_side(ps_pipe *p, int s)
 
 /* ---- ops ---- */
 
-static int
-ps_held(
-    ps_pipe *p, int s, uint32_t conn, const qpi_wire_req *r, nng_msg **repp)
-{
-	if (p == NULL) {
-		*repp = qps_rep_error(r->op, r->req_id, QP_ECLOSED,
-		    "no pipe '%s' (closed, or never opened)", r->name);
-		return QP_ECLOSED;
-	}
-	if (p->side[s].state != SIDE_OPEN || p->side[s].conn != conn) {
-		*repp = qps_rep_error(r->op, r->req_id, QP_ECLOSED,
-		    "pipe '%s': this connection does not hold side %d",
-		    r->name, s);
-		return QP_ECLOSED;
-	}
-	return QP_OK;
-}
-
 static qps_handled
 ps_park_or_refuse(
     const qps_req *rq, ps_pipe *p, int on, int kind, nng_msg **repp)
@@ -292,127 +274,122 @@ ps_park_or_refuse(
 	return QPS_REPLY;
 }
 
+/* Opens a side of the pipe r names (made on first sight). */
+static qps_handled
+ps_open(ps_pipe *p, uint32_t conn, const qpi_wire_req *r, nng_msg **repp)
+{
+	qpi_wire_rep rp = {.op = r->op, .req_id = r->req_id};
+	int s = r->side;
+
+	if (p == NULL) {
+		if (ps.tab.n >= PS_MAX_PIPES) {
+			return PS_FAIL(repp, r, QP_ELIMIT,
+			    "the server holds %u pipes", (unsigned) ps.tab.n);
+		}
+		if ((p = calloc(1, sizeof(*p))) == NULL) {
+			return PS_FAIL(repp, r, QP_ENOMEM, "out of memory");
+		}
+		snprintf(p->name, sizeof(p->name), "%s", r->name);
+		p->oneway = (r->flags & QPI_PIPE_ONEWAY) != 0;
+		p->node.key = qpi_hash(p->name, strlen(p->name));
+		qpi_htab_insert(&ps.tab, &p->node);
+	}
+	if (s < 0) {
+		s = p->side[0].state == SIDE_NEVER   ? 0
+		    : p->side[1].state == SIDE_NEVER ? 1
+		                                     : -1;
+	}
+	if (s < 0 || p->side[s].state != SIDE_NEVER) {
+		return PS_FAIL(repp, r, QP_EBUSY,
+		    s < 0 ? "pipe '%s': both sides are taken"
+		          : "pipe '%s': side %d is taken",
+		    r->name, s);
+	}
+	p->side[s].state = SIDE_OPEN;
+	p->side[s].conn = conn;
+	rp.side = s;
+	rp.peer_open = p->side[1 - s].state == SIDE_OPEN;
+	qps_log(QPS_LOG_DEBUG, "pipe '%s': side %d opened by %u", r->name, s,
+	    conn);
+	*repp = qps_rep_encode(&rp);
+	return QPS_REPLY;
+}
+
 qps_handled
 qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 {
 	const qpi_wire_req *r = rq->r;
 	uint32_t conn = (uint32_t) rq->c->node.key;
 	ps_pipe *p = ps_find(r->name);
-	qpi_wire_rep rp;
 	int s = r->side;
+	ps_side *sd;
 
-	rp = (qpi_wire_rep) {.op = r->op, .req_id = r->req_id};
-	/* Every op but open acts on a side this connection holds. */
-	if (r->op != QPI_OP_PIPE_OPEN
-	    && ps_held(p, s, conn, r, repp) != QP_OK) {
-		return QPS_REPLY;
+	if (r->op == QPI_OP_PIPE_OPEN) {
+		return ps_open(p, conn, r, repp);
+	}
+	/* Every other op acts on a side this connection holds. */
+	if (p == NULL) {
+		return PS_FAIL(repp, r, QP_ECLOSED,
+		    "no pipe '%s' (closed, or never opened)", r->name);
+	}
+	if (p->side[s].state != SIDE_OPEN || p->side[s].conn != conn) {
+		return PS_FAIL(repp, r, QP_ECLOSED,
+		    "pipe '%s': this connection does not hold side %d",
+		    r->name, s);
 	}
 	switch (r->op) {
-	case QPI_OP_PIPE_OPEN:
-		if (p == NULL) {
-			if (ps.tab.n >= PS_MAX_PIPES) {
-				*repp = qps_rep_error(r->op, r->req_id,
-				    QP_ELIMIT, "the server holds %u pipes",
-				    (unsigned) ps.tab.n);
-				return QPS_REPLY;
-			}
-			if ((p = calloc(1, sizeof(*p))) == NULL) {
-				*repp = qps_rep_error(r->op, r->req_id,
-				    QP_ENOMEM, "out of memory");
-				return QPS_REPLY;
-			}
-			snprintf(p->name, sizeof(p->name), "%s", r->name);
-			p->oneway = (r->flags & QPI_PIPE_ONEWAY) != 0;
-			p->node.key = qpi_hash(p->name, strlen(p->name));
-			qpi_htab_insert(&ps.tab, &p->node);
-		}
-		if (s < 0) {
-			s = p->side[0].state == SIDE_NEVER   ? 0
-			    : p->side[1].state == SIDE_NEVER ? 1
-			                                     : -1;
-		}
-		if (s < 0 || p->side[s].state != SIDE_NEVER) {
-			*repp = qps_rep_error(r->op, r->req_id, QP_EBUSY,
-			    s < 0 ? "pipe '%s': both sides are taken"
-			          : "pipe '%s': side %d is taken",
-			    r->name, s);
-			return QPS_REPLY;
-		}
-		p->side[s].state = SIDE_OPEN;
-		p->side[s].conn = conn;
-		rp.side = s;
-		rp.peer_open = p->side[1 - s].state == SIDE_OPEN;
-		*repp = qps_rep_encode(&rp);
-		qps_log(QPS_LOG_DEBUG, "pipe '%s': side %d opened by %u",
-		    r->name, s, conn);
-		return QPS_REPLY;
-
-	case QPI_OP_PIPE_SEND: {
-		ps_side *to;
+	case QPI_OP_PIPE_SEND:
+		sd = &p->side[1 - s];
 		if (p->oneway && s == 0) {
-			*repp = qps_rep_error(r->op, r->req_id, QP_EPERM,
+			return PS_FAIL(repp, r, QP_EPERM,
 			    "pipe '%s': side 0 of a one-way pipe only "
 			    "receives",
 			    r->name);
-			return QPS_REPLY;
 		}
-		to = &p->side[1 - s];
-		if (to->state == SIDE_CLOSED) {
-			*repp = qps_rep_error(r->op, r->req_id, QP_ECLOSED,
+		if (sd->state == SIDE_CLOSED) {
+			return PS_FAIL(repp, r, QP_ECLOSED,
 			    "pipe '%s': the other side closed", r->name);
-			return QPS_REPLY;
 		}
-		if (to->wl[PW_SEND].head != NULL
-		    || (to->qhead != NULL
-		        && to->qbytes + r->item.len > PS_BUF_MAX)) {
+		if (sd->wl[PW_SEND].head != NULL
+		    || (sd->qhead != NULL
+		        && sd->qbytes + r->item.len > PS_BUF_MAX)) {
 			if (r->timeout == 0) {
-				*repp = qps_rep_error(r->op, r->req_id,
-				    QP_ETIMEDOUT,
-				    "pipe '%s': its buffer is "
-				    "full",
-				    r->name);
-				return QPS_REPLY;
+				return PS_FAIL(repp, r, QP_ETIMEDOUT,
+				    "pipe '%s': its buffer is full", r->name);
 			}
 			return ps_park_or_refuse(rq, p, 1 - s, PW_SEND, repp);
 		}
-		if (!ps_enqueue(to, &r->item)) {
-			*repp = qps_rep_error(r->op, r->req_id, QP_ENOMEM,
+		if (!ps_enqueue(sd, &r->item)) {
+			return PS_FAIL(repp, r, QP_ENOMEM,
 			    "out of memory for a message of %zu bytes",
 			    r->item.len);
-			return QPS_REPLY;
 		}
 		*repp = qps_rep_ok(r);
 		ps_dispatch(p, 1 - s);
 		return QPS_REPLY;
-	}
 
-	case QPI_OP_PIPE_RECV: {
-		ps_side *sd;
+	case QPI_OP_PIPE_RECV:
+		sd = &p->side[s];
 		if (p->oneway && s == 1) {
-			*repp = qps_rep_error(r->op, r->req_id, QP_EPERM,
+			return PS_FAIL(repp, r, QP_EPERM,
 			    "pipe '%s': side 1 of a one-way pipe only sends",
 			    r->name);
-			return QPS_REPLY;
 		}
-		sd = &p->side[s];
 		if (sd->qhead != NULL && sd->wl[PW_RECV].head == NULL) {
 			*repp = ps_rep_take(sd, r);
 			ps_dispatch(p, s); /* room for waiting sends */
 			return QPS_REPLY;
 		}
 		if (sd->qhead == NULL && p->side[1 - s].state == SIDE_CLOSED) {
-			*repp = qps_rep_error(r->op, r->req_id, QP_ECLOSED,
+			return PS_FAIL(repp, r, QP_ECLOSED,
 			    "pipe '%s': end of file (the other side closed)",
 			    r->name);
-			return QPS_REPLY;
 		}
 		if (r->timeout == 0) {
-			*repp = qps_rep_error(r->op, r->req_id, QP_ETIMEDOUT,
+			return PS_FAIL(repp, r, QP_ETIMEDOUT,
 			    "pipe '%s': no message", r->name);
-			return QPS_REPLY;
 		}
 		return ps_park_or_refuse(rq, p, s, PW_RECV, repp);
-	}
 
 	case QPI_OP_PIPE_POLL:
 		if (ps_readable(p, s) || r->timeout == 0) {
@@ -429,9 +406,7 @@ qps_pipe_handle(const qps_req *rq, nng_msg **repp)
 		return QPS_REPLY;
 
 	default:
-		*repp = qps_rep_error(
-		    r->op, r->req_id, QP_ENOTSUP, "not a pipe op");
-		return QPS_REPLY;
+		return PS_FAIL(repp, r, QP_ENOTSUP, "not a pipe op");
 	}
 }
 
@@ -477,10 +452,8 @@ end_waits_cb(qpi_hnode *n, void *arg)
 				qps_wait_finish(wt,
 				    arg == NULL
 				        ? NULL
-				        : qps_rep_error(wt->r.op, wt->r.req_id,
-				            QP_ECONNRESET,
-				            "the server is shutting "
-				            "down"));
+				        : PS_ERR(&wt->r, QP_ECONNRESET,
+				            "the server is shutting down"));
 			}
 		}
 	}

@@ -37,21 +37,12 @@ parse_bytes(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 	}
 	errno = 0;
 	v = strtoull(s, &end, 10);
-	if (errno != 0) {
-		return false;
-	}
-	if (*end != '\0') {
-		if ((u = strchr(units, *end)) == NULL) {
-			return false;
-		}
+	if (*end != '\0' && (u = strchr(units, *end)) != NULL) {
 		mul = (uint64_t) 1 << (10 * (1 + (u - units) / 2));
 		end += 1 + (end[1] == 'i');
 		end += *end == 'B';
-		if (*end != '\0') {
-			return false;
-		}
 	}
-	if (v > max / mul || v * mul < min) {
+	if (errno != 0 || *end != '\0' || v > max / mul || v * mul < min) {
 		return false;
 	}
 	*out = v * mul;
@@ -397,7 +388,6 @@ int
 main(int argc, char **argv)
 {
 	char urls[QPS_MAX_LISTEN + 1][QPI_URL_MAX + 1];
-	char metrics_url[QPI_URL_MAX + 1];
 	qps_config cfg;
 	sigset_t sigs;
 	siginfo_t si;
@@ -418,19 +408,14 @@ main(int argc, char **argv)
 	if (qps_sec_start(&cfg) != QP_OK || qps_ops_start(&cfg) != QP_OK) {
 		goto fail_sec;
 	}
+	/* The metrics URL, if any, is the port file's last line. */
 	if (qps_net_start(&cfg, urls) != QP_OK
-	    || qps_metrics_start(&cfg, metrics_url, sizeof(metrics_url))
-	        != QP_OK) {
-		goto fail;
-	}
-	if (metrics_url[0] != '\0') { /* the port file's last line */
-		snprintf(
-		    urls[cfg.nlisten], sizeof(urls[0]), "%s", metrics_url);
-	}
-	if (cfg.port_file != NULL
-	    && write_port_file(
-	           cfg.port_file, urls, cfg.nlisten + (metrics_url[0] != '\0'))
-	        != 0) {
+	    || qps_metrics_start(&cfg, urls[cfg.nlisten], sizeof(urls[0]))
+	        != QP_OK
+	    || (cfg.port_file != NULL
+	        && write_port_file(cfg.port_file, urls,
+	               cfg.nlisten + (urls[cfg.nlisten][0] != '\0'))
+	            != 0)) {
 		goto fail;
 	}
 	qps_log(QPS_LOG_INFO,

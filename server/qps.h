@@ -71,14 +71,9 @@ typedef struct qps_config {
 	const char *token_file; /* --auth-token-file (else $QPIPE_TOKEN) */
 	const char *tls_cert; /* --tls-cert, --tls-key: tls+tcp:// listeners */
 	const char *tls_key;
-	const char
-	    *tls_ca; /* --tls-ca: client certificates must chain to it */
-	bool raw_sp; /* tcp:// and ipc:// on plain sockets (--transport sp),
-	                else on nng streams (nng) */
-	/* Trust of shared-memory segments. */
-	bool shm_any_owner; /* --shm-any-owner: host segments other users
-	                       own (QP_OPEN_ANY_OWNER); else they are
-	                       refused with QP_EPERM */
+	const char *tls_ca; /* --tls-ca: the CA of client certificates */
+	bool raw_sp; /* --transport sp: tcp://, ipc:// on plain sockets */
+	bool shm_any_owner; /* --shm-any-owner: QP_OPEN_ANY_OWNER */
 	/* What one connection may hold, so that it never takes what the
 	 * others need (README, Security): */
 	uint32_t conn_waits; /* --max-waiting: parked requests */
@@ -86,8 +81,7 @@ typedef struct qps_config {
 	uint32_t conn_leases; /* --max-leases: items leased at once */
 	int64_t handshake_ms; /* --handshake-timeout: SP handshake due */
 	int64_t auth_ms; /* --auth-timeout: authenticated (with a token) */
-	const char *metrics; /* --metrics tcp://HOST:PORT (metrics.c); NULL:
-	                        no metrics listener */
+	const char *metrics; /* --metrics URL (metrics.c); NULL: none */
 } qps_config;
 
 /* Defaults of the per-connection limits (qpiped --help says why). */
@@ -145,9 +139,9 @@ bool qps_net_drain(int64_t timeout_ms);
 void qps_net_close(void);
 
 /* Marks w parked: the ops layer keeps it (and the request) until it calls
- * qps_worker_reply. Called by qps_ops_handle before it
- * publishes the waiter. Returns false (not parked) when the server already
- * holds its limit of parked requests, or is closing. */
+ * qps_worker_reply. Called by qps_ops_handle before it publishes the
+ * waiter. False (not parked) when the server already holds its limit of
+ * parked requests, or is closing. */
 bool qps_worker_park(qps_worker *w);
 
 /* Sends rep (NULL: no reply, its client is gone) as the reply of w and
@@ -253,10 +247,8 @@ int qps_rep_read(nng_msg *m, uint32_t *opp);
 
 /* ---- timers (timer.c) ---- */
 
-/* A one-shot timer run by the timer thread with the lock given to
- * qps_timer_start held (the ops layer's lock): arming, cancelling and
- * firing never race. A heap of deadlines and one condvar wait for the
- * nearest: no polling. */
+/* A one-shot timer, fired by the timer thread (timer.c) with the lock
+ * given to qps_timer_start held: arming, cancelling and firing never race. */
 typedef struct qps_timer {
 	int64_t deadline_ns; /* absolute CLOCK_MONOTONIC */
 	size_t idx; /* position in the heap; SIZE_MAX when not armed */
@@ -344,9 +336,7 @@ typedef struct qps_q {
 	int64_t probe_ns; /* the probe's current backoff */
 	qps_timer probe_timer; /* retries the lock (q_probe_fire) */
 	struct qps_pend *pend, *pend_tail; /* background work to retry */
-	/* Trust of shared-memory segments. */
-	bool quarantined; /* found damaged (logged once): its requests get
-	                     QP_ECORRUPT until it is deleted */
+	bool quarantined; /* found damaged: QP_ECORRUPT until deleted */
 } qps_q;
 
 /* Options of the create op, 0 = the server's default. */
@@ -360,10 +350,10 @@ typedef struct qps_q_opts {
 	const char *fsync; /* durable: policy, "" or NULL = --fsync */
 } qps_q_opts;
 
-/* Starts the registry (durable queues, watchers); mu is
- * the ops lock; changed(q) is called, with it held, whenever q may have
- * changed under parked requests (items put, room freed, tasks done,
- * leases expired or given back, its lock free again). */
+/* Starts the registry (durable queues, watchers); mu is the ops lock;
+ * changed(q) is called, with it held, whenever q may have changed under
+ * parked requests (items put, room freed, tasks done, leases expired or
+ * given back, its lock free again). */
 int qps_registry_start(
     const qps_config *cfg, pthread_mutex_t *mu, void (*changed)(qps_q *q));
 
@@ -700,11 +690,7 @@ void qps_pipes_drain(void);
 /* Frees every pipe. */
 void qps_pipes_fini(void);
 
-/* ---- metrics, the status page and its JSON (metrics.c) ----
- *
- * Server-wide counters are relaxed atomics bumped on the request path;
- * per-queue figures are read from the queues themselves (their segments'
- * counters, lib/shmq.h) when a scrape asks. */
+/* ---- metrics, the status page and its JSON (metrics.c) ---- */
 
 /* Why a connection was refused or closed unserved. */
 enum {

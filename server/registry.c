@@ -72,7 +72,6 @@ struct quar {
 };
 
 static const char *const dur_ext = ".qlog";
-
 static const char *const shm_prefix = "qpipe.";
 
 /* Background work that met a queue's lock held, retried by its probe. */
@@ -93,10 +92,7 @@ q_inode(const char *name)
 
 	snprintf(
 	    path, sizeof(path), "%s/%s%s", qpi_shm_dir(), shm_prefix, name);
-	if (stat(path, &st) != 0) {
-		return 0;
-	}
-	return (uint64_t) st.st_ino;
+	return stat(path, &st) == 0 ? (uint64_t) st.st_ino : 0;
 }
 
 bool
@@ -116,21 +112,31 @@ dur_path(const char *name, char *path, size_t cap)
 	    < cap;
 }
 
-static struct quar *
-quar_find(const char *name)
+/* Whether the durable queue name has a file. */
+static bool
+dur_exists(const char *name)
 {
-	for (struct quar *z = hs.quar; z != NULL; z = z->next) {
-		if (strcmp(z->name, name) == 0) {
-			return z;
-		}
+	char path[PATH_MAX];
+
+	return dur_path(name, path, sizeof(path)) && access(path, F_OK) == 0;
+}
+
+/* Where the quarantined queue name is (*: NULL when it is not). */
+static struct quar **
+quar_at(const char *name)
+{
+	struct quar **zp = &hs.quar;
+
+	while (*zp != NULL && strcmp((*zp)->name, name) != 0) {
+		zp = &(*zp)->next;
 	}
-	return NULL;
+	return zp;
 }
 
 static void
 quar_add(const char *name, const char *why)
 {
-	struct quar *z = quar_find(name);
+	struct quar *z = *quar_at(name);
 
 	if (z == NULL && (z = calloc(1, sizeof(*z))) != NULL) {
 		snprintf(z->name, sizeof(z->name), "%s", name);
@@ -149,13 +155,11 @@ quar_add(const char *name, const char *why)
 static void
 quar_drop(const char *name)
 {
-	for (struct quar **zp = &hs.quar; *zp != NULL; zp = &(*zp)->next) {
-		if (strcmp((*zp)->name, name) == 0) {
-			struct quar *z = *zp;
-			*zp = z->next;
-			free(z);
-			return;
-		}
+	struct quar **zp = quar_at(name), *z = *zp;
+
+	if (z != NULL) {
+		*zp = z->next;
+		free(z);
 	}
 }
 
@@ -202,7 +206,7 @@ qps_q_rv(qps_q *q, int rv)
 static void
 pend_add(qps_q *q, int kind, uint64_t v, bool done)
 {
-	qps_pend *p = calloc(1, sizeof(*p));
+	qps_pend *p = malloc(sizeof(*p));
 
 	if (p == NULL) {
 		qps_log(QPS_LOG_ERROR,
@@ -211,15 +215,24 @@ pend_add(qps_q *q, int kind, uint64_t v, bool done)
 		    q->name);
 		return;
 	}
-	p->kind = kind;
-	p->v = v;
-	p->done = done;
+	*p = (qps_pend) {.kind = kind, .v = v, .done = done};
 	*(q->pend_tail != NULL ? &q->pend_tail->next : &q->pend) = p;
 	q->pend_tail = p;
 	q_busy(q);
 }
 
 static void pend_free(qps_q *q);
+
+/* Logs n items of q back at its head (rv: the call's result), whose. */
+static void
+q_back(const qps_q *q, int rv, size_t n, const char *whose)
+{
+	if (rv == QP_OK && n > 0) {
+		qps_log(QPS_LOG_INFO,
+		    "queue '%s': %zu %s are back at the head", q->name, n,
+		    whose);
+	}
+}
 
 /* ---- lease expiries ---- */
 
@@ -232,16 +245,8 @@ q_lease_fire(qps_timer *t)
 	int rv = qps_q_rv(q, qpi_store_expire(q->st, qpi_now_ms(), &n, &next));
 
 	q->expire_due = rv == QP_EBUSY; /* the probe does it */
-	if (rv != QP_OK) {
-		next = INT64_MAX;
-	}
-	if (n > 0) {
-		qps_log(QPS_LOG_INFO,
-		    "queue '%s': %zu leases ran out; their items are back at "
-		    "the head",
-		    q->name, n);
-	}
-	qps_q_lease_due(q, next);
+	q_back(q, QP_OK, n, "leases ran out; their items");
+	qps_q_lease_due(q, rv == QP_OK ? next : INT64_MAX);
 	if (n > 0) {
 		hs.changed(q);
 	}
@@ -263,13 +268,10 @@ sweep_fire(qps_timer *t)
 {
 	for (qps_q *q = hs.head; q != NULL; q = q->next) {
 		size_t n = 0;
-		if (!q->busy
-		    && qps_q_rv(q, qpi_store_release_dead(q->st, &n)) == QP_OK
-		    && n > 0) {
-			qps_log(QPS_LOG_INFO,
-			    "queue '%s': %zu leases of local processes that "
-			    "are gone are back at the head",
-			    q->name, n);
+		if (!q->busy) {
+			q_back(q,
+			    qps_q_rv(q, qpi_store_release_dead(q->st, &n)), n,
+			    "leases of local processes that are gone");
 		}
 		hs.changed(q);
 	}
@@ -278,26 +280,14 @@ sweep_fire(qps_timer *t)
 	}
 }
 
-static void
-sweep_due(void)
-{
-	if (sweep_timer.idx == SIZE_MAX) {
-		qps_timer_arm(&sweep_timer, qpi_now_ns() + SWEEP_NS);
-	}
-}
-
 void
 qps_q_lease_due(qps_q *q, int64_t expiry_ms)
 {
-	int64_t ns;
-
-	if (expiry_ms == INT64_MAX || expiry_ms >= INT64_MAX / 1000000) {
-		return;
-	}
-	ns = expiry_ms * 1000000;
-	if (q->lease_timer.idx == SIZE_MAX
-	    || ns < q->lease_timer.deadline_ns) {
-		qps_timer_arm(&q->lease_timer, ns);
+	/* INT64_MAX (none), or past what nanoseconds hold: never. */
+	if (expiry_ms < INT64_MAX / 1000000
+	    && (q->lease_timer.idx == SIZE_MAX
+	        || expiry_ms * 1000000 < q->lease_timer.deadline_ns)) {
+		qps_timer_arm(&q->lease_timer, expiry_ms * 1000000);
 	}
 }
 
@@ -330,12 +320,7 @@ q_reclaim(qps_q *q)
 	int rv = qps_q_rv(q, qpi_store_release_stale(q->st, &n));
 
 	q->reclaimed = rv != QP_EBUSY; /* else the next request tries */
-	if (rv == QP_OK && n > 0) {
-		qps_log(QPS_LOG_INFO,
-		    "queue '%s': %zu items leased by an earlier server or a "
-		    "dead worker are back at the head",
-		    q->name, n);
-	}
+	q_back(q, rv, n, "items leased by an earlier server or a dead worker");
 }
 
 /* The sizes of a new queue: the server's defaults, o's where given (o
@@ -363,8 +348,10 @@ dur_open(const char *name, unsigned flags, const qps_q_opts *o, qpi_durq **dp,
     uint64_t *lease_msp)
 {
 	char path[PATH_MAX];
-	qpi_durq_cfg c;
-	qpi_shmq_cfg sizes;
+	qpi_shmq_cfg sizes = q_cfg(o);
+	qpi_durq_cfg c = {.maxsize = sizes.maxsize,
+	    .capacity = sizes.capacity,
+	    .max_message = sizes.max_message};
 	qpi_durq_info info;
 	char pol[QPI_FSYNC_STR_MAX];
 	int rv;
@@ -373,10 +360,6 @@ dur_open(const char *name, unsigned flags, const qps_q_opts *o, qpi_durq **dp,
 		return qpi_err(
 		    QP_EINVAL, "the data directory path is too long");
 	}
-	sizes = q_cfg(o);
-	c = (qpi_durq_cfg) {.maxsize = sizes.maxsize,
-	    .capacity = sizes.capacity,
-	    .max_message = sizes.max_message};
 	if (o != NULL) {
 		c.lease_ms = o->lease_ms;
 		if ((rv = qpi_fsync_parse(o->fsync, &c.fsync)) != QP_OK) {
@@ -458,9 +441,8 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 		qpi_durq_free(dur);
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
-	if (hs.cfg->shm_any_owner) {
-		flags |= QP_OPEN_ANY_OWNER; /* else another user's: QP_EPERM */
-	}
+	/* Without QP_OPEN_ANY_OWNER, another user's segment: QP_EPERM. */
+	flags |= hs.cfg->shm_any_owner ? QP_OPEN_ANY_OWNER : 0;
 	rv = dur != NULL ? qpi_store_open_durq(&q->st, name, dur)
 	                 : qpi_store_open_shm(&q->st, name, flags, cfg);
 	if (rv != QP_OK) {
@@ -480,28 +462,32 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 		hs.head->prev = q;
 	}
 	hs.head = q;
-	sweep_due();
+	if (sweep_timer.idx == SIZE_MAX) {
+		qps_timer_arm(&sweep_timer, qpi_now_ns() + SWEEP_NS);
+	}
 	q_seed(q);
 	*qp = q;
 	return QP_OK;
 }
 
-/* A durable queue that is not hosted yet: quarantined, or a file that
- * appeared in the data directory since the start. */
+/* The queue name if hosted, else the durable queue name hosted now if
+ * its file appeared in the data directory since the start; QP_OK with *qp
+ * NULL if neither. A quarantined one: QP_ECORRUPT. */
 static int
-dur_lookup(const char *name, qps_q **qp)
+q_lookup(const char *name, qps_q **qp)
 {
-	char path[PATH_MAX];
-	struct quar *z = quar_find(name);
+	struct quar *z;
 	qpi_durq *d;
 	uint64_t lease_ms = 0;
 	int rv;
 
+	/* A hosted queue (every request's case) costs one lookup. */
+	if ((*qp = qps_q_find(name)) != NULL
+	    || ((z = *quar_at(name)) == NULL && !dur_exists(name))) {
+		return QP_OK;
+	}
 	if (z != NULL) {
 		return qpi_err(QP_ECORRUPT, "quarantined: %s", z->why);
-	}
-	if (!dur_path(name, path, sizeof(path)) || access(path, F_OK) != 0) {
-		return QP_ENOENT;
 	}
 	if ((rv = dur_open(name, 0, NULL, &d, &lease_ms)) != QP_OK) {
 		return rv;
@@ -509,46 +495,47 @@ dur_lookup(const char *name, qps_q **qp)
 	return q_attach(name, 0, NULL, lease_ms, d, qp);
 }
 
-int
-qps_q_open(const char *name, bool create, qps_q **qp)
+/* What q's first requests do, unless its lock is held (then its probe
+ * or the next request): read its put requests, return the leases of
+ * holders that are gone. */
+static void
+q_settle(qps_q *q)
 {
-	qps_q *q = qps_q_find(name);
-	qpi_shmq_cfg cfg = q_cfg(NULL);
-	int rv;
-
-	if (q == NULL && (rv = dur_lookup(name, &q)) != QP_ENOENT
-	    && rv != QP_OK) {
-		return rv;
-	}
-	if (q == NULL) {
-		rv = q_attach(
-		    name, create ? QP_OPEN_CREATE : 0, &cfg, 0, NULL, &q);
-		if (rv != QP_OK) {
-			return rv;
-		}
-	}
 	if (!q->seeded && !q->busy) {
 		q_seed(q);
 	}
 	if (!q->reclaimed && !q->busy) {
 		q_reclaim(q);
 	}
-	*qp = q;
-	return QP_OK;
+}
+
+int
+qps_q_open(const char *name, bool create, qps_q **qp)
+{
+	qpi_shmq_cfg cfg = q_cfg(NULL);
+	int rv = q_lookup(name, qp);
+
+	if (rv == QP_OK && *qp == NULL) {
+		rv = q_attach(
+		    name, create ? QP_OPEN_CREATE : 0, &cfg, 0, NULL, qp);
+	}
+	if (rv == QP_OK) {
+		q_settle(*qp);
+	}
+	return rv;
 }
 
 int
 qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 {
-	qps_q *q = qps_q_find(name);
+	qps_q *q;
 	qpi_shmq_cfg cfg = q_cfg(o);
 	unsigned flags = QP_OPEN_CREATE | (o->excl ? QP_OPEN_EXCL : 0);
 	uint64_t lease_ms = o->lease_ms;
 	qpi_durq *d = NULL;
 	int rv;
 
-	if (q == NULL && (rv = dur_lookup(name, &q)) != QP_ENOENT
-	    && rv != QP_OK) {
+	if ((rv = q_lookup(name, &q)) != QP_OK) {
 		return rv;
 	}
 	if (o->durable && q == NULL && q_inode(name) != 0) {
@@ -562,29 +549,25 @@ qps_q_create(const char *name, const qps_q_opts *o, qps_q **qp)
 		    "queue '%s' exists and is not durable: delete it first",
 		    name);
 	}
-	if (q != NULL) {
-		if (o->excl) {
-			return qpi_err(
-			    QP_EEXIST, "queue '%s' exists already", name);
+	if (q != NULL && o->excl) {
+		return qpi_err(QP_EEXIST, "queue '%s' exists already", name);
+	} else if (q != NULL && o->lease_ms != 0) {
+		q->lease_ms = o->lease_ms;
+	} else if (q == NULL) {
+		if ((o->durable
+		        && (rv = dur_open(name, flags, o, &d, &lease_ms))
+		            != QP_OK)
+		    || (rv = q_attach(name, flags, &cfg, lease_ms, d, &q))
+		        != QP_OK) {
+			return rv;
 		}
-		if (o->lease_ms != 0) {
-			q->lease_ms = o->lease_ms;
+		if (d != NULL) {
+			q->reclaimed = true;
+			qps_log(
+			    QPS_LOG_INFO, "durable queue '%s' created", name);
 		}
-		if (!q->reclaimed) {
-			q_reclaim(q);
-		}
-		*qp = q;
-		return QP_OK;
 	}
-	if ((o->durable
-	        && (rv = dur_open(name, flags, o, &d, &lease_ms)) != QP_OK)
-	    || (rv = q_attach(name, flags, &cfg, lease_ms, d, &q)) != QP_OK) {
-		return rv;
-	}
-	if (d != NULL) {
-		q->reclaimed = true;
-		qps_log(QPS_LOG_INFO, "durable queue '%s' created", name);
-	} else {
+	if (!q->reclaimed) {
 		q_reclaim(q);
 	}
 	*qp = q;
@@ -613,9 +596,8 @@ qps_q_delete(const char *name, qps_q *q)
 	char path[PATH_MAX];
 	int rv;
 
-	if ((q != NULL && qpi_store_durable(q->st)) || quar_find(name) != NULL
-	    || (q == NULL && dur_path(name, path, sizeof(path))
-	        && access(path, F_OK) == 0)) {
+	if ((q != NULL && qpi_store_durable(q->st)) || *quar_at(name) != NULL
+	    || (q == NULL && dur_exists(name))) {
 		if (q != NULL) {
 			qps_q_forget(q); /* closes (and unlocks) the file */
 		}
@@ -658,48 +640,37 @@ qps_q_list(bool (*fn)(const char *name, const qp_queue_stats *st, void *arg),
 	DIR *d = opendir(shm_dir);
 	struct dirent *e;
 	size_t plen = strlen(shm_prefix);
+	qpi_shmq_cfg cfg = q_cfg(NULL);
+	qp_queue_stats st;
+	bool more = true;
 
 	if (d == NULL) {
 		return qpi_err(QP_ESYSTEM, "cannot read %s: %s", shm_dir,
 		    strerror(errno));
 	}
 	/* Durable queues: all hosted since the start (or quarantined). */
-	for (qps_q *q = hs.head; q != NULL; q = q->next) {
-		qp_queue_stats st;
-		if (!qpi_store_durable(q->st) || !list_stat(q, &st)) {
-			continue;
-		}
-		if (!fn(q->name, &st, arg)) {
-			closedir(d);
-			return QP_OK;
+	for (qps_q *q = hs.head; q != NULL && more; q = q->next) {
+		if (qpi_store_durable(q->st) && list_stat(q, &st)) {
+			more = fn(q->name, &st, arg);
 		}
 	}
-	while ((e = readdir(d)) != NULL) {
+	/* Then the segments; listing does not reclaim leases: another
+	 * server on this host may be serving the queue. Skipped: a durable
+	 * queue's (listed above), what is not a queue (a pipe, another
+	 * layout). */
+	while (more && (e = readdir(d)) != NULL) {
 		const char *name = e->d_name + plen;
-		qp_queue_stats st;
 		qps_q *q;
-
 		if (strncmp(e->d_name, shm_prefix, plen) != 0
-		    || !qpi_name_valid(name, strlen(name))) {
+		    || !qpi_name_valid(name, strlen(name))
+		    || ((q = qps_q_find(name)) != NULL
+		        && qpi_store_durable(q->st))
+		    || (q == NULL
+		        && q_attach(name, 0, &cfg, 0, NULL, &q) != QP_OK)
+		    || !list_stat(q, &st)) {
 			continue;
 		}
-		/* Listing does not reclaim leases: another server on this
-		 * host may be serving the queue. */
-		qpi_shmq_cfg cfg = q_cfg(NULL);
-		if ((q = qps_q_find(name)) != NULL
-		    && qpi_store_durable(q->st)) {
-			continue; /* listed above */
-		}
-		if (q == NULL
-		    && q_attach(name, 0, &cfg, 0, NULL, &q) != QP_OK) {
-			continue; /* not a queue (a pipe, another layout) */
-		}
-		if (!list_stat(q, &st)) {
-			continue;
-		}
-		if (!fn(name, &st, arg)) {
-			break;
-		}
+		more = fn(name, &st, arg);
 	}
 	closedir(d);
 	return QP_OK;
@@ -766,19 +737,11 @@ pend_run(qps_q *q)
 		if (p->kind == PEND_OWNER) {
 			rv = qps_q_rv(
 			    q, qpi_store_release_owner(q->st, p->v, &n));
-			if (rv == QP_OK && n > 0) {
-				qps_log(QPS_LOG_INFO,
-				    "queue '%s': %zu leases of a closed "
-				    "connection are back at the head",
-				    q->name, n);
-			}
-		} else {
-			rv = p->v != 0
-			    ? qps_q_rv(q, qpi_store_ack(q->st, p->v))
-			    : QP_OK;
-			if (rv == QP_EBUSY) {
-				return false;
-			}
+			q_back(q, rv, n, "leases of a closed connection");
+		} else if ((rv = p->v != 0
+		                   ? qps_q_rv(q, qpi_store_ack(q->st, p->v))
+		                   : QP_OK)
+		    != QP_EBUSY) {
 			p->done = p->done && rv == QP_OK;
 			p->v = 0; /* the ack is in: its task_done may wait */
 			if (p->done) {
@@ -788,8 +751,7 @@ pend_run(qps_q *q)
 		if (rv == QP_EBUSY) {
 			return false;
 		}
-		q->pend = p->next;
-		if (q->pend == NULL) {
+		if ((q->pend = p->next) == NULL) {
 			q->pend_tail = NULL;
 		}
 		free(p);
@@ -805,12 +767,7 @@ q_probe_fire(qps_timer *t)
 	qps_q *q = (qps_q *) ((char *) t - offsetof(qps_q, probe_timer));
 
 	q->busy = false;
-	if (!q->seeded) {
-		q_seed(q);
-	}
-	if (!q->reclaimed && !q->busy) {
-		q_reclaim(q);
-	}
+	q_settle(q);
 	if (q->busy || !pend_run(q)) {
 		return;
 	}
@@ -868,11 +825,11 @@ dur_start(void)
 		if (!qpi_name_valid(name, len - elen)) {
 			continue;
 		}
-		int rv = dur_lookup(name, &q);
-		if (rv == QP_OK) {
+		int rv = q_lookup(name, &q);
+		if (rv == QP_OK && q != NULL) {
 			q->reclaimed = true;
 			n++;
-		} else if (rv != QP_ECORRUPT) {
+		} else if (rv != QP_OK && rv != QP_ECORRUPT) {
 			qps_log(QPS_LOG_ERROR,
 			    "durable queue '%s' cannot be opened: %s", name,
 			    qp_errmsg());
@@ -921,9 +878,7 @@ qps_registry_fini(void)
 	}
 	qpi_htab_fini(&hs.qs);
 	while (hs.quar != NULL) {
-		struct quar *z = hs.quar;
-		hs.quar = z->next;
-		free(z);
+		quar_drop(hs.quar->name);
 	}
 	pthread_mutex_unlock(hs.mu);
 }

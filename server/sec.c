@@ -17,28 +17,16 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <stdio.h>
 #include <string.h>
 
 static struct {
 	qpi_token token; /* len 0: no authentication */
 } sec;
 
-static bool
-sec_any_tls(const qps_config *cfg)
-{
-	for (size_t i = 0; i < cfg->nlisten; i++) {
-		if (strncmp(cfg->listen[i], "tls+tcp://", 10) == 0) {
-			return true;
-		}
-	}
-	return false;
-}
-
 int
 qps_sec_start(const qps_config *cfg)
 {
-	bool exposed = false;
+	bool exposed = false, any_tls = false;
 	int rv;
 
 	if ((rv = qpi_token_resolve(
@@ -74,16 +62,16 @@ qps_sec_start(const qps_config *cfg)
 		    "own certificate)");
 		return QP_EINVAL;
 	}
-	if (cfg->tls_cert == NULL) {
-		return QP_OK; /* a tls+tcp:// listener is refused later */
+	for (size_t i = 0; i < cfg->nlisten; i++) {
+		any_tls = any_tls
+		    || strncmp(cfg->listen[i], "tls+tcp://", 10) == 0;
 	}
-	if (!sec_any_tls(cfg)) {
+	/* Without a certificate a tls+tcp:// listener is refused later. */
+	if (cfg->tls_cert != NULL && !any_tls) {
 		qps_log(QPS_LOG_WARN,
 		    "--tls-cert is given but no --listen is tls+tcp://: the "
 		    "certificate is not used");
-		return QP_OK;
-	}
-	if (cfg->tls_ca != NULL) {
+	} else if (cfg->tls_ca != NULL) {
 		qps_log(QPS_LOG_INFO,
 		    "TLS clients must present a certificate signed by %s",
 		    cfg->tls_ca);

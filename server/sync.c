@@ -188,9 +188,8 @@ void
 qps_sync_start(pthread_mutex_t *ops_mu)
 {
 	sy.ops_mu = ops_mu;
-	if (pthread_create(&sy.thr, NULL, sy_main, NULL) == 0) {
-		sy.started = true;
-	} else {
+	sy.started = pthread_create(&sy.thr, NULL, sy_main, NULL) == 0;
+	if (!sy.started) {
 		qps_log(QPS_LOG_WARN,
 		    "cannot start the sync thread: puts of fsync=always "
 		    "queues sync in the request's thread");

@@ -147,11 +147,8 @@ qps_timer_start(pthread_mutex_t *mu)
 	tm.mu = mu;
 	qpi_cond_init(&tm.cv);
 	tm.stop = false;
-	if (pthread_create(&tm.thr, NULL, timer_main, NULL) != 0) {
-		return QP_ESYSTEM;
-	}
-	tm.running = true;
-	return QP_OK;
+	tm.running = pthread_create(&tm.thr, NULL, timer_main, NULL) == 0;
+	return tm.running ? QP_OK : QP_ESYSTEM;
 }
 
 void

@@ -83,9 +83,8 @@ wg_main(void *arg)
 		 * after the read wakes the wait below. */
 		for (int i = 0; i < n; i++) {
 			qps_watch *w = g->ws[i];
-			if (!w->armed && qpi_shmq_watch_arm(w->shm) == QP_OK) {
-				w->armed = true;
-			}
+			w->armed
+			    = w->armed || qpi_shmq_watch_arm(w->shm) == QP_OK;
 			w->seen = qpi_shmq_watch_seq(w->shm);
 			snap[i] = w;
 		}
@@ -158,10 +157,9 @@ wg_add(qps_watch *w, const char *name)
 		}
 	}
 	cap = wa.waitv ? WG_MAX : 1;
-	for (g = wa.groups; g != NULL; g = g->next) {
-		if (g->n < cap) {
-			break;
-		}
+	g = wa.groups;
+	while (g != NULL && g->n >= cap) {
+		g = g->next;
 	}
 	if (g == NULL) {
 		if ((g = calloc(1, sizeof(*g))) == NULL) {

@@ -5,8 +5,9 @@
  * rather than allocated per lease, the index by lease id against random
  * leases and acks, expired ones forgotten at the limit,
  * a queue that goes away forgotten, and a close that gives back every
- * queue's leases. What conn.c calls in the rest of the server is stubbed
- * here and counted.
+ * queue's leases. The functions of the rest of the server that conn.c
+ * calls are defined here instead, each recording its calls for the
+ * assertions.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,7 +20,7 @@
 
 #include "qps.h"
 
-/* ---- stubs of the server around conn.c ---- */
+/* ---- the rest of the server, as conn.c sees it: calls recorded ---- */
 
 static qps_config cfg;
 const qps_config *qps_cfg = &cfg;

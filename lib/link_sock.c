@@ -1,10 +1,15 @@
 /*
  * link_sock.c - the plain socket driver of the connection layer (link.h):
- * tcp:// and ipc:// on a non-blocking socket, every wait a ppoll bounded
- * by the caller's deadline (a receive spins briefly first, see
- * SL_SPIN_NS), and no thread of its own, so a forked child
- * can close its copy and dial again. Also its listener, qp_listen's and
- * qpiped's (accept waits on the socket and an eventfd that close writes).
+ * tcp:// and ipc://, every wait bounded by the caller's deadline, and no
+ * thread of its own, so a forked child can close its copy and dial again.
+ * A dialed socket is blocking: sends and non-blocking reads say
+ * MSG_DONTWAIT, and a reply wait with more than SL_SLICE_NS left is one
+ * blocking recv (SO_RCVTIMEO bounds it to that slice), as a client that
+ * blocks in read(2) pays, with no poll or timer per request (a receive
+ * spins briefly first, see SL_SPIN_NS); the last slice of a deadline, and
+ * sockets accepted here (non-blocking), wait in ppoll. Also its listener,
+ * qp_listen's and qpiped's (accept waits on the socket and an eventfd
+ * that close writes).
  * Locking: none here; the caller serialises senders and receivers
  * (link.h), and shutdown(2) wakes both.
  */
@@ -12,6 +17,7 @@
 #include "link.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -22,26 +28,34 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 typedef struct sock_link {
 	qpi_link base; /* first */
 	int fd;
-	unsigned misses; /* reply waits in a row that outlasted the spin */
+	unsigned misses; /* reply waits in a row the spin did not pay */
+	bool blocking; /* dialed: blocking, SO_RCVTIMEO of SL_SLICE_NS */
 } sock_link;
 
 /* A reply wait first spins for up to SL_SPIN_NS, reading without blocking
- * and yielding the CPU on each turn (to the server, when it shares this
- * CPU), and only then sleeps in ppoll: a loopback or LAN round trip mostly
- * lands inside that window, sooner than a sleeping thread is woken on an
- * idle CPU (tens of microseconds on a VM, the most of a round trip). A
- * link whose replies keep missing the window (a slow or far server, a get
- * waiting for an item, a busy machine) stops spinning after SL_SPIN_MISSES
- * misses in a row and tries once every SL_SPIN_RETRY waits after that. */
-#define SL_SPIN_NS     50000
-#define SL_SPIN_MISSES 8u
-#define SL_SPIN_RETRY  64u
+ * and yielding the CPU on each turn, and only then sleeps: a loopback or
+ * LAN round trip mostly lands inside that window, sooner than a sleeping
+ * thread is woken on an idle CPU (tens of microseconds on a VM, the most
+ * of a round trip). The spin pays only while the reply comes from another
+ * CPU: a wait that misses the window (a slow or far server, a get waiting
+ * for an item), or whose reply came only after a yield gave this CPU away
+ * for over SL_YIELD_AWAY_NS (the server, or other work, ran here: a
+ * sleeping read would have had the reply as soon, for less CPU), is a
+ * miss. After SL_SPIN_MISSES misses in a row a link stops spinning and
+ * tries once every SL_SPIN_RETRY waits. */
+#define SL_SPIN_NS       50000
+#define SL_SPIN_MISSES   8u
+#define SL_SPIN_RETRY    64u
+#define SL_YIELD_AWAY_NS 5000
+/* The longest blocking recv of a dialed socket (SO_RCVTIMEO). */
+#define SL_SLICE_NS 250000000
 
 /* Waits for fd to poll events until deadline_ns: 1 ready, 0 timed out,
  * -1 error. */
@@ -77,7 +91,7 @@ sl_send(qpi_link *l, struct iovec *iov, int niov, int64_t deadline_ns)
 		/* sendmsg, not writev: no SIGPIPE when the peer is gone. */
 		struct msghdr mh
 		    = {.msg_iov = iov, .msg_iovlen = (size_t) niov};
-		ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+		ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n < 0) {
 			if (errno == EINTR) {
 				continue;
@@ -97,45 +111,59 @@ sl_send(qpi_link *l, struct iovec *iov, int niov, int64_t deadline_ns)
 	return QP_OK;
 }
 
+/* What a recv returned: 1 bytes (*np), 0 none yet, -1 the link broke. */
+static int
+sl_got(ssize_t n, size_t *np)
+{
+	if (n > 0) {
+		*np = (size_t) n;
+		return 1;
+	}
+	return n < 0
+	        && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+	    ? 0
+	    : -1;
+}
+
 static int
 sl_recv(qpi_link *l, void *buf, size_t cap, size_t *np, int64_t deadline_ns)
 {
 	sock_link *s = (sock_link *) l;
-	int fd = s->fd;
+	int fd = s->fd, got;
 
 	if (s->misses < SL_SPIN_MISSES || ++s->misses % SL_SPIN_RETRY == 0) {
-		int64_t end = qpi_now_ns() + SL_SPIN_NS;
+		int64_t now = qpi_now_ns(), end = now + SL_SPIN_NS;
+		bool away = false;
 		do {
-			ssize_t n = recv(fd, buf, cap, MSG_DONTWAIT);
-			if (n > 0) {
-				s->misses = 0;
-				*np = (size_t) n;
-				return QP_OK;
+			if ((got
+			        = sl_got(recv(fd, buf, cap, MSG_DONTWAIT), np))
+			    != 0) {
+				s->misses = got > 0 && !away
+				    ? 0
+				    : s->misses + (s->misses < SL_SPIN_MISSES);
+				return got > 0 ? QP_OK : QP_ECONNRESET;
 			}
-			if (n == 0
-			    || (errno != EINTR && errno != EAGAIN
-			        && errno != EWOULDBLOCK)) {
-				return QP_ECONNRESET;
-			}
+			int64_t t0 = now;
 			sched_yield();
-		} while (qpi_now_ns() < end && end <= deadline_ns);
+			now = qpi_now_ns();
+			away = away || now - t0 > SL_YIELD_AWAY_NS;
+		} while (now < end && end <= deadline_ns);
 		s->misses += s->misses < SL_SPIN_MISSES;
 	}
+	/* Past the spin the reply is rarely there: wait, then read. */
+	while (s->blocking && qpi_remaining_ns(deadline_ns) > SL_SLICE_NS) {
+		if ((got = sl_got(recv(fd, buf, cap, 0), np)) != 0) {
+			return got > 0 ? QP_OK : QP_ECONNRESET;
+		}
+	}
 	for (;;) {
-		/* Past the spin the reply is rarely there: wait, then read. */
 		int pr = sl_poll(fd, POLLIN, deadline_ns);
 		if (pr <= 0) {
 			return pr == 0 ? QP_ETIMEDOUT : QP_ECONNRESET;
 		}
-		ssize_t n = read(fd, buf, cap);
-		if (n > 0) {
-			*np = (size_t) n;
-			return QP_OK;
-		}
-		if (n == 0
-		    || (errno != EINTR && errno != EAGAIN
-		        && errno != EWOULDBLOCK)) {
-			return QP_ECONNRESET;
+		if ((got = sl_got(recv(fd, buf, cap, MSG_DONTWAIT), np))
+		    != 0) {
+			return got > 0 ? QP_OK : QP_ECONNRESET;
 		}
 	}
 }
@@ -291,7 +319,18 @@ qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns)
 		    fd == -ECONNREFUSED || fd == -ENOENT ? "connection refused"
 		                                         : strerror(-fd));
 	}
-	return sl_wrap(lp, fd, a->kind == QPI_ADDR_IPC);
+	if ((rv = sl_wrap(lp, fd, a->kind == QPI_ADDR_IPC)) == QP_OK) {
+		/* Blocking from here (sl_recv): when that cannot be set, the
+		 * socket stays non-blocking and every wait polls. */
+		struct timeval tv = {.tv_sec = SL_SLICE_NS / 1000000000,
+		    .tv_usec = SL_SLICE_NS % 1000000000 / 1000};
+		int fl = fcntl(fd, F_GETFL);
+		((sock_link *) *lp)->blocking = fl >= 0
+		    && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv))
+		        == 0
+		    && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0;
+	}
+	return rv;
 }
 
 /* ---- listening ---- */

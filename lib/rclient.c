@@ -30,6 +30,10 @@
 /* A plain get's confirmation waits this long for the next get to carry
  * it before the acker sends it on its own. */
 #define QPI_RQ_ACK_DELAY_MS 10
+/* The acker ticks (every QPI_RQ_ACK_DELAY_MS) while gets come, and only
+ * after this long without a confirmation waits to be woken: a get does
+ * not wake a thread each time it leaves a confirmation behind. */
+#define QPI_RQ_ACK_IDLE_MS 200
 
 static int64_t
 rq_env_ms(const char *name, int64_t dflt)
@@ -427,28 +431,32 @@ rq_ack_send_locked(qpi_rq *r)
 	return true;
 }
 
-/* The acker: waits for confirmations, gives the next get
- * QPI_RQ_ACK_DELAY_MS to carry them, then sends what is left. */
+/* The acker: sends the confirmations that waited QPI_RQ_ACK_DELAY_MS for
+ * a get to carry them. While gets come it wakes at most once per delay;
+ * after QPI_RQ_ACK_IDLE_MS with none it sleeps until a get wakes it. */
 static void *
 rq_acker(void *arg)
 {
 	qpi_rq *r = arg;
+	const int64_t delay = QPI_RQ_ACK_DELAY_MS * 1000000;
+	int64_t quiet_since = qpi_now_ns();
 
 	pthread_mutex_lock(&r->mu);
 	while (!r->stopping) {
-		if (r->unacked.n == 0) {
+		int64_t now = qpi_now_ns();
+		if (r->unacked.n == 0
+		    && now - quiet_since >= QPI_RQ_ACK_IDLE_MS * 1000000) {
 			r->acker_idle = true;
 			pthread_cond_wait(&r->cv, &r->mu);
 			r->acker_idle = false;
-			continue;
-		}
-		struct timespec ts = qpi_ts_from_ns(
-		    qpi_now_ns() + QPI_RQ_ACK_DELAY_MS * 1000000);
-		while (!r->stopping && r->unacked.n > 0
-		    && pthread_cond_timedwait(&r->cv, &r->mu, &ts)
-		        != ETIMEDOUT) {
-		}
-		if (!r->stopping) {
+			quiet_since = qpi_now_ns();
+		} else if (r->unacked.n == 0) {
+			qpi_cond_wait(&r->cv, &r->mu, now + delay);
+		} else if (now - r->unacked_ns < delay) {
+			quiet_since = now;
+			qpi_cond_wait(&r->cv, &r->mu, r->unacked_ns + delay);
+		} else {
+			quiet_since = now;
 			rq_ack_send_locked(r);
 		}
 	}
@@ -460,6 +468,9 @@ void
 qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n)
 {
 	pthread_mutex_lock(&r->mu);
+	if (!r->lease_mode && r->unacked.n == 0) {
+		r->unacked_ns = qpi_now_ns();
+	}
 	for (uint32_t i = 0; i < n; i++) {
 		r->last_deliveries = items[i].deliveries;
 		r->have_last = true;
@@ -476,8 +487,8 @@ qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n)
 			    == 0;
 		}
 		if (r->acker_idle) {
-			/* Only an idle acker needs waking: one in its delay
-			 * looks again when the delay is over. */
+			/* Only an idle acker needs waking: a ticking one
+			 * looks again within the delay. */
 			pthread_cond_broadcast(&r->cv);
 		}
 	}

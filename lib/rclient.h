@@ -64,11 +64,12 @@ struct qpi_rq {
 	pthread_cond_t cv; /* wakes the acker: work, or close */
 	qpi_ids held; /* QP_OPEN_LEASE: leased items, oldest first */
 	qpi_ids unacked; /* plain: confirmations not yet sent */
+	int64_t unacked_ns; /* when unacked last went from none to some */
 	uint32_t last_deliveries;
 	bool have_last;
 	pthread_t acker;
 	bool acker_on; /* the acker thread runs (in this process) */
-	bool acker_idle; /* it waits for work (not in its delay) */
+	bool acker_idle; /* it waits for work (not ticking) */
 	bool stopping; /* close: the acker ends */
 	/* the item kept ahead for the readiness fd (remote.c) */
 	struct rq_pf *pf;

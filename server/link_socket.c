@@ -2,9 +2,9 @@
  * link_socket.c - the plain-socket driver of qpiped's links (link.h):
  * tcp:// and ipc:// on non-blocking sockets, without nng's thread
  * hand-offs (the fast path, and the default). A few event-loop threads
- * (epoll; one per core, 2 to 4) serve the links, each link one loop for
- * its life, dealt in turn as listener.c hands over the sockets lib's
- * listener accepted. A loop reads into its buffer and gives the bytes to
+ * (epoll; one per CPU qpiped may run on, 1 to 4) serve the links, each
+ * link one loop for its life, dealt in turn as listener.c hands over the
+ * sockets lib's listener accepted. A loop reads into its buffer and gives the bytes to
  * qps_link_input; replies are written at once by whichever thread
  * answers (write_now) while nothing is queued, the rest flushed by the
  * link's loop on EPOLLOUT.
@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -239,12 +240,17 @@ sk_loop_main(void *arg)
 static int
 sk_start_loops(void)
 {
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	cpu_set_t set;
+	long ncpu = sched_getaffinity(0, sizeof(set), &set) == 0
+	    ? CPU_COUNT(&set)
+	    : sysconf(_SC_NPROCESSORS_ONLN);
 
 	if (sk.nloops > 0) {
 		return QP_OK;
 	}
-	sk.nloops = ncpu < 2      ? 2
+	/* As many loops as CPUs this process may run on: two loops on one
+	 * CPU only take turns (and contend for the request layer's lock). */
+	sk.nloops = ncpu < 1      ? 1
 	    : ncpu > SK_MAX_LOOPS ? SK_MAX_LOOPS
 	                          : (size_t) ncpu;
 	for (size_t i = 0; i < sk.nloops; i++) {

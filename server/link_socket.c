@@ -4,8 +4,8 @@
  * hand-offs (the fast path, and the default). A few event-loop threads
  * (epoll; one per CPU qpiped may run on, 1 to 4) serve the links, each
  * link one loop for its life, dealt in turn as listener.c hands over the
- * sockets lib's listener accepted. A loop reads into its buffer and gives the bytes to
- * qps_link_input; replies are written at once by whichever thread
+ * sockets lib's listener accepted. A loop reads into its buffer and gives the
+ * bytes to qps_link_input; replies are written at once by whichever thread
  * answers (write_now) while nothing is queued, the rest flushed by the
  * link's loop on EPOLLOUT.
  *

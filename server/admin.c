@@ -30,13 +30,19 @@
 /* Segment files are "qpipe.<name>" (lib/futex.c). */
 #define SEG_PREFIX     "qpipe."
 #define SEG_PREFIX_LEN (sizeof(SEG_PREFIX) - 1)
-/* Reads of the event queue per request, at most (then: look anyway). */
+/* Reads of the event queue per drain, at most (then: look anyway). */
 #define DIRW_READS 64
+/* The event queue is read at most this often: a segment unlinked by
+ * hand is noticed within it; one removed through the library
+ * (qpi_shmq_unlink: qpipe rm, qp_queue_unlink, another qpiped) is marked
+ * removed, and that mark is looked at on every request. */
+#define DIRW_EVERY_NS 1000000
 
 /* The watch on the shared-memory directory. */
 static struct {
 	int fd; /* inotify, non-blocking; -1: none (every request looks) */
 	bool tried;
+	int64_t last_ns; /* the last drain that found the queue empty */
 	char dir[PATH_MAX]; /* the directory watched */
 } dirw = {.fd = -1};
 
@@ -70,10 +76,10 @@ dirw_drop(void)
 	}
 }
 
-/* Reads the directory's events: every queue whose name changed is looked
- * at. Returns false if the watch is not to be trusted (none, lost,
- * overflowed, or more events than one request reads): the caller looks
- * at its own queue then. */
+/* Reads the directory's events (at most every DIRW_EVERY_NS): every
+ * queue whose name changed is looked at. Returns false if the watch is
+ * not to be trusted (none, lost, overflowed, or more events than one
+ * drain reads): the caller looks at its own queue then. */
 static bool
 dirw_drain(void)
 {
@@ -92,6 +98,10 @@ dirw_drain(void)
 		}
 	}
 	dirw.tried = true;
+	int64_t now = qpi_now_ns();
+	if (dirw.fd >= 0 && now - dirw.last_ns < DIRW_EVERY_NS) {
+		return true;
+	}
 	if (dirw.fd < 0 || strcmp(qpi_shm_dir(), dirw.dir) != 0) {
 		return false;
 	}
@@ -101,6 +111,7 @@ dirw_drain(void)
 			continue;
 		}
 		if (n < 0 && errno == EAGAIN) {
+			dirw.last_ns = now;
 			return true;
 		}
 		if (n <= 0) {
@@ -137,11 +148,17 @@ dirw_drain(void)
 	return false;
 }
 
-/* Forgets what is stale: the queues the directory's events name, or the
- * queue name itself if the events cannot be trusted. */
+/* Forgets what is stale: the queue name itself if it is marked removed
+ * or the events cannot be trusted, and the queues the directory's events
+ * name. */
 static void
 admin_forget_stale(const char *name)
 {
+	qps_q *q = qps_q_find(name);
+
+	if (q != NULL && qps_q_removed(q)) {
+		admin_forget_if_stale(name);
+	}
 	if (!dirw_drain()) {
 		admin_forget_if_stale(name);
 	}

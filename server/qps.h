@@ -375,6 +375,10 @@ qps_q *qps_q_find(const char *name);
  * deleted, and perhaps made anew, by another process). */
 bool qps_q_stale(qps_q *q);
 
+/* True when q's segment carries the mark of a removal through the library
+ * (a hint only, from a word other processes write: qps_q_stale decides). */
+bool qps_q_removed(qps_q *q);
+
 /* Forgets q (closes the server's attachment; the queue stays), which must
  * have no parked request left. */
 void qps_q_forget(qps_q *q);

@@ -96,6 +96,13 @@ q_inode(const char *name)
 }
 
 bool
+qps_q_removed(qps_q *q)
+{
+	return !qpi_store_durable(q->st)
+	    && qpi_shmq_removed(qpi_store_shm(q->st));
+}
+
+bool
 qps_q_stale(qps_q *q)
 {
 	return !qpi_store_durable(q->st) && q_inode(q->name) != q->ino;

@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "futex.h" /* qpi_shm_dir */
 #include "qpi.h"
 #include "qps_testsrv.h"
 #include "shmq.h"
@@ -28,6 +29,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SLOW_BUILD 1
@@ -2161,9 +2163,16 @@ remake_body(void *arg)
 		put_str(lq, item);
 		get_str(rq, item, 0);
 	}
-	qp_queue_free(rq);
+	/* Deleted through the library, the queue is gone for qpiped's
+	 * clients at once (the segment's removal mark, looked at on every
+	 * request), not after its next look at the directory. */
+	put_str(rq, "last");
 	qp_queue_free(lq);
-	qp_queue_unlink(la);
+	CHECK_EQ(qp_queue_unlink(la), QP_OK);
+	char buf[16];
+	size_t n;
+	CHECK_EQ(qp_queue_get_into(rq, buf, sizeof(buf), &n, 0), QP_ENOENT);
+	qp_queue_free(rq);
 	CHECK(tsrv_stop(&s));
 }
 
@@ -2171,6 +2180,47 @@ static void
 test_remote_local_remake(void **state)
 {
 	tsrv_scenario(remake_body, NULL);
+}
+
+/* As remake_body, but the segment is unlinked by hand (as rm does: no
+ * removal mark in it), which qpiped notices through its watch on the
+ * directory, read at most every millisecond: a get 5 ms later finds the
+ * new queue, not the old segment it still maps. */
+static void
+remake_by_hand_body(void *arg)
+{
+	tsrv s = {0};
+	char name[64], la[512], ra[512], item[32], path[600];
+	qp_queue *lq, *rq;
+
+	CHECK(tsrv_start(&s, "tcp") == 0);
+	qname(name, sizeof(name), "byhand");
+	qaddr(la, sizeof(la), NULL, name);
+	qaddr(ra, sizeof(ra), &s, name);
+	snprintf(path, sizeof(path), "%s/qpipe.%s", qpi_shm_dir(), name);
+	lq = open_q(la, QP_OPEN_CREATE, 0, 0);
+	rq = open_q(ra, 0, 0, 0);
+	for (int i = 0; i < 3; i++) {
+		snprintf(item, sizeof(item), "old-%d", i);
+		put_str(rq, item); /* the server holds this segment */
+		qp_queue_free(lq);
+		CHECK_EQ(unlink(path), 0);
+		usleep(5000);
+		lq = open_q(la, QP_OPEN_CREATE, 0, 0);
+		snprintf(item, sizeof(item), "new-%d", i);
+		put_str(lq, item);
+		get_str(rq, item, 0);
+	}
+	qp_queue_free(rq);
+	qp_queue_free(lq);
+	qp_queue_unlink(la);
+	CHECK(tsrv_stop(&s));
+}
+
+static void
+test_remote_local_remake_by_hand(void **state)
+{
+	tsrv_scenario(remake_by_hand_body, NULL);
 }
 
 int
@@ -2199,6 +2249,7 @@ main(void)
 	    cmocka_unit_test(test_remote_batches),
 	    cmocka_unit_test(test_remote_complete),
 	    cmocka_unit_test(test_remote_local_remake),
+	    cmocka_unit_test(test_remote_local_remake_by_hand),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

@@ -106,6 +106,34 @@ qpi_pid_gone(int32_t pid)
 	return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
 }
 
+static pid_t self_pid; /* 0: not known (yet, or since a fork) */
+static pthread_once_t self_once = PTHREAD_ONCE_INIT;
+
+static void
+self_forget(void)
+{
+	__atomic_store_n(&self_pid, 0, __ATOMIC_RELAXED);
+}
+
+static void
+self_watch_forks(void)
+{
+	pthread_atfork(NULL, NULL, self_forget);
+}
+
+pid_t
+qpi_self_pid(void)
+{
+	pid_t p = __atomic_load_n(&self_pid, __ATOMIC_RELAXED);
+
+	if (p == 0) {
+		pthread_once(&self_once, self_watch_forks);
+		p = getpid();
+		__atomic_store_n(&self_pid, p, __ATOMIC_RELAXED);
+	}
+	return p;
+}
+
 const char *
 qpi_shm_dir(void)
 {

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Sleeps while *word == expected, until woken or deadline_ns (absolute
  * CLOCK_MONOTONIC ns; INT64_MAX = forever). Returns 0 when woken or when the
@@ -26,6 +27,12 @@ int qpi_futex_wake_or(uint32_t *word, uint32_t bits, int n);
 
 /* True when process pid surely no longer runs: gone, or a zombie. */
 bool qpi_pid_gone(int32_t pid);
+
+/* This process's id without a system call: cached, and forgotten in the
+ * child of every fork(2) made through the C library (an atfork handler),
+ * which is how a process that calls this library forks (Python's
+ * os.fork and multiprocessing included). */
+pid_t qpi_self_pid(void);
 
 /* One step of a spin wait: the CPU's pause (yield) hint. */
 static inline void

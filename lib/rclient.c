@@ -230,7 +230,7 @@ qpi_rq_check(qpi_rq *r)
 {
 	int rv;
 
-	if (__atomic_load_n(&r->pid, __ATOMIC_ACQUIRE) != getpid()
+	if (__atomic_load_n(&r->pid, __ATOMIC_ACQUIRE) != qpi_self_pid()
 	    && !r->closed && (rv = rq_refork(r)) != QP_OK) {
 		return rv;
 	}
@@ -249,7 +249,8 @@ qpi_rq_call_init(rq_call *c, qpi_rq *r, uint32_t op, int64_t deadline_ns)
 	memset(c, 0, sizeof(*c));
 	c->req.op = op;
 	c->deadline_ns = deadline_ns;
-	snprintf(c->req.name, sizeof(c->req.name), "%s", r->name);
+	/* r->name was checked at open: 1..QP_NAME_MAX bytes. */
+	memcpy(c->req.name, r->name, strlen(r->name) + 1);
 }
 
 void

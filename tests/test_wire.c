@@ -548,6 +548,42 @@ fill_rep(qpi_wire_rep *p, uint32_t op, qpi_wire_item *its, uint64_t *ids,
 	p->nqueues = 2;
 }
 
+/* A get's items are written in one pass when the frame has room for their
+ * longest form, field by field when it has not (a frame limit between the
+ * two): both write the same bytes, for every width of id, count and
+ * array header. */
+static void
+test_wire_items_fast_same_bytes(void **state)
+{
+	static const uint64_t ids[] = {0, 0x7f, 0x80, 0xff, 0x100, 0xffff,
+	    0x10000, 0xffffffffull, 0x100000000ull, UINT64_MAX};
+	static const uint8_t val[] = {0xa3, 'a', 'b', 'c'}; /* "abc" */
+	static const uint32_t counts[] = {0, 1, 15, 16, 300};
+	qpi_wire_item its[300];
+
+	(void) state;
+	for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++) {
+		uint32_t n = counts[c];
+		for (uint32_t i = 0; i < n; i++) {
+			its[i] = (qpi_wire_item) {val, sizeof(val),
+			    ids[i % 10], ids[(i + 3) % 10] | 1};
+		}
+		qpi_wire_rep p = {
+		    .op = QPI_OP_GET, .req_id = 9, .items = its, .nitems = n};
+		qpi_wire_buf fast = {0}, slow = {0};
+		assert_int_equal(qpi_wire_encode_rep(&p, &fast), QP_OK);
+		slow.max = fast.len; /* no room for the longest form */
+		assert_int_equal(qpi_wire_encode_rep(&p, &slow), QP_OK);
+		assert_int_equal(slow.len, fast.len);
+		assert_memory_equal(slow.data, fast.data, fast.len);
+		slow.max = fast.len - 1;
+		qpi_wire_buf_reset(&slow);
+		assert_int_equal(qpi_wire_encode_rep(&p, &slow), QP_ETOOBIG);
+		qpi_wire_buf_free(&fast);
+		qpi_wire_buf_free(&slow);
+	}
+}
+
 static void
 rep_roundtrip(const qpi_wire_rep *p, qpi_wire_rep *d, qpi_wire_buf *b,
     qpi_wire_item *dits, uint64_t *dids, qpi_wire_qentry *dqs)
@@ -1999,6 +2035,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_wire_decode_error_names_request),
 	    cmocka_unit_test(test_wire_decode_storage),
 	    cmocka_unit_test(test_wire_limits),
+	    cmocka_unit_test(test_wire_items_fast_same_bytes),
 	    cmocka_unit_test(test_wire_protocol_doc_names_everything),
 	    cmocka_unit_test(test_wire_protocol_doc_examples),
 	    cmocka_unit_test(test_wire_touch_doc_example),

@@ -44,6 +44,10 @@ struct qpi_link {
 	const qpi_link_ops *ops;
 	bool ipc; /* frames carry ipc://'s message-type byte */
 	int nrv; /* the nng driver's last nng error (0: none), for messages */
+	/* Read by a thread of its own (a direct connection's reader), whose
+	 * process's other threads take what it reads: link_sock.c's spin
+	 * does not count a yield that let them run as the CPU given away. */
+	bool own_reader;
 	char url[QPI_URL_MAX + 1]; /* the server's address, for messages */
 };
 

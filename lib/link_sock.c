@@ -48,8 +48,10 @@ typedef struct sock_link {
  * for an item), or whose reply came only after a yield gave this CPU away
  * for over SL_YIELD_AWAY_NS (the server, or other work, ran here: a
  * sleeping read would have had the reply as soon, for less CPU), is a
- * miss. After SL_SPIN_MISSES misses in a row a link stops spinning and
- * tries once every SL_SPIN_RETRY waits. */
+ * miss; not on a link with a reader thread of its own, whose yields let
+ * the threads that take what it reads run (qpi_link.own_reader). After
+ * SL_SPIN_MISSES misses in a row a link stops spinning and tries once
+ * every SL_SPIN_RETRY waits. */
 #define SL_SPIN_NS       50000
 #define SL_SPIN_MISSES   8u
 #define SL_SPIN_RETRY    64u
@@ -146,7 +148,8 @@ sl_recv(qpi_link *l, void *buf, size_t cap, size_t *np, int64_t deadline_ns)
 			int64_t t0 = now;
 			sched_yield();
 			now = qpi_now_ns();
-			away = away || now - t0 > SL_YIELD_AWAY_NS;
+			away = away
+			    || (now - t0 > SL_YIELD_AWAY_NS && !l->own_reader);
 		} while (now < end && end <= deadline_ns);
 		s->misses += s->misses < SL_SPIN_MISSES;
 	}

@@ -233,6 +233,7 @@ nc_new(
 		c->rx.base.owner = getpid();
 		c->rx.base.max_message = max_message;
 		atomic_init(&c->frame_max, max_message + FRAME_EXTRA);
+		link->own_reader = true;
 		if (pthread_create(&c->reader, NULL, nc_reader, c) == 0) {
 			*cp = c;
 			return QP_OK;

@@ -467,16 +467,30 @@ qpi_wire_put_bool(qpi_wire_buf *b, bool v)
 	return w_.rv;
 }
 
+/* The bytes of v in msgpack's smallest form after its type byte. */
+static inline int
+uint_tail(uint64_t v)
+{
+	return v <= 0x7f       ? 0
+	    : v <= 0xff        ? 1
+	    : v <= 0xffff      ? 2
+	    : v <= 0xffffffffu ? 4
+	                       : 8;
+}
+
+/* The bytes wr_uint writes for v. */
+static inline size_t
+uint_width(uint64_t v)
+{
+	return 1 + (size_t) uint_tail(v);
+}
+
 /* Writes v at o in msgpack's smallest form, as msgpack_pack_uint64 does
  * (1 to 9 bytes); returns the end. */
 static inline uint8_t *
 wr_uint(uint8_t *o, uint64_t v)
 {
-	int n = v <= 0x7f      ? 0
-	    : v <= 0xff        ? 1
-	    : v <= 0xffff      ? 2
-	    : v <= 0xffffffffu ? 4
-	                       : 8;
+	int n = uint_tail(v);
 
 	*o++ = n == 0 ? (uint8_t) v
 	    : n == 1  ? 0xcc
@@ -487,6 +501,13 @@ wr_uint(uint8_t *o, uint64_t v)
 		*o++ = (uint8_t) (v >> (8 * (n - 1 - i)));
 	}
 	return o;
+}
+
+/* The bytes wr_array writes for n elements. */
+static inline size_t
+array_width(uint32_t n)
+{
+	return n <= 15 ? 1 : n <= 0xffff ? 3 : 5;
 }
 
 /* Writes an array header of n elements at o, as msgpack_pack_array does
@@ -1865,16 +1886,18 @@ qpi_wire_encode_req(const qpi_wire_req *q, qpi_wire_buf *out)
 	return rv;
 }
 
-/* A get's items, [[lease_id, deliveries, item], ...], written in one
- * pass into room reserved once for the longest form (a batch is most of
- * what a server encodes); bytes as the field-by-field path writes them.
- * ENC_SLOW: no room that large under b->max, and that path decides. */
-#define ENC_SLOW (-1)
+/* A get's items, [[lease_id, deliveries, item], ...]: measured, room
+ * reserved once (a batch is most of what a server encodes), then written
+ * in one pass. */
 static int
-enc_gitems_fast(qpi_wire_buf *b, const char *op, int f, const qpi_wire_rep *p)
+enc_gitems(qpi_wire_buf *b, const char *op, int f, const qpi_wire_rep *p)
 {
-	size_t need = 5;
+	size_t need = array_width(p->nitems);
+	int rv;
 
+	if (p->nitems > 0 && p->items == NULL) {
+		return enc_bad(op, f, "given when nitems > 0");
+	}
 	for (uint32_t i = 0; i < p->nitems; i++) {
 		const qpi_wire_item *it = &p->items[i];
 		if (it->deliveries == 0) {
@@ -1885,19 +1908,20 @@ enc_gitems_fast(qpi_wire_buf *b, const char *op, int f, const qpi_wire_rep *p)
 			return enc_bad(
 			    op, f, "one msgpack value (it is empty)");
 		}
-		if (it->len > SIZE_MAX - need - 19) {
-			return ENC_SLOW;
+		size_t one = 1 + uint_width(it->lease_id)
+		    + uint_width(it->deliveries);
+		if (it->len > SIZE_MAX - need - one) {
+			return put_too_long("array", it->len);
 		}
-		need += 19 + it->len; /* fixarray 3, two uints of 9 at most */
+		need += one + it->len;
 	}
-	if (need > SIZE_MAX - b->len || (b->max != 0 && b->len + need > b->max)
-	    || buf_reserve(b, need) != QP_OK) {
-		return ENC_SLOW;
+	if ((rv = buf_reserve(b, need)) != QP_OK) {
+		return rv;
 	}
 	uint8_t *o = wr_array(b->data + b->len, p->nitems);
 	for (uint32_t i = 0; i < p->nitems; i++) {
 		const qpi_wire_item *it = &p->items[i];
-		*o++ = 0x93;
+		*o++ = 0x93; /* fixarray of 3 */
 		o = wr_uint(o, it->lease_id);
 		o = wr_uint(o, it->deliveries);
 		memcpy(o, it->data, it->len);
@@ -1938,29 +1962,7 @@ enc_rep_field(qpi_wire_buf *b, int f, const opdef *d, const qpi_wire_rep *p)
 		return qpi_wire_put_bin(
 		    b, p->mac, p->has_mac ? QPI_WIRE_MAC_LEN : 0);
 	case R_GITEMS:
-		if (p->nitems > 0 && p->items == NULL) {
-			return enc_bad(op, f, "given when nitems > 0");
-		}
-		if ((rv = enc_gitems_fast(b, op, f, p)) != ENC_SLOW) {
-			return rv;
-		}
-		rv = qpi_wire_put_array(b, p->nitems);
-		for (uint32_t i = 0; rv == QP_OK && i < p->nitems; i++) {
-			const qpi_wire_item *it = &p->items[i];
-			if (it->deliveries == 0) {
-				return enc_bad(op, f,
-				    "items with a delivery count of at least "
-				    "1");
-			}
-			if ((rv = qpi_wire_put_array(b, 3)) == QP_OK
-			    && (rv = qpi_wire_put_uint(b, it->lease_id))
-			        == QP_OK
-			    && (rv = qpi_wire_put_uint(b, it->deliveries))
-			        == QP_OK) {
-				rv = enc_item(b, op, f, it);
-			}
-		}
-		return rv;
+		return enc_gitems(b, op, f, p);
 	case R_MISSING:
 		if (p->nids > 0 && p->ids == NULL) {
 			return enc_bad(op, f, "given when nids > 0");

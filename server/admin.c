@@ -54,16 +54,14 @@ admin_forget(qps_q *q)
 	qps_conns_forget_q(q);
 }
 
-/* Forgets the queue open here as name if another process deleted it
- * (and maybe made it anew): what waits on it ends. */
+/* Forgets q (NULL: none open here) if another process deleted it (and
+ * maybe made it anew): what waits on it ends. */
 static void
-admin_forget_if_stale(const char *name)
+admin_forget_if_stale(qps_q *q)
 {
-	qps_q *old = qps_q_find(name);
-
-	if (old != NULL && qps_q_stale(old)) {
-		admin_forget(old);
-		qps_q_forget(old);
+	if (q != NULL && qps_q_stale(q)) {
+		admin_forget(q);
+		qps_q_forget(q);
 	}
 }
 
@@ -141,7 +139,7 @@ dirw_drain(void)
 			    && strncmp(ev->name, SEG_PREFIX, SEG_PREFIX_LEN)
 			        == 0) {
 				admin_forget_if_stale(
-				    ev->name + SEG_PREFIX_LEN);
+				    qps_q_find(ev->name + SEG_PREFIX_LEN));
 			}
 		}
 	}
@@ -154,13 +152,11 @@ dirw_drain(void)
 static void
 admin_forget_stale(const char *name)
 {
+	bool trusted = dirw_drain(); /* may forget name's queue itself */
 	qps_q *q = qps_q_find(name);
 
-	if (q != NULL && qps_q_removed(q)) {
-		admin_forget_if_stale(name);
-	}
-	if (!dirw_drain()) {
-		admin_forget_if_stale(name);
+	if (q != NULL && (!trusted || qps_q_removed(q))) {
+		admin_forget_if_stale(q);
 	}
 }
 

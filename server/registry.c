@@ -194,8 +194,7 @@ qps_q_rv(qps_q *q, int rv)
 	if (rv == QP_EBUSY) {
 		q_busy(q);
 	}
-	if (rv == QP_ENOENT && !qpi_store_durable(q->st)
-	    && qpi_shmq_removed(qpi_store_shm(q->st))) {
+	if (rv == QP_ENOENT && qps_q_removed(q)) {
 		/* Deleted by a local process (qpipe rm shm://...): what was
 		 * parked on it ends as a delete through qpiped ends it. */
 		rv = qpi_err(QP_ECLOSED, "queue '%s' was deleted", q->name);

@@ -8,7 +8,6 @@
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 const qps_config *qps_cfg;
@@ -51,22 +50,6 @@ qps_rep_error(uint32_t op, uint64_t req_id, int status, const char *fmt, ...)
 	return m;
 }
 
-/* A buffer the encoding of rp fits in at once (it grows if not): a batch
- * of items is encoded without doubling its way up. */
-static void
-rep_presize(const qpi_wire_rep *rp, qpi_wire_buf *b)
-{
-	size_t est = 256;
-
-	for (uint32_t i = 0; i < rp->nitems && rp->items != NULL; i++) {
-		est += rp->items[i].len + 24; /* [lease, deliveries, item] */
-	}
-	est += rp->item.len + (size_t) rp->nids * 9;
-	if (est > 4096 && (b->data = malloc(est)) != NULL) {
-		b->cap = est;
-	}
-}
-
 nng_msg *
 qps_rep_encode(const qpi_wire_rep *rp)
 {
@@ -74,7 +57,6 @@ qps_rep_encode(const qpi_wire_rep *rp)
 	nng_msg *m = NULL;
 	int rv;
 
-	rep_presize(rp, &b);
 	if ((rv = qpi_wire_encode_rep(rp, &b)) == QP_OK) {
 		m = qps_rep_bytes(b.data, b.len);
 		if (m == NULL) {

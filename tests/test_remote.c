@@ -2139,25 +2139,36 @@ test_remote_batches(void **state)
 /* ---- a queue deleted and made anew by a local process ---- */
 
 /* The server's next request on the name goes to the new segment, each
- * time, however soon after the local delete it comes. */
+ * time, however soon after the local delete it comes. arg non-NULL: the
+ * segment is unlinked by hand instead (as rm does: no removal mark in
+ * it), which qpiped notices through its watch on the directory, read at
+ * most every millisecond: a get 5 ms later finds the new queue, not the
+ * old segment it still maps. */
 static void
 remake_body(void *arg)
 {
+	bool by_hand = arg != NULL;
 	tsrv s = {0};
-	char name[64], la[512], ra[512], item[32];
+	char name[64], la[512], ra[512], item[32], path[600];
 	qp_queue *lq, *rq;
 
 	CHECK(tsrv_start(&s, "tcp") == 0);
-	qname(name, sizeof(name), "remake");
+	qname(name, sizeof(name), by_hand ? "byhand" : "remake");
 	qaddr(la, sizeof(la), NULL, name);
 	qaddr(ra, sizeof(ra), &s, name);
+	snprintf(path, sizeof(path), "%s/qpipe.%s", qpi_shm_dir(), name);
 	lq = open_q(la, QP_OPEN_CREATE, 0, 0);
 	rq = open_q(ra, 0, 0, 0);
 	for (int i = 0; i < 5; i++) {
 		snprintf(item, sizeof(item), "old-%d", i);
 		put_str(rq, item); /* the server holds this segment */
 		qp_queue_free(lq);
-		CHECK_EQ(qp_queue_unlink(la), QP_OK);
+		if (by_hand) {
+			CHECK_EQ(unlink(path), 0);
+			usleep(5000);
+		} else {
+			CHECK_EQ(qp_queue_unlink(la), QP_OK);
+		}
 		lq = open_q(la, QP_OPEN_CREATE, 0, 0);
 		snprintf(item, sizeof(item), "new-%d", i);
 		put_str(lq, item);
@@ -2182,45 +2193,10 @@ test_remote_local_remake(void **state)
 	tsrv_scenario(remake_body, NULL);
 }
 
-/* As remake_body, but the segment is unlinked by hand (as rm does: no
- * removal mark in it), which qpiped notices through its watch on the
- * directory, read at most every millisecond: a get 5 ms later finds the
- * new queue, not the old segment it still maps. */
-static void
-remake_by_hand_body(void *arg)
-{
-	tsrv s = {0};
-	char name[64], la[512], ra[512], item[32], path[600];
-	qp_queue *lq, *rq;
-
-	CHECK(tsrv_start(&s, "tcp") == 0);
-	qname(name, sizeof(name), "byhand");
-	qaddr(la, sizeof(la), NULL, name);
-	qaddr(ra, sizeof(ra), &s, name);
-	snprintf(path, sizeof(path), "%s/qpipe.%s", qpi_shm_dir(), name);
-	lq = open_q(la, QP_OPEN_CREATE, 0, 0);
-	rq = open_q(ra, 0, 0, 0);
-	for (int i = 0; i < 3; i++) {
-		snprintf(item, sizeof(item), "old-%d", i);
-		put_str(rq, item); /* the server holds this segment */
-		qp_queue_free(lq);
-		CHECK_EQ(unlink(path), 0);
-		usleep(5000);
-		lq = open_q(la, QP_OPEN_CREATE, 0, 0);
-		snprintf(item, sizeof(item), "new-%d", i);
-		put_str(lq, item);
-		get_str(rq, item, 0);
-	}
-	qp_queue_free(rq);
-	qp_queue_free(lq);
-	qp_queue_unlink(la);
-	CHECK(tsrv_stop(&s));
-}
-
 static void
 test_remote_local_remake_by_hand(void **state)
 {
-	tsrv_scenario(remake_by_hand_body, NULL);
+	tsrv_scenario(remake_body, "by hand");
 }
 
 int

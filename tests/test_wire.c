@@ -548,18 +548,18 @@ fill_rep(qpi_wire_rep *p, uint32_t op, qpi_wire_item *its, uint64_t *ids,
 	p->nqueues = 2;
 }
 
-/* A get's items are written in one pass when the frame has room for their
- * longest form, field by field when it has not (a frame limit between the
- * two): both write the same bytes, for every width of id, count and
- * array header. */
+/* A get's items are measured and written in one pass: the same bytes as
+ * msgpack's packer writes value by value (the public put functions), for
+ * every width of id, count and array header; a frame limit of exactly
+ * their size takes them, one byte less is QP_ETOOBIG. */
 static void
 test_wire_items_fast_same_bytes(void **state)
 {
 	static const uint64_t ids[] = {0, 0x7f, 0x80, 0xff, 0x100, 0xffff,
 	    0x10000, 0xffffffffull, 0x100000000ull, UINT64_MAX};
 	static const uint8_t val[] = {0xa3, 'a', 'b', 'c'}; /* "abc" */
-	static const uint32_t counts[] = {0, 1, 15, 16, 300};
-	qpi_wire_item its[300];
+	static const uint32_t counts[] = {0, 1, 15, 16, 300, 70000};
+	static qpi_wire_item its[70000];
 
 	(void) state;
 	for (size_t c = 0; c < sizeof(counts) / sizeof(counts[0]); c++) {
@@ -570,17 +570,36 @@ test_wire_items_fast_same_bytes(void **state)
 		}
 		qpi_wire_rep p = {
 		    .op = QPI_OP_GET, .req_id = 9, .items = its, .nitems = n};
-		qpi_wire_buf fast = {0}, slow = {0};
-		assert_int_equal(qpi_wire_encode_rep(&p, &fast), QP_OK);
-		slow.max = fast.len; /* no room for the longest form */
-		assert_int_equal(qpi_wire_encode_rep(&p, &slow), QP_OK);
-		assert_int_equal(slow.len, fast.len);
-		assert_memory_equal(slow.data, fast.data, fast.len);
-		slow.max = fast.len - 1;
-		qpi_wire_buf_reset(&slow);
-		assert_int_equal(qpi_wire_encode_rep(&p, &slow), QP_ETOOBIG);
-		qpi_wire_buf_free(&fast);
-		qpi_wire_buf_free(&slow);
+		qpi_wire_rep p0 = {.op = QPI_OP_GET, .req_id = 9};
+		qpi_wire_buf got = {0}, want = {0};
+		assert_int_equal(qpi_wire_encode_rep(&p, &got), QP_OK);
+		/* The reply with no items ends in its empty array (0x90):
+		 * what comes before it, then the items value by value. */
+		assert_int_equal(qpi_wire_encode_rep(&p0, &want), QP_OK);
+		assert_int_equal(want.data[want.len - 1], 0x90);
+		want.len--;
+		assert_int_equal(qpi_wire_put_array(&want, n), QP_OK);
+		for (uint32_t i = 0; i < n; i++) {
+			assert_int_equal(qpi_wire_put_array(&want, 3), QP_OK);
+			assert_int_equal(
+			    qpi_wire_put_uint(&want, its[i].lease_id), QP_OK);
+			assert_int_equal(
+			    qpi_wire_put_uint(&want, its[i].deliveries),
+			    QP_OK);
+			assert_int_equal(
+			    qpi_wire_put_raw(&want, val, sizeof(val)), QP_OK);
+		}
+		assert_int_equal(got.len, want.len);
+		assert_memory_equal(got.data, want.data, want.len);
+		qpi_wire_buf lim = {.max = want.len};
+		assert_int_equal(qpi_wire_encode_rep(&p, &lim), QP_OK);
+		assert_int_equal(lim.len, want.len);
+		qpi_wire_buf_free(&lim);
+		lim = (qpi_wire_buf) {.max = want.len - 1};
+		assert_int_equal(qpi_wire_encode_rep(&p, &lim), QP_ETOOBIG);
+		qpi_wire_buf_free(&lim);
+		qpi_wire_buf_free(&got);
+		qpi_wire_buf_free(&want);
 	}
 }
 

@@ -470,6 +470,14 @@ qpi_durq_free(qpi_durq *d)
 			(void) dq_flush_pending(d);
 			(void) fdatasync(d->fd);
 		}
+		qpi_dq_unmap(d);
+		if (d->alloc_end > d->end && d->pid == getpid()) {
+			/* The room held back goes back: a closed log is its
+			 * records. */
+			if (ftruncate(d->fd, (off_t) d->end) != 0) {
+				/* a zero tail: room, cut at the next open */
+			}
+		}
 		close(d->fd);
 	}
 	qpi_shmq_free(d->shm);

@@ -41,15 +41,25 @@
  * the log.
  *
  * Opening validates every record. A record cut short at the end (or one
- * whose CRC fails and that ends the file, or a zero-filled end) is a torn
- * tail: it is cut off, and every complete record before it is kept. A bad
- * record followed by more data is corruption: the open fails with
- * QP_ECORRUPT naming the file and offset, and the file is left untouched
- * (quarantined: nothing is served from it).
+ * whose CRC fails and that has only zeros after it) is a torn tail: it is
+ * cut off (info->torn), and every complete record before it is kept; a
+ * zero-filled end (the room below, left by a process that did not close
+ * the queue) is cut too, without a word. A bad record followed by more
+ * data is corruption: the open fails with QP_ECORRUPT naming the file and
+ * offset, and the file is left untouched (quarantined: nothing is served
+ * from it).
  *
- * A full disk. The log holds room back past its end (fallocate with
- * FALLOC_FL_KEEP_SIZE: the file's size does not change): the DONE record
- * of every live item, the MARK of every remembered tag, and 64 KiB. A put
+ * A full disk. The log holds room back past its end, allocated with
+ * fallocate and part of the file's size while it is open (given back at
+ * the close): the DONE record of every live item, the MARK of every
+ * remembered tag, and 64 KiB. Records that fit in that room are stored
+ * through a shared map of the file, length first, then CRC, then body
+ * (the page cache has them once the copy is done, as after a write(2):
+ * a kill -9 loses nothing acknowledged, and one in the middle of a copy
+ * leaves a torn tail); larger ones, and all of them where the file
+ * system cannot preallocate, are written with pwritev. A process that
+ * cuts the file short under an open queue kills its owner (SIGBUS): the
+ * file is its owner's alone (0600, flock). A put
  * first makes sure of room for its record and for what it will owe; if
  * the disk has none, it fails with QP_ENOSPC (nothing is written, stored
  * or acknowledged). So gets always find room for their DONE records, and
@@ -120,8 +130,9 @@ typedef struct qpi_durq_cfg {
 typedef struct qpi_durq_info {
 	uint64_t records; /* complete records read */
 	uint64_t items; /* live items now in the queue */
-	uint64_t cut_at; /* torn tail: the file now ends here ... */
+	uint64_t cut_at; /* a tail cut: the file now ends here ... */
 	uint64_t cut_bytes; /* ... after cutting this many bytes (0: none) */
+	bool torn; /* ... some of them not zeros: a record cut short */
 } qpi_durq_info;
 
 /* Opens (flags as qp_queue_open's) the durable queue in file path; cfg for
@@ -227,7 +238,8 @@ uint64_t qpi_durq_rec_size(size_t len);
 
 /* Figures for tests and logs. */
 typedef struct qpi_durq_stats {
-	uint64_t file_bytes; /* the log's size */
+	uint64_t
+	    file_bytes; /* the log's records (room past them not counted) */
 	uint64_t live_bytes; /* bytes of live PUT records */
 	uint64_t pending_done; /* DONE records waiting for disk space */
 	uint64_t compactions;

@@ -139,6 +139,7 @@ dq_compact(qpi_durq *d, bool punch)
 		goto fail;
 	}
 	qpi_dq_sync_dir(d->path);
+	qpi_dq_unmap(d); /* the old file's */
 	close(d->fd);
 	d->fd = fd;
 	fd = -1;

@@ -97,12 +97,18 @@ struct qpi_durq {
 	size_t tags_cap;
 	uint64_t tags_first; /* the oldest remembered */
 	uint64_t tags_next; /* tags noted, ever */
-	/* Room on the disk: blocks are allocated (fallocate, KEEP_SIZE) up
-	 * to alloc_end, so that the DONE of every live item, the MARKs a
-	 * compaction writes and DQ_RESERVE_FIX always fit (qpi_dq_reserve).
-	 * prealloc: the file system can do it. */
+	/* Room on the disk: blocks are allocated (fallocate, the file's size
+	 * growing with them) up to alloc_end, so that the DONE of every live
+	 * item, the MARKs a compaction writes and DQ_RESERVE_FIX always fit
+	 * (qpi_dq_reserve). prealloc: the file system can do it. Records
+	 * that land in that room are copied through a shared map of the file
+	 * (win: win_len bytes from file offset win_off), a store instead of
+	 * a system call; others are written with pwritev. */
 	uint64_t alloc_end;
 	bool prealloc;
+	uint8_t *win;
+	uint64_t win_off;
+	size_t win_len;
 	bool nospc; /* a put met a full disk: compact as soon as it helps */
 	int refs; /* qpi_durq_hold */
 	pid_t pid; /* the process that opened it */
@@ -165,7 +171,10 @@ int qpi_dq_hdr_decode(
 int qpi_dq_create_file(const char *path, const qpi_durq_cfg *c, bool excl);
 
 /* Appends one record (body in up to three pieces) at d->end; *offp (may
- * be NULL) gets its offset. On failure the file is cut back. */
+ * be NULL) gets its offset. On failure the file is cut back. Through the
+ * map, the length goes first, then the CRC, then the body, so that a
+ * process killed in the middle leaves a record that fails its CRC ahead
+ * of zeros: a torn tail. */
 int qpi_dq_append(qpi_durq *d, const uint8_t *b1, size_t n1, const void *b2,
     size_t n2, const uint8_t *b3, size_t n3, uint64_t *offp);
 
@@ -180,6 +189,9 @@ int qpi_dq_commit(qpi_durq *d, uint64_t undo_end, bool defer);
  * system cannot preallocate), or QP_ENOSPC with a message: nothing was
  * written. */
 int qpi_dq_reserve(qpi_durq *d, uint64_t extra);
+
+/* Unmaps the append window (the file is about to change or close). */
+void qpi_dq_unmap(qpi_durq *d);
 
 /* Appends the DONE record of item id. */
 int qpi_dq_write_done(qpi_durq *d, uint64_t id);

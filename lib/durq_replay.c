@@ -163,6 +163,7 @@ qpi_dq_load(qpi_durq *d, qpi_durq_info *info)
 	if (s.good_end < (uint64_t) st.st_size) {
 		info->cut_at = s.good_end;
 		info->cut_bytes = (uint64_t) st.st_size - s.good_end;
+		info->torn = !dq_all_zero(base + s.good_end, info->cut_bytes);
 	}
 	info->records = s.records;
 	d->end = s.good_end;

@@ -384,7 +384,7 @@ dur_open(const char *name, unsigned flags, const qps_q_opts *o, qpi_durq **dp,
 	}
 	qpi_durq_settings(*dp, &c);
 	qpi_fsync_format(&c.fsync, pol, sizeof(pol));
-	if (info.cut_bytes > 0) {
+	if (info.torn) {
 		qps_log(QPS_LOG_WARN,
 		    "durable queue '%s': torn tail in %s: cut %llu bytes at "
 		    "offset %llu (a record cut short); the %llu complete "

@@ -22,6 +22,8 @@
  *                 --producers 0: the driver fills the queue with COUNT
  *                 items first, and the consumers get them until it is
  *                 empty (items/s from the start to the last get)
+ *   --durable P   the queue is durable (the server's --data-dir), its
+ *                 fsync policy P: always, interval:MS or never
  *
  * The loops, timing, checks and JSON lines are clients.c's, shared with
  * bench_redis; this file holds the qpipe calls behind them. Prints one
@@ -33,6 +35,10 @@
 
 /* url + "/" + the queue's name */
 static char rq_addr[512];
+
+/* --durable POLICY: the queue is a durable one with that fsync policy
+ * (NULL: a shared-memory queue of the server's). */
+static const char *rq_durable;
 
 /* One process's handle, and the items of its last get. */
 typedef struct rq_client {
@@ -69,7 +75,8 @@ rq_open(const cl_opts *o, char *msg, size_t len)
 	rq_client *c = calloc(1, sizeof(*c));
 	qp_queue_opts qo = {0};
 
-	qo.flags = QP_OPEN_CREATE;
+	qo.flags = QP_OPEN_CREATE | (rq_durable != NULL ? QP_OPEN_DURABLE : 0);
+	qo.fsync = rq_durable;
 	if (c == NULL || (c->buf = malloc((size_t) o->size)) == NULL) {
 		snprintf(msg, len, "out of memory");
 		free(c);
@@ -185,6 +192,7 @@ usage(FILE *f)
 	    "B]\n"
 	    "                    [--count N] [--batch B] [--producers P]\n"
 	    "                    [--consumers C] [--seconds S] [--timeout S]\n"
+	    "                    [--durable POLICY]\n"
 	    "qpipe's remote queue through the qpiped at URL (see the file's "
 	    "comment).\n");
 }
@@ -196,6 +204,7 @@ main(int argc, char **argv)
 	const char *url = NULL; /* the server, e.g. tcp://127.0.0.1:40123 */
 	const bench_opt own[] = {
 	    {"url", 's', &url},
+	    {"durable", 's', &rq_durable},
 	    {NULL, 0, NULL},
 	};
 

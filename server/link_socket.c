@@ -2,10 +2,11 @@
  * link_socket.c - the plain-socket driver of qpiped's links (link.h):
  * tcp:// and ipc:// on non-blocking sockets, without nng's thread
  * hand-offs (the fast path, and the default). A few event-loop threads
- * (epoll; one per CPU qpiped may run on, 1 to 4) serve the links, each
- * link one loop for its life, dealt in turn as listener.c hands over the
- * sockets lib's listener accepted. A loop reads into its buffer and gives the
- * bytes to qps_link_input; replies are written at once by whichever thread
+ * (epoll; one per CPU qpiped may run on at the start, 1 to 4) serve the
+ * links, each link one loop for its life, dealt in turn as listener.c
+ * hands over the sockets lib's listener accepted, among as many loops as
+ * CPUs it may run on at that moment. A loop reads into its buffer and gives
+ * the bytes to qps_link_input; replies are written at once by whichever thread
  * answers (write_now) while nothing is queued, the rest flushed by the
  * link's loop on EPOLLOUT.
  *
@@ -171,6 +172,23 @@ sk_writable(qps_link *l)
 	return n < 0;
 }
 
+/* How many loops take new connections: one per CPU the process may run
+ * on now (its affinity, as seen from this thread, may have shrunk since
+ * the loops started: taskset -p, a cgroup's cpuset), at most all of
+ * them. The loops past that keep the connections they have. */
+static size_t
+sk_loops_now(void)
+{
+	cpu_set_t set;
+	int n;
+
+	if (sched_getaffinity(0, sizeof(set), &set) != 0
+	    || (n = CPU_COUNT(&set)) < 1 || (size_t) n > sk.nloops) {
+		return sk.nloops;
+	}
+	return (size_t) n;
+}
+
 /* A socket accepted (listener.c): a link, watched by the next loop. */
 static void
 sk_adopt(qpi_link *ql)
@@ -197,7 +215,7 @@ sk_adopt(qpi_link *ql)
 	}
 	l->fd = fd;
 	l->ep = sk.loops[__atomic_fetch_add(&sk.next_loop, 1, __ATOMIC_RELAXED)
-	              % sk.nloops]
+	              % sk_loops_now()]
 	            .ep;
 	qps_link_start(l); /* watched by its loop from here */
 	qps_link_unref(l);
@@ -272,6 +290,7 @@ sk_start_loops(void)
 			qps_log(QPS_LOG_ERROR, "cannot start the event loop");
 			return QP_ESYSTEM;
 		}
+		(void) pthread_setname_np(lp->thr, "qpiped-loop"); /* top -H */
 		lp->running = true;
 	}
 	return QP_OK;

@@ -275,7 +275,8 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 	pthread_mutex_unlock(&r->mu);
 
 	for (;;) {
-		qpi_wire_buf b = {0};
+		uint8_t enc[256]; /* a request without items fits */
+		qpi_wire_buf b;
 		int64_t now = qpi_now_ns(), wait_ms, window;
 		size_t len = 0;
 
@@ -290,6 +291,7 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 		} else {
 			wait_ms = QPI_RQ_CALL_MS;
 		}
+		qpi_wire_buf_on(&b, enc, sizeof(enc));
 		if ((rv = qpi_wire_encode_req(&c->req, &b)) != QP_OK) {
 			qpi_wire_buf_free(&b);
 			return rv;
@@ -392,14 +394,16 @@ qpi_rq_do_status(qpi_rq *r, rq_call *c, int retry)
 /* ---- confirmations ---- */
 
 uint32_t
-qpi_rq_take_acks(qpi_rq *r, uint64_t **idsp)
+qpi_rq_take_acks(qpi_rq *r, uint64_t *stack, size_t cap, uint64_t **idsp)
 {
 	uint32_t n
 	    = (uint32_t) (r->unacked.n > r->lim.max_batch ? r->lim.max_batch
 	                                                  : r->unacked.n);
 
-	*idsp = NULL;
-	if (n == 0 || (*idsp = malloc(n * sizeof(uint64_t))) == NULL) {
+	*idsp = n <= cap ? stack : NULL;
+	if (n == 0
+	    || (*idsp == NULL
+	        && (*idsp = malloc(n * sizeof(uint64_t))) == NULL)) {
 		return 0;
 	}
 	memcpy(*idsp, r->unacked.id, n * sizeof(uint64_t));
@@ -413,8 +417,8 @@ qpi_rq_take_acks(qpi_rq *r, uint64_t **idsp)
 static bool
 rq_ack_send_locked(qpi_rq *r)
 {
-	uint64_t *ids;
-	uint32_t n = qpi_rq_take_acks(r, &ids);
+	uint64_t stack[16], *ids;
+	uint32_t n = qpi_rq_take_acks(r, stack, 16, &ids);
 	rq_call c;
 
 	if (n == 0) {
@@ -427,7 +431,9 @@ rq_ack_send_locked(qpi_rq *r)
 	c.req.ids_cap = n;
 	qpi_rq_do(r, &c);
 	qpi_rq_call_done(&c);
-	free(ids);
+	if (ids != stack) {
+		free(ids);
+	}
 	pthread_mutex_lock(&r->mu);
 	return true;
 }

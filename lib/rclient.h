@@ -125,9 +125,12 @@ int qpi_rq_check(qpi_rq *r);
  * (the acker sends them unless a get carries them first). */
 void qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n);
 
-/* Takes up to a batch of the confirmations not yet sent: a malloc'd array
- * in *idsp (NULL if none). Called with r->mu held. */
-uint32_t qpi_rq_take_acks(qpi_rq *r, uint64_t **idsp);
+/* Takes up to a batch of the confirmations not yet sent into *idsp: the
+ * caller's stack (cap ids) when they fit (none included), else a malloc'd
+ * array (NULL when out of memory: none taken); free *idsp when it is not
+ * stack. Called with r->mu held. */
+uint32_t qpi_rq_take_acks(
+    qpi_rq *r, uint64_t *stack, size_t cap, uint64_t **idsp);
 
 /* The item of a put, complete or send: len bytes over r's max_message
  * are QP_ETOOBIG (what names the item); else buf as it is (a msgpack

@@ -195,7 +195,7 @@ static int
 rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
     int64_t deadline_ns, bool ahead)
 {
-	uint64_t *acks;
+	uint64_t ackstack[16], *acks;
 	uint32_t nacks;
 	int rv;
 
@@ -215,13 +215,15 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 		c->rep.items_cap = max;
 		/* Confirmations not yet sent ride along. */
 		pthread_mutex_lock(&r->mu);
-		nacks = qpi_rq_take_acks(r, &acks);
+		nacks = qpi_rq_take_acks(r, ackstack, 16, &acks);
 		pthread_mutex_unlock(&r->mu);
 		c->req.ids = acks;
 		c->req.nids = nacks;
 		c->req.ids_cap = nacks;
 		rv = qpi_rq_run(r, c);
-		free(acks);
+		if (acks != ackstack) {
+			free(acks);
+		}
 	} while (rv == QP_EEMPTY && deadline_ns == INT64_MAX);
 	if (rv == QP_OK && (c->rep.nitems == 0 || c->rep.nitems > max)) {
 		rv = qpi_err(QP_EPROTO,

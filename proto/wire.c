@@ -375,12 +375,21 @@ qpi_wire_buf_reset(qpi_wire_buf *b)
 }
 
 void
+qpi_wire_buf_on(qpi_wire_buf *b, void *mem, size_t cap)
+{
+	*b = (qpi_wire_buf) {.data = mem, .cap = cap, .borrowed = true};
+}
+
+void
 qpi_wire_buf_free(qpi_wire_buf *b)
 {
-	free(b->data);
+	if (!b->borrowed) {
+		free(b->data);
+	}
 	b->data = NULL;
 	b->len = 0;
 	b->cap = 0;
+	b->borrowed = false;
 }
 
 static int
@@ -400,12 +409,16 @@ buf_reserve(qpi_wire_buf *b, size_t n)
 	while (cap < b->len + n) {
 		cap = cap > SIZE_MAX / 2 ? b->len + n : cap * 2;
 	}
-	if ((d = realloc(b->data, cap)) == NULL) {
+	if ((d = realloc(b->borrowed ? NULL : b->data, cap)) == NULL) {
 		return qpi_err(
 		    QP_ENOMEM, "out of memory encoding %zu bytes", b->len + n);
 	}
+	if (b->borrowed && b->len > 0) {
+		memcpy(d, b->data, b->len);
+	}
 	b->data = d;
 	b->cap = cap;
+	b->borrowed = false;
 	return QP_OK;
 }
 

@@ -82,16 +82,23 @@ int qpi_wire_skip(const void *buf, size_t len, size_t *pos, int depth);
 
 /* ---- writing msgpack ---- */
 
-/* A growable output buffer. Start from all zeros (or set max); data is
- * malloc'd and belongs to the owner of the struct: release it with
- * qpi_wire_buf_free(), or take it and free() it. Appends that would pass
- * max (0: no limit) fail with QP_ETOOBIG and leave the buffer as it was. */
+/* A growable output buffer. Start from all zeros (or set max), or from
+ * the caller's memory (qpi_wire_buf_on); data is malloc'd once it grows
+ * and belongs to the owner of the struct: release it with
+ * qpi_wire_buf_free(), or take it and free() it (not while borrowed).
+ * Appends that would pass max (0: no limit) fail with QP_ETOOBIG and
+ * leave the buffer as it was. */
 typedef struct qpi_wire_buf {
 	uint8_t *data;
 	size_t len;
 	size_t cap;
 	size_t max;
+	bool borrowed; /* data is the caller's (qpi_wire_buf_on) */
 } qpi_wire_buf;
+
+/* An empty buffer writing into mem (cap bytes, the caller's: a frame
+ * that outgrows it moves to malloc'd memory). */
+void qpi_wire_buf_on(qpi_wire_buf *b, void *mem, size_t cap);
 
 /* Empties the buffer, keeping its memory for reuse. */
 void qpi_wire_buf_reset(qpi_wire_buf *b);

@@ -2033,6 +2033,39 @@ decode_file(const char *mode, const char *path)
 	return rv == QP_OK ? 0 : 1;
 }
 
+/* A buffer on the caller's memory: what fits stays there (the same bytes
+ * as a malloc'd buffer's), what outgrows it moves to the heap with the
+ * bytes so far, and freeing it leaves the caller's memory alone. */
+static void
+test_wire_buf_on(void **state)
+{
+	uint8_t mem[16], big[300];
+	qpi_wire_buf b, h = {0};
+	(void) state;
+
+	memset(big, 'z', sizeof(big));
+	memset(mem, 0xAA, sizeof(mem));
+	qpi_wire_buf_on(&b, mem, sizeof(mem));
+	assert_int_equal(qpi_wire_put_str(&b, "hello", 5), QP_OK);
+	assert_int_equal(qpi_wire_put_str(&h, "hello", 5), QP_OK);
+	assert_ptr_equal(b.data, mem);
+	assert_int_equal(b.len, h.len);
+	assert_memory_equal(b.data, h.data, h.len);
+	assert_int_equal(qpi_wire_put_bin(&b, big, sizeof(big)), QP_OK);
+	assert_int_equal(qpi_wire_put_bin(&h, big, sizeof(big)), QP_OK);
+	assert_ptr_not_equal(b.data, mem);
+	assert_false(b.borrowed);
+	assert_int_equal(b.len, h.len);
+	assert_memory_equal(b.data, h.data, h.len);
+	qpi_wire_buf_free(&b); /* the heap copy (ASan: no leak, no bad free) */
+	qpi_wire_buf_free(&h);
+	qpi_wire_buf_on(&b, mem, sizeof(mem));
+	assert_int_equal(qpi_wire_put_str(&b, "x", 1), QP_OK);
+	qpi_wire_buf_free(&b); /* borrowed: not freed */
+	assert_null(b.data);
+	assert_int_equal(mem[0], 0xa1); /* fixstr of 1, still the caller's */
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2042,6 +2075,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_wire_check_value_depth),
 	    cmocka_unit_test(test_wire_bin_header),
 	    cmocka_unit_test(test_wire_bin_unwrap),
+	    cmocka_unit_test(test_wire_buf_on),
 	    cmocka_unit_test(test_wire_writers),
 	    cmocka_unit_test(test_wire_name_rule_matches_lib),
 	    cmocka_unit_test(test_wire_request_roundtrip),

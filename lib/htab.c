@@ -1,12 +1,21 @@
 /*
  * htab.c - an intrusive hash table keyed by 64-bit numbers (separate
  * chaining, power-of-two buckets, keys mixed before they pick a bucket),
- * and FNV-1a for names. No locking: the owner's lock guards each table.
+ * FNV-1a for names, and SipHash-2-4 under a per-process secret key for
+ * keys a client chooses. No locking: the owner's lock guards each table;
+ * the secret key is made once (pthread_once).
  */
 #include "htab.h"
+#include "le.h"
 #include "qpi.h"
 
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 uint64_t
 qpi_hash(const void *p, size_t len)
@@ -19,6 +28,104 @@ qpi_hash(const void *p, size_t len)
 		h *= 1099511628211ull;
 	}
 	return h;
+}
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                   \
+	do {                       \
+		v0 += v1;          \
+		v1 = ROTL(v1, 13); \
+		v1 ^= v0;          \
+		v0 = ROTL(v0, 32); \
+		v2 += v3;          \
+		v3 = ROTL(v3, 16); \
+		v3 ^= v2;          \
+		v0 += v3;          \
+		v3 = ROTL(v3, 21); \
+		v3 ^= v0;          \
+		v2 += v1;          \
+		v1 = ROTL(v1, 17); \
+		v1 ^= v2;          \
+		v2 = ROTL(v2, 32); \
+	} while (0)
+
+uint64_t
+qpi_siphash(const uint8_t k[16], const void *p, size_t len)
+{
+	const uint8_t *m = p;
+	uint64_t k0 = qpi_le64_get(k), k1 = qpi_le64_get(k + 8);
+	uint64_t v0 = k0 ^ 0x736f6d6570736575ull,
+	         v1 = k1 ^ 0x646f72616e646f6dull;
+	uint64_t v2 = k0 ^ 0x6c7967656e657261ull,
+	         v3 = k1 ^ 0x7465646279746573ull;
+	uint64_t b = (uint64_t) len << 56;
+	size_t i;
+
+	for (i = 0; i + 8 <= len; i += 8) {
+		uint64_t w = qpi_le64_get(m + i);
+		v3 ^= w;
+		SIPROUND;
+		SIPROUND;
+		v0 ^= w;
+	}
+	for (size_t j = 0; i + j < len; j++) {
+		b |= (uint64_t) m[i + j] << (8 * j);
+	}
+	v3 ^= b;
+	SIPROUND;
+	SIPROUND;
+	v0 ^= b;
+	v2 ^= 0xff;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static uint8_t hash_key[16];
+static pthread_once_t hash_once = PTHREAD_ONCE_INIT;
+
+static void
+hash_key_make(void)
+{
+	size_t got = 0;
+
+	while (got < sizeof(hash_key)) {
+		ssize_t n
+		    = getrandom(hash_key + got, sizeof(hash_key) - got, 0);
+		if (n <= 0) {
+			break;
+		}
+		got += (size_t) n;
+	}
+	if (got < sizeof(hash_key)) {
+		/* No getrandom: the kernel's pool through the file, else
+		 * what differs from run to run. */
+		int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+		if (fd < 0
+		    || read(fd, hash_key, sizeof(hash_key))
+		        != (ssize_t) sizeof(hash_key)) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			uint64_t a = (uint64_t) ts.tv_nsec
+			    ^ (uint64_t) getpid() ^ (uint64_t) (uintptr_t) &ts;
+			uint64_t c
+			    = (uint64_t) ts.tv_sec * 0x9e3779b97f4a7c15ull;
+			memcpy(hash_key, &a, 8);
+			memcpy(hash_key + 8, &c, 8);
+		}
+		if (fd >= 0) {
+			close(fd);
+		}
+	}
+}
+
+uint64_t
+qpi_hash_keyed(const void *p, size_t len)
+{
+	pthread_once(&hash_once, hash_key_make);
+	return qpi_siphash(hash_key, p, len);
 }
 
 static size_t

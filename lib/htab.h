@@ -4,7 +4,8 @@
  * qpi_hnode in its struct (first, so that a node pointer casts back) and
  * owns the memory of its nodes; the table owns only its bucket array.
  * Equal keys may chain: a name's hash, say, where callers compare the
- * names. No locking: the owner's lock guards each table.
+ * names. No locking: the owner's lock guards each table (the keyed hash's
+ * key is made once, under pthread_once).
  */
 #ifndef QPI_HTAB_H
 #define QPI_HTAB_H
@@ -46,7 +47,20 @@ void qpi_htab_each(qpi_htab *t, void (*fn)(qpi_hnode *, void *), void *arg);
 /* Frees the bucket array (not the nodes) and leaves an empty table. */
 void qpi_htab_fini(qpi_htab *t);
 
-/* FNV-1a (64-bit) of len bytes: the key for names. */
+/* FNV-1a (64-bit) of len bytes: the same in every process and across
+ * restarts (a durable log stores some). Anyone can compute it, so it is
+ * not the key of a table whose keys come from the wire. */
 uint64_t qpi_hash(const void *p, size_t len);
+
+/* SipHash-2-4 of len bytes under this process's secret key (16 random
+ * bytes from getrandom at the first call): the key for tables of client
+ * ids and names a client chooses, so that no client can aim its keys at
+ * one bucket and make every look-up walk them (hash flooding). Differs
+ * from process to process: never store it. */
+uint64_t qpi_hash_keyed(const void *p, size_t len);
+
+/* SipHash-2-4 of len bytes under key k: the function itself (tests hold
+ * it to the reference vectors). */
+uint64_t qpi_siphash(const uint8_t k[16], const void *p, size_t len);
 
 #endif /* QPI_HTAB_H */

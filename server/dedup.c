@@ -41,7 +41,7 @@ typedef struct dslot {
 } dslot;
 
 struct qps_client {
-	qpi_hnode node; /* key: qpi_hash(id) */
+	qpi_hnode node; /* key: qpi_hash_keyed(id) */
 	uint8_t id[QPS_CLIENT_ID_LEN];
 	struct qps_client *prev, *next; /* LRU, most recent first */
 	uint64_t max_seq;
@@ -102,7 +102,7 @@ static qps_client *
 client_find(const uint8_t *id)
 {
 	for (qpi_hnode *n
-	     = qpi_htab_find(&dd.tab, qpi_hash(id, QPS_CLIENT_ID_LEN));
+	     = qpi_htab_find(&dd.tab, qpi_hash_keyed(id, QPS_CLIENT_ID_LEN));
 	     n != NULL; n = qpi_htab_next(n)) {
 		qps_client *cl = (qps_client *) n;
 		if (memcmp(cl->id, id, QPS_CLIENT_ID_LEN) == 0) {
@@ -140,7 +140,7 @@ qps_dedup_client(const uint8_t *id)
 	}
 	cl->cap = DEDUP_MIN_SLOTS;
 	memcpy(cl->id, id, QPS_CLIENT_ID_LEN);
-	cl->node.key = qpi_hash(id, QPS_CLIENT_ID_LEN);
+	cl->node.key = qpi_hash_keyed(id, QPS_CLIENT_ID_LEN);
 	qpi_htab_insert(&dd.tab, &cl->node);
 	dd.n++;
 	lru_front(cl);

@@ -49,7 +49,7 @@ typedef struct ps_side {
 } ps_side;
 
 struct ps_pipe {
-	qpi_hnode node; /* key: qpi_hash(name) */
+	qpi_hnode node; /* key: qpi_hash_keyed(name) */
 	char name[QP_NAME_MAX + 1];
 	bool oneway; /* side 0 only receives, side 1 only sends */
 	ps_side side[2];
@@ -69,7 +69,7 @@ static ps_pipe *
 ps_find(const char *name)
 {
 	for (qpi_hnode *n
-	     = qpi_htab_find(&ps.tab, qpi_hash(name, strlen(name)));
+	     = qpi_htab_find(&ps.tab, qpi_hash_keyed(name, strlen(name)));
 	     n != NULL; n = qpi_htab_next(n)) {
 		ps_pipe *p = (ps_pipe *) n;
 		if (strcmp(p->name, name) == 0) {
@@ -291,7 +291,7 @@ ps_open(ps_pipe *p, uint32_t conn, const qpi_wire_req *r, nng_msg **repp)
 		}
 		snprintf(p->name, sizeof(p->name), "%s", r->name);
 		p->oneway = (r->flags & QPI_PIPE_ONEWAY) != 0;
-		p->node.key = qpi_hash(p->name, strlen(p->name));
+		p->node.key = qpi_hash_keyed(p->name, strlen(p->name));
 		qpi_htab_insert(&ps.tab, &p->node);
 	}
 	if (s < 0) {

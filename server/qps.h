@@ -320,7 +320,7 @@ typedef struct qps_wlist {
  * durable) and the server's state for it. Every qps_q_ function is called
  * with the ops lock held. */
 typedef struct qps_q {
-	qpi_hnode node; /* key: qpi_hash(name) */
+	qpi_hnode node; /* key: qpi_hash_keyed(name) */
 	char name[QP_NAME_MAX + 1];
 	struct qpi_store *st; /* the items */
 	uint64_t ino; /* its segment's inode: a queue made anew is another */

@@ -304,7 +304,7 @@ qps_q_find(const char *name)
 {
 	size_t len = strlen(name);
 
-	for (qpi_hnode *n = qpi_htab_find(&hs.qs, qpi_hash(name, len));
+	for (qpi_hnode *n = qpi_htab_find(&hs.qs, qpi_hash_keyed(name, len));
 	     n != NULL; n = qpi_htab_next(n)) {
 		qps_q *q = (qps_q *) n;
 		if (strcmp(q->name, name) == 0) {
@@ -459,7 +459,7 @@ q_attach(const char *name, unsigned flags, const qpi_shmq_cfg *cfg,
 	q->ino = dur != NULL ? 0 : q_inode(name);
 	q->watch.shm = qpi_store_shm(q->st);
 	q->lease_ms = lease_ms != 0 ? lease_ms : (uint64_t) hs.cfg->lease_ms;
-	q->node.key = qpi_hash(name, strlen(name));
+	q->node.key = qpi_hash_keyed(name, strlen(name));
 	qps_timer_init(&q->lease_timer, q_lease_fire);
 	qps_timer_init(&q->probe_timer, q_probe_fire);
 	qpi_htab_insert(&hs.qs, &q->node);

@@ -199,6 +199,95 @@ test_htab_hash(void **state)
 	assert_true(qpi_hash("a\0b", 3) != qpi_hash("a\0c", 3));
 }
 
+/* SipHash-2-4 against the reference vectors (key 00..0f, the messages
+ * 00 01 02 .. of 0 to 15 bytes: the first 16 of the authors' vectors). */
+static void
+test_htab_siphash(void **state)
+{
+	static const uint64_t want[16]
+	    = {0x726fdb47dd0e0e31ull, 0x74f839c593dc67fdull,
+	        0x0d6c8009d9a94f5aull, 0x85676696d7fb7e2dull,
+	        0xcf2794e0277187b7ull, 0x18765564cd99a68dull,
+	        0xcbc9466e58fee3ceull, 0xab0200f58b01d137ull,
+	        0x93f5f5799a932462ull, 0x9e0082df0ba9e4b0ull,
+	        0x7a5dbbc594ddb9f3ull, 0xf4b32f46226bada7ull,
+	        0x751e8fbc860ee5fbull, 0x14ea5627c0843d90ull,
+	        0xf723ca908e7af2eeull, 0xa129ca6149be45e5ull};
+	uint8_t k[16], m[16];
+	(void) state;
+
+	for (int i = 0; i < 16; i++) {
+		k[i] = m[i] = (uint8_t) i;
+	}
+	for (size_t n = 0; n < 16; n++) {
+		assert_true(qpi_siphash(k, m, n) == want[n]);
+	}
+	/* The keyed hash: the same answer within a process. */
+	assert_true(qpi_hash_keyed("queue", 5) == qpi_hash_keyed("queue", 5));
+	assert_true(qpi_hash_keyed("queue", 5) != qpi_hash_keyed("queuf", 5));
+}
+
+/* Keys a client could aim at one bucket: 512 16-byte client ids whose
+ * public hash (FNV-1a) puts them all in bucket 0 of a 512-bucket table.
+ * Keyed with qpi_hash_keyed they spread: no chain longer than 12 (the
+ * longest of 512 keys in 512 buckets at random is about 5). With
+ * qpi_hash as the table's key they would all chain in one bucket. */
+static void
+test_htab_keyed_spreads(void **state)
+{
+	enum { N = 512 };
+	static item nodes[N];
+	static uint8_t ids[N][16];
+	qpi_htab pub = {0}, keyed = {0};
+	uint64_t x = 88172645463325252ull;
+	size_t found = 0, longest = 0;
+	(void) state;
+
+	while (found < N) {
+		for (int j = 0; j < 16; j += 8) {
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			memcpy(ids[found] + j, &x, 8);
+		}
+		/* the bucket htab.c would pick for FNV-1a's hash in 512 */
+		uint64_t h = qpi_hash(ids[found], 16);
+		h ^= h >> 33;
+		h *= 0xff51afd7ed558ccdull;
+		h ^= h >> 33;
+		if ((h & (N - 1)) == 0) {
+			found++;
+		}
+	}
+	for (int i = 0; i < N; i++) {
+		nodes[i].node.key = qpi_hash(ids[i], 16);
+		assert_int_equal(qpi_htab_insert(&pub, &nodes[i].node), QP_OK);
+	}
+	assert_int_equal(pub.nb, N);
+	assert_int_equal(count_key(&pub, nodes[0].node.key), 1);
+	size_t first = 0;
+	for (qpi_hnode *h = pub.b[0]; h != NULL; h = h->hnext) {
+		first++;
+	}
+	assert_int_equal(first, N); /* the flood, with the public hash */
+	for (int i = 0; i < N; i++) {
+		qpi_htab_remove(&pub, &nodes[i].node);
+		nodes[i].node.key = qpi_hash_keyed(ids[i], 16);
+		assert_int_equal(
+		    qpi_htab_insert(&keyed, &nodes[i].node), QP_OK);
+	}
+	for (size_t b = 0; b < keyed.nb; b++) {
+		size_t len = 0;
+		for (qpi_hnode *h = keyed.b[b]; h != NULL; h = h->hnext) {
+			len++;
+		}
+		longest = len > longest ? len : longest;
+	}
+	assert_true(longest <= 12);
+	qpi_htab_fini(&pub);
+	qpi_htab_fini(&keyed);
+}
+
 int
 main(void)
 {
@@ -208,6 +297,8 @@ main(void)
 	    cmocka_unit_test(test_htab_equal_keys),
 	    cmocka_unit_test(test_htab_each),
 	    cmocka_unit_test(test_htab_hash),
+	    cmocka_unit_test(test_htab_siphash),
+	    cmocka_unit_test(test_htab_keyed_spreads),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,7 +9,6 @@
 #include "le.h"
 #include "qpi.h"
 
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,35 +88,17 @@ static pthread_once_t hash_once = PTHREAD_ONCE_INIT;
 static void
 hash_key_make(void)
 {
-	size_t got = 0;
-
-	while (got < sizeof(hash_key)) {
-		ssize_t n
-		    = getrandom(hash_key + got, sizeof(hash_key) - got, 0);
-		if (n <= 0) {
-			break;
-		}
-		got += (size_t) n;
-	}
-	if (got < sizeof(hash_key)) {
-		/* No getrandom: the kernel's pool through the file, else
-		 * what differs from run to run. */
-		int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-		if (fd < 0
-		    || read(fd, hash_key, sizeof(hash_key))
-		        != (ssize_t) sizeof(hash_key)) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			uint64_t a = (uint64_t) ts.tv_nsec
-			    ^ (uint64_t) getpid() ^ (uint64_t) (uintptr_t) &ts;
-			uint64_t c
-			    = (uint64_t) ts.tv_sec * 0x9e3779b97f4a7c15ull;
-			memcpy(hash_key, &a, 8);
-			memcpy(hash_key + 8, &c, 8);
-		}
-		if (fd >= 0) {
-			close(fd);
-		}
+	if (getrandom(hash_key, sizeof(hash_key), 0)
+	    != (ssize_t) sizeof(hash_key)) {
+		/* No getrandom (a kernel before 3.17): what differs from run
+		 * to run, weaker, but no worse than a public hash. */
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t a = (uint64_t) ts.tv_nsec ^ (uint64_t) getpid() << 32
+		    ^ (uint64_t) (uintptr_t) &ts;
+		uint64_t c = (uint64_t) ts.tv_sec * 0x9e3779b97f4a7c15ull;
+		memcpy(hash_key, &a, 8);
+		memcpy(hash_key + 8, &c, 8);
 	}
 }
 

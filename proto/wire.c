@@ -635,9 +635,9 @@ qpi_wire_put_ext(qpi_wire_buf *b, int8_t type, const void *p, size_t len)
 int
 qpi_wire_put_array(qpi_wire_buf *b, uint32_t n)
 {
-	WPK_BEGIN(b);
-	msgpack_pack_array(&pk_, n);
-	return w_.rv;
+	uint8_t t[5];
+
+	return qpi_wire_put_raw(b, t, (size_t) (wr_array(t, n) - t));
 }
 
 int
@@ -1719,13 +1719,22 @@ enc_text(qpi_wire_buf *b, const char *op, int f, const char *s, size_t lo,
 	return qpi_wire_put_str(b, s, n);
 }
 
+/* An item's bytes must be one msgpack value: at least not none. */
 static int
-enc_item(qpi_wire_buf *b, const char *op, int f, const qpi_wire_item *it)
+item_check(const char *op, int f, const qpi_wire_item *it)
 {
 	if (it->data == NULL || it->len == 0) {
 		return enc_bad(op, f, "one msgpack value (it is empty)");
 	}
-	return qpi_wire_put_raw(b, it->data, it->len);
+	return QP_OK;
+}
+
+static int
+enc_item(qpi_wire_buf *b, const char *op, int f, const qpi_wire_item *it)
+{
+	int rv = item_check(op, f, it);
+
+	return rv != QP_OK ? rv : qpi_wire_put_raw(b, it->data, it->len);
 }
 
 static int
@@ -1917,9 +1926,8 @@ enc_gitems(qpi_wire_buf *b, const char *op, int f, const qpi_wire_rep *p)
 			return enc_bad(op, f,
 			    "items with a delivery count of at least 1");
 		}
-		if (it->data == NULL || it->len == 0) {
-			return enc_bad(
-			    op, f, "one msgpack value (it is empty)");
+		if ((rv = item_check(op, f, it)) != QP_OK) {
+			return rv;
 		}
 		size_t one = 1 + uint_width(it->lease_id)
 		    + uint_width(it->deliveries);

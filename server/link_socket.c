@@ -172,6 +172,17 @@ sk_writable(qps_link *l)
 	return n < 0;
 }
 
+/* The CPUs this thread may run on (its affinity), else the machine's. */
+static long
+sk_cpus(void)
+{
+	cpu_set_t set;
+
+	return sched_getaffinity(0, sizeof(set), &set) == 0
+	    ? CPU_COUNT(&set)
+	    : sysconf(_SC_NPROCESSORS_ONLN);
+}
+
 /* How many loops take new connections: one per CPU the process may run
  * on now (its affinity, as seen from this thread, may have shrunk since
  * the loops started: taskset -p, a cgroup's cpuset), at most all of
@@ -179,14 +190,9 @@ sk_writable(qps_link *l)
 static size_t
 sk_loops_now(void)
 {
-	cpu_set_t set;
-	int n;
+	long n = sk_cpus();
 
-	if (sched_getaffinity(0, sizeof(set), &set) != 0
-	    || (n = CPU_COUNT(&set)) < 1 || (size_t) n > sk.nloops) {
-		return sk.nloops;
-	}
-	return (size_t) n;
+	return n < 1 || (size_t) n > sk.nloops ? sk.nloops : (size_t) n;
 }
 
 /* A socket accepted (listener.c): a link, watched by the next loop. */
@@ -258,10 +264,7 @@ sk_loop_main(void *arg)
 static int
 sk_start_loops(void)
 {
-	cpu_set_t set;
-	long ncpu = sched_getaffinity(0, sizeof(set), &set) == 0
-	    ? CPU_COUNT(&set)
-	    : sysconf(_SC_NPROCESSORS_ONLN);
+	long ncpu = sk_cpus();
 
 	if (sk.nloops > 0) {
 		return QP_OK;

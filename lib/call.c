@@ -48,8 +48,7 @@ typedef struct ce_conn {
 typedef struct ce_wait {
 	uint32_t id;
 	ce_conn *conn;
-	uint8_t *rep;
-	size_t replen;
+	qpi_ce_reply rep;
 	bool done;
 	struct ce_wait *next;
 } ce_wait;
@@ -70,6 +69,8 @@ struct qpi_ce {
 	int64_t backoff_ms;
 	int64_t next_try_ns;
 	ce_wait *waiters;
+	uint8_t *spare; /* a reply's buffer, for the next reader to reuse */
+	size_t spare_cap;
 };
 
 static void
@@ -103,10 +104,11 @@ qpi_ce_hs_xfn(
 	int rv
 	    = qpi_link_send_frame(h->l, tag, false, req, len, h->deadline_ns);
 	uint8_t *m;
+	size_t cap;
 
 	while (rv == QP_OK
 	    && (rv = qpi_link_read_frame(
-	            h->l, h->rd, CE_HOOK_MAX, &m, lenp, h->deadline_ns))
+	            h->l, h->rd, CE_HOOK_MAX, &m, lenp, &cap, h->deadline_ns))
 	        == QP_OK) {
 		/* pair1: a hop count; req0: our request id (a late reply to
 		 * another is skipped). */
@@ -270,18 +272,16 @@ ce_get_conn_locked(qpi_ce *s, int64_t deadline_ns, ce_conn **cp)
 	}
 }
 
-/* Hands reply m (len bytes after its request id) to its waiter; a late
- * one, which has none, is dropped. s->mu held. */
+/* Hands reply m (len bytes after its request id, cap bytes in all) to its
+ * waiter; a late one, which has none, is dropped. s->mu held. */
 static void
-ce_dispatch_locked(qpi_ce *s, ce_conn *c, uint8_t *m, size_t len)
+ce_dispatch_locked(qpi_ce *s, ce_conn *c, uint8_t *m, size_t len, size_t cap)
 {
 	uint32_t id = qpi_sp_get32(m);
 
 	for (ce_wait *w = s->waiters; w != NULL; w = w->next) {
 		if (w->id == id && w->conn == c && !w->done) {
-			memmove(m, m + 4, len);
-			w->rep = m;
-			w->replen = len;
+			w->rep = (qpi_ce_reply) {m, cap, m + 4, len};
 			w->done = true;
 			pthread_cond_broadcast(&s->cv);
 			return;
@@ -303,7 +303,7 @@ ce_wait_remove_locked(qpi_ce *s, ce_wait *w)
 
 int
 qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
-    int64_t reply_deadline_ns, uint8_t **repp, size_t *lenp, uint32_t *connp)
+    int64_t reply_deadline_ns, qpi_ce_reply *rep, uint32_t *connp)
 {
 	ce_wait w;
 	ce_conn *c = NULL;
@@ -339,17 +339,28 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 		} else if (c->broken) {
 			rv = QP_ECONNRESET;
 		} else if (!c->reading) {
-			size_t max = s->max_recv, mlen;
+			size_t max = s->max_recv, mlen, mcap;
 			uint8_t *m;
 			c->reading = true;
+			if (c->rd.spare == NULL) {
+				c->rd.spare = s->spare;
+				c->rd.spare_cap = s->spare_cap;
+				s->spare = NULL;
+			}
 			pthread_mutex_unlock(&s->mu);
-			rv = qpi_link_read_frame(
-			    c->l, &c->rd, max, &m, &mlen, reply_deadline_ns);
+			rv = qpi_link_read_frame(c->l, &c->rd, max, &m, &mlen,
+			    &mcap, reply_deadline_ns);
 			pthread_mutex_lock(&s->mu);
 			c->reading = false;
+			if (s->spare
+			    == NULL) { /* not used: kept for the next */
+				s->spare = c->rd.spare;
+				s->spare_cap = c->rd.spare_cap;
+				c->rd.spare = NULL;
+			}
 			pthread_cond_broadcast(&s->cv);
 			if (rv == QP_OK) {
-				ce_dispatch_locked(s, c, m, mlen);
+				ce_dispatch_locked(s, c, m, mlen, mcap);
 			} else if (rv != QP_ETIMEDOUT) {
 				/* Lost, or bad: the stream is spoilt. */
 				ce_break_locked(s, c);
@@ -372,8 +383,7 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 	pthread_mutex_unlock(&s->mu);
 	switch (rv) {
 	case QP_OK:
-		*repp = w.rep;
-		*lenp = w.replen;
+		*rep = w.rep;
 		return QP_OK;
 	case QP_ECLOSED:
 		return qpi_err(QP_ECLOSED, "%s: handle closed", s->addr.url);
@@ -384,6 +394,27 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 		return qpi_err(
 		    QP_ECONNRESET, "connection to %s lost", s->addr.url);
 	}
+}
+
+void
+qpi_ce_reply_free(qpi_ce *s, qpi_ce_reply *rep)
+{
+	uint8_t *mem = rep->mem;
+
+	rep->mem = NULL;
+	if (mem == NULL) {
+		return;
+	}
+	if (rep->cap >= QPI_CE_SPARE_MIN && rep->cap <= QPI_CE_SPARE_MAX) {
+		pthread_mutex_lock(&s->mu);
+		if (s->spare == NULL) {
+			s->spare = mem;
+			s->spare_cap = rep->cap;
+			mem = NULL;
+		}
+		pthread_mutex_unlock(&s->mu);
+	}
+	free(mem);
 }
 
 void
@@ -417,6 +448,7 @@ qpi_ce_free(qpi_ce *s)
 	if (s->cur != NULL) {
 		ce_conn_unref_locked(s->cur);
 	}
+	free(s->spare);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->mu);
 	free(s);
@@ -433,5 +465,6 @@ qpi_ce_forget(qpi_ce *s)
 		qpi_link_rd_free(&s->cur->rd);
 		free(s->cur);
 	}
+	free(s->spare);
 	free(s);
 }

@@ -48,14 +48,33 @@ typedef struct qpi_ce_hs {
 int qpi_ce_hs_xfn(
     void *arg, const void *req, size_t len, uint8_t **repp, size_t *lenp);
 
+/* A reply: len bytes at data, within mem (malloc'd, cap bytes). */
+typedef struct qpi_ce_reply {
+	uint8_t *mem;
+	size_t cap;
+	const uint8_t *data;
+	size_t len;
+} qpi_ce_reply;
+
+/* The sizes of reply buffer qpi_ce_reply_free keeps for the next reply to
+ * reuse (one per session): a batch's reply is read into the memory of the
+ * one before, not a new allocation (why that matters: keep.h). */
+#define QPI_CE_SPARE_MIN ((size_t) 1024)
+#define QPI_CE_SPARE_MAX ((size_t) 256 * 1024)
+
 /* Sends req (connecting first, until conn_deadline_ns) and waits for the
- * reply until reply_deadline_ns: *repp (malloc'd), *lenp, *connp (its
- * connection, never 0). Errors: QP_ECONNREFUSED (no connection in time),
- * QP_ECONNRESET (dropped after sending: it may have been applied),
+ * reply until reply_deadline_ns: *rep (free it with qpi_ce_reply_free),
+ * *connp (its connection, never 0). Errors: QP_ECONNREFUSED (no connection in
+ * time), QP_ECONNRESET (dropped after sending: it may have been applied),
  * QP_ETIMEDOUT, QP_ECLOSED, QP_EAUTH or QP_EPROTO (a hook), QP_ENOMEM. */
 int qpi_ce_call(qpi_ce *s, const void *req, size_t len,
-    int64_t conn_deadline_ns, int64_t reply_deadline_ns, uint8_t **repp,
-    size_t *lenp, uint32_t *connp);
+    int64_t conn_deadline_ns, int64_t reply_deadline_ns, qpi_ce_reply *rep,
+    uint32_t *connp);
+
+/* Done with *rep (s its session): its memory is kept for s's next reply
+ * when its size is within the bounds above and s keeps none yet, else
+ * freed. rep->mem is NULL after; a NULL one is fine. */
+void qpi_ce_reply_free(qpi_ce *s, qpi_ce_reply *rep);
 
 /* Drops connection conn if it is still the current one (the next call
  * dials again). */

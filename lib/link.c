@@ -166,7 +166,7 @@ qpi_link_send_frame(qpi_link *l, uint32_t tag, bool bin, const void *body,
 
 int
 qpi_link_read_frame(qpi_link *l, qpi_link_rd *rd, size_t max, uint8_t **memp,
-    size_t *lenp, int64_t deadline_ns)
+    size_t *lenp, size_t *capp, int64_t deadline_ns)
 {
 	size_t n;
 	int rv;
@@ -192,10 +192,16 @@ qpi_link_read_frame(qpi_link *l, qpi_link_rd *rd, size_t max, uint8_t **memp,
 		}
 		/* A frame whole in the buffer, or too large for it. */
 		if (hl > 0 && (avail - hl >= frame || frame > RD_DIRECT)) {
-			if ((rd->big = malloc(frame)) == NULL) {
+			if (rd->spare != NULL && rd->spare_cap >= frame) {
+				rd->big = rd->spare;
+				rd->bigcap = rd->spare_cap;
+				rd->spare = NULL;
+			} else if ((rd->big = malloc(frame)) == NULL) {
 				return qpi_err(QP_ENOMEM,
 				    "out of memory receiving %llu bytes",
 				    (unsigned long long) frame);
+			} else {
+				rd->bigcap = frame;
 			}
 			rd->want = frame;
 			rd->have = avail - hl < frame ? avail - hl : frame;
@@ -224,6 +230,7 @@ qpi_link_read_frame(qpi_link *l, qpi_link_rd *rd, size_t max, uint8_t **memp,
 	}
 	*memp = rd->big;
 	*lenp = rd->want - 4;
+	*capp = rd->bigcap;
 	rd->big = NULL;
 	return QP_OK;
 }
@@ -233,6 +240,7 @@ qpi_link_rd_free(qpi_link_rd *rd)
 {
 	free(rd->buf);
 	free(rd->big);
+	free(rd->spare);
 }
 
 int

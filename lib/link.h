@@ -88,14 +88,19 @@ typedef struct qpi_link_rd {
 	size_t off, len;
 	uint8_t *big; /* the frame being read, in an allocation of its own */
 	size_t have, want; /* its bytes read and its size */
+	size_t bigcap; /* big's size: want, or spare_cap if it was spare */
+	uint8_t *spare; /* the owner's buffer for the next frame, if it fits */
+	size_t spare_cap;
 } qpi_link_rd;
 
 /* Reads the next frame, of at most max bytes after its 4-byte tag, until
- * deadline_ns: *memp (malloc'd, the caller's) holds the tag, then *lenp
- * bytes of body. Errors as ops->recv, QP_EPROTO (a bad header),
- * QP_ETOOBIG (a frame over max), QP_ENOMEM. */
+ * deadline_ns: *memp (malloc'd, the caller's; *capp bytes long) holds
+ * the tag, then *lenp bytes of body. The frame goes into rd->spare when
+ * that is set and large enough (rd->spare is then NULL), else into a new
+ * allocation. Errors as ops->recv, QP_EPROTO (a bad header), QP_ETOOBIG
+ * (a frame over max), QP_ENOMEM. */
 int qpi_link_read_frame(qpi_link *l, qpi_link_rd *rd, size_t max,
-    uint8_t **memp, size_t *lenp, int64_t deadline_ns);
+    uint8_t **memp, size_t *lenp, size_t *capp, int64_t deadline_ns);
 
 /* Frees rd's memory. */
 void qpi_link_rd_free(qpi_link_rd *rd);

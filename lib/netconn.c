@@ -91,12 +91,13 @@ nc_reader(void *arg)
 {
 	struct netconn *c = arg;
 	uint8_t *m = NULL;
-	size_t len = 0;
+	size_t len = 0, cap;
 	int rv = QP_OK;
 
 	while (rv == QP_OK && qpi_rxq_wait_room(&c->rx.q)) {
 		if ((rv = qpi_link_read_frame(c->link, &c->rd,
-		         atomic_load(&c->frame_max), &m, &len, INT64_MAX))
+		         atomic_load(&c->frame_max), &m, &len, &cap,
+		         INT64_MAX))
 		    != QP_OK) {
 			break;
 		}
@@ -272,9 +273,9 @@ nc_pending_main(void *arg)
 	    p->link, &l->addr, NULL, true, SP_PAIR1, SP_PAIR1, deadline);
 	while (rv == QP_OK && !ss.open) {
 		uint8_t *m;
-		size_t blen;
+		size_t blen, cap;
 		if ((rv = qpi_link_read_frame(
-		         p->link, &rd, HELLO_MAX, &m, &blen, deadline))
+		         p->link, &rd, HELLO_MAX, &m, &blen, &cap, deadline))
 		    != QP_OK) {
 			break;
 		}

@@ -256,8 +256,22 @@ qpi_rq_call_init(rq_call *c, qpi_rq *r, uint32_t op, int64_t deadline_ns)
 void
 qpi_rq_call_done(rq_call *c)
 {
-	free(c->buf);
-	c->buf = NULL;
+	if (c->buf.mem != NULL) {
+		qpi_ce_reply_free(c->ce, &c->buf);
+	}
+}
+
+/* About how many bytes req encodes to (at least): its lease ids and
+ * items, and room for the rest. */
+static size_t
+rq_req_size(const qpi_wire_req *req)
+{
+	size_t n = 128 + strlen(req->name) + (size_t) req->nids * 9;
+
+	for (uint32_t i = 0; i < req->nitems; i++) {
+		n += req->items[i].len + 10;
+	}
+	return n;
 }
 
 int
@@ -276,9 +290,11 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 
 	for (;;) {
 		uint8_t enc[256]; /* a request without items fits */
+		size_t need = rq_req_size(&c->req), kcap = 0;
+		uint8_t *kept = NULL;
 		qpi_wire_buf b;
 		int64_t now = qpi_now_ns(), wait_ms, window;
-		size_t len = 0;
+		int sent = QP_OK;
 
 		if (c->deadline_ns != 0) {
 			int64_t left = qpi_remaining_ns(c->deadline_ns);
@@ -291,22 +307,41 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 		} else {
 			wait_ms = QPI_RQ_CALL_MS;
 		}
-		qpi_wire_buf_on(&b, enc, sizeof(enc));
-		if ((rv = qpi_wire_encode_req(&c->req, &b)) != QP_OK) {
-			qpi_wire_buf_free(&b);
-			return rv;
+		if (need > sizeof(enc)) {
+			pthread_mutex_lock(&r->mu);
+			kept = qpi_keep_get(&r->keep, need, &kcap);
+			pthread_mutex_unlock(&r->mu);
 		}
-		/* Sending waits for a connection: at most what is left of the
-		 * reconnect window. */
-		window = r->reconnect_ms
-		    - (lost_since != 0 ? now / 1000000 - lost_since : 0);
-		rv = qpi_ce_call(r->ce, b.data, b.len,
-		    now + (window > 0 ? window : 1) * 1000000,
-		    now + wait_ms * 1000000, &c->buf, &len, &c->conn);
-		qpi_wire_buf_free(&b);
+		if (kept != NULL) {
+			qpi_wire_buf_on(&b, kept, kcap);
+		} else {
+			qpi_wire_buf_on(&b, enc, sizeof(enc));
+		}
+		rv = qpi_wire_encode_req(&c->req, &b);
 		if (rv == QP_OK) {
+			/* Sending waits for a connection: at most what is left
+			 * of the reconnect window. */
+			window = r->reconnect_ms
+			    - (lost_since != 0 ? now / 1000000 - lost_since
+			                       : 0);
+			sent = qpi_ce_call(r->ce, b.data, b.len,
+			    now + (window > 0 ? window : 1) * 1000000,
+			    now + wait_ms * 1000000, &c->buf, &c->conn);
+		}
+		qpi_wire_buf_free(&b);
+		if (kept != NULL) {
+			pthread_mutex_lock(&r->mu);
+			qpi_keep_put(&r->keep, kept, kcap);
+			pthread_mutex_unlock(&r->mu);
+		}
+		if (rv != QP_OK) {
+			return rv; /* the request cannot be encoded */
+		}
+		rv = sent;
+		if (rv == QP_OK) {
+			c->ce = r->ce;
 			rv = qpi_wire_decode_rep(
-			    c->buf, len, &r->lim, &c->rep);
+			    c->buf.data, c->buf.len, &r->lim, &c->rep);
 			if (rv != QP_OK) {
 				rv = qpi_err(QP_EPROTO,
 				    "bad reply from %s: %s", r->url,
@@ -394,21 +429,32 @@ qpi_rq_do_status(qpi_rq *r, rq_call *c, int retry)
 /* ---- confirmations ---- */
 
 uint32_t
-qpi_rq_take_acks(qpi_rq *r, uint64_t *stack, size_t cap, uint64_t **idsp)
+qpi_rq_take_acks(
+    qpi_rq *r, uint64_t *stack, size_t cap, uint64_t **idsp, size_t *capp)
 {
 	uint32_t n
 	    = (uint32_t) (r->unacked.n > r->lim.max_batch ? r->lim.max_batch
 	                                                  : r->unacked.n);
 
 	*idsp = n <= cap ? stack : NULL;
+	*capp = 0;
 	if (n == 0
 	    || (*idsp == NULL
-	        && (*idsp = malloc(n * sizeof(uint64_t))) == NULL)) {
+	        && (*idsp = qpi_keep_get(&r->keep, n * sizeof(uint64_t), capp))
+	            == NULL)) {
 		return 0;
 	}
 	memcpy(*idsp, r->unacked.id, n * sizeof(uint64_t));
 	qpi_ids_drop(&r->unacked, 0, n);
 	return n;
+}
+
+void
+qpi_rq_acks_done(qpi_rq *r, uint64_t *ids, const uint64_t *stack, size_t cap)
+{
+	if (ids != stack) {
+		qpi_keep_put(&r->keep, ids, cap);
+	}
 }
 
 /* Sends one batch of confirmations (whatever the answer: an item not
@@ -418,7 +464,8 @@ static bool
 rq_ack_send_locked(qpi_rq *r)
 {
 	uint64_t stack[16], *ids;
-	uint32_t n = qpi_rq_take_acks(r, stack, 16, &ids);
+	size_t cap;
+	uint32_t n = qpi_rq_take_acks(r, stack, 16, &ids, &cap);
 	rq_call c;
 
 	if (n == 0) {
@@ -431,10 +478,8 @@ rq_ack_send_locked(qpi_rq *r)
 	c.req.ids_cap = n;
 	qpi_rq_do(r, &c);
 	qpi_rq_call_done(&c);
-	if (ids != stack) {
-		free(ids);
-	}
 	pthread_mutex_lock(&r->mu);
+	qpi_rq_acks_done(r, ids, stack, cap);
 	return true;
 }
 
@@ -564,6 +609,7 @@ qpi_rq_free(qpi_rq *r)
 	}
 	qpi_ids_free(&r->held);
 	qpi_ids_free(&r->unacked);
+	qpi_keep_fini(&r->keep);
 	qpi_token_clear(&r->token);
 	for (int i = 0; i < 4; i++) {
 		free(r->strs[i]);

@@ -14,6 +14,7 @@
 
 #include "auth.h"
 #include "call.h"
+#include "keep.h"
 #include "queue.h"
 #include "wire.h"
 
@@ -73,6 +74,9 @@ struct qpi_rq {
 	bool stopping; /* close: the acker ends */
 	/* the item kept ahead for the readiness fd (remote.c) */
 	struct rq_pf *pf;
+	/* large buffers of batches (item arrays, confirmations, encoded
+	 * requests) kept for the next (under mu) */
+	qpi_keep keep;
 };
 
 /* A call: the request (its op fields set by the caller), and after
@@ -80,7 +84,8 @@ struct qpi_rq {
 typedef struct rq_call {
 	qpi_wire_req req;
 	qpi_wire_rep rep;
-	uint8_t *buf; /* the reply's bytes */
+	qpi_ce_reply buf; /* the reply's bytes */
+	qpi_ce *ce; /* the session they came on */
 	uint32_t conn; /* the connection it came on */
 	int64_t deadline_ns; /* a blocking op's own; 0: it does not block */
 	bool once; /* a dropped connection ends the call (QP_ECONNRESET) */
@@ -126,11 +131,16 @@ int qpi_rq_check(qpi_rq *r);
 void qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n);
 
 /* Takes up to a batch of the confirmations not yet sent into *idsp: the
- * caller's stack (cap ids) when they fit (none included), else a malloc'd
- * array (NULL when out of memory: none taken); free *idsp when it is not
- * stack. Called with r->mu held. */
+ * caller's stack (cap ids) when they fit (none included), else an array
+ * of r->keep (*capp bytes; NULL when out of memory: none taken); give it
+ * back with qpi_rq_acks_done. Called with r->mu held. */
 uint32_t qpi_rq_take_acks(
-    qpi_rq *r, uint64_t *stack, size_t cap, uint64_t **idsp);
+    qpi_rq *r, uint64_t *stack, size_t cap, uint64_t **idsp, size_t *capp);
+
+/* Done with the array ids (capp bytes) qpi_rq_take_acks gave with stack:
+ * back to r->keep unless it is stack. Called with r->mu held. */
+void qpi_rq_acks_done(
+    qpi_rq *r, uint64_t *ids, const uint64_t *stack, size_t cap);
 
 /* The item of a put, complete or send: len bytes over r's max_message
  * are QP_ETOOBIG (what names the item); else buf as it is (a msgpack

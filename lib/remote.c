@@ -189,7 +189,7 @@ static int pf_get(qpi_rq *r, rq_pf *pf, unsigned flags, void *into, size_t cap,
 
 /* Sends a get for up to max items (1..max_batch), the pending
  * confirmations riding along; on QP_OK c->rep holds nitems >= 1 items,
- * pointing into c->msg (rq_call_done frees them). ahead: one item kept
+ * pointing into c->buf (qpi_rq_call_done frees them). ahead: one item kept
  * ahead for the readiness fd, leased to the connection for PF_LEASE_MS. */
 static int
 rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
@@ -197,6 +197,7 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 {
 	uint64_t ackstack[16], *acks;
 	uint32_t nacks;
+	size_t acap;
 	int rv;
 
 	if ((rv = qpi_rq_check(r)) != QP_OK) {
@@ -215,14 +216,16 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 		c->rep.items_cap = max;
 		/* Confirmations not yet sent ride along. */
 		pthread_mutex_lock(&r->mu);
-		nacks = qpi_rq_take_acks(r, ackstack, 16, &acks);
+		nacks = qpi_rq_take_acks(r, ackstack, 16, &acks, &acap);
 		pthread_mutex_unlock(&r->mu);
 		c->req.ids = acks;
 		c->req.nids = nacks;
 		c->req.ids_cap = nacks;
 		rv = qpi_rq_run(r, c);
 		if (acks != ackstack) {
-			free(acks);
+			pthread_mutex_lock(&r->mu);
+			qpi_rq_acks_done(r, acks, ackstack, acap);
+			pthread_mutex_unlock(&r->mu);
 		}
 	} while (rv == QP_EEMPTY && deadline_ns == INT64_MAX);
 	if (rv == QP_OK && (c->rep.nitems == 0 || c->rep.nitems > max)) {
@@ -236,6 +239,18 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 	return rv;
 }
 
+/* An array for a get of max items, from r->keep (*capp bytes). */
+static qpi_wire_item *
+rq_items(qpi_rq *r, uint32_t max, size_t *capp)
+{
+	qpi_wire_item *items;
+
+	pthread_mutex_lock(&r->mu);
+	items = qpi_keep_get(&r->keep, max * sizeof(*items), capp);
+	pthread_mutex_unlock(&r->mu);
+	return items; /* the decoder sets each item it fills */
+}
+
 /* A get of up to max items (the item kept ahead alone, if any): each
  * into (cap bytes; max 1) or malloc'd in bufs[i], lens[i] its length, *np
  * how many. What cannot be handed over goes back to the head. */
@@ -244,6 +259,7 @@ rq_take(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufs,
     size_t *lens, uint32_t max, size_t *np, int64_t deadline_ns)
 {
 	qpi_wire_item stack[16], *items = stack;
+	size_t icap = 0;
 	rq_pf *pf = pf_of(r);
 	rq_call c;
 	uint32_t i = 0;
@@ -258,7 +274,7 @@ rq_take(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufs,
 		*np = rv == QP_OK ? 1 : 0;
 		return rv;
 	}
-	if (max > 16 && (items = calloc(max, sizeof(*items))) == NULL) {
+	if (max > 16 && (items = rq_items(r, max, &icap)) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory for %u items", max);
 	}
 	if ((rv = rq_get_call(r, &c, items, max, deadline_ns, false))
@@ -278,7 +294,9 @@ rq_take(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufs,
 	}
 	*np = i;
 	if (items != stack) {
-		free(items);
+		pthread_mutex_lock(&r->mu);
+		qpi_keep_put(&r->keep, items, icap);
+		pthread_mutex_unlock(&r->mu);
 	}
 	return rv;
 }

@@ -4,7 +4,8 @@
  * against small peers run by threads of the test: the one map from nng's
  * errors to QP_ codes, a refused dial and a peer that does not speak SP on
  * both drivers, and replies routed to their calls by request id when
- * several threads share one connection.
+ * several threads share one connection, and a reply's memory reused by
+ * the next.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -215,8 +216,7 @@ typedef struct caller {
 	qpi_ce *ce;
 	const char *body;
 	int rv;
-	uint8_t *rep;
-	size_t len;
+	qpi_ce_reply rep;
 } caller;
 
 static void *
@@ -226,8 +226,7 @@ caller_main(void *arg)
 	uint32_t conn;
 
 	c->rv = qpi_ce_call(c->ce, c->body, strlen(c->body),
-	    qpi_deadline_ns(2000), qpi_deadline_ns(5000), &c->rep, &c->len,
-	    &conn);
+	    qpi_deadline_ns(2000), qpi_deadline_ns(5000), &c->rep, &conn);
 	return NULL;
 }
 
@@ -254,9 +253,10 @@ shared(bool nng)
 	for (int i = 0; i < 3; i++) {
 		pthread_join(ct[i], NULL);
 		assert_int_equal(c[i].rv, QP_OK);
-		assert_int_equal(c[i].len, strlen(c[i].body));
-		assert_memory_equal(c[i].rep, c[i].body, c[i].len);
-		free(c[i].rep);
+		assert_int_equal(c[i].rep.len, strlen(c[i].body));
+		assert_memory_equal(c[i].rep.data, c[i].body, c[i].rep.len);
+		qpi_ce_reply_free(ce, &c[i].rep);
+		assert_null(c[i].rep.mem);
 	}
 	qpi_ce_close(ce);
 	qpi_ce_free(ce);
@@ -279,6 +279,144 @@ test_link_calls_share_nng(void **state)
 	shared(true);
 }
 
+/* A rep0 peer that answers each request, in order, with as many bytes
+ * as the request's body names (a decimal number) after its request id:
+ * byte i is (i * 7 + n) & 0xff. */
+static void *
+sized_peer_main(void *arg)
+{
+	peer *p = arg;
+	int fd = accept(p->lfd, NULL, NULL);
+	uint8_t hs[8];
+
+	assert_true(fd >= 0);
+	qpi_sp_hs_make(hs, QPI_SP_REP0);
+	assert_int_equal(write(fd, hs, 8), 8);
+	read_full(fd, hs, 8);
+	for (int k = 0; k < p->nreplies; k++) {
+		uint8_t h[8], req[32];
+		size_t len, n;
+		read_full(fd, h, 8);
+		len = (size_t) qpi_sp_get64(h);
+		assert_true(len > 4 && len < sizeof(req));
+		read_full(fd, req, len);
+		req[len] = 0;
+		n = strtoul((const char *) req + 4, NULL, 10);
+		uint8_t *f = malloc(4 + n);
+		assert_non_null(f);
+		memcpy(f, req, 4);
+		for (size_t i = 0; i < n; i++) {
+			f[4 + i] = (uint8_t) (i * 7 + n);
+		}
+		qpi_sp_frame_hdr(h, false, 4 + n);
+		assert_int_equal(write(fd, h, 8), 8);
+		for (size_t off = 0; off < 4 + n;) {
+			ssize_t w = write(fd, f + off, 4 + n - off);
+			assert_true(w > 0);
+			off += (size_t) w;
+		}
+		free(f);
+	}
+	uint8_t c;
+	while (read(fd, &c, 1) > 0) {
+	}
+	close(fd);
+	return NULL;
+}
+
+/* A call asking the sized peer for n bytes; its reply, checked. */
+static qpi_ce_reply
+sized_call(qpi_ce *ce, size_t n)
+{
+	char body[24];
+	qpi_ce_reply rep;
+	uint32_t conn;
+
+	snprintf(body, sizeof(body), "%zu", n);
+	assert_int_equal(
+	    qpi_ce_call(ce, body, strlen(body), qpi_deadline_ns(2000),
+	        qpi_deadline_ns(5000), &rep, &conn),
+	    QP_OK);
+	assert_int_equal(rep.len, n);
+	assert_true(rep.cap >= n + 4);
+	assert_true(rep.data >= rep.mem && rep.data + n <= rep.mem + rep.cap);
+	for (size_t i = 0; i < n; i++) {
+		if (rep.data[i] != (uint8_t) (i * 7 + n)) {
+			fail_msg(
+			    "byte %zu of a %zu-byte reply is wrong", i, n);
+		}
+	}
+	return rep;
+}
+
+/* A batch's reply is read into the memory of the reply before it, once
+ * that was given back: a freed reply of 1 KiB to 256 KiB is kept (one per
+ * session) and reused by the next reply it can hold. */
+static void
+reply_reuse(bool nng)
+{
+	size_t big = QPI_CE_SPARE_MAX + 4096;
+	peer p = {.nreplies = 7};
+	qpi_addr a;
+	qpi_ce *ce;
+	qpi_ce_reply r1, r2;
+	pthread_t t;
+
+	p.lfd = listen_any(&a);
+	assert_int_equal(pthread_create(&t, NULL, sized_peer_main, &p), 0);
+	use_driver(nng);
+	assert_int_equal(qpi_ce_open(&ce, &a, NULL, 1 << 20, NULL, NULL,
+	                     qpi_deadline_ns(2000)),
+	    QP_OK);
+	r1 = sized_call(ce, 20000);
+	uint8_t *kept = r1.mem;
+	qpi_ce_reply_free(ce, &r1);
+	/* Smaller replies land in the kept memory, and it is kept again. */
+	r1 = sized_call(ce, 5000);
+	assert_ptr_equal(r1.mem, kept);
+	assert_int_equal(r1.cap, 20004); /* not a new block of 5004 */
+	qpi_ce_reply_free(ce, &r1);
+	r1 = sized_call(ce, 10);
+	assert_ptr_equal(r1.mem, kept);
+	assert_int_equal(r1.cap, 20004);
+	/* Held by the caller: the next reply needs memory of its own. */
+	r2 = sized_call(ce, 3000);
+	assert_ptr_not_equal(r2.mem, kept);
+	assert_int_equal(r2.cap, 3004);
+	qpi_ce_reply_free(ce, &r1);
+	qpi_ce_reply_free(ce, &r2); /* one kept already: r2 freed */
+	/* Larger than the kept one: new memory; the kept one stays. */
+	r1 = sized_call(ce, 40000);
+	assert_ptr_not_equal(r1.mem, kept);
+	qpi_ce_reply_free(ce, &r1);
+	/* Over the most kept: freed, never kept. */
+	r1 = sized_call(ce, big);
+	qpi_ce_reply_free(ce, &r1);
+	r1 = sized_call(ce, 2000);
+	assert_ptr_equal(r1.mem, kept);
+	assert_int_equal(r1.cap, 20004);
+	qpi_ce_reply_free(ce, &r1);
+	qpi_ce_close(ce);
+	qpi_ce_free(ce);
+	unsetenv("QPIPE_TRANSPORT");
+	pthread_join(t, NULL);
+	close(p.lfd);
+}
+
+static void
+test_link_reply_reuse_socket(void **state)
+{
+	(void) state;
+	reply_reuse(false);
+}
+
+static void
+test_link_reply_reuse_nng(void **state)
+{
+	(void) state;
+	reply_reuse(true);
+}
+
 int
 main(void)
 {
@@ -291,6 +429,8 @@ main(void)
 	    cmocka_unit_test(test_link_peer_not_rep0_nng),
 	    cmocka_unit_test(test_link_calls_share_socket),
 	    cmocka_unit_test(test_link_calls_share_nng),
+	    cmocka_unit_test(test_link_reply_reuse_socket),
+	    cmocka_unit_test(test_link_reply_reuse_nng),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -206,6 +206,26 @@ qpi_htab_remove(qpi_htab *t, qpi_hnode *n)
 	}
 }
 
+qpi_hnode *
+qpi_htab_take(qpi_htab *t, uint64_t key,
+    bool (*match)(const qpi_hnode *, void *), void *arg)
+{
+	if (t->nb == 0) {
+		return NULL;
+	}
+	for (qpi_hnode **pp = &t->b[htab_slot(t->nb, key)]; *pp != NULL;
+	     pp = &(*pp)->hnext) {
+		qpi_hnode *n = *pp;
+		if (n->key == key && (match == NULL || match(n, arg))) {
+			*pp = n->hnext;
+			n->hnext = NULL;
+			t->n--;
+			return n;
+		}
+	}
+	return NULL;
+}
+
 void
 qpi_htab_each(qpi_htab *t, void (*fn)(qpi_hnode *, void *), void *arg)
 {

@@ -10,6 +10,7 @@
 #ifndef QPI_HTAB_H
 #define QPI_HTAB_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,12 @@ int qpi_htab_insert(qpi_htab *t, qpi_hnode *n);
 
 /* Removes n, which must be in t. */
 void qpi_htab_remove(qpi_htab *t, qpi_hnode *n);
+
+/* Removes and returns the first node with key for which match(node, arg)
+ * is true (match NULL: the first with key), or NULL: a look-up and its
+ * removal in one walk of the chain. */
+qpi_hnode *qpi_htab_take(qpi_htab *t, uint64_t key,
+    bool (*match)(const qpi_hnode *, void *), void *arg);
 
 /* Calls fn on every node, in no particular order; fn may remove (and free)
  * the node it is given, no other. */

@@ -188,14 +188,21 @@ work_alloc(qps_conn *c)
 	return wk;
 }
 
+/* Puts wk (not in c->work) on the free list. */
+static void
+work_unused(qps_conn *c, conn_work *wk)
+{
+	wk->q = NULL;
+	wk->node.hnext = c->lfree;
+	c->lfree = &wk->node;
+}
+
 /* Takes wk (in c->work) out of the index, onto the free list. */
 static void
 work_free(qps_conn *c, conn_work *wk)
 {
 	qpi_htab_remove(&c->work, &wk->node);
-	wk->q = NULL;
-	wk->node.hnext = c->lfree;
-	c->lfree = &wk->node;
+	work_unused(c, wk);
 }
 
 void
@@ -216,8 +223,7 @@ qps_conn_lease_add(
 	wk->expiry_ms = expiry_ms;
 	wk->work = work;
 	if (qpi_htab_insert(&c->work, &wk->node) != QP_OK) {
-		wk->node.hnext = c->lfree; /* not indexed: back to the list */
-		c->lfree = &wk->node;
+		work_unused(c, wk); /* not indexed: back to the list */
 		qps_log(QPS_LOG_ERROR,
 		    "out of memory: lease %llu on '%s' is not counted",
 		    (unsigned long long) lease_id, q->name);
@@ -242,14 +248,21 @@ work_find(qps_conn *c, qps_q *q, uint64_t lease_id)
 	return NULL;
 }
 
+static bool
+work_on(const qpi_hnode *n, void *q)
+{
+	return ((const conn_work *) n)->q == q;
+}
+
 bool
 qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id)
 {
-	conn_work *wk = work_find(c, q, lease_id);
+	conn_work *wk
+	    = (conn_work *) qpi_htab_take(&c->work, lease_id, work_on, q);
 	bool work = wk != NULL && wk->work;
 
 	if (wk != NULL) {
-		work_free(c, wk);
+		work_unused(c, wk);
 	}
 	return work;
 }

@@ -115,6 +115,44 @@ test_htab_equal_keys(void **state)
 	qpi_htab_fini(&t);
 }
 
+static bool
+val_is(const qpi_hnode *n, void *arg)
+{
+	return ((const item *) n)->val == *(int *) arg;
+}
+
+/* A take finds the node the match names among equal keys, unlinks it in
+ * the same walk and counts it out; one that matches nothing is NULL. */
+static void
+test_htab_take(void **state)
+{
+	qpi_htab t = {0};
+	item a = {.node.key = 42, .val = 1}, b = {.node.key = 42, .val = 2};
+	item c = {.node.key = 42, .val = 3}, other = {.node.key = 43};
+	int want = 2, none = 9;
+
+	(void) state;
+	assert_null(qpi_htab_take(&t, 42, NULL, NULL)); /* no buckets */
+	assert_int_equal(qpi_htab_insert(&t, &a.node), QP_OK);
+	assert_int_equal(qpi_htab_insert(&t, &other.node), QP_OK);
+	assert_int_equal(qpi_htab_insert(&t, &b.node), QP_OK);
+	assert_int_equal(qpi_htab_insert(&t, &c.node), QP_OK);
+	assert_ptr_equal(qpi_htab_take(&t, 42, val_is, &want), &b.node);
+	assert_null(b.node.hnext);
+	assert_int_equal(t.n, 3);
+	assert_int_equal(count_key(&t, 42), 2);
+	assert_null(qpi_htab_take(&t, 42, val_is, &want)); /* gone */
+	assert_null(qpi_htab_take(&t, 42, val_is, &none));
+	assert_null(qpi_htab_take(&t, 44, NULL, NULL));
+	assert_int_equal(t.n, 3);
+	qpi_hnode *first = qpi_htab_take(&t, 42, NULL, NULL);
+	assert_true(first == &a.node || first == &c.node);
+	assert_int_equal(count_key(&t, 42), 1);
+	assert_ptr_equal(qpi_htab_take(&t, 43, NULL, NULL), &other.node);
+	assert_int_equal(t.n, 1);
+	qpi_htab_fini(&t);
+}
+
 static void
 mark_cb(qpi_hnode *n, void *arg)
 {
@@ -295,6 +333,7 @@ main(void)
 	    cmocka_unit_test(test_htab_empty),
 	    cmocka_unit_test(test_htab_insert_find_remove),
 	    cmocka_unit_test(test_htab_equal_keys),
+	    cmocka_unit_test(test_htab_take),
 	    cmocka_unit_test(test_htab_each),
 	    cmocka_unit_test(test_htab_hash),
 	    cmocka_unit_test(test_htab_siphash),

@@ -24,16 +24,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
 /* A plain get's confirmation waits this long for the next get to carry
- * it before the acker sends it on its own. */
+ * it before the acker sends it on its own. The acker sleeps on a timer
+ * that a get moves on (when it would fire within half the delay): while
+ * gets come faster than that, it never wakes; a get costs a thread's
+ * wake-up neither each time nor every delay. */
 #define QPI_RQ_ACK_DELAY_MS 10
-/* The acker ticks (every QPI_RQ_ACK_DELAY_MS) while gets come, and only
- * after this long without a confirmation waits to be woken: a get does
- * not wake a thread each time it leaves a confirmation behind. */
-#define QPI_RQ_ACK_IDLE_MS 200
 
 static int64_t
 rq_env_ms(const char *name, int64_t dflt)
@@ -114,10 +115,11 @@ static int
 rq_state_init(qpi_rq *r)
 {
 	pthread_mutex_init(&r->mu, NULL);
-	qpi_cond_init(&r->cv);
 	memset(&r->held, 0, sizeof(r->held));
 	memset(&r->unacked, 0, sizeof(r->unacked));
-	r->acker_on = r->acker_idle = r->stopping = false;
+	r->tfd = -1;
+	r->acker_due = 0;
+	r->acker_on = r->stopping = false;
 	r->have_last = false;
 	r->seq = r->req_id = 0;
 	return qpi_random(r->id, sizeof(r->id));
@@ -132,6 +134,7 @@ qpi_rq_new(qpi_rq **rp, const qpi_addr *a, const qp_conn_opts *o)
 	if ((r = calloc(1, sizeof(*r))) == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory");
 	}
+	r->tfd = -1;
 	r->addr = *a;
 	snprintf(r->url, sizeof(r->url), "%s", a->url);
 	snprintf(r->name, sizeof(r->name), "%s", a->name);
@@ -211,6 +214,9 @@ rq_refork(qpi_rq *r)
 	r->ce = NULL;
 	qpi_ids_free(&r->held);
 	qpi_ids_free(&r->unacked);
+	if (r->tfd >= 0) {
+		close(r->tfd); /* the parent's timer: our copy only */
+	}
 	if ((rv = rq_state_init(r)) != QP_OK
 	    || (rv = rq_connect(r)) != QP_OK) {
 		char msg[512];
@@ -483,32 +489,53 @@ rq_ack_send_locked(qpi_rq *r)
 	return true;
 }
 
+/* Sets the acker's timer to fire at monotonic time at_ns (a time past:
+ * at once). r->mu held. */
+static void
+rq_acker_set(qpi_rq *r, int64_t at_ns)
+{
+	struct itimerspec its = {.it_value
+	    = {.tv_sec = at_ns / 1000000000, .tv_nsec = at_ns % 1000000000}};
+
+	if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) {
+		its.it_value.tv_nsec = 1; /* zero would disarm it */
+	}
+	r->acker_due = at_ns;
+	(void) timerfd_settime(r->tfd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+
+/* Waits for the acker's timer with r->mu released. */
+static void
+rq_acker_sleep(qpi_rq *r)
+{
+	uint64_t fired;
+
+	pthread_mutex_unlock(&r->mu);
+	while (read(r->tfd, &fired, sizeof(fired)) < 0 && errno == EINTR) {
+	}
+	pthread_mutex_lock(&r->mu);
+}
+
 /* The acker: sends the confirmations that waited QPI_RQ_ACK_DELAY_MS for
- * a get to carry them. While gets come it wakes at most once per delay;
- * after QPI_RQ_ACK_IDLE_MS with none it sleeps until a get wakes it. */
+ * a get to carry them. It sleeps on its timer, which qpi_rq_got sets
+ * when a get leaves confirmations behind and none was set within half
+ * the delay; with none to send it sleeps until a get sets it. */
 static void *
 rq_acker(void *arg)
 {
 	qpi_rq *r = arg;
 	const int64_t delay = QPI_RQ_ACK_DELAY_MS * 1000000;
-	int64_t quiet_since = qpi_now_ns();
 
+	prctl(PR_SET_NAME, "qpipe-acker", 0, 0, 0);
 	pthread_mutex_lock(&r->mu);
 	while (!r->stopping) {
-		int64_t now = qpi_now_ns();
-		if (r->unacked.n == 0
-		    && now - quiet_since >= QPI_RQ_ACK_IDLE_MS * 1000000) {
-			r->acker_idle = true;
-			pthread_cond_wait(&r->cv, &r->mu);
-			r->acker_idle = false;
-			quiet_since = qpi_now_ns();
-		} else if (r->unacked.n == 0) {
-			qpi_cond_wait(&r->cv, &r->mu, now + delay);
-		} else if (now - r->unacked_ns < delay) {
-			quiet_since = now;
-			qpi_cond_wait(&r->cv, &r->mu, r->unacked_ns + delay);
+		if (r->unacked.n == 0) {
+			r->acker_due = 0; /* the next get sets the timer */
+			rq_acker_sleep(r);
+		} else if (qpi_now_ns() - r->unacked_ns < delay) {
+			rq_acker_set(r, r->unacked_ns + delay);
+			rq_acker_sleep(r);
 		} else {
-			quiet_since = now;
 			rq_ack_send_locked(r);
 		}
 	}
@@ -519,9 +546,11 @@ rq_acker(void *arg)
 void
 qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n)
 {
+	int64_t now = qpi_now_ns();
+
 	pthread_mutex_lock(&r->mu);
 	if (!r->lease_mode && r->unacked.n == 0) {
-		r->unacked_ns = qpi_now_ns();
+		r->unacked_ns = now;
 	}
 	for (uint32_t i = 0; i < n; i++) {
 		r->last_deliveries = items[i].deliveries;
@@ -532,16 +561,23 @@ qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n)
 		    items[i].lease_id, items[i].deliveries);
 	}
 	if (!r->lease_mode && n > 0) {
+		const int64_t delay = QPI_RQ_ACK_DELAY_MS * 1000000;
 		if (!r->acker_on && !r->stopping) {
 			/* Without the thread, close still confirms them. */
-			r->acker_on
-			    = pthread_create(&r->acker, NULL, rq_acker, r)
-			    == 0;
+			if (r->tfd < 0) {
+				r->tfd = timerfd_create(
+				    CLOCK_MONOTONIC, TFD_CLOEXEC);
+			}
+			r->acker_on = r->tfd >= 0
+			    && pthread_create(&r->acker, NULL, rq_acker, r)
+			        == 0;
 		}
-		if (r->acker_idle) {
-			/* Only an idle acker needs waking: a ticking one
-			 * looks again within the delay. */
-			pthread_cond_broadcast(&r->cv);
+		/* Due at most a delay after the oldest confirmation left
+		 * here, and moved on only when it comes within half of it:
+		 * a timer set once per half delay, not per get. */
+		if (r->acker_on
+		    && (r->acker_due == 0 || r->acker_due - now < delay / 2)) {
+			rq_acker_set(r, r->unacked_ns + delay);
 		}
 	}
 	pthread_mutex_unlock(&r->mu);
@@ -566,7 +602,9 @@ qpi_rq_close(qpi_rq *r)
 	r->stopping = true;
 	join = r->acker_on;
 	r->acker_on = false;
-	pthread_cond_broadcast(&r->cv);
+	if (join) {
+		rq_acker_set(r, 0); /* fires at once */
+	}
 	pthread_mutex_unlock(&r->mu);
 	if (join) {
 		pthread_join(r->acker, NULL);
@@ -598,9 +636,11 @@ qpi_rq_free(qpi_rq *r)
 		return;
 	}
 	qpi_rq_close(r);
+	if (r->tfd >= 0) {
+		close(r->tfd); /* in a forked child, its own copy */
+	}
 	if (r->pid == getpid()) {
 		qpi_ce_free(r->ce);
-		pthread_cond_destroy(&r->cv);
 		pthread_mutex_destroy(&r->mu);
 	} else if (!r->nng) {
 		/* A forked child's copy: close its descriptor, leave the

@@ -62,7 +62,8 @@ struct qpi_rq {
 	pid_t pid; /* the process this state belongs to (-1: being made) */
 
 	pthread_mutex_t mu; /* guards the lists and the acker */
-	pthread_cond_t cv; /* wakes the acker: work, or close */
+	int tfd; /* the acker's timer (a timerfd; -1 before the first get) */
+	int64_t acker_due; /* when it is set to fire (0: not set) */
 	qpi_ids held; /* QP_OPEN_LEASE: leased items, oldest first */
 	qpi_ids unacked; /* plain: confirmations not yet sent */
 	int64_t unacked_ns; /* when unacked last went from none to some */
@@ -70,7 +71,6 @@ struct qpi_rq {
 	bool have_last;
 	pthread_t acker;
 	bool acker_on; /* the acker thread runs (in this process) */
-	bool acker_idle; /* it waits for work (not ticking) */
 	bool stopping; /* close: the acker ends */
 	/* the item kept ahead for the readiness fd (remote.c) */
 	struct rq_pf *pf;

@@ -230,6 +230,17 @@ caller_main(void *arg)
 	return NULL;
 }
 
+/* Closes and frees ce, then waits for its peer thread t to end. */
+static void
+session_end(qpi_ce *ce, pthread_t t, peer *p)
+{
+	qpi_ce_close(ce);
+	qpi_ce_free(ce);
+	unsetenv("QPIPE_TRANSPORT");
+	pthread_join(t, NULL);
+	close(p->lfd);
+}
+
 static void
 shared(bool nng)
 {
@@ -258,11 +269,7 @@ shared(bool nng)
 		qpi_ce_reply_free(ce, &c[i].rep);
 		assert_null(c[i].rep.mem);
 	}
-	qpi_ce_close(ce);
-	qpi_ce_free(ce);
-	unsetenv("QPIPE_TRANSPORT");
-	pthread_join(t, NULL);
-	close(p.lfd);
+	session_end(ce, t, &p);
 }
 
 static void
@@ -396,11 +403,7 @@ reply_reuse(bool nng)
 	assert_ptr_equal(r1.mem, kept);
 	assert_int_equal(r1.cap, 20004);
 	qpi_ce_reply_free(ce, &r1);
-	qpi_ce_close(ce);
-	qpi_ce_free(ce);
-	unsetenv("QPIPE_TRANSPORT");
-	pthread_join(t, NULL);
-	close(p.lfd);
+	session_end(ce, t, &p);
 }
 
 static void

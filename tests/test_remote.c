@@ -2188,6 +2188,20 @@ thread_switches(const char *comm)
 	return total;
 }
 
+/* Waits (2 s at most) for q to have no item leased; *st its stats. */
+static void
+wait_confirmed(qp_queue *q, qp_queue_stats *st)
+{
+	for (int i = 0; i < 400; i++) {
+		CHECK_EQ(qp_queue_stat(q, st), QP_OK);
+		if (st->leased == 0) {
+			return;
+		}
+		usleep(5000);
+	}
+	CHECK_EQ(st->leased, 0);
+}
+
 /* A get whose item no later get confirms is confirmed by the handle's
  * acker a moment later (PROTOCOL.md: 10 ms), the handle left open; and
  * while gets come, each carrying the last one's confirmation, the acker
@@ -2208,14 +2222,7 @@ acker_body(void *arg)
 	q = open_q(addr, QP_OPEN_CREATE, 0, 0);
 	put_str(q, "first");
 	get_str(q, "first", 0);
-	for (i = 0; i < 400; i++) { /* 2 s at most */
-		CHECK_EQ(qp_queue_stat(q, &st), QP_OK);
-		if (st.leased == 0) {
-			break;
-		}
-		usleep(5000);
-	}
-	CHECK_EQ(st.leased, 0);
+	wait_confirmed(q, &st);
 	/* The acker has slept since. For 300 ms, a put and a get one after
 	 * another (some 20-100 us each here): no confirmation waits 5 ms.
 	 * Waking every 10 ms while gets come (as it did), it would switch
@@ -2234,14 +2241,7 @@ acker_body(void *arg)
 	/* A stall of this process over 5 ms lets it fire (and set its
 	 * timer again): a few are allowed, not one per 10 ms. */
 	CHECK(woke <= 4 + ms / 50);
-	for (i = 0; i < 400; i++) {
-		CHECK_EQ(qp_queue_stat(q, &st), QP_OK);
-		if (st.leased == 0) {
-			break;
-		}
-		usleep(5000);
-	}
-	CHECK_EQ(st.leased, 0);
+	wait_confirmed(q, &st);
 	CHECK_EQ(st.items, 0);
 	qp_queue_free(q);
 	CHECK(tsrv_stop(&s));

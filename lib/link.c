@@ -17,6 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Frames of at most this many bytes of body are sent as one buffer. */
+#define LINK_SMALL 512
+
 bool
 qpi_link_uses_nng(const qpi_addr *a)
 {
@@ -150,7 +153,7 @@ int
 qpi_link_send_frame(qpi_link *l, uint32_t tag, bool bin, const void *body,
     size_t len, int64_t deadline_ns)
 {
-	uint8_t hdr[9 + 4 + 5];
+	uint8_t hdr[9 + 4 + 5 + LINK_SMALL];
 	size_t hl = qpi_sp_frame_hdr(hdr, l->ipc, 0) + 4; /* length below */
 	size_t bl = bin ? qpi_wire_bin_header(len, hdr + hl) : 0;
 	struct iovec iov[2]
@@ -158,7 +161,16 @@ qpi_link_send_frame(qpi_link *l, uint32_t tag, bool bin, const void *body,
 
 	qpi_sp_frame_hdr(hdr, l->ipc, (uint64_t) len + 4 + bl);
 	qpi_sp_put32(hdr + hl - 4, tag);
-	return l->ops->send(l, iov, len > 0 ? 2 : 1, deadline_ns);
+	if (len <= LINK_SMALL) {
+		/* A small frame goes as one buffer: one copy here is less
+		 * than the kernel's of a second segment. */
+		if (len > 0) {
+			memcpy(hdr + hl + bl, body, len);
+		}
+		iov[0].iov_len += len;
+		return l->ops->send(l, iov, 1, deadline_ns);
+	}
+	return l->ops->send(l, iov, 2, deadline_ns);
 }
 
 #define RD_BUF    ((size_t) 64 * 1024)

@@ -90,10 +90,14 @@ sl_send(qpi_link *l, struct iovec *iov, int niov, int64_t deadline_ns)
 	int fd = ((sock_link *) l)->fd;
 
 	while (niov > 0) {
-		/* sendmsg, not writev: no SIGPIPE when the peer is gone. */
+		/* sendmsg or send, not writev or write: no SIGPIPE when the
+		 * peer is gone. One buffer: send (no vector to copy in). */
 		struct msghdr mh
 		    = {.msg_iov = iov, .msg_iovlen = (size_t) niov};
-		ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+		ssize_t n = niov == 1
+		    ? send(fd, iov->iov_base, iov->iov_len,
+		        MSG_NOSIGNAL | MSG_DONTWAIT)
+		    : sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n < 0) {
 			if (errno == EINTR) {
 				continue;

@@ -54,8 +54,10 @@ sk_write_now(qps_link *l, const struct iovec *iov, int niov)
 	    = {.msg_iov = (struct iovec *) iov, .msg_iovlen = (size_t) niov};
 	ssize_t n;
 
-	do {
-		n = sendmsg(l->fd, &mh, MSG_NOSIGNAL);
+	do { /* one buffer: send, no vector for the kernel to copy in */
+		n = niov == 1
+		    ? send(l->fd, iov->iov_base, iov->iov_len, MSG_NOSIGNAL)
+		    : sendmsg(l->fd, &mh, MSG_NOSIGNAL);
 	} while (n < 0 && errno == EINTR);
 	if (n < 0) {
 		return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;

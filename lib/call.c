@@ -14,12 +14,16 @@
  * server that answers the hook with QP_ELIMIT (at its connection limit)
  * or QP_EAUTH is not redialled: the call fails with its message.
  *
+ * A reply's buffer, once its caller is done with it (qpi_ce_reply_free),
+ * is kept for the next reply to be read into: a batch's reply is read
+ * into the memory of the one before, not a new allocation.
+ *
  * Locking: s->mu guards the current connection, the waiters, the reader
- * role and the reconnect state; s->cv signals replies handed over, the
- * reader role freed, a connection made or closed. A connection's wmu
- * serialises its writers. The link is read by the reader without s->mu;
- * a connection is freed when its last reference goes, so no thread ever
- * reads or writes a closed (and reused) descriptor.
+ * role, the kept reply buffer and the reconnect state; s->cv signals replies
+ * handed over, the reader role freed, a connection made or closed. A
+ * connection's wmu serialises its writers. The link is read by the reader
+ * without s->mu; a connection is freed when its last reference goes, so no
+ * thread ever reads or writes a closed (and reused) descriptor.
  */
 #include "call.h"
 #include "sp.h"
@@ -352,8 +356,8 @@ qpi_ce_call(qpi_ce *s, const void *req, size_t len, int64_t conn_deadline_ns,
 			    &mcap, reply_deadline_ns);
 			pthread_mutex_lock(&s->mu);
 			c->reading = false;
-			if (s->spare
-			    == NULL) { /* not used: kept for the next */
+			/* A kept buffer the frame did not use: back. */
+			if (s->spare == NULL) {
 				s->spare = c->rd.spare;
 				s->spare_cap = c->rd.spare_cap;
 				c->rd.spare = NULL;

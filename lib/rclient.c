@@ -314,9 +314,7 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 			wait_ms = QPI_RQ_CALL_MS;
 		}
 		if (need > sizeof(enc)) {
-			pthread_mutex_lock(&r->mu);
-			kept = qpi_keep_get(&r->keep, need, &kcap);
-			pthread_mutex_unlock(&r->mu);
+			kept = qpi_rq_keep_get(r, need, &kcap);
 		}
 		if (kept != NULL) {
 			qpi_wire_buf_on(&b, kept, kcap);
@@ -336,9 +334,7 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 		}
 		qpi_wire_buf_free(&b);
 		if (kept != NULL) {
-			pthread_mutex_lock(&r->mu);
-			qpi_keep_put(&r->keep, kept, kcap);
-			pthread_mutex_unlock(&r->mu);
+			qpi_rq_keep_put(r, kept, kcap);
 		}
 		if (rv != QP_OK) {
 			return rv; /* the request cannot be encoded */
@@ -455,6 +451,25 @@ qpi_rq_take_acks(
 	return n;
 }
 
+void *
+qpi_rq_keep_get(qpi_rq *r, size_t size, size_t *capp)
+{
+	void *p;
+
+	pthread_mutex_lock(&r->mu);
+	p = qpi_keep_get(&r->keep, size, capp);
+	pthread_mutex_unlock(&r->mu);
+	return p;
+}
+
+void
+qpi_rq_keep_put(qpi_rq *r, void *p, size_t cap)
+{
+	pthread_mutex_lock(&r->mu);
+	qpi_keep_put(&r->keep, p, cap);
+	pthread_mutex_unlock(&r->mu);
+}
+
 void
 qpi_rq_acks_done(qpi_rq *r, uint64_t *ids, const uint64_t *stack, size_t cap)
 {
@@ -546,7 +561,7 @@ rq_acker(void *arg)
 void
 qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n)
 {
-	int64_t now = qpi_now_ns();
+	int64_t now = r->lease_mode ? 0 : qpi_now_ns(); /* for the acker */
 
 	pthread_mutex_lock(&r->mu);
 	if (!r->lease_mode && r->unacked.n == 0) {

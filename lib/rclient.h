@@ -137,6 +137,11 @@ void qpi_rq_got(qpi_rq *r, const qpi_wire_item *items, uint32_t n);
 uint32_t qpi_rq_take_acks(
     qpi_rq *r, uint64_t *stack, size_t cap, uint64_t **idsp, size_t *capp);
 
+/* A buffer of at least size bytes from r->keep (*capp its size), and
+ * back to it: qpi_keep_get and qpi_keep_put under r->mu. */
+void *qpi_rq_keep_get(qpi_rq *r, size_t size, size_t *capp);
+void qpi_rq_keep_put(qpi_rq *r, void *p, size_t cap);
+
 /* Done with the array ids (capp bytes) qpi_rq_take_acks gave with stack:
  * back to r->keep unless it is stack. Called with r->mu held. */
 void qpi_rq_acks_done(

@@ -239,18 +239,6 @@ rq_get_call(qpi_rq *r, rq_call *c, qpi_wire_item *items, uint32_t max,
 	return rv;
 }
 
-/* An array for a get of max items, from r->keep (*capp bytes). */
-static qpi_wire_item *
-rq_items(qpi_rq *r, uint32_t max, size_t *capp)
-{
-	qpi_wire_item *items;
-
-	pthread_mutex_lock(&r->mu);
-	items = qpi_keep_get(&r->keep, max * sizeof(*items), capp);
-	pthread_mutex_unlock(&r->mu);
-	return items; /* the decoder sets each item it fills */
-}
-
 /* A get of up to max items (the item kept ahead alone, if any): each
  * into (cap bytes; max 1) or malloc'd in bufs[i], lens[i] its length, *np
  * how many. What cannot be handed over goes back to the head. */
@@ -274,7 +262,10 @@ rq_take(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufs,
 		*np = rv == QP_OK ? 1 : 0;
 		return rv;
 	}
-	if (max > 16 && (items = rq_items(r, max, &icap)) == NULL) {
+	/* Not zeroed: the decoder sets each item it fills. */
+	if (max > 16
+	    && (items = qpi_rq_keep_get(r, max * sizeof(*items), &icap))
+	        == NULL) {
 		return qpi_err(QP_ENOMEM, "out of memory for %u items", max);
 	}
 	if ((rv = rq_get_call(r, &c, items, max, deadline_ns, false))
@@ -294,9 +285,7 @@ rq_take(qpi_rq *r, unsigned flags, void *into, size_t cap, void **bufs,
 	}
 	*np = i;
 	if (items != stack) {
-		pthread_mutex_lock(&r->mu);
-		qpi_keep_put(&r->keep, items, icap);
-		pthread_mutex_unlock(&r->mu);
+		qpi_rq_keep_put(r, items, icap);
 	}
 	return rv;
 }

@@ -7,7 +7,11 @@
  *   rtt    a put then a get, each timed, after a warm-up, until COUNT
  *          pairs or SECONDS: p50/p99 of the put, the get and the pair
  *   mp     P producer and C consumer processes (fork()ed before the
- *          driver opens anything), released together by the start gate;
+ *          driver opens anything), released together by the start gate
+ *          to connect, and then by a second gate once every one of them
+ *          has connected (the timed part has no connection set-up in it:
+ *          50 processes connecting on one CPU took a few percent of a
+ *          run, more for a client that opens more than a socket);
  *          each producer puts COUNT items (BATCH > 1: in batches),
  *          consumers get (BATCH > 1: in batches) until an empty item,
  *          which the last producer puts once per consumer: items/s from
@@ -294,7 +298,8 @@ put_stops(const cl_ops *ops, void *c, uint64_t n)
 }
 
 static int
-mp_producer(const cl_opts *o, const cl_ops *ops, cl_shared *sh, uint64_t p)
+mp_producer(const cl_opts *o, const cl_ops *ops, cl_shared *sh, uint64_t p,
+    bench_gate *go)
 {
 	uint8_t *buf = calloc(o->batch, (size_t) o->size);
 	char msg[512] = "out of memory";
@@ -305,6 +310,7 @@ mp_producer(const cl_opts *o, const cl_ops *ops, cl_shared *sh, uint64_t p)
 		    msg);
 		return 1;
 	}
+	bench_gate_wait(go);
 	bench_atomic_min(&sh->t_first, bench_now_ns());
 	for (uint64_t i = 0; i < o->count;) {
 		uint64_t n = o->batch < o->count - i ? o->batch : o->count - i;
@@ -331,7 +337,8 @@ mp_producer(const cl_opts *o, const cl_ops *ops, cl_shared *sh, uint64_t p)
 }
 
 static int
-mp_consumer(const cl_opts *o, const cl_ops *ops, cl_shared *sh)
+mp_consumer(const cl_opts *o, const cl_ops *ops, cl_shared *sh,
+    bench_gate *go)
 {
 	uint64_t next_seq[CL_MAX_PROCS] = {0}, item_no;
 	char msg[512];
@@ -342,6 +349,7 @@ mp_consumer(const cl_opts *o, const cl_ops *ops, cl_shared *sh)
 		fprintf(stderr, "%s: consumer: %s\n", ops->prog, msg);
 		return 1;
 	}
+	bench_gate_wait(go);
 	/* Prefilled (no producers): take until the queue is empty. Not
 	 * at once: with many consumers each holding a batch until its next
 	 * get confirms it, a get may have to wait for lease slots. */
@@ -422,11 +430,12 @@ prefill(const cl_opts *o, const cl_ops *ops, void *c, char *msg, size_t len)
 
 /* Kills and reaps the np children in pids (a run that cannot start). */
 static void
-kill_all(bench_gate *gate, const pid_t *pids, int np)
+kill_all(bench_gate *gate, bench_gate *go, const pid_t *pids, int np)
 {
 	char ignored[64];
 
 	bench_gate_open(gate);
+	bench_gate_open(go);
 	for (int i = 0; i < np; i++) {
 		kill(pids[i], SIGKILL);
 	}
@@ -443,11 +452,12 @@ run_mp(const cl_opts *o, const cl_ops *ops)
 	char impl[64], msg[640], why[512];
 	int np = 0;
 	long long left;
-	bench_gate gate;
+	bench_gate gate, go; /* to connect; to start, once all have */
 	void *c;
 
 	snprintf(impl, sizeof(impl), "%s-mp", ops->impl);
-	if (sh == NULL || bench_gate_init(&gate) != 0) {
+	if (sh == NULL || bench_gate_init(&gate) != 0
+	    || bench_gate_init(&go) != 0) {
 		return bench_fail(impl, "out of memory");
 	}
 	atomic_store(&sh->t_first, UINT64_MAX);
@@ -462,25 +472,30 @@ run_mp(const cl_opts *o, const cl_ops *ops)
 		if (pid == 0) {
 			alarm((unsigned) o->timeout + 1);
 			bench_gate_wait(&gate);
-			_exit(i < o->producers ? mp_producer(o, ops, sh, i)
-			                       : mp_consumer(o, ops, sh));
+			_exit(i < o->producers
+			        ? mp_producer(o, ops, sh, i, &go)
+			        : mp_consumer(o, ops, sh, &go));
 		}
 		pids[np++] = pid;
 	}
 	alarm((unsigned) o->timeout + 3);
 	if ((c = ops->open(o, why, sizeof(why))) == NULL) {
-		kill_all(&gate, pids, np);
+		kill_all(&gate, &go, pids, np);
 		return bench_fail(impl, "%s", why);
 	}
 	if (ops->reset != NULL) {
 		ops->reset(c);
 	}
 	if (o->producers == 0 && prefill(o, ops, c, why, sizeof(why)) != 0) {
-		kill_all(&gate, pids, np);
+		kill_all(&gate, &go, pids, np);
 		ops->drop(c);
 		return bench_fail(impl, "prefill: %s", why);
 	}
 	bench_gate_open(&gate);
+	/* The children pass go when the last of them has connected (each
+	 * drops its end of the pipe there, or at its exit if it could
+	 * not). */
+	bench_gate_open(&go);
 	if (bench_reap(pids, np, msg, sizeof(msg)) != 0) {
 		ops->drop(c);
 		return bench_fail(impl, "%s", msg);

@@ -337,8 +337,7 @@ mp_producer(const cl_opts *o, const cl_ops *ops, cl_shared *sh, uint64_t p,
 }
 
 static int
-mp_consumer(const cl_opts *o, const cl_ops *ops, cl_shared *sh,
-    bench_gate *go)
+mp_consumer(const cl_opts *o, const cl_ops *ops, cl_shared *sh, bench_gate *go)
 {
 	uint64_t next_seq[CL_MAX_PROCS] = {0}, item_no;
 	char msg[512];

@@ -522,17 +522,33 @@ uint_width(uint64_t v)
 static inline uint8_t *
 wr_uint(uint8_t *o, uint64_t v)
 {
-	int n = uint_tail(v);
+	uint16_t v16;
+	uint32_t v32;
 
-	*o++ = n == 0 ? (uint8_t) v
-	    : n == 1  ? 0xcc
-	    : n == 2  ? 0xcd
-	    : n == 4  ? 0xce
-	              : 0xcf;
-	for (int i = 0; i < n; i++) {
-		*o++ = (uint8_t) (v >> (8 * (n - 1 - i)));
+	switch (uint_tail(v)) {
+	case 0:
+		*o = (uint8_t) v;
+		return o + 1;
+	case 1:
+		o[0] = 0xcc;
+		o[1] = (uint8_t) v;
+		return o + 2;
+	case 2:
+		o[0] = 0xcd;
+		v16 = htobe16((uint16_t) v);
+		memcpy(o + 1, &v16, 2);
+		return o + 3;
+	case 4:
+		o[0] = 0xce;
+		v32 = htobe32((uint32_t) v);
+		memcpy(o + 1, &v32, 4);
+		return o + 5;
+	default:
+		o[0] = 0xcf;
+		v = htobe64(v);
+		memcpy(o + 1, &v, 8);
+		return o + 9;
 	}
-	return o;
 }
 
 /* The bytes wr_array writes for n elements. */
@@ -1113,16 +1129,22 @@ rd_name(rd *r, int f, char *out)
 static int
 rd_item(rd *r, int f, qpi_wire_item *it)
 {
-	size_t start = r->pos, size;
+	size_t start = r->pos, size, rem = r->len - start, hl;
 	const uint8_t *p = r->p + start;
 
-	if (qpi_wire_skip(r->p, r->len, &r->pos, QPI_WIRE_MAX_DEPTH)
+	if (start < r->len && p[0] >= 0xc4 && p[0] <= 0xc6
+	    && rem >= (hl = (size_t) 1 + ((size_t) 1 << (p[0] - 0xc4)))
+	    && (size = (size_t) rd_be(p + 1, (int) (hl - 1))) <= rem - hl) {
+		/* A bin, the usual item: its length read straight. */
+		r->pos = start + hl + size;
+	} else if (qpi_wire_skip(r->p, r->len, &r->pos, QPI_WIRE_MAX_DEPTH)
 	    != QP_OK) {
-		return QP_EPROTO;
-	}
-	size = r->pos - start;
-	if (p[0] >= 0xc4 && p[0] <= 0xc6) {
-		size -= (size_t) 1 + ((size_t) 1 << (p[0] - 0xc4));
+		return QP_EPROTO; /* the walker names what is wrong */
+	} else {
+		size = r->pos - start;
+		if (p[0] >= 0xc4 && p[0] <= 0xc6) {
+			size -= (size_t) 1 + ((size_t) 1 << (p[0] - 0xc4));
+		}
 	}
 	if (size > r->max_message) {
 		return qpi_err(QP_ETOOBIG,
@@ -1298,6 +1320,10 @@ rd_fixarray(rd *r, int f, uint32_t n)
 	qpi_wire_tok t;
 	int rv;
 
+	if (n <= 15 && r->pos < r->len && r->p[r->pos] == (0x90 | n)) {
+		r->pos++; /* the usual form, read straight */
+		return QP_OK;
+	}
 	if ((rv = rd_tok(r, &t)) != QP_OK) {
 		return rv;
 	}
@@ -1760,9 +1786,18 @@ static int
 enc_ids(qpi_wire_buf *b, const uint64_t *ids, uint32_t n)
 {
 	int rv = qpi_wire_put_array(b, n);
+	size_t len = 0;
 
-	for (uint32_t i = 0; rv == QP_OK && i < n; i++) {
-		rv = qpi_wire_put_uint(b, ids[i]);
+	/* Their room made once, then written straight (a get's 256 acks). */
+	for (uint32_t i = 0; i < n; i++) {
+		len += uint_width(ids[i]);
+	}
+	if (rv == QP_OK && (rv = buf_reserve(b, len)) == QP_OK) {
+		uint8_t *o = b->data + b->len;
+		for (uint32_t i = 0; i < n; i++) {
+			o = wr_uint(o, ids[i]);
+		}
+		b->len += len;
 	}
 	return rv;
 }

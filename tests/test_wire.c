@@ -513,6 +513,86 @@ test_wire_request_ids_every_width(void **state)
 	qpi_wire_buf_free(&b);
 }
 
+/* A put_many's items, one that is not a bin and then bins of every
+ * header width (bin 8, 16 and 32: 0, 255, 256 and 65536 bytes), come back
+ * as they went; the request cut short anywhere is refused without a read
+ * past its end, and so is one whose last bin claims a byte more than
+ * there is; an item of exactly max_message bytes is taken, one more is
+ * QP_ETOOBIG. */
+static void
+test_wire_items_every_bin_width(void **state)
+{
+	static const size_t sizes[] = {0, 255, 256, 65536};
+	static uint8_t bins[4][65536 + 5];
+	static const uint8_t notbin[] = {0x92, 0x01, 0xa1, 'x'}; /* [1,"x"] */
+	qpi_wire_item its[5], dits[8];
+	uint64_t ids[2], dids[8];
+	qpi_wire_req q, d;
+	qpi_wire_buf b = {0};
+
+	(void) state;
+	fill_req(&q, QPI_OP_PUT_MANY, its, ids);
+	its[0] = (qpi_wire_item) {notbin, sizeof(notbin), 0, 0};
+	for (int i = 0; i < 4; i++) {
+		size_t hl = qpi_wire_bin_header(sizes[i], bins[i]);
+		memset(bins[i] + hl, 'a' + i, sizes[i]);
+		its[i + 1] = (qpi_wire_item) {bins[i], hl + sizes[i], 0, 0};
+	}
+	q.items = its;
+	q.nitems = q.items_cap = 5;
+	assert_int_equal(qpi_wire_encode_req(&q, &b), QP_OK);
+	for (size_t cut = 0; cut <= b.len;
+	     cut += cut < 200 || b.len - cut < 200 ? 1 : 997) {
+		memset(&d, 0, sizeof(d));
+		d.items = dits;
+		d.items_cap = 8;
+		d.ids = dids;
+		d.ids_cap = 8;
+		/* A copy of exactly cut bytes: a read past it is caught by
+		 * the sanitizer build. */
+		uint8_t *cp = malloc(cut > 0 ? cut : 1);
+		assert_non_null(cp);
+		memcpy(cp, b.data, cut);
+		int rv = qpi_wire_decode_req(cp, cut, NULL, &d);
+		free(cp);
+		if (cut < b.len) {
+			assert_int_not_equal(rv, QP_OK);
+			continue;
+		}
+		rv = qpi_wire_decode_req(b.data, b.len, NULL, &d);
+		assert_int_equal(rv, QP_OK);
+		assert_int_equal(d.nitems, 5);
+		for (int i = 0; i < 5; i++) {
+			assert_int_equal(d.items[i].len, its[i].len);
+			assert_memory_equal(
+			    d.items[i].data, its[i].data, its[i].len);
+		}
+	}
+	/* The last bin (65536 bytes, bin 32) claims one byte more. */
+	size_t at = (size_t) (d.items[4].data - b.data);
+	assert_int_equal(b.data[at], 0xc6);
+	b.data[at + 4]++;
+	memset(&d, 0, sizeof(d));
+	d.items = dits;
+	d.items_cap = 8;
+	assert_int_equal(
+	    qpi_wire_decode_req(b.data, b.len, NULL, &d), QP_EPROTO);
+	b.data[at + 4]--;
+	/* max_message: 65536 takes the largest, 65535 refuses it. */
+	qpi_wire_limits lim = {.max_message = 65536};
+	memset(&d, 0, sizeof(d));
+	d.items = dits;
+	d.items_cap = 8;
+	assert_int_equal(qpi_wire_decode_req(b.data, b.len, &lim, &d), QP_OK);
+	lim.max_message = 65535;
+	memset(&d, 0, sizeof(d));
+	d.items = dits;
+	d.items_cap = 8;
+	assert_int_equal(
+	    qpi_wire_decode_req(b.data, b.len, &lim, &d), QP_ETOOBIG);
+	qpi_wire_buf_free(&b);
+}
+
 static void
 fill_rep(qpi_wire_rep *p, uint32_t op, qpi_wire_item *its, uint64_t *ids,
     qpi_wire_qentry *qs)
@@ -2081,6 +2161,7 @@ main(int argc, char **argv)
 	    cmocka_unit_test(test_wire_request_roundtrip),
 	    cmocka_unit_test(test_wire_request_variants),
 	    cmocka_unit_test(test_wire_request_ids_every_width),
+	    cmocka_unit_test(test_wire_items_every_bin_width),
 	    cmocka_unit_test(test_wire_reply_roundtrip),
 	    cmocka_unit_test(test_wire_reply_errmsg_sanitized),
 	    cmocka_unit_test(test_wire_encode_rejects),

@@ -242,7 +242,9 @@ qpi_link_read_frame(qpi_link *l, qpi_link_rd *rd, size_t max, uint8_t **memp,
 	}
 	*memp = rd->big;
 	*lenp = rd->want - 4;
-	*capp = rd->bigcap;
+	if (capp != NULL) {
+		*capp = rd->bigcap;
+	}
 	rd->big = NULL;
 	return QP_OK;
 }

@@ -94,11 +94,11 @@ typedef struct qpi_link_rd {
 } qpi_link_rd;
 
 /* Reads the next frame, of at most max bytes after its 4-byte tag, until
- * deadline_ns: *memp (malloc'd, the caller's; *capp bytes long) holds
- * the tag, then *lenp bytes of body. The frame goes into rd->spare when
- * that is set and large enough (rd->spare is then NULL), else into a new
- * allocation. Errors as ops->recv, QP_EPROTO (a bad header), QP_ETOOBIG
- * (a frame over max), QP_ENOMEM. */
+ * deadline_ns: *memp (malloc'd, the caller's, *capp bytes long; capp may
+ * be NULL) holds the tag, then *lenp bytes of body. The frame goes into
+ * rd->spare when that is set and large enough (rd->spare is then NULL), else
+ * into a new allocation. Errors as ops->recv, QP_EPROTO (a bad header),
+ * QP_ETOOBIG (a frame over max), QP_ENOMEM. */
 int qpi_link_read_frame(qpi_link *l, qpi_link_rd *rd, size_t max,
     uint8_t **memp, size_t *lenp, size_t *capp, int64_t deadline_ns);
 

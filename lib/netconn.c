@@ -91,12 +91,12 @@ nc_reader(void *arg)
 {
 	struct netconn *c = arg;
 	uint8_t *m = NULL;
-	size_t len = 0, cap;
+	size_t len = 0;
 	int rv = QP_OK;
 
 	while (rv == QP_OK && qpi_rxq_wait_room(&c->rx.q)) {
 		if ((rv = qpi_link_read_frame(c->link, &c->rd,
-		         atomic_load(&c->frame_max), &m, &len, &cap,
+		         atomic_load(&c->frame_max), &m, &len, NULL,
 		         INT64_MAX))
 		    != QP_OK) {
 			break;
@@ -273,9 +273,9 @@ nc_pending_main(void *arg)
 	    p->link, &l->addr, NULL, true, SP_PAIR1, SP_PAIR1, deadline);
 	while (rv == QP_OK && !ss.open) {
 		uint8_t *m;
-		size_t blen, cap;
+		size_t blen;
 		if ((rv = qpi_link_read_frame(
-		         p->link, &rd, HELLO_MAX, &m, &blen, &cap, deadline))
+		         p->link, &rd, HELLO_MAX, &m, &blen, NULL, deadline))
 		    != QP_OK) {
 			break;
 		}

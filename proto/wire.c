@@ -18,15 +18,16 @@
 
 /* ---- reading ---- */
 
+/* The big-endian number of n bytes at p: n is 1, 2, 4 or 8, the widths
+ * msgpack has, each read as one load (a lease id is 4 bytes: a byte loop
+ * was most of the cost of reading a batch's acks). */
 static uint64_t
 rd_be(const uint8_t *p, int n)
 {
 	uint16_t v16;
 	uint32_t v32;
-	uint64_t v = 0;
+	uint64_t v;
 
-	/* The widths msgpack has, as single loads (a lease id is 4 bytes:
-	 * a byte loop was most of the cost of reading a batch's acks). */
 	switch (n) {
 	case 1:
 		return p[0];
@@ -36,15 +37,30 @@ rd_be(const uint8_t *p, int n)
 	case 4:
 		memcpy(&v32, p, 4);
 		return be32toh(v32);
-	case 8:
+	default:
 		memcpy(&v, p, 8);
 		return be64toh(v);
-	default:
-		for (int i = 0; i < n; i++) {
-			v = (v << 8) | p[i];
-		}
-		return v;
 	}
+}
+
+/* A bin's header at p, rem bytes on: true if p starts a bin (bin 8, 16
+ * or 32) whose header and payload are all within rem; *hlp gets the
+ * header's size and *np the payload's. */
+static bool
+bin_hdr(const uint8_t *p, size_t rem, size_t *hlp, size_t *np)
+{
+	size_t hl;
+
+	if (rem < 2 || p[0] < 0xc4 || p[0] > 0xc6) {
+		return false;
+	}
+	hl = (size_t) 1 + ((size_t) 1 << (p[0] - 0xc4));
+	if (rem < hl) {
+		return false;
+	}
+	*hlp = hl;
+	*np = (size_t) rd_be(p + 1, (int) (hl - 1));
+	return *np <= rem - hl;
 }
 
 static int
@@ -344,18 +360,9 @@ qpi_wire_bin_header(size_t len, uint8_t hdr[5])
 bool
 qpi_wire_bin_unwrap(const void *buf, size_t len, size_t *offp, size_t *lenp)
 {
-	const uint8_t *p = buf;
 	size_t n, hl;
 
-	if (buf == NULL || len < 2 || p[0] < 0xc4 || p[0] > 0xc6) {
-		return false;
-	}
-	hl = (size_t) 1 + ((size_t) 1 << (p[0] - 0xc4));
-	if (len < hl) {
-		return false;
-	}
-	n = (size_t) rd_be(p + 1, (int) (hl - 1));
-	if (n != len - hl) {
+	if (buf == NULL || !bin_hdr(buf, len, &hl, &n) || n != len - hl) {
 		return false;
 	}
 	*offp = hl;
@@ -1129,22 +1136,18 @@ rd_name(rd *r, int f, char *out)
 static int
 rd_item(rd *r, int f, qpi_wire_item *it)
 {
-	size_t start = r->pos, size, rem = r->len - start, hl;
+	size_t start = r->pos, size, hl;
 	const uint8_t *p = r->p + start;
 
-	if (start < r->len && p[0] >= 0xc4 && p[0] <= 0xc6
-	    && rem >= (hl = (size_t) 1 + ((size_t) 1 << (p[0] - 0xc4)))
-	    && (size = (size_t) rd_be(p + 1, (int) (hl - 1))) <= rem - hl) {
+	if (bin_hdr(p, r->len - start, &hl, &size)) {
 		/* A bin, the usual item: its length read straight. */
 		r->pos = start + hl + size;
 	} else if (qpi_wire_skip(r->p, r->len, &r->pos, QPI_WIRE_MAX_DEPTH)
 	    != QP_OK) {
 		return QP_EPROTO; /* the walker names what is wrong */
 	} else {
+		/* Not a bin (a bin the walker can pass, bin_hdr took). */
 		size = r->pos - start;
-		if (p[0] >= 0xc4 && p[0] <= 0xc6) {
-			size -= (size_t) 1 + ((size_t) 1 << (p[0] - 0xc4));
-		}
 	}
 	if (size > r->max_message) {
 		return qpi_err(QP_ETOOBIG,

@@ -2326,6 +2326,7 @@ qpi_shmq_watch(qpi_shmq *q, bool on)
 		}
 		__atomic_fetch_or(&ev->mask, 1ull << i, __ATOMIC_SEQ_CST);
 		q->watch_slot = i;
+		q->watch_pid = qpi_self_pid();
 		return QP_OK;
 	}
 	if (q->watch_slot >= 0) {

@@ -503,6 +503,12 @@ int qpi_shmq_complete(qpi_shmq *t, uint64_t id, qpi_shmq *r, const void *buf,
  * words from qpi_shmq_watch_word(), then qpi_shmq_watch_disarm() each: the
  * wake-up system call is made only for armed watchers. A watcher that dies
  * is forgotten by the others (its pid is checked, at most every 100 ms).
+ * A change made through a watching attachment, by the process that
+ * started the watch on it, moves the sequence but wakes only the other
+ * watchers: that process knows of its own changes (qpiped serves its
+ * parked requests after each), and a wake-up per put or ack would send
+ * its watcher after the lock its request path holds. A forked child's
+ * change, through its copy of the attachment, wakes them all.
  * ------------------------------------------------------------------------ */
 
 /* Starts (on = true) or stops watching q through this attachment.

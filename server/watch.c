@@ -4,7 +4,9 @@
  * the queues they watch, up to 127 queues per thread in one futex_waitv()
  * (a thread per queue where the kernel lacks it), plus a word of their
  * own that is bumped when their set changes; each wake-up calls the
- * changed callback of every queue of the thread. No polling.
+ * changed callback of every queue of the thread. No polling. The
+ * server's own changes (its puts, gets, acks) wake no watcher (shmq.h):
+ * each request serves the parked requests of its queue itself.
  *
  * Locking: the lock given to qps_watch_start (the ops lock) guards the
  * sets; the threads hold it except while they sleep in the kernel, and

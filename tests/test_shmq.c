@@ -692,6 +692,102 @@ test_shmq_watch_sees_local_puts(void **state)
 	qpi_shmq_free(q);
 }
 
+typedef struct watch_sleeper {
+	qpi_shmq *q;
+	uint32_t seen;
+	pid_t tid;
+	int rc;
+	int64_t ms; /* how long the wait took */
+} watch_sleeper;
+
+static void *
+watch_sleep(void *arg)
+{
+	watch_sleeper *w = arg;
+	int64_t t0 = qu_now_ms();
+
+	__atomic_store_n(&w->tid, (pid_t) gettid(), __ATOMIC_SEQ_CST);
+	w->rc = qpi_shmq_watch_wait(w->q, w->seen, qpi_deadline_ns(600));
+	w->ms = qu_now_ms() - t0;
+	return NULL;
+}
+
+/* True once thread tid sleeps (state S: in watch_wait's futex wait, the
+ * only place it can block), within 5 s. */
+static bool
+thread_asleep(pid_t tid)
+{
+	char path[64], st[512];
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int) tid);
+	for (int i = 0; i < 5000; i++) {
+		FILE *f = fopen(path, "r");
+		size_t n = f != NULL ? fread(st, 1, sizeof(st) - 1, f) : 0;
+		if (f != NULL) {
+			fclose(f);
+		}
+		st[n] = '\0';
+		const char *p = strrchr(st, ')');
+		if (p != NULL && p[1] == ' ' && p[2] == 'S') {
+			return true;
+		}
+		qu_sleep_ms(1);
+	}
+	return false;
+}
+
+/* qpiped watches its queues to hear of local processes' changes; the
+ * changes it makes itself, through the watching attachment, it serves
+ * on its own. Those move the sequence but wake none of its watchers: a
+ * wake-up per ack or put would send its watcher thread after the lock
+ * the request path holds, for nothing. A forked child, with its copy of
+ * that attachment, is another process: its change wakes them. */
+static void
+test_shmq_watch_own_changes_wake_no_one(void **state)
+{
+	qpi_shmq *q = mk(0, 0);
+	watch_sleeper w = {.q = q};
+	pthread_t th;
+
+	assert_int_equal(qpi_shmq_watch(q, true), QP_OK);
+	w.seen = qpi_shmq_watch_seq(q);
+	assert_int_equal(pthread_create(&th, NULL, watch_sleep, &w), 0);
+	while (__atomic_load_n(&w.tid, __ATOMIC_SEQ_CST) == 0) {
+		qu_sleep_ms(1);
+	}
+	assert_true(thread_asleep(w.tid));
+	assert_int_equal(qpi_shmq_put(q, "a", 1, QPI_ITEM_BIN, 0), QP_OK);
+	get(q, "a");
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(w.rc, QP_ETIMEDOUT);
+	assert_true(w.ms >= 500);
+	/* The sequence moved: a wait from before the changes returns. */
+	assert_true(qpi_shmq_watch_seq(q) != w.seen);
+	assert_int_equal(
+	    qpi_shmq_watch_wait(q, w.seen, qpi_deadline_ns(5000)), QP_OK);
+
+	/* Another process, through its copy of the attachment: woken. */
+	w.seen = qpi_shmq_watch_seq(q);
+	w.tid = 0;
+	assert_int_equal(pthread_create(&th, NULL, watch_sleep, &w), 0);
+	while (__atomic_load_n(&w.tid, __ATOMIC_SEQ_CST) == 0) {
+		qu_sleep_ms(1);
+	}
+	assert_true(thread_asleep(w.tid));
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		_exit(
+		    qpi_shmq_put(q, "b", 1, QPI_ITEM_BIN, 0) == QP_OK ? 0 : 1);
+	}
+	assert_int_equal(qu_wait(pid), 0);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(w.rc, QP_OK);
+	assert_true(w.ms < 500);
+	assert_int_equal(qpi_shmq_watch(q, false), QP_OK);
+	qpi_shmq_free(q);
+}
+
 /* ---- check and bad segments ---- */
 
 /* Maps the named segment's file to poke at it. */
@@ -1570,6 +1666,7 @@ main(void)
 	    cmocka_unit_test(test_shmq_lease_area_runs_out),
 	    cmocka_unit_test(test_shmq_big_leases_span_blocks),
 	    cmocka_unit_test(test_shmq_watch_sees_local_puts),
+	    cmocka_unit_test(test_shmq_watch_own_changes_wake_no_one),
 	    cmocka_unit_test(test_shmq_check_finds_a_damaged_record),
 	    cmocka_unit_test(test_shmq_open_refuses_foreign_segments),
 	    cmocka_unit_test(test_shmq_lock_budget_gives_up),

@@ -2339,6 +2339,12 @@ qpi_shmq_watch(qpi_shmq *q, bool on)
 	return QP_OK;
 }
 
+void
+qpi_shmq_watch_quiet(qpi_shmq *q, bool quiet)
+{
+	q->watch_quiet = quiet;
+}
+
 uint32_t
 qpi_shmq_watch_seq(qpi_shmq *q)
 {

@@ -503,17 +503,24 @@ int qpi_shmq_complete(qpi_shmq *t, uint64_t id, qpi_shmq *r, const void *buf,
  * words from qpi_shmq_watch_word(), then qpi_shmq_watch_disarm() each: the
  * wake-up system call is made only for armed watchers. A watcher that dies
  * is forgotten by the others (its pid is checked, at most every 100 ms).
- * A change made through a watching attachment, by the process that
+ * An attachment made quiet (qpi_shmq_watch_quiet) is for a process that
+ * knows of its own changes, as qpiped does (it serves its parked requests
+ * after each request): a change made through it, by the process that
  * started the watch on it, moves the sequence but wakes only the other
- * watchers: that process knows of its own changes (qpiped serves its
- * parked requests after each), and a wake-up per put or ack would send
- * its watcher after the lock its request path holds. A forked child's
- * change, through its copy of the attachment, wakes them all.
+ * watchers, where a wake-up per put or ack would send its watcher thread
+ * after the lock its request path holds. A forked child's change, through
+ * its copy of the attachment, wakes them all, as does every change
+ * through an attachment that is not quiet (a client's fileno watcher
+ * must hear of its own process's puts).
  * ------------------------------------------------------------------------ */
 
 /* Starts (on = true) or stops watching q through this attachment.
  * QP_ELIMIT if 64 attachments watch already. */
 int qpi_shmq_watch(qpi_shmq *q, bool on);
+
+/* quiet: changes through q by this process wake none of q's watchers
+ * (see above); off when q is attached. */
+void qpi_shmq_watch_quiet(qpi_shmq *q, bool quiet);
 
 /* The current watch sequence. */
 uint32_t qpi_shmq_watch_seq(qpi_shmq *q);

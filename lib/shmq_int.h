@@ -295,6 +295,7 @@ struct qpi_shmq {
 	int closed; /* SQ_OPEN, SQ_CLOSED, SQ_BAD */
 	int watch_slot; /* -1: not watching */
 	pid_t watch_pid; /* the process that started watching */
+	bool watch_quiet; /* its own changes wake no watcher of its */
 	uint64_t fault_off; /* SQ_BAD by SIGBUS: where (the guard's) */
 	char why[160]; /* SQ_BAD otherwise: what failed its check */
 	qpi_shmq_mx *mx; /* the counters: &h->mx, or placed elsewhere */

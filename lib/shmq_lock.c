@@ -400,9 +400,10 @@ qpi_sq_watch_bump_slow(qpi_shmq *q)
 	sq_ev *ev = &q->h->ev[EV_W];
 	uint32_t s = __atomic_add_fetch(&ev->seq, 1, __ATOMIC_SEQ_CST);
 	uint64_t sleep = LD(&ev->sleep);
-	/* A change through a watching attachment, by the process that
+	/* A change through a quiet watching attachment, by the process that
 	 * watches through it, wakes the others only: that process knows. */
-	if (q->watch_slot >= 0 && q->watch_pid == qpi_self_pid()) {
+	if (q->watch_quiet && q->watch_slot >= 0
+	    && q->watch_pid == qpi_self_pid()) {
 		sleep &= ~(1ull << q->watch_slot);
 	}
 	if (sleep != 0) {

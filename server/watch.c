@@ -5,8 +5,9 @@
  * (a thread per queue where the kernel lacks it), plus a word of their
  * own that is bumped when their set changes; each wake-up calls the
  * changed callback of every queue of the thread. No polling. The
- * server's own changes (its puts, gets, acks) wake no watcher (shmq.h):
- * each request serves the parked requests of its queue itself.
+ * server's own changes (its puts, gets, acks) wake no watcher: its
+ * attachments are quiet (shmq.h), as each request serves the parked
+ * requests of its queue itself.
  *
  * Locking: the lock given to qps_watch_start (the ops lock) guards the
  * sets; the threads hold it except while they sleep in the kernel, and
@@ -220,6 +221,8 @@ qps_watch_set(qps_watch *w, bool on, const char *name)
 			    name, qp_strerror(rv));
 			return;
 		}
+		/* The request layer serves its own changes. */
+		qpi_shmq_watch_quiet(w->shm, true);
 		wg_add(w, name);
 		if (w->wg == NULL) {
 			qpi_shmq_watch(w->shm, false);

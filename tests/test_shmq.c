@@ -736,49 +736,61 @@ thread_asleep(pid_t tid)
 	return false;
 }
 
-/* qpiped watches its queues to hear of local processes' changes; the
- * changes it makes itself, through the watching attachment, it serves
- * on its own. Those move the sequence but wake none of its watchers: a
- * wake-up per ack or put would send its watcher thread after the lock
- * the request path holds, for nothing. A forked child, with its copy of
- * that attachment, is another process: its change wakes them. */
+/* Starts a thread waiting on q's watch from the current sequence, and
+ * returns once it sleeps in the kernel. */
 static void
-test_shmq_watch_own_changes_wake_no_one(void **state)
+watch_sleeper_start(watch_sleeper *w, qpi_shmq *q, pthread_t *th)
+{
+	*w = (watch_sleeper) {.q = q, .seen = qpi_shmq_watch_seq(q)};
+	assert_int_equal(pthread_create(th, NULL, watch_sleep, w), 0);
+	while (__atomic_load_n(&w->tid, __ATOMIC_SEQ_CST) == 0) {
+		qu_sleep_ms(1);
+	}
+	assert_true(thread_asleep(w->tid));
+}
+
+/* By default a change wakes every watcher, the changing process's own
+ * too: a client's fileno watcher hears of its own puts. qpiped makes
+ * its attachments quiet: the changes it makes itself it serves on its
+ * own, and they move the sequence but wake none of its watchers (a
+ * wake-up per ack or put would send its watcher thread after the lock
+ * the request path holds, for nothing). A forked child, with its copy
+ * of a quiet attachment, is another process: its change wakes them. */
+static void
+test_shmq_watch_quiet_own_changes(void **state)
 {
 	qpi_shmq *q = mk(0, 0);
-	watch_sleeper w = {.q = q};
+	watch_sleeper w;
 	pthread_t th;
 
 	assert_int_equal(qpi_shmq_watch(q, true), QP_OK);
-	w.seen = qpi_shmq_watch_seq(q);
-	assert_int_equal(pthread_create(&th, NULL, watch_sleep, &w), 0);
-	while (__atomic_load_n(&w.tid, __ATOMIC_SEQ_CST) == 0) {
-		qu_sleep_ms(1);
-	}
-	assert_true(thread_asleep(w.tid));
+	/* Not quiet: the process's own put wakes its watcher. */
+	watch_sleeper_start(&w, q, &th);
 	assert_int_equal(qpi_shmq_put(q, "a", 1, QPI_ITEM_BIN, 0), QP_OK);
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(w.rc, QP_OK);
+	assert_true(w.ms < 500);
 	get(q, "a");
+
+	/* Quiet: its own put and get wake no one, and move the sequence. */
+	qpi_shmq_watch_quiet(q, true);
+	watch_sleeper_start(&w, q, &th);
+	assert_int_equal(qpi_shmq_put(q, "b", 1, QPI_ITEM_BIN, 0), QP_OK);
+	get(q, "b");
 	assert_int_equal(pthread_join(th, NULL), 0);
 	assert_int_equal(w.rc, QP_ETIMEDOUT);
 	assert_true(w.ms >= 500);
-	/* The sequence moved: a wait from before the changes returns. */
 	assert_true(qpi_shmq_watch_seq(q) != w.seen);
 	assert_int_equal(
 	    qpi_shmq_watch_wait(q, w.seen, qpi_deadline_ns(5000)), QP_OK);
 
-	/* Another process, through its copy of the attachment: woken. */
-	w.seen = qpi_shmq_watch_seq(q);
-	w.tid = 0;
-	assert_int_equal(pthread_create(&th, NULL, watch_sleep, &w), 0);
-	while (__atomic_load_n(&w.tid, __ATOMIC_SEQ_CST) == 0) {
-		qu_sleep_ms(1);
-	}
-	assert_true(thread_asleep(w.tid));
+	/* Another process, through its copy of the quiet attachment. */
+	watch_sleeper_start(&w, q, &th);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		_exit(
-		    qpi_shmq_put(q, "b", 1, QPI_ITEM_BIN, 0) == QP_OK ? 0 : 1);
+		    qpi_shmq_put(q, "c", 1, QPI_ITEM_BIN, 0) == QP_OK ? 0 : 1);
 	}
 	assert_int_equal(qu_wait(pid), 0);
 	assert_int_equal(pthread_join(th, NULL), 0);
@@ -1666,7 +1678,7 @@ main(void)
 	    cmocka_unit_test(test_shmq_lease_area_runs_out),
 	    cmocka_unit_test(test_shmq_big_leases_span_blocks),
 	    cmocka_unit_test(test_shmq_watch_sees_local_puts),
-	    cmocka_unit_test(test_shmq_watch_own_changes_wake_no_one),
+	    cmocka_unit_test(test_shmq_watch_quiet_own_changes),
 	    cmocka_unit_test(test_shmq_check_finds_a_damaged_record),
 	    cmocka_unit_test(test_shmq_open_refuses_foreign_segments),
 	    cmocka_unit_test(test_shmq_lock_budget_gives_up),

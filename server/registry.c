@@ -60,6 +60,7 @@ static struct {
 	void (*changed)(qps_q *q); /* the request layer's */
 	qpi_htab qs;
 	qps_q *head;
+	qps_q *last; /* the queue qps_q_find found last */
 	qpi_fsync fsync; /* durable queues' default policy */
 	struct quar *quar; /* quarantined durable queues */
 } hs;
@@ -302,13 +303,18 @@ qps_q_lease_due(qps_q *q, int64_t expiry_ms)
 qps_q *
 qps_q_find(const char *name)
 {
-	size_t len = strlen(name);
+	size_t len;
 
+	/* Most requests name the queue the one before named. */
+	if (hs.last != NULL && strcmp(hs.last->name, name) == 0) {
+		return hs.last;
+	}
+	len = strlen(name);
 	for (qpi_hnode *n = qpi_htab_find(&hs.qs, qpi_hash_keyed(name, len));
 	     n != NULL; n = qpi_htab_next(n)) {
 		qps_q *q = (qps_q *) n;
 		if (strcmp(q->name, name) == 0) {
-			return q;
+			return hs.last = q;
 		}
 	}
 	return NULL;
@@ -588,6 +594,9 @@ qps_q_forget(qps_q *q)
 	qps_timer_cancel(&q->probe_timer);
 	pend_free(q);
 	qpi_htab_remove(&hs.qs, &q->node);
+	if (hs.last == q) {
+		hs.last = NULL;
+	}
 	*(q->prev != NULL ? &q->prev->next : &hs.head) = q->next;
 	if (q->next != NULL) {
 		q->next->prev = q->prev;

@@ -50,13 +50,19 @@ qps_rep_error(uint32_t op, uint64_t req_id, int status, const char *fmt, ...)
 	return m;
 }
 
+/* Replies up to this many bytes are encoded on the stack (a put's, a
+ * get's of one small item): the copy into the message is all. */
+#define REP_STACK 512
+
 nng_msg *
 qps_rep_encode(const qpi_wire_rep *rp)
 {
-	qpi_wire_buf b = {0};
+	uint8_t mem[REP_STACK];
+	qpi_wire_buf b;
 	nng_msg *m = NULL;
 	int rv;
 
+	qpi_wire_buf_on(&b, mem, sizeof(mem));
 	if ((rv = qpi_wire_encode_rep(rp, &b)) == QP_OK) {
 		m = qps_rep_bytes(b.data, b.len);
 		if (m == NULL) {

@@ -110,8 +110,11 @@ qpi_hash_keyed(const void *p, size_t len)
 }
 
 static size_t
-htab_slot(size_t nb, uint64_t key)
+htab_slot(size_t nb, bool spread, uint64_t key)
 {
+	if (spread) {
+		return (size_t) key & (nb - 1);
+	}
 	/* Mix the key: ids are often small consecutive numbers. */
 	key ^= key >> 33;
 	key *= 0xff51afd7ed558ccdull;
@@ -125,7 +128,7 @@ qpi_htab_find(const qpi_htab *t, uint64_t key)
 	if (t->nb == 0) {
 		return NULL;
 	}
-	for (qpi_hnode *n = t->b[htab_slot(t->nb, key)]; n != NULL;
+	for (qpi_hnode *n = t->b[htab_slot(t->nb, t->spread, key)]; n != NULL;
 	     n = n->hnext) {
 		if (n->key == key) {
 			return n;
@@ -159,7 +162,7 @@ htab_grow(qpi_htab *t)
 	for (size_t i = 0; i < t->nb; i++) {
 		qpi_hnode *n = t->b[i], *next;
 		for (; n != NULL; n = next) {
-			size_t s = htab_slot(nb, n->key);
+			size_t s = htab_slot(nb, t->spread, n->key);
 			next = n->hnext;
 			n->hnext = b[s];
 			b[s] = n;
@@ -182,7 +185,7 @@ qpi_htab_insert(qpi_htab *t, qpi_hnode *n)
 		n->hnext = NULL;
 		return QP_ENOMEM;
 	}
-	s = htab_slot(t->nb, n->key);
+	s = htab_slot(t->nb, t->spread, n->key);
 	n->hnext = t->b[s];
 	t->b[s] = n;
 	t->n++;
@@ -195,8 +198,8 @@ qpi_htab_remove(qpi_htab *t, qpi_hnode *n)
 	if (t->nb == 0) {
 		return;
 	}
-	for (qpi_hnode **pp = &t->b[htab_slot(t->nb, n->key)]; *pp != NULL;
-	     pp = &(*pp)->hnext) {
+	for (qpi_hnode **pp = &t->b[htab_slot(t->nb, t->spread, n->key)];
+	     *pp != NULL; pp = &(*pp)->hnext) {
 		if (*pp == n) {
 			*pp = n->hnext;
 			n->hnext = NULL;
@@ -213,8 +216,8 @@ qpi_htab_take(qpi_htab *t, uint64_t key,
 	if (t->nb == 0) {
 		return NULL;
 	}
-	for (qpi_hnode **pp = &t->b[htab_slot(t->nb, key)]; *pp != NULL;
-	     pp = &(*pp)->hnext) {
+	for (qpi_hnode **pp = &t->b[htab_slot(t->nb, t->spread, key)];
+	     *pp != NULL; pp = &(*pp)->hnext) {
 		qpi_hnode *n = *pp;
 		if (n->key == key && (match == NULL || match(n, arg))) {
 			*pp = n->hnext;

@@ -25,6 +25,11 @@ typedef struct qpi_htab {
 	qpi_hnode **b;
 	size_t nb; /* buckets, a power of two (0 before the first insert) */
 	size_t n; /* nodes */
+	/* Keys whose low bits differ already (as a queue's lease ids, whose
+	 * low bits are the lease slot): a key's low bits pick its bucket,
+	 * so keys near each other share cache lines. Set before the first
+	 * insert; not for a table whose keys a peer chooses. */
+	bool spread;
 } qpi_htab;
 
 /* The first node with key, or NULL; qpi_htab_next gives the following node

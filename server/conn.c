@@ -12,10 +12,13 @@
  * count reaches the limit (qps_conn_lease_room). The notes are records
  * of the connection's own, in chunks that double (16, 16, 32, 64...,
  * up to --max-leases in all) and are kept until it closes, with a free
- * list, indexed by lease id: taking a batch of 256 leases and confirming
- * them allocates nothing once the connection has held that many, and a
- * connection has records for at most twice the most leases it held at
- * once (16 at least), and for --max-leases at most (rounded up to 16).
+ * list, indexed by lease id (a spread table, htab.h: a lease id's low
+ * bits, its slot, pick its bucket, so that the buckets of a batch's
+ * slots, near each other, share cache lines): taking a batch of 256
+ * leases and confirming them allocates nothing once the connection has
+ * held that many, and a connection has records for at most twice the
+ * most leases it held at once (16 at least), and for --max-leases at
+ * most (rounded up to 16).
  *
  * Locking: none of its own; everything runs under the ops lock.
  */
@@ -88,6 +91,7 @@ qps_conn_get(uint32_t id)
 		return NULL;
 	}
 	c->node.key = id;
+	c->work.spread = true; /* lease ids: their low bits, the slot */
 	c->owner = ((uint64_t) getpid() << 32) | id;
 	c->over_limit = cs.conns.n >= qps_cfg->max_connections;
 	if (c->over_limit) {

@@ -84,6 +84,57 @@ test_htab_insert_find_remove(void **state)
 	free(v);
 }
 
+/* A spread table (lease ids: generation << 20 | slot) puts a key in the
+ * bucket its low bits name, and finds, takes and grows as any other:
+ * keys of equal low bits (the same slot in two generations or two
+ * queues) chain, and a grown table keeps every key reachable. */
+static void
+test_htab_spread(void **state)
+{
+	qpi_htab t = {.spread = true};
+	enum { N = 600 };
+	item *v = calloc(2 * N, sizeof(*v));
+
+	(void) state;
+	assert_non_null(v);
+	for (int i = 0; i < N; i++) {
+		/* slot i in generation 1, and slot i in generation 7 */
+		v[i].node.key = (uint64_t) 1 << 20 | (uint64_t) i;
+		v[N + i].node.key = (uint64_t) 7 << 20 | (uint64_t) i;
+		v[i].val = i;
+		v[N + i].val = N + i;
+		assert_int_equal(qpi_htab_insert(&t, &v[i].node), QP_OK);
+		assert_int_equal(qpi_htab_insert(&t, &v[N + i].node), QP_OK);
+	}
+	assert_int_equal(t.n, 2 * N);
+	assert_true(t.nb >= 2 * N);
+	for (int i = 0; i < 2 * N; i++) {
+		uint64_t k = v[i].node.key;
+		/* where its low bits say, and found there */
+		bool there = false;
+		for (qpi_hnode *h = t.b[k & (t.nb - 1)]; h != NULL;
+		     h = h->hnext) {
+			there = there || h == &v[i].node;
+		}
+		assert_true(there);
+		assert_ptr_equal(qpi_htab_find(&t, k), &v[i].node);
+		assert_null(qpi_htab_find(&t, k + ((uint64_t) 1 << 20)));
+	}
+	/* take in the order given, as a batch of acks does */
+	for (int i = 0; i < N; i++) {
+		assert_ptr_equal(
+		    qpi_htab_take(&t, v[i].node.key, NULL, NULL), &v[i].node);
+	}
+	assert_int_equal(t.n, N);
+	for (int i = 0; i < N; i++) {
+		assert_null(qpi_htab_find(&t, v[i].node.key));
+		assert_ptr_equal(
+		    qpi_htab_find(&t, v[N + i].node.key), &v[N + i].node);
+	}
+	qpi_htab_fini(&t);
+	free(v);
+}
+
 static void
 test_htab_equal_keys(void **state)
 {
@@ -332,6 +383,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_htab_empty),
 	    cmocka_unit_test(test_htab_insert_find_remove),
+	    cmocka_unit_test(test_htab_spread),
 	    cmocka_unit_test(test_htab_equal_keys),
 	    cmocka_unit_test(test_htab_take),
 	    cmocka_unit_test(test_htab_each),

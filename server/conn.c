@@ -13,12 +13,12 @@
  * of the connection's own, in chunks that double (16, 16, 32, 64...,
  * up to --max-leases in all) and are kept until it closes, with a free
  * list, indexed by lease id (a spread table, htab.h: a lease id's low
- * bits, its slot, pick its bucket, so that the buckets of a batch's
- * slots, near each other, share cache lines): taking a batch of 256
- * leases and confirming them allocates nothing once the connection has
- * held that many, and a connection has records for at most twice the
- * most leases it held at once (16 at least), and for --max-leases at
- * most (rounded up to 16).
+ * bits, its slot, turned by its queue's secret hash, pick its bucket,
+ * so that the buckets of a batch's slots, near each other, share cache
+ * lines): taking a batch of 256 leases and confirming them allocates
+ * nothing once the connection has held that many, and a connection has
+ * records for at most twice the most leases it held at once (16 at
+ * least), and for --max-leases at most (rounded up to 16).
  *
  * Locking: none of its own; everything runs under the ops lock.
  */
@@ -209,6 +209,16 @@ work_free(qps_conn *c, conn_work *wk)
 	work_unused(c, wk);
 }
 
+/* A lease's key in c->work: its id, its low bits (the slot) turned by
+ * the queue's secret hash, so that the same slot of many queues (a
+ * client that leases one item from each of a thousand fresh queues
+ * holds slot 0 of each) does not chain in one bucket. */
+static uint64_t
+work_key(const qps_q *q, uint64_t lease_id)
+{
+	return lease_id ^ q->node.key;
+}
+
 void
 qps_conn_lease_add(
     qps_conn *c, qps_q *q, uint64_t lease_id, int64_t expiry_ms, bool work)
@@ -222,7 +232,7 @@ qps_conn_lease_add(
 		    work ? ", and its ack will not count as task_done" : "");
 		return;
 	}
-	wk->node.key = lease_id;
+	wk->node.key = work_key(q, lease_id);
 	wk->q = q;
 	wk->expiry_ms = expiry_ms;
 	wk->work = work;
@@ -243,8 +253,8 @@ qps_conn_lease_records(const qps_conn *c)
 static conn_work *
 work_find(qps_conn *c, qps_q *q, uint64_t lease_id)
 {
-	for (qpi_hnode *n = qpi_htab_find(&c->work, lease_id); n != NULL;
-	     n = qpi_htab_next(n)) {
+	for (qpi_hnode *n = qpi_htab_find(&c->work, work_key(q, lease_id));
+	     n != NULL; n = qpi_htab_next(n)) {
 		if (((conn_work *) n)->q == q) {
 			return (conn_work *) n;
 		}
@@ -261,8 +271,8 @@ work_on(const qpi_hnode *n, void *q)
 bool
 qps_conn_work_take(qps_conn *c, qps_q *q, uint64_t lease_id)
 {
-	conn_work *wk
-	    = (conn_work *) qpi_htab_take(&c->work, lease_id, work_on, q);
+	conn_work *wk = (conn_work *) qpi_htab_take(
+	    &c->work, work_key(q, lease_id), work_on, q);
 	bool work = wk != NULL && wk->work;
 
 	if (wk != NULL) {

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -349,6 +350,51 @@ test_conn_close_returns_all(void **state)
 	assert_int_equal(nreleased, 4);
 }
 
+/* A client that leases one item from each of many fresh queues holds
+ * the same slot of each (lease id 1 << 20 | 0, say). Its records sit in
+ * buckets its queues' secret hashes pick, not all in one chain that each
+ * of its acks would walk. Queues get their key as the registry gives
+ * it (qpi_hash_keyed of the name). */
+static void
+test_conn_same_slot_many_queues(void **state)
+{
+	enum { NQ = 1000 };
+	static qps_q many[NQ];
+	qps_conn *c = qps_conn_get(9);
+	int64_t later = qpi_now_ms() + 60000;
+	size_t longest = 0;
+
+	(void) state;
+	for (int i = 0; i < NQ; i++) {
+		memset(&many[i], 0, sizeof(many[i]));
+		snprintf(many[i].name, sizeof(many[i].name), "fresh-%d", i);
+		many[i].node.key
+		    = qpi_hash_keyed(many[i].name, strlen(many[i].name));
+		qps_conn_lease_add(
+		    c, &many[i], (uint64_t) 1 << 20, later, true);
+	}
+	assert_int_equal(qps_conn_lease_room(c), 1024 - NQ);
+	for (size_t b = 0; b < c->work.nb; b++) {
+		size_t len = 0;
+		for (qpi_hnode *n = c->work.b[b]; n != NULL; n = n->hnext) {
+			len++;
+		}
+		longest = len > longest ? len : longest;
+	}
+	assert_true(longest <= 12);
+	/* Each is found and taken for its own queue. */
+	for (int i = 0; i < NQ; i++) {
+		assert_true(
+		    qps_conn_work_holds(c, &many[i], (uint64_t) 1 << 20));
+		assert_true(
+		    qps_conn_work_take(c, &many[i], (uint64_t) 1 << 20));
+		assert_false(
+		    qps_conn_work_holds(c, &many[i], (uint64_t) 1 << 20));
+	}
+	assert_int_equal(qps_conn_lease_room(c), 1024);
+	qps_conn_close(9);
+}
+
 int
 main(void)
 {
@@ -365,6 +411,8 @@ main(void)
 	        test_conn_index_random, setup, teardown),
 	    cmocka_unit_test_setup_teardown(
 	        test_conn_close_returns_all, setup, teardown),
+	    cmocka_unit_test_setup_teardown(
+	        test_conn_same_slot_many_queues, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

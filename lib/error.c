@@ -62,10 +62,14 @@ qpi_now_ms(void)
 int64_t
 qpi_deadline_ns(qp_duration d)
 {
-	if (d < 0 || d > INT64_MAX / 1000000 - qpi_now_ns() / 1000000) {
+	int64_t now;
+
+	if (d < 0) {
 		return INT64_MAX;
 	}
-	return qpi_now_ns() + d * 1000000;
+	now = qpi_now_ns();
+	return d > INT64_MAX / 1000000 - now / 1000000 ? INT64_MAX
+	                                               : now + d * 1000000;
 }
 
 int64_t

@@ -120,11 +120,13 @@ qpi_queue_deadline(qp_duration timeout)
 qp_duration
 qpi_queue_timeout(int64_t deadline)
 {
-	int64_t left = qpi_remaining_ns(deadline);
+	int64_t left;
 
-	return deadline == 0    ? QP_NOWAIT
-	    : left == INT64_MAX ? QP_FOREVER
-	                        : (left + 999999) / 1000000;
+	if (deadline == 0) {
+		return QP_NOWAIT;
+	}
+	left = qpi_remaining_ns(deadline);
+	return left == INT64_MAX ? QP_FOREVER : (left + 999999) / 1000000;
 }
 
 int

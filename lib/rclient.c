@@ -303,7 +303,9 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 		int sent = QP_OK;
 
 		if (c->deadline_ns != 0) {
-			int64_t left = qpi_remaining_ns(c->deadline_ns);
+			int64_t left = c->deadline_ns == INT64_MAX ? INT64_MAX
+			    : c->deadline_ns > now ? c->deadline_ns - now
+			                           : 0;
 			/* Round up: a timeout never shrinks to 0 by rounding
 			 * while time is left. */
 			c->req.timeout = left == INT64_MAX

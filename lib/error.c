@@ -73,15 +73,19 @@ qpi_deadline_ns(qp_duration d)
 }
 
 int64_t
+qpi_left_ns(int64_t deadline_ns, int64_t now)
+{
+	return deadline_ns == INT64_MAX ? INT64_MAX
+	    : deadline_ns > now         ? deadline_ns - now
+	                                : 0;
+}
+
+int64_t
 qpi_remaining_ns(int64_t deadline_ns)
 {
-	int64_t now;
-
-	if (deadline_ns == INT64_MAX) {
-		return INT64_MAX;
-	}
-	now = qpi_now_ns();
-	return deadline_ns > now ? deadline_ns - now : 0;
+	return deadline_ns == INT64_MAX
+	    ? INT64_MAX
+	    : qpi_left_ns(deadline_ns, qpi_now_ns());
 }
 
 struct timespec

@@ -25,8 +25,10 @@ int64_t qpi_now_ns(void);
  * returns INT64_MAX; the deadline is in nanoseconds. */
 int64_t qpi_deadline_ns(qp_duration d);
 
-/* Nanoseconds left until deadline (0 if past; INT64_MAX stays forever). */
+/* Nanoseconds left until deadline (0 if past; INT64_MAX stays forever);
+ * qpi_left_ns: the same at now, for a caller that has read the clock. */
 int64_t qpi_remaining_ns(int64_t deadline_ns);
+int64_t qpi_left_ns(int64_t deadline_ns, int64_t now);
 
 /* Converts an absolute monotonic deadline in ns to a timespec. */
 struct timespec qpi_ts_from_ns(int64_t ns);

@@ -303,9 +303,7 @@ qpi_rq_do(qpi_rq *r, rq_call *c)
 		int sent = QP_OK;
 
 		if (c->deadline_ns != 0) {
-			int64_t left = c->deadline_ns == INT64_MAX ? INT64_MAX
-			    : c->deadline_ns > now ? c->deadline_ns - now
-			                           : 0;
+			int64_t left = qpi_left_ns(c->deadline_ns, now);
 			/* Round up: a timeout never shrinks to 0 by rounding
 			 * while time is left. */
 			c->req.timeout = left == INT64_MAX

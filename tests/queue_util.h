@@ -2,7 +2,8 @@
  * queue_util.h - helpers for the queue tests: items whose bytes say who
  * made them and can be checked (an 8-byte id, then bytes cut from one
  * random block at an offset the id picks), shared counters for children,
- * clocks and child processes.
+ * clocks, child processes, and whether a process or thread sleeps in a
+ * futex.
  */
 #ifndef QP_TEST_QUEUE_UTIL_H
 #define QP_TEST_QUEUE_UTIL_H
@@ -12,8 +13,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -136,6 +139,30 @@ qu_wait(pid_t pid)
 		return WEXITSTATUS(st);
 	}
 	return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : -1;
+}
+
+/* True once pid (a process, or a thread's id) sleeps in a futex call (up
+ * to 2 s). */
+static inline bool
+qu_in_futex(pid_t pid)
+{
+	char path[64], line[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/syscall", (int) pid);
+	for (int i = 0; i < 2000; i++) {
+		FILE *f = fopen(path, "r");
+		bool yes = false;
+		if (f != NULL) {
+			yes = fgets(line, sizeof(line), f) != NULL
+			    && atoi(line) == SYS_futex;
+			fclose(f);
+		}
+		if (yes) {
+			return true;
+		}
+		qu_sleep_ms(1);
+	}
+	return false;
 }
 
 /* A queue name unique to this process and call: "qt-<tag>-<pid>-<n>". */

@@ -712,32 +712,8 @@ watch_sleep(void *arg)
 	return NULL;
 }
 
-/* True once thread tid sleeps (state S: in watch_wait's futex wait, the
- * only place it can block), within 5 s. */
-static bool
-thread_asleep(pid_t tid)
-{
-	char path[64], st[512];
-
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", (int) tid);
-	for (int i = 0; i < 5000; i++) {
-		FILE *f = fopen(path, "r");
-		size_t n = f != NULL ? fread(st, 1, sizeof(st) - 1, f) : 0;
-		if (f != NULL) {
-			fclose(f);
-		}
-		st[n] = '\0';
-		const char *p = strrchr(st, ')');
-		if (p != NULL && p[1] == ' ' && p[2] == 'S') {
-			return true;
-		}
-		qu_sleep_ms(1);
-	}
-	return false;
-}
-
 /* Starts a thread waiting on q's watch from the current sequence, and
- * returns once it sleeps in the kernel. */
+ * returns once it sleeps in watch_wait's futex wait. */
 static void
 watch_sleeper_start(watch_sleeper *w, qpi_shmq *q, pthread_t *th)
 {
@@ -746,7 +722,7 @@ watch_sleeper_start(watch_sleeper *w, qpi_shmq *q, pthread_t *th)
 	while (__atomic_load_n(&w->tid, __ATOMIC_SEQ_CST) == 0) {
 		qu_sleep_ms(1);
 	}
-	assert_true(thread_asleep(w->tid));
+	assert_true(qu_in_futex(w->tid));
 }
 
 /* By default a change wakes every watcher, the changing process's own

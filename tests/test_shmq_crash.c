@@ -1143,29 +1143,6 @@ hold_locked(int point)
 	}
 }
 
-/* True once pid sleeps in a futex call (up to 2 s). */
-static bool
-in_futex(pid_t pid)
-{
-	char path[64], line[64];
-
-	snprintf(path, sizeof(path), "/proc/%d/syscall", (int) pid);
-	for (int i = 0; i < 2000; i++) {
-		FILE *f = fopen(path, "r");
-		bool yes = false;
-		if (f != NULL) {
-			yes = fgets(line, sizeof(line), f) != NULL
-			    && atoi(line) == SYS_futex;
-			fclose(f);
-		}
-		if (yes) {
-			return true;
-		}
-		qu_sleep_ms(1);
-	}
-	return false;
-}
-
 static void
 test_shmq_crash_lock_waiter_killed(void **state)
 {
@@ -1210,7 +1187,7 @@ test_shmq_crash_lock_waiter_killed(void **state)
 		    NULL, 0);
 		_exit(0);
 	}
-	assert_true(in_futex(d));
+	assert_true(qu_in_futex(d));
 	/* A put that waits for the lock, second in line. */
 	pid_t p = wk_pids[2] = fork();
 	assert_true(p >= 0);
@@ -1221,7 +1198,7 @@ test_shmq_crash_lock_waiter_killed(void **state)
 		lk->done_us = qu_now_us();
 		_exit(rc == QP_OK ? 0 : 1);
 	}
-	assert_true(in_futex(p));
+	assert_true(qu_in_futex(p));
 	int64_t t0 = qu_now_us();
 	__atomic_store_n(&lk->go, 1, __ATOMIC_SEQ_CST);
 	assert_int_equal(qu_wait(h), 0);

@@ -420,9 +420,7 @@ qps_worker_reply(qps_worker *w, nng_msg *rep)
 	}
 	pthread_mutex_unlock(&l->mu);
 	free(w);
-	if (rep != NULL) {
-		nng_msg_free(rep);
-	}
+	qps_msg_free(rep);
 	if (shut) {
 		l->drv->shut(l);
 		qps_link_unref(l);
@@ -469,14 +467,14 @@ link_request(qps_link *l)
 		nng_msg_free(m);
 		return;
 	}
-	if ((w = calloc(1, sizeof(*w))) == NULL) {
+	/* malloc, not calloc: glibc serves calloc without its per-thread
+	 * cache, and every field is set here. */
+	if ((w = malloc(sizeof(*w))) == NULL) {
 		qps_log(QPS_LOG_ERROR, "out of memory for a request");
 		nng_msg_free(m);
 		return;
 	}
-	w->l = l;
-	w->t0 = qpi_now_ns();
-	w->btlen = (uint8_t) bt;
+	*w = (qps_worker) {.l = l, .t0 = qpi_now_ns(), .btlen = (uint8_t) bt};
 	memcpy(w->bt, nng_msg_body(m), bt);
 	nng_msg_trim(m, bt);
 	link_ref(l);
@@ -485,6 +483,7 @@ link_request(qps_link *l)
 	pthread_mutex_unlock(&lk.mu);
 	if (qps_ops_handle(w, l->id, m, &rep) == QPS_REPLY) {
 		qps_worker_reply(w, rep);
+		qps_msg_free_trimmed(m, bt);
 	}
 }
 
@@ -616,7 +615,7 @@ link_parse(
 				qps_metrics_conn_refused(QPS_REFUSED_TOO_BIG);
 				return false;
 			}
-			if (nng_msg_alloc(&l->body, (size_t) len) != 0) {
+			if ((l->body = qps_msg_alloc((size_t) len)) == NULL) {
 				*why = "out of memory for a request";
 				return false;
 			}

@@ -412,9 +412,6 @@ qps_ops_handle(qps_worker *w, uint32_t pipe_id, nng_msg *req, nng_msg **repp)
 			    r.name, qp_errmsg());
 		}
 	}
-	if (h == QPS_REPLY) {
-		nng_msg_free(req);
-	}
 	return h;
 }
 

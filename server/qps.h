@@ -163,8 +163,9 @@ typedef enum qps_handled {
 	QPS_PARKED, /* the worker was parked (qps_worker_park) */
 } qps_handled;
 
-/* Handles one request received on connection conn_id. Takes ownership
- * of req. Never fails: a bad request gets an error reply. */
+/* Handles one request received on connection conn_id. Never fails: a bad
+ * request gets an error reply. Parked (QPS_PARKED), req is the request
+ * layer's from then on; answered (QPS_REPLY), it is still the caller's. */
 qps_handled qps_ops_handle(
     qps_worker *w, uint32_t conn_id, nng_msg *req, nng_msg **repp);
 
@@ -239,6 +240,18 @@ nng_msg *qps_rep_ok(const qpi_wire_req *r);
 
 /* A reply of these bytes (a reply kept by dedup); NULL if out of memory. */
 nng_msg *qps_rep_bytes(const void *p, size_t len);
+
+/* A message of len bytes (contents undefined), from the calling thread's
+ * cache of freed ones where it can; NULL if out of memory. qps_msg_free
+ * frees m or keeps it for the thread's next one: m must be the caller's
+ * alone, and never trimmed (nng_msg_trim). NULL is ignored. */
+nng_msg *qps_msg_alloc(size_t len);
+void qps_msg_free(nng_msg *m);
+
+/* qps_msg_free of a message whose first n bytes were trimmed (the
+ * request's backtrace): they are put back first, so that the message is
+ * as it was made, with no more headroom. */
+void qps_msg_free_trimmed(nng_msg *m, size_t n);
 
 /* The status of an encoded reply (QP_EPROTO if it does not read as one);
  * qps_rep_read also sets *opp to its op when it reads one. */

@@ -1,11 +1,14 @@
 /*
- * reply.c - the replies every handler builds (PROTOCOL.md framing), and
- * the server's configuration and wire limits they read.
+ * reply.c - the replies every handler builds (PROTOCOL.md framing), the
+ * server's configuration and wire limits they read, and each thread's
+ * cache of spent messages that requests and replies are made in.
  *
- * Locking: none; the globals are set once at start.
+ * Locking: none; the globals are set once at start, the caches are each
+ * thread's own.
  */
 #include "qps.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,12 +16,99 @@
 const qps_config *qps_cfg;
 qpi_wire_limits qps_limits;
 
+/* ---- messages: each thread keeps a few it freed ---- */
+
+/* A new nng_msg is two allocations, its struct zeroed by calloc (which
+ * glibc serves without its per-thread cache): with a request's and a
+ * reply's, the largest part of a small request's time in the allocator.
+ * A thread keeps MSG_KEEP small messages it is done with for its next
+ * ones. nng keeps a message's headroom when it grows it, and a trim
+ * makes more: a trimmed message comes back through qps_msg_free_trimmed,
+ * which puts the trimmed bytes back first. */
+#define MSG_KEEP     2
+#define MSG_KEEP_CAP 2048 /* larger messages are freed */
+
+static __thread struct {
+	nng_msg *m[MSG_KEEP];
+	int n;
+	bool keyed; /* msg_key set: the thread's exit frees them */
+} msgs;
+
+static pthread_key_t msg_key;
+static pthread_once_t msg_once = PTHREAD_ONCE_INIT;
+static bool msg_key_ok;
+
+static void
+msg_thread_exit(void *arg)
+{
+	(void) arg;
+	while (msgs.n > 0) {
+		nng_msg_free(msgs.m[--msgs.n]);
+	}
+}
+
+static void
+msg_key_make(void)
+{
+	msg_key_ok = pthread_key_create(&msg_key, msg_thread_exit) == 0;
+}
+
+nng_msg *
+qps_msg_alloc(size_t len)
+{
+	nng_msg *m;
+
+	while (msgs.n > 0) {
+		m = msgs.m[--msgs.n];
+		if (nng_msg_realloc(m, len) == 0) {
+			return m;
+		}
+		nng_msg_free(m);
+	}
+	return nng_msg_alloc(&m, len) == 0 ? m : NULL;
+}
+
+void
+qps_msg_free(nng_msg *m)
+{
+	if (m == NULL) {
+		return;
+	}
+	if (!msgs.keyed) {
+		pthread_once(&msg_once, msg_key_make);
+		msgs.keyed
+		    = msg_key_ok && pthread_setspecific(msg_key, &msgs) == 0;
+	}
+	if (msgs.keyed && msgs.n < MSG_KEEP
+	    && nng_msg_capacity(m) <= MSG_KEEP_CAP) {
+		nng_msg_clear(m);
+		nng_msg_header_clear(m);
+		msgs.m[msgs.n++] = m;
+		return;
+	}
+	nng_msg_free(m);
+}
+
+void
+qps_msg_free_trimmed(nng_msg *m, size_t n)
+{
+	/* A trim that took the whole body left the data where it was. */
+	if (m == NULL || nng_msg_len(m) == 0
+	    || nng_msg_insert(m, NULL, n) == 0) {
+		qps_msg_free(m);
+	} else {
+		nng_msg_free(m);
+	}
+}
+
+/* ---- replies ---- */
+
 nng_msg *
 qps_rep_bytes(const void *p, size_t len)
 {
 	nng_msg *m;
 
-	if (nng_msg_alloc(&m, len) != 0) {
+	if ((m = qps_msg_alloc(len)) == NULL) {
 		return NULL;
 	}
 	if (len > 0) {

@@ -843,7 +843,7 @@ forked_child_body(const char *addr)
 	/* a has a message queued when the child is made */
 	assert_int_equal(send_str(d, "before"), QP_OK);
 	assert_true(ready(a, 2000));
-	pid_t pid = fork();
+	pid_t pid = pu_fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		/* a hang or a crash is the child's death, seen by the parent
@@ -931,7 +931,7 @@ test_conn_remote_forked_child_new(void **state)
 	connect_pair("tcp://127.0.0.1:0", &l, &d, &a);
 	snprintf(url, sizeof(url), "%s", qp_listener_url(l));
 	snprintf(qurl, sizeof(qurl), "%s/jobs", url);
-	pid_t pid = fork();
+	pid_t pid = pu_fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		alarm(20);

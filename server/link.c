@@ -17,8 +17,9 @@
  * order of arrival since each limit is one duration), so that connections
  * that never finish cannot hold --max-connections.
  *
- * Locking: lk.mu guards the list of links and the counters. Each link's
- * mu guards its out queue, its flags and its reference count; its read
+ * Locking: lk.mu guards the list of links and the counters but nbusy
+ * and drain_waits (atomics: a request's start and end take no lock). Each
+ * link's mu guards its out queue, its flags and its reference count; its read
  * side (handshake, frame parser) belongs to the one thread its driver
  * reads on. lk.mu may be taken before a link's mu, never after. The
  * request layer is never called with either held (ops lock -> link mu).
@@ -61,7 +62,12 @@ static struct {
 	pthread_cond_t cv; /* a request ended, a link was freed */
 	qps_link *links; /* every open link */
 	uint64_t nalloc; /* links not yet freed */
-	uint64_t nbusy, nparked, max_parked;
+	/* Requests being handled, parked ones not: atomic, so that a
+	 * request's start and end take no lock; drain_waits (atomic) says
+	 * whether an end at 0 is to wake qps_net_drain. */
+	uint64_t nbusy;
+	uint32_t drain_waits;
+	uint64_t nparked, max_parked;
 	uint32_t next_id;
 	size_t cap; /* largest frame body accepted */
 	bool closing;
@@ -369,6 +375,21 @@ link_write_locked(qps_link *l, struct iovec *iov, int niov)
 	return true;
 }
 
+/* A request is no longer busy (answered or parked): the last one wakes
+ * a drain that waits. Sequentially consistent with qps_net_drain, which
+ * raises drain_waits before it reads nbusy: either the drain sees 0, or
+ * this sees it waiting and wakes it under the lock it waits with. */
+static void
+link_busy_end(void)
+{
+	if (__atomic_sub_fetch(&lk.nbusy, 1, __ATOMIC_SEQ_CST) == 0
+	    && __atomic_load_n(&lk.drain_waits, __ATOMIC_SEQ_CST) > 0) {
+		pthread_mutex_lock(&lk.mu);
+		pthread_cond_broadcast(&lk.cv);
+		pthread_mutex_unlock(&lk.mu);
+	}
+}
+
 /* Ends a request (parked or not): its reply (NULL: none) goes out with
  * the request's backtrace, then the request's reference to its link is
  * dropped and the worker freed. */
@@ -378,10 +399,14 @@ qps_worker_reply(qps_worker *w, nng_msg *rep)
 	qps_link *l = w->l;
 	bool shut = false, last = false;
 
-	pthread_mutex_lock(&lk.mu);
-	*(w->parked ? &lk.nparked : &lk.nbusy) -= 1;
-	pthread_cond_broadcast(&lk.cv);
-	pthread_mutex_unlock(&lk.mu);
+	if (w->parked) {
+		pthread_mutex_lock(&lk.mu);
+		lk.nparked--;
+		pthread_cond_broadcast(&lk.cv);
+		pthread_mutex_unlock(&lk.mu);
+	} else {
+		link_busy_end();
+	}
 	qps_metrics_request_end(w->t0, rep);
 	pthread_mutex_lock(&l->mu);
 	if (rep != NULL && !l->dead) {
@@ -437,11 +462,13 @@ qps_worker_park(qps_worker *w)
 	pthread_mutex_lock(&lk.mu);
 	ok = lk.nparked < lk.max_parked && !lk.closing;
 	if (ok) {
-		lk.nbusy--;
 		lk.nparked++;
 		w->parked = true;
 	}
 	pthread_mutex_unlock(&lk.mu);
+	if (ok) {
+		link_busy_end();
+	}
 	return ok;
 }
 
@@ -478,9 +505,7 @@ link_request(qps_link *l)
 	memcpy(w->bt, nng_msg_body(m), bt);
 	nng_msg_trim(m, bt);
 	link_ref(l);
-	pthread_mutex_lock(&lk.mu);
-	lk.nbusy++;
-	pthread_mutex_unlock(&lk.mu);
+	__atomic_add_fetch(&lk.nbusy, 1, __ATOMIC_SEQ_CST);
 	if (qps_ops_handle(w, l->id, m, &rep) == QPS_REPLY) {
 		qps_worker_reply(w, rep);
 		qps_msg_free_trimmed(m, bt);
@@ -724,8 +749,19 @@ qps_net_drain(int64_t timeout_ms)
 {
 	bool done;
 
+	int64_t deadline_ns = qpi_now_ns() + timeout_ms * 1000000;
+
 	pthread_mutex_lock(&lk.mu);
-	done = link_wait_zero(&lk.nbusy, qpi_now_ns() + timeout_ms * 1000000);
+	__atomic_add_fetch(&lk.drain_waits, 1, __ATOMIC_SEQ_CST);
+	while (!(done = __atomic_load_n(&lk.nbusy, __ATOMIC_SEQ_CST) == 0)) {
+		if (qpi_cond_wait(&lk.cv, &lk.mu, deadline_ns)
+		    == QP_ETIMEDOUT) {
+			done = __atomic_load_n(&lk.nbusy, __ATOMIC_SEQ_CST)
+			    == 0;
+			break;
+		}
+	}
+	__atomic_sub_fetch(&lk.drain_waits, 1, __ATOMIC_SEQ_CST);
 	pthread_mutex_unlock(&lk.mu);
 	return done;
 }

@@ -204,6 +204,14 @@ test_wire_name_rule_matches_lib(void **state)
 		assert_int_equal(
 		    qpi_wire_name_valid(one, 1), qpi_name_valid(one, 1));
 	}
+	/* Every byte, against the rule written out: A-Z a-z 0-9 . _ - */
+	for (int c = 0; c < 256; c++) {
+		char three[3] = {'a', (char) c, 'b'};
+		bool want = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+		    || (c >= '0' && c <= '9') || c == '.' || c == '_'
+		    || c == '-';
+		assert_int_equal(qpi_wire_name_valid(three, 3), want);
+	}
 	memset(big, 'a', sizeof(big));
 	assert_true(qpi_wire_name_valid(big, QP_NAME_MAX));
 	assert_false(qpi_wire_name_valid(big, QP_NAME_MAX + 1));

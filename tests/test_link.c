@@ -420,10 +420,47 @@ test_link_reply_reuse_nng(void **state)
 	reply_reuse(true);
 }
 
+/* The reply spin's rule (lib/link_sock.c): a reply that came during
+ * the spin's yields without the CPU taken away resets the misses; one
+ * that came after the CPU was away, or a broken link, is a miss (counted
+ * up to the limit); one there at the first read is a hit on ipc:// and
+ * neither on tcp://, where counting it as a hit kept a client that shares
+ * its CPU with the server yielding on most waits. */
+static void
+test_link_spin_rule(void **state)
+{
+	(void) state;
+	/* tcp:// */
+	assert_int_equal(qpi_link_spin_misses(5, 1, false, false, false), 5);
+	assert_int_equal(qpi_link_spin_misses(0, 1, false, false, false), 0);
+	assert_int_equal(qpi_link_spin_misses(5, 1, true, false, false), 0);
+	assert_int_equal(qpi_link_spin_misses(5, 1, true, true, false), 6);
+	assert_int_equal(qpi_link_spin_misses(5, -1, true, false, false), 6);
+	/* ipc:// */
+	assert_int_equal(qpi_link_spin_misses(5, 1, false, false, true), 0);
+	assert_int_equal(qpi_link_spin_misses(5, 1, true, true, true), 6);
+	/* A link at the limit stays there (it then spins every 64th
+	 * wait, counting those on from the limit). */
+	unsigned m = 0;
+	for (int i = 0; i < 20; i++) {
+		m = qpi_link_spin_misses(m, 1, true, true, false);
+	}
+	assert_int_equal(m, 8);
+	/* A tcp:// link whose replies come at once, between misses,
+	 * reaches the limit: the immediate replies do not reset it. */
+	m = 0;
+	for (int i = 0; i < 8; i++) {
+		m = qpi_link_spin_misses(m, 1, false, false, false);
+		m = qpi_link_spin_misses(m, 1, true, true, false);
+	}
+	assert_int_equal(m, 8);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_link_spin_rule),
 	    cmocka_unit_test(test_link_nng_errors),
 	    cmocka_unit_test(test_link_frames),
 	    cmocka_unit_test(test_link_dial_refused_socket),

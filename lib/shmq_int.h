@@ -5,8 +5,9 @@
  * offers the others.
  *
  *   shmq.c       the calls of shmq.h: create and attach, put, get, sizes,
- *                check, leases, counters, watching
- *   shmq_lock.c  the locks and their repair, who is alive, sleep and wake
+ *                check, leases, counters
+ *   shmq_lock.c  the locks and their repair, who is alive, sleep and wake,
+ *                and the watching calls of shmq.h
  *   shmq_done.c  completion: a task's lease acked and its result put
  *
  * Locking: shmq.c's opening paragraph sets it out; each call below says

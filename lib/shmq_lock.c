@@ -3,8 +3,10 @@
  * wake-ups (shmq.h sets out the design; shmq_int.h the layout): taking a
  * side's robust mutex and repairing the side when its owner died (the
  * producer's tail and newest tag, the consumer's journal), who this
- * process is and whether another one lives, and the sleeper slots and
- * futex words that blocked calls sleep on and wakers wake.
+ * process is and whether another one lives, the sleeper slots and
+ * futex words that blocked calls sleep on and wakers wake, and the
+ * watching calls of shmq.h (qpi_shmq_watch*: a watcher is a sleeper on
+ * the watch word).
  *
  * Locking: it takes the two side locks for the other modules
  * (qpi_sq_lock), and a repair runs under the lock it repairs. The
@@ -413,6 +415,94 @@ qpi_sq_watch_bump_slow(qpi_shmq *q)
 	} else if ((s & 1023) == 0) {
 		sq_scan(ev);
 	}
+}
+
+/* ---- watching: a watcher sleeps on the watch word that every change
+ * bumps (qpi_sq_watch_bump_slow above) ---- */
+
+int
+qpi_shmq_watch(qpi_shmq *q, bool on)
+{
+	sq_ev *ev = &q->h->ev[EV_W];
+
+	if (on) {
+		if (q->watch_slot >= 0) {
+			return QP_OK;
+		}
+		int i = qpi_sq_claim(ev);
+		if (i < 0) {
+			return qpi_err(QP_ELIMIT, "%s: %d watchers already",
+			    q->label, SQ_EV_SLOTS);
+		}
+		__atomic_fetch_or(&ev->mask, 1ull << i, __ATOMIC_SEQ_CST);
+		q->watch_slot = i;
+		q->watch_pid = qpi_self_pid();
+		return QP_OK;
+	}
+	if (q->watch_slot >= 0) {
+		qpi_shmq_watch_disarm(q);
+		__atomic_fetch_and(
+		    &ev->mask, ~(1ull << q->watch_slot), __ATOMIC_SEQ_CST);
+		STR(&ev->who[q->watch_slot].pid, 0);
+		q->watch_slot = -1;
+	}
+	return QP_OK;
+}
+
+void
+qpi_shmq_watch_quiet(qpi_shmq *q, bool quiet)
+{
+	q->watch_quiet = quiet;
+}
+
+uint32_t
+qpi_shmq_watch_seq(qpi_shmq *q)
+{
+	return LDA(&q->h->ev[EV_W].seq);
+}
+
+uint32_t *
+qpi_shmq_watch_word(qpi_shmq *q)
+{
+	return &q->h->ev[EV_W].seq;
+}
+
+int
+qpi_shmq_watch_arm(qpi_shmq *q)
+{
+	if (q->watch_slot < 0) {
+		return qpi_err(QP_EINVAL, "%s: not watching", q->label);
+	}
+	__atomic_fetch_or(
+	    &q->h->ev[EV_W].sleep, 1ull << q->watch_slot, __ATOMIC_SEQ_CST);
+	return QP_OK;
+}
+
+void
+qpi_shmq_watch_disarm(qpi_shmq *q)
+{
+	if (q->watch_slot >= 0) {
+		__atomic_fetch_and(&q->h->ev[EV_W].sleep,
+		    ~(1ull << q->watch_slot), __ATOMIC_SEQ_CST);
+	}
+}
+
+int
+qpi_shmq_watch_wait(qpi_shmq *q, uint32_t seen, int64_t deadline)
+{
+	int rc;
+
+	if ((rc = qpi_shmq_watch_arm(q)) != QP_OK) {
+		return rc;
+	}
+	if (LDA(&q->h->ev[EV_W].seq) == seen && !sq_stopped(q)) {
+		rc = qpi_futex_wait(&q->h->ev[EV_W].seq, seen, deadline);
+	}
+	qpi_shmq_watch_disarm(q);
+	if (sq_stopped(q)) {
+		return qpi_err(QP_ECLOSED, "%s: handle closed", q->label);
+	}
+	return rc;
 }
 
 /* Waits until the lock is free (taking it, repairing it if its owner

@@ -114,15 +114,15 @@ void *qpi_link_nng_take(qpi_link *l);
  * (qpiped's event loops); the link's own parts are freed. */
 int qpi_link_sock_take(qpi_link *l);
 
-/* The drivers' dials (qpi_link_dial picks one). */
-int qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns);
-
 /* A plain socket's reply wait spins before it sleeps while spinning pays
  * (link_sock.c says when). Its count of misses in a row after a wait
  * that read (got 1: a reply; -1: the link broke) having yielded the CPU
  * or not, and having had it taken away for long (away) or not. */
 unsigned qpi_link_spin_misses(
     unsigned misses, int got, bool yielded, bool away, bool ipc);
+
+/* The drivers' dials (qpi_link_dial picks one). */
+int qpi_link_sock_dial(qpi_link **lp, const qpi_addr *a, int64_t deadline_ns);
 int qpi_link_nng_dial(qpi_link **lp, const qpi_addr *a, const qp_conn_opts *o,
     int64_t deadline_ns);
 

@@ -747,9 +747,8 @@ link_wait_zero(const uint64_t *n, int64_t deadline_ns)
 bool
 qps_net_drain(int64_t timeout_ms)
 {
-	bool done;
-
 	int64_t deadline_ns = qpi_now_ns() + timeout_ms * 1000000;
+	bool done;
 
 	pthread_mutex_lock(&lk.mu);
 	__atomic_add_fetch(&lk.drain_waits, 1, __ATOMIC_SEQ_CST);
